@@ -1,0 +1,266 @@
+"""The side effects a batch asks for: validate the file, send slices, record and post events."""
+
+import asyncio
+import csv
+import itertools
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.providers.twilio import SendResult, TwilioCarrier, Verdict
+from activities.recipients import (
+    RecipientRules,
+    Rejected,
+    SourceInvalid,
+    build_recipients,
+    read_rows,
+)
+from activities.webhooks import post_event
+from settings import Settings
+from store import batches, events, files, messages, opt_outs
+from workflows.contracts import (
+    BatchCounts,
+    CountInput,
+    DeliverEventsInput,
+    SendCounts,
+    SendSliceInput,
+    StatusUpdate,
+    ValidateInput,
+    ValidationResult,
+)
+
+log = structlog.get_logger(__name__)
+
+COPY_BATCH = 10_000
+FINAL_EVENT_FIELDS = ("total", "successful", "failed", "skipped", "cancelled", "uncertain")
+
+
+class BatchActivities:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        carrier: TwilioCarrier,
+        http: httpx.AsyncClient,
+        settings: Settings,
+    ) -> None:
+        self._pool = pool
+        self._carrier = carrier
+        self._http = http
+        self._settings = settings
+
+    @activity.defn
+    async def validate_recipients(self, input: ValidateInput) -> ValidationResult:
+        batch_id = uuid.UUID(input.batch_id)
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        account_id = batch["account_id"]
+        _, content = await files.file_content(self._pool, account_id, batch_id)
+        request: dict[str, Any] = batch["request"]
+        settings_global: dict[str, Any] = request.get("global") or {}
+        rules = RecipientRules(
+            agent_message=settings_global.get("agent_message"),
+            request_data=settings_global.get("request_data") or {},
+            column_mapping=request.get("column_mapping") or {},
+            opted_out=await opt_outs.opted_out_numbers(self._pool, account_id),
+        )
+        try:
+            header, rows = read_rows(content)
+            rows_out = build_recipients(header, rows, rules)
+            async with self._pool.acquire() as conn, conn.transaction():
+                await messages.clear_validation(conn, batch_id)
+                counts = await self._copy_rows(conn, batch_id, account_id, rows_out)
+                await batches.set_validation_counts(
+                    conn,
+                    batch_id,
+                    rows_total=counts.rows_total,
+                    recipients=counts.recipients,
+                    rejected=counts.rejected,
+                )
+        except (SourceInvalid, csv.Error) as error:
+            return ValidationResult(
+                rows_total=0,
+                recipients=0,
+                rejected=0,
+                skipped=0,
+                code="source_invalid",
+                reason=str(error),
+            )
+        log.info("file validated", batch_id=input.batch_id, recipients=counts.recipients)
+        return counts
+
+    async def _copy_rows(
+        self,
+        conn: asyncpg.Connection,
+        batch_id: uuid.UUID,
+        account_id: uuid.UUID,
+        rows_out: Iterator[Any],
+    ) -> ValidationResult:
+        """COPY rows in blocks; parsing runs in a thread so the worker's loop stays free."""
+        seq = rejected = skipped = 0
+        while block := await asyncio.to_thread(list, itertools.islice(rows_out, COPY_BATCH)):
+            ledger: list[tuple] = []
+            refused: list[tuple] = []
+            for item in block:
+                if isinstance(item, Rejected):
+                    refused.append(
+                        (batch_id, item.row_number, account_id, item.code, item.reason, item.value)
+                    )
+                    continue
+                status = "skipped" if item.skip_code else "pending"
+                skipped += item.skip_code is not None
+                ledger.append(
+                    (
+                        batch_id,
+                        seq,
+                        account_id,
+                        item.row_number,
+                        item.to_number,
+                        item.body,
+                        status,
+                        item.skip_code,
+                    )
+                )
+                seq += 1
+            await messages.copy_recipients(conn, ledger)
+            await messages.copy_rejected(conn, refused)
+            rejected += len(refused)
+            activity.heartbeat(seq + rejected)
+        return ValidationResult(
+            rows_total=seq + rejected, recipients=seq, rejected=rejected, skipped=skipped
+        )
+
+    @activity.defn
+    async def send_slice(self, input: SendSliceInput) -> SendCounts:
+        batch_id = uuid.UUID(input.batch_id)
+        claimed = await messages.claim_slice(
+            self._pool,
+            batch_id,
+            input.start,
+            input.end,
+            first_attempt=activity.info().attempt == 1,
+        )
+        limit = asyncio.Semaphore(self._settings.send_concurrency)
+
+        async def send(message: messages.ClaimedMessage) -> SendResult:
+            async with limit:
+                result = await self._carrier.send(
+                    to=message.to_number,
+                    from_=input.agent_number,
+                    body=message.body,
+                    status_callback=None,
+                )
+            activity.heartbeat(input.start)
+            return result
+
+        results = await asyncio.gather(*(send(m) for m in claimed))
+        outcomes = [
+            messages.Outcome(
+                seq=m.seq,
+                status="pending" if r.verdict is Verdict.RETRY else r.verdict.value,
+                carrier_sid=r.sid,
+                error_code=r.error_code,
+                error_message=r.error_message,
+            )
+            for m, r in zip(claimed, results, strict=True)
+        ]
+        await messages.record_outcomes(self._pool, batch_id, outcomes)
+        retry = [r for r in results if r.verdict is Verdict.RETRY]
+        if retry:
+            delay = max((r.retry_after or 0) for r in retry)
+            raise ApplicationError(
+                f"carrier deferred {len(retry)} of {len(results)} messages ({retry[0].error_code})",
+                type="CarrierDeferred",
+                next_retry_delay=timedelta(seconds=delay) if delay else None,
+            )
+        return SendCounts(
+            sent=sum(r.verdict is Verdict.SENT for r in results),
+            failed=sum(r.verdict is Verdict.FAILED for r in results),
+        )
+
+    @activity.defn
+    async def record_status(self, update: StatusUpdate) -> None:
+        batch_id = uuid.UUID(update.batch_id)
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        await batches.set_status(
+            self._pool, batch_id, status=update.status, code=update.code, reason=update.reason
+        )
+        payload: dict[str, Any] = {
+            "batch_id": update.batch_id,
+            "workflow_id": update.workflow_id,
+            "status": update.status,
+            "timestamp": datetime.now(UTC).isoformat(),
+        }
+        if update.message:
+            payload["message"] = update.message
+        metadata = (batch["request"].get("global") or {}).get("metadata")
+        if metadata:
+            payload["metadata"] = metadata
+        if update.code:
+            payload["code"] = update.code
+            payload["reason"] = update.reason
+        if update.counts is not None:
+            payload.update(
+                {f"messages_{name}": getattr(update.counts, name) for name in FINAL_EVENT_FIELDS}
+            )
+        await events.append_event(
+            self._pool,
+            batch_id=batch_id,
+            account_id=batch["account_id"],
+            seq=update.event_seq,
+            status=update.status,
+            payload=payload,
+        )
+        log.info("batch status", batch_id=update.batch_id, status=update.status)
+
+    @activity.defn
+    async def deliver_status_events(self, input: DeliverEventsInput) -> None:
+        batch_id = uuid.UUID(input.batch_id)
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        url: str | None = batch["request"].get("status_webhook")
+        for event in await events.undelivered_events(self._pool, batch_id):
+            activity.heartbeat(event["seq"])
+            if not url:
+                await events.mark_attempted(self._pool, batch_id, event["seq"])
+                continue
+            attempt = await post_event(self._http, url, event["payload"])
+            await events.record_delivery(
+                self._pool,
+                batch_id=batch_id,
+                account_id=event["account_id"],
+                event_seq=event["seq"],
+                url=url,
+                status_code=attempt.status_code,
+                error=attempt.error,
+                duration_ms=attempt.duration_ms,
+            )
+
+    @activity.defn
+    async def count_outcomes(self, input: CountInput) -> BatchCounts:
+        batch_id = uuid.UUID(input.batch_id)
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        by_status = await messages.count_by_status(self._pool, batch_id)
+        return BatchCounts(
+            total=batch["rows_total"] or 0,
+            successful=by_status.get("sent", 0) + by_status.get("delivered", 0),
+            failed=by_status.get("failed", 0) + by_status.get("undelivered", 0),
+            skipped=by_status.get("skipped", 0) + (batch["rejected"] or 0),
+            cancelled=by_status.get("cancelled", 0),
+            uncertain=by_status.get("uncertain", 0),
+        )
+
+    def registered(self) -> list[Any]:
+        """The bound activity methods, for the worker to register."""
+        return [
+            self.validate_recipients,
+            self.send_slice,
+            self.record_status,
+            self.deliver_status_events,
+            self.count_outcomes,
+        ]

@@ -1,0 +1,1 @@
+"""Carrier clients."""

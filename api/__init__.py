@@ -1,0 +1,1 @@
+"""Herald's HTTP API: thin routes over store/ and the Temporal client."""

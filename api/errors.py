@@ -1,0 +1,93 @@
+"""Errors as types, and the handlers that turn every failure into the `{data, errors}` envelope."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = structlog.get_logger(__name__)
+
+
+class HeraldError(Exception):
+    status_code = 400
+    code = "BAD_REQUEST"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers
+
+
+class Unauthorized(HeraldError):
+    status_code = 401
+    code = "UNAUTHORIZED"
+
+
+class InvalidRequest(HeraldError):
+    code = "INVALID_REQUEST"
+
+
+# A request-validation error at a body location (prefix) maps to a stable code; the first
+# matching row wins, so specific rows come first. `None` as the error type matches any.
+FIELD_ERROR_CODES: Sequence[tuple[tuple[str, ...], str | None, str]] = (
+    (("body", "file_id"), "missing", "MISSING_FILE_ID"),
+    (("body", "file_id"), "string_too_short", "MISSING_FILE_ID"),
+    (("body", "global", "agent_number"), "missing", "MISSING_AGENT_NUMBER"),
+    (("body", "global", "agent_number"), "string_too_short", "MISSING_AGENT_NUMBER"),
+    (("body", "global"), "missing", "MISSING_AGENT_NUMBER"),
+    (("body", "global"), None, "INVALID_GLOBAL_FORMAT"),
+    (("body", "column_mapping"), None, "INVALID_COLUMN_MAPPING_FORMAT"),
+    (("body", "status_webhook"), None, "INVALID_WEBHOOK_URL"),
+)
+
+
+def envelope_error(
+    status_code: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status_code, content={"data": None, "errors": errors}, headers=headers
+    )
+
+
+def _code_for(error: dict[str, Any]) -> str:
+    loc = tuple(str(part) for part in error.get("loc", ()))
+    for prefix, error_type, code in FIELD_ERROR_CODES:
+        if loc[: len(prefix)] == prefix and error_type in (None, error.get("type")):
+            return code
+    return InvalidRequest.code
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ())[1:]) or "body"
+    return f"{where}: {error.get('msg', 'invalid')}"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HeraldError)
+    async def herald_error(_: Request, error: HeraldError) -> JSONResponse:
+        return envelope_error(
+            error.status_code, [{"error": error.code, "message": error.message}], error.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        errors = [{"error": _code_for(e), "message": _describe(e)} for e in error.errors()]
+        return envelope_error(400, errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(error.status_code, "HTTP_ERROR")
+        return envelope_error(
+            error.status_code, [{"error": code, "message": str(error.detail)}], error.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error", path=request.url.path)
+        return envelope_error(
+            500, [{"error": "INTERNAL_ERROR", "message": "unexpected error; it was logged"}]
+        )

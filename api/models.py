@@ -1,0 +1,149 @@
+"""Request bodies and reply shapes at the API's edge."""
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+
+T = TypeVar("T")
+
+
+class Envelope(BaseModel, Generic[T]):
+    data: T
+    errors: None = None
+
+
+class ErrorItem(BaseModel):
+    error: str
+    message: str
+
+
+class ErrorEnvelope(BaseModel):
+    data: None = None
+    errors: list[ErrorItem]
+
+
+class BatchGlobal(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    agent_number: str = Field(min_length=1, description="A registered SMS sender of the account.")
+    agent_message: str | None = Field(
+        None, description="Message template; `{{name}}` is filled from each row."
+    )
+    request_data: dict[str, Any] | None = Field(
+        None, description="Default template variables; a row's own values win."
+    )
+    metadata: dict[str, Any] | None = Field(None, description="Echoed in every webhook event.")
+    disposition_ids: list[str] | None = None
+    citation_schema_ids: list[str] | None = None
+
+
+class BatchRequest(BaseModel):
+    file_id: str = Field(min_length=1, description="The `file_id` from `/v1/files/attach`.")
+    global_: BatchGlobal = Field(alias="global")
+    column_mapping: dict[str, str] | None = Field(
+        None, description="File column → `request_data.<field>`."
+    )
+    status_webhook: AnyHttpUrl | None = Field(None, description="Receives each lifecycle event.")
+    name: str | None = Field(None, max_length=200)
+
+    @field_validator("column_mapping")
+    @classmethod
+    def _targets_request_data(cls, mapping: dict[str, str] | None) -> dict[str, str] | None:
+        for column, target in (mapping or {}).items():
+            field = target.removeprefix("request_data.")
+            if not target.startswith("request_data.") or not field or " " in field:
+                raise ValueError(
+                    f"column {column!r} must map to 'request_data.<field>', not {target!r}"
+                )
+            if column == "phone_number":
+                raise ValueError("phone_number cannot be mapped")
+        return mapping
+
+
+class BatchStarted(BaseModel):
+    message: str = "SMS batch processing initiated via Temporal workflow"
+    batch_id: str
+    workflow_id: str
+
+
+class AttachedFile(BaseModel):
+    file_id: str
+    id: str
+    filename: str
+    size_bytes: int
+
+
+class NumberRequest(BaseModel):
+    number: str = Field(min_length=1, description="E.164 sender number, e.g. +15551234567.")
+    channel: Literal["sms", "whatsapp"] = "sms"
+
+
+class SenderNumber(BaseModel):
+    number: str
+    channel: str
+    created_at: datetime
+
+
+class BatchSummary(BaseModel):
+    batch_id: str
+    workflow_id: str
+    name: str | None
+    status: str
+    code: str | None
+    reason: str | None
+    agent_number: str
+    rows_total: int | None
+    recipients: int | None
+    rejected: int | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class BatchDetail(BatchSummary):
+    counts: dict[str, int] = Field(description="Ledger rows by message status, and `rejected`.")
+    temporal_ui_url: str
+
+
+class Page(BaseModel):
+    limit: int
+    offset: int
+    total: int
+
+
+class BatchList(BaseModel):
+    batches: list[BatchSummary]
+    pagination: Page
+
+
+class MessageRow(BaseModel):
+    seq: int
+    row_number: int
+    to_number: str
+    body: str
+    status: str
+    carrier_sid: str | None
+    error_code: str | None
+    error_message: str | None
+    attempts: int
+    created_at: datetime
+    sent_at: datetime | None
+    updated_at: datetime
+
+
+class MessageList(BaseModel):
+    messages: list[MessageRow]
+    next_cursor: int | None = Field(description="Pass as `after` for the next page.")
+
+
+class BatchEvent(BaseModel):
+    seq: int
+    status: str
+    payload: dict[str, Any] = Field(description="Exactly the body posted to the status webhook.")
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class BatchLogs(BaseModel):
+    events: list[BatchEvent]

@@ -1,0 +1,76 @@
+"""SMS batches: start one from a file, read its state, ledger and lifecycle log."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from api.deps import AccountId, AppSettings, Pool, Temporal
+from api.errors import InvalidRequest
+from api.models import (
+    BatchDetail,
+    BatchList,
+    BatchLogs,
+    BatchRequest,
+    BatchStarted,
+    Envelope,
+    MessageList,
+    Page,
+)
+from api.services import batches as service
+from store import events, messages
+from store.messages import LEDGER_STATUSES
+
+router = APIRouter(tags=["batches"])
+
+
+@router.post("/v1/sms/batch", response_model=Envelope[BatchStarted])
+async def create_batch(
+    account_id: AccountId, pool: Pool, temporal: Temporal, settings: AppSettings, body: BatchRequest
+) -> dict:
+    """Start one BatchWorkflow for a file; answers at once with its `workflow_id`."""
+    return {"data": await service.start_batch(pool, temporal, settings, account_id, body)}
+
+
+@router.get("/v1/sms/batches", response_model=Envelope[BatchList])
+async def list_batches(
+    account_id: AccountId,
+    pool: Pool,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict:
+    rows, total = await service.list_batches(pool, account_id, limit=limit, offset=offset)
+    page = Page(limit=limit, offset=offset, total=total)
+    return {"data": BatchList(batches=rows, pagination=page)}
+
+
+@router.get("/v1/sms/batch/{batch_id}", response_model=Envelope[BatchDetail])
+async def get_batch(
+    account_id: AccountId, pool: Pool, settings: AppSettings, batch_id: str
+) -> dict:
+    return {"data": await service.get_batch(pool, settings, account_id, batch_id)}
+
+
+@router.get("/v1/sms/batch/{batch_id}/messages", response_model=Envelope[MessageList])
+async def list_messages(
+    account_id: AccountId,
+    pool: Pool,
+    batch_id: str,
+    status: Annotated[str | None, Query(description=f"One of {', '.join(LEDGER_STATUSES)}")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[int, Query(ge=-1, description="Cursor: the last `seq` seen.")] = -1,
+) -> dict:
+    if status is not None and status not in LEDGER_STATUSES:
+        raise InvalidRequest(f"status must be one of {', '.join(LEDGER_STATUSES)}")
+    batch = await service.require_batch(pool, account_id, batch_id)
+    rows = await messages.list_messages(
+        pool, account_id, batch, status=status, limit=limit, after_seq=after
+    )
+    next_cursor = rows[-1]["seq"] if len(rows) == limit else None
+    return {"data": MessageList(messages=rows, next_cursor=next_cursor)}
+
+
+@router.get("/v1/sms/batch/{batch_id}/logs", response_model=Envelope[BatchLogs])
+async def batch_logs(account_id: AccountId, pool: Pool, batch_id: str) -> dict:
+    """The lifecycle events, in order, exactly as posted to the status webhook."""
+    batch = await service.require_batch(pool, account_id, batch_id)
+    return {"data": BatchLogs(events=await events.list_events(pool, account_id, batch))}

@@ -1,0 +1,43 @@
+"""The account's sender numbers."""
+
+from fastapi import APIRouter
+
+from api.deps import AccountId, Pool
+from api.errors import HeraldError
+from api.models import Envelope, NumberRequest, SenderNumber
+from phones import to_e164
+from store import numbers
+
+router = APIRouter(tags=["numbers"])
+
+
+class InvalidPhoneNumber(HeraldError):
+    code = "INVALID_PHONE_NUMBER"
+
+
+class NumberNotFound(HeraldError):
+    status_code = 404
+    code = "NUMBER_NOT_FOUND"
+
+
+@router.post("/v1/sms/numbers", status_code=201, response_model=Envelope[SenderNumber])
+async def add_number(account_id: AccountId, pool: Pool, body: NumberRequest) -> dict:
+    """Register a sending number (E.164) for this account."""
+    number = to_e164(body.number, require_valid=False)
+    if number is None:
+        raise InvalidPhoneNumber(f"{body.number!r} is not a phone number")
+    return {"data": await numbers.add_number(pool, account_id, number, body.channel)}
+
+
+@router.get("/v1/sms/numbers", response_model=Envelope[list[SenderNumber]])
+async def list_numbers(account_id: AccountId, pool: Pool) -> dict:
+    return {"data": await numbers.list_numbers(pool, account_id)}
+
+
+@router.delete("/v1/sms/numbers/{number}", response_model=Envelope[dict[str, str]])
+async def delete_number(account_id: AccountId, pool: Pool, number: str) -> dict:
+    """Unregister a number; batches already running keep sending from it."""
+    normalised = to_e164(number, require_valid=False) or number
+    if not await numbers.delete_number(pool, account_id, normalised):
+        raise NumberNotFound(f"{number} is not a sender of this account")
+    return {"data": {"deleted": normalised}}

@@ -1,0 +1,1 @@
+"""What each route does, once it has parsed and authorised the request."""

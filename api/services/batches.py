@@ -1,0 +1,173 @@
+"""Starting and reading batches."""
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+from temporalio.client import Client
+from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from api.errors import HeraldError
+from api.models import BatchDetail, BatchRequest, BatchStarted, BatchSummary
+from phones import to_e164
+from settings import Settings
+from store import batches, files, messages, numbers
+from workflows.contracts import (
+    ACCOUNT_ID,
+    AGENT_NUMBER,
+    BATCH_ID,
+    BATCH_STATUS,
+    BatchInput,
+    DispatchSettings,
+    batch_workflow_id,
+)
+
+
+class FileNotFound(HeraldError):
+    status_code = 404
+    code = "FILE_NOT_FOUND"
+
+
+class AgentNumberNotFound(HeraldError):
+    status_code = 404
+    code = "AGENT_NUMBER_NOT_FOUND"
+
+
+class BatchAlreadyExists(HeraldError):
+    status_code = 409
+    code = "BATCH_ALREADY_EXISTS"
+
+
+class BatchNotFound(HeraldError):
+    status_code = 404
+    code = "BATCH_NOT_FOUND"
+
+
+class TemporalUnavailable(HeraldError):
+    status_code = 503
+    code = "TEMPORAL_UNAVAILABLE"
+
+
+def parse_batch_id(value: str, error: type[HeraldError] = BatchNotFound) -> uuid.UUID:
+    """A malformed id cannot name anything of the caller's: the same 404 as a missing one."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise error(f"no batch {value!r}") from None
+
+
+def _request_hash(request: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
+def dispatch_settings(settings: Settings) -> DispatchSettings:
+    return DispatchSettings(
+        chunk_size=settings.chunk_size,
+        slice_size=settings.slice_size,
+        chunk_window=settings.chunk_window,
+        slices_in_flight=settings.slices_in_flight,
+        chunks_per_run=settings.chunks_per_run,
+    )
+
+
+async def start_batch(
+    pool: asyncpg.Pool,
+    temporal: Client,
+    settings: Settings,
+    account_id: uuid.UUID,
+    body: BatchRequest,
+) -> BatchStarted:
+    """Record the batch and start its workflow; the same request again is the same batch."""
+    file_id = parse_batch_id(body.file_id, FileNotFound)
+    if not await files.file_exists(pool, account_id, file_id):
+        raise FileNotFound(f"no file {body.file_id!r}")
+    agent_number = to_e164(body.global_.agent_number, require_valid=False)
+    if agent_number is None or not await numbers.has_number(pool, account_id, agent_number):
+        raise AgentNumberNotFound(
+            f"{body.global_.agent_number} is not a registered sender of this account"
+        )
+    request = body.model_dump(mode="json", by_alias=True, exclude_none=True)
+    request["global"]["agent_number"] = agent_number
+    workflow_id = batch_workflow_id(str(file_id))
+    batch, created = await batches.create_batch(
+        pool,
+        batch_id=file_id,
+        account_id=account_id,
+        workflow_id=workflow_id,
+        name=body.name,
+        agent_number=agent_number,
+        request=request,
+        request_hash=_request_hash(request),
+    )
+    if not created and batch["request_hash"] != _request_hash(request):
+        raise BatchAlreadyExists(
+            f"file {file_id} already started batch {workflow_id} with a different request"
+        )
+    try:
+        await temporal.start_workflow(
+            "BatchWorkflow",
+            BatchInput(
+                batch_id=str(file_id),
+                account_id=str(account_id),
+                agent_number=agent_number,
+                dispatch=dispatch_settings(settings),
+            ),
+            id=workflow_id,
+            task_queue=settings.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [
+                    BATCH_STATUS.value_set("queued"),
+                    BATCH_ID.value_set(str(file_id)),
+                    ACCOUNT_ID.value_set(str(account_id)),
+                    AGENT_NUMBER.value_set(agent_number),
+                ]
+            ),
+            memo={"name": body.name or ""},
+        )
+    except WorkflowAlreadyStartedError:
+        pass
+    except RuntimeError as error:
+        raise TemporalUnavailable(
+            f"the batch is recorded but its workflow could not start ({error}); "
+            "send the same request again"
+        ) from error
+    return BatchStarted(batch_id=str(file_id), workflow_id=workflow_id)
+
+
+def _summary(batch: dict[str, Any]) -> dict[str, Any]:
+    return {**batch, "batch_id": str(batch["id"])}
+
+
+async def get_batch(
+    pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, batch_id: str
+) -> BatchDetail:
+    batch = await _batch_or_404(pool, account_id, batch_id)
+    counts = await messages.count_by_status(pool, batch["id"])
+    counts["rejected"] = batch["rejected"] or 0
+    ui = (
+        f"{settings.temporal_ui_base}/namespaces/{settings.temporal_namespace}"
+        f"/workflows/{batch['workflow_id']}"
+    )
+    return BatchDetail(**_summary(batch), counts=counts, temporal_ui_url=ui)
+
+
+async def _batch_or_404(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str) -> dict:
+    batch = await batches.get_batch(pool, account_id, parse_batch_id(batch_id))
+    if batch is None:
+        raise BatchNotFound(f"no batch {batch_id!r}")
+    return batch
+
+
+async def require_batch(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str) -> uuid.UUID:
+    return (await _batch_or_404(pool, account_id, batch_id))["id"]
+
+
+async def list_batches(
+    pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, offset: int
+) -> tuple[list[BatchSummary], int]:
+    rows, total = await batches.list_batches(pool, account_id, limit=limit, offset=offset)
+    return [BatchSummary(**_summary(r)) for r in rows], total

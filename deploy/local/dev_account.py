@@ -1,0 +1,28 @@
+"""The development account of the local stack: one API key and one sender number."""
+
+from typing import Any
+
+from store import numbers
+from store.accounts import account_for_key, create_account, create_api_key
+from store.db import create_pool, migrate
+
+# Twilio's test "From" number that always succeeds.
+DEV_SENDER = "+15005550006"
+
+
+async def ensure_dev_account(dsn: str, known: dict[str, Any]) -> dict[str, Any]:
+    """Reuse the key of the last run (`known`) while it works; otherwise make a new account."""
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        if known.get("api_key"):
+            account_id = await account_for_key(pool, known["api_key"])
+            if account_id is not None:
+                await numbers.add_number(pool, account_id, known["agent_number"], "sms")
+                return {"api_key": known["api_key"], "agent_number": known["agent_number"]}
+        account_id = await create_account(pool, "development")
+        key = await create_api_key(pool, account_id)
+        await numbers.add_number(pool, account_id, DEV_SENDER, "sms")
+        return {"api_key": key.key, "agent_number": DEV_SENDER}
+    finally:
+        await pool.close()

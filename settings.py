@@ -1,0 +1,80 @@
+"""Herald's one settings object, read from `HERALD_*` environment variables."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HERALD_", extra="ignore")
+
+    home: Path = Field(Path(".herald"), description="Local state: PostgreSQL data, Temporal file.")
+    database_url: str | None = Field(
+        None, description="PostgreSQL DSN; unset means the local stack starts embedded PostgreSQL."
+    )
+    temporal_address: str | None = Field(
+        None, description="Temporal frontend host:port; unset means the local dev server."
+    )
+    temporal_namespace: str = "default"
+    task_queue: str = "herald-sms"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    postgres_port: int = 5433
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    emulator_port: int = 8099
+    temporal_ui_url: str | None = Field(
+        None, description="Base URL of the Temporal web UI, for links in batch replies."
+    )
+
+    twilio_api_url: str | None = Field(
+        None, description="Carrier API base URL; unset means the local emulator."
+    )
+    twilio_account_sid: str = "ACdev00000000000000000000000000000"
+    twilio_auth_token: str = "dev-auth-token"
+    public_url: str | None = Field(
+        None, description="Herald's public base URL, for carrier StatusCallback URLs."
+    )
+
+    max_upload_bytes: int = 40 * 1024 * 1024
+    chunk_size: int = Field(5000, description="Recipients per ChunkWorkflow.")
+    slice_size: int = Field(500, description="Recipients per send activity.")
+    chunk_window: int = Field(4, description="ChunkWorkflows running at once per batch.")
+    slices_in_flight: int = Field(2, description="Send activities running at once per chunk.")
+    send_concurrency: int = Field(64, description="Carrier requests in flight per send activity.")
+    chunks_per_run: int = Field(
+        200, description="Chunks a BatchWorkflow run starts before it continues as new."
+    )
+    max_concurrent_activities: int = 16
+    webhook_timeout_seconds: float = 10.0
+    carrier_timeout_seconds: float = 30.0
+
+    log_level: str = "INFO"
+
+    @property
+    def temporal_target(self) -> str:
+        return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def temporal_ui_base(self) -> str:
+        return self.temporal_ui_url or f"http://127.0.0.1:{self.temporal_ui_port}"
+
+    @property
+    def carrier_url(self) -> str:
+        return self.twilio_api_url or f"http://127.0.0.1:{self.emulator_port}"
+
+    @property
+    def api_url(self) -> str:
+        return self.public_url or f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def dsn(self) -> str:
+        return self.database_url or f"postgresql://postgres@127.0.0.1:{self.postgres_port}/postgres"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

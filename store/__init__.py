@@ -1,0 +1,1 @@
+"""PostgreSQL: migrations and every SQL statement Herald runs, through asyncpg."""

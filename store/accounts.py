@@ -1,0 +1,57 @@
+"""Accounts and their API keys (random, shown once, stored as a SHA-256 hash)."""
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+KEY_PREFIX = "hk_"
+_PREFIX_LEN = 12
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewKey:
+    account_id: uuid.UUID
+    key_id: uuid.UUID
+    key: str
+
+
+def _hash(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+async def create_account(pool: asyncpg.Pool, name: str) -> uuid.UUID:
+    account_id = uuid.uuid4()
+    await pool.execute("INSERT INTO accounts (id, name) VALUES ($1, $2)", account_id, name)
+    return account_id
+
+
+async def create_api_key(pool: asyncpg.Pool, account_id: uuid.UUID) -> NewKey:
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO api_keys (id, account_id, prefix, key_hash) VALUES ($1, $2, $3, $4)",
+        key_id,
+        account_id,
+        key[:_PREFIX_LEN],
+        _hash(key),
+    )
+    return NewKey(account_id=account_id, key_id=key_id, key=key)
+
+
+async def account_for_key(pool: asyncpg.Pool, key: str) -> uuid.UUID | None:
+    """The account owning an unrevoked key, compared in constant time; None if none."""
+    if not key.startswith(KEY_PREFIX):
+        return None
+    rows = await pool.fetch(
+        "SELECT account_id, key_hash FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL",
+        key[:_PREFIX_LEN],
+    )
+    digest = _hash(key)
+    for row in rows:
+        if hmac.compare_digest(row["key_hash"], digest):
+            return row["account_id"]
+    return None

@@ -1,0 +1,115 @@
+"""Batches: one per uploaded file, with the request that started it and its phase."""
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+FINAL_STATUSES = ("completed", "completed_partial", "failed", "cancelled")
+
+_BATCH_COLUMNS = (
+    "id, account_id, workflow_id, name, agent_number, request, status, code, reason,"
+    " rows_total, recipients, rejected, created_at, updated_at, finished_at"
+)
+
+
+async def create_batch(
+    pool: asyncpg.Pool,
+    *,
+    batch_id: uuid.UUID,
+    account_id: uuid.UUID,
+    workflow_id: str,
+    name: str | None,
+    agent_number: str,
+    request: dict[str, Any],
+    request_hash: str,
+) -> tuple[dict, bool]:
+    """Insert the batch row; if the file already has one, return it and False."""
+    row = await pool.fetchrow(
+        "INSERT INTO batches (id, account_id, workflow_id, name, agent_number, request,"
+        " request_hash) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        f" ON CONFLICT (id) DO NOTHING RETURNING {_BATCH_COLUMNS}, request_hash",
+        batch_id,
+        account_id,
+        workflow_id,
+        name,
+        agent_number,
+        request,
+        request_hash,
+    )
+    if row is not None:
+        return dict(row), True
+    existing = await pool.fetchrow(
+        f"SELECT {_BATCH_COLUMNS}, request_hash FROM batches WHERE id = $1 AND account_id = $2",
+        batch_id,
+        account_id,
+    )
+    return dict(existing), False
+
+
+async def get_batch(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID) -> dict | None:
+    row = await pool.fetchrow(
+        f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = $1 AND account_id = $2",
+        batch_id,
+        account_id,
+    )
+    return dict(row) if row else None
+
+
+async def batch_for_workflow(pool: asyncpg.Pool, batch_id: uuid.UUID) -> dict:
+    """The batch row, unfiltered by account: for activities, which act for the workflow."""
+    row = await pool.fetchrow(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = $1", batch_id)
+    return dict(row)
+
+
+async def list_batches(
+    pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, offset: int
+) -> tuple[list[dict], int]:
+    rows = await pool.fetch(
+        f"SELECT {_BATCH_COLUMNS} FROM batches WHERE account_id = $1"
+        " ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
+        account_id,
+        limit,
+        offset,
+    )
+    total = await pool.fetchval("SELECT count(*) FROM batches WHERE account_id = $1", account_id)
+    return [dict(r) for r in rows], total
+
+
+async def set_status(
+    pool: asyncpg.Pool,
+    batch_id: uuid.UUID,
+    *,
+    status: str,
+    code: str | None = None,
+    reason: str | None = None,
+) -> None:
+    await pool.execute(
+        "UPDATE batches SET status = $2, code = COALESCE($3, code), reason = COALESCE($4, reason),"
+        " updated_at = now(),"
+        " finished_at = CASE WHEN $2 = ANY($5::text[]) THEN now() ELSE finished_at END"
+        " WHERE id = $1",
+        batch_id,
+        status,
+        code,
+        reason,
+        list(FINAL_STATUSES),
+    )
+
+
+async def set_validation_counts(
+    conn: asyncpg.Connection,
+    batch_id: uuid.UUID,
+    *,
+    rows_total: int,
+    recipients: int,
+    rejected: int,
+) -> None:
+    await conn.execute(
+        "UPDATE batches SET rows_total = $2, recipients = $3, rejected = $4, updated_at = now()"
+        " WHERE id = $1",
+        batch_id,
+        rows_total,
+        recipients,
+        rejected,
+    )

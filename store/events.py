@@ -1,0 +1,100 @@
+"""Batch lifecycle events (the `/logs` of a batch) and their webhook delivery attempts."""
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+
+async def append_event(
+    pool: asyncpg.Pool,
+    *,
+    batch_id: uuid.UUID,
+    account_id: uuid.UUID,
+    seq: int,
+    status: str,
+    payload: dict[str, Any],
+) -> None:
+    """Insert event `seq`; a retried activity inserting the same seq again is a no-op."""
+    await pool.execute(
+        "INSERT INTO batch_events (batch_id, seq, account_id, status, payload)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (batch_id, seq) DO NOTHING",
+        batch_id,
+        seq,
+        account_id,
+        status,
+        payload,
+    )
+
+
+async def undelivered_events(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[dict]:
+    rows = await pool.fetch(
+        "SELECT seq, account_id, payload FROM batch_events"
+        " WHERE batch_id = $1 AND attempts = 0 ORDER BY seq",
+        batch_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def record_delivery(
+    pool: asyncpg.Pool,
+    *,
+    batch_id: uuid.UUID,
+    account_id: uuid.UUID,
+    event_seq: int,
+    url: str,
+    status_code: int | None,
+    error: str | None,
+    duration_ms: int,
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO webhook_deliveries (batch_id, event_seq, account_id, url, status_code,"
+            " error, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            batch_id,
+            event_seq,
+            account_id,
+            url,
+            status_code,
+            error,
+            duration_ms,
+        )
+        await conn.execute(
+            "UPDATE batch_events SET attempts = attempts + 1,"
+            " delivered_at = CASE WHEN $3 THEN now() ELSE delivered_at END"
+            " WHERE batch_id = $1 AND seq = $2",
+            batch_id,
+            event_seq,
+            status_code is not None and 200 <= status_code < 300,
+        )
+
+
+async def mark_attempted(pool: asyncpg.Pool, batch_id: uuid.UUID, event_seq: int) -> None:
+    """An event with no webhook URL to go to still counts as handled."""
+    await pool.execute(
+        "UPDATE batch_events SET attempts = attempts + 1 WHERE batch_id = $1 AND seq = $2",
+        batch_id,
+        event_seq,
+    )
+
+
+async def list_events(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID) -> list[dict]:
+    rows = await pool.fetch(
+        "SELECT seq, status, payload, created_at, delivered_at FROM batch_events"
+        " WHERE batch_id = $1 AND account_id = $2 ORDER BY seq",
+        batch_id,
+        account_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def list_deliveries(
+    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID
+) -> list[dict]:
+    rows = await pool.fetch(
+        "SELECT event_seq, url, attempted_at, status_code, error, duration_ms"
+        " FROM webhook_deliveries WHERE batch_id = $1 AND account_id = $2 ORDER BY id",
+        batch_id,
+        account_id,
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,145 @@
+"""The message ledger: one row per recipient; statuses only move forward."""
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import asyncpg
+
+LEDGER_STATUSES = (
+    "pending",
+    "sending",
+    "sent",
+    "delivered",
+    "undelivered",
+    "failed",
+    "skipped",
+    "cancelled",
+    "uncertain",
+)
+
+RECIPIENT_COLUMNS = (
+    "batch_id",
+    "seq",
+    "account_id",
+    "row_number",
+    "to_number",
+    "body",
+    "status",
+    "error_code",
+)
+REJECTED_COLUMNS = ("batch_id", "row_number", "account_id", "code", "reason", "value")
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    seq: int
+    to_number: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    seq: int
+    status: str
+    carrier_sid: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+async def clear_validation(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
+    """Drop what an interrupted validation attempt wrote, so a retry starts clean."""
+    await conn.execute("DELETE FROM messages WHERE batch_id = $1", batch_id)
+    await conn.execute("DELETE FROM rejected_rows WHERE batch_id = $1", batch_id)
+
+
+async def copy_recipients(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
+    await conn.copy_records_to_table("messages", records=records, columns=RECIPIENT_COLUMNS)
+
+
+async def copy_rejected(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
+    await conn.copy_records_to_table("rejected_rows", records=records, columns=REJECTED_COLUMNS)
+
+
+async def claim_slice(
+    pool: asyncpg.Pool, batch_id: uuid.UUID, start: int, end: int, *, first_attempt: bool
+) -> list[ClaimedMessage]:
+    """Move the slice's pending rows to `sending` and return them.
+
+    Rows still `sending` when a retry arrives were claimed by a crashed attempt: the carrier
+    may have accepted them, and Twilio takes no idempotency key, so they become `uncertain`
+    instead of being sent again.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        if not first_attempt:
+            await conn.execute(
+                "UPDATE messages SET status = 'uncertain', updated_at = now()"
+                " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'sending'",
+                batch_id,
+                start,
+                end,
+            )
+        rows = await conn.fetch(
+            "UPDATE messages SET status = 'sending', attempts = attempts + 1, updated_at = now()"
+            " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'pending'"
+            " RETURNING seq, to_number, body",
+            batch_id,
+            start,
+            end,
+        )
+    return [ClaimedMessage(r["seq"], r["to_number"], r["body"]) for r in rows]
+
+
+async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome]) -> None:
+    """Write every outcome of a slice in one statement; only rows still `sending` move."""
+    if not outcomes:
+        return
+    await pool.execute(
+        "UPDATE messages AS m SET status = o.status, carrier_sid = o.sid,"
+        " error_code = o.code, error_message = o.msg, updated_at = now(),"
+        " sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE m.sent_at END"
+        " FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])"
+        " AS o(seq, status, sid, code, msg)"
+        " WHERE m.batch_id = $1 AND m.seq = o.seq AND m.status = 'sending'",
+        batch_id,
+        [o.seq for o in outcomes],
+        [o.status for o in outcomes],
+        [o.carrier_sid for o in outcomes],
+        [o.error_code for o in outcomes],
+        [o.error_message for o in outcomes],
+    )
+
+
+async def recipient_count(pool: asyncpg.Pool, batch_id: uuid.UUID) -> int:
+    return await pool.fetchval("SELECT count(*) FROM messages WHERE batch_id = $1", batch_id)
+
+
+async def count_by_status(pool: asyncpg.Pool, batch_id: uuid.UUID) -> dict[str, int]:
+    rows = await pool.fetch(
+        "SELECT status, count(*) AS n FROM messages WHERE batch_id = $1 GROUP BY status",
+        batch_id,
+    )
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def list_messages(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    *,
+    status: str | None,
+    limit: int,
+    after_seq: int,
+) -> list[dict]:
+    rows = await pool.fetch(
+        "SELECT seq, row_number, to_number, body, status, carrier_sid, error_code,"
+        " error_message, attempts, created_at, sent_at, updated_at FROM messages"
+        " WHERE batch_id = $1 AND account_id = $2 AND seq > $3"
+        " AND ($4::text IS NULL OR status = $4) ORDER BY seq LIMIT $5",
+        batch_id,
+        account_id,
+        after_seq,
+        status,
+        limit,
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,205 @@
+"""One real stack per test session: embedded PostgreSQL, the Temporal dev server, the carrier
+emulator (all real processes) and an in-process worker. Tests isolate themselves by account,
+ids and phone numbers, never by restarting anything."""
+
+import asyncio
+import secrets
+import sys
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from aiohttp import web
+from temporalio.client import Client
+
+from api.app import create_app
+from deploy.local.postgres import dsn, postgres_process, postgres_ready
+from deploy.local.processes import ManagedProcess, free_port, http_ok
+from deploy.local.temporal import temporal_process, temporal_ready
+from settings import Settings
+from store import numbers
+from store.accounts import create_account, create_api_key
+from store.db import create_pool, migrate
+from worker import herald_worker
+
+AUTH_TOKEN = "dev-auth-token"
+SENDER = "+15005550006"
+WAIT_SECONDS = 60
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(stack_dir: Path) -> Iterator[str]:
+    port = free_port()
+    pg = postgres_process(stack_dir / "pg", port, stack_dir / "pg.log", ephemeral=True).start()
+    try:
+        pg.wait_until(lambda: postgres_ready(port), 60)
+        yield dsn(port)
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def temporal_address(stack_dir: Path) -> Iterator[str]:
+    port = free_port()
+    server = temporal_process(port=port, ui_port=None, db_file=None, log_path=stack_dir / "t.log")
+    server.start()
+    try:
+        server.wait_until(lambda: temporal_ready(port), 60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def emulator_url(stack_dir: Path) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    emulator = ManagedProcess(
+        "emulator",
+        [
+            sys.executable,
+            "-m",
+            "deploy.local.emulator",
+            "--port",
+            str(port),
+            "--auth-token",
+            AUTH_TOKEN,
+        ],
+        stack_dir / "emulator.log",
+    ).start()
+    try:
+        emulator.wait_until(lambda: http_ok(f"{url}/_emulator/health"), 30)
+        yield url
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(
+    postgres_dsn: str, temporal_address: str, emulator_url: str, stack_dir: Path
+) -> Settings:
+    return Settings(
+        home=stack_dir,
+        database_url=postgres_dsn,
+        temporal_address=temporal_address,
+        twilio_api_url=emulator_url,
+        twilio_auth_token=AUTH_TOKEN,
+        task_queue=f"herald-test-{uuid.uuid4().hex[:8]}",
+        chunk_size=1000,
+        slice_size=250,
+    )
+
+
+@pytest.fixture(scope="session")
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(settings.dsn)
+    await migrate(pool)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def temporal(settings: Settings) -> Client:
+    return await Client.connect(settings.temporal_target)
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def worker(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """The worker runs for the whole session, but only when a test needs the stack."""
+    if not any("settings" in item.fixturenames for item in request.session.items):
+        yield
+        return
+    settings: Settings = request.getfixturevalue("settings")
+    temporal: Client = request.getfixturevalue("temporal")
+    async with herald_worker(temporal, settings) as running, running:
+        yield
+
+
+@asynccontextmanager
+async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The real FastAPI app, lifespan included, over an in-process transport."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:
+            yield client
+
+
+@pytest.fixture(scope="session")
+async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client(settings) as client:
+        yield client
+
+
+@dataclass
+class Account:
+    account_id: uuid.UUID
+    key: str
+    agent_number: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": self.key}
+
+
+@pytest.fixture
+async def account(pool: asyncpg.Pool) -> Account:
+    """A fresh account with one key and one registered sender."""
+    account_id = await create_account(pool, f"test-{secrets.token_hex(4)}")
+    key = await create_api_key(pool, account_id)
+    await numbers.add_number(pool, account_id, SENDER, "sms")
+    return Account(account_id=account_id, key=key.key, agent_number=SENDER)
+
+
+@dataclass
+class WebhookReceiver:
+    """Collects status webhook posts per path, in arrival order."""
+
+    base_url: str
+    received: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/{name}"
+
+    async def wait_for(self, name: str, *statuses: str) -> list[dict[str, Any]]:
+        """The events at `name` once one of `statuses` has arrived (at most a minute)."""
+        async with asyncio.timeout(WAIT_SECONDS), self.changed:
+            await self.changed.wait_for(
+                lambda: any(e["status"] in statuses for e in self.received[name])
+            )
+        return self.received[name]
+
+
+@pytest.fixture(scope="session")
+async def webhooks() -> AsyncIterator[WebhookReceiver]:
+    receiver = WebhookReceiver(base_url="")
+
+    async def collect(request: web.Request) -> web.Response:
+        event = await request.json()
+        async with receiver.changed:
+            receiver.received[request.match_info["name"]].append(event)
+            receiver.changed.notify_all()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/{name}", collect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    receiver.base_url = f"http://127.0.0.1:{port}"
+    yield receiver
+    await runner.cleanup()

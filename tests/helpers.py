@@ -1,0 +1,49 @@
+"""Builders shared by tests: unique phone numbers, recipient files, batch calls."""
+
+import csv
+import io
+import random
+from typing import Any
+
+import httpx
+
+from phones import to_e164
+
+AREA_CODES = (201, 212, 213, 305, 312, 404, 415, 503, 617, 702, 718, 917)
+
+
+def unique_numbers(count: int, rng: random.Random | None = None) -> list[str]:
+    """`count` distinct valid US numbers; random enough not to meet another test's."""
+    rng = rng or random.Random()
+    found: set[str] = set()
+    while len(found) < count:
+        raw = f"+1{rng.choice(AREA_CODES)}{rng.randint(200, 999)}{rng.randint(0, 9999):04d}"
+        if to_e164(raw) == raw:
+            found.add(raw)
+    return sorted(found)
+
+
+def csv_bytes(header: list[str], rows: list[list[Any]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+async def attach(api: httpx.AsyncClient, headers: dict[str, str], content: bytes) -> str:
+    response = await api.post(
+        "/v1/files/attach",
+        headers=headers,
+        data={"file_type": "batches"},
+        files={"file": ("recipients.csv", content, "text/csv")},
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["file_id"]
+
+
+async def emulator_messages(emulator_url: str, **filters: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{emulator_url}/_emulator/messages", params=filters)
+        response.raise_for_status()
+        return response.json()

@@ -1,0 +1,156 @@
+"""The batch pipeline end to end on the real stack: file in, every message out once."""
+
+import secrets
+
+import httpx
+from temporalio.client import Client
+
+from settings import Settings
+from tests.conftest import Account, WebhookReceiver, api_client
+from tests.helpers import attach, csv_bytes, emulator_messages, unique_numbers
+
+FINAL = ("completed", "completed_partial", "failed", "cancelled")
+
+
+def phases(events: list[dict]) -> list[str]:
+    """The distinct statuses in arrival order (progress repeats a status)."""
+    seen: list[str] = []
+    for event in events:
+        if not seen or seen[-1] != event["status"]:
+            seen.append(event["status"])
+    return seen
+
+
+async def start(
+    api: httpx.AsyncClient, account: Account, file_id: str, **body: object
+) -> httpx.Response:
+    payload = {"file_id": file_id, "global": {"agent_number": account.agent_number}}
+    payload.update(body)
+    return await api.post("/v1/sms/batch", headers=account.headers, json=payload)
+
+
+async def test_ten_thousand_personalised_rows_are_each_sent_once(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
+) -> None:
+    run = secrets.token_hex(6)
+    numbers = unique_numbers(10_000)
+    names = {number: f"Name{i}" for i, number in enumerate(numbers)}
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number", "first_name"], list(names.items()))
+    )
+
+    response = await start(
+        api,
+        account,
+        file_id,
+        status_webhook=webhooks.url(run),
+        name="ten thousand",
+        **{
+            "global": {
+                "agent_number": account.agent_number,
+                "agent_message": "Hi {{ first_name }} [" + run + "]",
+                "metadata": {"run": run},
+            }
+        },
+    )
+
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert data == {
+        "message": "SMS batch processing initiated via Temporal workflow",
+        "batch_id": file_id,
+        "workflow_id": f"sms-batch-{file_id}",
+    }
+    events = await webhooks.wait_for(run, *FINAL)
+    assert phases(events) == ["validating", "dispatching", "in_progress_chunked", "completed"]
+    final = events[-1]
+    assert final["messages_total"] == 10_000
+    assert final["messages_successful"] == 10_000
+    assert final["messages_failed"] == final["messages_skipped"] == 0
+    assert all(e["metadata"] == {"run": run} for e in events)
+    assert all(e["batch_id"] == file_id and e["workflow_id"] == data["workflow_id"] for e in events)
+
+    received = await emulator_messages(emulator_url, body_contains=run)
+    assert len(received) == 10_000
+    assert sorted(m["to"] for m in received) == numbers
+    assert all(m["body"] == f"Hi {names[m['to']]} [{run}]" for m in received)
+    assert {m["from"] for m in received} == {account.agent_number}
+
+    batch = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()["data"]
+    assert batch["status"] == "completed"
+    assert batch["counts"] == {"sent": 10_000, "rejected": 0}
+    assert batch["rows_total"] == 10_000
+    assert batch["temporal_ui_url"].endswith(f"/workflows/sms-batch-{file_id}")
+
+    logs = (await api.get(f"/v1/sms/batch/{file_id}/logs", headers=account.headers)).json()
+    assert [e["payload"] for e in logs["data"]["events"]] == events
+
+
+async def test_repeating_the_request_returns_the_same_batch_and_sends_once(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
+) -> None:
+    run = secrets.token_hex(6)
+    numbers = unique_numbers(5)
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
+    )
+    body = {
+        "status_webhook": webhooks.url(run),
+        "global": {"agent_number": account.agent_number, "agent_message": f"once {run}"},
+    }
+
+    first = await start(api, account, file_id, **body)
+    second = await start(api, account, file_id, **body)
+    await webhooks.wait_for(run, *FINAL)
+    third = await start(api, account, file_id, **body)
+    changed = await start(
+        api, account, file_id, **{**body, "global": {**body["global"], "agent_message": "x"}}
+    )
+
+    assert first.status_code == second.status_code == third.status_code == 200
+    assert first.json() == second.json() == third.json()
+    assert changed.status_code == 409
+    assert changed.json()["errors"][0]["error"] == "BATCH_ALREADY_EXISTS"
+    assert len(await emulator_messages(emulator_url, body_contains=run)) == 5
+
+
+async def test_continue_as_new_keeps_every_run_history_bounded(
+    settings: Settings,
+    temporal: Client,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+) -> None:
+    small = settings.model_copy(
+        update={"chunk_size": 40, "slice_size": 20, "chunk_window": 2, "chunks_per_run": 3}
+    )
+    run = secrets.token_hex(6)
+    numbers = unique_numbers(400)
+    async with api_client(small) as api:
+        file_id = await attach(
+            api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
+        )
+        response = await start(
+            api,
+            account,
+            file_id,
+            status_webhook=webhooks.url(run),
+            **{"global": {"agent_number": account.agent_number, "agent_message": f"can {run}"}},
+        )
+        assert response.status_code == 200, response.text
+        events = await webhooks.wait_for(run, *FINAL)
+
+    assert events[-1]["status"] == "completed"
+    assert len(await emulator_messages(emulator_url, body_contains=run)) == 400
+    workflow_id = f"sms-batch-{file_id}"
+    runs = [r async for r in temporal.list_workflows(f'WorkflowId = "{workflow_id}"')]
+    assert len(runs) >= 4  # 10 chunks, 3 per run
+    for execution in runs:
+        handle = temporal.get_workflow_handle(workflow_id, run_id=execution.run_id)
+        history = await handle.fetch_history()
+        assert len(history.events) < 250
+    chunk_ids = {
+        r.id
+        async for r in temporal.list_workflows(f'WorkflowId STARTS_WITH "{workflow_id}/chunk-"')
+    }
+    assert len(chunk_ids) == 10

@@ -1,0 +1,60 @@
+"""The Temporal worker: registers Herald's workflows and activities and runs them."""
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.batch import BatchActivities
+from activities.providers.twilio import TwilioCarrier
+from logs import configure_logging
+from settings import Settings, get_settings
+from store.db import create_pool, migrate
+from workflows import WORKFLOWS
+
+
+@asynccontextmanager
+async def herald_worker(client: Client, settings: Settings) -> AsyncIterator[Worker]:
+    """A ready worker with its pool, carrier and HTTP client; all closed on exit."""
+    pool = await create_pool(settings.dsn, max_size=max(10, settings.max_concurrent_activities + 4))
+    await migrate(pool)
+    carrier = TwilioCarrier(
+        account_sid=settings.twilio_account_sid,
+        auth_token=settings.twilio_auth_token,
+        api_url=settings.carrier_url,
+        timeout=settings.carrier_timeout_seconds,
+    )
+    http = httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
+    batch_activities = BatchActivities(pool=pool, carrier=carrier, http=http, settings=settings)
+    try:
+        yield Worker(
+            client,
+            task_queue=settings.task_queue,
+            workflows=WORKFLOWS,
+            activities=batch_activities.registered(),
+            max_concurrent_activities=settings.max_concurrent_activities,
+        )
+    finally:
+        await http.aclose()
+        await carrier.close()
+        await pool.close()
+
+
+async def main() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    client = await Client.connect(settings.temporal_target, namespace=settings.temporal_namespace)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with herald_worker(client, settings) as worker, worker:
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

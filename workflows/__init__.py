@@ -1,0 +1,6 @@
+"""Temporal workflows: deterministic, side-effect free; activities are called by name."""
+
+from workflows.batch import BatchWorkflow
+from workflows.chunk import ChunkWorkflow
+
+WORKFLOWS = [BatchWorkflow, ChunkWorkflow]

@@ -1,0 +1,136 @@
+"""The dataclasses workflows and activities exchange, and the ids both sides derive.
+
+New fields always get defaults, so histories of running workflows keep replaying.
+"""
+
+from dataclasses import dataclass, field
+
+from temporalio.common import SearchAttributeKey
+
+BATCH_STATUS = SearchAttributeKey.for_keyword("BatchStatus")
+BATCH_ID = SearchAttributeKey.for_keyword("BatchId")
+ACCOUNT_ID = SearchAttributeKey.for_keyword("AccountId")
+AGENT_NUMBER = SearchAttributeKey.for_keyword("AgentNumber")
+RECIPIENT_COUNT = SearchAttributeKey.for_int("RecipientCount")
+
+SEARCH_ATTRIBUTES = {
+    "BatchStatus": "Keyword",
+    "BatchId": "Keyword",
+    "AccountId": "Keyword",
+    "AgentNumber": "Keyword",
+    "RecipientCount": "Int",
+}
+
+
+def batch_workflow_id(batch_id: str) -> str:
+    return f"sms-batch-{batch_id}"
+
+
+@dataclass(kw_only=True)
+class DispatchSettings:
+    chunk_size: int = 5000
+    slice_size: int = 500
+    chunk_window: int = 4
+    slices_in_flight: int = 2
+    chunks_per_run: int = 200
+
+
+@dataclass(kw_only=True)
+class DispatchState:
+    """What a BatchWorkflow run hands to the next one when it continues as new."""
+
+    rows_total: int
+    recipients: int
+    next_chunk: int
+    dispatched: int
+    event_seq: int
+    dispatch_started: float
+    status: str
+
+
+@dataclass(kw_only=True)
+class BatchInput:
+    batch_id: str
+    account_id: str
+    agent_number: str
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    state: DispatchState | None = None
+
+
+@dataclass(kw_only=True)
+class BatchCounts:
+    total: int = 0
+    successful: int = 0
+    failed: int = 0
+    skipped: int = 0
+    cancelled: int = 0
+    uncertain: int = 0
+
+
+@dataclass(kw_only=True)
+class BatchResult:
+    status: str
+    counts: BatchCounts
+    code: str | None = None
+    reason: str | None = None
+
+
+@dataclass(kw_only=True)
+class ValidateInput:
+    batch_id: str
+
+
+@dataclass(kw_only=True)
+class ValidationResult:
+    rows_total: int
+    recipients: int
+    rejected: int
+    skipped: int
+    code: str | None = None
+    reason: str | None = None
+
+
+@dataclass(kw_only=True)
+class StatusUpdate:
+    batch_id: str
+    workflow_id: str
+    event_seq: int
+    status: str
+    message: str | None = None
+    code: str | None = None
+    reason: str | None = None
+    counts: BatchCounts | None = None
+
+
+@dataclass(kw_only=True)
+class DeliverEventsInput:
+    batch_id: str
+
+
+@dataclass(kw_only=True)
+class ChunkInput:
+    batch_id: str
+    agent_number: str
+    start: int
+    end: int
+    slice_size: int
+    slices_in_flight: int
+
+
+@dataclass(kw_only=True)
+class SendSliceInput:
+    batch_id: str
+    agent_number: str
+    start: int
+    end: int
+
+
+@dataclass(kw_only=True)
+class SendCounts:
+    sent: int = 0
+    failed: int = 0
+
+
+@dataclass(kw_only=True)
+class CountInput:
+    batch_id: str
