@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     twilio_api_url: str | None = Field(
         None, description="Carrier API base URL; unset means the local emulator."
     )
-    twilio_account_sid: str = "ACdev00000000000000000000000000000"
+    twilio_account_sid: str = "AC" + "0" * 32
     twilio_auth_token: str = "dev-auth-token"
     public_url: str | None = Field(
         None, description="Herald's public base URL, for carrier StatusCallback URLs."

@@ -115,14 +115,9 @@ async def temporal(settings: Settings) -> Client:
     return await Client.connect(settings.temporal_target)
 
 
-@pytest.fixture(scope="session", autouse=True)
-async def worker(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    """The worker runs for the whole session, but only when a test needs the stack."""
-    if not any("settings" in item.fixturenames for item in request.session.items):
-        yield
-        return
-    settings: Settings = request.getfixturevalue("settings")
-    temporal: Client = request.getfixturevalue("temporal")
+@pytest.fixture(scope="session")
+async def worker(settings: Settings, temporal: Client) -> AsyncIterator[None]:
+    """One in-process worker for the whole session, started by the first test that needs it."""
     async with herald_worker(temporal, settings) as running, running:
         yield
 
@@ -138,7 +133,7 @@ async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(scope="session")
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def api(settings: Settings, worker: None) -> AsyncIterator[httpx.AsyncClient]:
     async with api_client(settings) as client:
         yield client
 
@@ -155,7 +150,7 @@ class Account:
 
 
 @pytest.fixture
-async def account(pool: asyncpg.Pool) -> Account:
+async def account(pool: asyncpg.Pool, worker: None) -> Account:
     """A fresh account with one key and one registered sender."""
     account_id = await create_account(pool, f"test-{secrets.token_hex(4)}")
     key = await create_api_key(pool, account_id)

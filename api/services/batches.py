@@ -7,7 +7,11 @@ from typing import Any
 
 import asyncpg
 from temporalio.client import Client
-from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.errors import HeraldError
@@ -120,10 +124,10 @@ async def start_batch(
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             search_attributes=TypedSearchAttributes(
                 [
-                    BATCH_STATUS.value_set("queued"),
-                    BATCH_ID.value_set(str(file_id)),
-                    ACCOUNT_ID.value_set(str(account_id)),
-                    AGENT_NUMBER.value_set(agent_number),
+                    SearchAttributePair(BATCH_STATUS, "queued"),
+                    SearchAttributePair(BATCH_ID, str(file_id)),
+                    SearchAttributePair(ACCOUNT_ID, str(account_id)),
+                    SearchAttributePair(AGENT_NUMBER, agent_number),
                 ]
             ),
             memo={"name": body.name or ""},

@@ -1,0 +1,353 @@
+"""A local carrier: the subset of Twilio's 2010 Messages API that Herald uses.
+
+It answers `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` as Twilio does (form body,
+basic auth, Twilio-shaped JSON and error bodies), honours Twilio's test "magic numbers",
+injects latency, 429s and 5xx on request, posts delivery callbacks signed with
+`X-Twilio-Signature`, and lets tests read what it received under `/_emulator/`.
+"""
+
+import argparse
+import asyncio
+import random
+import secrets
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import uvloop
+from aiohttp import BasicAuth, ClientSession, ClientTimeout, web
+from twilio.request_validator import RequestValidator
+
+API_VERSION = "2010-04-01"
+MESSAGES_PATH = f"/{API_VERSION}/Accounts/{{account_sid}}/Messages.json"
+
+# CreateMessage parameters this emulator understands; each is a property of Twilio's own
+# OpenAPI description of CreateMessage (a test checks this). Others are refused, so a
+# client that drifts from what Twilio accepts is caught here rather than in production.
+KNOWN_PARAMETERS = frozenset(
+    {
+        "To",
+        "From",
+        "Body",
+        "StatusCallback",
+        "MessagingServiceSid",
+        "ContentSid",
+        "ContentVariables",
+        "MediaUrl",
+        "ValidityPeriod",
+        "Attempt",
+    }
+)
+
+# Twilio's test credentials: these "To" and "From" numbers fail with fixed errors.
+MAGIC_TO: dict[str, tuple[int, str]] = {
+    "+15005550001": (21211, "The 'To' number {to} is not a valid phone number."),
+    "+15005550002": (21612, "The 'To' phone number: {to}, is not currently reachable."),
+    "+15005550003": (21408, "Permission to send an SMS has not been enabled for {to}."),
+    "+15005550004": (21610, "Attempt to send to unsubscribed recipient"),
+    "+15005550009": (21614, "'To' number {to} is not a valid mobile number"),
+}
+MAGIC_FROM: dict[str, tuple[int, str]] = {
+    "+15005550001": (21212, "The 'From' number {from_} is not a valid phone number."),
+    "+15005550007": (21606, "The 'From' phone number provided is not owned by your account."),
+    "+15005550008": (21611, "This 'From' number has exceeded its queue of messages."),
+}
+HTTP_ERROR_CODES = {429: 20429, 500: 20500, 502: 20500, 503: 20503, 504: 20500}
+
+
+@dataclass(kw_only=True)
+class Faults:
+    """What the emulator does besides accepting: set at start or by `POST /_emulator/config`."""
+
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    rate_429: float = 0.0
+    rate_5xx: float = 0.0
+    retry_after_seconds: int | None = None
+    delivery_delay_ms: float = 50.0
+    undelivered_rate: float = 0.0
+    # "To" number → HTTP statuses to answer, in order, before that number is accepted.
+    scripted: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    sid: str
+    to: str
+    from_: str
+    body: str
+    status_callback: str | None
+    received_at: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "sid": self.sid,
+            "to": self.to,
+            "from": self.from_,
+            "body": self.body,
+            "status_callback": self.status_callback,
+            "received_at": datetime.fromtimestamp(self.received_at, UTC).isoformat(),
+        }
+
+
+def rfc2822(moment: datetime) -> str:
+    return moment.strftime("%a, %d %b %Y %H:%M:%S +0000")
+
+
+def twilio_error(status: int, code: int, message: str) -> web.Response:
+    return web.json_response(
+        {
+            "code": code,
+            "message": message,
+            "more_info": f"https://www.twilio.com/docs/errors/{code}",
+            "status": status,
+        },
+        status=status,
+    )
+
+
+class Carrier:
+    def __init__(self, *, auth_token: str, faults: Faults, seed: int | None = None) -> None:
+        self.auth_token = auth_token
+        self.faults = faults
+        self.received: list[Received] = []
+        self.refused: Counter[int] = Counter()
+        self._validator = RequestValidator(auth_token)
+        self._random = random.Random(seed)
+        self._callbacks: set[asyncio.Task[None]] = set()
+        self._http: ClientSession | None = None
+
+    async def start(self, _: web.Application) -> None:
+        self._http = ClientSession(timeout=ClientTimeout(total=10))
+
+    async def stop(self, _: web.Application) -> None:
+        for task in self._callbacks:
+            task.cancel()
+        if self._http is not None:
+            await self._http.close()
+
+    def _authorised(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        try:
+            auth = BasicAuth.decode(header)
+        except ValueError:
+            return False
+        return auth.login == request.match_info["account_sid"] and secrets.compare_digest(
+            auth.password, self.auth_token
+        )
+
+    def _refuse(self, status: int, code: int, message: str) -> web.Response:
+        self.refused[code] += 1
+        response = twilio_error(status, code, message)
+        if status == 429 and self.faults.retry_after_seconds is not None:
+            response.headers["Retry-After"] = str(self.faults.retry_after_seconds)
+        return response
+
+    def _injected_failure(self, to: str) -> int | None:
+        script = self.faults.scripted.get(to)
+        if script:
+            return script.pop(0)
+        roll = self._random.random()
+        if roll < self.faults.rate_429:
+            return 429
+        if roll < self.faults.rate_429 + self.faults.rate_5xx:
+            return 503
+        return None
+
+    async def create_message(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return self._refuse(401, 20003, "Authenticate")
+        form = await request.post()
+        unknown = sorted(set(form) - KNOWN_PARAMETERS)
+        if unknown:
+            return self._refuse(400, 21000, f"Unknown parameters: {', '.join(unknown)}")
+        to, from_ = str(form.get("To", "")), str(form.get("From", ""))
+        body = str(form.get("Body", ""))
+        if self.faults.latency_ms or self.faults.latency_jitter_ms:
+            jitter = self._random.uniform(0, self.faults.latency_jitter_ms)
+            await asyncio.sleep((self.faults.latency_ms + jitter) / 1000)
+        if not to:
+            return self._refuse(400, 21604, "A 'To' phone number is required.")
+        if not from_ and not form.get("MessagingServiceSid"):
+            return self._refuse(400, 21603, "A 'From' phone number is required.")
+        if not body and not form.get("ContentSid") and not form.get("MediaUrl"):
+            return self._refuse(400, 21602, "Message body is required.")
+        bare_to = to.removeprefix("whatsapp:")
+        if bare_to in MAGIC_TO:
+            code, text = MAGIC_TO[bare_to]
+            return self._refuse(400, code, text.format(to=to))
+        if from_.removeprefix("whatsapp:") in MAGIC_FROM:
+            code, text = MAGIC_FROM[from_.removeprefix("whatsapp:")]
+            return self._refuse(400, code, text.format(from_=from_))
+        failure = self._injected_failure(bare_to)
+        if failure is not None:
+            code = HTTP_ERROR_CODES.get(failure, 20500)
+            return self._refuse(failure, code, f"Injected failure {failure}")
+        account_sid = request.match_info["account_sid"]
+        sid = "SM" + secrets.token_hex(16)
+        callback = str(form["StatusCallback"]) if form.get("StatusCallback") else None
+        now = time.time()
+        self.received.append(Received(sid, to, from_, body, callback, now))
+        if callback:
+            self._schedule_callbacks(callback, account_sid, sid, to, from_)
+        created = rfc2822(datetime.fromtimestamp(now, UTC))
+        uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages/{sid}"
+        return web.json_response(
+            {
+                "account_sid": account_sid,
+                "api_version": API_VERSION,
+                "body": body,
+                "date_created": created,
+                "date_sent": None,
+                "date_updated": created,
+                "direction": "outbound-api",
+                "error_code": None,
+                "error_message": None,
+                "from": from_,
+                "messaging_service_sid": form.get("MessagingServiceSid"),
+                "num_media": "0",
+                "num_segments": str(1 if len(body) <= 160 else -(-len(body) // 153)),
+                "price": None,
+                "price_unit": "USD",
+                "sid": sid,
+                "status": "queued",
+                "subresource_uris": {"media": f"{uri}/Media.json"},
+                "to": to,
+                "uri": f"{uri}.json",
+            },
+            status=201,
+        )
+
+    def _schedule_callbacks(
+        self, url: str, account_sid: str, sid: str, to: str, from_: str
+    ) -> None:
+        task = asyncio.create_task(self._deliver(url, account_sid, sid, to, from_))
+        self._callbacks.add(task)
+        task.add_done_callback(self._callbacks.discard)
+
+    async def _deliver(self, url: str, account_sid: str, sid: str, to: str, from_: str) -> None:
+        """Post `sent`, then `delivered` or `undelivered`, as Twilio's status callbacks do."""
+        await asyncio.sleep(self.faults.delivery_delay_ms / 1000)
+        undelivered = self._random.random() < self.faults.undelivered_rate
+        for status in ("sent", "undelivered" if undelivered else "delivered"):
+            params = {
+                "AccountSid": account_sid,
+                "ApiVersion": API_VERSION,
+                "From": from_,
+                "MessageSid": sid,
+                "MessageStatus": status,
+                "SmsSid": sid,
+                "SmsStatus": status,
+                "To": to,
+            }
+            if status == "undelivered":
+                params["ErrorCode"] = "30003"
+            await self.post_signed(url, params)
+
+    async def post_signed(self, url: str, params: dict[str, str]) -> int | None:
+        """A form POST signed as Twilio signs its webhooks; the status, or None on failure."""
+        assert self._http is not None
+        signature = self._validator.compute_signature(url, params)
+        try:
+            async with self._http.post(
+                url, data=params, headers={"X-Twilio-Signature": signature}
+            ) as response:
+                return response.status
+        except (OSError, TimeoutError):
+            return None
+
+    async def list_received(self, request: web.Request) -> web.Response:
+        to = request.query.get("to")
+        contains = request.query.get("body_contains")
+        rows = [
+            m.as_json()
+            for m in self.received
+            if (to is None or m.to == to) and (contains is None or contains in m.body)
+        ]
+        return web.json_response(rows)
+
+    async def stats(self, _: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "received": len(self.received),
+                "refused": {str(code): n for code, n in self.refused.items()},
+            }
+        )
+
+    async def reset(self, _: web.Request) -> web.Response:
+        self.received.clear()
+        self.refused.clear()
+        return web.json_response({"received": 0})
+
+    async def get_config(self, _: web.Request) -> web.Response:
+        return web.json_response(asdict(self.faults))
+
+    async def set_config(self, request: web.Request) -> web.Response:
+        """Replace the fault settings named in the JSON body; the rest keep their values."""
+        changes = await request.json()
+        unknown = sorted(set(changes) - set(asdict(self.faults)))
+        if unknown:
+            return web.json_response({"error": f"unknown settings: {unknown}"}, status=400)
+        self.faults = Faults(**{**asdict(self.faults), **changes})
+        return web.json_response(asdict(self.faults))
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        """Play a reply from a handset: post an inbound-SMS webhook to `url`, signed."""
+        message = await request.json()
+        params = {
+            "AccountSid": message.get("account_sid", "AC" + "0" * 32),
+            "ApiVersion": API_VERSION,
+            "Body": message["body"],
+            "From": message["from"],
+            "MessageSid": "SM" + secrets.token_hex(16),
+            "NumMedia": "0",
+            "To": message["to"],
+        }
+        status = await self.post_signed(message["url"], params)
+        return web.json_response({"status": status, "message_sid": params["MessageSid"]})
+
+
+async def health(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def create_app(carrier: Carrier) -> web.Application:
+    app = web.Application()
+    app.on_startup.append(carrier.start)
+    app.on_cleanup.append(carrier.stop)
+    app.router.add_post(MESSAGES_PATH, carrier.create_message)
+    app.router.add_get("/_emulator/health", health)
+    app.router.add_get("/_emulator/messages", carrier.list_received)
+    app.router.add_delete("/_emulator/messages", carrier.reset)
+    app.router.add_get("/_emulator/stats", carrier.stats)
+    app.router.add_get("/_emulator/config", carrier.get_config)
+    app.router.add_post("/_emulator/config", carrier.set_config)
+    app.router.add_post("/_emulator/inbound", carrier.inbound)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8099)
+    parser.add_argument("--auth-token", required=True)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--rate-429", type=float, default=0.0)
+    parser.add_argument("--rate-5xx", type=float, default=0.0)
+    args = parser.parse_args()
+    faults = Faults(latency_ms=args.latency_ms, rate_429=args.rate_429, rate_5xx=args.rate_5xx)
+    carrier = Carrier(auth_token=args.auth_token, faults=faults)
+    web.run_app(
+        create_app(carrier),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+    )
+
+
+if __name__ == "__main__":
+    main()

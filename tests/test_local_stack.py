@@ -1,0 +1,142 @@
+"""`make run`'s launcher as a user runs it: ready, usable, stopped clean, data kept."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from deploy.local.processes import free_port
+from deploy.local.temporal import TEMPORAL_BIN
+
+READY_SECONDS = 90
+
+
+@pytest.fixture(scope="module")
+def stack_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    ports = {
+        name: str(free_port())
+        for name in (
+            "API_PORT",
+            "POSTGRES_PORT",
+            "TEMPORAL_PORT",
+            "TEMPORAL_UI_PORT",
+            "EMULATOR_PORT",
+        )
+    }
+    env.update({f"HERALD_{k}": v for k, v in ports.items()})
+    env["HERALD_HOME"] = str(tmp_path_factory.mktemp("herald-home"))
+    return env
+
+
+@contextmanager
+def launched(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], dict]]:
+    """Run the launcher until it prints ready; on exit send SIGINT and wait for it."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "deploy.local"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + READY_SECONDS
+        output = []
+        assert launcher.stdout is not None
+        while time.monotonic() < deadline:
+            line = launcher.stdout.readline()
+            output.append(line)
+            if line.startswith("Herald is ready") or not line:
+                break
+        assert "Herald is ready" in "".join(output), "".join(output)
+        dev = json.loads((Path(env["HERALD_HOME"]) / "dev.json").read_text())
+        yield launcher, dev
+    finally:
+        if launcher.poll() is None:
+            launcher.send_signal(signal.SIGINT)
+        launcher.wait(60)
+
+
+def test_launcher_is_ready_then_leaves_no_process_behind(stack_env: dict[str, str]) -> None:
+    with launched(stack_env) as (launcher, dev):
+        children = psutil.Process(launcher.pid).children(recursive=True)
+        command_lines = " ".join(" ".join(c.cmdline()) for c in children)
+        ready = httpx.get(f"{dev['api_url']}/readyz", timeout=5)
+        ui = httpx.get(dev["temporal_ui_url"], timeout=5)
+        docs = httpx.get(dev["docs_url"], timeout=5)
+        numbers = httpx.get(
+            f"{dev['api_url']}/v1/sms/numbers", headers={"authorization": dev["api_key"]}
+        )
+
+    assert launcher.returncode == 0
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"postgres": "ok", "temporal": "ok"}
+    assert ui.status_code == 200
+    assert docs.status_code == 200
+    assert [n["number"] for n in numbers.json()["data"]] == [dev["agent_number"]]
+    assert set(dev) >= {"api_key", "agent_number", "api_url", "temporal_ui_url", "emulator_url"}
+    for part in ("postgres", "temporal", "deploy.local.emulator", "worker", "uvicorn"):
+        assert part in command_lines
+    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert left == []
+
+
+def test_restart_keeps_data_and_workflow_history(stack_env: dict[str, str]) -> None:
+    with launched(stack_env) as (_, dev):
+        headers = {"authorization": dev["api_key"]}
+        added = httpx.post(
+            f"{dev['api_url']}/v1/sms/numbers", headers=headers, json={"number": "+15005550010"}
+        )
+        assert added.status_code == 201, added.text
+        attached = httpx.post(
+            f"{dev['api_url']}/v1/files/attach",
+            headers=headers,
+            data={"file_type": "batches"},
+            files={"file": ("one.csv", b"phone_number\n+12015550123\n", "text/csv")},
+        )
+        file_id = attached.json()["data"]["file_id"]
+        started = httpx.post(
+            f"{dev['api_url']}/v1/sms/batch",
+            headers=headers,
+            json={
+                "file_id": file_id,
+                "global": {"agent_number": dev["agent_number"], "agent_message": "persisted"},
+            },
+        )
+        assert started.status_code == 200, started.text
+
+    with launched(stack_env) as (_, again):
+        headers = {"authorization": again["api_key"]}
+        numbers = httpx.get(f"{again['api_url']}/v1/sms/numbers", headers=headers).json()
+        batch = httpx.get(f"{again['api_url']}/v1/sms/batch/{file_id}", headers=headers).json()
+        described = subprocess.run(
+            [
+                str(TEMPORAL_BIN),
+                "workflow",
+                "describe",
+                "--output",
+                "json",
+                "--address",
+                f"127.0.0.1:{stack_env['HERALD_TEMPORAL_PORT']}",
+                "--workflow-id",
+                f"sms-batch-{file_id}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    assert again["api_key"] == dev["api_key"]
+    assert "+15005550010" in [n["number"] for n in numbers["data"]]
+    assert batch["data"]["workflow_id"] == f"sms-batch-{file_id}"
+    assert described.returncode == 0, described.stderr
+    assert f"sms-batch-{file_id}" in described.stdout
