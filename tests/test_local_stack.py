@@ -140,3 +140,43 @@ def test_restart_keeps_data_and_workflow_history(stack_env: dict[str, str]) -> N
     assert batch["data"]["workflow_id"] == f"sms-batch-{file_id}"
     assert described.returncode == 0, described.stderr
     assert f"sms-batch-{file_id}" in described.stdout
+
+
+def readme_tour() -> str:
+    """The shell block that follows the `<!-- tour -->` marker in README.md."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    after = readme.split("<!-- tour -->", 1)[1]
+    return after.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_quick_tour_runs_as_written(stack_env: dict[str, str], tmp_path: Path) -> None:
+    with launched(stack_env) as (_, dev):
+        tour = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", readme_tour()],
+            cwd=tmp_path,
+            env=stack_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        file_id = json.loads((tmp_path / "attach.json").read_text())["data"]["file_id"]
+        headers = {"authorization": dev["api_key"]}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            batch = httpx.get(f"{dev['api_url']}/v1/sms/batch/{file_id}", headers=headers).json()
+            if batch["data"]["status"] == "completed":
+                break
+            time.sleep(0.5)
+        received = httpx.get(f"{dev['emulator_url']}/_emulator/messages").json()
+
+    assert tour.returncode == 0, tour.stderr
+    assert "SMS batch processing initiated via Temporal workflow" in tour.stdout
+    assert '"errors":null' in tour.stdout
+    assert batch["data"]["status"] == "completed"
+    assert batch["data"]["counts"] == {"sent": 3, "rejected": 0}
+    assert {(m["to"], m["body"]) for m in received} >= {
+        ("+12015550123", "Hi Ada!"),
+        ("+12015550124", "Hi Grace!"),
+        ("+12015550125", "Hi Linus!"),
+    }
