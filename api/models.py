@@ -147,3 +147,16 @@ class BatchEvent(BaseModel):
 
 class BatchLogs(BaseModel):
     events: list[BatchEvent]
+
+
+class WebhookDelivery(BaseModel):
+    event_seq: int = Field(description="The `seq` of the event in `/logs`.")
+    url: str
+    attempted_at: datetime
+    status_code: int | None = Field(description="The receiver's HTTP status; null if none came.")
+    error: str | None
+    duration_ms: int
+
+
+class WebhookDeliveries(BaseModel):
+    deliveries: list[WebhookDelivery]

@@ -15,6 +15,7 @@ from api.models import (
     Envelope,
     MessageList,
     Page,
+    WebhookDeliveries,
 )
 from api.services import batches as service
 from store import events, messages
@@ -74,3 +75,11 @@ async def batch_logs(account_id: AccountId, pool: Pool, batch_id: str) -> dict:
     """The lifecycle events, in order, exactly as posted to the status webhook."""
     batch = await service.require_batch(pool, account_id, batch_id)
     return {"data": BatchLogs(events=await events.list_events(pool, account_id, batch))}
+
+
+@router.get("/v1/sms/batch/{batch_id}/deliveries", response_model=Envelope[WebhookDeliveries])
+async def webhook_deliveries(account_id: AccountId, pool: Pool, batch_id: str) -> dict:
+    """Every attempt to post this batch's events to its status webhook, oldest first."""
+    batch = await service.require_batch(pool, account_id, batch_id)
+    rows = await events.list_deliveries(pool, account_id, batch)
+    return {"data": WebhookDeliveries(deliveries=rows)}

@@ -1,0 +1,182 @@
+"""The carrier emulator agrees with Twilio's own OpenAPI description of CreateMessage, and
+behaves as Twilio does for the things Herald relies on: auth, errors, magic numbers,
+signed status callbacks."""
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from twilio.request_validator import RequestValidator
+
+from deploy.local.emulator import KNOWN_PARAMETERS, MESSAGES_PATH
+from deploy.local.processes import free_port
+from settings import Settings
+from tests.conftest import AUTH_TOKEN
+
+SPEC_PATH = Path(__file__).resolve().parents[2] / "shared/twilio-oai/twilio_api_v2010.json"
+ACCOUNT_SID = "AC" + "1" * 32
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return json.loads(SPEC_PATH.read_text())
+
+
+def create_message_operation(spec: dict[str, Any]) -> dict[str, Any]:
+    operation = spec["paths"][MESSAGES_PATH.replace("{account_sid}", "{AccountSid}")]["post"]
+    assert operation["operationId"] == "CreateMessage"
+    return operation
+
+
+def resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    return spec["components"]["schemas"][ref.rsplit("/", 1)[1]] if ref else schema
+
+
+def conformance_errors(spec: dict[str, Any], schema: dict[str, Any], value: Any) -> list[str]:
+    """What in `value` breaks the OpenAPI 3.0 `schema` (types, nullability, enums, patterns)."""
+    schema = resolve(spec, schema)
+    if value is None:
+        return [] if schema.get("nullable") else ["null where not nullable"]
+    kinds = {"string": str, "integer": int, "object": dict, "array": list, "boolean": bool}
+    expected = kinds.get(schema.get("type", ""))
+    if expected is not None and not isinstance(value, expected):
+        return [f"{value!r} is not {schema['type']}"]
+    errors = []
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{value!r} not in enum")
+    if "pattern" in schema and not re.search(schema["pattern"], value):
+        errors.append(f"{value!r} does not match {schema['pattern']}")
+    if schema.get("type") == "object" and "properties" in schema:
+        for key, item in value.items():
+            if key not in schema["properties"]:
+                errors.append(f"unknown property {key}")
+            else:
+                errors += [
+                    f"{key}: {e}" for e in conformance_errors(spec, schema["properties"][key], item)
+                ]
+    return errors
+
+
+async def create(
+    emulator_url: str, form: dict[str, str], auth: tuple[str, str] = (ACCOUNT_SID, AUTH_TOKEN)
+) -> httpx.Response:
+    async with httpx.AsyncClient() as client:
+        return await client.post(
+            emulator_url + MESSAGES_PATH.format(account_sid=ACCOUNT_SID), data=form, auth=auth
+        )
+
+
+def test_every_parameter_the_emulator_takes_is_a_createmessage_parameter(spec: dict) -> None:
+    body = create_message_operation(spec)["requestBody"]["content"]
+    properties = body["application/x-www-form-urlencoded"]["schema"]["properties"]
+
+    assert KNOWN_PARAMETERS <= set(properties)
+
+
+async def test_a_created_message_matches_twilios_message_schema(
+    spec: dict, emulator_url: str
+) -> None:
+    response = await create(
+        emulator_url, {"To": "+12015550142", "From": "+15005550006", "Body": "schema check"}
+    )
+
+    operation = create_message_operation(spec)
+    schema = operation["responses"]["201"]["content"]["application/json"]["schema"]
+    reply = response.json()
+    assert response.status_code == 201
+    assert conformance_errors(spec, schema, reply) == []
+    assert set(reply) == set(resolve(spec, schema)["properties"])
+    assert (reply["to"], reply["from"], reply["body"], reply["status"]) == (
+        "+12015550142",
+        "+15005550006",
+        "schema check",
+        "queued",
+    )
+
+
+@pytest.mark.parametrize(
+    ("form", "status", "code"),
+    [
+        ({"To": "+15005550001", "From": "+15005550006", "Body": "x"}, 400, 21211),
+        ({"To": "+15005550002", "From": "+15005550006", "Body": "x"}, 400, 21612),
+        ({"To": "+15005550003", "From": "+15005550006", "Body": "x"}, 400, 21408),
+        ({"To": "+15005550004", "From": "+15005550006", "Body": "x"}, 400, 21610),
+        ({"To": "+15005550009", "From": "+15005550006", "Body": "x"}, 400, 21614),
+        ({"To": "+12015550142", "From": "+15005550001", "Body": "x"}, 400, 21212),
+        ({"To": "+12015550142", "From": "+15005550007", "Body": "x"}, 400, 21606),
+        ({"To": "+12015550142", "From": "+15005550008", "Body": "x"}, 400, 21611),
+        ({"From": "+15005550006", "Body": "x"}, 400, 21604),
+        ({"To": "+12015550142", "Body": "x"}, 400, 21603),
+        ({"To": "+12015550142", "From": "+15005550006"}, 400, 21602),
+        ({"To": "+12015550142", "From": "+15005550006", "Body": "x", "Bogus": "1"}, 400, 21000),
+    ],
+)
+async def test_errors_are_twilio_shaped(
+    emulator_url: str, form: dict[str, str], status: int, code: int
+) -> None:
+    response = await create(emulator_url, form)
+
+    assert response.status_code == status
+    assert response.json() == {
+        "code": code,
+        "message": response.json()["message"],
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+
+
+async def test_wrong_credentials_are_refused(emulator_url: str) -> None:
+    response = await create(
+        emulator_url,
+        {"To": "+12015550142", "From": "+15005550006", "Body": "x"},
+        auth=(ACCOUNT_SID, "wrong"),
+    )
+
+    assert response.status_code == 401
+    assert response.json()["code"] == 20003
+
+
+@pytest.fixture
+async def callback_receiver() -> AsyncIterator[tuple[str, asyncio.Queue]]:
+    received: asyncio.Queue[tuple[str, dict[str, str], str]] = asyncio.Queue()
+
+    async def collect(request: web.Request) -> web.Response:
+        form = await request.post()
+        params = {k: str(v) for k, v in form.items()}
+        await received.put((str(request.url), params, request.headers["X-Twilio-Signature"]))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/status", collect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}/status", received
+    await runner.cleanup()
+
+
+async def test_status_callbacks_are_signed_and_arrive_in_order(
+    emulator_url: str, settings: Settings, callback_receiver: tuple[str, asyncio.Queue]
+) -> None:
+    url, received = callback_receiver
+    response = await create(
+        emulator_url,
+        {"To": "+12015550143", "From": "+15005550006", "Body": "cb", "StatusCallback": url},
+    )
+    sid = response.json()["sid"]
+
+    callbacks = [await asyncio.wait_for(received.get(), 10) for _ in range(2)]
+
+    validator = RequestValidator(settings.twilio_auth_token)
+    assert [params["MessageStatus"] for _, params, _ in callbacks] == ["sent", "delivered"]
+    assert all(params["MessageSid"] == sid for _, params, _ in callbacks)
+    assert all(validator.validate(u, params, signature) for u, params, signature in callbacks)
+    assert not RequestValidator("another-token").validate(*callbacks[0])
