@@ -18,6 +18,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Not part of `make test`: N=1000000 for the full run; results in bench/results/.
+N ?= 100000
+bench: $(STAMP)
+	$(BIN)/python -m bench --n $(N)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -143,3 +143,11 @@ async def list_messages(
         limit,
     )
     return [dict(r) for r in rows]
+
+
+async def ledger_footprint(pool: asyncpg.Pool) -> tuple[int, int]:
+    """Rows in the whole ledger and its size on disk (table, indexes and TOAST), in bytes."""
+    row = await pool.fetchrow(
+        "SELECT count(*) AS n, pg_total_relation_size('messages') AS size FROM messages"
+    )
+    return row["n"], row["size"]

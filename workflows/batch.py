@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.chunk import ChunkWorkflow
@@ -93,21 +94,30 @@ class BatchWorkflow:
 
     async def _validate(self) -> DispatchState | BatchResult:
         await self._report("validating")
-        validation: ValidationResult = await workflow.execute_activity(
-            "validate_recipients",
-            ValidateInput(batch_id=self._input.batch_id),
-            result_type=ValidationResult,
-            start_to_close_timeout=timedelta(minutes=30),
-            heartbeat_timeout=timedelta(minutes=1),
-            retry_policy=VALIDATE_RETRY,
-        )
+        try:
+            validation: ValidationResult = await workflow.execute_activity(
+                "validate_recipients",
+                ValidateInput(batch_id=self._input.batch_id),
+                result_type=ValidationResult,
+                start_to_close_timeout=timedelta(minutes=30),
+                heartbeat_timeout=timedelta(minutes=1),
+                retry_policy=VALIDATE_RETRY,
+            )
+        except ActivityError as error:
+            # Out of retries: the batch still ends, with a final event, rather than hanging.
+            reason = f"the file could not be validated: {error.cause or error}"
+            return await self._finish_failed("validation_error", reason, rows_total=0)
         workflow.upsert_search_attributes([RECIPIENT_COUNT.value_set(validation.recipients)])
         if validation.code is not None:
-            return await self._finish_failed(validation.code, validation.reason, validation)
+            return await self._finish_failed(
+                validation.code, validation.reason, rows_total=validation.rows_total
+            )
         sendable = validation.recipients - validation.skipped
         if sendable == 0:
             return await self._finish_failed(
-                "no_valid_recipients", "no row of the file can be sent", validation
+                "no_valid_recipients",
+                "no row of the file can be sent",
+                rows_total=validation.rows_total,
             )
         await self._report(
             "dispatching",
@@ -199,12 +209,9 @@ class BatchWorkflow:
         return await self._report_final("completed_partial" if partial else "completed", counts)
 
     async def _finish_failed(
-        self, code: str, reason: str | None, validation: ValidationResult
+        self, code: str, reason: str | None, *, rows_total: int
     ) -> BatchResult:
-        counts = BatchCounts(
-            total=validation.rows_total,
-            skipped=validation.rows_total,
-        )
+        counts = BatchCounts(total=rows_total, skipped=rows_total)
         return await self._report_final("failed", counts, code=code, reason=reason)
 
     async def _report_final(

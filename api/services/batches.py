@@ -13,6 +13,7 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
 
 from api.errors import HeraldError
 from api.models import BatchDetail, BatchRequest, BatchStarted, BatchSummary
@@ -60,7 +61,7 @@ def parse_batch_id(value: str, error: type[HeraldError] = BatchNotFound) -> uuid
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise error(f"no batch {value!r}") from None
+        raise error(f"{value!r} is not an id of this account") from None
 
 
 def _request_hash(request: dict[str, Any]) -> str:
@@ -134,7 +135,7 @@ async def start_batch(
         )
     except WorkflowAlreadyStartedError:
         pass
-    except RuntimeError as error:
+    except (RuntimeError, RPCError) as error:
         raise TemporalUnavailable(
             f"the batch is recorded but its workflow could not start ({error}); "
             "send the same request again"

@@ -1,26 +1,15 @@
 """`make run`: the whole local stack on one machine, started together, stopped together.
 
-PostgreSQL and Temporal are started only when HERALD_DATABASE_URL / HERALD_TEMPORAL_ADDRESS
-are unset; then the carrier emulator, the worker and the API. Ctrl-C (or SIGTERM) stops
-every process it started, in reverse order.
+Ctrl-C (or SIGTERM) stops every process it started, in reverse order.
 """
 
-import asyncio
-import json
-import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from deploy.local.dev_account import ensure_dev_account
-from deploy.local.postgres import dsn, postgres_process, postgres_ready
-from deploy.local.processes import ManagedProcess, http_ok
-from deploy.local.temporal import temporal_process, temporal_ready
+from deploy.local.processes import ManagedProcess
+from deploy.local.stack import launch, running
 from settings import Settings
-
-READY_TIMEOUT = 60.0
 
 
 class Stop(Exception):
@@ -29,90 +18,6 @@ class Stop(Exception):
 
 def _raise_stop(signum: int, _frame: object) -> None:
     raise Stop(signal.Signals(signum).name)
-
-
-@contextmanager
-def running(processes: list[ManagedProcess]) -> Iterator[list[ManagedProcess]]:
-    try:
-        yield processes
-    finally:
-        for process in reversed(processes):
-            process.stop()
-
-
-def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str]:
-    """Start everything, appending each child to `processes` as soon as it exists."""
-    home = settings.home.resolve()
-    logs = home / "logs"
-    env = dict(os.environ)
-    if settings.database_url is None:
-        pg = postgres_process(home / "postgres", settings.postgres_port, logs / "postgres.log")
-        processes.append(pg.start())
-        pg.wait_until(lambda: postgres_ready(settings.postgres_port), READY_TIMEOUT)
-        env["HERALD_DATABASE_URL"] = dsn(settings.postgres_port)
-    if settings.temporal_address is None:
-        temporal = temporal_process(
-            port=settings.temporal_port,
-            ui_port=settings.temporal_ui_port,
-            db_file=home / "temporal.sqlite",
-            log_path=logs / "temporal.log",
-        )
-        processes.append(temporal.start())
-        temporal.wait_until(lambda: temporal_ready(settings.temporal_port), READY_TIMEOUT)
-        env["HERALD_TEMPORAL_ADDRESS"] = settings.temporal_target
-    database_url = env.get("HERALD_DATABASE_URL") or settings.dsn
-    if settings.twilio_api_url is None:
-        emulator = ManagedProcess(
-            "emulator",
-            [
-                sys.executable,
-                "-m",
-                "deploy.local.emulator",
-                "--port",
-                str(settings.emulator_port),
-                "--auth-token",
-                settings.twilio_auth_token,
-            ],
-            logs / "emulator.log",
-        )
-        processes.append(emulator.start())
-        emulator.wait_until(
-            lambda: http_ok(f"{settings.carrier_url}/_emulator/health"), READY_TIMEOUT
-        )
-        env["HERALD_TWILIO_API_URL"] = settings.carrier_url
-    dev_file = home / "dev.json"
-    known = json.loads(dev_file.read_text()) if dev_file.exists() else {}
-    dev = asyncio.run(ensure_dev_account(database_url, known))
-    worker = ManagedProcess("worker", [sys.executable, "-m", "worker"], logs / "worker.log", env)
-    processes.append(worker.start())
-    api = ManagedProcess(
-        "api",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "api.app:app_from_env",
-            "--host",
-            settings.api_host,
-            "--port",
-            str(settings.api_port),
-        ],
-        logs / "api.log",
-        env,
-    )
-    processes.append(api.start())
-    api.wait_until(lambda: http_ok(f"{settings.api_url}/readyz"), READY_TIMEOUT)
-    info = {
-        **dev,
-        "api_url": settings.api_url,
-        "docs_url": f"{settings.api_url}/docs",
-        "temporal_ui_url": settings.temporal_ui_base,
-        "emulator_url": settings.carrier_url,
-        "logs": str(logs),
-    }
-    dev_file.write_text(json.dumps(info, indent=2) + "\n")
-    return info
 
 
 def main() -> int:

@@ -1,0 +1,345 @@
+"""`make bench`: one local stack, three ways of sending the same messages, compared as ratios.
+
+1. Herald: a batch of N recipients through the API, from `POST /v1/sms/batch` to the final
+   status webhook event.
+2. Naive: one workflow with one activity per message (bench/naive.py), on the same
+   Temporal server, worker settings and emulator.
+3. Ceiling: a bare asyncio HTTP loop posting the same messages to the same emulator with
+   Herald's concurrency, no Temporal, no PostgreSQL.
+
+Absolute figures on a shared 2-core machine are noise; the ratios, measured in one run on
+one stack, are the result. Writes bench/results/<date>.json and a PNG of Herald's rate.
+"""
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from aiohttp import web
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.providers.twilio import TwilioCarrier
+from bench.ceiling import post_all
+from bench.naive import NaiveActivities, NaiveBatchWorkflow, NaiveInput
+from deploy.local.processes import ManagedProcess, free_port
+from deploy.local.stack import launch, running
+from settings import Settings
+from store.db import create_pool
+from store.messages import ledger_footprint
+from workflows.contracts import batch_workflow_id
+
+AREA_CODES = (201, 212, 213, 305, 312, 404, 415, 503, 617, 702, 718, 917)
+SAMPLE_SECONDS = 0.5
+BODY = "Herald bench {{first_name}}"
+
+
+def recipient_numbers(count: int) -> Iterator[str]:
+    """`count` distinct valid US numbers, in a fixed order."""
+    for i in range(count):
+        area = AREA_CODES[i % len(AREA_CODES)]
+        exchange = 200 + (i // len(AREA_CODES)) % 700
+        line = i // (len(AREA_CODES) * 700)
+        yield f"+1{area}{exchange}{line:04d}"
+
+
+def recipient_file(count: int) -> bytes:
+    lines = ["phone_number,first_name"]
+    lines += [f"{number},R{i}" for i, number in enumerate(recipient_numbers(count))]
+    return ("\n".join(lines) + "\n").encode()
+
+
+@dataclass
+class Sampler:
+    """Samples the emulator's received count and the worker's and API's RSS."""
+
+    emulator_url: str
+    processes: dict[str, psutil.Process]
+    samples: list[dict[str, float]] = field(default_factory=list)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+
+    async def run(self, http: httpx.AsyncClient) -> None:
+        started = time.perf_counter()
+        while True:
+            stats = (await http.get(f"{self.emulator_url}/_emulator/stats")).json()
+            self.samples.append({"t": time.perf_counter() - started, "received": stats["received"]})
+            for name, process in self.processes.items():
+                rss = process.memory_info().rss / 2**20
+                self.peak_rss_mb[name] = max(self.peak_rss_mb.get(name, 0.0), rss)
+            await asyncio.sleep(SAMPLE_SECONDS)
+
+
+async def final_event_receiver() -> tuple[web.AppRunner, str, asyncio.Queue]:
+    events: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
+
+    async def collect(request: web.Request) -> web.Response:
+        await events.put((time.perf_counter(), await request.json()))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/events", collect)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}/events", events
+
+
+async def run_herald(
+    n: int, settings: Settings, info: dict[str, str], processes: dict[str, psutil.Process]
+) -> dict[str, Any]:
+    headers = {"authorization": info["api_key"]}
+    runner, webhook, events = await final_event_receiver()
+    async with httpx.AsyncClient(base_url=info["api_url"], timeout=600) as http:
+        await http.delete(f"{info['emulator_url']}/_emulator/messages")
+        attached = await http.post(
+            "/v1/files/attach",
+            headers=headers,
+            data={"file_type": "batches"},
+            files={"file": ("bench.csv", recipient_file(n), "text/csv")},
+        )
+        file_id = attached.json()["data"]["file_id"]
+        sampler = Sampler(info["emulator_url"], processes)
+        sampling = asyncio.create_task(sampler.run(http))
+        started = time.perf_counter()
+        response = await http.post(
+            "/v1/sms/batch",
+            headers=headers,
+            json={
+                "file_id": file_id,
+                "name": f"bench {n}",
+                "status_webhook": webhook,
+                "global": {"agent_number": info["agent_number"], "agent_message": BODY},
+            },
+        )
+        response.raise_for_status()
+        sending_started = None
+        while True:
+            arrived, event = await events.get()
+            if sending_started is None and event["status"].startswith("in_progress"):
+                sending_started = arrived
+            if event["status"] in ("completed", "completed_partial", "failed", "cancelled"):
+                break
+        sampling.cancel()
+    await runner.cleanup()
+    elapsed = arrived - started
+    sent = event.get("messages_successful", 0)
+    return {
+        "batch_id": file_id,
+        "status": event["status"],
+        "recipients": n,
+        "sent": sent,
+        "seconds": elapsed,
+        "messages_per_second": sent / elapsed,
+        "send_phase_seconds": arrived - (sending_started or started),
+        "send_phase_messages_per_second": sent / (arrived - (sending_started or started)),
+        "peak_rss_mb": sampler.peak_rss_mb,
+        "samples": sampler.samples,
+    }
+
+
+async def run_naive(n: int, settings: Settings, info: dict[str, str]) -> dict[str, Any]:
+    client = await Client.connect(settings.temporal_target)
+    carrier = TwilioCarrier(
+        account_sid=settings.twilio_account_sid,
+        auth_token=settings.twilio_auth_token,
+        api_url=info["emulator_url"],
+        timeout=settings.carrier_timeout_seconds,
+    )
+    queue = "herald-bench-naive"
+    try:
+        async with Worker(
+            client,
+            task_queue=queue,
+            workflows=[NaiveBatchWorkflow],
+            activities=[NaiveActivities(carrier).naive_send_one],
+            max_concurrent_activities=settings.max_concurrent_activities,
+        ):
+            started = time.perf_counter()
+            sent = await client.execute_workflow(
+                NaiveBatchWorkflow.run,
+                NaiveInput(
+                    recipients=list(recipient_numbers(n)),
+                    agent_number=info["agent_number"],
+                    body="Herald bench naive",
+                ),
+                id=f"bench-naive-{datetime.now(UTC):%Y%m%dT%H%M%S}",
+                task_queue=queue,
+            )
+            elapsed = time.perf_counter() - started
+    finally:
+        await carrier.close()
+    return {"sent": sent, "seconds": elapsed, "messages_per_second": sent / elapsed}
+
+
+async def run_ceiling(n: int, settings: Settings, info: dict[str, str]) -> dict[str, Any]:
+    concurrency = settings.chunk_window * settings.slices_in_flight * settings.send_concurrency
+    async with httpx.AsyncClient() as http:
+        await http.delete(f"{info['emulator_url']}/_emulator/messages")
+    sent, elapsed = await post_all(
+        url=info["emulator_url"],
+        account_sid=settings.twilio_account_sid,
+        auth_token=settings.twilio_auth_token,
+        agent_number=info["agent_number"],
+        messages=((to, f"Herald bench R{i}") for i, to in enumerate(recipient_numbers(n))),
+        concurrency=concurrency,
+    )
+    return {
+        "sent": sent,
+        "seconds": elapsed,
+        "messages_per_second": sent / elapsed,
+        "concurrency": concurrency,
+    }
+
+
+async def history_and_storage(settings: Settings, batch_id: str) -> dict[str, Any]:
+    client = await Client.connect(settings.temporal_target)
+    workflow_id = batch_workflow_id(batch_id)
+    runs = [
+        execution
+        async for execution in client.list_workflows(f'WorkflowId STARTS_WITH "{workflow_id}"')
+    ]
+    largest = max(runs, key=lambda r: r.history_length)
+    pool = await create_pool(settings.dsn, min_size=1, max_size=1)
+    try:
+        rows, size = await ledger_footprint(pool)
+    finally:
+        await pool.close()
+    return {
+        "workflow_runs": len(runs),
+        "largest_history_events": largest.history_length,
+        "largest_history_workflow": largest.id,
+        "ledger_rows": rows,
+        "ledger_bytes_per_1000": size / rows * 1000 if rows else 0,
+    }
+
+
+async def measure(
+    args: argparse.Namespace,
+    settings: Settings,
+    info: dict[str, str],
+    processes: list[ManagedProcess],
+) -> dict[str, Any]:
+    watched = {p.name: psutil.Process(p.pid) for p in processes if p.name in ("worker", "api")}
+    herald = await run_herald(args.n, settings, info, watched)
+    footprint = await history_and_storage(settings, herald["batch_id"])
+    naive = await run_naive(args.naive_n, settings, info)
+    ceiling = await run_ceiling(args.n, settings, info)
+    return {
+        "date": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "settings": {
+            k: getattr(settings, k)
+            for k in (
+                "chunk_size",
+                "slice_size",
+                "chunk_window",
+                "slices_in_flight",
+                "send_concurrency",
+                "max_concurrent_activities",
+            )
+        },
+        "herald": herald,
+        "naive": naive,
+        "ceiling": ceiling,
+        "footprint": footprint,
+        "ratios": {
+            "herald_over_naive": herald["messages_per_second"] / naive["messages_per_second"],
+            "herald_over_ceiling": herald["messages_per_second"] / ceiling["messages_per_second"],
+            "send_phase_over_ceiling": herald["send_phase_messages_per_second"]
+            / ceiling["messages_per_second"],
+        },
+    }
+
+
+def chart(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    samples = result["herald"]["samples"]
+    times = [s["t"] for s in samples[1:]]
+    rates = [
+        (b["received"] - a["received"]) / (b["t"] - a["t"]) for a, b in itertools.pairwise(samples)
+    ]
+    figure, axis = pyplot.subplots(figsize=(9, 4))
+    axis.plot(times, rates, label="Herald")
+    axis.axhline(result["ceiling"]["messages_per_second"], linestyle="--", label="ceiling")
+    axis.axhline(result["naive"]["messages_per_second"], linestyle=":", label="naive")
+    axis.set_xlabel("seconds since POST /v1/sms/batch")
+    axis.set_ylabel("messages/s received by the emulator")
+    axis.set_title(f"Herald, {result['herald']['recipients']:,} recipients")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def report(result: dict[str, Any]) -> str:
+    herald, naive, ceiling = result["herald"], result["naive"], result["ceiling"]
+    ratios, footprint = result["ratios"], result["footprint"]
+    rows = [
+        ("Herald end to end", f"{herald['messages_per_second']:,.0f} msg/s",
+         f"{herald['sent']:,} sent in {herald['seconds']:.1f}s ({herald['status']})"),
+        ("Herald send phase", f"{herald['send_phase_messages_per_second']:,.0f} msg/s",
+         f"from the first in_progress event, {herald['send_phase_seconds']:.1f}s"),
+        ("Naive (1 activity/msg)", f"{naive['messages_per_second']:,.0f} msg/s",
+         f"{naive['sent']:,} sent in {naive['seconds']:.1f}s"),
+        ("Ceiling (asyncio loop)", f"{ceiling['messages_per_second']:,.0f} msg/s",
+         f"{ceiling['sent']:,} sent, {ceiling['concurrency']} in flight"),
+        ("Herald / naive", f"{ratios['herald_over_naive']:.1f}x", "target >= 20x"),
+        ("Herald / ceiling", f"{ratios['herald_over_ceiling']:.2f}x", "target >= 0.5x"),
+        ("Send phase / ceiling", f"{ratios['send_phase_over_ceiling']:.2f}x", ""),
+        ("Peak RSS worker / API",
+         " / ".join(f"{herald['peak_rss_mb'].get(k, 0):.0f} MB" for k in ("worker", "api")),
+         "target: worker < 400 MB"),
+        ("Largest workflow history", f"{footprint['largest_history_events']:,} events",
+         f"{footprint['workflow_runs']} runs; target < 10,000"),
+        ("Ledger per 1,000 msgs", f"{footprint['ledger_bytes_per_1000'] / 1024:.0f} KiB",
+         f"{footprint['ledger_rows']:,} rows"),
+    ]  # fmt: skip
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{a.ljust(width)}  {b:>16}  {c}" for a, b, c in rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Herald's benchmark")
+    parser.add_argument("--n", type=int, default=100_000, help="recipients in Herald's batch")
+    parser.add_argument("--naive-n", type=int, default=1000, help="messages for the baseline")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="herald-bench-"))
+    ports = ("API_PORT", "POSTGRES_PORT", "TEMPORAL_PORT", "TEMPORAL_UI_PORT", "EMULATOR_PORT")
+    for name in ports:
+        os.environ[f"HERALD_{name}"] = str(free_port())
+    for name in ("DATABASE_URL", "TEMPORAL_ADDRESS", "TWILIO_API_URL"):
+        os.environ.pop(f"HERALD_{name}", None)
+    os.environ["HERALD_HOME"] = str(home)
+    os.environ.setdefault("HERALD_LOG_LEVEL", "WARNING")
+    settings = Settings()
+    processes: list[ManagedProcess] = []
+    with running(processes):
+        info = launch(settings, processes)
+        result = asyncio.run(measure(args, settings, info, processes))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
+    (args.out / f"{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    chart(result, args.out / f"{stamp}.png")
+    sys.stdout.write(report(result) + f"\n\nWritten: {args.out / stamp}.json and .png\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
