@@ -27,3 +27,5 @@ def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
     )
+    # twilio logs every request and response at INFO: one line per message sent.
+    logging.getLogger("twilio").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))

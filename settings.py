@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         200, description="Chunks a BatchWorkflow run starts before it continues as new."
     )
     max_concurrent_activities: int = 16
+    worker_processes: int = Field(
+        2, description="Workers the local stack starts; they share the task queue."
+    )
     webhook_timeout_seconds: float = 10.0
     carrier_timeout_seconds: float = 30.0
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import uvloop
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -27,6 +28,7 @@ async def herald_worker(client: Client, settings: Settings) -> AsyncIterator[Wor
         auth_token=settings.twilio_auth_token,
         api_url=settings.carrier_url,
         timeout=settings.carrier_timeout_seconds,
+        connections=settings.send_concurrency * settings.max_concurrent_activities,
     )
     http = httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
     batch_activities = BatchActivities(pool=pool, carrier=carrier, http=http, settings=settings)
@@ -57,4 +59,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # uvloop: the send path is event-loop bound; it moves a slice's HTTP round trips faster.
+    uvloop.run(main())

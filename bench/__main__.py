@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -35,7 +36,7 @@ from activities.providers.twilio import TwilioCarrier
 from bench.ceiling import post_all
 from bench.naive import NaiveActivities, NaiveBatchWorkflow, NaiveInput
 from deploy.local.processes import ManagedProcess, free_port
-from deploy.local.stack import launch, running
+from deploy.local.stack import launch, running, stop_on_signals
 from settings import Settings
 from store.db import create_pool
 from store.messages import ledger_footprint
@@ -43,6 +44,8 @@ from workflows.contracts import batch_workflow_id
 
 AREA_CODES = (201, 212, 213, 305, 312, 404, 415, 503, 617, 702, 718, 917)
 SAMPLE_SECONDS = 0.5
+# The ceiling's rate is steady after a few seconds; more messages only cost time.
+CEILING_MAX = 50_000
 BODY = "Herald bench {{first_name}}"
 
 
@@ -150,7 +153,7 @@ async def run_herald(
     }
 
 
-async def run_naive(n: int, settings: Settings, info: dict[str, str]) -> dict[str, Any]:
+async def run_naive(n: int, settings: Settings, info: dict[str, str], label: str) -> dict[str, Any]:
     client = await Client.connect(settings.temporal_target)
     carrier = TwilioCarrier(
         account_sid=settings.twilio_account_sid,
@@ -175,7 +178,7 @@ async def run_naive(n: int, settings: Settings, info: dict[str, str]) -> dict[st
                     agent_number=info["agent_number"],
                     body="Herald bench naive",
                 ),
-                id=f"bench-naive-{datetime.now(UTC):%Y%m%dT%H%M%S}",
+                id=f"bench-naive-{label}",
                 task_queue=queue,
             )
             elapsed = time.perf_counter() - started
@@ -232,11 +235,19 @@ async def measure(
     info: dict[str, str],
     processes: list[ManagedProcess],
 ) -> dict[str, Any]:
-    watched = {p.name: psutil.Process(p.pid) for p in processes if p.name in ("worker", "api")}
+    watched = {
+        p.name: psutil.Process(p.pid) for p in processes if p.name.startswith(("worker", "api"))
+    }
+    # The baselines run before and after Herald and are averaged: this machine's speed
+    # drifts over a run, and a ratio should not depend on which came first.
+    ceiling_n = min(args.n, CEILING_MAX)
+    naive_runs = [await run_naive(args.naive_n, settings, info, "before")]
+    ceiling_runs = [await run_ceiling(ceiling_n, settings, info)]
     herald = await run_herald(args.n, settings, info, watched)
     footprint = await history_and_storage(settings, herald["batch_id"])
-    naive = await run_naive(args.naive_n, settings, info)
-    ceiling = await run_ceiling(args.n, settings, info)
+    ceiling_runs.append(await run_ceiling(ceiling_n, settings, info))
+    naive_runs.append(await run_naive(args.naive_n, settings, info, "after"))
+    naive, ceiling = averaged(naive_runs), averaged(ceiling_runs)
     return {
         "date": datetime.now(UTC).isoformat(),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -249,6 +260,7 @@ async def measure(
                 "slices_in_flight",
                 "send_concurrency",
                 "max_concurrent_activities",
+                "worker_processes",
             )
         },
         "herald": herald,
@@ -287,24 +299,30 @@ def chart(result: dict[str, Any], path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
+def spread(baseline: dict[str, Any]) -> str:
+    return " and ".join(f"{rate:,.0f}" for rate in baseline["runs"])
+
+
 def report(result: dict[str, Any]) -> str:
     herald, naive, ceiling = result["herald"], result["naive"], result["ceiling"]
     ratios, footprint = result["ratios"], result["footprint"]
+    rss, settings = herald["peak_rss_mb"], result["settings"]
     rows = [
         ("Herald end to end", f"{herald['messages_per_second']:,.0f} msg/s",
          f"{herald['sent']:,} sent in {herald['seconds']:.1f}s ({herald['status']})"),
         ("Herald send phase", f"{herald['send_phase_messages_per_second']:,.0f} msg/s",
          f"from the first in_progress event, {herald['send_phase_seconds']:.1f}s"),
         ("Naive (1 activity/msg)", f"{naive['messages_per_second']:,.0f} msg/s",
-         f"{naive['sent']:,} sent in {naive['seconds']:.1f}s"),
+         f"mean of {spread(naive)}, {naive['sent']:,} sent"),
         ("Ceiling (asyncio loop)", f"{ceiling['messages_per_second']:,.0f} msg/s",
-         f"{ceiling['sent']:,} sent, {ceiling['concurrency']} in flight"),
+         f"mean of {spread(ceiling)}, {ceiling['concurrency']} in flight"),
         ("Herald / naive", f"{ratios['herald_over_naive']:.1f}x", "target >= 20x"),
         ("Herald / ceiling", f"{ratios['herald_over_ceiling']:.2f}x", "target >= 0.5x"),
         ("Send phase / ceiling", f"{ratios['send_phase_over_ceiling']:.2f}x", ""),
         ("Peak RSS worker / API",
-         " / ".join(f"{herald['peak_rss_mb'].get(k, 0):.0f} MB" for k in ("worker", "api")),
-         "target: worker < 400 MB"),
+         f"{max(v for k, v in rss.items() if k.startswith('worker')):.0f} MB"
+         f" / {rss['api']:.0f} MB",
+         f"target: worker < 400 MB; {settings['worker_processes']} workers"),
         ("Largest workflow history", f"{footprint['largest_history_events']:,} events",
          f"{footprint['workflow_runs']} runs; target < 10,000"),
         ("Ledger per 1,000 msgs", f"{footprint['ledger_bytes_per_1000'] / 1024:.0f} KiB",
@@ -312,6 +330,17 @@ def report(result: dict[str, Any]) -> str:
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{a.ljust(width)}  {b:>16}  {c}" for a, b, c in rows)
+
+
+def averaged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    rates = [r["messages_per_second"] for r in runs]
+    return {
+        **runs[0],
+        "sent": sum(r["sent"] for r in runs),
+        "seconds": sum(r["seconds"] for r in runs),
+        "messages_per_second": sum(rates) / len(rates),
+        "runs": rates,
+    }
 
 
 def main() -> int:
@@ -329,10 +358,14 @@ def main() -> int:
     os.environ["HERALD_HOME"] = str(home)
     os.environ.setdefault("HERALD_LOG_LEVEL", "WARNING")
     settings = Settings()
+    stop_on_signals()
     processes: list[ManagedProcess] = []
-    with running(processes):
-        info = launch(settings, processes)
-        result = asyncio.run(measure(args, settings, info, processes))
+    try:
+        with running(processes):
+            info = launch(settings, processes)
+            result = asyncio.run(measure(args, settings, info, processes))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
     (args.out / f"{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,16 +1,25 @@
-"""The Twilio carrier client: the official `twilio` package over its aiohttp client.
+"""The Twilio carrier client: the official `twilio` package, over aiohttp.
 
 The API base URL is a setting, so the same code talks to Twilio or to the local emulator.
 """
 
+import logging
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
+from urllib.parse import urlencode
 
-from aiohttp import ClientConnectorError, ClientError
+from aiohttp import (
+    ClientConnectorError,
+    ClientError,
+    ClientSession,
+    ClientTimeout,
+    TCPConnector,
+    encode_basic_auth,
+)
 from twilio.base import values
 from twilio.base.exceptions import TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http import AsyncHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
@@ -47,17 +56,59 @@ RETRYABLE_HTTP_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRYABLE_ERRORS = frozenset({20429, 20500, 20503, 21611})
 
 _retry_after: ContextVar[float | None] = ContextVar("retry_after", default=None)
+_log = logging.getLogger(__name__)
 
 
-class _HeaderAwareHttpClient(AsyncTwilioHttpClient):
-    """Keeps the `Retry-After` of the last response in the calling task's context,
-    because `TwilioRestException` drops the response headers."""
+class CarrierHttpClient(AsyncHttpClient):
+    """twilio's HTTP seam, on one aiohttp session: the official client builds and parses every
+    request; this only moves bytes.
 
-    async def request(self, *args: object, **kwargs: object) -> Response:
-        response = await super().request(*args, **kwargs)
-        value = response.headers.get("Retry-After") if response.headers else None
+    Against twilio's own AsyncTwilioHttpClient it form-encodes each body once (no aiohttp
+    FormData), logs nothing per request, and keeps the `Retry-After` of the last response in
+    the calling task's context, because `TwilioRestException` drops the response headers.
+    """
+
+    def __init__(self, *, timeout: float, connections: int) -> None:
+        super().__init__(logger=_log, is_async=True, timeout=timeout)
+        self._session = ClientSession(
+            connector=TCPConnector(limit=connections),
+            timeout=ClientTimeout(total=timeout),
+        )
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the seam's signature is twilio's
+        allow_redirects: bool = False,
+    ) -> Response:
+        headers = dict(headers or {})
+        body = None
+        if data is not None:
+            body = urlencode(data, doseq=True).encode()
+            headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        if auth is not None:
+            headers["Authorization"] = encode_basic_auth(*auth)
+        async with self._session.request(
+            method,
+            url,
+            params=params,
+            data=body,
+            headers=headers,
+            allow_redirects=allow_redirects,
+            timeout=ClientTimeout(total=timeout) if timeout else None,
+        ) as response:
+            text = await response.text()
+        value = response.headers.get("Retry-After")
         _retry_after.set(float(value) if value and value.isdigit() else None)
-        return response
+        return Response(response.status, text, response.headers)
+
+    async def close(self) -> None:
+        await self._session.close()
 
 
 def classify(error: TwilioRestException) -> SendResult:
@@ -78,8 +129,16 @@ def classify(error: TwilioRestException) -> SendResult:
 
 
 class TwilioCarrier:
-    def __init__(self, *, account_sid: str, auth_token: str, api_url: str, timeout: float) -> None:
-        self._http = _HeaderAwareHttpClient(timeout=timeout)
+    def __init__(
+        self,
+        *,
+        account_sid: str,
+        auth_token: str,
+        api_url: str,
+        timeout: float,
+        connections: int = 100,
+    ) -> None:
+        self._http = CarrierHttpClient(timeout=timeout, connections=connections)
         self._client = Client(account_sid, auth_token, http_client=self._http)
         self._client.api.base_url = api_url.rstrip("/")
 

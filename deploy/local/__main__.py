@@ -3,28 +3,18 @@
 Ctrl-C (or SIGTERM) stops every process it started, in reverse order.
 """
 
-import signal
 import sys
 import time
 
 from deploy.local.processes import ManagedProcess
-from deploy.local.stack import launch, running
+from deploy.local.stack import Stop, launch, running, stop_on_signals
 from settings import Settings
-
-
-class Stop(Exception):
-    """SIGINT or SIGTERM reached the launcher."""
-
-
-def _raise_stop(signum: int, _frame: object) -> None:
-    raise Stop(signal.Signals(signum).name)
 
 
 def main() -> int:
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGINT, _raise_stop)
-    signal.signal(signal.SIGTERM, _raise_stop)
+    stop_on_signals()
     started = time.monotonic()
     processes: list[ManagedProcess] = []
     try:

@@ -8,6 +8,7 @@ are unset; then the carrier emulator, the worker and the API.
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,20 @@ from deploy.local.temporal import temporal_process, temporal_ready
 from settings import Settings
 
 READY_TIMEOUT = 60.0
+
+
+class Stop(Exception):
+    """SIGINT or SIGTERM reached the process that owns the stack."""
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def stop_on_signals() -> None:
+    """Turn SIGINT and SIGTERM into `Stop`, so `running` stops every child on the way out."""
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
 
 
 @contextmanager
@@ -73,8 +88,10 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
     dev_file = home / "dev.json"
     known = json.loads(dev_file.read_text()) if dev_file.exists() else {}
     dev = asyncio.run(ensure_dev_account(database_url, known))
-    worker = ManagedProcess("worker", [sys.executable, "-m", "worker"], logs / "worker.log", env)
-    processes.append(worker.start())
+    for index in range(settings.worker_processes):
+        name = f"worker-{index}"
+        worker = ManagedProcess(name, [sys.executable, "-m", "worker"], logs / f"{name}.log", env)
+        processes.append(worker.start())
     api = ManagedProcess(
         "api",
         [

@@ -1,0 +1,30 @@
+"""A small run of `make bench`'s harness, so it cannot rot: its own stack, every stage, the
+results file and the chart."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--n", "2000", "--naive-n", "40", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    [results] = tmp_path.glob("*.json")
+    result = json.loads(results.read_text())
+    assert result["herald"]["status"] == "completed"
+    assert result["herald"]["sent"] == 2000
+    assert result["naive"]["sent"] == 80
+    assert result["ceiling"]["sent"] == 4000
+    assert result["footprint"]["ledger_rows"] == 2000
+    assert result["footprint"]["largest_history_events"] > 0
+    assert all(value > 0 for value in result["ratios"].values())
+    assert results.with_suffix(".png").stat().st_size > 0
+    assert "Herald / naive" in run.stdout
