@@ -4,6 +4,7 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import httpx
 import uvloop
@@ -39,6 +40,8 @@ async def herald_worker(client: Client, settings: Settings) -> AsyncIterator[Wor
             workflows=WORKFLOWS,
             activities=batch_activities.registered(),
             max_concurrent_activities=settings.max_concurrent_activities,
+            # Cancellations reach an activity in a heartbeat's reply: let them through at once.
+            max_heartbeat_throttle_interval=timedelta(seconds=1),
         )
     finally:
         await http.aclose()

@@ -1,6 +1,7 @@
 """The side effects a batch asks for: validate the file, send slices, record and post events."""
 
 import asyncio
+import contextlib
 import csv
 import itertools
 import uuid
@@ -27,8 +28,10 @@ from settings import Settings
 from store import batches, events, files, messages, opt_outs
 from workflows.contracts import (
     BatchCounts,
-    CountInput,
     DeliverEventsInput,
+    FinishInput,
+    ReopenInput,
+    ReopenResult,
     SendCounts,
     SendSliceInput,
     StatusUpdate,
@@ -39,8 +42,8 @@ from workflows.contracts import (
 log = structlog.get_logger(__name__)
 
 COPY_BATCH = 10_000
-# Sends between heartbeats: often enough to be seen alive, rarely enough to cost nothing.
-HEARTBEAT_EVERY = 50
+# Often enough that a cancellation (delivered in a heartbeat's reply) is seen within a second.
+HEARTBEAT_SECONDS = 0.5
 FINAL_EVENT_FIELDS = ("total", "successful", "failed", "skipped", "cancelled", "uncertain")
 
 
@@ -140,44 +143,46 @@ class BatchActivities:
 
     @activity.defn
     async def send_slice(self, input: SendSliceInput) -> SendCounts:
-        batch_id = uuid.UUID(input.batch_id)
-        claimed = await messages.claim_slice(
-            self._pool,
-            batch_id,
-            input.start,
-            input.end,
-            first_attempt=activity.info().attempt == 1,
-        )
-        limit = asyncio.Semaphore(self._settings.send_concurrency)
-        done = 0
+        """Send the slice's pending rows concurrently and record them in one statement.
 
-        async def send(message: messages.ClaimedMessage) -> SendResult:
-            nonlocal done
+        When cancelled (pause, cancel), no new request starts; those on the wire finish and
+        are recorded, the rest of the slice goes back to `pending`, then the cancellation
+        goes on up.
+        """
+        batch_id = uuid.UUID(input.batch_id)
+        claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
+        limit = asyncio.Semaphore(self._settings.send_concurrency)
+        stopping = asyncio.Event()
+
+        async def send(message: messages.ClaimedMessage) -> SendResult | None:
             async with limit:
-                result = await self._carrier.send(
+                if stopping.is_set():
+                    return None
+                return await self._carrier.send(
                     to=message.to_number,
                     from_=input.agent_number,
                     body=message.body,
                     status_callback=None,
                 )
-            done += 1
-            if done % HEARTBEAT_EVERY == 0:
-                activity.heartbeat(done)
-            return result
 
-        results = await asyncio.gather(*(send(m) for m in claimed))
-        outcomes = [
-            messages.Outcome(
-                seq=m.seq,
-                status="pending" if r.verdict is Verdict.RETRY else r.verdict.value,
-                carrier_sid=r.sid,
-                error_code=r.error_code,
-                error_message=r.error_message,
-            )
-            for m, r in zip(claimed, results, strict=True)
-        ]
-        await messages.record_outcomes(self._pool, batch_id, outcomes)
-        retry = [r for r in results if r.verdict is Verdict.RETRY]
+        sends = asyncio.gather(*(send(m) for m in claimed))
+        heartbeats = asyncio.create_task(_heartbeat_until_done())
+        try:
+            results = await asyncio.shield(sends)
+        except asyncio.CancelledError:
+            stopping.set()
+            heartbeats.cancel()
+            # Temporal may repeat the cancellation; the requests on the wire still finish.
+            while not sends.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(sends)
+            results = sends.result()
+            await messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
+            raise
+        finally:
+            heartbeats.cancel()
+        await messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
+        retry = [r for r in results if r is not None and r.verdict is Verdict.RETRY]
         if retry:
             delay = max((r.retry_after or 0) for r in retry)
             raise ApplicationError(
@@ -186,8 +191,8 @@ class BatchActivities:
                 next_retry_delay=timedelta(seconds=delay) if delay else None,
             )
         return SendCounts(
-            sent=sum(r.verdict is Verdict.SENT for r in results),
-            failed=sum(r.verdict is Verdict.FAILED for r in results),
+            sent=sum(r is not None and r.verdict is Verdict.SENT for r in results),
+            failed=sum(r is not None and r.verdict is Verdict.FAILED for r in results),
         )
 
     @activity.defn
@@ -248,8 +253,10 @@ class BatchActivities:
             )
 
     @activity.defn
-    async def count_outcomes(self, input: CountInput) -> BatchCounts:
+    async def finish_ledger(self, input: FinishInput) -> BatchCounts:
+        """Give every row a terminal state, then count them for the final event."""
         batch_id = uuid.UUID(input.batch_id)
+        await messages.close_ledger(self._pool, batch_id, cancel_pending=input.cancel_pending)
         batch = await batches.batch_for_workflow(self._pool, batch_id)
         by_status = await messages.count_by_status(self._pool, batch_id)
         return BatchCounts(
@@ -261,6 +268,17 @@ class BatchActivities:
             uncertain=by_status.get("uncertain", 0),
         )
 
+    @activity.defn
+    async def reopen_rows(self, input: ReopenInput) -> ReopenResult:
+        batch_id = uuid.UUID(input.batch_id)
+        reopened = await messages.reopen(self._pool, batch_id, input.statuses)
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        return ReopenResult(
+            reopened=reopened,
+            rows_total=batch["rows_total"] or 0,
+            recipients=batch["recipients"] or 0,
+        )
+
     def registered(self) -> list[Any]:
         """The bound activity methods, for the worker to register."""
         return [
@@ -268,5 +286,31 @@ class BatchActivities:
             self.send_slice,
             self.record_status,
             self.deliver_status_events,
-            self.count_outcomes,
+            self.finish_ledger,
+            self.reopen_rows,
         ]
+
+
+async def _heartbeat_until_done() -> None:
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+def _outcomes(
+    claimed: list[messages.ClaimedMessage], results: list[SendResult | None]
+) -> list[messages.Outcome]:
+    """Ledger outcomes of a slice; a message not sent, or deferred by the carrier, goes back
+    to `pending`."""
+    return [
+        messages.Outcome(seq=m.seq, status="pending")
+        if r is None or r.verdict is Verdict.RETRY
+        else messages.Outcome(
+            seq=m.seq,
+            status=r.verdict.value,
+            carrier_sid=r.sid,
+            error_code=r.error_code,
+            error_message=r.error_message,
+        )
+        for m, r in zip(claimed, results, strict=True)
+    ]

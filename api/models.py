@@ -160,3 +160,23 @@ class WebhookDelivery(BaseModel):
 
 class WebhookDeliveries(BaseModel):
     deliveries: list[WebhookDelivery]
+
+
+class CancelRequest(BaseModel):
+    reason: str | None = Field(None, max_length=500, description="Kept on the batch and sent.")
+
+
+class RetryRequest(BaseModel):
+    statuses: list[Literal["failed", "uncertain", "cancelled"]] = Field(
+        default_factory=lambda: ["failed"],
+        min_length=1,
+        description="Ledger statuses to send again. `uncertain` rows may have reached the"
+        " carrier already: retry them only when a duplicate is acceptable.",
+    )
+
+
+class BatchControl(BaseModel):
+    batch_id: str
+    workflow_id: str
+    action: str = Field(description="`cancel`, `pause`, `resume` or `retry`, as requested.")
+    rows: int | None = Field(None, description="For `retry`: the rows that will be sent again.")

@@ -87,7 +87,7 @@ async def set_status(
     await pool.execute(
         "UPDATE batches SET status = $2, code = COALESCE($3, code), reason = COALESCE($4, reason),"
         " updated_at = now(),"
-        " finished_at = CASE WHEN $2 = ANY($5::text[]) THEN now() ELSE finished_at END"
+        " finished_at = CASE WHEN $2 = ANY($5::text[]) THEN now() END"
         " WHERE id = $1",
         batch_id,
         status,

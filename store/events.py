@@ -78,14 +78,23 @@ async def mark_attempted(pool: asyncpg.Pool, batch_id: uuid.UUID, event_seq: int
     )
 
 
-async def list_events(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID) -> list[dict]:
+async def list_events(
+    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID, *, after_seq: int = 0
+) -> list[dict]:
     rows = await pool.fetch(
         "SELECT seq, status, payload, created_at, delivered_at FROM batch_events"
-        " WHERE batch_id = $1 AND account_id = $2 ORDER BY seq",
+        " WHERE batch_id = $1 AND account_id = $2 AND seq > $3 ORDER BY seq",
         batch_id,
         account_id,
+        after_seq,
     )
     return [dict(r) for r in rows]
+
+
+async def last_event_seq(pool: asyncpg.Pool, batch_id: uuid.UUID) -> int:
+    return await pool.fetchval(
+        "SELECT coalesce(max(seq), 0) FROM batch_events WHERE batch_id = $1", batch_id
+    )
 
 
 async def list_deliveries(

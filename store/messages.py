@@ -62,23 +62,22 @@ async def copy_rejected(conn: asyncpg.Connection, records: Iterable[tuple]) -> N
 
 
 async def claim_slice(
-    pool: asyncpg.Pool, batch_id: uuid.UUID, start: int, end: int, *, first_attempt: bool
+    pool: asyncpg.Pool, batch_id: uuid.UUID, start: int, end: int
 ) -> list[ClaimedMessage]:
     """Move the slice's pending rows to `sending` and return them.
 
-    Rows still `sending` when a retry arrives were claimed by a crashed attempt: the carrier
-    may have accepted them, and Twilio takes no idempotency key, so they become `uncertain`
-    instead of being sent again.
+    A slice is sent by one activity at a time, so a row already `sending` here was claimed by
+    an attempt that died: the carrier may have accepted it, and Twilio takes no idempotency
+    key, so it becomes `uncertain` instead of being sent again.
     """
     async with pool.acquire() as conn, conn.transaction():
-        if not first_attempt:
-            await conn.execute(
-                "UPDATE messages SET status = 'uncertain', updated_at = now()"
-                " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'sending'",
-                batch_id,
-                start,
-                end,
-            )
+        await conn.execute(
+            "UPDATE messages SET status = 'uncertain', updated_at = now()"
+            " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'sending'",
+            batch_id,
+            start,
+            end,
+        )
         rows = await conn.fetch(
             "UPDATE messages SET status = 'sending', attempts = attempts + 1, updated_at = now()"
             " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'pending'"
@@ -110,8 +109,40 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
     )
 
 
-async def recipient_count(pool: asyncpg.Pool, batch_id: uuid.UUID) -> int:
-    return await pool.fetchval("SELECT count(*) FROM messages WHERE batch_id = $1", batch_id)
+async def close_ledger(pool: asyncpg.Pool, batch_id: uuid.UUID, *, cancel_pending: bool) -> None:
+    """Give every row a terminal state as the batch ends: a row still `sending` belongs to no
+    live attempt (`uncertain`); `pending` rows of a cancelled batch are `cancelled`."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE messages SET status = 'uncertain', updated_at = now()"
+            " WHERE batch_id = $1 AND status = 'sending'",
+            batch_id,
+        )
+        if cancel_pending:
+            await conn.execute(
+                "UPDATE messages SET status = 'cancelled', updated_at = now()"
+                " WHERE batch_id = $1 AND status = 'pending'",
+                batch_id,
+            )
+
+
+async def reopen(pool: asyncpg.Pool, batch_id: uuid.UUID, statuses: list[str]) -> int:
+    """Put rows in `statuses` back to `pending` for another attempt; how many were."""
+    result = await pool.execute(
+        "UPDATE messages SET status = 'pending', updated_at = now()"
+        " WHERE batch_id = $1 AND status = ANY($2::text[])",
+        batch_id,
+        statuses,
+    )
+    return int(result.split()[-1])
+
+
+async def count_in_statuses(pool: asyncpg.Pool, batch_id: uuid.UUID, statuses: list[str]) -> int:
+    return await pool.fetchval(
+        "SELECT count(*) FROM messages WHERE batch_id = $1 AND status = ANY($2::text[])",
+        batch_id,
+        statuses,
+    )
 
 
 async def count_by_status(pool: asyncpg.Pool, batch_id: uuid.UUID) -> dict[str, int]:

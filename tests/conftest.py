@@ -169,11 +169,11 @@ class WebhookReceiver:
     def url(self, name: str) -> str:
         return f"{self.base_url}/{name}"
 
-    async def wait_for(self, name: str, *statuses: str) -> list[dict[str, Any]]:
-        """The events at `name` once one of `statuses` has arrived (at most a minute)."""
+    async def wait_for(self, name: str, *statuses: str, times: int = 1) -> list[dict[str, Any]]:
+        """The events at `name` once `times` of them have one of `statuses` (a minute at most)."""
         async with asyncio.timeout(WAIT_SECONDS), self.changed:
             await self.changed.wait_for(
-                lambda: any(e["status"] in statuses for e in self.received[name])
+                lambda: sum(e["status"] in statuses for e in self.received[name]) >= times
             )
         return self.received[name]
 

@@ -2,6 +2,8 @@
 
 Recipients live in PostgreSQL; this workflow only moves counts and seq ranges, keeps a
 bounded window of ChunkWorkflows, and continues as new before its history grows large.
+Operators steer it with the `cancel`, `pause` and `resume` signals (from the API or the
+`temporal` CLI); a Temporal cancellation ends it the same way as `cancel`.
 """
 
 import asyncio
@@ -9,7 +11,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.chunk import ChunkWorkflow
@@ -21,11 +23,14 @@ with workflow.unsafe.imports_passed_through():
         RECIPIENT_COUNT,
         BatchCounts,
         BatchInput,
+        BatchProgress,
         BatchResult,
         ChunkInput,
-        CountInput,
         DeliverEventsInput,
         DispatchState,
+        FinishInput,
+        ReopenInput,
+        ReopenResult,
         SendCounts,
         StatusUpdate,
         ValidateInput,
@@ -41,6 +46,7 @@ VALIDATE_RETRY = RetryPolicy(
     maximum_attempts=5,
 )
 PROGRESS_EVERY = timedelta(seconds=1)
+NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
 @workflow.defn
@@ -49,17 +55,68 @@ class BatchWorkflow:
         self._events_recorded = 0
         self._events_delivered = 0
         self._closing = False
-        self._chunks_in_flight = 0
         self._last_progress = 0.0
-        self._status = ""
+        self._status = "queued"
+        self._state: DispatchState | None = None
+        self._paused = False
+        # The phase a resume returns to; phases reached while paused are kept for then.
+        self._resume_status = "queued"
+        self._cancel_reason: str | None = None
+        self._chunks: dict[int, workflow.ChildWorkflowHandle[ChunkWorkflow, SendCounts]] = {}
+        self._chunk_tasks: set[asyncio.Task[None]] = set()
+        self._chunks_done = 0
+        self._totals = SendCounts()
         # Chunks finish concurrently; events must still get consecutive seqs, in order.
         self._report_lock = asyncio.Lock()
+
+    @workflow.signal
+    async def cancel(self, reason: str | None = None) -> None:
+        """Stop sending: no new slice starts, sends on the wire are recorded, the rest is
+        `cancelled`."""
+        if self._cancel_reason is None:
+            self._cancel_reason = reason or "cancelled by an operator"
+            await self._signal_chunks(ChunkWorkflow.stop)
+
+    @workflow.signal
+    async def pause(self) -> None:
+        if self._paused or self._cancel_reason is not None:
+            return
+        self._paused = True
+        self._resume_status = self._status
+        await self._signal_chunks(ChunkWorkflow.pause)
+        await self._report("paused")
+
+    @workflow.signal
+    async def resume(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        await self._signal_chunks(ChunkWorkflow.resume)
+        await self._report(self._resume_status)
+
+    @workflow.query
+    def progress(self) -> BatchProgress:
+        state = self._state
+        chunk_size = self._input.dispatch.chunk_size
+        return BatchProgress(
+            status=self._status,
+            paused=self._paused,
+            cancel_reason=self._cancel_reason,
+            rows_total=state.rows_total if state else 0,
+            recipients=state.recipients if state else 0,
+            dispatched=state.dispatched if state else 0,
+            chunks_total=-(-state.recipients // chunk_size) if state else 0,
+            chunks_done=self._chunks_done,
+            sent=self._totals.sent,
+            failed=self._totals.failed,
+        )
 
     @workflow.run
     async def run(self, input: BatchInput) -> BatchResult:
         self._input = input
         state = input.state
         if state is None:
+            self._events_recorded = self._events_delivered = input.first_event_seq
             workflow.upsert_search_attributes(
                 [
                     BATCH_ID.value_set(input.batch_id),
@@ -69,16 +126,23 @@ class BatchWorkflow:
             )
         else:
             self._events_recorded = self._events_delivered = state.event_seq
-            self._status = state.status
+            self._resume_status = state.status
+            self._paused = state.paused
+            self._status = "paused" if state.paused else state.status
         pump = asyncio.create_task(self._deliver_events())
         try:
             if state is None:
-                state = await self._validate()
-                if isinstance(state, BatchResult):
-                    return state
+                prepared = await (self._reopen() if input.retry_statuses else self._validate())
+                if isinstance(prepared, BatchResult):
+                    return prepared
+                state = prepared
+            self._state = state
             result = await self._dispatch(state)
             if result is None:
+                await workflow.wait_condition(workflow.all_handlers_finished)
                 await self._drain(pump)
+                state.event_seq = self._events_recorded
+                state.paused = self._paused
                 workflow.continue_as_new(
                     BatchInput(
                         batch_id=input.batch_id,
@@ -89,6 +153,11 @@ class BatchWorkflow:
                     )
                 )
             return result
+        except asyncio.CancelledError:
+            # `temporal workflow cancel` or the web UI: end as the `cancel` signal does.
+            await self.cancel(NATIVE_CANCEL_REASON)
+            await self._chunks_finished()
+            return await self._finish()
         finally:
             await self._drain(pump)
 
@@ -123,13 +192,31 @@ class BatchWorkflow:
             "dispatching",
             message=f"Requested: {validation.rows_total}. Validated: {sendable}.",
         )
-        chunk_size = self._input.dispatch.chunk_size
-        chunks = -(-validation.recipients // chunk_size)
+        return await self._start_sending(validation.rows_total, validation.recipients)
+
+    async def _reopen(self) -> DispatchState | BatchResult:
+        """A retry run: put the requested rows back to `pending`, then send as usual."""
+        statuses = self._input.retry_statuses or []
+        reopened: ReopenResult = await workflow.execute_activity(
+            "reopen_rows",
+            ReopenInput(batch_id=self._input.batch_id, statuses=statuses),
+            result_type=ReopenResult,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=DB_RETRY,
+        )
+        await self._report(
+            "dispatching",
+            message=f"Retrying {reopened.reopened} rows ({', '.join(statuses)}).",
+        )
+        return await self._start_sending(reopened.rows_total, reopened.recipients)
+
+    async def _start_sending(self, rows_total: int, recipients: int) -> DispatchState:
+        chunks = -(-recipients // self._input.dispatch.chunk_size)
         status = "in_progress_chunked" if chunks > 1 else "in_progress"
         await self._report(status)
         return DispatchState(
-            rows_total=validation.rows_total,
-            recipients=validation.recipients,
+            rows_total=rows_total,
+            recipients=recipients,
             next_chunk=0,
             dispatched=0,
             event_seq=self._events_recorded,
@@ -142,47 +229,63 @@ class BatchWorkflow:
         dispatch = self._input.dispatch
         chunks = -(-state.recipients // dispatch.chunk_size)
         started_here = 0
-        tasks = []
-        while state.next_chunk < chunks:
+        while state.next_chunk < chunks and self._cancel_reason is None:
             if (
                 started_here >= dispatch.chunks_per_run
                 or workflow.info().is_continue_as_new_suggested()
             ):
-                await asyncio.gather(*tasks)
-                state.event_seq = self._events_recorded
-                return None
-            await workflow.wait_condition(lambda: self._chunks_in_flight < dispatch.chunk_window)
+                await self._chunks_finished()
+                if self._cancel_reason is None:
+                    return None
+                break
+            await workflow.wait_condition(
+                lambda: (
+                    (len(self._chunk_tasks) < dispatch.chunk_window and not self._paused)
+                    or self._cancel_reason is not None
+                )
+            )
+            if self._cancel_reason is not None:
+                break
             index = state.next_chunk
             state.next_chunk += 1
             started_here += 1
-            self._chunks_in_flight += 1
-            tasks.append(asyncio.create_task(self._run_chunk(state, index)))
-        await asyncio.gather(*tasks)
-        return await self._finish(state)
+            task = asyncio.create_task(self._run_chunk(state, index))
+            self._chunk_tasks.add(task)
+            task.add_done_callback(self._chunk_tasks.discard)
+        await self._chunks_finished()
+        return await self._finish()
 
     async def _run_chunk(self, state: DispatchState, index: int) -> None:
         dispatch = self._input.dispatch
         start = index * dispatch.chunk_size
         end = min(start + dispatch.chunk_size, state.recipients)
+        handle = await workflow.start_child_workflow(
+            ChunkWorkflow.run,
+            ChunkInput(
+                batch_id=self._input.batch_id,
+                agent_number=self._input.agent_number,
+                start=start,
+                end=end,
+                slice_size=dispatch.slice_size,
+                slices_in_flight=dispatch.slices_in_flight,
+            ),
+            id=f"{workflow.info().workflow_id}/chunk-{index}",
+        )
+        self._chunks[index] = handle
         try:
-            await workflow.execute_child_workflow(
-                ChunkWorkflow.run,
-                ChunkInput(
-                    batch_id=self._input.batch_id,
-                    agent_number=self._input.agent_number,
-                    start=start,
-                    end=end,
-                    slice_size=dispatch.slice_size,
-                    slices_in_flight=dispatch.slices_in_flight,
-                ),
-                id=f"{workflow.info().workflow_id}/chunk-{index}",
-                result_type=SendCounts,
-            )
+            if self._cancel_reason is not None:
+                await handle.signal(ChunkWorkflow.stop)
+            elif self._paused:
+                await handle.signal(ChunkWorkflow.pause)
+            counts = await handle
         finally:
-            self._chunks_in_flight -= 1
+            del self._chunks[index]
+        self._chunks_done += 1
+        self._totals.sent += counts.sent
+        self._totals.failed += counts.failed
         state.dispatched += end - start
         now = workflow.now().timestamp()
-        if now - self._last_progress >= PROGRESS_EVERY.total_seconds():
+        if now - self._last_progress >= PROGRESS_EVERY.total_seconds() and not self._paused:
             self._last_progress = now
             elapsed = max(now - state.dispatch_started, 0.001)
             await self._report(
@@ -193,14 +296,32 @@ class BatchWorkflow:
                 ),
             )
 
-    async def _finish(self, state: DispatchState) -> BatchResult:
+    async def _chunks_finished(self) -> None:
+        """Wait for the running chunks; unlike gather, a cancellation of this workflow does
+        not cancel them (they are stopped by signal, so their last sends are recorded)."""
+        if self._chunk_tasks:
+            await workflow.wait(list(self._chunk_tasks))
+
+    async def _signal_chunks(self, signal: object) -> None:
+        for handle in list(self._chunks.values()):
+            try:
+                await handle.signal(signal)  # type: ignore[arg-type]
+            except (ApplicationError, ChildWorkflowError):
+                pass  # the chunk finished meanwhile: nothing left to steer
+
+    async def _finish(self) -> BatchResult:
+        cancelled = self._cancel_reason is not None
         counts: BatchCounts = await workflow.execute_activity(
-            "count_outcomes",
-            CountInput(batch_id=self._input.batch_id),
+            "finish_ledger",
+            FinishInput(batch_id=self._input.batch_id, cancel_pending=cancelled),
             result_type=BatchCounts,
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=DB_RETRY,
         )
+        if cancelled:
+            return await self._report_final(
+                "cancelled", counts, code="cancelled", reason=self._cancel_reason
+            )
         if counts.successful == 0:
             return await self._report_final(
                 "failed", counts, code="all_sends_failed", reason="no message was accepted"
@@ -235,37 +356,30 @@ class BatchWorkflow:
         counts: BatchCounts | None = None,
     ) -> None:
         """Record a lifecycle event (batch row, search attribute, log) and queue its webhook."""
+        if self._paused and counts is None and status != "paused":
+            self._resume_status = status
+            return
         async with self._report_lock:
-            await self._record(status, message, code, reason, counts)
-
-    async def _record(
-        self,
-        status: str,
-        message: str | None,
-        code: str | None,
-        reason: str | None,
-        counts: BatchCounts | None,
-    ) -> None:
-        seq = self._events_recorded + 1
-        if status != self._status:
-            self._status = status
-            workflow.upsert_search_attributes([BATCH_STATUS.value_set(status)])
-        await workflow.execute_activity(
-            "record_status",
-            StatusUpdate(
-                batch_id=self._input.batch_id,
-                workflow_id=workflow.info().workflow_id,
-                event_seq=seq,
-                status=status,
-                message=message,
-                code=code,
-                reason=reason,
-                counts=counts,
-            ),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=DB_RETRY,
-        )
-        self._events_recorded = seq
+            seq = self._events_recorded + 1
+            if status != self._status:
+                self._status = status
+                workflow.upsert_search_attributes([BATCH_STATUS.value_set(status)])
+            await workflow.execute_activity(
+                "record_status",
+                StatusUpdate(
+                    batch_id=self._input.batch_id,
+                    workflow_id=workflow.info().workflow_id,
+                    event_seq=seq,
+                    status=status,
+                    message=message,
+                    code=code,
+                    reason=reason,
+                    counts=counts,
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DB_RETRY,
+            )
+            self._events_recorded = seq
 
     async def _deliver_events(self) -> None:
         """Post recorded events to the status webhook in order, without holding sends back."""

@@ -1,10 +1,17 @@
-"""ChunkWorkflow: sends one range of a batch's ledger, a few slices at a time."""
+"""ChunkWorkflow: sends one range of a batch's ledger, a few slices at a time.
+
+Pausing cancels the slices in flight: a send activity that is cancelled lets the requests
+already on the wire finish, records them, and puts the rest of its slice back to `pending`,
+so the slice simply runs again on resume. `stop` interrupts them the same way and ends the
+chunk, leaving what was not sent `pending` for the batch to close.
+"""
 
 import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import ChunkInput, SendCounts, SendSliceInput
@@ -24,32 +31,84 @@ SEND_RETRY = RetryPolicy(
 class ChunkWorkflow:
     def __init__(self) -> None:
         self._in_flight = 0
+        self._paused = False
+        self._stopping = False
+        self._sends: set[asyncio.Task[SendCounts]] = set()
+        self._interrupted: set[asyncio.Task[SendCounts]] = set()
         self._counts = SendCounts()
+
+    @workflow.signal
+    def pause(self) -> None:
+        self._paused = True
+        self._interrupt_sends()
+
+    @workflow.signal
+    def stop(self) -> None:
+        self._stopping = True
+        self._interrupt_sends()
+
+    @workflow.signal
+    def resume(self) -> None:
+        self._paused = False
 
     @workflow.run
     async def run(self, input: ChunkInput) -> SendCounts:
-        tasks = []
+        slices = []
         for start in range(input.start, input.end, input.slice_size):
-            await workflow.wait_condition(lambda: self._in_flight < input.slices_in_flight)
+            await workflow.wait_condition(
+                lambda: (
+                    (self._in_flight < input.slices_in_flight and not self._paused)
+                    or self._stopping
+                )
+            )
+            if self._stopping:
+                break
             end = min(start + input.slice_size, input.end)
             self._in_flight += 1
-            tasks.append(asyncio.create_task(self._send(input, start, end)))
-        await asyncio.gather(*tasks)
+            slices.append(asyncio.create_task(self._send_slice(input, start, end)))
+        await asyncio.gather(*slices)
         return self._counts
 
-    async def _send(self, input: ChunkInput, start: int, end: int) -> None:
+    async def _send_slice(self, input: ChunkInput, start: int, end: int) -> None:
         try:
-            counts: SendCounts = await workflow.execute_activity(
-                "send_slice",
-                SendSliceInput(
-                    batch_id=input.batch_id, agent_number=input.agent_number, start=start, end=end
-                ),
-                result_type=SendCounts,
-                start_to_close_timeout=timedelta(minutes=10),
-                heartbeat_timeout=timedelta(seconds=30),
-                retry_policy=SEND_RETRY,
-            )
+            while True:
+                await workflow.wait_condition(lambda: not self._paused or self._stopping)
+                if self._stopping:
+                    return
+                send = asyncio.create_task(
+                    workflow.execute_activity(
+                        "send_slice",
+                        SendSliceInput(
+                            batch_id=input.batch_id,
+                            agent_number=input.agent_number,
+                            start=start,
+                            end=end,
+                        ),
+                        result_type=SendCounts,
+                        start_to_close_timeout=timedelta(minutes=10),
+                        heartbeat_timeout=timedelta(seconds=30),
+                        retry_policy=SEND_RETRY,
+                        # Wait for the activity to record what it sent before moving on.
+                        cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    )
+                )
+                self._sends.add(send)
+                try:
+                    counts = await send
+                except (asyncio.CancelledError, ActivityError):
+                    if send not in self._interrupted:
+                        raise
+                    continue
+                finally:
+                    self._sends.discard(send)
+                    self._interrupted.discard(send)
+                self._counts.sent += counts.sent
+                self._counts.failed += counts.failed
+                return
         finally:
             self._in_flight -= 1
-        self._counts.sent += counts.sent
-        self._counts.failed += counts.failed
+
+    def _interrupt_sends(self) -> None:
+        for send in self._sends:
+            self._interrupted.add(send)
+            send.cancel()

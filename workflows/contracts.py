@@ -46,6 +46,7 @@ class DispatchState:
     event_seq: int
     dispatch_started: float
     status: str
+    paused: bool = False
 
 
 @dataclass(kw_only=True)
@@ -55,6 +56,26 @@ class BatchInput:
     agent_number: str
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     state: DispatchState | None = None
+    # A retry run of a finished batch: these ledger statuses are sent again, no validation.
+    retry_statuses: list[str] | None = None
+    # Events already recorded for this batch by earlier runs: a retry numbers on from there.
+    first_event_seq: int = 0
+
+
+@dataclass(kw_only=True)
+class BatchProgress:
+    """The `progress` query's answer: the batch's phase and what its chunks have done."""
+
+    status: str
+    paused: bool
+    cancel_reason: str | None
+    rows_total: int
+    recipients: int
+    dispatched: int
+    chunks_total: int
+    chunks_done: int
+    sent: int
+    failed: int
 
 
 @dataclass(kw_only=True)
@@ -132,5 +153,19 @@ class SendCounts:
 
 
 @dataclass(kw_only=True)
-class CountInput:
+class FinishInput:
     batch_id: str
+    cancel_pending: bool = False
+
+
+@dataclass(kw_only=True)
+class ReopenInput:
+    batch_id: str
+    statuses: list[str]
+
+
+@dataclass(kw_only=True)
+class ReopenResult:
+    reopened: int
+    rows_total: int
+    recipients: int

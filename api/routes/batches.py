@@ -2,19 +2,23 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
 
 from api.deps import AccountId, AppSettings, Pool, Temporal
 from api.errors import InvalidRequest
 from api.models import (
+    BatchControl,
     BatchDetail,
     BatchList,
     BatchLogs,
     BatchRequest,
     BatchStarted,
+    CancelRequest,
     Envelope,
     MessageList,
     Page,
+    RetryRequest,
     WebhookDeliveries,
 )
 from api.services import batches as service
@@ -83,3 +87,68 @@ async def webhook_deliveries(account_id: AccountId, pool: Pool, batch_id: str) -
     batch = await service.require_batch(pool, account_id, batch_id)
     rows = await events.list_deliveries(pool, account_id, batch)
     return {"data": WebhookDeliveries(deliveries=rows)}
+
+
+@router.post("/v1/sms/batch/{batch_id}/cancel", response_model=Envelope[BatchControl])
+async def cancel_batch(
+    account_id: AccountId,
+    pool: Pool,
+    temporal: Temporal,
+    batch_id: str,
+    body: CancelRequest | None = None,
+) -> dict:
+    """Stop a running batch: sends on the wire finish, every row not sent ends `cancelled`."""
+    reason = body.reason if body else None
+    return {
+        "data": await service.signal_batch(pool, temporal, account_id, batch_id, "cancel", reason)
+    }
+
+
+@router.post("/v1/sms/batch/{batch_id}/pause", response_model=Envelope[BatchControl])
+async def pause_batch(account_id: AccountId, pool: Pool, temporal: Temporal, batch_id: str) -> dict:
+    """No new sends until `resume`; the batch's status is `paused` meanwhile."""
+    return {"data": await service.signal_batch(pool, temporal, account_id, batch_id, "pause")}
+
+
+@router.post("/v1/sms/batch/{batch_id}/resume", response_model=Envelope[BatchControl])
+async def resume_batch(
+    account_id: AccountId, pool: Pool, temporal: Temporal, batch_id: str
+) -> dict:
+    """Go on sending from where `pause` stopped; the batch returns to its previous phase."""
+    return {"data": await service.signal_batch(pool, temporal, account_id, batch_id, "resume")}
+
+
+@router.post("/v1/sms/batch/{batch_id}/retry", response_model=Envelope[BatchControl])
+async def retry_batch(
+    account_id: AccountId,
+    pool: Pool,
+    temporal: Temporal,
+    settings: AppSettings,
+    batch_id: str,
+    body: RetryRequest | None = None,
+) -> dict:
+    """Send a finished batch's `failed` rows (or the statuses given) again."""
+    statuses = (body or RetryRequest()).statuses
+    return {
+        "data": await service.retry_batch(
+            pool, temporal, settings, account_id, batch_id, list(statuses)
+        )
+    }
+
+
+@router.get(
+    "/v1/sms/batch/{batch_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def batch_event_stream(
+    account_id: AccountId,
+    pool: Pool,
+    temporal: Temporal,
+    batch_id: str,
+    last_event_id: Annotated[int, Header(ge=0, description="Resume after this event.")] = 0,
+) -> StreamingResponse:
+    """Server-sent events: `status` (each lifecycle event, as posted to the webhook) and
+    `progress` (about once a second while it runs); the stream ends after the final event."""
+    stream = await service.stream_events(pool, temporal, account_id, batch_id, last_event_id)
+    return StreamingResponse(stream, media_type="text/event-stream")

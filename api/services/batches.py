@@ -1,34 +1,42 @@
 """Starting and reading batches."""
 
+import asyncio
+import dataclasses
 import hashlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError, WorkflowQueryFailedError
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import HeraldError
-from api.models import BatchDetail, BatchRequest, BatchStarted, BatchSummary
+from api.models import BatchControl, BatchDetail, BatchRequest, BatchStarted, BatchSummary
 from phones import to_e164
 from settings import Settings
-from store import batches, files, messages, numbers
+from store import batches, events, files, messages, numbers
 from workflows.contracts import (
     ACCOUNT_ID,
     AGENT_NUMBER,
     BATCH_ID,
     BATCH_STATUS,
     BatchInput,
+    BatchProgress,
     DispatchSettings,
     batch_workflow_id,
 )
+
+# How long a retry waits for the previous run, already final, to close.
+FINAL_CLOSE_SECONDS = 10
+SSE_POLL_SECONDS = 1.0
 
 
 class FileNotFound(HeraldError):
@@ -49,6 +57,21 @@ class BatchAlreadyExists(HeraldError):
 class BatchNotFound(HeraldError):
     status_code = 404
     code = "BATCH_NOT_FOUND"
+
+
+class BatchAlreadyFinished(HeraldError):
+    status_code = 409
+    code = "BATCH_ALREADY_FINISHED"
+
+
+class BatchNotFinished(HeraldError):
+    status_code = 409
+    code = "BATCH_NOT_FINISHED"
+
+
+class NothingToRetry(HeraldError):
+    status_code = 409
+    code = "NOTHING_TO_RETRY"
 
 
 class TemporalUnavailable(HeraldError):
@@ -112,35 +135,152 @@ async def start_batch(
             f"file {file_id} already started batch {workflow_id} with a different request"
         )
     try:
-        await temporal.start_workflow(
-            "BatchWorkflow",
+        await _start_workflow(
+            temporal,
+            settings,
+            batch,
             BatchInput(
                 batch_id=str(file_id),
                 account_id=str(account_id),
                 agent_number=agent_number,
                 dispatch=dispatch_settings(settings),
             ),
-            id=workflow_id,
-            task_queue=settings.task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(BATCH_STATUS, "queued"),
-                    SearchAttributePair(BATCH_ID, str(file_id)),
-                    SearchAttributePair(ACCOUNT_ID, str(account_id)),
-                    SearchAttributePair(AGENT_NUMBER, agent_number),
-                ]
-            ),
-            memo={"name": body.name or ""},
+            WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
     except WorkflowAlreadyStartedError:
         pass
+    return BatchStarted(batch_id=str(file_id), workflow_id=workflow_id)
+
+
+async def _start_workflow(
+    temporal: Client,
+    settings: Settings,
+    batch: dict[str, Any],
+    input: BatchInput,
+    reuse: WorkflowIDReusePolicy,
+) -> None:
+    try:
+        await temporal.start_workflow(
+            "BatchWorkflow",
+            input,
+            id=batch["workflow_id"],
+            task_queue=settings.task_queue,
+            id_reuse_policy=reuse,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(BATCH_STATUS, "queued"),
+                    SearchAttributePair(BATCH_ID, input.batch_id),
+                    SearchAttributePair(ACCOUNT_ID, input.account_id),
+                    SearchAttributePair(AGENT_NUMBER, input.agent_number),
+                ]
+            ),
+            memo={"name": batch["name"] or ""},
+        )
     except (RuntimeError, RPCError) as error:
         raise TemporalUnavailable(
             f"the batch is recorded but its workflow could not start ({error}); "
             "send the same request again"
         ) from error
-    return BatchStarted(batch_id=str(file_id), workflow_id=workflow_id)
+
+
+async def signal_batch(
+    pool: asyncpg.Pool,
+    temporal: Client,
+    account_id: uuid.UUID,
+    batch_id: str,
+    signal: str,
+    *args: Any,
+) -> BatchControl:
+    """Send `cancel`, `pause` or `resume` to a running batch's workflow."""
+    batch = await _batch_or_404(pool, account_id, batch_id)
+    if batch["status"] in batches.FINAL_STATUSES:
+        raise BatchAlreadyFinished(f"batch {batch_id} has already ended ({batch['status']})")
+    try:
+        await temporal.get_workflow_handle(batch["workflow_id"]).signal(signal, args=args)
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise BatchAlreadyFinished(f"batch {batch_id} has already ended") from error
+        raise TemporalUnavailable(f"the signal could not be sent ({error})") from error
+    return BatchControl(batch_id=str(batch["id"]), workflow_id=batch["workflow_id"], action=signal)
+
+
+async def retry_batch(
+    pool: asyncpg.Pool,
+    temporal: Client,
+    settings: Settings,
+    account_id: uuid.UUID,
+    batch_id: str,
+    statuses: list[str],
+) -> BatchControl:
+    """Send a finished batch's rows in `statuses` again, as a new run of its workflow."""
+    batch = await _batch_or_404(pool, account_id, batch_id)
+    if batch["status"] not in batches.FINAL_STATUSES:
+        raise BatchNotFinished(f"batch {batch_id} is still {batch['status']}")
+    rows = await messages.count_in_statuses(pool, batch["id"], statuses)
+    if rows == 0:
+        raise NothingToRetry(f"batch {batch_id} has no rows in {', '.join(statuses)}")
+    # The final event is recorded just before the workflow closes: let it close.
+    handle = temporal.get_workflow_handle(batch["workflow_id"])
+    try:
+        async with asyncio.timeout(FINAL_CLOSE_SECONDS):
+            await handle.result()
+    except (TimeoutError, WorkflowFailureError, RPCError):
+        pass
+    await batches.set_status(pool, batch["id"], status="queued")
+    input = BatchInput(
+        batch_id=str(batch["id"]),
+        account_id=str(account_id),
+        agent_number=batch["agent_number"],
+        dispatch=dispatch_settings(settings),
+        retry_statuses=statuses,
+        first_event_seq=await events.last_event_seq(pool, batch["id"]),
+    )
+    try:
+        await _start_workflow(
+            temporal, settings, batch, input, WorkflowIDReusePolicy.ALLOW_DUPLICATE
+        )
+    except WorkflowAlreadyStartedError as error:
+        raise BatchNotFinished(f"batch {batch_id} is running again already") from error
+    return BatchControl(
+        batch_id=str(batch["id"]), workflow_id=batch["workflow_id"], action="retry", rows=rows
+    )
+
+
+async def stream_events(
+    pool: asyncpg.Pool,
+    temporal: Client,
+    account_id: uuid.UUID,
+    batch_id: str,
+    after_seq: int,
+) -> AsyncIterator[str]:
+    """Server-sent events: each lifecycle event as it is recorded, `progress` about once a
+    second while the batch runs, and the end of the stream after its final event."""
+    batch = await _batch_or_404(pool, account_id, batch_id)
+    handle = temporal.get_workflow_handle(batch["workflow_id"])
+
+    async def stream() -> AsyncIterator[str]:
+        last = after_seq
+        while True:
+            recorded = await events.list_events(pool, account_id, batch["id"], after_seq=last)
+            for event in recorded:
+                last = event["seq"]
+                yield _sse("status", event["payload"], event_id=last)
+            if recorded and recorded[-1]["status"] in batches.FINAL_STATUSES:
+                return
+            try:
+                progress = await handle.query("progress", result_type=BatchProgress)
+            except (RPCError, WorkflowQueryFailedError):
+                progress = None
+            if progress is not None:
+                yield _sse("progress", dataclasses.asdict(progress))
+            await asyncio.sleep(SSE_POLL_SECONDS)
+
+    return stream()
+
+
+def _sse(event: str, data: dict[str, Any], *, event_id: int | None = None) -> str:
+    head = f"event: {event}\n" + (f"id: {event_id}\n" if event_id is not None else "")
+    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
 def _summary(batch: dict[str, Any]) -> dict[str, Any]:

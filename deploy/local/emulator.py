@@ -54,7 +54,9 @@ MAGIC_FROM: dict[str, tuple[int, str]] = {
     "+15005550007": (21606, "The 'From' phone number provided is not owned by your account."),
     "+15005550008": (21611, "This 'From' number has exceeded its queue of messages."),
 }
-HTTP_ERROR_CODES = {429: 20429, 500: 20500, 502: 20500, 503: 20503, 504: 20500}
+# Injected failures answer Twilio's code for their HTTP status; a 400 is 21612 (the carrier
+# cannot route to the number), a permanent error for that one message.
+HTTP_ERROR_CODES = {400: 21612, 429: 20429, 500: 20500, 502: 20500, 503: 20503, 504: 20500}
 
 
 @dataclass(kw_only=True)

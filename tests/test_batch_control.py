@@ -1,0 +1,350 @@
+"""Operators steer batches: cancel (API, `temporal` CLI signal, Temporal cancellation),
+pause and resume, retry of failed rows, search attributes, and the live event stream."""
+
+import asyncio
+import base64
+import json
+import secrets
+import subprocess
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from deploy.local.emulator import Faults
+from deploy.local.temporal import TEMPORAL_BIN
+from tests.conftest import Account, WebhookReceiver
+from tests.helpers import attach, csv_bytes, emulator_messages, unique_numbers
+from tests.test_batch_pipeline import FINAL, phases, start
+
+# With this latency the session's worker sends a few hundred messages a second: a batch of
+# RECIPIENTS runs long enough to be steered in the middle.
+SLOW_CARRIER_MS = 1000
+RECIPIENTS = 4000
+
+Configure = Callable[..., Awaitable[None]]
+
+
+@pytest.fixture
+async def carrier(emulator_url: str) -> AsyncIterator[Configure]:
+    """Sets the emulator's faults for one test, and puts the defaults back after it."""
+
+    async def configure(**faults: Any) -> None:
+        async with httpx.AsyncClient() as client:
+            response = await client.post(f"{emulator_url}/_emulator/config", json=faults)
+            response.raise_for_status()
+
+    yield configure
+    await configure(**vars(Faults()))
+
+
+async def received(emulator_url: str, marker: str) -> list[dict[str, Any]]:
+    return await emulator_messages(emulator_url, body_contains=marker)
+
+
+async def wait_until_received(emulator_url: str, marker: str, count: int) -> None:
+    async with asyncio.timeout(60):
+        while len(await received(emulator_url, marker)) < count:  # noqa: ASYNC110 - polling
+            await asyncio.sleep(0.1)
+
+
+async def start_marked_batch(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, count: int
+) -> tuple[str, str, list[str]]:
+    """A batch of `count` recipients whose bodies carry a marker; (file_id, marker, numbers)."""
+    marker = secrets.token_hex(6)
+    numbers = unique_numbers(count)
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
+    )
+    response = await start(
+        api,
+        account,
+        file_id,
+        status_webhook=webhooks.url(marker),
+        **{"global": {"agent_number": account.agent_number, "agent_message": f"m {marker}"}},
+    )
+    assert response.status_code == 200, response.text
+    return file_id, marker, numbers
+
+
+async def ledger_counts(api: httpx.AsyncClient, account: Account, file_id: str) -> dict[str, int]:
+    batch = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()["data"]
+    return batch["counts"]
+
+
+def temporal_cli(temporal_address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(TEMPORAL_BIN), *args, "--address", temporal_address],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+async def assert_cancelled_cleanly(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    file_id: str,
+    marker: str,
+    cancelled_at: float,
+) -> dict[str, Any]:
+    """The batch ends `cancelled` soon after the cancel; nothing is sent after its final
+    event; every row is accounted for once. Returns the final event."""
+    events = await webhooks.wait_for(marker, *FINAL)
+    ended_after = time.monotonic() - cancelled_at
+    at_end = await received(emulator_url, marker)
+    await asyncio.sleep(1.5)
+    later = await received(emulator_url, marker)
+    counts = await ledger_counts(api, account, file_id)
+
+    final = events[-1]
+    assert final["status"] == "cancelled"
+    assert ended_after < 10
+    assert len(later) == len(at_end)
+    assert max(Counter(m["to"] for m in later).values()) == 1
+    assert counts.get("sent", 0) == len(later) == final["messages_successful"]
+    assert counts.get("cancelled", 0) == final["messages_cancelled"] > 0
+    assert sum(v for k, v in counts.items() if k != "rejected") == RECIPIENTS
+    assert set(counts) <= {"sent", "cancelled", "uncertain", "rejected"}
+    return final
+
+
+async def test_cancel_through_the_api_stops_sends_and_accounts_for_every_row(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    await carrier(latency_ms=SLOW_CARRIER_MS)
+    file_id, marker, _ = await start_marked_batch(api, account, webhooks, RECIPIENTS)
+    await wait_until_received(emulator_url, marker, 200)
+
+    response = await api.post(
+        f"/v1/sms/batch/{file_id}/cancel", headers=account.headers, json={"reason": "wrong list"}
+    )
+    cancelled_at = time.monotonic()
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["action"] == "cancel"
+    final = await assert_cancelled_cleanly(
+        api, account, webhooks, emulator_url, file_id, marker, cancelled_at
+    )
+    assert (final["code"], final["reason"]) == ("cancelled", "wrong list")
+    again = await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
+    assert again.status_code == 409
+    assert again.json()["errors"][0]["error"] == "BATCH_ALREADY_FINISHED"
+
+
+async def test_cancel_signal_from_the_temporal_cli(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    temporal_address: str,
+    carrier: Configure,
+) -> None:
+    await carrier(latency_ms=SLOW_CARRIER_MS)
+    file_id, marker, _ = await start_marked_batch(api, account, webhooks, RECIPIENTS)
+    await wait_until_received(emulator_url, marker, 200)
+
+    cli = temporal_cli(
+        temporal_address,
+        "workflow",
+        "signal",
+        "--workflow-id",
+        f"sms-batch-{file_id}",
+        "--name",
+        "cancel",
+        "--input",
+        '"operator said stop"',
+    )
+    cancelled_at = time.monotonic()
+
+    assert cli.returncode == 0, cli.stderr
+    final = await assert_cancelled_cleanly(
+        api, account, webhooks, emulator_url, file_id, marker, cancelled_at
+    )
+    assert final["reason"] == "operator said stop"
+
+
+async def test_temporal_cancellation_ends_like_the_cancel_signal(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    temporal_address: str,
+    carrier: Configure,
+) -> None:
+    await carrier(latency_ms=SLOW_CARRIER_MS)
+    file_id, marker, _ = await start_marked_batch(api, account, webhooks, RECIPIENTS)
+    await wait_until_received(emulator_url, marker, 200)
+
+    cli = temporal_cli(
+        temporal_address, "workflow", "cancel", "--workflow-id", f"sms-batch-{file_id}"
+    )
+    cancelled_at = time.monotonic()
+
+    assert cli.returncode == 0, cli.stderr
+    final = await assert_cancelled_cleanly(
+        api, account, webhooks, emulator_url, file_id, marker, cancelled_at
+    )
+    assert final["reason"] == "cancelled through Temporal"
+
+
+async def test_pause_holds_every_send_until_resume(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    await carrier(latency_ms=SLOW_CARRIER_MS)
+    file_id, marker, numbers = await start_marked_batch(api, account, webhooks, RECIPIENTS)
+    await wait_until_received(emulator_url, marker, 200)
+
+    paused = await api.post(f"/v1/sms/batch/{file_id}/pause", headers=account.headers)
+    await webhooks.wait_for(marker, "paused")
+    await asyncio.sleep(SLOW_CARRIER_MS / 1000 + 1)  # requests on the wire land
+    held = len(await received(emulator_url, marker))
+    await asyncio.sleep(3)
+    still_held = len(await received(emulator_url, marker))
+    status = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()
+    await carrier(latency_ms=0)
+    resumed = await api.post(f"/v1/sms/batch/{file_id}/resume", headers=account.headers)
+    events = await webhooks.wait_for(marker, *FINAL)
+
+    assert paused.status_code == resumed.status_code == 200
+    assert held == still_held < RECIPIENTS
+    assert status["data"]["status"] == "paused"
+    assert phases(events)[-3:] == ["paused", "in_progress_chunked", "completed"]
+    sent = await received(emulator_url, marker)
+    assert sorted(m["to"] for m in sent) == numbers
+    assert (await ledger_counts(api, account, file_id)) == {"sent": RECIPIENTS, "rejected": 0}
+
+
+async def test_retry_sends_the_failed_rows_again_and_nothing_else(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    numbers = unique_numbers(20)
+    refused = numbers[:3]
+    await carrier(scripted={number: [400] for number in refused})
+    marker = secrets.token_hex(6)
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
+    )
+    await start(
+        api,
+        account,
+        file_id,
+        status_webhook=webhooks.url(marker),
+        **{"global": {"agent_number": account.agent_number, "agent_message": f"r {marker}"}},
+    )
+    first = (await webhooks.wait_for(marker, *FINAL))[-1]
+    nothing = await api.post(
+        f"/v1/sms/batch/{file_id}/retry", headers=account.headers, json={"statuses": ["uncertain"]}
+    )
+
+    retry = await api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers)
+    running = await api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers)
+    events = await webhooks.wait_for(marker, *FINAL, times=2)
+
+    assert (first["status"], first["messages_failed"]) == ("completed_partial", 3)
+    assert nothing.status_code == 409
+    assert nothing.json()["errors"][0]["error"] == "NOTHING_TO_RETRY"
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["data"]["rows"] == 3
+    assert running.status_code == 409
+    assert running.json()["errors"][0]["error"] == "BATCH_NOT_FINISHED"
+    final = events[-1]
+    assert (final["status"], final["messages_successful"]) == ("completed", 20)
+    sent = Counter(m["to"] for m in await received(emulator_url, marker))
+    assert sent == Counter(numbers)
+    rows = (await api.get(f"/v1/sms/batch/{file_id}/messages", headers=account.headers)).json()[
+        "data"
+    ]["messages"]
+    assert {m["to_number"]: m["attempts"] for m in rows} == {
+        n: 2 if n in refused else 1 for n in numbers
+    }
+    logs = (await api.get(f"/v1/sms/batch/{file_id}/logs", headers=account.headers)).json()
+    seqs = [e["seq"] for e in logs["data"]["events"]]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def test_search_attributes_find_the_finished_batch(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal_address: str,
+) -> None:
+    file_id, marker, _ = await start_marked_batch(api, account, webhooks, 5)
+    await webhooks.wait_for(marker, *FINAL)
+
+    cli = temporal_cli(
+        temporal_address,
+        "workflow",
+        "list",
+        "--query",
+        f'BatchStatus="completed" AND AccountId="{account.account_id}"',
+        "--output",
+        "json",
+    )
+
+    assert cli.returncode == 0, cli.stderr
+    listed = json.loads(cli.stdout)
+    assert [w["execution"]["workflowId"] for w in listed] == [f"sms-batch-{file_id}"]
+    [workflow] = listed
+    attributes = {
+        name: json.loads(base64.b64decode(field["data"]))
+        for name, field in workflow["searchAttributes"]["indexedFields"].items()
+    }
+    assert attributes | {"BuildIds": None} == {
+        "BuildIds": None,  # the server's own
+        "BatchStatus": "completed",
+        "BatchId": file_id,
+        "AccountId": str(account.account_id),
+        "AgentNumber": account.agent_number,
+        "RecipientCount": 5,
+    }
+
+
+async def test_event_stream_carries_progress_and_ends_with_the_final_event(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+) -> None:
+    await carrier(latency_ms=300)
+    file_id, marker, _ = await start_marked_batch(api, account, webhooks, 3000)
+
+    response = await api.get(f"/v1/sms/batch/{file_id}/events", headers=account.headers)
+
+    assert response.headers["content-type"].startswith("text/event-stream")
+    blocks = [b for b in response.text.split("\n\n") if b]
+    parsed = [
+        (lines[0].removeprefix("event: "), json.loads(lines[-1].removeprefix("data: ")))
+        for lines in (b.split("\n") for b in blocks)
+    ]
+    statuses = [data["status"] for kind, data in parsed if kind == "status"]
+    progress = [data for kind, data in parsed if kind == "progress"]
+    assert statuses == [e["status"] for e in await webhooks.wait_for(marker, *FINAL)]
+    assert statuses[-1] == "completed"
+    sending = [p for p in progress if p["status"] == "in_progress_chunked"]
+    assert sending and all(p["recipients"] == 3000 for p in sending)
+    assert sending[-1]["sent"] >= sending[0]["sent"]
+    resumed = await api.get(
+        f"/v1/sms/batch/{file_id}/events",
+        headers={**account.headers, "last-event-id": str(len(statuses) - 1)},
+    )
+    assert resumed.text.count("event: status") == 1
