@@ -36,6 +36,14 @@ class DispatchSettings:
 
 
 @dataclass(kw_only=True)
+class ValidationLimits:
+    """The API's limits when it accepted the batch; validation applies these, not the worker's."""
+
+    max_rows: int = 1_000_000
+    max_message_chars: int = 1600
+
+
+@dataclass(kw_only=True)
 class DispatchState:
     """What a BatchWorkflow run hands to the next one when it continues as new."""
 
@@ -55,6 +63,7 @@ class BatchInput:
     agent_number: str
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     state: DispatchState | None = None
+    limits: ValidationLimits = field(default_factory=ValidationLimits)
 
 
 @dataclass(kw_only=True)
@@ -78,6 +87,7 @@ class BatchResult:
 @dataclass(kw_only=True)
 class ValidateInput:
     batch_id: str
+    limits: ValidationLimits = field(default_factory=ValidationLimits)
 
 
 @dataclass(kw_only=True)
