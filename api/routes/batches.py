@@ -1,8 +1,9 @@
 """SMS batches: start one from a file, read its state, ledger and lifecycle log."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
 
 from api.deps import AccountId, AppSettings, Pool, Temporal
 from api.errors import InvalidRequest
@@ -15,6 +16,7 @@ from api.models import (
     Envelope,
     MessageList,
     Page,
+    RejectedRowList,
     WebhookDeliveries,
 )
 from api.services import batches as service
@@ -83,3 +85,36 @@ async def webhook_deliveries(account_id: AccountId, pool: Pool, batch_id: str) -
     batch = await service.require_batch(pool, account_id, batch_id)
     rows = await events.list_deliveries(pool, account_id, batch)
     return {"data": WebhookDeliveries(deliveries=rows)}
+
+
+@router.get(
+    "/v1/sms/batch/{batch_id}/errors",
+    response_model=Envelope[RejectedRowList],
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV when asked"}},
+)
+async def rejected_rows(
+    account_id: AccountId,
+    pool: Pool,
+    batch_id: str,
+    export: Annotated[
+        Literal["json", "csv"] | None,
+        Query(alias="format", description="`csv` for every row as CSV (as `Accept: text/csv`)."),
+    ] = None,
+    accept: Annotated[str | None, Header()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[int, Query(ge=-1, description="Cursor: the last `row_number` seen.")] = -1,
+) -> dict | StreamingResponse:
+    """The rows validation refused, in file order; row 0 reports the header itself.
+
+    As CSV (`?format=csv` or `Accept: text/csv`) every row comes at once, with cells that a
+    spreadsheet would run as formulas prefixed by `'`.
+    """
+    batch = await service.require_batch(pool, account_id, batch_id)
+    if export == "csv" or (export is None and "text/csv" in (accept or "")):
+        return StreamingResponse(
+            service.rejected_rows_csv(pool, account_id, batch),
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="{batch}-errors.csv"'},
+        )
+    page = await service.rejected_rows_page(pool, account_id, batch, limit=limit, after=after)
+    return {"data": page}
