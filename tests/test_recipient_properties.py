@@ -57,8 +57,9 @@ LINES = st.lists(
 
 
 def render_file(lines: list[Line], form: str) -> bytes:
-    """The lines as CSV (LF, or CRLF with a BOM) or as a JSON array; every data row has an
-    `id`, never blank, so a data row is never taken for a blank line."""
+    """The lines as CSV (LF and every field quoted, or CRLF, minimal quoting and a BOM) or as
+    a JSON array; every data row has an `id`, never blank, so a data row is never taken for
+    a blank line."""
     if form == "json":
         items = [
             {"phone_number": ln.row[0], "name": ln.row[1], "id": f"r{i}"} if ln.row else {}
@@ -66,7 +67,12 @@ def render_file(lines: list[Line], form: str) -> bytes:
         ]
         return json.dumps(items, ensure_ascii=False).encode()
     out = io.StringIO(newline="")
-    writer = csv.writer(out, lineterminator="\n" if form == "csv-lf" else "\r\n")
+    if form == "csv-lf":
+        # Python 3.11's writer leaves a lone CR unquoted unless it is in the line terminator,
+        # which would make it a line end: quote every field.
+        writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    else:
+        writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(["phone_number", "name", "id"])
     for i, line in enumerate(lines):
         writer.writerow([*line.row, f"r{i}"] if line.row else [])
