@@ -216,9 +216,9 @@ def header_issue(header: Sequence[str]) -> Rejected | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _template_parts(template: str) -> list[str]:
+def _template_parts(template: str) -> tuple[str, ...]:
     """Literal text and variable names, alternating (`re.split` with one group)."""
-    return TEMPLATE_VARIABLE.split(template)
+    return tuple(TEMPLATE_VARIABLE.split(template))
 
 
 def render(template: str, lookup: Lookup) -> tuple[str, str | None]:
