@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     )
 
     max_upload_bytes: int = 40 * 1024 * 1024
+    max_rows_per_batch: int = Field(
+        1_000_000, description="Rows a recipient file may hold; more fails it (too_many_rows)."
+    )
+    max_message_chars: int = Field(
+        1600, description="Characters a rendered message may have (message_too_long)."
+    )
     chunk_size: int = Field(5000, description="Recipients per ChunkWorkflow.")
     slice_size: int = Field(500, description="Recipients per send activity.")
     chunk_window: int = Field(4, description="ChunkWorkflows running at once per batch.")

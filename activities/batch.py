@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import csv
 import itertools
 import uuid
 from collections.abc import Iterator
@@ -17,11 +16,15 @@ from temporalio.exceptions import ApplicationError
 
 from activities.providers.twilio import SendResult, TwilioCarrier, Verdict
 from activities.recipients import (
+    Recipient,
     RecipientRules,
     Rejected,
     SourceInvalid,
+    Tally,
     build_recipients,
+    header_issue,
     read_rows,
+    strict_failure,
 )
 from activities.webhooks import post_event
 from settings import Settings
@@ -69,77 +72,111 @@ class BatchActivities:
         _, content = await files.file_content(self._pool, account_id, batch_id)
         request: dict[str, Any] = batch["request"]
         settings_global: dict[str, Any] = request.get("global") or {}
+        # The stored request leaves out options at their API defaults, repeated here.
+        strict = bool(request.get("strict", False))
+        opted_out: set[str] = set()
+        if request.get("exclude_opt_outs", True):
+            opted_out = await opt_outs.opted_out_numbers(self._pool, account_id)
         rules = RecipientRules(
+            max_rows=input.limits.max_rows,
+            max_message_chars=input.limits.max_message_chars,
             agent_message=settings_global.get("agent_message"),
             request_data=settings_global.get("request_data") or {},
             column_mapping=request.get("column_mapping") or {},
-            opted_out=await opt_outs.opted_out_numbers(self._pool, account_id),
+            exclude_duplicates=request.get("exclude_duplicates", True),
+            opted_out=opted_out,
         )
         try:
-            header, rows = read_rows(content)
-            rows_out = build_recipients(header, rows, rules)
+            # A JSON file is parsed whole here: off the event loop.
+            header, rows = await asyncio.to_thread(read_rows, content)
+            outcomes = build_recipients(header, rows, rules)
+            issue = header_issue(header)
             async with self._pool.acquire() as conn, conn.transaction():
                 await messages.clear_validation(conn, batch_id)
-                counts = await self._copy_rows(conn, batch_id, account_id, rows_out)
+                if issue is not None:
+                    await messages.copy_rejected(
+                        conn, [_rejected_record(batch_id, account_id, issue)]
+                    )
+                tally = await self._copy_rows(
+                    conn, batch_id, account_id, outcomes, stop_ledger_at_rejection=strict
+                )
+                failure = strict_failure(issue, tally) if strict else None
+                if failure is not None:
+                    await messages.clear_ledger(conn, batch_id)
+                    tally = tally.without_ledger()
                 await batches.set_validation_counts(
                     conn,
                     batch_id,
-                    rows_total=counts.rows_total,
-                    recipients=counts.recipients,
-                    rejected=counts.rejected,
+                    rows_total=tally.rows,
+                    recipients=tally.recipients,
+                    rejected=tally.rejected,
+                    segments_total=tally.segments,
+                    messages_gsm7=tally.gsm7,
+                    messages_ucs2=tally.ucs2,
                 )
-        except (SourceInvalid, csv.Error) as error:
+        except SourceInvalid as error:
             return ValidationResult(
                 rows_total=0,
                 recipients=0,
                 rejected=0,
                 skipped=0,
-                code="source_invalid",
-                reason=str(error),
+                code=error.code,
+                reason=error.reason,
             )
-        log.info("file validated", batch_id=input.batch_id, recipients=counts.recipients)
-        return counts
+        log.info(
+            "file validated", batch_id=input.batch_id, recipients=tally.recipients, failure=failure
+        )
+        return ValidationResult(
+            rows_total=tally.rows,
+            recipients=tally.recipients,
+            rejected=tally.rejected,
+            skipped=tally.skipped,
+            code=None if failure is None else "validation_failed",
+            reason=failure,
+        )
 
     async def _copy_rows(
         self,
         conn: asyncpg.Connection,
         batch_id: uuid.UUID,
         account_id: uuid.UUID,
-        rows_out: Iterator[Any],
-    ) -> ValidationResult:
-        """COPY rows in blocks; parsing runs in a thread so the worker's loop stays free."""
-        seq = rejected = skipped = 0
-        while block := await asyncio.to_thread(list, itertools.islice(rows_out, COPY_BATCH)):
+        outcomes: Iterator[Recipient | Rejected],
+        *,
+        stop_ledger_at_rejection: bool,
+    ) -> Tally:
+        """COPY rows in blocks; parsing runs in a thread so the worker's loop stays free.
+
+        With `stop_ledger_at_rejection` (strict), a rejected row dooms the batch: from then on
+        only rejected rows are written, and the pass goes on so that every one is reported.
+        """
+        tally = Tally()
+        while block := await asyncio.to_thread(list, itertools.islice(outcomes, COPY_BATCH)):
             ledger: list[tuple] = []
             refused: list[tuple] = []
             for item in block:
+                tally.count(item)
                 if isinstance(item, Rejected):
-                    refused.append(
-                        (batch_id, item.row_number, account_id, item.code, item.reason, item.value)
-                    )
+                    refused.append(_rejected_record(batch_id, account_id, item))
                     continue
-                status = "skipped" if item.skip_code else "pending"
-                skipped += item.skip_code is not None
                 ledger.append(
                     (
                         batch_id,
-                        seq,
+                        tally.recipients - 1,
                         account_id,
                         item.row_number,
                         item.to_number,
                         item.body,
-                        status,
+                        "skipped" if item.skip_code else "pending",
                         item.skip_code,
+                        item.encoding,
+                        item.segments,
                     )
                 )
-                seq += 1
-            await messages.copy_recipients(conn, ledger)
+            if not (stop_ledger_at_rejection and tally.rejected):
+                await messages.copy_recipients(conn, ledger)
             await messages.copy_rejected(conn, refused)
-            rejected += len(refused)
-            activity.heartbeat(seq + rejected)
-        return ValidationResult(
-            rows_total=seq + rejected, recipients=seq, rejected=rejected, skipped=skipped
-        )
+            activity.heartbeat(tally.rows)
+        return tally
 
     @activity.defn
     async def send_slice(self, input: SendSliceInput) -> SendCounts:
@@ -314,3 +351,7 @@ def _outcomes(
         )
         for m, r in zip(claimed, results, strict=True)
     ]
+
+
+def _rejected_record(batch_id: uuid.UUID, account_id: uuid.UUID, row: Rejected) -> tuple:
+    return (batch_id, row.row_number, account_id, row.code, row.reason, row.value)

@@ -1,26 +1,50 @@
 """Turns a raw recipient file into ledger rows and rejected rows, one streaming pass.
 
-Pure functions, no I/O: the validation activity feeds bytes in and COPYs the rows out.
+Pure functions, no I/O: the validation activity feeds bytes in and COPYs the rows out. A CSV
+file is decoded and parsed incrementally, so memory does not grow with its rows; a JSON
+array is parsed whole (the standard library has no streaming JSON parser), so it costs
+memory in proportion to the file, which the upload limit bounds.
 """
 
+import codecs
 import csv
+import functools
 import io
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from activities.segments import GSM7, classify
 from phones import to_e164
 
 PHONE_COLUMN = "phone_number"
 MESSAGE_COLUMN = "agent_message"
 REQUEST_DATA_PREFIX = "request_data."
 TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
+# A file whose first character, after a BOM and whitespace, opens a JSON value is JSON.
+_JSON_START = re.compile(rb"(?:\xef\xbb\xbf)?\s*[\[{]")
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_DECODE_BLOCK = 1 << 20
+# Rejected rows a strict failure names in its reason.
+STRICT_EXAMPLES = 5
+
+Row = list[str] | dict[str, str]
+Lookup = Callable[[str], str | None]
 
 
 class SourceInvalid(Exception):
-    """The file as a whole cannot be read as recipients (code `source_invalid`)."""
+    """The file as a whole cannot be read as recipients; `code` says why.
+
+    `source_invalid`: no `phone_number` column. `invalid_encoding`: not UTF-8.
+    `invalid_format`: neither CSV nor a JSON array of objects. `too_many_rows`: over the limit.
+    """
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +52,15 @@ class Recipient:
     row_number: int
     to_number: str
     body: str
+    encoding: str
+    segments: int
     skip_code: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
+    """A row that will not be sent (row 0: a problem with the header), and why."""
+
     row_number: int
     code: str
     reason: str
@@ -41,110 +69,320 @@ class Rejected:
 
 @dataclass(kw_only=True)
 class RecipientRules:
+    max_rows: int
+    max_message_chars: int
     agent_message: str | None = None
     request_data: Mapping[str, Any] = field(default_factory=dict)
     column_mapping: Mapping[str, str] = field(default_factory=dict)
     exclude_duplicates: bool = True
-    opted_out: frozenset[str] | set[str] = frozenset()
+    opted_out: Container[str] = frozenset()
 
 
-def read_rows(content: bytes) -> tuple[list[str], Iterator[list[str] | dict[str, Any]]]:
-    """The header and an iterator over rows, for CSV or a JSON array of objects."""
+@dataclass(kw_only=True)
+class Tally:
+    """The counts of one pass; only the first few rejected rows are kept, for a strict reason."""
+
+    rows: int = 0
+    recipients: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    segments: int = 0
+    gsm7: int = 0
+    ucs2: int = 0
+    first_rejected: list[Rejected] = field(default_factory=list)
+
+    def count(self, outcome: Recipient | Rejected) -> None:
+        """Add one row's outcome; segments and encodings count only messages to be sent."""
+        self.rows += 1
+        if isinstance(outcome, Rejected):
+            self.rejected += 1
+            if len(self.first_rejected) < STRICT_EXAMPLES:
+                self.first_rejected.append(outcome)
+            return
+        self.recipients += 1
+        if outcome.skip_code is not None:
+            self.skipped += 1
+            return
+        self.segments += outcome.segments
+        if outcome.encoding == GSM7:
+            self.gsm7 += 1
+        else:
+            self.ucs2 += 1
+
+    def without_ledger(self) -> "Tally":
+        """The counts once the ledger is dropped (a strict failure): rows and rejections."""
+        return Tally(rows=self.rows, rejected=self.rejected, first_rejected=self.first_rejected)
+
+
+def read_rows(content: bytes) -> tuple[list[str], Iterator[Row]]:
+    """The header and an iterator over rows, for CSV or a JSON array of objects.
+
+    Raises SourceInvalid at once for what shows at the start of the file; a CSV's decoding
+    and quoting errors surface, as SourceInvalid too, while iterating.
+    """
+    if content.startswith(_UTF16_BOMS):
+        raise SourceInvalid(
+            "invalid_encoding", 'the file is UTF-16; save it as UTF-8 (e.g. "CSV UTF-8")'
+        )
+    if b"\x00" in content:
+        raise SourceInvalid(
+            "invalid_format",
+            "the file holds NUL bytes, so it is binary (a spreadsheet?), not CSV or JSON text",
+        )
+    if _JSON_START.match(content):
+        return _read_json(content)
+    rows = _csv_rows(content)
+    header = next(rows, None) or []
+    return [name.strip() for name in header], rows
+
+
+def _csv_rows(content: bytes) -> Iterator[list[str]]:
+    # newline="" leaves line breaks to the csv module, which keeps those inside quotes.
+    text = io.TextIOWrapper(io.BytesIO(content), encoding="utf-8-sig", newline="")
+    reader = csv.reader(text, strict=True)
     try:
-        text = content.decode("utf-8-sig")
+        yield from reader
     except UnicodeDecodeError as error:
-        raise SourceInvalid(f"file is not UTF-8 (byte {error.start})") from error
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+        raise _not_utf8(content) from error
+    except csv.Error as error:
+        raise SourceInvalid(
+            "invalid_format", f"the file is not valid CSV: {error} (line {reader.line_num})"
+        ) from error
+
+
+def _not_utf8(content: bytes) -> SourceInvalid:
+    """Where the first byte that is not UTF-8 is, found block by block in bounded memory."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    for start in range(0, len(content), _DECODE_BLOCK):
+        pending = len(decoder.getstate()[0])
+        block = content[start : start + _DECODE_BLOCK]
         try:
-            items = json.loads(stripped)
-        except json.JSONDecodeError as error:
-            raise SourceInvalid(f"invalid JSON: {error.msg} at line {error.lineno}") from error
-        if not all(isinstance(item, dict) for item in items):
-            raise SourceInvalid("a JSON file must be an array of objects")
-        header = list(dict.fromkeys(key for item in items for key in item))
-        return header, iter(items)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
-    if not header:
-        raise SourceInvalid("file is empty")
-    return [name.strip() for name in header], reader
+            decoder.decode(block, final=start + len(block) >= len(content))
+        except UnicodeDecodeError as error:
+            offset = start - pending + error.start
+            break
+    line = content.count(b"\n", 0, offset) + 1
+    return SourceInvalid(
+        "invalid_encoding",
+        f"the file is not UTF-8: byte 0x{content[offset]:02X} at offset {offset} (line {line});"
+        ' save it as UTF-8 (e.g. "CSV UTF-8")',
+    )
 
 
-def render(template: str, variables: Mapping[str, Any]) -> tuple[str, str | None]:
-    """The template with every `{{name}}` replaced; or the first name without a value."""
-    missing: list[str] = []
+def _read_json(content: bytes) -> tuple[list[str], Iterator[Row]]:
+    try:
+        items = json.loads(content.decode("utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise _not_utf8(content) from error
+    except json.JSONDecodeError as error:
+        raise SourceInvalid(
+            "invalid_format",
+            f"the file is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}",
+        ) from error
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise SourceInvalid("invalid_format", "a JSON file must be an array of objects")
+    header = list(dict.fromkeys(key for item in items for key in item))
+    return header, ({key: _text(value) for key, value in item.items()} for item in items)
 
-    def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
-        value = variables.get(name)
-        if value is None or value == "":
-            missing.append(name)
-            return ""
-        return str(value)
 
-    body = TEMPLATE_VARIABLE.sub(substitute, template)
-    return body, (missing[0] if missing else None)
+def _text(value: Any) -> str:
+    """A JSON value as the text a CSV cell would hold."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def has_space(name: str) -> bool:
+    return any(char.isspace() for char in name)
+
+
+def header_issue(header: Sequence[str]) -> Rejected | None:
+    """Columns whose names hold whitespace, as one rejected entry at row 0 (not a row)."""
+    spaced = [name for name in header if has_space(name)]
+    if not spaced:
+        return None
+    names = ", ".join(spaced)
+    return Rejected(
+        0,
+        "invalid_column_name",
+        f"column names with spaces cannot be template variables: {names}",
+        names,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _template_parts(template: str) -> tuple[str, ...]:
+    """Literal text and variable names, alternating (`re.split` with one group)."""
+    return tuple(TEMPLATE_VARIABLE.split(template))
+
+
+def render(template: str, lookup: Lookup) -> tuple[str, str | None]:
+    """The template with every `{{name}}` replaced by `lookup(name)`, in one pass (a value
+    that itself looks like `{{x}}` is left as it is); or the first name without a value."""
+    parts = _template_parts(template)
+    if len(parts) == 1:
+        return template, None
+    out: list[str] = []
+    for index, part in enumerate(parts):
+        if index % 2 == 0:
+            out.append(part)
+            continue
+        value = lookup(part)
+        if value is None:
+            return "", part
+        out.append(value)
+    return "".join(out), None
+
+
+def variable_sources(
+    header: Sequence[str], column_mapping: Mapping[str, str]
+) -> dict[str, tuple[str, ...]]:
+    """For each template variable, the columns that may give it a value, strongest first.
+
+    `request_data.<field>` columns and mapped columns name `request_data` fields explicitly,
+    so they win over a plain column of the same name. Names with spaces are no variables.
+    """
+    explicit: dict[str, list[str]] = {}
+    plain: dict[str, list[str]] = {}
+    for column in header:
+        if not column or has_space(column):
+            continue
+        if column.startswith(REQUEST_DATA_PREFIX):
+            name = column.removeprefix(REQUEST_DATA_PREFIX)
+            if name:
+                explicit.setdefault(name, []).append(column)
+        elif column in column_mapping:
+            name = column_mapping[column].removeprefix(REQUEST_DATA_PREFIX)
+            explicit.setdefault(name, []).append(column)
+        else:
+            plain.setdefault(column, []).append(column)
+    return {name: (*explicit.get(name, ()), *plain.get(name, ())) for name in (*explicit, *plain)}
 
 
 def build_recipients(
-    header: list[str], rows: Iterator[list[str] | dict[str, Any]], rules: RecipientRules
+    header: list[str], rows: Iterator[Row], rules: RecipientRules
 ) -> Iterator[Recipient | Rejected]:
-    """One Recipient or one Rejected per input row, in file order (rows count from 1).
+    """One Recipient or one Rejected per input row, in file order.
 
-    Checks the header at once; `csv.Error` may still surface while iterating.
+    Rows count from 1, the first after the header; a row whose every cell is blank is no
+    row (it keeps its number, so later numbers still match the file). Checks the header at
+    once; SourceInvalid may still surface while iterating.
     """
     if PHONE_COLUMN not in header:
-        raise SourceInvalid(f"missing column {PHONE_COLUMN}")
-    return _iter_recipients(rows, header, rules)
+        found = ", ".join(repr(name) for name in header) or "no columns"
+        raise SourceInvalid(
+            "source_invalid", f"the header has no column named {PHONE_COLUMN} (found {found})"
+        )
+    sources = variable_sources(header, rules.column_mapping)
+    defaults = {name: _text(value) for name, value in rules.request_data.items()}
+    return _iter_recipients(header, rows, rules, sources, defaults)
+
+
+def _blank(row: Row) -> bool:
+    cells = row.values() if isinstance(row, dict) else row
+    return not "".join(cells).strip()
 
 
 def _iter_recipients(
-    rows: Iterator[list[str] | dict[str, Any]], header: list[str], rules: RecipientRules
+    header: list[str],
+    rows: Iterator[Row],
+    rules: RecipientRules,
+    sources: dict[str, tuple[str, ...]],
+    defaults: dict[str, str],
 ) -> Iterator[Recipient | Rejected]:
-    mapped = {
-        column: target.removeprefix(REQUEST_DATA_PREFIX)
-        for column, target in rules.column_mapping.items()
-    }
-    seen: set[str] = set()
+    # Numbers already seen, as ints: a third of the memory of the E.164 strings.
+    seen: set[int] = set()
+    count = 0
     for row_number, row in enumerate(rows, start=1):
-        values = row if isinstance(row, dict) else dict(zip(header, row, strict=False))
-        if not any(str(v).strip() for v in values.values() if v is not None):
+        if _blank(row):
             continue
-        yield _recipient(row_number, values, rules, mapped, seen)
+        count += 1
+        if count > rules.max_rows:
+            raise SourceInvalid(
+                "too_many_rows",
+                f"the file has more than {rules.max_rows} rows; split it into several batches",
+            )
+        values = row if isinstance(row, dict) else dict(zip(header, row, strict=False))
+        yield _recipient(row_number, values, rules, sources, defaults, seen)
 
 
 def _recipient(
     row_number: int,
-    values: dict[str, Any],
+    values: dict[str, str],
     rules: RecipientRules,
-    mapped: dict[str, str],
-    seen: set[str],
+    sources: dict[str, tuple[str, ...]],
+    defaults: dict[str, str],
+    seen: set[int],
 ) -> Recipient | Rejected:
-    raw_number = str(values.get(PHONE_COLUMN) or "").strip()
-    if not raw_number:
+    raw_number = values.get(PHONE_COLUMN, "")
+    if not raw_number.strip():
         return Rejected(row_number, "blank_number", "phone_number is blank", raw_number)
     number = to_e164(raw_number)
     if number is None:
-        return Rejected(row_number, "invalid_number", "not a valid E.164 number", raw_number)
-    variables: dict[str, Any] = dict(rules.request_data)
-    for column, value in values.items():
-        if column.startswith(REQUEST_DATA_PREFIX):
-            variables[column.removeprefix(REQUEST_DATA_PREFIX)] = value
-        elif column in mapped:
-            variables[mapped[column]] = value
-        elif column not in variables or value not in (None, ""):
-            variables[column] = value
-    template = str(values.get(MESSAGE_COLUMN) or rules.agent_message or "")
-    if not template:
-        return Rejected(row_number, "missing_message", "no agent_message for this row", None)
-    body, missing = render(template, variables)
+        return Rejected(
+            row_number, "invalid_number", "not a valid phone number in E.164 form", raw_number
+        )
+
+    def lookup(name: str) -> str | None:
+        for column in sources.get(name, ()):
+            value = values.get(column)
+            if value and not value.isspace():
+                return value
+        value = defaults.get(name)
+        return value if value and not value.isspace() else None
+
+    template = values.get(MESSAGE_COLUMN, "")
+    if not template.strip():
+        template = rules.agent_message or ""
+    if not template.strip():
+        return Rejected(
+            row_number,
+            "missing_message",
+            "no message: set global.agent_message or this row's agent_message",
+            raw_number,
+        )
+    body, missing = render(template, lookup)
     if missing is not None:
-        return Rejected(row_number, "missing_variable", f"no value for {{{{{missing}}}}}", None)
+        return Rejected(
+            row_number,
+            "missing_variable",
+            f"no value for {{{{{missing}}}}} in this row and no default in global.request_data",
+            raw_number,
+        )
+    if len(body) > rules.max_message_chars:
+        return Rejected(
+            row_number,
+            "message_too_long",
+            f"the message has {len(body)} characters; at most {rules.max_message_chars}",
+            raw_number,
+        )
+    encoding, segments = classify(body)
+    key = int(number)
     skip = None
-    if rules.exclude_duplicates and number in seen:
-        skip = "duplicate"
-    elif number in rules.opted_out:
+    if rules.exclude_duplicates:
+        if key in seen:
+            skip = "duplicate"
+        seen.add(key)
+    if skip is None and number in rules.opted_out:
         skip = "opted_out"
-    seen.add(number)
-    return Recipient(row_number, number, body, skip)
+    return Recipient(row_number, number, body, encoding, segments, skip)
+
+
+def strict_failure(issue: Rejected | None, tally: Tally) -> str | None:
+    """Why a strict batch fails, naming its first problems; None when there is none."""
+    problems = ([issue] if issue else []) + tally.first_rejected
+    if not problems:
+        return None
+    listed = "; ".join(_describe(problem) for problem in problems[:STRICT_EXAMPLES])
+    return f"strict mode: {tally.rejected} rows rejected, nothing sent; first: {listed}"
+
+
+def _describe(problem: Rejected) -> str:
+    where = "header" if problem.row_number == 0 else f"row {problem.row_number}"
+    value = f" ({problem.value!r})" if problem.value else ""
+    return f"{where} {problem.code}{value}"

@@ -44,6 +44,15 @@ class BatchRequest(BaseModel):
     column_mapping: dict[str, str] | None = Field(
         None, description="File column → `request_data.<field>`."
     )
+    exclude_duplicates: bool = Field(
+        True, description="Skip a number seen earlier in the file (`duplicate`)."
+    )
+    exclude_opt_outs: bool = Field(
+        True, description="Skip numbers opted out for this account (`opted_out`)."
+    )
+    strict: bool = Field(
+        False, description="Any rejected row fails the whole batch; nothing is sent."
+    )
     status_webhook: AnyHttpUrl | None = Field(None, description="Receives each lifecycle event.")
     name: str | None = Field(None, max_length=200)
 
@@ -52,12 +61,14 @@ class BatchRequest(BaseModel):
     def _targets_request_data(cls, mapping: dict[str, str] | None) -> dict[str, str] | None:
         for column, target in (mapping or {}).items():
             field = target.removeprefix("request_data.")
-            if not target.startswith("request_data.") or not field or " " in field:
+            spaced = any(char.isspace() for char in field)
+            if not target.startswith("request_data.") or not field or spaced:
                 raise ValueError(
-                    f"column {column!r} must map to 'request_data.<field>', not {target!r}"
+                    f"column {column!r} must map to 'request_data.<field>' (a field name without"
+                    f" spaces), not {target!r}"
                 )
-            if column == "phone_number":
-                raise ValueError("phone_number cannot be mapped")
+            if "phone_number" in (column, field):
+                raise ValueError("phone_number can be neither mapped nor a mapping target")
         return mapping
 
 
@@ -95,7 +106,12 @@ class BatchSummary(BaseModel):
     agent_number: str
     rows_total: int | None
     recipients: int | None
-    rejected: int | None
+    rejected: int | None = Field(description="Rows refused at validation; see `/errors`.")
+    segments_total: int | None = Field(
+        description="SMS segments of the messages to be sent (skipped ones excluded)."
+    )
+    messages_gsm7: int | None = Field(description="Messages to be sent in GSM-7.")
+    messages_ucs2: int | None = Field(description="Messages to be sent in UCS-2.")
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
@@ -122,6 +138,8 @@ class MessageRow(BaseModel):
     row_number: int
     to_number: str
     body: str
+    encoding: Literal["gsm7", "ucs2"] | None
+    segments: int | None
     status: str
     carrier_sid: str | None
     error_code: str | None
@@ -134,6 +152,18 @@ class MessageRow(BaseModel):
 
 class MessageList(BaseModel):
     messages: list[MessageRow]
+    next_cursor: int | None = Field(description="Pass as `after` for the next page.")
+
+
+class RejectedRow(BaseModel):
+    row_number: int = Field(description="1 is the first row after the header; 0 the header.")
+    value: str | None = Field(description="The row's phone_number as given (row 0: columns).")
+    code: str
+    message: str
+
+
+class RejectedRowList(BaseModel):
+    rejected_rows: list[RejectedRow]
     next_cursor: int | None = Field(description="Pass as `after` for the next page.")
 
 

@@ -9,7 +9,8 @@ FINAL_STATUSES = ("completed", "completed_partial", "failed", "cancelled")
 
 _BATCH_COLUMNS = (
     "id, account_id, workflow_id, name, agent_number, request, status, code, reason,"
-    " rows_total, recipients, rejected, created_at, updated_at, finished_at"
+    " rows_total, recipients, rejected, segments_total, messages_gsm7, messages_ucs2,"
+    " created_at, updated_at, finished_at"
 )
 
 
@@ -104,12 +105,20 @@ async def set_validation_counts(
     rows_total: int,
     recipients: int,
     rejected: int,
+    segments_total: int,
+    messages_gsm7: int,
+    messages_ucs2: int,
 ) -> None:
+    """`rejected` counts rows only; segments and encodings count the messages to be sent."""
     await conn.execute(
-        "UPDATE batches SET rows_total = $2, recipients = $3, rejected = $4, updated_at = now()"
+        "UPDATE batches SET rows_total = $2, recipients = $3, rejected = $4,"
+        " segments_total = $5, messages_gsm7 = $6, messages_ucs2 = $7, updated_at = now()"
         " WHERE id = $1",
         batch_id,
         rows_total,
         recipients,
         rejected,
+        segments_total,
+        messages_gsm7,
+        messages_ucs2,
     )

@@ -27,6 +27,8 @@ RECIPIENT_COLUMNS = (
     "body",
     "status",
     "error_code",
+    "encoding",
+    "segments",
 )
 REJECTED_COLUMNS = ("batch_id", "row_number", "account_id", "code", "reason", "value")
 
@@ -51,6 +53,11 @@ async def clear_validation(conn: asyncpg.Connection, batch_id: uuid.UUID) -> Non
     """Drop what an interrupted validation attempt wrote, so a retry starts clean."""
     await conn.execute("DELETE FROM messages WHERE batch_id = $1", batch_id)
     await conn.execute("DELETE FROM rejected_rows WHERE batch_id = $1", batch_id)
+
+
+async def clear_ledger(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
+    """Drop the ledger of a batch that will send nothing; its rejected rows stay."""
+    await conn.execute("DELETE FROM messages WHERE batch_id = $1", batch_id)
 
 
 async def copy_recipients(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
@@ -163,8 +170,8 @@ async def list_messages(
     after_seq: int,
 ) -> list[dict]:
     rows = await pool.fetch(
-        "SELECT seq, row_number, to_number, body, status, carrier_sid, error_code,"
-        " error_message, attempts, created_at, sent_at, updated_at FROM messages"
+        "SELECT seq, row_number, to_number, body, encoding, segments, status, carrier_sid,"
+        " error_code, error_message, attempts, created_at, sent_at, updated_at FROM messages"
         " WHERE batch_id = $1 AND account_id = $2 AND seq > $3"
         " AND ($4::text IS NULL OR status = $4) ORDER BY seq LIMIT $5",
         batch_id,
@@ -182,3 +189,23 @@ async def ledger_footprint(pool: asyncpg.Pool) -> tuple[int, int]:
         "SELECT count(*) AS n, pg_total_relation_size('messages') AS size FROM messages"
     )
     return row["n"], row["size"]
+
+
+async def list_rejected(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    *,
+    limit: int,
+    after_row: int,
+) -> list[dict]:
+    rows = await pool.fetch(
+        "SELECT row_number, value, code, reason FROM rejected_rows"
+        " WHERE batch_id = $1 AND account_id = $2 AND row_number > $3"
+        " ORDER BY row_number LIMIT $4",
+        batch_id,
+        account_id,
+        after_row,
+        limit,
+    )
+    return [dict(r) for r in rows]

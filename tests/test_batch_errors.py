@@ -54,6 +54,47 @@ async def file_id(api: httpx.AsyncClient, account: Account) -> str:
             "INVALID_COLUMN_MAPPING_FORMAT",
         ),
         (
+            {
+                "file_id": "FILE",
+                "global": {"agent_number": "+15005550006"},
+                "column_mapping": {"mobile": "phone_number"},
+            },
+            400,
+            "INVALID_COLUMN_MAPPING_FORMAT",
+        ),
+        (
+            {
+                "file_id": "FILE",
+                "global": {"agent_number": "+15005550006"},
+                "column_mapping": {"mobile": "request_data.phone_number"},
+            },
+            400,
+            "INVALID_COLUMN_MAPPING_FORMAT",
+        ),
+        (
+            {
+                "file_id": "FILE",
+                "global": {"agent_number": "+15005550006"},
+                "column_mapping": {"phone_number": "request_data.mobile"},
+            },
+            400,
+            "INVALID_COLUMN_MAPPING_FORMAT",
+        ),
+        (
+            {
+                "file_id": "FILE",
+                "global": {"agent_number": "+15005550006"},
+                "column_mapping": {"First": "request_data.first name"},
+            },
+            400,
+            "INVALID_COLUMN_MAPPING_FORMAT",
+        ),
+        (
+            {"file_id": "FILE", "global": {"agent_number": "+15005550006"}, "strict": "maybe"},
+            400,
+            "INVALID_REQUEST",
+        ),
+        (
             {"file_id": str(uuid.uuid4()), "global": {"agent_number": "+15005550006"}},
             404,
             "FILE_NOT_FOUND",
@@ -121,7 +162,7 @@ async def test_missing_or_bad_key_is_unauthorized(
 
 
 async def test_unknown_batch_is_not_found(api: httpx.AsyncClient, account: Account) -> None:
-    for path in ("", "/messages", "/logs", "/deliveries"):
+    for path in ("", "/messages", "/logs", "/deliveries", "/errors", "/errors?format=csv"):
         response = await api.get(f"/v1/sms/batch/{uuid.uuid4()}{path}", headers=account.headers)
         assert response.status_code == 404
         assert error_code(response) == "BATCH_NOT_FOUND"

@@ -150,6 +150,7 @@ class BatchWorkflow:
                         agent_number=input.agent_number,
                         dispatch=input.dispatch,
                         state=state,
+                        limits=input.limits,
                     )
                 )
             return result
@@ -166,7 +167,7 @@ class BatchWorkflow:
         try:
             validation: ValidationResult = await workflow.execute_activity(
                 "validate_recipients",
-                ValidateInput(batch_id=self._input.batch_id),
+                ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
                 result_type=ValidationResult,
                 start_to_close_timeout=timedelta(minutes=30),
                 heartbeat_timeout=timedelta(minutes=1),

@@ -36,6 +36,14 @@ class DispatchSettings:
 
 
 @dataclass(kw_only=True)
+class ValidationLimits:
+    """The API's limits when it accepted the batch; validation applies these, not the worker's."""
+
+    max_rows: int = 1_000_000
+    max_message_chars: int = 1600
+
+
+@dataclass(kw_only=True)
 class DispatchState:
     """What a BatchWorkflow run hands to the next one when it continues as new."""
 
@@ -56,6 +64,7 @@ class BatchInput:
     agent_number: str
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     state: DispatchState | None = None
+    limits: ValidationLimits = field(default_factory=ValidationLimits)
     # A retry run of a finished batch: these ledger statuses are sent again, no validation.
     retry_statuses: list[str] | None = None
     # Events already recorded for this batch by earlier runs: a retry numbers on from there.
@@ -99,6 +108,7 @@ class BatchResult:
 @dataclass(kw_only=True)
 class ValidateInput:
     batch_id: str
+    limits: ValidationLimits = field(default_factory=ValidationLimits)
 
 
 @dataclass(kw_only=True)

@@ -1,6 +1,6 @@
 """SMS batches: start one from a file, read its state, ledger and lifecycle log."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
@@ -18,6 +18,7 @@ from api.models import (
     Envelope,
     MessageList,
     Page,
+    RejectedRowList,
     RetryRequest,
     WebhookDeliveries,
 )
@@ -152,3 +153,36 @@ async def batch_event_stream(
     `progress` (about once a second while it runs); the stream ends after the final event."""
     stream = await service.stream_events(pool, temporal, account_id, batch_id, last_event_id)
     return StreamingResponse(stream, media_type="text/event-stream")
+
+
+@router.get(
+    "/v1/sms/batch/{batch_id}/errors",
+    response_model=Envelope[RejectedRowList],
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV when asked"}},
+)
+async def rejected_rows(
+    account_id: AccountId,
+    pool: Pool,
+    batch_id: str,
+    export: Annotated[
+        Literal["json", "csv"] | None,
+        Query(alias="format", description="`csv` for every row as CSV (as `Accept: text/csv`)."),
+    ] = None,
+    accept: Annotated[str | None, Header()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[int, Query(ge=-1, description="Cursor: the last `row_number` seen.")] = -1,
+) -> dict | StreamingResponse:
+    """The rows validation refused, in file order; row 0 reports the header itself.
+
+    As CSV (`?format=csv` or `Accept: text/csv`) every row comes at once, with cells that a
+    spreadsheet would run as formulas prefixed by `'`.
+    """
+    batch = await service.require_batch(pool, account_id, batch_id)
+    if export == "csv" or (export is None and "text/csv" in (accept or "")):
+        return StreamingResponse(
+            service.rejected_rows_csv(pool, account_id, batch),
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="{batch}-errors.csv"'},
+        )
+    page = await service.rejected_rows_page(pool, account_id, batch, limit=limit, after=after)
+    return {"data": page}

@@ -1,8 +1,10 @@
-"""Starting and reading batches."""
+"""Starting and reading batches, and exporting their rejected rows."""
 
 import asyncio
+import csv
 import dataclasses
 import hashlib
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +21,15 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import HeraldError
-from api.models import BatchControl, BatchDetail, BatchRequest, BatchStarted, BatchSummary
+from api.models import (
+    BatchControl,
+    BatchDetail,
+    BatchRequest,
+    BatchStarted,
+    BatchSummary,
+    RejectedRow,
+    RejectedRowList,
+)
 from phones import to_e164
 from settings import Settings
 from store import batches, events, files, messages, numbers
@@ -31,6 +41,7 @@ from workflows.contracts import (
     BatchInput,
     BatchProgress,
     DispatchSettings,
+    ValidationLimits,
     batch_workflow_id,
 )
 
@@ -101,6 +112,14 @@ def dispatch_settings(settings: Settings) -> DispatchSettings:
     )
 
 
+def validation_limits(settings: Settings) -> ValidationLimits:
+    """The limits travel in the workflow input: a batch is validated under the limits in
+    force when the API accepted it, whatever settings the worker that runs it has."""
+    return ValidationLimits(
+        max_rows=settings.max_rows_per_batch, max_message_chars=settings.max_message_chars
+    )
+
+
 async def start_batch(
     pool: asyncpg.Pool,
     temporal: Client,
@@ -117,7 +136,9 @@ async def start_batch(
         raise AgentNumberNotFound(
             f"{body.global_.agent_number} is not a registered sender of this account"
         )
-    request = body.model_dump(mode="json", by_alias=True, exclude_none=True)
+    # Options at their defaults are left out, so adding an option changes no earlier
+    # request's hash: the same request again still finds its batch.
+    request = body.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
     request["global"]["agent_number"] = agent_number
     workflow_id = batch_workflow_id(str(file_id))
     batch, created = await batches.create_batch(
@@ -144,6 +165,7 @@ async def start_batch(
                 account_id=str(account_id),
                 agent_number=agent_number,
                 dispatch=dispatch_settings(settings),
+                limits=validation_limits(settings),
             ),
             WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
@@ -316,3 +338,54 @@ async def list_batches(
 ) -> tuple[list[BatchSummary], int]:
     rows, total = await batches.list_batches(pool, account_id, limit=limit, offset=offset)
     return [BatchSummary(**_summary(r)) for r in rows], total
+
+
+# A spreadsheet runs a cell that starts like this as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+CSV_PAGE = 1000
+REJECTED_CSV_COLUMNS = ("row_number", "value", "code", "message")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """`cell` with a leading `'` if a spreadsheet would read it as a formula; valid E.164
+    numbers start with `+` and stay as they are, since a number is no formula."""
+    if cell.startswith(FORMULA_STARTS) and to_e164(cell) != cell:
+        return "'" + cell
+    return cell
+
+
+def _csv_lines(rows: list[list[Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    for row in rows:
+        writer.writerow([spreadsheet_safe(c) if isinstance(c, str) else c for c in row])
+    return out.getvalue()
+
+
+async def rejected_rows_page(
+    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID, *, limit: int, after: int
+) -> RejectedRowList:
+    rows = await messages.list_rejected(pool, account_id, batch_id, limit=limit, after_row=after)
+    return RejectedRowList(
+        rejected_rows=[
+            RejectedRow(
+                row_number=r["row_number"], value=r["value"], code=r["code"], message=r["reason"]
+            )
+            for r in rows
+        ],
+        next_cursor=rows[-1]["row_number"] if len(rows) == limit else None,
+    )
+
+
+async def rejected_rows_csv(
+    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID
+) -> AsyncIterator[str]:
+    """Every rejected row as CSV, read a page at a time; with a BOM, so that spreadsheets
+    read it as UTF-8."""
+    yield "\ufeff" + _csv_lines([list(REJECTED_CSV_COLUMNS)])
+    after = -1
+    while rows := await messages.list_rejected(
+        pool, account_id, batch_id, limit=CSV_PAGE, after_row=after
+    ):
+        yield _csv_lines([[r["row_number"], r["value"], r["code"], r["reason"]] for r in rows])
+        after = rows[-1]["row_number"]

@@ -1,0 +1,322 @@
+"""Recipient files on the real stack: strict mode, exclusions, limits, segments, `/errors`."""
+
+import csv
+import io
+import json
+import secrets
+
+import asyncpg
+import httpx
+import pytest
+
+from api.services.batches import spreadsheet_safe
+from settings import Settings
+from store.opt_outs import add_opt_out
+from tests.conftest import Account, WebhookReceiver, api_client
+from tests.helpers import csv_bytes, emulator_messages, unique_numbers
+from tests.test_batch_outcomes import run_batch
+from tests.test_batch_pipeline import phases
+
+
+async def get_batch(api: httpx.AsyncClient, account: Account, batch_id: str) -> dict:
+    response = await api.get(f"/v1/sms/batch/{batch_id}", headers=account.headers)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+async def all_rejected_rows(
+    api: httpx.AsyncClient, account: Account, batch_id: str, limit: int
+) -> list[dict]:
+    """Every rejected row, page by page through the `after` cursor."""
+    rows: list[dict] = []
+    after = -1
+    while True:
+        response = await api.get(
+            f"/v1/sms/batch/{batch_id}/errors",
+            headers=account.headers,
+            params={"limit": limit, "after": after},
+        )
+        assert response.status_code == 200, response.text
+        page = response.json()["data"]
+        assert len(page["rejected_rows"]) <= limit
+        rows += page["rejected_rows"]
+        if page["next_cursor"] is None:
+            return rows
+        after = page["next_cursor"]
+
+
+async def test_strict_mode_fails_the_whole_batch_and_sends_nothing(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
+) -> None:
+    marker = secrets.token_hex(6)
+    good = unique_numbers(3)
+    rows = [[good[0]], [good[1]], ["555-not-a-number"], [good[2]], [""], [good[0]]]
+
+    batch_id, events = await run_batch(
+        api,
+        account,
+        webhooks,
+        csv_bytes(["phone_number", "x"], [[*r, "x"] for r in rows]),
+        f"strict {marker}",
+        strict=True,
+    )
+
+    assert phases(events) == ["validating", "failed"]
+    final = events[-1]
+    assert final["code"] == "validation_failed"
+    assert final["reason"] == (
+        "strict mode: 2 rows rejected, nothing sent; first: row 3 invalid_number"
+        " ('555-not-a-number'); row 5 blank_number"
+    )
+    assert (final["messages_total"], final["messages_successful"]) == (6, 0)
+    assert await emulator_messages(emulator_url, body_contains=marker) == []
+    batch = await get_batch(api, account, batch_id)
+    assert (batch["status"], batch["code"]) == ("failed", "validation_failed")
+    assert (batch["rows_total"], batch["recipients"], batch["rejected"]) == (6, 0, 2)
+    assert batch["counts"] == {"rejected": 2}
+    ledger = await api.get(f"/v1/sms/batch/{batch_id}/messages", headers=account.headers)
+    assert ledger.json()["data"]["messages"] == []
+    rejected = await all_rejected_rows(api, account, batch_id, limit=100)
+    assert [(r["row_number"], r["code"], r["value"]) for r in rejected] == [
+        (3, "invalid_number", "555-not-a-number"),
+        (5, "blank_number", ""),
+    ]
+
+
+async def test_opted_out_and_duplicate_numbers_are_skipped_unless_the_request_says_not(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    pool: asyncpg.Pool,
+) -> None:
+    numbers = unique_numbers(3)
+    await add_opt_out(pool, account.account_id, numbers[0], source="test")
+    content = csv_bytes(["phone_number"], [[n] for n in [*numbers, numbers[1]]])
+    excluded, included = secrets.token_hex(6), secrets.token_hex(6)
+
+    first, events = await run_batch(api, account, webhooks, content, f"default {excluded}")
+    _, everyone = await run_batch(
+        api,
+        account,
+        webhooks,
+        content,
+        f"everyone {included}",
+        exclude_opt_outs=False,
+        exclude_duplicates=False,
+    )
+
+    assert events[-1]["status"] == "completed_partial"
+    assert (events[-1]["messages_successful"], events[-1]["messages_skipped"]) == (2, 2)
+    sent = await emulator_messages(emulator_url, body_contains=excluded)
+    assert sorted(m["to"] for m in sent) == sorted(numbers[1:])
+    skipped = (
+        await api.get(
+            f"/v1/sms/batch/{first}/messages",
+            headers=account.headers,
+            params={"status": "skipped"},
+        )
+    ).json()["data"]["messages"]
+    assert [(m["to_number"], m["error_code"]) for m in skipped] == [
+        (numbers[0], "opted_out"),
+        (numbers[1], "duplicate"),
+    ]
+    assert everyone[-1]["status"] == "completed"
+    again = await emulator_messages(emulator_url, body_contains=included)
+    assert sorted(m["to"] for m in again) == sorted([*numbers, numbers[1]])
+
+
+async def test_errors_are_paged_and_exported_as_csv_that_spreadsheets_cannot_run(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> None:
+    good, valid_but_unnamed = unique_numbers(2)
+    rows = [
+        [good, "Ann", "x"],
+        ['=HYPERLINK("http://evil.example","click")', "Bob", "x"],
+        ["-2+3", "Cy", "x"],
+        ["@SUM(A1)", "Di", "x"],
+        ["+1 nope", "Ed", "x"],
+        ["\tTAB", "Flo", "x"],
+        [valid_but_unnamed, "", "x"],
+        ["", "Gus", "x"],
+    ]
+    content = csv_bytes(["phone_number", "name", "last name"], rows)
+
+    batch_id, events = await run_batch(api, account, webhooks, content, "Hi {{name}}")
+
+    assert events[-1]["status"] == "completed_partial"
+    expected = [
+        (0, "last name", "invalid_column_name"),
+        (2, rows[1][0], "invalid_number"),
+        (3, "-2+3", "invalid_number"),
+        (4, "@SUM(A1)", "invalid_number"),
+        (5, "+1 nope", "invalid_number"),
+        (6, "\tTAB", "invalid_number"),
+        (7, valid_but_unnamed, "missing_variable"),
+        (8, "", "blank_number"),
+    ]
+    paged = await all_rejected_rows(api, account, batch_id, limit=3)
+    assert [(r["row_number"], r["value"], r["code"]) for r in paged] == expected
+    assert paged[-2]["message"] == (
+        "no value for {{name}} in this row and no default in global.request_data"
+    )
+    batch = await get_batch(api, account, batch_id)
+    assert batch["rejected"] == 7  # rows only: the header's entry is not a row
+
+    by_query = await api.get(
+        f"/v1/sms/batch/{batch_id}/errors", headers=account.headers, params={"format": "csv"}
+    )
+    by_accept = await api.get(
+        f"/v1/sms/batch/{batch_id}/errors",
+        headers={**account.headers, "accept": "text/csv"},
+    )
+    assert by_query.status_code == 200
+    assert by_query.headers["content-type"] == "text/csv; charset=utf-8"
+    assert by_query.content == by_accept.content
+    assert by_query.content.startswith(b"\xef\xbb\xbf")
+    table = list(csv.reader(io.StringIO(by_query.content.decode("utf-8-sig"), newline="")))
+    assert table[0] == ["row_number", "value", "code", "message"]
+    assert [(int(r[0]), r[1], r[2]) for r in table[1:]] == [
+        (0, "last name", "invalid_column_name"),
+        (2, "'" + rows[1][0], "invalid_number"),
+        (3, "'-2+3", "invalid_number"),
+        (4, "'@SUM(A1)", "invalid_number"),
+        (5, "'+1 nope", "invalid_number"),
+        (6, "'\tTAB", "invalid_number"),
+        (7, valid_but_unnamed, "missing_variable"),
+        (8, "", "blank_number"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cell", "shown"),
+    [
+        ("=1+1", "'=1+1"),
+        ("+1+1", "'+1+1"),
+        ("-1", "'-1"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tx", "'\tx"),
+        ("\rx", "'\rx"),
+        ("\nx", "'\nx"),
+        ("+1201555012", "'+1201555012"),  # too short: not a valid E.164 number
+        ("+12015550123", "+12015550123"),
+        ("Ann = Bob", "Ann = Bob"),
+        ("", ""),
+    ],
+)
+def test_a_cell_a_spreadsheet_would_run_gets_a_leading_quote(cell: str, shown: str) -> None:
+    assert spreadsheet_safe(cell) == shown
+
+
+async def test_segments_are_counted_per_message_and_totalled_for_the_batch(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> None:
+    numbers = unique_numbers(4)
+    rows = [
+        [numbers[0], "Ann"],  # GSM-7, 1 segment
+        [numbers[1], "Жанна"],  # UCS-2, 1 segment
+        [numbers[2], "A" * 158],  # GSM-7, 161 characters with "Hi ": 2 segments
+        [numbers[3], "€" * 80],  # GSM-7, the euro sign takes two septets: 2 segments
+        [numbers[1], "Жанна"],  # duplicate: skipped, not counted
+    ]
+
+    batch_id, events = await run_batch(
+        api, account, webhooks, csv_bytes(["phone_number", "name"], rows), "Hi {{name}}"
+    )
+
+    assert events[-1]["status"] == "completed_partial"
+    batch = await get_batch(api, account, batch_id)
+    assert (batch["segments_total"], batch["messages_gsm7"], batch["messages_ucs2"]) == (6, 3, 1)
+    ledger = (await api.get(f"/v1/sms/batch/{batch_id}/messages", headers=account.headers)).json()[
+        "data"
+    ]["messages"]
+    assert [(m["to_number"], m["encoding"], m["segments"]) for m in ledger] == [
+        (numbers[0], "gsm7", 1),
+        (numbers[1], "ucs2", 1),
+        (numbers[2], "gsm7", 2),
+        (numbers[3], "gsm7", 2),
+        (numbers[1], "ucs2", 1),
+    ]
+
+
+async def test_limits_of_the_api_that_accepted_the_batch_apply(
+    settings: Settings, account: Account, webhooks: WebhookReceiver, emulator_url: str
+) -> None:
+    small = settings.model_copy(update={"max_rows_per_batch": 3, "max_message_chars": 20})
+    numbers = unique_numbers(4)
+    marker = secrets.token_hex(4)
+    async with api_client(small) as api:
+        _, over = await run_batch(
+            api, account, webhooks, csv_bytes(["phone_number"], [[n] for n in numbers]), marker
+        )
+        at_limit, within = await run_batch(
+            api,
+            account,
+            webhooks,
+            csv_bytes(["phone_number", "name"], [[numbers[0], "Al"], [numbers[1], "A" * 20]]),
+            "Hi {{name}} " + marker,
+        )
+        rejected = await all_rejected_rows(api, account, at_limit, limit=10)
+
+    assert phases(over) == ["validating", "failed"]
+    assert over[-1]["code"] == "too_many_rows"
+    assert "more than 3 rows" in over[-1]["reason"]
+    assert within[-1]["status"] == "completed_partial"
+    assert [m["to"] for m in await emulator_messages(emulator_url, body_contains=marker)] == [
+        numbers[0]
+    ]
+    assert [(r["row_number"], r["code"]) for r in rejected] == [(2, "message_too_long")]
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        (b"phone_number,name\n+12015550123,Zo\xeb\n", "invalid_encoding"),
+        (b"PK\x03\x04\x14\x00\x06\x00[Content_Types].xml", "invalid_format"),
+        (b'{"phone_number": "+12015550123"}', "invalid_format"),
+        (b'phone_number,name\n+12015550123,"Ann\n', "invalid_format"),
+    ],
+    ids=["latin-1", "xlsx", "json-object", "open-quote"],
+)
+async def test_unreadable_files_fail_at_validating_with_a_clear_code(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    content: bytes,
+    code: str,
+) -> None:
+    batch_id, events = await run_batch(api, account, webhooks, content, "never")
+
+    assert phases(events) == ["validating", "failed"]
+    assert events[-1]["code"] == code
+    assert events[-1]["reason"]
+    assert (await get_batch(api, account, batch_id))["code"] == code
+
+
+async def test_a_json_array_of_objects_is_a_recipient_file(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
+) -> None:
+    marker = secrets.token_hex(6)
+    numbers = unique_numbers(2)
+    content = json.dumps(
+        [
+            {"phone_number": numbers[0].removeprefix("+"), "request_data.name": "Ann"},
+            {"phone_number": numbers[1], "First": "Bob"},
+        ]
+    ).encode()
+
+    _, events = await run_batch(
+        api,
+        account,
+        webhooks,
+        content,
+        "Hi {{name}} " + marker,
+        column_mapping={"First": "request_data.name"},
+    )
+
+    assert events[-1]["status"] == "completed"
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    assert sorted((m["to"], m["body"]) for m in received) == [
+        (numbers[0], f"Hi Ann {marker}"),
+        (numbers[1], f"Hi Bob {marker}"),
+    ]

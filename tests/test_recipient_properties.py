@@ -1,0 +1,150 @@
+"""Generated recipient files: no row is lost, and each number is sent at most once."""
+
+import csv
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from activities.recipients import (
+    Recipient,
+    RecipientRules,
+    Rejected,
+    SourceInvalid,
+    Tally,
+    build_recipients,
+    read_rows,
+)
+from phones import to_e164
+
+NUMBERS = [
+    "+12015550123",
+    "12015550123",
+    "+1 (201) 555-0123",
+    "+12015550124",
+    "+447911123456",
+    "447911123456",
+    "+33612345678",
+    "12",
+    "+1201555012",
+    "call me",
+    "",
+    "  ",
+]
+# Cell text: commas, quotes, line breaks, spaces and non-Latin letters, but no NUL (binary)
+# and no lone surrogates (not encodable).
+CELL = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    max_size=12,
+) | st.sampled_from(["Ann", 'Lee, "A"', "two\nlines", "\r\n", "Zoë", "😀", "  ", ""])
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of a generated file: a data row, or a blank line (None)."""
+
+    row: tuple[str, str] | None
+
+
+LINES = st.lists(
+    st.one_of(st.tuples(st.sampled_from(NUMBERS), CELL).map(Line), st.just(Line(None))),
+    max_size=40,
+)
+
+
+def render_file(lines: list[Line], form: str) -> bytes:
+    """The lines as CSV (LF and every field quoted, or CRLF, minimal quoting and a BOM) or as
+    a JSON array; every data row has an `id`, never blank, so a data row is never taken for
+    a blank line."""
+    if form == "json":
+        items = [
+            {"phone_number": ln.row[0], "name": ln.row[1], "id": f"r{i}"} if ln.row else {}
+            for i, ln in enumerate(lines)
+        ]
+        return json.dumps(items, ensure_ascii=False).encode()
+    out = io.StringIO(newline="")
+    if form == "csv-lf":
+        # Python 3.11's writer leaves a lone CR unquoted unless it is in the line terminator,
+        # which would make it a line end: quote every field.
+        writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    else:
+        writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["phone_number", "name", "id"])
+    for i, line in enumerate(lines):
+        writer.writerow([*line.row, f"r{i}"] if line.row else [])
+    prefix = b"\xef\xbb\xbf" if form == "csv-crlf-bom" else b""
+    return prefix + out.getvalue().encode()
+
+
+def expected_outcome(number: str, name: str, default: str | None) -> str:
+    """The code one row should get, duplicates aside: a model of the rules."""
+    if not number.strip():
+        return "blank_number"
+    if to_e164(number) is None:
+        return "invalid_number"
+    if not name.strip() and not default:
+        return "missing_variable"
+    return "ok"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=LINES,
+    form=st.sampled_from(["csv-lf", "csv-crlf-bom", "json"]),
+    exclude_duplicates=st.booleans(),
+    default=st.sampled_from([None, "friend"]),
+)
+def test_every_row_is_one_outcome_and_numbers_are_sent_once(
+    lines: list[Line], form: str, exclude_duplicates: bool, default: str | None
+) -> None:
+    rules = RecipientRules(
+        max_rows=1000,
+        max_message_chars=1600,
+        agent_message="Hi {{name}}",
+        request_data={"name": default} if default else {},
+        exclude_duplicates=exclude_duplicates,
+    )
+    data_rows = [(i + 1, ln.row) for i, ln in enumerate(lines) if ln.row is not None]
+    header, rows = read_rows(render_file(lines, form))
+    if form == "json" and not data_rows:
+        # A JSON array has no header: with no object, no phone_number column either.
+        with pytest.raises(SourceInvalid):
+            build_recipients(header, rows, rules)
+        return
+    outcomes = list(build_recipients(header, rows, rules))
+    tally = Tally()
+    for outcome in outcomes:
+        tally.count(outcome)
+
+    valid = [o for o in outcomes if isinstance(o, Recipient) and o.skip_code is None]
+    skipped = [o for o in outcomes if isinstance(o, Recipient) and o.skip_code is not None]
+    rejected = [o for o in outcomes if isinstance(o, Rejected)]
+    assert len(data_rows) == len(valid) + len(rejected) + len(skipped)
+    assert (tally.rows, tally.rejected, tally.skipped) == (
+        len(data_rows),
+        len(rejected),
+        len(skipped),
+    )
+    assert [o.row_number for o in outcomes] == [row_number for row_number, _ in data_rows]
+
+    seen: set[str] = set()
+    for (_, (number, name)), outcome in zip(data_rows, outcomes, strict=True):
+        code = expected_outcome(number, name, default)
+        if isinstance(outcome, Rejected):
+            assert (outcome.code, outcome.value) == (code, number)
+            continue
+        assert code == "ok"
+        assert outcome.to_number == to_e164(number)
+        assert outcome.body == f"Hi {name if name.strip() else default}"
+        duplicate = exclude_duplicates and outcome.to_number in seen
+        assert outcome.skip_code == ("duplicate" if duplicate else None)
+        seen.add(outcome.to_number)
+
+    sent = Counter(o.to_number for o in valid)
+    if exclude_duplicates:
+        assert all(count == 1 for count in sent.values())
+        assert set(sent) == {o.to_number for o in valid + skipped}
