@@ -76,13 +76,20 @@ async def ledger_counts(api: httpx.AsyncClient, account: Account, file_id: str) 
     return batch["counts"]
 
 
-def temporal_cli(temporal_address: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(TEMPORAL_BIN), *args, "--address", temporal_address],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+async def temporal_cli(temporal_address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real `temporal` CLI, without blocking the loop the session's worker runs on."""
+    process = await asyncio.create_subprocess_exec(
+        str(TEMPORAL_BIN),
+        *args,
+        "--address",
+        temporal_address,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        stdout, stderr = await process.communicate()
+    return subprocess.CompletedProcess(
+        args, process.returncode or 0, stdout.decode(), stderr.decode()
     )
 
 
@@ -154,8 +161,19 @@ async def test_cancel_signal_from_the_temporal_cli(
     await carrier(latency_ms=SLOW_CARRIER_MS)
     file_id, marker, _ = await start_marked_batch(api, account, webhooks, RECIPIENTS)
     await wait_until_received(emulator_url, marker, 200)
+    query = await temporal_cli(
+        temporal_address,
+        "workflow",
+        "query",
+        "--workflow-id",
+        f"sms-batch-{file_id}",
+        "--type",
+        "progress",
+        "--output",
+        "json",
+    )
 
-    cli = temporal_cli(
+    cli = await temporal_cli(
         temporal_address,
         "workflow",
         "signal",
@@ -169,6 +187,9 @@ async def test_cancel_signal_from_the_temporal_cli(
     cancelled_at = time.monotonic()
 
     assert cli.returncode == 0, cli.stderr
+    assert query.returncode == 0, query.stderr
+    progress = json.loads(query.stdout)["queryResult"][0]
+    assert (progress["status"], progress["recipients"]) == ("in_progress_chunked", RECIPIENTS)
     final = await assert_cancelled_cleanly(
         api, account, webhooks, emulator_url, file_id, marker, cancelled_at
     )
@@ -187,7 +208,7 @@ async def test_temporal_cancellation_ends_like_the_cancel_signal(
     file_id, marker, _ = await start_marked_batch(api, account, webhooks, RECIPIENTS)
     await wait_until_received(emulator_url, marker, 200)
 
-    cli = temporal_cli(
+    cli = await temporal_cli(
         temporal_address, "workflow", "cancel", "--workflow-id", f"sms-batch-{file_id}"
     )
     cancelled_at = time.monotonic()
@@ -291,7 +312,7 @@ async def test_search_attributes_find_the_finished_batch(
     file_id, marker, _ = await start_marked_batch(api, account, webhooks, 5)
     await webhooks.wait_for(marker, *FINAL)
 
-    cli = temporal_cli(
+    cli = await temporal_cli(
         temporal_address,
         "workflow",
         "list",

@@ -1,0 +1,49 @@
+"""`deploy/`: registering Herald's search attributes on a cluster that has none yet."""
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.local.processes import ManagedProcess, free_port
+from deploy.local.temporal import TEMPORAL_BIN, temporal_ready
+from workflows.contracts import SEARCH_ATTRIBUTES
+
+
+@pytest.fixture
+def bare_temporal(tmp_path: Path) -> Iterator[str]:
+    """A dev server started without Herald's search attributes, like a fresh cluster."""
+    port = free_port()
+    server = ManagedProcess(
+        "bare-temporal",
+        [str(TEMPORAL_BIN), "server", "start-dev", "--headless", "--port", str(port)],
+        tmp_path / "temporal.log",
+    ).start()
+    try:
+        server.wait_until(lambda: temporal_ready(port), 60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def test_search_attributes_are_registered_on_a_fresh_cluster(bare_temporal: str) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "deploy.search_attributes", "--address", bare_temporal],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    listed = subprocess.run(
+        [str(TEMPORAL_BIN), "operator", "search-attribute", "list", "--address", bare_temporal],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    for name, kind in SEARCH_ATTRIBUTES.items():
+        assert any(name in line and kind in line for line in listed.stdout.splitlines()), name
