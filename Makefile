@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-rates clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(STAMP)
 N ?= 100000
 bench: $(STAMP)
 	$(BIN)/python -m bench --n $(N)
+
+bench-rates: $(STAMP)
+	$(BIN)/python -m bench.rates
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         200, description="Chunks a BatchWorkflow run starts before it continues as new."
     )
     max_concurrent_activities: int = 16
+    default_sender_mps: float | None = Field(
+        10.0, description="Rate limit of a sender number registered without one."
+    )
     worker_processes: int = Field(
         2, description="Workers the local stack starts; they share the task queue."
     )

@@ -14,6 +14,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, TwilioCarrier, Verdict
 from activities.recipients import (
     Recipient,
@@ -187,11 +188,15 @@ class BatchActivities:
         goes on up.
         """
         batch_id = uuid.UUID(input.batch_id)
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
         claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
+        pacer = SenderPacer(self._pool, batch["account_id"], input.agent_number)
         limit = asyncio.Semaphore(self._settings.send_concurrency)
         stopping = asyncio.Event()
 
         async def send(message: messages.ClaimedMessage) -> SendResult | None:
+            if not await pacer.turn(stopping):
+                return None
             async with limit:
                 if stopping.is_set():
                     return None

@@ -88,11 +88,22 @@ class AttachedFile(BaseModel):
 class NumberRequest(BaseModel):
     number: str = Field(min_length=1, description="E.164 sender number, e.g. +15551234567.")
     channel: Literal["sms", "whatsapp"] = "sms"
+    mps: float | None = Field(
+        None,
+        gt=0,
+        description="Messages per second this number may send, across all batches and"
+        " workers; left out: `HERALD_DEFAULT_SENDER_MPS`; null: no limit of Herald's own.",
+    )
+
+
+class NumberRateRequest(BaseModel):
+    mps: float | None = Field(gt=0, description="Messages per second; null: no limit.")
 
 
 class SenderNumber(BaseModel):
     number: str
     channel: str
+    mps: float | None
     created_at: datetime
 
 

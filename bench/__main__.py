@@ -16,9 +16,7 @@ import asyncio
 import itertools
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,8 +33,8 @@ from temporalio.worker import Worker
 from activities.providers.twilio import TwilioCarrier
 from bench.ceiling import post_all
 from bench.naive import NaiveActivities, NaiveBatchWorkflow, NaiveInput
+from bench.stack import bench_stack
 from deploy.local.processes import ManagedProcess, free_port
-from deploy.local.stack import launch, running, stop_on_signals
 from settings import Settings
 from store.db import create_pool
 from store.messages import ledger_footprint
@@ -349,23 +347,8 @@ def main() -> int:
     parser.add_argument("--naive-n", type=int, default=1000, help="messages for the baseline")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="herald-bench-"))
-    ports = ("API_PORT", "POSTGRES_PORT", "TEMPORAL_PORT", "TEMPORAL_UI_PORT", "EMULATOR_PORT")
-    for name in ports:
-        os.environ[f"HERALD_{name}"] = str(free_port())
-    for name in ("DATABASE_URL", "TEMPORAL_ADDRESS", "TWILIO_API_URL"):
-        os.environ.pop(f"HERALD_{name}", None)
-    os.environ["HERALD_HOME"] = str(home)
-    os.environ.setdefault("HERALD_LOG_LEVEL", "WARNING")
-    settings = Settings()
-    stop_on_signals()
-    processes: list[ManagedProcess] = []
-    try:
-        with running(processes):
-            info = launch(settings, processes)
-            result = asyncio.run(measure(args, settings, info, processes))
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    with bench_stack() as (settings, info, processes):
+        result = asyncio.run(measure(args, settings, info, processes))
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
     (args.out / f"{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,26 +1,42 @@
-"""Sender numbers registered by each account."""
+"""Sender numbers registered by each account, with their rate limits and pacing."""
 
 import uuid
+from dataclasses import dataclass
 
 import asyncpg
 
+_COLUMNS = "number, channel, mps, created_at"
 
-async def add_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str, channel: str) -> dict:
+
+@dataclass(frozen=True, slots=True)
+class Slots:
+    """Send times granted to a sender: `count` of them, `interval` seconds apart, the first
+    `starts_in` seconds from now (by the database's clock)."""
+
+    count: int
+    starts_in: float
+    interval: float
+
+
+async def add_number(
+    pool: asyncpg.Pool, account_id: uuid.UUID, number: str, channel: str, mps: float | None
+) -> dict:
     row = await pool.fetchrow(
-        "INSERT INTO sender_numbers (account_id, number, channel) VALUES ($1, $2, $3)"
-        " ON CONFLICT (account_id, number) DO UPDATE SET channel = EXCLUDED.channel"
-        " RETURNING number, channel, created_at",
+        "INSERT INTO sender_numbers (account_id, number, channel, mps) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (account_id, number) DO UPDATE"
+        " SET channel = EXCLUDED.channel, mps = EXCLUDED.mps"
+        f" RETURNING {_COLUMNS}",
         account_id,
         number,
         channel,
+        mps,
     )
     return dict(row)
 
 
 async def list_numbers(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[dict]:
     rows = await pool.fetch(
-        "SELECT number, channel, created_at FROM sender_numbers WHERE account_id = $1"
-        " ORDER BY created_at, number",
+        f"SELECT {_COLUMNS} FROM sender_numbers WHERE account_id = $1 ORDER BY created_at, number",
         account_id,
     )
     return [dict(r) for r in rows]
@@ -33,6 +49,45 @@ async def has_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> 
             account_id,
             number,
         )
+    )
+
+
+async def set_rate(
+    pool: asyncpg.Pool, account_id: uuid.UUID, number: str, mps: float | None
+) -> dict | None:
+    row = await pool.fetchrow(
+        "UPDATE sender_numbers SET mps = $3 WHERE account_id = $1 AND number = $2"
+        f" RETURNING {_COLUMNS}",
+        account_id,
+        number,
+        mps,
+    )
+    return dict(row) if row else None
+
+
+async def reserve_slots(
+    pool: asyncpg.Pool, account_id: uuid.UUID, number: str, *, seconds: float
+) -> Slots | None:
+    """Take the next `seconds` of the sender's timeline (at least one slot); None when the
+    sender has no limit. The row lock orders concurrent reservations from every worker, and
+    an idle sender's timeline restarts at now, so no burst builds up while it rests."""
+    row = await pool.fetchrow(
+        "WITH granted AS ("
+        "  SELECT mps, greatest(ceil(mps * $3)::int, 1) AS n FROM sender_numbers"
+        "  WHERE account_id = $1 AND number = $2 AND mps IS NOT NULL FOR UPDATE)"
+        " UPDATE sender_numbers AS s"
+        " SET paced_until = greatest(s.paced_until, now()) + make_interval(secs => g.n / g.mps)"
+        " FROM granted AS g WHERE s.account_id = $1 AND s.number = $2"
+        " RETURNING g.n AS n, 1 / g.mps AS interval, extract(epoch FROM"
+        "  s.paced_until - make_interval(secs => g.n / g.mps) - now()) AS starts_in",
+        account_id,
+        number,
+        seconds,
+    )
+    if row is None:
+        return None
+    return Slots(
+        count=row["n"], starts_in=max(0.0, float(row["starts_in"])), interval=row["interval"]
     )
 
 

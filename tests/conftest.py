@@ -154,7 +154,7 @@ async def account(pool: asyncpg.Pool, worker: None) -> Account:
     """A fresh account with one key and one registered sender."""
     account_id = await create_account(pool, f"test-{secrets.token_hex(4)}")
     key = await create_api_key(pool, account_id)
-    await numbers.add_number(pool, account_id, SENDER, "sms")
+    await numbers.add_number(pool, account_id, SENDER, "sms", None)
     return Account(account_id=account_id, key=key.key, agent_number=SENDER)
 
 

@@ -137,7 +137,7 @@ async def test_another_accounts_file_is_not_found(
 ) -> None:
     other = await create_account(pool, "other")
     key = await create_api_key(pool, other)
-    await numbers.add_number(pool, other, account.agent_number, "sms")
+    await numbers.add_number(pool, other, account.agent_number, "sms", None)
 
     response = await api.post(
         "/v1/sms/batch",

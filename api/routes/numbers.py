@@ -2,9 +2,9 @@
 
 from fastapi import APIRouter
 
-from api.deps import AccountId, Pool
+from api.deps import AccountId, AppSettings, Pool
 from api.errors import HeraldError
-from api.models import Envelope, NumberRequest, SenderNumber
+from api.models import Envelope, NumberRateRequest, NumberRequest, SenderNumber
 from phones import to_e164
 from store import numbers
 
@@ -21,12 +21,27 @@ class NumberNotFound(HeraldError):
 
 
 @router.post("/v1/sms/numbers", status_code=201, response_model=Envelope[SenderNumber])
-async def add_number(account_id: AccountId, pool: Pool, body: NumberRequest) -> dict:
-    """Register a sending number (E.164) for this account."""
+async def add_number(
+    account_id: AccountId, pool: Pool, settings: AppSettings, body: NumberRequest
+) -> dict:
+    """Register a sending number (E.164) for this account, with its rate limit."""
     number = to_e164(body.number, require_valid=False)
     if number is None:
         raise InvalidPhoneNumber(f"{body.number!r} is not a phone number")
-    return {"data": await numbers.add_number(pool, account_id, number, body.channel)}
+    mps = body.mps if "mps" in body.model_fields_set else settings.default_sender_mps
+    return {"data": await numbers.add_number(pool, account_id, number, body.channel, mps)}
+
+
+@router.patch("/v1/sms/numbers/{number}", response_model=Envelope[SenderNumber])
+async def set_number_rate(
+    account_id: AccountId, pool: Pool, number: str, body: NumberRateRequest
+) -> dict:
+    """Change a number's rate limit; sends already paced keep their times."""
+    normalised = to_e164(number, require_valid=False) or number
+    row = await numbers.set_rate(pool, account_id, normalised, body.mps)
+    if row is None:
+        raise NumberNotFound(f"{number} is not a sender of this account")
+    return {"data": row}
 
 
 @router.get("/v1/sms/numbers", response_model=Envelope[list[SenderNumber]])

@@ -18,11 +18,11 @@ async def ensure_dev_account(dsn: str, known: dict[str, Any]) -> dict[str, Any]:
         if known.get("api_key"):
             account_id = await account_for_key(pool, known["api_key"])
             if account_id is not None:
-                await numbers.add_number(pool, account_id, known["agent_number"], "sms")
+                await numbers.add_number(pool, account_id, known["agent_number"], "sms", None)
                 return {"api_key": known["api_key"], "agent_number": known["agent_number"]}
         account_id = await create_account(pool, "development")
         key = await create_api_key(pool, account_id)
-        await numbers.add_number(pool, account_id, DEV_SENDER, "sms")
+        await numbers.add_number(pool, account_id, DEV_SENDER, "sms", None)
         return {"api_key": key.key, "agent_number": DEV_SENDER}
     finally:
         await pool.close()

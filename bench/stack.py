@@ -1,0 +1,34 @@
+"""A throwaway local stack for a benchmark: free ports, a temporary home, removed after."""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from deploy.local.processes import ManagedProcess, free_port
+from deploy.local.stack import launch, running, stop_on_signals
+from settings import Settings
+
+PORTS = ("API_PORT", "POSTGRES_PORT", "TEMPORAL_PORT", "TEMPORAL_UI_PORT", "EMULATOR_PORT")
+
+
+@contextmanager
+def bench_stack() -> Iterator[tuple[Settings, dict[str, str], list[ManagedProcess]]]:
+    """The whole local stack, as `make run` starts it, on ports nothing else uses."""
+    home = Path(tempfile.mkdtemp(prefix="herald-bench-"))
+    for name in PORTS:
+        os.environ[f"HERALD_{name}"] = str(free_port())
+    for name in ("DATABASE_URL", "TEMPORAL_ADDRESS", "TWILIO_API_URL"):
+        os.environ.pop(f"HERALD_{name}", None)
+    os.environ["HERALD_HOME"] = str(home)
+    os.environ.setdefault("HERALD_LOG_LEVEL", "WARNING")
+    settings = Settings()
+    stop_on_signals()
+    processes: list[ManagedProcess] = []
+    try:
+        with running(processes):
+            yield settings, launch(settings, processes), processes
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
