@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import itertools
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -46,9 +47,19 @@ from workflows.contracts import (
 log = structlog.get_logger(__name__)
 
 COPY_BATCH = 10_000
+# A row the batch's `expire_at` caught before it was sent.
+EXPIRED = SendResult(verdict=Verdict.EXPIRED)
 # Often enough that a cancellation (delivered in a heartbeat's reply) is seen within a second.
 HEARTBEAT_SECONDS = 0.5
-FINAL_EVENT_FIELDS = ("total", "successful", "failed", "skipped", "cancelled", "uncertain")
+FINAL_EVENT_FIELDS = (
+    "total",
+    "successful",
+    "failed",
+    "skipped",
+    "cancelled",
+    "uncertain",
+    "expired",
+)
 
 
 class BatchActivities:
@@ -195,8 +206,14 @@ class BatchActivities:
         stopping = asyncio.Event()
 
         async def send(message: messages.ClaimedMessage) -> SendResult | None:
+            if input.pace.interval and not await _until(
+                input.pace.send_time(message.seq), stopping
+            ):
+                return None
             if not await pacer.turn(stopping):
                 return None
+            if input.pace.expire_at and time.time() >= input.pace.expire_at:
+                return EXPIRED
             async with limit:
                 if stopping.is_set():
                     return None
@@ -298,7 +315,7 @@ class BatchActivities:
     async def finish_ledger(self, input: FinishInput) -> BatchCounts:
         """Give every row a terminal state, then count them for the final event."""
         batch_id = uuid.UUID(input.batch_id)
-        await messages.close_ledger(self._pool, batch_id, cancel_pending=input.cancel_pending)
+        await messages.close_ledger(self._pool, batch_id, pending_as=input.close_pending_as)
         batch = await batches.batch_for_workflow(self._pool, batch_id)
         by_status = await messages.count_by_status(self._pool, batch_id)
         return BatchCounts(
@@ -308,6 +325,7 @@ class BatchActivities:
             skipped=by_status.get("skipped", 0) + (batch["rejected"] or 0),
             cancelled=by_status.get("cancelled", 0),
             uncertain=by_status.get("uncertain", 0),
+            expired=by_status.get("expired", 0),
         )
 
     @activity.defn
@@ -331,6 +349,15 @@ class BatchActivities:
             self.finish_ledger,
             self.reopen_rows,
         ]
+
+
+async def _until(moment: float, stopping: asyncio.Event) -> bool:
+    """Wait until the Unix time `moment`; False when `stopping` is set first."""
+    delay = moment - time.time()
+    if delay > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+    return not stopping.is_set()
 
 
 async def _heartbeat_until_done() -> None:

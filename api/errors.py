@@ -42,6 +42,9 @@ FIELD_ERROR_CODES: Sequence[tuple[tuple[str, ...], str | None, str]] = (
     (("body", "global"), None, "INVALID_GLOBAL_FORMAT"),
     (("body", "column_mapping"), None, "INVALID_COLUMN_MAPPING_FORMAT"),
     (("body", "status_webhook"), None, "INVALID_WEBHOOK_URL"),
+    (("body", "schedule_at"), None, "INVALID_SCHEDULE"),
+    (("body", "spread_hours"), None, "INVALID_SCHEDULE"),
+    (("body", "expire_at"), None, "INVALID_SCHEDULE"),
 )
 
 

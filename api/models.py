@@ -3,7 +3,15 @@
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 T = TypeVar("T")
 
@@ -55,6 +63,25 @@ class BatchRequest(BaseModel):
     )
     status_webhook: AnyHttpUrl | None = Field(None, description="Receives each lifecycle event.")
     name: str | None = Field(None, max_length=200)
+    schedule_at: AwareDatetime | None = Field(
+        None,
+        description="Send from this time (ISO 8601 with a zone); the batch waits in"
+        " `waiting_for_scheduled_messages`. A past time means now.",
+    )
+    spread_hours: float | None = Field(
+        None, gt=0, le=168, description="Spread the sends evenly over this many hours."
+    )
+    expire_at: AwareDatetime | None = Field(
+        None, description="Rows not sent by this time end `expired`."
+    )
+
+    @field_validator("expire_at")
+    @classmethod
+    def _after_schedule(cls, expire_at: datetime | None, info: ValidationInfo) -> datetime | None:
+        schedule_at = info.data.get("schedule_at")
+        if expire_at is not None and schedule_at is not None and expire_at <= schedule_at:
+            raise ValueError("expire_at must be after schedule_at")
+        return expire_at
 
     @field_validator("column_mapping")
     @classmethod

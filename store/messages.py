@@ -16,6 +16,7 @@ LEDGER_STATUSES = (
     "skipped",
     "cancelled",
     "uncertain",
+    "expired",
 )
 
 RECIPIENT_COLUMNS = (
@@ -116,20 +117,22 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
     )
 
 
-async def close_ledger(pool: asyncpg.Pool, batch_id: uuid.UUID, *, cancel_pending: bool) -> None:
+async def close_ledger(pool: asyncpg.Pool, batch_id: uuid.UUID, *, pending_as: str | None) -> None:
     """Give every row a terminal state as the batch ends: a row still `sending` belongs to no
-    live attempt (`uncertain`); `pending` rows of a cancelled batch are `cancelled`."""
+    live attempt (`uncertain`); `pending` rows of a cancelled or expired batch become
+    `pending_as`."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "UPDATE messages SET status = 'uncertain', updated_at = now()"
             " WHERE batch_id = $1 AND status = 'sending'",
             batch_id,
         )
-        if cancel_pending:
+        if pending_as is not None:
             await conn.execute(
-                "UPDATE messages SET status = 'cancelled', updated_at = now()"
+                "UPDATE messages SET status = $2, updated_at = now()"
                 " WHERE batch_id = $1 AND status = 'pending'",
                 batch_id,
+                pending_as,
             )
 
 

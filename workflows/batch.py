@@ -7,7 +7,8 @@ Operators steer it with the `cancel`, `pause` and `resume` signals (from the API
 """
 
 import asyncio
-from datetime import timedelta
+import contextlib
+from datetime import UTC, datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -29,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         DeliverEventsInput,
         DispatchState,
         FinishInput,
+        Pace,
         ReopenInput,
         ReopenResult,
         SendCounts,
@@ -62,6 +64,7 @@ class BatchWorkflow:
         # The phase a resume returns to; phases reached while paused are kept for then.
         self._resume_status = "queued"
         self._cancel_reason: str | None = None
+        self._expired = False
         self._chunks: dict[int, workflow.ChildWorkflowHandle[ChunkWorkflow, SendCounts]] = {}
         self._chunk_tasks: set[asyncio.Task[None]] = set()
         self._chunks_done = 0
@@ -189,11 +192,24 @@ class BatchWorkflow:
                 "no row of the file can be sent",
                 rows_total=validation.rows_total,
             )
+        await self._wait_for_schedule()
         await self._report(
             "dispatching",
             message=f"Requested: {validation.rows_total}. Validated: {sendable}.",
         )
         return await self._start_sending(validation.rows_total, validation.recipients)
+
+    async def _wait_for_schedule(self) -> None:
+        """A durable timer until `schedule_at`; a cancel ends the wait (and the batch)."""
+        delay = self._input.timing.schedule_at - workflow.now().timestamp()
+        if delay <= 0:
+            return
+        when = datetime.fromtimestamp(self._input.timing.schedule_at, UTC).isoformat()
+        await self._report("waiting_for_scheduled_messages", message=f"Scheduled for {when}.")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await workflow.wait_condition(
+                lambda: self._cancel_reason is not None, timeout=timedelta(seconds=delay)
+            )
 
     async def _reopen(self) -> DispatchState | BatchResult:
         """A retry run: put the requested rows back to `pending`, then send as usual."""
@@ -215,22 +231,36 @@ class BatchWorkflow:
         chunks = -(-recipients // self._input.dispatch.chunk_size)
         status = "in_progress_chunked" if chunks > 1 else "in_progress"
         await self._report(status)
+        now = workflow.now().timestamp()
+        timing = self._input.timing
         return DispatchState(
             rows_total=rows_total,
             recipients=recipients,
             next_chunk=0,
             dispatched=0,
             event_seq=self._events_recorded,
-            dispatch_started=workflow.now().timestamp(),
+            dispatch_started=now,
             status=status,
+            pace=Pace(
+                start=now,
+                interval=timing.spread_seconds / recipients if timing.spread_seconds else 0.0,
+                expire_at=timing.expire_at,
+            ),
         )
 
     async def _dispatch(self, state: DispatchState) -> BatchResult | None:
         """Run the remaining chunks; None when this run should continue as new first."""
+        expiry = asyncio.create_task(self._expire_at(state.pace.expire_at))
+        try:
+            return await self._run_chunks(state)
+        finally:
+            expiry.cancel()
+
+    async def _run_chunks(self, state: DispatchState) -> BatchResult | None:
         dispatch = self._input.dispatch
         chunks = -(-state.recipients // dispatch.chunk_size)
         started_here = 0
-        while state.next_chunk < chunks and self._cancel_reason is None:
+        while state.next_chunk < chunks and not self._stopped:
             if (
                 started_here >= dispatch.chunks_per_run
                 or workflow.info().is_continue_as_new_suggested()
@@ -269,12 +299,13 @@ class BatchWorkflow:
                 end=end,
                 slice_size=dispatch.slice_size,
                 slices_in_flight=dispatch.slices_in_flight,
+                pace=state.pace,
             ),
             id=f"{workflow.info().workflow_id}/chunk-{index}",
         )
         self._chunks[index] = handle
         try:
-            if self._cancel_reason is not None:
+            if self._stopped:
                 await handle.signal(ChunkWorkflow.stop)
             elif self._paused:
                 await handle.signal(ChunkWorkflow.pause)
@@ -310,11 +341,25 @@ class BatchWorkflow:
             except (ApplicationError, ChildWorkflowError):
                 pass  # the chunk finished meanwhile: nothing left to steer
 
+    @property
+    def _stopped(self) -> bool:
+        return self._cancel_reason is not None or self._expired
+
+    async def _expire_at(self, moment: float) -> None:
+        """At `expire_at`, stop sending; what was not sent by then ends `expired`."""
+        if not moment:
+            return
+        await workflow.sleep(max(0.0, moment - workflow.now().timestamp()))
+        if not self._stopped:
+            self._expired = True
+            await self._signal_chunks(ChunkWorkflow.stop)
+
     async def _finish(self) -> BatchResult:
         cancelled = self._cancel_reason is not None
+        pending_as = "cancelled" if cancelled else "expired" if self._expired else None
         counts: BatchCounts = await workflow.execute_activity(
             "finish_ledger",
-            FinishInput(batch_id=self._input.batch_id, cancel_pending=cancelled),
+            FinishInput(batch_id=self._input.batch_id, close_pending_as=pending_as),
             result_type=BatchCounts,
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=DB_RETRY,
@@ -327,7 +372,9 @@ class BatchWorkflow:
             return await self._report_final(
                 "failed", counts, code="all_sends_failed", reason="no message was accepted"
             )
-        partial = counts.failed + counts.skipped + counts.uncertain + counts.cancelled
+        partial = (
+            counts.failed + counts.skipped + counts.uncertain + counts.cancelled + counts.expired
+        )
         return await self._report_final("completed_partial" if partial else "completed", counts)
 
     async def _finish_failed(

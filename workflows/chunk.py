@@ -7,6 +7,7 @@ chunk, leaving what was not sent `pending` for the batch to close.
 """
 
 import asyncio
+import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
@@ -16,6 +17,9 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import ChunkInput, SendCounts, SendSliceInput
 
+SPREAD_SLICE_SECONDS = 300
+# A spread slice's activity starts this early, to claim its rows before its first send time.
+SPREAD_LEAD_SECONDS = 2
 SEND_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -83,6 +87,7 @@ class ChunkWorkflow:
                             agent_number=input.agent_number,
                             start=start,
                             end=end,
+                            pace=input.pace,
                         ),
                         result_type=SendCounts,
                         start_to_close_timeout=timedelta(minutes=10),
@@ -107,6 +112,15 @@ class ChunkWorkflow:
                 return
         finally:
             self._in_flight -= 1
+
+    async def _sleep_until(self, moment: float) -> None:
+        """A durable timer that `stop` cuts short."""
+        delay = moment - workflow.now().timestamp()
+        if delay > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._stopping, timeout=timedelta(seconds=delay)
+                )
 
     def _interrupt_sends(self) -> None:
         for send in self._sends:

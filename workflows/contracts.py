@@ -44,6 +44,28 @@ class ValidationLimits:
 
 
 @dataclass(kw_only=True)
+class Timing:
+    """When a batch may send, as Unix times; 0 means no constraint."""
+
+    schedule_at: float = 0.0
+    spread_seconds: float = 0.0
+    expire_at: float = 0.0
+
+
+@dataclass(kw_only=True)
+class Pace:
+    """When each row of a spread batch goes (row `seq` at `start + seq * interval`), and
+    when sending stops for good (`expire_at`); 0 means no constraint."""
+
+    start: float = 0.0
+    interval: float = 0.0
+    expire_at: float = 0.0
+
+    def send_time(self, seq: int) -> float:
+        return self.start + seq * self.interval
+
+
+@dataclass(kw_only=True)
 class DispatchState:
     """What a BatchWorkflow run hands to the next one when it continues as new."""
 
@@ -55,6 +77,7 @@ class DispatchState:
     dispatch_started: float
     status: str
     paused: bool = False
+    pace: Pace = field(default_factory=Pace)
 
 
 @dataclass(kw_only=True)
@@ -69,6 +92,7 @@ class BatchInput:
     retry_statuses: list[str] | None = None
     # Events already recorded for this batch by earlier runs: a retry numbers on from there.
     first_event_seq: int = 0
+    timing: Timing = field(default_factory=Timing)
 
 
 @dataclass(kw_only=True)
@@ -95,6 +119,7 @@ class BatchCounts:
     skipped: int = 0
     cancelled: int = 0
     uncertain: int = 0
+    expired: int = 0
 
 
 @dataclass(kw_only=True)
@@ -146,6 +171,7 @@ class ChunkInput:
     end: int
     slice_size: int
     slices_in_flight: int
+    pace: Pace = field(default_factory=Pace)
 
 
 @dataclass(kw_only=True)
@@ -154,6 +180,7 @@ class SendSliceInput:
     agent_number: str
     start: int
     end: int
+    pace: Pace = field(default_factory=Pace)
 
 
 @dataclass(kw_only=True)
@@ -165,7 +192,8 @@ class SendCounts:
 @dataclass(kw_only=True)
 class FinishInput:
     batch_id: str
-    cancel_pending: bool = False
+    # The terminal status of rows still `pending` (a cancelled or expired batch), if any.
+    close_pending_as: str | None = None
 
 
 @dataclass(kw_only=True)

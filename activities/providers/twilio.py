@@ -29,6 +29,7 @@ class Verdict(StrEnum):
     RETRY = "retry"  # not accepted, safe to send again later
     FAILED = "failed"  # permanent for this message
     UNCERTAIN = "uncertain"  # the request may have reached the carrier: never resent blindly
+    EXPIRED = "expired"  # never sent: the batch's `expire_at` passed first
 
 
 @dataclass(frozen=True, slots=True)

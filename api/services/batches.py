@@ -41,6 +41,7 @@ from workflows.contracts import (
     BatchInput,
     BatchProgress,
     DispatchSettings,
+    Timing,
     ValidationLimits,
     batch_workflow_id,
 )
@@ -166,6 +167,11 @@ async def start_batch(
                 agent_number=agent_number,
                 dispatch=dispatch_settings(settings),
                 limits=validation_limits(settings),
+                timing=Timing(
+                    schedule_at=body.schedule_at.timestamp() if body.schedule_at else 0.0,
+                    spread_seconds=(body.spread_hours or 0.0) * 3600,
+                    expire_at=body.expire_at.timestamp() if body.expire_at else 0.0,
+                ),
             ),
             WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
