@@ -13,6 +13,7 @@ one stack, are the result. Writes bench/results/<date>.json and a PNG of Herald'
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -98,8 +99,26 @@ async def final_event_receiver() -> tuple[web.AppRunner, str, asyncio.Queue]:
     return runner, f"http://127.0.0.1:{port}/events", events
 
 
+def cpu_seconds(processes: list[ManagedProcess]) -> dict[str, float]:
+    """CPU time (user + system) each part of the stack has used so far, children included
+    (PostgreSQL's backends)."""
+    used: dict[str, float] = {}
+    for managed in processes:
+        part = managed.name.split("-")[0]
+        process = psutil.Process(managed.pid)
+        for member in [process, *process.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = member.cpu_times()
+                used[part] = used.get(part, 0.0) + times.user + times.system
+    return used
+
+
 async def run_herald(
-    n: int, settings: Settings, info: dict[str, str], processes: dict[str, psutil.Process]
+    n: int,
+    settings: Settings,
+    info: dict[str, str],
+    processes: dict[str, psutil.Process],
+    stack: list[ManagedProcess],
 ) -> dict[str, Any]:
     headers = {"authorization": info["api_key"]}
     runner, webhook, events = await final_event_receiver()
@@ -114,6 +133,7 @@ async def run_herald(
         file_id = attached.json()["data"]["file_id"]
         sampler = Sampler(info["emulator_url"], processes)
         sampling = asyncio.create_task(sampler.run(http))
+        cpu_before = cpu_seconds(stack)
         started = time.perf_counter()
         response = await http.post(
             "/v1/sms/batch",
@@ -134,6 +154,7 @@ async def run_herald(
             if event["status"] in ("completed", "completed_partial", "failed", "cancelled"):
                 break
         sampling.cancel()
+        cpu_after = cpu_seconds(stack)
     await runner.cleanup()
     elapsed = arrived - started
     sent = event.get("messages_successful", 0)
@@ -147,6 +168,10 @@ async def run_herald(
         "send_phase_seconds": arrived - (sending_started or started),
         "send_phase_messages_per_second": sent / (arrived - (sending_started or started)),
         "peak_rss_mb": sampler.peak_rss_mb,
+        "cpu_ms_per_1000": {
+            part: (cpu_after[part] - cpu_before.get(part, 0.0)) / max(sent, 1) * 1e6
+            for part in cpu_after
+        },
         "samples": sampler.samples,
     }
 
@@ -241,7 +266,7 @@ async def measure(
     ceiling_n = min(args.n, CEILING_MAX)
     naive_runs = [await run_naive(args.naive_n, settings, info, "before")]
     ceiling_runs = [await run_ceiling(ceiling_n, settings, info)]
-    herald = await run_herald(args.n, settings, info, watched)
+    herald = await run_herald(args.n, settings, info, watched, processes)
     footprint = await history_and_storage(settings, herald["batch_id"])
     ceiling_runs.append(await run_ceiling(ceiling_n, settings, info))
     naive_runs.append(await run_naive(args.naive_n, settings, info, "after"))
@@ -323,6 +348,9 @@ def report(result: dict[str, Any]) -> str:
          f"target: worker < 400 MB; {settings['worker_processes']} workers"),
         ("Largest workflow history", f"{footprint['largest_history_events']:,} events",
          f"{footprint['workflow_runs']} runs; target < 10,000"),
+        ("CPU per 1,000 msgs",
+         f"{sum(herald['cpu_ms_per_1000'].values()) / 1000:.2f} s",
+         ", ".join(f"{k} {v / 1000:.2f}" for k, v in herald["cpu_ms_per_1000"].items())),
         ("Ledger per 1,000 msgs", f"{footprint['ledger_bytes_per_1000'] / 1024:.0f} KiB",
          f"{footprint['ledger_rows']:,} rows"),
     ]  # fmt: skip
