@@ -42,6 +42,12 @@ FIELD_ERROR_CODES: Sequence[tuple[tuple[str, ...], str | None, str]] = (
     (("body", "global"), None, "INVALID_GLOBAL_FORMAT"),
     (("body", "column_mapping"), None, "INVALID_COLUMN_MAPPING_FORMAT"),
     (("body", "status_webhook"), None, "INVALID_WEBHOOK_URL"),
+    (("body", "user_number"), None, "INVALID_USER_NUMBER"),
+    (("body", "agent_number"), "missing", "MISSING_AGENT_NUMBER"),
+    (("body", "agent_number"), "string_too_short", "MISSING_AGENT_NUMBER"),
+    (("body", "webhook"), None, "INVALID_WEBHOOK_URL"),
+    (("body", "time_out"), None, "INVALID_TIMEOUT_CONFIG"),
+    (("body", "warning_time"), None, "INVALID_TIMEOUT_CONFIG"),
 )
 
 
