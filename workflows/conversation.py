@@ -52,7 +52,6 @@ class ConversationWorkflow:
         self._events: list[ConversationEvent] = []
         self._state = ConversationState()
         self._end_state: str | None = None
-        self._closing = False
 
     @workflow.signal
     def message(self, signal: ConversationSignal) -> None:
@@ -63,16 +62,13 @@ class ConversationWorkflow:
         self._input = input
         # Messages handed over by the previous run came before any signalled to this one.
         self._queue[:0] = input.pending
-        pump = asyncio.create_task(self._deliver_events())
-        try:
-            if input.state is not None:
-                self._state = input.state
-            else:
-                await self._begin()
-            return await self._converse()
-        finally:
-            self._closing = True
-            await pump
+        # Left running when the run ends: every run waits for its events to be posted first.
+        self._pump = asyncio.create_task(self._deliver_events())
+        if input.state is not None:
+            self._state = input.state
+        else:
+            await self._begin()
+        return await self._converse()
 
     async def _begin(self) -> None:
         """A run started by a late signal for a conversation that already ended only sends it."""
@@ -230,9 +226,7 @@ class ConversationWorkflow:
     async def _deliver_events(self) -> None:
         """Post events to the webhook in order, without holding the conversation back."""
         while True:
-            await workflow.wait_condition(lambda: bool(self._events) or self._closing)
-            if not self._events:
-                return
+            await workflow.wait_condition(lambda: bool(self._events))
             try:
                 await workflow.execute_activity(
                     "post_conversation_event",
