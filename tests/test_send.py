@@ -145,7 +145,7 @@ async def test_a_repeated_request_waits_for_the_first_ones_reply(
     user = unique_numbers(1)[0]
     key = secrets.token_hex(8)
     body = {"user_number": user, "agent_number": account.agent_number, "agent_message": "wait"}
-    prepared = await prepare(pool, account.account_id, SendRequest(**body))
+    prepared = prepare(account.account_id, SendRequest(**body))
     # Another request holds the key, and is still sending.
     assert await idempotency.claim(
         pool, account.account_id, key, prepared.request_hash(), ttl=timedelta(hours=1)
@@ -176,7 +176,7 @@ async def test_a_key_whose_first_request_never_finishes_is_in_progress(
     user = unique_numbers(1)[0]
     key = secrets.token_hex(8)
     body = {"user_number": user, "agent_number": account.agent_number, "agent_message": "stuck"}
-    prepared = await prepare(pool, account.account_id, SendRequest(**body))
+    prepared = prepare(account.account_id, SendRequest(**body))
     assert await idempotency.claim(
         pool, account.account_id, key, prepared.request_hash(), ttl=timedelta(hours=1)
     )
@@ -198,6 +198,38 @@ async def test_an_expired_key_is_claimed_again(
     response = await send(api, account, user, key=key, agent_message="after expiry")
 
     assert response.status_code == 200, response.text
+    assert len(await received_by(emulator_url, user, 1)) == 1
+
+
+async def test_a_refused_send_leaves_its_key_free(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    user, sender = unique_numbers(2)
+    key = secrets.token_hex(8)
+
+    refused = await send(api, account, user, key=key, agent_number=sender, agent_message="hi")
+    await api.post("/v1/sms/numbers", headers=account.headers, json={"number": sender})
+    accepted = await send(api, account, user, key=key, agent_number=sender, agent_message="hi")
+
+    assert refused.status_code == 404
+    assert error_code(refused) == "AGENT_NUMBER_NOT_FOUND"
+    assert accepted.status_code == 200
+    assert len(await received_by(emulator_url, user, 1)) == 1
+
+
+async def test_a_repeat_gets_the_first_reply_even_after_its_sender_is_removed(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    user, sender = unique_numbers(2)
+    key = secrets.token_hex(8)
+    await api.post("/v1/sms/numbers", headers=account.headers, json={"number": sender})
+    first = await send(api, account, user, key=key, agent_number=sender, agent_message="hi")
+    await api.delete(f"/v1/sms/numbers/{sender}", headers=account.headers)
+
+    repeated = await send(api, account, user, key=key, agent_number=sender, agent_message="hi")
+
+    assert first.status_code == repeated.status_code == 200
+    assert repeated.json() == first.json()
     assert len(await received_by(emulator_url, user, 1)) == 1
 
 

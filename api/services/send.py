@@ -93,7 +93,9 @@ def silence_timers(body: SendRequest) -> SilenceTimers | None:
     )
 
 
-async def prepare(pool: asyncpg.Pool, account_id: uuid.UUID, body: SendRequest) -> PreparedSend:
+def prepare(account_id: uuid.UUID, body: SendRequest) -> PreparedSend:
+    """The request checked and normalised; the sender is checked only when it is sent, so a
+    repeated request gets its first reply even if the sender was removed in between."""
     if not (body.agent_message and body.agent_message.strip()) and not body.content_sid:
         raise MissingAgentMessage("agent_message (or content_sid) is required: Herald writes none")
     timers = silence_timers(body)
@@ -101,8 +103,8 @@ async def prepare(pool: asyncpg.Pool, account_id: uuid.UUID, body: SendRequest) 
     if user_number is None:
         raise InvalidUserNumber(f"{body.user_number!r} is not a valid phone number")
     agent_number = to_e164(body.agent_number, require_valid=False)
-    if agent_number is None or not await numbers.has_number(pool, account_id, agent_number):
-        raise AgentNumberNotFound(f"{body.agent_number} is not a registered sender of this account")
+    if agent_number is None:
+        raise AgentNumberNotFound(f"{body.agent_number!r} is not a phone number")
     return PreparedSend(
         account_id=account_id,
         user_number=user_number,
@@ -120,7 +122,7 @@ async def send_message(
     body: SendRequest,
     idempotency_key: str | None,
 ) -> SendReply:
-    prepared = await prepare(pool, account_id, body)
+    prepared = prepare(account_id, body)
     if idempotency_key is None:
         return await _send(pool, temporal, settings, prepared)
     request_hash = prepared.request_hash()
@@ -130,7 +132,7 @@ async def send_message(
             try:
                 reply = await _send(pool, temporal, settings, prepared)
             except Exception:
-                # Nothing reached the conversation: the key may be used again.
+                # Nothing reached the conversation (refused or not signalled): free the key.
                 await idempotency.release(pool, account_id, idempotency_key)
                 raise
             await idempotency.complete(pool, account_id, idempotency_key, reply.model_dump())
@@ -167,6 +169,10 @@ async def _send(
     pool: asyncpg.Pool, temporal: Client, settings: Settings, prepared: PreparedSend
 ) -> SendReply:
     body = prepared.body
+    if not await numbers.has_number(pool, prepared.account_id, prepared.agent_number):
+        raise AgentNumberNotFound(
+            f"{prepared.agent_number} is not a registered sender of this account"
+        )
     stored: dict[str, Any] = {
         name: value for name in STORED_FIELDS if (value := getattr(body, name)) is not None
     }
