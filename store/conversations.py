@@ -356,3 +356,9 @@ async def latest_account(
         user_number,
         account_ids,
     )
+
+
+async def forget_messages(pool: asyncpg.Pool, message_ids: list[uuid.UUID]) -> None:
+    """Drop messages of an inbound post its conversation never heard of, so the carrier's
+    retry of the webhook is taken as new rather than as a repeat."""
+    await pool.execute("DELETE FROM conversation_messages WHERE id = ANY($1::uuid[])", message_ids)

@@ -10,7 +10,7 @@ from twilio.request_validator import RequestValidator
 
 from settings import Settings
 from store import opt_outs
-from tests.conftest import Account, WebhookReceiver
+from tests.conftest import Account, WebhookReceiver, api_client
 from tests.helpers import emulator_messages, unique_numbers
 from tests.sending import (
     INBOUND_PATH,
@@ -157,6 +157,32 @@ async def test_an_unsigned_or_wrongly_signed_post_is_refused(
     assert response.status_code == missing.status_code == 403
     assert error_code(response) == error_code(missing) == "INVALID_SIGNATURE"
     assert await conversations_with(api, account, user) == []
+
+
+async def test_a_post_that_cannot_reach_its_conversation_can_be_retried(
+    api: httpx.AsyncClient, account: Account, settings: Settings, sender: str, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+    form = inbound_form(settings, to=sender, from_=user, body="HELP")
+    down = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
+
+    async with api_client(down) as unreachable:
+        failed = await post_inbound(unreachable, settings, form)
+    retried = await post_inbound(api, settings, form)
+
+    assert failed.status_code == 503
+    assert error_code(failed) == "TEMPORAL_UNAVAILABLE"
+    assert retried.status_code == 200
+    [answer] = await received_by(emulator_url, user, 1)
+    assert answer["body"] == settings.help_reply
+    [opened] = await conversations_with(api, account, user)
+    detail = await conversation_when(
+        api, account, opened["conversation_id"], lambda c: c["messages"][-1]["status"] == "sent"
+    )
+    assert [(m["sender"], m["body"]) for m in detail["messages"]] == [
+        ("USER", "HELP"),
+        ("AGENT", settings.help_reply),
+    ]
 
 
 async def test_inbound_to_an_unregistered_number_is_not_found(

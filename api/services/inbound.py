@@ -8,7 +8,7 @@ from temporalio.client import Client
 from twilio.request_validator import RequestValidator
 
 from api.errors import HeraldError, InvalidRequest
-from api.services.batches import AgentNumberNotFound
+from api.services.batches import AgentNumberNotFound, TemporalUnavailable
 from api.services.conversations import signal_conversation
 from phones import to_e164
 from settings import Settings
@@ -94,9 +94,13 @@ async def receive(
     except AlreadyRecorded:
         log.info("inbound message repeated by the carrier", carrier_sid=carrier_sid)
         return
-    await signal_conversation(
-        temporal, settings, conversation, message_id=message_id, sender="USER"
-    )
+    try:
+        await signal_conversation(
+            temporal, settings, conversation, message_id=message_id, sender="USER"
+        )
+    except TemporalUnavailable:
+        await conversations.forget_messages(pool, [m for m in (message_id, help_id) if m])
+        raise
     if help_id is not None:
         await signal_conversation(
             temporal, settings, conversation, message_id=help_id, sender="AGENT", kind="help"
