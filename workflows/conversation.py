@@ -137,33 +137,37 @@ class ConversationWorkflow:
         self._state.silent_since = workflow.now().timestamp()
         self._state.warned = False
 
+    def _due(self) -> tuple[float, str, str | None] | None:
+        """When user silence calls for Herald's next message: its time, kind and text."""
+        timers, since = self._state.timers, self._state.silent_since
+        if timers is None or since is None:
+            return None
+        if timers.warning_time is not None and not self._state.warned:
+            return since + timers.warning_time, "warning", timers.warning_message
+        if timers.time_out is not None:
+            return since + timers.time_out, "timeout", timers.timeout_message
+        return None
+
     async def _wait_for_silence(self) -> None:
         """Wait for the next signal, or send the warning or the timeout when silence is due."""
-        timers, since = self._state.timers, self._state.silent_since
-        due: tuple[float, str] | None = None
-        if timers is not None and since is not None:
-            if timers.warning_time is not None and not self._state.warned:
-                due = (since + timers.warning_time, "warning")
-            elif timers.time_out is not None:
-                due = (since + timers.time_out, "timeout")
+        due = self._due()
         if due is None:
             await workflow.wait_condition(lambda: bool(self._queue))
             return
-        remaining = due[0] - workflow.now().timestamp()
+        at, kind, text = due
+        remaining = at - workflow.now().timestamp()
         if remaining > 0:
             try:
                 await workflow.wait_condition(lambda: bool(self._queue), timeout=remaining)
                 return
             except TimeoutError:
                 pass
-        assert timers is not None
-        if due[1] == "warning":
+        if kind == "warning":
             self._state.warned = True
-            await self._send_own("warning", timers.warning_message or "")
-            return
-        if timers.timeout_message:
-            await self._send_own("timeout", timers.timeout_message)
-        await self._end("timeout")
+        if text:
+            await self._send_own(kind, text)
+        if kind == "timeout":
+            await self._end("timeout")
 
     async def _send_own(self, kind: str, body: str) -> None:
         await self._send(
