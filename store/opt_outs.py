@@ -22,12 +22,10 @@ async def opted_out_numbers(pool: asyncpg.Pool, account_id: uuid.UUID) -> set[st
     return {r["number"] for r in rows}
 
 
-async def remove_opt_out(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> bool:
-    """The number may be messaged again; False when it was not opted out."""
-    status = await pool.execute(
+async def remove_opt_out(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> None:
+    await pool.execute(
         "DELETE FROM opt_outs WHERE account_id = $1 AND number = $2", account_id, number
     )
-    return status != "DELETE 0"
 
 
 async def is_opted_out(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> bool:

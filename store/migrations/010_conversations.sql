@@ -1,5 +1,8 @@
 -- Single sends: conversations, their messages (both directions), idempotency keys.
 
+-- Inbound messages find their account by the sender number alone.
+CREATE INDEX sender_numbers_number ON sender_numbers (number);
+
 CREATE TABLE conversations (
     id              uuid PRIMARY KEY,
     -- Orders conversations of one pair, so a workflow run can tell a newer one from a stale one.
