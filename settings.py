@@ -63,6 +63,16 @@ class Settings(BaseSettings):
     )
     webhook_timeout_seconds: float = 10.0
     carrier_timeout_seconds: float = 30.0
+    idempotency_ttl_hours: int = Field(
+        24, description="How long an `idempotency-key` of a single send keeps its first reply."
+    )
+    idempotency_wait_seconds: float = Field(
+        30.0, description="How long a repeated request waits for the first one with its key."
+    )
+    help_reply: str = Field(
+        "Reply STOP to unsubscribe, START to subscribe again.",
+        description="Sent to a user who texts HELP.",
+    )
 
     log_level: str = "INFO"
 

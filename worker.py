@@ -12,6 +12,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.batch import BatchActivities
+from activities.conversations import ConversationActivities
 from activities.providers.twilio import TwilioCarrier
 from logs import configure_logging
 from settings import Settings, get_settings
@@ -33,12 +34,15 @@ async def herald_worker(client: Client, settings: Settings) -> AsyncIterator[Wor
     )
     http = httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
     batch_activities = BatchActivities(pool=pool, carrier=carrier, http=http, settings=settings)
+    conversation_activities = ConversationActivities(
+        pool=pool, carrier=carrier, http=http, settings=settings
+    )
     try:
         yield Worker(
             client,
             task_queue=settings.task_queue,
             workflows=WORKFLOWS,
-            activities=batch_activities.registered(),
+            activities=[*batch_activities.registered(), *conversation_activities.registered()],
             max_concurrent_activities=settings.max_concurrent_activities,
             # Cancellations reach an activity in a heartbeat's reply: let them through at once.
             max_heartbeat_throttle_interval=timedelta(seconds=1),

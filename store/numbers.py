@@ -96,3 +96,12 @@ async def delete_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) 
         "DELETE FROM sender_numbers WHERE account_id = $1 AND number = $2", account_id, number
     )
     return status != "DELETE 0"
+
+
+async def accounts_for_number(pool: asyncpg.Pool, number: str) -> list[uuid.UUID]:
+    """The accounts that registered a sender, first registration first (inbound routing)."""
+    rows = await pool.fetch(
+        "SELECT account_id FROM sender_numbers WHERE number = $1 ORDER BY created_at, account_id",
+        number,
+    )
+    return [r["account_id"] for r in rows]

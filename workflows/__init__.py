@@ -2,5 +2,6 @@
 
 from workflows.batch import BatchWorkflow
 from workflows.chunk import ChunkWorkflow
+from workflows.conversation import ConversationWorkflow
 
-WORKFLOWS = [BatchWorkflow, ChunkWorkflow]
+WORKFLOWS = [BatchWorkflow, ChunkWorkflow, ConversationWorkflow]

@@ -207,3 +207,99 @@ class ReopenResult:
     reopened: int
     rows_total: int
     recipients: int
+
+
+def conversation_workflow_id(account_id: str, agent_number: str, user_number: str) -> str:
+    """One workflow id per (account, sender, user); each conversation of the pair is a run."""
+    return (
+        f"sms-conversation-{account_id}-{agent_number.removeprefix('+')}"
+        f"-{user_number.removeprefix('+')}"
+    )
+
+
+@dataclass(kw_only=True)
+class SilenceTimers:
+    """Seconds of user silence before the warning and before the timeout, and their texts."""
+
+    time_out: float | None = None
+    timeout_message: str | None = None
+    warning_time: float | None = None
+    warning_message: str | None = None
+
+
+@dataclass(kw_only=True)
+class ConversationSignal:
+    """A message recorded by the API (an agent send, a user reply), for the workflow to act on."""
+
+    conversation_id: str
+    # Conversations of a pair are ordered by seq: a higher one replaces the running one.
+    conversation_seq: int
+    message_id: str
+    sender: str
+    kind: str = "message"
+    # A send that sets timers replaces the conversation's; None keeps them.
+    timers: SilenceTimers | None = None
+
+
+@dataclass(kw_only=True)
+class ConversationState:
+    """What a run hands to the next when the same conversation continues as new."""
+
+    timers: SilenceTimers | None = None
+    silent_since: float | None = None
+    warned: bool = False
+
+
+@dataclass(kw_only=True)
+class ConversationInput:
+    conversation_id: str
+    conversation_seq: int
+    account_id: str
+    agent_number: str
+    user_number: str
+    pending: list[ConversationSignal] = field(default_factory=list)
+    # None: the conversation starts with this run.
+    state: ConversationState | None = None
+
+
+@dataclass(kw_only=True)
+class ConversationResult:
+    conversation_id: str
+    state: str
+
+
+@dataclass(kw_only=True)
+class SendMessageInput:
+    message_id: str
+    # Attempts the workflow's retry policy allows: the last one fails a deferred message.
+    attempts: int
+    # Set for messages the workflow writes itself (warning, timeout): the API stores its own.
+    conversation_id: str | None = None
+    kind: str = "message"
+    body: str | None = None
+
+
+@dataclass(kw_only=True)
+class SendMessageResult:
+    status: str
+    error_code: str | None = None
+
+
+@dataclass(kw_only=True)
+class EndConversationInput:
+    conversation_id: str
+    state: str
+
+
+@dataclass(kw_only=True)
+class ConversationEvent:
+    """One webhook event: a message (`message_id`) or a change of state (`state`)."""
+
+    conversation_id: str
+    message_id: str | None = None
+    state: str | None = None
+
+
+@dataclass(kw_only=True)
+class ConversationRef:
+    conversation_id: str

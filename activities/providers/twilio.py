@@ -144,11 +144,25 @@ class TwilioCarrier:
         self._client.api.base_url = api_url.rstrip("/")
 
     async def send(
-        self, *, to: str, from_: str, body: str, status_callback: str | None
+        self,
+        *,
+        to: str,
+        from_: str,
+        body: str,
+        status_callback: str | None,
+        content_sid: str | None = None,
+        content_variables: str | None = None,
     ) -> SendResult:
+        """Send one message; `content_sid` names a content template, whose variables are a
+        JSON object as a string. An empty `body` is left out, as a template needs none."""
         try:
             message = await self._client.messages.create_async(
-                to=to, from_=from_, body=body, status_callback=status_callback or values.unset
+                to=to,
+                from_=from_,
+                body=body or values.unset,
+                status_callback=status_callback or values.unset,
+                content_sid=content_sid or values.unset,
+                content_variables=content_variables or values.unset,
             )
         except TwilioRestException as error:
             return classify(error)

@@ -82,6 +82,8 @@ class Received:
     body: str
     status_callback: str | None
     received_at: float
+    content_sid: str | None = None
+    content_variables: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +93,8 @@ class Received:
             "body": self.body,
             "status_callback": self.status_callback,
             "received_at": datetime.fromtimestamp(self.received_at, UTC).isoformat(),
+            "content_sid": self.content_sid,
+            "content_variables": self.content_variables,
         }
 
 
@@ -191,7 +195,20 @@ class Carrier:
         sid = "SM" + secrets.token_hex(16)
         callback = str(form["StatusCallback"]) if form.get("StatusCallback") else None
         now = time.time()
-        self.received.append(Received(sid, to, from_, body, callback, now))
+        self.received.append(
+            Received(
+                sid,
+                to,
+                from_,
+                body,
+                callback,
+                now,
+                content_sid=str(form["ContentSid"]) if form.get("ContentSid") else None,
+                content_variables=(
+                    str(form["ContentVariables"]) if form.get("ContentVariables") else None
+                ),
+            )
+        )
         if callback:
             self._schedule_callbacks(callback, account_sid, sid, to, from_)
         created = rfc2822(datetime.fromtimestamp(now, UTC))

@@ -1,0 +1,184 @@
+"""The side effects a conversation asks for: send a message, end it, post its events."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.providers.twilio import TwilioCarrier, Verdict
+from activities.webhooks import post_event
+from settings import Settings
+from store import conversations, opt_outs
+from workflows.contracts import (
+    ConversationEvent,
+    ConversationRef,
+    EndConversationInput,
+    SendMessageInput,
+    SendMessageResult,
+)
+
+log = structlog.get_logger(__name__)
+
+MESSAGE_EVENT_FIELDS = (
+    "sender",
+    "kind",
+    "channel",
+    "body",
+    "content_sid",
+    "status",
+    "carrier_sid",
+    "error_code",
+    "error_message",
+)
+
+
+def carrier_address(number: str, channel: str) -> str:
+    """Twilio addresses WhatsApp users and senders as `whatsapp:+E164`."""
+    return f"whatsapp:{number}" if channel == "whatsapp" else number
+
+
+class ConversationActivities:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        carrier: TwilioCarrier,
+        http: httpx.AsyncClient,
+        settings: Settings,
+    ) -> None:
+        self._pool = pool
+        self._carrier = carrier
+        self._http = http
+        self._settings = settings
+
+    @activity.defn
+    async def send_conversation_message(self, input: SendMessageInput) -> SendMessageResult:
+        message_id = uuid.UUID(input.message_id)
+        if input.body is not None and input.conversation_id is not None:
+            await conversations.add_agent_message(
+                self._pool,
+                message_id=message_id,
+                conversation_id=uuid.UUID(input.conversation_id),
+                kind=input.kind,
+                body=input.body,
+            )
+        attempt = activity.info().attempt
+        message = await conversations.claim_message(
+            self._pool, message_id, first_attempt=attempt == 1
+        )
+        if message is None:
+            status, code = await conversations.message_status(self._pool, message_id)
+            return SendMessageResult(status=status, error_code=code)
+        # HELP is answered even after STOP: carriers require it.
+        if message.kind != "help" and await opt_outs.is_opted_out(
+            self._pool, message.account_id, message.user_number
+        ):
+            await conversations.record_outcome(
+                self._pool, message_id, status="skipped", error_code="opted_out"
+            )
+            return SendMessageResult(status="skipped", error_code="opted_out")
+        result = await self._carrier.send(
+            to=carrier_address(message.user_number, message.channel),
+            from_=carrier_address(message.agent_number, message.channel),
+            body=message.body or "",
+            status_callback=None,
+            content_sid=message.content_sid,
+            content_variables=message.content_variables,
+        )
+        if result.verdict is Verdict.RETRY and attempt < input.attempts:
+            await conversations.requeue_message(
+                self._pool,
+                message_id,
+                error_code=result.error_code,
+                error_message=result.error_message,
+            )
+            raise ApplicationError(
+                f"carrier deferred the message ({result.error_code})",
+                type="CarrierDeferred",
+                next_retry_delay=(
+                    timedelta(seconds=result.retry_after) if result.retry_after else None
+                ),
+            )
+        # Out of attempts, a deferred message fails: a reply minutes late is worse than none.
+        status = Verdict.FAILED.value if result.verdict is Verdict.RETRY else result.verdict.value
+        await conversations.record_outcome(
+            self._pool,
+            message_id,
+            status=status,
+            carrier_sid=result.sid,
+            error_code=result.error_code,
+            error_message=result.error_message,
+        )
+        log.info("conversation message", message_id=input.message_id, status=status)
+        return SendMessageResult(status=status, error_code=result.error_code)
+
+    @activity.defn
+    async def conversation_state(self, input: ConversationRef) -> str:
+        conversation = await conversations.conversation_for_workflow(
+            self._pool, uuid.UUID(input.conversation_id)
+        )
+        return conversation["state"]
+
+    @activity.defn
+    async def end_conversation(self, input: EndConversationInput) -> None:
+        await conversations.end_conversation(
+            self._pool, uuid.UUID(input.conversation_id), input.state
+        )
+        log.info("conversation ended", conversation_id=input.conversation_id, state=input.state)
+
+    @activity.defn
+    async def post_conversation_event(self, event: ConversationEvent) -> None:
+        """POST the event to the conversation's webhook; a failing receiver is only logged."""
+        conversation = await conversations.conversation_for_workflow(
+            self._pool, uuid.UUID(event.conversation_id)
+        )
+        url: str | None = conversation["webhook"]
+        if not url:
+            return
+        payload = await self._payload(conversation, event)
+        attempt = await post_event(self._http, url, payload)
+        log.info(
+            "conversation event posted",
+            conversation_id=event.conversation_id,
+            kind=payload["event"],
+            status_code=attempt.status_code,
+            error=attempt.error,
+        )
+
+    async def _payload(self, conversation: dict, event: ConversationEvent) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "event": "message" if event.message_id else "status",
+            "conversation_id": event.conversation_id,
+            "workflow_id": conversation["workflow_id"],
+            "agent_number": conversation["agent_number"],
+            "user_number": conversation["user_number"],
+            "timestamp": datetime.now(UTC).isoformat(),
+        }
+        if event.message_id:
+            message = await conversations.message_for_workflow(
+                self._pool, uuid.UUID(event.message_id)
+            )
+            payload["message_id"] = event.message_id
+            payload.update({name: message[name] for name in MESSAGE_EVENT_FIELDS})
+        else:
+            payload["status"] = event.state
+            if conversation["timed_out_at"] is not None:
+                payload["timed_out_at"] = conversation["timed_out_at"].isoformat()
+        for name in ("metadata", "request_data"):
+            if conversation[name]:
+                payload[name] = conversation[name]
+        return payload
+
+    def registered(self) -> list[Any]:
+        """The bound activity methods, for the worker to register."""
+        return [
+            self.send_conversation_message,
+            self.conversation_state,
+            self.end_conversation,
+            self.post_conversation_event,
+        ]

@@ -1,0 +1,130 @@
+"""Request bodies and reply shapes of single sends and conversations."""
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, Field, field_validator
+
+from api.models import Page
+
+# Bland fields Herald accepts and keeps on the conversation, and does not act on.
+STORED_FIELDS = (
+    "persona_id",
+    "persona_version",
+    "persona_settings",
+    "pathway_id",
+    "pathway_version",
+    "start_node_id",
+    "disposition_ids",
+    "citation_schema_ids",
+)
+
+
+class StoredFields(BaseModel):
+    persona_id: str | None = None
+    persona_version: int | str | None = None
+    persona_settings: dict[str, Any] | None = None
+    pathway_id: str | None = None
+    pathway_version: int | str | None = None
+    start_node_id: str | None = None
+    disposition_ids: list[str] | None = None
+    citation_schema_ids: list[str] | None = None
+
+
+class SendRequest(StoredFields):
+    user_number: str = Field(min_length=1, description="E.164 number of the person messaged.")
+    agent_number: str = Field(min_length=1, description="A registered sender of the account.")
+    agent_message: str | None = Field(
+        None, description="The text sent; required unless `content_sid` is given."
+    )
+    request_data: dict[str, Any] | None = Field(
+        None, description="Kept on the conversation and echoed in its webhook events."
+    )
+    new_conversation: bool = Field(
+        False, description="End the pair's active conversation and start a new one."
+    )
+    metadata: dict[str, Any] | None = Field(None, description="Echoed in every webhook event.")
+    webhook: AnyHttpUrl | None = Field(None, description="Receives message and status events.")
+    channel: Literal["sms", "whatsapp"] = "sms"
+    content_sid: str | None = Field(None, description="Twilio content template (HX...).")
+    content_variables: dict[str, Any] | None = Field(
+        None, description="Template variables: an object, or a JSON object as a string."
+    )
+    time_out: float | None = Field(
+        None, allow_inf_nan=False, description="Seconds of user silence before the timeout."
+    )
+    timeout_message: str | None = Field(None, description="Sent when the conversation times out.")
+    warning_time: float | None = Field(
+        None, allow_inf_nan=False, description="Seconds of user silence before the warning."
+    )
+    warning_message: str | None = Field(None, description="Sent after `warning_time`.")
+
+    @field_validator("content_variables", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        """Twilio takes the variables as a JSON string: accept that form too."""
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not JSON: {error.msg}") from error
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a JSON object")
+        return parsed
+
+
+class SendReply(BaseModel):
+    message: str = "SMS sent successfully"
+    conversation_id: str
+    message_id: str
+    workflow_id: str
+
+
+class ConversationMessage(BaseModel):
+    message_id: str
+    sender: Literal["AGENT", "USER"]
+    kind: str = Field(description="`message`, or Herald's own `warning`, `timeout`, `help`.")
+    channel: str
+    body: str | None
+    content_sid: str | None
+    content_variables: dict[str, Any] | None
+    status: str
+    carrier_sid: str | None
+    error_code: str | None
+    error_message: str | None
+    attempts: int
+    created_at: datetime
+    sent_at: datetime | None
+    updated_at: datetime
+
+
+class ConversationSummary(StoredFields):
+    conversation_id: str
+    workflow_id: str
+    agent_number: str
+    user_number: str
+    channel: str
+    state: str = Field(description="`active`, `closed` or `timeout`.")
+    webhook: str | None
+    metadata: dict[str, Any] | None
+    request_data: dict[str, Any] | None
+    time_out: float | None
+    timeout_message: str | None
+    warning_time: float | None
+    warning_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+    timed_out_at: datetime | None
+
+
+class ConversationDetail(ConversationSummary):
+    messages: list[ConversationMessage] = Field(description="Oldest first.")
+    temporal_ui_url: str
+
+
+class ConversationList(BaseModel):
+    conversations: list[ConversationSummary]
+    pagination: Page

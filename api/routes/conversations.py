@@ -1,0 +1,76 @@
+"""Conversations: list and read them; the carrier's inbound-message webhook feeds them."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from api.conversation_models import ConversationDetail, ConversationList
+from api.deps import AccountId, AppSettings, Pool, Temporal
+from api.errors import InvalidRequest
+from api.models import Envelope, Page
+from api.services import conversations as service
+from api.services import inbound
+from phones import to_e164
+from store.conversations import STATES
+
+router = APIRouter(tags=["conversations"])
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+
+
+@router.get("/v1/sms/conversations", response_model=Envelope[ConversationList])
+async def list_conversations(
+    account_id: AccountId,
+    pool: Pool,
+    user_number: Annotated[str | None, Query(description="Only with this user.")] = None,
+    agent_number: Annotated[str | None, Query(description="Only from this sender.")] = None,
+    state: Annotated[str | None, Query(description=f"One of {', '.join(STATES)}")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict:
+    """The account's conversations, newest first."""
+    if state is not None and state not in STATES:
+        raise InvalidRequest(f"state must be one of {', '.join(STATES)}")
+    rows, total = await service.list_conversations(
+        pool,
+        account_id,
+        agent_number=agent_number and (to_e164(agent_number, require_valid=False) or agent_number),
+        user_number=user_number and (to_e164(user_number, require_valid=False) or user_number),
+        state=state,
+        limit=limit,
+        offset=offset,
+    )
+    page = Page(limit=limit, offset=offset, total=total)
+    return {"data": ConversationList(conversations=rows, pagination=page)}
+
+
+@router.get("/v1/sms/conversations/{conversation_id}", response_model=Envelope[ConversationDetail])
+async def get_conversation(
+    account_id: AccountId, pool: Pool, settings: AppSettings, conversation_id: str
+) -> dict:
+    """One conversation with all its messages, both directions, oldest first."""
+    return {"data": await service.get_conversation(pool, settings, account_id, conversation_id)}
+
+
+@router.post(
+    "/v1/webhooks/twilio/inbound",
+    response_class=Response,
+    responses={200: {"content": {"text/xml": {}}, "description": "Empty TwiML"}},
+)
+async def twilio_inbound(
+    request: Request,
+    pool: Pool,
+    temporal: Temporal,
+    settings: AppSettings,
+    x_twilio_signature: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The carrier's webhook for messages users send to a registered sender (form body)."""
+    form = await request.form()
+    params = {name: str(value) for name, value in form.items()}
+    # The carrier signs the public URL it posted to, which a proxy in front may have changed.
+    url = settings.api_url.rstrip("/") + request.url.path
+    if request.url.query:
+        url += "?" + request.url.query
+    inbound.verify_signature(settings, url, params, x_twilio_signature)
+    await inbound.receive(pool, temporal, settings, params)
+    return Response(EMPTY_TWIML, media_type="text/xml")

@@ -1,0 +1,33 @@
+"""Single sends: one message to one person, inside the pair's conversation."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+
+from api.conversation_models import SendReply, SendRequest
+from api.deps import AccountId, AppSettings, Pool, Temporal
+from api.models import Envelope
+from api.services import send as service
+
+router = APIRouter(tags=["send"])
+
+
+@router.post("/v1/sms/send", response_model=Envelope[SendReply])
+async def send_sms(
+    account_id: AccountId,
+    pool: Pool,
+    temporal: Temporal,
+    settings: AppSettings,
+    body: SendRequest,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            description="The same key with the same body returns the first reply, sending nothing.",
+        ),
+    ] = None,
+) -> dict:
+    """Send one message; answers once it is recorded and handed to its conversation."""
+    reply = await service.send_message(pool, temporal, settings, account_id, body, idempotency_key)
+    return {"data": reply}

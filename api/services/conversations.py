@@ -1,0 +1,149 @@
+"""Signalling a pair's ConversationWorkflow, and reading conversations."""
+
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.service import RPCError
+
+from api.conversation_models import (
+    STORED_FIELDS,
+    ConversationDetail,
+    ConversationMessage,
+    ConversationSummary,
+)
+from api.errors import HeraldError
+from api.services.batches import TemporalUnavailable
+from settings import Settings
+from store import conversations
+from workflows.contracts import (
+    ACCOUNT_ID,
+    AGENT_NUMBER,
+    ConversationInput,
+    ConversationSignal,
+    SilenceTimers,
+)
+
+
+class ConversationNotFound(HeraldError):
+    status_code = 404
+    code = "CONVERSATION_NOT_FOUND"
+
+
+async def signal_conversation(
+    temporal: Client,
+    settings: Settings,
+    conversation: dict[str, Any],
+    *,
+    message_id: uuid.UUID,
+    sender: str,
+    kind: str = "message",
+    timers: SilenceTimers | None = None,
+) -> None:
+    """Hand a recorded message to the pair's workflow, starting a run if none is open."""
+    conversation_id = str(conversation["id"])
+    try:
+        await temporal.start_workflow(
+            "ConversationWorkflow",
+            ConversationInput(
+                conversation_id=conversation_id,
+                conversation_seq=conversation["seq"],
+                account_id=str(conversation["account_id"]),
+                agent_number=conversation["agent_number"],
+                user_number=conversation["user_number"],
+            ),
+            id=conversation["workflow_id"],
+            task_queue=settings.task_queue,
+            start_signal="message",
+            start_signal_args=[
+                ConversationSignal(
+                    conversation_id=conversation_id,
+                    conversation_seq=conversation["seq"],
+                    message_id=str(message_id),
+                    sender=sender,
+                    kind=kind,
+                    timers=timers,
+                )
+            ],
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(ACCOUNT_ID, str(conversation["account_id"])),
+                    SearchAttributePair(AGENT_NUMBER, conversation["agent_number"]),
+                ]
+            ),
+        )
+    except (RuntimeError, RPCError) as error:
+        raise TemporalUnavailable(
+            f"the message is recorded but its conversation could not be signalled ({error})"
+        ) from error
+
+
+def parse_conversation_id(value: str) -> uuid.UUID:
+    """A malformed id cannot name anything of the caller's: the same 404 as a missing one."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ConversationNotFound(f"{value!r} is not a conversation of this account") from None
+
+
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
+    stored = row["stored_fields"] or {}
+    return {
+        **row,
+        **{name: stored.get(name) for name in STORED_FIELDS},
+        "conversation_id": str(row["id"]),
+    }
+
+
+def _message(row: dict[str, Any]) -> ConversationMessage:
+    variables = row["content_variables"]
+    return ConversationMessage(
+        **{
+            **row,
+            "message_id": str(row["id"]),
+            "content_variables": json.loads(variables) if variables else None,
+        }
+    )
+
+
+async def list_conversations(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    *,
+    agent_number: str | None,
+    user_number: str | None,
+    state: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[ConversationSummary], int]:
+    rows, total = await conversations.list_conversations(
+        pool,
+        account_id,
+        agent_number=agent_number,
+        user_number=user_number,
+        state=state,
+        limit=limit,
+        offset=offset,
+    )
+    return [ConversationSummary(**_summary(r)) for r in rows], total
+
+
+async def get_conversation(
+    pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, conversation_id: str
+) -> ConversationDetail:
+    row = await conversations.get_conversation(
+        pool, account_id, parse_conversation_id(conversation_id)
+    )
+    if row is None:
+        raise ConversationNotFound(f"no conversation {conversation_id!r}")
+    rows = await conversations.list_messages(pool, account_id, row["id"])
+    ui = (
+        f"{settings.temporal_ui_base}/namespaces/{settings.temporal_namespace}"
+        f"/workflows/{row['workflow_id']}"
+    )
+    return ConversationDetail(
+        **_summary(row), messages=[_message(r) for r in rows], temporal_ui_url=ui
+    )

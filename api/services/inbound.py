@@ -1,0 +1,107 @@
+"""Inbound messages from the carrier: checked, routed to their conversation, STOP and HELP."""
+
+import uuid
+
+import asyncpg
+import structlog
+from temporalio.client import Client
+from twilio.request_validator import RequestValidator
+
+from api.errors import HeraldError, InvalidRequest
+from api.services.batches import AgentNumberNotFound, TemporalUnavailable
+from api.services.conversations import signal_conversation
+from phones import to_e164
+from settings import Settings
+from store import conversations, numbers, opt_outs
+from workflows.contracts import conversation_workflow_id
+
+log = structlog.get_logger(__name__)
+
+OPT_OUT_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+OPT_IN_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
+HELP_KEYWORD = "HELP"
+WHATSAPP_PREFIX = "whatsapp:"
+
+
+class InvalidSignature(HeraldError):
+    status_code = 403
+    code = "INVALID_SIGNATURE"
+
+
+class AlreadyRecorded(Exception):
+    """The carrier posted this message before: nothing is recorded or signalled again."""
+
+
+def verify_signature(
+    settings: Settings, url: str, params: dict[str, str], signature: str | None
+) -> None:
+    """Only the carrier, signing with the account's auth token, may post inbound messages."""
+    validator = RequestValidator(settings.twilio_auth_token)
+    if not signature or not validator.validate(url, params, signature):
+        raise InvalidSignature("X-Twilio-Signature is missing or does not match this request")
+
+
+def address(value: str) -> tuple[str, str]:
+    """The channel and the E.164 number of a carrier address (`+1...` or `whatsapp:+1...`)."""
+    channel = "whatsapp" if value.startswith(WHATSAPP_PREFIX) else "sms"
+    number = value.removeprefix(WHATSAPP_PREFIX).strip()
+    return channel, to_e164(number, require_valid=False) or number
+
+
+async def receive(
+    pool: asyncpg.Pool, temporal: Client, settings: Settings, params: dict[str, str]
+) -> None:
+    """Record a user's message in the pair's active conversation (opening one if none is)
+    and signal it; STOP and START change the opt-out of every account using the sender."""
+    carrier_sid = params.get("MessageSid")
+    if not carrier_sid or not params.get("From") or not params.get("To"):
+        raise InvalidRequest("MessageSid, From and To are required")
+    channel, agent_number = address(params["To"])
+    _, user_number = address(params["From"])
+    body = params.get("Body", "")
+    owners = await numbers.accounts_for_number(pool, agent_number)
+    if not owners:
+        raise AgentNumberNotFound(f"{agent_number} is not a registered sender")
+    keyword = body.strip().upper()
+    # The carrier blocks the sender for this user after STOP, whichever account sends.
+    for owner in owners:
+        if keyword in OPT_OUT_KEYWORDS:
+            await opt_outs.add_opt_out(pool, owner, user_number, source="inbound")
+        elif keyword in OPT_IN_KEYWORDS:
+            await opt_outs.remove_opt_out(pool, owner, user_number)
+    account_id = await conversations.latest_account(pool, owners, agent_number, user_number)
+    account_id = account_id or owners[0]
+    help_id: uuid.UUID | None = None
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            conversation = await conversations.open_conversation(
+                conn,
+                account_id=account_id,
+                agent_number=agent_number,
+                user_number=user_number,
+                workflow_id=conversation_workflow_id(str(account_id), agent_number, user_number),
+                fields=conversations.ConversationFields(channel=channel),
+            )
+            message_id = await conversations.record_user_message(
+                conn, conversation=conversation, channel=channel, body=body, carrier_sid=carrier_sid
+            )
+            if message_id is None:
+                raise AlreadyRecorded(carrier_sid)
+            if keyword == HELP_KEYWORD:
+                help_id = await conversations.queue_agent_message(
+                    conn, conversation=conversation, kind="help", body=settings.help_reply
+                )
+    except AlreadyRecorded:
+        log.info("inbound message repeated by the carrier", carrier_sid=carrier_sid)
+        return
+    try:
+        await signal_conversation(
+            temporal, settings, conversation, message_id=message_id, sender="USER"
+        )
+    except TemporalUnavailable:
+        await conversations.forget_messages(pool, [m for m in (message_id, help_id) if m])
+        raise
+    if help_id is not None:
+        await signal_conversation(
+            temporal, settings, conversation, message_id=help_id, sender="AGENT", kind="help"
+        )

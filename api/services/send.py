@@ -1,0 +1,235 @@
+"""Single sends: one message to one person inside the pair's conversation, safe to retry."""
+
+import asyncio
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+from temporalio.client import Client
+
+from api.conversation_models import STORED_FIELDS, SendReply, SendRequest
+from api.errors import HeraldError
+from api.services.batches import AgentNumberNotFound
+from api.services.conversations import signal_conversation
+from phones import to_e164
+from settings import Settings
+from store import conversations, idempotency, numbers
+from workflows.contracts import SilenceTimers, conversation_workflow_id
+
+# How often a request waits on the first request with its idempotency key.
+POLL_SECONDS = 0.05
+
+
+class MissingAgentMessage(HeraldError):
+    code = "MISSING_AGENT_MESSAGE"
+
+
+class InvalidTimeoutConfig(HeraldError):
+    code = "INVALID_TIMEOUT_CONFIG"
+
+
+class InvalidUserNumber(HeraldError):
+    code = "INVALID_USER_NUMBER"
+
+
+class IdempotencyKeyReused(HeraldError):
+    status_code = 409
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class IdempotencyKeyInProgress(HeraldError):
+    status_code = 409
+    code = "IDEMPOTENCY_KEY_IN_PROGRESS"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedSend:
+    """A checked request, numbers in E.164, in the form its idempotency hash is taken of."""
+
+    account_id: uuid.UUID
+    user_number: str
+    agent_number: str
+    body: SendRequest
+    timers: SilenceTimers | None
+
+    @property
+    def content_variables(self) -> str | None:
+        variables = self.body.content_variables
+        return json.dumps(variables) if variables is not None else None
+
+    def request_hash(self) -> str:
+        request = self.body.model_dump(mode="json", exclude_none=True)
+        request.update(user_number=self.user_number, agent_number=self.agent_number)
+        return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
+def silence_timers(body: SendRequest) -> SilenceTimers | None:
+    """The send's timers, None when it sets none (the conversation keeps its own)."""
+    if body.time_out is None and body.warning_time is None:
+        if body.timeout_message or body.warning_message:
+            raise InvalidTimeoutConfig("timeout_message and warning_message need their times")
+        return None
+    for name, value in (("time_out", body.time_out), ("warning_time", body.warning_time)):
+        if value is not None and value <= 0:
+            raise InvalidTimeoutConfig(f"{name} must be more than 0 seconds")
+    if body.time_out is not None and body.warning_time is not None:
+        if body.warning_time >= body.time_out:
+            raise InvalidTimeoutConfig("warning_time must be less than time_out")
+    if body.warning_time is not None and not body.warning_message:
+        raise InvalidTimeoutConfig("warning_time needs a warning_message")
+    if body.warning_time is None and body.warning_message:
+        raise InvalidTimeoutConfig("warning_message needs a warning_time")
+    if body.time_out is None and body.timeout_message:
+        raise InvalidTimeoutConfig("timeout_message needs a time_out")
+    return SilenceTimers(
+        time_out=body.time_out,
+        timeout_message=body.timeout_message,
+        warning_time=body.warning_time,
+        warning_message=body.warning_message,
+    )
+
+
+def prepare(account_id: uuid.UUID, body: SendRequest) -> PreparedSend:
+    """The request checked and normalised; the sender is checked only when it is sent, so a
+    repeated request gets its first reply even if the sender was removed in between."""
+    if not (body.agent_message and body.agent_message.strip()) and not body.content_sid:
+        raise MissingAgentMessage("agent_message (or content_sid) is required: Herald writes none")
+    timers = silence_timers(body)
+    user_number = to_e164(body.user_number)
+    if user_number is None:
+        raise InvalidUserNumber(f"{body.user_number!r} is not a valid phone number")
+    agent_number = to_e164(body.agent_number, require_valid=False)
+    if agent_number is None:
+        raise AgentNumberNotFound(f"{body.agent_number!r} is not a phone number")
+    return PreparedSend(
+        account_id=account_id,
+        user_number=user_number,
+        agent_number=agent_number,
+        body=body,
+        timers=timers,
+    )
+
+
+async def send_message(
+    pool: asyncpg.Pool,
+    temporal: Client,
+    settings: Settings,
+    account_id: uuid.UUID,
+    body: SendRequest,
+    idempotency_key: str | None,
+) -> SendReply:
+    prepared = prepare(account_id, body)
+    if idempotency_key is None:
+        return await _send(pool, temporal, settings, prepared)
+    request_hash = prepared.request_hash()
+    ttl = timedelta(hours=settings.idempotency_ttl_hours)
+    while True:
+        if await idempotency.claim(pool, account_id, idempotency_key, request_hash, ttl=ttl):
+            try:
+                reply = await _send(pool, temporal, settings, prepared)
+            except Exception:
+                # Nothing reached the conversation (refused or not signalled): free the key.
+                await idempotency.release(pool, account_id, idempotency_key)
+                raise
+            await idempotency.complete(pool, account_id, idempotency_key, reply.model_dump())
+            return reply
+        reply = await _first_reply(
+            pool, account_id, idempotency_key, request_hash, settings.idempotency_wait_seconds
+        )
+        if reply is not None:
+            return reply
+
+
+async def _first_reply(
+    pool: asyncpg.Pool, account_id: uuid.UUID, key: str, request_hash: str, wait_seconds: float
+) -> SendReply | None:
+    """The reply of the request that holds the key, once it has one; None if the key is free."""
+    while True:
+        stored = await idempotency.get(pool, account_id, key)
+        if stored is None:
+            return None
+        if stored.request_hash != request_hash:
+            raise IdempotencyKeyReused(
+                f"idempotency key {key!r} was used with a different request body"
+            )
+        if stored.reply is not None:
+            return SendReply(**stored.reply)
+        if stored.claimed_seconds_ago >= wait_seconds:
+            raise IdempotencyKeyInProgress(
+                f"the first request with idempotency key {key!r} has not finished; retry later"
+            )
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def _send(
+    pool: asyncpg.Pool, temporal: Client, settings: Settings, prepared: PreparedSend
+) -> SendReply:
+    body = prepared.body
+    if not await numbers.has_number(pool, prepared.account_id, prepared.agent_number):
+        raise AgentNumberNotFound(
+            f"{prepared.agent_number} is not a registered sender of this account"
+        )
+    stored: dict[str, Any] = {
+        name: value for name in STORED_FIELDS if (value := getattr(body, name)) is not None
+    }
+    fields = conversations.ConversationFields(
+        channel=body.channel,
+        webhook=str(body.webhook) if body.webhook else None,
+        metadata=body.metadata,
+        request_data=body.request_data,
+        timers=(
+            conversations.Timers(
+                time_out=prepared.timers.time_out,
+                timeout_message=prepared.timers.timeout_message,
+                warning_time=prepared.timers.warning_time,
+                warning_message=prepared.timers.warning_message,
+            )
+            if prepared.timers
+            else None
+        ),
+        stored_fields=stored,
+    )
+    workflow_id = conversation_workflow_id(
+        str(prepared.account_id), prepared.agent_number, prepared.user_number
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        conversation = await conversations.open_conversation(
+            conn,
+            account_id=prepared.account_id,
+            agent_number=prepared.agent_number,
+            user_number=prepared.user_number,
+            workflow_id=workflow_id,
+            fields=fields,
+            close_current=body.new_conversation,
+        )
+        message_id = await conversations.queue_agent_message(
+            conn,
+            conversation=conversation,
+            kind="message",
+            body=body.agent_message,
+            content_sid=body.content_sid,
+            content_variables=prepared.content_variables,
+        )
+    try:
+        await signal_conversation(
+            temporal,
+            settings,
+            conversation,
+            message_id=message_id,
+            sender="AGENT",
+            timers=prepared.timers,
+        )
+    except HeraldError as error:
+        await conversations.fail_queued_message(
+            pool, message_id, error_code=error.code, error_message=error.message
+        )
+        raise
+    return SendReply(
+        conversation_id=str(conversation["id"]),
+        message_id=str(message_id),
+        workflow_id=workflow_id,
+    )

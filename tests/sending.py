@@ -1,0 +1,113 @@
+"""Builders shared by the single-send tests: sends, signed inbound posts, waiting on the stack."""
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+from twilio.request_validator import RequestValidator
+
+from settings import Settings
+from tests.conftest import Account
+from tests.helpers import emulator_messages
+
+INBOUND_PATH = "/v1/webhooks/twilio/inbound"
+WAIT_SECONDS = 30
+
+T = TypeVar("T")
+
+
+async def send(
+    api: httpx.AsyncClient,
+    account: Account,
+    user_number: str,
+    *,
+    key: str | None = None,
+    agent_number: str | None = None,
+    **body: Any,
+) -> httpx.Response:
+    payload = {"user_number": user_number, "agent_number": agent_number or account.agent_number}
+    payload.update(body)
+    headers = dict(account.headers)
+    if key is not None:
+        headers["idempotency-key"] = key
+    return await api.post("/v1/sms/send", headers=headers, json=payload)
+
+
+def inbound_form(settings: Settings, *, to: str, from_: str, body: str) -> dict[str, str]:
+    """The form Twilio posts for a message a user sends to one of the account's numbers."""
+    return {
+        "AccountSid": settings.twilio_account_sid,
+        "ApiVersion": "2010-04-01",
+        "Body": body,
+        "From": from_,
+        "MessageSid": "SM" + secrets.token_hex(16),
+        "NumMedia": "0",
+        "To": to,
+    }
+
+
+async def post_inbound(
+    api: httpx.AsyncClient,
+    settings: Settings,
+    form: dict[str, str],
+    *,
+    signature: str | None = None,
+) -> httpx.Response:
+    """Post the form signed as Twilio signs it: over the API's public URL, with its auth token."""
+    if signature is None:
+        validator = RequestValidator(settings.twilio_auth_token)
+        signature = validator.compute_signature(settings.api_url + INBOUND_PATH, form)
+    return await api.post(INBOUND_PATH, data=form, headers={"X-Twilio-Signature": signature})
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], ready: Callable[[T], bool], *, seconds: float = WAIT_SECONDS
+) -> T:
+    """Probe until `ready` holds for its result (at most `seconds`); return that result."""
+    async with asyncio.timeout(seconds):
+        while True:
+            value = await probe()
+            if ready(value):
+                return value
+            await asyncio.sleep(0.1)
+
+
+async def received_by(emulator_url: str, to: str, count: int) -> list[dict[str, Any]]:
+    """The emulator's messages to `to`, once there are at least `count`."""
+    return await eventually(
+        lambda: emulator_messages(emulator_url, to=to), lambda found: len(found) >= count
+    )
+
+
+async def conversation(
+    api: httpx.AsyncClient, account: Account, conversation_id: str
+) -> dict[str, Any]:
+    response = await api.get(f"/v1/sms/conversations/{conversation_id}", headers=account.headers)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+async def conversation_when(
+    api: httpx.AsyncClient,
+    account: Account,
+    conversation_id: str,
+    ready: Callable[[dict[str, Any]], bool],
+) -> dict[str, Any]:
+    return await eventually(lambda: conversation(api, account, conversation_id), ready)
+
+
+def error_code(response: httpx.Response) -> str:
+    body = response.json()
+    assert body["data"] is None, body
+    return body["errors"][0]["error"]
+
+
+async def send_ok(
+    api: httpx.AsyncClient, account: Account, user_number: str, **body: Any
+) -> dict[str, Any]:
+    """The reply's `data` of a send that must succeed."""
+    response = await send(api, account, user_number, **body)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]

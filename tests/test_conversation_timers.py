@@ -1,0 +1,158 @@
+"""Silence timers of conversations on the real stack: warning, timeout, resets, and durability
+across a worker restart (Temporal keeps the timers, not the worker)."""
+
+import asyncio
+import secrets
+import time
+from datetime import datetime
+from typing import Any
+
+import httpx
+from temporalio.client import Client
+
+from settings import Settings
+from tests.conftest import Account, WebhookReceiver, api_client
+from tests.helpers import emulator_messages, unique_numbers
+from tests.sending import (
+    conversation_when,
+    inbound_form,
+    post_inbound,
+    received_by,
+    send_ok,
+)
+from worker import herald_worker
+
+TIMERS = {
+    "warning_time": 2,
+    "warning_message": "Are you still there?",
+    "time_out": 4,
+    "timeout_message": "Closing this chat for now.",
+}
+
+
+def arrival(message: dict[str, Any]) -> float:
+    return datetime.fromisoformat(message["received_at"]).timestamp()
+
+
+def timed_out(detail: dict[str, Any]) -> bool:
+    return detail["state"] == "timeout"
+
+
+async def test_silence_sends_the_warning_then_the_timeout_and_ends_the_conversation(
+    api: httpx.AsyncClient, account: Account, emulator_url: str, webhooks: WebhookReceiver
+) -> None:
+    user = unique_numbers(1)[0]
+    run = secrets.token_hex(6)
+
+    data = await send_ok(
+        api,
+        account,
+        user,
+        agent_message="Your order is ready",
+        webhook=webhooks.url(run),
+        metadata={"run": run},
+        **TIMERS,
+    )
+
+    first, warning, timeout = await received_by(emulator_url, user, 3)
+    assert [first["body"], warning["body"], timeout["body"]] == [
+        "Your order is ready",
+        TIMERS["warning_message"],
+        TIMERS["timeout_message"],
+    ]
+    assert 2 <= arrival(warning) - arrival(first) < 4
+    assert 4 <= arrival(timeout) - arrival(first) < 8
+    detail = await conversation_when(api, account, data["conversation_id"], timed_out)
+    assert detail["timed_out_at"] is not None and detail["ended_at"] is not None
+    assert [(m["sender"], m["kind"], m["status"]) for m in detail["messages"]] == [
+        ("AGENT", "message", "sent"),
+        ("AGENT", "warning", "sent"),
+        ("AGENT", "timeout", "sent"),
+    ]
+    events = await webhooks.wait_for(run, "timeout")
+    assert [(e["event"], e.get("kind"), e["status"]) for e in events] == [
+        ("status", None, "active"),
+        ("message", "message", "sent"),
+        ("message", "warning", "sent"),
+        ("message", "timeout", "sent"),
+        ("status", None, "timeout"),
+    ]
+    assert events[-1]["timed_out_at"] is not None
+    assert all(e["metadata"] == {"run": run} for e in events)
+    assert all(e["conversation_id"] == data["conversation_id"] for e in events)
+
+
+async def test_a_reply_resets_the_silence_clock(
+    api: httpx.AsyncClient, account: Account, settings: Settings, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+    data = await send_ok(api, account, user, agent_message="Shall I book it?", **TIMERS)
+    [first] = await received_by(emulator_url, user, 1)
+    await asyncio.sleep(1.2)
+
+    reply = await post_inbound(
+        api, settings, inbound_form(settings, to=account.agent_number, from_=user, body="Hmm")
+    )
+    replied_at = time.time()
+
+    assert reply.status_code == 200, reply.text
+    _, warning, timeout = await received_by(emulator_url, user, 3)
+    assert arrival(warning) - arrival(first) >= 3
+    assert arrival(warning) - replied_at >= 1.8
+    assert arrival(timeout) - replied_at >= 3.8
+    detail = await conversation_when(api, account, data["conversation_id"], timed_out)
+    assert [(m["sender"], m["kind"]) for m in detail["messages"]] == [
+        ("AGENT", "message"),
+        ("USER", "message"),
+        ("AGENT", "warning"),
+        ("AGENT", "timeout"),
+    ]
+
+
+async def test_timers_persist_until_another_send_replaces_them(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+    await send_ok(api, account, user, agent_message="first", **TIMERS)
+    [first] = await received_by(emulator_url, user, 1)
+    await asyncio.sleep(1)
+
+    data = await send_ok(api, account, user, agent_message="second")
+
+    _, second, warning, timeout = await received_by(emulator_url, user, 4)
+    assert [second["body"], warning["body"], timeout["body"]] == [
+        "second",
+        TIMERS["warning_message"],
+        TIMERS["timeout_message"],
+    ]
+    assert arrival(warning) - arrival(second) >= 2
+    assert arrival(warning) - arrival(first) >= 3
+    assert arrival(timeout) - arrival(second) >= 4
+    detail = await conversation_when(api, account, data["conversation_id"], timed_out)
+    assert (detail["warning_time"], detail["time_out"]) == (2, 4)
+
+
+async def test_the_timers_fire_after_a_worker_restart(
+    settings: Settings, temporal: Client, account: Account, emulator_url: str
+) -> None:
+    own_queue = settings.model_copy(update={"task_queue": f"herald-restart-{secrets.token_hex(4)}"})
+    user = unique_numbers(1)[0]
+    async with api_client(own_queue) as api:
+        async with herald_worker(temporal, own_queue) as first_worker, first_worker:
+            data = await send_ok(api, account, user, agent_message="See you soon", **TIMERS)
+            await received_by(emulator_url, user, 1)
+        stopped_at = time.time()
+        # Both timers come due while no worker runs.
+        await asyncio.sleep(5)
+        assert len(await emulator_messages(emulator_url, to=user)) == 1
+
+        async with herald_worker(temporal, own_queue) as second_worker, second_worker:
+            _, warning, timeout = await received_by(emulator_url, user, 3)
+            detail = await conversation_when(api, account, data["conversation_id"], timed_out)
+
+    assert [warning["body"], timeout["body"]] == [
+        TIMERS["warning_message"],
+        TIMERS["timeout_message"],
+    ]
+    assert arrival(warning) >= stopped_at + 5
+    assert [m["kind"] for m in detail["messages"]] == ["message", "warning", "timeout"]

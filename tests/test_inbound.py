@@ -1,0 +1,333 @@
+"""The carrier's inbound webhook on the real stack: signed replies land in their conversation,
+STOP/START change opt-outs, HELP is answered, anything unsigned is refused."""
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from twilio.request_validator import RequestValidator
+
+from api.app import create_app
+from deploy.local.processes import free_port
+from settings import Settings
+from store import opt_outs
+from tests.conftest import Account, WebhookReceiver, api_client
+from tests.helpers import emulator_messages, unique_numbers
+from tests.sending import (
+    INBOUND_PATH,
+    conversation,
+    conversation_when,
+    error_code,
+    eventually,
+    inbound_form,
+    post_inbound,
+    received_by,
+    send_ok,
+)
+
+
+@pytest.fixture
+async def sender(api: httpx.AsyncClient, account: Account) -> str:
+    """A sender number of this account alone, so inbound routing has one account to find."""
+    number = unique_numbers(1)[0]
+    response = await api.post("/v1/sms/numbers", headers=account.headers, json={"number": number})
+    assert response.status_code == 201, response.text
+    return number
+
+
+async def conversations_with(api: httpx.AsyncClient, account: Account, user: str) -> list[dict]:
+    response = await api.get(
+        "/v1/sms/conversations", headers=account.headers, params={"user_number": user}
+    )
+    return response.json()["data"]["conversations"]
+
+
+async def webhook_events(webhooks: WebhookReceiver, name: str) -> list[dict]:
+    return list(webhooks.received[name])
+
+
+async def test_an_inbound_reply_lands_in_the_conversation(
+    api: httpx.AsyncClient,
+    account: Account,
+    settings: Settings,
+    sender: str,
+    webhooks: WebhookReceiver,
+) -> None:
+    user = unique_numbers(1)[0]
+    run = secrets.token_hex(6)
+    data = await send_ok(
+        api,
+        account,
+        user,
+        agent_number=sender,
+        agent_message="Table for two?",
+        webhook=webhooks.url(run),
+    )
+    form = inbound_form(settings, to=sender, from_=user, body="Yes, at 8")
+
+    response = await post_inbound(api, settings, form)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/xml")
+    assert "<Response/>" in response.text
+    detail = await conversation_when(
+        api, account, data["conversation_id"], lambda c: len(c["messages"]) == 2
+    )
+    reply = detail["messages"][1]
+    assert (reply["sender"], reply["body"], reply["status"]) == ("USER", "Yes, at 8", "received")
+    assert reply["carrier_sid"] == form["MessageSid"]
+    events = await eventually(
+        lambda: webhook_events(webhooks, run),
+        lambda found: any(e.get("sender") == "USER" for e in found),
+    )
+    [user_event] = [e for e in events if e.get("sender") == "USER"]
+    assert (user_event["body"], user_event["message_id"]) == ("Yes, at 8", reply["message_id"])
+
+
+@asynccontextmanager
+async def served_api(settings: Settings) -> AsyncIterator[Settings]:
+    """The API on a real port, as the carrier reaches it; its settings name that address."""
+    port = free_port()
+    served = settings.model_copy(update={"api_port": port})
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return server.started
+
+    try:
+        await eventually(started, bool)
+        yield served
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def test_the_carriers_signed_post_over_http_lands_in_the_conversation(
+    api: httpx.AsyncClient, account: Account, settings: Settings, sender: str, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+
+    async with served_api(settings) as served, httpx.AsyncClient() as client:
+        played = await client.post(
+            f"{emulator_url}/_emulator/inbound",
+            json={
+                "url": served.api_url + INBOUND_PATH,
+                "from": user,
+                "to": sender,
+                "body": "sent from a handset",
+            },
+        )
+
+    assert played.json()["status"] == 200
+    [opened] = await conversations_with(api, account, user)
+    detail = await conversation(api, account, opened["conversation_id"])
+    [reply] = detail["messages"]
+    assert (reply["sender"], reply["body"]) == ("USER", "sent from a handset")
+    assert reply["carrier_sid"] == played.json()["message_sid"]
+
+
+async def test_a_message_from_a_new_user_opens_a_conversation(
+    api: httpx.AsyncClient, account: Account, settings: Settings, sender: str
+) -> None:
+    user = unique_numbers(1)[0]
+
+    response = await post_inbound(
+        api, settings, inbound_form(settings, to=sender, from_=user, body="Hello?")
+    )
+
+    assert response.status_code == 200
+    [opened] = await conversations_with(api, account, user)
+    assert (opened["agent_number"], opened["state"]) == (sender, "active")
+    detail = await conversation(api, account, opened["conversation_id"])
+    assert [(m["sender"], m["body"]) for m in detail["messages"]] == [("USER", "Hello?")]
+
+
+async def test_a_message_the_carrier_posts_twice_is_recorded_once(
+    api: httpx.AsyncClient, account: Account, settings: Settings, sender: str
+) -> None:
+    user = unique_numbers(1)[0]
+    form = inbound_form(settings, to=sender, from_=user, body="once")
+
+    first = await post_inbound(api, settings, form)
+    again = await post_inbound(api, settings, form)
+
+    assert first.status_code == again.status_code == 200
+    [opened] = await conversations_with(api, account, user)
+    detail = await conversation(api, account, opened["conversation_id"])
+    assert [m["body"] for m in detail["messages"]] == ["once"]
+
+
+async def test_a_whatsapp_reply_is_recorded_on_the_whatsapp_channel(
+    api: httpx.AsyncClient, account: Account, settings: Settings, sender: str
+) -> None:
+    user = unique_numbers(1)[0]
+    form = inbound_form(settings, to=f"whatsapp:{sender}", from_=f"whatsapp:{user}", body="hi")
+
+    response = await post_inbound(api, settings, form)
+
+    assert response.status_code == 200
+    [opened] = await conversations_with(api, account, user)
+    assert (opened["user_number"], opened["channel"]) == (user, "whatsapp")
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        "",
+        "bm90IGEgc2lnbmF0dXJl",
+        RequestValidator("another-token").compute_signature("http://x/", {}),
+        "other-url",
+        "other-token",
+    ],
+)
+async def test_an_unsigned_or_wrongly_signed_post_is_refused(
+    api: httpx.AsyncClient, account: Account, settings: Settings, sender: str, signature: str
+) -> None:
+    user = unique_numbers(1)[0]
+    form = inbound_form(settings, to=sender, from_=user, body="forged")
+    if signature == "other-url":
+        signature = RequestValidator(settings.twilio_auth_token).compute_signature(
+            "http://herald.test" + INBOUND_PATH, form
+        )
+    elif signature == "other-token":
+        signature = RequestValidator("another-token").compute_signature(
+            settings.api_url + INBOUND_PATH, form
+        )
+
+    response = await post_inbound(api, settings, form, signature=signature)
+    missing = await api.post(INBOUND_PATH, data=form)
+
+    assert response.status_code == missing.status_code == 403
+    assert error_code(response) == error_code(missing) == "INVALID_SIGNATURE"
+    assert await conversations_with(api, account, user) == []
+
+
+async def test_a_post_that_cannot_reach_its_conversation_can_be_retried(
+    api: httpx.AsyncClient, account: Account, settings: Settings, sender: str, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+    form = inbound_form(settings, to=sender, from_=user, body="HELP")
+    down = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
+
+    async with api_client(down) as unreachable:
+        failed = await post_inbound(unreachable, settings, form)
+    retried = await post_inbound(api, settings, form)
+
+    assert failed.status_code == 503
+    assert error_code(failed) == "TEMPORAL_UNAVAILABLE"
+    assert retried.status_code == 200
+    [answer] = await received_by(emulator_url, user, 1)
+    assert answer["body"] == settings.help_reply
+    [opened] = await conversations_with(api, account, user)
+    detail = await conversation_when(
+        api, account, opened["conversation_id"], lambda c: c["messages"][-1]["status"] == "sent"
+    )
+    assert [(m["sender"], m["body"]) for m in detail["messages"]] == [
+        ("USER", "HELP"),
+        ("AGENT", settings.help_reply),
+    ]
+
+
+async def test_inbound_to_an_unregistered_number_is_not_found(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    nobody, user = unique_numbers(2)
+
+    response = await post_inbound(
+        api, settings, inbound_form(settings, to=nobody, from_=user, body="hello")
+    )
+
+    assert response.status_code == 404
+    assert error_code(response) == "AGENT_NUMBER_NOT_FOUND"
+
+
+async def test_stop_opts_out_and_start_opts_back_in(
+    api: httpx.AsyncClient, account: Account, settings: Settings, sender: str, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+    await send_ok(api, account, user, agent_number=sender, agent_message="Deal of the day")
+    await received_by(emulator_url, user, 1)
+
+    await post_inbound(api, settings, inbound_form(settings, to=sender, from_=user, body=" Stop "))
+    after_stop = await send_ok(api, account, user, agent_number=sender, agent_message="ignored")
+    stopped = await conversation_when(
+        api,
+        account,
+        after_stop["conversation_id"],
+        lambda c: c["messages"][-1]["status"] != "queued",
+    )
+    await post_inbound(api, settings, inbound_form(settings, to=sender, from_=user, body="start"))
+    await send_ok(api, account, user, agent_number=sender, agent_message="Welcome back")
+
+    received = await received_by(emulator_url, user, 2)
+    assert [m["body"] for m in received] == ["Deal of the day", "Welcome back"]
+    assert [(m["sender"], m["body"], m["status"]) for m in stopped["messages"]] == [
+        ("AGENT", "Deal of the day", "sent"),
+        ("USER", " Stop ", "received"),
+        ("AGENT", "ignored", "skipped"),
+    ]
+    assert stopped["messages"][-1]["error_code"] == "opted_out"
+
+
+@pytest.mark.parametrize(
+    ("keyword", "opted_out"),
+    [
+        ("STOP", True),
+        ("stopall", True),
+        ("  Unsubscribe\n", True),
+        ("cancel", True),
+        ("End", True),
+        ("QUIT", True),
+        ("stop please", False),
+        ("START", False),
+        ("yes", False),
+        ("Unstop", False),
+    ],
+)
+async def test_opt_out_keywords(
+    api: httpx.AsyncClient,
+    account: Account,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    sender: str,
+    keyword: str,
+    opted_out: bool,
+) -> None:
+    user = unique_numbers(1)[0]
+    if keyword.strip().upper() in ("START", "YES", "UNSTOP"):
+        await opt_outs.add_opt_out(pool, account.account_id, user, source="api")
+
+    response = await post_inbound(
+        api, settings, inbound_form(settings, to=sender, from_=user, body=keyword)
+    )
+
+    assert response.status_code == 200
+    assert await opt_outs.is_opted_out(pool, account.account_id, user) is opted_out
+
+
+async def test_help_is_answered_with_the_help_reply(
+    api: httpx.AsyncClient, account: Account, settings: Settings, sender: str, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+
+    await post_inbound(api, settings, inbound_form(settings, to=sender, from_=user, body="help"))
+
+    [answer] = await received_by(emulator_url, user, 1)
+    assert (answer["from"], answer["body"]) == (sender, settings.help_reply)
+    [opened] = await conversations_with(api, account, user)
+    detail = await conversation_when(
+        api, account, opened["conversation_id"], lambda c: c["messages"][-1]["status"] == "sent"
+    )
+    assert [(m["sender"], m["kind"]) for m in detail["messages"]] == [
+        ("USER", "message"),
+        ("AGENT", "help"),
+    ]
+    assert len(await emulator_messages(emulator_url, to=user)) == 1

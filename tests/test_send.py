@@ -1,0 +1,508 @@
+"""`POST /v1/sms/send` on the real stack: idempotency keys, WhatsApp and content templates,
+conversations, and every error code of single sends."""
+
+import asyncio
+import json
+import secrets
+import uuid
+from datetime import timedelta
+
+import asyncpg
+import httpx
+import pytest
+from temporalio.client import Client
+
+from api.conversation_models import SendRequest
+from api.services.send import prepare
+from settings import Settings
+from store import idempotency, numbers, opt_outs
+from store.accounts import create_account, create_api_key
+from tests.conftest import Account, WebhookReceiver, api_client
+from tests.helpers import emulator_messages, unique_numbers
+from tests.sending import (
+    conversation,
+    conversation_when,
+    error_code,
+    received_by,
+    send,
+    send_ok,
+)
+
+SENT = "SMS sent successfully"
+
+
+def all_sent(detail: dict) -> bool:
+    return all(m["status"] == "sent" for m in detail["messages"])
+
+
+async def test_a_send_reaches_the_carrier_and_its_conversation(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+
+    response = await send(
+        api,
+        account,
+        user,
+        agent_message="Your table is ready",
+        metadata={"booking": 7},
+        request_data={"name": "Ada"},
+        persona_id="persona-1",
+        pathway_version=3,
+        disposition_ids=["d1"],
+    )
+
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    digits = account.agent_number.removeprefix("+")
+    assert data["message"] == SENT
+    assert data["workflow_id"] == f"sms-conversation-{account.account_id}-{digits}-{user[1:]}"
+    [received] = await received_by(emulator_url, user, 1)
+    assert (received["from"], received["body"]) == (account.agent_number, "Your table is ready")
+    detail = await conversation_when(api, account, data["conversation_id"], all_sent)
+    assert detail["state"] == "active"
+    assert (detail["metadata"], detail["request_data"]) == ({"booking": 7}, {"name": "Ada"})
+    assert (detail["persona_id"], detail["pathway_version"]) == ("persona-1", 3)
+    assert detail["disposition_ids"] == ["d1"]
+    [message] = detail["messages"]
+    assert message["message_id"] == data["message_id"]
+    assert (message["sender"], message["body"]) == ("AGENT", "Your table is ready")
+    assert message["carrier_sid"] == received["sid"]
+
+
+async def test_the_same_key_twice_sends_once_and_returns_the_first_reply(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+
+    first = await send(api, account, user, key=key, agent_message="once")
+    second = await send(api, account, user, key=key, agent_message="once")
+
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+    detail = await conversation_when(
+        api, account, first.json()["data"]["conversation_id"], all_sent
+    )
+    assert len(detail["messages"]) == 1
+    assert len(await emulator_messages(emulator_url, to=user)) == 1
+
+
+async def test_concurrent_requests_with_one_key_send_one_message(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+
+    responses = await asyncio.gather(
+        *(send(api, account, user, key=key, agent_message="only one") for _ in range(8))
+    )
+
+    assert [r.status_code for r in responses] == [200] * 8
+    assert len({json.dumps(r.json()) for r in responses}) == 1
+    conversation_id = responses[0].json()["data"]["conversation_id"]
+    detail = await conversation_when(api, account, conversation_id, all_sent)
+    assert len(detail["messages"]) == 1
+    assert len(await emulator_messages(emulator_url, to=user)) == 1
+
+
+async def test_a_key_reused_with_another_body_is_refused(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+    first = await send(api, account, user, key=key, agent_message="first")
+
+    changed = await send(api, account, user, key=key, agent_message="second")
+
+    assert first.status_code == 200
+    assert changed.status_code == 409
+    assert error_code(changed) == "IDEMPOTENCY_KEY_REUSED"
+    await received_by(emulator_url, user, 1)
+    assert [m["body"] for m in await emulator_messages(emulator_url, to=user)] == ["first"]
+
+
+async def test_keys_belong_to_one_account(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, emulator_url: str
+) -> None:
+    other_id = await create_account(pool, "other")
+    other = Account(other_id, (await create_api_key(pool, other_id)).key, account.agent_number)
+    await numbers.add_number(pool, other_id, account.agent_number, "sms", None)
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+
+    mine = await send(api, account, user, key=key, agent_message="same key")
+    theirs = await send(api, other, user, key=key, agent_message="same key")
+
+    assert mine.status_code == theirs.status_code == 200
+    assert mine.json()["data"]["message_id"] != theirs.json()["data"]["message_id"]
+    assert len(await received_by(emulator_url, user, 2)) == 2
+
+
+async def test_a_repeated_request_waits_for_the_first_ones_reply(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+    body = {"user_number": user, "agent_number": account.agent_number, "agent_message": "wait"}
+    prepared = prepare(account.account_id, SendRequest(**body))
+    # Another request holds the key, and is still sending.
+    assert await idempotency.claim(
+        pool, account.account_id, key, prepared.request_hash(), ttl=timedelta(hours=1)
+    )
+    first_reply = {
+        "message": SENT,
+        "conversation_id": str(uuid.uuid4()),
+        "message_id": str(uuid.uuid4()),
+        "workflow_id": "sms-conversation-first",
+    }
+
+    async def finish_first() -> None:
+        await asyncio.sleep(0.5)
+        await idempotency.complete(pool, account.account_id, key, first_reply)
+
+    response, _ = await asyncio.gather(
+        send(api, account, user, key=key, agent_message="wait"), finish_first()
+    )
+
+    assert response.status_code == 200
+    assert response.json()["data"] == first_reply
+    assert await emulator_messages(emulator_url, to=user) == []
+
+
+async def test_a_key_whose_first_request_never_finishes_is_in_progress(
+    settings: Settings, account: Account, pool: asyncpg.Pool
+) -> None:
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+    body = {"user_number": user, "agent_number": account.agent_number, "agent_message": "stuck"}
+    prepared = prepare(account.account_id, SendRequest(**body))
+    assert await idempotency.claim(
+        pool, account.account_id, key, prepared.request_hash(), ttl=timedelta(hours=1)
+    )
+
+    async with api_client(settings.model_copy(update={"idempotency_wait_seconds": 0.5})) as api:
+        response = await send(api, account, user, key=key, agent_message="stuck")
+
+    assert response.status_code == 409
+    assert error_code(response) == "IDEMPOTENCY_KEY_IN_PROGRESS"
+
+
+async def test_an_expired_key_is_claimed_again(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+    assert await idempotency.claim(pool, account.account_id, key, "old", ttl=timedelta(0))
+
+    response = await send(api, account, user, key=key, agent_message="after expiry")
+
+    assert response.status_code == 200, response.text
+    assert len(await received_by(emulator_url, user, 1)) == 1
+
+
+async def test_a_refused_send_leaves_its_key_free(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    user, sender = unique_numbers(2)
+    key = secrets.token_hex(8)
+
+    refused = await send(api, account, user, key=key, agent_number=sender, agent_message="hi")
+    await api.post("/v1/sms/numbers", headers=account.headers, json={"number": sender})
+    accepted = await send(api, account, user, key=key, agent_number=sender, agent_message="hi")
+
+    assert refused.status_code == 404
+    assert error_code(refused) == "AGENT_NUMBER_NOT_FOUND"
+    assert accepted.status_code == 200
+    assert len(await received_by(emulator_url, user, 1)) == 1
+
+
+async def test_a_repeat_gets_the_first_reply_even_after_its_sender_is_removed(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    user, sender = unique_numbers(2)
+    key = secrets.token_hex(8)
+    await api.post("/v1/sms/numbers", headers=account.headers, json={"number": sender})
+    first = await send(api, account, user, key=key, agent_number=sender, agent_message="hi")
+    await api.delete(f"/v1/sms/numbers/{sender}", headers=account.headers)
+
+    repeated = await send(api, account, user, key=key, agent_number=sender, agent_message="hi")
+
+    assert first.status_code == repeated.status_code == 200
+    assert repeated.json() == first.json()
+    assert len(await received_by(emulator_url, user, 1)) == 1
+
+
+async def test_without_temporal_the_send_fails_and_its_key_is_free_again(
+    settings: Settings, api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+    down = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
+
+    async with api_client(down) as unreachable:
+        failed = await send(unreachable, account, user, key=key, agent_message="retry me")
+    retried = await send(api, account, user, key=key, agent_message="retry me")
+
+    assert failed.status_code == 503
+    assert error_code(failed) == "TEMPORAL_UNAVAILABLE"
+    assert retried.status_code == 200
+    detail = await conversation_when(
+        api,
+        account,
+        retried.json()["data"]["conversation_id"],
+        lambda c: c["messages"][-1]["status"] == "sent",
+    )
+    assert [(m["status"], m["error_code"]) for m in detail["messages"]] == [
+        ("failed", "TEMPORAL_UNAVAILABLE"),
+        ("sent", None),
+    ]
+    assert len(await emulator_messages(emulator_url, to=user)) == 1
+
+
+async def test_whatsapp_goes_to_the_carrier_with_whatsapp_addresses(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+
+    response = await send(api, account, user, channel="whatsapp", agent_message="hola")
+
+    assert response.status_code == 200, response.text
+    [received] = await received_by(emulator_url, f"whatsapp:{user}", 1)
+    assert received["from"] == f"whatsapp:{account.agent_number}"
+    assert received["body"] == "hola"
+    detail = await conversation_when(
+        api, account, response.json()["data"]["conversation_id"], all_sent
+    )
+    assert detail["channel"] == detail["messages"][0]["channel"] == "whatsapp"
+
+
+@pytest.mark.parametrize(
+    "variables", [{"1": "Ada", "2": "7pm"}, json.dumps({"1": "Ada", "2": "7pm"})]
+)
+async def test_a_content_template_passes_through_as_twilio_expects(
+    api: httpx.AsyncClient, account: Account, emulator_url: str, variables: object
+) -> None:
+    user = unique_numbers(1)[0]
+    content_sid = "HX" + secrets.token_hex(16)
+
+    response = await send(
+        api,
+        account,
+        user,
+        channel="whatsapp",
+        content_sid=content_sid,
+        content_variables=variables,
+    )
+
+    assert response.status_code == 200, response.text
+    [received] = await received_by(emulator_url, f"whatsapp:{user}", 1)
+    assert received["content_sid"] == content_sid
+    assert json.loads(received["content_variables"]) == {"1": "Ada", "2": "7pm"}
+    assert received["body"] == ""
+    detail = await conversation_when(
+        api, account, response.json()["data"]["conversation_id"], all_sent
+    )
+    assert detail["messages"][0]["content_variables"] == {"1": "Ada", "2": "7pm"}
+
+
+async def test_sends_share_a_conversation_until_a_new_one_is_asked_for(
+    api: httpx.AsyncClient,
+    account: Account,
+    emulator_url: str,
+    temporal: Client,
+    webhooks: WebhookReceiver,
+) -> None:
+    user = unique_numbers(1)[0]
+    run = secrets.token_hex(6)
+
+    first = await send_ok(api, account, user, agent_message="one", webhook=webhooks.url(run))
+    second = await send_ok(api, account, user, agent_message="two")
+    await received_by(emulator_url, user, 2)
+    third = await send_ok(api, account, user, agent_message="three", new_conversation=True)
+
+    assert first["conversation_id"] == second["conversation_id"] != third["conversation_id"]
+    assert first["workflow_id"] == third["workflow_id"]
+    await received_by(emulator_url, user, 3)
+    old = await conversation_when(
+        api, account, first["conversation_id"], lambda c: c["state"] == "closed"
+    )
+    new = await conversation_when(api, account, third["conversation_id"], all_sent)
+    assert [m["body"] for m in old["messages"]] == ["one", "two"]
+    assert old["ended_at"] is not None and old["timed_out_at"] is None
+    assert [m["body"] for m in new["messages"]] == ["three"]
+    assert new["state"] == "active"
+    assert new["webhook"] is None
+    events = await webhooks.wait_for(run, "closed")
+    assert [(e["event"], e["status"]) for e in events] == [
+        ("status", "active"),
+        ("message", "sent"),
+        ("message", "sent"),
+        ("status", "closed"),
+    ]
+    assert {e["conversation_id"] for e in events} == {first["conversation_id"]}
+    description = await temporal.get_workflow_handle(third["workflow_id"]).describe()
+    assert description.status is not None and description.status.name == "RUNNING"
+
+
+async def test_conversations_are_listed_by_number_and_state(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    first_user, second_user = unique_numbers(2)
+    first = await send_ok(api, account, first_user, agent_message="a")
+    await send(api, account, second_user, agent_message="b")
+    await send(api, account, first_user, agent_message="c", new_conversation=True)
+
+    everything = await api.get("/v1/sms/conversations", headers=account.headers)
+    closed = await api.get(
+        "/v1/sms/conversations",
+        headers=account.headers,
+        params={"user_number": first_user[1:], "state": "closed"},
+    )
+    paged = await api.get(
+        "/v1/sms/conversations", headers=account.headers, params={"limit": 1, "offset": 1}
+    )
+
+    assert everything.json()["data"]["pagination"]["total"] == 3
+    assert [c["user_number"] for c in everything.json()["data"]["conversations"]] == [
+        first_user,
+        second_user,
+        first_user,
+    ]
+    assert [c["conversation_id"] for c in closed.json()["data"]["conversations"]] == [
+        first["conversation_id"]
+    ]
+    assert paged.json()["data"]["pagination"] == {"limit": 1, "offset": 1, "total": 3}
+    assert [c["user_number"] for c in paged.json()["data"]["conversations"]] == [second_user]
+
+
+async def test_a_message_to_an_opted_out_number_is_skipped(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+    await opt_outs.add_opt_out(pool, account.account_id, user, source="api")
+
+    response = await send(api, account, user, agent_message="not wanted")
+
+    detail = await conversation_when(
+        api,
+        account,
+        response.json()["data"]["conversation_id"],
+        lambda c: c["messages"][0]["status"] != "queued",
+    )
+    assert [(m["status"], m["error_code"]) for m in detail["messages"]] == [
+        ("skipped", "opted_out")
+    ]
+    assert await emulator_messages(emulator_url, to=user) == []
+
+
+async def test_a_carrier_refusal_is_kept_on_the_message(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    response = await send(api, account, "+15005550009", agent_message="landline")
+
+    detail = await conversation_when(
+        api,
+        account,
+        response.json()["data"]["conversation_id"],
+        lambda c: c["messages"][-1]["status"] not in ("queued", "sending"),
+    )
+    assert (detail["messages"][-1]["status"], detail["messages"][-1]["error_code"]) == (
+        "failed",
+        "21614",
+    )
+
+
+VALID = {"agent_message": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"user_number": None, **VALID}, 400, "INVALID_USER_NUMBER"),
+        ({"user_number": "12", **VALID}, 400, "INVALID_USER_NUMBER"),
+        ({"user_number": "+1 555 000", **VALID}, 400, "INVALID_USER_NUMBER"),
+        ({"agent_number": None, **VALID}, 400, "MISSING_AGENT_NUMBER"),
+        ({"agent_number": "", **VALID}, 400, "MISSING_AGENT_NUMBER"),
+        ({"agent_number": "+15551230000", **VALID}, 404, "AGENT_NUMBER_NOT_FOUND"),
+        ({"agent_number": "not a number", **VALID}, 404, "AGENT_NUMBER_NOT_FOUND"),
+        ({}, 400, "MISSING_AGENT_MESSAGE"),
+        ({"agent_message": "  "}, 400, "MISSING_AGENT_MESSAGE"),
+        ({"content_variables": {"1": "x"}}, 400, "MISSING_AGENT_MESSAGE"),
+        (
+            {"time_out": 4, "warning_time": 4, "warning_message": "w", **VALID},
+            400,
+            "INVALID_TIMEOUT_CONFIG",
+        ),
+        (
+            {"time_out": 4, "warning_time": 5, "warning_message": "w", **VALID},
+            400,
+            "INVALID_TIMEOUT_CONFIG",
+        ),
+        ({"time_out": 0, **VALID}, 400, "INVALID_TIMEOUT_CONFIG"),
+        ({"time_out": -3, **VALID}, 400, "INVALID_TIMEOUT_CONFIG"),
+        ({"time_out": "soon", **VALID}, 400, "INVALID_TIMEOUT_CONFIG"),
+        ({"time_out": 10, "warning_time": 5, **VALID}, 400, "INVALID_TIMEOUT_CONFIG"),
+        ({"warning_message": "w", **VALID}, 400, "INVALID_TIMEOUT_CONFIG"),
+        ({"timeout_message": "t", **VALID}, 400, "INVALID_TIMEOUT_CONFIG"),
+        ({"webhook": "ftp://example.com", **VALID}, 400, "INVALID_WEBHOOK_URL"),
+        ({"channel": "fax", **VALID}, 400, "INVALID_REQUEST"),
+        ({"content_sid": "HX1", "content_variables": "[1]"}, 400, "INVALID_REQUEST"),
+        ({"content_sid": "HX1", "content_variables": "{"}, 400, "INVALID_REQUEST"),
+    ],
+)
+async def test_send_request_errors(
+    api: httpx.AsyncClient,
+    account: Account,
+    emulator_url: str,
+    body: dict,
+    status: int,
+    code: str,
+) -> None:
+    user = unique_numbers(1)[0]
+    payload = {"user_number": user, "agent_number": account.agent_number, **body}
+    payload = {name: value for name, value in payload.items() if value is not None}
+
+    response = await api.post("/v1/sms/send", headers=account.headers, json=payload)
+
+    assert response.status_code == status, response.text
+    assert error_code(response) == code
+    assert await emulator_messages(emulator_url, to=user) == []
+
+
+async def test_a_send_needs_a_key(api: httpx.AsyncClient) -> None:
+    response = await api.post("/v1/sms/send", json={"user_number": "+12015550123"})
+
+    assert response.status_code == 401
+    assert error_code(response) == "UNAUTHORIZED"
+
+
+async def test_unknown_and_foreign_conversations_are_not_found(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool
+) -> None:
+    user = unique_numbers(1)[0]
+    mine = await send_ok(api, account, user, agent_message="mine")
+    other_id = await create_account(pool, "other")
+    other_key = (await create_api_key(pool, other_id)).key
+
+    responses = [
+        await api.get(f"/v1/sms/conversations/{uuid.uuid4()}", headers=account.headers),
+        await api.get("/v1/sms/conversations/not-an-id", headers=account.headers),
+        await api.get(
+            f"/v1/sms/conversations/{mine['conversation_id']}",
+            headers={"authorization": other_key},
+        ),
+    ]
+
+    assert [r.status_code for r in responses] == [404, 404, 404]
+    assert {error_code(r) for r in responses} == {"CONVERSATION_NOT_FOUND"}
+    assert (await conversation(api, account, mine["conversation_id"]))["user_number"] == user
+
+
+async def test_an_unknown_state_filter_is_refused(api: httpx.AsyncClient, account: Account) -> None:
+    response = await api.get(
+        "/v1/sms/conversations", headers=account.headers, params={"state": "sleeping"}
+    )
+
+    assert response.status_code == 400
+    assert error_code(response) == "INVALID_REQUEST"
