@@ -134,36 +134,43 @@ class BatchWorkflow:
             self._status = "paused" if state.paused else state.status
         pump = asyncio.create_task(self._deliver_events())
         try:
-            if state is None:
-                prepared = await (self._reopen() if input.retry_statuses else self._validate())
-                if isinstance(prepared, BatchResult):
-                    return prepared
-                state = prepared
-            self._state = state
-            result = await self._dispatch(state)
-            if result is None:
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                await self._drain(pump)
-                state.event_seq = self._events_recorded
-                state.paused = self._paused
-                workflow.continue_as_new(
-                    BatchInput(
-                        batch_id=input.batch_id,
-                        account_id=input.account_id,
-                        agent_number=input.agent_number,
-                        dispatch=input.dispatch,
-                        state=state,
-                        limits=input.limits,
-                    )
-                )
-            return result
+            result = await self._run(state)
         except asyncio.CancelledError:
             # `temporal workflow cancel` or the web UI: end as the `cancel` signal does.
             await self.cancel(NATIVE_CANCEL_REASON)
             await self._chunks_finished()
-            return await self._finish()
-        finally:
-            await self._drain(pump)
+            result = await self._finish()
+        # No await in a `finally`: a run evicted from the worker's cache must unwind cleanly.
+        await self._drain(pump)
+        if result is not None:
+            return result
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        continuing = self._state
+        if continuing is not None:
+            continuing.event_seq = self._events_recorded
+            continuing.paused = self._paused
+        workflow.continue_as_new(
+            BatchInput(
+                batch_id=input.batch_id,
+                account_id=input.account_id,
+                agent_number=input.agent_number,
+                dispatch=input.dispatch,
+                state=continuing,
+                limits=input.limits,
+                timing=input.timing,
+            )
+        )
+
+    async def _run(self, state: DispatchState | None) -> BatchResult | None:
+        """The batch from where this run starts; None when it should continue as new."""
+        if state is None:
+            retry = self._input.retry_statuses
+            prepared = await (self._reopen() if retry else self._validate())
+            if isinstance(prepared, BatchResult):
+                return prepared
+            state = prepared
+        self._state = state
+        return await self._dispatch(state)
 
     async def _validate(self) -> DispatchState | BatchResult:
         await self._report("validating")
