@@ -86,7 +86,7 @@ async def set_status(
     reason: str | None = None,
 ) -> None:
     await pool.execute(
-        "UPDATE batches SET status = $2, code = COALESCE($3, code), reason = COALESCE($4, reason),"
+        "UPDATE batches SET status = $2, code = $3, reason = $4,"
         " updated_at = now(),"
         " finished_at = CASE WHEN $2 = ANY($5::text[]) THEN now() END"
         " WHERE id = $1",

@@ -91,6 +91,15 @@ async def list_events(
     return [dict(r) for r in rows]
 
 
+async def last_event(pool: asyncpg.Pool, batch_id: uuid.UUID) -> tuple[int, str] | None:
+    """The newest event's seq and status."""
+    row = await pool.fetchrow(
+        "SELECT seq, status FROM batch_events WHERE batch_id = $1 ORDER BY seq DESC LIMIT 1",
+        batch_id,
+    )
+    return (row["seq"], row["status"]) if row else None
+
+
 async def last_event_seq(pool: asyncpg.Pool, batch_id: uuid.UUID) -> int:
     return await pool.fetchval(
         "SELECT coalesce(max(seq), 0) FROM batch_events WHERE batch_id = $1", batch_id

@@ -132,6 +132,8 @@ class BatchWorkflow:
             self._resume_status = state.status
             self._paused = state.paused
             self._status = "paused" if state.paused else state.status
+            self._chunks_done = state.chunks_done
+            self._totals = SendCounts(sent=state.sent, failed=state.failed)
         pump = asyncio.create_task(self._deliver_events())
         try:
             result = await self._run(state)
@@ -149,6 +151,8 @@ class BatchWorkflow:
         if continuing is not None:
             continuing.event_seq = self._events_recorded
             continuing.paused = self._paused
+            continuing.chunks_done = self._chunks_done
+            continuing.sent, continuing.failed = self._totals.sent, self._totals.failed
         workflow.continue_as_new(
             BatchInput(
                 batch_id=input.batch_id,

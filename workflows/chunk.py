@@ -58,16 +58,22 @@ class ChunkWorkflow:
     @workflow.run
     async def run(self, input: ChunkInput) -> SendCounts:
         slices = []
-        for start in range(input.start, input.end, input.slice_size):
+        size = input.slice_size
+        if input.pace.interval:
+            # A spread batch's slice spans at most a few minutes of its timeline.
+            size = max(1, min(size, int(SPREAD_SLICE_SECONDS / input.pace.interval)))
+        for start in range(input.start, input.end, size):
             await workflow.wait_condition(
                 lambda: (
                     (self._in_flight < input.slices_in_flight and not self._paused)
                     or self._stopping
                 )
             )
+            if input.pace.interval:
+                await self._sleep_until(input.pace.send_time(start) - SPREAD_LEAD_SECONDS)
             if self._stopping:
                 break
-            end = min(start + input.slice_size, input.end)
+            end = min(start + size, input.end)
             self._in_flight += 1
             slices.append(asyncio.create_task(self._send_slice(input, start, end)))
         await asyncio.gather(*slices)

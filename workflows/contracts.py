@@ -78,6 +78,10 @@ class DispatchState:
     status: str
     paused: bool = False
     pace: Pace = field(default_factory=Pace)
+    # What the `progress` query has counted so far.
+    chunks_done: int = 0
+    sent: int = 0
+    failed: int = 0
 
 
 @dataclass(kw_only=True)

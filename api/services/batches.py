@@ -229,6 +229,8 @@ async def signal_batch(
         if error.status == RPCStatusCode.NOT_FOUND:
             raise BatchAlreadyFinished(f"batch {batch_id} has already ended") from error
         raise TemporalUnavailable(f"the signal could not be sent ({error})") from error
+    except RuntimeError as error:
+        raise TemporalUnavailable(f"the signal could not be sent ({error})") from error
     return BatchControl(batch_id=str(batch["id"]), workflow_id=batch["workflow_id"], action=signal)
 
 
@@ -252,7 +254,7 @@ async def retry_batch(
     try:
         async with asyncio.timeout(FINAL_CLOSE_SECONDS):
             await handle.result()
-    except (TimeoutError, WorkflowFailureError, RPCError):
+    except (TimeoutError, WorkflowFailureError, RPCError, RuntimeError):
         pass
     await batches.set_status(pool, batch["id"], status="queued")
     input = BatchInput(
@@ -269,6 +271,12 @@ async def retry_batch(
         )
     except WorkflowAlreadyStartedError as error:
         raise BatchNotFinished(f"batch {batch_id} is running again already") from error
+    except TemporalUnavailable:
+        # Nothing started: the batch is as it was, and the retry can be asked again.
+        await batches.set_status(
+            pool, batch["id"], status=batch["status"], code=batch["code"], reason=batch["reason"]
+        )
+        raise
     return BatchControl(
         batch_id=str(batch["id"]), workflow_id=batch["workflow_id"], action="retry", rows=rows
     )
@@ -293,11 +301,12 @@ async def stream_events(
             for event in recorded:
                 last = event["seq"]
                 yield _sse("status", event["payload"], event_id=last)
-            if recorded and recorded[-1]["status"] in batches.FINAL_STATUSES:
+            newest = await events.last_event(pool, batch["id"])
+            if newest is not None and newest[1] in batches.FINAL_STATUSES and last >= newest[0]:
                 return
             try:
                 progress = await handle.query("progress", result_type=BatchProgress)
-            except (RPCError, WorkflowQueryFailedError):
+            except (RPCError, WorkflowQueryFailedError, RuntimeError):
                 progress = None
             if progress is not None:
                 yield _sse("progress", dataclasses.asdict(progress))
