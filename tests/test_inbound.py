@@ -262,7 +262,7 @@ async def test_stop_opts_out_and_start_opts_back_in(
         api,
         account,
         after_stop["conversation_id"],
-        lambda c: c["messages"][-1]["status"] != "queued",
+        lambda c: c["messages"][-1]["status"] not in ("queued", "sending"),
     )
     await post_inbound(api, settings, inbound_form(settings, to=sender, from_=user, body="start"))
     await send_ok(api, account, user, agent_number=sender, agent_message="Welcome back")
