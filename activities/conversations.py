@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from activities.providers.twilio import TwilioCarrier, Verdict
 from activities.webhooks import post_event
 from settings import Settings
-from store import conversations, opt_outs
+from store import conversations, numbers, opt_outs
 from workflows.contracts import (
     ConversationEvent,
     ConversationRef,
@@ -137,7 +137,9 @@ class ConversationActivities:
         conversation = await conversations.conversation_for_workflow(
             self._pool, uuid.UUID(event.conversation_id)
         )
-        url: str | None = conversation["webhook"]
+        url: str | None = conversation["webhook"] or await numbers.sender_webhook(
+            self._pool, conversation["account_id"], conversation["agent_number"]
+        )
         if not url:
             return
         payload = await self._payload(conversation, event)

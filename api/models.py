@@ -121,16 +121,25 @@ class NumberRequest(BaseModel):
         description="Messages per second this number may send, across all batches and"
         " workers; left out: `HERALD_DEFAULT_SENDER_MPS`; null: no limit of Herald's own.",
     )
+    webhook: AnyHttpUrl | None = Field(
+        None, description="Conversation events of this number, when a send names no webhook."
+    )
 
 
-class NumberRateRequest(BaseModel):
-    mps: float | None = Field(gt=0, description="Messages per second; null: no limit.")
+class NumberUpdate(BaseModel):
+    """Only the fields given change."""
+
+    mps: float | None = Field(None, gt=0, description="Messages per second; null: no limit.")
+    webhook: AnyHttpUrl | None = Field(
+        None, description="Conversation events of this number, when a send names no webhook."
+    )
 
 
 class SenderNumber(BaseModel):
     number: str
     channel: str
     mps: float | None
+    webhook: str | None
     created_at: datetime
 
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-_COLUMNS = "number, channel, mps, created_at"
+_COLUMNS = "number, channel, mps, webhook, created_at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,17 +19,23 @@ class Slots:
 
 
 async def add_number(
-    pool: asyncpg.Pool, account_id: uuid.UUID, number: str, channel: str, mps: float | None
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    number: str,
+    channel: str,
+    mps: float | None,
+    webhook: str | None = None,
 ) -> dict:
     row = await pool.fetchrow(
-        "INSERT INTO sender_numbers (account_id, number, channel, mps) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT (account_id, number) DO UPDATE"
-        " SET channel = EXCLUDED.channel, mps = EXCLUDED.mps"
+        "INSERT INTO sender_numbers (account_id, number, channel, mps, webhook)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, number) DO UPDATE"
+        " SET channel = EXCLUDED.channel, mps = EXCLUDED.mps, webhook = EXCLUDED.webhook"
         f" RETURNING {_COLUMNS}",
         account_id,
         number,
         channel,
         mps,
+        webhook,
     )
     return dict(row)
 
@@ -52,17 +58,31 @@ async def has_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> 
     )
 
 
-async def set_rate(
-    pool: asyncpg.Pool, account_id: uuid.UUID, number: str, mps: float | None
+async def update_number(
+    pool: asyncpg.Pool, account_id: uuid.UUID, number: str, changes: dict[str, object]
 ) -> dict | None:
+    """Set the given `mps` and/or `webhook` of a number; None if the account has no such."""
     row = await pool.fetchrow(
-        "UPDATE sender_numbers SET mps = $3 WHERE account_id = $1 AND number = $2"
-        f" RETURNING {_COLUMNS}",
+        "UPDATE sender_numbers SET"
+        " mps = CASE WHEN $3 THEN $4 ELSE mps END,"
+        " webhook = CASE WHEN $5 THEN $6 ELSE webhook END"
+        f" WHERE account_id = $1 AND number = $2 RETURNING {_COLUMNS}",
         account_id,
         number,
-        mps,
+        "mps" in changes,
+        changes.get("mps"),
+        "webhook" in changes,
+        changes.get("webhook"),
     )
     return dict(row) if row else None
+
+
+async def sender_webhook(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> str | None:
+    return await pool.fetchval(
+        "SELECT webhook FROM sender_numbers WHERE account_id = $1 AND number = $2",
+        account_id,
+        number,
+    )
 
 
 async def reserve_slots(

@@ -506,3 +506,30 @@ async def test_an_unknown_state_filter_is_refused(api: httpx.AsyncClient, accoun
 
     assert response.status_code == 400
     assert error_code(response) == "INVALID_REQUEST"
+
+
+async def test_a_senders_own_webhook_gets_events_when_a_send_names_none(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> None:
+    run = secrets.token_hex(6)
+    sender, user = unique_numbers(2)
+    registered = await api.post(
+        "/v1/sms/numbers",
+        headers=account.headers,
+        json={"number": sender, "mps": None, "webhook": webhooks.url(f"{run}-old")},
+    )
+    changed = await api.patch(
+        f"/v1/sms/numbers/{sender}", headers=account.headers, json={"webhook": webhooks.url(run)}
+    )
+
+    sent = await send_ok(api, account, user, agent_number=sender, agent_message="hello")
+    events = await webhooks.wait_for(run, "sent")
+
+    assert registered.status_code == 201, registered.text
+    assert changed.json()["data"] == {**registered.json()["data"], "webhook": webhooks.url(run)}
+    assert [(e["event"], e["status"]) for e in events] == [
+        ("status", "active"),
+        ("message", "sent"),
+    ]
+    assert {e["conversation_id"] for e in events} == {sent["conversation_id"]}
+    assert webhooks.received[f"{run}-old"] == []

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from api.deps import AccountId, AppSettings, Pool
 from api.errors import HeraldError
-from api.models import Envelope, NumberRateRequest, NumberRequest, SenderNumber
+from api.models import Envelope, NumberRequest, NumberUpdate, SenderNumber
 from phones import to_e164
 from store import numbers
 
@@ -29,16 +29,16 @@ async def add_number(
     if number is None:
         raise InvalidPhoneNumber(f"{body.number!r} is not a phone number")
     mps = body.mps if "mps" in body.model_fields_set else settings.default_sender_mps
-    return {"data": await numbers.add_number(pool, account_id, number, body.channel, mps)}
+    webhook = str(body.webhook) if body.webhook else None
+    return {"data": await numbers.add_number(pool, account_id, number, body.channel, mps, webhook)}
 
 
 @router.patch("/v1/sms/numbers/{number}", response_model=Envelope[SenderNumber])
-async def set_number_rate(
-    account_id: AccountId, pool: Pool, number: str, body: NumberRateRequest
-) -> dict:
-    """Change a number's rate limit; sends already paced keep their times."""
+async def update_number(account_id: AccountId, pool: Pool, number: str, body: NumberUpdate) -> dict:
+    """Change a number's rate limit and/or webhook; sends already paced keep their times."""
     normalised = to_e164(number, require_valid=False) or number
-    row = await numbers.set_rate(pool, account_id, normalised, body.mps)
+    changes = body.model_dump(mode="json", include=body.model_fields_set)
+    row = await numbers.update_number(pool, account_id, normalised, changes)
     if row is None:
         raise NumberNotFound(f"{number} is not a sender of this account")
     return {"data": row}
