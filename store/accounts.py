@@ -55,3 +55,26 @@ async def account_for_key(pool: asyncpg.Pool, key: str) -> uuid.UUID | None:
         if hmac.compare_digest(row["key_hash"], digest):
             return row["account_id"]
     return None
+
+
+async def account_exists(pool: asyncpg.Pool, account_id: uuid.UUID) -> bool:
+    return await pool.fetchval("SELECT EXISTS (SELECT 1 FROM accounts WHERE id = $1)", account_id)
+
+
+async def list_api_keys(pool: asyncpg.Pool, account_id: uuid.UUID | None = None) -> list[dict]:
+    """Keys by creation time, never their secret part: id, account, prefix, created, revoked."""
+    rows = await pool.fetch(
+        "SELECT id, account_id, prefix, created_at, revoked_at FROM api_keys"
+        " WHERE $1::uuid IS NULL OR account_id = $1 ORDER BY created_at, id",
+        account_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def revoke_api_key(pool: asyncpg.Pool, key_id: uuid.UUID) -> bool:
+    """Revoke a key at once; False when no unrevoked key has this id."""
+    revoked = await pool.fetchval(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id",
+        key_id,
+    )
+    return revoked is not None
