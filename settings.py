@@ -62,6 +62,17 @@ class Settings(BaseSettings):
         2, description="Workers the local stack starts; they share the task queue."
     )
     webhook_timeout_seconds: float = 10.0
+    webhook_retry_schedule_seconds: list[float] = Field(
+        [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800],
+        description="Delays before each retry of a status webhook event (JSON list); after"
+        " the last, the event is given up on. About 15 hours in all, before jitter.",
+    )
+    webhook_retry_jitter: float = Field(
+        0.2, description="Each retry delay is spread by up to this fraction, either way."
+    )
+    webhook_secret_overlap_hours: float = Field(
+        24.0, description="How long the previous webhook secret still signs after a rotation."
+    )
     carrier_timeout_seconds: float = 30.0
     idempotency_ttl_hours: int = Field(
         24, description="How long an `idempotency-key` of a single send keeps its first reply."

@@ -68,6 +68,8 @@ LISTS: dict[tuple[str, str], Call] = {
 OWN: dict[tuple[str, str], str] = {
     ("POST", "/v1/files/attach"): "stores a file in the caller's account",
     ("POST", "/v1/sms/numbers"): "registers a sender in the caller's account",
+    ("GET", "/v1/webhooks/secret"): "the caller's signing secret's dates",
+    ("POST", "/v1/webhooks/secret/rotate"): "rotates the caller's signing secret",
 }
 # Routes without a key, and why.
 PUBLIC: dict[tuple[str, str], str] = {
