@@ -62,6 +62,10 @@ class Settings(BaseSettings):
         2, description="Workers the local stack starts; they share the task queue."
     )
     webhook_timeout_seconds: float = 10.0
+    allow_loopback_webhooks: bool = Field(
+        False,
+        description="Let webhooks go to 127.0.0.1/::1: for the local stack and tests only.",
+    )
     webhook_retry_schedule_seconds: list[float] = Field(
         [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800],
         description="Delays before each retry of a status webhook event (JSON list); after"

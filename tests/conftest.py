@@ -102,6 +102,8 @@ def settings(
         slice_size=250,
         # Hours of retries in production; a couple of seconds here.
         webhook_retry_schedule_seconds=[0.2, 0.5, 1.0],
+        # The webhook receiver and the emulator listen on 127.0.0.1.
+        allow_loopback_webhooks=True,
     )
 
 
