@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     )
 
     max_upload_bytes: int = 40 * 1024 * 1024
+    max_body_bytes: int = Field(
+        1024 * 1024, description="Largest request body other than a file upload (413 beyond)."
+    )
+    rate_limit_per_second: float = Field(
+        20.0, gt=0, description="Requests a second allowed per API key, on average (429 beyond)."
+    )
+    rate_limit_burst: int = Field(
+        100, ge=1, description="Requests an API key may make at once before the rate applies."
+    )
     max_rows_per_batch: int = Field(
         1_000_000, description="Rows a recipient file may hold; more fails it (too_many_rows)."
     )

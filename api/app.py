@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from temporalio.client import Client
 
 from api.errors import install_error_handlers
+from api.limits import BodySizeLimit, RateLimiter
 from api.routes import batches, conversations, files, health, numbers, send, webhooks
 from logs import configure_logging
 from settings import Settings, get_settings
@@ -19,6 +20,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
+        app.state.rate_limiter = RateLimiter(
+            per_second=settings.rate_limit_per_second, burst=settings.rate_limit_burst
+        )
         app.state.pool = await create_pool(settings.dsn)
         await migrate(app.state.pool)
         # Lazy: the API starts, and /readyz reports, while Temporal is still coming up.
@@ -37,6 +41,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(
+        BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
+    )
     for module in (health, files, numbers, batches, send, conversations, webhooks):
         app.include_router(module.router)
     return app

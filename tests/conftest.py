@@ -104,6 +104,9 @@ def settings(
         webhook_retry_schedule_seconds=[0.2, 0.5, 1.0],
         # The webhook receiver and the emulator listen on 127.0.0.1.
         allow_loopback_webhooks=True,
+        # Tests poll and fuzz one key hard; test_limits checks the limiter with its own app.
+        rate_limit_per_second=10_000,
+        rate_limit_burst=10_000,
     )
 
 
