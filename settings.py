@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     )
 
     max_upload_bytes: int = 40 * 1024 * 1024
+    max_body_bytes: int = Field(
+        1024 * 1024, description="Largest request body other than a file upload (413 beyond)."
+    )
+    rate_limit_per_second: float = Field(
+        20.0, gt=0, description="Requests a second allowed per API key, on average (429 beyond)."
+    )
+    rate_limit_burst: int = Field(
+        100, ge=1, description="Requests an API key may make at once before the rate applies."
+    )
     max_rows_per_batch: int = Field(
         1_000_000, description="Rows a recipient file may hold; more fails it (too_many_rows)."
     )
@@ -62,6 +71,21 @@ class Settings(BaseSettings):
         2, description="Workers the local stack starts; they share the task queue."
     )
     webhook_timeout_seconds: float = 10.0
+    allow_loopback_webhooks: bool = Field(
+        False,
+        description="Let webhooks go to 127.0.0.1/::1: for the local stack and tests only.",
+    )
+    webhook_retry_schedule_seconds: list[float] = Field(
+        [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800],
+        description="Delays before each retry of a status webhook event (JSON list); after"
+        " the last, the event is given up on. About 15 hours in all, before jitter.",
+    )
+    webhook_retry_jitter: float = Field(
+        0.2, description="Each retry delay is spread by up to this fraction, either way."
+    )
+    webhook_secret_overlap_hours: float = Field(
+        24.0, description="How long the previous webhook secret still signs after a rotation."
+    )
     carrier_timeout_seconds: float = 30.0
     idempotency_ttl_hours: int = Field(
         24, description="How long an `idempotency-key` of a single send keeps its first reply."

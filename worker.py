@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 from activities.batch import BatchActivities
 from activities.conversations import ConversationActivities
 from activities.providers.twilio import TwilioCarrier
+from egress import PinnedTransport
 from logs import configure_logging
 from settings import Settings, get_settings
 from store.db import create_pool, migrate
@@ -32,7 +33,12 @@ async def herald_worker(client: Client, settings: Settings) -> AsyncIterator[Wor
         timeout=settings.carrier_timeout_seconds,
         connections=settings.send_concurrency * settings.max_concurrent_activities,
     )
-    http = httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
+    # Webhook URLs come from callers: every connection goes to an address checked just before.
+    http = httpx.AsyncClient(
+        timeout=settings.webhook_timeout_seconds,
+        follow_redirects=False,
+        transport=PinnedTransport(allow_loopback=settings.allow_loopback_webhooks),
+    )
     batch_activities = BatchActivities(pool=pool, carrier=carrier, http=http, settings=settings)
     conversation_activities = ConversationActivities(
         pool=pool, carrier=carrier, http=http, settings=settings

@@ -2,15 +2,34 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from temporalio.client import Client
 
 from api.errors import install_error_handlers
-from api.routes import batches, conversations, files, health, numbers, send
+from api.limits import BodySizeLimit, RateLimiter
+from api.models import ErrorEnvelope
+from api.routes import batches, conversations, files, health, numbers, send, webhooks
 from logs import configure_logging
 from settings import Settings, get_settings
 from store.db import create_pool, migrate
+
+# Failures any keyed route may answer with, in the error envelope; documented so that clients
+# (and the schema fuzzing in the tests) know every status they can meet.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": description}
+    for status, description in (
+        (400, "The request is invalid (see `errors[].error`)"),
+        (401, "Missing, unknown or revoked API key"),
+        (403, "Refused"),
+        (404, "Not found in this account"),
+        (409, "Conflicts with the resource's state"),
+        (413, "The body is too large"),
+        (429, "Too many requests with this key; see `Retry-After`"),
+        (503, "A dependency is unavailable; retry"),
+    )
+}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -19,6 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
+        app.state.rate_limiter = RateLimiter(
+            per_second=settings.rate_limit_per_second, burst=settings.rate_limit_burst
+        )
         app.state.pool = await create_pool(settings.dsn)
         await migrate(app.state.pool)
         # Lazy: the API starts, and /readyz reports, while Temporal is still coming up.
@@ -37,8 +59,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (health, files, numbers, batches, send, conversations):
-        app.include_router(module.router)
+    app.add_middleware(
+        BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
+    )
+    app.include_router(health.router)
+    for module in (files, numbers, batches, send, conversations, webhooks):
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     return app
 
 

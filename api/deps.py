@@ -1,5 +1,6 @@
 """Request dependencies: the pool, the Temporal client, settings and the caller's account."""
 
+import hashlib
 import uuid
 from typing import Annotated
 
@@ -30,6 +31,7 @@ AppSettings = Annotated[Settings, Depends(get_app_settings)]
 
 
 async def current_account(
+    request: Request,
     pool: Pool,
     authorization: Annotated[
         str | None, Header(description="API key, raw or `Bearer <key>`")
@@ -41,6 +43,8 @@ async def current_account(
     account_id = await account_for_key(pool, key)
     if account_id is None:
         raise Unauthorized("invalid API key")
+    # Counted per key only once it is known good, so bad keys cannot fill the limiter.
+    request.app.state.rate_limiter.take(hashlib.sha256(key.encode()).digest())
     return account_id
 
 

@@ -228,11 +228,15 @@ class BatchLogs(BaseModel):
 
 class WebhookDelivery(BaseModel):
     event_seq: int = Field(description="The `seq` of the event in `/logs`.")
+    attempt: int = Field(description="1 for the first post of the event, 2 for its first retry.")
     url: str
     attempted_at: datetime
     status_code: int | None = Field(description="The receiver's HTTP status; null if none came.")
     error: str | None
     duration_ms: int
+    next_retry_at: datetime | None = Field(
+        description="When the event is posted again; null once delivered or given up on."
+    )
 
 
 class WebhookDeliveries(BaseModel):

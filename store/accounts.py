@@ -1,15 +1,19 @@
-"""Accounts and their API keys (random, shown once, stored as a SHA-256 hash)."""
+"""Accounts, their API keys (random, shown once, stored as a SHA-256 hash) and their webhook
+signing secrets."""
 
+import base64
 import hashlib
 import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 
 KEY_PREFIX = "hk_"
 _PREFIX_LEN = 12
+WEBHOOK_SECRET_PREFIX = "whsec_"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,3 +59,74 @@ async def account_for_key(pool: asyncpg.Pool, key: str) -> uuid.UUID | None:
         if hmac.compare_digest(row["key_hash"], digest):
             return row["account_id"]
     return None
+
+
+async def account_exists(pool: asyncpg.Pool, account_id: uuid.UUID) -> bool:
+    return await pool.fetchval("SELECT EXISTS (SELECT 1 FROM accounts WHERE id = $1)", account_id)
+
+
+async def list_api_keys(pool: asyncpg.Pool, account_id: uuid.UUID | None = None) -> list[dict]:
+    """Keys by creation time, never their secret part: id, account, prefix, created, revoked."""
+    rows = await pool.fetch(
+        "SELECT id, account_id, prefix, created_at, revoked_at FROM api_keys"
+        " WHERE $1::uuid IS NULL OR account_id = $1 ORDER BY created_at, id",
+        account_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def revoke_api_key(pool: asyncpg.Pool, key_id: uuid.UUID) -> bool:
+    """Revoke a key at once; False when no unrevoked key has this id."""
+    revoked = await pool.fetchval(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id",
+        key_id,
+    )
+    return revoked is not None
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret: `whsec_` and 32 random bytes in base64."""
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+async def webhook_signing_secrets(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[str]:
+    """The secrets deliveries are signed with: the current one (created on first use) and,
+    during a rotation's overlap, the previous one."""
+    row = await pool.fetchrow(
+        "UPDATE accounts SET webhook_secret = coalesce(webhook_secret, $2),"
+        " webhook_secret_created_at = coalesce(webhook_secret_created_at, now())"
+        " WHERE id = $1 RETURNING webhook_secret,"
+        " CASE WHEN webhook_previous_until > now() THEN webhook_previous_secret END AS previous",
+        account_id,
+        new_webhook_secret(),
+    )
+    return [row["webhook_secret"], *([row["previous"]] if row["previous"] else [])]
+
+
+async def rotate_webhook_secret(
+    pool: asyncpg.Pool, account_id: uuid.UUID, overlap: timedelta
+) -> dict:
+    """Make a new current secret; the old one (if any) keeps signing for `overlap`."""
+    row = await pool.fetchrow(
+        "UPDATE accounts SET webhook_previous_secret = webhook_secret,"
+        " webhook_previous_until = CASE WHEN webhook_secret IS NULL THEN NULL"
+        " ELSE now() + $3 END,"
+        " webhook_secret = $2, webhook_secret_created_at = now()"
+        " WHERE id = $1 RETURNING webhook_secret, webhook_secret_created_at,"
+        " webhook_previous_until",
+        account_id,
+        new_webhook_secret(),
+        overlap,
+    )
+    return dict(row)
+
+
+async def webhook_secret_state(pool: asyncpg.Pool, account_id: uuid.UUID) -> dict:
+    """When the current secret was made and until when the previous one signs; no secret."""
+    row = await pool.fetchrow(
+        "SELECT webhook_secret_created_at,"
+        " CASE WHEN webhook_previous_until > now() THEN webhook_previous_until END"
+        " AS webhook_previous_until FROM accounts WHERE id = $1",
+        account_id,
+    )
+    return dict(row)

@@ -10,7 +10,7 @@ FINAL_STATUSES = ("completed", "completed_partial", "failed", "cancelled")
 _BATCH_COLUMNS = (
     "id, account_id, workflow_id, name, agent_number, request, status, code, reason,"
     " rows_total, recipients, rejected, segments_total, messages_gsm7, messages_ucs2,"
-    " created_at, updated_at, finished_at"
+    " created_at, updated_at, finished_at, webhook_disabled_at"
 )
 
 
@@ -61,6 +61,15 @@ async def batch_for_workflow(pool: asyncpg.Pool, batch_id: uuid.UUID) -> dict:
     """The batch row, unfiltered by account: for activities, which act for the workflow."""
     row = await pool.fetchrow(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = $1", batch_id)
     return dict(row)
+
+
+async def disable_webhook(pool: asyncpg.Pool, batch_id: uuid.UUID) -> None:
+    """The receiver answered `410 Gone`: post nothing more for this batch."""
+    await pool.execute(
+        "UPDATE batches SET webhook_disabled_at = coalesce(webhook_disabled_at, now())"
+        " WHERE id = $1",
+        batch_id,
+    )
 
 
 async def list_batches(

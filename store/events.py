@@ -1,6 +1,7 @@
 """Batch lifecycle events (the `/logs` of a batch) and their webhook delivery attempts."""
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -27,10 +28,11 @@ async def append_event(
     )
 
 
-async def undelivered_events(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[dict]:
+async def pending_events(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[dict]:
+    """The events not settled yet (neither delivered, given up on nor without a webhook)."""
     rows = await pool.fetch(
-        "SELECT seq, account_id, payload FROM batch_events"
-        " WHERE batch_id = $1 AND attempts = 0 ORDER BY seq",
+        "SELECT seq, account_id, payload, attempts, next_attempt_at FROM batch_events"
+        " WHERE batch_id = $1 AND settled_at IS NULL ORDER BY seq",
         batch_id,
     )
     return [dict(r) for r in rows]
@@ -43,36 +45,46 @@ async def record_delivery(
     account_id: uuid.UUID,
     event_seq: int,
     url: str,
+    attempt: int,
     status_code: int | None,
     error: str | None,
     duration_ms: int,
+    next_retry_at: datetime | None,
 ) -> None:
+    """One attempt; the event is settled unless another attempt is due at `next_retry_at`."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
-            "INSERT INTO webhook_deliveries (batch_id, event_seq, account_id, url, status_code,"
-            " error, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO webhook_deliveries (batch_id, event_seq, account_id, url, attempt,"
+            " status_code, error, duration_ms, next_retry_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             batch_id,
             event_seq,
             account_id,
             url,
+            attempt,
             status_code,
             error,
             duration_ms,
+            next_retry_at,
         )
         await conn.execute(
-            "UPDATE batch_events SET attempts = attempts + 1,"
-            " delivered_at = CASE WHEN $3 THEN now() ELSE delivered_at END"
+            "UPDATE batch_events SET attempts = $3, next_attempt_at = $5,"
+            " delivered_at = CASE WHEN $4 THEN now() ELSE delivered_at END,"
+            " settled_at = CASE WHEN $5::timestamptz IS NULL THEN now() END"
             " WHERE batch_id = $1 AND seq = $2",
             batch_id,
             event_seq,
+            attempt,
             status_code is not None and 200 <= status_code < 300,
+            next_retry_at,
         )
 
 
-async def mark_attempted(pool: asyncpg.Pool, batch_id: uuid.UUID, event_seq: int) -> None:
-    """An event with no webhook URL to go to still counts as handled."""
+async def settle_unsent(pool: asyncpg.Pool, batch_id: uuid.UUID, event_seq: int) -> None:
+    """An event with no webhook to go to (none given, or turned off by a 410) is settled."""
     await pool.execute(
-        "UPDATE batch_events SET attempts = attempts + 1 WHERE batch_id = $1 AND seq = $2",
+        "UPDATE batch_events SET settled_at = now(), next_attempt_at = NULL"
+        " WHERE batch_id = $1 AND seq = $2",
         batch_id,
         event_seq,
     )
@@ -110,7 +122,8 @@ async def list_deliveries(
     pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID
 ) -> list[dict]:
     rows = await pool.fetch(
-        "SELECT event_seq, url, attempted_at, status_code, error, duration_ms"
+        "SELECT event_seq, attempt, url, attempted_at, status_code, error, duration_ms,"
+        " next_retry_at"
         " FROM webhook_deliveries WHERE batch_id = $1 AND account_id = $2 ORDER BY id",
         batch_id,
         account_id,

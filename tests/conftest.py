@@ -3,6 +3,7 @@ emulator (all real processes) and an in-process worker. Tests isolate themselves
 ids and phone numbers, never by restarting anything."""
 
 import asyncio
+import json
 import secrets
 import sys
 import uuid
@@ -99,6 +100,13 @@ def settings(
         task_queue=f"herald-test-{uuid.uuid4().hex[:8]}",
         chunk_size=1000,
         slice_size=250,
+        # Hours of retries in production; a couple of seconds here.
+        webhook_retry_schedule_seconds=[0.2, 0.5, 1.0],
+        # The webhook receiver and the emulator listen on 127.0.0.1.
+        allow_loopback_webhooks=True,
+        # Tests poll and fuzz one key hard; test_limits checks the limiter with its own app.
+        rate_limit_per_second=10_000,
+        rate_limit_burst=10_000,
     )
 
 
@@ -158,12 +166,22 @@ async def account(pool: asyncpg.Pool, worker: None) -> Account:
     return Account(account_id=account_id, key=key.key, agent_number=SENDER)
 
 
+@dataclass(frozen=True)
+class WebhookPost:
+    headers: dict[str, str]
+    body: bytes
+    answered: int
+
+
 @dataclass
 class WebhookReceiver:
-    """Collects status webhook posts per path, in arrival order."""
+    """Collects status webhook posts per path, in arrival order; answers 204 unless told other
+    statuses to answer first (`answers[name]`, used up in order)."""
 
     base_url: str
     received: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    posts: dict[str, list[WebhookPost]] = field(default_factory=lambda: defaultdict(list))
+    answers: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def url(self, name: str) -> str:
@@ -183,11 +201,16 @@ async def webhooks() -> AsyncIterator[WebhookReceiver]:
     receiver = WebhookReceiver(base_url="")
 
     async def collect(request: web.Request) -> web.Response:
-        event = await request.json()
+        name = request.match_info["name"]
+        body = await request.read()
+        queued = receiver.answers[name]
+        status = queued.pop(0) if queued else 204
         async with receiver.changed:
-            receiver.received[request.match_info["name"]].append(event)
+            receiver.received[name].append(json.loads(body))
+            receiver.posts[name].append(WebhookPost(dict(request.headers), body, status))
             receiver.changed.notify_all()
-        return web.Response(status=204)
+        headers = {"location": receiver.url("redirected")} if 300 <= status < 400 else None
+        return web.Response(status=status, headers=headers)
 
     app = web.Application()
     app.router.add_post("/{name}", collect)

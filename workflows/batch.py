@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         BatchResult,
         ChunkInput,
         DeliverEventsInput,
+        DeliverEventsResult,
         DispatchState,
         FinishInput,
         Pace,
@@ -57,6 +58,8 @@ class BatchWorkflow:
         self._events_recorded = 0
         self._events_delivered = 0
         self._closing = False
+        # Set when this run continues as new: its pump leaves waiting retries to the next run.
+        self._handing_over = False
         self._last_progress = 0.0
         self._status = "queued"
         self._state: DispatchState | None = None
@@ -143,7 +146,7 @@ class BatchWorkflow:
             await self._chunks_finished()
             result = await self._finish()
         # No await in a `finally`: a run evicted from the worker's cache must unwind cleanly.
-        await self._drain(pump)
+        await self._drain(pump, handing_over=result is None)
         if result is not None:
             return result
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -441,7 +444,11 @@ class BatchWorkflow:
             self._events_recorded = seq
 
     async def _deliver_events(self) -> None:
-        """Post recorded events to the status webhook in order, without holding sends back."""
+        """Post recorded events to the status webhook in order, without holding sends back.
+
+        A failed post is retried by the activity on a later call: between calls this pump
+        sleeps on a durable timer, and the batch's status never waits for it.
+        """
         while True:
             await workflow.wait_condition(
                 lambda: self._events_delivered < self._events_recorded or self._closing
@@ -449,15 +456,26 @@ class BatchWorkflow:
             if self._events_delivered >= self._events_recorded:
                 return
             target = self._events_recorded
-            await workflow.execute_activity(
+            delivery: DeliverEventsResult | None = await workflow.execute_activity(
                 "deliver_status_events",
                 DeliverEventsInput(batch_id=self._input.batch_id),
+                result_type=DeliverEventsResult,
                 start_to_close_timeout=timedelta(minutes=10),
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=DB_RETRY,
             )
-            self._events_delivered = target
+            # Runs recorded before retries existed have no result: everything was settled.
+            if delivery is None or delivery.retry_in is None:
+                self._events_delivered = target
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._handing_over, timeout=timedelta(seconds=delivery.retry_in)
+                )
+            if self._handing_over:
+                return  # the next run's pump goes on from the database's delivery state
 
-    async def _drain(self, pump: asyncio.Task[None]) -> None:
+    async def _drain(self, pump: asyncio.Task[None], *, handing_over: bool) -> None:
         self._closing = True
+        self._handing_over = handing_over
         await pump

@@ -168,6 +168,13 @@ class DeliverEventsInput:
 
 
 @dataclass(kw_only=True)
+class DeliverEventsResult:
+    """`retry_in` seconds until the next attempt is due; None once every event is settled."""
+
+    retry_in: float | None = None
+
+
+@dataclass(kw_only=True)
 class ChunkInput:
     batch_id: str
     agent_number: str

@@ -15,6 +15,7 @@ from api.conversation_models import STORED_FIELDS, SendReply, SendRequest
 from api.errors import HeraldError
 from api.services.batches import AgentNumberNotFound
 from api.services.conversations import signal_conversation
+from api.services.webhook_urls import require_safe_webhook
 from phones import to_e164
 from settings import Settings
 from store import conversations, idempotency, numbers
@@ -173,6 +174,7 @@ async def _send(
         raise AgentNumberNotFound(
             f"{prepared.agent_number} is not a registered sender of this account"
         )
+    await require_safe_webhook(str(body.webhook) if body.webhook else None, settings)
     stored: dict[str, Any] = {
         name: value for name in STORED_FIELDS if (value := getattr(body, name)) is not None
     }

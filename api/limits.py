@@ -1,0 +1,96 @@
+"""Request limits: body size (an ASGI middleware, so nothing reads an oversized body) and a
+per-key request rate (a token bucket per API key, in this API process)."""
+
+import math
+import time
+from dataclasses import dataclass
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import HeraldError, envelope_error
+
+# Multipart adds boundaries and headers around the file; the upload limit is on the file.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+class PayloadTooLarge(HeraldError):
+    status_code = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class RateLimited(HeraldError):
+    status_code = 429
+    code = "RATE_LIMITED"
+
+
+class BodySizeLimit:
+    """413 `PAYLOAD_TOO_LARGE` for a body over `max_body` bytes (`max_upload` plus framing for
+    multipart uploads): at once from Content-Length, or as soon as a chunked body passes it."""
+
+    def __init__(self, app: ASGIApp, *, max_body: int, max_upload: int) -> None:
+        self._app = app
+        self._max_body = max_body
+        self._max_upload = max_upload + MULTIPART_OVERHEAD
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        multipart = headers.get("content-type", "").startswith("multipart/form-data")
+        limit = self._max_upload if multipart else self._max_body
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            too_large = envelope_error(
+                413,
+                [
+                    {
+                        "error": PayloadTooLarge.code,
+                        "message": f"bodies are limited to {limit} bytes",
+                    }
+                ],
+            )
+            await too_large(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                # Raised inside the app's body read; the error handlers make it the envelope.
+                raise HTTPException(413, f"bodies are limited to {limit} bytes")
+            return message
+
+        await self._app(scope, counted, send)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """A token bucket per API key: `per_second` requests on average, bursts of `burst`."""
+
+    def __init__(self, *, per_second: float, burst: int) -> None:
+        self._per_second = per_second
+        self._burst = burst
+        self._buckets: dict[bytes, _Bucket] = {}
+
+    def take(self, key: bytes) -> None:
+        """Spend one token of `key`'s bucket; RateLimited, with Retry-After, if none is left."""
+        now = time.monotonic()
+        bucket = self._buckets.setdefault(key, _Bucket(tokens=self._burst, updated=now))
+        bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._per_second)
+        bucket.updated = now
+        if bucket.tokens < 1:
+            wait = math.ceil((1 - bucket.tokens) / self._per_second)
+            raise RateLimited(
+                f"more than {self._per_second:g} requests a second with this key; retry later",
+                headers={"retry-after": str(wait)},
+            )
+        bucket.tokens -= 1

@@ -1,0 +1,85 @@
+"""`herald`: the operators' command line; `herald keys create|list|revoke` manages API keys.
+
+It talks to PostgreSQL directly (`HERALD_DATABASE_URL`), so it works without the API running
+and needs the database credentials, which is what makes it an operator tool.
+"""
+
+import argparse
+import asyncio
+import sys
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from settings import Settings
+from store import accounts
+from store.db import create_pool, migrate
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="herald", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="create a key, printed once")
+    owner = create.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--account", type=uuid.UUID, help="an existing account's id")
+    owner.add_argument("--account-name", help="create a new account with this name")
+    listing = keys.add_parser("list", help="list keys (never the keys themselves)")
+    listing.add_argument("--account", type=uuid.UUID, help="only this account's keys")
+    revoke = keys.add_parser("revoke", help="revoke a key: requests with it get 401 at once")
+    revoke.add_argument("key_id", type=uuid.UUID)
+    return parser
+
+
+async def _create(pool: asyncpg.Pool, args: argparse.Namespace) -> int:
+    if args.account_name is not None:
+        account_id = await accounts.create_account(pool, args.account_name)
+    elif await accounts.account_exists(pool, args.account):
+        account_id = args.account
+    else:
+        sys.stderr.write(f"no account {args.account}\n")
+        return 1
+    new = await accounts.create_api_key(pool, account_id)
+    sys.stdout.write(
+        f"account_id: {new.account_id}\nkey_id: {new.key_id}\nkey: {new.key}\n"
+        "The key is shown only now: store it safely.\n"
+    )
+    return 0
+
+
+async def _list(pool: asyncpg.Pool, args: argparse.Namespace) -> int:
+    sys.stdout.write("key_id\taccount_id\tprefix\tcreated_at\trevoked_at\n")
+    for key in await accounts.list_api_keys(pool, args.account):
+        revoked = key["revoked_at"].isoformat() if key["revoked_at"] else "-"
+        sys.stdout.write(
+            f"{key['id']}\t{key['account_id']}\t{key['prefix']}\t"
+            f"{key['created_at'].isoformat()}\t{revoked}\n"
+        )
+    return 0
+
+
+async def _revoke(pool: asyncpg.Pool, args: argparse.Namespace) -> int:
+    if not await accounts.revoke_api_key(pool, args.key_id):
+        sys.stderr.write(f"no unrevoked key {args.key_id}\n")
+        return 1
+    sys.stdout.write(f"revoked {args.key_id}\n")
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    pool = await create_pool(Settings().dsn, min_size=1, max_size=2)
+    try:
+        await migrate(pool)
+        action = {"create": _create, "list": _list, "revoke": _revoke}[args.action]
+        return await action(pool, args)
+    finally:
+        await pool.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return asyncio.run(_run(_parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

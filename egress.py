@@ -1,0 +1,128 @@
+"""Where Herald may send a caller-given URL (webhooks): http(s) to globally routable addresses
+only, checked on every resolved address, and connected to the address that was checked.
+
+Without this, a caller could point a webhook at Herald's own network (the database, the
+Temporal frontend, a cloud metadata endpoint) and have Herald post to it (SSRF).
+"""
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import httpx
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+RESOLVE_SECONDS = 5.0
+# Ranges `is_global` lets through (as of Python 3.11) that still reach somewhere they should not.
+CGNAT = ipaddress.ip_network("100.64.0.0/10")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
+METADATA = ipaddress.ip_address("169.254.169.254")
+
+
+class UnsafeURL(ValueError):
+    """The URL may not be posted to; the message says why."""
+
+
+def refusal(address: IPAddress, *, allow_loopback: bool) -> str | None:
+    """Why `address` may not be connected to, or None when it may."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return "an IPv4 address mapped in IPv6"
+        if address in NAT64 or address in NAT64_LOCAL:
+            return "a NAT64 address"
+        if address in SIX_TO_FOUR:
+            return "a 6to4 address"
+    if address.is_loopback:
+        return None if allow_loopback else "a loopback address"
+    if address == METADATA:
+        return "the cloud metadata address"
+    checks = (
+        (address.is_unspecified, "an unspecified address"),
+        (address.is_multicast, "a multicast address"),
+        (address.is_link_local, "a link-local address"),
+        (address.version == 4 and address in CGNAT, "a carrier-grade NAT address"),
+        (address.is_private, "a private address"),
+        (address.is_reserved, "a reserved address"),
+        (not address.is_global, "not a globally routable address"),
+    )
+    return next((why for refused, why in checks if refused), None)
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """Every A and AAAA record of `host`."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+async def checked_addresses(
+    url: str, *, allow_loopback: bool, resolver: Resolver = system_resolver
+) -> list[IPAddress]:
+    """The addresses `url` resolves to, all of them allowed; UnsafeURL otherwise. Every record
+    is checked, not one: which one a connection would use is not ours to choose."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeURL("only http and https URLs are allowed")
+    if not parts.hostname:
+        raise UnsafeURL("the URL has no host")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:
+        raise UnsafeURL(f"bad port: {error}") from None
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        found = [literal]
+    else:
+        try:
+            async with asyncio.timeout(RESOLVE_SECONDS):
+                found = [ipaddress.ip_address(a) for a in await resolver(parts.hostname, port)]
+        except (OSError, TimeoutError, ValueError):
+            found = []
+        if not found:
+            raise UnsafeURL(f"{parts.hostname} does not resolve")
+    for address in found:
+        why = refusal(address, allow_loopback=allow_loopback)
+        if why is not None:
+            raise UnsafeURL(f"{parts.hostname} resolves to {address}: {why}")
+    return found
+
+
+class PinnedTransport(httpx.AsyncBaseTransport):
+    """Resolves and checks each request's host, then connects to the checked address itself,
+    keeping the original Host header and TLS server name: a DNS answer that changes between
+    the check and the connection (rebinding) cannot redirect the request."""
+
+    def __init__(
+        self,
+        *,
+        allow_loopback: bool,
+        resolver: Resolver = system_resolver,
+        inner: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._allow_loopback = allow_loopback
+        self._resolver = resolver
+        self._inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            addresses = await checked_addresses(
+                str(request.url), allow_loopback=self._allow_loopback, resolver=self._resolver
+            )
+        except UnsafeURL as error:
+            raise httpx.ConnectError(f"refused: {error}", request=request) from None
+        host = request.url.host
+        request.url = request.url.copy_with(host=str(addresses[0]))
+        # httpx set the Host header from the original URL already; TLS must name it too.
+        request.extensions = {**request.extensions, "sni_hostname": host}
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

@@ -1,0 +1,155 @@
+"""SSRF: which addresses a webhook may reach, at request time and at delivery time."""
+
+import ipaddress
+import secrets
+
+import httpx
+import pytest
+
+from egress import PinnedTransport, UnsafeURL, checked_addresses, refusal
+from settings import Settings
+from tests.conftest import Account, WebhookReceiver, api_client
+from tests.helpers import attach, csv_bytes, unique_numbers
+
+REFUSED = [
+    "127.0.0.1",  # loopback
+    "::1",
+    "10.1.2.3",  # private
+    "172.16.0.1",
+    "192.168.1.1",
+    "169.254.1.1",  # link-local
+    "169.254.169.254",  # cloud metadata
+    "fe80::1",
+    "fc00::1",  # unique local
+    "100.64.0.1",  # carrier-grade NAT
+    "100.127.255.254",
+    "224.0.0.1",  # multicast
+    "239.255.255.250",
+    "ff02::1",
+    "0.0.0.0",  # unspecified
+    "::",
+    "240.0.0.1",  # reserved
+    "255.255.255.255",
+    "192.0.2.1",  # documentation
+    "198.18.0.1",  # benchmarking
+    "::ffff:8.8.8.8",  # IPv4 mapped in IPv6, even of a public address
+    "::ffff:127.0.0.1",
+    "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+    "64:ff9b::808:808",  # NAT64, even of a public address
+    "2002:a00:1::1",  # 6to4 of 10.0.0.1
+]
+ALLOWED = ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "2a00:1450::1"]
+
+
+@pytest.mark.parametrize("address", REFUSED)
+def test_non_global_addresses_are_refused(address: str) -> None:
+    assert refusal(ipaddress.ip_address(address), allow_loopback=False) is not None
+
+
+@pytest.mark.parametrize("address", ALLOWED)
+def test_global_addresses_are_allowed(address: str) -> None:
+    assert refusal(ipaddress.ip_address(address), allow_loopback=False) is None
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.1", "::1"])
+def test_loopback_only_with_the_setting(address: str) -> None:
+    assert refusal(ipaddress.ip_address(address), allow_loopback=True) is None
+    assert refusal(ipaddress.ip_address("10.0.0.1"), allow_loopback=True) is not None
+
+
+def resolving(records: dict[str, list[str]]):
+    async def resolve(host: str, port: int) -> list[str]:
+        return records.get(host, [])
+
+    return resolve
+
+
+@pytest.mark.parametrize(
+    ("url", "records", "ok"),
+    [
+        ("https://hooks.example/x", ["93.184.216.34"], True),
+        ("https://hooks.example/x", ["93.184.216.34", "2606:4700:4700::1111"], True),
+        # One bad record among good ones is enough to refuse: a connection may use any.
+        ("https://hooks.example/x", ["93.184.216.34", "10.0.0.7"], False),
+        ("https://hooks.example/x", ["2606:4700:4700::1111", "::ffff:10.0.0.7"], False),
+        ("https://hooks.example/x", [], False),  # does not resolve
+        ("ftp://hooks.example/x", ["93.184.216.34"], False),
+        ("file:///etc/passwd", [], False),
+        ("http://[::1]:8080/x", [], False),
+        ("http://169.254.169.254/latest/meta-data/", [], False),
+        ("http://8.8.8.8/x", [], True),
+    ],
+)
+async def test_every_resolved_address_is_checked(url: str, records: list[str], ok: bool) -> None:
+    check = checked_addresses(
+        url, allow_loopback=False, resolver=resolving({"hooks.example": records})
+    )
+    if ok:
+        expected = records or [httpx.URL(url).host]
+        assert [str(a) for a in await check] == expected
+    else:
+        with pytest.raises(UnsafeURL):
+            await check
+
+
+async def test_delivery_connects_to_the_checked_address_with_the_original_host(
+    webhooks: WebhookReceiver,
+) -> None:
+    run = secrets.token_hex(6)
+    port = httpx.URL(webhooks.base_url).port
+    transport = PinnedTransport(
+        allow_loopback=True, resolver=resolving({"hooks.example": ["127.0.0.1"]})
+    )
+    async with httpx.AsyncClient(transport=transport) as http:
+        response = await http.post(f"http://hooks.example:{port}/{run}", json={"status": "x"})
+    assert response.status_code == 204
+    assert webhooks.posts[run][0].headers["Host"] == f"hooks.example:{port}"
+
+
+@pytest.mark.parametrize(
+    ("records", "allow_loopback"), [(["10.0.0.9"], True), (["127.0.0.1"], False)]
+)
+async def test_delivery_to_a_refused_address_never_connects(
+    webhooks: WebhookReceiver, records: list[str], allow_loopback: bool
+) -> None:
+    run = secrets.token_hex(6)
+    port = httpx.URL(webhooks.base_url).port
+    transport = PinnedTransport(
+        allow_loopback=allow_loopback, resolver=resolving({"rebound.example": records})
+    )
+    async with httpx.AsyncClient(transport=transport) as http:
+        with pytest.raises(httpx.ConnectError, match="refused"):
+            await http.post(f"http://rebound.example:{port}/{run}", json={})
+    assert not webhooks.posts[run]
+
+
+async def test_the_api_refuses_internal_webhooks_with_400(
+    api: httpx.AsyncClient, account: Account, settings: Settings, webhooks: WebhookReceiver
+) -> None:
+    file_id = await attach(api, account.headers, csv_bytes(["phone_number"], [["+12125550123"]]))
+    batch = {
+        "file_id": file_id,
+        "global": {"agent_number": account.agent_number, "agent_message": "hi"},
+    }
+    send = {
+        "user_number": unique_numbers(1)[0],
+        "agent_number": account.agent_number,
+        "agent_message": "hi",
+    }
+    refused = [
+        ("/v1/sms/batch", batch | {"status_webhook": "http://10.1.2.3/hook"}),
+        ("/v1/sms/batch", batch | {"status_webhook": "http://169.254.169.254/latest"}),
+        ("/v1/sms/batch", batch | {"status_webhook": "ftp://example.com/hook"}),
+        ("/v1/sms/send", send | {"webhook": "http://[::ffff:10.0.0.1]/hook"}),
+    ]
+    for path, body in refused:
+        response = await api.post(path, headers=account.headers, json=body)
+        assert response.status_code == 400, (body, response.text)
+        assert response.json()["errors"][0]["error"] == "INVALID_WEBHOOK_URL", response.text
+
+    strict = settings.model_copy(update={"allow_loopback_webhooks": False})
+    async with api_client(strict) as client:
+        body = batch | {"status_webhook": webhooks.url("loopback")}
+        response = await client.post("/v1/sms/batch", headers=account.headers, json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"][0]["error"] == "INVALID_WEBHOOK_URL"

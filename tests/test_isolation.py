@@ -1,0 +1,224 @@
+"""Tenancy: the authorisation matrix. Every route of the app is listed here, as data, with how
+to call it on a resource of account A; account B must get exactly the reply an id that names
+nothing gets, and every route that is not public refuses a request without a key."""
+
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+from starlette.routing import Route
+
+from api.app import create_app
+from store import numbers
+from store.accounts import create_account, create_api_key
+from tests.helpers import attach, csv_bytes, unique_numbers
+from tests.sending import eventually
+
+FINAL = ("completed", "completed_partial", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Call:
+    """A request on one resource; `{batch_id}`, `{number}`, `{conversation_id}`, `{file_id}` and
+    `{own_number}` (the caller's sender) are filled in the path and in string body values."""
+
+    json: dict[str, Any] | None = None
+    query: dict[str, str] = field(default_factory=dict)
+
+
+# Routes that act on one resource of the caller's account: B gets A's exactly as an unknown id.
+SCOPED: dict[tuple[str, str], Call] = {
+    ("GET", "/v1/sms/batch/{batch_id}"): Call(),
+    ("GET", "/v1/sms/batch/{batch_id}/messages"): Call(),
+    ("GET", "/v1/sms/batch/{batch_id}/logs"): Call(),
+    ("GET", "/v1/sms/batch/{batch_id}/deliveries"): Call(),
+    ("GET", "/v1/sms/batch/{batch_id}/events"): Call(),
+    ("GET", "/v1/sms/batch/{batch_id}/errors"): Call(),
+    ("POST", "/v1/sms/batch/{batch_id}/cancel"): Call(json={"reason": "not yours"}),
+    ("POST", "/v1/sms/batch/{batch_id}/pause"): Call(),
+    ("POST", "/v1/sms/batch/{batch_id}/resume"): Call(),
+    ("POST", "/v1/sms/batch/{batch_id}/retry"): Call(json={"statuses": ["failed"]}),
+    ("GET", "/v1/sms/conversations/{conversation_id}"): Call(),
+    ("PATCH", "/v1/sms/numbers/{number}"): Call(json={"mps": 3}),
+    ("DELETE", "/v1/sms/numbers/{number}"): Call(),
+    # A file of A, or a sender of A, named in a body.
+    ("POST", "/v1/sms/batch"): Call(
+        json={
+            "file_id": "{file_id}",
+            "global": {"agent_number": "{own_number}", "agent_message": "hi"},
+        }
+    ),
+    ("POST", "/v1/sms/send"): Call(
+        json={"user_number": "+12125550123", "agent_number": "{number}", "agent_message": "hi"}
+    ),
+}
+# Routes that list the caller's resources: B's list names none of A's.
+LISTS: dict[tuple[str, str], Call] = {
+    ("GET", "/v1/sms/batches"): Call(),
+    ("GET", "/v1/sms/numbers"): Call(),
+    ("GET", "/v1/sms/conversations"): Call(),
+}
+# Routes that only create or touch the caller's own things and take no id.
+OWN: dict[tuple[str, str], str] = {
+    ("POST", "/v1/files/attach"): "stores a file in the caller's account",
+    ("POST", "/v1/sms/numbers"): "registers a sender in the caller's account",
+    ("GET", "/v1/webhooks/secret"): "the caller's signing secret's dates",
+    ("POST", "/v1/webhooks/secret/rotate"): "rotates the caller's signing secret",
+}
+# Routes without a key, and why.
+PUBLIC: dict[tuple[str, str], str] = {
+    ("GET", "/healthz"): "liveness",
+    ("GET", "/readyz"): "readiness",
+    (
+        "POST",
+        "/v1/webhooks/twilio/inbound",
+    ): "the carrier's webhook, signed with X-Twilio-Signature",
+    ("GET", "/openapi.json"): "the schema",
+    ("GET", "/docs"): "the schema, as a page",
+    ("GET", "/docs/oauth2-redirect"): "part of the schema page",
+    ("GET", "/redoc"): "the schema, as a page",
+}
+
+
+def _walk(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    for route in routes:
+        if isinstance(route, APIRoute | Route):
+            for method in route.methods or ():
+                if method not in ("HEAD", "OPTIONS"):
+                    yield method, prefix + route.path
+        else:
+            # FastAPI keeps an included router as one entry that wraps the router's own routes.
+            included = route.original_router
+            yield from _walk(included.routes, prefix + route.include_context.prefix)
+
+
+def app_routes() -> set[tuple[str, str]]:
+    return set(_walk(create_app().routes))
+
+
+def test_the_matrix_names_every_route_once() -> None:
+    listed = [*SCOPED, *LISTS, *OWN, *PUBLIC]
+    assert len(listed) == len(set(listed)), "a route is in two tables"
+    assert set(listed) == app_routes()
+
+
+@dataclass
+class Tenant:
+    key: str
+    number: str
+    ids: dict[str, str]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": self.key}
+
+
+async def new_tenant(pool: asyncpg.Pool) -> Tenant:
+    account_id = await create_account(pool, f"matrix-{secrets.token_hex(4)}")
+    number = unique_numbers(1)[0]
+    await numbers.add_number(pool, account_id, number, "sms", None)
+    key = (await create_api_key(pool, account_id)).key
+    return Tenant(key=key, number=number, ids={"number": number})
+
+
+@pytest.fixture
+async def tenants(
+    api: httpx.AsyncClient, pool: asyncpg.Pool
+) -> AsyncIterator[tuple[Tenant, Tenant]]:
+    """A with a finished batch (its file), a conversation and a sender; B with a sender only."""
+    a, b = await new_tenant(pool), await new_tenant(pool)
+    file_id = await attach(
+        api, a.headers, csv_bytes(["phone_number"], [[n] for n in unique_numbers(2)])
+    )
+    started = await api.post(
+        "/v1/sms/batch",
+        headers=a.headers,
+        json={"file_id": file_id, "global": {"agent_number": a.number, "agent_message": "hi"}},
+    )
+    assert started.status_code == 200, started.text
+    sent = await api.post(
+        "/v1/sms/send",
+        headers=a.headers,
+        json={"user_number": unique_numbers(1)[0], "agent_number": a.number, "agent_message": "hi"},
+    )
+    assert sent.status_code == 200, sent.text
+    a.ids.update(
+        batch_id=file_id, file_id=file_id, conversation_id=sent.json()["data"]["conversation_id"]
+    )
+    await eventually(
+        lambda: api.get(f"/v1/sms/batch/{file_id}", headers=a.headers),
+        lambda r: r.json()["data"]["status"] in FINAL,
+    )
+    yield a, b
+
+
+def unknown_ids() -> dict[str, str]:
+    fresh = str(uuid.uuid4())
+    return {
+        "batch_id": fresh,
+        "file_id": fresh,
+        "conversation_id": fresh,
+        "number": unique_numbers(1)[0],
+    }
+
+
+async def call(
+    api: httpx.AsyncClient, method: str, path: str, spec: Call, caller: Tenant, ids: dict[str, str]
+) -> httpx.Response:
+    values = {**ids, "own_number": caller.number}
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.format(**values)
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        return value
+
+    return await api.request(
+        method, fill(path), headers=caller.headers, json=fill(spec.json), params=spec.query
+    )
+
+
+def outcome(response: httpx.Response) -> tuple[int, list[str]]:
+    return response.status_code, [e["error"] for e in response.json()["errors"] or []]
+
+
+async def test_another_accounts_resources_are_404_as_if_they_did_not_exist(
+    api: httpx.AsyncClient, tenants: tuple[Tenant, Tenant]
+) -> None:
+    a, b = tenants
+    for (method, path), spec in SCOPED.items():
+        as_b = await call(api, method, path, spec, b, a.ids)
+        unknown = await call(api, method, path, spec, b, unknown_ids())
+        assert unknown.status_code == 404, (method, path, unknown.text)
+        assert outcome(as_b) == outcome(unknown), (method, path, as_b.text)
+    # Last, since some of A's calls change A's things (a send, a deleted sender): the matrix
+    # is only meaningful if each resource exists for its owner. Deletes go last.
+    for (method, path), spec in sorted(SCOPED.items(), key=lambda item: item[0][0] == "DELETE"):
+        as_a = await call(api, method, path, spec, a, a.ids)
+        assert as_a.status_code != 404, (method, path, as_a.text)
+
+
+async def test_lists_hold_only_the_callers_resources(
+    api: httpx.AsyncClient, tenants: tuple[Tenant, Tenant]
+) -> None:
+    a, b = tenants
+    for (method, path), spec in LISTS.items():
+        own = (await call(api, method, path, spec, a, a.ids)).text
+        other = (await call(api, method, path, spec, b, b.ids)).text
+        mine = [a.ids["batch_id"], a.ids["conversation_id"], a.number]
+        assert any(i in own for i in mine), (path, own)
+        assert not any(i in other for i in mine), (path, other)
+
+
+async def test_every_route_but_the_public_ones_needs_a_key(api: httpx.AsyncClient) -> None:
+    for method, path in [*SCOPED, *LISTS, *OWN]:
+        filled = path.format(**unknown_ids())
+        response = await api.request(method, filled, json={})
+        assert outcome(response) == (401, ["UNAUTHORIZED"]), (method, path, response.text)

@@ -1,0 +1,86 @@
+"""API keys: the `herald keys` command line, shown-once keys, revocation, the 401s."""
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+
+from settings import Settings
+
+HERALD = Path(sys.executable).parent / "herald"
+
+
+def herald(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed `herald` console script, against the session's PostgreSQL."""
+    env = {**os.environ, "HERALD_DATABASE_URL": settings.dsn}
+    return subprocess.run(
+        [str(HERALD), *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+def field(output: str, name: str) -> str:
+    match = re.search(rf"^{name}: (\S+)$", output, re.MULTILINE)
+    assert match, output
+    return match.group(1)
+
+
+async def test_a_key_created_on_the_command_line_works_until_revoked(
+    settings: Settings, api: httpx.AsyncClient
+) -> None:
+    created = herald(settings, "keys", "create", "--account-name", f"cli-{uuid.uuid4().hex[:6]}")
+    assert created.returncode == 0, created.stderr
+    key, key_id = field(created.stdout, "key"), field(created.stdout, "key_id")
+    account_id = field(created.stdout, "account_id")
+    assert key.startswith("hk_")
+
+    for header in (key, f"Bearer {key}"):
+        response = await api.get("/v1/sms/batches", headers={"authorization": header})
+        assert response.status_code == 200, response.text
+
+    listed = herald(settings, "keys", "list", "--account", account_id)
+    assert listed.returncode == 0, listed.stderr
+    assert key_id in listed.stdout and key[:12] in listed.stdout
+    assert key not in listed.stdout
+
+    revoked = herald(settings, "keys", "revoke", key_id)
+    assert revoked.returncode == 0, revoked.stderr
+    response = await api.get("/v1/sms/batches", headers={"authorization": key})
+    assert response.status_code == 401
+    assert response.json()["errors"][0]["error"] == "UNAUTHORIZED"
+    assert re.search(rf"^{key_id}\t.*\t\d{{4}}-", herald(settings, "keys", "list").stdout, re.M)
+
+
+async def test_a_second_key_for_an_account_is_independent(
+    settings: Settings, api: httpx.AsyncClient
+) -> None:
+    first = herald(settings, "keys", "create", "--account-name", "cli-two-keys")
+    account_id = field(first.stdout, "account_id")
+    second = herald(settings, "keys", "create", "--account", account_id)
+    assert second.returncode == 0, second.stderr
+    assert field(second.stdout, "account_id") == account_id
+
+    herald(settings, "keys", "revoke", field(first.stdout, "key_id"))
+    ok = await api.get("/v1/sms/batches", headers={"authorization": field(second.stdout, "key")})
+    gone = await api.get("/v1/sms/batches", headers={"authorization": field(first.stdout, "key")})
+    assert (ok.status_code, gone.status_code) == (200, 401)
+
+
+def test_unknown_account_and_key_are_refused(settings: Settings) -> None:
+    assert herald(settings, "keys", "create", "--account", str(uuid.uuid4())).returncode == 1
+    assert herald(settings, "keys", "revoke", str(uuid.uuid4())).returncode == 1
+
+
+async def test_missing_malformed_or_guessed_keys_get_401(api: httpx.AsyncClient) -> None:
+    for headers in (
+        {},
+        {"authorization": ""},
+        {"authorization": "hk_" + "A" * 43},
+        {"authorization": "Bearer nope"},
+    ):
+        response = await api.get("/v1/sms/batches", headers=headers)
+        assert response.status_code == 401, headers
+        assert response.json()["errors"][0]["error"] == "UNAUTHORIZED"

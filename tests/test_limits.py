@@ -1,0 +1,54 @@
+"""Request limits: body size (413 `PAYLOAD_TOO_LARGE`) and per-key rate (429 `RATE_LIMITED`)."""
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+
+from settings import Settings
+from store.accounts import create_account, create_api_key
+from tests.conftest import Account, api_client
+
+
+def error_code(response: httpx.Response) -> str:
+    return response.json()["errors"][0]["error"]
+
+
+async def test_a_json_body_over_the_limit_is_refused_before_it_is_read(
+    settings: Settings, account: Account
+) -> None:
+    big = {"file_id": "x", "name": "n" * 5000, "global": {"agent_number": "+15005550006"}}
+    async with api_client(settings.model_copy(update={"max_body_bytes": 2048})) as api:
+        declared = await api.post("/v1/sms/batch", headers=account.headers, json=big)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(10):
+                yield b" " * 1000  # JSON whitespace: valid, and no Content-Length announces it
+
+        chunked = await api.post(
+            "/v1/sms/batch",
+            headers=account.headers | {"content-type": "application/json"},
+            content=chunks(),
+        )
+        small = await api.post("/v1/sms/batch", headers=account.headers, json={"file_id": "x"})
+
+    assert (declared.status_code, error_code(declared)) == (413, "PAYLOAD_TOO_LARGE")
+    assert "content-length" not in chunked.request.headers
+    assert (chunked.status_code, error_code(chunked)) == (413, "PAYLOAD_TOO_LARGE")
+    assert small.status_code == 400  # under the limit: refused for what it says, not its size
+
+
+async def test_each_key_has_its_own_request_rate(
+    settings: Settings, pool: asyncpg.Pool, account: Account
+) -> None:
+    other = (await create_api_key(pool, await create_account(pool, "rate-other"))).key
+    limited = settings.model_copy(update={"rate_limit_per_second": 0.5, "rate_limit_burst": 3})
+    async with api_client(limited) as api:
+        burst = [await api.get("/v1/sms/batches", headers=account.headers) for _ in range(3)]
+        refused = await api.get("/v1/sms/batches", headers=account.headers)
+        another_key = await api.get("/v1/sms/batches", headers={"authorization": other})
+
+    assert [r.status_code for r in burst] == [200, 200, 200]
+    assert (refused.status_code, error_code(refused)) == (429, "RATE_LIMITED")
+    assert 1 <= int(refused.headers["retry-after"]) <= 2
+    assert another_key.status_code == 200

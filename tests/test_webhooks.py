@@ -1,0 +1,169 @@
+"""Status webhooks: Standard Webhooks signatures (checked with the `standardwebhooks` package),
+secret rotation, retries with backoff, in-order delivery, 410 Gone, no redirects."""
+
+import asyncio
+import itertools
+import secrets
+from datetime import datetime
+
+import httpx
+from standardwebhooks import Webhook
+
+from tests.conftest import Account, WebhookReceiver
+from tests.helpers import attach, csv_bytes, unique_numbers
+from tests.sending import eventually
+
+FINAL = ("completed", "completed_partial", "failed", "cancelled")
+
+
+async def start_batch(api: httpx.AsyncClient, account: Account, url: str) -> str:
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number"], [[n] for n in unique_numbers(2)])
+    )
+    response = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "file_id": file_id,
+            "status_webhook": url,
+            "global": {"agent_number": account.agent_number, "agent_message": "hello"},
+        },
+    )
+    assert response.status_code == 200, response.text
+    return file_id
+
+
+async def rotate(api: httpx.AsyncClient, account: Account) -> str:
+    response = await api.post("/v1/webhooks/secret/rotate", headers=account.headers)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["secret"]
+
+
+def event_seq(webhook_id: str) -> int:
+    return int(webhook_id.rsplit("_", 1)[1])
+
+
+async def deliveries(api: httpx.AsyncClient, account: Account, batch_id: str) -> list[dict]:
+    response = await api.get(f"/v1/sms/batch/{batch_id}/deliveries", headers=account.headers)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["deliveries"]
+
+
+async def test_every_post_verifies_with_the_accounts_secret(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> None:
+    secret = await rotate(api, account)
+    run = secrets.token_hex(6)
+    batch_id = await start_batch(api, account, webhooks.url(run))
+    await webhooks.wait_for(run, *FINAL)
+
+    posts = webhooks.posts[run]
+    for post in posts:
+        verified = Webhook(secret).verify(post.body, post.headers)
+        assert verified["batch_id"] == batch_id
+        assert (
+            post.headers["webhook-id"] == f"evt_{batch_id}_{event_seq(post.headers['webhook-id'])}"
+        )
+    assert [event_seq(p.headers["webhook-id"]) for p in posts] == list(range(1, len(posts) + 1))
+
+    forged = posts[0].headers | {"webhook-signature": "v1,AAAA"}
+    other = Webhook(await rotate(api, account))
+    for headers, verifier in ((forged, Webhook(secret)), (posts[0].headers, other)):
+        try:
+            verifier.verify(posts[0].body, headers)
+        except Exception as error:  # the package raises its own WebhookVerificationError
+            assert type(error).__name__ == "WebhookVerificationError"
+        else:
+            raise AssertionError("a wrong signature verified")
+
+
+async def test_during_a_rotation_both_secrets_verify(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> None:
+    old = await rotate(api, account)
+    new = await rotate(api, account)
+    state = (await api.get("/v1/webhooks/secret", headers=account.headers)).json()["data"]
+    assert "secret" not in state and old not in str(state) and new not in str(state)
+    assert state["previous_valid_until"] is not None
+
+    run = secrets.token_hex(6)
+    await start_batch(api, account, webhooks.url(run))
+    await webhooks.wait_for(run, *FINAL)
+
+    post = webhooks.posts[run][0]
+    assert len(post.headers["webhook-signature"].split(" ")) == 2
+    for secret in (old, new):
+        assert Webhook(secret).verify(post.body, post.headers)["status"] == "validating"
+
+
+async def test_failed_posts_are_retried_in_order_with_a_stable_id(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> None:
+    run = secrets.token_hex(6)
+    # The first event: a 500, a redirect (not followed, not a success), a 503, then 204.
+    webhooks.answers[run] = [500, 302, 503]
+    batch_id = await start_batch(api, account, webhooks.url(run))
+    await webhooks.wait_for(run, *FINAL)
+
+    posts = webhooks.posts[run]
+    ids = [p.headers["webhook-id"] for p in posts]
+    assert ids[:4] == [f"evt_{batch_id}_1"] * 4
+    seqs = [event_seq(i) for i in ids]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) - 3
+    assert not webhooks.posts["redirected"]
+
+    first = [d for d in await deliveries(api, account, batch_id) if d["event_seq"] == 1]
+    assert [(d["attempt"], d["status_code"]) for d in first] == [
+        (1, 500),
+        (2, 302),
+        (3, 503),
+        (4, 204),
+    ]
+    assert all(d["next_retry_at"] for d in first[:3]) and first[3]["next_retry_at"] is None
+    gaps = [
+        (seconds(b["attempted_at"]) - seconds(a["attempted_at"]))
+        for a, b in itertools.pairwise(first)
+    ]
+    # The test schedule is 0.2 s, 0.5 s, 1 s, each spread by at most 20 %.
+    assert gaps[0] >= 0.15 and gaps[1] >= 0.4 and gaps[2] >= 0.8, gaps
+
+
+def seconds(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+async def test_a_failing_receiver_never_holds_the_batch_back(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> None:
+    run = secrets.token_hex(6)
+    webhooks.answers[run] = [500] * 100
+    batch_id = await start_batch(api, account, webhooks.url(run))
+
+    detail = await eventually(
+        lambda: api.get(f"/v1/sms/batch/{batch_id}", headers=account.headers),
+        lambda r: r.json()["data"]["status"] in FINAL,
+    )
+    assert detail.json()["data"]["status"] == "completed"
+    # Each event takes its whole retry schedule (about 2 s here) before the next one goes.
+    assert not any(e["status"] in FINAL for e in webhooks.received[run])
+    await webhooks.wait_for(run, *FINAL, times=4)  # the final event, given up after 4 tries
+    assert {d["attempt"] for d in await deliveries(api, account, batch_id)} == {1, 2, 3, 4}
+
+
+async def test_410_gone_turns_the_batchs_webhook_off(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> None:
+    run = secrets.token_hex(6)
+    webhooks.answers[run] = [410]
+    batch_id = await start_batch(api, account, webhooks.url(run))
+    await eventually(
+        lambda: api.get(f"/v1/sms/batch/{batch_id}/logs", headers=account.headers),
+        lambda r: any(e["status"] in FINAL for e in r.json()["data"]["events"]),
+    )
+    await asyncio.sleep(1.5)  # longer than the retry schedule's first steps
+
+    assert len(webhooks.posts[run]) == 1
+    recorded = await deliveries(api, account, batch_id)
+    assert [(d["event_seq"], d["status_code"], d["next_retry_at"]) for d in recorded] == [
+        (1, 410, None)
+    ]
