@@ -14,6 +14,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.backoff import retry_delay, stalls_before
 from activities.providers.twilio import SendResult, TwilioCarrier, Verdict
 from activities.recipients import (
     Recipient,
@@ -214,23 +215,47 @@ class BatchActivities:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(sends)
             results = sends.result()
-            await messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
+            await self._record(batch_id, claimed, results)
             raise
         finally:
             heartbeats.cancel()
-        await messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
+        await self._record(batch_id, claimed, results)
         retry = [r for r in results if r is not None and r.verdict is Verdict.RETRY]
         if retry:
-            delay = max((r.retry_after or 0) for r in retry)
+            # An attempt that got anything through resets the backoff; the next attempt reads
+            # this heartbeat to know how long the carrier has refused everything.
+            progressed = len(retry) < sum(r is not None for r in results)
+            stalls = 0 if progressed else stalls_before(activity.info().heartbeat_details) + 1
+            activity.heartbeat(stalls)
+            retry_after = max((r.retry_after or 0) for r in retry)
             raise ApplicationError(
                 f"carrier deferred {len(retry)} of {len(results)} messages ({retry[0].error_code})",
                 type="CarrierDeferred",
-                next_retry_delay=timedelta(seconds=delay) if delay else None,
+                next_retry_delay=timedelta(seconds=retry_delay(stalls, retry_after)),
             )
         return SendCounts(
             sent=sum(r is not None and r.verdict is Verdict.SENT for r in results),
             failed=sum(r is not None and r.verdict is Verdict.FAILED for r in results),
         )
+
+    async def _record(
+        self,
+        batch_id: uuid.UUID,
+        claimed: list[messages.ClaimedMessage],
+        results: list[SendResult | None],
+    ) -> None:
+        """Record a slice: first the opt-outs the carrier reported (idempotent, so a crash
+        before the outcomes loses none), then every outcome in one statement."""
+        opted_out = [
+            m.to_number
+            for m, r in zip(claimed, results, strict=True)
+            if r is not None and r.opts_out
+        ]
+        if opted_out:
+            account_id = (await batches.batch_for_workflow(self._pool, batch_id))["account_id"]
+            for number in opted_out:
+                await opt_outs.add_opt_out(self._pool, account_id, number, source="carrier")
+        await messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
 
     @activity.defn
     async def record_status(self, update: StatusUpdate) -> None:

@@ -7,7 +7,7 @@ import secrets
 import sys
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from aiohttp import web
 from temporalio.client import Client
 
 from api.app import create_app
+from deploy.local.emulator import Faults
 from deploy.local.postgres import dsn, postgres_process, postgres_ready
 from deploy.local.processes import ManagedProcess, free_port, http_ok
 from deploy.local.temporal import temporal_process, temporal_ready
@@ -156,6 +157,22 @@ async def account(pool: asyncpg.Pool, worker: None) -> Account:
     key = await create_api_key(pool, account_id)
     await numbers.add_number(pool, account_id, SENDER, "sms")
     return Account(account_id=account_id, key=key.key, agent_number=SENDER)
+
+
+Configure = Callable[..., Awaitable[None]]
+
+
+@pytest.fixture
+async def carrier(emulator_url: str) -> AsyncIterator[Configure]:
+    """Sets the emulator's faults for one test, and puts the defaults back after it."""
+
+    async def configure(**faults: Any) -> None:
+        async with httpx.AsyncClient() as client:
+            response = await client.post(f"{emulator_url}/_emulator/config", json=faults)
+            response.raise_for_status()
+
+    yield configure
+    await configure(**vars(Faults()))
 
 
 @dataclass
