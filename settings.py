@@ -6,6 +6,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Where the carrier posts delivery receipts, under Herald's public URL.
+STATUS_CALLBACK_PATH = "/v1/webhooks/twilio/status"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HERALD_", extra="ignore")
@@ -78,6 +81,10 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return self.public_url or f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def status_callback_url(self) -> str:
+        return self.api_url.rstrip("/") + STATUS_CALLBACK_PATH
 
     @property
     def dsn(self) -> str:

@@ -200,7 +200,7 @@ class BatchActivities:
                     to=message.to_number,
                     from_=input.agent_number,
                     body=message.body,
-                    status_callback=None,
+                    status_callback=self._settings.status_callback_url,
                 )
 
         sends = asyncio.gather(*(send(m) for m in claimed))

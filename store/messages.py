@@ -97,7 +97,13 @@ async def claim_slice(
 
 
 async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome]) -> None:
-    """Write every outcome of a slice in one statement; only rows still `sending` move."""
+    """Write every outcome of a slice in one statement; only rows still `sending` move. Then
+    apply the receipts that came before their sids were written.
+
+    The two statements commit one after the other, and a receipt is kept before it is
+    applied (receipts.record_receipt): whichever side writes second sees the first, so no
+    receipt is lost to the race between them.
+    """
     if not outcomes:
         return
     await pool.execute(
@@ -114,6 +120,16 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
         [o.error_code for o in outcomes],
         [o.error_message for o in outcomes],
     )
+    sids = [o.carrier_sid for o in outcomes if o.carrier_sid]
+    if sids:
+        await pool.execute(
+            "UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
+            " updated_at = now() FROM carrier_receipts AS r"
+            " WHERE r.carrier_sid = ANY($2::text[]) AND m.carrier_sid = r.carrier_sid"
+            " AND m.batch_id = $1 AND receipt_rank(m.status) < receipt_rank(r.status)",
+            batch_id,
+            sids,
+        )
 
 
 async def close_ledger(pool: asyncpg.Pool, batch_id: uuid.UUID, *, cancel_pending: bool) -> None:
