@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from temporalio.client import Client
 
 from api.errors import install_error_handlers
-from api.routes import batches, files, health, numbers, receipts
+from api.routes import batches, files, health, numbers, opt_outs, receipts
 from logs import configure_logging
 from settings import Settings, get_settings
 from store.db import create_pool, migrate
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (health, files, numbers, batches, receipts):
+    for module in (health, files, numbers, batches, opt_outs, receipts):
         app.include_router(module.router)
     return app
 

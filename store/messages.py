@@ -76,11 +76,26 @@ async def claim_slice(
     A slice is sent by one activity at a time, so a row already `sending` here was claimed by
     an attempt that died: the carrier may have accepted it, and Twilio takes no idempotency
     key, so it becomes `uncertain` instead of being sent again.
+
+    A number that opted out since the batch was validated is skipped (`opted_out`), unless
+    the batch was started with `exclude_opt_outs: false`.
     """
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "UPDATE messages SET status = 'uncertain', updated_at = now()"
             " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'sending'",
+            batch_id,
+            start,
+            end,
+        )
+        await conn.execute(
+            "UPDATE messages AS m SET status = 'skipped', error_code = 'opted_out',"
+            " updated_at = now() FROM batches AS b"
+            " WHERE m.batch_id = $1 AND m.seq >= $2 AND m.seq < $3 AND m.status = 'pending'"
+            " AND b.id = m.batch_id"
+            " AND coalesce((b.request ->> 'exclude_opt_outs')::boolean, true)"
+            " AND EXISTS (SELECT 1 FROM opt_outs AS o"
+            " WHERE o.account_id = m.account_id AND o.number = m.to_number)",
             batch_id,
             start,
             end,

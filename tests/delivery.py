@@ -22,10 +22,14 @@ ACCEPTED = {"sent", "delivered", "undelivered"}
 
 
 async def start_batch_of(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, numbers: list[str]
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    numbers: list[str],
+    **options: object,
 ) -> tuple[str, str]:
-    """Start a batch to `numbers` whose bodies and webhook path carry a fresh marker;
-    (file_id, marker)."""
+    """Start a batch to `numbers`, with request `options`, whose bodies and webhook path carry
+    a fresh marker; (file_id, marker)."""
     marker = secrets.token_hex(6)
     file_id = await attach(
         api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
@@ -37,6 +41,7 @@ async def start_batch_of(
             "file_id": file_id,
             "status_webhook": webhooks.url(marker),
             "global": {"agent_number": account.agent_number, "agent_message": f"d {marker}"},
+            **options,
         },
     )
     assert response.status_code == 200, response.text

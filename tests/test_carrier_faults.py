@@ -174,3 +174,5 @@ async def test_a_carrier_opt_out_fails_the_message_and_later_batches_skip_the_nu
         numbers[2]: ("sent", None),
     }
     assert second_rows[0]["attempts"] == 0
+    listed = (await api.get("/v1/opt-outs", headers=account.headers)).json()["data"]["opt_outs"]
+    assert [(o["number"], o["source"]) for o in listed] == [(OPTED_OUT_AT_CARRIER, "carrier")]
