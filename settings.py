@@ -57,6 +57,16 @@ class Settings(BaseSettings):
     chunks_per_run: int = Field(
         200, description="Chunks a BatchWorkflow run starts before it continues as new."
     )
+    send_heartbeat_timeout_seconds: float = Field(
+        30.0,
+        description="A send activity silent this long is presumed dead (its worker crashed) and"
+        " its slice is retried on another worker; rows it left `sending` become `uncertain`.",
+    )
+    sticky_timeout_seconds: float = Field(
+        10.0,
+        description="How long a workflow task waits for the worker that ran the workflow last"
+        " before any worker takes it: after a worker crash, its workflows wait this long.",
+    )
     max_concurrent_activities: int = 16
     worker_processes: int = Field(
         2, description="Workers the local stack starts; they share the task queue."

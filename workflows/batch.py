@@ -269,6 +269,7 @@ class BatchWorkflow:
                 end=end,
                 slice_size=dispatch.slice_size,
                 slices_in_flight=dispatch.slices_in_flight,
+                send_heartbeat_timeout_seconds=dispatch.send_heartbeat_timeout_seconds,
             ),
             id=f"{workflow.info().workflow_id}/chunk-{index}",
         )
