@@ -3,8 +3,9 @@
 import asyncio
 import contextlib
 import itertools
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +31,7 @@ from activities.recipients import (
 from activities.webhooks import post_event
 from settings import Settings
 from store import batches, events, files, messages, opt_outs
+from store.db import UNAVAILABLE
 from workflows.contracts import (
     BatchCounts,
     DeliverEventsInput,
@@ -49,6 +51,9 @@ COPY_BATCH = 10_000
 # Often enough that a cancellation (delivered in a heartbeat's reply) is seen within a second.
 HEARTBEAT_SECONDS = 0.5
 FINAL_EVENT_FIELDS = ("total", "successful", "failed", "skipped", "cancelled", "uncertain")
+# How long a send activity holding the carrier's answers waits for PostgreSQL to come back
+# (a restart, a failover) before it gives up, leaving its rows to end `uncertain`.
+OUTAGE_WAIT_SECONDS = 60.0
 
 
 class BatchActivities:
@@ -252,10 +257,15 @@ class BatchActivities:
             if r is not None and r.opts_out
         ]
         if opted_out:
-            account_id = (await batches.batch_for_workflow(self._pool, batch_id))["account_id"]
-            for number in opted_out:
-                await opt_outs.add_opt_out(self._pool, account_id, number, source="carrier")
-        await messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
+            await _through_outages(lambda: self._record_opt_outs(batch_id, opted_out))
+        await _through_outages(
+            lambda: messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
+        )
+
+    async def _record_opt_outs(self, batch_id: uuid.UUID, numbers: list[str]) -> None:
+        account_id = (await batches.batch_for_workflow(self._pool, batch_id))["account_id"]
+        for number in numbers:
+            await opt_outs.add_opt_out(self._pool, account_id, number, source="carrier")
 
     @activity.defn
     async def record_status(self, update: StatusUpdate) -> None:
@@ -351,6 +361,26 @@ class BatchActivities:
             self.finish_ledger,
             self.reopen_rows,
         ]
+
+
+async def _through_outages(write: Callable[[], Awaitable[object]]) -> None:
+    """Run `write`, and again while PostgreSQL is unreachable, heartbeating, for up to
+    OUTAGE_WAIT_SECONDS. The carrier's answers are worth the wait: an activity that failed
+    here would be retried, and its retry would find these rows `sending` and make them
+    `uncertain`."""
+    deadline = time.monotonic() + OUTAGE_WAIT_SECONDS
+    pause = 0.1
+    while True:
+        try:
+            await write()
+            return
+        except UNAVAILABLE as error:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("database unavailable; outcomes kept until it is back", error=repr(error))
+        activity.heartbeat()
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 2.0)
 
 
 async def _heartbeat_until_done() -> None:
