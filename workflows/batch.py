@@ -324,7 +324,9 @@ class BatchWorkflow:
             return await self._report_final(
                 "cancelled", counts, code="cancelled", reason=self._cancel_reason
             )
-        if counts.successful == 0:
+        # An `uncertain` row may have reached the carrier: then "no message was accepted"
+        # is not known, and the batch ends `completed_partial` with its counts.
+        if counts.successful == 0 and counts.uncertain == 0:
             return await self._report_final(
                 "failed", counts, code="all_sends_failed", reason="no message was accepted"
             )
