@@ -1,7 +1,9 @@
 """The carrier outcome table, Retry-After and the backoff of deferred slices (no stack)."""
 
 import random
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from twilio.base.exceptions import TwilioRestException
@@ -93,3 +95,12 @@ def test_stalls_come_from_the_last_attempts_heartbeat() -> None:
     assert stalls_before([]) == 0
     assert stalls_before([3]) == 3
     assert stalls_before(["something else"]) == 0
+
+
+def test_the_delivery_docs_list_every_outcome_with_its_verdict() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "DELIVERY.md").read_text()
+
+    documented = re.findall(r"^\| `([^`]+)` \| (failed|retry|uncertain) \|", text, re.MULTILINE)
+
+    assert dict(documented) == {key: o.verdict.value for key, o in OUTCOMES.items()}
+    assert len(documented) == len(OUTCOMES)
