@@ -77,6 +77,8 @@ def emulator_url(stack_dir: Path) -> Iterator[str]:
             str(port),
             "--auth-token",
             AUTH_TOKEN,
+            # The session's API is in-process: no callback could reach it.
+            "--no-status-callbacks",
         ],
         stack_dir / "emulator.log",
     ).start()
