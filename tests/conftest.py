@@ -99,9 +99,8 @@ def settings(
         temporal_address=temporal_address,
         twilio_api_url=emulator_url,
         twilio_auth_token=AUTH_TOKEN,
-        # The API runs in-process, unreachable over TCP: the carrier's status callbacks go to
-        # a port nothing listens on (tests post receipts themselves) rather than to whatever
-        # else on this machine listens on the default port.
+        # The API runs in-process, unreachable over TCP: StatusCallback URLs name a port
+        # nothing listens on, not the default one another stack on this machine may use.
         api_port=free_port(),
         task_queue=f"herald-test-{uuid.uuid4().hex[:8]}",
         chunk_size=1000,
