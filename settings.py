@@ -6,6 +6,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Where the carrier posts delivery receipts, under Herald's public URL.
+STATUS_CALLBACK_PATH = "/v1/webhooks/twilio/status"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HERALD_", extra="ignore")
@@ -63,6 +66,16 @@ class Settings(BaseSettings):
     chunks_per_run: int = Field(
         200, description="Chunks a BatchWorkflow run starts before it continues as new."
     )
+    send_heartbeat_timeout_seconds: float = Field(
+        30.0,
+        description="A send activity silent this long is presumed dead (its worker crashed) and"
+        " its slice is retried on another worker; rows it left `sending` become `uncertain`.",
+    )
+    sticky_timeout_seconds: float = Field(
+        10.0,
+        description="How long a workflow task waits for the worker that ran the workflow last"
+        " before any worker takes it: after a worker crash, its workflows wait this long.",
+    )
     max_concurrent_activities: int = 16
     default_sender_mps: float | None = Field(
         10.0, description="Rate limit of a sender number registered without one."
@@ -115,6 +128,10 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return self.public_url or f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def status_callback_url(self) -> str:
+        return self.api_url.rstrip("/") + STATUS_CALLBACK_PATH
 
     @property
     def dsn(self) -> str:

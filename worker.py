@@ -50,6 +50,9 @@ async def herald_worker(client: Client, settings: Settings) -> AsyncIterator[Wor
             workflows=WORKFLOWS,
             activities=[*batch_activities.registered(), *conversation_activities.registered()],
             max_concurrent_activities=settings.max_concurrent_activities,
+            sticky_queue_schedule_to_start_timeout=timedelta(
+                seconds=settings.sticky_timeout_seconds
+            ),
             # Cancellations reach an activity in a heartbeat's reply: let them through at once.
             max_heartbeat_throttle_interval=timedelta(seconds=1),
         )

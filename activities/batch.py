@@ -6,7 +6,7 @@ import itertools
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +16,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.backoff import retry_delay, stalls_before
 from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, TwilioCarrier, Verdict
 from activities.recipients import (
@@ -32,6 +33,7 @@ from activities.recipients import (
 from activities.webhooks import post_event
 from settings import Settings
 from store import accounts, batches, events, files, messages, opt_outs
+from store.db import UNAVAILABLE
 from workflows.contracts import (
     BatchCounts,
     DeliverEventsInput,
@@ -62,6 +64,9 @@ FINAL_EVENT_FIELDS = (
     "uncertain",
     "expired",
 )
+# How long a send activity holding the carrier's answers waits for PostgreSQL to come back
+# (a restart, a failover) before it gives up, leaving its rows to end `uncertain`.
+OUTAGE_WAIT_SECONDS = 60.0
 
 
 class BatchActivities:
@@ -223,7 +228,7 @@ class BatchActivities:
                     to=message.to_number,
                     from_=input.agent_number,
                     body=message.body,
-                    status_callback=None,
+                    status_callback=self._settings.status_callback_url,
                 )
 
         sends = asyncio.gather(*(send(m) for m in claimed))
@@ -238,23 +243,52 @@ class BatchActivities:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(sends)
             results = sends.result()
-            await messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
+            await self._record(batch_id, claimed, results)
             raise
         finally:
             heartbeats.cancel()
-        await messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
+        await self._record(batch_id, claimed, results)
         retry = [r for r in results if r is not None and r.verdict is Verdict.RETRY]
         if retry:
-            delay = max((r.retry_after or 0) for r in retry)
+            # An attempt that got anything through resets the backoff; the next attempt reads
+            # this heartbeat to know how long the carrier has refused everything.
+            progressed = len(retry) < sum(r is not None for r in results)
+            stalls = 0 if progressed else stalls_before(activity.info().heartbeat_details) + 1
+            activity.heartbeat(stalls)
+            retry_after = max((r.retry_after or 0) for r in retry)
             raise ApplicationError(
                 f"carrier deferred {len(retry)} of {len(results)} messages ({retry[0].error_code})",
                 type="CarrierDeferred",
-                next_retry_delay=timedelta(seconds=delay) if delay else None,
+                next_retry_delay=timedelta(seconds=retry_delay(stalls, retry_after)),
             )
         return SendCounts(
             sent=sum(r is not None and r.verdict is Verdict.SENT for r in results),
             failed=sum(r is not None and r.verdict is Verdict.FAILED for r in results),
         )
+
+    async def _record(
+        self,
+        batch_id: uuid.UUID,
+        claimed: list[messages.ClaimedMessage],
+        results: list[SendResult | None],
+    ) -> None:
+        """Record a slice: first the opt-outs the carrier reported (idempotent, so a crash
+        before the outcomes loses none), then every outcome in one statement."""
+        opted_out = [
+            m.to_number
+            for m, r in zip(claimed, results, strict=True)
+            if r is not None and r.opts_out
+        ]
+        if opted_out:
+            await _through_outages(lambda: self._record_opt_outs(batch_id, opted_out))
+        await _through_outages(
+            lambda: messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
+        )
+
+    async def _record_opt_outs(self, batch_id: uuid.UUID, numbers: list[str]) -> None:
+        account_id = (await batches.batch_for_workflow(self._pool, batch_id))["account_id"]
+        for number in numbers:
+            await opt_outs.add_opt_out(self._pool, account_id, number, source="carrier")
 
     @activity.defn
     async def record_status(self, update: StatusUpdate) -> None:
@@ -395,6 +429,26 @@ async def _until(moment: float, stopping: asyncio.Event) -> bool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), delay)
     return not stopping.is_set()
+
+
+async def _through_outages(write: Callable[[], Awaitable[object]]) -> None:
+    """Run `write`, and again while PostgreSQL is unreachable, heartbeating, for up to
+    OUTAGE_WAIT_SECONDS. The carrier's answers are worth the wait: an activity that failed
+    here would be retried, and its retry would find these rows `sending` and make them
+    `uncertain`."""
+    deadline = time.monotonic() + OUTAGE_WAIT_SECONDS
+    pause = 0.1
+    while True:
+        try:
+            await write()
+            return
+        except UNAVAILABLE as error:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("database unavailable; outcomes kept until it is back", error=repr(error))
+        activity.heartbeat()
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 2.0)
 
 
 async def _heartbeat_until_done() -> None:

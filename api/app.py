@@ -10,7 +10,17 @@ from temporalio.client import Client
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit, RateLimiter
 from api.models import ErrorEnvelope
-from api.routes import batches, conversations, files, health, numbers, send, webhooks
+from api.routes import (
+    batches,
+    conversations,
+    files,
+    health,
+    numbers,
+    opt_outs,
+    receipts,
+    send,
+    webhooks,
+)
 from logs import configure_logging
 from settings import Settings, get_settings
 from store.db import create_pool, migrate
@@ -63,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
     )
     app.include_router(health.router)
-    for module in (files, numbers, batches, send, conversations, webhooks):
+    for module in (files, numbers, batches, send, conversations, webhooks, opt_outs, receipts):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     return app
 

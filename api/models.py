@@ -143,6 +143,24 @@ class SenderNumber(BaseModel):
     created_at: datetime
 
 
+class OptOutRequest(BaseModel):
+    number: str = Field(min_length=1, description="The number to stop messaging, E.164 or bare.")
+
+
+class OptOut(BaseModel):
+    number: str
+    source: str = Field(
+        description="`api` (this endpoint), `carrier` (Twilio refused with 21610), or the"
+        " channel the recipient opted out through."
+    )
+    created_at: datetime
+
+
+class OptOutList(BaseModel):
+    opt_outs: list[OptOut]
+    next_cursor: str | None = Field(description="Pass as `after` for the next page.")
+
+
 class BatchSummary(BaseModel):
     batch_id: str
     workflow_id: str

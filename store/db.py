@@ -11,6 +11,14 @@ log = structlog.get_logger(__name__)
 # Any fixed 64-bit number: serialises concurrent migrators (API and worker start together).
 MIGRATION_LOCK = 0x48455241_4C440001
 
+# What a statement raises while PostgreSQL is down, restarting or shutting down: worth trying
+# again once it is back, unlike an error in the statement itself.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+)
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")

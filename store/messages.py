@@ -77,11 +77,26 @@ async def claim_slice(
     A slice is sent by one activity at a time, so a row already `sending` here was claimed by
     an attempt that died: the carrier may have accepted it, and Twilio takes no idempotency
     key, so it becomes `uncertain` instead of being sent again.
+
+    A number that opted out since the batch was validated is skipped (`opted_out`), unless
+    the batch was started with `exclude_opt_outs: false`.
     """
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "UPDATE messages SET status = 'uncertain', updated_at = now()"
             " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'sending'",
+            batch_id,
+            start,
+            end,
+        )
+        await conn.execute(
+            "UPDATE messages AS m SET status = 'skipped', error_code = 'opted_out',"
+            " updated_at = now() FROM batches AS b"
+            " WHERE m.batch_id = $1 AND m.seq >= $2 AND m.seq < $3 AND m.status = 'pending'"
+            " AND b.id = m.batch_id"
+            " AND coalesce((b.request ->> 'exclude_opt_outs')::boolean, true)"
+            " AND EXISTS (SELECT 1 FROM opt_outs AS o"
+            " WHERE o.account_id = m.account_id AND o.number = m.to_number)",
             batch_id,
             start,
             end,
@@ -98,7 +113,13 @@ async def claim_slice(
 
 
 async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome]) -> None:
-    """Write every outcome of a slice in one statement; only rows still `sending` move."""
+    """Write every outcome of a slice in one statement; only rows still `sending` move. Then
+    apply the receipts that came before their sids were written.
+
+    The two statements commit one after the other, and a receipt is kept before it is
+    applied (receipts.record_receipt): whichever side writes second sees the first, so no
+    receipt is lost to the race between them.
+    """
     if not outcomes:
         return
     await pool.execute(
@@ -115,6 +136,16 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
         [o.error_code for o in outcomes],
         [o.error_message for o in outcomes],
     )
+    sids = [o.carrier_sid for o in outcomes if o.carrier_sid]
+    if sids:
+        await pool.execute(
+            "UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
+            " updated_at = now() FROM carrier_receipts AS r"
+            " WHERE r.carrier_sid = ANY($2::text[]) AND m.carrier_sid = r.carrier_sid"
+            " AND m.batch_id = $1 AND receipt_rank(m.status) < receipt_rank(r.status)",
+            batch_id,
+            sids,
+        )
 
 
 async def close_ledger(pool: asyncpg.Pool, batch_id: uuid.UUID, *, pending_as: str | None) -> None:

@@ -8,7 +8,7 @@ import secrets
 import sys
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ from aiohttp import web
 from temporalio.client import Client
 
 from api.app import create_app
+from deploy.local.emulator import Faults
 from deploy.local.postgres import dsn, postgres_process, postgres_ready
 from deploy.local.processes import ManagedProcess, free_port, http_ok
 from deploy.local.temporal import temporal_process, temporal_ready
@@ -77,6 +78,8 @@ def emulator_url(stack_dir: Path) -> Iterator[str]:
             str(port),
             "--auth-token",
             AUTH_TOKEN,
+            # The session's API is in-process: no callback could reach it.
+            "--no-status-callbacks",
         ],
         stack_dir / "emulator.log",
     ).start()
@@ -97,6 +100,9 @@ def settings(
         temporal_address=temporal_address,
         twilio_api_url=emulator_url,
         twilio_auth_token=AUTH_TOKEN,
+        # The API runs in-process, unreachable over TCP: StatusCallback URLs name a port
+        # nothing listens on, not the default one another stack on this machine may use.
+        api_port=free_port(),
         task_queue=f"herald-test-{uuid.uuid4().hex[:8]}",
         chunk_size=1000,
         slice_size=250,
@@ -164,6 +170,22 @@ async def account(pool: asyncpg.Pool, worker: None) -> Account:
     key = await create_api_key(pool, account_id)
     await numbers.add_number(pool, account_id, SENDER, "sms", None)
     return Account(account_id=account_id, key=key.key, agent_number=SENDER)
+
+
+Configure = Callable[..., Awaitable[None]]
+
+
+@pytest.fixture
+async def carrier(emulator_url: str) -> AsyncIterator[Configure]:
+    """Sets the emulator's faults for one test, and puts the defaults back after it."""
+
+    async def configure(**faults: Any) -> None:
+        async with httpx.AsyncClient() as client:
+            response = await client.post(f"{emulator_url}/_emulator/config", json=faults)
+            response.raise_for_status()
+
+    yield configure
+    await configure(**vars(Faults()))
 
 
 @dataclass(frozen=True)

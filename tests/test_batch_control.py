@@ -8,15 +8,12 @@ import secrets
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
-import pytest
 
-from deploy.local.emulator import Faults
 from deploy.local.temporal import TEMPORAL_BIN
-from tests.conftest import Account, WebhookReceiver
+from tests.conftest import Account, Configure, WebhookReceiver
 from tests.helpers import attach, csv_bytes, emulator_messages, unique_numbers
 from tests.test_batch_pipeline import FINAL, phases, start
 
@@ -24,21 +21,6 @@ from tests.test_batch_pipeline import FINAL, phases, start
 # RECIPIENTS runs long enough to be steered in the middle.
 SLOW_CARRIER_MS = 1000
 RECIPIENTS = 4000
-
-Configure = Callable[..., Awaitable[None]]
-
-
-@pytest.fixture
-async def carrier(emulator_url: str) -> AsyncIterator[Configure]:
-    """Sets the emulator's faults for one test, and puts the defaults back after it."""
-
-    async def configure(**faults: Any) -> None:
-        async with httpx.AsyncClient() as client:
-            response = await client.post(f"{emulator_url}/_emulator/config", json=faults)
-            response.raise_for_status()
-
-    yield configure
-    await configure(**vars(Faults()))
 
 
 async def received(emulator_url: str, marker: str) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
-from deploy.local.emulator import KNOWN_PARAMETERS, MESSAGES_PATH
+from deploy.local.emulator import KNOWN_PARAMETERS, MESSAGES_PATH, Carrier, Faults, create_app
 from deploy.local.processes import free_port
 from settings import Settings
 from tests.conftest import AUTH_TOKEN
@@ -163,20 +163,36 @@ async def callback_receiver() -> AsyncIterator[tuple[str, asyncio.Queue]]:
     await runner.cleanup()
 
 
+@pytest.fixture
+async def calling_emulator() -> AsyncIterator[str]:
+    """An emulator of its own, posting status callbacks (the session's posts none)."""
+    runner = web.AppRunner(create_app(Carrier(auth_token=AUTH_TOKEN, faults=Faults())))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
 async def test_status_callbacks_are_signed_and_arrive_in_order(
-    emulator_url: str, settings: Settings, callback_receiver: tuple[str, asyncio.Queue]
+    calling_emulator: str,
+    emulator_url: str,
+    settings: Settings,
+    callback_receiver: tuple[str, asyncio.Queue],
 ) -> None:
     url, received = callback_receiver
-    response = await create(
-        emulator_url,
-        {"To": "+12015550143", "From": "+15005550006", "Body": "cb", "StatusCallback": url},
-    )
+    form = {"To": "+12015550143", "From": "+15005550006", "Body": "cb", "StatusCallback": url}
+    response = await create(calling_emulator, form)
     sid = response.json()["sid"]
+    quiet = await create(emulator_url, form)
 
     callbacks = [await asyncio.wait_for(received.get(), 10) for _ in range(2)]
+    await asyncio.sleep(0.3)  # the quiet emulator's would have come by now
 
     validator = RequestValidator(settings.twilio_auth_token)
     assert [params["MessageStatus"] for _, params, _ in callbacks] == ["sent", "delivered"]
     assert all(params["MessageSid"] == sid for _, params, _ in callbacks)
     assert all(validator.validate(u, params, signature) for u, params, signature in callbacks)
     assert not RequestValidator("another-token").validate(*callbacks[0])
+    assert quiet.status_code == 201
+    assert received.empty()

@@ -47,6 +47,7 @@ SCOPED: dict[tuple[str, str], Call] = {
     ("GET", "/v1/sms/conversations/{conversation_id}"): Call(),
     ("PATCH", "/v1/sms/numbers/{number}"): Call(json={"mps": 3}),
     ("DELETE", "/v1/sms/numbers/{number}"): Call(),
+    ("DELETE", "/v1/opt-outs/{number}"): Call(),
     # A file of A, or a sender of A, named in a body.
     ("POST", "/v1/sms/batch"): Call(
         json={
@@ -63,11 +64,13 @@ LISTS: dict[tuple[str, str], Call] = {
     ("GET", "/v1/sms/batches"): Call(),
     ("GET", "/v1/sms/numbers"): Call(),
     ("GET", "/v1/sms/conversations"): Call(),
+    ("GET", "/v1/opt-outs"): Call(),
 }
 # Routes that only create or touch the caller's own things and take no id.
 OWN: dict[tuple[str, str], str] = {
     ("POST", "/v1/files/attach"): "stores a file in the caller's account",
     ("POST", "/v1/sms/numbers"): "registers a sender in the caller's account",
+    ("POST", "/v1/opt-outs"): "opts a number out for the caller's account",
     ("GET", "/v1/webhooks/secret"): "the caller's signing secret's dates",
     ("POST", "/v1/webhooks/secret/rotate"): "rotates the caller's signing secret",
 }
@@ -79,6 +82,10 @@ PUBLIC: dict[tuple[str, str], str] = {
         "POST",
         "/v1/webhooks/twilio/inbound",
     ): "the carrier's webhook, signed with X-Twilio-Signature",
+    (
+        "POST",
+        "/v1/webhooks/twilio/status",
+    ): "the carrier's delivery receipts, signed with X-Twilio-Signature",
     ("GET", "/openapi.json"): "the schema",
     ("GET", "/docs"): "the schema, as a page",
     ("GET", "/docs/oauth2-redirect"): "part of the schema page",
@@ -148,8 +155,13 @@ async def tenants(
         json={"user_number": unique_numbers(1)[0], "agent_number": a.number, "agent_message": "hi"},
     )
     assert sent.status_code == 200, sent.text
+    # A's own sender is also a number A opted out: the opt-out routes name it as `{number}`.
+    added = await api.post("/v1/opt-outs", headers=a.headers, json={"number": a.number})
+    assert added.status_code == 201, added.text
     a.ids.update(
-        batch_id=file_id, file_id=file_id, conversation_id=sent.json()["data"]["conversation_id"]
+        batch_id=file_id,
+        file_id=file_id,
+        conversation_id=sent.json()["data"]["conversation_id"],
     )
     await eventually(
         lambda: api.get(f"/v1/sms/batch/{file_id}", headers=a.headers),

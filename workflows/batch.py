@@ -314,6 +314,7 @@ class BatchWorkflow:
                 slice_size=dispatch.slice_size,
                 slices_in_flight=dispatch.slices_in_flight,
                 pace=state.pace,
+                send_heartbeat_timeout_seconds=dispatch.send_heartbeat_timeout_seconds,
             ),
             id=f"{workflow.info().workflow_id}/chunk-{index}",
         )
@@ -382,7 +383,9 @@ class BatchWorkflow:
             return await self._report_final(
                 "cancelled", counts, code="cancelled", reason=self._cancel_reason
             )
-        if counts.successful == 0:
+        # An `uncertain` row may have reached the carrier: then "no message was accepted"
+        # is not known, and the batch ends `completed_partial` with its counts.
+        if counts.successful == 0 and counts.uncertain == 0:
             return await self._report_final(
                 "failed", counts, code="all_sends_failed", reason="no message was accepted"
             )

@@ -97,7 +97,7 @@ class ChunkWorkflow:
                         ),
                         result_type=SendCounts,
                         start_to_close_timeout=timedelta(minutes=10),
-                        heartbeat_timeout=timedelta(seconds=30),
+                        heartbeat_timeout=timedelta(seconds=input.send_heartbeat_timeout_seconds),
                         retry_policy=SEND_RETRY,
                         # Wait for the activity to record what it sent before moving on.
                         cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,

@@ -33,6 +33,8 @@ class DispatchSettings:
     chunk_window: int = 4
     slices_in_flight: int = 2
     chunks_per_run: int = 200
+    # A send activity silent this long is presumed dead, and its slice retried elsewhere.
+    send_heartbeat_timeout_seconds: float = 30.0
 
 
 @dataclass(kw_only=True)
@@ -183,6 +185,7 @@ class ChunkInput:
     slice_size: int
     slices_in_flight: int
     pace: Pace = field(default_factory=Pace)
+    send_heartbeat_timeout_seconds: float = 30.0
 
 
 @dataclass(kw_only=True)

@@ -4,9 +4,13 @@ The API base URL is a setting, so the same code talks to Twilio or to the local 
 """
 
 import logging
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
+from types import MappingProxyType
 from urllib.parse import urlencode
 
 from aiohttp import (
@@ -14,6 +18,7 @@ from aiohttp import (
     ClientError,
     ClientSession,
     ClientTimeout,
+    ConnectionTimeoutError,
     TCPConnector,
     encode_basic_auth,
 )
@@ -33,28 +38,75 @@ class Verdict(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class CarrierOutcome:
+    """What one kind of carrier answer means for its message."""
+
+    verdict: Verdict
+    description: str
+    # The recipient unsubscribed at the carrier: later batches of the account must skip it.
+    opts_out: bool = False
+
+
+# Every carrier answer Herald tells apart, keyed as the ledger's `error_code` records it: Twilio
+# error codes, then HTTP statuses (for an error body whose code is not listed), then failures
+# of the connection itself.
+OUTCOMES: Mapping[str, CarrierOutcome] = MappingProxyType(
+    {
+        "20003": CarrierOutcome(Verdict.FAILED, "authentication failed: check SID and token"),
+        "20429": CarrierOutcome(Verdict.RETRY, "too many requests: throttled by the carrier"),
+        "20500": CarrierOutcome(Verdict.RETRY, "carrier internal error"),
+        "20503": CarrierOutcome(Verdict.RETRY, "carrier temporarily unavailable"),
+        "21211": CarrierOutcome(Verdict.FAILED, "invalid 'To' number"),
+        "21212": CarrierOutcome(Verdict.FAILED, "invalid 'From' number"),
+        "21408": CarrierOutcome(Verdict.FAILED, "no permission to send to this region"),
+        "21602": CarrierOutcome(Verdict.FAILED, "message body is required"),
+        "21603": CarrierOutcome(Verdict.FAILED, "'From' number is required"),
+        "21604": CarrierOutcome(Verdict.FAILED, "'To' number is required"),
+        "21606": CarrierOutcome(Verdict.FAILED, "'From' number not owned by the account"),
+        "21610": CarrierOutcome(Verdict.FAILED, "recipient unsubscribed (STOP)", opts_out=True),
+        "21611": CarrierOutcome(Verdict.RETRY, "the 'From' number's queue is full"),
+        "21612": CarrierOutcome(Verdict.FAILED, "carrier cannot route to this number"),
+        "21614": CarrierOutcome(Verdict.FAILED, "'To' number is not a mobile number"),
+        "21617": CarrierOutcome(Verdict.FAILED, "message body exceeds 1600 characters"),
+        "429": CarrierOutcome(Verdict.RETRY, "too many requests"),
+        "500": CarrierOutcome(Verdict.RETRY, "carrier server error"),
+        "502": CarrierOutcome(Verdict.RETRY, "bad gateway in front of the carrier"),
+        "503": CarrierOutcome(Verdict.RETRY, "carrier unavailable"),
+        "504": CarrierOutcome(Verdict.RETRY, "gateway timeout in front of the carrier"),
+        "connect": CarrierOutcome(
+            Verdict.RETRY, "no connection to the carrier: the request was not sent"
+        ),
+        "no_answer": CarrierOutcome(
+            Verdict.UNCERTAIN, "no answer after the request was sent: it may have been accepted"
+        ),
+    }
+)
+# Refusals listed neither by code nor by status: a server error may pass, anything else will not.
+UNLISTED_SERVER_ERROR = CarrierOutcome(Verdict.RETRY, "carrier server error")
+UNLISTED_REFUSAL = CarrierOutcome(Verdict.FAILED, "refused by the carrier")
+
+
+@dataclass(frozen=True, slots=True)
 class SendResult:
     verdict: Verdict
     sid: str | None = None
     error_code: str | None = None
     error_message: str | None = None
     retry_after: float | None = None
+    opts_out: bool = False
 
 
-# Twilio error codes that fail one message for good; anything else unknown is permanent too,
-# except HTTP statuses listed in RETRYABLE_HTTP_STATUSES.
-PERMANENT_ERRORS: dict[int, str] = {
-    21211: "invalid 'To' number",
-    21212: "invalid 'From' number",
-    21408: "no permission to send to this region",
-    21606: "'From' number not owned by the account",
-    21610: "recipient unsubscribed (STOP)",
-    21612: "carrier cannot route to this number",
-    21614: "'To' number is not a mobile number",
-}
-# Throttling (20429) and server errors: the carrier did not take the message.
-RETRYABLE_HTTP_STATUSES = frozenset({429, 500, 502, 503, 504})
-RETRYABLE_ERRORS = frozenset({20429, 20500, 20503, 21611})
+def refusal_outcome(code: int | None, status: int) -> tuple[str, CarrierOutcome | None]:
+    """The ledger code of a refusal (its Twilio code, else its HTTP status) and its row of
+    OUTCOMES (by code, else by status); None when neither is listed."""
+    by_code = OUTCOMES.get(str(code)) if code is not None else None
+    return str(code or status), by_code or OUTCOMES.get(str(status))
+
+
+def transport_result(key: str, error: BaseException) -> SendResult:
+    outcome = OUTCOMES[key]
+    return SendResult(verdict=outcome.verdict, error_code=key, error_message=repr(error))
+
 
 _retry_after: ContextVar[float | None] = ContextVar("retry_after", default=None)
 _log = logging.getLogger(__name__)
@@ -101,31 +153,48 @@ class CarrierHttpClient(AsyncHttpClient):
             data=body,
             headers=headers,
             allow_redirects=allow_redirects,
-            timeout=ClientTimeout(total=timeout) if timeout else None,
+            # twilio passes None when the caller gave no timeout: aiohttp would read that as
+            # "no timeout at all", so the session's own applies instead.
+            timeout=ClientTimeout(total=timeout) if timeout else self._session.timeout,
         ) as response:
             text = await response.text()
-        value = response.headers.get("Retry-After")
-        _retry_after.set(float(value) if value and value.isdigit() else None)
+        _retry_after.set(retry_after_seconds(response.headers.get("Retry-After")))
         return Response(response.status, text, response.headers)
 
     async def close(self) -> None:
         await self._session.close()
 
 
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """A `Retry-After` header in seconds: it holds either seconds or an HTTP date."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return max((moment - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
 def classify(error: TwilioRestException) -> SendResult:
     code = error.code if isinstance(error.code, int) else None
-    retry_after = _retry_after.get()
-    if error.status in RETRYABLE_HTTP_STATUSES or code in RETRYABLE_ERRORS:
-        return SendResult(
-            verdict=Verdict.RETRY,
-            error_code=str(code or error.status),
-            error_message=error.msg,
-            retry_after=retry_after,
-        )
+    ledger_code, outcome = refusal_outcome(code, error.status)
+    if outcome is None:
+        # Unlisted: the carrier's own words say more than a generic description.
+        outcome = UNLISTED_SERVER_ERROR if error.status >= 500 else UNLISTED_REFUSAL
+        message = error.msg or outcome.description
+    else:
+        message = outcome.description
     return SendResult(
-        verdict=Verdict.FAILED,
-        error_code=str(code or error.status),
-        error_message=PERMANENT_ERRORS.get(code or 0, error.msg),
+        verdict=outcome.verdict,
+        error_code=ledger_code,
+        error_message=message,
+        retry_after=_retry_after.get() if outcome.verdict is Verdict.RETRY else None,
+        opts_out=outcome.opts_out,
     )
 
 
@@ -166,12 +235,11 @@ class TwilioCarrier:
             )
         except TwilioRestException as error:
             return classify(error)
-        except ClientConnectorError as error:
-            return SendResult(verdict=Verdict.RETRY, error_code="connect", error_message=str(error))
+        except (ClientConnectorError, ConnectionTimeoutError) as error:
+            # Failed while connecting: nothing was sent.
+            return transport_result("connect", error)
         except (TimeoutError, ClientError, OSError) as error:
-            return SendResult(
-                verdict=Verdict.UNCERTAIN, error_code="no_answer", error_message=repr(error)
-            )
+            return transport_result("no_answer", error)
         return SendResult(verdict=Verdict.SENT, sid=message.sid)
 
     async def close(self) -> None:

@@ -111,6 +111,7 @@ def dispatch_settings(settings: Settings) -> DispatchSettings:
         chunk_window=settings.chunk_window,
         slices_in_flight=settings.slices_in_flight,
         chunks_per_run=settings.chunks_per_run,
+        send_heartbeat_timeout_seconds=settings.send_heartbeat_timeout_seconds,
     )
 
 

@@ -115,9 +115,19 @@ def twilio_error(status: int, code: int, message: str) -> web.Response:
 
 
 class Carrier:
-    def __init__(self, *, auth_token: str, faults: Faults, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        auth_token: str,
+        faults: Faults,
+        seed: int | None = None,
+        status_callbacks: bool = True,
+    ) -> None:
         self.auth_token = auth_token
         self.faults = faults
+        # Off where nothing can receive them: posting to a closed port costs the CPU that
+        # answering sends needs.
+        self.status_callbacks = status_callbacks
         self.received: list[Received] = []
         self.refused: Counter[int] = Counter()
         self._validator = RequestValidator(auth_token)
@@ -209,7 +219,7 @@ class Carrier:
                 ),
             )
         )
-        if callback:
+        if callback and self.status_callbacks:
             self._schedule_callbacks(callback, account_sid, sid, to, from_)
         created = rfc2822(datetime.fromtimestamp(now, UTC))
         uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages/{sid}"
@@ -355,9 +365,16 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--rate-429", type=float, default=0.0)
     parser.add_argument("--rate-5xx", type=float, default=0.0)
+    parser.add_argument(
+        "--no-status-callbacks",
+        action="store_true",
+        help="record each message's StatusCallback URL but post nothing to it",
+    )
     args = parser.parse_args()
     faults = Faults(latency_ms=args.latency_ms, rate_429=args.rate_429, rate_5xx=args.rate_5xx)
-    carrier = Carrier(auth_token=args.auth_token, faults=faults)
+    carrier = Carrier(
+        auth_token=args.auth_token, faults=faults, status_callbacks=not args.no_status_callbacks
+    )
     web.run_app(
         create_app(carrier),
         host=args.host,

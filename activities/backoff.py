@@ -1,0 +1,35 @@
+"""When a slice the carrier deferred is tried again: Retry-After, backoff and jitter."""
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+# The first backoff window; it doubles with each attempt in a row that the carrier deferred
+# whole, up to the maximum. An attempt that got anything through starts over from the first.
+FIRST_WINDOW_SECONDS = 1.0
+MAX_WINDOW_SECONDS = 30.0
+# A Retry-After beyond this is taken as this: no carrier header holds a slice for hours.
+MAX_RETRY_AFTER_SECONDS = 600.0
+
+_rng = random.Random()
+
+
+def retry_delay(stalls: int, retry_after: float | None, rng: random.Random = _rng) -> float:
+    """Seconds until the next attempt: at least the carrier's Retry-After and half the backoff
+    window, plus a random part of the other half.
+
+    Temporal's retry policy has no jitter: slices deferred together by one burst of 429s would
+    all come back at the same instant and meet the same limit again. The random part spreads
+    them over the window.
+    """
+    window = min(MAX_WINDOW_SECONDS, FIRST_WINDOW_SECONDS * 2**stalls)
+    floor = max(min(retry_after or 0.0, MAX_RETRY_AFTER_SECONDS), window / 2)
+    return floor + rng.uniform(0, window / 2)
+
+
+def stalls_before(heartbeat_details: Sequence[Any]) -> int:
+    """Attempts in a row that the carrier deferred whole, as the last attempt left it in its
+    final heartbeat; 0 when it left nothing (first attempt, or one that crashed)."""
+    if heartbeat_details and isinstance(heartbeat_details[0], int):
+        return heartbeat_details[0]
+    return 0

@@ -1,0 +1,34 @@
+"""Delivery receipts: the carrier's status callback for each message Herald sent."""
+
+from fastapi import APIRouter, Response
+
+from api.carrier_signature import SignedForm
+from api.deps import Pool
+from api.errors import InvalidRequest
+from api.models import ErrorEnvelope
+from settings import STATUS_CALLBACK_PATH
+from store import receipts
+
+router = APIRouter(tags=["carrier webhooks"])
+
+
+@router.post(
+    STATUS_CALLBACK_PATH,
+    status_code=204,
+    response_class=Response,
+    responses={400: {"model": ErrorEnvelope}, 403: {"model": ErrorEnvelope}},
+)
+async def message_status(pool: Pool, form: SignedForm) -> Response:
+    """Twilio's StatusCallback, signed with the auth token: moves the message (found by
+    `MessageSid`) to `delivered`, `undelivered` or `failed` with the carrier's `ErrorCode`.
+
+    Idempotent, and a receipt never moves a message back: a `sent` after `delivered`, or a
+    second final status, changes nothing. An unknown `MessageSid` is answered 204 as well; a
+    final receipt is kept and applied when its send is recorded.
+    """
+    sid = form.get("MessageSid") or form.get("SmsSid")
+    status = form.get("MessageStatus") or form.get("SmsStatus")
+    if not sid or not status:
+        raise InvalidRequest("MessageSid and MessageStatus are required")
+    await receipts.record_receipt(pool, sid, status, form.get("ErrorCode") or None)
+    return Response(status_code=204)

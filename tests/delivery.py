@@ -1,0 +1,97 @@
+"""What delivery tests check after a batch: the ledger row by row against what the carrier
+emulator received, and workers of their own for tests that change carrier settings."""
+
+import secrets
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from temporalio.client import Client
+
+from settings import Settings
+from tests.conftest import Account, WebhookReceiver
+from tests.helpers import attach, csv_bytes
+from worker import herald_worker
+
+TERMINAL = {"sent", "delivered", "undelivered", "failed", "skipped", "cancelled", "uncertain"}
+
+
+async def start_batch_of(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    numbers: list[str],
+    **options: object,
+) -> tuple[str, str]:
+    """Start a batch to `numbers`, with request `options`, whose bodies and webhook path carry
+    a fresh marker; (file_id, marker)."""
+    marker = secrets.token_hex(6)
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
+    )
+    response = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "file_id": file_id,
+            "status_webhook": webhooks.url(marker),
+            "global": {"agent_number": account.agent_number, "agent_message": f"d {marker}"},
+            **options,
+        },
+    )
+    assert response.status_code == 200, response.text
+    return file_id, marker
+
+
+async def ledger_rows(api: httpx.AsyncClient, account: Account, file_id: str) -> list[dict]:
+    """Every ledger row of a batch, through the paged messages endpoint."""
+    rows: list[dict] = []
+    after = -1
+    while True:
+        response = await api.get(
+            f"/v1/sms/batch/{file_id}/messages",
+            headers=account.headers,
+            params={"limit": 1000, "after": after},
+        )
+        page = response.json()["data"]
+        rows += page["messages"]
+        if page["next_cursor"] is None:
+            return rows
+        after = page["next_cursor"]
+
+
+def assert_each_row_once(rows: list[dict], received: list[dict[str, Any]], total: int) -> Counter:
+    """Every row is in one terminal state; each accepted row's number reached the carrier
+    exactly once; a number that reached it while its row says otherwise is `uncertain`; no
+    number reached it twice. Returns the rows by status."""
+    statuses = Counter(r["status"] for r in rows)
+    per_number = Counter(m["to"] for m in received)
+    # A row the carrier accepted, as far as the ledger knows, has its carrier_sid.
+    accepted = [r for r in rows if r["carrier_sid"] is not None]
+    assert sum(statuses.values()) == len(rows) == total
+    assert set(statuses) <= TERMINAL, statuses
+    assert all(per_number[r["to_number"]] == 1 for r in accepted)
+    assert all(r["status"] in {"sent", "delivered", "undelivered", "failed"} for r in accepted)
+    unaccounted = [
+        r
+        for r in rows
+        if per_number[r["to_number"]] and r["carrier_sid"] is None and r["status"] != "uncertain"
+    ]
+    assert unaccounted == []
+    assert max(per_number.values(), default=1) == 1, per_number.most_common(3)
+    assert set(per_number) <= {r["to_number"] for r in rows}
+    return statuses
+
+
+@asynccontextmanager
+async def own_worker(
+    temporal: Client, settings: Settings, **changes: Any
+) -> AsyncIterator[Settings]:
+    """An in-process worker on a task queue of its own, with `changes` to its settings; yields
+    the settings an API must use so that only this worker runs its batches."""
+    own = settings.model_copy(update={"task_queue": f"herald-{uuid.uuid4().hex[:8]}", **changes})
+    async with herald_worker(temporal, own) as worker, worker:
+        yield own

@@ -1,0 +1,178 @@
+"""Carrier faults on the real stack: 429s with Retry-After and 5xx at set rates, timeouts,
+refused connections and carrier opt-outs. Each batch ends with every row in one terminal
+state and no number sent twice."""
+
+import asyncio
+from datetime import datetime
+
+import httpx
+import pytest
+from aiohttp import web
+from temporalio.client import Client
+
+from deploy.local.emulator import Carrier, Faults, create_app
+from deploy.local.processes import free_port
+from settings import Settings
+from tests.conftest import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
+from tests.delivery import assert_each_row_once, ledger_rows, own_worker, start_batch_of
+from tests.helpers import csv_bytes, emulator_messages, unique_numbers
+from tests.test_batch_outcomes import run_batch
+from tests.test_batch_pipeline import FINAL
+
+OPTED_OUT_AT_CARRIER = "+15005550004"  # Twilio's magic number for error 21610
+
+
+async def refused_by_code(emulator_url: str) -> dict[str, int]:
+    async with httpx.AsyncClient() as client:
+        return (await client.get(f"{emulator_url}/_emulator/stats")).json()["refused"]
+
+
+async def test_a_throttled_message_waits_out_retry_after_and_is_sent_once(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    numbers = unique_numbers(10)
+    throttled = numbers[0]
+    await carrier(retry_after_seconds=2, scripted={throttled: [429]})
+
+    file_id, marker = await start_batch_of(api, account, webhooks, numbers)
+    final = (await webhooks.wait_for(marker, *FINAL))[-1]
+
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    rows = await ledger_rows(api, account, file_id)
+    assert assert_each_row_once(rows, received, 10) == {"sent": 10}
+    assert final["status"] == "completed"
+    assert {r["to_number"]: r["attempts"] for r in rows} == {
+        n: 2 if n == throttled else 1 for n in numbers
+    }
+    at = {m["to"]: datetime.fromisoformat(m["received_at"]) for m in received}
+    waited = at[throttled] - max(t for n, t in at.items() if n != throttled)
+    assert waited.total_seconds() >= 2
+
+
+@pytest.mark.parametrize(
+    ("faults", "refusal_code"),
+    [
+        ({"rate_429": 0.25, "retry_after_seconds": 1}, "20429"),
+        ({"rate_5xx": 0.25}, "20503"),
+    ],
+    ids=["429-with-retry-after", "5xx"],
+)
+async def test_refusals_at_a_set_rate_end_with_every_row_sent_once(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+    faults: dict[str, float],
+    refusal_code: str,
+) -> None:
+    before = (await refused_by_code(emulator_url)).get(refusal_code, 0)
+    await carrier(**faults)
+
+    file_id, marker = await start_batch_of(api, account, webhooks, unique_numbers(60))
+    final = (await webhooks.wait_for(marker, *FINAL))[-1]
+
+    refused = (await refused_by_code(emulator_url)).get(refusal_code, 0) - before
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    rows = await ledger_rows(api, account, file_id)
+    assert assert_each_row_once(rows, received, 60) == {"sent": 60}
+    assert (final["status"], final["messages_successful"]) == ("completed", 60)
+    retried = [r for r in rows if r["attempts"] > 1]
+    assert len(retried) >= 5  # 15 expected at this rate
+    assert refused >= len(retried)
+
+
+async def test_sends_that_time_out_end_uncertain_and_are_never_sent_again(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    # Answers take 0-1 s and the worker waits 0.5 s: about half the sends time out.
+    await carrier(latency_jitter_ms=1000)
+    async with (
+        own_worker(temporal, settings, carrier_timeout_seconds=0.5) as own,
+        api_client(own) as api,
+    ):
+        file_id, marker = await start_batch_of(api, account, webhooks, unique_numbers(60))
+        final = (await webhooks.wait_for(marker, *FINAL))[-1]
+        rows = await ledger_rows(api, account, file_id)
+    await asyncio.sleep(1)  # the requests the worker stopped waiting for still land
+
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    statuses = assert_each_row_once(rows, received, 60)
+    assert set(statuses) == {"sent", "uncertain"}
+    assert (final["status"], final["messages_uncertain"]) == (
+        "completed_partial",
+        statuses["uncertain"],
+    )
+    uncertain = [r for r in rows if r["status"] == "uncertain"]
+    assert all(r["error_code"] == "no_answer" and r["attempts"] == 1 for r in uncertain)
+    # The carrier took every one of them: sending an uncertain row again would duplicate it.
+    assert len(received) == 60
+
+
+async def test_a_carrier_that_refuses_connections_is_retried_until_it_answers(
+    temporal: Client, settings: Settings, account: Account, webhooks: WebhookReceiver
+) -> None:
+    port = free_port()
+    emulator = Carrier(auth_token=AUTH_TOKEN, faults=Faults())
+    runner = web.AppRunner(create_app(emulator))
+    numbers = unique_numbers(20)
+    async with (
+        own_worker(temporal, settings, twilio_api_url=f"http://127.0.0.1:{port}") as own,
+        api_client(own) as api,
+    ):
+        file_id, marker = await start_batch_of(api, account, webhooks, numbers)
+        async with asyncio.timeout(30):
+            while True:
+                refused_twice = await ledger_rows(api, account, file_id)
+                if refused_twice and min(r["attempts"] for r in refused_twice) >= 2:
+                    break
+                await asyncio.sleep(0.2)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            final = (await webhooks.wait_for(marker, *FINAL))[-1]
+            rows = await ledger_rows(api, account, file_id)
+        finally:
+            await runner.cleanup()
+
+    assert {r["status"] for r in refused_twice} <= {"pending", "sending"}
+    received = [m.as_json() for m in emulator.received]
+    assert assert_each_row_once(rows, received, 20) == {"sent": 20}
+    assert final["status"] == "completed"
+    assert all(r["attempts"] >= 2 for r in rows)
+
+
+async def test_a_carrier_opt_out_fails_the_message_and_later_batches_skip_the_number(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> None:
+    numbers = [OPTED_OUT_AT_CARRIER, *unique_numbers(2)]
+    content = csv_bytes(["phone_number"], [[n] for n in numbers])
+
+    first, first_events = await run_batch(api, account, webhooks, content, "first")
+    second, second_events = await run_batch(api, account, webhooks, content, "second")
+
+    first_rows = await ledger_rows(api, account, first)
+    second_rows = await ledger_rows(api, account, second)
+    assert first_events[-1]["status"] == second_events[-1]["status"] == "completed_partial"
+    assert {r["to_number"]: (r["status"], r["error_code"]) for r in first_rows} == {
+        OPTED_OUT_AT_CARRIER: ("failed", "21610"),
+        numbers[1]: ("sent", None),
+        numbers[2]: ("sent", None),
+    }
+    assert {r["to_number"]: (r["status"], r["error_code"]) for r in second_rows} == {
+        OPTED_OUT_AT_CARRIER: ("skipped", "opted_out"),
+        numbers[1]: ("sent", None),
+        numbers[2]: ("sent", None),
+    }
+    assert second_rows[0]["attempts"] == 0
+    listed = (await api.get("/v1/opt-outs", headers=account.headers)).json()["data"]["opt_outs"]
+    assert [(o["number"], o["source"]) for o in listed] == [(OPTED_OUT_AT_CARRIER, "carrier")]

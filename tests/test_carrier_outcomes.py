@@ -1,0 +1,106 @@
+"""The carrier outcome table, Retry-After and the backoff of deferred slices (no stack)."""
+
+import random
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from twilio.base.exceptions import TwilioRestException
+
+from activities.backoff import MAX_WINDOW_SECONDS, retry_delay, stalls_before
+from activities.providers.twilio import OUTCOMES, Verdict, classify, retry_after_seconds
+from deploy.local.emulator import HTTP_ERROR_CODES, MAGIC_FROM, MAGIC_TO
+
+
+def refusal(status: int, code: int | None, message: str = "carrier says no") -> TwilioRestException:
+    return TwilioRestException(status, "/Messages.json", message, code, "POST")
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "verdict", "ledger_code", "opts_out"),
+    [
+        (400, 21211, Verdict.FAILED, "21211", False),
+        (400, 21610, Verdict.FAILED, "21610", True),
+        (400, 21614, Verdict.FAILED, "21614", False),
+        (400, 21408, Verdict.FAILED, "21408", False),
+        (429, 20429, Verdict.RETRY, "20429", False),
+        (503, 20503, Verdict.RETRY, "20503", False),
+        (400, 21611, Verdict.RETRY, "21611", False),  # listed code wins over its 4xx status
+        (429, None, Verdict.RETRY, "429", False),
+        (502, 99999, Verdict.RETRY, "99999", False),  # unlisted code, listed status
+        (507, None, Verdict.RETRY, "507", False),  # unlisted server error
+        (418, 12345, Verdict.FAILED, "12345", False),  # unlisted refusal
+    ],
+)
+def test_a_refusal_is_classified_by_code_then_by_status(
+    status: int, code: int | None, verdict: Verdict, ledger_code: str, opts_out: bool
+) -> None:
+    result = classify(refusal(status, code))
+
+    assert (result.verdict, result.error_code, result.opts_out) == (verdict, ledger_code, opts_out)
+    assert result.sid is None
+
+
+def test_a_listed_refusal_is_described_by_the_table_an_unlisted_one_by_the_carrier() -> None:
+    assert classify(refusal(400, 21211)).error_message == "invalid 'To' number"
+    assert classify(refusal(418, 12345, "teapot")).error_message == "teapot"
+
+
+def test_every_error_the_emulator_answers_has_a_row_in_the_table() -> None:
+    codes = {code for code, _ in (*MAGIC_TO.values(), *MAGIC_FROM.values())}
+    codes |= set(HTTP_ERROR_CODES.values())
+
+    assert {str(code) for code in codes} <= set(OUTCOMES)
+    assert all(OUTCOMES[str(s)].verdict is Verdict.RETRY for s in (429, 500, 502, 503, 504))
+    assert [key for key, outcome in OUTCOMES.items() if outcome.opts_out] == ["21610"]
+    assert OUTCOMES["connect"].verdict is Verdict.RETRY
+    assert OUTCOMES["no_answer"].verdict is Verdict.UNCERTAIN
+    assert all(outcome.description for outcome in OUTCOMES.values())
+
+
+def test_retry_after_is_read_as_seconds_or_as_an_http_date() -> None:
+    now = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds("Wed, 01 Jan 2025 12:00:30 GMT", now) == 30.0
+    assert retry_after_seconds("Wed, 01 Jan 2025 11:00:00 GMT", now) == 0.0
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds(None) is None
+
+
+def test_the_delay_honours_retry_after_and_spreads_slices_apart() -> None:
+    rng = random.Random(6)
+
+    delays = [retry_delay(0, 2.0, rng) for _ in range(200)]
+
+    assert all(2.0 <= d <= 2.5 for d in delays)
+    assert len({round(d, 3) for d in delays}) > 150
+    assert max(delays) - min(delays) > 0.4
+
+
+def test_the_window_doubles_while_the_carrier_refuses_everything_up_to_a_cap() -> None:
+    rng = random.Random(6)
+
+    lows = [min(retry_delay(stalls, None, rng) for _ in range(100)) for stalls in range(8)]
+    highs = [max(retry_delay(stalls, None, rng) for _ in range(100)) for stalls in range(8)]
+
+    windows = [1, 2, 4, 8, 16, 30, 30, 30]
+    assert all(w / 2 <= low < high <= w for w, low, high in zip(windows, lows, highs, strict=True))
+    assert highs[-1] > MAX_WINDOW_SECONDS * 0.9
+    assert retry_delay(0, 10_000, rng) <= 601
+
+
+def test_stalls_come_from_the_last_attempts_heartbeat() -> None:
+    assert stalls_before([]) == 0
+    assert stalls_before([3]) == 3
+    assert stalls_before(["something else"]) == 0
+
+
+def test_the_delivery_docs_list_every_outcome_with_its_verdict() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "DELIVERY.md").read_text()
+
+    documented = re.findall(r"^\| `([^`]+)` \| (failed|retry|uncertain) \|", text, re.MULTILINE)
+
+    assert dict(documented) == {key: o.verdict.value for key, o in OUTCOMES.items()}
+    assert len(documented) == len(OUTCOMES)

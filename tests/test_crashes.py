@@ -1,0 +1,254 @@
+"""Crashes mid-batch, with real processes: a worker SIGKILLed and started again, a crash between
+the carrier's acceptance and the ledger write, and Temporal and PostgreSQL restarted under a
+running batch. Each batch completes; no number is sent twice; every row ends in one terminal
+state, and a row whose send may have reached the carrier is `uncertain`, never sent again
+unless asked."""
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from deploy.local.postgres import dsn, postgres_process, postgres_ready
+from deploy.local.processes import ManagedProcess, free_port
+from deploy.local.temporal import temporal_process, temporal_ready
+from settings import Settings
+from store import numbers
+from store.accounts import create_account, create_api_key
+from store.db import create_pool
+from tests.conftest import SENDER, Account, Configure, WebhookReceiver, api_client
+from tests.delivery import assert_each_row_once, ledger_rows, start_batch_of
+from tests.helpers import unique_numbers
+from tests.test_batch_control import received, wait_until_received
+from tests.test_batch_pipeline import FINAL
+
+# A dead worker's slices are retried after this, and its workflows taken over after that,
+# rather than after the defaults' 30 s and 10 s.
+HEARTBEAT_TIMEOUT_SECONDS = 5.0
+STICKY_TIMEOUT_SECONDS = 1.0
+
+
+def crash_settings(settings: Settings, **changes: object) -> Settings:
+    """Settings for a stack whose batches only the workers started here run."""
+    return settings.model_copy(
+        update={
+            "task_queue": f"herald-crash-{uuid.uuid4().hex[:8]}",
+            "send_heartbeat_timeout_seconds": HEARTBEAT_TIMEOUT_SECONDS,
+            **changes,
+        }
+    )
+
+
+def worker_process(settings: Settings, log_path: Path) -> ManagedProcess:
+    """`python -m worker`, as the local stack runs it, configured by environment only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    env.update(
+        {
+            "HERALD_DATABASE_URL": settings.dsn,
+            "HERALD_TEMPORAL_ADDRESS": settings.temporal_target,
+            "HERALD_TWILIO_API_URL": settings.carrier_url,
+            "HERALD_TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
+            "HERALD_TASK_QUEUE": settings.task_queue,
+            "HERALD_STICKY_TIMEOUT_SECONDS": str(STICKY_TIMEOUT_SECONDS),
+            "HERALD_API_PORT": str(settings.api_port),
+            "HERALD_LOG_LEVEL": "WARNING",
+            "HERALD_ALLOW_LOOPBACK_WEBHOOKS": "true",
+        }
+    )
+    return ManagedProcess("worker", [sys.executable, "-m", "worker"], log_path, env)
+
+
+def crash(process: ManagedProcess) -> None:
+    """SIGKILL the process and its group at once: no shutdown code of theirs runs."""
+    assert process.process is not None
+    os.killpg(process.pid, signal.SIGKILL)
+    process.process.wait()
+
+
+async def batch_counts(api: httpx.AsyncClient, account: Account, file_id: str) -> dict[str, int]:
+    response = await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)
+    return response.json()["data"]["counts"]
+
+
+async def test_a_worker_killed_mid_batch_is_replaced_and_no_number_is_sent_twice(
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+    tmp_path: Path,
+) -> None:
+    rows_total = 1500
+    await carrier(latency_ms=500)
+    own = crash_settings(settings)
+    first = worker_process(own, tmp_path / "worker-1.log").start()
+    second = worker_process(own, tmp_path / "worker-2.log")
+    try:
+        async with api_client(own) as api:
+            file_id, marker = await start_batch_of(
+                api, account, webhooks, unique_numbers(rows_total)
+            )
+            await wait_until_received(emulator_url, marker, 300)
+            crash(first)
+            at_crash = {
+                r["to_number"]: r["status"] for r in await ledger_rows(api, account, file_id)
+            }
+            second.start()
+            final = (await webhooks.wait_for(marker, *FINAL))[-1]
+            rows = await ledger_rows(api, account, file_id)
+            counts = await batch_counts(api, account, file_id)
+    finally:
+        second.stop()
+        first.stop()
+
+    statuses = assert_each_row_once(rows, await received(emulator_url, marker), rows_total)
+    # What the killed worker had on the wire is `uncertain`; the second sent the rest.
+    expected = {"pending": "sent", "sending": "uncertain", "sent": "sent"}
+    assert {r["to_number"]: r["status"] for r in rows} == {
+        number: expected[status] for number, status in at_crash.items()
+    }
+    assert set(statuses) == {"sent", "uncertain"}
+    assert final["status"] == "completed_partial"
+    assert (final["messages_successful"], final["messages_uncertain"]) == (
+        statuses["sent"],
+        statuses["uncertain"],
+    )
+    assert counts == {**statuses, "rejected": 0}
+    assert all(r["attempts"] == 1 for r in rows)
+
+
+async def test_a_crash_after_the_carrier_accepted_leaves_rows_uncertain_not_sent_twice(
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+    tmp_path: Path,
+) -> None:
+    # One slice of 40, all on the wire at once; answers come over 3 s, and the slice writes
+    # its outcomes only when the last is in. The worker dies once the carrier took a few.
+    await carrier(latency_ms=200, latency_jitter_ms=3000)
+    own = crash_settings(settings)
+    numbers = unique_numbers(40)
+    first = worker_process(own, tmp_path / "worker-1.log").start()
+    second = worker_process(own, tmp_path / "worker-2.log")
+    try:
+        async with api_client(own) as api:
+            file_id, marker = await start_batch_of(api, account, webhooks, numbers)
+            await wait_until_received(emulator_url, marker, 5)
+            crash(first)
+            accepted_before_crash = {m["to"] for m in await received(emulator_url, marker)}
+            ledger_at_crash = await ledger_rows(api, account, file_id)
+            second.start()
+            final = (await webhooks.wait_for(marker, *FINAL))[-1]
+            rows = await ledger_rows(api, account, file_id)
+            before_retry = await received(emulator_url, marker)
+            await carrier(latency_ms=0, latency_jitter_ms=0)
+            retry = await api.post(
+                f"/v1/sms/batch/{file_id}/retry",
+                headers=account.headers,
+                json={"statuses": ["uncertain"]},
+            )
+            retried = (await webhooks.wait_for(marker, *FINAL, times=2))[-1]
+            after_retry = await ledger_rows(api, account, file_id)
+    finally:
+        second.stop()
+        first.stop()
+
+    assert {r["status"] for r in ledger_at_crash} == {"sending"}
+    assert 5 <= len(accepted_before_crash) < 40
+    statuses = assert_each_row_once(rows, before_retry, 40)
+    assert statuses == {"uncertain": 40}
+    uncertain = {r["to_number"] for r in rows if r["status"] == "uncertain"}
+    assert accepted_before_crash <= uncertain
+    assert (final["status"], final["messages_uncertain"]) == ("completed_partial", 40)
+    # Sent again only on request, and then to every one of them.
+    assert retry.json()["data"]["rows"] == 40
+    assert retried["messages_successful"] == 40
+    assert {r["status"] for r in after_retry} == {"sent"}
+    again = await received(emulator_url, marker)
+    assert sorted(m["to"] for m in again) == sorted(numbers * 2)
+
+
+async def restart(process: ManagedProcess, ready: Callable[[], bool], down: float) -> None:
+    """Crash `process`, leave it down `down` seconds, start it again on the same data and
+    port."""
+    crash(process)
+    await asyncio.sleep(down)
+    process.start()
+    await asyncio.to_thread(process.wait_until, ready, 60)
+
+
+async def new_account(settings: Settings) -> Account:
+    pool = await create_pool(settings.dsn)
+    try:
+        account_id = await create_account(pool, "crash test")
+        key = await create_api_key(pool, account_id)
+        await numbers.add_number(pool, account_id, SENDER, "sms", None)
+    finally:
+        await pool.close()
+    return Account(account_id=account_id, key=key.key, agent_number=SENDER)
+
+
+async def test_temporal_and_postgres_restarted_mid_batch_and_the_batch_completes(
+    settings: Settings,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+    tmp_path: Path,
+) -> None:
+    rows_total = 2000
+    pg_port, temporal_port = free_port(), free_port()
+    # A stack of its own, so that the session's PostgreSQL and Temporal are never restarted;
+    # durable, unlike the session's: a crash must not lose committed transactions.
+    pg = postgres_process(tmp_path / "pg", pg_port, tmp_path / "pg.log")
+    server = temporal_process(
+        port=temporal_port,
+        ui_port=None,
+        db_file=tmp_path / "temporal.sqlite",
+        log_path=tmp_path / "temporal.log",
+    )
+    own = crash_settings(
+        settings, database_url=dsn(pg_port), temporal_address=f"127.0.0.1:{temporal_port}"
+    )
+    worker = worker_process(own, tmp_path / "worker.log")
+    try:
+        pg.start()
+        server.start()
+        await asyncio.to_thread(pg.wait_until, lambda: postgres_ready(pg_port), 60)
+        await asyncio.to_thread(server.wait_until, lambda: temporal_ready(temporal_port), 60)
+        worker.start()
+        await carrier(latency_ms=1000)
+        async with api_client(own) as api:
+            account = await new_account(own)
+            file_id, marker = await start_batch_of(
+                api, account, webhooks, unique_numbers(rows_total)
+            )
+            await wait_until_received(emulator_url, marker, 200)
+            await restart(server, lambda: temporal_ready(temporal_port), down=1)
+            await wait_until_received(emulator_url, marker, 1000)
+            at_postgres_crash = len(await received(emulator_url, marker))
+            # Down long enough for some slices to end, and wait to record, meanwhile.
+            await restart(pg, lambda: postgres_ready(pg_port), down=3)
+            final = (await webhooks.wait_for(marker, *FINAL))[-1]
+            rows = await ledger_rows(api, account, file_id)
+            counts = await batch_counts(api, account, file_id)
+    finally:
+        worker.stop()
+        server.stop()
+        pg.stop()
+
+    statuses = assert_each_row_once(rows, await received(emulator_url, marker), rows_total)
+    assert at_postgres_crash < rows_total - 500
+    assert set(statuses) <= {"sent", "uncertain"}
+    assert final["status"] in ("completed", "completed_partial")
+    assert (final["messages_successful"], final["messages_uncertain"]) == (
+        statuses["sent"],
+        statuses["uncertain"],
+    )
+    assert counts == {**statuses, "rejected": 0}

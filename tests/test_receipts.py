@@ -1,0 +1,169 @@
+"""Delivery receipts: every message carries the StatusCallback URL; the status endpoint checks
+the signature and moves messages forward only, even when a receipt comes before its send is
+recorded. Receipts are posted here as the carrier signs them (the in-process API cannot be
+reached by the emulator; tests/test_local_stack.py sees the emulator's own)."""
+
+import asyncio
+import secrets
+
+import httpx
+from twilio.request_validator import RequestValidator
+
+from settings import Settings
+from tests.conftest import AUTH_TOKEN, Account, Configure, WebhookReceiver
+from tests.delivery import ledger_rows, start_batch_of
+from tests.helpers import emulator_messages, unique_numbers
+from tests.test_batch_pipeline import FINAL
+
+STATUS_PATH = "/v1/webhooks/twilio/status"
+
+
+def receipt(sid: str, status: str, error_code: str | None = None) -> dict[str, str]:
+    """The form of a Twilio status callback."""
+    form = {
+        "AccountSid": "AC" + "0" * 32,
+        "ApiVersion": "2010-04-01",
+        "MessageSid": sid,
+        "MessageStatus": status,
+        "SmsSid": sid,
+        "SmsStatus": status,
+    }
+    if error_code:
+        form["ErrorCode"] = error_code
+    return form
+
+
+async def post_receipt(
+    api: httpx.AsyncClient,
+    settings: Settings,
+    form: dict[str, str],
+    *,
+    token: str = AUTH_TOKEN,
+    url: str | None = None,
+) -> httpx.Response:
+    """Post `form` signed as Twilio signs it: over Herald's public URL of the endpoint."""
+    signature = RequestValidator(token).compute_signature(url or settings.status_callback_url, form)
+    return await api.post(STATUS_PATH, data=form, headers={"X-Twilio-Signature": signature})
+
+
+async def sent_batch(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, count: int
+) -> tuple[str, list[dict]]:
+    """A finished batch of `count` sent messages, and its ledger rows in seq order."""
+    file_id, marker = await start_batch_of(api, account, webhooks, unique_numbers(count))
+    await webhooks.wait_for(marker, *FINAL)
+    rows = await ledger_rows(api, account, file_id)
+    assert {r["status"] for r in rows} == {"sent"}
+    return file_id, rows
+
+
+async def test_every_message_asks_the_carrier_for_receipts_at_the_public_url(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    settings: Settings,
+) -> None:
+    _, marker = await start_batch_of(api, account, webhooks, unique_numbers(5))
+    await webhooks.wait_for(marker, *FINAL)
+
+    received = await emulator_messages(emulator_url, body_contains=marker)
+
+    assert len(received) == 5
+    assert {m["status_callback"] for m in received} == {
+        f"http://127.0.0.1:{settings.api_port}{STATUS_PATH}"
+    }
+
+
+async def test_receipts_move_messages_forward_and_never_back(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, settings: Settings
+) -> None:
+    file_id, rows = await sent_batch(api, account, webhooks, 4)
+    delivered, undelivered, failed, still_sent = (r["carrier_sid"] for r in rows)
+
+    replies = [
+        await post_receipt(api, settings, receipt(delivered, "delivered")),
+        await post_receipt(api, settings, receipt(delivered, "sent")),
+        await post_receipt(api, settings, receipt(delivered, "undelivered", "30003")),
+        await post_receipt(api, settings, receipt(undelivered, "undelivered", "30003")),
+        await post_receipt(api, settings, receipt(undelivered, "undelivered", "30003")),
+        await post_receipt(api, settings, receipt(undelivered, "delivered")),
+        await post_receipt(api, settings, receipt(failed, "queued")),
+        await post_receipt(api, settings, receipt(failed, "failed", "30008")),
+        await post_receipt(api, settings, receipt(still_sent, "sent")),
+        await post_receipt(api, settings, receipt("SM" + secrets.token_hex(16), "delivered")),
+    ]
+
+    assert [r.status_code for r in replies] == [204] * len(replies)
+    assert all(r.content == b"" for r in replies)
+    after = await ledger_rows(api, account, file_id)
+    assert [(r["status"], r["error_code"]) for r in after] == [
+        ("delivered", None),
+        ("undelivered", "30003"),
+        ("failed", "30008"),
+        ("sent", None),
+    ]
+    assert [r["carrier_sid"] for r in after] == [r["carrier_sid"] for r in rows]
+    batch = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()["data"]
+    assert batch["counts"] == {
+        "delivered": 1,
+        "undelivered": 1,
+        "failed": 1,
+        "sent": 1,
+        "rejected": 0,
+    }
+
+
+async def test_a_receipt_without_a_good_signature_is_refused_and_changes_nothing(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, settings: Settings
+) -> None:
+    file_id, rows = await sent_batch(api, account, webhooks, 1)
+    form = receipt(rows[0]["carrier_sid"], "delivered")
+    signed_for_sent = RequestValidator(AUTH_TOKEN).compute_signature(
+        settings.status_callback_url, receipt(rows[0]["carrier_sid"], "sent")
+    )
+
+    replies = [
+        await api.post(STATUS_PATH, data=form),
+        await post_receipt(api, settings, form, token="another-token"),
+        await post_receipt(api, settings, form, url=f"http://herald.test{STATUS_PATH}"),
+        await api.post(STATUS_PATH, data=form, headers={"X-Twilio-Signature": signed_for_sent}),
+    ]
+
+    assert [r.status_code for r in replies] == [403] * 4
+    assert {r.json()["errors"][0]["error"] for r in replies} == {"INVALID_SIGNATURE"}
+    assert [r["status"] for r in await ledger_rows(api, account, file_id)] == ["sent"]
+    missing = await post_receipt(api, settings, {"MessageStatus": "delivered"})
+    assert missing.status_code == 400
+
+
+async def test_a_receipt_that_comes_before_its_send_is_recorded_is_applied_then(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    settings: Settings,
+    carrier: Configure,
+) -> None:
+    # Answers take 0-2 s; a slice records its outcomes only when its last answer is in.
+    await carrier(latency_jitter_ms=2000)
+    file_id, marker = await start_batch_of(api, account, webhooks, unique_numbers(20))
+    async with asyncio.timeout(10):
+        while not (accepted := await emulator_messages(emulator_url, body_contains=marker)):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    first = accepted[0]
+
+    reply = await post_receipt(api, settings, receipt(first["sid"], "delivered"))
+    ledger_then = {r["to_number"]: r for r in await ledger_rows(api, account, file_id)}
+    await webhooks.wait_for(marker, *FINAL)
+    ledger_after = {r["to_number"]: r for r in await ledger_rows(api, account, file_id)}
+
+    assert reply.status_code == 204
+    assert (ledger_then[first["to"]]["status"], ledger_then[first["to"]]["carrier_sid"]) == (
+        "sending",
+        None,
+    )
+    row = ledger_after[first["to"]]
+    assert (row["status"], row["carrier_sid"]) == ("delivered", first["sid"])
+    others = [r["status"] for n, r in ledger_after.items() if n != first["to"]]
+    assert others == ["sent"] * 19
