@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     emulator_port: int = 8099
+    emulator_status_callbacks: bool = Field(
+        True, description="The local emulator posts delivery receipts (StatusCallback)."
+    )
     temporal_ui_url: str | None = Field(
         None, description="Base URL of the Temporal web UI, for links in batch replies."
     )

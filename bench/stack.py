@@ -24,6 +24,8 @@ def bench_stack() -> Iterator[tuple[Settings, dict[str, str], list[ManagedProces
         os.environ.pop(f"HERALD_{name}", None)
     os.environ["HERALD_HOME"] = str(home)
     os.environ.setdefault("HERALD_LOG_LEVEL", "WARNING")
+    # The baselines ask for no receipts; Herald's sends are compared without them too.
+    os.environ.setdefault("HERALD_EMULATOR_STATUS_CALLBACKS", "false")
     settings = Settings()
     stop_on_signals()
     processes: list[ManagedProcess] = []

@@ -79,6 +79,7 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
                 str(settings.emulator_port),
                 "--auth-token",
                 settings.twilio_auth_token,
+                *([] if settings.emulator_status_callbacks else ["--no-status-callbacks"]),
             ],
             logs / "emulator.log",
         )
