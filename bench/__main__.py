@@ -233,8 +233,11 @@ async def run_ceiling(n: int, settings: Settings, info: dict[str, str]) -> dict[
 async def history_and_storage(settings: Settings, batch_id: str) -> dict[str, Any]:
     client = await Client.connect(settings.temporal_target)
     workflow_id = batch_workflow_id(batch_id)
+    # The final event comes just before the workflow closes; visibility's history lengths are
+    # as of each run's last update, so wait for the close and ask each run itself.
+    await client.get_workflow_handle(workflow_id).result()
     runs = [
-        execution
+        await client.get_workflow_handle(execution.id, run_id=execution.run_id).describe()
         async for execution in client.list_workflows(f'WorkflowId STARTS_WITH "{workflow_id}"')
     ]
     largest = max(runs, key=lambda r: r.history_length)
