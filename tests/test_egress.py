@@ -141,11 +141,20 @@ async def test_the_api_refuses_internal_webhooks_with_400(
         ("/v1/sms/batch", batch | {"status_webhook": "http://169.254.169.254/latest"}),
         ("/v1/sms/batch", batch | {"status_webhook": "ftp://example.com/hook"}),
         ("/v1/sms/send", send | {"webhook": "http://[::ffff:10.0.0.1]/hook"}),
+        ("/v1/sms/numbers", {"number": unique_numbers(1)[0], "webhook": "http://10.0.0.7/"}),
     ]
     for path, body in refused:
         response = await api.post(path, headers=account.headers, json=body)
         assert response.status_code == 400, (body, response.text)
         assert response.json()["errors"][0]["error"] == "INVALID_WEBHOOK_URL", response.text
+
+    patched = await api.patch(
+        f"/v1/sms/numbers/{account.agent_number}",
+        headers=account.headers,
+        json={"webhook": "http://192.168.1.1/hook"},
+    )
+    assert patched.status_code == 400, patched.text
+    assert patched.json()["errors"][0]["error"] == "INVALID_WEBHOOK_URL"
 
     strict = settings.model_copy(update={"allow_loopback_webhooks": False})
     async with api_client(strict) as client:

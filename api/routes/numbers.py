@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from api.deps import AccountId, AppSettings, Pool
 from api.errors import HeraldError
 from api.models import Envelope, NumberRequest, NumberUpdate, SenderNumber
+from api.services.webhook_urls import require_safe_webhook
 from phones import to_e164
 from store import numbers
 
@@ -30,14 +31,18 @@ async def add_number(
         raise InvalidPhoneNumber(f"{body.number!r} is not a phone number")
     mps = body.mps if "mps" in body.model_fields_set else settings.default_sender_mps
     webhook = str(body.webhook) if body.webhook else None
+    await require_safe_webhook(webhook, settings)
     return {"data": await numbers.add_number(pool, account_id, number, body.channel, mps, webhook)}
 
 
 @router.patch("/v1/sms/numbers/{number}", response_model=Envelope[SenderNumber])
-async def update_number(account_id: AccountId, pool: Pool, number: str, body: NumberUpdate) -> dict:
+async def update_number(
+    account_id: AccountId, pool: Pool, settings: AppSettings, number: str, body: NumberUpdate
+) -> dict:
     """Change a number's rate limit and/or webhook; sends already paced keep their times."""
     normalised = to_e164(number, require_valid=False) or number
     changes = body.model_dump(mode="json", include=body.model_fields_set)
+    await require_safe_webhook(changes.get("webhook"), settings)
     row = await numbers.update_number(pool, account_id, normalised, changes)
     if row is None:
         raise NumberNotFound(f"{number} is not a sender of this account")
