@@ -22,30 +22,27 @@ from tests.helpers import csv_bytes, unique_numbers
 READY_SECONDS = 90
 
 
+PORTS = ("API_PORT", "POSTGRES_PORT", "TEMPORAL_PORT", "TEMPORAL_UI_PORT", "EMULATOR_PORT")
+
+
 @pytest.fixture(scope="module")
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One home for the module's launches: data and history persist across them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
-    ports = {
-        name: str(free_port())
-        for name in (
-            "API_PORT",
-            "POSTGRES_PORT",
-            "TEMPORAL_PORT",
-            "TEMPORAL_UI_PORT",
-            "EMULATOR_PORT",
-        )
-    }
-    env.update({f"HERALD_{k}": v for k, v in ports.items()})
     env["HERALD_HOME"] = str(tmp_path_factory.mktemp("herald-home"))
     return env
 
 
 @contextmanager
 def launched(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], dict]]:
-    """Run the launcher until it prints ready; on exit send SIGINT and wait for it."""
+    """Run the launcher until it prints ready; on exit send SIGINT and wait for it.
+
+    Each launch takes fresh ports: a port kept for the whole module may meanwhile become
+    some connection's ephemeral port, and then the server cannot bind it."""
+    ports = {f"HERALD_{name}": str(free_port()) for name in PORTS}
     launcher = subprocess.Popen(
         [sys.executable, "-m", "deploy.local"],
-        env=env,
+        env={**env, **ports},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -61,7 +58,7 @@ def launched(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], dict]
                 break
         assert "Herald is ready" in "".join(output), "".join(output)
         dev = json.loads((Path(env["HERALD_HOME"]) / "dev.json").read_text())
-        yield launcher, dev
+        yield launcher, {**dev, "temporal_address": f"127.0.0.1:{ports['HERALD_TEMPORAL_PORT']}"}
     finally:
         if launcher.poll() is None:
             launcher.send_signal(signal.SIGINT)
@@ -128,7 +125,7 @@ def test_restart_keeps_data_and_workflow_history(stack_env: dict[str, str]) -> N
                 "--output",
                 "json",
                 "--address",
-                f"127.0.0.1:{stack_env['HERALD_TEMPORAL_PORT']}",
+                again["temporal_address"],
                 "--workflow-id",
                 f"sms-batch-{file_id}",
             ],
