@@ -16,6 +16,7 @@ import io
 import itertools
 import random
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -64,6 +65,10 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def report(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -103,16 +108,16 @@ def main() -> None:
 
     assert read == tally.rows == args.rows
     csv_rate, herald_rate = read / csv_seconds, tally.rows / herald_seconds
-    print(f"file: {args.rows:,} rows, {len(content) / 2**20:.1f} MiB")
-    print(
+    report(f"file: {args.rows:,} rows, {len(content) / 2**20:.1f} MiB")
+    report(
         f"outcomes: {tally.recipients - tally.skipped:,} to send, {tally.skipped:,} skipped,"
         f" {tally.rejected:,} rejected; {tally.segments:,} segments"
         f" ({tally.gsm7:,} GSM-7, {tally.ucs2:,} UCS-2)"
     )
-    print(f"csv module, reading only: {csv_rate:,.0f} rows/s ({csv_seconds:.2f} s)")
-    print(f"Herald validation:        {herald_rate:,.0f} rows/s ({herald_seconds:.2f} s)")
-    print(f"ratio: validation takes {csv_rate / herald_rate:.1f}x the time of reading")
-    print(f"RSS with the file loaded: {rss_with_file:.0f} MiB; peak RSS: {peak_rss_mib():.0f} MiB")
+    report(f"csv module, reading only: {csv_rate:,.0f} rows/s ({csv_seconds:.2f} s)")
+    report(f"Herald validation:        {herald_rate:,.0f} rows/s ({herald_seconds:.2f} s)")
+    report(f"ratio: validation takes {csv_rate / herald_rate:.1f}x the time of reading")
+    report(f"RSS with the file loaded: {rss_with_file:.0f} MiB; peak RSS: {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

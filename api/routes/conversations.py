@@ -2,8 +2,9 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 
+from api.carrier_signature import SignedForm
 from api.conversation_models import ConversationDetail, ConversationList
 from api.deps import AccountId, AppSettings, Pool, Temporal
 from api.errors import InvalidRequest
@@ -58,19 +59,8 @@ async def get_conversation(
     responses={200: {"content": {"text/xml": {}}, "description": "Empty TwiML"}},
 )
 async def twilio_inbound(
-    request: Request,
-    pool: Pool,
-    temporal: Temporal,
-    settings: AppSettings,
-    x_twilio_signature: Annotated[str | None, Header()] = None,
+    pool: Pool, temporal: Temporal, settings: AppSettings, params: SignedForm
 ) -> Response:
     """The carrier's webhook for messages users send to a registered sender (form body)."""
-    form = await request.form()
-    params = {name: str(value) for name, value in form.items()}
-    # The carrier signs the public URL it posted to, which a proxy in front may have changed.
-    url = settings.api_url.rstrip("/") + request.url.path
-    if request.url.query:
-        url += "?" + request.url.query
-    inbound.verify_signature(settings, url, params, x_twilio_signature)
     await inbound.receive(pool, temporal, settings, params)
     return Response(EMPTY_TWIML, media_type="text/xml")

@@ -5,9 +5,8 @@ import uuid
 import asyncpg
 import structlog
 from temporalio.client import Client
-from twilio.request_validator import RequestValidator
 
-from api.errors import HeraldError, InvalidRequest
+from api.errors import InvalidRequest
 from api.services.batches import AgentNumberNotFound, TemporalUnavailable
 from api.services.conversations import signal_conversation
 from phones import to_e164
@@ -23,22 +22,8 @@ HELP_KEYWORD = "HELP"
 WHATSAPP_PREFIX = "whatsapp:"
 
 
-class InvalidSignature(HeraldError):
-    status_code = 403
-    code = "INVALID_SIGNATURE"
-
-
 class AlreadyRecorded(Exception):
     """The carrier posted this message before: nothing is recorded or signalled again."""
-
-
-def verify_signature(
-    settings: Settings, url: str, params: dict[str, str], signature: str | None
-) -> None:
-    """Only the carrier, signing with the account's auth token, may post inbound messages."""
-    validator = RequestValidator(settings.twilio_auth_token)
-    if not signature or not validator.validate(url, params, signature):
-        raise InvalidSignature("X-Twilio-Signature is missing or does not match this request")
 
 
 def address(value: str) -> tuple[str, str]:
