@@ -4,8 +4,9 @@
    status webhook event.
 2. Naive: one workflow with one activity per message (bench/naive.py), on the same
    Temporal server, worker settings and emulator.
-3. Ceiling: a bare asyncio HTTP loop posting the same messages to the same emulator with
-   Herald's concurrency, no Temporal, no PostgreSQL.
+3. Ceilings: bare asyncio HTTP loops posting the same messages to the same emulator with
+   Herald's concurrency, no Temporal, no PostgreSQL: one on aiohttp (the targets' ceiling),
+   one on Herald's own HTTP client (bench/ceiling.py).
 
 Absolute figures on a shared 2-core machine are noise; the ratios, measured in one run on
 one stack, are the result. Writes bench/results/<date>.json and a PNG of Herald's rate.
@@ -210,7 +211,9 @@ async def run_naive(n: int, settings: Settings, info: dict[str, str], label: str
     return {"sent": sent, "seconds": elapsed, "messages_per_second": sent / elapsed}
 
 
-async def run_ceiling(n: int, settings: Settings, info: dict[str, str]) -> dict[str, Any]:
+async def run_ceiling(
+    n: int, settings: Settings, info: dict[str, str], *, lean: bool
+) -> dict[str, Any]:
     concurrency = settings.chunk_window * settings.slices_in_flight * settings.send_concurrency
     async with httpx.AsyncClient() as http:
         await http.delete(f"{info['emulator_url']}/_emulator/messages")
@@ -221,6 +224,7 @@ async def run_ceiling(n: int, settings: Settings, info: dict[str, str]) -> dict[
         agent_number=info["agent_number"],
         messages=((to, f"Herald bench R{i}") for i, to in enumerate(recipient_numbers(n))),
         concurrency=concurrency,
+        lean=lean,
     )
     return {
         "sent": sent,
@@ -268,12 +272,15 @@ async def measure(
     # drifts over a run, and a ratio should not depend on which came first.
     ceiling_n = min(args.n, CEILING_MAX)
     naive_runs = [await run_naive(args.naive_n, settings, info, "before")]
-    ceiling_runs = [await run_ceiling(ceiling_n, settings, info)]
+    ceiling_runs = [await run_ceiling(ceiling_n, settings, info, lean=False)]
+    lean_runs = [await run_ceiling(ceiling_n, settings, info, lean=True)]
     herald = await run_herald(args.n, settings, info, watched, processes)
     footprint = await history_and_storage(settings, herald["batch_id"])
-    ceiling_runs.append(await run_ceiling(ceiling_n, settings, info))
+    lean_runs.append(await run_ceiling(ceiling_n, settings, info, lean=True))
+    ceiling_runs.append(await run_ceiling(ceiling_n, settings, info, lean=False))
     naive_runs.append(await run_naive(args.naive_n, settings, info, "after"))
     naive, ceiling = averaged(naive_runs), averaged(ceiling_runs)
+    lean_ceiling = averaged(lean_runs)
     return {
         "date": datetime.now(UTC).isoformat(),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -292,12 +299,15 @@ async def measure(
         "herald": herald,
         "naive": naive,
         "ceiling": ceiling,
+        "lean_ceiling": lean_ceiling,
         "footprint": footprint,
         "ratios": {
             "herald_over_naive": herald["messages_per_second"] / naive["messages_per_second"],
             "herald_over_ceiling": herald["messages_per_second"] / ceiling["messages_per_second"],
             "send_phase_over_ceiling": herald["send_phase_messages_per_second"]
             / ceiling["messages_per_second"],
+            "herald_over_lean_ceiling": herald["messages_per_second"]
+            / lean_ceiling["messages_per_second"],
         },
     }
 
@@ -316,6 +326,9 @@ def chart(result: dict[str, Any], path: Path) -> None:
     figure, axis = pyplot.subplots(figsize=(9, 4))
     axis.plot(times, rates, label="Herald")
     axis.axhline(result["ceiling"]["messages_per_second"], linestyle="--", label="ceiling")
+    axis.axhline(
+        result["lean_ceiling"]["messages_per_second"], linestyle="-.", label="lean ceiling"
+    )
     axis.axhline(result["naive"]["messages_per_second"], linestyle=":", label="naive")
     axis.set_xlabel("seconds since POST /v1/sms/batch")
     axis.set_ylabel("messages/s received by the emulator")
@@ -331,6 +344,7 @@ def spread(baseline: dict[str, Any]) -> str:
 
 def report(result: dict[str, Any]) -> str:
     herald, naive, ceiling = result["herald"], result["naive"], result["ceiling"]
+    lean = result["lean_ceiling"]
     ratios, footprint = result["ratios"], result["footprint"]
     rss, settings = herald["peak_rss_mb"], result["settings"]
     rows = [
@@ -341,10 +355,13 @@ def report(result: dict[str, Any]) -> str:
         ("Naive (1 activity/msg)", f"{naive['messages_per_second']:,.0f} msg/s",
          f"mean of {spread(naive)}, {naive['sent']:,} sent"),
         ("Ceiling (asyncio loop)", f"{ceiling['messages_per_second']:,.0f} msg/s",
-         f"mean of {spread(ceiling)}, {ceiling['concurrency']} in flight"),
+         f"aiohttp; mean of {spread(ceiling)}, {ceiling['concurrency']} in flight"),
+        ("Lean ceiling", f"{lean['messages_per_second']:,.0f} msg/s",
+         f"Herald's HTTP client alone; mean of {spread(lean)}"),
         ("Herald / naive", f"{ratios['herald_over_naive']:.1f}x", "target >= 20x"),
         ("Herald / ceiling", f"{ratios['herald_over_ceiling']:.2f}x", "target >= 0.5x"),
         ("Send phase / ceiling", f"{ratios['send_phase_over_ceiling']:.2f}x", ""),
+        ("Herald / lean ceiling", f"{ratios['herald_over_lean_ceiling']:.2f}x", ""),
         ("Peak RSS worker / API",
          f"{max(v for k, v in rss.items() if k.startswith('worker')):.0f} MB"
          f" / {rss['api']:.0f} MB",

@@ -23,6 +23,7 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
     assert result["herald"]["sent"] == 2000
     assert result["naive"]["sent"] == 80
     assert result["ceiling"]["sent"] == 4000
+    assert result["lean_ceiling"]["sent"] == 4000
     assert result["footprint"]["ledger_rows"] == 2000
     assert result["footprint"]["largest_history_events"] > 0
     assert all(value > 0 for value in result["ratios"].values())

@@ -1,0 +1,196 @@
+"""A lean HTTP/1.1 client for the carrier: keep-alive connections to one origin, responses
+parsed by httptools (the C parser uvicorn uses).
+
+The send path makes one request per message, and a general-purpose client (aiohttp) spends
+more CPU on each than the rest of Herald's work on the message together. This one does only
+what a carrier API needs: a request with a small body, a response read whole, TLS when the
+URL says https. It also tells the two failures apart that decide whether a message may be
+sent again: `ConnectFailed` (nothing was sent) and `NoAnswer` (the request may have arrived).
+"""
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import cast
+from urllib.parse import urlencode, urlsplit
+
+import httptools
+
+
+class ConnectFailed(Exception):
+    """No connection could be made: the request was never sent."""
+
+
+class NoAnswer(Exception):
+    """The request was written (or may have been) but no complete answer came back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    # Header names in lower case; a repeated header keeps its last value.
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        return self.host if self.port == default else f"{self.host}:{self.port}"
+
+
+@lru_cache(maxsize=64)
+def split_url(url: str) -> tuple[Origin, str]:
+    """The origin of `url` and the request target (path and query) to send to it."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return Origin(parts.scheme, parts.hostname, port), target
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; it carries one request at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.waiter: asyncio.Future[Answer] | None = None
+        self.keep_alive = False
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without deriving from it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            self._fail(NoAnswer(f"malformed response: {error}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._fail(NoAnswer(f"connection closed before the answer was complete: {exc!r}"))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.waiter is not None and not self.waiter.done():
+            answer = Answer(self.parser.get_status_code(), self.headers, b"".join(self.body))
+            self.waiter.set_result(answer)
+
+    def _fail(self, error: Exception) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(error)
+
+    @property
+    def usable(self) -> bool:
+        return not self.lost and self.transport is not None and not self.transport.is_closing()
+
+    def send(self, request: bytes) -> asyncio.Future[Answer]:
+        assert self.transport is not None
+        self.headers, self.body, self.keep_alive = {}, [], False
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return self.waiter
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Http1Pool:
+    """Up to `connections` keep-alive connections per origin, reused most recent first."""
+
+    def __init__(
+        self, *, connections: int, timeout: float, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self._timeout = timeout
+        self._ssl = ssl_context
+        self._slots = asyncio.Semaphore(connections)
+        self._idle: dict[Origin, deque[_Connection]] = {}
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes = b"",
+        params: Mapping[str, object] | None = None,
+        time_limit: float | None = None,
+    ) -> Answer:
+        """Send one request and read its whole answer; connecting and answering each get
+        `time_limit` seconds (the pool's timeout when None)."""
+        limit = time_limit or self._timeout
+        origin, target = split_url(url)
+        if params:
+            target += ("&" if "?" in target else "?") + urlencode(params, doseq=True)
+        head = [f"{method} {target} HTTP/1.1", f"Host: {origin.host_header}"]
+        head += [f"{name}: {value}" for name, value in headers.items()]
+        if body or method in ("POST", "PUT", "PATCH"):
+            head.append(f"Content-Length: {len(body)}")
+        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        async with self._slots:
+            connection = await self._connection(origin, limit)
+            try:
+                async with asyncio.timeout(limit):
+                    answer = await connection.send(request)
+            except TimeoutError as error:
+                connection.close()
+                raise NoAnswer(f"no answer within {limit} s") from error
+            except BaseException:
+                connection.close()
+                raise
+            if connection.keep_alive and connection.usable:
+                self._idle.setdefault(origin, deque()).append(connection)
+            else:
+                connection.close()
+            return answer
+
+    async def _connection(self, origin: Origin, limit: float) -> _Connection:
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()
+            if connection.usable:
+                return connection
+        loop = asyncio.get_running_loop()
+        context = None
+        if origin.scheme == "https":
+            context = self._ssl or ssl.create_default_context()
+        try:
+            async with asyncio.timeout(limit):
+                _, connection = await loop.create_connection(
+                    _Connection, origin.host, origin.port, ssl=context
+                )
+        except (OSError, TimeoutError) as error:
+            raise ConnectFailed(
+                f"cannot connect to {origin.host}:{origin.port}: {error!r}"
+            ) from error
+        return connection
+
+    async def close(self) -> None:
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
+        self._idle.clear()
