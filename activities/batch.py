@@ -209,8 +209,9 @@ class BatchActivities:
         batch = await batches.batch_for_workflow(self._pool, batch_id)
         claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
         pacer = SenderPacer(self._pool, batch["account_id"], input.agent_number)
-        limit = asyncio.Semaphore(self._settings.send_concurrency)
         stopping = asyncio.Event()
+        results: list[SendResult | None] = [None] * len(claimed)
+        queue = iter(enumerate(claimed))
 
         async def send(message: messages.ClaimedMessage) -> SendResult | None:
             if input.pace.interval and not await _until(
@@ -221,20 +222,26 @@ class BatchActivities:
                 return None
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
-            async with limit:
-                if stopping.is_set():
-                    return None
-                return await self._carrier.send(
-                    to=message.to_number,
-                    from_=input.agent_number,
-                    body=message.body,
-                    status_callback=self._settings.status_callback_url,
-                )
+            return await self._carrier.send(
+                to=message.to_number,
+                from_=input.agent_number,
+                body=message.body,
+                status_callback=self._settings.status_callback_url,
+            )
 
-        sends = asyncio.gather(*(send(m) for m in claimed))
+        async def lane() -> None:
+            # A fixed set of lanes, not a task per message: the slice's rows in order, with
+            # `send_concurrency` requests in flight; a row left when stopping stays None.
+            for index, message in queue:
+                if stopping.is_set():
+                    return
+                results[index] = await send(message)
+
+        lanes = min(self._settings.send_concurrency, len(claimed))
+        sends = asyncio.gather(*(lane() for _ in range(lanes)))
         heartbeats = asyncio.create_task(_heartbeat_until_done())
         try:
-            results = await asyncio.shield(sends)
+            await asyncio.shield(sends)
         except asyncio.CancelledError:
             stopping.set()
             heartbeats.cancel()
@@ -242,7 +249,6 @@ class BatchActivities:
             while not sends.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(sends)
-            results = sends.result()
             await self._record(batch_id, claimed, results)
             raise
         finally:

@@ -26,6 +26,8 @@ class SenderPacer:
 
     async def turn(self, stopping: asyncio.Event) -> bool:
         """Wait until the next message may go; False when `stopping` is set first."""
+        if self._unlimited:
+            return not stopping.is_set()
         loop = asyncio.get_running_loop()
         async with self._lock:
             if not self._slots and not self._unlimited:

@@ -8,6 +8,7 @@ injects latency, 429s and 5xx on request, posts delivery callbacks signed with
 
 import argparse
 import asyncio
+import functools
 import random
 import secrets
 import time
@@ -98,8 +99,10 @@ class Received:
         }
 
 
-def rfc2822(moment: datetime) -> str:
-    return moment.strftime("%a, %d %b %Y %H:%M:%S +0000")
+@functools.lru_cache(maxsize=4)
+def rfc2822(second: int) -> str:
+    """The Unix time `second` as Twilio writes dates; cached, as a busy second asks often."""
+    return datetime.fromtimestamp(second, UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
 
 
 def twilio_error(status: int, code: int, message: str) -> web.Response:
@@ -132,6 +135,8 @@ class Carrier:
         self.refused: Counter[int] = Counter()
         self._validator = RequestValidator(auth_token)
         self._random = random.Random(seed)
+        # Seeded from the OS, not `seed`: a restarted emulator must not hand out old SIDs.
+        self._sids = random.Random()
         self._callbacks: set[asyncio.Task[None]] = set()
         self._http: ClientSession | None = None
 
@@ -202,7 +207,7 @@ class Carrier:
             code = HTTP_ERROR_CODES.get(failure, 20500)
             return self._refuse(failure, code, f"Injected failure {failure}")
         account_sid = request.match_info["account_sid"]
-        sid = "SM" + secrets.token_hex(16)
+        sid = f"SM{self._sids.getrandbits(128):032x}"
         callback = str(form["StatusCallback"]) if form.get("StatusCallback") else None
         now = time.time()
         self.received.append(
@@ -221,7 +226,7 @@ class Carrier:
         )
         if callback and self.status_callbacks:
             self._schedule_callbacks(callback, account_sid, sid, to, from_)
-        created = rfc2822(datetime.fromtimestamp(now, UTC))
+        created = rfc2822(int(now))
         uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages/{sid}"
         return web.json_response(
             {
