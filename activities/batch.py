@@ -133,6 +133,7 @@ class BatchActivities:
                     messages_gsm7=tally.gsm7,
                     messages_ucs2=tally.ucs2,
                 )
+            await messages.refresh_statistics(self._pool)
         except SourceInvalid as error:
             return ValidationResult(
                 rows_total=0,
