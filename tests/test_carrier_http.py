@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from activities.providers import http1
 from activities.providers.http1 import ConnectFailed, Http1Pool, NoAnswer, split_url
 from deploy.local.processes import free_port
 
@@ -88,6 +89,20 @@ async def test_requests_reuse_one_keep_alive_connection(server_url: str) -> None
     assert [s["body"] for s in sent] == [f"n={i}" for i in range(5)]
     assert {s["peer"] for s in sent} == {sent[0]["peer"]}, "one connection carried them all"
     assert answers[0].headers["retry-after"] == "7"
+
+
+async def test_a_connection_idle_too_long_is_replaced(
+    server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http1, "IDLE_SECONDS", 0.2)
+    pool = Http1Pool(connections=1, timeout=5)
+    peers = []
+    for pause in (0, 0.05, 0.4):
+        await asyncio.sleep(pause)
+        answer = await pool.request("POST", f"{server_url}/echo", headers={}, body=b"x")
+        peers.append(json.loads(answer.body)["peer"])
+    await pool.close()
+    assert peers[0] == peers[1] != peers[2]
 
 
 async def test_query_parameters_and_host_reach_the_server(server_url: str) -> None:

@@ -19,6 +19,11 @@ from urllib.parse import urlencode, urlsplit
 
 import httptools
 
+# A connection idle this long is closed rather than reused: a server closes idle ones on its
+# own schedule, and a request written as its close crosses the wire gets no answer, which
+# for a message means `uncertain`.
+IDLE_SECONDS = 10.0
+
 
 class ConnectFailed(Exception):
     """No connection could be made: the request was never sent."""
@@ -70,6 +75,7 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[Answer] | None = None
         self.keep_alive = False
         self.lost = False
+        self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without deriving from it.
@@ -163,6 +169,7 @@ class Http1Pool:
                 connection.close()
                 raise
             if connection.keep_alive and connection.usable:
+                connection.idle_since = asyncio.get_running_loop().time()
                 self._idle.setdefault(origin, deque()).append(connection)
             else:
                 connection.close()
@@ -170,14 +177,16 @@ class Http1Pool:
 
     async def _connection(self, origin: Origin, limit: float) -> _Connection:
         idle = self._idle.get(origin)
+        loop = asyncio.get_running_loop()
         while idle:
             connection = idle.pop()
-            if connection.usable:
+            if connection.usable and loop.time() - connection.idle_since < IDLE_SECONDS:
                 return connection
-        loop = asyncio.get_running_loop()
+            connection.close()
         context = None
         if origin.scheme == "https":
-            context = self._ssl or ssl.create_default_context()
+            # Made once: loading the system's CA certificates takes milliseconds.
+            self._ssl = context = self._ssl or ssl.create_default_context()
         try:
             async with asyncio.timeout(limit):
                 _, connection = await loop.create_connection(
