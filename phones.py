@@ -30,7 +30,7 @@ _NUMBER_TYPES = (
     "uan",
     "voicemail",
 )
-_DIGITS = re.compile(r"\+[0-9]+")
+_DIGITS = re.compile(r"\+[0-9]*")
 
 
 def to_e164(raw: str, *, require_valid: bool = True) -> str | None:

@@ -16,7 +16,7 @@ from activities.recipients import (
     read_rows,
     strict_failure,
 )
-from activities.segments import GSM7, UCS2, classify
+from activities.segments import GSM7, UCS2, classify, classify_all
 
 A, B, C = "+12015550123", "+12015550124", "+12015550125"
 
@@ -382,6 +382,7 @@ def test_rejected_rows_say_why() -> None:
 )
 def test_segments(body: str, encoding: str, segments: int) -> None:
     assert classify(body) == (encoding, segments)
+    assert classify_all([body, "a"]) == [(encoding, segments), (GSM7, 1)]
 
 
 def test_the_tally_counts_segments_of_messages_to_be_sent_only() -> None:
