@@ -9,6 +9,8 @@ from and that fails the pattern is invalid. Anything else goes to phonenumbers.
 """
 
 import functools
+import itertools
+import operator
 import re
 from collections.abc import Sequence
 
@@ -51,13 +53,15 @@ def to_e164(raw: str, *, require_valid: bool = True) -> str | None:
 
 
 def valid_e164s(raws: Sequence[str]) -> list[str | None]:
-    """`to_e164` of each number, for many at once: the common case takes one C-level pass."""
-    stripped = list(map(str.strip, raws))
-    matched = map(_patterns().valid_without_plus.fullmatch, stripped)
-    return [
-        (number if number.startswith("+") else "+" + number) if match else to_e164(number)
-        for number, match in zip(stripped, matched, strict=True)
-    ]
+    """`to_e164` of each number: the ones the valid pattern decides in C-level passes, the
+    others one by one."""
+    candidates: list[str | None] = list(
+        map("+".__add__, map(str.removeprefix, map(str.strip, raws), itertools.repeat("+")))
+    )
+    matched = list(map(_patterns().valid.fullmatch, candidates))
+    for index in itertools.compress(itertools.count(), map(operator.not_, matched)):
+        candidates[index] = to_e164(raws[index])
+    return candidates
 
 
 def _parsed_e164(candidate: str, *, require_valid: bool) -> str | None:
@@ -93,7 +97,6 @@ class _Patterns:
         branches = {str(code): _code_pattern(code) for code in COUNTRY_CODE_TO_REGION_CODE}
         body = _trie(sorted(code for code, branch in branches.items() if branch), branches, "")
         self.valid = re.compile(rf"\+(?:{body})")
-        self.valid_without_plus = re.compile(rf"\+?(?:{body})")
         self.national_prefixes = {
             str(code): re.compile(_main_metadata(code).national_prefix_for_parsing or "(?!)")
             for code in COUNTRY_CODE_TO_REGION_CODE
