@@ -133,7 +133,9 @@ def _code_pattern(code: int) -> str:
     """National numbers after `code` that parse unchanged and are valid; "" for none.
 
     phonenumbers validates against the first region (of those sharing the code) whose
-    leading digits match, or, when a region has none, that the number is valid for.
+    leading digits match, or, when a region has none, that the number is valid for. The
+    alternatives are tried in that order, so one is tried only when no region before it
+    without leading digits took the number.
     """
     regions = COUNTRY_CODE_TO_REGION_CODE[code]
     prefix = _main_metadata(code).national_prefix_for_parsing
@@ -151,7 +153,6 @@ def _code_pattern(code: int) -> str:
             not_chosen += f"(?!{metadata.leading_digits})"
         elif valid:
             alternatives.append(not_chosen + valid)
-            not_chosen += f"(?!{valid})"
     if not alternatives:
         return ""
     unstripped = f"(?!{prefix})" if prefix else ""
