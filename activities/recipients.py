@@ -406,12 +406,13 @@ def _mark_skipped(
         itertools.compress(positions, map(rules.opted_out.__contains__, numbers)), "opted_out"
     )
     if rules.exclude_duplicates:
-        keys = list(map(int, numbers))
-        earlier = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
-        repeated = map(operator.ne, map(earlier.__getitem__, keys), itertools.count())
-        duplicate = map(operator.or_, repeated, map(seen.__contains__, keys))
-        skips.update(dict.fromkeys(itertools.compress(positions, duplicate), "duplicate"))
-        seen.update(keys)
+        # set.add returns None: a number is a duplicate when it was there already.
+        duplicates = [
+            index
+            for index, key in zip(positions, map(int, numbers), strict=True)
+            if key in seen or seen.add(key)
+        ]
+        skips.update(dict.fromkeys(duplicates, "duplicate"))
     for index, code in skips.items():
         outcome = outcomes[index]
         assert isinstance(outcome, Recipient)
