@@ -1,11 +1,12 @@
 """Phone numbers to E.164, the one form Herald stores and sends.
 
-`phonenumbers` takes ~30 us a number. Most recipient numbers already are E.164 (perhaps
-without the `+`), so one pattern built from phonenumbers' own metadata decides those:
-a country calling code, then a national number that no national prefix could be stripped
-from, that is valid for the region phonenumbers picks for it. Such a number is valid and
-its own E.164 form; a number of digits whose national part no prefix could be stripped
-from and that fails the pattern is invalid. Anything else goes to phonenumbers.
+`phonenumbers` takes ~30 us a number. Most numbers of a recipient file already are E.164
+(perhaps without the `+`), so for files one pattern built from phonenumbers' own metadata
+decides those: a country calling code, then a national number that no national prefix
+could be stripped from, that is valid for the region phonenumbers picks for it. Such a
+number is valid and its own E.164 form; a number of digits whose national part no prefix
+could be stripped from and that fails the pattern is invalid. Anything else goes to
+phonenumbers, as a single number always does: building the pattern takes ~0.3 s.
 """
 
 import functools
@@ -41,27 +42,28 @@ def to_e164(raw: str, *, require_valid: bool = True) -> str | None:
     `require_valid` checks the number against the numbering plan (recipients); without it a
     number only needs a possible length for its country (senders, including test numbers).
     """
-    candidate = raw.strip()
-    if not candidate.startswith("+"):
-        candidate = "+" + candidate
-    if require_valid:
-        if _patterns().valid.fullmatch(candidate):
-            return candidate
-        if _surely_invalid(candidate):
-            return None
-    return _parsed_e164(candidate, require_valid=require_valid)
+    return _parsed_e164(_candidate(raw), require_valid=require_valid)
 
 
 def valid_e164s(raws: Sequence[str]) -> list[str | None]:
-    """`to_e164` of each number: the ones the valid pattern decides in C-level passes, the
-    others one by one."""
+    """`to_e164` of each number (valid ones): those the pattern decides in C-level passes,
+    the others one by one."""
     candidates: list[str | None] = list(
         map("+".__add__, map(str.removeprefix, map(str.strip, raws), itertools.repeat("+")))
     )
     matched = list(map(_patterns().valid.fullmatch, candidates))
     for index in itertools.compress(itertools.count(), map(operator.not_, matched)):
-        candidates[index] = to_e164(raws[index])
+        candidate = _candidate(raws[index])
+        if _surely_invalid(candidate):
+            candidates[index] = None
+        else:
+            candidates[index] = _parsed_e164(candidate, require_valid=True)
     return candidates
+
+
+def _candidate(raw: str) -> str:
+    candidate = raw.strip()
+    return candidate if candidate.startswith("+") else "+" + candidate
 
 
 def _parsed_e164(candidate: str, *, require_valid: bool) -> str | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from activities.segments import GSM7, classify, classify_all
-from phones import to_e164, valid_e164s
+from phones import valid_e164s
 
 PHONE_COLUMN = "phone_number"
 MESSAGE_COLUMN = "agent_message"
@@ -386,7 +386,8 @@ def _block_outcomes(
     outcomes: list[Recipient | Rejected] = list(map(Recipient, numbers, phones, bodies, *kinds))
     for index in sorted({*_where_not(phones), *_where_not(bodies)}):
         row = _values(columns.header, columns.rows[index])
-        outcome = outcomes[index] = _recipient(numbers[index], row, rules, sources, defaults)
+        outcome = _recipient(numbers[index], row, phones[index], rules, sources, defaults)
+        outcomes[index] = outcome
         phones[index] = outcome.to_number if isinstance(outcome, Recipient) else None
     _mark_skipped(outcomes, phones, rules, seen)
     return outcomes
@@ -474,15 +475,16 @@ def _variable_values(
 def _recipient(
     row_number: int,
     values: dict[str, str],
+    number: str | None,
     rules: RecipientRules,
     sources: dict[str, tuple[str, ...]],
     defaults: dict[str, str],
 ) -> Recipient | Rejected:
-    """One row's outcome, checked rule by rule; `_mark_skipped` decides its skip code."""
+    """One row's outcome, checked rule by rule, given its number in E.164 form (None: not
+    valid); `_mark_skipped` decides its skip code."""
     raw_number = values.get(PHONE_COLUMN, "")
     if not raw_number.strip():
         return Rejected(row_number, "blank_number", "phone_number is blank", raw_number)
-    number = to_e164(raw_number)
     if number is None:
         return Rejected(
             row_number, "invalid_number", "not a valid phone number in E.164 form", raw_number

@@ -1,4 +1,4 @@
-"""The pattern-decided numbers in phones.py give exactly phonenumbers' answer."""
+"""valid_e164s, which decides most numbers by a pattern, gives exactly phonenumbers' answer."""
 
 import phonenumbers
 import pytest
@@ -96,7 +96,6 @@ def test_every_example_number_and_its_near_misses() -> None:
     numbers = [variant for number in EXAMPLES for variant in [number, *mutations(number)]]
     assert len(EXAMPLES) > 1000
     expected = [reference(number) for number in numbers]
-    assert [to_e164(number) for number in numbers] == expected
     assert valid_e164s(numbers) == expected
     assert sum(result is not None for result in expected) > len(EXAMPLES)
 
@@ -111,7 +110,6 @@ def test_every_example_number_and_its_near_misses() -> None:
 @example(code="54", national="91123456789", plus=True)
 def test_digits_after_every_calling_code(code: str, national: str, plus: bool) -> None:
     raw = ("+" if plus else "") + code + national
-    assert to_e164(raw) == reference(raw)
     assert valid_e164s([raw]) == [reference(raw)]
 
 
@@ -124,7 +122,7 @@ def test_edited_example_numbers(number: str, edits: list[tuple[int, str]]) -> No
     raw = number
     for position, char in edits:
         raw = raw[:position] + char + raw[position:]
-    assert to_e164(raw) == reference(raw)
+    assert valid_e164s([raw]) == [reference(raw)]
 
 
 def test_senders_need_only_a_possible_number() -> None:
