@@ -10,14 +10,16 @@ import codecs
 import csv
 import functools
 import io
+import itertools
 import json
+import operator
 import re
-from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from activities.segments import GSM7, classify
-from phones import to_e164
+from activities.segments import GSM7, classify, classify_all
+from phones import valid_e164s
 
 PHONE_COLUMN = "phone_number"
 MESSAGE_COLUMN = "agent_message"
@@ -27,6 +29,8 @@ TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 _JSON_START = re.compile(rb"(?:\xef\xbb\xbf)?\s*[\[{]")
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _DECODE_BLOCK = 1 << 20
+# Rows validated together: enough to spread each step's setup, few enough to stay in cache.
+_BLOCK_ROWS = 512
 # Rejected rows a strict failure names in its reason.
 STRICT_EXAMPLES = 5
 
@@ -47,7 +51,9 @@ class SourceInvalid(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs four times as much, once per row, and
+# `_mark_skipped` sets `skip_code` once the block's outcomes are built.
+@dataclass(slots=True)
 class Recipient:
     row_number: int
     to_number: str
@@ -288,6 +294,10 @@ def _blank(row: Row) -> bool:
     return not "".join(cells).strip()
 
 
+def _values(header: list[str], row: Row) -> dict[str, str]:
+    return row if isinstance(row, dict) else dict(zip(header, row, strict=False))
+
+
 def _iter_recipients(
     header: list[str],
     rows: Iterator[Row],
@@ -295,34 +305,187 @@ def _iter_recipients(
     sources: dict[str, tuple[str, ...]],
     defaults: dict[str, str],
 ) -> Iterator[Recipient | Rejected]:
+    """Rows go block by block, each step one C-level pass over a column where per-row
+    Python would cost more than parsing the CSV; rows the common case does not cover
+    (a bad number, a row's own message, a missing value...) take `_recipient`."""
     # Numbers already seen, as ints: a third of the memory of the E.164 strings.
     seen: set[int] = set()
     count = 0
-    for row_number, row in enumerate(rows, start=1):
-        if _blank(row):
-            continue
-        count += 1
-        if count > rules.max_rows:
+    first = 1
+    while block := list(itertools.islice(rows, _BLOCK_ROWS)):
+        numbers: Sequence[int] = range(first, first + len(block))
+        first += len(block)
+        columns = _Columns(header, block)
+        phones = map(str.strip, columns[PHONE_COLUMN])
+        blank = {index for index in _where_not(phones) if _blank(block[index])}
+        if blank:
+            kept = [index for index in range(len(block)) if index not in blank]
+            numbers, block = [numbers[index] for index in kept], [block[index] for index in kept]
+            columns = _Columns(header, block)
+        overflow = count + len(block) > rules.max_rows
+        if overflow:
+            numbers, block = numbers[: rules.max_rows - count], block[: rules.max_rows - count]
+            columns = _Columns(header, block)
+        count += len(block)
+        yield from _block_outcomes(columns, numbers, rules, sources, defaults, seen)
+        if overflow:
             raise SourceInvalid(
                 "too_many_rows",
                 f"the file has more than {rules.max_rows} rows; split it into several batches",
             )
-        values = row if isinstance(row, dict) else dict(zip(header, row, strict=False))
-        yield _recipient(row_number, values, rules, sources, defaults, seen)
+
+
+def _where_not(items: Iterable[object]) -> Iterator[int]:
+    """The positions of the false items (None, ""), by a C-level pass."""
+    return itertools.compress(itertools.count(), map(operator.not_, items))
+
+
+class _Columns:
+    """A block of rows (all lists or all dicts, as `read_rows` gives them) by column name;
+    a missing cell reads as "", which `_recipient` treats the same."""
+
+    def __init__(self, header: list[str], rows: list[Row]) -> None:
+        self.header = header
+        self.rows = rows
+        self._found: dict[str, list[str]] = {}
+
+    def __getitem__(self, name: str) -> list[str]:
+        column = self._found.get(name)
+        if column is None:
+            column = self._found[name] = self._read(name)
+        return column
+
+    def _read(self, name: str) -> list[str]:
+        if name not in self.header or not self.rows:
+            return [""] * len(self.rows)
+        index = self.header.index(name)
+        # dict(zip(header, row)) keeps the last of repeated names that the row reaches.
+        if (
+            not isinstance(self.rows[0], dict)
+            and self.header.count(name) == 1
+            and min(map(len, self.rows)) > index
+        ):
+            return list(map(operator.itemgetter(index), self.rows))
+        return [_values(self.header, row).get(name, "") for row in self.rows]
+
+
+def _block_outcomes(
+    columns: _Columns,
+    numbers: Sequence[int],
+    rules: RecipientRules,
+    sources: dict[str, tuple[str, ...]],
+    defaults: dict[str, str],
+    seen: set[int],
+) -> list[Recipient | Rejected]:
+    """The outcome of each row, in order: a row with a valid number and a body of at most
+    `max_message_chars` is done here, by columns, the rest by `_recipient`."""
+    phones = valid_e164s(columns[PHONE_COLUMN])
+    bodies = _bodies(columns, len(numbers), rules, sources, defaults)
+    if max(map(len, bodies), default=0) > rules.max_message_chars:
+        bodies = [body if len(body) <= rules.max_message_chars else "" for body in bodies]
+    kinds = zip(*classify_all(bodies), strict=True)
+    outcomes: list[Recipient | Rejected] = list(map(Recipient, numbers, phones, bodies, *kinds))
+    for index in sorted({*_where_not(phones), *_where_not(bodies)}):
+        row = _values(columns.header, columns.rows[index])
+        outcome = _recipient(numbers[index], row, phones[index], rules, sources, defaults)
+        outcomes[index] = outcome
+        phones[index] = outcome.to_number if isinstance(outcome, Recipient) else None
+    _mark_skipped(outcomes, phones, rules, seen)
+    return outcomes
+
+
+def _mark_skipped(
+    outcomes: list[Recipient | Rejected],
+    phones: list[str | None],
+    rules: RecipientRules,
+    seen: set[int],
+) -> None:
+    """Skip the Recipients (their numbers in `phones`, None for the rejected rows) whose
+    number came before, in this block or one before it, or opted out."""
+    positions = list(itertools.compress(itertools.count(), phones))
+    numbers = list(filter(None, phones))
+    skips = dict.fromkeys(
+        itertools.compress(positions, map(rules.opted_out.__contains__, numbers)), "opted_out"
+    )
+    if rules.exclude_duplicates:
+        # set.add returns None: a number is a duplicate when it was there already.
+        duplicates = [
+            index
+            for index, key in zip(positions, map(int, numbers), strict=True)
+            if key in seen or seen.add(key)
+        ]
+        skips.update(dict.fromkeys(duplicates, "duplicate"))
+    for index, code in skips.items():
+        outcome = outcomes[index]
+        assert isinstance(outcome, Recipient)
+        outcome.skip_code = code
+
+
+def _bodies(
+    columns: _Columns,
+    size: int,
+    rules: RecipientRules,
+    sources: dict[str, tuple[str, ...]],
+    defaults: dict[str, str],
+) -> list[str]:
+    """The rendered global message of each row; "" where `_recipient` must look: the row
+    has its own message, none is set, or a variable has no value."""
+    template = rules.agent_message or ""
+    if not template.strip():
+        return [""] * size
+    parts = _template_parts(template)
+    values = [_variable_values(name, columns, size, sources, defaults) for name in parts[1::2]]
+    layout = "%s".join(part.replace("%", "%%") for part in parts[0::2])
+    if any(None in column for column in values):
+        bodies = ["" if None in cells else layout % cells for cells in zip(*values, strict=True)]
+    elif values:
+        bodies = list(map(layout.__mod__, zip(*values, strict=True)))
+    else:
+        bodies = [template] * size
+    own = columns[MESSAGE_COLUMN]
+    if any(map(str.strip, own)):
+        bodies = [
+            body if not message.strip() else "" for body, message in zip(bodies, own, strict=True)
+        ]
+    return bodies
+
+
+def _variable_values(
+    name: str,
+    columns: _Columns,
+    size: int,
+    sources: dict[str, tuple[str, ...]],
+    defaults: dict[str, str],
+) -> list[str | None]:
+    """`render`'s lookup of `name` in each row: the first column, in `sources` order, with a
+    value that is not blank, else the default; None when neither has one."""
+    default: str | None = defaults.get(name)
+    if not default or default.isspace():
+        default = None
+    cells = [columns[column] for column in sources.get(name, ())]
+    if cells and all(cells[0]) and not any(map(str.isspace, cells[0])):
+        return cells[0]
+    if not cells:
+        return [default] * size
+    return [
+        next((value for value in row if value and not value.isspace()), default)
+        for row in zip(*cells, strict=True)
+    ]
 
 
 def _recipient(
     row_number: int,
     values: dict[str, str],
+    number: str | None,
     rules: RecipientRules,
     sources: dict[str, tuple[str, ...]],
     defaults: dict[str, str],
-    seen: set[int],
 ) -> Recipient | Rejected:
+    """One row's outcome, checked rule by rule, given its number in E.164 form (None: not
+    valid); `_mark_skipped` decides its skip code."""
     raw_number = values.get(PHONE_COLUMN, "")
     if not raw_number.strip():
         return Rejected(row_number, "blank_number", "phone_number is blank", raw_number)
-    number = to_e164(raw_number)
     if number is None:
         return Rejected(
             row_number, "invalid_number", "not a valid phone number in E.164 form", raw_number
@@ -362,15 +525,7 @@ def _recipient(
             raw_number,
         )
     encoding, segments = classify(body)
-    key = int(number)
-    skip = None
-    if rules.exclude_duplicates:
-        if key in seen:
-            skip = "duplicate"
-        seen.add(key)
-    if skip is None and number in rules.opted_out:
-        skip = "opted_out"
-    return Recipient(row_number, number, body, encoding, segments, skip)
+    return Recipient(row_number, number, body, encoding, segments)
 
 
 def strict_failure(issue: Rejected | None, tally: Tally) -> str | None:

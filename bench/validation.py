@@ -5,9 +5,10 @@
 Writes a CSV like a real list (some duplicates, invalid and blank numbers, numbers without a
 `+`, UK numbers, names that need UCS-2), reads it back as bytes as the activity gets them
 from PostgreSQL, then times Python's csv module merely reading it, and Herald's whole pure
-pipeline (parse, normalise and validate each number with phonenumbers, render, classify
-segments, mark duplicates, count) consuming it in COPY-sized blocks. PostgreSQL is not
-involved. Peak RSS is the process's high-water mark (getrusage).
+pipeline (parse, normalise and validate each number, render, classify segments, mark
+duplicates, count) consuming it in COPY-sized blocks. PostgreSQL is not involved. The
+phone-number pattern is built on first use, once per process; its time is shown apart and
+counted in the second ratio. Peak RSS is the process's high-water mark (getrusage).
 """
 
 import argparse
@@ -25,6 +26,7 @@ import psutil
 
 from activities.batch import COPY_BATCH
 from activities.recipients import RecipientRules, Tally, build_recipients, read_rows
+from phones import valid_e164s
 
 AREA_CODES = (201, 212, 213, 305, 312, 404, 415, 503, 617, 702, 718, 917)
 NAMES = ("Ann", "Bob", "Chloé", "Dmitri", "Eve", "François", "Grace", "Hideo")
@@ -97,6 +99,10 @@ def main() -> None:
         agent_message=TEMPLATE,
         exclude_duplicates=not args.keep_duplicates,
     )
+    started = time.perf_counter()
+    valid_e164s(["+1"])
+    build_seconds = time.perf_counter() - started
+
     tally = Tally()
     started = time.perf_counter()
     header, rows = read_rows(content)
@@ -116,7 +122,12 @@ def main() -> None:
     )
     report(f"csv module, reading only: {csv_rate:,.0f} rows/s ({csv_seconds:.2f} s)")
     report(f"Herald validation:        {herald_rate:,.0f} rows/s ({herald_seconds:.2f} s)")
-    report(f"ratio: validation takes {csv_rate / herald_rate:.1f}x the time of reading")
+    report(f"phone-number pattern, built once per process: {build_seconds:.2f} s")
+    with_build = tally.rows / (herald_seconds + build_seconds)
+    report(
+        f"ratio, validation rows/s over csv rows/s: {herald_rate / csv_rate:.3f}"
+        f" ({with_build / csv_rate:.3f} counting the pattern build)"
+    )
     report(f"RSS with the file loaded: {rss_with_file:.0f} MiB; peak RSS: {peak_rss_mib():.0f} MiB")
 
 

@@ -5,11 +5,13 @@ import io
 import json
 from collections import Counter
 from dataclasses import dataclass
+from unittest import mock
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from activities import recipients
 from activities.recipients import (
     Recipient,
     RecipientRules,
@@ -18,7 +20,10 @@ from activities.recipients import (
     Tally,
     build_recipients,
     read_rows,
+    render,
+    variable_sources,
 )
+from activities.segments import classify
 from phones import to_e164
 
 NUMBERS = [
@@ -148,3 +153,128 @@ def test_every_row_is_one_outcome_and_numbers_are_sent_once(
     if exclude_duplicates:
         assert all(count == 1 for count in sent.values())
         assert set(sent) == {o.to_number for o in valid + skipped}
+
+
+INVALID = "not a valid phone number in E.164 form"
+DEFAULTS = "global.request_data"
+NO_MESSAGE = "no message: set global.agent_message or this row's agent_message"
+HEADERS = [
+    ["phone_number", "name", "agent_message"],
+    ["phone_number", "name"],
+    ["name", "phone_number", "name"],  # a repeated name: the last cell a row reaches wins
+    ["phone_number", "request_data.name", "name"],
+]
+# Rows as cells, some shorter or longer than the header, some blank.
+ROWS = st.lists(
+    st.lists(
+        st.sampled_from(NUMBERS)
+        | st.sampled_from(["Ann", "", " ", "Zoë", "Yo {{name}}", "Hey", "{{name}}{{name}}"]),
+        max_size=4,
+    ),
+    max_size=30,
+)
+
+
+def outcomes_in_blocks(content: bytes, rules: RecipientRules, size: int) -> list[object]:
+    """The outcomes, then the code that stopped the pass if one did, `size` rows a block."""
+    found: list[object] = []
+    with mock.patch.object(recipients, "_BLOCK_ROWS", size):
+        header, rows = read_rows(content)
+        try:
+            found.extend(build_recipients(header, rows, rules))
+        except SourceInvalid as error:
+            found.append(error.code)
+    return found
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    header=st.sampled_from(HEADERS),
+    rows=ROWS,
+    size=st.integers(1, 5),
+    max_rows=st.integers(1, 30),
+    exclude_duplicates=st.booleans(),
+    template=st.sampled_from(["Hi {{name}}", "Hello", "", "{{name}}: {{missing}}"]),
+    default=st.sampled_from([None, "friend", " "]),
+    max_chars=st.sampled_from([5, 1600]),
+)
+@example(
+    header=["name", "phone_number", "name"],
+    rows=[["Ann", "+12015550123", "Zoë"], ["Bob", "+12015550124"]],
+    size=2,
+    max_rows=5,
+    exclude_duplicates=True,
+    template="Hi {{name}}",
+    default=None,
+    max_chars=1600,
+)
+def test_blocks_of_any_size_give_the_same_outcomes(
+    header: list[str],
+    rows: list[list[str]],
+    size: int,
+    max_rows: int,
+    exclude_duplicates: bool,
+    template: str,
+    default: str | None,
+    max_chars: int,
+) -> None:
+    out = io.StringIO(newline="")
+    csv.writer(out).writerows([header, *rows])
+    rules = RecipientRules(
+        max_rows=max_rows,
+        max_message_chars=max_chars,
+        agent_message=template,
+        request_data={"name": default} if default is not None else {},
+        exclude_duplicates=exclude_duplicates,
+        opted_out=frozenset({"+447911123456"}),
+    )
+    content = out.getvalue().encode()
+    expected = row_by_row(header, rows, rules)
+    assert outcomes_in_blocks(content, rules, size) == expected
+    assert outcomes_in_blocks(content, rules, 1000) == expected
+
+
+def row_by_row(header: list[str], rows: list[list[str]], rules: RecipientRules) -> list[object]:
+    """The rules applied to one row after the other: a model of build_recipients."""
+    found: list[object] = []
+    sources = variable_sources(header, rules.column_mapping)
+    defaults = {name: str(value) for name, value in rules.request_data.items()}
+    seen: set[str] = set()
+    count = 0
+    for row_number, row in enumerate(rows, start=1):
+        if not "".join(row).strip():
+            continue
+        count += 1
+        if count > rules.max_rows:
+            return [*found, "too_many_rows"]
+        values = dict(zip(header, row, strict=False))
+
+        def lookup(name: str, values: dict[str, str] = values) -> str | None:
+            present = [values.get(column) for column in sources.get(name, ())]
+            present.append(defaults.get(name))
+            return next((value for value in present if value and not value.isspace()), None)
+
+        raw = values.get("phone_number", "")
+        number = to_e164(raw)
+        template = values.get("agent_message", "")
+        template = template if template.strip() else rules.agent_message or ""
+        body, missing = render(template, lookup)
+        if not raw.strip():
+            found.append(Rejected(row_number, "blank_number", "phone_number is blank", raw))
+        elif number is None:
+            found.append(Rejected(row_number, "invalid_number", INVALID, raw))
+        elif not template.strip():
+            found.append(Rejected(row_number, "missing_message", NO_MESSAGE, raw))
+        elif missing is not None:
+            reason = f"no value for {{{{{missing}}}}} in this row and no default in {DEFAULTS}"
+            found.append(Rejected(row_number, "missing_variable", reason, raw))
+        elif len(body) > rules.max_message_chars:
+            reason = f"the message has {len(body)} characters; at most {rules.max_message_chars}"
+            found.append(Rejected(row_number, "message_too_long", reason, raw))
+        else:
+            skip = "duplicate" if rules.exclude_duplicates and number in seen else None
+            seen.add(number)
+            if skip is None and number in rules.opted_out:
+                skip = "opted_out"
+            found.append(Recipient(row_number, number, body, *classify(body), skip))
+    return found

@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from activities.recipients import (
     Recipient,
@@ -16,7 +18,7 @@ from activities.recipients import (
     read_rows,
     strict_failure,
 )
-from activities.segments import GSM7, UCS2, classify
+from activities.segments import GSM7, GSM7_BASIC, GSM7_EXTENSION, UCS2, classify, classify_all
 
 A, B, C = "+12015550123", "+12015550124", "+12015550125"
 
@@ -382,6 +384,21 @@ def test_rejected_rows_say_why() -> None:
 )
 def test_segments(body: str, encoding: str, segments: int) -> None:
     assert classify(body) == (encoding, segments)
+    assert classify_all([body, "a"]) == [(encoding, segments), (GSM7, 1)]
+
+
+BODY = st.text(
+    alphabet=st.sampled_from(GSM7_BASIC + GSM7_EXTENSION + "çж😀") | st.characters(),
+    max_size=180,
+)
+
+
+@given(bodies=st.lists(BODY | st.builds(str.__mul__, BODY, st.integers(1, 20)), max_size=5))
+@example(bodies=["ж" * 70, "ж" * 71, "a€", "ç" + "a" * 69, "a" * 160, "a" * 161, "€" * 80])
+@example(bodies=["😀" * 35, "ç" + "€" * 69, "\n" * 71 + "ç"])
+def test_classifying_many_bodies_classifies_each(bodies: list[str]) -> None:
+    bodies = [body for body in bodies if not any(0xD800 <= ord(char) < 0xE000 for char in body)]
+    assert classify_all(bodies) == [classify(body) for body in bodies]
 
 
 def test_the_tally_counts_segments_of_messages_to_be_sent_only() -> None:

@@ -1,0 +1,131 @@
+"""valid_e164s, which decides most numbers by a pattern, gives exactly phonenumbers' answer."""
+
+import phonenumbers
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneNumberType
+
+from phones import to_e164, valid_e164s
+
+CODES = sorted(str(code) for code in COUNTRY_CODE_TO_REGION_CODE)
+
+
+def reference(raw: str) -> str | None:
+    """Herald's rule written with phonenumbers alone: strip, add `+`, parse, validate."""
+    candidate = raw.strip()
+    if not candidate.startswith("+"):
+        candidate = "+" + candidate
+    try:
+        parsed = phonenumbers.parse(candidate, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def examples() -> list[str]:
+    """phonenumbers' example number of every type in every region, E.164 and national."""
+    found = []
+    for code, regions in COUNTRY_CODE_TO_REGION_CODE.items():
+        for region in regions:
+            for kind in vars(PhoneNumberType).values():
+                if not isinstance(kind, int):
+                    continue
+                if region == "001":
+                    number = phonenumbers.example_number_for_non_geo_entity(code)
+                else:
+                    number = phonenumbers.example_number_for_type(region, kind)
+                if number is not None:
+                    national = phonenumbers.national_significant_number(number)
+                    found.append(f"+{number.country_code}{national}")
+    return sorted(set(found))
+
+
+EXAMPLES = examples()
+
+
+def mutations(number: str) -> list[str]:
+    """Near misses: each digit changed, one digit dropped or added, national prefixes put
+    back after the calling code, the `+` dropped."""
+    digits = number[1:]
+    near = [digits, digits[:-1], digits + "0", digits + "9"]
+    for index in range(1, len(digits)):
+        near.append(digits[:index] + "0" + digits[index:])
+        near.append(digits[:index] + "1" + digits[index:])
+        near.append(digits[:index] + digits[index + 1 :])
+        near.append(digits[:index] + str((int(digits[index]) + 1) % 10) + digits[index + 1 :])
+    return [f"+{variant}" for variant in near] + near
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("+14155552671", "+14155552671"),
+        ("14155552671", "+14155552671"),
+        ("  +14155552671\t", "+14155552671"),
+        ("+114155552671", "+14155552671"),  # the US national prefix 1, stripped
+        ("+1 415 555 2671", "+14155552671"),
+        ("+12423570000", "+12423570000"),  # Bahamas, sharing +1
+        ("+447911123456", "+447911123456"),
+        ("+4407911123456", "+447911123456"),  # the UK national prefix 0, stripped
+        ("+447624123456", "+447624123456"),  # Isle of Man, sharing +44
+        ("+390612345678", "+390612345678"),  # Italy keeps its leading zero
+        ("+79123456789", "+79123456789"),
+        ("+77012345678", "+77012345678"),  # Kazakhstan, sharing +7
+        ("+٠١٢", None),
+        ("+١٤١٥٥٥٥٢٦٧١", "+14155552671"),  # Arabic-Indic digits
+        ("+0014155552671", None),
+        ("++14155552671", "+14155552671"),
+        ("+1415555267", None),
+        ("+1", None),
+        ("+", None),
+        ("", None),
+        ("call me", None),
+        ("+80012345678", "+80012345678"),  # international freephone, no region
+    ],
+)
+def test_known_numbers(raw: str, expected: str | None) -> None:
+    assert reference(raw) == expected
+    assert to_e164(raw) == expected
+    assert valid_e164s([raw]) == [expected]
+
+
+def test_every_example_number_and_its_near_misses() -> None:
+    numbers = [variant for number in EXAMPLES for variant in [number, *mutations(number)]]
+    assert len(EXAMPLES) > 1000
+    expected = [reference(number) for number in numbers]
+    assert valid_e164s(numbers) == expected
+    assert sum(result is not None for result in expected) > len(EXAMPLES)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    code=st.sampled_from(CODES),
+    national=st.text(alphabet="0123456789", max_size=17),
+    plus=st.booleans(),
+)
+@example(code="1", national="14155552671", plus=True)
+@example(code="54", national="91123456789", plus=True)
+def test_digits_after_every_calling_code(code: str, national: str, plus: bool) -> None:
+    raw = ("+" if plus else "") + code + national
+    assert valid_e164s([raw]) == [reference(raw)]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    number=st.sampled_from(EXAMPLES),
+    edits=st.lists(st.tuples(st.integers(1, 16), st.sampled_from("0123456789 -()+.x")), max_size=3),
+)
+def test_edited_example_numbers(number: str, edits: list[tuple[int, str]]) -> None:
+    raw = number
+    for position, char in edits:
+        raw = raw[:position] + char + raw[position:]
+    assert valid_e164s([raw]) == [reference(raw)]
+
+
+def test_senders_need_only_a_possible_number() -> None:
+    assert to_e164("+19995550100", require_valid=False) == "+19995550100"
+    assert to_e164("+19995550100") is None
+    assert to_e164("+1999555010", require_valid=False) is None
