@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     slice_size: int = Field(500, description="Recipients per send activity.")
     chunk_window: int = Field(4, description="ChunkWorkflows running at once per batch.")
     slices_in_flight: int = Field(2, description="Send activities running at once per chunk.")
-    send_concurrency: int = Field(64, description="Carrier requests in flight per send activity.")
+    send_concurrency: int = Field(96, description="Carrier requests in flight per send activity.")
     chunks_per_run: int = Field(
         200, description="Chunks a BatchWorkflow run starts before it continues as new."
     )
