@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-rates clean
+.PHONY: run test lint bench bench-rates bench-validation clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ bench: $(STAMP)
 
 bench-rates: $(STAMP)
 	$(BIN)/python -m bench.rates
+
+bench-validation: $(STAMP)
+	$(BIN)/python -m bench.validation
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,6 +1,6 @@
 """Measures recipient-file validation: rows/s against plain CSV reading, and peak memory.
 
-    .venv/bin/python bench/validation.py [--rows 1000000]
+    make bench-validation   (or: .venv/bin/python -m bench.validation [--rows 1000000])
 
 Writes a CSV like a real list (some duplicates, invalid and blank numbers, numbers without a
 `+`, UK numbers, names that need UCS-2), reads it back as bytes as the activity gets them
