@@ -7,10 +7,9 @@ from datetime import datetime
 
 import httpx
 import pytest
-from aiohttp import web
 from temporalio.client import Client
 
-from deploy.local.emulator import Carrier, Faults, create_app
+from deploy.local.emulator import Carrier, Faults, running
 from deploy.local.processes import free_port
 from settings import Settings
 from tests.conftest import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
@@ -123,7 +122,6 @@ async def test_a_carrier_that_refuses_connections_is_retried_until_it_answers(
 ) -> None:
     port = free_port()
     emulator = Carrier(auth_token=AUTH_TOKEN, faults=Faults())
-    runner = web.AppRunner(create_app(emulator))
     numbers = unique_numbers(20)
     async with (
         own_worker(temporal, settings, twilio_api_url=f"http://127.0.0.1:{port}") as own,
@@ -136,13 +134,9 @@ async def test_a_carrier_that_refuses_connections_is_retried_until_it_answers(
                 if refused_twice and min(r["attempts"] for r in refused_twice) >= 2:
                     break
                 await asyncio.sleep(0.2)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
+        async with running(emulator, "127.0.0.1", port):
             final = (await webhooks.wait_for(marker, *FINAL))[-1]
             rows = await ledger_rows(api, account, file_id)
-        finally:
-            await runner.cleanup()
 
     assert {r["status"] for r in refused_twice} <= {"pending", "sending"}
     received = [m.as_json() for m in emulator.received]

@@ -3,6 +3,7 @@ behaves as Twilio does for the things Herald relies on: auth, errors, magic numb
 signed status callbacks."""
 
 import asyncio
+import base64
 import json
 import re
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ import pytest
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
-from deploy.local.emulator import KNOWN_PARAMETERS, MESSAGES_PATH, Carrier, Faults, create_app
+from deploy.local.emulator import KNOWN_PARAMETERS, MESSAGES_PATH, Carrier, Faults, running
 from deploy.local.processes import free_port
 from settings import Settings
 from tests.conftest import AUTH_TOKEN
@@ -143,6 +144,41 @@ async def test_wrong_credentials_are_refused(emulator_url: str) -> None:
     assert response.json()["code"] == 20003
 
 
+@pytest.mark.parametrize(
+    "authorization",
+    ["", "Bearer abc", "Basic !!!", "Basic " + base64.b64encode(b"no-colon").decode()],
+)
+async def test_malformed_credentials_are_refused(emulator_url: str, authorization: str) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            emulator_url + MESSAGES_PATH.format(account_sid=ACCOUNT_SID),
+            data={"To": "+12015550142", "From": "+15005550006", "Body": "x"},
+            headers={"Authorization": authorization},
+        )
+
+    assert response.status_code == 401
+    assert response.json()["code"] == 20003
+
+
+async def test_unknown_paths_and_methods_are_told_apart(emulator_url: str) -> None:
+    async with httpx.AsyncClient() as client:
+        missing = await client.get(f"{emulator_url}/2010-04-01/Accounts/AC1/Calls.json")
+        wrong_method = await client.put(f"{emulator_url}/_emulator/stats")
+
+    assert (missing.status_code, wrong_method.status_code) == (404, 405)
+
+
+async def test_a_malformed_request_gets_400_and_a_closed_connection(emulator_url: str) -> None:
+    host, port = emulator_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"Connection: close" in answer
+
+
 @pytest.fixture
 async def callback_receiver() -> AsyncIterator[tuple[str, asyncio.Queue]]:
     received: asyncio.Queue[tuple[str, dict[str, str], str]] = asyncio.Queue()
@@ -166,12 +202,9 @@ async def callback_receiver() -> AsyncIterator[tuple[str, asyncio.Queue]]:
 @pytest.fixture
 async def calling_emulator() -> AsyncIterator[str]:
     """An emulator of its own, posting status callbacks (the session's posts none)."""
-    runner = web.AppRunner(create_app(Carrier(auth_token=AUTH_TOKEN, faults=Faults())))
-    await runner.setup()
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with running(Carrier(auth_token=AUTH_TOKEN, faults=Faults()), "127.0.0.1", port):
+        yield f"http://127.0.0.1:{port}"
 
 
 async def test_status_callbacks_are_signed_and_arrive_in_order(

@@ -8,22 +8,30 @@ injects latency, 429s and 5xx on request, posts delivery callbacks signed with
 
 import argparse
 import asyncio
+import base64
+import binascii
 import functools
 import gc
 import random
 import secrets
+import signal
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import uvloop
-from aiohttp import BasicAuth, ClientSession, ClientTimeout, web
+from aiohttp import ClientSession, ClientTimeout
 from twilio.request_validator import RequestValidator
+
+from deploy.local.http_server import Reply, Request, Router, serving
 
 API_VERSION = "2010-04-01"
 MESSAGES_PATH = f"/{API_VERSION}/Accounts/{{account_sid}}/Messages.json"
+MESSAGES_ROUTE = rf"/{API_VERSION}/Accounts/(?P<account_sid>[^/]+)/Messages\.json"
 
 # CreateMessage parameters this emulator understands; each is a property of Twilio's own
 # OpenAPI description of CreateMessage (a test checks this). Others are refused, so a
@@ -110,8 +118,8 @@ def rfc2822(second: int) -> str:
     return datetime.fromtimestamp(second, UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
 
 
-def twilio_error(status: int, code: int, message: str) -> web.Response:
-    return web.json_response(
+def twilio_error(status: int, code: int, message: str) -> Reply:
+    return Reply(
         {
             "code": code,
             "message": message,
@@ -145,31 +153,30 @@ class Carrier:
         self._callbacks: set[asyncio.Task[None]] = set()
         self._http: ClientSession | None = None
 
-    async def start(self, _: web.Application) -> None:
+    async def start(self) -> None:
         self._http = ClientSession(timeout=ClientTimeout(total=10))
 
-    async def stop(self, _: web.Application) -> None:
+    async def stop(self) -> None:
         for task in self._callbacks:
             task.cancel()
         if self._http is not None:
             await self._http.close()
 
-    def _authorised(self, request: web.Request) -> bool:
-        header = request.headers.get("Authorization", "")
-        try:
-            auth = BasicAuth.decode(header)
-        except ValueError:
+    def _authorised(self, request: Request) -> bool:
+        credentials = basic_credentials(request.headers.get("authorization", ""))
+        if credentials is None:
             return False
-        return auth.login == request.match_info["account_sid"] and secrets.compare_digest(
-            auth.password, self.auth_token
+        login, password = credentials
+        return login == request.params["account_sid"] and secrets.compare_digest(
+            password, self.auth_token
         )
 
-    def _refuse(self, status: int, code: int, message: str) -> web.Response:
+    def _refuse(self, status: int, code: int, message: str) -> Reply:
         self.refused[code] += 1
-        response = twilio_error(status, code, message)
+        reply = twilio_error(status, code, message)
         if status == 429 and self.faults.retry_after_seconds is not None:
-            response.headers["Retry-After"] = str(self.faults.retry_after_seconds)
-        return response
+            reply.headers["Retry-After"] = str(self.faults.retry_after_seconds)
+        return reply
 
     def _injected_failure(self, to: str) -> int | None:
         script = self.faults.scripted.get(to)
@@ -182,10 +189,10 @@ class Carrier:
             return 503
         return None
 
-    async def create_message(self, request: web.Request) -> web.Response:
+    async def create_message(self, request: Request) -> Reply:
         if not self._authorised(request):
             return self._refuse(401, 20003, "Authenticate")
-        form = await request.post()
+        form = request.form()
         unknown = sorted(set(form) - KNOWN_PARAMETERS)
         if unknown:
             return self._refuse(400, 21000, f"Unknown parameters: {', '.join(unknown)}")
@@ -211,7 +218,7 @@ class Carrier:
         if failure is not None:
             code = HTTP_ERROR_CODES.get(failure, 20500)
             return self._refuse(failure, code, f"Injected failure {failure}")
-        account_sid = request.match_info["account_sid"]
+        account_sid = request.params["account_sid"]
         sid = f"SM{self._sids.getrandbits(128):032x}"
         callback = str(form["StatusCallback"]) if form.get("StatusCallback") else None
         now = time.time()
@@ -235,7 +242,7 @@ class Carrier:
             self._schedule_callbacks(callback, account_sid, sid, to, from_)
         created = rfc2822(int(now))
         uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages/{sid}"
-        return web.json_response(
+        return Reply(
             {
                 "account_sid": account_sid,
                 "api_version": API_VERSION,
@@ -299,7 +306,7 @@ class Carrier:
         except (OSError, TimeoutError):
             return None
 
-    async def list_received(self, request: web.Request) -> web.Response:
+    async def list_received(self, request: Request) -> Reply:
         to = request.query.get("to")
         contains = request.query.get("body_contains")
         rows = [
@@ -307,36 +314,36 @@ class Carrier:
             for m in self.received
             if (to is None or m.to == to) and (contains is None or contains in m.body)
         ]
-        return web.json_response(rows)
+        return Reply(rows)
 
-    async def stats(self, _: web.Request) -> web.Response:
-        return web.json_response(
+    async def stats(self, _: Request) -> Reply:
+        return Reply(
             {
                 "received": len(self.received),
                 "refused": {str(code): n for code, n in self.refused.items()},
             }
         )
 
-    async def reset(self, _: web.Request) -> web.Response:
+    async def reset(self, _: Request) -> Reply:
         self.received.clear()
         self.refused.clear()
-        return web.json_response({"received": 0})
+        return Reply({"received": 0})
 
-    async def get_config(self, _: web.Request) -> web.Response:
-        return web.json_response(asdict(self.faults))
+    async def get_config(self, _: Request) -> Reply:
+        return Reply(asdict(self.faults))
 
-    async def set_config(self, request: web.Request) -> web.Response:
+    async def set_config(self, request: Request) -> Reply:
         """Replace the fault settings named in the JSON body; the rest keep their values."""
-        changes = await request.json()
+        changes = request.json()
         unknown = sorted(set(changes) - set(asdict(self.faults)))
         if unknown:
-            return web.json_response({"error": f"unknown settings: {unknown}"}, status=400)
+            return Reply({"error": f"unknown settings: {unknown}"}, status=400)
         self.faults = Faults(**{**asdict(self.faults), **changes})
-        return web.json_response(asdict(self.faults))
+        return Reply(asdict(self.faults))
 
-    async def inbound(self, request: web.Request) -> web.Response:
+    async def inbound(self, request: Request) -> Reply:
         """Play a reply from a handset: post an inbound-SMS webhook to `url`, signed."""
-        message = await request.json()
+        message = request.json()
         params = {
             "AccountSid": message.get("account_sid", "AC" + "0" * 32),
             "ApiVersion": API_VERSION,
@@ -347,26 +354,58 @@ class Carrier:
             "To": message["to"],
         }
         status = await self.post_signed(message["url"], params)
-        return web.json_response({"status": status, "message_sid": params["MessageSid"]})
+        return Reply({"status": status, "message_sid": params["MessageSid"]})
 
 
-async def health(_: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+async def health(_: Request) -> Reply:
+    return Reply({"status": "ok"})
 
 
-def create_app(carrier: Carrier) -> web.Application:
-    app = web.Application()
-    app.on_startup.append(carrier.start)
-    app.on_cleanup.append(carrier.stop)
-    app.router.add_post(MESSAGES_PATH, carrier.create_message)
-    app.router.add_get("/_emulator/health", health)
-    app.router.add_get("/_emulator/messages", carrier.list_received)
-    app.router.add_delete("/_emulator/messages", carrier.reset)
-    app.router.add_get("/_emulator/stats", carrier.stats)
-    app.router.add_get("/_emulator/config", carrier.get_config)
-    app.router.add_post("/_emulator/config", carrier.set_config)
-    app.router.add_post("/_emulator/inbound", carrier.inbound)
-    return app
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """Login and password of a `Basic` Authorization header; None when it is not one."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        login, colon, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (login, password) if colon else None
+
+
+def create_app(carrier: Carrier) -> Router:
+    return Router(
+        [
+            ("POST", MESSAGES_ROUTE, carrier.create_message),
+            ("GET", "/_emulator/health", health),
+            ("GET", "/_emulator/messages", carrier.list_received),
+            ("DELETE", "/_emulator/messages", carrier.reset),
+            ("GET", "/_emulator/stats", carrier.stats),
+            ("GET", "/_emulator/config", carrier.get_config),
+            ("POST", "/_emulator/config", carrier.set_config),
+            ("POST", "/_emulator/inbound", carrier.inbound),
+        ]
+    )
+
+
+@asynccontextmanager
+async def running(carrier: Carrier, host: str, port: int) -> AsyncIterator[None]:
+    """The emulator served in this event loop for the block."""
+    await carrier.start()
+    try:
+        async with serving(create_app(carrier), host, port):
+            yield
+    finally:
+        await carrier.stop()
+
+
+async def serve_forever(carrier: Carrier, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with running(carrier, host, port):
+        await stop.wait()
 
 
 def main() -> None:
@@ -387,14 +426,7 @@ def main() -> None:
     carrier = Carrier(
         auth_token=args.auth_token, faults=faults, status_callbacks=not args.no_status_callbacks
     )
-    web.run_app(
-        create_app(carrier),
-        host=args.host,
-        port=args.port,
-        access_log=None,
-        print=None,
-        loop=uvloop.new_event_loop(),
-    )
+    uvloop.run(serve_forever(carrier, args.host, args.port))
 
 
 if __name__ == "__main__":
