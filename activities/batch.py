@@ -11,14 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import httpx
 import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.backoff import retry_delay, stalls_before
 from activities.pacing import SenderPacer
-from activities.providers.twilio import SendResult, TwilioCarrier, Verdict
+from activities.providers.twilio import SendResult, Verdict
 from activities.recipients import (
     Recipient,
     RecipientRules,
@@ -30,8 +29,8 @@ from activities.recipients import (
     read_rows,
     strict_failure,
 )
+from activities.resources import WorkerResources
 from activities.webhooks import post_event
-from settings import Settings
 from store import accounts, batches, events, files, messages, opt_outs
 from store.db import UNAVAILABLE
 from workflows.contracts import (
@@ -69,20 +68,7 @@ FINAL_EVENT_FIELDS = (
 OUTAGE_WAIT_SECONDS = 60.0
 
 
-class BatchActivities:
-    def __init__(
-        self,
-        *,
-        pool: asyncpg.Pool,
-        carrier: TwilioCarrier,
-        http: httpx.AsyncClient,
-        settings: Settings,
-    ) -> None:
-        self._pool = pool
-        self._carrier = carrier
-        self._http = http
-        self._settings = settings
-
+class BatchActivities(WorkerResources):
     @activity.defn
     async def validate_recipients(self, input: ValidateInput) -> ValidationResult:
         batch_id = uuid.UUID(input.batch_id)

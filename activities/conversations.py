@@ -4,15 +4,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
-import httpx
 import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.providers.twilio import TwilioCarrier, Verdict
+from activities.providers.twilio import Verdict
+from activities.resources import WorkerResources
 from activities.webhooks import post_event
-from settings import Settings
 from store import conversations, numbers, opt_outs
 from workflows.contracts import (
     ConversationEvent,
@@ -42,20 +40,7 @@ def carrier_address(number: str, channel: str) -> str:
     return f"whatsapp:{number}" if channel == "whatsapp" else number
 
 
-class ConversationActivities:
-    def __init__(
-        self,
-        *,
-        pool: asyncpg.Pool,
-        carrier: TwilioCarrier,
-        http: httpx.AsyncClient,
-        settings: Settings,
-    ) -> None:
-        self._pool = pool
-        self._carrier = carrier
-        self._http = http
-        self._settings = settings
-
+class ConversationActivities(WorkerResources):
     @activity.defn
     async def send_conversation_message(self, input: SendMessageInput) -> SendMessageResult:
         message_id = uuid.UUID(input.message_id)

@@ -8,8 +8,6 @@ injects latency, 429s and 5xx on request, posts delivery callbacks signed with
 
 import argparse
 import asyncio
-import base64
-import binascii
 import functools
 import gc
 import random
@@ -24,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import uvloop
-from aiohttp import ClientSession, ClientTimeout
+from aiohttp import BasicAuth, ClientSession, ClientTimeout
 from twilio.request_validator import RequestValidator
 
 from deploy.local.http_server import Reply, Request, Router, serving
@@ -163,12 +161,12 @@ class Carrier:
             await self._http.close()
 
     def _authorised(self, request: Request) -> bool:
-        credentials = basic_credentials(request.headers.get("authorization", ""))
-        if credentials is None:
+        try:
+            auth = BasicAuth.decode(request.headers.get("authorization", ""))
+        except ValueError:
             return False
-        login, password = credentials
-        return login == request.params["account_sid"] and secrets.compare_digest(
-            password, self.auth_token
+        return auth.login == request.params["account_sid"] and secrets.compare_digest(
+            auth.password, self.auth_token
         )
 
     def _refuse(self, status: int, code: int, message: str) -> Reply:
@@ -359,18 +357,6 @@ class Carrier:
 
 async def health(_: Request) -> Reply:
     return Reply({"status": "ok"})
-
-
-def basic_credentials(header: str) -> tuple[str, str] | None:
-    """Login and password of a `Basic` Authorization header; None when it is not one."""
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        login, colon, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return (login, password) if colon else None
 
 
 def create_app(carrier: Carrier) -> Router:

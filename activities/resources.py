@@ -1,0 +1,25 @@
+"""What every activity class of the worker works with, shared by one process."""
+
+import asyncpg
+import httpx
+
+from activities.providers.twilio import TwilioCarrier
+from settings import Settings
+
+
+class WorkerResources:
+    """The worker's PostgreSQL pool, carrier client, webhook HTTP client and settings; the
+    activity classes take them once, at start."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        carrier: TwilioCarrier,
+        http: httpx.AsyncClient,
+        settings: Settings,
+    ) -> None:
+        self._pool = pool
+        self._carrier = carrier
+        self._http = http
+        self._settings = settings
