@@ -14,6 +14,7 @@ import itertools
 import operator
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import phonenumbers
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneMetadata
@@ -92,16 +93,62 @@ def _surely_invalid(candidate: str) -> bool:
     return True  # no country calling code
 
 
+@dataclass(frozen=True, slots=True)
+class Desc:
+    """A national number matches when its length is one of `lengths` (None: any length)
+    and `pattern` matches it whole: phonenumbers' `_is_number_matching_desc`."""
+
+    lengths: tuple[int, ...] | None
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegionPlan:
+    """A number of this region is valid when it matches `general` and one of `types`
+    (general None: no number is). `leading`: the leading digits that pick the region
+    among those sharing its code."""
+
+    leading: str | None
+    general: Desc | None
+    types: tuple[Desc, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CodePlan:
+    """How phonenumbers validates a number after one calling code, read off its metadata.
+
+    phonenumbers validates against the first region (of those sharing the code) whose
+    leading digits match, or, when a region has none, that the number is valid for. So a
+    region with leading digits keeps the regions after it from being picked; one without
+    is picked only when the number is valid for it, and then the number is valid anyway.
+    A national number that `national_prefix` matches at its start might lose that prefix
+    when parsed: the plan does not decide it.
+    """
+
+    national_prefix: str | None
+    regions: tuple[RegionPlan, ...]
+    # The lengths a valid national number can have, in any region (None: not known).
+    lengths: frozenset[int] | None = None
+    # A national number shorter than this is not valid, prefix or not (None: not known, as
+    # a transform rule can lengthen a number while stripping its prefix).
+    shortest: int | None = None
+
+
+@functools.cache
+def code_plans() -> dict[str, CodePlan]:
+    """Every calling code's plan; a code no number can be valid after has no regions."""
+    return {str(code): _code_plan(code) for code in COUNTRY_CODE_TO_REGION_CODE}
+
+
 class _Patterns:
     """Compiled from phonenumbers' metadata once, at first use (0.2-0.5 s)."""
 
     def __init__(self) -> None:
-        branches = {str(code): _code_pattern(code) for code in COUNTRY_CODE_TO_REGION_CODE}
+        branches = {code: _code_pattern(plan) for code, plan in code_plans().items()}
         body = _trie(sorted(code for code, branch in branches.items() if branch), branches, "")
         self.valid = re.compile(rf"\+(?:{body})")
         self.national_prefixes = {
-            str(code): re.compile(_main_metadata(code).national_prefix_for_parsing or "(?!)")
-            for code in COUNTRY_CODE_TO_REGION_CODE
+            code: re.compile(plan.national_prefix or "(?!)") for code, plan in code_plans().items()
         }
 
 
@@ -131,71 +178,84 @@ def _trie(codes: list[str], branches: dict[str, str], prefix: str) -> str:
     return "|".join(alternatives)
 
 
-def _code_pattern(code: int) -> str:
-    """National numbers after `code` that parse unchanged and are valid; "" for none.
-
-    phonenumbers validates against the first region (of those sharing the code) whose
-    leading digits match, or, when a region has none, that the number is valid for. So a
-    region with leading digits keeps the regions after it from being picked; one without
-    is picked only when the number is valid for it, and then the number is valid anyway.
-    """
-    regions = COUNTRY_CODE_TO_REGION_CODE[code]
-    prefix = _main_metadata(code).national_prefix_for_parsing
+def _code_pattern(plan: CodePlan) -> str:
+    """The plan as one pattern of national numbers that parse unchanged and are valid;
+    "" for none."""
     alternatives = []
     not_chosen = ""
-    for region in regions:
-        metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, region)
-        if metadata is None:
-            continue
-        valid = _valid_pattern(metadata)
-        if metadata.leading_digits is not None:
-            chosen = f"(?={metadata.leading_digits})"
+    for region in plan.regions:
+        valid = _region_pattern(region)
+        if region.leading is not None:
             if valid:
-                alternatives.append(not_chosen + chosen + valid)
-            not_chosen += f"(?!{metadata.leading_digits})"
+                alternatives.append(not_chosen + f"(?={region.leading})" + valid)
+            not_chosen += f"(?!{region.leading})"
         elif valid:
             alternatives.append(not_chosen + valid)
     if not alternatives:
         return ""
-    unstripped = f"(?!{prefix})" if prefix else ""
+    unstripped = f"(?!{plan.national_prefix})" if plan.national_prefix else ""
     return unstripped + "(?:" + "|".join(alternatives) + ")"
 
 
-def _valid_pattern(metadata: PhoneMetadata) -> str:
-    """phonenumbers' `_number_type_helper(...) != UNKNOWN` as one anchored pattern."""
-    general = _desc_pattern(metadata.general_desc, None)
-    if not general:
+def _region_pattern(region: RegionPlan) -> str:
+    if region.general is None:
         return ""
+    types = "|".join(map(_desc_pattern, region.types))
+    return f"(?={_desc_pattern(region.general)})(?:{types})"
+
+
+def _desc_pattern(desc: Desc) -> str:
+    length_check = "" if desc.lengths is None else _length_pattern(desc.lengths)
+    return f"{length_check}(?:{desc.pattern})\\Z"
+
+
+def _length_pattern(lengths: Sequence[int]) -> str:
+    return "(?=" + "|".join(f"[0-9]{{{length}}}\\Z" for length in lengths) + ")"
+
+
+def _code_plan(code: int) -> CodePlan:
+    metadatas = [
+        metadata
+        for region_code in COUNTRY_CODE_TO_REGION_CODE[code]
+        if (metadata := PhoneMetadata.metadata_for_region_or_calling_code(code, region_code))
+    ]
+    regions = [_region_plan(metadata) for metadata in metadatas]
+    if all(region.general is None for region in regions):
+        regions = []
+    lengths = [metadata.general_desc.possible_length for metadata in metadatas]
+    known = frozenset(itertools.chain(*lengths)) if lengths and all(lengths) else None
+    main = _main_metadata(code)
+    shortest = None if main.national_prefix_transform_rule or not known else min(known)
+    return CodePlan(main.national_prefix_for_parsing, tuple(regions), known, shortest)
+
+
+def _region_plan(metadata: PhoneMetadata) -> RegionPlan:
+    """phonenumbers' `_number_type_helper(...) != UNKNOWN` for the region."""
+    general = _desc(metadata.general_desc, None)
     lengths = metadata.general_desc.possible_length
     types = [
         name
         for name in _NUMBER_TYPES
         if not (name == "mobile" and metadata.same_mobile_and_fixed_line_pattern)
     ]
-    alternatives = [
-        pattern
-        for name in types
-        if (pattern := _desc_pattern(getattr(metadata, name), lengths or None))
-    ]
-    if not alternatives:
-        return ""
-    return f"(?={general})(?:" + "|".join(alternatives) + ")"
+    descs = tuple(
+        desc for name in types if (desc := _desc(getattr(metadata, name), lengths or None))
+    )
+    if general is None or not descs:
+        return RegionPlan(metadata.leading_digits, None, ())
+    return RegionPlan(metadata.leading_digits, general, descs)
 
 
-def _desc_pattern(desc: PhoneNumberDesc | None, within: Sequence[int] | None) -> str:
-    """`_is_number_matching_desc`: a possible length (the general description already
-    checked `within`), then the whole national number matching; "" when nothing can."""
+def _desc(desc: PhoneNumberDesc | None, within: Sequence[int] | None) -> Desc | None:
+    """The description as a Desc (the general description already checked `within`);
+    None when nothing can match it."""
     if desc is None or not desc.national_number_pattern:
-        return ""
+        return None
     lengths = set(desc.possible_length)
     if lengths and within is not None:
         if lengths.isdisjoint(within):
-            return ""
-        length_check = "" if lengths.issuperset(within) else _length_pattern(lengths)
+            return None
+        checked = None if lengths.issuperset(within) else tuple(sorted(lengths))
     else:
-        length_check = _length_pattern(lengths) if lengths else ""
-    return f"{length_check}(?:{desc.national_number_pattern})\\Z"
-
-
-def _length_pattern(lengths: set[int]) -> str:
-    return "(?=" + "|".join(f"[0-9]{{{length}}}\\Z" for length in sorted(lengths)) + ")"
+        checked = tuple(sorted(lengths)) if lengths else None
+    return Desc(checked, desc.national_number_pattern)

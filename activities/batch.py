@@ -18,6 +18,7 @@ from temporalio.exceptions import ApplicationError
 from activities.backoff import retry_delay, stalls_before
 from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, Verdict
+from activities.recipient_table import NotPlain, PlainCsv, plain_csv
 from activities.recipients import (
     Recipient,
     RecipientRules,
@@ -92,9 +93,15 @@ class BatchActivities(WorkerResources):
             opted_out=opted_out,
         )
         try:
-            # A JSON file is parsed whole here: off the event loop.
-            header, rows = await asyncio.to_thread(read_rows, content)
-            outcomes = build_recipients(header, rows, rules)
+            # A plain CSV file is validated by columns, a block at a time; any other file,
+            # or one that turns out not to be plain, row by row (a JSON file is parsed
+            # whole). Either way off the event loop.
+            plain = plain_csv(content, rules)
+            if plain is None:
+                header, rows = await asyncio.to_thread(read_rows, content)
+                outcomes = build_recipients(header, rows, rules)
+            else:
+                header = plain.header
             issue = header_issue(header)
             async with self._pool.acquire() as conn, conn.transaction():
                 await messages.clear_validation(conn, batch_id)
@@ -102,9 +109,22 @@ class BatchActivities(WorkerResources):
                     await messages.copy_rejected(
                         conn, [_rejected_record(batch_id, account_id, issue)]
                     )
-                tally = await self._copy_rows(
-                    conn, batch_id, account_id, outcomes, stop_ledger_at_rejection=strict
-                )
+                tally = None
+                if plain is not None:
+                    try:
+                        # A savepoint: the blocks before one that is not plain are undone.
+                        async with conn.transaction():
+                            tally = await _copy_blocks(
+                                conn, batch_id, account_id, plain, with_ledger=not strict
+                            )
+                    except NotPlain as error:
+                        log.info("file not plain after all", batch_id=str(batch_id), why=str(error))
+                        header, rows = await asyncio.to_thread(read_rows, content)
+                        outcomes = build_recipients(header, rows, rules)
+                if tally is None:
+                    tally = await self._copy_rows(
+                        conn, batch_id, account_id, outcomes, stop_ledger_at_rejection=strict
+                    )
                 failure = strict_failure(issue, tally) if strict else None
                 if failure is not None:
                     await messages.clear_ledger(conn, batch_id)
@@ -477,6 +497,33 @@ def _jittered(delay: float, jitter: float) -> float:
     """`delay` spread by up to `jitter` of itself either way, so that receivers coming back
     from an outage are not hit by every batch's retries at the same instant."""
     return delay * random.uniform(1 - jitter, 1 + jitter)
+
+
+async def _copy_blocks(
+    conn: asyncpg.Connection,
+    batch_id: uuid.UUID,
+    account_id: uuid.UUID,
+    plain: PlainCsv,
+    *,
+    with_ledger: bool,
+) -> Tally:
+    """COPY a plain file's outcomes block by block, the next block validated (in a thread)
+    while this one is COPYed; a strict batch writes no ledger once a row is rejected."""
+    blocks = plain.blocks()
+    upcoming = asyncio.ensure_future(asyncio.to_thread(next, blocks, None))
+    try:
+        while (block := await upcoming) is not None:
+            upcoming = asyncio.ensure_future(asyncio.to_thread(next, blocks, None))
+            if with_ledger or not plain.tally.rejected:
+                ledger = await asyncio.to_thread(block.ledger_csv, batch_id, account_id)
+                await messages.copy_recipients_csv(conn, ledger)
+            await messages.copy_rejected(
+                conn, [_rejected_record(batch_id, account_id, row) for row in block.rejected]
+            )
+            activity.heartbeat(plain.tally.rows)
+    finally:
+        upcoming.cancel()
+    return plain.tally
 
 
 def _rejected_record(batch_id: uuid.UUID, account_id: uuid.UUID, row: Rejected) -> tuple:

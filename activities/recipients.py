@@ -14,7 +14,8 @@ import itertools
 import json
 import operator
 import re
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +82,7 @@ class RecipientRules:
     request_data: Mapping[str, Any] = field(default_factory=dict)
     column_mapping: Mapping[str, str] = field(default_factory=dict)
     exclude_duplicates: bool = True
-    opted_out: Container[str] = frozenset()
+    opted_out: AbstractSet[str] = frozenset()
 
 
 @dataclass(kw_only=True)
@@ -114,6 +115,18 @@ class Tally:
             self.gsm7 += 1
         else:
             self.ucs2 += 1
+
+    def add(self, other: "Tally") -> None:
+        """Count another pass's rows (a later part of the same file) in with these."""
+        self.rows += other.rows
+        self.recipients += other.recipients
+        self.rejected += other.rejected
+        self.skipped += other.skipped
+        self.segments += other.segments
+        self.gsm7 += other.gsm7
+        self.ucs2 += other.ucs2
+        room = STRICT_EXAMPLES - len(self.first_rejected)
+        self.first_rejected += other.first_rejected[:room]
 
     def without_ledger(self) -> "Tally":
         """The counts once the ledger is dropped (a strict failure): rows and rejections."""

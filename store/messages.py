@@ -1,5 +1,6 @@
 """The message ledger: one row per recipient; statuses only move forward."""
 
+import io
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -63,6 +64,14 @@ async def clear_ledger(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
 
 async def copy_recipients(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
     await conn.copy_records_to_table("messages", records=records, columns=RECIPIENT_COLUMNS)
+
+
+async def copy_recipients_csv(conn: asyncpg.Connection, data: bytes) -> None:
+    """COPY ledger rows given as CSV, `RECIPIENT_COLUMNS` in order (an unquoted empty
+    field is NULL)."""
+    await conn.copy_to_table(
+        "messages", source=io.BytesIO(data), columns=RECIPIENT_COLUMNS, format="csv"
+    )
 
 
 async def refresh_statistics(pool: asyncpg.Pool) -> None:

@@ -1,11 +1,17 @@
-"""valid_e164s, which decides most numbers by a pattern, gives exactly phonenumbers' answer."""
+"""valid_e164s, which decides most numbers by a pattern, and valid_e164_column, which decides
+them by vectorised passes, give exactly phonenumbers' answer."""
+
+from unittest import mock
 
 import phonenumbers
+import polars as pl
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneNumberType
 
+import phone_columns
+from phone_columns import valid_e164_column
 from phones import to_e164, valid_e164s
 
 CODES = sorted(str(code) for code in COUNTRY_CODE_TO_REGION_CODE)
@@ -129,3 +135,55 @@ def test_senders_need_only_a_possible_number() -> None:
     assert to_e164("+19995550100", require_valid=False) == "+19995550100"
     assert to_e164("+19995550100") is None
     assert to_e164("+1999555010", require_valid=False) is None
+
+
+def column(raws: list[str]) -> list[str | None]:
+    """valid_e164_column's answer, the same whether a calling code's regions are walked by
+    polars passes or the rows left after its first region go to valid_e164s."""
+    answers = []
+    for walk_min in (0, len(raws) + 1):
+        with mock.patch.object(phone_columns, "_WALK_MIN", walk_min):
+            answers.append(valid_e164_column(pl.Series(raws, dtype=pl.String)).to_list())
+    assert answers[0] == answers[1]
+    return answers[0]
+
+
+def test_the_column_form_agrees_on_every_example_number_and_its_near_misses() -> None:
+    numbers = [variant for number in EXAMPLES for variant in [number, *mutations(number)]]
+    # Cells the plans leave to phonenumbers: other digits, spaces, a prefix to strip.
+    numbers += ["+١٤١٥٥٥٥٢٦٧١", " +14155552671", "+1 415 555 2671", "+114155552671", "", "x"]
+    assert column(numbers) == valid_e164s(numbers)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cells=st.lists(
+        st.tuples(
+            st.sampled_from(CODES),
+            st.text(alphabet="0123456789", max_size=17),
+            st.sampled_from(["+", "", "++", " "]),
+        ).map(lambda cell: cell[2] + cell[0] + cell[1]),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_the_column_form_agrees_on_digits_after_every_calling_code(cells: list[str]) -> None:
+    assert column(cells) == [reference(cell) for cell in cells]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    numbers=st.lists(st.sampled_from(EXAMPLES), min_size=1, max_size=30),
+    edits=st.lists(
+        st.tuples(st.integers(1, 16), st.sampled_from("0123456789 -()+.x٣")), max_size=3
+    ),
+)
+def test_the_column_form_agrees_on_edited_example_numbers(
+    numbers: list[str], edits: list[tuple[int, str]]
+) -> None:
+    edited = []
+    for number in numbers:
+        for position, char in edits:
+            number = number[:position] + char + number[position:]
+        edited.append(number)
+    assert column(edited) == [reference(number) for number in edited]

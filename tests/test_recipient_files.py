@@ -320,3 +320,39 @@ async def test_a_json_array_of_objects_is_a_recipient_file(
         (numbers[0], f"Hi Ann {marker}"),
         (numbers[1], f"Hi Bob {marker}"),
     ]
+
+
+async def test_a_plain_file_and_a_quoted_one_give_the_same_ledger(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> None:
+    """The same rows, validated by columns (plain CSV) and row by row (every field quoted),
+    with a message that CSV and COPY must carry intact: quotes, a comma, a line break, `\\N`."""
+    marker = secrets.token_hex(6)
+    numbers = unique_numbers(2)
+    message = f'Hi "{{{{name}}}}", a,b\\N\n{marker} 😀'
+    rows = [[numbers[0], "Zoë"], [numbers[1], ""], ["bad", "x"], [numbers[0], "again"]]
+    plain = "".join(f"{n},{name}\n" for n, name in [("phone_number", "name"), *rows])
+    quoted = io.StringIO()
+    csv.writer(quoted, quoting=csv.QUOTE_ALL).writerows([["phone_number", "name"], *rows])
+    ledgers = []
+    for content in (plain.encode(), quoted.getvalue().encode()):
+        batch_id, events = await run_batch(api, account, webhooks, content, message)
+        assert events[-1]["status"] == "completed_partial"
+        response = await api.get(f"/v1/sms/batch/{batch_id}/messages", headers=account.headers)
+        ledgers.append(
+            [
+                (
+                    m["row_number"],
+                    m["to_number"],
+                    m["body"],
+                    m["status"] == "skipped",
+                    m["error_code"],
+                )
+                for m in response.json()["data"]["messages"]
+            ]
+        )
+    assert ledgers[0] == ledgers[1]
+    assert ledgers[0] == [
+        (1, numbers[0], f'Hi "Zoë", a,b\\N\n{marker} 😀', False, None),
+        (4, numbers[0], f'Hi "again", a,b\\N\n{marker} 😀', True, "duplicate"),
+    ]

@@ -1,0 +1,257 @@
+"""validate_csv, the column-wise validation of plain CSV files, gives `build_recipients`'
+outcomes exactly, and leaves every other file to it."""
+
+import csv
+import io
+import uuid
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from activities.recipient_table import BLOCK_BYTES, NotPlain, plain_csv
+from activities.recipients import (
+    Recipient,
+    RecipientRules,
+    Rejected,
+    SourceInvalid,
+    Tally,
+    build_recipients,
+    read_rows,
+)
+
+NUMBERS = [
+    "+12015550123",
+    "12015550123",
+    "+1 201 555 0123",
+    "+12015550124",
+    "+447911123456",
+    "447911123456",
+    "+4407911123456",
+    "+33612345678",
+    "+114155552671",
+    "+١٤١٥٥٥٥٢٦٧١",
+    "+80012345678",
+    "12",
+    "+1201555012",
+    "call me",
+    "",
+    "  ",
+]
+# Text a plain CSV cell can hold: no quote, comma or line break; whitespace of every kind,
+# GSM-7 extension characters, other scripts, characters beyond the BMP.
+CELL = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters='\x00",\r\n'),
+    max_size=10,
+) | st.sampled_from(["Ann", "Zoë", "€{x}", "😀", "Жанна", " ", "\x1c", "\u2028", "", "ab" * 40])
+COLUMNS = ["name", " request_data.code ", "agent_message", "nm", "has space"]
+TEMPLATES = [
+    None,
+    "",
+    "Hi {{name}}",
+    "Hi {{ name }}, code {{code}} €",
+    "{{code}}",
+    "Plain text, no variables",
+    "Long {{name}} " + "x" * 170,
+    "Ünïcode {{name}}",
+    "{{missing}} here",
+]
+
+
+@st.composite
+def files(draw: st.DrawFn) -> tuple[bytes, RecipientRules]:
+    columns = ["phone_number", *draw(st.lists(st.sampled_from(COLUMNS), unique=True))]
+    columns = draw(st.permutations(columns))
+    rows = draw(
+        st.lists(
+            st.lists(st.sampled_from(NUMBERS) | CELL, min_size=0, max_size=len(columns)).map(
+                lambda cells: cells if cells else [""]
+            ),
+            max_size=25,
+        )
+    )
+    # The phone number in its column, most of the time.
+    at = columns.index("phone_number")
+    for row in rows:
+        if len(row) > at and draw(st.booleans()):
+            row[at] = draw(st.sampled_from(NUMBERS))
+    ending = draw(st.sampled_from(["\n", "\r\n"]))
+    text = ending.join(",".join(row) for row in [columns, *rows])
+    if draw(st.booleans()):
+        text += ending
+    content = (b"\xef\xbb\xbf" if draw(st.booleans()) else b"") + text.encode()
+    rules = RecipientRules(
+        max_rows=draw(st.sampled_from([1000, 5])),
+        max_message_chars=draw(st.sampled_from([1600, 30])),
+        agent_message=draw(st.sampled_from(TEMPLATES)),
+        request_data=draw(st.sampled_from([{}, {"name": "friend"}, {"code": " "}])),
+        column_mapping=draw(st.sampled_from([{}, {"nm": "request_data.name"}])),
+        exclude_duplicates=draw(st.booleans()),
+        opted_out=draw(st.sampled_from([frozenset(), frozenset({"+12015550123"})])),
+    )
+    return content, rules
+
+
+def by_rows(content: bytes, rules: RecipientRules) -> tuple[list, list[Rejected], Tally] | str:
+    """The row path's ledger rows, rejected rows and counts, or its SourceInvalid code."""
+    try:
+        header, rows = read_rows(content)
+        outcomes = list(build_recipients(header, rows, rules))
+    except SourceInvalid as error:
+        return error.code
+    tally = Tally()
+    for outcome in outcomes:
+        tally.count(outcome)
+    recipients = [o for o in outcomes if isinstance(o, Recipient)]
+    ledger = [
+        (seq, o.row_number, o.to_number, o.body, o.encoding, o.segments, o.skip_code)
+        for seq, o in enumerate(recipients)
+    ]
+    return ledger, [o for o in outcomes if isinstance(o, Rejected)], tally
+
+
+def by_columns(
+    content: bytes, rules: RecipientRules, block_bytes: int = BLOCK_BYTES
+) -> tuple[list, list[Rejected], Tally] | str:
+    plain = plain_csv(content, rules)
+    if plain is None:
+        assert b"\n" not in content, "a plain file was left to the row path"
+        return by_rows(content, rules)  # a header alone: no rows
+    ledgers, rejected = [], []
+    try:
+        for block in plain.blocks(block_bytes):
+            ledgers.append(block.ledger)
+            rejected += block.rejected
+    except SourceInvalid as error:
+        return error.code
+    ledger = pl.concat([plain_ledger(), *ledgers])
+    statuses = ledger.select((pl.col("status") == "skipped") == pl.col("skip_code").is_not_null())
+    assert statuses.to_series().all()
+    rows = ledger.select(
+        "seq", "row_number", "to_number", "body", "encoding", "segments", "skip_code"
+    )
+    return list(rows.iter_rows()), rejected, plain.tally
+
+
+def plain_ledger() -> pl.DataFrame:
+    """An empty ledger, so that a file of no rows concatenates too."""
+    return pl.DataFrame(
+        schema={
+            "seq": pl.UInt32,
+            "row_number": pl.UInt32,
+            "to_number": pl.String,
+            "body": pl.String,
+            "status": pl.String,
+            "skip_code": pl.String,
+            "encoding": pl.String,
+            "segments": pl.Int32,
+        }
+    )
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(file=files(), block_bytes=st.sampled_from([1, 20, 90, BLOCK_BYTES]))
+@example(
+    file=(
+        b"phone_number,name\n+12015550123,Ann\n\n  ,\n+12015550123,Bob\n",
+        RecipientRules(max_rows=9, max_message_chars=1600, agent_message="Hi {{name}}"),
+    ),
+    block_bytes=20,
+)
+def test_plain_files_get_the_row_paths_outcomes(
+    file: tuple[bytes, RecipientRules], block_bytes: int
+) -> None:
+    content, rules = file
+    assert by_columns(content, rules, block_bytes) == by_rows(content, rules)
+
+
+def test_a_million_row_file_in_the_benchmarks_shape() -> None:
+    """Many rows: blocks, duplicates across them, UCS-2 names, every outcome at scale."""
+    import random
+    import tempfile
+    from pathlib import Path
+
+    from bench.validation import TEMPLATE, write_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "recipients.csv"
+        write_file(path, 20_000, random.Random(7))
+        content = path.read_bytes()
+    rules = RecipientRules(max_rows=20_000, max_message_chars=1600, agent_message=TEMPLATE)
+    expected = by_rows(content, rules)
+    assert not isinstance(expected, str)
+    assert expected[2].skipped > 0 and expected[2].rejected > 0 and expected[2].ucs2 > 0
+    assert by_columns(content, rules) == expected
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'phone_number,name\n+12015550123,"Ann"\n',  # quoting
+        b"phone_number,phone_number\n+12015550123,+12015550124\n",  # repeated column
+        b"phone_number, \n+12015550123,x\n",  # an unnamed column
+        b"phone_number\r,name\n+12015550123,x\n",  # a lone CR in the header
+        b"name\nAnn\n",  # no phone_number column
+        b"phone_number",  # no line end: no rows
+        b'[{"phone_number": "+12015550123"}]',  # JSON
+        b"\xff\xfephone_number\n",  # UTF-16
+        b"phone_number\n+1\x00\n",  # binary
+    ],
+)
+def test_other_files_are_left_to_the_row_path(content: bytes) -> None:
+    assert plain_csv(content, RecipientRules(max_rows=10, max_message_chars=1600)) is None
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        b"+12015550123,A\rB",  # a lone CR ends a line for csv
+        b"+12015550123,\xff",  # not UTF-8
+        b"+12015550123,Ann,extra",  # more cells than columns
+        b"+12015550123," + b"x" * (csv.field_size_limit() + 1),  # over csv's cell limit
+    ],
+)
+def test_a_block_that_is_not_plain_after_all_stops_the_column_path(row: bytes) -> None:
+    content = b"phone_number,name\n" + b"+12015550124,Bob\n" * 3 + row + b"\n"
+    plain = plain_csv(content, RecipientRules(max_rows=10, max_message_chars=1600))
+    assert plain is not None
+    with pytest.raises(NotPlain):
+        list(plain.blocks(block_bytes=20))
+
+
+def test_the_ledger_csv_keeps_quotes_line_breaks_and_nulls_apart() -> None:
+    rules = RecipientRules(
+        max_rows=10, max_message_chars=1600, agent_message='Say "hi",\n{{name}} \\N'
+    )
+    plain = plain_csv(b"phone_number,name\n+12015550123,Ann\n+12015550123,Bob\n", rules)
+    assert plain is not None
+    [block] = plain.blocks()
+    batch_id, account_id = uuid.uuid4(), uuid.uuid4()
+    data = block.ledger_csv(batch_id, account_id)
+    ids, hi = [str(batch_id), str(account_id)], 'Say "hi",\n'
+    assert list(csv.reader(io.StringIO(data.decode(), newline=""))) == [
+        [ids[0], "0", ids[1], "1", "+12015550123", f"{hi}Ann \\N", "pending", "", "gsm7", "1"],
+        [ids[0], "1", ids[1], "2", "+12015550123", f"{hi}Bob \\N", "skipped", "duplicate"]
+        + ["gsm7", "1"],
+    ]
+    assert b',"pending",,' in data  # NULL error_code: an unquoted empty field
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "x" * 159 + "{{name}}",  # 160 and 161 characters: one segment, then three
+        "Ж" * 69 + "{{name}}",  # 70 and 71: one UCS-2 segment, then two
+        "€" * 79 + "{{name}}",  # 160 and 161 units with extension characters
+        "x" * 305 + "{{name}}",  # 306 and 307: two parts of 153, then three
+        "😀" * 34 + "{{name}}",  # surrogate pairs
+    ],
+)
+def test_segment_boundaries(template: str) -> None:
+    content = b"phone_number,name\n+12015550123,a\n+12015550124,ab\n+12015550125,abcdefgh\n"
+    rules = RecipientRules(max_rows=10, max_message_chars=1600, agent_message=template)
+    expected = by_rows(content, rules)
+    assert not isinstance(expected, str)
+    assert len({row[5] for row in expected[0]}) > 1  # the rows straddle a boundary
+    assert by_columns(content, rules) == expected
