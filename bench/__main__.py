@@ -7,6 +7,8 @@
 3. Ceilings: bare asyncio HTTP loops posting the same messages to the same emulator with
    Herald's concurrency, no Temporal, no PostgreSQL: one on aiohttp (the targets' ceiling),
    one on Herald's own HTTP client (bench/ceiling.py).
+4. Validation: rows/s of validating a 1,000,000-row file against Python's csv module merely
+   reading it (bench/validation.py), once the stack is down.
 
 Absolute figures on a shared 2-core machine are noise; the ratios, measured in one run on
 one stack, are the result. Writes bench/results/<date>.json and a PNG of Herald's rate.
@@ -36,6 +38,7 @@ from activities.providers.twilio import TwilioCarrier
 from bench.ceiling import post_all
 from bench.naive import NaiveActivities, NaiveBatchWorkflow, NaiveInput
 from bench.stack import bench_stack
+from bench.validation import measure_validation
 from deploy.local.processes import ManagedProcess, free_port
 from settings import Settings
 from store.db import create_pool
@@ -347,6 +350,7 @@ def report(result: dict[str, Any]) -> str:
     lean = result["lean_ceiling"]
     ratios, footprint = result["ratios"], result["footprint"]
     rss, settings = herald["peak_rss_mb"], result["settings"]
+    validation = result["validation"]
     rows = [
         ("Herald end to end", f"{herald['messages_per_second']:,.0f} msg/s",
          f"{herald['sent']:,} sent in {herald['seconds']:.1f}s ({herald['status']})"),
@@ -373,6 +377,11 @@ def report(result: dict[str, Any]) -> str:
          ", ".join(f"{k} {v / 1000:.2f}" for k, v in herald["cpu_ms_per_1000"].items())),
         ("Ledger per 1,000 msgs", f"{footprint['ledger_bytes_per_1000'] / 1024:.0f} KiB",
          f"{footprint['ledger_rows']:,} rows"),
+        ("Validation", f"{validation['rows_per_second']:,.0f} rows/s",
+         f"{validation['rows']:,} rows; row path {validation['row_path_rows_per_second']:,.0f}"
+         f" rows/s; peak RSS {validation['peak_rss_mib']:.0f} MiB"),
+        ("csv module, reading", f"{validation['csv_rows_per_second']:,.0f} rows/s", ""),
+        ("Validation / reading", f"{validation['ratio']:.2f}x", "target >= 0.5x"),
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{a.ljust(width)}  {b:>16}  {c}" for a, b, c in rows)
@@ -394,9 +403,12 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=100_000, help="recipients in Herald's batch")
     parser.add_argument("--naive-n", type=int, default=1000, help="messages for the baseline")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--validation-rows", type=int, default=1_000_000)
     args = parser.parse_args()
     with bench_stack() as (settings, info, processes):
         result = asyncio.run(measure(args, settings, info, processes))
+    result["validation"] = measure_validation(args.validation_rows)
+    result["ratios"]["validation_over_csv_reading"] = result["validation"]["ratio"]
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
     (args.out / f"{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")

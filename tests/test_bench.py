@@ -9,7 +9,19 @@ from pathlib import Path
 
 def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--n", "2000", "--naive-n", "40", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--n",
+            "2000",
+            "--naive-n",
+            "40",
+            "--out",
+            str(tmp_path),
+            "--validation-rows",
+            "20000",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -26,6 +38,10 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
     assert result["lean_ceiling"]["sent"] == 4000
     assert result["footprint"]["ledger_rows"] == 2000
     assert result["footprint"]["largest_history_events"] > 0
+    assert result["validation"]["rows"] == 20000
+    assert result["validation"]["outcomes"]["rejected"] > 0
     assert all(value > 0 for value in result["ratios"].values())
+    assert "validation_over_csv_reading" in result["ratios"]
     assert results.with_suffix(".png").stat().st_size > 0
     assert "Herald / naive" in run.stdout
+    assert "Validation / reading" in run.stdout

@@ -229,11 +229,10 @@ def test_the_ledger_csv_keeps_quotes_line_breaks_and_nulls_apart() -> None:
     [block] = plain.blocks()
     batch_id, account_id = uuid.uuid4(), uuid.uuid4()
     data = block.ledger_csv(batch_id, account_id)
-    ids, hi = [str(batch_id), str(account_id)], 'Say "hi",\n'
+    ids, hi, number = [str(batch_id), str(account_id)], 'Say "hi",\n', "+12015550123"
     assert list(csv.reader(io.StringIO(data.decode(), newline=""))) == [
-        [ids[0], "0", ids[1], "1", "+12015550123", f"{hi}Ann \\N", "pending", "", "gsm7", "1"],
-        [ids[0], "1", ids[1], "2", "+12015550123", f"{hi}Bob \\N", "skipped", "duplicate"]
-        + ["gsm7", "1"],
+        [ids[0], "0", ids[1], "1", number, f"{hi}Ann \\N", "pending", "", "gsm7", "1"],
+        [ids[0], "1", ids[1], "2", number, f"{hi}Bob \\N", "skipped", "duplicate", "gsm7", "1"],
     ]
     assert b',"pending",,' in data  # NULL error_code: an unquoted empty field
 
