@@ -27,8 +27,7 @@ def valid_e164_column(raws: pl.Series) -> pl.Series:
         pl.DataFrame({"raw": raws.fill_null("")})
         .with_row_index("at")
         .with_columns(
-            _RAW.str.strip_prefix("+")
-            .str.slice(0, 3)
+            _RAW.str.slice(0, 4)
             .replace_strict(_code_heads(), default=None, return_dtype=pl.UInt16)
             .alias("code")
         )
@@ -52,15 +51,17 @@ def valid_e164_column(raws: pl.Series) -> pl.Series:
 
 @functools.cache
 def _code_heads() -> dict[str, int]:
-    """Every string of one to three digits that starts with a calling code, to that code
-    (codes are prefix-free)."""
+    """The first four characters of a cell of digits (perhaps after a `+`), when they
+    start with a calling code, to that code (codes are prefix-free and 1-3 digits long)."""
     heads = {}
-    for size in (1, 2, 3):
+    for size in (1, 2, 3, 4):
         for number in range(10**size):
-            head = f"{number:0{size}d}"
-            code = next((head[:n] for n in (1, 2, 3) if head[:n] in code_plans()), None)
+            digits = f"{number:0{size}d}"
+            code = next((digits[:n] for n in (1, 2, 3) if digits[:n] in code_plans()), None)
             if code is not None:
-                heads[head] = int(code)
+                heads[digits] = int(code)
+                if size < 4:
+                    heads["+" + digits] = int(code)
     return heads
 
 

@@ -122,8 +122,10 @@ class PlainCsv:
         end = self.content.find(b"\n", start)
         header_line = self.content[start:end].removesuffix(b"\r") + b"\n"
 
-        def validate(first_row: int, lines: bytes, earlier: list[pl.Series]) -> _Validated:
-            frame = _read_block(header_line + lines, self.header, first_row)
+        def validate(
+            first_row: int, lines: bytes, count: int, earlier: list[pl.Series]
+        ) -> _Validated:
+            frame = _read_block(header_line + lines, self.header, first_row, count)
             frame = _without_blank_rows(frame, self.header)
             block = _validate(frame, self.header, self.rules, sources, defaults)
             keys = block.ledger["to_number"].str.slice(1).cast(pl.Int64)
@@ -197,40 +199,45 @@ def _plain_header(content: bytes) -> list[str] | None:
     return names
 
 
-def _line_blocks(content: bytes, start: int, size: int) -> Iterator[tuple[int, bytes]]:
+def _line_blocks(content: bytes, start: int, size: int) -> Iterator[tuple[int, bytes, int]]:
     """Whole lines from `start`, about `size` bytes at a time, with the row number of the
-    first (the header's line is row 0). Without quoting, a line is a row."""
+    first (the header's line is row 0) and their count. Without quoting, a line is a row."""
     first_row = 1
     while start < len(content):
         end = content.find(b"\n", start + size)
         end = len(content) if end < 0 else end + 1
         lines = content[start:end]
-        yield first_row, lines
-        first_row += lines.count(b"\n")
+        count = lines.count(b"\n") + (0 if lines.endswith(b"\n") else 1)
+        yield first_row, lines, count
+        first_row += count
         start = end
 
 
-def _read_block(text: bytes, header: list[str], first_row: int) -> pl.DataFrame:
-    """The rows of a header line and a block of lines, one per line (an empty line is a
-    row of nulls), numbered from `first_row`; cells are "" where missing."""
+def _read_block(text: bytes, header: list[str], first_row: int, lines: int) -> pl.DataFrame:
+    """The rows of a header line and `lines` lines, one per line (an empty line is a row
+    of nulls), numbered from `first_row`; cells are "" where missing."""
     try:
         frame = pl.read_csv(
             text, has_header=True, infer_schema=False, quote_char=None, encoding="utf8"
         )
     except pl.exceptions.PolarsError as error:
         raise NotPlain(str(error)) from error
-    lines = text.count(b"\n") - (1 if text.endswith(b"\n") else 0)
     if frame.width != len(header) or frame.height != lines:
         raise NotPlain(f"{frame.height} rows of {frame.width} cells for {lines} lines")
-    # The csv module ends a line at a lone CR, and refuses a cell over its limit.
-    if b"\r" in text and text.count(b"\r") != text.count(b"\r\n"):
-        raise NotPlain("a lone CR")
     frame = frame.rename(dict(zip(frame.columns, header, strict=True))).fill_null("")
-    if not frame.is_empty() and max(frame.select(pl.all().str.len_bytes().max()).row(0)) > (
-        limit := csv.field_size_limit()
+    if frame.is_empty():
+        return frame.with_row_index(_ROW, offset=first_row)
+    # The csv module ends a line at a lone CR (polars keeps it in the cell), and refuses
+    # a cell over its limit.
+    longest, lone_cr = frame.select(
+        pl.max_horizontal(pl.all().str.len_bytes().max()),
+        pl.any_horizontal(pl.all().str.contains("\r", literal=True).any()).alias("cr"),
+    ).row(0)
+    limit = csv.field_size_limit()
+    if lone_cr or (
+        longest > limit and max(frame.select(pl.all().str.len_chars().max()).row(0)) > limit
     ):
-        if max(frame.select(pl.all().str.len_chars().max()).row(0)) > limit:
-            raise NotPlain("a cell over the csv module's limit")
+        raise NotPlain("a lone CR, or a cell over the csv module's limit")
     return frame.with_row_index(_ROW, offset=first_row)
 
 
