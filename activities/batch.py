@@ -515,8 +515,9 @@ async def _copy_blocks(
         while (block := await upcoming) is not None:
             upcoming = asyncio.ensure_future(asyncio.to_thread(next, blocks, None))
             if with_ledger or not plain.tally.rejected:
-                ledger = await asyncio.to_thread(block.ledger_csv, batch_id, account_id)
-                await messages.copy_recipients_csv(conn, ledger)
+                parts = block.ledger_csv(batch_id, account_id)
+                while part := await asyncio.to_thread(next, parts, b""):
+                    await messages.copy_recipients_csv(conn, part)
             await messages.copy_rejected(
                 conn, [_rejected_record(batch_id, account_id, row) for row in block.rejected]
             )

@@ -11,6 +11,7 @@ paths give the same outcomes. Anything else returns None: the caller takes the r
 
 import csv
 import functools
+import io
 import sys
 import uuid
 from collections import deque
@@ -66,6 +67,8 @@ _ROW = "\x00row_number"
 # Bytes of the file validated at a time: about 150,000 rows of a typical list, so memory
 # stays flat whatever the file's size, and each block is COPYed while the next is made.
 BLOCK_BYTES = 4 << 20
+# Ledger rows per COPY: a few MB of CSV.
+COPY_ROWS = 25_000
 
 
 class NotPlain(Exception):
@@ -80,23 +83,27 @@ class Block:
     ledger: pl.DataFrame
     rejected: list[Rejected]
 
-    def ledger_csv(self, batch_id: uuid.UUID, account_id: uuid.UUID) -> bytes:
-        """The ledger as CSV for `copy_recipients_csv`. Strings are quoted, so an empty one
-        stays apart from NULL (an unquoted empty field)."""
-        table = self.ledger.select(
-            pl.lit(str(batch_id)).alias("batch_id"),
-            "seq",
-            pl.lit(str(account_id)).alias("account_id"),
-            "row_number",
-            "to_number",
-            "body",
-            "status",
-            pl.col("skip_code").alias("error_code"),
-            "encoding",
-            "segments",
-        )
-        assert tuple(table.columns) == RECIPIENT_COLUMNS
-        return table.write_csv(include_header=False, quote_style="non_numeric").encode()
+    def ledger_csv(self, batch_id: uuid.UUID, account_id: uuid.UUID) -> Iterator[bytes]:
+        """The ledger as CSV for `copy_recipients_csv`, `COPY_ROWS` rows at a time (a few
+        MB each). Strings are quoted, so an empty one stays apart from NULL (an unquoted
+        empty field)."""
+        for start in range(0, self.ledger.height, COPY_ROWS):
+            table = self.ledger.slice(start, COPY_ROWS).select(
+                pl.lit(str(batch_id)).alias("batch_id"),
+                "seq",
+                pl.lit(str(account_id)).alias("account_id"),
+                "row_number",
+                "to_number",
+                "body",
+                "status",
+                pl.col("skip_code").alias("error_code"),
+                "encoding",
+                "segments",
+            )
+            assert tuple(table.columns) == RECIPIENT_COLUMNS
+            out = io.BytesIO()
+            table.write_csv(out, include_header=False, quote_style="non_numeric")
+            yield out.getvalue()
 
 
 @dataclass

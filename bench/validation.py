@@ -133,7 +133,7 @@ def measure_validation(
         seconds, (column_tally, blocks) = timed(lambda: by_columns(content, rules))
         column_runs.append(seconds)
     block_rows = blocks[0].ledger.height
-    copy_seconds, _ = timed(lambda: blocks[0].ledger_csv(uuid.uuid4(), uuid.uuid4()))
+    copy_seconds, _ = timed(lambda: list(blocks[0].ledger_csv(uuid.uuid4(), uuid.uuid4())))
     peak_rss = peak_rss_mib()
     row_seconds, tally = timed(lambda: by_rows(content, rules))
     assert read == tally.rows == column_tally.rows == rows
