@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import polars as pl
-
+from activities.frames import pl
+from activities.phone_columns import valid_e164_column
 from activities.recipients import (
     _JSON_START,
     MESSAGE_COLUMN,
@@ -46,7 +46,6 @@ from activities.segments import (
     UCS2_PART,
     UCS2_SINGLE,
 )
-from phone_columns import valid_e164_column
 from store.messages import RECIPIENT_COLUMNS
 
 LEDGER_COLUMNS = (

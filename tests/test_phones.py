@@ -4,14 +4,14 @@ them by vectorised passes, give exactly phonenumbers' answer."""
 from unittest import mock
 
 import phonenumbers
-import polars as pl
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneNumberType
 
-import phone_columns
-from phone_columns import valid_e164_column
+from activities import phone_columns
+from activities.frames import pl
+from activities.phone_columns import valid_e164_column
 from phones import to_e164, valid_e164s
 
 CODES = sorted(str(code) for code in COUNTRY_CODE_TO_REGION_CODE)

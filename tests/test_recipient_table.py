@@ -6,12 +6,12 @@ import io
 import uuid
 from unittest import mock
 
-import polars as pl
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from activities import recipient_table
+from activities.frames import pl
 from activities.recipient_table import BLOCK_BYTES, NotPlain, plain_csv
 from activities.recipients import (
     Recipient,

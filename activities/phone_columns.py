@@ -11,8 +11,7 @@ national prefix might be stripped from, goes to `valid_e164s`, so the answer is 
 
 import functools
 
-import polars as pl
-
+from activities.frames import pl
 from phones import CodePlan, Desc, RegionPlan, code_plans, valid_e164s
 
 _RAW = pl.col("raw")
