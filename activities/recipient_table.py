@@ -1,12 +1,13 @@
-"""A whole CSV recipient file validated by columns, in polars: `build_recipients`' outcomes
-at several times the speed, for the files that are most of the traffic.
+"""A plain CSV recipient file validated by columns, in polars: `build_recipients`'
+outcomes at several times the speed, for the files that are most of the traffic.
 
 `build_recipients` handles any file row by row; its per-row Python objects cost about ten
-times what reading the CSV costs. Here a file with no quoting (no `"`), no blank line and
-no lone carriage return is parsed by polars, which then reads as Python's csv module does;
-the common row (a plain number, the global message with its variables) is decided by
-vectorised passes, and every other row by `recipients`' own rules, one by one, so both
-paths give the same outcomes. Anything else returns None: the caller takes the row path.
+times what reading the CSV costs. A file with no quoting (no `"`), in UTF-8, with no lone
+carriage return, is one row a line: it is cut into blocks of lines, each read by polars
+(which then reads as Python's csv module does) and validated by vectorised passes; a row
+those do not settle goes through `recipients`' own rules, so both paths give the same
+outcomes. `plain_csv` returns None for any other file, and a block that turns out not to
+be plain raises NotPlain: the caller then takes the row path.
 """
 
 import csv
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from activities.frames import pl
 from activities.phone_columns import valid_e164_column
 from activities.recipients import (
-    _JSON_START,
+    JSON_START,
     MESSAGE_COLUMN,
     PHONE_COLUMN,
     STRICT_EXAMPLES,
@@ -31,9 +32,9 @@ from activities.recipients import (
     Rejected,
     SourceInvalid,
     Tally,
-    _recipient,
-    _template_parts,
-    _text,
+    request_defaults,
+    row_outcome,
+    template_parts,
     variable_sources,
 )
 from activities.segments import (
@@ -61,8 +62,6 @@ LEDGER_COLUMNS = (
 _BOM = b"\xef\xbb\xbf"
 # The file's row numbers, under a name no column of a file without NUL bytes can have.
 _ROW = "\x00row_number"
-
-
 # Bytes of the file validated at a time: about 150,000 rows of a typical list, so memory
 # stays flat whatever the file's size, and each block is COPYed while the next is made.
 BLOCK_BYTES = 4 << 20
@@ -121,7 +120,7 @@ class PlainCsv:
         GIL), since one block's passes are too short to keep both cores busy; only the
         skip codes, which depend on the blocks before, are given in order."""
         sources = variable_sources(self.header, self.rules.column_mapping)
-        defaults = {name: _text(value) for name, value in self.rules.request_data.items()}
+        defaults = request_defaults(self.rules)
         # The numbers of the Recipients of each block given, as integers (8 bytes each).
         seen: list[pl.Series] = []
         start = len(_BOM) if self.content.startswith(_BOM) else 0
@@ -191,7 +190,7 @@ def plain_csv(content: bytes, rules: RecipientRules) -> PlainCsv | None:
 def _plain_header(content: bytes) -> list[str] | None:
     """The stripped column names, when polars reads the file as the csv module would: no
     quoting, no NUL, not JSON, column names unique once stripped."""
-    if _JSON_START.match(content) or b'"' in content or b"\x00" in content:
+    if JSON_START.match(content) or b'"' in content or b"\x00" in content:
         return None
     start = len(_BOM) if content.startswith(_BOM) else 0
     end = content.find(b"\n", start)
@@ -295,7 +294,7 @@ def _message(
             pl.Series("encoding", [GSM7] * frame.height, dtype=pl.String),
             pl.Series("segments", [1] * frame.height, dtype=pl.Int32),
         ]
-    parts = _template_parts(template)
+    parts = template_parts(template)
     names = [str(index) for index in range(len(parts) // 2)]
     values = frame.select(
         _ROW,
@@ -383,8 +382,8 @@ def _settle_rows(
     sources: dict[str, tuple[str, ...]],
     defaults: dict[str, str],
 ) -> tuple[pl.DataFrame, list[Rejected]]:
-    """Rows without a valid number are rejected as `_recipient` rejects them; rows with
-    one but no body get `_recipient` itself, one by one."""
+    """Rows without a valid number are rejected as `row_outcome` rejects them; rows with
+    one but no body get `row_outcome` itself, one by one."""
     invalid = table["to_number"].is_null()
     rejected = [
         Rejected(row_number, "blank_number", "phone_number is blank", raw)
@@ -396,7 +395,7 @@ def _settle_rows(
     if not open_.any():
         return table.filter(~invalid), rejected
     outcomes = [
-        _recipient(
+        row_outcome(
             row_number, dict(zip(header, cells, strict=True)), number, rules, sources, defaults
         )
         for (row_number, *cells), number in zip(

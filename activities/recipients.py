@@ -27,7 +27,7 @@ MESSAGE_COLUMN = "agent_message"
 REQUEST_DATA_PREFIX = "request_data."
 TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 # A file whose first character, after a BOM and whitespace, opens a JSON value is JSON.
-_JSON_START = re.compile(rb"(?:\xef\xbb\xbf)?\s*[\[{]")
+JSON_START = re.compile(rb"(?:\xef\xbb\xbf)?\s*[\[{]")
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _DECODE_BLOCK = 1 << 20
 # Rows validated together: enough to spread each step's setup, few enough to stay in cache.
@@ -148,7 +148,7 @@ def read_rows(content: bytes) -> tuple[list[str], Iterator[Row]]:
             "invalid_format",
             "the file holds NUL bytes, so it is binary (a spreadsheet?), not CSV or JSON text",
         )
-    if _JSON_START.match(content):
+    if JSON_START.match(content):
         return _read_json(content)
     rows = _csv_rows(content)
     header = next(rows, None) or []
@@ -202,10 +202,10 @@ def _read_json(content: bytes) -> tuple[list[str], Iterator[Row]]:
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise SourceInvalid("invalid_format", "a JSON file must be an array of objects")
     header = list(dict.fromkeys(key for item in items for key in item))
-    return header, ({key: _text(value) for key, value in item.items()} for item in items)
+    return header, ({key: cell_text(value) for key, value in item.items()} for item in items)
 
 
-def _text(value: Any) -> str:
+def cell_text(value: Any) -> str:
     """A JSON value as the text a CSV cell would hold."""
     if value is None:
         return ""
@@ -214,6 +214,11 @@ def _text(value: Any) -> str:
     if isinstance(value, bool | dict | list):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
+
+
+def request_defaults(rules: RecipientRules) -> dict[str, str]:
+    """`global.request_data`, the variables' defaults, as cell text."""
+    return {name: cell_text(value) for name, value in rules.request_data.items()}
 
 
 def has_space(name: str) -> bool:
@@ -235,7 +240,7 @@ def header_issue(header: Sequence[str]) -> Rejected | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _template_parts(template: str) -> tuple[str, ...]:
+def template_parts(template: str) -> tuple[str, ...]:
     """Literal text and variable names, alternating (`re.split` with one group)."""
     return tuple(TEMPLATE_VARIABLE.split(template))
 
@@ -243,7 +248,7 @@ def _template_parts(template: str) -> tuple[str, ...]:
 def render(template: str, lookup: Lookup) -> tuple[str, str | None]:
     """The template with every `{{name}}` replaced by `lookup(name)`, in one pass (a value
     that itself looks like `{{x}}` is left as it is); or the first name without a value."""
-    parts = _template_parts(template)
+    parts = template_parts(template)
     if len(parts) == 1:
         return template, None
     out: list[str] = []
@@ -298,7 +303,7 @@ def build_recipients(
             "source_invalid", f"the header has no column named {PHONE_COLUMN} (found {found})"
         )
     sources = variable_sources(header, rules.column_mapping)
-    defaults = {name: _text(value) for name, value in rules.request_data.items()}
+    defaults = request_defaults(rules)
     return _iter_recipients(header, rows, rules, sources, defaults)
 
 
@@ -320,7 +325,7 @@ def _iter_recipients(
 ) -> Iterator[Recipient | Rejected]:
     """Rows go block by block, each step one C-level pass over a column where per-row
     Python would cost more than parsing the CSV; rows the common case does not cover
-    (a bad number, a row's own message, a missing value...) take `_recipient`."""
+    (a bad number, a row's own message, a missing value...) take `row_outcome`."""
     # Numbers already seen, as ints: a third of the memory of the E.164 strings.
     seen: set[int] = set()
     count = 0
@@ -355,7 +360,7 @@ def _where_not(items: Iterable[object]) -> Iterator[int]:
 
 class _Columns:
     """A block of rows (all lists or all dicts, as `read_rows` gives them) by column name;
-    a missing cell reads as "", which `_recipient` treats the same."""
+    a missing cell reads as "", which `row_outcome` treats the same."""
 
     def __init__(self, header: list[str], rows: list[Row]) -> None:
         self.header = header
@@ -391,7 +396,7 @@ def _block_outcomes(
     seen: set[int],
 ) -> list[Recipient | Rejected]:
     """The outcome of each row, in order: a row with a valid number and a body of at most
-    `max_message_chars` is done here, by columns, the rest by `_recipient`."""
+    `max_message_chars` is done here, by columns, the rest by `row_outcome`."""
     phones = valid_e164s(columns[PHONE_COLUMN])
     bodies = _bodies(columns, len(numbers), rules, sources, defaults)
     if max(map(len, bodies), default=0) > rules.max_message_chars:
@@ -400,7 +405,7 @@ def _block_outcomes(
     outcomes: list[Recipient | Rejected] = list(map(Recipient, numbers, phones, bodies, *kinds))
     for index in sorted({*_where_not(phones), *_where_not(bodies)}):
         row = _values(columns.header, columns.rows[index])
-        outcome = _recipient(numbers[index], row, phones[index], rules, sources, defaults)
+        outcome = row_outcome(numbers[index], row, phones[index], rules, sources, defaults)
         outcomes[index] = outcome
         phones[index] = outcome.to_number if isinstance(outcome, Recipient) else None
     _mark_skipped(outcomes, phones, rules, seen)
@@ -441,12 +446,12 @@ def _bodies(
     sources: dict[str, tuple[str, ...]],
     defaults: dict[str, str],
 ) -> list[str]:
-    """The rendered global message of each row; "" where `_recipient` must look: the row
+    """The rendered global message of each row; "" where `row_outcome` must look: the row
     has its own message, none is set, or a variable has no value."""
     template = rules.agent_message or ""
     if not template.strip():
         return [""] * size
-    parts = _template_parts(template)
+    parts = template_parts(template)
     values = [_variable_values(name, columns, size, sources, defaults) for name in parts[1::2]]
     layout = "%s".join(part.replace("%", "%%") for part in parts[0::2])
     if any(None in column for column in values):
@@ -486,7 +491,7 @@ def _variable_values(
     ]
 
 
-def _recipient(
+def row_outcome(
     row_number: int,
     values: dict[str, str],
     number: str | None,

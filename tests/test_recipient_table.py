@@ -1,4 +1,4 @@
-"""validate_csv, the column-wise validation of plain CSV files, gives `build_recipients`'
+"""plain_csv, the column-wise validation of plain CSV files, gives `build_recipients`'
 outcomes exactly, and leaves every other file to it."""
 
 import csv
