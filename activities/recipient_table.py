@@ -65,6 +65,8 @@ _ROW = "\x00row_number"
 # Bytes of the file validated at a time: about 150,000 rows of a typical list, so memory
 # stays flat whatever the file's size, and each block is COPYed while the next is made.
 BLOCK_BYTES = 4 << 20
+# Blocks validated at once, each in its own thread.
+IN_FLIGHT = 2
 # Ledger rows per COPY: a few MB of CSV.
 COPY_ROWS = 25_000
 
@@ -134,19 +136,19 @@ class PlainCsv:
             frame = _without_blank_rows(frame, self.header)
             block = _validate(frame, self.header, self.rules, sources, defaults)
             keys = block.ledger["to_number"].str.slice(1).cast(pl.Int64)
-            return _Validated(frame.height, block, keys, _repeated(keys, earlier))
+            return _Validated(frame.height, block, keys, _repeated(keys, earlier), len(earlier))
 
-        with ThreadPoolExecutor(max_workers=2) as executor:
+        with ThreadPoolExecutor(max_workers=IN_FLIGHT) as executor:
             pending: deque[Future[_Validated]] = deque()
             upcoming = _line_blocks(self.content, end + 1, block_bytes)
             while pending or upcoming is not None:
-                while upcoming is not None and len(pending) < 2:
+                while upcoming is not None and len(pending) < IN_FLIGHT:
                     lines = next(upcoming, None)
                     if lines is None:
                         upcoming = None
                     else:
-                        # Checked against the blocks given so far; the one before it, still
-                        # pending, is checked when this block's turn comes.
+                        # Checked against the blocks given so far; those still pending
+                        # before it are checked when this block's turn comes.
                         pending.append(executor.submit(validate, *lines, list(seen)))
                 if not pending:
                     break
@@ -158,8 +160,8 @@ class PlainCsv:
                         " split it into several batches",
                     )
                 repeated = done.repeated
-                if seen:
-                    repeated = repeated | done.keys.is_in(seen[-1].implode())
+                for keys in seen[done.known :]:
+                    repeated = repeated | done.keys.is_in(keys.implode())
                 seen.append(done.keys)
                 ledger = _with_skips(done.block.ledger, self.rules, repeated, self.tally.recipients)
                 block = Block(ledger, done.block.rejected)
@@ -169,13 +171,15 @@ class PlainCsv:
 
 @dataclass(frozen=True)
 class _Validated:
-    """A block validated but for the numbers of the block before it: its rows (blank ones
-    aside), outcomes, numbers as integers, and which of them came before."""
+    """A block validated but for the numbers of the blocks given after it was started: its
+    rows (blank ones aside), outcomes, numbers as integers, which of them came before in
+    it or in the `known` blocks before."""
 
     rows: int
     block: Block
     keys: pl.Series
     repeated: pl.Series
+    known: int
 
 
 def plain_csv(content: bytes, rules: RecipientRules) -> PlainCsv | None:

@@ -139,19 +139,25 @@ def plain_ledger() -> pl.DataFrame:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(file=files(), block_bytes=st.sampled_from([1, 20, 90, BLOCK_BYTES]))
+@given(
+    file=files(),
+    block_bytes=st.sampled_from([1, 20, 90, BLOCK_BYTES]),
+    in_flight=st.sampled_from([1, 2, 3]),
+)
 @example(
     file=(
         b"phone_number,name\n+12015550123,Ann\n\n  ,\n+12015550123,Bob\n",
         RecipientRules(max_rows=9, max_message_chars=1600, agent_message="Hi {{name}}"),
     ),
     block_bytes=20,
+    in_flight=2,
 )
 def test_plain_files_get_the_row_paths_outcomes(
-    file: tuple[bytes, RecipientRules], block_bytes: int
+    file: tuple[bytes, RecipientRules], block_bytes: int, in_flight: int
 ) -> None:
     content, rules = file
-    assert by_columns(content, rules, block_bytes) == by_rows(content, rules)
+    with mock.patch.object(recipient_table, "IN_FLIGHT", in_flight):
+        assert by_columns(content, rules, block_bytes) == by_rows(content, rules)
 
 
 def test_a_million_row_file_in_the_benchmarks_shape() -> None:
@@ -246,3 +252,17 @@ def test_segment_boundaries(template: str) -> None:
     assert not isinstance(expected, str)
     assert len({row[5] for row in expected[0]}) > 1  # the rows straddle a boundary
     assert by_columns(content, rules) == expected
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
+def test_a_number_repeated_blocks_apart_is_a_duplicate(in_flight: int) -> None:
+    """One line a block: each repeat is in a later block, up to four blocks apart, some of
+    them validated while the block of the first is still pending."""
+    numbers = ["+12015550123", "+12015550124", "+12015550123", "+12015550125"] * 3
+    content = "\n".join(["phone_number", *numbers]).encode() + b"\n"
+    rules = RecipientRules(max_rows=99, max_message_chars=1600, agent_message="Hi")
+    with mock.patch.object(recipient_table, "IN_FLIGHT", in_flight):
+        result = by_columns(content, rules, block_bytes=1)
+    assert result == by_rows(content, rules)
+    assert not isinstance(result, str)
+    assert [row[6] for row in result[0]] == [None, None, "duplicate", None] + ["duplicate"] * 8
