@@ -269,9 +269,8 @@ def _validate(
 
 def _without_blank_rows(frame: pl.DataFrame, header: list[str]) -> pl.DataFrame:
     """Drop the rows whose every cell is blank (they keep their numbers): only a row with
-    a blank number can be one, and a number starting with `+` or a digit is not blank."""
-    phone = pl.col(PHONE_COLUMN)
-    maybe = frame.filter(~phone.str.contains("^[+0-9]"))
+    a blank number can be one, and a number starting with `+` (most) is not blank."""
+    maybe = frame.filter(~pl.col(PHONE_COLUMN).str.starts_with("+"))
     blank = maybe.filter(pl.all_horizontal(_is_blank(pl.col(name)) for name in header))
     if blank.is_empty():
         return frame
