@@ -97,18 +97,8 @@ class BatchActivities(WorkerResources):
             # or one that turns out not to be plain, row by row (a JSON file is parsed
             # whole). Either way off the event loop.
             plain = plain_csv(content, rules)
-            if plain is None:
-                header, rows = await asyncio.to_thread(read_rows, content)
-                outcomes = build_recipients(header, rows, rules)
-            else:
-                header = plain.header
-            issue = header_issue(header)
             async with self._pool.acquire() as conn, conn.transaction():
                 await messages.clear_validation(conn, batch_id)
-                if issue is not None:
-                    await messages.copy_rejected(
-                        conn, [_rejected_record(batch_id, account_id, issue)]
-                    )
                 tally = None
                 if plain is not None:
                     try:
@@ -117,13 +107,22 @@ class BatchActivities(WorkerResources):
                             tally = await _copy_blocks(
                                 conn, batch_id, account_id, plain, with_ledger=not strict
                             )
+                        header = plain.header
                     except NotPlain as error:
                         log.info("file not plain after all", batch_id=str(batch_id), why=str(error))
-                        header, rows = await asyncio.to_thread(read_rows, content)
-                        outcomes = build_recipients(header, rows, rules)
                 if tally is None:
+                    header, rows = await asyncio.to_thread(read_rows, content)
                     tally = await self._copy_rows(
-                        conn, batch_id, account_id, outcomes, stop_ledger_at_rejection=strict
+                        conn,
+                        batch_id,
+                        account_id,
+                        build_recipients(header, rows, rules),
+                        stop_ledger_at_rejection=strict,
+                    )
+                issue = header_issue(header)
+                if issue is not None:
+                    await messages.copy_rejected(
+                        conn, [_rejected_record(batch_id, account_id, issue)]
                     )
                 failure = strict_failure(issue, tally) if strict else None
                 if failure is not None:

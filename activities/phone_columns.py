@@ -1,13 +1,14 @@
 """`phones.valid_e164s` over a whole polars column, for recipient files of a million rows.
 
 The per-number pattern of `phones` costs 1-2 us a number in Python's regex engine. Here a
-number of plain digits (perhaps with a leading `+`) is decided by its calling code's
-`CodePlan`, one vectorised regex pass per region over the rows still open: a region
-without leading digits takes the rows valid for it, one with leading digits takes the rows
-they match, valid or not. Polars' regexes have no lookarounds, which is why the plan is
-walked here rather than matched as one pattern. Every other number, and one that a
-national prefix might be stripped from, goes to `valid_e164s`, so the answer is the same.
-"""
+cell of plain digits (perhaps after a `+`) is decided by its calling code's `CodePlan`:
+one pass tests the national prefix and the first region (which settles most rows), a
+number of a length no region has is not valid, and the other regions are walked one pass
+each (a region without leading digits takes the rows valid for it, one with leading
+digits the rows they match, valid or not) when enough rows are left. Polars' regexes have
+no lookarounds, which is why the plan is walked rather than matched as one pattern. Every
+other cell, and a number a national prefix might be stripped from, goes to
+`valid_e164s`, so the answer is the same."""
 
 import functools
 

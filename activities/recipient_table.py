@@ -30,11 +30,11 @@ from activities.recipients import (
     Recipient,
     RecipientRules,
     Rejected,
-    SourceInvalid,
     Tally,
     request_defaults,
     row_outcome,
     template_parts,
+    too_many_rows,
     variable_sources,
 )
 from activities.segments import (
@@ -154,11 +154,7 @@ class PlainCsv:
                     break
                 done = pending.popleft().result()
                 if self.tally.rows + done.rows > self.rules.max_rows:
-                    raise SourceInvalid(
-                        "too_many_rows",
-                        f"the file has more than {self.rules.max_rows} rows;"
-                        " split it into several batches",
-                    )
+                    raise too_many_rows(self.rules.max_rows)
                 repeated = done.repeated
                 for keys in seen[done.known :]:
                     repeated = repeated | done.keys.is_in(keys.implode())
@@ -293,9 +289,9 @@ def _message(
     template = rules.agent_message or ""
     if not template.strip():
         return [
-            pl.Series("body", [""] * frame.height, dtype=pl.String),
-            pl.Series("encoding", [GSM7] * frame.height, dtype=pl.String),
-            pl.Series("segments", [1] * frame.height, dtype=pl.Int32),
+            pl.repeat("", frame.height, dtype=pl.String, eager=True).alias("body"),
+            pl.repeat(GSM7, frame.height, dtype=pl.String, eager=True).alias("encoding"),
+            pl.repeat(1, frame.height, dtype=pl.Int32, eager=True).alias("segments"),
         ]
     parts = template_parts(template)
     names = [str(index) for index in range(len(parts) // 2)]
@@ -385,19 +381,15 @@ def _settle_rows(
     sources: dict[str, tuple[str, ...]],
     defaults: dict[str, str],
 ) -> tuple[pl.DataFrame, list[Rejected]]:
-    """Rows without a valid number are rejected as `row_outcome` rejects them; rows with
-    one but no body get `row_outcome` itself, one by one."""
+    """Rows without a valid number, or with one but no body, get `row_outcome`, one by one
+    (a row without a number only needs that cell)."""
     invalid = table["to_number"].is_null()
-    rejected = [
-        Rejected(row_number, "blank_number", "phone_number is blank", raw)
-        if not raw.strip()
-        else Rejected(row_number, "invalid_number", "not a valid phone number in E.164 form", raw)
+    open_ = ~invalid & (table["body"] == "")
+    outcomes = [
+        row_outcome(row_number, {PHONE_COLUMN: raw}, None, rules, sources, defaults)
         for row_number, raw in frame.filter(invalid).select(_ROW, PHONE_COLUMN).iter_rows()
     ]
-    open_ = ~invalid & (table["body"] == "")
-    if not open_.any():
-        return table.filter(~invalid), rejected
-    outcomes = [
+    outcomes += [
         row_outcome(
             row_number, dict(zip(header, cells, strict=True)), number, rules, sources, defaults
         )
@@ -416,9 +408,12 @@ def _settle_rows(
         schema=table.schema,
         orient="row",
     )
-    rejected.extend(outcome for outcome in outcomes if isinstance(outcome, Rejected))
-    rejected.sort(key=lambda outcome: outcome.row_number)
-    kept = pl.concat([table.filter(~invalid & ~open_), settled]).sort("row_number")
+    rejected = sorted(
+        (o for o in outcomes if isinstance(o, Rejected)), key=lambda outcome: outcome.row_number
+    )
+    kept = table.filter(~invalid & ~open_)
+    if not settled.is_empty():
+        kept = pl.concat([kept, settled]).sort("row_number")
     return kept, rejected
 
 

@@ -133,6 +133,12 @@ class Tally:
         return Tally(rows=self.rows, rejected=self.rejected, first_rejected=self.first_rejected)
 
 
+def too_many_rows(max_rows: int) -> SourceInvalid:
+    return SourceInvalid(
+        "too_many_rows", f"the file has more than {max_rows} rows; split it into several batches"
+    )
+
+
 def read_rows(content: bytes) -> tuple[list[str], Iterator[Row]]:
     """The header and an iterator over rows, for CSV or a JSON array of objects.
 
@@ -347,10 +353,7 @@ def _iter_recipients(
         count += len(block)
         yield from _block_outcomes(columns, numbers, rules, sources, defaults, seen)
         if overflow:
-            raise SourceInvalid(
-                "too_many_rows",
-                f"the file has more than {rules.max_rows} rows; split it into several batches",
-            )
+            raise too_many_rows(rules.max_rows)
 
 
 def _where_not(items: Iterable[object]) -> Iterator[int]:
