@@ -23,15 +23,10 @@ _WALK_MIN = 5000
 
 def valid_e164_column(raws: pl.Series) -> pl.Series:
     """`valid_e164s(raws)` as a String column: E.164, or null where not a valid number."""
-    frame = (
-        pl.DataFrame({"raw": raws.fill_null("")})
-        .with_row_index("at")
-        .with_columns(
-            _RAW.str.slice(0, 4)
-            .replace_strict(_code_heads(), default=None, return_dtype=pl.UInt16)
-            .alias("code")
-        )
-    )
+    heads, codes = _code_heads()
+    frame = pl.DataFrame({"raw": raws.fill_null("")}).with_row_index("at")
+    head = frame.select(_RAW.str.slice(0, 4).cast(heads, strict=False)).to_series()
+    frame = frame.with_columns(codes.gather(head.to_physical()).alias("code"))
     valid = pl.repeat(False, len(raws), dtype=pl.Boolean, eager=True)
     # What no plan decides goes to phonenumbers: no calling code, not plain digits (the
     # plans' patterns match ASCII digits only), a national prefix that might be stripped.
@@ -50,9 +45,11 @@ def valid_e164_column(raws: pl.Series) -> pl.Series:
 
 
 @functools.cache
-def _code_heads() -> dict[str, int]:
+def _code_heads() -> tuple[pl.Enum, pl.Series]:
     """The first four characters of a cell of digits (perhaps after a `+`), when they
-    start with a calling code, to that code (codes are prefix-free and 1-3 digits long)."""
+    start with a calling code (codes are prefix-free and 1-3 digits long), as an Enum, and
+    each one's code by its position: a cast to the Enum and a gather take half the time
+    of a lookup by value (`replace_strict`)."""
     heads = {}
     for size in (1, 2, 3, 4):
         for number in range(10**size):
@@ -62,7 +59,7 @@ def _code_heads() -> dict[str, int]:
                 heads[digits] = int(code)
                 if size < 4:
                     heads["+" + digits] = int(code)
-    return heads
+    return pl.Enum(list(heads)), pl.Series(list(heads.values()), dtype=pl.UInt16)
 
 
 def _decide(code: str, rows: pl.DataFrame) -> tuple[pl.Series, pl.DataFrame, pl.DataFrame]:
@@ -134,6 +131,10 @@ class _National:
         return _RAW.str.len_bytes() - plus - len(self.code)
 
     def starts_with(self, pattern: str) -> pl.Expr:
+        if pattern.isascii() and pattern.isdigit():
+            # Two literal tests cost a fraction of a regex pass.
+            digits = self.code + pattern
+            return _RAW.str.starts_with(digits) | _RAW.str.starts_with("+" + digits)
         return _RAW.str.contains(f"{self.head}(?:{pattern})")
 
     def matches(self, desc: Desc) -> pl.Expr:
@@ -143,12 +144,12 @@ class _National:
         return match & self.length().is_in(list(desc.lengths))
 
     def valid(self, region: RegionPlan) -> pl.Expr:
-        """The region's general description and one of its types; types without a length
-        check are matched as one pattern."""
+        """The region's general description and one of its types; types with the same
+        lengths are matched as one pattern (a pass costs 20-40 ns a cell)."""
         if region.general is None:
             return pl.lit(False)
-        unchecked = [desc.pattern for desc in region.types if desc.lengths is None]
-        types = [self.matches(desc) for desc in region.types if desc.lengths is not None]
-        if unchecked:
-            types.append(self.matches(Desc(None, "|".join(f"(?:{p})" for p in unchecked))))
+        patterns: dict[tuple[int, ...] | None, list[str]] = {}
+        for desc in region.types:
+            patterns.setdefault(desc.lengths, []).append(f"(?:{desc.pattern})")
+        types = [self.matches(Desc(size, "|".join(alike))) for size, alike in patterns.items()]
         return self.matches(region.general) & pl.any_horizontal(types)

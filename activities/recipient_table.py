@@ -140,7 +140,9 @@ class PlainCsv:
 
         with ThreadPoolExecutor(max_workers=IN_FLIGHT) as executor:
             pending: deque[Future[_Validated]] = deque()
-            upcoming = _line_blocks(self.content, end + 1, block_bytes)
+            upcoming = _line_blocks(
+                self.content, end + 1, _even_size(len(self.content) - end - 1, block_bytes)
+            )
             while pending or upcoming is not None:
                 while upcoming is not None and len(pending) < IN_FLIGHT:
                     lines = next(upcoming, None)
@@ -204,6 +206,15 @@ def _plain_header(content: bytes) -> list[str] | None:
     return names
 
 
+def _even_size(size: int, block_bytes: int) -> int:
+    """Bytes a block to cut `size` bytes into blocks of at most about `block_bytes`, as
+    many as a multiple of `IN_FLIGHT`: blocks of one size end together, where a short last
+    block would leave a core idle while it is validated (a tenth of the time at 1,000,000
+    rows)."""
+    blocks = -(-max(size, 1) // block_bytes)
+    return -(-size // (-(-blocks // IN_FLIGHT) * IN_FLIGHT)) or 1
+
+
 def _line_blocks(content: bytes, start: int, size: int) -> Iterator[tuple[int, bytes, int]]:
     """Whole lines from `start`, about `size` bytes at a time, with the row number of the
     first (the header's line is row 0) and their count. Without quoting, a line is a row."""
@@ -236,7 +247,8 @@ def _read_block(text: bytes, header: list[str], first_row: int, lines: int) -> p
     # a cell over its limit.
     longest, lone_cr = frame.select(
         pl.max_horizontal(pl.all().str.len_bytes().max()),
-        pl.any_horizontal(pl.all().str.contains("\r", literal=True).any()).alias("cr"),
+        # (Counting is several times faster than `contains` in polars 2.1.)
+        pl.sum_horizontal(pl.all().str.count_matches("\r", literal=True).sum()).alias("cr"),
     ).row(0)
     limit = csv.field_size_limit()
     if lone_cr or (
@@ -381,13 +393,17 @@ def _settle_rows(
     sources: dict[str, tuple[str, ...]],
     defaults: dict[str, str],
 ) -> tuple[pl.DataFrame, list[Rejected]]:
-    """Rows without a valid number, or with one but no body, get `row_outcome`, one by one
-    (a row without a number only needs that cell)."""
+    """Rows with a valid number but no body get `row_outcome`, one by one; rows without a
+    valid number get its outcome for a blank or a non-blank number."""
     invalid = table["to_number"].is_null()
     open_ = ~invalid & (table["body"] == "")
-    outcomes = [
-        row_outcome(row_number, {PHONE_COLUMN: raw}, None, rules, sources, defaults)
-        for row_number, raw in frame.filter(invalid).select(_ROW, PHONE_COLUMN).iter_rows()
+    kinds = {blank: _number_rejected(blank, rules) for blank in (False, True)}
+    numbers = frame.filter(invalid).select(
+        _ROW, PHONE_COLUMN, _is_blank(pl.col(PHONE_COLUMN)).alias("blank")
+    )
+    outcomes: list[Recipient | Rejected] = [
+        Rejected(row_number, kinds[blank].code, kinds[blank].reason, raw)
+        for row_number, raw, blank in numbers.iter_rows()
     ]
     outcomes += [
         row_outcome(
@@ -415,6 +431,13 @@ def _settle_rows(
     if not settled.is_empty():
         kept = pl.concat([kept, settled]).sort("row_number")
     return kept, rejected
+
+
+def _number_rejected(blank: bool, rules: RecipientRules) -> Rejected:
+    """`row_outcome` for a row without a valid number, whose number is blank or not."""
+    outcome = row_outcome(0, {PHONE_COLUMN: "" if blank else "?"}, None, rules, {}, {})
+    assert isinstance(outcome, Rejected)
+    return outcome
 
 
 def _with_skips(
