@@ -208,12 +208,14 @@ def _plain_header(content: bytes) -> list[str] | None:
 
 
 def _even_size(size: int, block_bytes: int) -> int:
-    """Bytes a block to cut `size` bytes into blocks of at most about `block_bytes`, as
-    many as a multiple of `IN_FLIGHT`: blocks of one size end together, where a short last
-    block would leave a core idle while it is validated (a tenth of the time at 1,000,000
-    rows)."""
-    blocks = -(-max(size, 1) // block_bytes)
-    return -(-size // (-(-blocks // IN_FLIGHT) * IN_FLIGHT)) or 1
+    """Bytes a block to cut `size` bytes into blocks of at most about `block_bytes`: one,
+    or as many as a multiple of `IN_FLIGHT`. Blocks of one size end together, where a
+    short last block would leave a core idle while it is validated (a tenth of the time
+    at 1,000,000 rows)."""
+    blocks = -(-size // block_bytes)
+    if blocks <= 1:
+        return block_bytes
+    return -(-size // (-(-blocks // IN_FLIGHT) * IN_FLIGHT))
 
 
 def _line_blocks(content: bytes, start: int, size: int) -> Iterator[tuple[int, bytes, int]]:
