@@ -1,6 +1,7 @@
 """The Temporal worker: registers Herald's workflows and activities and runs them."""
 
 import asyncio
+import gc
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from temporalio.worker import Worker
 
 from activities.batch import BatchActivities
 from activities.conversations import ConversationActivities
+from activities.phone_columns import prepare as prepare_validation
 from activities.providers.twilio import TwilioCarrier
 from egress import PinnedTransport
 from logs import configure_logging
@@ -65,6 +67,11 @@ async def herald_worker(client: Client, settings: Settings) -> AsyncIterator[Wor
 async def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
+    prepare_validation()
+    # The long-lived objects (modules, phonenumbers' metadata, the patterns) move out of the
+    # garbage collector's sight: otherwise every full collection walks them all, about 85 ms
+    # each, several times during a 1,000,000-row validation.
+    gc.freeze()
     client = await Client.connect(settings.temporal_target, namespace=settings.temporal_namespace)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
