@@ -30,14 +30,18 @@ def valid_e164_column(raws: pl.Series) -> pl.Series:
     valid = pl.repeat(False, len(raws), dtype=pl.Boolean, eager=True)
     # What no plan decides goes to phonenumbers: no calling code, not plain digits (the
     # plans' patterns match ASCII digits only), a national prefix that might be stripped.
-    settle = [frame.filter(pl.col("code").is_null()).select("at", "raw")]
+    # An empty cell is not valid.
+    settle = [frame.filter(pl.col("code").is_null() & (_RAW != "")).select("at", "raw")]
     for code in frame["code"].drop_nulls().unique():
         found, rejected, undecided = _decide(str(code), frame.filter(pl.col("code") == code))
         if len(found):
             valid.scatter(found, True)
         settle += [undecided, rejected.filter(~_RAW.str.contains(r"^\+?[0-9]+$"))]
-    e164 = pl.when(_RAW.str.starts_with("+")).then(_RAW).otherwise(pl.concat_str(pl.lit("+"), _RAW))
-    result = frame.select(pl.when(valid).then(e164).alias("e164")).to_series()
+    # A valid cell is its E.164 form, with a `+` added to the few without one.
+    result = frame.select(pl.when(valid).then(_RAW).alias("e164")).to_series()
+    bare = frame.filter(valid & ~_RAW.str.starts_with("+")).select("at", ("+" + _RAW).alias("e164"))
+    if len(bare):
+        result.scatter(bare["at"], bare["e164"])
     unsettled = pl.concat(settle)
     if len(unsettled):
         result.scatter(unsettled["at"], pl.Series(valid_e164s(unsettled["raw"].to_list())))

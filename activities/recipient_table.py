@@ -508,15 +508,14 @@ def _tally(rows: int, table: pl.DataFrame, rejected: list[Rejected]) -> Tally:
 
 
 def _is_blank(cell: pl.Expr) -> pl.Expr:
-    """Empty or only what Python's `str.isspace` calls whitespace."""
-    return cell.str.contains(f"^{_python_spaces()}*$")
+    """Empty or only what Python's `str.isspace` calls whitespace (stripping is faster
+    than a regex pass)."""
+    return cell.str.strip_chars_start(_python_spaces()).str.len_bytes() == 0
 
 
 @functools.cache
 def _python_spaces() -> str:
-    return _class(
-        "".join(chr(point) for point in range(sys.maxunicode + 1) if chr(point).isspace())
-    )
+    return "".join(chr(point) for point in range(sys.maxunicode + 1) if chr(point).isspace())
 
 
 def _class(chars: str) -> str:
