@@ -131,9 +131,10 @@ class PlainCsv:
         header_line = self.content[start:end].removesuffix(b"\r") + b"\n"
 
         def validate(
-            first_row: int, lines: bytes, count: int, earlier: list[pl.Series]
+            first_row: int, lines: slice, count: int, earlier: list[pl.Series]
         ) -> _Validated:
-            frame = _read_block(header_line + lines, self.header, first_row, count)
+            text = b"".join((header_line, memoryview(self.content)[lines]))
+            frame = _read_block(text, self.header, first_row, count)
             frame = _without_blank_rows(frame, self.header)
             block = _validate(frame, self.header, self.rules, sources, defaults)
             keys = block.ledger["to_number"].str.slice(1).cast(pl.Int64)
@@ -218,16 +219,16 @@ def _even_size(size: int, block_bytes: int) -> int:
     return -(-size // (-(-blocks // IN_FLIGHT) * IN_FLIGHT))
 
 
-def _line_blocks(content: bytes, start: int, size: int) -> Iterator[tuple[int, bytes, int]]:
-    """Whole lines from `start`, about `size` bytes at a time, with the row number of the
-    first (the header's line is row 0) and their count. Without quoting, a line is a row."""
+def _line_blocks(content: bytes, start: int, size: int) -> Iterator[tuple[int, slice, int]]:
+    """Where whole lines from `start` are, about `size` bytes at a time, with the row number
+    of the first (the header's line is row 0) and their count. Without quoting, a line is
+    a row."""
     first_row = 1
     while start < len(content):
         end = content.find(b"\n", start + size)
         end = len(content) if end < 0 else end + 1
-        lines = content[start:end]
-        count = lines.count(b"\n") + (0 if lines.endswith(b"\n") else 1)
-        yield first_row, lines, count
+        count = content.count(b"\n", start, end) + (0 if content.endswith(b"\n", 0, end) else 1)
+        yield first_row, slice(start, end), count
         first_row += count
         start = end
 
