@@ -22,6 +22,7 @@ import csv
 import gc
 import io
 import itertools
+import json
 import random
 import resource
 import sys
@@ -204,11 +205,12 @@ def main() -> None:
         action="store_true",
         help="exclude_duplicates=false: no duplicate marking",
     )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     result = measure_validation(
         args.rows, seed=args.seed, repeats=args.repeats, keep_duplicates=args.keep_duplicates
     )
-    for line in describe(result):
+    for line in [json.dumps(result)] if args.json else describe(result):
         report(line)
 
 
