@@ -476,7 +476,7 @@ def _repeated(keys: pl.Series, earlier: list[pl.Series]) -> pl.Series:
     again = ordered.filter(pl.col("key") == pl.col("key").shift(1))["at"]
     repeated = pl.repeat(False, len(keys), dtype=pl.Boolean, eager=True)
     if earlier:
-        repeated = _found(keys, pl.concat(earlier))
+        repeated = _found(keys, pl.concat(earlier, rechunk=False))
     return repeated.scatter(again, True) if len(again) else repeated
 
 
