@@ -69,7 +69,8 @@ def recipient_file(count: int) -> bytes:
 
 @dataclass
 class Sampler:
-    """Samples the emulator's received count and the worker's and API's RSS."""
+    """Samples the emulator's received count and the worker's and API's RSS (peaks, and
+    each sample's, to tell validation's share from sending's)."""
 
     emulator_url: str
     processes: dict[str, psutil.Process]
@@ -80,10 +81,12 @@ class Sampler:
         started = time.perf_counter()
         while True:
             stats = (await http.get(f"{self.emulator_url}/_emulator/stats")).json()
-            self.samples.append({"t": time.perf_counter() - started, "received": stats["received"]})
+            sample = {"t": time.perf_counter() - started, "received": stats["received"]}
             for name, process in self.processes.items():
                 rss = process.memory_info().rss / 2**20
                 self.peak_rss_mb[name] = max(self.peak_rss_mb.get(name, 0.0), rss)
+                sample[f"rss_mb_{name}"] = rss
+            self.samples.append(sample)
             await asyncio.sleep(SAMPLE_SECONDS)
 
 

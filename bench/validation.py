@@ -8,10 +8,10 @@ Writes a CSV like a real list (some duplicates, invalid and blank numbers, numbe
 from PostgreSQL, then times Python's csv module merely reading it against Herald's
 validation of it: the column path the activity takes for such a file (parse, normalise
 and validate each number, render, classify segments, mark duplicates, count), then, once,
-the row path it takes for files the columns do not cover. As the worker does when it
-starts, phonenumbers' metadata is read and the process's objects are frozen (`gc.freeze`)
-first. Each of the first two is timed `--repeats` times, alternately, and the best of
-each is kept; the first column run, which compiles polars' patterns, is shown apart.
+the row path it takes for files the columns do not cover. The process is prepared first
+as the worker prepares itself when it starts (`worker.prepare_process`). Each of the
+first two is timed `--repeats` times, alternately, and the best of each is kept; the first
+column run, which compiles polars' patterns, is shown apart.
 PostgreSQL is not involved: making the COPY's CSV, which the activity does while
 PostgreSQL takes the block before, is timed apart. Peak RSS is the process's high-water
 mark (getrusage) after the column runs.
@@ -19,7 +19,6 @@ mark (getrusage) after the column runs.
 
 import argparse
 import csv
-import gc
 import io
 import itertools
 import json
@@ -36,9 +35,9 @@ from typing import Any, TypeVar
 import psutil
 
 from activities.batch import COPY_BATCH
-from activities.phone_columns import prepare
 from activities.recipient_table import Block, plain_csv
 from activities.recipients import RecipientRules, Tally, build_recipients, read_rows
+from worker import prepare_process
 
 AREA_CODES = (201, 212, 213, 305, 312, 404, 415, 503, 617, 702, 718, 917)
 NAMES = ("Ann", "Bob", "Chloé", "Dmitri", "Eve", "François", "Grace", "Hideo")
@@ -133,8 +132,7 @@ def measure_validation(
         agent_message=TEMPLATE,
         exclude_duplicates=not keep_duplicates,
     )
-    prepare()
-    gc.freeze()
+    prepare_process()
     first_seconds, _ = timed(lambda: by_columns(content, rules))
     csv_runs, column_runs = [], []
     for _ in range(repeats):
