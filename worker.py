@@ -1,7 +1,6 @@
 """The Temporal worker: registers Herald's workflows and activities and runs them."""
 
 import asyncio
-import ctypes
 import gc
 import signal
 from collections.abc import AsyncIterator
@@ -65,28 +64,14 @@ async def herald_worker(client: Client, settings: Settings) -> AsyncIterator[Wor
         await pool.close()
 
 
-# glibc's M_MMAP_THRESHOLD (malloc.h): allocations from this size get their own mapping.
-_M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD_BYTES = 128 << 10
-
-
 def prepare_process() -> None:
-    """Done once at start, before any activity (`bench.validation` does the same).
-
-    - phonenumbers' metadata is read into the validation's plans and patterns (0.5 s).
-    - The long-lived objects (modules, that metadata, the patterns) move out of the garbage
-      collector's sight: otherwise every full collection walks them all, about 85 ms each,
-      several times during a 1,000,000-row validation.
-    - glibc's mmap threshold is fixed at its default. Left dynamic, it rises to the size of
-      any large block freed, and later blocks that size (validation's few-MB buffers, made
-      in several threads) come from heaps that keep their pages: the worker peaked at
-      390 MB validating 1,000,000 rows and stayed 90 MB larger for a minute after; with the
-      threshold fixed, 339 MB, back to its size as soon as validation ends."""
+    """Done once at start, before any activity (`bench.validation` does the same): read
+    phonenumbers' metadata into the validation's plans and patterns (0.5 s), then move the
+    long-lived objects (modules, that metadata, the patterns) out of the garbage collector's
+    sight: otherwise every full collection walks them all, about 85 ms each, several times
+    during a 1,000,000-row validation."""
     prepare_validation()
     gc.freeze()
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # glibc; absent elsewhere
-    if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
 async def main() -> None:
