@@ -11,10 +11,10 @@ and validate each number, render, classify segments, mark duplicates, count), th
 the row path it takes for files the columns do not cover. The process is prepared first
 as the worker prepares itself when it starts (`worker.prepare_process`). Each of the
 first two is timed `--repeats` times, alternately, and the best of each is kept; the first
-column run, which compiles polars' patterns, is shown apart.
-PostgreSQL is not involved: making the COPY's CSV, which the activity does while
-PostgreSQL takes the block before, is timed apart. Peak RSS is the process's high-water
-mark (getrusage) after the column runs.
+column run, which compiles polars' patterns, is shown apart. PostgreSQL is not involved:
+making the COPY's CSV, which the activity does while PostgreSQL takes the block before,
+is timed apart. Peak RSS is the process's high-water mark (getrusage) after the column
+runs.
 """
 
 import argparse
