@@ -14,8 +14,8 @@ from temporalio.worker import Worker
 
 from activities.batch import BatchActivities
 from activities.conversations import ConversationActivities
-from activities.phone_columns import prepare as prepare_validation
 from activities.providers.twilio import TwilioCarrier
+from activities.recipients.phone_columns import prepare as prepare_validation
 from egress import PinnedTransport
 from logs import configure_logging
 from settings import Settings, get_settings

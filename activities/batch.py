@@ -18,8 +18,8 @@ from temporalio.exceptions import ApplicationError
 from activities.backoff import retry_delay, stalls_before
 from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, Verdict
-from activities.recipient_table import NotPlain, PlainCsv, plain_csv
-from activities.recipients import (
+from activities.recipients.columns import NotPlain, PlainCsv, plain_csv
+from activities.recipients.rows import (
     Recipient,
     RecipientRules,
     Rejected,

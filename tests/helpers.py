@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from phones import to_e164
+from activities.recipients.phones import to_e164
 
 AREA_CODES = (201, 212, 213, 305, 312, 404, 415, 503, 617, 702, 718, 917)
 

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneNumberType
 
-from activities import phone_columns
-from activities.frames import pl
-from activities.phone_columns import valid_e164_column
-from phones import to_e164, valid_e164s
+from activities.recipients import phone_columns
+from activities.recipients.frames import pl
+from activities.recipients.phone_columns import valid_e164_column
+from activities.recipients.phones import to_e164, valid_e164s
 
 CODES = sorted(str(code) for code in COUNTRY_CODE_TO_REGION_CODE)
 

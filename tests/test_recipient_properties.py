@@ -11,8 +11,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from activities import recipients
-from activities.recipients import (
+from activities.recipients import rows as recipients
+from activities.recipients.phones import to_e164
+from activities.recipients.rows import (
     Recipient,
     RecipientRules,
     Rejected,
@@ -23,8 +24,7 @@ from activities.recipients import (
     render,
     variable_sources,
 )
-from activities.segments import classify
-from phones import to_e164
+from activities.recipients.segments import classify
 
 NUMBERS = [
     "+12015550123",

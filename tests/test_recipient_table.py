@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from activities import recipient_table
-from activities.frames import pl
-from activities.recipient_table import BLOCK_BYTES, NotPlain, plain_csv
-from activities.recipients import (
+from activities.recipients import columns as recipient_table
+from activities.recipients.columns import BLOCK_BYTES, NotPlain, plain_csv
+from activities.recipients.frames import pl
+from activities.recipients.rows import (
     Recipient,
     RecipientRules,
     Rejected,

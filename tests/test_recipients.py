@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from activities.recipients import (
+from activities.recipients.rows import (
     Recipient,
     RecipientRules,
     Rejected,
@@ -18,7 +18,14 @@ from activities.recipients import (
     read_rows,
     strict_failure,
 )
-from activities.segments import GSM7, GSM7_BASIC, GSM7_EXTENSION, UCS2, classify, classify_all
+from activities.recipients.segments import (
+    GSM7,
+    GSM7_BASIC,
+    GSM7_EXTENSION,
+    UCS2,
+    classify,
+    classify_all,
+)
 
 A, B, C = "+12015550123", "+12015550124", "+12015550125"
 

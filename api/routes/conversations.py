@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from activities.recipients.phones import to_e164
 from api.carrier_signature import SignedForm
 from api.conversation_models import ConversationDetail, ConversationList
 from api.deps import AccountId, AppSettings, Pool, Temporal
@@ -11,7 +12,6 @@ from api.errors import InvalidRequest
 from api.models import Envelope, Page
 from api.services import conversations as service
 from api.services import inbound
-from phones import to_e164
 from store.conversations import STATES
 
 router = APIRouter(tags=["conversations"])

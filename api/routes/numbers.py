@@ -2,11 +2,11 @@
 
 from fastapi import APIRouter
 
+from activities.recipients.phones import to_e164
 from api.deps import AccountId, AppSettings, Pool
 from api.errors import HeraldError
 from api.models import Envelope, NumberRequest, NumberUpdate, SenderNumber
 from api.services.webhook_urls import require_safe_webhook
-from phones import to_e164
 from store import numbers
 
 router = APIRouter(tags=["numbers"])

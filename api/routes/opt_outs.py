@@ -4,11 +4,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from activities.recipients.phones import to_e164
 from api.deps import AccountId, Pool
 from api.errors import HeraldError
 from api.models import Envelope, OptOut, OptOutList, OptOutRequest
 from api.routes.numbers import InvalidPhoneNumber
-from phones import to_e164
 from store import opt_outs
 
 router = APIRouter(tags=["opt-outs"])

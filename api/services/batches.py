@@ -20,6 +20,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.recipients.phones import to_e164
 from api.errors import HeraldError
 from api.models import (
     BatchControl,
@@ -31,7 +32,6 @@ from api.models import (
     RejectedRowList,
 )
 from api.services.webhook_urls import require_safe_webhook
-from phones import to_e164
 from settings import Settings
 from store import batches, events, files, messages, numbers
 from workflows.contracts import (

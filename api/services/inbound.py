@@ -6,10 +6,10 @@ import asyncpg
 import structlog
 from temporalio.client import Client
 
+from activities.recipients.phones import to_e164
 from api.errors import InvalidRequest
 from api.services.batches import AgentNumberNotFound, TemporalUnavailable
 from api.services.conversations import signal_conversation
-from phones import to_e164
 from settings import Settings
 from store import conversations, numbers, opt_outs
 from workflows.contracts import conversation_workflow_id

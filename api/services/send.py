@@ -11,12 +11,12 @@ from typing import Any
 import asyncpg
 from temporalio.client import Client
 
+from activities.recipients.phones import to_e164
 from api.conversation_models import STORED_FIELDS, SendReply, SendRequest
 from api.errors import HeraldError
 from api.services.batches import AgentNumberNotFound
 from api.services.conversations import signal_conversation
 from api.services.webhook_urls import require_safe_webhook
-from phones import to_e164
 from settings import Settings
 from store import conversations, idempotency, numbers
 from workflows.contracts import SilenceTimers, conversation_workflow_id

@@ -12,8 +12,8 @@ other cell, and a number a national prefix might be stripped from, goes to
 
 import functools
 
-from activities.frames import pl
-from phones import CodePlan, Desc, RegionPlan, code_plans, valid_e164s
+from activities.recipients.frames import pl
+from activities.recipients.phones import CodePlan, Desc, RegionPlan, code_plans, valid_e164s
 
 _RAW = pl.col("raw")
 # Rows a calling code's other regions are walked for, one pass each; fewer go to

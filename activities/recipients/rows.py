@@ -19,8 +19,8 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from activities.segments import GSM7, classify, classify_all
-from phones import valid_e164s
+from activities.recipients.phones import valid_e164s
+from activities.recipients.segments import GSM7, classify, classify_all
 
 PHONE_COLUMN = "phone_number"
 MESSAGE_COLUMN = "agent_message"

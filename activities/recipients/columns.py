@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from activities.frames import pl
-from activities.phone_columns import valid_e164_column
-from activities.recipients import (
+from activities.recipients.frames import pl
+from activities.recipients.phone_columns import valid_e164_column
+from activities.recipients.rows import (
     JSON_START,
     MESSAGE_COLUMN,
     PHONE_COLUMN,
@@ -37,7 +37,7 @@ from activities.recipients import (
     too_many_rows,
     variable_sources,
 )
-from activities.segments import (
+from activities.recipients.segments import (
     GSM7,
     GSM7_BASIC,
     GSM7_EXTENSION,
