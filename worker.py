@@ -12,10 +12,13 @@ import uvloop
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.batch import BatchActivities
 from activities.conversations import ConversationActivities
+from activities.ledger import LedgerActivities
 from activities.providers.twilio import TwilioCarrier
 from activities.recipients.phone_columns import prepare as prepare_validation
+from activities.sending import SendingActivities
+from activities.status_events import StatusEventActivities
+from activities.validation import ValidationActivities
 from egress import PinnedTransport
 from logs import configure_logging
 from settings import Settings, get_settings
@@ -41,16 +44,24 @@ async def herald_worker(client: Client, settings: Settings) -> AsyncIterator[Wor
         follow_redirects=False,
         transport=PinnedTransport(allow_loopback=settings.allow_loopback_webhooks),
     )
-    batch_activities = BatchActivities(pool=pool, carrier=carrier, http=http, settings=settings)
-    conversation_activities = ConversationActivities(
-        pool=pool, carrier=carrier, http=http, settings=settings
-    )
+    activity_classes = [
+        ValidationActivities,
+        SendingActivities,
+        StatusEventActivities,
+        LedgerActivities,
+        ConversationActivities,
+    ]
+    activities = [
+        method
+        for cls in activity_classes
+        for method in cls(pool=pool, carrier=carrier, http=http, settings=settings).registered()
+    ]
     try:
         yield Worker(
             client,
             task_queue=settings.task_queue,
             workflows=WORKFLOWS,
-            activities=[*batch_activities.registered(), *conversation_activities.registered()],
+            activities=activities,
             max_concurrent_activities=settings.max_concurrent_activities,
             sticky_queue_schedule_to_start_timeout=timedelta(
                 seconds=settings.sticky_timeout_seconds

@@ -34,9 +34,9 @@ from typing import Any, TypeVar
 
 import psutil
 
-from activities.batch import COPY_BATCH
 from activities.recipients.columns import Block, plain_csv
 from activities.recipients.rows import RecipientRules, Tally, build_recipients, read_rows
+from activities.validation import COPY_BATCH
 from worker import prepare_process
 
 AREA_CODES = (201, 212, 213, 305, 312, 404, 415, 503, 617, 702, 718, 917)

@@ -1,0 +1,46 @@
+"""Whole-ledger steps of a batch: close it with every row terminal, reopen rows to retry."""
+
+import uuid
+from typing import Any
+
+from temporalio import activity
+
+from activities.resources import WorkerResources
+from store import batches, messages
+from workflows.contracts import BatchCounts, FinishInput, ReopenInput, ReopenResult
+
+
+class LedgerActivities(WorkerResources):
+    """Closes and reopens a batch's ledger."""
+
+    @activity.defn
+    async def finish_ledger(self, input: FinishInput) -> BatchCounts:
+        """Give every row a terminal state, then count them for the final event."""
+        batch_id = uuid.UUID(input.batch_id)
+        await messages.close_ledger(self._pool, batch_id, pending_as=input.close_pending_as)
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        by_status = await messages.count_by_status(self._pool, batch_id)
+        return BatchCounts(
+            total=batch["rows_total"] or 0,
+            successful=by_status.get("sent", 0) + by_status.get("delivered", 0),
+            failed=by_status.get("failed", 0) + by_status.get("undelivered", 0),
+            skipped=by_status.get("skipped", 0) + (batch["rejected"] or 0),
+            cancelled=by_status.get("cancelled", 0),
+            uncertain=by_status.get("uncertain", 0),
+            expired=by_status.get("expired", 0),
+        )
+
+    @activity.defn
+    async def reopen_rows(self, input: ReopenInput) -> ReopenResult:
+        batch_id = uuid.UUID(input.batch_id)
+        reopened = await messages.reopen(self._pool, batch_id, input.statuses)
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        return ReopenResult(
+            reopened=reopened,
+            rows_total=batch["rows_total"] or 0,
+            recipients=batch["recipients"] or 0,
+        )
+
+    def registered(self) -> list[Any]:
+        """The bound activity methods, for the worker to register."""
+        return [self.finish_ledger, self.reopen_rows]

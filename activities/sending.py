@@ -1,0 +1,192 @@
+"""Sending a batch: one activity sends a slice of the ledger under the sender's pacing."""
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.backoff import retry_delay, stalls_before
+from activities.pacing import SenderPacer
+from activities.providers.twilio import SendResult, Verdict
+from activities.resources import WorkerResources
+from store import batches, messages, opt_outs
+from store.db import UNAVAILABLE
+from workflows.contracts import SendCounts, SendSliceInput
+
+log = structlog.get_logger(__name__)
+
+# A row the batch's `expire_at` caught before it was sent.
+EXPIRED = SendResult(verdict=Verdict.EXPIRED)
+# Often enough that a cancellation (delivered in a heartbeat's reply) is seen within a second.
+HEARTBEAT_SECONDS = 0.5
+# How long a send activity holding the carrier's answers waits for PostgreSQL to come back
+# (a restart, a failover) before it gives up, leaving its rows to end `uncertain`.
+OUTAGE_WAIT_SECONDS = 60.0
+
+
+class SendingActivities(WorkerResources):
+    """Sends slices of a batch's ledger."""
+
+    @activity.defn
+    async def send_slice(self, input: SendSliceInput) -> SendCounts:
+        """Send the slice's pending rows concurrently and record them in one statement.
+
+        When cancelled (pause, cancel), no new request starts; those on the wire finish and
+        are recorded, the rest of the slice goes back to `pending`, then the cancellation
+        goes on up.
+        """
+        batch_id = uuid.UUID(input.batch_id)
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
+        pacer = SenderPacer(self._pool, batch["account_id"], input.agent_number)
+        stopping = asyncio.Event()
+        results: list[SendResult | None] = [None] * len(claimed)
+        queue = iter(enumerate(claimed))
+
+        async def send(message: messages.ClaimedMessage) -> SendResult | None:
+            if input.pace.interval and not await _until(
+                input.pace.send_time(message.seq), stopping
+            ):
+                return None
+            if not await pacer.turn(stopping):
+                return None
+            if input.pace.expire_at and time.time() >= input.pace.expire_at:
+                return EXPIRED
+            return await self._carrier.send(
+                to=message.to_number,
+                from_=input.agent_number,
+                body=message.body,
+                status_callback=self._settings.status_callback_url,
+            )
+
+        async def lane() -> None:
+            # A fixed set of lanes, not a task per message: the slice's rows in order, with
+            # `send_concurrency` requests in flight; a row left when stopping stays None.
+            for index, message in queue:
+                if stopping.is_set():
+                    return
+                results[index] = await send(message)
+
+        lanes = min(self._settings.send_concurrency, len(claimed))
+        sends = asyncio.gather(*(lane() for _ in range(lanes)))
+        heartbeats = asyncio.create_task(_heartbeat_until_done())
+        try:
+            await asyncio.shield(sends)
+        except asyncio.CancelledError:
+            stopping.set()
+            heartbeats.cancel()
+            # Temporal may repeat the cancellation; the requests on the wire still finish.
+            while not sends.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(sends)
+            await self._record(batch_id, claimed, results)
+            raise
+        finally:
+            heartbeats.cancel()
+        await self._record(batch_id, claimed, results)
+        retry = [r for r in results if r is not None and r.verdict is Verdict.RETRY]
+        if retry:
+            # An attempt that got anything through resets the backoff; the next attempt reads
+            # this heartbeat to know how long the carrier has refused everything.
+            progressed = len(retry) < sum(r is not None for r in results)
+            stalls = 0 if progressed else stalls_before(activity.info().heartbeat_details) + 1
+            activity.heartbeat(stalls)
+            retry_after = max((r.retry_after or 0) for r in retry)
+            raise ApplicationError(
+                f"carrier deferred {len(retry)} of {len(results)} messages ({retry[0].error_code})",
+                type="CarrierDeferred",
+                next_retry_delay=timedelta(seconds=retry_delay(stalls, retry_after)),
+            )
+        return SendCounts(
+            sent=sum(r is not None and r.verdict is Verdict.SENT for r in results),
+            failed=sum(r is not None and r.verdict is Verdict.FAILED for r in results),
+        )
+
+    async def _record(
+        self,
+        batch_id: uuid.UUID,
+        claimed: list[messages.ClaimedMessage],
+        results: list[SendResult | None],
+    ) -> None:
+        """Record a slice: first the opt-outs the carrier reported (idempotent, so a crash
+        before the outcomes loses none), then every outcome in one statement."""
+        opted_out = [
+            m.to_number
+            for m, r in zip(claimed, results, strict=True)
+            if r is not None and r.opts_out
+        ]
+        if opted_out:
+            await _through_outages(lambda: self._record_opt_outs(batch_id, opted_out))
+        await _through_outages(
+            lambda: messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
+        )
+
+    async def _record_opt_outs(self, batch_id: uuid.UUID, numbers: list[str]) -> None:
+        account_id = (await batches.batch_for_workflow(self._pool, batch_id))["account_id"]
+        for number in numbers:
+            await opt_outs.add_opt_out(self._pool, account_id, number, source="carrier")
+
+    def registered(self) -> list[Any]:
+        """The bound activity methods, for the worker to register."""
+        return [self.send_slice]
+
+
+async def _until(moment: float, stopping: asyncio.Event) -> bool:
+    """Wait until the Unix time `moment`; False when `stopping` is set first."""
+    delay = moment - time.time()
+    if delay > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+    return not stopping.is_set()
+
+
+async def _through_outages(write: Callable[[], Awaitable[object]]) -> None:
+    """Run `write`, and again while PostgreSQL is unreachable, heartbeating, for up to
+    OUTAGE_WAIT_SECONDS. The carrier's answers are worth the wait: an activity that failed
+    here would be retried, and its retry would find these rows `sending` and make them
+    `uncertain`."""
+    deadline = time.monotonic() + OUTAGE_WAIT_SECONDS
+    pause = 0.1
+    while True:
+        try:
+            await write()
+            return
+        except UNAVAILABLE as error:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("database unavailable; outcomes kept until it is back", error=repr(error))
+        activity.heartbeat()
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 2.0)
+
+
+async def _heartbeat_until_done() -> None:
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+def _outcomes(
+    claimed: list[messages.ClaimedMessage], results: list[SendResult | None]
+) -> list[messages.Outcome]:
+    """Ledger outcomes of a slice; a message not sent, or deferred by the carrier, goes back
+    to `pending`."""
+    return [
+        messages.Outcome(seq=m.seq, status="pending")
+        if r is None or r.verdict is Verdict.RETRY
+        else messages.Outcome(
+            seq=m.seq,
+            status=r.verdict.value,
+            carrier_sid=r.sid,
+            error_code=r.error_code,
+            error_message=r.error_message,
+        )
+        for m, r in zip(claimed, results, strict=True)
+    ]

@@ -1,0 +1,136 @@
+"""A batch's lifecycle events: recorded on the batch row and posted to its status webhook."""
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from temporalio import activity
+
+from activities.resources import WorkerResources
+from activities.webhooks import post_event
+from store import accounts, batches, events
+from workflows.contracts import DeliverEventsInput, DeliverEventsResult, StatusUpdate
+
+log = structlog.get_logger(__name__)
+
+FINAL_EVENT_FIELDS = (
+    "total",
+    "successful",
+    "failed",
+    "skipped",
+    "cancelled",
+    "uncertain",
+    "expired",
+)
+
+
+class StatusEventActivities(WorkerResources):
+    """Records a batch's events and posts them, in order."""
+
+    @activity.defn
+    async def record_status(self, update: StatusUpdate) -> None:
+        batch_id = uuid.UUID(update.batch_id)
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        await batches.set_status(
+            self._pool, batch_id, status=update.status, code=update.code, reason=update.reason
+        )
+        payload: dict[str, Any] = {
+            "batch_id": update.batch_id,
+            "workflow_id": update.workflow_id,
+            "status": update.status,
+            "timestamp": datetime.now(UTC).isoformat(),
+        }
+        if update.message:
+            payload["message"] = update.message
+        metadata = (batch["request"].get("global") or {}).get("metadata")
+        if metadata:
+            payload["metadata"] = metadata
+        if update.code:
+            payload["code"] = update.code
+            payload["reason"] = update.reason
+        if update.counts is not None:
+            payload.update(
+                {f"messages_{name}": getattr(update.counts, name) for name in FINAL_EVENT_FIELDS}
+            )
+        await events.append_event(
+            self._pool,
+            batch_id=batch_id,
+            account_id=batch["account_id"],
+            seq=update.event_seq,
+            status=update.status,
+            payload=payload,
+        )
+        log.info("batch status", batch_id=update.batch_id, status=update.status)
+
+    @activity.defn
+    async def deliver_status_events(self, input: DeliverEventsInput) -> DeliverEventsResult:
+        """Post the batch's unsettled events in order until one must wait for a retry.
+
+        An event is posted only once the one before it is settled (delivered or given up
+        on), so a receiver sees a batch's events in order. Only a 2xx delivers; `410 Gone`
+        turns the batch's webhook off. The workflow sleeps `retry_in` on a durable timer and
+        calls again, so no worker slot is held while a retry waits.
+        """
+        batch_id = uuid.UUID(input.batch_id)
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        url: str | None = batch["request"].get("status_webhook")
+        disabled = batch["webhook_disabled_at"] is not None
+        schedule = self._settings.webhook_retry_schedule_seconds
+        for event in await events.pending_events(self._pool, batch_id):
+            activity.heartbeat(event["seq"])
+            if not url or disabled:
+                await events.settle_unsent(self._pool, batch_id, event["seq"])
+                continue
+            due = event["next_attempt_at"]
+            if due is not None and due > datetime.now(UTC):
+                return DeliverEventsResult(retry_in=(due - datetime.now(UTC)).total_seconds())
+            secrets = await accounts.webhook_signing_secrets(self._pool, event["account_id"])
+            attempt = await post_event(
+                self._http,
+                url,
+                event["payload"],
+                webhook_id=f"evt_{batch_id}_{event['seq']}",
+                secrets=secrets,
+            )
+            number = event["attempts"] + 1
+            final = attempt.error is None or attempt.status_code == 410
+            delay = (
+                None
+                if final or number > len(schedule)
+                else _jittered(schedule[number - 1], self._settings.webhook_retry_jitter)
+            )
+            await events.record_delivery(
+                self._pool,
+                batch_id=batch_id,
+                account_id=event["account_id"],
+                event_seq=event["seq"],
+                url=url,
+                attempt=number,
+                status_code=attempt.status_code,
+                error=attempt.error,
+                duration_ms=attempt.duration_ms,
+                next_retry_at=None if delay is None else _after(delay),
+            )
+            if attempt.status_code == 410:
+                await batches.disable_webhook(self._pool, batch_id)
+                disabled = True
+                log.info("status webhook gone: turned off", batch_id=input.batch_id)
+            elif delay is not None:
+                return DeliverEventsResult(retry_in=delay)
+        return DeliverEventsResult()
+
+    def registered(self) -> list[Any]:
+        """The bound activity methods, for the worker to register."""
+        return [self.record_status, self.deliver_status_events]
+
+
+def _after(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def _jittered(delay: float, jitter: float) -> float:
+    """`delay` spread by up to `jitter` of itself either way, so that receivers coming back
+    from an outage are not hit by every batch's retries at the same instant."""
+    return delay * random.uniform(1 - jitter, 1 + jitter)
