@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
-from api.services.batches import spreadsheet_safe
+from api.services.batch_exports import spreadsheet_safe
 from settings import Settings
 from store.opt_outs import add_opt_out
 from tests.conftest import Account, WebhookReceiver, api_client

@@ -22,6 +22,7 @@ from api.models import (
     RetryRequest,
     WebhookDeliveries,
 )
+from api.services import batch_events, batch_exports
 from api.services import batches as service
 from store import events, messages
 from store.messages import LEDGER_STATUSES
@@ -151,7 +152,7 @@ async def batch_event_stream(
 ) -> StreamingResponse:
     """Server-sent events: `status` (each lifecycle event, as posted to the webhook) and
     `progress` (about once a second while it runs); the stream ends after the final event."""
-    stream = await service.stream_events(pool, temporal, account_id, batch_id, last_event_id)
+    stream = await batch_events.stream_events(pool, temporal, account_id, batch_id, last_event_id)
     return StreamingResponse(stream, media_type="text/event-stream")
 
 
@@ -180,7 +181,7 @@ async def rejected_rows(
     batch = await service.require_batch(pool, account_id, batch_id)
     if export == "csv" or (export is None and "text/csv" in (accept or "")):
         return StreamingResponse(
-            service.rejected_rows_csv(pool, account_id, batch),
+            batch_exports.rejected_rows_csv(pool, account_id, batch),
             media_type="text/csv; charset=utf-8",
             headers={"content-disposition": f'attachment; filename="{batch}-errors.csv"'},
         )

@@ -1,17 +1,13 @@
-"""Starting and reading batches, and exporting their rejected rows."""
+"""Starting, steering and reading batches."""
 
 import asyncio
-import csv
-import dataclasses
 import hashlib
-import io
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-from temporalio.client import Client, WorkflowFailureError, WorkflowQueryFailedError
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -40,7 +36,6 @@ from workflows.contracts import (
     BATCH_ID,
     BATCH_STATUS,
     BatchInput,
-    BatchProgress,
     DispatchSettings,
     Timing,
     ValidationLimits,
@@ -49,7 +44,6 @@ from workflows.contracts import (
 
 # How long a retry waits for the previous run, already final, to close.
 FINAL_CLOSE_SECONDS = 10
-SSE_POLL_SECONDS = 1.0
 
 
 class FileNotFound(HeraldError):
@@ -223,7 +217,7 @@ async def signal_batch(
     *args: Any,
 ) -> BatchControl:
     """Send `cancel`, `pause` or `resume` to a running batch's workflow."""
-    batch = await _batch_or_404(pool, account_id, batch_id)
+    batch = await batch_or_404(pool, account_id, batch_id)
     if batch["status"] in batches.FINAL_STATUSES:
         raise BatchAlreadyFinished(f"batch {batch_id} has already ended ({batch['status']})")
     try:
@@ -246,7 +240,7 @@ async def retry_batch(
     statuses: list[str],
 ) -> BatchControl:
     """Send a finished batch's rows in `statuses` again, as a new run of its workflow."""
-    batch = await _batch_or_404(pool, account_id, batch_id)
+    batch = await batch_or_404(pool, account_id, batch_id)
     if batch["status"] not in batches.FINAL_STATUSES:
         raise BatchNotFinished(f"batch {batch_id} is still {batch['status']}")
     rows = await messages.count_in_statuses(pool, batch["id"], statuses)
@@ -285,44 +279,6 @@ async def retry_batch(
     )
 
 
-async def stream_events(
-    pool: asyncpg.Pool,
-    temporal: Client,
-    account_id: uuid.UUID,
-    batch_id: str,
-    after_seq: int,
-) -> AsyncIterator[str]:
-    """Server-sent events: each lifecycle event as it is recorded, `progress` about once a
-    second while the batch runs, and the end of the stream after its final event."""
-    batch = await _batch_or_404(pool, account_id, batch_id)
-    handle = temporal.get_workflow_handle(batch["workflow_id"])
-
-    async def stream() -> AsyncIterator[str]:
-        last = after_seq
-        while True:
-            recorded = await events.list_events(pool, account_id, batch["id"], after_seq=last)
-            for event in recorded:
-                last = event["seq"]
-                yield _sse("status", event["payload"], event_id=last)
-            newest = await events.last_event(pool, batch["id"])
-            if newest is not None and newest[1] in batches.FINAL_STATUSES and last >= newest[0]:
-                return
-            try:
-                progress = await handle.query("progress", result_type=BatchProgress)
-            except (RPCError, WorkflowQueryFailedError, RuntimeError):
-                progress = None
-            if progress is not None:
-                yield _sse("progress", dataclasses.asdict(progress))
-            await asyncio.sleep(SSE_POLL_SECONDS)
-
-    return stream()
-
-
-def _sse(event: str, data: dict[str, Any], *, event_id: int | None = None) -> str:
-    head = f"event: {event}\n" + (f"id: {event_id}\n" if event_id is not None else "")
-    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
 def _summary(batch: dict[str, Any]) -> dict[str, Any]:
     return {**batch, "batch_id": str(batch["id"])}
 
@@ -330,7 +286,7 @@ def _summary(batch: dict[str, Any]) -> dict[str, Any]:
 async def get_batch(
     pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, batch_id: str
 ) -> BatchDetail:
-    batch = await _batch_or_404(pool, account_id, batch_id)
+    batch = await batch_or_404(pool, account_id, batch_id)
     counts = await messages.count_by_status(pool, batch["id"])
     counts["rejected"] = batch["rejected"] or 0
     ui = (
@@ -340,7 +296,7 @@ async def get_batch(
     return BatchDetail(**_summary(batch), counts=counts, temporal_ui_url=ui)
 
 
-async def _batch_or_404(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str) -> dict:
+async def batch_or_404(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str) -> dict:
     batch = await batches.get_batch(pool, account_id, parse_batch_id(batch_id))
     if batch is None:
         raise BatchNotFound(f"no batch {batch_id!r}")
@@ -348,7 +304,7 @@ async def _batch_or_404(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str
 
 
 async def require_batch(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str) -> uuid.UUID:
-    return (await _batch_or_404(pool, account_id, batch_id))["id"]
+    return (await batch_or_404(pool, account_id, batch_id))["id"]
 
 
 async def list_batches(
@@ -356,28 +312,6 @@ async def list_batches(
 ) -> tuple[list[BatchSummary], int]:
     rows, total = await batches.list_batches(pool, account_id, limit=limit, offset=offset)
     return [BatchSummary(**_summary(r)) for r in rows], total
-
-
-# A spreadsheet runs a cell that starts like this as a formula (CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
-CSV_PAGE = 1000
-REJECTED_CSV_COLUMNS = ("row_number", "value", "code", "message")
-
-
-def spreadsheet_safe(cell: str) -> str:
-    """`cell` with a leading `'` if a spreadsheet would read it as a formula; valid E.164
-    numbers start with `+` and stay as they are, since a number is no formula."""
-    if cell.startswith(FORMULA_STARTS) and to_e164(cell) != cell:
-        return "'" + cell
-    return cell
-
-
-def _csv_lines(rows: list[list[Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    for row in rows:
-        writer.writerow([spreadsheet_safe(c) if isinstance(c, str) else c for c in row])
-    return out.getvalue()
 
 
 async def rejected_rows_page(
@@ -393,17 +327,3 @@ async def rejected_rows_page(
         ],
         next_cursor=rows[-1]["row_number"] if len(rows) == limit else None,
     )
-
-
-async def rejected_rows_csv(
-    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID
-) -> AsyncIterator[str]:
-    """Every rejected row as CSV, read a page at a time; with a BOM, so that spreadsheets
-    read it as UTF-8."""
-    yield "\ufeff" + _csv_lines([list(REJECTED_CSV_COLUMNS)])
-    after = -1
-    while rows := await messages.list_rejected(
-        pool, account_id, batch_id, limit=CSV_PAGE, after_row=after
-    ):
-        yield _csv_lines([[r["row_number"], r["value"], r["code"], r["reason"]] for r in rows])
-        after = rows[-1]["row_number"]

@@ -1,0 +1,56 @@
+"""A batch's events as a stream of server-sent events."""
+
+import asyncio
+import dataclasses
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.service import RPCError
+
+from api.services.batches import batch_or_404
+from store import batches, events
+from workflows.contracts import BatchProgress
+
+SSE_POLL_SECONDS = 1.0
+
+
+async def stream_events(
+    pool: asyncpg.Pool,
+    temporal: Client,
+    account_id: uuid.UUID,
+    batch_id: str,
+    after_seq: int,
+) -> AsyncIterator[str]:
+    """Server-sent events: each lifecycle event as it is recorded, `progress` about once a
+    second while the batch runs, and the end of the stream after its final event."""
+    batch = await batch_or_404(pool, account_id, batch_id)
+    handle = temporal.get_workflow_handle(batch["workflow_id"])
+
+    async def stream() -> AsyncIterator[str]:
+        last = after_seq
+        while True:
+            recorded = await events.list_events(pool, account_id, batch["id"], after_seq=last)
+            for event in recorded:
+                last = event["seq"]
+                yield _sse("status", event["payload"], event_id=last)
+            newest = await events.last_event(pool, batch["id"])
+            if newest is not None and newest[1] in batches.FINAL_STATUSES and last >= newest[0]:
+                return
+            try:
+                progress = await handle.query("progress", result_type=BatchProgress)
+            except (RPCError, WorkflowQueryFailedError, RuntimeError):
+                progress = None
+            if progress is not None:
+                yield _sse("progress", dataclasses.asdict(progress))
+            await asyncio.sleep(SSE_POLL_SECONDS)
+
+    return stream()
+
+
+def _sse(event: str, data: dict[str, Any], *, event_id: int | None = None) -> str:
+    head = f"event: {event}\n" + (f"id: {event_id}\n" if event_id is not None else "")
+    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n"

@@ -1,0 +1,47 @@
+"""A batch's rows as CSV, safe to open in a spreadsheet."""
+
+import csv
+import io
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+from activities.recipients.phones import to_e164
+from store import messages
+
+# A spreadsheet runs a cell that starts like this as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+CSV_PAGE = 1000
+REJECTED_CSV_COLUMNS = ("row_number", "value", "code", "message")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """`cell` with a leading `'` if a spreadsheet would read it as a formula; valid E.164
+    numbers start with `+` and stay as they are, since a number is no formula."""
+    if cell.startswith(FORMULA_STARTS) and to_e164(cell) != cell:
+        return "'" + cell
+    return cell
+
+
+def _csv_lines(rows: list[list[Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    for row in rows:
+        writer.writerow([spreadsheet_safe(c) if isinstance(c, str) else c for c in row])
+    return out.getvalue()
+
+
+async def rejected_rows_csv(
+    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID
+) -> AsyncIterator[str]:
+    """Every rejected row as CSV, read a page at a time; with a BOM, so that spreadsheets
+    read it as UTF-8."""
+    yield "\ufeff" + _csv_lines([list(REJECTED_CSV_COLUMNS)])
+    after = -1
+    while rows := await messages.list_rejected(
+        pool, account_id, batch_id, limit=CSV_PAGE, after_row=after
+    ):
+        yield _csv_lines([[r["row_number"], r["value"], r["code"], r["reason"]] for r in rows])
+        after = rows[-1]["row_number"]
