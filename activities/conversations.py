@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 from activities.providers.twilio import Verdict
 from activities.resources import WorkerResources
 from activities.webhooks import post_event
-from store import conversations, numbers, opt_outs
+from store import conversation_messages, conversations, numbers, opt_outs
 from workflows.contracts import (
     ConversationEvent,
     ConversationRef,
@@ -45,7 +45,7 @@ class ConversationActivities(WorkerResources):
     async def send_conversation_message(self, input: SendMessageInput) -> SendMessageResult:
         message_id = uuid.UUID(input.message_id)
         if input.body is not None and input.conversation_id is not None:
-            await conversations.add_agent_message(
+            await conversation_messages.add_agent_message(
                 self._pool,
                 message_id=message_id,
                 conversation_id=uuid.UUID(input.conversation_id),
@@ -53,17 +53,17 @@ class ConversationActivities(WorkerResources):
                 body=input.body,
             )
         attempt = activity.info().attempt
-        message = await conversations.claim_message(
+        message = await conversation_messages.claim_message(
             self._pool, message_id, first_attempt=attempt == 1
         )
         if message is None:
-            status, code = await conversations.message_status(self._pool, message_id)
+            status, code = await conversation_messages.message_status(self._pool, message_id)
             return SendMessageResult(status=status, error_code=code)
         # HELP is answered even after STOP: carriers require it.
         if message.kind != "help" and await opt_outs.is_opted_out(
             self._pool, message.account_id, message.user_number
         ):
-            await conversations.record_outcome(
+            await conversation_messages.record_outcome(
                 self._pool, message_id, status="skipped", error_code="opted_out"
             )
             return SendMessageResult(status="skipped", error_code="opted_out")
@@ -76,7 +76,7 @@ class ConversationActivities(WorkerResources):
             content_variables=message.content_variables,
         )
         if result.verdict is Verdict.RETRY and attempt < input.attempts:
-            await conversations.requeue_message(
+            await conversation_messages.requeue_message(
                 self._pool,
                 message_id,
                 error_code=result.error_code,
@@ -91,7 +91,7 @@ class ConversationActivities(WorkerResources):
             )
         # Out of attempts, a deferred message fails: a reply minutes late is worse than none.
         status = Verdict.FAILED.value if result.verdict is Verdict.RETRY else result.verdict.value
-        await conversations.record_outcome(
+        await conversation_messages.record_outcome(
             self._pool,
             message_id,
             status=status,
@@ -147,7 +147,7 @@ class ConversationActivities(WorkerResources):
             "timestamp": datetime.now(UTC).isoformat(),
         }
         if event.message_id:
-            message = await conversations.message_for_workflow(
+            message = await conversation_messages.message_for_workflow(
                 self._pool, uuid.UUID(event.message_id)
             )
             payload["message_id"] = event.message_id

@@ -18,7 +18,7 @@ from api.conversation_models import (
 from api.errors import HeraldError
 from api.services.batches import TemporalUnavailable
 from settings import Settings
-from store import conversations
+from store import conversation_messages, conversations
 from workflows.contracts import (
     ACCOUNT_ID,
     AGENT_NUMBER,
@@ -139,7 +139,7 @@ async def get_conversation(
     )
     if row is None:
         raise ConversationNotFound(f"no conversation {conversation_id!r}")
-    rows = await conversations.list_messages(pool, account_id, row["id"])
+    rows = await conversation_messages.list_messages(pool, account_id, row["id"])
     ui = (
         f"{settings.temporal_ui_base}/namespaces/{settings.temporal_namespace}"
         f"/workflows/{row['workflow_id']}"

@@ -11,7 +11,7 @@ from api.errors import InvalidRequest
 from api.services.batches import AgentNumberNotFound, TemporalUnavailable
 from api.services.conversations import signal_conversation
 from settings import Settings
-from store import conversations, numbers, opt_outs
+from store import conversation_messages, conversations, numbers, opt_outs
 from workflows.contracts import conversation_workflow_id
 
 log = structlog.get_logger(__name__)
@@ -67,13 +67,13 @@ async def receive(
                 workflow_id=conversation_workflow_id(str(account_id), agent_number, user_number),
                 fields=conversations.ConversationFields(channel=channel),
             )
-            message_id = await conversations.record_user_message(
+            message_id = await conversation_messages.record_user_message(
                 conn, conversation=conversation, channel=channel, body=body, carrier_sid=carrier_sid
             )
             if message_id is None:
                 raise AlreadyRecorded(carrier_sid)
             if keyword == HELP_KEYWORD:
-                help_id = await conversations.queue_agent_message(
+                help_id = await conversation_messages.queue_agent_message(
                     conn, conversation=conversation, kind="help", body=settings.help_reply
                 )
     except AlreadyRecorded:
@@ -84,7 +84,7 @@ async def receive(
             temporal, settings, conversation, message_id=message_id, sender="USER"
         )
     except TemporalUnavailable:
-        await conversations.forget_messages(pool, [m for m in (message_id, help_id) if m])
+        await conversation_messages.forget_messages(pool, [m for m in (message_id, help_id) if m])
         raise
     if help_id is not None:
         await signal_conversation(

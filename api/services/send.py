@@ -18,7 +18,7 @@ from api.services.batches import AgentNumberNotFound
 from api.services.conversations import signal_conversation
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
-from store import conversations, idempotency, numbers
+from store import conversation_messages, conversations, idempotency, numbers
 from workflows.contracts import SilenceTimers, conversation_workflow_id
 
 # How often a request waits on the first request with its idempotency key.
@@ -208,7 +208,7 @@ async def _send(
             fields=fields,
             close_current=body.new_conversation,
         )
-        message_id = await conversations.queue_agent_message(
+        message_id = await conversation_messages.queue_agent_message(
             conn,
             conversation=conversation,
             kind="message",
@@ -226,7 +226,7 @@ async def _send(
             timers=prepared.timers,
         )
     except HeraldError as error:
-        await conversations.fail_queued_message(
+        await conversation_messages.fail_queued_message(
             pool, message_id, error_code=error.code, error_message=error.message
         )
         raise
