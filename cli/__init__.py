@@ -1,0 +1,1 @@
+"""`herald`: the operators' command line."""
