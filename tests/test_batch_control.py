@@ -13,24 +13,15 @@ from typing import Any
 import httpx
 
 from deploy.local.temporal import TEMPORAL_BIN
-from tests.conftest import Account, Configure, WebhookReceiver
-from tests.helpers import attach, csv_bytes, emulator_messages, unique_numbers
-from tests.test_batch_pipeline import FINAL, phases, start
+from tests.support.batches import FINAL, phases, start
+from tests.support.builders import attach, csv_bytes, unique_numbers
+from tests.support.delivery import received, wait_until_received
+from tests.support.stack import Account, Configure, WebhookReceiver
 
 # With this latency the session's worker sends a few hundred messages a second: a batch of
 # RECIPIENTS runs long enough to be steered in the middle.
 SLOW_CARRIER_MS = 1000
 RECIPIENTS = 4000
-
-
-async def received(emulator_url: str, marker: str) -> list[dict[str, Any]]:
-    return await emulator_messages(emulator_url, body_contains=marker)
-
-
-async def wait_until_received(emulator_url: str, marker: str, count: int) -> None:
-    async with asyncio.timeout(60):
-        while len(await received(emulator_url, marker)) < count:  # noqa: ASYNC110 - polling
-            await asyncio.sleep(0.1)
 
 
 async def start_marked_batch(

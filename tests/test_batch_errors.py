@@ -9,8 +9,8 @@ import pytest
 from settings import Settings
 from store import numbers
 from store.accounts import create_account, create_api_key
-from tests.conftest import Account, api_client
-from tests.helpers import attach, csv_bytes, unique_numbers
+from tests.support.builders import attach, csv_bytes, unique_numbers
+from tests.support.stack import Account, api_client
 
 
 def error_code(response: httpx.Response) -> str:

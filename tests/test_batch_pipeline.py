@@ -6,27 +6,9 @@ import httpx
 from temporalio.client import Client
 
 from settings import Settings
-from tests.conftest import Account, WebhookReceiver, api_client
-from tests.helpers import attach, csv_bytes, emulator_messages, unique_numbers
-
-FINAL = ("completed", "completed_partial", "failed", "cancelled")
-
-
-def phases(events: list[dict]) -> list[str]:
-    """The distinct statuses in arrival order (progress repeats a status)."""
-    seen: list[str] = []
-    for event in events:
-        if not seen or seen[-1] != event["status"]:
-            seen.append(event["status"])
-    return seen
-
-
-async def start(
-    api: httpx.AsyncClient, account: Account, file_id: str, **body: object
-) -> httpx.Response:
-    payload = {"file_id": file_id, "global": {"agent_number": account.agent_number}}
-    payload.update(body)
-    return await api.post("/v1/sms/batch", headers=account.headers, json=payload)
+from tests.support.batches import FINAL, phases, start
+from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
+from tests.support.stack import Account, WebhookReceiver, api_client
 
 
 async def test_ten_thousand_personalised_rows_are_each_sent_once(

@@ -12,11 +12,10 @@ from temporalio.client import Client
 from deploy.local.emulator import Carrier, Faults, running
 from deploy.local.processes import free_port
 from settings import Settings
-from tests.conftest import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
-from tests.delivery import assert_each_row_once, ledger_rows, own_worker, start_batch_of
-from tests.helpers import csv_bytes, emulator_messages, unique_numbers
-from tests.test_batch_outcomes import run_batch
-from tests.test_batch_pipeline import FINAL
+from tests.support.batches import FINAL, run_batch
+from tests.support.builders import csv_bytes, emulator_messages, unique_numbers
+from tests.support.delivery import assert_each_row_once, ledger_rows, own_worker, start_batch_of
+from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
 
 OPTED_OUT_AT_CARRIER = "+15005550004"  # Twilio's magic number for error 21610
 

@@ -21,11 +21,16 @@ from settings import Settings
 from store import numbers
 from store.accounts import create_account, create_api_key
 from store.db import create_pool
-from tests.conftest import SENDER, Account, Configure, WebhookReceiver, api_client
-from tests.delivery import assert_each_row_once, ledger_rows, start_batch_of
-from tests.helpers import unique_numbers
-from tests.test_batch_control import received, wait_until_received
-from tests.test_batch_pipeline import FINAL
+from tests.support.batches import FINAL
+from tests.support.builders import unique_numbers
+from tests.support.delivery import (
+    assert_each_row_once,
+    ledger_rows,
+    received,
+    start_batch_of,
+    wait_until_received,
+)
+from tests.support.stack import SENDER, Account, Configure, WebhookReceiver, api_client
 
 # A dead worker's slices are retried after this, and its workflows taken over after that,
 # rather than after the defaults' 30 s and 10 s.

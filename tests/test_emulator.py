@@ -18,7 +18,7 @@ from twilio.request_validator import RequestValidator
 from deploy.local.emulator import KNOWN_PARAMETERS, MESSAGES_PATH, Carrier, Faults, running
 from deploy.local.processes import free_port
 from settings import Settings
-from tests.conftest import AUTH_TOKEN
+from tests.support.stack import AUTH_TOKEN
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "shared/twilio-oai/twilio_api_v2010.json"
 ACCOUNT_SID = "AC" + "1" * 32

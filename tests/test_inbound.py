@@ -16,9 +16,8 @@ from api.app import create_app
 from deploy.local.processes import free_port
 from settings import Settings
 from store import opt_outs
-from tests.conftest import Account, WebhookReceiver, api_client
-from tests.helpers import emulator_messages, unique_numbers
-from tests.sending import (
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.sending import (
     INBOUND_PATH,
     conversation,
     conversation_when,
@@ -29,6 +28,7 @@ from tests.sending import (
     received_by,
     send_ok,
 )
+from tests.support.stack import Account, WebhookReceiver, api_client
 
 
 @pytest.fixture

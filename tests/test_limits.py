@@ -7,7 +7,7 @@ import httpx
 
 from settings import Settings
 from store.accounts import create_account, create_api_key
-from tests.conftest import Account, api_client
+from tests.support.stack import Account, api_client
 
 
 def error_code(response: httpx.Response) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 from deploy.local.processes import free_port
 from deploy.local.temporal import TEMPORAL_BIN
-from tests.helpers import csv_bytes, unique_numbers
+from tests.support.builders import csv_bytes, unique_numbers
 
 READY_SECONDS = 90
 

@@ -7,11 +7,15 @@ import asyncpg
 import httpx
 
 from store.accounts import create_account, create_api_key
-from tests.conftest import Account, Configure, WebhookReceiver
-from tests.delivery import assert_each_row_once, ledger_rows, start_batch_of
-from tests.helpers import emulator_messages, unique_numbers
-from tests.test_batch_control import wait_until_received
-from tests.test_batch_pipeline import FINAL
+from tests.support.batches import FINAL
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.delivery import (
+    assert_each_row_once,
+    ledger_rows,
+    start_batch_of,
+    wait_until_received,
+)
+from tests.support.stack import Account, Configure, WebhookReceiver
 
 
 def error_code(response: httpx.Response) -> str:

@@ -10,10 +10,10 @@ import httpx
 from twilio.request_validator import RequestValidator
 
 from settings import Settings
-from tests.conftest import AUTH_TOKEN, Account, Configure, WebhookReceiver
-from tests.delivery import ledger_rows, start_batch_of
-from tests.helpers import emulator_messages, unique_numbers
-from tests.test_batch_pipeline import FINAL
+from tests.support.batches import FINAL
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.delivery import ledger_rows, start_batch_of
+from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver
 
 STATUS_PATH = "/v1/webhooks/twilio/status"
 

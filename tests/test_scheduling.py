@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Account, WebhookReceiver
-from tests.helpers import attach, csv_bytes, emulator_messages, unique_numbers
-from tests.test_batch_pipeline import FINAL, phases, start
+from tests.support.batches import FINAL, phases, start
+from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
+from tests.support.stack import Account, WebhookReceiver
 
 
 async def scheduled_batch(

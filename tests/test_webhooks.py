@@ -9,9 +9,9 @@ from datetime import datetime
 import httpx
 from standardwebhooks import Webhook
 
-from tests.conftest import Account, WebhookReceiver
-from tests.helpers import attach, csv_bytes, unique_numbers
-from tests.sending import eventually
+from tests.support.builders import attach, csv_bytes, unique_numbers
+from tests.support.sending import eventually
+from tests.support.stack import Account, WebhookReceiver
 
 FINAL = ("completed", "completed_partial", "failed", "cancelled")
 

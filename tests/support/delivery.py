@@ -1,6 +1,7 @@
 """What delivery tests check after a batch: the ledger row by row against what the carrier
 emulator received, and workers of their own for tests that change carrier settings."""
 
+import asyncio
 import secrets
 import uuid
 from collections import Counter
@@ -12,8 +13,8 @@ import httpx
 from temporalio.client import Client
 
 from settings import Settings
-from tests.conftest import Account, WebhookReceiver
-from tests.helpers import attach, csv_bytes
+from tests.support.builders import attach, csv_bytes, emulator_messages
+from tests.support.stack import Account, WebhookReceiver
 from worker import herald_worker
 
 TERMINAL = {"sent", "delivered", "undelivered", "failed", "skipped", "cancelled", "uncertain"}
@@ -44,6 +45,16 @@ async def start_batch_of(
     )
     assert response.status_code == 200, response.text
     return file_id, marker
+
+
+async def received(emulator_url: str, marker: str) -> list[dict[str, Any]]:
+    return await emulator_messages(emulator_url, body_contains=marker)
+
+
+async def wait_until_received(emulator_url: str, marker: str, count: int) -> None:
+    async with asyncio.timeout(60):
+        while len(await received(emulator_url, marker)) < count:  # noqa: ASYNC110 - polling
+            await asyncio.sleep(0.1)
 
 
 async def ledger_rows(api: httpx.AsyncClient, account: Account, file_id: str) -> list[dict]:

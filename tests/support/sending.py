@@ -9,8 +9,8 @@ import httpx
 from twilio.request_validator import RequestValidator
 
 from settings import Settings
-from tests.conftest import Account
-from tests.helpers import emulator_messages
+from tests.support.builders import emulator_messages
+from tests.support.stack import Account
 
 INBOUND_PATH = "/v1/webhooks/twilio/inbound"
 WAIT_SECONDS = 30
