@@ -21,13 +21,12 @@ from settings import Settings
 from store import numbers
 from store.accounts import create_account, create_api_key
 from store.db import create_pool
-from tests.support.batches import FINAL
+from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import unique_numbers
 from tests.support.delivery import (
     assert_each_row_once,
     ledger_rows,
     received,
-    start_batch_of,
     wait_until_received,
 )
 from tests.support.stack import SENDER, Account, Configure, WebhookReceiver, api_client
@@ -95,7 +94,7 @@ async def test_a_worker_killed_mid_batch_is_replaced_and_no_number_is_sent_twice
     second = worker_process(own, tmp_path / "worker-2.log")
     try:
         async with api_client(own) as api:
-            file_id, marker = await start_batch_of(
+            file_id, marker = await start_marked_batch(
                 api, account, webhooks, unique_numbers(rows_total)
             )
             await wait_until_received(emulator_url, marker, 300)
@@ -144,7 +143,7 @@ async def test_a_crash_after_the_carrier_accepted_leaves_rows_uncertain_not_sent
     second = worker_process(own, tmp_path / "worker-2.log")
     try:
         async with api_client(own) as api:
-            file_id, marker = await start_batch_of(api, account, webhooks, numbers)
+            file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
             await wait_until_received(emulator_url, marker, 5)
             crash(first)
             accepted_before_crash = {m["to"] for m in await received(emulator_url, marker)}
@@ -231,7 +230,7 @@ async def test_temporal_and_postgres_restarted_mid_batch_and_the_batch_completes
         await carrier(latency_ms=1000)
         async with api_client(own) as api:
             account = await new_account(own)
-            file_id, marker = await start_batch_of(
+            file_id, marker = await start_marked_batch(
                 api, account, webhooks, unique_numbers(rows_total)
             )
             await wait_until_received(emulator_url, marker, 200)

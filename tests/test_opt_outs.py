@@ -7,12 +7,11 @@ import asyncpg
 import httpx
 
 from store.accounts import create_account, create_api_key
-from tests.support.batches import FINAL
+from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import (
     assert_each_row_once,
     ledger_rows,
-    start_batch_of,
     wait_until_received,
 )
 from tests.support.stack import Account, Configure, WebhookReceiver
@@ -92,8 +91,8 @@ async def test_a_number_that_opts_out_mid_batch_is_skipped_where_not_yet_sent(
     await carrier(latency_ms=600)
     recipients = unique_numbers(750)
     late = recipients[-1]
-    honouring, honouring_marker = await start_batch_of(api, account, webhooks, recipients)
-    ignoring, ignoring_marker = await start_batch_of(
+    honouring, honouring_marker = await start_marked_batch(api, account, webhooks, recipients)
+    ignoring, ignoring_marker = await start_marked_batch(
         api, account, webhooks, recipients, exclude_opt_outs=False
     )
     await wait_until_received(emulator_url, honouring_marker, 1)

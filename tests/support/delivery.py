@@ -2,7 +2,6 @@
 emulator received, and workers of their own for tests that change carrier settings."""
 
 import asyncio
-import secrets
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -13,38 +12,11 @@ import httpx
 from temporalio.client import Client
 
 from settings import Settings
-from tests.support.builders import attach, csv_bytes, emulator_messages
-from tests.support.stack import Account, WebhookReceiver
+from tests.support.builders import emulator_messages
+from tests.support.stack import Account
 from worker import herald_worker
 
 TERMINAL = {"sent", "delivered", "undelivered", "failed", "skipped", "cancelled", "uncertain"}
-
-
-async def start_batch_of(
-    api: httpx.AsyncClient,
-    account: Account,
-    webhooks: WebhookReceiver,
-    numbers: list[str],
-    **options: object,
-) -> tuple[str, str]:
-    """Start a batch to `numbers`, with request `options`, whose bodies and webhook path carry
-    a fresh marker; (file_id, marker)."""
-    marker = secrets.token_hex(6)
-    file_id = await attach(
-        api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
-    )
-    response = await api.post(
-        "/v1/sms/batch",
-        headers=account.headers,
-        json={
-            "file_id": file_id,
-            "status_webhook": webhooks.url(marker),
-            "global": {"agent_number": account.agent_number, "agent_message": f"d {marker}"},
-            **options,
-        },
-    )
-    assert response.status_code == 200, response.text
-    return file_id, marker
 
 
 async def received(emulator_url: str, marker: str) -> list[dict[str, Any]]:
