@@ -10,13 +10,7 @@ from settings import Settings
 from store import numbers
 from store.accounts import create_account, create_api_key
 from tests.support.builders import attach, csv_bytes, unique_numbers
-from tests.support.stack import Account, api_client
-
-
-def error_code(response: httpx.Response) -> str:
-    body = response.json()
-    assert body["data"] is None
-    return body["errors"][0]["error"]
+from tests.support.stack import Account, api_client, error_code
 
 
 @pytest.fixture

@@ -21,14 +21,13 @@ from tests.support.sending import (
     INBOUND_PATH,
     conversation,
     conversation_when,
-    error_code,
     eventually,
     inbound_form,
     post_inbound,
     received_by,
     send_ok,
 )
-from tests.support.stack import Account, WebhookReceiver, api_client
+from tests.support.stack import Account, WebhookReceiver, api_client, error_code
 
 
 @pytest.fixture

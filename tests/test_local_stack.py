@@ -18,6 +18,7 @@ import pytest
 
 from deploy.local.processes import free_port
 from deploy.local.temporal import TEMPORAL_BIN
+from tests.support.batches import FINAL
 from tests.support.builders import csv_bytes, unique_numbers
 
 READY_SECONDS = 90
@@ -179,7 +180,7 @@ def wait_for_batch(
         batch = httpx.get(
             f"{dev['api_url']}/v1/sms/batch/{file_id}", headers={"authorization": dev["api_key"]}
         ).json()["data"]
-        finished = batch["status"] in ("completed", "completed_partial", "failed", "cancelled")
+        finished = batch["status"] in FINAL
         if (finished and done(batch)) or time.monotonic() > deadline:
             return batch
         time.sleep(0.3)

@@ -14,11 +14,7 @@ from tests.support.delivery import (
     ledger_rows,
     wait_until_received,
 )
-from tests.support.stack import Account, Configure, WebhookReceiver
-
-
-def error_code(response: httpx.Response) -> str:
-    return response.json()["errors"][0]["error"]
+from tests.support.stack import Account, Configure, WebhookReceiver, error_code
 
 
 async def test_opt_outs_are_added_listed_by_page_and_removed(

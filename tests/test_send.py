@@ -21,12 +21,11 @@ from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.sending import (
     conversation,
     conversation_when,
-    error_code,
     received_by,
     send,
     send_ok,
 )
-from tests.support.stack import Account, WebhookReceiver, api_client
+from tests.support.stack import Account, WebhookReceiver, api_client, error_code
 
 SENT = "SMS sent successfully"
 

@@ -98,12 +98,6 @@ async def conversation_when(
     return await eventually(lambda: conversation(api, account, conversation_id), ready)
 
 
-def error_code(response: httpx.Response) -> str:
-    body = response.json()
-    assert body["data"] is None, body
-    return body["errors"][0]["error"]
-
-
 async def send_ok(
     api: httpx.AsyncClient, account: Account, user_number: str, **body: Any
 ) -> dict[str, Any]:

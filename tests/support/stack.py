@@ -28,6 +28,13 @@ async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
+def error_code(response: httpx.Response) -> str:
+    """The code of an error reply's first error, in the `{data, errors}` envelope."""
+    body = response.json()
+    assert body["data"] is None, body
+    return body["errors"][0]["error"]
+
+
 @dataclass
 class Account:
     account_id: uuid.UUID
