@@ -2,15 +2,11 @@
 emulator (all real processes) and an in-process worker. Tests isolate themselves by account,
 ids and phone numbers, never by restarting anything."""
 
-import asyncio
 import json
 import secrets
 import sys
 import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +16,6 @@ import pytest
 from aiohttp import web
 from temporalio.client import Client
 
-from api.app import create_app
 from deploy.local.emulator import Faults
 from deploy.local.postgres import dsn, postgres_process, postgres_ready
 from deploy.local.processes import ManagedProcess, free_port, http_ok
@@ -29,11 +24,16 @@ from settings import Settings
 from store import numbers
 from store.accounts import create_account, create_api_key
 from store.db import create_pool, migrate
+from tests.support.stack import (
+    AUTH_TOKEN,
+    SENDER,
+    Account,
+    Configure,
+    WebhookPost,
+    WebhookReceiver,
+    api_client,
+)
 from worker import herald_worker
-
-AUTH_TOKEN = "dev-auth-token"
-SENDER = "+15005550006"
-WAIT_SECONDS = 60
 
 
 @pytest.fixture(scope="session")
@@ -136,31 +136,10 @@ async def worker(settings: Settings, temporal: Client) -> AsyncIterator[None]:
         yield
 
 
-@asynccontextmanager
-async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The real FastAPI app, lifespan included, over an in-process transport."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:
-            yield client
-
-
 @pytest.fixture(scope="session")
 async def api(settings: Settings, worker: None) -> AsyncIterator[httpx.AsyncClient]:
     async with api_client(settings) as client:
         yield client
-
-
-@dataclass
-class Account:
-    account_id: uuid.UUID
-    key: str
-    agent_number: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"authorization": self.key}
 
 
 @pytest.fixture
@@ -170,9 +149,6 @@ async def account(pool: asyncpg.Pool, worker: None) -> Account:
     key = await create_api_key(pool, account_id)
     await numbers.add_number(pool, account_id, SENDER, "sms", None)
     return Account(account_id=account_id, key=key.key, agent_number=SENDER)
-
-
-Configure = Callable[..., Awaitable[None]]
 
 
 @pytest.fixture
@@ -186,36 +162,6 @@ async def carrier(emulator_url: str) -> AsyncIterator[Configure]:
 
     yield configure
     await configure(**vars(Faults()))
-
-
-@dataclass(frozen=True)
-class WebhookPost:
-    headers: dict[str, str]
-    body: bytes
-    answered: int
-
-
-@dataclass
-class WebhookReceiver:
-    """Collects status webhook posts per path, in arrival order; answers 204 unless told other
-    statuses to answer first (`answers[name]`, used up in order)."""
-
-    base_url: str
-    received: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
-    posts: dict[str, list[WebhookPost]] = field(default_factory=lambda: defaultdict(list))
-    answers: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-
-    def url(self, name: str) -> str:
-        return f"{self.base_url}/{name}"
-
-    async def wait_for(self, name: str, *statuses: str, times: int = 1) -> list[dict[str, Any]]:
-        """The events at `name` once `times` of them have one of `statuses` (a minute at most)."""
-        async with asyncio.timeout(WAIT_SECONDS), self.changed:
-            await self.changed.wait_for(
-                lambda: sum(e["status"] in statuses for e in self.received[name]) >= times
-            )
-        return self.received[name]
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ pause and resume, retry of failed rows, search attributes, and the live event st
 import asyncio
 import base64
 import json
-import secrets
 import subprocess
 import time
 from collections import Counter
@@ -13,44 +12,15 @@ from typing import Any
 import httpx
 
 from deploy.local.temporal import TEMPORAL_BIN
-from tests.conftest import Account, Configure, WebhookReceiver
-from tests.helpers import attach, csv_bytes, emulator_messages, unique_numbers
-from tests.test_batch_pipeline import FINAL, phases, start
+from tests.support.batches import FINAL, phases, start_marked_batch
+from tests.support.builders import unique_numbers
+from tests.support.delivery import received, wait_until_received
+from tests.support.stack import Account, Configure, WebhookReceiver
 
 # With this latency the session's worker sends a few hundred messages a second: a batch of
 # RECIPIENTS runs long enough to be steered in the middle.
 SLOW_CARRIER_MS = 1000
 RECIPIENTS = 4000
-
-
-async def received(emulator_url: str, marker: str) -> list[dict[str, Any]]:
-    return await emulator_messages(emulator_url, body_contains=marker)
-
-
-async def wait_until_received(emulator_url: str, marker: str, count: int) -> None:
-    async with asyncio.timeout(60):
-        while len(await received(emulator_url, marker)) < count:  # noqa: ASYNC110 - polling
-            await asyncio.sleep(0.1)
-
-
-async def start_marked_batch(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, count: int
-) -> tuple[str, str, list[str]]:
-    """A batch of `count` recipients whose bodies carry a marker; (file_id, marker, numbers)."""
-    marker = secrets.token_hex(6)
-    numbers = unique_numbers(count)
-    file_id = await attach(
-        api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
-    )
-    response = await start(
-        api,
-        account,
-        file_id,
-        status_webhook=webhooks.url(marker),
-        **{"global": {"agent_number": account.agent_number, "agent_message": f"m {marker}"}},
-    )
-    assert response.status_code == 200, response.text
-    return file_id, marker, numbers
 
 
 async def ledger_counts(api: httpx.AsyncClient, account: Account, file_id: str) -> dict[str, int]:
@@ -113,7 +83,7 @@ async def test_cancel_through_the_api_stops_sends_and_accounts_for_every_row(
     carrier: Configure,
 ) -> None:
     await carrier(latency_ms=SLOW_CARRIER_MS)
-    file_id, marker, _ = await start_marked_batch(api, account, webhooks, RECIPIENTS)
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(RECIPIENTS))
     await wait_until_received(emulator_url, marker, 200)
 
     response = await api.post(
@@ -141,7 +111,7 @@ async def test_cancel_signal_from_the_temporal_cli(
     carrier: Configure,
 ) -> None:
     await carrier(latency_ms=SLOW_CARRIER_MS)
-    file_id, marker, _ = await start_marked_batch(api, account, webhooks, RECIPIENTS)
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(RECIPIENTS))
     await wait_until_received(emulator_url, marker, 200)
     query = await temporal_cli(
         temporal_address,
@@ -187,7 +157,7 @@ async def test_temporal_cancellation_ends_like_the_cancel_signal(
     carrier: Configure,
 ) -> None:
     await carrier(latency_ms=SLOW_CARRIER_MS)
-    file_id, marker, _ = await start_marked_batch(api, account, webhooks, RECIPIENTS)
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(RECIPIENTS))
     await wait_until_received(emulator_url, marker, 200)
 
     cli = await temporal_cli(
@@ -210,7 +180,8 @@ async def test_pause_holds_every_send_until_resume(
     carrier: Configure,
 ) -> None:
     await carrier(latency_ms=SLOW_CARRIER_MS)
-    file_id, marker, numbers = await start_marked_batch(api, account, webhooks, RECIPIENTS)
+    numbers = unique_numbers(RECIPIENTS)
+    file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
     await wait_until_received(emulator_url, marker, 200)
 
     paused = await api.post(f"/v1/sms/batch/{file_id}/pause", headers=account.headers)
@@ -243,17 +214,7 @@ async def test_retry_sends_the_failed_rows_again_and_nothing_else(
     numbers = unique_numbers(20)
     refused = numbers[:3]
     await carrier(scripted={number: [400] for number in refused})
-    marker = secrets.token_hex(6)
-    file_id = await attach(
-        api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
-    )
-    await start(
-        api,
-        account,
-        file_id,
-        status_webhook=webhooks.url(marker),
-        **{"global": {"agent_number": account.agent_number, "agent_message": f"r {marker}"}},
-    )
+    file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
     first = (await webhooks.wait_for(marker, *FINAL))[-1]
     nothing = await api.post(
         f"/v1/sms/batch/{file_id}/retry", headers=account.headers, json={"statuses": ["uncertain"]}
@@ -291,7 +252,7 @@ async def test_search_attributes_find_the_finished_batch(
     webhooks: WebhookReceiver,
     temporal_address: str,
 ) -> None:
-    file_id, marker, _ = await start_marked_batch(api, account, webhooks, 5)
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(5))
     await webhooks.wait_for(marker, *FINAL)
 
     cli = await temporal_cli(
@@ -329,7 +290,7 @@ async def test_event_stream_carries_progress_and_ends_with_the_final_event(
     carrier: Configure,
 ) -> None:
     await carrier(latency_ms=300)
-    file_id, marker, _ = await start_marked_batch(api, account, webhooks, 3000)
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(3000))
 
     response = await api.get(f"/v1/sms/batch/{file_id}/events", headers=account.headers)
 

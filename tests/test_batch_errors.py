@@ -9,14 +9,8 @@ import pytest
 from settings import Settings
 from store import numbers
 from store.accounts import create_account, create_api_key
-from tests.conftest import Account, api_client
-from tests.helpers import attach, csv_bytes, unique_numbers
-
-
-def error_code(response: httpx.Response) -> str:
-    body = response.json()
-    assert body["data"] is None
-    return body["errors"][0]["error"]
+from tests.support.builders import attach, csv_bytes, unique_numbers
+from tests.support.stack import Account, api_client, error_code
 
 
 @pytest.fixture

@@ -6,32 +6,9 @@ import secrets
 
 import httpx
 
-from tests.conftest import Account, WebhookReceiver
-from tests.helpers import attach, csv_bytes, emulator_messages, unique_numbers
-from tests.test_batch_pipeline import FINAL, phases, start
-
-
-async def run_batch(
-    api: httpx.AsyncClient,
-    account: Account,
-    webhooks: WebhookReceiver,
-    content: bytes,
-    message: str,
-    **body: object,
-) -> tuple[str, list[dict]]:
-    """Attach `content`, start a batch on it, and wait for its final webhook event."""
-    run = secrets.token_hex(6)
-    file_id = await attach(api, account.headers, content)
-    response = await start(
-        api,
-        account,
-        file_id,
-        status_webhook=webhooks.url(run),
-        **{"global": {"agent_number": account.agent_number, "agent_message": message}},
-        **body,
-    )
-    assert response.status_code == 200, response.text
-    return file_id, await webhooks.wait_for(run, *FINAL)
+from tests.support.batches import FINAL, phases, run_batch, start
+from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
+from tests.support.stack import Account, WebhookReceiver
 
 
 async def test_rejected_skipped_and_carrier_failed_rows_end_completed_partial(

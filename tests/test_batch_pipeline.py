@@ -6,27 +6,9 @@ import httpx
 from temporalio.client import Client
 
 from settings import Settings
-from tests.conftest import Account, WebhookReceiver, api_client
-from tests.helpers import attach, csv_bytes, emulator_messages, unique_numbers
-
-FINAL = ("completed", "completed_partial", "failed", "cancelled")
-
-
-def phases(events: list[dict]) -> list[str]:
-    """The distinct statuses in arrival order (progress repeats a status)."""
-    seen: list[str] = []
-    for event in events:
-        if not seen or seen[-1] != event["status"]:
-            seen.append(event["status"])
-    return seen
-
-
-async def start(
-    api: httpx.AsyncClient, account: Account, file_id: str, **body: object
-) -> httpx.Response:
-    payload = {"file_id": file_id, "global": {"agent_number": account.agent_number}}
-    payload.update(body)
-    return await api.post("/v1/sms/batch", headers=account.headers, json=payload)
+from tests.support.batches import FINAL, phases, start, start_marked_batch
+from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
+from tests.support.stack import Account, WebhookReceiver, api_client
 
 
 async def test_ten_thousand_personalised_rows_are_each_sent_once(
@@ -124,24 +106,12 @@ async def test_continue_as_new_keeps_every_run_history_bounded(
     small = settings.model_copy(
         update={"chunk_size": 40, "slice_size": 20, "chunk_window": 2, "chunks_per_run": 3}
     )
-    run = secrets.token_hex(6)
-    numbers = unique_numbers(400)
     async with api_client(small) as api:
-        file_id = await attach(
-            api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
-        )
-        response = await start(
-            api,
-            account,
-            file_id,
-            status_webhook=webhooks.url(run),
-            **{"global": {"agent_number": account.agent_number, "agent_message": f"can {run}"}},
-        )
-        assert response.status_code == 200, response.text
-        events = await webhooks.wait_for(run, *FINAL)
+        file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(400))
+        events = await webhooks.wait_for(marker, *FINAL)
 
     assert events[-1]["status"] == "completed"
-    assert len(await emulator_messages(emulator_url, body_contains=run)) == 400
+    assert len(await emulator_messages(emulator_url, body_contains=marker)) == 400
     workflow_id = f"sms-batch-{file_id}"
     runs = [r async for r in temporal.list_workflows(f'WorkflowId = "{workflow_id}"')]
     assert len(runs) >= 4  # 10 chunks, 3 per run

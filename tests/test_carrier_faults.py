@@ -12,11 +12,10 @@ from temporalio.client import Client
 from deploy.local.emulator import Carrier, Faults, running
 from deploy.local.processes import free_port
 from settings import Settings
-from tests.conftest import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
-from tests.delivery import assert_each_row_once, ledger_rows, own_worker, start_batch_of
-from tests.helpers import csv_bytes, emulator_messages, unique_numbers
-from tests.test_batch_outcomes import run_batch
-from tests.test_batch_pipeline import FINAL
+from tests.support.batches import FINAL, run_batch, start_marked_batch
+from tests.support.builders import csv_bytes, emulator_messages, unique_numbers
+from tests.support.delivery import assert_each_row_once, ledger_rows, own_worker
+from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
 
 OPTED_OUT_AT_CARRIER = "+15005550004"  # Twilio's magic number for error 21610
 
@@ -37,7 +36,7 @@ async def test_a_throttled_message_waits_out_retry_after_and_is_sent_once(
     throttled = numbers[0]
     await carrier(retry_after_seconds=2, scripted={throttled: [429]})
 
-    file_id, marker = await start_batch_of(api, account, webhooks, numbers)
+    file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
     final = (await webhooks.wait_for(marker, *FINAL))[-1]
 
     received = await emulator_messages(emulator_url, body_contains=marker)
@@ -72,7 +71,7 @@ async def test_refusals_at_a_set_rate_end_with_every_row_sent_once(
     before = (await refused_by_code(emulator_url)).get(refusal_code, 0)
     await carrier(**faults)
 
-    file_id, marker = await start_batch_of(api, account, webhooks, unique_numbers(60))
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(60))
     final = (await webhooks.wait_for(marker, *FINAL))[-1]
 
     refused = (await refused_by_code(emulator_url)).get(refusal_code, 0) - before
@@ -99,7 +98,7 @@ async def test_sends_that_time_out_end_uncertain_and_are_never_sent_again(
         own_worker(temporal, settings, carrier_timeout_seconds=0.5) as own,
         api_client(own) as api,
     ):
-        file_id, marker = await start_batch_of(api, account, webhooks, unique_numbers(60))
+        file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(60))
         final = (await webhooks.wait_for(marker, *FINAL))[-1]
         rows = await ledger_rows(api, account, file_id)
     await asyncio.sleep(1)  # the requests the worker stopped waiting for still land
@@ -127,7 +126,7 @@ async def test_a_carrier_that_refuses_connections_is_retried_until_it_answers(
         own_worker(temporal, settings, twilio_api_url=f"http://127.0.0.1:{port}") as own,
         api_client(own) as api,
     ):
-        file_id, marker = await start_batch_of(api, account, webhooks, numbers)
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
         async with asyncio.timeout(30):
             while True:
                 refused_twice = await ledger_rows(api, account, file_id)

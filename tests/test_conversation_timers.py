@@ -11,15 +11,15 @@ import httpx
 from temporalio.client import Client
 
 from settings import Settings
-from tests.conftest import Account, WebhookReceiver, api_client
-from tests.helpers import emulator_messages, unique_numbers
-from tests.sending import (
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.sending import (
     conversation_when,
     inbound_form,
     post_inbound,
     received_by,
     send_ok,
 )
+from tests.support.stack import Account, WebhookReceiver, api_client
 from worker import herald_worker
 
 TIMERS = {

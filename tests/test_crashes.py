@@ -21,11 +21,15 @@ from settings import Settings
 from store import numbers
 from store.accounts import create_account, create_api_key
 from store.db import create_pool
-from tests.conftest import SENDER, Account, Configure, WebhookReceiver, api_client
-from tests.delivery import assert_each_row_once, ledger_rows, start_batch_of
-from tests.helpers import unique_numbers
-from tests.test_batch_control import received, wait_until_received
-from tests.test_batch_pipeline import FINAL
+from tests.support.batches import FINAL, start_marked_batch
+from tests.support.builders import unique_numbers
+from tests.support.delivery import (
+    assert_each_row_once,
+    ledger_rows,
+    received,
+    wait_until_received,
+)
+from tests.support.stack import SENDER, Account, Configure, WebhookReceiver, api_client
 
 # A dead worker's slices are retried after this, and its workflows taken over after that,
 # rather than after the defaults' 30 s and 10 s.
@@ -90,7 +94,7 @@ async def test_a_worker_killed_mid_batch_is_replaced_and_no_number_is_sent_twice
     second = worker_process(own, tmp_path / "worker-2.log")
     try:
         async with api_client(own) as api:
-            file_id, marker = await start_batch_of(
+            file_id, marker = await start_marked_batch(
                 api, account, webhooks, unique_numbers(rows_total)
             )
             await wait_until_received(emulator_url, marker, 300)
@@ -139,7 +143,7 @@ async def test_a_crash_after_the_carrier_accepted_leaves_rows_uncertain_not_sent
     second = worker_process(own, tmp_path / "worker-2.log")
     try:
         async with api_client(own) as api:
-            file_id, marker = await start_batch_of(api, account, webhooks, numbers)
+            file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
             await wait_until_received(emulator_url, marker, 5)
             crash(first)
             accepted_before_crash = {m["to"] for m in await received(emulator_url, marker)}
@@ -226,7 +230,7 @@ async def test_temporal_and_postgres_restarted_mid_batch_and_the_batch_completes
         await carrier(latency_ms=1000)
         async with api_client(own) as api:
             account = await new_account(own)
-            file_id, marker = await start_batch_of(
+            file_id, marker = await start_marked_batch(
                 api, account, webhooks, unique_numbers(rows_total)
             )
             await wait_until_received(emulator_url, marker, 200)

@@ -8,8 +8,8 @@ import pytest
 
 from egress import PinnedTransport, UnsafeURL, checked_addresses, refusal
 from settings import Settings
-from tests.conftest import Account, WebhookReceiver, api_client
-from tests.helpers import attach, csv_bytes, unique_numbers
+from tests.support.builders import attach, csv_bytes, unique_numbers
+from tests.support.stack import Account, WebhookReceiver, api_client
 
 REFUSED = [
     "127.0.0.1",  # loopback

@@ -18,9 +18,10 @@ from twilio.request_validator import RequestValidator
 from deploy.local.emulator import KNOWN_PARAMETERS, MESSAGES_PATH, Carrier, Faults, running
 from deploy.local.processes import free_port
 from settings import Settings
-from tests.conftest import AUTH_TOKEN
+from tests.support.stack import AUTH_TOKEN
 
-SPEC_PATH = Path(__file__).resolve().parents[2] / "shared/twilio-oai/twilio_api_v2010.json"
+# The CreateMessage part of Twilio's OpenAPI document; source and licence in data/README.md.
+SPEC_PATH = Path(__file__).parent / "data" / "twilio_api_v2010_messages.json"
 ACCOUNT_SID = "AC" + "1" * 32
 
 

@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import (
 from api.app import create_app
 from deploy.local.processes import free_port
 from settings import Settings
-from tests.conftest import Account
+from tests.support.stack import Account
 
 # What the issue asks of every reply. Not `positive_data_acceptance`: a schema-valid request may
 # still name nothing of this account (404) or break a rule the schema cannot say (400).

@@ -16,19 +16,18 @@ from api.app import create_app
 from deploy.local.processes import free_port
 from settings import Settings
 from store import opt_outs
-from tests.conftest import Account, WebhookReceiver, api_client
-from tests.helpers import emulator_messages, unique_numbers
-from tests.sending import (
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.sending import (
     INBOUND_PATH,
     conversation,
     conversation_when,
-    error_code,
     eventually,
     inbound_form,
     post_inbound,
     received_by,
     send_ok,
 )
+from tests.support.stack import Account, WebhookReceiver, api_client, error_code
 
 
 @pytest.fixture

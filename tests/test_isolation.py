@@ -17,10 +17,9 @@ from starlette.routing import Route
 from api.app import create_app
 from store import numbers
 from store.accounts import create_account, create_api_key
-from tests.helpers import attach, csv_bytes, unique_numbers
-from tests.sending import eventually
-
-FINAL = ("completed", "completed_partial", "failed", "cancelled")
+from tests.support.batches import FINAL
+from tests.support.builders import attach, csv_bytes, unique_numbers
+from tests.support.sending import eventually
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,10 @@
 from collections.abc import AsyncIterator
 
 import asyncpg
-import httpx
 
 from settings import Settings
 from store.accounts import create_account, create_api_key
-from tests.conftest import Account, api_client
-
-
-def error_code(response: httpx.Response) -> str:
-    return response.json()["errors"][0]["error"]
+from tests.support.stack import Account, api_client, error_code
 
 
 async def test_a_json_body_over_the_limit_is_refused_before_it_is_read(

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,8 @@ import pytest
 
 from deploy.local.processes import free_port
 from deploy.local.temporal import TEMPORAL_BIN
-from tests.helpers import csv_bytes, unique_numbers
+from tests.support.batches import FINAL
+from tests.support.builders import csv_bytes, unique_numbers
 
 READY_SECONDS = 90
 
@@ -63,6 +65,34 @@ def launched(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], dict]
         if launcher.poll() is None:
             launcher.send_signal(signal.SIGINT)
         launcher.wait(60)
+
+
+@pytest.mark.parametrize("name", PORTS)
+def test_a_taken_port_stops_the_launcher_before_it_starts_anything(
+    name: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    ports = {f"HERALD_{port}": str(free_port()) for port in PORTS}
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        ports[f"HERALD_{name}"] = str(other.getsockname()[1])
+        launcher = subprocess.run(
+            [sys.executable, "-m", "deploy.local"],
+            env={**env, **ports, "HERALD_HOME": str(tmp_path / "home")},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    assert launcher.returncode == 1, launcher.stdout + launcher.stderr
+    assert "Herald is ready" not in launcher.stdout
+    taken = [line for line in launcher.stderr.splitlines() if "is taken" in line]
+    assert len(taken) == 1, launcher.stderr
+    assert f"127.0.0.1:{ports[f'HERALD_{name}']} " in taken[0]
+    assert f"HERALD_{name}=" in taken[0]
+    assert list((tmp_path / "home").iterdir()) == []
 
 
 def test_launcher_is_ready_then_leaves_no_process_behind(stack_env: dict[str, str]) -> None:
@@ -150,7 +180,7 @@ def wait_for_batch(
         batch = httpx.get(
             f"{dev['api_url']}/v1/sms/batch/{file_id}", headers={"authorization": dev["api_key"]}
         ).json()["data"]
-        finished = batch["status"] in ("completed", "completed_partial", "failed", "cancelled")
+        finished = batch["status"] in FINAL
         if (finished and done(batch)) or time.monotonic() > deadline:
             return batch
         time.sleep(0.3)

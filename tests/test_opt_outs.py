@@ -7,15 +7,14 @@ import asyncpg
 import httpx
 
 from store.accounts import create_account, create_api_key
-from tests.conftest import Account, Configure, WebhookReceiver
-from tests.delivery import assert_each_row_once, ledger_rows, start_batch_of
-from tests.helpers import emulator_messages, unique_numbers
-from tests.test_batch_control import wait_until_received
-from tests.test_batch_pipeline import FINAL
-
-
-def error_code(response: httpx.Response) -> str:
-    return response.json()["errors"][0]["error"]
+from tests.support.batches import FINAL, start_marked_batch
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.delivery import (
+    assert_each_row_once,
+    ledger_rows,
+    wait_until_received,
+)
+from tests.support.stack import Account, Configure, WebhookReceiver, error_code
 
 
 async def test_opt_outs_are_added_listed_by_page_and_removed(
@@ -88,8 +87,8 @@ async def test_a_number_that_opts_out_mid_batch_is_skipped_where_not_yet_sent(
     await carrier(latency_ms=600)
     recipients = unique_numbers(750)
     late = recipients[-1]
-    honouring, honouring_marker = await start_batch_of(api, account, webhooks, recipients)
-    ignoring, ignoring_marker = await start_batch_of(
+    honouring, honouring_marker = await start_marked_batch(api, account, webhooks, recipients)
+    ignoring, ignoring_marker = await start_marked_batch(
         api, account, webhooks, recipients, exclude_opt_outs=False
     )
     await wait_until_received(emulator_url, honouring_marker, 1)

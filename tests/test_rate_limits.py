@@ -9,9 +9,9 @@ import httpx
 from temporalio.client import Client
 
 from settings import Settings
-from tests.conftest import Account, WebhookReceiver
-from tests.helpers import attach, csv_bytes, emulator_messages, unique_numbers
-from tests.test_batch_pipeline import FINAL, start
+from tests.support.batches import run_batch
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.stack import Account, WebhookReceiver
 from worker import herald_worker
 
 
@@ -21,26 +21,6 @@ async def set_limit(api: httpx.AsyncClient, account: Account, mps: float | None)
     )
     assert response.status_code == 200, response.text
     assert response.json()["data"]["mps"] == mps
-
-
-async def send_batch(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, count: int, marker: str
-) -> str:
-    run = secrets.token_hex(6)
-    numbers = unique_numbers(count)
-    file_id = await attach(
-        api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
-    )
-    response = await start(
-        api,
-        account,
-        file_id,
-        status_webhook=webhooks.url(run),
-        **{"global": {"agent_number": account.agent_number, "agent_message": marker}},
-    )
-    assert response.status_code == 200, response.text
-    await webhooks.wait_for(run, *FINAL)
-    return file_id
 
 
 def rate(received: list[dict[str, Any]]) -> float:
@@ -56,7 +36,7 @@ async def test_a_batch_never_sends_faster_than_its_sender_allows(
     for mps, count in ((10, 41), (200, 1001)):
         await set_limit(api, account, mps)
         marker = f"rate {mps} {secrets.token_hex(6)}"
-        await send_batch(api, account, webhooks, count, marker)
+        await run_batch(api, account, webhooks, unique_numbers(count), marker)
         received = await emulator_messages(emulator_url, body_contains=marker)
         assert len(received) == count
         measured[mps] = rate(received)
@@ -80,7 +60,9 @@ async def test_the_limit_holds_across_concurrent_batches_and_workers(
     other_client = await Client.connect(settings.temporal_target)
 
     async with herald_worker(other_client, settings) as second_worker, second_worker:
-        await asyncio.gather(*(send_batch(api, account, webhooks, 40, marker) for _ in range(3)))
+        await asyncio.gather(
+            *(run_batch(api, account, webhooks, unique_numbers(40), marker) for _ in range(3))
+        )
 
     received = await emulator_messages(emulator_url, body_contains=marker)
     assert len(received) == 120

@@ -10,10 +10,10 @@ import httpx
 from twilio.request_validator import RequestValidator
 
 from settings import Settings
-from tests.conftest import AUTH_TOKEN, Account, Configure, WebhookReceiver
-from tests.delivery import ledger_rows, start_batch_of
-from tests.helpers import emulator_messages, unique_numbers
-from tests.test_batch_pipeline import FINAL
+from tests.support.batches import FINAL, start_marked_batch
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.delivery import ledger_rows
+from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver
 
 STATUS_PATH = "/v1/webhooks/twilio/status"
 
@@ -50,7 +50,7 @@ async def sent_batch(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, count: int
 ) -> tuple[str, list[dict]]:
     """A finished batch of `count` sent messages, and its ledger rows in seq order."""
-    file_id, marker = await start_batch_of(api, account, webhooks, unique_numbers(count))
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(count))
     await webhooks.wait_for(marker, *FINAL)
     rows = await ledger_rows(api, account, file_id)
     assert {r["status"] for r in rows} == {"sent"}
@@ -64,7 +64,7 @@ async def test_every_message_asks_the_carrier_for_receipts_at_the_public_url(
     emulator_url: str,
     settings: Settings,
 ) -> None:
-    _, marker = await start_batch_of(api, account, webhooks, unique_numbers(5))
+    _, marker = await start_marked_batch(api, account, webhooks, unique_numbers(5))
     await webhooks.wait_for(marker, *FINAL)
 
     received = await emulator_messages(emulator_url, body_contains=marker)
@@ -147,7 +147,7 @@ async def test_a_receipt_that_comes_before_its_send_is_recorded_is_applied_then(
 ) -> None:
     # Answers take 0-2 s; a slice records its outcomes only when its last answer is in.
     await carrier(latency_jitter_ms=2000)
-    file_id, marker = await start_batch_of(api, account, webhooks, unique_numbers(20))
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(20))
     async with asyncio.timeout(10):
         while not (accepted := await emulator_messages(emulator_url, body_contains=marker)):  # noqa: ASYNC110
             await asyncio.sleep(0.05)

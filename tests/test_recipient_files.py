@@ -12,10 +12,9 @@ import pytest
 from api.services.batch_exports import spreadsheet_safe
 from settings import Settings
 from store.opt_outs import add_opt_out
-from tests.conftest import Account, WebhookReceiver, api_client
-from tests.helpers import csv_bytes, emulator_messages, unique_numbers
-from tests.test_batch_outcomes import run_batch
-from tests.test_batch_pipeline import phases
+from tests.support.batches import phases, run_batch
+from tests.support.builders import csv_bytes, emulator_messages, unique_numbers
+from tests.support.stack import Account, WebhookReceiver, api_client
 
 
 async def get_batch(api: httpx.AsyncClient, account: Account, batch_id: str) -> dict:

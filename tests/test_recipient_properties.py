@@ -25,21 +25,8 @@ from activities.recipients.rows import (
     variable_sources,
 )
 from activities.recipients.segments import classify
+from tests.support.builders import PHONE_CELLS
 
-NUMBERS = [
-    "+12015550123",
-    "12015550123",
-    "+1 (201) 555-0123",
-    "+12015550124",
-    "+447911123456",
-    "447911123456",
-    "+33612345678",
-    "12",
-    "+1201555012",
-    "call me",
-    "",
-    "  ",
-]
 # Cell text: commas, quotes, line breaks, spaces and non-Latin letters, but no NUL (binary)
 # and no lone surrogates (not encodable).
 CELL = st.text(
@@ -56,7 +43,7 @@ class Line:
 
 
 LINES = st.lists(
-    st.one_of(st.tuples(st.sampled_from(NUMBERS), CELL).map(Line), st.just(Line(None))),
+    st.one_of(st.tuples(st.sampled_from(PHONE_CELLS), CELL).map(Line), st.just(Line(None))),
     max_size=40,
 )
 
@@ -167,7 +154,7 @@ HEADERS = [
 # Rows as cells, some shorter or longer than the header, some blank.
 ROWS = st.lists(
     st.lists(
-        st.sampled_from(NUMBERS)
+        st.sampled_from(PHONE_CELLS)
         | st.sampled_from(["Ann", "", " ", "Zoë", "Yo {{name}}", "Hey", "{{name}}{{name}}"]),
         max_size=4,
     ),

@@ -22,11 +22,11 @@ from activities.recipients.rows import (
     build_recipients,
     read_rows,
 )
-from tests.test_recipient_properties import NUMBERS as PROPERTY_NUMBERS
+from tests.support.builders import PHONE_CELLS
 
-# The property tests' numbers (none holds a comma or a quote), and cells the column path
+# The shared phone cells (none holds a comma or a quote), and cells the column path
 # leaves to phonenumbers: a national prefix after the code, other digits, no region.
-NUMBERS = [*PROPERTY_NUMBERS, "+4407911123456", "+114155552671", "+١٤١٥٥٥٥٢٦٧١", "+80012345678"]
+NUMBERS = [*PHONE_CELLS, "+4407911123456", "+114155552671", "+١٤١٥٥٥٥٢٦٧١", "+80012345678"]
 # Text a plain CSV cell can hold: no quote, comma or line break; whitespace of every kind,
 # GSM-7 extension characters, other scripts, characters beyond the BMP.
 CELL = st.text(

@@ -2,36 +2,14 @@
 sends over the window, and rows not sent by `expire_at` end `expired`."""
 
 import itertools
-import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from tests.conftest import Account, WebhookReceiver
-from tests.helpers import attach, csv_bytes, emulator_messages, unique_numbers
-from tests.test_batch_pipeline import FINAL, phases, start
-
-
-async def scheduled_batch(
-    api: httpx.AsyncClient,
-    account: Account,
-    webhooks: WebhookReceiver,
-    count: int,
-    **timing: Any,
-) -> tuple[str, str, httpx.Response]:
-    marker = secrets.token_hex(6)
-    content = csv_bytes(["phone_number"], [[n] for n in unique_numbers(count)])
-    file_id = await attach(api, account.headers, content)
-    response = await start(
-        api,
-        account,
-        file_id,
-        status_webhook=webhooks.url(marker),
-        **{"global": {"agent_number": account.agent_number, "agent_message": f"t {marker}"}},
-        **timing,
-    )
-    return file_id, marker, response
+from tests.support.batches import FINAL, phases, start, start_marked_batch
+from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
+from tests.support.stack import Account, WebhookReceiver
 
 
 def received_times(received: list[dict[str, Any]]) -> list[float]:
@@ -43,12 +21,11 @@ async def test_a_scheduled_batch_waits_then_sends(
 ) -> None:
     at = datetime.now(UTC) + timedelta(seconds=3)
 
-    _, marker, response = await scheduled_batch(
-        api, account, webhooks, 5, schedule_at=at.isoformat()
+    _, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(5), schedule_at=at.isoformat()
     )
     events = await webhooks.wait_for(marker, *FINAL)
 
-    assert response.status_code == 200, response.text
     assert phases(events)[:3] == ["validating", "waiting_for_scheduled_messages", "dispatching"]
     assert events[-1]["status"] == "completed"
     times = received_times(await emulator_messages(emulator_url, body_contains=marker))
@@ -61,7 +38,9 @@ async def test_a_past_schedule_means_now(
 ) -> None:
     past = datetime.now(UTC) - timedelta(hours=1)
 
-    _, marker, _ = await scheduled_batch(api, account, webhooks, 2, schedule_at=past.isoformat())
+    _, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(2), schedule_at=past.isoformat()
+    )
     events = await webhooks.wait_for(marker, *FINAL)
 
     assert "waiting_for_scheduled_messages" not in phases(events)
@@ -73,7 +52,9 @@ async def test_spread_hours_paces_the_sends_over_the_window(
 ) -> None:
     window = 4.0  # seconds
 
-    _, marker, _ = await scheduled_batch(api, account, webhooks, 9, spread_hours=window / 3600)
+    _, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(9), spread_hours=window / 3600
+    )
     events = await webhooks.wait_for(marker, *FINAL)
 
     assert events[-1]["status"] == "completed"
@@ -90,8 +71,13 @@ async def test_rows_not_sent_by_expire_at_end_expired(
 ) -> None:
     expire_at = datetime.now(UTC) + timedelta(seconds=3)
 
-    file_id, marker, _ = await scheduled_batch(
-        api, account, webhooks, 10, spread_hours=10 / 3600, expire_at=expire_at.isoformat()
+    file_id, marker = await start_marked_batch(
+        api,
+        account,
+        webhooks,
+        unique_numbers(10),
+        spread_hours=10 / 3600,
+        expire_at=expire_at.isoformat(),
     )
     events = await webhooks.wait_for(marker, *FINAL)
 
@@ -113,21 +99,22 @@ async def test_rows_not_sent_by_expire_at_end_expired(
 
 
 async def test_an_expiry_before_the_schedule_is_refused(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+    api: httpx.AsyncClient, account: Account
 ) -> None:
     at = datetime.now(UTC) + timedelta(hours=2)
 
-    _, _, response = await scheduled_batch(
+    file_id = await attach(api, account.headers, csv_bytes(["phone_number"], [unique_numbers(1)]))
+
+    response = await start(
         api,
         account,
-        webhooks,
-        1,
+        file_id,
         schedule_at=at.isoformat(),
         expire_at=(at - timedelta(hours=1)).isoformat(),
     )
-    naive = await scheduled_batch(api, account, webhooks, 1, schedule_at="2030-01-01T00:00:00")
+    naive = await start(api, account, file_id, schedule_at="2030-01-01T00:00:00")
 
     assert response.status_code == 400
     assert response.json()["errors"][0]["error"] == "INVALID_SCHEDULE"
-    assert naive[2].status_code == 400
-    assert naive[2].json()["errors"][0]["error"] == "INVALID_SCHEDULE"
+    assert naive.status_code == 400
+    assert naive.json()["errors"][0]["error"] == "INVALID_SCHEDULE"

@@ -17,16 +17,15 @@ from api.services.send import prepare
 from settings import Settings
 from store import idempotency, numbers, opt_outs
 from store.accounts import create_account, create_api_key
-from tests.conftest import Account, WebhookReceiver, api_client
-from tests.helpers import emulator_messages, unique_numbers
-from tests.sending import (
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.sending import (
     conversation,
     conversation_when,
-    error_code,
     received_by,
     send,
     send_ok,
 )
+from tests.support.stack import Account, WebhookReceiver, api_client, error_code
 
 SENT = "SMS sent successfully"
 

@@ -9,28 +9,10 @@ from datetime import datetime
 import httpx
 from standardwebhooks import Webhook
 
-from tests.conftest import Account, WebhookReceiver
-from tests.helpers import attach, csv_bytes, unique_numbers
-from tests.sending import eventually
-
-FINAL = ("completed", "completed_partial", "failed", "cancelled")
-
-
-async def start_batch(api: httpx.AsyncClient, account: Account, url: str) -> str:
-    file_id = await attach(
-        api, account.headers, csv_bytes(["phone_number"], [[n] for n in unique_numbers(2)])
-    )
-    response = await api.post(
-        "/v1/sms/batch",
-        headers=account.headers,
-        json={
-            "file_id": file_id,
-            "status_webhook": url,
-            "global": {"agent_number": account.agent_number, "agent_message": "hello"},
-        },
-    )
-    assert response.status_code == 200, response.text
-    return file_id
+from tests.support.batches import FINAL, start_marked_batch
+from tests.support.builders import unique_numbers
+from tests.support.sending import eventually
+from tests.support.stack import Account, WebhookReceiver
 
 
 async def rotate(api: httpx.AsyncClient, account: Account) -> str:
@@ -54,7 +36,7 @@ async def test_every_post_verifies_with_the_accounts_secret(
 ) -> None:
     secret = await rotate(api, account)
     run = secrets.token_hex(6)
-    batch_id = await start_batch(api, account, webhooks.url(run))
+    batch_id, _ = await start_marked_batch(api, account, webhooks, unique_numbers(2), marker=run)
     await webhooks.wait_for(run, *FINAL)
 
     posts = webhooks.posts[run]
@@ -87,7 +69,7 @@ async def test_during_a_rotation_both_secrets_verify(
     assert state["previous_valid_until"] is not None
 
     run = secrets.token_hex(6)
-    await start_batch(api, account, webhooks.url(run))
+    await start_marked_batch(api, account, webhooks, unique_numbers(2), marker=run)
     await webhooks.wait_for(run, *FINAL)
 
     post = webhooks.posts[run][0]
@@ -102,7 +84,7 @@ async def test_failed_posts_are_retried_in_order_with_a_stable_id(
     run = secrets.token_hex(6)
     # The first event: a 500, a redirect (not followed, not a success), a 503, then 204.
     webhooks.answers[run] = [500, 302, 503]
-    batch_id = await start_batch(api, account, webhooks.url(run))
+    batch_id, _ = await start_marked_batch(api, account, webhooks, unique_numbers(2), marker=run)
     await webhooks.wait_for(run, *FINAL)
 
     posts = webhooks.posts[run]
@@ -137,7 +119,7 @@ async def test_a_failing_receiver_never_holds_the_batch_back(
 ) -> None:
     run = secrets.token_hex(6)
     webhooks.answers[run] = [500] * 100
-    batch_id = await start_batch(api, account, webhooks.url(run))
+    batch_id, _ = await start_marked_batch(api, account, webhooks, unique_numbers(2), marker=run)
 
     detail = await eventually(
         lambda: api.get(f"/v1/sms/batch/{batch_id}", headers=account.headers),
@@ -155,7 +137,7 @@ async def test_410_gone_turns_the_batchs_webhook_off(
 ) -> None:
     run = secrets.token_hex(6)
     webhooks.answers[run] = [410]
-    batch_id = await start_batch(api, account, webhooks.url(run))
+    batch_id, _ = await start_marked_batch(api, account, webhooks, unique_numbers(2), marker=run)
     await eventually(
         lambda: api.get(f"/v1/sms/batch/{batch_id}/logs", headers=account.headers),
         lambda r: any(e["status"] in FINAL for e in r.json()["data"]["events"]),

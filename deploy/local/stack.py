@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from deploy.local.dev_account import ensure_dev_account
 from deploy.local.postgres import dsn, postgres_process, postgres_ready
-from deploy.local.processes import ManagedProcess, http_ok
+from deploy.local.processes import ManagedProcess, http_ok, port_free
 from deploy.local.temporal import temporal_process, temporal_ready
 from settings import Settings
 
@@ -24,6 +24,36 @@ READY_TIMEOUT = 60.0
 
 class Stop(Exception):
     """SIGINT or SIGTERM reached the process that owns the stack."""
+
+
+class PortsTaken(Exception):
+    """Ports the stack would listen on are in use: started anyway, its readiness checks would
+    be answered by the other process's services."""
+
+
+def check_ports(settings: Settings) -> None:
+    """Raise PortsTaken, naming each taken port and the setting that moves it, before
+    anything starts."""
+    wanted = [("API", "HERALD_API_PORT", settings.api_host, settings.api_port)]
+    if settings.database_url is None:
+        wanted.append(("PostgreSQL", "HERALD_POSTGRES_PORT", "127.0.0.1", settings.postgres_port))
+    if settings.temporal_address is None:
+        wanted.append(("Temporal", "HERALD_TEMPORAL_PORT", "127.0.0.1", settings.temporal_port))
+        wanted.append(
+            ("Temporal UI", "HERALD_TEMPORAL_UI_PORT", "127.0.0.1", settings.temporal_ui_port)
+        )
+    if settings.twilio_api_url is None:
+        wanted.append(("emulator", "HERALD_EMULATOR_PORT", "127.0.0.1", settings.emulator_port))
+    taken = [
+        f"  {host}:{port} ({what}) is taken; {variable}=<free port> moves it"
+        for what, variable, host, port in wanted
+        if not port_free(port, host)
+    ]
+    if taken:
+        raise PortsTaken(
+            "Not started: another process (another `make run`?) listens where this stack would.\n"
+            + "\n".join(taken)
+        )
 
 
 def _raise_stop(signum: int, _frame: object) -> None:
@@ -47,6 +77,7 @@ def running(processes: list[ManagedProcess]) -> Iterator[list[ManagedProcess]]:
 
 def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str]:
     """Start everything, appending each child to `processes` as soon as it exists."""
+    check_ports(settings)
     home = settings.home.resolve()
     logs = home / "logs"
     env = dict(os.environ)

@@ -10,6 +10,22 @@ import httpx
 from activities.recipients.phones import to_e164
 
 AREA_CODES = (201, 212, 213, 305, 312, 404, 415, 503, 617, 702, 718, 917)
+# Phone cells of each kind a recipient file holds: E.164, national, formatted, foreign, too
+# short, words, blank.
+PHONE_CELLS = [
+    "+12015550123",
+    "12015550123",
+    "+1 (201) 555-0123",
+    "+12015550124",
+    "+447911123456",
+    "447911123456",
+    "+33612345678",
+    "12",
+    "+1201555012",
+    "call me",
+    "",
+    "  ",
+]
 
 
 def unique_numbers(count: int, rng: random.Random | None = None) -> list[str]:

@@ -9,8 +9,8 @@ import httpx
 from twilio.request_validator import RequestValidator
 
 from settings import Settings
-from tests.conftest import Account
-from tests.helpers import emulator_messages
+from tests.support.builders import emulator_messages
+from tests.support.stack import Account
 
 INBOUND_PATH = "/v1/webhooks/twilio/inbound"
 WAIT_SECONDS = 30
@@ -96,12 +96,6 @@ async def conversation_when(
     ready: Callable[[dict[str, Any]], bool],
 ) -> dict[str, Any]:
     return await eventually(lambda: conversation(api, account, conversation_id), ready)
-
-
-def error_code(response: httpx.Response) -> str:
-    body = response.json()
-    assert body["data"] is None, body
-    return body["errors"][0]["error"]
 
 
 async def send_ok(

@@ -1,7 +1,7 @@
 """What delivery tests check after a batch: the ledger row by row against what the carrier
 emulator received, and workers of their own for tests that change carrier settings."""
 
-import secrets
+import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -12,38 +12,21 @@ import httpx
 from temporalio.client import Client
 
 from settings import Settings
-from tests.conftest import Account, WebhookReceiver
-from tests.helpers import attach, csv_bytes
+from tests.support.builders import emulator_messages
+from tests.support.stack import Account
 from worker import herald_worker
 
 TERMINAL = {"sent", "delivered", "undelivered", "failed", "skipped", "cancelled", "uncertain"}
 
 
-async def start_batch_of(
-    api: httpx.AsyncClient,
-    account: Account,
-    webhooks: WebhookReceiver,
-    numbers: list[str],
-    **options: object,
-) -> tuple[str, str]:
-    """Start a batch to `numbers`, with request `options`, whose bodies and webhook path carry
-    a fresh marker; (file_id, marker)."""
-    marker = secrets.token_hex(6)
-    file_id = await attach(
-        api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
-    )
-    response = await api.post(
-        "/v1/sms/batch",
-        headers=account.headers,
-        json={
-            "file_id": file_id,
-            "status_webhook": webhooks.url(marker),
-            "global": {"agent_number": account.agent_number, "agent_message": f"d {marker}"},
-            **options,
-        },
-    )
-    assert response.status_code == 200, response.text
-    return file_id, marker
+async def received(emulator_url: str, marker: str) -> list[dict[str, Any]]:
+    return await emulator_messages(emulator_url, body_contains=marker)
+
+
+async def wait_until_received(emulator_url: str, marker: str, count: int) -> None:
+    async with asyncio.timeout(60):
+        while len(await received(emulator_url, marker)) < count:  # noqa: ASYNC110 - polling
+            await asyncio.sleep(0.1)
 
 
 async def ledger_rows(api: httpx.AsyncClient, account: Account, file_id: str) -> list[dict]:

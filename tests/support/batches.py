@@ -1,0 +1,79 @@
+"""The batch driver: start batches through the API and follow them to their end."""
+
+import secrets
+
+import httpx
+
+from tests.support.builders import attach, csv_bytes
+from tests.support.stack import Account, WebhookReceiver
+
+FINAL = ("completed", "completed_partial", "failed", "cancelled")
+
+
+def phases(events: list[dict]) -> list[str]:
+    """The distinct statuses in arrival order (progress repeats a status)."""
+    seen: list[str] = []
+    for event in events:
+        if not seen or seen[-1] != event["status"]:
+            seen.append(event["status"])
+    return seen
+
+
+async def start(
+    api: httpx.AsyncClient, account: Account, file_id: str, **body: object
+) -> httpx.Response:
+    payload = {"file_id": file_id, "global": {"agent_number": account.agent_number}}
+    payload.update(body)
+    return await api.post("/v1/sms/batch", headers=account.headers, json=payload)
+
+
+async def start_marked_batch(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    recipients: list[str] | bytes,
+    *,
+    message: str | None = None,
+    marker: str | None = None,
+    **options: object,
+) -> tuple[str, str]:
+    """Attach `recipients` (numbers, or a whole file) and start a batch on them with request
+    `options`; check it started. The marker (fresh unless given) names the batch's webhook
+    path and, unless `message` is given, is in every body. Returns (file_id, marker)."""
+    marker = marker or secrets.token_hex(6)
+    content = (
+        recipients
+        if isinstance(recipients, bytes)
+        else csv_bytes(["phone_number"], [[n] for n in recipients])
+    )
+    file_id = await attach(api, account.headers, content)
+    response = await start(
+        api,
+        account,
+        file_id,
+        status_webhook=webhooks.url(marker),
+        **{
+            "global": {
+                "agent_number": account.agent_number,
+                "agent_message": f"batch {marker}" if message is None else message,
+            }
+        },
+        **options,
+    )
+    assert response.status_code == 200, response.text
+    return file_id, marker
+
+
+async def run_batch(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    recipients: list[str] | bytes,
+    message: str | None = None,
+    **options: object,
+) -> tuple[str, list[dict]]:
+    """Start a marked batch and wait for its final webhook event; (file_id, its events)."""
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, recipients, message=message, **options
+    )
+    return file_id, await webhooks.wait_for(marker, *FINAL)

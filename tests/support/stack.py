@@ -1,0 +1,79 @@
+"""The session stack as tests see it: an account, the webhook receiver, the in-process API."""
+
+import asyncio
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from api.app import create_app
+from settings import Settings
+
+AUTH_TOKEN = "dev-auth-token"
+SENDER = "+15005550006"
+WAIT_SECONDS = 60
+
+
+@asynccontextmanager
+async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The real FastAPI app, lifespan included, over an in-process transport."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:
+            yield client
+
+
+def error_code(response: httpx.Response) -> str:
+    """The code of an error reply's first error, in the `{data, errors}` envelope."""
+    body = response.json()
+    assert body["data"] is None, body
+    return body["errors"][0]["error"]
+
+
+@dataclass
+class Account:
+    account_id: uuid.UUID
+    key: str
+    agent_number: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": self.key}
+
+
+Configure = Callable[..., Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class WebhookPost:
+    headers: dict[str, str]
+    body: bytes
+    answered: int
+
+
+@dataclass
+class WebhookReceiver:
+    """Collects status webhook posts per path, in arrival order; answers 204 unless told other
+    statuses to answer first (`answers[name]`, used up in order)."""
+
+    base_url: str
+    received: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    posts: dict[str, list[WebhookPost]] = field(default_factory=lambda: defaultdict(list))
+    answers: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/{name}"
+
+    async def wait_for(self, name: str, *statuses: str, times: int = 1) -> list[dict[str, Any]]:
+        """The events at `name` once `times` of them have one of `statuses` (a minute at most)."""
+        async with asyncio.timeout(WAIT_SECONDS), self.changed:
+            await self.changed.wait_for(
+                lambda: sum(e["status"] in statuses for e in self.received[name]) >= times
+            )
+        return self.received[name]

@@ -1,0 +1,59 @@
+"""The local stack's PostgreSQL starts from a project no other user may enter (a clone in a
+`mktemp -d` folder or in /root), run as root or not, and changes no folder's permissions."""
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import asyncpg
+
+from deploy.local.postgres import dsn, postgres_process, postgres_ready
+from deploy.local.processes import free_port
+
+
+def modes(path: Path, top: Path) -> dict[Path, int]:
+    """The mode of `path` and of every folder above it up to `top`. (Not beyond: other test
+    sessions on this machine share /tmp/pytest-of-<user>, whose mode pytest itself resets.)"""
+    folders = [folder for folder in [path, *path.parents] if folder.is_relative_to(top)]
+    return {folder: folder.stat().st_mode for folder in folders}
+
+
+async def start_and_query(data_dir: Path, log_path: Path) -> int:
+    port = free_port()
+    pg = postgres_process(data_dir, port, log_path, ephemeral=True).start()
+    try:
+        await asyncio.to_thread(pg.wait_until, lambda: postgres_ready(port), 60)
+        connection = await asyncpg.connect(dsn(port))
+        try:
+            return await connection.fetchval("SELECT 1")
+        finally:
+            await connection.close()
+    finally:
+        await asyncio.to_thread(pg.stop)
+
+
+async def test_postgres_starts_from_a_folder_only_its_owner_may_enter(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o700)
+    home = locked / "clone" / ".herald"
+    home.mkdir(parents=True)
+    before = modes(home, tmp_path)
+
+    answer = await start_and_query(home / "postgres", home / "logs" / "postgres.log")
+
+    assert answer == 1
+    assert modes(home, tmp_path) == before
+    assert oct(locked.stat().st_mode & 0o777) == oct(0o700)
+
+
+async def test_a_removed_homes_cluster_is_gone_after_the_next_start(tmp_path: Path) -> None:
+    """As `make bench` and the test sessions remove their homes: no cluster stays behind."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    await start_and_query(first / "postgres", first / "postgres.log")
+    cluster = (first / "postgres").resolve()
+    shutil.rmtree(first)
+
+    await start_and_query(second / "postgres", second / "postgres.log")
+
+    assert not cluster.exists()
