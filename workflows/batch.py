@@ -69,7 +69,9 @@ class BatchWorkflow:
         self._cancel_reason: str | None = None
         self._expired = False
         self._chunks: dict[int, workflow.ChildWorkflowHandle[ChunkWorkflow, SendCounts]] = {}
-        self._chunk_tasks: set[asyncio.Task[None]] = set()
+        # Insertion-ordered, like everything a workflow iterates: a set's order follows
+        # memory addresses, which differ on replay.
+        self._chunk_tasks: dict[asyncio.Task[None], None] = {}
         self._chunks_done = 0
         self._totals = SendCounts()
         # Chunks finish concurrently; events must still get consecutive seqs, in order.
@@ -295,8 +297,8 @@ class BatchWorkflow:
             state.next_chunk += 1
             started_here += 1
             task = asyncio.create_task(self._run_chunk(state, index))
-            self._chunk_tasks.add(task)
-            task.add_done_callback(self._chunk_tasks.discard)
+            self._chunk_tasks[task] = None
+            task.add_done_callback(self._forget_chunk_task)
         await self._chunks_finished()
         return await self._finish()
 
@@ -342,6 +344,9 @@ class BatchWorkflow:
                     f"Dispatched: {state.dispatched}. MPS: {state.dispatched / elapsed:.1f}."
                 ),
             )
+
+    def _forget_chunk_task(self, task: asyncio.Task[None]) -> None:
+        self._chunk_tasks.pop(task, None)
 
     async def _chunks_finished(self) -> None:
         """Wait for the running chunks; unlike gather, a cancellation of this workflow does

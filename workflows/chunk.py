@@ -37,7 +37,8 @@ class ChunkWorkflow:
         self._in_flight = 0
         self._paused = False
         self._stopping = False
-        self._sends: set[asyncio.Task[SendCounts]] = set()
+        # Insertion-ordered: cancelling them is a command each, in this order, on replay too.
+        self._sends: dict[asyncio.Task[SendCounts], None] = {}
         self._interrupted: set[asyncio.Task[SendCounts]] = set()
         self._counts = SendCounts()
 
@@ -103,7 +104,7 @@ class ChunkWorkflow:
                         cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                     )
                 )
-                self._sends.add(send)
+                self._sends[send] = None
                 try:
                     counts = await send
                 except (asyncio.CancelledError, ActivityError):
@@ -111,7 +112,7 @@ class ChunkWorkflow:
                         raise
                     continue
                 finally:
-                    self._sends.discard(send)
+                    self._sends.pop(send, None)
                     self._interrupted.discard(send)
                 self._counts.sent += counts.sent
                 self._counts.failed += counts.failed
