@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         AGENT_NUMBER,
         BATCH_ID,
         BATCH_STATUS,
+        BATCH_WORKFLOW,
         RECIPIENT_COUNT,
         BatchCounts,
         BatchInput,
@@ -52,7 +53,7 @@ PROGRESS_EVERY = timedelta(seconds=1)
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
-@workflow.defn
+@workflow.defn(name=BATCH_WORKFLOW)
 class BatchWorkflow:
     def __init__(self) -> None:
         self._events_recorded = 0

@@ -15,7 +15,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.contracts import ChunkInput, SendCounts, SendSliceInput
+    from workflows.contracts import CHUNK_WORKFLOW, ChunkInput, SendCounts, SendSliceInput
 
 SPREAD_SLICE_SECONDS = 300
 # A spread slice's activity starts this early, to claim its rows before its first send time.
@@ -31,7 +31,7 @@ SEND_RETRY = RetryPolicy(
 )
 
 
-@workflow.defn
+@workflow.defn(name=CHUNK_WORKFLOW)
 class ChunkWorkflow:
     def __init__(self) -> None:
         self._in_flight = 0

@@ -22,6 +22,13 @@ SEARCH_ATTRIBUTES = {
 }
 
 
+# Workflow type names, fixed apart from the class names: running workflows and recorded
+# histories carry them, and the API starts workflows by them without importing the classes.
+BATCH_WORKFLOW = "BatchWorkflow"
+CHUNK_WORKFLOW = "ChunkWorkflow"
+CONVERSATION_WORKFLOW = "ConversationWorkflow"
+
+
 def batch_workflow_id(batch_id: str) -> str:
     return f"sms-batch-{batch_id}"
 

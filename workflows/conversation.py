@@ -15,6 +15,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
+        CONVERSATION_WORKFLOW,
         ConversationEvent,
         ConversationInput,
         ConversationRef,
@@ -45,7 +46,7 @@ EVENT_RETRY = RetryPolicy(
 )
 
 
-@workflow.defn
+@workflow.defn(name=CONVERSATION_WORKFLOW)
 class ConversationWorkflow:
     def __init__(self) -> None:
         self._queue: list[ConversationSignal] = []

@@ -35,6 +35,7 @@ from workflows.contracts import (
     AGENT_NUMBER,
     BATCH_ID,
     BATCH_STATUS,
+    BATCH_WORKFLOW,
     BatchInput,
     DispatchSettings,
     Timing,
@@ -186,7 +187,7 @@ async def _start_workflow(
 ) -> None:
     try:
         await temporal.start_workflow(
-            "BatchWorkflow",
+            BATCH_WORKFLOW,
             input,
             id=batch["workflow_id"],
             task_queue=settings.task_queue,
