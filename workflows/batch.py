@@ -11,7 +11,6 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
@@ -40,15 +39,8 @@ with workflow.unsafe.imports_passed_through():
         ValidateInput,
         ValidationResult,
     )
+    from workflows.retries import DB_RETRY, VALIDATE_RETRY
 
-DB_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
-)
-VALIDATE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=5,
-)
 PROGRESS_EVERY = timedelta(seconds=1)
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 

@@ -11,24 +11,15 @@ import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import CHUNK_WORKFLOW, ChunkInput, SendCounts, SendSliceInput
+    from workflows.retries import SLICE_RETRY
 
 SPREAD_SLICE_SECONDS = 300
 # A spread slice's activity starts this early, to claim its rows before its first send time.
 SPREAD_LEAD_SECONDS = 2
-SEND_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    non_retryable_error_types=[
-        # The batch row or its ledger is gone: retrying cannot bring it back.
-        "BatchNotFound",
-    ],
-)
 
 
 @workflow.defn(name=CHUNK_WORKFLOW)
@@ -99,7 +90,7 @@ class ChunkWorkflow:
                         result_type=SendCounts,
                         start_to_close_timeout=timedelta(minutes=10),
                         heartbeat_timeout=timedelta(seconds=input.send_heartbeat_timeout_seconds),
-                        retry_policy=SEND_RETRY,
+                        retry_policy=SLICE_RETRY,
                         # Wait for the activity to record what it sent before moving on.
                         cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                     )

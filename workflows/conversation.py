@@ -10,7 +10,6 @@ from datetime import timedelta
 from typing import NoReturn
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
@@ -26,24 +25,9 @@ with workflow.unsafe.imports_passed_through():
         SendMessageInput,
         SendMessageResult,
     )
+    from workflows.retries import DB_RETRY, EVENT_RETRY, MESSAGE_ATTEMPTS, MESSAGE_RETRY
 
 AGENT = "AGENT"
-# A message the carrier keeps deferring is failed after this many attempts (about a minute).
-SEND_ATTEMPTS = 6
-SEND_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=SEND_ATTEMPTS,
-)
-DB_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
-)
-EVENT_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=5,
-)
 
 
 @workflow.defn(name=CONVERSATION_WORKFLOW)
@@ -123,7 +107,7 @@ class ConversationWorkflow:
                 self._state.timers = signal.timers
             await self._send(
                 signal.conversation_id,
-                SendMessageInput(message_id=signal.message_id, attempts=SEND_ATTEMPTS),
+                SendMessageInput(message_id=signal.message_id, attempts=MESSAGE_ATTEMPTS),
             )
             if live and signal.kind == "message":
                 self._restart_clock()
@@ -175,7 +159,7 @@ class ConversationWorkflow:
             self._input.conversation_id,
             SendMessageInput(
                 message_id=str(workflow.uuid4()),
-                attempts=SEND_ATTEMPTS,
+                attempts=MESSAGE_ATTEMPTS,
                 conversation_id=self._input.conversation_id,
                 kind=kind,
                 body=body,
@@ -189,7 +173,7 @@ class ConversationWorkflow:
                 message,
                 result_type=SendMessageResult,
                 start_to_close_timeout=timedelta(minutes=2),
-                retry_policy=SEND_RETRY,
+                retry_policy=MESSAGE_RETRY,
             )
         except ActivityError as error:
             # The conversation goes on; the message keeps the state its last attempt left.
