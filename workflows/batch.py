@@ -14,6 +14,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.ledger import LedgerActivities
+    from activities.status_events import StatusEventActivities
+    from activities.validation import ValidationActivities
     from workflows.chunk import ChunkWorkflow
     from workflows.contracts import (
         ACCOUNT_ID,
@@ -33,11 +36,9 @@ with workflow.unsafe.imports_passed_through():
         FinishInput,
         Pace,
         ReopenInput,
-        ReopenResult,
         SendCounts,
         StatusUpdate,
         ValidateInput,
-        ValidationResult,
     )
     from workflows.retries import DB_RETRY, VALIDATE_RETRY
 
@@ -177,10 +178,9 @@ class BatchWorkflow:
     async def _validate(self) -> DispatchState | BatchResult:
         await self._report("validating")
         try:
-            validation: ValidationResult = await workflow.execute_activity(
-                "validate_recipients",
+            validation = await workflow.execute_activity_method(
+                ValidationActivities.validate_recipients,
                 ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
-                result_type=ValidationResult,
                 start_to_close_timeout=timedelta(minutes=30),
                 heartbeat_timeout=timedelta(minutes=1),
                 retry_policy=VALIDATE_RETRY,
@@ -223,10 +223,9 @@ class BatchWorkflow:
     async def _reopen(self) -> DispatchState | BatchResult:
         """A retry run: put the requested rows back to `pending`, then send as usual."""
         statuses = self._input.retry_statuses or []
-        reopened: ReopenResult = await workflow.execute_activity(
-            "reopen_rows",
+        reopened = await workflow.execute_activity_method(
+            LedgerActivities.reopen_rows,
             ReopenInput(batch_id=self._input.batch_id, statuses=statuses),
-            result_type=ReopenResult,
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=DB_RETRY,
         )
@@ -370,10 +369,9 @@ class BatchWorkflow:
     async def _finish(self) -> BatchResult:
         cancelled = self._cancel_reason is not None
         pending_as = "cancelled" if cancelled else "expired" if self._expired else None
-        counts: BatchCounts = await workflow.execute_activity(
-            "finish_ledger",
+        counts = await workflow.execute_activity_method(
+            LedgerActivities.finish_ledger,
             FinishInput(batch_id=self._input.batch_id, close_pending_as=pending_as),
-            result_type=BatchCounts,
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=DB_RETRY,
         )
@@ -427,8 +425,8 @@ class BatchWorkflow:
             if status != self._status:
                 self._status = status
                 workflow.upsert_search_attributes([BATCH_STATUS.value_set(status)])
-            await workflow.execute_activity(
-                "record_status",
+            await workflow.execute_activity_method(
+                StatusEventActivities.record_status,
                 StatusUpdate(
                     batch_id=self._input.batch_id,
                     workflow_id=workflow.info().workflow_id,
@@ -457,10 +455,9 @@ class BatchWorkflow:
             if self._events_delivered >= self._events_recorded:
                 return
             target = self._events_recorded
-            delivery: DeliverEventsResult | None = await workflow.execute_activity(
-                "deliver_status_events",
+            delivery: DeliverEventsResult | None = await workflow.execute_activity_method(
+                StatusEventActivities.deliver_status_events,
                 DeliverEventsInput(batch_id=self._input.batch_id),
-                result_type=DeliverEventsResult,
                 start_to_close_timeout=timedelta(minutes=10),
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=DB_RETRY,

@@ -14,6 +14,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.sending import SendingActivities
     from workflows.contracts import CHUNK_WORKFLOW, ChunkInput, SendCounts, SendSliceInput
     from workflows.retries import SLICE_RETRY
 
@@ -78,8 +79,8 @@ class ChunkWorkflow:
                 if self._stopping:
                     return
                 send = asyncio.create_task(
-                    workflow.execute_activity(
-                        "send_slice",
+                    workflow.execute_activity_method(
+                        SendingActivities.send_slice,
                         SendSliceInput(
                             batch_id=input.batch_id,
                             agent_number=input.agent_number,
@@ -87,7 +88,6 @@ class ChunkWorkflow:
                             end=end,
                             pace=input.pace,
                         ),
-                        result_type=SendCounts,
                         start_to_close_timeout=timedelta(minutes=10),
                         heartbeat_timeout=timedelta(seconds=input.send_heartbeat_timeout_seconds),
                         retry_policy=SLICE_RETRY,

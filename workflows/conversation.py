@@ -13,6 +13,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.conversations import ConversationActivities
     from workflows.contracts import (
         CONVERSATION_WORKFLOW,
         ConversationEvent,
@@ -23,7 +24,6 @@ with workflow.unsafe.imports_passed_through():
         ConversationState,
         EndConversationInput,
         SendMessageInput,
-        SendMessageResult,
     )
     from workflows.retries import DB_RETRY, EVENT_RETRY, MESSAGE_ATTEMPTS, MESSAGE_RETRY
 
@@ -57,10 +57,9 @@ class ConversationWorkflow:
 
     async def _begin(self) -> None:
         """A run started by a late signal for a conversation that already ended only sends it."""
-        state: str = await workflow.execute_activity(
-            "conversation_state",
+        state = await workflow.execute_activity_method(
+            ConversationActivities.conversation_state,
             ConversationRef(conversation_id=self._input.conversation_id),
-            result_type=str,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
         )
@@ -168,10 +167,9 @@ class ConversationWorkflow:
 
     async def _send(self, conversation_id: str, message: SendMessageInput) -> None:
         try:
-            await workflow.execute_activity(
-                "send_conversation_message",
+            await workflow.execute_activity_method(
+                ConversationActivities.send_conversation_message,
                 message,
-                result_type=SendMessageResult,
                 start_to_close_timeout=timedelta(minutes=2),
                 retry_policy=MESSAGE_RETRY,
             )
@@ -183,8 +181,8 @@ class ConversationWorkflow:
         )
 
     async def _end(self, state: str) -> None:
-        await workflow.execute_activity(
-            "end_conversation",
+        await workflow.execute_activity_method(
+            ConversationActivities.end_conversation,
             EndConversationInput(conversation_id=self._input.conversation_id, state=state),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
@@ -217,8 +215,8 @@ class ConversationWorkflow:
         while True:
             await workflow.wait_condition(lambda: bool(self._events))
             try:
-                await workflow.execute_activity(
-                    "post_conversation_event",
+                await workflow.execute_activity_method(
+                    ConversationActivities.post_conversation_event,
                     self._events[0],
                     start_to_close_timeout=timedelta(minutes=1),
                     retry_policy=EVENT_RETRY,
