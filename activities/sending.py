@@ -19,6 +19,7 @@ from activities.resources import WorkerResources
 from store import batches, messages, opt_outs
 from store.db import UNAVAILABLE
 from workflows.contracts import SendCounts, SendSliceInput
+from workflows.statuses import LedgerStatus
 
 log = structlog.get_logger(__name__)
 
@@ -179,11 +180,11 @@ def _outcomes(
     """Ledger outcomes of a slice; a message not sent, or deferred by the carrier, goes back
     to `pending`."""
     return [
-        messages.Outcome(seq=m.seq, status="pending")
+        messages.Outcome(seq=m.seq, status=LedgerStatus.PENDING)
         if r is None or r.verdict is Verdict.RETRY
         else messages.Outcome(
             seq=m.seq,
-            status=r.verdict.value,
+            status=LedgerStatus(r.verdict.value),
             carrier_sid=r.sid,
             error_code=r.error_code,
             error_message=r.error_message,

@@ -5,7 +5,7 @@ from typing import Any
 
 import asyncpg
 
-FINAL_STATUSES = ("completed", "completed_partial", "failed", "cancelled")
+from workflows.statuses import FINAL_BATCH_STATUSES, BatchStatus
 
 _BATCH_COLUMNS = (
     "id, account_id, workflow_id, name, agent_number, request, status, code, reason,"
@@ -90,7 +90,7 @@ async def set_status(
     pool: asyncpg.Pool,
     batch_id: uuid.UUID,
     *,
-    status: str,
+    status: BatchStatus,
     code: str | None = None,
     reason: str | None = None,
 ) -> None:
@@ -103,7 +103,7 @@ async def set_status(
         status,
         code,
         reason,
-        list(FINAL_STATUSES),
+        list(FINAL_BATCH_STATUSES),
     )
 
 

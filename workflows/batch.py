@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         ValidateInput,
     )
     from workflows.retries import DB_RETRY, VALIDATE_RETRY
+    from workflows.statuses import BatchStatus, LedgerStatus
 
 PROGRESS_EVERY = timedelta(seconds=1)
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
@@ -55,11 +56,11 @@ class BatchWorkflow:
         # Set when this run continues as new: its pump leaves waiting retries to the next run.
         self._handing_over = False
         self._last_progress = 0.0
-        self._status = "queued"
+        self._status = BatchStatus.QUEUED
         self._state: DispatchState | None = None
         self._paused = False
         # The phase a resume returns to; phases reached while paused are kept for then.
-        self._resume_status = "queued"
+        self._resume_status = BatchStatus.QUEUED
         self._cancel_reason: str | None = None
         self._expired = False
         self._chunks: dict[int, workflow.ChildWorkflowHandle[ChunkWorkflow, SendCounts]] = {}
@@ -86,7 +87,7 @@ class BatchWorkflow:
         self._paused = True
         self._resume_status = self._status
         await self._signal_chunks(ChunkWorkflow.pause)
-        await self._report("paused")
+        await self._report(BatchStatus.PAUSED)
 
     @workflow.signal
     async def resume(self) -> None:
@@ -130,7 +131,7 @@ class BatchWorkflow:
             self._events_recorded = self._events_delivered = state.event_seq
             self._resume_status = state.status
             self._paused = state.paused
-            self._status = "paused" if state.paused else state.status
+            self._status = BatchStatus.PAUSED if state.paused else state.status
             self._chunks_done = state.chunks_done
             self._totals = SendCounts(sent=state.sent, failed=state.failed)
         pump = asyncio.create_task(self._deliver_events())
@@ -176,7 +177,7 @@ class BatchWorkflow:
         return await self._dispatch(state)
 
     async def _validate(self) -> DispatchState | BatchResult:
-        await self._report("validating")
+        await self._report(BatchStatus.VALIDATING)
         try:
             validation = await workflow.execute_activity_method(
                 ValidationActivities.validate_recipients,
@@ -203,7 +204,7 @@ class BatchWorkflow:
             )
         await self._wait_for_schedule()
         await self._report(
-            "dispatching",
+            BatchStatus.DISPATCHING,
             message=f"Requested: {validation.rows_total}. Validated: {sendable}.",
         )
         return await self._start_sending(validation.rows_total, validation.recipients)
@@ -214,7 +215,9 @@ class BatchWorkflow:
         if delay <= 0:
             return
         when = datetime.fromtimestamp(self._input.timing.schedule_at, UTC).isoformat()
-        await self._report("waiting_for_scheduled_messages", message=f"Scheduled for {when}.")
+        await self._report(
+            BatchStatus.WAITING_FOR_SCHEDULED_MESSAGES, message=f"Scheduled for {when}."
+        )
         with contextlib.suppress(asyncio.TimeoutError):
             await workflow.wait_condition(
                 lambda: self._cancel_reason is not None, timeout=timedelta(seconds=delay)
@@ -230,14 +233,14 @@ class BatchWorkflow:
             retry_policy=DB_RETRY,
         )
         await self._report(
-            "dispatching",
+            BatchStatus.DISPATCHING,
             message=f"Retrying {reopened.reopened} rows ({', '.join(statuses)}).",
         )
         return await self._start_sending(reopened.rows_total, reopened.recipients)
 
     async def _start_sending(self, rows_total: int, recipients: int) -> DispatchState:
         chunks = -(-recipients // self._input.dispatch.chunk_size)
-        status = "in_progress_chunked" if chunks > 1 else "in_progress"
+        status = BatchStatus.IN_PROGRESS_CHUNKED if chunks > 1 else BatchStatus.IN_PROGRESS
         await self._report(status)
         now = workflow.now().timestamp()
         timing = self._input.timing
@@ -368,7 +371,9 @@ class BatchWorkflow:
 
     async def _finish(self) -> BatchResult:
         cancelled = self._cancel_reason is not None
-        pending_as = "cancelled" if cancelled else "expired" if self._expired else None
+        pending_as = (
+            LedgerStatus.CANCELLED if cancelled else LedgerStatus.EXPIRED if self._expired else None
+        )
         counts = await workflow.execute_activity_method(
             LedgerActivities.finish_ledger,
             FinishInput(batch_id=self._input.batch_id, close_pending_as=pending_as),
@@ -377,28 +382,32 @@ class BatchWorkflow:
         )
         if cancelled:
             return await self._report_final(
-                "cancelled", counts, code="cancelled", reason=self._cancel_reason
+                BatchStatus.CANCELLED, counts, code="cancelled", reason=self._cancel_reason
             )
         # An `uncertain` row may have reached the carrier: then "no message was accepted"
         # is not known, and the batch ends `completed_partial` with its counts.
         if counts.successful == 0 and counts.uncertain == 0:
             return await self._report_final(
-                "failed", counts, code="all_sends_failed", reason="no message was accepted"
+                BatchStatus.FAILED,
+                counts,
+                code="all_sends_failed",
+                reason="no message was accepted",
             )
         partial = (
             counts.failed + counts.skipped + counts.uncertain + counts.cancelled + counts.expired
         )
-        return await self._report_final("completed_partial" if partial else "completed", counts)
+        status = BatchStatus.COMPLETED_PARTIAL if partial else BatchStatus.COMPLETED
+        return await self._report_final(status, counts)
 
     async def _finish_failed(
         self, code: str, reason: str | None, *, rows_total: int
     ) -> BatchResult:
         counts = BatchCounts(total=rows_total, skipped=rows_total)
-        return await self._report_final("failed", counts, code=code, reason=reason)
+        return await self._report_final(BatchStatus.FAILED, counts, code=code, reason=reason)
 
     async def _report_final(
         self,
-        status: str,
+        status: BatchStatus,
         counts: BatchCounts,
         *,
         code: str | None = None,
@@ -409,7 +418,7 @@ class BatchWorkflow:
 
     async def _report(
         self,
-        status: str,
+        status: BatchStatus,
         *,
         message: str | None = None,
         code: str | None = None,
@@ -417,7 +426,7 @@ class BatchWorkflow:
         counts: BatchCounts | None = None,
     ) -> None:
         """Record a lifecycle event (batch row, search attribute, log) and queue its webhook."""
-        if self._paused and counts is None and status != "paused":
+        if self._paused and counts is None and status != BatchStatus.PAUSED:
             self._resume_status = status
             return
         async with self._report_lock:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from temporalio.common import SearchAttributeKey
 
+from workflows.statuses import BatchStatus, ConversationStatus, LedgerStatus
+
 BATCH_STATUS = SearchAttributeKey.for_keyword("BatchStatus")
 BATCH_ID = SearchAttributeKey.for_keyword("BatchId")
 ACCOUNT_ID = SearchAttributeKey.for_keyword("AccountId")
@@ -84,7 +86,7 @@ class DispatchState:
     dispatched: int
     event_seq: int
     dispatch_started: float
-    status: str
+    status: BatchStatus
     paused: bool = False
     pace: Pace = field(default_factory=Pace)
     # What the `progress` query has counted so far.
@@ -102,7 +104,7 @@ class BatchInput:
     state: DispatchState | None = None
     limits: ValidationLimits = field(default_factory=ValidationLimits)
     # A retry run of a finished batch: these ledger statuses are sent again, no validation.
-    retry_statuses: list[str] | None = None
+    retry_statuses: list[LedgerStatus] | None = None
     # Events already recorded for this batch by earlier runs: a retry numbers on from there.
     first_event_seq: int = 0
     timing: Timing = field(default_factory=Timing)
@@ -112,7 +114,7 @@ class BatchInput:
 class BatchProgress:
     """The `progress` query's answer: the batch's phase and what its chunks have done."""
 
-    status: str
+    status: BatchStatus
     paused: bool
     cancel_reason: str | None
     rows_total: int
@@ -137,7 +139,7 @@ class BatchCounts:
 
 @dataclass(kw_only=True)
 class BatchResult:
-    status: str
+    status: BatchStatus
     counts: BatchCounts
     code: str | None = None
     reason: str | None = None
@@ -164,7 +166,7 @@ class StatusUpdate:
     batch_id: str
     workflow_id: str
     event_seq: int
-    status: str
+    status: BatchStatus
     message: str | None = None
     code: str | None = None
     reason: str | None = None
@@ -214,13 +216,13 @@ class SendCounts:
 class FinishInput:
     batch_id: str
     # The terminal status of rows still `pending` (a cancelled or expired batch), if any.
-    close_pending_as: str | None = None
+    close_pending_as: LedgerStatus | None = None
 
 
 @dataclass(kw_only=True)
 class ReopenInput:
     batch_id: str
-    statuses: list[str]
+    statuses: list[LedgerStatus]
 
 
 @dataclass(kw_only=True)
@@ -286,7 +288,7 @@ class ConversationInput:
 @dataclass(kw_only=True)
 class ConversationResult:
     conversation_id: str
-    state: str
+    state: ConversationStatus
 
 
 @dataclass(kw_only=True)
@@ -309,7 +311,7 @@ class SendMessageResult:
 @dataclass(kw_only=True)
 class EndConversationInput:
     conversation_id: str
-    state: str
+    state: ConversationStatus
 
 
 @dataclass(kw_only=True)
@@ -318,7 +320,7 @@ class ConversationEvent:
 
     conversation_id: str
     message_id: str | None = None
-    state: str | None = None
+    state: ConversationStatus | None = None
 
 
 @dataclass(kw_only=True)

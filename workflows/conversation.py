@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         SendMessageInput,
     )
     from workflows.retries import DB_RETRY, EVENT_RETRY, MESSAGE_ATTEMPTS, MESSAGE_RETRY
+    from workflows.statuses import ConversationStatus
 
 AGENT = "AGENT"
 
@@ -36,7 +37,7 @@ class ConversationWorkflow:
         self._queue: list[ConversationSignal] = []
         self._events: list[ConversationEvent] = []
         self._state = ConversationState()
-        self._end_state: str | None = None
+        self._end_state: ConversationStatus | None = None
 
     @workflow.signal
     def message(self, signal: ConversationSignal) -> None:
@@ -63,7 +64,7 @@ class ConversationWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
         )
-        if state != "active":
+        if state != ConversationStatus.ACTIVE:
             self._end_state = state
             return
         self._notify(ConversationEvent(conversation_id=self._input.conversation_id, state=state))
@@ -151,7 +152,7 @@ class ConversationWorkflow:
         if text:
             await self._send_own(kind, text)
         if kind == "timeout":
-            await self._end("timeout")
+            await self._end(ConversationStatus.TIMEOUT)
 
     async def _send_own(self, kind: str, body: str) -> None:
         await self._send(
@@ -180,7 +181,7 @@ class ConversationWorkflow:
             ConversationEvent(conversation_id=conversation_id, message_id=message.message_id)
         )
 
-    async def _end(self, state: str) -> None:
+    async def _end(self, state: ConversationStatus) -> None:
         await workflow.execute_activity_method(
             ConversationActivities.end_conversation,
             EndConversationInput(conversation_id=self._input.conversation_id, state=state),
@@ -193,7 +194,7 @@ class ConversationWorkflow:
     async def _hand_over(self) -> NoReturn:
         """Close this conversation and continue as new as the next one of the pair."""
         if self._end_state is None:
-            await self._end("closed")
+            await self._end(ConversationStatus.CLOSED)
         await workflow.wait_condition(lambda: not self._events)
         following = min(self._queue, key=lambda s: s.conversation_seq)
         workflow.continue_as_new(
