@@ -5,6 +5,7 @@ from typing import Any
 
 import asyncpg
 
+from workflows.contracts import BatchNotFound
 from workflows.statuses import FINAL_BATCH_STATUSES, BatchStatus
 
 _BATCH_COLUMNS = (
@@ -58,8 +59,11 @@ async def get_batch(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UU
 
 
 async def batch_for_workflow(pool: asyncpg.Pool, batch_id: uuid.UUID) -> dict:
-    """The batch row, unfiltered by account: for activities, which act for the workflow."""
+    """The batch row, unfiltered by account: for activities, which act for the workflow.
+    Raises BatchNotFound, which fails the activity without retries, when there is none."""
     row = await pool.fetchrow(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = $1", batch_id)
+    if row is None:
+        raise BatchNotFound(str(batch_id))
     return dict(row)
 
 

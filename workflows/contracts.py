@@ -6,6 +6,7 @@ New fields always get defaults, so histories of running workflows keep replaying
 from dataclasses import dataclass, field
 
 from temporalio.common import SearchAttributeKey
+from temporalio.exceptions import ApplicationError
 
 from workflows.statuses import BatchStatus, ConversationStatus, LedgerStatus
 
@@ -33,6 +34,14 @@ CONVERSATION_WORKFLOW = "ConversationWorkflow"
 
 def batch_workflow_id(batch_id: str) -> str:
     return f"sms-batch-{batch_id}"
+
+
+class BatchNotFound(ApplicationError):
+    """An activity's batch row is gone: no retry can bring it back, so none is made, whatever
+    the caller's retry policy."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"batch {batch_id} not found", type="BatchNotFound", non_retryable=True)
 
 
 @dataclass(kw_only=True)

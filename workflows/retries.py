@@ -8,6 +8,8 @@ from datetime import timedelta
 
 from temporalio.common import RetryPolicy
 
+from workflows.contracts import BatchNotFound
+
 # Reads and writes of PostgreSQL: retried until the database is back.
 DB_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
@@ -25,7 +27,7 @@ SLICE_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     non_retryable_error_types=[
         # The batch row or its ledger is gone: retrying cannot bring it back.
-        "BatchNotFound",
+        BatchNotFound.__name__,
     ],
 )
 # A conversation message the carrier keeps deferring is failed after this many attempts
