@@ -12,7 +12,8 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.backoff import retry_delay, stalls_before
+from activities.backoff import retry_delay
+from activities.heartbeats import SliceHeartbeat
 from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, Verdict
 from activities.resources import WorkerResources
@@ -97,8 +98,8 @@ class SendingActivities(WorkerResources):
             # An attempt that got anything through resets the backoff; the next attempt reads
             # this heartbeat to know how long the carrier has refused everything.
             progressed = len(retry) < sum(r is not None for r in results)
-            stalls = 0 if progressed else stalls_before(activity.info().heartbeat_details) + 1
-            activity.heartbeat(stalls)
+            stalls = 0 if progressed else SliceHeartbeat.last().stalls + 1
+            SliceHeartbeat(stalls=stalls).send()
             retry_after = max((r.retry_after or 0) for r in retry)
             raise ApplicationError(
                 f"carrier deferred {len(retry)} of {len(results)} messages ({retry[0].error_code})",

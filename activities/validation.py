@@ -10,6 +10,7 @@ import asyncpg
 import structlog
 from temporalio import activity
 
+from activities.heartbeats import ValidationHeartbeat
 from activities.recipients.columns import NotPlain, PlainCsv, plain_csv
 from activities.recipients.rows import (
     Recipient,
@@ -164,7 +165,7 @@ class ValidationActivities(WorkerResources):
             if not (stop_ledger_at_rejection and tally.rejected):
                 await messages.copy_recipients(conn, ledger)
             await messages.copy_rejected(conn, refused)
-            activity.heartbeat(tally.rows)
+            ValidationHeartbeat(rows=tally.rows).send()
         return tally
 
     def registered(self) -> list[Any]:
@@ -194,7 +195,7 @@ async def _copy_blocks(
             await messages.copy_rejected(
                 conn, [_rejected_record(batch_id, account_id, row) for row in block.rejected]
             )
-            activity.heartbeat(plain.tally.rows)
+            ValidationHeartbeat(rows=plain.tally.rows).send()
     finally:
         upcoming.cancel()
     return plain.tally
