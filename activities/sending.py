@@ -45,9 +45,13 @@ class SendingActivities(WorkerResources):
         goes on up.
         """
         batch_id = uuid.UUID(input.batch_id)
-        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        account_id = (
+            uuid.UUID(input.account_id)
+            if input.account_id
+            else (await batches.batch_for_workflow(self._pool, batch_id))["account_id"]
+        )
         claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
-        pacer = SenderPacer(self._pool, batch["account_id"], input.agent_number)
+        pacer = SenderPacer(self._pool, account_id, input.agent_number)
         stopping = asyncio.Event()
         results: list[SendResult | None] = [None] * len(claimed)
         queue = iter(enumerate(claimed))
@@ -88,11 +92,11 @@ class SendingActivities(WorkerResources):
             while not sends.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(sends)
-            await self._record(batch_id, claimed, results)
+            await self._record(batch_id, account_id, claimed, results)
             raise
         finally:
             heartbeats.cancel()
-        await self._record(batch_id, claimed, results)
+        await self._record(batch_id, account_id, claimed, results)
         retry = [r for r in results if r is not None and r.verdict is Verdict.RETRY]
         if retry:
             # An attempt that got anything through resets the backoff; the next attempt reads
@@ -114,6 +118,7 @@ class SendingActivities(WorkerResources):
     async def _record(
         self,
         batch_id: uuid.UUID,
+        account_id: uuid.UUID,
         claimed: list[messages.ClaimedMessage],
         results: list[SendResult | None],
     ) -> None:
@@ -125,13 +130,12 @@ class SendingActivities(WorkerResources):
             if r is not None and r.opts_out
         ]
         if opted_out:
-            await _through_outages(lambda: self._record_opt_outs(batch_id, opted_out))
+            await _through_outages(lambda: self._record_opt_outs(account_id, opted_out))
         await _through_outages(
             lambda: messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
         )
 
-    async def _record_opt_outs(self, batch_id: uuid.UUID, numbers: list[str]) -> None:
-        account_id = (await batches.batch_for_workflow(self._pool, batch_id))["account_id"]
+    async def _record_opt_outs(self, account_id: uuid.UUID, numbers: list[str]) -> None:
         for number in numbers:
             await opt_outs.add_opt_out(self._pool, account_id, number, source="carrier")
 

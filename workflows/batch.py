@@ -305,6 +305,7 @@ class BatchWorkflow:
             ChunkWorkflow.run,
             ChunkInput(
                 batch_id=self._input.batch_id,
+                account_id=self._input.account_id,
                 agent_number=self._input.agent_number,
                 start=start,
                 end=end,

@@ -83,6 +83,7 @@ class ChunkWorkflow:
                         SendingActivities.send_slice,
                         SendSliceInput(
                             batch_id=input.batch_id,
+                            account_id=input.account_id,
                             agent_number=input.agent_number,
                             start=start,
                             end=end,

@@ -204,6 +204,8 @@ class ChunkInput:
     slices_in_flight: int
     pace: Pace = field(default_factory=Pace)
     send_heartbeat_timeout_seconds: float = 30.0
+    # Empty in chunks started before it was passed down: their sends read the batch row.
+    account_id: str = ""
 
 
 @dataclass(kw_only=True)
@@ -213,6 +215,8 @@ class SendSliceInput:
     start: int
     end: int
     pace: Pace = field(default_factory=Pace)
+    # Empty in sends scheduled before it was passed down: they read the batch row.
+    account_id: str = ""
 
 
 @dataclass(kw_only=True)
