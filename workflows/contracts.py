@@ -3,7 +3,9 @@
 New fields always get defaults, so histories of running workflows keep replaying.
 """
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Self
 
 from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError
@@ -61,6 +63,21 @@ class ValidationLimits:
 
     max_rows: int = 1_000_000
     max_message_chars: int = 1600
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValidationOptions:
+    """A batch request's choices for validating its file, and their defaults: the API's
+    request model takes its defaults from here."""
+
+    strict: bool = False
+    exclude_opt_outs: bool = True
+    exclude_duplicates: bool = True
+
+    @classmethod
+    def from_request(cls, request: Mapping[str, Any]) -> Self:
+        """The options of a stored request, which leaves out those at their defaults."""
+        return cls(**{f.name: bool(request[f.name]) for f in fields(cls) if f.name in request})
 
 
 @dataclass(kw_only=True)
