@@ -1,8 +1,6 @@
 """When a slice the carrier deferred is tried again: Retry-After, backoff and jitter."""
 
 import random
-from collections.abc import Sequence
-from typing import Any
 
 # The first backoff window; it doubles with each attempt in a row that the carrier deferred
 # whole, up to the maximum. An attempt that got anything through starts over from the first.
@@ -25,11 +23,3 @@ def retry_delay(stalls: int, retry_after: float | None, rng: random.Random = _rn
     window = min(MAX_WINDOW_SECONDS, FIRST_WINDOW_SECONDS * 2**stalls)
     floor = max(min(retry_after or 0.0, MAX_RETRY_AFTER_SECONDS), window / 2)
     return floor + rng.uniform(0, window / 2)
-
-
-def stalls_before(heartbeat_details: Sequence[Any]) -> int:
-    """Attempts in a row that the carrier deferred whole, as the last attempt left it in its
-    final heartbeat; 0 when it left nothing (first attempt, or one that crashed)."""
-    if heartbeat_details and isinstance(heartbeat_details[0], int):
-        return heartbeat_details[0]
-    return 0

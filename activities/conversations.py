@@ -19,6 +19,7 @@ from workflows.contracts import (
     SendMessageInput,
     SendMessageResult,
 )
+from workflows.statuses import ConversationStatus
 
 log = structlog.get_logger(__name__)
 
@@ -103,11 +104,11 @@ class ConversationActivities(WorkerResources):
         return SendMessageResult(status=status, error_code=result.error_code)
 
     @activity.defn
-    async def conversation_state(self, input: ConversationRef) -> str:
+    async def conversation_state(self, input: ConversationRef) -> ConversationStatus:
         conversation = await conversations.conversation_for_workflow(
             self._pool, uuid.UUID(input.conversation_id)
         )
-        return conversation["state"]
+        return ConversationStatus(conversation["state"])
 
     @activity.defn
     async def end_conversation(self, input: EndConversationInput) -> None:

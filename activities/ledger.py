@@ -8,6 +8,7 @@ from temporalio import activity
 from activities.resources import WorkerResources
 from store import batches, messages
 from workflows.contracts import BatchCounts, FinishInput, ReopenInput, ReopenResult
+from workflows.statuses import LedgerStatus
 
 
 class LedgerActivities(WorkerResources):
@@ -22,12 +23,14 @@ class LedgerActivities(WorkerResources):
         by_status = await messages.count_by_status(self._pool, batch_id)
         return BatchCounts(
             total=batch["rows_total"] or 0,
-            successful=by_status.get("sent", 0) + by_status.get("delivered", 0),
-            failed=by_status.get("failed", 0) + by_status.get("undelivered", 0),
-            skipped=by_status.get("skipped", 0) + (batch["rejected"] or 0),
-            cancelled=by_status.get("cancelled", 0),
-            uncertain=by_status.get("uncertain", 0),
-            expired=by_status.get("expired", 0),
+            successful=by_status.get(LedgerStatus.SENT, 0)
+            + by_status.get(LedgerStatus.DELIVERED, 0),
+            failed=by_status.get(LedgerStatus.FAILED, 0)
+            + by_status.get(LedgerStatus.UNDELIVERED, 0),
+            skipped=by_status.get(LedgerStatus.SKIPPED, 0) + (batch["rejected"] or 0),
+            cancelled=by_status.get(LedgerStatus.CANCELLED, 0),
+            uncertain=by_status.get(LedgerStatus.UNCERTAIN, 0),
+            expired=by_status.get(LedgerStatus.EXPIRED, 0),
         )
 
     @activity.defn

@@ -12,13 +12,15 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.backoff import retry_delay, stalls_before
+from activities.backoff import retry_delay
+from activities.heartbeats import SliceHeartbeat
 from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, Verdict
 from activities.resources import WorkerResources
 from store import batches, messages, opt_outs
 from store.db import UNAVAILABLE
 from workflows.contracts import SendCounts, SendSliceInput
+from workflows.statuses import LedgerStatus
 
 log = structlog.get_logger(__name__)
 
@@ -43,9 +45,13 @@ class SendingActivities(WorkerResources):
         goes on up.
         """
         batch_id = uuid.UUID(input.batch_id)
-        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        account_id = (
+            uuid.UUID(input.account_id)
+            if input.account_id
+            else (await batches.batch_for_workflow(self._pool, batch_id))["account_id"]
+        )
         claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
-        pacer = SenderPacer(self._pool, batch["account_id"], input.agent_number)
+        pacer = SenderPacer(self._pool, account_id, input.agent_number)
         stopping = asyncio.Event()
         results: list[SendResult | None] = [None] * len(claimed)
         queue = iter(enumerate(claimed))
@@ -86,18 +92,18 @@ class SendingActivities(WorkerResources):
             while not sends.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(sends)
-            await self._record(batch_id, claimed, results)
+            await self._record(batch_id, account_id, claimed, results)
             raise
         finally:
             heartbeats.cancel()
-        await self._record(batch_id, claimed, results)
+        await self._record(batch_id, account_id, claimed, results)
         retry = [r for r in results if r is not None and r.verdict is Verdict.RETRY]
         if retry:
             # An attempt that got anything through resets the backoff; the next attempt reads
             # this heartbeat to know how long the carrier has refused everything.
             progressed = len(retry) < sum(r is not None for r in results)
-            stalls = 0 if progressed else stalls_before(activity.info().heartbeat_details) + 1
-            activity.heartbeat(stalls)
+            stalls = 0 if progressed else SliceHeartbeat.last().stalls + 1
+            SliceHeartbeat(stalls=stalls).send()
             retry_after = max((r.retry_after or 0) for r in retry)
             raise ApplicationError(
                 f"carrier deferred {len(retry)} of {len(results)} messages ({retry[0].error_code})",
@@ -112,6 +118,7 @@ class SendingActivities(WorkerResources):
     async def _record(
         self,
         batch_id: uuid.UUID,
+        account_id: uuid.UUID,
         claimed: list[messages.ClaimedMessage],
         results: list[SendResult | None],
     ) -> None:
@@ -123,13 +130,12 @@ class SendingActivities(WorkerResources):
             if r is not None and r.opts_out
         ]
         if opted_out:
-            await _through_outages(lambda: self._record_opt_outs(batch_id, opted_out))
+            await _through_outages(lambda: self._record_opt_outs(account_id, opted_out))
         await _through_outages(
             lambda: messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
         )
 
-    async def _record_opt_outs(self, batch_id: uuid.UUID, numbers: list[str]) -> None:
-        account_id = (await batches.batch_for_workflow(self._pool, batch_id))["account_id"]
+    async def _record_opt_outs(self, account_id: uuid.UUID, numbers: list[str]) -> None:
         for number in numbers:
             await opt_outs.add_opt_out(self._pool, account_id, number, source="carrier")
 
@@ -179,11 +185,11 @@ def _outcomes(
     """Ledger outcomes of a slice; a message not sent, or deferred by the carrier, goes back
     to `pending`."""
     return [
-        messages.Outcome(seq=m.seq, status="pending")
+        messages.Outcome(seq=m.seq, status=LedgerStatus.PENDING)
         if r is None or r.verdict is Verdict.RETRY
         else messages.Outcome(
             seq=m.seq,
-            status=r.verdict.value,
+            status=LedgerStatus(r.verdict.value),
             carrier_sid=r.sid,
             error_code=r.error_code,
             error_message=r.error_message,

@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 from temporalio import activity
 
+from activities.heartbeats import DeliveryHeartbeat
 from activities.resources import WorkerResources
 from activities.webhooks import post_event
 from store import accounts, batches, events
@@ -79,7 +80,7 @@ class StatusEventActivities(WorkerResources):
         disabled = batch["webhook_disabled_at"] is not None
         schedule = self._settings.webhook_retry_schedule_seconds
         for event in await events.pending_events(self._pool, batch_id):
-            activity.heartbeat(event["seq"])
+            DeliveryHeartbeat(event_seq=event["seq"]).send()
             if not url or disabled:
                 await events.settle_unsent(self._pool, batch_id, event["seq"])
                 continue

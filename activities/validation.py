@@ -10,6 +10,7 @@ import asyncpg
 import structlog
 from temporalio import activity
 
+from activities.heartbeats import ValidationHeartbeat
 from activities.recipients.columns import NotPlain, PlainCsv, plain_csv
 from activities.recipients.rows import (
     Recipient,
@@ -24,7 +25,7 @@ from activities.recipients.rows import (
 )
 from activities.resources import WorkerResources
 from store import batches, files, messages, opt_outs
-from workflows.contracts import ValidateInput, ValidationResult
+from workflows.contracts import ValidateInput, ValidationOptions, ValidationResult
 
 log = structlog.get_logger(__name__)
 
@@ -42,10 +43,9 @@ class ValidationActivities(WorkerResources):
         _, content = await files.file_content(self._pool, account_id, batch_id)
         request: dict[str, Any] = batch["request"]
         settings_global: dict[str, Any] = request.get("global") or {}
-        # The stored request leaves out options at their API defaults, repeated here.
-        strict = bool(request.get("strict", False))
+        options = ValidationOptions.from_request(request)
         opted_out: set[str] = set()
-        if request.get("exclude_opt_outs", True):
+        if options.exclude_opt_outs:
             opted_out = await opt_outs.opted_out_numbers(self._pool, account_id)
         rules = RecipientRules(
             max_rows=input.limits.max_rows,
@@ -53,7 +53,7 @@ class ValidationActivities(WorkerResources):
             agent_message=settings_global.get("agent_message"),
             request_data=settings_global.get("request_data") or {},
             column_mapping=request.get("column_mapping") or {},
-            exclude_duplicates=request.get("exclude_duplicates", True),
+            exclude_duplicates=options.exclude_duplicates,
             opted_out=opted_out,
         )
         try:
@@ -69,7 +69,7 @@ class ValidationActivities(WorkerResources):
                         # A savepoint: the blocks before one that is not plain are undone.
                         async with conn.transaction():
                             tally = await _copy_blocks(
-                                conn, batch_id, account_id, plain, with_ledger=not strict
+                                conn, batch_id, account_id, plain, with_ledger=not options.strict
                             )
                         header = plain.header
                     except NotPlain as error:
@@ -81,14 +81,14 @@ class ValidationActivities(WorkerResources):
                         batch_id,
                         account_id,
                         build_recipients(header, rows, rules),
-                        stop_ledger_at_rejection=strict,
+                        stop_ledger_at_rejection=options.strict,
                     )
                 issue = header_issue(header)
                 if issue is not None:
                     await messages.copy_rejected(
                         conn, [_rejected_record(batch_id, account_id, issue)]
                     )
-                failure = strict_failure(issue, tally) if strict else None
+                failure = strict_failure(issue, tally) if options.strict else None
                 if failure is not None:
                     await messages.clear_ledger(conn, batch_id)
                     tally = tally.without_ledger()
@@ -164,7 +164,7 @@ class ValidationActivities(WorkerResources):
             if not (stop_ledger_at_rejection and tally.rejected):
                 await messages.copy_recipients(conn, ledger)
             await messages.copy_rejected(conn, refused)
-            activity.heartbeat(tally.rows)
+            ValidationHeartbeat(rows=tally.rows).send()
         return tally
 
     def registered(self) -> list[Any]:
@@ -194,7 +194,7 @@ async def _copy_blocks(
             await messages.copy_rejected(
                 conn, [_rejected_record(batch_id, account_id, row) for row in block.rejected]
             )
-            activity.heartbeat(plain.tally.rows)
+            ValidationHeartbeat(rows=plain.tally.rows).send()
     finally:
         upcoming.cancel()
     return plain.tally

@@ -5,7 +5,8 @@ from typing import Any
 
 import asyncpg
 
-FINAL_STATUSES = ("completed", "completed_partial", "failed", "cancelled")
+from workflows.contracts import BatchNotFound
+from workflows.statuses import FINAL_BATCH_STATUSES, BatchStatus
 
 _BATCH_COLUMNS = (
     "id, account_id, workflow_id, name, agent_number, request, status, code, reason,"
@@ -58,8 +59,11 @@ async def get_batch(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UU
 
 
 async def batch_for_workflow(pool: asyncpg.Pool, batch_id: uuid.UUID) -> dict:
-    """The batch row, unfiltered by account: for activities, which act for the workflow."""
+    """The batch row, unfiltered by account: for activities, which act for the workflow.
+    Raises BatchNotFound, which fails the activity without retries, when there is none."""
     row = await pool.fetchrow(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = $1", batch_id)
+    if row is None:
+        raise BatchNotFound(str(batch_id))
     return dict(row)
 
 
@@ -90,7 +94,7 @@ async def set_status(
     pool: asyncpg.Pool,
     batch_id: uuid.UUID,
     *,
-    status: str,
+    status: BatchStatus,
     code: str | None = None,
     reason: str | None = None,
 ) -> None:
@@ -103,7 +107,7 @@ async def set_status(
         status,
         code,
         reason,
-        list(FINAL_STATUSES),
+        list(FINAL_BATCH_STATUSES),
     )
 
 

@@ -6,8 +6,7 @@ from typing import Any
 
 import asyncpg
 
-STATES = ("active", "closed", "timeout")
-
+from workflows.statuses import ConversationStatus
 
 _CONVERSATION_COLUMNS = (
     "id, seq, account_id, workflow_id, agent_number, user_number, channel, state, webhook,"
@@ -99,7 +98,9 @@ async def open_conversation(
     return dict(row)
 
 
-async def end_conversation(pool: asyncpg.Pool, conversation_id: uuid.UUID, state: str) -> None:
+async def end_conversation(
+    pool: asyncpg.Pool, conversation_id: uuid.UUID, state: ConversationStatus
+) -> None:
     """End an active conversation; one ended already (e.g. by a newer one) keeps its state."""
     await pool.execute(
         "UPDATE conversations SET state = $2, ended_at = now(), updated_at = now(),"

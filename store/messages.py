@@ -7,18 +7,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-LEDGER_STATUSES = (
-    "pending",
-    "sending",
-    "sent",
-    "delivered",
-    "undelivered",
-    "failed",
-    "skipped",
-    "cancelled",
-    "uncertain",
-    "expired",
-)
+from workflows.statuses import LedgerStatus
 
 RECIPIENT_COLUMNS = (
     "batch_id",
@@ -45,7 +34,7 @@ class ClaimedMessage:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     seq: int
-    status: str
+    status: LedgerStatus
     carrier_sid: str | None = None
     error_code: str | None = None
     error_message: str | None = None
@@ -164,7 +153,9 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
         )
 
 
-async def close_ledger(pool: asyncpg.Pool, batch_id: uuid.UUID, *, pending_as: str | None) -> None:
+async def close_ledger(
+    pool: asyncpg.Pool, batch_id: uuid.UUID, *, pending_as: LedgerStatus | None
+) -> None:
     """Give every row a terminal state as the batch ends: a row still `sending` belongs to no
     live attempt (`uncertain`); `pending` rows of a cancelled or expired batch become
     `pending_as`."""
@@ -183,7 +174,7 @@ async def close_ledger(pool: asyncpg.Pool, batch_id: uuid.UUID, *, pending_as: s
             )
 
 
-async def reopen(pool: asyncpg.Pool, batch_id: uuid.UUID, statuses: list[str]) -> int:
+async def reopen(pool: asyncpg.Pool, batch_id: uuid.UUID, statuses: list[LedgerStatus]) -> int:
     """Put rows in `statuses` back to `pending` for another attempt; how many were."""
     result = await pool.execute(
         "UPDATE messages SET status = 'pending', updated_at = now()"

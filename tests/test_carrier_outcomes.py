@@ -1,14 +1,19 @@
 """The carrier outcome table, Retry-After and the backoff of deferred slices (no stack)."""
 
+import dataclasses
 import random
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from temporalio.converter import DataConverter
+from temporalio.testing import ActivityEnvironment
 from twilio.base.exceptions import TwilioRestException
 
-from activities.backoff import MAX_WINDOW_SECONDS, retry_delay, stalls_before
+from activities.backoff import MAX_WINDOW_SECONDS, retry_delay
+from activities.heartbeats import SliceHeartbeat
 from activities.providers.twilio import OUTCOMES, Verdict, classify, retry_after_seconds
 from deploy.local.emulator import HTTP_ERROR_CODES, MAGIC_FROM, MAGIC_TO
 
@@ -92,9 +97,23 @@ def test_the_window_doubles_while_the_carrier_refuses_everything_up_to_a_cap() -
 
 
 def test_stalls_come_from_the_last_attempts_heartbeat() -> None:
-    assert stalls_before([]) == 0
-    assert stalls_before([3]) == 3
-    assert stalls_before(["something else"]) == 0
+    assert SliceHeartbeat.from_details([]).stalls == 0
+    assert SliceHeartbeat.from_details([3]).stalls == 3
+    assert SliceHeartbeat.from_details(["something else"]).stalls == 0
+
+
+async def test_a_slice_heartbeat_reads_back_through_the_wire() -> None:
+    """As the worker hands a failed attempt's last heartbeat to the next one: through the
+    data converter, as the bare count that older workers send and read."""
+    env = ActivityEnvironment()
+    beats: list[tuple[Any, ...]] = []
+    env.on_heartbeat = lambda *details: beats.append(details)
+    env.run(SliceHeartbeat(stalls=2).send)
+    payloads = await DataConverter.default.encode(list(beats[-1]))
+    assert [payload.data for payload in payloads] == [b"2"]
+    details = await DataConverter.default.decode(payloads)
+    env.info = dataclasses.replace(env.info, heartbeat_details=details)
+    assert env.run(SliceHeartbeat.last) == SliceHeartbeat(stalls=2)
 
 
 def test_the_delivery_docs_list_every_outcome_with_its_verdict() -> None:

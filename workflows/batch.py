@@ -11,16 +11,19 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.ledger import LedgerActivities
+    from activities.status_events import StatusEventActivities
+    from activities.validation import ValidationActivities
     from workflows.chunk import ChunkWorkflow
     from workflows.contracts import (
         ACCOUNT_ID,
         AGENT_NUMBER,
         BATCH_ID,
         BATCH_STATUS,
+        BATCH_WORKFLOW,
         RECIPIENT_COUNT,
         BatchCounts,
         BatchInput,
@@ -33,26 +36,18 @@ with workflow.unsafe.imports_passed_through():
         FinishInput,
         Pace,
         ReopenInput,
-        ReopenResult,
         SendCounts,
         StatusUpdate,
         ValidateInput,
-        ValidationResult,
     )
+    from workflows.retries import DB_RETRY, VALIDATE_RETRY
+    from workflows.statuses import BatchStatus, LedgerStatus
 
-DB_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
-)
-VALIDATE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=5,
-)
 PROGRESS_EVERY = timedelta(seconds=1)
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
-@workflow.defn
+@workflow.defn(name=BATCH_WORKFLOW)
 class BatchWorkflow:
     def __init__(self) -> None:
         self._events_recorded = 0
@@ -61,15 +56,17 @@ class BatchWorkflow:
         # Set when this run continues as new: its pump leaves waiting retries to the next run.
         self._handing_over = False
         self._last_progress = 0.0
-        self._status = "queued"
+        self._status = BatchStatus.QUEUED
         self._state: DispatchState | None = None
         self._paused = False
         # The phase a resume returns to; phases reached while paused are kept for then.
-        self._resume_status = "queued"
+        self._resume_status = BatchStatus.QUEUED
         self._cancel_reason: str | None = None
         self._expired = False
         self._chunks: dict[int, workflow.ChildWorkflowHandle[ChunkWorkflow, SendCounts]] = {}
-        self._chunk_tasks: set[asyncio.Task[None]] = set()
+        # Insertion-ordered, like everything a workflow iterates: a set's order follows
+        # memory addresses, which differ on replay.
+        self._chunk_tasks: dict[asyncio.Task[None], None] = {}
         self._chunks_done = 0
         self._totals = SendCounts()
         # Chunks finish concurrently; events must still get consecutive seqs, in order.
@@ -90,7 +87,7 @@ class BatchWorkflow:
         self._paused = True
         self._resume_status = self._status
         await self._signal_chunks(ChunkWorkflow.pause)
-        await self._report("paused")
+        await self._report(BatchStatus.PAUSED)
 
     @workflow.signal
     async def resume(self) -> None:
@@ -134,7 +131,7 @@ class BatchWorkflow:
             self._events_recorded = self._events_delivered = state.event_seq
             self._resume_status = state.status
             self._paused = state.paused
-            self._status = "paused" if state.paused else state.status
+            self._status = BatchStatus.PAUSED if state.paused else state.status
             self._chunks_done = state.chunks_done
             self._totals = SendCounts(sent=state.sent, failed=state.failed)
         pump = asyncio.create_task(self._deliver_events())
@@ -180,12 +177,11 @@ class BatchWorkflow:
         return await self._dispatch(state)
 
     async def _validate(self) -> DispatchState | BatchResult:
-        await self._report("validating")
+        await self._report(BatchStatus.VALIDATING)
         try:
-            validation: ValidationResult = await workflow.execute_activity(
-                "validate_recipients",
+            validation = await workflow.execute_activity_method(
+                ValidationActivities.validate_recipients,
                 ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
-                result_type=ValidationResult,
                 start_to_close_timeout=timedelta(minutes=30),
                 heartbeat_timeout=timedelta(minutes=1),
                 retry_policy=VALIDATE_RETRY,
@@ -208,7 +204,7 @@ class BatchWorkflow:
             )
         await self._wait_for_schedule()
         await self._report(
-            "dispatching",
+            BatchStatus.DISPATCHING,
             message=f"Requested: {validation.rows_total}. Validated: {sendable}.",
         )
         return await self._start_sending(validation.rows_total, validation.recipients)
@@ -219,7 +215,9 @@ class BatchWorkflow:
         if delay <= 0:
             return
         when = datetime.fromtimestamp(self._input.timing.schedule_at, UTC).isoformat()
-        await self._report("waiting_for_scheduled_messages", message=f"Scheduled for {when}.")
+        await self._report(
+            BatchStatus.WAITING_FOR_SCHEDULED_MESSAGES, message=f"Scheduled for {when}."
+        )
         with contextlib.suppress(asyncio.TimeoutError):
             await workflow.wait_condition(
                 lambda: self._cancel_reason is not None, timeout=timedelta(seconds=delay)
@@ -228,22 +226,21 @@ class BatchWorkflow:
     async def _reopen(self) -> DispatchState | BatchResult:
         """A retry run: put the requested rows back to `pending`, then send as usual."""
         statuses = self._input.retry_statuses or []
-        reopened: ReopenResult = await workflow.execute_activity(
-            "reopen_rows",
+        reopened = await workflow.execute_activity_method(
+            LedgerActivities.reopen_rows,
             ReopenInput(batch_id=self._input.batch_id, statuses=statuses),
-            result_type=ReopenResult,
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=DB_RETRY,
         )
         await self._report(
-            "dispatching",
+            BatchStatus.DISPATCHING,
             message=f"Retrying {reopened.reopened} rows ({', '.join(statuses)}).",
         )
         return await self._start_sending(reopened.rows_total, reopened.recipients)
 
     async def _start_sending(self, rows_total: int, recipients: int) -> DispatchState:
         chunks = -(-recipients // self._input.dispatch.chunk_size)
-        status = "in_progress_chunked" if chunks > 1 else "in_progress"
+        status = BatchStatus.IN_PROGRESS_CHUNKED if chunks > 1 else BatchStatus.IN_PROGRESS
         await self._report(status)
         now = workflow.now().timestamp()
         timing = self._input.timing
@@ -295,8 +292,8 @@ class BatchWorkflow:
             state.next_chunk += 1
             started_here += 1
             task = asyncio.create_task(self._run_chunk(state, index))
-            self._chunk_tasks.add(task)
-            task.add_done_callback(self._chunk_tasks.discard)
+            self._chunk_tasks[task] = None
+            task.add_done_callback(self._forget_chunk_task)
         await self._chunks_finished()
         return await self._finish()
 
@@ -308,6 +305,7 @@ class BatchWorkflow:
             ChunkWorkflow.run,
             ChunkInput(
                 batch_id=self._input.batch_id,
+                account_id=self._input.account_id,
                 agent_number=self._input.agent_number,
                 start=start,
                 end=end,
@@ -343,6 +341,9 @@ class BatchWorkflow:
                 ),
             )
 
+    def _forget_chunk_task(self, task: asyncio.Task[None]) -> None:
+        self._chunk_tasks.pop(task, None)
+
     async def _chunks_finished(self) -> None:
         """Wait for the running chunks; unlike gather, a cancellation of this workflow does
         not cancel them (they are stopped by signal, so their last sends are recorded)."""
@@ -371,38 +372,43 @@ class BatchWorkflow:
 
     async def _finish(self) -> BatchResult:
         cancelled = self._cancel_reason is not None
-        pending_as = "cancelled" if cancelled else "expired" if self._expired else None
-        counts: BatchCounts = await workflow.execute_activity(
-            "finish_ledger",
+        pending_as = (
+            LedgerStatus.CANCELLED if cancelled else LedgerStatus.EXPIRED if self._expired else None
+        )
+        counts = await workflow.execute_activity_method(
+            LedgerActivities.finish_ledger,
             FinishInput(batch_id=self._input.batch_id, close_pending_as=pending_as),
-            result_type=BatchCounts,
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=DB_RETRY,
         )
         if cancelled:
             return await self._report_final(
-                "cancelled", counts, code="cancelled", reason=self._cancel_reason
+                BatchStatus.CANCELLED, counts, code="cancelled", reason=self._cancel_reason
             )
         # An `uncertain` row may have reached the carrier: then "no message was accepted"
         # is not known, and the batch ends `completed_partial` with its counts.
         if counts.successful == 0 and counts.uncertain == 0:
             return await self._report_final(
-                "failed", counts, code="all_sends_failed", reason="no message was accepted"
+                BatchStatus.FAILED,
+                counts,
+                code="all_sends_failed",
+                reason="no message was accepted",
             )
         partial = (
             counts.failed + counts.skipped + counts.uncertain + counts.cancelled + counts.expired
         )
-        return await self._report_final("completed_partial" if partial else "completed", counts)
+        status = BatchStatus.COMPLETED_PARTIAL if partial else BatchStatus.COMPLETED
+        return await self._report_final(status, counts)
 
     async def _finish_failed(
         self, code: str, reason: str | None, *, rows_total: int
     ) -> BatchResult:
         counts = BatchCounts(total=rows_total, skipped=rows_total)
-        return await self._report_final("failed", counts, code=code, reason=reason)
+        return await self._report_final(BatchStatus.FAILED, counts, code=code, reason=reason)
 
     async def _report_final(
         self,
-        status: str,
+        status: BatchStatus,
         counts: BatchCounts,
         *,
         code: str | None = None,
@@ -413,7 +419,7 @@ class BatchWorkflow:
 
     async def _report(
         self,
-        status: str,
+        status: BatchStatus,
         *,
         message: str | None = None,
         code: str | None = None,
@@ -421,7 +427,7 @@ class BatchWorkflow:
         counts: BatchCounts | None = None,
     ) -> None:
         """Record a lifecycle event (batch row, search attribute, log) and queue its webhook."""
-        if self._paused and counts is None and status != "paused":
+        if self._paused and counts is None and status != BatchStatus.PAUSED:
             self._resume_status = status
             return
         async with self._report_lock:
@@ -429,8 +435,8 @@ class BatchWorkflow:
             if status != self._status:
                 self._status = status
                 workflow.upsert_search_attributes([BATCH_STATUS.value_set(status)])
-            await workflow.execute_activity(
-                "record_status",
+            await workflow.execute_activity_method(
+                StatusEventActivities.record_status,
                 StatusUpdate(
                     batch_id=self._input.batch_id,
                     workflow_id=workflow.info().workflow_id,
@@ -459,10 +465,9 @@ class BatchWorkflow:
             if self._events_delivered >= self._events_recorded:
                 return
             target = self._events_recorded
-            delivery: DeliverEventsResult | None = await workflow.execute_activity(
-                "deliver_status_events",
+            delivery: DeliverEventsResult | None = await workflow.execute_activity_method(
+                StatusEventActivities.deliver_status_events,
                 DeliverEventsInput(batch_id=self._input.batch_id),
-                result_type=DeliverEventsResult,
                 start_to_close_timeout=timedelta(minutes=10),
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=DB_RETRY,

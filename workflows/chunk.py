@@ -11,33 +11,26 @@ import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.contracts import ChunkInput, SendCounts, SendSliceInput
+    from activities.sending import SendingActivities
+    from workflows.contracts import CHUNK_WORKFLOW, ChunkInput, SendCounts, SendSliceInput
+    from workflows.retries import SLICE_RETRY
 
 SPREAD_SLICE_SECONDS = 300
 # A spread slice's activity starts this early, to claim its rows before its first send time.
 SPREAD_LEAD_SECONDS = 2
-SEND_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    non_retryable_error_types=[
-        # The batch row or its ledger is gone: retrying cannot bring it back.
-        "BatchNotFound",
-    ],
-)
 
 
-@workflow.defn
+@workflow.defn(name=CHUNK_WORKFLOW)
 class ChunkWorkflow:
     def __init__(self) -> None:
         self._in_flight = 0
         self._paused = False
         self._stopping = False
-        self._sends: set[asyncio.Task[SendCounts]] = set()
+        # Insertion-ordered: cancelling them is a command each, in this order, on replay too.
+        self._sends: dict[asyncio.Task[SendCounts], None] = {}
         self._interrupted: set[asyncio.Task[SendCounts]] = set()
         self._counts = SendCounts()
 
@@ -86,24 +79,24 @@ class ChunkWorkflow:
                 if self._stopping:
                     return
                 send = asyncio.create_task(
-                    workflow.execute_activity(
-                        "send_slice",
+                    workflow.execute_activity_method(
+                        SendingActivities.send_slice,
                         SendSliceInput(
                             batch_id=input.batch_id,
+                            account_id=input.account_id,
                             agent_number=input.agent_number,
                             start=start,
                             end=end,
                             pace=input.pace,
                         ),
-                        result_type=SendCounts,
                         start_to_close_timeout=timedelta(minutes=10),
                         heartbeat_timeout=timedelta(seconds=input.send_heartbeat_timeout_seconds),
-                        retry_policy=SEND_RETRY,
+                        retry_policy=SLICE_RETRY,
                         # Wait for the activity to record what it sent before moving on.
                         cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                     )
                 )
-                self._sends.add(send)
+                self._sends[send] = None
                 try:
                     counts = await send
                 except (asyncio.CancelledError, ActivityError):
@@ -111,7 +104,7 @@ class ChunkWorkflow:
                         raise
                     continue
                 finally:
-                    self._sends.discard(send)
+                    self._sends.pop(send, None)
                     self._interrupted.discard(send)
                 self._counts.sent += counts.sent
                 self._counts.failed += counts.failed

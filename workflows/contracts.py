@@ -3,9 +3,14 @@
 New fields always get defaults, so histories of running workflows keep replaying.
 """
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Self
 
 from temporalio.common import SearchAttributeKey
+from temporalio.exceptions import ApplicationError
+
+from workflows.statuses import BatchStatus, ConversationStatus, LedgerStatus
 
 BATCH_STATUS = SearchAttributeKey.for_keyword("BatchStatus")
 BATCH_ID = SearchAttributeKey.for_keyword("BatchId")
@@ -22,8 +27,23 @@ SEARCH_ATTRIBUTES = {
 }
 
 
+# Workflow type names, fixed apart from the class names: running workflows and recorded
+# histories carry them, and the API starts workflows by them without importing the classes.
+BATCH_WORKFLOW = "BatchWorkflow"
+CHUNK_WORKFLOW = "ChunkWorkflow"
+CONVERSATION_WORKFLOW = "ConversationWorkflow"
+
+
 def batch_workflow_id(batch_id: str) -> str:
     return f"sms-batch-{batch_id}"
+
+
+class BatchNotFound(ApplicationError):
+    """An activity's batch row is gone: no retry can bring it back, so none is made, whatever
+    the caller's retry policy."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"batch {batch_id} not found", type="BatchNotFound", non_retryable=True)
 
 
 @dataclass(kw_only=True)
@@ -43,6 +63,21 @@ class ValidationLimits:
 
     max_rows: int = 1_000_000
     max_message_chars: int = 1600
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValidationOptions:
+    """A batch request's choices for validating its file, and their defaults: the API's
+    request model takes its defaults from here."""
+
+    strict: bool = False
+    exclude_opt_outs: bool = True
+    exclude_duplicates: bool = True
+
+    @classmethod
+    def from_request(cls, request: Mapping[str, Any]) -> Self:
+        """The options of a stored request, which leaves out those at their defaults."""
+        return cls(**{f.name: bool(request[f.name]) for f in fields(cls) if f.name in request})
 
 
 @dataclass(kw_only=True)
@@ -77,7 +112,7 @@ class DispatchState:
     dispatched: int
     event_seq: int
     dispatch_started: float
-    status: str
+    status: BatchStatus
     paused: bool = False
     pace: Pace = field(default_factory=Pace)
     # What the `progress` query has counted so far.
@@ -95,7 +130,7 @@ class BatchInput:
     state: DispatchState | None = None
     limits: ValidationLimits = field(default_factory=ValidationLimits)
     # A retry run of a finished batch: these ledger statuses are sent again, no validation.
-    retry_statuses: list[str] | None = None
+    retry_statuses: list[LedgerStatus] | None = None
     # Events already recorded for this batch by earlier runs: a retry numbers on from there.
     first_event_seq: int = 0
     timing: Timing = field(default_factory=Timing)
@@ -105,7 +140,7 @@ class BatchInput:
 class BatchProgress:
     """The `progress` query's answer: the batch's phase and what its chunks have done."""
 
-    status: str
+    status: BatchStatus
     paused: bool
     cancel_reason: str | None
     rows_total: int
@@ -130,7 +165,7 @@ class BatchCounts:
 
 @dataclass(kw_only=True)
 class BatchResult:
-    status: str
+    status: BatchStatus
     counts: BatchCounts
     code: str | None = None
     reason: str | None = None
@@ -157,7 +192,7 @@ class StatusUpdate:
     batch_id: str
     workflow_id: str
     event_seq: int
-    status: str
+    status: BatchStatus
     message: str | None = None
     code: str | None = None
     reason: str | None = None
@@ -186,6 +221,8 @@ class ChunkInput:
     slices_in_flight: int
     pace: Pace = field(default_factory=Pace)
     send_heartbeat_timeout_seconds: float = 30.0
+    # Empty in chunks started before it was passed down: their sends read the batch row.
+    account_id: str = ""
 
 
 @dataclass(kw_only=True)
@@ -195,6 +232,8 @@ class SendSliceInput:
     start: int
     end: int
     pace: Pace = field(default_factory=Pace)
+    # Empty in sends scheduled before it was passed down: they read the batch row.
+    account_id: str = ""
 
 
 @dataclass(kw_only=True)
@@ -207,13 +246,13 @@ class SendCounts:
 class FinishInput:
     batch_id: str
     # The terminal status of rows still `pending` (a cancelled or expired batch), if any.
-    close_pending_as: str | None = None
+    close_pending_as: LedgerStatus | None = None
 
 
 @dataclass(kw_only=True)
 class ReopenInput:
     batch_id: str
-    statuses: list[str]
+    statuses: list[LedgerStatus]
 
 
 @dataclass(kw_only=True)
@@ -279,7 +318,7 @@ class ConversationInput:
 @dataclass(kw_only=True)
 class ConversationResult:
     conversation_id: str
-    state: str
+    state: ConversationStatus
 
 
 @dataclass(kw_only=True)
@@ -302,7 +341,7 @@ class SendMessageResult:
 @dataclass(kw_only=True)
 class EndConversationInput:
     conversation_id: str
-    state: str
+    state: ConversationStatus
 
 
 @dataclass(kw_only=True)
@@ -311,7 +350,7 @@ class ConversationEvent:
 
     conversation_id: str
     message_id: str | None = None
-    state: str | None = None
+    state: ConversationStatus | None = None
 
 
 @dataclass(kw_only=True)

@@ -10,11 +10,12 @@ from datetime import timedelta
 from typing import NoReturn
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.conversations import ConversationActivities
     from workflows.contracts import (
+        CONVERSATION_WORKFLOW,
         ConversationEvent,
         ConversationInput,
         ConversationRef,
@@ -23,35 +24,20 @@ with workflow.unsafe.imports_passed_through():
         ConversationState,
         EndConversationInput,
         SendMessageInput,
-        SendMessageResult,
     )
+    from workflows.retries import DB_RETRY, EVENT_RETRY, MESSAGE_ATTEMPTS, MESSAGE_RETRY
+    from workflows.statuses import ConversationStatus
 
 AGENT = "AGENT"
-# A message the carrier keeps deferring is failed after this many attempts (about a minute).
-SEND_ATTEMPTS = 6
-SEND_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=SEND_ATTEMPTS,
-)
-DB_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
-)
-EVENT_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=5,
-)
 
 
-@workflow.defn
+@workflow.defn(name=CONVERSATION_WORKFLOW)
 class ConversationWorkflow:
     def __init__(self) -> None:
         self._queue: list[ConversationSignal] = []
         self._events: list[ConversationEvent] = []
         self._state = ConversationState()
-        self._end_state: str | None = None
+        self._end_state: ConversationStatus | None = None
 
     @workflow.signal
     def message(self, signal: ConversationSignal) -> None:
@@ -72,14 +58,13 @@ class ConversationWorkflow:
 
     async def _begin(self) -> None:
         """A run started by a late signal for a conversation that already ended only sends it."""
-        state: str = await workflow.execute_activity(
-            "conversation_state",
+        state = await workflow.execute_activity_method(
+            ConversationActivities.conversation_state,
             ConversationRef(conversation_id=self._input.conversation_id),
-            result_type=str,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
         )
-        if state != "active":
+        if state != ConversationStatus.ACTIVE:
             self._end_state = state
             return
         self._notify(ConversationEvent(conversation_id=self._input.conversation_id, state=state))
@@ -122,7 +107,7 @@ class ConversationWorkflow:
                 self._state.timers = signal.timers
             await self._send(
                 signal.conversation_id,
-                SendMessageInput(message_id=signal.message_id, attempts=SEND_ATTEMPTS),
+                SendMessageInput(message_id=signal.message_id, attempts=MESSAGE_ATTEMPTS),
             )
             if live and signal.kind == "message":
                 self._restart_clock()
@@ -167,14 +152,14 @@ class ConversationWorkflow:
         if text:
             await self._send_own(kind, text)
         if kind == "timeout":
-            await self._end("timeout")
+            await self._end(ConversationStatus.TIMEOUT)
 
     async def _send_own(self, kind: str, body: str) -> None:
         await self._send(
             self._input.conversation_id,
             SendMessageInput(
                 message_id=str(workflow.uuid4()),
-                attempts=SEND_ATTEMPTS,
+                attempts=MESSAGE_ATTEMPTS,
                 conversation_id=self._input.conversation_id,
                 kind=kind,
                 body=body,
@@ -183,12 +168,11 @@ class ConversationWorkflow:
 
     async def _send(self, conversation_id: str, message: SendMessageInput) -> None:
         try:
-            await workflow.execute_activity(
-                "send_conversation_message",
+            await workflow.execute_activity_method(
+                ConversationActivities.send_conversation_message,
                 message,
-                result_type=SendMessageResult,
                 start_to_close_timeout=timedelta(minutes=2),
-                retry_policy=SEND_RETRY,
+                retry_policy=MESSAGE_RETRY,
             )
         except ActivityError as error:
             # The conversation goes on; the message keeps the state its last attempt left.
@@ -197,9 +181,9 @@ class ConversationWorkflow:
             ConversationEvent(conversation_id=conversation_id, message_id=message.message_id)
         )
 
-    async def _end(self, state: str) -> None:
-        await workflow.execute_activity(
-            "end_conversation",
+    async def _end(self, state: ConversationStatus) -> None:
+        await workflow.execute_activity_method(
+            ConversationActivities.end_conversation,
             EndConversationInput(conversation_id=self._input.conversation_id, state=state),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
@@ -210,7 +194,7 @@ class ConversationWorkflow:
     async def _hand_over(self) -> NoReturn:
         """Close this conversation and continue as new as the next one of the pair."""
         if self._end_state is None:
-            await self._end("closed")
+            await self._end(ConversationStatus.CLOSED)
         await workflow.wait_condition(lambda: not self._events)
         following = min(self._queue, key=lambda s: s.conversation_seq)
         workflow.continue_as_new(
@@ -232,8 +216,8 @@ class ConversationWorkflow:
         while True:
             await workflow.wait_condition(lambda: bool(self._events))
             try:
-                await workflow.execute_activity(
-                    "post_conversation_event",
+                await workflow.execute_activity_method(
+                    ConversationActivities.post_conversation_event,
                     self._events[0],
                     start_to_close_timeout=timedelta(minutes=1),
                     retry_policy=EVENT_RETRY,

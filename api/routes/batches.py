@@ -25,7 +25,7 @@ from api.models import (
 from api.services import batch_events, batch_exports
 from api.services import batches as service
 from store import events, messages
-from store.messages import LEDGER_STATUSES
+from workflows.statuses import LedgerStatus
 
 router = APIRouter(tags=["batches"])
 
@@ -62,12 +62,12 @@ async def list_messages(
     account_id: AccountId,
     pool: Pool,
     batch_id: str,
-    status: Annotated[str | None, Query(description=f"One of {', '.join(LEDGER_STATUSES)}")] = None,
+    status: Annotated[str | None, Query(description=f"One of {', '.join(LedgerStatus)}")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int, Query(ge=-1, description="Cursor: the last `seq` seen.")] = -1,
 ) -> dict:
-    if status is not None and status not in LEDGER_STATUSES:
-        raise InvalidRequest(f"status must be one of {', '.join(LEDGER_STATUSES)}")
+    if status is not None and status not in tuple(LedgerStatus):
+        raise InvalidRequest(f"status must be one of {', '.join(LedgerStatus)}")
     batch = await service.require_batch(pool, account_id, batch_id)
     rows = await messages.list_messages(
         pool, account_id, batch, status=status, limit=limit, after_seq=after

@@ -12,7 +12,7 @@ from api.errors import InvalidRequest
 from api.models import Envelope, Page
 from api.services import conversations as service
 from api.services import inbound
-from store.conversations import STATES
+from workflows.statuses import ConversationStatus
 
 router = APIRouter(tags=["conversations"])
 
@@ -25,13 +25,15 @@ async def list_conversations(
     pool: Pool,
     user_number: Annotated[str | None, Query(description="Only with this user.")] = None,
     agent_number: Annotated[str | None, Query(description="Only from this sender.")] = None,
-    state: Annotated[str | None, Query(description=f"One of {', '.join(STATES)}")] = None,
+    state: Annotated[
+        str | None, Query(description=f"One of {', '.join(ConversationStatus)}")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict:
     """The account's conversations, newest first."""
-    if state is not None and state not in STATES:
-        raise InvalidRequest(f"state must be one of {', '.join(STATES)}")
+    if state is not None and state not in tuple(ConversationStatus):
+        raise InvalidRequest(f"state must be one of {', '.join(ConversationStatus)}")
     rows, total = await service.list_conversations(
         pool,
         account_id,

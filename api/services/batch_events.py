@@ -12,8 +12,9 @@ from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from api.services.batches import batch_or_404
-from store import batches, events
+from store import events
 from workflows.contracts import BatchProgress
+from workflows.statuses import FINAL_BATCH_STATUSES
 
 SSE_POLL_SECONDS = 1.0
 
@@ -38,7 +39,7 @@ async def stream_events(
                 last = event["seq"]
                 yield _sse("status", event["payload"], event_id=last)
             newest = await events.last_event(pool, batch["id"])
-            if newest is not None and newest[1] in batches.FINAL_STATUSES and last >= newest[0]:
+            if newest is not None and newest[1] in FINAL_BATCH_STATUSES and last >= newest[0]:
                 return
             try:
                 progress = await handle.query("progress", result_type=BatchProgress)

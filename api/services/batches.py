@@ -35,12 +35,14 @@ from workflows.contracts import (
     AGENT_NUMBER,
     BATCH_ID,
     BATCH_STATUS,
+    BATCH_WORKFLOW,
     BatchInput,
     DispatchSettings,
     Timing,
     ValidationLimits,
     batch_workflow_id,
 )
+from workflows.statuses import FINAL_BATCH_STATUSES, BatchStatus, LedgerStatus
 
 # How long a retry waits for the previous run, already final, to close.
 FINAL_CLOSE_SECONDS = 10
@@ -186,14 +188,14 @@ async def _start_workflow(
 ) -> None:
     try:
         await temporal.start_workflow(
-            "BatchWorkflow",
+            BATCH_WORKFLOW,
             input,
             id=batch["workflow_id"],
             task_queue=settings.task_queue,
             id_reuse_policy=reuse,
             search_attributes=TypedSearchAttributes(
                 [
-                    SearchAttributePair(BATCH_STATUS, "queued"),
+                    SearchAttributePair(BATCH_STATUS, BatchStatus.QUEUED),
                     SearchAttributePair(BATCH_ID, input.batch_id),
                     SearchAttributePair(ACCOUNT_ID, input.account_id),
                     SearchAttributePair(AGENT_NUMBER, input.agent_number),
@@ -218,7 +220,7 @@ async def signal_batch(
 ) -> BatchControl:
     """Send `cancel`, `pause` or `resume` to a running batch's workflow."""
     batch = await batch_or_404(pool, account_id, batch_id)
-    if batch["status"] in batches.FINAL_STATUSES:
+    if batch["status"] in FINAL_BATCH_STATUSES:
         raise BatchAlreadyFinished(f"batch {batch_id} has already ended ({batch['status']})")
     try:
         await temporal.get_workflow_handle(batch["workflow_id"]).signal(signal, args=args)
@@ -241,7 +243,7 @@ async def retry_batch(
 ) -> BatchControl:
     """Send a finished batch's rows in `statuses` again, as a new run of its workflow."""
     batch = await batch_or_404(pool, account_id, batch_id)
-    if batch["status"] not in batches.FINAL_STATUSES:
+    if batch["status"] not in FINAL_BATCH_STATUSES:
         raise BatchNotFinished(f"batch {batch_id} is still {batch['status']}")
     rows = await messages.count_in_statuses(pool, batch["id"], statuses)
     if rows == 0:
@@ -253,13 +255,13 @@ async def retry_batch(
             await handle.result()
     except (TimeoutError, WorkflowFailureError, RPCError, RuntimeError):
         pass
-    await batches.set_status(pool, batch["id"], status="queued")
+    await batches.set_status(pool, batch["id"], status=BatchStatus.QUEUED)
     input = BatchInput(
         batch_id=str(batch["id"]),
         account_id=str(account_id),
         agent_number=batch["agent_number"],
         dispatch=dispatch_settings(settings),
-        retry_statuses=statuses,
+        retry_statuses=[LedgerStatus(status) for status in statuses],
         first_event_seq=await events.last_event_seq(pool, batch["id"]),
     )
     try:
@@ -271,7 +273,11 @@ async def retry_batch(
     except TemporalUnavailable:
         # Nothing started: the batch is as it was, and the retry can be asked again.
         await batches.set_status(
-            pool, batch["id"], status=batch["status"], code=batch["code"], reason=batch["reason"]
+            pool,
+            batch["id"],
+            status=BatchStatus(batch["status"]),
+            code=batch["code"],
+            reason=batch["reason"],
         )
         raise
     return BatchControl(

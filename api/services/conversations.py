@@ -22,6 +22,7 @@ from store import conversation_messages, conversations
 from workflows.contracts import (
     ACCOUNT_ID,
     AGENT_NUMBER,
+    CONVERSATION_WORKFLOW,
     ConversationInput,
     ConversationSignal,
     SilenceTimers,
@@ -47,7 +48,7 @@ async def signal_conversation(
     conversation_id = str(conversation["id"])
     try:
         await temporal.start_workflow(
-            "ConversationWorkflow",
+            CONVERSATION_WORKFLOW,
             ConversationInput(
                 conversation_id=conversation_id,
                 conversation_seq=conversation["seq"],

@@ -1,0 +1,47 @@
+"""Every retry policy the workflows give their activities, in one place.
+
+A policy travels with each activity it schedules: changing one changes how running
+batches retry from their next call, so values change here, deliberately, or not at all.
+"""
+
+from datetime import timedelta
+
+from temporalio.common import RetryPolicy
+
+from workflows.contracts import BatchNotFound
+
+# Reads and writes of PostgreSQL: retried until the database is back.
+DB_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+)
+# Validating a file: out of attempts, the batch ends `failed` with a final event.
+VALIDATE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+)
+# A slice of a batch; a deferring carrier sets its own, jittered, delays.
+SLICE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=[
+        # The batch row or its ledger is gone: retrying cannot bring it back.
+        BatchNotFound.__name__,
+    ],
+)
+# A conversation message the carrier keeps deferring is failed after this many attempts
+# (about a minute).
+MESSAGE_ATTEMPTS = 6
+MESSAGE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=MESSAGE_ATTEMPTS,
+)
+# A conversation event's webhook post: out of attempts, the event is logged and dropped.
+EVENT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=5,
+)
