@@ -8,6 +8,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Where the carrier posts delivery receipts, under Herald's public URL.
 STATUS_CALLBACK_PATH = "/v1/webhooks/twilio/status"
+# The rate limits a sender may have, in messages per second; migration 050 keeps the stored
+# ones in this range too, so the pacing arithmetic in PostgreSQL cannot overflow.
+SENDER_MPS_MIN = 0.01
+SENDER_MPS_MAX = 10_000.0
 
 
 class Settings(BaseSettings):
@@ -81,7 +85,11 @@ class Settings(BaseSettings):
     )
     max_concurrent_activities: int = 16
     default_sender_mps: float | None = Field(
-        10.0, description="Rate limit of a sender number registered without one."
+        10.0,
+        ge=SENDER_MPS_MIN,
+        le=SENDER_MPS_MAX,
+        allow_inf_nan=False,
+        description="Rate limit of a sender number registered without one.",
     )
     worker_processes: int = Field(
         2, description="Workers the local stack starts; they share the task queue."

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, Field, field_validator
 
-from api.models import Page
+from api.models import Page, RequestBody
 
 # Bland fields Herald accepts and keeps on the conversation, and does not act on.
 STORED_FIELDS = (
@@ -21,7 +21,7 @@ STORED_FIELDS = (
 )
 
 
-class StoredFields(BaseModel):
+class StoredFields(RequestBody):
     persona_id: str | None = None
     persona_version: int | str | None = None
     persona_settings: dict[str, Any] | None = None

@@ -49,6 +49,7 @@ FIELD_ERROR_CODES: Sequence[tuple[tuple[str, ...], str | None, str]] = (
     (("body", "agent_number"), "missing", "MISSING_AGENT_NUMBER"),
     (("body", "agent_number"), "string_too_short", "MISSING_AGENT_NUMBER"),
     (("body", "webhook"), None, "INVALID_WEBHOOK_URL"),
+    (("body", "mps"), None, "INVALID_MPS"),
     (("body", "time_out"), None, "INVALID_TIMEOUT_CONFIG"),
     (("body", "warning_time"), None, "INVALID_TIMEOUT_CONFIG"),
 )
