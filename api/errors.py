@@ -63,6 +63,21 @@ def envelope_error(
     )
 
 
+def herald_error_response(error: HeraldError) -> JSONResponse:
+    return envelope_error(
+        error.status_code, [{"error": error.code, "message": error.message}], error.headers
+    )
+
+
+def http_error_response(error: StarletteHTTPException) -> JSONResponse:
+    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(
+        error.status_code, "HTTP_ERROR"
+    )
+    return envelope_error(
+        error.status_code, [{"error": code, "message": str(error.detail)}], error.headers
+    )
+
+
 def _code_for(error: dict[str, Any]) -> str:
     loc = tuple(str(part) for part in error.get("loc", ()))
     for prefix, error_type, code in FIELD_ERROR_CODES:
@@ -79,9 +94,7 @@ def _describe(error: dict[str, Any]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HeraldError)
     async def herald_error(_: Request, error: HeraldError) -> JSONResponse:
-        return envelope_error(
-            error.status_code, [{"error": error.code, "message": error.message}], error.headers
-        )
+        return herald_error_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -90,12 +103,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(
-            error.status_code, "HTTP_ERROR"
-        )
-        return envelope_error(
-            error.status_code, [{"error": code, "message": str(error.detail)}], error.headers
-        )
+        return http_error_response(error)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:

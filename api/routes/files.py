@@ -6,6 +6,7 @@ from fastapi import APIRouter, Form, UploadFile
 
 from api.deps import AccountId, AppSettings, Pool
 from api.errors import HeraldError
+from api.input_checks import require_storable
 from api.models import AttachedFile, Envelope
 from store.files import insert_file
 
@@ -46,6 +47,8 @@ async def attach_file(
         raise InvalidFileType(f"file_type must be 'batches', got {kind!r}")
     if file is None:
         raise MissingFile("multipart field 'file' is required")
+    filename = file.filename or "upload"
+    require_storable(filename, "the file's name")
     content = bytearray()
     while block := await file.read(READ_BLOCK):
         content += block
@@ -56,7 +59,7 @@ async def attach_file(
     row = await insert_file(
         pool,
         account_id,
-        filename=file.filename or "upload",
+        filename=filename,
         content_type=file.content_type,
         content=bytes(content),
     )
