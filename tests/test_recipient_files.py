@@ -275,8 +275,9 @@ async def test_limits_of_the_api_that_accepted_the_batch_apply(
         (b"PK\x03\x04\x14\x00\x06\x00[Content_Types].xml", "invalid_format"),
         (b'{"phone_number": "+12015550123"}', "invalid_format"),
         (b'phone_number,name\n+12015550123,"Ann\n', "invalid_format"),
+        (b"phone_number,phone_number\n+12015550123,+12015550124\n", "duplicate_phone_column"),
     ],
-    ids=["latin-1", "xlsx", "json-object", "open-quote"],
+    ids=["latin-1", "xlsx", "json-object", "open-quote", "two-phone-columns"],
 )
 async def test_unreadable_files_fail_at_validating_with_a_clear_code(
     api: httpx.AsyncClient,

@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, UploadFile
+from fastapi import APIRouter, Form, Request, UploadFile
 
 from api.deps import AccountId, AppSettings, Pool
 from api.errors import HeraldError
@@ -23,6 +23,10 @@ class MissingFile(HeraldError):
     code = "MISSING_FILE"
 
 
+class MultipleFiles(HeraldError):
+    code = "MULTIPLE_FILES"
+
+
 class EmptyFile(HeraldError):
     code = "EMPTY_FILE"
 
@@ -34,6 +38,7 @@ class FileTooLarge(HeraldError):
 
 @router.post("/v1/files/attach", response_model=Envelope[AttachedFile])
 async def attach_file(
+    request: Request,
     account_id: AccountId,
     pool: Pool,
     settings: AppSettings,
@@ -47,6 +52,10 @@ async def attach_file(
         raise InvalidFileType(f"file_type must be 'batches', got {kind!r}")
     if file is None:
         raise MissingFile("multipart field 'file' is required")
+    # FastAPI hands the route the last of repeated parts; the form it parsed has them all.
+    parts = len((await request.form()).getlist("file"))
+    if parts > 1:
+        raise MultipleFiles(f"send one multipart field 'file' per request, not {parts}")
     filename = file.filename or "upload"
     require_storable(filename, "the file's name")
     content = bytearray()
