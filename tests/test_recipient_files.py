@@ -198,6 +198,18 @@ async def test_errors_are_paged_and_exported_as_csv_that_spreadsheets_cannot_run
         ("\tx", "'\tx"),
         ("\rx", "'\rx"),
         ("\nx", "'\nx"),
+        (" =1+1", "' =1+1"),
+        ("\t\t+1+1", "'\t\t+1+1"),
+        ("\u3000-1", "'\u3000-1"),  # an ideographic space
+        ("\xa0@SUM(A1)", "'\xa0@SUM(A1)"),  # a no-break space
+        ("\uff1d1+1", "'\uff1d1+1"),  # full-width =
+        ("\uff0b1", "'\uff0b1"),
+        ("\uff0d1", "'\uff0d1"),
+        ("\uff20SUM(A1)", "'\uff20SUM(A1)"),
+        ("|calc", "'|calc"),
+        (" |calc", "' |calc"),
+        ("\r\n", "'\r\n"),
+        ("  ", "  "),
         ("+1201555012", "'+1201555012"),  # too short: not a valid E.164 number
         ("+12015550123", "+12015550123"),
         ("Ann = Bob", "Ann = Bob"),
