@@ -1,5 +1,6 @@
 """Recipient file uploads."""
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, UploadFile
@@ -36,6 +37,11 @@ class FileTooLarge(HeraldError):
     code = "FILE_TOO_LARGE"
 
 
+async def _blocks(file: UploadFile) -> AsyncIterator[bytes]:
+    while block := await file.read(READ_BLOCK):
+        yield block
+
+
 @router.post("/v1/files/attach", response_model=Envelope[AttachedFile])
 async def attach_file(
     request: Request,
@@ -58,19 +64,21 @@ async def attach_file(
         raise MultipleFiles(f"send one multipart field 'file' per request, not {parts}")
     filename = file.filename or "upload"
     require_storable(filename, "the file's name")
-    content = bytearray()
-    while block := await file.read(READ_BLOCK):
-        content += block
-        if len(content) > settings.max_upload_bytes:
-            raise FileTooLarge(f"files are limited to {settings.max_upload_bytes} bytes")
-    if not content:
+    # The form parser has spooled the part to a temporary file (on disk beyond 1 MB) and
+    # counted its bytes; it is read from there a block at a time, as PostgreSQL takes it.
+    size = file.size or 0
+    if size > settings.max_upload_bytes:
+        raise FileTooLarge(f"files are limited to {settings.max_upload_bytes} bytes")
+    if size == 0:
         raise EmptyFile("the file is empty")
+
     row = await insert_file(
         pool,
         account_id,
         filename=filename,
         content_type=file.content_type,
-        content=bytes(content),
+        size_bytes=size,
+        content=_blocks(file),
     )
     file_id = str(row["id"])
     return {
