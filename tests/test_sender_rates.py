@@ -80,11 +80,8 @@ async def test_the_database_refuses_a_rate_outside_the_range(
 ) -> None:
     for mps in (1e10, float("inf"), float("nan"), 1e-300):
         with pytest.raises(asyncpg.CheckViolationError):
-            await pool.execute(
-                "UPDATE sender_numbers SET mps = $3 WHERE account_id = $1 AND number = $2",
-                account.account_id,
-                account.agent_number,
-                mps,
+            await numbers.update_number(
+                pool, account.account_id, account.agent_number, {"mps": mps}
             )
 
 
