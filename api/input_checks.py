@@ -94,9 +94,10 @@ class InputChecks:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
-        content_type = headers.get("content-type")
-        media = None if content_type is None else content_type.decode("latin-1")
+        media = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"content-type"),
+            None,
+        )
         form = (media or "").lower().startswith("application/x-www-form-urlencoded")
         try:
             require_storable(scope["path"], "the path")
