@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-rates bench-validation clean
+.PHONY: run test lint bench bench-rates bench-validation bench-uploads clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ bench-rates: $(STAMP)
 
 bench-validation: $(STAMP)
 	$(BIN)/python -m bench.validation
+
+bench-uploads: $(STAMP)
+	$(BIN)/python -m bench.uploads
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,17 +2,27 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Where the carrier posts delivery receipts, under Herald's public URL.
 STATUS_CALLBACK_PATH = "/v1/webhooks/twilio/status"
+# The rate limits a sender may have, in messages per second; migration 050 keeps the stored
+# ones in this range too, so the pacing arithmetic in PostgreSQL cannot overflow.
+SENDER_MPS_MIN = 0.01
+SENDER_MPS_MAX = 10_000.0
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HERALD_", extra="ignore")
 
+    env: Literal["development", "production"] = Field(
+        "development",
+        description="`production` refuses settings meant for one machine only"
+        " (`allow_loopback_webhooks`).",
+    )
     home: Path = Field(Path(".herald"), description="Local state: PostgreSQL data, Temporal file.")
     database_url: str | None = Field(
         None, description="PostgreSQL DSN; unset means the local stack starts embedded PostgreSQL."
@@ -81,7 +91,11 @@ class Settings(BaseSettings):
     )
     max_concurrent_activities: int = 16
     default_sender_mps: float | None = Field(
-        10.0, description="Rate limit of a sender number registered without one."
+        10.0,
+        ge=SENDER_MPS_MIN,
+        le=SENDER_MPS_MAX,
+        allow_inf_nan=False,
+        description="Rate limit of a sender number registered without one.",
     )
     worker_processes: int = Field(
         2, description="Workers the local stack starts; they share the task queue."
@@ -89,7 +103,8 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = 10.0
     allow_loopback_webhooks: bool = Field(
         False,
-        description="Let webhooks go to 127.0.0.1/::1: for the local stack and tests only.",
+        description="Let webhooks go to 127.0.0.1/::1, any port: for the local stack and tests"
+        " only; refused when `env` is `production`.",
     )
     webhook_retry_schedule_seconds: list[float] = Field(
         [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800],
@@ -115,6 +130,15 @@ class Settings(BaseSettings):
     )
 
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _production_refuses_loopback_webhooks(self) -> Self:
+        if self.env == "production" and self.allow_loopback_webhooks:
+            raise ValueError(
+                "HERALD_ALLOW_LOOPBACK_WEBHOOKS=true is refused when HERALD_ENV=production: it"
+                " lets any account's webhook reach services on this host (PostgreSQL included)"
+            )
+        return self
 
     @property
     def temporal_target(self) -> str:

@@ -4,7 +4,6 @@ that sender, so the limit holds across every worker and batch at once."""
 import asyncio
 import contextlib
 import uuid
-from collections import deque
 
 import asyncpg
 
@@ -16,12 +15,19 @@ TRANCHE_SECONDS = 0.2
 
 
 class SenderPacer:
+    """Hands out the send times of the sender's latest reservation. A reservation is kept as
+    its first time, interval and count, and each time computed when it is taken, so the
+    pacer's memory is the same whatever the rate."""
+
     def __init__(self, pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> None:
         self._pool = pool
         self._account_id = account_id
         self._number = number
         self._lock = asyncio.Lock()
-        self._slots: deque[float] = deque()
+        self._first = 0.0
+        self._interval = 0.0
+        self._count = 0
+        self._taken = 0
         self._unlimited = False
 
     async def turn(self, stopping: asyncio.Event) -> bool:
@@ -30,16 +36,22 @@ class SenderPacer:
             return not stopping.is_set()
         loop = asyncio.get_running_loop()
         async with self._lock:
-            if not self._slots and not self._unlimited:
+            if self._taken >= self._count and not self._unlimited:
                 granted = await numbers.reserve_slots(
                     self._pool, self._account_id, self._number, seconds=TRANCHE_SECONDS
                 )
                 if granted is None:
                     self._unlimited = True
                 else:
-                    first = loop.time() + granted.starts_in
-                    self._slots.extend(first + i * granted.interval for i in range(granted.count))
-            at = self._slots.popleft() if self._slots else loop.time()
+                    self._first = loop.time() + granted.starts_in
+                    self._interval = granted.interval
+                    self._count = granted.count
+                    self._taken = 0
+            if self._taken < self._count:
+                at = self._first + self._taken * self._interval
+                self._taken += 1
+            else:
+                at = loop.time()
         delay = at - loop.time()
         if delay > 0:
             with contextlib.suppress(TimeoutError):

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from temporalio.client import Client
 
 from api.errors import install_error_handlers
+from api.input_checks import InputChecks
 from api.limits import BodySizeLimit, RateLimiter
 from api.models import ErrorEnvelope
 from api.routes import (
@@ -69,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Added first, so it runs inside the size limit: the bodies it reads are bounded.
+    app.add_middleware(InputChecks)
     app.add_middleware(
         BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
     )

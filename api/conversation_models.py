@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, Field, field_validator
 
-from api.models import Page
+from api.models import Page, RequestBody
 
 # Bland fields Herald accepts and keeps on the conversation, and does not act on.
 STORED_FIELDS = (
@@ -21,7 +21,11 @@ STORED_FIELDS = (
 )
 
 
-class StoredFields(BaseModel):
+# A silence timer longer than a year is a mistake; and Temporal's timers cannot hold 1e300 s.
+MAX_SILENCE_SECONDS = 365 * 24 * 3600
+
+
+class StoredFields(RequestBody):
     persona_id: str | None = None
     persona_version: int | str | None = None
     persona_settings: dict[str, Any] | None = None
@@ -52,11 +56,17 @@ class SendRequest(StoredFields):
         None, description="Template variables: an object, or a JSON object as a string."
     )
     time_out: float | None = Field(
-        None, allow_inf_nan=False, description="Seconds of user silence before the timeout."
+        None,
+        allow_inf_nan=False,
+        le=MAX_SILENCE_SECONDS,
+        description="Seconds of user silence before the timeout, at most a year.",
     )
     timeout_message: str | None = Field(None, description="Sent when the conversation times out.")
     warning_time: float | None = Field(
-        None, allow_inf_nan=False, description="Seconds of user silence before the warning."
+        None,
+        allow_inf_nan=False,
+        le=MAX_SILENCE_SECONDS,
+        description="Seconds of user silence before the warning, at most a year.",
     )
     warning_message: str | None = Field(None, description="Sent after `warning_time`.")
 

@@ -49,6 +49,7 @@ FIELD_ERROR_CODES: Sequence[tuple[tuple[str, ...], str | None, str]] = (
     (("body", "agent_number"), "missing", "MISSING_AGENT_NUMBER"),
     (("body", "agent_number"), "string_too_short", "MISSING_AGENT_NUMBER"),
     (("body", "webhook"), None, "INVALID_WEBHOOK_URL"),
+    (("body", "mps"), None, "INVALID_MPS"),
     (("body", "time_out"), None, "INVALID_TIMEOUT_CONFIG"),
     (("body", "warning_time"), None, "INVALID_TIMEOUT_CONFIG"),
 )
@@ -59,6 +60,21 @@ def envelope_error(
 ) -> JSONResponse:
     return JSONResponse(
         status_code=status_code, content={"data": None, "errors": errors}, headers=headers
+    )
+
+
+def herald_error_response(error: HeraldError) -> JSONResponse:
+    return envelope_error(
+        error.status_code, [{"error": error.code, "message": error.message}], error.headers
+    )
+
+
+def http_error_response(error: StarletteHTTPException) -> JSONResponse:
+    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(
+        error.status_code, "HTTP_ERROR"
+    )
+    return envelope_error(
+        error.status_code, [{"error": code, "message": str(error.detail)}], error.headers
     )
 
 
@@ -78,9 +94,7 @@ def _describe(error: dict[str, Any]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HeraldError)
     async def herald_error(_: Request, error: HeraldError) -> JSONResponse:
-        return envelope_error(
-            error.status_code, [{"error": error.code, "message": error.message}], error.headers
-        )
+        return herald_error_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -89,12 +103,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(
-            error.status_code, "HTTP_ERROR"
-        )
-        return envelope_error(
-            error.status_code, [{"error": code, "message": str(error.detail)}], error.headers
-        )
+        return http_error_response(error)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:

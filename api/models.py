@@ -13,10 +13,18 @@ from pydantic import (
     field_validator,
 )
 
+from settings import SENDER_MPS_MAX, SENDER_MPS_MIN
 from workflows.contracts import ValidationOptions
 
 T = TypeVar("T")
 DEFAULT_VALIDATION = ValidationOptions()
+
+
+class RequestBody(BaseModel):
+    """A request body: its numbers must be finite, `"Infinity"` or `"NaN"` given as a string
+    included."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
 
 class Envelope(BaseModel, Generic[T]):
@@ -34,7 +42,7 @@ class ErrorEnvelope(BaseModel):
     errors: list[ErrorItem]
 
 
-class BatchGlobal(BaseModel):
+class BatchGlobal(RequestBody):
     model_config = ConfigDict(extra="allow")
 
     agent_number: str = Field(min_length=1, description="A registered SMS sender of the account.")
@@ -49,7 +57,7 @@ class BatchGlobal(BaseModel):
     citation_schema_ids: list[str] | None = None
 
 
-class BatchRequest(BaseModel):
+class BatchRequest(RequestBody):
     file_id: str = Field(min_length=1, description="The `file_id` from `/v1/files/attach`.")
     global_: BatchGlobal = Field(alias="global")
     column_mapping: dict[str, str] | None = Field(
@@ -118,24 +126,31 @@ class AttachedFile(BaseModel):
     size_bytes: int
 
 
-class NumberRequest(BaseModel):
+class NumberRequest(RequestBody):
     number: str = Field(min_length=1, description="E.164 sender number, e.g. +15551234567.")
     channel: Literal["sms", "whatsapp"] = "sms"
     mps: float | None = Field(
         None,
-        gt=0,
+        ge=SENDER_MPS_MIN,
+        le=SENDER_MPS_MAX,
         description="Messages per second this number may send, across all batches and"
-        " workers; left out: `HERALD_DEFAULT_SENDER_MPS`; null: no limit of Herald's own.",
+        " workers, from 0.01 to 10,000; left out: `HERALD_DEFAULT_SENDER_MPS`; null: no limit"
+        " of Herald's own.",
     )
     webhook: AnyHttpUrl | None = Field(
         None, description="Conversation events of this number, when a send names no webhook."
     )
 
 
-class NumberUpdate(BaseModel):
+class NumberUpdate(RequestBody):
     """Only the fields given change."""
 
-    mps: float | None = Field(None, gt=0, description="Messages per second; null: no limit.")
+    mps: float | None = Field(
+        None,
+        ge=SENDER_MPS_MIN,
+        le=SENDER_MPS_MAX,
+        description="Messages per second, from 0.01 to 10,000; null: no limit.",
+    )
     webhook: AnyHttpUrl | None = Field(
         None, description="Conversation events of this number, when a send names no webhook."
     )
@@ -149,7 +164,7 @@ class SenderNumber(BaseModel):
     created_at: datetime
 
 
-class OptOutRequest(BaseModel):
+class OptOutRequest(RequestBody):
     number: str = Field(min_length=1, description="The number to stop messaging, E.164 or bare.")
 
 
@@ -267,11 +282,11 @@ class WebhookDeliveries(BaseModel):
     deliveries: list[WebhookDelivery]
 
 
-class CancelRequest(BaseModel):
+class CancelRequest(RequestBody):
     reason: str | None = Field(None, max_length=500, description="Kept on the batch and sent.")
 
 
-class RetryRequest(BaseModel):
+class RetryRequest(RequestBody):
     statuses: list[Literal["failed", "uncertain", "cancelled"]] = Field(
         default_factory=lambda: ["failed"],
         min_length=1,

@@ -172,10 +172,22 @@ async def test_unknown_batch_is_not_found(api: httpx.AsyncClient, account: Accou
         ),
         ({"file_type": "batches"}, None, "MISSING_FILE"),
         ({"file_type": "batches"}, {"file": ("a.csv", b"", "text/csv")}, "EMPTY_FILE"),
+        (
+            {"file_type": "batches"},
+            [
+                ("file", ("a.csv", b"phone_number\n+12015550123\n", "text/csv")),
+                ("file", ("b.csv", b"phone_number\n+12015550124\n", "text/csv")),
+            ],
+            "MULTIPLE_FILES",
+        ),
     ],
 )
 async def test_attach_errors(
-    api: httpx.AsyncClient, account: Account, data: dict, files: dict | None, code: str
+    api: httpx.AsyncClient,
+    account: Account,
+    data: dict,
+    files: dict | list | None,
+    code: str,
 ) -> None:
     response = await api.post("/v1/files/attach", headers=account.headers, data=data, files=files)
 

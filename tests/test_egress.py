@@ -4,6 +4,7 @@ import ipaddress
 import secrets
 
 import httpx
+import pydantic
 import pytest
 
 from egress import PinnedTransport, UnsafeURL, checked_addresses, refusal
@@ -162,3 +163,24 @@ async def test_the_api_refuses_internal_webhooks_with_400(
         response = await client.post("/v1/sms/batch", headers=account.headers, json=body)
     assert response.status_code == 400, response.text
     assert response.json()["errors"][0]["error"] == "INVALID_WEBHOOK_URL"
+
+
+@pytest.mark.parametrize(
+    ("env", "loopback", "accepted"),
+    [
+        ("development", "true", True),
+        ("production", "false", True),
+        ("production", "true", False),
+    ],
+)
+def test_production_refuses_loopback_webhooks(
+    monkeypatch: pytest.MonkeyPatch, env: str, loopback: str, accepted: bool
+) -> None:
+    monkeypatch.setenv("HERALD_ENV", env)
+    monkeypatch.setenv("HERALD_ALLOW_LOOPBACK_WEBHOOKS", loopback)
+
+    if accepted:
+        assert Settings().allow_loopback_webhooks == (loopback == "true")
+    else:
+        with pytest.raises(pydantic.ValidationError, match="HERALD_ENV=production"):
+            Settings()

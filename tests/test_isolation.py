@@ -4,22 +4,20 @@ nothing gets, and every route that is not public refuses a request without a key
 
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from fastapi.routing import APIRoute
-from starlette.routing import Route
 
-from api.app import create_app
 from store import numbers
 from store.accounts import create_account, create_api_key
 from tests.support.batches import FINAL
 from tests.support.builders import attach, csv_bytes, unique_numbers
 from tests.support.sending import eventually
+from tests.support.stack import app_routes
 
 
 @dataclass(frozen=True)
@@ -90,22 +88,6 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/docs/oauth2-redirect"): "part of the schema page",
     ("GET", "/redoc"): "the schema, as a page",
 }
-
-
-def _walk(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, str]]:
-    for route in routes:
-        if isinstance(route, APIRoute | Route):
-            for method in route.methods or ():
-                if method not in ("HEAD", "OPTIONS"):
-                    yield method, prefix + route.path
-        else:
-            # FastAPI keeps an included router as one entry that wraps the router's own routes.
-            included = route.original_router
-            yield from _walk(included.routes, prefix + route.include_context.prefix)
-
-
-def app_routes() -> set[tuple[str, str]]:
-    return set(_walk(create_app().routes))
 
 
 def test_the_matrix_names_every_route_once() -> None:

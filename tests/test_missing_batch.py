@@ -9,7 +9,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 
 from settings import Settings
-from tests.conftest import SENDER
+from tests.support.stack import SENDER
 from workflows.contracts import (
     BATCH_WORKFLOW,
     CHUNK_WORKFLOW,

@@ -197,6 +197,18 @@ async def test_errors_are_paged_and_exported_as_csv_that_spreadsheets_cannot_run
         ("\tx", "'\tx"),
         ("\rx", "'\rx"),
         ("\nx", "'\nx"),
+        (" =1+1", "' =1+1"),
+        ("\t\t+1+1", "'\t\t+1+1"),
+        ("\u3000-1", "'\u3000-1"),  # an ideographic space
+        ("\xa0@SUM(A1)", "'\xa0@SUM(A1)"),  # a no-break space
+        ("\uff1d1+1", "'\uff1d1+1"),  # full-width =
+        ("\uff0b1", "'\uff0b1"),
+        ("\uff0d1", "'\uff0d1"),
+        ("\uff20SUM(A1)", "'\uff20SUM(A1)"),
+        ("|calc", "'|calc"),
+        (" |calc", "' |calc"),
+        ("\r\n", "'\r\n"),
+        ("  ", "  "),
         ("+1201555012", "'+1201555012"),  # too short: not a valid E.164 number
         ("+12015550123", "+12015550123"),
         ("Ann = Bob", "Ann = Bob"),
@@ -274,8 +286,9 @@ async def test_limits_of_the_api_that_accepted_the_batch_apply(
         (b"PK\x03\x04\x14\x00\x06\x00[Content_Types].xml", "invalid_format"),
         (b'{"phone_number": "+12015550123"}', "invalid_format"),
         (b'phone_number,name\n+12015550123,"Ann\n', "invalid_format"),
+        (b"phone_number,phone_number\n+12015550123,+12015550124\n", "duplicate_phone_column"),
     ],
-    ids=["latin-1", "xlsx", "json-object", "open-quote"],
+    ids=["latin-1", "xlsx", "json-object", "open-quote", "two-phone-columns"],
 )
 async def test_unreadable_files_fail_at_validating_with_a_clear_code(
     api: httpx.AsyncClient,

@@ -198,6 +198,24 @@ def test_other_files_are_left_to_the_row_path(content: bytes) -> None:
 
 
 @pytest.mark.parametrize(
+    "content",
+    [
+        b"phone_number,phone_number\n+12015550123,+12015550124\n",
+        b"phone_number,name, phone_number\n+12015550123,Ann,+12015550124\n",
+        b'"phone_number",phone_number\n+12015550123,+12015550124\n',
+        b'[{"phone_number": "+12015550123", "phone_number": "+12015550124"}]',
+    ],
+    ids=["twice", "spaced", "quoted", "json-keys"],
+)
+def test_a_second_phone_number_column_fails_the_file(content: bytes) -> None:
+    rules = RecipientRules(max_rows=10, max_message_chars=1600)
+
+    # The column path leaves such a file to the row path (as validation does), which refuses it.
+    assert plain_csv(content, rules) is None
+    assert by_rows(content, rules) == "duplicate_phone_column"
+
+
+@pytest.mark.parametrize(
     "row",
     [
         b"+12015550123,A\rB",  # a lone CR ends a line for csv

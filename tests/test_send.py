@@ -441,6 +441,13 @@ VALID = {"agent_message": "hi"}
         ({"time_out": 0, **VALID}, 400, "INVALID_TIMEOUT_CONFIG"),
         ({"time_out": -3, **VALID}, 400, "INVALID_TIMEOUT_CONFIG"),
         ({"time_out": "soon", **VALID}, 400, "INVALID_TIMEOUT_CONFIG"),
+        ({"time_out": 1e300, **VALID}, 400, "INVALID_TIMEOUT_CONFIG"),
+        ({"time_out": 366 * 86400, **VALID}, 400, "INVALID_TIMEOUT_CONFIG"),
+        (
+            {"time_out": 10, "warning_time": 1e300, "warning_message": "w", **VALID},
+            400,
+            "INVALID_TIMEOUT_CONFIG",
+        ),
         ({"time_out": 10, "warning_time": 5, **VALID}, 400, "INVALID_TIMEOUT_CONFIG"),
         ({"warning_message": "w", **VALID}, 400, "INVALID_TIMEOUT_CONFIG"),
         ({"timeout_message": "t", **VALID}, 400, "INVALID_TIMEOUT_CONFIG"),

@@ -31,6 +31,7 @@ from activities.recipients.rows import (
     RecipientRules,
     Rejected,
     Tally,
+    phone_column_issue,
     request_defaults,
     row_outcome,
     template_parts,
@@ -183,10 +184,10 @@ class _Validated:
 
 
 def plain_csv(content: bytes, rules: RecipientRules) -> PlainCsv | None:
-    """The file as plain CSV, to validate by columns; None when it is not one, or has no
-    `phone_number` column (the row path says why)."""
+    """The file as plain CSV, to validate by columns; None when it is not one, or has not
+    exactly one `phone_number` column (the row path refuses it, saying why)."""
     header = _plain_header(content)
-    if header is None or PHONE_COLUMN not in header or b"\n" not in content:
+    if header is None or phone_column_issue(header) is not None or b"\n" not in content:
         return None
     return PlainCsv(header, content, rules)
 

@@ -42,8 +42,9 @@ Lookup = Callable[[str], str | None]
 class SourceInvalid(Exception):
     """The file as a whole cannot be read as recipients; `code` says why.
 
-    `source_invalid`: no `phone_number` column. `invalid_encoding`: not UTF-8.
-    `invalid_format`: neither CSV nor a JSON array of objects. `too_many_rows`: over the limit.
+    `source_invalid`: no `phone_number` column. `duplicate_phone_column`: several.
+    `invalid_encoding`: not UTF-8. `invalid_format`: neither CSV nor a JSON array of objects.
+    `too_many_rows`: over the limit.
     """
 
     def __init__(self, code: str, reason: str) -> None:
@@ -197,7 +198,7 @@ def _not_utf8(content: bytes) -> SourceInvalid:
 
 def _read_json(content: bytes) -> tuple[list[str], Iterator[Row]]:
     try:
-        items = json.loads(content.decode("utf-8-sig"))
+        items = json.loads(content.decode("utf-8-sig"), object_pairs_hook=_json_object)
     except UnicodeDecodeError as error:
         raise _not_utf8(content) from error
     except json.JSONDecodeError as error:
@@ -220,6 +221,36 @@ def cell_text(value: Any) -> str:
     if isinstance(value, bool | dict | list):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
+
+
+def phone_column_issue(header: Sequence[str]) -> SourceInvalid | None:
+    """Why the header gives no one column of numbers: none named `phone_number`
+    (`source_invalid`), or several, which would leave it to chance which one is sent to
+    (`duplicate_phone_column`)."""
+    positions = [i + 1 for i, name in enumerate(header) if name == PHONE_COLUMN]
+    if not positions:
+        found = ", ".join(repr(name) for name in header) or "no columns"
+        return SourceInvalid(
+            "source_invalid", f"the header has no column named {PHONE_COLUMN} (found {found})"
+        )
+    if len(positions) > 1:
+        where = ", ".join(str(p) for p in positions)
+        return SourceInvalid(
+            "duplicate_phone_column",
+            f"the header has {len(positions)} columns named {PHONE_COLUMN} (columns {where});"
+            " keep one",
+        )
+    return None
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object of a JSON file; `json` would keep the last of repeated keys silently."""
+    if sum(key == PHONE_COLUMN for key, _ in pairs) > 1:
+        raise SourceInvalid(
+            "duplicate_phone_column",
+            f"an object of the JSON array has {PHONE_COLUMN} more than once; keep one",
+        )
+    return dict(pairs)
 
 
 def request_defaults(rules: RecipientRules) -> dict[str, str]:
@@ -303,11 +334,9 @@ def build_recipients(
     row (it keeps its number, so later numbers still match the file). Checks the header at
     once; SourceInvalid may still surface while iterating.
     """
-    if PHONE_COLUMN not in header:
-        found = ", ".join(repr(name) for name in header) or "no columns"
-        raise SourceInvalid(
-            "source_invalid", f"the header has no column named {PHONE_COLUMN} (found {found})"
-        )
+    issue = phone_column_issue(header)
+    if issue is not None:
+        raise issue
     sources = variable_sources(header, rules.column_mapping)
     defaults = request_defaults(rules)
     return _iter_recipients(header, rows, rules, sources, defaults)

@@ -7,6 +7,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import AccountId, AppSettings, Pool, Temporal
 from api.errors import InvalidRequest
+from api.input_checks import INT32_MAX, INT64_MAX
 from api.models import (
     BatchControl,
     BatchDetail,
@@ -43,7 +44,7 @@ async def list_batches(
     account_id: AccountId,
     pool: Pool,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> dict:
     rows, total = await service.list_batches(pool, account_id, limit=limit, offset=offset)
     page = Page(limit=limit, offset=offset, total=total)
@@ -64,7 +65,9 @@ async def list_messages(
     batch_id: str,
     status: Annotated[str | None, Query(description=f"One of {', '.join(LedgerStatus)}")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[int, Query(ge=-1, description="Cursor: the last `seq` seen.")] = -1,
+    after: Annotated[
+        int, Query(ge=-1, le=INT64_MAX, description="Cursor: the last `seq` seen.")
+    ] = -1,
 ) -> dict:
     if status is not None and status not in tuple(LedgerStatus):
         raise InvalidRequest(f"status must be one of {', '.join(LedgerStatus)}")
@@ -148,7 +151,9 @@ async def batch_event_stream(
     pool: Pool,
     temporal: Temporal,
     batch_id: str,
-    last_event_id: Annotated[int, Header(ge=0, description="Resume after this event.")] = 0,
+    last_event_id: Annotated[
+        int, Header(ge=0, le=INT32_MAX, description="Resume after this event.")
+    ] = 0,
 ) -> StreamingResponse:
     """Server-sent events: `status` (each lifecycle event, as posted to the webhook) and
     `progress` (about once a second while it runs); the stream ends after the final event."""
@@ -171,7 +176,9 @@ async def rejected_rows(
     ] = None,
     accept: Annotated[str | None, Header()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[int, Query(ge=-1, description="Cursor: the last `row_number` seen.")] = -1,
+    after: Annotated[
+        int, Query(ge=-1, le=INT64_MAX, description="Cursor: the last `row_number` seen.")
+    ] = -1,
 ) -> dict | StreamingResponse:
     """The rows validation refused, in file order; row 0 reports the header itself.
 

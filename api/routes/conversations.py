@@ -9,6 +9,7 @@ from api.carrier_signature import SignedForm
 from api.conversation_models import ConversationDetail, ConversationList
 from api.deps import AccountId, AppSettings, Pool, Temporal
 from api.errors import InvalidRequest
+from api.input_checks import INT64_MAX
 from api.models import Envelope, Page
 from api.services import conversations as service
 from api.services import inbound
@@ -29,7 +30,7 @@ async def list_conversations(
         str | None, Query(description=f"One of {', '.join(ConversationStatus)}")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> dict:
     """The account's conversations, newest first."""
     if state is not None and state not in tuple(ConversationStatus):

@@ -1,11 +1,13 @@
 """Recipient file uploads."""
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Form, UploadFile
+from fastapi import APIRouter, Form, Request, UploadFile
 
 from api.deps import AccountId, AppSettings, Pool
 from api.errors import HeraldError
+from api.input_checks import require_storable
 from api.models import AttachedFile, Envelope
 from store.files import insert_file
 
@@ -22,6 +24,10 @@ class MissingFile(HeraldError):
     code = "MISSING_FILE"
 
 
+class MultipleFiles(HeraldError):
+    code = "MULTIPLE_FILES"
+
+
 class EmptyFile(HeraldError):
     code = "EMPTY_FILE"
 
@@ -31,8 +37,14 @@ class FileTooLarge(HeraldError):
     code = "FILE_TOO_LARGE"
 
 
+async def _blocks(file: UploadFile) -> AsyncIterator[bytes]:
+    while block := await file.read(READ_BLOCK):
+        yield block
+
+
 @router.post("/v1/files/attach", response_model=Envelope[AttachedFile])
 async def attach_file(
+    request: Request,
     account_id: AccountId,
     pool: Pool,
     settings: AppSettings,
@@ -46,19 +58,27 @@ async def attach_file(
         raise InvalidFileType(f"file_type must be 'batches', got {kind!r}")
     if file is None:
         raise MissingFile("multipart field 'file' is required")
-    content = bytearray()
-    while block := await file.read(READ_BLOCK):
-        content += block
-        if len(content) > settings.max_upload_bytes:
-            raise FileTooLarge(f"files are limited to {settings.max_upload_bytes} bytes")
-    if not content:
+    # FastAPI hands the route the last of repeated parts; the form it parsed has them all.
+    parts = len((await request.form()).getlist("file"))
+    if parts > 1:
+        raise MultipleFiles(f"send one multipart field 'file' per request, not {parts}")
+    filename = file.filename or "upload"
+    require_storable(filename, "the file's name")
+    # The form parser has spooled the part to a temporary file (on disk beyond 1 MB) and
+    # counted its bytes; it is read from there a block at a time, as PostgreSQL takes it.
+    size = file.size or 0
+    if size > settings.max_upload_bytes:
+        raise FileTooLarge(f"files are limited to {settings.max_upload_bytes} bytes")
+    if size == 0:
         raise EmptyFile("the file is empty")
+
     row = await insert_file(
         pool,
         account_id,
-        filename=file.filename or "upload",
+        filename=filename,
         content_type=file.content_type,
-        content=bytes(content),
+        size_bytes=size,
+        content=_blocks(file),
     )
     file_id = str(row["id"])
     return {

@@ -11,8 +11,11 @@ import asyncpg
 from activities.recipients.phones import to_e164
 from store import messages
 
-# A spreadsheet runs a cell that starts like this as a formula (CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+# A spreadsheet runs a cell as a formula (CSV injection) when it starts with one of these,
+# after any whitespace; some read the full-width forms, and `|` starts a DDE call.
+FORMULA_STARTS = ("=", "+", "-", "@", "|", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+# A cell that starts with one of these is quoted whatever follows (OWASP's list).
+CONTROL_STARTS = ("\t", "\r", "\n")
 CSV_PAGE = 1000
 REJECTED_CSV_COLUMNS = ("row_number", "value", "code", "message")
 
@@ -20,7 +23,8 @@ REJECTED_CSV_COLUMNS = ("row_number", "value", "code", "message")
 def spreadsheet_safe(cell: str) -> str:
     """`cell` with a leading `'` if a spreadsheet would read it as a formula; valid E.164
     numbers start with `+` and stay as they are, since a number is no formula."""
-    if cell.startswith(FORMULA_STARTS) and to_e164(cell) != cell:
+    risky = cell.startswith(CONTROL_STARTS) or cell.lstrip().startswith(FORMULA_STARTS)
+    if risky and to_e164(cell) != cell:
         return "'" + cell
     return cell
 

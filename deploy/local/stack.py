@@ -81,8 +81,10 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
     home = settings.home.resolve()
     logs = home / "logs"
     env = dict(os.environ)
-    # Everything of the local stack, webhook receivers included, is on this machine.
-    env.setdefault("HERALD_ALLOW_LOOPBACK_WEBHOOKS", "true")
+    # Everything of the local stack, webhook receivers included, is on this machine; a
+    # production environment refuses this (see settings.Settings).
+    if settings.env == "development":
+        env.setdefault("HERALD_ALLOW_LOOPBACK_WEBHOOKS", "true")
     if settings.database_url is None:
         pg = postgres_process(home / "postgres", settings.postgres_port, logs / "postgres.log")
         processes.append(pg.start())

@@ -3,12 +3,14 @@
 import asyncio
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from fastapi.routing import APIRoute
+from starlette.routing import Route
 
 from api.app import create_app
 from settings import Settings
@@ -77,3 +79,19 @@ class WebhookReceiver:
                 lambda: sum(e["status"] in statuses for e in self.received[name]) >= times
             )
         return self.received[name]
+
+
+def _walk(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    for route in routes:
+        if isinstance(route, APIRoute | Route):
+            for method in route.methods or ():
+                if method not in ("HEAD", "OPTIONS"):
+                    yield method, prefix + route.path
+        else:
+            # FastAPI keeps an included router as one entry that wraps the router's own routes.
+            included = route.original_router
+            yield from _walk(included.routes, prefix + route.include_context.prefix)
+
+
+def app_routes() -> set[tuple[str, str]]:
+    return set(_walk(create_app().routes))

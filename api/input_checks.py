@@ -1,0 +1,155 @@
+"""The checks every request passes before any route sees it, so that no route can hand
+PostgreSQL a value it refuses: text without NUL characters or lone surrogates (in the path,
+the query, the headers, a JSON or form body), and in a JSON body numbers that are finite and
+fit in 64 bits. Integers in queries and headers are bounded where each is declared, with the
+limits below."""
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import HeraldError, herald_error_response, http_error_response
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+# Columns of type `int` (a batch's event `seq`) hold less than a query's bigint.
+INT32_MAX = 2**31 - 1
+
+# PostgreSQL's text cannot hold NUL; UTF-8 cannot encode a lone surrogate.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+class InvalidText(HeraldError):
+    code = "INVALID_TEXT"
+
+
+class InvalidNumber(HeraldError):
+    code = "INVALID_NUMBER"
+
+
+def require_storable(text: str, where: str) -> None:
+    """400 `INVALID_TEXT` if `text` holds a NUL character or a lone surrogate."""
+    if _UNSTORABLE.search(text):
+        raise InvalidText(f"{where} holds a NUL character or a lone surrogate")
+
+
+def _is_json(content_type: str | None) -> bool:
+    """Whether FastAPI reads a body of this content type as JSON (it does without one)."""
+    if content_type is None:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def _json_values(document: Any) -> Iterator[tuple[str, Any]]:
+    """Every key and value of a JSON document with where it is, without recursion."""
+    pending: list[tuple[str, Any]] = [("body", document)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                yield f"a key in {where}", key
+                pending.append((f"{where}.{key}", item))
+        elif isinstance(value, list):
+            pending.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+        else:
+            yield where, value
+
+
+def check_json(document: Any) -> None:
+    for where, value in _json_values(document):
+        # `where` names the keys on the way, which are checked before their values.
+        if isinstance(value, str):
+            require_storable(value, where)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InvalidNumber(f"{where} is not a finite number")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise InvalidNumber(f"{where} is beyond a 64-bit integer")
+
+
+def check_form(body: bytes) -> None:
+    for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
+        require_storable(name, "a form field's name")
+        require_storable(value, f"form field {name!r}")
+
+
+class InputChecks:
+    """An ASGI middleware: 400 `INVALID_TEXT` or `INVALID_NUMBER` for what no route could
+    store. A JSON or form body is read whole to be checked (the body size limit, outside this
+    middleware, bounds it) and handed on as it came; any other body streams through."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        media = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"content-type"),
+            None,
+        )
+        form = (media or "").lower().startswith("application/x-www-form-urlencoded")
+        try:
+            require_storable(scope["path"], "the path")
+            query = scope["query_string"].decode("latin-1")
+            for name, value in parse_qsl(query, keep_blank_values=True):
+                require_storable(name, "a query parameter's name")
+                require_storable(value, f"query parameter {name!r}")
+            for name, value in scope["headers"]:
+                if b"\x00" in value:
+                    raise InvalidText(f"header {name.decode('latin-1')!r} holds a NUL byte")
+            if not (_is_json(media) or form):
+                await self._app(scope, receive, send)
+                return
+            body = await _read_body(receive)
+            if form:
+                check_form(body)
+            elif body:
+                try:
+                    document = json.loads(body)
+                except (ValueError, RecursionError):
+                    document = None  # Not JSON: FastAPI's own parsing says why.
+                check_json(document)
+        except HeraldError as error:
+            await herald_error_response(error)(scope, receive, send)
+            return
+        except HTTPException as error:
+            await http_error_response(error)(scope, receive, send)
+            return
+        await self._app(scope, _replaying(body, receive), send)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    parts = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(parts)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """`receive` that gives `body` whole first, then whatever the client sends next."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

@@ -1,0 +1,180 @@
+"""What PostgreSQL cannot store never reaches it: NUL characters and lone surrogates in any
+text, non-finite or over-64-bit numbers in JSON bodies, and over-large integers in queries
+and headers are 400 with a stable code, for every route, before any route runs."""
+
+import json
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from api.input_checks import INT64_MAX
+from tests.support.batches import start
+from tests.support.builders import attach, csv_bytes, unique_numbers
+from tests.support.stack import Account, app_routes
+
+ROUTES = sorted(app_routes())
+ROUTES_WITH_IDS = [(m, p) for m, p in ROUTES if "{" in p]
+
+# Raw JSON, as a client could send it; Python's json module reads all of these.
+UNSTORABLE_TEXT = [
+    '{"name": "a\\u0000b"}',
+    '{"global": {"metadata": {"note": "\\ud800"}}}',
+    '{"global": {"request_data": {"a\\u0000": "key"}}}',
+    '{"statuses": ["\\udfff"]}',
+]
+UNSTORABLE_NUMBERS = [
+    '{"mps": Infinity}',
+    '{"time_out": -Infinity}',
+    '{"spread_hours": NaN}',
+    '{"global": {"metadata": {"n": 1e400}}}',
+    '{"persona_version": 9223372036854775808}',
+    '{"metadata": [-9223372036854775809]}',
+]
+
+
+def error_code(response: httpx.Response) -> str:
+    return response.json()["errors"][0]["error"]
+
+
+def with_ids(path: str, value: str) -> str:
+    return re.sub(r"\{[^}]+\}", value, path)
+
+
+@pytest.mark.parametrize("body", UNSTORABLE_TEXT + UNSTORABLE_NUMBERS)
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+async def test_every_route_refuses_a_json_body_postgresql_cannot_store(
+    api: httpx.AsyncClient, account: Account, method: str, path: str, body: str
+) -> None:
+    response = await api.request(
+        method,
+        with_ids(path, "x"),
+        headers=account.headers | {"content-type": "application/json"},
+        content=body,
+    )
+
+    expected = "INVALID_TEXT" if body in UNSTORABLE_TEXT else "INVALID_NUMBER"
+    assert (response.status_code, error_code(response)) == (400, expected), response.text
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES_WITH_IDS)
+async def test_every_route_refuses_a_nul_in_its_path(
+    api: httpx.AsyncClient, account: Account, method: str, path: str
+) -> None:
+    response = await api.request(method, with_ids(path, "a%00b"), headers=account.headers)
+
+    assert (response.status_code, error_code(response)) == (400, "INVALID_TEXT"), response.text
+
+
+async def test_a_nul_in_a_query_form_or_file_name_is_refused(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    query = await api.get("/v1/sms/conversations?user_number=%00", headers=account.headers)
+    form = await api.post(
+        "/v1/webhooks/twilio/inbound",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        content=b"From=%2B12125550123&To=%2B15005550006&Body=a%00b&MessageSid=SM1",
+    )
+    # Written by hand: httpx would percent-encode the NUL in the file name.
+    upload = await api.post(
+        "/v1/files/attach",
+        headers=account.headers | {"content-type": "multipart/form-data; boundary=b"},
+        content=(
+            b'--b\r\ncontent-disposition: form-data; name="file_type"\r\n\r\nbatches\r\n'
+            b'--b\r\ncontent-disposition: form-data; name="file"; filename="a\x00.csv"\r\n'
+            b"content-type: text/csv\r\n\r\nphone_number\n+12125550123\n\r\n--b--\r\n"
+        ),
+    )
+
+    for response in (query, form, upload):
+        assert (response.status_code, error_code(response)) == (400, "INVALID_TEXT"), response.text
+
+
+def sends(account: Account) -> list[dict[str, Any]]:
+    send = {"user_number": "+12125550123", "agent_number": account.agent_number}
+    return [
+        send | {"agent_message": "a\x00b"},
+        send | {"agent_message": "hi", "request_data": {"name": "\ud800"}},
+        send | {"agent_message": "hi", "metadata": {"a": ["\x00"]}},
+        send | {"agent_message": "hi", "timeout_message": "\udc00", "time_out": 60},
+        send | {"agent_message": "hi", "persona_id": "p\x00"},
+    ]
+
+
+async def test_the_fields_that_reached_postgresql_are_refused(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number"], [[n] for n in unique_numbers(1)])
+    )
+    batch = {"file_id": file_id, "global": {"agent_number": account.agent_number}}
+    batches = [
+        batch | {"name": "a\x00b"},
+        batch | {"global": {"agent_number": account.agent_number, "metadata": {"k": "\ud800"}}},
+        batch | {"global": {"agent_number": account.agent_number, "agent_message": "hi \x00"}},
+    ]
+    # Encoded here: httpx encodes JSON as UTF-8 text, which cannot hold a lone surrogate.
+    headers = account.headers | {"content-type": "application/json"}
+
+    replies = [
+        await api.post("/v1/sms/batch", headers=headers, content=json.dumps(body))
+        for body in batches
+    ]
+    replies += [
+        await api.post("/v1/sms/send", headers=headers, content=json.dumps(body))
+        for body in sends(account)
+    ]
+
+    for response in replies:
+        assert (response.status_code, error_code(response)) == (400, "INVALID_TEXT"), response.text
+
+
+async def test_integers_beyond_what_postgresql_holds_are_refused_in_queries_and_headers(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number"], [[n] for n in unique_numbers(1)])
+    )
+    started = await start(api, account, file_id)
+    assert started.status_code == 200, started.text
+    batch = started.json()["data"]["batch_id"]
+    big = str(2**63)
+    queries = [
+        f"/v1/sms/batches?offset={big}",
+        f"/v1/sms/conversations?offset={big}",
+        f"/v1/sms/batch/{batch}/messages?after={big}",
+        f"/v1/sms/batch/{batch}/messages?after=1e20",
+        f"/v1/sms/batch/{batch}/messages?after={10**20}",
+        f"/v1/sms/batch/{batch}/errors?after={big}",
+    ]
+
+    replies = [await api.get(path, headers=account.headers) for path in queries]
+    for last_event_id in ("1e20", str(10**20), str(2**40)):
+        replies.append(
+            await api.get(
+                f"/v1/sms/batch/{batch}/events",
+                headers=account.headers | {"last-event-id": last_event_id},
+            )
+        )
+
+    for response in replies:
+        assert (response.status_code, error_code(response)) == (400, "INVALID_REQUEST"), (
+            response.request.url,
+            response.text,
+        )
+
+
+def test_every_integer_in_a_query_or_header_has_an_upper_bound() -> None:
+    unbounded = [
+        f"{method.upper()} {path} {param['name']}"
+        for path, operations in create_app().openapi()["paths"].items()
+        for method, operation in operations.items()
+        for param in operation.get("parameters", [])
+        if param["in"] in ("query", "header")
+        and param["schema"].get("type") == "integer"
+        and param["schema"].get("maximum", INT64_MAX + 1) > INT64_MAX
+    ]
+
+    assert unbounded == []

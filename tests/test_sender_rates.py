@@ -1,0 +1,145 @@
+"""A sender's rate limit is bounded (0.01 to 10,000 messages a second) at the API and in the
+database, and pacing costs the same memory whatever the rate."""
+
+import asyncio
+import tracemalloc
+from importlib import resources
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+import activities.pacing
+from activities.pacing import SenderPacer
+from store import numbers
+from tests.support.stack import Account
+
+OUT_OF_RANGE: list[Any] = [1e10, 2e10, 1e308, 1e-300, 0.001, 0, -1, 10_000.5, "Infinity", "NaN"]
+# JSON's non-finite literals, which Python's json module reads as floats.
+NON_FINITE_LITERALS = ["Infinity", "-Infinity", "NaN", "1e400"]
+MIGRATION_050 = (resources.files("store") / "migrations" / "050_sender_mps_range.sql").read_text(
+    encoding="utf-8"
+)
+
+
+def error_code(response: httpx.Response) -> str:
+    return response.json()["errors"][0]["error"]
+
+
+@pytest.mark.parametrize("mps", OUT_OF_RANGE)
+async def test_a_rate_outside_the_range_is_refused_when_registering_and_changing(
+    api: httpx.AsyncClient, account: Account, mps: Any
+) -> None:
+    added = await api.post(
+        "/v1/sms/numbers", headers=account.headers, json={"number": "+15005550008", "mps": mps}
+    )
+    changed = await api.patch(
+        f"/v1/sms/numbers/{account.agent_number}", headers=account.headers, json={"mps": mps}
+    )
+
+    assert (added.status_code, error_code(added)) == (400, "INVALID_MPS"), added.text
+    assert (changed.status_code, error_code(changed)) == (400, "INVALID_MPS"), changed.text
+
+
+@pytest.mark.parametrize("literal", NON_FINITE_LITERALS)
+async def test_a_non_finite_json_rate_is_refused(
+    api: httpx.AsyncClient, account: Account, literal: str
+) -> None:
+    response = await api.patch(
+        f"/v1/sms/numbers/{account.agent_number}",
+        headers=account.headers | {"content-type": "application/json"},
+        content=f'{{"mps": {literal}}}',
+    )
+
+    assert response.status_code == 400, response.text
+    listed = await api.get("/v1/sms/numbers", headers=account.headers)
+    assert [n["mps"] for n in listed.json()["data"]] == [None]
+
+
+@pytest.mark.parametrize("mps", [0.01, 10_000])
+async def test_the_ends_of_the_range_are_accepted_and_reserve_slots(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, account: Account, mps: float
+) -> None:
+    response = await api.patch(
+        f"/v1/sms/numbers/{account.agent_number}", headers=account.headers, json={"mps": mps}
+    )
+    assert response.status_code == 200, response.text
+
+    slots = await numbers.reserve_slots(
+        pool, account.account_id, account.agent_number, seconds=activities.pacing.TRANCHE_SECONDS
+    )
+
+    assert slots is not None
+    assert slots.count == max(1, round(mps * activities.pacing.TRANCHE_SECONDS))
+    assert slots.interval == pytest.approx(1 / mps)
+
+
+async def test_the_database_refuses_a_rate_outside_the_range(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    for mps in (1e10, float("inf"), float("nan"), 1e-300):
+        with pytest.raises(asyncpg.CheckViolationError):
+            await numbers.update_number(
+                pool, account.account_id, account.agent_number, {"mps": mps}
+            )
+
+
+async def test_the_migration_brings_stored_rates_into_the_range(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    stored = {"+15005550101": 1e10, "+15005550102": float("inf"), "+15005550103": float("nan")}
+    stored |= {"+15005550104": 1e-300, "+15005550105": 5.0, "+15005550106": None}
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            # The schema as it was before 050, with rows it let in; undone by the rollback.
+            await conn.execute(
+                "ALTER TABLE sender_numbers DROP CONSTRAINT sender_numbers_mps_range,"
+                " ADD CONSTRAINT sender_numbers_mps_check CHECK (mps > 0)"
+            )
+            for number, mps in stored.items():
+                await numbers.add_number(conn, account.account_id, number, "sms", mps)
+            await conn.execute(MIGRATION_050)
+            rows = await conn.fetch(
+                "SELECT number, mps FROM sender_numbers WHERE account_id = $1 AND number = ANY($2)",
+                account.account_id,
+                list(stored),
+            )
+        finally:
+            await transaction.rollback()
+
+    assert {r["number"]: r["mps"] for r in rows} == {
+        "+15005550101": 10_000,
+        "+15005550102": 10_000,
+        "+15005550103": 10_000,
+        "+15005550104": 0.01,
+        "+15005550105": 5.0,
+        "+15005550106": None,
+    }
+
+
+async def test_the_pacer_holds_no_send_time_per_slot(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, account: Account
+) -> None:
+    response = await api.patch(
+        f"/v1/sms/numbers/{account.agent_number}", headers=account.headers, json={"mps": 10_000}
+    )
+    assert response.status_code == 200, response.text
+    pacer = SenderPacer(pool, account.account_id, account.agent_number)
+    stopping = asyncio.Event()
+    pacing_file = tracemalloc.Filter(True, activities.pacing.__file__)
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot().filter_traces([pacing_file])
+        # The first turn reserves 2,000 send times; the next ones are taken from them.
+        turns = [await pacer.turn(stopping) for _ in range(3)]
+        after = tracemalloc.take_snapshot().filter_traces([pacing_file])
+    finally:
+        tracemalloc.stop()
+
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert turns == [True, True, True]
+    assert grown < 4096, f"the pacer grew by {grown} bytes for one reservation"
