@@ -34,7 +34,9 @@ class InvalidRequest(HeraldError):
 # A request-validation error at a body location (prefix) maps to a stable code; the first
 # matching row wins, so specific rows come first. `None` as the error type matches any.
 FIELD_ERROR_CODES: Sequence[tuple[tuple[str, ...], str | None, str]] = (
-    (("body", "file_id"), "missing", "MISSING_FILE_ID"),
+    (("body",), "missing_file_id", "MISSING_FILE_ID"),
+    (("body",), "file_id_and_recipients", "FILE_ID_AND_RECIPIENTS"),
+    (("body", "recipients"), None, "INVALID_RECIPIENTS"),
     (("body", "file_id"), "string_too_short", "MISSING_FILE_ID"),
     (("body", "global", "agent_number"), "missing", "MISSING_AGENT_NUMBER"),
     (("body", "global", "agent_number"), "string_too_short", "MISSING_AGENT_NUMBER"),
