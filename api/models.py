@@ -233,6 +233,9 @@ class MessageRow(BaseModel):
     created_at: datetime
     sent_at: datetime | None
     updated_at: datetime
+    reference: str | None = Field(
+        None, description="The caller's reference of this recipient (Mobivate `reference`)."
+    )
 
 
 class MessageList(BaseModel):
