@@ -15,6 +15,7 @@ from api.routes import (
     conversations,
     files,
     health,
+    mobivate,
     numbers,
     opt_outs,
     receipts,
@@ -75,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     for module in (files, numbers, batches, send, conversations, webhooks, opt_outs, receipts):
         app.include_router(module.router, responses=ERROR_RESPONSES)
+    # The dialect declares its own error replies: they are in its envelope, not Herald's.
+    app.include_router(mobivate.router)
     return app
 
 

@@ -64,6 +64,51 @@ def envelope_error(
     )
 
 
+# Paths of the Mobivate dialect, which answers errors in its own envelope.
+MOBIVATE_PATHS = ("/send/",)
+MOBIVATE_ERROR_NAMES = {
+    400: "ValidationError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    409: "ConflictError",
+    413: "PayloadTooLargeError",
+    429: "RateLimitError",
+    503: "ServiceUnavailableError",
+}
+
+
+def mobivate_error(
+    status_code: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The dialect's envelope. A missing or bad key is its documented 403, word for word;
+    any other failure keeps its status and names Herald's code and every problem."""
+    if status_code == Unauthorized.status_code:
+        error: dict[str, Any] = {"name": "AuthenticationError", "statusCode": 403}
+        content = {"success": False, "error": error}
+        return JSONResponse(status_code=403, content=content, headers=headers)
+    error = {
+        "name": MOBIVATE_ERROR_NAMES.get(status_code, "InternalServerError"),
+        "statusCode": status_code,
+        "code": errors[0]["error"],
+        "message": errors[0]["message"],
+        "details": [item["message"] for item in errors],
+    }
+    return JSONResponse(
+        status_code=status_code, content={"success": False, "error": error}, headers=headers
+    )
+
+
+def _error_reply(
+    request: Request,
+    status_code: int,
+    errors: list[dict[str, Any]],
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    if request.url.path.startswith(MOBIVATE_PATHS):
+        return mobivate_error(status_code, errors, headers)
+    return envelope_error(status_code, errors, headers)
+
+
 def _code_for(error: dict[str, Any]) -> str:
     loc = tuple(str(part) for part in error.get("loc", ()))
     for prefix, error_type, code in FIELD_ERROR_CODES:
@@ -79,28 +124,36 @@ def _describe(error: dict[str, Any]) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HeraldError)
-    async def herald_error(_: Request, error: HeraldError) -> JSONResponse:
-        return envelope_error(
-            error.status_code, [{"error": error.code, "message": error.message}], error.headers
+    async def herald_error(request: Request, error: HeraldError) -> JSONResponse:
+        return _error_reply(
+            request,
+            error.status_code,
+            [{"error": error.code, "message": error.message}],
+            error.headers,
         )
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         errors = [{"error": _code_for(e), "message": _describe(e)} for e in error.errors()]
-        return envelope_error(400, errors)
+        return _error_reply(request, 400, errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(
             error.status_code, "HTTP_ERROR"
         )
-        return envelope_error(
-            error.status_code, [{"error": code, "message": str(error.detail)}], error.headers
+        return _error_reply(
+            request,
+            error.status_code,
+            [{"error": code, "message": str(error.detail)}],
+            error.headers,
         )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error", path=request.url.path)
-        return envelope_error(
-            500, [{"error": "INTERNAL_ERROR", "message": "unexpected error; it was logged"}]
+        return _error_reply(
+            request,
+            500,
+            [{"error": "INTERNAL_ERROR", "message": "unexpected error; it was logged"}],
         )
