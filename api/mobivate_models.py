@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from activities.recipients.phones import to_e164
+from api.models import holds_nul
 
 # What link shortening would have replaced; until Herald shortens links, a batch that has
 # one and asks for shortening is refused rather than sent with the links as written.
@@ -94,6 +95,8 @@ class MobivateBatchRequest(MobivateModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        if holds_nul(self.model_dump()):
+            raise PydanticCustomError("nul", "a field holds a NUL character (\\u0000)")
         if (self.recipients is None) == (self.messages is None):
             raise PydanticCustomError(
                 "recipients", "give the recipients in `recipients` or `messages` (one of them)"

@@ -33,6 +33,18 @@ class ErrorEnvelope(BaseModel):
     errors: list[ErrorItem]
 
 
+def holds_nul(value: Any) -> bool:
+    """Whether a string in a JSON value, a key included, holds NUL, which PostgreSQL text
+    cannot: refused at the edge rather than failing the batch once it runs."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(holds_nul(key) or holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(map(holds_nul, value))
+    return False
+
+
 class BatchGlobal(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -94,6 +106,13 @@ class BatchRequest(BaseModel):
                 "file_id_and_recipients", "give file_id or recipients, not both"
             )
         return self
+
+    @field_validator("recipients")
+    @classmethod
+    def _no_nul(cls, rows: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if holds_nul(rows):
+            raise ValueError("a recipient's field holds a NUL character (\\u0000)")
+        return rows
 
     @field_validator("expire_at")
     @classmethod

@@ -94,6 +94,11 @@ async def test_inline_rows_are_stored_as_a_file_and_left_out_of_the_request(
         ({"recipients": []}, "INVALID_RECIPIENTS"),
         ({"recipients": ["+12015550123"]}, "INVALID_RECIPIENTS"),
         ({"recipients": {"phone_number": "+12015550123"}}, "INVALID_RECIPIENTS"),
+        ({"recipients": [{"phone_number": "+12015550123", "a": "\x00"}]}, "INVALID_RECIPIENTS"),
+        (
+            {"recipients": [{"phone_number": "+12015550123", "a": {"\x00": 1}}]},
+            "INVALID_RECIPIENTS",
+        ),
     ],
 )
 async def test_a_batch_needs_exactly_one_source_of_recipients(
