@@ -98,13 +98,14 @@ def mobivate_error(
     )
 
 
-def _error_reply(
-    request: Request,
+def error_reply(
+    path: str,
     status_code: int,
     errors: list[dict[str, Any]],
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    if request.url.path.startswith(MOBIVATE_PATHS):
+    """An error for a request to `path`, in the envelope of the dialect it belongs to."""
+    if path.startswith(MOBIVATE_PATHS):
         return mobivate_error(status_code, errors, headers)
     return envelope_error(status_code, errors, headers)
 
@@ -125,8 +126,8 @@ def _describe(error: dict[str, Any]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HeraldError)
     async def herald_error(request: Request, error: HeraldError) -> JSONResponse:
-        return _error_reply(
-            request,
+        return error_reply(
+            request.url.path,
             error.status_code,
             [{"error": error.code, "message": error.message}],
             error.headers,
@@ -135,15 +136,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         errors = [{"error": _code_for(e), "message": _describe(e)} for e in error.errors()]
-        return _error_reply(request, 400, errors)
+        return error_reply(request.url.path, 400, errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(
             error.status_code, "HTTP_ERROR"
         )
-        return _error_reply(
-            request,
+        return error_reply(
+            request.url.path,
             error.status_code,
             [{"error": code, "message": str(error.detail)}],
             error.headers,
@@ -152,8 +153,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error", path=request.url.path)
-        return _error_reply(
-            request,
+        return error_reply(
+            request.url.path,
             500,
             [{"error": "INTERNAL_ERROR", "message": "unexpected error; it was logged"}],
         )

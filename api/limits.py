@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import HeraldError, envelope_error
+from api.errors import HeraldError, error_reply
 
 # Multipart adds boundaries and headers around the file; the upload limit is on the file.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -42,7 +42,8 @@ class BodySizeLimit:
         limit = self._max_upload if multipart else self._max_body
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            too_large = envelope_error(
+            too_large = error_reply(
+                scope["path"],
                 413,
                 [
                     {

@@ -10,8 +10,9 @@ import asyncpg
 import httpx
 import pytest
 
+from settings import Settings
 from store import batches
-from tests.conftest import Account
+from tests.conftest import Account, api_client
 from tests.helpers import emulator_messages, unique_numbers
 from tests.mobivate_example import AUTHENTICATION_ERROR, EXAMPLE_REQUEST, EXAMPLE_SUCCESS
 from tests.test_batch_outcomes import wait_for_status
@@ -294,3 +295,17 @@ async def test_an_unknown_path_under_send_answers_in_the_dialects_envelope(
     assert response.status_code == 404
     assert response.json()["success"] is False
     assert response.json()["error"]["name"] == "NotFoundError"
+
+
+async def test_a_body_over_the_limit_gets_a_413_in_the_dialects_envelope(
+    settings: Settings, account: Account
+) -> None:
+    body = example_for(account, unique_numbers(3))
+
+    async with api_client(settings.model_copy(update={"max_body_bytes": 100})) as small:
+        response = await small.post("/send/batch", headers=bearer(account), json=body)
+
+    assert response.status_code == 413
+    assert response.json()["success"] is False
+    assert response.json()["error"]["name"] == "PayloadTooLargeError"
+    assert response.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
