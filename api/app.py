@@ -71,7 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(
-        BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
+        BodySizeLimit,
+        max_body=settings.max_body_bytes,
+        max_batch_body=settings.max_batch_body_bytes,
+        max_upload=settings.max_upload_bytes,
     )
     app.include_router(health.router)
     for module in (files, numbers, batches, send, conversations, webhooks, opt_outs, receipts):

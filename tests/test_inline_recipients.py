@@ -130,3 +130,32 @@ async def test_inline_recipients_are_held_to_the_row_limit(
 
     assert response.status_code == 400, response.text
     assert response.json()["errors"][0]["error"] == "TOO_MANY_RECIPIENTS"
+
+
+async def test_a_batch_request_may_be_larger_than_other_bodies(
+    settings: Settings, account: Account
+) -> None:
+    recipients = [{"phone_number": n, "note": "n" * 100} for n in unique_numbers(30)]
+    limits = {"max_body_bytes": 1024, "max_batch_body_bytes": 8192}
+    async with api_client(settings.model_copy(update=limits)) as api:
+        batch = await api.post(
+            "/v1/sms/batch",
+            headers=account.headers,
+            json={
+                "recipients": recipients,
+                "global": {"agent_number": account.agent_number, "agent_message": "x"},
+            },
+        )
+        send = await api.post(
+            "/v1/sms/send",
+            headers=account.headers,
+            json={
+                "user_number": recipients[0]["phone_number"],
+                "agent_number": account.agent_number,
+                "agent_message": "n" * 4000,
+            },
+        )
+
+    assert batch.status_code == 200, batch.text
+    assert send.status_code == 413
+    assert send.json()["errors"][0]["error"] == "PAYLOAD_TOO_LARGE"

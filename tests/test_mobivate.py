@@ -2,6 +2,8 @@
 replies, each refusal in its envelope, and the batch it starts being one of Herald's."""
 
 import copy
+import json
+import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -302,10 +304,56 @@ async def test_a_body_over_the_limit_gets_a_413_in_the_dialects_envelope(
 ) -> None:
     body = example_for(account, unique_numbers(3))
 
-    async with api_client(settings.model_copy(update={"max_body_bytes": 100})) as small:
+    async with api_client(settings.model_copy(update={"max_batch_body_bytes": 100})) as small:
         response = await small.post("/send/batch", headers=bearer(account), json=body)
 
     assert response.status_code == 413
     assert response.json()["success"] is False
     assert response.json()["error"]["name"] == "PayloadTooLargeError"
     assert response.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+async def test_ten_thousand_recipients_in_a_two_megabyte_body_are_each_sent_once(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    run = secrets.token_hex(6)
+    numbers = unique_numbers(10_000)
+    body = {
+        "recipients": [
+            {
+                "recipient": number,
+                "reference": f"ref-{index}",
+                "meta": {"NAME": f"Name{index}", "NOTE": "n" * 150},
+            }
+            for index, number in enumerate(numbers)
+        ],
+        "text": "Hi {{NAME}} [" + run + "]",
+        "originator": account.agent_number,
+    }
+    content = json.dumps(body).encode()
+    assert len(content) > 2_000_000
+
+    response = await api.post(
+        "/send/batch",
+        headers={**bearer(account), "content-type": "application/json"},
+        content=content,
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["record"]["recipientCount"] == 10_000
+    batch_id = response.json()["record"]["id"]
+    batch = await wait_for_status(api, account, batch_id, *FINAL)
+    assert batch["status"] == "completed"
+    assert batch["counts"] == {"sent": 10_000, "rejected": 0}
+    received = await emulator_messages(emulator_url, body_contains=run)
+    assert sorted(m["to"] for m in received) == numbers
+    names = {number: f"Name{index}" for index, number in enumerate(numbers)}
+    assert all(m["body"] == f"Hi {names[m['to']]} [{run}]" for m in received)
+    page = (
+        await api.get(
+            f"/v1/sms/batch/{batch_id}/messages",
+            headers=account.headers,
+            params={"after": 9_989},
+        )
+    ).json()["data"]["messages"]
+    assert [m["reference"] for m in page] == [f"ref-{index}" for index in range(9_990, 10_000)]
