@@ -357,3 +357,26 @@ async def test_ten_thousand_recipients_in_a_two_megabyte_body_are_each_sent_once
         )
     ).json()["data"]["messages"]
     assert [m["reference"] for m in page] == [f"ref-{index}" for index in range(9_990, 10_000)]
+
+
+async def test_a_recipient_that_is_not_a_number_is_reported_on_its_own(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    number = unique_numbers(1)[0]
+    body = {
+        "recipients": [{"recipient": "not-a-number"}, {"recipient": number}],
+        "text": "one of two",
+        "originator": account.agent_number,
+    }
+
+    response = await api.post("/send/batch", headers=bearer(account), json=body)
+
+    assert response.status_code == 200, response.text
+    batch_id = response.json()["record"]["id"]
+    batch = await wait_for_status(api, account, batch_id, *FINAL)
+    assert batch["status"] == "completed_partial"
+    rejected = await api.get(f"/v1/sms/batch/{batch_id}/errors", headers=account.headers)
+    assert [
+        (r["row_number"], r["value"], r["code"]) for r in rejected.json()["data"]["rejected_rows"]
+    ] == [(1, "not-a-number", "invalid_number")]
+    assert [m["body"] for m in await emulator_messages(emulator_url, to=number)] == ["one of two"]
