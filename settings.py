@@ -57,7 +57,14 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = 40 * 1024 * 1024
     max_body_bytes: int = Field(
-        1024 * 1024, description="Largest request body other than a file upload (413 beyond)."
+        1024 * 1024,
+        description="Largest request body other than a file upload or a batch request"
+        " (413 beyond).",
+    )
+    max_batch_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        description="Largest body of a batch request with its recipients inline"
+        " (`POST /v1/sms/batch`, `POST /send/batch`; 413 beyond).",
     )
     rate_limit_per_second: float = Field(
         20.0, gt=0, description="Requests a second allowed per API key, on average (429 beyond)."

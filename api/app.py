@@ -16,6 +16,7 @@ from api.routes import (
     conversations,
     files,
     health,
+    mobivate,
     numbers,
     opt_outs,
     receipts,
@@ -73,11 +74,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added first, so it runs inside the size limit: the bodies it reads are bounded.
     app.add_middleware(InputChecks)
     app.add_middleware(
-        BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
+        BodySizeLimit,
+        max_body=settings.max_body_bytes,
+        max_batch_body=settings.max_batch_body_bytes,
+        max_upload=settings.max_upload_bytes,
     )
     app.include_router(health.router)
     for module in (files, numbers, batches, send, conversations, webhooks, opt_outs, receipts):
         app.include_router(module.router, responses=ERROR_RESPONSES)
+    # The dialect declares its own error replies: they are in its envelope, not Herald's.
+    app.include_router(mobivate.router)
     return app
 
 

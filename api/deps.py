@@ -6,6 +6,7 @@ from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
 from api.errors import Unauthorized
@@ -39,7 +40,26 @@ async def current_account(
 ) -> uuid.UUID:
     if not authorization:
         raise Unauthorized("missing authorization header")
-    key = authorization.removeprefix("Bearer ").strip()
+    return await _account_of(request, pool, authorization.removeprefix("Bearer ").strip())
+
+
+# The dialects' form: `Authorization: Bearer <key>` only (Mobivate).
+bearer_key = HTTPBearer(
+    auto_error=False, scheme_name="BearerKey", description="A Herald API key: `Bearer hk_...`."
+)
+
+
+async def bearer_account(
+    request: Request,
+    pool: Pool,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_key)],
+) -> uuid.UUID:
+    if credentials is None:
+        raise Unauthorized("missing `Authorization: Bearer <key>` header")
+    return await _account_of(request, pool, credentials.credentials.strip())
+
+
+async def _account_of(request: Request, pool: asyncpg.Pool, key: str) -> uuid.UUID:
     account_id = await account_for_key(pool, key)
     if account_id is None:
         raise Unauthorized("invalid API key")
@@ -49,3 +69,4 @@ async def current_account(
 
 
 AccountId = Annotated[uuid.UUID, Depends(current_account)]
+BearerAccountId = Annotated[uuid.UUID, Depends(bearer_account)]

@@ -34,7 +34,9 @@ class InvalidRequest(HeraldError):
 # A request-validation error at a body location (prefix) maps to a stable code; the first
 # matching row wins, so specific rows come first. `None` as the error type matches any.
 FIELD_ERROR_CODES: Sequence[tuple[tuple[str, ...], str | None, str]] = (
-    (("body", "file_id"), "missing", "MISSING_FILE_ID"),
+    (("body",), "missing_file_id", "MISSING_FILE_ID"),
+    (("body",), "file_id_and_recipients", "FILE_ID_AND_RECIPIENTS"),
+    (("body", "recipients"), None, "INVALID_RECIPIENTS"),
     (("body", "file_id"), "string_too_short", "MISSING_FILE_ID"),
     (("body", "global", "agent_number"), "missing", "MISSING_AGENT_NUMBER"),
     (("body", "global", "agent_number"), "string_too_short", "MISSING_AGENT_NUMBER"),
@@ -63,18 +65,64 @@ def envelope_error(
     )
 
 
-def herald_error_response(error: HeraldError) -> JSONResponse:
-    return envelope_error(
-        error.status_code, [{"error": error.code, "message": error.message}], error.headers
+# Paths of the Mobivate dialect, which answers errors in its own envelope.
+MOBIVATE_PATHS = ("/send/",)
+MOBIVATE_ERROR_NAMES = {
+    400: "ValidationError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    409: "ConflictError",
+    413: "PayloadTooLargeError",
+    429: "RateLimitError",
+    503: "ServiceUnavailableError",
+}
+
+
+def mobivate_error(
+    status_code: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The dialect's envelope. A missing or bad key is its documented 403, word for word;
+    any other failure keeps its status and names Herald's code and every problem."""
+    if status_code == Unauthorized.status_code:
+        error: dict[str, Any] = {"name": "AuthenticationError", "statusCode": 403}
+        content = {"success": False, "error": error}
+        return JSONResponse(status_code=403, content=content, headers=headers)
+    error = {
+        "name": MOBIVATE_ERROR_NAMES.get(status_code, "InternalServerError"),
+        "statusCode": status_code,
+        "code": errors[0]["error"],
+        "message": errors[0]["message"],
+        "details": [item["message"] for item in errors],
+    }
+    return JSONResponse(
+        status_code=status_code, content={"success": False, "error": error}, headers=headers
     )
 
 
-def http_error_response(error: StarletteHTTPException) -> JSONResponse:
+def error_reply(
+    path: str,
+    status_code: int,
+    errors: list[dict[str, Any]],
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """An error for a request to `path`, in the envelope of the dialect it belongs to."""
+    if path.startswith(MOBIVATE_PATHS):
+        return mobivate_error(status_code, errors, headers)
+    return envelope_error(status_code, errors, headers)
+
+
+def herald_error_response(path: str, error: HeraldError) -> JSONResponse:
+    return error_reply(
+        path, error.status_code, [{"error": error.code, "message": error.message}], error.headers
+    )
+
+
+def http_error_response(path: str, error: StarletteHTTPException) -> JSONResponse:
     code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(
         error.status_code, "HTTP_ERROR"
     )
-    return envelope_error(
-        error.status_code, [{"error": code, "message": str(error.detail)}], error.headers
+    return error_reply(
+        path, error.status_code, [{"error": code, "message": str(error.detail)}], error.headers
     )
 
 
@@ -93,21 +141,23 @@ def _describe(error: dict[str, Any]) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HeraldError)
-    async def herald_error(_: Request, error: HeraldError) -> JSONResponse:
-        return herald_error_response(error)
+    async def herald_error(request: Request, error: HeraldError) -> JSONResponse:
+        return herald_error_response(request.url.path, error)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         errors = [{"error": _code_for(e), "message": _describe(e)} for e in error.errors()]
-        return envelope_error(400, errors)
+        return error_reply(request.url.path, 400, errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        return http_error_response(error)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return http_error_response(request.url.path, error)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error", path=request.url.path)
-        return envelope_error(
-            500, [{"error": "INTERNAL_ERROR", "message": "unexpected error; it was logged"}]
+        return error_reply(
+            request.url.path,
+            500,
+            [{"error": "INTERNAL_ERROR", "message": "unexpected error; it was logged"}],
         )

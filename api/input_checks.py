@@ -121,10 +121,10 @@ class InputChecks:
                     document = None  # Not JSON: FastAPI's own parsing says why.
                 check_json(document)
         except HeraldError as error:
-            await herald_error_response(error)(scope, receive, send)
+            await herald_error_response(scope["path"], error)(scope, receive, send)
             return
         except HTTPException as error:
-            await http_error_response(error)(scope, receive, send)
+            await http_error_response(scope["path"], error)(scope, receive, send)
             return
         await self._app(scope, _replaying(body, receive), send)
 

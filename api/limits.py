@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import HeraldError, envelope_error
+from api.errors import HeraldError, error_reply
 
 # Multipart adds boundaries and headers around the file; the upload limit is on the file.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -24,13 +24,21 @@ class RateLimited(HeraldError):
     code = "RATE_LIMITED"
 
 
-class BodySizeLimit:
-    """413 `PAYLOAD_TOO_LARGE` for a body over `max_body` bytes (`max_upload` plus framing for
-    multipart uploads): at once from Content-Length, or as soon as a chunked body passes it."""
+# Requests whose JSON body may hold a batch's recipients inline: uploads in all but form.
+BATCH_PATHS = frozenset({"/v1/sms/batch", "/send/batch"})
 
-    def __init__(self, app: ASGIApp, *, max_body: int, max_upload: int) -> None:
+
+class BodySizeLimit:
+    """413 `PAYLOAD_TOO_LARGE` for a body over `max_body` bytes (`max_batch_body` for a batch
+    request, `max_upload` plus framing for multipart uploads): at once from Content-Length,
+    or as soon as a chunked body passes it."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_body: int, max_batch_body: int, max_upload: int
+    ) -> None:
         self._app = app
         self._max_body = max_body
+        self._max_batch_body = max_batch_body
         self._max_upload = max_upload + MULTIPART_OVERHEAD
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -39,10 +47,16 @@ class BodySizeLimit:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         multipart = headers.get("content-type", "").startswith("multipart/form-data")
-        limit = self._max_upload if multipart else self._max_body
+        if multipart:
+            limit = self._max_upload
+        elif scope["path"] in BATCH_PATHS:
+            limit = self._max_batch_body
+        else:
+            limit = self._max_body
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            too_large = envelope_error(
+            too_large = error_reply(
+                scope["path"],
                 413,
                 [
                     {

@@ -1,7 +1,7 @@
 """Request bodies and reply shapes at the API's edge."""
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 
 from pydantic import (
     AnyHttpUrl,
@@ -11,7 +11,9 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from settings import SENDER_MPS_MAX, SENDER_MPS_MIN
 from workflows.contracts import ValidationOptions
@@ -58,7 +60,15 @@ class BatchGlobal(RequestBody):
 
 
 class BatchRequest(RequestBody):
-    file_id: str = Field(min_length=1, description="The `file_id` from `/v1/files/attach`.")
+    file_id: str | None = Field(
+        None, min_length=1, description="The `file_id` from `/v1/files/attach`; or `recipients`."
+    )
+    recipients: list[dict[str, Any]] | None = Field(
+        None,
+        min_length=1,
+        description="The rows inline instead of `file_id`: objects like a JSON file's rows"
+        " (`phone_number` plus fields), at most `HERALD_MAX_ROWS_PER_BATCH`.",
+    )
     global_: BatchGlobal = Field(alias="global")
     column_mapping: dict[str, str] | None = Field(
         None, description="File column → `request_data.<field>`."
@@ -88,6 +98,16 @@ class BatchRequest(RequestBody):
     expire_at: AwareDatetime | None = Field(
         None, description="Rows not sent by this time end `expired`."
     )
+
+    @model_validator(mode="after")
+    def _one_recipient_source(self) -> Self:
+        if self.file_id is None and self.recipients is None:
+            raise PydanticCustomError("missing_file_id", "give file_id or recipients")
+        if self.file_id is not None and self.recipients is not None:
+            raise PydanticCustomError(
+                "file_id_and_recipients", "give file_id or recipients, not both"
+            )
+        return self
 
     @field_validator("expire_at")
     @classmethod
@@ -234,6 +254,9 @@ class MessageRow(BaseModel):
     created_at: datetime
     sent_at: datetime | None
     updated_at: datetime
+    reference: str | None = Field(
+        None, description="The caller's reference of this recipient (Mobivate `reference`)."
+    )
 
 
 class MessageList(BaseModel):

@@ -211,10 +211,13 @@ async def list_messages(
     after_seq: int,
 ) -> list[dict]:
     rows = await pool.fetch(
-        "SELECT seq, row_number, to_number, body, encoding, segments, status, carrier_sid,"
-        " error_code, error_message, attempts, created_at, sent_at, updated_at FROM messages"
-        " WHERE batch_id = $1 AND account_id = $2 AND seq > $3"
-        " AND ($4::text IS NULL OR status = $4) ORDER BY seq LIMIT $5",
+        "SELECT m.seq, m.row_number, m.to_number, m.body, m.encoding, m.segments, m.status,"
+        " m.carrier_sid, m.error_code, m.error_message, m.attempts, m.created_at, m.sent_at,"
+        " m.updated_at, r.reference FROM messages m"
+        " LEFT JOIN message_references r"
+        " ON r.batch_id = m.batch_id AND r.row_number = m.row_number"
+        " WHERE m.batch_id = $1 AND m.account_id = $2 AND m.seq > $3"
+        " AND ($4::text IS NULL OR m.status = $4) ORDER BY m.seq LIMIT $5",
         batch_id,
         account_id,
         after_seq,
@@ -222,6 +225,21 @@ async def list_messages(
         limit,
     )
     return [dict(r) for r in rows]
+
+
+async def add_references(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    references: Iterable[tuple[int, str]],
+) -> None:
+    """The caller's references of a new batch's rows, as (row_number, reference)."""
+    async with pool.acquire() as conn:
+        await conn.copy_records_to_table(
+            "message_references",
+            records=[(batch_id, number, account_id, ref) for number, ref in references],
+            columns=("batch_id", "row_number", "account_id", "reference"),
+        )
 
 
 async def ledger_footprint(pool: asyncpg.Pool) -> tuple[int, int]:

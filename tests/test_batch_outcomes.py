@@ -6,7 +6,7 @@ import secrets
 
 import httpx
 
-from tests.support.batches import FINAL, phases, run_batch, start
+from tests.support.batches import FINAL, phases, run_batch, start, wait_for_status
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
 from tests.support.stack import Account, WebhookReceiver
 
@@ -117,17 +117,6 @@ async def test_a_failing_webhook_receiver_does_not_hold_the_batch_back(
     assert len(await emulator_messages(emulator_url, body_contains=marker)) == 3
     assert all(d["status_code"] is None and d["error"] for d in deliveries)
     assert all(d["url"] == "http://127.0.0.1:9/refused" for d in deliveries)
-
-
-async def wait_for_status(
-    api: httpx.AsyncClient, account: Account, file_id: str, *statuses: str
-) -> dict:
-    async with asyncio.timeout(60):
-        while True:
-            batch = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()
-            if batch["data"]["status"] in statuses:
-                return batch["data"]
-            await asyncio.sleep(0.2)
 
 
 async def wait_for_deliveries(api: httpx.AsyncClient, account: Account, file_id: str) -> list:

@@ -13,7 +13,7 @@ from api.app import create_app
 from api.input_checks import INT64_MAX
 from tests.support.batches import start
 from tests.support.builders import attach, csv_bytes, unique_numbers
-from tests.support.stack import Account, app_routes
+from tests.support.stack import Account, app_routes, error_code
 
 ROUTES = sorted(app_routes())
 ROUTES_WITH_IDS = [(m, p) for m, p in ROUTES if "{" in p]
@@ -33,10 +33,6 @@ UNSTORABLE_NUMBERS = [
     '{"persona_version": 9223372036854775808}',
     '{"metadata": [-9223372036854775809]}',
 ]
-
-
-def error_code(response: httpx.Response) -> str:
-    return response.json()["errors"][0]["error"]
 
 
 def with_ids(path: str, value: str) -> str:

@@ -56,6 +56,13 @@ SCOPED: dict[tuple[str, str], Call] = {
         json={"user_number": "+12125550123", "agent_number": "{number}", "agent_message": "hi"}
     ),
 }
+# The Mobivate dialect's routes: a `Bearer` key and the dialect's envelope; a sender of A
+# named in the body.
+DIALECT: dict[tuple[str, str], Call] = {
+    ("POST", "/send/batch"): Call(
+        json={"recipients": [{"recipient": "12125550123"}], "text": "hi", "originator": "{number}"}
+    ),
+}
 # Routes that list the caller's resources: B's list names none of A's.
 LISTS: dict[tuple[str, str], Call] = {
     ("GET", "/v1/sms/batches"): Call(),
@@ -91,7 +98,7 @@ PUBLIC: dict[tuple[str, str], str] = {
 
 
 def test_the_matrix_names_every_route_once() -> None:
-    listed = [*SCOPED, *LISTS, *OWN, *PUBLIC]
+    listed = [*SCOPED, *DIALECT, *LISTS, *OWN, *PUBLIC]
     assert len(listed) == len(set(listed)), "a route is in two tables"
     assert set(listed) == app_routes()
 
@@ -105,6 +112,10 @@ class Tenant:
     @property
     def headers(self) -> dict[str, str]:
         return {"authorization": self.key}
+
+    @property
+    def bearer_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.key}"}
 
 
 async def new_tenant(pool: asyncpg.Pool) -> Tenant:
@@ -162,7 +173,13 @@ def unknown_ids() -> dict[str, str]:
 
 
 async def call(
-    api: httpx.AsyncClient, method: str, path: str, spec: Call, caller: Tenant, ids: dict[str, str]
+    api: httpx.AsyncClient,
+    method: str,
+    path: str,
+    spec: Call,
+    caller: Tenant,
+    ids: dict[str, str],
+    headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     values = {**ids, "own_number": caller.number}
 
@@ -174,7 +191,11 @@ async def call(
         return value
 
     return await api.request(
-        method, fill(path), headers=caller.headers, json=fill(spec.json), params=spec.query
+        method,
+        fill(path),
+        headers=caller.headers if headers is None else headers,
+        json=fill(spec.json),
+        params=spec.query,
     )
 
 
@@ -215,3 +236,23 @@ async def test_every_route_but_the_public_ones_needs_a_key(api: httpx.AsyncClien
         filled = path.format(**unknown_ids())
         response = await api.request(method, filled, json={})
         assert outcome(response) == (401, ["UNAUTHORIZED"]), (method, path, response.text)
+
+
+def dialect_outcome(response: httpx.Response) -> tuple[int, str | None]:
+    return response.status_code, response.json()["error"].get("code")
+
+
+async def test_the_dialect_takes_another_accounts_sender_for_an_unknown_one(
+    api: httpx.AsyncClient, tenants: tuple[Tenant, Tenant]
+) -> None:
+    a, b = tenants
+    for (method, path), spec in DIALECT.items():
+        as_b = await call(api, method, path, spec, b, a.ids, b.bearer_headers)
+        unknown = await call(api, method, path, spec, b, unknown_ids(), b.bearer_headers)
+        assert dialect_outcome(unknown) == (404, "AGENT_NUMBER_NOT_FOUND"), (path, unknown.text)
+        assert dialect_outcome(as_b) == dialect_outcome(unknown), (path, as_b.text)
+        as_a = await call(api, method, path, spec, a, a.ids, a.bearer_headers)
+        assert as_a.status_code == 200, (path, as_a.text)
+        without_key = await api.request(method, path, json={})
+        assert without_key.status_code == 403, (path, without_key.text)
+        assert without_key.json()["error"]["name"] == "AuthenticationError"

@@ -13,7 +13,7 @@ async def test_a_json_body_over_the_limit_is_refused_before_it_is_read(
     settings: Settings, account: Account
 ) -> None:
     big = {"file_id": "x", "name": "n" * 5000, "global": {"agent_number": "+15005550006"}}
-    async with api_client(settings.model_copy(update={"max_body_bytes": 2048})) as api:
+    async with api_client(settings.model_copy(update={"max_batch_body_bytes": 2048})) as api:
         declared = await api.post("/v1/sms/batch", headers=account.headers, json=big)
 
         async def chunks() -> AsyncIterator[bytes]:

@@ -13,7 +13,7 @@ import pytest
 import activities.pacing
 from activities.pacing import SenderPacer
 from store import numbers
-from tests.support.stack import Account
+from tests.support.stack import Account, error_code
 
 OUT_OF_RANGE: list[Any] = [1e10, 2e10, 1e308, 1e-300, 0.001, 0, -1, 10_000.5, "Infinity", "NaN"]
 # JSON's non-finite literals, which Python's json module reads as floats.
@@ -21,10 +21,6 @@ NON_FINITE_LITERALS = ["Infinity", "-Infinity", "NaN", "1e400"]
 MIGRATION_050 = (resources.files("store") / "migrations" / "050_sender_mps_range.sql").read_text(
     encoding="utf-8"
 )
-
-
-def error_code(response: httpx.Response) -> str:
-    return response.json()["errors"][0]["error"]
 
 
 @pytest.mark.parametrize("mps", OUT_OF_RANGE)

@@ -53,6 +53,10 @@ class FileNotFound(HeraldError):
     code = "FILE_NOT_FOUND"
 
 
+class TooManyRecipients(HeraldError):
+    code = "TOO_MANY_RECIPIENTS"
+
+
 class AgentNumberNotFound(HeraldError):
     status_code = 404
     code = "AGENT_NUMBER_NOT_FOUND"
@@ -126,19 +130,34 @@ async def start_batch(
     account_id: uuid.UUID,
     body: BatchRequest,
 ) -> BatchStarted:
-    """Record the batch and start its workflow; the same request again is the same batch."""
-    file_id = parse_batch_id(body.file_id, FileNotFound)
-    if not await files.file_exists(pool, account_id, file_id):
-        raise FileNotFound(f"no file {body.file_id!r}")
+    """Record the batch and start its workflow; the same request again is the same batch.
+
+    Inline `recipients` are stored as a JSON file first, so from there on the batch is one
+    of an attached file in every way (and each such request is a new batch)."""
+    file_id = None
+    if body.file_id is not None:
+        file_id = parse_batch_id(body.file_id, FileNotFound)
+        if not await files.file_exists(pool, account_id, file_id):
+            raise FileNotFound(f"no file {body.file_id!r}")
     await require_safe_webhook(body.status_webhook and str(body.status_webhook), settings)
     agent_number = to_e164(body.global_.agent_number, require_valid=False)
     if agent_number is None or not await numbers.has_number(pool, account_id, agent_number):
         raise AgentNumberNotFound(
             f"{body.global_.agent_number} is not a registered sender of this account"
         )
+    if file_id is None:
+        file_id = await _inline_file(pool, settings, account_id, body.recipients or [])
     # Options at their defaults are left out, so adding an option changes no earlier
-    # request's hash: the same request again still finds its batch.
-    request = body.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+    # request's hash: the same request again still finds its batch. Inline rows are in
+    # the file, as an attached file's are.
+    request = body.model_dump(
+        mode="json",
+        by_alias=True,
+        exclude_none=True,
+        exclude_defaults=True,
+        exclude={"recipients"},
+    )
+    request.setdefault("file_id", str(file_id))
     request["global"]["agent_number"] = agent_number
     workflow_id = batch_workflow_id(str(file_id))
     batch, created = await batches.create_batch(
@@ -177,6 +196,24 @@ async def start_batch(
     except WorkflowAlreadyStartedError:
         pass
     return BatchStarted(batch_id=str(file_id), workflow_id=workflow_id)
+
+
+async def _inline_file(
+    pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, rows: list[dict[str, Any]]
+) -> uuid.UUID:
+    if len(rows) > settings.max_rows_per_batch:
+        raise TooManyRecipients(
+            f"{len(rows)} recipients; a batch holds at most {settings.max_rows_per_batch}"
+        )
+    content = json.dumps(rows, ensure_ascii=False).encode()
+    row = await files.insert_file(
+        pool,
+        account_id,
+        filename="recipients.json",
+        content_type="application/json",
+        content=content,
+    )
+    return row["id"]
 
 
 async def _start_workflow(

@@ -1,5 +1,6 @@
 """The batch driver: start batches through the API and follow them to their end."""
 
+import asyncio
 import secrets
 
 import httpx
@@ -77,3 +78,14 @@ async def run_batch(
         api, account, webhooks, recipients, message=message, **options
     )
     return file_id, await webhooks.wait_for(marker, *FINAL)
+
+
+async def wait_for_status(
+    api: httpx.AsyncClient, account: Account, file_id: str, *statuses: str
+) -> dict:
+    async with asyncio.timeout(60):
+        while True:
+            batch = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()
+            if batch["data"]["status"] in statuses:
+                return batch["data"]
+            await asyncio.sleep(0.2)

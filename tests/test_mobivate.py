@@ -1,0 +1,380 @@
+"""The Mobivate dialect, `POST /send/batch`, on the real stack: its documented request and
+replies, each refusal in its envelope, and the batch it starts being one of Herald's."""
+
+import copy
+import json
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from settings import Settings
+from store import batches
+from tests.support.batches import FINAL, wait_for_status
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.mobivate_example import AUTHENTICATION_ERROR, EXAMPLE_REQUEST, EXAMPLE_SUCCESS
+from tests.support.stack import Account, api_client
+
+
+def bearer(account: Account) -> dict[str, str]:
+    return {"Authorization": f"Bearer {account.key}"}
+
+
+def example_for(account: Account, numbers: list[str]) -> dict[str, Any]:
+    """The documented example, but for what this server cannot take as written: its
+    originators ("test", "CustomOrigin") become the account's registered sender, its numbers
+    (13 digits after 44, not valid UK numbers) valid ones, written without `+` as there, and
+    its mailing-list recipient is left out (mailing lists are not supported)."""
+    body = copy.deepcopy(EXAMPLE_REQUEST)
+    body["originator"] = account.agent_number
+    body["recipients"] = body["recipients"][:3]
+    for recipient, number in zip(body["recipients"], numbers, strict=True):
+        recipient["recipient"] = number.removeprefix("+")
+    body["recipients"][2]["originator"] = account.agent_number
+    return body
+
+
+async def test_the_documented_example_sends_each_recipient_its_own_text(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    numbers = unique_numbers(3)
+
+    response = await api.post(
+        "/send/batch", headers=bearer(account), json=example_for(account, numbers)
+    )
+
+    assert response.status_code == 200, response.text
+    reply = response.json()
+    assert reply.keys() == EXAMPLE_SUCCESS.keys()
+    assert reply["record"].keys() == EXAMPLE_SUCCESS["record"].keys()
+    assert reply["success"] is True
+    assert reply["record"]["type"] == "BatchSMS"
+    assert reply["record"]["recipientCount"] == 3
+    scheduled = datetime.fromisoformat(reply["record"]["scheduled"])
+    assert reply["record"]["scheduled"].endswith("Z")
+    assert abs(scheduled - datetime.now(UTC)) < timedelta(minutes=1)
+
+    batch_id = reply["record"]["id"]
+    batch = await wait_for_status(api, account, batch_id, *FINAL)
+    assert batch["status"] == "completed"
+    assert batch["name"] == "My Campaign"
+    assert batch["workflow_id"] == f"sms-batch-{batch_id}"
+    received = [m for n in numbers for m in await emulator_messages(emulator_url, to=n)]
+    assert [(m["to"], m["from"], m["body"]) for m in received] == [
+        (numbers[0], account.agent_number, "Hello John, how is the weather in London?"),
+        (numbers[1], account.agent_number, "Hello Jack, how is the weather in Dublin?"),
+        (numbers[2], account.agent_number, "Hello Michael. How are you?"),
+    ]
+    ledger = (await api.get(f"/v1/sms/batch/{batch_id}/messages", headers=account.headers)).json()[
+        "data"
+    ]["messages"]
+    assert [(m["to_number"], m["reference"], m["status"]) for m in ledger] == [
+        (numbers[0], "aaa", "sent"),
+        (numbers[1], "bbb", "sent"),
+        (numbers[2], "ccc", "sent"),
+    ]
+
+
+async def test_the_example_as_written_is_refused_with_what_this_server_cannot_do(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    body = {**EXAMPLE_REQUEST, "originator": account.agent_number}
+
+    response = await api.post("/send/batch", headers=bearer(account), json=body)
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert response.json()["success"] is False
+    assert error["name"] == "ValidationError"
+    assert error["statusCode"] == 400
+    assert error["details"] == [
+        "recipients.3: mailing-list recipients are not supported by this server"
+    ]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer hk_not-a-key"},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Basic aGs6aGs="},
+    ],
+)
+async def test_a_missing_or_bad_key_gets_the_documented_403(
+    api: httpx.AsyncClient, account: Account, headers: dict[str, str]
+) -> None:
+    body = example_for(account, unique_numbers(3))
+
+    response = await api.post("/send/batch", headers=headers, json=body)
+
+    assert response.status_code == 403
+    assert response.json() == AUTHENTICATION_ERROR
+
+
+async def test_the_raw_key_of_the_bland_routes_is_not_the_dialects_form(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    body = example_for(account, unique_numbers(3))
+
+    dialect = await api.post("/send/batch", headers=account.headers, json=body)
+    bland = await api.get("/v1/sms/batches", headers=account.headers)
+    bland_bearer = await api.get("/v1/sms/batches", headers=bearer(account))
+    bland_bad = await api.get("/v1/sms/batches", headers={"authorization": "hk_nope"})
+
+    assert dialect.status_code == 403
+    assert dialect.json() == AUTHENTICATION_ERROR
+    assert bland.status_code == bland_bearer.status_code == 200
+    assert bland_bad.status_code == 401
+    assert bland_bad.json()["errors"][0]["error"] == "UNAUTHORIZED"
+
+
+def future(**delta: float) -> datetime:
+    return datetime.now(UTC) + timedelta(**delta)
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        ({"text": None}, "text: Field required"),
+        ({"originator": ""}, "originator: String should have at least 1 character"),
+        ({"recipients": None}, "body: give the recipients in `recipients` or `messages`"),
+        ({"recipients": []}, "recipients: List should have at least 1 item"),
+        ({"messages": [{"recipient": "15005550006"}]}, "body: give the recipients in"),
+        ({"recipients": [{"reference": "x"}]}, "recipients.0.recipient: Field required"),
+        ({"recipients": ["15005550006"]}, "recipients.0: Input should be a valid dictionary"),
+        (
+            {"recipients": [{"recipient": "15005550006", "originator": "+15005550007"}]},
+            "body: recipient 0: an originator other than the batch's is not supported",
+        ),
+        ({"text": "See https://example.com"}, "body: shortenUrls is not supported"),
+        ({"spreadHours": -1}, "spreadHours: Input should be greater than or equal to 0"),
+        ({"scheduleDateTime": "2020-01-01T00:00:00Z"}, "scheduleDateTime: scheduleDateTime is in"),
+        ({"scheduleDateTime": "2030-01-01T00:00:00"}, "scheduleDateTime: Input should have"),
+        ({"excludeOptOuts": "perhaps"}, "excludeOptOuts: Input should be a valid boolean"),
+        ({"text": "hi\x00"}, "body: a field holds a NUL character"),
+        (
+            {"recipients": [{"recipient": "15005550006", "reference": "\x00"}]},
+            "body: a field holds a NUL character",
+        ),
+        (
+            {"recipients": [{"recipient": "15005550006", "meta": {"A": ["\x00"]}}]},
+            "body: a field holds a NUL character",
+        ),
+    ],
+)
+async def test_a_bad_body_gets_a_400_listing_what_is_wrong(
+    api: httpx.AsyncClient, account: Account, change: dict[str, Any], detail: str
+) -> None:
+    body = {"recipients": [{"recipient": "15005550006"}], "text": "hi", "shortenUrls": True}
+    body |= {"originator": account.agent_number, **change}
+
+    response = await api.post(
+        "/send/batch",
+        headers=bearer(account),
+        json={key: value for key, value in body.items() if value is not None},
+    )
+
+    assert response.status_code == 400, response.text
+    reply = response.json()
+    assert reply["success"] is False
+    assert reply["error"]["name"] == "ValidationError"
+    assert reply["error"]["statusCode"] == 400
+    assert any(line.startswith(detail) for line in reply["error"]["details"]), reply
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"not json", b""])
+async def test_a_body_that_is_not_an_object_gets_a_400_in_the_dialects_envelope(
+    api: httpx.AsyncClient, account: Account, content: bytes
+) -> None:
+    headers = {**bearer(account), "content-type": "application/json"}
+
+    response = await api.post("/send/batch", headers=headers, content=content)
+
+    assert response.status_code == 400, response.text
+    assert response.json()["success"] is False
+    assert response.json()["error"]["name"] == "ValidationError"
+    assert response.json()["error"]["details"]
+
+
+async def test_an_unregistered_originator_is_refused_in_the_dialects_envelope(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    body = {"recipients": [{"recipient": "15005550006"}], "text": "hi", "originator": "+15550001"}
+
+    response = await api.post("/send/batch", headers=bearer(account), json=body)
+
+    assert response.status_code == 404, response.text
+    error = response.json()["error"]
+    assert error["name"] == "NotFoundError"
+    assert error["code"] == "AGENT_NUMBER_NOT_FOUND"
+    assert "+15550001" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("2031-05-01T14:30:00Z", "2031-05-01T14:30:00.000Z"),
+        ("2031-05-01T14:30:00.5+05:30", "2031-05-01T09:00:00.500Z"),
+        ("2031-05-01T14:30:00+0530", "2031-05-01T09:00:00.000Z"),
+    ],
+)
+async def test_messages_schedule_and_options_carry_over_to_the_batch(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, written: str, expected: str
+) -> None:
+    first, second = unique_numbers(2)
+    body = {
+        "messages": [{"recipient": first}, {"recipient": second, "reference": "r2"}],
+        "text": "later",
+        "originator": account.agent_number.removeprefix("+"),
+        "scheduleDateTime": written,
+        "spreadHours": 2,
+        "excludeOptouts": False,
+        "excludeDuplicates": False,
+        "routeId": "route-7",
+        "shortenUrls": True,
+        "unknownField": "ignored",
+    }
+
+    response = await api.post("/send/batch", headers=bearer(account), json=body)
+
+    assert response.status_code == 200, response.text
+    record = response.json()["record"]
+    assert record["scheduled"] == expected
+    assert record["recipientCount"] == 2
+    batch = await batches.get_batch(pool, account.account_id, uuid.UUID(record["id"]))
+    assert batch is not None
+    assert batch["request"] == {
+        "file_id": record["id"],
+        "global": {
+            "agent_number": account.agent_number,
+            "agent_message": "later",
+            "route_id": "route-7",
+        },
+        "exclude_duplicates": False,
+        "exclude_opt_outs": False,
+        "schedule_at": datetime.fromisoformat(written).isoformat().replace("+00:00", "Z"),
+        "spread_hours": 2.0,
+    }
+    await wait_for_status(api, account, record["id"], "waiting_for_scheduled_messages")
+    cancelled = await api.post(f"/v1/sms/batch/{record['id']}/cancel", headers=account.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    await wait_for_status(api, account, record["id"], "cancelled")
+
+
+async def test_any_meta_key_is_a_template_tag_and_nothing_else(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    number = unique_numbers(1)[0]
+    body = {
+        "recipients": [
+            {"recipient": number, "meta": {"phone_number": "nine", "agent_message": "plain"}}
+        ],
+        "text": "{{phone_number}} {{ agent_message }}",
+        "originator": account.agent_number,
+    }
+
+    response = await api.post("/send/batch", headers=bearer(account), json=body)
+
+    assert response.status_code == 200, response.text
+    batch = await wait_for_status(api, account, response.json()["record"]["id"], *FINAL)
+    assert batch["status"] == "completed"
+    received = await emulator_messages(emulator_url, to=number)
+    assert [m["body"] for m in received] == ["nine plain"]
+
+
+async def test_an_unknown_path_under_send_answers_in_the_dialects_envelope(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    response = await api.post("/send/sms", headers=bearer(account), json={})
+
+    assert response.status_code == 404
+    assert response.json()["success"] is False
+    assert response.json()["error"]["name"] == "NotFoundError"
+
+
+async def test_a_body_over_the_limit_gets_a_413_in_the_dialects_envelope(
+    settings: Settings, account: Account
+) -> None:
+    body = example_for(account, unique_numbers(3))
+
+    async with api_client(settings.model_copy(update={"max_batch_body_bytes": 100})) as small:
+        response = await small.post("/send/batch", headers=bearer(account), json=body)
+
+    assert response.status_code == 413
+    assert response.json()["success"] is False
+    assert response.json()["error"]["name"] == "PayloadTooLargeError"
+    assert response.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+async def test_ten_thousand_recipients_in_a_two_megabyte_body_are_each_sent_once(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    run = secrets.token_hex(6)
+    numbers = unique_numbers(10_000)
+    body = {
+        "recipients": [
+            {
+                "recipient": number,
+                "reference": f"ref-{index}",
+                "meta": {"NAME": f"Name{index}", "NOTE": "n" * 150},
+            }
+            for index, number in enumerate(numbers)
+        ],
+        "text": "Hi {{NAME}} [" + run + "]",
+        "originator": account.agent_number,
+    }
+    content = json.dumps(body).encode()
+    assert len(content) > 2_000_000
+
+    response = await api.post(
+        "/send/batch",
+        headers={**bearer(account), "content-type": "application/json"},
+        content=content,
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["record"]["recipientCount"] == 10_000
+    batch_id = response.json()["record"]["id"]
+    batch = await wait_for_status(api, account, batch_id, *FINAL)
+    assert batch["status"] == "completed"
+    assert batch["counts"] == {"sent": 10_000, "rejected": 0}
+    received = await emulator_messages(emulator_url, body_contains=run)
+    assert sorted(m["to"] for m in received) == numbers
+    names = {number: f"Name{index}" for index, number in enumerate(numbers)}
+    assert all(m["body"] == f"Hi {names[m['to']]} [{run}]" for m in received)
+    page = (
+        await api.get(
+            f"/v1/sms/batch/{batch_id}/messages",
+            headers=account.headers,
+            params={"after": 9_989},
+        )
+    ).json()["data"]["messages"]
+    assert [m["reference"] for m in page] == [f"ref-{index}" for index in range(9_990, 10_000)]
+
+
+async def test_a_recipient_that_is_not_a_number_is_reported_on_its_own(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    number = unique_numbers(1)[0]
+    body = {
+        "recipients": [{"recipient": "not-a-number"}, {"recipient": number}],
+        "text": "one of two",
+        "originator": account.agent_number,
+    }
+
+    response = await api.post("/send/batch", headers=bearer(account), json=body)
+
+    assert response.status_code == 200, response.text
+    batch_id = response.json()["record"]["id"]
+    batch = await wait_for_status(api, account, batch_id, *FINAL)
+    assert batch["status"] == "completed_partial"
+    rejected = await api.get(f"/v1/sms/batch/{batch_id}/errors", headers=account.headers)
+    assert [
+        (r["row_number"], r["value"], r["code"]) for r in rejected.json()["data"]["rejected_rows"]
+    ] == [(1, "not-a-number", "invalid_number")]
+    assert [m["body"] for m in await emulator_messages(emulator_url, to=number)] == ["one of two"]
