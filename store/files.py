@@ -94,3 +94,26 @@ async def file_content(
         account_id,
     )
     return row["filename"], row["content"]
+
+
+async def insert_bytes(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    *,
+    filename: str,
+    content_type: str | None,
+    content: bytes,
+) -> dict:
+    """Store a file already whole in memory (an inline batch's rows)."""
+
+    async def whole() -> AsyncIterator[bytes]:
+        yield content
+
+    return await insert_file(
+        pool,
+        account_id,
+        filename=filename,
+        content_type=content_type,
+        size_bytes=len(content),
+        content=whole(),
+    )

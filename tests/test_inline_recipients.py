@@ -93,10 +93,10 @@ async def test_inline_rows_are_stored_as_a_file_and_left_out_of_the_request(
         ({"recipients": []}, "INVALID_RECIPIENTS"),
         ({"recipients": ["+12015550123"]}, "INVALID_RECIPIENTS"),
         ({"recipients": {"phone_number": "+12015550123"}}, "INVALID_RECIPIENTS"),
-        ({"recipients": [{"phone_number": "+12015550123", "a": "\x00"}]}, "INVALID_RECIPIENTS"),
+        ({"recipients": [{"phone_number": "+12015550123", "a": "\x00"}]}, "INVALID_TEXT"),
         (
             {"recipients": [{"phone_number": "+12015550123", "a": {"\x00": 1}}]},
-            "INVALID_RECIPIENTS",
+            "INVALID_TEXT",
         ),
     ],
 )

@@ -156,14 +156,14 @@ def future(**delta: float) -> datetime:
         ({"scheduleDateTime": "2020-01-01T00:00:00Z"}, "scheduleDateTime: scheduleDateTime is in"),
         ({"scheduleDateTime": "2030-01-01T00:00:00"}, "scheduleDateTime: Input should have"),
         ({"excludeOptOuts": "perhaps"}, "excludeOptOuts: Input should be a valid boolean"),
-        ({"text": "hi\x00"}, "body: a field holds a NUL character"),
+        ({"text": "hi\x00"}, "body.text holds a NUL character"),
         (
             {"recipients": [{"recipient": "15005550006", "reference": "\x00"}]},
-            "body: a field holds a NUL character",
+            "body.recipients[0].reference holds a NUL character",
         ),
         (
             {"recipients": [{"recipient": "15005550006", "meta": {"A": ["\x00"]}}]},
-            "body: a field holds a NUL character",
+            "body.recipients[0].meta.A[0] holds a NUL character",
         ),
     ],
 )

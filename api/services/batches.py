@@ -206,7 +206,7 @@ async def _inline_file(
             f"{len(rows)} recipients; a batch holds at most {settings.max_rows_per_batch}"
         )
     content = json.dumps(rows, ensure_ascii=False).encode()
-    row = await files.insert_file(
+    row = await files.insert_bytes(
         pool,
         account_id,
         filename="recipients.json",
