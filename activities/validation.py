@@ -11,11 +11,10 @@ import structlog
 from temporalio import activity
 
 from activities.recipients.columns import NotPlain, PlainCsv, plain_csv
+from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.rows import (
     Recipient,
     RecipientRules,
-    Rejected,
-    SourceInvalid,
     Tally,
     build_recipients,
     header_issue,
@@ -120,7 +119,7 @@ class ValidationActivities(WorkerResources):
             recipients=tally.recipients,
             rejected=tally.rejected,
             skipped=tally.skipped,
-            code=None if failure is None else "validation_failed",
+            code=None if failure is None else Code.VALIDATION_FAILED.value,
             reason=failure,
         )
 

@@ -20,8 +20,10 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from activities.recipients import rejections
 from activities.recipients.frames import pl
 from activities.recipients.phone_columns import valid_e164_column
+from activities.recipients.rejections import Code, Rejected
 from activities.recipients.rows import (
     JSON_START,
     MESSAGE_COLUMN,
@@ -29,7 +31,6 @@ from activities.recipients.rows import (
     STRICT_EXAMPLES,
     Recipient,
     RecipientRules,
-    Rejected,
     Tally,
     request_defaults,
     row_outcome,
@@ -398,16 +399,15 @@ def _settle_rows(
     defaults: dict[str, str],
 ) -> tuple[pl.DataFrame, list[Rejected]]:
     """Rows with a valid number but no body get `row_outcome`, one by one; rows without a
-    valid number get its outcome for a blank or a non-blank number."""
+    valid number are rejected as blank or not valid, as `row_outcome` would."""
     invalid = table["to_number"].is_null()
     open_ = ~invalid & (table["body"] == "")
-    kinds = {blank: _number_rejected(blank, rules) for blank in (False, True)}
+    kinds = {True: rejections.BLANK_NUMBER, False: rejections.INVALID_NUMBER}
     numbers = frame.filter(invalid).select(
         _ROW, PHONE_COLUMN, _is_blank(pl.col(PHONE_COLUMN)).alias("blank")
     )
     outcomes: list[Recipient | Rejected] = [
-        Rejected(row_number, kinds[blank].code, kinds[blank].reason, raw)
-        for row_number, raw, blank in numbers.iter_rows()
+        kinds[blank].at(row_number, raw) for row_number, raw, blank in numbers.iter_rows()
     ]
     outcomes += [
         row_outcome(
@@ -437,13 +437,6 @@ def _settle_rows(
     return kept, rejected
 
 
-def _number_rejected(blank: bool, rules: RecipientRules) -> Rejected:
-    """`row_outcome` for a row without a valid number, whose number is blank or not."""
-    outcome = row_outcome(0, {PHONE_COLUMN: "" if blank else "?"}, None, rules, {}, {})
-    assert isinstance(outcome, Rejected)
-    return outcome
-
-
 def _with_skips(
     table: pl.DataFrame, rules: RecipientRules, repeated: pl.Series, first_seq: int
 ) -> pl.DataFrame:
@@ -452,9 +445,11 @@ def _with_skips(
     skip_code = pl.lit(None, pl.String)
     if rules.opted_out:
         opted_out = pl.Series(list(rules.opted_out), dtype=pl.String).implode()
-        skip_code = pl.when(pl.col("to_number").is_in(opted_out)).then(pl.lit("opted_out"))
+        skip_code = pl.when(pl.col("to_number").is_in(opted_out)).then(pl.lit(Code.OPTED_OUT.value))
     if rules.exclude_duplicates:
-        skip_code = pl.when(pl.lit(repeated)).then(pl.lit("duplicate")).otherwise(skip_code)
+        skip_code = (
+            pl.when(pl.lit(repeated)).then(pl.lit(Code.DUPLICATE.value)).otherwise(skip_code)
+        )
     return (
         table.with_row_index("seq", offset=first_seq)
         .with_columns(
