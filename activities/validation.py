@@ -14,6 +14,7 @@ from activities.recipients.columns import NotPlain, PlainCsv, plain_csv
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.rows import (
     Recipient,
+    RecipientOptions,
     RecipientRules,
     Tally,
     build_recipients,
@@ -40,21 +41,11 @@ class ValidationActivities(WorkerResources):
         account_id = batch["account_id"]
         _, content = await files.file_content(self._pool, account_id, batch_id)
         request: dict[str, Any] = batch["request"]
-        settings_global: dict[str, Any] = request.get("global") or {}
-        # The stored request leaves out options at their API defaults, repeated here.
-        strict = bool(request.get("strict", False))
+        options = RecipientOptions.from_request(request)
         opted_out: set[str] = set()
-        if request.get("exclude_opt_outs", True):
+        if options.exclude_opt_outs:
             opted_out = await opt_outs.opted_out_numbers(self._pool, account_id)
-        rules = RecipientRules(
-            max_rows=input.limits.max_rows,
-            max_message_chars=input.limits.max_message_chars,
-            agent_message=settings_global.get("agent_message"),
-            request_data=settings_global.get("request_data") or {},
-            column_mapping=request.get("column_mapping") or {},
-            exclude_duplicates=request.get("exclude_duplicates", True),
-            opted_out=opted_out,
-        )
+        rules = RecipientRules.from_request(request, input.limits, opted_out)
         try:
             # A plain CSV file is validated by columns, a block at a time; any other file,
             # or one that turns out not to be plain, row by row (a JSON file is parsed
@@ -68,7 +59,7 @@ class ValidationActivities(WorkerResources):
                         # A savepoint: the blocks before one that is not plain are undone.
                         async with conn.transaction():
                             tally = await _copy_blocks(
-                                conn, batch_id, account_id, plain, with_ledger=not strict
+                                conn, batch_id, account_id, plain, with_ledger=not options.strict
                             )
                         header = plain.header
                     except NotPlain as error:
@@ -80,14 +71,14 @@ class ValidationActivities(WorkerResources):
                         batch_id,
                         account_id,
                         build_recipients(header, rows, rules),
-                        stop_ledger_at_rejection=strict,
+                        stop_ledger_at_rejection=options.strict,
                     )
                 issue = header_issue(header)
                 if issue is not None:
                     await messages.copy_rejected(
                         conn, [_rejected_record(batch_id, account_id, issue)]
                     )
-                failure = strict_failure(issue, tally) if strict else None
+                failure = strict_failure(issue, tally) if options.strict else None
                 if failure is not None:
                     await messages.clear_ledger(conn, batch_id)
                     tally = tally.without_ledger()

@@ -13,6 +13,8 @@ from pydantic import (
     field_validator,
 )
 
+from activities.recipients.rows import DEFAULT_OPTIONS
+
 T = TypeVar("T")
 
 
@@ -53,13 +55,16 @@ class BatchRequest(BaseModel):
         None, description="File column → `request_data.<field>`."
     )
     exclude_duplicates: bool = Field(
-        True, description="Skip a number seen earlier in the file (`duplicate`)."
+        DEFAULT_OPTIONS.exclude_duplicates,
+        description="Skip a number seen earlier in the file (`duplicate`).",
     )
     exclude_opt_outs: bool = Field(
-        True, description="Skip numbers opted out for this account (`opted_out`)."
+        DEFAULT_OPTIONS.exclude_opt_outs,
+        description="Skip numbers opted out for this account (`opted_out`).",
     )
     strict: bool = Field(
-        False, description="Any rejected row fails the whole batch; nothing is sent."
+        DEFAULT_OPTIONS.strict,
+        description="Any rejected row fails the whole batch; nothing is sent.",
     )
     status_webhook: AnyHttpUrl | None = Field(None, description="Receives each lifecycle event.")
     name: str | None = Field(None, max_length=200)

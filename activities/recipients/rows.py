@@ -23,6 +23,7 @@ from activities.recipients import rejections
 from activities.recipients.phones import valid_e164s
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.segments import GSM7, classify, classify_all
+from workflows.contracts import ValidationLimits
 
 PHONE_COLUMN = "phone_number"
 MESSAGE_COLUMN = "agent_message"
@@ -53,6 +54,32 @@ class Recipient:
     skip_code: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class RecipientOptions:
+    """A batch request's options for its recipients, at their defaults: the API's request
+    model takes its defaults from here, and a stored request leaves out the options at them."""
+
+    exclude_duplicates: bool = True
+    exclude_opt_outs: bool = True
+    strict: bool = False
+
+    @classmethod
+    def from_request(cls, request: Mapping[str, Any]) -> "RecipientOptions":
+        """The options of a stored batch request."""
+        return cls(
+            exclude_duplicates=bool(
+                request.get("exclude_duplicates", DEFAULT_OPTIONS.exclude_duplicates)
+            ),
+            exclude_opt_outs=bool(
+                request.get("exclude_opt_outs", DEFAULT_OPTIONS.exclude_opt_outs)
+            ),
+            strict=bool(request.get("strict", DEFAULT_OPTIONS.strict)),
+        )
+
+
+DEFAULT_OPTIONS = RecipientOptions()
+
+
 @dataclass(kw_only=True)
 class RecipientRules:
     max_rows: int
@@ -60,8 +87,25 @@ class RecipientRules:
     agent_message: str | None = None
     request_data: Mapping[str, Any] = field(default_factory=dict)
     column_mapping: Mapping[str, str] = field(default_factory=dict)
-    exclude_duplicates: bool = True
+    exclude_duplicates: bool = DEFAULT_OPTIONS.exclude_duplicates
     opted_out: AbstractSet[str] = frozenset()
+
+    @classmethod
+    def from_request(
+        cls, request: Mapping[str, Any], limits: ValidationLimits, opted_out: AbstractSet[str]
+    ) -> "RecipientRules":
+        """The rules of a stored batch request, under the limits it was accepted with;
+        `opted_out` is the account's list when the request excludes opt-outs, else empty."""
+        settings_global: Mapping[str, Any] = request.get("global") or {}
+        return cls(
+            max_rows=limits.max_rows,
+            max_message_chars=limits.max_message_chars,
+            agent_message=settings_global.get("agent_message"),
+            request_data=settings_global.get("request_data") or {},
+            column_mapping=request.get("column_mapping") or {},
+            exclude_duplicates=RecipientOptions.from_request(request).exclude_duplicates,
+            opted_out=opted_out,
+        )
 
 
 @dataclass(kw_only=True)
