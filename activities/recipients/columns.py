@@ -1,8 +1,8 @@
 """A plain CSV recipient file validated by columns, in polars: `build_recipients`'
-outcomes at several times the speed, for the files that are most of the traffic.
+outcomes, faster, for the files that are most of the traffic.
 
-`build_recipients` handles any file row by row; its per-row Python objects cost about ten
-times what reading the CSV costs. A file with no quoting (no `"`), in UTF-8, with no lone
+`build_recipients` handles any file row by row; its per-row Python objects cost much more
+than reading the CSV. A file with no quoting (no `"`), in UTF-8, with no lone
 carriage return, is one row a line: it is cut into blocks of lines, each read by polars
 (which then reads as Python's csv module does) and validated by vectorised passes; a row
 those do not settle goes through `recipients`' own rules, so both paths give the same
@@ -63,11 +63,11 @@ LEDGER_COLUMNS = (
 _BOM = b"\xef\xbb\xbf"
 # The file's row numbers, under a name no column of a file without NUL bytes can have.
 _ROW = "\x00row_number"
-# Bytes of the file validated at a time: about 150,000 rows of a typical list, so memory
-# stays flat whatever the file's size, and each block is COPYed while the next is made.
+# Bytes of the file validated at a time, so memory stays flat whatever the file's size, and
+# each block is COPYed while the next is made.
 BLOCK_BYTES = 4 << 20
 # Blocks validated at once, each in its own thread: on two cores, three keep both busier
-# than two while one waits for the GIL (10% faster, for +15 MB at 1,000,000 rows).
+# than two while one waits for the GIL.
 IN_FLIGHT = 3
 # Ledger rows per COPY: a few MB of CSV.
 COPY_ROWS = 25_000
@@ -212,8 +212,7 @@ def _plain_header(content: bytes) -> list[str] | None:
 def _even_size(size: int, block_bytes: int) -> int:
     """Bytes a block to cut `size` bytes into blocks of at most about `block_bytes`: one,
     or as many as a multiple of `IN_FLIGHT`. Blocks of one size end together, where a
-    short last block would leave a core idle while it is validated (a tenth of the time
-    at 1,000,000 rows)."""
+    short last block would leave a core idle while it is validated."""
     blocks = -(-size // block_bytes)
     if blocks <= 1:
         return block_bytes
@@ -252,7 +251,7 @@ def _read_block(text: bytes, header: list[str], first_row: int, lines: int) -> p
     # a cell over its limit.
     longest, lone_cr = frame.select(
         pl.max_horizontal(pl.all().str.len_bytes().max()),
-        # (Counting is several times faster than `contains` in polars 2.1.)
+        # (Counting costs less than a literal `contains` in polars.)
         pl.sum_horizontal(pl.all().str.count_matches("\r", literal=True).sum()).alias("cr"),
     ).row(0)
     limit = csv.field_size_limit()

@@ -42,7 +42,7 @@ Row = list[str] | dict[str, str]
 Lookup = Callable[[str], str | None]
 
 
-# Not frozen: a frozen dataclass's __init__ costs four times as much, once per row, and
+# Not frozen: a frozen dataclass's __init__ costs several times as much, once per row, and
 # `_mark_skipped` sets `skip_code` once the block's outcomes are built.
 @dataclass(slots=True)
 class Recipient:
