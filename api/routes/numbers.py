@@ -4,21 +4,12 @@ from fastapi import APIRouter
 
 from activities.recipients.phones import to_e164
 from api.deps import AccountId, AppSettings, Pool
-from api.errors import HeraldError
 from api.models import Envelope, NumberRequest, NumberUpdate, SenderNumber
+from api.services.numbers import InvalidPhoneNumber, NumberNotFound
 from api.services.webhook_urls import require_safe_webhook
 from store import numbers
 
 router = APIRouter(tags=["numbers"])
-
-
-class InvalidPhoneNumber(HeraldError):
-    code = "INVALID_PHONE_NUMBER"
-
-
-class NumberNotFound(HeraldError):
-    status_code = 404
-    code = "NUMBER_NOT_FOUND"
 
 
 @router.post("/v1/sms/numbers", status_code=201, response_model=Envelope[SenderNumber])
