@@ -7,7 +7,7 @@ from fastapi import APIRouter, Form, UploadFile
 from api.deps import AccountId, AppSettings, Pool
 from api.errors import HeraldError
 from api.models import AttachedFile, Envelope
-from store.files import insert_file
+from api.services.files import store_file
 
 router = APIRouter(tags=["files"])
 
@@ -53,7 +53,7 @@ async def attach_file(
             raise FileTooLarge(f"files are limited to {settings.max_upload_bytes} bytes")
     if not content:
         raise EmptyFile("the file is empty")
-    row = await insert_file(
+    row = await store_file(
         pool,
         account_id,
         filename=file.filename or "upload",

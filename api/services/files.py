@@ -1,0 +1,20 @@
+"""Recipient files, stored for the batches that read them."""
+
+import uuid
+
+import asyncpg
+
+from store import files
+
+
+async def store_file(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    *,
+    filename: str,
+    content_type: str | None,
+    content: bytes,
+) -> dict:
+    return await files.insert_file(
+        pool, account_id, filename=filename, content_type=content_type, content=content
+    )
