@@ -12,11 +12,10 @@ from temporalio import activity
 
 from activities.heartbeats import ValidationHeartbeat
 from activities.recipients.columns import NotPlain, PlainCsv, plain_csv
+from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.rows import (
     Recipient,
     RecipientRules,
-    Rejected,
-    SourceInvalid,
     Tally,
     build_recipients,
     header_issue,
@@ -42,20 +41,11 @@ class ValidationActivities(WorkerResources):
         account_id = batch["account_id"]
         _, content = await files.file_content(self._pool, account_id, batch_id)
         request: dict[str, Any] = batch["request"]
-        settings_global: dict[str, Any] = request.get("global") or {}
         options = ValidationOptions.from_request(request)
         opted_out: set[str] = set()
         if options.exclude_opt_outs:
             opted_out = await opt_outs.opted_out_numbers(self._pool, account_id)
-        rules = RecipientRules(
-            max_rows=input.limits.max_rows,
-            max_message_chars=input.limits.max_message_chars,
-            agent_message=settings_global.get("agent_message"),
-            request_data=settings_global.get("request_data") or {},
-            column_mapping=request.get("column_mapping") or {},
-            exclude_duplicates=options.exclude_duplicates,
-            opted_out=opted_out,
-        )
+        rules = RecipientRules.from_request(request, input.limits, opted_out)
         try:
             # A plain CSV file is validated by columns, a block at a time; any other file,
             # or one that turns out not to be plain, row by row (a JSON file is parsed
@@ -120,7 +110,7 @@ class ValidationActivities(WorkerResources):
             recipients=tally.recipients,
             rejected=tally.rejected,
             skipped=tally.skipped,
-            code=None if failure is None else "validation_failed",
+            code=None if failure is None else Code.VALIDATION_FAILED.value,
             reason=failure,
         )
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, Field, field_validator
 
 from api.models import Page, RequestBody
+from workflows.contracts import SilenceTimers
 
 # Bland fields Herald accepts and keeps on the conversation, and does not act on.
 STORED_FIELDS = (
@@ -36,7 +37,31 @@ class StoredFields(RequestBody):
     citation_schema_ids: list[str] | None = None
 
 
-class SendRequest(StoredFields):
+class SilenceTimerFields(BaseModel):
+    """`SilenceTimers`' fields, flat in a request or a reply."""
+
+    time_out: float | None = Field(
+        None,
+        allow_inf_nan=False,
+        le=MAX_SILENCE_SECONDS,
+        description="Seconds of user silence before the timeout, at most a year.",
+    )
+    timeout_message: str | None = Field(None, description="Sent when the conversation times out.")
+    warning_time: float | None = Field(
+        None,
+        allow_inf_nan=False,
+        le=MAX_SILENCE_SECONDS,
+        description="Seconds of user silence before the warning, at most a year.",
+    )
+    warning_message: str | None = Field(None, description="Sent after `warning_time`.")
+
+    def silence_timers(self) -> SilenceTimers:
+        return SilenceTimers(
+            **{name: getattr(self, name) for name in SilenceTimerFields.model_fields}
+        )
+
+
+class SendRequest(StoredFields, SilenceTimerFields):
     user_number: str = Field(min_length=1, description="E.164 number of the person messaged.")
     agent_number: str = Field(min_length=1, description="A registered sender of the account.")
     agent_message: str | None = Field(
@@ -55,20 +80,6 @@ class SendRequest(StoredFields):
     content_variables: dict[str, Any] | None = Field(
         None, description="Template variables: an object, or a JSON object as a string."
     )
-    time_out: float | None = Field(
-        None,
-        allow_inf_nan=False,
-        le=MAX_SILENCE_SECONDS,
-        description="Seconds of user silence before the timeout, at most a year.",
-    )
-    timeout_message: str | None = Field(None, description="Sent when the conversation times out.")
-    warning_time: float | None = Field(
-        None,
-        allow_inf_nan=False,
-        le=MAX_SILENCE_SECONDS,
-        description="Seconds of user silence before the warning, at most a year.",
-    )
-    warning_message: str | None = Field(None, description="Sent after `warning_time`.")
 
     @field_validator("content_variables", mode="before")
     @classmethod
@@ -110,7 +121,7 @@ class ConversationMessage(BaseModel):
     updated_at: datetime
 
 
-class ConversationSummary(StoredFields):
+class ConversationSummary(StoredFields, SilenceTimerFields):
     conversation_id: str
     workflow_id: str
     agent_number: str
@@ -120,10 +131,6 @@ class ConversationSummary(StoredFields):
     webhook: str | None
     metadata: dict[str, Any] | None
     request_data: dict[str, Any] | None
-    time_out: float | None
-    timeout_message: str | None
-    warning_time: float | None
-    warning_message: str | None
     created_at: datetime
     updated_at: datetime
     ended_at: datetime | None

@@ -403,7 +403,7 @@ def averaged(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def validation_in_own_process(rows: int) -> dict[str, Any]:
     """`bench.validation`'s measure, in a fresh process as the worker validates in its
-    own: in this one, after the stack's measures, it ran 10-25% slower."""
+    own, apart from what the stack's measures leave behind in this one."""
     done = subprocess.run(
         [sys.executable, "-m", "bench.validation", "--rows", str(rows), "--json"],
         check=True,

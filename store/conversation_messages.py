@@ -12,7 +12,7 @@ _MESSAGE_COLUMNS = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClaimedMessage:
+class ClaimedConversationMessage:
     """An agent message taken for sending, with what the carrier needs to address it."""
 
     account_id: uuid.UUID
@@ -92,7 +92,7 @@ async def record_user_message(
 
 async def claim_message(
     pool: asyncpg.Pool, message_id: uuid.UUID, *, first_attempt: bool
-) -> ClaimedMessage | None:
+) -> ClaimedConversationMessage | None:
     """Move a queued agent message to `sending` and return it; None if it is not queued.
 
     A message still `sending` when a retry arrives was claimed by a crashed attempt: the
@@ -113,7 +113,7 @@ async def claim_message(
             " m.content_sid, m.content_variables",
             message_id,
         )
-    return ClaimedMessage(**dict(row)) if row else None
+    return ClaimedConversationMessage(**dict(row)) if row else None
 
 
 async def record_outcome(

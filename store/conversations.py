@@ -6,6 +6,7 @@ from typing import Any
 
 import asyncpg
 
+from workflows.contracts import SilenceTimers
 from workflows.statuses import ConversationStatus
 
 _CONVERSATION_COLUMNS = (
@@ -16,14 +17,6 @@ _CONVERSATION_COLUMNS = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class Timers:
-    time_out: float | None = None
-    timeout_message: str | None = None
-    warning_time: float | None = None
-    warning_message: str | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
 class ConversationFields:
     """What a send sets on its conversation; None keeps the conversation's value."""
 
@@ -31,7 +24,7 @@ class ConversationFields:
     webhook: str | None = None
     metadata: dict[str, Any] | None = None
     request_data: dict[str, Any] | None = None
-    timers: Timers | None = None
+    timers: SilenceTimers | None = None
     stored_fields: dict[str, Any] = field(default_factory=dict)
 
 
@@ -58,7 +51,7 @@ async def open_conversation(
             agent_number,
             user_number,
         )
-    timers = fields.timers or Timers()
+    timers = fields.timers or SilenceTimers()
     row = await conn.fetchrow(
         "INSERT INTO conversations (id, account_id, workflow_id, agent_number, user_number,"
         " channel, webhook, metadata, request_data, time_out, timeout_message, warning_time,"

@@ -2,6 +2,7 @@
 across a worker restart (Temporal keeps the timers, not the worker)."""
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from datetime import datetime
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 from temporalio.client import Client
 
+from api.conversation_models import SendRequest, SilenceTimerFields
 from settings import Settings
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.sending import (
@@ -21,6 +23,7 @@ from tests.support.sending import (
 )
 from tests.support.stack import Account, WebhookReceiver, api_client
 from worker import herald_worker
+from workflows.contracts import SilenceTimers
 
 TIMERS = {
     "warning_time": 2,
@@ -156,3 +159,10 @@ async def test_the_timers_fire_after_a_worker_restart(
     ]
     assert arrival(warning) >= stopped_at + 5
     assert [m["kind"] for m in detail["messages"]] == ["message", "warning", "timeout"]
+
+
+def test_the_api_carries_every_timer_setting_and_no_other() -> None:
+    names = [field.name for field in dataclasses.fields(SilenceTimers)]
+    assert list(SilenceTimerFields.model_fields) == names
+    body = SendRequest.model_validate({"user_number": "+1", "agent_number": "+2", **TIMERS})
+    assert body.silence_timers() == SilenceTimers(**TIMERS)

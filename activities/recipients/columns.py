@@ -1,8 +1,8 @@
 """A plain CSV recipient file validated by columns, in polars: `build_recipients`'
-outcomes at several times the speed, for the files that are most of the traffic.
+outcomes, faster, for the files that are most of the traffic.
 
-`build_recipients` handles any file row by row; its per-row Python objects cost about ten
-times what reading the CSV costs. A file with no quoting (no `"`), in UTF-8, with no lone
+`build_recipients` handles any file row by row; its per-row Python objects cost much more
+than reading the CSV. A file with no quoting (no `"`), in UTF-8, with no lone
 carriage return, is one row a line: it is cut into blocks of lines, each read by polars
 (which then reads as Python's csv module does) and validated by vectorised passes; a row
 those do not settle goes through `recipients`' own rules, so both paths give the same
@@ -20,8 +20,10 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from activities.recipients import rejections
 from activities.recipients.frames import pl
 from activities.recipients.phone_columns import valid_e164_column
+from activities.recipients.rejections import Code, Rejected
 from activities.recipients.rows import (
     JSON_START,
     MESSAGE_COLUMN,
@@ -29,7 +31,6 @@ from activities.recipients.rows import (
     STRICT_EXAMPLES,
     Recipient,
     RecipientRules,
-    Rejected,
     Tally,
     phone_column_issue,
     request_defaults,
@@ -63,11 +64,11 @@ LEDGER_COLUMNS = (
 _BOM = b"\xef\xbb\xbf"
 # The file's row numbers, under a name no column of a file without NUL bytes can have.
 _ROW = "\x00row_number"
-# Bytes of the file validated at a time: about 150,000 rows of a typical list, so memory
-# stays flat whatever the file's size, and each block is COPYed while the next is made.
+# Bytes of the file validated at a time, so memory stays flat whatever the file's size, and
+# each block is COPYed while the next is made.
 BLOCK_BYTES = 4 << 20
 # Blocks validated at once, each in its own thread: on two cores, three keep both busier
-# than two while one waits for the GIL (10% faster, for +15 MB at 1,000,000 rows).
+# than two while one waits for the GIL.
 IN_FLIGHT = 3
 # Ledger rows per COPY: a few MB of CSV.
 COPY_ROWS = 25_000
@@ -212,8 +213,7 @@ def _plain_header(content: bytes) -> list[str] | None:
 def _even_size(size: int, block_bytes: int) -> int:
     """Bytes a block to cut `size` bytes into blocks of at most about `block_bytes`: one,
     or as many as a multiple of `IN_FLIGHT`. Blocks of one size end together, where a
-    short last block would leave a core idle while it is validated (a tenth of the time
-    at 1,000,000 rows)."""
+    short last block would leave a core idle while it is validated."""
     blocks = -(-size // block_bytes)
     if blocks <= 1:
         return block_bytes
@@ -252,7 +252,7 @@ def _read_block(text: bytes, header: list[str], first_row: int, lines: int) -> p
     # a cell over its limit.
     longest, lone_cr = frame.select(
         pl.max_horizontal(pl.all().str.len_bytes().max()),
-        # (Counting is several times faster than `contains` in polars 2.1.)
+        # (Counting costs less than a literal `contains` in polars.)
         pl.sum_horizontal(pl.all().str.count_matches("\r", literal=True).sum()).alias("cr"),
     ).row(0)
     limit = csv.field_size_limit()
@@ -399,16 +399,15 @@ def _settle_rows(
     defaults: dict[str, str],
 ) -> tuple[pl.DataFrame, list[Rejected]]:
     """Rows with a valid number but no body get `row_outcome`, one by one; rows without a
-    valid number get its outcome for a blank or a non-blank number."""
+    valid number are rejected as blank or not valid, as `row_outcome` would."""
     invalid = table["to_number"].is_null()
     open_ = ~invalid & (table["body"] == "")
-    kinds = {blank: _number_rejected(blank, rules) for blank in (False, True)}
+    kinds = {True: rejections.BLANK_NUMBER, False: rejections.INVALID_NUMBER}
     numbers = frame.filter(invalid).select(
         _ROW, PHONE_COLUMN, _is_blank(pl.col(PHONE_COLUMN)).alias("blank")
     )
     outcomes: list[Recipient | Rejected] = [
-        Rejected(row_number, kinds[blank].code, kinds[blank].reason, raw)
-        for row_number, raw, blank in numbers.iter_rows()
+        kinds[blank].at(row_number, raw) for row_number, raw, blank in numbers.iter_rows()
     ]
     outcomes += [
         row_outcome(
@@ -438,13 +437,6 @@ def _settle_rows(
     return kept, rejected
 
 
-def _number_rejected(blank: bool, rules: RecipientRules) -> Rejected:
-    """`row_outcome` for a row without a valid number, whose number is blank or not."""
-    outcome = row_outcome(0, {PHONE_COLUMN: "" if blank else "?"}, None, rules, {}, {})
-    assert isinstance(outcome, Rejected)
-    return outcome
-
-
 def _with_skips(
     table: pl.DataFrame, rules: RecipientRules, repeated: pl.Series, first_seq: int
 ) -> pl.DataFrame:
@@ -453,9 +445,11 @@ def _with_skips(
     skip_code = pl.lit(None, pl.String)
     if rules.opted_out:
         opted_out = pl.Series(list(rules.opted_out), dtype=pl.String).implode()
-        skip_code = pl.when(pl.col("to_number").is_in(opted_out)).then(pl.lit("opted_out"))
+        skip_code = pl.when(pl.col("to_number").is_in(opted_out)).then(pl.lit(Code.OPTED_OUT.value))
     if rules.exclude_duplicates:
-        skip_code = pl.when(pl.lit(repeated)).then(pl.lit("duplicate")).otherwise(skip_code)
+        skip_code = (
+            pl.when(pl.lit(repeated)).then(pl.lit(Code.DUPLICATE.value)).otherwise(skip_code)
+        )
     return (
         table.with_row_index("seq", offset=first_seq)
         .with_columns(

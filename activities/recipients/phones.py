@@ -1,12 +1,13 @@
 """Phone numbers to E.164, the one form Herald stores and sends.
 
-`phonenumbers` takes ~30 us a number. Most numbers of a recipient file already are E.164
-(perhaps without the `+`), so for files one pattern built from phonenumbers' own metadata
-decides those: a country calling code, then a national number that no national prefix
-could be stripped from, that is valid for the region phonenumbers picks for it. Such a
-number is valid and its own E.164 form; a number of digits whose national part no prefix
-could be stripped from and that fails the pattern is invalid. Anything else goes to
-phonenumbers, as a single number always does: building the pattern takes 0.2-0.5 s.
+`phonenumbers` is slow for a file of a million numbers. Most numbers of a recipient file
+already are E.164 (perhaps without the `+`), so for files one pattern built from
+phonenumbers' own metadata decides those: a country calling code, then a national number
+that no national prefix could be stripped from, that is valid for the region phonenumbers
+picks for it. Such a number is valid and its own E.164 form; a number of digits whose
+national part no prefix could be stripped from and that fails the pattern is invalid.
+Anything else goes to phonenumbers, as a single number always does. The pattern is built
+once per process.
 """
 
 import functools
@@ -141,7 +142,7 @@ def code_plans() -> dict[str, CodePlan]:
 
 
 class _Patterns:
-    """Compiled from phonenumbers' metadata once, at first use (0.2-0.5 s)."""
+    """Compiled from phonenumbers' metadata once, at first use."""
 
     def __init__(self) -> None:
         branches = {code: _code_pattern(plan) for code, plan in code_plans().items()}

@@ -19,8 +19,13 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
+from activities.recipients import rejections
 from activities.recipients.phones import valid_e164s
+from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.segments import GSM7, classify, classify_all
+from workflows.contracts import ValidationLimits, ValidationOptions
+
+DEFAULT_VALIDATION = ValidationOptions()
 
 PHONE_COLUMN = "phone_number"
 MESSAGE_COLUMN = "agent_message"
@@ -39,21 +44,7 @@ Row = list[str] | dict[str, str]
 Lookup = Callable[[str], str | None]
 
 
-class SourceInvalid(Exception):
-    """The file as a whole cannot be read as recipients; `code` says why.
-
-    `source_invalid`: no `phone_number` column. `duplicate_phone_column`: several.
-    `invalid_encoding`: not UTF-8. `invalid_format`: neither CSV nor a JSON array of objects.
-    `too_many_rows`: over the limit.
-    """
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-# Not frozen: a frozen dataclass's __init__ costs four times as much, once per row, and
+# Not frozen: a frozen dataclass's __init__ costs several times as much, once per row, and
 # `_mark_skipped` sets `skip_code` once the block's outcomes are built.
 @dataclass(slots=True)
 class Recipient:
@@ -65,16 +56,6 @@ class Recipient:
     skip_code: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """A row that will not be sent (row 0: a problem with the header), and why."""
-
-    row_number: int
-    code: str
-    reason: str
-    value: str | None
-
-
 @dataclass(kw_only=True)
 class RecipientRules:
     max_rows: int
@@ -82,8 +63,25 @@ class RecipientRules:
     agent_message: str | None = None
     request_data: Mapping[str, Any] = field(default_factory=dict)
     column_mapping: Mapping[str, str] = field(default_factory=dict)
-    exclude_duplicates: bool = True
+    exclude_duplicates: bool = DEFAULT_VALIDATION.exclude_duplicates
     opted_out: AbstractSet[str] = frozenset()
+
+    @classmethod
+    def from_request(
+        cls, request: Mapping[str, Any], limits: ValidationLimits, opted_out: AbstractSet[str]
+    ) -> "RecipientRules":
+        """The rules of a stored batch request, under the limits it was accepted with;
+        `opted_out` is the account's list when the request excludes opt-outs, else empty."""
+        settings_global: Mapping[str, Any] = request.get("global") or {}
+        return cls(
+            max_rows=limits.max_rows,
+            max_message_chars=limits.max_message_chars,
+            agent_message=settings_global.get("agent_message"),
+            request_data=settings_global.get("request_data") or {},
+            column_mapping=request.get("column_mapping") or {},
+            exclude_duplicates=ValidationOptions.from_request(request).exclude_duplicates,
+            opted_out=opted_out,
+        )
 
 
 @dataclass(kw_only=True)
@@ -135,9 +133,7 @@ class Tally:
 
 
 def too_many_rows(max_rows: int) -> SourceInvalid:
-    return SourceInvalid(
-        "too_many_rows", f"the file has more than {max_rows} rows; split it into several batches"
-    )
+    return rejections.TOO_MANY_ROWS.error(limit=max_rows)
 
 
 def read_rows(content: bytes) -> tuple[list[str], Iterator[Row]]:
@@ -147,14 +143,9 @@ def read_rows(content: bytes) -> tuple[list[str], Iterator[Row]]:
     and quoting errors surface, as SourceInvalid too, while iterating.
     """
     if content.startswith(_UTF16_BOMS):
-        raise SourceInvalid(
-            "invalid_encoding", 'the file is UTF-16; save it as UTF-8 (e.g. "CSV UTF-8")'
-        )
+        raise rejections.UTF16.error()
     if b"\x00" in content:
-        raise SourceInvalid(
-            "invalid_format",
-            "the file holds NUL bytes, so it is binary (a spreadsheet?), not CSV or JSON text",
-        )
+        raise rejections.BINARY.error()
     if JSON_START.match(content):
         return _read_json(content)
     rows = _csv_rows(content)
@@ -171,9 +162,7 @@ def _csv_rows(content: bytes) -> Iterator[list[str]]:
     except UnicodeDecodeError as error:
         raise _not_utf8(content) from error
     except csv.Error as error:
-        raise SourceInvalid(
-            "invalid_format", f"the file is not valid CSV: {error} (line {reader.line_num})"
-        ) from error
+        raise rejections.BAD_CSV.error(error=error, line=reader.line_num) from error
 
 
 def _not_utf8(content: bytes) -> SourceInvalid:
@@ -189,11 +178,7 @@ def _not_utf8(content: bytes) -> SourceInvalid:
             offset = start - pending + error.start
             break
     line = content.count(b"\n", 0, offset) + 1
-    return SourceInvalid(
-        "invalid_encoding",
-        f"the file is not UTF-8: byte 0x{content[offset]:02X} at offset {offset} (line {line});"
-        ' save it as UTF-8 (e.g. "CSV UTF-8")',
-    )
+    return rejections.NOT_UTF8.error(byte=content[offset], offset=offset, line=line)
 
 
 def _read_json(content: bytes) -> tuple[list[str], Iterator[Row]]:
@@ -202,12 +187,11 @@ def _read_json(content: bytes) -> tuple[list[str], Iterator[Row]]:
     except UnicodeDecodeError as error:
         raise _not_utf8(content) from error
     except json.JSONDecodeError as error:
-        raise SourceInvalid(
-            "invalid_format",
-            f"the file is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}",
+        raise rejections.BAD_JSON.error(
+            error=error.msg, line=error.lineno, column=error.colno
         ) from error
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise SourceInvalid("invalid_format", "a JSON file must be an array of objects")
+        raise rejections.NOT_AN_ARRAY.error()
     header = list(dict.fromkeys(key for item in items for key in item))
     return header, ({key: cell_text(value) for key, value in item.items()} for item in items)
 
@@ -230,26 +214,17 @@ def phone_column_issue(header: Sequence[str]) -> SourceInvalid | None:
     positions = [i + 1 for i, name in enumerate(header) if name == PHONE_COLUMN]
     if not positions:
         found = ", ".join(repr(name) for name in header) or "no columns"
-        return SourceInvalid(
-            "source_invalid", f"the header has no column named {PHONE_COLUMN} (found {found})"
-        )
+        return rejections.NO_PHONE_COLUMN.error(found=found)
     if len(positions) > 1:
         where = ", ".join(str(p) for p in positions)
-        return SourceInvalid(
-            "duplicate_phone_column",
-            f"the header has {len(positions)} columns named {PHONE_COLUMN} (columns {where});"
-            " keep one",
-        )
+        return rejections.DUPLICATE_PHONE_COLUMNS.error(count=len(positions), where=where)
     return None
 
 
 def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """An object of a JSON file; `json` would keep the last of repeated keys silently."""
     if sum(key == PHONE_COLUMN for key, _ in pairs) > 1:
-        raise SourceInvalid(
-            "duplicate_phone_column",
-            f"an object of the JSON array has {PHONE_COLUMN} more than once; keep one",
-        )
+        raise rejections.DUPLICATE_PHONE_KEY.error()
     return dict(pairs)
 
 
@@ -268,12 +243,7 @@ def header_issue(header: Sequence[str]) -> Rejected | None:
     if not spaced:
         return None
     names = ", ".join(spaced)
-    return Rejected(
-        0,
-        "invalid_column_name",
-        f"column names with spaces cannot be template variables: {names}",
-        names,
-    )
+    return rejections.SPACED_COLUMNS.at(0, names, names=names)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -455,7 +425,7 @@ def _mark_skipped(
     positions = list(itertools.compress(itertools.count(), phones))
     numbers = list(filter(None, phones))
     skips = dict.fromkeys(
-        itertools.compress(positions, map(rules.opted_out.__contains__, numbers)), "opted_out"
+        itertools.compress(positions, map(rules.opted_out.__contains__, numbers)), Code.OPTED_OUT
     )
     if rules.exclude_duplicates:
         # set.add returns None: a number is a duplicate when it was there already.
@@ -464,7 +434,7 @@ def _mark_skipped(
             for index, key in zip(positions, map(int, numbers), strict=True)
             if key in seen or seen.add(key)
         ]
-        skips.update(dict.fromkeys(duplicates, "duplicate"))
+        skips.update(dict.fromkeys(duplicates, Code.DUPLICATE))
     for index, code in skips.items():
         outcome = outcomes[index]
         assert isinstance(outcome, Recipient)
@@ -535,11 +505,9 @@ def row_outcome(
     valid); `_mark_skipped` decides its skip code."""
     raw_number = values.get(PHONE_COLUMN, "")
     if not raw_number.strip():
-        return Rejected(row_number, "blank_number", "phone_number is blank", raw_number)
+        return rejections.BLANK_NUMBER.at(row_number, raw_number)
     if number is None:
-        return Rejected(
-            row_number, "invalid_number", "not a valid phone number in E.164 form", raw_number
-        )
+        return rejections.INVALID_NUMBER.at(row_number, raw_number)
 
     def lookup(name: str) -> str | None:
         for column in sources.get(name, ()):
@@ -553,26 +521,13 @@ def row_outcome(
     if not template.strip():
         template = rules.agent_message or ""
     if not template.strip():
-        return Rejected(
-            row_number,
-            "missing_message",
-            "no message: set global.agent_message or this row's agent_message",
-            raw_number,
-        )
+        return rejections.MISSING_MESSAGE.at(row_number, raw_number)
     body, missing = render(template, lookup)
     if missing is not None:
-        return Rejected(
-            row_number,
-            "missing_variable",
-            f"no value for {{{{{missing}}}}} in this row and no default in global.request_data",
-            raw_number,
-        )
+        return rejections.MISSING_VARIABLE.at(row_number, raw_number, variable=missing)
     if len(body) > rules.max_message_chars:
-        return Rejected(
-            row_number,
-            "message_too_long",
-            f"the message has {len(body)} characters; at most {rules.max_message_chars}",
-            raw_number,
+        return rejections.MESSAGE_TOO_LONG.at(
+            row_number, raw_number, length=len(body), limit=rules.max_message_chars
         )
     encoding, segments = classify(body)
     return Recipient(row_number, number, body, encoding, segments)
@@ -584,7 +539,7 @@ def strict_failure(issue: Rejected | None, tally: Tally) -> str | None:
     if not problems:
         return None
     listed = "; ".join(_describe(problem) for problem in problems[:STRICT_EXAMPLES])
-    return f"strict mode: {tally.rejected} rows rejected, nothing sent; first: {listed}"
+    return rejections.STRICT.template.format(rejected=tally.rejected, first=listed)
 
 
 def _describe(problem: Rejected) -> str:

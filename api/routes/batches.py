@@ -6,7 +6,6 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from api.deps import AccountId, AppSettings, Pool, Temporal
-from api.errors import InvalidRequest
 from api.input_checks import INT32_MAX, INT64_MAX
 from api.models import (
     BatchControl,
@@ -25,7 +24,6 @@ from api.models import (
 )
 from api.services import batch_events, batch_exports
 from api.services import batches as service
-from store import events, messages
 from workflows.statuses import LedgerStatus
 
 router = APIRouter(tags=["batches"])
@@ -69,29 +67,22 @@ async def list_messages(
         int, Query(ge=-1, le=INT64_MAX, description="Cursor: the last `seq` seen.")
     ] = -1,
 ) -> dict:
-    if status is not None and status not in tuple(LedgerStatus):
-        raise InvalidRequest(f"status must be one of {', '.join(LedgerStatus)}")
-    batch = await service.require_batch(pool, account_id, batch_id)
-    rows = await messages.list_messages(
-        pool, account_id, batch, status=status, limit=limit, after_seq=after
+    page = await service.list_messages(
+        pool, account_id, batch_id, status=status, limit=limit, after=after
     )
-    next_cursor = rows[-1]["seq"] if len(rows) == limit else None
-    return {"data": MessageList(messages=rows, next_cursor=next_cursor)}
+    return {"data": page}
 
 
 @router.get("/v1/sms/batch/{batch_id}/logs", response_model=Envelope[BatchLogs])
 async def batch_logs(account_id: AccountId, pool: Pool, batch_id: str) -> dict:
     """The lifecycle events, in order, exactly as posted to the status webhook."""
-    batch = await service.require_batch(pool, account_id, batch_id)
-    return {"data": BatchLogs(events=await events.list_events(pool, account_id, batch))}
+    return {"data": await service.list_events(pool, account_id, batch_id)}
 
 
 @router.get("/v1/sms/batch/{batch_id}/deliveries", response_model=Envelope[WebhookDeliveries])
 async def webhook_deliveries(account_id: AccountId, pool: Pool, batch_id: str) -> dict:
     """Every attempt to post this batch's events to its status webhook, oldest first."""
-    batch = await service.require_batch(pool, account_id, batch_id)
-    rows = await events.list_deliveries(pool, account_id, batch)
-    return {"data": WebhookDeliveries(deliveries=rows)}
+    return {"data": await service.list_deliveries(pool, account_id, batch_id)}
 
 
 @router.post("/v1/sms/batch/{batch_id}/cancel", response_model=Envelope[BatchControl])

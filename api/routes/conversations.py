@@ -4,11 +4,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from activities.recipients.phones import to_e164
 from api.carrier_signature import SignedForm
 from api.conversation_models import ConversationDetail, ConversationList
 from api.deps import AccountId, AppSettings, Pool, Temporal
-from api.errors import InvalidRequest
 from api.input_checks import INT64_MAX
 from api.models import Envelope, Page
 from api.services import conversations as service
@@ -33,13 +31,11 @@ async def list_conversations(
     offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> dict:
     """The account's conversations, newest first."""
-    if state is not None and state not in tuple(ConversationStatus):
-        raise InvalidRequest(f"state must be one of {', '.join(ConversationStatus)}")
     rows, total = await service.list_conversations(
         pool,
         account_id,
-        agent_number=agent_number and (to_e164(agent_number, require_valid=False) or agent_number),
-        user_number=user_number and (to_e164(user_number, require_valid=False) or user_number),
+        agent_number=agent_number,
+        user_number=user_number,
         state=state,
         limit=limit,
         offset=offset,

@@ -9,7 +9,7 @@ from api.deps import AccountId, AppSettings, Pool
 from api.errors import HeraldError
 from api.input_checks import require_storable
 from api.models import AttachedFile, Envelope
-from store.files import insert_file
+from api.services.files import store_file
 
 router = APIRouter(tags=["files"])
 
@@ -71,8 +71,7 @@ async def attach_file(
         raise FileTooLarge(f"files are limited to {settings.max_upload_bytes} bytes")
     if size == 0:
         raise EmptyFile("the file is empty")
-
-    row = await insert_file(
+    row = await store_file(
         pool,
         account_id,
         filename=filename,

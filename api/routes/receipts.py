@@ -6,8 +6,8 @@ from api.carrier_signature import SignedForm
 from api.deps import Pool
 from api.errors import InvalidRequest
 from api.models import ErrorEnvelope
+from api.services import receipts as service
 from settings import STATUS_CALLBACK_PATH
-from store import receipts
 
 router = APIRouter(tags=["carrier webhooks"])
 
@@ -30,5 +30,5 @@ async def message_status(pool: Pool, form: SignedForm) -> Response:
     status = form.get("MessageStatus") or form.get("SmsStatus")
     if not sid or not status:
         raise InvalidRequest("MessageSid and MessageStatus are required")
-    await receipts.record_receipt(pool, sid, status, form.get("ErrorCode") or None)
+    await service.record_receipt(pool, sid, status, form.get("ErrorCode") or None)
     return Response(status_code=204)

@@ -1,14 +1,14 @@
 """The account's status-webhook signing secret: its state, and rotation (the only time the
 secret is shown)."""
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.deps import AccountId, AppSettings, Pool
 from api.models import Envelope
-from store import accounts
+from api.services import webhook_secrets as service
 
 router = APIRouter(tags=["webhooks"])
 
@@ -29,7 +29,7 @@ class WebhookSecret(WebhookSecretState):
 @router.get("/v1/webhooks/secret", response_model=Envelope[WebhookSecretState])
 async def secret_state(account_id: AccountId, pool: Pool) -> dict:
     """The secret's dates, never the secret: it is shown once, by `rotate`."""
-    row = await accounts.webhook_secret_state(pool, account_id)
+    row = await service.secret_state(pool, account_id)
     return {
         "data": WebhookSecretState(
             created_at=row["webhook_secret_created_at"],
@@ -42,8 +42,7 @@ async def secret_state(account_id: AccountId, pool: Pool) -> dict:
 async def rotate_secret(account_id: AccountId, pool: Pool, settings: AppSettings) -> dict:
     """Make a new signing secret and return it, this once. Deliveries carry signatures with
     both the new and the previous secret for `webhook_secret_overlap_hours`."""
-    overlap = timedelta(hours=settings.webhook_secret_overlap_hours)
-    row = await accounts.rotate_webhook_secret(pool, account_id, overlap)
+    row = await service.rotate_secret(pool, settings, account_id)
     return {
         "data": WebhookSecret(
             secret=row["webhook_secret"],

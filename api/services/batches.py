@@ -17,15 +17,18 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.recipients.phones import to_e164
-from api.errors import HeraldError
+from api.errors import HeraldError, InvalidRequest
 from api.models import (
     BatchControl,
     BatchDetail,
+    BatchLogs,
     BatchRequest,
     BatchStarted,
     BatchSummary,
+    MessageList,
     RejectedRow,
     RejectedRowList,
+    WebhookDeliveries,
 )
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
@@ -370,3 +373,35 @@ async def rejected_rows_page(
         ],
         next_cursor=rows[-1]["row_number"] if len(rows) == limit else None,
     )
+
+
+async def list_messages(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    batch_id: str,
+    *,
+    status: str | None,
+    limit: int,
+    after: int,
+) -> MessageList:
+    """A page of the batch's ledger, in `seq` order, after the cursor `after`."""
+    if status is not None and status not in tuple(LedgerStatus):
+        raise InvalidRequest(f"status must be one of {', '.join(LedgerStatus)}")
+    batch = await require_batch(pool, account_id, batch_id)
+    rows = await messages.list_messages(
+        pool, account_id, batch, status=status, limit=limit, after_seq=after
+    )
+    next_cursor = rows[-1]["seq"] if len(rows) == limit else None
+    return MessageList(messages=rows, next_cursor=next_cursor)
+
+
+async def list_events(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str) -> BatchLogs:
+    batch = await require_batch(pool, account_id, batch_id)
+    return BatchLogs(events=await events.list_events(pool, account_id, batch))
+
+
+async def list_deliveries(
+    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str
+) -> WebhookDeliveries:
+    batch = await require_batch(pool, account_id, batch_id)
+    return WebhookDeliveries(deliveries=await events.list_deliveries(pool, account_id, batch))

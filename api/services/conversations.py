@@ -9,13 +9,14 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
 
+from activities.recipients.phones import to_e164
 from api.conversation_models import (
     STORED_FIELDS,
     ConversationDetail,
     ConversationMessage,
     ConversationSummary,
 )
-from api.errors import HeraldError
+from api.errors import HeraldError, InvalidRequest
 from api.services.batches import TemporalUnavailable
 from settings import Settings
 from store import conversation_messages, conversations
@@ -27,6 +28,7 @@ from workflows.contracts import (
     ConversationSignal,
     SilenceTimers,
 )
+from workflows.statuses import ConversationStatus
 
 
 class ConversationNotFound(HeraldError):
@@ -120,11 +122,15 @@ async def list_conversations(
     limit: int,
     offset: int,
 ) -> tuple[list[ConversationSummary], int]:
+    """A page of the account's conversations, newest first; the numbers may be given in any
+    form `to_e164` reads."""
+    if state is not None and state not in tuple(ConversationStatus):
+        raise InvalidRequest(f"state must be one of {', '.join(ConversationStatus)}")
     rows, total = await conversations.list_conversations(
         pool,
         account_id,
-        agent_number=agent_number,
-        user_number=user_number,
+        agent_number=agent_number and (to_e164(agent_number, require_valid=False) or agent_number),
+        user_number=user_number and (to_e164(user_number, require_valid=False) or user_number),
         state=state,
         limit=limit,
         offset=offset,

@@ -86,12 +86,7 @@ def silence_timers(body: SendRequest) -> SilenceTimers | None:
         raise InvalidTimeoutConfig("warning_message needs a warning_time")
     if body.time_out is None and body.timeout_message:
         raise InvalidTimeoutConfig("timeout_message needs a time_out")
-    return SilenceTimers(
-        time_out=body.time_out,
-        timeout_message=body.timeout_message,
-        warning_time=body.warning_time,
-        warning_message=body.warning_message,
-    )
+    return body.silence_timers()
 
 
 def prepare(account_id: uuid.UUID, body: SendRequest) -> PreparedSend:
@@ -183,16 +178,7 @@ async def _send(
         webhook=str(body.webhook) if body.webhook else None,
         metadata=body.metadata,
         request_data=body.request_data,
-        timers=(
-            conversations.Timers(
-                time_out=prepared.timers.time_out,
-                timeout_message=prepared.timers.timeout_message,
-                warning_time=prepared.timers.warning_time,
-                warning_message=prepared.timers.warning_message,
-            )
-            if prepared.timers
-            else None
-        ),
+        timers=prepared.timers,
         stored_fields=stored,
     )
     workflow_id = conversation_workflow_id(
