@@ -21,7 +21,7 @@ from settings import Settings
 from store import numbers
 from store.accounts import create_account, create_api_key
 from store.db import create_pool
-from tests.conftest import SENDER, Account, Configure, WebhookReceiver, api_client
+from tests.conftest import Account, Configure, WebhookReceiver, api_client
 from tests.delivery import assert_each_row_once, ledger_rows, start_batch_of
 from tests.helpers import unique_numbers
 from tests.test_batch_control import received, wait_until_received
@@ -189,10 +189,11 @@ async def new_account(settings: Settings) -> Account:
     try:
         account_id = await create_account(pool, "crash test")
         key = await create_api_key(pool, account_id)
-        await numbers.add_number(pool, account_id, SENDER, "sms", None)
+        sender = unique_numbers(1)[0]
+        await numbers.add_number(pool, account_id, sender, "sms", None)
     finally:
         await pool.close()
-    return Account(account_id=account_id, key=key.key, agent_number=SENDER)
+    return Account(account_id=account_id, key=key.key, agent_number=sender)
 
 
 async def test_temporal_and_postgres_restarted_mid_batch_and_the_batch_completes(
