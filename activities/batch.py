@@ -212,9 +212,8 @@ class BatchActivities(WorkerResources):
         goes on up.
         """
         batch_id = uuid.UUID(input.batch_id)
-        batch = await batches.batch_for_workflow(self._pool, batch_id)
         claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
-        pacer = SenderPacer(self._pool, batch["account_id"], input.agent_number)
+        pacer = SenderPacer(self._pool, input.agent_number)
         stopping = asyncio.Event()
         results: list[SendResult | None] = [None] * len(claimed)
         queue = iter(enumerate(claimed))

@@ -3,7 +3,6 @@ that sender, so the limit holds across every worker and batch at once."""
 
 import asyncio
 import contextlib
-import uuid
 from collections import deque
 
 import asyncpg
@@ -16,9 +15,8 @@ TRANCHE_SECONDS = 0.2
 
 
 class SenderPacer:
-    def __init__(self, pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, number: str) -> None:
         self._pool = pool
-        self._account_id = account_id
         self._number = number
         self._lock = asyncio.Lock()
         self._slots: deque[float] = deque()
@@ -32,7 +30,7 @@ class SenderPacer:
         async with self._lock:
             if not self._slots and not self._unlimited:
                 granted = await numbers.reserve_slots(
-                    self._pool, self._account_id, self._number, seconds=TRANCHE_SECONDS
+                    self._pool, self._number, seconds=TRANCHE_SECONDS
                 )
                 if granted is None:
                     self._unlimited = True

@@ -345,19 +345,6 @@ async def list_messages(
     return [dict(r) for r in rows]
 
 
-async def latest_account(
-    pool: asyncpg.Pool, account_ids: list[uuid.UUID], agent_number: str, user_number: str
-) -> uuid.UUID | None:
-    """Of the accounts sharing a sender, the one that last talked with this user, if any."""
-    return await pool.fetchval(
-        "SELECT account_id FROM conversations WHERE agent_number = $1 AND user_number = $2"
-        " AND account_id = ANY($3::uuid[]) ORDER BY seq DESC LIMIT 1",
-        agent_number,
-        user_number,
-        account_ids,
-    )
-
-
 async def forget_messages(pool: asyncpg.Pool, message_ids: list[uuid.UUID]) -> None:
     """Drop messages of an inbound post its conversation never heard of, so the carrier's
     retry of the webhook is taken as new rather than as a repeat."""

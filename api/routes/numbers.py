@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from api.deps import AccountId, AppSettings, Pool
 from api.errors import HeraldError
-from api.models import Envelope, NumberRequest, NumberUpdate, SenderNumber
+from api.models import Envelope, ErrorEnvelope, NumberRequest, NumberUpdate, SenderNumber
 from api.services.webhook_urls import require_safe_webhook
 from phones import to_e164
 from store import numbers
@@ -21,18 +21,32 @@ class NumberNotFound(HeraldError):
     code = "NUMBER_NOT_FOUND"
 
 
-@router.post("/v1/sms/numbers", status_code=201, response_model=Envelope[SenderNumber])
+class SenderTaken(HeraldError):
+    status_code = 409
+    code = "SENDER_TAKEN"
+
+
+@router.post(
+    "/v1/sms/numbers",
+    status_code=201,
+    response_model=Envelope[SenderNumber],
+    responses={409: {"model": ErrorEnvelope}},
+)
 async def add_number(
     account_id: AccountId, pool: Pool, settings: AppSettings, body: NumberRequest
 ) -> dict:
-    """Register a sending number (E.164) for this account, with its rate limit."""
+    """Register a sending number (E.164) for this account, with its rate limit; registering
+    it again changes it. A number another account holds is refused until that one deletes it."""
     number = to_e164(body.number, require_valid=False)
     if number is None:
         raise InvalidPhoneNumber(f"{body.number!r} is not a phone number")
     mps = body.mps if "mps" in body.model_fields_set else settings.default_sender_mps
     webhook = str(body.webhook) if body.webhook else None
     await require_safe_webhook(webhook, settings)
-    return {"data": await numbers.add_number(pool, account_id, number, body.channel, mps, webhook)}
+    row = await numbers.add_number(pool, account_id, number, body.channel, mps, webhook)
+    if row is None:
+        raise SenderTaken(f"{number} is registered by another account")
+    return {"data": row}
 
 
 @router.patch("/v1/sms/numbers/{number}", response_model=Envelope[SenderNumber])

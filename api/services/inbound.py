@@ -37,25 +37,21 @@ async def receive(
     pool: asyncpg.Pool, temporal: Client, settings: Settings, params: dict[str, str]
 ) -> None:
     """Record a user's message in the pair's active conversation (opening one if none is)
-    and signal it; STOP and START change the opt-out of every account using the sender."""
+    and signal it; STOP and START change the opt-out of the account that holds the sender."""
     carrier_sid = params.get("MessageSid")
     if not carrier_sid or not params.get("From") or not params.get("To"):
         raise InvalidRequest("MessageSid, From and To are required")
     channel, agent_number = address(params["To"])
     _, user_number = address(params["From"])
     body = params.get("Body", "")
-    owners = await numbers.accounts_for_number(pool, agent_number)
-    if not owners:
+    account_id = await numbers.owner_of_number(pool, agent_number)
+    if account_id is None:
         raise AgentNumberNotFound(f"{agent_number} is not a registered sender")
     keyword = body.strip().upper()
-    # The carrier blocks the sender for this user after STOP, whichever account sends.
-    for owner in owners:
-        if keyword in OPT_OUT_KEYWORDS:
-            await opt_outs.add_opt_out(pool, owner, user_number, source="inbound")
-        elif keyword in OPT_IN_KEYWORDS:
-            await opt_outs.remove_opt_out(pool, owner, user_number)
-    account_id = await conversations.latest_account(pool, owners, agent_number, user_number)
-    account_id = account_id or owners[0]
+    if keyword in OPT_OUT_KEYWORDS:
+        await opt_outs.add_opt_out(pool, account_id, user_number, source="inbound")
+    elif keyword in OPT_IN_KEYWORDS:
+        await opt_outs.remove_opt_out(pool, account_id, user_number)
     help_id: uuid.UUID | None = None
     try:
         async with pool.acquire() as conn, conn.transaction():
