@@ -14,7 +14,7 @@ from settings import Settings
 from store import numbers, opt_outs
 from store.accounts import create_account, create_api_key
 from store.db import _migration_files, create_pool, migrate
-from tests.conftest import Account, WebhookReceiver
+from tests.conftest import Account, WebhookReceiver, api_client
 from tests.delivery import start_batch_of
 from tests.helpers import emulator_messages, unique_numbers
 from tests.sending import (
@@ -238,3 +238,38 @@ async def test_the_migration_keeps_the_earliest_of_several_registrations(
     finally:
         await old.close()
         await pool.execute(f"DROP DATABASE {database}")
+
+
+async def test_with_carrier_checks_only_a_number_the_carrier_account_owns_is_registered(
+    account: Account, settings: Settings
+) -> None:
+    """The emulator's account owns every number but Twilio's test "not owned" ones, and
+    answers IncomingPhoneNumbers as Twilio does, through the official client."""
+    checking = settings.model_copy(update={"verify_sender_ownership": True})
+    wrong_token = checking.model_copy(update={"twilio_auth_token": "not-the-token"})
+    owned, foreign = unique_numbers(1)[0], "+15005550007"
+
+    async with api_client(checking) as api:
+        registered = await register(api, account, owned)
+        refused = await register(api, account, foreign)
+        whatsapp = await register(api, account, unique_numbers(1)[0], channel="whatsapp")
+    async with api_client(wrong_token) as api:
+        unanswered = await register(api, account, unique_numbers(1)[0])
+
+    assert registered.status_code == 201, registered.text
+    assert refused.status_code == 400
+    assert error_code(refused) == "SENDER_NOT_OWNED"
+    assert whatsapp.status_code == 201, whatsapp.text
+    assert unanswered.status_code == 503
+    assert error_code(unanswered) == "CARRIER_UNAVAILABLE"
+    async with api_client(checking) as api:
+        assert foreign not in await listed(api, account)
+
+
+def test_sender_checks_are_on_unless_the_carrier_credentials_are_the_emulators() -> None:
+    assert not Settings().checks_sender_ownership
+    assert Settings(twilio_auth_token="a-real-token").checks_sender_ownership
+    assert not Settings(
+        twilio_auth_token="a-real-token", verify_sender_ownership=False
+    ).checks_sender_ownership
+    assert Settings(verify_sender_ownership=True).checks_sender_ownership

@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from api.deps import AccountId, AppSettings, Pool
 from api.errors import HeraldError
 from api.models import Envelope, ErrorEnvelope, NumberRequest, NumberUpdate, SenderNumber
+from api.services.sender_ownership import require_carrier_owns
 from api.services.webhook_urls import require_safe_webhook
 from phones import to_e164
 from store import numbers
@@ -30,7 +31,7 @@ class SenderTaken(HeraldError):
     "/v1/sms/numbers",
     status_code=201,
     response_model=Envelope[SenderNumber],
-    responses={409: {"model": ErrorEnvelope}},
+    responses={409: {"model": ErrorEnvelope}, 503: {"model": ErrorEnvelope}},
 )
 async def add_number(
     account_id: AccountId, pool: Pool, settings: AppSettings, body: NumberRequest
@@ -43,6 +44,7 @@ async def add_number(
     mps = body.mps if "mps" in body.model_fields_set else settings.default_sender_mps
     webhook = str(body.webhook) if body.webhook else None
     await require_safe_webhook(webhook, settings)
+    await require_carrier_owns(number, body.channel, settings)
     row = await numbers.add_number(pool, account_id, number, body.channel, mps, webhook)
     if row is None:
         raise SenderTaken(f"{number} is registered by another account")
