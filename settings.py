@@ -13,6 +13,9 @@ STATUS_CALLBACK_PATH = "/v1/webhooks/twilio/status"
 # ones in this range too, so the pacing arithmetic in PostgreSQL cannot overflow.
 SENDER_MPS_MIN = 0.01
 SENDER_MPS_MAX = 10_000.0
+# The carrier credentials of the local emulator, not of any real carrier account.
+DEV_TWILIO_ACCOUNT_SID = "AC" + "0" * 32
+DEV_TWILIO_AUTH_TOKEN = "dev-auth-token"
 
 
 class Settings(BaseSettings):
@@ -49,8 +52,13 @@ class Settings(BaseSettings):
     twilio_api_url: str | None = Field(
         None, description="Carrier API base URL; unset means the local emulator."
     )
-    twilio_account_sid: str = "AC" + "0" * 32
-    twilio_auth_token: str = "dev-auth-token"
+    twilio_account_sid: str = DEV_TWILIO_ACCOUNT_SID
+    twilio_auth_token: str = DEV_TWILIO_AUTH_TOKEN
+    verify_sender_ownership: bool | None = Field(
+        None,
+        description="Register a sender number only if the carrier account owns it (Twilio's"
+        " IncomingPhoneNumbers). Unset: on, unless the credentials are the emulator's dev ones.",
+    )
     public_url: str | None = Field(
         None, description="Herald's public base URL, for carrier StatusCallback URLs."
     )
@@ -154,6 +162,13 @@ class Settings(BaseSettings):
     @property
     def temporal_ui_base(self) -> str:
         return self.temporal_ui_url or f"http://127.0.0.1:{self.temporal_ui_port}"
+
+    @property
+    def checks_sender_ownership(self) -> bool:
+        if self.verify_sender_ownership is not None:
+            return self.verify_sender_ownership
+        dev = (DEV_TWILIO_ACCOUNT_SID, DEV_TWILIO_AUTH_TOKEN)
+        return (self.twilio_account_sid, self.twilio_auth_token) != dev
 
     @property
     def carrier_url(self) -> str:

@@ -3,7 +3,6 @@ that sender, so the limit holds across every worker and batch at once."""
 
 import asyncio
 import contextlib
-import uuid
 
 import asyncpg
 
@@ -19,9 +18,8 @@ class SenderPacer:
     its first time, interval and count, and each time computed when it is taken, so the
     pacer's memory is the same whatever the rate."""
 
-    def __init__(self, pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, number: str) -> None:
         self._pool = pool
-        self._account_id = account_id
         self._number = number
         self._lock = asyncio.Lock()
         self._first = 0.0
@@ -38,7 +36,7 @@ class SenderPacer:
         async with self._lock:
             if self._taken >= self._count and not self._unlimited:
                 granted = await numbers.reserve_slots(
-                    self._pool, self._account_id, self._number, seconds=TRANCHE_SECONDS
+                    self._pool, self._number, seconds=TRANCHE_SECONDS
                 )
                 if granted is None:
                     self._unlimited = True

@@ -51,7 +51,7 @@ class SendingActivities(WorkerResources):
             else (await batches.batch_for_workflow(self._pool, batch_id))["account_id"]
         )
         claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
-        pacer = SenderPacer(self._pool, account_id, input.agent_number)
+        pacer = SenderPacer(self._pool, input.agent_number)
         stopping = asyncio.Event()
         results: list[SendResult | None] = [None] * len(claimed)
         queue = iter(enumerate(claimed))

@@ -155,16 +155,3 @@ async def list_conversations(
         state,
     )
     return [dict(r) for r in rows], total
-
-
-async def latest_account(
-    pool: asyncpg.Pool, account_ids: list[uuid.UUID], agent_number: str, user_number: str
-) -> uuid.UUID | None:
-    """Of the accounts sharing a sender, the one that last talked with this user, if any."""
-    return await pool.fetchval(
-        "SELECT account_id FROM conversations WHERE agent_number = $1 AND user_number = $2"
-        " AND account_id = ANY($3::uuid[]) ORDER BY seq DESC LIMIT 1",
-        agent_number,
-        user_number,
-        account_ids,
-    )

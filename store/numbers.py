@@ -1,4 +1,5 @@
-"""Sender numbers registered by each account, with their rate limits and pacing."""
+"""Sender numbers, each registered by one account at a time, with their rate limits and
+pacing."""
 
 import uuid
 from dataclasses import dataclass
@@ -25,11 +26,15 @@ async def add_number(
     channel: str,
     mps: float | None,
     webhook: str | None = None,
-) -> dict:
+) -> dict | None:
+    """Register a number, or update the account's own registration of it; None when another
+    account holds it (the unique index on `number` decides, so concurrent claims cannot both
+    win)."""
     row = await pool.fetchrow(
         "INSERT INTO sender_numbers (account_id, number, channel, mps, webhook)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, number) DO UPDATE"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (number) DO UPDATE"
         " SET channel = EXCLUDED.channel, mps = EXCLUDED.mps, webhook = EXCLUDED.webhook"
+        " WHERE sender_numbers.account_id = EXCLUDED.account_id"
         f" RETURNING {_COLUMNS}",
         account_id,
         number,
@@ -37,7 +42,7 @@ async def add_number(
         mps,
         webhook,
     )
-    return dict(row)
+    return dict(row) if row else None
 
 
 async def list_numbers(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[dict]:
@@ -85,22 +90,21 @@ async def sender_webhook(pool: asyncpg.Pool, account_id: uuid.UUID, number: str)
     )
 
 
-async def reserve_slots(
-    pool: asyncpg.Pool, account_id: uuid.UUID, number: str, *, seconds: float
-) -> Slots | None:
+async def reserve_slots(pool: asyncpg.Pool, number: str, *, seconds: float) -> Slots | None:
     """Take the next `seconds` of the sender's timeline (at least one slot); None when the
-    sender has no limit. The row lock orders concurrent reservations from every worker, and
-    an idle sender's timeline restarts at now, so no burst builds up while it rests."""
+    sender has no limit. The timeline is the number's, not the sending account's: a batch
+    that outlives its account's registration is paced by whoever holds the number now. The
+    row lock orders concurrent reservations from every worker, and an idle sender's timeline
+    restarts at now, so no burst builds up while it rests."""
     row = await pool.fetchrow(
         "WITH granted AS ("
-        "  SELECT mps, greatest(ceil(mps * $3)::int, 1) AS n FROM sender_numbers"
-        "  WHERE account_id = $1 AND number = $2 AND mps IS NOT NULL FOR UPDATE)"
+        "  SELECT mps, greatest(ceil(mps * $2)::int, 1) AS n FROM sender_numbers"
+        "  WHERE number = $1 AND mps IS NOT NULL FOR UPDATE)"
         " UPDATE sender_numbers AS s"
         " SET paced_until = greatest(s.paced_until, now()) + make_interval(secs => g.n / g.mps)"
-        " FROM granted AS g WHERE s.account_id = $1 AND s.number = $2"
+        " FROM granted AS g WHERE s.number = $1"
         " RETURNING g.n AS n, 1 / g.mps AS interval, extract(epoch FROM"
         "  s.paced_until - make_interval(secs => g.n / g.mps) - now()) AS starts_in",
-        account_id,
         number,
         seconds,
     )
@@ -118,10 +122,6 @@ async def delete_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) 
     return status != "DELETE 0"
 
 
-async def accounts_for_number(pool: asyncpg.Pool, number: str) -> list[uuid.UUID]:
-    """The accounts that registered a sender, first registration first (inbound routing)."""
-    rows = await pool.fetch(
-        "SELECT account_id FROM sender_numbers WHERE number = $1 ORDER BY created_at, account_id",
-        number,
-    )
-    return [r["account_id"] for r in rows]
+async def owner_of_number(pool: asyncpg.Pool, number: str) -> uuid.UUID | None:
+    """The account that holds a sender (inbound routing), if any does."""
+    return await pool.fetchval("SELECT account_id FROM sender_numbers WHERE number = $1", number)

@@ -8,10 +8,10 @@ _COLUMNS = "number, source, created_at"
 
 
 async def add_opt_out(
-    pool: asyncpg.Pool, account_id: uuid.UUID, number: str, *, source: str
+    db: asyncpg.Pool | asyncpg.Connection, account_id: uuid.UUID, number: str, *, source: str
 ) -> dict:
     """Opt `number` out; the row as stored (an earlier opt-out keeps its source and time)."""
-    row = await pool.fetchrow(
+    row = await db.fetchrow(
         "INSERT INTO opt_outs (account_id, number, source) VALUES ($1, $2, $3)"
         " ON CONFLICT (account_id, number) DO UPDATE SET source = opt_outs.source"
         f" RETURNING {_COLUMNS}",
@@ -22,8 +22,10 @@ async def add_opt_out(
     return dict(row)
 
 
-async def remove_opt_out(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> bool:
-    status = await pool.execute(
+async def remove_opt_out(
+    db: asyncpg.Pool | asyncpg.Connection, account_id: uuid.UUID, number: str
+) -> bool:
+    status = await db.execute(
         "DELETE FROM opt_outs WHERE account_id = $1 AND number = $2", account_id, number
     )
     return status != "DELETE 0"

@@ -10,10 +10,13 @@ FINAL_RECEIPTS = ("delivered", "undelivered", "failed")
 async def record_receipt(
     pool: asyncpg.Pool, carrier_sid: str, status: str, error_code: str | None
 ) -> None:
-    """Apply a receipt to its message, if it moves it forward.
+    """Keep a message's first final receipt and apply it, if it moves the message forward.
 
     A final receipt is first kept, in its own statement, so that whichever of it and the
-    send's outcome is written second sees the other (see messages.record_outcomes).
+    send's outcome is written second sees the other (see messages.record_outcomes). Only the
+    kept receipt is ever applied: a repeated, replayed or later receipt of the same message
+    changes nothing, and applying the kept one again only finishes a post that failed between
+    the two statements.
     """
     if status not in FINAL_RECEIPTS:
         return
@@ -25,9 +28,9 @@ async def record_receipt(
         error_code,
     )
     await pool.execute(
-        "UPDATE messages SET status = $2, error_code = $3, updated_at = now()"
-        " WHERE carrier_sid = $1 AND receipt_rank(status) < receipt_rank($2)",
+        "UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
+        " updated_at = now() FROM carrier_receipts AS r"
+        " WHERE r.carrier_sid = $1 AND m.carrier_sid = r.carrier_sid"
+        " AND receipt_rank(m.status) < receipt_rank(r.status)",
         carrier_sid,
-        status,
-        error_code,
     )

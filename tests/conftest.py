@@ -24,9 +24,9 @@ from settings import Settings
 from store import numbers
 from store.accounts import create_account, create_api_key
 from store.db import create_pool, migrate
+from tests.support.builders import unique_numbers
 from tests.support.stack import (
     AUTH_TOKEN,
-    SENDER,
     Account,
     Configure,
     WebhookPost,
@@ -144,11 +144,13 @@ async def api(settings: Settings, worker: None) -> AsyncIterator[httpx.AsyncClie
 
 @pytest.fixture
 async def account(pool: asyncpg.Pool, worker: None) -> Account:
-    """A fresh account with one key and one registered sender."""
+    """A fresh account with one key and a sender number of its own: a number belongs to one
+    account, and the emulator accepts any sender but its few magic ones."""
     account_id = await create_account(pool, f"test-{secrets.token_hex(4)}")
     key = await create_api_key(pool, account_id)
-    await numbers.add_number(pool, account_id, SENDER, "sms", None)
-    return Account(account_id=account_id, key=key.key, agent_number=SENDER)
+    sender = unique_numbers(1)[0]
+    await numbers.add_number(pool, account_id, sender, "sms", None)
+    return Account(account_id=account_id, key=key.key, agent_number=sender)
 
 
 @pytest.fixture

@@ -131,12 +131,13 @@ async def test_another_accounts_file_is_not_found(
 ) -> None:
     other = await create_account(pool, "other")
     key = await create_api_key(pool, other)
-    await numbers.add_number(pool, other, account.agent_number, "sms", None)
+    sender = unique_numbers(1)[0]
+    await numbers.add_number(pool, other, sender, "sms", None)
 
     response = await api.post(
         "/v1/sms/batch",
         headers={"authorization": f"Bearer {key.key}"},
-        json={"file_id": file_id, "global": {"agent_number": account.agent_number}},
+        json={"file_id": file_id, "global": {"agent_number": sender}},
     )
 
     assert response.status_code == 404

@@ -29,7 +29,7 @@ from tests.support.delivery import (
     received,
     wait_until_received,
 )
-from tests.support.stack import SENDER, Account, Configure, WebhookReceiver, api_client
+from tests.support.stack import Account, Configure, WebhookReceiver, api_client
 
 # A dead worker's slices are retried after this, and its workflows taken over after that,
 # rather than after the defaults' 30 s and 10 s.
@@ -193,10 +193,11 @@ async def new_account(settings: Settings) -> Account:
     try:
         account_id = await create_account(pool, "crash test")
         key = await create_api_key(pool, account_id)
-        await numbers.add_number(pool, account_id, SENDER, "sms", None)
+        sender = unique_numbers(1)[0]
+        await numbers.add_number(pool, account_id, sender, "sms", None)
     finally:
         await pool.close()
-    return Account(account_id=account_id, key=key.key, agent_number=SENDER)
+    return Account(account_id=account_id, key=key.key, agent_number=sender)
 
 
 async def test_temporal_and_postgres_restarted_mid_batch_and_the_batch_completes(

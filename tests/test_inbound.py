@@ -330,3 +330,57 @@ async def test_help_is_answered_with_the_help_reply(
         ("AGENT", "help"),
     ]
     assert len(await emulator_messages(emulator_url, to=user)) == 1
+
+
+@pytest.mark.parametrize(("replayed", "later"), [("START", "STOP"), ("STOP", "START")])
+async def test_a_replayed_keyword_changes_nothing_after_a_later_one(
+    api: httpx.AsyncClient,
+    account: Account,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    sender: str,
+    replayed: str,
+    later: str,
+) -> None:
+    """A correctly signed post of a MessageSid seen before, replayed after the user changed
+    their mind, must not change it back."""
+    user = unique_numbers(1)[0]
+    await opt_outs.add_opt_out(pool, account.account_id, user, source="api")
+    if replayed == "STOP":
+        await opt_outs.remove_opt_out(pool, account.account_id, user)
+    first = inbound_form(settings, to=sender, from_=user, body=replayed)
+    await post_inbound(api, settings, first)
+    await post_inbound(api, settings, inbound_form(settings, to=sender, from_=user, body=later))
+
+    replay = await post_inbound(api, settings, first)
+
+    assert replay.status_code == 200
+    assert await opt_outs.is_opted_out(pool, account.account_id, user) is (later == "STOP")
+    [opened] = await conversations_with(api, account, user)
+    detail = await conversation(api, account, opened["conversation_id"])
+    assert [m["body"] for m in detail["messages"]] == [replayed, later]
+
+
+async def test_a_retried_post_that_could_not_reach_its_conversation_changes_no_opt_out_again(
+    api: httpx.AsyncClient, account: Account, settings: Settings, pool: asyncpg.Pool, sender: str
+) -> None:
+    """START could not be signalled (503), the user sent STOP, then the carrier retried the
+    START: the retry lands in the conversation, but the user stays opted out."""
+    user = unique_numbers(1)[0]
+    await opt_outs.add_opt_out(pool, account.account_id, user, source="api")
+    start = inbound_form(settings, to=sender, from_=user, body="START")
+    down = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
+
+    async with api_client(down) as unreachable:
+        failed = await post_inbound(unreachable, settings, start)
+    opted_in = not await opt_outs.is_opted_out(pool, account.account_id, user)
+    await post_inbound(api, settings, inbound_form(settings, to=sender, from_=user, body="STOP"))
+    retried = await post_inbound(api, settings, start)
+
+    assert failed.status_code == 503
+    assert opted_in
+    assert retried.status_code == 200
+    assert await opt_outs.is_opted_out(pool, account.account_id, user)
+    [opened] = await conversations_with(api, account, user)
+    detail = await conversation(api, account, opened["conversation_id"])
+    assert sorted(m["body"] for m in detail["messages"]) == ["START", "STOP"]

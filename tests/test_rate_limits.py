@@ -2,8 +2,6 @@
 
 import asyncio
 import secrets
-from datetime import datetime
-from typing import Any
 
 import httpx
 from temporalio.client import Client
@@ -11,6 +9,7 @@ from temporalio.client import Client
 from settings import Settings
 from tests.support.batches import run_batch
 from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.delivery import rate
 from tests.support.stack import Account, WebhookReceiver
 from worker import herald_worker
 
@@ -21,12 +20,6 @@ async def set_limit(api: httpx.AsyncClient, account: Account, mps: float | None)
     )
     assert response.status_code == 200, response.text
     assert response.json()["data"]["mps"] == mps
-
-
-def rate(received: list[dict[str, Any]]) -> float:
-    """Messages per second between the first and the last one the carrier received."""
-    times = sorted(datetime.fromisoformat(m["received_at"]).timestamp() for m in received)
-    return (len(times) - 1) / (times[-1] - times[0])
 
 
 async def test_a_batch_never_sends_faster_than_its_sender_allows(

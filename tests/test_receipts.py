@@ -167,3 +167,22 @@ async def test_a_receipt_that_comes_before_its_send_is_recorded_is_applied_then(
     assert (row["status"], row["carrier_sid"]) == ("delivered", first["sid"])
     others = [r["status"] for n, r in ledger_after.items() if n != first["to"]]
     assert others == ["sent"] * 19
+
+
+async def test_a_replayed_receipt_changes_nothing_and_only_the_first_final_one_counts(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, settings: Settings
+) -> None:
+    file_id, rows = await sent_batch(api, account, webhooks, 1)
+    sid = rows[0]["carrier_sid"]
+    first = receipt(sid, "undelivered", "30003")
+
+    replies = [
+        await post_receipt(api, settings, first),
+        await post_receipt(api, settings, receipt(sid, "delivered")),
+        await post_receipt(api, settings, first),
+        await post_receipt(api, settings, receipt(sid, "undelivered", "30005")),
+    ]
+
+    assert [r.status_code for r in replies] == [204] * 4
+    [row] = await ledger_rows(api, account, file_id)
+    assert (row["status"], row["error_code"], row["carrier_sid"]) == ("undelivered", "30003", sid)

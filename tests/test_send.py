@@ -125,8 +125,8 @@ async def test_keys_belong_to_one_account(
     api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, emulator_url: str
 ) -> None:
     other_id = await create_account(pool, "other")
-    other = Account(other_id, (await create_api_key(pool, other_id)).key, account.agent_number)
-    await numbers.add_number(pool, other_id, account.agent_number, "sms", None)
+    other = Account(other_id, (await create_api_key(pool, other_id)).key, unique_numbers(1)[0])
+    await numbers.add_number(pool, other_id, other.agent_number, "sms", None)
     user = unique_numbers(1)[0]
     key = secrets.token_hex(8)
 

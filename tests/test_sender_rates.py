@@ -63,7 +63,7 @@ async def test_the_ends_of_the_range_are_accepted_and_reserve_slots(
     assert response.status_code == 200, response.text
 
     slots = await numbers.reserve_slots(
-        pool, account.account_id, account.agent_number, seconds=activities.pacing.TRANCHE_SECONDS
+        pool, account.agent_number, seconds=activities.pacing.TRANCHE_SECONDS
     )
 
     assert slots is not None
@@ -123,7 +123,7 @@ async def test_the_pacer_holds_no_send_time_per_slot(
         f"/v1/sms/numbers/{account.agent_number}", headers=account.headers, json={"mps": 10_000}
     )
     assert response.status_code == 200, response.text
-    pacer = SenderPacer(pool, account.account_id, account.agent_number)
+    pacer = SenderPacer(pool, account.agent_number)
     stopping = asyncio.Event()
     pacing_file = tracemalloc.Filter(True, activities.pacing.__file__)
 

@@ -3,17 +3,23 @@
 from fastapi import APIRouter
 
 from api.deps import AccountId, AppSettings, Pool
-from api.models import Envelope, NumberRequest, NumberUpdate, SenderNumber
+from api.models import Envelope, ErrorEnvelope, NumberRequest, NumberUpdate, SenderNumber
 from api.services import numbers as service
 
 router = APIRouter(tags=["numbers"])
 
 
-@router.post("/v1/sms/numbers", status_code=201, response_model=Envelope[SenderNumber])
+@router.post(
+    "/v1/sms/numbers",
+    status_code=201,
+    response_model=Envelope[SenderNumber],
+    responses={409: {"model": ErrorEnvelope}, 503: {"model": ErrorEnvelope}},
+)
 async def add_number(
     account_id: AccountId, pool: Pool, settings: AppSettings, body: NumberRequest
 ) -> dict:
-    """Register a sending number (E.164) for this account, with its rate limit."""
+    """Register a sending number (E.164) for this account, with its rate limit; registering
+    it again changes it. A number another account holds is refused until that one deletes it."""
     return {"data": await service.add_number(pool, settings, account_id, body)}
 
 

@@ -11,7 +11,7 @@ from api.errors import InvalidRequest
 from api.services.batches import AgentNumberNotFound, TemporalUnavailable
 from api.services.conversations import signal_conversation
 from settings import Settings
-from store import conversation_messages, conversations, numbers, opt_outs
+from store import conversation_messages, conversations, inbound, numbers, opt_outs
 from workflows.contracts import conversation_workflow_id
 
 log = structlog.get_logger(__name__)
@@ -37,28 +37,30 @@ async def receive(
     pool: asyncpg.Pool, temporal: Client, settings: Settings, params: dict[str, str]
 ) -> None:
     """Record a user's message in the pair's active conversation (opening one if none is)
-    and signal it; STOP and START change the opt-out of every account using the sender."""
+    and signal it; STOP and START change the opt-out of the account that holds the sender.
+
+    Each MessageSid changes an opt-out at most once, ever, and is signalled at most once: a
+    post whose signal fails forgets its message (not its opt-out change), so the carrier's
+    retry is signalled then."""
     carrier_sid = params.get("MessageSid")
     if not carrier_sid or not params.get("From") or not params.get("To"):
         raise InvalidRequest("MessageSid, From and To are required")
     channel, agent_number = address(params["To"])
     _, user_number = address(params["From"])
     body = params.get("Body", "")
-    owners = await numbers.accounts_for_number(pool, agent_number)
-    if not owners:
+    account_id = await numbers.owner_of_number(pool, agent_number)
+    if account_id is None:
         raise AgentNumberNotFound(f"{agent_number} is not a registered sender")
     keyword = body.strip().upper()
-    # The carrier blocks the sender for this user after STOP, whichever account sends.
-    for owner in owners:
-        if keyword in OPT_OUT_KEYWORDS:
-            await opt_outs.add_opt_out(pool, owner, user_number, source="inbound")
-        elif keyword in OPT_IN_KEYWORDS:
-            await opt_outs.remove_opt_out(pool, owner, user_number)
-    account_id = await conversations.latest_account(pool, owners, agent_number, user_number)
-    account_id = account_id or owners[0]
     help_id: uuid.UUID | None = None
     try:
+        # One transaction: a repeat changes nothing, whatever it finds changed since.
         async with pool.acquire() as conn, conn.transaction():
+            if await inbound.claim_sid(conn, carrier_sid, account_id):
+                if keyword in OPT_OUT_KEYWORDS:
+                    await opt_outs.add_opt_out(conn, account_id, user_number, source="inbound")
+                elif keyword in OPT_IN_KEYWORDS:
+                    await opt_outs.remove_opt_out(conn, account_id, user_number)
             conversation = await conversations.open_conversation(
                 conn,
                 account_id=account_id,

@@ -7,6 +7,7 @@ import asyncpg
 from activities.recipients.phones import to_e164
 from api.errors import HeraldError
 from api.models import NumberRequest, NumberUpdate
+from api.services.sender_ownership import require_carrier_owns
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
 from store import numbers
@@ -21,6 +22,11 @@ class NumberNotFound(HeraldError):
     code = "NUMBER_NOT_FOUND"
 
 
+class SenderTaken(HeraldError):
+    status_code = 409
+    code = "SENDER_TAKEN"
+
+
 async def add_number(
     pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, body: NumberRequest
 ) -> dict:
@@ -30,7 +36,11 @@ async def add_number(
     mps = body.mps if "mps" in body.model_fields_set else settings.default_sender_mps
     webhook = str(body.webhook) if body.webhook else None
     await require_safe_webhook(webhook, settings)
-    return await numbers.add_number(pool, account_id, number, body.channel, mps, webhook)
+    await require_carrier_owns(number, body.channel, settings)
+    row = await numbers.add_number(pool, account_id, number, body.channel, mps, webhook)
+    if row is None:
+        raise SenderTaken(f"{number} is registered by another account")
+    return row
 
 
 async def update_number(

@@ -20,9 +20,13 @@ async def ensure_dev_account(dsn: str, known: dict[str, Any]) -> dict[str, Any]:
             if account_id is not None:
                 await numbers.add_number(pool, account_id, known["agent_number"], "sms", None)
                 return {"api_key": known["api_key"], "agent_number": known["agent_number"]}
-        account_id = await create_account(pool, "development")
+        # The sender belongs to one account: when a lost or revoked key's account still holds
+        # it, that account gets a new key rather than a new account without a sender.
+        account_id = await numbers.owner_of_number(pool, DEV_SENDER)
+        if account_id is None:
+            account_id = await create_account(pool, "development")
+            await numbers.add_number(pool, account_id, DEV_SENDER, "sms", None)
         key = await create_api_key(pool, account_id)
-        await numbers.add_number(pool, account_id, DEV_SENDER, "sms", None)
         return {"api_key": key.key, "agent_number": DEV_SENDER}
     finally:
         await pool.close()

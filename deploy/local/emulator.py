@@ -1,7 +1,8 @@
 """A local carrier: the subset of Twilio's 2010 Messages API that Herald uses.
 
 It answers `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` as Twilio does (form body,
-basic auth, Twilio-shaped JSON and error bodies), honours Twilio's test "magic numbers",
+basic auth, Twilio-shaped JSON and error bodies), lists the account's own numbers at
+`GET .../IncomingPhoneNumbers.json?PhoneNumber=...`, honours Twilio's test "magic numbers",
 injects latency, 429s and 5xx on request, posts delivery callbacks signed with
 `X-Twilio-Signature`, and lets tests read what it received under `/_emulator/`.
 """
@@ -30,6 +31,7 @@ from deploy.local.http_server import Reply, Request, Router, serving
 API_VERSION = "2010-04-01"
 MESSAGES_PATH = f"/{API_VERSION}/Accounts/{{account_sid}}/Messages.json"
 MESSAGES_ROUTE = rf"/{API_VERSION}/Accounts/(?P<account_sid>[^/]+)/Messages\.json"
+NUMBERS_ROUTE = rf"/{API_VERSION}/Accounts/(?P<account_sid>[^/]+)/IncomingPhoneNumbers\.json"
 
 # CreateMessage parameters this emulator understands; each is a property of Twilio's own
 # OpenAPI description of CreateMessage (a test checks this). Others are refused, so a
@@ -62,6 +64,9 @@ MAGIC_FROM: dict[str, tuple[int, str]] = {
     "+15005550007": (21606, "The 'From' phone number provided is not owned by your account."),
     "+15005550008": (21611, "This 'From' number has exceeded its queue of messages."),
 }
+# The emulator's account owns every number but these: Twilio's test "From" numbers that are
+# invalid or "not owned by your account".
+NOT_OWNED = frozenset({"+15005550001", "+15005550007"})
 # Injected failures answer Twilio's code for their HTTP status; a 400 is 21612 (the carrier
 # cannot route to the number), a permanent error for that one message.
 # Every this many messages, what the emulator holds moves out of the garbage collector's
@@ -266,6 +271,39 @@ class Carrier:
             status=201,
         )
 
+    async def list_numbers(self, request: Request) -> Reply:
+        """Twilio's IncomingPhoneNumbers list, filtered by an exact `PhoneNumber`: the number
+        when the account owns it, else an empty page."""
+        if not self._authorised(request):
+            return self._refuse(401, 20003, "Authenticate")
+        account_sid = request.params["account_sid"]
+        number = request.query.get("PhoneNumber", "")
+        owned = [number] if number.startswith("+") and number not in NOT_OWNED else []
+        uri = f"/{API_VERSION}/Accounts/{account_sid}/IncomingPhoneNumbers.json"
+        return Reply(
+            {
+                "incoming_phone_numbers": [
+                    {
+                        "account_sid": account_sid,
+                        "phone_number": n,
+                        "friendly_name": n,
+                        "sid": f"PN{self._sids.getrandbits(128):032x}",
+                        "capabilities": {"sms": True, "mms": False, "voice": True},
+                        "status": "in-use",
+                    }
+                    for n in owned
+                ],
+                "page": 0,
+                "page_size": 50,
+                "start": 0,
+                "end": len(owned) - 1,
+                "first_page_uri": f"{uri}?PageSize=50&Page=0",
+                "next_page_uri": None,
+                "previous_page_uri": None,
+                "uri": uri,
+            }
+        )
+
     def _schedule_callbacks(
         self, url: str, account_sid: str, sid: str, to: str, from_: str
     ) -> None:
@@ -363,6 +401,7 @@ def create_app(carrier: Carrier) -> Router:
     return Router(
         [
             ("POST", MESSAGES_ROUTE, carrier.create_message),
+            ("GET", NUMBERS_ROUTE, carrier.list_numbers),
             ("GET", "/_emulator/health", health),
             ("GET", "/_emulator/messages", carrier.list_received),
             ("DELETE", "/_emulator/messages", carrier.reset),

@@ -6,6 +6,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -27,6 +28,12 @@ async def wait_until_received(emulator_url: str, marker: str, count: int) -> Non
     async with asyncio.timeout(60):
         while len(await received(emulator_url, marker)) < count:  # noqa: ASYNC110 - polling
             await asyncio.sleep(0.1)
+
+
+def rate(received: list[dict[str, Any]]) -> float:
+    """Messages per second between the first and the last one the carrier received."""
+    times = sorted(datetime.fromisoformat(m["received_at"]).timestamp() for m in received)
+    return (len(times) - 1) / (times[-1] - times[0])
 
 
 async def ledger_rows(api: httpx.AsyncClient, account: Account, file_id: str) -> list[dict]:

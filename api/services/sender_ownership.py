@@ -1,0 +1,45 @@
+"""Whether the carrier account owns a sender number, asked before the number is registered."""
+
+import aiohttp
+from twilio.base.exceptions import TwilioException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+from api.errors import HeraldError
+from settings import Settings
+
+
+class SenderNotOwned(HeraldError):
+    code = "SENDER_NOT_OWNED"
+
+
+class CarrierUnavailable(HeraldError):
+    status_code = 503
+    code = "CARRIER_UNAVAILABLE"
+
+
+async def require_carrier_owns(number: str, channel: str, settings: Settings) -> None:
+    """Refuse an SMS sender the carrier account does not own (Twilio's IncomingPhoneNumbers,
+    filtered by the number). Registration is rare, so each check has a client of its own."""
+    # WhatsApp senders are approved per business profile, not listed as incoming numbers.
+    if not settings.checks_sender_ownership or channel != "sms":
+        return
+    http = AsyncTwilioHttpClient(timeout=settings.carrier_timeout_seconds)
+    client = Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=http)
+    client.api.base_url = settings.carrier_url.rstrip("/")
+    try:
+        owned = await client.api.account.incoming_phone_numbers.list_async(
+            phone_number=number, limit=20
+        )
+    except TwilioException as error:
+        # A refused page (bad credentials, an outage) says nothing about the number.
+        raise CarrierUnavailable(
+            f"the carrier could not say whether it owns {number} ({error})"
+        ) from error
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise CarrierUnavailable(f"the carrier could not be reached ({error!r})") from error
+    finally:
+        await http.close()
+    # The filter also matches partial numbers: only an exact one counts.
+    if not any(n.phone_number == number for n in owned):
+        raise SenderNotOwned(f"{number} is not a number of the carrier account")

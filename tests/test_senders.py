@@ -1,0 +1,273 @@
+"""A sender belongs to one account at a time: another account cannot register, send from or
+hear replies to it, and its rate limit holds whichever account's batch sends from it."""
+
+import asyncio
+import secrets
+import time
+from datetime import datetime
+
+import asyncpg
+import httpx
+import pytest
+
+from settings import Settings
+from store import numbers, opt_outs
+from store.accounts import create_account, create_api_key
+from store.db import _migration_files, create_pool, migrate
+from tests.support.batches import FINAL, start_marked_batch
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.delivery import rate
+from tests.support.sending import (
+    inbound_form,
+    post_inbound,
+    received_by,
+    send,
+    send_ok,
+)
+from tests.support.stack import Account, WebhookReceiver, api_client, error_code
+
+
+@pytest.fixture
+async def other(pool: asyncpg.Pool, worker: None) -> Account:
+    """A second account, B, with a sender of its own."""
+    account_id = await create_account(pool, f"other-{secrets.token_hex(4)}")
+    key = await create_api_key(pool, account_id)
+    sender = unique_numbers(1)[0]
+    await numbers.add_number(pool, account_id, sender, "sms", None)
+    return Account(account_id=account_id, key=key.key, agent_number=sender)
+
+
+async def register(
+    api: httpx.AsyncClient, account: Account, number: str, **fields: object
+) -> httpx.Response:
+    return await api.post(
+        "/v1/sms/numbers", headers=account.headers, json={"number": number, **fields}
+    )
+
+
+async def listed(api: httpx.AsyncClient, account: Account) -> list[str]:
+    response = await api.get("/v1/sms/numbers", headers=account.headers)
+    return [n["number"] for n in response.json()["data"]]
+
+
+async def conversations_with(api: httpx.AsyncClient, account: Account, user: str) -> list[dict]:
+    response = await api.get(
+        "/v1/sms/conversations", headers=account.headers, params={"user_number": user}
+    )
+    return response.json()["data"]["conversations"]
+
+
+async def test_a_sender_is_registered_by_one_account_at_a_time(
+    api: httpx.AsyncClient, account: Account, other: Account
+) -> None:
+    number = account.agent_number
+
+    taken = await register(api, other, number, mps=None)
+    taken_as_digits = await register(api, other, number.removeprefix("+"))
+    updated = await register(api, account, number, mps=3)
+    listed_while_taken = await listed(api, other)
+    deleted = await api.delete(f"/v1/sms/numbers/{number}", headers=account.headers)
+    freed = await register(api, other, number)
+
+    assert taken.status_code == taken_as_digits.status_code == 409
+    assert taken.json() == {
+        "data": None,
+        "errors": [
+            {"error": "SENDER_TAKEN", "message": f"{number} is registered by another account"}
+        ],
+    }
+    assert error_code(taken_as_digits) == "SENDER_TAKEN"
+    assert updated.status_code == 201
+    assert (updated.json()["data"]["number"], updated.json()["data"]["mps"]) == (number, 3)
+    assert listed_while_taken == [other.agent_number]
+    assert deleted.status_code == 200
+    assert freed.status_code == 201
+    assert await listed(api, other) == [other.agent_number, number]
+    assert await listed(api, account) == []
+
+
+async def test_replies_and_stop_to_a_sender_reach_its_owner_only(
+    api: httpx.AsyncClient,
+    account: Account,
+    other: Account,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    emulator_url: str,
+) -> None:
+    user = unique_numbers(1)[0]
+    await send_ok(api, account, user, agent_message="from A")
+    await received_by(emulator_url, user, 1)
+
+    taken = await register(api, other, account.agent_number, mps=None)
+    sent_by_other = await send(
+        api, other, user, agent_number=account.agent_number, agent_message="from B"
+    )
+    stop = await post_inbound(
+        api, settings, inbound_form(settings, to=account.agent_number, from_=user, body="STOP")
+    )
+
+    assert taken.status_code == 409
+    assert sent_by_other.status_code == 404
+    assert error_code(sent_by_other) == "AGENT_NUMBER_NOT_FOUND"
+    assert stop.status_code == 200
+    [conversation] = await conversations_with(api, account, user)
+    detail = await api.get(
+        f"/v1/sms/conversations/{conversation['conversation_id']}", headers=account.headers
+    )
+    assert [(m["sender"], m["body"]) for m in detail.json()["data"]["messages"]] == [
+        ("AGENT", "from A"),
+        ("USER", "STOP"),
+    ]
+    assert await conversations_with(api, other, user) == []
+    assert await opt_outs.is_opted_out(pool, account.account_id, user)
+    assert not await opt_outs.is_opted_out(pool, other.account_id, user)
+    assert [m["body"] for m in await emulator_messages(emulator_url, to=user)] == ["from A"]
+
+
+async def test_a_freed_sender_routes_replies_to_its_new_owner(
+    api: httpx.AsyncClient, account: Account, other: Account, settings: Settings
+) -> None:
+    user = unique_numbers(1)[0]
+    number = account.agent_number
+    await send_ok(api, account, user, agent_message="from A")
+    await api.delete(f"/v1/sms/numbers/{number}", headers=account.headers)
+    assert (await register(api, other, number)).status_code == 201
+
+    reply = await post_inbound(
+        api, settings, inbound_form(settings, to=number, from_=user, body="who is this?")
+    )
+
+    assert reply.status_code == 200
+    [theirs] = await conversations_with(api, other, user)
+    assert theirs["agent_number"] == number
+    [mine] = await conversations_with(api, account, user)
+    detail = await api.get(
+        f"/v1/sms/conversations/{mine['conversation_id']}", headers=account.headers
+    )
+    assert [m["body"] for m in detail.json()["data"]["messages"]] == ["from A"]
+
+
+async def test_a_senders_rate_limit_holds_whichever_account_sends(
+    api: httpx.AsyncClient,
+    account: Account,
+    other: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+) -> None:
+    """A's batch is paused, A gives the number up and B takes it: when A's batch resumes, it
+    and B's batch share the number's one timeline."""
+    mps = 4
+    number = account.agent_number
+    changed = await api.patch(
+        f"/v1/sms/numbers/{number}", headers=account.headers, json={"mps": mps}
+    )
+    assert changed.status_code == 200, changed.text
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(16))
+    async with asyncio.timeout(30):
+        while not await emulator_messages(emulator_url, body_contains=marker):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    paused = await api.post(f"/v1/sms/batch/{file_id}/pause", headers=account.headers)
+    assert paused.status_code == 200, paused.text
+    await webhooks.wait_for(marker, "paused")
+    await asyncio.sleep(1)  # a send already on the wire lands
+    await api.delete(f"/v1/sms/numbers/{number}", headers=account.headers)
+    assert (await register(api, other, number, mps=mps)).status_code == 201
+
+    resumed_at = time.time()
+    resumed = await api.post(f"/v1/sms/batch/{file_id}/resume", headers=account.headers)
+    as_owner = Account(account_id=other.account_id, key=other.key, agent_number=number)
+    _, other_marker = await start_marked_batch(api, as_owner, webhooks, unique_numbers(8))
+    await webhooks.wait_for(marker, *FINAL)
+    await webhooks.wait_for(other_marker, *FINAL)
+
+    assert resumed.status_code == 200, resumed.text
+    sent = [
+        m
+        for found in (marker, other_marker)
+        for m in await emulator_messages(emulator_url, body_contains=found)
+    ]
+    assert len(sent) == 24
+    after_resume = [
+        m for m in sent if datetime.fromisoformat(m["received_at"]).timestamp() >= resumed_at
+    ]
+    assert len(after_resume) >= 16
+    # Never faster than the number's limit (5% for clock granularity).
+    assert rate(after_resume) <= mps * 1.05
+
+
+async def test_the_migration_keeps_the_earliest_of_several_registrations(
+    pool: asyncpg.Pool, postgres_dsn: str
+) -> None:
+    """A database from before one-owner senders, where three accounts registered one number:
+    the first keeps it, the others' registrations move to sender_numbers_displaced. The
+    database is one of its own, migrated up to 040 and given the rows 040 must settle."""
+    database = f"migration_{secrets.token_hex(4)}"
+    await pool.execute(f"CREATE DATABASE {database}")
+    old = await create_pool(postgres_dsn.rsplit("/", 1)[0] + f"/{database}", min_size=1)
+    try:
+        await old.execute(
+            "CREATE TABLE schema_migrations ("
+            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for name, sql in _migration_files():
+            if name < "040":
+                await old.execute(sql)
+                await old.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+        shared, own = unique_numbers(2)
+        accounts = [await create_account(old, f"before-{i}") for i in range(3)]
+        # The schema before 040 took these; today's store refuses them, so SQL builds them.
+        await old.executemany(
+            "INSERT INTO sender_numbers (account_id, number, mps, created_at)"
+            " VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+            [(a, shared, 5.0, i) for i, a in enumerate(accounts)] + [(accounts[1], own, None, 0)],
+        )
+        first = accounts[0]
+
+        applied = await migrate(old)
+
+        assert applied[0].startswith("040")
+        assert await numbers.owner_of_number(old, shared) == first
+        assert await numbers.owner_of_number(old, own) == accounts[1]
+        displaced = await old.fetch("SELECT account_id, number, mps FROM sender_numbers_displaced")
+        assert sorted((r["account_id"], r["number"], r["mps"]) for r in displaced) == sorted(
+            (account_id, shared, 5.0) for account_id in accounts[1:]
+        )
+        assert await numbers.add_number(old, accounts[2], shared, "sms", None) is None
+    finally:
+        await old.close()
+        await pool.execute(f"DROP DATABASE {database}")
+
+
+async def test_with_carrier_checks_only_a_number_the_carrier_account_owns_is_registered(
+    account: Account, settings: Settings
+) -> None:
+    """The emulator's account owns every number but Twilio's test "not owned" ones, and
+    answers IncomingPhoneNumbers as Twilio does, through the official client."""
+    checking = settings.model_copy(update={"verify_sender_ownership": True})
+    wrong_token = checking.model_copy(update={"twilio_auth_token": "not-the-token"})
+    owned, foreign = unique_numbers(1)[0], "+15005550007"
+
+    async with api_client(checking) as api:
+        registered = await register(api, account, owned)
+        refused = await register(api, account, foreign)
+        whatsapp = await register(api, account, unique_numbers(1)[0], channel="whatsapp")
+    async with api_client(wrong_token) as api:
+        unanswered = await register(api, account, unique_numbers(1)[0])
+
+    assert registered.status_code == 201, registered.text
+    assert refused.status_code == 400
+    assert error_code(refused) == "SENDER_NOT_OWNED"
+    assert whatsapp.status_code == 201, whatsapp.text
+    assert unanswered.status_code == 503
+    assert error_code(unanswered) == "CARRIER_UNAVAILABLE"
+    async with api_client(checking) as api:
+        assert foreign not in await listed(api, account)
+
+
+def test_sender_checks_are_on_unless_the_carrier_credentials_are_the_emulators() -> None:
+    assert not Settings().checks_sender_ownership
+    assert Settings(twilio_auth_token="a-real-token").checks_sender_ownership
+    assert not Settings(
+        twilio_auth_token="a-real-token", verify_sender_ownership=False
+    ).checks_sender_ownership
+    assert Settings(verify_sender_ownership=True).checks_sender_ownership
