@@ -1,20 +1,42 @@
 """Herald's one settings object, read from `HERALD_*` environment variables."""
 
+import ipaddress
+import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Where the carrier posts delivery receipts, under Herald's public URL.
 STATUS_CALLBACK_PATH = "/v1/webhooks/twilio/status"
+ENV_PREFIX = "HERALD_"
+# The local emulator's credentials: anyone reading this file knows them.
+DEV_ACCOUNT_SID = "AC" + "0" * 32
+DEV_AUTH_TOKEN = "dev-auth-token"
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HERALD_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
+    env: Literal["development", "production"] = Field(
+        "development",
+        description="`production` refuses to start with any of the local stack's defaults.",
+    )
     home: Path = Field(Path(".herald"), description="Local state: PostgreSQL data, Temporal file.")
-    database_url: str | None = Field(
+    database_url: SecretStr | None = Field(
         None, description="PostgreSQL DSN; unset means the local stack starts embedded PostgreSQL."
     )
     temporal_address: str | None = Field(
@@ -22,6 +44,22 @@ class Settings(BaseSettings):
     )
     temporal_namespace: str = "default"
     task_queue: str = "herald-sms"
+    temporal_api_key: SecretStr | None = Field(
+        None, description="API key for Temporal Cloud; setting it turns TLS on."
+    )
+    temporal_tls: bool = Field(
+        False, description="TLS to the Temporal frontend, with the system's CAs unless given one."
+    )
+    temporal_tls_ca_path: Path | None = Field(
+        None, description="PEM file of the CA that signed the frontend's certificate."
+    )
+    temporal_tls_cert_path: Path | None = Field(
+        None, description="PEM client certificate, for mutual TLS (with the key below)."
+    )
+    temporal_tls_key_path: Path | None = Field(None, description="PEM key of that certificate.")
+    temporal_tls_server_name: str | None = Field(
+        None, description="Name to check the frontend's certificate against, if not its host."
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -39,8 +77,8 @@ class Settings(BaseSettings):
     twilio_api_url: str | None = Field(
         None, description="Carrier API base URL; unset means the local emulator."
     )
-    twilio_account_sid: str = "AC" + "0" * 32
-    twilio_auth_token: str = "dev-auth-token"
+    twilio_account_sid: str = DEV_ACCOUNT_SID
+    twilio_auth_token: SecretStr = SecretStr(DEV_AUTH_TOKEN)
     public_url: str | None = Field(
         None, description="Herald's public base URL, for carrier StatusCallback URLs."
     )
@@ -116,6 +154,31 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    def production_problems(self) -> list[str]:
+        """The development defaults still in force, one line each, naming its setting."""
+        problems: list[str] = []
+        if self.twilio_api_url is None:
+            problems.append("TWILIO_API_URL: unset, messages would go to the local emulator")
+        elif _is_loopback(self.twilio_api_url):
+            problems.append("TWILIO_API_URL: a loopback address is the local emulator")
+        if self.twilio_account_sid == DEV_ACCOUNT_SID:
+            problems.append("TWILIO_ACCOUNT_SID: still the local emulator's account")
+        if self.twilio_auth_token.get_secret_value() == DEV_AUTH_TOKEN:
+            problems.append("TWILIO_AUTH_TOKEN: still the local emulator's token")
+        if self.public_url is None:
+            problems.append("PUBLIC_URL: unset, the carrier could not post delivery receipts")
+        if self.database_url is None:
+            problems.append("DATABASE_URL: unset, no embedded PostgreSQL runs in production")
+        if self.temporal_address is None:
+            problems.append("TEMPORAL_ADDRESS: unset, no Temporal dev server runs in production")
+        return [ENV_PREFIX + problem for problem in problems]
+
+    @model_validator(mode="after")
+    def _no_development_defaults_in_production(self) -> Self:
+        if self.env == "production" and (problems := self.production_problems()):
+            raise ValueError("\n".join(problems))
+        return self
+
     @property
     def temporal_target(self) -> str:
         return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
@@ -138,9 +201,29 @@ class Settings(BaseSettings):
 
     @property
     def dsn(self) -> str:
-        return self.database_url or f"postgresql://postgres@127.0.0.1:{self.postgres_port}/postgres"
+        if self.database_url is None:
+            return f"postgresql://postgres@127.0.0.1:{self.postgres_port}/postgres"
+        return self.database_url.get_secret_value()
+
+
+def refusal(error: ValidationError) -> str:
+    """One line per problem, each naming its environment variable."""
+    lines: list[str] = []
+    for detail in error.errors():
+        message = str(detail["msg"]).removeprefix("Value error, ")
+        if detail["loc"]:
+            lines.append(f"{ENV_PREFIX}{str(detail['loc'][0]).upper()}: {message}")
+        else:
+            lines.extend(message.splitlines())
+    return "\n".join(lines)
 
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The process's settings; an invalid environment stops it with a line per problem
+    (exit status 2), rather than a traceback."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        sys.stderr.write(f"Herald refuses to start:\n{refusal(error)}\n")
+        raise SystemExit(2) from None

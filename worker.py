@@ -23,6 +23,7 @@ from egress import PinnedTransport
 from logs import configure_logging
 from settings import Settings, get_settings
 from store.db import create_pool, migrate
+from temporal_client import connect_temporal
 from workflows import WORKFLOWS
 
 
@@ -33,7 +34,7 @@ async def herald_worker(client: Client, settings: Settings) -> AsyncIterator[Wor
     await migrate(pool)
     carrier = TwilioCarrier(
         account_sid=settings.twilio_account_sid,
-        auth_token=settings.twilio_auth_token,
+        auth_token=settings.twilio_auth_token.get_secret_value(),
         api_url=settings.carrier_url,
         timeout=settings.carrier_timeout_seconds,
         connections=settings.send_concurrency * settings.max_concurrent_activities,
@@ -89,7 +90,7 @@ async def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
     prepare_process()
-    client = await Client.connect(settings.temporal_target, namespace=settings.temporal_namespace)
+    client = await connect_temporal(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

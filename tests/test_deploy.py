@@ -28,14 +28,19 @@ def bare_temporal(tmp_path: Path) -> Iterator[str]:
         server.stop()
 
 
-def test_search_attributes_are_registered_on_a_fresh_cluster(bare_temporal: str) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "deploy.search_attributes", "--address", bare_temporal],
+def register(address: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.search_attributes", "--address", address],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_search_attributes_are_registered_on_a_fresh_cluster_once(bare_temporal: str) -> None:
+    run = register(bare_temporal)
+    again = register(bare_temporal)
     listed = subprocess.run(
         [str(TEMPORAL_BIN), "operator", "search-attribute", "list", "--address", bare_temporal],
         capture_output=True,
@@ -45,5 +50,6 @@ def test_search_attributes_are_registered_on_a_fresh_cluster(bare_temporal: str)
     )
 
     assert run.returncode == 0, run.stdout + run.stderr
+    assert again.returncode == 0 and "none (all present)" in again.stdout, again.stderr
     for name, kind in SEARCH_ATTRIBUTES.items():
         assert any(name in line and kind in line for line in listed.stdout.splitlines()), name
