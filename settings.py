@@ -153,6 +153,11 @@ class Settings(BaseSettings):
     )
 
     log_level: str = "INFO"
+    health_file: Path | None = Field(
+        None,
+        description="A worker touches this file every 5 s while it runs; the container probe"
+        " (`python -m deploy.healthcheck`) reads its age.",
+    )
 
     def production_problems(self) -> list[str]:
         """The development defaults still in force, one line each, naming its setting."""

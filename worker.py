@@ -19,6 +19,7 @@ from activities.recipients.phone_columns import prepare as prepare_validation
 from activities.sending import SendingActivities
 from activities.status_events import StatusEventActivities
 from activities.validation import ValidationActivities
+from deploy.healthcheck import touch_while_running
 from egress import PinnedTransport
 from logs import configure_logging
 from settings import Settings, get_settings
@@ -96,7 +97,11 @@ async def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with herald_worker(client, settings) as worker, worker:
+        health = settings.health_file
+        beating = None if health is None else asyncio.create_task(touch_while_running(health))
         await stop.wait()
+        if beating is not None:
+            beating.cancel()
 
 
 if __name__ == "__main__":
