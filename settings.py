@@ -118,6 +118,13 @@ class Settings(BaseSettings):
         " before any worker takes it: after a worker crash, its workflows wait this long.",
     )
     max_concurrent_activities: int = 16
+    worker_shutdown_grace_seconds: float = Field(
+        0.0,
+        description="After SIGTERM, how long running activities may go on before they are"
+        " cancelled (a cancelled send finishes its requests on the wire, puts the rest of its"
+        " slice back, and another worker resumes it). Keep the pod's termination grace longer"
+        " by the carrier timeout.",
+    )
     default_sender_mps: float | None = Field(
         10.0, description="Rate limit of a sender number registered without one."
     )

@@ -68,6 +68,7 @@ async def herald_worker(client: Client, settings: Settings) -> AsyncIterator[Wor
             sticky_queue_schedule_to_start_timeout=timedelta(
                 seconds=settings.sticky_timeout_seconds
             ),
+            graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
             # Cancellations reach an activity in a heartbeat's reply: let them through at once.
             max_heartbeat_throttle_interval=timedelta(seconds=1),
         )
