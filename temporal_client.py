@@ -1,8 +1,10 @@
 """The one way Herald connects to Temporal: the dev server, a self-hosted cluster over
 (mutual) TLS, or Temporal Cloud with an API key, all from settings."""
 
+import os
+import sys
 from pathlib import Path
-from typing import TypedDict
+from typing import NoReturn, TypedDict
 
 from temporalio.client import Client
 from temporalio.service import TLSConfig
@@ -47,3 +49,12 @@ def connect_options(settings: Settings) -> ConnectOptions:
 
 async def connect_temporal(settings: Settings, *, lazy: bool = False) -> Client:
     return await Client.connect(settings.temporal_target, lazy=lazy, **connect_options(settings))
+
+
+def exit_skipping_teardown(code: int) -> NoReturn:
+    """End a short-lived command that used a client. The SDK's Rust threads can outlive the
+    event loop and abort CPython's finalization (SIGABRT once the work is done, intermittently:
+    temporalio/sdk-python#300), so the interpreter's teardown is skipped."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -10,13 +10,15 @@ import asyncio
 import sys
 
 from deploy.search_attributes import register
+from logs import configure_logging
 from settings import get_settings
 from store.db import create_pool, migrate
-from temporal_client import connect_temporal
+from temporal_client import connect_temporal, exit_skipping_teardown
 
 
 async def prepare(*, search_attributes: bool) -> None:
     settings = get_settings()
+    configure_logging(settings.log_level)
     pool = await create_pool(settings.dsn, min_size=1, max_size=1)
     try:
         applied = await migrate(pool)
@@ -38,4 +40,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_skipping_teardown(main())

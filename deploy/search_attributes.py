@@ -17,7 +17,7 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 
 from settings import get_settings
-from temporal_client import connect_temporal
+from temporal_client import connect_temporal, exit_skipping_teardown
 from workflows.contracts import SEARCH_ATTRIBUTES
 
 
@@ -61,4 +61,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_skipping_teardown(main())
