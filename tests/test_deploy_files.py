@@ -200,6 +200,8 @@ def test_each_overlay_configures_a_production_start(
 
     assert settings.env == "production"
     assert settings.temporal_address is not None
+    # The example Secret suits both overlays: no API key, which would turn TLS on.
+    assert settings.temporal_api_key is None
 
 
 def test_the_cloud_overlay_uses_tls_and_leaves_search_attributes_to_tcld() -> None:
