@@ -4,13 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-rates bench-validation bench-uploads clean
+.PHONY: run test lint lock bench bench-rates bench-validation bench-uploads clean
 
-$(STAMP): pyproject.toml
+# The tested set: every version pinned by requirements.lock; `local` is the local stack.
+$(STAMP): pyproject.toml requirements.lock
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,local]'
 	touch $(STAMP)
+
+# After a change of pyproject.toml's dependencies: pin the newest versions that fit.
+lock: $(STAMP)
+	$(BIN)/pip-compile --quiet --strip-extras --extra dev --extra local --no-emit-index-url \
+		--no-emit-find-links --no-emit-trusted-host -o requirements.lock pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/python -m deploy.local

@@ -1,10 +1,13 @@
 """Herald's one settings object, read from `HERALD_*` environment variables."""
 
+import ipaddress
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Where the carrier posts delivery receipts, under Herald's public URL.
@@ -13,21 +16,32 @@ STATUS_CALLBACK_PATH = "/v1/webhooks/twilio/status"
 # ones in this range too, so the pacing arithmetic in PostgreSQL cannot overflow.
 SENDER_MPS_MIN = 0.01
 SENDER_MPS_MAX = 10_000.0
-# The carrier credentials of the local emulator, not of any real carrier account.
-DEV_TWILIO_ACCOUNT_SID = "AC" + "0" * 32
-DEV_TWILIO_AUTH_TOKEN = "dev-auth-token"
+ENV_PREFIX = "HERALD_"
+# The local emulator's credentials: anyone reading this file knows them.
+DEV_ACCOUNT_SID = "AC" + "0" * 32
+DEV_AUTH_TOKEN = "dev-auth-token"
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HERALD_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     env: Literal["development", "production"] = Field(
         "development",
-        description="`production` refuses settings meant for one machine only"
-        " (`allow_loopback_webhooks`).",
+        description="`production` refuses to start with any of the local stack's defaults,"
+        " or with settings meant for one machine only (`allow_loopback_webhooks`).",
     )
     home: Path = Field(Path(".herald"), description="Local state: PostgreSQL data, Temporal file.")
-    database_url: str | None = Field(
+    database_url: SecretStr | None = Field(
         None, description="PostgreSQL DSN; unset means the local stack starts embedded PostgreSQL."
     )
     temporal_address: str | None = Field(
@@ -35,6 +49,22 @@ class Settings(BaseSettings):
     )
     temporal_namespace: str = "default"
     task_queue: str = "herald-sms"
+    temporal_api_key: SecretStr | None = Field(
+        None, description="API key for Temporal Cloud; setting it turns TLS on."
+    )
+    temporal_tls: bool = Field(
+        False, description="TLS to the Temporal frontend, with the system's CAs unless given one."
+    )
+    temporal_tls_ca_path: Path | None = Field(
+        None, description="PEM file of the CA that signed the frontend's certificate."
+    )
+    temporal_tls_cert_path: Path | None = Field(
+        None, description="PEM client certificate, for mutual TLS (with the key below)."
+    )
+    temporal_tls_key_path: Path | None = Field(None, description="PEM key of that certificate.")
+    temporal_tls_server_name: str | None = Field(
+        None, description="Name to check the frontend's certificate against, if not its host."
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -52,8 +82,8 @@ class Settings(BaseSettings):
     twilio_api_url: str | None = Field(
         None, description="Carrier API base URL; unset means the local emulator."
     )
-    twilio_account_sid: str = DEV_TWILIO_ACCOUNT_SID
-    twilio_auth_token: str = DEV_TWILIO_AUTH_TOKEN
+    twilio_account_sid: str = DEV_ACCOUNT_SID
+    twilio_auth_token: SecretStr = SecretStr(DEV_AUTH_TOKEN)
     verify_sender_ownership: bool | None = Field(
         None,
         description="Register a sender number only if the carrier account owns it (Twilio's"
@@ -105,6 +135,13 @@ class Settings(BaseSettings):
         " before any worker takes it: after a worker crash, its workflows wait this long.",
     )
     max_concurrent_activities: int = 16
+    worker_shutdown_grace_seconds: float = Field(
+        0.0,
+        description="After SIGTERM, how long running activities may go on before they are"
+        " cancelled (a cancelled send finishes its requests on the wire, puts the rest of its"
+        " slice back, and another worker resumes it). Keep the pod's termination grace longer"
+        " by the carrier timeout.",
+    )
     default_sender_mps: float | None = Field(
         10.0,
         ge=SENDER_MPS_MIN,
@@ -145,14 +182,40 @@ class Settings(BaseSettings):
     )
 
     log_level: str = "INFO"
+    health_file: Path | None = Field(
+        None,
+        description="A worker touches this file every 5 s while it runs; the container probe"
+        " (`python -m deploy.healthcheck`) reads its age.",
+    )
+
+    def production_problems(self) -> list[str]:
+        """The development defaults still in force, one line each, naming its setting."""
+        problems: list[str] = []
+        if self.twilio_api_url is None:
+            problems.append("TWILIO_API_URL: unset, messages would go to the local emulator")
+        elif _is_loopback(self.twilio_api_url):
+            problems.append("TWILIO_API_URL: a loopback address is the local emulator")
+        if self.twilio_account_sid == DEV_ACCOUNT_SID:
+            problems.append("TWILIO_ACCOUNT_SID: still the local emulator's account")
+        if self.twilio_auth_token.get_secret_value() == DEV_AUTH_TOKEN:
+            problems.append("TWILIO_AUTH_TOKEN: still the local emulator's token")
+        if self.public_url is None:
+            problems.append("PUBLIC_URL: unset, the carrier could not post delivery receipts")
+        if self.database_url is None:
+            problems.append("DATABASE_URL: unset, no embedded PostgreSQL runs in production")
+        if self.temporal_address is None:
+            problems.append("TEMPORAL_ADDRESS: unset, no Temporal dev server runs in production")
+        if self.allow_loopback_webhooks:
+            problems.append(
+                "ALLOW_LOOPBACK_WEBHOOKS=true: it lets any account's webhook reach services on"
+                " this host (PostgreSQL included)"
+            )
+        return [ENV_PREFIX + problem for problem in problems]
 
     @model_validator(mode="after")
-    def _production_refuses_loopback_webhooks(self) -> Self:
-        if self.env == "production" and self.allow_loopback_webhooks:
-            raise ValueError(
-                "HERALD_ALLOW_LOOPBACK_WEBHOOKS=true is refused when HERALD_ENV=production: it"
-                " lets any account's webhook reach services on this host (PostgreSQL included)"
-            )
+    def _no_development_defaults_in_production(self) -> Self:
+        if self.env == "production" and (problems := self.production_problems()):
+            raise ValueError("\n".join(problems))
         return self
 
     @property
@@ -167,8 +230,8 @@ class Settings(BaseSettings):
     def checks_sender_ownership(self) -> bool:
         if self.verify_sender_ownership is not None:
             return self.verify_sender_ownership
-        dev = (DEV_TWILIO_ACCOUNT_SID, DEV_TWILIO_AUTH_TOKEN)
-        return (self.twilio_account_sid, self.twilio_auth_token) != dev
+        dev = (DEV_ACCOUNT_SID, DEV_AUTH_TOKEN)
+        return (self.twilio_account_sid, self.twilio_auth_token.get_secret_value()) != dev
 
     @property
     def carrier_url(self) -> str:
@@ -184,9 +247,29 @@ class Settings(BaseSettings):
 
     @property
     def dsn(self) -> str:
-        return self.database_url or f"postgresql://postgres@127.0.0.1:{self.postgres_port}/postgres"
+        if self.database_url is None:
+            return f"postgresql://postgres@127.0.0.1:{self.postgres_port}/postgres"
+        return self.database_url.get_secret_value()
+
+
+def refusal(error: ValidationError) -> str:
+    """One line per problem, each naming its environment variable."""
+    lines: list[str] = []
+    for detail in error.errors():
+        message = str(detail["msg"]).removeprefix("Value error, ")
+        if detail["loc"]:
+            lines.append(f"{ENV_PREFIX}{str(detail['loc'][0]).upper()}: {message}")
+        else:
+            lines.extend(message.splitlines())
+    return "\n".join(lines)
 
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The process's settings; an invalid environment stops it with a line per problem
+    (exit status 2), rather than a traceback."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        sys.stderr.write(f"Herald refuses to start:\n{refusal(error)}\n")
+        raise SystemExit(2) from None

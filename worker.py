@@ -19,10 +19,12 @@ from activities.recipients.phone_columns import prepare as prepare_validation
 from activities.sending import SendingActivities
 from activities.status_events import StatusEventActivities
 from activities.validation import ValidationActivities
+from deploy.healthcheck import touch_while_running
 from egress import PinnedTransport
 from logs import configure_logging
 from settings import Settings, get_settings
 from store.db import create_pool, migrate
+from temporal_client import connect_temporal
 from workflows import WORKFLOWS
 
 
@@ -33,7 +35,7 @@ async def herald_worker(client: Client, settings: Settings) -> AsyncIterator[Wor
     await migrate(pool)
     carrier = TwilioCarrier(
         account_sid=settings.twilio_account_sid,
-        auth_token=settings.twilio_auth_token,
+        auth_token=settings.twilio_auth_token.get_secret_value(),
         api_url=settings.carrier_url,
         timeout=settings.carrier_timeout_seconds,
         connections=settings.send_concurrency * settings.max_concurrent_activities,
@@ -66,6 +68,7 @@ async def herald_worker(client: Client, settings: Settings) -> AsyncIterator[Wor
             sticky_queue_schedule_to_start_timeout=timedelta(
                 seconds=settings.sticky_timeout_seconds
             ),
+            graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
             # Cancellations reach an activity in a heartbeat's reply: let them through at once.
             max_heartbeat_throttle_interval=timedelta(seconds=1),
         )
@@ -89,13 +92,17 @@ async def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
     prepare_process()
-    client = await Client.connect(settings.temporal_target, namespace=settings.temporal_namespace)
+    client = await connect_temporal(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with herald_worker(client, settings) as worker, worker:
+        health = settings.health_file
+        beating = None if health is None else asyncio.create_task(touch_while_running(health))
         await stop.wait()
+        if beating is not None:
+            beating.cancel()
 
 
 if __name__ == "__main__":

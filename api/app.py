@@ -5,7 +5,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from temporalio.client import Client
 
 from api.errors import install_error_handlers
 from api.input_checks import InputChecks
@@ -26,6 +25,7 @@ from api.routes import (
 from logs import configure_logging
 from settings import Settings, get_settings
 from store.db import create_pool, migrate
+from temporal_client import connect_temporal
 
 # Failures any keyed route may answer with, in the error envelope; documented so that clients
 # (and the schema fuzzing in the tests) know every status they can meet.
@@ -56,9 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.pool = await create_pool(settings.dsn)
         await migrate(app.state.pool)
         # Lazy: the API starts, and /readyz reports, while Temporal is still coming up.
-        app.state.temporal = await Client.connect(
-            settings.temporal_target, namespace=settings.temporal_namespace, lazy=True
-        )
+        app.state.temporal = await connect_temporal(settings, lazy=True)
         try:
             yield
         finally:

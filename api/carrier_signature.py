@@ -26,7 +26,7 @@ async def signed_form(request: Request, settings: AppSettings) -> dict[str, str]
     if request.url.query:
         url += "?" + request.url.query
     signature = request.headers.get("X-Twilio-Signature")
-    validator = RequestValidator(settings.twilio_auth_token)
+    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
     if not signature or not validator.validate(url, params, signature):
         raise InvalidSignature("X-Twilio-Signature is missing or does not match this request")
     return params

@@ -32,7 +32,6 @@ from typing import Any
 import httpx
 import psutil
 from aiohttp import web
-from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.providers.twilio import TwilioCarrier
@@ -43,6 +42,7 @@ from deploy.local.processes import ManagedProcess, free_port
 from settings import Settings
 from store.db import create_pool
 from store.messages import ledger_footprint
+from temporal_client import connect_temporal
 from workflows.contracts import batch_workflow_id
 
 AREA_CODES = (201, 212, 213, 305, 312, 404, 415, 503, 617, 702, 718, 917)
@@ -184,10 +184,10 @@ async def run_herald(
 
 
 async def run_naive(n: int, settings: Settings, info: dict[str, str], label: str) -> dict[str, Any]:
-    client = await Client.connect(settings.temporal_target)
+    client = await connect_temporal(settings)
     carrier = TwilioCarrier(
         account_sid=settings.twilio_account_sid,
-        auth_token=settings.twilio_auth_token,
+        auth_token=settings.twilio_auth_token.get_secret_value(),
         api_url=info["emulator_url"],
         timeout=settings.carrier_timeout_seconds,
     )
@@ -226,7 +226,7 @@ async def run_ceiling(
     sent, elapsed = await post_all(
         url=info["emulator_url"],
         account_sid=settings.twilio_account_sid,
-        auth_token=settings.twilio_auth_token,
+        auth_token=settings.twilio_auth_token.get_secret_value(),
         agent_number=info["agent_number"],
         messages=((to, f"Herald bench R{i}") for i, to in enumerate(recipient_numbers(n))),
         concurrency=concurrency,
@@ -241,7 +241,7 @@ async def run_ceiling(
 
 
 async def history_and_storage(settings: Settings, batch_id: str) -> dict[str, Any]:
-    client = await Client.connect(settings.temporal_target)
+    client = await connect_temporal(settings)
     workflow_id = batch_workflow_id(batch_id)
     # The final event comes just before the workflow closes; visibility's history lengths are
     # as of each run's last update, so wait for the close and ask each run itself.

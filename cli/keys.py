@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from settings import Settings
+from settings import get_settings
 from store import accounts
 from store.db import create_pool, migrate
 
@@ -68,7 +68,7 @@ async def _revoke(pool: asyncpg.Pool, args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    pool = await create_pool(Settings().dsn, min_size=1, max_size=2)
+    pool = await create_pool(get_settings().dsn, min_size=1, max_size=2)
     try:
         await migrate(pool)
         action = {"create": _create, "list": _list, "revoke": _revoke}[args.action]

@@ -1,51 +1,64 @@
-"""Registers Herald's search attributes on a real Temporal cluster (the local dev server gets
-them at start): `python -m deploy.search_attributes --address host:7233 --namespace NAME`.
+"""Registers Herald's search attributes on a self-hosted Temporal cluster (the local dev server
+gets them at start): `python -m deploy.search_attributes [--address host:7233] [--namespace N]`.
 
-Temporal Cloud registers them in its UI or with `tcld`; this covers self-hosted clusters,
-through the same `temporal` CLI the local stack uses.
+The connection (TLS, API key) comes from the `HERALD_TEMPORAL_*` settings; the flags override
+the address and namespace. Temporal Cloud registers them in its UI or with `tcld` instead.
 """
 
 import argparse
-import subprocess
+import asyncio
 import sys
 
-from deploy.local.temporal import TEMPORAL_BIN
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import Client
+
+from settings import get_settings
+from temporal_client import connect_temporal, exit_skipping_teardown
 from workflows.contracts import SEARCH_ATTRIBUTES
 
 
-def commands(address: str, namespace: str) -> list[list[str]]:
-    return [
-        [
-            str(TEMPORAL_BIN),
-            "operator",
-            "search-attribute",
-            "create",
-            "--address",
-            address,
-            "--namespace",
-            namespace,
-            "--name",
-            name,
-            "--type",
-            kind,
-        ]
+async def register(client: Client, namespace: str) -> list[str]:
+    """Add the attributes the namespace lacks; their names, in order. Running it again adds
+    nothing, so every deployment may run it."""
+    listed = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    missing = {
+        name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
         for name, kind in SEARCH_ATTRIBUTES.items()
-    ]
+        if name not in listed.custom_attributes
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+        )
+    return list(missing)
+
+
+async def run(address: str | None, namespace: str | None) -> list[str]:
+    overrides = {
+        key: value
+        for key, value in (("temporal_address", address), ("temporal_namespace", namespace))
+        if value is not None
+    }
+    settings = get_settings().model_copy(update=overrides)
+    client = await connect_temporal(settings)
+    return await register(client, settings.temporal_namespace)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--address", required=True, help="the cluster's frontend, host:port")
-    parser.add_argument("--namespace", default="default")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--address", help="the cluster's frontend, host:port")
+    parser.add_argument("--namespace")
     args = parser.parse_args()
-    for command in commands(args.address, args.namespace):
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        sys.stdout.write(f"{command[-3]}: {'ok' if result.returncode == 0 else result.stderr}")
-        if result.returncode != 0:
-            return result.returncode
-        sys.stdout.write("\n")
+    added = asyncio.run(run(args.address, args.namespace))
+    sys.stdout.write(f"added: {', '.join(added) or 'none (all present)'}\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_skipping_teardown(main())

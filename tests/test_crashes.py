@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from deploy.local.postgres import dsn, postgres_process, postgres_ready
 from deploy.local.processes import ManagedProcess, free_port
@@ -56,7 +57,7 @@ def worker_process(settings: Settings, log_path: Path) -> ManagedProcess:
             "HERALD_DATABASE_URL": settings.dsn,
             "HERALD_TEMPORAL_ADDRESS": settings.temporal_target,
             "HERALD_TWILIO_API_URL": settings.carrier_url,
-            "HERALD_TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
+            "HERALD_TWILIO_AUTH_TOKEN": settings.twilio_auth_token.get_secret_value(),
             "HERALD_TASK_QUEUE": settings.task_queue,
             "HERALD_STICKY_TIMEOUT_SECONDS": str(STICKY_TIMEOUT_SECONDS),
             "HERALD_API_PORT": str(settings.api_port),
@@ -219,7 +220,9 @@ async def test_temporal_and_postgres_restarted_mid_batch_and_the_batch_completes
         log_path=tmp_path / "temporal.log",
     )
     own = crash_settings(
-        settings, database_url=dsn(pg_port), temporal_address=f"127.0.0.1:{temporal_port}"
+        settings,
+        database_url=SecretStr(dsn(pg_port)),
+        temporal_address=f"127.0.0.1:{temporal_port}",
     )
     worker = worker_process(own, tmp_path / "worker.log")
     try:

@@ -1,5 +1,7 @@
-"""`deploy/`: registering Herald's search attributes on a cluster that has none yet."""
+"""`deploy/`: registering Herald's search attributes on a cluster that has none yet; the
+image's `prepare` role."""
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -9,7 +11,10 @@ import pytest
 
 from deploy.local.processes import ManagedProcess, free_port
 from deploy.local.temporal import TEMPORAL_BIN, temporal_ready
+from settings import Settings
 from workflows.contracts import SEARCH_ATTRIBUTES
+
+ENTRYPOINT = Path(__file__).resolve().parent.parent / "deploy" / "entrypoint.sh"
 
 
 @pytest.fixture
@@ -28,14 +33,19 @@ def bare_temporal(tmp_path: Path) -> Iterator[str]:
         server.stop()
 
 
-def test_search_attributes_are_registered_on_a_fresh_cluster(bare_temporal: str) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "deploy.search_attributes", "--address", bare_temporal],
+def register(address: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.search_attributes", "--address", address],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_search_attributes_are_registered_on_a_fresh_cluster_once(bare_temporal: str) -> None:
+    run = register(bare_temporal)
+    again = register(bare_temporal)
     listed = subprocess.run(
         [str(TEMPORAL_BIN), "operator", "search-attribute", "list", "--address", bare_temporal],
         capture_output=True,
@@ -45,5 +55,28 @@ def test_search_attributes_are_registered_on_a_fresh_cluster(bare_temporal: str)
     )
 
     assert run.returncode == 0, run.stdout + run.stderr
+    assert again.returncode == 0 and "none (all present)" in again.stdout, again.stderr
     for name, kind in SEARCH_ATTRIBUTES.items():
         assert any(name in line and kind in line for line in listed.stdout.splitlines()), name
+
+
+def test_the_image_entrypoint_prepares_a_release(settings: Settings, bare_temporal: str) -> None:
+    """`prepare`, as the image's entrypoint runs it: migrations, then search attributes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    env |= {
+        "PATH": f"{Path(sys.executable).parent}:{env['PATH']}",
+        "HERALD_DATABASE_URL": settings.dsn,
+        "HERALD_TEMPORAL_ADDRESS": bare_temporal,
+    }
+    run = subprocess.run(
+        ["sh", str(ENTRYPOINT), "prepare"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stderr
+    assert "migrations applied: " in run.stdout
+    assert f"search attributes added: {', '.join(SEARCH_ATTRIBUTES)}" in run.stdout

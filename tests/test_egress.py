@@ -10,6 +10,7 @@ import pytest
 from egress import PinnedTransport, UnsafeURL, checked_addresses, refusal
 from settings import Settings
 from tests.support.builders import attach, csv_bytes, unique_numbers
+from tests.support.production import PRODUCTION
 from tests.support.stack import Account, WebhookReceiver, api_client
 
 REFUSED = [
@@ -176,11 +177,14 @@ async def test_the_api_refuses_internal_webhooks_with_400(
 def test_production_refuses_loopback_webhooks(
     monkeypatch: pytest.MonkeyPatch, env: str, loopback: str, accepted: bool
 ) -> None:
+    if env == "production":
+        for key, value in PRODUCTION.items():
+            monkeypatch.setenv(key, value)
     monkeypatch.setenv("HERALD_ENV", env)
     monkeypatch.setenv("HERALD_ALLOW_LOOPBACK_WEBHOOKS", loopback)
 
     if accepted:
         assert Settings().allow_loopback_webhooks == (loopback == "true")
     else:
-        with pytest.raises(pydantic.ValidationError, match="HERALD_ENV=production"):
+        with pytest.raises(pydantic.ValidationError, match="HERALD_ALLOW_LOOPBACK_WEBHOOKS=true"):
             Settings()

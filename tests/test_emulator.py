@@ -223,7 +223,7 @@ async def test_status_callbacks_are_signed_and_arrive_in_order(
     callbacks = [await asyncio.wait_for(received.get(), 10) for _ in range(2)]
     await asyncio.sleep(0.3)  # the quiet emulator's would have come by now
 
-    validator = RequestValidator(settings.twilio_auth_token)
+    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
     assert [params["MessageStatus"] for _, params, _ in callbacks] == ["sent", "delivered"]
     assert all(params["MessageSid"] == sid for _, params, _ in callbacks)
     assert all(validator.validate(u, params, signature) for u, params, signature in callbacks)

@@ -193,9 +193,9 @@ async def test_an_unsigned_or_wrongly_signed_post_is_refused(
     user = unique_numbers(1)[0]
     form = inbound_form(settings, to=sender, from_=user, body="forged")
     if signature == "other-url":
-        signature = RequestValidator(settings.twilio_auth_token).compute_signature(
-            "http://herald.test" + INBOUND_PATH, form
-        )
+        signature = RequestValidator(
+            settings.twilio_auth_token.get_secret_value()
+        ).compute_signature("http://herald.test" + INBOUND_PATH, form)
     elif signature == "other-token":
         signature = RequestValidator("another-token").compute_signature(
             settings.api_url + INBOUND_PATH, form

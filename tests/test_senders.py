@@ -9,6 +9,7 @@ from datetime import datetime
 import asyncpg
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from settings import Settings
 from store import numbers, opt_outs
@@ -244,7 +245,7 @@ async def test_with_carrier_checks_only_a_number_the_carrier_account_owns_is_reg
     """The emulator's account owns every number but Twilio's test "not owned" ones, and
     answers IncomingPhoneNumbers as Twilio does, through the official client."""
     checking = settings.model_copy(update={"verify_sender_ownership": True})
-    wrong_token = checking.model_copy(update={"twilio_auth_token": "not-the-token"})
+    wrong_token = checking.model_copy(update={"twilio_auth_token": SecretStr("not-the-token")})
     owned, foreign = unique_numbers(1)[0], "+15005550007"
 
     async with api_client(checking) as api:

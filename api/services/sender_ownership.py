@@ -25,7 +25,11 @@ async def require_carrier_owns(number: str, channel: str, settings: Settings) ->
     if not settings.checks_sender_ownership or channel != "sms":
         return
     http = AsyncTwilioHttpClient(timeout=settings.carrier_timeout_seconds)
-    client = Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=http)
+    client = Client(
+        settings.twilio_account_sid,
+        settings.twilio_auth_token.get_secret_value(),
+        http_client=http,
+    )
     client.api.base_url = settings.carrier_url.rstrip("/")
     try:
         owned = await client.api.account.incoming_phone_numbers.list_async(

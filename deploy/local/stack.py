@@ -111,7 +111,7 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
                 "--port",
                 str(settings.emulator_port),
                 "--auth-token",
-                settings.twilio_auth_token,
+                settings.twilio_auth_token.get_secret_value(),
                 *([] if settings.emulator_status_callbacks else ["--no-status-callbacks"]),
             ],
             logs / "emulator.log",

@@ -57,7 +57,7 @@ async def post_inbound(
 ) -> httpx.Response:
     """Post the form signed as Twilio signs it: over the API's public URL, with its auth token."""
     if signature is None:
-        validator = RequestValidator(settings.twilio_auth_token)
+        validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
         signature = validator.compute_signature(settings.api_url + INBOUND_PATH, form)
     return await api.post(INBOUND_PATH, data=form, headers={"X-Twilio-Signature": signature})
 

@@ -1,0 +1,318 @@
+"""deploy/: the Dockerfile, the compose file and the Kubernetes manifests, checked offline
+(no container runtime or cluster here) against the schemas the installed packages ship:
+the compose specification's (vendored by check-jsonschema, Apache-2.0) and Kubernetes'
+(kubernetes-validate)."""
+
+import copy
+import json
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from dockerfile_parse import DockerfileParser
+
+from settings import ENV_PREFIX, Settings
+from tests.kustomize import Resource, containers, render
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "compose" / "compose.yaml"
+KUBERNETES = DEPLOY / "kubernetes"
+OVERLAYS = sorted(p.name for p in (KUBERNETES / "overlays").iterdir() if p.is_dir())
+SECRET_EXAMPLE = KUBERNETES / "secret.example.yaml"
+# The oldest Kubernetes release the manifests must suit, and the newest the package knows.
+KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+SETTINGS = set(Settings.model_fields)
+
+
+def compose_schema() -> dict[str, Any]:
+    schema = resources.files("check_jsonschema") / "builtin_schemas/vendor/compose-spec.json"
+    return json.loads(schema.read_text())
+
+
+def compose_errors(document: dict[str, Any]) -> list[str]:
+    validator = jsonschema.Draft202012Validator(compose_schema())
+    return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(document)]
+
+
+def kubernetes_errors(resource: Resource) -> list[str]:
+    errors = []
+    for version in KUBERNETES_VERSIONS:
+        try:
+            kubernetes_validate.validate(resource, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            errors.append(f"{version} {resource['kind']}: {error.message}")
+    return errors
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def example_env() -> dict[str, str]:
+    lines = (DEPLOY / "compose" / "example.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def interpolate(value: str, variables: dict[str, str]) -> str:
+    """Compose's `${NAME}`, `${NAME:-default}` and `${NAME:?error}`."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, operator, rest = match.group(1), match.group(2), match.group(3)
+        if name in variables:
+            return variables[name]
+        assert operator == ":-", f"{name} is required and example.env lacks it"
+        return rest
+
+    return re.sub(r"\$\{(\w+)(?:(:[-?])([^}]*))?\}", replace, value)
+
+
+def rendered(overlay: str) -> list[Resource]:
+    return render(KUBERNETES / "overlays" / overlay)
+
+
+def named(resources: list[Resource], kind: str, name: str) -> Resource:
+    [found] = [r for r in resources if (r["kind"], r["metadata"]["name"]) == (kind, name)]
+    return found
+
+
+def herald_variables(resources: list[Resource]) -> set[str]:
+    """Every HERALD_* name a ConfigMap, Secret or container sets."""
+    names: set[str] = set()
+    for resource in resources:
+        names |= set(resource.get("data", {})) | set(resource.get("stringData", {}))
+        for container in containers(resource):
+            names |= {variable["name"] for variable in container.get("env", [])}
+    return {name for name in names if name.startswith(ENV_PREFIX)}
+
+
+def pod_environment(overlay: str) -> dict[str, str]:
+    """What a Herald pod of the overlay reads: its ConfigMap and the example Secret."""
+    [secret] = yaml.safe_load_all(SECRET_EXAMPLE.read_text())
+    config = named(rendered(overlay), "ConfigMap", "herald-config")
+    return {**config["data"], **secret["stringData"]}
+
+
+# The compose file.
+
+
+def test_the_compose_file_follows_the_compose_specification() -> None:
+    assert compose_errors(compose()) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [(("api", "deploy", "replicas"), ["two"]), (("worker", "stop_grace_period"), {"s": 100})],
+)
+def test_the_compose_schema_check_catches_a_mistake(path: tuple[str, ...], value: object) -> None:
+    broken = copy.deepcopy(compose())
+    *parents, key = path
+    parent = broken["services"]
+    for name in parents:
+        parent = parent[name]
+    parent[key] = value
+
+    errors = compose_errors(broken)
+
+    assert any(e.startswith("$.services." + ".".join(path) + ":") for e in errors), errors
+
+
+def test_compose_runs_the_stack_the_issue_names() -> None:
+    services = compose()["services"]
+
+    assert {"postgres", "temporal", "temporal-postgresql", "temporal-ui"} <= set(services)
+    assert services["temporal"]["environment"]["POSTGRES_SEEDS"] == "temporal-postgresql"
+    assert services["api"]["deploy"]["replicas"] == 2
+    assert services["prepare"]["command"] == ["prepare"]
+    for role in ("api", "worker"):
+        assert services[role]["depends_on"]["prepare"] == {
+            "condition": "service_completed_successfully"
+        }
+
+
+def test_compose_configures_a_production_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    variables = example_env()
+    for role in ("prepare", "api", "worker"):
+        environment = compose()["services"][role]["environment"]
+        for name, value in environment.items():
+            monkeypatch.setenv(name, interpolate(str(value), variables))
+
+        settings = Settings()
+
+        assert settings.env == "production"
+        assert settings.temporal_target == "temporal:7233"
+
+
+# The Kubernetes manifests.
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_rendered_manifest_follows_the_kubernetes_schemas(overlay: str) -> None:
+    resources = rendered(overlay)
+
+    assert [error for r in resources for error in kubernetes_errors(r)] == []
+    assert {r["metadata"].get("namespace") for r in resources if r["kind"] != "Namespace"} == {
+        "herald"
+    }
+    assert all(
+        c["image"].startswith("registry.example.com/herald:")
+        for r in resources
+        for c in containers(r)
+    )
+
+
+def test_the_secret_example_follows_the_kubernetes_schemas() -> None:
+    [secret] = yaml.safe_load_all(SECRET_EXAMPLE.read_text())
+
+    assert kubernetes_errors(secret) == []
+
+
+@pytest.mark.parametrize(
+    "mistake", ["replicas as text", "a probe with no command", "an unknown field"]
+)
+def test_the_kubernetes_schema_check_catches_a_mistake(mistake: str) -> None:
+    worker = copy.deepcopy(named(rendered("helm-temporal"), "Deployment", "herald-worker"))
+    [container] = containers(worker)
+    if mistake == "replicas as text":
+        worker["spec"]["replicas"] = "three"
+    elif mistake == "a probe with no command":
+        container["livenessProbe"]["exec"] = {"cmd": ["true"]}
+    else:
+        container["terminationGracePeriodSeconds"] = 120
+
+    assert len(kubernetes_errors(worker)) == len(KUBERNETES_VERSIONS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_overlay_configures_a_production_start(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in pod_environment(overlay).items():
+        monkeypatch.setenv(name, value)
+
+    settings = Settings()
+
+    assert settings.env == "production"
+    assert settings.temporal_address is not None
+    # The example Secret suits both overlays: no API key, which would turn TLS on.
+    assert settings.temporal_api_key is None
+
+
+def test_the_cloud_overlay_uses_tls_and_leaves_search_attributes_to_tcld() -> None:
+    resources = rendered("temporal-cloud")
+    [prepare] = containers(named(resources, "Job", "herald-prepare"))
+
+    assert prepare["args"] == ["prepare", "--no-search-attributes"]
+    assert named(resources, "ConfigMap", "herald-config")["data"]["HERALD_TEMPORAL_TLS"] == "true"
+
+
+def test_the_api_is_probed_autoscaled_and_kept_available() -> None:
+    resources = rendered("helm-temporal")
+    api = named(resources, "Deployment", "herald-api")
+    [container] = containers(api)
+    labels = api["spec"]["template"]["metadata"]["labels"]
+
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert named(resources, "Service", "herald-api")["spec"]["selector"].items() <= labels.items()
+    assert (
+        named(resources, "HorizontalPodAutoscaler", "herald-api")["spec"]["scaleTargetRef"]["name"]
+        == api["metadata"]["name"]
+    )
+    pdb = named(resources, "PodDisruptionBudget", "herald-api")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_a_stopping_worker_outlasts_its_send_slice_and_the_carrier_timeout() -> None:
+    worker = named(rendered("helm-temporal"), "Deployment", "herald-worker")
+    pod = worker["spec"]["template"]["spec"]
+    [container] = containers(worker)
+    env = {variable["name"]: variable["value"] for variable in container["env"]}
+    defaults = Settings()
+    grace = float(env["HERALD_WORKER_SHUTDOWN_GRACE_SECONDS"])
+
+    # A slice of `slice_size` messages at the default sender rate must fit in the grace.
+    assert grace >= defaults.slice_size / (defaults.default_sender_mps or 1)
+    assert pod["terminationGracePeriodSeconds"] > grace + defaults.carrier_timeout_seconds
+    assert container["livenessProbe"]["exec"]["command"] == ["python", "-m", "deploy.healthcheck"]
+    assert env["HERALD_HEALTH_FILE"].startswith("/tmp/")
+    assert {"mountPath": "/tmp", "name": "tmp"} in container["volumeMounts"]
+
+
+# Every HERALD_* variable the deployment files set is a setting.
+
+
+def test_every_herald_variable_set_for_deployment_is_a_setting() -> None:
+    set_anywhere = set(DockerfileParser(path=str(DEPLOY / "Dockerfile")).envs)
+    for role in ("prepare", "api", "worker"):
+        set_anywhere |= set(compose()["services"][role]["environment"])
+    for overlay in OVERLAYS:
+        set_anywhere |= herald_variables(rendered(overlay))
+    set_anywhere |= herald_variables(list(yaml.safe_load_all(SECRET_EXAMPLE.read_text())))
+    set_anywhere |= set(example_env())
+
+    herald = {name for name in set_anywhere if name.startswith(ENV_PREFIX)}
+    unknown = {name for name in herald if name.removeprefix(ENV_PREFIX).lower() not in SETTINGS}
+    assert len(herald) > 10
+    assert unknown == set()
+
+
+# The Dockerfile.
+
+
+def stages() -> list[list[dict[str, Any]]]:
+    """The Dockerfile's instructions, one list per stage, each starting with its FROM."""
+    parsed: list[list[dict[str, Any]]] = []
+    for instruction in DockerfileParser(path=str(DEPLOY / "Dockerfile")).structure:
+        if instruction["instruction"] == "FROM":
+            parsed.append([])
+        if parsed and instruction["instruction"] != "COMMENT":
+            parsed[-1].append(instruction)
+    return parsed
+
+
+def values(stage: list[dict[str, Any]], name: str) -> list[str]:
+    return [i["value"] for i in stage if i["instruction"] == name]
+
+
+def test_the_image_is_multi_stage_slim_and_unprivileged_with_a_healthcheck() -> None:
+    *builds, final = stages()
+    lock_python = re.search(r"with Python (\d+\.\d+)", (ROOT / "requirements.lock").read_text())
+
+    assert builds, "a build stage apart from the final image"
+    for stage in stages():
+        image = values(stage, "FROM")[0].split()[0]
+        assert re.fullmatch(r"python:(\d+\.\d+)-slim(-\w+)?", image), image
+        assert lock_python and image.startswith(f"python:{lock_python.group(1)}-")
+    [user] = values(final, "USER")
+    assert user.split(":")[0] not in {"0", "root"}
+    [healthcheck] = values(final, "HEALTHCHECK")
+    assert '"deploy.healthcheck"' in healthcheck
+    assert values(final, "CMD") == ['["api"]']
+
+
+def test_the_final_image_has_no_compiler_no_dev_extras_and_the_locked_versions() -> None:
+    *builds, final = stages()
+    runs = " ".join(values(final, "RUN"))
+    installs = [run for stage in builds for run in values(stage, "RUN") if " install " in run]
+
+    assert not re.search(r"apt-get|apk |gcc|build-essential|pip ", runs)
+    assert all(value.startswith("--from=") for value in values(final, "COPY")[:1])
+    assert installs and all("-c requirements.lock" in run for run in installs)
+    assert not any("[dev" in run or "[local" in run or ",local" in run for run in installs)
+
+
+def test_the_image_holds_every_module_the_package_declares() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    copied = " ".join(value for stage in stages()[:-1] for value in values(stage, "COPY")).split()
+    packages = [p.rstrip("*") for p in pyproject["packages"]["find"]["include"]]
+
+    missing = [m for m in pyproject["py-modules"] if f"{m}.py" not in copied]
+    missing += [p for p in packages if p not in copied]
+    assert missing == []

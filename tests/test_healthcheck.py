@@ -1,0 +1,76 @@
+"""`python -m deploy.healthcheck`, the containers' probe: a real worker and a real API process."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from deploy.local.processes import ManagedProcess, free_port, http_ok
+from settings import Settings
+from tests.test_crashes import worker_process
+
+
+def probe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.healthcheck", *args],
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+async def test_a_worker_is_healthy_while_its_event_loop_runs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    health = tmp_path / "worker.alive"
+    worker = worker_process(settings, tmp_path / "worker.log")
+    assert worker.env is not None
+    worker.env["HERALD_HEALTH_FILE"] = str(health)
+    env = {"HERALD_HEALTH_FILE": str(health)}
+    worker.start()
+    try:
+        await asyncio.to_thread(worker.wait_until, health.exists, 60)
+        running = probe(env, "--stale-after", "2")
+        os.killpg(worker.pid, signal.SIGSTOP)
+        await asyncio.sleep(3)
+        frozen = probe(env, "--stale-after", "2")
+        os.killpg(worker.pid, signal.SIGCONT)
+        await asyncio.sleep(1)
+        thawed = probe(env, "--stale-after", "2")
+    finally:
+        worker.stop()
+
+    assert running.returncode == 0, running.stderr
+    assert frozen.returncode == 1 and "worker silent for" in frozen.stderr
+    assert thawed.returncode == 0, thawed.stderr
+
+
+async def test_the_api_is_healthy_while_it_answers(settings: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        "HERALD_DATABASE_URL": settings.dsn,
+        "HERALD_TEMPORAL_ADDRESS": settings.temporal_target,
+        "HERALD_API_PORT": str(port),
+    }
+    api = ManagedProcess(
+        "api",
+        [sys.executable, "-m", "uvicorn", "--factory", "api.app:app_from_env", "--port", str(port)],
+        tmp_path / "api.log",
+        {**os.environ, **env},
+    ).start()
+    try:
+        await asyncio.to_thread(
+            api.wait_until, lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 60
+        )
+        serving = probe(env)
+    finally:
+        api.stop()
+    stopped = probe(env)
+
+    assert serving.returncode == 0, serving.stderr
+    assert stopped.returncode == 1 and f"127.0.0.1:{port}/healthz" in stopped.stderr

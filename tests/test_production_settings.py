@@ -1,0 +1,129 @@
+"""`HERALD_ENV=production`: no start on the local stack's defaults; the Temporal connection
+settings for a real cluster."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from temporalio.service import TLSConfig
+
+from settings import Settings, refusal
+from temporal_client import connect_options
+from tests.support.production import PRODUCTION
+
+# Every setting production requires, as an operator would set them.
+ENTRY_POINTS = {
+    "worker": [sys.executable, "-m", "worker"],
+    "api": [sys.executable, "-m", "uvicorn", "--factory", "api.app:app_from_env"],
+}
+
+
+def start(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    return subprocess.run(
+        argv, env=clean | env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize("role", sorted(ENTRY_POINTS))
+@pytest.mark.parametrize(
+    ("missing", "reason"),
+    [
+        ("HERALD_TWILIO_API_URL", "local emulator"),
+        ("HERALD_TWILIO_AUTH_TOKEN", "emulator's token"),
+        ("HERALD_PUBLIC_URL", "delivery receipts"),
+        ("HERALD_DATABASE_URL", "PostgreSQL"),
+        ("HERALD_TEMPORAL_ADDRESS", "Temporal"),
+    ],
+)
+def test_a_production_start_without_a_setting_exits_naming_it(
+    role: str, missing: str, reason: str
+) -> None:
+    env = {k: v for k, v in PRODUCTION.items() if k != missing}
+
+    started = start(ENTRY_POINTS[role], env)
+
+    assert started.returncode == 2, started.stderr
+    lines = [line for line in started.stderr.splitlines() if line.startswith("HERALD_")]
+    assert len(lines) == 1, started.stderr
+    assert lines[0].startswith(f"{missing}: ") and reason in lines[0]
+    assert "Traceback" not in started.stderr
+
+
+def test_development_defaults_are_each_refused_in_production() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(env="production")
+
+    named = {line.split(":")[0] for line in refusal(refused.value).splitlines()}
+    assert named == {
+        "HERALD_TWILIO_API_URL",
+        "HERALD_TWILIO_ACCOUNT_SID",
+        "HERALD_TWILIO_AUTH_TOKEN",
+        "HERALD_PUBLIC_URL",
+        "HERALD_DATABASE_URL",
+        "HERALD_TEMPORAL_ADDRESS",
+    }
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8099", "http://localhost:8099", "http://[::1]"])
+def test_a_carrier_on_loopback_is_the_emulator_and_refused(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in PRODUCTION.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HERALD_TWILIO_API_URL", url)
+
+    with pytest.raises(ValidationError, match="HERALD_TWILIO_API_URL: a loopback address"):
+        Settings()
+
+
+def test_a_complete_production_environment_starts_and_hides_its_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in PRODUCTION.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HERALD_TEMPORAL_API_KEY", "cloud-key")
+
+    settings = Settings()
+
+    assert settings.dsn == PRODUCTION["HERALD_DATABASE_URL"]
+    shown = repr(settings)
+    for secret in ("a-real-token", "secret@", "cloud-key"):
+        assert secret not in shown
+
+
+def test_without_tls_settings_temporal_is_plaintext() -> None:
+    options = connect_options(Settings(temporal_namespace="herald"))
+
+    assert options == {"namespace": "herald", "api_key": None, "tls": False}
+
+
+def test_an_api_key_turns_tls_on_with_the_system_cas() -> None:
+    options = connect_options(Settings(temporal_api_key="cloud-key"))
+
+    assert options["api_key"] == "cloud-key"
+    assert options["tls"] == TLSConfig()
+
+
+def test_mutual_tls_reads_the_ca_certificate_and_key_files(tmp_path: Path) -> None:
+    for name in ("ca", "cert", "key"):
+        (tmp_path / f"{name}.pem").write_bytes(f"{name} pem".encode())
+
+    options = connect_options(
+        Settings(
+            temporal_tls_ca_path=tmp_path / "ca.pem",
+            temporal_tls_cert_path=tmp_path / "cert.pem",
+            temporal_tls_key_path=tmp_path / "key.pem",
+            temporal_tls_server_name="temporal.internal",
+        )
+    )
+
+    assert options["tls"] == TLSConfig(
+        server_root_ca_cert=b"ca pem",
+        client_cert=b"cert pem",
+        client_private_key=b"key pem",
+        domain="temporal.internal",
+    )

@@ -1,0 +1,55 @@
+"""A worker told to stop (SIGTERM, as Kubernetes and compose do) finishes its send slice within
+HERALD_WORKER_SHUTDOWN_GRACE_SECONDS before it exits."""
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import asyncpg
+from tests.delivery import start_batch_of
+from tests.helpers import unique_numbers
+
+from settings import Settings
+from store import numbers
+from store.accounts import create_account, create_api_key
+from tests.conftest import Account, WebhookReceiver, api_client
+from tests.test_batch_control import received, wait_until_received
+from tests.test_crashes import crash_settings, worker_process
+
+ROWS = 40
+SENDER_MPS = 10.0
+
+
+async def test_a_stopping_worker_finishes_its_send_slice_before_exiting(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    tmp_path: Path,
+) -> None:
+    # One slice of 40 at 10 messages a second: 4 s of sending, one request on the wire at a
+    # time; a worker cancelling it at SIGTERM would leave most of it unsent.
+    sender = unique_numbers(1)[0]
+    account_id = await create_account(pool, "shutdown test")
+    key = await create_api_key(pool, account_id)
+    await numbers.add_number(pool, account_id, sender, "sms", SENDER_MPS)
+    account = Account(account_id=account_id, key=key.key, agent_number=sender)
+    own = crash_settings(settings)
+    worker = worker_process(own, tmp_path / "worker.log")
+    assert worker.env is not None and worker.process is None
+    worker.env["HERALD_WORKER_SHUTDOWN_GRACE_SECONDS"] = "30"
+    worker.start()
+    assert worker.process is not None
+    try:
+        async with api_client(own) as api:
+            _, marker = await start_batch_of(api, account, webhooks, unique_numbers(ROWS))
+            await wait_until_received(emulator_url, marker, 5)
+            os.killpg(worker.pid, signal.SIGTERM)
+            exit_code = await asyncio.to_thread(worker.process.wait, 60)
+            at_exit = len(await received(emulator_url, marker))
+    finally:
+        worker.stop()
+
+    assert exit_code == 0, worker.log_tail()
+    assert at_exit == ROWS
