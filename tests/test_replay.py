@@ -2,6 +2,7 @@
 would break a batch or a conversation running through an upgrade fails here, without a stack.
 docs/WORKFLOWS.md says how to change workflow code so that this keeps passing."""
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from workflows import WORKFLOWS
 
 HISTORIES = Path(__file__).parent / "histories"
 RECORDED = sorted(HISTORIES.glob("*/*.json"))
+# How the SDK encodes an activity's `None` result.
+NULL_ENCODING = base64.b64encode(b"binary/null").decode()
 
 
 def started(path: Path) -> dict[str, Any]:
@@ -35,3 +38,27 @@ def test_every_workflow_type_has_recorded_histories() -> None:
     recorded = {started(path)["workflowType"]["name"] for path in RECORDED}
 
     assert recorded == {workflow.__name__ for workflow in WORKFLOWS}
+
+
+def before_webhook_retries(path: Path) -> WorkflowHistory:
+    """A batch history as runs started before webhook retries (commit bf78376) recorded it:
+    the same commands, but `deliver_status_events` returned nothing (a `null` payload)."""
+    recorded = json.loads(path.read_text())
+    delivering = {
+        event["eventId"]
+        for event in recorded["events"]
+        if event.get("activityTaskScheduledEventAttributes", {}).get("activityType", {}).get("name")
+        == "deliver_status_events"
+    }
+    for event in recorded["events"]:
+        completed = event.get("activityTaskCompletedEventAttributes")
+        if completed and completed["scheduledEventId"] in delivering:
+            completed["result"] = {"payloads": [{"metadata": {"encoding": NULL_ENCODING}}]}
+    return WorkflowHistory.from_json(started(path)["workflowId"], recorded)
+
+
+async def test_a_batch_started_before_webhook_retries_still_replays() -> None:
+    """The compatibility branch `batch-deliver-events-result` (docs/WORKFLOWS.md)."""
+    history = before_webhook_retries(HISTORIES / "batch" / "plain.json")
+
+    await Replayer(workflows=WORKFLOWS).replay_workflow(history)
