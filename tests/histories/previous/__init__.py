@@ -1,8 +1,8 @@
 """The workflow code of the recorded release, kept as data for the upgrade test.
 
 A copy of `workflows/` at commit 760f02c, the code the histories beside it were recorded from;
-only its imports differ (this package instead of `workflows`). docs/WORKFLOWS.md says when it
-is refreshed. Never imported by Herald itself.
+only its imports (this package instead of `workflows`) and this docstring differ.
+docs/WORKFLOWS.md says when it is refreshed. Never imported by Herald itself.
 """
 
 from tests.histories.previous.batch import BatchWorkflow
