@@ -3,7 +3,7 @@
 import asyncio
 import gc
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
@@ -29,8 +29,11 @@ from workflows import WORKFLOWS
 
 
 @asynccontextmanager
-async def herald_worker(client: Client, settings: Settings) -> AsyncIterator[Worker]:
-    """A ready worker with its pool, carrier and HTTP client; all closed on exit."""
+async def herald_worker(
+    client: Client, settings: Settings, workflows: Sequence[type] = WORKFLOWS
+) -> AsyncIterator[Worker]:
+    """A ready worker with its pool, carrier and HTTP client; all closed on exit. `workflows`
+    other than Herald's own: the upgrade test runs an earlier release's workflow code."""
     pool = await create_pool(settings.dsn, max_size=max(10, settings.max_concurrent_activities + 4))
     await migrate(pool)
     carrier = TwilioCarrier(
@@ -62,7 +65,7 @@ async def herald_worker(client: Client, settings: Settings) -> AsyncIterator[Wor
         yield Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=WORKFLOWS,
+            workflows=workflows,
             activities=activities,
             max_concurrent_activities=settings.max_concurrent_activities,
             sticky_queue_schedule_to_start_timeout=timedelta(

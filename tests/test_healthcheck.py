@@ -9,7 +9,7 @@ from pathlib import Path
 
 from deploy.local.processes import ManagedProcess, free_port, http_ok
 from settings import Settings
-from tests.test_crashes import worker_process
+from tests.support.workers import worker_process
 
 
 def probe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -472,7 +472,8 @@ class BatchWorkflow:
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=DB_RETRY,
             )
-            # Runs recorded before retries existed have no result: everything was settled.
+            # Compatibility branch `batch-deliver-events-result` (docs/WORKFLOWS.md): a run
+            # started before webhook retries has `None` recorded here, meaning all settled.
             if delivery is None or delivery.retry_in is None:
                 self._events_delivered = target
                 continue

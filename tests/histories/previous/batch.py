@@ -1,0 +1,484 @@
+"""BatchWorkflow: validates a recipient file, then sends it chunk by chunk.
+
+Recipients live in PostgreSQL; this workflow only moves counts and seq ranges, keeps a
+bounded window of ChunkWorkflows, and continues as new before its history grows large.
+Operators steer it with the `cancel`, `pause` and `resume` signals (from the API or the
+`temporal` CLI); a Temporal cancellation ends it the same way as `cancel`.
+"""
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from tests.histories.previous.chunk import ChunkWorkflow
+    from tests.histories.previous.contracts import (
+        ACCOUNT_ID,
+        AGENT_NUMBER,
+        BATCH_ID,
+        BATCH_STATUS,
+        RECIPIENT_COUNT,
+        BatchCounts,
+        BatchInput,
+        BatchProgress,
+        BatchResult,
+        ChunkInput,
+        DeliverEventsInput,
+        DeliverEventsResult,
+        DispatchState,
+        FinishInput,
+        Pace,
+        ReopenInput,
+        ReopenResult,
+        SendCounts,
+        StatusUpdate,
+        ValidateInput,
+        ValidationResult,
+    )
+
+DB_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+)
+VALIDATE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+)
+PROGRESS_EVERY = timedelta(seconds=1)
+NATIVE_CANCEL_REASON = "cancelled through Temporal"
+
+
+@workflow.defn
+class BatchWorkflow:
+    def __init__(self) -> None:
+        self._events_recorded = 0
+        self._events_delivered = 0
+        self._closing = False
+        # Set when this run continues as new: its pump leaves waiting retries to the next run.
+        self._handing_over = False
+        self._last_progress = 0.0
+        self._status = "queued"
+        self._state: DispatchState | None = None
+        self._paused = False
+        # The phase a resume returns to; phases reached while paused are kept for then.
+        self._resume_status = "queued"
+        self._cancel_reason: str | None = None
+        self._expired = False
+        self._chunks: dict[int, workflow.ChildWorkflowHandle[ChunkWorkflow, SendCounts]] = {}
+        self._chunk_tasks: set[asyncio.Task[None]] = set()
+        self._chunks_done = 0
+        self._totals = SendCounts()
+        # Chunks finish concurrently; events must still get consecutive seqs, in order.
+        self._report_lock = asyncio.Lock()
+
+    @workflow.signal
+    async def cancel(self, reason: str | None = None) -> None:
+        """Stop sending: no new slice starts, sends on the wire are recorded, the rest is
+        `cancelled`."""
+        if self._cancel_reason is None:
+            self._cancel_reason = reason or "cancelled by an operator"
+            await self._signal_chunks(ChunkWorkflow.stop)
+
+    @workflow.signal
+    async def pause(self) -> None:
+        if self._paused or self._cancel_reason is not None:
+            return
+        self._paused = True
+        self._resume_status = self._status
+        await self._signal_chunks(ChunkWorkflow.pause)
+        await self._report("paused")
+
+    @workflow.signal
+    async def resume(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        await self._signal_chunks(ChunkWorkflow.resume)
+        await self._report(self._resume_status)
+
+    @workflow.query
+    def progress(self) -> BatchProgress:
+        state = self._state
+        chunk_size = self._input.dispatch.chunk_size
+        return BatchProgress(
+            status=self._status,
+            paused=self._paused,
+            cancel_reason=self._cancel_reason,
+            rows_total=state.rows_total if state else 0,
+            recipients=state.recipients if state else 0,
+            dispatched=state.dispatched if state else 0,
+            chunks_total=-(-state.recipients // chunk_size) if state else 0,
+            chunks_done=self._chunks_done,
+            sent=self._totals.sent,
+            failed=self._totals.failed,
+        )
+
+    @workflow.run
+    async def run(self, input: BatchInput) -> BatchResult:
+        self._input = input
+        state = input.state
+        if state is None:
+            self._events_recorded = self._events_delivered = input.first_event_seq
+            workflow.upsert_search_attributes(
+                [
+                    BATCH_ID.value_set(input.batch_id),
+                    ACCOUNT_ID.value_set(input.account_id),
+                    AGENT_NUMBER.value_set(input.agent_number),
+                ]
+            )
+        else:
+            self._events_recorded = self._events_delivered = state.event_seq
+            self._resume_status = state.status
+            self._paused = state.paused
+            self._status = "paused" if state.paused else state.status
+            self._chunks_done = state.chunks_done
+            self._totals = SendCounts(sent=state.sent, failed=state.failed)
+        pump = asyncio.create_task(self._deliver_events())
+        try:
+            result = await self._run(state)
+        except asyncio.CancelledError:
+            # `temporal workflow cancel` or the web UI: end as the `cancel` signal does.
+            await self.cancel(NATIVE_CANCEL_REASON)
+            await self._chunks_finished()
+            result = await self._finish()
+        # No await in a `finally`: a run evicted from the worker's cache must unwind cleanly.
+        await self._drain(pump, handing_over=result is None)
+        if result is not None:
+            return result
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        continuing = self._state
+        if continuing is not None:
+            continuing.event_seq = self._events_recorded
+            continuing.paused = self._paused
+            continuing.chunks_done = self._chunks_done
+            continuing.sent, continuing.failed = self._totals.sent, self._totals.failed
+        workflow.continue_as_new(
+            BatchInput(
+                batch_id=input.batch_id,
+                account_id=input.account_id,
+                agent_number=input.agent_number,
+                dispatch=input.dispatch,
+                state=continuing,
+                limits=input.limits,
+                timing=input.timing,
+            )
+        )
+
+    async def _run(self, state: DispatchState | None) -> BatchResult | None:
+        """The batch from where this run starts; None when it should continue as new."""
+        if state is None:
+            retry = self._input.retry_statuses
+            prepared = await (self._reopen() if retry else self._validate())
+            if isinstance(prepared, BatchResult):
+                return prepared
+            state = prepared
+        self._state = state
+        return await self._dispatch(state)
+
+    async def _validate(self) -> DispatchState | BatchResult:
+        await self._report("validating")
+        try:
+            validation: ValidationResult = await workflow.execute_activity(
+                "validate_recipients",
+                ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
+                result_type=ValidationResult,
+                start_to_close_timeout=timedelta(minutes=30),
+                heartbeat_timeout=timedelta(minutes=1),
+                retry_policy=VALIDATE_RETRY,
+            )
+        except ActivityError as error:
+            # Out of retries: the batch still ends, with a final event, rather than hanging.
+            reason = f"the file could not be validated: {error.cause or error}"
+            return await self._finish_failed("validation_error", reason, rows_total=0)
+        workflow.upsert_search_attributes([RECIPIENT_COUNT.value_set(validation.recipients)])
+        if validation.code is not None:
+            return await self._finish_failed(
+                validation.code, validation.reason, rows_total=validation.rows_total
+            )
+        sendable = validation.recipients - validation.skipped
+        if sendable == 0:
+            return await self._finish_failed(
+                "no_valid_recipients",
+                "no row of the file can be sent",
+                rows_total=validation.rows_total,
+            )
+        await self._wait_for_schedule()
+        await self._report(
+            "dispatching",
+            message=f"Requested: {validation.rows_total}. Validated: {sendable}.",
+        )
+        return await self._start_sending(validation.rows_total, validation.recipients)
+
+    async def _wait_for_schedule(self) -> None:
+        """A durable timer until `schedule_at`; a cancel ends the wait (and the batch)."""
+        delay = self._input.timing.schedule_at - workflow.now().timestamp()
+        if delay <= 0:
+            return
+        when = datetime.fromtimestamp(self._input.timing.schedule_at, UTC).isoformat()
+        await self._report("waiting_for_scheduled_messages", message=f"Scheduled for {when}.")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await workflow.wait_condition(
+                lambda: self._cancel_reason is not None, timeout=timedelta(seconds=delay)
+            )
+
+    async def _reopen(self) -> DispatchState | BatchResult:
+        """A retry run: put the requested rows back to `pending`, then send as usual."""
+        statuses = self._input.retry_statuses or []
+        reopened: ReopenResult = await workflow.execute_activity(
+            "reopen_rows",
+            ReopenInput(batch_id=self._input.batch_id, statuses=statuses),
+            result_type=ReopenResult,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=DB_RETRY,
+        )
+        await self._report(
+            "dispatching",
+            message=f"Retrying {reopened.reopened} rows ({', '.join(statuses)}).",
+        )
+        return await self._start_sending(reopened.rows_total, reopened.recipients)
+
+    async def _start_sending(self, rows_total: int, recipients: int) -> DispatchState:
+        chunks = -(-recipients // self._input.dispatch.chunk_size)
+        status = "in_progress_chunked" if chunks > 1 else "in_progress"
+        await self._report(status)
+        now = workflow.now().timestamp()
+        timing = self._input.timing
+        return DispatchState(
+            rows_total=rows_total,
+            recipients=recipients,
+            next_chunk=0,
+            dispatched=0,
+            event_seq=self._events_recorded,
+            dispatch_started=now,
+            status=status,
+            pace=Pace(
+                start=now,
+                interval=timing.spread_seconds / recipients if timing.spread_seconds else 0.0,
+                expire_at=timing.expire_at,
+            ),
+        )
+
+    async def _dispatch(self, state: DispatchState) -> BatchResult | None:
+        """Run the remaining chunks; None when this run should continue as new first."""
+        expiry = asyncio.create_task(self._expire_at(state.pace.expire_at))
+        try:
+            return await self._run_chunks(state)
+        finally:
+            expiry.cancel()
+
+    async def _run_chunks(self, state: DispatchState) -> BatchResult | None:
+        dispatch = self._input.dispatch
+        chunks = -(-state.recipients // dispatch.chunk_size)
+        started_here = 0
+        while state.next_chunk < chunks and not self._stopped:
+            if (
+                started_here >= dispatch.chunks_per_run
+                or workflow.info().is_continue_as_new_suggested()
+            ):
+                await self._chunks_finished()
+                if self._cancel_reason is None:
+                    return None
+                break
+            await workflow.wait_condition(
+                lambda: (
+                    (len(self._chunk_tasks) < dispatch.chunk_window and not self._paused)
+                    or self._cancel_reason is not None
+                )
+            )
+            if self._cancel_reason is not None:
+                break
+            index = state.next_chunk
+            state.next_chunk += 1
+            started_here += 1
+            task = asyncio.create_task(self._run_chunk(state, index))
+            self._chunk_tasks.add(task)
+            task.add_done_callback(self._chunk_tasks.discard)
+        await self._chunks_finished()
+        return await self._finish()
+
+    async def _run_chunk(self, state: DispatchState, index: int) -> None:
+        dispatch = self._input.dispatch
+        start = index * dispatch.chunk_size
+        end = min(start + dispatch.chunk_size, state.recipients)
+        handle = await workflow.start_child_workflow(
+            ChunkWorkflow.run,
+            ChunkInput(
+                batch_id=self._input.batch_id,
+                agent_number=self._input.agent_number,
+                start=start,
+                end=end,
+                slice_size=dispatch.slice_size,
+                slices_in_flight=dispatch.slices_in_flight,
+                pace=state.pace,
+                send_heartbeat_timeout_seconds=dispatch.send_heartbeat_timeout_seconds,
+            ),
+            id=f"{workflow.info().workflow_id}/chunk-{index}",
+        )
+        self._chunks[index] = handle
+        try:
+            if self._stopped:
+                await handle.signal(ChunkWorkflow.stop)
+            elif self._paused:
+                await handle.signal(ChunkWorkflow.pause)
+            counts = await handle
+        finally:
+            del self._chunks[index]
+        self._chunks_done += 1
+        self._totals.sent += counts.sent
+        self._totals.failed += counts.failed
+        state.dispatched += end - start
+        now = workflow.now().timestamp()
+        if now - self._last_progress >= PROGRESS_EVERY.total_seconds() and not self._paused:
+            self._last_progress = now
+            elapsed = max(now - state.dispatch_started, 0.001)
+            await self._report(
+                state.status,
+                message=(
+                    f"Requested: {state.rows_total}. Validated: {state.recipients}. "
+                    f"Dispatched: {state.dispatched}. MPS: {state.dispatched / elapsed:.1f}."
+                ),
+            )
+
+    async def _chunks_finished(self) -> None:
+        """Wait for the running chunks; unlike gather, a cancellation of this workflow does
+        not cancel them (they are stopped by signal, so their last sends are recorded)."""
+        if self._chunk_tasks:
+            await workflow.wait(list(self._chunk_tasks))
+
+    async def _signal_chunks(self, signal: object) -> None:
+        for handle in list(self._chunks.values()):
+            try:
+                await handle.signal(signal)  # type: ignore[arg-type]
+            except (ApplicationError, ChildWorkflowError):
+                pass  # the chunk finished meanwhile: nothing left to steer
+
+    @property
+    def _stopped(self) -> bool:
+        return self._cancel_reason is not None or self._expired
+
+    async def _expire_at(self, moment: float) -> None:
+        """At `expire_at`, stop sending; what was not sent by then ends `expired`."""
+        if not moment:
+            return
+        await workflow.sleep(max(0.0, moment - workflow.now().timestamp()))
+        if not self._stopped:
+            self._expired = True
+            await self._signal_chunks(ChunkWorkflow.stop)
+
+    async def _finish(self) -> BatchResult:
+        cancelled = self._cancel_reason is not None
+        pending_as = "cancelled" if cancelled else "expired" if self._expired else None
+        counts: BatchCounts = await workflow.execute_activity(
+            "finish_ledger",
+            FinishInput(batch_id=self._input.batch_id, close_pending_as=pending_as),
+            result_type=BatchCounts,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=DB_RETRY,
+        )
+        if cancelled:
+            return await self._report_final(
+                "cancelled", counts, code="cancelled", reason=self._cancel_reason
+            )
+        # An `uncertain` row may have reached the carrier: then "no message was accepted"
+        # is not known, and the batch ends `completed_partial` with its counts.
+        if counts.successful == 0 and counts.uncertain == 0:
+            return await self._report_final(
+                "failed", counts, code="all_sends_failed", reason="no message was accepted"
+            )
+        partial = (
+            counts.failed + counts.skipped + counts.uncertain + counts.cancelled + counts.expired
+        )
+        return await self._report_final("completed_partial" if partial else "completed", counts)
+
+    async def _finish_failed(
+        self, code: str, reason: str | None, *, rows_total: int
+    ) -> BatchResult:
+        counts = BatchCounts(total=rows_total, skipped=rows_total)
+        return await self._report_final("failed", counts, code=code, reason=reason)
+
+    async def _report_final(
+        self,
+        status: str,
+        counts: BatchCounts,
+        *,
+        code: str | None = None,
+        reason: str | None = None,
+    ) -> BatchResult:
+        await self._report(status, code=code, reason=reason, counts=counts)
+        return BatchResult(status=status, counts=counts, code=code, reason=reason)
+
+    async def _report(
+        self,
+        status: str,
+        *,
+        message: str | None = None,
+        code: str | None = None,
+        reason: str | None = None,
+        counts: BatchCounts | None = None,
+    ) -> None:
+        """Record a lifecycle event (batch row, search attribute, log) and queue its webhook."""
+        if self._paused and counts is None and status != "paused":
+            self._resume_status = status
+            return
+        async with self._report_lock:
+            seq = self._events_recorded + 1
+            if status != self._status:
+                self._status = status
+                workflow.upsert_search_attributes([BATCH_STATUS.value_set(status)])
+            await workflow.execute_activity(
+                "record_status",
+                StatusUpdate(
+                    batch_id=self._input.batch_id,
+                    workflow_id=workflow.info().workflow_id,
+                    event_seq=seq,
+                    status=status,
+                    message=message,
+                    code=code,
+                    reason=reason,
+                    counts=counts,
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DB_RETRY,
+            )
+            self._events_recorded = seq
+
+    async def _deliver_events(self) -> None:
+        """Post recorded events to the status webhook in order, without holding sends back.
+
+        A failed post is retried by the activity on a later call: between calls this pump
+        sleeps on a durable timer, and the batch's status never waits for it.
+        """
+        while True:
+            await workflow.wait_condition(
+                lambda: self._events_delivered < self._events_recorded or self._closing
+            )
+            if self._events_delivered >= self._events_recorded:
+                return
+            target = self._events_recorded
+            delivery: DeliverEventsResult | None = await workflow.execute_activity(
+                "deliver_status_events",
+                DeliverEventsInput(batch_id=self._input.batch_id),
+                result_type=DeliverEventsResult,
+                start_to_close_timeout=timedelta(minutes=10),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=DB_RETRY,
+            )
+            # Runs recorded before retries existed have no result: everything was settled.
+            if delivery is None or delivery.retry_in is None:
+                self._events_delivered = target
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._handing_over, timeout=timedelta(seconds=delivery.retry_in)
+                )
+            if self._handing_over:
+                return  # the next run's pump goes on from the database's delivery state
+
+    async def _drain(self, pump: asyncio.Task[None], *, handing_over: bool) -> None:
+        self._closing = True
+        self._handing_over = handing_over
+        await pump

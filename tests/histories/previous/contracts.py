@@ -1,0 +1,319 @@
+"""The dataclasses workflows and activities exchange, and the ids both sides derive.
+
+New fields always get defaults, so histories of running workflows keep replaying.
+"""
+
+from dataclasses import dataclass, field
+
+from temporalio.common import SearchAttributeKey
+
+BATCH_STATUS = SearchAttributeKey.for_keyword("BatchStatus")
+BATCH_ID = SearchAttributeKey.for_keyword("BatchId")
+ACCOUNT_ID = SearchAttributeKey.for_keyword("AccountId")
+AGENT_NUMBER = SearchAttributeKey.for_keyword("AgentNumber")
+RECIPIENT_COUNT = SearchAttributeKey.for_int("RecipientCount")
+
+SEARCH_ATTRIBUTES = {
+    "BatchStatus": "Keyword",
+    "BatchId": "Keyword",
+    "AccountId": "Keyword",
+    "AgentNumber": "Keyword",
+    "RecipientCount": "Int",
+}
+
+
+def batch_workflow_id(batch_id: str) -> str:
+    return f"sms-batch-{batch_id}"
+
+
+@dataclass(kw_only=True)
+class DispatchSettings:
+    chunk_size: int = 5000
+    slice_size: int = 500
+    chunk_window: int = 4
+    slices_in_flight: int = 2
+    chunks_per_run: int = 200
+    # A send activity silent this long is presumed dead, and its slice retried elsewhere.
+    send_heartbeat_timeout_seconds: float = 30.0
+
+
+@dataclass(kw_only=True)
+class ValidationLimits:
+    """The API's limits when it accepted the batch; validation applies these, not the worker's."""
+
+    max_rows: int = 1_000_000
+    max_message_chars: int = 1600
+
+
+@dataclass(kw_only=True)
+class Timing:
+    """When a batch may send, as Unix times; 0 means no constraint."""
+
+    schedule_at: float = 0.0
+    spread_seconds: float = 0.0
+    expire_at: float = 0.0
+
+
+@dataclass(kw_only=True)
+class Pace:
+    """When each row of a spread batch goes (row `seq` at `start + seq * interval`), and
+    when sending stops for good (`expire_at`); 0 means no constraint."""
+
+    start: float = 0.0
+    interval: float = 0.0
+    expire_at: float = 0.0
+
+    def send_time(self, seq: int) -> float:
+        return self.start + seq * self.interval
+
+
+@dataclass(kw_only=True)
+class DispatchState:
+    """What a BatchWorkflow run hands to the next one when it continues as new."""
+
+    rows_total: int
+    recipients: int
+    next_chunk: int
+    dispatched: int
+    event_seq: int
+    dispatch_started: float
+    status: str
+    paused: bool = False
+    pace: Pace = field(default_factory=Pace)
+    # What the `progress` query has counted so far.
+    chunks_done: int = 0
+    sent: int = 0
+    failed: int = 0
+
+
+@dataclass(kw_only=True)
+class BatchInput:
+    batch_id: str
+    account_id: str
+    agent_number: str
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    state: DispatchState | None = None
+    limits: ValidationLimits = field(default_factory=ValidationLimits)
+    # A retry run of a finished batch: these ledger statuses are sent again, no validation.
+    retry_statuses: list[str] | None = None
+    # Events already recorded for this batch by earlier runs: a retry numbers on from there.
+    first_event_seq: int = 0
+    timing: Timing = field(default_factory=Timing)
+
+
+@dataclass(kw_only=True)
+class BatchProgress:
+    """The `progress` query's answer: the batch's phase and what its chunks have done."""
+
+    status: str
+    paused: bool
+    cancel_reason: str | None
+    rows_total: int
+    recipients: int
+    dispatched: int
+    chunks_total: int
+    chunks_done: int
+    sent: int
+    failed: int
+
+
+@dataclass(kw_only=True)
+class BatchCounts:
+    total: int = 0
+    successful: int = 0
+    failed: int = 0
+    skipped: int = 0
+    cancelled: int = 0
+    uncertain: int = 0
+    expired: int = 0
+
+
+@dataclass(kw_only=True)
+class BatchResult:
+    status: str
+    counts: BatchCounts
+    code: str | None = None
+    reason: str | None = None
+
+
+@dataclass(kw_only=True)
+class ValidateInput:
+    batch_id: str
+    limits: ValidationLimits = field(default_factory=ValidationLimits)
+
+
+@dataclass(kw_only=True)
+class ValidationResult:
+    rows_total: int
+    recipients: int
+    rejected: int
+    skipped: int
+    code: str | None = None
+    reason: str | None = None
+
+
+@dataclass(kw_only=True)
+class StatusUpdate:
+    batch_id: str
+    workflow_id: str
+    event_seq: int
+    status: str
+    message: str | None = None
+    code: str | None = None
+    reason: str | None = None
+    counts: BatchCounts | None = None
+
+
+@dataclass(kw_only=True)
+class DeliverEventsInput:
+    batch_id: str
+
+
+@dataclass(kw_only=True)
+class DeliverEventsResult:
+    """`retry_in` seconds until the next attempt is due; None once every event is settled."""
+
+    retry_in: float | None = None
+
+
+@dataclass(kw_only=True)
+class ChunkInput:
+    batch_id: str
+    agent_number: str
+    start: int
+    end: int
+    slice_size: int
+    slices_in_flight: int
+    pace: Pace = field(default_factory=Pace)
+    send_heartbeat_timeout_seconds: float = 30.0
+
+
+@dataclass(kw_only=True)
+class SendSliceInput:
+    batch_id: str
+    agent_number: str
+    start: int
+    end: int
+    pace: Pace = field(default_factory=Pace)
+
+
+@dataclass(kw_only=True)
+class SendCounts:
+    sent: int = 0
+    failed: int = 0
+
+
+@dataclass(kw_only=True)
+class FinishInput:
+    batch_id: str
+    # The terminal status of rows still `pending` (a cancelled or expired batch), if any.
+    close_pending_as: str | None = None
+
+
+@dataclass(kw_only=True)
+class ReopenInput:
+    batch_id: str
+    statuses: list[str]
+
+
+@dataclass(kw_only=True)
+class ReopenResult:
+    reopened: int
+    rows_total: int
+    recipients: int
+
+
+def conversation_workflow_id(account_id: str, agent_number: str, user_number: str) -> str:
+    """One workflow id per (account, sender, user); each conversation of the pair is a run."""
+    return (
+        f"sms-conversation-{account_id}-{agent_number.removeprefix('+')}"
+        f"-{user_number.removeprefix('+')}"
+    )
+
+
+@dataclass(kw_only=True)
+class SilenceTimers:
+    """Seconds of user silence before the warning and before the timeout, and their texts."""
+
+    time_out: float | None = None
+    timeout_message: str | None = None
+    warning_time: float | None = None
+    warning_message: str | None = None
+
+
+@dataclass(kw_only=True)
+class ConversationSignal:
+    """A message recorded by the API (an agent send, a user reply), for the workflow to act on."""
+
+    conversation_id: str
+    # Conversations of a pair are ordered by seq: a higher one replaces the running one.
+    conversation_seq: int
+    message_id: str
+    sender: str
+    kind: str = "message"
+    # A send that sets timers replaces the conversation's; None keeps them.
+    timers: SilenceTimers | None = None
+
+
+@dataclass(kw_only=True)
+class ConversationState:
+    """What a run hands to the next when the same conversation continues as new."""
+
+    timers: SilenceTimers | None = None
+    silent_since: float | None = None
+    warned: bool = False
+
+
+@dataclass(kw_only=True)
+class ConversationInput:
+    conversation_id: str
+    conversation_seq: int
+    account_id: str
+    agent_number: str
+    user_number: str
+    pending: list[ConversationSignal] = field(default_factory=list)
+    # None: the conversation starts with this run.
+    state: ConversationState | None = None
+
+
+@dataclass(kw_only=True)
+class ConversationResult:
+    conversation_id: str
+    state: str
+
+
+@dataclass(kw_only=True)
+class SendMessageInput:
+    message_id: str
+    # Attempts the workflow's retry policy allows: the last one fails a deferred message.
+    attempts: int
+    # Set for messages the workflow writes itself (warning, timeout): the API stores its own.
+    conversation_id: str | None = None
+    kind: str = "message"
+    body: str | None = None
+
+
+@dataclass(kw_only=True)
+class SendMessageResult:
+    status: str
+    error_code: str | None = None
+
+
+@dataclass(kw_only=True)
+class EndConversationInput:
+    conversation_id: str
+    state: str
+
+
+@dataclass(kw_only=True)
+class ConversationEvent:
+    """One webhook event: a message (`message_id`) or a change of state (`state`)."""
+
+    conversation_id: str
+    message_id: str | None = None
+    state: str | None = None
+
+
+@dataclass(kw_only=True)
+class ConversationRef:
+    conversation_id: str

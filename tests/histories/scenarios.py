@@ -1,0 +1,277 @@
+"""The scenarios whose workflow histories are kept in tests/histories/, driven through the real
+API on the session's stack; each writes its histories there. Not part of `make test` (its name
+is not a test module's): `python -m tests.histories.record` runs it."""
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from temporalio.client import Client, WorkflowHistory
+
+from settings import Settings
+from tests.support.batches import FINAL, start_marked_batch
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.sending import (
+    conversation_when,
+    inbound_form,
+    post_inbound,
+    received_by,
+    send_ok,
+)
+from tests.support.stack import Account, Configure, WebhookReceiver, api_client
+from tests.test_conversation_timers import TIMERS, timed_out
+from workflows.contracts import batch_workflow_id, conversation_workflow_id
+
+HISTORIES = Path(__file__).parent
+# Several chunks of several slices from a few dozen rows, so every history stays small.
+SMALL = {"chunk_size": 20, "slice_size": 5, "chunk_window": 2, "slices_in_flight": 2}
+# Requests that take this long are still on the wire when a pause or a cancel reaches their
+# send activity (in a heartbeat's reply): the activity is cancelled, not completed.
+SLOW_CARRIER_MS = 2000
+
+
+@pytest.fixture
+async def api(settings: Settings, worker: None) -> AsyncIterator[httpx.AsyncClient]:
+    """The session's API with small chunks and slices (they travel in each batch's input)."""
+    async with api_client(settings.model_copy(update=SMALL)) as client:
+        yield client
+
+
+def save(history: WorkflowHistory, kind: str, name: str) -> None:
+    path = HISTORIES / kind / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(history.to_json() + "\n")
+
+
+async def run_chain(
+    temporal: Client, workflow_id: str, run_id: str | None = None
+) -> list[WorkflowHistory]:
+    """The histories of a run (the latest by default) and of the runs it continued, in order."""
+    await temporal.get_workflow_handle(workflow_id, run_id=run_id).result()
+    chain: list[WorkflowHistory] = []
+    while True:
+        history = await temporal.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        chain.insert(0, history)
+        started = history.events[0].workflow_execution_started_event_attributes
+        run_id = started.continued_execution_run_id
+        if not run_id:
+            return chain
+
+
+async def save_batch(
+    temporal: Client, file_id: str, name: str, *, chunks: dict[int, str] | None = None
+) -> None:
+    """The batch's runs as batch/<name>.json (one run) or batch/<name>.run<n>.json, and the
+    chunks asked for as chunk/<their name>.json."""
+    workflow_id = batch_workflow_id(file_id)
+    runs = await run_chain(temporal, workflow_id)
+    for number, history in enumerate(runs, start=1):
+        save(history, "batch", name if len(runs) == 1 else f"{name}.run{number}")
+    for index, chunk_name in (chunks or {}).items():
+        [chunk] = await run_chain(temporal, f"{workflow_id}/chunk-{index}")
+        save(chunk, "chunk", chunk_name)
+
+
+async def steer_mid_batch(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, action: str
+) -> tuple[str, str]:
+    """A slow batch of two chunks, `action` sent while its first slices are on the wire;
+    (file_id, marker)."""
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(40))
+    await webhooks.wait_for(marker, "in_progress_chunked")
+    await asyncio.sleep(SLOW_CARRIER_MS / 1000 / 2)
+    await control(api, account, file_id, action)
+    return file_id, marker
+
+
+async def control(api: httpx.AsyncClient, account: Account, file_id: str, action: str) -> None:
+    response = await api.post(f"/v1/sms/batch/{file_id}/{action}", headers=account.headers)
+    assert response.status_code == 200, response.text
+
+
+async def finished(webhooks: WebhookReceiver, marker: str, *, times: int = 1) -> dict[str, Any]:
+    """The batch's final event."""
+    return (await webhooks.wait_for(marker, *FINAL, times=times))[-1]
+
+
+async def test_plain(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(20))
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(temporal, file_id, "plain", chunks={0: "plain"})
+
+
+async def test_continue_as_new(
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    worker: None,
+) -> None:
+    small = settings.model_copy(update={**SMALL, "chunk_size": 10, "chunks_per_run": 2})
+    async with api_client(small) as api:
+        file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(50))
+        assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(temporal, file_id, "continue_as_new")
+
+
+async def test_paused_and_resumed(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    await carrier(latency_ms=SLOW_CARRIER_MS)
+    file_id, marker = await steer_mid_batch(api, account, webhooks, "pause")
+    await webhooks.wait_for(marker, "paused")
+    # The interrupted sends end first; on resume their slices are scheduled again.
+    await asyncio.sleep(SLOW_CARRIER_MS / 1000 + 1)
+    await control(api, account, file_id, "resume")
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(temporal, file_id, "paused_and_resumed", chunks={0: "paused_and_resumed"})
+
+
+async def test_cancelled(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    await carrier(latency_ms=SLOW_CARRIER_MS)
+    file_id, marker = await steer_mid_batch(api, account, webhooks, "cancel")
+    assert (await finished(webhooks, marker))["status"] == "cancelled"
+    await save_batch(temporal, file_id, "cancelled", chunks={0: "stopped"})
+
+
+async def test_cancelled_through_temporal(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    await carrier(latency_ms=SLOW_CARRIER_MS)
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(40))
+    await webhooks.wait_for(marker, "in_progress_chunked")
+    await temporal.get_workflow_handle(batch_workflow_id(file_id)).cancel()
+    assert (await finished(webhooks, marker))["status"] == "cancelled"
+    await save_batch(temporal, file_id, "cancelled_through_temporal")
+
+
+async def test_scheduled(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    at = datetime.now(UTC) + timedelta(seconds=3)
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(5), schedule_at=at.isoformat()
+    )
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(temporal, file_id, "scheduled")
+
+
+async def test_spread(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(6), spread_hours=4 / 3600
+    )
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(temporal, file_id, "spread", chunks={0: "spread"})
+
+
+async def test_expired(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    expire_at = datetime.now(UTC) + timedelta(seconds=3)
+    file_id, marker = await start_marked_batch(
+        api,
+        account,
+        webhooks,
+        unique_numbers(10),
+        spread_hours=20 / 3600,
+        expire_at=expire_at.isoformat(),
+    )
+    final = await finished(webhooks, marker)
+    assert (final["status"], final["messages_expired"] > 0) == ("completed_partial", True)
+    await save_batch(temporal, file_id, "expired", chunks={0: "expired"})
+
+
+async def test_retried(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    numbers = unique_numbers(10)
+    await carrier(scripted={number: [400] for number in numbers[:2]})
+    file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+    assert (await finished(webhooks, marker))["status"] == "completed_partial"
+    await save_batch(temporal, file_id, "failed_rows")
+
+    await control(api, account, file_id, "retry")
+
+    assert (await finished(webhooks, marker, times=2))["status"] == "completed"
+    await save_batch(temporal, file_id, "retried")
+
+
+async def test_failed_validation(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    numbers = [*unique_numbers(4), "555-not-a-number"]
+    file_id, marker = await start_marked_batch(api, account, webhooks, numbers, strict=True)
+    final = await finished(webhooks, marker)
+    assert (final["status"], final["code"]) == ("failed", "validation_failed")
+    await save_batch(temporal, file_id, "failed_validation")
+
+
+async def test_webhook_retried(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    failing = secrets.token_hex(6)
+    webhooks.answers[failing] = [500, 503]
+    file_id, _ = await start_marked_batch(
+        api, account, webhooks, unique_numbers(5), status_webhook=webhooks.url(failing)
+    )
+    assert (await finished(webhooks, failing))["status"] == "completed"
+    await save_batch(temporal, file_id, "webhook_retried")
+
+
+async def test_conversation_warning_and_timeout(
+    api: httpx.AsyncClient, account: Account, emulator_url: str, temporal: Client
+) -> None:
+    user = unique_numbers(1)[0]
+    data = await send_ok(api, account, user, agent_message="Your order is ready", **TIMERS)
+    await conversation_when(api, account, data["conversation_id"], timed_out)
+    assert len(await emulator_messages(emulator_url, to=user)) == 3
+    await save_conversation(temporal, account, user, "warning_and_timeout")
+
+
+async def test_conversation_reply_then_timeout(
+    api: httpx.AsyncClient,
+    account: Account,
+    settings: Settings,
+    temporal: Client,
+    emulator_url: str,
+) -> None:
+    user = unique_numbers(1)[0]
+    data = await send_ok(api, account, user, agent_message="Shall I book it?", **TIMERS)
+    await received_by(emulator_url, user, 1)
+    form = inbound_form(settings, to=account.agent_number, from_=user, body="Hmm")
+    assert (await post_inbound(api, settings, form)).status_code == 200
+    await conversation_when(api, account, data["conversation_id"], timed_out)
+    await save_conversation(temporal, account, user, "reply_then_timeout")
+
+
+async def save_conversation(temporal: Client, account: Account, user: str, name: str) -> None:
+    workflow_id = conversation_workflow_id(str(account.account_id), account.agent_number, user)
+    [history] = await run_chain(temporal, workflow_id)
+    save(history, "conversation", name)
