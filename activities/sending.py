@@ -84,19 +84,14 @@ class SendingActivities(WorkerResources):
         sends = asyncio.gather(*(lane() for _ in range(lanes)))
         heartbeats = asyncio.create_task(_heartbeat_until_done())
         try:
-            await asyncio.shield(sends)
-        except asyncio.CancelledError:
-            stopping.set()
-            heartbeats.cancel()
-            # Temporal may repeat the cancellation; the requests on the wire still finish.
-            while not sends.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(sends)
-            await self._record(batch_id, account_id, claimed, results)
-            raise
+            cancelled = await _to_the_end(sends, on_cancel=stopping.set)
         finally:
             heartbeats.cancel()
-        await self._record(batch_id, account_id, claimed, results)
+        # What went out is recorded even when the cancellation comes while it is written:
+        # a record cut short would leave the rows `sending`, to end `uncertain`.
+        record = asyncio.ensure_future(self._record(batch_id, account_id, claimed, results))
+        if await _to_the_end(record) or cancelled:
+            raise asyncio.CancelledError
         retry = [r for r in results if r is not None and r.verdict is Verdict.RETRY]
         if retry:
             # An attempt that got anything through resets the backoff; the next attempt reads
@@ -151,6 +146,24 @@ async def _until(moment: float, stopping: asyncio.Event) -> bool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), delay)
     return not stopping.is_set()
+
+
+async def _to_the_end(
+    work: asyncio.Future[Any], on_cancel: Callable[[], None] | None = None
+) -> bool:
+    """Await `work` to its end even if this activity is cancelled meanwhile, as often as
+    Temporal repeats the cancellation; whether it was. `on_cancel` runs at each one."""
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(work)
+            return cancelled
+        except asyncio.CancelledError:
+            if work.cancelled():
+                raise
+            cancelled = True
+            if on_cancel is not None:
+                on_cancel()
 
 
 async def _through_outages(write: Callable[[], Awaitable[object]]) -> None:

@@ -1,0 +1,98 @@
+"""A send activity cancelled while it records its slice still records it: the rows the carrier
+accepted end `sent`, not `sending` (and later `uncertain`)."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import httpx
+import pytest
+from temporalio.testing import ActivityEnvironment
+
+from activities.providers.twilio import TwilioCarrier
+from activities.sending import SendingActivities
+from settings import Settings
+from tests.support.batches import start_marked_batch
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.delivery import ledger_rows
+from tests.support.sending import eventually
+from tests.support.stack import Account, Configure, WebhookReceiver
+from workflows.contracts import SendSliceInput
+
+ROWS = 6
+
+
+@pytest.fixture
+async def sending(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[SendingActivities]:
+    carrier = TwilioCarrier(
+        account_sid=settings.twilio_account_sid,
+        auth_token=settings.twilio_auth_token.get_secret_value(),
+        api_url=settings.carrier_url,
+        timeout=settings.carrier_timeout_seconds,
+        connections=settings.send_concurrency,
+    )
+    async with httpx.AsyncClient() as http:
+        yield SendingActivities(pool=pool, carrier=carrier, http=http, settings=settings)
+    await carrier.close()
+
+
+async def waiting_on_a_lock(pool: asyncpg.Pool) -> bool:
+    """Whether a statement of another connection waits for a row lock on the ledger."""
+    return bool(
+        await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND query LIKE '%UPDATE messages%'"
+        )
+    )
+
+
+async def test_a_cancellation_during_the_record_still_records_the_slice(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    pool: asyncpg.Pool,
+    sending: SendingActivities,
+    carrier: Configure,
+) -> None:
+    # Slow enough answers that the slice is seen `sending`, and locked, before it is recorded.
+    await carrier(latency_ms=1500)
+    # Scheduled an hour ahead: the batch's ledger is written, and nothing but this test sends it.
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(ROWS), schedule_at=later
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    env = ActivityEnvironment()
+    slice_input = SendSliceInput(
+        batch_id=file_id,
+        account_id=str(account.account_id),
+        agent_number=account.agent_number,
+        start=0,
+        end=ROWS,
+    )
+
+    async with pool.acquire() as holder:
+        locked = holder.transaction()
+        await locked.start()
+        # Lock the rows once claimed, so that the activity's record waits for this test.
+        activity = asyncio.ensure_future(env.run(sending.send_slice, slice_input))
+        await eventually(
+            lambda: ledger_rows(api, account, file_id), lambda rows: rows[0]["status"] == "sending"
+        )
+        await holder.execute(
+            "SELECT 1 FROM messages WHERE batch_id = $1 FOR UPDATE", uuid.UUID(file_id)
+        )
+        await eventually(lambda: waiting_on_a_lock(pool), bool)
+        env.cancel()
+        await asyncio.sleep(0.5)
+        await locked.rollback()
+
+    with pytest.raises(asyncio.CancelledError):
+        await activity
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    statuses = [row["status"] for row in await ledger_rows(api, account, file_id)]
+    assert len(received) == ROWS
+    assert statuses == ["sent"] * ROWS
