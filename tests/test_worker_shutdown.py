@@ -7,14 +7,14 @@ import signal
 from pathlib import Path
 
 import asyncpg
-from tests.delivery import start_batch_of
-from tests.helpers import unique_numbers
 
 from settings import Settings
 from store import numbers
 from store.accounts import create_account, create_api_key
-from tests.conftest import Account, WebhookReceiver, api_client
-from tests.test_batch_control import received, wait_until_received
+from tests.support.batches import start_marked_batch
+from tests.support.builders import unique_numbers
+from tests.support.delivery import received, wait_until_received
+from tests.support.stack import Account, WebhookReceiver, api_client
 from tests.test_crashes import crash_settings, worker_process
 
 ROWS = 40
@@ -43,7 +43,7 @@ async def test_a_stopping_worker_finishes_its_send_slice_before_exiting(
     assert worker.process is not None
     try:
         async with api_client(own) as api:
-            _, marker = await start_batch_of(api, account, webhooks, unique_numbers(ROWS))
+            _, marker = await start_marked_batch(api, account, webhooks, unique_numbers(ROWS))
             await wait_until_received(emulator_url, marker, 5)
             os.killpg(worker.pid, signal.SIGTERM)
             exit_code = await asyncio.to_thread(worker.process.wait, 60)
