@@ -41,6 +41,7 @@ bench-uploads: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
 
 clean:
 	rm -rf $(VENV) .herald

@@ -16,6 +16,7 @@ from activities.conversations import ConversationActivities
 from activities.ledger import LedgerActivities
 from activities.providers.twilio import TwilioCarrier
 from activities.recipients.phone_columns import prepare as prepare_validation
+from activities.resources import WorkerResources
 from activities.sending import SendingActivities
 from activities.status_events import StatusEventActivities
 from activities.validation import ValidationActivities
@@ -49,7 +50,7 @@ async def herald_worker(
         follow_redirects=False,
         transport=PinnedTransport(allow_loopback=settings.allow_loopback_webhooks),
     )
-    activity_classes = [
+    activity_classes: list[type[WorkerResources]] = [
         ValidationActivities,
         SendingActivities,
         StatusEventActivities,

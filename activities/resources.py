@@ -1,5 +1,8 @@
 """What every activity class of the worker works with, shared by one process."""
 
+from abc import ABC, abstractmethod
+from typing import Any
+
 import asyncpg
 import httpx
 
@@ -7,7 +10,7 @@ from activities.providers.twilio import TwilioCarrier
 from settings import Settings
 
 
-class WorkerResources:
+class WorkerResources(ABC):
     """The worker's PostgreSQL pool, carrier client, webhook HTTP client and settings; the
     activity classes take them once, at start."""
 
@@ -23,3 +26,7 @@ class WorkerResources:
         self._carrier = carrier
         self._http = http
         self._settings = settings
+
+    @abstractmethod
+    def registered(self) -> list[Any]:
+        """The bound activity methods, for the worker to register."""

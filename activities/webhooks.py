@@ -65,5 +65,5 @@ async def post_event(
         elapsed = int((time.monotonic() - started) * 1000)
         return DeliveryAttempt(None, f"{type(error).__name__}: {error}"[:500], elapsed)
     elapsed = int((time.monotonic() - started) * 1000)
-    error = None if response.is_success else f"HTTP {response.status_code}"
-    return DeliveryAttempt(response.status_code, error, elapsed)
+    failure = None if response.is_success else f"HTTP {response.status_code}"
+    return DeliveryAttempt(response.status_code, failure, elapsed)

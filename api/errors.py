@@ -1,6 +1,6 @@
 """Errors as types, and the handlers that turn every failure into the `{data, errors}` envelope."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -58,7 +58,7 @@ FIELD_ERROR_CODES: Sequence[tuple[tuple[str, ...], str | None, str]] = (
 
 
 def envelope_error(
-    status_code: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None
+    status_code: int, errors: list[dict[str, Any]], headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse(
         status_code=status_code, content={"data": None, "errors": errors}, headers=headers
@@ -79,7 +79,7 @@ MOBIVATE_ERROR_NAMES = {
 
 
 def mobivate_error(
-    status_code: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None
+    status_code: int, errors: list[dict[str, Any]], headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     """The dialect's envelope. A missing or bad key is its documented 403, word for word;
     any other failure keeps its status and names Herald's code and every problem."""
@@ -103,7 +103,7 @@ def error_reply(
     path: str,
     status_code: int,
     errors: list[dict[str, Any]],
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """An error for a request to `path`, in the envelope of the dialect it belongs to."""
     if path.startswith(MOBIVATE_PATHS):

@@ -309,9 +309,16 @@ class CancelRequest(RequestBody):
     reason: str | None = Field(None, max_length=500, description="Kept on the batch and sent.")
 
 
+RetryStatus = Literal["failed", "uncertain", "cancelled"]
+
+
+def _failed_only() -> list[RetryStatus]:
+    return ["failed"]
+
+
 class RetryRequest(RequestBody):
-    statuses: list[Literal["failed", "uncertain", "cancelled"]] = Field(
-        default_factory=lambda: ["failed"],
+    statuses: list[RetryStatus] = Field(
+        default_factory=_failed_only,
         min_length=1,
         description="Ledger statuses to send again. `uncertain` rows may have reached the"
         " carrier already: retry them only when a duplicate is acceptable.",

@@ -1,6 +1,7 @@
 """The batch pipeline end to end on the real stack: file in, every message out once."""
 
 import secrets
+from typing import Any
 
 import httpx
 from temporalio.client import Client
@@ -76,7 +77,7 @@ async def test_repeating_the_request_returns_the_same_batch_and_sends_once(
     file_id = await attach(
         api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
     )
-    body = {
+    body: dict[str, Any] = {
         "status_webhook": webhooks.url(run),
         "global": {"agent_number": account.agent_number, "agent_message": f"once {run}"},
     }

@@ -25,7 +25,7 @@ from tests.support.stack import Account, WebhookReceiver, api_client
 from worker import herald_worker
 from workflows.contracts import SilenceTimers
 
-TIMERS = {
+TIMERS: dict[str, Any] = {
     "warning_time": 2,
     "warning_message": "Are you still there?",
     "time_out": 4,

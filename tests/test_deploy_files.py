@@ -7,6 +7,7 @@ import copy
 import json
 import re
 import tomllib
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -266,9 +267,9 @@ def test_every_herald_variable_set_for_deployment_is_a_setting() -> None:
 # The Dockerfile.
 
 
-def stages() -> list[list[dict[str, Any]]]:
+def stages() -> list[list[Mapping[str, Any]]]:
     """The Dockerfile's instructions, one list per stage, each starting with its FROM."""
-    parsed: list[list[dict[str, Any]]] = []
+    parsed: list[list[Mapping[str, Any]]] = []
     for instruction in DockerfileParser(path=str(DEPLOY / "Dockerfile")).structure:
         if instruction["instruction"] == "FROM":
             parsed.append([])
@@ -277,7 +278,7 @@ def stages() -> list[list[dict[str, Any]]]:
     return parsed
 
 
-def values(stage: list[dict[str, Any]], name: str) -> list[str]:
+def values(stage: list[Mapping[str, Any]], name: str) -> list[str]:
     return [i["value"] for i in stage if i["instruction"] == name]
 
 

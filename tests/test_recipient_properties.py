@@ -30,7 +30,7 @@ from tests.support.builders import PHONE_CELLS
 # Cell text: commas, quotes, line breaks, spaces and non-Latin letters, but no NUL (binary)
 # and no lone surrogates (not encodable).
 CELL = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
     max_size=12,
 ) | st.sampled_from(["Ann", 'Lee, "A"', "two\nlines", "\r\n", "Zoë", "😀", "  ", ""])
 

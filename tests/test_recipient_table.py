@@ -30,7 +30,7 @@ NUMBERS = [*PHONE_CELLS, "+4407911123456", "+114155552671", "+١٤١٥٥٥٥٢٦
 # Text a plain CSV cell can hold: no quote, comma or line break; whitespace of every kind,
 # GSM-7 extension characters, other scripts, characters beyond the BMP.
 CELL = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters='\x00",\r\n'),
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters='\x00",\r\n'),
     max_size=10,
 ) | st.sampled_from(["Ann", "Zoë", "€{x}", "😀", "Жанна", " ", "\x1c", "\u2028", "", "ab" * 40])
 COLUMNS = ["name", " request_data.code ", "agent_message", "nm", "has space"]

@@ -354,7 +354,10 @@ def test_rejected_rows_say_why() -> None:
     )
     rules = RecipientRules(max_rows=10, max_message_chars=8, agent_message="Hi {{ name }}")
 
-    reasons = [item.reason for item in build_recipients(header, rows, rules)]
+    reasons = [
+        item.reason if isinstance(item, Rejected) else None
+        for item in build_recipients(header, rows, rules)
+    ]
 
     assert reasons == [
         "no value for {{name}} in this row and no default in global.request_data",
@@ -410,12 +413,13 @@ def test_classifying_many_bodies_classifies_each(bodies: list[str]) -> None:
 
 def test_the_tally_counts_segments_of_messages_to_be_sent_only() -> None:
     tally = Tally()
-    for item in [
+    items: list[Recipient | Rejected] = [
         Recipient(1, A, "a" * 161, GSM7, 2),
         Recipient(2, B, "ж", UCS2, 1),
         Recipient(3, A, "a" * 161, GSM7, 2, "duplicate"),
         Rejected(4, "invalid_number", "not a valid phone number", "x"),
-    ]:
+    ]
+    for item in items:
         tally.count(item)
 
     assert (tally.rows, tally.recipients, tally.rejected, tally.skipped) == (4, 3, 1, 1)

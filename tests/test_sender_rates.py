@@ -84,7 +84,11 @@ async def test_the_database_refuses_a_rate_outside_the_range(
 async def test_the_migration_brings_stored_rates_into_the_range(
     pool: asyncpg.Pool, account: Account
 ) -> None:
-    stored = {"+15005550101": 1e10, "+15005550102": float("inf"), "+15005550103": float("nan")}
+    stored: dict[str, float | None] = {
+        "+15005550101": 1e10,
+        "+15005550102": float("inf"),
+        "+15005550103": float("nan"),
+    }
     stored |= {"+15005550104": 1e-300, "+15005550105": 5.0, "+15005550106": None}
     async with pool.acquire() as conn:
         transaction = conn.transaction()

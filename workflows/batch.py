@@ -8,6 +8,7 @@ Operators steer it with the `cancel`, `pause` and `resume` signals (from the API
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from temporalio import workflow
@@ -350,10 +351,10 @@ class BatchWorkflow:
         if self._chunk_tasks:
             await workflow.wait(list(self._chunk_tasks))
 
-    async def _signal_chunks(self, signal: object) -> None:
+    async def _signal_chunks(self, signal: Callable[[ChunkWorkflow], None]) -> None:
         for handle in list(self._chunks.values()):
             try:
-                await handle.signal(signal)  # type: ignore[arg-type]
+                await handle.signal(signal)
             except (ApplicationError, ChildWorkflowError):
                 pass  # the chunk finished meanwhile: nothing left to steer
 

@@ -144,7 +144,7 @@ class PlainCsv:
 
         with ThreadPoolExecutor(max_workers=IN_FLIGHT) as executor:
             pending: deque[Future[_Validated]] = deque()
-            upcoming = _line_blocks(
+            upcoming: Iterator[tuple[int, slice, int]] | None = _line_blocks(
                 self.content, end + 1, _even_size(len(self.content) - end - 1, block_bytes)
             )
             while pending or upcoming is not None:

@@ -50,10 +50,11 @@ def to_e164(raw: str, *, require_valid: bool = True) -> str | None:
 def valid_e164s(raws: Sequence[str]) -> list[str | None]:
     """`to_e164(raw)` (a valid number) of each: those the pattern decides in C-level passes,
     the others one by one."""
-    candidates: list[str | None] = list(
+    prefixed = list(
         map("+".__add__, map(str.removeprefix, map(str.strip, raws), itertools.repeat("+")))
     )
-    matched = list(map(_patterns().valid.fullmatch, candidates))
+    matched = list(map(_patterns().valid.fullmatch, prefixed))
+    candidates: list[str | None] = list(prefixed)
     for index in itertools.compress(itertools.count(), map(operator.not_, matched)):
         candidate = _candidate(raws[index])
         if _surely_invalid(candidate):
@@ -160,9 +161,12 @@ def _patterns() -> _Patterns:
 
 def _main_metadata(code: int) -> PhoneMetadata:
     """The metadata phonenumbers parses a number with this calling code by."""
-    return PhoneMetadata.metadata_for_region_or_calling_code(
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(
         code, COUNTRY_CODE_TO_REGION_CODE[code][0]
     )
+    # phonenumbers has metadata for the main region of every code it maps to regions.
+    assert metadata is not None
+    return metadata
 
 
 def _trie(codes: list[str], branches: dict[str, str], prefix: str) -> str:
@@ -223,7 +227,7 @@ def _code_plan(code: int) -> CodePlan:
     regions = [_region_plan(metadata) for metadata in metadatas]
     if all(region.general is None for region in regions):
         regions = []
-    lengths = [metadata.general_desc.possible_length for metadata in metadatas]
+    lengths = [_general_lengths(metadata) for metadata in metadatas]
     known = frozenset(itertools.chain(*lengths)) if lengths and all(lengths) else None
     main = _main_metadata(code)
     shortest = None if main.national_prefix_transform_rule or not known else min(known)
@@ -233,7 +237,7 @@ def _code_plan(code: int) -> CodePlan:
 def _region_plan(metadata: PhoneMetadata) -> RegionPlan:
     """phonenumbers' `_number_type_helper(...) != UNKNOWN` for the region."""
     general = _desc(metadata.general_desc, None)
-    lengths = metadata.general_desc.possible_length
+    lengths = _general_lengths(metadata)
     types = [
         name
         for name in _NUMBER_TYPES
@@ -245,6 +249,13 @@ def _region_plan(metadata: PhoneMetadata) -> RegionPlan:
     if general is None or not descs:
         return RegionPlan(metadata.leading_digits, None, ())
     return RegionPlan(metadata.leading_digits, general, descs)
+
+
+def _general_lengths(metadata: PhoneMetadata) -> tuple[int, ...]:
+    """The possible lengths of any number of the region; none known without a general
+    description."""
+    general = metadata.general_desc
+    return () if general is None else general.possible_length
 
 
 def _desc(desc: PhoneNumberDesc | None, within: Sequence[int] | None) -> Desc | None:

@@ -428,13 +428,11 @@ def _mark_skipped(
         itertools.compress(positions, map(rules.opted_out.__contains__, numbers)), Code.OPTED_OUT
     )
     if rules.exclude_duplicates:
-        # set.add returns None: a number is a duplicate when it was there already.
-        duplicates = [
-            index
-            for index, key in zip(positions, map(int, numbers), strict=True)
-            if key in seen or seen.add(key)
-        ]
-        skips.update(dict.fromkeys(duplicates, Code.DUPLICATE))
+        for index, key in zip(positions, map(int, numbers), strict=True):
+            if key in seen:
+                skips[index] = Code.DUPLICATE
+            else:
+                seen.add(key)
     for index, code in skips.items():
         outcome = outcomes[index]
         assert isinstance(outcome, Recipient)
@@ -476,7 +474,7 @@ def _variable_values(
     size: int,
     sources: dict[str, tuple[str, ...]],
     defaults: dict[str, str],
-) -> list[str | None]:
+) -> Sequence[str | None]:
     """`render`'s lookup of `name` in each row: the first column, in `sources` order, with a
     value that is not blank, else the default; None when neither has one."""
     default: str | None = defaults.get(name)

@@ -142,7 +142,9 @@ async def start_batch(
         file_id = parse_batch_id(body.file_id, FileNotFound)
         if not await files.file_exists(pool, account_id, file_id):
             raise FileNotFound(f"no file {body.file_id!r}")
-    await require_safe_webhook(body.status_webhook and str(body.status_webhook), settings)
+    await require_safe_webhook(
+        None if body.status_webhook is None else str(body.status_webhook), settings
+    )
     agent_number = to_e164(body.global_.agent_number, require_valid=False)
     if agent_number is None or not await numbers.has_number(pool, account_id, agent_number):
         raise AgentNumberNotFound(

@@ -133,11 +133,11 @@ async def send_message(
                 raise
             await idempotency.complete(pool, account_id, idempotency_key, reply.model_dump())
             return reply
-        reply = await _first_reply(
+        first = await _first_reply(
             pool, account_id, idempotency_key, request_hash, settings.idempotency_wait_seconds
         )
-        if reply is not None:
-            return reply
+        if first is not None:
+            return first
 
 
 async def _first_reply(

@@ -2,6 +2,7 @@
 
 import asyncio
 import secrets
+from typing import Any
 
 import httpx
 
@@ -23,7 +24,10 @@ def phases(events: list[dict]) -> list[str]:
 async def start(
     api: httpx.AsyncClient, account: Account, file_id: str, **body: object
 ) -> httpx.Response:
-    payload = {"file_id": file_id, "global": {"agent_number": account.agent_number}}
+    payload: dict[str, object] = {
+        "file_id": file_id,
+        "global": {"agent_number": account.agent_number},
+    }
     payload.update(body)
     return await api.post("/v1/sms/batch", headers=account.headers, json=payload)
 
@@ -71,7 +75,7 @@ async def run_batch(
     webhooks: WebhookReceiver,
     recipients: list[str] | bytes,
     message: str | None = None,
-    **options: object,
+    **options: Any,
 ) -> tuple[str, list[dict]]:
     """Start a marked batch and wait for its final webhook event; (file_id, its events)."""
     file_id, marker = await start_marked_batch(

@@ -3,6 +3,7 @@
 import csv
 import io
 import random
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import httpx
@@ -39,7 +40,7 @@ def unique_numbers(count: int, rng: random.Random | None = None) -> list[str]:
     return sorted(found)
 
 
-def csv_bytes(header: list[str], rows: list[list[Any]]) -> bytes:
+def csv_bytes(header: list[str], rows: Iterable[Sequence[Any]]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
