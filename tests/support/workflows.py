@@ -21,6 +21,11 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.conversations import ConversationActivities
+from activities.ledger import LedgerActivities
+from activities.sending import SendingActivities
+from activities.status_events import StatusEventActivities
+from activities.validation import ValidationActivities
 from workflows import WORKFLOWS
 from workflows.contracts import (
     BatchCounts,
@@ -63,8 +68,8 @@ class Call:
 
 @dataclass
 class StubActivities:
-    """Every activity the worker registers, under its real name, over an in-memory ledger of
-    `recipients` rows."""
+    """Every activity the worker registers, under its real name (taken from the real method,
+    so a rename follows), over an in-memory ledger of `recipients` rows."""
 
     recipients: int = 10
     # Slices whose first attempt waits for `release` (cancellable meanwhile), by start seq.
@@ -75,11 +80,11 @@ class StubActivities:
     cancelled_sends: list[SendSliceInput] = field(default_factory=list)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
-    async def _record(self, name: str, input: Any) -> None:
+    async def _record(self, input: Any) -> None:
         info = activity.info()
         call = Call(input, info.current_attempt_scheduled_time.timestamp(), info.workflow_run_id)
         async with self.changed:
-            self.calls.setdefault(name, []).append(call)
+            self.calls.setdefault(info.activity_type, []).append(call)
             self.changed.notify_all()
 
     def inputs(self, name: str) -> list[Any]:
@@ -98,16 +103,16 @@ class StubActivities:
         async with asyncio.timeout(WAIT_SECONDS), self.changed:
             await self.changed.wait_for(predicate)
 
-    @activity.defn(name="validate_recipients")
+    @activity.defn(name=ValidationActivities.validate_recipients.__name__)
     async def validate_recipients(self, input: ValidateInput) -> ValidationResult:
-        await self._record("validate_recipients", input)
+        await self._record(input)
         return ValidationResult(
             rows_total=self.recipients, recipients=self.recipients, rejected=0, skipped=0
         )
 
-    @activity.defn(name="send_slice")
+    @activity.defn(name=SendingActivities.send_slice.__name__)
     async def send_slice(self, input: SendSliceInput) -> SendCounts:
-        await self._record("send_slice", input)
+        await self._record(input)
         if input.start in self.held:
             self.held.discard(input.start)
             try:
@@ -124,18 +129,18 @@ class StubActivities:
         self.sent |= fresh
         return SendCounts(sent=len(fresh))
 
-    @activity.defn(name="record_status")
+    @activity.defn(name=StatusEventActivities.record_status.__name__)
     async def record_status(self, update: StatusUpdate) -> None:
-        await self._record("record_status", update)
+        await self._record(update)
 
-    @activity.defn(name="deliver_status_events")
+    @activity.defn(name=StatusEventActivities.deliver_status_events.__name__)
     async def deliver_status_events(self, input: DeliverEventsInput) -> DeliverEventsResult:
-        await self._record("deliver_status_events", input)
+        await self._record(input)
         return DeliverEventsResult()
 
-    @activity.defn(name="finish_ledger")
+    @activity.defn(name=LedgerActivities.finish_ledger.__name__)
     async def finish_ledger(self, input: FinishInput) -> BatchCounts:
-        await self._record("finish_ledger", input)
+        await self._record(input)
         pending = self.recipients - len(self.sent)
         closed = pending if input.close_pending_as is not None else 0
         return BatchCounts(
@@ -145,28 +150,28 @@ class StubActivities:
             expired=closed if input.close_pending_as == LedgerStatus.EXPIRED else 0,
         )
 
-    @activity.defn(name="reopen_rows")
+    @activity.defn(name=LedgerActivities.reopen_rows.__name__)
     async def reopen_rows(self, input: ReopenInput) -> ReopenResult:
-        await self._record("reopen_rows", input)
+        await self._record(input)
         return ReopenResult(reopened=0, rows_total=self.recipients, recipients=self.recipients)
 
-    @activity.defn(name="send_conversation_message")
+    @activity.defn(name=ConversationActivities.send_conversation_message.__name__)
     async def send_conversation_message(self, input: SendMessageInput) -> SendMessageResult:
-        await self._record("send_conversation_message", input)
+        await self._record(input)
         return SendMessageResult(status=LedgerStatus.SENT)
 
-    @activity.defn(name="conversation_state")
+    @activity.defn(name=ConversationActivities.conversation_state.__name__)
     async def conversation_state(self, input: ConversationRef) -> ConversationStatus:
-        await self._record("conversation_state", input)
+        await self._record(input)
         return ConversationStatus.ACTIVE
 
-    @activity.defn(name="end_conversation")
+    @activity.defn(name=ConversationActivities.end_conversation.__name__)
     async def end_conversation(self, input: EndConversationInput) -> None:
-        await self._record("end_conversation", input)
+        await self._record(input)
 
-    @activity.defn(name="post_conversation_event")
+    @activity.defn(name=ConversationActivities.post_conversation_event.__name__)
     async def post_conversation_event(self, event: ConversationEvent) -> None:
-        await self._record("post_conversation_event", event)
+        await self._record(event)
 
     def registered(self) -> list[Any]:
         return [
