@@ -69,6 +69,19 @@ async def test_a_small_batch_sends_every_row_once_and_completes(
     assert result.counts.successful == 5
 
 
+async def test_a_file_with_no_sendable_row_fails_without_sending(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=3, skipped=3)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(time_skipping, queue)
+        result = await result_of(handle)
+    assert slices(stubs) == []
+    assert stubs.phases() == [S.VALIDATING, S.FAILED]
+    assert (result.status, result.code) == (S.FAILED, "no_valid_recipients")
+    assert (result.counts.total, result.counts.skipped) == (3, 3)
+
+
 async def test_pause_holds_sends_until_resume_and_sends_the_interrupted_slice_again(
     time_skipping: WorkflowEnvironment,
 ) -> None:

@@ -72,6 +72,8 @@ class StubActivities:
     so a rename follows), over an in-memory ledger of `recipients` rows."""
 
     recipients: int = 10
+    # Rows validation keeps in the ledger but will not send (opted out, duplicates).
+    skipped: int = 0
     # Slices whose first attempt waits for `release` (cancellable meanwhile), by start seq.
     held: set[int] = field(default_factory=set)
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -97,7 +99,8 @@ class StubActivities:
 
     def phases(self) -> list[BatchStatus]:
         """The statuses without the repeats of progress reports."""
-        return [s for i, s in enumerate(self.statuses()) if i == 0 or self.statuses()[i - 1] != s]
+        statuses = self.statuses()
+        return [s for i, s in enumerate(statuses) if i == 0 or statuses[i - 1] != s]
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         async with asyncio.timeout(WAIT_SECONDS), self.changed:
@@ -107,7 +110,10 @@ class StubActivities:
     async def validate_recipients(self, input: ValidateInput) -> ValidationResult:
         await self._record(input)
         return ValidationResult(
-            rows_total=self.recipients, recipients=self.recipients, rejected=0, skipped=0
+            rows_total=self.recipients,
+            recipients=self.recipients,
+            rejected=0,
+            skipped=self.skipped,
         )
 
     @activity.defn(name=SendingActivities.send_slice.__name__)
