@@ -32,6 +32,8 @@ async def start_batch(
     *,
     dispatch: DispatchSettings | None = None,
     timing: Timing | None = None,
+    retry_statuses: list[LedgerStatus] | None = None,
+    first_event_seq: int = 0,
 ) -> WorkflowHandle[BatchWorkflow, BatchResult]:
     batch_id = str(uuid.uuid4())
     return await env.client.start_workflow(
@@ -42,6 +44,8 @@ async def start_batch(
             agent_number="+15005550006",
             dispatch=dispatch or DispatchSettings(),
             timing=timing or Timing(),
+            retry_statuses=retry_statuses,
+            first_event_seq=first_event_seq,
         ),
         id=batch_workflow_id(batch_id),
         task_queue=task_queue,
@@ -80,6 +84,27 @@ async def test_a_file_with_no_sendable_row_fails_without_sending(
     assert stubs.phases() == [S.VALIDATING, S.FAILED]
     assert (result.status, result.code) == (S.FAILED, "no_valid_recipients")
     assert (result.counts.total, result.counts.skipped) == (3, 3)
+
+
+async def test_a_retry_run_reopens_rows_without_validating_and_numbers_events_on(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=4)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            retry_statuses=[LedgerStatus.FAILED],
+            first_event_seq=5,
+        )
+        result = await result_of(handle)
+    assert "validate_recipients" not in stubs.calls
+    assert [r.statuses for r in stubs.inputs("reopen_rows")] == [[LedgerStatus.FAILED]]
+    assert sorted(slices(stubs)) == [(0, 4)]
+    assert stubs.phases() == [S.DISPATCHING, S.IN_PROGRESS, S.COMPLETED]
+    seqs = sorted(u.event_seq for u in stubs.inputs("record_status"))
+    assert seqs == list(range(6, 6 + len(seqs)))
+    assert result.status == S.COMPLETED
 
 
 async def test_pause_holds_sends_until_resume_and_sends_the_interrupted_slice_again(

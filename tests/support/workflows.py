@@ -159,7 +159,9 @@ class StubActivities:
     @activity.defn(name=LedgerActivities.reopen_rows.__name__)
     async def reopen_rows(self, input: ReopenInput) -> ReopenResult:
         await self._record(input)
-        return ReopenResult(reopened=0, rows_total=self.recipients, recipients=self.recipients)
+        return ReopenResult(
+            reopened=self.recipients, rows_total=self.recipients, recipients=self.recipients
+        )
 
     @activity.defn(name=ConversationActivities.send_conversation_message.__name__)
     async def send_conversation_message(self, input: SendMessageInput) -> SendMessageResult:
