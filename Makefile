@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint lock bench bench-rates bench-validation bench-uploads clean
+.PHONY: run test test-fast lint lock bench bench-rates bench-validation bench-uploads clean
 
 # The tested set: every version pinned by requirements.lock; `local` is the local stack.
 $(STAMP): pyproject.toml requirements.lock
@@ -23,6 +23,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The fast tier alone: workflow behaviour on the time-skipping test server, no stack.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m fast
 
 # Not part of `make test`: N=1000000 for the full run; results in bench/results/.
 N ?= 100000

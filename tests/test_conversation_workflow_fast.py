@@ -1,0 +1,111 @@
+"""The fast tier for ConversationWorkflow's silence timers: the warning and the timeout on
+the time-skipping test server, with stub activities."""
+
+import uuid
+
+import pytest
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from tests.support.workflows import StubActivities, result_of, stub_worker
+from workflows.contracts import (
+    CONVERSATION_WORKFLOW,
+    ConversationEvent,
+    ConversationInput,
+    ConversationResult,
+    ConversationSignal,
+    EndConversationInput,
+    SendMessageInput,
+    SilenceTimers,
+    conversation_workflow_id,
+)
+from workflows.conversation import AGENT, ConversationWorkflow
+from workflows.statuses import ConversationStatus
+
+pytestmark = pytest.mark.fast
+
+AGENT_NUMBER = "+15005550006"
+USER_NUMBER = "+12015550123"
+TIMERS = SilenceTimers(
+    warning_time=60, warning_message="Still there?", time_out=300, timeout_message="Bye."
+)
+
+
+async def start_conversation(
+    env: WorkflowEnvironment, task_queue: str, conversation_id: str
+) -> WorkflowHandle[ConversationWorkflow, ConversationResult]:
+    """A conversation whose first message is the agent's, setting TIMERS."""
+    account_id = str(uuid.uuid4())
+    first = ConversationSignal(
+        conversation_id=conversation_id,
+        conversation_seq=1,
+        message_id=str(uuid.uuid4()),
+        sender=AGENT,
+        timers=TIMERS,
+    )
+    return await env.client.start_workflow(
+        CONVERSATION_WORKFLOW,
+        ConversationInput(
+            conversation_id=conversation_id,
+            conversation_seq=1,
+            account_id=account_id,
+            agent_number=AGENT_NUMBER,
+            user_number=USER_NUMBER,
+            pending=[first],
+        ),
+        id=conversation_workflow_id(account_id, AGENT_NUMBER, USER_NUMBER),
+        task_queue=task_queue,
+        result_type=ConversationResult,
+    )
+
+
+async def test_silence_brings_the_warning_then_the_timeout(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities()
+    conversation_id = str(uuid.uuid4())
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_conversation(time_skipping, queue, conversation_id)
+        result = await result_of(handle)
+    sends: list[SendMessageInput] = stubs.inputs("send_conversation_message")
+    assert [(s.kind, s.body) for s in sends] == [
+        ("message", None),
+        ("warning", "Still there?"),
+        ("timeout", "Bye."),
+    ]
+    first, warning, timeout = (call.at for call in stubs.calls["send_conversation_message"])
+    assert first + 60 <= warning < first + 62
+    assert first + 300 <= timeout < first + 302
+    ended: list[EndConversationInput] = stubs.inputs("end_conversation")
+    assert [e.state for e in ended] == [ConversationStatus.TIMEOUT]
+    events: list[ConversationEvent] = stubs.inputs("post_conversation_event")
+    assert events[-1].state == ConversationStatus.TIMEOUT
+    assert result == ConversationResult(
+        conversation_id=conversation_id, state=ConversationStatus.TIMEOUT
+    )
+
+
+async def test_a_user_reply_starts_the_silence_over(time_skipping: WorkflowEnvironment) -> None:
+    stubs = StubActivities()
+    conversation_id = str(uuid.uuid4())
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_conversation(time_skipping, queue, conversation_id)
+        await stubs.wait_for(lambda: len(stubs.inputs("send_conversation_message")) == 1)
+        await time_skipping.sleep(40)
+        replied = (await time_skipping.get_current_time()).timestamp()
+        await handle.signal(
+            ConversationWorkflow.message,
+            ConversationSignal(
+                conversation_id=conversation_id,
+                conversation_seq=1,
+                message_id=str(uuid.uuid4()),
+                sender=USER_NUMBER,
+            ),
+        )
+        result = await result_of(handle)
+    calls = stubs.calls["send_conversation_message"]
+    assert [call.input.kind for call in calls] == ["message", "warning", "timeout"]
+    # Both timers count from the reply, not from the agent's message.
+    assert replied + 60 <= calls[1].at < replied + 62
+    assert replied + 300 <= calls[2].at < replied + 302
+    assert result.state == ConversationStatus.TIMEOUT
