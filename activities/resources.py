@@ -4,12 +4,13 @@ import asyncpg
 import httpx
 
 from activities.providers.twilio import TwilioCarrier
+from metrics import WorkerMetrics
 from settings import Settings
 
 
 class WorkerResources:
-    """The worker's PostgreSQL pool, carrier client, webhook HTTP client and settings; the
-    activity classes take them once, at start."""
+    """The worker's PostgreSQL pool, carrier client, webhook HTTP client, settings and
+    metrics; the activity classes take them once, at start."""
 
     def __init__(
         self,
@@ -18,8 +19,10 @@ class WorkerResources:
         carrier: TwilioCarrier,
         http: httpx.AsyncClient,
         settings: Settings,
+        metrics: WorkerMetrics,
     ) -> None:
         self._pool = pool
         self._carrier = carrier
         self._http = http
         self._settings = settings
+        self._metrics = metrics

@@ -10,6 +10,8 @@ from api.errors import install_error_handlers
 from api.input_checks import InputChecks
 from api.limits import BodySizeLimit, RateLimiter
 from api.models import ErrorEnvelope
+from api.request_context import RequestContext
+from api.request_metrics import RequestMetrics
 from api.routes import (
     batches,
     conversations,
@@ -23,6 +25,7 @@ from api.routes import (
     webhooks,
 )
 from logs import configure_logging
+from metrics import ApiMetrics
 from settings import Settings, get_settings
 from store.db import create_pool, migrate
 from temporal_client import connect_temporal
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.state.metrics = ApiMetrics()
     # Added first, so it runs inside the size limit: the bodies it reads are bounded.
     app.add_middleware(InputChecks)
     app.add_middleware(
@@ -77,6 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_batch_body=settings.max_batch_body_bytes,
         max_upload=settings.max_upload_bytes,
     )
+    # Outermost: a request the limits refuse is counted, and logged with its id, too.
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    app.add_middleware(RequestContext)
     app.include_router(health.router)
     for module in (files, numbers, batches, send, conversations, webhooks, opt_outs, receipts):
         app.include_router(module.router, responses=ERROR_RESPONSES)
