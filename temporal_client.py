@@ -4,11 +4,12 @@
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import NoReturn, TypedDict
 
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
@@ -77,12 +78,18 @@ _process_runtime = cache(temporal_runtime)
 
 
 async def connect_temporal(
-    settings: Settings, *, lazy: bool = False, runtime: Runtime | None = None
+    settings: Settings,
+    *,
+    lazy: bool = False,
+    runtime: Runtime | None = None,
+    interceptors: Sequence[Interceptor] = (),
 ) -> Client:
+    """`interceptors` (tracing's) apply to the client's calls and to every worker on it."""
     return await Client.connect(
         settings.temporal_target,
         lazy=lazy,
         runtime=runtime or _process_runtime(),
+        interceptors=interceptors,
         **connect_options(settings),
     )
 

@@ -26,6 +26,7 @@ from metrics import MetricsServer, WorkerMetrics
 from settings import Settings, get_settings
 from store.db import create_pool, migrate
 from temporal_client import connect_temporal, temporal_runtime
+from tracing import Tracing, client_interceptors
 from workflows import WORKFLOWS
 
 
@@ -104,7 +105,10 @@ async def main() -> None:
     runtime = temporal_runtime(
         None if sdk_metrics is None else f"{settings.metrics_host}:{sdk_metrics}"
     )
-    client = await connect_temporal(settings, runtime=runtime)
+    tracing = Tracing.from_env("herald-worker")
+    client = await connect_temporal(
+        settings, runtime=runtime, interceptors=client_interceptors(tracing)
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -123,6 +127,8 @@ async def main() -> None:
         await stop.wait()
         if beating is not None:
             beating.cancel()
+    if tracing is not None:
+        tracing.provider.shutdown()
 
 
 if __name__ == "__main__":
