@@ -4,6 +4,7 @@ through them, then their metrics endpoints scraped and their output read."""
 
 import json
 import os
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from tests.support.builders import unique_numbers
 from tests.support.stack import AUTH_TOKEN, Account, WebhookReceiver
 
 ROWS = 7
+DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana" / "herald-dashboard.json"
+SERIES = re.compile(r"\b(?:herald|temporal)_[a-z_]+")
 READY_SECONDS = 60
 
 
@@ -130,6 +133,10 @@ async def test_a_batch_shows_in_both_processes_metrics_and_json_logs(
     assert value(sdk, "temporal_activity_execution_latency_count", activity_type="send_slice") >= 1
     assert value(sdk, "temporal_workflow_completed_total", workflow_type="BatchWorkflow") == 1
 
+    # Every series the Grafana dashboard queries is one these processes serve.
+    served = {name for scraped in (worker, api_series, sdk) for name, _ in scraped}
+    assert dashboard_series() - served == set()
+
     worker_lines = _json_lines(processes.worker.log_path)
     api_lines = _json_lines(processes.api.log_path)
     # `activity` and `workflow_id` come from the worker's interceptor, not the log call.
@@ -143,6 +150,14 @@ async def test_a_batch_shows_in_both_processes_metrics_and_json_logs(
     assert any("request_id" in line for line in api_lines), api_lines
     # uvicorn's own lines, through the standard library.
     assert any(line.get("logger") == "uvicorn.access" for line in api_lines), api_lines
+
+
+def dashboard_series() -> set[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    names = {name for query in queries for name in SERIES.findall(query)}
+    assert len(names) > 5, names
+    return names
 
 
 def _json_lines(path: Path) -> list[dict[str, object]]:
