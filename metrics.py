@@ -108,14 +108,17 @@ class MetricsServer:
     host: str
     port: int
     last_tick: float = field(default_factory=time.monotonic)
+    _series: Callable[..., list[bytes]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._series = make_wsgi_app(self.registry)
 
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         if environ.get("PATH_INFO") == "/healthz":
             stalled = time.monotonic() - self.last_tick > STALL_SECONDS
             start_response("503 Service Unavailable" if stalled else "200 OK", [])
             return [b"stalled\n" if stalled else b"ok\n"]
-        body: list[bytes] = make_wsgi_app(self.registry)(environ, start_response)
-        return body
+        return self._series(environ, start_response)
 
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[None]:

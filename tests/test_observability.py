@@ -2,6 +2,7 @@
 (on the session's PostgreSQL, Temporal and emulator, with a task queue of their own), a batch
 through them, then their metrics endpoints scraped and their output read."""
 
+import asyncio
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local.processes import ManagedProcess, free_port, http_ok
+from metrics import STALL_SECONDS, MetricsServer, WorkerMetrics
 from settings import Settings
 from tests.support.batches import run_batch
 from tests.support.builders import unique_numbers
@@ -172,3 +174,24 @@ def _json_lines(path: Path) -> list[dict[str, object]]:
         except json.JSONDecodeError:
             pytest.fail(f"not JSON in {path.name}: {line!r}")
     return parsed
+
+
+async def test_the_worker_metrics_port_fails_its_probe_while_the_event_loop_is_stuck() -> None:
+    server = MetricsServer(WorkerMetrics().registry, "127.0.0.1", free_port())
+    url = f"http://127.0.0.1:{server.port}"
+    async with server.serving():
+        server.last_tick -= STALL_SECONDS + 1
+        stuck = _get_blocking(f"{url}/healthz")
+        await asyncio.sleep(1.5)
+        turning = _get_blocking(f"{url}/healthz")
+        series = _get_blocking(f"{url}/metrics")
+
+    assert stuck.status_code == 503
+    assert turning.status_code == 200
+    assert "herald_messages_total" in series.text
+
+
+def _get_blocking(url: str) -> httpx.Response:
+    """Blocks the calling event loop on purpose: it plays the stuck worker's loop, which the
+    metrics server, in its own thread, must answer for."""
+    return httpx.get(url)
