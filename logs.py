@@ -1,31 +1,94 @@
-"""structlog set-up: readable lines on a terminal, JSON lines everywhere else."""
+"""One log stream per process: structlog's lines and the standard library's (temporalio,
+uvicorn, asyncpg, twilio, warnings) go through the same processors, as JSON lines, or
+readable ones on a terminal. Lines carry `request_id` (API), `batch_id`, `workflow_id` and
+`activity` (worker) where known."""
 
 import logging
 import sys
+from typing import Any
 
 import structlog
+from temporalio import activity
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+)
+
+# uvicorn sets up its own handlers before it loads the app; its lines are sent to the root.
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+def _temporal_fields(
+    _logger: Any, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """The workflow or activity that temporalio's own loggers (workflow.logger,
+    activity.logger) put on a record, as the same keys structlog's lines have."""
+    record = event.get("_record")
+    for attribute in ("temporal_workflow", "temporal_activity"):
+        details = getattr(record, attribute, None)
+        if isinstance(details, dict):
+            event.setdefault("workflow_id", details.get("workflow_id"))
+            if "activity_type" in details:
+                event.setdefault("activity", details["activity_type"])
+    return event
 
 
 def configure_logging(level: str = "INFO") -> None:
+    numeric = logging.getLevelName(level.upper())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer()
         if sys.stderr.isatty()
         else structlog.processors.JSONRenderer()
     )
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, _temporal_fields],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
     )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(numeric)
+    for name in UVICORN_LOGGERS:
+        logging.getLogger(name).handlers = []
+        logging.getLogger(name).propagate = True
+    logging.captureWarnings(True)
     # twilio logs every request and response at INFO: one line per message sent.
-    logging.getLogger("twilio").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+    logging.getLogger("twilio").setLevel(max(logging.WARNING, numeric))
+
+
+class LogContext(Interceptor):
+    """Binds `activity`, `workflow_id` and (when its input has one) `batch_id` for every
+    structlog line an activity writes."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _ActivityLogContext(next)
+
+
+class _ActivityLogContext(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        info = activity.info()
+        batch_id = getattr(input.args[0], "batch_id", None) if input.args else None
+        context: dict[str, Any] = {"activity": info.activity_type, "workflow_id": info.workflow_id}
+        if batch_id is not None:
+            context["batch_id"] = str(batch_id)
+        # Each activity runs in a task of its own: the binding ends with it.
+        with structlog.contextvars.bound_contextvars(**context):
+            return await self.next.execute_activity(input)

@@ -181,6 +181,20 @@ class Settings(BaseSettings):
         description="Sent to a user who texts HELP.",
     )
 
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the worker's metrics endpoints listen on (0.0.0.0 in a container).",
+    )
+    worker_metrics_port: int | None = Field(
+        None,
+        description="Port of the worker's Herald series (`/metrics`) and `/healthz`;"
+        " unset: not served. The API serves its series at `/metrics` on its own port.",
+    )
+    temporal_metrics_port: int | None = Field(
+        None,
+        description="Port of the Temporal SDK's Prometheus endpoint in the worker (`/metrics`:"
+        " workflow task latency, schedule-to-start, slots); unset: not served.",
+    )
     log_level: str = "INFO"
     health_file: Path | None = Field(
         None,

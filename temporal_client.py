@@ -1,12 +1,23 @@
 """The one way Herald connects to Temporal: the dev server, a self-hosted cluster over
 (mutual) TLS, or Temporal Cloud with an API key, all from settings."""
 
+import logging
 import os
 import sys
+from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import NoReturn, TypedDict
 
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.service import TLSConfig
 
 from settings import Settings
@@ -47,8 +58,40 @@ def connect_options(settings: Settings) -> ConnectOptions:
     )
 
 
-async def connect_temporal(settings: Settings, *, lazy: bool = False) -> Client:
-    return await Client.connect(settings.temporal_target, lazy=lazy, **connect_options(settings))
+def temporal_runtime(prometheus_address: str | None = None) -> Runtime:
+    """An SDK runtime whose core forwards its own log lines to Python's logging (so they
+    come out as JSON with the rest), serving the SDK's metrics at `prometheus_address`
+    (host:port) when given. Each runtime has its own threads: one a process, or one a
+    metrics endpoint."""
+    return Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(
+                filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+            ),
+            metrics=None if prometheus_address is None else PrometheusConfig(prometheus_address),
+        )
+    )
+
+
+_process_runtime = cache(temporal_runtime)
+
+
+async def connect_temporal(
+    settings: Settings,
+    *,
+    lazy: bool = False,
+    runtime: Runtime | None = None,
+    interceptors: Sequence[Interceptor] = (),
+) -> Client:
+    """`interceptors` (tracing's) apply to the client's calls and to every worker on it."""
+    return await Client.connect(
+        settings.temporal_target,
+        lazy=lazy,
+        runtime=runtime or _process_runtime(),
+        interceptors=interceptors,
+        **connect_options(settings),
+    )
 
 
 def exit_skipping_teardown(code: int) -> NoReturn:

@@ -4,7 +4,7 @@ import asyncio
 import gc
 import signal
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
 import httpx
@@ -22,19 +22,26 @@ from activities.status_events import StatusEventActivities
 from activities.validation import ValidationActivities
 from deploy.healthcheck import touch_while_running
 from egress import PinnedTransport
-from logs import configure_logging
+from logs import LogContext, configure_logging
+from metrics import MetricsServer, WorkerMetrics
 from settings import Settings, get_settings
 from store.db import create_pool, migrate
-from temporal_client import connect_temporal
+from temporal_client import connect_temporal, temporal_runtime
+from tracing import Tracing, client_interceptors
 from workflows import WORKFLOWS
 
 
 @asynccontextmanager
 async def herald_worker(
-    client: Client, settings: Settings, workflows: Sequence[type] = WORKFLOWS
+    client: Client,
+    settings: Settings,
+    workflows: Sequence[type] = WORKFLOWS,
+    metrics: WorkerMetrics | None = None,
 ) -> AsyncIterator[Worker]:
     """A ready worker with its pool, carrier and HTTP client; all closed on exit. `workflows`
-    other than Herald's own: the upgrade test runs an earlier release's workflow code."""
+    other than Herald's own: the upgrade test runs an earlier release's workflow code. Its
+    series go to `metrics` (a registry of their own unless given)."""
+    metrics = metrics or WorkerMetrics()
     pool = await create_pool(settings.dsn, max_size=max(10, settings.max_concurrent_activities + 4))
     await migrate(pool)
     carrier = TwilioCarrier(
@@ -60,7 +67,9 @@ async def herald_worker(
     activities = [
         method
         for cls in activity_classes
-        for method in cls(pool=pool, carrier=carrier, http=http, settings=settings).registered()
+        for method in cls(
+            pool=pool, carrier=carrier, http=http, settings=settings, metrics=metrics
+        ).registered()
     ]
     try:
         yield Worker(
@@ -75,6 +84,7 @@ async def herald_worker(
             graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
             # Cancellations reach an activity in a heartbeat's reply: let them through at once.
             max_heartbeat_throttle_interval=timedelta(seconds=1),
+            interceptors=[LogContext()],
         )
     finally:
         await http.aclose()
@@ -96,17 +106,34 @@ async def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
     prepare_process()
-    client = await connect_temporal(settings)
+    sdk_metrics = settings.temporal_metrics_port
+    runtime = temporal_runtime(
+        None if sdk_metrics is None else f"{settings.metrics_host}:{sdk_metrics}"
+    )
+    tracing = Tracing.from_env("herald-worker")
+    client = await connect_temporal(
+        settings, runtime=runtime, interceptors=client_interceptors(tracing)
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with herald_worker(client, settings) as worker, worker:
+    metrics = WorkerMetrics()
+    async with AsyncExitStack() as stack:
+        if settings.worker_metrics_port is not None:
+            server = MetricsServer(
+                metrics.registry, settings.metrics_host, settings.worker_metrics_port
+            )
+            await stack.enter_async_context(server.serving())
+        worker = await stack.enter_async_context(herald_worker(client, settings, metrics=metrics))
+        await stack.enter_async_context(worker)
         health = settings.health_file
         beating = None if health is None else asyncio.create_task(touch_while_running(health))
         await stop.wait()
         if beating is not None:
             beating.cancel()
+    if tracing is not None:
+        tracing.provider.shutdown()
 
 
 if __name__ == "__main__":

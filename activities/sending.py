@@ -61,16 +61,23 @@ class SendingActivities(WorkerResources):
                 input.pace.send_time(message.seq), stopping
             ):
                 return None
+            waited = time.monotonic()
             if not await pacer.turn(stopping):
                 return None
+            self._metrics.pacing_delay.observe(time.monotonic() - waited)
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
-            return await self._carrier.send(
+            started = time.monotonic()
+            result = await self._carrier.send(
                 to=message.to_number,
                 from_=input.agent_number,
                 body=message.body,
                 status_callback=self._settings.status_callback_url,
             )
+            self._metrics.carrier_latency.labels(result.verdict.value).observe(
+                time.monotonic() - started
+            )
+            return result
 
         async def lane() -> None:
             # A fixed set of lanes, not a task per message: the slice's rows in order, with
@@ -90,7 +97,9 @@ class SendingActivities(WorkerResources):
         # What went out is recorded even when the cancellation comes while it is written:
         # a record cut short would leave the rows `sending`, to end `uncertain`.
         record = asyncio.ensure_future(self._record(batch_id, account_id, claimed, results))
-        if await _to_the_end(record) or cancelled:
+        cancelled = await _to_the_end(record) or cancelled
+        self._count(input.agent_number, results)
+        if cancelled:
             raise asyncio.CancelledError
         retry = [r for r in results if r is not None and r.verdict is Verdict.RETRY]
         if retry:
@@ -129,6 +138,15 @@ class SendingActivities(WorkerResources):
         await _through_outages(
             lambda: messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
         )
+
+    def _count(self, sender: str, results: list[SendResult | None]) -> None:
+        """Count the slice's messages once recorded; one deferred (retry) counts on each
+        attempt, one not sent (stopped) not at all."""
+        for result in results:
+            if result is not None:
+                self._metrics.messages.labels(
+                    result.verdict.value, result.error_code or "", sender
+                ).inc()
 
     async def _record_opt_outs(self, account_id: uuid.UUID, numbers: list[str]) -> None:
         for number in numbers:

@@ -63,6 +63,7 @@ class StatusEventActivities(WorkerResources):
             status=update.status,
             payload=payload,
         )
+        self._metrics.batches.labels(update.status).inc()
         log.info("batch status", batch_id=update.batch_id, status=update.status)
 
     @activity.defn
@@ -114,6 +115,13 @@ class StatusEventActivities(WorkerResources):
                 duration_ms=attempt.duration_ms,
                 next_retry_at=None if delay is None else _after(delay),
             )
+            self._metrics.webhook_deliveries.labels(
+                "delivered"
+                if attempt.error is None
+                else "gone"
+                if attempt.status_code == 410
+                else "failed"
+            ).inc()
             if attempt.status_code == 410:
                 await batches.disable_webhook(self._pool, batch_id)
                 disabled = True

@@ -102,6 +102,9 @@ class ValidationActivities(WorkerResources):
                 code=error.code,
                 reason=error.reason,
             )
+        self._metrics.validation_rows.labels("accepted").inc(tally.recipients - tally.skipped)
+        self._metrics.validation_rows.labels("rejected").inc(tally.rejected)
+        self._metrics.validation_rows.labels("skipped").inc(tally.skipped)
         log.info(
             "file validated", batch_id=input.batch_id, recipients=tally.recipients, failure=failure
         )

@@ -10,6 +10,8 @@ from api.errors import install_error_handlers
 from api.input_checks import InputChecks
 from api.limits import BodySizeLimit, RateLimiter
 from api.models import ErrorEnvelope
+from api.request_context import RequestContext
+from api.request_metrics import RequestMetrics
 from api.routes import (
     batches,
     conversations,
@@ -23,9 +25,11 @@ from api.routes import (
     webhooks,
 )
 from logs import configure_logging
+from metrics import ApiMetrics
 from settings import Settings, get_settings
 from store.db import create_pool, migrate
 from temporal_client import connect_temporal
+from tracing import Tracing, client_interceptors
 
 # Failures any keyed route may answer with, in the error envelope; documented so that clients
 # (and the schema fuzzing in the tests) know every status they can meet.
@@ -44,7 +48,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, tracing: Tracing | None = None) -> FastAPI:
+    """The app; with `tracing`, its requests and the workflows they start are traced."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -56,11 +61,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.pool = await create_pool(settings.dsn)
         await migrate(app.state.pool)
         # Lazy: the API starts, and /readyz reports, while Temporal is still coming up.
-        app.state.temporal = await connect_temporal(settings, lazy=True)
+        app.state.temporal = await connect_temporal(
+            settings, lazy=True, interceptors=client_interceptors(tracing)
+        )
         try:
             yield
         finally:
             await app.state.pool.close()
+            if tracing is not None:
+                tracing.provider.shutdown()
 
     app = FastAPI(
         title="Herald",
@@ -69,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.state.metrics = ApiMetrics()
     # Added first, so it runs inside the size limit: the bodies it reads are bounded.
     app.add_middleware(InputChecks)
     app.add_middleware(
@@ -77,11 +87,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_batch_body=settings.max_batch_body_bytes,
         max_upload=settings.max_upload_bytes,
     )
+    # Outermost: a request the limits refuse is counted, and logged with its id, too.
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    app.add_middleware(RequestContext)
     app.include_router(health.router)
     for module in (files, numbers, batches, send, conversations, webhooks, opt_outs, receipts):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     # The dialect declares its own error replies: they are in its envelope, not Herald's.
     app.include_router(mobivate.router)
+    if tracing is not None:
+        tracing.instrument(app)
     return app
 
 
@@ -89,4 +104,4 @@ def app_from_env() -> FastAPI:
     """The uvicorn factory: `uvicorn --factory api.app:app_from_env`."""
     settings = get_settings()
     configure_logging(settings.log_level)
-    return create_app(settings)
+    return create_app(settings, Tracing.from_env("herald-api"))

@@ -1,7 +1,8 @@
 """The container health probe of both roles: `python -m deploy.healthcheck`.
 
-A worker serves no HTTP, so while its event loop runs it touches `HERALD_HEALTH_FILE` every few
-seconds; a stale file means a stuck or dead worker. Where that file does not exist the
+A worker need not serve HTTP (its metrics port, which answers `/healthz` too, is optional), so
+while its event loop runs it touches `HERALD_HEALTH_FILE` every few seconds; a stale file
+means a stuck or dead worker. Where that file does not exist the
 process is the API, and its `/healthz` must answer.
 """
 

@@ -14,6 +14,7 @@ from temporalio.client import Client
 from api.conversation_models import SendRequest, SilenceTimerFields
 from settings import Settings
 from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.conversations import TIMERS, timed_out
 from tests.support.sending import (
     conversation_when,
     inbound_form,
@@ -25,20 +26,9 @@ from tests.support.stack import Account, WebhookReceiver, api_client
 from worker import herald_worker
 from workflows.contracts import SilenceTimers
 
-TIMERS: dict[str, Any] = {
-    "warning_time": 2,
-    "warning_message": "Are you still there?",
-    "time_out": 4,
-    "timeout_message": "Closing this chat for now.",
-}
-
 
 def arrival(message: dict[str, Any]) -> float:
     return datetime.fromisoformat(message["received_at"]).timestamp()
-
-
-def timed_out(detail: dict[str, Any]) -> bool:
-    return detail["state"] == "timeout"
 
 
 async def test_silence_sends_the_warning_then_the_timeout_and_ends_the_conversation(

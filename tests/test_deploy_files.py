@@ -137,6 +137,31 @@ def test_compose_runs_the_stack_the_issue_names() -> None:
         }
 
 
+def test_compose_scrapes_every_metrics_port_and_provisions_the_dashboard() -> None:
+    services = compose()["services"]
+    image = DockerfileParser(path=str(DEPLOY / "Dockerfile")).envs
+    scrape = yaml.safe_load((DEPLOY / "compose" / "prometheus.yml").read_text())
+    targets = {
+        (sd["names"][0], sd["port"])
+        for job in scrape["scrape_configs"]
+        for sd in job["dns_sd_configs"]
+    }
+    mounted = [
+        (DEPLOY / "compose" / volume.split(":")[0]).resolve()
+        for role in ("prometheus", "grafana")
+        for volume in services[role]["volumes"]
+        if volume.startswith(".")
+    ]
+
+    assert targets == {
+        ("api", int(image["HERALD_API_PORT"])),
+        ("worker", int(image["HERALD_WORKER_METRICS_PORT"])),
+        ("worker", int(image["HERALD_TEMPORAL_METRICS_PORT"])),
+    }
+    assert all(path.exists() for path in mounted), mounted
+    assert (DEPLOY / "grafana").resolve() in mounted
+
+
 def test_compose_configures_a_production_start(monkeypatch: pytest.MonkeyPatch) -> None:
     variables = example_env()
     for role in ("prepare", "api", "worker"):

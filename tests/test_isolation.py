@@ -90,6 +90,7 @@ PUBLIC: dict[tuple[str, str], str] = {
         "POST",
         "/v1/webhooks/twilio/status",
     ): "the carrier's delivery receipts, signed with X-Twilio-Signature",
+    ("GET", "/metrics"): "counts by route and status, for Prometheus",
     ("GET", "/openapi.json"): "the schema",
     ("GET", "/docs"): "the schema, as a page",
     ("GET", "/docs/oauth2-redirect"): "part of the schema page",

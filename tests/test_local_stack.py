@@ -105,6 +105,7 @@ def test_launcher_is_ready_then_leaves_no_process_behind(stack_env: dict[str, st
         numbers = httpx.get(
             f"{dev['api_url']}/v1/sms/numbers", headers={"authorization": dev["api_key"]}
         )
+        scrapes = {k: httpx.get(v, timeout=5) for k, v in dev.items() if k.endswith("metrics_url")}
 
     assert launcher.returncode == 0
     assert ready.status_code == 200
@@ -113,6 +114,11 @@ def test_launcher_is_ready_then_leaves_no_process_behind(stack_env: dict[str, st
     assert docs.status_code == 200
     assert [n["number"] for n in numbers.json()["data"]] == [dev["agent_number"]]
     assert set(dev) >= {"api_key", "agent_number", "api_url", "temporal_ui_url", "emulator_url"}
+    # The API, and each worker twice: Herald's series and the Temporal SDK's.
+    assert len(scrapes) == 1 + 2 * 2
+    for key, scrape in scrapes.items():
+        assert scrape.status_code == 200, key
+        assert ("temporal_" if "temporal" in key else "herald_") in scrape.text, key
     for part in ("postgres", "temporal", "deploy.local.emulator", "worker", "uvicorn"):
         assert part in command_lines
     left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]

@@ -13,6 +13,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.providers.twilio import TwilioCarrier
 from activities.sending import SendingActivities
+from metrics import WorkerMetrics
 from settings import Settings
 from tests.support.batches import start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
@@ -34,7 +35,9 @@ async def sending(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Sendi
         connections=settings.send_concurrency,
     )
     async with httpx.AsyncClient() as http:
-        yield SendingActivities(pool=pool, carrier=carrier, http=http, settings=settings)
+        yield SendingActivities(
+            pool=pool, carrier=carrier, http=http, settings=settings, metrics=WorkerMetrics()
+        )
     await carrier.close()
 
 

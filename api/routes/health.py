@@ -1,7 +1,8 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and metrics."""
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import Pool, Temporal
 from api.services.health import readiness
@@ -24,3 +25,11 @@ async def readyz(pool: Pool, temporal: Temporal) -> JSONResponse:
         status_code=200 if ready else 503,
         content={"status": "ready" if ready else "unavailable", "checks": checks},
     )
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """This API process's series in Prometheus's text format; no key, as for a probe (they
+    hold route templates and counts, no customer data)."""
+    body = generate_latest(request.app.state.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -2,10 +2,12 @@
 and by `make bench`.
 
 PostgreSQL and Temporal are started only when HERALD_DATABASE_URL / HERALD_TEMPORAL_ADDRESS
-are unset; then the carrier emulator, the worker and the API.
+are unset; then the carrier emulator, the workers and the API. Each worker serves its
+metrics on ports of its own, listed in `.herald/dev.json` (keys ending in `metrics_url`).
 """
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -15,7 +17,7 @@ from contextlib import contextmanager
 
 from deploy.local.dev_account import ensure_dev_account
 from deploy.local.postgres import dsn, postgres_process, postgres_ready
-from deploy.local.processes import ManagedProcess, http_ok, port_free
+from deploy.local.processes import ManagedProcess, free_port, http_ok, port_free
 from deploy.local.temporal import temporal_process, temporal_ready
 from settings import Settings
 
@@ -124,10 +126,25 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
     dev_file = home / "dev.json"
     known = json.loads(dev_file.read_text()) if dev_file.exists() else {}
     dev = asyncio.run(ensure_dev_account(database_url, known))
+    metrics_urls: dict[str, str] = {}
+    workers: list[tuple[ManagedProcess, str]] = []
     for index in range(settings.worker_processes):
         name = f"worker-{index}"
-        worker = ManagedProcess(name, [sys.executable, "-m", "worker"], logs / f"{name}.log", env)
+        # Each worker its own ports, free now: the URLs are in dev.json.
+        herald_port, sdk_port = free_port(), free_port()
+        worker_env = {
+            **env,
+            "HERALD_WORKER_METRICS_PORT": str(herald_port),
+            "HERALD_TEMPORAL_METRICS_PORT": str(sdk_port),
+        }
+        worker = ManagedProcess(
+            name, [sys.executable, "-m", "worker"], logs / f"{name}.log", worker_env
+        )
         processes.append(worker.start())
+        base = f"http://{settings.metrics_host}"
+        workers.append((worker, f"{base}:{herald_port}/healthz"))
+        metrics_urls[f"worker_{index}_metrics_url"] = f"{base}:{herald_port}/metrics"
+        metrics_urls[f"worker_{index}_temporal_metrics_url"] = f"{base}:{sdk_port}/metrics"
     api = ManagedProcess(
         "api",
         [
@@ -146,12 +163,16 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
     )
     processes.append(api.start())
     api.wait_until(lambda: http_ok(f"{settings.api_url}/readyz"), READY_TIMEOUT)
+    for worker, health_url in workers:
+        worker.wait_until(functools.partial(http_ok, health_url), READY_TIMEOUT)
     info = {
         **dev,
         "api_url": settings.api_url,
         "docs_url": f"{settings.api_url}/docs",
         "temporal_ui_url": settings.temporal_ui_base,
         "emulator_url": settings.carrier_url,
+        "api_metrics_url": f"{settings.api_url}/metrics",
+        **metrics_urls,
         "logs": str(logs),
     }
     dev_file.write_text(json.dumps(info, indent=2) + "\n")

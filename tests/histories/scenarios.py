@@ -16,6 +16,7 @@ from temporalio.client import Client, WorkflowHistory
 from settings import Settings
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.conversations import TIMERS, timed_out
 from tests.support.sending import (
     conversation_when,
     inbound_form,
@@ -24,7 +25,6 @@ from tests.support.sending import (
     send_ok,
 )
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client
-from tests.test_conversation_timers import TIMERS, timed_out
 from workflows.contracts import batch_workflow_id, conversation_workflow_id
 
 HISTORIES = Path(__file__).parent

@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from api.app import create_app
 from settings import Settings
+from tracing import Tracing
 
 AUTH_TOKEN = "dev-auth-token"
 SENDER = "+15005550006"
@@ -21,9 +22,11 @@ WAIT_SECONDS = 60
 
 
 @asynccontextmanager
-async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def api_client(
+    settings: Settings, tracing: Tracing | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
     """The real FastAPI app, lifespan included, over an in-process transport."""
-    app = create_app(settings)
+    app = create_app(settings, tracing)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:

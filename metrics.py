@@ -1,0 +1,141 @@
+"""Herald's own Prometheus series (the Temporal SDK's come from its runtime, see
+`temporal_client.temporal_runtime`).
+
+Each process, and each worker or app a test starts in one process, has its own registry:
+counts never mix between two of them.
+"""
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+# Carrier round trips: tens of milliseconds against the emulator, up to the 30 s timeout.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Pacing waits: none for an unlimited sender, up to seconds for one at 1 message a second.
+PACING_BUCKETS = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
+# A worker whose event loop has not turned this long is stuck: its probe fails.
+STALL_SECONDS = 15.0
+
+
+@dataclass
+class WorkerMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.messages = Counter(
+            "herald_messages",
+            "Messages a send activity finished with, by outcome (the ledger's verdict), the"
+            " carrier's error code (empty when none) and sender number.",
+            ["outcome", "error_code", "sender"],
+            registry=self.registry,
+        )
+        self.carrier_latency = Histogram(
+            "herald_carrier_request_seconds",
+            "Duration of one carrier request (send a message), by outcome.",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.pacing_delay = Histogram(
+            "herald_pacing_delay_seconds",
+            "How long a message waited for its sender's rate limit before its request.",
+            buckets=PACING_BUCKETS,
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "herald_webhook_deliveries",
+            "Status webhook posts, by result: delivered (2xx), gone (410), failed (anything"
+            " else, retried unless it was the last attempt).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.batches = Counter(
+            "herald_batches",
+            "Batch status changes recorded, by the status entered.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.validation_rows = Counter(
+            "herald_validation_rows",
+            "Recipient rows validated, by result: accepted (to be sent), skipped (an opt-out,"
+            " a duplicate) or rejected;"
+            " rate() is the validation's rows per second.",
+            ["result"],
+            registry=self.registry,
+        )
+
+
+@dataclass
+class ApiMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "herald_api_requests",
+            "HTTP requests answered, by method, route (its template) and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "herald_api_request_seconds",
+            "Time to the start of the reply, by method and route.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds are not worth a line each (nor a non-JSON one)."""
+
+
+@dataclass
+class MetricsServer:
+    """The worker's metrics endpoint, in a thread: `/healthz` answers 200 while the worker's
+    event loop turns (503 once it has not for STALL_SECONDS), any other path the registry's
+    series."""
+
+    registry: CollectorRegistry
+    host: str
+    port: int
+    last_tick: float = field(default_factory=time.monotonic)
+    _series: Callable[..., list[bytes]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._series = make_wsgi_app(self.registry)
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            stalled = time.monotonic() - self.last_tick > STALL_SECONDS
+            start_response("503 Service Unavailable" if stalled else "200 OK", [])
+            return [b"stalled\n" if stalled else b"ok\n"]
+        return self._series(environ, start_response)
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        server = make_server(
+            self.host, self.port, self._app, ThreadingWSGIServer, handler_class=_QuietHandler
+        )
+        thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+        thread.start()
+        ticking = asyncio.create_task(self._tick())
+        try:
+            yield
+        finally:
+            ticking.cancel()
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()
+
+    async def _tick(self) -> None:
+        while True:
+            self.last_tick = time.monotonic()
+            await asyncio.sleep(1)

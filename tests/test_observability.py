@@ -1,0 +1,197 @@
+"""Metrics and logs of real processes: a worker and an API started as `make run` starts them
+(on the session's PostgreSQL, Temporal and emulator, with a task queue of their own), a batch
+through them, then their metrics endpoints scraped and their output read."""
+
+import asyncio
+import json
+import os
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from deploy.local.processes import ManagedProcess, free_port, http_ok
+from metrics import STALL_SECONDS, MetricsServer, WorkerMetrics
+from settings import Settings
+from tests.support.batches import run_batch
+from tests.support.builders import unique_numbers
+from tests.support.stack import AUTH_TOKEN, Account, WebhookReceiver
+
+ROWS = 7
+DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana" / "herald-dashboard.json"
+SERIES = re.compile(r"\b(?:herald|temporal)_[a-z_]+")
+READY_SECONDS = 60
+
+
+@dataclass
+class Processes:
+    api_url: str
+    worker_metrics_url: str
+    temporal_metrics_url: str
+    worker: ManagedProcess
+    api: ManagedProcess
+
+
+@pytest.fixture(scope="module")
+def processes(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    logs = tmp_path_factory.mktemp("observed")
+    api_port, worker_port, sdk_port = free_port(), free_port(), free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("HERALD_")},
+        "HERALD_HOME": str(logs),
+        "HERALD_DATABASE_URL": settings.dsn,
+        "HERALD_TEMPORAL_ADDRESS": settings.temporal_target,
+        "HERALD_TWILIO_API_URL": settings.carrier_url,
+        "HERALD_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "HERALD_API_PORT": str(api_port),
+        "HERALD_TASK_QUEUE": f"herald-observed-{uuid.uuid4().hex[:8]}",
+        "HERALD_ALLOW_LOOPBACK_WEBHOOKS": "true",
+        "HERALD_WORKER_METRICS_PORT": str(worker_port),
+        "HERALD_TEMPORAL_METRICS_PORT": str(sdk_port),
+    }
+    worker = ManagedProcess("worker", [sys.executable, "-m", "worker"], logs / "worker.log", env)
+    api = ManagedProcess(
+        "api",
+        [
+            *(sys.executable, "-m", "uvicorn", "--factory", "api.app:app_from_env"),
+            *("--host", "127.0.0.1", "--port", str(api_port)),
+        ],
+        logs / "api.log",
+        env,
+    )
+    observed = Processes(
+        api_url=f"http://127.0.0.1:{api_port}",
+        worker_metrics_url=f"http://127.0.0.1:{worker_port}/metrics",
+        temporal_metrics_url=f"http://127.0.0.1:{sdk_port}/metrics",
+        worker=worker,
+        api=api,
+    )
+    try:
+        worker.start()
+        api.start()
+        worker.wait_until(lambda: http_ok(f"http://127.0.0.1:{worker_port}/healthz"), READY_SECONDS)
+        api.wait_until(lambda: http_ok(f"{observed.api_url}/readyz"), READY_SECONDS)
+        yield observed
+    finally:
+        api.stop()
+        worker.stop()
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a scrape, by name and labels."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(
+    scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    """The sum of `name`'s samples whose labels include `labels` (0 when none)."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in scraped.items() if n == name and wanted <= ls)
+
+
+async def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(url)
+    assert response.status_code == 200, response.text
+    return samples(response.text)
+
+
+async def test_a_batch_shows_in_both_processes_metrics_and_json_logs(
+    processes: Processes, account: Account, webhooks: WebhookReceiver
+) -> None:
+    async with httpx.AsyncClient(base_url=processes.api_url) as api:
+        _, events = await run_batch(api, account, webhooks, unique_numbers(ROWS))
+    assert events[-1]["status"] == "completed", events
+    batch_id = str(events[-1]["batch_id"])
+
+    worker = await scrape(processes.worker_metrics_url)
+    sender = account.agent_number
+    assert value(worker, "herald_messages_total", outcome="sent", sender=sender) == ROWS
+    assert value(worker, "herald_messages_total", sender=sender) == ROWS
+    assert value(worker, "herald_carrier_request_seconds_count", outcome="sent") == ROWS
+    assert value(worker, "herald_pacing_delay_seconds_count") == ROWS
+    assert value(worker, "herald_validation_rows_total", result="accepted") == ROWS
+    assert value(worker, "herald_batches_total", status="completed") == 1
+    assert value(worker, "herald_webhook_deliveries_total", result="delivered") >= 2
+
+    api_series = await scrape(f"{processes.api_url}/metrics")
+    batch_posts = value(
+        api_series, "herald_api_requests_total", method="POST", route="/v1/sms/batch", status="200"
+    )
+    assert batch_posts == 1
+
+    sdk = await scrape(processes.temporal_metrics_url)
+    assert value(sdk, "temporal_activity_execution_latency_count", activity_type="send_slice") >= 1
+    assert value(sdk, "temporal_workflow_completed_total", workflow_type="BatchWorkflow") == 1
+
+    # Every series the Grafana dashboard queries is one these processes serve.
+    served = {name for scraped in (worker, api_series, sdk) for name, _ in scraped}
+    assert dashboard_series() - served == set()
+
+    worker_lines = _json_lines(processes.worker.log_path)
+    api_lines = _json_lines(processes.api.log_path)
+    # `activity` and `workflow_id` come from the worker's interceptor, not the log call.
+    status_lines = [
+        line
+        for line in worker_lines
+        if line.get("activity") == "record_status" and line.get("batch_id") == batch_id
+    ]
+    assert status_lines, worker_lines
+    assert all(line.get("workflow_id") for line in status_lines), status_lines
+    assert any("request_id" in line for line in api_lines), api_lines
+    # uvicorn's own lines, through the standard library.
+    assert any(line.get("logger") == "uvicorn.access" for line in api_lines), api_lines
+
+
+def dashboard_series() -> set[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    names = {name for query in queries for name in SERIES.findall(query)}
+    assert len(names) > 5, names
+    return names
+
+
+def _json_lines(path: Path) -> list[dict[str, object]]:
+    """Every line of a process's output (stdout and stderr), parsed; fails on one that is
+    not JSON."""
+    lines = path.read_text().splitlines()
+    assert lines
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"not JSON in {path.name}: {line!r}")
+    return parsed
+
+
+async def test_the_worker_metrics_port_fails_its_probe_while_the_event_loop_is_stuck() -> None:
+    server = MetricsServer(WorkerMetrics().registry, "127.0.0.1", free_port())
+    url = f"http://127.0.0.1:{server.port}"
+    async with server.serving():
+        server.last_tick -= STALL_SECONDS + 1
+        stuck = _get_blocking(f"{url}/healthz")
+        await asyncio.sleep(1.5)
+        turning = _get_blocking(f"{url}/healthz")
+        series = _get_blocking(f"{url}/metrics")
+
+    assert stuck.status_code == 503
+    assert turning.status_code == 200
+    assert "herald_messages_total" in series.text
+
+
+def _get_blocking(url: str) -> httpx.Response:
+    """Blocks the calling event loop on purpose: it plays the stuck worker's loop, which the
+    metrics server, in its own thread, must answer for."""
+    return httpx.get(url)

@@ -1,0 +1,47 @@
+"""OpenTelemetry traces, off unless OTEL_EXPORTER_OTLP_ENDPOINT is set: the API's requests
+(FastAPI's instrumentation) and, through Temporal's TracingInterceptor on the client, the
+workflows they start and those workflows' activities, in one trace. The exporter reads the
+standard OTEL_* variables (endpoint, headers, service name)."""
+
+import os
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from temporalio.client import Interceptor
+from temporalio.contrib.opentelemetry import TracingInterceptor
+
+ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
+
+
+@dataclass(frozen=True)
+class Tracing:
+    """Where a process's spans go; `None` for a process that traces nothing."""
+
+    provider: TracerProvider
+
+    @classmethod
+    def from_env(cls, service: str) -> "Tracing | None":
+        if not os.environ.get(ENDPOINT_VARIABLE):
+            return None
+        # Attributes given here would win over OTEL_SERVICE_NAME: it is read first.
+        name = os.environ.get("OTEL_SERVICE_NAME") or service
+        resource = Resource.create({SERVICE_NAME: name})
+        provider = TracerProvider(resource=resource)
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        return cls(provider)
+
+    def interceptors(self) -> list[Interceptor]:
+        """For the Temporal client; a worker built on that client takes them too."""
+        return [TracingInterceptor(self.provider.get_tracer("herald"))]
+
+    def instrument(self, app: FastAPI) -> None:
+        FastAPIInstrumentor.instrument_app(app, tracer_provider=self.provider)
+
+
+def client_interceptors(tracing: "Tracing | None") -> list[Interceptor]:
+    return [] if tracing is None else tracing.interceptors()
