@@ -1,0 +1,5 @@
+-- Alphanumeric sender IDs (issue 17) are senders like numbers: in the same table, so the
+-- unique index on `number` gives each one owner and `mps` paces it. `kind` tells them apart:
+-- a sender ID only sends (it receives no replies, so inbound never finds it).
+ALTER TABLE sender_numbers ADD COLUMN kind text NOT NULL DEFAULT 'number'
+    CHECK (kind IN ('number', 'sender_id'));
