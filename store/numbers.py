@@ -30,20 +30,23 @@ async def add_number(
 ) -> dict | None:
     """Register a sender (`kind` "number", or "sender_id" for an alphanumeric ID), or update
     the account's own registration of it; None when another account holds it (the unique
-    index on `number` decides, so concurrent claims cannot both win)."""
-    row = await pool.fetchrow(
-        "INSERT INTO sender_numbers (account_id, number, channel, mps, webhook, kind)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (number) DO UPDATE"
-        " SET channel = EXCLUDED.channel, mps = EXCLUDED.mps, webhook = EXCLUDED.webhook"
-        " WHERE sender_numbers.account_id = EXCLUDED.account_id"
-        f" RETURNING {_COLUMNS}",
-        account_id,
-        number,
-        channel,
-        mps,
-        webhook,
-        kind,
-    )
+    indexes decide, so concurrent claims cannot both win), or an ID differing only in case."""
+    try:
+        row = await pool.fetchrow(
+            "INSERT INTO sender_numbers (account_id, number, channel, mps, webhook, kind)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (number) DO UPDATE"
+            " SET channel = EXCLUDED.channel, mps = EXCLUDED.mps, webhook = EXCLUDED.webhook"
+            " WHERE sender_numbers.account_id = EXCLUDED.account_id"
+            f" RETURNING {_COLUMNS}",
+            account_id,
+            number,
+            channel,
+            mps,
+            webhook,
+            kind,
+        )
+    except asyncpg.UniqueViolationError:
+        return None
     return dict(row) if row else None
 
 

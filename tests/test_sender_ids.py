@@ -47,8 +47,9 @@ async def test_a_sender_id_has_one_owner(
     other = Account(
         account_id=other_id, key=(await create_api_key(pool, other_id)).key, agent_number=""
     )
-    taken = await register(api, other, id_account.agent_number)
-    assert (taken.status_code, error_code(taken)) == (409, "SENDER_TAKEN")
+    for variant in (id_account.agent_number, id_account.agent_number.upper()):
+        taken = await register(api, other, variant)
+        assert (taken.status_code, error_code(taken)) == (409, "SENDER_TAKEN"), variant
 
     listed = await api.get("/v1/sms/numbers", headers=id_account.headers)
     kinds = {n["number"]: n["kind"] for n in listed.json()["data"]}
@@ -104,6 +105,17 @@ async def test_a_batch_from_a_sender_id_sends_it_as_from_and_skips_opt_outs(
     assert rows[recipients[0]] == "skipped", rows
     listed = await api.get("/v1/sms/conversations", headers=id_account.headers)
     assert listed.json()["data"]["conversations"] == []
+
+
+async def test_a_sender_id_takes_no_webhook_later_either(
+    api: httpx.AsyncClient, id_account: Account
+) -> None:
+    response = await api.patch(
+        f"/v1/sms/numbers/{id_account.agent_number}",
+        headers=id_account.headers,
+        json={"webhook": "https://example.com/hook"},
+    )
+    assert (response.status_code, error_code(response)) == (400, "INVALID_SENDER_ID")
 
 
 async def test_a_sender_id_is_paced_by_its_own_limit(

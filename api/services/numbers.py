@@ -51,7 +51,10 @@ async def add_number(
         await require_carrier_owns(number, body.channel, settings)
     row = await numbers.add_number(pool, account_id, number, body.channel, mps, webhook, kind)
     if row is None:
-        raise SenderTaken(f"{number} is registered by another account")
+        raise SenderTaken(
+            f"{number} is registered by another account"
+            + (" (sender IDs are one sender whatever their case)" if kind == "sender_id" else "")
+        )
     return row
 
 
@@ -69,6 +72,8 @@ async def update_number(
 ) -> dict:
     normalised = to_sender(number) or number
     changes = body.model_dump(mode="json", include=body.model_fields_set)
+    if is_sender_id(normalised):
+        _require_sms_only(normalised, "sms", changes.get("webhook"))
     await require_safe_webhook(changes.get("webhook"), settings)
     row = await numbers.update_number(pool, account_id, normalised, changes)
     if row is None:
