@@ -38,7 +38,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in (
         (400, "The request is invalid (see `errors[].error`)"),
         (401, "Missing, unknown or revoked API key"),
-        (403, "Refused"),
+        (403, "Refused: the key lacks this route's permission (`FORBIDDEN`)"),
         (404, "Not found in this account"),
         (409, "Conflicts with the resource's state"),
         (413, "The body is too large"),

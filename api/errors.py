@@ -27,6 +27,13 @@ class Unauthorized(HeraldError):
     code = "UNAUTHORIZED"
 
 
+class Forbidden(HeraldError):
+    """A known key without the permission the route needs."""
+
+    status_code = 403
+    code = "FORBIDDEN"
+
+
 class InvalidRequest(HeraldError):
     code = "INVALID_REQUEST"
 
@@ -81,9 +88,10 @@ MOBIVATE_ERROR_NAMES = {
 def mobivate_error(
     status_code: int, errors: list[dict[str, Any]], headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    """The dialect's envelope. A missing or bad key is its documented 403, word for word;
-    any other failure keeps its status and names Herald's code and every problem."""
-    if status_code == Unauthorized.status_code:
+    """The dialect's envelope. A missing or bad key, or a key without the permission, is its
+    documented 403, word for word; any other failure keeps its status and names Herald's code
+    and every problem."""
+    if status_code in (Unauthorized.status_code, Forbidden.status_code):
         error: dict[str, Any] = {"name": "AuthenticationError", "statusCode": 403}
         content = {"success": False, "error": error}
         return JSONResponse(status_code=403, content=content, headers=headers)

@@ -15,7 +15,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from activities.recipients.phones import to_e164
+from activities.recipients.phones import to_sender
 from api.models import RequestBody
 
 # What link shortening would have replaced; until Herald shortens links, a batch that has
@@ -125,7 +125,7 @@ class MobivateBatchRequest(MobivateModel):
 
 
 def _sender(originator: str) -> str:
-    return to_e164(originator, require_valid=False) or originator.strip()
+    return to_sender(originator) or originator.strip()
 
 
 class MobivateRecord(MobivateModel):

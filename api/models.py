@@ -147,7 +147,12 @@ class AttachedFile(BaseModel):
 
 
 class NumberRequest(RequestBody):
-    number: str = Field(min_length=1, description="E.164 sender number, e.g. +15551234567.")
+    number: str = Field(
+        min_length=1,
+        description="E.164 sender number, e.g. +15551234567, or an alphanumeric sender ID"
+        " (1 to 11 letters, digits or spaces, at least one letter, e.g. `Acme`): SMS only,"
+        " it sends batches but receives no replies.",
+    )
     channel: Literal["sms", "whatsapp"] = "sms"
     mps: float | None = Field(
         None,
@@ -178,6 +183,7 @@ class NumberUpdate(RequestBody):
 
 class SenderNumber(BaseModel):
     number: str
+    kind: Literal["number", "sender_id"]
     channel: str
     mps: float | None
     webhook: str | None

@@ -1,4 +1,5 @@
-"""`herald`: the operators' command line; `herald keys create|list|revoke` manages API keys.
+"""`herald`: the operators' command line; `herald keys create|list|revoke` manages API keys
+(`create --permission ...` limits what a key may do).
 
 It talks to PostgreSQL directly (`HERALD_DATABASE_URL`), so it works without the API running
 and needs the database credentials, which is what makes it an operator tool.
@@ -25,6 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     owner = create.add_mutually_exclusive_group(required=True)
     owner.add_argument("--account", type=uuid.UUID, help="an existing account's id")
     owner.add_argument("--account-name", help="create a new account with this name")
+    create.add_argument(
+        "--permission",
+        action="append",
+        choices=accounts.PERMISSIONS,
+        help="what the key may do (repeatable); without any, the key may do everything",
+    )
     listing = keys.add_parser("list", help="list keys (never the keys themselves)")
     listing.add_argument("--account", type=uuid.UUID, help="only this account's keys")
     revoke = keys.add_parser("revoke", help="revoke a key: requests with it get 401 at once")
@@ -40,21 +47,25 @@ async def _create(pool: asyncpg.Pool, args: argparse.Namespace) -> int:
     else:
         sys.stderr.write(f"no account {args.account}\n")
         return 1
-    new = await accounts.create_api_key(pool, account_id)
+    new = await accounts.create_api_key(pool, account_id, args.permission)
+    permissions = ",".join(args.permission) if args.permission else "all"
     sys.stdout.write(
         f"account_id: {new.account_id}\nkey_id: {new.key_id}\nkey: {new.key}\n"
+        f"permissions: {permissions}\n"
         "The key is shown only now: store it safely.\n"
     )
     return 0
 
 
 async def _list(pool: asyncpg.Pool, args: argparse.Namespace) -> int:
-    sys.stdout.write("key_id\taccount_id\tprefix\tcreated_at\trevoked_at\n")
+    sys.stdout.write("key_id\taccount_id\tprefix\tcreated_at\trevoked_at\tpermissions\n")
     for key in await accounts.list_api_keys(pool, args.account):
         revoked = key["revoked_at"].isoformat() if key["revoked_at"] else "-"
+        granted = key["permissions"]
+        permissions = "all" if granted is None else ",".join(granted) or "none"
         sys.stdout.write(
             f"{key['id']}\t{key['account_id']}\t{key['prefix']}\t"
-            f"{key['created_at'].isoformat()}\t{revoked}\n"
+            f"{key['created_at'].isoformat()}\t{revoked}\t{permissions}\n"
         )
     return 0
 

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -15,12 +16,42 @@ KEY_PREFIX = "hk_"
 _PREFIX_LEN = 12
 WEBHOOK_SECRET_PREFIX = "whsec_"
 
+# What a key may be allowed, one permission per group of routes (docs/SECURITY.md lists the
+# routes of each). Herald's own routes use `<group>:read|write`; the Mobivate dialect's use
+# its documented `<action>:<record type>` names.
+PERMISSIONS: tuple[str, ...] = (
+    "files:write",
+    "batches:read",
+    "batches:write",
+    "send:write",
+    "numbers:read",
+    "numbers:write",
+    "conversations:read",
+    "opt_outs:read",
+    "opt_outs:write",
+    "webhooks:read",
+    "webhooks:write",
+    "create:BatchSMS",
+    "read:BatchSMS",
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class NewKey:
     account_id: uuid.UUID
     key_id: uuid.UUID
     key: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyGrant:
+    """An unrevoked key's account and permissions; `permissions` None means all of them."""
+
+    account_id: uuid.UUID
+    permissions: frozenset[str] | None
+
+    def allows(self, permission: str) -> bool:
+        return self.permissions is None or permission in self.permissions
 
 
 def _hash(key: str) -> bytes:
@@ -33,31 +64,45 @@ async def create_account(pool: asyncpg.Pool, name: str) -> uuid.UUID:
     return account_id
 
 
-async def create_api_key(pool: asyncpg.Pool, account_id: uuid.UUID) -> NewKey:
+async def create_api_key(
+    pool: asyncpg.Pool, account_id: uuid.UUID, permissions: Sequence[str] | None = None
+) -> NewKey:
+    """A new key with the given permissions (names from PERMISSIONS), or all when None."""
+    unknown = set(permissions or ()) - set(PERMISSIONS)
+    if unknown:
+        raise ValueError(f"unknown permissions: {', '.join(sorted(unknown))}")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = uuid.uuid4()
     await pool.execute(
-        "INSERT INTO api_keys (id, account_id, prefix, key_hash) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO api_keys (id, account_id, prefix, key_hash, permissions)"
+        " VALUES ($1, $2, $3, $4, $5)",
         key_id,
         account_id,
         key[:_PREFIX_LEN],
         _hash(key),
+        None if permissions is None else sorted(set(permissions)),
     )
     return NewKey(account_id=account_id, key_id=key_id, key=key)
 
 
-async def account_for_key(pool: asyncpg.Pool, key: str) -> uuid.UUID | None:
-    """The account owning an unrevoked key, compared in constant time; None if none."""
+async def grant_for_key(pool: asyncpg.Pool, key: str) -> KeyGrant | None:
+    """The account and permissions of an unrevoked key, compared in constant time; None if
+    there is no such key."""
     if not key.startswith(KEY_PREFIX):
         return None
     rows = await pool.fetch(
-        "SELECT account_id, key_hash FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL",
+        "SELECT account_id, key_hash, permissions FROM api_keys"
+        " WHERE prefix = $1 AND revoked_at IS NULL",
         key[:_PREFIX_LEN],
     )
     digest = _hash(key)
     for row in rows:
         if hmac.compare_digest(row["key_hash"], digest):
-            return row["account_id"]
+            granted = row["permissions"]
+            return KeyGrant(
+                account_id=row["account_id"],
+                permissions=None if granted is None else frozenset(granted),
+            )
     return None
 
 
@@ -66,9 +111,10 @@ async def account_exists(pool: asyncpg.Pool, account_id: uuid.UUID) -> bool:
 
 
 async def list_api_keys(pool: asyncpg.Pool, account_id: uuid.UUID | None = None) -> list[dict]:
-    """Keys by creation time, never their secret part: id, account, prefix, created, revoked."""
+    """Keys by creation time, never their secret part: id, account, prefix, created, revoked,
+    permissions (None for all)."""
     rows = await pool.fetch(
-        "SELECT id, account_id, prefix, created_at, revoked_at FROM api_keys"
+        "SELECT id, account_id, prefix, created_at, revoked_at, permissions FROM api_keys"
         " WHERE $1::uuid IS NULL OR account_id = $1 ORDER BY created_at, id",
         account_id,
     )

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-_COLUMNS = "number, channel, mps, webhook, created_at"
+_COLUMNS = "number, kind, channel, mps, webhook, created_at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,22 +26,27 @@ async def add_number(
     channel: str,
     mps: float | None,
     webhook: str | None = None,
+    kind: str = "number",
 ) -> dict | None:
-    """Register a number, or update the account's own registration of it; None when another
-    account holds it (the unique index on `number` decides, so concurrent claims cannot both
-    win)."""
-    row = await pool.fetchrow(
-        "INSERT INTO sender_numbers (account_id, number, channel, mps, webhook)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (number) DO UPDATE"
-        " SET channel = EXCLUDED.channel, mps = EXCLUDED.mps, webhook = EXCLUDED.webhook"
-        " WHERE sender_numbers.account_id = EXCLUDED.account_id"
-        f" RETURNING {_COLUMNS}",
-        account_id,
-        number,
-        channel,
-        mps,
-        webhook,
-    )
+    """Register a sender (`kind` "number", or "sender_id" for an alphanumeric ID), or update
+    the account's own registration of it; None when another account holds it (the unique
+    indexes decide, so concurrent claims cannot both win), or an ID differing only in case."""
+    try:
+        row = await pool.fetchrow(
+            "INSERT INTO sender_numbers (account_id, number, channel, mps, webhook, kind)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (number) DO UPDATE"
+            " SET channel = EXCLUDED.channel, mps = EXCLUDED.mps, webhook = EXCLUDED.webhook"
+            " WHERE sender_numbers.account_id = EXCLUDED.account_id"
+            f" RETURNING {_COLUMNS}",
+            account_id,
+            number,
+            channel,
+            mps,
+            webhook,
+            kind,
+        )
+    except asyncpg.UniqueViolationError:
+        return None
     return dict(row) if row else None
 
 
@@ -123,5 +128,8 @@ async def delete_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) 
 
 
 async def owner_of_number(pool: asyncpg.Pool, number: str) -> uuid.UUID | None:
-    """The account that holds a sender (inbound routing), if any does."""
-    return await pool.fetchval("SELECT account_id FROM sender_numbers WHERE number = $1", number)
+    """The account that holds a sender number (inbound routing), if any does. Never a sender
+    ID's: nobody can reply to one, so a message "to" it is no one's."""
+    return await pool.fetchval(
+        "SELECT account_id FROM sender_numbers WHERE number = $1 AND kind = 'number'", number
+    )

@@ -181,7 +181,7 @@ async def test_sender_numbers_are_added_listed_and_removed(
     added = await api.post(
         "/v1/sms/numbers", headers=account.headers, json={"number": "12015550199"}
     )
-    invalid = await api.post("/v1/sms/numbers", headers=account.headers, json={"number": "abc"})
+    invalid = await api.post("/v1/sms/numbers", headers=account.headers, json={"number": "abc!"})
     listed = (await api.get("/v1/sms/numbers", headers=account.headers)).json()["data"]
     removed = await api.delete("/v1/sms/numbers/+12015550199", headers=account.headers)
     again = await api.delete("/v1/sms/numbers/+12015550199", headers=account.headers)

@@ -17,7 +17,7 @@ from store.accounts import create_account, create_api_key
 from tests.support.batches import FINAL
 from tests.support.builders import attach, csv_bytes, unique_numbers
 from tests.support.sending import eventually
-from tests.support.stack import app_routes
+from tests.support.stack import PUBLIC_ROUTES, app_routes
 
 
 @dataclass(frozen=True)
@@ -78,28 +78,10 @@ OWN: dict[tuple[str, str], str] = {
     ("GET", "/v1/webhooks/secret"): "the caller's signing secret's dates",
     ("POST", "/v1/webhooks/secret/rotate"): "rotates the caller's signing secret",
 }
-# Routes without a key, and why.
-PUBLIC: dict[tuple[str, str], str] = {
-    ("GET", "/healthz"): "liveness",
-    ("GET", "/readyz"): "readiness",
-    (
-        "POST",
-        "/v1/webhooks/twilio/inbound",
-    ): "the carrier's webhook, signed with X-Twilio-Signature",
-    (
-        "POST",
-        "/v1/webhooks/twilio/status",
-    ): "the carrier's delivery receipts, signed with X-Twilio-Signature",
-    ("GET", "/metrics"): "counts by route and status, for Prometheus",
-    ("GET", "/openapi.json"): "the schema",
-    ("GET", "/docs"): "the schema, as a page",
-    ("GET", "/docs/oauth2-redirect"): "part of the schema page",
-    ("GET", "/redoc"): "the schema, as a page",
-}
 
 
 def test_the_matrix_names_every_route_once() -> None:
-    listed = [*SCOPED, *DIALECT, *LISTS, *OWN, *PUBLIC]
+    listed = [*SCOPED, *DIALECT, *LISTS, *OWN, *PUBLIC_ROUTES]
     assert len(listed) == len(set(listed)), "a route is in two tables"
     assert set(listed) == app_routes()
 

@@ -84,3 +84,26 @@ async def test_missing_malformed_or_guessed_keys_get_401(api: httpx.AsyncClient)
         response = await api.get("/v1/sms/batches", headers=headers)
         assert response.status_code == 401, headers
         assert response.json()["errors"][0]["error"] == "UNAUTHORIZED"
+
+
+async def test_permissions_given_on_the_command_line_limit_the_key(
+    settings: Settings, api: httpx.AsyncClient
+) -> None:
+    created = herald(
+        settings,
+        *("keys", "create", "--account-name", "cli-perms"),
+        *("--permission", "batches:read", "--permission", "create:BatchSMS"),
+    )
+    assert created.returncode == 0, created.stderr
+    assert field(created.stdout, "permissions") == "batches:read,create:BatchSMS"
+    headers = {"authorization": field(created.stdout, "key")}
+
+    assert (await api.get("/v1/sms/batches", headers=headers)).status_code == 200
+    refused = await api.get("/v1/sms/numbers", headers=headers)
+    assert refused.status_code == 403
+    assert refused.json()["errors"][0]["error"] == "FORBIDDEN"
+    listed = herald(settings, "keys", "list", "--account", field(created.stdout, "account_id"))
+    assert listed.stdout.rstrip().endswith("\tbatches:read,create:BatchSMS"), listed.stdout
+
+    unknown = herald(settings, "keys", "create", "--account-name", "x", "--permission", "all")
+    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr

@@ -271,3 +271,22 @@ def _desc(desc: PhoneNumberDesc | None, within: Sequence[int] | None) -> Desc | 
     else:
         checked = tuple(sorted(lengths)) if lengths else None
     return Desc(checked, desc.national_number_pattern)
+
+
+# An alphanumeric sender ID as carriers take it: 1 to 11 letters, digits or spaces, at least
+# one letter (so it is never read as a number, and no number is read as one).
+_SENDER_ID = re.compile(r"(?=[A-Za-z0-9 ]*[A-Za-z])[A-Za-z0-9 ]{1,11}")
+
+
+def is_sender_id(sender: str) -> bool:
+    return _SENDER_ID.fullmatch(sender) is not None
+
+
+def to_sender(raw: str) -> str | None:
+    """A sender as Herald stores and sends it: an alphanumeric sender ID as written (outer
+    spaces dropped), or a number's E.164 form; None when it is neither. Letters make it an ID
+    before phonenumbers could read them as a vanity number's digits."""
+    stripped = raw.strip()
+    if any(c.isalpha() for c in stripped):
+        return stripped if is_sender_id(stripped) else None
+    return to_e164(stripped, require_valid=False)

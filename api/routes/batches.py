@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import AccountId, AppSettings, Pool, Temporal
+from api.deps import AppSettings, BatchesRead, BatchesWrite, Pool, Temporal
 from api.input_checks import INT32_MAX, INT64_MAX
 from api.models import (
     BatchControl,
@@ -31,7 +31,11 @@ router = APIRouter(tags=["batches"])
 
 @router.post("/v1/sms/batch", response_model=Envelope[BatchStarted])
 async def create_batch(
-    account_id: AccountId, pool: Pool, temporal: Temporal, settings: AppSettings, body: BatchRequest
+    account_id: BatchesWrite,
+    pool: Pool,
+    temporal: Temporal,
+    settings: AppSettings,
+    body: BatchRequest,
 ) -> dict:
     """Start one BatchWorkflow for a file; answers at once with its `workflow_id`."""
     return {"data": await service.start_batch(pool, temporal, settings, account_id, body)}
@@ -39,7 +43,7 @@ async def create_batch(
 
 @router.get("/v1/sms/batches", response_model=Envelope[BatchList])
 async def list_batches(
-    account_id: AccountId,
+    account_id: BatchesRead,
     pool: Pool,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
@@ -51,14 +55,14 @@ async def list_batches(
 
 @router.get("/v1/sms/batch/{batch_id}", response_model=Envelope[BatchDetail])
 async def get_batch(
-    account_id: AccountId, pool: Pool, settings: AppSettings, batch_id: str
+    account_id: BatchesRead, pool: Pool, settings: AppSettings, batch_id: str
 ) -> dict:
     return {"data": await service.get_batch(pool, settings, account_id, batch_id)}
 
 
 @router.get("/v1/sms/batch/{batch_id}/messages", response_model=Envelope[MessageList])
 async def list_messages(
-    account_id: AccountId,
+    account_id: BatchesRead,
     pool: Pool,
     batch_id: str,
     status: Annotated[str | None, Query(description=f"One of {', '.join(LedgerStatus)}")] = None,
@@ -74,20 +78,20 @@ async def list_messages(
 
 
 @router.get("/v1/sms/batch/{batch_id}/logs", response_model=Envelope[BatchLogs])
-async def batch_logs(account_id: AccountId, pool: Pool, batch_id: str) -> dict:
+async def batch_logs(account_id: BatchesRead, pool: Pool, batch_id: str) -> dict:
     """The lifecycle events, in order, exactly as posted to the status webhook."""
     return {"data": await service.list_events(pool, account_id, batch_id)}
 
 
 @router.get("/v1/sms/batch/{batch_id}/deliveries", response_model=Envelope[WebhookDeliveries])
-async def webhook_deliveries(account_id: AccountId, pool: Pool, batch_id: str) -> dict:
+async def webhook_deliveries(account_id: BatchesRead, pool: Pool, batch_id: str) -> dict:
     """Every attempt to post this batch's events to its status webhook, oldest first."""
     return {"data": await service.list_deliveries(pool, account_id, batch_id)}
 
 
 @router.post("/v1/sms/batch/{batch_id}/cancel", response_model=Envelope[BatchControl])
 async def cancel_batch(
-    account_id: AccountId,
+    account_id: BatchesWrite,
     pool: Pool,
     temporal: Temporal,
     batch_id: str,
@@ -101,14 +105,16 @@ async def cancel_batch(
 
 
 @router.post("/v1/sms/batch/{batch_id}/pause", response_model=Envelope[BatchControl])
-async def pause_batch(account_id: AccountId, pool: Pool, temporal: Temporal, batch_id: str) -> dict:
+async def pause_batch(
+    account_id: BatchesWrite, pool: Pool, temporal: Temporal, batch_id: str
+) -> dict:
     """No new sends until `resume`; the batch's status is `paused` meanwhile."""
     return {"data": await service.signal_batch(pool, temporal, account_id, batch_id, "pause")}
 
 
 @router.post("/v1/sms/batch/{batch_id}/resume", response_model=Envelope[BatchControl])
 async def resume_batch(
-    account_id: AccountId, pool: Pool, temporal: Temporal, batch_id: str
+    account_id: BatchesWrite, pool: Pool, temporal: Temporal, batch_id: str
 ) -> dict:
     """Go on sending from where `pause` stopped; the batch returns to its previous phase."""
     return {"data": await service.signal_batch(pool, temporal, account_id, batch_id, "resume")}
@@ -116,7 +122,7 @@ async def resume_batch(
 
 @router.post("/v1/sms/batch/{batch_id}/retry", response_model=Envelope[BatchControl])
 async def retry_batch(
-    account_id: AccountId,
+    account_id: BatchesWrite,
     pool: Pool,
     temporal: Temporal,
     settings: AppSettings,
@@ -138,7 +144,7 @@ async def retry_batch(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def batch_event_stream(
-    account_id: AccountId,
+    account_id: BatchesRead,
     pool: Pool,
     temporal: Temporal,
     batch_id: str,
@@ -158,7 +164,7 @@ async def batch_event_stream(
     responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV when asked"}},
 )
 async def rejected_rows(
-    account_id: AccountId,
+    account_id: BatchesRead,
     pool: Pool,
     batch_id: str,
     export: Annotated[

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Response
 
 from api.carrier_signature import SignedForm
 from api.conversation_models import ConversationDetail, ConversationList
-from api.deps import AccountId, AppSettings, Pool, Temporal
+from api.deps import AppSettings, ConversationsRead, Pool, Temporal
 from api.input_checks import INT64_MAX
 from api.models import Envelope, Page
 from api.services import conversations as service
@@ -20,7 +20,7 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 @router.get("/v1/sms/conversations", response_model=Envelope[ConversationList])
 async def list_conversations(
-    account_id: AccountId,
+    account_id: ConversationsRead,
     pool: Pool,
     user_number: Annotated[str | None, Query(description="Only with this user.")] = None,
     agent_number: Annotated[str | None, Query(description="Only from this sender.")] = None,
@@ -46,7 +46,7 @@ async def list_conversations(
 
 @router.get("/v1/sms/conversations/{conversation_id}", response_model=Envelope[ConversationDetail])
 async def get_conversation(
-    account_id: AccountId, pool: Pool, settings: AppSettings, conversation_id: str
+    account_id: ConversationsRead, pool: Pool, settings: AppSettings, conversation_id: str
 ) -> dict:
     """One conversation with all its messages, both directions, oldest first."""
     return {"data": await service.get_conversation(pool, settings, account_id, conversation_id)}

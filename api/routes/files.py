@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, UploadFile
 
-from api.deps import AccountId, AppSettings, Pool
+from api.deps import AppSettings, FilesWrite, Pool
 from api.errors import HeraldError
 from api.input_checks import require_storable
 from api.models import AttachedFile, Envelope
@@ -45,7 +45,7 @@ async def _blocks(file: UploadFile) -> AsyncIterator[bytes]:
 @router.post("/v1/files/attach", response_model=Envelope[AttachedFile])
 async def attach_file(
     request: Request,
-    account_id: AccountId,
+    account_id: FilesWrite,
     pool: Pool,
     settings: AppSettings,
     file: UploadFile | None = None,

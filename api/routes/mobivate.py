@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import AppSettings, BearerAccountId, Pool, Temporal
+from api.deps import AppSettings, CreateBatchSMS, Pool, Temporal
 from api.mobivate_models import MobivateBatchAccepted, MobivateBatchRequest, MobivateError
 from api.services import mobivate as service
 
@@ -15,7 +15,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": MobivateError, "description": description}
     for status, description in (
         (400, "The request is invalid: `error.details` lists each problem"),
-        (403, "Missing or unknown API key (`AuthenticationError`)"),
+        (403, "Missing or unknown API key, or one without the permission (`AuthenticationError`)"),
         (404, "The originator is not a registered sender of this account"),
         (413, "The body is too large"),
         (429, "Too many requests with this key; see `Retry-After`"),
@@ -30,7 +30,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=ERROR_RESPONSES,
 )
 async def send_batch(
-    account_id: BearerAccountId,
+    account_id: CreateBatchSMS,
     pool: Pool,
     temporal: Temporal,
     settings: AppSettings,

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from api.deps import AccountId, AppSettings, Pool
+from api.deps import AppSettings, NumbersRead, NumbersWrite, Pool
 from api.models import Envelope, ErrorEnvelope, NumberRequest, NumberUpdate, SenderNumber
 from api.services import numbers as service
 
@@ -16,7 +16,7 @@ router = APIRouter(tags=["numbers"])
     responses={409: {"model": ErrorEnvelope}, 503: {"model": ErrorEnvelope}},
 )
 async def add_number(
-    account_id: AccountId, pool: Pool, settings: AppSettings, body: NumberRequest
+    account_id: NumbersWrite, pool: Pool, settings: AppSettings, body: NumberRequest
 ) -> dict:
     """Register a sending number (E.164) for this account, with its rate limit; registering
     it again changes it. A number another account holds is refused until that one deletes it."""
@@ -25,18 +25,18 @@ async def add_number(
 
 @router.patch("/v1/sms/numbers/{number}", response_model=Envelope[SenderNumber])
 async def update_number(
-    account_id: AccountId, pool: Pool, settings: AppSettings, number: str, body: NumberUpdate
+    account_id: NumbersWrite, pool: Pool, settings: AppSettings, number: str, body: NumberUpdate
 ) -> dict:
     """Change a number's rate limit and/or webhook; sends already paced keep their times."""
     return {"data": await service.update_number(pool, settings, account_id, number, body)}
 
 
 @router.get("/v1/sms/numbers", response_model=Envelope[list[SenderNumber]])
-async def list_numbers(account_id: AccountId, pool: Pool) -> dict:
+async def list_numbers(account_id: NumbersRead, pool: Pool) -> dict:
     return {"data": await service.list_numbers(pool, account_id)}
 
 
 @router.delete("/v1/sms/numbers/{number}", response_model=Envelope[dict[str, str]])
-async def delete_number(account_id: AccountId, pool: Pool, number: str) -> dict:
+async def delete_number(account_id: NumbersWrite, pool: Pool, number: str) -> dict:
     """Unregister a number; batches already running keep sending from it."""
     return {"data": {"deleted": await service.delete_number(pool, account_id, number)}}

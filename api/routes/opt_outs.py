@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import AccountId, Pool
+from api.deps import OptOutsRead, OptOutsWrite, Pool
 from api.models import Envelope, OptOut, OptOutList, OptOutRequest
 from api.services import opt_outs as service
 
@@ -13,7 +13,7 @@ router = APIRouter(tags=["opt-outs"])
 
 @router.get("/v1/opt-outs", response_model=Envelope[OptOutList])
 async def list_opt_outs(
-    account_id: AccountId,
+    account_id: OptOutsRead,
     pool: Pool,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[str, Query(description="Cursor: the last `number` seen.")] = "",
@@ -23,14 +23,14 @@ async def list_opt_outs(
 
 
 @router.post("/v1/opt-outs", status_code=201, response_model=Envelope[OptOut])
-async def add_opt_out(account_id: AccountId, pool: Pool, body: OptOutRequest) -> dict:
+async def add_opt_out(account_id: OptOutsWrite, pool: Pool, body: OptOutRequest) -> dict:
     """Stop messaging a number: later batches skip it, and so do running batches for every
     row not yet sent. Adding a number already listed keeps its first source and time."""
     return {"data": await service.add_opt_out(pool, account_id, body.number)}
 
 
 @router.delete("/v1/opt-outs/{number}", response_model=Envelope[dict[str, str]])
-async def remove_opt_out(account_id: AccountId, pool: Pool, number: str) -> dict:
+async def remove_opt_out(account_id: OptOutsWrite, pool: Pool, number: str) -> dict:
     """Opt a number back in: batches validated from now on send to it; rows already skipped
     stay skipped."""
     return {"data": {"deleted": await service.remove_opt_out(pool, account_id, number)}}

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 
 from api.conversation_models import SendReply, SendRequest
-from api.deps import AccountId, AppSettings, Pool, Temporal
+from api.deps import AppSettings, Pool, SendWrite, Temporal
 from api.models import Envelope
 from api.services import send as service
 
@@ -14,7 +14,7 @@ router = APIRouter(tags=["send"])
 
 @router.post("/v1/sms/send", response_model=Envelope[SendReply])
 async def send_sms(
-    account_id: AccountId,
+    account_id: SendWrite,
     pool: Pool,
     temporal: Temporal,
     settings: AppSettings,

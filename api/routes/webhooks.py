@@ -6,7 +6,7 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.deps import AccountId, AppSettings, Pool
+from api.deps import AppSettings, Pool, WebhooksRead, WebhooksWrite
 from api.models import Envelope
 from api.services import webhook_secrets as service
 
@@ -27,7 +27,7 @@ class WebhookSecret(WebhookSecretState):
 
 
 @router.get("/v1/webhooks/secret", response_model=Envelope[WebhookSecretState])
-async def secret_state(account_id: AccountId, pool: Pool) -> dict:
+async def secret_state(account_id: WebhooksRead, pool: Pool) -> dict:
     """The secret's dates, never the secret: it is shown once, by `rotate`."""
     row = await service.secret_state(pool, account_id)
     return {
@@ -39,7 +39,7 @@ async def secret_state(account_id: AccountId, pool: Pool) -> dict:
 
 
 @router.post("/v1/webhooks/secret/rotate", response_model=Envelope[WebhookSecret])
-async def rotate_secret(account_id: AccountId, pool: Pool, settings: AppSettings) -> dict:
+async def rotate_secret(account_id: WebhooksWrite, pool: Pool, settings: AppSettings) -> dict:
     """Make a new signing secret and return it, this once. Deliveries carry signatures with
     both the new and the previous secret for `webhook_secret_overlap_hours`."""
     row = await service.rotate_secret(pool, settings, account_id)

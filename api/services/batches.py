@@ -16,7 +16,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.recipients.phones import to_e164
+from activities.recipients.phones import to_sender
 from api.errors import HeraldError, InvalidRequest
 from api.models import (
     BatchControl,
@@ -145,7 +145,7 @@ async def start_batch(
     await require_safe_webhook(
         None if body.status_webhook is None else str(body.status_webhook), settings
     )
-    agent_number = to_e164(body.global_.agent_number, require_valid=False)
+    agent_number = to_sender(body.global_.agent_number)
     if agent_number is None or not await numbers.has_number(pool, account_id, agent_number):
         raise AgentNumberNotFound(
             f"{body.global_.agent_number} is not a registered sender of this account"

@@ -4,7 +4,7 @@ import uuid
 
 import asyncpg
 
-from activities.recipients.phones import to_e164
+from activities.recipients.phones import is_sender_id, to_sender
 from api.errors import HeraldError
 from api.models import NumberRequest, NumberUpdate
 from api.services.sender_ownership import require_carrier_owns
@@ -15,6 +15,10 @@ from store import numbers
 
 class InvalidPhoneNumber(HeraldError):
     code = "INVALID_PHONE_NUMBER"
+
+
+class InvalidSenderId(HeraldError):
+    code = "INVALID_SENDER_ID"
 
 
 class NumberNotFound(HeraldError):
@@ -30,24 +34,46 @@ class SenderTaken(HeraldError):
 async def add_number(
     pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, body: NumberRequest
 ) -> dict:
-    number = to_e164(body.number, require_valid=False)
+    number = to_sender(body.number)
     if number is None:
-        raise InvalidPhoneNumber(f"{body.number!r} is not a phone number")
+        raise InvalidPhoneNumber(
+            f"{body.number!r} is neither a phone number nor a sender ID"
+            " (1 to 11 letters, digits or spaces, at least one letter)"
+        )
     mps = body.mps if "mps" in body.model_fields_set else settings.default_sender_mps
     webhook = str(body.webhook) if body.webhook else None
-    await require_safe_webhook(webhook, settings)
-    await require_carrier_owns(number, body.channel, settings)
-    row = await numbers.add_number(pool, account_id, number, body.channel, mps, webhook)
+    kind = "sender_id" if is_sender_id(number) else "number"
+    if kind == "sender_id":
+        _require_sms_only(number, body.channel, webhook)
+    else:
+        await require_safe_webhook(webhook, settings)
+        # The carrier lists the numbers it owns; a sender ID is the carrier account's setting.
+        await require_carrier_owns(number, body.channel, settings)
+    row = await numbers.add_number(pool, account_id, number, body.channel, mps, webhook, kind)
     if row is None:
-        raise SenderTaken(f"{number} is registered by another account")
+        raise SenderTaken(
+            f"{number} is registered by another account"
+            + (" (sender IDs are one sender whatever their case)" if kind == "sender_id" else "")
+        )
     return row
+
+
+def _require_sms_only(sender_id: str, channel: str, webhook: str | None) -> None:
+    """A sender ID only sends SMS: WhatsApp needs a number, and no one can reply to an ID, so
+    it has no conversations to post to a webhook."""
+    if channel != "sms":
+        raise InvalidSenderId(f"sender ID {sender_id!r} can only send SMS, not {channel}")
+    if webhook is not None:
+        raise InvalidSenderId(f"sender ID {sender_id!r} receives no replies: it takes no webhook")
 
 
 async def update_number(
     pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, number: str, body: NumberUpdate
 ) -> dict:
-    normalised = to_e164(number, require_valid=False) or number
+    normalised = to_sender(number) or number
     changes = body.model_dump(mode="json", include=body.model_fields_set)
+    if is_sender_id(normalised):
+        _require_sms_only(normalised, "sms", changes.get("webhook"))
     await require_safe_webhook(changes.get("webhook"), settings)
     row = await numbers.update_number(pool, account_id, normalised, changes)
     if row is None:
@@ -61,7 +87,7 @@ async def list_numbers(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[dict]:
 
 async def delete_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> str:
     """The number removed, normalised as the account's senders hold it."""
-    normalised = to_e164(number, require_valid=False) or number
+    normalised = to_sender(number) or number
     if not await numbers.delete_number(pool, account_id, normalised):
         raise NumberNotFound(f"{number} is not a sender of this account")
     return normalised

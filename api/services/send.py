@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 from temporalio.client import Client
 
-from activities.recipients.phones import to_e164
+from activities.recipients.phones import is_sender_id, to_e164
 from api.conversation_models import STORED_FIELDS, SendReply, SendRequest
 from api.errors import HeraldError
 from api.services.batches import AgentNumberNotFound
@@ -35,6 +35,10 @@ class InvalidTimeoutConfig(HeraldError):
 
 class InvalidUserNumber(HeraldError):
     code = "INVALID_USER_NUMBER"
+
+
+class SenderIdCannotConverse(HeraldError):
+    code = "SENDER_ID_CANNOT_CONVERSE"
 
 
 class IdempotencyKeyReused(HeraldError):
@@ -98,6 +102,11 @@ def prepare(account_id: uuid.UUID, body: SendRequest) -> PreparedSend:
     user_number = to_e164(body.user_number)
     if user_number is None:
         raise InvalidUserNumber(f"{body.user_number!r} is not a valid phone number")
+    if is_sender_id(body.agent_number.strip()):
+        # No one can reply to an alphanumeric ID, so it cannot hold a conversation.
+        raise SenderIdCannotConverse(
+            f"{body.agent_number!r} is a sender ID: it sends batches but cannot converse"
+        )
     agent_number = to_e164(body.agent_number, require_valid=False)
     if agent_number is None:
         raise AgentNumberNotFound(f"{body.agent_number!r} is not a phone number")

@@ -3,7 +3,7 @@
 from typing import Any
 
 from store import numbers
-from store.accounts import account_for_key, create_account, create_api_key
+from store.accounts import create_account, create_api_key, grant_for_key
 from store.db import create_pool, migrate
 
 # Twilio's test "From" number that always succeeds.
@@ -16,9 +16,9 @@ async def ensure_dev_account(dsn: str, known: dict[str, Any]) -> dict[str, Any]:
     try:
         await migrate(pool)
         if known.get("api_key"):
-            account_id = await account_for_key(pool, known["api_key"])
-            if account_id is not None:
-                await numbers.add_number(pool, account_id, known["agent_number"], "sms", None)
+            grant = await grant_for_key(pool, known["api_key"])
+            if grant is not None:
+                await numbers.add_number(pool, grant.account_id, known["agent_number"], "sms", None)
                 return {"api_key": known["api_key"], "agent_number": known["agent_number"]}
         # The sender belongs to one account: when a lost or revoked key's account still holds
         # it, that account gets a new key rather than a new account without a sender.

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import gc
 import random
+import re
 import secrets
 import signal
 import time
@@ -64,6 +65,11 @@ MAGIC_FROM: dict[str, tuple[int, str]] = {
     "+15005550007": (21606, "The 'From' phone number provided is not owned by your account."),
     "+15005550008": (21611, "This 'From' number has exceeded its queue of messages."),
 }
+# A "From" Twilio takes: a number in E.164, or an alphanumeric sender ID (1 to 11 letters,
+# digits or spaces, at least one letter; SMS only).
+VALID_FROM = re.compile(
+    r"(whatsapp:)?\+[1-9][0-9]{1,14}|(?=[A-Za-z0-9 ]*[A-Za-z])[A-Za-z0-9 ]{1,11}"
+)
 # The emulator's account owns every number but these: Twilio's test "From" numbers that are
 # invalid or "not owned by your account".
 NOT_OWNED = frozenset({"+15005550001", "+15005550007"})
@@ -214,6 +220,10 @@ class Carrier:
         if bare_to in MAGIC_TO:
             code, text = MAGIC_TO[bare_to]
             return self._refuse(400, code, text.format(to=to))
+        if from_ and not VALID_FROM.fullmatch(from_):
+            return self._refuse(
+                400, 21212, f"The 'From' number {from_} is not a valid phone number."
+            )
         if from_.removeprefix("whatsapp:") in MAGIC_FROM:
             code, text = MAGIC_FROM[from_.removeprefix("whatsapp:")]
             return self._refuse(400, code, text.format(from_=from_))

@@ -20,6 +20,25 @@ AUTH_TOKEN = "dev-auth-token"
 SENDER = "+15005550006"
 WAIT_SECONDS = 60
 
+# Routes without a key, and why; every other route needs a key with a permission.
+PUBLIC_ROUTES: dict[tuple[str, str], str] = {
+    ("GET", "/healthz"): "liveness",
+    ("GET", "/readyz"): "readiness",
+    (
+        "POST",
+        "/v1/webhooks/twilio/inbound",
+    ): "the carrier's webhook, signed with X-Twilio-Signature",
+    (
+        "POST",
+        "/v1/webhooks/twilio/status",
+    ): "the carrier's delivery receipts, signed with X-Twilio-Signature",
+    ("GET", "/metrics"): "counts by route and status, for Prometheus",
+    ("GET", "/openapi.json"): "the schema",
+    ("GET", "/docs"): "the schema, as a page",
+    ("GET", "/docs/oauth2-redirect"): "part of the schema page",
+    ("GET", "/redoc"): "the schema, as a page",
+}
+
 
 @asynccontextmanager
 async def api_client(
