@@ -15,6 +15,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from activities.recipients.rows import PHONE_COLUMN
 from settings import SENDER_MPS_MAX, SENDER_MPS_MIN
 from workflows.contracts import ValidationOptions
 
@@ -71,7 +72,9 @@ class BatchRequest(RequestBody):
     )
     global_: BatchGlobal = Field(alias="global")
     column_mapping: dict[str, str] | None = Field(
-        None, description="File column → `request_data.<field>`."
+        None,
+        description="File column → `request_data` (the field takes the column's name) or"
+        " `request_data.<field>`.",
     )
     exclude_duplicates: bool = Field(
         DEFAULT_VALIDATION.exclude_duplicates,
@@ -120,17 +123,27 @@ class BatchRequest(RequestBody):
     @field_validator("column_mapping")
     @classmethod
     def _targets_request_data(cls, mapping: dict[str, str] | None) -> dict[str, str] | None:
-        for column, target in (mapping or {}).items():
+        """Bland's bare `request_data` target keeps the column's name as the field's; the
+        mapping is kept with every target spelled out, `request_data.<field>`."""
+        if mapping is None:
+            return None
+        spelled: dict[str, str] = {}
+        for column, given in mapping.items():
+            target = f"request_data.{column}" if given == "request_data" else given
             field = target.removeprefix("request_data.")
+            if PHONE_COLUMN in (column, given, field):
+                raise ValueError(
+                    "phone_number cannot be used as a target — the phone number column in"
+                    " your CSV must be named phone_number exactly"
+                )
             spaced = any(char.isspace() for char in field)
             if not target.startswith("request_data.") or not field or spaced:
                 raise ValueError(
-                    f"column {column!r} must map to 'request_data.<field>' (a field name without"
-                    f" spaces), not {target!r}"
+                    f"column {column!r} must map to 'request_data' or 'request_data.<field>'"
+                    f" (a field name without spaces), not {given!r}"
                 )
-            if "phone_number" in (column, field):
-                raise ValueError("phone_number can be neither mapped nor a mapping target")
-        return mapping
+            spelled[column] = target
+        return spelled
 
 
 class BatchStarted(BaseModel):

@@ -29,7 +29,8 @@ DEFAULT_VALIDATION = ValidationOptions()
 
 PHONE_COLUMN = "phone_number"
 MESSAGE_COLUMN = "agent_message"
-REQUEST_DATA_PREFIX = "request_data."
+REQUEST_DATA = "request_data"
+REQUEST_DATA_PREFIX = f"{REQUEST_DATA}."
 TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 # A file whose first character, after a BOM and whitespace, opens a JSON value is JSON.
 JSON_START = re.compile(rb"(?:\xef\xbb\xbf)?\s*[\[{]")
@@ -192,8 +193,20 @@ def _read_json(content: bytes) -> tuple[list[str], Iterator[Row]]:
         ) from error
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise rejections.NOT_AN_ARRAY.error()
+    items = [_flat_request_data(item) for item in items]
     header = list(dict.fromkeys(key for item in items for key in item))
     return header, ({key: cell_text(value) for key, value in item.items()} for item in items)
+
+
+def _flat_request_data(item: dict[str, Any]) -> dict[str, Any]:
+    """A row's nested `"request_data": {...}` object as `request_data.<field>` keys, as a
+    CSV file spells them; a `request_data.<field>` key of the row itself wins."""
+    nested = item.get(REQUEST_DATA)
+    if not isinstance(nested, dict):
+        return item
+    flat = {f"{REQUEST_DATA_PREFIX}{name}": value for name, value in nested.items()}
+    flat.update((key, value) for key, value in item.items() if key != REQUEST_DATA)
+    return flat
 
 
 def cell_text(value: Any) -> str:
