@@ -13,6 +13,7 @@ from settings import Settings
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows
+from tests.support.sending import conversation, conversation_when, received_by, send
 from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver
 
 STATUS_PATH = "/v1/webhooks/twilio/status"
@@ -186,3 +187,38 @@ async def test_a_replayed_receipt_changes_nothing_and_only_the_first_final_one_c
     assert [r.status_code for r in replies] == [204] * 4
     [row] = await ledger_rows(api, account, file_id)
     assert (row["status"], row["error_code"], row["carrier_sid"]) == ("undelivered", "30003", sid)
+
+
+async def test_a_single_send_asks_for_receipts_and_its_status_follows_them(
+    api: httpx.AsyncClient, account: Account, emulator_url: str, settings: Settings
+) -> None:
+    delivered_to, undelivered_to = unique_numbers(2)
+    sends = {}
+    for user in (delivered_to, undelivered_to):
+        response = await send(api, account, user, agent_message="receipt please")
+        assert response.status_code == 200, response.text
+        sends[user] = response.json()["data"]
+    carried = {user: (await received_by(emulator_url, user, 1))[0] for user in sends}
+    assert {m["status_callback"] for m in carried.values()} == {
+        f"http://127.0.0.1:{settings.api_port}{STATUS_PATH}"
+    }
+    for user in sends:
+        await conversation_when(
+            api,
+            account,
+            sends[user]["conversation_id"],
+            lambda c: c["messages"][0]["status"] == "sent",
+        )
+
+    for form in (
+        receipt(carried[delivered_to]["sid"], "delivered"),
+        receipt(carried[undelivered_to]["sid"], "undelivered", "30003"),
+    ):
+        assert (await post_receipt(api, settings, form)).status_code == 204
+
+    outcomes = {}
+    for user, data in sends.items():
+        [message] = (await conversation(api, account, data["conversation_id"]))["messages"]
+        assert message["message_id"] == data["message_id"]
+        outcomes[user] = (message["status"], message["error_code"])
+    assert outcomes == {delivered_to: ("delivered", None), undelivered_to: ("undelivered", "30003")}
