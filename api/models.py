@@ -15,6 +15,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from activities.recipients.phones import VALID, NumberCheck
 from activities.recipients.rows import PHONE_COLUMN
 from settings import SENDER_MPS_MAX, SENDER_MPS_MIN
 from workflows.contracts import ValidationOptions
@@ -83,6 +84,12 @@ class BatchRequest(RequestBody):
     exclude_opt_outs: bool = Field(
         DEFAULT_VALIDATION.exclude_opt_outs,
         description="Skip numbers opted out for this account (`opted_out`).",
+    )
+    number_check: NumberCheck = Field(
+        VALID,
+        description="`valid`: a recipient's number must be in a range its numbering plan"
+        " assigns (`invalid_number` otherwise); `possible`: a possible length for its country"
+        " code is enough, and the carrier's refusal is the row's outcome.",
     )
     strict: bool = Field(
         DEFAULT_VALIDATION.strict,

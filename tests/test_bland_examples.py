@@ -179,3 +179,44 @@ async def test_json_rows_with_nested_request_data(
     assert sorted((m["to"], m["body"]) for m in sent) == sorted(
         [(first, f"acc_001 {marker}"), (second, f"acc_own {marker}")]
     )
+
+
+@pytest.mark.parametrize(
+    ("number_check", "sent", "rejected"),
+    [
+        (None, ["+14155551234"], [(2, "+10987654321", "invalid_number")]),
+        ("possible", ["+10987654321", "+14155551234"], []),
+    ],
+)
+async def test_the_documented_csv_under_each_number_check(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    number_check: str | None,
+    sent: list[str],
+    rejected: list[tuple[int, str, str]],
+) -> None:
+    marker = secrets.token_hex(6)
+    file_id = await attach(api, account.headers, EXAMPLES["csv"].encode())
+    request: dict[str, Any] = {
+        "file_id": file_id,
+        "global": {
+            "agent_number": account.agent_number,
+            "agent_message": "{{first_name}} {{account_id}} " + marker,
+        },
+        "status_webhook": webhooks.url(marker),
+    }
+    if number_check is not None:
+        request["number_check"] = number_check
+
+    response = await api.post("/v1/sms/batch", headers=account.headers, json=request)
+
+    assert response.status_code == 200, response.text
+    await webhooks.wait_for(marker, *FINAL)
+    ledger = await api.get(f"/v1/sms/batch/{file_id}/messages", headers=account.headers)
+    rows = ledger.json()["data"]["messages"]
+    assert sorted(r["to_number"] for r in rows if r["status"] == "sent") == sent
+    errors = await api.get(f"/v1/sms/batch/{file_id}/errors", headers=account.headers)
+    assert [
+        (r["row_number"], r["value"], r["code"]) for r in errors.json()["data"]["rejected_rows"]
+    ] == rejected

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from activities.recipients import rejections
-from activities.recipients.phones import valid_e164s
+from activities.recipients.phones import POSSIBLE, VALID, NumberCheck, possible_e164s, valid_e164s
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.segments import GSM7, classify, classify_all
 from workflows.contracts import ValidationLimits, ValidationOptions
@@ -66,6 +66,7 @@ class RecipientRules:
     column_mapping: Mapping[str, str] = field(default_factory=dict)
     exclude_duplicates: bool = DEFAULT_VALIDATION.exclude_duplicates
     opted_out: AbstractSet[str] = frozenset()
+    number_check: NumberCheck = VALID
 
     @classmethod
     def from_request(
@@ -82,6 +83,7 @@ class RecipientRules:
             column_mapping=request.get("column_mapping") or {},
             exclude_duplicates=ValidationOptions.from_request(request).exclude_duplicates,
             opted_out=opted_out,
+            number_check=request.get("number_check", VALID),
         )
 
 
@@ -412,7 +414,10 @@ def _block_outcomes(
 ) -> list[Recipient | Rejected]:
     """The outcome of each row, in order: a row with a valid number and a body of at most
     `max_message_chars` is done here, by columns, the rest by `row_outcome`."""
-    phones = valid_e164s(columns[PHONE_COLUMN])
+    raws = columns[PHONE_COLUMN]
+    phones = valid_e164s(raws)
+    if rules.number_check == POSSIBLE:
+        phones = possible_e164s(raws, phones)
     bodies = _bodies(columns, len(numbers), rules, sources, defaults)
     if max(map(len, bodies), default=0) > rules.max_message_chars:
         bodies = [body if len(body) <= rules.max_message_chars else "" for body in bodies]
