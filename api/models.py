@@ -108,6 +108,11 @@ class BatchRequest(RequestBody):
     expire_at: AwareDatetime | None = Field(
         None, description="Rows not sent by this time end `expired`."
     )
+    dry_run: bool = Field(
+        False,
+        description="Validate the file now, as the batch would, and answer with what it"
+        " would send; nothing is sent or recorded.",
+    )
 
     @model_validator(mode="after")
     def _one_recipient_source(self) -> Self:
@@ -294,6 +299,36 @@ class RejectedRow(BaseModel):
 class RejectedRowList(BaseModel):
     rejected_rows: list[RejectedRow]
     next_cursor: int | None = Field(description="Pass as `after` for the next page.")
+
+
+class DryRunMessage(BaseModel):
+    row_number: int
+    to_number: str
+    body: str
+    encoding: Literal["gsm7", "ucs2"]
+    segments: int
+    skip_code: str | None = Field(description="`duplicate` or `opted_out`: would be skipped.")
+
+
+class BatchDryRun(BaseModel):
+    """What `POST /v1/sms/batch` would do with the file, validated by the same code."""
+
+    dry_run: Literal[True] = True
+    code: str | None = Field(
+        description="The code the batch would fail with at validation (a file-level code,"
+        " or `validation_failed` for `strict`); null if it would send."
+    )
+    reason: str | None
+    rows_total: int
+    recipients: int = Field(description="Ledger rows: to send, or skipped.")
+    to_send: int
+    skipped: int
+    rejected: int
+    segments_total: int
+    messages_gsm7: int
+    messages_ucs2: int
+    rejected_rows: list[RejectedRow] = Field(description="The first 100, in file order.")
+    messages: list[DryRunMessage] = Field(description="The first 20 ledger rows, rendered.")
 
 
 class BatchEvent(BaseModel):

@@ -10,6 +10,7 @@ from api.input_checks import INT32_MAX, INT64_MAX
 from api.models import (
     BatchControl,
     BatchDetail,
+    BatchDryRun,
     BatchList,
     BatchLogs,
     BatchRequest,
@@ -29,11 +30,14 @@ from workflows.statuses import LedgerStatus
 router = APIRouter(tags=["batches"])
 
 
-@router.post("/v1/sms/batch", response_model=Envelope[BatchStarted])
+@router.post("/v1/sms/batch", response_model=Envelope[BatchStarted | BatchDryRun])
 async def create_batch(
     account_id: AccountId, pool: Pool, temporal: Temporal, settings: AppSettings, body: BatchRequest
 ) -> dict:
-    """Start one BatchWorkflow for a file; answers at once with its `workflow_id`."""
+    """Start one BatchWorkflow for a file; answers at once with its `workflow_id`. With
+    `dry_run`, validates the file now and answers with what the batch would send."""
+    if body.dry_run:
+        return {"data": await service.dry_run_batch(pool, settings, account_id, body)}
     return {"data": await service.start_batch(pool, temporal, settings, account_id, body)}
 
 
