@@ -445,14 +445,19 @@ async def list_messages(
     after: int,
 ) -> MessageList:
     """A page of the batch's ledger, in `seq` order, after the cursor `after`."""
-    if status is not None and status not in tuple(LedgerStatus):
-        raise InvalidRequest(f"status must be one of {', '.join(LedgerStatus)}")
+    require_ledger_status(status)
     batch = await require_batch(pool, account_id, batch_id)
     rows = await messages.list_messages(
         pool, account_id, batch, status=status, limit=limit, after_seq=after
     )
     next_cursor = rows[-1]["seq"] if len(rows) == limit else None
     return MessageList(messages=rows, next_cursor=next_cursor)
+
+
+def require_ledger_status(status: str | None) -> None:
+    """A filter by ledger status names one (or none)."""
+    if status is not None and status not in tuple(LedgerStatus):
+        raise InvalidRequest(f"status must be one of {', '.join(LedgerStatus)}")
 
 
 async def list_events(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str) -> BatchLogs:
