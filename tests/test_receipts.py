@@ -6,10 +6,12 @@ reached by the emulator; tests/test_local_stack.py sees the emulator's own)."""
 import asyncio
 import secrets
 
+import asyncpg
 import httpx
 from twilio.request_validator import RequestValidator
 
 from settings import Settings
+from store import conversation_messages, conversations, receipts
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows
@@ -222,3 +224,32 @@ async def test_a_single_send_asks_for_receipts_and_its_status_follows_them(
         assert message["message_id"] == data["message_id"]
         outcomes[user] = (message["status"], message["error_code"])
     assert outcomes == {delivered_to: ("delivered", None), undelivered_to: ("undelivered", "30003")}
+
+
+async def test_a_conversation_receipt_before_its_send_is_recorded_is_applied_then(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    # A single send's outcome is recorded as soon as the carrier answers, so the race is
+    # set up here in the store, in the order it would happen.
+    user = unique_numbers(1)[0]
+    sid = "SM" + secrets.token_hex(16)
+    async with pool.acquire() as conn:
+        opened = await conversations.open_conversation(
+            conn,
+            account_id=account.account_id,
+            agent_number=account.agent_number,
+            user_number=user,
+            workflow_id=f"receipt-race-{secrets.token_hex(4)}",
+            fields=conversations.ConversationFields(),
+        )
+        message_id = await conversation_messages.queue_agent_message(
+            conn, conversation=opened, kind="message", body="early receipt"
+        )
+    assert await conversation_messages.claim_message(pool, message_id, first_attempt=True)
+
+    await receipts.record_receipt(pool, sid, "delivered", None)
+    then = await conversation_messages.message_status(pool, message_id)
+    await conversation_messages.record_outcome(pool, message_id, status="sent", carrier_sid=sid)
+
+    assert then == ("sending", None)
+    assert await conversation_messages.message_status(pool, message_id) == ("delivered", None)
