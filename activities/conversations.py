@@ -72,7 +72,7 @@ class ConversationActivities(WorkerResources):
             to=carrier_address(message.user_number, message.channel),
             from_=carrier_address(message.agent_number, message.channel),
             body=message.body or "",
-            status_callback=None,
+            status_callback=self._settings.status_callback_url,
             content_sid=message.content_sid,
             content_variables=message.content_variables,
         )

@@ -12,6 +12,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = structlog.get_logger(__name__)
 
 
+# The sentences the Bland SMS documents give for their error codes: an error with one of
+# these codes says the sentence, and after it, the detail of this request.
+DOCUMENTED_MESSAGES = {
+    "MISSING_FILE_ID": "file_id is required",
+    "FILE_NOT_FOUND": "File not found or invalid file type for SMS batches",
+    "AGENT_NUMBER_NOT_FOUND": "Agent number not found or not configured for SMS",
+}
+
+
+def documented(code: str, detail: str) -> str:
+    """`detail` after the documented sentence of `code`, if it has one."""
+    sentence = DOCUMENTED_MESSAGES.get(code)
+    return detail if sentence is None else f"{sentence}: {detail}"
+
+
 class HeraldError(Exception):
     status_code = 400
     code = "BAD_REQUEST"
@@ -120,8 +135,9 @@ def error_reply(
 
 
 def herald_error_response(path: str, error: HeraldError) -> JSONResponse:
+    message = documented(error.code, error.message)
     return error_reply(
-        path, error.status_code, [{"error": error.code, "message": error.message}], error.headers
+        path, error.status_code, [{"error": error.code, "message": message}], error.headers
     )
 
 
@@ -154,7 +170,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        errors = [{"error": _code_for(e), "message": _describe(e)} for e in error.errors()]
+        errors = []
+        for item in error.errors():
+            code = _code_for(item)
+            errors.append({"error": code, "message": documented(code, _describe(item))})
         return error_reply(request.url.path, 400, errors)
 
     @app.exception_handler(StarletteHTTPException)

@@ -15,7 +15,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from activities.recipients.phones import to_sender
+from activities.recipients.phones import POSSIBLE, NumberCheck, to_sender
 from api.models import RequestBody
 
 # What link shortening would have replaced; until Herald shortens links, a batch that has
@@ -84,6 +84,12 @@ class MobivateBatchRequest(MobivateModel):
         None, description="Send at this future time (ISO 8601 with `Z` or an offset)."
     )
     route_id: str | int | None = Field(None, description="Accepted and stored; not used.")
+    number_check: NumberCheck = Field(
+        POSSIBLE,
+        description="`possible` (default here): a number of a possible length for its country"
+        " code is sent, the carrier refuses the rest; `valid`: only numbers in ranges their"
+        " numbering plan assigns.",
+    )
 
     @field_validator("schedule_date_time")
     @classmethod

@@ -15,6 +15,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from activities.recipients.phones import VALID, NumberCheck
+from activities.recipients.rows import PHONE_COLUMN
 from settings import SENDER_MPS_MAX, SENDER_MPS_MIN
 from workflows.contracts import ValidationOptions
 
@@ -71,7 +73,9 @@ class BatchRequest(RequestBody):
     )
     global_: BatchGlobal = Field(alias="global")
     column_mapping: dict[str, str] | None = Field(
-        None, description="File column → `request_data.<field>`."
+        None,
+        description="File column → `request_data` (the field takes the column's name) or"
+        " `request_data.<field>`.",
     )
     exclude_duplicates: bool = Field(
         DEFAULT_VALIDATION.exclude_duplicates,
@@ -80,6 +84,12 @@ class BatchRequest(RequestBody):
     exclude_opt_outs: bool = Field(
         DEFAULT_VALIDATION.exclude_opt_outs,
         description="Skip numbers opted out for this account (`opted_out`).",
+    )
+    number_check: NumberCheck = Field(
+        VALID,
+        description="`valid`: a recipient's number must be in a range its numbering plan"
+        " assigns (`invalid_number` otherwise); `possible`: a possible length for its country"
+        " code is enough, and the carrier's refusal is the row's outcome.",
     )
     strict: bool = Field(
         DEFAULT_VALIDATION.strict,
@@ -97,6 +107,11 @@ class BatchRequest(RequestBody):
     )
     expire_at: AwareDatetime | None = Field(
         None, description="Rows not sent by this time end `expired`."
+    )
+    dry_run: bool = Field(
+        False,
+        description="Validate the file now, as the batch would, and answer with what it"
+        " would send; nothing is sent or recorded.",
     )
 
     @model_validator(mode="after")
@@ -120,17 +135,27 @@ class BatchRequest(RequestBody):
     @field_validator("column_mapping")
     @classmethod
     def _targets_request_data(cls, mapping: dict[str, str] | None) -> dict[str, str] | None:
-        for column, target in (mapping or {}).items():
+        """Bland's bare `request_data` target keeps the column's name as the field's; the
+        mapping is kept with every target spelled out, `request_data.<field>`."""
+        if mapping is None:
+            return None
+        spelled: dict[str, str] = {}
+        for column, given in mapping.items():
+            target = f"request_data.{column}" if given == "request_data" else given
             field = target.removeprefix("request_data.")
+            if PHONE_COLUMN in (column, given, field):
+                raise ValueError(
+                    "phone_number cannot be used as a target — the phone number column in"
+                    " your CSV must be named phone_number exactly"
+                )
             spaced = any(char.isspace() for char in field)
             if not target.startswith("request_data.") or not field or spaced:
                 raise ValueError(
-                    f"column {column!r} must map to 'request_data.<field>' (a field name without"
-                    f" spaces), not {target!r}"
+                    f"column {column!r} must map to 'request_data' or 'request_data.<field>'"
+                    f" (a field name without spaces), not {given!r}"
                 )
-            if "phone_number" in (column, field):
-                raise ValueError("phone_number can be neither mapped nor a mapping target")
-        return mapping
+            spelled[column] = target
+        return spelled
 
 
 class BatchStarted(BaseModel):
@@ -280,6 +305,36 @@ class RejectedRow(BaseModel):
 class RejectedRowList(BaseModel):
     rejected_rows: list[RejectedRow]
     next_cursor: int | None = Field(description="Pass as `after` for the next page.")
+
+
+class DryRunMessage(BaseModel):
+    row_number: int
+    to_number: str
+    body: str
+    encoding: Literal["gsm7", "ucs2"]
+    segments: int
+    skip_code: str | None = Field(description="`duplicate` or `opted_out`: would be skipped.")
+
+
+class BatchDryRun(BaseModel):
+    """What `POST /v1/sms/batch` would do with the file, validated by the same code."""
+
+    dry_run: Literal[True] = True
+    code: str | None = Field(
+        description="The code the batch would fail with at validation (a file-level code,"
+        " or `validation_failed` for `strict`); null if it would send."
+    )
+    reason: str | None
+    rows_total: int
+    recipients: int = Field(description="Ledger rows: to send, or skipped.")
+    to_send: int
+    skipped: int
+    rejected: int
+    segments_total: int
+    messages_gsm7: int
+    messages_ucs2: int
+    rejected_rows: list[RejectedRow] = Field(description="The first 100, in file order.")
+    messages: list[DryRunMessage] = Field(description="The first 20 ledger rows, rendered.")
 
 
 class BatchEvent(BaseModel):

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from store import receipts
+
 _MESSAGE_COLUMNS = (
     "id, conversation_id, sender, kind, channel, body, content_sid, content_variables, status,"
     " carrier_sid, error_code, error_message, attempts, created_at, sent_at, updated_at"
@@ -125,7 +127,8 @@ async def record_outcome(
     error_code: str | None = None,
     error_message: str | None = None,
 ) -> None:
-    """The end of a send; only a message still `sending` moves."""
+    """The end of a send; only a message still `sending` moves. A receipt that came before
+    it was recorded is applied now (see receipts.record_receipt)."""
     await pool.execute(
         "UPDATE conversation_messages SET status = $2, carrier_sid = $3, error_code = $4,"
         " error_message = $5, updated_at = now(),"
@@ -137,6 +140,8 @@ async def record_outcome(
         error_code,
         error_message,
     )
+    if carrier_sid is not None:
+        await receipts.apply_conversation_receipt(pool, carrier_sid)
 
 
 async def requeue_message(

@@ -34,3 +34,15 @@ async def record_receipt(
         " AND receipt_rank(m.status) < receipt_rank(r.status)",
         carrier_sid,
     )
+    await apply_conversation_receipt(pool, carrier_sid)
+
+
+async def apply_conversation_receipt(pool: asyncpg.Pool, carrier_sid: str) -> None:
+    """Move the conversation message sent as `carrier_sid` to its kept final receipt."""
+    await pool.execute(
+        "UPDATE conversation_messages AS m SET status = r.status, error_code = r.error_code,"
+        " updated_at = now() FROM carrier_receipts AS r"
+        " WHERE r.carrier_sid = $1 AND m.carrier_sid = r.carrier_sid AND m.sender = 'AGENT'"
+        " AND receipt_rank(m.status) < receipt_rank(r.status)",
+        carrier_sid,
+    )

@@ -157,7 +157,15 @@ async def test_missing_or_bad_key_is_unauthorized(
 
 
 async def test_unknown_batch_is_not_found(api: httpx.AsyncClient, account: Account) -> None:
-    for path in ("", "/messages", "/logs", "/deliveries", "/errors", "/errors?format=csv"):
+    for path in (
+        "",
+        "/messages",
+        "/messages?format=csv",
+        "/logs",
+        "/deliveries",
+        "/errors",
+        "/errors?format=csv",
+    ):
         response = await api.get(f"/v1/sms/batch/{uuid.uuid4()}{path}", headers=account.headers)
         assert response.status_code == 404
         assert error_code(response) == "BATCH_NOT_FOUND"

@@ -25,6 +25,7 @@ from tests.support.sending import (
     inbound_form,
     post_inbound,
     received_by,
+    send,
     send_ok,
 )
 from tests.support.stack import Account, WebhookReceiver, api_client, error_code
@@ -252,28 +253,25 @@ async def test_stop_opts_out_and_start_opts_back_in(
     api: httpx.AsyncClient, account: Account, settings: Settings, sender: str, emulator_url: str
 ) -> None:
     user = unique_numbers(1)[0]
-    await send_ok(api, account, user, agent_number=sender, agent_message="Deal of the day")
+    first = await send_ok(api, account, user, agent_number=sender, agent_message="Deal of the day")
     await received_by(emulator_url, user, 1)
 
     await post_inbound(api, settings, inbound_form(settings, to=sender, from_=user, body=" Stop "))
-    after_stop = await send_ok(api, account, user, agent_number=sender, agent_message="ignored")
+    after_stop = await send(api, account, user, agent_number=sender, agent_message="ignored")
     stopped = await conversation_when(
-        api,
-        account,
-        after_stop["conversation_id"],
-        lambda c: c["messages"][-1]["status"] not in ("queued", "sending"),
+        api, account, first["conversation_id"], lambda c: len(c["messages"]) == 2
     )
     await post_inbound(api, settings, inbound_form(settings, to=sender, from_=user, body="start"))
     await send_ok(api, account, user, agent_number=sender, agent_message="Welcome back")
 
     received = await received_by(emulator_url, user, 2)
     assert [m["body"] for m in received] == ["Deal of the day", "Welcome back"]
+    assert after_stop.status_code == 409, after_stop.text
+    assert error_code(after_stop) == "RECIPIENT_OPTED_OUT"
     assert [(m["sender"], m["body"], m["status"]) for m in stopped["messages"]] == [
         ("AGENT", "Deal of the day", "sent"),
         ("USER", " Stop ", "received"),
-        ("AGENT", "ignored", "skipped"),
     ]
-    assert stopped["messages"][-1]["error_code"] == "opted_out"
 
 
 @pytest.mark.parametrize(

@@ -266,6 +266,7 @@ def test_readme_quick_tour_runs_as_written(stack_env: dict[str, str], tmp_path: 
     assert tour.returncode == 0, tour.stderr
     assert "SMS batch processing initiated via Temporal workflow" in tour.stdout
     assert '"errors":null' in tour.stdout
+    assert '"dry_run":true,"code":null,"reason":null,"rows_total":3' in tour.stdout
     assert batch["status"] == "completed"
     assert batch["counts"] == {"delivered": 3, "rejected": 0}
     assert {(m["to"], m["body"]) for m in received} >= {

@@ -259,6 +259,7 @@ async def test_messages_schedule_and_options_carry_over_to_the_batch(
         "exclude_opt_outs": False,
         "schedule_at": datetime.fromisoformat(written).isoformat().replace("+00:00", "Z"),
         "spread_hours": 2.0,
+        "number_check": "possible",
     }
     await wait_for_status(api, account, record["id"], "waiting_for_scheduled_messages")
     cancelled = await api.post(f"/v1/sms/batch/{record['id']}/cancel", headers=account.headers)

@@ -11,8 +11,8 @@ from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneNumberType
 
 from activities.recipients import phone_columns
 from activities.recipients.frames import pl
-from activities.recipients.phone_columns import valid_e164_column
-from activities.recipients.phones import to_e164, valid_e164s
+from activities.recipients.phone_columns import possible_e164_column, valid_e164_column
+from activities.recipients.phones import possible_e164s, to_e164, valid_e164s
 
 CODES = sorted(str(code) for code in COUNTRY_CODE_TO_REGION_CODE)
 
@@ -187,3 +187,26 @@ def test_the_column_form_agrees_on_edited_example_numbers(
             number = number[:position] + char + number[position:]
         edited.append(number)
     assert column(edited) == [reference(number) for number in edited]
+
+
+# What each `number_check` refuses: `valid` the numbers in unassigned ranges (the Bland and
+# Postman documents' examples among them), `possible` only wrong lengths and no number.
+NUMBER_CHECKS = [
+    ("+14155552671", "+14155552671", "+14155552671"),
+    ("+10987654321", None, "+10987654321"),
+    ("6599999999", None, "+6599999999"),
+    ("+1415555267", None, None),
+    ("+0123456789", None, None),
+    ("not a number", None, None),
+    ("", None, None),
+]
+
+
+@pytest.mark.parametrize(("raw", "valid", "possible"), NUMBER_CHECKS)
+def test_what_each_number_check_takes(raw: str, valid: str | None, possible: str | None) -> None:
+    valid_form = valid_e164s([raw])
+
+    assert valid_form == [valid]
+    assert possible_e164s([raw], valid_form) == [possible]
+    cells = pl.Series([raw], dtype=pl.String)
+    assert possible_e164_column(cells, valid_e164_column(cells)).to_list() == [possible]

@@ -6,13 +6,16 @@ reached by the emulator; tests/test_local_stack.py sees the emulator's own)."""
 import asyncio
 import secrets
 
+import asyncpg
 import httpx
 from twilio.request_validator import RequestValidator
 
 from settings import Settings
+from store import conversation_messages, conversations, receipts
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows
+from tests.support.sending import conversation, conversation_when, received_by, send
 from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver
 
 STATUS_PATH = "/v1/webhooks/twilio/status"
@@ -186,3 +189,67 @@ async def test_a_replayed_receipt_changes_nothing_and_only_the_first_final_one_c
     assert [r.status_code for r in replies] == [204] * 4
     [row] = await ledger_rows(api, account, file_id)
     assert (row["status"], row["error_code"], row["carrier_sid"]) == ("undelivered", "30003", sid)
+
+
+async def test_a_single_send_asks_for_receipts_and_its_status_follows_them(
+    api: httpx.AsyncClient, account: Account, emulator_url: str, settings: Settings
+) -> None:
+    delivered_to, undelivered_to = unique_numbers(2)
+    sends = {}
+    for user in (delivered_to, undelivered_to):
+        response = await send(api, account, user, agent_message="receipt please")
+        assert response.status_code == 200, response.text
+        sends[user] = response.json()["data"]
+    carried = {user: (await received_by(emulator_url, user, 1))[0] for user in sends}
+    assert {m["status_callback"] for m in carried.values()} == {
+        f"http://127.0.0.1:{settings.api_port}{STATUS_PATH}"
+    }
+    for user in sends:
+        await conversation_when(
+            api,
+            account,
+            sends[user]["conversation_id"],
+            lambda c: c["messages"][0]["status"] == "sent",
+        )
+
+    for form in (
+        receipt(carried[delivered_to]["sid"], "delivered"),
+        receipt(carried[undelivered_to]["sid"], "undelivered", "30003"),
+    ):
+        assert (await post_receipt(api, settings, form)).status_code == 204
+
+    outcomes = {}
+    for user, data in sends.items():
+        [message] = (await conversation(api, account, data["conversation_id"]))["messages"]
+        assert message["message_id"] == data["message_id"]
+        outcomes[user] = (message["status"], message["error_code"])
+    assert outcomes == {delivered_to: ("delivered", None), undelivered_to: ("undelivered", "30003")}
+
+
+async def test_a_conversation_receipt_before_its_send_is_recorded_is_applied_then(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    # A single send's outcome is recorded as soon as the carrier answers, so the race is
+    # set up here in the store, in the order it would happen.
+    user = unique_numbers(1)[0]
+    sid = "SM" + secrets.token_hex(16)
+    async with pool.acquire() as conn:
+        opened = await conversations.open_conversation(
+            conn,
+            account_id=account.account_id,
+            agent_number=account.agent_number,
+            user_number=user,
+            workflow_id=f"receipt-race-{secrets.token_hex(4)}",
+            fields=conversations.ConversationFields(),
+        )
+        message_id = await conversation_messages.queue_agent_message(
+            conn, conversation=opened, kind="message", body="early receipt"
+        )
+    assert await conversation_messages.claim_message(pool, message_id, first_attempt=True)
+
+    await receipts.record_receipt(pool, sid, "delivered", None)
+    then = await conversation_messages.message_status(pool, message_id)
+    await conversation_messages.record_outcome(pool, message_id, status="sent", carrier_sid=sid)
+
+    assert then == ("sending", None)
+    assert await conversation_messages.message_status(pool, message_id) == ("delivered", None)

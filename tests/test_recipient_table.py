@@ -26,7 +26,17 @@ from tests.support.builders import PHONE_CELLS
 
 # The shared phone cells (none holds a comma or a quote), and cells the column path
 # leaves to phonenumbers: a national prefix after the code, other digits, no region.
-NUMBERS = [*PHONE_CELLS, "+4407911123456", "+114155552671", "+١٤١٥٥٥٥٢٦٧١", "+80012345678"]
+# Possible but not valid numbers (Bland's and Postman's examples), for `number_check`.
+NUMBERS = [
+    *PHONE_CELLS,
+    "+4407911123456",
+    "+114155552671",
+    "+١٤١٥٥٥٥٢٦٧١",
+    "+80012345678",
+    "+10987654321",
+    "6599999999",
+    "10987654321",
+]
 # Text a plain CSV cell can hold: no quote, comma or line break; whitespace of every kind,
 # GSM-7 extension characters, other scripts, characters beyond the BMP.
 CELL = st.text(
@@ -77,6 +87,7 @@ def files(draw: st.DrawFn) -> tuple[bytes, RecipientRules]:
         column_mapping=draw(st.sampled_from([{}, {"nm": "request_data.name"}])),
         exclude_duplicates=draw(st.booleans()),
         opted_out=draw(st.sampled_from([frozenset(), frozenset({"+12015550123"})])),
+        number_check=draw(st.sampled_from(["valid", "possible"])),
     )
     return content, rules
 

@@ -375,7 +375,7 @@ async def test_conversations_are_listed_by_number_and_state(
     assert [c["user_number"] for c in paged.json()["data"]["conversations"]] == [second_user]
 
 
-async def test_a_message_to_an_opted_out_number_is_skipped(
+async def test_a_send_to_an_opted_out_number_is_refused(
     api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, emulator_url: str
 ) -> None:
     user = unique_numbers(1)[0]
@@ -383,15 +383,12 @@ async def test_a_message_to_an_opted_out_number_is_skipped(
 
     response = await send(api, account, user, agent_message="not wanted")
 
-    detail = await conversation_when(
-        api,
-        account,
-        response.json()["data"]["conversation_id"],
-        lambda c: c["messages"][0]["status"] not in ("queued", "sending"),
+    assert response.status_code == 409, response.text
+    assert error_code(response) == "RECIPIENT_OPTED_OUT"
+    listed = await api.get(
+        "/v1/sms/conversations", headers=account.headers, params={"user_number": user}
     )
-    assert [(m["status"], m["error_code"]) for m in detail["messages"]] == [
-        ("skipped", "opted_out")
-    ]
+    assert listed.json()["data"]["conversations"] == []
     assert await emulator_messages(emulator_url, to=user) == []
 
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 from activities.recipients import rejections
 from activities.recipients.frames import pl
-from activities.recipients.phone_columns import valid_e164_column
+from activities.recipients.phone_columns import possible_e164_column, valid_e164_column
+from activities.recipients.phones import POSSIBLE
 from activities.recipients.rejections import Code, Rejected
 from activities.recipients.rows import (
     JSON_START,
@@ -274,10 +275,16 @@ def _validate(
     `skip_code`."""
     table = frame.select(
         pl.col(_ROW).alias("row_number"),
-        valid_e164_column(frame[PHONE_COLUMN]).alias("to_number"),
+        _numbers(frame[PHONE_COLUMN], rules).alias("to_number"),
         *_message(frame, header, rules, sources, defaults),
     )
     return Block(*_settle_rows(frame, table, header, rules, sources, defaults))
+
+
+def _numbers(raws: pl.Series, rules: RecipientRules) -> pl.Series:
+    """The E.164 form of each cell that passes the batch's number check; null elsewhere."""
+    valid = valid_e164_column(raws)
+    return possible_e164_column(raws, valid) if rules.number_check == POSSIBLE else valid
 
 
 def _without_blank_rows(frame: pl.DataFrame, header: list[str]) -> pl.DataFrame:

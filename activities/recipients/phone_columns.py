@@ -13,7 +13,14 @@ other cell, and a number a national prefix might be stripped from, goes to
 import functools
 
 from activities.recipients.frames import pl
-from activities.recipients.phones import CodePlan, Desc, RegionPlan, code_plans, valid_e164s
+from activities.recipients.phones import (
+    CodePlan,
+    Desc,
+    RegionPlan,
+    code_plans,
+    possible_e164s,
+    valid_e164s,
+)
 
 _RAW = pl.col("raw")
 # Rows a calling code's other regions are walked for, one pass each; fewer go to
@@ -46,6 +53,17 @@ def valid_e164_column(raws: pl.Series) -> pl.Series:
     if len(unsettled):
         result.scatter(unsettled["at"], pl.Series(valid_e164s(unsettled["raw"].to_list())))
     return result
+
+
+def possible_e164_column(raws: pl.Series, valid: pl.Series) -> pl.Series:
+    """`possible_e164s(raws, valid)` as a String column: only the cells without a valid
+    number (few, in most files) go to phonenumbers."""
+    left = pl.DataFrame({"raw": raws.fill_null(""), "e164": valid}).with_row_index("at")
+    left = left.filter(pl.col("e164").is_null() & (_RAW != ""))
+    if left.is_empty():
+        return valid
+    found = possible_e164s(left["raw"].to_list(), left["e164"].to_list())
+    return valid.clone().scatter(left["at"], pl.Series(found, dtype=pl.String))
 
 
 def prepare() -> None:

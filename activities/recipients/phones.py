@@ -16,6 +16,7 @@ import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import phonenumbers
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneMetadata
@@ -36,6 +37,13 @@ _NUMBER_TYPES = (
     "voicemail",
 )
 _DIGITS = re.compile(r"\+[0-9]*")
+
+# How strict a batch is with its recipients' numbers: `valid` takes a number only in a range
+# its numbering plan assigns; `possible` takes one of a possible length for its calling
+# code, and leaves the rest to the carrier.
+NumberCheck = Literal["valid", "possible"]
+VALID: NumberCheck = "valid"
+POSSIBLE: NumberCheck = "possible"
 
 
 def to_e164(raw: str, *, require_valid: bool = True) -> str | None:
@@ -62,6 +70,15 @@ def valid_e164s(raws: Sequence[str]) -> list[str | None]:
         else:
             candidates[index] = _parsed_e164(candidate, require_valid=True)
     return candidates
+
+
+def possible_e164s(raws: Sequence[str], valid: Sequence[str | None]) -> list[str | None]:
+    """Each number under the `possible` check: its `valid` E.164 form (from `valid_e164s`)
+    where it has one, else `to_e164(raw, require_valid=False)`; a valid number is possible."""
+    return [
+        number if number is not None else to_e164(raw, require_valid=False)
+        for raw, number in zip(raws, valid, strict=True)
+    ]
 
 
 def _candidate(raw: str) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from activities.recipients import rejections
-from activities.recipients.phones import valid_e164s
+from activities.recipients.phones import POSSIBLE, VALID, NumberCheck, possible_e164s, valid_e164s
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.segments import GSM7, classify, classify_all
 from workflows.contracts import ValidationLimits, ValidationOptions
@@ -29,7 +29,8 @@ DEFAULT_VALIDATION = ValidationOptions()
 
 PHONE_COLUMN = "phone_number"
 MESSAGE_COLUMN = "agent_message"
-REQUEST_DATA_PREFIX = "request_data."
+REQUEST_DATA = "request_data"
+REQUEST_DATA_PREFIX = f"{REQUEST_DATA}."
 TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 # A file whose first character, after a BOM and whitespace, opens a JSON value is JSON.
 JSON_START = re.compile(rb"(?:\xef\xbb\xbf)?\s*[\[{]")
@@ -65,6 +66,7 @@ class RecipientRules:
     column_mapping: Mapping[str, str] = field(default_factory=dict)
     exclude_duplicates: bool = DEFAULT_VALIDATION.exclude_duplicates
     opted_out: AbstractSet[str] = frozenset()
+    number_check: NumberCheck = VALID
 
     @classmethod
     def from_request(
@@ -81,6 +83,7 @@ class RecipientRules:
             column_mapping=request.get("column_mapping") or {},
             exclude_duplicates=ValidationOptions.from_request(request).exclude_duplicates,
             opted_out=opted_out,
+            number_check=request.get("number_check", VALID),
         )
 
 
@@ -192,8 +195,20 @@ def _read_json(content: bytes) -> tuple[list[str], Iterator[Row]]:
         ) from error
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise rejections.NOT_AN_ARRAY.error()
+    items = [_flat_request_data(item) for item in items]
     header = list(dict.fromkeys(key for item in items for key in item))
     return header, ({key: cell_text(value) for key, value in item.items()} for item in items)
+
+
+def _flat_request_data(item: dict[str, Any]) -> dict[str, Any]:
+    """A row's nested `"request_data": {...}` object as `request_data.<field>` keys, as a
+    CSV file spells them; a `request_data.<field>` key of the row itself wins."""
+    nested = item.get(REQUEST_DATA)
+    if not isinstance(nested, dict):
+        return item
+    flat = {f"{REQUEST_DATA_PREFIX}{name}": value for name, value in nested.items()}
+    flat.update((key, value) for key, value in item.items() if key != REQUEST_DATA)
+    return flat
 
 
 def cell_text(value: Any) -> str:
@@ -399,7 +414,10 @@ def _block_outcomes(
 ) -> list[Recipient | Rejected]:
     """The outcome of each row, in order: a row with a valid number and a body of at most
     `max_message_chars` is done here, by columns, the rest by `row_outcome`."""
-    phones = valid_e164s(columns[PHONE_COLUMN])
+    raws = columns[PHONE_COLUMN]
+    phones = valid_e164s(raws)
+    if rules.number_check == POSSIBLE:
+        phones = possible_e164s(raws, phones)
     bodies = _bodies(columns, len(numbers), rules, sources, defaults)
     if max(map(len, bodies), default=0) > rules.max_message_chars:
         bodies = [body if len(body) <= rules.max_message_chars else "" for body in bodies]

@@ -10,6 +10,7 @@ from api.input_checks import INT32_MAX, INT64_MAX
 from api.models import (
     BatchControl,
     BatchDetail,
+    BatchDryRun,
     BatchList,
     BatchLogs,
     BatchRequest,
@@ -29,7 +30,7 @@ from workflows.statuses import LedgerStatus
 router = APIRouter(tags=["batches"])
 
 
-@router.post("/v1/sms/batch", response_model=Envelope[BatchStarted])
+@router.post("/v1/sms/batch", response_model=Envelope[BatchStarted | BatchDryRun])
 async def create_batch(
     account_id: BatchesWrite,
     pool: Pool,
@@ -37,7 +38,10 @@ async def create_batch(
     settings: AppSettings,
     body: BatchRequest,
 ) -> dict:
-    """Start one BatchWorkflow for a file; answers at once with its `workflow_id`."""
+    """Start one BatchWorkflow for a file; answers at once with its `workflow_id`. With
+    `dry_run`, validates the file now and answers with what the batch would send."""
+    if body.dry_run:
+        return {"data": await service.dry_run_batch(pool, settings, account_id, body)}
     return {"data": await service.start_batch(pool, temporal, settings, account_id, body)}
 
 
@@ -60,17 +64,39 @@ async def get_batch(
     return {"data": await service.get_batch(pool, settings, account_id, batch_id)}
 
 
-@router.get("/v1/sms/batch/{batch_id}/messages", response_model=Envelope[MessageList])
+@router.get(
+    "/v1/sms/batch/{batch_id}/messages",
+    response_model=Envelope[MessageList],
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV when asked"}},
+)
 async def list_messages(
     account_id: BatchesRead,
     pool: Pool,
     batch_id: str,
     status: Annotated[str | None, Query(description=f"One of {', '.join(LedgerStatus)}")] = None,
+    export: Annotated[
+        Literal["json", "csv"] | None,
+        Query(alias="format", description="`csv` for every row as CSV (as `Accept: text/csv`)."),
+    ] = None,
+    accept: Annotated[str | None, Header()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[
         int, Query(ge=-1, le=INT64_MAX, description="Cursor: the last `seq` seen.")
     ] = -1,
-) -> dict:
+) -> dict | StreamingResponse:
+    """The batch's ledger, a page at a time in `seq` order.
+
+    As CSV (`?format=csv` or `Accept: text/csv`) every row (of `status`, if given) comes at
+    once, streamed, with cells a spreadsheet would run as formulas prefixed by `'`.
+    """
+    if export == "csv" or (export is None and "text/csv" in (accept or "")):
+        service.require_ledger_status(status)
+        batch = await service.require_batch(pool, account_id, batch_id)
+        return StreamingResponse(
+            batch_exports.messages_csv(pool, account_id, batch, status),
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="{batch}-messages.csv"'},
+        )
     page = await service.list_messages(
         pool, account_id, batch_id, status=status, limit=limit, after=after
     )

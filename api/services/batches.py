@@ -1,6 +1,7 @@
 """Starting, steering and reading batches."""
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -17,14 +18,18 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.recipients.phones import to_sender
+from activities.recipients.preview import preview
+from activities.recipients.rows import RecipientRules
 from api.errors import HeraldError, InvalidRequest
 from api.models import (
     BatchControl,
     BatchDetail,
+    BatchDryRun,
     BatchLogs,
     BatchRequest,
     BatchStarted,
     BatchSummary,
+    DryRunMessage,
     MessageList,
     RejectedRow,
     RejectedRowList,
@@ -32,7 +37,7 @@ from api.models import (
 )
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
-from store import batches, events, files, messages, numbers
+from store import batches, events, files, messages, numbers, opt_outs
 from workflows.contracts import (
     ACCOUNT_ID,
     AGENT_NUMBER,
@@ -43,6 +48,7 @@ from workflows.contracts import (
     DispatchSettings,
     Timing,
     ValidationLimits,
+    ValidationOptions,
     batch_workflow_id,
 )
 from workflows.statuses import FINAL_BATCH_STATUSES, BatchStatus, LedgerStatus
@@ -137,33 +143,11 @@ async def start_batch(
 
     Inline `recipients` are stored as a JSON file first, so from there on the batch is one
     of an attached file in every way (and each such request is a new batch)."""
-    file_id = None
-    if body.file_id is not None:
-        file_id = parse_batch_id(body.file_id, FileNotFound)
-        if not await files.file_exists(pool, account_id, file_id):
-            raise FileNotFound(f"no file {body.file_id!r}")
-    await require_safe_webhook(
-        None if body.status_webhook is None else str(body.status_webhook), settings
-    )
-    agent_number = to_sender(body.global_.agent_number)
-    if agent_number is None or not await numbers.has_number(pool, account_id, agent_number):
-        raise AgentNumberNotFound(
-            f"{body.global_.agent_number} is not a registered sender of this account"
-        )
+    file_id, agent_number = await _checked_sources(pool, settings, account_id, body)
     if file_id is None:
         file_id = await _inline_file(pool, settings, account_id, body.recipients or [])
-    # Options at their defaults are left out, so adding an option changes no earlier
-    # request's hash: the same request again still finds its batch. Inline rows are in
-    # the file, as an attached file's are.
-    request = body.model_dump(
-        mode="json",
-        by_alias=True,
-        exclude_none=True,
-        exclude_defaults=True,
-        exclude={"recipients"},
-    )
+    request = _stored_request(body, agent_number)
     request.setdefault("file_id", str(file_id))
-    request["global"]["agent_number"] = agent_number
     workflow_id = batch_workflow_id(str(file_id))
     batch, created = await batches.create_batch(
         pool,
@@ -203,20 +187,96 @@ async def start_batch(
     return BatchStarted(batch_id=str(file_id), workflow_id=workflow_id)
 
 
-async def _inline_file(
-    pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, rows: list[dict[str, Any]]
-) -> uuid.UUID:
+async def dry_run_batch(
+    pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, body: BatchRequest
+) -> BatchDryRun:
+    """Validate the batch's rows now, as its workflow would, by the same code; nothing is
+    stored and nothing is sent."""
+    file_id, agent_number = await _checked_sources(pool, settings, account_id, body)
+    if file_id is None:
+        content = _inline_content(settings, body.recipients or [])
+    else:
+        _, content = await files.file_content(pool, account_id, file_id)
+    request = _stored_request(body, agent_number)
+    opted_out: set[str] = set()
+    if ValidationOptions.from_request(request).exclude_opt_outs:
+        opted_out = await opt_outs.opted_out_numbers(pool, account_id)
+    rules = RecipientRules.from_request(request, validation_limits(settings), opted_out)
+    found = await asyncio.to_thread(preview, content, rules, strict=body.strict)
+    tally = found.tally
+    return BatchDryRun(
+        code=found.code,
+        reason=found.reason,
+        rows_total=tally.rows,
+        recipients=tally.recipients,
+        to_send=tally.recipients - tally.skipped,
+        skipped=tally.skipped,
+        rejected=tally.rejected,
+        segments_total=tally.segments,
+        messages_gsm7=tally.gsm7,
+        messages_ucs2=tally.ucs2,
+        rejected_rows=[
+            RejectedRow(row_number=r.row_number, value=r.value, code=r.code, message=r.reason)
+            for r in found.rejected
+        ],
+        messages=[DryRunMessage(**dataclasses.asdict(m)) for m in found.messages],
+    )
+
+
+async def _checked_sources(
+    pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, body: BatchRequest
+) -> tuple[uuid.UUID | None, str]:
+    """The request's file (None for inline rows) and sender (E.164, or a sender ID), both the
+    account's; its status webhook checked."""
+    file_id = None
+    if body.file_id is not None:
+        file_id = parse_batch_id(body.file_id, FileNotFound)
+        if not await files.file_exists(pool, account_id, file_id):
+            raise FileNotFound(f"no file {body.file_id!r}")
+    await require_safe_webhook(
+        None if body.status_webhook is None else str(body.status_webhook), settings
+    )
+    agent_number = to_sender(body.global_.agent_number)
+    if agent_number is None or not await numbers.has_number(pool, account_id, agent_number):
+        raise AgentNumberNotFound(
+            f"{body.global_.agent_number} is not a registered sender of this account"
+        )
+    return file_id, agent_number
+
+
+def _stored_request(body: BatchRequest, agent_number: str) -> dict[str, Any]:
+    """The request as the batch keeps it. Options at their defaults are left out, so adding
+    an option changes no earlier request's hash: the same request again still finds its
+    batch. Inline rows are in the file, as an attached file's are."""
+    request = body.model_dump(
+        mode="json",
+        by_alias=True,
+        exclude_none=True,
+        exclude_defaults=True,
+        exclude={"recipients", "dry_run"},
+    )
+    request["global"]["agent_number"] = agent_number
+    return request
+
+
+def _inline_content(settings: Settings, rows: list[dict[str, Any]]) -> bytes:
+    """Inline rows as the JSON file they are stored as."""
     if len(rows) > settings.max_rows_per_batch:
         raise TooManyRecipients(
             f"{len(rows)} recipients; a batch holds at most {settings.max_rows_per_batch}"
         )
-    content = json.dumps(rows, ensure_ascii=False).encode()
+    return json.dumps(rows, ensure_ascii=False).encode()
+
+
+async def _inline_file(
+    pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, rows: list[dict[str, Any]]
+) -> uuid.UUID:
     row = await files.insert_bytes(
         pool,
         account_id,
         filename="recipients.json",
         content_type="application/json",
-        content=content,
+        content=_inline_content(settings, rows),
     )
     return row["id"]
 
@@ -387,14 +447,19 @@ async def list_messages(
     after: int,
 ) -> MessageList:
     """A page of the batch's ledger, in `seq` order, after the cursor `after`."""
-    if status is not None and status not in tuple(LedgerStatus):
-        raise InvalidRequest(f"status must be one of {', '.join(LedgerStatus)}")
+    require_ledger_status(status)
     batch = await require_batch(pool, account_id, batch_id)
     rows = await messages.list_messages(
         pool, account_id, batch, status=status, limit=limit, after_seq=after
     )
     next_cursor = rows[-1]["seq"] if len(rows) == limit else None
     return MessageList(messages=rows, next_cursor=next_cursor)
+
+
+def require_ledger_status(status: str | None) -> None:
+    """A filter by ledger status names one (or none)."""
+    if status is not None and status not in tuple(LedgerStatus):
+        raise InvalidRequest(f"status must be one of {', '.join(LedgerStatus)}")
 
 
 async def list_events(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str) -> BatchLogs:

@@ -60,6 +60,7 @@ def batch_request(body: MobivateBatchRequest) -> BatchRequest:
         "name": body.name,
         "schedule_at": body.schedule_date_time,
         "spread_hours": body.spread_hours or None,
+        "number_check": body.number_check,
     }
     if body.exclude_duplicates is not None:
         request["exclude_duplicates"] = body.exclude_duplicates

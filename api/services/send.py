@@ -18,7 +18,7 @@ from api.services.batches import AgentNumberNotFound
 from api.services.conversations import signal_conversation
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
-from store import conversation_messages, conversations, idempotency, numbers
+from store import conversation_messages, conversations, idempotency, numbers, opt_outs
 from workflows.contracts import SilenceTimers, conversation_workflow_id
 
 # How often a request waits on the first request with its idempotency key.
@@ -49,6 +49,11 @@ class IdempotencyKeyReused(HeraldError):
 class IdempotencyKeyInProgress(HeraldError):
     status_code = 409
     code = "IDEMPOTENCY_KEY_IN_PROGRESS"
+
+
+class RecipientOptedOut(HeraldError):
+    status_code = 409
+    code = "RECIPIENT_OPTED_OUT"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,6 +184,10 @@ async def _send(
             f"{prepared.agent_number} is not a registered sender of this account"
         )
     await require_safe_webhook(str(body.webhook) if body.webhook else None, settings)
+    if await opt_outs.is_opted_out(pool, prepared.account_id, prepared.user_number):
+        raise RecipientOptedOut(
+            f"{prepared.user_number} has opted out of messages from this account; nothing sent"
+        )
     stored: dict[str, Any] = {
         name: value for name in STORED_FIELDS if (value := getattr(body, name)) is not None
     }

@@ -1,0 +1,117 @@
+"""`POST /v1/sms/batch` with `"dry_run": true`: the file validated now by the batch's own
+code, its figures answered, nothing sent and no batch recorded."""
+
+import secrets
+
+import httpx
+
+from tests.support.batches import FINAL
+from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
+from tests.support.stack import Account, WebhookReceiver, error_code
+
+
+async def dry_run(api: httpx.AsyncClient, account: Account, **body: object) -> dict:
+    request: dict = {"global": {"agent_number": account.agent_number}, "dry_run": True}
+    request.update(body)
+    response = await api.post("/v1/sms/batch", headers=account.headers, json=request)
+    assert response.status_code == 200, response.text
+    assert response.json()["errors"] is None
+    return response.json()["data"]
+
+
+async def test_a_dry_run_answers_the_batchs_figures_and_sends_nothing(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
+) -> None:
+    marker = secrets.token_hex(6)
+    first, second = unique_numbers(2)
+    rows = [[first, "Ada"], ["not a number", "Bob"], [first, "Ada again"], [second, "Zoë €"]]
+    file_id = await attach(api, account.headers, csv_bytes(["phone_number", "name"], rows))
+    message = {"agent_number": account.agent_number, "agent_message": "Hi {{name}} " + marker}
+
+    found = await dry_run(api, account, file_id=file_id, **{"global": message})
+
+    assert found["dry_run"] is True
+    assert (found["code"], found["reason"]) == (None, None)
+    counts = {
+        name: found[name] for name in ("rows_total", "recipients", "to_send", "skipped", "rejected")
+    }
+    assert counts == {"rows_total": 4, "recipients": 3, "to_send": 2, "skipped": 1, "rejected": 1}
+    assert (found["messages_gsm7"], found["messages_ucs2"], found["segments_total"]) == (1, 1, 2)
+    assert [(r["row_number"], r["value"], r["code"]) for r in found["rejected_rows"]] == [
+        (2, "not a number", "invalid_number")
+    ]
+    assert [
+        (m["row_number"], m["to_number"], m["body"], m["skip_code"]) for m in found["messages"]
+    ] == [
+        (1, first, f"Hi Ada {marker}", None),
+        (3, first, f"Hi Ada again {marker}", "duplicate"),
+        (4, second, f"Hi Zoë € {marker}", None),
+    ]
+    assert await emulator_messages(emulator_url, body_contains=marker) == []
+    unknown = await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)
+    assert error_code(unknown) == "BATCH_NOT_FOUND"
+
+    started = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={"file_id": file_id, "global": message, "status_webhook": webhooks.url(marker)},
+    )
+    assert started.status_code == 200, started.text
+    await webhooks.wait_for(marker, *FINAL)
+    batch = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()["data"]
+    for name in ("rows_total", "recipients", "rejected", "segments_total", "messages_gsm7"):
+        assert batch[name] == found[name], name
+
+
+async def test_inline_rows_and_a_json_file_take_the_row_path(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    numbers = unique_numbers(30)
+    recipients = [{"phone_number": n, "request_data": {"n": str(i)}} for i, n in enumerate(numbers)]
+    recipients += [{"phone_number": f"bad {i}"} for i in range(120)]
+    message = {"agent_number": account.agent_number, "agent_message": "No {{n}}"}
+
+    found = await dry_run(api, account, recipients=recipients, **{"global": message})
+
+    assert (found["rows_total"], found["to_send"], found["rejected"]) == (150, 30, 120)
+    assert len(found["rejected_rows"]) == 100
+    assert [m["body"] for m in found["messages"]] == [f"No {i}" for i in range(20)]
+    assert {r["code"] for r in found["rejected_rows"]} == {"invalid_number"}
+
+
+async def test_a_strict_dry_run_says_the_batch_would_fail(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number"], [[unique_numbers(1)[0]], ["nope"]])
+    )
+    message = {"agent_number": account.agent_number, "agent_message": "hello"}
+
+    found = await dry_run(api, account, file_id=file_id, strict=True, **{"global": message})
+
+    assert found["code"] == "validation_failed"
+    assert "row 2 invalid_number" in found["reason"]
+
+
+async def test_a_file_without_numbers_is_its_file_level_code(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    file_id = await attach(api, account.headers, csv_bytes(["mobile"], [["+12015550123"]]))
+
+    found = await dry_run(api, account, file_id=file_id)
+
+    assert found["code"] == "source_invalid"
+    assert found["rows_total"] == 0
+
+
+async def test_a_dry_run_is_refused_as_the_batch_would_be(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    response = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={"file_id": "nope", "global": {"agent_number": account.agent_number}, "dry_run": True},
+    )
+
+    assert response.status_code == 404
+    assert error_code(response) == "FILE_NOT_FOUND"
