@@ -12,6 +12,7 @@ from api.limits import BodySizeLimit, RateLimiter
 from api.models import ErrorEnvelope
 from api.routes import (
     batches,
+    campaigns,
     conversations,
     files,
     health,
@@ -78,7 +79,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_upload=settings.max_upload_bytes,
     )
     app.include_router(health.router)
-    for module in (files, numbers, batches, send, conversations, webhooks, opt_outs, receipts):
+    for module in (
+        files,
+        numbers,
+        campaigns,
+        batches,
+        send,
+        conversations,
+        webhooks,
+        opt_outs,
+        receipts,
+    ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     # The dialect declares its own error replies: they are in its envelope, not Herald's.
     app.include_router(mobivate.router)
