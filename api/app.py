@@ -19,6 +19,7 @@ from api.routes import (
     mobivate,
     numbers,
     opt_outs,
+    postman,
     receipts,
     send,
     webhooks,
@@ -91,8 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         receipts,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
-    # The dialect declares its own error replies: they are in its envelope, not Herald's.
+    # The dialects declare their own error replies: they are in their envelopes, not Herald's.
     app.include_router(mobivate.router)
+    app.include_router(postman.router)
     return app
 
 

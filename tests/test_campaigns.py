@@ -9,12 +9,8 @@ import httpx
 import pytest
 
 from store.accounts import create_account, create_api_key
+from tests.support.postman_example import TEMPLATES
 from tests.support.stack import Account, error_code
-
-TEMPLATES = {
-    "english": "Dear {{recipient_name}}, your {{topic}} is ready.",
-    "chinese": "{{recipient_name}}，您的{{topic}}已准备好。",
-}
 
 
 def campaign_body(account: Account, **change: Any) -> dict[str, Any]:
