@@ -114,7 +114,8 @@ def postman_error(
     """The dialect's `{error: {code, message}}`, with its documented codes and words for a bad
     key (401), too many requests (429) and a file too large (400, as it documents, where
     Herald answers 413); any other failure keeps its status, with Herald's code in lower
-    case. `details` holds each further item (a file's rows and their reasons)."""
+    case. `heraldCode` is Herald's own code, which tells apart what the dialect's one code
+    covers; `details` holds each further item (a file's rows and their reasons)."""
     if status_code == Unauthorized.status_code:
         status_code, code, message = (
             401,
@@ -129,7 +130,7 @@ def postman_error(
         code, message = "parameter_invalid", errors[0]["message"]
     else:
         code, message = errors[0]["error"].lower(), errors[0]["message"]
-    error: dict[str, Any] = {"code": code, "message": message}
+    error: dict[str, Any] = {"code": code, "message": message, "heraldCode": errors[0]["error"]}
     if len(errors) > 1:
         error["details"] = [
             {key: value for key, value in item.items() if key != "error"} for item in errors[1:]

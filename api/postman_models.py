@@ -29,6 +29,7 @@ class PostmanErrorBody(PostmanModel):
         " otherwise Herald's code in lower case."
     )
     message: str
+    herald_code: str = Field(description="Herald's own code, as its other APIs give it.")
     details: list[PostmanErrorDetail] | None = Field(
         None, description="Each problem: for a refused file, every row in error (first 100)."
     )

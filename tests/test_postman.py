@@ -186,7 +186,7 @@ async def test_a_missing_or_bad_key_gets_the_documented_401(
     response = await upload(api, campaign_id, example_with(unique_numbers(2)), headers)
 
     assert response.status_code == 401
-    assert response.json() == {"error": INVALID_API_KEY}
+    assert response.json() == {"error": INVALID_API_KEY | {"heraldCode": "UNAUTHORIZED"}}
 
 
 async def test_a_file_over_the_limit_gets_the_documented_400(
@@ -199,7 +199,7 @@ async def test_a_file_over_the_limit_gets_the_documented_400(
         response = await upload(small, campaign_id, content, bearer(account))
 
     assert response.status_code == 400, response.text
-    assert response.json() == {"error": FILE_TOO_LARGE}
+    assert response.json() == {"error": FILE_TOO_LARGE | {"heraldCode": "FILE_TOO_LARGE"}}
 
 
 async def test_too_many_requests_gets_the_documented_429(
@@ -212,7 +212,7 @@ async def test_too_many_requests_gets_the_documented_429(
 
     assert first.status_code == 404
     assert second.status_code == 429
-    assert second.json() == {"error": TOO_MANY_REQUESTS}
+    assert second.json() == {"error": TOO_MANY_REQUESTS | {"heraldCode": "RATE_LIMITED"}}
     assert second.headers["retry-after"]
 
 

@@ -45,6 +45,8 @@ async def send_batch(
 ) -> PostmanBatchAccepted:
     """Send the campaign's template to each row of the CSV in `file`, in the row's language.
     The whole file is checked first: any row in error refuses it, and nothing is sent."""
+    # An unknown campaign is 404 whatever the body holds, as a resource of another account.
+    campaign = await service.campaign(pool, account_id, campaign_id)
     if file is None:
         raise MissingFile("multipart field 'file' is required")
     parts = len((await request.form()).getlist("file"))
@@ -55,4 +57,4 @@ async def send_batch(
         raise FileTooLarge(f"files are limited to {settings.max_upload_bytes} bytes")
     if size == 0:
         raise EmptyFile("the file is empty")
-    return await service.send_batch(pool, temporal, settings, account_id, campaign_id, file.file)
+    return await service.send_batch(pool, temporal, settings, account_id, campaign, file.file)

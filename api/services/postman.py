@@ -196,16 +196,20 @@ async def _blocks(content: IO[bytes]) -> AsyncIterator[bytes]:
         yield block
 
 
+async def campaign(pool: asyncpg.Pool, account_id: uuid.UUID, campaign_id: str) -> dict:
+    """The account's campaign of this id; CampaignNotFound if it has none."""
+    return await get_campaign(pool, account_id, campaign_id)
+
+
 async def send_batch(
     pool: asyncpg.Pool,
     temporal: Client,
     settings: Settings,
     account_id: uuid.UUID,
-    campaign_id: str,
+    campaign: dict,
     upload: BinaryIO,
 ) -> PostmanBatchAccepted:
     """Check the whole file, then store Herald's file for it and start the batch."""
-    campaign = await get_campaign(pool, account_id, campaign_id)
     converted = await run_in_threadpool(
         convert,
         upload,
