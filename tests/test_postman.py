@@ -216,6 +216,26 @@ async def test_too_many_requests_gets_the_documented_429(
     assert second.headers["retry-after"]
 
 
+async def test_the_campaigns_rate_is_shared_by_two_api_processes(
+    api: httpx.AsyncClient, settings: Settings, account: Account
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    other_id = await new_campaign(api, account)
+    limited = settings.model_copy(update={"campaign_rate_limit_per_second": 2})
+    async with api_client(limited) as first, api_client(limited) as second:
+        # No file: each request spends its campaign's rate, then is refused for the body.
+        replies = [
+            await client.post(f"/campaigns/{campaign_id}/batch/messages", headers=bearer(account))
+            for client in (first, second, first)
+        ]
+        other = await second.post(f"/campaigns/{other_id}/batch/messages", headers=bearer(account))
+
+    assert [r.status_code for r in replies] == [400, 400, 429], [r.text for r in replies]
+    assert replies[2].json() == {"error": TOO_MANY_REQUESTS | {"heraldCode": "RATE_LIMITED"}}
+    assert int(replies[2].headers["retry-after"]) >= 1
+    assert other.status_code == 400, other.text
+
+
 async def test_an_unknown_campaign_is_not_found(api: httpx.AsyncClient, account: Account) -> None:
     replies: list[dict[str, Any]] = []
     for campaign_id in (str(uuid.uuid4()), "not-an-id"):

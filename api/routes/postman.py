@@ -46,7 +46,7 @@ async def send_batch(
     """Send the campaign's template to each row of the CSV in `file`, in the row's language.
     The whole file is checked first: any row in error refuses it, and nothing is sent."""
     # An unknown campaign is 404 whatever the body holds, as a resource of another account.
-    campaign = await service.campaign(pool, account_id, campaign_id)
+    campaign = await service.campaign(pool, settings, account_id, campaign_id)
     if file is None:
         raise MissingFile("multipart field 'file' is required")
     parts = len((await request.form()).getlist("file"))

@@ -4,6 +4,7 @@ on the same pipeline. The engine renders the templates, as it does any batch's."
 
 import csv
 import io
+import math
 import re
 import tempfile
 import uuid
@@ -18,12 +19,13 @@ from temporalio.client import Client
 from activities.recipients.phones import to_e164
 from activities.recipients.rows import MESSAGE_COLUMN, PHONE_COLUMN, REQUEST_DATA_PREFIX
 from api.errors import HeraldError
+from api.limits import RateLimited
 from api.models import BatchRequest
 from api.postman_models import PostmanBatchAccepted
 from api.services.batches import TooManyRecipients, start_batch
 from api.services.campaigns import get_campaign
 from settings import Settings
-from store import files
+from store import campaigns, files
 
 RECIPIENT = "recipient"
 LANGUAGE = "language"
@@ -196,9 +198,20 @@ async def _blocks(content: IO[bytes]) -> AsyncIterator[bytes]:
         yield block
 
 
-async def campaign(pool: asyncpg.Pool, account_id: uuid.UUID, campaign_id: str) -> dict:
-    """The account's campaign of this id; CampaignNotFound if it has none."""
-    return await get_campaign(pool, account_id, campaign_id)
+async def campaign(
+    pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, campaign_id: str
+) -> dict:
+    """The account's campaign of this id, once a request of its rate is spent;
+    CampaignNotFound if the account has none, RateLimited if its rate is used up."""
+    found = await get_campaign(pool, account_id, campaign_id)
+    rate = settings.campaign_rate_limit_per_second
+    wait = await campaigns.take_request(pool, found["id"], per_second=rate, burst=max(1.0, rate))
+    if wait is not None:
+        raise RateLimited(
+            f"more than {rate:g} requests a second for this campaign; retry later",
+            headers={"retry-after": str(math.ceil(wait))},
+        )
+    return found
 
 
 async def send_batch(

@@ -9,6 +9,10 @@ CREATE TABLE campaigns (
     sender      text NOT NULL,
     templates   jsonb NOT NULL,
     parameters  text[] NOT NULL,
+    -- The Postman dialect's request rate per campaign, a token bucket here so that every API
+    -- process spends from the same one: tokens left at `rate_updated` (NULL: a full bucket).
+    rate_tokens   double precision,
+    rate_updated  timestamptz,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
