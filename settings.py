@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(
         100, ge=1, description="Requests an API key may make at once before the rate applies."
     )
+    campaign_rate_limit_per_second: float = Field(
+        10.0,
+        gt=0,
+        description="Requests a second allowed per campaign on the Postman dialect's routes,"
+        " from all API processes together; as many at once (429 beyond).",
+    )
     max_rows_per_batch: int = Field(
         1_000_000, description="Rows a recipient file may hold; more fails it (too_many_rows)."
     )

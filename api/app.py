@@ -14,12 +14,14 @@ from api.request_context import RequestContext
 from api.request_metrics import RequestMetrics
 from api.routes import (
     batches,
+    campaigns,
     conversations,
     files,
     health,
     mobivate,
     numbers,
     opt_outs,
+    postman,
     receipts,
     send,
     webhooks,
@@ -91,10 +93,21 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_middleware(RequestContext)
     app.include_router(health.router)
-    for module in (files, numbers, batches, send, conversations, webhooks, opt_outs, receipts):
+    for module in (
+        files,
+        numbers,
+        campaigns,
+        batches,
+        send,
+        conversations,
+        webhooks,
+        opt_outs,
+        receipts,
+    ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
-    # The dialect declares its own error replies: they are in its envelope, not Herald's.
+    # The dialects declare their own error replies: they are in their envelopes, not Herald's.
     app.include_router(mobivate.router)
+    app.include_router(postman.router)
     if tracing is not None:
         tracing.instrument(app)
     return app

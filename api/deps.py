@@ -97,4 +97,8 @@ OptOutsRead = Annotated[uuid.UUID, _requires("opt_outs:read")]
 OptOutsWrite = Annotated[uuid.UUID, _requires("opt_outs:write")]
 WebhooksRead = Annotated[uuid.UUID, _requires("webhooks:read")]
 WebhooksWrite = Annotated[uuid.UUID, _requires("webhooks:write")]
+CampaignsRead = Annotated[uuid.UUID, _requires("campaigns:read")]
+CampaignsWrite = Annotated[uuid.UUID, _requires("campaigns:write")]
 CreateBatchSMS = Annotated[uuid.UUID, _requires("create:BatchSMS", bearer_grant)]
+# The Postman dialect's batch send: a Bearer key that may start batches.
+BearerBatchesWrite = Annotated[uuid.UUID, _requires("batches:write", bearer_grant)]

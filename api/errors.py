@@ -36,6 +36,10 @@ class HeraldError(Exception):
         self.message = message
         self.headers = headers
 
+    def problems(self) -> list[dict[str, Any]]:
+        """The error's items in the envelope: itself, and any details a subclass adds."""
+        return [{"error": self.code, "message": documented(self.code, self.message)}]
+
 
 class Unauthorized(HeraldError):
     status_code = 401
@@ -122,6 +126,41 @@ def mobivate_error(
     )
 
 
+# Paths of the Postman dialect, which answers errors in its own envelope.
+POSTMAN_PATHS = ("/campaigns/",)
+POSTMAN_FILE_TOO_LARGE = "File too large, max file size is 40MB"
+
+
+def postman_error(
+    status_code: int, errors: list[dict[str, Any]], headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The dialect's `{error: {code, message}}`, with its documented codes and words for a bad
+    key (401), too many requests (429) and a file too large (400, as it documents, where
+    Herald answers 413); any other failure keeps its status, with Herald's code in lower
+    case. `heraldCode` is Herald's own code, which tells apart what the dialect's one code
+    covers; `details` holds each further item (a file's rows and their reasons)."""
+    if status_code == Unauthorized.status_code:
+        status_code, code, message = (
+            401,
+            "invalid_api_key_provided",
+            "The API key provided is invalid.",
+        )
+    elif status_code == 429:
+        code, message = "too_many_requests", "Too many requests"
+    elif status_code == 413:
+        status_code, code, message = 400, "parameter_invalid", POSTMAN_FILE_TOO_LARGE
+    elif status_code == 400:
+        code, message = "parameter_invalid", errors[0]["message"]
+    else:
+        code, message = errors[0]["error"].lower(), errors[0]["message"]
+    error: dict[str, Any] = {"code": code, "message": message, "heraldCode": errors[0]["error"]}
+    if len(errors) > 1:
+        error["details"] = [
+            {key: value for key, value in item.items() if key != "error"} for item in errors[1:]
+        ]
+    return JSONResponse(status_code=status_code, content={"error": error}, headers=headers)
+
+
 def error_reply(
     path: str,
     status_code: int,
@@ -131,14 +170,13 @@ def error_reply(
     """An error for a request to `path`, in the envelope of the dialect it belongs to."""
     if path.startswith(MOBIVATE_PATHS):
         return mobivate_error(status_code, errors, headers)
+    if path.startswith(POSTMAN_PATHS):
+        return postman_error(status_code, errors, headers)
     return envelope_error(status_code, errors, headers)
 
 
 def herald_error_response(path: str, error: HeraldError) -> JSONResponse:
-    message = documented(error.code, error.message)
-    return error_reply(
-        path, error.status_code, [{"error": error.code, "message": message}], error.headers
-    )
+    return error_reply(path, error.status_code, error.problems(), error.headers)
 
 
 def http_error_response(path: str, error: StarletteHTTPException) -> JSONResponse:

@@ -31,6 +31,8 @@ PERMISSIONS: tuple[str, ...] = (
     "opt_outs:write",
     "webhooks:read",
     "webhooks:write",
+    "campaigns:read",
+    "campaigns:write",
     "create:BatchSMS",
     "read:BatchSMS",
 )

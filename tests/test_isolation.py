@@ -45,6 +45,9 @@ SCOPED: dict[tuple[str, str], Call] = {
     ("PATCH", "/v1/sms/numbers/{number}"): Call(json={"mps": 3}),
     ("DELETE", "/v1/sms/numbers/{number}"): Call(),
     ("DELETE", "/v1/opt-outs/{number}"): Call(),
+    ("GET", "/v1/campaigns/{campaign_id}"): Call(),
+    ("PATCH", "/v1/campaigns/{campaign_id}"): Call(json={"name": "not yours"}),
+    ("DELETE", "/v1/campaigns/{campaign_id}"): Call(),
     # A file of A, or a sender of A, named in a body.
     ("POST", "/v1/sms/batch"): Call(
         json={
@@ -63,25 +66,32 @@ DIALECT: dict[tuple[str, str], Call] = {
         json={"recipients": [{"recipient": "12125550123"}], "text": "hi", "originator": "{number}"}
     ),
 }
+# The Postman dialect's routes: a `Bearer` key and the dialect's envelope; a campaign of A in
+# the path.
+POSTMAN: dict[tuple[str, str], Call] = {
+    ("POST", "/campaigns/{campaign_id}/batch/messages"): Call(),
+}
 # Routes that list the caller's resources: B's list names none of A's.
 LISTS: dict[tuple[str, str], Call] = {
     ("GET", "/v1/sms/batches"): Call(),
     ("GET", "/v1/sms/numbers"): Call(),
     ("GET", "/v1/sms/conversations"): Call(),
     ("GET", "/v1/opt-outs"): Call(),
+    ("GET", "/v1/campaigns"): Call(),
 }
 # Routes that only create or touch the caller's own things and take no id.
 OWN: dict[tuple[str, str], str] = {
     ("POST", "/v1/files/attach"): "stores a file in the caller's account",
     ("POST", "/v1/sms/numbers"): "registers a sender in the caller's account",
     ("POST", "/v1/opt-outs"): "opts a number out for the caller's account",
+    ("POST", "/v1/campaigns"): "creates a campaign in the caller's account, from its sender",
     ("GET", "/v1/webhooks/secret"): "the caller's signing secret's dates",
     ("POST", "/v1/webhooks/secret/rotate"): "rotates the caller's signing secret",
 }
 
 
 def test_the_matrix_names_every_route_once() -> None:
-    listed = [*SCOPED, *DIALECT, *LISTS, *OWN, *PUBLIC_ROUTES]
+    listed = [*SCOPED, *DIALECT, *POSTMAN, *LISTS, *OWN, *PUBLIC_ROUTES]
     assert len(listed) == len(set(listed)), "a route is in two tables"
     assert set(listed) == app_routes()
 
@@ -133,7 +143,14 @@ async def tenants(
     # A's own sender is also a number A opted out: the opt-out routes name it as `{number}`.
     added = await api.post("/v1/opt-outs", headers=a.headers, json={"number": a.number})
     assert added.status_code == 201, added.text
+    campaign = await api.post(
+        "/v1/campaigns",
+        headers=a.headers,
+        json={"name": "A's", "sender": a.number, "templates": {"english": "{{body}}"}},
+    )
+    assert campaign.status_code == 201, campaign.text
     a.ids.update(
+        campaign_id=campaign.json()["data"]["id"],
         batch_id=file_id,
         file_id=file_id,
         conversation_id=sent.json()["data"]["conversation_id"],
@@ -151,6 +168,7 @@ def unknown_ids() -> dict[str, str]:
         "batch_id": fresh,
         "file_id": fresh,
         "conversation_id": fresh,
+        "campaign_id": fresh,
         "number": unique_numbers(1)[0],
     }
 
@@ -239,3 +257,18 @@ async def test_the_dialect_takes_another_accounts_sender_for_an_unknown_one(
         without_key = await api.request(method, path, json={})
         assert without_key.status_code == 403, (path, without_key.text)
         assert without_key.json()["error"]["name"] == "AuthenticationError"
+
+
+async def test_the_postman_dialect_takes_another_accounts_campaign_for_an_unknown_one(
+    api: httpx.AsyncClient, tenants: tuple[Tenant, Tenant]
+) -> None:
+    a, b = tenants
+    for (method, path), spec in POSTMAN.items():
+        as_b = await call(api, method, path, spec, b, a.ids, b.bearer_headers)
+        unknown = await call(api, method, path, spec, b, unknown_ids(), b.bearer_headers)
+        assert dialect_outcome(unknown) == (404, "campaign_not_found"), (path, unknown.text)
+        assert dialect_outcome(as_b) == dialect_outcome(unknown), (path, as_b.text)
+        as_a = await call(api, method, path, spec, a, a.ids, a.bearer_headers)
+        assert as_a.status_code != 404, (path, as_a.text)
+        without_key = await api.request(method, path.format(**a.ids), json={})
+        assert dialect_outcome(without_key) == (401, "invalid_api_key_provided")

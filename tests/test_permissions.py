@@ -38,6 +38,12 @@ NEEDS: dict[tuple[str, str], str] = {
     ("GET", "/v1/webhooks/secret"): "webhooks:read",
     ("POST", "/v1/webhooks/secret/rotate"): "webhooks:write",
     ("POST", "/send/batch"): "create:BatchSMS",
+    ("POST", "/v1/campaigns"): "campaigns:write",
+    ("GET", "/v1/campaigns"): "campaigns:read",
+    ("GET", "/v1/campaigns/{campaign_id}"): "campaigns:read",
+    ("PATCH", "/v1/campaigns/{campaign_id}"): "campaigns:write",
+    ("DELETE", "/v1/campaigns/{campaign_id}"): "campaigns:write",
+    ("POST", "/campaigns/{campaign_id}/batch/messages"): "batches:write",
 }
 MOBIVATE_FORBIDDEN = {"success": False, "error": {"name": "AuthenticationError", "statusCode": 403}}
 
@@ -49,7 +55,12 @@ def test_every_route_is_public_or_needs_a_known_permission() -> None:
 
 
 def concrete(path: str) -> str:
-    return path.format(batch_id=uuid.uuid4(), conversation_id=uuid.uuid4(), number="%2B15005550199")
+    return path.format(
+        batch_id=uuid.uuid4(),
+        conversation_id=uuid.uuid4(),
+        campaign_id=uuid.uuid4(),
+        number="%2B15005550199",
+    )
 
 
 async def call(api: httpx.AsyncClient, route: tuple[str, str], key: str) -> httpx.Response:
@@ -63,6 +74,8 @@ def assert_forbidden(route: tuple[str, str], response: httpx.Response) -> None:
     assert response.status_code == 403, (route, response.text)
     if route[1].startswith("/send/"):
         assert response.json() == MOBIVATE_FORBIDDEN
+    elif route[1].startswith("/campaigns/"):
+        assert response.json()["error"]["heraldCode"] == "FORBIDDEN", response.text
     else:
         body = response.json()
         assert body["data"] is None and body["errors"][0]["error"] == "FORBIDDEN", body

@@ -54,10 +54,13 @@ async def api_client(
 
 def error_code(response: httpx.Response) -> str:
     """The code of an error reply's first error, in the `{data, errors}` envelope or, for the
-    Mobivate routes, in that dialect's `{success, error}` one."""
+    Mobivate routes, in that dialect's `{success, error}` one, or for the Postman routes,
+    Herald's code in that dialect's `{error}` one."""
     body = response.json()
     if body.get("success") is False:
         return body["error"]["code"]
+    if "heraldCode" in body.get("error", {}):
+        return body["error"]["heraldCode"]
     assert body["data"] is None, body
     return body["errors"][0]["error"]
 

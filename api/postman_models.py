@@ -1,0 +1,39 @@
+"""Reply shapes of the Postman dialect, `POST /campaigns/{campaignId}/batch/messages`."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class PostmanModel(BaseModel):
+    """Fields are camelCase on the wire, as the dialect writes them."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class PostmanBatchAccepted(PostmanModel):
+    is_valid: Literal[True] = True
+    batch_id: str = Field(description="The batch id, the same in Herald's own API.")
+
+
+class PostmanErrorDetail(PostmanModel):
+    message: str
+    row: int | None = Field(None, description="The file's row, 1 for the first after the header.")
+    column: str | None = Field(None, description="The column the problem is in, if one.")
+
+
+class PostmanErrorBody(PostmanModel):
+    code: str = Field(
+        description="`parameter_invalid`, `invalid_api_key_provided`, `too_many_requests`;"
+        " otherwise Herald's code in lower case."
+    )
+    message: str
+    herald_code: str = Field(description="Herald's own code, as its other APIs give it.")
+    details: list[PostmanErrorDetail] | None = Field(
+        None, description="Each problem: for a refused file, every row in error (first 100)."
+    )
+
+
+class PostmanError(PostmanModel):
+    error: PostmanErrorBody

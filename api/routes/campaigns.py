@@ -1,0 +1,44 @@
+"""The account's campaigns: a sender and message templates per language."""
+
+from fastapi import APIRouter
+
+from api.campaign_models import Campaign, CampaignRequest, CampaignUpdate
+from api.deps import CampaignsRead, CampaignsWrite, Pool
+from api.models import Envelope
+from api.services import campaigns as service
+
+router = APIRouter(tags=["campaigns"])
+
+
+def _reply(campaign: dict) -> Campaign:
+    return Campaign.model_validate({**campaign, "id": str(campaign["id"])})
+
+
+@router.post("/v1/campaigns", status_code=201, response_model=Envelope[Campaign])
+async def create_campaign(account_id: CampaignsWrite, pool: Pool, body: CampaignRequest) -> dict:
+    """Create a campaign; its templates are checked and its parameters derived from them."""
+    return {"data": _reply(await service.create_campaign(pool, account_id, body))}
+
+
+@router.get("/v1/campaigns", response_model=Envelope[list[Campaign]])
+async def list_campaigns(account_id: CampaignsRead, pool: Pool) -> dict:
+    return {"data": [_reply(c) for c in await service.list_campaigns(pool, account_id)]}
+
+
+@router.get("/v1/campaigns/{campaign_id}", response_model=Envelope[Campaign])
+async def get_campaign(account_id: CampaignsRead, pool: Pool, campaign_id: str) -> dict:
+    return {"data": _reply(await service.get_campaign(pool, account_id, campaign_id))}
+
+
+@router.patch("/v1/campaigns/{campaign_id}", response_model=Envelope[Campaign])
+async def update_campaign(
+    account_id: CampaignsWrite, pool: Pool, campaign_id: str, body: CampaignUpdate
+) -> dict:
+    """Change the given fields; new templates replace all the old ones."""
+    return {"data": _reply(await service.update_campaign(pool, account_id, campaign_id, body))}
+
+
+@router.delete("/v1/campaigns/{campaign_id}", response_model=Envelope[dict[str, str]])
+async def delete_campaign(account_id: CampaignsWrite, pool: Pool, campaign_id: str) -> dict:
+    """Delete a campaign; batches already started from it go on."""
+    return {"data": {"deleted": await service.delete_campaign(pool, account_id, campaign_id)}}

@@ -1,0 +1,121 @@
+"""Campaigns: a sender and a message template per language, checked when saved."""
+
+import re
+import uuid
+
+import asyncpg
+
+from activities.recipients.phones import to_e164
+from activities.recipients.rows import template_parts
+from api.campaign_models import CampaignRequest, CampaignUpdate, Language
+from api.errors import HeraldError
+from api.services.batches import AgentNumberNotFound, parse_batch_id
+from store import campaigns, numbers
+
+PARAMETER_NAME = re.compile(r"[a-z0-9_]+")
+# A template that takes its whole text from the file uses this one parameter alone.
+BODY_PARAMETER = "body"
+
+
+class CampaignNotFound(HeraldError):
+    status_code = 404
+    code = "CAMPAIGN_NOT_FOUND"
+
+
+class InvalidTemplate(HeraldError):
+    code = "INVALID_TEMPLATE"
+
+
+def template_parameters(templates: dict[Language, str]) -> list[str]:
+    """The parameters the templates use, in order of first use; InvalidTemplate unless each
+    is a valid name, `body` is alone, and every template uses the same ones (one file, whose
+    columns are the parameters, holds the rows of every language)."""
+    found: dict[Language, list[str]] = {}
+    for language in Language:
+        if language not in templates:
+            continue
+        template = templates[language]
+        if not template.strip():
+            raise InvalidTemplate(f"the {language} template is empty")
+        names = list(dict.fromkeys(template_parts(template)[1::2]))
+        for name in names:
+            if not PARAMETER_NAME.fullmatch(name):
+                raise InvalidTemplate(
+                    f"the {language} template's parameter {{{{{name}}}}} is not lowercase"
+                    " letters, digits and _"
+                )
+        if BODY_PARAMETER in names and len(names) > 1:
+            raise InvalidTemplate(
+                f"the {language} template uses {{{{body}}}} with other parameters; {{{{body}}}}"
+                " is the only parameter of a template that uses it"
+            )
+        found[language] = names
+    first, *others = found.items()
+    for language, names in others:
+        if set(names) != set(first[1]):
+            raise InvalidTemplate(
+                f"the {language} template's parameters {sorted(names)} are not the {first[0]}"
+                f" template's {sorted(first[1])}; every template uses the same parameters"
+            )
+    return first[1]
+
+
+async def _sender(pool: asyncpg.Pool, account_id: uuid.UUID, sender: str) -> str:
+    number = to_e164(sender, require_valid=False)
+    if number is None or not await numbers.has_number(pool, account_id, number):
+        raise AgentNumberNotFound(f"{sender} is not a registered sender of this account")
+    return number
+
+
+def _campaign_id(campaign_id: str) -> uuid.UUID:
+    return parse_batch_id(campaign_id, CampaignNotFound)
+
+
+async def create_campaign(pool: asyncpg.Pool, account_id: uuid.UUID, body: CampaignRequest) -> dict:
+    parameters = template_parameters(body.templates)
+    return await campaigns.create_campaign(
+        pool,
+        account_id,
+        name=body.name,
+        sender=await _sender(pool, account_id, body.sender),
+        templates={str(language): text for language, text in body.templates.items()},
+        parameters=parameters,
+    )
+
+
+async def get_campaign(pool: asyncpg.Pool, account_id: uuid.UUID, campaign_id: str) -> dict:
+    campaign = await campaigns.get_campaign(pool, account_id, _campaign_id(campaign_id))
+    if campaign is None:
+        raise CampaignNotFound(f"no campaign {campaign_id!r} in this account")
+    return campaign
+
+
+async def list_campaigns(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[dict]:
+    return await campaigns.list_campaigns(pool, account_id)
+
+
+async def update_campaign(
+    pool: asyncpg.Pool, account_id: uuid.UUID, campaign_id: str, body: CampaignUpdate
+) -> dict:
+    """Change the given fields; the templates are checked again as a whole."""
+    current = await get_campaign(pool, account_id, campaign_id)
+    templates = dict(body.templates) if body.templates is not None else current["templates"]
+    sender = current["sender"] if body.sender is None else body.sender
+    updated = await campaigns.update_campaign(
+        pool,
+        account_id,
+        current["id"],
+        name=body.name or current["name"],
+        sender=await _sender(pool, account_id, sender),
+        templates=templates,
+        parameters=template_parameters(templates),
+    )
+    if updated is None:
+        raise CampaignNotFound(f"no campaign {campaign_id!r} in this account")
+    return updated
+
+
+async def delete_campaign(pool: asyncpg.Pool, account_id: uuid.UUID, campaign_id: str) -> str:
+    if not await campaigns.delete_campaign(pool, account_id, _campaign_id(campaign_id)):
+        raise CampaignNotFound(f"no campaign {campaign_id!r} in this account")
+    return campaign_id

@@ -1,0 +1,250 @@
+"""The Postman dialect: a campaign's CSV checked whole, then turned into a file of Herald's
+own (each row's number, its language's template and its parameters) and started as a batch
+on the same pipeline. The engine renders the templates, as it does any batch's."""
+
+import csv
+import io
+import math
+import re
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import IO, Any, BinaryIO, TextIO, cast
+
+import asyncpg
+from starlette.concurrency import run_in_threadpool
+from temporalio.client import Client
+
+from activities.recipients.phones import to_e164
+from activities.recipients.rows import MESSAGE_COLUMN, PHONE_COLUMN, REQUEST_DATA_PREFIX
+from api.errors import HeraldError
+from api.limits import RateLimited
+from api.models import BatchRequest
+from api.postman_models import PostmanBatchAccepted
+from api.services.batches import TooManyRecipients, start_batch
+from api.services.campaigns import get_campaign
+from settings import Settings
+from store import campaigns, files
+
+RECIPIENT = "recipient"
+LANGUAGE = "language"
+DIGITS = re.compile(r"[0-9]+")
+# Rows a refused file's reply names; the message counts them all.
+LISTED_ROWS = 100
+READ_BLOCK = 1024 * 1024
+# The dialect's words for a header that does not match the campaign.
+HEADER_MISMATCH = "Validation failed (expected type is object)"
+
+
+class HeaderMismatch(HeraldError):
+    code = "INVALID_HEADER"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(HEADER_MISMATCH)
+        self.reason = reason
+
+    def problems(self) -> list[dict[str, Any]]:
+        return [*super().problems(), {"error": self.code, "message": self.reason}]
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    row: int
+    column: str | None
+    reason: str
+
+
+class InvalidRows(HeraldError):
+    """Rows in error: the whole file is refused, and each row is named with its reason."""
+
+    code = "INVALID_ROWS"
+
+    def __init__(self, problems: list[RowProblem], rows_in_error: int) -> None:
+        super().__init__(
+            f"{rows_in_error} row(s) in error; nothing was sent. Fix them all and upload the"
+            " file again"
+        )
+        self.rows = problems
+
+    def problems(self) -> list[dict[str, Any]]:
+        return [
+            *super().problems(),
+            *(
+                {"error": self.code, "message": p.reason, "row": p.row, "column": p.column}
+                for p in self.rows
+            ),
+        ]
+
+
+class NotText(HeraldError):
+    code = "INVALID_FILE"
+
+
+@dataclass
+class Converted:
+    """The file in Herald's columns: a temporary text file, its bytes read from its
+    `buffer`, which is at their start."""
+
+    content: TextIO
+    size: int
+
+
+def convert(
+    upload: BinaryIO, templates: dict[str, str], parameters: list[str], max_rows: int
+) -> Converted:
+    """Check every row of the dialect's CSV and write Herald's file for it, one pass; on
+    HeaderMismatch, InvalidRows, TooManyRecipients or NotText nothing is kept. Rows after
+    the first in error are only checked."""
+    out = cast(TextIO, tempfile.TemporaryFile(mode="w+", encoding="utf-8", newline=""))
+    try:
+        _convert(upload, out, templates, parameters, max_rows)
+    except BaseException:
+        out.close()
+        raise
+    out.flush()
+    size = out.buffer.tell()
+    out.buffer.seek(0)
+    return Converted(content=out, size=size)
+
+
+def _convert(
+    upload: BinaryIO, out: IO[str], templates: dict[str, str], parameters: list[str], max_rows: int
+) -> None:
+    text = io.TextIOWrapper(upload, encoding="utf-8-sig", newline="")
+    try:
+        reader = csv.reader(text)
+        header = next(reader, None)
+        header = _checked_header(header, parameters)
+        writer = csv.writer(out)
+        writer.writerow(
+            [PHONE_COLUMN, MESSAGE_COLUMN, *(REQUEST_DATA_PREFIX + name for name in header[2:])]
+        )
+        problems: list[RowProblem] = []
+        rows_in_error = 0
+        rows = 0
+        for record in reader:
+            if not record:
+                continue
+            rows += 1
+            if rows > max_rows:
+                raise TooManyRecipients(f"more than {max_rows} rows; a batch holds at most that")
+            found = _row_problems(rows, record, header, templates)
+            if found:
+                rows_in_error += 1
+                problems.extend(found[: max(0, LISTED_ROWS - len(problems))])
+            elif not rows_in_error:
+                writer.writerow(["+" + record[0], templates[record[1]], *record[2:]])
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise NotText(f"the file is not CSV text in UTF-8 ({error})") from error
+    finally:
+        # The upload stays open for its owner, the request.
+        text.detach()
+    if rows == 0:
+        raise InvalidRows([RowProblem(0, None, "the file has no rows")], 1)
+    if rows_in_error:
+        raise InvalidRows(problems, rows_in_error)
+
+
+def _checked_header(header: list[str] | None, parameters: list[str]) -> list[str]:
+    if not header or header[:2] != [RECIPIENT, LANGUAGE]:
+        raise HeaderMismatch(f"the first columns must be {RECIPIENT!r} and {LANGUAGE!r}")
+    given = header[2:]
+    if len(set(given)) != len(given):
+        raise HeaderMismatch("a column is named twice")
+    if set(given) != set(parameters):
+        missing = sorted(set(parameters) - set(given))
+        extra = sorted(set(given) - set(parameters))
+        raise HeaderMismatch(
+            f"the columns after {LANGUAGE!r} must be the template's parameters"
+            f" {parameters}; missing {missing}, not parameters {extra}"
+        )
+    return header
+
+
+def _row_problems(
+    row: int, record: list[str], header: list[str], templates: dict[str, str]
+) -> list[RowProblem]:
+    if len(record) != len(header):
+        return [RowProblem(row, None, f"{len(record)} cells where the header has {len(header)}")]
+    problems = []
+    recipient, language = record[0], record[1]
+    if not DIGITS.fullmatch(recipient) or to_e164("+" + recipient, require_valid=False) is None:
+        problems.append(
+            RowProblem(
+                row,
+                RECIPIENT,
+                f"{recipient!r} is not a phone number with its country code, digits only without +",
+            )
+        )
+    if language not in templates:
+        problems.append(
+            RowProblem(
+                row,
+                LANGUAGE,
+                f"{language!r} is not a language of this campaign ({', '.join(templates)})",
+            )
+        )
+    problems.extend(
+        RowProblem(row, name, f"{name} is empty")
+        for name, value in zip(header[2:], record[2:], strict=True)
+        if not value.strip()
+    )
+    return problems
+
+
+async def _blocks(content: IO[bytes]) -> AsyncIterator[bytes]:
+    while block := content.read(READ_BLOCK):
+        yield block
+
+
+async def campaign(
+    pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, campaign_id: str
+) -> dict:
+    """The account's campaign of this id, once a request of its rate is spent;
+    CampaignNotFound if the account has none, RateLimited if its rate is used up."""
+    found = await get_campaign(pool, account_id, campaign_id)
+    rate = settings.campaign_rate_limit_per_second
+    wait = await campaigns.take_request(pool, found["id"], per_second=rate, burst=max(1.0, rate))
+    if wait is not None:
+        raise RateLimited(
+            f"more than {rate:g} requests a second for this campaign; retry later",
+            headers={"retry-after": str(math.ceil(wait))},
+        )
+    return found
+
+
+async def send_batch(
+    pool: asyncpg.Pool,
+    temporal: Client,
+    settings: Settings,
+    account_id: uuid.UUID,
+    campaign: dict,
+    upload: BinaryIO,
+) -> PostmanBatchAccepted:
+    """Check the whole file, then store Herald's file for it and start the batch."""
+    converted = await run_in_threadpool(
+        convert,
+        upload,
+        campaign["templates"],
+        list(campaign["parameters"]),
+        settings.max_rows_per_batch,
+    )
+    with converted.content:
+        stored = await files.insert_file(
+            pool,
+            account_id,
+            filename=f"campaign-{campaign['id']}.csv",
+            content_type="text/csv",
+            size_bytes=converted.size,
+            content=_blocks(converted.content.buffer),
+        )
+    request = BatchRequest.model_validate(
+        {
+            "file_id": str(stored["id"]),
+            "global": {"agent_number": campaign["sender"]},
+            "name": campaign["name"],
+        }
+    )
+    started = await start_batch(pool, temporal, settings, account_id, request)
+    return PostmanBatchAccepted(batch_id=started.batch_id)
