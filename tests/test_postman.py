@@ -2,6 +2,7 @@
 documented CSV sent in each row's language, the whole file refused for any row in error, and
 each documented error in the dialect's envelope."""
 
+import secrets
 import uuid
 from typing import Any
 
@@ -21,9 +22,9 @@ from tests.support.postman_example import (
 )
 from tests.support.stack import Account, api_client
 
-# The example's numbers are possible Singapore numbers but not valid ones, which Herald's
-# batches reject until a batch can ask for only possible numbers (the Bland contract's
-# `number_check`); the tests write valid numbers in their place, without `+` as there.
+# The example's numbers are possible Singapore numbers but not valid ones: the dialect's
+# batches take possible numbers, and most tests write unique valid ones in their place (the
+# emulator's messages are read by number), without `+` as there.
 EXAMPLE_NUMBERS = ("6599999999", "6599999998")
 
 
@@ -87,6 +88,22 @@ async def test_the_documented_example_is_sent_in_each_rows_language(
         ),
         (numbers[1], account.agent_number, "James Tan 您的passport application #67890A已准备好。"),
     ]
+
+
+async def test_the_documented_example_is_sent_verbatim_to_its_own_numbers(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    marker = secrets.token_hex(6)
+    templates = {language: f"{text} {marker}" for language, text in TEMPLATES.items()}
+    campaign_id = await new_campaign(api, account, templates)
+
+    response = await upload(api, campaign_id, EXAMPLE_CSV, bearer(account))
+
+    assert response.status_code == 201, response.text
+    batch = await wait_for_status(api, account, response.json()["batchId"], *FINAL)
+    assert batch["status"] == "completed"
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    assert sorted(m["to"] for m in received) == sorted(f"+{n}" for n in EXAMPLE_NUMBERS)
 
 
 async def test_one_empty_parameter_refuses_the_whole_file_and_sends_nothing(

@@ -244,6 +244,9 @@ async def send_batch(
             "file_id": str(stored["id"]),
             "global": {"agent_number": campaign["sender"]},
             "name": campaign["name"],
+            # As the upload's own check: the right length for the country code; the carrier
+            # decides the rest (Postman's documented numbers are in unassigned ranges).
+            "number_check": "possible",
         }
     )
     started = await start_batch(pool, temporal, settings, account_id, request)
