@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from typing import Any
 import httpx
 import psutil
 from aiohttp import web
+from temporalio.api.enums.v1 import EventType
 from temporalio.worker import Worker
 
 from activities.providers.twilio import TwilioCarrier
@@ -251,6 +253,13 @@ async def history_and_storage(settings: Settings, batch_id: str) -> dict[str, An
         async for execution in client.list_workflows(f'WorkflowId STARTS_WITH "{workflow_id}"')
     ]
     largest = max(runs, key=lambda r: r.history_length)
+    # What Temporal stores and bills grows with these: every run's history, by event type.
+    events: Counter[str] = Counter()
+    for run in runs:
+        history = await client.get_workflow_handle(run.id, run_id=run.run_id).fetch_history()
+        events.update(
+            EventType.Name(e.event_type).removeprefix("EVENT_TYPE_").lower() for e in history.events
+        )
     pool = await create_pool(settings.dsn, min_size=1, max_size=1)
     try:
         rows, size = await ledger_footprint(pool)
@@ -261,6 +270,8 @@ async def history_and_storage(settings: Settings, batch_id: str) -> dict[str, An
         "largest_history_events": largest.history_length,
         "largest_history_workflow": largest.id,
         "ledger_rows": rows,
+        "history_events": sum(events.values()),
+        "history_events_by_type": dict(events.most_common()),
         "ledger_bytes_per_1000": size / rows * 1000 if rows else 0,
     }
 
@@ -352,6 +363,8 @@ def report(result: dict[str, Any]) -> str:
     herald, naive, ceiling = result["herald"], result["naive"], result["ceiling"]
     lean = result["lean_ceiling"]
     ratios, footprint = result["ratios"], result["footprint"]
+    per_million = 1e6 / footprint["ledger_rows"]
+    by_type = {k: v * per_million for k, v in footprint["history_events_by_type"].items()}
     rss, settings = herald["peak_rss_mb"], result["settings"]
     validation = result["validation"]
     rows = [
@@ -378,6 +391,11 @@ def report(result: dict[str, Any]) -> str:
         ("CPU per 1,000 msgs",
          f"{sum(herald['cpu_ms_per_1000'].values()) / 1000:.2f} s",
          ", ".join(f"{k} {v / 1000:.2f}" for k, v in herald["cpu_ms_per_1000"].items())),
+        ("Temporal per 1M msgs",
+         f"{footprint['history_events'] * per_million:,.0f} events",
+         f"activities {by_type.get('activity_task_scheduled', 0):,.0f},"
+         f" workflow tasks {by_type.get('workflow_task_completed', 0):,.0f},"
+         f" timers {by_type.get('timer_started', 0):,.0f}"),
         ("Ledger per 1,000 msgs", f"{footprint['ledger_bytes_per_1000'] / 1024:.0f} KiB",
          f"{footprint['ledger_rows']:,} rows"),
         ("Validation", f"{validation['rows_per_second']:,.0f} rows/s",
