@@ -39,3 +39,11 @@ async def carrier_account(pool: asyncpg.Pool, account_id: uuid.UUID) -> CarrierC
 async def delete_carrier_account(pool: asyncpg.Pool, account_id: uuid.UUID) -> bool:
     status = await pool.execute("DELETE FROM carrier_accounts WHERE account_id = $1", account_id)
     return bool(status != "DELETE 0")
+
+
+async def tokens_for_sid(pool: asyncpg.Pool, account_sid: str) -> list[tuple[uuid.UUID, str]]:
+    """(account, auth token) of every account that set this subaccount SID."""
+    rows = await pool.fetch(
+        "SELECT account_id, auth_token FROM carrier_accounts WHERE account_sid = $1", account_sid
+    )
+    return [(row["account_id"], row["auth_token"]) for row in rows]

@@ -6,6 +6,7 @@ import secrets
 
 import asyncpg
 import httpx
+from twilio.request_validator import RequestValidator
 
 from settings import Settings
 from store import numbers
@@ -13,6 +14,7 @@ from store.accounts import create_account, create_api_key
 from tests.support.batches import run_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows
+from tests.support.sending import INBOUND_PATH, eventually, inbound_form, post_inbound
 from tests.support.stack import Account, Configure, WebhookReceiver, error_code
 
 SUBACCOUNT_SID = "AC" + "5" * 32
@@ -74,13 +76,54 @@ async def test_an_accounts_sends_go_through_its_subaccount_and_others_keep_the_d
     other = await other_account(pool)
 
     own_numbers, other_numbers = unique_numbers(5), unique_numbers(5)
-    _, own_events = await run_batch(api, account, webhooks, own_numbers)
+    own_file, own_events = await run_batch(api, account, webhooks, own_numbers)
     _, other_events = await run_batch(api, other, webhooks, other_numbers)
 
     assert own_events[-1]["status"] == other_events[-1]["status"] == "completed"
     received = {m["to"]: m["account_sid"] for m in await emulator_messages(emulator_url)}
     assert {received[n] for n in own_numbers} == {SUBACCOUNT_SID}
     assert {received[n] for n in other_numbers} == {settings.twilio_account_sid}
+    # A receipt Twilio signs with the subaccount's token is accepted.
+    row = (await ledger_rows(api, account, own_file))[0]
+    form = {
+        "AccountSid": SUBACCOUNT_SID,
+        "MessageSid": row["carrier_sid"],
+        "MessageStatus": "delivered",
+    }
+    url = settings.status_callback_url
+    signature = RequestValidator(SUBACCOUNT_TOKEN).compute_signature(url, form)
+    path = httpx.URL(url).path
+    posted = await api.post(path, data=form, headers={"X-Twilio-Signature": signature})
+    assert posted.status_code == 204, posted.text
+    rows = await eventually(
+        lambda: ledger_rows(api, account, own_file),
+        lambda rows: any(r["status"] == "delivered" for r in rows),
+    )
+    assert [r["carrier_sid"] for r in rows if r["status"] == "delivered"] == [row["carrier_sid"]]
+
+
+async def test_a_subaccount_signs_inbound_only_for_its_own_accounts_senders(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    assert (await set_own(api, account, SUBACCOUNT_TOKEN)).status_code == 200
+    other = await other_account(pool)
+    validator = RequestValidator(SUBACCOUNT_TOKEN)
+
+    async def post_as_subaccount(to: str) -> httpx.Response:
+        form = inbound_form(settings, to=to, from_=unique_numbers(1)[0], body="hello")
+        form["AccountSid"] = SUBACCOUNT_SID
+        signature = validator.compute_signature(settings.api_url + INBOUND_PATH, form)
+        return await post_inbound(api, settings, form, signature=signature)
+
+    assert (await post_as_subaccount(account.agent_number)).status_code == 200
+    # Another tenant's number: as unknown as an unregistered one.
+    assert (await post_as_subaccount(other.agent_number)).status_code == 404
+    forged = inbound_form(settings, to=account.agent_number, from_="+15005550123", body="hi")
+    forged["AccountSid"] = SUBACCOUNT_SID
+    wrong = RequestValidator("not-the-token").compute_signature(
+        settings.api_url + INBOUND_PATH, forged
+    )
+    assert (await post_inbound(api, settings, forged, signature=wrong)).status_code == 403
 
 
 async def test_wrong_own_credentials_fail_only_that_accounts_sends(

@@ -39,3 +39,9 @@ async def get_carrier_account(pool: asyncpg.Pool, account_id: uuid.UUID) -> dict
 async def delete_carrier_account(pool: asyncpg.Pool, account_id: uuid.UUID) -> None:
     if not await carrier_accounts.delete_carrier_account(pool, account_id):
         raise CarrierAccountNotSet("the account sends with the service's carrier credentials")
+
+
+async def signing_tokens(pool: asyncpg.Pool, account_sid: str) -> list[tuple[uuid.UUID, str]]:
+    """(account, auth token) pairs a carrier webhook naming this subaccount SID may be
+    signed with."""
+    return await carrier_accounts.tokens_for_sid(pool, account_sid)

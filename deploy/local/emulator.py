@@ -349,7 +349,10 @@ class Carrier:
     async def post_signed(self, url: str, params: dict[str, str]) -> int | None:
         """A form POST signed as Twilio signs its webhooks; the status, or None on failure."""
         assert self._http is not None
-        signature = self._validator.compute_signature(url, params)
+        # Twilio signs with the token of the (sub)account the message belongs to.
+        token = self.faults.accounts.get(params.get("AccountSid", ""))
+        validator = RequestValidator(token) if token else self._validator
+        signature = validator.compute_signature(url, params)
         try:
             async with self._http.post(
                 url, data=params, headers={"X-Twilio-Signature": signature}
