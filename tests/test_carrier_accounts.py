@@ -148,3 +148,18 @@ async def test_wrong_own_credentials_fail_only_that_accounts_sends(
     assert {r["status"] for r in await ledger_rows(api, other, other_file)} == {"sent"}
     received = {m["to"] for m in await emulator_messages(emulator_url)}
     assert not received & set(own_numbers)
+
+
+async def test_senders_are_checked_against_the_accounts_own_subaccount(
+    api: httpx.AsyncClient, account: Account, carrier: Configure
+) -> None:
+    await carrier(accounts={SUBACCOUNT_SID: SUBACCOUNT_TOKEN})
+
+    async def register(number: str) -> httpx.Response:
+        return await api.post("/v1/sms/numbers", headers=account.headers, json={"number": number})
+
+    assert (await set_own(api, account, SUBACCOUNT_TOKEN)).status_code == 200
+    assert (await register(unique_numbers(1)[0])).status_code == 201
+    assert error_code(await register("+15005550001")) == "SENDER_NOT_OWNED"
+    assert (await set_own(api, account, "a-wrong-token")).status_code == 200
+    assert error_code(await register(unique_numbers(1)[0])) == "CARRIER_UNAVAILABLE"
