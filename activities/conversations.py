@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 from activities.providers.twilio import Verdict
 from activities.resources import WorkerResources
 from activities.webhooks import post_event
-from store import conversation_messages, conversations, numbers, opt_outs
+from store import carrier_accounts, conversation_messages, conversations, numbers, opt_outs
 from workflows.contracts import (
     ConversationEvent,
     ConversationRef,
@@ -68,6 +68,7 @@ class ConversationActivities(WorkerResources):
                 self._pool, message_id, status="skipped", error_code="opted_out"
             )
             return SendMessageResult(status="skipped", error_code="opted_out")
+        own = await carrier_accounts.carrier_account(self._pool, message.account_id)
         result = await self._carrier.send(
             to=carrier_address(message.user_number, message.channel),
             from_=carrier_address(message.agent_number, message.channel),
@@ -75,6 +76,7 @@ class ConversationActivities(WorkerResources):
             status_callback=self._settings.status_callback_url,
             content_sid=message.content_sid,
             content_variables=message.content_variables,
+            credentials=(own.account_sid, own.auth_token) if own else None,
         )
         if result.verdict is Verdict.RETRY and attempt < input.attempts:
             await conversation_messages.requeue_message(

@@ -17,7 +17,7 @@ from activities.heartbeats import SliceHeartbeat
 from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, Verdict
 from activities.resources import WorkerResources
-from store import batches, messages, opt_outs
+from store import batches, carrier_accounts, messages, opt_outs
 from store.db import UNAVAILABLE
 from workflows.contracts import SendCounts, SendSliceInput
 from workflows.statuses import LedgerStatus
@@ -50,6 +50,8 @@ class SendingActivities(WorkerResources):
             if input.account_id
             else (await batches.batch_for_workflow(self._pool, batch_id))["account_id"]
         )
+        own = await carrier_accounts.carrier_account(self._pool, account_id)
+        credentials = (own.account_sid, own.auth_token) if own else None
         claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
         pacer = SenderPacer(self._pool, input.agent_number)
         stopping = asyncio.Event()
@@ -73,6 +75,7 @@ class SendingActivities(WorkerResources):
                 from_=input.agent_number,
                 body=message.body,
                 status_callback=self._settings.status_callback_url,
+                credentials=credentials,
             )
             self._metrics.carrier_latency.labels(result.verdict.value).observe(
                 time.monotonic() - started

@@ -15,6 +15,7 @@ from api.request_metrics import RequestMetrics
 from api.routes import (
     batches,
     campaigns,
+    carrier_account,
     conversations,
     files,
     health,
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         files,
         numbers,
         campaigns,
+        carrier_account,
         batches,
         send,
         conversations,

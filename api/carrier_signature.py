@@ -1,12 +1,15 @@
 """Requests from the carrier: Twilio signs each with `X-Twilio-Signature`; 403 when it fails."""
 
+import uuid
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from twilio.request_validator import RequestValidator
 
-from api.deps import AppSettings
+from api.deps import AppSettings, Pool
 from api.errors import HeraldError
+from api.services.carrier_account import signing_tokens
 
 
 class InvalidSignature(HeraldError):
@@ -14,11 +17,20 @@ class InvalidSignature(HeraldError):
     code = "INVALID_SIGNATURE"
 
 
-async def signed_form(request: Request, settings: AppSettings) -> dict[str, str]:
+@dataclass(frozen=True, kw_only=True)
+class CarrierForm:
+    params: dict[str, str]
+    # Signed with an account's own subaccount token: the accounts whose token it was, the
+    # only ones the webhook may concern. None: signed with the service's token.
+    signers: frozenset[uuid.UUID] | None = None
+
+
+async def signed_form(request: Request, settings: AppSettings, pool: Pool) -> CarrierForm:
     """The form of a carrier webhook whose `X-Twilio-Signature` checks out.
 
     Twilio signs the URL it called, which is Herald's public URL of the endpoint: behind a
-    proxy that is not the URL this process sees, so it is rebuilt from settings.
+    proxy that is not the URL this process sees, so it is rebuilt from settings. A webhook
+    of an account's own subaccount (its `AccountSid`) is signed with that subaccount's token.
     """
     form = await request.form()
     params = {key: value for key, value in form.items() if isinstance(value, str)}
@@ -26,10 +38,20 @@ async def signed_form(request: Request, settings: AppSettings) -> dict[str, str]
     if request.url.query:
         url += "?" + request.url.query
     signature = request.headers.get("X-Twilio-Signature")
-    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
-    if not signature or not validator.validate(url, params, signature):
+    if not signature:
         raise InvalidSignature("X-Twilio-Signature is missing or does not match this request")
-    return params
+    main = RequestValidator(settings.twilio_auth_token.get_secret_value())
+    if main.validate(url, params, signature):
+        return CarrierForm(params=params)
+    account_sid = params.get("AccountSid")
+    signers = frozenset(
+        account_id
+        for account_id, token in (await signing_tokens(pool, account_sid) if account_sid else [])
+        if RequestValidator(token).validate(url, params, signature)
+    )
+    if not signers:
+        raise InvalidSignature("X-Twilio-Signature is missing or does not match this request")
+    return CarrierForm(params=params, signers=signers)
 
 
-SignedForm = Annotated[dict[str, str], Depends(signed_form)]
+SignedForm = Annotated[CarrierForm, Depends(signed_form)]

@@ -99,6 +99,8 @@ WebhooksRead = Annotated[uuid.UUID, _requires("webhooks:read")]
 WebhooksWrite = Annotated[uuid.UUID, _requires("webhooks:write")]
 CampaignsRead = Annotated[uuid.UUID, _requires("campaigns:read")]
 CampaignsWrite = Annotated[uuid.UUID, _requires("campaigns:write")]
+CarrierRead = Annotated[uuid.UUID, _requires("carrier:read")]
+CarrierWrite = Annotated[uuid.UUID, _requires("carrier:write")]
 CreateBatchSMS = Annotated[uuid.UUID, _requires("create:BatchSMS", bearer_grant)]
 # The Postman dialect's batch send: a Bearer key that may start batches.
 BearerBatchesWrite = Annotated[uuid.UUID, _requires("batches:write", bearer_grant)]

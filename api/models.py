@@ -9,6 +9,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -391,3 +392,16 @@ class BatchControl(BaseModel):
     workflow_id: str
     action: str = Field(description="`cancel`, `pause`, `resume` or `retry`, as requested.")
     rows: int | None = Field(None, description="For `retry`: the rows that will be sent again.")
+
+
+class CarrierAccountRequest(RequestBody):
+    """The account's own Twilio subaccount, whose SID and auth token its sends then use."""
+
+    account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$", examples=["AC" + "0" * 32])
+    auth_token: SecretStr = Field(min_length=1, max_length=200)
+
+
+class CarrierAccount(BaseModel):
+    account_sid: str
+    # Never the token itself: its last four characters, after asterisks.
+    auth_token: str

@@ -33,6 +33,8 @@ PERMISSIONS: tuple[str, ...] = (
     "webhooks:write",
     "campaigns:read",
     "campaigns:write",
+    "carrier:read",
+    "carrier:write",
     "create:BatchSMS",
     "read:BatchSMS",
 )

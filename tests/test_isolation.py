@@ -87,6 +87,9 @@ OWN: dict[tuple[str, str], str] = {
     ("POST", "/v1/campaigns"): "creates a campaign in the caller's account, from its sender",
     ("GET", "/v1/webhooks/secret"): "the caller's signing secret's dates",
     ("POST", "/v1/webhooks/secret/rotate"): "rotates the caller's signing secret",
+    ("PUT", "/v1/carrier-account"): "sets the caller's own carrier credentials",
+    ("GET", "/v1/carrier-account"): "the caller's carrier account, its token masked",
+    ("DELETE", "/v1/carrier-account"): "removes the caller's carrier credentials",
 }
 
 

@@ -44,6 +44,9 @@ NEEDS: dict[tuple[str, str], str] = {
     ("PATCH", "/v1/campaigns/{campaign_id}"): "campaigns:write",
     ("DELETE", "/v1/campaigns/{campaign_id}"): "campaigns:write",
     ("POST", "/campaigns/{campaign_id}/batch/messages"): "batches:write",
+    ("PUT", "/v1/carrier-account"): "carrier:write",
+    ("GET", "/v1/carrier-account"): "carrier:read",
+    ("DELETE", "/v1/carrier-account"): "carrier:write",
 }
 MOBIVATE_FORBIDDEN = {"success": False, "error": {"name": "AuthenticationError", "statusCode": 403}}
 

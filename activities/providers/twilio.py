@@ -184,6 +184,9 @@ def classify(error: TwilioRestException) -> SendResult:
     )
 
 
+MAX_SUBACCOUNT_CLIENTS = 1000
+
+
 class TwilioCarrier:
     def __init__(
         self,
@@ -195,8 +198,27 @@ class TwilioCarrier:
         connections: int = 100,
     ) -> None:
         self._http = CarrierHttpClient(timeout=timeout, connections=connections)
-        self._client = Client(account_sid, auth_token, http_client=self._http)
-        self._client.api.base_url = api_url.rstrip("/")
+        self._api_url = api_url.rstrip("/")
+        self._client = self._new_client(account_sid, auth_token)
+        # Accounts with their own credentials (Twilio subaccounts): one client each, all on
+        # the same connection pool, so a subaccount costs no connections of its own.
+        self._subaccounts: dict[tuple[str, str], Client] = {}
+
+    def _new_client(self, account_sid: str, auth_token: str) -> Client:
+        client = Client(account_sid, auth_token, http_client=self._http)
+        client.api.base_url = self._api_url
+        return client
+
+    def _client_for(self, credentials: tuple[str, str] | None) -> Client:
+        if credentials is None:
+            return self._client
+        client = self._subaccounts.get(credentials)
+        if client is None:
+            if len(self._subaccounts) >= MAX_SUBACCOUNT_CLIENTS:
+                # A changed token leaves its old client behind: start over rather than grow.
+                self._subaccounts.clear()
+            client = self._subaccounts[credentials] = self._new_client(*credentials)
+        return client
 
     async def send(
         self,
@@ -207,11 +229,14 @@ class TwilioCarrier:
         status_callback: str | None,
         content_sid: str | None = None,
         content_variables: str | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> SendResult:
         """Send one message; `content_sid` names a content template, whose variables are a
-        JSON object as a string. An empty `body` is left out, as a template needs none."""
+        JSON object as a string. An empty `body` is left out, as a template needs none.
+        `credentials`, an (account SID, auth token) pair, send it through that account
+        instead of the service's."""
         try:
-            message = await self._client.messages.create_async(
+            message = await self._client_for(credentials).messages.create_async(
                 to=to,
                 from_=from_,
                 body=body or values.unset,

@@ -58,8 +58,8 @@ async def get_conversation(
     responses={200: {"content": {"text/xml": {}}, "description": "Empty TwiML"}},
 )
 async def twilio_inbound(
-    pool: Pool, temporal: Temporal, settings: AppSettings, params: SignedForm
+    pool: Pool, temporal: Temporal, settings: AppSettings, signed: SignedForm
 ) -> Response:
     """The carrier's webhook for messages users send to a registered sender (form body)."""
-    await inbound.receive(pool, temporal, settings, params)
+    await inbound.receive(pool, temporal, settings, signed.params, signers=signed.signers)
     return Response(EMPTY_TWIML, media_type="text/xml")

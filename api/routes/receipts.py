@@ -18,7 +18,7 @@ router = APIRouter(tags=["carrier webhooks"])
     response_class=Response,
     responses={400: {"model": ErrorEnvelope}, 403: {"model": ErrorEnvelope}},
 )
-async def message_status(pool: Pool, form: SignedForm) -> Response:
+async def message_status(pool: Pool, signed: SignedForm) -> Response:
     """Twilio's StatusCallback, signed with the auth token: moves the message (found by
     `MessageSid`) to `delivered`, `undelivered` or `failed` with the carrier's `ErrorCode`.
 
@@ -26,6 +26,7 @@ async def message_status(pool: Pool, form: SignedForm) -> Response:
     second final status, changes nothing. An unknown `MessageSid` is answered 204 as well; a
     final receipt is kept and applied when its send is recorded.
     """
+    form = signed.params
     sid = form.get("MessageSid") or form.get("SmsSid")
     status = form.get("MessageStatus") or form.get("SmsStatus")
     if not sid or not status:

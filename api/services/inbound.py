@@ -34,7 +34,12 @@ def address(value: str) -> tuple[str, str]:
 
 
 async def receive(
-    pool: asyncpg.Pool, temporal: Client, settings: Settings, params: dict[str, str]
+    pool: asyncpg.Pool,
+    temporal: Client,
+    settings: Settings,
+    params: dict[str, str],
+    *,
+    signers: frozenset[uuid.UUID] | None = None,
 ) -> None:
     """Record a user's message in the pair's active conversation (opening one if none is)
     and signal it; STOP and START change the opt-out of the account that holds the sender.
@@ -49,7 +54,9 @@ async def receive(
     _, user_number = address(params["From"])
     body = params.get("Body", "")
     account_id = await numbers.owner_of_number(pool, agent_number)
-    if account_id is None:
+    # Signed with a subaccount's token: it speaks only for its own accounts' senders, or any
+    # tenant could sign messages to another's numbers with a subaccount of its own.
+    if account_id is None or (signers is not None and account_id not in signers):
         raise AgentNumberNotFound(f"{agent_number} is not a registered sender")
     keyword = body.strip().upper()
     help_id: uuid.UUID | None = None

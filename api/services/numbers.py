@@ -10,7 +10,7 @@ from api.models import NumberRequest, NumberUpdate
 from api.services.sender_ownership import require_carrier_owns
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
-from store import numbers
+from store import carrier_accounts, numbers
 
 
 class InvalidPhoneNumber(HeraldError):
@@ -48,7 +48,9 @@ async def add_number(
     else:
         await require_safe_webhook(webhook, settings)
         # The carrier lists the numbers it owns; a sender ID is the carrier account's setting.
-        await require_carrier_owns(number, body.channel, settings)
+        own = await carrier_accounts.carrier_account(pool, account_id)
+        credentials = (own.account_sid, own.auth_token) if own else None
+        await require_carrier_owns(number, body.channel, settings, credentials)
     row = await numbers.add_number(pool, account_id, number, body.channel, mps, webhook, kind)
     if row is None:
         raise SenderTaken(

@@ -18,16 +18,26 @@ class CarrierUnavailable(HeraldError):
     code = "CARRIER_UNAVAILABLE"
 
 
-async def require_carrier_owns(number: str, channel: str, settings: Settings) -> None:
+async def require_carrier_owns(
+    number: str,
+    channel: str,
+    settings: Settings,
+    credentials: tuple[str, str] | None = None,
+) -> None:
     """Refuse an SMS sender the carrier account does not own (Twilio's IncomingPhoneNumbers,
-    filtered by the number). Registration is rare, so each check has a client of its own."""
+    filtered by the number). Registration is rare, so each check has a client of its own.
+
+    `credentials`, the account's own subaccount (SID, token), are asked instead of the
+    service's, always: an account that set them sends through them."""
     # WhatsApp senders are approved per business profile, not listed as incoming numbers.
-    if not settings.checks_sender_ownership or channel != "sms":
+    if channel != "sms" or (credentials is None and not settings.checks_sender_ownership):
         return
     http = AsyncTwilioHttpClient(timeout=settings.carrier_timeout_seconds)
     client = Client(
-        settings.twilio_account_sid,
-        settings.twilio_auth_token.get_secret_value(),
+        *(
+            credentials
+            or (settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value())
+        ),
         http_client=http,
     )
     client.api.base_url = settings.carrier_url.rstrip("/")

@@ -95,6 +95,9 @@ class Faults:
     undelivered_rate: float = 0.0
     # "To" number → HTTP statuses to answer, in order, before that number is accepted.
     scripted: dict[str, list[int]] = field(default_factory=dict)
+    # Subaccounts: account SID → its own auth token. An SID not listed authenticates with the
+    # emulator's token.
+    accounts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +110,12 @@ class Received:
     received_at: float
     content_sid: str | None = None
     content_variables: str | None = None
+    account_sid: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
             "sid": self.sid,
+            "account_sid": self.account_sid,
             "to": self.to,
             "from": self.from_,
             "body": self.body,
@@ -176,9 +181,9 @@ class Carrier:
             auth = BasicAuth.decode(request.headers.get("authorization", ""))
         except ValueError:
             return False
-        return auth.login == request.params["account_sid"] and secrets.compare_digest(
-            auth.password, self.auth_token
-        )
+        account_sid = request.params["account_sid"]
+        token = self.faults.accounts.get(account_sid, self.auth_token)
+        return auth.login == account_sid and secrets.compare_digest(auth.password, token)
 
     def _refuse(self, status: int, code: int, message: str) -> Reply:
         self.refused[code] += 1
@@ -247,6 +252,7 @@ class Carrier:
                 content_variables=(
                     str(form["ContentVariables"]) if form.get("ContentVariables") else None
                 ),
+                account_sid=account_sid,
             )
         )
         if len(self.received) % FREEZE_EVERY == 0:
@@ -343,7 +349,10 @@ class Carrier:
     async def post_signed(self, url: str, params: dict[str, str]) -> int | None:
         """A form POST signed as Twilio signs its webhooks; the status, or None on failure."""
         assert self._http is not None
-        signature = self._validator.compute_signature(url, params)
+        # Twilio signs with the token of the (sub)account the message belongs to.
+        token = self.faults.accounts.get(params.get("AccountSid", ""))
+        validator = RequestValidator(token) if token else self._validator
+        signature = validator.compute_signature(url, params)
         try:
             async with self._http.post(
                 url, data=params, headers={"X-Twilio-Signature": signature}

@@ -1,0 +1,165 @@
+"""Per-account carrier credentials (Twilio subaccounts) on the real stack: an account's sends
+go through its own subaccount, another's keep the service's, and wrong own credentials fail
+only that account's sends."""
+
+import secrets
+
+import asyncpg
+import httpx
+from twilio.request_validator import RequestValidator
+
+from settings import Settings
+from store import numbers
+from store.accounts import create_account, create_api_key
+from tests.support.batches import run_batch
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.delivery import ledger_rows
+from tests.support.sending import INBOUND_PATH, eventually, inbound_form, post_inbound
+from tests.support.stack import Account, Configure, WebhookReceiver, error_code
+
+SUBACCOUNT_SID = "AC" + "5" * 32
+SUBACCOUNT_TOKEN = "subaccount-token-" + "7" * 16
+
+
+async def other_account(pool: asyncpg.Pool) -> Account:
+    account_id = await create_account(pool, f"test-{secrets.token_hex(4)}")
+    key = await create_api_key(pool, account_id)
+    sender = unique_numbers(1)[0]
+    await numbers.add_number(pool, account_id, sender, "sms", None)
+    return Account(account_id=account_id, key=key.key, agent_number=sender)
+
+
+async def set_own(api: httpx.AsyncClient, account: Account, token: str) -> httpx.Response:
+    return await api.put(
+        "/v1/carrier-account",
+        headers=account.headers,
+        json={"account_sid": SUBACCOUNT_SID, "auth_token": token},
+    )
+
+
+async def test_the_token_is_never_returned_only_masked(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    assert error_code(await api.get("/v1/carrier-account", headers=account.headers)) == (
+        "CARRIER_ACCOUNT_NOT_SET"
+    )
+    put = await set_own(api, account, SUBACCOUNT_TOKEN)
+    got = await api.get("/v1/carrier-account", headers=account.headers)
+    for response in (put, got):
+        assert response.status_code == 200, response.text
+        assert SUBACCOUNT_TOKEN not in response.text
+        assert response.json()["data"] == {
+            "account_sid": SUBACCOUNT_SID,
+            "auth_token": "********" + SUBACCOUNT_TOKEN[-4:],
+        }
+    bad = await api.put(
+        "/v1/carrier-account",
+        headers=account.headers,
+        json={"account_sid": "not-a-sid", "auth_token": "x"},
+    )
+    assert bad.status_code == 400
+    assert (await api.delete("/v1/carrier-account", headers=account.headers)).status_code == 204
+    assert (await api.get("/v1/carrier-account", headers=account.headers)).status_code == 404
+
+
+async def test_an_accounts_sends_go_through_its_subaccount_and_others_keep_the_default(
+    api: httpx.AsyncClient,
+    account: Account,
+    pool: asyncpg.Pool,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+    settings: Settings,
+) -> None:
+    await carrier(accounts={SUBACCOUNT_SID: SUBACCOUNT_TOKEN})
+    assert (await set_own(api, account, SUBACCOUNT_TOKEN)).status_code == 200
+    other = await other_account(pool)
+
+    own_numbers, other_numbers = unique_numbers(5), unique_numbers(5)
+    own_file, own_events = await run_batch(api, account, webhooks, own_numbers)
+    _, other_events = await run_batch(api, other, webhooks, other_numbers)
+
+    assert own_events[-1]["status"] == other_events[-1]["status"] == "completed"
+    received = {m["to"]: m["account_sid"] for m in await emulator_messages(emulator_url)}
+    assert {received[n] for n in own_numbers} == {SUBACCOUNT_SID}
+    assert {received[n] for n in other_numbers} == {settings.twilio_account_sid}
+    # A receipt Twilio signs with the subaccount's token is accepted.
+    row = (await ledger_rows(api, account, own_file))[0]
+    form = {
+        "AccountSid": SUBACCOUNT_SID,
+        "MessageSid": row["carrier_sid"],
+        "MessageStatus": "delivered",
+    }
+    url = settings.status_callback_url
+    signature = RequestValidator(SUBACCOUNT_TOKEN).compute_signature(url, form)
+    path = httpx.URL(url).path
+    posted = await api.post(path, data=form, headers={"X-Twilio-Signature": signature})
+    assert posted.status_code == 204, posted.text
+    rows = await eventually(
+        lambda: ledger_rows(api, account, own_file),
+        lambda rows: any(r["status"] == "delivered" for r in rows),
+    )
+    assert [r["carrier_sid"] for r in rows if r["status"] == "delivered"] == [row["carrier_sid"]]
+
+
+async def test_a_subaccount_signs_inbound_only_for_its_own_accounts_senders(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    assert (await set_own(api, account, SUBACCOUNT_TOKEN)).status_code == 200
+    other = await other_account(pool)
+    validator = RequestValidator(SUBACCOUNT_TOKEN)
+
+    async def post_as_subaccount(to: str) -> httpx.Response:
+        form = inbound_form(settings, to=to, from_=unique_numbers(1)[0], body="hello")
+        form["AccountSid"] = SUBACCOUNT_SID
+        signature = validator.compute_signature(settings.api_url + INBOUND_PATH, form)
+        return await post_inbound(api, settings, form, signature=signature)
+
+    assert (await post_as_subaccount(account.agent_number)).status_code == 200
+    # Another tenant's number: as unknown as an unregistered one.
+    assert (await post_as_subaccount(other.agent_number)).status_code == 404
+    forged = inbound_form(settings, to=account.agent_number, from_="+15005550123", body="hi")
+    forged["AccountSid"] = SUBACCOUNT_SID
+    wrong = RequestValidator("not-the-token").compute_signature(
+        settings.api_url + INBOUND_PATH, forged
+    )
+    assert (await post_inbound(api, settings, forged, signature=wrong)).status_code == 403
+
+
+async def test_wrong_own_credentials_fail_only_that_accounts_sends(
+    api: httpx.AsyncClient,
+    account: Account,
+    pool: asyncpg.Pool,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    await carrier(accounts={SUBACCOUNT_SID: SUBACCOUNT_TOKEN})
+    assert (await set_own(api, account, "a-wrong-token")).status_code == 200
+    other = await other_account(pool)
+
+    own_numbers, other_numbers = unique_numbers(5), unique_numbers(5)
+    own_file, _ = await run_batch(api, account, webhooks, own_numbers)
+    other_file, other_events = await run_batch(api, other, webhooks, other_numbers)
+
+    own_rows = await ledger_rows(api, account, own_file)
+    assert {(r["status"], r["error_code"]) for r in own_rows} == {("failed", "20003")}
+    assert other_events[-1]["status"] == "completed"
+    assert {r["status"] for r in await ledger_rows(api, other, other_file)} == {"sent"}
+    received = {m["to"] for m in await emulator_messages(emulator_url)}
+    assert not received & set(own_numbers)
+
+
+async def test_senders_are_checked_against_the_accounts_own_subaccount(
+    api: httpx.AsyncClient, account: Account, carrier: Configure
+) -> None:
+    await carrier(accounts={SUBACCOUNT_SID: SUBACCOUNT_TOKEN})
+
+    async def register(number: str) -> httpx.Response:
+        return await api.post("/v1/sms/numbers", headers=account.headers, json={"number": number})
+
+    assert (await set_own(api, account, SUBACCOUNT_TOKEN)).status_code == 200
+    assert (await register(unique_numbers(1)[0])).status_code == 201
+    assert error_code(await register("+15005550001")) == "SENDER_NOT_OWNED"
+    assert (await set_own(api, account, "a-wrong-token")).status_code == 200
+    assert error_code(await register(unique_numbers(1)[0])) == "CARRIER_UNAVAILABLE"
