@@ -19,10 +19,9 @@ from pydantic_core import PydanticCustomError
 from activities.recipients.phones import VALID, NumberCheck
 from activities.recipients.rows import PHONE_COLUMN
 from settings import SENDER_MPS_MAX, SENDER_MPS_MIN
-from workflows.contracts import ValidationOptions
+from workflows.contracts import DEFAULT_VALIDATION
 
 T = TypeVar("T")
-DEFAULT_VALIDATION = ValidationOptions()
 
 
 class RequestBody(BaseModel):

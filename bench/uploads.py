@@ -191,7 +191,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
     (RESULTS / f"uploads-{stamp}.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
-    print(json.dumps(asdict(result), indent=2))
+    sys.stdout.write(json.dumps(asdict(result), indent=2) + "\n")
 
 
 if __name__ == "__main__":

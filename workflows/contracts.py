@@ -80,6 +80,10 @@ class ValidationOptions:
         return cls(**{f.name: bool(request[f.name]) for f in fields(cls) if f.name in request})
 
 
+# The options a request gets when it names none.
+DEFAULT_VALIDATION = ValidationOptions()
+
+
 @dataclass(kw_only=True)
 class Timing:
     """When a batch may send, as Unix times; 0 means no constraint."""

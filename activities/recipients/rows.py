@@ -23,9 +23,7 @@ from activities.recipients import rejections
 from activities.recipients.phones import POSSIBLE, VALID, NumberCheck, possible_e164s, valid_e164s
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.segments import GSM7, classify, classify_all
-from workflows.contracts import ValidationLimits, ValidationOptions
-
-DEFAULT_VALIDATION = ValidationOptions()
+from workflows.contracts import DEFAULT_VALIDATION, ValidationLimits, ValidationOptions
 
 PHONE_COLUMN = "phone_number"
 MESSAGE_COLUMN = "agent_message"

@@ -19,7 +19,9 @@ def main() -> int:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    print(f"Recorded from commit {commit or '(unknown)'}: note it in tests/histories/README.md.")
+    sys.stdout.write(
+        f"Recorded from commit {commit or '(unknown)'}: note it in tests/histories/README.md.\n"
+    )
     return code
 
 
