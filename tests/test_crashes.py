@@ -45,7 +45,7 @@ async def batch_counts(api: httpx.AsyncClient, account: Account, file_id: str) -
     return response.json()["data"]["counts"]
 
 
-async def test_a_worker_killed_mid_batch_is_replaced_and_no_number_is_sent_twice(
+async def test_workers_killed_three_times_in_one_batch_leave_nothing_uncertain(
     settings: Settings,
     account: Account,
     webhooks: WebhookReceiver,
@@ -53,35 +53,37 @@ async def test_a_worker_killed_mid_batch_is_replaced_and_no_number_is_sent_twice
     carrier: Configure,
     tmp_path: Path,
 ) -> None:
-    rows_total = 1500
+    rows_total = 2000
     await carrier(latency_ms=500)
     own = crash_settings(settings)
-    first = worker_process(own, tmp_path / "worker-1.log").start()
-    second = worker_process(own, tmp_path / "worker-2.log")
+    workers = [worker_process(own, tmp_path / f"worker-{n}.log") for n in range(4)]
+    workers[0].start()
+    at_crash: list[set[str]] = []
     try:
         async with api_client(own) as api:
             file_id, marker = await start_marked_batch(
                 api, account, webhooks, unique_numbers(rows_total)
             )
-            await wait_until_received(emulator_url, marker, 300)
-            crash(first)
-            at_crash = {
-                r["to_number"]: r["status"] for r in await ledger_rows(api, account, file_id)
-            }
-            second.start()
+            for kill, at in enumerate((300, 800, 1300)):
+                await wait_until_received(emulator_url, marker, at)
+                crash(workers[kill])
+                at_crash.append({r["status"] for r in await ledger_rows(api, account, file_id)})
+                workers[kill + 1].start()
             final = (await webhooks.wait_for(marker, *FINAL))[-1]
             rows = await ledger_rows(api, account, file_id)
             counts = await batch_counts(api, account, file_id)
     finally:
-        second.stop()
-        first.stop()
+        for worker in workers:
+            worker.stop()
 
     on_carrier = await received(emulator_url, marker)
     statuses = assert_each_row_once(rows, on_carrier, rows_total)
-    # What the killed worker had on the wire was `uncertain`, and reconciliation found it on
-    # the carrier (or sent it, if the carrier never got it): every row `sent`, once.
-    assert "sending" in set(at_crash.values())
+    # Each killed worker had requests on the wire; they were `uncertain`, and reconciliation
+    # found each on the carrier (or sent it, if the carrier never got it): every row `sent`,
+    # once, with the carrier's sid.
+    assert all("sending" in seen for seen in at_crash), at_crash
     assert statuses == {"sent": rows_total}
+    assert len(on_carrier) == rows_total
     assert {r["to_number"]: r["carrier_sid"] for r in rows} == {
         m["to"]: m["sid"] for m in on_carrier
     }
