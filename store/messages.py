@@ -1,9 +1,11 @@
-"""The message ledger: one row per recipient; statuses only move forward."""
+"""The message ledger: one row per recipient; statuses only move forward, but for an
+`uncertain` row that the carrier shows it never got (`settle_uncertain`)."""
 
 import io
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -141,7 +143,11 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
         [o.error_code for o in outcomes],
         [o.error_message for o in outcomes],
     )
-    sids = [o.carrier_sid for o in outcomes if o.carrier_sid]
+    await apply_kept_receipts(pool, batch_id, [o.carrier_sid for o in outcomes if o.carrier_sid])
+
+
+async def apply_kept_receipts(pool: asyncpg.Pool, batch_id: uuid.UUID, sids: list[str]) -> None:
+    """Apply the receipts that came for `sids` before the sids were written to their rows."""
     if sids:
         await pool.execute(
             "UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
@@ -151,6 +157,56 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
             batch_id,
             sids,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class UncertainRow:
+    seq: int
+    to_number: str
+    body: str
+    created_at: datetime
+    updated_at: datetime
+
+
+async def uncertain_rows(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[UncertainRow]:
+    rows = await pool.fetch(
+        "SELECT seq, to_number, body, created_at, updated_at FROM messages"
+        " WHERE batch_id = $1 AND status = 'uncertain' ORDER BY seq",
+        batch_id,
+    )
+    return [UncertainRow(**r) for r in rows]
+
+
+async def sids_in_ledger(pool: asyncpg.Pool, sids: list[str]) -> set[str]:
+    """Which of `sids` some message row already holds, in any batch."""
+    rows = await pool.fetch(
+        "SELECT carrier_sid FROM messages WHERE carrier_sid = ANY($1::text[])", sids
+    )
+    return {r["carrier_sid"] for r in rows}
+
+
+async def settle_uncertain(
+    pool: asyncpg.Pool, batch_id: uuid.UUID, found: dict[int, str], unsent: list[int]
+) -> None:
+    """Rows the carrier has become `sent` with its sid; rows it never got go back to
+    `pending`. Only rows still `uncertain` move."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE messages AS m SET status = 'sent', carrier_sid = f.sid, sent_at = now(),"
+            " error_code = NULL, error_message = NULL, updated_at = now()"
+            " FROM unnest($2::bigint[], $3::text[]) AS f(seq, sid)"
+            " WHERE m.batch_id = $1 AND m.seq = f.seq AND m.status = 'uncertain'",
+            batch_id,
+            list(found),
+            list(found.values()),
+        )
+        await conn.execute(
+            "UPDATE messages SET status = 'pending', updated_at = now()"
+            " WHERE batch_id = $1 AND seq = ANY($2::bigint[]) AND status = 'uncertain'",
+            batch_id,
+            unsent,
+        )
+    await apply_kept_receipts(pool, batch_id, list(found.values()))
 
 
 async def close_ledger(
