@@ -106,7 +106,7 @@ class SendingActivities(WorkerResources):
         # a record cut short would leave the rows `sending`, to end `uncertain`.
         record = asyncio.ensure_future(self._record(batch_id, account_id, claimed, results))
         cancelled = await _to_the_end(record) or cancelled
-        self._count(input.agent_number, results)
+        self._count([m.from_number or input.agent_number for m in claimed], results)
         if cancelled:
             raise asyncio.CancelledError
         retry = [r for r in results if r is not None and r.verdict is Verdict.RETRY]
@@ -147,10 +147,10 @@ class SendingActivities(WorkerResources):
             lambda: messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
         )
 
-    def _count(self, sender: str, results: list[SendResult | None]) -> None:
-        """Count the slice's messages once recorded; one deferred (retry) counts on each
-        attempt, one not sent (stopped) not at all."""
-        for result in results:
+    def _count(self, senders: list[str], results: list[SendResult | None]) -> None:
+        """Count the slice's messages, each by its sender, once recorded; one deferred (retry)
+        counts on each attempt, one not sent (stopped) not at all."""
+        for sender, result in zip(senders, results, strict=True):
             if result is not None:
                 self._metrics.messages.labels(
                     result.verdict.value, result.error_code or "", sender

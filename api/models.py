@@ -319,6 +319,11 @@ class MessageRow(BaseModel):
     reference: str | None = Field(
         None, description="The caller's reference of this recipient (Mobivate `reference`)."
     )
+    from_number: str | None = Field(
+        None,
+        description="The row's own sender when it is not the batch's `agent_number` (a"
+        " Mobivate recipient's `originator`, a list's `agent_number`); null otherwise.",
+    )
 
 
 class MessageList(BaseModel):

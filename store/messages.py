@@ -218,7 +218,7 @@ async def list_messages(
     rows = await pool.fetch(
         "SELECT m.seq, m.row_number, m.to_number, m.body, m.encoding, m.segments, m.status,"
         " m.carrier_sid, m.error_code, m.error_message, m.attempts, m.created_at, m.sent_at,"
-        " m.updated_at, r.reference FROM messages m"
+        " m.updated_at, m.from_number, r.reference FROM messages m"
         " LEFT JOIN message_references r"
         " ON r.batch_id = m.batch_id AND r.row_number = m.row_number"
         " WHERE m.batch_id = $1 AND m.account_id = $2 AND m.seq > $3"

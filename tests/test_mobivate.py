@@ -114,12 +114,12 @@ async def test_the_documented_example_sends_each_recipient_its_own_text(
     ledger = (await api.get(f"/v1/sms/batch/{batch_id}/messages", headers=account.headers)).json()[
         "data"
     ]["messages"]
-    assert [(m["to_number"], m["reference"], m["status"]) for m in ledger] == [
-        (numbers[0], "aaa", "sent"),
-        (numbers[1], "bbb", "sent"),
-        (numbers[2], "ccc", "sent"),
-        (numbers[3], None, "sent"),
-        (numbers[4], None, "sent"),
+    assert [(m["to_number"], m["reference"], m["from_number"], m["status"]) for m in ledger] == [
+        (numbers[0], "aaa", None, "sent"),
+        (numbers[1], "bbb", None, "sent"),
+        (numbers[2], "ccc", custom, "sent"),
+        (numbers[3], None, None, "sent"),
+        (numbers[4], None, None, "sent"),
     ]
 
 
