@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from activities.recipients import rejections
-from activities.recipients.phones import to_e164
+from activities.recipients.phones import possible_e164s, valid_e164s
 from activities.recipients.rejections import Rejected
 from activities.recipients.rows import (
     MESSAGE_COLUMN,
@@ -36,18 +36,18 @@ def read_contacts(content: bytes) -> Contacts:
     if issue is not None:
         raise issue
     found = Contacts()
-    for row_number, row in enumerate(rows, start=1):
-        values = row if isinstance(row, dict) else dict(zip(header, row, strict=False))
-        raw = values.get(PHONE_COLUMN, "")
+    values = [r if isinstance(r, dict) else dict(zip(header, r, strict=False)) for r in rows]
+    raws = [row.get(PHONE_COLUMN, "") for row in values]
+    # A valid number is possible: the C-level check of valid ones first, phonenumbers after.
+    numbers = possible_e164s(raws, valid_e164s(raws))
+    for row_number, (row, raw, number) in enumerate(zip(values, raws, numbers, strict=True), 1):
         if not raw.strip():
-            if "".join(values.values()).strip():
+            if "".join(row.values()).strip():
                 found.rejected.append(rejections.BLANK_NUMBER.at(row_number, raw))
-            continue
-        number = to_e164(raw, require_valid=False)
-        if number is None:
+        elif number is None:
             found.rejected.append(rejections.INVALID_NUMBER.at(row_number, raw))
-            continue
-        found.contacts[number] = contact_fields(values)
+        else:
+            found.contacts[number] = contact_fields(row)
     return found
 
 
