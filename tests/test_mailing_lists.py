@@ -12,7 +12,7 @@ import httpx
 
 from store import batches, files
 from tests.support.batches import FINAL, wait_for_status
-from tests.support.builders import csv_bytes, emulator_messages, unique_numbers
+from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
 from tests.support.stack import Account, error_code
 
 
@@ -301,3 +301,45 @@ async def test_an_account_sees_and_uses_only_its_own_lists(
     assert mobivate.json()["error"]["name"] == "NotFoundError"
     assert mobivate.json()["error"]["code"] == "LIST_NOT_FOUND"
     assert (await contacts_of(api, other_account, theirs)) != {}
+
+
+async def test_a_file_batch_takes_lists_too_each_from_its_own_sender(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    run = secrets.token_hex(6)
+    in_file, listed = unique_numbers(2)
+    sender = f"List{secrets.token_hex(3)}"
+    registered = await api.post("/v1/sms/numbers", headers=account.headers, json={"number": sender})
+    assert registered.status_code == 201, registered.text
+    list_id = await new_list(api, account)
+    await add(api, account, list_id, [{"phone_number": listed, "CITY": "Oslo"}])
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number", "CITY"], [[in_file, "Lima"]])
+    )
+
+    response = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "file_id": file_id,
+            "lists": [{"id": list_id, "agent_number": sender}],
+            "global": {"agent_number": account.agent_number, "agent_message": "{{CITY}} " + run},
+        },
+    )
+    unowned = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "lists": [{"id": list_id, "agent_number": "Nobody1"}],
+            "global": {"agent_number": account.agent_number, "agent_message": "x"},
+        },
+    )
+
+    assert response.status_code == 200, response.text
+    batch = await wait_for_status(api, account, file_id, *FINAL)
+    assert batch["status"] == "completed"
+    received = await emulator_messages(emulator_url, body_contains=run)
+    assert sorted((m["to"], m["from"], m["body"]) for m in received) == sorted(
+        [(in_file, account.agent_number, f"Lima {run}"), (listed, sender, f"Oslo {run}")]
+    )
+    assert unowned.status_code == 404 and error_code(unowned) == "AGENT_NUMBER_NOT_FOUND"
