@@ -19,6 +19,7 @@ from api.routes import (
     conversations,
     files,
     health,
+    mailing_lists,
     mobivate,
     numbers,
     opt_outs,
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         conversations,
         webhooks,
         opt_outs,
+        mailing_lists,
         receipts,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)

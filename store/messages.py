@@ -23,6 +23,8 @@ RECIPIENT_COLUMNS = (
     "encoding",
     "segments",
 )
+# The row engine's COPY also gives a row's own sender (the column engine's CSV has none).
+LEDGER_COLUMNS = (*RECIPIENT_COLUMNS, "from_number")
 REJECTED_COLUMNS = ("batch_id", "row_number", "account_id", "code", "reason", "value")
 
 
@@ -31,6 +33,8 @@ class ClaimedMessage:
     seq: int
     to_number: str
     body: str
+    # The row's own sender; None: the batch's.
+    from_number: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +58,8 @@ async def clear_ledger(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
 
 
 async def copy_recipients(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
-    await conn.copy_records_to_table("messages", records=records, columns=RECIPIENT_COLUMNS)
+    """COPY ledger rows given as tuples, `LEDGER_COLUMNS` in order."""
+    await conn.copy_records_to_table("messages", records=records, columns=LEDGER_COLUMNS)
 
 
 async def copy_recipients_csv(conn: asyncpg.Connection, data: bytes) -> None:
@@ -111,12 +116,12 @@ async def claim_slice(
         rows = await conn.fetch(
             "UPDATE messages SET status = 'sending', attempts = attempts + 1, updated_at = now()"
             " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'pending'"
-            " RETURNING seq, to_number, body",
+            " RETURNING seq, to_number, body, from_number",
             batch_id,
             start,
             end,
         )
-    return [ClaimedMessage(r["seq"], r["to_number"], r["body"]) for r in rows]
+    return [ClaimedMessage(r["seq"], r["to_number"], r["body"], r["from_number"]) for r in rows]
 
 
 async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome]) -> None:
@@ -269,7 +274,7 @@ async def list_messages(
     rows = await pool.fetch(
         "SELECT m.seq, m.row_number, m.to_number, m.body, m.encoding, m.segments, m.status,"
         " m.carrier_sid, m.error_code, m.error_message, m.attempts, m.created_at, m.sent_at,"
-        " m.updated_at, r.reference FROM messages m"
+        " m.updated_at, m.from_number, r.reference FROM messages m"
         " LEFT JOIN message_references r"
         " ON r.batch_id = m.batch_id AND r.row_number = m.row_number"
         " WHERE m.batch_id = $1 AND m.account_id = $2 AND m.seq > $3"
