@@ -3,10 +3,11 @@
 A row is `uncertain` when its request may have reached the carrier but its answer was never
 recorded (the worker died, the answer was unreadable). Twilio takes no idempotency key, so
 such a row is never sent again blindly; instead, as the batch ends, its sender's messages to
-that number are listed (Twilio's Messages list, filtered by `To` and `From`). A message
-created since the row was, with the row's text, whose sid no ledger row holds yet, is the
-row's: it becomes `sent` with that sid. A row the carrier shows nothing for never reached
-it: it goes back to `pending`, and the batch sends it.
+that number are listed (Twilio's Messages list, filtered by `To` and by `From`: the row's
+own sender, or the batch's). A message created since the row was, with the row's text, whose
+sid no ledger row holds yet, is the row's: it becomes `sent` with that sid. A row the
+carrier shows nothing for never reached it: it goes back to `pending`, and the batch sends
+it.
 """
 
 import asyncio
@@ -49,12 +50,12 @@ class ReconciliationActivities(WorkerResources):
         credentials = (own.account_sid, own.auth_token) if own else None
         lanes = asyncio.Semaphore(self._settings.send_concurrency)
 
-        async def listed(to: str) -> list[CarrierMessage] | None:
+        async def listed(to: str, from_: str) -> list[CarrierMessage] | None:
             async with lanes:
                 try:
                     return await self._carrier.sent_messages(
                         to=to,
-                        from_=input.agent_number,
+                        from_=from_,
                         credentials=credentials,
                         limit=NEWEST_MESSAGES,
                     )
@@ -62,7 +63,9 @@ class ReconciliationActivities(WorkerResources):
                     log.warning("carrier list failed", to=to, error=repr(error))
                     return None
 
-        lists = await asyncio.gather(*(listed(r.to_number) for r in rows))
+        lists = await asyncio.gather(
+            *(listed(r.to_number, r.from_number or input.agent_number) for r in rows)
+        )
         candidates = {
             r.seq: [
                 m

@@ -171,11 +171,13 @@ class UncertainRow:
     body: str
     created_at: datetime
     updated_at: datetime
+    # The row's own sender, if it is not the batch's.
+    from_number: str | None
 
 
 async def uncertain_rows(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[UncertainRow]:
     rows = await pool.fetch(
-        "SELECT seq, to_number, body, created_at, updated_at FROM messages"
+        "SELECT seq, to_number, body, created_at, updated_at, from_number FROM messages"
         " WHERE batch_id = $1 AND status = 'uncertain' ORDER BY seq",
         batch_id,
     )

@@ -120,6 +120,23 @@ async def reserve_slots(pool: asyncpg.Pool, number: str, *, seconds: float) -> S
     )
 
 
+async def batches_sending_from(
+    pool: asyncpg.Pool, account_id: uuid.UUID, number: str, final: list[str]
+) -> list[uuid.UUID]:
+    """The account's batches not in a `final` status that send from `number`, as their
+    sender or as a recipient's own; at most five."""
+    rows = await pool.fetch(
+        "SELECT b.id FROM batches AS b WHERE b.account_id = $1 AND b.status <> ALL($3::text[])"
+        " AND (b.agent_number = $2 OR EXISTS (SELECT 1 FROM messages AS m"
+        " WHERE m.batch_id = b.id AND m.from_number = $2))"
+        " ORDER BY b.created_at LIMIT 5",
+        account_id,
+        number,
+        final,
+    )
+    return [r["id"] for r in rows]
+
+
 async def delete_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> bool:
     status = await pool.execute(
         "DELETE FROM sender_numbers WHERE account_id = $1 AND number = $2", account_id, number
