@@ -4,8 +4,10 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -86,6 +88,11 @@ class BatchNotFound(HeraldError):
 class BatchAlreadyFinished(HeraldError):
     status_code = 409
     code = "BATCH_ALREADY_FINISHED"
+
+
+class BatchExpired(HeraldError):
+    status_code = 409
+    code = "BATCH_EXPIRED"
 
 
 class BatchNotFinished(HeraldError):
@@ -188,11 +195,7 @@ async def start_batch(
                 agent_number=agent_number,
                 dispatch=dispatch_settings(settings),
                 limits=validation_limits(settings),
-                timing=Timing(
-                    schedule_at=body.schedule_at.timestamp() if body.schedule_at else 0.0,
-                    spread_seconds=(body.spread_hours or 0.0) * 3600,
-                    expire_at=body.expire_at.timestamp() if body.expire_at else 0.0,
-                ),
+                timing=_timing(request),
             ),
             WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
@@ -276,6 +279,20 @@ async def _check_lists(pool: asyncpg.Pool, account_id: uuid.UUID, request: dict[
     for source in named:
         if "agent_number" in source:
             source["agent_number"] = await _own_sender(pool, account_id, source["agent_number"])
+
+
+def _timing(request: dict[str, Any]) -> Timing:
+    """The batch's timing, from its request as stored (so a retry run reads it as well)."""
+
+    def moment(key: str) -> float:
+        value = request.get(key)
+        return datetime.fromisoformat(value).timestamp() if value else 0.0
+
+    return Timing(
+        schedule_at=moment("schedule_at"),
+        spread_seconds=float(request.get("spread_hours") or 0.0) * 3600,
+        expire_at=moment("expire_at"),
+    )
 
 
 def _stored_request(body: BatchRequest, agent_number: str) -> dict[str, Any]:
@@ -391,12 +408,20 @@ async def retry_batch(
             await handle.result()
     except (TimeoutError, WorkflowFailureError, RPCError, RuntimeError):
         pass
+    # A retry run keeps the batch's spread and expiry; it starts now, not at `schedule_at`.
+    timing = dataclasses.replace(_timing(batch["request"]), schedule_at=0.0)
+    if timing.expire_at and timing.expire_at <= time.time():
+        raise BatchExpired(
+            f"batch {batch_id} expired at {batch['request']['expire_at']}: a retry would send"
+            " nothing"
+        )
     await batches.set_status(pool, batch["id"], status=BatchStatus.QUEUED)
     input = BatchInput(
         batch_id=str(batch["id"]),
         account_id=str(account_id),
         agent_number=batch["agent_number"],
         dispatch=dispatch_settings(settings),
+        timing=timing,
         retry_statuses=[LedgerStatus(status) for status in statuses],
         first_event_seq=await events.last_event_seq(pool, batch["id"]),
     )
