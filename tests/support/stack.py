@@ -109,6 +109,13 @@ class WebhookReceiver:
         return self.received[name]
 
 
+async def rotate(api: httpx.AsyncClient, account: Account) -> str:
+    """A new status-webhook signing secret for the account; the secret."""
+    response = await api.post("/v1/webhooks/secret/rotate", headers=account.headers)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["secret"]
+
+
 def _walk(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, str]]:
     for route in routes:
         if isinstance(route, APIRoute | Route):
