@@ -12,6 +12,7 @@ from temporalio import activity
 
 from activities.heartbeats import ValidationHeartbeat
 from activities.recipients.columns import NotPlain, PlainCsv, plain_csv
+from activities.recipients.links import shorten_recipient
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.rows import (
     Recipient,
@@ -23,7 +24,7 @@ from activities.recipients.rows import (
     strict_failure,
 )
 from activities.resources import WorkerResources
-from store import batches, files, messages, opt_outs
+from store import batches, files, links, messages, opt_outs
 from workflows.contracts import ValidateInput, ValidationOptions, ValidationResult
 
 log = structlog.get_logger(__name__)
@@ -49,8 +50,9 @@ class ValidationActivities(WorkerResources):
         try:
             # A plain CSV file is validated by columns, a block at a time; any other file,
             # or one that turns out not to be plain, row by row (a JSON file is parsed
-            # whole). Either way off the event loop.
-            plain = plain_csv(content, rules)
+            # whole). Either way off the event loop. Links are shortened on the row path,
+            # where each message is at hand with its seq.
+            plain = None if options.shorten_urls else plain_csv(content, rules)
             async with self._pool.acquire() as conn, conn.transaction():
                 await messages.clear_validation(conn, batch_id)
                 tally = None
@@ -72,6 +74,7 @@ class ValidationActivities(WorkerResources):
                         account_id,
                         build_recipients(header, rows, rules),
                         stop_ledger_at_rejection=options.strict,
+                        shorten_urls=options.shorten_urls,
                     )
                 issue = header_issue(header)
                 if issue is not None:
@@ -125,16 +128,25 @@ class ValidationActivities(WorkerResources):
         outcomes: Iterator[Recipient | Rejected],
         *,
         stop_ledger_at_rejection: bool,
+        shorten_urls: bool,
     ) -> Tally:
         """COPY rows in blocks; parsing runs in a thread so the worker's loop stays free.
 
         With `stop_ledger_at_rejection` (strict), a rejected row dooms the batch: from then on
         only rejected rows are written, and the pass goes on so that every one is reported.
+        With `shorten_urls`, each message's URLs are replaced by short links before its
+        segments are counted, and the links are COPYed with the block.
         """
         tally = Tally()
+        short_links_base = self._settings.api_url
         while block := await asyncio.to_thread(list, itertools.islice(outcomes, COPY_BATCH)):
             ledger: list[tuple] = []
             refused: list[tuple] = []
+            short: list[tuple] = []
+            if shorten_urls:
+                short = await asyncio.to_thread(
+                    _shorten_block, block, tally.recipients, batch_id, account_id, short_links_base
+                )
             for item in block:
                 tally.count(item)
                 if isinstance(item, Rejected):
@@ -156,6 +168,7 @@ class ValidationActivities(WorkerResources):
                 )
             if not (stop_ledger_at_rejection and tally.rejected):
                 await messages.copy_recipients(conn, ledger)
+                await links.copy_links(conn, short)
             await messages.copy_rejected(conn, refused)
             ValidationHeartbeat(rows=tally.rows).send()
         return tally
@@ -191,6 +204,26 @@ async def _copy_blocks(
     finally:
         upcoming.cancel()
     return plain.tally
+
+
+def _shorten_block(
+    block: list[Recipient | Rejected],
+    first_seq: int,
+    batch_id: uuid.UUID,
+    account_id: uuid.UUID,
+    base_url: str,
+) -> list[tuple]:
+    """Shorten the URLs of the block's messages in place, their segments counted again;
+    the links as `links.copy_links` records. `first_seq` is the seq of its first Recipient."""
+    records: list[tuple] = []
+    seq = first_seq
+    for item in block:
+        if isinstance(item, Rejected):
+            continue
+        made = shorten_recipient(item, base_url)
+        records += [(link.code, batch_id, seq, account_id, link.url) for link in made]
+        seq += 1
+    return records
 
 
 def _rejected_record(batch_id: uuid.UUID, account_id: uuid.UUID, row: Rejected) -> tuple:

@@ -95,6 +95,11 @@ class BatchRequest(RequestBody):
         DEFAULT_VALIDATION.strict,
         description="Any rejected row fails the whole batch; nothing is sent.",
     )
+    shorten_urls: bool = Field(
+        DEFAULT_VALIDATION.shorten_urls,
+        description="Replace each http(s) URL of every message with a short link,"
+        " `HERALD_PUBLIC_URL/s/<code>`, whose clicks are counted on the message.",
+    )
     status_webhook: AnyHttpUrl | None = Field(None, description="Receives each lifecycle event.")
     name: str | None = Field(None, max_length=200)
     schedule_at: AwareDatetime | None = Field(
@@ -287,6 +292,10 @@ class MessageRow(BaseModel):
     updated_at: datetime
     reference: str | None = Field(
         None, description="The caller's reference of this recipient (Mobivate `reference`)."
+    )
+    clicks: int = Field(0, description="Clicks of the message's short links, repeats counted.")
+    first_clicked_at: datetime | None = Field(
+        None, description="When one of the message's short links was first followed."
     )
 
 

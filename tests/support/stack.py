@@ -33,6 +33,7 @@ PUBLIC_ROUTES: dict[tuple[str, str], str] = {
         "/v1/webhooks/twilio/status",
     ): "the carrier's delivery receipts, signed with X-Twilio-Signature",
     ("GET", "/metrics"): "counts by route and status, for Prometheus",
+    ("GET", "/s/{code}"): "short links, followed by anyone the message reaches",
     ("GET", "/openapi.json"): "the schema",
     ("GET", "/docs"): "the schema, as a page",
     ("GET", "/docs/oauth2-redirect"): "part of the schema page",
