@@ -12,7 +12,7 @@ from temporalio import activity
 
 from activities.heartbeats import ValidationHeartbeat
 from activities.recipients.columns import NotPlain, PlainCsv, plain_csv
-from activities.recipients.links import shorten_recipient
+from activities.recipients.links import Codes, shorten_recipients
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.rows import (
     Recipient,
@@ -139,13 +139,20 @@ class ValidationActivities(WorkerResources):
         """
         tally = Tally()
         short_links_base = self._settings.api_url
+        codes = Codes()
         while block := await asyncio.to_thread(list, itertools.islice(outcomes, COPY_BATCH)):
             ledger: list[tuple] = []
             refused: list[tuple] = []
             short: list[tuple] = []
             if shorten_urls:
                 short = await asyncio.to_thread(
-                    _shorten_block, block, tally.recipients, batch_id, account_id, short_links_base
+                    _shorten_block,
+                    block,
+                    tally.recipients,
+                    batch_id,
+                    account_id,
+                    short_links_base,
+                    codes,
                 )
             for item in block:
                 tally.count(item)
@@ -212,18 +219,15 @@ def _shorten_block(
     batch_id: uuid.UUID,
     account_id: uuid.UUID,
     base_url: str,
+    codes: Codes,
 ) -> list[tuple]:
     """Shorten the URLs of the block's messages in place, their segments counted again;
     the links as `links.copy_links` records. `first_seq` is the seq of its first Recipient."""
-    records: list[tuple] = []
-    seq = first_seq
-    for item in block:
-        if isinstance(item, Rejected):
-            continue
-        made = shorten_recipient(item, base_url)
-        records += [(link.code, batch_id, seq, account_id, link.url) for link in made]
-        seq += 1
-    return records
+    recipients = [item for item in block if isinstance(item, Recipient)]
+    return [
+        (link.code, batch_id, first_seq + index, account_id, link.url)
+        for index, link in shorten_recipients(recipients, base_url, codes)
+    ]
 
 
 def _rejected_record(batch_id: uuid.UUID, account_id: uuid.UUID, row: Rejected) -> tuple:

@@ -11,7 +11,14 @@ from datetime import datetime
 import httpx
 from standardwebhooks import Webhook
 
-from activities.recipients.links import CODE_CHARS, ShortLink, shorten
+from activities.recipients.links import (
+    CODE_CHARS,
+    CODES_AT_ONCE,
+    Codes,
+    ShortLink,
+    is_code,
+    shorten,
+)
 from settings import Settings
 from tests.support.batches import FINAL, run_batch, wait_for_status
 from tests.support.builders import emulator_messages, unique_numbers
@@ -173,7 +180,16 @@ def test_each_url_gets_its_own_code_and_the_sentence_keeps_its_punctuation() -> 
         ShortLink("c2", "https://a.example/p?q=1"),
         ShortLink("c3", "https://w.example/A_(b)"),
     ]
-    assert shorten("no links here: ftp://x and http://", "https://h.example") == (
+    assert shorten("no links here: ftp://x and http://", "https://h.example", Codes()) == (
         "no links here: ftp://x and http://",
         [],
     )
+
+
+def test_codes_are_random_url_safe_and_of_one_length() -> None:
+    codes = Codes()
+
+    made = [codes() for _ in range(3 * CODES_AT_ONCE)]
+
+    assert len(set(made)) == len(made)
+    assert all(is_code(code) and len(code) == CODE_CHARS for code in made)

@@ -6,7 +6,7 @@ that turns out not to be plain), so a dry run's figures are the batch's."""
 from dataclasses import dataclass, field
 
 from activities.recipients.columns import NotPlain, plain_csv
-from activities.recipients.links import shorten_recipient
+from activities.recipients.links import Codes, shorten_recipients
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.rows import (
     Recipient,
@@ -88,9 +88,10 @@ def _by_rows(
 ) -> tuple[Preview, list[str]]:
     header, rows = read_rows(content)
     result = Preview()
+    codes = Codes()
     for outcome in build_recipients(header, rows, rules):
         if short_links_base is not None and isinstance(outcome, Recipient):
-            shorten_recipient(outcome, short_links_base)
+            shorten_recipients([outcome], short_links_base, codes)
         result.tally.count(outcome)
         if isinstance(outcome, Rejected):
             _keep(result.rejected, [outcome], REJECTED_LISTED)
