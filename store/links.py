@@ -1,5 +1,6 @@
 """Short links of batch messages and their clicks (table `short_links`)."""
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ class Click:
     url: str
     first: bool
     has_webhook: bool
+    batch_id: uuid.UUID
+    account_id: uuid.UUID
 
 
 async def copy_links(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
@@ -32,13 +35,20 @@ async def record_click(pool: asyncpg.Pool, code: str, user_agent: str | None) ->
         " first_user_agent = CASE WHEN l.first_clicked_at IS NULL THEN $2"
         " ELSE l.first_user_agent END"
         " FROM batches AS b WHERE l.code = $1 AND b.id = l.batch_id"
-        " RETURNING l.url, l.clicks, b.request ? 'status_webhook' AS has_webhook",
+        " RETURNING l.url, l.clicks, b.request ? 'status_webhook' AS has_webhook, l.batch_id,"
+        " l.account_id",
         code,
         user_agent,
     )
     if row is None:
         return None
-    return Click(url=row["url"], first=row["clicks"] == 1, has_webhook=row["has_webhook"])
+    return Click(
+        url=row["url"],
+        first=row["clicks"] == 1,
+        has_webhook=row["has_webhook"],
+        batch_id=row["batch_id"],
+        account_id=row["account_id"],
+    )
 
 
 async def click_for_event(pool: asyncpg.Pool, code: str) -> dict | None:

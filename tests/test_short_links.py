@@ -77,6 +77,9 @@ async def test_a_mobivate_batch_sends_short_links_whose_clicks_are_counted_and_p
         codes += found
     assert len(set(codes)) == 4
 
+    # The batch's own events are all delivered; the first click event posted is refused once.
+    await webhooks.wait_for(run, *FINAL)
+    webhooks.answers[run] = [500]
     first = await api.get(f"/s/{codes[0]}", headers={"user-agent": USER_AGENT})
     again = await api.get(f"/s/{codes[0]}", headers={"user-agent": "another"})
     other = await api.get(f"/s/{codes[1]}", headers={"user-agent": "another"})
@@ -101,17 +104,20 @@ async def test_a_mobivate_batch_sends_short_links_whose_clicks_are_counted_and_p
     assert exported == datetime.fromisoformat(rows[0]["first_clicked_at"])
     assert table[1]["first_clicked_at"] == ""
 
-    # One event per link, on its first click: two links of the first message were clicked.
-    events = await webhooks.wait_for(run, "click", times=2)
+    # One event per link, on its first click: two links of the first message were clicked,
+    # and the refused post was tried again with the same id.
+    events = await webhooks.wait_for(run, "click", times=3)
     clicks = [(e, p) for e, p in zip(events, webhooks.posts[run], strict=True)]
     clicks = [(e, p) for e, p in clicks if e["status"] == "click"]
-    assert sorted(e["url"] for e, _ in clicks) == [
+    assert [p.answered for _, p in clicks] == [500, 204, 204]
+    ids = [p.headers["webhook-id"] for _, p in clicks]
+    assert ids[0] in ids[1:] and sorted(set(ids)) == sorted(f"click_{c}" for c in codes[:2])
+    assert sorted(e["url"] for e, p in clicks if p.answered == 204) == [
         "http://example.org/x",
         "https://example.com/offer?id=7",
     ]
     for event, post in clicks:
         assert Webhook(secret).verify(post.body, post.headers) == event
-        assert post.headers["webhook-id"].startswith("click_")
         assert event["batch_id"] == batch_id
         assert event["workflow_id"] == f"sms-batch-{batch_id}"
         assert (event["seq"], event["to_number"], event["reference"]) == (0, numbers[0], "r1")

@@ -4,14 +4,20 @@
 import asyncpg
 import structlog
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from activities.recipients.links import is_code
 from settings import Settings
 from store import links
-from workflows.contracts import CLICK_EVENT_WORKFLOW, ClickEventInput, click_event_workflow_id
+from workflows.contracts import (
+    ACCOUNT_ID,
+    BATCH_ID,
+    CLICK_EVENT_WORKFLOW,
+    ClickEventInput,
+    click_event_workflow_id,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -31,13 +37,16 @@ async def follow(
     if click is None:
         return None
     if click.first and click.has_webhook:
-        await _start_click_event(temporal, settings, code)
+        await _start_click_event(temporal, settings, code, click)
     return click.url
 
 
-async def _start_click_event(temporal: Client, settings: Settings, code: str) -> None:
-    """Start the workflow that posts the click; the visitor is redirected whatever happens
-    here, so a failure to start it is logged, not raised."""
+async def _start_click_event(
+    temporal: Client, settings: Settings, code: str, click: links.Click
+) -> None:
+    """Start the workflow that posts the click, findable by its batch and account in
+    Temporal; the visitor is redirected whatever happens here, so a failure to start it is
+    logged, not raised."""
     try:
         await temporal.start_workflow(
             CLICK_EVENT_WORKFLOW,
@@ -45,8 +54,14 @@ async def _start_click_event(temporal: Client, settings: Settings, code: str) ->
             id=click_event_workflow_id(code),
             task_queue=settings.task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(BATCH_ID, str(click.batch_id)),
+                    SearchAttributePair(ACCOUNT_ID, str(click.account_id)),
+                ]
+            ),
         )
     except WorkflowAlreadyStartedError:
         pass
     except (RuntimeError, RPCError) as error:
-        log.warning("click event not started", error=str(error))
+        log.warning("click event not started", batch_id=str(click.batch_id), error=str(error))
