@@ -1,7 +1,7 @@
 """Short links: every http(s) URL of a rendered message replaced by `<base>/s/<code>`.
 
-Pure but for the randomness of the codes: validation calls `shorten` on each message and
-records the codes with the ledger (store/links.py).
+Pure but for the randomness of the codes: validation calls `shorten_recipients` on each
+block of messages and records the links with the ledger (store/links.py).
 """
 
 import base64
