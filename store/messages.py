@@ -219,7 +219,7 @@ async def list_messages(
         " FROM messages m"
         " LEFT JOIN message_references r"
         " ON r.batch_id = m.batch_id AND r.row_number = m.row_number"
-        " LEFT JOIN LATERAL (SELECT sum(clicks) AS clicks, min(first_clicked_at)"
+        " LEFT JOIN LATERAL (SELECT sum(clicks)::bigint AS clicks, min(first_clicked_at)"
         " AS first_clicked_at FROM short_links l WHERE l.batch_id = m.batch_id"
         " AND l.seq = m.seq) c ON true"
         " WHERE m.batch_id = $1 AND m.account_id = $2 AND m.seq > $3"
