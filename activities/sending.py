@@ -53,7 +53,8 @@ class SendingActivities(WorkerResources):
         own = await carrier_accounts.carrier_account(self._pool, account_id)
         credentials = (own.account_sid, own.auth_token) if own else None
         claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
-        pacer = SenderPacer(self._pool, input.agent_number)
+        # One pacer per sender: a row with its own sender goes at that sender's rate.
+        pacers: dict[str, SenderPacer] = {}
         stopping = asyncio.Event()
         results: list[SendResult | None] = [None] * len(claimed)
         queue = iter(enumerate(claimed))
@@ -63,6 +64,10 @@ class SendingActivities(WorkerResources):
                 input.pace.send_time(message.seq), stopping
             ):
                 return None
+            sender = message.from_number or input.agent_number
+            pacer = pacers.get(sender)
+            if pacer is None:
+                pacer = pacers[sender] = SenderPacer(self._pool, sender)
             waited = time.monotonic()
             if not await pacer.turn(stopping):
                 return None
@@ -72,7 +77,7 @@ class SendingActivities(WorkerResources):
             started = time.monotonic()
             result = await self._carrier.send(
                 to=message.to_number,
-                from_=input.agent_number,
+                from_=sender,
                 body=message.body,
                 status_callback=self._settings.status_callback_url,
                 credentials=credentials,
@@ -101,7 +106,7 @@ class SendingActivities(WorkerResources):
         # a record cut short would leave the rows `sending`, to end `uncertain`.
         record = asyncio.ensure_future(self._record(batch_id, account_id, claimed, results))
         cancelled = await _to_the_end(record) or cancelled
-        self._count(input.agent_number, results)
+        self._count([m.from_number or input.agent_number for m in claimed], results)
         if cancelled:
             raise asyncio.CancelledError
         retry = [r for r in results if r is not None and r.verdict is Verdict.RETRY]
@@ -142,10 +147,10 @@ class SendingActivities(WorkerResources):
             lambda: messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
         )
 
-    def _count(self, sender: str, results: list[SendResult | None]) -> None:
-        """Count the slice's messages once recorded; one deferred (retry) counts on each
-        attempt, one not sent (stopped) not at all."""
-        for result in results:
+    def _count(self, senders: list[str], results: list[SendResult | None]) -> None:
+        """Count the slice's messages, each by its sender, once recorded; one deferred (retry)
+        counts on each attempt, one not sent (stopped) not at all."""
+        for sender, result in zip(senders, results, strict=True):
             if result is not None:
                 self._metrics.messages.labels(
                     result.verdict.value, result.error_code or "", sender

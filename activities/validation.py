@@ -12,6 +12,7 @@ from temporalio import activity
 
 from activities.heartbeats import ValidationHeartbeat
 from activities.recipients.columns import NotPlain, PlainCsv, plain_csv
+from activities.recipients.contacts import ListSource, with_lists
 from activities.recipients.links import Codes, shorten_recipients
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.rows import (
@@ -24,7 +25,7 @@ from activities.recipients.rows import (
     strict_failure,
 )
 from activities.resources import WorkerResources
-from store import batches, files, links, messages, opt_outs
+from store import batches, files, links, mailing_lists, messages, opt_outs
 from workflows.contracts import ValidateInput, ValidationOptions, ValidationResult
 
 log = structlog.get_logger(__name__)
@@ -47,12 +48,16 @@ class ValidationActivities(WorkerResources):
         if options.exclude_opt_outs:
             opted_out = await opt_outs.opted_out_numbers(self._pool, account_id)
         rules = RecipientRules.from_request(request, input.limits, opted_out)
+        # A row's own sender, by row number (inline rows, then the lists' contacts).
+        senders = {int(row): sender for row, sender in (request.get("senders") or {}).items()}
+        sources = await self._list_sources(account_id, request.get("lists") or [])
         try:
             # A plain CSV file is validated by columns, a block at a time; any other file,
-            # or one that turns out not to be plain, row by row (a JSON file is parsed
-            # whole). Either way off the event loop. Links are shortened on the row path,
-            # where each message is at hand with its seq.
-            plain = None if options.shorten_urls else plain_csv(content, rules)
+            # or one that turns out not to be plain, or one with mailing lists to add, row
+            # by row (a JSON file is parsed whole). Either way off the event loop. Links are
+            # shortened on the row path, where each message is at hand with its seq.
+            by_rows = bool(sources) or options.shorten_urls
+            plain = None if by_rows else plain_csv(content, rules)
             async with self._pool.acquire() as conn, conn.transaction():
                 await messages.clear_validation(conn, batch_id)
                 tally = None
@@ -67,12 +72,18 @@ class ValidationActivities(WorkerResources):
                     except NotPlain as error:
                         log.info("file not plain after all", batch_id=str(batch_id), why=str(error))
                 if tally is None:
-                    header, rows = await asyncio.to_thread(read_rows, content)
+                    if sources:
+                        header, rows = await asyncio.to_thread(
+                            with_lists, content, sources, senders
+                        )
+                    else:
+                        header, rows = await asyncio.to_thread(read_rows, content)
                     tally = await self._copy_rows(
                         conn,
                         batch_id,
                         account_id,
                         build_recipients(header, rows, rules),
+                        senders,
                         stop_ledger_at_rejection=options.strict,
                         shorten_urls=options.shorten_urls,
                     )
@@ -120,12 +131,30 @@ class ValidationActivities(WorkerResources):
             reason=failure,
         )
 
+    async def _list_sources(
+        self, account_id: uuid.UUID, named: list[dict[str, Any]]
+    ) -> list[ListSource]:
+        """The mailing lists the request names, their contacts read now: a list deleted since
+        the batch was accepted adds no one."""
+        return [
+            ListSource(
+                contacts=await mailing_lists.contacts_of(
+                    self._pool, account_id, uuid.UUID(source["id"])
+                ),
+                agent_message=source.get("agent_message"),
+                agent_number=source.get("agent_number"),
+                request_data=source.get("request_data") or {},
+            )
+            for source in named
+        ]
+
     async def _copy_rows(
         self,
         conn: asyncpg.Connection,
         batch_id: uuid.UUID,
         account_id: uuid.UUID,
         outcomes: Iterator[Recipient | Rejected],
+        senders: dict[int, str],
         *,
         stop_ledger_at_rejection: bool,
         shorten_urls: bool,
@@ -171,6 +200,7 @@ class ValidationActivities(WorkerResources):
                         item.skip_code,
                         item.encoding,
                         item.segments,
+                        senders.get(item.row_number),
                     )
                 )
             if not (stop_ledger_at_rejection and tally.rejected):

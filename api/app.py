@@ -20,6 +20,7 @@ from api.routes import (
     files,
     health,
     links,
+    mailing_lists,
     mobivate,
     numbers,
     opt_outs,
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         conversations,
         webhooks,
         opt_outs,
+        mailing_lists,
         receipts,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)

@@ -15,8 +15,10 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from activities.recipients.phones import POSSIBLE, NumberCheck, to_sender
+from activities.recipients.phones import POSSIBLE, NumberCheck
 from api.models import RequestBody
+
+MAILING_LIST = "mailinglist"
 
 
 class MobivateModel(RequestBody):
@@ -27,7 +29,9 @@ class MobivateModel(RequestBody):
 
 class MobivateRecipient(MobivateModel):
     recipient: str = Field(
-        min_length=1, description="The phone number in international format, `+` optional."
+        min_length=1,
+        description="The phone number in international format, `+` optional; or a mailing"
+        " list's id, with `meta.type` `mailinglist`.",
     )
     reference: str | None = Field(
         None, max_length=255, description="Your reference; returned on the message's reads."
@@ -36,19 +40,18 @@ class MobivateRecipient(MobivateModel):
         None, description="This recipient's template tags: `{{KEY}}` in the text, case as written."
     )
     originator: str | None = Field(
-        None, min_length=1, description="Must be the batch's `originator` when given."
+        None,
+        min_length=1,
+        description="This recipient's sender (a list's: its contacts'), in place of the"
+        " batch's `originator`; a registered sender of the account.",
     )
     text: str | None = Field(
         None, min_length=1, description="This recipient's own text (tags are filled in too)."
     )
 
-    @model_validator(mode="after")
-    def _not_a_mailing_list(self) -> Self:
-        if (self.meta or {}).get("type") == "mailinglist":
-            raise PydanticCustomError(
-                "mailing_list", "mailing-list recipients are not supported by this server"
-            )
-        return self
+    def is_mailing_list(self) -> bool:
+        """A mailing list's id in `recipient`, marked by `meta.type` `mailinglist`."""
+        return (self.meta or {}).get("type") == MAILING_LIST
 
 
 class MobivateBatchRequest(MobivateModel):
@@ -106,34 +109,42 @@ class MobivateBatchRequest(MobivateModel):
             raise PydanticCustomError(
                 "recipients", "give the recipients in `recipients` or `messages` (one of them)"
             )
-        sender = _sender(self.originator)
-        for index, recipient in enumerate(self.to_send()):
-            if recipient.originator is not None and _sender(recipient.originator) != sender:
-                raise PydanticCustomError(
-                    "originator",
-                    "recipient {index}: an originator other than the batch's is not supported",
-                    {"index": index},
-                )
         return self
 
     def to_send(self) -> list[MobivateRecipient]:
         return self.recipients or self.messages or []
 
 
-def _sender(originator: str) -> str:
-    return to_sender(originator) or originator.strip()
-
-
 class MobivateRecord(MobivateModel):
     id: str = Field(description="The batch id, the same in every other API.")
     type: Literal["BatchSMS"] = "BatchSMS"
     scheduled: str = Field(description="When sending starts, ISO 8601 in UTC.")
-    recipient_count: int = Field(description="Recipients in the request.")
+    recipient_count: int = Field(
+        description="Recipients in the request, a mailing list counting its contacts."
+    )
 
 
 class MobivateBatchAccepted(MobivateModel):
     success: Literal[True] = True
     record: MobivateRecord
+
+
+class MobivateBatchState(MobivateModel):
+    id: str = Field(description="The batch id, the same in every other API.")
+    type: Literal["BatchSMS"] = "BatchSMS"
+    scheduled: str = Field(description="When sending starts, ISO 8601 in UTC.")
+    recipient_count: int | None = Field(
+        description="Rows of the batch, a mailing list's contacts each one; null until"
+        " the batch is validated."
+    )
+    name: str | None
+    status: str = Field(description="Herald's batch status (`validating`, `completed`, ...).")
+    counts: dict[str, int] = Field(description="Ledger rows by message status, and `rejected`.")
+
+
+class MobivateBatchRead(MobivateModel):
+    success: Literal[True] = True
+    record: MobivateBatchState
 
 
 class MobivateErrorDetail(MobivateModel):

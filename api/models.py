@@ -1,5 +1,6 @@
 """Request bodies and reply shapes at the API's edge."""
 
+import uuid
 from datetime import datetime
 from typing import Any, Generic, Literal, Self, TypeVar
 
@@ -61,6 +62,26 @@ class BatchGlobal(RequestBody):
     citation_schema_ids: list[str] | None = None
 
 
+class BatchMailingList(RequestBody):
+    """A mailing list whose contacts the batch sends to, after its file's (or inline) rows."""
+
+    id: str = Field(min_length=1, description="The list's id, from `/v1/lists`.")
+    agent_message: str | None = Field(
+        None,
+        min_length=1,
+        description="The message for this list's contacts, in place of `global.agent_message`.",
+    )
+    agent_number: str | None = Field(
+        None,
+        min_length=1,
+        description="A registered sender of the account that sends to this"
+        " list's contacts, in place of `global.agent_number`.",
+    )
+    request_data: dict[str, Any] | None = Field(
+        None, description="Defaults of the contacts' fields; a contact's own values win."
+    )
+
+
 class BatchRequest(RequestBody):
     file_id: str | None = Field(
         None, min_length=1, description="The `file_id` from `/v1/files/attach`; or `recipients`."
@@ -70,6 +91,12 @@ class BatchRequest(RequestBody):
         min_length=1,
         description="The rows inline instead of `file_id`: objects like a JSON file's rows"
         " (`phone_number` plus fields), at most `HERALD_MAX_ROWS_PER_BATCH`.",
+    )
+    lists: list[BatchMailingList] | None = Field(
+        None,
+        min_length=1,
+        description="Mailing lists to send to as well: each contact is a row after the file's"
+        " (or the inline) rows, its fields the row's template variables.",
     )
     global_: BatchGlobal = Field(alias="global")
     column_mapping: dict[str, str] | None = Field(
@@ -121,11 +148,15 @@ class BatchRequest(RequestBody):
 
     @model_validator(mode="after")
     def _one_recipient_source(self) -> Self:
-        if self.file_id is None and self.recipients is None:
-            raise PydanticCustomError("missing_file_id", "give file_id or recipients")
+        if self.file_id is None and self.recipients is None and self.lists is None:
+            raise PydanticCustomError("missing_file_id", "give file_id, recipients or lists")
         if self.file_id is not None and self.recipients is not None:
             raise PydanticCustomError(
                 "file_id_and_recipients", "give file_id or recipients, not both"
+            )
+        if self.lists is not None and self.dry_run:
+            raise PydanticCustomError(
+                "dry_run_lists", "a dry run does not expand mailing lists: leave out lists"
             )
         return self
 
@@ -293,6 +324,11 @@ class MessageRow(BaseModel):
     reference: str | None = Field(
         None, description="The caller's reference of this recipient (Mobivate `reference`)."
     )
+    from_number: str | None = Field(
+        None,
+        description="The row's own sender when it is not the batch's `agent_number` (a"
+        " Mobivate recipient's `originator`, a list's `agent_number`); null otherwise.",
+    )
     clicks: int = Field(0, description="Clicks of the message's short links, repeats counted.")
     first_clicked_at: datetime | None = Field(
         None, description="When one of the message's short links was first followed."
@@ -413,3 +449,55 @@ class CarrierAccount(BaseModel):
     account_sid: str
     # Never the token itself: its last four characters, after asterisks.
     auth_token: str
+
+
+class ListRequest(RequestBody):
+    name: str = Field(min_length=1, max_length=200, description="The list's name.")
+    id: uuid.UUID | None = Field(
+        None,
+        description="The list's id, when it must keep one it has elsewhere (a Mobivate"
+        " list's, so that requests naming it need no change); a new one when left out.",
+    )
+
+
+class MailingList(BaseModel):
+    id: str
+    name: str
+    contacts: int = Field(description="Contacts in the list.")
+    created_at: datetime
+
+
+class MailingLists(BaseModel):
+    lists: list[MailingList]
+
+
+class ContactsRequest(RequestBody):
+    contacts: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="Contacts like a JSON file's rows: `phone_number` plus fields (the"
+        " template tags of a batch that names the list).",
+    )
+
+
+class ContactsAdded(BaseModel):
+    added: int = Field(description="Contacts added or updated (a number listed once).")
+    contacts: int = Field(description="Contacts in the list now.")
+    rejected_rows: list[RejectedRow] = Field(
+        description="Rows that are not contacts (blank or impossible number), by row number."
+    )
+
+
+class ContactsRemoved(BaseModel):
+    removed: int = Field(description="Numbers that were in the list.")
+    contacts: int = Field(description="Contacts in the list now.")
+
+
+class Contact(BaseModel):
+    phone_number: str
+    fields: dict[str, str]
+    created_at: datetime
+
+
+class ContactList(BaseModel):
+    contacts: list[Contact]
+    next_cursor: str | None = Field(description="Pass as `after` for the next page.")

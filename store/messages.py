@@ -1,9 +1,11 @@
-"""The message ledger: one row per recipient; statuses only move forward."""
+"""The message ledger: one row per recipient; statuses only move forward, but for an
+`uncertain` row that the carrier shows it never got (`settle_uncertain`)."""
 
 import io
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -21,6 +23,8 @@ RECIPIENT_COLUMNS = (
     "encoding",
     "segments",
 )
+# The row engine's COPY also gives a row's own sender (the column engine's CSV has none).
+LEDGER_COLUMNS = (*RECIPIENT_COLUMNS, "from_number")
 REJECTED_COLUMNS = ("batch_id", "row_number", "account_id", "code", "reason", "value")
 
 
@@ -29,6 +33,8 @@ class ClaimedMessage:
     seq: int
     to_number: str
     body: str
+    # The row's own sender; None: the batch's.
+    from_number: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +60,8 @@ async def clear_ledger(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
 
 
 async def copy_recipients(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
-    await conn.copy_records_to_table("messages", records=records, columns=RECIPIENT_COLUMNS)
+    """COPY ledger rows given as tuples, `LEDGER_COLUMNS` in order."""
+    await conn.copy_records_to_table("messages", records=records, columns=LEDGER_COLUMNS)
 
 
 async def copy_recipients_csv(conn: asyncpg.Connection, data: bytes) -> None:
@@ -111,12 +118,12 @@ async def claim_slice(
         rows = await conn.fetch(
             "UPDATE messages SET status = 'sending', attempts = attempts + 1, updated_at = now()"
             " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'pending'"
-            " RETURNING seq, to_number, body",
+            " RETURNING seq, to_number, body, from_number",
             batch_id,
             start,
             end,
         )
-    return [ClaimedMessage(r["seq"], r["to_number"], r["body"]) for r in rows]
+    return [ClaimedMessage(r["seq"], r["to_number"], r["body"], r["from_number"]) for r in rows]
 
 
 async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome]) -> None:
@@ -143,7 +150,11 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
         [o.error_code for o in outcomes],
         [o.error_message for o in outcomes],
     )
-    sids = [o.carrier_sid for o in outcomes if o.carrier_sid]
+    await apply_kept_receipts(pool, batch_id, [o.carrier_sid for o in outcomes if o.carrier_sid])
+
+
+async def apply_kept_receipts(pool: asyncpg.Pool, batch_id: uuid.UUID, sids: list[str]) -> None:
+    """Apply the receipts that came for `sids` before the sids were written to their rows."""
     if sids:
         await pool.execute(
             "UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
@@ -153,6 +164,56 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
             batch_id,
             sids,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class UncertainRow:
+    seq: int
+    to_number: str
+    body: str
+    created_at: datetime
+    updated_at: datetime
+
+
+async def uncertain_rows(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[UncertainRow]:
+    rows = await pool.fetch(
+        "SELECT seq, to_number, body, created_at, updated_at FROM messages"
+        " WHERE batch_id = $1 AND status = 'uncertain' ORDER BY seq",
+        batch_id,
+    )
+    return [UncertainRow(**r) for r in rows]
+
+
+async def sids_in_ledger(pool: asyncpg.Pool, sids: list[str]) -> set[str]:
+    """Which of `sids` some message row already holds, in any batch."""
+    rows = await pool.fetch(
+        "SELECT carrier_sid FROM messages WHERE carrier_sid = ANY($1::text[])", sids
+    )
+    return {r["carrier_sid"] for r in rows}
+
+
+async def settle_uncertain(
+    pool: asyncpg.Pool, batch_id: uuid.UUID, found: dict[int, str], unsent: list[int]
+) -> None:
+    """Rows the carrier has become `sent` with its sid; rows it never got go back to
+    `pending`. Only rows still `uncertain` move."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE messages AS m SET status = 'sent', carrier_sid = f.sid, sent_at = now(),"
+            " error_code = NULL, error_message = NULL, updated_at = now()"
+            " FROM unnest($2::bigint[], $3::text[]) AS f(seq, sid)"
+            " WHERE m.batch_id = $1 AND m.seq = f.seq AND m.status = 'uncertain'",
+            batch_id,
+            list(found),
+            list(found.values()),
+        )
+        await conn.execute(
+            "UPDATE messages SET status = 'pending', updated_at = now()"
+            " WHERE batch_id = $1 AND seq = ANY($2::bigint[]) AND status = 'uncertain'",
+            batch_id,
+            unsent,
+        )
+    await apply_kept_receipts(pool, batch_id, list(found.values()))
 
 
 async def close_ledger(
@@ -215,8 +276,8 @@ async def list_messages(
     rows = await pool.fetch(
         "SELECT m.seq, m.row_number, m.to_number, m.body, m.encoding, m.segments, m.status,"
         " m.carrier_sid, m.error_code, m.error_message, m.attempts, m.created_at, m.sent_at,"
-        " m.updated_at, r.reference, coalesce(c.clicks, 0) AS clicks, c.first_clicked_at"
-        " FROM messages m"
+        " m.updated_at, m.from_number, r.reference, coalesce(c.clicks, 0) AS clicks,"
+        " c.first_clicked_at FROM messages m"
         " LEFT JOIN message_references r"
         " ON r.batch_id = m.batch_id AND r.row_number = m.row_number"
         " LEFT JOIN LATERAL (SELECT sum(clicks)::bigint AS clicks, min(first_clicked_at)"

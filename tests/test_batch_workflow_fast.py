@@ -73,6 +73,47 @@ async def test_a_small_batch_sends_every_row_once_and_completes(
     assert result.counts.successful == 5
 
 
+async def test_rows_the_carrier_never_got_are_sent_again_before_the_batch_ends(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=6, never_received={2, 4})
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping, queue, dispatch=DispatchSettings(chunk_size=10, slice_size=2)
+        )
+        result = await result_of(handle)
+        history = await handle.fetch_history()
+    sent = slices(stubs)
+    assert sorted(sent[:3]) == [(0, 2), (2, 4), (4, 6)]
+    assert sorted(sent[3:]) == [(2, 4), (4, 5)]
+    assert len(stubs.inputs("reconcile_uncertain")) == 1
+    chunks = [
+        e.start_child_workflow_execution_initiated_event_attributes.workflow_id
+        for e in history.events
+        if e.HasField("start_child_workflow_execution_initiated_event_attributes")
+    ]
+    assert [c.rsplit("/", 1)[1] for c in chunks] == ["chunk-0", "reconciled"]
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
+
+
+async def test_a_cancelled_batch_sends_nothing_again_after_reconciling(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=6, held={0}, never_received={0})
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=10, slice_size=2, slices_in_flight=1),
+        )
+        await stubs.wait_for(lambda: len(slices(stubs)) == 1)
+        await handle.signal(BatchWorkflow.cancel, "not today")
+        result = await result_of(handle)
+    assert slices(stubs) == [(0, 2)]
+    assert len(stubs.inputs("reconcile_uncertain")) == 1
+    assert result.status == S.CANCELLED
+
+
 async def test_a_file_with_no_sendable_row_fails_without_sending(
     time_skipping: WorkflowEnvironment,
 ) -> None:

@@ -256,6 +256,25 @@ class FinishInput:
 
 
 @dataclass(kw_only=True)
+class ReconcileInput:
+    batch_id: str
+    account_id: str
+    agent_number: str
+
+
+@dataclass(kw_only=True)
+class ReconcileResult:
+    """Uncertain rows settled: `sent` (the carrier has them), `reopened` (it never got them;
+    `pending` again, within seqs [first_seq, end_seq)) or left `unresolved`."""
+
+    sent: int = 0
+    reopened: int = 0
+    unresolved: int = 0
+    first_seq: int = 0
+    end_seq: int = 0
+
+
+@dataclass(kw_only=True)
 class ReopenInput:
     batch_id: str
     statuses: list[LedgerStatus]

@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import json
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -35,6 +36,7 @@ from api.models import (
     RejectedRowList,
     WebhookDeliveries,
 )
+from api.services.mailing_lists import list_sizes
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
 from store import batches, events, files, messages, numbers, opt_outs
@@ -138,15 +140,27 @@ async def start_batch(
     settings: Settings,
     account_id: uuid.UUID,
     body: BatchRequest,
+    *,
+    senders: Mapping[int, str] | None = None,
 ) -> BatchStarted:
     """Record the batch and start its workflow; the same request again is the same batch.
 
     Inline `recipients` are stored as a JSON file first, so from there on the batch is one
-    of an attached file in every way (and each such request is a new batch)."""
+    of an attached file in every way (and each such request is a new batch); so is a batch
+    of mailing lists alone, with an empty file. `senders` gives rows their own sender (row
+    number -> sender, each one the account's)."""
     file_id, agent_number = await _checked_sources(pool, settings, account_id, body)
+    request = _stored_request(body, agent_number)
+    await _check_lists(pool, account_id, request)
+    row_senders = {
+        str(row): sender
+        for row, sender in (await _own_senders(pool, account_id, senders or {})).items()
+        if sender != agent_number
+    }
+    if row_senders:
+        request["senders"] = row_senders
     if file_id is None:
         file_id = await _inline_file(pool, settings, account_id, body.recipients or [])
-    request = _stored_request(body, agent_number)
     request.setdefault("file_id", str(file_id))
     workflow_id = batch_workflow_id(str(file_id))
     batch, created = await batches.create_batch(
@@ -242,12 +256,32 @@ async def _checked_sources(
     await require_safe_webhook(
         None if body.status_webhook is None else str(body.status_webhook), settings
     )
-    agent_number = to_sender(body.global_.agent_number)
-    if agent_number is None or not await numbers.has_number(pool, account_id, agent_number):
-        raise AgentNumberNotFound(
-            f"{body.global_.agent_number} is not a registered sender of this account"
-        )
-    return file_id, agent_number
+    return file_id, await _own_sender(pool, account_id, body.global_.agent_number)
+
+
+async def _own_sender(pool: asyncpg.Pool, account_id: uuid.UUID, given: str) -> str:
+    """`given` as Herald stores a sender (E.164, or a sender ID), when it is the account's."""
+    sender = to_sender(given)
+    if sender is None or not await numbers.has_number(pool, account_id, sender):
+        raise AgentNumberNotFound(f"{given} is not a registered sender of this account")
+    return sender
+
+
+async def _own_senders(
+    pool: asyncpg.Pool, account_id: uuid.UUID, given: Mapping[int, str]
+) -> dict[int, str]:
+    """Rows' own senders, each checked once and stored as `_own_sender` gives it."""
+    checked = {raw: await _own_sender(pool, account_id, raw) for raw in set(given.values())}
+    return {row: checked[raw] for row, raw in given.items()}
+
+
+async def _check_lists(pool: asyncpg.Pool, account_id: uuid.UUID, request: dict[str, Any]) -> None:
+    """The request's mailing lists are the account's, and their senders too (kept as stored)."""
+    named: list[dict[str, Any]] = request.get("lists") or []
+    await list_sizes(pool, account_id, [source["id"] for source in named])
+    for source in named:
+        if "agent_number" in source:
+            source["agent_number"] = await _own_sender(pool, account_id, source["agent_number"])
 
 
 def _stored_request(body: BatchRequest, agent_number: str) -> dict[str, Any]:

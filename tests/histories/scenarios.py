@@ -13,10 +13,12 @@ import httpx
 import pytest
 from temporalio.client import Client, WorkflowHistory
 
+from deploy.local.emulator import NO_ANSWER
 from settings import Settings
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.conversations import TIMERS, timed_out
+from tests.support.delivery import own_worker
 from tests.support.sending import (
     conversation_when,
     inbound_form,
@@ -225,6 +227,28 @@ async def test_retried(
 
     assert (await finished(webhooks, marker, times=2))["status"] == "completed"
     await save_batch(temporal, file_id, "retried")
+
+
+async def test_reconciled(
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    numbers = unique_numbers(10)
+    # One request gets no answer and the carrier never kept it: reconciliation finds it
+    # missing and the `reconciled` chunk sends it again.
+    await carrier(scripted={numbers[0]: [NO_ANSWER]})
+    async with (
+        own_worker(temporal, settings.model_copy(update=SMALL), carrier_timeout_seconds=0.5) as own,
+        api_client(own) as api,
+    ):
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(temporal, file_id, "reconciled")
+    [chunk] = await run_chain(temporal, f"{batch_workflow_id(file_id)}/reconciled")
+    save(chunk, "chunk", "reconciled")
 
 
 async def test_failed_validation(
