@@ -126,6 +126,44 @@ async def test_a_mobivate_batch_sends_short_links_whose_clicks_are_counted_and_p
     assert by_url["http://example.org/x"]["user_agent"] == "another"
 
 
+async def test_a_mailing_lists_contacts_get_short_links_of_their_own_urls(
+    api: httpx.AsyncClient, account: Account, settings: Settings, emulator_url: str
+) -> None:
+    numbers = unique_numbers(2)
+    created = await api.post("/v1/lists", headers=account.headers, json={"name": "links"})
+    assert created.status_code == 201, created.text
+    list_id = created.json()["data"]["id"]
+    contacts = [
+        {"phone_number": number, "PAGE": f"https://example.com/p/{index}"}
+        for index, number in enumerate(numbers)
+    ]
+    added = await api.post(
+        f"/v1/lists/{list_id}/contacts", headers=account.headers, json={"contacts": contacts}
+    )
+    assert added.status_code == 200, added.text
+
+    response = await api.post(
+        "/send/batch",
+        headers={"Authorization": f"Bearer {account.key}"},
+        json={
+            "recipients": [{"recipient": list_id, "meta": {"type": "mailinglist"}}],
+            "text": "Your page: {{PAGE}}",
+            "originator": account.agent_number,
+            "shortenUrls": True,
+        },
+    )
+
+    assert response.status_code == 200, response.text
+    batch_id = response.json()["record"]["id"]
+    assert (await wait_for_status(api, account, batch_id, *FINAL))["status"] == "completed"
+    for index, number in enumerate(numbers):
+        [sent] = await emulator_messages(emulator_url, to=number)
+        found = short_link(settings).fullmatch(sent["body"].removeprefix("Your page: "))
+        assert found is not None, sent["body"]
+        followed = await api.get(f"/s/{found[1]}")
+        assert followed.headers["location"] == f"https://example.com/p/{index}"
+
+
 async def test_an_unknown_code_is_a_plain_404_page(api: httpx.AsyncClient) -> None:
     for code in ("A" * CODE_CHARS, "short", "not a code at all"):
         response = await api.get(f"/s/{code}")
