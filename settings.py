@@ -90,7 +90,9 @@ class Settings(BaseSettings):
         " IncomingPhoneNumbers). Unset: on, unless the credentials are the emulator's dev ones.",
     )
     public_url: str | None = Field(
-        None, description="Herald's public base URL, for carrier StatusCallback URLs."
+        None,
+        description="Herald's public base URL, for carrier StatusCallback URLs and short links"
+        " (`/s/<code>`).",
     )
 
     max_upload_bytes: int = 40 * 1024 * 1024
@@ -220,7 +222,10 @@ class Settings(BaseSettings):
         if self.twilio_auth_token.get_secret_value() == DEV_AUTH_TOKEN:
             problems.append("TWILIO_AUTH_TOKEN: still the local emulator's token")
         if self.public_url is None:
-            problems.append("PUBLIC_URL: unset, the carrier could not post delivery receipts")
+            problems.append(
+                "PUBLIC_URL: unset, the carrier could not post delivery receipts and short links"
+                " would lead nowhere"
+            )
         if self.database_url is None:
             problems.append("DATABASE_URL: unset, no embedded PostgreSQL runs in production")
         if self.temporal_address is None:

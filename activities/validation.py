@@ -13,6 +13,7 @@ from temporalio import activity
 from activities.heartbeats import ValidationHeartbeat
 from activities.recipients.columns import NotPlain, PlainCsv, plain_csv
 from activities.recipients.contacts import ListSource, with_lists
+from activities.recipients.links import Codes, shorten_recipients
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.rows import (
     Recipient,
@@ -24,7 +25,7 @@ from activities.recipients.rows import (
     strict_failure,
 )
 from activities.resources import WorkerResources
-from store import batches, files, mailing_lists, messages, opt_outs
+from store import batches, files, links, mailing_lists, messages, opt_outs
 from workflows.contracts import ValidateInput, ValidationOptions, ValidationResult
 
 log = structlog.get_logger(__name__)
@@ -53,8 +54,10 @@ class ValidationActivities(WorkerResources):
         try:
             # A plain CSV file is validated by columns, a block at a time; any other file,
             # or one that turns out not to be plain, or one with mailing lists to add, row
-            # by row (a JSON file is parsed whole). Either way off the event loop.
-            plain = None if sources else plain_csv(content, rules)
+            # by row (a JSON file is parsed whole). Either way off the event loop. Links are
+            # shortened on the row path, where each message is at hand with its seq.
+            by_rows = bool(sources) or options.shorten_urls
+            plain = None if by_rows else plain_csv(content, rules)
             async with self._pool.acquire() as conn, conn.transaction():
                 await messages.clear_validation(conn, batch_id)
                 tally = None
@@ -82,6 +85,7 @@ class ValidationActivities(WorkerResources):
                         build_recipients(header, rows, rules),
                         senders,
                         stop_ledger_at_rejection=options.strict,
+                        shorten_urls=options.shorten_urls,
                     )
                 issue = header_issue(header)
                 if issue is not None:
@@ -153,16 +157,32 @@ class ValidationActivities(WorkerResources):
         senders: dict[int, str],
         *,
         stop_ledger_at_rejection: bool,
+        shorten_urls: bool,
     ) -> Tally:
         """COPY rows in blocks; parsing runs in a thread so the worker's loop stays free.
 
         With `stop_ledger_at_rejection` (strict), a rejected row dooms the batch: from then on
         only rejected rows are written, and the pass goes on so that every one is reported.
+        With `shorten_urls`, each message's URLs are replaced by short links before its
+        segments are counted, and the links are COPYed with the block.
         """
         tally = Tally()
+        short_links_base = self._settings.api_url
+        codes = Codes()
         while block := await asyncio.to_thread(list, itertools.islice(outcomes, COPY_BATCH)):
             ledger: list[tuple] = []
             refused: list[tuple] = []
+            short: list[tuple] = []
+            if shorten_urls:
+                short = await asyncio.to_thread(
+                    _shorten_block,
+                    block,
+                    tally.recipients,
+                    batch_id,
+                    account_id,
+                    short_links_base,
+                    codes,
+                )
             for item in block:
                 tally.count(item)
                 if isinstance(item, Rejected):
@@ -185,6 +205,7 @@ class ValidationActivities(WorkerResources):
                 )
             if not (stop_ledger_at_rejection and tally.rejected):
                 await messages.copy_recipients(conn, ledger)
+                await links.copy_links(conn, short)
             await messages.copy_rejected(conn, refused)
             ValidationHeartbeat(rows=tally.rows).send()
         return tally
@@ -220,6 +241,23 @@ async def _copy_blocks(
     finally:
         upcoming.cancel()
     return plain.tally
+
+
+def _shorten_block(
+    block: list[Recipient | Rejected],
+    first_seq: int,
+    batch_id: uuid.UUID,
+    account_id: uuid.UUID,
+    base_url: str,
+    codes: Codes,
+) -> list[tuple]:
+    """Shorten the URLs of the block's messages in place, their segments counted again;
+    the links as `links.copy_links` records. `first_seq` is the seq of its first Recipient."""
+    recipients = [item for item in block if isinstance(item, Recipient)]
+    return [
+        (link.code, batch_id, first_seq + index, account_id, link.url)
+        for index, link in shorten_recipients(recipients, base_url, codes)
+    ]
 
 
 def _rejected_record(batch_id: uuid.UUID, account_id: uuid.UUID, row: Rejected) -> tuple:

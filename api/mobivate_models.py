@@ -1,11 +1,11 @@
 """Request and reply shapes of the Mobivate dialect, `POST /send/batch`."""
 
-import re
 from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
 from pydantic import (
     AliasChoices,
+    AnyHttpUrl,
     AwareDatetime,
     ConfigDict,
     Field,
@@ -19,10 +19,6 @@ from activities.recipients.phones import POSSIBLE, NumberCheck
 from api.models import RequestBody
 
 MAILING_LIST = "mailinglist"
-
-# What link shortening would have replaced; until Herald shortens links, a batch that has
-# one and asks for shortening is refused rather than sent with the links as written.
-URL = re.compile(r"https?://", re.IGNORECASE)
 
 
 class MobivateModel(RequestBody):
@@ -69,7 +65,9 @@ class MobivateBatchRequest(MobivateModel):
     )
     name: str | None = Field(None, max_length=200, description="The batch's name.")
     shorten_urls: bool = Field(
-        False, description="Not supported: `true` is refused when a message holds a URL."
+        False,
+        description="Replace each http(s) URL of every message with a short link whose clicks"
+        " are counted.",
     )
     exclude_duplicates: bool | None = Field(
         None, description="Skip a number given earlier in the batch (default `true`)."
@@ -87,6 +85,10 @@ class MobivateBatchRequest(MobivateModel):
         None, description="Send at this future time (ISO 8601 with `Z` or an offset)."
     )
     route_id: str | int | None = Field(None, description="Accepted and stored; not used.")
+    status_webhook: AnyHttpUrl | None = Field(
+        None,
+        description="Herald's own: the batch's status webhook (lifecycle and `click` events).",
+    )
     number_check: NumberCheck = Field(
         POSSIBLE,
         description="`possible` (default here): a number of a possible length for its country"
@@ -107,22 +109,10 @@ class MobivateBatchRequest(MobivateModel):
             raise PydanticCustomError(
                 "recipients", "give the recipients in `recipients` or `messages` (one of them)"
             )
-        if self.shorten_urls and any(map(URL.search, self._texts())):
-            raise PydanticCustomError(
-                "shorten_urls",
-                "shortenUrls is not supported by this server; send with shortenUrls false to"
-                " send the links as written",
-            )
         return self
 
     def to_send(self) -> list[MobivateRecipient]:
         return self.recipients or self.messages or []
-
-    def _texts(self) -> list[str]:
-        texts = [self.text]
-        for recipient in self.to_send():
-            texts += [recipient.text or "", *map(str, (recipient.meta or {}).values())]
-        return texts
 
 
 class MobivateRecord(MobivateModel):

@@ -122,6 +122,11 @@ class BatchRequest(RequestBody):
         DEFAULT_VALIDATION.strict,
         description="Any rejected row fails the whole batch; nothing is sent.",
     )
+    shorten_urls: bool = Field(
+        DEFAULT_VALIDATION.shorten_urls,
+        description="Replace each http(s) URL of every message with a short link,"
+        " `HERALD_PUBLIC_URL/s/<code>`, whose clicks are counted on the message.",
+    )
     status_webhook: AnyHttpUrl | None = Field(None, description="Receives each lifecycle event.")
     name: str | None = Field(None, max_length=200)
     schedule_at: AwareDatetime | None = Field(
@@ -323,6 +328,10 @@ class MessageRow(BaseModel):
         None,
         description="The row's own sender when it is not the batch's `agent_number` (a"
         " Mobivate recipient's `originator`, a list's `agent_number`); null otherwise.",
+    )
+    clicks: int = Field(0, description="Clicks of the message's short links, repeats counted.")
+    first_clicked_at: datetime | None = Field(
+        None, description="When one of the message's short links was first followed."
     )
 
 

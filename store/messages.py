@@ -48,12 +48,14 @@ class Outcome:
 
 async def clear_validation(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
     """Drop what an interrupted validation attempt wrote, so a retry starts clean."""
-    await conn.execute("DELETE FROM messages WHERE batch_id = $1", batch_id)
+    await clear_ledger(conn, batch_id)
     await conn.execute("DELETE FROM rejected_rows WHERE batch_id = $1", batch_id)
 
 
 async def clear_ledger(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
-    """Drop the ledger of a batch that will send nothing; its rejected rows stay."""
+    """Drop the ledger of a batch that will send nothing, with its short links; its rejected
+    rows stay."""
+    await conn.execute("DELETE FROM short_links WHERE batch_id = $1", batch_id)
     await conn.execute("DELETE FROM messages WHERE batch_id = $1", batch_id)
 
 
@@ -276,9 +278,13 @@ async def list_messages(
     rows = await pool.fetch(
         "SELECT m.seq, m.row_number, m.to_number, m.body, m.encoding, m.segments, m.status,"
         " m.carrier_sid, m.error_code, m.error_message, m.attempts, m.created_at, m.sent_at,"
-        " m.updated_at, m.from_number, r.reference FROM messages m"
+        " m.updated_at, m.from_number, r.reference, coalesce(c.clicks, 0) AS clicks,"
+        " c.first_clicked_at FROM messages m"
         " LEFT JOIN message_references r"
         " ON r.batch_id = m.batch_id AND r.row_number = m.row_number"
+        " LEFT JOIN LATERAL (SELECT sum(clicks)::bigint AS clicks, min(first_clicked_at)"
+        " AS first_clicked_at FROM short_links l WHERE l.batch_id = m.batch_id"
+        " AND l.seq = m.seq) c ON true"
         " WHERE m.batch_id = $1 AND m.account_id = $2 AND m.seq > $3"
         " AND ($4::text IS NULL OR m.status = $4) ORDER BY m.seq LIMIT $5",
         batch_id,

@@ -302,7 +302,6 @@ def future(**delta: float) -> datetime:
         ({"messages": [{"recipient": "15005550006"}]}, "body: give the recipients in"),
         ({"recipients": [{"reference": "x"}]}, "recipients.0.recipient: Field required"),
         ({"recipients": ["15005550006"]}, "recipients.0: Input should be a valid dictionary"),
-        ({"text": "See https://example.com"}, "body: shortenUrls is not supported"),
         ({"spreadHours": -1}, "spreadHours: Input should be greater than or equal to 0"),
         ({"scheduleDateTime": "2020-01-01T00:00:00Z"}, "scheduleDateTime: scheduleDateTime is in"),
         ({"scheduleDateTime": "2030-01-01T00:00:00"}, "scheduleDateTime: Input should have"),
@@ -411,6 +410,7 @@ async def test_messages_schedule_and_options_carry_over_to_the_batch(
         "schedule_at": datetime.fromisoformat(written).isoformat().replace("+00:00", "Z"),
         "spread_hours": 2.0,
         "number_check": "possible",
+        "shorten_urls": True,
     }
     await wait_for_status(api, account, record["id"], "waiting_for_scheduled_messages")
     cancelled = await api.post(f"/v1/sms/batch/{record['id']}/cancel", headers=account.headers)

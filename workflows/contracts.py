@@ -32,6 +32,7 @@ SEARCH_ATTRIBUTES = {
 BATCH_WORKFLOW = "BatchWorkflow"
 CHUNK_WORKFLOW = "ChunkWorkflow"
 CONVERSATION_WORKFLOW = "ConversationWorkflow"
+CLICK_EVENT_WORKFLOW = "ClickEventWorkflow"
 
 
 def batch_workflow_id(batch_id: str) -> str:
@@ -73,6 +74,7 @@ class ValidationOptions:
     strict: bool = False
     exclude_opt_outs: bool = True
     exclude_duplicates: bool = True
+    shorten_urls: bool = False
 
     @classmethod
     def from_request(cls, request: Mapping[str, Any]) -> Self:
@@ -283,6 +285,18 @@ class ReopenResult:
     reopened: int
     rows_total: int
     recipients: int
+
+
+def click_event_workflow_id(code: str) -> str:
+    """One workflow per short link: its first click's event, posted once."""
+    return f"click-event-{code}"
+
+
+@dataclass(kw_only=True)
+class ClickEventInput:
+    """The short link whose first click is to be posted to its batch's status webhook."""
+
+    code: str
 
 
 def conversation_workflow_id(account_id: str, agent_number: str, user_number: str) -> str:

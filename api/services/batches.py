@@ -219,7 +219,13 @@ async def dry_run_batch(
     if ValidationOptions.from_request(request).exclude_opt_outs:
         opted_out = await opt_outs.opted_out_numbers(pool, account_id)
     rules = RecipientRules.from_request(request, validation_limits(settings), opted_out)
-    found = await asyncio.to_thread(preview, content, rules, strict=body.strict)
+    found = await asyncio.to_thread(
+        preview,
+        content,
+        rules,
+        strict=body.strict,
+        short_links_base=settings.api_url if body.shorten_urls else None,
+    )
     tally = found.tally
     return BatchDryRun(
         code=found.code,

@@ -83,6 +83,10 @@ def batch_request(body: MobivateBatchRequest) -> BatchRequest:
         request["exclude_duplicates"] = body.exclude_duplicates
     if body.exclude_opt_outs is not None:
         request["exclude_opt_outs"] = body.exclude_opt_outs
+    if body.shorten_urls:
+        request["shorten_urls"] = True
+    if body.status_webhook is not None:
+        request["status_webhook"] = str(body.status_webhook)
     return BatchRequest.model_validate(request)
 
 

@@ -27,7 +27,11 @@ from tests.support.sending import (
     send_ok,
 )
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client
-from workflows.contracts import batch_workflow_id, conversation_workflow_id
+from workflows.contracts import (
+    batch_workflow_id,
+    click_event_workflow_id,
+    conversation_workflow_id,
+)
 
 HISTORIES = Path(__file__).parent
 # Several chunks of several slices from a few dozen rows, so every history stays small.
@@ -267,6 +271,28 @@ async def test_webhook_retried(
     )
     assert (await finished(webhooks, failing))["status"] == "completed"
     await save_batch(temporal, file_id, "webhook_retried")
+
+
+async def test_click_event_retried(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    emulator_url: str,
+) -> None:
+    """A short link's first click, its event refused once (500) then delivered."""
+    number = unique_numbers(1)[0]
+    _, marker = await start_marked_batch(
+        api, account, webhooks, [number], message="See https://example.com", shorten_urls=True
+    )
+    await finished(webhooks, marker)
+    webhooks.answers[marker] = [500]
+    [sent] = await emulator_messages(emulator_url, to=number)
+    code = sent["body"].rsplit("/", 1)[1]
+    assert (await api.get(f"/s/{code}")).status_code == 302
+    await webhooks.wait_for(marker, "click", times=2)
+    [history] = await run_chain(temporal, click_event_workflow_id(code))
+    save(history, "click", "retried")
 
 
 async def test_conversation_warning_and_timeout(
