@@ -2,6 +2,7 @@
 
 from datetime import datetime
 from typing import Any, Generic, Literal, Self, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AnyHttpUrl,
@@ -61,6 +62,41 @@ class BatchGlobal(RequestBody):
     citation_schema_ids: list[str] | None = None
 
 
+HOUR_MINUTE = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class SendWindowRequest(RequestBody):
+    """The hours of each recipient's local day a batch may send in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: str = Field(pattern=HOUR_MINUTE, description='"HH:MM", 24-hour: the window opens.')
+    end: str = Field(
+        pattern=HOUR_MINUTE,
+        description='"HH:MM": the window closes; before `start`, the window crosses midnight.',
+    )
+    timezone: str = Field(
+        "UTC",
+        min_length=1,
+        description="An IANA zone, for numbers whose zone is not known from the number.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{name!r} is not a known time zone") from None
+        return name
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.start == self.end:
+            raise ValueError("send_window start and end must differ")
+        return self
+
+
 class BatchRequest(RequestBody):
     file_id: str | None = Field(
         None, min_length=1, description="The `file_id` from `/v1/files/attach`; or `recipients`."
@@ -107,6 +143,11 @@ class BatchRequest(RequestBody):
     )
     expire_at: AwareDatetime | None = Field(
         None, description="Rows not sent by this time end `expired`."
+    )
+    send_window: SendWindowRequest | None = Field(
+        None,
+        description="Send each recipient only inside this window of their local day (their"
+        " zone from the number); rows outside it wait, counted as `waiting_for_window`.",
     )
     dry_run: bool = Field(
         False,

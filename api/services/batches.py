@@ -46,6 +46,7 @@ from workflows.contracts import (
     BATCH_WORKFLOW,
     BatchInput,
     DispatchSettings,
+    SendWindow,
     Timing,
     ValidationLimits,
     ValidationOptions,
@@ -178,6 +179,7 @@ async def start_batch(
                     schedule_at=body.schedule_at.timestamp() if body.schedule_at else 0.0,
                     spread_seconds=(body.spread_hours or 0.0) * 3600,
                     expire_at=body.expire_at.timestamp() if body.expire_at else 0.0,
+                    send_window=send_window(request),
                 ),
             ),
             WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -365,6 +367,8 @@ async def retry_batch(
         dispatch=dispatch_settings(settings),
         retry_statuses=[LedgerStatus(status) for status in statuses],
         first_event_seq=await events.last_event_seq(pool, batch["id"]),
+        # The retried rows keep the batch's send window.
+        timing=Timing(send_window=send_window(batch["request"])),
     )
     try:
         await _start_workflow(
@@ -387,6 +391,12 @@ async def retry_batch(
     )
 
 
+def send_window(request: dict[str, Any]) -> SendWindow | None:
+    """The send window of a stored request, if it has one."""
+    window = request.get("send_window")
+    return None if window is None else SendWindow(**window)
+
+
 def _summary(batch: dict[str, Any]) -> dict[str, Any]:
     return {**batch, "batch_id": str(batch["id"])}
 
@@ -397,6 +407,8 @@ async def get_batch(
     batch = await batch_or_404(pool, account_id, batch_id)
     counts = await messages.count_by_status(pool, batch["id"])
     counts["rejected"] = batch["rejected"] or 0
+    if send_window(batch["request"]) is not None:
+        counts["waiting_for_window"] = await messages.count_waiting_for_window(pool, batch["id"])
     ui = (
         f"{settings.temporal_ui_base}/namespaces/{settings.temporal_namespace}"
         f"/workflows/{batch['workflow_id']}"
