@@ -357,6 +357,24 @@ class DryRunMessage(BaseModel):
     skip_code: str | None = Field(description="`duplicate` or `opted_out`: would be skipped.")
 
 
+class CountryCost(BaseModel):
+    country: str = Field(description="ISO 3166 alpha-2, or `unknown`.")
+    messages: int
+    segments: int
+    price_per_segment: float | None = Field(description="null: no price for the country.")
+    cost: float | None = Field(description="null: no price for the country.")
+
+
+class CostEstimate(BaseModel):
+    currency: str
+    total: float = Field(description="The cost of the priced countries' segments.")
+    by_country: list[CountryCost]
+    unknown_messages: int = Field(
+        description="Messages to a country without a price, or whose country is not known."
+    )
+    unknown_segments: int
+
+
 class BatchDryRun(BaseModel):
     """What `POST /v1/sms/batch` would do with the file, validated by the same code."""
 
@@ -376,6 +394,9 @@ class BatchDryRun(BaseModel):
     messages_ucs2: int
     rejected_rows: list[RejectedRow] = Field(description="The first 100, in file order.")
     messages: list[DryRunMessage] = Field(description="The first 20 ledger rows, rendered.")
+    estimated_cost: CostEstimate = Field(
+        description="The messages to be sent, priced by country from `HERALD_PRICES`."
+    )
 
 
 class BatchEvent(BaseModel):

@@ -19,6 +19,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.recipients.phones import to_sender
 from activities.recipients.preview import preview
+from activities.recipients.prices import estimate
 from activities.recipients.rows import RecipientRules
 from api.errors import HeraldError, InvalidRequest
 from api.models import (
@@ -29,6 +30,7 @@ from api.models import (
     BatchRequest,
     BatchStarted,
     BatchSummary,
+    CostEstimate,
     DryRunMessage,
     MessageList,
     RejectedRow,
@@ -222,6 +224,11 @@ async def dry_run_batch(
             for r in found.rejected
         ],
         messages=[DryRunMessage(**dataclasses.asdict(m)) for m in found.messages],
+        estimated_cost=CostEstimate(
+            **dataclasses.asdict(
+                estimate(found.groups.by_key.values(), settings.prices, settings.price_currency)
+            )
+        ),
     )
 
 
