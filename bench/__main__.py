@@ -41,6 +41,7 @@ from temporalio.worker import Worker
 from activities.providers.twilio import TwilioCarrier
 from bench.ceiling import post_all
 from bench.naive import NaiveActivities, NaiveBatchWorkflow, NaiveInput
+from bench.outcomes import attach
 from bench.outcomes import measure as measure_outcomes
 from bench.outcomes import report_rows as outcomes_report
 from bench.stack import bench_stack
@@ -137,13 +138,7 @@ async def run_herald(
     runner, webhook, events = await final_event_receiver()
     async with httpx.AsyncClient(base_url=info["api_url"], timeout=600) as http:
         await http.delete(f"{info['emulator_url']}/_emulator/messages")
-        attached = await http.post(
-            "/v1/files/attach",
-            headers=headers,
-            data={"file_type": "batches"},
-            files={"file": ("bench.csv", recipient_file(n), "text/csv")},
-        )
-        file_id = attached.json()["data"]["file_id"]
+        file_id = await attach(http, headers, recipient_file(n))
         sampler = Sampler(info["emulator_url"], processes)
         sampling = asyncio.create_task(sampler.run(http))
         cpu_before = cpu_seconds(stack)
