@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint lock bench bench-rates bench-validation bench-uploads clean
+.PHONY: run test test-fast lint lock bench bench-rates bench-validation bench-uploads bench-outcomes clean
 
 # The tested set: every version pinned by requirements.lock; `local` is the local stack.
 $(STAMP): pyproject.toml requirements.lock
@@ -41,6 +41,9 @@ bench-validation: $(STAMP)
 
 bench-uploads: $(STAMP)
 	$(BIN)/python -m bench.uploads
+
+bench-outcomes: $(STAMP)
+	$(BIN)/python -m bench.outcomes
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

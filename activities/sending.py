@@ -5,7 +5,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -17,6 +17,7 @@ from activities.heartbeats import SliceHeartbeat
 from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, Verdict
 from activities.resources import WorkerResources
+from activities.windows import WindowClock
 from store import batches, carrier_accounts, messages, opt_outs
 from store.db import UNAVAILABLE
 from workflows.contracts import SendCounts, SendSliceInput
@@ -57,13 +58,23 @@ class SendingActivities(WorkerResources):
         pacers: dict[str, SenderPacer] = {}
         stopping = asyncio.Event()
         results: list[SendResult | None] = [None] * len(claimed)
+        # Rows outside their send window: when it opens for each, by index in the slice.
+        waiting: dict[int, float] = {}
+        window = WindowClock(input.pace.send_window) if input.pace.send_window else None
         queue = iter(enumerate(claimed))
 
-        async def send(message: messages.ClaimedMessage) -> SendResult | None:
+        async def send(index: int, message: messages.ClaimedMessage) -> SendResult | None:
             if input.pace.interval and not await _until(
                 input.pace.send_time(message.seq), stopping
             ):
                 return None
+            if window is not None:
+                if input.pace.expire_at and time.time() >= input.pace.expire_at:
+                    return EXPIRED
+                opens = window.opens_at(message.to_number, time.time())
+                if opens is not None:
+                    waiting[index] = opens
+                    return None
             sender = message.from_number or input.agent_number
             pacer = pacers.get(sender)
             if pacer is None:
@@ -93,7 +104,7 @@ class SendingActivities(WorkerResources):
             for index, message in queue:
                 if stopping.is_set():
                     return
-                results[index] = await send(message)
+                results[index] = await send(index, message)
 
         lanes = min(self._settings.send_concurrency, len(claimed))
         sends = asyncio.gather(*(lane() for _ in range(lanes)))
@@ -104,7 +115,9 @@ class SendingActivities(WorkerResources):
             heartbeats.cancel()
         # What went out is recorded even when the cancellation comes while it is written:
         # a record cut short would leave the rows `sending`, to end `uncertain`.
-        record = asyncio.ensure_future(self._record(batch_id, account_id, claimed, results))
+        record = asyncio.ensure_future(
+            self._record(batch_id, account_id, claimed, results, waiting)
+        )
         cancelled = await _to_the_end(record) or cancelled
         self._count([m.from_number or input.agent_number for m in claimed], results)
         if cancelled:
@@ -125,6 +138,8 @@ class SendingActivities(WorkerResources):
         return SendCounts(
             sent=sum(r is not None and r.verdict is Verdict.SENT for r in results),
             failed=sum(r is not None and r.verdict is Verdict.FAILED for r in results),
+            waiting=len(waiting),
+            next_window=min(waiting.values(), default=0.0),
         )
 
     async def _record(
@@ -133,6 +148,7 @@ class SendingActivities(WorkerResources):
         account_id: uuid.UUID,
         claimed: list[messages.ClaimedMessage],
         results: list[SendResult | None],
+        waiting: dict[int, float],
     ) -> None:
         """Record a slice: first the opt-outs the carrier reported (idempotent, so a crash
         before the outcomes loses none), then every outcome in one statement."""
@@ -144,7 +160,9 @@ class SendingActivities(WorkerResources):
         if opted_out:
             await _through_outages(lambda: self._record_opt_outs(account_id, opted_out))
         await _through_outages(
-            lambda: messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
+            lambda: messages.record_outcomes(
+                self._pool, batch_id, _outcomes(claimed, results, waiting)
+            )
         )
 
     def _count(self, senders: list[str], results: list[SendResult | None]) -> None:
@@ -219,12 +237,18 @@ async def _heartbeat_until_done() -> None:
 
 
 def _outcomes(
-    claimed: list[messages.ClaimedMessage], results: list[SendResult | None]
+    claimed: list[messages.ClaimedMessage],
+    results: list[SendResult | None],
+    waiting: dict[int, float],
 ) -> list[messages.Outcome]:
     """Ledger outcomes of a slice; a message not sent, or deferred by the carrier, goes back
-    to `pending`."""
+    to `pending`, one outside its send window with the time the window opens."""
     return [
-        messages.Outcome(seq=m.seq, status=LedgerStatus.PENDING)
+        messages.Outcome(
+            seq=m.seq,
+            status=LedgerStatus.PENDING,
+            window_opens_at=_utc(waiting[i]) if i in waiting else None,
+        )
         if r is None or r.verdict is Verdict.RETRY
         else messages.Outcome(
             seq=m.seq,
@@ -233,5 +257,9 @@ def _outcomes(
             error_code=r.error_code,
             error_message=r.error_message,
         )
-        for m, r in zip(claimed, results, strict=True)
+        for i, (m, r) in enumerate(zip(claimed, results, strict=True))
     ]
+
+
+def _utc(moment: float) -> datetime:
+    return datetime.fromtimestamp(moment, UTC)

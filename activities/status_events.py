@@ -11,7 +11,7 @@ from temporalio import activity
 from activities.heartbeats import DeliveryHeartbeat
 from activities.resources import WorkerResources
 from activities.webhooks import DeliveryAttempt, post_event
-from store import accounts, batches, events, links
+from store import accounts, batches, events, links, messages
 from workflows.contracts import (
     ClickEventInput,
     DeliverEventsInput,
@@ -59,6 +59,10 @@ class StatusEventActivities(WorkerResources):
         if update.counts is not None:
             payload.update(
                 {f"messages_{name}": getattr(update.counts, name) for name in FINAL_EVENT_FIELDS}
+            )
+        if batch["request"].get("send_window"):
+            payload["messages_waiting_for_window"] = await messages.count_waiting_for_window(
+                self._pool, batch_id
             )
         await events.append_event(
             self._pool,

@@ -3,6 +3,7 @@
 import uuid
 from datetime import datetime
 from typing import Any, Generic, Literal, Self, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AnyHttpUrl,
@@ -82,6 +83,41 @@ class BatchMailingList(RequestBody):
     )
 
 
+HOUR_MINUTE = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class SendWindowRequest(RequestBody):
+    """The hours of each recipient's local day a batch may send in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: str = Field(pattern=HOUR_MINUTE, description='"HH:MM", 24-hour: the window opens.')
+    end: str = Field(
+        pattern=HOUR_MINUTE,
+        description='"HH:MM": the window closes; before `start`, the window crosses midnight.',
+    )
+    timezone: str = Field(
+        "UTC",
+        min_length=1,
+        description="An IANA zone, for numbers whose zone is not known from the number.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{name!r} is not a known time zone") from None
+        return name
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.start == self.end:
+            raise ValueError("send_window start and end must differ")
+        return self
+
+
 class BatchRequest(RequestBody):
     file_id: str | None = Field(
         None, min_length=1, description="The `file_id` from `/v1/files/attach`; or `recipients`."
@@ -139,6 +175,11 @@ class BatchRequest(RequestBody):
     )
     expire_at: AwareDatetime | None = Field(
         None, description="Rows not sent by this time end `expired`."
+    )
+    send_window: SendWindowRequest | None = Field(
+        None,
+        description="Send each recipient only inside this window of their local day (their"
+        " zone from the number); rows outside it wait, counted as `waiting_for_window`.",
     )
     dry_run: bool = Field(
         False,
@@ -361,6 +402,24 @@ class DryRunMessage(BaseModel):
     skip_code: str | None = Field(description="`duplicate` or `opted_out`: would be skipped.")
 
 
+class CountryCost(BaseModel):
+    country: str = Field(description="ISO 3166 alpha-2, or `unknown`.")
+    messages: int
+    segments: int
+    price_per_segment: float | None = Field(description="null: no price for the country.")
+    cost: float | None = Field(description="null: no price for the country.")
+
+
+class CostEstimate(BaseModel):
+    currency: str
+    total: float = Field(description="The cost of the priced countries' segments.")
+    by_country: list[CountryCost]
+    unknown_messages: int = Field(
+        description="Messages to a country without a price, or whose country is not known."
+    )
+    unknown_segments: int
+
+
 class BatchDryRun(BaseModel):
     """What `POST /v1/sms/batch` would do with the file, validated by the same code."""
 
@@ -380,6 +439,9 @@ class BatchDryRun(BaseModel):
     messages_ucs2: int
     rejected_rows: list[RejectedRow] = Field(description="The first 100, in file order.")
     messages: list[DryRunMessage] = Field(description="The first 20 ledger rows, rendered.")
+    estimated_cost: CostEstimate = Field(
+        description="The messages to be sent, priced by country from `HERALD_PRICES`."
+    )
 
 
 class BatchEvent(BaseModel):

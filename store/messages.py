@@ -44,6 +44,8 @@ class Outcome:
     carrier_sid: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    # A row left `pending` outside its send window: when the window opens.
+    window_opens_at: datetime | None = None
 
 
 async def clear_validation(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
@@ -139,9 +141,12 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
     await pool.execute(
         "UPDATE messages AS m SET status = o.status, carrier_sid = o.sid,"
         " error_code = o.code, error_message = o.msg, updated_at = now(),"
-        " sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE m.sent_at END"
-        " FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])"
-        " AS o(seq, status, sid, code, msg)"
+        " sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE m.sent_at END,"
+        " window_opens_at = o.opens,"
+        # A wait for the window is no attempt: its claim counted one.
+        " attempts = m.attempts - (o.opens IS NOT NULL)::int"
+        " FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"
+        " $7::timestamptz[]) AS o(seq, status, sid, code, msg, opens)"
         " WHERE m.batch_id = $1 AND m.seq = o.seq AND m.status = 'sending'",
         batch_id,
         [o.seq for o in outcomes],
@@ -149,6 +154,7 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
         [o.carrier_sid for o in outcomes],
         [o.error_code for o in outcomes],
         [o.error_message for o in outcomes],
+        [o.window_opens_at for o in outcomes],
     )
     await apply_kept_receipts(pool, batch_id, [o.carrier_sid for o in outcomes if o.carrier_sid])
 
@@ -242,7 +248,7 @@ async def close_ledger(
 async def reopen(pool: asyncpg.Pool, batch_id: uuid.UUID, statuses: list[LedgerStatus]) -> int:
     """Put rows in `statuses` back to `pending` for another attempt; how many were."""
     result = await pool.execute(
-        "UPDATE messages SET status = 'pending', updated_at = now()"
+        "UPDATE messages SET status = 'pending', window_opens_at = NULL, updated_at = now()"
         " WHERE batch_id = $1 AND status = ANY($2::text[])",
         batch_id,
         statuses,
@@ -255,6 +261,15 @@ async def count_in_statuses(pool: asyncpg.Pool, batch_id: uuid.UUID, statuses: l
         "SELECT count(*) FROM messages WHERE batch_id = $1 AND status = ANY($2::text[])",
         batch_id,
         statuses,
+    )
+
+
+async def count_waiting_for_window(pool: asyncpg.Pool, batch_id: uuid.UUID) -> int:
+    """Rows left `pending` until their send window opens."""
+    return await pool.fetchval(
+        "SELECT count(*) FROM messages WHERE batch_id = $1 AND status = 'pending'"
+        " AND window_opens_at IS NOT NULL",
+        batch_id,
     )
 
 

@@ -278,6 +278,8 @@ async def test_search_attributes_find_the_finished_batch(
     }
     assert attributes | {"BuildIds": None} == {
         "BuildIds": None,  # the server's own
+        # The server's too: the patches the run took (docs/WORKFLOWS.md).
+        "TemporalChangeVersion": ["batch-reconcile-uncertain"],
         "BatchStatus": "completed",
         "BatchId": file_id,
         "AccountId": str(account.account_id),
@@ -349,6 +351,7 @@ async def test_a_retry_run_keeps_the_batchs_spread_and_expiry(
         "schedule_at": 0.0,
         "spread_seconds": 3.0,
         "expire_at": expire_at.timestamp(),
+        "send_window": None,
     }
     assert (final["status"], final["messages_successful"]) == ("completed", 6)
 

@@ -16,6 +16,7 @@ from workflows.contracts import (
     BatchResult,
     DispatchSettings,
     SendSliceInput,
+    SendWindow,
     Timing,
     batch_workflow_id,
 )
@@ -248,6 +249,33 @@ async def test_a_spread_batch_sends_each_slice_at_its_place_on_the_timeline(
         assert due <= at < due + 5
     assert times[1] - times[0] >= 295
     assert result.status == S.COMPLETED
+
+
+async def test_rows_outside_their_send_window_are_sent_when_it_opens(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # Rows 1 and 4 are outside their window for 5 hours; the others go at once.
+    stubs = StubActivities(recipients=6, outside_window={1, 4})
+    stubs.window_opens = (await time_skipping.get_current_time()).timestamp() + 5 * 3600
+    window = SendWindow(start="09:00", end="17:00")
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(slice_size=3, slices_in_flight=1),
+            timing=Timing(send_window=window),
+        )
+        result = await result_of(handle)
+    sends: list[SendSliceInput] = stubs.inputs("send_slice")
+    assert all(s.pace.send_window == window for s in sends)
+    times = [call.at for call in stubs.calls["send_slice"]]
+    first_pass, again = times[:2], times[2:]
+    # Both slices ran at once (the waiting one gave up its place), then again at the opening.
+    assert [(s.start, s.end) for s in sends[:2]] == [(0, 3), (3, 6)]
+    assert sorted((s.start, s.end) for s in sends[2:]) == [(0, 3), (3, 6)]
+    assert max(first_pass) < stubs.window_opens <= min(again)
+    assert stubs.sent == set(range(6))
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
 
 
 async def test_expiry_stops_sending_and_closes_what_was_left_expired(

@@ -261,6 +261,7 @@ class BatchWorkflow:
                 start=now,
                 interval=timing.spread_seconds / recipients if timing.spread_seconds else 0.0,
                 expire_at=timing.expire_at,
+                send_window=timing.send_window,
             ),
         )
 

@@ -87,12 +87,23 @@ DEFAULT_VALIDATION = ValidationOptions()
 
 
 @dataclass(kw_only=True)
+class SendWindow:
+    """The hours of the recipient's local day a batch may send in, as "HH:MM"; `end` before
+    `start` crosses midnight. `timezone` is taken for a number whose zone is not known."""
+
+    start: str
+    end: str
+    timezone: str = "UTC"
+
+
+@dataclass(kw_only=True)
 class Timing:
     """When a batch may send, as Unix times; 0 means no constraint."""
 
     schedule_at: float = 0.0
     spread_seconds: float = 0.0
     expire_at: float = 0.0
+    send_window: SendWindow | None = None
 
 
 @dataclass(kw_only=True)
@@ -103,6 +114,8 @@ class Pace:
     start: float = 0.0
     interval: float = 0.0
     expire_at: float = 0.0
+    # Each recipient is sent only inside this window of their local day (None: any time).
+    send_window: SendWindow | None = None
 
     def send_time(self, seq: int) -> float:
         return self.start + seq * self.interval
@@ -246,6 +259,10 @@ class SendSliceInput:
 class SendCounts:
     sent: int = 0
     failed: int = 0
+    # Rows of the slice left `pending` outside their send window, and when the first of
+    # them opens (Unix time); the chunk sends the slice again then.
+    waiting: int = 0
+    next_window: float = 0.0
 
 
 @dataclass(kw_only=True)

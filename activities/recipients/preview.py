@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from activities.recipients.columns import NotPlain, plain_csv
 from activities.recipients.links import Codes, shorten_recipients
+from activities.recipients.prices import Groups
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.rows import (
     Recipient,
@@ -30,6 +31,8 @@ class Preview:
     tally: Tally = field(default_factory=Tally)
     rejected: list[Rejected] = field(default_factory=list)
     messages: list[Recipient] = field(default_factory=list)
+    # The messages to be sent by the prefix that decides their country, for the cost.
+    groups: Groups = field(default_factory=Groups)
     code: str | None = None
     reason: str | None = None
 
@@ -65,6 +68,7 @@ def _by_columns(content: bytes, rules: RecipientRules) -> tuple[Preview | None, 
     try:
         for block in plain.blocks():
             _keep(result.rejected, block.rejected, REJECTED_LISTED)
+            result.groups.add_frame(block.ledger)
             room = MESSAGES_LISTED - len(result.messages)
             if room > 0:
                 result.messages += [
@@ -95,7 +99,10 @@ def _by_rows(
         result.tally.count(outcome)
         if isinstance(outcome, Rejected):
             _keep(result.rejected, [outcome], REJECTED_LISTED)
-        elif len(result.messages) < MESSAGES_LISTED:
+            continue
+        if outcome.skip_code is None:
+            result.groups.add(outcome.to_number, outcome.segments)
+        if len(result.messages) < MESSAGES_LISTED:
             result.messages.append(outcome)
     return result, header
 

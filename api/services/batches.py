@@ -22,6 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.recipients.phones import to_sender
 from activities.recipients.preview import preview
+from activities.recipients.prices import estimate
 from activities.recipients.rows import RecipientRules
 from api.errors import HeraldError, InvalidRequest
 from api.models import (
@@ -32,6 +33,7 @@ from api.models import (
     BatchRequest,
     BatchStarted,
     BatchSummary,
+    CostEstimate,
     DryRunMessage,
     MessageList,
     RejectedRow,
@@ -50,6 +52,7 @@ from workflows.contracts import (
     BATCH_WORKFLOW,
     BatchInput,
     DispatchSettings,
+    SendWindow,
     Timing,
     ValidationLimits,
     ValidationOptions,
@@ -243,6 +246,11 @@ async def dry_run_batch(
             for r in found.rejected
         ],
         messages=[DryRunMessage(**dataclasses.asdict(m)) for m in found.messages],
+        estimated_cost=CostEstimate(
+            **dataclasses.asdict(
+                estimate(found.groups.by_key.values(), settings.prices, settings.price_currency)
+            )
+        ),
     )
 
 
@@ -298,6 +306,7 @@ def _timing(request: dict[str, Any]) -> Timing:
         schedule_at=moment("schedule_at"),
         spread_seconds=float(request.get("spread_hours") or 0.0) * 3600,
         expire_at=moment("expire_at"),
+        send_window=send_window(request),
     )
 
 
@@ -414,7 +423,8 @@ async def retry_batch(
             await handle.result()
     except (TimeoutError, WorkflowFailureError, RPCError, RuntimeError):
         pass
-    # A retry run keeps the batch's spread and expiry; it starts now, not at `schedule_at`.
+    # A retry run keeps the batch's spread, expiry and send window; it starts now, not at
+    # `schedule_at`.
     timing = dataclasses.replace(_timing(batch["request"]), schedule_at=0.0)
     if timing.expire_at and timing.expire_at <= time.time():
         raise BatchExpired(
@@ -452,6 +462,12 @@ async def retry_batch(
     )
 
 
+def send_window(request: dict[str, Any]) -> SendWindow | None:
+    """The send window of a stored request, if it has one."""
+    window = request.get("send_window")
+    return None if window is None else SendWindow(**window)
+
+
 def _summary(batch: dict[str, Any]) -> dict[str, Any]:
     return {**batch, "batch_id": str(batch["id"])}
 
@@ -462,6 +478,8 @@ async def get_batch(
     batch = await batch_or_404(pool, account_id, batch_id)
     counts = await messages.count_by_status(pool, batch["id"])
     counts["rejected"] = batch["rejected"] or 0
+    if send_window(batch["request"]) is not None:
+        counts["waiting_for_window"] = await messages.count_waiting_for_window(pool, batch["id"])
     ui = (
         f"{settings.temporal_ui_base}/namespaces/{settings.temporal_namespace}"
         f"/workflows/{batch['workflow_id']}"

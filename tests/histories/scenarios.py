@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from temporalio.client import Client, WorkflowHistory
 from deploy.local.emulator import NO_ANSWER
 from settings import Settings
 from tests.support.batches import FINAL, start_marked_batch
-from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.builders import emulator_messages, unique_numbers, unique_numbers_in
 from tests.support.conversations import TIMERS, timed_out
 from tests.support.delivery import own_worker
 from tests.support.sending import (
@@ -191,6 +192,37 @@ async def test_spread(
     )
     assert (await finished(webhooks, marker))["status"] == "completed"
     await save_batch(temporal, file_id, "spread", chunks={0: "spread"})
+
+
+async def test_send_window(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    emulator_url: str,
+) -> None:
+    # A window opening at Tokyo's next minute, for three hours: Sydney (two hours ahead of
+    # Tokyo in its summer, one in its winter) is inside it at once, Tokyo waits for it.
+    if datetime.now(UTC).second > 45:
+        await asyncio.sleep(60 - datetime.now(UTC).second)
+    opens = datetime.now(ZoneInfo("Asia/Tokyo")) + timedelta(minutes=1)
+    window = {
+        "start": opens.strftime("%H:%M"),
+        "end": (opens + timedelta(hours=3)).strftime("%H:%M"),
+    }
+    numbers = unique_numbers_in("+612", 8, 3) + unique_numbers_in("+813", 8, 3)
+    file_id, marker = await start_marked_batch(api, account, webhooks, numbers, send_window=window)
+    final = await finished(webhooks, marker)
+    assert (final["status"], final["messages_successful"]) == ("completed", 6)
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    opened = opens.replace(second=0, microsecond=0).timestamp()
+    tokyo = [
+        datetime.fromisoformat(m["received_at"]).timestamp()
+        for m in received
+        if m["to"] in numbers[3:]
+    ]
+    assert len(tokyo) == 3 and min(tokyo) >= opened
+    await save_batch(temporal, file_id, "send_window", chunks={0: "send_window"})
 
 
 async def test_expired(

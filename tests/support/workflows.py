@@ -87,6 +87,9 @@ class StubActivities:
     # Seqs that reconciliation finds the carrier never got: sent again by the batch.
     never_received: set[int] = field(default_factory=set)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    # Rows whose send window opens at `window_opens` (server time): sent no earlier.
+    outside_window: set[int] = field(default_factory=set)
+    window_opens: float = 0.0
 
     async def _record(self, input: Any) -> None:
         info = activity.info()
@@ -138,6 +141,14 @@ class StubActivities:
                     self.changed.notify_all()
                 raise
         fresh = set(range(input.start, input.end)) - self.sent
+        if activity.info().current_attempt_scheduled_time.timestamp() < self.window_opens:
+            waiting = fresh & self.outside_window
+            self.sent |= fresh - waiting
+            return SendCounts(
+                sent=len(fresh - waiting),
+                waiting=len(waiting),
+                next_window=self.window_opens if waiting else 0.0,
+            )
         self.sent |= fresh
         return SendCounts(sent=len(fresh))
 
