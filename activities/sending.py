@@ -2,9 +2,11 @@
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -13,9 +15,11 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.backoff import retry_delay
+from activities.conversations import carrier_address
 from activities.heartbeats import SliceHeartbeat
 from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, Verdict
+from activities.recipients.rows import content_placeholder
 from activities.resources import WorkerResources
 from store import batches, carrier_accounts, messages, opt_outs
 from store.db import UNAVAILABLE
@@ -33,6 +37,33 @@ HEARTBEAT_SECONDS = 0.5
 OUTAGE_WAIT_SECONDS = 60.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class Channel:
+    """How a batch's messages go: by SMS or WhatsApp, as text or as a content template."""
+
+    channel: str = "sms"
+    content_sid: str | None = None
+    # A JSON object as a string, as Twilio takes it.
+    content_variables: str | None = None
+
+    @classmethod
+    def of(cls, request: Mapping[str, Any]) -> "Channel":
+        """The channel of a stored batch request."""
+        settings_global: Mapping[str, Any] = request.get("global") or {}
+        variables = settings_global.get("content_variables")
+        return cls(
+            channel=settings_global.get("channel") or "sms",
+            content_sid=settings_global.get("content_sid"),
+            content_variables=None if variables is None else json.dumps(variables),
+        )
+
+    def body(self, ledger_body: str) -> str:
+        """The text sent with a ledger row: none when the template is the whole message."""
+        if self.content_sid and ledger_body == content_placeholder(self.content_sid):
+            return ""
+        return ledger_body
+
+
 class SendingActivities(WorkerResources):
     """Sends slices of a batch's ledger."""
 
@@ -45,11 +76,9 @@ class SendingActivities(WorkerResources):
         goes on up.
         """
         batch_id = uuid.UUID(input.batch_id)
-        account_id = (
-            uuid.UUID(input.account_id)
-            if input.account_id
-            else (await batches.batch_for_workflow(self._pool, batch_id))["account_id"]
-        )
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        account_id = uuid.UUID(input.account_id) if input.account_id else batch["account_id"]
+        way = Channel.of(batch["request"])
         own = await carrier_accounts.carrier_account(self._pool, account_id)
         credentials = (own.account_sid, own.auth_token) if own else None
         claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
@@ -71,10 +100,12 @@ class SendingActivities(WorkerResources):
                 return EXPIRED
             started = time.monotonic()
             result = await self._carrier.send(
-                to=message.to_number,
-                from_=input.agent_number,
-                body=message.body,
+                to=carrier_address(message.to_number, way.channel),
+                from_=carrier_address(input.agent_number, way.channel),
+                body=way.body(message.body),
                 status_callback=self._settings.status_callback_url,
+                content_sid=way.content_sid,
+                content_variables=way.content_variables,
                 credentials=credentials,
             )
             self._metrics.carrier_latency.labels(result.verdict.value).observe(

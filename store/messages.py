@@ -74,6 +74,26 @@ async def copy_rejected(conn: asyncpg.Connection, records: Iterable[tuple]) -> N
     await conn.copy_records_to_table("rejected_rows", records=records, columns=REJECTED_COLUMNS)
 
 
+async def last_sent_to(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    account_id: uuid.UUID,
+    agent_number: str,
+    user_number: str,
+) -> dict | None:
+    """The account's last batch message from `agent_number` the carrier accepted for
+    `user_number`: its batch, row, send time and the batch's stored request."""
+    row = await conn.fetchrow(
+        "SELECT m.batch_id, m.row_number, m.sent_at, b.request FROM messages AS m"
+        " JOIN batches AS b ON b.id = m.batch_id"
+        " WHERE m.to_number = $3 AND m.carrier_sid IS NOT NULL AND m.account_id = $1"
+        " AND b.agent_number = $2 ORDER BY m.sent_at DESC NULLS LAST LIMIT 1",
+        account_id,
+        agent_number,
+        user_number,
+    )
+    return dict(row) if row else None
+
+
 async def claim_slice(
     pool: asyncpg.Pool, batch_id: uuid.UUID, start: int, end: int
 ) -> list[ClaimedMessage]:
