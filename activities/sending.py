@@ -82,6 +82,11 @@ class SendingActivities(WorkerResources):
         own = await carrier_accounts.carrier_account(self._pool, account_id)
         credentials = (own.account_sid, own.auth_token) if own else None
         claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
+        own_contents = (
+            await messages.row_contents(self._pool, batch_id, [m.row_number for m in claimed])
+            if claimed
+            else {}
+        )
         pacer = SenderPacer(self._pool, input.agent_number)
         stopping = asyncio.Event()
         results: list[SendResult | None] = [None] * len(claimed)
@@ -99,13 +104,14 @@ class SendingActivities(WorkerResources):
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
             started = time.monotonic()
+            own = own_contents.get(message.row_number)
             result = await self._carrier.send(
                 to=carrier_address(message.to_number, way.channel),
                 from_=carrier_address(input.agent_number, way.channel),
                 body=way.body(message.body),
                 status_callback=self._settings.status_callback_url,
-                content_sid=way.content_sid,
-                content_variables=way.content_variables,
+                content_sid=(own and own.content_sid) or way.content_sid,
+                content_variables=(own and own.content_variables) or way.content_variables,
                 credentials=credentials,
             )
             self._metrics.carrier_latency.labels(result.verdict.value).observe(

@@ -14,12 +14,14 @@ from activities.heartbeats import ValidationHeartbeat
 from activities.recipients.columns import NotPlain, PlainCsv, plain_csv
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.rows import (
+    CONTENT_COLUMNS,
     Recipient,
     RecipientRules,
     Tally,
     build_recipients,
     header_issue,
     read_rows,
+    row_contents,
     strict_failure,
 )
 from activities.resources import WorkerResources
@@ -73,6 +75,8 @@ class ValidationActivities(WorkerResources):
                         build_recipients(header, rows, rules),
                         stop_ledger_at_rejection=options.strict,
                     )
+                if any(name in header for name in CONTENT_COLUMNS):
+                    await _copy_contents(conn, batch_id, content)
                 issue = header_issue(header)
                 if issue is not None:
                     await messages.copy_rejected(
@@ -191,6 +195,13 @@ async def _copy_blocks(
     finally:
         upcoming.cancel()
     return plain.tally
+
+
+async def _copy_contents(conn: asyncpg.Connection, batch_id: uuid.UUID, content: bytes) -> None:
+    """The rows' own content templates, read in a thread, COPYed a block at a time."""
+    contents = row_contents(content)
+    while block := await asyncio.to_thread(list, itertools.islice(contents, COPY_BATCH)):
+        await messages.copy_contents(conn, [(batch_id, *row) for row in block])
 
 
 def _rejected_record(batch_id: uuid.UUID, account_id: uuid.UUID, row: Rejected) -> tuple:

@@ -24,11 +24,23 @@ RECIPIENT_COLUMNS = (
 REJECTED_COLUMNS = ("batch_id", "row_number", "account_id", "code", "reason", "value")
 
 
+CONTENT_COLUMNS = ("batch_id", "row_number", "content_sid", "content_variables")
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimedMessage:
     seq: int
     to_number: str
     body: str
+    row_number: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RowContent:
+    """A row's own content template, either part None where the batch's applies."""
+
+    content_sid: str | None
+    content_variables: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +56,7 @@ async def clear_validation(conn: asyncpg.Connection, batch_id: uuid.UUID) -> Non
     """Drop what an interrupted validation attempt wrote, so a retry starts clean."""
     await conn.execute("DELETE FROM messages WHERE batch_id = $1", batch_id)
     await conn.execute("DELETE FROM rejected_rows WHERE batch_id = $1", batch_id)
+    await conn.execute("DELETE FROM message_contents WHERE batch_id = $1", batch_id)
 
 
 async def clear_ledger(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
@@ -129,12 +142,30 @@ async def claim_slice(
         rows = await conn.fetch(
             "UPDATE messages SET status = 'sending', attempts = attempts + 1, updated_at = now()"
             " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'pending'"
-            " RETURNING seq, to_number, body",
+            " RETURNING seq, to_number, body, row_number",
             batch_id,
             start,
             end,
         )
-    return [ClaimedMessage(r["seq"], r["to_number"], r["body"]) for r in rows]
+    return [ClaimedMessage(r["seq"], r["to_number"], r["body"], r["row_number"]) for r in rows]
+
+
+async def copy_contents(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
+    """Rows' own content templates, `CONTENT_COLUMNS` in order."""
+    await conn.copy_records_to_table("message_contents", records=records, columns=CONTENT_COLUMNS)
+
+
+async def row_contents(
+    pool: asyncpg.Pool, batch_id: uuid.UUID, row_numbers: list[int]
+) -> dict[int, RowContent]:
+    """The own content templates of these rows of the batch's file, by row number."""
+    rows = await pool.fetch(
+        "SELECT row_number, content_sid, content_variables FROM message_contents"
+        " WHERE batch_id = $1 AND row_number = ANY($2::bigint[])",
+        batch_id,
+        row_numbers,
+    )
+    return {r["row_number"]: RowContent(r["content_sid"], r["content_variables"]) for r in rows}
 
 
 async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome]) -> None:

@@ -62,6 +62,74 @@ async def test_a_whatsapp_batch_reaches_the_carrier_as_whatsapp_messages_with_it
     assert {m["body"] for m in sent} == {""}
 
 
+async def test_rows_may_give_their_own_content_template_and_variables(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
+) -> None:
+    first, second, third = unique_numbers(3)
+    batch_sid, own_sid = ("HX" + secrets.token_hex(16) for _ in range(2))
+    rows = [
+        {"phone_number": first, "content_variables": {"1": "Ann"}},
+        {"phone_number": second, "content_sid": own_sid, "content_variables": '{"1": "Bob"}'},
+        {"phone_number": third},
+    ]
+    file_id = await attach(api, account.headers, json.dumps(rows).encode())
+    marker = secrets.token_hex(6)
+    response = await start(
+        api,
+        account,
+        file_id,
+        status_webhook=webhooks.url(marker),
+        **{
+            "global": {
+                "agent_number": account.agent_number,
+                "channel": "whatsapp",
+                "content_sid": batch_sid,
+                "content_variables": {"1": "friend"},
+            }
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert (await webhooks.wait_for(marker, *FINAL))[-1]["status"] == "completed"
+
+    sent = {
+        n: await emulator_messages(emulator_url, to=f"whatsapp:{n}") for n in (first, second, third)
+    }
+    assert {
+        n: [(m["content_sid"], json.loads(m["content_variables"])) for m in found]
+        for n, found in sent.items()
+    } == {
+        first: [(batch_sid, {"1": "Ann"})],
+        second: [(own_sid, {"1": "Bob"})],
+        third: [(batch_sid, {"1": "friend"})],
+    }
+
+
+async def test_a_plain_csv_row_may_name_its_own_template(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
+) -> None:
+    """A CSV file without quotes is validated by columns: its rows are numbered the same."""
+    numbers = unique_numbers(3)
+    batch_sid, own_sid = ("HX" + secrets.token_hex(16) for _ in range(2))
+    content = csv_bytes(
+        ["phone_number", "content_sid"], [[numbers[0], ""], ["", ""], [numbers[1], own_sid]]
+    )
+    content += f"{numbers[2]},\n".encode()
+
+    events = await _run(
+        api,
+        account,
+        webhooks,
+        content,
+        **{"global": {"agent_number": account.agent_number, "content_sid": batch_sid}},
+    )
+
+    assert events[-1]["status"] == "completed", events[-1]
+    found = [
+        (n, m["content_sid"]) for n in numbers for m in await emulator_messages(emulator_url, to=n)
+    ]
+    assert found == [(numbers[0], batch_sid), (numbers[1], own_sid), (numbers[2], batch_sid)]
+
+
 async def test_a_whatsapp_batch_with_a_message_sends_its_text_on_whatsapp(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
 ) -> None:

@@ -27,6 +27,8 @@ from workflows.contracts import DEFAULT_VALIDATION, ValidationLimits, Validation
 
 PHONE_COLUMN = "phone_number"
 MESSAGE_COLUMN = "agent_message"
+# A row's own content template (WhatsApp), instead of the batch's.
+CONTENT_COLUMNS = ("content_sid", "content_variables")
 REQUEST_DATA = "request_data"
 REQUEST_DATA_PREFIX = f"{REQUEST_DATA}."
 TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
@@ -279,6 +281,20 @@ def row_request_data(
         if field_name and value and not value.isspace():
             found[field_name] = value
     return found
+
+
+def row_contents(content: bytes) -> Iterator[tuple[int, str | None, str | None]]:
+    """(row number, content_sid, content_variables) of each row of the file that has either
+    cell non-blank, numbered as validation numbers rows; nothing for a file without those
+    columns."""
+    header, rows = read_rows(content)
+    if not any(name in header for name in CONTENT_COLUMNS):
+        return
+    for row_number, row in enumerate(rows, start=1):
+        values = _values(header, row)
+        sid, variables = (values.get(name, "").strip() or None for name in CONTENT_COLUMNS)
+        if sid or variables:
+            yield row_number, sid, variables
 
 
 def request_defaults(rules: RecipientRules) -> dict[str, str]:
