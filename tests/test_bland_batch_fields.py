@@ -283,3 +283,30 @@ async def _conversations(api: httpx.AsyncClient, account: Account, user: str) ->
         "/v1/sms/conversations", headers=account.headers, params={"user_number": user}
     )
     return response.json()["data"]["conversations"]
+
+
+async def test_a_batch_without_request_data_columns_gives_its_defaults(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, settings: Settings
+) -> None:
+    to = unique_numbers(1)[0]
+    events = await _run(
+        api,
+        account,
+        webhooks,
+        csv_bytes(["phone_number", "name"], [[to, "Ann"]]),
+        **{
+            "global": {
+                "agent_number": account.agent_number,
+                "agent_message": "Hi {{name}}",
+                "request_data": {"plan": "gold"},
+            }
+        },
+    )
+    assert events[-1]["status"] == "completed"
+
+    form = inbound_form(settings, to=account.agent_number, from_=to, body="hello")
+    assert (await post_inbound(api, settings, form)).status_code == 200
+
+    [found] = await _conversations(api, account, to)
+    assert (found["request_data"], found["metadata"]) == ({"plan": "gold"}, None)
+    assert found["batch_id"] is not None

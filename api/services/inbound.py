@@ -10,9 +10,10 @@ from temporalio.client import Client
 
 from activities.recipients.phones import to_e164
 from activities.recipients.rejections import SourceInvalid
-from activities.recipients.rows import row_request_data
+from activities.recipients.rows import REQUEST_DATA_PREFIX, row_request_data
 from api.conversation_models import STORED_FIELDS
 from api.errors import InvalidRequest
+from api.services import batch_checks
 from api.services.batches import AgentNumberNotFound, TemporalUnavailable
 from api.services.conversations import signal_conversation
 from settings import Settings
@@ -126,13 +127,13 @@ async def _reply_fields(
         return fields  # it carries the batch already, or began after the batch's message
     request: dict[str, Any] = origin["request"]
     settings_global: dict[str, Any] = request.get("global") or {}
-    _, content = await files.file_content(pool, account_id, origin["batch_id"])
-    try:
-        row_data = await asyncio.to_thread(
-            row_request_data, content, origin["row_number"], request.get("column_mapping") or {}
-        )
-    except SourceInvalid:
-        row_data = {}
+    row_data = await _row_request_data(
+        pool,
+        account_id,
+        origin["batch_id"],
+        origin["row_number"],
+        request.get("column_mapping") or {},
+    )
     request_data = {**(settings_global.get("request_data") or {}), **row_data}
     return conversations.ConversationFields(
         channel=channel,
@@ -145,3 +146,24 @@ async def _reply_fields(
         },
         batch_id=origin["batch_id"],
     )
+
+
+async def _row_request_data(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    row_number: int,
+    column_mapping: dict[str, str],
+) -> dict[str, str]:
+    """A batch row's own request data. A file whose header shows no request-data column
+    (and a batch without `column_mapping`) has none, and is not read past its header; else
+    the file is read up to the row, off the event loop."""
+    if not column_mapping:
+        header = (await batch_checks.shape_of_file(pool, account_id, batch_id)).header
+        if header is not None and not any(c.startswith(REQUEST_DATA_PREFIX) for c in header):
+            return {}
+    _, content = await files.file_content(pool, account_id, batch_id)
+    try:
+        return await asyncio.to_thread(row_request_data, content, row_number, column_mapping)
+    except SourceInvalid:
+        return {}
