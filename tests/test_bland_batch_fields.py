@@ -28,6 +28,19 @@ async def _run(
     return await webhooks.wait_for(marker, *FINAL)
 
 
+async def _run_to_ann(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    to: str,
+    **settings_global: object,
+) -> list[dict]:
+    """A batch of one row, `to` named Ann, with these `global` fields besides the sender."""
+    content = csv_bytes(["phone_number", "name"], [[to, "Ann"]])
+    fields = {"agent_number": account.agent_number, **settings_global}
+    return await _run(api, account, webhooks, content, **{"global": fields})
+
+
 async def test_a_whatsapp_batch_reaches_the_carrier_as_whatsapp_messages_with_its_content(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
 ) -> None:
@@ -136,18 +149,8 @@ async def test_a_whatsapp_batch_with_a_message_sends_its_text_on_whatsapp(
     marker = secrets.token_hex(6)
     to = unique_numbers(1)[0]
 
-    events = await _run(
-        api,
-        account,
-        webhooks,
-        csv_bytes(["phone_number", "name"], [[to, "Ann"]]),
-        **{
-            "global": {
-                "agent_number": account.agent_number,
-                "channel": "whatsapp",
-                "agent_message": "Hi {{name}} " + marker,
-            }
-        },
+    events = await _run_to_ann(
+        api, account, webhooks, to, channel="whatsapp", agent_message="Hi {{name}} " + marker
     )
 
     assert events[-1]["status"] == "completed"
@@ -289,18 +292,8 @@ async def test_a_batch_without_request_data_columns_gives_its_defaults(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, settings: Settings
 ) -> None:
     to = unique_numbers(1)[0]
-    events = await _run(
-        api,
-        account,
-        webhooks,
-        csv_bytes(["phone_number", "name"], [[to, "Ann"]]),
-        **{
-            "global": {
-                "agent_number": account.agent_number,
-                "agent_message": "Hi {{name}}",
-                "request_data": {"plan": "gold"},
-            }
-        },
+    events = await _run_to_ann(
+        api, account, webhooks, to, agent_message="Hi {{name}}", request_data={"plan": "gold"}
     )
     assert events[-1]["status"] == "completed"
 
