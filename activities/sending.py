@@ -2,9 +2,11 @@
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,9 +15,11 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.backoff import retry_delay
+from activities.conversations import carrier_address
 from activities.heartbeats import SliceHeartbeat
 from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, Verdict
+from activities.recipients.rows import content_placeholder
 from activities.resources import WorkerResources
 from activities.windows import WindowClock
 from store import batches, carrier_accounts, messages, opt_outs
@@ -34,6 +38,33 @@ HEARTBEAT_SECONDS = 0.5
 OUTAGE_WAIT_SECONDS = 60.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class Channel:
+    """How a batch's messages go: by SMS or WhatsApp, as text or as a content template."""
+
+    channel: str = "sms"
+    content_sid: str | None = None
+    # A JSON object as a string, as Twilio takes it.
+    content_variables: str | None = None
+
+    @classmethod
+    def of(cls, request: Mapping[str, Any]) -> "Channel":
+        """The channel of a stored batch request."""
+        settings_global: Mapping[str, Any] = request.get("global") or {}
+        variables = settings_global.get("content_variables")
+        return cls(
+            channel=settings_global.get("channel") or "sms",
+            content_sid=settings_global.get("content_sid"),
+            content_variables=None if variables is None else json.dumps(variables),
+        )
+
+    def body(self, ledger_body: str) -> str:
+        """The text sent with a ledger row: none when the template is the whole message."""
+        if self.content_sid and ledger_body == content_placeholder(self.content_sid):
+            return ""
+        return ledger_body
+
+
 class SendingActivities(WorkerResources):
     """Sends slices of a batch's ledger."""
 
@@ -46,14 +77,17 @@ class SendingActivities(WorkerResources):
         goes on up.
         """
         batch_id = uuid.UUID(input.batch_id)
-        account_id = (
-            uuid.UUID(input.account_id)
-            if input.account_id
-            else (await batches.batch_for_workflow(self._pool, batch_id))["account_id"]
-        )
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        account_id = uuid.UUID(input.account_id) if input.account_id else batch["account_id"]
+        way = Channel.of(batch["request"])
         own = await carrier_accounts.carrier_account(self._pool, account_id)
         credentials = (own.account_sid, own.auth_token) if own else None
         claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
+        own_contents = (
+            await messages.row_contents(self._pool, batch_id, [m.row_number for m in claimed])
+            if claimed
+            else {}
+        )
         # One pacer per sender: a row with its own sender goes at that sender's rate.
         pacers: dict[str, SenderPacer] = {}
         stopping = asyncio.Event()
@@ -86,11 +120,14 @@ class SendingActivities(WorkerResources):
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
             started = time.monotonic()
+            own = own_contents.get(message.row_number)
             result = await self._carrier.send(
-                to=message.to_number,
-                from_=sender,
-                body=message.body,
+                to=carrier_address(message.to_number, way.channel),
+                from_=carrier_address(sender, way.channel),
+                body=way.body(message.body),
                 status_callback=self._settings.status_callback_url,
+                content_sid=(own and own.content_sid) or way.content_sid,
+                content_variables=(own and own.content_variables) or way.content_variables,
                 credentials=credentials,
             )
             self._metrics.carrier_latency.labels(result.verdict.value).observe(

@@ -16,12 +16,14 @@ from activities.recipients.contacts import ListSource, with_lists
 from activities.recipients.links import Codes, shorten_recipients
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.rows import (
+    CONTENT_COLUMNS,
     Recipient,
     RecipientRules,
     Tally,
     build_recipients,
     header_issue,
     read_rows,
+    row_contents,
     strict_failure,
 )
 from activities.resources import WorkerResources
@@ -87,6 +89,8 @@ class ValidationActivities(WorkerResources):
                         stop_ledger_at_rejection=options.strict,
                         shorten_urls=options.shorten_urls,
                     )
+                if any(name in header for name in CONTENT_COLUMNS):
+                    await _copy_contents(conn, batch_id, content)
                 issue = header_issue(header)
                 if issue is not None:
                     await messages.copy_rejected(
@@ -258,6 +262,13 @@ def _shorten_block(
         (link.code, batch_id, first_seq + index, account_id, link.url)
         for index, link in shorten_recipients(recipients, base_url, codes)
     ]
+
+
+async def _copy_contents(conn: asyncpg.Connection, batch_id: uuid.UUID, content: bytes) -> None:
+    """The rows' own content templates, read in a thread, COPYed a block at a time."""
+    contents = row_contents(content)
+    while block := await asyncio.to_thread(list, itertools.islice(contents, COPY_BATCH)):
+        await messages.copy_contents(conn, [(batch_id, *row) for row in block])
 
 
 def _rejected_record(batch_id: uuid.UUID, account_id: uuid.UUID, row: Rejected) -> tuple:

@@ -1,5 +1,6 @@
 """Request bodies and reply shapes at the API's edge."""
 
+import json
 import uuid
 from datetime import datetime
 from typing import Any, Generic, Literal, Self, TypeVar
@@ -33,6 +34,29 @@ class RequestBody(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)
 
 
+class ContentTemplate(BaseModel):
+    """A Twilio content template to send, as single sends and batches name it."""
+
+    content_sid: str | None = Field(None, description="Twilio content template (HX...).")
+    content_variables: dict[str, Any] | None = Field(
+        None, description="Template variables: an object, or a JSON object as a string."
+    )
+
+    @field_validator("content_variables", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        """Twilio takes the variables as a JSON string: accept that form too."""
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not JSON: {error.msg}") from error
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a JSON object")
+        return parsed
+
+
 class Envelope(BaseModel, Generic[T]):
     data: T
     errors: None = None
@@ -48,7 +72,7 @@ class ErrorEnvelope(BaseModel):
     errors: list[ErrorItem]
 
 
-class BatchGlobal(RequestBody):
+class BatchGlobal(ContentTemplate, RequestBody):
     model_config = ConfigDict(extra="allow")
 
     agent_number: str = Field(min_length=1, description="A registered SMS sender of the account.")
@@ -58,9 +82,24 @@ class BatchGlobal(RequestBody):
     request_data: dict[str, Any] | None = Field(
         None, description="Default template variables; a row's own values win."
     )
-    metadata: dict[str, Any] | None = Field(None, description="Echoed in every webhook event.")
-    disposition_ids: list[str] | None = None
-    citation_schema_ids: list[str] | None = None
+    metadata: dict[str, Any] | None = Field(
+        None, description="Kept on each conversation the batch opens, echoed in its events."
+    )
+    disposition_ids: list[str] | None = Field(
+        None, description="Kept on each conversation the batch opens, and echoed."
+    )
+    citation_schema_ids: list[str] | None = Field(
+        None, description="Kept on each conversation the batch opens, and echoed."
+    )
+    pathway_id: str | None = Field(
+        None, description="Kept on each conversation the batch opens, and echoed."
+    )
+    persona_id: str | None = Field(
+        None, description="Kept on each conversation the batch opens, and echoed."
+    )
+    channel: Literal["sms", "whatsapp"] = Field(
+        "sms", description="`whatsapp`: every message goes as WhatsApp (`whatsapp:` addresses)."
+    )
 
 
 class BatchMailingList(RequestBody):
@@ -267,6 +306,12 @@ class NumberRequest(RequestBody):
     webhook: AnyHttpUrl | None = Field(
         None, description="Conversation events of this number, when a send names no webhook."
     )
+    opening_message: str | None = Field(
+        None,
+        min_length=1,
+        description="The message a batch from this number sends when its request has no"
+        " `global.agent_message`; `{{name}}` is filled from each row.",
+    )
 
 
 class NumberUpdate(RequestBody):
@@ -281,6 +326,9 @@ class NumberUpdate(RequestBody):
     webhook: AnyHttpUrl | None = Field(
         None, description="Conversation events of this number, when a send names no webhook."
     )
+    opening_message: str | None = Field(
+        None, min_length=1, description="The batches' opening message; null removes it."
+    )
 
 
 class SenderNumber(BaseModel):
@@ -289,6 +337,7 @@ class SenderNumber(BaseModel):
     channel: str
     mps: float | None
     webhook: str | None
+    opening_message: str | None
     created_at: datetime
 
 

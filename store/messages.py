@@ -28,6 +28,9 @@ LEDGER_COLUMNS = (*RECIPIENT_COLUMNS, "from_number")
 REJECTED_COLUMNS = ("batch_id", "row_number", "account_id", "code", "reason", "value")
 
 
+CONTENT_COLUMNS = ("batch_id", "row_number", "content_sid", "content_variables")
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimedMessage:
     seq: int
@@ -35,6 +38,15 @@ class ClaimedMessage:
     body: str
     # The row's own sender; None: the batch's.
     from_number: str | None = None
+    row_number: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RowContent:
+    """A row's own content template, either part None where the batch's applies."""
+
+    content_sid: str | None
+    content_variables: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +64,7 @@ async def clear_validation(conn: asyncpg.Connection, batch_id: uuid.UUID) -> Non
     """Drop what an interrupted validation attempt wrote, so a retry starts clean."""
     await clear_ledger(conn, batch_id)
     await conn.execute("DELETE FROM rejected_rows WHERE batch_id = $1", batch_id)
+    await conn.execute("DELETE FROM message_contents WHERE batch_id = $1", batch_id)
 
 
 async def clear_ledger(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
@@ -83,6 +96,26 @@ async def refresh_statistics(pool: asyncpg.Pool) -> None:
 
 async def copy_rejected(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
     await conn.copy_records_to_table("rejected_rows", records=records, columns=REJECTED_COLUMNS)
+
+
+async def last_sent_to(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    account_id: uuid.UUID,
+    agent_number: str,
+    user_number: str,
+) -> dict | None:
+    """The account's last batch message from `agent_number` the carrier accepted for
+    `user_number`: its batch, row, send time and the batch's stored request."""
+    row = await conn.fetchrow(
+        "SELECT m.batch_id, m.row_number, m.sent_at, b.request FROM messages AS m"
+        " JOIN batches AS b ON b.id = m.batch_id"
+        " WHERE m.to_number = $3 AND m.carrier_sid IS NOT NULL AND m.account_id = $1"
+        " AND b.agent_number = $2 ORDER BY m.sent_at DESC NULLS LAST LIMIT 1",
+        account_id,
+        agent_number,
+        user_number,
+    )
+    return dict(row) if row else None
 
 
 async def claim_slice(
@@ -120,12 +153,33 @@ async def claim_slice(
         rows = await conn.fetch(
             "UPDATE messages SET status = 'sending', attempts = attempts + 1, updated_at = now()"
             " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'pending'"
-            " RETURNING seq, to_number, body, from_number",
+            " RETURNING seq, to_number, body, from_number, row_number",
             batch_id,
             start,
             end,
         )
-    return [ClaimedMessage(r["seq"], r["to_number"], r["body"], r["from_number"]) for r in rows]
+    return [
+        ClaimedMessage(r["seq"], r["to_number"], r["body"], r["from_number"], r["row_number"])
+        for r in rows
+    ]
+
+
+async def copy_contents(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
+    """Rows' own content templates, `CONTENT_COLUMNS` in order."""
+    await conn.copy_records_to_table("message_contents", records=records, columns=CONTENT_COLUMNS)
+
+
+async def row_contents(
+    pool: asyncpg.Pool, batch_id: uuid.UUID, row_numbers: list[int]
+) -> dict[int, RowContent]:
+    """The own content templates of these rows of the batch's file, by row number."""
+    rows = await pool.fetch(
+        "SELECT row_number, content_sid, content_variables FROM message_contents"
+        " WHERE batch_id = $1 AND row_number = ANY($2::bigint[])",
+        batch_id,
+        row_numbers,
+    )
+    return {r["row_number"]: RowContent(r["content_sid"], r["content_variables"]) for r in rows}
 
 
 async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome]) -> None:

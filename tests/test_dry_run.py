@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from settings import Settings
-from tests.support.batches import FINAL
+from tests.support.batches import FINAL, start
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
 from tests.support.stack import Account, WebhookReceiver, api_client, error_code
 
@@ -96,15 +96,17 @@ async def test_a_strict_dry_run_says_the_batch_would_fail(
     assert "row 2 invalid_number" in found["reason"]
 
 
-async def test_a_file_without_numbers_is_its_file_level_code(
+async def test_a_file_without_numbers_is_refused_as_the_batch_is(
     api: httpx.AsyncClient, account: Account
 ) -> None:
     file_id = await attach(api, account.headers, csv_bytes(["mobile"], [["+12015550123"]]))
 
-    found = await dry_run(api, account, file_id=file_id)
+    message = {"agent_number": account.agent_number, "agent_message": "hi"}
 
-    assert found["code"] == "source_invalid"
-    assert found["rows_total"] == 0
+    response = await start(api, account, file_id, dry_run=True, **{"global": message})
+
+    assert response.status_code == 400
+    assert error_code(response) == "SOURCE_INVALID"
 
 
 async def test_a_dry_run_is_refused_as_the_batch_would_be(

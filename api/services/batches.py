@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +21,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.recipients.phones import to_sender
+from activities.recipients.phones import is_sender_id, to_sender
 from activities.recipients.preview import preview
 from activities.recipients.prices import estimate
 from activities.recipients.rows import RecipientRules
@@ -40,7 +41,10 @@ from api.models import (
     RejectedRowList,
     WebhookDeliveries,
 )
+from api.services import batch_checks
+from api.services.batch_checks import FileShape, TooManyRecipients
 from api.services.mailing_lists import list_sizes
+from api.services.numbers import InvalidSenderId
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
 from store import batches, events, files, messages, numbers, opt_outs
@@ -67,10 +71,6 @@ FINAL_CLOSE_SECONDS = 10
 class FileNotFound(HeraldError):
     status_code = 404
     code = "FILE_NOT_FOUND"
-
-
-class TooManyRecipients(HeraldError):
-    code = "TOO_MANY_RECIPIENTS"
 
 
 class AgentNumberNotFound(HeraldError):
@@ -159,19 +159,22 @@ async def start_batch(
     of an attached file in every way (and each such request is a new batch); so is a batch
     of mailing lists alone, with an empty file. `senders` gives rows their own sender (row
     number -> sender, each one the account's)."""
-    file_id, agent_number = await _checked_sources(pool, settings, account_id, body)
-    request = _stored_request(body, agent_number)
+    checked = await _checked_request(pool, settings, account_id, body)
+    file_id = checked.file_id
+    agent_number = checked.agent_number
+    request = checked.request
     await _check_lists(pool, account_id, request)
     row_senders = {
         str(row): sender
         for row, sender in (await _own_senders(pool, account_id, senders or {})).items()
         if sender != agent_number
     }
-    if row_senders:
-        request["senders"] = row_senders
     if file_id is None:
         file_id = await _inline_file(pool, settings, account_id, body.recipients or [])
-    request.setdefault("file_id", str(file_id))
+    for kept in (request, checked.given):
+        kept.setdefault("file_id", str(file_id))
+        if row_senders:
+            kept["senders"] = row_senders
     workflow_id = batch_workflow_id(str(file_id))
     batch, created = await batches.create_batch(
         pool,
@@ -181,9 +184,9 @@ async def start_batch(
         name=body.name,
         agent_number=agent_number,
         request=request,
-        request_hash=_request_hash(request),
+        request_hash=_request_hash(checked.given),
     )
-    if not created and batch["request_hash"] != _request_hash(request):
+    if not created and batch["request_hash"] != _request_hash(checked.given):
         raise BatchAlreadyExists(
             f"file {file_id} already started batch {workflow_id} with a different request"
         )
@@ -212,12 +215,12 @@ async def dry_run_batch(
 ) -> BatchDryRun:
     """Validate the batch's rows now, as its workflow would, by the same code; nothing is
     stored and nothing is sent."""
-    file_id, agent_number = await _checked_sources(pool, settings, account_id, body)
-    if file_id is None:
+    checked = await _checked_request(pool, settings, account_id, body)
+    if checked.file_id is None:
         content = _inline_content(settings, body.recipients or [])
     else:
-        _, content = await files.file_content(pool, account_id, file_id)
-    request = _stored_request(body, agent_number)
+        _, content = await files.file_content(pool, account_id, checked.file_id)
+    request = checked.request
     opted_out: set[str] = set()
     if ValidationOptions.from_request(request).exclude_opt_outs:
         opted_out = await opt_outs.opted_out_numbers(pool, account_id)
@@ -254,11 +257,24 @@ async def dry_run_batch(
     )
 
 
-async def _checked_sources(
+@dataclass(frozen=True, kw_only=True)
+class CheckedRequest:
+    """A batch request found acceptable: its file (None for inline rows), its sender, and
+    the request as the batch keeps it (`given`: as given, whose hash finds its batch again;
+    `request`: with what the sender adds, its opening message)."""
+
+    file_id: uuid.UUID | None
+    agent_number: str
+    given: dict[str, Any]
+    request: dict[str, Any]
+
+
+async def _checked_request(
     pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, body: BatchRequest
-) -> tuple[uuid.UUID | None, str]:
-    """The request's file (None for inline rows) and sender (E.164, or a sender ID), both the
-    account's; its status webhook checked."""
+) -> CheckedRequest:
+    """The request checked as far as it can be before it is accepted: its file and sender
+    are the account's, its status webhook is safe, and its file's size, header and message
+    will not fail the batch at validation."""
     file_id = None
     if body.file_id is not None:
         file_id = parse_batch_id(body.file_id, FileNotFound)
@@ -267,7 +283,46 @@ async def _checked_sources(
     await require_safe_webhook(
         None if body.status_webhook is None else str(body.status_webhook), settings
     )
-    return file_id, await _own_sender(pool, account_id, body.global_.agent_number)
+    agent_number = to_sender(body.global_.agent_number)
+    sender = (
+        None if agent_number is None else await numbers.get_number(pool, account_id, agent_number)
+    )
+    if agent_number is None or sender is None:
+        raise AgentNumberNotFound(
+            f"{body.global_.agent_number} is not a registered sender of this account"
+        )
+    if body.global_.channel == "whatsapp" and is_sender_id(agent_number):
+        raise InvalidSenderId(f"sender ID {agent_number!r} can only send SMS, not whatsapp")
+    given = _stored_request(body, agent_number)
+    request = dict(given)
+    if sender["opening_message"] and not body.global_.agent_message:
+        request["opening_message"] = sender["opening_message"]
+    shape = await _file_shape(pool, settings, account_id, file_id, body)
+    batch_checks.require_phone_column(shape.header)
+    batch_checks.require_message(request, shape.header)
+    rules = RecipientRules.from_request(request, validation_limits(settings), frozenset())
+    batch_checks.require_usable_header(shape.header, rules, body.strict)
+    return CheckedRequest(file_id=file_id, agent_number=agent_number, given=given, request=request)
+
+
+async def _file_shape(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    account_id: uuid.UUID,
+    file_id: uuid.UUID | None,
+    body: BatchRequest,
+) -> FileShape:
+    """The header of the request's file (or inline rows), once its size is within limits;
+    None for a batch of mailing lists alone (its contacts' fields are known at validation)."""
+    if file_id is None and body.recipients is None:
+        return FileShape(header=None)
+    if file_id is None:
+        return batch_checks.shape_of_content(_inline_content(settings, body.recipients or []))
+    shape = await batch_checks.shape_of_file(pool, account_id, file_id)
+    await batch_checks.require_file_within_limit(
+        pool, account_id, file_id, shape, settings.max_rows_per_batch
+    )
+    return shape
 
 
 async def _own_sender(pool: asyncpg.Pool, account_id: uuid.UUID, given: str) -> str:

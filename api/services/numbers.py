@@ -57,7 +57,9 @@ async def add_number(
         own = await carrier_accounts.carrier_account(pool, account_id)
         credentials = (own.account_sid, own.auth_token) if own else None
         await require_carrier_owns(number, body.channel, settings, credentials)
-    row = await numbers.add_number(pool, account_id, number, body.channel, mps, webhook, kind)
+    row = await numbers.add_number(
+        pool, account_id, number, body.channel, mps, webhook, kind, body.opening_message
+    )
     if row is None:
         raise SenderTaken(
             f"{number} is registered by another account"

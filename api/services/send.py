@@ -14,6 +14,7 @@ from temporalio.client import Client
 from activities.recipients.phones import is_sender_id, to_e164
 from api.conversation_models import STORED_FIELDS, SendReply, SendRequest
 from api.errors import HeraldError
+from api.services.batch_checks import MissingAgentMessage
 from api.services.batches import AgentNumberNotFound
 from api.services.conversations import signal_conversation
 from api.services.webhook_urls import require_safe_webhook
@@ -23,10 +24,6 @@ from workflows.contracts import SilenceTimers, conversation_workflow_id
 
 # How often a request waits on the first request with its idempotency key.
 POLL_SECONDS = 0.05
-
-
-class MissingAgentMessage(HeraldError):
-    code = "MISSING_AGENT_MESSAGE"
 
 
 class InvalidTimeoutConfig(HeraldError):
