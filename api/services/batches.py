@@ -138,8 +138,10 @@ async def start_batch(
     settings: Settings,
     account_id: uuid.UUID,
     body: BatchRequest,
+    campaign_id: uuid.UUID | None = None,
 ) -> BatchStarted:
-    """Record the batch and start its workflow; the same request again is the same batch.
+    """Record the batch (of `campaign_id`, if a campaign's) and start its workflow; the same
+    request again is the same batch.
 
     Inline `recipients` are stored as a JSON file first, so from there on the batch is one
     of an attached file in every way (and each such request is a new batch)."""
@@ -158,6 +160,7 @@ async def start_batch(
         agent_number=agent_number,
         request=request,
         request_hash=_request_hash(request),
+        campaign_id=campaign_id,
     )
     if not created and batch["request_hash"] != _request_hash(request):
         raise BatchAlreadyExists(

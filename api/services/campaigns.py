@@ -80,6 +80,7 @@ async def create_campaign(pool: asyncpg.Pool, account_id: uuid.UUID, body: Campa
         sender=await _sender(pool, account_id, body.sender),
         templates={str(language): text for language, text in body.templates.items()},
         parameters=parameters,
+        allowed_ips=body.allowed_ips,
     )
 
 
@@ -101,6 +102,7 @@ async def update_campaign(
     current = await get_campaign(pool, account_id, campaign_id)
     templates = dict(body.templates) if body.templates is not None else current["templates"]
     sender = current["sender"] if body.sender is None else body.sender
+    allowed_ips = current["allowed_ips"] if body.allowed_ips is None else body.allowed_ips
     updated = await campaigns.update_campaign(
         pool,
         account_id,
@@ -109,6 +111,7 @@ async def update_campaign(
         sender=await _sender(pool, account_id, sender),
         templates=templates,
         parameters=template_parameters(templates),
+        allowed_ips=None if body.clear_allowed_ips else allowed_ips,
     )
     if updated is None:
         raise CampaignNotFound(f"no campaign {campaign_id!r} in this account")

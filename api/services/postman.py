@@ -1,9 +1,11 @@
 """The Postman dialect: a campaign's CSV checked whole, then turned into a file of Herald's
 own (each row's number, its language's template and its parameters) and started as a batch
-on the same pipeline. The engine renders the templates, as it does any batch's."""
+on the same pipeline. The engine renders the templates, as it does any batch's. The batch's
+messages are its ledger's rows, and its retry is the batch's retry of its failed rows."""
 
 import csv
 import io
+import ipaddress
 import math
 import re
 import tempfile
@@ -21,11 +23,19 @@ from activities.recipients.rows import MESSAGE_COLUMN, PHONE_COLUMN, REQUEST_DAT
 from api.errors import HeraldError
 from api.limits import RateLimited
 from api.models import BatchRequest
-from api.postman_models import PostmanBatchAccepted
+from api.postman_models import (
+    LatestStatus,
+    PostmanBatchAccepted,
+    PostmanMessage,
+    PostmanMessagePage,
+    PostmanPageData,
+)
+from api.services import batches
 from api.services.batches import TooManyRecipients, start_batch
 from api.services.campaigns import get_campaign
 from settings import Settings
-from store import campaigns, files
+from store import campaigns, files, messages
+from workflows.statuses import LedgerStatus
 
 RECIPIENT = "recipient"
 LANGUAGE = "language"
@@ -35,6 +45,38 @@ LISTED_ROWS = 100
 READ_BLOCK = 1024 * 1024
 # The dialect's words for a header that does not match the campaign.
 HEADER_MISMATCH = "Validation failed (expected type is object)"
+
+
+# Each ledger status as the dialect's `latestStatus`: an `uncertain` row may have reached the
+# carrier, whose answer never came back, as Postman's `sent`.
+LATEST_STATUS: dict[str, LatestStatus] = {
+    LedgerStatus.PENDING: "enqueued",
+    LedgerStatus.SENDING: "sending",
+    LedgerStatus.SENT: "sent",
+    LedgerStatus.UNCERTAIN: "sent",
+    LedgerStatus.DELIVERED: "success",
+    LedgerStatus.UNDELIVERED: "failure",
+    LedgerStatus.FAILED: "failure",
+    LedgerStatus.SKIPPED: "failure",
+    LedgerStatus.CANCELLED: "failure",
+    LedgerStatus.EXPIRED: "failure",
+}
+# The rows the dialect's retry sends again: those the carrier refused or that errored. Rows
+# skipped (duplicates, opted out), cancelled or expired stay as they are.
+RETRIED_STATUSES = [LedgerStatus.FAILED.value]
+
+
+class IpNotAllowed(HeraldError):
+    status_code = 401
+    code = "IP_NOT_ALLOWED"
+
+
+class BatchNotRetryable(HeraldError):
+    code = "BATCH_NOT_RETRYABLE"
+
+
+class NoFailedMessages(HeraldError):
+    code = "NO_FAILED_MESSAGES"
 
 
 class HeaderMismatch(HeraldError):
@@ -199,11 +241,18 @@ async def _blocks(content: IO[bytes]) -> AsyncIterator[bytes]:
 
 
 async def campaign(
-    pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, campaign_id: str
+    pool: asyncpg.Pool,
+    settings: Settings,
+    account_id: uuid.UUID,
+    campaign_id: str,
+    client_ip: str | None,
 ) -> dict:
-    """The account's campaign of this id, once a request of its rate is spent;
-    CampaignNotFound if the account has none, RateLimited if its rate is used up."""
+    """The account's campaign of this id, once the caller's address is one it allows and a
+    request of its rate is spent; CampaignNotFound if the account has none, IpNotAllowed if
+    the address is not on its allow-list, RateLimited if its rate is used up. A refused
+    address spends nothing: it cannot use up the rate of the campaign's own clients."""
     found = await get_campaign(pool, account_id, campaign_id)
+    _require_allowed(found["allowed_ips"], client_ip)
     rate = settings.campaign_rate_limit_per_second
     wait = await campaigns.take_request(pool, found["id"], per_second=rate, burst=max(1.0, rate))
     if wait is not None:
@@ -212,6 +261,102 @@ async def campaign(
             headers={"retry-after": str(math.ceil(wait))},
         )
     return found
+
+
+def _require_allowed(
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None, client_ip: str | None
+) -> None:
+    if networks is None:
+        return
+    try:
+        address = ipaddress.ip_address(client_ip or "")
+    except ValueError:
+        address = None
+    if address is None or not any(address in network for network in networks):
+        raise IpNotAllowed(f"this campaign's requests may not come from {client_ip}")
+
+
+async def _campaign_batch(
+    pool: asyncpg.Pool, account_id: uuid.UUID, campaign: dict, batch_id: str
+) -> dict:
+    """The campaign's batch of this id; BatchNotFound for any other."""
+    batch = await batches.batch_or_404(pool, account_id, batch_id)
+    if batch["campaign_id"] != campaign["id"]:
+        raise batches.BatchNotFound(f"no batch {batch_id!r} in this campaign")
+    return batch
+
+
+async def list_batch_messages(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    campaign: dict,
+    batch_id: str,
+    *,
+    limit: int,
+    after: int | None,
+    before: int | None,
+    search: str | None,
+) -> PostmanMessagePage:
+    """A page of the batch's ledger in `seq` order: the first rows after the cursor `after`,
+    or the last before `before`; with `search`, only numbers holding it."""
+    batch = await _campaign_batch(pool, account_id, campaign, batch_id)
+    rows = await messages.list_messages(
+        pool,
+        account_id,
+        batch["id"],
+        status=None,
+        limit=limit + 1,
+        after_seq=-1 if after is None else after,
+        before_seq=before,
+        search=search or None,
+    )
+    more = len(rows) > limit
+    backwards = before is not None
+    rows = rows[1:] if backwards and more else rows[:limit]
+    return PostmanMessagePage(
+        data=[_message(row, campaign, batch) for row in rows],
+        page_data=PostmanPageData(
+            start_cursor=str(rows[0]["seq"]) if rows else None,
+            end_cursor=str(rows[-1]["seq"]) if rows else None,
+            has_next_page=backwards or more,
+            has_previous_page=more if backwards else after is not None,
+        ),
+    )
+
+
+def _message(row: dict, campaign: dict, batch: dict) -> PostmanMessage:
+    return PostmanMessage(
+        id=f"{batch['id']}:{row['seq']}",
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        recipient=row["to_number"].removeprefix("+"),
+        full_message=row["body"],
+        latest_status=LATEST_STATUS[row["status"]],
+        campaign_id=str(campaign["id"]),
+        batch_id=str(batch["id"]),
+        herald_status=row["status"],
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+    )
+
+
+async def retry_batch(
+    pool: asyncpg.Pool,
+    temporal: Client,
+    settings: Settings,
+    account_id: uuid.UUID,
+    campaign: dict,
+    batch_id: str,
+) -> None:
+    """Send the finished batch's failed rows again, as Herald's retry does; the dialect's
+    errors for a batch that is missing or still running, and for one with no failed rows."""
+    try:
+        await _campaign_batch(pool, account_id, campaign, batch_id)
+        await batches.retry_batch(pool, temporal, settings, account_id, batch_id, RETRIED_STATUSES)
+    except (batches.BatchNotFound, batches.BatchNotFinished) as error:
+        raise BatchNotRetryable(error.message) from error
+    except batches.NothingToRetry as error:
+        raise NoFailedMessages(error.message) from error
 
 
 async def send_batch(
@@ -249,5 +394,7 @@ async def send_batch(
             "number_check": "possible",
         }
     )
-    started = await start_batch(pool, temporal, settings, account_id, request)
+    started = await start_batch(
+        pool, temporal, settings, account_id, request, campaign_id=campaign["id"]
+    )
     return PostmanBatchAccepted(batch_id=started.batch_id)
