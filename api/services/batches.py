@@ -71,6 +71,11 @@ class AgentNumberNotFound(HeraldError):
     code = "AGENT_NUMBER_NOT_FOUND"
 
 
+class CampaignNotFound(HeraldError):
+    status_code = 404
+    code = "CAMPAIGN_NOT_FOUND"
+
+
 class BatchAlreadyExists(HeraldError):
     status_code = 409
     code = "BATCH_ALREADY_EXISTS"

@@ -9,17 +9,12 @@ from activities.recipients.phones import to_e164
 from activities.recipients.rows import template_parts
 from api.campaign_models import CampaignRequest, CampaignUpdate, Language
 from api.errors import HeraldError
-from api.services.batches import AgentNumberNotFound, parse_batch_id
+from api.services.batches import AgentNumberNotFound, CampaignNotFound, parse_batch_id
 from store import campaigns, numbers
 
 PARAMETER_NAME = re.compile(r"[a-z0-9_]+")
 # A template that takes its whole text from the file uses this one parameter alone.
 BODY_PARAMETER = "body"
-
-
-class CampaignNotFound(HeraldError):
-    status_code = 404
-    code = "CAMPAIGN_NOT_FOUND"
 
 
 class InvalidTemplate(HeraldError):
