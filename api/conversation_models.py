@@ -77,6 +77,19 @@ class SendRequest(StoredFields, SilenceTimerFields):
     webhook: AnyHttpUrl | None = Field(None, description="Receives message and status events.")
     channel: Literal["sms", "whatsapp"] = "sms"
     content_sid: str | None = Field(None, description="Twilio content template (HX...).")
+    campaign_id: str | None = Field(
+        None,
+        description="A campaign of this account whose template in `language`, filled from"
+        " `params`, is the message, instead of `agent_message`.",
+    )
+    language: str = Field(
+        "english", description="With `campaign_id`: which of its templates is sent."
+    )
+    params: dict[str, str] | None = Field(
+        None,
+        description="With `campaign_id`: a value for each of the campaign's parameters, none"
+        " blank, and no other.",
+    )
     content_variables: dict[str, Any] | None = Field(
         None, description="Template variables: an object, or a JSON object as a string."
     )

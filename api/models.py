@@ -72,6 +72,15 @@ class BatchRequest(RequestBody):
         " (`phone_number` plus fields), at most `HERALD_MAX_ROWS_PER_BATCH`.",
     )
     global_: BatchGlobal = Field(alias="global")
+    campaign_id: str | None = Field(
+        None,
+        description="A campaign of this account (`/v1/campaigns`) whose template in `language`"
+        " is the batch's message, instead of `global.agent_message`; each row fills its"
+        " parameters from its columns, as any template.",
+    )
+    language: str = Field(
+        "english", description="With `campaign_id`: which of its templates is sent."
+    )
     column_mapping: dict[str, str] | None = Field(
         None,
         description="File column → `request_data` (the field takes the column's name) or"

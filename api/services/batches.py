@@ -37,7 +37,7 @@ from api.models import (
 )
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
-from store import batches, events, files, messages, numbers, opt_outs
+from store import batches, campaigns, events, files, messages, numbers, opt_outs
 from workflows.contracts import (
     ACCOUNT_ID,
     AGENT_NUMBER,
@@ -74,6 +74,14 @@ class AgentNumberNotFound(HeraldError):
 class CampaignNotFound(HeraldError):
     status_code = 404
     code = "CAMPAIGN_NOT_FOUND"
+
+
+class LanguageNotInCampaign(HeraldError):
+    code = "LANGUAGE_NOT_IN_CAMPAIGN"
+
+
+class CampaignAndMessage(HeraldError):
+    code = "CAMPAIGN_AND_MESSAGE"
 
 
 class BatchAlreadyExists(HeraldError):
@@ -151,9 +159,10 @@ async def start_batch(
     Inline `recipients` are stored as a JSON file first, so from there on the batch is one
     of an attached file in every way (and each such request is a new batch)."""
     file_id, agent_number = await _checked_sources(pool, settings, account_id, body)
+    request = _stored_request(body, agent_number)
+    campaign_id = await _campaign_message(pool, account_id, body, request) or campaign_id
     if file_id is None:
         file_id = await _inline_file(pool, settings, account_id, body.recipients or [])
-    request = _stored_request(body, agent_number)
     request.setdefault("file_id", str(file_id))
     workflow_id = batch_workflow_id(str(file_id))
     batch, created = await batches.create_batch(
@@ -201,11 +210,12 @@ async def dry_run_batch(
     """Validate the batch's rows now, as its workflow would, by the same code; nothing is
     stored and nothing is sent."""
     file_id, agent_number = await _checked_sources(pool, settings, account_id, body)
+    request = _stored_request(body, agent_number)
+    await _campaign_message(pool, account_id, body, request)
     if file_id is None:
         content = _inline_content(settings, body.recipients or [])
     else:
         _, content = await files.file_content(pool, account_id, file_id)
-    request = _stored_request(body, agent_number)
     opted_out: set[str] = set()
     if ValidationOptions.from_request(request).exclude_opt_outs:
         opted_out = await opt_outs.opted_out_numbers(pool, account_id)
@@ -250,6 +260,49 @@ async def _checked_sources(
             f"{body.global_.agent_number} is not a registered sender of this account"
         )
     return file_id, agent_number
+
+
+async def campaign_or_404(pool: asyncpg.Pool, account_id: uuid.UUID, campaign_id: str) -> dict:
+    found = await campaigns.get_campaign(
+        pool, account_id, parse_batch_id(campaign_id, CampaignNotFound)
+    )
+    if found is None:
+        raise CampaignNotFound(f"no campaign {campaign_id!r} in this account")
+    return found
+
+
+async def campaign_template(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    campaign_id: str,
+    language: str,
+    message: str | None,
+) -> tuple[dict, str]:
+    """The campaign named instead of a `message`, and its template in `language`."""
+    if message is not None:
+        raise CampaignAndMessage("give campaign_id or a message, not both")
+    found = await campaign_or_404(pool, account_id, campaign_id)
+    template = found["templates"].get(language)
+    if template is None:
+        raise LanguageNotInCampaign(
+            f"campaign {campaign_id} has no {language!r} template; it has"
+            f" {', '.join(found['templates'])}"
+        )
+    return found, template
+
+
+async def _campaign_message(
+    pool: asyncpg.Pool, account_id: uuid.UUID, body: BatchRequest, request: dict[str, Any]
+) -> uuid.UUID | None:
+    """With `campaign_id`, its template becomes the stored request's message (so the batch
+    keeps the text it was started with); the campaign's id, or None."""
+    if body.campaign_id is None:
+        return None
+    found, template = await campaign_template(
+        pool, account_id, body.campaign_id, body.language, body.global_.agent_message
+    )
+    request["global"]["agent_message"] = template
+    return found["id"]
 
 
 def _stored_request(body: BatchRequest, agent_number: str) -> dict[str, Any]:

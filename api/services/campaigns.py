@@ -9,7 +9,12 @@ from activities.recipients.phones import to_e164
 from activities.recipients.rows import template_parts
 from api.campaign_models import CampaignRequest, CampaignUpdate, Language
 from api.errors import HeraldError
-from api.services.batches import AgentNumberNotFound, CampaignNotFound, parse_batch_id
+from api.services.batches import (
+    AgentNumberNotFound,
+    CampaignNotFound,
+    campaign_or_404,
+    parse_batch_id,
+)
 from store import campaigns, numbers
 
 PARAMETER_NAME = re.compile(r"[a-z0-9_]+")
@@ -80,10 +85,7 @@ async def create_campaign(pool: asyncpg.Pool, account_id: uuid.UUID, body: Campa
 
 
 async def get_campaign(pool: asyncpg.Pool, account_id: uuid.UUID, campaign_id: str) -> dict:
-    campaign = await campaigns.get_campaign(pool, account_id, _campaign_id(campaign_id))
-    if campaign is None:
-        raise CampaignNotFound(f"no campaign {campaign_id!r} in this account")
-    return campaign
+    return await campaign_or_404(pool, account_id, campaign_id)
 
 
 async def list_campaigns(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[dict]:
