@@ -76,6 +76,30 @@ async def test_a_template_is_checked_when_saved(
     assert reason in response.json()["errors"][0]["message"]
 
 
+async def test_an_allow_list_holds_addresses_and_networks_written_as_text(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    given = ["203.0.113.7", "198.51.100.0/24", "2001:db8::/32"]
+
+    created = await api.post(
+        "/v1/campaigns", headers=account.headers, json=campaign_body(account, allowed_ips=given)
+    )
+    refused = [
+        await api.post(
+            "/v1/campaigns", headers=account.headers, json=campaign_body(account, allowed_ips=ips)
+        )
+        for ips in (["10.0.0.1/8"], ["not an address"], [True], [167772161])
+    ]
+
+    assert created.status_code == 201, created.text
+    assert created.json()["data"]["allowed_ips"] == [
+        "203.0.113.7/32",
+        "198.51.100.0/24",
+        "2001:db8::/32",
+    ]
+    assert [(r.status_code, error_code(r)) for r in refused] == [(400, "INVALID_REQUEST")] * 4
+
+
 async def test_an_update_is_checked_as_the_whole_campaign(
     api: httpx.AsyncClient, account: Account
 ) -> None:
