@@ -132,6 +132,9 @@ class Converted:
 
     content: TextIO
     size: int
+    # The batch's own message: the template of the first row's language, whose rows leave
+    # their `agent_message` cell blank (the engine renders one template for them all).
+    message: str
 
 
 def convert(
@@ -142,19 +145,19 @@ def convert(
     the first in error are only checked."""
     out = cast(TextIO, tempfile.TemporaryFile(mode="w+", encoding="utf-8", newline=""))
     try:
-        _convert(upload, out, templates, parameters, max_rows)
+        message = _convert(upload, out, templates, parameters, max_rows)
     except BaseException:
         out.close()
         raise
     out.flush()
     size = out.buffer.tell()
     out.buffer.seek(0)
-    return Converted(content=out, size=size)
+    return Converted(content=out, size=size, message=message)
 
 
 def _convert(
     upload: BinaryIO, out: IO[str], templates: dict[str, str], parameters: list[str], max_rows: int
-) -> None:
+) -> str:
     text = io.TextIOWrapper(upload, encoding="utf-8-sig", newline="")
     try:
         reader = csv.reader(text)
@@ -187,6 +190,7 @@ def _convert(
         raise InvalidRows([RowProblem(0, None, "the file has no rows")], 1)
     if check.rows_in_error:
         raise InvalidRows(check.problems, check.rows_in_error)
+    return templates[check.main_language or next(iter(templates))]
 
 
 @dataclass
@@ -199,19 +203,34 @@ class _Check:
     writer: Any
     problems: list[RowProblem] = field(default_factory=list)
     rows_in_error: int = 0
+    main_language: str | None = None
 
     def block(self, first_row: int, records: list[list[str]]) -> None:
         """Check rows `first_row`... at once: their numbers in one pass of the batch
         engine's number check (`valid_e164s`, then `possible_e164s`), the rest row by row."""
         possible = _possible_numbers([record[0] for record in records])
+        cells = len(self.header)
+        if self.main_language is None and records:
+            self.main_language = records[0][1] if records[0][1] in self.templates else None
+        templates = {
+            language: "" if language == self.main_language else template
+            for language, template in self.templates.items()
+        }
         good = []
         for row, (record, number_ok) in enumerate(zip(records, possible, strict=True), first_row):
-            found = _row_problems(row, record, self.header, self.templates, number_ok)
-            if found:
-                self.rows_in_error += 1
-                self.problems.extend(found[: max(0, LISTED_ROWS - len(self.problems))])
-            elif not self.rows_in_error:
-                good.append(["+" + record[0], self.templates[record[1]], *record[2:]])
+            # Most rows are right: told so without building their problems.
+            if (
+                number_ok
+                and len(record) == cells
+                and record[1] in templates
+                and all(map(str.strip, record[2:]))
+            ):
+                if not self.rows_in_error:
+                    good.append(["+" + record[0], templates[record[1]], *record[2:]])
+                continue
+            found = _row_problems(row, record, self.header, templates, number_ok)
+            self.rows_in_error += 1
+            self.problems.extend(found[: max(0, LISTED_ROWS - len(self.problems))])
         self.writer.writerows(good)
 
 
@@ -425,7 +444,7 @@ async def send_batch(
     request = BatchRequest.model_validate(
         {
             "file_id": str(stored["id"]),
-            "global": {"agent_number": campaign["sender"]},
+            "global": {"agent_number": campaign["sender"], "agent_message": converted.message},
             "name": campaign["name"],
             # As the upload's own check: the right length for the country code; the carrier
             # decides the rest (Postman's documented numbers are in unassigned ranges).
