@@ -2,6 +2,8 @@
 documented CSV sent in each row's language, the whole file refused for any row in error, and
 each documented error in the dialect's envelope."""
 
+import csv
+import io
 import secrets
 import uuid
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api.services import postman as service
 from settings import Settings
 from tests.support.batches import FINAL, wait_for_status
 from tests.support.builders import emulator_messages, unique_numbers
@@ -437,3 +440,80 @@ async def test_the_campaigns_rate_is_shared_by_its_endpoints(
     assert read.status_code == 404, read.text
     assert [r.status_code for r in (sent, retried)] == [429, 429]
     assert retried.json() == {"error": TOO_MANY_REQUESTS | {"heraldCode": "RATE_LIMITED"}}
+
+
+PARAMETERS = ["recipient_name", "topic"]
+PLAIN = [
+    EXAMPLE_CSV,
+    EXAMPLE_CSV.rstrip("\n"),
+    "\ufeff" + EXAMPLE_CSV,
+    "recipient,language,topic,recipient_name\n"
+    + "".join(
+        f"6591{i:06d},{('english', 'chinese')[i % 3 == 1]},t {i},n {i}\n" for i in range(200)
+    ),
+]
+NOT_PLAIN = [
+    EXAMPLE_CSV.replace("\n", "\r\n"),
+    EXAMPLE_CSV.replace("Emily Yeo", '"Yeo, Emily"'),
+    EXAMPLE_CSV + "\n",
+    EXAMPLE_CSV.replace("Emily Yeo", "\x1c"),
+]
+IN_ERROR = [
+    EXAMPLE_CSV.replace(",James Tan,", ",,"),
+    EXAMPLE_CSV.replace(",James Tan,", ", ,"),
+    EXAMPLE_CSV.replace("6599999998", "65"),
+    EXAMPLE_CSV.replace("6599999998", "+6599999998"),
+    EXAMPLE_CSV.replace("chinese", "tamil"),
+    EXAMPLE_CSV + "6599999997,english,Ann\n",
+    EXAMPLE_CSV + "6599999997,english,Ann,topic,extra\n",
+    PLAIN[3].replace("6591000150,", "6591000150x,"),
+]
+
+
+def herald_file(content: str, monkeypatch: pytest.MonkeyPatch, only: str | None) -> Any:
+    """The converted file's message and rows, or the problems, by `convert` as it is or by
+    `only` one of its paths, "rows" or "columns"."""
+    with monkeypatch.context() as patch:
+        if only == "rows":
+            patch.setattr(service, "_convert_columns", _not_plain)
+        elif only == "columns":
+            patch.setattr(service, "_convert", _no_row_path)
+        try:
+            converted = service.convert(io.BytesIO(content.encode()), TEMPLATES, PARAMETERS, 1000)
+        except service.InvalidRows as error:
+            return error.problems()
+    with converted.content:
+        return converted.message, list(csv.reader(converted.content))
+
+
+def _not_plain(*_: object) -> str:
+    raise service._NotPlain
+
+
+def _no_row_path(*_: object) -> str:
+    raise AssertionError("the row path was taken")
+
+
+@pytest.mark.parametrize("block_bytes", [64, 4 << 20])
+@pytest.mark.parametrize("content", PLAIN)
+def test_a_plain_file_is_converted_by_columns_as_the_row_path_converts_it(
+    content: str, block_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "PLAIN_BLOCK_BYTES", block_bytes)
+
+    by_columns = herald_file(content, monkeypatch, "columns")
+    by_rows = herald_file(content, monkeypatch, "rows")
+
+    assert by_columns == by_rows
+    assert len(by_rows[1]) == content.count("\n") + (not content.endswith("\n"))
+
+
+@pytest.mark.parametrize("content", NOT_PLAIN + IN_ERROR)
+def test_any_other_file_takes_the_row_path_whole(
+    content: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "PLAIN_BLOCK_BYTES", 64)
+
+    with pytest.raises(AssertionError, match="the row path was taken"):
+        herald_file(content, monkeypatch, "columns")
+    assert herald_file(content, monkeypatch, None) == herald_file(content, monkeypatch, "rows")

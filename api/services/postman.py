@@ -18,6 +18,8 @@ import asyncpg
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 
+from activities.recipients.frames import pl
+from activities.recipients.phone_columns import possible_e164_column, valid_e164_column
 from activities.recipients.phones import possible_e164s, valid_e164s
 from activities.recipients.rows import MESSAGE_COLUMN, PHONE_COLUMN, REQUEST_DATA_PREFIX
 from api.errors import HeraldError
@@ -142,10 +144,20 @@ def convert(
 ) -> Converted:
     """Check every row of the dialect's CSV and write Herald's file for it, one pass; on
     HeaderMismatch, InvalidRows, TooManyRecipients or NotText nothing is kept. Rows after
-    the first in error are only checked."""
+    the first in error are only checked.
+
+    A plain file (no quotes, no CR) with no row in error is checked by columns, a block of
+    lines at a time; at anything else the block path gives up and the row path, which
+    names every problem, takes the whole file from its start."""
     out = cast(TextIO, tempfile.TemporaryFile(mode="w+", encoding="utf-8", newline=""))
     try:
-        message = _convert(upload, out, templates, parameters, max_rows)
+        try:
+            message = _convert_columns(upload, out, templates, parameters, max_rows)
+        except _NotPlain:
+            upload.seek(0)
+            out.seek(0)
+            out.truncate()
+            message = _convert(upload, out, templates, parameters, max_rows)
     except BaseException:
         out.close()
         raise
@@ -153,6 +165,102 @@ def convert(
     size = out.buffer.tell()
     out.buffer.seek(0)
     return Converted(content=out, size=size, message=message)
+
+
+class _NotPlain(Exception):
+    """The file, or a row of it, is not one the column path settles: the row path decides."""
+
+
+# Bytes read for a block of lines, so memory stays flat whatever the file's size.
+PLAIN_BLOCK_BYTES = 4 << 20
+_BOM = b"\xef\xbb\xbf"
+# Bytes that send a block to the row path: quoting and CRs, which the csv module reads as
+# polars does not, and the separators `str.strip` takes for blanks and polars does not.
+_NOT_PLAIN = re.compile(rb'["\r\x1c-\x1f]|\n\n|^\n')
+
+
+def _convert_columns(
+    upload: BinaryIO, out: IO[str], templates: dict[str, str], parameters: list[str], max_rows: int
+) -> str:
+    """`_convert` by columns for a plain file in which every row is right; _NotPlain as soon
+    as that is not so."""
+    data = upload.read(PLAIN_BLOCK_BYTES).removeprefix(_BOM)
+    end = data.find(b"\n")
+    if end < 0 or _NOT_PLAIN.search(data[: end + 1]):
+        raise _NotPlain
+    header_line = data[: end + 1]
+    try:
+        header = _checked_header(header_line[:-1].decode().split(","), parameters)
+    except UnicodeDecodeError as error:
+        raise _NotPlain from error
+    csv.writer(out).writerow(
+        [PHONE_COLUMN, MESSAGE_COLUMN, *(REQUEST_DATA_PREFIX + name for name in header[2:])]
+    )
+    rest, rows = data[end + 1 :], 0
+    main_language: str | None = None
+    while True:
+        more = upload.read(PLAIN_BLOCK_BYTES)
+        data = rest + more
+        cut = data.rfind(b"\n") + 1 if more else len(data)
+        block, rest = data[:cut], data[cut:]
+        if block:
+            frame = _plain_block(header_line, block, header, templates)
+            rows += frame.height
+            if rows > max_rows:
+                raise TooManyRecipients(f"more than {max_rows} rows; a batch holds at most that")
+            main_language = main_language or str(frame[LANGUAGE][0])
+            out.write(_herald_rows(frame, header, templates, main_language))
+        if not more:
+            break
+    if main_language is None:
+        raise _NotPlain
+    return templates[main_language]
+
+
+def _plain_block(
+    header_line: bytes, block: bytes, header: list[str], templates: dict[str, str]
+) -> pl.DataFrame:
+    """The block's rows, once each is known right: _NotPlain otherwise."""
+    if _NOT_PLAIN.search(block):
+        raise _NotPlain
+    lines = block.count(b"\n") + (not block.endswith(b"\n"))
+    try:
+        frame = pl.read_csv(
+            header_line + block, has_header=True, infer_schema=False, quote_char=None
+        )
+    except pl.exceptions.PolarsError as error:
+        raise _NotPlain from error
+    # An empty cell is null; a short row's missing cells too.
+    if frame.width != len(header) or frame.height != lines or sum(frame.null_count().row(0)):
+        raise _NotPlain
+    frame.columns = header
+    checks = [
+        pl.col(RECIPIENT).str.contains(r"^[0-9]+$").all(),
+        pl.col(LANGUAGE).is_in(list(templates)).all(),
+        *((pl.col(name).str.strip_chars() != "").all() for name in header[2:]),
+        pl.max_horizontal(pl.all().str.len_bytes().max()) <= csv.field_size_limit(),
+    ]
+    right = frame.select(check.alias(str(index)) for index, check in enumerate(checks)).row(0)
+    if not all(right):
+        raise _NotPlain
+    raws = "+" + frame[RECIPIENT]
+    if possible_e164_column(raws, valid_e164_column(raws)).null_count():
+        raise _NotPlain
+    return frame
+
+
+def _herald_rows(
+    frame: pl.DataFrame, header: list[str], templates: dict[str, str], main_language: str
+) -> str:
+    messages = {
+        language: "" if language == main_language else template
+        for language, template in templates.items()
+    }
+    return frame.select(
+        ("+" + pl.col(RECIPIENT)).alias(PHONE_COLUMN),
+        pl.col(LANGUAGE).replace_strict(messages, return_dtype=pl.String).alias(MESSAGE_COLUMN),
+        *(pl.col(name).alias(REQUEST_DATA_PREFIX + name) for name in header[2:]),
+    ).write_csv(include_header=False)
 
 
 def _convert(
