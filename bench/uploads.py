@@ -198,10 +198,11 @@ POSTMAN_TEMPLATES = {
 
 
 def postman_content(rows: int) -> bytes:
-    """A campaign's CSV of `rows` rows of possible Singapore mobile numbers, both languages."""
+    """A campaign's CSV of `rows` rows of possible Singapore mobile numbers: three in four in
+    english, the first row's language, the rest in chinese."""
     lines = ["recipient,language,recipient_name,topic\n"]
     lines += [
-        f"659{i % 10**7:07d},{'chinese' if i % 4 == 0 else 'english'},Emily {i:06d},app {i:05d}\n"
+        f"659{i % 10**7:07d},{'chinese' if i % 4 == 3 else 'english'},Emily {i:06d},app {i:05d}\n"
         for i in range(rows)
     ]
     return "".join(lines).encode()

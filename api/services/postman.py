@@ -193,7 +193,8 @@ def _convert_columns(
         header = _checked_header(header_line[:-1].decode().split(","), parameters)
     except UnicodeDecodeError as error:
         raise _NotPlain from error
-    csv.writer(out).writerow(
+    # Lines end as polars ends them.
+    csv.writer(out, lineterminator="\n").writerow(
         [PHONE_COLUMN, MESSAGE_COLUMN, *(REQUEST_DATA_PREFIX + name for name in header[2:])]
     )
     rest, rows = data[end + 1 :], 0
@@ -252,8 +253,10 @@ def _plain_block(
 def _herald_rows(
     frame: pl.DataFrame, header: list[str], templates: dict[str, str], main_language: str
 ) -> str:
+    # Null, not "": written without quotes, so a file of one language is plain CSV, which
+    # the batch's validation reads by columns.
     messages = {
-        language: "" if language == main_language else template
+        language: None if language == main_language else template
         for language, template in templates.items()
     }
     return frame.select(
