@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, Field, field_validator
 
-from api.models import Page, RequestBody
+from api.models import CampaignMessage, Page, RequestBody
 from workflows.contracts import SilenceTimers
 
 # Bland fields Herald accepts and keeps on the conversation, and does not act on.
@@ -61,7 +61,7 @@ class SilenceTimerFields(BaseModel):
         )
 
 
-class SendRequest(StoredFields, SilenceTimerFields):
+class SendRequest(StoredFields, SilenceTimerFields, CampaignMessage):
     user_number: str = Field(min_length=1, description="E.164 number of the person messaged.")
     agent_number: str = Field(min_length=1, description="A registered sender of the account.")
     agent_message: str | None = Field(
@@ -77,14 +77,6 @@ class SendRequest(StoredFields, SilenceTimerFields):
     webhook: AnyHttpUrl | None = Field(None, description="Receives message and status events.")
     channel: Literal["sms", "whatsapp"] = "sms"
     content_sid: str | None = Field(None, description="Twilio content template (HX...).")
-    campaign_id: str | None = Field(
-        None,
-        description="A campaign of this account whose template in `language`, filled from"
-        " `params`, is the message, instead of `agent_message`.",
-    )
-    language: str = Field(
-        "english", description="With `campaign_id`: which of its templates is sent."
-    )
     params: dict[str, str] | None = Field(
         None,
         description="With `campaign_id`: a value for each of the campaign's parameters, none"

@@ -61,7 +61,23 @@ class BatchGlobal(RequestBody):
     citation_schema_ids: list[str] | None = None
 
 
-class BatchRequest(RequestBody):
+class CampaignMessage(RequestBody):
+    """A campaign named instead of a message (a batch's `global.agent_message`, a single
+    send's `agent_message`)."""
+
+    campaign_id: str | None = Field(
+        None,
+        description="A campaign of this account (`/v1/campaigns`) whose template in `language`"
+        " is the message, instead of one given: a batch's rows fill its parameters from their"
+        " columns, a single send's from `params`.",
+    )
+    # None, not "english": a request that names no campaign hashes as it did before.
+    language: str | None = Field(
+        None, description="With `campaign_id`: which of its templates is sent; `english` if unset."
+    )
+
+
+class BatchRequest(CampaignMessage):
     file_id: str | None = Field(
         None, min_length=1, description="The `file_id` from `/v1/files/attach`; or `recipients`."
     )
@@ -72,15 +88,6 @@ class BatchRequest(RequestBody):
         " (`phone_number` plus fields), at most `HERALD_MAX_ROWS_PER_BATCH`.",
     )
     global_: BatchGlobal = Field(alias="global")
-    campaign_id: str | None = Field(
-        None,
-        description="A campaign of this account (`/v1/campaigns`) whose template in `language`"
-        " is the batch's message, instead of `global.agent_message`; each row fills its"
-        " parameters from its columns, as any template.",
-    )
-    language: str = Field(
-        "english", description="With `campaign_id`: which of its templates is sent."
-    )
     column_mapping: dict[str, str] | None = Field(
         None,
         description="File column → `request_data` (the field takes the column's name) or"

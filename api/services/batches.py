@@ -275,12 +275,13 @@ async def campaign_template(
     pool: asyncpg.Pool,
     account_id: uuid.UUID,
     campaign_id: str,
-    language: str,
+    language: str | None,
     message: str | None,
 ) -> tuple[dict, str]:
     """The campaign named instead of a `message`, and its template in `language`."""
     if message is not None:
         raise CampaignAndMessage("give campaign_id or a message, not both")
+    language = language or "english"
     found = await campaign_or_404(pool, account_id, campaign_id)
     template = found["templates"].get(language)
     if template is None:
