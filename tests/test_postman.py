@@ -517,3 +517,24 @@ def test_any_other_file_takes_the_row_path_whole(
     with pytest.raises(AssertionError, match="the row path was taken"):
         herald_file(content, monkeypatch, "columns")
     assert herald_file(content, monkeypatch, None) == herald_file(content, monkeypatch, "rows")
+
+
+async def test_an_address_off_the_allow_list_spends_none_of_the_campaigns_rate(
+    settings: Settings, account: Account
+) -> None:
+    limited = settings.model_copy(update={"campaign_rate_limit_per_second": 0.05})
+    async with api_client(limited) as api:
+        campaign_id = await new_campaign(api, account, allowed_ips=["192.0.2.0/24"])
+        refused = [
+            await batch_messages(api, account, campaign_id, str(uuid.uuid4())) for _ in range(3)
+        ]
+        await api.patch(
+            f"/v1/campaigns/{campaign_id}",
+            headers=account.headers,
+            json={"clear_allowed_ips": True},
+        )
+        allowed = await batch_messages(api, account, campaign_id, str(uuid.uuid4()))
+
+    assert [r.status_code for r in refused] == [401] * 3
+    # The bucket still holds its one request: the refused ones took none.
+    assert allowed.status_code == 404, allowed.text
