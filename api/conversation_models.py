@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, Field
 
-from api.models import ContentTemplate, Page, RequestBody
+from api.models import CampaignMessage, ContentTemplate, Page, RequestBody
 from workflows.contracts import SilenceTimers
 
 # Bland fields Herald accepts and keeps on the conversation, and does not act on.
@@ -60,7 +60,7 @@ class SilenceTimerFields(BaseModel):
         )
 
 
-class SendRequest(StoredFields, SilenceTimerFields, ContentTemplate):
+class SendRequest(StoredFields, SilenceTimerFields, ContentTemplate, CampaignMessage):
     user_number: str = Field(min_length=1, description="E.164 number of the person messaged.")
     agent_number: str = Field(min_length=1, description="A registered sender of the account.")
     agent_message: str | None = Field(
@@ -75,6 +75,11 @@ class SendRequest(StoredFields, SilenceTimerFields, ContentTemplate):
     metadata: dict[str, Any] | None = Field(None, description="Echoed in every webhook event.")
     webhook: AnyHttpUrl | None = Field(None, description="Receives message and status events.")
     channel: Literal["sms", "whatsapp"] = "sms"
+    params: dict[str, str] | None = Field(
+        None,
+        description="With `campaign_id`: a value for each of the campaign's parameters, none"
+        " blank, and no other.",
+    )
 
 
 class SendReply(BaseModel):

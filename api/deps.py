@@ -105,5 +105,6 @@ CarrierRead = Annotated[uuid.UUID, _requires("carrier:read")]
 CarrierWrite = Annotated[uuid.UUID, _requires("carrier:write")]
 CreateBatchSMS = Annotated[uuid.UUID, _requires("create:BatchSMS", bearer_grant)]
 ReadBatchSMS = Annotated[uuid.UUID, _requires("read:BatchSMS", bearer_grant)]
-# The Postman dialect's batch send: a Bearer key that may start batches.
+# The Postman dialect: a Bearer key that may start (and retry) batches, or read them.
 BearerBatchesWrite = Annotated[uuid.UUID, _requires("batches:write", bearer_grant)]
+BearerBatchesRead = Annotated[uuid.UUID, _requires("batches:read", bearer_grant)]

@@ -157,7 +157,23 @@ class SendWindowRequest(RequestBody):
         return self
 
 
-class BatchRequest(RequestBody):
+class CampaignMessage(RequestBody):
+    """A campaign named instead of a message (a batch's `global.agent_message`, a single
+    send's `agent_message`)."""
+
+    campaign_id: str | None = Field(
+        None,
+        description="A campaign of this account (`/v1/campaigns`) whose template in `language`"
+        " is the message, instead of one given: a batch's rows fill its parameters from their"
+        " columns, a single send's from `params`.",
+    )
+    # None, not "english": a request that names no campaign hashes as it did before.
+    language: str | None = Field(
+        None, description="With `campaign_id`: which of its templates is sent; `english` if unset."
+    )
+
+
+class BatchRequest(CampaignMessage):
     file_id: str | None = Field(
         None, min_length=1, description="The `file_id` from `/v1/files/attach`; or `recipients`."
     )

@@ -343,7 +343,12 @@ async def list_messages(
     status: str | None,
     limit: int,
     after_seq: int,
+    before_seq: int | None = None,
+    search: str | None = None,
 ) -> list[dict]:
+    """Up to `limit` rows in `seq` order: the first after `after_seq`, or, with `before_seq`,
+    the last before it; of `status` and with `search` in the number, if given."""
+    backwards = before_seq is not None
     rows = await pool.fetch(
         "SELECT m.seq, m.row_number, m.to_number, m.body, m.encoding, m.segments, m.status,"
         " m.carrier_sid, m.error_code, m.error_message, m.attempts, m.created_at, m.sent_at,"
@@ -355,14 +360,20 @@ async def list_messages(
         " AS first_clicked_at FROM short_links l WHERE l.batch_id = m.batch_id"
         " AND l.seq = m.seq) c ON true"
         " WHERE m.batch_id = $1 AND m.account_id = $2 AND m.seq > $3"
-        " AND ($4::text IS NULL OR m.status = $4) ORDER BY m.seq LIMIT $5",
+        " AND ($4::text IS NULL OR m.status = $4)"
+        " AND ($6::bigint IS NULL OR m.seq < $6)"
+        " AND ($7::text IS NULL OR strpos(m.to_number, $7) > 0)"
+        f" ORDER BY m.seq {'DESC' if backwards else ''} LIMIT $5",
         batch_id,
         account_id,
         after_seq,
         status,
         limit,
+        before_seq,
+        search,
     )
-    return [dict(r) for r in rows]
+    found = [dict(r) for r in rows]
+    return found[::-1] if backwards else found
 
 
 async def add_references(

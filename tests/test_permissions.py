@@ -54,6 +54,8 @@ NEEDS: dict[tuple[str, str], str] = {
     ("PATCH", "/v1/campaigns/{campaign_id}"): "campaigns:write",
     ("DELETE", "/v1/campaigns/{campaign_id}"): "campaigns:write",
     ("POST", "/campaigns/{campaign_id}/batch/messages"): "batches:write",
+    ("GET", "/campaigns/{campaign_id}/batch/{batch_id}/messages"): "batches:read",
+    ("POST", "/campaigns/{campaign_id}/batch/{batch_id}/retry"): "batches:write",
     ("PUT", "/v1/carrier-account"): "carrier:write",
     ("GET", "/v1/carrier-account"): "carrier:read",
     ("DELETE", "/v1/carrier-account"): "carrier:write",

@@ -47,7 +47,7 @@ from api.services.mailing_lists import list_sizes
 from api.services.numbers import InvalidSenderId
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
-from store import batches, events, files, messages, numbers, opt_outs
+from store import batches, campaigns, events, files, messages, numbers, opt_outs
 from workflows.contracts import (
     ACCOUNT_ID,
     AGENT_NUMBER,
@@ -76,6 +76,19 @@ class FileNotFound(HeraldError):
 class AgentNumberNotFound(HeraldError):
     status_code = 404
     code = "AGENT_NUMBER_NOT_FOUND"
+
+
+class CampaignNotFound(HeraldError):
+    status_code = 404
+    code = "CAMPAIGN_NOT_FOUND"
+
+
+class LanguageNotInCampaign(HeraldError):
+    code = "LANGUAGE_NOT_IN_CAMPAIGN"
+
+
+class CampaignAndMessage(HeraldError):
+    code = "CAMPAIGN_AND_MESSAGE"
 
 
 class BatchAlreadyExists(HeraldError):
@@ -152,17 +165,21 @@ async def start_batch(
     body: BatchRequest,
     *,
     senders: Mapping[int, str] | None = None,
+    campaign_id: uuid.UUID | None = None,
 ) -> BatchStarted:
-    """Record the batch and start its workflow; the same request again is the same batch.
+    """Record the batch (of `campaign_id`, if a campaign's) and start its workflow; the same
+    request again is the same batch.
 
     Inline `recipients` are stored as a JSON file first, so from there on the batch is one
     of an attached file in every way (and each such request is a new batch); so is a batch
     of mailing lists alone, with an empty file. `senders` gives rows their own sender (row
-    number -> sender, each one the account's)."""
+    number -> sender, each one the account's); `campaign_id` makes it that campaign's
+    (a Postman upload's)."""
     checked = await _checked_request(pool, settings, account_id, body)
     file_id = checked.file_id
     agent_number = checked.agent_number
     request = checked.request
+    campaign_id = checked.campaign_id or campaign_id
     await _check_lists(pool, account_id, request)
     row_senders = {
         str(row): sender
@@ -185,6 +202,7 @@ async def start_batch(
         agent_number=agent_number,
         request=request,
         request_hash=_request_hash(checked.given),
+        campaign_id=campaign_id,
     )
     if not created and batch["request_hash"] != _request_hash(checked.given):
         raise BatchAlreadyExists(
@@ -267,6 +285,8 @@ class CheckedRequest:
     agent_number: str
     given: dict[str, Any]
     request: dict[str, Any]
+    # The campaign whose template is the message, if the request named one.
+    campaign_id: uuid.UUID | None = None
 
 
 async def _checked_request(
@@ -294,6 +314,7 @@ async def _checked_request(
     if body.global_.channel == "whatsapp" and is_sender_id(agent_number):
         raise InvalidSenderId(f"sender ID {agent_number!r} can only send SMS, not whatsapp")
     given = _stored_request(body, agent_number)
+    campaign_id = await _campaign_message(pool, account_id, body, given)
     request = dict(given)
     if sender["opening_message"] and not body.global_.agent_message:
         request["opening_message"] = sender["opening_message"]
@@ -302,7 +323,13 @@ async def _checked_request(
     batch_checks.require_message(request, shape.header)
     rules = RecipientRules.from_request(request, validation_limits(settings), frozenset())
     batch_checks.require_usable_header(shape.header, rules, body.strict)
-    return CheckedRequest(file_id=file_id, agent_number=agent_number, given=given, request=request)
+    return CheckedRequest(
+        file_id=file_id,
+        agent_number=agent_number,
+        given=given,
+        request=request,
+        campaign_id=campaign_id,
+    )
 
 
 async def _file_shape(
@@ -363,6 +390,50 @@ def _timing(request: dict[str, Any]) -> Timing:
         expire_at=moment("expire_at"),
         send_window=send_window(request),
     )
+
+
+async def campaign_or_404(pool: asyncpg.Pool, account_id: uuid.UUID, campaign_id: str) -> dict:
+    found = await campaigns.get_campaign(
+        pool, account_id, parse_batch_id(campaign_id, CampaignNotFound)
+    )
+    if found is None:
+        raise CampaignNotFound(f"no campaign {campaign_id!r} in this account")
+    return found
+
+
+async def campaign_template(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    campaign_id: str,
+    language: str | None,
+    message: str | None,
+) -> tuple[dict, str]:
+    """The campaign named instead of a `message`, and its template in `language`."""
+    if message is not None:
+        raise CampaignAndMessage("give campaign_id or a message, not both")
+    language = language or "english"
+    found = await campaign_or_404(pool, account_id, campaign_id)
+    template = found["templates"].get(language)
+    if template is None:
+        raise LanguageNotInCampaign(
+            f"campaign {campaign_id} has no {language!r} template; it has"
+            f" {', '.join(found['templates'])}"
+        )
+    return found, template
+
+
+async def _campaign_message(
+    pool: asyncpg.Pool, account_id: uuid.UUID, body: BatchRequest, request: dict[str, Any]
+) -> uuid.UUID | None:
+    """With `campaign_id`, its template becomes the stored request's message (so the batch
+    keeps the text it was started with); the campaign's id, or None."""
+    if body.campaign_id is None:
+        return None
+    found, template = await campaign_template(
+        pool, account_id, body.campaign_id, body.language, body.global_.agent_message
+    )
+    request["global"]["agent_message"] = template
+    return found["id"]
 
 
 def _stored_request(body: BatchRequest, agent_number: str) -> dict[str, Any]:
