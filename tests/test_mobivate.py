@@ -36,6 +36,10 @@ async def second_sender(api: httpx.AsyncClient, account: Account, **fields: obje
     return sender
 
 
+# The second contact's city is a link: the example's `shortenUrls` then has one to shorten.
+ROME = "https://example.com/weather/rome"
+
+
 async def example_list(
     api: httpx.AsyncClient, account: Account, numbers: list[str], **body: object
 ) -> str:
@@ -43,7 +47,7 @@ async def example_list(
     created = await api.post("/v1/lists", headers=account.headers, json={"name": "l", **body})
     assert created.status_code == 201, created.text
     list_id = created.json()["data"]["id"]
-    people = [("Mary", "Paris"), ("Tom", "Rome")]
+    people = [("Mary", "Paris"), ("Tom", ROME)]
     contacts = [
         {"phone_number": number, "NAME": name, "CITY": city}
         for number, (name, city) in zip(numbers, people, strict=True)
@@ -75,7 +79,7 @@ def example_for(
 
 
 async def test_the_documented_example_sends_each_recipient_its_own_text(
-    api: httpx.AsyncClient, account: Account, emulator_url: str
+    api: httpx.AsyncClient, account: Account, emulator_url: str, settings: Settings
 ) -> None:
     numbers = unique_numbers(5)
     custom = await second_sender(api, account)
@@ -104,16 +108,21 @@ async def test_the_documented_example_sends_each_recipient_its_own_text(
     assert batch["name"] == "My Campaign"
     assert batch["workflow_id"] == f"sms-batch-{batch_id}"
     received = [m for n in numbers for m in await emulator_messages(emulator_url, to=n)]
+    short = received[4]["body"].removeprefix("Hello Tom, how is the weather in ").removesuffix("?")
+    assert short.startswith(f"{settings.api_url}/s/")
     assert [(m["to"], m["from"], m["body"]) for m in received] == [
         (numbers[0], account.agent_number, "Hello John, how is the weather in London?"),
         (numbers[1], account.agent_number, "Hello Jack, how is the weather in Dublin?"),
         (numbers[2], custom, "Hello Michael. How are you?"),
         (numbers[3], account.agent_number, "Hello Mary, how is the weather in Paris?"),
-        (numbers[4], account.agent_number, "Hello Tom, how is the weather in Rome?"),
+        (numbers[4], account.agent_number, f"Hello Tom, how is the weather in {short}?"),
     ]
+    followed = await api.get(short.removeprefix(settings.api_url))
+    assert (followed.status_code, followed.headers["location"]) == (302, ROME)
     ledger = (await api.get(f"/v1/sms/batch/{batch_id}/messages", headers=account.headers)).json()[
         "data"
     ]["messages"]
+    assert [m["clicks"] for m in ledger] == [0, 0, 0, 0, 1]
     assert [(m["to_number"], m["reference"], m["from_number"], m["status"]) for m in ledger] == [
         (numbers[0], "aaa", None, "sent"),
         (numbers[1], "bbb", None, "sent"),
@@ -149,10 +158,9 @@ async def test_the_example_as_written_is_sent_and_its_impossible_numbers_reporte
         (r["row_number"], r["value"], r["code"]) for r in rejected.json()["data"]["rejected_rows"]
     ] == [(row, f"447900000000{row}", "invalid_number") for row in (1, 2, 3)]
     received = [m for n in contacts for m in await emulator_messages(emulator_url, to=n)]
-    assert [m["body"] for m in received] == [
-        "Hello Mary, how is the weather in Paris?",
-        "Hello Tom, how is the weather in Rome?",
-    ]
+    assert received[0]["body"] == "Hello Mary, how is the weather in Paris?"
+    assert received[1]["body"].startswith("Hello Tom, how is the weather in http")
+    assert ROME not in received[1]["body"]
 
 
 async def test_a_recipients_originator_sends_it_at_that_senders_own_pace(
