@@ -183,8 +183,10 @@ async def row_contents(
 
 
 async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome]) -> None:
-    """Write every outcome of a slice in one statement; only rows still `sending` move. Then
-    apply the receipts that came before their sids were written.
+    """Write every outcome of a slice in one statement; only rows still `sending` move, and
+    `uncertain` ones to a definite answer: an attempt presumed dead (its rows made `uncertain`
+    by the next) that lived on and heard the carrier's answer settles them. Then apply the
+    receipts that came before their sids were written.
 
     The two statements commit one after the other, and a receipt is kept before it is
     applied (receipts.record_receipt): whichever side writes second sees the first, so no
@@ -201,7 +203,8 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
         " attempts = m.attempts - (o.opens IS NOT NULL)::int"
         " FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"
         " $7::timestamptz[]) AS o(seq, status, sid, code, msg, opens)"
-        " WHERE m.batch_id = $1 AND m.seq = o.seq AND m.status = 'sending'",
+        " WHERE m.batch_id = $1 AND m.seq = o.seq AND (m.status = 'sending'"
+        " OR (m.status = 'uncertain' AND o.status IN ('sent', 'failed')))",
         batch_id,
         [o.seq for o in outcomes],
         [o.status for o in outcomes],
