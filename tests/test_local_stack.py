@@ -132,21 +132,7 @@ def test_restart_keeps_data_and_workflow_history(stack_env: dict[str, str]) -> N
             f"{dev['api_url']}/v1/sms/numbers", headers=headers, json={"number": "+15005550010"}
         )
         assert added.status_code == 201, added.text
-        attached = httpx.post(
-            f"{dev['api_url']}/v1/files/attach",
-            headers=headers,
-            data={"file_type": "batches"},
-            files={"file": ("one.csv", b"phone_number\n+12015550123\n", "text/csv")},
-        )
-        file_id = attached.json()["data"]["file_id"]
-        started = httpx.post(
-            f"{dev['api_url']}/v1/sms/batch",
-            headers=headers,
-            json={
-                "file_id": file_id,
-                "global": {"agent_number": dev["agent_number"], "agent_message": "persisted"},
-            },
-        )
+        file_id, started = start_dev_batch(dev, b"phone_number\n+12015550123\n", "persisted")
         assert started.status_code == 200, started.text
 
     with launched(stack_env) as (_, again):
@@ -175,6 +161,30 @@ def test_restart_keeps_data_and_workflow_history(stack_env: dict[str, str]) -> N
     assert batch["data"]["workflow_id"] == f"sms-batch-{file_id}"
     assert described.returncode == 0, described.stderr
     assert f"sms-batch-{file_id}" in described.stdout
+
+
+def start_dev_batch(
+    dev: dict[str, str], content: bytes, message: str
+) -> tuple[str, httpx.Response]:
+    """Attach `content` as the development account and start a batch of it with `message`:
+    (file_id, the start's response)."""
+    headers = {"authorization": dev["api_key"]}
+    attached = httpx.post(
+        f"{dev['api_url']}/v1/files/attach",
+        headers=headers,
+        data={"file_type": "batches"},
+        files={"file": ("r.csv", content, "text/csv")},
+    )
+    file_id = attached.json()["data"]["file_id"]
+    started = httpx.post(
+        f"{dev['api_url']}/v1/sms/batch",
+        headers=headers,
+        json={
+            "file_id": file_id,
+            "global": {"agent_number": dev["agent_number"], "agent_message": message},
+        },
+    )
+    return file_id, started
 
 
 def wait_for_batch(
@@ -210,20 +220,8 @@ def test_the_emulators_receipts_reach_the_api_and_mark_messages_delivered(
             f"{dev['emulator_url']}/_emulator/config",
             json={"latency_jitter_ms": 1000, "undelivered_rate": 0.3},
         )
-        attached = httpx.post(
-            f"{dev['api_url']}/v1/files/attach",
-            headers=headers,
-            data={"file_type": "batches"},
-            files={"file": ("r.csv", csv_bytes(["phone_number"], [[n] for n in numbers]))},
-        )
-        file_id = attached.json()["data"]["file_id"]
-        started = httpx.post(
-            f"{dev['api_url']}/v1/sms/batch",
-            headers=headers,
-            json={
-                "file_id": file_id,
-                "global": {"agent_number": dev["agent_number"], "agent_message": "receipts"},
-            },
+        file_id, started = start_dev_batch(
+            dev, csv_bytes(["phone_number"], [[n] for n in numbers]), "receipts"
         )
         batch = wait_for_batch(dev, file_id, lambda b: b["counts"].get("sent", 0) == 0)
         rows = httpx.get(
@@ -257,24 +255,12 @@ def test_workers_killed_mid_batch_are_started_again_and_the_batch_finishes(
 ) -> None:
     numbers = unique_numbers(2_000)
     with launched(stack_env) as (launcher, dev):
-        headers = {"authorization": dev["api_key"]}
         # Slow answers, so the batch is still sending when its workers die.
         httpx.post(f"{dev['emulator_url']}/_emulator/config", json={"latency_ms": 100})
-        attached = httpx.post(
-            f"{dev['api_url']}/v1/files/attach",
-            headers=headers,
-            data={"file_type": "batches"},
-            files={"file": ("r.csv", csv_bytes(["phone_number"], [[n] for n in numbers]))},
+        file_id, started = start_dev_batch(
+            dev, csv_bytes(["phone_number"], [[n] for n in numbers]), "survives"
         )
-        file_id = attached.json()["data"]["file_id"]
-        httpx.post(
-            f"{dev['api_url']}/v1/sms/batch",
-            headers=headers,
-            json={
-                "file_id": file_id,
-                "global": {"agent_number": dev["agent_number"], "agent_message": "survives"},
-            },
-        ).raise_for_status()
+        started.raise_for_status()
         wait_for_batch(dev, file_id, lambda b: False, until=lambda b: on_the_way(b["counts"]))
         workers = [
             c
@@ -284,7 +270,7 @@ def test_workers_killed_mid_batch_are_started_again_and_the_batch_finishes(
         for worker in workers:
             worker.kill()
         httpx.post(f"{dev['emulator_url']}/_emulator/config", json={"latency_ms": 0})
-        batch = wait_for_batch(dev, file_id, lambda b: True, seconds=120)
+        batch = wait_for_batch(dev, file_id, lambda b: True, seconds=300)
         still_running = launcher.poll() is None
     assert launcher.stdout is not None
     said = launcher.stdout.read()
@@ -317,21 +303,8 @@ def test_postgres_and_temporal_killed_are_started_again_on_their_data(
                     break
             time.sleep(0.5)
         after = httpx.get(f"{dev['api_url']}/v1/sms/numbers", headers=headers).json()["data"]
-        attached = httpx.post(
-            f"{dev['api_url']}/v1/files/attach",
-            headers=headers,
-            data={"file_type": "batches"},
-            files={"file": ("r.csv", b"phone_number\n+12015550126\n", "text/csv")},
-        )
-        file_id = attached.json()["data"]["file_id"]
-        httpx.post(
-            f"{dev['api_url']}/v1/sms/batch",
-            headers=headers,
-            json={
-                "file_id": file_id,
-                "global": {"agent_number": dev["agent_number"], "agent_message": "again"},
-            },
-        ).raise_for_status()
+        file_id, started = start_dev_batch(dev, b"phone_number\n+12015550126\n", "again")
+        started.raise_for_status()
         batch = wait_for_batch(dev, file_id, lambda b: True, seconds=60)
         still_running = launcher.poll() is None
     assert launcher.stdout is not None
