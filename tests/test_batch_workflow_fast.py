@@ -325,3 +325,28 @@ async def test_continue_as_new_hands_over_and_sends_every_row_once(
     ]
     assert result.status == S.COMPLETED
     assert result.counts.successful == 7
+
+
+async def test_rows_waiting_for_their_window_hold_back_no_later_chunk(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # One chunk at a time; the first chunk's rows wait 10 hours for their window, the second
+    # chunk's may go now: they go before the first chunk's window opens.
+    stubs = StubActivities(recipients=6, outside_window={0, 1, 2})
+    stubs.window_opens = (await time_skipping.get_current_time()).timestamp() + 10 * 3600
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=3, slice_size=3, chunk_window=1),
+            timing=Timing(send_window=SendWindow(start="09:00", end="17:00")),
+        )
+        result = await result_of(handle)
+    sends = [(call.input.start, call.at) for call in stubs.calls["send_slice"]]
+    [later_chunk] = [at for start, at in sends if start == 3]
+    waiting = [at for start, at in sends if start == 0]
+    assert later_chunk < stubs.window_opens
+    # The first chunk's rows: once in the first pass, once in the pass at their opening.
+    assert len(waiting) == 2 and waiting[0] < later_chunk and waiting[1] >= stubs.window_opens
+    assert stubs.sent == set(range(6))
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
