@@ -225,6 +225,38 @@ async def test_send_window(
     await save_batch(temporal, file_id, "send_window", chunks={0: "send_window"})
 
 
+async def test_send_window_passes(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    temporal: Client,
+) -> None:
+    # Two chunks: the first of Tokyo rows waiting for a window that opens at Tokyo's next
+    # minute, the second of Sydney rows inside it. The first chunk hands its rows back; the
+    # batch sends the second, then passes over the first range again when the window opens.
+    if datetime.now(UTC).second > 45:
+        await asyncio.sleep(60 - datetime.now(UTC).second)
+    opens = datetime.now(ZoneInfo("Asia/Tokyo")) + timedelta(minutes=1)
+    window = {
+        "start": opens.strftime("%H:%M"),
+        "end": (opens + timedelta(hours=3)).strftime("%H:%M"),
+    }
+    numbers = unique_numbers_in("+813", 8, SMALL["chunk_size"]) + unique_numbers_in("+612", 8, 3)
+    file_id, marker = await start_marked_batch(api, account, webhooks, numbers, send_window=window)
+    final = await finished(webhooks, marker)
+    assert (final["status"], final["messages_successful"]) == ("completed", len(numbers))
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    opened = opens.replace(second=0, microsecond=0).timestamp()
+    tokyo = [
+        datetime.fromisoformat(m["received_at"]).timestamp()
+        for m in received
+        if m["to"] in numbers[: SMALL["chunk_size"]]
+    ]
+    assert min(tokyo) >= opened
+    await save_batch(temporal, file_id, "send_window_passes", chunks={0: "send_window_hand_back"})
+
+
 async def test_expired(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
 ) -> None:
