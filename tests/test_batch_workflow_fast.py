@@ -350,3 +350,26 @@ async def test_rows_waiting_for_their_window_hold_back_no_later_chunk(
     assert len(waiting) == 2 and waiting[0] < later_chunk and waiting[1] >= stubs.window_opens
     assert stubs.sent == set(range(6))
     assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
+
+
+async def test_ranges_waiting_for_their_window_are_carried_over_a_continue_as_new(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # 3 chunks of 2 rows, 2 chunks a run: the first run ends with chunk 0's rows waiting, and
+    # the next run, after chunk 2, sends them when their window opens.
+    stubs = StubActivities(recipients=6, outside_window={0, 1})
+    stubs.window_opens = (await time_skipping.get_current_time()).timestamp() + 10 * 3600
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=2, slice_size=2, chunks_per_run=2),
+            timing=Timing(send_window=SendWindow(start="09:00", end="17:00")),
+        )
+        result = await result_of(handle)
+    calls = stubs.calls["send_slice"]
+    again = [call for call in calls if call.input.start == 0][1:]
+    assert len(again) == 1 and again[0].at >= stubs.window_opens
+    assert len({call.run_id for call in stubs.calls["record_status"]}) == 2
+    assert stubs.sent == set(range(6))
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
