@@ -327,21 +327,29 @@ async def test_continue_as_new_hands_over_and_sends_every_row_once(
     assert result.counts.successful == 7
 
 
+async def run_waiting_batch(
+    env: WorkflowEnvironment, stubs: StubActivities, dispatch: DispatchSettings
+) -> BatchResult:
+    """A batch with a send window, whose `stubs.outside_window` rows wait 10 hours for it."""
+    stubs.window_opens = (await env.get_current_time()).timestamp() + 10 * 3600
+    async with stub_worker(env, stubs) as queue:
+        handle = await start_batch(
+            env,
+            queue,
+            dispatch=dispatch,
+            timing=Timing(send_window=SendWindow(start="09:00", end="17:00")),
+        )
+        return await result_of(handle)
+
+
 async def test_rows_waiting_for_their_window_hold_back_no_later_chunk(
     time_skipping: WorkflowEnvironment,
 ) -> None:
     # One chunk at a time; the first chunk's rows wait 10 hours for their window, the second
     # chunk's may go now: they go before the first chunk's window opens.
     stubs = StubActivities(recipients=6, outside_window={0, 1, 2})
-    stubs.window_opens = (await time_skipping.get_current_time()).timestamp() + 10 * 3600
-    async with stub_worker(time_skipping, stubs) as queue:
-        handle = await start_batch(
-            time_skipping,
-            queue,
-            dispatch=DispatchSettings(chunk_size=3, slice_size=3, chunk_window=1),
-            timing=Timing(send_window=SendWindow(start="09:00", end="17:00")),
-        )
-        result = await result_of(handle)
+    dispatch = DispatchSettings(chunk_size=3, slice_size=3, chunk_window=1)
+    result = await run_waiting_batch(time_skipping, stubs, dispatch)
     sends = [(call.input.start, call.at) for call in stubs.calls["send_slice"]]
     [later_chunk] = [at for start, at in sends if start == 3]
     waiting = [at for start, at in sends if start == 0]
@@ -358,15 +366,8 @@ async def test_ranges_waiting_for_their_window_are_carried_over_a_continue_as_ne
     # 3 chunks of 2 rows, 2 chunks a run: the first run ends with chunk 0's rows waiting, and
     # the next run, after chunk 2, sends them when their window opens.
     stubs = StubActivities(recipients=6, outside_window={0, 1})
-    stubs.window_opens = (await time_skipping.get_current_time()).timestamp() + 10 * 3600
-    async with stub_worker(time_skipping, stubs) as queue:
-        handle = await start_batch(
-            time_skipping,
-            queue,
-            dispatch=DispatchSettings(chunk_size=2, slice_size=2, chunks_per_run=2),
-            timing=Timing(send_window=SendWindow(start="09:00", end="17:00")),
-        )
-        result = await result_of(handle)
+    dispatch = DispatchSettings(chunk_size=2, slice_size=2, chunks_per_run=2)
+    result = await run_waiting_batch(time_skipping, stubs, dispatch)
     calls = stubs.calls["send_slice"]
     again = [call for call in calls if call.input.start == 0][1:]
     assert len(again) == 1 and again[0].at >= stubs.window_opens
