@@ -1,19 +1,13 @@
 """One log stream per process: structlog's lines and the standard library's (temporalio,
 uvicorn, asyncpg, twilio, warnings) go through the same processors, as JSON lines, or
 readable ones on a terminal. Lines carry `request_id` (API), `batch_id`, `workflow_id` and
-`activity` (worker) where known."""
+`activity` (worker, activities/log_context.py) where known."""
 
 import logging
 import sys
 from typing import Any
 
 import structlog
-from temporalio import activity
-from temporalio.worker import (
-    ActivityInboundInterceptor,
-    ExecuteActivityInput,
-    Interceptor,
-)
 
 # uvicorn sets up its own handlers before it loads the app; its lines are sent to the root.
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
@@ -72,23 +66,3 @@ def configure_logging(level: str = "INFO") -> None:
     logging.captureWarnings(True)
     # twilio logs every request and response at INFO: one line per message sent.
     logging.getLogger("twilio").setLevel(max(logging.WARNING, numeric))
-
-
-class LogContext(Interceptor):
-    """Binds `activity`, `workflow_id` and (when its input has one) `batch_id` for every
-    structlog line an activity writes."""
-
-    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        return _ActivityLogContext(next)
-
-
-class _ActivityLogContext(ActivityInboundInterceptor):
-    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        info = activity.info()
-        batch_id = getattr(input.args[0], "batch_id", None) if input.args else None
-        context: dict[str, Any] = {"activity": info.activity_type, "workflow_id": info.workflow_id}
-        if batch_id is not None:
-            context["batch_id"] = str(batch_id)
-        # Each activity runs in a task of its own: the binding ends with it.
-        with structlog.contextvars.bound_contextvars(**context):
-            return await self.next.execute_activity(input)

@@ -1,19 +1,21 @@
 """OpenTelemetry traces, off unless OTEL_EXPORTER_OTLP_ENDPOINT is set: the API's requests
 (FastAPI's instrumentation) and, through Temporal's TracingInterceptor on the client, the
 workflows they start and those workflows' activities, in one trace. The exporter reads the
-standard OTEL_* variables (endpoint, headers, service name)."""
+standard OTEL_* variables (endpoint, headers, service name).
+
+The OpenTelemetry SDK, its exporter and instrumentations load only when tracing is on: a
+process that traces nothing does not carry them (nor temporalio's worker, which Temporal's
+TracingInterceptor imports)."""
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from temporalio.client import Interceptor
-from temporalio.contrib.opentelemetry import TracingInterceptor
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
 
@@ -22,12 +24,17 @@ ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
 class Tracing:
     """Where a process's spans go; `None` for a process that traces nothing."""
 
-    provider: TracerProvider
+    provider: "TracerProvider"
 
     @classmethod
     def from_env(cls, service: str) -> "Tracing | None":
         if not os.environ.get(ENDPOINT_VARIABLE):
             return None
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
         # Attributes given here would win over OTEL_SERVICE_NAME: it is read first.
         name = os.environ.get("OTEL_SERVICE_NAME") or service
         resource = Resource.create({SERVICE_NAME: name})
@@ -37,9 +44,13 @@ class Tracing:
 
     def interceptors(self) -> list[Interceptor]:
         """For the Temporal client; a worker built on that client takes them too."""
+        from temporalio.contrib.opentelemetry import TracingInterceptor
+
         return [TracingInterceptor(self.provider.get_tracer("herald"))]
 
     def instrument(self, app: FastAPI) -> None:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
         FastAPIInstrumentor.instrument_app(app, tracer_provider=self.provider)
 
 

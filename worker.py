@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 
 from activities.conversations import ConversationActivities
 from activities.ledger import LedgerActivities
+from activities.log_context import LogContext
 from activities.providers.twilio import TwilioCarrier
 from activities.recipients.phone_columns import prepare as prepare_validation
 from activities.reconciliation import ReconciliationActivities
@@ -23,7 +24,7 @@ from activities.status_events import StatusEventActivities
 from activities.validation import ValidationActivities
 from deploy.healthcheck import touch_while_running
 from egress import PinnedTransport
-from logs import LogContext, configure_logging
+from logs import configure_logging
 from metrics import MetricsServer, WorkerMetrics
 from settings import Settings, get_settings
 from store.db import create_pool, migrate

@@ -325,3 +325,52 @@ async def test_continue_as_new_hands_over_and_sends_every_row_once(
     ]
     assert result.status == S.COMPLETED
     assert result.counts.successful == 7
+
+
+async def run_waiting_batch(
+    env: WorkflowEnvironment, stubs: StubActivities, dispatch: DispatchSettings
+) -> BatchResult:
+    """A batch with a send window, whose `stubs.outside_window` rows wait 10 hours for it."""
+    stubs.window_opens = (await env.get_current_time()).timestamp() + 10 * 3600
+    async with stub_worker(env, stubs) as queue:
+        handle = await start_batch(
+            env,
+            queue,
+            dispatch=dispatch,
+            timing=Timing(send_window=SendWindow(start="09:00", end="17:00")),
+        )
+        return await result_of(handle)
+
+
+async def test_rows_waiting_for_their_window_hold_back_no_later_chunk(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # One chunk at a time; the first chunk's rows wait 10 hours for their window, the second
+    # chunk's may go now: they go before the first chunk's window opens.
+    stubs = StubActivities(recipients=6, outside_window={0, 1, 2})
+    dispatch = DispatchSettings(chunk_size=3, slice_size=3, chunk_window=1)
+    result = await run_waiting_batch(time_skipping, stubs, dispatch)
+    sends = [(call.input.start, call.at) for call in stubs.calls["send_slice"]]
+    [later_chunk] = [at for start, at in sends if start == 3]
+    waiting = [at for start, at in sends if start == 0]
+    assert later_chunk < stubs.window_opens
+    # The first chunk's rows: once in the first pass, once in the pass at their opening.
+    assert len(waiting) == 2 and waiting[0] < later_chunk and waiting[1] >= stubs.window_opens
+    assert stubs.sent == set(range(6))
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
+
+
+async def test_ranges_waiting_for_their_window_are_carried_over_a_continue_as_new(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # 3 chunks of 2 rows, 2 chunks a run: the first run ends with chunk 0's rows waiting, and
+    # the next run, after chunk 2, sends them when their window opens.
+    stubs = StubActivities(recipients=6, outside_window={0, 1})
+    dispatch = DispatchSettings(chunk_size=2, slice_size=2, chunks_per_run=2)
+    result = await run_waiting_batch(time_skipping, stubs, dispatch)
+    calls = stubs.calls["send_slice"]
+    again = [call for call in calls if call.input.start == 0][1:]
+    assert len(again) == 1 and again[0].at >= stubs.window_opens
+    assert len({call.run_id for call in stubs.calls["record_status"]}) == 2
+    assert stubs.sent == set(range(6))
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 6)

@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         SendCounts,
         StatusUpdate,
         ValidateInput,
+        WaitingRange,
     )
     from workflows.retries import DB_RETRY, VALIDATE_RETRY
     from workflows.statuses import BatchStatus, LedgerStatus
@@ -49,6 +50,9 @@ with workflow.unsafe.imports_passed_through():
 PROGRESS_EVERY = timedelta(seconds=1)
 # Patch ids (docs/WORKFLOWS.md): runs recorded before them replay without the step.
 RECONCILE_PATCH = "batch-reconcile-uncertain"
+# Chunks of a batch with a send window hand back their waiting rows, and the batch passes over
+# them again when their window opens, so that they hold back no other row.
+WINDOW_PASSES_PATCH = "batch-send-window-passes"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -68,7 +72,10 @@ class BatchWorkflow:
         self._resume_status = BatchStatus.QUEUED
         self._cancel_reason: str | None = None
         self._expired = False
-        self._chunks: dict[int, workflow.ChildWorkflowHandle[ChunkWorkflow, SendCounts]] = {}
+        # By child workflow name.
+        self._chunks: dict[str, workflow.ChildWorkflowHandle[ChunkWorkflow, SendCounts]] = {}
+        # Whether chunks hand back rows waiting for their send window (WINDOW_PASSES_PATCH).
+        self._window_passes = False
         # Insertion-ordered, like everything a workflow iterates: a set's order follows
         # memory addresses, which differ on replay.
         self._chunk_tasks: dict[asyncio.Task[None], None] = {}
@@ -277,6 +284,9 @@ class BatchWorkflow:
         dispatch = self._input.dispatch
         chunks = -(-state.recipients // dispatch.chunk_size)
         started_here = 0
+        self._window_passes = state.pace.send_window is not None and workflow.patched(
+            WINDOW_PASSES_PATCH
+        )
         while state.next_chunk < chunks and not self._stopped:
             if (
                 started_here >= dispatch.chunks_per_run
@@ -286,13 +296,7 @@ class BatchWorkflow:
                 if self._cancel_reason is None:
                     return None
                 break
-            await workflow.wait_condition(
-                lambda: (
-                    (len(self._chunk_tasks) < dispatch.chunk_window and not self._paused)
-                    or self._cancel_reason is not None
-                )
-            )
-            if self._cancel_reason is not None:
+            if not await self._chunk_place():
                 break
             index = state.next_chunk
             state.next_chunk += 1
@@ -301,13 +305,71 @@ class BatchWorkflow:
             self._chunk_tasks[task] = None
             task.add_done_callback(self._forget_chunk_task)
         await self._chunks_finished()
+        if self._window_passes and not await self._pass_waiting(state, started_here):
+            return None
         return await self._finish()
+
+    async def _chunk_place(self) -> bool:
+        """Wait for a place among the chunks in flight; False when the batch is cancelled."""
+        window = self._input.dispatch.chunk_window
+        await workflow.wait_condition(
+            lambda: (
+                (len(self._chunk_tasks) < window and not self._paused)
+                or self._cancel_reason is not None
+            )
+        )
+        return self._cancel_reason is None
+
+    async def _pass_waiting(self, state: DispatchState, started_here: int) -> bool:
+        """Send the rows that waited for their send window: sleep until the first of them
+        opens (one durable timer a pass), then run a chunk over each range whose window has
+        opened, and again while rows wait. False when this run should continue as new first
+        (the ranges left are in `state`)."""
+        dispatch = self._input.dispatch
+        while state.waiting and not self._stopped:
+            await self._sleep_while_sending(min(r.opens for r in state.waiting))
+            if self._stopped:
+                break
+            now = workflow.now().timestamp()
+            due = [r for r in state.waiting if r.opens <= now]
+            state.waiting = [r for r in state.waiting if r.opens > now]
+            state.window_passes += 1
+            for number, waiting in enumerate(due):
+                if (
+                    started_here >= dispatch.chunks_per_run
+                    or workflow.info().is_continue_as_new_suggested()
+                ):
+                    await self._chunks_finished()
+                    state.waiting.extend(due[number:])
+                    return self._cancel_reason is not None
+                if not await self._chunk_place():
+                    break
+                started_here += 1
+                name = f"waiting-{state.window_passes}-{waiting.start}"
+                task = asyncio.create_task(
+                    self._send_range(state, waiting.start, waiting.end, name, hand_back=True)
+                )
+                self._chunk_tasks[task] = None
+                task.add_done_callback(self._forget_chunk_task)
+            await self._chunks_finished()
+        return True
+
+    async def _sleep_while_sending(self, moment: float) -> None:
+        """A durable timer until `moment` that a cancel or the expiry cuts short."""
+        delay = moment - workflow.now().timestamp()
+        if delay > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._stopped, timeout=timedelta(seconds=delay)
+                )
 
     async def _run_chunk(self, state: DispatchState, index: int) -> None:
         dispatch = self._input.dispatch
         start = index * dispatch.chunk_size
         end = min(start + dispatch.chunk_size, state.recipients)
-        await self._send_range(state, start, end, f"chunk-{index}", index)
+        await self._send_range(
+            state, start, end, f"chunk-{index}", index, hand_back=self._window_passes
+        )
         state.dispatched += end - start
         now = workflow.now().timestamp()
         if now - self._last_progress >= PROGRESS_EVERY.total_seconds() and not self._paused:
@@ -322,10 +384,18 @@ class BatchWorkflow:
             )
 
     async def _send_range(
-        self, state: DispatchState, start: int, end: int, name: str, index: int = -1
+        self,
+        state: DispatchState,
+        start: int,
+        end: int,
+        name: str,
+        index: int = -1,
+        *,
+        hand_back: bool = False,
     ) -> None:
         """Send the pending rows of seqs [start, end) in a ChunkWorkflow named `name`, steered
-        by this batch's signals like every chunk."""
+        by this batch's signals like every chunk. With `hand_back`, rows waiting for their
+        send window are left to `_pass_waiting`."""
         dispatch = self._input.dispatch
         handle = await workflow.start_child_workflow(
             ChunkWorkflow.run,
@@ -339,10 +409,11 @@ class BatchWorkflow:
                 slices_in_flight=dispatch.slices_in_flight,
                 pace=state.pace,
                 send_heartbeat_timeout_seconds=dispatch.send_heartbeat_timeout_seconds,
+                hand_back_waiting=hand_back,
             ),
             id=f"{workflow.info().workflow_id}/{name}",
         )
-        self._chunks[index] = handle
+        self._chunks[name] = handle
         try:
             if self._stopped:
                 await handle.signal(ChunkWorkflow.stop)
@@ -350,11 +421,13 @@ class BatchWorkflow:
                 await handle.signal(ChunkWorkflow.pause)
             counts = await handle
         finally:
-            del self._chunks[index]
+            del self._chunks[name]
         if index >= 0:
             self._chunks_done += 1
         self._totals.sent += counts.sent
         self._totals.failed += counts.failed
+        if counts.waiting:
+            state.waiting.append(WaitingRange(start=start, end=end, opens=counts.next_window))
 
     def _forget_chunk_task(self, task: asyncio.Task[None]) -> None:
         self._chunk_tasks.pop(task, None)

@@ -21,6 +21,9 @@ with workflow.unsafe.imports_passed_through():
 # Patch id (docs/WORKFLOWS.md): a slice with rows outside their send window runs again when
 # the window opens.
 SEND_WINDOW_PATCH = "chunk-send-window-wait"
+# Patch id: a chunk of a batch that passes over its waiting rows again (`hand_back_waiting`)
+# leaves them `pending` and ends, reporting them, instead of waiting for their window.
+HAND_BACK_PATCH = "chunk-window-hand-back"
 SPREAD_SLICE_SECONDS = 300
 # A spread slice's activity starts this early, to claim its rows before its first send time.
 SPREAD_LEAD_SECONDS = 2
@@ -113,6 +116,9 @@ class ChunkWorkflow:
                 self._counts.failed += counts.failed
                 if not counts.waiting or not workflow.patched(SEND_WINDOW_PATCH):
                     return
+                if input.hand_back_waiting and workflow.patched(HAND_BACK_PATCH):
+                    self._hand_back(counts)
+                    return
                 # Rows outside their send window: the slice runs again when the first of
                 # them opens, giving up its place in flight meanwhile.
                 self._in_flight -= 1
@@ -123,6 +129,14 @@ class ChunkWorkflow:
                     self._in_flight += 1
         finally:
             self._in_flight -= 1
+
+    def _hand_back(self, counts: SendCounts) -> None:
+        """Count a slice's waiting rows in the chunk's result, for the batch to send later."""
+        first = self._counts.next_window
+        self._counts.next_window = (
+            min(first, counts.next_window) if self._counts.waiting else counts.next_window
+        )
+        self._counts.waiting += counts.waiting
 
     async def _take_place(self, places: int) -> None:
         """Wait for a place among the slices in flight (or a stop)."""

@@ -122,6 +122,16 @@ class Pace:
 
 
 @dataclass(kw_only=True)
+class WaitingRange:
+    """Seqs [start, end) of a batch, some of whose rows wait for their send window; the first
+    of those opens at `opens` (Unix time)."""
+
+    start: int
+    end: int
+    opens: float
+
+
+@dataclass(kw_only=True)
 class DispatchState:
     """What a BatchWorkflow run hands to the next one when it continues as new."""
 
@@ -138,6 +148,10 @@ class DispatchState:
     chunks_done: int = 0
     sent: int = 0
     failed: int = 0
+    # Seq ranges whose rows wait for their send window, for the passes after the first.
+    waiting: list[WaitingRange] = field(default_factory=list)
+    # Passes over waiting rows so far: they name their chunks.
+    window_passes: int = 0
 
 
 @dataclass(kw_only=True)
@@ -242,6 +256,9 @@ class ChunkInput:
     send_heartbeat_timeout_seconds: float = 30.0
     # Empty in chunks started before it was passed down: their sends read the batch row.
     account_id: str = ""
+    # Rows outside their send window are left `pending` and counted in the result (the batch
+    # passes over them again) rather than waited for in the chunk.
+    hand_back_waiting: bool = False
 
 
 @dataclass(kw_only=True)
@@ -259,8 +276,9 @@ class SendSliceInput:
 class SendCounts:
     sent: int = 0
     failed: int = 0
-    # Rows of the slice left `pending` outside their send window, and when the first of
-    # them opens (Unix time); the chunk sends the slice again then.
+    # Rows of the slice (or of the chunk, for one that hands them back) left `pending`
+    # outside their send window, and when the first of them opens (Unix time); the chunk
+    # sends the slice again then, or the batch the chunk's range.
     waiting: int = 0
     next_window: float = 0.0
 

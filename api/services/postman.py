@@ -12,17 +12,19 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import IO, Any, BinaryIO, TextIO, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, TextIO, cast
 
 import asyncpg
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 
-from activities.recipients.frames import pl
-from activities.recipients.phone_columns import possible_e164_column, valid_e164_column
 from activities.recipients.phones import possible_e164s, valid_e164s
 from activities.recipients.rows import MESSAGE_COLUMN, PHONE_COLUMN, REQUEST_DATA_PREFIX
 from api.errors import HeraldError
+
+if TYPE_CHECKING:
+    # polars is imported where an upload is converted, not with the API (its memory).
+    from activities.recipients.frames import pl
 from api.limits import RateLimited
 from api.models import BatchRequest
 from api.postman_models import (
@@ -220,8 +222,11 @@ def _convert_columns(
 
 def _plain_block(
     header_line: bytes, block: bytes, header: list[str], templates: dict[str, str]
-) -> pl.DataFrame:
+) -> "pl.DataFrame":
     """The block's rows, once each is known right: _NotPlain otherwise."""
+    from activities.recipients.frames import pl
+    from activities.recipients.phone_columns import possible_e164_column, valid_e164_column
+
     if _NOT_PLAIN.search(block):
         raise _NotPlain
     lines = block.count(b"\n") + (not block.endswith(b"\n"))
@@ -251,8 +256,10 @@ def _plain_block(
 
 
 def _herald_rows(
-    frame: pl.DataFrame, header: list[str], templates: dict[str, str], main_language: str
+    frame: "pl.DataFrame", header: list[str], templates: dict[str, str], main_language: str
 ) -> str:
+    from activities.recipients.frames import pl
+
     # Null, not "": written without quotes, so a file of one language is plain CSV, which
     # the batch's validation reads by columns.
     messages = {

@@ -1,10 +1,5 @@
 """Whether the carrier account owns a sender number, asked before the number is registered."""
 
-import aiohttp
-from twilio.base.exceptions import TwilioException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.rest import Client
-
 from api.errors import HeraldError
 from settings import Settings
 
@@ -32,6 +27,12 @@ async def require_carrier_owns(
     # WhatsApp senders are approved per business profile, not listed as incoming numbers.
     if channel != "sms" or (credentials is None and not settings.checks_sender_ownership):
         return
+    # The twilio client (and aiohttp) load at the first check, not with the API (~25 MB).
+    import aiohttp
+    from twilio.base.exceptions import TwilioException
+    from twilio.http.async_http_client import AsyncTwilioHttpClient
+    from twilio.rest import Client
+
     http = AsyncTwilioHttpClient(timeout=settings.carrier_timeout_seconds)
     client = Client(
         *(

@@ -194,15 +194,9 @@ async def test_spread(
     await save_batch(temporal, file_id, "spread", chunks={0: "spread"})
 
 
-async def test_send_window(
-    api: httpx.AsyncClient,
-    account: Account,
-    webhooks: WebhookReceiver,
-    temporal: Client,
-    emulator_url: str,
-) -> None:
-    # A window opening at Tokyo's next minute, for three hours: Sydney (two hours ahead of
-    # Tokyo in its summer, one in its winter) is inside it at once, Tokyo waits for it.
+async def window_at_tokyos_next_minute() -> tuple[float, dict[str, str]]:
+    """A send window opening at Tokyo's next minute, for three hours (Sydney, one or two
+    hours ahead of Tokyo, is inside it at once): when it opens (Unix time), and the window."""
     if datetime.now(UTC).second > 45:
         await asyncio.sleep(60 - datetime.now(UTC).second)
     opens = datetime.now(ZoneInfo("Asia/Tokyo")) + timedelta(minutes=1)
@@ -210,19 +204,53 @@ async def test_send_window(
         "start": opens.strftime("%H:%M"),
         "end": (opens + timedelta(hours=3)).strftime("%H:%M"),
     }
+    return opens.replace(second=0, microsecond=0).timestamp(), window
+
+
+async def received_at(emulator_url: str, marker: str, numbers: list[str]) -> list[float]:
+    """When the emulator received the batch's messages to `numbers` (Unix times)."""
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    return [
+        datetime.fromisoformat(m["received_at"]).timestamp() for m in received if m["to"] in numbers
+    ]
+
+
+async def test_send_window(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    emulator_url: str,
+) -> None:
+    # Sydney is inside the window at once, Tokyo waits for it.
+    opened, window = await window_at_tokyos_next_minute()
     numbers = unique_numbers_in("+612", 8, 3) + unique_numbers_in("+813", 8, 3)
     file_id, marker = await start_marked_batch(api, account, webhooks, numbers, send_window=window)
     final = await finished(webhooks, marker)
     assert (final["status"], final["messages_successful"]) == ("completed", 6)
-    received = await emulator_messages(emulator_url, body_contains=marker)
-    opened = opens.replace(second=0, microsecond=0).timestamp()
-    tokyo = [
-        datetime.fromisoformat(m["received_at"]).timestamp()
-        for m in received
-        if m["to"] in numbers[3:]
-    ]
+    tokyo = await received_at(emulator_url, marker, numbers[3:])
     assert len(tokyo) == 3 and min(tokyo) >= opened
     await save_batch(temporal, file_id, "send_window", chunks={0: "send_window"})
+
+
+async def test_send_window_passes(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    temporal: Client,
+) -> None:
+    # Two chunks: the first of Tokyo rows waiting for a window that opens at Tokyo's next
+    # minute, the second of Sydney rows inside it. The first chunk hands its rows back; the
+    # batch sends the second, then passes over the first range again when the window opens.
+    opened, window = await window_at_tokyos_next_minute()
+    numbers = unique_numbers_in("+813", 8, SMALL["chunk_size"]) + unique_numbers_in("+612", 8, 3)
+    file_id, marker = await start_marked_batch(api, account, webhooks, numbers, send_window=window)
+    final = await finished(webhooks, marker)
+    assert (final["status"], final["messages_successful"]) == ("completed", len(numbers))
+    tokyo = await received_at(emulator_url, marker, numbers[: SMALL["chunk_size"]])
+    assert min(tokyo) >= opened
+    await save_batch(temporal, file_id, "send_window_passes", chunks={0: "send_window_hand_back"})
 
 
 async def test_expired(
