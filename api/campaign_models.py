@@ -3,7 +3,7 @@
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.models import RequestBody
 
@@ -18,6 +18,18 @@ class Language(StrEnum):
 
 
 class CampaignRequest(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "spring",
+                    "sender": "+15005550006",
+                    "templates": {"english": "Hi {{name}}!", "malay": "Hai {{name}}!"},
+                }
+            ]
+        }
+    )
+
     name: str = Field(min_length=1, max_length=200)
     sender: str = Field(min_length=1, description="A sender number registered by this account.")
     templates: dict[Language, str] = Field(
@@ -29,6 +41,10 @@ class CampaignRequest(RequestBody):
 
 
 class CampaignUpdate(RequestBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"templates": {"english": "Hello {{name}}!"}}]}
+    )
+
     name: str | None = Field(None, min_length=1, max_length=200)
     sender: str | None = Field(None, min_length=1)
     templates: dict[Language, str] | None = Field(
@@ -37,6 +53,22 @@ class CampaignUpdate(RequestBody):
 
 
 class Campaign(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "c0b6f3c1-5d0a-4c47-9a51-2f1c8e7d9b10",
+                    "name": "spring",
+                    "sender": "+15005550006",
+                    "templates": {"english": "Hi {{name}}!"},
+                    "parameters": ["name"],
+                    "created_at": "2026-03-02T10:15:00Z",
+                    "updated_at": "2026-03-02T10:15:00Z",
+                }
+            ]
+        }
+    )
+
     id: str
     name: str
     sender: str

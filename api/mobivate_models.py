@@ -56,6 +56,21 @@ class MobivateRecipient(MobivateModel):
 
 
 class MobivateBatchRequest(MobivateModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "recipients": [
+                        {"recipient": "4479000000001", "reference": "aaa", "meta": {"NAME": "John"}}
+                    ],
+                    "text": "Hello {{NAME}}!",
+                    "originator": "+15005550006",
+                    "name": "My Campaign",
+                }
+            ]
+        }
+    )
+
     recipients: list[MobivateRecipient] | None = Field(None, min_length=1)
     messages: list[MobivateRecipient] | None = Field(
         None, min_length=1, description="The same as `recipients`; give one of the two."
@@ -142,6 +157,22 @@ class MobivateRecord(MobivateModel):
 
 
 class MobivateBatchAccepted(MobivateModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "success": True,
+                    "record": {
+                        "id": "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10",
+                        "type": "BatchSMS",
+                        "scheduled": "2026-03-02T10:15:00.000Z",
+                        "recipientCount": 1,
+                    },
+                }
+            ]
+        }
+    )
+
     success: Literal[True] = True
     record: MobivateRecord
 
@@ -155,5 +186,13 @@ class MobivateErrorDetail(MobivateModel):
 
 
 class MobivateError(MobivateModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"success": False, "error": {"name": "AuthenticationError", "statusCode": 403}}
+            ]
+        }
+    )
+
     success: Literal[False] = False
     error: MobivateErrorDetail

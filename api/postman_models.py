@@ -13,6 +13,12 @@ class PostmanModel(BaseModel):
 
 
 class PostmanBatchAccepted(PostmanModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"isValid": True, "batchId": "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10"}]
+        }
+    )
+
     is_valid: Literal[True] = True
     batch_id: str = Field(description="The batch id, the same in Herald's own API.")
 
@@ -36,4 +42,21 @@ class PostmanErrorBody(PostmanModel):
 
 
 class PostmanError(PostmanModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {
+                        "code": "parameter_invalid",
+                        "message": "1 row is in error",
+                        "heraldCode": "INVALID_ROWS",
+                        "details": [
+                            {"message": "not a valid phone number", "row": 2, "column": "recipient"}
+                        ],
+                    }
+                }
+            ]
+        }
+    )
+
     error: PostmanErrorBody
