@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 
 from api.errors import install_error_handlers
 from api.input_checks import InputChecks
@@ -51,6 +52,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     )
 }
 
+
+DOCS_STATIC_PATH = "/docs/static"
 
 # The groups of routes in the schema's pages, in this order.
 TAGS: list[dict[str, Any]] = [
@@ -123,7 +126,10 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             if tracing is not None:
                 tracing.provider.shutdown()
 
-    app = FastAPI(
+    # The schema's pages with their scripts served by the API itself (fastapi-offline's copy
+    # of Swagger UI and ReDoc), not from a CDN: they work where the API has no internet.
+    app = FastAPIOffline(
+        static_url=DOCS_STATIC_PATH,
         title="Herald",
         summary="Self-hosted batch SMS on Temporal and PostgreSQL.",
         version="0.1.0",
