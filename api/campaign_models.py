@@ -3,9 +3,9 @@
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from api.models import RequestBody
+from api.models import RequestBody, example
 
 
 class Language(StrEnum):
@@ -18,15 +18,11 @@ class Language(StrEnum):
 
 
 class CampaignRequest(RequestBody):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "name": "spring",
-                    "sender": "+15005550006",
-                    "templates": {"english": "Hi {{name}}!", "malay": "Hai {{name}}!"},
-                }
-            ]
+    model_config = example(
+        {
+            "name": "spring",
+            "sender": "+15005550006",
+            "templates": {"english": "Hi {{name}}!", "malay": "Hai {{name}}!"},
         }
     )
 
@@ -41,9 +37,7 @@ class CampaignRequest(RequestBody):
 
 
 class CampaignUpdate(RequestBody):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"templates": {"english": "Hello {{name}}!"}}]}
-    )
+    model_config = example({"templates": {"english": "Hello {{name}}!"}})
 
     name: str | None = Field(None, min_length=1, max_length=200)
     sender: str | None = Field(None, min_length=1)
@@ -53,19 +47,15 @@ class CampaignUpdate(RequestBody):
 
 
 class Campaign(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "c0b6f3c1-5d0a-4c47-9a51-2f1c8e7d9b10",
-                    "name": "spring",
-                    "sender": "+15005550006",
-                    "templates": {"english": "Hi {{name}}!"},
-                    "parameters": ["name"],
-                    "created_at": "2026-03-02T10:15:00Z",
-                    "updated_at": "2026-03-02T10:15:00Z",
-                }
-            ]
+    model_config = example(
+        {
+            "id": "c0b6f3c1-5d0a-4c47-9a51-2f1c8e7d9b10",
+            "name": "spring",
+            "sender": "+15005550006",
+            "templates": {"english": "Hi {{name}}!"},
+            "parameters": ["name"],
+            "created_at": "2026-03-02T10:15:00Z",
+            "updated_at": "2026-03-02T10:15:00Z",
         }
     )
 

@@ -4,9 +4,9 @@ import json
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, Field, field_validator
 
-from api.models import Page, RequestBody
+from api.models import Page, RequestBody, example
 from workflows.contracts import SilenceTimers
 from workflows.statuses import ConversationStatus
 
@@ -69,16 +69,12 @@ class SilenceTimerFields(BaseModel):
 
 
 class SendRequest(StoredFields, SilenceTimerFields):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "user_number": "+12015550123",
-                    "agent_number": "+15005550006",
-                    "agent_message": "Your table is ready.",
-                    "webhook": "https://example.com/herald/conversations",
-                }
-            ]
+    model_config = example(
+        {
+            "user_number": "+12015550123",
+            "agent_number": "+15005550006",
+            "agent_message": "Your table is ready.",
+            "webhook": "https://example.com/herald/conversations",
         }
     )
 
@@ -117,16 +113,12 @@ class SendRequest(StoredFields, SilenceTimerFields):
 
 
 class SendReply(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "message": "SMS sent successfully",
-                    "conversation_id": CONVERSATION_ID,
-                    "message_id": "5f0e8a3b-9a51-4c47-8e7d-2f1c0b6f3c1e",
-                    "workflow_id": CONVERSATION_WORKFLOW_ID,
-                }
-            ]
+    model_config = example(
+        {
+            "message": "SMS sent successfully",
+            "conversation_id": CONVERSATION_ID,
+            "message_id": "5f0e8a3b-9a51-4c47-8e7d-2f1c0b6f3c1e",
+            "workflow_id": CONVERSATION_WORKFLOW_ID,
         }
     )
 
@@ -171,28 +163,24 @@ class ConversationSummary(StoredFields, SilenceTimerFields):
 
 
 class ConversationDetail(ConversationSummary):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "conversation_id": CONVERSATION_ID,
-                    "workflow_id": CONVERSATION_WORKFLOW_ID,
-                    "agent_number": "+15005550006",
-                    "user_number": "+12015550123",
-                    "channel": "sms",
-                    "state": "active",
-                    "webhook": None,
-                    "metadata": None,
-                    "request_data": None,
-                    "created_at": "2026-03-02T10:15:00Z",
-                    "updated_at": "2026-03-02T10:15:00Z",
-                    "ended_at": None,
-                    "timed_out_at": None,
-                    "messages": [],
-                    "temporal_ui_url": "http://127.0.0.1:8233/namespaces/default/workflows/"
-                    + CONVERSATION_WORKFLOW_ID,
-                }
-            ]
+    model_config = example(
+        {
+            "conversation_id": CONVERSATION_ID,
+            "workflow_id": CONVERSATION_WORKFLOW_ID,
+            "agent_number": "+15005550006",
+            "user_number": "+12015550123",
+            "channel": "sms",
+            "state": "active",
+            "webhook": None,
+            "metadata": None,
+            "request_data": None,
+            "created_at": "2026-03-02T10:15:00Z",
+            "updated_at": "2026-03-02T10:15:00Z",
+            "ended_at": None,
+            "timed_out_at": None,
+            "messages": [],
+            "temporal_ui_url": "http://127.0.0.1:8233/namespaces/default/workflows/"
+            + CONVERSATION_WORKFLOW_ID,
         }
     )
 
@@ -201,12 +189,8 @@ class ConversationDetail(ConversationSummary):
 
 
 class ConversationList(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"conversations": [], "pagination": {"limit": 50, "offset": 0, "total": 0}}
-            ]
-        }
+    model_config = example(
+        {"conversations": [], "pagination": {"limit": 50, "offset": 0, "total": 0}}
     )
 
     conversations: list[ConversationSummary]

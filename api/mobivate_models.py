@@ -16,7 +16,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from activities.recipients.phones import POSSIBLE, NumberCheck, to_sender
-from api.models import RequestBody
+from api.models import RequestBody, example
 
 # What link shortening would have replaced; until Herald shortens links, a batch that has
 # one and asks for shortening is refused rather than sent with the links as written.
@@ -56,18 +56,14 @@ class MobivateRecipient(MobivateModel):
 
 
 class MobivateBatchRequest(MobivateModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "recipients": [
-                        {"recipient": "4479000000001", "reference": "aaa", "meta": {"NAME": "John"}}
-                    ],
-                    "text": "Hello {{NAME}}!",
-                    "originator": "+15005550006",
-                    "name": "My Campaign",
-                }
-            ]
+    model_config = example(
+        {
+            "recipients": [
+                {"recipient": "4479000000001", "reference": "aaa", "meta": {"NAME": "John"}}
+            ],
+            "text": "Hello {{NAME}}!",
+            "originator": "+15005550006",
+            "name": "My Campaign",
         }
     )
 
@@ -157,19 +153,15 @@ class MobivateRecord(MobivateModel):
 
 
 class MobivateBatchAccepted(MobivateModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "success": True,
-                    "record": {
-                        "id": "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10",
-                        "type": "BatchSMS",
-                        "scheduled": "2026-03-02T10:15:00.000Z",
-                        "recipientCount": 1,
-                    },
-                }
-            ]
+    model_config = example(
+        {
+            "success": True,
+            "record": {
+                "id": "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10",
+                "type": "BatchSMS",
+                "scheduled": "2026-03-02T10:15:00.000Z",
+                "recipientCount": 1,
+            },
         }
     )
 
@@ -186,12 +178,8 @@ class MobivateErrorDetail(MobivateModel):
 
 
 class MobivateError(MobivateModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"success": False, "error": {"name": "AuthenticationError", "statusCode": 403}}
-            ]
-        }
+    model_config = example(
+        {"success": False, "error": {"name": "AuthenticationError", "statusCode": 403}}
     )
 
     success: Literal[False] = False

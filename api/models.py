@@ -64,6 +64,11 @@ MESSAGE_ROW: dict[str, Any] = {
 }
 
 
+def example(value: dict[str, Any]) -> ConfigDict:
+    """A model's config that shows `value` as its example in the OpenAPI schema."""
+    return ConfigDict(json_schema_extra={"examples": [value]})
+
+
 class RequestBody(BaseModel):
     """A request body: its numbers must be finite, `"Infinity"` or `"NaN"` given as a string
     included."""
@@ -84,19 +89,15 @@ class ErrorItem(BaseModel):
 class ErrorEnvelope(BaseModel):
     """Every failure of Herald's own routes: a stable code per problem, first the main one."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
+    model_config = example(
+        {
+            "data": None,
+            "errors": [
                 {
-                    "data": None,
-                    "errors": [
-                        {
-                            "error": "MISSING_FILE_ID",
-                            "message": "file_id is required: body: give file_id or recipients",
-                        }
-                    ],
+                    "error": "MISSING_FILE_ID",
+                    "message": "file_id is required: body: give file_id or recipients",
                 }
-            ]
+            ],
         }
     )
 
@@ -120,19 +121,15 @@ class BatchGlobal(RequestBody):
 
 
 class BatchRequest(RequestBody):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "file_id": BATCH_ID,
-                    "name": "spring",
-                    "global": {
-                        "agent_number": "+15005550006",
-                        "agent_message": "Hi {{first_name}}!",
-                    },
-                    "status_webhook": "https://example.com/herald",
-                }
-            ]
+    model_config = example(
+        {
+            "file_id": BATCH_ID,
+            "name": "spring",
+            "global": {
+                "agent_number": "+15005550006",
+                "agent_message": "Hi {{first_name}}!",
+            },
+            "status_webhook": "https://example.com/herald",
         }
     )
 
@@ -233,15 +230,11 @@ class BatchRequest(RequestBody):
 
 
 class BatchStarted(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "message": "SMS batch processing initiated via Temporal workflow",
-                    "batch_id": BATCH_ID,
-                    "workflow_id": WORKFLOW_ID,
-                }
-            ]
+    model_config = example(
+        {
+            "message": "SMS batch processing initiated via Temporal workflow",
+            "batch_id": BATCH_ID,
+            "workflow_id": WORKFLOW_ID,
         }
     )
 
@@ -251,16 +244,12 @@ class BatchStarted(BaseModel):
 
 
 class AttachedFile(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "file_id": BATCH_ID,
-                    "id": BATCH_ID,
-                    "filename": "recipients.csv",
-                    "size_bytes": 1024,
-                }
-            ]
+    model_config = example(
+        {
+            "file_id": BATCH_ID,
+            "id": BATCH_ID,
+            "filename": "recipients.csv",
+            "size_bytes": 1024,
         }
     )
 
@@ -271,9 +260,7 @@ class AttachedFile(BaseModel):
 
 
 class NumberRequest(RequestBody):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"number": "+15005550006", "channel": "sms", "mps": 10}]}
-    )
+    model_config = example({"number": "+15005550006", "channel": "sms", "mps": 10})
 
     number: str = Field(
         min_length=1,
@@ -298,11 +285,7 @@ class NumberRequest(RequestBody):
 class NumberUpdate(RequestBody):
     """Only the fields given change."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"mps": 5, "webhook": "https://example.com/herald/conversations"}]
-        }
-    )
+    model_config = example({"mps": 5, "webhook": "https://example.com/herald/conversations"})
 
     mps: float | None = Field(
         None,
@@ -316,18 +299,14 @@ class NumberUpdate(RequestBody):
 
 
 class SenderNumber(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "number": "+15005550006",
-                    "kind": "number",
-                    "channel": "sms",
-                    "mps": 10,
-                    "webhook": None,
-                    "created_at": "2026-03-02T10:15:00Z",
-                }
-            ]
+    model_config = example(
+        {
+            "number": "+15005550006",
+            "kind": "number",
+            "channel": "sms",
+            "mps": 10,
+            "webhook": None,
+            "created_at": "2026-03-02T10:15:00Z",
         }
     )
 
@@ -340,18 +319,14 @@ class SenderNumber(BaseModel):
 
 
 class OptOutRequest(RequestBody):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"number": "+12015550123"}]})
+    model_config = example({"number": "+12015550123"})
 
     number: str = Field(min_length=1, description="The number to stop messaging, E.164 or bare.")
 
 
 class OptOut(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"number": "+12015550123", "source": "api", "created_at": "2026-03-02T10:15:00Z"}
-            ]
-        }
+    model_config = example(
+        {"number": "+12015550123", "source": "api", "created_at": "2026-03-02T10:15:00Z"}
     )
 
     number: str
@@ -363,16 +338,14 @@ class OptOut(BaseModel):
 
 
 class OptOutList(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"opt_outs": [], "next_cursor": None}]}
-    )
+    model_config = example({"opt_outs": [], "next_cursor": None})
 
     opt_outs: list[OptOut]
     next_cursor: str | None = Field(description="Pass as `after` for the next page.")
 
 
 class BatchSummary(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [BATCH_SUMMARY]})
+    model_config = example(BATCH_SUMMARY)
 
     batch_id: str
     workflow_id: str
@@ -395,16 +368,11 @@ class BatchSummary(BaseModel):
 
 
 class BatchDetail(BatchSummary):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    **BATCH_SUMMARY,
-                    "counts": {"delivered": 3, "rejected": 0},
-                    "temporal_ui_url": "http://127.0.0.1:8233/namespaces/default/workflows/"
-                    + WORKFLOW_ID,
-                }
-            ]
+    model_config = example(
+        {
+            **BATCH_SUMMARY,
+            "counts": {"delivered": 3, "rejected": 0},
+            "temporal_ui_url": "http://127.0.0.1:8233/namespaces/default/workflows/" + WORKFLOW_ID,
         }
     )
 
@@ -419,11 +387,7 @@ class Page(BaseModel):
 
 
 class BatchList(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"batches": [], "pagination": {"limit": 50, "offset": 0, "total": 0}}]
-        }
-    )
+    model_config = example({"batches": [], "pagination": {"limit": 50, "offset": 0, "total": 0}})
 
     batches: list[BatchSummary]
     pagination: Page
@@ -450,9 +414,7 @@ class MessageRow(BaseModel):
 
 
 class MessageList(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"messages": [MESSAGE_ROW], "next_cursor": 0}]}
-    )
+    model_config = example({"messages": [MESSAGE_ROW], "next_cursor": 0})
 
     messages: list[MessageRow]
     next_cursor: int | None = Field(description="Pass as `after` for the next page.")
@@ -466,21 +428,17 @@ class RejectedRow(BaseModel):
 
 
 class RejectedRowList(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
+    model_config = example(
+        {
+            "rejected_rows": [
                 {
-                    "rejected_rows": [
-                        {
-                            "row_number": 3,
-                            "value": "12",
-                            "code": "invalid_number",
-                            "message": "not a valid phone number",
-                        }
-                    ],
-                    "next_cursor": 3,
+                    "row_number": 3,
+                    "value": "12",
+                    "code": "invalid_number",
+                    "message": "not a valid phone number",
                 }
-            ]
+            ],
+            "next_cursor": 3,
         }
     )
 
@@ -500,34 +458,30 @@ class DryRunMessage(BaseModel):
 class BatchDryRun(BaseModel):
     """What `POST /v1/sms/batch` would do with the file, validated by the same code."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
+    model_config = example(
+        {
+            "dry_run": True,
+            "code": None,
+            "reason": None,
+            "rows_total": 1,
+            "recipients": 1,
+            "to_send": 1,
+            "skipped": 0,
+            "rejected": 0,
+            "segments_total": 1,
+            "messages_gsm7": 1,
+            "messages_ucs2": 0,
+            "rejected_rows": [],
+            "messages": [
                 {
-                    "dry_run": True,
-                    "code": None,
-                    "reason": None,
-                    "rows_total": 1,
-                    "recipients": 1,
-                    "to_send": 1,
-                    "skipped": 0,
-                    "rejected": 0,
-                    "segments_total": 1,
-                    "messages_gsm7": 1,
-                    "messages_ucs2": 0,
-                    "rejected_rows": [],
-                    "messages": [
-                        {
-                            "row_number": 1,
-                            "to_number": "+12015550123",
-                            "body": "Hi Ada!",
-                            "encoding": "gsm7",
-                            "segments": 1,
-                            "skip_code": None,
-                        }
-                    ],
+                    "row_number": 1,
+                    "to_number": "+12015550123",
+                    "body": "Hi Ada!",
+                    "encoding": "gsm7",
+                    "segments": 1,
+                    "skip_code": None,
                 }
-            ]
+            ],
         }
     )
 
@@ -560,24 +514,20 @@ class BatchEvent(BaseModel):
 class StatusEvent(BaseModel):
     """A lifecycle event, as posted to a batch's `status_webhook` (and kept in `/logs`)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "batch_id": BATCH_ID,
-                    "workflow_id": WORKFLOW_ID,
-                    "status": "completed_partial",
-                    "timestamp": "2026-03-02T10:15:04.512938+00:00",
-                    "metadata": {"campaign": "spring"},
-                    "messages_total": 11,
-                    "messages_successful": 6,
-                    "messages_failed": 1,
-                    "messages_skipped": 3,
-                    "messages_cancelled": 0,
-                    "messages_uncertain": 0,
-                    "messages_expired": 1,
-                }
-            ]
+    model_config = example(
+        {
+            "batch_id": BATCH_ID,
+            "workflow_id": WORKFLOW_ID,
+            "status": "completed_partial",
+            "timestamp": "2026-03-02T10:15:04.512938+00:00",
+            "metadata": {"campaign": "spring"},
+            "messages_total": 11,
+            "messages_successful": 6,
+            "messages_failed": 1,
+            "messages_skipped": 3,
+            "messages_cancelled": 0,
+            "messages_uncertain": 0,
+            "messages_expired": 1,
         }
     )
 
@@ -603,24 +553,20 @@ class StatusEvent(BaseModel):
 
 
 class BatchLogs(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
+    model_config = example(
+        {
+            "events": [
                 {
-                    "events": [
-                        {
-                            "seq": 1,
-                            "status": "validating",
-                            "payload": {
-                                "batch_id": BATCH_ID,
-                                "workflow_id": WORKFLOW_ID,
-                                "status": "validating",
-                                "timestamp": "2026-03-02T10:15:00.100000+00:00",
-                            },
-                            "created_at": "2026-03-02T10:15:00.100000Z",
-                            "delivered_at": None,
-                        }
-                    ]
+                    "seq": 1,
+                    "status": "validating",
+                    "payload": {
+                        "batch_id": BATCH_ID,
+                        "workflow_id": WORKFLOW_ID,
+                        "status": "validating",
+                        "timestamp": "2026-03-02T10:15:00.100000+00:00",
+                    },
+                    "created_at": "2026-03-02T10:15:00.100000Z",
+                    "delivered_at": None,
                 }
             ]
         }
@@ -643,22 +589,18 @@ class WebhookDelivery(BaseModel):
 
 
 class WebhookDeliveries(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
+    model_config = example(
+        {
+            "deliveries": [
                 {
-                    "deliveries": [
-                        {
-                            "event_seq": 1,
-                            "attempt": 1,
-                            "url": "https://example.com/herald",
-                            "attempted_at": "2026-03-02T10:15:00.200000Z",
-                            "status_code": 204,
-                            "error": None,
-                            "duration_ms": 42,
-                            "next_retry_at": None,
-                        }
-                    ]
+                    "event_seq": 1,
+                    "attempt": 1,
+                    "url": "https://example.com/herald",
+                    "attempted_at": "2026-03-02T10:15:00.200000Z",
+                    "status_code": 204,
+                    "error": None,
+                    "duration_ms": 42,
+                    "next_retry_at": None,
                 }
             ]
         }
@@ -668,7 +610,7 @@ class WebhookDeliveries(BaseModel):
 
 
 class CancelRequest(RequestBody):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "wrong list"}]})
+    model_config = example({"reason": "wrong list"})
 
     reason: str | None = Field(None, max_length=500, description="Kept on the batch and sent.")
 
@@ -681,7 +623,7 @@ def _failed_only() -> list[RetryStatus]:
 
 
 class RetryRequest(RequestBody):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"statuses": ["failed"]}]})
+    model_config = example({"statuses": ["failed"]})
 
     statuses: list[RetryStatus] = Field(
         default_factory=_failed_only,
@@ -695,12 +637,8 @@ BatchAction = Literal["cancel", "pause", "resume", "retry"]
 
 
 class BatchControl(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"batch_id": BATCH_ID, "workflow_id": WORKFLOW_ID, "action": "pause", "rows": None}
-            ]
-        }
+    model_config = example(
+        {"batch_id": BATCH_ID, "workflow_id": WORKFLOW_ID, "action": "pause", "rows": None}
     )
 
     batch_id: str
@@ -712,20 +650,14 @@ class BatchControl(BaseModel):
 class CarrierAccountRequest(RequestBody):
     """The account's own Twilio subaccount, whose SID and auth token its sends then use."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"account_sid": "AC" + "0" * 32, "auth_token": "your-auth-token"}]
-        }
-    )
+    model_config = example({"account_sid": "AC" + "0" * 32, "auth_token": "your-auth-token"})
 
     account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$", examples=["AC" + "0" * 32])
     auth_token: SecretStr = Field(min_length=1, max_length=200)
 
 
 class CarrierAccount(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"account_sid": "AC" + "0" * 32, "auth_token": "****oken"}]}
-    )
+    model_config = example({"account_sid": "AC" + "0" * 32, "auth_token": "****oken"})
 
     account_sid: str
     # Never the token itself: its last four characters, after asterisks.

@@ -52,6 +52,9 @@ class Cli:
         assert process.returncode is not None
         return Run(process.returncode, stdout.decode(), stderr.decode())
 
+    async def send(self, file: Path, sender: str, *options: str, message: str = "Hi") -> Run:
+        return await self("send", str(file), "--from", sender, "--message", message, *options)
+
 
 def clean_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
@@ -80,16 +83,8 @@ async def test_send_follow_ends_completed_with_exit_0_in_plain_lines(
 ) -> None:
     file = recipients(tmp_path, unique_numbers(5))
 
-    sent = await cli(
-        "send",
-        str(file),
-        "--from",
-        account.agent_number,
-        "--message",
-        "Hi {{first_name}}!",
-        "--name",
-        "cli",
-        "--follow",
+    sent = await cli.send(
+        file, account.agent_number, "--name", "cli", "--follow", message="Hi {{first_name}}!"
     )
 
     assert sent.code == 0, sent.stderr
@@ -105,16 +100,7 @@ async def test_a_partial_batch_exits_1_and_json_gives_each_event_then_the_summar
 ) -> None:
     file = recipients(tmp_path, [*unique_numbers(3), "+15005550001"])
 
-    sent = await cli(
-        "send",
-        str(file),
-        "--from",
-        account.agent_number,
-        "--message",
-        "Hi",
-        "--follow",
-        "--json",
-    )
+    sent = await cli.send(file, account.agent_number, "--follow", "--json")
 
     assert sent.code == 1, sent.stderr
     lines = sent.json_lines()
@@ -133,9 +119,7 @@ async def test_a_failed_batch_exits_2(cli: Cli, account: Account, tmp_path: Path
     file = tmp_path / "no-phone.csv"
     file.write_bytes(csv_bytes(["name"], [["Ada"]]))
 
-    sent = await cli(
-        "send", str(file), "--from", account.agent_number, "--message", "x", "--follow"
-    )
+    sent = await cli.send(file, account.agent_number, "--follow")
 
     assert sent.code == 2, sent.stderr
     assert "status: failed\n" in sent.stdout
@@ -146,9 +130,7 @@ async def test_reads_list_status_errors_export_and_numbers(
 ) -> None:
     good = unique_numbers(2)
     file = recipients(tmp_path, [*good, "not a number"])
-    sent = await cli(
-        "send", str(file), "--from", account.agent_number, "--message", "Hi", "--follow", "--json"
-    )
+    sent = await cli.send(file, account.agent_number, "--follow", "--json")
     batch_id = sent.json_lines()[-1]["data"]["batch_id"]
 
     listed = await cli("batches", "--json")
@@ -176,16 +158,8 @@ async def test_pause_resume_and_cancel_steer_a_batch_and_follow_exits_2(
     cli: Cli, account: Account, tmp_path: Path
 ) -> None:
     file = recipients(tmp_path, unique_numbers(3))
-    started = await cli(
-        "send",
-        str(file),
-        "--from",
-        account.agent_number,
-        "--message",
-        "Hi",
-        "--schedule",
-        "2099-01-01T00:00:00+00:00",
-        "--json",
+    started = await cli.send(
+        file, account.agent_number, "--schedule", "2099-01-01T00:00:00+00:00", "--json"
     )
     batch_id = started.json_lines()[0]["batch_id"]
 
