@@ -22,8 +22,6 @@ EXIT_CODES = {
     BatchStatus.FAILED: EXIT_FAILED,
     BatchStatus.CANCELLED: EXIT_FAILED,
 }
-# Ledger statuses of messages the carrier took.
-SENT_STATUSES = ("sent", "delivered", "undelivered")
 BATCH_COLUMNS = ("batch_id", "name", "status", "agent_number", "recipients", "created_at")
 BATCHES_PANEL = "Batches"
 OPERATOR_PANEL = "Operators (PostgreSQL directly, no API)"
@@ -66,25 +64,11 @@ def _follow(api: Herald, batch_id: str, as_json: bool) -> int:
             for event in api.events(batch_id):
                 if as_json:
                     show_json({"event": event.name, "data": event.data})
-                elif event.name == "progress":
-                    progress.update(
-                        status=event.data["status"],
-                        total=event.data["recipients"],
-                        sent=event.data["sent"],
-                        failed=event.data["failed"],
-                    )
-                elif event.name == "status":
-                    counts = api.call("GET", f"/v1/sms/batch/{batch_id}")["counts"]
-                    progress.update(status=event.data["status"], skipped=counts.get("skipped", 0))
+                # The ledger's counts move with each message, the progress event's only as
+                # chunks end: each event (about one a second) is the time to read them.
+                progress.show(api.call("GET", f"/v1/sms/batch/{batch_id}"), event.data["status"])
             batch = api.call("GET", f"/v1/sms/batch/{batch_id}")
-            counts = batch["counts"]
-            progress.update(
-                status=batch["status"],
-                total=batch["recipients"] or 0,
-                sent=sum(counts.get(s, 0) for s in SENT_STATUSES),
-                failed=counts.get("failed", 0),
-                skipped=counts.get("skipped", 0),
-            )
+            progress.show(batch, batch["status"])
     if as_json:
         show_json({"event": "summary", "data": batch})
     else:

@@ -19,6 +19,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+# Ledger statuses of messages the carrier took.
+SENT_STATUSES = ("sent", "delivered", "undelivered")
 console = Console()
 errors = Console(stderr=True)
 
@@ -115,6 +117,17 @@ class BatchProgress:
             "skipped": self.skipped,
             "rate": f"{self.sent / elapsed:.1f}",
         }
+
+    def show(self, batch: Mapping[str, Any], status: str) -> None:
+        """The batch's ledger counts (from `GET /v1/sms/batch/{id}`), in `status`."""
+        counts = batch["counts"]
+        self.update(
+            status=status,
+            total=batch["recipients"] or 0,
+            sent=sum(counts.get(s, 0) for s in SENT_STATUSES),
+            failed=counts.get("failed", 0),
+            skipped=counts.get("skipped", 0),
+        )
 
     def update(
         self,
