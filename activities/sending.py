@@ -2,10 +2,12 @@
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -13,10 +15,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.backoff import retry_delay
+from activities.conversations import carrier_address
 from activities.heartbeats import SliceHeartbeat
 from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, Verdict
+from activities.recipients.rows import content_placeholder
 from activities.resources import WorkerResources
+from activities.windows import WindowClock
 from store import batches, carrier_accounts, messages, opt_outs
 from store.db import UNAVAILABLE
 from workflows.contracts import SendCounts, SendSliceInput
@@ -33,6 +38,33 @@ HEARTBEAT_SECONDS = 0.5
 OUTAGE_WAIT_SECONDS = 60.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class Channel:
+    """How a batch's messages go: by SMS or WhatsApp, as text or as a content template."""
+
+    channel: str = "sms"
+    content_sid: str | None = None
+    # A JSON object as a string, as Twilio takes it.
+    content_variables: str | None = None
+
+    @classmethod
+    def of(cls, request: Mapping[str, Any]) -> "Channel":
+        """The channel of a stored batch request."""
+        settings_global: Mapping[str, Any] = request.get("global") or {}
+        variables = settings_global.get("content_variables")
+        return cls(
+            channel=settings_global.get("channel") or "sms",
+            content_sid=settings_global.get("content_sid"),
+            content_variables=None if variables is None else json.dumps(variables),
+        )
+
+    def body(self, ledger_body: str) -> str:
+        """The text sent with a ledger row: none when the template is the whole message."""
+        if self.content_sid and ledger_body == content_placeholder(self.content_sid):
+            return ""
+        return ledger_body
+
+
 class SendingActivities(WorkerResources):
     """Sends slices of a batch's ledger."""
 
@@ -45,24 +77,42 @@ class SendingActivities(WorkerResources):
         goes on up.
         """
         batch_id = uuid.UUID(input.batch_id)
-        account_id = (
-            uuid.UUID(input.account_id)
-            if input.account_id
-            else (await batches.batch_for_workflow(self._pool, batch_id))["account_id"]
-        )
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        account_id = uuid.UUID(input.account_id) if input.account_id else batch["account_id"]
+        way = Channel.of(batch["request"])
         own = await carrier_accounts.carrier_account(self._pool, account_id)
         credentials = (own.account_sid, own.auth_token) if own else None
         claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
-        pacer = SenderPacer(self._pool, input.agent_number)
+        own_contents = (
+            await messages.row_contents(self._pool, batch_id, [m.row_number for m in claimed])
+            if claimed
+            else {}
+        )
+        # One pacer per sender: a row with its own sender goes at that sender's rate.
+        pacers: dict[str, SenderPacer] = {}
         stopping = asyncio.Event()
         results: list[SendResult | None] = [None] * len(claimed)
+        # Rows outside their send window: when it opens for each, by index in the slice.
+        waiting: dict[int, float] = {}
+        window = WindowClock(input.pace.send_window) if input.pace.send_window else None
         queue = iter(enumerate(claimed))
 
-        async def send(message: messages.ClaimedMessage) -> SendResult | None:
+        async def send(index: int, message: messages.ClaimedMessage) -> SendResult | None:
             if input.pace.interval and not await _until(
                 input.pace.send_time(message.seq), stopping
             ):
                 return None
+            if window is not None:
+                if input.pace.expire_at and time.time() >= input.pace.expire_at:
+                    return EXPIRED
+                opens = window.opens_at(message.to_number, time.time())
+                if opens is not None:
+                    waiting[index] = opens
+                    return None
+            sender = message.from_number or input.agent_number
+            pacer = pacers.get(sender)
+            if pacer is None:
+                pacer = pacers[sender] = SenderPacer(self._pool, sender)
             waited = time.monotonic()
             if not await pacer.turn(stopping):
                 return None
@@ -70,11 +120,14 @@ class SendingActivities(WorkerResources):
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
             started = time.monotonic()
+            own = own_contents.get(message.row_number)
             result = await self._carrier.send(
-                to=message.to_number,
-                from_=input.agent_number,
-                body=message.body,
+                to=carrier_address(message.to_number, way.channel),
+                from_=carrier_address(sender, way.channel),
+                body=way.body(message.body),
                 status_callback=self._settings.status_callback_url,
+                content_sid=(own and own.content_sid) or way.content_sid,
+                content_variables=(own and own.content_variables) or way.content_variables,
                 credentials=credentials,
             )
             self._metrics.carrier_latency.labels(result.verdict.value).observe(
@@ -88,7 +141,7 @@ class SendingActivities(WorkerResources):
             for index, message in queue:
                 if stopping.is_set():
                     return
-                results[index] = await send(message)
+                results[index] = await send(index, message)
 
         lanes = min(self._settings.send_concurrency, len(claimed))
         sends = asyncio.gather(*(lane() for _ in range(lanes)))
@@ -99,9 +152,11 @@ class SendingActivities(WorkerResources):
             heartbeats.cancel()
         # What went out is recorded even when the cancellation comes while it is written:
         # a record cut short would leave the rows `sending`, to end `uncertain`.
-        record = asyncio.ensure_future(self._record(batch_id, account_id, claimed, results))
+        record = asyncio.ensure_future(
+            self._record(batch_id, account_id, claimed, results, waiting)
+        )
         cancelled = await _to_the_end(record) or cancelled
-        self._count(input.agent_number, results)
+        self._count([m.from_number or input.agent_number for m in claimed], results)
         if cancelled:
             raise asyncio.CancelledError
         retry = [r for r in results if r is not None and r.verdict is Verdict.RETRY]
@@ -120,6 +175,8 @@ class SendingActivities(WorkerResources):
         return SendCounts(
             sent=sum(r is not None and r.verdict is Verdict.SENT for r in results),
             failed=sum(r is not None and r.verdict is Verdict.FAILED for r in results),
+            waiting=len(waiting),
+            next_window=min(waiting.values(), default=0.0),
         )
 
     async def _record(
@@ -128,6 +185,7 @@ class SendingActivities(WorkerResources):
         account_id: uuid.UUID,
         claimed: list[messages.ClaimedMessage],
         results: list[SendResult | None],
+        waiting: dict[int, float],
     ) -> None:
         """Record a slice: first the opt-outs the carrier reported (idempotent, so a crash
         before the outcomes loses none), then every outcome in one statement."""
@@ -139,13 +197,15 @@ class SendingActivities(WorkerResources):
         if opted_out:
             await _through_outages(lambda: self._record_opt_outs(account_id, opted_out))
         await _through_outages(
-            lambda: messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
+            lambda: messages.record_outcomes(
+                self._pool, batch_id, _outcomes(claimed, results, waiting)
+            )
         )
 
-    def _count(self, sender: str, results: list[SendResult | None]) -> None:
-        """Count the slice's messages once recorded; one deferred (retry) counts on each
-        attempt, one not sent (stopped) not at all."""
-        for result in results:
+    def _count(self, senders: list[str], results: list[SendResult | None]) -> None:
+        """Count the slice's messages, each by its sender, once recorded; one deferred (retry)
+        counts on each attempt, one not sent (stopped) not at all."""
+        for sender, result in zip(senders, results, strict=True):
             if result is not None:
                 self._metrics.messages.labels(
                     result.verdict.value, result.error_code or "", sender
@@ -214,12 +274,18 @@ async def _heartbeat_until_done() -> None:
 
 
 def _outcomes(
-    claimed: list[messages.ClaimedMessage], results: list[SendResult | None]
+    claimed: list[messages.ClaimedMessage],
+    results: list[SendResult | None],
+    waiting: dict[int, float],
 ) -> list[messages.Outcome]:
     """Ledger outcomes of a slice; a message not sent, or deferred by the carrier, goes back
-    to `pending`."""
+    to `pending`, one outside its send window with the time the window opens."""
     return [
-        messages.Outcome(seq=m.seq, status=LedgerStatus.PENDING)
+        messages.Outcome(
+            seq=m.seq,
+            status=LedgerStatus.PENDING,
+            window_opens_at=_utc(waiting[i]) if i in waiting else None,
+        )
         if r is None or r.verdict is Verdict.RETRY
         else messages.Outcome(
             seq=m.seq,
@@ -228,5 +294,9 @@ def _outcomes(
             error_code=r.error_code,
             error_message=r.error_message,
         )
-        for m, r in zip(claimed, results, strict=True)
+        for i, (m, r) in enumerate(zip(claimed, results, strict=True))
     ]
+
+
+def _utc(moment: float) -> datetime:
+    return datetime.fromtimestamp(moment, UTC)

@@ -21,6 +21,8 @@ from api.routes import (
     conversations,
     files,
     health,
+    links,
+    mailing_lists,
     mobivate,
     numbers,
     opt_outs,
@@ -64,6 +66,8 @@ TAGS: list[dict[str, Any]] = [
     {"name": "campaigns", "description": "Templates by language, for the Postman dialect."},
     {"name": "conversations", "description": "Replies and the messages around them."},
     {"name": "opt-outs", "description": "Numbers no batch or send of the account messages."},
+    {"name": "lists", "description": "Mailing lists: contacts a batch can send to."},
+    {"name": "links", "description": "Short links in messages, and their clicks."},
     {"name": "webhooks", "description": "The secret that signs status webhooks."},
     {"name": "carrier account", "description": "The account's own Twilio subaccount."},
     {
@@ -152,6 +156,8 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_middleware(RequestContext)
     app.include_router(health.router)
+    # Public, answered to browsers: a redirect or an HTML page, never the JSON envelope.
+    app.include_router(links.router)
     for module in (
         files,
         numbers,
@@ -162,6 +168,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         conversations,
         webhooks,
         opt_outs,
+        mailing_lists,
         receipts,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)

@@ -116,8 +116,8 @@ async def test_a_partial_batch_exits_1_and_json_gives_each_event_then_the_summar
 
 
 async def test_a_failed_batch_exits_2(cli: Cli, account: Account, tmp_path: Path) -> None:
-    file = tmp_path / "no-phone.csv"
-    file.write_bytes(csv_bytes(["name"], [["Ada"]]))
+    # No row can be sent: the batch fails at validation (`no_valid_recipients`).
+    file = recipients(tmp_path, ["not a number"])
 
     sent = await cli.send(file, account.agent_number, "--follow")
 
