@@ -5,11 +5,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 
 from api.errors import install_error_handlers
 from api.input_checks import InputChecks
 from api.limits import BodySizeLimit, RateLimiter
-from api.models import ErrorEnvelope
+from api.models import ErrorEnvelope, StatusEvent
 from api.request_context import RequestContext
 from api.request_metrics import RequestMetrics
 from api.routes import (
@@ -53,6 +55,58 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+DOCS_STATIC_PATH = "/docs/static"
+
+# The groups of routes in the schema's pages, in this order.
+TAGS: list[dict[str, Any]] = [
+    {"name": "files", "description": "Upload a recipient file (CSV or JSON) for a batch."},
+    {"name": "batches", "description": "Start a batch, follow it, steer it, read its ledger."},
+    {"name": "send", "description": "One message now, in a conversation."},
+    {"name": "numbers", "description": "The account's sender numbers and sender IDs."},
+    {"name": "campaigns", "description": "Templates by language, for the Postman dialect."},
+    {"name": "conversations", "description": "Replies and the messages around them."},
+    {"name": "opt-outs", "description": "Numbers no batch or send of the account messages."},
+    {"name": "lists", "description": "Mailing lists: contacts a batch can send to."},
+    {"name": "links", "description": "Short links in messages, and their clicks."},
+    {"name": "webhooks", "description": "The secret that signs status webhooks."},
+    {"name": "carrier account", "description": "The account's own Twilio subaccount."},
+    {
+        "name": "carrier webhooks",
+        "description": "What the carrier posts (signed with `X-Twilio-Signature`, no key).",
+    },
+    {"name": "mobivate", "description": "Mobivate's `POST /send/batch`, in its envelope."},
+    {"name": "postman", "description": "Postman's campaign batch send, in its envelope."},
+    {"name": "health", "description": "Liveness and readiness, without a key."},
+]
+
+
+def operation_id(route: APIRoute) -> str:
+    """The route function's name (`create_batch`, `get_batch`, ...): readable, and what
+    generated clients name their methods."""
+    return route.name
+
+
+def _without_validation_errors(app: FastAPI) -> None:
+    """The schema without FastAPI's `422`: a request Herald refuses is a `400` in the envelope
+    of its dialect (`api/errors.py`), as each route declares."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()  # kept by the app as `openapi_schema`: changed in place
+        for section in ("paths", "webhooks"):
+            for path in schema.get(section, {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+        schemas = schema.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None, tracing: Tracing | None = None) -> FastAPI:
     """The app; with `tracing`, its requests and the workflows they start are traced."""
     settings = settings or get_settings()
@@ -76,12 +130,18 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             if tracing is not None:
                 tracing.provider.shutdown()
 
-    app = FastAPI(
+    # The schema's pages with their scripts served by the API itself (fastapi-offline's copy
+    # of Swagger UI and ReDoc), not from a CDN: they work where the API has no internet.
+    app = FastAPIOffline(
+        static_url=DOCS_STATIC_PATH,
         title="Herald",
         summary="Self-hosted batch SMS on Temporal and PostgreSQL.",
         version="0.1.0",
         lifespan=lifespan,
+        openapi_tags=TAGS,
+        generate_unique_id_function=operation_id,
     )
+    _without_validation_errors(app)
     install_error_handlers(app)
     app.state.metrics = ApiMetrics()
     # Added first, so it runs inside the size limit: the bodies it reads are bounded.
@@ -115,6 +175,19 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     # The dialects declare their own error replies: they are in their envelopes, not Herald's.
     app.include_router(mobivate.router)
     app.include_router(postman.router)
+
+    # What Herald posts to a batch's `status_webhook`: the schema's `webhooks` section.
+    @app.webhooks.post(
+        "batch-status",
+        operation_id="batch_status_event",
+        status_code=204,
+        responses={204: {"description": "Any 2xx: received"}},
+    )
+    def batch_status_event(body: StatusEvent) -> None:
+        """Each lifecycle event of a batch, posted to its `status_webhook` as JSON and signed
+        per Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`). Answer
+        any 2xx; other answers and timeouts are retried."""
+
     if tracing is not None:
         tracing.instrument(app)
     return app

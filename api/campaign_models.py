@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, Field, IPvAnyNetwork
 
-from api.models import RequestBody
+from api.models import RequestBody, example
 
 
 class Language(StrEnum):
@@ -30,6 +30,14 @@ Network = Annotated[IPvAnyNetwork, BeforeValidator(_text)]
 
 
 class CampaignRequest(RequestBody):
+    model_config = example(
+        {
+            "name": "spring",
+            "sender": "+15005550006",
+            "templates": {"english": "Hi {{name}}!", "malay": "Hai {{name}}!"},
+        }
+    )
+
     name: str = Field(min_length=1, max_length=200)
     sender: str = Field(min_length=1, description="A sender number registered by this account.")
     templates: dict[Language, str] = Field(
@@ -48,6 +56,8 @@ class CampaignRequest(RequestBody):
 
 
 class CampaignUpdate(RequestBody):
+    model_config = example({"templates": {"english": "Hello {{name}}!"}})
+
     name: str | None = Field(None, min_length=1, max_length=200)
     sender: str | None = Field(None, min_length=1)
     templates: dict[Language, str] | None = Field(
@@ -63,6 +73,18 @@ class CampaignUpdate(RequestBody):
 
 
 class Campaign(BaseModel):
+    model_config = example(
+        {
+            "id": "c0b6f3c1-5d0a-4c47-9a51-2f1c8e7d9b10",
+            "name": "spring",
+            "sender": "+15005550006",
+            "templates": {"english": "Hi {{name}}!"},
+            "parameters": ["name"],
+            "created_at": "2026-03-02T10:15:00Z",
+            "updated_at": "2026-03-02T10:15:00Z",
+        }
+    )
+
     id: str
     name: str
     sender: str

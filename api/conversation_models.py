@@ -5,8 +5,15 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, Field
 
-from api.models import CampaignMessage, ContentTemplate, Page, RequestBody
+from api.models import CampaignMessage, ContentTemplate, Page, RequestBody, example
 from workflows.contracts import SilenceTimers
+from workflows.statuses import ConversationStatus
+
+# The one conversation the schema's examples show.
+CONVERSATION_ID = "5d0a0b6f-3c1e-4c47-9a51-2f1c8e7d9b10"
+CONVERSATION_WORKFLOW_ID = (
+    "sms-conversation-1f2e3d4c-0000-4c47-9a51-2f1c8e7d9b10-15005550006-12015550123"
+)
 
 # Bland fields Herald accepts and keeps on the conversation, and does not act on.
 STORED_FIELDS = (
@@ -61,6 +68,15 @@ class SilenceTimerFields(BaseModel):
 
 
 class SendRequest(StoredFields, SilenceTimerFields, ContentTemplate, CampaignMessage):
+    model_config = example(
+        {
+            "user_number": "+12015550123",
+            "agent_number": "+15005550006",
+            "agent_message": "Your table is ready.",
+            "webhook": "https://example.com/herald/conversations",
+        }
+    )
+
     user_number: str = Field(min_length=1, description="E.164 number of the person messaged.")
     agent_number: str = Field(min_length=1, description="A registered sender of the account.")
     agent_message: str | None = Field(
@@ -83,6 +99,15 @@ class SendRequest(StoredFields, SilenceTimerFields, ContentTemplate, CampaignMes
 
 
 class SendReply(BaseModel):
+    model_config = example(
+        {
+            "message": "SMS sent successfully",
+            "conversation_id": CONVERSATION_ID,
+            "message_id": "5f0e8a3b-9a51-4c47-8e7d-2f1c0b6f3c1e",
+            "workflow_id": CONVERSATION_WORKFLOW_ID,
+        }
+    )
+
     message: str = "SMS sent successfully"
     conversation_id: str
     message_id: str
@@ -113,7 +138,7 @@ class ConversationSummary(StoredFields, SilenceTimerFields):
     agent_number: str
     user_number: str
     channel: str
-    state: str = Field(description="`active`, `closed` or `timeout`.")
+    state: ConversationStatus
     webhook: str | None
     metadata: dict[str, Any] | None
     request_data: dict[str, Any] | None
@@ -127,10 +152,35 @@ class ConversationSummary(StoredFields, SilenceTimerFields):
 
 
 class ConversationDetail(ConversationSummary):
+    model_config = example(
+        {
+            "conversation_id": CONVERSATION_ID,
+            "workflow_id": CONVERSATION_WORKFLOW_ID,
+            "agent_number": "+15005550006",
+            "user_number": "+12015550123",
+            "channel": "sms",
+            "state": "active",
+            "webhook": None,
+            "metadata": None,
+            "request_data": None,
+            "created_at": "2026-03-02T10:15:00Z",
+            "updated_at": "2026-03-02T10:15:00Z",
+            "ended_at": None,
+            "timed_out_at": None,
+            "messages": [],
+            "temporal_ui_url": "http://127.0.0.1:8233/namespaces/default/workflows/"
+            + CONVERSATION_WORKFLOW_ID,
+        }
+    )
+
     messages: list[ConversationMessage] = Field(description="Oldest first.")
     temporal_ui_url: str
 
 
 class ConversationList(BaseModel):
+    model_config = example(
+        {"conversations": [], "pagination": {"limit": 50, "offset": 0, "total": 0}}
+    )
+
     conversations: list[ConversationSummary]
     pagination: Page

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, Header, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
 from api.errors import Forbidden, Unauthorized
@@ -35,19 +35,28 @@ Temporal = Annotated[Client, Depends(get_temporal)]
 AppSettings = Annotated[Settings, Depends(get_app_settings)]
 
 
+# Herald's own form: the key raw or as `Bearer <key>`. Declared as a security scheme, so the
+# schema's pages can send it ("Authorize" in /docs); `auto_error=False` leaves a missing key to
+# `Unauthorized`, answered in the envelope of the route's dialect.
+api_key = APIKeyHeader(
+    name="authorization",
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="A Herald API key, raw (`hk_...`) or as `Bearer hk_...`.",
+)
+
+
 async def current_key(
     request: Request,
     pool: Pool,
-    authorization: Annotated[
-        str | None, Header(description="API key, raw or `Bearer <key>`")
-    ] = None,
+    authorization: Annotated[str | None, Depends(api_key)],
 ) -> KeyGrant:
     if not authorization:
         raise Unauthorized("missing authorization header")
     return await _grant_of(request, pool, authorization.removeprefix("Bearer ").strip())
 
 
-# The dialects' form: `Authorization: Bearer <key>` only (Mobivate).
+# The dialects' form: `Authorization: Bearer <key>` only (Mobivate, Postman).
 bearer_key = HTTPBearer(
     auto_error=False, scheme_name="BearerKey", description="A Herald API key: `Bearer hk_...`."
 )

@@ -16,7 +16,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from activities.recipients.phones import POSSIBLE, NumberCheck
-from api.models import RequestBody
+from api.models import RequestBody, example
 
 MAILING_LIST = "mailinglist"
 
@@ -55,6 +55,17 @@ class MobivateRecipient(MobivateModel):
 
 
 class MobivateBatchRequest(MobivateModel):
+    model_config = example(
+        {
+            "recipients": [
+                {"recipient": "4479000000001", "reference": "aaa", "meta": {"NAME": "John"}}
+            ],
+            "text": "Hello {{NAME}}!",
+            "originator": "+15005550006",
+            "name": "My Campaign",
+        }
+    )
+
     recipients: list[MobivateRecipient] | None = Field(None, min_length=1)
     messages: list[MobivateRecipient] | None = Field(
         None, min_length=1, description="The same as `recipients`; give one of the two."
@@ -125,6 +136,18 @@ class MobivateRecord(MobivateModel):
 
 
 class MobivateBatchAccepted(MobivateModel):
+    model_config = example(
+        {
+            "success": True,
+            "record": {
+                "id": "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10",
+                "type": "BatchSMS",
+                "scheduled": "2026-03-02T10:15:00.000Z",
+                "recipientCount": 1,
+            },
+        }
+    )
+
     success: Literal[True] = True
     record: MobivateRecord
 
@@ -143,6 +166,21 @@ class MobivateBatchState(MobivateModel):
 
 
 class MobivateBatchRead(MobivateModel):
+    model_config = example(
+        {
+            "success": True,
+            "record": {
+                "id": "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10",
+                "type": "BatchSMS",
+                "scheduled": "2026-03-02T10:15:00.000Z",
+                "recipientCount": 1,
+                "name": "My Campaign",
+                "status": "completed",
+                "counts": {"sent": 1, "rejected": 0},
+            },
+        }
+    )
+
     success: Literal[True] = True
     record: MobivateBatchState
 
@@ -156,5 +194,9 @@ class MobivateErrorDetail(MobivateModel):
 
 
 class MobivateError(MobivateModel):
+    model_config = example(
+        {"success": False, "error": {"name": "AuthenticationError", "statusCode": 403}}
+    )
+
     success: Literal[False] = False
     error: MobivateErrorDetail

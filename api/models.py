@@ -23,8 +23,53 @@ from activities.recipients.phones import VALID, NumberCheck
 from activities.recipients.rows import PHONE_COLUMN
 from settings import SENDER_MPS_MAX, SENDER_MPS_MIN
 from workflows.contracts import DEFAULT_VALIDATION
+from workflows.statuses import BatchStatus, LedgerStatus
 
 T = TypeVar("T")
+
+# The one batch the schema's examples show.
+BATCH_ID = "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10"
+WORKFLOW_ID = f"sms-batch-{BATCH_ID}"
+BATCH_SUMMARY: dict[str, Any] = {
+    "batch_id": BATCH_ID,
+    "workflow_id": WORKFLOW_ID,
+    "name": "spring",
+    "status": "completed",
+    "code": None,
+    "reason": None,
+    "agent_number": "+15005550006",
+    "rows_total": 3,
+    "recipients": 3,
+    "rejected": 0,
+    "segments_total": 3,
+    "messages_gsm7": 3,
+    "messages_ucs2": 0,
+    "created_at": "2026-03-02T10:15:00Z",
+    "updated_at": "2026-03-02T10:15:04Z",
+    "finished_at": "2026-03-02T10:15:04Z",
+}
+MESSAGE_ROW: dict[str, Any] = {
+    "seq": 0,
+    "row_number": 1,
+    "to_number": "+12015550123",
+    "body": "Hi Ada!",
+    "encoding": "gsm7",
+    "segments": 1,
+    "status": "delivered",
+    "carrier_sid": "SM" + "0" * 32,
+    "error_code": None,
+    "error_message": None,
+    "attempts": 1,
+    "created_at": "2026-03-02T10:15:00Z",
+    "sent_at": "2026-03-02T10:15:01Z",
+    "updated_at": "2026-03-02T10:15:02Z",
+    "reference": None,
+}
+
+
+def example(value: dict[str, Any]) -> ConfigDict:
+    """A model's config that shows `value` as its example in the OpenAPI schema."""
+    return ConfigDict(json_schema_extra={"examples": [value]})
 
 
 class RequestBody(BaseModel):
@@ -68,6 +113,20 @@ class ErrorItem(BaseModel):
 
 
 class ErrorEnvelope(BaseModel):
+    """Every failure of Herald's own routes: a stable code per problem, first the main one."""
+
+    model_config = example(
+        {
+            "data": None,
+            "errors": [
+                {
+                    "error": "MISSING_FILE_ID",
+                    "message": "file_id is required: body: give file_id or recipients",
+                }
+            ],
+        }
+    )
+
     data: None = None
     errors: list[ErrorItem]
 
@@ -174,6 +233,18 @@ class CampaignMessage(RequestBody):
 
 
 class BatchRequest(CampaignMessage):
+    model_config = example(
+        {
+            "file_id": BATCH_ID,
+            "name": "spring",
+            "global": {
+                "agent_number": "+15005550006",
+                "agent_message": "Hi {{first_name}}!",
+            },
+            "status_webhook": "https://example.com/herald",
+        }
+    )
+
     file_id: str | None = Field(
         None, min_length=1, description="The `file_id` from `/v1/files/attach`; or `recipients`."
     )
@@ -291,12 +362,29 @@ class BatchRequest(CampaignMessage):
 
 
 class BatchStarted(BaseModel):
+    model_config = example(
+        {
+            "message": "SMS batch processing initiated via Temporal workflow",
+            "batch_id": BATCH_ID,
+            "workflow_id": WORKFLOW_ID,
+        }
+    )
+
     message: str = "SMS batch processing initiated via Temporal workflow"
     batch_id: str
     workflow_id: str
 
 
 class AttachedFile(BaseModel):
+    model_config = example(
+        {
+            "file_id": BATCH_ID,
+            "id": BATCH_ID,
+            "filename": "recipients.csv",
+            "size_bytes": 1024,
+        }
+    )
+
     file_id: str
     id: str
     filename: str
@@ -304,6 +392,8 @@ class AttachedFile(BaseModel):
 
 
 class NumberRequest(RequestBody):
+    model_config = example({"number": "+15005550006", "channel": "sms", "mps": 10})
+
     number: str = Field(
         min_length=1,
         description="E.164 sender number, e.g. +15551234567, or an alphanumeric sender ID"
@@ -333,6 +423,8 @@ class NumberRequest(RequestBody):
 class NumberUpdate(RequestBody):
     """Only the fields given change."""
 
+    model_config = example({"mps": 5, "webhook": "https://example.com/herald/conversations"})
+
     mps: float | None = Field(
         None,
         ge=SENDER_MPS_MIN,
@@ -348,6 +440,17 @@ class NumberUpdate(RequestBody):
 
 
 class SenderNumber(BaseModel):
+    model_config = example(
+        {
+            "number": "+15005550006",
+            "kind": "number",
+            "channel": "sms",
+            "mps": 10,
+            "webhook": None,
+            "created_at": "2026-03-02T10:15:00Z",
+        }
+    )
+
     number: str
     kind: Literal["number", "sender_id"]
     channel: str
@@ -358,10 +461,16 @@ class SenderNumber(BaseModel):
 
 
 class OptOutRequest(RequestBody):
+    model_config = example({"number": "+12015550123"})
+
     number: str = Field(min_length=1, description="The number to stop messaging, E.164 or bare.")
 
 
 class OptOut(BaseModel):
+    model_config = example(
+        {"number": "+12015550123", "source": "api", "created_at": "2026-03-02T10:15:00Z"}
+    )
+
     number: str
     source: str = Field(
         description="`api` (this endpoint), `carrier` (Twilio refused with 21610), or the"
@@ -371,15 +480,19 @@ class OptOut(BaseModel):
 
 
 class OptOutList(BaseModel):
+    model_config = example({"opt_outs": [], "next_cursor": None})
+
     opt_outs: list[OptOut]
     next_cursor: str | None = Field(description="Pass as `after` for the next page.")
 
 
 class BatchSummary(BaseModel):
+    model_config = example(BATCH_SUMMARY)
+
     batch_id: str
     workflow_id: str
     name: str | None
-    status: str
+    status: BatchStatus
     code: str | None
     reason: str | None
     agent_number: str
@@ -397,6 +510,14 @@ class BatchSummary(BaseModel):
 
 
 class BatchDetail(BatchSummary):
+    model_config = example(
+        {
+            **BATCH_SUMMARY,
+            "counts": {"delivered": 3, "rejected": 0},
+            "temporal_ui_url": "http://127.0.0.1:8233/namespaces/default/workflows/" + WORKFLOW_ID,
+        }
+    )
+
     counts: dict[str, int] = Field(description="Ledger rows by message status, and `rejected`.")
     temporal_ui_url: str
 
@@ -408,6 +529,8 @@ class Page(BaseModel):
 
 
 class BatchList(BaseModel):
+    model_config = example({"batches": [], "pagination": {"limit": 50, "offset": 0, "total": 0}})
+
     batches: list[BatchSummary]
     pagination: Page
 
@@ -419,7 +542,7 @@ class MessageRow(BaseModel):
     body: str
     encoding: Literal["gsm7", "ucs2"] | None
     segments: int | None
-    status: str
+    status: LedgerStatus
     carrier_sid: str | None
     error_code: str | None
     error_message: str | None
@@ -442,6 +565,8 @@ class MessageRow(BaseModel):
 
 
 class MessageList(BaseModel):
+    model_config = example({"messages": [MESSAGE_ROW], "next_cursor": 0})
+
     messages: list[MessageRow]
     next_cursor: int | None = Field(description="Pass as `after` for the next page.")
 
@@ -454,6 +579,20 @@ class RejectedRow(BaseModel):
 
 
 class RejectedRowList(BaseModel):
+    model_config = example(
+        {
+            "rejected_rows": [
+                {
+                    "row_number": 3,
+                    "value": "12",
+                    "code": "invalid_number",
+                    "message": "not a valid phone number",
+                }
+            ],
+            "next_cursor": 3,
+        }
+    )
+
     rejected_rows: list[RejectedRow]
     next_cursor: int | None = Field(description="Pass as `after` for the next page.")
 
@@ -488,6 +627,33 @@ class CostEstimate(BaseModel):
 class BatchDryRun(BaseModel):
     """What `POST /v1/sms/batch` would do with the file, validated by the same code."""
 
+    model_config = example(
+        {
+            "dry_run": True,
+            "code": None,
+            "reason": None,
+            "rows_total": 1,
+            "recipients": 1,
+            "to_send": 1,
+            "skipped": 0,
+            "rejected": 0,
+            "segments_total": 1,
+            "messages_gsm7": 1,
+            "messages_ucs2": 0,
+            "rejected_rows": [],
+            "messages": [
+                {
+                    "row_number": 1,
+                    "to_number": "+12015550123",
+                    "body": "Hi Ada!",
+                    "encoding": "gsm7",
+                    "segments": 1,
+                    "skip_code": None,
+                }
+            ],
+        }
+    )
+
     dry_run: Literal[True] = True
     code: str | None = Field(
         description="The code the batch would fail with at validation (a file-level code,"
@@ -511,13 +677,73 @@ class BatchDryRun(BaseModel):
 
 class BatchEvent(BaseModel):
     seq: int
-    status: str
+    status: BatchStatus
     payload: dict[str, Any] = Field(description="Exactly the body posted to the status webhook.")
     created_at: datetime
     delivered_at: datetime | None
 
 
+class StatusEvent(BaseModel):
+    """A lifecycle event, as posted to a batch's `status_webhook` (and kept in `/logs`)."""
+
+    model_config = example(
+        {
+            "batch_id": BATCH_ID,
+            "workflow_id": WORKFLOW_ID,
+            "status": "completed_partial",
+            "timestamp": "2026-03-02T10:15:04.512938+00:00",
+            "metadata": {"campaign": "spring"},
+            "messages_total": 11,
+            "messages_successful": 6,
+            "messages_failed": 1,
+            "messages_skipped": 3,
+            "messages_cancelled": 0,
+            "messages_uncertain": 0,
+            "messages_expired": 1,
+        }
+    )
+
+    batch_id: str
+    workflow_id: str
+    status: BatchStatus
+    timestamp: datetime = Field(description="When the event was recorded, UTC.")
+    message: str | None = Field(
+        None,
+        description="`waiting_for_scheduled_messages`, `dispatching` and progress events:"
+        " `Requested: <rows_total>. Validated: <recipients>. Dispatched: <n>. MPS: <x.x>.`",
+    )
+    metadata: dict[str, Any] | None = Field(None, description="`global.metadata`, as given.")
+    code: str | None = Field(None, description="Failed and cancelled events.")
+    reason: str | None = Field(None, description="With `code`.")
+    messages_total: int | None = Field(None, description="Final events only, as the rest.")
+    messages_successful: int | None = None
+    messages_failed: int | None = None
+    messages_skipped: int | None = None
+    messages_cancelled: int | None = None
+    messages_uncertain: int | None = None
+    messages_expired: int | None = None
+
+
 class BatchLogs(BaseModel):
+    model_config = example(
+        {
+            "events": [
+                {
+                    "seq": 1,
+                    "status": "validating",
+                    "payload": {
+                        "batch_id": BATCH_ID,
+                        "workflow_id": WORKFLOW_ID,
+                        "status": "validating",
+                        "timestamp": "2026-03-02T10:15:00.100000+00:00",
+                    },
+                    "created_at": "2026-03-02T10:15:00.100000Z",
+                    "delivered_at": None,
+                }
+            ]
+        }
+    )
+
     events: list[BatchEvent]
 
 
@@ -535,10 +761,29 @@ class WebhookDelivery(BaseModel):
 
 
 class WebhookDeliveries(BaseModel):
+    model_config = example(
+        {
+            "deliveries": [
+                {
+                    "event_seq": 1,
+                    "attempt": 1,
+                    "url": "https://example.com/herald",
+                    "attempted_at": "2026-03-02T10:15:00.200000Z",
+                    "status_code": 204,
+                    "error": None,
+                    "duration_ms": 42,
+                    "next_retry_at": None,
+                }
+            ]
+        }
+    )
+
     deliveries: list[WebhookDelivery]
 
 
 class CancelRequest(RequestBody):
+    model_config = example({"reason": "wrong list"})
+
     reason: str | None = Field(None, max_length=500, description="Kept on the batch and sent.")
 
 
@@ -550,6 +795,8 @@ def _failed_only() -> list[RetryStatus]:
 
 
 class RetryRequest(RequestBody):
+    model_config = example({"statuses": ["failed"]})
+
     statuses: list[RetryStatus] = Field(
         default_factory=_failed_only,
         min_length=1,
@@ -558,27 +805,40 @@ class RetryRequest(RequestBody):
     )
 
 
+BatchAction = Literal["cancel", "pause", "resume", "retry"]
+
+
 class BatchControl(BaseModel):
+    model_config = example(
+        {"batch_id": BATCH_ID, "workflow_id": WORKFLOW_ID, "action": "pause", "rows": None}
+    )
+
     batch_id: str
     workflow_id: str
-    action: str = Field(description="`cancel`, `pause`, `resume` or `retry`, as requested.")
+    action: BatchAction = Field(description="As requested.")
     rows: int | None = Field(None, description="For `retry`: the rows that will be sent again.")
 
 
 class CarrierAccountRequest(RequestBody):
     """The account's own Twilio subaccount, whose SID and auth token its sends then use."""
 
+    model_config = example({"account_sid": "AC" + "0" * 32, "auth_token": "your-auth-token"})
+
     account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$", examples=["AC" + "0" * 32])
     auth_token: SecretStr = Field(min_length=1, max_length=200)
 
 
 class CarrierAccount(BaseModel):
+    model_config = example({"account_sid": "AC" + "0" * 32, "auth_token": "****oken"})
+
     account_sid: str
     # Never the token itself: its last four characters, after asterisks.
     auth_token: str
 
 
 class ListRequest(RequestBody):
+    model_config = example({"name": "newsletter"})
+
     name: str = Field(min_length=1, max_length=200, description="The list's name.")
     id: uuid.UUID | None = Field(
         None,
@@ -588,6 +848,15 @@ class ListRequest(RequestBody):
 
 
 class MailingList(BaseModel):
+    model_config = example(
+        {
+            "id": "0c1d2e3f-5d0a-4c47-9a51-2f1c8e7d9b10",
+            "name": "newsletter",
+            "contacts": 2,
+            "created_at": "2026-03-02T10:15:00Z",
+        }
+    )
+
     id: str
     name: str
     contacts: int = Field(description="Contacts in the list.")
@@ -595,10 +864,25 @@ class MailingList(BaseModel):
 
 
 class MailingLists(BaseModel):
+    model_config = example(
+        {
+            "lists": [
+                {
+                    "id": "0c1d2e3f-5d0a-4c47-9a51-2f1c8e7d9b10",
+                    "name": "newsletter",
+                    "contacts": 2,
+                    "created_at": "2026-03-02T10:15:00Z",
+                }
+            ]
+        }
+    )
+
     lists: list[MailingList]
 
 
 class ContactsRequest(RequestBody):
+    model_config = example({"contacts": [{"phone_number": "+12015550123", "first_name": "Ada"}]})
+
     contacts: list[dict[str, Any]] = Field(
         min_length=1,
         description="Contacts like a JSON file's rows: `phone_number` plus fields (the"
@@ -607,6 +891,8 @@ class ContactsRequest(RequestBody):
 
 
 class ContactsAdded(BaseModel):
+    model_config = example({"added": 1, "contacts": 2, "rejected_rows": []})
+
     added: int = Field(description="Contacts added or updated (a number listed once).")
     contacts: int = Field(description="Contacts in the list now.")
     rejected_rows: list[RejectedRow] = Field(
@@ -615,6 +901,8 @@ class ContactsAdded(BaseModel):
 
 
 class ContactsRemoved(BaseModel):
+    model_config = example({"removed": 1, "contacts": 1})
+
     removed: int = Field(description="Numbers that were in the list.")
     contacts: int = Field(description="Contacts in the list now.")
 
@@ -626,5 +914,18 @@ class Contact(BaseModel):
 
 
 class ContactList(BaseModel):
+    model_config = example(
+        {
+            "contacts": [
+                {
+                    "phone_number": "+12015550123",
+                    "fields": {"first_name": "Ada"},
+                    "created_at": "2026-03-02T10:15:00Z",
+                }
+            ],
+            "next_cursor": None,
+        }
+    )
+
     contacts: list[Contact]
     next_cursor: str | None = Field(description="Pass as `after` for the next page.")

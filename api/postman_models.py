@@ -6,6 +6,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from api.models import example
+
 
 class PostmanModel(BaseModel):
     """Fields are camelCase on the wire, as the dialect writes them."""
@@ -14,6 +16,8 @@ class PostmanModel(BaseModel):
 
 
 class PostmanBatchAccepted(PostmanModel):
+    model_config = example({"isValid": True, "batchId": "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10"})
+
     is_valid: Literal[True] = True
     batch_id: str = Field(description="The batch id, the same in Herald's own API.")
 
@@ -37,6 +41,19 @@ class PostmanErrorBody(PostmanModel):
 
 
 class PostmanError(PostmanModel):
+    model_config = example(
+        {
+            "error": {
+                "code": "parameter_invalid",
+                "message": "1 row is in error",
+                "heraldCode": "INVALID_ROWS",
+                "details": [
+                    {"message": "not a valid phone number", "row": 2, "column": "recipient"}
+                ],
+            }
+        }
+    )
+
     error: PostmanErrorBody
 
 
@@ -71,5 +88,17 @@ class PostmanPageData(PostmanModel):
 
 
 class PostmanMessagePage(PostmanModel):
+    model_config = example(
+        {
+            "data": [],
+            "pageData": {
+                "startCursor": None,
+                "endCursor": None,
+                "hasNextPage": False,
+                "hasPreviousPage": False,
+            },
+        }
+    )
+
     data: list[PostmanMessage]
     page_data: PostmanPageData

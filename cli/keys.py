@@ -1,5 +1,5 @@
-"""`herald`: the operators' command line; `herald keys create|list|revoke` manages API keys
-(`create --permission ...` limits what a key may do).
+"""`herald keys create|list|revoke`, the operators' commands of `herald` (cli/main.py): API
+keys (`create --permission ...` limits what a key may do).
 
 It talks to PostgreSQL directly (`HERALD_DATABASE_URL`), so it works without the API running
 and needs the database credentials, which is what makes it an operator tool.

@@ -13,6 +13,7 @@ PRODUCTION_MODULES = (
     "worker",
     "api.app",
     "cli.keys",
+    "cli.main",
     "deploy.prepare",
     "deploy.search_attributes",
     "deploy.healthcheck",

@@ -13,7 +13,10 @@ from api.mobivate_models import (
 )
 from api.services import mobivate as service
 
-router = APIRouter(tags=["mobivate"])
+# Named after the dialect: both dialects' handlers are `send_batch`.
+router = APIRouter(
+    tags=["mobivate"], generate_unique_id_function=lambda route: f"mobivate_{route.name}"
+)
 
 # Every failure of the dialect's routes, in its envelope (see `mobivate_error`).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -11,7 +11,10 @@ from api.postman_models import PostmanBatchAccepted, PostmanError, PostmanMessag
 from api.routes.files import EmptyFile, FileTooLarge, MissingFile, MultipleFiles
 from api.services import postman as service
 
-router = APIRouter(tags=["postman"])
+# Named after the dialect: both dialects' handlers are `send_batch`.
+router = APIRouter(
+    tags=["postman"], generate_unique_id_function=lambda route: f"postman_{route.name}"
+)
 
 # Every failure of the dialect's routes, in its envelope (see `postman_error`).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

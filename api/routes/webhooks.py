@@ -7,13 +7,15 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.deps import AppSettings, Pool, WebhooksRead, WebhooksWrite
-from api.models import Envelope
+from api.models import Envelope, example
 from api.services import webhook_secrets as service
 
 router = APIRouter(tags=["webhooks"])
 
 
 class WebhookSecretState(BaseModel):
+    model_config = example({"created_at": "2026-03-02T10:15:00Z", "previous_valid_until": None})
+
     created_at: datetime | None = Field(
         description="When the current secret was made; null before the first delivery or rotation."
     )
@@ -23,6 +25,14 @@ class WebhookSecretState(BaseModel):
 
 
 class WebhookSecret(WebhookSecretState):
+    model_config = example(
+        {
+            "created_at": "2026-03-02T10:15:00Z",
+            "previous_valid_until": "2026-03-03T10:15:00Z",
+            "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        }
+    )
+
     secret: str = Field(description="`whsec_...`: shown only in this reply; store it now.")
 
 

@@ -25,6 +25,7 @@ from activities.recipients.phones import is_sender_id, to_sender
 from activities.recipients.rows import RecipientRules
 from api.errors import HeraldError, InvalidRequest
 from api.models import (
+    BatchAction,
     BatchControl,
     BatchDetail,
     BatchDryRun,
@@ -512,7 +513,7 @@ async def signal_batch(
     temporal: Client,
     account_id: uuid.UUID,
     batch_id: str,
-    signal: str,
+    signal: BatchAction,
     *args: Any,
 ) -> BatchControl:
     """Send `cancel`, `pause` or `resume` to a running batch's workflow."""

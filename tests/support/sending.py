@@ -2,12 +2,16 @@
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import httpx
+import uvicorn
 from twilio.request_validator import RequestValidator
 
+from api.app import create_app
+from deploy.local.processes import free_port
 from settings import Settings
 from tests.support.builders import emulator_messages
 from tests.support.stack import Account
@@ -105,3 +109,24 @@ async def send_ok(
     response = await send(api, account, user_number, **body)
     assert response.status_code == 200, response.text
     return response.json()["data"]
+
+
+@asynccontextmanager
+async def served_api(settings: Settings) -> AsyncIterator[Settings]:
+    """The API on a real port, as the carrier reaches it; its settings name that address."""
+    port = free_port()
+    served = settings.model_copy(update={"api_port": port})
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return server.started
+
+    try:
+        await eventually(started, bool)
+        yield served
+    finally:
+        server.should_exit = True
+        await serving

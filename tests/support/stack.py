@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 from fastapi.routing import APIRoute
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from api.app import create_app
 from settings import Settings
@@ -38,6 +38,7 @@ PUBLIC_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/docs"): "the schema, as a page",
     ("GET", "/docs/oauth2-redirect"): "part of the schema page",
     ("GET", "/redoc"): "the schema, as a page",
+    ("GET", "/docs/static/{path}"): "the scripts and styles of the schema's pages",
 }
 
 
@@ -123,6 +124,9 @@ def _walk(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, str]]:
             for method in route.methods or ():
                 if method not in ("HEAD", "OPTIONS"):
                     yield method, prefix + route.path
+        elif isinstance(route, Mount):
+            # Static files: any path under the mount.
+            yield "GET", f"{prefix}{route.path}/{{path}}"
         else:
             # FastAPI keeps an included router as one entry that wraps the router's own routes.
             included = route.original_router

@@ -1,0 +1,159 @@
+"""The `herald` command's side of the API: where it is, the key, requests, the event stream.
+
+The key comes from `HERALD_API_KEY`, else from the local stack's `dev.json` (written by
+`make run` in `HERALD_HOME`, `.herald` by default); the API's address from `HERALD_API_URL`,
+else `dev.json`, else the local default."""
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+from settings import get_settings
+
+KEY_VARIABLE = "HERALD_API_KEY"
+URL_VARIABLE = "HERALD_API_URL"
+TIMEOUT = httpx.Timeout(30.0)
+# The event stream sends something about once a second while the batch runs.
+STREAM_TIMEOUT = httpx.Timeout(30.0, read=120.0)
+
+
+class CliError(Exception):
+    """A failure to tell the user in one line; the command exits with `EXIT_ERROR`."""
+
+
+class ApiError(CliError):
+    """The API's refusal: its status and the code and message of its first error."""
+
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(f"{code} ({status_code}): {message}")
+        self.status_code = status_code
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Event:
+    """One server-sent event: `status` (a lifecycle event) or `progress`."""
+
+    name: str
+    data: dict[str, Any]
+    id: int | None
+
+
+@dataclass(frozen=True)
+class Config:
+    api_url: str
+    key: str
+
+    @classmethod
+    def load(cls) -> "Config":
+        settings = get_settings()
+        dev_file = settings.home / "dev.json"
+        dev: dict[str, Any] = json.loads(dev_file.read_text()) if dev_file.exists() else {}
+        key = os.environ.get(KEY_VARIABLE) or dev.get("api_key")
+        if not key:
+            raise CliError(
+                f"no API key: set {KEY_VARIABLE}, or start the local stack (`make run`) which"
+                f" writes one to {dev_file}"
+            )
+        url = os.environ.get(URL_VARIABLE) or dev.get("api_url") or settings.api_url
+        return cls(api_url=url.rstrip("/"), key=key)
+
+
+class Herald:
+    """Herald's own API (`/v1/...`), answers unwrapped from the `{data, errors}` envelope."""
+
+    def __init__(self, config: Config) -> None:
+        self._http = httpx.Client(
+            base_url=config.api_url, headers={"authorization": config.key}, timeout=TIMEOUT
+        )
+
+    def __enter__(self) -> "Herald":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._http.close()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as error:
+            raise CliError(f"cannot reach the API at {self._http.base_url}: {error}") from error
+        _raise_for_error(response)
+        return response.json()["data"]
+
+    def attach(self, file: Path) -> dict[str, Any]:
+        with file.open("rb") as content:
+            return self.call(
+                "POST",
+                "/v1/files/attach",
+                data={"file_type": "batches"},
+                files={"file": (file.name, content)},
+            )
+
+    def download(self, path: str, out: BinaryIO, **params: str) -> None:
+        try:
+            with self._http.stream("GET", path, params=params) as response:
+                if response.is_error:
+                    response.read()
+                    _raise_for_error(response)
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+        except httpx.HTTPError as error:
+            raise CliError(f"the download stopped: {error}") from error
+
+    def events(self, batch_id: str) -> Iterator[Event]:
+        """The batch's event stream until it ends after the final event; a dropped connection
+        is opened again after the last event seen (`Last-Event-ID`)."""
+        last = 0
+        while True:
+            headers = {"last-event-id": str(last)}
+            path = f"/v1/sms/batch/{batch_id}/events"
+            try:
+                with self._http.stream(
+                    "GET", path, headers=headers, timeout=STREAM_TIMEOUT
+                ) as response:
+                    if response.is_error:
+                        response.read()
+                        _raise_for_error(response)
+                    for event in parse_events(response.iter_lines()):
+                        if event.id is not None:
+                            last = event.id
+                        yield event
+                    return
+            except (httpx.RemoteProtocolError, httpx.ReadTimeout, httpx.ReadError):
+                continue
+
+
+def parse_events(lines: Iterator[str]) -> Iterator[Event]:
+    """Server-sent events from a stream's lines (`event:`, `id:`, `data:`, blank line)."""
+    name, data, event_id = "message", "", None
+    for line in lines:
+        if not line:
+            if data:
+                yield Event(name, json.loads(data), event_id)
+            name, data, event_id = "message", "", None
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            name = value
+        elif field == "data":
+            data += value
+        elif field == "id":
+            event_id = int(value)
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if not response.is_error:
+        return
+    try:
+        errors = response.json()["errors"]
+        code, message = errors[0]["error"], errors[0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        code, message = "HTTP_ERROR", response.text[:200]
+    raise ApiError(response.status_code, code, message)

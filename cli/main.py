@@ -1,0 +1,334 @@
+"""`herald`: send and follow batches through the API, and (operators) manage API keys.
+
+Exit codes: 0 success; for commands that wait for a batch's end (`send --follow`, `follow`)
+1 when it ended `completed_partial` and 2 when it `failed` or was `cancelled`; 3 when a request
+failed (the API's error code is printed)."""
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli import keys
+from cli.client import CliError, Config, Herald
+from cli.output import BatchProgress, errors, say, show_fields, show_json, show_table
+from workflows.statuses import FINAL_BATCH_STATUSES, BatchStatus
+
+EXIT_OK, EXIT_PARTIAL, EXIT_FAILED, EXIT_ERROR = 0, 1, 2, 3
+EXIT_CODES = {
+    BatchStatus.COMPLETED: EXIT_OK,
+    BatchStatus.COMPLETED_PARTIAL: EXIT_PARTIAL,
+    BatchStatus.FAILED: EXIT_FAILED,
+    BatchStatus.CANCELLED: EXIT_FAILED,
+}
+BATCH_COLUMNS = ("batch_id", "name", "status", "agent_number", "recipients", "created_at")
+BATCHES_PANEL = "Batches"
+OPERATOR_PANEL = "Operators (PostgreSQL directly, no API)"
+
+app = typer.Typer(
+    help=__doc__, no_args_is_help=True, add_completion=False, rich_markup_mode="markdown"
+)
+
+Json = Annotated[bool, typer.Option("--json", help="JSON on stdout, for scripts.")]
+BatchId = Annotated[str, typer.Argument(help="The batch id (its file id).")]
+
+
+def _herald() -> Herald:
+    return Herald(Config.load())
+
+
+def _summary(batch: dict[str, Any]) -> None:
+    show_fields(
+        {
+            "batch_id": batch["batch_id"],
+            "name": batch["name"],
+            "status": batch["status"],
+            "code": batch["code"],
+            "reason": batch["reason"],
+            "rows_total": batch["rows_total"],
+            "recipients": batch["recipients"],
+            "rejected": batch["rejected"],
+            **{f"messages {status}": n for status, n in sorted(batch["counts"].items())},
+            "temporal_ui_url": batch["temporal_ui_url"],
+        },
+        title=f"batch {batch['batch_id']}",
+    )
+
+
+def _follow(api: Herald, batch_id: str, as_json: bool) -> int:
+    """Follow the batch's events to its end; its final state, and the exit code it means."""
+    batch = api.call("GET", f"/v1/sms/batch/{batch_id}")
+    if batch["status"] not in FINAL_BATCH_STATUSES:
+        with BatchProgress(batch_id, quiet=as_json) as progress:
+            for event in api.events(batch_id):
+                if as_json:
+                    show_json({"event": event.name, "data": event.data})
+                # The ledger's counts move with each message, the progress event's only as
+                # chunks end: each event (about one a second) is the time to read them.
+                progress.show(api.call("GET", f"/v1/sms/batch/{batch_id}"), event.data["status"])
+            batch = api.call("GET", f"/v1/sms/batch/{batch_id}")
+            progress.show(batch, batch["status"])
+    if as_json:
+        show_json({"event": "summary", "data": batch})
+    else:
+        _summary(batch)
+    return EXIT_CODES[BatchStatus(batch["status"])]
+
+
+def _run(command: Any) -> None:
+    """Run a command; a failure is one line on stderr and exit code 3."""
+    try:
+        code = command()
+    except CliError as error:
+        errors.print(f"herald: {error}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_ERROR) from error
+    raise typer.Exit(code or EXIT_OK)
+
+
+@app.command(rich_help_panel=BATCHES_PANEL)
+def send(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="Recipients: CSV or JSON.")
+    ],
+    sender: Annotated[
+        str, typer.Option("--from", help="A sender number (or sender ID) of the account.")
+    ],
+    message: Annotated[
+        str, typer.Option("--message", help="The template; `{{column}}` is filled per row.")
+    ],
+    webhook: Annotated[
+        str | None, typer.Option(help="Receives each lifecycle event (status_webhook).")
+    ] = None,
+    schedule: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Send from this time (ISO 8601, with a zone).",
+            formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M%z", "%Y-%m-%d %H:%M:%S%z"],
+        ),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="The batch's name.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate now; show what would be sent.")
+    ] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Show its progress until it ends.")
+    ] = False,
+    as_json: Json = False,
+) -> None:
+    """Upload FILE and start a batch from it (or, with --dry-run, only validate it)."""
+
+    def command() -> int:
+        with _herald() as api:
+            attached = api.attach(file)
+            request: dict[str, Any] = {
+                "file_id": attached["file_id"],
+                "global": {"agent_number": sender, "agent_message": message},
+                "dry_run": dry_run,
+            }
+            if webhook:
+                request["status_webhook"] = webhook
+            if schedule:
+                request["schedule_at"] = schedule.isoformat()
+            if name:
+                request["name"] = name
+            started = api.call("POST", "/v1/sms/batch", json=request)
+            if dry_run:
+                _dry_run(started, as_json)
+                return EXIT_OK if started["code"] is None else EXIT_FAILED
+            if as_json and not follow:
+                show_json(started)
+            elif not as_json:
+                say(f"batch [bold]{started['batch_id']}[/] started")
+            return _follow(api, started["batch_id"], as_json) if follow else EXIT_OK
+
+    _run(command)
+
+
+def _dry_run(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        show_json(result)
+        return
+    counts = ("rows_total", "to_send", "skipped", "rejected", "segments_total")
+    show_fields({"code": result["code"], **{k: result[k] for k in counts}}, title="dry run")
+    show_table(("row_number", "to_number", "body", "skip_code"), result["messages"])
+    if result["rejected_rows"]:
+        show_table(("row_number", "value", "code", "message"), result["rejected_rows"])
+
+
+@app.command(rich_help_panel=BATCHES_PANEL)
+def batches(
+    limit: Annotated[int, typer.Option(min=1, max=200, help="How many, newest first.")] = 50,
+    as_json: Json = False,
+) -> None:
+    """The account's batches, newest first."""
+
+    def command() -> int:
+        with _herald() as api:
+            listed = api.call("GET", "/v1/sms/batches", params={"limit": limit})
+        if as_json:
+            show_json(listed)
+        else:
+            show_table(BATCH_COLUMNS, listed["batches"], title="batches")
+        return EXIT_OK
+
+    _run(command)
+
+
+@app.command(rich_help_panel=BATCHES_PANEL)
+def status(batch_id: BatchId, as_json: Json = False) -> None:
+    """A batch's state and its messages by status."""
+
+    def command() -> int:
+        with _herald() as api:
+            batch = api.call("GET", f"/v1/sms/batch/{batch_id}")
+        if as_json:
+            show_json(batch)
+        else:
+            _summary(batch)
+        return EXIT_OK
+
+    _run(command)
+
+
+@app.command(rich_help_panel=BATCHES_PANEL)
+def follow(batch_id: BatchId, as_json: Json = False) -> None:
+    """Show a batch's progress until it ends (exit code: 0 completed, 1 partial, 2 failed)."""
+
+    def command() -> int:
+        with _herald() as api:
+            return _follow(api, batch_id, as_json)
+
+    _run(command)
+
+
+def _control(batch_id: str, action: str, as_json: bool, body: Any = None) -> None:
+    def command() -> int:
+        with _herald() as api:
+            done = api.call("POST", f"/v1/sms/batch/{batch_id}/{action}", json=body)
+        if as_json:
+            show_json(done)
+        else:
+            rows = f" ({done['rows']} rows)" if done.get("rows") is not None else ""
+            say(f"{action}: sent to batch [bold]{batch_id}[/]{rows}")
+        return EXIT_OK
+
+    _run(command)
+
+
+@app.command(rich_help_panel=BATCHES_PANEL)
+def pause(batch_id: BatchId, as_json: Json = False) -> None:
+    """No new sends until `resume`."""
+    _control(batch_id, "pause", as_json)
+
+
+@app.command(rich_help_panel=BATCHES_PANEL)
+def resume(batch_id: BatchId, as_json: Json = False) -> None:
+    """Go on sending from where `pause` stopped."""
+    _control(batch_id, "resume", as_json)
+
+
+@app.command(rich_help_panel=BATCHES_PANEL)
+def cancel(
+    batch_id: BatchId,
+    reason: Annotated[str | None, typer.Option(help="Kept on the batch.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Stop a batch: every row not sent ends `cancelled`."""
+    _control(batch_id, "cancel", as_json, {"reason": reason} if reason else None)
+
+
+@app.command(rich_help_panel=BATCHES_PANEL)
+def retry(
+    batch_id: BatchId,
+    statuses: Annotated[
+        list[str],
+        typer.Option(
+            "--statuses",
+            help="Ledger statuses to send again: failed, uncertain, cancelled (repeatable,"
+            " or comma-separated).",
+        ),
+    ] = ["failed"],  # noqa: B006 -- typer reads the default; it is never changed
+    as_json: Json = False,
+) -> None:
+    """Send a finished batch's failed rows (or those of --statuses) again."""
+    chosen = [part for given in statuses for part in given.split(",") if part]
+    _control(batch_id, "retry", as_json, {"statuses": chosen})
+
+
+@app.command(rich_help_panel=BATCHES_PANEL)
+def export(
+    batch_id: BatchId,
+    out: Annotated[Path, typer.Option("-o", "--output", help="The CSV file to write.")],
+    only: Annotated[
+        str | None, typer.Option("--status", help="Only rows with this ledger status.")
+    ] = None,
+) -> None:
+    """Write the batch's ledger, every row, to a CSV file."""
+
+    def command() -> int:
+        params = {"format": "csv", **({"status": only} if only else {})}
+        with _herald() as api, out.open("wb") as file:
+            api.download(f"/v1/sms/batch/{batch_id}/messages", file, **params)
+        say(f"wrote {out}")
+        return EXIT_OK
+
+    _run(command)
+
+
+@app.command("errors", rich_help_panel=BATCHES_PANEL)
+def rejected(batch_id: BatchId, as_json: Json = False) -> None:
+    """The rows validation refused, with their codes."""
+
+    def command() -> int:
+        rows: list[dict[str, Any]] = []
+        after = -1
+        with _herald() as api:
+            while True:
+                page = api.call(
+                    "GET",
+                    f"/v1/sms/batch/{batch_id}/errors",
+                    params={"limit": 1000, "after": after},
+                )
+                rows += page["rejected_rows"]
+                if page["next_cursor"] is None:
+                    break
+                after = page["next_cursor"]
+        if as_json:
+            show_json(rows)
+        else:
+            show_table(("row_number", "value", "code", "message"), rows, title="rejected rows")
+        return EXIT_OK
+
+    _run(command)
+
+
+@app.command(rich_help_panel=BATCHES_PANEL)
+def numbers(as_json: Json = False) -> None:
+    """The account's sender numbers and sender IDs."""
+
+    def command() -> int:
+        with _herald() as api:
+            listed = api.call("GET", "/v1/sms/numbers")
+        if as_json:
+            show_json(listed)
+        else:
+            show_table(("number", "kind", "channel", "mps", "webhook"), listed, title="numbers")
+        return EXIT_OK
+
+    _run(command)
+
+
+@app.command(
+    "keys",
+    rich_help_panel=OPERATOR_PANEL,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def keys_command(ctx: typer.Context) -> None:
+    """API keys: `herald keys create|list|revoke` (`herald keys --help`)."""
+    raise typer.Exit(keys.main(["keys", *ctx.args]))
+
+
+def main() -> None:
+    app(prog_name="herald")

@@ -1,0 +1,243 @@
+"""The `herald` command as users run it: the installed console script, a process of its own,
+against the API served on a real port by the session's stack; and once in a real terminal
+(tmux), its screen read while `herald send --follow` shows a batch's progress."""
+
+import asyncio
+import csv
+import json
+import os
+import secrets
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from settings import Settings
+from tests.support.builders import csv_bytes, unique_numbers
+from tests.support.sending import eventually, served_api
+from tests.support.stack import WAIT_SECONDS, Account
+
+HERALD = Path(sys.executable).parent / "herald"
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.stdout.splitlines()]
+
+
+@dataclass(frozen=True)
+class Cli:
+    env: dict[str, str]
+    cwd: Path
+
+    async def __call__(self, *args: str, env: dict[str, str] | None = None) -> Run:
+        process = await asyncio.create_subprocess_exec(
+            str(HERALD),
+            *args,
+            cwd=self.cwd,
+            env=env if env is not None else self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(WAIT_SECONDS):
+            stdout, stderr = await process.communicate()
+        assert process.returncode is not None
+        return Run(process.returncode, stdout.decode(), stderr.decode())
+
+    async def send(self, file: Path, sender: str, *options: str, message: str = "Hi") -> Run:
+        return await self("send", str(file), "--from", sender, "--message", message, *options)
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    return {**env, "HERALD_HOME": str(home)}
+
+
+@pytest.fixture
+async def cli(settings: Settings, account: Account, tmp_path: Path) -> AsyncIterator[Cli]:
+    async with served_api(settings) as served:
+        env = {
+            **clean_env(tmp_path / "home"),
+            "HERALD_API_URL": served.api_url,
+            "HERALD_API_KEY": account.key,
+        }
+        yield Cli(env, tmp_path)
+
+
+def recipients(tmp_path: Path, numbers: list[str], name: str = "recipients.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(csv_bytes(["phone_number", "first_name"], [[n, "Ada"] for n in numbers]))
+    return path
+
+
+async def test_send_follow_ends_completed_with_exit_0_in_plain_lines(
+    cli: Cli, account: Account, tmp_path: Path
+) -> None:
+    file = recipients(tmp_path, unique_numbers(5))
+
+    sent = await cli.send(
+        file, account.agent_number, "--name", "cli", "--follow", message="Hi {{first_name}}!"
+    )
+
+    assert sent.code == 0, sent.stderr
+    assert "\x1b[" not in sent.stdout
+    assert "status: completed\n" in sent.stdout
+    assert "rows_total: 5\n" in sent.stdout
+    assert "messages sent: 5\n" in sent.stdout
+    assert "completed\t5/5\tsent 5\tfailed 0\tskipped 0\n" in sent.stdout
+
+
+async def test_a_partial_batch_exits_1_and_json_gives_each_event_then_the_summary(
+    cli: Cli, account: Account, tmp_path: Path
+) -> None:
+    file = recipients(tmp_path, [*unique_numbers(3), "+15005550001"])
+
+    sent = await cli.send(file, account.agent_number, "--follow", "--json")
+
+    assert sent.code == 1, sent.stderr
+    lines = sent.json_lines()
+    statuses = [line["data"]["status"] for line in lines if line["event"] == "status"]
+    assert statuses[0] == "validating" and statuses[-1] == "completed_partial"
+    assert lines[-1]["event"] == "summary"
+    assert lines[-1]["data"]["counts"] == {"sent": 3, "failed": 1, "rejected": 0}
+
+    retried = await cli("retry", lines[-1]["data"]["batch_id"], "--statuses", "failed", "--json")
+    assert retried.code == 0, retried.stderr
+    assert retried.json_lines()[0]["action"] == "retry"
+    assert retried.json_lines()[0]["rows"] == 1
+
+
+async def test_a_failed_batch_exits_2(cli: Cli, account: Account, tmp_path: Path) -> None:
+    # No row can be sent: the batch fails at validation (`no_valid_recipients`).
+    file = recipients(tmp_path, ["not a number"])
+
+    sent = await cli.send(file, account.agent_number, "--follow")
+
+    assert sent.code == 2, sent.stderr
+    assert "status: failed\n" in sent.stdout
+
+
+async def test_reads_list_status_errors_export_and_numbers(
+    cli: Cli, account: Account, tmp_path: Path
+) -> None:
+    good = unique_numbers(2)
+    file = recipients(tmp_path, [*good, "not a number"])
+    sent = await cli.send(file, account.agent_number, "--follow", "--json")
+    batch_id = sent.json_lines()[-1]["data"]["batch_id"]
+
+    listed = await cli("batches", "--json")
+    status = await cli("status", batch_id)
+    rejected = await cli("errors", batch_id)
+    exported = await cli("export", batch_id, "-o", str(tmp_path / "out.csv"))
+    numbers = await cli("numbers")
+
+    assert [b["batch_id"] for b in listed.json_lines()[0]["batches"]] == [batch_id]
+    assert f"batch_id: {batch_id}\n" in status.stdout
+    assert "status: completed_partial\n" in status.stdout
+    assert rejected.stdout.splitlines() == [
+        "row_number\tvalue\tcode\tmessage",
+        f"3\tnot a number\tinvalid_number\t{rejected.stdout.split(chr(9))[-1].strip()}",
+    ]
+    assert exported.code == 0, exported.stderr
+    with (tmp_path / "out.csv").open(encoding="utf-8-sig") as out:
+        rows = list(csv.DictReader(out))
+    assert sorted(row["phone_number"] for row in rows) == sorted(good)
+    assert numbers.stdout.splitlines()[0] == "number\tkind\tchannel\tmps\twebhook"
+    assert numbers.stdout.splitlines()[1].startswith(f"{account.agent_number}\tnumber\tsms\t")
+
+
+async def test_pause_resume_and_cancel_steer_a_batch_and_follow_exits_2(
+    cli: Cli, account: Account, tmp_path: Path
+) -> None:
+    file = recipients(tmp_path, unique_numbers(3))
+    started = await cli.send(
+        file, account.agent_number, "--schedule", "2099-01-01T00:00:00+00:00", "--json"
+    )
+    batch_id = started.json_lines()[0]["batch_id"]
+
+    paused = await cli("pause", batch_id)
+    resumed = await cli("resume", batch_id)
+    cancelled = await cli("cancel", batch_id, "--reason", "wrong list")
+    followed = await cli("follow", batch_id)
+
+    assert (paused.code, resumed.code, cancelled.code) == (0, 0, 0)
+    assert paused.stdout == f"pause: sent to batch {batch_id}\n"
+    assert followed.code == 2, followed.stderr
+    assert "status: cancelled\n" in followed.stdout
+    assert "reason: wrong list\n" in followed.stdout
+
+
+async def test_the_key_and_address_come_from_dev_json_and_failures_exit_3(
+    cli: Cli, account: Account, tmp_path: Path
+) -> None:
+    home = tmp_path / "dev-home"
+    home.mkdir()
+    dev = {"api_url": cli.env["HERALD_API_URL"], "api_key": account.key}
+    (home / "dev.json").write_text(json.dumps(dev))
+
+    from_dev = await cli("numbers", "--json", env=clean_env(home))
+    no_key = await cli("numbers", env=clean_env(tmp_path / "empty"))
+    unknown = await cli("status", "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10")
+
+    assert from_dev.code == 0, from_dev.stderr
+    assert [n["number"] for n in from_dev.json_lines()[0]] == [account.agent_number]
+    assert no_key.code == 3
+    assert "no API key: set HERALD_API_KEY" in no_key.stderr
+    assert unknown.code == 3
+    assert "NOT_FOUND (404)" in unknown.stderr
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+async def test_send_follow_in_a_terminal_shows_a_progress_bar_and_a_summary(
+    cli: Cli, account: Account, tmp_path: Path
+) -> None:
+    file = recipients(tmp_path, unique_numbers(40))
+    socket = f"herald-test-{secrets.token_hex(4)}"
+    command = (
+        f"{HERALD} send {file} --from '{account.agent_number}' --message Hi --follow;"
+        " echo exit=$?; sleep 600"
+    )
+    variables = [f"{name}={cli.env[name]}" for name in ("HERALD_API_URL", "HERALD_API_KEY")]
+
+    async def tmux(*args: str) -> str:
+        process = await asyncio.create_subprocess_exec(
+            "tmux", "-L", socket, *args, stdout=asyncio.subprocess.PIPE, env=cli.env
+        )
+        out, _ = await process.communicate()
+        return out.decode()
+
+    await tmux(
+        "new-session",
+        "-d",
+        "-x",
+        "160",
+        "-y",
+        "50",
+        *[part for variable in variables for part in ("-e", variable)],
+        "bash",
+        "-c",
+        command,
+    )
+    try:
+        screen = await eventually(
+            lambda: tmux("capture-pane", "-p"), lambda shown: "exit=" in shown
+        )
+    finally:
+        await tmux("kill-server")
+
+    assert "exit=0" in screen, screen
+    bar = next(line for line in screen.splitlines() if "40/40" in line)
+    assert "completed" in bar and "━" in bar
+    assert "sent 40 failed 0 skipped 0" in bar
+    assert "ETA" in bar
+    assert "│ status" in screen and "completed" in screen
+    assert "│ messages sent" in screen
+    assert "batch " in screen and " started" in screen
