@@ -1,19 +1,13 @@
 """The carrier's inbound webhook on the real stack: signed replies land in their conversation,
 STOP/START change opt-outs, HELP is answered, anything unsigned is refused."""
 
-import asyncio
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from twilio.request_validator import RequestValidator
 
-from api.app import create_app
-from deploy.local.processes import free_port
 from settings import Settings
 from store import opt_outs
 from tests.support.builders import emulator_messages, unique_numbers
@@ -27,6 +21,7 @@ from tests.support.sending import (
     received_by,
     send,
     send_ok,
+    served_api,
 )
 from tests.support.stack import Account, WebhookReceiver, api_client, error_code
 
@@ -87,27 +82,6 @@ async def test_an_inbound_reply_lands_in_the_conversation(
     )
     [user_event] = [e for e in events if e.get("sender") == "USER"]
     assert (user_event["body"], user_event["message_id"]) == ("Yes, at 8", reply["message_id"])
-
-
-@asynccontextmanager
-async def served_api(settings: Settings) -> AsyncIterator[Settings]:
-    """The API on a real port, as the carrier reaches it; its settings name that address."""
-    port = free_port()
-    served = settings.model_copy(update={"api_port": port})
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning")
-    )
-    serving = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        return server.started
-
-    try:
-        await eventually(started, bool)
-        yield served
-    finally:
-        server.should_exit = True
-        await serving
 
 
 async def test_the_carriers_signed_post_over_http_lands_in_the_conversation(

@@ -2,12 +2,16 @@
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import httpx
+import uvicorn
 from twilio.request_validator import RequestValidator
 
+from api.app import create_app
+from deploy.local.processes import free_port
 from settings import Settings
 from tests.support.builders import emulator_messages
 from tests.support.stack import Account
@@ -72,6 +76,27 @@ async def eventually(
             if ready(value):
                 return value
             await asyncio.sleep(0.1)
+
+
+@asynccontextmanager
+async def served_api(settings: Settings) -> AsyncIterator[Settings]:
+    """The API on a real port, as the carrier reaches it; its settings name that address."""
+    port = free_port()
+    served = settings.model_copy(update={"api_port": port})
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return server.started
+
+    try:
+        await eventually(started, bool)
+        yield served
+    finally:
+        server.should_exit = True
+        await serving
 
 
 async def received_by(emulator_url: str, to: str, count: int) -> list[dict[str, Any]]:
