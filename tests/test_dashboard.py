@@ -83,7 +83,13 @@ async def test_the_dashboard_shows_a_batch_progressing_and_pauses_it(
         await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
         row = f'tr[data-batch-id="{batch_id}"]'
         await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
-        assert await run(lambda: driver.execute_script("return sessionStorage.length")) == 1
+        stored = await run(
+            lambda: driver.execute_script(
+                "return [sessionStorage.getItem('herald.apiKey'), localStorage.length,"
+                " document.cookie]"
+            )
+        )
+        assert stored == [account.key, 0, ""]
         await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
         first = await until(driver, lambda d: row_sent(d, batch_id))
         later = await until(driver, lambda d: (n := row_sent(d, batch_id)) > first and n)

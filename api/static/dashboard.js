@@ -275,6 +275,13 @@ function select(batchId) {
   followRunning();
 }
 
+// The batch shown is read again while it runs, even when no event stream is open for it.
+function refreshSelected() {
+  const batch = state.batches.get(state.selected);
+  const stale = Date.now() - state.detailLoadedAt > DETAIL_REFRESH_MS;
+  if (batch && !FINAL.has(batch.status) && stale) loadDetail().catch(failed);
+}
+
 function renderLive(batch) {
   statusBadge($("detail-status"), batch.status);
   const progress = progressOf(batch);
@@ -446,6 +453,7 @@ function signOut(message = "") {
   for (const controller of state.streams.values()) controller.abort();
   state.streams.clear();
   clearInterval(state.listTimer);
+  clearInterval(state.detailTimer);
   $("app").hidden = true;
   $("forget").hidden = true;
   $("login").hidden = false;
@@ -461,6 +469,8 @@ function start() {
   loadSenders();
   clearInterval(state.listTimer);
   state.listTimer = setInterval(() => loadBatches().catch(failed), LIST_REFRESH_MS);
+  clearInterval(state.detailTimer);
+  state.detailTimer = setInterval(refreshSelected, DETAIL_REFRESH_MS);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
