@@ -29,6 +29,7 @@ from api.routes import (
     postman,
     receipts,
     send,
+    ui,
     webhooks,
 )
 from logs import configure_logging
@@ -158,6 +159,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     app.include_router(health.router)
     # Public, answered to browsers: a redirect or an HTML page, never the JSON envelope.
     app.include_router(links.router)
+    app.include_router(ui.router)
     for module in (
         files,
         numbers,

@@ -103,6 +103,7 @@ def test_launcher_is_ready_then_leaves_no_process_behind(stack_env: dict[str, st
         ready = httpx.get(f"{dev['api_url']}/readyz", timeout=5)
         ui = httpx.get(dev["temporal_ui_url"], timeout=5)
         docs = httpx.get(dev["docs_url"], timeout=5)
+        dashboard = httpx.get(dev["dashboard_url"], timeout=5)
         numbers = httpx.get(
             f"{dev['api_url']}/v1/sms/numbers", headers={"authorization": dev["api_key"]}
         )
@@ -113,6 +114,7 @@ def test_launcher_is_ready_then_leaves_no_process_behind(stack_env: dict[str, st
     assert ready.json()["checks"] == {"postgres": "ok", "temporal": "ok"}
     assert ui.status_code == 200
     assert docs.status_code == 200
+    assert dashboard.status_code == 200 and "<title>Herald dashboard</title>" in dashboard.text
     assert [n["number"] for n in numbers.json()["data"]] == [dev["agent_number"]]
     assert set(dev) >= {"api_key", "agent_number", "api_url", "temporal_ui_url", "emulator_url"}
     # The API, and each worker twice: Herald's series and the Temporal SDK's.

@@ -169,6 +169,7 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
         **dev,
         "api_url": settings.api_url,
         "docs_url": f"{settings.api_url}/docs",
+        "dashboard_url": f"{settings.api_url}/ui",
         "temporal_ui_url": settings.temporal_ui_base,
         "emulator_url": settings.carrier_url,
         "api_metrics_url": f"{settings.api_url}/metrics",

@@ -78,6 +78,27 @@ async def eventually(
             await asyncio.sleep(0.1)
 
 
+@asynccontextmanager
+async def served_api(settings: Settings) -> AsyncIterator[Settings]:
+    """The API on a real port, as the carrier reaches it; its settings name that address."""
+    port = free_port()
+    served = settings.model_copy(update={"api_port": port})
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return server.started
+
+    try:
+        await eventually(started, bool)
+        yield served
+    finally:
+        server.should_exit = True
+        await serving
+
+
 async def received_by(emulator_url: str, to: str, count: int) -> list[dict[str, Any]]:
     """The emulator's messages to `to`, once there are at least `count`."""
     return await eventually(
@@ -109,24 +130,3 @@ async def send_ok(
     response = await send(api, account, user_number, **body)
     assert response.status_code == 200, response.text
     return response.json()["data"]
-
-
-@asynccontextmanager
-async def served_api(settings: Settings) -> AsyncIterator[Settings]:
-    """The API on a real port, as the carrier reaches it; its settings name that address."""
-    port = free_port()
-    served = settings.model_copy(update={"api_port": port})
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning")
-    )
-    serving = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        return server.started
-
-    try:
-        await eventually(started, bool)
-        yield served
-    finally:
-        server.should_exit = True
-        await serving

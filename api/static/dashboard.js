@@ -1,0 +1,491 @@
+// Herald's dashboard: plain JavaScript on the JSON API and the batch event stream.
+// The API key lives in this tab's sessionStorage only and goes in the `authorization`
+// header; the event stream is read with fetch() so that it carries the header too
+// (EventSource cannot send one, and a key in a URL would land in logs).
+"use strict";
+
+const KEY_ITEM = "herald.apiKey";
+const FINAL = new Set(["completed", "completed_partial", "failed", "cancelled"]);
+// Browsers open about six connections per host; each stream holds one.
+const MAX_STREAMS = 3;
+const LIST_REFRESH_MS = 5000;
+const DETAIL_REFRESH_MS = 2000;
+const PAGE = 50;
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  batches: new Map(), // batch_id -> summary from the list
+  progress: new Map(), // batch_id -> {sent, failed, done, total} from its event stream
+  ledger: new Map(), // batch_id -> the same from its ledger counts (the batch shown)
+  streams: new Map(), // batch_id -> AbortController of its open event stream
+  selected: null,
+  errorsAfter: -1,
+  listTimer: null,
+  detailTimer: null,
+  detailLoadedAt: 0,
+};
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(`${code}: ${message}`);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+function apiKey() {
+  return sessionStorage.getItem(KEY_ITEM);
+}
+
+function authHeaders() {
+  return { authorization: `Bearer ${apiKey()}` };
+}
+
+async function api(path, { method = "GET", json, form } = {}) {
+  const headers = authHeaders();
+  let body;
+  if (json !== undefined) {
+    headers["content-type"] = "application/json";
+    body = JSON.stringify(json);
+  } else if (form !== undefined) {
+    body = form;
+  }
+  const response = await fetch(path, { method, headers, body, cache: "no-store" });
+  let payload = null;
+  try {
+    payload = await response.json();
+  } catch {
+    payload = null;
+  }
+  if (!response.ok) {
+    const error = payload && payload.errors && payload.errors[0];
+    if (response.status === 401) signOut("The API key was refused: enter it again.");
+    throw new ApiError(
+      response.status,
+      error ? error.error : `HTTP_${response.status}`,
+      error ? error.message : response.statusText,
+    );
+  }
+  return payload.data;
+}
+
+function notify(text, isError = false) {
+  const notice = $("notice");
+  notice.textContent = text;
+  notice.classList.toggle("error", isError);
+}
+
+function failed(error) {
+  notify(error instanceof ApiError ? error.message : String(error), true);
+}
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text === null || text === undefined ? "" : String(text);
+  if (className) td.className = className;
+  row.appendChild(td);
+  return td;
+}
+
+function statusBadge(element, status) {
+  element.textContent = status;
+  element.className = `status ${status}`;
+}
+
+// Ledger statuses of rows not yet done.
+const WAITING = new Set(["pending", "sending", "waiting_for_window"]);
+
+// What a batch has done: from its ledger counts when it is the one shown (they move with
+// each send), else from its event stream (the workflow's totals, which move per chunk).
+function progressOf(batch) {
+  const live =
+    (batch.batch_id === state.selected && state.ledger.get(batch.batch_id)) ||
+    state.progress.get(batch.batch_id);
+  if (live) {
+    const total = live.total || batch.recipients || 0;
+    return {
+      value: total ? live.done / total : null,
+      text: `${live.sent} sent, ${live.failed} failed of ${total}`,
+    };
+  }
+  if (FINAL.has(batch.status)) return { value: 1, text: `${batch.recipients ?? 0} recipients` };
+  return { value: null, text: batch.recipients === null ? "" : `${batch.recipients} recipients` };
+}
+
+function ledgerProgress(detail) {
+  const counts = detail.counts;
+  let done = 0;
+  for (const [status, count] of Object.entries(counts)) {
+    if (status !== "rejected" && !WAITING.has(status)) done += count;
+  }
+  return {
+    sent: (counts.sent ?? 0) + (counts.delivered ?? 0),
+    failed: (counts.failed ?? 0) + (counts.undelivered ?? 0),
+    done,
+    total: detail.recipients ?? 0,
+  };
+}
+
+function setProgress(bar, fraction) {
+  if (fraction === null) bar.removeAttribute("value");
+  else bar.value = Math.min(1, fraction);
+}
+
+// --- the list --------------------------------------------------------------------------
+
+function renderRow(batch) {
+  let row = document.querySelector(`tr[data-batch-id="${CSS.escape(batch.batch_id)}"]`);
+  if (!row) {
+    row = document.createElement("tr");
+    row.dataset.batchId = batch.batch_id;
+    const name = cell(row, "", "name");
+    const title = document.createElement("strong");
+    const id = document.createElement("div");
+    id.className = "progress-text";
+    name.append(title, id);
+    cell(row, "", "status-cell").appendChild(document.createElement("span"));
+    const progressCell = cell(row, "", "progress-cell");
+    const bar = document.createElement("progress");
+    bar.max = 1;
+    const text = document.createElement("span");
+    text.className = "progress-text";
+    progressCell.append(bar, text);
+    cell(row, "", "created");
+    row.addEventListener("click", () => select(batch.batch_id));
+    $("batch-rows").appendChild(row);
+  }
+  row.querySelector(".name strong").textContent = batch.name || batch.agent_number;
+  row.querySelector(".name div").textContent = batch.batch_id;
+  statusBadge(row.querySelector(".status-cell span"), batch.status);
+  const progress = progressOf(batch);
+  setProgress(row.querySelector("progress"), progress.value);
+  row.querySelector(".progress-cell .progress-text").textContent = progress.text;
+  row.querySelector(".created").textContent = new Date(batch.created_at).toLocaleString();
+  row.classList.toggle("selected", batch.batch_id === state.selected);
+}
+
+async function loadBatches() {
+  const data = await api(`/v1/sms/batches?limit=${PAGE}`);
+  const seen = new Set();
+  for (const batch of data.batches) {
+    seen.add(batch.batch_id);
+    state.batches.set(batch.batch_id, batch);
+    renderRow(batch);
+  }
+  for (const row of [...$("batch-rows").children]) {
+    if (!seen.has(row.dataset.batchId)) row.remove();
+  }
+  $("no-batches").hidden = data.batches.length > 0;
+  followRunning();
+}
+
+// Live progress: one event stream per running batch shown (the selected one first).
+function followRunning() {
+  const running = [...state.batches.values()].filter((b) => !FINAL.has(b.status));
+  running.sort((a, b) => (b.batch_id === state.selected) - (a.batch_id === state.selected));
+  for (const batch of running) {
+    if (state.streams.size >= MAX_STREAMS) break;
+    if (!state.streams.has(batch.batch_id)) follow(batch.batch_id);
+  }
+}
+
+async function follow(batchId) {
+  const controller = new AbortController();
+  state.streams.set(batchId, controller);
+  try {
+    const response = await fetch(`/v1/sms/batch/${encodeURIComponent(batchId)}/events`, {
+      headers: { ...authHeaders(), accept: "text/event-stream" },
+      cache: "no-store",
+      signal: controller.signal,
+    });
+    if (!response.ok) return;
+    await readEvents(response.body, (event, data) => onBatchEvent(batchId, event, data));
+  } catch (error) {
+    if (error.name !== "AbortError") console.warn("event stream", batchId, error);
+  } finally {
+    if (state.streams.get(batchId) === controller) state.streams.delete(batchId);
+  }
+}
+
+// Server-sent events from a fetch() body: blocks split by a blank line, `event:` and
+// `data:` fields (data lines joined by newlines, as EventSource does).
+async function readEvents(body, onEvent) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replaceAll("\r\n", "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) onEvent(event, JSON.parse(data.join("\n")));
+    }
+  }
+}
+
+function onBatchEvent(batchId, event, data) {
+  const batch = state.batches.get(batchId);
+  if (!batch) return;
+  if (event === "progress") {
+    const done = data.sent + data.failed;
+    state.progress.set(batchId, { ...data, done, total: data.recipients });
+    batch.status = data.paused ? "paused" : data.status;
+  } else if (event === "status" && data.status !== "click") {
+    batch.status = data.status;
+    if (FINAL.has(data.status) && data.messages_total !== undefined) {
+      const waiting = data.messages_waiting_for_window ?? 0;
+      state.progress.set(batchId, {
+        sent: data.messages_successful,
+        failed: data.messages_failed,
+        done: data.messages_total - waiting,
+        total: data.messages_total,
+      });
+    }
+  }
+  renderRow(batch);
+  if (batchId === state.selected) {
+    renderLive(batch);
+    if (Date.now() - state.detailLoadedAt > DETAIL_REFRESH_MS || FINAL.has(batch.status)) {
+      loadDetail().catch(failed);
+    }
+  }
+}
+
+// --- one batch -------------------------------------------------------------------------
+
+function select(batchId) {
+  state.selected = batchId;
+  state.errorsAfter = -1;
+  $("error-rows").replaceChildren();
+  $("detail").hidden = false;
+  for (const row of $("batch-rows").children) {
+    row.classList.toggle("selected", row.dataset.batchId === batchId);
+  }
+  loadDetail().catch(failed);
+  loadErrors().catch(failed);
+  followRunning();
+}
+
+// The batch shown is read again while it runs, even when no event stream is open for it.
+function refreshSelected() {
+  const batch = state.batches.get(state.selected);
+  const stale = Date.now() - state.detailLoadedAt > DETAIL_REFRESH_MS;
+  if (batch && !FINAL.has(batch.status) && stale) loadDetail().catch(failed);
+}
+
+function renderLive(batch) {
+  statusBadge($("detail-status"), batch.status);
+  const progress = progressOf(batch);
+  setProgress($("detail-progress"), progress.value);
+  $("detail-progress-text").textContent = progress.text;
+  const final = FINAL.has(batch.status);
+  $("pause").disabled = final || batch.status === "paused";
+  $("resume").disabled = batch.status !== "paused";
+  $("cancel").disabled = final;
+  $("retry").disabled = !final;
+}
+
+async function loadDetail() {
+  const batchId = state.selected;
+  state.detailLoadedAt = Date.now();
+  const detail = await api(`/v1/sms/batch/${encodeURIComponent(batchId)}`);
+  if (batchId !== state.selected) return;
+  const batch = { ...(state.batches.get(batchId) || {}), ...detail };
+  state.batches.set(batchId, batch);
+  state.ledger.set(batchId, ledgerProgress(detail));
+  renderRow(batch);
+  $("detail-id").textContent = batch.name ? `${batch.name} (${batchId})` : batchId;
+  $("detail-reason").textContent = batch.code ? `${batch.code}: ${batch.reason ?? ""}` : "";
+  $("temporal-link").href = detail.temporal_ui_url;
+  const counts = $("detail-counts");
+  counts.replaceChildren();
+  const shown = [
+    ["rows in the file", detail.rows_total],
+    ["recipients", detail.recipients],
+    ["segments", detail.segments_total],
+    ...Object.entries(detail.counts),
+  ];
+  for (const [label, value] of shown) {
+    const row = document.createElement("tr");
+    row.dataset.count = label;
+    cell(row, label);
+    cell(row, value ?? "–", "count");
+    counts.appendChild(row);
+  }
+  renderLive(batch);
+}
+
+function errorRow(body, rejected) {
+  const row = document.createElement("tr");
+  cell(row, rejected.row_number);
+  cell(row, rejected.value);
+  cell(row, rejected.code);
+  cell(row, rejected.message);
+  body.appendChild(row);
+}
+
+async function loadErrors() {
+  const batchId = state.selected;
+  const query = `limit=${PAGE}&after=${state.errorsAfter}`;
+  const page = await api(`/v1/sms/batch/${encodeURIComponent(batchId)}/errors?${query}`);
+  if (batchId !== state.selected) return;
+  for (const rejected of page.rejected_rows) errorRow($("error-rows"), rejected);
+  $("no-errors").hidden = $("error-rows").children.length > 0;
+  $("more-errors").hidden = page.next_cursor === null;
+  if (page.next_cursor !== null) state.errorsAfter = page.next_cursor;
+}
+
+async function control(action) {
+  const batchId = state.selected;
+  if (!batchId) return;
+  if (action === "cancel" && !window.confirm("Cancel this batch? Rows not sent end cancelled.")) {
+    return;
+  }
+  const options = { method: "POST" };
+  if (action === "retry") options.json = { statuses: ["failed"] };
+  try {
+    const reply = await api(`/v1/sms/batch/${encodeURIComponent(batchId)}/${action}`, options);
+    notify(action === "retry" ? `Retry: ${reply.rows} rows again.` : `${action}: sent.`);
+    await loadBatches();
+    await loadDetail();
+  } catch (error) {
+    failed(error);
+  }
+}
+
+// --- dry run ---------------------------------------------------------------------------
+
+async function dryRun(event) {
+  event.preventDefault();
+  const file = $("dry-file").files[0];
+  if (!file) return;
+  const form = new FormData();
+  form.append("file_type", "batches");
+  form.append("file", file);
+  try {
+    notify("Uploading…");
+    const attached = await api("/v1/files/attach", { method: "POST", form });
+    const global = { agent_number: $("dry-sender").value.trim() };
+    const message = $("dry-message").value;
+    if (message) global.agent_message = message;
+    const preview = await api("/v1/sms/batch", {
+      method: "POST",
+      json: { file_id: attached.file_id, global, dry_run: true },
+    });
+    notify("");
+    showDryRun(preview);
+  } catch (error) {
+    failed(error);
+  }
+}
+
+function showDryRun(preview) {
+  $("dry-result").hidden = false;
+  $("dry-summary").textContent = preview.code
+    ? `The batch would fail: ${preview.code}: ${preview.reason ?? ""}`
+    : `The batch would send ${preview.to_send} messages.`;
+  const cost = preview.estimated_cost;
+  const counts = $("dry-counts");
+  counts.replaceChildren();
+  for (const [label, value] of [
+    ["rows", preview.rows_total],
+    ["to send", preview.to_send],
+    ["skipped", preview.skipped],
+    ["rejected", preview.rejected],
+    ["segments", preview.segments_total],
+    ["GSM-7 / UCS-2", `${preview.messages_gsm7} / ${preview.messages_ucs2}`],
+    ["estimated cost", `${cost.total} ${cost.currency}`],
+  ]) {
+    const row = document.createElement("tr");
+    cell(row, label);
+    cell(row, value);
+    counts.appendChild(row);
+  }
+  const messages = $("dry-messages");
+  messages.replaceChildren();
+  for (const message of preview.messages) {
+    const row = document.createElement("tr");
+    cell(row, message.row_number);
+    cell(row, message.to_number);
+    cell(row, message.body);
+    cell(row, message.segments);
+    cell(row, message.skip_code);
+    messages.appendChild(row);
+  }
+  $("dry-errors").replaceChildren();
+  for (const rejected of preview.rejected_rows) errorRow($("dry-errors"), rejected);
+}
+
+async function loadSenders() {
+  try {
+    const numbers = await api("/v1/sms/numbers");
+    const list = $("senders");
+    list.replaceChildren();
+    for (const sender of numbers) {
+      const option = document.createElement("option");
+      option.value = sender.number;
+      list.appendChild(option);
+    }
+    if (numbers.length && !$("dry-sender").value) $("dry-sender").value = numbers[0].number;
+  } catch {
+    // A key without `numbers:read` types the sender by hand.
+  }
+}
+
+// --- the key ---------------------------------------------------------------------------
+
+function signIn(key) {
+  sessionStorage.setItem(KEY_ITEM, key);
+  start();
+}
+
+function signOut(message = "") {
+  sessionStorage.removeItem(KEY_ITEM);
+  for (const controller of state.streams.values()) controller.abort();
+  state.streams.clear();
+  clearInterval(state.listTimer);
+  clearInterval(state.detailTimer);
+  $("app").hidden = true;
+  $("forget").hidden = true;
+  $("login").hidden = false;
+  $("who").textContent = message;
+}
+
+function start() {
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("forget").hidden = false;
+  $("who").textContent = "";
+  loadBatches().catch(failed);
+  loadSenders();
+  clearInterval(state.listTimer);
+  state.listTimer = setInterval(() => loadBatches().catch(failed), LIST_REFRESH_MS);
+  clearInterval(state.detailTimer);
+  state.detailTimer = setInterval(refreshSelected, DETAIL_REFRESH_MS);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("key").value.trim();
+    $("key").value = "";
+    if (key) signIn(key);
+  });
+  $("forget").addEventListener("click", () => signOut());
+  $("refresh").addEventListener("click", () => loadBatches().catch(failed));
+  $("more-errors").addEventListener("click", () => loadErrors().catch(failed));
+  for (const action of ["pause", "resume", "cancel", "retry"]) {
+    $(action).addEventListener("click", () => control(action));
+  }
+  $("dry-run-form").addEventListener("submit", dryRun);
+  if (apiKey()) start();
+});

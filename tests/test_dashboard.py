@@ -1,0 +1,154 @@
+"""The dashboard at `/ui` in a real headless Chromium against the real stack: the page loads
+and asks for the key, shows a running batch progressing live from its event stream, and its
+buttons pause and cancel it; its dry-run form previews a file.
+
+Each test saves a screenshot; with `HERALD_SCREENSHOTS=docs` they replace the README's."""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+
+from settings import Settings
+from tests.support.batches import start_marked_batch, wait_for_status
+from tests.support.browser import chromium, run, until
+from tests.support.builders import csv_bytes, unique_numbers
+from tests.support.delivery import wait_until_received
+from tests.support.sending import served_api
+from tests.support.stack import Account, WebhookReceiver
+
+# The sender's pace keeps the batch sending (for a minute) while the browser watches it.
+SENDER_MPS = 50
+RECIPIENTS = 3000
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def screenshot(driver: WebDriver, tmp_path: Path, name: str) -> None:
+    """A PNG of the whole page; copied into `HERALD_SCREENSHOTS` when that is set."""
+    path = tmp_path / name
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, max(1000, int(height)))
+    assert driver.save_screenshot(str(path))
+    assert path.read_bytes().startswith(PNG)
+    if target := os.environ.get("HERALD_SCREENSHOTS"):
+        shutil.copyfile(path, Path(target) / name)
+
+
+def sign_in(driver: WebDriver, url: str, key: str) -> None:
+    driver.get(url)
+    assert driver.title == "Herald dashboard"
+    assert driver.find_element(By.ID, "login").is_displayed()
+    assert not driver.find_element(By.ID, "app").is_displayed()
+    driver.find_element(By.ID, "key").send_keys(key)
+    driver.find_element(By.CSS_SELECTOR, "#key-form button").click()
+
+
+def row_sent(driver: WebDriver, batch_id: str) -> int:
+    """The sent count the batch's row shows, 0 while it shows none."""
+    text = driver.find_element(
+        By.CSS_SELECTOR, f'tr[data-batch-id="{batch_id}"] .progress-cell .progress-text'
+    ).text
+    found = re.match(r"(\d+) sent", text)
+    return int(found.group(1)) if found else 0
+
+
+def shown_status(driver: WebDriver) -> str:
+    return driver.find_element(By.ID, "detail-status").text
+
+
+async def test_the_dashboard_shows_a_batch_progressing_and_pauses_it(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    paced = await api.patch(
+        f"/v1/sms/numbers/{account.agent_number}", headers=account.headers, json={"mps": SENDER_MPS}
+    )
+    assert paced.status_code == 200, paced.text
+    batch_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(RECIPIENTS), name="Spring sale"
+    )
+    await wait_until_received(emulator_url, marker, 1)
+    detail = (await api.get(f"/v1/sms/batch/{batch_id}", headers=account.headers)).json()
+
+    async with served_api(settings) as served, chromium() as driver:
+        await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
+        row = f'tr[data-batch-id="{batch_id}"]'
+        await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
+        stored = await run(
+            lambda: driver.execute_script(
+                "return [sessionStorage.getItem('herald.apiKey'), localStorage.length,"
+                " document.cookie]"
+            )
+        )
+        assert stored == [account.key, 0, ""]
+        await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
+        first = await until(driver, lambda d: row_sent(d, batch_id))
+        later = await until(driver, lambda d: (n := row_sent(d, batch_id)) > first and n)
+        assert first < later < RECIPIENTS
+        assert await run(shown_status, driver) in ("in_progress", "in_progress_chunked")
+        link = await run(lambda: driver.find_element(By.ID, "temporal-link").get_attribute("href"))
+        assert link == detail["data"]["temporal_ui_url"]
+        await until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-count="sent"]'))
+        await run(screenshot, driver, tmp_path, "dashboard.png")
+
+        await run(lambda: driver.find_element(By.ID, "pause").click())
+        paused = await wait_for_status(api, account, batch_id, "paused")
+        await until(driver, lambda d: shown_status(d) == "paused")
+        assert paused["status"] == "paused"
+
+        await run(lambda: driver.find_element(By.ID, "cancel").click())
+        await until(driver, expected_conditions.alert_is_present())
+        await run(lambda: driver.switch_to.alert.accept())
+        cancelled = await wait_for_status(api, account, batch_id, "cancelled")
+        await until(driver, lambda d: shown_status(d) == "cancelled")
+        assert cancelled["code"] == "cancelled"
+
+
+async def test_the_dashboard_previews_a_file_without_sending(
+    api: httpx.AsyncClient,
+    account: Account,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    numbers = unique_numbers(3)
+    recipients = tmp_path / "recipients.csv"
+    recipients.write_bytes(
+        csv_bytes(
+            ["phone_number", "name"], [[numbers[0], "Ada"], ["12", "Bob"], [numbers[1], "Cy"]]
+        )
+    )
+    before = (await api.get("/v1/sms/batches", headers=account.headers)).json()["data"]
+
+    async with served_api(settings) as served, chromium() as driver:
+        await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
+        sender = await until(
+            driver, lambda d: d.find_element(By.ID, "dry-sender").get_attribute("value")
+        )
+        assert sender == account.agent_number
+        await run(lambda: driver.find_element(By.ID, "dry-file").send_keys(str(recipients)))
+        await run(lambda: driver.find_element(By.ID, "dry-message").send_keys("Hi {{name}}"))
+        await run(lambda: driver.find_element(By.CSS_SELECTOR, "#dry-run-form button").click())
+        summary = await until(driver, lambda d: d.find_element(By.ID, "dry-summary").text)
+        messages = await run(
+            lambda: [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#dry-messages tr")]
+        )
+        rejected = await run(
+            lambda: [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#dry-errors tr")]
+        )
+        await run(screenshot, driver, tmp_path, "dashboard-dry-run.png")
+
+    after = (await api.get("/v1/sms/batches", headers=account.headers)).json()["data"]
+    assert summary == "The batch would send 2 messages."
+    assert [m.split(" ")[:2] for m in messages] == [["1", numbers[0]], ["3", numbers[1]]]
+    assert "Hi Ada" in messages[0]
+    assert len(rejected) == 1 and rejected[0].startswith("2 12 ")
+    assert after["pagination"]["total"] == before["pagination"]["total"]
