@@ -82,13 +82,23 @@ class SendingActivities(WorkerResources):
             )
             return result
 
+        failures: list[Exception] = []
+
         async def lane() -> None:
             # A fixed set of lanes, not a task per message: the slice's rows in order, with
             # `send_concurrency` requests in flight; a row left when stopping stays None.
             for index, message in queue:
                 if stopping.is_set():
                     return
-                results[index] = await send(message)
+                try:
+                    results[index] = await send(message)
+                except Exception as error:
+                    # Failed before its request left (the carrier's answers, even unreadable
+                    # ones, are outcomes): every lane stops, and what went out is recorded
+                    # before the activity fails, so no request leaves after it has ended.
+                    failures.append(error)
+                    stopping.set()
+                    return
 
         lanes = min(self._settings.send_concurrency, len(claimed))
         sends = asyncio.gather(*(lane() for _ in range(lanes)))
@@ -104,6 +114,8 @@ class SendingActivities(WorkerResources):
         self._count(input.agent_number, results)
         if cancelled:
             raise asyncio.CancelledError
+        if failures:
+            raise failures[0]
         retry = [r for r in results if r is not None and r.verdict is Verdict.RETRY]
         if retry:
             # An attempt that got anything through resets the backoff; the next attempt reads

@@ -117,6 +117,12 @@ async def claim_slice(
     return [ClaimedMessage(r["seq"], r["to_number"], r["body"]) for r in rows]
 
 
+def storable(text: str | None) -> str | None:
+    """`text` as PostgreSQL can store it: a carrier's words may hold NUL, which no text
+    column takes, and one such message must not fail the statement of its whole slice."""
+    return text.replace("\x00", "\ufffd") if text else text
+
+
 async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome]) -> None:
     """Write every outcome of a slice in one statement; only rows still `sending` move. Then
     apply the receipts that came before their sids were written.
@@ -139,7 +145,7 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
         [o.status for o in outcomes],
         [o.carrier_sid for o in outcomes],
         [o.error_code for o in outcomes],
-        [o.error_message for o in outcomes],
+        [storable(o.error_message) for o in outcomes],
     )
     sids = [o.carrier_sid for o in outcomes if o.carrier_sid]
     if sids:
