@@ -4,33 +4,27 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.backoff import retry_delay
 from activities.heartbeats import SliceHeartbeat
+from activities.outages import through_outages
 from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, Verdict
 from activities.resources import WorkerResources
 from store import batches, carrier_accounts, messages, opt_outs
-from store.db import UNAVAILABLE
 from workflows.contracts import SendCounts, SendSliceInput
 from workflows.statuses import LedgerStatus
-
-log = structlog.get_logger(__name__)
 
 # A row the batch's `expire_at` caught before it was sent.
 EXPIRED = SendResult(verdict=Verdict.EXPIRED)
 # Often enough that a cancellation (delivered in a heartbeat's reply) is seen within a second.
 HEARTBEAT_SECONDS = 0.5
-# How long a send activity holding the carrier's answers waits for PostgreSQL to come back
-# (a restart, a failover) before it gives up, leaving its rows to end `uncertain`.
-OUTAGE_WAIT_SECONDS = 60.0
 
 
 class SendingActivities(WorkerResources):
@@ -149,8 +143,8 @@ class SendingActivities(WorkerResources):
             if r is not None and r.opts_out
         ]
         if opted_out:
-            await _through_outages(lambda: self._record_opt_outs(account_id, opted_out))
-        await _through_outages(
+            await through_outages(lambda: self._record_opt_outs(account_id, opted_out))
+        await through_outages(
             lambda: messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
         )
 
@@ -197,26 +191,6 @@ async def _to_the_end(
             cancelled = True
             if on_cancel is not None:
                 on_cancel()
-
-
-async def _through_outages(write: Callable[[], Awaitable[object]]) -> None:
-    """Run `write`, and again while PostgreSQL is unreachable, heartbeating, for up to
-    OUTAGE_WAIT_SECONDS. The carrier's answers are worth the wait: an activity that failed
-    here would be retried, and its retry would find these rows `sending` and make them
-    `uncertain`."""
-    deadline = time.monotonic() + OUTAGE_WAIT_SECONDS
-    pause = 0.1
-    while True:
-        try:
-            await write()
-            return
-        except UNAVAILABLE as error:
-            if time.monotonic() + pause > deadline:
-                raise
-            log.warning("database unavailable; outcomes kept until it is back", error=repr(error))
-        activity.heartbeat()
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, 2.0)
 
 
 async def _heartbeat_until_done() -> None:
