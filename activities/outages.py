@@ -3,6 +3,7 @@
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 from temporalio import activity
@@ -11,26 +12,27 @@ from store.db import UNAVAILABLE
 
 log = structlog.get_logger(__name__)
 
+T = TypeVar("T")
+
 # How long a send activity holding the carrier's answers waits for PostgreSQL to come back
 # (a restart, a failover) before it gives up, leaving its rows to end `uncertain`.
 OUTAGE_WAIT_SECONDS = 60.0
 
 
-async def through_outages(write: Callable[[], Awaitable[object]]) -> None:
-    """Run `write`, and again while PostgreSQL is unreachable, heartbeating, for up to
-    OUTAGE_WAIT_SECONDS. The carrier's answers are worth the wait: an activity that failed
-    here would be retried, and its retry would find these rows `sending` and make them
-    `uncertain`."""
+async def through_outages(call: Callable[[], Awaitable[T]]) -> T:
+    """Run `call`, and again while PostgreSQL is unreachable, heartbeating, for up to
+    OUTAGE_WAIT_SECONDS; what it returns. Every statement of a send activity that has
+    claimed its rows goes through here: an activity that failed would be retried, and its
+    retry would find the rows still `sending` and make them `uncertain`, sent or not."""
     deadline = time.monotonic() + OUTAGE_WAIT_SECONDS
     pause = 0.1
     while True:
         try:
-            await write()
-            return
+            return await call()
         except UNAVAILABLE as error:
             if time.monotonic() + pause > deadline:
                 raise
-            log.warning("database unavailable; outcomes kept until it is back", error=repr(error))
+            log.warning("database unavailable; waiting until it is back", error=repr(error))
         activity.heartbeat()
         await asyncio.sleep(pause)
         pause = min(pause * 2, 2.0)

@@ -39,14 +39,23 @@ class SendingActivities(WorkerResources):
         goes on up.
         """
         batch_id = uuid.UUID(input.batch_id)
+        # Every statement rides out a PostgreSQL outage (through_outages), the pacer's too:
+        # an attempt that failed once it has claimed its rows would leave them to its retry
+        # as `uncertain`, sent or not.
         account_id = (
             uuid.UUID(input.account_id)
             if input.account_id
-            else (await batches.batch_for_workflow(self._pool, batch_id))["account_id"]
+            else (await through_outages(lambda: batches.batch_for_workflow(self._pool, batch_id)))[
+                "account_id"
+            ]
         )
-        own = await carrier_accounts.carrier_account(self._pool, account_id)
+        own = await through_outages(
+            lambda: carrier_accounts.carrier_account(self._pool, account_id)
+        )
         credentials = (own.account_sid, own.auth_token) if own else None
-        claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
+        claimed = await through_outages(
+            lambda: messages.claim_slice(self._pool, batch_id, input.start, input.end)
+        )
         pacer = SenderPacer(self._pool, input.agent_number)
         stopping = asyncio.Event()
         results: list[SendResult | None] = [None] * len(claimed)

@@ -7,11 +7,13 @@ unless asked."""
 import asyncio
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 from pydantic import SecretStr
+from temporalio.client import Client
 
 from deploy.local.postgres import dsn, postgres_process, postgres_ready
 from deploy.local.processes import ManagedProcess, free_port
@@ -25,6 +27,7 @@ from tests.support.builders import unique_numbers
 from tests.support.delivery import (
     assert_each_row_once,
     ledger_rows,
+    own_worker,
     received,
     wait_until_received,
 )
@@ -153,16 +156,43 @@ async def restart(process: ManagedProcess, ready: Callable[[], bool], down: floa
     await asyncio.to_thread(process.wait_until, ready, 60)
 
 
-async def new_account(settings: Settings) -> Account:
+async def new_account(settings: Settings, mps: float | None = None) -> Account:
     pool = await create_pool(settings.dsn)
     try:
         account_id = await create_account(pool, "crash test")
         key = await create_api_key(pool, account_id)
         sender = unique_numbers(1)[0]
-        await numbers.add_number(pool, account_id, sender, "sms", None)
+        await numbers.add_number(pool, account_id, sender, "sms", mps)
     finally:
         await pool.close()
     return Account(account_id=account_id, key=key.key, agent_number=sender)
+
+
+@asynccontextmanager
+async def own_postgres(tmp_path: Path) -> AsyncIterator[tuple[ManagedProcess, int]]:
+    """A PostgreSQL of the test's own and its port, so that the session's is never restarted;
+    durable, unlike the session's: a crash must not lose committed transactions."""
+    port = free_port()
+    pg = postgres_process(tmp_path / "pg", port, tmp_path / "pg.log")
+    try:
+        pg.start()
+        await asyncio.to_thread(pg.wait_until, lambda: postgres_ready(port), 60)
+        yield pg, port
+    finally:
+        pg.stop()
+
+
+async def restart_postgres(pg: ManagedProcess, port: int, down: float) -> None:
+    """Stop PostgreSQL as a crash would, leave it down `down` seconds, start it again. Its
+    immediate shutdown (SIGQUIT) ends every backend at once with no checkpoint; a SIGKILL of
+    the postmaster alone would not (each backend leads a process group of its own), and the
+    connections open would go on working for a while."""
+    assert pg.process is not None
+    pg.process.send_signal(signal.SIGQUIT)
+    await asyncio.to_thread(pg.process.wait)
+    await asyncio.sleep(down)
+    pg.start()
+    await asyncio.to_thread(pg.wait_until, lambda: postgres_ready(port), 60)
 
 
 async def test_temporal_and_postgres_restarted_mid_batch_and_the_batch_completes(
@@ -173,47 +203,43 @@ async def test_temporal_and_postgres_restarted_mid_batch_and_the_batch_completes
     tmp_path: Path,
 ) -> None:
     rows_total = 2000
-    pg_port, temporal_port = free_port(), free_port()
-    # A stack of its own, so that the session's PostgreSQL and Temporal are never restarted;
-    # durable, unlike the session's: a crash must not lose committed transactions.
-    pg = postgres_process(tmp_path / "pg", pg_port, tmp_path / "pg.log")
+    temporal_port = free_port()
+    # A Temporal of its own too, for the same reasons.
     server = temporal_process(
         port=temporal_port,
         ui_port=None,
         db_file=tmp_path / "temporal.sqlite",
         log_path=tmp_path / "temporal.log",
     )
-    own = crash_settings(
-        settings,
-        database_url=SecretStr(dsn(pg_port)),
-        temporal_address=f"127.0.0.1:{temporal_port}",
-    )
-    worker = worker_process(own, tmp_path / "worker.log")
-    try:
-        pg.start()
-        server.start()
-        await asyncio.to_thread(pg.wait_until, lambda: postgres_ready(pg_port), 60)
-        await asyncio.to_thread(server.wait_until, lambda: temporal_ready(temporal_port), 60)
-        worker.start()
-        await carrier(latency_ms=1000)
-        async with api_client(own) as api:
-            account = await new_account(own)
-            file_id, marker = await start_marked_batch(
-                api, account, webhooks, unique_numbers(rows_total)
-            )
-            await wait_until_received(emulator_url, marker, 200)
-            await restart(server, lambda: temporal_ready(temporal_port), down=1)
-            await wait_until_received(emulator_url, marker, 1000)
-            at_postgres_crash = len(await received(emulator_url, marker))
-            # Down long enough for some slices to end, and wait to record, meanwhile.
-            await restart(pg, lambda: postgres_ready(pg_port), down=3)
-            final = (await webhooks.wait_for(marker, *FINAL))[-1]
-            rows = await ledger_rows(api, account, file_id)
-            counts = await batch_counts(api, account, file_id)
-    finally:
-        worker.stop()
-        server.stop()
-        pg.stop()
+    async with own_postgres(tmp_path) as (pg, pg_port):
+        own = crash_settings(
+            settings,
+            database_url=SecretStr(dsn(pg_port)),
+            temporal_address=f"127.0.0.1:{temporal_port}",
+        )
+        worker = worker_process(own, tmp_path / "worker.log")
+        try:
+            server.start()
+            await asyncio.to_thread(server.wait_until, lambda: temporal_ready(temporal_port), 60)
+            worker.start()
+            await carrier(latency_ms=1000)
+            async with api_client(own) as api:
+                account = await new_account(own)
+                file_id, marker = await start_marked_batch(
+                    api, account, webhooks, unique_numbers(rows_total)
+                )
+                await wait_until_received(emulator_url, marker, 200)
+                await restart(server, lambda: temporal_ready(temporal_port), down=1)
+                await wait_until_received(emulator_url, marker, 1000)
+                at_postgres_crash = len(await received(emulator_url, marker))
+                # Down long enough for some slices to end, and wait to record, meanwhile.
+                await restart(pg, lambda: postgres_ready(pg_port), down=3)
+                final = (await webhooks.wait_for(marker, *FINAL))[-1]
+                rows = await ledger_rows(api, account, file_id)
+                counts = await batch_counts(api, account, file_id)
+        finally:
+            worker.stop()
+            server.stop()
 
     statuses = assert_each_row_once(rows, await received(emulator_url, marker), rows_total)
     assert at_postgres_crash < rows_total - 500
@@ -224,3 +250,36 @@ async def test_temporal_and_postgres_restarted_mid_batch_and_the_batch_completes
         statuses["uncertain"],
     )
     assert counts == {**statuses, "rejected": 0}
+
+
+async def test_postgres_restarted_under_a_paced_slice_leaves_no_row_uncertain(
+    temporal: Client,
+    settings: Settings,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    tmp_path: Path,
+) -> None:
+    # A sender limited to 20 messages a second, sent on 4 lanes: its slice asks PostgreSQL
+    # for send times every 0.2 s, so PostgreSQL going down mid-slice finds the pacer asking.
+    rows_total = 80
+    async with (
+        own_postgres(tmp_path) as (pg, pg_port),
+        own_worker(
+            temporal, settings, database_url=SecretStr(dsn(pg_port)), send_concurrency=4
+        ) as own,
+        api_client(own) as api,
+    ):
+        account = await new_account(own, mps=20)
+        file_id, marker = await start_marked_batch(
+            api, account, webhooks, unique_numbers(rows_total)
+        )
+        await wait_until_received(emulator_url, marker, 10)
+        await restart_postgres(pg, pg_port, down=2)
+        final = (await webhooks.wait_for(marker, *FINAL))[-1]
+        rows = await ledger_rows(api, account, file_id)
+
+    statuses = assert_each_row_once(rows, await received(emulator_url, marker), rows_total)
+    assert statuses == {"sent": rows_total}
+    assert final["status"] == "completed"
+    # The slice rode the outage out: no row was claimed by a second attempt.
+    assert all(r["attempts"] == 1 for r in rows)
