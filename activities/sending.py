@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -32,7 +32,8 @@ class SendingActivities(WorkerResources):
 
     @activity.defn
     async def send_slice(self, input: SendSliceInput) -> SendCounts:
-        """Send the slice's pending rows concurrently and record them in one statement.
+        """Send the slice's pending rows concurrently, marking them `sending` in waves just
+        before they go out and recording their outcomes one statement a wave (_Waves).
 
         When cancelled (pause, cancel), no new request starts; those on the wire finish and
         are recorded, the rest of the slice goes back to `pending`, then the cancellation
@@ -60,8 +61,24 @@ class SendingActivities(WorkerResources):
         stopping = asyncio.Event()
         results: list[SendResult | None] = [None] * len(claimed)
         queue = iter(enumerate(claimed))
+        waves = _Waves(len(claimed), self._settings.send_concurrency)
 
-        async def send(message: messages.ClaimedMessage) -> SendResult | None:
+        async def wave(index: int) -> None:
+            # Record what came back since the last wave, then mark the next one `sending`:
+            # a worker killed now leaves the rows on the wire `uncertain`, not the slice.
+            done = waves.unrecorded(results)
+            if done:
+                await self._record(
+                    batch_id, account_id, [claimed[i] for i in done], [results[i] for i in done]
+                )
+            rows = waves.next_wave(index)
+            seqs = [claimed[i].seq for i in rows]
+            marked = await through_outages(
+                lambda: messages.mark_sending(self._pool, batch_id, seqs)
+            )
+            waves.marked(rows, {i for i in rows if claimed[i].seq in marked})
+
+        async def send(index: int, message: messages.ClaimedMessage) -> SendResult | None:
             if input.pace.interval and not await _until(
                 input.pace.send_time(message.seq), stopping
             ):
@@ -70,6 +87,8 @@ class SendingActivities(WorkerResources):
             if not await pacer.turn(stopping):
                 return None
             self._metrics.pacing_delay.observe(time.monotonic() - waited)
+            if not await waves.on_the_wire(index, wave):
+                return None
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
             started = time.monotonic()
@@ -94,7 +113,7 @@ class SendingActivities(WorkerResources):
                 if stopping.is_set():
                     return
                 try:
-                    results[index] = await send(message)
+                    results[index] = await send(index, message)
                 except Exception as error:
                     # Failed before its request left (the carrier's answers, even unreadable
                     # ones, are outcomes): every lane stops, and what went out is recorded
@@ -112,7 +131,12 @@ class SendingActivities(WorkerResources):
             heartbeats.cancel()
         # What went out is recorded even when the cancellation comes while it is written:
         # a record cut short would leave the rows `sending`, to end `uncertain`.
-        record = asyncio.ensure_future(self._record(batch_id, account_id, claimed, results))
+        rest = waves.unrecorded(results, unsent=True)
+        record = asyncio.ensure_future(
+            self._record(
+                batch_id, account_id, [claimed[i] for i in rest], [results[i] for i in rest]
+            )
+        )
         cancelled = await _to_the_end(record) or cancelled
         self._count(input.agent_number, results)
         if cancelled:
@@ -173,6 +197,49 @@ class SendingActivities(WorkerResources):
     def registered(self) -> list[Any]:
         """The bound activity methods, for the worker to register."""
         return [self.send_slice]
+
+
+class _Waves:
+    """Which rows of a slice are marked `sending`, and which outcomes are written. Rows are
+    marked in waves of at most `size` (the lanes), as the first row of a wave is about to go
+    on the wire; the rest of it is right behind, each lane holding one row."""
+
+    def __init__(self, rows: int, size: int) -> None:
+        self._size = max(size, 1)
+        self._tried = [False] * rows
+        self._marked = [False] * rows
+        self._recorded = [False] * rows
+        self._lock = asyncio.Lock()
+
+    async def on_the_wire(self, index: int, wave: Callable[[int], Awaitable[None]]) -> bool:
+        """Whether row `index` is this attempt's to send, running `wave` first if its wave is
+        not marked yet. One wave at a time."""
+        async with self._lock:
+            if not self._tried[index]:
+                await wave(index)
+            return self._marked[index]
+
+    def next_wave(self, index: int) -> list[int]:
+        return [
+            i for i in range(index, min(index + self._size, len(self._tried))) if not self._tried[i]
+        ]
+
+    def marked(self, rows: list[int], moved: set[int]) -> None:
+        for i in rows:
+            self._tried[i] = True
+            self._marked[i] = i in moved
+
+    def unrecorded(self, results: list[SendResult | None], unsent: bool = False) -> list[int]:
+        """Rows with an outcome not yet written, and taken as written from now on; with
+        `unsent`, the marked rows that never went out as well (to go back to `pending`)."""
+        rows = [
+            i
+            for i, result in enumerate(results)
+            if not self._recorded[i] and (result is not None or (unsent and self._marked[i]))
+        ]
+        for i in rows:
+            self._recorded[i] = True
+        return rows
 
 
 async def _until(moment: float, stopping: asyncio.Event) -> bool:

@@ -77,9 +77,10 @@ async def copy_rejected(conn: asyncpg.Connection, records: Iterable[tuple]) -> N
 async def claim_slice(
     pool: asyncpg.Pool, batch_id: uuid.UUID, start: int, end: int
 ) -> list[ClaimedMessage]:
-    """Move the slice's pending rows to `sending` and return them.
+    """The slice's pending rows, for its sender to move to `sending` (mark_sending) in waves
+    just before they go on the wire.
 
-    A slice is sent by one activity at a time, so a row already `sending` here was claimed by
+    A slice is sent by one activity at a time, so a row already `sending` here was marked by
     an attempt that died: the carrier may have accepted it, and Twilio takes no idempotency
     key, so it becomes `uncertain` instead of being sent again.
 
@@ -107,14 +108,27 @@ async def claim_slice(
             end,
         )
         rows = await conn.fetch(
-            "UPDATE messages SET status = 'sending', attempts = attempts + 1, updated_at = now()"
+            "SELECT seq, to_number, body FROM messages"
             " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'pending'"
-            " RETURNING seq, to_number, body",
+            " ORDER BY seq",
             batch_id,
             start,
             end,
         )
     return [ClaimedMessage(r["seq"], r["to_number"], r["body"]) for r in rows]
+
+
+async def mark_sending(pool: asyncpg.Pool, batch_id: uuid.UUID, seqs: list[int]) -> set[int]:
+    """Move these rows from `pending` to `sending`, counting an attempt; the seqs moved. A row
+    no longer `pending` (another attempt's, or settled) is not moved, so it is sent by no one
+    else."""
+    rows = await pool.fetch(
+        "UPDATE messages SET status = 'sending', attempts = attempts + 1, updated_at = now()"
+        " WHERE batch_id = $1 AND seq = ANY($2::bigint[]) AND status = 'pending' RETURNING seq",
+        batch_id,
+        seqs,
+    )
+    return {r["seq"] for r in rows}
 
 
 def storable(text: str | None) -> str | None:

@@ -94,6 +94,44 @@ async def test_a_worker_killed_mid_batch_is_replaced_and_no_number_is_sent_twice
     assert all(r["attempts"] == 1 for r in rows)
 
 
+async def test_a_worker_killed_mid_slice_leaves_only_its_requests_in_flight_uncertain(
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+    tmp_path: Path,
+) -> None:
+    # One slice of 250 rows on 5 lanes, each answer 300 ms away: the worker dies with about
+    # 20 sent and 230 not yet sent.
+    rows_total, lanes = 250, 5
+    await carrier(latency_ms=300)
+    own = crash_settings(settings, send_concurrency=lanes)
+    first = worker_process(own, tmp_path / "worker-1.log").start()
+    second = worker_process(own, tmp_path / "worker-2.log")
+    try:
+        async with api_client(own) as api:
+            file_id, marker = await start_marked_batch(
+                api, account, webhooks, unique_numbers(rows_total)
+            )
+            await wait_until_received(emulator_url, marker, 20)
+            crash(first)
+            second.start()
+            final = (await webhooks.wait_for(marker, *FINAL))[-1]
+            rows = await ledger_rows(api, account, file_id)
+    finally:
+        second.stop()
+        first.stop()
+
+    statuses = assert_each_row_once(rows, await received(emulator_url, marker), rows_total)
+    assert set(statuses) == {"sent", "uncertain"}
+    # The rows marked `sending` are those about to go on the wire: a wave of `lanes` rows
+    # while the one before it is still in flight, never the whole slice.
+    assert statuses["uncertain"] <= 2 * lanes
+    assert final["messages_uncertain"] == statuses["uncertain"]
+    assert all(r["attempts"] == 1 for r in rows)
+
+
 async def test_a_crash_after_the_carrier_accepted_leaves_rows_uncertain_not_sent_twice(
     settings: Settings,
     account: Account,
