@@ -35,6 +35,20 @@ from tests.support.stack import Account, Configure, WebhookReceiver, api_client
 from tests.support.workers import crash_settings, worker_process
 
 
+@asynccontextmanager
+async def two_workers(
+    own: Settings, tmp_path: Path
+) -> AsyncIterator[tuple[ManagedProcess, ManagedProcess]]:
+    """A worker process started, and a second one to start once the first is crashed."""
+    first = worker_process(own, tmp_path / "worker-1.log").start()
+    second = worker_process(own, tmp_path / "worker-2.log")
+    try:
+        yield first, second
+    finally:
+        second.stop()
+        first.stop()
+
+
 def crash(process: ManagedProcess) -> None:
     """SIGKILL the process and its group at once: no shutdown code of theirs runs."""
     assert process.process is not None
@@ -58,25 +72,17 @@ async def test_a_worker_killed_mid_batch_is_replaced_and_no_number_is_sent_twice
     rows_total = 1500
     await carrier(latency_ms=500)
     own = crash_settings(settings)
-    first = worker_process(own, tmp_path / "worker-1.log").start()
-    second = worker_process(own, tmp_path / "worker-2.log")
-    try:
-        async with api_client(own) as api:
-            file_id, marker = await start_marked_batch(
-                api, account, webhooks, unique_numbers(rows_total)
-            )
-            await wait_until_received(emulator_url, marker, 300)
-            crash(first)
-            at_crash = {
-                r["to_number"]: r["status"] for r in await ledger_rows(api, account, file_id)
-            }
-            second.start()
-            final = (await webhooks.wait_for(marker, *FINAL))[-1]
-            rows = await ledger_rows(api, account, file_id)
-            counts = await batch_counts(api, account, file_id)
-    finally:
-        second.stop()
-        first.stop()
+    async with two_workers(own, tmp_path) as (first, second), api_client(own) as api:
+        file_id, marker = await start_marked_batch(
+            api, account, webhooks, unique_numbers(rows_total)
+        )
+        await wait_until_received(emulator_url, marker, 300)
+        crash(first)
+        at_crash = {r["to_number"]: r["status"] for r in await ledger_rows(api, account, file_id)}
+        second.start()
+        final = (await webhooks.wait_for(marker, *FINAL))[-1]
+        rows = await ledger_rows(api, account, file_id)
+        counts = await batch_counts(api, account, file_id)
 
     statuses = assert_each_row_once(rows, await received(emulator_url, marker), rows_total)
     # What the killed worker had on the wire is `uncertain`; the second sent the rest.
@@ -107,21 +113,15 @@ async def test_a_worker_killed_mid_slice_leaves_only_its_requests_in_flight_unce
     rows_total, lanes = 250, 5
     await carrier(latency_ms=300)
     own = crash_settings(settings, send_concurrency=lanes)
-    first = worker_process(own, tmp_path / "worker-1.log").start()
-    second = worker_process(own, tmp_path / "worker-2.log")
-    try:
-        async with api_client(own) as api:
-            file_id, marker = await start_marked_batch(
-                api, account, webhooks, unique_numbers(rows_total)
-            )
-            await wait_until_received(emulator_url, marker, 20)
-            crash(first)
-            second.start()
-            final = (await webhooks.wait_for(marker, *FINAL))[-1]
-            rows = await ledger_rows(api, account, file_id)
-    finally:
-        second.stop()
-        first.stop()
+    async with two_workers(own, tmp_path) as (first, second), api_client(own) as api:
+        file_id, marker = await start_marked_batch(
+            api, account, webhooks, unique_numbers(rows_total)
+        )
+        await wait_until_received(emulator_url, marker, 20)
+        crash(first)
+        second.start()
+        final = (await webhooks.wait_for(marker, *FINAL))[-1]
+        rows = await ledger_rows(api, account, file_id)
 
     statuses = assert_each_row_once(rows, await received(emulator_url, marker), rows_total)
     assert set(statuses) == {"sent", "uncertain"}
@@ -145,30 +145,24 @@ async def test_a_crash_after_the_carrier_accepted_leaves_rows_uncertain_not_sent
     await carrier(latency_ms=200, latency_jitter_ms=3000)
     own = crash_settings(settings)
     numbers = unique_numbers(40)
-    first = worker_process(own, tmp_path / "worker-1.log").start()
-    second = worker_process(own, tmp_path / "worker-2.log")
-    try:
-        async with api_client(own) as api:
-            file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
-            await wait_until_received(emulator_url, marker, 5)
-            crash(first)
-            accepted_before_crash = {m["to"] for m in await received(emulator_url, marker)}
-            ledger_at_crash = await ledger_rows(api, account, file_id)
-            second.start()
-            final = (await webhooks.wait_for(marker, *FINAL))[-1]
-            rows = await ledger_rows(api, account, file_id)
-            before_retry = await received(emulator_url, marker)
-            await carrier(latency_ms=0, latency_jitter_ms=0)
-            retry = await api.post(
-                f"/v1/sms/batch/{file_id}/retry",
-                headers=account.headers,
-                json={"statuses": ["uncertain"]},
-            )
-            retried = (await webhooks.wait_for(marker, *FINAL, times=2))[-1]
-            after_retry = await ledger_rows(api, account, file_id)
-    finally:
-        second.stop()
-        first.stop()
+    async with two_workers(own, tmp_path) as (first, second), api_client(own) as api:
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        await wait_until_received(emulator_url, marker, 5)
+        crash(first)
+        accepted_before_crash = {m["to"] for m in await received(emulator_url, marker)}
+        ledger_at_crash = await ledger_rows(api, account, file_id)
+        second.start()
+        final = (await webhooks.wait_for(marker, *FINAL))[-1]
+        rows = await ledger_rows(api, account, file_id)
+        before_retry = await received(emulator_url, marker)
+        await carrier(latency_ms=0, latency_jitter_ms=0)
+        retry = await api.post(
+            f"/v1/sms/batch/{file_id}/retry",
+            headers=account.headers,
+            json={"statuses": ["uncertain"]},
+        )
+        retried = (await webhooks.wait_for(marker, *FINAL, times=2))[-1]
+        after_retry = await ledger_rows(api, account, file_id)
 
     assert {r["status"] for r in ledger_at_crash} == {"sending"}
     assert 5 <= len(accepted_before_crash) < 40
