@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint lock bench bench-rates bench-validation bench-uploads clean
+.PHONY: run test test-fast lint lock bench bench-rates bench-validation bench-uploads bench-outcomes bench-postman clean
 
 # The tested set: every version pinned by requirements.lock; `local` is the local stack.
 $(STAMP): pyproject.toml requirements.lock
@@ -41,6 +41,14 @@ bench-validation: $(STAMP)
 
 bench-uploads: $(STAMP)
 	$(BIN)/python -m bench.uploads
+
+bench-outcomes: $(STAMP)
+	$(BIN)/python -m bench.outcomes
+
+# One Postman batch upload of ROWS rows (1000000 is the dialect's 40 MB): time and API RSS.
+ROWS ?= 100000
+bench-postman: $(STAMP)
+	$(BIN)/python -m bench.uploads --postman --rows $(ROWS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Where the carrier posts delivery receipts, under Herald's public URL.
@@ -20,6 +20,20 @@ ENV_PREFIX = "HERALD_"
 # The local emulator's credentials: anyone reading this file knows them.
 DEV_ACCOUNT_SID = "AC" + "0" * 32
 DEV_AUTH_TOKEN = "dev-auth-token"
+
+
+# A dry run's default prices per SMS segment, in USD: illustrative list prices of an
+# outbound SMS to a mobile number (mid-2025); set HERALD_PRICES to your carrier's.
+DEFAULT_PRICES = {
+    "US": 0.0083,
+    "CA": 0.0083,
+    "GB": 0.0524,
+    "IE": 0.0768,
+    "DE": 0.0946,
+    "FR": 0.0892,
+    "ES": 0.0884,
+    "AU": 0.0515,
+}
 
 
 def _is_loopback(url: str) -> bool:
@@ -90,7 +104,9 @@ class Settings(BaseSettings):
         " IncomingPhoneNumbers). Unset: on, unless the credentials are the emulator's dev ones.",
     )
     public_url: str | None = Field(
-        None, description="Herald's public base URL, for carrier StatusCallback URLs."
+        None,
+        description="Herald's public base URL, for carrier StatusCallback URLs and short links"
+        " (`/s/<code>`).",
     )
 
     max_upload_bytes: int = 40 * 1024 * 1024
@@ -182,6 +198,14 @@ class Settings(BaseSettings):
     idempotency_wait_seconds: float = Field(
         30.0, description="How long a repeated request waits for the first one with its key."
     )
+    prices: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES),
+        description="Price of one SMS segment by recipient country (ISO 3166 alpha-2), as"
+        " JSON, for a dry run's cost estimate; a country left out is counted as unknown.",
+    )
+    price_currency: str = Field(
+        "USD", min_length=1, description="The currency of `prices`, named in the estimate."
+    )
     help_reply: str = Field(
         "Reply STOP to unsubscribe, START to subscribe again.",
         description="Sent to a user who texts HELP.",
@@ -220,7 +244,10 @@ class Settings(BaseSettings):
         if self.twilio_auth_token.get_secret_value() == DEV_AUTH_TOKEN:
             problems.append("TWILIO_AUTH_TOKEN: still the local emulator's token")
         if self.public_url is None:
-            problems.append("PUBLIC_URL: unset, the carrier could not post delivery receipts")
+            problems.append(
+                "PUBLIC_URL: unset, the carrier could not post delivery receipts and short links"
+                " would lead nowhere"
+            )
         if self.database_url is None:
             problems.append("DATABASE_URL: unset, no embedded PostgreSQL runs in production")
         if self.temporal_address is None:
@@ -231,6 +258,16 @@ class Settings(BaseSettings):
                 " this host (PostgreSQL included)"
             )
         return [ENV_PREFIX + problem for problem in problems]
+
+    @field_validator("prices")
+    @classmethod
+    def _prices_by_country(cls, prices: dict[str, float]) -> dict[str, float]:
+        for country, price in prices.items():
+            if len(country) != 2 or not (country.isascii() and country.isupper()):
+                raise ValueError(f"PRICES: {country!r} is not an ISO 3166 alpha-2 code, e.g. US")
+            if not 0 <= price < float("inf"):
+                raise ValueError(f"PRICES: {country}'s price {price} is not a finite price >= 0")
+        return prices
 
     @model_validator(mode="after")
     def _no_development_defaults_in_production(self) -> Self:

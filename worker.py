@@ -16,6 +16,7 @@ from activities.conversations import ConversationActivities
 from activities.ledger import LedgerActivities
 from activities.providers.twilio import TwilioCarrier
 from activities.recipients.phone_columns import prepare as prepare_validation
+from activities.reconciliation import ReconciliationActivities
 from activities.resources import WorkerResources
 from activities.sending import SendingActivities
 from activities.status_events import StatusEventActivities
@@ -62,6 +63,7 @@ async def herald_worker(
         SendingActivities,
         StatusEventActivities,
         LedgerActivities,
+        ReconciliationActivities,
         ConversationActivities,
     ]
     activities = [

@@ -162,6 +162,8 @@ class ConversationActivities(WorkerResources):
         for name in ("metadata", "request_data"):
             if conversation[name]:
                 payload[name] = conversation[name]
+        if conversation["batch_id"] is not None:
+            payload["batch_id"] = str(conversation["batch_id"])
         return payload
 
     def registered(self) -> list[Any]:

@@ -2,21 +2,26 @@
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Container, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.backoff import retry_delay
+from activities.conversations import carrier_address
 from activities.heartbeats import SliceHeartbeat
 from activities.outages import through_outages
 from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, Verdict
+from activities.recipients.rows import content_placeholder
 from activities.resources import WorkerResources
+from activities.windows import WindowClock
 from store import batches, carrier_accounts, messages, opt_outs
 from workflows.contracts import SendCounts, SendSliceInput
 from workflows.statuses import LedgerStatus
@@ -25,6 +30,33 @@ from workflows.statuses import LedgerStatus
 EXPIRED = SendResult(verdict=Verdict.EXPIRED)
 # Often enough that a cancellation (delivered in a heartbeat's reply) is seen within a second.
 HEARTBEAT_SECONDS = 0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class Channel:
+    """How a batch's messages go: by SMS or WhatsApp, as text or as a content template."""
+
+    channel: str = "sms"
+    content_sid: str | None = None
+    # A JSON object as a string, as Twilio takes it.
+    content_variables: str | None = None
+
+    @classmethod
+    def of(cls, request: Mapping[str, Any]) -> "Channel":
+        """The channel of a stored batch request."""
+        settings_global: Mapping[str, Any] = request.get("global") or {}
+        variables = settings_global.get("content_variables")
+        return cls(
+            channel=settings_global.get("channel") or "sms",
+            content_sid=settings_global.get("content_sid"),
+            content_variables=None if variables is None else json.dumps(variables),
+        )
+
+    def body(self, ledger_body: str) -> str:
+        """The text sent with a ledger row: none when the template is the whole message."""
+        if self.content_sid and ledger_body == content_placeholder(self.content_sid):
+            return ""
+        return ledger_body
 
 
 class SendingActivities(WorkerResources):
@@ -40,16 +72,12 @@ class SendingActivities(WorkerResources):
         goes on up.
         """
         batch_id = uuid.UUID(input.batch_id)
-        # Every statement rides out a PostgreSQL outage (through_outages), the pacer's too:
-        # an attempt that failed once it has claimed its rows would leave them to its retry
-        # as `uncertain`, sent or not.
-        account_id = (
-            uuid.UUID(input.account_id)
-            if input.account_id
-            else (await through_outages(lambda: batches.batch_for_workflow(self._pool, batch_id)))[
-                "account_id"
-            ]
-        )
+        # Every statement rides out a PostgreSQL outage (through_outages), the pacers' too:
+        # an attempt that failed once it has marked rows `sending` would leave them to its
+        # retry as `uncertain`, sent or not.
+        batch = await through_outages(lambda: batches.batch_for_workflow(self._pool, batch_id))
+        account_id = uuid.UUID(input.account_id) if input.account_id else batch["account_id"]
+        way = Channel.of(batch["request"])
         own = await through_outages(
             lambda: carrier_accounts.carrier_account(self._pool, account_id)
         )
@@ -57,20 +85,39 @@ class SendingActivities(WorkerResources):
         claimed = await through_outages(
             lambda: messages.claim_slice(self._pool, batch_id, input.start, input.end)
         )
-        pacer = SenderPacer(self._pool, input.agent_number)
+        own_contents = (
+            await through_outages(
+                lambda: messages.row_contents(self._pool, batch_id, [m.row_number for m in claimed])
+            )
+            if claimed
+            else {}
+        )
+        # One pacer per sender: a row with its own sender goes at that sender's rate.
+        pacers: dict[str, SenderPacer] = {}
         stopping = asyncio.Event()
         results: list[SendResult | None] = [None] * len(claimed)
+        # Rows outside their send window: when it opens for each, by index in the slice.
+        waiting: dict[int, float] = {}
+        window = WindowClock(input.pace.send_window) if input.pace.send_window else None
         queue = iter(enumerate(claimed))
         waves = _Waves(len(claimed), self._settings.send_concurrency)
+
+        async def record(rows: list[int]) -> None:
+            # These rows' outcomes (None: back to `pending`), in one statement.
+            await self._record(
+                batch_id,
+                account_id,
+                [claimed[i] for i in rows],
+                [results[i] for i in rows],
+                [waiting.get(i) for i in rows],
+            )
 
         async def wave(index: int) -> None:
             # Record what came back since the last wave, then mark the next one `sending`:
             # a worker killed now leaves the rows on the wire `uncertain`, not the slice.
             done = waves.unrecorded(results)
             if done:
-                await self._record(
-                    batch_id, account_id, [claimed[i] for i in done], [results[i] for i in done]
-                )
+                await record(done)
             rows = waves.next_wave(index)
             seqs = [claimed[i].seq for i in rows]
             marked = await through_outages(
@@ -83,6 +130,21 @@ class SendingActivities(WorkerResources):
                 input.pace.send_time(message.seq), stopping
             ):
                 return None
+            if window is not None:
+                if input.pace.expire_at and time.time() >= input.pace.expire_at:
+                    # Expired, not waiting: marked `sending` first, as every row given an
+                    # outcome is (only a `sending` row takes one).
+                    return EXPIRED if await waves.on_the_wire(index, wave) else None
+                # Checked before the row is marked `sending`: a wait for the window is no
+                # attempt (a row its wave marked already has it taken back, record_outcomes).
+                opens = window.opens_at(message.to_number, time.time())
+                if opens is not None:
+                    waiting[index] = opens
+                    return None
+            sender = message.from_number or input.agent_number
+            pacer = pacers.get(sender)
+            if pacer is None:
+                pacer = pacers[sender] = SenderPacer(self._pool, sender)
             waited = time.monotonic()
             if not await pacer.turn(stopping):
                 return None
@@ -92,11 +154,14 @@ class SendingActivities(WorkerResources):
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
             started = time.monotonic()
+            own = own_contents.get(message.row_number)
             result = await self._carrier.send(
-                to=message.to_number,
-                from_=input.agent_number,
-                body=message.body,
+                to=carrier_address(message.to_number, way.channel),
+                from_=carrier_address(sender, way.channel),
+                body=way.body(message.body),
                 status_callback=self._settings.status_callback_url,
+                content_sid=(own and own.content_sid) or way.content_sid,
+                content_variables=(own and own.content_variables) or way.content_variables,
                 credentials=credentials,
             )
             self._metrics.carrier_latency.labels(result.verdict.value).observe(
@@ -131,14 +196,11 @@ class SendingActivities(WorkerResources):
             heartbeats.cancel()
         # What went out is recorded even when the cancellation comes while it is written:
         # a record cut short would leave the rows `sending`, to end `uncertain`.
-        rest = waves.unrecorded(results, unsent=True)
-        record = asyncio.ensure_future(
-            self._record(
-                batch_id, account_id, [claimed[i] for i in rest], [results[i] for i in rest]
-            )
+        rest = asyncio.ensure_future(
+            record(waves.unrecorded(results, unsent=True, waiting=waiting))
         )
-        cancelled = await _to_the_end(record) or cancelled
-        self._count(input.agent_number, results)
+        cancelled = await _to_the_end(rest) or cancelled
+        self._count([m.from_number or input.agent_number for m in claimed], results)
         if cancelled:
             raise asyncio.CancelledError
         if failures:
@@ -159,6 +221,8 @@ class SendingActivities(WorkerResources):
         return SendCounts(
             sent=sum(r is not None and r.verdict is Verdict.SENT for r in results),
             failed=sum(r is not None and r.verdict is Verdict.FAILED for r in results),
+            waiting=len(waiting),
+            next_window=min(waiting.values(), default=0.0),
         )
 
     async def _record(
@@ -167,6 +231,7 @@ class SendingActivities(WorkerResources):
         account_id: uuid.UUID,
         claimed: list[messages.ClaimedMessage],
         results: list[SendResult | None],
+        opens: list[float | None],
     ) -> None:
         """Record a slice: first the opt-outs the carrier reported (idempotent, so a crash
         before the outcomes loses none), then every outcome in one statement."""
@@ -178,13 +243,15 @@ class SendingActivities(WorkerResources):
         if opted_out:
             await through_outages(lambda: self._record_opt_outs(account_id, opted_out))
         await through_outages(
-            lambda: messages.record_outcomes(self._pool, batch_id, _outcomes(claimed, results))
+            lambda: messages.record_outcomes(
+                self._pool, batch_id, _outcomes(claimed, results, opens)
+            )
         )
 
-    def _count(self, sender: str, results: list[SendResult | None]) -> None:
-        """Count the slice's messages once recorded; one deferred (retry) counts on each
-        attempt, one not sent (stopped) not at all."""
-        for result in results:
+    def _count(self, senders: list[str], results: list[SendResult | None]) -> None:
+        """Count the slice's messages, each by its sender, once recorded; one deferred (retry)
+        counts on each attempt, one not sent (stopped) not at all."""
+        for sender, result in zip(senders, results, strict=True):
             if result is not None:
                 self._metrics.messages.labels(
                     result.verdict.value, result.error_code or "", sender
@@ -229,13 +296,20 @@ class _Waves:
             self._tried[i] = True
             self._marked[i] = i in moved
 
-    def unrecorded(self, results: list[SendResult | None], unsent: bool = False) -> list[int]:
+    def unrecorded(
+        self,
+        results: list[SendResult | None],
+        unsent: bool = False,
+        waiting: Container[int] = (),
+    ) -> list[int]:
         """Rows with an outcome not yet written, and taken as written from now on; with
-        `unsent`, the marked rows that never went out as well (to go back to `pending`)."""
+        `unsent`, the marked rows that never went out as well (to go back to `pending`) and
+        the rows `waiting` for their send window (to take the time it opens)."""
         rows = [
             i
             for i, result in enumerate(results)
-            if not self._recorded[i] and (result is not None or (unsent and self._marked[i]))
+            if not self._recorded[i]
+            and (result is not None or (unsent and (self._marked[i] or i in waiting)))
         ]
         for i in rows:
             self._recorded[i] = True
@@ -276,12 +350,18 @@ async def _heartbeat_until_done() -> None:
 
 
 def _outcomes(
-    claimed: list[messages.ClaimedMessage], results: list[SendResult | None]
+    claimed: list[messages.ClaimedMessage],
+    results: list[SendResult | None],
+    opens: list[float | None],
 ) -> list[messages.Outcome]:
     """Ledger outcomes of a slice; a message not sent, or deferred by the carrier, goes back
-    to `pending`."""
+    to `pending`, one outside its send window with the time the window opens."""
     return [
-        messages.Outcome(seq=m.seq, status=LedgerStatus.PENDING)
+        messages.Outcome(
+            seq=m.seq,
+            status=LedgerStatus.PENDING,
+            window_opens_at=None if o is None else _utc(o),
+        )
         if r is None or r.verdict is Verdict.RETRY
         else messages.Outcome(
             seq=m.seq,
@@ -290,5 +370,9 @@ def _outcomes(
             error_code=r.error_code,
             error_message=r.error_message,
         )
-        for m, r in zip(claimed, results, strict=True)
+        for m, r, o in zip(claimed, results, opens, strict=True)
     ]
+
+
+def _utc(moment: float) -> datetime:
+    return datetime.fromtimestamp(moment, UTC)

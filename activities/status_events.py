@@ -10,9 +10,14 @@ from temporalio import activity
 
 from activities.heartbeats import DeliveryHeartbeat
 from activities.resources import WorkerResources
-from activities.webhooks import post_event
-from store import accounts, batches, events
-from workflows.contracts import DeliverEventsInput, DeliverEventsResult, StatusUpdate
+from activities.webhooks import DeliveryAttempt, post_event
+from store import accounts, batches, events, links, messages
+from workflows.contracts import (
+    ClickEventInput,
+    DeliverEventsInput,
+    DeliverEventsResult,
+    StatusUpdate,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +60,10 @@ class StatusEventActivities(WorkerResources):
             payload.update(
                 {f"messages_{name}": getattr(update.counts, name) for name in FINAL_EVENT_FIELDS}
             )
+        if batch["request"].get("send_window"):
+            payload["messages_waiting_for_window"] = await messages.count_waiting_for_window(
+                self._pool, batch_id
+            )
         await events.append_event(
             self._pool,
             batch_id=batch_id,
@@ -79,7 +88,6 @@ class StatusEventActivities(WorkerResources):
         batch = await batches.batch_for_workflow(self._pool, batch_id)
         url: str | None = batch["request"].get("status_webhook")
         disabled = batch["webhook_disabled_at"] is not None
-        schedule = self._settings.webhook_retry_schedule_seconds
         for event in await events.pending_events(self._pool, batch_id):
             DeliveryHeartbeat(event_seq=event["seq"]).send()
             if not url or disabled:
@@ -97,12 +105,7 @@ class StatusEventActivities(WorkerResources):
                 secrets=secrets,
             )
             number = event["attempts"] + 1
-            final = attempt.error is None or attempt.status_code == 410
-            delay = (
-                None
-                if final or number > len(schedule)
-                else _jittered(schedule[number - 1], self._settings.webhook_retry_jitter)
-            )
+            delay = self._retry_delay(attempt, number)
             await events.record_delivery(
                 self._pool,
                 batch_id=batch_id,
@@ -115,13 +118,7 @@ class StatusEventActivities(WorkerResources):
                 duration_ms=attempt.duration_ms,
                 next_retry_at=None if delay is None else _after(delay),
             )
-            self._metrics.webhook_deliveries.labels(
-                "delivered"
-                if attempt.error is None
-                else "gone"
-                if attempt.status_code == 410
-                else "failed"
-            ).inc()
+            self._count(attempt)
             if attempt.status_code == 410:
                 await batches.disable_webhook(self._pool, batch_id)
                 disabled = True
@@ -130,9 +127,76 @@ class StatusEventActivities(WorkerResources):
                 return DeliverEventsResult(retry_in=delay)
         return DeliverEventsResult()
 
+    @activity.defn
+    async def deliver_click_event(self, input: ClickEventInput) -> DeliverEventsResult:
+        """Post a short link's first click to its batch's status webhook, signed and retried
+        as the batch's own events, whether or not the batch is still running (a click
+        usually comes after it has finished). `retry_in`: when to call again."""
+        click = await links.click_for_event(self._pool, input.code)
+        if click is None:
+            return DeliverEventsResult()
+        url: str | None = click["request"].get("status_webhook")
+        if not url or click["webhook_disabled_at"] is not None:
+            return DeliverEventsResult()
+        secrets = await accounts.webhook_signing_secrets(self._pool, click["account_id"])
+        attempt = await post_event(
+            self._http,
+            url,
+            _click_payload(click),
+            webhook_id=f"click_{input.code}",
+            secrets=secrets,
+        )
+        number = await links.record_event_attempt(
+            self._pool, input.code, delivered=attempt.error is None
+        )
+        self._count(attempt)
+        if attempt.status_code == 410:
+            await batches.disable_webhook(self._pool, click["batch_id"])
+            log.info("status webhook gone: turned off", batch_id=str(click["batch_id"]))
+        return DeliverEventsResult(retry_in=self._retry_delay(attempt, number))
+
+    def _retry_delay(self, attempt: DeliveryAttempt, number: int) -> float | None:
+        """Seconds until attempt `number + 1` of an event; None when it is settled:
+        delivered, gone (410), or out of retries."""
+        schedule = self._settings.webhook_retry_schedule_seconds
+        if attempt.error is None or attempt.status_code == 410 or number > len(schedule):
+            return None
+        return _jittered(schedule[number - 1], self._settings.webhook_retry_jitter)
+
+    def _count(self, attempt: DeliveryAttempt) -> None:
+        self._metrics.webhook_deliveries.labels(
+            "delivered"
+            if attempt.error is None
+            else "gone"
+            if attempt.status_code == 410
+            else "failed"
+        ).inc()
+
     def registered(self) -> list[Any]:
         """The bound activity methods, for the worker to register."""
-        return [self.record_status, self.deliver_status_events]
+        return [self.record_status, self.deliver_status_events, self.deliver_click_event]
+
+
+def _click_payload(click: dict[str, Any]) -> dict[str, Any]:
+    """A `click` event: the batch's, as its lifecycle events, with the message and link."""
+    payload: dict[str, Any] = {
+        "batch_id": str(click["batch_id"]),
+        "workflow_id": click["workflow_id"],
+        "status": "click",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "seq": click["seq"],
+        "row_number": click["row_number"],
+        "to_number": click["to_number"],
+        "url": click["url"],
+        "clicked_at": click["first_clicked_at"].isoformat(),
+        "user_agent": click["first_user_agent"],
+    }
+    if click["reference"] is not None:
+        payload["reference"] = click["reference"]
+    metadata = (click["request"].get("global") or {}).get("metadata")
+    if metadata:
+        payload["metadata"] = metadata
+    return payload
 
 
 def _after(seconds: float) -> datetime:

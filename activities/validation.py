@@ -12,18 +12,22 @@ from temporalio import activity
 
 from activities.heartbeats import ValidationHeartbeat
 from activities.recipients.columns import NotPlain, PlainCsv, plain_csv
+from activities.recipients.contacts import ListSource, with_lists
+from activities.recipients.links import Codes, shorten_recipients
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.rows import (
+    CONTENT_COLUMNS,
     Recipient,
     RecipientRules,
     Tally,
     build_recipients,
     header_issue,
     read_rows,
+    row_contents,
     strict_failure,
 )
 from activities.resources import WorkerResources
-from store import batches, files, messages, opt_outs
+from store import batches, files, links, mailing_lists, messages, opt_outs
 from workflows.contracts import ValidateInput, ValidationOptions, ValidationResult
 
 log = structlog.get_logger(__name__)
@@ -46,11 +50,16 @@ class ValidationActivities(WorkerResources):
         if options.exclude_opt_outs:
             opted_out = await opt_outs.opted_out_numbers(self._pool, account_id)
         rules = RecipientRules.from_request(request, input.limits, opted_out)
+        # A row's own sender, by row number (inline rows, then the lists' contacts).
+        senders = {int(row): sender for row, sender in (request.get("senders") or {}).items()}
+        sources = await self._list_sources(account_id, request.get("lists") or [])
         try:
             # A plain CSV file is validated by columns, a block at a time; any other file,
-            # or one that turns out not to be plain, row by row (a JSON file is parsed
-            # whole). Either way off the event loop.
-            plain = plain_csv(content, rules)
+            # or one that turns out not to be plain, or one with mailing lists to add, row
+            # by row (a JSON file is parsed whole). Either way off the event loop. Links are
+            # shortened on the row path, where each message is at hand with its seq.
+            by_rows = bool(sources) or options.shorten_urls
+            plain = None if by_rows else plain_csv(content, rules)
             async with self._pool.acquire() as conn, conn.transaction():
                 await messages.clear_validation(conn, batch_id)
                 tally = None
@@ -65,14 +74,23 @@ class ValidationActivities(WorkerResources):
                     except NotPlain as error:
                         log.info("file not plain after all", batch_id=str(batch_id), why=str(error))
                 if tally is None:
-                    header, rows = await asyncio.to_thread(read_rows, content)
+                    if sources:
+                        header, rows = await asyncio.to_thread(
+                            with_lists, content, sources, senders
+                        )
+                    else:
+                        header, rows = await asyncio.to_thread(read_rows, content)
                     tally = await self._copy_rows(
                         conn,
                         batch_id,
                         account_id,
                         build_recipients(header, rows, rules),
+                        senders,
                         stop_ledger_at_rejection=options.strict,
+                        shorten_urls=options.shorten_urls,
                     )
+                if any(name in header for name in CONTENT_COLUMNS):
+                    await _copy_contents(conn, batch_id, content)
                 issue = header_issue(header)
                 if issue is not None:
                     await messages.copy_rejected(
@@ -117,24 +135,58 @@ class ValidationActivities(WorkerResources):
             reason=failure,
         )
 
+    async def _list_sources(
+        self, account_id: uuid.UUID, named: list[dict[str, Any]]
+    ) -> list[ListSource]:
+        """The mailing lists the request names, their contacts read now: a list deleted since
+        the batch was accepted adds no one."""
+        return [
+            ListSource(
+                contacts=await mailing_lists.contacts_of(
+                    self._pool, account_id, uuid.UUID(source["id"])
+                ),
+                agent_message=source.get("agent_message"),
+                agent_number=source.get("agent_number"),
+                request_data=source.get("request_data") or {},
+            )
+            for source in named
+        ]
+
     async def _copy_rows(
         self,
         conn: asyncpg.Connection,
         batch_id: uuid.UUID,
         account_id: uuid.UUID,
         outcomes: Iterator[Recipient | Rejected],
+        senders: dict[int, str],
         *,
         stop_ledger_at_rejection: bool,
+        shorten_urls: bool,
     ) -> Tally:
         """COPY rows in blocks; parsing runs in a thread so the worker's loop stays free.
 
         With `stop_ledger_at_rejection` (strict), a rejected row dooms the batch: from then on
         only rejected rows are written, and the pass goes on so that every one is reported.
+        With `shorten_urls`, each message's URLs are replaced by short links before its
+        segments are counted, and the links are COPYed with the block.
         """
         tally = Tally()
+        short_links_base = self._settings.api_url
+        codes = Codes()
         while block := await asyncio.to_thread(list, itertools.islice(outcomes, COPY_BATCH)):
             ledger: list[tuple] = []
             refused: list[tuple] = []
+            short: list[tuple] = []
+            if shorten_urls:
+                short = await asyncio.to_thread(
+                    _shorten_block,
+                    block,
+                    tally.recipients,
+                    batch_id,
+                    account_id,
+                    short_links_base,
+                    codes,
+                )
             for item in block:
                 tally.count(item)
                 if isinstance(item, Rejected):
@@ -152,10 +204,12 @@ class ValidationActivities(WorkerResources):
                         item.skip_code,
                         item.encoding,
                         item.segments,
+                        senders.get(item.row_number),
                     )
                 )
             if not (stop_ledger_at_rejection and tally.rejected):
                 await messages.copy_recipients(conn, ledger)
+                await links.copy_links(conn, short)
             await messages.copy_rejected(conn, refused)
             ValidationHeartbeat(rows=tally.rows).send()
         return tally
@@ -191,6 +245,30 @@ async def _copy_blocks(
     finally:
         upcoming.cancel()
     return plain.tally
+
+
+def _shorten_block(
+    block: list[Recipient | Rejected],
+    first_seq: int,
+    batch_id: uuid.UUID,
+    account_id: uuid.UUID,
+    base_url: str,
+    codes: Codes,
+) -> list[tuple]:
+    """Shorten the URLs of the block's messages in place, their segments counted again;
+    the links as `links.copy_links` records. `first_seq` is the seq of its first Recipient."""
+    recipients = [item for item in block if isinstance(item, Recipient)]
+    return [
+        (link.code, batch_id, first_seq + index, account_id, link.url)
+        for index, link in shorten_recipients(recipients, base_url, codes)
+    ]
+
+
+async def _copy_contents(conn: asyncpg.Connection, batch_id: uuid.UUID, content: bytes) -> None:
+    """The rows' own content templates, read in a thread, COPYed a block at a time."""
+    contents = row_contents(content)
+    while block := await asyncio.to_thread(list, itertools.islice(contents, COPY_BATCH)):
+        await messages.copy_contents(conn, [(batch_id, *row) for row in block])
 
 
 def _rejected_record(batch_id: uuid.UUID, account_id: uuid.UUID, row: Rejected) -> tuple:

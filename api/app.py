@@ -19,6 +19,8 @@ from api.routes import (
     conversations,
     files,
     health,
+    links,
+    mailing_lists,
     mobivate,
     numbers,
     opt_outs,
@@ -94,6 +96,8 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_middleware(RequestContext)
     app.include_router(health.router)
+    # Public, answered to browsers: a redirect or an HTML page, never the JSON envelope.
+    app.include_router(links.router)
     for module in (
         files,
         numbers,
@@ -104,6 +108,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         conversations,
         webhooks,
         opt_outs,
+        mailing_lists,
         receipts,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)

@@ -2,8 +2,9 @@
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, IPvAnyNetwork
 
 from api.models import RequestBody
 
@@ -17,6 +18,17 @@ class Language(StrEnum):
     TAMIL = "tamil"
 
 
+def _text(value: Any) -> Any:
+    """An address is written as text: a number (or `true`) is not one."""
+    if not isinstance(value, str):
+        raise ValueError("an address or network is a string, like '198.51.100.0/24'")
+    return value
+
+
+# An address (`203.0.113.7`, a network of one) or a network in CIDR form, IPv4 or IPv6.
+Network = Annotated[IPvAnyNetwork, BeforeValidator(_text)]
+
+
 class CampaignRequest(RequestBody):
     name: str = Field(min_length=1, max_length=200)
     sender: str = Field(min_length=1, description="A sender number registered by this account.")
@@ -26,6 +38,13 @@ class CampaignRequest(RequestBody):
         " digits and `_`; or the single parameter `{{body}}`. Every template uses the same"
         " parameters.",
     )
+    allowed_ips: list[Network] | None = Field(
+        None,
+        max_length=100,
+        description="The addresses the Postman dialect's requests for this campaign may come"
+        " from: addresses or networks (`203.0.113.7`, `198.51.100.0/24`); others are refused"
+        " with `401 invalid_ip_address_error`. Unset: any address.",
+    )
 
 
 class CampaignUpdate(RequestBody):
@@ -34,6 +53,13 @@ class CampaignUpdate(RequestBody):
     templates: dict[Language, str] | None = Field(
         None, min_length=1, description="Replaces all the templates."
     )
+    allowed_ips: list[Network] | None = Field(
+        None,
+        max_length=100,
+        description="Replaces the allow-list; `[]` refuses every address. Send `null` (or"
+        " leave it out) to keep it; clear it with `clear_allowed_ips`.",
+    )
+    clear_allowed_ips: bool = Field(False, description="Let any address through again.")
 
 
 class Campaign(BaseModel):
@@ -44,6 +70,9 @@ class Campaign(BaseModel):
     parameters: list[str] = Field(
         description="The templates' parameters: a batch file's columns after `recipient` and"
         " `language`."
+    )
+    allowed_ips: list[IPvAnyNetwork] | None = Field(
+        description="The addresses the Postman dialect's requests may come from; null: any."
     )
     created_at: datetime
     updated_at: datetime

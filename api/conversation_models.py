@@ -1,12 +1,11 @@
 """Request bodies and reply shapes of single sends and conversations."""
 
-import json
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, Field
 
-from api.models import Page, RequestBody
+from api.models import CampaignMessage, ContentTemplate, Page, RequestBody
 from workflows.contracts import SilenceTimers
 
 # Bland fields Herald accepts and keeps on the conversation, and does not act on.
@@ -61,7 +60,7 @@ class SilenceTimerFields(BaseModel):
         )
 
 
-class SendRequest(StoredFields, SilenceTimerFields):
+class SendRequest(StoredFields, SilenceTimerFields, ContentTemplate, CampaignMessage):
     user_number: str = Field(min_length=1, description="E.164 number of the person messaged.")
     agent_number: str = Field(min_length=1, description="A registered sender of the account.")
     agent_message: str | None = Field(
@@ -76,24 +75,11 @@ class SendRequest(StoredFields, SilenceTimerFields):
     metadata: dict[str, Any] | None = Field(None, description="Echoed in every webhook event.")
     webhook: AnyHttpUrl | None = Field(None, description="Receives message and status events.")
     channel: Literal["sms", "whatsapp"] = "sms"
-    content_sid: str | None = Field(None, description="Twilio content template (HX...).")
-    content_variables: dict[str, Any] | None = Field(
-        None, description="Template variables: an object, or a JSON object as a string."
+    params: dict[str, str] | None = Field(
+        None,
+        description="With `campaign_id`: a value for each of the campaign's parameters, none"
+        " blank, and no other.",
     )
-
-    @field_validator("content_variables", mode="before")
-    @classmethod
-    def _json_object(cls, value: Any) -> Any:
-        """Twilio takes the variables as a JSON string: accept that form too."""
-        if not isinstance(value, str):
-            return value
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"not JSON: {error.msg}") from error
-        if not isinstance(parsed, dict):
-            raise ValueError("must be a JSON object")
-        return parsed
 
 
 class SendReply(BaseModel):
@@ -131,6 +117,9 @@ class ConversationSummary(StoredFields, SilenceTimerFields):
     webhook: str | None
     metadata: dict[str, Any] | None
     request_data: dict[str, Any] | None
+    batch_id: str | None = Field(
+        None, description="The batch whose message the user answered, when one did."
+    )
     created_at: datetime
     updated_at: datetime
     ended_at: datetime | None

@@ -99,8 +99,12 @@ WebhooksRead = Annotated[uuid.UUID, _requires("webhooks:read")]
 WebhooksWrite = Annotated[uuid.UUID, _requires("webhooks:write")]
 CampaignsRead = Annotated[uuid.UUID, _requires("campaigns:read")]
 CampaignsWrite = Annotated[uuid.UUID, _requires("campaigns:write")]
+ListsRead = Annotated[uuid.UUID, _requires("lists:read")]
+ListsWrite = Annotated[uuid.UUID, _requires("lists:write")]
 CarrierRead = Annotated[uuid.UUID, _requires("carrier:read")]
 CarrierWrite = Annotated[uuid.UUID, _requires("carrier:write")]
 CreateBatchSMS = Annotated[uuid.UUID, _requires("create:BatchSMS", bearer_grant)]
-# The Postman dialect's batch send: a Bearer key that may start batches.
+ReadBatchSMS = Annotated[uuid.UUID, _requires("read:BatchSMS", bearer_grant)]
+# The Postman dialect: a Bearer key that may start (and retry) batches, or read them.
 BearerBatchesWrite = Annotated[uuid.UUID, _requires("batches:write", bearer_grant)]
+BearerBatchesRead = Annotated[uuid.UUID, _requires("batches:read", bearer_grant)]

@@ -73,6 +73,7 @@ FIELD_ERROR_CODES: Sequence[tuple[tuple[str, ...], str | None, str]] = (
     (("body", "schedule_at"), None, "INVALID_SCHEDULE"),
     (("body", "spread_hours"), None, "INVALID_SCHEDULE"),
     (("body", "expire_at"), None, "INVALID_SCHEDULE"),
+    (("body", "send_window"), None, "INVALID_SEND_WINDOW"),
     (("body", "user_number"), None, "INVALID_USER_NUMBER"),
     (("body", "agent_number"), "missing", "MISSING_AGENT_NUMBER"),
     (("body", "agent_number"), "string_too_short", "MISSING_AGENT_NUMBER"),
@@ -129,17 +130,40 @@ def mobivate_error(
 # Paths of the Postman dialect, which answers errors in its own envelope.
 POSTMAN_PATHS = ("/campaigns/",)
 POSTMAN_FILE_TOO_LARGE = "File too large, max file size is 40MB"
+# Herald's codes the dialect documents an error of its own for: its status, code and words.
+POSTMAN_DOCUMENTED: dict[str, tuple[int, str, str]] = {
+    "IP_NOT_ALLOWED": (
+        401,
+        "invalid_ip_address_error",
+        "The IP address used for this request is invalid.",
+    ),
+    "BATCH_NOT_RETRYABLE": (
+        400,
+        "batch_not_found_or_is_not_retryable",
+        "Batch cannot be retried as it does not exist or is currently not retryable.",
+    ),
+    "NO_FAILED_MESSAGES": (
+        400,
+        "no_failed_batch_messages_to_retry",
+        "Batch cannot be retried as either all messages are successful or all failed"
+        " messages have exceeded the maximum number of attempts.",
+    ),
+}
 
 
 def postman_error(
     status_code: int, errors: list[dict[str, Any]], headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     """The dialect's `{error: {code, message}}`, with its documented codes and words for a bad
-    key (401), too many requests (429) and a file too large (400, as it documents, where
-    Herald answers 413); any other failure keeps its status, with Herald's code in lower
-    case. `heraldCode` is Herald's own code, which tells apart what the dialect's one code
-    covers; `details` holds each further item (a file's rows and their reasons)."""
-    if status_code == Unauthorized.status_code:
+    key (401), too many requests (429), a file too large (400, as it documents, where
+    Herald answers 413) and the errors of `POSTMAN_DOCUMENTED`; any other failure keeps its
+    status, with Herald's code in lower case. `heraldCode` is Herald's own code, which tells
+    apart what the dialect's one code covers; `details` holds each further item (a file's
+    rows and their reasons)."""
+    documented_error = POSTMAN_DOCUMENTED.get(errors[0]["error"])
+    if documented_error is not None:
+        status_code, code, message = documented_error
+    elif status_code == Unauthorized.status_code:
         status_code, code, message = (
             401,
             "invalid_api_key_provided",

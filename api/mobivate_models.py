@@ -1,11 +1,11 @@
 """Request and reply shapes of the Mobivate dialect, `POST /send/batch`."""
 
-import re
 from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
 from pydantic import (
     AliasChoices,
+    AnyHttpUrl,
     AwareDatetime,
     ConfigDict,
     Field,
@@ -15,12 +15,10 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from activities.recipients.phones import POSSIBLE, NumberCheck, to_sender
+from activities.recipients.phones import POSSIBLE, NumberCheck
 from api.models import RequestBody
 
-# What link shortening would have replaced; until Herald shortens links, a batch that has
-# one and asks for shortening is refused rather than sent with the links as written.
-URL = re.compile(r"https?://", re.IGNORECASE)
+MAILING_LIST = "mailinglist"
 
 
 class MobivateModel(RequestBody):
@@ -31,7 +29,9 @@ class MobivateModel(RequestBody):
 
 class MobivateRecipient(MobivateModel):
     recipient: str = Field(
-        min_length=1, description="The phone number in international format, `+` optional."
+        min_length=1,
+        description="The phone number in international format, `+` optional; or a mailing"
+        " list's id, with `meta.type` `mailinglist`.",
     )
     reference: str | None = Field(
         None, max_length=255, description="Your reference; returned on the message's reads."
@@ -40,19 +40,18 @@ class MobivateRecipient(MobivateModel):
         None, description="This recipient's template tags: `{{KEY}}` in the text, case as written."
     )
     originator: str | None = Field(
-        None, min_length=1, description="Must be the batch's `originator` when given."
+        None,
+        min_length=1,
+        description="This recipient's sender (a list's: its contacts'), in place of the"
+        " batch's `originator`; a registered sender of the account.",
     )
     text: str | None = Field(
         None, min_length=1, description="This recipient's own text (tags are filled in too)."
     )
 
-    @model_validator(mode="after")
-    def _not_a_mailing_list(self) -> Self:
-        if (self.meta or {}).get("type") == "mailinglist":
-            raise PydanticCustomError(
-                "mailing_list", "mailing-list recipients are not supported by this server"
-            )
-        return self
+    def is_mailing_list(self) -> bool:
+        """A mailing list's id in `recipient`, marked by `meta.type` `mailinglist`."""
+        return (self.meta or {}).get("type") == MAILING_LIST
 
 
 class MobivateBatchRequest(MobivateModel):
@@ -66,7 +65,9 @@ class MobivateBatchRequest(MobivateModel):
     )
     name: str | None = Field(None, max_length=200, description="The batch's name.")
     shorten_urls: bool = Field(
-        False, description="Not supported: `true` is refused when a message holds a URL."
+        False,
+        description="Replace each http(s) URL of every message with a short link whose clicks"
+        " are counted.",
     )
     exclude_duplicates: bool | None = Field(
         None, description="Skip a number given earlier in the batch (default `true`)."
@@ -84,6 +85,10 @@ class MobivateBatchRequest(MobivateModel):
         None, description="Send at this future time (ISO 8601 with `Z` or an offset)."
     )
     route_id: str | int | None = Field(None, description="Accepted and stored; not used.")
+    status_webhook: AnyHttpUrl | None = Field(
+        None,
+        description="Herald's own: the batch's status webhook (lifecycle and `click` events).",
+    )
     number_check: NumberCheck = Field(
         POSSIBLE,
         description="`possible` (default here): a number of a possible length for its country"
@@ -104,46 +109,42 @@ class MobivateBatchRequest(MobivateModel):
             raise PydanticCustomError(
                 "recipients", "give the recipients in `recipients` or `messages` (one of them)"
             )
-        sender = _sender(self.originator)
-        for index, recipient in enumerate(self.to_send()):
-            if recipient.originator is not None and _sender(recipient.originator) != sender:
-                raise PydanticCustomError(
-                    "originator",
-                    "recipient {index}: an originator other than the batch's is not supported",
-                    {"index": index},
-                )
-        if self.shorten_urls and any(map(URL.search, self._texts())):
-            raise PydanticCustomError(
-                "shorten_urls",
-                "shortenUrls is not supported by this server; send with shortenUrls false to"
-                " send the links as written",
-            )
         return self
 
     def to_send(self) -> list[MobivateRecipient]:
         return self.recipients or self.messages or []
-
-    def _texts(self) -> list[str]:
-        texts = [self.text]
-        for recipient in self.to_send():
-            texts += [recipient.text or "", *map(str, (recipient.meta or {}).values())]
-        return texts
-
-
-def _sender(originator: str) -> str:
-    return to_sender(originator) or originator.strip()
 
 
 class MobivateRecord(MobivateModel):
     id: str = Field(description="The batch id, the same in every other API.")
     type: Literal["BatchSMS"] = "BatchSMS"
     scheduled: str = Field(description="When sending starts, ISO 8601 in UTC.")
-    recipient_count: int = Field(description="Recipients in the request.")
+    recipient_count: int = Field(
+        description="Recipients in the request, a mailing list counting its contacts."
+    )
 
 
 class MobivateBatchAccepted(MobivateModel):
     success: Literal[True] = True
     record: MobivateRecord
+
+
+class MobivateBatchState(MobivateModel):
+    id: str = Field(description="The batch id, the same in every other API.")
+    type: Literal["BatchSMS"] = "BatchSMS"
+    scheduled: str = Field(description="When sending starts, ISO 8601 in UTC.")
+    recipient_count: int | None = Field(
+        description="Rows of the batch, a mailing list's contacts each one; null until"
+        " the batch is validated."
+    )
+    name: str | None
+    status: str = Field(description="Herald's batch status (`validating`, `completed`, ...).")
+    counts: dict[str, int] = Field(description="Ledger rows by message status, and `rejected`.")
+
+
+class MobivateBatchRead(MobivateModel):
+    success: Literal[True] = True
+    record: MobivateBatchState
 
 
 class MobivateErrorDetail(MobivateModel):

@@ -1,7 +1,10 @@
 """Request bodies and reply shapes at the API's edge."""
 
+import json
+import uuid
 from datetime import datetime
 from typing import Any, Generic, Literal, Self, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AnyHttpUrl,
@@ -31,6 +34,29 @@ class RequestBody(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)
 
 
+class ContentTemplate(BaseModel):
+    """A Twilio content template to send, as single sends and batches name it."""
+
+    content_sid: str | None = Field(None, description="Twilio content template (HX...).")
+    content_variables: dict[str, Any] | None = Field(
+        None, description="Template variables: an object, or a JSON object as a string."
+    )
+
+    @field_validator("content_variables", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        """Twilio takes the variables as a JSON string: accept that form too."""
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not JSON: {error.msg}") from error
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a JSON object")
+        return parsed
+
+
 class Envelope(BaseModel, Generic[T]):
     data: T
     errors: None = None
@@ -46,7 +72,7 @@ class ErrorEnvelope(BaseModel):
     errors: list[ErrorItem]
 
 
-class BatchGlobal(RequestBody):
+class BatchGlobal(ContentTemplate, RequestBody):
     model_config = ConfigDict(extra="allow")
 
     agent_number: str = Field(min_length=1, description="A registered SMS sender of the account.")
@@ -56,12 +82,98 @@ class BatchGlobal(RequestBody):
     request_data: dict[str, Any] | None = Field(
         None, description="Default template variables; a row's own values win."
     )
-    metadata: dict[str, Any] | None = Field(None, description="Echoed in every webhook event.")
-    disposition_ids: list[str] | None = None
-    citation_schema_ids: list[str] | None = None
+    metadata: dict[str, Any] | None = Field(
+        None, description="Kept on each conversation the batch opens, echoed in its events."
+    )
+    disposition_ids: list[str] | None = Field(
+        None, description="Kept on each conversation the batch opens, and echoed."
+    )
+    citation_schema_ids: list[str] | None = Field(
+        None, description="Kept on each conversation the batch opens, and echoed."
+    )
+    pathway_id: str | None = Field(
+        None, description="Kept on each conversation the batch opens, and echoed."
+    )
+    persona_id: str | None = Field(
+        None, description="Kept on each conversation the batch opens, and echoed."
+    )
+    channel: Literal["sms", "whatsapp"] = Field(
+        "sms", description="`whatsapp`: every message goes as WhatsApp (`whatsapp:` addresses)."
+    )
 
 
-class BatchRequest(RequestBody):
+class BatchMailingList(RequestBody):
+    """A mailing list whose contacts the batch sends to, after its file's (or inline) rows."""
+
+    id: str = Field(min_length=1, description="The list's id, from `/v1/lists`.")
+    agent_message: str | None = Field(
+        None,
+        min_length=1,
+        description="The message for this list's contacts, in place of `global.agent_message`.",
+    )
+    agent_number: str | None = Field(
+        None,
+        min_length=1,
+        description="A registered sender of the account that sends to this"
+        " list's contacts, in place of `global.agent_number`.",
+    )
+    request_data: dict[str, Any] | None = Field(
+        None, description="Defaults of the contacts' fields; a contact's own values win."
+    )
+
+
+HOUR_MINUTE = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class SendWindowRequest(RequestBody):
+    """The hours of each recipient's local day a batch may send in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: str = Field(pattern=HOUR_MINUTE, description='"HH:MM", 24-hour: the window opens.')
+    end: str = Field(
+        pattern=HOUR_MINUTE,
+        description='"HH:MM": the window closes; before `start`, the window crosses midnight.',
+    )
+    timezone: str = Field(
+        "UTC",
+        min_length=1,
+        description="An IANA zone, for numbers whose zone is not known from the number.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{name!r} is not a known time zone") from None
+        return name
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.start == self.end:
+            raise ValueError("send_window start and end must differ")
+        return self
+
+
+class CampaignMessage(RequestBody):
+    """A campaign named instead of a message (a batch's `global.agent_message`, a single
+    send's `agent_message`)."""
+
+    campaign_id: str | None = Field(
+        None,
+        description="A campaign of this account (`/v1/campaigns`) whose template in `language`"
+        " is the message, instead of one given: a batch's rows fill its parameters from their"
+        " columns, a single send's from `params`.",
+    )
+    # None, not "english": a request that names no campaign hashes as it did before.
+    language: str | None = Field(
+        None, description="With `campaign_id`: which of its templates is sent; `english` if unset."
+    )
+
+
+class BatchRequest(CampaignMessage):
     file_id: str | None = Field(
         None, min_length=1, description="The `file_id` from `/v1/files/attach`; or `recipients`."
     )
@@ -70,6 +182,12 @@ class BatchRequest(RequestBody):
         min_length=1,
         description="The rows inline instead of `file_id`: objects like a JSON file's rows"
         " (`phone_number` plus fields), at most `HERALD_MAX_ROWS_PER_BATCH`.",
+    )
+    lists: list[BatchMailingList] | None = Field(
+        None,
+        min_length=1,
+        description="Mailing lists to send to as well: each contact is a row after the file's"
+        " (or the inline) rows, its fields the row's template variables.",
     )
     global_: BatchGlobal = Field(alias="global")
     column_mapping: dict[str, str] | None = Field(
@@ -95,6 +213,11 @@ class BatchRequest(RequestBody):
         DEFAULT_VALIDATION.strict,
         description="Any rejected row fails the whole batch; nothing is sent.",
     )
+    shorten_urls: bool = Field(
+        DEFAULT_VALIDATION.shorten_urls,
+        description="Replace each http(s) URL of every message with a short link,"
+        " `HERALD_PUBLIC_URL/s/<code>`, whose clicks are counted on the message.",
+    )
     status_webhook: AnyHttpUrl | None = Field(None, description="Receives each lifecycle event.")
     name: str | None = Field(None, max_length=200)
     schedule_at: AwareDatetime | None = Field(
@@ -108,6 +231,11 @@ class BatchRequest(RequestBody):
     expire_at: AwareDatetime | None = Field(
         None, description="Rows not sent by this time end `expired`."
     )
+    send_window: SendWindowRequest | None = Field(
+        None,
+        description="Send each recipient only inside this window of their local day (their"
+        " zone from the number); rows outside it wait, counted as `waiting_for_window`.",
+    )
     dry_run: bool = Field(
         False,
         description="Validate the file now, as the batch would, and answer with what it"
@@ -116,11 +244,15 @@ class BatchRequest(RequestBody):
 
     @model_validator(mode="after")
     def _one_recipient_source(self) -> Self:
-        if self.file_id is None and self.recipients is None:
-            raise PydanticCustomError("missing_file_id", "give file_id or recipients")
+        if self.file_id is None and self.recipients is None and self.lists is None:
+            raise PydanticCustomError("missing_file_id", "give file_id, recipients or lists")
         if self.file_id is not None and self.recipients is not None:
             raise PydanticCustomError(
                 "file_id_and_recipients", "give file_id or recipients, not both"
+            )
+        if self.lists is not None and self.dry_run:
+            raise PydanticCustomError(
+                "dry_run_lists", "a dry run does not expand mailing lists: leave out lists"
             )
         return self
 
@@ -190,6 +322,12 @@ class NumberRequest(RequestBody):
     webhook: AnyHttpUrl | None = Field(
         None, description="Conversation events of this number, when a send names no webhook."
     )
+    opening_message: str | None = Field(
+        None,
+        min_length=1,
+        description="The message a batch from this number sends when its request has no"
+        " `global.agent_message`; `{{name}}` is filled from each row.",
+    )
 
 
 class NumberUpdate(RequestBody):
@@ -204,6 +342,9 @@ class NumberUpdate(RequestBody):
     webhook: AnyHttpUrl | None = Field(
         None, description="Conversation events of this number, when a send names no webhook."
     )
+    opening_message: str | None = Field(
+        None, min_length=1, description="The batches' opening message; null removes it."
+    )
 
 
 class SenderNumber(BaseModel):
@@ -212,6 +353,7 @@ class SenderNumber(BaseModel):
     channel: str
     mps: float | None
     webhook: str | None
+    opening_message: str | None
     created_at: datetime
 
 
@@ -288,6 +430,15 @@ class MessageRow(BaseModel):
     reference: str | None = Field(
         None, description="The caller's reference of this recipient (Mobivate `reference`)."
     )
+    from_number: str | None = Field(
+        None,
+        description="The row's own sender when it is not the batch's `agent_number` (a"
+        " Mobivate recipient's `originator`, a list's `agent_number`); null otherwise.",
+    )
+    clicks: int = Field(0, description="Clicks of the message's short links, repeats counted.")
+    first_clicked_at: datetime | None = Field(
+        None, description="When one of the message's short links was first followed."
+    )
 
 
 class MessageList(BaseModel):
@@ -316,6 +467,24 @@ class DryRunMessage(BaseModel):
     skip_code: str | None = Field(description="`duplicate` or `opted_out`: would be skipped.")
 
 
+class CountryCost(BaseModel):
+    country: str = Field(description="ISO 3166 alpha-2, or `unknown`.")
+    messages: int
+    segments: int
+    price_per_segment: float | None = Field(description="null: no price for the country.")
+    cost: float | None = Field(description="null: no price for the country.")
+
+
+class CostEstimate(BaseModel):
+    currency: str
+    total: float = Field(description="The cost of the priced countries' segments.")
+    by_country: list[CountryCost]
+    unknown_messages: int = Field(
+        description="Messages to a country without a price, or whose country is not known."
+    )
+    unknown_segments: int
+
+
 class BatchDryRun(BaseModel):
     """What `POST /v1/sms/batch` would do with the file, validated by the same code."""
 
@@ -335,6 +504,9 @@ class BatchDryRun(BaseModel):
     messages_ucs2: int
     rejected_rows: list[RejectedRow] = Field(description="The first 100, in file order.")
     messages: list[DryRunMessage] = Field(description="The first 20 ledger rows, rendered.")
+    estimated_cost: CostEstimate = Field(
+        description="The messages to be sent, priced by country from `HERALD_PRICES`."
+    )
 
 
 class BatchEvent(BaseModel):
@@ -404,3 +576,55 @@ class CarrierAccount(BaseModel):
     account_sid: str
     # Never the token itself: its last four characters, after asterisks.
     auth_token: str
+
+
+class ListRequest(RequestBody):
+    name: str = Field(min_length=1, max_length=200, description="The list's name.")
+    id: uuid.UUID | None = Field(
+        None,
+        description="The list's id, when it must keep one it has elsewhere (a Mobivate"
+        " list's, so that requests naming it need no change); a new one when left out.",
+    )
+
+
+class MailingList(BaseModel):
+    id: str
+    name: str
+    contacts: int = Field(description="Contacts in the list.")
+    created_at: datetime
+
+
+class MailingLists(BaseModel):
+    lists: list[MailingList]
+
+
+class ContactsRequest(RequestBody):
+    contacts: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="Contacts like a JSON file's rows: `phone_number` plus fields (the"
+        " template tags of a batch that names the list).",
+    )
+
+
+class ContactsAdded(BaseModel):
+    added: int = Field(description="Contacts added or updated (a number listed once).")
+    contacts: int = Field(description="Contacts in the list now.")
+    rejected_rows: list[RejectedRow] = Field(
+        description="Rows that are not contacts (blank or impossible number), by row number."
+    )
+
+
+class ContactsRemoved(BaseModel):
+    removed: int = Field(description="Numbers that were in the list.")
+    contacts: int = Field(description="Contacts in the list now.")
+
+
+class Contact(BaseModel):
+    phone_number: str
+    fields: dict[str, str]
+    created_at: datetime
+
+
+class ContactList(BaseModel):
+    contacts: list[Contact]
+    next_cursor: str | None = Field(description="Pass as `after` for the next page.")

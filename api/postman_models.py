@@ -1,5 +1,6 @@
-"""Reply shapes of the Postman dialect, `POST /campaigns/{campaignId}/batch/messages`."""
+"""Reply shapes of the Postman dialect: batch send, the batch's messages, and its retry."""
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,3 +38,38 @@ class PostmanErrorBody(PostmanModel):
 
 class PostmanError(PostmanModel):
     error: PostmanErrorBody
+
+
+# Postman's message statuses (`latestStatus`), as Herald reads its ledger into them.
+LatestStatus = Literal["enqueued", "sending", "sent", "success", "failure"]
+
+
+class PostmanMessage(PostmanModel):
+    """A ledger row as Postman's message object. Herald keeps the rendered message, not the
+    row's parameters: `values` and `language` are null."""
+
+    id: str = Field(description="`{batchId}:{seq}`, the ledger row's key.")
+    created_at: datetime
+    updated_at: datetime
+    recipient: str = Field(description="Digits with the country code, without `+`.")
+    values: dict[str, str] | None = None
+    language: str | None = None
+    full_message: str = Field(description="The message as sent: the template rendered.")
+    latest_status: LatestStatus
+    campaign_id: str
+    batch_id: str
+    herald_status: str = Field(description="The ledger row's own status, finer than Postman's.")
+    error_code: str | None = Field(description="The carrier's or Herald's code of a failure.")
+    error_message: str | None
+
+
+class PostmanPageData(PostmanModel):
+    start_cursor: str | None = Field(description="Pass as `before` for the previous page.")
+    end_cursor: str | None = Field(description="Pass as `after` for the next page.")
+    has_next_page: bool
+    has_previous_page: bool
+
+
+class PostmanMessagePage(PostmanModel):
+    data: list[PostmanMessage]
+    page_data: PostmanPageData

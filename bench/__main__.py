@@ -7,7 +7,9 @@
 3. Ceilings: bare asyncio HTTP loops posting the same messages to the same emulator with
    Herald's concurrency, no Temporal, no PostgreSQL: one on aiohttp (the targets' ceiling),
    one on Herald's own HTTP client (bench/ceiling.py).
-4. Validation: rows/s of validating a 1,000,000-row file against Python's csv module merely
+4. Outcomes (bench/outcomes.py): a dry run of an N-row file, timed; the CSV export of
+   Herald's batch, with the API process's peak RSS.
+5. Validation: rows/s of validating a 1,000,000-row file against Python's csv module merely
    reading it (bench/validation.py), once the stack is down, in a process of its own.
 
 Absolute figures on a shared 2-core machine are noise; the ratios, measured in one run on
@@ -39,6 +41,9 @@ from temporalio.worker import Worker
 from activities.providers.twilio import TwilioCarrier
 from bench.ceiling import post_all
 from bench.naive import NaiveActivities, NaiveBatchWorkflow, NaiveInput
+from bench.outcomes import attach
+from bench.outcomes import measure as measure_outcomes
+from bench.outcomes import report_rows as outcomes_report
 from bench.stack import bench_stack
 from deploy.local.processes import ManagedProcess, free_port
 from settings import Settings
@@ -133,13 +138,7 @@ async def run_herald(
     runner, webhook, events = await final_event_receiver()
     async with httpx.AsyncClient(base_url=info["api_url"], timeout=600) as http:
         await http.delete(f"{info['emulator_url']}/_emulator/messages")
-        attached = await http.post(
-            "/v1/files/attach",
-            headers=headers,
-            data={"file_type": "batches"},
-            files={"file": ("bench.csv", recipient_file(n), "text/csv")},
-        )
-        file_id = attached.json()["data"]["file_id"]
+        file_id = await attach(http, headers, recipient_file(n))
         sampler = Sampler(info["emulator_url"], processes)
         sampling = asyncio.create_task(sampler.run(http))
         cpu_before = cpu_seconds(stack)
@@ -293,6 +292,13 @@ async def measure(
     lean_runs = [await run_ceiling(ceiling_n, settings, info, lean=True)]
     herald = await run_herald(args.n, settings, info, watched, processes)
     footprint = await history_and_storage(settings, herald["batch_id"])
+    outcomes = await measure_outcomes(
+        info,
+        watched["api"].pid,
+        body=BODY,
+        dry_run_file=recipient_file(args.n),
+        export_batch=herald["batch_id"],
+    )
     lean_runs.append(await run_ceiling(ceiling_n, settings, info, lean=True))
     ceiling_runs.append(await run_ceiling(ceiling_n, settings, info, lean=False))
     naive_runs.append(await run_naive(args.naive_n, settings, info, "after"))
@@ -318,6 +324,7 @@ async def measure(
         "ceiling": ceiling,
         "lean_ceiling": lean_ceiling,
         "footprint": footprint,
+        **outcomes,
         "ratios": {
             "herald_over_naive": herald["messages_per_second"] / naive["messages_per_second"],
             "herald_over_ceiling": herald["messages_per_second"] / ceiling["messages_per_second"],
@@ -398,6 +405,7 @@ def report(result: dict[str, Any]) -> str:
          f" timers {by_type.get('timer_started', 0):,.0f}"),
         ("Ledger per 1,000 msgs", f"{footprint['ledger_bytes_per_1000'] / 1024:.0f} KiB",
          f"{footprint['ledger_rows']:,} rows"),
+        *outcomes_report(result),
         ("Validation", f"{validation['rows_per_second']:,.0f} rows/s",
          f"{validation['rows']:,} rows; row path {validation['row_path_rows_per_second']:,.0f}"
          f" rows/s; peak RSS {validation['peak_rss_mib']:.0f} MiB"),

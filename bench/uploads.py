@@ -1,6 +1,8 @@
-"""Measures the API's memory under concurrent recipient-file uploads.
+"""Measures the API's memory under concurrent recipient-file uploads, and the time and memory
+of one Postman-dialect batch upload, checked whole before it is answered.
 
     make bench-uploads   (or: .venv/bin/python -m bench.uploads [--uploads 20 --megabytes 40])
+    make bench-postman   (or: .venv/bin/python -m bench.uploads --postman [--rows 100000])
 
 Starts PostgreSQL (the embedded one, in a temporary directory) and the API as `make run`
 does (uvicorn, `api.app:app_from_env`, its own process), makes an account and a key, then
@@ -8,6 +10,13 @@ posts `--uploads` files of `--megabytes` MB (10^6 bytes) to `POST /v1/files/atta
 once, sampling the API process's resident memory (RSS, psutil) every 20 ms from before the
 first upload until the last one is answered. Prints the baseline and the peak, and writes
 them to bench/results/uploads-<date>.json.
+
+With `--postman`, it makes a campaign instead and posts one CSV of `--rows` rows (about 42
+bytes a row: 1,000,000 rows is the dialect's 40 MB) to
+`POST /campaigns/{id}/batch/messages`, timing the request from its first byte to its answer,
+with the API's peak RSS over it; results in bench/results/postman-<date>.json. No Temporal
+server runs: the answer is the 503 of a batch checked, stored and recorded whose workflow
+could not start, which is all the work the upload does before its 201.
 """
 
 import argparse
@@ -31,6 +40,7 @@ import psutil
 from deploy.local.postgres import dsn as postgres_dsn
 from deploy.local.postgres import postgres_process, postgres_ready
 from deploy.local.processes import ManagedProcess, free_port, http_ok
+from store import campaigns, numbers
 from store.accounts import create_account, create_api_key
 from store.db import create_pool, migrate
 
@@ -167,6 +177,94 @@ async def upload_all(
     )
 
 
+@dataclass(frozen=True)
+class PostmanUpload:
+    rows: int
+    size_bytes: int
+    status: int
+    code: str | None
+    baseline_mb: float
+    peak_mb: float
+    seconds: float
+    # The one-row upload before it: the cost of a request that is not its rows'.
+    one_row_seconds: float
+
+
+POSTMAN_SENDER = "+12015550100"
+POSTMAN_TEMPLATES = {
+    "english": "Dear {{recipient_name}}, your {{topic}} is ready.",
+    "chinese": "{{recipient_name}} 您的{{topic}}已准备好。",
+}
+
+
+def postman_content(rows: int) -> bytes:
+    """A campaign's CSV of `rows` rows of possible Singapore mobile numbers: three in four in
+    english, the first row's language, the rest in chinese."""
+    lines = ["recipient,language,recipient_name,topic\n"]
+    lines += [
+        f"659{i % 10**7:07d},{'chinese' if i % 4 == 3 else 'english'},Emily {i:06d},app {i:05d}\n"
+        for i in range(rows)
+    ]
+    return "".join(lines).encode()
+
+
+async def _campaign_key(database_url: str) -> tuple[str, str]:
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        await migrate(pool)
+        account_id = await create_account(pool, "bench-postman")
+        await numbers.add_number(pool, account_id, POSTMAN_SENDER, "sms", None)
+        campaign = await campaigns.create_campaign(
+            pool,
+            account_id,
+            name="bench",
+            sender=POSTMAN_SENDER,
+            templates=POSTMAN_TEMPLATES,
+            parameters=["recipient_name", "topic"],
+        )
+        return str(campaign["id"]), (await create_api_key(pool, account_id)).key
+    finally:
+        await pool.close()
+
+
+async def postman_upload(database_url: str, url: str, pid: int, rows: int) -> PostmanUpload:
+    campaign_id, key = await _campaign_key(database_url)
+    content = postman_content(rows)
+    headers = {"authorization": f"Bearer {key}"}
+    path = f"/campaigns/{campaign_id}/batch/messages"
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600)) as client:
+        # One row first: the number patterns are built by the first file, not the measured.
+        warm = await client.post(path, headers=headers, files={"file": postman_content(1)})
+        assert warm.status_code in (201, 503), warm.text
+        started = asyncio.get_running_loop().time()
+        one = await client.post(path, headers=headers, files={"file": postman_content(1)})
+        one_row_seconds = asyncio.get_running_loop().time() - started
+        assert one.status_code == warm.status_code, one.text
+        baseline = psutil.Process(pid).memory_info().rss
+        started = asyncio.get_running_loop().time()
+        with RssSampler(pid) as sampler:
+            reply = await client.post(
+                path, headers=headers, files={"file": ("recipients.csv", content, "text/csv")}
+            )
+        seconds = asyncio.get_running_loop().time() - started
+    error = reply.json().get("error") or {}
+    return PostmanUpload(
+        rows=rows,
+        size_bytes=len(content),
+        status=reply.status_code,
+        code=error.get("heraldCode"),
+        baseline_mb=round(baseline / 1e6, 1),
+        peak_mb=round(sampler.peak / 1e6, 1),
+        seconds=round(seconds, 2),
+        one_row_seconds=round(one_row_seconds, 2),
+    )
+
+
+def measure_postman(database_url: str, log_dir: Path, *, rows: int) -> PostmanUpload:
+    with api_process(database_url, log_dir) as (url, api):
+        return asyncio.run(postman_upload(database_url, url, api.pid, rows))
+
+
 def measure(database_url: str, log_dir: Path, *, uploads: int, size: int) -> UploadMemory:
     with api_process(database_url, log_dir) as (url, api):
         return asyncio.run(upload_all(database_url, url, api.pid, uploads, size))
@@ -176,6 +274,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--uploads", type=int, default=20)
     parser.add_argument("--megabytes", type=int, default=40)
+    parser.add_argument("--postman", action="store_true", help="one Postman batch upload")
+    parser.add_argument("--rows", type=int, default=100_000, help="the Postman file's rows")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="herald-uploads-") as home:
         port = free_port()
@@ -183,14 +283,25 @@ def main() -> None:
         pg.start()
         try:
             pg.wait_until(lambda: postgres_ready(port), READY_SECONDS)
-            result = measure(
-                postgres_dsn(port), Path(home), uploads=args.uploads, size=args.megabytes * 10**6
-            )
+            result: UploadMemory | PostmanUpload
+            if args.postman:
+                with api_process(postgres_dsn(port), Path(home)) as (url, api):
+                    result = asyncio.run(
+                        postman_upload(postgres_dsn(port), url, api.pid, args.rows)
+                    )
+            else:
+                result = measure(
+                    postgres_dsn(port),
+                    Path(home),
+                    uploads=args.uploads,
+                    size=args.megabytes * 10**6,
+                )
         finally:
             pg.stop()
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
-    (RESULTS / f"uploads-{stamp}.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    name = "postman" if args.postman else "uploads"
+    (RESULTS / f"{name}-{stamp}.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     sys.stdout.write(json.dumps(asdict(result), indent=2) + "\n")
 
 

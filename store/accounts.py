@@ -35,6 +35,8 @@ PERMISSIONS: tuple[str, ...] = (
     "campaigns:write",
     "carrier:read",
     "carrier:write",
+    "lists:read",
+    "lists:write",
     "create:BatchSMS",
     "read:BatchSMS",
 )

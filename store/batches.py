@@ -11,7 +11,7 @@ from workflows.statuses import FINAL_BATCH_STATUSES, BatchStatus
 _BATCH_COLUMNS = (
     "id, account_id, workflow_id, name, agent_number, request, status, code, reason,"
     " rows_total, recipients, rejected, segments_total, messages_gsm7, messages_ucs2,"
-    " created_at, updated_at, finished_at, webhook_disabled_at"
+    " created_at, updated_at, finished_at, webhook_disabled_at, campaign_id"
 )
 
 
@@ -25,11 +25,12 @@ async def create_batch(
     agent_number: str,
     request: dict[str, Any],
     request_hash: str,
+    campaign_id: uuid.UUID | None = None,
 ) -> tuple[dict, bool]:
     """Insert the batch row; if the file already has one, return it and False."""
     row = await pool.fetchrow(
         "INSERT INTO batches (id, account_id, workflow_id, name, agent_number, request,"
-        " request_hash) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        " request_hash, campaign_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         f" ON CONFLICT (id) DO NOTHING RETURNING {_BATCH_COLUMNS}, request_hash",
         batch_id,
         account_id,
@@ -38,6 +39,7 @@ async def create_batch(
         agent_number,
         request,
         request_hash,
+        campaign_id,
     )
     if row is not None:
         return dict(row), True

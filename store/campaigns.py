@@ -1,10 +1,13 @@
 """Campaigns: an account's named sender and message templates per language."""
 
+import ipaddress
 import uuid
 
 import asyncpg
 
-_COLUMNS = "id, name, sender, templates, parameters, created_at, updated_at"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_COLUMNS = "id, name, sender, templates, parameters, allowed_ips, created_at, updated_at"
 
 
 async def create_campaign(
@@ -15,16 +18,18 @@ async def create_campaign(
     sender: str,
     templates: dict[str, str],
     parameters: list[str],
+    allowed_ips: list[Network] | None = None,
 ) -> dict:
     row = await pool.fetchrow(
-        "INSERT INTO campaigns (id, account_id, name, sender, templates, parameters)"
-        f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
+        "INSERT INTO campaigns (id, account_id, name, sender, templates, parameters,"
+        f" allowed_ips) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_COLUMNS}",
         uuid.uuid4(),
         account_id,
         name,
         sender,
         templates,
         parameters,
+        allowed_ips,
     )
     return dict(row)
 
@@ -57,17 +62,20 @@ async def update_campaign(
     sender: str,
     templates: dict[str, str],
     parameters: list[str],
+    allowed_ips: list[Network] | None,
 ) -> dict | None:
     """Replace the campaign's fields; None if the account has no such campaign."""
     row = await pool.fetchrow(
         "UPDATE campaigns SET name = $3, sender = $4, templates = $5, parameters = $6,"
-        f" updated_at = now() WHERE id = $1 AND account_id = $2 RETURNING {_COLUMNS}",
+        " allowed_ips = $7, updated_at = now() WHERE id = $1 AND account_id = $2"
+        f" RETURNING {_COLUMNS}",
         campaign_id,
         account_id,
         name,
         sender,
         templates,
         parameters,
+        allowed_ips,
     )
     return dict(row) if row else None
 

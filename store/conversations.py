@@ -12,7 +12,7 @@ from workflows.statuses import ConversationStatus
 _CONVERSATION_COLUMNS = (
     "id, seq, account_id, workflow_id, agent_number, user_number, channel, state, webhook,"
     " metadata, request_data, time_out, timeout_message, warning_time, warning_message,"
-    " stored_fields, created_at, updated_at, ended_at, timed_out_at"
+    " stored_fields, batch_id, created_at, updated_at, ended_at, timed_out_at"
 )
 
 
@@ -26,6 +26,24 @@ class ConversationFields:
     request_data: dict[str, Any] | None = None
     timers: SilenceTimers | None = None
     stored_fields: dict[str, Any] = field(default_factory=dict)
+    # The batch whose message the conversation answers.
+    batch_id: uuid.UUID | None = None
+
+
+async def active_conversation(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    account_id: uuid.UUID,
+    agent_number: str,
+    user_number: str,
+) -> dict | None:
+    row = await conn.fetchrow(
+        f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE account_id = $1"
+        " AND agent_number = $2 AND user_number = $3 AND state = 'active'",
+        account_id,
+        agent_number,
+        user_number,
+    )
+    return dict(row) if row else None
 
 
 async def open_conversation(
@@ -55,8 +73,8 @@ async def open_conversation(
     row = await conn.fetchrow(
         "INSERT INTO conversations (id, account_id, workflow_id, agent_number, user_number,"
         " channel, webhook, metadata, request_data, time_out, timeout_message, warning_time,"
-        " warning_message, stored_fields)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        " warning_message, stored_fields, batch_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $16)"
         " ON CONFLICT (account_id, agent_number, user_number) WHERE state = 'active'"
         " DO UPDATE SET channel = EXCLUDED.channel,"
         " webhook = COALESCE(EXCLUDED.webhook, conversations.webhook),"
@@ -70,6 +88,7 @@ async def open_conversation(
         " warning_message = CASE WHEN $15 THEN EXCLUDED.warning_message"
         " ELSE conversations.warning_message END,"
         " stored_fields = conversations.stored_fields || EXCLUDED.stored_fields,"
+        " batch_id = COALESCE(EXCLUDED.batch_id, conversations.batch_id),"
         " updated_at = now()"
         f" RETURNING {_CONVERSATION_COLUMNS}",
         uuid.uuid4(),
@@ -87,6 +106,7 @@ async def open_conversation(
         timers.warning_message,
         fields.stored_fields,
         fields.timers is not None,
+        fields.batch_id,
     )
     return dict(row)
 

@@ -29,17 +29,42 @@ async def insert_file(
     PostgreSQL as one row of a binary COPY, streamed, so that the file is never whole in this
     process's memory (a bytea parameter would be, several times over)."""
     file_id = uuid.uuid4()
+    lines = _LineCount()
     async with pool.acquire() as conn, conn.transaction():
         await conn.copy_to_table(
             "files",
-            source=_copy_row(file_id, account_id, filename, content_type, size_bytes, content),
+            source=_copy_row(
+                file_id, account_id, filename, content_type, size_bytes, lines.count(content)
+            ),
             columns=_COPY_COLUMNS,
             format="binary",
         )
         row = await conn.fetchrow(
-            "SELECT id, filename, size_bytes, created_at FROM files WHERE id = $1", file_id
+            "UPDATE files SET line_count = $2 WHERE id = $1"
+            " RETURNING id, filename, size_bytes, created_at",
+            file_id,
+            lines.total,
         )
     return dict(row)
+
+
+class _LineCount:
+    """Lines of a file, counted as its blocks go by: its line breaks, and a last line that
+    has none. No file has more rows than lines (a quoted line break makes more lines than
+    rows, never fewer)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    async def count(self, content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        last = b"\n"
+        async for block in content:
+            if block:
+                self.total += block.count(b"\n")
+                last = block[-1:]
+            yield block
+        if last != b"\n":
+            self.total += 1
 
 
 async def _copy_row(
@@ -94,6 +119,23 @@ async def file_content(
         account_id,
     )
     return row["filename"], row["content"]
+
+
+# How much of a file a batch request reads to know its header.
+HEAD_BYTES = 64 * 1024
+
+
+async def file_head(pool: asyncpg.Pool, account_id: uuid.UUID, file_id: uuid.UUID) -> dict:
+    """The first HEAD_BYTES of a file (`head`), its `size_bytes` and its `line_count`
+    (None for a file stored before lines were counted)."""
+    row = await pool.fetchrow(
+        "SELECT substring(content FROM 1 FOR $3) AS head, size_bytes, line_count FROM files"
+        " WHERE id = $1 AND account_id = $2",
+        file_id,
+        account_id,
+        HEAD_BYTES,
+    )
+    return dict(row)
 
 
 async def insert_bytes(

@@ -1,9 +1,11 @@
-"""The message ledger: one row per recipient; statuses only move forward."""
+"""The message ledger: one row per recipient; statuses only move forward, but for an
+`uncertain` row that the carrier shows it never got (`settle_uncertain`)."""
 
 import io
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -21,7 +23,12 @@ RECIPIENT_COLUMNS = (
     "encoding",
     "segments",
 )
+# The row engine's COPY also gives a row's own sender (the column engine's CSV has none).
+LEDGER_COLUMNS = (*RECIPIENT_COLUMNS, "from_number")
 REJECTED_COLUMNS = ("batch_id", "row_number", "account_id", "code", "reason", "value")
+
+
+CONTENT_COLUMNS = ("batch_id", "row_number", "content_sid", "content_variables")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +36,17 @@ class ClaimedMessage:
     seq: int
     to_number: str
     body: str
+    # The row's own sender; None: the batch's.
+    from_number: str | None = None
+    row_number: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RowContent:
+    """A row's own content template, either part None where the batch's applies."""
+
+    content_sid: str | None
+    content_variables: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,21 +56,27 @@ class Outcome:
     carrier_sid: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    # A row left `pending` outside its send window: when the window opens.
+    window_opens_at: datetime | None = None
 
 
 async def clear_validation(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
     """Drop what an interrupted validation attempt wrote, so a retry starts clean."""
-    await conn.execute("DELETE FROM messages WHERE batch_id = $1", batch_id)
+    await clear_ledger(conn, batch_id)
     await conn.execute("DELETE FROM rejected_rows WHERE batch_id = $1", batch_id)
+    await conn.execute("DELETE FROM message_contents WHERE batch_id = $1", batch_id)
 
 
 async def clear_ledger(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
-    """Drop the ledger of a batch that will send nothing; its rejected rows stay."""
+    """Drop the ledger of a batch that will send nothing, with its short links; its rejected
+    rows stay."""
+    await conn.execute("DELETE FROM short_links WHERE batch_id = $1", batch_id)
     await conn.execute("DELETE FROM messages WHERE batch_id = $1", batch_id)
 
 
 async def copy_recipients(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
-    await conn.copy_records_to_table("messages", records=records, columns=RECIPIENT_COLUMNS)
+    """COPY ledger rows given as tuples, `LEDGER_COLUMNS` in order."""
+    await conn.copy_records_to_table("messages", records=records, columns=LEDGER_COLUMNS)
 
 
 async def copy_recipients_csv(conn: asyncpg.Connection, data: bytes) -> None:
@@ -72,6 +96,26 @@ async def refresh_statistics(pool: asyncpg.Pool) -> None:
 
 async def copy_rejected(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
     await conn.copy_records_to_table("rejected_rows", records=records, columns=REJECTED_COLUMNS)
+
+
+async def last_sent_to(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    account_id: uuid.UUID,
+    agent_number: str,
+    user_number: str,
+) -> dict | None:
+    """The account's last batch message from `agent_number` the carrier accepted for
+    `user_number`: its batch, row, send time and the batch's stored request."""
+    row = await conn.fetchrow(
+        "SELECT m.batch_id, m.row_number, m.sent_at, b.request FROM messages AS m"
+        " JOIN batches AS b ON b.id = m.batch_id"
+        " WHERE m.to_number = $3 AND m.carrier_sid IS NOT NULL AND m.account_id = $1"
+        " AND b.agent_number = $2 ORDER BY m.sent_at DESC NULLS LAST LIMIT 1",
+        account_id,
+        agent_number,
+        user_number,
+    )
+    return dict(row) if row else None
 
 
 async def claim_slice(
@@ -108,14 +152,35 @@ async def claim_slice(
             end,
         )
         rows = await conn.fetch(
-            "SELECT seq, to_number, body FROM messages"
+            "SELECT seq, to_number, body, from_number, row_number FROM messages"
             " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'pending'"
             " ORDER BY seq",
             batch_id,
             start,
             end,
         )
-    return [ClaimedMessage(r["seq"], r["to_number"], r["body"]) for r in rows]
+    return [
+        ClaimedMessage(r["seq"], r["to_number"], r["body"], r["from_number"], r["row_number"])
+        for r in rows
+    ]
+
+
+async def copy_contents(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
+    """Rows' own content templates, `CONTENT_COLUMNS` in order."""
+    await conn.copy_records_to_table("message_contents", records=records, columns=CONTENT_COLUMNS)
+
+
+async def row_contents(
+    pool: asyncpg.Pool, batch_id: uuid.UUID, row_numbers: list[int]
+) -> dict[int, RowContent]:
+    """The own content templates of these rows of the batch's file, by row number."""
+    rows = await pool.fetch(
+        "SELECT row_number, content_sid, content_variables FROM message_contents"
+        " WHERE batch_id = $1 AND row_number = ANY($2::bigint[])",
+        batch_id,
+        row_numbers,
+    )
+    return {r["row_number"]: RowContent(r["content_sid"], r["content_variables"]) for r in rows}
 
 
 async def mark_sending(pool: asyncpg.Pool, batch_id: uuid.UUID, seqs: list[int]) -> set[int]:
@@ -138,7 +203,10 @@ def storable(text: str | None) -> str | None:
 
 
 async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome]) -> None:
-    """Write every outcome of a slice in one statement; only rows still `sending` move. Then
+    """Write every outcome of a slice in one statement; only rows still `sending` move, a
+    `pending` one outside its send window (never marked `sending`) takes the time it opens,
+    and `uncertain` ones move to a definite answer: an attempt presumed dead (its rows made
+    `uncertain` by the next) that lived on and heard the carrier's answer settles them. Then
     apply the receipts that came before their sids were written.
 
     The two statements commit one after the other, and a receipt is kept before it is
@@ -150,18 +218,29 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
     await pool.execute(
         "UPDATE messages AS m SET status = o.status, carrier_sid = o.sid,"
         " error_code = o.code, error_message = o.msg, updated_at = now(),"
-        " sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE m.sent_at END"
-        " FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])"
-        " AS o(seq, status, sid, code, msg)"
-        " WHERE m.batch_id = $1 AND m.seq = o.seq AND m.status = 'sending'",
+        " sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE m.sent_at END,"
+        " window_opens_at = o.opens,"
+        # A wait for the window is no attempt: a row marked `sending` (mark_sending) before
+        # its window was found shut counted one; a row never marked counted none.
+        " attempts = m.attempts - (o.opens IS NOT NULL AND m.status = 'sending')::int"
+        " FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"
+        " $7::timestamptz[]) AS o(seq, status, sid, code, msg, opens)"
+        " WHERE m.batch_id = $1 AND m.seq = o.seq AND (m.status = 'sending'"
+        " OR (m.status = 'pending' AND o.opens IS NOT NULL)"
+        " OR (m.status = 'uncertain' AND o.status IN ('sent', 'failed')))",
         batch_id,
         [o.seq for o in outcomes],
         [o.status for o in outcomes],
         [o.carrier_sid for o in outcomes],
         [o.error_code for o in outcomes],
         [storable(o.error_message) for o in outcomes],
+        [o.window_opens_at for o in outcomes],
     )
-    sids = [o.carrier_sid for o in outcomes if o.carrier_sid]
+    await apply_kept_receipts(pool, batch_id, [o.carrier_sid for o in outcomes if o.carrier_sid])
+
+
+async def apply_kept_receipts(pool: asyncpg.Pool, batch_id: uuid.UUID, sids: list[str]) -> None:
+    """Apply the receipts that came for `sids` before the sids were written to their rows."""
     if sids:
         await pool.execute(
             "UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
@@ -171,6 +250,58 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
             batch_id,
             sids,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class UncertainRow:
+    seq: int
+    to_number: str
+    body: str
+    created_at: datetime
+    updated_at: datetime
+    # The row's own sender, if it is not the batch's.
+    from_number: str | None
+
+
+async def uncertain_rows(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[UncertainRow]:
+    rows = await pool.fetch(
+        "SELECT seq, to_number, body, created_at, updated_at, from_number FROM messages"
+        " WHERE batch_id = $1 AND status = 'uncertain' ORDER BY seq",
+        batch_id,
+    )
+    return [UncertainRow(**r) for r in rows]
+
+
+async def sids_in_ledger(pool: asyncpg.Pool, sids: list[str]) -> set[str]:
+    """Which of `sids` some message row already holds, in any batch."""
+    rows = await pool.fetch(
+        "SELECT carrier_sid FROM messages WHERE carrier_sid = ANY($1::text[])", sids
+    )
+    return {r["carrier_sid"] for r in rows}
+
+
+async def settle_uncertain(
+    pool: asyncpg.Pool, batch_id: uuid.UUID, found: dict[int, str], unsent: list[int]
+) -> None:
+    """Rows the carrier has become `sent` with its sid; rows it never got go back to
+    `pending`. Only rows still `uncertain` move."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE messages AS m SET status = 'sent', carrier_sid = f.sid, sent_at = now(),"
+            " error_code = NULL, error_message = NULL, updated_at = now()"
+            " FROM unnest($2::bigint[], $3::text[]) AS f(seq, sid)"
+            " WHERE m.batch_id = $1 AND m.seq = f.seq AND m.status = 'uncertain'",
+            batch_id,
+            list(found),
+            list(found.values()),
+        )
+        await conn.execute(
+            "UPDATE messages SET status = 'pending', updated_at = now()"
+            " WHERE batch_id = $1 AND seq = ANY($2::bigint[]) AND status = 'uncertain'",
+            batch_id,
+            unsent,
+        )
+    await apply_kept_receipts(pool, batch_id, list(found.values()))
 
 
 async def close_ledger(
@@ -197,7 +328,7 @@ async def close_ledger(
 async def reopen(pool: asyncpg.Pool, batch_id: uuid.UUID, statuses: list[LedgerStatus]) -> int:
     """Put rows in `statuses` back to `pending` for another attempt; how many were."""
     result = await pool.execute(
-        "UPDATE messages SET status = 'pending', updated_at = now()"
+        "UPDATE messages SET status = 'pending', window_opens_at = NULL, updated_at = now()"
         " WHERE batch_id = $1 AND status = ANY($2::text[])",
         batch_id,
         statuses,
@@ -210,6 +341,15 @@ async def count_in_statuses(pool: asyncpg.Pool, batch_id: uuid.UUID, statuses: l
         "SELECT count(*) FROM messages WHERE batch_id = $1 AND status = ANY($2::text[])",
         batch_id,
         statuses,
+    )
+
+
+async def count_waiting_for_window(pool: asyncpg.Pool, batch_id: uuid.UUID) -> int:
+    """Rows left `pending` until their send window opens."""
+    return await pool.fetchval(
+        "SELECT count(*) FROM messages WHERE batch_id = $1 AND status = 'pending'"
+        " AND window_opens_at IS NOT NULL",
+        batch_id,
     )
 
 
@@ -229,22 +369,37 @@ async def list_messages(
     status: str | None,
     limit: int,
     after_seq: int,
+    before_seq: int | None = None,
+    search: str | None = None,
 ) -> list[dict]:
+    """Up to `limit` rows in `seq` order: the first after `after_seq`, or, with `before_seq`,
+    the last before it; of `status` and with `search` in the number, if given."""
+    backwards = before_seq is not None
     rows = await pool.fetch(
         "SELECT m.seq, m.row_number, m.to_number, m.body, m.encoding, m.segments, m.status,"
         " m.carrier_sid, m.error_code, m.error_message, m.attempts, m.created_at, m.sent_at,"
-        " m.updated_at, r.reference FROM messages m"
+        " m.updated_at, m.from_number, r.reference, coalesce(c.clicks, 0) AS clicks,"
+        " c.first_clicked_at FROM messages m"
         " LEFT JOIN message_references r"
         " ON r.batch_id = m.batch_id AND r.row_number = m.row_number"
+        " LEFT JOIN LATERAL (SELECT sum(clicks)::bigint AS clicks, min(first_clicked_at)"
+        " AS first_clicked_at FROM short_links l WHERE l.batch_id = m.batch_id"
+        " AND l.seq = m.seq) c ON true"
         " WHERE m.batch_id = $1 AND m.account_id = $2 AND m.seq > $3"
-        " AND ($4::text IS NULL OR m.status = $4) ORDER BY m.seq LIMIT $5",
+        " AND ($4::text IS NULL OR m.status = $4)"
+        " AND ($6::bigint IS NULL OR m.seq < $6)"
+        " AND ($7::text IS NULL OR strpos(m.to_number, $7) > 0)"
+        f" ORDER BY m.seq {'DESC' if backwards else ''} LIMIT $5",
         batch_id,
         account_id,
         after_seq,
         status,
         limit,
+        before_seq,
+        search,
     )
-    return [dict(r) for r in rows]
+    found = [dict(r) for r in rows]
+    return found[::-1] if backwards else found
 
 
 async def add_references(

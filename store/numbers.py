@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-_COLUMNS = "number, kind, channel, mps, webhook, created_at"
+_COLUMNS = "number, kind, channel, mps, webhook, opening_message, created_at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,15 +27,18 @@ async def add_number(
     mps: float | None,
     webhook: str | None = None,
     kind: str = "number",
+    opening_message: str | None = None,
 ) -> dict | None:
     """Register a sender (`kind` "number", or "sender_id" for an alphanumeric ID), or update
     the account's own registration of it; None when another account holds it (the unique
     indexes decide, so concurrent claims cannot both win), or an ID differing only in case."""
     try:
         row = await pool.fetchrow(
-            "INSERT INTO sender_numbers (account_id, number, channel, mps, webhook, kind)"
-            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (number) DO UPDATE"
-            " SET channel = EXCLUDED.channel, mps = EXCLUDED.mps, webhook = EXCLUDED.webhook"
+            "INSERT INTO sender_numbers"
+            " (account_id, number, channel, mps, webhook, kind, opening_message)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (number) DO UPDATE"
+            " SET channel = EXCLUDED.channel, mps = EXCLUDED.mps, webhook = EXCLUDED.webhook,"
+            " opening_message = EXCLUDED.opening_message"
             " WHERE sender_numbers.account_id = EXCLUDED.account_id"
             f" RETURNING {_COLUMNS}",
             account_id,
@@ -44,6 +47,7 @@ async def add_number(
             mps,
             webhook,
             kind,
+            opening_message,
         )
     except asyncpg.UniqueViolationError:
         return None
@@ -56,6 +60,15 @@ async def list_numbers(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[dict]:
         account_id,
     )
     return [dict(r) for r in rows]
+
+
+async def get_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> dict | None:
+    row = await pool.fetchrow(
+        f"SELECT {_COLUMNS} FROM sender_numbers WHERE account_id = $1 AND number = $2",
+        account_id,
+        number,
+    )
+    return dict(row) if row else None
 
 
 async def has_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> bool:
@@ -71,11 +84,13 @@ async def has_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> 
 async def update_number(
     pool: asyncpg.Pool, account_id: uuid.UUID, number: str, changes: dict[str, object]
 ) -> dict | None:
-    """Set the given `mps` and/or `webhook` of a number; None if the account has no such."""
+    """Set the given `mps`, `webhook` and/or `opening_message` of a number; None if the
+    account has no such."""
     row = await pool.fetchrow(
         "UPDATE sender_numbers SET"
         " mps = CASE WHEN $3 THEN $4 ELSE mps END,"
-        " webhook = CASE WHEN $5 THEN $6 ELSE webhook END"
+        " webhook = CASE WHEN $5 THEN $6 ELSE webhook END,"
+        " opening_message = CASE WHEN $7 THEN $8 ELSE opening_message END"
         f" WHERE account_id = $1 AND number = $2 RETURNING {_COLUMNS}",
         account_id,
         number,
@@ -83,6 +98,8 @@ async def update_number(
         changes.get("mps"),
         "webhook" in changes,
         changes.get("webhook"),
+        "opening_message" in changes,
+        changes.get("opening_message"),
     )
     return dict(row) if row else None
 
@@ -118,6 +135,23 @@ async def reserve_slots(pool: asyncpg.Pool, number: str, *, seconds: float) -> S
     return Slots(
         count=row["n"], starts_in=max(0.0, float(row["starts_in"])), interval=row["interval"]
     )
+
+
+async def batches_sending_from(
+    pool: asyncpg.Pool, account_id: uuid.UUID, number: str, final: list[str]
+) -> list[uuid.UUID]:
+    """The account's batches not in a `final` status that send from `number`, as their
+    sender or as a recipient's own; at most five."""
+    rows = await pool.fetch(
+        "SELECT b.id FROM batches AS b WHERE b.account_id = $1 AND b.status <> ALL($3::text[])"
+        " AND (b.agent_number = $2 OR EXISTS (SELECT 1 FROM messages AS m"
+        " WHERE m.batch_id = b.id AND m.from_number = $2))"
+        " ORDER BY b.created_at LIMIT 5",
+        account_id,
+        number,
+        final,
+    )
+    return [r["id"] for r in rows]
 
 
 async def delete_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> bool:

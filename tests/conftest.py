@@ -169,8 +169,7 @@ async def api(settings: Settings, worker: None) -> AsyncIterator[httpx.AsyncClie
         yield client
 
 
-@pytest.fixture
-async def account(pool: asyncpg.Pool, worker: None) -> Account:
+async def _new_account(pool: asyncpg.Pool) -> Account:
     """A fresh account with one key and a sender number of its own: a number belongs to one
     account, and the emulator accepts any sender but its few magic ones."""
     account_id = await create_account(pool, f"test-{secrets.token_hex(4)}")
@@ -178,6 +177,17 @@ async def account(pool: asyncpg.Pool, worker: None) -> Account:
     sender = unique_numbers(1)[0]
     await numbers.add_number(pool, account_id, sender, "sms", None)
     return Account(account_id=account_id, key=key.key, agent_number=sender)
+
+
+@pytest.fixture
+async def account(pool: asyncpg.Pool, worker: None) -> Account:
+    return await _new_account(pool)
+
+
+@pytest.fixture
+async def other_account(pool: asyncpg.Pool, worker: None) -> Account:
+    """A second tenant, for what one account must not see of another's."""
+    return await _new_account(pool)
 
 
 @pytest.fixture

@@ -8,9 +8,11 @@ import secrets
 import subprocess
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from temporalio.client import Client
 
 from deploy.local.temporal import TEMPORAL_BIN
 from settings import Settings
@@ -18,6 +20,7 @@ from tests.support.batches import FINAL, phases, start, start_marked_batch
 from tests.support.builders import attach, csv_bytes, unique_numbers
 from tests.support.delivery import received, wait_until_received
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client, error_code
+from workflows.contracts import batch_workflow_id
 
 # With this latency the session's worker sends a few hundred messages a second: a batch of
 # RECIPIENTS runs long enough to be steered in the middle.
@@ -277,6 +280,8 @@ async def test_search_attributes_find_the_finished_batch(
     }
     assert attributes | {"BuildIds": None} == {
         "BuildIds": None,  # the server's own
+        # The server's too: the patches the run took (docs/WORKFLOWS.md).
+        "TemporalChangeVersion": ["batch-reconcile-uncertain"],
         "BatchStatus": "completed",
         "BatchId": file_id,
         "AccountId": str(account.account_id),
@@ -352,3 +357,56 @@ async def test_a_batch_temporal_could_not_start_ends_failed_and_the_same_request
     assert again.status_code == 200, again.text
     assert final["status"] == "completed"
     assert sorted(m["to"] for m in await received(emulator_url, marker)) == sorted(numbers)
+
+
+async def test_a_retry_run_keeps_the_batchs_spread_and_expiry(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+    temporal: Client,
+) -> None:
+    numbers = unique_numbers(6)
+    await carrier(scripted={number: [400] for number in numbers[:2]})
+    expire_at = datetime.now(UTC) + timedelta(minutes=10)
+    file_id, marker = await start_marked_batch(
+        api,
+        account,
+        webhooks,
+        numbers,
+        spread_hours=3 / 3600,
+        expire_at=expire_at.isoformat(),
+    )
+    first = (await webhooks.wait_for(marker, *FINAL))[-1]
+    retry = await api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers)
+    final = (await webhooks.wait_for(marker, *FINAL, times=2))[-1]
+    history = await temporal.get_workflow_handle(batch_workflow_id(file_id)).fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    retried = json.loads(started.input.payloads[0].data)
+
+    assert first["messages_failed"] == 2
+    assert retry.status_code == 200, retry.text
+    assert retried["retry_statuses"] == ["failed"]
+    assert retried["timing"] == {
+        "schedule_at": 0.0,
+        "spread_seconds": 3.0,
+        "expire_at": expire_at.timestamp(),
+        "send_window": None,
+    }
+    assert (final["status"], final["messages_successful"]) == ("completed", 6)
+
+
+async def test_a_batch_past_its_expiry_is_not_retried(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, carrier: Configure
+) -> None:
+    numbers = unique_numbers(2)
+    await carrier(scripted={numbers[0]: [400]})
+    expire_at = datetime.now(UTC) + timedelta(seconds=3)
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, numbers, expire_at=expire_at.isoformat()
+    )
+    await webhooks.wait_for(marker, *FINAL)
+    await asyncio.sleep(max(0.0, expire_at.timestamp() - time.time()) + 0.1)
+    retry = await api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers)
+
+    assert (retry.status_code, error_code(retry)) == (409, "BATCH_EXPIRED")

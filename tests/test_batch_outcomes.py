@@ -2,6 +2,7 @@
 and the reads that show it: counts, the ledger by status and page, the batch list."""
 
 import asyncio
+import json
 import secrets
 
 import httpx
@@ -65,9 +66,10 @@ async def test_rejected_skipped_and_carrier_failed_rows_end_completed_partial(
 async def test_a_file_without_phone_number_fails_at_validating(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
 ) -> None:
-    file_id, events = await run_batch(
-        api, account, webhooks, csv_bytes(["phone"], [["+12015550123"]]), "never"
-    )
+    """A large JSON file's keys are not read at request time: the batch finds the column
+    missing (a CSV file's header, or a small file, is refused before the 200)."""
+    rows = [{"phone": f"+1201555{i:04d}"} for i in range(3000)]
+    file_id, events = await run_batch(api, account, webhooks, json.dumps(rows).encode(), "never")
 
     assert phases(events) == ["validating", "failed"]
     assert events[-1]["code"] == "source_invalid"

@@ -16,6 +16,7 @@ from workflows.contracts import (
     BatchResult,
     DispatchSettings,
     SendSliceInput,
+    SendWindow,
     Timing,
     batch_workflow_id,
 )
@@ -71,6 +72,47 @@ async def test_a_small_batch_sends_every_row_once_and_completes(
     assert stubs.phases() == [S.VALIDATING, S.DISPATCHING, S.IN_PROGRESS, S.COMPLETED]
     assert result.status == S.COMPLETED
     assert result.counts.successful == 5
+
+
+async def test_rows_the_carrier_never_got_are_sent_again_before_the_batch_ends(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=6, never_received={2, 4})
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping, queue, dispatch=DispatchSettings(chunk_size=10, slice_size=2)
+        )
+        result = await result_of(handle)
+        history = await handle.fetch_history()
+    sent = slices(stubs)
+    assert sorted(sent[:3]) == [(0, 2), (2, 4), (4, 6)]
+    assert sorted(sent[3:]) == [(2, 4), (4, 5)]
+    assert len(stubs.inputs("reconcile_uncertain")) == 1
+    chunks = [
+        e.start_child_workflow_execution_initiated_event_attributes.workflow_id
+        for e in history.events
+        if e.HasField("start_child_workflow_execution_initiated_event_attributes")
+    ]
+    assert [c.rsplit("/", 1)[1] for c in chunks] == ["chunk-0", "reconciled"]
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
+
+
+async def test_a_cancelled_batch_sends_nothing_again_after_reconciling(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=6, held={0}, never_received={0})
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=10, slice_size=2, slices_in_flight=1),
+        )
+        await stubs.wait_for(lambda: len(slices(stubs)) == 1)
+        await handle.signal(BatchWorkflow.cancel, "not today")
+        result = await result_of(handle)
+    assert slices(stubs) == [(0, 2)]
+    assert len(stubs.inputs("reconcile_uncertain")) == 1
+    assert result.status == S.CANCELLED
 
 
 async def test_a_file_with_no_sendable_row_fails_without_sending(
@@ -207,6 +249,33 @@ async def test_a_spread_batch_sends_each_slice_at_its_place_on_the_timeline(
         assert due <= at < due + 5
     assert times[1] - times[0] >= 295
     assert result.status == S.COMPLETED
+
+
+async def test_rows_outside_their_send_window_are_sent_when_it_opens(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # Rows 1 and 4 are outside their window for 5 hours; the others go at once.
+    stubs = StubActivities(recipients=6, outside_window={1, 4})
+    stubs.window_opens = (await time_skipping.get_current_time()).timestamp() + 5 * 3600
+    window = SendWindow(start="09:00", end="17:00")
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(slice_size=3, slices_in_flight=1),
+            timing=Timing(send_window=window),
+        )
+        result = await result_of(handle)
+    sends: list[SendSliceInput] = stubs.inputs("send_slice")
+    assert all(s.pace.send_window == window for s in sends)
+    times = [call.at for call in stubs.calls["send_slice"]]
+    first_pass, again = times[:2], times[2:]
+    # Both slices ran at once (the waiting one gave up its place), then again at the opening.
+    assert [(s.start, s.end) for s in sends[:2]] == [(0, 3), (3, 6)]
+    assert sorted((s.start, s.end) for s in sends[2:]) == [(0, 3), (3, 6)]
+    assert max(first_pass) < stubs.window_opens <= min(again)
+    assert stubs.sent == set(range(6))
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
 
 
 async def test_expiry_stops_sending_and_closes_what_was_left_expired(

@@ -38,6 +38,10 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
     assert result["lean_ceiling"]["sent"] == 4000
     assert result["footprint"]["ledger_rows"] == 2000
     assert result["footprint"]["largest_history_events"] > 0
+    assert (result["dry_run"]["rows"], result["dry_run"]["to_send"]) == (2000, 2000)
+    assert result["dry_run"]["median_seconds"] > 0
+    assert result["export"]["rows"] == 2000
+    assert result["export"]["api_peak_rss_mb"] >= result["export"]["api_baseline_rss_mb"] > 0
     assert result["validation"]["rows"] == 20000
     assert result["validation"]["outcomes"]["rejected"] > 0
     assert all(value > 0 for value in result["ratios"].values())
@@ -45,3 +49,4 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
     assert results.with_suffix(".png").stat().st_size > 0
     assert "Herald / naive" in run.stdout
     assert "Validation / reading" in run.stdout
+    assert "CSV export API RSS" in run.stdout

@@ -45,6 +45,14 @@ async def test_the_documented_request_starts_a_batch(
         account.headers,
         csv_bytes(["phone_number", "customer_name"], [[unique_numbers(1)[0], "Ada"]]),
     )
+    # The example has no agent_message: "the pathway configured on the number will handle
+    # the opening message", so the number has one configured.
+    configured = await api.patch(
+        f"/v1/sms/numbers/{account.agent_number}",
+        headers=account.headers,
+        json={"opening_message": "Hi {{customer_name}}, thanks for your order."},
+    )
+    assert configured.status_code == 200, configured.text
 
     response = await api.post(
         "/v1/sms/batch",

@@ -3,19 +3,21 @@ refused connections and carrier opt-outs. Each batch ends with every row in one 
 state and no number sent twice."""
 
 import asyncio
+import json
 from datetime import datetime
 
 import httpx
 import pytest
 from temporalio.client import Client
 
-from deploy.local.emulator import MALFORMED, NUL_REFUSAL, Carrier, Faults, running
+from deploy.local.emulator import MALFORMED, NO_ANSWER, NUL_REFUSAL, Carrier, Faults, running
 from deploy.local.processes import free_port
 from settings import Settings
 from tests.support.batches import FINAL, run_batch, start_marked_batch
 from tests.support.builders import csv_bytes, emulator_messages, unique_numbers
 from tests.support.delivery import assert_each_row_once, ledger_rows, own_worker
 from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
+from workflows.contracts import ReconcileResult, batch_workflow_id
 
 OPTED_OUT_AT_CARRIER = "+15005550004"  # Twilio's magic number for error 21610
 
@@ -84,7 +86,26 @@ async def test_refusals_at_a_set_rate_end_with_every_row_sent_once(
     assert refused >= len(retried)
 
 
-async def test_sends_that_time_out_end_uncertain_and_are_never_sent_again(
+async def reconciled(temporal: Client, file_id: str) -> ReconcileResult:
+    """What the batch's reconciliation step returned, from its workflow history."""
+    history = await temporal.get_workflow_handle(batch_workflow_id(file_id)).fetch_history()
+    completed = [
+        e.activity_task_completed_event_attributes
+        for e in history.events
+        if e.HasField("activity_task_completed_event_attributes")
+    ]
+    scheduled = {
+        e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    }
+    [result] = [
+        c.result for c in completed if scheduled[c.scheduled_event_id] == "reconcile_uncertain"
+    ]
+    return ReconcileResult(**json.loads(result.payloads[0].data))
+
+
+async def test_sends_that_time_out_are_reconciled_with_the_carrier_never_sent_again(
     temporal: Client,
     settings: Settings,
     account: Account,
@@ -92,28 +113,59 @@ async def test_sends_that_time_out_end_uncertain_and_are_never_sent_again(
     emulator_url: str,
     carrier: Configure,
 ) -> None:
-    # Answers take 0-1 s and the worker waits 0.5 s: about half the sends time out.
+    # Answers take 0-1 s and the worker waits 0.5 s: about half the sends time out, and are
+    # `uncertain` until reconciliation finds each on the carrier.
     await carrier(latency_jitter_ms=1000)
     async with (
         own_worker(temporal, settings, carrier_timeout_seconds=0.5) as own,
         api_client(own) as api,
     ):
         file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(60))
-        final = (await webhooks.wait_for(marker, *FINAL))[-1]
+        events = await webhooks.wait_for(marker, *FINAL)
         rows = await ledger_rows(api, account, file_id)
-    await asyncio.sleep(1)  # the requests the worker stopped waiting for still land
 
     received = await emulator_messages(emulator_url, body_contains=marker)
-    statuses = assert_each_row_once(rows, received, 60)
-    assert set(statuses) == {"sent", "uncertain"}
-    assert (final["status"], final["messages_uncertain"]) == (
-        "completed_partial",
-        statuses["uncertain"],
+    assert assert_each_row_once(rows, received, 60) == {"sent": 60}
+    assert {r["to_number"]: r["carrier_sid"] for r in rows} == {m["to"]: m["sid"] for m in received}
+    assert all(r["error_code"] is None and r["attempts"] == 1 for r in rows)
+    final = events[-1]
+    assert (final["status"], final["messages_successful"], final["messages_uncertain"]) == (
+        "completed",
+        60,
+        0,
     )
-    uncertain = [r for r in rows if r["status"] == "uncertain"]
-    assert all(r["error_code"] == "no_answer" and r["attempts"] == 1 for r in uncertain)
-    # The carrier took every one of them: sending an uncertain row again would duplicate it.
-    assert len(received) == 60
+    # The timed-out rows were `uncertain` until reconciliation settled them as `sent`.
+    settled = await reconciled(temporal, file_id)
+    assert 0 < settled.sent < 60 and settled.reopened == 0
+
+
+async def test_a_request_the_carrier_never_got_is_found_missing_and_sent_again(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    numbers = unique_numbers(10)
+    lost = numbers[:3]
+    # The first request to each of these gets no answer, and the carrier keeps nothing of it.
+    await carrier(scripted={number: [NO_ANSWER] for number in lost})
+    async with (
+        own_worker(temporal, settings, carrier_timeout_seconds=0.5) as own,
+        api_client(own) as api,
+    ):
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        final = (await webhooks.wait_for(marker, *FINAL))[-1]
+        rows = await ledger_rows(api, account, file_id)
+
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    assert assert_each_row_once(rows, received, 10) == {"sent": 10}
+    assert sorted(m["to"] for m in received) == sorted(numbers)
+    settled = await reconciled(temporal, file_id)
+    assert (settled.sent, settled.reopened) == (0, 3)
+    assert sorted(r["attempts"] for r in rows) == [1] * 7 + [2] * 3
+    assert (final["status"], final["messages_successful"]) == ("completed", 10)
 
 
 async def test_a_carrier_that_refuses_connections_is_retried_until_it_answers(
@@ -172,6 +224,7 @@ async def test_a_carrier_opt_out_fails_the_message_and_later_batches_skip_the_nu
 
 
 async def test_a_malformed_accepting_answer_is_that_rows_outcome_only(
+    temporal: Client,
     api: httpx.AsyncClient,
     account: Account,
     webhooks: WebhookReceiver,
@@ -191,17 +244,17 @@ async def test_a_malformed_accepting_answer_is_that_rows_outcome_only(
     rows = await ledger_rows(api, account, file_id)
     by_number = {r["to_number"]: r for r in rows}
     assert by_number.pop(refused)["status"] == "failed"
-    assert assert_each_row_once(list(by_number.values()), received, 40) == {
-        "sent": 36,
-        "uncertain": 4,
+    # The four unreadable answers made only their own rows `uncertain` (the other 36 were
+    # recorded `sent` by their slice); reconciliation then found each on the carrier.
+    assert assert_each_row_once(list(by_number.values()), received, 40) == {"sent": 40}
+    assert {n: r["carrier_sid"] for n, r in by_number.items()} == {
+        m["to"]: m["sid"] for m in received
     }
-    uncertain = [r for r in rows if r["status"] == "uncertain"]
-    assert {r["to_number"] for r in uncertain} == set(spoiled)
-    assert {r["error_code"] for r in uncertain} == {"unreadable_answer"}
+    settled = await reconciled(temporal, file_id)
+    assert (settled.sent, settled.reopened) == (len(spoiled), 0)
     assert all(r["attempts"] == 1 for r in rows)
-    assert all(r["carrier_sid"] for r in rows if r["status"] == "sent")
     assert (final["status"], final["messages_successful"], final["messages_uncertain"]) == (
         "completed_partial",
-        36,
-        4,
+        40,
+        0,
     )

@@ -1,8 +1,9 @@
 """Crashes mid-batch, with real processes: a worker SIGKILLed and started again, a crash between
 the carrier's acceptance and the ledger write, and Temporal and PostgreSQL restarted under a
 running batch. Each batch completes; no number is sent twice; every row ends in one terminal
-state, and a row whose send may have reached the carrier is `uncertain`, never sent again
-unless asked."""
+state. A row whose send may have reached the carrier is `uncertain` until the batch ends; then
+reconciliation asks the carrier, and the row is `sent` with the carrier's sid, or sent by the
+batch if the carrier never got it."""
 
 import asyncio
 import os
@@ -61,7 +62,7 @@ async def batch_counts(api: httpx.AsyncClient, account: Account, file_id: str) -
     return response.json()["data"]["counts"]
 
 
-async def test_a_worker_killed_mid_batch_is_replaced_and_no_number_is_sent_twice(
+async def test_workers_killed_three_times_in_one_batch_leave_nothing_uncertain(
     settings: Settings,
     account: Account,
     webhooks: WebhookReceiver,
@@ -69,35 +70,44 @@ async def test_a_worker_killed_mid_batch_is_replaced_and_no_number_is_sent_twice
     carrier: Configure,
     tmp_path: Path,
 ) -> None:
-    rows_total = 1500
+    rows_total = 2000
     await carrier(latency_ms=500)
     own = crash_settings(settings)
-    async with two_workers(own, tmp_path) as (first, second), api_client(own) as api:
-        file_id, marker = await start_marked_batch(
-            api, account, webhooks, unique_numbers(rows_total)
-        )
-        await wait_until_received(emulator_url, marker, 300)
-        crash(first)
-        at_crash = {r["to_number"]: r["status"] for r in await ledger_rows(api, account, file_id)}
-        second.start()
-        final = (await webhooks.wait_for(marker, *FINAL))[-1]
-        rows = await ledger_rows(api, account, file_id)
-        counts = await batch_counts(api, account, file_id)
+    workers = [worker_process(own, tmp_path / f"worker-{n}.log") for n in range(4)]
+    workers[0].start()
+    at_crash: list[set[str]] = []
+    try:
+        async with api_client(own) as api:
+            file_id, marker = await start_marked_batch(
+                api, account, webhooks, unique_numbers(rows_total)
+            )
+            for kill, at in enumerate((300, 800, 1300)):
+                await wait_until_received(emulator_url, marker, at)
+                crash(workers[kill])
+                at_crash.append({r["status"] for r in await ledger_rows(api, account, file_id)})
+                workers[kill + 1].start()
+            final = (await webhooks.wait_for(marker, *FINAL))[-1]
+            rows = await ledger_rows(api, account, file_id)
+            counts = await batch_counts(api, account, file_id)
+    finally:
+        for worker in workers:
+            worker.stop()
 
-    statuses = assert_each_row_once(rows, await received(emulator_url, marker), rows_total)
-    # What the killed worker had on the wire is `uncertain`; the second sent the rest.
-    expected = {"pending": "sent", "sending": "uncertain", "sent": "sent"}
-    assert {r["to_number"]: r["status"] for r in rows} == {
-        number: expected[status] for number, status in at_crash.items()
+    on_carrier = await received(emulator_url, marker)
+    statuses = assert_each_row_once(rows, on_carrier, rows_total)
+    # Each killed worker had requests on the wire; they were `uncertain`, and reconciliation
+    # found each on the carrier (or sent it, if the carrier never got it): every row `sent`,
+    # once, with the carrier's sid.
+    assert all("sending" in seen for seen in at_crash), at_crash
+    left = [r for r in rows if r["status"] != "sent"]
+    assert statuses == {"sent": rows_total}, left[:5]
+    assert len(on_carrier) == rows_total
+    assert {r["to_number"]: r["carrier_sid"] for r in rows} == {
+        m["to"]: m["sid"] for m in on_carrier
     }
-    assert set(statuses) == {"sent", "uncertain"}
-    assert final["status"] == "completed_partial"
-    assert (final["messages_successful"], final["messages_uncertain"]) == (
-        statuses["sent"],
-        statuses["uncertain"],
-    )
-    assert counts == {**statuses, "rejected": 0}
-    assert all(r["attempts"] == 1 for r in rows)
+    assert final["status"] == "completed"
+    assert (final["messages_successful"], final["messages_uncertain"]) == (rows_total, 0)
+    assert counts == {"sent": rows_total, "rejected": 0}
 
 
 async def test_a_worker_killed_mid_slice_leaves_only_its_requests_in_flight_uncertain(
@@ -119,20 +129,26 @@ async def test_a_worker_killed_mid_slice_leaves_only_its_requests_in_flight_unce
         )
         await wait_until_received(emulator_url, marker, 20)
         crash(first)
+        at_crash = {r["to_number"]: r["status"] for r in await ledger_rows(api, account, file_id)}
         second.start()
         final = (await webhooks.wait_for(marker, *FINAL))[-1]
         rows = await ledger_rows(api, account, file_id)
 
-    statuses = assert_each_row_once(rows, await received(emulator_url, marker), rows_total)
-    assert set(statuses) == {"sent", "uncertain"}
+    in_flight = [n for n, status in at_crash.items() if status == "sending"]
     # The rows marked `sending` are those about to go on the wire: a wave of `lanes` rows
-    # while the one before it is still in flight, never the whole slice.
-    assert statuses["uncertain"] <= 2 * lanes
-    assert final["messages_uncertain"] == statuses["uncertain"]
-    assert all(r["attempts"] == 1 for r in rows)
+    # while the one before it is still in flight, never the whole slice. Only they become
+    # `uncertain` for the next attempt, and reconciliation settles them as the batch ends.
+    assert 0 < len(in_flight) <= 2 * lanes
+    assert assert_each_row_once(rows, await received(emulator_url, marker), rows_total) == {
+        "sent": rows_total
+    }
+    assert (final["status"], final["messages_uncertain"]) == ("completed", 0)
+    # One attempt a row; a row in flight that the carrier never got is sent once more.
+    assert all(r["attempts"] == 1 for r in rows if at_crash[r["to_number"]] != "sending")
+    assert all(r["attempts"] in (1, 2) for r in rows)
 
 
-async def test_a_crash_after_the_carrier_accepted_leaves_rows_uncertain_not_sent_twice(
+async def test_a_crash_after_the_carrier_accepted_is_reconciled_not_sent_twice(
     settings: Settings,
     account: Account,
     webhooks: WebhookReceiver,
@@ -141,7 +157,8 @@ async def test_a_crash_after_the_carrier_accepted_leaves_rows_uncertain_not_sent
     tmp_path: Path,
 ) -> None:
     # One slice of 40, all on the wire at once; answers come over 3 s, and the slice writes
-    # its outcomes only when the last is in. The worker dies once the carrier took a few.
+    # its outcomes only when the last is in. The worker dies once the carrier took a few:
+    # the carrier has some of the 40, and the ledger knows none of their sids.
     await carrier(latency_ms=200, latency_jitter_ms=3000)
     own = crash_settings(settings)
     numbers = unique_numbers(40)
@@ -154,29 +171,18 @@ async def test_a_crash_after_the_carrier_accepted_leaves_rows_uncertain_not_sent
         second.start()
         final = (await webhooks.wait_for(marker, *FINAL))[-1]
         rows = await ledger_rows(api, account, file_id)
-        before_retry = await received(emulator_url, marker)
-        await carrier(latency_ms=0, latency_jitter_ms=0)
-        retry = await api.post(
-            f"/v1/sms/batch/{file_id}/retry",
-            headers=account.headers,
-            json={"statuses": ["uncertain"]},
-        )
-        retried = (await webhooks.wait_for(marker, *FINAL, times=2))[-1]
-        after_retry = await ledger_rows(api, account, file_id)
+        on_carrier = await received(emulator_url, marker)
 
     assert {r["status"] for r in ledger_at_crash} == {"sending"}
     assert 5 <= len(accepted_before_crash) < 40
-    statuses = assert_each_row_once(rows, before_retry, 40)
-    assert statuses == {"uncertain": 40}
-    uncertain = {r["to_number"] for r in rows if r["status"] == "uncertain"}
-    assert accepted_before_crash <= uncertain
-    assert (final["status"], final["messages_uncertain"]) == ("completed_partial", 40)
-    # Sent again only on request, and then to every one of them.
-    assert retry.json()["data"]["rows"] == 40
-    assert retried["messages_successful"] == 40
-    assert {r["status"] for r in after_retry} == {"sent"}
-    again = await received(emulator_url, marker)
-    assert sorted(m["to"] for m in again) == sorted(numbers * 2)
+    assert assert_each_row_once(rows, on_carrier, 40) == {"sent": 40}
+    sids = {m["to"]: m["sid"] for m in on_carrier}
+    assert {r["to_number"]: r["carrier_sid"] for r in rows} == sids
+    assert (final["status"], final["messages_successful"], final["messages_uncertain"]) == (
+        "completed",
+        40,
+        0,
+    )
 
 
 async def restart(process: ManagedProcess, ready: Callable[[], bool], down: float) -> None:

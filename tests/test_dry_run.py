@@ -4,10 +4,13 @@ code, its figures answered, nothing sent and no batch recorded."""
 import secrets
 
 import httpx
+import pytest
+from pydantic import ValidationError
 
-from tests.support.batches import FINAL
+from settings import Settings
+from tests.support.batches import FINAL, start
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
-from tests.support.stack import Account, WebhookReceiver, error_code
+from tests.support.stack import Account, WebhookReceiver, api_client, error_code
 
 
 async def dry_run(api: httpx.AsyncClient, account: Account, **body: object) -> dict:
@@ -93,15 +96,17 @@ async def test_a_strict_dry_run_says_the_batch_would_fail(
     assert "row 2 invalid_number" in found["reason"]
 
 
-async def test_a_file_without_numbers_is_its_file_level_code(
+async def test_a_file_without_numbers_is_refused_as_the_batch_is(
     api: httpx.AsyncClient, account: Account
 ) -> None:
     file_id = await attach(api, account.headers, csv_bytes(["mobile"], [["+12015550123"]]))
 
-    found = await dry_run(api, account, file_id=file_id)
+    message = {"agent_number": account.agent_number, "agent_message": "hi"}
 
-    assert found["code"] == "source_invalid"
-    assert found["rows_total"] == 0
+    response = await start(api, account, file_id, dry_run=True, **{"global": message})
+
+    assert response.status_code == 400
+    assert error_code(response) == "SOURCE_INVALID"
 
 
 async def test_a_dry_run_is_refused_as_the_batch_would_be(
@@ -115,3 +120,85 @@ async def test_a_dry_run_is_refused_as_the_batch_would_be(
 
     assert response.status_code == 404
     assert error_code(response) == "FILE_NOT_FOUND"
+
+
+async def test_the_cost_is_estimated_by_country_from_the_default_table(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    us = unique_numbers(3)
+    uk = "+447400123456"
+    # Brazil and Guernsey (a +44 7911 number) have no default price; +1 098 is no country's
+    # (`possible` lets it through).
+    brazil, guernsey, nowhere = "+5511987654321", "+447911123456", "+10987654321"
+    rows = [[n, "Ada"] for n in us] + [[us[0], "again"], [uk, "Zoë €"], [brazil, "x"]]
+    rows += [[guernsey, "z"], [nowhere, "y"]]
+    file_id = await attach(api, account.headers, csv_bytes(["phone_number", "name"], rows))
+    message = {"agent_number": account.agent_number, "agent_message": "Hi {{name}}"}
+
+    found = await dry_run(
+        api, account, file_id=file_id, number_check="possible", **{"global": message}
+    )
+
+    cost = found["estimated_cost"]
+    assert cost["currency"] == "USD"
+    by_country = {c["country"]: c for c in cost["by_country"]}
+    # The duplicate is skipped, so not priced.
+    assert by_country["US"] == {
+        "country": "US",
+        "messages": 3,
+        "segments": 3,
+        "price_per_segment": 0.0083,
+        "cost": 0.0249,
+    }
+    assert (by_country["GB"]["messages"], by_country["GB"]["cost"]) == (1, 0.0524)
+    assert by_country["BR"] == {
+        "country": "BR",
+        "messages": 1,
+        "segments": 1,
+        "price_per_segment": None,
+        "cost": None,
+    }
+    assert (by_country["unknown"]["messages"], by_country["unknown"]["cost"]) == (1, None)
+    assert by_country["GG"]["cost"] is None
+    assert set(by_country) == {"US", "GB", "BR", "GG", "unknown"}
+    assert (cost["unknown_messages"], cost["unknown_segments"]) == (3, 3)
+    assert cost["total"] == 0.0773
+
+
+async def test_the_operator_sets_the_price_table(
+    settings: Settings, worker: None, account: Account
+) -> None:
+    priced = settings.model_copy(update={"prices": {"GB": 0.05}, "price_currency": "EUR"})
+    long_text = "ë" * 80  # UCS-2, two segments
+    recipients = [
+        {"phone_number": "+447400123456", "request_data": {"t": long_text}},
+        {"phone_number": unique_numbers(1)[0], "request_data": {"t": "hi"}},
+    ]
+    message = {"agent_number": account.agent_number, "agent_message": "{{t}}"}
+    async with api_client(priced) as api:
+        found = await dry_run(api, account, recipients=recipients, **{"global": message})
+    cost = found["estimated_cost"]
+    assert cost["currency"] == "EUR"
+    assert [(c["country"], c["segments"], c["cost"]) for c in cost["by_country"]] == [
+        ("GB", 2, 0.1),
+        ("US", 1, None),
+    ]
+    assert (cost["total"], cost["unknown_segments"]) == (0.1, 1)
+
+
+@pytest.mark.parametrize(
+    "prices", ['{"us": 0.01}', '{"USA": 0.01}', '{"US": -1}', '{"US": "free"}', "[1]"]
+)
+def test_a_price_table_that_is_not_prices_by_country_is_refused(
+    monkeypatch: pytest.MonkeyPatch, prices: str
+) -> None:
+    monkeypatch.setenv("HERALD_PRICES", prices)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_the_price_table_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERALD_PRICES", '{"NL": 0.09, "US": 0}')
+    assert Settings().prices == {"NL": 0.09, "US": 0.0}
+    monkeypatch.delenv("HERALD_PRICES")
+    assert Settings().prices["US"] == 0.0083

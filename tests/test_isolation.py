@@ -48,6 +48,15 @@ SCOPED: dict[tuple[str, str], Call] = {
     ("GET", "/v1/campaigns/{campaign_id}"): Call(),
     ("PATCH", "/v1/campaigns/{campaign_id}"): Call(json={"name": "not yours"}),
     ("DELETE", "/v1/campaigns/{campaign_id}"): Call(),
+    ("GET", "/v1/lists/{list_id}"): Call(),
+    ("GET", "/v1/lists/{list_id}/contacts"): Call(),
+    ("POST", "/v1/lists/{list_id}/contacts"): Call(
+        json={"contacts": [{"phone_number": "{number}"}]}
+    ),
+    ("POST", "/v1/lists/{list_id}/contacts/upload"): Call(),
+    ("POST", "/v1/lists/{list_id}/contacts/remove"): Call(),
+    ("DELETE", "/v1/lists/{list_id}/contacts/{phone_number}"): Call(),
+    ("DELETE", "/v1/lists/{list_id}"): Call(),
     # A file of A, or a sender of A, named in a body.
     ("POST", "/v1/sms/batch"): Call(
         json={
@@ -60,16 +69,26 @@ SCOPED: dict[tuple[str, str], Call] = {
     ),
 }
 # The Mobivate dialect's routes: a `Bearer` key and the dialect's envelope; a sender of A
-# named in the body.
-DIALECT: dict[tuple[str, str], Call] = {
-    ("POST", "/send/batch"): Call(
-        json={"recipients": [{"recipient": "12125550123"}], "text": "hi", "originator": "{number}"}
+# named in the body, or a batch of A in the path; and the code an unknown one gets.
+DIALECT: dict[tuple[str, str], tuple[Call, str]] = {
+    ("POST", "/send/batch"): (
+        Call(
+            json={
+                "recipients": [{"recipient": "12125550123"}],
+                "text": "hi",
+                "originator": "{number}",
+            }
+        ),
+        "AGENT_NUMBER_NOT_FOUND",
     ),
+    ("GET", "/send/batch/{batch_id}"): (Call(), "BATCH_NOT_FOUND"),
 }
 # The Postman dialect's routes: a `Bearer` key and the dialect's envelope; a campaign of A in
-# the path.
+# the path (and a batch of A's, not of that campaign).
 POSTMAN: dict[tuple[str, str], Call] = {
     ("POST", "/campaigns/{campaign_id}/batch/messages"): Call(),
+    ("GET", "/campaigns/{campaign_id}/batch/{batch_id}/messages"): Call(),
+    ("POST", "/campaigns/{campaign_id}/batch/{batch_id}/retry"): Call(),
 }
 # Routes that list the caller's resources: B's list names none of A's.
 LISTS: dict[tuple[str, str], Call] = {
@@ -78,6 +97,7 @@ LISTS: dict[tuple[str, str], Call] = {
     ("GET", "/v1/sms/conversations"): Call(),
     ("GET", "/v1/opt-outs"): Call(),
     ("GET", "/v1/campaigns"): Call(),
+    ("GET", "/v1/lists"): Call(),
 }
 # Routes that only create or touch the caller's own things and take no id.
 OWN: dict[tuple[str, str], str] = {
@@ -85,6 +105,7 @@ OWN: dict[tuple[str, str], str] = {
     ("POST", "/v1/sms/numbers"): "registers a sender in the caller's account",
     ("POST", "/v1/opt-outs"): "opts a number out for the caller's account",
     ("POST", "/v1/campaigns"): "creates a campaign in the caller's account, from its sender",
+    ("POST", "/v1/lists"): "creates a mailing list in the caller's account",
     ("GET", "/v1/webhooks/secret"): "the caller's signing secret's dates",
     ("POST", "/v1/webhooks/secret/rotate"): "rotates the caller's signing secret",
     ("PUT", "/v1/carrier-account"): "sets the caller's own carrier credentials",
@@ -152,7 +173,19 @@ async def tenants(
         json={"name": "A's", "sender": a.number, "templates": {"english": "{{body}}"}},
     )
     assert campaign.status_code == 201, campaign.text
+    mailing_list = await api.post("/v1/lists", headers=a.headers, json={"name": "A's"})
+    assert mailing_list.status_code == 201, mailing_list.text
+    list_id = mailing_list.json()["data"]["id"]
+    contact = unique_numbers(1)[0]
+    added = await api.post(
+        f"/v1/lists/{list_id}/contacts",
+        headers=a.headers,
+        json={"contacts": [{"phone_number": contact}]},
+    )
+    assert added.status_code == 200, added.text
     a.ids.update(
+        list_id=list_id,
+        phone_number=contact,
         campaign_id=campaign.json()["data"]["id"],
         batch_id=file_id,
         file_id=file_id,
@@ -172,6 +205,8 @@ def unknown_ids() -> dict[str, str]:
         "file_id": fresh,
         "conversation_id": fresh,
         "campaign_id": fresh,
+        "list_id": fresh,
+        "phone_number": unique_numbers(1)[0],
         "number": unique_numbers(1)[0],
     }
 
@@ -230,7 +265,7 @@ async def test_lists_hold_only_the_callers_resources(
     for (method, path), spec in LISTS.items():
         own = (await call(api, method, path, spec, a, a.ids)).text
         other = (await call(api, method, path, spec, b, b.ids)).text
-        mine = [a.ids["batch_id"], a.ids["conversation_id"], a.number]
+        mine = [a.ids["batch_id"], a.ids["conversation_id"], a.number, a.ids["list_id"]]
         assert any(i in own for i in mine), (path, own)
         assert not any(i in other for i in mine), (path, other)
 
@@ -250,10 +285,10 @@ async def test_the_dialect_takes_another_accounts_sender_for_an_unknown_one(
     api: httpx.AsyncClient, tenants: tuple[Tenant, Tenant]
 ) -> None:
     a, b = tenants
-    for (method, path), spec in DIALECT.items():
+    for (method, path), (spec, code) in DIALECT.items():
         as_b = await call(api, method, path, spec, b, a.ids, b.bearer_headers)
         unknown = await call(api, method, path, spec, b, unknown_ids(), b.bearer_headers)
-        assert dialect_outcome(unknown) == (404, "AGENT_NUMBER_NOT_FOUND"), (path, unknown.text)
+        assert dialect_outcome(unknown) == (404, code), (path, unknown.text)
         assert dialect_outcome(as_b) == dialect_outcome(unknown), (path, as_b.text)
         as_a = await call(api, method, path, spec, a, a.ids, a.bearer_headers)
         assert as_a.status_code == 200, (path, as_a.text)
@@ -272,6 +307,6 @@ async def test_the_postman_dialect_takes_another_accounts_campaign_for_an_unknow
         assert dialect_outcome(unknown) == (404, "campaign_not_found"), (path, unknown.text)
         assert dialect_outcome(as_b) == dialect_outcome(unknown), (path, as_b.text)
         as_a = await call(api, method, path, spec, a, a.ids, a.bearer_headers)
-        assert as_a.status_code != 404, (path, as_a.text)
+        assert dialect_outcome(as_a) != dialect_outcome(unknown), (path, as_a.text)
         without_key = await api.request(method, path.format(**a.ids), json={})
         assert dialect_outcome(without_key) == (401, "invalid_api_key_provided")

@@ -132,21 +132,7 @@ def test_restart_keeps_data_and_workflow_history(stack_env: dict[str, str]) -> N
             f"{dev['api_url']}/v1/sms/numbers", headers=headers, json={"number": "+15005550010"}
         )
         assert added.status_code == 201, added.text
-        attached = httpx.post(
-            f"{dev['api_url']}/v1/files/attach",
-            headers=headers,
-            data={"file_type": "batches"},
-            files={"file": ("one.csv", b"phone_number\n+12015550123\n", "text/csv")},
-        )
-        file_id = attached.json()["data"]["file_id"]
-        started = httpx.post(
-            f"{dev['api_url']}/v1/sms/batch",
-            headers=headers,
-            json={
-                "file_id": file_id,
-                "global": {"agent_number": dev["agent_number"], "agent_message": "persisted"},
-            },
-        )
+        file_id, started = start_dev_batch(dev, b"phone_number\n+12015550123\n", "persisted")
         assert started.status_code == 200, started.text
 
     with launched(stack_env) as (_, again):
@@ -177,17 +163,47 @@ def test_restart_keeps_data_and_workflow_history(stack_env: dict[str, str]) -> N
     assert f"sms-batch-{file_id}" in described.stdout
 
 
+def start_dev_batch(
+    dev: dict[str, str], content: bytes, message: str
+) -> tuple[str, httpx.Response]:
+    """Attach `content` as the development account and start a batch of it with `message`:
+    (file_id, the start's response)."""
+    headers = {"authorization": dev["api_key"]}
+    attached = httpx.post(
+        f"{dev['api_url']}/v1/files/attach",
+        headers=headers,
+        data={"file_type": "batches"},
+        files={"file": ("r.csv", content, "text/csv")},
+    )
+    file_id = attached.json()["data"]["file_id"]
+    started = httpx.post(
+        f"{dev['api_url']}/v1/sms/batch",
+        headers=headers,
+        json={
+            "file_id": file_id,
+            "global": {"agent_number": dev["agent_number"], "agent_message": message},
+        },
+    )
+    return file_id, started
+
+
 def wait_for_batch(
-    dev: dict[str, str], file_id: str, done: Callable[[dict[str, Any]], bool]
+    dev: dict[str, str],
+    file_id: str,
+    done: Callable[[dict[str, Any]], bool],
+    until: Callable[[dict[str, Any]], Any] | None = None,
+    seconds: float = 30,
 ) -> dict[str, Any]:
-    """The batch once it has finished and `done` holds for it (30 s at most)."""
-    deadline = time.monotonic() + 30
+    """The batch once it has finished and `done` holds for it, or as soon as `until` holds
+    (`seconds` at most)."""
+    deadline = time.monotonic() + seconds
     while True:
         batch = httpx.get(
             f"{dev['api_url']}/v1/sms/batch/{file_id}", headers={"authorization": dev["api_key"]}
         ).json()["data"]
         finished = batch["status"] in FINAL
-        if (finished and done(batch)) or time.monotonic() > deadline:
+        reached = until is not None and until(batch)
+        if reached or (finished and done(batch)) or time.monotonic() > deadline:
             return batch
         time.sleep(0.3)
 
@@ -204,20 +220,8 @@ def test_the_emulators_receipts_reach_the_api_and_mark_messages_delivered(
             f"{dev['emulator_url']}/_emulator/config",
             json={"latency_jitter_ms": 1000, "undelivered_rate": 0.3},
         )
-        attached = httpx.post(
-            f"{dev['api_url']}/v1/files/attach",
-            headers=headers,
-            data={"file_type": "batches"},
-            files={"file": ("r.csv", csv_bytes(["phone_number"], [[n] for n in numbers]))},
-        )
-        file_id = attached.json()["data"]["file_id"]
-        started = httpx.post(
-            f"{dev['api_url']}/v1/sms/batch",
-            headers=headers,
-            json={
-                "file_id": file_id,
-                "global": {"agent_number": dev["agent_number"], "agent_message": "receipts"},
-            },
+        file_id, started = start_dev_batch(
+            dev, csv_bytes(["phone_number"], [[n] for n in numbers]), "receipts"
         )
         batch = wait_for_batch(dev, file_id, lambda b: b["counts"].get("sent", 0) == 0)
         rows = httpx.get(
@@ -239,6 +243,100 @@ def test_the_emulators_receipts_reach_the_api_and_mark_messages_delivered(
     assert {m["status_callback"] for m in received} == {
         f"{dev['api_url']}/v1/webhooks/twilio/status"
     }
+
+
+def on_the_way(counts: dict[str, int]) -> int:
+    """Rows the carrier took, whatever their receipts have said since."""
+    return sum(counts.get(status, 0) for status in ("sent", "delivered", "undelivered"))
+
+
+def test_workers_killed_mid_batch_are_started_again_and_the_batch_finishes(
+    stack_env: dict[str, str],
+) -> None:
+    numbers = unique_numbers(2_000)
+    with launched(stack_env) as (launcher, dev):
+        # Slow answers, so the batch is still sending when its workers die.
+        httpx.post(f"{dev['emulator_url']}/_emulator/config", json={"latency_ms": 100})
+        file_id, started = start_dev_batch(
+            dev, csv_bytes(["phone_number"], [[n] for n in numbers]), "survives"
+        )
+        started.raise_for_status()
+        wait_for_batch(dev, file_id, lambda b: False, until=lambda b: on_the_way(b["counts"]))
+        workers = [
+            c
+            for c in psutil.Process(launcher.pid).children()
+            if c.cmdline()[1:3] == ["-m", "worker"]
+        ]
+        for worker in workers:
+            worker.kill()
+        httpx.post(f"{dev['emulator_url']}/_emulator/config", json={"latency_ms": 0})
+        batch = wait_for_batch(dev, file_id, lambda b: True, seconds=300)
+        still_running = launcher.poll() is None
+    assert launcher.stdout is not None
+    said = launcher.stdout.read()
+
+    assert len(workers) == 2
+    assert still_running
+    assert batch["status"] in FINAL, batch
+    counts = batch["counts"]
+    # What was on the wire when the workers died is `uncertain`, never sent twice.
+    assert on_the_way(counts) + counts.get("uncertain", 0) == len(numbers), counts
+    for name in ("worker-0", "worker-1"):
+        assert f"{name} was killed by signal 9" in said, said
+        assert f"{name} started again" in said, said
+
+
+def test_postgres_and_temporal_killed_are_started_again_on_their_data(
+    stack_env: dict[str, str],
+) -> None:
+    with launched(stack_env) as (launcher, dev):
+        headers = {"authorization": dev["api_key"]}
+        before = httpx.get(f"{dev['api_url']}/v1/sms/numbers", headers=headers).json()["data"]
+        killed = services(launcher.pid)
+        for child in killed.values():
+            child.kill()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            again = services(launcher.pid)
+            if len(again) == 2 and not set(again.values()) & set(killed.values()):
+                if http_ready(dev):
+                    break
+            time.sleep(0.5)
+        after = httpx.get(f"{dev['api_url']}/v1/sms/numbers", headers=headers).json()["data"]
+        file_id, started = start_dev_batch(dev, b"phone_number\n+12015550126\n", "again")
+        started.raise_for_status()
+        batch = wait_for_batch(dev, file_id, lambda b: True, seconds=60)
+        still_running = launcher.poll() is None
+    assert launcher.stdout is not None
+    said = launcher.stdout.read()
+
+    assert len(killed) == 2, killed
+    assert still_running
+    assert after == before
+    assert batch["status"] == "completed", batch
+    for name in ("postgres", "temporal"):
+        assert f"{name} was killed by signal 9" in said, said
+        assert f"{name} started again" in said, said
+
+
+def services(launcher_pid: int) -> dict[str, psutil.Process]:
+    """The launcher's PostgreSQL and Temporal processes, by name."""
+    found = {}
+    for child in psutil.Process(launcher_pid).children():
+        try:
+            program = Path(child.cmdline()[0]).name
+        except psutil.ZombieProcess:
+            continue  # killed, not yet reaped by the launcher
+        if program in ("postgres", "temporal"):
+            found[program] = child
+    return found
+
+
+def http_ready(dev: dict[str, str]) -> bool:
+    try:
+        return httpx.get(f"{dev['api_url']}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def readme_tour() -> str:

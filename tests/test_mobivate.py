@@ -16,6 +16,7 @@ from settings import Settings
 from store import batches
 from tests.support.batches import FINAL, wait_for_status
 from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.delivery import rate
 from tests.support.mobivate_example import AUTHENTICATION_ERROR, EXAMPLE_REQUEST, EXAMPLE_SUCCESS
 from tests.support.stack import Account, api_client
 
@@ -24,27 +25,70 @@ def bearer(account: Account) -> dict[str, str]:
     return {"Authorization": f"Bearer {account.key}"}
 
 
-def example_for(account: Account, numbers: list[str]) -> dict[str, Any]:
+async def second_sender(api: httpx.AsyncClient, account: Account, **fields: object) -> str:
+    """Another sender of the account: a sender ID of its own, as "CustomOrigin" (12
+    characters, one more than carriers take) would be."""
+    sender = f"Custom{secrets.token_hex(2)}"
+    response = await api.post(
+        "/v1/sms/numbers", headers=account.headers, json={"number": sender, **fields}
+    )
+    assert response.status_code == 201, response.text
+    return sender
+
+
+# The second contact's city is a link: the example's `shortenUrls` then has one to shorten.
+ROME = "https://example.com/weather/rome"
+
+
+async def example_list(
+    api: httpx.AsyncClient, account: Account, numbers: list[str], **body: object
+) -> str:
+    """A mailing list of `numbers`, named and living in the weather's cities."""
+    created = await api.post("/v1/lists", headers=account.headers, json={"name": "l", **body})
+    assert created.status_code == 201, created.text
+    list_id = created.json()["data"]["id"]
+    people = [("Mary", "Paris"), ("Tom", ROME)]
+    contacts = [
+        {"phone_number": number, "NAME": name, "CITY": city}
+        for number, (name, city) in zip(numbers, people, strict=True)
+    ]
+    added = await api.post(
+        f"/v1/lists/{list_id}/contacts", headers=account.headers, json={"contacts": contacts}
+    )
+    assert added.status_code == 200, added.text
+    return list_id
+
+
+def example_for(
+    account: Account, numbers: list[str], custom: str | None = None, list_id: str | None = None
+) -> dict[str, Any]:
     """The documented example, but for what this server cannot take as written: its
-    originators ("test", "CustomOrigin") become the account's registered sender, its numbers
-    (13 digits after 44, not valid UK numbers) valid ones, written without `+` as there, and
-    its mailing-list recipient is left out (mailing lists are not supported)."""
+    originators ("test", "CustomOrigin") become the account's registered senders, its numbers
+    (13 digits after 44, not possible UK numbers) valid ones, written without `+` as there, and
+    its mailing list one of the account's (left out when none is given)."""
     body = copy.deepcopy(EXAMPLE_REQUEST)
     body["originator"] = account.agent_number
-    body["recipients"] = body["recipients"][:3]
-    for recipient, number in zip(body["recipients"], numbers, strict=True):
+    for recipient, number in zip(body["recipients"], numbers, strict=False):
         recipient["recipient"] = number.removeprefix("+")
-    body["recipients"][2]["originator"] = account.agent_number
+    body["recipients"][2]["originator"] = custom or account.agent_number
+    if list_id is None:
+        del body["recipients"][3]
+    else:
+        body["recipients"][3]["recipient"] = list_id
     return body
 
 
 async def test_the_documented_example_sends_each_recipient_its_own_text(
-    api: httpx.AsyncClient, account: Account, emulator_url: str
+    api: httpx.AsyncClient, account: Account, emulator_url: str, settings: Settings
 ) -> None:
-    numbers = unique_numbers(3)
+    numbers = unique_numbers(5)
+    custom = await second_sender(api, account)
+    list_id = await example_list(api, account, numbers[3:])
 
     response = await api.post(
-        "/send/batch", headers=bearer(account), json=example_for(account, numbers)
+        "/send/batch",
+        headers=bearer(account),
+        json=example_for(account, numbers[:3], custom, list_id),
     )
 
     assert response.status_code == 200, response.text
@@ -53,7 +97,7 @@ async def test_the_documented_example_sends_each_recipient_its_own_text(
     assert reply["record"].keys() == EXAMPLE_SUCCESS["record"].keys()
     assert reply["success"] is True
     assert reply["record"]["type"] == "BatchSMS"
-    assert reply["record"]["recipientCount"] == 3
+    assert reply["record"]["recipientCount"] == EXAMPLE_SUCCESS["record"]["recipientCount"] == 5
     scheduled = datetime.fromisoformat(reply["record"]["scheduled"])
     assert reply["record"]["scheduled"].endswith("Z")
     assert abs(scheduled - datetime.now(UTC)) < timedelta(minutes=1)
@@ -64,36 +108,155 @@ async def test_the_documented_example_sends_each_recipient_its_own_text(
     assert batch["name"] == "My Campaign"
     assert batch["workflow_id"] == f"sms-batch-{batch_id}"
     received = [m for n in numbers for m in await emulator_messages(emulator_url, to=n)]
+    short = received[4]["body"].removeprefix("Hello Tom, how is the weather in ").removesuffix("?")
+    assert short.startswith(f"{settings.api_url}/s/")
     assert [(m["to"], m["from"], m["body"]) for m in received] == [
         (numbers[0], account.agent_number, "Hello John, how is the weather in London?"),
         (numbers[1], account.agent_number, "Hello Jack, how is the weather in Dublin?"),
-        (numbers[2], account.agent_number, "Hello Michael. How are you?"),
+        (numbers[2], custom, "Hello Michael. How are you?"),
+        (numbers[3], account.agent_number, "Hello Mary, how is the weather in Paris?"),
+        (numbers[4], account.agent_number, f"Hello Tom, how is the weather in {short}?"),
     ]
+    followed = await api.get(short.removeprefix(settings.api_url))
+    assert (followed.status_code, followed.headers["location"]) == (302, ROME)
     ledger = (await api.get(f"/v1/sms/batch/{batch_id}/messages", headers=account.headers)).json()[
         "data"
     ]["messages"]
-    assert [(m["to_number"], m["reference"], m["status"]) for m in ledger] == [
-        (numbers[0], "aaa", "sent"),
-        (numbers[1], "bbb", "sent"),
-        (numbers[2], "ccc", "sent"),
+    assert [m["clicks"] for m in ledger] == [0, 0, 0, 0, 1]
+    assert [(m["to_number"], m["reference"], m["from_number"], m["status"]) for m in ledger] == [
+        (numbers[0], "aaa", None, "sent"),
+        (numbers[1], "bbb", None, "sent"),
+        (numbers[2], "ccc", custom, "sent"),
+        (numbers[3], None, None, "sent"),
+        (numbers[4], None, None, "sent"),
     ]
 
 
-async def test_the_example_as_written_is_refused_with_what_this_server_cannot_do(
-    api: httpx.AsyncClient, account: Account
+async def test_the_example_as_written_is_sent_and_its_impossible_numbers_reported_each(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
 ) -> None:
-    body = {**EXAMPLE_REQUEST, "originator": account.agent_number}
+    """Verbatim but for the key and the originators: its list id is one a list here keeps
+    from Mobivate; its numbers are rejected rows of the batch, not a refusal."""
+    contacts = unique_numbers(2)
+    documented_id = EXAMPLE_REQUEST["recipients"][3]["recipient"]
+    await example_list(api, account, contacts, id=documented_id)
+    custom = await second_sender(api, account)
+    body = copy.deepcopy(EXAMPLE_REQUEST)
+    body["originator"] = account.agent_number
+    body["recipients"][2]["originator"] = custom
 
     response = await api.post("/send/batch", headers=bearer(account), json=body)
 
-    assert response.status_code == 400, response.text
+    assert response.status_code == 200, response.text
+    record = response.json()["record"]
+    assert record.keys() == EXAMPLE_SUCCESS["record"].keys()
+    assert record["recipientCount"] == 5
+    batch = await wait_for_status(api, account, record["id"], *FINAL)
+    assert batch["status"] == "completed_partial"
+    rejected = await api.get(f"/v1/sms/batch/{record['id']}/errors", headers=account.headers)
+    assert [
+        (r["row_number"], r["value"], r["code"]) for r in rejected.json()["data"]["rejected_rows"]
+    ] == [(row, f"447900000000{row}", "invalid_number") for row in (1, 2, 3)]
+    received = [m for n in contacts for m in await emulator_messages(emulator_url, to=n)]
+    assert received[0]["body"] == "Hello Mary, how is the weather in Paris?"
+    assert received[1]["body"].startswith("Hello Tom, how is the weather in http")
+    assert ROME not in received[1]["body"]
+
+
+async def test_a_recipients_originator_sends_it_at_that_senders_own_pace(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    run = secrets.token_hex(6)
+    custom = await second_sender(api, account, mps=5)
+    numbers = unique_numbers(8)
+    body = {
+        "recipients": [
+            {"recipient": number, **({"originator": custom} if index % 2 else {})}
+            for index, number in enumerate(numbers)
+        ],
+        "text": f"paced {run}",
+        "originator": account.agent_number,
+    }
+
+    response = await api.post("/send/batch", headers=bearer(account), json=body)
+
+    assert response.status_code == 200, response.text
+    batch = await wait_for_status(api, account, response.json()["record"]["id"], *FINAL)
+    assert batch["status"] == "completed"
+    received = await emulator_messages(emulator_url, body_contains=run)
+    senders = {m["to"]: m["from"] for m in received}
+    assert senders == {
+        number: custom if index % 2 else account.agent_number
+        for index, number in enumerate(numbers)
+    }
+    # Never faster than the sender's own limit (5% for clock granularity).
+    assert rate([m for m in received if m["from"] == custom]) <= 5 * 1.05
+
+
+async def test_a_recipients_originator_must_be_the_accounts(
+    api: httpx.AsyncClient, account: Account, other_account: Account
+) -> None:
+    body = {
+        "recipients": [
+            {"recipient": unique_numbers(1)[0]},
+            {"recipient": unique_numbers(1)[0], "originator": other_account.agent_number},
+        ],
+        "text": "hi",
+        "originator": account.agent_number,
+    }
+
+    response = await api.post("/send/batch", headers=bearer(account), json=body)
+
+    assert response.status_code == 404, response.text
     error = response.json()["error"]
-    assert response.json()["success"] is False
-    assert error["name"] == "ValidationError"
-    assert error["statusCode"] == 400
-    assert error["details"] == [
-        "recipients.3: mailing-list recipients are not supported by this server"
-    ]
+    assert (error["name"], error["code"]) == ("NotFoundError", "AGENT_NUMBER_NOT_FOUND")
+    assert other_account.agent_number in error["message"]
+
+
+@pytest.mark.parametrize("list_id", ["3392287d-7a79-4789-9ef8-000000000000", "not-an-id"])
+async def test_a_mailing_list_that_is_not_the_accounts_is_a_404(
+    api: httpx.AsyncClient, account: Account, list_id: str
+) -> None:
+    body = {
+        "recipients": [{"recipient": list_id, "meta": {"type": "mailinglist"}}],
+        "text": "hi",
+        "originator": account.agent_number,
+    }
+
+    response = await api.post("/send/batch", headers=bearer(account), json=body)
+
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["code"] == "LIST_NOT_FOUND"
+    assert list_id in response.json()["error"]["message"]
+
+
+async def test_a_batch_is_read_back_in_the_dialect(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    body = example_for(account, unique_numbers(3))
+    started = await api.post("/send/batch", headers=bearer(account), json=body)
+    batch_id = started.json()["record"]["id"]
+    await wait_for_status(api, account, batch_id, *FINAL)
+
+    response = await api.get(f"/send/batch/{batch_id}", headers=bearer(account))
+    missing = await api.get(f"/send/batch/{uuid.uuid4()}", headers=bearer(account))
+
+    assert response.status_code == 200, response.text
+    record = response.json()["record"]
+    scheduled = datetime.fromisoformat(record.pop("scheduled"))
+    assert response.json()["success"] is True
+    assert record == {
+        "id": batch_id,
+        "type": "BatchSMS",
+        "recipientCount": 3,
+        "name": "My Campaign",
+        "status": "completed",
+        "counts": {"sent": 3, "rejected": 0},
+    }
+    accepted = datetime.fromisoformat(started.json()["record"]["scheduled"])
+    assert abs(scheduled - accepted) < timedelta(minutes=1)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "BATCH_NOT_FOUND"
 
 
 @pytest.mark.parametrize(
@@ -147,11 +310,6 @@ def future(**delta: float) -> datetime:
         ({"messages": [{"recipient": "15005550006"}]}, "body: give the recipients in"),
         ({"recipients": [{"reference": "x"}]}, "recipients.0.recipient: Field required"),
         ({"recipients": ["15005550006"]}, "recipients.0: Input should be a valid dictionary"),
-        (
-            {"recipients": [{"recipient": "15005550006", "originator": "+15005550007"}]},
-            "body: recipient 0: an originator other than the batch's is not supported",
-        ),
-        ({"text": "See https://example.com"}, "body: shortenUrls is not supported"),
         ({"spreadHours": -1}, "spreadHours: Input should be greater than or equal to 0"),
         ({"scheduleDateTime": "2020-01-01T00:00:00Z"}, "scheduleDateTime: scheduleDateTime is in"),
         ({"scheduleDateTime": "2030-01-01T00:00:00"}, "scheduleDateTime: Input should have"),
@@ -260,6 +418,7 @@ async def test_messages_schedule_and_options_carry_over_to_the_batch(
         "schedule_at": datetime.fromisoformat(written).isoformat().replace("+00:00", "Z"),
         "spread_hours": 2.0,
         "number_check": "possible",
+        "shorten_urls": True,
     }
     await wait_for_status(api, account, record["id"], "waiting_for_scheduled_messages")
     cancelled = await api.post(f"/v1/sms/batch/{record['id']}/cancel", headers=account.headers)

@@ -2,6 +2,8 @@
 documented CSV sent in each row's language, the whole file refused for any row in error, and
 each documented error in the dialect's envelope."""
 
+import csv
+import io
 import secrets
 import uuid
 from typing import Any
@@ -9,18 +11,22 @@ from typing import Any
 import httpx
 import pytest
 
+from api.services import postman as service
 from settings import Settings
 from tests.support.batches import FINAL, wait_for_status
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.postman_example import (
+    BATCH_NOT_RETRYABLE,
     EXAMPLE_CSV,
     FILE_TOO_LARGE,
     HEADER_MISMATCH,
     INVALID_API_KEY,
+    INVALID_IP_ADDRESS,
+    NO_FAILED_MESSAGES,
     TEMPLATES,
     TOO_MANY_REQUESTS,
 )
-from tests.support.stack import Account, api_client
+from tests.support.stack import Account, Configure, api_client
 
 # The example's numbers are possible Singapore numbers but not valid ones: the dialect's
 # batches take possible numbers, and most tests write unique valid ones in their place (the
@@ -40,9 +46,17 @@ def example_with(numbers: list[str]) -> str:
 
 
 async def new_campaign(
-    api: httpx.AsyncClient, account: Account, templates: dict[str, str] = TEMPLATES
+    api: httpx.AsyncClient,
+    account: Account,
+    templates: dict[str, str] = TEMPLATES,
+    allowed_ips: list[str] | None = None,
 ) -> str:
-    body = {"name": "Passports", "sender": account.agent_number, "templates": templates}
+    body: dict[str, Any] = {
+        "name": "Passports",
+        "sender": account.agent_number,
+        "templates": templates,
+        "allowed_ips": allowed_ips,
+    }
     response = await api.post("/v1/campaigns", headers=account.headers, json=body)
     assert response.status_code == 201, response.text
     return response.json()["data"]["id"]
@@ -261,3 +275,266 @@ async def test_an_unknown_campaign_is_not_found(api: httpx.AsyncClient, account:
         assert response.status_code == 404
         replies.append(response.json()["error"])
     assert [r["code"] for r in replies] == ["campaign_not_found"] * 2
+
+
+def english_rows(numbers: list[str]) -> str:
+    """A file for the example's campaign: each number with the english template."""
+    rows = "".join(
+        f"{n.removeprefix('+')},english,Row {i},topic {i}\n" for i, n in enumerate(numbers)
+    )
+    return "recipient,language,recipient_name,topic\n" + rows
+
+
+async def sent_batch(
+    api: httpx.AsyncClient, account: Account, campaign_id: str, numbers: list[str]
+) -> str:
+    response = await upload(api, campaign_id, english_rows(numbers), bearer(account))
+    assert response.status_code == 201, response.text
+    batch_id: str = response.json()["batchId"]
+    await wait_for_status(api, account, batch_id, *FINAL)
+    return batch_id
+
+
+async def batch_messages(
+    api: httpx.AsyncClient, account: Account, campaign_id: str, batch_id: str, **query: Any
+) -> httpx.Response:
+    return await api.get(
+        f"/campaigns/{campaign_id}/batch/{batch_id}/messages", headers=bearer(account), params=query
+    )
+
+
+async def test_the_batchs_messages_come_a_page_at_a_time_with_their_latest_status(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    numbers = unique_numbers(3)
+    batch_id = await sent_batch(api, account, campaign_id, numbers)
+
+    first = await batch_messages(api, account, campaign_id, batch_id, limit=2)
+    page = first.json()["pageData"]
+    second = await batch_messages(
+        api, account, campaign_id, batch_id, limit=2, after=page["endCursor"]
+    )
+    back = await batch_messages(
+        api,
+        account,
+        campaign_id,
+        batch_id,
+        limit=2,
+        before=second.json()["pageData"]["startCursor"],
+    )
+    found = await batch_messages(api, account, campaign_id, batch_id, search=numbers[1][-7:])
+
+    assert first.status_code == 200, first.text
+    messages = first.json()["data"] + second.json()["data"]
+    assert [m["recipient"] for m in messages] == [n.removeprefix("+") for n in numbers]
+    assert messages[0]["fullMessage"] == "Dear Row 0, your topic 0 is ready."
+    assert {m["latestStatus"] for m in messages} <= {"sent", "success"}
+    assert {(m["campaignId"], m["batchId"]) for m in messages} == {(campaign_id, batch_id)}
+    assert len({m["id"] for m in messages}) == 3
+    assert page["hasNextPage"] is True and page["hasPreviousPage"] is False
+    assert second.json()["pageData"]["hasNextPage"] is False
+    assert second.json()["pageData"]["hasPreviousPage"] is True
+    assert back.json()["data"] == first.json()["data"]
+    assert [m["recipient"] for m in found.json()["data"]] == [numbers[1].removeprefix("+")]
+
+
+async def test_retry_sends_the_failed_messages_again_in_the_same_batch(
+    api: httpx.AsyncClient, account: Account, emulator_url: str, carrier: Configure
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    numbers = unique_numbers(3)
+    await carrier(scripted={numbers[0]: [400]})
+    batch_id = await sent_batch(api, account, campaign_id, numbers)
+    before = (await batch_messages(api, account, campaign_id, batch_id)).json()["data"]
+    retry = f"/campaigns/{campaign_id}/batch/{batch_id}/retry"
+
+    retried = await api.post(retry, headers=bearer(account))
+    running = await api.post(retry, headers=bearer(account))
+    batch = await wait_for_status(api, account, batch_id, "completed")
+    after = (await batch_messages(api, account, campaign_id, batch_id)).json()["data"]
+    again = await api.post(retry, headers=bearer(account))
+
+    assert before[0]["latestStatus"] == "failure"
+    assert {m["latestStatus"] for m in before[1:]} <= {"sent", "success"}
+    assert retried.status_code == 201, retried.text
+    assert retried.content == b""
+    assert running.status_code == 400, running.text
+    assert running.json() == {"error": BATCH_NOT_RETRYABLE | {"heraldCode": "BATCH_NOT_RETRYABLE"}}
+    assert batch["status"] == "completed"
+    assert [m["id"] for m in after] == [m["id"] for m in before]
+    assert {m["latestStatus"] for m in after} <= {"sent", "success"}
+    assert [len(await emulator_messages(emulator_url, to=n)) for n in numbers] == [1, 1, 1]
+    assert again.status_code == 400, again.text
+    assert again.json() == {"error": NO_FAILED_MESSAGES | {"heraldCode": "NO_FAILED_MESSAGES"}}
+
+
+async def test_a_batch_not_of_the_campaign_is_not_found_and_not_retryable(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    other_id = await new_campaign(api, account)
+    batch_id = await sent_batch(api, account, other_id, unique_numbers(1))
+
+    replies = [
+        await batch_messages(api, account, campaign_id, batch_id),
+        await batch_messages(api, account, campaign_id, str(uuid.uuid4())),
+    ]
+    retries = [
+        await api.post(f"/campaigns/{campaign_id}/batch/{batch}/retry", headers=bearer(account))
+        for batch in (batch_id, str(uuid.uuid4()), "not-an-id")
+    ]
+
+    assert [r.status_code for r in replies] == [404, 404]
+    assert [r.json()["error"]["code"] for r in replies] == ["batch_not_found"] * 2
+    assert [r.status_code for r in retries] == [400] * 3
+    assert [r.json()["error"]["heraldCode"] for r in retries] == ["BATCH_NOT_RETRYABLE"] * 3
+    assert {(r.json()["error"]["code"], r.json()["error"]["message"]) for r in retries} == {
+        (BATCH_NOT_RETRYABLE["code"], BATCH_NOT_RETRYABLE["message"])
+    }
+
+
+async def test_an_address_off_the_campaigns_allow_list_gets_the_documented_401(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    # The in-process client's address is 127.0.0.1.
+    campaign_id = await new_campaign(api, account, allowed_ips=["192.0.2.0/24", "2001:db8::/32"])
+    content = example_with(unique_numbers(2))
+
+    refused = [
+        await upload(api, campaign_id, content, bearer(account)),
+        await batch_messages(api, account, campaign_id, str(uuid.uuid4())),
+        await api.post(
+            f"/campaigns/{campaign_id}/batch/{uuid.uuid4()}/retry", headers=bearer(account)
+        ),
+    ]
+    allowed = await api.patch(
+        f"/v1/campaigns/{campaign_id}", headers=account.headers, json={"allowed_ips": ["127.0.0.1"]}
+    )
+    accepted = await upload(api, campaign_id, content, bearer(account))
+    cleared = await api.patch(
+        f"/v1/campaigns/{campaign_id}", headers=account.headers, json={"clear_allowed_ips": True}
+    )
+
+    assert [r.status_code for r in refused] == [401] * 3
+    assert [r.json() for r in refused] == [
+        {"error": INVALID_IP_ADDRESS | {"heraldCode": "IP_NOT_ALLOWED"}}
+    ] * 3
+    assert allowed.json()["data"]["allowed_ips"] == ["127.0.0.1/32"]
+    assert accepted.status_code == 201, accepted.text
+    assert cleared.json()["data"]["allowed_ips"] is None
+
+
+async def test_the_campaigns_rate_is_shared_by_its_endpoints(
+    settings: Settings, account: Account
+) -> None:
+    limited = settings.model_copy(update={"campaign_rate_limit_per_second": 0.05})
+    async with api_client(limited) as api:
+        campaign_id = await new_campaign(api, account)
+        read = await batch_messages(api, account, campaign_id, str(uuid.uuid4()))
+        sent = await upload(api, campaign_id, example_with(unique_numbers(2)), bearer(account))
+        retried = await api.post(
+            f"/campaigns/{campaign_id}/batch/{uuid.uuid4()}/retry", headers=bearer(account)
+        )
+
+    assert read.status_code == 404, read.text
+    assert [r.status_code for r in (sent, retried)] == [429, 429]
+    assert retried.json() == {"error": TOO_MANY_REQUESTS | {"heraldCode": "RATE_LIMITED"}}
+
+
+PARAMETERS = ["recipient_name", "topic"]
+PLAIN = [
+    EXAMPLE_CSV,
+    EXAMPLE_CSV.rstrip("\n"),
+    "\ufeff" + EXAMPLE_CSV,
+    "recipient,language,topic,recipient_name\n"
+    + "".join(
+        f"6591{i:06d},{('english', 'chinese')[i % 3 == 1]},t {i},n {i}\n" for i in range(200)
+    ),
+]
+NOT_PLAIN = [
+    EXAMPLE_CSV.replace("\n", "\r\n"),
+    EXAMPLE_CSV.replace("Emily Yeo", '"Yeo, Emily"'),
+    EXAMPLE_CSV + "\n",
+    EXAMPLE_CSV.replace("Emily Yeo", "\x1c"),
+]
+IN_ERROR = [
+    EXAMPLE_CSV.replace(",James Tan,", ",,"),
+    EXAMPLE_CSV.replace(",James Tan,", ", ,"),
+    EXAMPLE_CSV.replace("6599999998", "65"),
+    EXAMPLE_CSV.replace("6599999998", "+6599999998"),
+    EXAMPLE_CSV.replace("chinese", "tamil"),
+    EXAMPLE_CSV + "6599999997,english,Ann\n",
+    EXAMPLE_CSV + "6599999997,english,Ann,topic,extra\n",
+    PLAIN[3].replace("6591000150,", "6591000150x,"),
+]
+
+
+def herald_file(content: str, monkeypatch: pytest.MonkeyPatch, only: str | None) -> Any:
+    """The converted file's message and rows, or the problems, by `convert` as it is or by
+    `only` one of its paths, "rows" or "columns"."""
+    with monkeypatch.context() as patch:
+        if only == "rows":
+            patch.setattr(service, "_convert_columns", _not_plain)
+        elif only == "columns":
+            patch.setattr(service, "_convert", _no_row_path)
+        try:
+            converted = service.convert(io.BytesIO(content.encode()), TEMPLATES, PARAMETERS, 1000)
+        except service.InvalidRows as error:
+            return error.problems()
+    with converted.content:
+        return converted.message, list(csv.reader(converted.content))
+
+
+def _not_plain(*_: object) -> str:
+    raise service._NotPlain
+
+
+def _no_row_path(*_: object) -> str:
+    raise AssertionError("the row path was taken")
+
+
+@pytest.mark.parametrize("block_bytes", [64, 4 << 20])
+@pytest.mark.parametrize("content", PLAIN)
+def test_a_plain_file_is_converted_by_columns_as_the_row_path_converts_it(
+    content: str, block_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "PLAIN_BLOCK_BYTES", block_bytes)
+
+    by_columns = herald_file(content, monkeypatch, "columns")
+    by_rows = herald_file(content, monkeypatch, "rows")
+
+    assert by_columns == by_rows
+    assert len(by_rows[1]) == content.count("\n") + (not content.endswith("\n"))
+
+
+@pytest.mark.parametrize("content", NOT_PLAIN + IN_ERROR)
+def test_any_other_file_takes_the_row_path_whole(
+    content: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "PLAIN_BLOCK_BYTES", 64)
+
+    with pytest.raises(AssertionError, match="the row path was taken"):
+        herald_file(content, monkeypatch, "columns")
+    assert herald_file(content, monkeypatch, None) == herald_file(content, monkeypatch, "rows")
+
+
+async def test_an_address_off_the_allow_list_spends_none_of_the_campaigns_rate(
+    settings: Settings, account: Account
+) -> None:
+    limited = settings.model_copy(update={"campaign_rate_limit_per_second": 0.05})
+    async with api_client(limited) as api:
+        campaign_id = await new_campaign(api, account, allowed_ips=["192.0.2.0/24"])
+        refused = [
+            await batch_messages(api, account, campaign_id, str(uuid.uuid4())) for _ in range(3)
+        ]
+        await api.patch(
+            f"/v1/campaigns/{campaign_id}",
+            headers=account.headers,
+            json={"clear_allowed_ips": True},
+        )
+        allowed = await batch_messages(api, account, campaign_id, str(uuid.uuid4()))
+
+    assert [r.status_code for r in refused] == [401] * 3
+    # The bucket still holds its one request: the refused ones took none.
+    assert allowed.status_code == 404, allowed.text

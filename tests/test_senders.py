@@ -1,10 +1,8 @@
 """A sender belongs to one account at a time: another account cannot register, send from or
-hear replies to it, and its rate limit holds whichever account's batch sends from it."""
+hear replies to it, and it is not given up while a batch of its account sends from it."""
 
-import asyncio
 import secrets
-import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -17,7 +15,6 @@ from store.accounts import create_account, create_api_key
 from store.db import _migration_files, create_pool, migrate
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
-from tests.support.delivery import rate
 from tests.support.sending import (
     inbound_form,
     post_inbound,
@@ -148,52 +145,24 @@ async def test_a_freed_sender_routes_replies_to_its_new_owner(
     assert [m["body"] for m in detail.json()["data"]["messages"]] == ["from A"]
 
 
-async def test_a_senders_rate_limit_holds_whichever_account_sends(
-    api: httpx.AsyncClient,
-    account: Account,
-    other: Account,
-    webhooks: WebhookReceiver,
-    emulator_url: str,
+async def test_a_sender_is_not_deleted_while_a_batch_sends_from_it(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
 ) -> None:
-    """A's batch is paused, A gives the number up and B takes it: when A's batch resumes, it
-    and B's batch share the number's one timeline."""
-    mps = 4
-    number = account.agent_number
-    changed = await api.patch(
-        f"/v1/sms/numbers/{number}", headers=account.headers, json={"mps": mps}
+    at = datetime.now(UTC) + timedelta(hours=1)
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(3), schedule_at=at.isoformat()
     )
-    assert changed.status_code == 200, changed.text
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(16))
-    async with asyncio.timeout(30):
-        while not await emulator_messages(emulator_url, body_contains=marker):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-    paused = await api.post(f"/v1/sms/batch/{file_id}/pause", headers=account.headers)
-    assert paused.status_code == 200, paused.text
-    await webhooks.wait_for(marker, "paused")
-    await asyncio.sleep(1)  # a send already on the wire lands
-    await api.delete(f"/v1/sms/numbers/{number}", headers=account.headers)
-    assert (await register(api, other, number, mps=mps)).status_code == 201
-
-    resumed_at = time.time()
-    resumed = await api.post(f"/v1/sms/batch/{file_id}/resume", headers=account.headers)
-    as_owner = Account(account_id=other.account_id, key=other.key, agent_number=number)
-    _, other_marker = await start_marked_batch(api, as_owner, webhooks, unique_numbers(8))
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    refused = await api.delete(f"/v1/sms/numbers/{account.agent_number}", headers=account.headers)
+    cancelled = await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
     await webhooks.wait_for(marker, *FINAL)
-    await webhooks.wait_for(other_marker, *FINAL)
+    deleted = await api.delete(f"/v1/sms/numbers/{account.agent_number}", headers=account.headers)
 
-    assert resumed.status_code == 200, resumed.text
-    sent = [
-        m
-        for found in (marker, other_marker)
-        for m in await emulator_messages(emulator_url, body_contains=found)
-    ]
-    assert len(sent) == 24
-    after_resume = [
-        m for m in sent if datetime.fromisoformat(m["received_at"]).timestamp() >= resumed_at
-    ]
-    assert len(after_resume) >= 16
-    # Never faster than the number's limit (5% for clock granularity).
-    assert rate(after_resume) <= mps * 1.05
+    assert (refused.status_code, error_code(refused)) == (409, "SENDER_IN_USE")
+    assert file_id in refused.json()["errors"][0]["message"]
+    assert cancelled.status_code == 200
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["data"]["deleted"] == account.agent_number
 
 
 async def test_the_migration_keeps_the_earliest_of_several_registrations(

@@ -1,5 +1,6 @@
 """A send activity cancelled while it records its slice still records it: the rows the carrier
-accepted end `sent`, not `sending` (and later `uncertain`)."""
+accepted end `sent`, not `sending` (and later `uncertain`). And an attempt presumed dead that
+lives on records what the carrier answered it, over the `uncertain` its successor left."""
 
 import asyncio
 import uuid
@@ -15,6 +16,7 @@ from activities.providers.twilio import TwilioCarrier
 from activities.sending import SendingActivities
 from metrics import WorkerMetrics
 from settings import Settings
+from store import messages
 from tests.support.batches import start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows
@@ -99,3 +101,41 @@ async def test_a_cancellation_during_the_record_still_records_the_slice(
     statuses = [row["status"] for row in await ledger_rows(api, account, file_id)]
     assert len(received) == ROWS
     assert statuses == ["sent"] * ROWS
+
+
+async def test_a_late_attempt_settles_the_rows_its_successor_made_uncertain(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    pool: asyncpg.Pool,
+    sending: SendingActivities,
+    carrier: Configure,
+) -> None:
+    await carrier(latency_ms=1500)
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(ROWS), schedule_at=later
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    slice_input = SendSliceInput(
+        batch_id=file_id,
+        account_id=str(account.account_id),
+        agent_number=account.agent_number,
+        start=0,
+        end=ROWS,
+    )
+    first = asyncio.ensure_future(ActivityEnvironment().run(sending.send_slice, slice_input))
+    await eventually(
+        lambda: ledger_rows(api, account, file_id), lambda rows: rows[0]["status"] == "sending"
+    )
+    # The next attempt of the slice, as after a heartbeat timeout: it finds the rows `sending`.
+    assert await messages.claim_slice(pool, uuid.UUID(file_id), 0, ROWS) == []
+    made_uncertain = [r["status"] for r in await ledger_rows(api, account, file_id)]
+    await first
+
+    rows = await ledger_rows(api, account, file_id)
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    assert made_uncertain == ["uncertain"] * ROWS
+    assert [r["status"] for r in rows] == ["sent"] * ROWS
+    assert {r["to_number"]: r["carrier_sid"] for r in rows} == {m["to"]: m["sid"] for m in received}

@@ -12,13 +12,7 @@ from standardwebhooks import Webhook
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import unique_numbers
 from tests.support.sending import eventually
-from tests.support.stack import Account, WebhookReceiver
-
-
-async def rotate(api: httpx.AsyncClient, account: Account) -> str:
-    response = await api.post("/v1/webhooks/secret/rotate", headers=account.headers)
-    assert response.status_code == 200, response.text
-    return response.json()["data"]["secret"]
+from tests.support.stack import Account, WebhookReceiver, rotate
 
 
 def event_seq(webhook_id: str) -> int:

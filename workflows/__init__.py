@@ -27,7 +27,8 @@ def __getattr__(name: str) -> Any:
     if name == "WORKFLOWS":
         from workflows.batch import BatchWorkflow
         from workflows.chunk import ChunkWorkflow
+        from workflows.click import ClickEventWorkflow
         from workflows.conversation import ConversationWorkflow
 
-        return [BatchWorkflow, ChunkWorkflow, ConversationWorkflow]
+        return [BatchWorkflow, ChunkWorkflow, ConversationWorkflow, ClickEventWorkflow]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,6 +16,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.ledger import LedgerActivities
+    from activities.reconciliation import ReconciliationActivities
     from activities.status_events import StatusEventActivities
     from activities.validation import ValidationActivities
     from workflows.chunk import ChunkWorkflow
@@ -36,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         DispatchState,
         FinishInput,
         Pace,
+        ReconcileInput,
         ReopenInput,
         SendCounts,
         StatusUpdate,
@@ -45,6 +47,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.statuses import BatchStatus, LedgerStatus
 
 PROGRESS_EVERY = timedelta(seconds=1)
+# Patch ids (docs/WORKFLOWS.md): runs recorded before them replay without the step.
+RECONCILE_PATCH = "batch-reconcile-uncertain"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -257,6 +261,7 @@ class BatchWorkflow:
                 start=now,
                 interval=timing.spread_seconds / recipients if timing.spread_seconds else 0.0,
                 expire_at=timing.expire_at,
+                send_window=timing.send_window,
             ),
         )
 
@@ -302,6 +307,26 @@ class BatchWorkflow:
         dispatch = self._input.dispatch
         start = index * dispatch.chunk_size
         end = min(start + dispatch.chunk_size, state.recipients)
+        await self._send_range(state, start, end, f"chunk-{index}", index)
+        state.dispatched += end - start
+        now = workflow.now().timestamp()
+        if now - self._last_progress >= PROGRESS_EVERY.total_seconds() and not self._paused:
+            self._last_progress = now
+            elapsed = max(now - state.dispatch_started, 0.001)
+            await self._report(
+                state.status,
+                message=(
+                    f"Requested: {state.rows_total}. Validated: {state.recipients}. "
+                    f"Dispatched: {state.dispatched}. MPS: {state.dispatched / elapsed:.1f}."
+                ),
+            )
+
+    async def _send_range(
+        self, state: DispatchState, start: int, end: int, name: str, index: int = -1
+    ) -> None:
+        """Send the pending rows of seqs [start, end) in a ChunkWorkflow named `name`, steered
+        by this batch's signals like every chunk."""
+        dispatch = self._input.dispatch
         handle = await workflow.start_child_workflow(
             ChunkWorkflow.run,
             ChunkInput(
@@ -315,7 +340,7 @@ class BatchWorkflow:
                 pace=state.pace,
                 send_heartbeat_timeout_seconds=dispatch.send_heartbeat_timeout_seconds,
             ),
-            id=f"{workflow.info().workflow_id}/chunk-{index}",
+            id=f"{workflow.info().workflow_id}/{name}",
         )
         self._chunks[index] = handle
         try:
@@ -326,21 +351,10 @@ class BatchWorkflow:
             counts = await handle
         finally:
             del self._chunks[index]
-        self._chunks_done += 1
+        if index >= 0:
+            self._chunks_done += 1
         self._totals.sent += counts.sent
         self._totals.failed += counts.failed
-        state.dispatched += end - start
-        now = workflow.now().timestamp()
-        if now - self._last_progress >= PROGRESS_EVERY.total_seconds() and not self._paused:
-            self._last_progress = now
-            elapsed = max(now - state.dispatch_started, 0.001)
-            await self._report(
-                state.status,
-                message=(
-                    f"Requested: {state.rows_total}. Validated: {state.recipients}. "
-                    f"Dispatched: {state.dispatched}. MPS: {state.dispatched / elapsed:.1f}."
-                ),
-            )
 
     def _forget_chunk_task(self, task: asyncio.Task[None]) -> None:
         self._chunk_tasks.pop(task, None)
@@ -372,6 +386,8 @@ class BatchWorkflow:
             await self._signal_chunks(ChunkWorkflow.stop)
 
     async def _finish(self) -> BatchResult:
+        if workflow.patched(RECONCILE_PATCH):
+            await self._reconcile()
         cancelled = self._cancel_reason is not None
         pending_as = (
             LedgerStatus.CANCELLED if cancelled else LedgerStatus.EXPIRED if self._expired else None
@@ -400,6 +416,24 @@ class BatchWorkflow:
         )
         status = BatchStatus.COMPLETED_PARTIAL if partial else BatchStatus.COMPLETED
         return await self._report_final(status, counts)
+
+    async def _reconcile(self) -> None:
+        """Settle `uncertain` rows with the carrier; send those it never got, unless the batch
+        was stopped (then they end as its other unsent rows do)."""
+        settled = await workflow.execute_activity_method(
+            ReconciliationActivities.reconcile_uncertain,
+            ReconcileInput(
+                batch_id=self._input.batch_id,
+                account_id=self._input.account_id,
+                agent_number=self._input.agent_number,
+            ),
+            start_to_close_timeout=timedelta(minutes=30),
+            heartbeat_timeout=timedelta(minutes=1),
+            retry_policy=DB_RETRY,
+        )
+        state = self._state
+        if settled.reopened and state is not None and not self._stopped:
+            await self._send_range(state, settled.first_seq, settled.end_seq, "reconciled")
 
     async def _finish_failed(
         self, code: str, reason: str | None, *, rows_total: int

@@ -18,6 +18,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.contracts import CHUNK_WORKFLOW, ChunkInput, SendCounts, SendSliceInput
     from workflows.retries import SLICE_RETRY
 
+# Patch id (docs/WORKFLOWS.md): a slice with rows outside their send window runs again when
+# the window opens.
+SEND_WINDOW_PATCH = "chunk-send-window-wait"
 SPREAD_SLICE_SECONDS = 300
 # A spread slice's activity starts this early, to claim its rows before its first send time.
 SPREAD_LEAD_SECONDS = 2
@@ -108,9 +111,28 @@ class ChunkWorkflow:
                     self._interrupted.discard(send)
                 self._counts.sent += counts.sent
                 self._counts.failed += counts.failed
-                return
+                if not counts.waiting or not workflow.patched(SEND_WINDOW_PATCH):
+                    return
+                # Rows outside their send window: the slice runs again when the first of
+                # them opens, giving up its place in flight meanwhile.
+                self._in_flight -= 1
+                try:
+                    await self._sleep_until(counts.next_window)
+                    await self._take_place(input.slices_in_flight)
+                finally:
+                    self._in_flight += 1
         finally:
             self._in_flight -= 1
+
+    async def _take_place(self, places: int) -> None:
+        """Wait for a place among the slices in flight (or a stop)."""
+
+        def free() -> bool:
+            return (self._in_flight < places and not self._paused) or self._stopping
+
+        # Another slice may take the place first, between the wake-up and this task's turn.
+        while not free():
+            await workflow.wait_condition(free)
 
     async def _sleep_until(self, moment: float) -> None:
         """A durable timer that `stop` cuts short."""

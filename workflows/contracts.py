@@ -32,6 +32,7 @@ SEARCH_ATTRIBUTES = {
 BATCH_WORKFLOW = "BatchWorkflow"
 CHUNK_WORKFLOW = "ChunkWorkflow"
 CONVERSATION_WORKFLOW = "ConversationWorkflow"
+CLICK_EVENT_WORKFLOW = "ClickEventWorkflow"
 
 
 def batch_workflow_id(batch_id: str) -> str:
@@ -73,6 +74,7 @@ class ValidationOptions:
     strict: bool = False
     exclude_opt_outs: bool = True
     exclude_duplicates: bool = True
+    shorten_urls: bool = False
 
     @classmethod
     def from_request(cls, request: Mapping[str, Any]) -> Self:
@@ -85,12 +87,23 @@ DEFAULT_VALIDATION = ValidationOptions()
 
 
 @dataclass(kw_only=True)
+class SendWindow:
+    """The hours of the recipient's local day a batch may send in, as "HH:MM"; `end` before
+    `start` crosses midnight. `timezone` is taken for a number whose zone is not known."""
+
+    start: str
+    end: str
+    timezone: str = "UTC"
+
+
+@dataclass(kw_only=True)
 class Timing:
     """When a batch may send, as Unix times; 0 means no constraint."""
 
     schedule_at: float = 0.0
     spread_seconds: float = 0.0
     expire_at: float = 0.0
+    send_window: SendWindow | None = None
 
 
 @dataclass(kw_only=True)
@@ -101,6 +114,8 @@ class Pace:
     start: float = 0.0
     interval: float = 0.0
     expire_at: float = 0.0
+    # Each recipient is sent only inside this window of their local day (None: any time).
+    send_window: SendWindow | None = None
 
     def send_time(self, seq: int) -> float:
         return self.start + seq * self.interval
@@ -244,6 +259,10 @@ class SendSliceInput:
 class SendCounts:
     sent: int = 0
     failed: int = 0
+    # Rows of the slice left `pending` outside their send window, and when the first of
+    # them opens (Unix time); the chunk sends the slice again then.
+    waiting: int = 0
+    next_window: float = 0.0
 
 
 @dataclass(kw_only=True)
@@ -251,6 +270,25 @@ class FinishInput:
     batch_id: str
     # The terminal status of rows still `pending` (a cancelled or expired batch), if any.
     close_pending_as: LedgerStatus | None = None
+
+
+@dataclass(kw_only=True)
+class ReconcileInput:
+    batch_id: str
+    account_id: str
+    agent_number: str
+
+
+@dataclass(kw_only=True)
+class ReconcileResult:
+    """Uncertain rows settled: `sent` (the carrier has them), `reopened` (it never got them;
+    `pending` again, within seqs [first_seq, end_seq)) or left `unresolved`."""
+
+    sent: int = 0
+    reopened: int = 0
+    unresolved: int = 0
+    first_seq: int = 0
+    end_seq: int = 0
 
 
 @dataclass(kw_only=True)
@@ -264,6 +302,18 @@ class ReopenResult:
     reopened: int
     rows_total: int
     recipients: int
+
+
+def click_event_workflow_id(code: str) -> str:
+    """One workflow per short link: its first click's event, posted once."""
+    return f"click-event-{code}"
+
+
+@dataclass(kw_only=True)
+class ClickEventInput:
+    """The short link whose first click is to be posted to its batch's status webhook."""
+
+    code: str
 
 
 def conversation_workflow_id(account_id: str, agent_number: str, user_number: str) -> str:

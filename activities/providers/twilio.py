@@ -188,6 +188,15 @@ def classify(error: TwilioRestException) -> SendResult:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CarrierMessage:
+    """A message as the carrier's list shows it."""
+
+    sid: str
+    body: str
+    created: datetime
+
+
 MAX_SUBACCOUNT_CLIENTS = 1000
 # A Message resource's sid, as Twilio's OpenAPI description gives its pattern.
 MESSAGE_SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
@@ -267,6 +276,21 @@ class TwilioCarrier:
                 error_message=f"accepted with an unreadable sid {message.sid!r}"[:200],
             )
         return SendResult(verdict=Verdict.SENT, sid=message.sid)
+
+    async def sent_messages(
+        self, *, to: str, from_: str, credentials: tuple[str, str] | None = None, limit: int = 50
+    ) -> list[CarrierMessage]:
+        """The newest messages the account sent from `from_` to `to` (Twilio's Messages list,
+        filtered by both), at most `limit`. Not filtered by DateSent: a message still in the
+        carrier's queue has none yet, and must be found all the same."""
+        found = await self._client_for(credentials).messages.list_async(
+            to=to, from_=from_, limit=limit, page_size=limit
+        )
+        return [
+            CarrierMessage(sid=m.sid, body=m.body or "", created=m.date_created)
+            for m in found
+            if m.sid and m.date_created
+        ]
 
     async def close(self) -> None:
         await self._http.close()

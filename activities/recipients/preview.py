@@ -6,6 +6,8 @@ that turns out not to be plain), so a dry run's figures are the batch's."""
 from dataclasses import dataclass, field
 
 from activities.recipients.columns import NotPlain, plain_csv
+from activities.recipients.links import Codes, shorten_recipients
+from activities.recipients.prices import Groups
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.rows import (
     Recipient,
@@ -29,16 +31,24 @@ class Preview:
     tally: Tally = field(default_factory=Tally)
     rejected: list[Rejected] = field(default_factory=list)
     messages: list[Recipient] = field(default_factory=list)
+    # The messages to be sent by the prefix that decides their country, for the cost.
+    groups: Groups = field(default_factory=Groups)
     code: str | None = None
     reason: str | None = None
 
 
-def preview(content: bytes, rules: RecipientRules, *, strict: bool) -> Preview:
-    """Validate `content` under `rules` in memory; CPU-bound, so run it off the event loop."""
+def preview(
+    content: bytes, rules: RecipientRules, *, strict: bool, short_links_base: str | None = None
+) -> Preview:
+    """Validate `content` under `rules` in memory; CPU-bound, so run it off the event loop.
+    With `short_links_base`, URLs are shortened as validation would (the row path, as
+    there), with codes that are not recorded."""
     try:
-        result, header = _by_columns(content, rules)
+        result = None
+        if short_links_base is None:
+            result, header = _by_columns(content, rules)
         if result is None:
-            result, header = _by_rows(content, rules)
+            result, header = _by_rows(content, rules, short_links_base)
     except SourceInvalid as error:
         return Preview(code=error.code, reason=error.reason)
     issue = header_issue(header)
@@ -58,6 +68,7 @@ def _by_columns(content: bytes, rules: RecipientRules) -> tuple[Preview | None, 
     try:
         for block in plain.blocks():
             _keep(result.rejected, block.rejected, REJECTED_LISTED)
+            result.groups.add_frame(block.ledger)
             room = MESSAGES_LISTED - len(result.messages)
             if room > 0:
                 result.messages += [
@@ -76,14 +87,22 @@ def _by_columns(content: bytes, rules: RecipientRules) -> tuple[Preview | None, 
     return result, plain.header
 
 
-def _by_rows(content: bytes, rules: RecipientRules) -> tuple[Preview, list[str]]:
+def _by_rows(
+    content: bytes, rules: RecipientRules, short_links_base: str | None
+) -> tuple[Preview, list[str]]:
     header, rows = read_rows(content)
     result = Preview()
+    codes = Codes()
     for outcome in build_recipients(header, rows, rules):
+        if short_links_base is not None and isinstance(outcome, Recipient):
+            shorten_recipients([outcome], short_links_base, codes)
         result.tally.count(outcome)
         if isinstance(outcome, Rejected):
             _keep(result.rejected, [outcome], REJECTED_LISTED)
-        elif len(result.messages) < MESSAGES_LISTED:
+            continue
+        if outcome.skip_code is None:
+            result.groups.add(outcome.to_number, outcome.segments)
+        if len(result.messages) < MESSAGES_LISTED:
             result.messages.append(outcome)
     return result, header
 

@@ -113,6 +113,11 @@ MISSING_VARIABLE = Text(
     Code.MISSING_VARIABLE,
     "no value for {{{{{variable}}}}} in this row and no default in global.request_data",
 )
+UNKNOWN_VARIABLE = Text(
+    Code.MISSING_VARIABLE,
+    "the message uses {variables}, which no column of the file and no default in"
+    " global.request_data gives",
+)
 MESSAGE_TOO_LONG = Text(
     Code.MESSAGE_TOO_LONG,
     "the message has {length} characters; at most {limit}",
@@ -136,5 +141,6 @@ TEXTS = (
     INVALID_NUMBER,
     MISSING_MESSAGE,
     MISSING_VARIABLE,
+    UNKNOWN_VARIABLE,
     MESSAGE_TOO_LONG,
 )

@@ -27,6 +27,8 @@ from workflows.contracts import DEFAULT_VALIDATION, ValidationLimits, Validation
 
 PHONE_COLUMN = "phone_number"
 MESSAGE_COLUMN = "agent_message"
+# A row's own content template (WhatsApp), instead of the batch's.
+CONTENT_COLUMNS = ("content_sid", "content_variables")
 REQUEST_DATA = "request_data"
 REQUEST_DATA_PREFIX = f"{REQUEST_DATA}."
 TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
@@ -76,13 +78,30 @@ class RecipientRules:
         return cls(
             max_rows=limits.max_rows,
             max_message_chars=limits.max_message_chars,
-            agent_message=settings_global.get("agent_message"),
+            agent_message=batch_message(request),
             request_data=settings_global.get("request_data") or {},
             column_mapping=request.get("column_mapping") or {},
             exclude_duplicates=ValidationOptions.from_request(request).exclude_duplicates,
             opted_out=opted_out,
             number_check=request.get("number_check", VALID),
         )
+
+
+def batch_message(request: Mapping[str, Any]) -> str | None:
+    """The message template of a stored batch request: its own, else its sender's opening
+    message, else, for a content template, the text the ledger keeps for it (the carrier
+    is sent the template, not this text)."""
+    settings_global: Mapping[str, Any] = request.get("global") or {}
+    own = settings_global.get("agent_message") or request.get("opening_message")
+    if own:
+        return str(own)
+    content_sid = settings_global.get("content_sid")
+    return content_placeholder(str(content_sid)) if content_sid else None
+
+
+def content_placeholder(content_sid: str) -> str:
+    """A ledger row's body when the message is a content template and nothing else."""
+    return f"[content {content_sid}]"
 
 
 @dataclass(kw_only=True)
@@ -241,6 +260,43 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+def row_request_data(
+    content: bytes, row_number: int, column_mapping: Mapping[str, str]
+) -> dict[str, str]:
+    """The `request_data` a file's row gives (row 1 is the first after the header, as
+    validation numbers them): its `request_data.<field>` columns and the columns mapped to
+    a field, blank cells left out; {} for a row the file does not have."""
+    header, rows = read_rows(content)
+    row = next(itertools.islice(rows, row_number - 1, None), None)
+    if row is None:
+        return {}
+    found: dict[str, str] = {}
+    for column, value in _values(header, row).items():
+        if column.startswith(REQUEST_DATA_PREFIX):
+            field_name = column.removeprefix(REQUEST_DATA_PREFIX)
+        elif column in column_mapping:
+            field_name = column_mapping[column].removeprefix(REQUEST_DATA_PREFIX)
+        else:
+            continue
+        if field_name and value and not value.isspace():
+            found[field_name] = value
+    return found
+
+
+def row_contents(content: bytes) -> Iterator[tuple[int, str | None, str | None]]:
+    """(row number, content_sid, content_variables) of each row of the file that has either
+    cell non-blank, numbered as validation numbers rows; nothing for a file without those
+    columns."""
+    header, rows = read_rows(content)
+    if not any(name in header for name in CONTENT_COLUMNS):
+        return
+    for row_number, row in enumerate(rows, start=1):
+        values = _values(header, row)
+        sid, variables = (values.get(name, "").strip() or None for name in CONTENT_COLUMNS)
+        if sid or variables:
+            yield row_number, sid, variables
+
+
 def request_defaults(rules: RecipientRules) -> dict[str, str]:
     """`global.request_data`, the variables' defaults, as cell text."""
     return {name: cell_text(value) for name, value in rules.request_data.items()}
@@ -325,7 +381,7 @@ def build_recipients(
     return _iter_recipients(header, rows, rules, sources, defaults)
 
 
-def _blank(row: Row) -> bool:
+def is_blank_row(row: Row) -> bool:
     cells = row.values() if isinstance(row, dict) else row
     return not "".join(cells).strip()
 
@@ -353,7 +409,7 @@ def _iter_recipients(
         first += len(block)
         columns = _Columns(header, block)
         phones = map(str.strip, columns[PHONE_COLUMN])
-        blank = {index for index in _where_not(phones) if _blank(block[index])}
+        blank = {index for index in _where_not(phones) if is_blank_row(block[index])}
         if blank:
             kept = [index for index in range(len(block)) if index not in blank]
             numbers, block = [numbers[index] for index in kept], [block[index] for index in kept]

@@ -4,8 +4,13 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import AppSettings, CreateBatchSMS, Pool, Temporal
-from api.mobivate_models import MobivateBatchAccepted, MobivateBatchRequest, MobivateError
+from api.deps import AppSettings, CreateBatchSMS, Pool, ReadBatchSMS, Temporal
+from api.mobivate_models import (
+    MobivateBatchAccepted,
+    MobivateBatchRead,
+    MobivateBatchRequest,
+    MobivateError,
+)
 from api.services import mobivate as service
 
 router = APIRouter(tags=["mobivate"])
@@ -16,7 +21,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in (
         (400, "The request is invalid: `error.details` lists each problem"),
         (403, "Missing or unknown API key, or one without the permission (`AuthenticationError`)"),
-        (404, "The originator is not a registered sender of this account"),
+        (404, "The originator, a mailing list or the batch is not this account's"),
         (413, "The body is too large"),
         (429, "Too many requests with this key; see `Retry-After`"),
         (503, "Temporal is unavailable; send the same request again"),
@@ -38,3 +43,16 @@ async def send_batch(
 ) -> MobivateBatchAccepted:
     """Send one message to each recipient, as one Herald batch; `record.id` is its id."""
     return await service.send_batch(pool, temporal, settings, account_id, body)
+
+
+@router.get(
+    "/send/batch/{batch_id}",
+    response_model=MobivateBatchRead,
+    responses=ERROR_RESPONSES,
+)
+async def read_batch(
+    account_id: ReadBatchSMS, pool: Pool, settings: AppSettings, batch_id: str
+) -> MobivateBatchRead:
+    """A batch of this account, started by `POST /send/batch` or any other route: its record
+    with Herald's status and counts."""
+    return await service.read_batch(pool, settings, account_id, batch_id)

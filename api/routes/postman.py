@@ -1,11 +1,13 @@
-"""The Postman dialect's batch send, `POST /campaigns/{campaignId}/batch/messages`."""
+"""The Postman dialect: batch send `POST /campaigns/{campaignId}/batch/messages`, the batch's
+messages `GET .../batch/{batchId}/messages` and its retry `POST .../batch/{batchId}/retry`."""
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, UploadFile
+from fastapi import APIRouter, Query, Request, Response, UploadFile
 
-from api.deps import AppSettings, BearerBatchesWrite, Pool, Temporal
-from api.postman_models import PostmanBatchAccepted, PostmanError
+from api.deps import AppSettings, BearerBatchesRead, BearerBatchesWrite, Pool, Temporal
+from api.input_checks import INT64_MAX
+from api.postman_models import PostmanBatchAccepted, PostmanError, PostmanMessagePage
 from api.routes.files import EmptyFile, FileTooLarge, MissingFile, MultipleFiles
 from api.services import postman as service
 
@@ -18,10 +20,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (
             400,
             "`parameter_invalid`: the file is too large, its header does not match the"
-            " campaign, or rows are in error (`error.details` names each)",
+            " campaign, or rows are in error (`error.details` names each); for a retry,"
+            " `batch_not_found_or_is_not_retryable` or `no_failed_batch_messages_to_retry`",
         ),
-        (401, "`invalid_api_key_provided`: missing or unknown API key"),
-        (404, "No such campaign in this account"),
+        (
+            401,
+            "`invalid_api_key_provided`: missing or unknown API key;"
+            " `invalid_ip_address_error`: an address not on the campaign's `allowed_ips`",
+        ),
+        (404, "No such campaign (or batch of it) in this account"),
         (429, "`too_many_requests`; see `Retry-After`"),
         (503, "Temporal is unavailable; send the same request again"),
     )
@@ -46,7 +53,7 @@ async def send_batch(
     """Send the campaign's template to each row of the CSV in `file`, in the row's language.
     The whole file is checked first: any row in error refuses it, and nothing is sent."""
     # An unknown campaign is 404 whatever the body holds, as a resource of another account.
-    campaign = await service.campaign(pool, settings, account_id, campaign_id)
+    campaign = await service.campaign(pool, settings, account_id, campaign_id, _client_ip(request))
     if file is None:
         raise MissingFile("multipart field 'file' is required")
     parts = len((await request.form()).getlist("file"))
@@ -58,3 +65,58 @@ async def send_batch(
     if size == 0:
         raise EmptyFile("the file is empty")
     return await service.send_batch(pool, temporal, settings, account_id, campaign, file.file)
+
+
+@router.get(
+    "/campaigns/{campaign_id}/batch/{batch_id}/messages",
+    response_model=PostmanMessagePage,
+    responses=ERROR_RESPONSES,
+)
+async def list_batch_messages(
+    request: Request,
+    account_id: BearerBatchesRead,
+    pool: Pool,
+    settings: AppSettings,
+    campaign_id: str,
+    batch_id: str,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[
+        int | None, Query(ge=-1, le=INT64_MAX, description="`pageData.endCursor` of a page.")
+    ] = None,
+    before: Annotated[
+        int | None, Query(ge=0, le=INT64_MAX, description="`pageData.startCursor` of a page.")
+    ] = None,
+    search: Annotated[
+        str | None, Query(max_length=32, description="Only numbers holding these digits.")
+    ] = None,
+) -> PostmanMessagePage:
+    """The batch's messages with their latest status, a page at a time in the file's order."""
+    campaign = await service.campaign(pool, settings, account_id, campaign_id, _client_ip(request))
+    return await service.list_batch_messages(
+        pool, account_id, campaign, batch_id, limit=limit, after=after, before=before, search=search
+    )
+
+
+@router.post(
+    "/campaigns/{campaign_id}/batch/{batch_id}/retry",
+    status_code=201,
+    response_class=Response,
+    responses={201: {"description": "The retry has started; no body."}, **ERROR_RESPONSES},
+)
+async def retry_batch(
+    request: Request,
+    account_id: BearerBatchesWrite,
+    pool: Pool,
+    temporal: Temporal,
+    settings: AppSettings,
+    campaign_id: str,
+    batch_id: str,
+) -> Response:
+    """Send the finished batch's failed messages again, in the same batch."""
+    campaign = await service.campaign(pool, settings, account_id, campaign_id, _client_ip(request))
+    await service.retry_batch(pool, temporal, settings, account_id, campaign, batch_id)
+    return Response(status_code=201)
+
+
+def _client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None

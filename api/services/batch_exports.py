@@ -34,6 +34,8 @@ MESSAGE_CSV_COLUMNS = (
     "sent_at",
     "delivered_at",
     "reference",
+    "clicks",
+    "first_clicked_at",
     "body",
 )
 
@@ -100,6 +102,8 @@ def _message_cells(row: dict[str, Any]) -> list[Any]:
         _timestamp(row["sent_at"]),
         _timestamp(delivered_at),
         row["reference"],
+        row["clicks"],
+        _timestamp(row["first_clicked_at"]),
         row["body"],
     ]
 

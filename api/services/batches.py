@@ -4,7 +4,11 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -17,8 +21,9 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.recipients.phones import to_sender
+from activities.recipients.phones import is_sender_id, to_sender
 from activities.recipients.preview import preview
+from activities.recipients.prices import estimate
 from activities.recipients.rows import RecipientRules
 from api.errors import HeraldError, InvalidRequest
 from api.models import (
@@ -29,15 +34,20 @@ from api.models import (
     BatchRequest,
     BatchStarted,
     BatchSummary,
+    CostEstimate,
     DryRunMessage,
     MessageList,
     RejectedRow,
     RejectedRowList,
     WebhookDeliveries,
 )
+from api.services import batch_checks
+from api.services.batch_checks import FileShape, TooManyRecipients
+from api.services.mailing_lists import list_sizes
+from api.services.numbers import InvalidSenderId
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
-from store import batches, events, files, messages, numbers, opt_outs
+from store import batches, campaigns, events, files, messages, numbers, opt_outs
 from workflows.contracts import (
     ACCOUNT_ID,
     AGENT_NUMBER,
@@ -46,6 +56,7 @@ from workflows.contracts import (
     BATCH_WORKFLOW,
     BatchInput,
     DispatchSettings,
+    SendWindow,
     Timing,
     ValidationLimits,
     ValidationOptions,
@@ -62,13 +73,22 @@ class FileNotFound(HeraldError):
     code = "FILE_NOT_FOUND"
 
 
-class TooManyRecipients(HeraldError):
-    code = "TOO_MANY_RECIPIENTS"
-
-
 class AgentNumberNotFound(HeraldError):
     status_code = 404
     code = "AGENT_NUMBER_NOT_FOUND"
+
+
+class CampaignNotFound(HeraldError):
+    status_code = 404
+    code = "CAMPAIGN_NOT_FOUND"
+
+
+class LanguageNotInCampaign(HeraldError):
+    code = "LANGUAGE_NOT_IN_CAMPAIGN"
+
+
+class CampaignAndMessage(HeraldError):
+    code = "CAMPAIGN_AND_MESSAGE"
 
 
 class BatchAlreadyExists(HeraldError):
@@ -84,6 +104,11 @@ class BatchNotFound(HeraldError):
 class BatchAlreadyFinished(HeraldError):
     status_code = 409
     code = "BATCH_ALREADY_FINISHED"
+
+
+class BatchExpired(HeraldError):
+    status_code = 409
+    code = "BATCH_EXPIRED"
 
 
 class BatchNotFinished(HeraldError):
@@ -138,16 +163,35 @@ async def start_batch(
     settings: Settings,
     account_id: uuid.UUID,
     body: BatchRequest,
+    *,
+    senders: Mapping[int, str] | None = None,
+    campaign_id: uuid.UUID | None = None,
 ) -> BatchStarted:
-    """Record the batch and start its workflow; the same request again is the same batch.
+    """Record the batch (of `campaign_id`, if a campaign's) and start its workflow; the same
+    request again is the same batch.
 
     Inline `recipients` are stored as a JSON file first, so from there on the batch is one
-    of an attached file in every way (and each such request is a new batch)."""
-    file_id, agent_number = await _checked_sources(pool, settings, account_id, body)
+    of an attached file in every way (and each such request is a new batch); so is a batch
+    of mailing lists alone, with an empty file. `senders` gives rows their own sender (row
+    number -> sender, each one the account's); `campaign_id` makes it that campaign's
+    (a Postman upload's)."""
+    checked = await _checked_request(pool, settings, account_id, body)
+    file_id = checked.file_id
+    agent_number = checked.agent_number
+    request = checked.request
+    campaign_id = checked.campaign_id or campaign_id
+    await _check_lists(pool, account_id, request)
+    row_senders = {
+        str(row): sender
+        for row, sender in (await _own_senders(pool, account_id, senders or {})).items()
+        if sender != agent_number
+    }
     if file_id is None:
         file_id = await _inline_file(pool, settings, account_id, body.recipients or [])
-    request = _stored_request(body, agent_number)
-    request.setdefault("file_id", str(file_id))
+    for kept in (request, checked.given):
+        kept.setdefault("file_id", str(file_id))
+        if row_senders:
+            kept["senders"] = row_senders
     workflow_id = batch_workflow_id(str(file_id))
     batch, created = await batches.create_batch(
         pool,
@@ -157,9 +201,10 @@ async def start_batch(
         name=body.name,
         agent_number=agent_number,
         request=request,
-        request_hash=_request_hash(request),
+        request_hash=_request_hash(checked.given),
+        campaign_id=campaign_id,
     )
-    if not created and batch["request_hash"] != _request_hash(request):
+    if not created and batch["request_hash"] != _request_hash(checked.given):
         raise BatchAlreadyExists(
             f"file {file_id} already started batch {workflow_id} with a different request"
         )
@@ -179,11 +224,7 @@ async def start_batch(
                 agent_number=agent_number,
                 dispatch=dispatch_settings(settings),
                 limits=validation_limits(settings),
-                timing=Timing(
-                    schedule_at=body.schedule_at.timestamp() if body.schedule_at else 0.0,
-                    spread_seconds=(body.spread_hours or 0.0) * 3600,
-                    expire_at=body.expire_at.timestamp() if body.expire_at else 0.0,
-                ),
+                timing=_timing(request),
             ),
             WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
@@ -204,17 +245,23 @@ async def dry_run_batch(
 ) -> BatchDryRun:
     """Validate the batch's rows now, as its workflow would, by the same code; nothing is
     stored and nothing is sent."""
-    file_id, agent_number = await _checked_sources(pool, settings, account_id, body)
-    if file_id is None:
+    checked = await _checked_request(pool, settings, account_id, body)
+    if checked.file_id is None:
         content = _inline_content(settings, body.recipients or [])
     else:
-        _, content = await files.file_content(pool, account_id, file_id)
-    request = _stored_request(body, agent_number)
+        _, content = await files.file_content(pool, account_id, checked.file_id)
+    request = checked.request
     opted_out: set[str] = set()
     if ValidationOptions.from_request(request).exclude_opt_outs:
         opted_out = await opt_outs.opted_out_numbers(pool, account_id)
     rules = RecipientRules.from_request(request, validation_limits(settings), opted_out)
-    found = await asyncio.to_thread(preview, content, rules, strict=body.strict)
+    found = await asyncio.to_thread(
+        preview,
+        content,
+        rules,
+        strict=body.strict,
+        short_links_base=settings.api_url if body.shorten_urls else None,
+    )
     tally = found.tally
     return BatchDryRun(
         code=found.code,
@@ -232,14 +279,34 @@ async def dry_run_batch(
             for r in found.rejected
         ],
         messages=[DryRunMessage(**dataclasses.asdict(m)) for m in found.messages],
+        estimated_cost=CostEstimate(
+            **dataclasses.asdict(
+                estimate(found.groups.by_key.values(), settings.prices, settings.price_currency)
+            )
+        ),
     )
 
 
-async def _checked_sources(
+@dataclass(frozen=True, kw_only=True)
+class CheckedRequest:
+    """A batch request found acceptable: its file (None for inline rows), its sender, and
+    the request as the batch keeps it (`given`: as given, whose hash finds its batch again;
+    `request`: with what the sender adds, its opening message)."""
+
+    file_id: uuid.UUID | None
+    agent_number: str
+    given: dict[str, Any]
+    request: dict[str, Any]
+    # The campaign whose template is the message, if the request named one.
+    campaign_id: uuid.UUID | None = None
+
+
+async def _checked_request(
     pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, body: BatchRequest
-) -> tuple[uuid.UUID | None, str]:
-    """The request's file (None for inline rows) and sender (E.164, or a sender ID), both the
-    account's; its status webhook checked."""
+) -> CheckedRequest:
+    """The request checked as far as it can be before it is accepted: its file and sender
+    are the account's, its status webhook is safe, and its file's size, header and message
+    will not fail the batch at validation."""
     file_id = None
     if body.file_id is not None:
         file_id = parse_batch_id(body.file_id, FileNotFound)
@@ -249,11 +316,136 @@ async def _checked_sources(
         None if body.status_webhook is None else str(body.status_webhook), settings
     )
     agent_number = to_sender(body.global_.agent_number)
-    if agent_number is None or not await numbers.has_number(pool, account_id, agent_number):
+    sender = (
+        None if agent_number is None else await numbers.get_number(pool, account_id, agent_number)
+    )
+    if agent_number is None or sender is None:
         raise AgentNumberNotFound(
             f"{body.global_.agent_number} is not a registered sender of this account"
         )
-    return file_id, agent_number
+    if body.global_.channel == "whatsapp" and is_sender_id(agent_number):
+        raise InvalidSenderId(f"sender ID {agent_number!r} can only send SMS, not whatsapp")
+    given = _stored_request(body, agent_number)
+    campaign_id = await _campaign_message(pool, account_id, body, given)
+    request = dict(given)
+    if sender["opening_message"] and not body.global_.agent_message:
+        request["opening_message"] = sender["opening_message"]
+    shape = await _file_shape(pool, settings, account_id, file_id, body)
+    batch_checks.require_phone_column(shape.header)
+    batch_checks.require_message(request, shape.header)
+    rules = RecipientRules.from_request(request, validation_limits(settings), frozenset())
+    batch_checks.require_usable_header(shape.header, rules, body.strict)
+    return CheckedRequest(
+        file_id=file_id,
+        agent_number=agent_number,
+        given=given,
+        request=request,
+        campaign_id=campaign_id,
+    )
+
+
+async def _file_shape(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    account_id: uuid.UUID,
+    file_id: uuid.UUID | None,
+    body: BatchRequest,
+) -> FileShape:
+    """The header of the request's file (or inline rows), once its size is within limits;
+    None for a batch of mailing lists alone (its contacts' fields are known at validation)."""
+    if file_id is None and body.recipients is None:
+        return FileShape(header=None)
+    if file_id is None:
+        return batch_checks.shape_of_content(_inline_content(settings, body.recipients or []))
+    shape = await batch_checks.shape_of_file(pool, account_id, file_id)
+    await batch_checks.require_file_within_limit(
+        pool, account_id, file_id, shape, settings.max_rows_per_batch
+    )
+    return shape
+
+
+async def _own_sender(pool: asyncpg.Pool, account_id: uuid.UUID, given: str) -> str:
+    """`given` as Herald stores a sender (E.164, or a sender ID), when it is the account's."""
+    sender = to_sender(given)
+    if sender is None or not await numbers.has_number(pool, account_id, sender):
+        raise AgentNumberNotFound(f"{given} is not a registered sender of this account")
+    return sender
+
+
+async def _own_senders(
+    pool: asyncpg.Pool, account_id: uuid.UUID, given: Mapping[int, str]
+) -> dict[int, str]:
+    """Rows' own senders, each checked once and stored as `_own_sender` gives it."""
+    checked = {raw: await _own_sender(pool, account_id, raw) for raw in set(given.values())}
+    return {row: checked[raw] for row, raw in given.items()}
+
+
+async def _check_lists(pool: asyncpg.Pool, account_id: uuid.UUID, request: dict[str, Any]) -> None:
+    """The request's mailing lists are the account's, and their senders too (kept as stored)."""
+    named: list[dict[str, Any]] = request.get("lists") or []
+    await list_sizes(pool, account_id, [source["id"] for source in named])
+    for source in named:
+        if "agent_number" in source:
+            source["agent_number"] = await _own_sender(pool, account_id, source["agent_number"])
+
+
+def _timing(request: dict[str, Any]) -> Timing:
+    """The batch's timing, from its request as stored (so a retry run reads it as well)."""
+
+    def moment(key: str) -> float:
+        value = request.get(key)
+        return datetime.fromisoformat(value).timestamp() if value else 0.0
+
+    return Timing(
+        schedule_at=moment("schedule_at"),
+        spread_seconds=float(request.get("spread_hours") or 0.0) * 3600,
+        expire_at=moment("expire_at"),
+        send_window=send_window(request),
+    )
+
+
+async def campaign_or_404(pool: asyncpg.Pool, account_id: uuid.UUID, campaign_id: str) -> dict:
+    found = await campaigns.get_campaign(
+        pool, account_id, parse_batch_id(campaign_id, CampaignNotFound)
+    )
+    if found is None:
+        raise CampaignNotFound(f"no campaign {campaign_id!r} in this account")
+    return found
+
+
+async def campaign_template(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    campaign_id: str,
+    language: str | None,
+    message: str | None,
+) -> tuple[dict, str]:
+    """The campaign named instead of a `message`, and its template in `language`."""
+    if message is not None:
+        raise CampaignAndMessage("give campaign_id or a message, not both")
+    language = language or "english"
+    found = await campaign_or_404(pool, account_id, campaign_id)
+    template = found["templates"].get(language)
+    if template is None:
+        raise LanguageNotInCampaign(
+            f"campaign {campaign_id} has no {language!r} template; it has"
+            f" {', '.join(found['templates'])}"
+        )
+    return found, template
+
+
+async def _campaign_message(
+    pool: asyncpg.Pool, account_id: uuid.UUID, body: BatchRequest, request: dict[str, Any]
+) -> uuid.UUID | None:
+    """With `campaign_id`, its template becomes the stored request's message (so the batch
+    keeps the text it was started with); the campaign's id, or None."""
+    if body.campaign_id is None:
+        return None
+    found, template = await campaign_template(
+        pool, account_id, body.campaign_id, body.language, body.global_.agent_message
+    )
+    request["global"]["agent_message"] = template
+    return found["id"]
 
 
 def _stored_request(body: BatchRequest, agent_number: str) -> dict[str, Any]:
@@ -369,12 +561,21 @@ async def retry_batch(
             await handle.result()
     except (TimeoutError, WorkflowFailureError, RPCError, RuntimeError):
         pass
+    # A retry run keeps the batch's spread, expiry and send window; it starts now, not at
+    # `schedule_at`.
+    timing = dataclasses.replace(_timing(batch["request"]), schedule_at=0.0)
+    if timing.expire_at and timing.expire_at <= time.time():
+        raise BatchExpired(
+            f"batch {batch_id} expired at {batch['request']['expire_at']}: a retry would send"
+            " nothing"
+        )
     await batches.set_status(pool, batch["id"], status=BatchStatus.QUEUED)
     input = BatchInput(
         batch_id=str(batch["id"]),
         account_id=str(account_id),
         agent_number=batch["agent_number"],
         dispatch=dispatch_settings(settings),
+        timing=timing,
         retry_statuses=[LedgerStatus(status) for status in statuses],
         first_event_seq=await events.last_event_seq(pool, batch["id"]),
     )
@@ -399,6 +600,12 @@ async def retry_batch(
     )
 
 
+def send_window(request: dict[str, Any]) -> SendWindow | None:
+    """The send window of a stored request, if it has one."""
+    window = request.get("send_window")
+    return None if window is None else SendWindow(**window)
+
+
 def _summary(batch: dict[str, Any]) -> dict[str, Any]:
     return {**batch, "batch_id": str(batch["id"])}
 
@@ -409,6 +616,8 @@ async def get_batch(
     batch = await batch_or_404(pool, account_id, batch_id)
     counts = await messages.count_by_status(pool, batch["id"])
     counts["rejected"] = batch["rejected"] or 0
+    if send_window(batch["request"]) is not None:
+        counts["waiting_for_window"] = await messages.count_waiting_for_window(pool, batch["id"])
     ui = (
         f"{settings.temporal_ui_base}/namespaces/{settings.temporal_namespace}"
         f"/workflows/{batch['workflow_id']}"

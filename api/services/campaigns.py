@@ -9,17 +9,17 @@ from activities.recipients.phones import to_e164
 from activities.recipients.rows import template_parts
 from api.campaign_models import CampaignRequest, CampaignUpdate, Language
 from api.errors import HeraldError
-from api.services.batches import AgentNumberNotFound, parse_batch_id
+from api.services.batches import (
+    AgentNumberNotFound,
+    CampaignNotFound,
+    campaign_or_404,
+    parse_batch_id,
+)
 from store import campaigns, numbers
 
 PARAMETER_NAME = re.compile(r"[a-z0-9_]+")
 # A template that takes its whole text from the file uses this one parameter alone.
 BODY_PARAMETER = "body"
-
-
-class CampaignNotFound(HeraldError):
-    status_code = 404
-    code = "CAMPAIGN_NOT_FOUND"
 
 
 class InvalidTemplate(HeraldError):
@@ -80,14 +80,12 @@ async def create_campaign(pool: asyncpg.Pool, account_id: uuid.UUID, body: Campa
         sender=await _sender(pool, account_id, body.sender),
         templates={str(language): text for language, text in body.templates.items()},
         parameters=parameters,
+        allowed_ips=body.allowed_ips,
     )
 
 
 async def get_campaign(pool: asyncpg.Pool, account_id: uuid.UUID, campaign_id: str) -> dict:
-    campaign = await campaigns.get_campaign(pool, account_id, _campaign_id(campaign_id))
-    if campaign is None:
-        raise CampaignNotFound(f"no campaign {campaign_id!r} in this account")
-    return campaign
+    return await campaign_or_404(pool, account_id, campaign_id)
 
 
 async def list_campaigns(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[dict]:
@@ -101,6 +99,7 @@ async def update_campaign(
     current = await get_campaign(pool, account_id, campaign_id)
     templates = dict(body.templates) if body.templates is not None else current["templates"]
     sender = current["sender"] if body.sender is None else body.sender
+    allowed_ips = current["allowed_ips"] if body.allowed_ips is None else body.allowed_ips
     updated = await campaigns.update_campaign(
         pool,
         account_id,
@@ -109,6 +108,7 @@ async def update_campaign(
         sender=await _sender(pool, account_id, sender),
         templates=templates,
         parameters=template_parameters(templates),
+        allowed_ips=None if body.clear_allowed_ips else allowed_ips,
     )
     if updated is None:
         raise CampaignNotFound(f"no campaign {campaign_id!r} in this account")

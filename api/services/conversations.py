@@ -98,6 +98,7 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
         **row,
         **{name: stored.get(name) for name in STORED_FIELDS},
         "conversation_id": str(row["id"]),
+        "batch_id": str(row["batch_id"]) if row["batch_id"] else None,
     }
 
 

@@ -1,17 +1,23 @@
 """Inbound messages from the carrier: checked, routed to their conversation, STOP and HELP."""
 
+import asyncio
 import uuid
+from typing import Any
 
 import asyncpg
 import structlog
 from temporalio.client import Client
 
 from activities.recipients.phones import to_e164
+from activities.recipients.rejections import SourceInvalid
+from activities.recipients.rows import REQUEST_DATA_PREFIX, row_request_data
+from api.conversation_models import STORED_FIELDS
 from api.errors import InvalidRequest
+from api.services import batch_checks
 from api.services.batches import AgentNumberNotFound, TemporalUnavailable
 from api.services.conversations import signal_conversation
 from settings import Settings
-from store import conversation_messages, conversations, inbound, numbers, opt_outs
+from store import conversation_messages, conversations, files, inbound, messages, numbers, opt_outs
 from workflows.contracts import conversation_workflow_id
 
 log = structlog.get_logger(__name__)
@@ -59,6 +65,7 @@ async def receive(
     if account_id is None or (signers is not None and account_id not in signers):
         raise AgentNumberNotFound(f"{agent_number} is not a registered sender")
     keyword = body.strip().upper()
+    fields = await _reply_fields(pool, account_id, agent_number, user_number, channel)
     help_id: uuid.UUID | None = None
     try:
         # One transaction: a repeat changes nothing, whatever it finds changed since.
@@ -74,7 +81,7 @@ async def receive(
                 agent_number=agent_number,
                 user_number=user_number,
                 workflow_id=conversation_workflow_id(str(account_id), agent_number, user_number),
-                fields=conversations.ConversationFields(channel=channel),
+                fields=fields,
             )
             message_id = await conversation_messages.record_user_message(
                 conn, conversation=conversation, channel=channel, body=body, carrier_sid=carrier_sid
@@ -99,3 +106,64 @@ async def receive(
         await signal_conversation(
             temporal, settings, conversation, message_id=help_id, sender="AGENT", kind="help"
         )
+
+
+async def _reply_fields(
+    pool: asyncpg.Pool, account_id: uuid.UUID, agent_number: str, user_number: str, channel: str
+) -> conversations.ConversationFields:
+    """What a reply sets on its conversation: its channel and, when it answers a batch
+    message the conversation does not carry yet, that batch's fields (`metadata`, Bland's
+    stored fields) and `request_data` (the batch's defaults, under the recipient's row's
+    own). The row is read from the batch's file once per conversation and batch."""
+    fields = conversations.ConversationFields(channel=channel)
+    origin = await messages.last_sent_to(pool, account_id, agent_number, user_number)
+    if origin is None:
+        return fields
+    active = await conversations.active_conversation(pool, account_id, agent_number, user_number)
+    if active is not None and (
+        active["batch_id"] == origin["batch_id"]
+        or (origin["sent_at"] is not None and origin["sent_at"] < active["created_at"])
+    ):
+        return fields  # it carries the batch already, or began after the batch's message
+    request: dict[str, Any] = origin["request"]
+    settings_global: dict[str, Any] = request.get("global") or {}
+    row_data = await _row_request_data(
+        pool,
+        account_id,
+        origin["batch_id"],
+        origin["row_number"],
+        request.get("column_mapping") or {},
+    )
+    request_data = {**(settings_global.get("request_data") or {}), **row_data}
+    return conversations.ConversationFields(
+        channel=channel,
+        metadata=settings_global.get("metadata"),
+        request_data=request_data or None,
+        stored_fields={
+            name: settings_global[name]
+            for name in STORED_FIELDS
+            if settings_global.get(name) is not None
+        },
+        batch_id=origin["batch_id"],
+    )
+
+
+async def _row_request_data(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    row_number: int,
+    column_mapping: dict[str, str],
+) -> dict[str, str]:
+    """A batch row's own request data. A file whose header shows no request-data column
+    (and a batch without `column_mapping`) has none, and is not read past its header; else
+    the file is read up to the row, off the event loop."""
+    if not column_mapping:
+        header = (await batch_checks.shape_of_file(pool, account_id, batch_id)).header
+        if header is not None and not any(c.startswith(REQUEST_DATA_PREFIX) for c in header):
+            return {}
+    _, content = await files.file_content(pool, account_id, batch_id)
+    try:
+        return await asyncio.to_thread(row_request_data, content, row_number, column_mapping)
+    except SourceInvalid:
+        return {}

@@ -8,9 +8,15 @@ import asyncpg
 from temporalio.client import Client
 
 from activities.recipients.rows import MESSAGE_COLUMN, PHONE_COLUMN, REQUEST_DATA_PREFIX
-from api.mobivate_models import MobivateBatchAccepted, MobivateBatchRequest, MobivateRecipient
+from api.mobivate_models import (
+    MobivateBatchAccepted,
+    MobivateBatchRead,
+    MobivateBatchRequest,
+    MobivateRecipient,
+)
 from api.models import BatchRequest
-from api.services.batches import start_batch
+from api.services.batches import batch_or_404, get_batch, start_batch
+from api.services.mailing_lists import list_sizes
 from settings import Settings
 from store import messages
 
@@ -22,14 +28,24 @@ async def send_batch(
     account_id: uuid.UUID,
     body: MobivateBatchRequest,
 ) -> MobivateBatchAccepted:
-    """Start the batch as an inline one of Herald's; keep the recipients' references."""
-    recipients = body.to_send()
-    started = await start_batch(pool, temporal, settings, account_id, batch_request(body))
-    batch_id = uuid.UUID(started.batch_id)
+    """Start the batch as an inline one of Herald's: the numbers are its rows, in order, and
+    the mailing lists follow them; keep the recipients' references."""
+    numbers = [r for r in body.to_send() if not r.is_mailing_list()]
+    lists = [r for r in body.to_send() if r.is_mailing_list()]
+    sizes = await list_sizes(pool, account_id, [r.recipient for r in lists])
     # JSON rows count from 1, in the order given.
+    senders = {
+        row_number: recipient.originator
+        for row_number, recipient in enumerate(numbers, start=1)
+        if recipient.originator is not None
+    }
+    started = await start_batch(
+        pool, temporal, settings, account_id, batch_request(body), senders=senders
+    )
+    batch_id = uuid.UUID(started.batch_id)
     references = [
         (row_number, recipient.reference)
-        for row_number, recipient in enumerate(recipients, start=1)
+        for row_number, recipient in enumerate(numbers, start=1)
         if recipient.reference is not None
     ]
     if references:
@@ -39,10 +55,8 @@ async def send_batch(
         {
             "record": {
                 "id": started.batch_id,
-                "scheduled": scheduled.astimezone(UTC)
-                .isoformat(timespec="milliseconds")
-                .replace("+00:00", "Z"),
-                "recipient_count": len(recipients),
+                "scheduled": _utc(scheduled),
+                "recipient_count": len(numbers) + sum(sizes[r.recipient] for r in lists),
             }
         }
     )
@@ -54,8 +68,11 @@ def batch_request(body: MobivateBatchRequest) -> BatchRequest:
     settings_global: dict[str, Any] = {"agent_number": body.originator, "agent_message": body.text}
     if body.route_id is not None:
         settings_global["route_id"] = body.route_id
+    numbers = [_row(r) for r in body.to_send() if not r.is_mailing_list()]
+    lists = [_list(r) for r in body.to_send() if r.is_mailing_list()]
     request: dict[str, Any] = {
-        "recipients": [_row(recipient) for recipient in body.to_send()],
+        "recipients": numbers or None,
+        "lists": lists or None,
         "global": settings_global,
         "name": body.name,
         "schedule_at": body.schedule_date_time,
@@ -66,6 +83,10 @@ def batch_request(body: MobivateBatchRequest) -> BatchRequest:
         request["exclude_duplicates"] = body.exclude_duplicates
     if body.exclude_opt_outs is not None:
         request["exclude_opt_outs"] = body.exclude_opt_outs
+    if body.shorten_urls:
+        request["shorten_urls"] = True
+    if body.status_webhook is not None:
+        request["status_webhook"] = str(body.status_webhook)
     return BatchRequest.model_validate(request)
 
 
@@ -79,3 +100,44 @@ def _row(recipient: MobivateRecipient) -> dict[str, Any]:
     if recipient.text is not None:
         row[MESSAGE_COLUMN] = recipient.text
     return row
+
+
+def _list(recipient: MobivateRecipient) -> dict[str, Any]:
+    """A mailing-list recipient as one of Herald's batch lists: its text and originator
+    are its contacts', its other meta keys defaults of their fields."""
+    source: dict[str, Any] = {"id": recipient.recipient}
+    defaults = {k: v for k, v in (recipient.meta or {}).items() if k != "type"}
+    if defaults:
+        source["request_data"] = defaults
+    if recipient.text is not None:
+        source["agent_message"] = recipient.text
+    if recipient.originator is not None:
+        source["agent_number"] = recipient.originator
+    return source
+
+
+async def read_batch(
+    pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, batch_id: str
+) -> MobivateBatchRead:
+    """A batch of the account (started in any dialect) as the dialect's record."""
+    stored = await batch_or_404(pool, account_id, batch_id)
+    batch = await get_batch(pool, settings, account_id, batch_id)
+    schedule_at = stored["request"].get("schedule_at")
+    scheduled = datetime.fromisoformat(schedule_at) if schedule_at else batch.created_at
+    return MobivateBatchRead.model_validate(
+        {
+            "record": {
+                "id": batch.batch_id,
+                "scheduled": _utc(scheduled),
+                "recipient_count": batch.rows_total,
+                "name": batch.name,
+                "status": batch.status,
+                "counts": batch.counts,
+            }
+        }
+    )
+
+
+def _utc(moment: datetime) -> str:
+    """The dialect's time: UTC, milliseconds, `Z`."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

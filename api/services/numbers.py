@@ -11,6 +11,7 @@ from api.services.sender_ownership import require_carrier_owns
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
 from store import carrier_accounts, numbers
+from workflows.statuses import FINAL_BATCH_STATUSES
 
 
 class InvalidPhoneNumber(HeraldError):
@@ -24,6 +25,11 @@ class InvalidSenderId(HeraldError):
 class NumberNotFound(HeraldError):
     status_code = 404
     code = "NUMBER_NOT_FOUND"
+
+
+class SenderInUse(HeraldError):
+    status_code = 409
+    code = "SENDER_IN_USE"
 
 
 class SenderTaken(HeraldError):
@@ -51,7 +57,9 @@ async def add_number(
         own = await carrier_accounts.carrier_account(pool, account_id)
         credentials = (own.account_sid, own.auth_token) if own else None
         await require_carrier_owns(number, body.channel, settings, credentials)
-    row = await numbers.add_number(pool, account_id, number, body.channel, mps, webhook, kind)
+    row = await numbers.add_number(
+        pool, account_id, number, body.channel, mps, webhook, kind, body.opening_message
+    )
     if row is None:
         raise SenderTaken(
             f"{number} is registered by another account"
@@ -90,6 +98,14 @@ async def list_numbers(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[dict]:
 async def delete_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> str:
     """The number removed, normalised as the account's senders hold it."""
     normalised = to_sender(number) or number
+    busy = await numbers.batches_sending_from(
+        pool, account_id, normalised, list(FINAL_BATCH_STATUSES)
+    )
+    if busy:
+        raise SenderInUse(
+            f"{normalised} sends for batches that have not ended: "
+            f"{', '.join(str(b) for b in busy)}; cancel them or wait for them to end"
+        )
     if not await numbers.delete_number(pool, account_id, normalised):
         raise NumberNotFound(f"{number} is not a sender of this account")
     return normalised

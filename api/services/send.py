@@ -12,9 +12,11 @@ import asyncpg
 from temporalio.client import Client
 
 from activities.recipients.phones import is_sender_id, to_e164
+from activities.recipients.rows import render
 from api.conversation_models import STORED_FIELDS, SendReply, SendRequest
 from api.errors import HeraldError
-from api.services.batches import AgentNumberNotFound
+from api.services.batch_checks import MissingAgentMessage
+from api.services.batches import AgentNumberNotFound, campaign_template
 from api.services.conversations import signal_conversation
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
@@ -23,10 +25,6 @@ from workflows.contracts import SilenceTimers, conversation_workflow_id
 
 # How often a request waits on the first request with its idempotency key.
 POLL_SECONDS = 0.05
-
-
-class MissingAgentMessage(HeraldError):
-    code = "MISSING_AGENT_MESSAGE"
 
 
 class InvalidTimeoutConfig(HeraldError):
@@ -49,6 +47,10 @@ class IdempotencyKeyReused(HeraldError):
 class IdempotencyKeyInProgress(HeraldError):
     status_code = 409
     code = "IDEMPOTENCY_KEY_IN_PROGRESS"
+
+
+class InvalidParams(HeraldError):
+    code = "INVALID_PARAMS"
 
 
 class RecipientOptedOut(HeraldError):
@@ -132,7 +134,7 @@ async def send_message(
     body: SendRequest,
     idempotency_key: str | None,
 ) -> SendReply:
-    prepared = prepare(account_id, body)
+    prepared = prepare(account_id, await _campaign_message(pool, account_id, body))
     if idempotency_key is None:
         return await _send(pool, temporal, settings, prepared)
     request_hash = prepared.request_hash()
@@ -152,6 +154,31 @@ async def send_message(
         )
         if first is not None:
             return first
+
+
+async def _campaign_message(
+    pool: asyncpg.Pool, account_id: uuid.UUID, body: SendRequest
+) -> SendRequest:
+    """With `campaign_id`, the request with its template in `language`, filled from
+    `params`, as its `agent_message`; InvalidParams unless `params` holds exactly the
+    campaign's parameters, none blank."""
+    if body.campaign_id is None:
+        if body.params is not None:
+            raise InvalidParams("params are for a campaign's template: give campaign_id too")
+        return body
+    campaign, template = await campaign_template(
+        pool, account_id, body.campaign_id, body.language, body.agent_message
+    )
+    params = body.params or {}
+    missing = [name for name in campaign["parameters"] if not params.get(name, "").strip()]
+    extra = sorted(set(params) - set(campaign["parameters"]))
+    if missing or extra:
+        raise InvalidParams(
+            f"params must fill exactly the campaign's parameters {campaign['parameters']};"
+            f" missing or blank {missing}, not parameters {extra}"
+        )
+    text, _ = render(template, params.get)
+    return body.model_copy(update={"agent_message": text})
 
 
 async def _first_reply(

@@ -1,6 +1,7 @@
 """`make run`: the whole local stack on one machine, started together, stopped together.
 
-Ctrl-C (or SIGTERM) stops every process it started, in reverse order.
+A child that dies is started again (deploy/local/supervisor.py); Ctrl-C (or SIGTERM) stops
+every process it started, in reverse order.
 """
 
 import sys
@@ -8,7 +9,13 @@ import time
 
 from deploy.local.processes import ManagedProcess
 from deploy.local.stack import PortsTaken, Stop, launch, running, stop_on_signals
+from deploy.local.supervisor import GaveUp, Supervisor
 from settings import Settings
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def main() -> int:
@@ -28,11 +35,13 @@ def main() -> int:
                 + f"\n  (also in {settings.home.resolve() / 'dev.json'})\n"
             )
             sys.stdout.flush()
-            while all(p.running() for p in processes):
+            supervisor = Supervisor(processes, say)
+            while True:
+                supervisor.tick()
                 time.sleep(0.5)
-            dead = [p for p in processes if not p.running()]
-            sys.stderr.write(f"{dead[0].name} exited; stopping.\n{dead[0].log_tail()}\n")
-            return 1
+    except GaveUp as gave_up:
+        sys.stderr.write(f"{gave_up}\n")
+        return 1
     except Stop as stop:
         sys.stdout.write(f"{stop}: stopped every process.\n")
         return 0

@@ -80,6 +80,10 @@ NOT_OWNED = frozenset({"+15005550001", "+15005550007"})
 # sight (gc.freeze): otherwise each full collection walks every message received so far,
 # and a million-message run slows down as it goes.
 FREEZE_EVERY = 50_000
+# A scripted "status" that answers nothing useful: the request is held NO_ANSWER_SECONDS,
+# then refused, and the message is not kept (a request lost on the way, as the sender sees it).
+NO_ANSWER = 599
+NO_ANSWER_SECONDS = 3.0
 HTTP_ERROR_CODES = {400: 21612, 429: 20429, 500: 20500, 502: 20500, 503: 20503, 504: 20500}
 
 
@@ -121,7 +125,8 @@ class Faults:
     retry_after_seconds: int | None = None
     delivery_delay_ms: float = 50.0
     undelivered_rate: float = 0.0
-    # "To" number → HTTP statuses to answer, in order, before that number is accepted.
+    # "To" number → HTTP statuses to answer, in order, before that number is accepted;
+    # NO_ANSWER instead holds the request past any client's patience and keeps nothing.
     scripted: dict[str, list[int]] = field(default_factory=dict)
     # "To" number → answers to give, in order, to its next sends, in ways a client may fail
     # to read; see MALFORMED. All but a refusal accept the message (it counts as received).
@@ -162,6 +167,34 @@ class Received:
             "content_variables": self.content_variables,
         }
 
+    def as_twilio(self, messaging_service_sid: object = None) -> dict[str, Any]:
+        """The message as Twilio's API shows it, when created and when listed."""
+        account_sid = self.account_sid or ""
+        created = rfc2822(int(self.received_at))
+        uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages/{self.sid}"
+        return {
+            "account_sid": account_sid,
+            "api_version": API_VERSION,
+            "body": self.body,
+            "date_created": created,
+            "date_sent": None,
+            "date_updated": created,
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": self.from_,
+            "messaging_service_sid": messaging_service_sid,
+            "num_media": "0",
+            "num_segments": str(1 if len(self.body) <= 160 else -(-len(self.body) // 153)),
+            "price": None,
+            "price_unit": "USD",
+            "sid": self.sid,
+            "status": "queued",
+            "subresource_uris": {"media": f"{uri}/Media.json"},
+            "to": self.to,
+            "uri": f"{uri}.json",
+        }
+
 
 @functools.lru_cache(maxsize=4)
 def rfc2822(second: int) -> str:
@@ -196,6 +229,8 @@ class Carrier:
         # answering sends needs.
         self.status_callbacks = status_callbacks
         self.received: list[Received] = []
+        # `received` by "To", built on the first Messages list (few runs ever ask), then kept.
+        self._by_to: dict[str, list[Received]] | None = None
         self.refused: Counter[int] = Counter()
         self._validator = RequestValidator(auth_token)
         self._random = random.Random(seed)
@@ -274,6 +309,8 @@ class Carrier:
             spoiled.pop(0)
             return self._refuse(400, NUL_REFUSAL_CODE, "Refused\u0000 for no printable reason")
         failure = self._injected_failure(bare_to)
+        if failure == NO_ANSWER:
+            await asyncio.sleep(NO_ANSWER_SECONDS)
         if failure is not None:
             code = HTTP_ERROR_CODES.get(failure, 20500)
             return self._refuse(failure, code, f"Injected failure {failure}")
@@ -296,40 +333,49 @@ class Carrier:
                 account_sid=account_sid,
             )
         )
+        if self._by_to is not None:
+            self._by_to.setdefault(to, []).append(self.received[-1])
         if len(self.received) % FREEZE_EVERY == 0:
             gc.freeze()
         if callback and self.status_callbacks:
             self._schedule_callbacks(callback, account_sid, sid, to, from_)
-        created = rfc2822(int(now))
-        uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages/{sid}"
-        accepted = Reply(
-            {
-                "account_sid": account_sid,
-                "api_version": API_VERSION,
-                "body": body,
-                "date_created": created,
-                "date_sent": None,
-                "date_updated": created,
-                "direction": "outbound-api",
-                "error_code": None,
-                "error_message": None,
-                "from": from_,
-                "messaging_service_sid": form.get("MessagingServiceSid"),
-                "num_media": "0",
-                "num_segments": str(1 if len(body) <= 160 else -(-len(body) // 153)),
-                "price": None,
-                "price_unit": "USD",
-                "sid": sid,
-                "status": "queued",
-                "subresource_uris": {"media": f"{uri}/Media.json"},
-                "to": to,
-                "uri": f"{uri}.json",
-            },
-            status=201,
-        )
+        accepted = Reply(self.received[-1].as_twilio(form.get("MessagingServiceSid")), status=201)
         if spoiled:
             return malformed_reply(spoiled.pop(0), accepted)
         return accepted
+
+    async def list_messages(self, request: Request) -> Reply:
+        """Twilio's Messages list of an account, newest first, filtered by exact `To` and
+        `From` (as Herald's reconciliation asks), one page of `PageSize`."""
+        if not self._authorised(request):
+            return self._refuse(401, 20003, "Authenticate")
+        account_sid = request.params["account_sid"]
+        to, from_ = request.query.get("To"), request.query.get("From")
+        page_size = min(int(request.query.get("PageSize", "50")), 1000)
+        if self._by_to is None:
+            self._by_to = {}
+            for received in self.received:
+                self._by_to.setdefault(received.to, []).append(received)
+        candidates = self._by_to.get(to, []) if to is not None else self.received
+        page = [
+            m.as_twilio()
+            for m in reversed(candidates)
+            if m.account_sid == account_sid and (from_ is None or m.from_ == from_)
+        ][:page_size]
+        uri = f"/{API_VERSION}/Accounts/{account_sid}/Messages.json"
+        return Reply(
+            {
+                "messages": page,
+                "page": 0,
+                "page_size": page_size,
+                "start": 0,
+                "end": len(page) - 1,
+                "first_page_uri": f"{uri}?PageSize={page_size}&Page=0",
+                "next_page_uri": None,
+                "previous_page_uri": None,
+                "uri": uri,
+            }
+        )
 
     async def list_numbers(self, request: Request) -> Reply:
         """Twilio's IncomingPhoneNumbers list, filtered by an exact `PhoneNumber`: the number
@@ -425,6 +471,7 @@ class Carrier:
 
     async def reset(self, _: Request) -> Reply:
         self.received.clear()
+        self._by_to = None
         self.refused.clear()
         return Reply({"received": 0})
 
@@ -467,6 +514,7 @@ def create_app(carrier: Carrier) -> Router:
     return Router(
         [
             ("POST", MESSAGES_ROUTE, carrier.create_message),
+            ("GET", MESSAGES_ROUTE, carrier.list_messages),
             ("GET", NUMBERS_ROUTE, carrier.list_numbers),
             ("GET", "/_emulator/health", health),
             ("GET", "/_emulator/messages", carrier.list_received),

@@ -8,15 +8,18 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 from temporalio.client import Client, WorkflowHistory
 
+from deploy.local.emulator import NO_ANSWER
 from settings import Settings
 from tests.support.batches import FINAL, start_marked_batch
-from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.builders import emulator_messages, unique_numbers, unique_numbers_in
 from tests.support.conversations import TIMERS, timed_out
+from tests.support.delivery import own_worker
 from tests.support.sending import (
     conversation_when,
     inbound_form,
@@ -25,7 +28,11 @@ from tests.support.sending import (
     send_ok,
 )
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client
-from workflows.contracts import batch_workflow_id, conversation_workflow_id
+from workflows.contracts import (
+    batch_workflow_id,
+    click_event_workflow_id,
+    conversation_workflow_id,
+)
 
 HISTORIES = Path(__file__).parent
 # Several chunks of several slices from a few dozen rows, so every history stays small.
@@ -187,6 +194,37 @@ async def test_spread(
     await save_batch(temporal, file_id, "spread", chunks={0: "spread"})
 
 
+async def test_send_window(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    emulator_url: str,
+) -> None:
+    # A window opening at Tokyo's next minute, for three hours: Sydney (two hours ahead of
+    # Tokyo in its summer, one in its winter) is inside it at once, Tokyo waits for it.
+    if datetime.now(UTC).second > 45:
+        await asyncio.sleep(60 - datetime.now(UTC).second)
+    opens = datetime.now(ZoneInfo("Asia/Tokyo")) + timedelta(minutes=1)
+    window = {
+        "start": opens.strftime("%H:%M"),
+        "end": (opens + timedelta(hours=3)).strftime("%H:%M"),
+    }
+    numbers = unique_numbers_in("+612", 8, 3) + unique_numbers_in("+813", 8, 3)
+    file_id, marker = await start_marked_batch(api, account, webhooks, numbers, send_window=window)
+    final = await finished(webhooks, marker)
+    assert (final["status"], final["messages_successful"]) == ("completed", 6)
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    opened = opens.replace(second=0, microsecond=0).timestamp()
+    tokyo = [
+        datetime.fromisoformat(m["received_at"]).timestamp()
+        for m in received
+        if m["to"] in numbers[3:]
+    ]
+    assert len(tokyo) == 3 and min(tokyo) >= opened
+    await save_batch(temporal, file_id, "send_window", chunks={0: "send_window"})
+
+
 async def test_expired(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
 ) -> None:
@@ -223,6 +261,28 @@ async def test_retried(
     await save_batch(temporal, file_id, "retried")
 
 
+async def test_reconciled(
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    numbers = unique_numbers(10)
+    # One request gets no answer and the carrier never kept it: reconciliation finds it
+    # missing and the `reconciled` chunk sends it again.
+    await carrier(scripted={numbers[0]: [NO_ANSWER]})
+    async with (
+        own_worker(temporal, settings.model_copy(update=SMALL), carrier_timeout_seconds=0.5) as own,
+        api_client(own) as api,
+    ):
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(temporal, file_id, "reconciled")
+    [chunk] = await run_chain(temporal, f"{batch_workflow_id(file_id)}/reconciled")
+    save(chunk, "chunk", "reconciled")
+
+
 async def test_failed_validation(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
 ) -> None:
@@ -243,6 +303,28 @@ async def test_webhook_retried(
     )
     assert (await finished(webhooks, failing))["status"] == "completed"
     await save_batch(temporal, file_id, "webhook_retried")
+
+
+async def test_click_event_retried(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    emulator_url: str,
+) -> None:
+    """A short link's first click, its event refused once (500) then delivered."""
+    number = unique_numbers(1)[0]
+    _, marker = await start_marked_batch(
+        api, account, webhooks, [number], message="See https://example.com", shorten_urls=True
+    )
+    await finished(webhooks, marker)
+    webhooks.answers[marker] = [500]
+    [sent] = await emulator_messages(emulator_url, to=number)
+    code = sent["body"].rsplit("/", 1)[1]
+    assert (await api.get(f"/s/{code}")).status_code == 302
+    await webhooks.wait_for(marker, "click", times=2)
+    [history] = await run_chain(temporal, click_event_workflow_id(code))
+    save(history, "click", "retried")
 
 
 async def test_conversation_warning_and_timeout(

@@ -44,7 +44,8 @@ async def start_marked_batch(
 ) -> tuple[str, str]:
     """Attach `recipients` (numbers, or a whole file) and start a batch on them with request
     `options`; check it started. The marker (fresh unless given) names the batch's webhook
-    path and, unless `message` is given, is in every body. Returns (file_id, marker)."""
+    path and, unless `message` is given, is in every body; `message=""` sends none.
+    Returns (file_id, marker)."""
     marker = marker or secrets.token_hex(6)
     content = (
         recipients
@@ -57,16 +58,20 @@ async def start_marked_batch(
         account,
         file_id,
         status_webhook=webhooks.url(marker),
-        **{
-            "global": {
-                "agent_number": account.agent_number,
-                "agent_message": f"batch {marker}" if message is None else message,
-            }
-        },
+        **{"global": _global_fields(account, marker, message)},
         **options,
     )
     assert response.status_code == 200, response.text
     return file_id, marker
+
+
+def _global_fields(account: Account, marker: str, message: str | None) -> dict[str, str]:
+    """The batch's `global`: its message is the marked one, the one given, or none for ""
+    (the sender's opening message, or the rows' own)."""
+    fields = {"agent_number": account.agent_number}
+    if message != "":
+        fields["agent_message"] = f"batch {marker}" if message is None else message
+    return fields
 
 
 async def run_batch(

@@ -40,6 +40,18 @@ def unique_numbers(count: int, rng: random.Random | None = None) -> list[str]:
     return sorted(found)
 
 
+def unique_numbers_in(prefix: str, digits: int, count: int) -> list[str]:
+    """`count` distinct valid numbers of `prefix` (E.164, with its `+`) and `digits` more
+    random digits."""
+    rng = random.Random()
+    found: set[str] = set()
+    while len(found) < count:
+        raw = prefix + "".join(rng.choice("0123456789") for _ in range(digits))
+        if to_e164(raw) == raw:
+            found.add(raw)
+    return sorted(found)
+
+
 def csv_bytes(header: list[str], rows: Iterable[Sequence[Any]]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)

@@ -2,7 +2,10 @@
 
 Copied from Postman's public documentation of `POST /campaigns/:campaignId/batch/messages`
 ("POST - Batch send": the CSV example, and the documented error codes and messages), as kept
-in the project's shared `contracts/postman-batch-send.md`.
+in the project's shared `contracts/postman-batch-send.md`, and of
+`POST /campaigns/:campaignId/batch/:batchId/retry` ("POST - Retry batch send": its error
+codes and messages), from the Postman v2 guide's API reference
+(postman-v2.guides.gov.sg/technical-users-api/api-reference/post-retry-batch-send).
 """
 
 EXAMPLE_CSV = (
@@ -21,6 +24,19 @@ INVALID_API_KEY = {
     "message": "The API key provided is invalid.",
 }
 TOO_MANY_REQUESTS = {"code": "too_many_requests", "message": "Too many requests"}
+INVALID_IP_ADDRESS = {
+    "code": "invalid_ip_address_error",
+    "message": "The IP address used for this request is invalid.",
+}
+BATCH_NOT_RETRYABLE = {
+    "code": "batch_not_found_or_is_not_retryable",
+    "message": "Batch cannot be retried as it does not exist or is currently not retryable.",
+}
+NO_FAILED_MESSAGES = {
+    "code": "no_failed_batch_messages_to_retry",
+    "message": "Batch cannot be retried as either all messages are successful or all failed"
+    " messages have exceeded the maximum number of attempts.",
+}
 
 # Not Postman's: templates of a test campaign for the example's parameters, in two languages.
 TEMPLATES = {

@@ -33,6 +33,7 @@ PUBLIC_ROUTES: dict[tuple[str, str], str] = {
         "/v1/webhooks/twilio/status",
     ): "the carrier's delivery receipts, signed with X-Twilio-Signature",
     ("GET", "/metrics"): "counts by route and status, for Prometheus",
+    ("GET", "/s/{code}"): "short links, followed by anyone the message reaches",
     ("GET", "/openapi.json"): "the schema",
     ("GET", "/docs"): "the schema, as a page",
     ("GET", "/docs/oauth2-redirect"): "part of the schema page",
@@ -107,6 +108,13 @@ class WebhookReceiver:
                 lambda: sum(e["status"] in statuses for e in self.received[name]) >= times
             )
         return self.received[name]
+
+
+async def rotate(api: httpx.AsyncClient, account: Account) -> str:
+    """A new status-webhook signing secret for the account; the secret."""
+    response = await api.post("/v1/webhooks/secret/rotate", headers=account.headers)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["secret"]
 
 
 def _walk(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, str]]:

@@ -12,6 +12,9 @@ from settings import Settings
 # rather than after the defaults' 30 s and 10 s.
 HEARTBEAT_TIMEOUT_SECONDS = 5.0
 STICKY_TIMEOUT_SECONDS = 1.0
+# Reconciliation waits this (plus a margin) after a row last changed before it asks the
+# carrier: shorter than the default 30 s, and still above the tests' slowest answers.
+CARRIER_TIMEOUT_SECONDS = 5.0
 
 
 def crash_settings(settings: Settings, **changes: object) -> Settings:
@@ -20,6 +23,7 @@ def crash_settings(settings: Settings, **changes: object) -> Settings:
         update={
             "task_queue": f"herald-crash-{uuid.uuid4().hex[:8]}",
             "send_heartbeat_timeout_seconds": HEARTBEAT_TIMEOUT_SECONDS,
+            "carrier_timeout_seconds": CARRIER_TIMEOUT_SECONDS,
             **changes,
         }
     )
@@ -37,6 +41,7 @@ def worker_process(settings: Settings, log_path: Path) -> ManagedProcess:
             "HERALD_TASK_QUEUE": settings.task_queue,
             "HERALD_SEND_CONCURRENCY": str(settings.send_concurrency),
             "HERALD_STICKY_TIMEOUT_SECONDS": str(STICKY_TIMEOUT_SECONDS),
+            "HERALD_CARRIER_TIMEOUT_SECONDS": str(settings.carrier_timeout_seconds),
             "HERALD_API_PORT": str(settings.api_port),
             "HERALD_LOG_LEVEL": "WARNING",
             "HERALD_ALLOW_LOOPBACK_WEBHOOKS": "true",

@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 
 from activities.conversations import ConversationActivities
 from activities.ledger import LedgerActivities
+from activities.reconciliation import ReconciliationActivities
 from activities.sending import SendingActivities
 from activities.status_events import StatusEventActivities
 from activities.validation import ValidationActivities
@@ -35,6 +36,8 @@ from workflows.contracts import (
     DeliverEventsResult,
     EndConversationInput,
     FinishInput,
+    ReconcileInput,
+    ReconcileResult,
     ReopenInput,
     ReopenResult,
     SendCounts,
@@ -81,7 +84,12 @@ class StubActivities:
     calls: dict[str, list[Call]] = field(default_factory=dict)
     sent: set[int] = field(default_factory=set)
     cancelled_sends: list[SendSliceInput] = field(default_factory=list)
+    # Seqs that reconciliation finds the carrier never got: sent again by the batch.
+    never_received: set[int] = field(default_factory=set)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    # Rows whose send window opens at `window_opens` (server time): sent no earlier.
+    outside_window: set[int] = field(default_factory=set)
+    window_opens: float = 0.0
 
     async def _record(self, input: Any) -> None:
         info = activity.info()
@@ -133,6 +141,14 @@ class StubActivities:
                     self.changed.notify_all()
                 raise
         fresh = set(range(input.start, input.end)) - self.sent
+        if activity.info().current_attempt_scheduled_time.timestamp() < self.window_opens:
+            waiting = fresh & self.outside_window
+            self.sent |= fresh - waiting
+            return SendCounts(
+                sent=len(fresh - waiting),
+                waiting=len(waiting),
+                next_window=self.window_opens if waiting else 0.0,
+            )
         self.sent |= fresh
         return SendCounts(sent=len(fresh))
 
@@ -155,6 +171,17 @@ class StubActivities:
             successful=len(self.sent),
             cancelled=closed if input.close_pending_as == LedgerStatus.CANCELLED else 0,
             expired=closed if input.close_pending_as == LedgerStatus.EXPIRED else 0,
+        )
+
+    @activity.defn(name=ReconciliationActivities.reconcile_uncertain.__name__)
+    async def reconcile_uncertain(self, input: ReconcileInput) -> ReconcileResult:
+        await self._record(input)
+        reopened, self.never_received = self.never_received, set()
+        self.sent -= reopened
+        return ReconcileResult(
+            reopened=len(reopened),
+            first_seq=min(reopened, default=0),
+            end_seq=max(reopened, default=-1) + 1,
         )
 
     @activity.defn(name=LedgerActivities.reopen_rows.__name__)
@@ -189,6 +216,7 @@ class StubActivities:
             self.record_status,
             self.deliver_status_events,
             self.finish_ledger,
+            self.reconcile_uncertain,
             self.reopen_rows,
             self.send_conversation_message,
             self.conversation_state,

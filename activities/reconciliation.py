@@ -1,0 +1,115 @@
+"""Reconciliation: settle a batch's `uncertain` rows by asking the carrier what it has.
+
+A row is `uncertain` when its request may have reached the carrier but its answer was never
+recorded (the worker died, the answer was unreadable). Twilio takes no idempotency key, so
+such a row is never sent again blindly; instead, as the batch ends, its sender's messages to
+that number are listed (Twilio's Messages list, filtered by `To` and by `From`: the row's
+own sender, or the batch's). A message created since the row was, with the row's text, whose
+sid no ledger row holds yet, is the row's: it becomes `sent` with that sid. A row the
+carrier shows nothing for never reached it: it goes back to `pending`, and the batch sends
+it.
+"""
+
+import asyncio
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from temporalio import activity
+from twilio.base.exceptions import TwilioRestException
+
+from activities.providers.http1 import ConnectFailed, NoAnswer
+from activities.providers.twilio import CarrierMessage
+from activities.resources import WorkerResources
+from store import carrier_accounts, messages
+from workflows.contracts import ReconcileInput, ReconcileResult
+
+log = structlog.get_logger(__name__)
+
+# A row's request could still be on the wire this long after the row last changed (an
+# attempt presumed dead that is in fact alive finishes its requests within the carrier
+# timeout); reconciliation waits that long, plus this margin, before it concludes anything.
+QUIET_MARGIN_SECONDS = 5.0
+HEARTBEAT_SECONDS = 1.0
+# A row's text is matched among this many of the newest messages between the two numbers.
+NEWEST_MESSAGES = 50
+
+
+class ReconciliationActivities(WorkerResources):
+    @activity.defn
+    async def reconcile_uncertain(self, input: ReconcileInput) -> ReconcileResult:
+        batch_id = uuid.UUID(input.batch_id)
+        rows = await messages.uncertain_rows(self._pool, batch_id)
+        if not rows:
+            return ReconcileResult()
+        quiet = self._settings.carrier_timeout_seconds + QUIET_MARGIN_SECONDS
+        await _sleep_heartbeating(max(r.updated_at.timestamp() for r in rows) + quiet)
+        own = await carrier_accounts.carrier_account(self._pool, uuid.UUID(input.account_id))
+        credentials = (own.account_sid, own.auth_token) if own else None
+        lanes = asyncio.Semaphore(self._settings.send_concurrency)
+
+        async def listed(to: str, from_: str) -> list[CarrierMessage] | None:
+            async with lanes:
+                try:
+                    return await self._carrier.sent_messages(
+                        to=to,
+                        from_=from_,
+                        credentials=credentials,
+                        limit=NEWEST_MESSAGES,
+                    )
+                except (TwilioRestException, ConnectFailed, NoAnswer) as error:
+                    log.warning("carrier list failed", to=to, error=repr(error))
+                    return None
+
+        lists = await asyncio.gather(
+            *(listed(r.to_number, r.from_number or input.agent_number) for r in rows)
+        )
+        candidates = {
+            r.seq: [
+                m
+                for m in reversed(found)  # oldest first
+                if m.created >= r.created_at - timedelta(seconds=1)
+                and (not r.body or m.body == r.body)
+            ]
+            for r, found in zip(rows, lists, strict=True)
+            if found is not None
+        }
+        taken = await messages.sids_in_ledger(
+            self._pool, [m.sid for ms in candidates.values() for m in ms]
+        )
+        found_sids: dict[int, str] = {}
+        unsent: list[int] = []
+        for seq, matches in candidates.items():
+            free = [m.sid for m in matches if m.sid not in taken]
+            if free:
+                found_sids[seq] = free[0]
+                taken.add(free[0])
+            else:
+                unsent.append(seq)
+        await messages.settle_uncertain(self._pool, batch_id, found_sids, unsent)
+        log.info(
+            "uncertain rows reconciled",
+            batch_id=input.batch_id,
+            sent=len(found_sids),
+            reopened=len(unsent),
+            unresolved=len(rows) - len(candidates),
+        )
+        return ReconcileResult(
+            sent=len(found_sids),
+            reopened=len(unsent),
+            unresolved=len(rows) - len(candidates),
+            first_seq=min(unsent, default=0),
+            end_seq=max(unsent, default=-1) + 1,
+        )
+
+    def registered(self) -> list[Any]:
+        """The bound activity methods, for the worker to register."""
+        return [self.reconcile_uncertain]
+
+
+async def _sleep_heartbeating(until: float) -> None:
+    while (left := until - time.time()) > 0:
+        activity.heartbeat()
+        await asyncio.sleep(min(left, HEARTBEAT_SECONDS))

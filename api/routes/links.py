@@ -1,0 +1,41 @@
+"""Short links, `GET /s/{code}`: public, answered to a browser."""
+
+from fastapi import APIRouter, Header
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from api.deps import AppSettings, Pool, Temporal
+from api.services import links as service
+
+router = APIRouter(tags=["links"])
+
+NOT_FOUND_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Link not found</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body><h1>Link not found</h1><p>This link does not exist. Check that it was copied
+whole.</p></body></html>
+"""
+# Every click must reach Herald to be counted, so no cache keeps the redirect.
+NO_STORE = {"cache-control": "no-store", "referrer-policy": "no-referrer"}
+
+
+@router.get(
+    "/s/{code}",
+    response_class=RedirectResponse,
+    status_code=302,
+    responses={
+        302: {"description": "To the link's URL; the click is counted"},
+        404: {"description": "No such link: a plain HTML page", "content": {"text/html": {}}},
+    },
+)
+async def follow_link(
+    code: str,
+    pool: Pool,
+    temporal: Temporal,
+    settings: AppSettings,
+    user_agent: str | None = Header(None),
+) -> Response:
+    """Redirect to the short link's URL, counting the click; no key."""
+    url = await service.follow(pool, temporal, settings, code, user_agent)
+    if url is None:
+        return HTMLResponse(NOT_FOUND_PAGE, status_code=404, headers=NO_STORE)
+    return RedirectResponse(url, status_code=302, headers=NO_STORE)

@@ -1,0 +1,130 @@
+"""Mailing lists: named lists of contacts that a batch (or a Mobivate recipient) sends to."""
+
+import functools
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Query, UploadFile
+
+from api.deps import AppSettings, ListsRead, ListsWrite, Pool
+from api.input_checks import require_storable
+from api.models import (
+    ContactList,
+    ContactsAdded,
+    ContactsRemoved,
+    ContactsRequest,
+    Envelope,
+    ListRequest,
+    MailingList,
+    MailingLists,
+)
+from api.routes.files import EmptyFile, FileTooLarge, MissingFile
+from api.services import mailing_lists as service
+from settings import Settings
+
+router = APIRouter(tags=["lists"])
+
+
+@router.post("/v1/lists", status_code=201, response_model=Envelope[MailingList])
+async def create_list(account_id: ListsWrite, pool: Pool, body: ListRequest) -> dict:
+    """A new, empty mailing list."""
+    return {"data": await service.create_list(pool, account_id, body.name, body.id)}
+
+
+@router.get("/v1/lists", response_model=Envelope[MailingLists])
+async def list_lists(account_id: ListsRead, pool: Pool) -> dict:
+    """The account's mailing lists, oldest first, with their numbers of contacts."""
+    return {"data": await service.list_lists(pool, account_id)}
+
+
+@router.get("/v1/lists/{list_id}", response_model=Envelope[MailingList])
+async def get_list(account_id: ListsRead, pool: Pool, list_id: str) -> dict:
+    return {"data": await service.get_list(pool, account_id, list_id)}
+
+
+@router.delete("/v1/lists/{list_id}", response_model=Envelope[dict[str, str]])
+async def delete_list(account_id: ListsWrite, pool: Pool, list_id: str) -> dict:
+    """Delete the list and its contacts. A batch already accepted that names it, and not yet
+    validated, sends to none of them."""
+    return {"data": {"deleted": await service.delete_list(pool, account_id, list_id)}}
+
+
+@router.get("/v1/lists/{list_id}/contacts", response_model=Envelope[ContactList])
+async def list_contacts(
+    account_id: ListsRead,
+    pool: Pool,
+    list_id: str,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[str, Query(description="Cursor: the last `phone_number` seen.")] = "",
+) -> dict:
+    """The list's contacts in number order, a page at a time."""
+    return {
+        "data": await service.list_contacts(pool, account_id, list_id, limit=limit, after=after)
+    }
+
+
+@router.post("/v1/lists/{list_id}/contacts", response_model=Envelope[ContactsAdded])
+async def add_contacts(
+    account_id: ListsWrite, pool: Pool, list_id: str, body: ContactsRequest
+) -> dict:
+    """Add contacts given in the body, like a JSON file's rows."""
+
+    async def content() -> bytes:
+        return json.dumps(body.contacts, ensure_ascii=False).encode()
+
+    return {"data": await service.add_contacts(pool, account_id, list_id, content)}
+
+
+@router.post("/v1/lists/{list_id}/contacts/upload", response_model=Envelope[ContactsAdded])
+async def upload_contacts(
+    account_id: ListsWrite,
+    pool: Pool,
+    settings: AppSettings,
+    list_id: str,
+    file: UploadFile | None = None,
+) -> dict:
+    """Add the contacts of a CSV or JSON file (multipart field `file`), read as a batch's
+    file is: a `phone_number` column, the other columns the contact's fields."""
+    return {
+        "data": await service.add_contacts(
+            pool, account_id, list_id, functools.partial(_upload, file, settings)
+        )
+    }
+
+
+@router.post("/v1/lists/{list_id}/contacts/remove", response_model=Envelope[ContactsRemoved])
+async def remove_contacts_in_file(
+    account_id: ListsWrite,
+    pool: Pool,
+    settings: AppSettings,
+    list_id: str,
+    file: UploadFile | None = None,
+) -> dict:
+    """Remove the numbers in a file's `phone_number` column (multipart field `file`)."""
+    return {
+        "data": await service.remove_contacts_in_file(
+            pool, account_id, list_id, functools.partial(_upload, file, settings)
+        )
+    }
+
+
+@router.delete(
+    "/v1/lists/{list_id}/contacts/{phone_number}", response_model=Envelope[ContactsRemoved]
+)
+async def remove_contact(
+    account_id: ListsWrite, pool: Pool, list_id: str, phone_number: str
+) -> dict:
+    """Remove one number from the list (`removed` 0 when it was not in it)."""
+    return {"data": await service.remove_contacts(pool, account_id, list_id, [phone_number])}
+
+
+async def _upload(file: UploadFile | None, settings: Settings) -> bytes:
+    if file is None:
+        raise MissingFile("multipart field 'file' is required")
+    require_storable(file.filename or "upload", "the file's name")
+    size = file.size or 0
+    if size > settings.max_upload_bytes:
+        raise FileTooLarge(f"files are limited to {settings.max_upload_bytes} bytes")
+    if size == 0:
+        raise EmptyFile("the file is empty")
+    return await file.read()

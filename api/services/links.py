@@ -1,0 +1,67 @@
+"""Short links: following one (`GET /s/{code}`) counts the click and, on the first, has its
+`click` event posted to the batch's status webhook by the worker."""
+
+import asyncpg
+import structlog
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from activities.recipients.links import is_code
+from settings import Settings
+from store import links
+from workflows.contracts import (
+    ACCOUNT_ID,
+    BATCH_ID,
+    CLICK_EVENT_WORKFLOW,
+    ClickEventInput,
+    click_event_workflow_id,
+)
+
+log = structlog.get_logger(__name__)
+
+# A user agent is kept up to this many characters.
+USER_AGENT_CHARS = 512
+
+
+async def follow(
+    pool: asyncpg.Pool, temporal: Client, settings: Settings, code: str, user_agent: str | None
+) -> str | None:
+    """Where `code` leads, its click counted; None for a code that is no link."""
+    if not is_code(code):
+        return None
+    click = await links.record_click(
+        pool, code, None if user_agent is None else user_agent[:USER_AGENT_CHARS]
+    )
+    if click is None:
+        return None
+    if click.first and click.has_webhook:
+        await _start_click_event(temporal, settings, code, click)
+    return click.url
+
+
+async def _start_click_event(
+    temporal: Client, settings: Settings, code: str, click: links.Click
+) -> None:
+    """Start the workflow that posts the click, findable by its batch and account in
+    Temporal; the visitor is redirected whatever happens here, so a failure to start it is
+    logged, not raised."""
+    try:
+        await temporal.start_workflow(
+            CLICK_EVENT_WORKFLOW,
+            ClickEventInput(code=code),
+            id=click_event_workflow_id(code),
+            task_queue=settings.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(BATCH_ID, str(click.batch_id)),
+                    SearchAttributePair(ACCOUNT_ID, str(click.account_id)),
+                ]
+            ),
+        )
+    except WorkflowAlreadyStartedError:
+        pass
+    except (RuntimeError, RPCError) as error:
+        log.warning("click event not started", batch_id=str(click.batch_id), error=str(error))

@@ -1,0 +1,162 @@
+"""Mailing lists: an account's named lists of contacts, which a batch may send to."""
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+
+from activities.recipients.contacts import Contacts, read_contacts
+from activities.recipients.phones import to_e164
+from activities.recipients.rejections import SourceInvalid
+from api.errors import HeraldError
+from api.models import (
+    ContactList,
+    ContactsAdded,
+    ContactsRemoved,
+    MailingList,
+    MailingLists,
+    RejectedRow,
+)
+from store import mailing_lists
+
+
+class ListNotFound(HeraldError):
+    status_code = 404
+    code = "LIST_NOT_FOUND"
+
+
+class ListAlreadyExists(HeraldError):
+    status_code = 409
+    code = "LIST_ALREADY_EXISTS"
+
+
+class InvalidContacts(HeraldError):
+    code = "INVALID_CONTACTS"
+
+
+def parse_list_id(value: str) -> uuid.UUID:
+    """A malformed id cannot name a list of the caller's: the same 404 as a missing one."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ListNotFound(f"{value!r} is not a mailing list of this account") from None
+
+
+def _reply(row: dict) -> MailingList:
+    return MailingList(**{**row, "id": str(row["id"])})
+
+
+async def create_list(
+    pool: asyncpg.Pool, account_id: uuid.UUID, name: str, list_id: uuid.UUID | None
+) -> MailingList:
+    created = await mailing_lists.create_list(pool, account_id, name, list_id or uuid.uuid4())
+    if created is None:
+        raise ListAlreadyExists(f"the id {list_id} is taken")
+    return _reply(created)
+
+
+async def list_lists(pool: asyncpg.Pool, account_id: uuid.UUID) -> MailingLists:
+    return MailingLists(lists=[_reply(r) for r in await mailing_lists.list_lists(pool, account_id)])
+
+
+async def get_list(pool: asyncpg.Pool, account_id: uuid.UUID, list_id: str) -> MailingList:
+    found = await mailing_lists.get_list(pool, account_id, parse_list_id(list_id))
+    if found is None:
+        raise ListNotFound(f"no mailing list {list_id!r}")
+    return _reply(found)
+
+
+async def delete_list(pool: asyncpg.Pool, account_id: uuid.UUID, list_id: str) -> str:
+    if not await mailing_lists.delete_list(pool, account_id, parse_list_id(list_id)):
+        raise ListNotFound(f"no mailing list {list_id!r}")
+    return list_id
+
+
+async def list_sizes(
+    pool: asyncpg.Pool, account_id: uuid.UUID, list_ids: Sequence[str]
+) -> dict[str, int]:
+    """The contacts of each list named (ids as given); a list that is not the account's is
+    LIST_NOT_FOUND, naming each such id."""
+    parsed = {given: _maybe_uuid(given) for given in list_ids}
+    counts = await mailing_lists.count_contacts(
+        pool, account_id, [value for value in parsed.values() if value is not None]
+    )
+    missing = [given for given, value in parsed.items() if value not in counts]
+    if missing:
+        raise ListNotFound(
+            "no mailing list " + ", ".join(repr(given) for given in missing) + " in this account"
+        )
+    return {given: counts[value] for given, value in parsed.items() if value is not None}
+
+
+def _maybe_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+async def add_contacts(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    list_id: str,
+    content: Callable[[], Awaitable[bytes]],
+) -> ContactsAdded:
+    """Add the contacts of a CSV or JSON file (or a JSON body's, as a file), read once the
+    list is found; a number already in the list takes the new fields."""
+    found = await get_list(pool, account_id, list_id)
+    contacts = await _read(await content())
+    if contacts.contacts:
+        await mailing_lists.add_contacts(pool, account_id, uuid.UUID(found.id), contacts.contacts)
+    return ContactsAdded(
+        added=len(contacts.contacts),
+        contacts=(await get_list(pool, account_id, list_id)).contacts,
+        rejected_rows=[
+            RejectedRow(row_number=r.row_number, value=r.value, code=r.code, message=r.reason)
+            for r in contacts.rejected
+        ],
+    )
+
+
+async def remove_contacts(
+    pool: asyncpg.Pool, account_id: uuid.UUID, list_id: str, numbers: Sequence[str]
+) -> ContactsRemoved:
+    """Remove numbers (as given, or normalised to E.164) from the list."""
+    found = await get_list(pool, account_id, list_id)
+    normalised = [to_e164(number, require_valid=False) or number for number in numbers]
+    removed = await mailing_lists.remove_contacts(pool, account_id, uuid.UUID(found.id), normalised)
+    return ContactsRemoved(
+        removed=removed, contacts=(await get_list(pool, account_id, list_id)).contacts
+    )
+
+
+async def remove_contacts_in_file(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    list_id: str,
+    content: Callable[[], Awaitable[bytes]],
+) -> ContactsRemoved:
+    """Remove the numbers of a file's `phone_number` column from the list, read once the list
+    is found."""
+    await get_list(pool, account_id, list_id)
+    contacts = await _read(await content())
+    return await remove_contacts(pool, account_id, list_id, list(contacts.contacts))
+
+
+async def list_contacts(
+    pool: asyncpg.Pool, account_id: uuid.UUID, list_id: str, *, limit: int, after: str
+) -> ContactList:
+    found = await get_list(pool, account_id, list_id)
+    rows = await mailing_lists.list_contacts(
+        pool, account_id, uuid.UUID(found.id), limit=limit, after=after
+    )
+    next_cursor = rows[-1]["phone_number"] if len(rows) == limit else None
+    return ContactList(contacts=rows, next_cursor=next_cursor)
+
+
+async def _read(content: bytes) -> Contacts:
+    try:
+        return await asyncio.to_thread(read_contacts, content)
+    except SourceInvalid as error:
+        raise InvalidContacts(f"{error.code}: {error.reason}") from error

@@ -1,0 +1,345 @@
+"""Mailing lists on the real stack: `/v1/lists` and its contacts, a batch naming a list (in
+Herald's API and as a Mobivate recipient) expanded when it is validated, and each account
+seeing and using only its own lists."""
+
+import json
+import secrets
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+
+from store import batches, files
+from tests.support.batches import FINAL, wait_for_status
+from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
+from tests.support.stack import Account, error_code
+
+
+async def new_list(api: httpx.AsyncClient, account: Account, **body: Any) -> str:
+    response = await api.post(
+        "/v1/lists", headers=account.headers, json={"name": "customers", **body}
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["data"]["id"]
+
+
+async def add(
+    api: httpx.AsyncClient, account: Account, list_id: str, contacts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    response = await api.post(
+        f"/v1/lists/{list_id}/contacts", headers=account.headers, json={"contacts": contacts}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+async def upload(
+    api: httpx.AsyncClient, account: Account, path: str, content: bytes, name: str
+) -> httpx.Response:
+    return await api.post(
+        path, headers=account.headers, files={"file": (name, content, "application/octet-stream")}
+    )
+
+
+async def contacts_of(api: httpx.AsyncClient, account: Account, list_id: str) -> dict[str, Any]:
+    response = await api.get(
+        f"/v1/lists/{list_id}/contacts", headers=account.headers, params={"limit": 1000}
+    )
+    assert response.status_code == 200, response.text
+    return {c["phone_number"]: c["fields"] for c in response.json()["data"]["contacts"]}
+
+
+async def test_a_list_is_created_listed_read_and_deleted(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    list_id = await new_list(api, account, name="VIP")
+
+    listed = (await api.get("/v1/lists", headers=account.headers)).json()["data"]["lists"]
+    read = (await api.get(f"/v1/lists/{list_id}", headers=account.headers)).json()["data"]
+    deleted = await api.delete(f"/v1/lists/{list_id}", headers=account.headers)
+    again = await api.get(f"/v1/lists/{list_id}", headers=account.headers)
+
+    assert [(item["id"], item["name"], item["contacts"]) for item in listed] == [
+        (list_id, "VIP", 0)
+    ]
+    assert read["id"] == list_id and read["contacts"] == 0
+    assert deleted.status_code == 200 and deleted.json()["data"] == {"deleted": list_id}
+    assert again.status_code == 404 and error_code(again) == "LIST_NOT_FOUND"
+
+
+async def test_a_list_may_keep_the_id_it_has_elsewhere_once(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    wanted = str(uuid.uuid4())
+
+    assert await new_list(api, account, id=wanted) == wanted
+    taken = await api.post("/v1/lists", headers=account.headers, json={"name": "x", "id": wanted})
+
+    assert taken.status_code == 409 and error_code(taken) == "LIST_ALREADY_EXISTS"
+
+
+async def test_contacts_come_by_body_csv_or_json_and_go_singly_or_by_file(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    list_id = await new_list(api, account)
+    a, b, c, d, e = unique_numbers(5)
+    path = f"/v1/lists/{list_id}/contacts"
+
+    by_body = await add(
+        api, account, list_id, [{"phone_number": a.removeprefix("+"), "NAME": "Ann", "AGE": 40}]
+    )
+    by_csv = await upload(
+        api,
+        account,
+        f"{path}/upload",
+        csv_bytes(["phone_number", "NAME"], [[b, "Bob"], ["not a number", "X"], [a, "Anna"]]),
+        "contacts.csv",
+    )
+    by_json = await upload(
+        api,
+        account,
+        f"{path}/upload",
+        json.dumps(
+            [{"phone_number": c, "request_data": {"NAME": "Cy"}}, {"phone_number": d}]
+        ).encode(),
+        "contacts.json",
+    )
+    await add(api, account, list_id, [{"phone_number": e}])
+
+    assert by_body == {"added": 1, "contacts": 1, "rejected_rows": []}
+    assert by_csv.status_code == 200, by_csv.text
+    assert by_csv.json()["data"]["added"] == 2
+    assert by_csv.json()["data"]["contacts"] == 2
+    assert [(r["row_number"], r["code"]) for r in by_csv.json()["data"]["rejected_rows"]] == [
+        (2, "invalid_number")
+    ]
+    assert by_json.status_code == 200, by_json.text
+    assert await contacts_of(api, account, list_id) == {
+        a: {"NAME": "Anna"},
+        b: {"NAME": "Bob"},
+        c: {"NAME": "Cy"},
+        d: {},
+        e: {},
+    }
+
+    one = await api.delete(f"{path}/{a}", headers=account.headers)
+    none = await api.delete(f"{path}/{a}", headers=account.headers)
+    by_file = await upload(
+        api, account, f"{path}/remove", csv_bytes(["phone_number"], [[b], [c]]), "gone.csv"
+    )
+
+    assert one.json()["data"] == {"removed": 1, "contacts": 4}
+    assert none.json()["data"] == {"removed": 0, "contacts": 4}
+    assert by_file.status_code == 200, by_file.text
+    assert by_file.json()["data"] == {"removed": 2, "contacts": 2}
+    assert set(await contacts_of(api, account, list_id)) == {d, e}
+
+
+async def test_a_file_without_a_number_column_is_refused(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    list_id = await new_list(api, account)
+
+    response = await upload(
+        api,
+        account,
+        f"/v1/lists/{list_id}/contacts/upload",
+        csv_bytes(["mobile"], [["+12015550123"]]),
+        "contacts.csv",
+    )
+
+    assert response.status_code == 400, response.text
+    assert error_code(response) == "INVALID_CONTACTS"
+
+
+async def test_a_batch_sends_to_its_lists_contacts_with_their_fields_as_tags(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    run = secrets.token_hex(6)
+    inline, listed, opted_out, again = unique_numbers(4)
+    first = await new_list(api, account)
+    second = await new_list(api, account)
+    await add(
+        api,
+        account,
+        first,
+        [
+            {"phone_number": listed, "NAME": "Lou"},
+            {"phone_number": opted_out, "NAME": "Otto"},
+            {"phone_number": inline, "NAME": "Dup"},
+        ],
+    )
+    await add(api, account, second, [{"phone_number": again}, {"phone_number": listed}])
+    await api.post("/v1/opt-outs", headers=account.headers, json={"number": opted_out})
+
+    response = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "recipients": [{"phone_number": inline, "NAME": "Ina"}],
+            "lists": [{"id": first}, {"id": second, "agent_message": "second {{NAME}} " + run}],
+            "global": {
+                "agent_number": account.agent_number,
+                "agent_message": "Hi {{NAME}} " + run,
+                "request_data": {"NAME": "friend"},
+            },
+        },
+    )
+
+    assert response.status_code == 200, response.text
+    batch_id = response.json()["data"]["batch_id"]
+    batch = await wait_for_status(api, account, batch_id, *FINAL)
+    assert batch["status"] == "completed_partial"
+    received = await emulator_messages(emulator_url, body_contains=run)
+    assert sorted((m["to"], m["body"]) for m in received) == sorted(
+        [(inline, f"Hi Ina {run}"), (listed, f"Hi Lou {run}"), (again, f"second friend {run}")]
+    )
+    ledger = (await api.get(f"/v1/sms/batch/{batch_id}/messages", headers=account.headers)).json()[
+        "data"
+    ]["messages"]
+    # The inline row first, then each list's contacts in number order; duplicates and
+    # opt-outs are decided over the whole, as for one file.
+    outcome = {inline: "duplicate", opted_out: "opted_out"}
+    expected = [(inline, "sent", None)]
+    expected += [
+        (n, *(("skipped", outcome[n]) if n in outcome else ("sent", None)))
+        for n in sorted([listed, opted_out, inline])
+    ]
+    expected += [
+        (n, *(("skipped", "duplicate") if n == listed else ("sent", None)))
+        for n in sorted([again, listed])
+    ]
+    assert [(m["to_number"], m["status"], m["error_code"]) for m in ledger] == expected
+
+
+async def test_a_list_of_a_hundred_thousand_contacts_expands_in_validation(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool
+) -> None:
+    numbers = [f"+1201{7_000_000 + index:07d}" for index in range(100_000)]
+    list_id = await new_list(api, account)
+    uploaded = await upload(
+        api,
+        account,
+        f"/v1/lists/{list_id}/contacts/upload",
+        csv_bytes(["phone_number", "N"], [[n, str(i)] for i, n in enumerate(numbers)]),
+        "big.csv",
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    assert uploaded.json()["data"]["contacts"] == 100_000
+
+    response = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "lists": [{"id": list_id}],
+            "global": {"agent_number": account.agent_number, "agent_message": "n {{N}}"},
+            "number_check": "possible",
+            "schedule_at": "2099-01-01T00:00:00Z",
+        },
+    )
+
+    assert response.status_code == 200, response.text
+    batch_id = response.json()["data"]["batch_id"]
+    # The API stored no contact: the batch's file is empty, its request names the list.
+    stored = await batches.get_batch(pool, account.account_id, uuid.UUID(batch_id))
+    assert stored is not None and stored["request"]["lists"] == [{"id": list_id}]
+    assert (await files.file_content(pool, account.account_id, uuid.UUID(batch_id)))[1] == b"[]"
+    batch = await wait_for_status(api, account, batch_id, "waiting_for_scheduled_messages")
+    assert (batch["rows_total"], batch["recipients"], batch["rejected"]) == (100_000, 100_000, 0)
+    last = (
+        await api.get(
+            f"/v1/sms/batch/{batch_id}/messages",
+            headers=account.headers,
+            params={"after": 99_998},
+        )
+    ).json()["data"]["messages"]
+    assert [(m["to_number"], m["body"]) for m in last] == [(numbers[-1], "n 99999")]
+    cancelled = await api.post(f"/v1/sms/batch/{batch_id}/cancel", headers=account.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    await wait_for_status(api, account, batch_id, "cancelled")
+
+
+async def test_an_account_sees_and_uses_only_its_own_lists(
+    api: httpx.AsyncClient, account: Account, other_account: Account
+) -> None:
+    theirs = await new_list(api, other_account)
+    await add(api, other_account, theirs, [{"phone_number": unique_numbers(1)[0]}])
+    path = f"/v1/lists/{theirs}"
+
+    answers = [
+        await api.get(path, headers=account.headers),
+        await api.get(f"{path}/contacts", headers=account.headers),
+        await api.post(
+            f"{path}/contacts",
+            headers=account.headers,
+            json={"contacts": [{"phone_number": "+12015550123"}]},
+        ),
+        await api.delete(path, headers=account.headers),
+        await api.post(
+            "/v1/sms/batch",
+            headers=account.headers,
+            json={
+                "lists": [{"id": theirs}],
+                "global": {"agent_number": account.agent_number, "agent_message": "hi"},
+            },
+        ),
+    ]
+    mobivate = await api.post(
+        "/send/batch",
+        headers={"Authorization": f"Bearer {account.key}"},
+        json={
+            "recipients": [{"recipient": theirs, "meta": {"type": "mailinglist"}}],
+            "text": "hi",
+            "originator": account.agent_number,
+        },
+    )
+
+    assert [(r.status_code, error_code(r)) for r in answers] == [(404, "LIST_NOT_FOUND")] * 5
+    assert (await api.get("/v1/lists", headers=account.headers)).json()["data"]["lists"] == []
+    assert mobivate.status_code == 404, mobivate.text
+    assert mobivate.json()["error"]["name"] == "NotFoundError"
+    assert mobivate.json()["error"]["code"] == "LIST_NOT_FOUND"
+    assert (await contacts_of(api, other_account, theirs)) != {}
+
+
+async def test_a_file_batch_takes_lists_too_each_from_its_own_sender(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    run = secrets.token_hex(6)
+    in_file, listed = unique_numbers(2)
+    sender = f"List{secrets.token_hex(3)}"
+    registered = await api.post("/v1/sms/numbers", headers=account.headers, json={"number": sender})
+    assert registered.status_code == 201, registered.text
+    list_id = await new_list(api, account)
+    await add(api, account, list_id, [{"phone_number": listed, "CITY": "Oslo"}])
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number", "CITY"], [[in_file, "Lima"]])
+    )
+
+    response = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "file_id": file_id,
+            "lists": [{"id": list_id, "agent_number": sender}],
+            "global": {"agent_number": account.agent_number, "agent_message": "{{CITY}} " + run},
+        },
+    )
+    unowned = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "lists": [{"id": list_id, "agent_number": "Nobody1"}],
+            "global": {"agent_number": account.agent_number, "agent_message": "x"},
+        },
+    )
+
+    assert response.status_code == 200, response.text
+    batch = await wait_for_status(api, account, file_id, *FINAL)
+    assert batch["status"] == "completed"
+    received = await emulator_messages(emulator_url, body_contains=run)
+    assert sorted((m["to"], m["from"], m["body"]) for m in received) == sorted(
+        [(in_file, account.agent_number, f"Lima {run}"), (listed, sender, f"Oslo {run}")]
+    )
+    assert unowned.status_code == 404 and error_code(unowned) == "AGENT_NUMBER_NOT_FOUND"
