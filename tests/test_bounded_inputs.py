@@ -133,7 +133,12 @@ async def test_integers_beyond_what_postgresql_holds_are_refused_in_queries_and_
     file_id = await attach(
         api, account.headers, csv_bytes(["phone_number"], [[n] for n in unique_numbers(1)])
     )
-    started = await start(api, account, file_id)
+    started = await start(
+        api,
+        account,
+        file_id,
+        **{"global": {"agent_number": account.agent_number, "agent_message": "bounded"}},
+    )
     assert started.status_code == 200, started.text
     batch = started.json()["data"]["batch_id"]
     big = str(2**63)

@@ -88,7 +88,10 @@ def test_stateful_sequences_find_no_5xx_and_match_the_schema(
 ) -> None:
     """The stateful phase: sequences along the links between operations (a batch started,
     then read, paused, retried...), with the same checks."""
-    base = schema.as_state_machine()
+    # Without main's campaign and mailing-list links: whether their bundles fill depends on
+    # what earlier examples left in the shared account, which Hypothesis reports as an
+    # inconsistent (flaky) rule choice. Their operations stay in the other phases.
+    base = schema.exclude(path_regex=r"^/(v1/)?(campaigns|lists)").as_state_machine()
 
     class Sequences(base):  # type: ignore[misc, valid-type]
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
