@@ -6,6 +6,7 @@ import contextlib
 
 import asyncpg
 
+from activities.outages import through_outages
 from store import numbers
 
 # Each reservation takes this much of the sender's timeline: small enough that concurrent
@@ -35,8 +36,8 @@ class SenderPacer:
         loop = asyncio.get_running_loop()
         async with self._lock:
             if self._taken >= self._count and not self._unlimited:
-                granted = await numbers.reserve_slots(
-                    self._pool, self._number, seconds=TRANCHE_SECONDS
+                granted = await through_outages(
+                    lambda: numbers.reserve_slots(self._pool, self._number, seconds=TRANCHE_SECONDS)
                 )
                 if granted is None:
                     self._unlimited = True

@@ -5,37 +5,31 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.backoff import retry_delay
 from activities.conversations import carrier_address
 from activities.heartbeats import SliceHeartbeat
+from activities.outages import through_outages
 from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, Verdict
 from activities.recipients.rows import content_placeholder
 from activities.resources import WorkerResources
 from activities.windows import WindowClock
 from store import batches, carrier_accounts, messages, opt_outs
-from store.db import UNAVAILABLE
 from workflows.contracts import SendCounts, SendSliceInput
 from workflows.statuses import LedgerStatus
-
-log = structlog.get_logger(__name__)
 
 # A row the batch's `expire_at` caught before it was sent.
 EXPIRED = SendResult(verdict=Verdict.EXPIRED)
 # Often enough that a cancellation (delivered in a heartbeat's reply) is seen within a second.
 HEARTBEAT_SECONDS = 0.5
-# How long a send activity holding the carrier's answers waits for PostgreSQL to come back
-# (a restart, a failover) before it gives up, leaving its rows to end `uncertain`.
-OUTAGE_WAIT_SECONDS = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,21 +64,31 @@ class SendingActivities(WorkerResources):
 
     @activity.defn
     async def send_slice(self, input: SendSliceInput) -> SendCounts:
-        """Send the slice's pending rows concurrently and record them in one statement.
+        """Send the slice's pending rows concurrently, marking them `sending` in waves just
+        before they go out and recording their outcomes one statement a wave (_Waves).
 
         When cancelled (pause, cancel), no new request starts; those on the wire finish and
         are recorded, the rest of the slice goes back to `pending`, then the cancellation
         goes on up.
         """
         batch_id = uuid.UUID(input.batch_id)
-        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        # Every statement rides out a PostgreSQL outage (through_outages), the pacers' too:
+        # an attempt that failed once it has marked rows `sending` would leave them to its
+        # retry as `uncertain`, sent or not.
+        batch = await through_outages(lambda: batches.batch_for_workflow(self._pool, batch_id))
         account_id = uuid.UUID(input.account_id) if input.account_id else batch["account_id"]
         way = Channel.of(batch["request"])
-        own = await carrier_accounts.carrier_account(self._pool, account_id)
+        own = await through_outages(
+            lambda: carrier_accounts.carrier_account(self._pool, account_id)
+        )
         credentials = (own.account_sid, own.auth_token) if own else None
-        claimed = await messages.claim_slice(self._pool, batch_id, input.start, input.end)
+        claimed = await through_outages(
+            lambda: messages.claim_slice(self._pool, batch_id, input.start, input.end)
+        )
         own_contents = (
-            await messages.row_contents(self._pool, batch_id, [m.row_number for m in claimed])
+            await through_outages(
+                lambda: messages.row_contents(self._pool, batch_id, [m.row_number for m in claimed])
+            )
             if claimed
             else {}
         )
@@ -96,6 +100,30 @@ class SendingActivities(WorkerResources):
         waiting: dict[int, float] = {}
         window = WindowClock(input.pace.send_window) if input.pace.send_window else None
         queue = iter(enumerate(claimed))
+        waves = _Waves(len(claimed), self._settings.send_concurrency)
+
+        async def record(rows: list[int]) -> None:
+            # These rows' outcomes (None: back to `pending`), in one statement.
+            await self._record(
+                batch_id,
+                account_id,
+                [claimed[i] for i in rows],
+                [results[i] for i in rows],
+                [waiting.get(i) for i in rows],
+            )
+
+        async def wave(index: int) -> None:
+            # Record what came back since the last wave, then mark the next one `sending`:
+            # a worker killed now leaves the rows on the wire `uncertain`, not the slice.
+            done = waves.unrecorded(results)
+            if done:
+                await record(done)
+            rows = waves.next_wave(index)
+            seqs = [claimed[i].seq for i in rows]
+            marked = await through_outages(
+                lambda: messages.mark_sending(self._pool, batch_id, seqs)
+            )
+            waves.marked(rows, {i for i in rows if claimed[i].seq in marked})
 
         async def send(index: int, message: messages.ClaimedMessage) -> SendResult | None:
             if input.pace.interval and not await _until(
@@ -104,7 +132,11 @@ class SendingActivities(WorkerResources):
                 return None
             if window is not None:
                 if input.pace.expire_at and time.time() >= input.pace.expire_at:
-                    return EXPIRED
+                    # Expired, not waiting: marked `sending` first, as every row given an
+                    # outcome is (only a `sending` row takes one).
+                    return EXPIRED if await waves.on_the_wire(index, wave) else None
+                # Checked before the row is marked `sending`: a wait for the window is no
+                # attempt (a row its wave marked already has it taken back, record_outcomes).
                 opens = window.opens_at(message.to_number, time.time())
                 if opens is not None:
                     waiting[index] = opens
@@ -117,6 +149,8 @@ class SendingActivities(WorkerResources):
             if not await pacer.turn(stopping):
                 return None
             self._metrics.pacing_delay.observe(time.monotonic() - waited)
+            if not await waves.on_the_wire(index, wave):
+                return None
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
             started = time.monotonic()
@@ -135,13 +169,23 @@ class SendingActivities(WorkerResources):
             )
             return result
 
+        failures: list[Exception] = []
+
         async def lane() -> None:
             # A fixed set of lanes, not a task per message: the slice's rows in order, with
             # `send_concurrency` requests in flight; a row left when stopping stays None.
             for index, message in queue:
                 if stopping.is_set():
                     return
-                results[index] = await send(index, message)
+                try:
+                    results[index] = await send(index, message)
+                except Exception as error:
+                    # Failed before its request left (the carrier's answers, even unreadable
+                    # ones, are outcomes): every lane stops, and what went out is recorded
+                    # before the activity fails, so no request leaves after it has ended.
+                    failures.append(error)
+                    stopping.set()
+                    return
 
         lanes = min(self._settings.send_concurrency, len(claimed))
         sends = asyncio.gather(*(lane() for _ in range(lanes)))
@@ -152,13 +196,15 @@ class SendingActivities(WorkerResources):
             heartbeats.cancel()
         # What went out is recorded even when the cancellation comes while it is written:
         # a record cut short would leave the rows `sending`, to end `uncertain`.
-        record = asyncio.ensure_future(
-            self._record(batch_id, account_id, claimed, results, waiting)
+        rest = asyncio.ensure_future(
+            record(waves.unrecorded(results, unsent=True, waiting=waiting))
         )
-        cancelled = await _to_the_end(record) or cancelled
+        cancelled = await _to_the_end(rest) or cancelled
         self._count([m.from_number or input.agent_number for m in claimed], results)
         if cancelled:
             raise asyncio.CancelledError
+        if failures:
+            raise failures[0]
         retry = [r for r in results if r is not None and r.verdict is Verdict.RETRY]
         if retry:
             # An attempt that got anything through resets the backoff; the next attempt reads
@@ -185,7 +231,7 @@ class SendingActivities(WorkerResources):
         account_id: uuid.UUID,
         claimed: list[messages.ClaimedMessage],
         results: list[SendResult | None],
-        waiting: dict[int, float],
+        opens: list[float | None],
     ) -> None:
         """Record a slice: first the opt-outs the carrier reported (idempotent, so a crash
         before the outcomes loses none), then every outcome in one statement."""
@@ -195,10 +241,10 @@ class SendingActivities(WorkerResources):
             if r is not None and r.opts_out
         ]
         if opted_out:
-            await _through_outages(lambda: self._record_opt_outs(account_id, opted_out))
-        await _through_outages(
+            await through_outages(lambda: self._record_opt_outs(account_id, opted_out))
+        await through_outages(
             lambda: messages.record_outcomes(
-                self._pool, batch_id, _outcomes(claimed, results, waiting)
+                self._pool, batch_id, _outcomes(claimed, results, opens)
             )
         )
 
@@ -218,6 +264,56 @@ class SendingActivities(WorkerResources):
     def registered(self) -> list[Any]:
         """The bound activity methods, for the worker to register."""
         return [self.send_slice]
+
+
+class _Waves:
+    """Which rows of a slice are marked `sending`, and which outcomes are written. Rows are
+    marked in waves of at most `size` (the lanes), as the first row of a wave is about to go
+    on the wire; the rest of it is right behind, each lane holding one row."""
+
+    def __init__(self, rows: int, size: int) -> None:
+        self._size = max(size, 1)
+        self._tried = [False] * rows
+        self._marked = [False] * rows
+        self._recorded = [False] * rows
+        self._lock = asyncio.Lock()
+
+    async def on_the_wire(self, index: int, wave: Callable[[int], Awaitable[None]]) -> bool:
+        """Whether row `index` is this attempt's to send, running `wave` first if its wave is
+        not marked yet. One wave at a time."""
+        async with self._lock:
+            if not self._tried[index]:
+                await wave(index)
+            return self._marked[index]
+
+    def next_wave(self, index: int) -> list[int]:
+        return [
+            i for i in range(index, min(index + self._size, len(self._tried))) if not self._tried[i]
+        ]
+
+    def marked(self, rows: list[int], moved: set[int]) -> None:
+        for i in rows:
+            self._tried[i] = True
+            self._marked[i] = i in moved
+
+    def unrecorded(
+        self,
+        results: list[SendResult | None],
+        unsent: bool = False,
+        waiting: Container[int] = (),
+    ) -> list[int]:
+        """Rows with an outcome not yet written, and taken as written from now on; with
+        `unsent`, the marked rows that never went out as well (to go back to `pending`) and
+        the rows `waiting` for their send window (to take the time it opens)."""
+        rows = [
+            i
+            for i, result in enumerate(results)
+            if not self._recorded[i]
+            and (result is not None or (unsent and (self._marked[i] or i in waiting)))
+        ]
+        for i in rows:
+            self._recorded[i] = True
+        return rows
 
 
 async def _until(moment: float, stopping: asyncio.Event) -> bool:
@@ -247,26 +343,6 @@ async def _to_the_end(
                 on_cancel()
 
 
-async def _through_outages(write: Callable[[], Awaitable[object]]) -> None:
-    """Run `write`, and again while PostgreSQL is unreachable, heartbeating, for up to
-    OUTAGE_WAIT_SECONDS. The carrier's answers are worth the wait: an activity that failed
-    here would be retried, and its retry would find these rows `sending` and make them
-    `uncertain`."""
-    deadline = time.monotonic() + OUTAGE_WAIT_SECONDS
-    pause = 0.1
-    while True:
-        try:
-            await write()
-            return
-        except UNAVAILABLE as error:
-            if time.monotonic() + pause > deadline:
-                raise
-            log.warning("database unavailable; outcomes kept until it is back", error=repr(error))
-        activity.heartbeat()
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, 2.0)
-
-
 async def _heartbeat_until_done() -> None:
     while True:
         activity.heartbeat()
@@ -276,7 +352,7 @@ async def _heartbeat_until_done() -> None:
 def _outcomes(
     claimed: list[messages.ClaimedMessage],
     results: list[SendResult | None],
-    waiting: dict[int, float],
+    opens: list[float | None],
 ) -> list[messages.Outcome]:
     """Ledger outcomes of a slice; a message not sent, or deferred by the carrier, goes back
     to `pending`, one outside its send window with the time the window opens."""
@@ -284,7 +360,7 @@ def _outcomes(
         messages.Outcome(
             seq=m.seq,
             status=LedgerStatus.PENDING,
-            window_opens_at=_utc(waiting[i]) if i in waiting else None,
+            window_opens_at=None if o is None else _utc(o),
         )
         if r is None or r.verdict is Verdict.RETRY
         else messages.Outcome(
@@ -294,7 +370,7 @@ def _outcomes(
             error_code=r.error_code,
             error_message=r.error_message,
         )
-        for i, (m, r) in enumerate(zip(claimed, results, strict=True))
+        for m, r, o in zip(claimed, results, opens, strict=True)
     ]
 
 

@@ -113,6 +113,30 @@ async def set_status(
     )
 
 
+async def set_unstarted(
+    pool: asyncpg.Pool, batch_id: uuid.UUID, *, unstarted: bool, code: str, reason: str | None
+) -> None:
+    """Mark a batch whose workflow could not start `failed` with `code` (`unstarted`), only
+    while it is still `queued`: a workflow that did start after all has moved it on. Or put
+    such a batch back to `queued` (not `unstarted`), for a new attempt to start it."""
+    if unstarted:
+        await pool.execute(
+            "UPDATE batches SET status = 'failed', code = $2, reason = $3, updated_at = now(),"
+            " finished_at = now() WHERE id = $1 AND status = 'queued'",
+            batch_id,
+            code,
+            reason,
+        )
+    else:
+        await pool.execute(
+            "UPDATE batches SET status = 'queued', code = NULL, reason = NULL,"
+            " updated_at = now(), finished_at = NULL"
+            " WHERE id = $1 AND status = 'failed' AND code = $2",
+            batch_id,
+            code,
+        )
+
+
 async def set_validation_counts(
     conn: asyncpg.Connection,
     batch_id: uuid.UUID,

@@ -121,9 +121,10 @@ async def last_sent_to(
 async def claim_slice(
     pool: asyncpg.Pool, batch_id: uuid.UUID, start: int, end: int
 ) -> list[ClaimedMessage]:
-    """Move the slice's pending rows to `sending` and return them.
+    """The slice's pending rows, for its sender to move to `sending` (mark_sending) in waves
+    just before they go on the wire.
 
-    A slice is sent by one activity at a time, so a row already `sending` here was claimed by
+    A slice is sent by one activity at a time, so a row already `sending` here was marked by
     an attempt that died: the carrier may have accepted it, and Twilio takes no idempotency
     key, so it becomes `uncertain` instead of being sent again.
 
@@ -151,9 +152,9 @@ async def claim_slice(
             end,
         )
         rows = await conn.fetch(
-            "UPDATE messages SET status = 'sending', attempts = attempts + 1, updated_at = now()"
+            "SELECT seq, to_number, body, from_number, row_number FROM messages"
             " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'pending'"
-            " RETURNING seq, to_number, body, from_number, row_number",
+            " ORDER BY seq",
             batch_id,
             start,
             end,
@@ -182,11 +183,31 @@ async def row_contents(
     return {r["row_number"]: RowContent(r["content_sid"], r["content_variables"]) for r in rows}
 
 
+async def mark_sending(pool: asyncpg.Pool, batch_id: uuid.UUID, seqs: list[int]) -> set[int]:
+    """Move these rows from `pending` to `sending`, counting an attempt; the seqs moved. A row
+    no longer `pending` (another attempt's, or settled) is not moved, so it is sent by no one
+    else."""
+    rows = await pool.fetch(
+        "UPDATE messages SET status = 'sending', attempts = attempts + 1, updated_at = now()"
+        " WHERE batch_id = $1 AND seq = ANY($2::bigint[]) AND status = 'pending' RETURNING seq",
+        batch_id,
+        seqs,
+    )
+    return {r["seq"] for r in rows}
+
+
+def storable(text: str | None) -> str | None:
+    """`text` as PostgreSQL can store it: a carrier's words may hold NUL, which no text
+    column takes, and one such message must not fail the statement of its whole slice."""
+    return text.replace("\x00", "\ufffd") if text else text
+
+
 async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome]) -> None:
-    """Write every outcome of a slice in one statement; only rows still `sending` move, and
-    `uncertain` ones to a definite answer: an attempt presumed dead (its rows made `uncertain`
-    by the next) that lived on and heard the carrier's answer settles them. Then apply the
-    receipts that came before their sids were written.
+    """Write every outcome of a slice in one statement; only rows still `sending` move, a
+    `pending` one outside its send window (never marked `sending`) takes the time it opens,
+    and `uncertain` ones move to a definite answer: an attempt presumed dead (its rows made
+    `uncertain` by the next) that lived on and heard the carrier's answer settles them. Then
+    apply the receipts that came before their sids were written.
 
     The two statements commit one after the other, and a receipt is kept before it is
     applied (receipts.record_receipt): whichever side writes second sees the first, so no
@@ -199,18 +220,20 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
         " error_code = o.code, error_message = o.msg, updated_at = now(),"
         " sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE m.sent_at END,"
         " window_opens_at = o.opens,"
-        # A wait for the window is no attempt: its claim counted one.
-        " attempts = m.attempts - (o.opens IS NOT NULL)::int"
+        # A wait for the window is no attempt: a row marked `sending` (mark_sending) before
+        # its window was found shut counted one; a row never marked counted none.
+        " attempts = m.attempts - (o.opens IS NOT NULL AND m.status = 'sending')::int"
         " FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"
         " $7::timestamptz[]) AS o(seq, status, sid, code, msg, opens)"
         " WHERE m.batch_id = $1 AND m.seq = o.seq AND (m.status = 'sending'"
+        " OR (m.status = 'pending' AND o.opens IS NOT NULL)"
         " OR (m.status = 'uncertain' AND o.status IN ('sent', 'failed')))",
         batch_id,
         [o.seq for o in outcomes],
         [o.status for o in outcomes],
         [o.carrier_sid for o in outcomes],
         [o.error_code for o in outcomes],
-        [o.error_message for o in outcomes],
+        [storable(o.error_message) for o in outcomes],
         [o.window_opens_at for o in outcomes],
     )
     await apply_kept_receipts(pool, batch_id, [o.carrier_sid for o in outcomes if o.carrier_sid])

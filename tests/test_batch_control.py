@@ -4,6 +4,7 @@ pause and resume, retry of failed rows, search attributes, and the live event st
 import asyncio
 import base64
 import json
+import secrets
 import subprocess
 import time
 from collections import Counter
@@ -14,10 +15,11 @@ import httpx
 from temporalio.client import Client
 
 from deploy.local.temporal import TEMPORAL_BIN
-from tests.support.batches import FINAL, phases, start_marked_batch
-from tests.support.builders import unique_numbers
+from settings import Settings
+from tests.support.batches import FINAL, phases, start, start_marked_batch
+from tests.support.builders import attach, csv_bytes, unique_numbers
 from tests.support.delivery import received, wait_until_received
-from tests.support.stack import Account, Configure, WebhookReceiver, error_code
+from tests.support.stack import Account, Configure, WebhookReceiver, api_client, error_code
 from workflows.contracts import batch_workflow_id
 
 # With this latency the session's worker sends a few hundred messages a second: a batch of
@@ -317,6 +319,44 @@ async def test_event_stream_carries_progress_and_ends_with_the_final_event(
         headers={**account.headers, "last-event-id": str(len(statuses) - 1)},
     )
     assert resumed.text.count("event: status") == 1
+
+
+async def test_a_batch_temporal_could_not_start_ends_failed_and_the_same_request_starts_it(
+    settings: Settings,
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+) -> None:
+    marker = secrets.token_hex(6)
+    numbers = unique_numbers(3)
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
+    )
+    request = {
+        "global": {"agent_number": account.agent_number, "agent_message": f"batch {marker}"},
+        "status_webhook": webhooks.url(marker),
+    }
+    down = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
+
+    async with api_client(down) as unreachable:
+        refused = await start(unreachable, account, file_id, **request)
+    stranded = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()
+    cancel = await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
+    again = await start(api, account, file_id, **request)
+    final = (await webhooks.wait_for(marker, *FINAL))[-1]
+
+    assert refused.status_code == 503
+    assert error_code(refused) == "TEMPORAL_UNAVAILABLE"
+    # Not `queued` forever: it says it never started, and why.
+    assert (stranded["data"]["status"], stranded["data"]["code"]) == (
+        "failed",
+        "TEMPORAL_UNAVAILABLE",
+    )
+    assert error_code(cancel) == "BATCH_ALREADY_FINISHED"
+    assert again.status_code == 200, again.text
+    assert final["status"] == "completed"
+    assert sorted(m["to"] for m in await received(emulator_url, marker)) == sorted(numbers)
 
 
 async def test_a_retry_run_keeps_the_batchs_spread_and_expiry(

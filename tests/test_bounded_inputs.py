@@ -141,6 +141,7 @@ async def test_integers_beyond_what_postgresql_holds_are_refused_in_queries_and_
     queries = [
         f"/v1/sms/batches?offset={big}",
         f"/v1/sms/conversations?offset={big}",
+        "/v1/sms/conversations?offset=92689098387741114368",  # found by schemathesis
         f"/v1/sms/batch/{batch}/messages?after={big}",
         f"/v1/sms/batch/{batch}/messages?after=1e20",
         f"/v1/sms/batch/{batch}/messages?after={10**20}",
@@ -148,7 +149,7 @@ async def test_integers_beyond_what_postgresql_holds_are_refused_in_queries_and_
     ]
 
     replies = [await api.get(path, headers=account.headers) for path in queries]
-    for last_event_id in ("1e20", str(10**20), str(2**40)):
+    for last_event_id in ("1e20", str(10**20), str(2**40), "167753589166675", "-1"):
         replies.append(
             await api.get(
                 f"/v1/sms/batch/{batch}/events",

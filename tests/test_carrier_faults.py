@@ -10,7 +10,7 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from deploy.local.emulator import NO_ANSWER, Carrier, Faults, running
+from deploy.local.emulator import MALFORMED, NO_ANSWER, NUL_REFUSAL, Carrier, Faults, running
 from deploy.local.processes import free_port
 from settings import Settings
 from tests.support.batches import FINAL, run_batch, start_marked_batch
@@ -221,3 +221,40 @@ async def test_a_carrier_opt_out_fails_the_message_and_later_batches_skip_the_nu
     assert second_rows[0]["attempts"] == 0
     listed = (await api.get("/v1/opt-outs", headers=account.headers)).json()["data"]["opt_outs"]
     assert [(o["number"], o["source"]) for o in listed] == [(OPTED_OUT_AT_CARRIER, "carrier")]
+
+
+async def test_a_malformed_accepting_answer_is_that_rows_outcome_only(
+    temporal: Client,
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    # One slice; the carrier takes all 40, but answers four of them in ways nobody can read,
+    # and refuses a 41st in words PostgreSQL cannot store.
+    refused, *numbers = unique_numbers(41)
+    spoiled = dict(zip(numbers[::10], MALFORMED, strict=True))
+    await carrier(malformed={refused: [NUL_REFUSAL]} | {n: [kind] for n, kind in spoiled.items()})
+
+    file_id, marker = await start_marked_batch(api, account, webhooks, [refused, *numbers])
+    final = (await webhooks.wait_for(marker, *FINAL))[-1]
+
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    rows = await ledger_rows(api, account, file_id)
+    by_number = {r["to_number"]: r for r in rows}
+    assert by_number.pop(refused)["status"] == "failed"
+    # The four unreadable answers made only their own rows `uncertain` (the other 36 were
+    # recorded `sent` by their slice); reconciliation then found each on the carrier.
+    assert assert_each_row_once(list(by_number.values()), received, 40) == {"sent": 40}
+    assert {n: r["carrier_sid"] for n, r in by_number.items()} == {
+        m["to"]: m["sid"] for m in received
+    }
+    settled = await reconciled(temporal, file_id)
+    assert (settled.sent, settled.reopened) == (len(spoiled), 0)
+    assert all(r["attempts"] == 1 for r in rows)
+    assert (final["status"], final["messages_successful"], final["messages_uncertain"]) == (
+        "completed_partial",
+        40,
+        0,
+    )

@@ -8,11 +8,13 @@ batch if the carrier never got it."""
 import asyncio
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 from pydantic import SecretStr
+from temporalio.client import Client
 
 from deploy.local.postgres import dsn, postgres_process, postgres_ready
 from deploy.local.processes import ManagedProcess, free_port
@@ -26,11 +28,26 @@ from tests.support.builders import unique_numbers
 from tests.support.delivery import (
     assert_each_row_once,
     ledger_rows,
+    own_worker,
     received,
     wait_until_received,
 )
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client
 from tests.support.workers import crash_settings, worker_process
+
+
+@asynccontextmanager
+async def two_workers(
+    own: Settings, tmp_path: Path
+) -> AsyncIterator[tuple[ManagedProcess, ManagedProcess]]:
+    """A worker process started, and a second one to start once the first is crashed."""
+    first = worker_process(own, tmp_path / "worker-1.log").start()
+    second = worker_process(own, tmp_path / "worker-2.log")
+    try:
+        yield first, second
+    finally:
+        second.stop()
+        first.stop()
 
 
 def crash(process: ManagedProcess) -> None:
@@ -93,6 +110,44 @@ async def test_workers_killed_three_times_in_one_batch_leave_nothing_uncertain(
     assert counts == {"sent": rows_total, "rejected": 0}
 
 
+async def test_a_worker_killed_mid_slice_leaves_only_its_requests_in_flight_uncertain(
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+    tmp_path: Path,
+) -> None:
+    # One slice of 250 rows on 5 lanes, each answer 300 ms away: the worker dies with about
+    # 20 sent and 230 not yet sent.
+    rows_total, lanes = 250, 5
+    await carrier(latency_ms=300)
+    own = crash_settings(settings, send_concurrency=lanes)
+    async with two_workers(own, tmp_path) as (first, second), api_client(own) as api:
+        file_id, marker = await start_marked_batch(
+            api, account, webhooks, unique_numbers(rows_total)
+        )
+        await wait_until_received(emulator_url, marker, 20)
+        crash(first)
+        at_crash = {r["to_number"]: r["status"] for r in await ledger_rows(api, account, file_id)}
+        second.start()
+        final = (await webhooks.wait_for(marker, *FINAL))[-1]
+        rows = await ledger_rows(api, account, file_id)
+
+    in_flight = [n for n, status in at_crash.items() if status == "sending"]
+    # The rows marked `sending` are those about to go on the wire: a wave of `lanes` rows
+    # while the one before it is still in flight, never the whole slice. Only they become
+    # `uncertain` for the next attempt, and reconciliation settles them as the batch ends.
+    assert 0 < len(in_flight) <= 2 * lanes
+    assert assert_each_row_once(rows, await received(emulator_url, marker), rows_total) == {
+        "sent": rows_total
+    }
+    assert (final["status"], final["messages_uncertain"]) == ("completed", 0)
+    # One attempt a row; a row in flight that the carrier never got is sent once more.
+    assert all(r["attempts"] == 1 for r in rows if at_crash[r["to_number"]] != "sending")
+    assert all(r["attempts"] in (1, 2) for r in rows)
+
+
 async def test_a_crash_after_the_carrier_accepted_is_reconciled_not_sent_twice(
     settings: Settings,
     account: Account,
@@ -107,22 +162,16 @@ async def test_a_crash_after_the_carrier_accepted_is_reconciled_not_sent_twice(
     await carrier(latency_ms=200, latency_jitter_ms=3000)
     own = crash_settings(settings)
     numbers = unique_numbers(40)
-    first = worker_process(own, tmp_path / "worker-1.log").start()
-    second = worker_process(own, tmp_path / "worker-2.log")
-    try:
-        async with api_client(own) as api:
-            file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
-            await wait_until_received(emulator_url, marker, 5)
-            crash(first)
-            accepted_before_crash = {m["to"] for m in await received(emulator_url, marker)}
-            ledger_at_crash = await ledger_rows(api, account, file_id)
-            second.start()
-            final = (await webhooks.wait_for(marker, *FINAL))[-1]
-            rows = await ledger_rows(api, account, file_id)
-            on_carrier = await received(emulator_url, marker)
-    finally:
-        second.stop()
-        first.stop()
+    async with two_workers(own, tmp_path) as (first, second), api_client(own) as api:
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        await wait_until_received(emulator_url, marker, 5)
+        crash(first)
+        accepted_before_crash = {m["to"] for m in await received(emulator_url, marker)}
+        ledger_at_crash = await ledger_rows(api, account, file_id)
+        second.start()
+        final = (await webhooks.wait_for(marker, *FINAL))[-1]
+        rows = await ledger_rows(api, account, file_id)
+        on_carrier = await received(emulator_url, marker)
 
     assert {r["status"] for r in ledger_at_crash} == {"sending"}
     assert 5 <= len(accepted_before_crash) < 40
@@ -145,16 +194,43 @@ async def restart(process: ManagedProcess, ready: Callable[[], bool], down: floa
     await asyncio.to_thread(process.wait_until, ready, 60)
 
 
-async def new_account(settings: Settings) -> Account:
+async def new_account(settings: Settings, mps: float | None = None) -> Account:
     pool = await create_pool(settings.dsn)
     try:
         account_id = await create_account(pool, "crash test")
         key = await create_api_key(pool, account_id)
         sender = unique_numbers(1)[0]
-        await numbers.add_number(pool, account_id, sender, "sms", None)
+        await numbers.add_number(pool, account_id, sender, "sms", mps)
     finally:
         await pool.close()
     return Account(account_id=account_id, key=key.key, agent_number=sender)
+
+
+@asynccontextmanager
+async def own_postgres(tmp_path: Path) -> AsyncIterator[tuple[ManagedProcess, int]]:
+    """A PostgreSQL of the test's own and its port, so that the session's is never restarted;
+    durable, unlike the session's: a crash must not lose committed transactions."""
+    port = free_port()
+    pg = postgres_process(tmp_path / "pg", port, tmp_path / "pg.log")
+    try:
+        pg.start()
+        await asyncio.to_thread(pg.wait_until, lambda: postgres_ready(port), 60)
+        yield pg, port
+    finally:
+        pg.stop()
+
+
+async def restart_postgres(pg: ManagedProcess, port: int, down: float) -> None:
+    """Stop PostgreSQL as a crash would, leave it down `down` seconds, start it again. Its
+    immediate shutdown (SIGQUIT) ends every backend at once with no checkpoint; a SIGKILL of
+    the postmaster alone would not (each backend leads a process group of its own), and the
+    connections open would go on working for a while."""
+    assert pg.process is not None
+    pg.process.send_signal(signal.SIGQUIT)
+    await asyncio.to_thread(pg.process.wait)
+    await asyncio.sleep(down)
+    pg.start()
+    await asyncio.to_thread(pg.wait_until, lambda: postgres_ready(port), 60)
 
 
 async def test_temporal_and_postgres_restarted_mid_batch_and_the_batch_completes(
@@ -165,47 +241,43 @@ async def test_temporal_and_postgres_restarted_mid_batch_and_the_batch_completes
     tmp_path: Path,
 ) -> None:
     rows_total = 2000
-    pg_port, temporal_port = free_port(), free_port()
-    # A stack of its own, so that the session's PostgreSQL and Temporal are never restarted;
-    # durable, unlike the session's: a crash must not lose committed transactions.
-    pg = postgres_process(tmp_path / "pg", pg_port, tmp_path / "pg.log")
+    temporal_port = free_port()
+    # A Temporal of its own too, for the same reasons.
     server = temporal_process(
         port=temporal_port,
         ui_port=None,
         db_file=tmp_path / "temporal.sqlite",
         log_path=tmp_path / "temporal.log",
     )
-    own = crash_settings(
-        settings,
-        database_url=SecretStr(dsn(pg_port)),
-        temporal_address=f"127.0.0.1:{temporal_port}",
-    )
-    worker = worker_process(own, tmp_path / "worker.log")
-    try:
-        pg.start()
-        server.start()
-        await asyncio.to_thread(pg.wait_until, lambda: postgres_ready(pg_port), 60)
-        await asyncio.to_thread(server.wait_until, lambda: temporal_ready(temporal_port), 60)
-        worker.start()
-        await carrier(latency_ms=1000)
-        async with api_client(own) as api:
-            account = await new_account(own)
-            file_id, marker = await start_marked_batch(
-                api, account, webhooks, unique_numbers(rows_total)
-            )
-            await wait_until_received(emulator_url, marker, 200)
-            await restart(server, lambda: temporal_ready(temporal_port), down=1)
-            await wait_until_received(emulator_url, marker, 1000)
-            at_postgres_crash = len(await received(emulator_url, marker))
-            # Down long enough for some slices to end, and wait to record, meanwhile.
-            await restart(pg, lambda: postgres_ready(pg_port), down=3)
-            final = (await webhooks.wait_for(marker, *FINAL))[-1]
-            rows = await ledger_rows(api, account, file_id)
-            counts = await batch_counts(api, account, file_id)
-    finally:
-        worker.stop()
-        server.stop()
-        pg.stop()
+    async with own_postgres(tmp_path) as (pg, pg_port):
+        own = crash_settings(
+            settings,
+            database_url=SecretStr(dsn(pg_port)),
+            temporal_address=f"127.0.0.1:{temporal_port}",
+        )
+        worker = worker_process(own, tmp_path / "worker.log")
+        try:
+            server.start()
+            await asyncio.to_thread(server.wait_until, lambda: temporal_ready(temporal_port), 60)
+            worker.start()
+            await carrier(latency_ms=1000)
+            async with api_client(own) as api:
+                account = await new_account(own)
+                file_id, marker = await start_marked_batch(
+                    api, account, webhooks, unique_numbers(rows_total)
+                )
+                await wait_until_received(emulator_url, marker, 200)
+                await restart(server, lambda: temporal_ready(temporal_port), down=1)
+                await wait_until_received(emulator_url, marker, 1000)
+                at_postgres_crash = len(await received(emulator_url, marker))
+                # Down long enough for some slices to end, and wait to record, meanwhile.
+                await restart(pg, lambda: postgres_ready(pg_port), down=3)
+                final = (await webhooks.wait_for(marker, *FINAL))[-1]
+                rows = await ledger_rows(api, account, file_id)
+                counts = await batch_counts(api, account, file_id)
+        finally:
+            worker.stop()
+            server.stop()
 
     statuses = assert_each_row_once(rows, await received(emulator_url, marker), rows_total)
     assert at_postgres_crash < rows_total - 500
@@ -216,3 +288,36 @@ async def test_temporal_and_postgres_restarted_mid_batch_and_the_batch_completes
         statuses["uncertain"],
     )
     assert counts == {**statuses, "rejected": 0}
+
+
+async def test_postgres_restarted_under_a_paced_slice_leaves_no_row_uncertain(
+    temporal: Client,
+    settings: Settings,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    tmp_path: Path,
+) -> None:
+    # A sender limited to 20 messages a second, sent on 4 lanes: its slice asks PostgreSQL
+    # for send times every 0.2 s, so PostgreSQL going down mid-slice finds the pacer asking.
+    rows_total = 80
+    async with (
+        own_postgres(tmp_path) as (pg, pg_port),
+        own_worker(
+            temporal, settings, database_url=SecretStr(dsn(pg_port)), send_concurrency=4
+        ) as own,
+        api_client(own) as api,
+    ):
+        account = await new_account(own, mps=20)
+        file_id, marker = await start_marked_batch(
+            api, account, webhooks, unique_numbers(rows_total)
+        )
+        await wait_until_received(emulator_url, marker, 10)
+        await restart_postgres(pg, pg_port, down=2)
+        final = (await webhooks.wait_for(marker, *FINAL))[-1]
+        rows = await ledger_rows(api, account, file_id)
+
+    statuses = assert_each_row_once(rows, await received(emulator_url, marker), rows_total)
+    assert statuses == {"sent": rows_total}
+    assert final["status"] == "completed"
+    # The slice rode the outage out: no row was claimed by a second attempt.
+    assert all(r["attempts"] == 1 for r in rows)

@@ -5,6 +5,7 @@ The API base URL is a setting, so the same code talks to Twilio or to the local 
 
 import base64
 import logging
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -72,6 +73,9 @@ OUTCOMES: Mapping[str, CarrierOutcome] = MappingProxyType(
         ),
         "no_answer": CarrierOutcome(
             Verdict.UNCERTAIN, "no answer after the request was sent: it may have been accepted"
+        ),
+        "unreadable_answer": CarrierOutcome(
+            Verdict.UNCERTAIN, "an answer that could not be read: it may have been accepted"
         ),
     }
 )
@@ -194,6 +198,8 @@ class CarrierMessage:
 
 
 MAX_SUBACCOUNT_CLIENTS = 1000
+# A Message resource's sid, as Twilio's OpenAPI description gives its pattern.
+MESSAGE_SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
 
 
 class TwilioCarrier:
@@ -259,6 +265,16 @@ class TwilioCarrier:
             return transport_result("connect", error)
         except NoAnswer as error:
             return transport_result("no_answer", error)
+        except Exception as error:
+            # A 2xx whose body twilio cannot parse (truncated JSON, HTML, a list...): the
+            # request went out and may have been accepted. This message's outcome only.
+            return transport_result("unreadable_answer", error)
+        if not isinstance(message.sid, str) or not MESSAGE_SID.fullmatch(message.sid):
+            return SendResult(
+                verdict=Verdict.UNCERTAIN,
+                error_code="unreadable_answer",
+                error_message=f"accepted with an unreadable sid {message.sid!r}"[:200],
+            )
         return SendResult(verdict=Verdict.SENT, sid=message.sid)
 
     async def sent_messages(

@@ -207,6 +207,11 @@ async def start_batch(
         raise BatchAlreadyExists(
             f"file {file_id} already started batch {workflow_id} with a different request"
         )
+    if not created and batch["code"] == TemporalUnavailable.code:
+        # Its workflow never started: this request is the new attempt.
+        await batches.set_unstarted(
+            pool, file_id, unstarted=False, code=TemporalUnavailable.code, reason=None
+        )
     try:
         await _start_workflow(
             temporal,
@@ -224,6 +229,13 @@ async def start_batch(
         )
     except WorkflowAlreadyStartedError:
         pass
+    except TemporalUnavailable as error:
+        # Final rather than `queued` forever: the batch says it never started, and the
+        # same request again starts it.
+        await batches.set_unstarted(
+            pool, file_id, unstarted=True, code=error.code, reason=error.message
+        )
+        raise
     return BatchStarted(batch_id=str(file_id), workflow_id=workflow_id)
 
 

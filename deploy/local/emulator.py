@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import functools
 import gc
+import json
 import random
 import re
 import secrets
@@ -86,6 +87,33 @@ NO_ANSWER_SECONDS = 3.0
 HTTP_ERROR_CODES = {400: 21612, 429: 20429, 500: 20500, 502: 20500, 503: 20503, 504: 20500}
 
 
+def malformed_reply(kind: str, reply: Reply) -> Reply:
+    """The accepting `reply`, spoiled as `kind` (a key of MALFORMED) says."""
+    if kind == "truncated":
+        whole = json.dumps(reply.payload).encode()
+        return Reply(None, status=201, raw=whole[: len(whole) // 2])
+    if kind == "html":
+        return Reply(
+            None,
+            status=200,
+            raw=b"<html><body><h1>Message queued</h1></body></html>",
+            content_type="text/html; charset=utf-8",
+        )
+    if kind == "empty_list":
+        return Reply([], status=201)
+    if kind == "nul_sid":
+        sid = str(reply.payload["sid"])
+        return Reply({**reply.payload, "sid": f"{sid[:2]}\u0000{sid[2:]}"}, status=201)
+    raise ValueError(f"unknown malformed answer {kind!r}")
+
+
+# The malformed answers the emulator can give to a message it accepted; and NUL_REFUSAL, a
+# refusal (unlisted code) whose message holds NUL.
+MALFORMED = ("truncated", "html", "empty_list", "nul_sid")
+NUL_REFUSAL = "nul_refusal"
+NUL_REFUSAL_CODE = 30999
+
+
 @dataclass(kw_only=True)
 class Faults:
     """What the emulator does besides accepting: set at start or by `POST /_emulator/config`."""
@@ -100,9 +128,18 @@ class Faults:
     # "To" number → HTTP statuses to answer, in order, before that number is accepted;
     # NO_ANSWER instead holds the request past any client's patience and keeps nothing.
     scripted: dict[str, list[int]] = field(default_factory=dict)
+    # "To" number → answers to give, in order, to its next sends, in ways a client may fail
+    # to read; see MALFORMED. All but a refusal accept the message (it counts as received).
+    malformed: dict[str, list[str]] = field(default_factory=dict)
     # Subaccounts: account SID → its own auth token. An SID not listed authenticates with the
     # emulator's token.
     accounts: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        kinds = {k for answers in self.malformed.values() for k in answers}
+        unknown = kinds - {*MALFORMED, NUL_REFUSAL}
+        if unknown:
+            raise ValueError(f"unknown malformed answers: {sorted(unknown)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +304,10 @@ class Carrier:
         if from_.removeprefix("whatsapp:") in MAGIC_FROM:
             code, text = MAGIC_FROM[from_.removeprefix("whatsapp:")]
             return self._refuse(400, code, text.format(from_=from_))
+        spoiled = self.faults.malformed.get(bare_to)
+        if spoiled and spoiled[0] == NUL_REFUSAL:
+            spoiled.pop(0)
+            return self._refuse(400, NUL_REFUSAL_CODE, "Refused\u0000 for no printable reason")
         failure = self._injected_failure(bare_to)
         if failure == NO_ANSWER:
             await asyncio.sleep(NO_ANSWER_SECONDS)
@@ -298,7 +339,10 @@ class Carrier:
             gc.freeze()
         if callback and self.status_callbacks:
             self._schedule_callbacks(callback, account_sid, sid, to, from_)
-        return Reply(self.received[-1].as_twilio(form.get("MessagingServiceSid")), status=201)
+        accepted = Reply(self.received[-1].as_twilio(form.get("MessagingServiceSid")), status=201)
+        if spoiled:
+            return malformed_reply(spoiled.pop(0), accepted)
+        return accepted
 
     async def list_messages(self, request: Request) -> Reply:
         """Twilio's Messages list of an account, newest first, filtered by exact `To` and
@@ -440,7 +484,10 @@ class Carrier:
         unknown = sorted(set(changes) - set(asdict(self.faults)))
         if unknown:
             return Reply({"error": f"unknown settings: {unknown}"}, status=400)
-        self.faults = Faults(**{**asdict(self.faults), **changes})
+        try:
+            self.faults = Faults(**{**asdict(self.faults), **changes})
+        except ValueError as error:
+            return Reply({"error": str(error)}, status=400)
         return Reply(asdict(self.faults))
 
     async def inbound(self, request: Request) -> Reply:

@@ -46,12 +46,15 @@ class Reply:
     payload: Any
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
+    # A body sent as it is instead of the payload as JSON: for answers a client cannot read.
+    raw: bytes | None = None
+    content_type: str = "application/json; charset=utf-8"
 
     def encode(self, keep_alive: bool) -> bytes:
-        body = json.dumps(self.payload).encode()
+        body = json.dumps(self.payload).encode() if self.raw is None else self.raw
         head = [
             f"HTTP/1.1 {self.status} {_reason(self.status)}",
-            "Content-Type: application/json; charset=utf-8",
+            f"Content-Type: {self.content_type}",
             f"Content-Length: {len(body)}",
         ]
         head += [f"{name}: {value}" for name, value in self.headers.items()]

@@ -39,6 +39,7 @@ def worker_process(settings: Settings, log_path: Path) -> ManagedProcess:
             "HERALD_TWILIO_API_URL": settings.carrier_url,
             "HERALD_TWILIO_AUTH_TOKEN": settings.twilio_auth_token.get_secret_value(),
             "HERALD_TASK_QUEUE": settings.task_queue,
+            "HERALD_SEND_CONCURRENCY": str(settings.send_concurrency),
             "HERALD_STICKY_TIMEOUT_SECONDS": str(STICKY_TIMEOUT_SECONDS),
             "HERALD_CARRIER_TIMEOUT_SECONDS": str(settings.carrier_timeout_seconds),
             "HERALD_API_PORT": str(settings.api_port),

@@ -1,0 +1,38 @@
+"""Riding out a PostgreSQL outage (a restart, a failover) inside a send activity."""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+from temporalio import activity
+
+from store.db import UNAVAILABLE
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# How long a send activity holding the carrier's answers waits for PostgreSQL to come back
+# (a restart, a failover) before it gives up, leaving its rows to end `uncertain`.
+OUTAGE_WAIT_SECONDS = 60.0
+
+
+async def through_outages(call: Callable[[], Awaitable[T]]) -> T:
+    """Run `call`, and again while PostgreSQL is unreachable, heartbeating, for up to
+    OUTAGE_WAIT_SECONDS; what it returns. Every statement of a send activity that has
+    claimed its rows goes through here: an activity that failed would be retried, and its
+    retry would find the rows still `sending` and make them `uncertain`, sent or not."""
+    deadline = time.monotonic() + OUTAGE_WAIT_SECONDS
+    pause = 0.1
+    while True:
+        try:
+            return await call()
+        except UNAVAILABLE as error:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("database unavailable; waiting until it is back", error=repr(error))
+        activity.heartbeat()
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 2.0)
