@@ -18,10 +18,18 @@ import asyncpg
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 
+from activities.recipients.columns import NotPlain, ledger_copies, plain_csv_file
 from activities.recipients.frames import pl
 from activities.recipients.phone_columns import possible_e164_column, valid_e164_column
 from activities.recipients.phones import possible_e164s, valid_e164s
-from activities.recipients.rows import MESSAGE_COLUMN, PHONE_COLUMN, REQUEST_DATA_PREFIX
+from activities.recipients.rejections import SourceInvalid
+from activities.recipients.rows import (
+    MESSAGE_COLUMN,
+    PHONE_COLUMN,
+    REQUEST_DATA_PREFIX,
+    RecipientRules,
+    header_issue,
+)
 from api.errors import HeraldError
 from api.limits import RateLimited
 from api.models import BatchRequest
@@ -33,10 +41,12 @@ from api.postman_models import (
     PostmanPageData,
 )
 from api.services import batches
-from api.services.batches import TooManyRecipients, start_batch
+from api.services.batches import TooManyRecipients, start_batch, validation_limits
 from api.services.campaigns import get_campaign
 from settings import Settings
-from store import campaigns, files, messages
+from store import batches as batch_rows
+from store import campaigns, files, messages, opt_outs
+from workflows.contracts import ValidationOptions, ValidationResult
 from workflows.statuses import LedgerStatus
 
 RECIPIENT = "recipient"
@@ -535,7 +545,8 @@ async def send_batch(
     campaign: dict,
     upload: BinaryIO,
 ) -> PostmanBatchAccepted:
-    """Check the whole file, then store Herald's file for it and start the batch."""
+    """Check the whole file, store Herald's file for it, validate that into the batch's
+    ledger and start the batch from there."""
     converted = await run_in_threadpool(
         convert,
         upload,
@@ -552,17 +563,69 @@ async def send_batch(
             size_bytes=converted.size,
             content=_blocks(converted.content.buffer),
         )
-    request = BatchRequest.model_validate(
-        {
-            "file_id": str(stored["id"]),
-            "global": {"agent_number": campaign["sender"], "agent_message": converted.message},
-            "name": campaign["name"],
-            # As the upload's own check: the right length for the country code; the carrier
-            # decides the rest (Postman's documented numbers are in unassigned ranges).
-            "number_check": "possible",
-        }
-    )
-    started = await start_batch(
-        pool, temporal, settings, account_id, request, campaign_id=campaign["id"]
-    )
+        request = BatchRequest.model_validate(
+            {
+                "file_id": str(stored["id"]),
+                "global": {"agent_number": campaign["sender"], "agent_message": converted.message},
+                "name": campaign["name"],
+                # As the upload's own check: the right length for the country code; the
+                # carrier decides the rest (Postman's documented numbers are in unassigned
+                # ranges).
+                "number_check": "possible",
+            }
+        )
+
+        async def validate(batch: dict) -> ValidationResult | None:
+            return await _validate(pool, settings, batch, converted.content.buffer)
+
+        started = await start_batch(
+            pool,
+            temporal,
+            settings,
+            account_id,
+            request,
+            campaign_id=campaign["id"],
+            validate=validate,
+        )
     return PostmanBatchAccepted(batch_id=started.batch_id)
+
+
+async def _validate(
+    pool: asyncpg.Pool, settings: Settings, batch: dict, content: BinaryIO
+) -> ValidationResult | None:
+    """Herald's file for the upload validated into the new batch's ledger, as its workflow's
+    validation would (the same column engine, rules and counts), so the batch starts from
+    these rows; None for a file that engine does not take by columns (cells with quotes),
+    which the workflow validates as any batch's."""
+    batch_id, account_id, request = batch["id"], batch["account_id"], batch["request"]
+    opted_out: set[str] = set()
+    if ValidationOptions.from_request(request).exclude_opt_outs:
+        opted_out = await opt_outs.opted_out_numbers(pool, account_id)
+    rules = RecipientRules.from_request(request, validation_limits(settings), opted_out)
+    plain = await run_in_threadpool(plain_csv_file, content, rules)
+    if plain is None or header_issue(plain.header) is not None:
+        return None
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            async for block in ledger_copies(plain, batch_id, account_id):
+                await messages.copy_outcomes(conn, block.ledger, block.rejected)
+            tally = plain.tally
+            await batch_rows.set_validation_counts(
+                conn,
+                batch_id,
+                rows_total=tally.rows,
+                recipients=tally.recipients,
+                rejected=tally.rejected,
+                segments_total=tally.segments,
+                messages_gsm7=tally.gsm7,
+                messages_ucs2=tally.ucs2,
+            )
+    except (NotPlain, SourceInvalid):
+        return None
+    await messages.refresh_statistics(pool)
+    return ValidationResult(
+        rows_total=tally.rows,
+        recipients=tally.recipients,
+        rejected=tally.rejected,
+        skipped=tally.skipped,
+    )
