@@ -75,6 +75,9 @@ BLOCK_BYTES = 4 << 20
 IN_FLIGHT = 3
 # Ledger rows per COPY: a few MB of CSV.
 COPY_ROWS = 25_000
+# Distinct own messages (`agent_message` cells) of a block rendered by columns, each over
+# its rows; a block with more settles its rows with own messages one by one.
+OWN_TEMPLATES = 8
 
 
 class NotPlain(Exception):
@@ -392,19 +395,52 @@ def _message(
     sources: dict[str, tuple[str, ...]],
     defaults: dict[str, str],
 ) -> list[pl.Series]:
-    """Each row's global message rendered, its encoding and its segments, as `classify`
-    gives them. The body is "" where the row must be settled one by one: it has its own
-    message, no message is set, a variable has no value, the body is over
-    `max_message_chars`, or `classify` must pack it (GSM-7 with an extension character
-    over one segment, UCS-2 with a character beyond the BMP). The encoding of a message
-    is told from its template's text and its variables' values, not its whole body."""
-    template = rules.agent_message or ""
+    """Each row's message rendered, its encoding and its segments, as `classify` gives
+    them: the global message's, or the row's own (its `agent_message` cell) when the block
+    has at most `OWN_TEMPLATES` distinct ones (a Postman file's languages). The body is ""
+    where the row must be settled one by one: it has more own messages than that, no
+    message is set, a variable has no value, the body is over `max_message_chars`, or
+    `classify` must pack it (GSM-7 with an extension character over one segment, UCS-2 with
+    a character beyond the BMP). The encoding of a message is told from its template's text
+    and its variables' values, not its whole body."""
+    table = _rendered(frame, rules.agent_message or "", rules, sources, defaults)
+    if MESSAGE_COLUMN in header:
+        own = frame.select(~_is_blank(pl.col(MESSAGE_COLUMN))).to_series()
+        table = table.with_columns(pl.col("settle") | own)
+        owned = frame.with_row_index("at").filter(own).select("at", MESSAGE_COLUMN)
+        groups = owned.group_by(MESSAGE_COLUMN, maintain_order=True).agg("at")
+        if 0 < groups.height <= OWN_TEMPLATES:
+            for template, at in groups.iter_rows():
+                rows = pl.Series(at, dtype=pl.UInt32)
+                part = _rendered(frame[rows], template, rules, sources, defaults)
+                table = table.with_columns(
+                    table[name].scatter(rows, part[name]) for name in part.columns
+                )
+    if table["settle"].any():
+        table = table.with_columns(
+            pl.when(pl.col("settle")).then(pl.lit("")).otherwise(pl.col("body")).alias("body")
+        )
+    return table.select("body", "encoding", "segments").get_columns()
+
+
+def _rendered(
+    frame: pl.DataFrame,
+    template: str,
+    rules: RecipientRules,
+    sources: dict[str, tuple[str, ...]],
+    defaults: dict[str, str],
+) -> pl.DataFrame:
+    """`template` rendered for every row of `frame`: body, encoding, segments, and whether
+    the row must be settled one by one (see `_message`)."""
     if not template.strip():
-        return [
-            pl.repeat("", frame.height, dtype=pl.String, eager=True).alias("body"),
-            pl.repeat(GSM7, frame.height, dtype=pl.String, eager=True).alias("encoding"),
-            pl.repeat(1, frame.height, dtype=pl.Int32, eager=True).alias("segments"),
-        ]
+        return pl.DataFrame(
+            {
+                "body": pl.repeat("", frame.height, dtype=pl.String, eager=True),
+                "encoding": pl.repeat(GSM7, frame.height, dtype=pl.String, eager=True),
+                "segments": pl.repeat(1, frame.height, dtype=pl.Int32, eager=True),
+                "settle": pl.repeat(True, frame.height, dtype=pl.Boolean, eager=True),
+            }
+        )
     parts = template_parts(template)
     names = [str(index) for index in range(len(parts) // 2)]
     values = frame.select(
@@ -461,14 +497,7 @@ def _message(
         .alias("segments"),
         ((length > rules.max_message_chars) | packed).alias("settle"),
     )
-    if MESSAGE_COLUMN in header:
-        own = frame.select(~_is_blank(pl.col(MESSAGE_COLUMN))).to_series()
-        table = table.with_columns(pl.col("settle") | own)
-    if table["settle"].any():
-        table = table.with_columns(
-            pl.when(pl.col("settle")).then(pl.lit("")).otherwise(pl.col("body")).alias("body")
-        )
-    return table.select("body", "encoding", "segments").get_columns()
+    return table.select("body", "encoding", "segments", "settle")
 
 
 def _value(name: str, sources: dict[str, tuple[str, ...]], defaults: dict[str, str]) -> pl.Expr:
