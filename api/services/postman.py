@@ -185,8 +185,14 @@ class _NotPlain(Exception):
 PLAIN_BLOCK_BYTES = 4 << 20
 _BOM = b"\xef\xbb\xbf"
 # Bytes that send a block to the row path: quoting and CRs, which the csv module reads as
-# polars does not, and the separators `str.strip` takes for blanks and polars does not.
-_NOT_PLAIN = re.compile(rb'["\r\x1c-\x1f]|\n\n|^\n')
+# polars does not, the separators `str.strip` takes for blanks and polars does not, and an
+# empty line (also one at the block's start). Each is looked for by `in` (memchr), several
+# times faster than one regular expression of them all.
+_NOT_PLAIN = (b'"', b"\r", b"\x1c", b"\x1d", b"\x1e", b"\x1f", b"\n\n")
+
+
+def _not_plain(data: bytes) -> bool:
+    return data.startswith(b"\n") or any(mark in data for mark in _NOT_PLAIN)
 
 
 def _convert_columns(
@@ -196,7 +202,7 @@ def _convert_columns(
     as that is not so."""
     data = upload.read(PLAIN_BLOCK_BYTES).removeprefix(_BOM)
     end = data.find(b"\n")
-    if end < 0 or _NOT_PLAIN.search(data[: end + 1]):
+    if end < 0 or _not_plain(data[: end + 1]):
         raise _NotPlain
     header_line = data[: end + 1]
     try:
@@ -232,7 +238,7 @@ def _plain_block(
     header_line: bytes, block: bytes, header: list[str], templates: dict[str, str]
 ) -> pl.DataFrame:
     """The block's rows, once each is known right: _NotPlain otherwise."""
-    if _NOT_PLAIN.search(block):
+    if _not_plain(block):
         raise _NotPlain
     lines = block.count(b"\n") + (not block.endswith(b"\n"))
     try:
