@@ -222,12 +222,17 @@ class LedgerCopy:
 
 
 async def ledger_copies(
-    plain: PlainCsv, batch_id: uuid.UUID, account_id: uuid.UUID, *, with_ledger: bool = True
+    plain: PlainCsv,
+    batch_id: uuid.UUID,
+    account_id: uuid.UUID,
+    *,
+    with_ledger: bool = True,
+    block_bytes: int = BLOCK_BYTES,
 ) -> AsyncIterator[LedgerCopy]:
     """The plain file's outcomes block by block, the next block validated (in threads) while
     the caller COPYs this one; with `with_ledger` False, no ledger once a row is rejected
     (a strict batch's)."""
-    blocks = plain.blocks()
+    blocks = plain.blocks(block_bytes)
     upcoming = asyncio.ensure_future(asyncio.to_thread(next, blocks, None))
     try:
         while (block := await upcoming) is not None:

@@ -57,6 +57,9 @@ LISTED_ROWS = 100
 READ_BLOCK = 1024 * 1024
 # Rows whose numbers are checked in one pass.
 CHECK_ROWS = 10_000
+# Bytes of Herald's file validated at a time at upload: smaller than the worker's blocks,
+# since the API process holds `IN_FLIGHT` of them at once beside its own modules.
+VALIDATE_BLOCK_BYTES = 1 << 20
 # The dialect's words for a header that does not match the campaign.
 HEADER_MISMATCH = "Validation failed (expected type is object)"
 
@@ -613,7 +616,9 @@ async def _validate(
         return None
     try:
         async with pool.acquire() as conn, conn.transaction():
-            async for block in ledger_copies(plain, batch_id, account_id):
+            async for block in ledger_copies(
+                plain, batch_id, account_id, block_bytes=VALIDATE_BLOCK_BYTES
+            ):
                 await messages.copy_outcomes(conn, block.ledger, block.rejected)
             tally = plain.tally
             await batch_rows.set_validation_counts(
