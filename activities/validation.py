@@ -106,16 +106,7 @@ class ValidationActivities(WorkerResources):
                 if failure is not None:
                     await messages.clear_ledger(conn, batch_id)
                     tally = tally.without_ledger()
-                await batches.set_validation_counts(
-                    conn,
-                    batch_id,
-                    rows_total=tally.rows,
-                    recipients=tally.recipients,
-                    rejected=tally.rejected,
-                    segments_total=tally.segments,
-                    messages_gsm7=tally.gsm7,
-                    messages_ucs2=tally.ucs2,
-                )
+                await batches.set_validation_counts(conn, batch_id, **tally.batch_counts())
             await messages.refresh_statistics(self._pool)
         except SourceInvalid as error:
             return ValidationResult(

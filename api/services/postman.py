@@ -621,16 +621,7 @@ async def _validate(
             ):
                 await messages.copy_outcomes(conn, block.ledger, block.rejected)
             tally = plain.tally
-            await batch_rows.set_validation_counts(
-                conn,
-                batch_id,
-                rows_total=tally.rows,
-                recipients=tally.recipients,
-                rejected=tally.rejected,
-                segments_total=tally.segments,
-                messages_gsm7=tally.gsm7,
-                messages_ucs2=tally.ucs2,
-            )
+            await batch_rows.set_validation_counts(conn, batch_id, **tally.batch_counts())
     except (NotPlain, SourceInvalid):
         return None
     await messages.refresh_statistics(pool)
