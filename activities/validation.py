@@ -11,7 +11,13 @@ import structlog
 from temporalio import activity
 
 from activities.heartbeats import ValidationHeartbeat
-from activities.recipients.columns import NotPlain, PlainCsv, plain_csv
+from activities.recipients.columns import (
+    NotPlain,
+    PlainCsv,
+    ledger_copies,
+    plain_csv,
+    rejected_record,
+)
 from activities.recipients.contacts import ListSource, with_lists
 from activities.recipients.links import Codes, shorten_recipients
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
@@ -94,22 +100,13 @@ class ValidationActivities(WorkerResources):
                 issue = header_issue(header)
                 if issue is not None:
                     await messages.copy_rejected(
-                        conn, [_rejected_record(batch_id, account_id, issue)]
+                        conn, [rejected_record(batch_id, account_id, issue)]
                     )
                 failure = strict_failure(issue, tally) if options.strict else None
                 if failure is not None:
                     await messages.clear_ledger(conn, batch_id)
                     tally = tally.without_ledger()
-                await batches.set_validation_counts(
-                    conn,
-                    batch_id,
-                    rows_total=tally.rows,
-                    recipients=tally.recipients,
-                    rejected=tally.rejected,
-                    segments_total=tally.segments,
-                    messages_gsm7=tally.gsm7,
-                    messages_ucs2=tally.ucs2,
-                )
+                await batches.set_validation_counts(conn, batch_id, **tally.batch_counts())
             await messages.refresh_statistics(self._pool)
         except SourceInvalid as error:
             return ValidationResult(
@@ -190,7 +187,7 @@ class ValidationActivities(WorkerResources):
             for item in block:
                 tally.count(item)
                 if isinstance(item, Rejected):
-                    refused.append(_rejected_record(batch_id, account_id, item))
+                    refused.append(rejected_record(batch_id, account_id, item))
                     continue
                 ledger.append(
                     (
@@ -227,23 +224,11 @@ async def _copy_blocks(
     *,
     with_ledger: bool,
 ) -> Tally:
-    """COPY a plain file's outcomes block by block, the next block validated (in a thread)
-    while this one is COPYed; a strict batch writes no ledger once a row is rejected."""
-    blocks = plain.blocks()
-    upcoming = asyncio.ensure_future(asyncio.to_thread(next, blocks, None))
-    try:
-        while (block := await upcoming) is not None:
-            upcoming = asyncio.ensure_future(asyncio.to_thread(next, blocks, None))
-            if with_ledger or not plain.tally.rejected:
-                parts = block.ledger_csv(batch_id, account_id)
-                while part := await asyncio.to_thread(next, parts, b""):
-                    await messages.copy_recipients_csv(conn, part)
-            await messages.copy_rejected(
-                conn, [_rejected_record(batch_id, account_id, row) for row in block.rejected]
-            )
-            ValidationHeartbeat(rows=plain.tally.rows).send()
-    finally:
-        upcoming.cancel()
+    """COPY a plain file's outcomes block by block; a strict batch writes no ledger once a
+    row is rejected."""
+    async for block in ledger_copies(plain, batch_id, account_id, with_ledger=with_ledger):
+        await messages.copy_outcomes(conn, block.ledger, block.rejected)
+        ValidationHeartbeat(rows=plain.tally.rows).send()
     return plain.tally
 
 
@@ -269,7 +254,3 @@ async def _copy_contents(conn: asyncpg.Connection, batch_id: uuid.UUID, content:
     contents = row_contents(content)
     while block := await asyncio.to_thread(list, itertools.islice(contents, COPY_BATCH)):
         await messages.copy_contents(conn, [(batch_id, *row) for row in block])
-
-
-def _rejected_record(batch_id: uuid.UUID, account_id: uuid.UUID, row: Rejected) -> tuple:
-    return (batch_id, row.row_number, account_id, row.code, row.reason, row.value)

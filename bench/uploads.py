@@ -11,12 +11,12 @@ once, sampling the API process's resident memory (RSS, psutil) every 20 ms from 
 first upload until the last one is answered. Prints the baseline and the peak, and writes
 them to bench/results/uploads-<date>.json.
 
-With `--postman`, it makes a campaign instead and posts one CSV of `--rows` rows (about 42
-bytes a row: 1,000,000 rows is the dialect's 40 MB) to
+With `--postman`, it makes a campaign instead and posts one CSV of `--rows` rows (41 bytes a
+row: 1,000,000 rows is 41 MB, within the dialect's 40 MiB) to
 `POST /campaigns/{id}/batch/messages`, timing the request from its first byte to its answer,
 with the API's peak RSS over it; results in bench/results/postman-<date>.json. No Temporal
-server runs: the answer is the 503 of a batch checked, stored and recorded whose workflow
-could not start, which is all the work the upload does before its 201.
+server runs: the answer is the 503 of a batch checked, stored, validated into its ledger and
+recorded whose workflow could not start, which is all the work the upload does before its 201.
 """
 
 import argparse
@@ -202,7 +202,8 @@ def postman_content(rows: int) -> bytes:
     english, the first row's language, the rest in chinese."""
     lines = ["recipient,language,recipient_name,topic\n"]
     lines += [
-        f"659{i % 10**7:07d},{'chinese' if i % 4 == 3 else 'english'},Emily {i:06d},app {i:05d}\n"
+        f"659{i % 10**7:07d},{'chinese' if i % 4 == 3 else 'english'},"
+        f"Emily {i:06d},app {i % 10**4:04d}\n"
         for i in range(rows)
     ]
     return "".join(lines).encode()

@@ -87,6 +87,16 @@ async def copy_recipients_csv(conn: asyncpg.Connection, data: bytes) -> None:
     )
 
 
+async def copy_outcomes(
+    conn: asyncpg.Connection, ledger: Iterable[bytes], rejected: Iterable[tuple]
+) -> None:
+    """A block of a validated file: its ledger rows as CSV parts (`copy_recipients_csv`),
+    then its rejected rows."""
+    for part in ledger:
+        await copy_recipients_csv(conn, part)
+    await copy_rejected(conn, rejected)
+
+
 async def refresh_statistics(pool: asyncpg.Pool) -> None:
     """Re-sample the ledger's statistics after a bulk COPY. Until autovacuum gets to it, the
     planner may think the new rows are not there, and join a slice's outcomes against a

@@ -10,11 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.client import Client
 
 from api.services import postman as service
 from settings import Settings
-from tests.support.batches import FINAL, wait_for_status
-from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.batches import FINAL, phases, start, wait_for_status
+from tests.support.builders import attach, emulator_messages, unique_numbers
+from tests.support.delivery import ledger_rows
 from tests.support.postman_example import (
     BATCH_NOT_RETRYABLE,
     EXAMPLE_CSV,
@@ -27,6 +29,7 @@ from tests.support.postman_example import (
     TOO_MANY_REQUESTS,
 )
 from tests.support.stack import Account, Configure, api_client
+from workflows.contracts import RECIPIENT_COUNT, batch_workflow_id
 
 # The example's numbers are possible Singapore numbers but not valid ones: the dialect's
 # batches take possible numbers, and most tests write unique valid ones in their place (the
@@ -538,3 +541,77 @@ async def test_an_address_off_the_allow_list_spends_none_of_the_campaigns_rate(
     assert [r.status_code for r in refused] == [401] * 3
     # The bucket still holds its one request: the refused ones took none.
     assert allowed.status_code == 404, allowed.text
+
+
+async def activities_run(temporal: Client, batch_id: str) -> list[str]:
+    """The activity types the batch's workflow scheduled, in order."""
+    history = await temporal.get_workflow_handle(batch_workflow_id(batch_id)).fetch_history()
+    return [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+
+
+async def outcomes(
+    api: httpx.AsyncClient, account: Account, temporal: Client, batch_id: str
+) -> Any:
+    """All a batch's validation decided, as its owner and the Temporal UI see it."""
+    batch = await wait_for_status(api, account, batch_id, *FINAL)
+    rows = await ledger_rows(api, account, batch_id)
+    errors = await api.get(f"/v1/sms/batch/{batch_id}/errors", headers=account.headers)
+    logs = await api.get(f"/v1/sms/batch/{batch_id}/logs", headers=account.headers)
+    described = await temporal.get_workflow_handle(batch_workflow_id(batch_id)).describe()
+    events = logs.json()["data"]["events"]
+    return (
+        {key: batch[key] for key in ("status", "code", "rows_total", "recipients", "rejected")}
+        | {key: batch[key] for key in ("segments_total", "messages_gsm7", "messages_ucs2")}
+        | {"counts": batch["counts"]},
+        [
+            {key: row[key] for key in ("seq", "row_number", "to_number", "body", "status")}
+            | {key: row[key] for key in ("error_code", "encoding", "segments", "from_number")}
+            for row in rows
+        ],
+        errors.json()["data"]["rejected_rows"],
+        phases(events),
+        [e["payload"].get("message") for e in events if e["status"] == "dispatching"],
+        described.typed_search_attributes.get(RECIPIENT_COUNT),
+    )
+
+
+async def test_the_batch_starts_from_the_rows_the_upload_validated(
+    api: httpx.AsyncClient, account: Account, temporal: Client
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    a, b, c, d = (n.removeprefix("+") for n in unique_numbers(4))
+    # A repeated number (skipped), a message too long (rejected), one of several segments.
+    content = (
+        "recipient,language,recipient_name,topic\n"
+        f"{a},english,Ann,passport\n{b},chinese,Bob,visa\n{a},english,Ann,again\n"
+        f"{c},chinese,{'长' * 80},visa\n{d},english,{'x' * 2000},visa\n"
+    )
+
+    response = await upload(api, campaign_id, content, bearer(account))
+
+    assert response.status_code == 201, response.text
+    batch_id = response.json()["batchId"]
+    uploaded = await outcomes(api, account, temporal, batch_id)
+    assert "validate_recipients" not in await activities_run(temporal, batch_id)
+    # The same file of Herald's, validated by the workflow as any batch's: the same outcomes.
+    converted = service.convert(io.BytesIO(content.encode()), TEMPLATES, PARAMETERS, 1000)
+    with converted.content:
+        file_id = await attach(api, account.headers, converted.content.buffer.read())
+    started = await start(
+        api,
+        account,
+        file_id,
+        name="Passports",
+        number_check="possible",
+        **{"global": {"agent_number": account.agent_number, "agent_message": converted.message}},
+    )
+    assert started.status_code == 200, started.text
+    assert uploaded == await outcomes(api, account, temporal, file_id)
+    assert "validate_recipients" in await activities_run(temporal, file_id)
+    summary, rows, rejected, *_ = uploaded
+    assert (summary["recipients"], summary["rejected"], len(rejected)) == (4, 1, 1)
+    assert [row["status"] for row in rows].count("skipped") == 1

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from activities.recipients import columns as recipient_table
-from activities.recipients.columns import BLOCK_BYTES, NotPlain, plain_csv
+from activities.recipients.columns import BLOCK_BYTES, NotPlain, plain_csv, plain_csv_file
 from activities.recipients.frames import pl
 from activities.recipients.rows import (
     Recipient,
@@ -111,9 +111,15 @@ def by_rows(content: bytes, rules: RecipientRules) -> tuple[list, list[Rejected]
 
 
 def by_columns(
-    content: bytes, rules: RecipientRules, block_bytes: int = BLOCK_BYTES
+    content: bytes,
+    rules: RecipientRules,
+    block_bytes: int = BLOCK_BYTES,
+    *,
+    from_file: bool = False,
 ) -> tuple[list, list[Rejected], Tally] | str:
-    plain = plain_csv(content, rules)
+    """The column path's outcomes, as `by_rows` gives them; `from_file`: read from a file a
+    block at a time (`plain_csv_file`), not from the file's bytes."""
+    plain = plain_csv_file(io.BytesIO(content), rules) if from_file else plain_csv(content, rules)
     if plain is None:
         assert b"\n" not in content, "a plain file was left to the row path"
         return by_rows(content, rules)  # a header alone: no rows
@@ -169,6 +175,9 @@ def test_plain_files_get_the_row_paths_outcomes(
     content, rules = file
     with mock.patch.object(recipient_table, "IN_FLIGHT", in_flight):
         assert by_columns(content, rules, block_bytes) == by_rows(content, rules)
+        if plain_csv(content, rules) is not None:
+            from_file = by_columns(content, rules, block_bytes, from_file=True)
+            assert from_file == by_rows(content, rules)
 
 
 def test_a_million_row_file_in_the_benchmarks_shape() -> None:
@@ -239,6 +248,16 @@ def test_a_block_that_is_not_plain_after_all_stops_the_column_path(row: bytes) -
     content = b"phone_number,name\n" + b"+12015550124,Bob\n" * 3 + row + b"\n"
     plain = plain_csv(content, RecipientRules(max_rows=10, max_message_chars=1600))
     assert plain is not None
+    with pytest.raises(NotPlain):
+        list(plain.blocks(block_bytes=20))
+
+
+@pytest.mark.parametrize("row", [b'+12015550125,"Ann"', b"+12015550125,A\x00nn"])
+def test_a_file_read_a_block_at_a_time_is_not_plain_at_a_quote_or_a_nul(row: bytes) -> None:
+    content = b"phone_number,name\n" + b"+12015550124,Bob\n" * 3 + row + b"\n"
+    plain = plain_csv_file(io.BytesIO(content), RecipientRules(max_rows=10, max_message_chars=1600))
+    assert plain is not None
+    assert plain_csv(content, RecipientRules(max_rows=10, max_message_chars=1600)) is None
     with pytest.raises(NotPlain):
         list(plain.blocks(block_bytes=20))
 

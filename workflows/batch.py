@@ -53,6 +53,7 @@ RECONCILE_PATCH = "batch-reconcile-uncertain"
 # Chunks of a batch with a send window hand back their waiting rows, and the batch passes over
 # them again when their window opens, so that they hold back no other row.
 WINDOW_PASSES_PATCH = "batch-send-window-passes"
+VALIDATED_PATCH = "batch-validated-at-upload"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -190,18 +191,22 @@ class BatchWorkflow:
 
     async def _validate(self) -> DispatchState | BatchResult:
         await self._report(BatchStatus.VALIDATING)
-        try:
-            validation = await workflow.execute_activity_method(
-                ValidationActivities.validate_recipients,
-                ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
-                start_to_close_timeout=timedelta(minutes=30),
-                heartbeat_timeout=timedelta(minutes=1),
-                retry_policy=VALIDATE_RETRY,
-            )
-        except ActivityError as error:
-            # Out of retries: the batch still ends, with a final event, rather than hanging.
-            reason = f"the file could not be validated: {error.cause or error}"
-            return await self._finish_failed("validation_error", reason, rows_total=0)
+        validated = self._input.validated
+        if validated is not None and workflow.patched(VALIDATED_PATCH):
+            validation = validated
+        else:
+            try:
+                validation = await workflow.execute_activity_method(
+                    ValidationActivities.validate_recipients,
+                    ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
+                    start_to_close_timeout=timedelta(minutes=30),
+                    heartbeat_timeout=timedelta(minutes=1),
+                    retry_policy=VALIDATE_RETRY,
+                )
+            except ActivityError as error:
+                # Out of retries: the batch still ends, with a final event, rather than hanging.
+                reason = f"the file could not be validated: {error.cause or error}"
+                return await self._finish_failed("validation_error", reason, rows_total=0)
         workflow.upsert_search_attributes([RECIPIENT_COUNT.value_set(validation.recipients)])
         if validation.code is not None:
             return await self._finish_failed(

@@ -167,6 +167,9 @@ class BatchInput:
     # Events already recorded for this batch by earlier runs: a retry numbers on from there.
     first_event_seq: int = 0
     timing: Timing = field(default_factory=Timing)
+    # The file's validation, done by the API as it took the file (a Postman upload): its
+    # ledger is written, and the batch starts from it without validating again.
+    validated: "ValidationResult | None" = None
 
 
 @dataclass(kw_only=True)

@@ -10,15 +10,17 @@ outcomes. `plain_csv` returns None for any other file, and a block that turns ou
 be plain raises NotPlain: the caller then takes the row path.
 """
 
+import asyncio
 import csv
 import functools
 import io
 import sys
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from activities.recipients import rejections
 from activities.recipients.frames import pl
@@ -50,7 +52,7 @@ from activities.recipients.segments import (
     UCS2_PART,
     UCS2_SINGLE,
 )
-from store.messages import RECIPIENT_COLUMNS
+from store.messages import RECIPIENT_COLUMNS, REJECTED_COLUMNS
 
 LEDGER_COLUMNS = (
     "seq",
@@ -73,6 +75,9 @@ BLOCK_BYTES = 4 << 20
 IN_FLIGHT = 3
 # Ledger rows per COPY: a few MB of CSV.
 COPY_ROWS = 25_000
+# Distinct own messages (`agent_message` cells) of a block rendered by columns, each over
+# its rows; a block with more settles its rows with own messages one by one.
+OWN_TEMPLATES = 8
 
 
 class NotPlain(Exception):
@@ -113,10 +118,11 @@ class Block:
 @dataclass
 class PlainCsv:
     """A file polars reads as the csv module would (see the module), validated a block at
-    a time by `blocks`; `tally` counts the blocks given so far."""
+    a time by `blocks`; `tally` counts the blocks given so far. `content` is the file's
+    bytes, or the file itself, read a block at a time (`plain_csv_file`)."""
 
     header: list[str]
-    content: bytes
+    content: bytes | BinaryIO
     rules: RecipientRules
     tally: Tally = field(default_factory=Tally)
 
@@ -129,14 +135,16 @@ class PlainCsv:
         defaults = request_defaults(self.rules)
         # The numbers of the Recipients of each block given, as integers (8 bytes each).
         seen: list[pl.Series] = []
-        start = len(_BOM) if self.content.startswith(_BOM) else 0
-        end = self.content.find(b"\n", start)
-        header_line = self.content[start:end].removesuffix(b"\r") + b"\n"
+        header_line, line_blocks = (
+            _memory_lines(self.content, block_bytes)
+            if isinstance(self.content, bytes)
+            else _file_lines(self.content, block_bytes)
+        )
 
         def validate(
-            first_row: int, lines: slice, count: int, earlier: list[pl.Series]
+            first_row: int, data: memoryview | bytes, count: int, earlier: list[pl.Series]
         ) -> _Validated:
-            text = b"".join((header_line, memoryview(self.content)[lines]))
+            text = b"".join((header_line, data))
             frame = _read_block(text, self.header, first_row, count)
             frame = _without_blank_rows(frame, self.header)
             block = _validate(frame, self.header, self.rules, sources, defaults)
@@ -145,9 +153,7 @@ class PlainCsv:
 
         with ThreadPoolExecutor(max_workers=IN_FLIGHT) as executor:
             pending: deque[Future[_Validated]] = deque()
-            upcoming: Iterator[tuple[int, slice, int]] | None = _line_blocks(
-                self.content, end + 1, _even_size(len(self.content) - end - 1, block_bytes)
-            )
+            upcoming: Iterator[tuple[int, memoryview | bytes, int]] | None = line_blocks
             while pending or upcoming is not None:
                 while upcoming is not None and len(pending) < IN_FLIGHT:
                     lines = next(upcoming, None)
@@ -194,6 +200,60 @@ def plain_csv(content: bytes, rules: RecipientRules) -> PlainCsv | None:
     return PlainCsv(header, content, rules)
 
 
+def plain_csv_file(file: BinaryIO, rules: RecipientRules) -> PlainCsv | None:
+    """`plain_csv` of a file read a block at a time from its start, so memory stays flat
+    whatever its size. Only its header is read here: a block with a quote or a NUL byte
+    raises NotPlain when its turn comes."""
+    file.seek(0)
+    first = file.readline()
+    header = _plain_header(first)
+    if header is None or phone_column_issue(header) is not None or not first.endswith(b"\n"):
+        return None
+    return PlainCsv(header, file, rules)
+
+
+@dataclass(frozen=True)
+class LedgerCopy:
+    """A block's ledger rows as CSV for `copy_recipients_csv`, a part at a time, and its
+    rejected rows as `copy_rejected` records."""
+
+    ledger: list[bytes]
+    rejected: list[tuple]
+
+
+async def ledger_copies(
+    plain: PlainCsv,
+    batch_id: uuid.UUID,
+    account_id: uuid.UUID,
+    *,
+    with_ledger: bool = True,
+    block_bytes: int = BLOCK_BYTES,
+) -> AsyncIterator[LedgerCopy]:
+    """The plain file's outcomes block by block, the next block validated (in threads) while
+    the caller COPYs this one; with `with_ledger` False, no ledger once a row is rejected
+    (a strict batch's)."""
+    blocks = plain.blocks(block_bytes)
+    upcoming = asyncio.ensure_future(asyncio.to_thread(next, blocks, None))
+    try:
+        while (block := await upcoming) is not None:
+            upcoming = asyncio.ensure_future(asyncio.to_thread(next, blocks, None))
+            parts: list[bytes] = []
+            if with_ledger or not plain.tally.rejected:
+                parts = await asyncio.to_thread(list, block.ledger_csv(batch_id, account_id))
+            yield LedgerCopy(
+                parts, [rejected_record(batch_id, account_id, row) for row in block.rejected]
+            )
+    finally:
+        upcoming.cancel()
+
+
+def rejected_record(batch_id: uuid.UUID, account_id: uuid.UUID, row: Rejected) -> tuple:
+    """A rejected row as `copy_rejected` takes it (`REJECTED_COLUMNS`)."""
+    record = (batch_id, row.row_number, account_id, row.code, row.reason, row.value)
+    assert len(record) == len(REJECTED_COLUMNS)
+    return record
+
+
 def _plain_header(content: bytes) -> list[str] | None:
     """The stripped column names, when polars reads the file as the csv module would: no
     quoting, no NUL, not JSON, column names unique once stripped."""
@@ -219,6 +279,42 @@ def _even_size(size: int, block_bytes: int) -> int:
     if blocks <= 1:
         return block_bytes
     return -(-size // (-(-blocks // IN_FLIGHT) * IN_FLIGHT))
+
+
+def _memory_lines(
+    content: bytes, block_bytes: int
+) -> tuple[bytes, Iterator[tuple[int, memoryview | bytes, int]]]:
+    """The header line (with `\\n`, without BOM or CR) and the blocks of lines after it."""
+    start = len(_BOM) if content.startswith(_BOM) else 0
+    end = content.find(b"\n", start)
+    header_line = content[start:end].removesuffix(b"\r") + b"\n"
+    view = memoryview(content)
+    blocks = _line_blocks(content, end + 1, _even_size(len(content) - end - 1, block_bytes))
+    return header_line, ((row, view[lines], count) for row, lines, count in blocks)
+
+
+def _file_lines(
+    file: BinaryIO, block_bytes: int
+) -> tuple[bytes, Iterator[tuple[int, memoryview | bytes, int]]]:
+    """`_memory_lines` of a file, read from its start a block at a time."""
+    file.seek(0, io.SEEK_END)
+    size = file.tell()
+    file.seek(0)
+    first = file.readline()
+    header_line = first.removeprefix(_BOM).removesuffix(b"\n").removesuffix(b"\r") + b"\n"
+    block_size = _even_size(size - len(first), block_bytes)
+
+    def blocks() -> Iterator[tuple[int, memoryview | bytes, int]]:
+        first_row = 1
+        while data := file.read(block_size):
+            data += file.readline()
+            if b'"' in data or b"\x00" in data:
+                raise NotPlain("a quote or a NUL byte")
+            count = data.count(b"\n") + (not data.endswith(b"\n"))
+            yield first_row, data, count
+            first_row += count
+
+    return header_line, blocks()
 
 
 def _line_blocks(content: bytes, start: int, size: int) -> Iterator[tuple[int, slice, int]]:
@@ -304,19 +400,52 @@ def _message(
     sources: dict[str, tuple[str, ...]],
     defaults: dict[str, str],
 ) -> list[pl.Series]:
-    """Each row's global message rendered, its encoding and its segments, as `classify`
-    gives them. The body is "" where the row must be settled one by one: it has its own
-    message, no message is set, a variable has no value, the body is over
-    `max_message_chars`, or `classify` must pack it (GSM-7 with an extension character
-    over one segment, UCS-2 with a character beyond the BMP). The encoding of a message
-    is told from its template's text and its variables' values, not its whole body."""
-    template = rules.agent_message or ""
+    """Each row's message rendered, its encoding and its segments, as `classify` gives
+    them: the global message's, or the row's own (its `agent_message` cell) when the block
+    has at most `OWN_TEMPLATES` distinct ones (a Postman file's languages). The body is ""
+    where the row must be settled one by one: it has more own messages than that, no
+    message is set, a variable has no value, the body is over `max_message_chars`, or
+    `classify` must pack it (GSM-7 with an extension character over one segment, UCS-2 with
+    a character beyond the BMP). The encoding of a message is told from its template's text
+    and its variables' values, not its whole body."""
+    table = _rendered(frame, rules.agent_message or "", rules, sources, defaults)
+    if MESSAGE_COLUMN in header:
+        own = frame.select(~_is_blank(pl.col(MESSAGE_COLUMN))).to_series()
+        table = table.with_columns(pl.col("settle") | own)
+        owned = frame.with_row_index("at").filter(own).select("at", MESSAGE_COLUMN)
+        groups = owned.group_by(MESSAGE_COLUMN, maintain_order=True).agg("at")
+        if 0 < groups.height <= OWN_TEMPLATES:
+            for template, at in groups.iter_rows():
+                rows = pl.Series(at, dtype=pl.UInt32)
+                part = _rendered(frame[rows], template, rules, sources, defaults)
+                table = table.with_columns(
+                    table[name].scatter(rows, part[name]) for name in part.columns
+                )
+    if table["settle"].any():
+        table = table.with_columns(
+            pl.when(pl.col("settle")).then(pl.lit("")).otherwise(pl.col("body")).alias("body")
+        )
+    return table.select("body", "encoding", "segments").get_columns()
+
+
+def _rendered(
+    frame: pl.DataFrame,
+    template: str,
+    rules: RecipientRules,
+    sources: dict[str, tuple[str, ...]],
+    defaults: dict[str, str],
+) -> pl.DataFrame:
+    """`template` rendered for every row of `frame`: body, encoding, segments, and whether
+    the row must be settled one by one (see `_message`)."""
     if not template.strip():
-        return [
-            pl.repeat("", frame.height, dtype=pl.String, eager=True).alias("body"),
-            pl.repeat(GSM7, frame.height, dtype=pl.String, eager=True).alias("encoding"),
-            pl.repeat(1, frame.height, dtype=pl.Int32, eager=True).alias("segments"),
-        ]
+        return pl.DataFrame(
+            {
+                "body": pl.repeat("", frame.height, dtype=pl.String, eager=True),
+                "encoding": pl.repeat(GSM7, frame.height, dtype=pl.String, eager=True),
+                "segments": pl.repeat(1, frame.height, dtype=pl.Int32, eager=True),
+                "settle": pl.repeat(True, frame.height, dtype=pl.Boolean, eager=True),
+            }
+        )
     parts = template_parts(template)
     names = [str(index) for index in range(len(parts) // 2)]
     values = frame.select(
@@ -373,14 +502,7 @@ def _message(
         .alias("segments"),
         ((length > rules.max_message_chars) | packed).alias("settle"),
     )
-    if MESSAGE_COLUMN in header:
-        own = frame.select(~_is_blank(pl.col(MESSAGE_COLUMN))).to_series()
-        table = table.with_columns(pl.col("settle") | own)
-    if table["settle"].any():
-        table = table.with_columns(
-            pl.when(pl.col("settle")).then(pl.lit("")).otherwise(pl.col("body")).alias("body")
-        )
-    return table.select("body", "encoding", "segments").get_columns()
+    return table.select("body", "encoding", "segments", "settle")
 
 
 def _value(name: str, sources: dict[str, tuple[str, ...]], defaults: dict[str, str]) -> pl.Expr:

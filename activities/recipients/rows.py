@@ -147,6 +147,17 @@ class Tally:
         room = STRICT_EXAMPLES - len(self.first_rejected)
         self.first_rejected += other.first_rejected[:room]
 
+    def batch_counts(self) -> dict[str, int]:
+        """The counts a batch keeps of its validation (`batches.set_validation_counts`)."""
+        return {
+            "rows_total": self.rows,
+            "recipients": self.recipients,
+            "rejected": self.rejected,
+            "segments_total": self.segments,
+            "messages_gsm7": self.gsm7,
+            "messages_ucs2": self.ucs2,
+        }
+
     def without_ledger(self) -> "Tally":
         """The counts once the ledger is dropped (a strict failure): rows and rejections."""
         return Tally(rows=self.rows, rejected=self.rejected, first_rejected=self.first_rejected)

@@ -321,6 +321,31 @@ async def test_failed_validation(
     await save_batch(temporal, file_id, "failed_validation")
 
 
+async def test_validated_at_upload(
+    api: httpx.AsyncClient, account: Account, temporal: Client
+) -> None:
+    """A Postman upload, validated by the API: the batch starts from its ledger (the
+    `batch-validated-at-upload` marker, no `validate_recipients`)."""
+    templates = {"english": "Dear {{name}}, it is ready."}
+    campaign = await api.post(
+        "/v1/campaigns",
+        headers=account.headers,
+        json={"name": "History", "sender": account.agent_number, "templates": templates},
+    )
+    assert campaign.status_code == 201, campaign.text
+    rows = "".join(
+        f"{n.removeprefix('+')},english,Row {i}\n" for i, n in enumerate(unique_numbers(6))
+    )
+    response = await api.post(
+        f"/campaigns/{campaign.json()['data']['id']}/batch/messages",
+        headers={"Authorization": f"Bearer {account.key}"},
+        files={"file": ("recipients.csv", f"recipient,language,name\n{rows}".encode(), "text/csv")},
+    )
+    assert response.status_code == 201, response.text
+    file_id = response.json()["batchId"]
+    await save_batch(temporal, file_id, "validated_at_upload")
+
+
 async def test_webhook_retried(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
 ) -> None:
