@@ -16,7 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.backoff import retry_delay
 from activities.conversations import carrier_address
-from activities.heartbeats import SliceHeartbeat
+from activities.heartbeats import SliceHeartbeat, heartbeat_until_cancelled
 from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, Verdict
 from activities.recipients.rows import content_placeholder
@@ -31,8 +31,6 @@ log = structlog.get_logger(__name__)
 
 # A row the batch's `expire_at` caught before it was sent.
 EXPIRED = SendResult(verdict=Verdict.EXPIRED)
-# Often enough that a cancellation (delivered in a heartbeat's reply) is seen within a second.
-HEARTBEAT_SECONDS = 0.5
 # How long a send activity holding the carrier's answers waits for PostgreSQL to come back
 # (a restart, a failover) before it gives up, leaving its rows to end `uncertain`.
 OUTAGE_WAIT_SECONDS = 60.0
@@ -145,7 +143,7 @@ class SendingActivities(WorkerResources):
 
         lanes = min(self._settings.send_concurrency, len(claimed))
         sends = asyncio.gather(*(lane() for _ in range(lanes)))
-        heartbeats = asyncio.create_task(_heartbeat_until_done())
+        heartbeats = asyncio.create_task(heartbeat_until_cancelled())
         try:
             cancelled = await _to_the_end(sends, on_cancel=stopping.set)
         finally:
@@ -265,12 +263,6 @@ async def _through_outages(write: Callable[[], Awaitable[object]]) -> None:
         activity.heartbeat()
         await asyncio.sleep(pause)
         pause = min(pause * 2, 2.0)
-
-
-async def _heartbeat_until_done() -> None:
-    while True:
-        activity.heartbeat()
-        await asyncio.sleep(HEARTBEAT_SECONDS)
 
 
 def _outcomes(

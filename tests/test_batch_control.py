@@ -14,8 +14,8 @@ import httpx
 from temporalio.client import Client
 
 from deploy.local.temporal import TEMPORAL_BIN
-from tests.support.batches import FINAL, phases, start_marked_batch
-from tests.support.builders import unique_numbers
+from tests.support.batches import FINAL, phases, start, start_marked_batch
+from tests.support.builders import attach, slow_to_validate, unique_numbers
 from tests.support.delivery import received, wait_until_received
 from tests.support.stack import Account, Configure, WebhookReceiver, error_code
 from workflows.contracts import batch_workflow_id
@@ -173,6 +173,32 @@ async def test_temporal_cancellation_ends_like_the_cancel_signal(
         api, account, webhooks, emulator_url, file_id, marker, cancelled_at
     )
     assert final["reason"] == "cancelled through Temporal"
+
+
+async def test_a_cancel_during_validation_stops_the_validation(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    rows = 200_000
+    file_id = await attach(api, account.headers, slow_to_validate(rows))
+    marker = f"validation-{file_id}"
+    response = await start(api, account, file_id, status_webhook=webhooks.url(marker))
+    assert response.status_code == 200, response.text
+    await webhooks.wait_for(marker, "validating")
+
+    cancelled = await api.post(
+        f"/v1/sms/batch/{file_id}/cancel", headers=account.headers, json={"reason": "wrong file"}
+    )
+
+    assert cancelled.status_code == 200, cancelled.text
+    events = await webhooks.wait_for(marker, *FINAL)
+    final = events[-1]
+    assert (final["status"], final["reason"]) == ("cancelled", "wrong file")
+    assert "dispatching" not in phases(events)
+    # The validation was cut short: its activity was cancelled, its ledger rolled back.
+    history = await temporal.get_workflow_handle(batch_workflow_id(file_id)).fetch_history()
+    assert any(e.HasField("activity_task_canceled_event_attributes") for e in history.events)
+    counts = await ledger_counts(api, account, file_id)
+    assert sum(counts.values()) < rows
 
 
 async def test_pause_holds_every_send_until_resume(

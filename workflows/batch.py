@@ -12,7 +12,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.ledger import LedgerActivities
@@ -42,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         SendCounts,
         StatusUpdate,
         ValidateInput,
+        ValidationResult,
     )
     from workflows.retries import DB_RETRY, VALIDATE_RETRY
     from workflows.statuses import BatchStatus, LedgerStatus
@@ -49,6 +55,8 @@ with workflow.unsafe.imports_passed_through():
 PROGRESS_EVERY = timedelta(seconds=1)
 # Patch ids (docs/WORKFLOWS.md): runs recorded before them replay without the step.
 RECONCILE_PATCH = "batch-reconcile-uncertain"
+# A cancel during validation cancels the validate activity rather than waiting for its end.
+CANCEL_VALIDATION_PATCH = "batch-cancel-validation"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -67,6 +75,8 @@ class BatchWorkflow:
         # The phase a resume returns to; phases reached while paused are kept for then.
         self._resume_status = BatchStatus.QUEUED
         self._cancel_reason: str | None = None
+        # The validate activity while it runs (runs with CANCEL_VALIDATION_PATCH only).
+        self._validation: asyncio.Task[ValidationResult] | None = None
         self._expired = False
         self._chunks: dict[int, workflow.ChildWorkflowHandle[ChunkWorkflow, SendCounts]] = {}
         # Insertion-ordered, like everything a workflow iterates: a set's order follows
@@ -83,6 +93,8 @@ class BatchWorkflow:
         `cancelled`."""
         if self._cancel_reason is None:
             self._cancel_reason = reason or "cancelled by an operator"
+            if self._validation is not None:
+                self._validation.cancel()
             await self._signal_chunks(ChunkWorkflow.stop)
 
     @workflow.signal
@@ -184,13 +196,18 @@ class BatchWorkflow:
     async def _validate(self) -> DispatchState | BatchResult:
         await self._report(BatchStatus.VALIDATING)
         try:
-            validation = await workflow.execute_activity_method(
-                ValidationActivities.validate_recipients,
-                ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
-                start_to_close_timeout=timedelta(minutes=30),
-                heartbeat_timeout=timedelta(minutes=1),
-                retry_policy=VALIDATE_RETRY,
-            )
+            if workflow.patched(CANCEL_VALIDATION_PATCH):
+                validation = await self._cancellable_validation()
+                if validation is None:
+                    return await self._finish()
+            else:
+                validation = await workflow.execute_activity_method(
+                    ValidationActivities.validate_recipients,
+                    ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
+                    start_to_close_timeout=timedelta(minutes=30),
+                    heartbeat_timeout=timedelta(minutes=1),
+                    retry_policy=VALIDATE_RETRY,
+                )
         except ActivityError as error:
             # Out of retries: the batch still ends, with a final event, rather than hanging.
             reason = f"the file could not be validated: {error.cause or error}"
@@ -213,6 +230,35 @@ class BatchWorkflow:
             message=f"Requested: {validation.rows_total}. Validated: {sendable}.",
         )
         return await self._start_sending(validation.rows_total, validation.recipients)
+
+    async def _cancellable_validation(self) -> ValidationResult | None:
+        """The validate activity, which a `cancel` cancels (it sees that within a second or
+        so, in a heartbeat's reply, and rolls its ledger back); None when cancelled. A cancel
+        that came before it starts skips it."""
+        if self._cancel_reason is not None:
+            return None
+        self._validation = asyncio.create_task(
+            workflow.execute_activity_method(
+                ValidationActivities.validate_recipients,
+                ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
+                start_to_close_timeout=timedelta(minutes=30),
+                heartbeat_timeout=timedelta(minutes=1),
+                retry_policy=VALIDATE_RETRY,
+                # The batch ends only once the activity has let go of the ledger.
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+        )
+        try:
+            return await self._validation
+        except (asyncio.CancelledError, ActivityError) as error:
+            if self._cancel_reason is not None:
+                return None
+            if isinstance(error, ActivityError) and isinstance(error.cause, CancelledError):
+                # A Temporal cancellation of the batch, which cancelled this activity too.
+                raise asyncio.CancelledError from error
+            raise
+        finally:
+            self._validation = None
 
     async def _wait_for_schedule(self) -> None:
         """A durable timer until `schedule_at`; a cancel ends the wait (and the batch)."""

@@ -16,8 +16,14 @@ from temporalio.client import Client, WorkflowHistory
 
 from deploy.local.emulator import NO_ANSWER
 from settings import Settings
-from tests.support.batches import FINAL, start_marked_batch
-from tests.support.builders import emulator_messages, unique_numbers, unique_numbers_in
+from tests.support.batches import FINAL, start, start_marked_batch
+from tests.support.builders import (
+    attach,
+    emulator_messages,
+    slow_to_validate,
+    unique_numbers,
+    unique_numbers_in,
+)
 from tests.support.conversations import TIMERS, timed_out
 from tests.support.delivery import own_worker
 from tests.support.sending import (
@@ -291,6 +297,19 @@ async def test_failed_validation(
     final = await finished(webhooks, marker)
     assert (final["status"], final["code"]) == ("failed", "validation_failed")
     await save_batch(temporal, file_id, "failed_validation")
+
+
+async def test_cancelled_during_validation(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    file_id = await attach(api, account.headers, slow_to_validate(200_000))
+    marker = secrets.token_hex(6)
+    response = await start(api, account, file_id, status_webhook=webhooks.url(marker))
+    assert response.status_code == 200, response.text
+    await webhooks.wait_for(marker, "validating")
+    await control(api, account, file_id, "cancel")
+    assert (await finished(webhooks, marker))["status"] == "cancelled"
+    await save_batch(temporal, file_id, "cancelled_during_validation")
 
 
 async def test_webhook_retried(
