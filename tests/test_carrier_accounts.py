@@ -15,10 +15,15 @@ from tests.support.batches import run_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows
 from tests.support.sending import INBOUND_PATH, eventually, inbound_form, post_inbound
-from tests.support.stack import Account, Configure, WebhookReceiver, error_code
-
-SUBACCOUNT_SID = "AC" + "5" * 32
-SUBACCOUNT_TOKEN = "subaccount-token-" + "7" * 16
+from tests.support.stack import (
+    SUBACCOUNT_SID,
+    SUBACCOUNT_TOKEN,
+    Account,
+    Configure,
+    WebhookReceiver,
+    error_code,
+    set_own,
+)
 
 
 async def other_account(pool: asyncpg.Pool) -> Account:
@@ -27,14 +32,6 @@ async def other_account(pool: asyncpg.Pool) -> Account:
     sender = unique_numbers(1)[0]
     await numbers.add_number(pool, account_id, sender, "sms", None)
     return Account(account_id=account_id, key=key.key, agent_number=sender)
-
-
-async def set_own(api: httpx.AsyncClient, account: Account, token: str) -> httpx.Response:
-    return await api.put(
-        "/v1/carrier-account",
-        headers=account.headers,
-        json={"account_sid": SUBACCOUNT_SID, "auth_token": token},
-    )
 
 
 async def test_the_token_is_never_returned_only_masked(
