@@ -5,6 +5,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,10 @@ log = structlog.get_logger(__name__)
 
 # A row the batch's `expire_at` caught before it was sent.
 EXPIRED = SendResult(verdict=Verdict.EXPIRED)
+# Carrier errors that refuse every message of the account, not the one row: the slice stops
+# at the first, its rows not accepted go back to `pending`, and the batch pauses (with the
+# account's other batches) until someone fixes the account and resumes.
+ACCOUNT_FAILURES = frozenset({"20003"})
 # How long a send activity holding the carrier's answers waits for PostgreSQL to come back
 # (a restart, a failover) before it gives up, leaving its rows to end `uncertain`.
 OUTAGE_WAIT_SECONDS = 60.0
@@ -94,6 +99,7 @@ class SendingActivities(WorkerResources):
         waiting: dict[int, float] = {}
         window = WindowClock(input.pace.send_window) if input.pace.send_window else None
         queue = iter(enumerate(claimed))
+        account_failures: list[str] = []
 
         async def send(index: int, message: messages.ClaimedMessage) -> SendResult | None:
             if input.pace.interval and not await _until(
@@ -131,6 +137,10 @@ class SendingActivities(WorkerResources):
             self._metrics.carrier_latency.labels(result.verdict.value).observe(
                 time.monotonic() - started
             )
+            if result.error_code in ACCOUNT_FAILURES:
+                account_failures.append(result.error_code)
+                stopping.set()
+                return None
             return result
 
         async def lane() -> None:
@@ -170,11 +180,14 @@ class SendingActivities(WorkerResources):
                 type="CarrierDeferred",
                 next_retry_delay=timedelta(seconds=retry_delay(stalls, retry_after)),
             )
+        failed = [r for r in results if r is not None and r.verdict is Verdict.FAILED]
         return SendCounts(
             sent=sum(r is not None and r.verdict is Verdict.SENT for r in results),
-            failed=sum(r is not None and r.verdict is Verdict.FAILED for r in results),
+            failed=len(failed),
             waiting=len(waiting),
             next_window=min(waiting.values(), default=0.0),
+            errors=dict(Counter(r.error_code or "" for r in failed)),
+            account_failure=account_failures[0] if account_failures else None,
         )
 
     async def _record(

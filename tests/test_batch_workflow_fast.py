@@ -9,12 +9,14 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.support.workflows import StubActivities, result_of, stub_worker
 from workflows.batch import BatchWorkflow
-from workflows.chunk import SPREAD_LEAD_SECONDS
+from workflows.chunk import SPREAD_LEAD_SECONDS, ErrorWindow
 from workflows.contracts import (
     BATCH_WORKFLOW,
+    AutoPause,
     BatchInput,
     BatchResult,
     DispatchSettings,
+    SendCounts,
     SendSliceInput,
     SendWindow,
     Timing,
@@ -325,3 +327,21 @@ async def test_continue_as_new_hands_over_and_sends_every_row_once(
     ]
     assert result.status == S.COMPLETED
     assert result.counts.successful == 7
+
+
+def test_the_error_window_keeps_about_its_size_of_the_newest_slices() -> None:
+    window = ErrorWindow(200)
+    window.add(SendCounts(sent=100, failed=0))
+    assert window.error_rate() is None  # fewer messages than the window: no verdict yet
+    window.add(SendCounts(sent=20, failed=80, errors={"21612": 60, "30007": 20}))
+    assert window.error_rate() == 80 / 200
+    assert window.passes(AutoPause(error_rate=0.5)) is None
+    # The oldest slice drops once the newer ones fill the window without it.
+    window.add(SendCounts(sent=0, failed=100, errors={"21612": 100}))
+    assert window.error_rate() == 180 / 200
+    paused = window.passes(AutoPause(error_rate=0.5))
+    assert paused is not None
+    assert (paused.code, paused.error_codes) == ("carrier_error_rate", {"21612": 160, "30007": 20})
+    assert "180 of the last 200" in paused.reason
+    window.clear()
+    assert window.error_rate() is None

@@ -8,6 +8,7 @@ Operators steer it with the `cancel`, `pause` and `resume` signals (from the API
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +18,7 @@ from temporalio.exceptions import (
     ApplicationError,
     CancelledError,
     ChildWorkflowError,
+    FailureError,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -24,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.reconciliation import ReconciliationActivities
     from activities.status_events import StatusEventActivities
     from activities.validation import ValidationActivities
-    from workflows.chunk import ChunkWorkflow
+    from workflows.chunk import AUTO_PAUSE_SIGNAL, ChunkWorkflow
     from workflows.contracts import (
         ACCOUNT_ID,
         AGENT_NUMBER,
@@ -32,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         BATCH_STATUS,
         BATCH_WORKFLOW,
         RECIPIENT_COUNT,
+        AutoPaused,
         BatchCounts,
         BatchInput,
         BatchProgress,
@@ -44,10 +47,12 @@ with workflow.unsafe.imports_passed_through():
         Pace,
         ReconcileInput,
         ReopenInput,
+        RunningBatchesInput,
         SendCounts,
         StatusUpdate,
         ValidateInput,
         ValidationResult,
+        batch_workflow_id,
     )
     from workflows.retries import DB_RETRY, VALIDATE_RETRY
     from workflows.statuses import BatchStatus, LedgerStatus
@@ -57,6 +62,8 @@ PROGRESS_EVERY = timedelta(seconds=1)
 RECONCILE_PATCH = "batch-reconcile-uncertain"
 # A cancel during validation cancels the validate activity rather than waiting for its end.
 CANCEL_VALIDATION_PATCH = "batch-cancel-validation"
+# A batch pauses itself when a chunk asks (too many carrier errors, or an account-wide one).
+AUTO_PAUSE_PATCH = "batch-auto-pause"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -99,12 +106,49 @@ class BatchWorkflow:
 
     @workflow.signal
     async def pause(self) -> None:
-        if self._paused or self._cancel_reason is not None:
+        await self._pause()
+
+    @workflow.signal(name=AUTO_PAUSE_SIGNAL)
+    async def auto_pause(self, paused: AutoPaused) -> None:
+        """A chunk met too many carrier errors, or one refusing the whole account (or another
+        batch of the account did): pause as `pause` does, the reason in the `paused` event.
+        An account-wide failure pauses the account's other running batches too."""
+        if not workflow.patched(AUTO_PAUSE_PATCH):
+            return  # a signal an older release ignored, replayed
+        if not await self._pause(paused):
             return
+        if paused.account_wide:
+            await self._pause_account(dataclasses.replace(paused, account_wide=False))
+
+    async def _pause(self, why: AutoPaused | None = None) -> bool:
+        """Pause, with the event; False when already paused or being cancelled."""
+        if self._paused or self._cancel_reason is not None:
+            return False
         self._paused = True
         self._resume_status = self._status
         await self._signal_chunks(ChunkWorkflow.pause)
-        await self._report(BatchStatus.PAUSED)
+        if why is None:
+            await self._report(BatchStatus.PAUSED)
+        else:
+            await self._report(
+                BatchStatus.PAUSED, code=why.code, reason=why.reason, error_codes=why.error_codes
+            )
+        return True
+
+    async def _pause_account(self, paused: AutoPaused) -> None:
+        """Signal the account's other running batches to pause for the same reason."""
+        others = await workflow.execute_activity_method(
+            LedgerActivities.running_batches,
+            RunningBatchesInput(account_id=self._input.account_id, batch_id=self._input.batch_id),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=DB_RETRY,
+        )
+        for batch_id in others:
+            handle = workflow.get_external_workflow_handle(batch_workflow_id(batch_id))
+            try:
+                await handle.signal(AUTO_PAUSE_SIGNAL, paused)
+            except FailureError:
+                pass  # finished (or not started) meanwhile: nothing to pause
 
     @workflow.signal
     async def resume(self) -> None:
@@ -179,6 +223,7 @@ class BatchWorkflow:
                 state=continuing,
                 limits=input.limits,
                 timing=input.timing,
+                auto_pause=input.auto_pause,
             )
         )
 
@@ -385,6 +430,7 @@ class BatchWorkflow:
                 slices_in_flight=dispatch.slices_in_flight,
                 pace=state.pace,
                 send_heartbeat_timeout_seconds=dispatch.send_heartbeat_timeout_seconds,
+                auto_pause=self._input.auto_pause,
             ),
             id=f"{workflow.info().workflow_id}/{name}",
         )
@@ -506,6 +552,7 @@ class BatchWorkflow:
         code: str | None = None,
         reason: str | None = None,
         counts: BatchCounts | None = None,
+        error_codes: dict[str, int] | None = None,
     ) -> None:
         """Record a lifecycle event (batch row, search attribute, log) and queue its webhook."""
         if self._paused and counts is None and status != BatchStatus.PAUSED:
@@ -527,6 +574,7 @@ class BatchWorkflow:
                     code=code,
                     reason=reason,
                     counts=counts,
+                    error_codes=error_codes,
                 ),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=DB_RETRY,
