@@ -37,6 +37,7 @@ async def start_batch(
     timing: Timing | None = None,
     retry_statuses: list[LedgerStatus] | None = None,
     first_event_seq: int = 0,
+    auto_pause: AutoPause | None = None,
 ) -> WorkflowHandle[BatchWorkflow, BatchResult]:
     batch_id = str(uuid.uuid4())
     return await env.client.start_workflow(
@@ -49,6 +50,7 @@ async def start_batch(
             timing=timing or Timing(),
             retry_statuses=retry_statuses,
             first_event_seq=first_event_seq,
+            auto_pause=auto_pause,
         ),
         id=batch_workflow_id(batch_id),
         task_queue=task_queue,
@@ -345,3 +347,27 @@ def test_the_error_window_keeps_about_its_size_of_the_newest_slices() -> None:
     assert "180 of the last 200" in paused.reason
     window.clear()
     assert window.error_rate() is None
+
+
+async def test_a_batch_pauses_itself_once_its_window_of_errors_passes_the_rate(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=8, refused={0, 1, 2, 3})
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=10, slice_size=2, slices_in_flight=1),
+            auto_pause=AutoPause(error_rate=0.5, window=4),
+        )
+        await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
+        # Paused for an hour: no slice starts after the two whose rows were all refused.
+        await time_skipping.sleep(3600)
+        assert slices(stubs) == [(0, 2), (2, 4)]
+        assert (await handle.query(BatchWorkflow.progress)).paused
+        await handle.signal(BatchWorkflow.resume)
+        result = await result_of(handle)
+    assert slices(stubs) == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    [paused] = [u for u in stubs.inputs("record_status") if u.status == S.PAUSED]
+    assert (paused.code, paused.error_codes) == ("carrier_error_rate", {"21612": 4})
+    assert result.status == S.COMPLETED
