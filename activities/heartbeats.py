@@ -5,11 +5,26 @@ details an attempt on an older worker left, and an older worker reads these. Onl
 heartbeat is read back (by its next attempt); the others show progress in the UI.
 """
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
 from temporalio import activity
+
+# Often enough that a cancellation (delivered in a heartbeat's reply, which the worker lets
+# through at least once a second: `max_heartbeat_throttle_interval` in worker.py) is seen
+# within a second or so.
+HEARTBEAT_SECONDS = 0.5
+
+
+async def heartbeat_until_cancelled() -> None:
+    """Heartbeat (without details) every HEARTBEAT_SECONDS until this task is cancelled: an
+    activity runs it beside work that may not heartbeat for a while, so that a cancellation
+    reaches it at once."""
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(HEARTBEAT_SECONDS)
 
 
 @dataclass(frozen=True, kw_only=True)

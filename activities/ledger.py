@@ -7,7 +7,13 @@ from temporalio import activity
 
 from activities.resources import WorkerResources
 from store import batches, messages
-from workflows.contracts import BatchCounts, FinishInput, ReopenInput, ReopenResult
+from workflows.contracts import (
+    BatchCounts,
+    FinishInput,
+    ReopenInput,
+    ReopenResult,
+    RunningBatchesInput,
+)
 from workflows.statuses import LedgerStatus
 
 
@@ -44,6 +50,15 @@ class LedgerActivities(WorkerResources):
             recipients=batch["recipients"] or 0,
         )
 
+    @activity.defn
+    async def running_batches(self, input: RunningBatchesInput) -> list[str]:
+        """The ids of the account's other batches still running, for a batch that met an
+        account-wide carrier failure to pause them."""
+        found = await batches.running_batch_ids(
+            self._pool, uuid.UUID(input.account_id), but=uuid.UUID(input.batch_id)
+        )
+        return [str(batch_id) for batch_id in found]
+
     def registered(self) -> list[Any]:
         """The bound activity methods, for the worker to register."""
-        return [self.finish_ledger, self.reopen_rows]
+        return [self.finish_ledger, self.reopen_rows, self.running_batches]

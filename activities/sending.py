@@ -5,6 +5,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.backoff import retry_delay
 from activities.conversations import carrier_address
-from activities.heartbeats import SliceHeartbeat
+from activities.heartbeats import SliceHeartbeat, heartbeat_until_cancelled
 from activities.outages import through_outages
 from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, Verdict
@@ -28,8 +29,10 @@ from workflows.statuses import LedgerStatus
 
 # A row the batch's `expire_at` caught before it was sent.
 EXPIRED = SendResult(verdict=Verdict.EXPIRED)
-# Often enough that a cancellation (delivered in a heartbeat's reply) is seen within a second.
-HEARTBEAT_SECONDS = 0.5
+# Carrier errors that refuse every message of the account, not the one row: the slice stops
+# at the first, its rows not accepted go back to `pending`, and the batch pauses (with the
+# account's other batches) until someone fixes the account and resumes.
+ACCOUNT_FAILURES = frozenset({"20003"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +128,8 @@ class SendingActivities(WorkerResources):
             )
             waves.marked(rows, {i for i in rows if claimed[i].seq in marked})
 
+        account_failures: list[str] = []
+
         async def send(index: int, message: messages.ClaimedMessage) -> SendResult | None:
             if input.pace.interval and not await _until(
                 input.pace.send_time(message.seq), stopping
@@ -167,6 +172,10 @@ class SendingActivities(WorkerResources):
             self._metrics.carrier_latency.labels(result.verdict.value).observe(
                 time.monotonic() - started
             )
+            if result.error_code in ACCOUNT_FAILURES:
+                account_failures.append(result.error_code)
+                stopping.set()
+                return None
             return result
 
         failures: list[Exception] = []
@@ -189,7 +198,7 @@ class SendingActivities(WorkerResources):
 
         lanes = min(self._settings.send_concurrency, len(claimed))
         sends = asyncio.gather(*(lane() for _ in range(lanes)))
-        heartbeats = asyncio.create_task(_heartbeat_until_done())
+        heartbeats = asyncio.create_task(heartbeat_until_cancelled())
         try:
             cancelled = await _to_the_end(sends, on_cancel=stopping.set)
         finally:
@@ -218,11 +227,14 @@ class SendingActivities(WorkerResources):
                 type="CarrierDeferred",
                 next_retry_delay=timedelta(seconds=retry_delay(stalls, retry_after)),
             )
+        failed = [r for r in results if r is not None and r.verdict is Verdict.FAILED]
         return SendCounts(
             sent=sum(r is not None and r.verdict is Verdict.SENT for r in results),
-            failed=sum(r is not None and r.verdict is Verdict.FAILED for r in results),
+            failed=len(failed),
             waiting=len(waiting),
             next_window=min(waiting.values(), default=0.0),
+            errors=dict(Counter(r.error_code or "" for r in failed)),
+            account_failure=account_failures[0] if account_failures else None,
         )
 
     async def _record(
@@ -341,12 +353,6 @@ async def _to_the_end(
             cancelled = True
             if on_cancel is not None:
                 on_cancel()
-
-
-async def _heartbeat_until_done() -> None:
-    while True:
-        activity.heartbeat()
-        await asyncio.sleep(HEARTBEAT_SECONDS)
 
 
 def _outcomes(

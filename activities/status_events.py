@@ -56,6 +56,8 @@ class StatusEventActivities(WorkerResources):
         if update.code:
             payload["code"] = update.code
             payload["reason"] = update.reason
+        if update.error_codes is not None:
+            payload["error_codes"] = update.error_codes
         if update.counts is not None:
             payload.update(
                 {f"messages_{name}": getattr(update.counts, name) for name in FINAL_EVENT_FIELDS}

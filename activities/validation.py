@@ -1,16 +1,18 @@
 """Validation of a batch's recipient file: read it, apply the recipient rules, COPY the ledger."""
 
 import asyncio
+import contextlib
 import itertools
+import threading
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
 from temporalio import activity
 
-from activities.heartbeats import ValidationHeartbeat
+from activities.heartbeats import ValidationHeartbeat, heartbeat_until_cancelled
 from activities.recipients.columns import (
     NotPlain,
     PlainCsv,
@@ -40,12 +42,24 @@ log = structlog.get_logger(__name__)
 
 COPY_BATCH = 10_000
 
+T = TypeVar("T")
+
 
 class ValidationActivities(WorkerResources):
     """Validates a batch's file into its ledger."""
 
     @activity.defn
     async def validate_recipients(self, input: ValidateInput) -> ValidationResult:
+        """Validate the file into the ledger in one transaction. A cancellation (the batch
+        cancelled meanwhile) reaches it within a second or so, whatever the work in hand,
+        and rolls the transaction back: the ledger is left empty."""
+        beating = asyncio.create_task(heartbeat_until_cancelled())
+        try:
+            return await self._validate(input)
+        finally:
+            beating.cancel()
+
+    async def _validate(self, input: ValidateInput) -> ValidationResult:
         batch_id = uuid.UUID(input.batch_id)
         batch = await batches.batch_for_workflow(self._pool, batch_id)
         account_id = batch["account_id"]
@@ -86,15 +100,16 @@ class ValidationActivities(WorkerResources):
                         )
                     else:
                         header, rows = await asyncio.to_thread(read_rows, content)
-                    tally = await self._copy_rows(
-                        conn,
-                        batch_id,
-                        account_id,
-                        build_recipients(header, rows, rules),
-                        senders,
-                        stop_ledger_at_rejection=options.strict,
-                        shorten_urls=options.shorten_urls,
-                    )
+                    with _stoppable(build_recipients(header, rows, rules)) as outcomes:
+                        tally = await self._copy_rows(
+                            conn,
+                            batch_id,
+                            account_id,
+                            outcomes,
+                            senders,
+                            stop_ledger_at_rejection=options.strict,
+                            shorten_urls=options.shorten_urls,
+                        )
                 if any(name in header for name in CONTENT_COLUMNS):
                     await _copy_contents(conn, batch_id, content)
                 issue = header_issue(header)
@@ -230,6 +245,18 @@ async def _copy_blocks(
         await messages.copy_outcomes(conn, block.ledger, block.rejected)
         ValidationHeartbeat(rows=plain.tally.rows).send()
     return plain.tally
+
+
+@contextlib.contextmanager
+def _stoppable(items: Iterator[T]) -> Iterator[Iterator[T]]:
+    """`items`, ending at the next one once the block is left: a thread still reading them
+    when the activity is cancelled stops there, rather than validating its block to the end
+    (holding the GIL the worker's other work needs)."""
+    ending = threading.Event()
+    try:
+        yield itertools.takewhile(lambda _: not ending.is_set(), items)
+    finally:
+        ending.set()
 
 
 def _shorten_block(

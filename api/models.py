@@ -22,7 +22,7 @@ from pydantic_core import PydanticCustomError
 from activities.recipients.phones import VALID, NumberCheck
 from activities.recipients.rows import PHONE_COLUMN
 from settings import SENDER_MPS_MAX, SENDER_MPS_MIN
-from workflows.contracts import DEFAULT_VALIDATION
+from workflows.contracts import DEFAULT_VALIDATION, AutoPause
 from workflows.statuses import BatchStatus, LedgerStatus
 
 T = TypeVar("T")
@@ -306,6 +306,13 @@ class BatchRequest(CampaignMessage):
         None,
         description="Send each recipient only inside this window of their local day (their"
         " zone from the number); rows outside it wait, counted as `waiting_for_window`.",
+    )
+    auto_pause_error_rate: float | None = Field(
+        AutoPause().error_rate,
+        ge=0,
+        le=1,
+        description="Pause the batch (event `paused`, code `carrier_error_rate`) when the"
+        " carrier refuses more than this share of its last 200 messages; `null` never does.",
     )
     dry_run: bool = Field(
         False,

@@ -69,6 +69,20 @@ async def batch_for_workflow(pool: asyncpg.Pool, batch_id: uuid.UUID) -> dict:
     return dict(row)
 
 
+async def running_batch_ids(
+    pool: asyncpg.Pool, account_id: uuid.UUID, *, but: uuid.UUID
+) -> list[uuid.UUID]:
+    """The account's batches not in a final status, but `but`, oldest first."""
+    rows = await pool.fetch(
+        "SELECT id FROM batches WHERE account_id = $1 AND id <> $2"
+        " AND NOT (status = ANY($3::text[])) ORDER BY created_at, id",
+        account_id,
+        but,
+        list(FINAL_BATCH_STATUSES),
+    )
+    return [row["id"] for row in rows]
+
+
 async def disable_webhook(pool: asyncpg.Pool, batch_id: uuid.UUID) -> None:
     """The receiver answered `410 Gone`: post nothing more for this batch."""
     await pool.execute(

@@ -17,7 +17,7 @@ from temporalio.client import Client
 from deploy.local.temporal import TEMPORAL_BIN
 from settings import Settings
 from tests.support.batches import FINAL, phases, start, start_marked_batch
-from tests.support.builders import attach, csv_bytes, unique_numbers
+from tests.support.builders import attach, csv_bytes, slow_to_validate, unique_numbers
 from tests.support.delivery import received, wait_until_received
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client, error_code
 from workflows.contracts import batch_workflow_id
@@ -177,6 +177,32 @@ async def test_temporal_cancellation_ends_like_the_cancel_signal(
     assert final["reason"] == "cancelled through Temporal"
 
 
+async def test_a_cancel_during_validation_stops_the_validation(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    rows = 200_000
+    file_id = await attach(api, account.headers, slow_to_validate(rows))
+    marker = f"validation-{file_id}"
+    response = await start(api, account, file_id, status_webhook=webhooks.url(marker))
+    assert response.status_code == 200, response.text
+    await webhooks.wait_for(marker, "validating")
+
+    cancelled = await api.post(
+        f"/v1/sms/batch/{file_id}/cancel", headers=account.headers, json={"reason": "wrong file"}
+    )
+
+    assert cancelled.status_code == 200, cancelled.text
+    events = await webhooks.wait_for(marker, *FINAL)
+    final = events[-1]
+    assert (final["status"], final["reason"]) == ("cancelled", "wrong file")
+    assert "dispatching" not in phases(events)
+    # The validation was cut short: its activity was cancelled, its ledger rolled back.
+    history = await temporal.get_workflow_handle(batch_workflow_id(file_id)).fetch_history()
+    assert any(e.HasField("activity_task_canceled_event_attributes") for e in history.events)
+    counts = await ledger_counts(api, account, file_id)
+    assert sum(counts.values()) < rows
+
+
 async def test_pause_holds_every_send_until_resume(
     api: httpx.AsyncClient,
     account: Account,
@@ -281,7 +307,7 @@ async def test_search_attributes_find_the_finished_batch(
     assert attributes | {"BuildIds": None} == {
         "BuildIds": None,  # the server's own
         # The server's too: the patches the run took (docs/WORKFLOWS.md).
-        "TemporalChangeVersion": ["batch-reconcile-uncertain"],
+        "TemporalChangeVersion": ["batch-cancel-validation", "batch-reconcile-uncertain"],
         "BatchStatus": "completed",
         "BatchId": file_id,
         "AccountId": str(account.account_id),

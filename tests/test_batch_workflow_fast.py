@@ -9,12 +9,14 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.support.workflows import StubActivities, result_of, stub_worker
 from workflows.batch import BatchWorkflow
-from workflows.chunk import SPREAD_LEAD_SECONDS
+from workflows.chunk import SPREAD_LEAD_SECONDS, ErrorWindow
 from workflows.contracts import (
     BATCH_WORKFLOW,
+    AutoPause,
     BatchInput,
     BatchResult,
     DispatchSettings,
+    SendCounts,
     SendSliceInput,
     SendWindow,
     Timing,
@@ -35,6 +37,7 @@ async def start_batch(
     timing: Timing | None = None,
     retry_statuses: list[LedgerStatus] | None = None,
     first_event_seq: int = 0,
+    auto_pause: AutoPause | None = None,
 ) -> WorkflowHandle[BatchWorkflow, BatchResult]:
     batch_id = str(uuid.uuid4())
     return await env.client.start_workflow(
@@ -47,6 +50,7 @@ async def start_batch(
             timing=timing or Timing(),
             retry_statuses=retry_statuses,
             first_event_seq=first_event_seq,
+            auto_pause=auto_pause,
         ),
         id=batch_workflow_id(batch_id),
         task_queue=task_queue,
@@ -374,3 +378,45 @@ async def test_ranges_waiting_for_their_window_are_carried_over_a_continue_as_ne
     assert len({call.run_id for call in stubs.calls["record_status"]}) == 2
     assert stubs.sent == set(range(6))
     assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
+
+
+def test_the_error_window_keeps_about_its_size_of_the_newest_slices() -> None:
+    window = ErrorWindow(200)
+    window.add(SendCounts(sent=100, failed=0))
+    assert window.error_rate() is None  # fewer messages than the window: no verdict yet
+    window.add(SendCounts(sent=20, failed=80, errors={"21612": 60, "30007": 20}))
+    assert window.error_rate() == 80 / 200
+    assert window.passes(AutoPause(error_rate=0.5)) is None
+    # The oldest slice drops once the newer ones fill the window without it.
+    window.add(SendCounts(sent=0, failed=100, errors={"21612": 100}))
+    assert window.error_rate() == 180 / 200
+    paused = window.passes(AutoPause(error_rate=0.5))
+    assert paused is not None
+    assert (paused.code, paused.error_codes) == ("carrier_error_rate", {"21612": 160, "30007": 20})
+    assert "180 of the last 200" in paused.reason
+    window.clear()
+    assert window.error_rate() is None
+
+
+async def test_a_batch_pauses_itself_once_its_window_of_errors_passes_the_rate(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=8, refused={0, 1, 2, 3})
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=10, slice_size=2, slices_in_flight=1),
+            auto_pause=AutoPause(error_rate=0.5, window=4),
+        )
+        await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
+        # Paused for an hour: no slice starts after the two whose rows were all refused.
+        await time_skipping.sleep(3600)
+        assert slices(stubs) == [(0, 2), (2, 4)]
+        assert (await handle.query(BatchWorkflow.progress)).paused
+        await handle.signal(BatchWorkflow.resume)
+        result = await result_of(handle)
+    assert slices(stubs) == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    [paused] = [u for u in stubs.inputs("record_status") if u.status == S.PAUSED]
+    assert (paused.code, paused.error_codes) == ("carrier_error_rate", {"21612": 4})
+    assert result.status == S.COMPLETED

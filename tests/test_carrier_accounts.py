@@ -1,8 +1,9 @@
 """Per-account carrier credentials (Twilio subaccounts) on the real stack: an account's sends
 go through its own subaccount, another's keep the service's, and wrong own credentials fail
-only that account's sends."""
+only that account's sends: its running batches pause (`carrier_authentication_failed`)."""
 
 import secrets
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -11,14 +12,19 @@ from twilio.request_validator import RequestValidator
 from settings import Settings
 from store import numbers
 from store.accounts import create_account, create_api_key
-from tests.support.batches import run_batch
+from tests.support.batches import FINAL, run_batch, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows
 from tests.support.sending import INBOUND_PATH, eventually, inbound_form, post_inbound
-from tests.support.stack import Account, Configure, WebhookReceiver, error_code
-
-SUBACCOUNT_SID = "AC" + "5" * 32
-SUBACCOUNT_TOKEN = "subaccount-token-" + "7" * 16
+from tests.support.stack import (
+    SUBACCOUNT_SID,
+    SUBACCOUNT_TOKEN,
+    Account,
+    Configure,
+    WebhookReceiver,
+    error_code,
+    set_own,
+)
 
 
 async def other_account(pool: asyncpg.Pool) -> Account:
@@ -27,14 +33,6 @@ async def other_account(pool: asyncpg.Pool) -> Account:
     sender = unique_numbers(1)[0]
     await numbers.add_number(pool, account_id, sender, "sms", None)
     return Account(account_id=account_id, key=key.key, agent_number=sender)
-
-
-async def set_own(api: httpx.AsyncClient, account: Account, token: str) -> httpx.Response:
-    return await api.put(
-        "/v1/carrier-account",
-        headers=account.headers,
-        json={"account_sid": SUBACCOUNT_SID, "auth_token": token},
-    )
 
 
 async def test_the_token_is_never_returned_only_masked(
@@ -126,7 +124,7 @@ async def test_a_subaccount_signs_inbound_only_for_its_own_accounts_senders(
     assert (await post_inbound(api, settings, forged, signature=wrong)).status_code == 403
 
 
-async def test_wrong_own_credentials_fail_only_that_accounts_sends(
+async def test_wrong_own_credentials_pause_every_running_batch_of_that_account_once(
     api: httpx.AsyncClient,
     account: Account,
     pool: asyncpg.Pool,
@@ -137,17 +135,42 @@ async def test_wrong_own_credentials_fail_only_that_accounts_sends(
     await carrier(accounts={SUBACCOUNT_SID: SUBACCOUNT_TOKEN})
     assert (await set_own(api, account, "a-wrong-token")).status_code == 200
     other = await other_account(pool)
+    # A batch of the account that is running (waiting for its schedule) meanwhile.
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    waiting_file, waiting = await start_marked_batch(
+        api, account, webhooks, unique_numbers(3), schedule_at=later
+    )
+    await webhooks.wait_for(waiting, "waiting_for_scheduled_messages")
 
     own_numbers, other_numbers = unique_numbers(5), unique_numbers(5)
-    own_file, _ = await run_batch(api, account, webhooks, own_numbers)
+    own_file, own = await start_marked_batch(api, account, webhooks, own_numbers)
     other_file, other_events = await run_batch(api, other, webhooks, other_numbers)
 
-    own_rows = await ledger_rows(api, account, own_file)
-    assert {(r["status"], r["error_code"]) for r in own_rows} == {("failed", "20003")}
+    for marker in (own, waiting):
+        events = await webhooks.wait_for(marker, "paused")
+        [paused] = [e for e in events if e["status"] == "paused"]
+        assert (paused["code"], paused["error_codes"]) == (
+            "carrier_authentication_failed",
+            {"20003": 1},
+        )
+    # Nothing failed one by one: the rows wait, `pending`, for the account to be fixed.
+    assert {r["status"] for r in await ledger_rows(api, account, own_file)} == {"pending"}
     assert other_events[-1]["status"] == "completed"
     assert {r["status"] for r in await ledger_rows(api, other, other_file)} == {"sent"}
     received = {m["to"] for m in await emulator_messages(emulator_url)}
     assert not received & set(own_numbers)
+
+    assert (await set_own(api, account, SUBACCOUNT_TOKEN)).status_code == 200
+    resumed = await api.post(f"/v1/sms/batch/{own_file}/resume", headers=account.headers)
+    assert resumed.status_code == 200, resumed.text
+    events = await webhooks.wait_for(own, *FINAL)
+    assert events[-1]["status"] == "completed"
+    assert sum(e["status"] == "paused" for e in events) == 1
+    assert {r["status"] for r in await ledger_rows(api, account, own_file)} == {"sent"}
+    cancel = await api.post(f"/v1/sms/batch/{waiting_file}/cancel", headers=account.headers)
+    assert cancel.status_code == 200, cancel.text
+    events = await webhooks.wait_for(waiting, *FINAL)
+    assert sum(e["status"] == "paused" for e in events) == 1
 
 
 async def test_senders_are_checked_against_the_accounts_own_subaccount(

@@ -8,18 +8,25 @@ Operators steer it with the `cancel`, `pause` and `resume` signals (from the API
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+    FailureError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.ledger import LedgerActivities
     from activities.reconciliation import ReconciliationActivities
     from activities.status_events import StatusEventActivities
     from activities.validation import ValidationActivities
-    from workflows.chunk import ChunkWorkflow
+    from workflows.chunk import AUTO_PAUSE_SIGNAL, ChunkWorkflow
     from workflows.contracts import (
         ACCOUNT_ID,
         AGENT_NUMBER,
@@ -27,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         BATCH_STATUS,
         BATCH_WORKFLOW,
         RECIPIENT_COUNT,
+        AutoPaused,
         BatchCounts,
         BatchInput,
         BatchProgress,
@@ -39,10 +47,13 @@ with workflow.unsafe.imports_passed_through():
         Pace,
         ReconcileInput,
         ReopenInput,
+        RunningBatchesInput,
         SendCounts,
         StatusUpdate,
         ValidateInput,
+        ValidationResult,
         WaitingRange,
+        batch_workflow_id,
     )
     from workflows.retries import DB_RETRY, VALIDATE_RETRY
     from workflows.statuses import BatchStatus, LedgerStatus
@@ -54,6 +65,10 @@ RECONCILE_PATCH = "batch-reconcile-uncertain"
 # them again when their window opens, so that they hold back no other row.
 WINDOW_PASSES_PATCH = "batch-send-window-passes"
 VALIDATED_PATCH = "batch-validated-at-upload"
+# A cancel during validation cancels the validate activity rather than waiting for its end.
+CANCEL_VALIDATION_PATCH = "batch-cancel-validation"
+# A batch pauses itself when a chunk asks (too many carrier errors, or an account-wide one).
+AUTO_PAUSE_PATCH = "batch-auto-pause"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -72,6 +87,8 @@ class BatchWorkflow:
         # The phase a resume returns to; phases reached while paused are kept for then.
         self._resume_status = BatchStatus.QUEUED
         self._cancel_reason: str | None = None
+        # The validate activity while it runs (runs with CANCEL_VALIDATION_PATCH only).
+        self._validation: asyncio.Task[ValidationResult] | None = None
         self._expired = False
         # By child workflow name.
         self._chunks: dict[str, workflow.ChildWorkflowHandle[ChunkWorkflow, SendCounts]] = {}
@@ -91,16 +108,55 @@ class BatchWorkflow:
         `cancelled`."""
         if self._cancel_reason is None:
             self._cancel_reason = reason or "cancelled by an operator"
+            if self._validation is not None:
+                self._validation.cancel()
             await self._signal_chunks(ChunkWorkflow.stop)
 
     @workflow.signal
     async def pause(self) -> None:
-        if self._paused or self._cancel_reason is not None:
+        await self._pause()
+
+    @workflow.signal(name=AUTO_PAUSE_SIGNAL)
+    async def auto_pause(self, paused: AutoPaused) -> None:
+        """A chunk met too many carrier errors, or one refusing the whole account (or another
+        batch of the account did): pause as `pause` does, the reason in the `paused` event.
+        An account-wide failure pauses the account's other running batches too."""
+        if not workflow.patched(AUTO_PAUSE_PATCH):
+            return  # a signal an older release ignored, replayed
+        if not await self._pause(paused):
             return
+        if paused.account_wide:
+            await self._pause_account(dataclasses.replace(paused, account_wide=False))
+
+    async def _pause(self, why: AutoPaused | None = None) -> bool:
+        """Pause, with the event; False when already paused or being cancelled."""
+        if self._paused or self._cancel_reason is not None:
+            return False
         self._paused = True
         self._resume_status = self._status
         await self._signal_chunks(ChunkWorkflow.pause)
-        await self._report(BatchStatus.PAUSED)
+        if why is None:
+            await self._report(BatchStatus.PAUSED)
+        else:
+            await self._report(
+                BatchStatus.PAUSED, code=why.code, reason=why.reason, error_codes=why.error_codes
+            )
+        return True
+
+    async def _pause_account(self, paused: AutoPaused) -> None:
+        """Signal the account's other running batches to pause for the same reason."""
+        others = await workflow.execute_activity_method(
+            LedgerActivities.running_batches,
+            RunningBatchesInput(account_id=self._input.account_id, batch_id=self._input.batch_id),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=DB_RETRY,
+        )
+        for batch_id in others:
+            handle = workflow.get_external_workflow_handle(batch_workflow_id(batch_id))
+            try:
+                await handle.signal(AUTO_PAUSE_SIGNAL, paused)
+            except FailureError:
+                pass  # finished (or not started) meanwhile: nothing to pause
 
     @workflow.signal
     async def resume(self) -> None:
@@ -175,6 +231,7 @@ class BatchWorkflow:
                 state=continuing,
                 limits=input.limits,
                 timing=input.timing,
+                auto_pause=input.auto_pause,
             )
         )
 
@@ -196,13 +253,19 @@ class BatchWorkflow:
             validation = validated
         else:
             try:
-                validation = await workflow.execute_activity_method(
-                    ValidationActivities.validate_recipients,
-                    ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
-                    start_to_close_timeout=timedelta(minutes=30),
-                    heartbeat_timeout=timedelta(minutes=1),
-                    retry_policy=VALIDATE_RETRY,
-                )
+                if workflow.patched(CANCEL_VALIDATION_PATCH):
+                    found = await self._cancellable_validation()
+                    if found is None:
+                        return await self._finish()
+                    validation = found
+                else:
+                    validation = await workflow.execute_activity_method(
+                        ValidationActivities.validate_recipients,
+                        ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
+                        start_to_close_timeout=timedelta(minutes=30),
+                        heartbeat_timeout=timedelta(minutes=1),
+                        retry_policy=VALIDATE_RETRY,
+                    )
             except ActivityError as error:
                 # Out of retries: the batch still ends, with a final event, rather than hanging.
                 reason = f"the file could not be validated: {error.cause or error}"
@@ -225,6 +288,35 @@ class BatchWorkflow:
             message=f"Requested: {validation.rows_total}. Validated: {sendable}.",
         )
         return await self._start_sending(validation.rows_total, validation.recipients)
+
+    async def _cancellable_validation(self) -> ValidationResult | None:
+        """The validate activity, which a `cancel` cancels (it sees that within a second or
+        so, in a heartbeat's reply, and rolls its ledger back); None when cancelled. A cancel
+        that came before it starts skips it."""
+        if self._cancel_reason is not None:
+            return None
+        self._validation = asyncio.create_task(
+            workflow.execute_activity_method(
+                ValidationActivities.validate_recipients,
+                ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
+                start_to_close_timeout=timedelta(minutes=30),
+                heartbeat_timeout=timedelta(minutes=1),
+                retry_policy=VALIDATE_RETRY,
+                # The batch ends only once the activity has let go of the ledger.
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+        )
+        try:
+            return await self._validation
+        except (asyncio.CancelledError, ActivityError) as error:
+            if self._cancel_reason is not None:
+                return None
+            if isinstance(error, ActivityError) and isinstance(error.cause, CancelledError):
+                # A Temporal cancellation of the batch, which cancelled this activity too.
+                raise asyncio.CancelledError from error
+            raise
+        finally:
+            self._validation = None
 
     async def _wait_for_schedule(self) -> None:
         """A durable timer until `schedule_at`; a cancel ends the wait (and the batch)."""
@@ -415,6 +507,7 @@ class BatchWorkflow:
                 pace=state.pace,
                 send_heartbeat_timeout_seconds=dispatch.send_heartbeat_timeout_seconds,
                 hand_back_waiting=hand_back,
+                auto_pause=self._input.auto_pause,
             ),
             id=f"{workflow.info().workflow_id}/{name}",
         )
@@ -538,6 +631,7 @@ class BatchWorkflow:
         code: str | None = None,
         reason: str | None = None,
         counts: BatchCounts | None = None,
+        error_codes: dict[str, int] | None = None,
     ) -> None:
         """Record a lifecycle event (batch row, search attribute, log) and queue its webhook."""
         if self._paused and counts is None and status != BatchStatus.PAUSED:
@@ -559,6 +653,7 @@ class BatchWorkflow:
                     code=code,
                     reason=reason,
                     counts=counts,
+                    error_codes=error_codes,
                 ),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=DB_RETRY,

@@ -8,6 +8,7 @@ chunk, leaving what was not sent `pending` for the batch to close.
 
 import asyncio
 import contextlib
+from collections import Counter, deque
 from datetime import timedelta
 
 from temporalio import workflow
@@ -15,7 +16,14 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.sending import SendingActivities
-    from workflows.contracts import CHUNK_WORKFLOW, ChunkInput, SendCounts, SendSliceInput
+    from workflows.contracts import (
+        CHUNK_WORKFLOW,
+        AutoPause,
+        AutoPaused,
+        ChunkInput,
+        SendCounts,
+        SendSliceInput,
+    )
     from workflows.retries import SLICE_RETRY
 
 # Patch id (docs/WORKFLOWS.md): a slice with rows outside their send window runs again when
@@ -24,6 +32,71 @@ SEND_WINDOW_PATCH = "chunk-send-window-wait"
 # Patch id: a chunk of a batch that passes over its waiting rows again (`hand_back_waiting`)
 # leaves them `pending` and ends, reporting them, instead of waiting for their window.
 HAND_BACK_PATCH = "chunk-window-hand-back"
+# A chunk whose slices meet too many carrier errors (or an account-wide one) pauses itself and
+# asks its batch to pause.
+AUTO_PAUSE_PATCH = "chunk-auto-pause"
+# The batch's signal for it (BatchWorkflow.auto_pause).
+AUTO_PAUSE_SIGNAL = "auto_pause"
+TOP_ERROR_CODES = 3
+AUTHENTICATION_FAILED = "carrier_authentication_failed"
+ERROR_RATE = "carrier_error_rate"
+
+
+class ErrorWindow:
+    """The carrier's answers over about the last `size` messages, slice by slice: the oldest
+    slices are dropped while the newer ones hold `size` messages without them."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._slices: deque[SendCounts] = deque()
+
+    def add(self, counts: SendCounts) -> None:
+        self._slices.append(counts)
+        while self._slices and self._messages() - _answered(self._slices[0]) >= self._size:
+            self._slices.popleft()
+
+    def clear(self) -> None:
+        self._slices.clear()
+
+    def error_rate(self) -> float | None:
+        """Failed messages of those answered; None until the window holds `size` of them."""
+        messages = self._messages()
+        if messages < self._size:
+            return None
+        return sum(c.failed for c in self._slices) / messages
+
+    def top_errors(self) -> dict[str, int]:
+        errors: Counter[str] = Counter()
+        for counts in self._slices:
+            errors.update(counts.errors)
+        return dict(errors.most_common(TOP_ERROR_CODES))
+
+    def passes(self, rule: AutoPause) -> AutoPaused | None:
+        """Why the batch pauses, when the window's error rate passes the rule's."""
+        rate = self.error_rate()
+        if rate is None or rate <= rule.error_rate:
+            return None
+        failed = sum(c.failed for c in self._slices)
+        errors = self.top_errors()
+        codes = ", ".join(f"{code or 'no code'} ({count})" for code, count in errors.items())
+        return AutoPaused(
+            code=ERROR_RATE,
+            reason=(
+                f"the carrier refused {failed} of the last {self._messages()} messages"
+                f" ({rate:.0%}, above the batch's auto_pause_error_rate {rule.error_rate:g});"
+                f" top error codes: {codes}"
+            ),
+            error_codes=errors,
+        )
+
+    def _messages(self) -> int:
+        return sum(_answered(c) for c in self._slices)
+
+
+def _answered(counts: SendCounts) -> int:
+    return counts.sent + counts.failed
+
+
 SPREAD_SLICE_SECONDS = 300
 # A spread slice's activity starts this early, to claim its rows before its first send time.
 SPREAD_LEAD_SECONDS = 2
@@ -39,6 +112,7 @@ class ChunkWorkflow:
         self._sends: dict[asyncio.Task[SendCounts], None] = {}
         self._interrupted: set[asyncio.Task[SendCounts]] = set()
         self._counts = SendCounts()
+        self._errors = ErrorWindow(AutoPause().window)  # the input's, once the run starts
 
     @workflow.signal
     def pause(self) -> None:
@@ -53,9 +127,13 @@ class ChunkWorkflow:
     @workflow.signal
     def resume(self) -> None:
         self._paused = False
+        # Only what is sent after the resume counts towards the next pause.
+        self._errors.clear()
 
     @workflow.run
     async def run(self, input: ChunkInput) -> SendCounts:
+        if input.auto_pause is not None:
+            self._errors = ErrorWindow(input.auto_pause.window)
         slices = []
         size = input.slice_size
         if input.pace.interval:
@@ -114,6 +192,16 @@ class ChunkWorkflow:
                     self._interrupted.discard(send)
                 self._counts.sent += counts.sent
                 self._counts.failed += counts.failed
+                if counts.account_failure is not None and workflow.patched(AUTO_PAUSE_PATCH):
+                    # The slice stopped at the failure: it runs again on resume.
+                    await self._pause_batch(_account_failure(counts.account_failure))
+                    continue
+                auto_pause = input.auto_pause
+                if auto_pause is not None and not self._paused:
+                    self._errors.add(counts)
+                    paused = self._errors.passes(auto_pause)
+                    if paused is not None and workflow.patched(AUTO_PAUSE_PATCH):
+                        await self._pause_batch(paused)
                 if not counts.waiting or not workflow.patched(SEND_WINDOW_PATCH):
                     return
                 if input.hand_back_waiting and workflow.patched(HAND_BACK_PATCH):
@@ -157,7 +245,32 @@ class ChunkWorkflow:
                     lambda: self._stopping, timeout=timedelta(seconds=delay)
                 )
 
+    async def _pause_batch(self, paused: AutoPaused) -> None:
+        """Pause this chunk at once and ask the batch to pause (it pauses its other chunks and
+        records the `paused` event); once, until a resume."""
+        if self._paused or self._stopping:
+            return
+        self.pause()
+        self._errors.clear()
+        parent = workflow.info().parent
+        if parent is not None:
+            await workflow.get_external_workflow_handle(parent.workflow_id).signal(
+                AUTO_PAUSE_SIGNAL, paused
+            )
+
     def _interrupt_sends(self) -> None:
         for send in self._sends:
             self._interrupted.add(send)
             send.cancel()
+
+
+def _account_failure(code: str) -> AutoPaused:
+    return AutoPaused(
+        code=AUTHENTICATION_FAILED,
+        reason=(
+            f"the carrier refused the account's credentials ({code}): every batch of the"
+            " account is paused; fix the carrier account, then resume them"
+        ),
+        error_codes={code: 1},
+        account_wide=True,
+    )

@@ -155,6 +155,28 @@ class DispatchState:
 
 
 @dataclass(kw_only=True)
+class AutoPause:
+    """A batch pauses itself once carrier errors pass `error_rate` of its last `window`
+    messages (sent or failed)."""
+
+    error_rate: float = 0.5
+    window: int = 200
+
+
+@dataclass(kw_only=True)
+class AutoPaused:
+    """Why a batch paused itself, for its `paused` event: a stable `code`
+    (`carrier_error_rate`, `carrier_authentication_failed`), the reason in words, the
+    carrier's commonest error codes with their counts. `account_wide`: the batch that met
+    the failure pauses the account's other running batches too."""
+
+    code: str
+    reason: str
+    error_codes: dict[str, int] = field(default_factory=dict)
+    account_wide: bool = False
+
+
+@dataclass(kw_only=True)
 class BatchInput:
     batch_id: str
     account_id: str
@@ -170,6 +192,8 @@ class BatchInput:
     # The file's validation, done by the API as it took the file (a Postman upload): its
     # ledger is written, and the batch starts from it without validating again.
     validated: "ValidationResult | None" = None
+    # None: the batch never pauses itself on carrier errors (runs started before it too).
+    auto_pause: AutoPause | None = None
 
 
 @dataclass(kw_only=True)
@@ -233,6 +257,16 @@ class StatusUpdate:
     code: str | None = None
     reason: str | None = None
     counts: BatchCounts | None = None
+    # A `paused` event of a batch that paused itself: the carrier's commonest error codes.
+    error_codes: dict[str, int] | None = None
+
+
+@dataclass(kw_only=True)
+class RunningBatchesInput:
+    """The account's batches not yet in a final status, but `batch_id`'s own."""
+
+    account_id: str
+    batch_id: str
 
 
 @dataclass(kw_only=True)
@@ -262,6 +296,7 @@ class ChunkInput:
     # Rows outside their send window are left `pending` and counted in the result (the batch
     # passes over them again) rather than waited for in the chunk.
     hand_back_waiting: bool = False
+    auto_pause: AutoPause | None = None
 
 
 @dataclass(kw_only=True)
@@ -284,6 +319,11 @@ class SendCounts:
     # sends the slice again then, or the batch the chunk's range.
     waiting: int = 0
     next_window: float = 0.0
+    # The failed rows by carrier error code.
+    errors: dict[str, int] = field(default_factory=dict)
+    # A carrier error that refuses every message of the account (20003: its credentials),
+    # met by this slice: the slice stopped there, its unsent rows back to `pending`.
+    account_failure: str | None = None
 
 
 @dataclass(kw_only=True)

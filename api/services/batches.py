@@ -53,6 +53,7 @@ from workflows.contracts import (
     BATCH_ID,
     BATCH_STATUS,
     BATCH_WORKFLOW,
+    AutoPause,
     BatchInput,
     DispatchSettings,
     SendWindow,
@@ -229,6 +230,7 @@ async def start_batch(
                 limits=validation_limits(settings),
                 timing=_timing(request),
                 validated=validated,
+                auto_pause=_auto_pause(request),
             ),
             WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
@@ -413,6 +415,15 @@ def _timing(request: dict[str, Any]) -> Timing:
     )
 
 
+def _auto_pause(request: dict[str, Any]) -> AutoPause | None:
+    """When the batch pauses itself, from its request as stored (a retry run reads it too):
+    a rate left out is the default, an explicit null turns it off."""
+    if "auto_pause_error_rate" not in request:
+        return AutoPause()
+    rate = request["auto_pause_error_rate"]
+    return None if rate is None else AutoPause(error_rate=float(rate))
+
+
 async def campaign_or_404(pool: asyncpg.Pool, account_id: uuid.UUID, campaign_id: str) -> dict:
     found = await campaigns.get_campaign(
         pool, account_id, parse_batch_id(campaign_id, CampaignNotFound)
@@ -468,6 +479,8 @@ def _stored_request(body: BatchRequest, agent_number: str) -> dict[str, Any]:
         exclude_defaults=True,
         exclude={"recipients", "dry_run"},
     )
+    if body.auto_pause_error_rate is None:
+        request["auto_pause_error_rate"] = None  # off: kept, unlike other nulls
     request["global"]["agent_number"] = agent_number
     return request
 
@@ -585,6 +598,7 @@ async def retry_batch(
         agent_number=batch["agent_number"],
         dispatch=dispatch_settings(settings),
         timing=timing,
+        auto_pause=_auto_pause(batch["request"]),
         retry_statuses=[LedgerStatus(status) for status in statuses],
         first_event_seq=await events.last_event_seq(pool, batch["id"]),
     )

@@ -16,8 +16,14 @@ from temporalio.client import Client, WorkflowHistory
 
 from deploy.local.emulator import NO_ANSWER
 from settings import Settings
-from tests.support.batches import FINAL, start_marked_batch
-from tests.support.builders import emulator_messages, unique_numbers, unique_numbers_in
+from tests.support.batches import FINAL, start, start_marked_batch
+from tests.support.builders import (
+    attach,
+    emulator_messages,
+    slow_to_validate,
+    unique_numbers,
+    unique_numbers_in,
+)
 from tests.support.conversations import TIMERS, timed_out
 from tests.support.delivery import own_worker
 from tests.support.sending import (
@@ -27,7 +33,15 @@ from tests.support.sending import (
     received_by,
     send_ok,
 )
-from tests.support.stack import Account, Configure, WebhookReceiver, api_client
+from tests.support.stack import (
+    SUBACCOUNT_SID,
+    SUBACCOUNT_TOKEN,
+    Account,
+    Configure,
+    WebhookReceiver,
+    api_client,
+    set_own,
+)
 from workflows.contracts import (
     batch_workflow_id,
     click_event_workflow_id,
@@ -344,6 +358,68 @@ async def test_validated_at_upload(
     assert response.status_code == 201, response.text
     file_id = response.json()["batchId"]
     await save_batch(temporal, file_id, "validated_at_upload")
+
+
+async def test_cancelled_during_validation(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    file_id = await attach(api, account.headers, slow_to_validate(200_000))
+    marker = secrets.token_hex(6)
+    response = await start(api, account, file_id, status_webhook=webhooks.url(marker))
+    assert response.status_code == 200, response.text
+    await webhooks.wait_for(marker, "validating")
+    await control(api, account, file_id, "cancel")
+    assert (await finished(webhooks, marker))["status"] == "cancelled"
+    await save_batch(temporal, file_id, "cancelled_during_validation")
+
+
+async def test_auto_paused(
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+    worker: None,
+) -> None:
+    """The first chunk's 200 rows refused (a full window of errors): the batch pauses itself,
+    then is resumed."""
+    numbers = unique_numbers(400)
+    await carrier(scripted={number: [400] for number in numbers[:200]})
+    dispatch = {"chunk_size": 200, "slice_size": 100, "chunk_window": 1, "slices_in_flight": 2}
+    async with api_client(settings.model_copy(update=dispatch)) as api:
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        await webhooks.wait_for(marker, "paused")
+        await control(api, account, file_id, "resume")
+        assert (await finished(webhooks, marker))["status"] == "completed_partial"
+    await save_batch(temporal, file_id, "auto_paused", chunks={0: "auto_paused"})
+
+
+async def test_account_paused(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    """Wrong own carrier credentials (20003): the batch that meets them pauses, and pauses the
+    account's other running batch (waiting for its schedule); fixed, resumed, cancelled."""
+    await carrier(accounts={SUBACCOUNT_SID: SUBACCOUNT_TOKEN})
+    assert (await set_own(api, account, "a-wrong-token")).status_code == 200
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    waiting_file, waiting = await start_marked_batch(
+        api, account, webhooks, unique_numbers(3), schedule_at=later
+    )
+    await webhooks.wait_for(waiting, "waiting_for_scheduled_messages")
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(5))
+    await webhooks.wait_for(marker, "paused")
+    await webhooks.wait_for(waiting, "paused")
+    assert (await set_own(api, account, SUBACCOUNT_TOKEN)).status_code == 200
+    await control(api, account, file_id, "resume")
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    await control(api, account, waiting_file, "cancel")
+    assert (await finished(webhooks, waiting))["status"] == "cancelled"
+    await save_batch(temporal, file_id, "account_paused", chunks={0: "account_paused"})
+    await save_batch(temporal, waiting_file, "paused_by_account")
 
 
 async def test_webhook_retried(

@@ -121,6 +121,21 @@ async def rotate(api: httpx.AsyncClient, account: Account) -> str:
     return response.json()["data"]["secret"]
 
 
+# An account's own (Twilio subaccount) carrier credentials, as the emulator can be told to
+# know them (`carrier(accounts={SUBACCOUNT_SID: SUBACCOUNT_TOKEN})`).
+SUBACCOUNT_SID = "AC" + "5" * 32
+SUBACCOUNT_TOKEN = "subaccount-token-" + "7" * 16
+
+
+async def set_own(api: httpx.AsyncClient, account: Account, token: str) -> httpx.Response:
+    """Set the account's own carrier credentials: the subaccount, with `token`."""
+    return await api.put(
+        "/v1/carrier-account",
+        headers=account.headers,
+        json={"account_sid": SUBACCOUNT_SID, "auth_token": token},
+    )
+
+
 def _walk(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, str]]:
     for route in routes:
         if isinstance(route, APIRoute | Route):

@@ -40,6 +40,7 @@ from workflows.contracts import (
     ReconcileResult,
     ReopenInput,
     ReopenResult,
+    RunningBatchesInput,
     SendCounts,
     SendMessageInput,
     SendMessageResult,
@@ -90,6 +91,8 @@ class StubActivities:
     # Rows whose send window opens at `window_opens` (server time): sent no earlier.
     outside_window: set[int] = field(default_factory=set)
     window_opens: float = 0.0
+    # Rows the carrier refuses (error 21612); done, like sent ones, but counted failed.
+    refused: set[int] = field(default_factory=set)
 
     async def _record(self, input: Any) -> None:
         info = activity.info()
@@ -150,7 +153,10 @@ class StubActivities:
                 next_window=self.window_opens if waiting else 0.0,
             )
         self.sent |= fresh
-        return SendCounts(sent=len(fresh))
+        failed = len(fresh & self.refused)
+        return SendCounts(
+            sent=len(fresh) - failed, failed=failed, errors={"21612": failed} if failed else {}
+        )
 
     @activity.defn(name=StatusEventActivities.record_status.__name__)
     async def record_status(self, update: StatusUpdate) -> None:
@@ -191,6 +197,11 @@ class StubActivities:
             reopened=self.recipients, rows_total=self.recipients, recipients=self.recipients
         )
 
+    @activity.defn(name=LedgerActivities.running_batches.__name__)
+    async def running_batches(self, input: RunningBatchesInput) -> list[str]:
+        await self._record(input)
+        return []
+
     @activity.defn(name=ConversationActivities.send_conversation_message.__name__)
     async def send_conversation_message(self, input: SendMessageInput) -> SendMessageResult:
         await self._record(input)
@@ -218,6 +229,7 @@ class StubActivities:
             self.finish_ledger,
             self.reconcile_uncertain,
             self.reopen_rows,
+            self.running_batches,
             self.send_conversation_message,
             self.conversation_state,
             self.end_conversation,
