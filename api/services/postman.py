@@ -36,7 +36,7 @@ from api.services import batches
 from api.services.batches import TooManyRecipients, start_batch
 from api.services.campaigns import get_campaign
 from settings import Settings
-from store import campaigns, files, messages
+from store import buckets, files, messages
 from workflows.statuses import LedgerStatus
 
 RECIPIENT = "recipient"
@@ -422,7 +422,7 @@ async def campaign(
     found = await get_campaign(pool, account_id, campaign_id)
     _require_allowed(found["allowed_ips"], client_ip)
     rate = settings.campaign_rate_limit_per_second
-    wait = await campaigns.take_request(pool, found["id"], per_second=rate, burst=max(1.0, rate))
+    wait = await buckets.take(pool, "campaigns", found["id"], per_second=rate, burst=max(1.0, rate))
     if wait is not None:
         raise RateLimited(
             f"more than {rate:g} requests a second for this campaign; retry later",
