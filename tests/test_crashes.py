@@ -165,6 +165,8 @@ async def test_temporal_and_postgres_restarted_mid_batch_and_the_batch_completes
     tmp_path: Path,
 ) -> None:
     rows_total = 2000
+    # Outside the ephemeral range (free_port): no connection takes them while the servers
+    # are down, so the restarts below bind them again.
     pg_port, temporal_port = free_port(), free_port()
     # A stack of its own, so that the session's PostgreSQL and Temporal are never restarted;
     # durable, unlike the session's: a crash must not lose committed transactions.
