@@ -10,8 +10,15 @@ from temporalio.exceptions import ApplicationError
 
 from activities.providers.twilio import Verdict
 from activities.resources import WorkerResources
-from activities.webhooks import post_event
-from store import carrier_accounts, conversation_messages, conversations, numbers, opt_outs
+from activities.webhooks import post_event, retry_delay
+from store import (
+    accounts,
+    carrier_accounts,
+    conversation_messages,
+    conversations,
+    numbers,
+    opt_outs,
+)
 from workflows.contracts import (
     ConversationEvent,
     ConversationRef,
@@ -121,7 +128,11 @@ class ConversationActivities(WorkerResources):
 
     @activity.defn
     async def post_conversation_event(self, event: ConversationEvent) -> None:
-        """POST the event to the conversation's webhook; a failing receiver is only logged."""
+        """POST the event to the conversation's webhook (the send's own, else its sender's),
+        signed as a batch's status events are, with an id that stays the same on every
+        attempt. A failed post raises with the delay of the webhook retry schedule, so
+        Temporal retries it then (no worker slot held meanwhile); delivered, gone (410) or
+        past the schedule's last retry, the event is settled."""
         conversation = await conversations.conversation_for_workflow(
             self._pool, uuid.UUID(event.conversation_id)
         )
@@ -131,14 +142,30 @@ class ConversationActivities(WorkerResources):
         if not url:
             return
         payload = await self._payload(conversation, event)
-        attempt = await post_event(self._http, url, payload)
+        secrets = await accounts.webhook_signing_secrets(self._pool, conversation["account_id"])
+        attempt = await post_event(
+            self._http, url, payload, webhook_id=_webhook_id(event), secrets=secrets
+        )
+        number = activity.info().attempt
+        delay = retry_delay(
+            attempt,
+            number,
+            schedule=self._settings.webhook_retry_schedule_seconds,
+            jitter=self._settings.webhook_retry_jitter,
+        )
         log.info(
             "conversation event posted",
             conversation_id=event.conversation_id,
             kind=payload["event"],
+            attempt=number,
             status_code=attempt.status_code,
             error=attempt.error,
+            retry_in=delay,
         )
+        if delay is not None:
+            raise ApplicationError(
+                f"webhook post failed: {attempt.error}", next_retry_delay=timedelta(seconds=delay)
+            )
 
     async def _payload(self, conversation: dict, event: ConversationEvent) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -174,3 +201,9 @@ class ConversationActivities(WorkerResources):
             self.end_conversation,
             self.post_conversation_event,
         ]
+
+
+def _webhook_id(event: ConversationEvent) -> str:
+    """The event's `webhook-id`, the same on each of its attempts: receivers dedupe on it."""
+    what = event.message_id or event.state
+    return f"conv_{event.conversation_id}_{what}"

@@ -1,6 +1,5 @@
 """A batch's lifecycle events: recorded on the batch row and posted to its status webhook."""
 
-import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,7 +9,7 @@ from temporalio import activity
 
 from activities.heartbeats import DeliveryHeartbeat
 from activities.resources import WorkerResources
-from activities.webhooks import DeliveryAttempt, post_event
+from activities.webhooks import DeliveryAttempt, post_event, retry_delay
 from store import accounts, batches, events, links, messages
 from workflows.contracts import (
     ClickEventInput,
@@ -158,12 +157,12 @@ class StatusEventActivities(WorkerResources):
         return DeliverEventsResult(retry_in=self._retry_delay(attempt, number))
 
     def _retry_delay(self, attempt: DeliveryAttempt, number: int) -> float | None:
-        """Seconds until attempt `number + 1` of an event; None when it is settled:
-        delivered, gone (410), or out of retries."""
-        schedule = self._settings.webhook_retry_schedule_seconds
-        if attempt.error is None or attempt.status_code == 410 or number > len(schedule):
-            return None
-        return _jittered(schedule[number - 1], self._settings.webhook_retry_jitter)
+        return retry_delay(
+            attempt,
+            number,
+            schedule=self._settings.webhook_retry_schedule_seconds,
+            jitter=self._settings.webhook_retry_jitter,
+        )
 
     def _count(self, attempt: DeliveryAttempt) -> None:
         self._metrics.webhook_deliveries.labels(
@@ -203,9 +202,3 @@ def _click_payload(click: dict[str, Any]) -> dict[str, Any]:
 
 def _after(seconds: float) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=seconds)
-
-
-def _jittered(delay: float, jitter: float) -> float:
-    """`delay` spread by up to `jitter` of itself either way, so that receivers coming back
-    from an outage are not hit by every batch's retries at the same instant."""
-    return delay * random.uniform(1 - jitter, 1 + jitter)

@@ -4,6 +4,7 @@ import base64
 import hashlib
 import hmac
 import json
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,3 +68,19 @@ async def post_event(
     elapsed = int((time.monotonic() - started) * 1000)
     failure = None if response.is_success else f"HTTP {response.status_code}"
     return DeliveryAttempt(response.status_code, failure, elapsed)
+
+
+def retry_delay(
+    attempt: DeliveryAttempt, number: int, *, schedule: Sequence[float], jitter: float
+) -> float | None:
+    """Seconds until attempt `number + 1` of an event, on the webhook retry `schedule`; None
+    when it is settled: delivered, gone (410), or out of retries."""
+    if attempt.error is None or attempt.status_code == 410 or number > len(schedule):
+        return None
+    return _jittered(schedule[number - 1], jitter)
+
+
+def _jittered(delay: float, jitter: float) -> float:
+    """`delay` spread by up to `jitter` of itself either way, so that receivers coming back
+    from an outage are not hit by every batch's retries at the same instant."""
+    return delay * random.uniform(1 - jitter, 1 + jitter)

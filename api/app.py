@@ -10,7 +10,7 @@ from fastapi_offline import FastAPIOffline
 
 from api.errors import install_error_handlers
 from api.input_checks import InputChecks
-from api.limits import BodySizeLimit, RateLimiter
+from api.limits import BodySizeLimit
 from api.models import ErrorEnvelope, StatusEvent
 from api.request_context import RequestContext
 from api.request_metrics import RequestMetrics
@@ -115,9 +115,6 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.rate_limiter = RateLimiter(
-            per_second=settings.rate_limit_per_second, burst=settings.rate_limit_burst
-        )
         app.state.pool = await create_pool(settings.dsn)
         await migrate(app.state.pool)
         # Lazy: the API starts, and /readyz reports, while Temporal is still coming up.

@@ -3,7 +3,7 @@
 A route gets the caller's account only through one of the permission dependencies at the end
 (one per group of routes), so no keyed route can skip the key's permission check."""
 
-import hashlib
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -14,7 +14,9 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from temporalio.client import Client
 
 from api.errors import Forbidden, Unauthorized
+from api.limits import RateLimited
 from settings import Settings
+from store import buckets
 from store.accounts import PERMISSIONS, KeyGrant, grant_for_key
 
 
@@ -76,8 +78,22 @@ async def _grant_of(request: Request, pool: asyncpg.Pool, key: str) -> KeyGrant:
     grant = await grant_for_key(pool, key)
     if grant is None:
         raise Unauthorized("invalid API key")
-    # Counted per key only once it is known good, so bad keys cannot fill the limiter.
-    request.app.state.rate_limiter.take(hashlib.sha256(key.encode()).digest())
+    # Counted per key only once it is known good, so bad keys spend no key's rate; on the
+    # key's row, so the limit holds across API processes.
+    settings: Settings = request.app.state.settings
+    wait = await buckets.take(
+        pool,
+        "api_keys",
+        grant.key_id,
+        per_second=settings.rate_limit_per_second,
+        burst=settings.rate_limit_burst,
+    )
+    if wait is not None:
+        raise RateLimited(
+            f"more than {settings.rate_limit_per_second:g} requests a second with this key;"
+            " retry later",
+            headers={"retry-after": str(math.ceil(wait))},
+        )
     return grant
 
 

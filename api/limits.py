@@ -1,9 +1,6 @@
-"""Request limits: body size (an ASGI middleware, so nothing reads an oversized body) and a
-per-key request rate (a token bucket per API key, in this API process)."""
-
-import math
-import time
-from dataclasses import dataclass
+"""Request limits: body size (an ASGI middleware, so nothing reads an oversized body) and the
+error of the per-key request rate (a token bucket on the key's row, `store/buckets.py`, spent
+in `api/deps.py`)."""
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -79,32 +76,3 @@ class BodySizeLimit:
             return message
 
         await self._app(scope, counted, send)
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-class RateLimiter:
-    """A token bucket per API key: `per_second` requests on average, bursts of `burst`."""
-
-    def __init__(self, *, per_second: float, burst: int) -> None:
-        self._per_second = per_second
-        self._burst = burst
-        self._buckets: dict[bytes, _Bucket] = {}
-
-    def take(self, key: bytes) -> None:
-        """Spend one token of `key`'s bucket; RateLimited, with Retry-After, if none is left."""
-        now = time.monotonic()
-        bucket = self._buckets.setdefault(key, _Bucket(tokens=self._burst, updated=now))
-        bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._per_second)
-        bucket.updated = now
-        if bucket.tokens < 1:
-            wait = math.ceil((1 - bucket.tokens) / self._per_second)
-            raise RateLimited(
-                f"more than {self._per_second:g} requests a second with this key; retry later",
-                headers={"retry-after": str(wait)},
-            )
-        bucket.tokens -= 1

@@ -55,6 +55,7 @@ class KeyGrant:
 
     account_id: uuid.UUID
     permissions: frozenset[str] | None
+    key_id: uuid.UUID
 
     def allows(self, permission: str) -> bool:
         return self.permissions is None or permission in self.permissions
@@ -97,7 +98,7 @@ async def grant_for_key(pool: asyncpg.Pool, key: str) -> KeyGrant | None:
     if not key.startswith(KEY_PREFIX):
         return None
     rows = await pool.fetch(
-        "SELECT account_id, key_hash, permissions FROM api_keys"
+        "SELECT id, account_id, key_hash, permissions FROM api_keys"
         " WHERE prefix = $1 AND revoked_at IS NULL",
         key[:_PREFIX_LEN],
     )
@@ -108,6 +109,7 @@ async def grant_for_key(pool: asyncpg.Pool, key: str) -> KeyGrant | None:
             return KeyGrant(
                 account_id=row["account_id"],
                 permissions=None if granted is None else frozenset(granted),
+                key_id=row["id"],
             )
     return None
 

@@ -87,26 +87,3 @@ async def delete_campaign(
         "DELETE FROM campaigns WHERE id = $1 AND account_id = $2", campaign_id, account_id
     )
     return status != "DELETE 0"
-
-
-async def take_request(
-    pool: asyncpg.Pool, campaign_id: uuid.UUID, *, per_second: float, burst: float
-) -> float | None:
-    """Spend one request of the campaign's bucket, refilled at `per_second` up to `burst`:
-    None if it had one, else the seconds until it has. The row lock serialises concurrent
-    requests, from any API process."""
-    row = await pool.fetchrow(
-        "WITH bucket AS ("
-        " SELECT id, least($2::float8, coalesce(rate_tokens + extract(epoch FROM"
-        " clock_timestamp() - rate_updated)::float8 * $3::float8, $2::float8)) AS tokens"
-        " FROM campaigns WHERE id = $1 FOR UPDATE)"
-        " UPDATE campaigns SET rate_updated = clock_timestamp(),"
-        " rate_tokens = CASE WHEN bucket.tokens >= 1 THEN bucket.tokens - 1 ELSE bucket.tokens END"
-        " FROM bucket WHERE campaigns.id = bucket.id RETURNING bucket.tokens",
-        campaign_id,
-        burst,
-        per_second,
-    )
-    if row is None or row["tokens"] >= 1:
-        return None
-    return (1 - row["tokens"]) / per_second

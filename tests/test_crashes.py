@@ -241,8 +241,9 @@ async def test_temporal_and_postgres_restarted_mid_batch_and_the_batch_completes
     tmp_path: Path,
 ) -> None:
     rows_total = 2000
+    # Outside the ephemeral range (free_port): no connection takes it while the server is
+    # down, so the restart below binds it again. A Temporal of its own, as own_postgres.
     temporal_port = free_port()
-    # A Temporal of its own too, for the same reasons.
     server = temporal_process(
         port=temporal_port,
         ui_port=None,

@@ -47,3 +47,19 @@ async def test_each_key_has_its_own_request_rate(
     assert (refused.status_code, error_code(refused)) == (429, "RATE_LIMITED")
     assert 1 <= int(refused.headers["retry-after"]) <= 2
     assert another_key.status_code == 200
+
+
+async def test_a_keys_request_rate_is_shared_by_every_api_process(
+    settings: Settings, account: Account
+) -> None:
+    """Two API apps, each with its own pool, as two processes would be: the key's burst is
+    spent once between them, not once in each."""
+    limited = settings.model_copy(update={"rate_limit_per_second": 0.01, "rate_limit_burst": 3})
+    async with api_client(limited) as first, api_client(limited) as second:
+        answers = [
+            await api.get("/v1/sms/batches", headers=account.headers)
+            for api in (first, second, first, second)
+        ]
+
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    assert error_code(answers[-1]) == "RATE_LIMITED"

@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from deploy.local.processes import free_port
+from deploy.local.processes import ephemeral_ports, free_port
 from deploy.local.temporal import TEMPORAL_BIN
 from tests.support.batches import FINAL
 from tests.support.builders import csv_bytes, unique_numbers
@@ -40,8 +40,8 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def launched(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], dict]]:
     """Run the launcher until it prints ready; on exit send SIGINT and wait for it.
 
-    Each launch takes fresh ports: a port kept for the whole module may meanwhile become
-    some connection's ephemeral port, and then the server cannot bind it."""
+    Each launch takes fresh ports, outside the ephemeral range (`free_port`), so that
+    neither another stack nor an outgoing connection holds one when a server restarts on it."""
     ports = {f"HERALD_{name}": str(free_port()) for name in PORTS}
     launcher = subprocess.Popen(
         [sys.executable, "-m", "deploy.local"],
@@ -66,6 +66,16 @@ def launched(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], dict]
         if launcher.poll() is None:
             launcher.send_signal(signal.SIGINT)
         launcher.wait(60)
+
+
+def test_ports_picked_for_servers_are_never_an_outgoing_connections() -> None:
+    """A server restarted on its port (the supervisor's PostgreSQL and Temporal, the crash
+    test's) finds it free: the port is outside the range the kernel gives connections."""
+    ephemeral = ephemeral_ports()
+    picked = [free_port() for _ in range(200)]
+
+    assert [p for p in picked if p in ephemeral] == []
+    assert len(set(picked)) > 100
 
 
 @pytest.mark.parametrize("name", PORTS)

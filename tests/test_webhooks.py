@@ -7,11 +7,12 @@ import secrets
 from datetime import datetime
 
 import httpx
+import pytest
 from standardwebhooks import Webhook
 
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import unique_numbers
-from tests.support.sending import eventually
+from tests.support.sending import eventually, send_ok
 from tests.support.stack import Account, WebhookReceiver, rotate
 
 
@@ -143,3 +144,36 @@ async def test_410_gone_turns_the_batchs_webhook_off(
     assert [(d["event_seq"], d["status_code"], d["next_retry_at"]) for d in recorded] == [
         (1, 410, None)
     ]
+
+
+@pytest.mark.parametrize("source", ["send", "sender"])
+async def test_conversation_events_are_signed_and_retried_like_batch_events(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, source: str
+) -> None:
+    """A single send's own webhook, or its sender number's: a 500 is retried with the same
+    `webhook-id`, and every post verifies with the account's secret."""
+    secret = await rotate(api, account)
+    run = secrets.token_hex(6)
+    sender, user = unique_numbers(2)
+    registered = await api.post(
+        "/v1/sms/numbers",
+        headers=account.headers,
+        json={"number": sender, "mps": None, "webhook": webhooks.url(run)},
+    )
+    webhooks.answers[run] = [500]
+    own = {"webhook": webhooks.url(run)} if source == "send" else {}
+    sent = await send_ok(api, account, user, agent_number=sender, agent_message="hi", **own)
+    await webhooks.wait_for(run, "sent")
+
+    posts = webhooks.posts[run]
+    assert registered.status_code == 201, registered.text
+    assert [p.answered for p in posts[:2]] == [500, 204]
+    assert posts[0].headers["webhook-id"] == posts[1].headers["webhook-id"]
+    assert posts[0].body != b"" and len({p.headers["webhook-id"] for p in posts}) == 2
+    verified = [Webhook(secret).verify(p.body, p.headers) for p in posts]
+    assert [(e["event"], e["status"]) for e in verified] == [
+        ("status", "active"),
+        ("status", "active"),
+        ("message", "sent"),
+    ]
+    assert {e["conversation_id"] for e in verified} == {sent["conversation_id"]}

@@ -39,9 +39,11 @@ MESSAGE_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=MESSAGE_ATTEMPTS,
 )
-# A conversation event's webhook post: out of attempts, the event is logged and dropped.
+# A conversation event's webhook post: a failed post names its own delay (the webhook retry
+# schedule) and the activity settles the event after the schedule's last retry; the bound is
+# for failures of another kind (the database), after which the event is logged and dropped.
 EVENT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=10),
-    maximum_attempts=5,
+    maximum_attempts=50,
 )

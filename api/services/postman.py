@@ -46,7 +46,7 @@ from api.services.batches import TooManyRecipients, start_batch, validation_limi
 from api.services.campaigns import get_campaign
 from settings import Settings
 from store import batches as batch_rows
-from store import campaigns, files, messages, opt_outs
+from store import buckets, files, messages, opt_outs
 from workflows.contracts import ValidationOptions, ValidationResult
 from workflows.statuses import LedgerStatus
 
@@ -447,7 +447,7 @@ async def campaign(
     found = await get_campaign(pool, account_id, campaign_id)
     _require_allowed(found["allowed_ips"], client_ip)
     rate = settings.campaign_rate_limit_per_second
-    wait = await campaigns.take_request(pool, found["id"], per_second=rate, burst=max(1.0, rate))
+    wait = await buckets.take(pool, "campaigns", found["id"], per_second=rate, burst=max(1.0, rate))
     if wait is not None:
         raise RateLimited(
             f"more than {rate:g} requests a second for this campaign; retry later",

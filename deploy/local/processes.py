@@ -1,6 +1,7 @@
 """Child processes of the local stack: start in their own group, wait until ready, stop."""
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,10 +17,33 @@ class NotReady(RuntimeError):
     pass
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# Ports are picked from here up to the kernel's ephemeral range, clear of the well-known
+# ports of local services below it.
+LOWEST_PICKED_PORT = 15000
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel gives outgoing connections (Linux's default where unreadable)."""
+    try:
+        low, high = (int(n) for n in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free now, outside the kernel's ephemeral range: no outgoing connection is ever
+    given it, so a server stopped and started again on it (a restart on the same port) finds
+    it still free. Random, so that stacks started side by side rarely pick the same one."""
+    ephemeral = ephemeral_ports()
+    candidates = [p for p in range(LOWEST_PICKED_PORT, 65536) if p not in ephemeral] or list(
+        range(1024, ephemeral.start)
+    )
+    for port in random.sample(candidates, min(len(candidates), 200)):
+        if port_free(port):
+            return port
+    raise RuntimeError("no free port outside the ephemeral range")
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -1,0 +1,143 @@
+"""A batch's counts by status are kept as its ledger changes (migration 211): exact after
+failures, receipts and a retry, and read without touching the ledger, so that `GET
+/v1/sms/batch/{id}` costs the same at 1,000,000 rows as at 100."""
+
+import json
+import uuid
+from collections import Counter
+from typing import Any
+
+import asyncpg
+import httpx
+
+from api.services.batches import get_batch
+from settings import Settings
+from store import receipts
+from store.batches import create_batch
+from tests.support.batches import FINAL, start_marked_batch
+from tests.support.builders import unique_numbers
+from tests.support.delivery import ledger_rows
+from tests.support.stack import Account, Configure, WebhookReceiver
+
+
+async def test_counts_are_exact_after_failures_receipts_and_a_retry(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+) -> None:
+    numbers = unique_numbers(30)
+    await carrier(scripted={number: [400] for number in numbers[:4]})
+    file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+    await webhooks.wait_for(marker, *FINAL)
+    sent = [r for r in await ledger_rows(api, account, file_id) if r["status"] == "sent"]
+    for row, status in zip(sent, ["delivered"] * 5 + ["undelivered"] * 2, strict=False):
+        await receipts.record_receipt(api_pool(api), row["carrier_sid"], status, None)
+    retry = await api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers)
+    await webhooks.wait_for(marker, *FINAL, times=2)
+
+    batch = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()["data"]
+    ledger = Counter(r["status"] for r in await ledger_rows(api, account, file_id))
+
+    assert retry.status_code == 200, retry.text
+    assert batch["counts"] == dict(ledger) | {"rejected": 0}
+    assert batch["counts"] == {"sent": 23, "delivered": 5, "undelivered": 2, "rejected": 0}
+
+
+def api_pool(api: httpx.AsyncClient) -> asyncpg.Pool:
+    """The pool of the API app behind `api`."""
+    transport = api._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    return transport.app.state.pool  # type: ignore[attr-defined]
+
+
+class _Recording:
+    """Stands for the pool in a service call: runs each statement on one connection (inside
+    the test's transaction) and keeps it, with its arguments."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.statements: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        self.statements.append((sql, args))
+        return await self.conn.fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        self.statements.append((sql, args))
+        return await self.conn.fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        self.statements.append((sql, args))
+        return await self.conn.fetchval(sql, *args)
+
+
+async def _read_cost(
+    conn: asyncpg.Connection, settings: Settings, account: Account, batch_id: uuid.UUID
+) -> tuple[dict[str, int], set[str], int]:
+    """The batch's counts as `GET /v1/sms/batch/{id}` reads them; the tables its statements
+    read and the buffers they touch (EXPLAIN ANALYZE of each)."""
+    recording = _Recording(conn)
+    detail = await get_batch(recording, settings, account.account_id, str(batch_id))  # type: ignore[arg-type]
+    tables: set[str] = set()
+    buffers = 0
+    for sql, args in recording.statements:
+        plan = json.loads(
+            await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
+        )[0]["Plan"]
+        tables |= set(_relations(plan))
+        buffers += plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+    return detail.counts, tables, buffers
+
+
+def _relations(plan: dict[str, Any]) -> list[str]:
+    found = [plan["Relation Name"]] if "Relation Name" in plan else []
+    for child in plan.get("Plans", []):
+        found += _relations(child)
+    return found
+
+
+async def test_reading_a_batch_costs_the_same_at_a_million_rows_as_at_a_hundred(
+    pool: asyncpg.Pool, settings: Settings, account: Account
+) -> None:
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            costs = []
+            for rows in (100, 1_000_000):
+                batch_id = uuid.uuid4()
+                await conn.execute(
+                    "INSERT INTO files (id, account_id, filename, content_type, size_bytes,"
+                    " content) VALUES ($1, $2, 'counts.csv', 'text/csv', 0, '')",
+                    batch_id,
+                    account.account_id,
+                )
+                await create_batch(
+                    conn,  # type: ignore[arg-type]
+                    batch_id=batch_id,
+                    account_id=account.account_id,
+                    workflow_id=f"counts-{batch_id}",
+                    name=None,
+                    agent_number=account.agent_number,
+                    request={},
+                    request_hash="",
+                )
+                await conn.execute(
+                    "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number,"
+                    " body, status) SELECT $1, i, $2, i, '+1555' || i, 'x',"
+                    " CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'sent' END"
+                    " FROM generate_series(0, $3 - 1) AS i",
+                    batch_id,
+                    account.account_id,
+                    rows,
+                )
+                costs.append(await _read_cost(conn, settings, account, batch_id))
+        finally:
+            await transaction.rollback()
+
+    (small, small_tables, small_buffers), (large, large_tables, large_buffers) = costs
+    assert small == {"sent": 90, "failed": 10, "rejected": 0}
+    assert large == {"sent": 900_000, "failed": 100_000, "rejected": 0}
+    assert "messages" not in small_tables | large_tables
+    assert large_buffers <= small_buffers + 5
