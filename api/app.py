@@ -1,5 +1,7 @@
 """The FastAPI application: resources from `lifespan`, routes, the error envelope."""
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,6 +31,7 @@ from api.routes import (
     send,
     webhooks,
 )
+from api.services.receipts import ReceiptIntake, apply_receipts
 from logs import configure_logging
 from metrics import ApiMetrics
 from settings import Settings, get_settings
@@ -69,9 +72,16 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         app.state.temporal = await connect_temporal(
             settings, lazy=True, interceptors=client_interceptors(tracing)
         )
+        app.state.receipt_intake = ReceiptIntake(app.state.pool)
+        applier = asyncio.create_task(
+            apply_receipts(app.state.pool, app.state.receipt_intake.arrived)
+        )
         try:
             yield
         finally:
+            applier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await applier
             await app.state.pool.close()
             if tracing is not None:
                 tracing.provider.shutdown()

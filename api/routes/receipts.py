@@ -1,9 +1,10 @@
 """Delivery receipts: the carrier's status callback for each message Herald sent."""
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
 
 from api.carrier_signature import SignedForm
-from api.deps import Pool
 from api.errors import InvalidRequest
 from api.models import ErrorEnvelope
 from api.services import receipts as service
@@ -12,24 +13,32 @@ from settings import STATUS_CALLBACK_PATH
 router = APIRouter(tags=["carrier webhooks"])
 
 
+def get_intake(request: Request) -> service.ReceiptIntake:
+    return request.app.state.receipt_intake
+
+
+Intake = Annotated[service.ReceiptIntake, Depends(get_intake)]
+
+
 @router.post(
     STATUS_CALLBACK_PATH,
     status_code=204,
     response_class=Response,
     responses={400: {"model": ErrorEnvelope}, 403: {"model": ErrorEnvelope}},
 )
-async def message_status(pool: Pool, signed: SignedForm) -> Response:
+async def message_status(intake: Intake, signed: SignedForm) -> Response:
     """Twilio's StatusCallback, signed with the auth token: moves the message (found by
     `MessageSid`) to `delivered`, `undelivered` or `failed` with the carrier's `ErrorCode`.
 
     Idempotent, and a receipt never moves a message back: a `sent` after `delivered`, or a
-    second final status, changes nothing. An unknown `MessageSid` is answered 204 as well; a
-    final receipt is kept and applied when its send is recorded.
+    second final status, changes nothing. Answered once the receipt is queued; it is applied
+    within moments, in a batch. An unknown `MessageSid` is answered 204 as well; a final
+    receipt is kept and applied when its send is recorded.
     """
     form = signed.params
     sid = form.get("MessageSid") or form.get("SmsSid")
     status = form.get("MessageStatus") or form.get("SmsStatus")
     if not sid or not status:
         raise InvalidRequest("MessageSid and MessageStatus are required")
-    await service.record_receipt(pool, sid, status, form.get("ErrorCode") or None)
+    await service.record_receipt(intake, sid, status, form.get("ErrorCode") or None)
     return Response(status_code=204)
