@@ -1,5 +1,8 @@
 """Requests from the carrier: Twilio signs each with `X-Twilio-Signature`; 403 when it fails."""
 
+import base64
+import hashlib
+import hmac
 import uuid
 from dataclasses import dataclass
 from typing import Annotated
@@ -25,6 +28,17 @@ class CarrierForm:
     signers: frozenset[uuid.UUID] | None = None
 
 
+def signed_with(token: str, url: str, params: dict[str, str], signature: str) -> bool:
+    """Whether `signature` is Twilio's HMAC-SHA1 of exactly `url` and `params` with `token`.
+
+    The common case, computed once: RequestValidator.validate computes it for the URL with
+    and without its port, which costs a status callback a third of its time at full rate.
+    """
+    payload = url + "".join(name + params[name] for name in sorted(params))
+    digest = hmac.new(token.encode(), payload.encode(), hashlib.sha1).digest()
+    return hmac.compare_digest(base64.b64encode(digest).decode(), signature)
+
+
 async def signed_form(request: Request, settings: AppSettings, pool: Pool) -> CarrierForm:
     """The form of a carrier webhook whose `X-Twilio-Signature` checks out.
 
@@ -40,8 +54,10 @@ async def signed_form(request: Request, settings: AppSettings, pool: Pool) -> Ca
     signature = request.headers.get("X-Twilio-Signature")
     if not signature:
         raise InvalidSignature("X-Twilio-Signature is missing or does not match this request")
-    main = RequestValidator(settings.twilio_auth_token.get_secret_value())
-    if main.validate(url, params, signature):
+    token = settings.twilio_auth_token.get_secret_value()
+    if signed_with(token, url, params, signature) or RequestValidator(token).validate(
+        url, params, signature
+    ):
         return CarrierForm(params=params)
     account_sid = params.get("AccountSid")
     signers = frozenset(
