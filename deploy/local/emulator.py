@@ -431,17 +431,23 @@ class Carrier:
         self.refused.clear()
         return Reply({"received": 0})
 
+    def _config(self) -> dict[str, Any]:
+        return {**asdict(self.faults), "status_callbacks": self.status_callbacks}
+
     async def get_config(self, _: Request) -> Reply:
-        return Reply(asdict(self.faults))
+        return Reply(self._config())
 
     async def set_config(self, request: Request) -> Reply:
-        """Replace the fault settings named in the JSON body; the rest keep their values."""
+        """Replace the settings named in the JSON body; the rest keep their values. Besides
+        the faults, `status_callbacks` turns the receipts on or off (a benchmark compares
+        Herald with and without them on one stack)."""
         changes = request.json()
-        unknown = sorted(set(changes) - set(asdict(self.faults)))
+        unknown = sorted(set(changes) - set(self._config()))
         if unknown:
             return Reply({"error": f"unknown settings: {unknown}"}, status=400)
+        self.status_callbacks = bool(changes.pop("status_callbacks", self.status_callbacks))
         self.faults = Faults(**{**asdict(self.faults), **changes})
-        return Reply(asdict(self.faults))
+        return Reply(self._config())
 
     async def inbound(self, request: Request) -> Reply:
         """Play a reply from a handset: post an inbound-SMS webhook to `url`, signed."""
