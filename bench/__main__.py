@@ -203,7 +203,7 @@ async def run_with_receipts(
             url = f"{info['api_url']}/v1/sms/batch/{herald['batch_id']}"
             while True:
                 counts = (await http.get(url, headers=headers)).json()["data"]["counts"]
-                final = counts["delivered"] + counts["undelivered"] + counts["failed"]
+                final = sum(counts.get(s, 0) for s in ("delivered", "undelivered", "failed"))
                 waited = time.perf_counter() - ended
                 if final >= herald["sent"] or waited > herald["seconds"]:
                     break
