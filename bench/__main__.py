@@ -328,12 +328,13 @@ async def measure(
     ceiling_runs = [await run_ceiling(ceiling_n, settings, info, lean=False)]
     lean_runs = [await run_ceiling(ceiling_n, settings, info, lean=True)]
     herald = await run_herald(args.n, settings, info, watched, processes)
+    # Before the receipts run adds its batch's rows to the ledger.
+    footprint = await history_and_storage(settings, herald["batch_id"])
     receipts = (
         await run_with_receipts(args.n, settings, info, watched, processes)
         if args.receipts
         else None
     )
-    footprint = await history_and_storage(settings, herald["batch_id"])
     outcomes = await measure_outcomes(
         info,
         watched["api"].pid,
