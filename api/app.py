@@ -105,6 +105,9 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     # Outermost: a request the limits refuse is counted, and logged with its id, too.
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_middleware(RequestContext)
+    # First: the carrier posts two or three receipts per message sent, and each route
+    # before it costs every one of them a match.
+    app.include_router(receipts.router, responses=ERROR_RESPONSES)
     app.include_router(health.router)
     # Public, answered to browsers: a redirect or an HTML page, never the JSON envelope.
     app.include_router(links.router)
@@ -119,7 +122,6 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         webhooks,
         opt_outs,
         mailing_lists,
-        receipts,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     # The dialects declare their own error replies: they are in their envelopes, not Herald's.
