@@ -203,7 +203,9 @@ class Carrier:
         self._http: ClientSession | None = None
 
     async def start(self) -> None:
-        self._http = ClientSession(timeout=ClientTimeout(total=10))
+        # Each request's own 10 s, as Twilio's webhooks have: not the time it waits here
+        # for a free connection behind thousands of others at full send rate.
+        self._http = ClientSession(timeout=ClientTimeout(sock_connect=10, sock_read=10))
 
     async def stop(self) -> None:
         for task in self._callbacks:
