@@ -9,8 +9,11 @@ injects latency, 429s and 5xx on request, posts delivery callbacks signed with
 
 import argparse
 import asyncio
+import base64
 import functools
 import gc
+import hashlib
+import hmac
 import random
 import re
 import secrets
@@ -25,7 +28,6 @@ from typing import Any
 
 import uvloop
 from aiohttp import BasicAuth, ClientSession, ClientTimeout
-from twilio.request_validator import RequestValidator
 
 from deploy.local.http_server import Reply, Request, Router, serving
 
@@ -159,6 +161,16 @@ class Received:
         }
 
 
+def twilio_signature(token: str, url: str, params: dict[str, str]) -> str:
+    """`X-Twilio-Signature`: the HMAC-SHA1 of the URL and each parameter's name and value, in
+    name order (twilio's RequestValidator.compute_signature, in a tenth of its time: the
+    emulator signs two or three callbacks per message at full send rate)."""
+    payload = url + "".join(name + params[name] for name in sorted(params))
+    return base64.b64encode(
+        hmac.new(token.encode(), payload.encode(), hashlib.sha1).digest()
+    ).decode()
+
+
 @functools.lru_cache(maxsize=4)
 def rfc2822(second: int) -> str:
     """The Unix time `second` as Twilio writes dates; cached, as a busy second asks often."""
@@ -195,7 +207,6 @@ class Carrier:
         # `received` by "To", built on the first Messages list (few runs ever ask), then kept.
         self._by_to: dict[str, list[Received]] | None = None
         self.refused: Counter[int] = Counter()
-        self._validator = RequestValidator(auth_token)
         self._random = random.Random(seed)
         # Seeded from the OS, not `seed`: a restarted emulator must not hand out old SIDs.
         self._sids = random.Random()
@@ -398,9 +409,8 @@ class Carrier:
         """A form POST signed as Twilio signs its webhooks; the status, or None on failure."""
         assert self._http is not None
         # Twilio signs with the token of the (sub)account the message belongs to.
-        token = self.faults.accounts.get(params.get("AccountSid", ""))
-        validator = RequestValidator(token) if token else self._validator
-        signature = validator.compute_signature(url, params)
+        token = self.faults.accounts.get(params.get("AccountSid", ""), self.auth_token)
+        signature = twilio_signature(token, url, params)
         try:
             async with self._http.post(
                 url, data=params, headers={"X-Twilio-Signature": signature}
