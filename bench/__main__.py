@@ -56,6 +56,8 @@ AREA_CODES = (201, 212, 213, 305, 312, 404, 415, 503, 617, 702, 718, 917)
 SAMPLE_SECONDS = 0.5
 # The ceiling's rate is steady after a few seconds; more messages only cost time.
 CEILING_MAX = 50_000
+# How long after the final event the receipts run waits for its last receipts, at least.
+RECEIPTS_PATIENCE = 300.0
 BODY = "Herald bench {{first_name}}"
 
 
@@ -205,7 +207,7 @@ async def run_with_receipts(
                 counts = (await http.get(url, headers=headers)).json()["data"]["counts"]
                 final = sum(counts.get(s, 0) for s in ("delivered", "undelivered", "failed"))
                 waited = time.perf_counter() - ended
-                if final >= herald["sent"] or waited > herald["seconds"]:
+                if final >= herald["sent"] or waited > max(RECEIPTS_PATIENCE, herald["seconds"]):
                     break
                 await asyncio.sleep(0.2)
             # From the POST, as Herald's rate is.
