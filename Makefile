@@ -44,7 +44,7 @@ test-fast: $(STAMP)
 # Not part of `make test`: N=1000000 for the full run; results in bench/results/.
 N ?= 100000
 bench: $(STAMP)
-	$(BIN)/python -m bench --n $(N)
+	$(BIN)/python -m bench --n $(N) --receipts
 
 bench-rates: $(STAMP)
 	$(BIN)/python -m bench.rates

@@ -63,6 +63,8 @@ def configure_logging(level: str = "INFO") -> None:
     for name in UVICORN_LOGGERS:
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
+        # uvicorn sets its own levels: at WARNING, an access line per request is still made.
+        logging.getLogger(name).setLevel(numeric)
     logging.captureWarnings(True)
     # twilio logs every request and response at INFO: one line per message sent.
     logging.getLogger("twilio").setLevel(max(logging.WARNING, numeric))

@@ -1,5 +1,7 @@
 """The FastAPI application: resources from `lifespan`, routes, the error envelope."""
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,6 +34,7 @@ from api.routes import (
     ui,
     webhooks,
 )
+from api.services.receipts import ReceiptIntake, apply_receipts
 from logs import configure_logging
 from metrics import ApiMetrics
 from settings import Settings, get_settings
@@ -121,9 +124,16 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         app.state.temporal = await connect_temporal(
             settings, lazy=True, interceptors=client_interceptors(tracing)
         )
+        app.state.receipt_intake = ReceiptIntake(app.state.pool)
+        applier = asyncio.create_task(
+            apply_receipts(app.state.pool, app.state.receipt_intake.arrived)
+        )
         try:
             yield
         finally:
+            applier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await applier
             await app.state.pool.close()
             if tracing is not None:
                 tracing.provider.shutdown()
@@ -153,6 +163,9 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     # Outermost: a request the limits refuse is counted, and logged with its id, too.
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_middleware(RequestContext)
+    # First: the carrier posts two or three receipts per message sent, and each route
+    # before it costs every one of them a match.
+    app.include_router(receipts.router, responses=ERROR_RESPONSES)
     app.include_router(health.router)
     # Public, answered to browsers: a redirect or an HTML page, never the JSON envelope.
     app.include_router(links.router)
@@ -168,7 +181,6 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         webhooks,
         opt_outs,
         mailing_lists,
-        receipts,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     # The dialects declare their own error replies: they are in their envelopes, not Herald's.

@@ -1,15 +1,23 @@
 """Requests from the carrier: Twilio signs each with `X-Twilio-Signature`; 403 when it fails."""
 
+import base64
+import hashlib
+import hmac
 import uuid
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, Request
 from twilio.request_validator import RequestValidator
 
 from api.deps import AppSettings, Pool
-from api.errors import HeraldError
+from api.errors import HeraldError, InvalidRequest
 from api.services.carrier_account import signing_tokens
+
+URLENCODED = "application/x-www-form-urlencoded"
+# Starlette's own limit for a form.
+MAX_FIELDS = 1000
 
 
 class InvalidSignature(HeraldError):
@@ -25,6 +33,30 @@ class CarrierForm:
     signers: frozenset[uuid.UUID] | None = None
 
 
+async def form_params(request: Request) -> dict[str, str]:
+    """The form's fields; an urlencoded body (the carrier's) is parsed in a third of the
+    time `request.form()` takes."""
+    if request.headers.get("content-type", "").startswith(URLENCODED):
+        body = (await request.body()).decode("latin-1")
+        try:
+            return dict(parse_qsl(body, keep_blank_values=True, max_num_fields=MAX_FIELDS))
+        except ValueError as error:
+            raise InvalidRequest(f"More than {MAX_FIELDS} form fields") from error
+    form = await request.form(max_fields=MAX_FIELDS)
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+def signed_with(token: str, url: str, params: dict[str, str], signature: str) -> bool:
+    """Whether `signature` is Twilio's HMAC-SHA1 of exactly `url` and `params` with `token`.
+
+    The common case, computed once: RequestValidator.validate computes it for the URL with
+    and without its port, which costs a status callback a third of its time at full rate.
+    """
+    payload = url + "".join(name + params[name] for name in sorted(params))
+    digest = hmac.new(token.encode(), payload.encode(), hashlib.sha1).digest()
+    return hmac.compare_digest(base64.b64encode(digest).decode(), signature)
+
+
 async def signed_form(request: Request, settings: AppSettings, pool: Pool) -> CarrierForm:
     """The form of a carrier webhook whose `X-Twilio-Signature` checks out.
 
@@ -32,16 +64,17 @@ async def signed_form(request: Request, settings: AppSettings, pool: Pool) -> Ca
     proxy that is not the URL this process sees, so it is rebuilt from settings. A webhook
     of an account's own subaccount (its `AccountSid`) is signed with that subaccount's token.
     """
-    form = await request.form()
-    params = {key: value for key, value in form.items() if isinstance(value, str)}
+    params = await form_params(request)
     url = settings.api_url.rstrip("/") + request.url.path
     if request.url.query:
         url += "?" + request.url.query
     signature = request.headers.get("X-Twilio-Signature")
     if not signature:
         raise InvalidSignature("X-Twilio-Signature is missing or does not match this request")
-    main = RequestValidator(settings.twilio_auth_token.get_secret_value())
-    if main.validate(url, params, signature):
+    token = settings.twilio_auth_token.get_secret_value()
+    if signed_with(token, url, params, signature) or RequestValidator(token).validate(
+        url, params, signature
+    ):
         return CarrierForm(params=params)
     account_sid = params.get("AccountSid")
     signers = frozenset(

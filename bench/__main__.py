@@ -56,6 +56,8 @@ AREA_CODES = (201, 212, 213, 305, 312, 404, 415, 503, 617, 702, 718, 917)
 SAMPLE_SECONDS = 0.5
 # The ceiling's rate is steady after a few seconds; more messages only cost time.
 CEILING_MAX = 50_000
+# How long after the final event the receipts run waits for its last receipts, at least.
+RECEIPTS_PATIENCE = 300.0
 BODY = "Herald bench {{first_name}}"
 
 
@@ -184,6 +186,43 @@ async def run_herald(
     }
 
 
+async def run_with_receipts(
+    n: int,
+    settings: Settings,
+    info: dict[str, str],
+    processes: dict[str, psutil.Process],
+    stack: list[ManagedProcess],
+) -> dict[str, Any]:
+    """Herald's run again, with the emulator posting every message's status callbacks
+    (`sent`, then `delivered`) to the API; done when every receipt is applied."""
+    config = f"{info['emulator_url']}/_emulator/config"
+    async with httpx.AsyncClient(timeout=60) as http:
+        (await http.post(config, json={"status_callbacks": True})).raise_for_status()
+        try:
+            herald = await run_herald(n, settings, info, processes, stack)
+            ended = time.perf_counter()
+            headers = {"authorization": info["api_key"]}
+            url = f"{info['api_url']}/v1/sms/batch/{herald['batch_id']}"
+            while True:
+                counts = (await http.get(url, headers=headers)).json()["data"]["counts"]
+                final = sum(counts.get(s, 0) for s in ("delivered", "undelivered", "failed"))
+                waited = time.perf_counter() - ended
+                if final >= herald["sent"] or waited > max(RECEIPTS_PATIENCE, herald["seconds"]):
+                    break
+                await asyncio.sleep(0.2)
+            # From the POST, as Herald's rate is.
+            applied_seconds = herald["seconds"] + time.perf_counter() - ended
+        finally:
+            await http.post(config, json={"status_callbacks": False})
+    return {
+        **herald,
+        "counts": counts,
+        "receipts_applied": final,
+        "applied_seconds": applied_seconds,
+        "applied_messages_per_second": final / applied_seconds,
+    }
+
+
 async def run_naive(n: int, settings: Settings, info: dict[str, str], label: str) -> dict[str, Any]:
     client = await connect_temporal(settings)
     carrier = TwilioCarrier(
@@ -291,7 +330,13 @@ async def measure(
     ceiling_runs = [await run_ceiling(ceiling_n, settings, info, lean=False)]
     lean_runs = [await run_ceiling(ceiling_n, settings, info, lean=True)]
     herald = await run_herald(args.n, settings, info, watched, processes)
+    # Before the receipts run adds its batch's rows to the ledger.
     footprint = await history_and_storage(settings, herald["batch_id"])
+    receipts = (
+        await run_with_receipts(args.n, settings, info, watched, processes)
+        if args.receipts
+        else None
+    )
     outcomes = await measure_outcomes(
         info,
         watched["api"].pid,
@@ -320,6 +365,7 @@ async def measure(
             )
         },
         "herald": herald,
+        "herald_receipts": receipts,
         "naive": naive,
         "ceiling": ceiling,
         "lean_ceiling": lean_ceiling,
@@ -332,6 +378,16 @@ async def measure(
             / ceiling["messages_per_second"],
             "herald_over_lean_ceiling": herald["messages_per_second"]
             / lean_ceiling["messages_per_second"],
+            **(
+                {
+                    "receipts_on_over_off": receipts["messages_per_second"]
+                    / herald["messages_per_second"],
+                    "receipts_applied_over_off": receipts["applied_messages_per_second"]
+                    / herald["messages_per_second"],
+                }
+                if receipts
+                else {}
+            ),
         },
     }
 
@@ -379,6 +435,7 @@ def report(result: dict[str, Any]) -> str:
          f"{herald['sent']:,} sent in {herald['seconds']:.1f}s ({herald['status']})"),
         ("Herald send phase", f"{herald['send_phase_messages_per_second']:,.0f} msg/s",
          f"from the first in_progress event, {herald['send_phase_seconds']:.1f}s"),
+        *receipts_report(result),
         ("Naive (1 activity/msg)", f"{naive['messages_per_second']:,.0f} msg/s",
          f"mean of {spread(naive)}, {naive['sent']:,} sent"),
         ("Ceiling (asyncio loop)", f"{ceiling['messages_per_second']:,.0f} msg/s",
@@ -416,6 +473,20 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(f"{a.ljust(width)}  {b:>16}  {c}" for a, b, c in rows)
 
 
+def receipts_report(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    on, ratios = result.get("herald_receipts"), result["ratios"]
+    if not on:
+        return []
+    return [
+        ("Herald, receipts on", f"{on['messages_per_second']:,.0f} msg/s",
+         f"{on['sent']:,} sent in {on['seconds']:.1f}s ({on['status']});"
+         f" {ratios['receipts_on_over_off']:.2f}x of receipts off, target >= 0.7x"),
+        ("  every receipt applied", f"{on['applied_messages_per_second']:,.0f} msg/s",
+         f"{on['receipts_applied']:,} final receipts applied {on['applied_seconds']:.1f}s"
+         f" after the POST; {ratios['receipts_applied_over_off']:.2f}x of receipts off"),
+    ]  # fmt: skip
+
+
 def averaged(runs: list[dict[str, Any]]) -> dict[str, Any]:
     rates = [r["messages_per_second"] for r in runs]
     return {
@@ -445,6 +516,11 @@ def main() -> int:
     parser.add_argument("--naive-n", type=int, default=1000, help="messages for the baseline")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--validation-rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--receipts",
+        action="store_true",
+        help="run Herald's batch again with the emulator's status callbacks on, and compare",
+    )
     args = parser.parse_args()
     with bench_stack() as (settings, info, processes):
         result = asyncio.run(measure(args, settings, info, processes))

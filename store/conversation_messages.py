@@ -128,7 +128,7 @@ async def record_outcome(
     error_message: str | None = None,
 ) -> None:
     """The end of a send; only a message still `sending` moves. A receipt that came before
-    it was recorded is applied now (see receipts.record_receipt)."""
+    it was recorded is applied now (see receipts.first_receipts)."""
     await pool.execute(
         "UPDATE conversation_messages SET status = $2, carrier_sid = $3, error_code = $4,"
         " error_message = $5, updated_at = now(),"

@@ -9,6 +9,7 @@ from datetime import datetime
 
 import asyncpg
 
+from store import receipts
 from workflows.statuses import LedgerStatus
 
 RECIPIENT_COLUMNS = (
@@ -219,9 +220,9 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
     `uncertain` by the next) that lived on and heard the carrier's answer settles them. Then
     apply the receipts that came before their sids were written.
 
-    The two statements commit one after the other, and a receipt is kept before it is
-    applied (receipts.record_receipt): whichever side writes second sees the first, so no
-    receipt is lost to the race between them.
+    The two statements commit one after the other, and a receipt is queued before it is
+    applied, in a statement of its own (receipts.queue_receipts): whichever side writes
+    second sees the first, queued or kept, so no receipt is lost to the race between them.
     """
     if not outcomes:
         return
@@ -254,8 +255,8 @@ async def apply_kept_receipts(pool: asyncpg.Pool, batch_id: uuid.UUID, sids: lis
     if sids:
         await pool.execute(
             "UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
-            " updated_at = now() FROM carrier_receipts AS r"
-            " WHERE r.carrier_sid = ANY($2::text[]) AND m.carrier_sid = r.carrier_sid"
+            f" updated_at = now() FROM {receipts.first_receipts('$2::text[]')} AS r"
+            " WHERE m.carrier_sid = r.carrier_sid"
             " AND m.batch_id = $1 AND receipt_rank(m.status) < receipt_rank(r.status)",
             batch_id,
             sids,

@@ -16,7 +16,7 @@ from store import receipts
 from store.batches import create_batch
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import unique_numbers
-from tests.support.delivery import ledger_rows
+from tests.support.delivery import ledger_rows, receipts_applied
 from tests.support.stack import Account, Configure, WebhookReceiver
 
 
@@ -31,8 +31,11 @@ async def test_counts_are_exact_after_failures_receipts_and_a_retry(
     file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
     await webhooks.wait_for(marker, *FINAL)
     sent = [r for r in await ledger_rows(api, account, file_id) if r["status"] == "sent"]
-    for row, status in zip(sent, ["delivered"] * 5 + ["undelivered"] * 2, strict=False):
-        await receipts.record_receipt(api_pool(api), row["carrier_sid"], status, None)
+    given = list(zip(sent, ["delivered"] * 5 + ["undelivered"] * 2, strict=False))
+    await receipts.queue_receipts(
+        api_pool(api), [receipts.Receipt(row["carrier_sid"], status, None) for row, status in given]
+    )
+    await receipts_applied(api_pool(api), [row["carrier_sid"] for row, _ in given])
     retry = await api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers)
     await webhooks.wait_for(marker, *FINAL, times=2)
 

@@ -21,6 +21,7 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
             str(tmp_path),
             "--validation-rows",
             "20000",
+            "--receipts",
         ],
         capture_output=True,
         text=True,
@@ -33,6 +34,9 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
     result = json.loads(results.read_text())
     assert result["herald"]["status"] == "completed"
     assert result["herald"]["sent"] == 2000
+    with_receipts = result["herald_receipts"]
+    assert (with_receipts["status"], with_receipts["sent"]) == ("completed", 2000)
+    assert with_receipts["counts"]["delivered"] == with_receipts["receipts_applied"] == 2000
     assert result["naive"]["sent"] == 80
     assert result["ceiling"]["sent"] == 4000
     assert result["lean_ceiling"]["sent"] == 4000
@@ -48,5 +52,6 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
     assert "validation_over_csv_reading" in result["ratios"]
     assert results.with_suffix(".png").stat().st_size > 0
     assert "Herald / naive" in run.stdout
+    assert "Herald, receipts on" in run.stdout
     assert "Validation / reading" in run.stdout
     assert "CSV export API RSS" in run.stdout

@@ -12,11 +12,12 @@ from twilio.request_validator import RequestValidator
 
 from settings import Settings
 from store import conversation_messages, conversations, receipts
+from store.db import create_pool
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
-from tests.support.delivery import ledger_rows
+from tests.support.delivery import ledger_rows, receipts_applied
 from tests.support.sending import conversation, conversation_when, received_by, send
-from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver
+from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
 
 STATUS_PATH = "/v1/webhooks/twilio/status"
 
@@ -79,7 +80,11 @@ async def test_every_message_asks_the_carrier_for_receipts_at_the_public_url(
 
 
 async def test_receipts_move_messages_forward_and_never_back(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, settings: Settings
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
 ) -> None:
     file_id, rows = await sent_batch(api, account, webhooks, 4)
     delivered, undelivered, failed, still_sent = (r["carrier_sid"] for r in rows)
@@ -96,6 +101,8 @@ async def test_receipts_move_messages_forward_and_never_back(
         await post_receipt(api, settings, receipt(still_sent, "sent")),
         await post_receipt(api, settings, receipt("SM" + secrets.token_hex(16), "delivered")),
     ]
+
+    await receipts_applied(pool, [r["carrier_sid"] for r in rows])
 
     assert [r.status_code for r in replies] == [204] * len(replies)
     assert all(r.content == b"" for r in replies)
@@ -118,7 +125,11 @@ async def test_receipts_move_messages_forward_and_never_back(
 
 
 async def test_a_receipt_without_a_good_signature_is_refused_and_changes_nothing(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, settings: Settings
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
 ) -> None:
     file_id, rows = await sent_batch(api, account, webhooks, 1)
     form = receipt(rows[0]["carrier_sid"], "delivered")
@@ -134,6 +145,9 @@ async def test_a_receipt_without_a_good_signature_is_refused_and_changes_nothing
     ]
 
     assert [r.status_code for r in replies] == [403] * 4
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM receipt_queue WHERE carrier_sid = $1", rows[0]["carrier_sid"]
+    )
     assert {r.json()["errors"][0]["error"] for r in replies} == {"INVALID_SIGNATURE"}
     assert [r["status"] for r in await ledger_rows(api, account, file_id)] == ["sent"]
     missing = await post_receipt(api, settings, {"MessageStatus": "delivered"})
@@ -173,7 +187,11 @@ async def test_a_receipt_that_comes_before_its_send_is_recorded_is_applied_then(
 
 
 async def test_a_replayed_receipt_changes_nothing_and_only_the_first_final_one_counts(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, settings: Settings
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
 ) -> None:
     file_id, rows = await sent_batch(api, account, webhooks, 1)
     sid = rows[0]["carrier_sid"]
@@ -186,13 +204,19 @@ async def test_a_replayed_receipt_changes_nothing_and_only_the_first_final_one_c
         await post_receipt(api, settings, receipt(sid, "undelivered", "30005")),
     ]
 
+    await receipts_applied(pool, [sid])
+
     assert [r.status_code for r in replies] == [204] * 4
     [row] = await ledger_rows(api, account, file_id)
     assert (row["status"], row["error_code"], row["carrier_sid"]) == ("undelivered", "30003", sid)
 
 
 async def test_a_single_send_asks_for_receipts_and_its_status_follows_them(
-    api: httpx.AsyncClient, account: Account, emulator_url: str, settings: Settings
+    api: httpx.AsyncClient,
+    account: Account,
+    emulator_url: str,
+    settings: Settings,
+    pool: asyncpg.Pool,
 ) -> None:
     delivered_to, undelivered_to = unique_numbers(2)
     sends = {}
@@ -217,6 +241,7 @@ async def test_a_single_send_asks_for_receipts_and_its_status_follows_them(
         receipt(carried[undelivered_to]["sid"], "undelivered", "30003"),
     ):
         assert (await post_receipt(api, settings, form)).status_code == 204
+    await receipts_applied(pool, [m["sid"] for m in carried.values()])
 
     outcomes = {}
     for user, data in sends.items():
@@ -247,9 +272,84 @@ async def test_a_conversation_receipt_before_its_send_is_recorded_is_applied_the
         )
     assert await conversation_messages.claim_message(pool, message_id, first_attempt=True)
 
-    await receipts.record_receipt(pool, sid, "delivered", None)
+    await receipts.queue_receipts(pool, [receipts.Receipt(sid, "delivered", None)])
     then = await conversation_messages.message_status(pool, message_id)
     await conversation_messages.record_outcome(pool, message_id, status="sent", carrier_sid=sid)
 
     assert then == ("sending", None)
     assert await conversation_messages.message_status(pool, message_id) == ("delivered", None)
+
+
+async def test_a_burst_of_receipts_through_two_api_processes_is_applied_whole(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, rows = await sent_batch(api, account, webhooks, 1000)
+    sids = [r["carrier_sid"] for r in rows]
+    in_flight = asyncio.Semaphore(300)
+
+    async def post_all(clients: list[httpx.AsyncClient], forms: list[dict[str, str]]) -> set[int]:
+        async def post(client: httpx.AsyncClient, form: dict[str, str]) -> int:
+            async with in_flight:
+                return (await post_receipt(client, settings, form)).status_code
+
+        return set(
+            await asyncio.gather(
+                *(post(clients[i % len(clients)], form) for i, form in enumerate(forms))
+            )
+        )
+
+    async with api_client(settings) as second:
+        # As the carrier sends them: `sent`, then the final one, twice over for some.
+        burst = [receipt(sid, s) for sid in sids for s in ("sent", "delivered")]
+        burst += [receipt(sid, "delivered") for sid in sids[::3]]
+        burst_replies = await post_all([api, second], burst)
+        await receipts_applied(pool, sids)
+        applied = await ledger_rows(api, account, file_id)
+        late = [receipt(sid, "undelivered", "30003") for sid in sids[::2]]
+        late += [receipt(sid, "sent") for sid in sids[1::2]]
+        late_replies = await post_all([second, api], late)
+        await receipts_applied(pool, sids)
+
+    assert len(burst) + len(late) > 3000
+    assert burst_replies == late_replies == {204}
+    assert [(r["status"], r["error_code"]) for r in applied] == [("delivered", None)] * 1000
+    after = await ledger_rows(api, account, file_id)
+    assert [(r["status"], r["error_code"], r["carrier_sid"]) for r in after] == [
+        ("delivered", None, sid) for sid in sids
+    ]
+    batch = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()["data"]
+    assert batch["counts"]["delivered"] == 1000
+
+
+async def test_two_appliers_on_one_queue_take_each_receipt_once(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, rows = await sent_batch(api, account, webhooks, 300)
+    sids = [r["carrier_sid"] for r in rows]
+    finals = [receipts.Receipt(sid, "failed", "30008") for sid in sids]
+    await receipts.queue_receipts(pool, finals + finals)
+    other_process = await create_pool(settings.dsn)
+    taken: list[list[int]] = [[], []]
+
+    async def drain(applier: asyncpg.Pool, into: list[int]) -> None:
+        while claimed := await receipts.apply_queued(applier, 25):
+            into += claimed
+
+    try:
+        await asyncio.gather(drain(pool, taken[0]), drain(other_process, taken[1]))
+    finally:
+        await other_process.close()
+
+    # The API's own applier may take some too; none is taken twice.
+    assert not set(taken[0]) & set(taken[1])
+    assert len(set(taken[0])) == len(taken[0]) and len(set(taken[1])) == len(taken[1])
+    after = await ledger_rows(api, account, file_id)
+    assert [(r["status"], r["error_code"]) for r in after] == [("failed", "30008")] * 300

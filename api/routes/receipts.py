@@ -1,9 +1,8 @@
 """Delivery receipts: the carrier's status callback for each message Herald sent."""
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from api.carrier_signature import SignedForm
-from api.deps import Pool
+from api.carrier_signature import signed_form
 from api.errors import InvalidRequest
 from api.models import ErrorEnvelope
 from api.services import receipts as service
@@ -18,18 +17,22 @@ router = APIRouter(tags=["carrier webhooks"])
     response_class=Response,
     responses={400: {"model": ErrorEnvelope}, 403: {"model": ErrorEnvelope}},
 )
-async def message_status(pool: Pool, signed: SignedForm) -> Response:
+async def message_status(request: Request) -> Response:
     """Twilio's StatusCallback, signed with the auth token: moves the message (found by
     `MessageSid`) to `delivered`, `undelivered` or `failed` with the carrier's `ErrorCode`.
 
     Idempotent, and a receipt never moves a message back: a `sent` after `delivered`, or a
-    second final status, changes nothing. An unknown `MessageSid` is answered 204 as well; a
-    final receipt is kept and applied when its send is recorded.
+    second final status, changes nothing. Answered once the receipt is queued; it is applied
+    within moments, in a batch. An unknown `MessageSid` is answered 204 as well; a final
+    receipt is kept and applied when its send is recorded.
     """
-    form = signed.params
+    # No dependencies: solving them cost a callback more than all its own work, and the
+    # carrier posts two or three per message sent.
+    state = request.app.state
+    form = (await signed_form(request, state.settings, state.pool)).params
     sid = form.get("MessageSid") or form.get("SmsSid")
     status = form.get("MessageStatus") or form.get("SmsStatus")
     if not sid or not status:
         raise InvalidRequest("MessageSid and MessageStatus are required")
-    await service.record_receipt(pool, sid, status, form.get("ErrorCode") or None)
+    await service.record_receipt(state.receipt_intake, sid, status, form.get("ErrorCode") or None)
     return Response(status_code=204)

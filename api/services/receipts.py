@@ -1,12 +1,91 @@
-"""Delivery receipts: the carrier's status callbacks."""
+"""Delivery receipts: the carrier's status callbacks, queued at once and applied in batches.
+
+At full send rate the carrier posts two or three callbacks per message. A callback is
+answered as soon as its receipt is in `receipt_queue`: the receipts of concurrent callbacks
+go there in one INSERT (`ReceiptIntake`). `apply_receipts` moves them to the ledger in
+batches, in every API process (the processes share the queue).
+"""
+
+import asyncio
+import contextlib
 
 import asyncpg
+import structlog
 
 from store import receipts
+from store.receipts import FINAL_RECEIPTS, Receipt
+
+log = structlog.get_logger(__name__)
+
+# Receipts applied per transaction: one statement per table, whatever the number.
+APPLY_BATCH = 1000
+# How long the applier sleeps when nothing arrives in this process: the queue may hold
+# receipts another process took in (or one that stopped before applying them).
+IDLE_SECONDS = 1.0
+# After a database failure.
+RETRY_SECONDS = 1.0
+
+
+class ReceiptIntake:
+    """Queues receipts, those of concurrent requests in one statement, and wakes the applier."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._waiting: list[tuple[Receipt, asyncio.Future[None]]] = []
+        self._writing: asyncio.Task[None] | None = None
+        self.arrived = asyncio.Event()
+
+    async def put(self, receipt: Receipt) -> None:
+        """Return once `receipt` is queued (at once for a non-final one: it moves nothing)."""
+        if receipt.status not in FINAL_RECEIPTS:
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((receipt, done))
+        if self._writing is None:
+            self._writing = asyncio.create_task(self._write())
+        await done
+
+    async def _write(self) -> None:
+        # While one INSERT is under way the next requests gather for the following one.
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    await receipts.queue_receipts(self._pool, [r for r, _ in batch])
+                except Exception as error:  # each waiting request answers it
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(error)
+                    continue
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+                self.arrived.set()
+        finally:
+            self._writing = None
+
+
+async def apply_receipts(pool: asyncpg.Pool, arrived: asyncio.Event) -> None:
+    """Apply queued receipts until cancelled: at once while the queue is full, else when
+    `arrived` is set or after IDLE_SECONDS."""
+    while True:
+        arrived.clear()
+        try:
+            taken = len(await receipts.apply_queued(pool, APPLY_BATCH))
+        except asyncpg.DeadlockDetectedError:
+            # Two appliers met on the same rows; the loser's receipts are back in the queue.
+            continue
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as error:
+            log.warning("receipts not applied; retrying", error=repr(error))
+            await asyncio.sleep(RETRY_SECONDS)
+            continue
+        if taken < APPLY_BATCH:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), IDLE_SECONDS)
 
 
 async def record_receipt(
-    pool: asyncpg.Pool, carrier_sid: str, status: str, error_code: str | None
+    intake: ReceiptIntake, carrier_sid: str, status: str, error_code: str | None
 ) -> None:
-    """Apply the receipt to its message, or keep it until the send is recorded."""
-    await receipts.record_receipt(pool, carrier_sid, status, error_code)
+    """Queue the receipt; it is applied to its message, now or when its send is recorded."""
+    await intake.put(Receipt(carrier_sid, status, error_code))

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import httpx
 from temporalio.client import Client
 
@@ -34,6 +35,15 @@ def rate(received: list[dict[str, Any]]) -> float:
     """Messages per second between the first and the last one the carrier received."""
     times = sorted(datetime.fromisoformat(m["received_at"]).timestamp() for m in received)
     return (len(times) - 1) / (times[-1] - times[0])
+
+
+async def receipts_applied(pool: asyncpg.Pool, sids: list[str]) -> None:
+    """Wait until the API's appliers have taken every queued receipt of `sids`."""
+    async with asyncio.timeout(60):
+        while await pool.fetchval(  # noqa: ASYNC110 - polling
+            "SELECT count(*) FROM receipt_queue WHERE carrier_sid = ANY($1::text[])", sids
+        ):
+            await asyncio.sleep(0.05)
 
 
 async def ledger_rows(api: httpx.AsyncClient, account: Account, file_id: str) -> list[dict]:
