@@ -33,6 +33,9 @@ log = structlog.get_logger(__name__)
 # timeout); reconciliation waits that long, plus this margin, before it concludes anything.
 QUIET_MARGIN_SECONDS = 5.0
 HEARTBEAT_SECONDS = 1.0
+# A list the carrier did not answer is asked again this many times in all (a busy carrier, a
+# short carrier timeout); a row whose list never comes stays `uncertain`.
+LIST_ATTEMPTS = 5
 # A row's text is matched among this many of the newest messages between the two numbers.
 NEWEST_MESSAGES = 50
 
@@ -52,16 +55,19 @@ class ReconciliationActivities(WorkerResources):
 
         async def listed(to: str, from_: str) -> list[CarrierMessage] | None:
             async with lanes:
-                try:
-                    return await self._carrier.sent_messages(
-                        to=to,
-                        from_=from_,
-                        credentials=credentials,
-                        limit=NEWEST_MESSAGES,
-                    )
-                except (TwilioRestException, ConnectFailed, NoAnswer) as error:
-                    log.warning("carrier list failed", to=to, error=repr(error))
-                    return None
+                for attempt in range(LIST_ATTEMPTS):
+                    try:
+                        return await self._carrier.sent_messages(
+                            to=to,
+                            from_=from_,
+                            credentials=credentials,
+                            limit=NEWEST_MESSAGES,
+                        )
+                    except (TwilioRestException, ConnectFailed, NoAnswer) as error:
+                        log.warning("carrier list failed", to=to, error=repr(error))
+                        activity.heartbeat()
+                        await asyncio.sleep(0.2 * 2**attempt)
+                return None
 
         lists = await asyncio.gather(
             *(listed(r.to_number, r.from_number or input.agent_number) for r in rows)
