@@ -2,47 +2,19 @@
 which `make test` installs when it can) loads the page with no internet, "Authorize" takes
 the API key, and "Try it out" runs a request that answers 200."""
 
-import asyncio
-import shutil
-from collections.abc import Iterator
-
-import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.wait import WebDriverWait
 
 from settings import Settings
+from tests.support.browser import chromium, run
 from tests.support.sending import served_api
 from tests.support.stack import WAIT_SECONDS, Account
 
 # Swagger UI's element of an operation: `operations-{tag}-{operationId}`.
 OPERATION = "operations-numbers-list_numbers"
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="no chromium and chromium-driver here: `make test` installs them with apt-get"
-    " when run as root on Debian; elsewhere install them to run this test",
-)
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    options.add_argument("--window-size=1400,2000")
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def try_list_numbers(driver: webdriver.Chrome, docs_url: str, key: str) -> tuple[str, str]:
@@ -79,12 +51,10 @@ def try_list_numbers(driver: webdriver.Chrome, docs_url: str, key: str) -> tuple
 
 
 async def test_authorize_then_try_it_out_answers_200_with_the_accounts_numbers(
-    settings: Settings, account: Account, browser: webdriver.Chrome
+    settings: Settings, account: Account
 ) -> None:
-    async with served_api(settings) as served:
-        status, body = await asyncio.to_thread(
-            try_list_numbers, browser, f"{served.api_url}/docs", account.key
-        )
+    async with served_api(settings) as served, chromium(1400, 2000) as browser:
+        status, body = await run(try_list_numbers, browser, f"{served.api_url}/docs", account.key)
 
     assert status == "200"
     assert account.agent_number in body
