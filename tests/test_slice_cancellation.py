@@ -43,6 +43,26 @@ async def sending(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Sendi
     await carrier.close()
 
 
+async def scheduled_slice(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> tuple[str, str, SendSliceInput]:
+    """A batch of ROWS scheduled an hour ahead: its ledger is written, and nothing but the
+    test sends it; (file_id, marker, its one slice)."""
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(ROWS), schedule_at=later
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    slice_input = SendSliceInput(
+        batch_id=file_id,
+        account_id=str(account.account_id),
+        agent_number=account.agent_number,
+        start=0,
+        end=ROWS,
+    )
+    return file_id, marker, slice_input
+
+
 async def waiting_on_a_lock(pool: asyncpg.Pool) -> bool:
     """Whether a statement of another connection waits for a row lock on the ledger."""
     return bool(
@@ -64,20 +84,8 @@ async def test_a_cancellation_during_the_record_still_records_the_slice(
 ) -> None:
     # Slow enough answers that the slice is seen `sending`, and locked, before it is recorded.
     await carrier(latency_ms=1500)
-    # Scheduled an hour ahead: the batch's ledger is written, and nothing but this test sends it.
-    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    file_id, marker = await start_marked_batch(
-        api, account, webhooks, unique_numbers(ROWS), schedule_at=later
-    )
-    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
     env = ActivityEnvironment()
-    slice_input = SendSliceInput(
-        batch_id=file_id,
-        account_id=str(account.account_id),
-        agent_number=account.agent_number,
-        start=0,
-        end=ROWS,
-    )
 
     async with pool.acquire() as holder:
         locked = holder.transaction()
@@ -113,18 +121,7 @@ async def test_a_late_attempt_settles_the_rows_its_successor_made_uncertain(
     carrier: Configure,
 ) -> None:
     await carrier(latency_ms=1500)
-    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    file_id, marker = await start_marked_batch(
-        api, account, webhooks, unique_numbers(ROWS), schedule_at=later
-    )
-    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
-    slice_input = SendSliceInput(
-        batch_id=file_id,
-        account_id=str(account.account_id),
-        agent_number=account.agent_number,
-        start=0,
-        end=ROWS,
-    )
+    file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
     first = asyncio.ensure_future(ActivityEnvironment().run(sending.send_slice, slice_input))
     await eventually(
         lambda: ledger_rows(api, account, file_id), lambda rows: rows[0]["status"] == "sending"
