@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast chromium lint lock bench bench-rates bench-validation bench-uploads bench-outcomes bench-postman clean
+.PHONY: run test test-fast test-tools lint lock bench bench-rates bench-validation bench-uploads bench-outcomes bench-postman clean
 
 # The tested set: every version pinned by requirements.lock; `local` is the local stack.
 $(STAMP): pyproject.toml requirements.lock
@@ -21,19 +21,21 @@ lock: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m deploy.local
 
-test: $(STAMP) chromium
+test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q
 
 # The browser tests (/docs, the dashboard) drive Debian's chromium through chromium-driver,
-# installed when missing and this runs as root; elsewhere those tests skip, saying why.
-chromium:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+# and the CLI's screen test runs in tmux: installed when missing and this runs as root;
+# elsewhere those tests skip, saying why.
+test-tools:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+		|| ! command -v tmux >/dev/null; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-				apt-get install -y -qq --no-install-recommends chromium chromium-driver) \
-				|| echo "chromium could not be installed: the browser tests will skip"; \
+				apt-get install -y -qq --no-install-recommends chromium chromium-driver tmux) \
+				|| echo "chromium or tmux could not be installed: their tests will skip"; \
 		else \
-			echo "chromium or chromedriver missing and not root: the browser tests will skip"; \
+			echo "chromium, chromedriver or tmux missing and not root: their tests will skip"; \
 		fi; \
 	fi
 

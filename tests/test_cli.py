@@ -195,7 +195,10 @@ async def test_the_key_and_address_come_from_dev_json_and_failures_exit_3(
     assert "NOT_FOUND (404)" in unknown.stderr
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.skipif(
+    shutil.which("tmux") is None,
+    reason="tmux is not installed: `make test` installs it with apt-get when run as root",
+)
 async def test_send_follow_in_a_terminal_shows_a_progress_bar_and_a_summary(
     cli: Cli, account: Account, tmp_path: Path
 ) -> None:
