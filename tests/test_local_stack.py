@@ -337,9 +337,12 @@ def services(launcher_pid: int) -> dict[str, psutil.Process]:
     found = {}
     for child in psutil.Process(launcher_pid).children():
         try:
-            program = Path(child.cmdline()[0]).name
+            command = child.cmdline()
         except psutil.ZombieProcess:
             continue  # killed, not yet reaped by the launcher
+        if not command:
+            continue  # starting or exiting: no command line to read
+        program = Path(command[0]).name
         if program in ("postgres", "temporal"):
             found[program] = child
     return found
