@@ -98,7 +98,8 @@ async def test_workers_killed_three_times_in_one_batch_leave_nothing_uncertain(
     # Each killed worker had requests on the wire; they were `uncertain`, and reconciliation
     # found each on the carrier (or sent it, if the carrier never got it): every row `sent`,
     # once, with the carrier's sid.
-    assert all("sending" in seen for seen in at_crash), at_crash
+    # Rows go `sending` in waves just before the wire: a kill may fall between two waves.
+    assert any("sending" in seen for seen in at_crash), at_crash
     left = [r for r in rows if r["status"] != "sent"]
     assert statuses == {"sent": rows_total}, left[:5]
     assert len(on_carrier) == rows_total
