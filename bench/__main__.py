@@ -335,15 +335,20 @@ async def history_and_storage(settings: Settings, batch_id: str) -> dict[str, An
     }
 
 
+def watched_processes(processes: list[ManagedProcess]) -> dict[str, psutil.Process]:
+    """The workers and the API, whose RSS the runs sample."""
+    return {
+        p.name: psutil.Process(p.pid) for p in processes if p.name.startswith(("worker", "api"))
+    }
+
+
 async def measure(
     args: argparse.Namespace,
     settings: Settings,
     info: dict[str, str],
     processes: list[ManagedProcess],
 ) -> dict[str, Any]:
-    watched = {
-        p.name: psutil.Process(p.pid) for p in processes if p.name.startswith(("worker", "api"))
-    }
+    watched = watched_processes(processes)
     # The baselines run before and after Herald and are averaged: this machine's speed
     # drifts over a run, and a ratio should not depend on which came first.
     ceiling_n = min(args.n, CEILING_MAX)
@@ -434,9 +439,7 @@ async def measure_sweep(
 ) -> dict[str, Any]:
     """Herald at each size in `args.sweep`, smallest first, on one stack; the baselines once
     (naive at `args.naive_n`; the lean ceiling before and after, averaged)."""
-    watched = {
-        p.name: psutil.Process(p.pid) for p in processes if p.name.startswith(("worker", "api"))
-    }
+    watched = watched_processes(processes)
     pool = await create_pool(settings.dsn, min_size=1, max_size=1)
     try:
         await pool.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")

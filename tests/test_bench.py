@@ -7,26 +7,28 @@ import sys
 from pathlib import Path
 
 
-def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--n",
-            "2000",
-            "--naive-n",
-            "40",
-            "--out",
-            str(tmp_path),
-            "--validation-rows",
-            "20000",
-            "--receipts",
-        ],
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m bench` with `args`, on a stack of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
+    )
+
+
+def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -> None:
+    run = bench(
+        "--n",
+        "2000",
+        "--naive-n",
+        "40",
+        "--out",
+        str(tmp_path),
+        "--validation-rows",
+        "20000",
+        "--receipts",
     )
 
     assert run.returncode == 0, run.stdout + run.stderr
@@ -60,23 +62,7 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
 def test_the_sweep_measures_every_size_against_one_naive_run_and_the_lean_ceiling(
     tmp_path: Path,
 ) -> None:
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--sweep",
-            "1000,300,1000",
-            "--naive-n",
-            "20",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    run = bench("--sweep", "1000,300,1000", "--naive-n", "20", "--out", str(tmp_path))
 
     assert run.returncode == 0, run.stdout + run.stderr
     [results] = tmp_path.glob("sweep-*.json")
