@@ -99,9 +99,11 @@ async def copy_outcomes(
 
 
 # The columns the send path's statements select rows by (claim_slice, mark_sending,
-# record_outcomes): re-sampled after a bulk COPY. The text columns (numbers, bodies) cost most
-# of a whole-table ANALYZE and decide no plan of theirs; autovacuum samples them later.
-SEND_PATH_COLUMNS = ("batch_id", "seq", "status")
+# record_outcomes, and apply_kept_receipts by carrier_sid: without its statistics the planner
+# reads the whole batch by its key for each slice's receipts, ten times the blocks): re-sampled
+# after a bulk COPY. The other text columns (numbers, bodies) cost most of a whole-table
+# ANALYZE and decide no plan of theirs; autovacuum samples them later.
+SEND_PATH_COLUMNS = ("batch_id", "seq", "status", "carrier_sid")
 
 
 async def refresh_statistics(pool: asyncpg.Pool) -> None:
