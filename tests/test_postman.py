@@ -454,10 +454,12 @@ PLAIN = [
     + "".join(
         f"6591{i:06d},{('english', 'chinese')[i % 3 == 1]},t {i},n {i}\n" for i in range(200)
     ),
-]
-NOT_PLAIN = [
+    # Excel's: CRLF line ends, a name with a comma quoted.
     EXAMPLE_CSV.replace("\n", "\r\n"),
     EXAMPLE_CSV.replace("Emily Yeo", '"Yeo, Emily"'),
+]
+NOT_PLAIN = [
+    EXAMPLE_CSV.replace("Emily Yeo", '"Yeo" Emily'),
     EXAMPLE_CSV + "\n",
     EXAMPLE_CSV.replace("Emily Yeo", "\x1c"),
 ]

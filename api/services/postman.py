@@ -152,9 +152,12 @@ def convert(
     HeaderMismatch, InvalidRows, TooManyRecipients or NotText nothing is kept. Rows after
     the first in error are only checked.
 
-    A plain file (no quotes, no CR) with no row in error is checked by columns, a block of
-    lines at a time; at anything else the block path gives up and the row path, which
-    names every problem, takes the whole file from its start."""
+    A file with no row in error whose quoting the csv module and polars read alike
+    (`_records`: quotes only around whole cells, Excel's cells with commas and line
+    breaks, LF or CRLF line ends) is checked by columns, a block of records at a time; at
+    anything else the block path gives up and the row path, which names every problem,
+    takes the whole file from its start. tests/test_postman_quoting.py holds both paths to
+    the same answer on well-formed and malformed quoting alike."""
     out = cast(TextIO, tempfile.TemporaryFile(mode="w+", encoding="utf-8", newline=""))
     try:
         try:
@@ -177,32 +180,68 @@ class _NotPlain(Exception):
     """The file, or a row of it, is not one the column path settles: the row path decides."""
 
 
-# Bytes read for a block of lines, so memory stays flat whatever the file's size.
+# Bytes read for a block of records, so memory stays flat whatever the file's size.
 PLAIN_BLOCK_BYTES = 4 << 20
 _BOM = b"\xef\xbb\xbf"
-# Bytes that send a block to the row path: quoting and CRs, which the csv module reads as
-# polars does not, the separators `str.strip` takes for blanks and polars does not, and an
-# empty line (also one at the block's start). Each is looked for by `in` (memchr), several
-# times faster than one regular expression of them all.
-_NOT_PLAIN = (b'"', b"\r", b"\x1c", b"\x1d", b"\x1e", b"\x1f", b"\n\n")
+# The separators `str.strip` takes for blanks and polars does not: a file with one goes to
+# the row path. Each is looked for by `in` (memchr), several times faster than a regular
+# expression of them all.
+_SEPARATORS = (b"\x1c", b"\x1d", b"\x1e", b"\x1f")
+# A quoted cell: a quote at a cell's start (the file's or line's start, or after a comma),
+# its text with quotes doubled, and its closing quote at the cell's end. Where every quote of
+# a block is in one of these, the csv module and polars cut the block into the same cells
+# (module docstring of `_records`).
+_QUOTED_CELL = re.compile(rb'(?:(?<=[,\n])|\A)"(?:[^"]|"")*"(?=,|\r?\n|\Z)')
 
 
-def _not_plain(data: bytes) -> bool:
-    return data.startswith(b"\n") or any(mark in data for mark in _NOT_PLAIN)
+def _records(block: bytes) -> int | None:
+    """How many records a block of whole records holds, when polars reads them as the csv
+    module does; None when it may not: a quote anywhere but around a whole cell (`a"b`,
+    `"a"b`, one never closed), a CR but in a CRLF line end or a quoted cell, an empty line
+    (the csv module skips it, polars not), a separator `str.strip` blanks.
+
+    Why a block whose every quote is in a `_QUOTED_CELL` is read alike: before the first
+    such cell there is no quote, so both readers are outside quotes, and the cell starts a
+    cell for both; inside, both read other bytes as they are and a doubled quote as one,
+    and both close at its last quote, which a comma or a line end follows; so both are
+    again outside quotes after it, and so on to the block's end."""
+    if any(mark in block for mark in _SEPARATORS):
+        return None
+    # Each quoted cell as one byte that is no mark: its line breaks are not record ends.
+    rest = _QUOTED_CELL.sub(b"q", block) if b'"' in block else block
+    if b"\r" in rest:
+        rest = rest.replace(b"\r\n", b"\n")
+    if rest.startswith(b"\n") or b'"' in rest or b"\r" in rest or b"\n\n" in rest:
+        return None
+    return rest.count(b"\n") + (not rest.endswith(b"\n"))
+
+
+def _record_end(data: bytes) -> int:
+    """Where the last whole record of `data` ends: after the last line break outside quotes
+    (an even count of quotes before it); 0 if none is. Where the quoting is not one
+    `_records` takes, any cut will do: that block goes to the row path."""
+    end = data.rfind(b"\n") + 1
+    quotes = data.count(b'"', 0, end)
+    while end and quotes % 2:
+        before = data.rfind(b"\n", 0, end - 1) + 1
+        quotes -= data.count(b'"', before, end)
+        end = before
+    return end
 
 
 def _convert_columns(
     upload: BinaryIO, out: IO[str], templates: dict[str, str], parameters: list[str], max_rows: int
 ) -> str:
-    """`_convert` by columns for a plain file in which every row is right; _NotPlain as soon
-    as that is not so."""
+    """`_convert` by columns for a file in which every row is right and whose quoting
+    `_records` takes; _NotPlain as soon as that is not so."""
     data = upload.read(PLAIN_BLOCK_BYTES).removeprefix(_BOM)
     end = data.find(b"\n")
-    if end < 0 or _not_plain(data[: end + 1]):
-        raise _NotPlain
     header_line = data[: end + 1]
+    names = header_line.removesuffix(b"\n").removesuffix(b"\r")
+    if end < 0 or not names or _records(names) != 1:
+        raise _NotPlain
     try:
-        header = _checked_header(header_line[:-1].decode().split(","), parameters)
+        header = _checked_header(next(csv.reader([names.decode()])), parameters)
     except UnicodeDecodeError as error:
         raise _NotPlain from error
     # Lines end as polars ends them.
@@ -214,7 +253,14 @@ def _convert_columns(
     while True:
         more = upload.read(PLAIN_BLOCK_BYTES)
         data = rest + more
-        cut = data.rfind(b"\n") + 1 if more else len(data)
+        cut = _record_end(data) if more else len(data)
+        if more and not cut:
+            # No record ends yet: read on, up to a few blocks (a quoted cell of megabytes,
+            # or a quote never closed, is the row path's).
+            if len(data) > 4 * PLAIN_BLOCK_BYTES:
+                raise _NotPlain
+            rest = data
+            continue
         block, rest = data[:cut], data[cut:]
         if block:
             frame = _plain_block(header_line, block, header, templates)
@@ -237,17 +283,17 @@ def _plain_block(
     from activities.recipients.frames import pl
     from activities.recipients.phone_columns import possible_e164_column, valid_e164_column
 
-    if _not_plain(block):
+    records = _records(block)
+    if records is None:
         raise _NotPlain
-    lines = block.count(b"\n") + (not block.endswith(b"\n"))
     try:
         frame = pl.read_csv(
-            header_line + block, has_header=True, infer_schema=False, quote_char=None
+            header_line + block, has_header=True, infer_schema=False, quote_char='"'
         )
     except pl.exceptions.PolarsError as error:
         raise _NotPlain from error
     # An empty cell is null; a short row's missing cells too.
-    if frame.width != len(header) or frame.height != lines or sum(frame.null_count().row(0)):
+    if frame.width != len(header) or frame.height != records or sum(frame.null_count().row(0)):
         raise _NotPlain
     frame.columns = header
     checks = [
@@ -339,7 +385,9 @@ class _Check:
         possible = _possible_numbers([record[0] for record in records])
         cells = len(self.header)
         if self.main_language is None and records:
-            self.main_language = records[0][1] if records[0][1] in self.templates else None
+            first = records[0]
+            # (A first row of one cell has no language: found in error below.)
+            self.main_language = first[1] if first[1:2] and first[1] in self.templates else None
         templates = {
             language: "" if language == self.main_language else template
             for language, template in self.templates.items()
