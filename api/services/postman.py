@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 
 from activities.recipients.phones import possible_e164s, valid_e164s
+from activities.recipients.quoting import record_end, records_alike
 from activities.recipients.rows import (
     MESSAGE_COLUMN,
     PHONE_COLUMN,
@@ -153,7 +154,7 @@ def convert(
     the first in error are only checked.
 
     A file with no row in error whose quoting the csv module and polars read alike
-    (`_records`: quotes only around whole cells, Excel's cells with commas and line
+    (`records_alike`: quotes only around whole cells, Excel's cells with commas and line
     breaks, LF or CRLF line ends) is checked by columns, a block of records at a time; at
     anything else the block path gives up and the row path, which names every problem,
     takes the whole file from its start. tests/test_postman_quoting.py holds both paths to
@@ -183,62 +184,18 @@ class _NotPlain(Exception):
 # Bytes read for a block of records, so memory stays flat whatever the file's size.
 PLAIN_BLOCK_BYTES = 4 << 20
 _BOM = b"\xef\xbb\xbf"
-# The separators `str.strip` takes for blanks and polars does not: a file with one goes to
-# the row path. Each is looked for by `in` (memchr), several times faster than a regular
-# expression of them all.
-_SEPARATORS = (b"\x1c", b"\x1d", b"\x1e", b"\x1f")
-# A quoted cell: a quote at a cell's start (the file's or line's start, or after a comma),
-# its text with quotes doubled, and its closing quote at the cell's end. Where every quote of
-# a block is in one of these, the csv module and polars cut the block into the same cells
-# (module docstring of `_records`).
-_QUOTED_CELL = re.compile(rb'(?:(?<=[,\n])|\A)"(?:[^"]|"")*"(?=,|\r?\n|\Z)')
-
-
-def _records(block: bytes) -> int | None:
-    """How many records a block of whole records holds, when polars reads them as the csv
-    module does; None when it may not: a quote anywhere but around a whole cell (`a"b`,
-    `"a"b`, one never closed), a CR but in a CRLF line end or a quoted cell, an empty line
-    (the csv module skips it, polars not), a separator `str.strip` blanks.
-
-    Why a block whose every quote is in a `_QUOTED_CELL` is read alike: before the first
-    such cell there is no quote, so both readers are outside quotes, and the cell starts a
-    cell for both; inside, both read other bytes as they are and a doubled quote as one,
-    and both close at its last quote, which a comma or a line end follows; so both are
-    again outside quotes after it, and so on to the block's end."""
-    if any(mark in block for mark in _SEPARATORS):
-        return None
-    # Each quoted cell as one byte that is no mark: its line breaks are not record ends.
-    rest = _QUOTED_CELL.sub(b"q", block) if b'"' in block else block
-    if b"\r" in rest:
-        rest = rest.replace(b"\r\n", b"\n")
-    if rest.startswith(b"\n") or b'"' in rest or b"\r" in rest or b"\n\n" in rest:
-        return None
-    return rest.count(b"\n") + (not rest.endswith(b"\n"))
-
-
-def _record_end(data: bytes) -> int:
-    """Where the last whole record of `data` ends: after the last line break outside quotes
-    (an even count of quotes before it); 0 if none is. Where the quoting is not one
-    `_records` takes, any cut will do: that block goes to the row path."""
-    end = data.rfind(b"\n") + 1
-    quotes = data.count(b'"', 0, end)
-    while end and quotes % 2:
-        before = data.rfind(b"\n", 0, end - 1) + 1
-        quotes -= data.count(b'"', before, end)
-        end = before
-    return end
 
 
 def _convert_columns(
     upload: BinaryIO, out: IO[str], templates: dict[str, str], parameters: list[str], max_rows: int
 ) -> str:
     """`_convert` by columns for a file in which every row is right and whose quoting
-    `_records` takes; _NotPlain as soon as that is not so."""
+    `records_alike` takes; _NotPlain as soon as that is not so."""
     data = upload.read(PLAIN_BLOCK_BYTES).removeprefix(_BOM)
     end = data.find(b"\n")
     header_line = data[: end + 1]
     names = header_line.removesuffix(b"\n").removesuffix(b"\r")
-    if end < 0 or not names or _records(names) != 1:
+    if end < 0 or not names or records_alike(names) != 1:
         raise _NotPlain
     try:
         header = _checked_header(next(csv.reader([names.decode()])), parameters)
@@ -253,7 +210,7 @@ def _convert_columns(
     while True:
         more = upload.read(PLAIN_BLOCK_BYTES)
         data = rest + more
-        cut = _record_end(data) if more else len(data)
+        cut = record_end(data) if more else len(data)
         if more and not cut:
             # No record ends yet: read on, up to a few blocks (a quoted cell of megabytes,
             # or a quote never closed, is the row path's).
@@ -283,7 +240,7 @@ def _plain_block(
     from activities.recipients.frames import pl
     from activities.recipients.phone_columns import possible_e164_column, valid_e164_column
 
-    records = _records(block)
+    records = records_alike(block)
     if records is None:
         raise _NotPlain
     try:
