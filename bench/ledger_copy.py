@@ -18,7 +18,6 @@ import asyncio
 import io
 import json
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -28,14 +27,12 @@ from pathlib import Path
 import asyncpg
 import psutil
 
-from deploy.local.postgres import dsn, postgres_process, postgres_ready
-from deploy.local.processes import free_port
+from bench.uploads import scratch_postgres
 from store.accounts import create_account
 from store.db import create_pool, migrate
 from store.messages import RECIPIENT_COLUMNS
 
 RESULTS = Path(__file__).parent / "results"
-READY_SECONDS = 60
 BATCH_FK = "messages_batch_id_fkey"
 # Each variant's changes to the table, made and undone inside its COPY's transaction.
 VARIANTS: dict[str, list[str]] = {
@@ -154,15 +151,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=2, help="each variant's best is kept")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="herald-ledger-copy-") as home:
-        port = free_port()
-        pg = postgres_process(Path(home) / "pg", port, Path(home) / "pg.log", ephemeral=True)
-        pg.start()
-        try:
-            pg.wait_until(lambda: postgres_ready(port), READY_SECONDS)
-            result = asyncio.run(measure(dsn(port), args.rows, args.rounds))
-        finally:
-            pg.stop()
+    with scratch_postgres("herald-ledger-copy-") as (database_url, _):
+        result = asyncio.run(measure(database_url, args.rows, args.rounds))
     load = psutil.getloadavg()
     report = {"load_average": [round(x, 2) for x in load], "copies": [asdict(r) for r in result]}
     RESULTS.mkdir(exist_ok=True)

@@ -62,6 +62,22 @@ class UploadMemory:
 
 
 @contextmanager
+def scratch_postgres(prefix: str) -> Iterator[tuple[str, Path]]:
+    """A throwaway PostgreSQL (the embedded one, durability off) in a temporary folder: its
+    URL and the folder, for logs."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        home = Path(folder)
+        port = free_port()
+        pg = postgres_process(home / "pg", port, home / "pg.log", ephemeral=True)
+        pg.start()
+        try:
+            pg.wait_until(lambda: postgres_ready(port), READY_SECONDS)
+            yield postgres_dsn(port), home
+        finally:
+            pg.stop()
+
+
+@contextmanager
 def api_process(database_url: str, log_dir: Path) -> Iterator[tuple[str, ManagedProcess]]:
     """The API alone, as the local stack runs it; its Temporal client is lazy and unused."""
     port = free_port()
@@ -290,27 +306,13 @@ def main() -> None:
     parser.add_argument("--postman", action="store_true", help="one Postman batch upload")
     parser.add_argument("--rows", type=int, default=100_000, help="the Postman file's rows")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="herald-uploads-") as home:
-        port = free_port()
-        pg = postgres_process(Path(home) / "pg", port, Path(home) / "pg.log", ephemeral=True)
-        pg.start()
-        try:
-            pg.wait_until(lambda: postgres_ready(port), READY_SECONDS)
-            result: UploadMemory | PostmanUpload
-            if args.postman:
-                with api_process(postgres_dsn(port), Path(home)) as (url, api):
-                    result = asyncio.run(
-                        postman_upload(postgres_dsn(port), url, api.pid, args.rows)
-                    )
-            else:
-                result = measure(
-                    postgres_dsn(port),
-                    Path(home),
-                    uploads=args.uploads,
-                    size=args.megabytes * 10**6,
-                )
-        finally:
-            pg.stop()
+    with scratch_postgres("herald-uploads-") as (database_url, home):
+        result: UploadMemory | PostmanUpload
+        if args.postman:
+            with api_process(database_url, home) as (url, api):
+                result = asyncio.run(postman_upload(database_url, url, api.pid, args.rows))
+        else:
+            result = measure(database_url, home, uploads=args.uploads, size=args.megabytes * 10**6)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
     name = "postman" if args.postman else "uploads"
