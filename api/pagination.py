@@ -7,6 +7,7 @@ their own documented styles."""
 import base64
 import binascii
 import json
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -21,6 +22,8 @@ from api.input_checks import INT64_MAX, INT64_MIN, InvalidText, require_storable
 # A cursor Herald gives is well under this; a longer one is not one of its own.
 MAX_CURSOR_CHARS = 512
 MAX_LIMIT = 1000
+# What `encode` gives: URL-safe base64 without its padding.
+_CURSOR = re.compile("[A-Za-z0-9_-]+")
 
 Cursor = Annotated[
     str | None,
@@ -84,8 +87,8 @@ def decode(cursor: str | None, kinds: Sequence[KeyKind]) -> Key | None:
     if cursor is None:
         return None
     try:
-        if len(cursor) > MAX_CURSOR_CHARS:
-            raise ValueError("too long")
+        if len(cursor) > MAX_CURSOR_CHARS or not _CURSOR.fullmatch(cursor):
+            raise ValueError("not unpadded URL-safe base64, or too long")
         raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
         values = json.loads(raw)
         if not isinstance(values, list) or len(values) != len(kinds):
