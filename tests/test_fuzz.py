@@ -1,11 +1,13 @@
 """schemathesis over the whole OpenAPI schema, with a valid key, against the real app served by
 uvicorn: no 5xx, and every response matches the schema."""
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 import uvicorn
@@ -21,7 +23,9 @@ from schemathesis.specs.openapi.checks import (
 from api.app import create_app
 from deploy.local.processes import free_port
 from settings import Settings
-from tests.support.stack import Account
+from tests.support.batches import run_batch
+from tests.support.builders import csv_bytes, unique_numbers
+from tests.support.stack import Account, WebhookReceiver
 
 
 @schemathesis.check
@@ -112,3 +116,81 @@ def test_stateful_sequences_find_no_5xx_and_match_the_schema(
             suppress_health_check=list(HealthCheck),
         )
     )
+
+
+# `Last-Event-ID` values around and beyond what the events' `seq` column holds (issue 21: the
+# fuzzer's `167753589166675` broke the stream mid-response), and values that are no integer.
+
+LAST_EVENT_IDS = [
+    "167753589166675",
+    str(2**31),
+    str(2**63),
+    str(10**30),
+    "1e20",
+    "-1",
+    "-167753589166675",
+    "abc",
+    "",
+    "1.5",
+    "0x10",
+    "+5",
+    "1_000",
+    "\u0663",
+    "0",
+    "1",
+    "3",
+    str(2**31 - 1),
+]
+
+
+def _events(text: str) -> list[dict[str, Any]]:
+    """The server-sent events of a whole stream; each block must be well formed."""
+    found: list[dict[str, Any]] = []
+    if not text:
+        return found
+    assert text.endswith("\n\n"), text[-200:]
+    for block in text[:-2].split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n"))
+        assert set(fields) <= {"event", "id", "data"} and fields["event"] in (
+            "status",
+            "progress",
+        ), block
+        found.append({**fields, "data": json.loads(fields["data"])})
+    return found
+
+
+async def test_the_event_stream_through_uvicorn_is_a_clean_400_or_a_whole_stream(
+    api: httpx.AsyncClient, live_api: str, account: Account, webhooks: WebhookReceiver
+) -> None:
+    """Each `Last-Event-ID` (under each casing of the header) is answered, through a real
+    server's chunked framing, read whole by h11 (which refuses a broken chunk or a body cut
+    short), with either the 400 envelope or a well-formed stream of the events after it."""
+    rows = [[n] for n in unique_numbers(2)]
+    batch, _ = await run_batch(api, account, webhooks, csv_bytes(["phone_number"], rows))
+    logs = await api.get(f"/v1/sms/batch/{batch}/logs", headers=account.headers)
+    final = logs.json()["data"]["events"][-1]["seq"]
+    path = f"{live_api}/v1/sms/batch/{batch}/events"
+
+    replies = {}
+    async with httpx.AsyncClient(headers=account.headers, timeout=30) as client:
+        for name in ("last-event-id", "Last-Event-ID", "LAST-EVENT-ID"):
+            for value in LAST_EVENT_IDS:
+                async with client.stream("GET", path, headers={name: value.encode()}) as response:
+                    body = (await response.aread()).decode()
+                replies[(name, value)] = (response, body)
+
+    for (name, value), (response, body) in replies.items():
+        if response.status_code == 400:
+            assert response.headers["content-type"] == "application/json", (name, value)
+            reply = json.loads(body)
+            assert reply["data"] is None and reply["errors"][0]["error"] == "INVALID_REQUEST"
+            continue
+        assert response.status_code == 200, (name, value, body)
+        assert response.headers["content-type"].startswith("text/event-stream")
+        streamed = _events(body)
+        assert [int(e["id"]) for e in streamed if e["event"] == "status"] == list(
+            range(int(value) + 1, final + 1)
+        ), (name, value)
+    accepted = {value for (_, value), (r, _) in replies.items() if r.status_code == 200}
+    assert {"0", "1", "3", str(2**31 - 1)} <= accepted
+    assert not accepted & {"167753589166675", str(2**31), "-1", "abc", ""}
