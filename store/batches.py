@@ -6,6 +6,7 @@ from typing import Any
 
 import asyncpg
 
+from store.db import after_key
 from workflows.contracts import BatchNotFound
 from workflows.statuses import FINAL_BATCH_STATUSES, BatchStatus
 
@@ -102,21 +103,14 @@ async def list_batches(
 ) -> list[dict]:
     """Up to `limit` of the account's batches, newest first by (created_at, id), after the
     key `after`."""
-    if after is None:
-        rows = await pool.fetch(
-            f"SELECT {_BATCH_COLUMNS} FROM batches WHERE account_id = $1"
-            " ORDER BY created_at DESC, id DESC LIMIT $2",
-            account_id,
-            limit,
-        )
-    else:
-        rows = await pool.fetch(
-            f"SELECT {_BATCH_COLUMNS} FROM batches WHERE account_id = $1"
-            " AND (created_at, id) < ($3, $4) ORDER BY created_at DESC, id DESC LIMIT $2",
-            account_id,
-            limit,
-            *after,
-        )
+    keyset = after_key("created_at, id", after, 3, descending=True)
+    rows = await pool.fetch(
+        f"SELECT {_BATCH_COLUMNS} FROM batches WHERE account_id = $1{keyset}"
+        " ORDER BY created_at DESC, id DESC LIMIT $2",
+        account_id,
+        limit,
+        *(after or ()),
+    )
     return [dict(r) for r in rows]
 
 

@@ -6,6 +6,8 @@ from datetime import datetime
 
 import asyncpg
 
+from store.db import after_key
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _COLUMNS = "id, name, sender, templates, parameters, allowed_ips, created_at, updated_at"
@@ -55,7 +57,7 @@ async def list_campaigns(
 ) -> list[dict]:
     """Up to `limit` of the account's campaigns, oldest first by (created_at, id), after the
     key `after`."""
-    keyset = "" if after is None else " AND (created_at, id) > ($3, $4)"
+    keyset = after_key("created_at, id", after, 3, descending=False)
     rows = await pool.fetch(
         f"SELECT {_COLUMNS} FROM campaigns WHERE account_id = $1{keyset}"
         " ORDER BY created_at, id LIMIT $2",

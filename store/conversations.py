@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 
+from store.db import after_key
 from workflows.contracts import SilenceTimers
 from workflows.statuses import ConversationStatus
 
@@ -160,10 +161,7 @@ async def list_conversations(
         "account_id = $1 AND ($2::text IS NULL OR agent_number = $2)"
         " AND ($3::text IS NULL OR user_number = $3) AND ($4::text IS NULL OR state = $4)"
     )
-    keys: tuple[datetime, uuid.UUID] | tuple[()] = ()
-    if after is not None:
-        where += " AND (created_at, id) < ($6, $7)"
-        keys = after
+    where += after_key("created_at, id", after, 6, descending=True)
     rows = await pool.fetch(
         f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE {where}"
         " ORDER BY created_at DESC, id DESC LIMIT $5",
@@ -172,6 +170,6 @@ async def list_conversations(
         user_number,
         state,
         limit,
-        *keys,
+        *(after or ()),
     )
     return [dict(r) for r in rows]

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from store.db import after_key
+
 _COLUMNS = (
     "l.id, l.name, l.created_at,"
     " (SELECT count(*) FROM mailing_list_contacts AS c WHERE c.list_id = l.id) AS contacts"
@@ -46,7 +48,7 @@ async def list_lists(
 ) -> list[dict]:
     """Up to `limit` of the account's lists, oldest first by (created_at, id), after the key
     `after`."""
-    keyset = "" if after is None else " AND (l.created_at, l.id) > ($3, $4)"
+    keyset = after_key("l.created_at, l.id", after, 3, descending=False)
     rows = await pool.fetch(
         f"SELECT {_COLUMNS} FROM mailing_lists AS l WHERE l.account_id = $1{keyset}"
         " ORDER BY l.created_at, l.id LIMIT $2",

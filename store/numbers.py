@@ -7,6 +7,8 @@ from datetime import datetime
 
 import asyncpg
 
+from store.db import after_key
+
 _COLUMNS = "number, kind, channel, mps, webhook, opening_message, created_at"
 
 
@@ -64,7 +66,7 @@ async def list_numbers(
 ) -> list[dict]:
     """Up to `limit` of the account's senders, oldest first by (created_at, number), after the
     key `after`."""
-    keyset = "" if after is None else " AND (created_at, number) > ($3, $4)"
+    keyset = after_key("created_at, number", after, 3, descending=False)
     rows = await pool.fetch(
         f"SELECT {_COLUMNS} FROM sender_numbers WHERE account_id = $1{keyset}"
         " ORDER BY created_at, number LIMIT $2",
