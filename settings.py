@@ -183,14 +183,12 @@ class Settings(BaseSettings):
         description="Rate limit of a sender number registered without one.",
     )
     worker_processes: int = Field(
-        2,
-        description="Workers the local stack starts to send (role `send`: they share the send"
-        " queue), besides its one control worker.",
+        2, description="Workers the local stack starts; they share the task queues."
     )
     control_worker: bool = Field(
-        True,
-        description="Whether the local stack starts a control worker apart from the send"
-        " workers; false: `worker_processes` workers of role `all`, each serving both queues.",
+        False,
+        description="Whether the local stack runs its workers as `worker_processes` send workers"
+        " and one control worker apart; false: `worker_processes` workers of role `all`.",
     )
     webhook_timeout_seconds: float = 10.0
     allow_loopback_webhooks: bool = Field(

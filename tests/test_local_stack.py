@@ -127,9 +127,8 @@ def test_launcher_is_ready_then_leaves_no_process_behind(stack_env: dict[str, st
     assert dashboard.status_code == 200 and "<title>Herald dashboard</title>" in dashboard.text
     assert [n["number"] for n in numbers.json()["data"]] == [dev["agent_number"]]
     assert set(dev) >= {"api_key", "agent_number", "api_url", "temporal_ui_url", "emulator_url"}
-    # The API, and each worker (two send workers, the control worker) twice: Herald's series
-    # and the Temporal SDK's.
-    assert len(scrapes) == 1 + 3 * 2
+    # The API, and each worker twice: Herald's series and the Temporal SDK's.
+    assert len(scrapes) == 1 + 2 * 2
     for key, scrape in scrapes.items():
         assert scrape.status_code == 200, key
         assert ("temporal_" if "temporal" in key else "herald_") in scrape.text, key
@@ -289,13 +288,13 @@ def test_workers_killed_mid_batch_are_started_again_and_the_batch_finishes(
     assert launcher.stdout is not None
     said = launcher.stdout.read()
 
-    assert len(workers) == 3
+    assert len(workers) == 2
     assert still_running
     assert batch["status"] in FINAL, batch
     counts = batch["counts"]
     # What was on the wire when the workers died is `uncertain`, never sent twice.
     assert on_the_way(counts) + counts.get("uncertain", 0) == len(numbers), counts
-    for name in ("worker-0", "worker-1", "worker-control"):
+    for name in ("worker-0", "worker-1"):
         assert f"{name} was killed by signal 9" in said, said
         assert f"{name} started again" in said, said
 

@@ -128,13 +128,11 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
     dev = asyncio.run(ensure_dev_account(database_url, known))
     metrics_urls: dict[str, str] = {}
     workers: list[tuple[ManagedProcess, str]] = []
-    # The send workers, and apart from them one control worker: a batch's carrier requests
-    # then never hold back another batch's steps (docs/WORKFLOWS.md, Fairness between batches).
-    roles = {f"worker-{index}": "send" for index in range(settings.worker_processes)}
+    # Workers serving both task queues; or send workers and one control worker apart
+    # (`control_worker`; docs/WORKFLOWS.md, Fairness between batches).
+    roles = {f"worker-{index}": "all" for index in range(settings.worker_processes)}
     if settings.control_worker:
-        roles["worker-control"] = "control"
-    else:
-        roles = dict.fromkeys(roles, "all")
+        roles = {**dict.fromkeys(roles, "send"), "worker-control": "control"}
     for name, role in roles.items():
         index = name.removeprefix("worker-")
         # Each worker its own ports, free now: the URLs are in dev.json.
