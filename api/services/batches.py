@@ -149,6 +149,7 @@ def dispatch_settings(settings: Settings) -> DispatchSettings:
         slices_in_flight=settings.slices_in_flight,
         chunks_per_run=settings.chunks_per_run,
         send_heartbeat_timeout_seconds=settings.send_heartbeat_timeout_seconds,
+        send_task_queue=settings.send_task_queue,
     )
 
 

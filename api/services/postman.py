@@ -633,7 +633,7 @@ async def _validate(
             await batch_rows.set_validation_counts(conn, batch_id, **tally.batch_counts())
     except (NotPlain, SourceInvalid):
         return None
-    await messages.refresh_statistics(pool)
+    await messages.refresh_statistics(pool, tally.recipients)
     return ValidationResult(
         rows_total=tally.rows,
         recipients=tally.recipients,
