@@ -115,12 +115,13 @@ async def final_event_receiver() -> tuple[web.AppRunner, str, asyncio.Queue]:
     return runner, f"http://127.0.0.1:{port}/events", events
 
 
-def cpu_seconds(processes: list[ManagedProcess]) -> dict[str, float]:
+def cpu_seconds(processes: list[ManagedProcess], *, each: bool = False) -> dict[str, float]:
     """CPU time (user + system) each part of the stack has used so far, children included
-    (PostgreSQL's backends)."""
+    (PostgreSQL's backends); with `each`, by process (`worker-0`, `worker-control`, ...)
+    rather than by part (`worker`)."""
     used: dict[str, float] = {}
     for managed in processes:
-        part = managed.name.split("-")[0]
+        part = managed.name if each else managed.name.split("-")[0]
         process = psutil.Process(managed.pid)
         for member in [process, *process.children(recursive=True)]:
             with contextlib.suppress(psutil.NoSuchProcess):

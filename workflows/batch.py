@@ -508,6 +508,7 @@ class BatchWorkflow:
                 send_heartbeat_timeout_seconds=dispatch.send_heartbeat_timeout_seconds,
                 hand_back_waiting=hand_back,
                 auto_pause=self._input.auto_pause,
+                send_task_queue=dispatch.send_task_queue,
             ),
             id=f"{workflow.info().workflow_id}/{name}",
         )

@@ -35,6 +35,9 @@ HAND_BACK_PATCH = "chunk-window-hand-back"
 # A chunk whose slices meet too many carrier errors (or an account-wide one) pauses itself and
 # asks its batch to pause.
 AUTO_PAUSE_PATCH = "chunk-auto-pause"
+# Patch id: a chunk given a send task queue (`send_task_queue`) schedules its send activities
+# there, on workers apart from the batch steps (docs/WORKFLOWS.md, Fairness between batches).
+SEND_QUEUE_PATCH = "chunk-send-task-queue"
 # The batch's signal for it (BatchWorkflow.auto_pause).
 AUTO_PAUSE_SIGNAL = "auto_pause"
 TOP_ERROR_CODES = 3
@@ -113,6 +116,7 @@ class ChunkWorkflow:
         self._interrupted: set[asyncio.Task[SendCounts]] = set()
         self._counts = SendCounts()
         self._errors = ErrorWindow(AutoPause().window)  # the input's, once the run starts
+        self._send_queue: str | None = None
 
     @workflow.signal
     def pause(self) -> None:
@@ -132,6 +136,12 @@ class ChunkWorkflow:
 
     @workflow.run
     async def run(self, input: ChunkInput) -> SendCounts:
+        # None: this worker's own queue, as every chunk recorded before the patch used.
+        self._send_queue = (
+            input.send_task_queue
+            if input.send_task_queue is not None and workflow.patched(SEND_QUEUE_PATCH)
+            else None
+        )
         if input.auto_pause is not None:
             self._errors = ErrorWindow(input.auto_pause.window)
         slices = []
@@ -173,6 +183,7 @@ class ChunkWorkflow:
                             end=end,
                             pace=input.pace,
                         ),
+                        task_queue=self._send_queue,
                         start_to_close_timeout=timedelta(minutes=10),
                         heartbeat_timeout=timedelta(seconds=input.send_heartbeat_timeout_seconds),
                         retry_policy=SLICE_RETRY,

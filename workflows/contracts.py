@@ -56,6 +56,9 @@ class DispatchSettings:
     chunks_per_run: int = 200
     # A send activity silent this long is presumed dead, and its slice retried elsewhere.
     send_heartbeat_timeout_seconds: float = 30.0
+    # The task queue of the send activities; None: the workflow's own (batches started before
+    # it, and the fast tests' workers).
+    send_task_queue: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -298,6 +301,8 @@ class ChunkInput:
     # passes over them again) rather than waited for in the chunk.
     hand_back_waiting: bool = False
     auto_pause: AutoPause | None = None
+    # Where its send activities go (DispatchSettings.send_task_queue); None: the chunk's own.
+    send_task_queue: str | None = None
 
 
 @dataclass(kw_only=True)

@@ -23,12 +23,14 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.recipients.phones import is_sender_id, to_sender
 from activities.recipients.rows import RecipientRules
+from api import pagination
 from api.errors import HeraldError, InvalidRequest
 from api.models import (
     BatchAction,
     BatchControl,
     BatchDetail,
     BatchDryRun,
+    BatchList,
     BatchLogs,
     BatchRequest,
     BatchStarted,
@@ -146,6 +148,7 @@ def dispatch_settings(settings: Settings) -> DispatchSettings:
         slices_in_flight=settings.slices_in_flight,
         chunks_per_run=settings.chunks_per_run,
         send_heartbeat_timeout_seconds=settings.send_heartbeat_timeout_seconds,
+        send_task_queue=settings.send_task_queue,
     )
 
 
@@ -655,24 +658,37 @@ async def require_batch(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str
 
 
 async def list_batches(
-    pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, offset: int
-) -> tuple[list[BatchSummary], int]:
-    rows, total = await batches.list_batches(pool, account_id, limit=limit, offset=offset)
-    return [BatchSummary(**_summary(r)) for r in rows], total
+    pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, cursor: str | None
+) -> BatchList:
+    """A page of the account's batches, newest first."""
+    after = pagination.decode(cursor, (datetime, uuid.UUID))
+    rows = await batches.list_batches(pool, account_id, limit=limit + 1, after=after)
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["created_at"], r["id"]))
+    return BatchList(batches=[BatchSummary(**_summary(r)) for r in kept], next_cursor=next_cursor)
 
 
 async def rejected_rows_page(
-    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID, *, limit: int, after: int
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    *,
+    limit: int,
+    cursor: str | None,
 ) -> RejectedRowList:
-    rows = await messages.list_rejected(pool, account_id, batch_id, limit=limit, after_row=after)
+    """A page of the rows validation refused, in file order."""
+    after = pagination.decode(cursor, (int,))
+    rows = await messages.list_rejected(
+        pool, account_id, batch_id, limit=limit + 1, after_row=after[0] if after else -1
+    )
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["row_number"],))
     return RejectedRowList(
         rejected_rows=[
             RejectedRow(
                 row_number=r["row_number"], value=r["value"], code=r["code"], message=r["reason"]
             )
-            for r in rows
+            for r in kept
         ],
-        next_cursor=rows[-1]["row_number"] if len(rows) == limit else None,
+        next_cursor=next_cursor,
     )
 
 
@@ -683,16 +699,22 @@ async def list_messages(
     *,
     status: str | None,
     limit: int,
-    after: int,
+    cursor: str | None,
 ) -> MessageList:
-    """A page of the batch's ledger, in `seq` order, after the cursor `after`."""
+    """A page of the batch's ledger, in `seq` order."""
     require_ledger_status(status)
+    after = pagination.decode(cursor, (int,))
     batch = await require_batch(pool, account_id, batch_id)
     rows = await messages.list_messages(
-        pool, account_id, batch, status=status, limit=limit, after_seq=after
+        pool,
+        account_id,
+        batch,
+        status=status,
+        limit=limit + 1,
+        after_seq=after[0] if after else -1,
     )
-    next_cursor = rows[-1]["seq"] if len(rows) == limit else None
-    return MessageList(messages=rows, next_cursor=next_cursor)
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["seq"],))
+    return MessageList(messages=kept, next_cursor=next_cursor)
 
 
 def require_ledger_status(status: str | None) -> None:
@@ -701,13 +723,27 @@ def require_ledger_status(status: str | None) -> None:
         raise InvalidRequest(f"status must be one of {', '.join(LedgerStatus)}")
 
 
-async def list_events(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str) -> BatchLogs:
+async def list_events(
+    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str, *, limit: int, cursor: str | None
+) -> BatchLogs:
+    """A page of the batch's lifecycle events, in order."""
+    after = pagination.decode(cursor, (int,))
     batch = await require_batch(pool, account_id, batch_id)
-    return BatchLogs(events=await events.list_events(pool, account_id, batch))
+    rows = await events.list_events(
+        pool, account_id, batch, after_seq=after[0] if after else 0, limit=limit + 1
+    )
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["seq"],))
+    return BatchLogs(events=kept, next_cursor=next_cursor)
 
 
 async def list_deliveries(
-    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str
+    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str, *, limit: int, cursor: str | None
 ) -> WebhookDeliveries:
+    """A page of the attempts to post the batch's events, oldest first."""
+    after = pagination.decode(cursor, (int,))
     batch = await require_batch(pool, account_id, batch_id)
-    return WebhookDeliveries(deliveries=await events.list_deliveries(pool, account_id, batch))
+    rows = await events.list_deliveries(
+        pool, account_id, batch, limit=limit + 1, after_id=after[0] if after else 0
+    )
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["id"],))
+    return WebhookDeliveries(deliveries=kept, next_cursor=next_cursor)

@@ -128,6 +128,16 @@ async def test_plain(
     await save_batch(temporal, file_id, "plain", chunks={0: "plain"})
 
 
+async def test_send_queue(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    """As `plain`, from a release whose batches name the send queue: its chunk records the
+    `chunk-send-task-queue` marker and schedules its sends there."""
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(20))
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(temporal, file_id, "send_queue", chunks={0: "send_queue"})
+
+
 async def test_continue_as_new(
     settings: Settings,
     account: Account,
