@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-tools lint lock bench bench-rates bench-validation bench-uploads bench-outcomes bench-postman bench-fairness clean
+.PHONY: run test test-fast test-tools lint lock bench bench-rates bench-validation bench-uploads bench-outcomes bench-postman bench-ledger-copy bench-fairness clean
 
 # The tested set: every version pinned by requirements.lock; `local` is the local stack.
 $(STAMP): pyproject.toml requirements.lock
@@ -69,6 +69,9 @@ bench-fairness: $(STAMP)
 ROWS ?= 100000
 bench-postman: $(STAMP)
 	$(BIN)/python -m bench.uploads --postman --rows $(ROWS)
+
+bench-ledger-copy: $(STAMP)
+	$(BIN)/python -m bench.ledger_copy
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

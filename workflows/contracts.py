@@ -192,8 +192,9 @@ class BatchInput:
     # Events already recorded for this batch by earlier runs: a retry numbers on from there.
     first_event_seq: int = 0
     timing: Timing = field(default_factory=Timing)
-    # The file's validation, done by the API as it took the file (a Postman upload): its
-    # ledger is written, and the batch starts from it without validating again.
+    # The file's validation, done by the API as it took the file (Postman uploads of runs
+    # started before the upload left the ledger to the workflow): its ledger is written, and
+    # the batch starts from it without validating again. No run is started with it now.
     validated: "ValidationResult | None" = None
     # None: the batch never pauses itself on carrier errors (runs started before it too).
     auto_pause: AutoPause | None = None

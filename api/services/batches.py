@@ -6,7 +6,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -62,7 +62,6 @@ from workflows.contracts import (
     Timing,
     ValidationLimits,
     ValidationOptions,
-    ValidationResult,
     batch_workflow_id,
 )
 from workflows.statuses import FINAL_BATCH_STATUSES, BatchStatus, LedgerStatus
@@ -170,7 +169,6 @@ async def start_batch(
     *,
     senders: Mapping[int, str] | None = None,
     campaign_id: uuid.UUID | None = None,
-    validate: Callable[[dict[str, Any]], Awaitable[ValidationResult | None]] | None = None,
 ) -> BatchStarted:
     """Record the batch (of `campaign_id`, if a campaign's) and start its workflow; the same
     request again is the same batch.
@@ -179,8 +177,7 @@ async def start_batch(
     of an attached file in every way (and each such request is a new batch); so is a batch
     of mailing lists alone, with an empty file. `senders` gives rows their own sender (row
     number -> sender, each one the account's); `campaign_id` makes it that campaign's
-    (a Postman upload's). `validate`, given the new batch's row, validates its file into
-    its ledger now, or returns None to leave that to the workflow, as for any batch."""
+    (a Postman upload's)."""
     checked = await _checked_request(pool, settings, account_id, body)
     file_id = checked.file_id
     agent_number = checked.agent_number
@@ -219,7 +216,6 @@ async def start_batch(
         await batches.set_unstarted(
             pool, file_id, unstarted=False, code=TemporalUnavailable.code, reason=None
         )
-    validated = await validate(batch) if validate is not None and created else None
     try:
         await _start_workflow(
             temporal,
@@ -232,7 +228,6 @@ async def start_batch(
                 dispatch=dispatch_settings(settings),
                 limits=validation_limits(settings),
                 timing=_timing(request),
-                validated=validated,
                 auto_pause=_auto_pause(request),
             ),
             WorkflowIDReusePolicy.REJECT_DUPLICATE,
