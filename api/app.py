@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             applier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await applier
+            await app.state.receipt_intake.close()
             await app.state.pool.close()
             if tracing is not None:
                 tracing.provider.shutdown()
