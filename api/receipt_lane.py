@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.carrier_signature import URLENCODED, public_url, urlencoded_params, verified
 from api.errors import HeraldError, herald_error_response
-from api.input_checks import require_storable
+from api.input_checks import require_storable_fields
 from api.limits import PayloadTooLarge
 from api.services import receipts as service
 from metrics import ApiMetrics
@@ -31,6 +31,7 @@ class ReceiptLane:
         self._max_body = max_body
         self._requests = metrics.requests
         self._latency = metrics.latency.labels("POST", STATUS_CALLBACK_PATH)
+        self._taken = metrics.requests.labels("POST", STATUS_CALLBACK_PATH, "204")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -63,7 +64,7 @@ class ReceiptLane:
             await reply(scope, receive, send)
             return
         self._latency.observe(time.monotonic() - started)
-        self._requests.labels("POST", STATUS_CALLBACK_PATH, "204").inc()
+        self._taken.inc()
         await send(NO_CONTENT)
         await send(EMPTY_BODY)
 
@@ -84,9 +85,7 @@ class ReceiptLane:
             if not message.get("more_body", False):
                 break
         params = urlencoded_params(body)
-        for name, value in params.items():
-            require_storable(name, "a form field's name")
-            require_storable(value, f"form field {name!r}")
+        require_storable_fields(params.items())
         state = scope["app"].state
         url = public_url(state.settings, STATUS_CALLBACK_PATH, "")
         form = await verified(

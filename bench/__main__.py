@@ -214,7 +214,7 @@ async def run_with_receipts(
             # From the POST, as Herald's rate is.
             applied_seconds = herald["seconds"] + time.perf_counter() - ended
             cpu_after = cpu_seconds(stack)
-            stats = (await http.get(f"{info['emulator_url']}/_emulator/stats")).json()
+            stats = await callbacks_answered(http, info["emulator_url"], 2 * herald["sent"])
         finally:
             await http.post(config, json={"status_callbacks": False})
     return {
@@ -229,6 +229,19 @@ async def run_with_receipts(
         "applied_seconds": applied_seconds,
         "applied_messages_per_second": final / applied_seconds,
     }
+
+
+async def callbacks_answered(
+    http: httpx.AsyncClient, emulator_url: str, expected: int
+) -> dict[str, Any]:
+    """The emulator's stats once it has the answers to `expected` callbacks (a final receipt
+    can be applied just before its 204 is back at the emulator), or after 10 s."""
+    waited = time.perf_counter()
+    while True:
+        stats = (await http.get(f"{emulator_url}/_emulator/stats")).json()
+        if sum(stats["callbacks"].values()) >= expected or time.perf_counter() - waited > 10:
+            return stats
+        await asyncio.sleep(0.1)
 
 
 async def run_naive(n: int, settings: Settings, info: dict[str, str], label: str) -> dict[str, Any]:
