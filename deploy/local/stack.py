@@ -163,6 +163,14 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
             settings.api_host,
             "--port",
             str(settings.api_port),
+            # The C parser and loop (uvicorn's defaults when installed, named so that a
+            # missing one fails the start), and no access line per request: the carrier
+            # posts two or three receipts per message sent.
+            "--http",
+            "httptools",
+            "--loop",
+            "uvloop",
+            "--no-access-log",
         ],
         logs / "api.log",
         env,
