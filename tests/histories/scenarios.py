@@ -422,6 +422,36 @@ async def test_account_paused(
     await save_batch(temporal, waiting_file, "paused_by_account")
 
 
+async def test_throttled(
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    worker: None,
+    carrier: Configure,
+) -> None:
+    """The carrier throttles (429, 20429) every request of the batch for longer than the retry
+    window: the batch pauses with `carrier_throttled`, pauses the account's other running batch
+    (waiting for its schedule), and both resume by themselves after the back-off."""
+    numbers = unique_numbers(5)
+    await carrier(scripted={number: [429, 429] for number in numbers})
+    changes = {**SMALL, "carrier_outage_seconds": 1.0, "carrier_throttle_pause_seconds": 3.0}
+    async with own_worker(temporal, settings, **changes) as own, api_client(own) as api:
+        later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        waiting_file, waiting = await start_marked_batch(
+            api, account, webhooks, unique_numbers(3), schedule_at=later
+        )
+        await webhooks.wait_for(waiting, "waiting_for_scheduled_messages")
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        assert (await finished(webhooks, marker))["status"] == "completed"
+        await webhooks.wait_for(waiting, "waiting_for_scheduled_messages", times=2)
+        await control(api, account, waiting_file, "cancel")
+        assert (await finished(webhooks, waiting))["status"] == "cancelled"
+        # Saved while the own worker runs: a run closes once that worker has posted its events.
+        await save_batch(temporal, file_id, "throttled", chunks={0: "throttled"})
+        await save_batch(temporal, waiting_file, "paused_by_throttling")
+
+
 async def test_webhook_retried(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
 ) -> None:
