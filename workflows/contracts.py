@@ -436,6 +436,8 @@ class ConversationInput:
     pending: list[ConversationSignal] = field(default_factory=list)
     # None: the conversation starts with this run.
     state: ConversationState | None = None
+    # Webhook events the previous run of the pair had not delivered, in order: posted first.
+    events: list["ConversationEvent"] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
