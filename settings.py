@@ -208,6 +208,20 @@ class Settings(BaseSettings):
         24.0, description="How long the previous webhook secret still signs after a rotation."
     )
     carrier_timeout_seconds: float = 30.0
+    carrier_outage_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="The retry window: a send slice whose every request the carrier throttles"
+        " (20429/429) or cannot take (no connection, 5xx) for this long stops retrying, and"
+        " every running batch of the account pauses once (`carrier_throttled`,"
+        " `carrier_unreachable`).",
+    )
+    carrier_throttle_pause_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How long batches paused for `carrier_throttled` stay paused before they"
+        " resume by themselves (at least the carrier's Retry-After).",
+    )
     idempotency_ttl_hours: int = Field(
         24, description="How long an `idempotency-key` of a single send keeps its first reply."
     )

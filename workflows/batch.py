@@ -69,6 +69,8 @@ VALIDATED_PATCH = "batch-validated-at-upload"
 CANCEL_VALIDATION_PATCH = "batch-cancel-validation"
 # A batch pauses itself when a chunk asks (too many carrier errors, or an account-wide one).
 AUTO_PAUSE_PATCH = "batch-auto-pause"
+# A batch paused for a carrier throttling resumes by itself after the pause's back-off.
+THROTTLE_RESUME_PATCH = "batch-throttle-resume"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -84,6 +86,9 @@ class BatchWorkflow:
         self._status = BatchStatus.QUEUED
         self._state: DispatchState | None = None
         self._paused = False
+        # Counts pauses, operators' pauses of a paused batch and resumes: a back-off that
+        # would resume the batch (THROTTLE_RESUME_PATCH) does so only if none came meanwhile.
+        self._pause_turn = 0
         # The phase a resume returns to; phases reached while paused are kept for then.
         self._resume_status = BatchStatus.QUEUED
         self._cancel_reason: str | None = None
@@ -114,6 +119,8 @@ class BatchWorkflow:
 
     @workflow.signal
     async def pause(self) -> None:
+        # A paused batch stays paused now until an operator resumes it, whatever paused it.
+        self._pause_turn += 1
         await self._pause()
 
     @workflow.signal(name=AUTO_PAUSE_SIGNAL)
@@ -125,14 +132,29 @@ class BatchWorkflow:
             return  # a signal an older release ignored, replayed
         if not await self._pause(paused):
             return
+        turn = self._pause_turn
         if paused.account_wide:
             await self._pause_account(dataclasses.replace(paused, account_wide=False))
+        if paused.resume_after_seconds > 0 and workflow.patched(THROTTLE_RESUME_PATCH):
+            await self._resume_after(turn, paused.resume_after_seconds)
+
+    async def _resume_after(self, turn: int, seconds: float) -> None:
+        """Resume after `seconds` (one durable timer), unless the batch was resumed, paused
+        again by an operator or cancelled meanwhile."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await workflow.wait_condition(
+                lambda: self._pause_turn != turn or self._cancel_reason is not None,
+                timeout=timedelta(seconds=seconds),
+            )
+        if self._pause_turn == turn and self._cancel_reason is None:
+            await self.resume()
 
     async def _pause(self, why: AutoPaused | None = None) -> bool:
         """Pause, with the event; False when already paused or being cancelled."""
         if self._paused or self._cancel_reason is not None:
             return False
         self._paused = True
+        self._pause_turn += 1
         self._resume_status = self._status
         await self._signal_chunks(ChunkWorkflow.pause)
         if why is None:
@@ -163,6 +185,7 @@ class BatchWorkflow:
         if not self._paused:
             return
         self._paused = False
+        self._pause_turn += 1
         await self._signal_chunks(ChunkWorkflow.resume)
         await self._report(self._resume_status)
 

@@ -15,7 +15,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.sending import SendingActivities
+    from activities.sending import ACCOUNT_FAILURES, SendingActivities
     from workflows.contracts import (
         CHUNK_WORKFLOW,
         AutoPause,
@@ -42,6 +42,8 @@ SEND_QUEUE_PATCH = "chunk-send-task-queue"
 AUTO_PAUSE_SIGNAL = "auto_pause"
 TOP_ERROR_CODES = 3
 AUTHENTICATION_FAILED = "carrier_authentication_failed"
+THROTTLED = "carrier_throttled"
+UNREACHABLE = "carrier_unreachable"
 ERROR_RATE = "carrier_error_rate"
 
 
@@ -205,7 +207,9 @@ class ChunkWorkflow:
                 self._counts.failed += counts.failed
                 if counts.account_failure is not None and workflow.patched(AUTO_PAUSE_PATCH):
                     # The slice stopped at the failure: it runs again on resume.
-                    await self._pause_batch(_account_failure(counts.account_failure))
+                    await self._pause_batch(
+                        _account_failure(counts.account_failure, counts.resume_after)
+                    )
                     continue
                 auto_pause = input.auto_pause
                 if auto_pause is not None and not self._paused:
@@ -275,12 +279,37 @@ class ChunkWorkflow:
             send.cancel()
 
 
-def _account_failure(code: str) -> AutoPaused:
+def _account_failure(code: str, resume_after: float = 0.0) -> AutoPaused:
+    """Why every running batch of the account pauses: wrong credentials (20003), a throttling
+    (resume_after > 0: the batches resume by themselves) or a carrier out of reach that
+    outlasted the retry window."""
+    if code in ACCOUNT_FAILURES:
+        return AutoPaused(
+            code=AUTHENTICATION_FAILED,
+            reason=(
+                f"the carrier refused the account's credentials ({code}): every batch of the"
+                " account is paused; fix the carrier account, then resume them"
+            ),
+            error_codes={code: 1},
+            account_wide=True,
+        )
+    if resume_after > 0:
+        return AutoPaused(
+            code=THROTTLED,
+            reason=(
+                f"the carrier throttled every request of the account ({code}) for longer than"
+                " the retry window: every batch of the account is paused, and resumes by"
+                f" itself in {resume_after:g} s"
+            ),
+            error_codes={code: 1},
+            account_wide=True,
+            resume_after_seconds=resume_after,
+        )
     return AutoPaused(
-        code=AUTHENTICATION_FAILED,
+        code=UNREACHABLE,
         reason=(
-            f"the carrier refused the account's credentials ({code}): every batch of the"
-            " account is paused; fix the carrier account, then resume them"
+            f"the carrier could not be reached ({code}) for longer than the retry window:"
+            " every batch of the account is paused; resume them once the carrier is back"
         ),
         error_codes={code: 1},
         account_wide=True,
