@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-tools lint lock bench bench-sweep bench-rates bench-validation bench-uploads bench-outcomes bench-postman clean
+.PHONY: run test test-fast test-tools lint lock bench bench-sweep bench-rates bench-validation bench-uploads bench-outcomes bench-postman bench-ledger-copy bench-fairness clean
 
 # The tested set: every version pinned by requirements.lock; `local` is the local stack.
 $(STAMP): pyproject.toml requirements.lock
@@ -66,10 +66,18 @@ bench-uploads: $(STAMP)
 bench-outcomes: $(STAMP)
 	$(BIN)/python -m bench.outcomes
 
+# A 100-row batch of one account while N rows of another send, and two large batches side by
+# side (N=1000000 for the issue's figure).
+bench-fairness: $(STAMP)
+	$(BIN)/python -m bench.fairness --n $(N)
+
 # One Postman batch upload of ROWS rows (1000000 is the dialect's 40 MB): time and API RSS.
 ROWS ?= 100000
 bench-postman: $(STAMP)
 	$(BIN)/python -m bench.uploads --postman --rows $(ROWS)
+
+bench-ledger-copy: $(STAMP)
+	$(BIN)/python -m bench.ledger_copy
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -62,7 +62,18 @@ class Settings(BaseSettings):
         None, description="Temporal frontend host:port; unset means the local dev server."
     )
     temporal_namespace: str = "default"
-    task_queue: str = "herald-sms"
+    task_queue: str = Field(
+        "herald-sms",
+        description="Task queue of the workflows and their short activities; the send"
+        " activities go to `<task_queue>-send` (see `worker_role`).",
+    )
+    worker_role: Literal["all", "control", "send"] = Field(
+        "all",
+        description="What a worker process serves: `control` the task queue (workflows,"
+        " validation, status events, ledger steps), `send` the send queue (carrier requests"
+        " only), `all` both. Apart, a batch's carrier requests cannot slow another batch's"
+        " steps (docs/WORKFLOWS.md, Fairness between batches).",
+    )
     temporal_api_key: SecretStr | None = Field(
         None, description="API key for Temporal Cloud; setting it turns TLS on."
     )
@@ -172,7 +183,12 @@ class Settings(BaseSettings):
         description="Rate limit of a sender number registered without one.",
     )
     worker_processes: int = Field(
-        2, description="Workers the local stack starts; they share the task queue."
+        2, description="Workers the local stack starts; they share the task queues."
+    )
+    control_worker: bool = Field(
+        False,
+        description="Whether the local stack runs its workers as `worker_processes` send workers"
+        " and one control worker apart; false: `worker_processes` workers of role `all`.",
     )
     webhook_timeout_seconds: float = 10.0
     allow_loopback_webhooks: bool = Field(
@@ -192,6 +208,20 @@ class Settings(BaseSettings):
         24.0, description="How long the previous webhook secret still signs after a rotation."
     )
     carrier_timeout_seconds: float = 30.0
+    carrier_outage_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="The retry window: a send slice whose every request the carrier throttles"
+        " (20429/429) or cannot take (no connection, 5xx) for this long stops retrying, and"
+        " every running batch of the account pauses once (`carrier_throttled`,"
+        " `carrier_unreachable`).",
+    )
+    carrier_throttle_pause_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How long batches paused for `carrier_throttled` stay paused before they"
+        " resume by themselves (at least the carrier's Retry-After).",
+    )
     idempotency_ttl_hours: int = Field(
         24, description="How long an `idempotency-key` of a single send keeps its first reply."
     )
@@ -301,6 +331,11 @@ class Settings(BaseSettings):
     @property
     def status_callback_url(self) -> str:
         return self.api_url.rstrip("/") + STATUS_CALLBACK_PATH
+
+    @property
+    def send_task_queue(self) -> str:
+        """The task queue of the send activities (`worker_role`)."""
+        return f"{self.task_queue}-send"
 
     @property
     def dsn(self) -> str:

@@ -3,9 +3,11 @@
 import asyncio
 import gc
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
+from types import TracebackType
+from typing import Any
 
 import httpx
 import uvloop
@@ -33,18 +35,46 @@ from tracing import Tracing, client_interceptors
 from workflows import WORKFLOWS
 
 
+class Workers:
+    """The Temporal workers of one process (`worker_role`), run and stopped together."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        self.workers = workers
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> "Workers":
+        await self._stack.__aenter__()
+        for worker in self.workers:
+            await self._stack.enter_async_context(worker)
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> bool | None:
+        return await self._stack.__aexit__(kind, error, trace)
+
+
 @asynccontextmanager
 async def herald_worker(
     client: Client,
     settings: Settings,
     workflows: Sequence[type] = WORKFLOWS,
     metrics: WorkerMetrics | None = None,
-) -> AsyncIterator[Worker]:
-    """A ready worker with its pool, carrier and HTTP client; all closed on exit. `workflows`
-    other than Herald's own: the upgrade test runs an earlier release's workflow code. Its
-    series go to `metrics` (a registry of their own unless given)."""
+) -> AsyncIterator[Workers]:
+    """Ready workers with their pool, carrier and HTTP client; all closed on exit. By
+    `settings.worker_role`: one on the task queue (workflows and every activity, the sends of
+    chunks that name no send queue included), one on the send queue (send activities only),
+    or both. `workflows` other than Herald's own: the upgrade test runs an earlier release's
+    workflow code. Its series go to `metrics` (a registry of their own unless given)."""
     metrics = metrics or WorkerMetrics()
-    pool = await create_pool(settings.dsn, max_size=max(10, settings.max_concurrent_activities + 4))
+    role = settings.worker_role
+    queues = 2 if role == "all" else 1
+    pool = await create_pool(
+        settings.dsn, max_size=max(10, queues * settings.max_concurrent_activities + 4)
+    )
     await migrate(pool)
     carrier = TwilioCarrier(
         account_sid=settings.twilio_account_sid,
@@ -67,32 +97,44 @@ async def herald_worker(
         ReconciliationActivities,
         ConversationActivities,
     ]
-    activities = [
-        method
+    resources = {
+        cls: cls(pool=pool, carrier=carrier, http=http, settings=settings, metrics=metrics)
         for cls in activity_classes
-        for method in cls(
-            pool=pool, carrier=carrier, http=http, settings=settings, metrics=metrics
-        ).registered()
-    ]
+    }
+    workers: list[Worker] = []
+    if role in ("all", "control"):
+        every = [m for r in resources.values() for m in r.registered()]
+        workers.append(_worker(client, settings, settings.task_queue, every, workflows))
+    if role in ("all", "send"):
+        sends = resources[SendingActivities].registered()
+        workers.append(_worker(client, settings, settings.send_task_queue, sends, ()))
     try:
-        yield Worker(
-            client,
-            task_queue=settings.task_queue,
-            workflows=workflows,
-            activities=activities,
-            max_concurrent_activities=settings.max_concurrent_activities,
-            sticky_queue_schedule_to_start_timeout=timedelta(
-                seconds=settings.sticky_timeout_seconds
-            ),
-            graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
-            # Cancellations reach an activity in a heartbeat's reply: let them through at once.
-            max_heartbeat_throttle_interval=timedelta(seconds=1),
-            interceptors=[LogContext()],
-        )
+        yield Workers(workers)
     finally:
         await http.aclose()
         await carrier.close()
         await pool.close()
+
+
+def _worker(
+    client: Client,
+    settings: Settings,
+    task_queue: str,
+    activities: Sequence[Callable[..., Any]],
+    workflows: Sequence[type],
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=workflows,
+        activities=activities,
+        max_concurrent_activities=settings.max_concurrent_activities,
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_timeout_seconds),
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
+        # Cancellations reach an activity in a heartbeat's reply: let them through at once.
+        max_heartbeat_throttle_interval=timedelta(seconds=1),
+        interceptors=[LogContext()],
+    )
 
 
 def prepare_process() -> None:

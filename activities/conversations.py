@@ -1,5 +1,6 @@
 """The side effects a conversation asks for: send a message, end it, post its events."""
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -8,7 +9,8 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.providers.twilio import Verdict
+from activities.providers.twilio import SendResult, Verdict
+from activities.reconciliation import QUIET_MARGIN_SECONDS, carrier_list
 from activities.resources import WorkerResources
 from activities.webhooks import post_event, retry_delay
 from store import (
@@ -16,6 +18,7 @@ from store import (
     carrier_accounts,
     conversation_messages,
     conversations,
+    messages,
     numbers,
     opt_outs,
 )
@@ -76,15 +79,21 @@ class ConversationActivities(WorkerResources):
             )
             return SendMessageResult(status="skipped", error_code="opted_out")
         own = await carrier_accounts.carrier_account(self._pool, message.account_id)
+        credentials = (own.account_sid, own.auth_token) if own else None
+        to = carrier_address(message.user_number, message.channel)
+        from_ = carrier_address(message.agent_number, message.channel)
+        asked = datetime.now(UTC)
         result = await self._carrier.send(
-            to=carrier_address(message.user_number, message.channel),
-            from_=carrier_address(message.agent_number, message.channel),
+            to=to,
+            from_=from_,
             body=message.body or "",
             status_callback=self._settings.status_callback_url,
             content_sid=message.content_sid,
             content_variables=message.content_variables,
-            credentials=(own.account_sid, own.auth_token) if own else None,
+            credentials=credentials,
         )
+        if result.verdict is Verdict.UNCERTAIN:
+            result = await self._reconcile(result, to, from_, message, asked, credentials)
         if result.verdict is Verdict.RETRY and attempt < input.attempts:
             await conversation_messages.requeue_message(
                 self._pool,
@@ -111,6 +120,42 @@ class ConversationActivities(WorkerResources):
         )
         log.info("conversation message", message_id=input.message_id, status=status)
         return SendMessageResult(status=status, error_code=result.error_code)
+
+    async def _reconcile(
+        self,
+        result: SendResult,
+        to: str,
+        from_: str,
+        message: conversation_messages.ClaimedConversationMessage,
+        asked: datetime,
+        credentials: tuple[str, str] | None,
+    ) -> SendResult:
+        """An `uncertain` send settled as a batch's rows are (activities/reconciliation.py):
+        after a quiet margin, the carrier's messages from the sender to the number; one created
+        since the request, with its text, that no message holds yet, is this one (`sent`); none
+        means the carrier never got it (deferred: sent again). Without a list it stays
+        `uncertain`."""
+        await asyncio.sleep(QUIET_MARGIN_SECONDS)
+        found = await carrier_list(self._carrier, to, from_, credentials)
+        if found is None:
+            return result
+        matches = [
+            m.sid
+            for m in reversed(found)  # oldest first
+            if m.created >= asked - timedelta(seconds=1)
+            and (not message.body or m.body == message.body)
+        ]
+        taken = await conversation_messages.sids_taken(self._pool, matches)
+        taken |= await messages.sids_in_ledger(self._pool, matches)
+        free = [sid for sid in matches if sid not in taken]
+        log.info("uncertain message reconciled", found=bool(free))
+        if free:
+            return SendResult(verdict=Verdict.SENT, sid=free[0])
+        return SendResult(
+            verdict=Verdict.RETRY,
+            error_code=result.error_code,
+            error_message=f"{result.error_message} (the carrier has no such message)",
+        )
 
     @activity.defn
     async def conversation_state(self, input: ConversationRef) -> ConversationStatus:

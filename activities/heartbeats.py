@@ -30,19 +30,23 @@ async def heartbeat_until_cancelled() -> None:
 @dataclass(frozen=True, kw_only=True)
 class SliceHeartbeat:
     """send_slice: attempts in a row that the carrier deferred whole, for the next attempt's
-    backoff."""
+    backoff, and when the first of them started (Unix time; 0 when unknown), for the retry
+    window. On the wire: the stalls, then the time (a second detail, which older workers
+    neither send nor read)."""
 
     stalls: int = 0
+    deferred_since: float = 0.0
 
     def send(self) -> None:
-        activity.heartbeat(self.stalls)
+        activity.heartbeat(self.stalls, self.deferred_since)
 
     @classmethod
     def from_details(cls, details: Sequence[Any]) -> Self:
         """What an attempt left in its final heartbeat; nothing (first attempt, or one that
         crashed) reads as no stall."""
         stalls = details[0] if details and isinstance(details[0], int) else 0
-        return cls(stalls=stalls)
+        since = details[1] if len(details) > 1 and isinstance(details[1], int | float) else 0.0
+        return cls(stalls=stalls, deferred_since=float(since))
 
     @classmethod
     def last(cls) -> Self:

@@ -21,7 +21,7 @@ from temporalio import activity
 from twilio.base.exceptions import TwilioRestException
 
 from activities.providers.http1 import ConnectFailed, NoAnswer
-from activities.providers.twilio import CarrierMessage
+from activities.providers.twilio import CarrierMessage, TwilioCarrier
 from activities.resources import WorkerResources
 from store import carrier_accounts, messages
 from workflows.contracts import ReconcileInput, ReconcileResult
@@ -55,19 +55,7 @@ class ReconciliationActivities(WorkerResources):
 
         async def listed(to: str, from_: str) -> list[CarrierMessage] | None:
             async with lanes:
-                for attempt in range(LIST_ATTEMPTS):
-                    try:
-                        return await self._carrier.sent_messages(
-                            to=to,
-                            from_=from_,
-                            credentials=credentials,
-                            limit=NEWEST_MESSAGES,
-                        )
-                    except (TwilioRestException, ConnectFailed, NoAnswer) as error:
-                        log.warning("carrier list failed", to=to, error=repr(error))
-                        activity.heartbeat()
-                        await asyncio.sleep(0.2 * 2**attempt)
-                return None
+                return await carrier_list(self._carrier, to, from_, credentials)
 
         lists = await asyncio.gather(
             *(listed(r.to_number, r.from_number or input.agent_number) for r in rows)
@@ -113,6 +101,23 @@ class ReconciliationActivities(WorkerResources):
     def registered(self) -> list[Any]:
         """The bound activity methods, for the worker to register."""
         return [self.reconcile_uncertain]
+
+
+async def carrier_list(
+    carrier: TwilioCarrier, to: str, from_: str, credentials: tuple[str, str] | None
+) -> list[CarrierMessage] | None:
+    """The newest messages the carrier has from `from_` to `to`, asked up to LIST_ATTEMPTS
+    times; None when it never answers."""
+    for attempt in range(LIST_ATTEMPTS):
+        try:
+            return await carrier.sent_messages(
+                to=to, from_=from_, credentials=credentials, limit=NEWEST_MESSAGES
+            )
+        except (TwilioRestException, ConnectFailed, NoAnswer) as error:
+            log.warning("carrier list failed", to=to, error=repr(error))
+            activity.heartbeat()
+            await asyncio.sleep(0.2 * 2**attempt)
+    return None
 
 
 async def _sleep_heartbeating(until: float) -> None:

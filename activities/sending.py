@@ -14,7 +14,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.backoff import retry_delay
+from activities.backoff import MAX_RETRY_AFTER_SECONDS, retry_delay
 from activities.conversations import carrier_address
 from activities.heartbeats import SliceHeartbeat, heartbeat_until_cancelled
 from activities.outages import through_outages
@@ -33,6 +33,12 @@ EXPIRED = SendResult(verdict=Verdict.EXPIRED)
 # at the first, its rows not accepted go back to `pending`, and the batch pauses (with the
 # account's other batches) until someone fixes the account and resumes.
 ACCOUNT_FAILURES = frozenset({"20003"})
+# Deferrals that, when they defer every request of a slice for longer than the retry window
+# (`carrier_outage_seconds`), are the account's, not the slice's: the carrier throttling the
+# account (Twilio 20429, or a bare 429), or the carrier out of reach (no connection, 5xx). The
+# slice then stops retrying and the account's batches pause, rather than retry on their own.
+THROTTLING = frozenset({"20429", "429"})
+UNREACHABLE = frozenset({"connect", "500", "502", "503", "504", "20500", "20503"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +81,7 @@ class SendingActivities(WorkerResources):
         goes on up.
         """
         batch_id = uuid.UUID(input.batch_id)
+        attempt_started = time.time()
         # Every statement rides out a PostgreSQL outage (through_outages), the pacers' too:
         # an attempt that failed once it has marked rows `sending` would leave them to its
         # retry as `uncertain`, sent or not.
@@ -219,9 +226,27 @@ class SendingActivities(WorkerResources):
             # An attempt that got anything through resets the backoff; the next attempt reads
             # this heartbeat to know how long the carrier has refused everything.
             progressed = len(retry) < sum(r is not None for r in results)
-            stalls = 0 if progressed else SliceHeartbeat.last().stalls + 1
-            SliceHeartbeat(stalls=stalls).send()
+            last = SliceHeartbeat.last()
+            stalls = 0 if progressed else last.stalls + 1
+            since = last.deferred_since if last.stalls and last.deferred_since else attempt_started
             retry_after = max((r.retry_after or 0) for r in retry)
+            outage = None if progressed else account_deferral(retry)
+            if outage is not None and time.time() - since >= self._settings.carrier_outage_seconds:
+                # Deferred whole for the retry window: the account's batches pause instead.
+                return SendCounts(
+                    waiting=len(waiting),
+                    next_window=min(waiting.values(), default=0.0),
+                    account_failure=outage,
+                    resume_after=(
+                        max(
+                            min(retry_after, MAX_RETRY_AFTER_SECONDS),
+                            self._settings.carrier_throttle_pause_seconds,
+                        )
+                        if outage in THROTTLING
+                        else 0.0
+                    ),
+                )
+            SliceHeartbeat(stalls=stalls, deferred_since=0.0 if progressed else since).send()
             raise ApplicationError(
                 f"carrier deferred {len(retry)} of {len(results)} messages ({retry[0].error_code})",
                 type="CarrierDeferred",
@@ -326,6 +351,15 @@ class _Waves:
         for i in rows:
             self._recorded[i] = True
         return rows
+
+
+def account_deferral(retry: list[SendResult]) -> str | None:
+    """The code of a whole slice's deferrals when it is the account's (THROTTLING, UNREACHABLE:
+    the commonest of them), else None (a sender's full queue, a mix)."""
+    codes = Counter(r.error_code or "" for r in retry)
+    if set(codes) <= THROTTLING or set(codes) <= UNREACHABLE:
+        return codes.most_common(1)[0][0]
+    return None
 
 
 async def _until(moment: float, stopping: asyncio.Event) -> bool:

@@ -122,7 +122,7 @@ class ValidationActivities(WorkerResources):
                     await messages.clear_ledger(conn, batch_id)
                     tally = tally.without_ledger()
                 await batches.set_validation_counts(conn, batch_id, **tally.batch_counts())
-            await messages.refresh_statistics(self._pool)
+            await messages.refresh_statistics(self._pool, tally.recipients)
         except SourceInvalid as error:
             return ValidationResult(
                 rows_total=0,

@@ -14,6 +14,7 @@ from api.errors import install_error_handlers
 from api.input_checks import InputChecks
 from api.limits import BodySizeLimit
 from api.models import ErrorEnvelope, StatusEvent
+from api.receipt_lane import ReceiptLane
 from api.request_context import RequestContext
 from api.request_metrics import RequestMetrics
 from api.routes import (
@@ -134,6 +135,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             applier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await applier
+            await app.state.receipt_intake.close()
             await app.state.pool.close()
             if tracing is not None:
                 tracing.provider.shutdown()
@@ -163,6 +165,8 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     # Outermost: a request the limits refuse is counted, and logged with its id, too.
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_middleware(RequestContext)
+    # Outermost: the carrier's status callbacks skip everything above (see the module).
+    app.add_middleware(ReceiptLane, max_body=settings.max_body_bytes, metrics=app.state.metrics)
     # First: the carrier posts two or three receipts per message sent, and each route
     # before it costs every one of them a match.
     app.include_router(receipts.router, responses=ERROR_RESPONSES)

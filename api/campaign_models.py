@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, Field, IPvAnyNetwork
 
 from api.models import RequestBody, example
+from api.pagination import CursorPage
 
 
 class Language(StrEnum):
@@ -98,3 +99,9 @@ class Campaign(BaseModel):
     )
     created_at: datetime
     updated_at: datetime
+
+
+class CampaignList(CursorPage):
+    model_config = example({"campaigns": [], "next_cursor": None})
+
+    campaigns: list[Campaign]

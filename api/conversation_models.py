@@ -5,7 +5,8 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, Field
 
-from api.models import CampaignMessage, ContentTemplate, Page, RequestBody, example
+from api.models import CampaignMessage, ContentTemplate, RequestBody, example
+from api.pagination import CursorPage
 from workflows.contracts import SilenceTimers
 from workflows.statuses import ConversationStatus
 
@@ -177,10 +178,7 @@ class ConversationDetail(ConversationSummary):
     temporal_ui_url: str
 
 
-class ConversationList(BaseModel):
-    model_config = example(
-        {"conversations": [], "pagination": {"limit": 50, "offset": 0, "total": 0}}
-    )
+class ConversationList(CursorPage):
+    model_config = example({"conversations": [], "next_cursor": None})
 
     conversations: list[ConversationSummary]
-    pagination: Page

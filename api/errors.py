@@ -80,6 +80,7 @@ FIELD_ERROR_CODES: Sequence[tuple[tuple[str, ...], str | None, str]] = (
     (("body", "webhook"), None, "INVALID_WEBHOOK_URL"),
     (("body", "mps"), None, "INVALID_MPS"),
     (("body", "time_out"), None, "INVALID_TIMEOUT_CONFIG"),
+    (("query", "cursor"), None, "INVALID_CURSOR"),
     (("body", "warning_time"), None, "INVALID_TIMEOUT_CONFIG"),
 )
 

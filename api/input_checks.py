@@ -4,10 +4,11 @@ the query, the headers, a JSON or form body), and in a JSON body numbers that ar
 fit in 64 bits. Integers in queries and headers are bounded where each is declared, with the
 limits below."""
 
+import itertools
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -77,7 +78,15 @@ def check_json(document: Any) -> None:
 
 
 def check_form(body: bytes) -> None:
-    for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
+    require_storable_fields(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def require_storable_fields(fields: Iterable[tuple[str, str]]) -> None:
+    """`require_storable` for each form field's name and value: one search when all are."""
+    fields = list(fields)
+    if not _UNSTORABLE.search("".join(itertools.chain.from_iterable(fields))):
+        return
+    for name, value in fields:
         require_storable(name, "a form field's name")
         require_storable(value, f"form field {name!r}")
 

@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from activities.recipients.phones import VALID, NumberCheck
 from activities.recipients.rows import PHONE_COLUMN
+from api.pagination import CursorPage
 from settings import SENDER_MPS_MAX, SENDER_MPS_MIN
 from workflows.contracts import DEFAULT_VALIDATION, AutoPause
 from workflows.statuses import BatchStatus, LedgerStatus
@@ -467,6 +468,12 @@ class SenderNumber(BaseModel):
     created_at: datetime
 
 
+class SenderNumberList(CursorPage):
+    model_config = example({"numbers": [], "next_cursor": None})
+
+    numbers: list[SenderNumber]
+
+
 class OptOutRequest(RequestBody):
     model_config = example({"number": "+12015550123"})
 
@@ -486,11 +493,10 @@ class OptOut(BaseModel):
     created_at: datetime
 
 
-class OptOutList(BaseModel):
+class OptOutList(CursorPage):
     model_config = example({"opt_outs": [], "next_cursor": None})
 
     opt_outs: list[OptOut]
-    next_cursor: str | None = Field(description="Pass as `after` for the next page.")
 
 
 class BatchSummary(BaseModel):
@@ -529,17 +535,10 @@ class BatchDetail(BatchSummary):
     temporal_ui_url: str
 
 
-class Page(BaseModel):
-    limit: int
-    offset: int
-    total: int
-
-
-class BatchList(BaseModel):
-    model_config = example({"batches": [], "pagination": {"limit": 50, "offset": 0, "total": 0}})
+class BatchList(CursorPage):
+    model_config = example({"batches": [BATCH_SUMMARY], "next_cursor": None})
 
     batches: list[BatchSummary]
-    pagination: Page
 
 
 class MessageRow(BaseModel):
@@ -571,11 +570,10 @@ class MessageRow(BaseModel):
     )
 
 
-class MessageList(BaseModel):
-    model_config = example({"messages": [MESSAGE_ROW], "next_cursor": 0})
+class MessageList(CursorPage):
+    model_config = example({"messages": [MESSAGE_ROW], "next_cursor": "WzBd"})
 
     messages: list[MessageRow]
-    next_cursor: int | None = Field(description="Pass as `after` for the next page.")
 
 
 class RejectedRow(BaseModel):
@@ -585,7 +583,7 @@ class RejectedRow(BaseModel):
     message: str
 
 
-class RejectedRowList(BaseModel):
+class RejectedRowList(CursorPage):
     model_config = example(
         {
             "rejected_rows": [
@@ -596,12 +594,11 @@ class RejectedRowList(BaseModel):
                     "message": "not a valid phone number",
                 }
             ],
-            "next_cursor": 3,
+            "next_cursor": "WzNd",
         }
     )
 
     rejected_rows: list[RejectedRow]
-    next_cursor: int | None = Field(description="Pass as `after` for the next page.")
 
 
 class DryRunMessage(BaseModel):
@@ -731,7 +728,7 @@ class StatusEvent(BaseModel):
     messages_expired: int | None = None
 
 
-class BatchLogs(BaseModel):
+class BatchLogs(CursorPage):
     model_config = example(
         {
             "events": [
@@ -747,7 +744,8 @@ class BatchLogs(BaseModel):
                     "created_at": "2026-03-02T10:15:00.100000Z",
                     "delivered_at": None,
                 }
-            ]
+            ],
+            "next_cursor": None,
         }
     )
 
@@ -767,7 +765,7 @@ class WebhookDelivery(BaseModel):
     )
 
 
-class WebhookDeliveries(BaseModel):
+class WebhookDeliveries(CursorPage):
     model_config = example(
         {
             "deliveries": [
@@ -781,7 +779,8 @@ class WebhookDeliveries(BaseModel):
                     "duration_ms": 42,
                     "next_retry_at": None,
                 }
-            ]
+            ],
+            "next_cursor": None,
         }
     )
 
@@ -870,7 +869,7 @@ class MailingList(BaseModel):
     created_at: datetime
 
 
-class MailingLists(BaseModel):
+class MailingLists(CursorPage):
     model_config = example(
         {
             "lists": [
@@ -880,7 +879,8 @@ class MailingLists(BaseModel):
                     "contacts": 2,
                     "created_at": "2026-03-02T10:15:00Z",
                 }
-            ]
+            ],
+            "next_cursor": None,
         }
     )
 
@@ -920,7 +920,7 @@ class Contact(BaseModel):
     created_at: datetime
 
 
-class ContactList(BaseModel):
+class ContactList(CursorPage):
     model_config = example(
         {
             "contacts": [
@@ -935,4 +935,3 @@ class ContactList(BaseModel):
     )
 
     contacts: list[Contact]
-    next_cursor: str | None = Field(description="Pass as `after` for the next page.")

@@ -131,12 +131,13 @@ async def final_event_receiver() -> tuple[web.AppRunner, str, asyncio.Queue]:
     return runner, f"http://127.0.0.1:{port}/events", events
 
 
-def cpu_seconds(processes: list[ManagedProcess]) -> dict[str, float]:
+def cpu_seconds(processes: list[ManagedProcess], *, each: bool = False) -> dict[str, float]:
     """CPU time (user + system) each part of the stack has used so far, children included
-    (PostgreSQL's backends)."""
+    (PostgreSQL's backends); with `each`, by process (`worker-0`, `worker-control`, ...)
+    rather than by part (`worker`)."""
     used: dict[str, float] = {}
     for managed in processes:
-        part = managed.name.split("-")[0]
+        part = managed.name if each else managed.name.split("-")[0]
         process = psutil.Process(managed.pid)
         for member in [process, *process.children(recursive=True)]:
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -199,6 +200,7 @@ async def run_herald(
         "send_phase_seconds": arrived - (sending_started or started),
         "send_phase_messages_per_second": sent / (arrived - (sending_started or started)),
         "peak_rss_mb": sampler.peak_rss_mb,
+        "cpu_at_post": cpu_before,
         "cpu_ms_per_1000": {
             part: (cpu_after[part] - cpu_before.get(part, 0.0)) / max(sent, 1) * 1e6
             for part in cpu_after
@@ -233,15 +235,35 @@ async def run_with_receipts(
                 await asyncio.sleep(0.2)
             # From the POST, as Herald's rate is.
             applied_seconds = herald["seconds"] + time.perf_counter() - ended
+            cpu_after = cpu_seconds(stack)
+            stats = await callbacks_answered(http, info["emulator_url"], 2 * herald["sent"])
         finally:
             await http.post(config, json={"status_callbacks": False})
     return {
         **herald,
         "counts": counts,
+        # Status callbacks the emulator posted, by the API's answer ("no answer": none came).
+        "callbacks": stats["callbacks"],
+        "cpu_seconds_to_applied": {
+            part: cpu_after[part] - herald["cpu_at_post"].get(part, 0.0) for part in cpu_after
+        },
         "receipts_applied": final,
         "applied_seconds": applied_seconds,
         "applied_messages_per_second": final / applied_seconds,
     }
+
+
+async def callbacks_answered(
+    http: httpx.AsyncClient, emulator_url: str, expected: int
+) -> dict[str, Any]:
+    """The emulator's stats once it has the answers to `expected` callbacks (a final receipt
+    can be applied just before its 204 is back at the emulator), or after 10 s."""
+    waited = time.perf_counter()
+    while True:
+        stats = (await http.get(f"{emulator_url}/_emulator/stats")).json()
+        if sum(stats["callbacks"].values()) >= expected or time.perf_counter() - waited > 10:
+            return stats
+        await asyncio.sleep(0.1)
 
 
 async def run_naive(n: int, settings: Settings, info: dict[str, str], label: str) -> dict[str, Any]:
@@ -374,6 +396,8 @@ async def measure(
     ceiling_runs.append(await run_ceiling(ceiling_n, settings, info, lean=False))
     naive_runs.append(await run_naive(args.naive_n, settings, info, "after"))
     naive, ceiling = averaged(naive_runs), averaged(ceiling_runs)
+    if receipts:
+        receipts["cpu_ms_per_1000_callbacks"] = receipts_cpu(herald, receipts)
     lean_ceiling = averaged(lean_runs)
     return {
         "date": datetime.now(UTC).isoformat(),
@@ -610,7 +634,7 @@ def report(result: dict[str, Any]) -> str:
          f"{validation['rows']:,} rows; row path {validation['row_path_rows_per_second']:,.0f}"
          f" rows/s; peak RSS {validation['peak_rss_mib']:.0f} MiB"),
         ("csv module, reading", f"{validation['csv_rows_per_second']:,.0f} rows/s", ""),
-        ("Validation / reading", f"{validation['ratio']:.2f}x", "target >= 0.5x"),
+        ("Validation / reading", f"{validation['ratio']:.2f}x", "target >= 1.0x"),
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{a.ljust(width)}  {b:>16}  {c}" for a, b, c in rows)
@@ -627,7 +651,23 @@ def receipts_report(result: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("  every receipt applied", f"{on['applied_messages_per_second']:,.0f} msg/s",
          f"{on['receipts_applied']:,} final receipts applied {on['applied_seconds']:.1f}s"
          f" after the POST; {ratios['receipts_applied_over_off']:.2f}x of receipts off"),
+        ("  status callbacks", f"{sum(on['callbacks'].values()):,}",
+         "answered " + ", ".join(f"{k}: {v:,}" for k, v in sorted(on["callbacks"].items()))),
+        ("  CPU per 1,000 callbacks",
+         f"{sum(on['cpu_ms_per_1000_callbacks'].values()) / 1000:.2f} s",
+         "over receipts off: " + ", ".join(
+             f"{k} {v / 1000:.3f}" for k, v in on["cpu_ms_per_1000_callbacks"].items())),
     ]  # fmt: skip
+
+
+def receipts_cpu(off: dict[str, Any], on: dict[str, Any]) -> dict[str, float]:
+    """What the receipts cost each part: its CPU in the receipts run, until every receipt
+    was applied, less its CPU in the run without them (same batch), per 1,000 callbacks."""
+    callbacks = max(sum(on["callbacks"].values()), 1)
+    return {
+        part: (used - off["cpu_ms_per_1000"].get(part, 0.0) * off["sent"] / 1e6) / callbacks * 1e6
+        for part, used in on["cpu_seconds_to_applied"].items()
+    }
 
 
 def averaged(runs: list[dict[str, Any]]) -> dict[str, Any]:

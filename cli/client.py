@@ -18,6 +18,8 @@ from settings import get_settings
 KEY_VARIABLE = "HERALD_API_KEY"
 URL_VARIABLE = "HERALD_API_URL"
 TIMEOUT = httpx.Timeout(30.0)
+# Items per page when the CLI reads a whole list (the API's largest page).
+PAGE = 1000
 # The event stream sends something about once a second while the batch runs.
 STREAM_TIMEOUT = httpx.Timeout(30.0, read=120.0)
 
@@ -85,6 +87,18 @@ class Herald:
             raise CliError(f"cannot reach the API at {self._http.base_url}: {error}") from error
         _raise_for_error(response)
         return response.json()["data"]
+
+    def every(self, path: str, items: str, **params: Any) -> list[dict[str, Any]]:
+        """Every item of a list endpoint, page after page by its `next_cursor`."""
+        found: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            after = {"cursor": cursor} if cursor else {}
+            page = self.call("GET", path, params={**params, "limit": PAGE, **after})
+            found += page[items]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return found
 
     def attach(self, file: Path) -> dict[str, Any]:
         with file.open("rb") as content:

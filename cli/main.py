@@ -158,18 +158,24 @@ def _dry_run(result: dict[str, Any], as_json: bool) -> None:
 
 @app.command(rich_help_panel=BATCHES_PANEL)
 def batches(
-    limit: Annotated[int, typer.Option(min=1, max=200, help="How many, newest first.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many, newest first.")] = 50,
+    cursor: Annotated[
+        str | None, typer.Option(help="The `next_cursor` of the page before, for the next.")
+    ] = None,
     as_json: Json = False,
 ) -> None:
-    """The account's batches, newest first."""
+    """The account's batches, newest first, a page at a time."""
 
     def command() -> int:
+        params: dict[str, Any] = {"limit": limit} | ({"cursor": cursor} if cursor else {})
         with _herald() as api:
-            listed = api.call("GET", "/v1/sms/batches", params={"limit": limit})
+            listed = api.call("GET", "/v1/sms/batches", params=params)
         if as_json:
             show_json(listed)
-        else:
-            show_table(BATCH_COLUMNS, listed["batches"], title="batches")
+            return EXIT_OK
+        show_table(BATCH_COLUMNS, listed["batches"], title="batches")
+        if listed["next_cursor"] is not None:
+            typer.echo(f"more: herald batches --cursor {listed['next_cursor']}", err=True)
         return EXIT_OK
 
     _run(command)
@@ -281,19 +287,8 @@ def rejected(batch_id: BatchId, as_json: Json = False) -> None:
     """The rows validation refused, with their codes."""
 
     def command() -> int:
-        rows: list[dict[str, Any]] = []
-        after = -1
         with _herald() as api:
-            while True:
-                page = api.call(
-                    "GET",
-                    f"/v1/sms/batch/{batch_id}/errors",
-                    params={"limit": 1000, "after": after},
-                )
-                rows += page["rejected_rows"]
-                if page["next_cursor"] is None:
-                    break
-                after = page["next_cursor"]
+            rows = api.every(f"/v1/sms/batch/{batch_id}/errors", "rejected_rows")
         if as_json:
             show_json(rows)
         else:
@@ -309,7 +304,7 @@ def numbers(as_json: Json = False) -> None:
 
     def command() -> int:
         with _herald() as api:
-            listed = api.call("GET", "/v1/sms/numbers")
+            listed = api.every("/v1/sms/numbers", "numbers")
         if as_json:
             show_json(listed)
         else:

@@ -1,10 +1,12 @@
 """Batches: one per uploaded file, with the request that started it and its phase."""
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from store.db import after_key
 from workflows.contracts import BatchNotFound
 from workflows.statuses import FINAL_BATCH_STATUSES, BatchStatus
 
@@ -93,17 +95,23 @@ async def disable_webhook(pool: asyncpg.Pool, batch_id: uuid.UUID) -> None:
 
 
 async def list_batches(
-    pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, offset: int
-) -> tuple[list[dict], int]:
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    *,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> list[dict]:
+    """Up to `limit` of the account's batches, newest first by (created_at, id), after the
+    key `after`."""
+    keyset = after_key("created_at, id", after, 3, descending=True)
     rows = await pool.fetch(
-        f"SELECT {_BATCH_COLUMNS} FROM batches WHERE account_id = $1"
-        " ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
+        f"SELECT {_BATCH_COLUMNS} FROM batches WHERE account_id = $1{keyset}"
+        " ORDER BY created_at DESC, id DESC LIMIT $2",
         account_id,
         limit,
-        offset,
+        *(after or ()),
     )
-    total = await pool.fetchval("SELECT count(*) FROM batches WHERE account_id = $1", account_id)
-    return [dict(r) for r in rows], total
+    return [dict(r) for r in rows]
 
 
 async def set_status(

@@ -2,8 +2,11 @@
 
 import ipaddress
 import uuid
+from datetime import datetime
 
 import asyncpg
+
+from store.db import after_key
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -45,10 +48,22 @@ async def get_campaign(
     return dict(row) if row else None
 
 
-async def list_campaigns(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[dict]:
+async def list_campaigns(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    *,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> list[dict]:
+    """Up to `limit` of the account's campaigns, oldest first by (created_at, id), after the
+    key `after`."""
+    keyset = after_key("created_at, id", after, 3, descending=False)
     rows = await pool.fetch(
-        f"SELECT {_COLUMNS} FROM campaigns WHERE account_id = $1 ORDER BY created_at, id",
+        f"SELECT {_COLUMNS} FROM campaigns WHERE account_id = $1{keyset}"
+        " ORDER BY created_at, id LIMIT $2",
         account_id,
+        limit,
+        *(after or ()),
     )
     return [dict(r) for r in rows]
 

@@ -144,6 +144,14 @@ async def record_outcome(
         await receipts.apply_conversation_receipt(pool, carrier_sid)
 
 
+async def sids_taken(pool: asyncpg.Pool, sids: list[str]) -> set[str]:
+    """Which of `sids` some conversation message already holds."""
+    rows = await pool.fetch(
+        "SELECT carrier_sid FROM conversation_messages WHERE carrier_sid = ANY($1::text[])", sids
+    )
+    return {r["carrier_sid"] for r in rows}
+
+
 async def requeue_message(
     pool: asyncpg.Pool, message_id: uuid.UUID, *, error_code: str | None, error_message: str | None
 ) -> None:

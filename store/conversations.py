@@ -2,10 +2,12 @@
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from store.db import after_key
 from workflows.contracts import SilenceTimers
 from workflows.statuses import ConversationStatus
 
@@ -151,27 +153,23 @@ async def list_conversations(
     user_number: str | None,
     state: str | None,
     limit: int,
-    offset: int,
-) -> tuple[list[dict], int]:
+    after: tuple[datetime, uuid.UUID] | None,
+) -> list[dict]:
+    """Up to `limit` of the account's conversations (of the sender, user and state given),
+    newest first by (created_at, id), after the key `after`."""
     where = (
         "account_id = $1 AND ($2::text IS NULL OR agent_number = $2)"
         " AND ($3::text IS NULL OR user_number = $3) AND ($4::text IS NULL OR state = $4)"
     )
+    where += after_key("created_at, id", after, 6, descending=True)
     rows = await pool.fetch(
         f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE {where}"
-        " ORDER BY created_at DESC, id LIMIT $5 OFFSET $6",
+        " ORDER BY created_at DESC, id DESC LIMIT $5",
         account_id,
         agent_number,
         user_number,
         state,
         limit,
-        offset,
+        *(after or ()),
     )
-    total = await pool.fetchval(
-        f"SELECT count(*) FROM conversations WHERE {where}",
-        account_id,
-        agent_number,
-        user_number,
-        state,
-    )
-    return [dict(r) for r in rows], total
+    return [dict(r) for r in rows]

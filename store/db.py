@@ -2,6 +2,7 @@
 
 import json
 from importlib import resources
+from typing import Any
 
 import asyncpg
 import structlog
@@ -22,6 +23,16 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def after_key(columns: str, after: tuple[Any, ...] | None, first: int, *, descending: bool) -> str:
+    """The condition (` AND (...) > (...)`, or nothing for the first page) that keeps the rows
+    after the key `after` of a list ordered by `columns`, all ascending or all descending; the
+    key's values are the query's parameters from `$first` on."""
+    if after is None:
+        return ""
+    params = ", ".join(f"${first + i}" for i in range(len(after)))
+    return f" AND ({columns}) {'<' if descending else '>'} ({params})"
 
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:

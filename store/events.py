@@ -91,14 +91,21 @@ async def settle_unsent(pool: asyncpg.Pool, batch_id: uuid.UUID, event_seq: int)
 
 
 async def list_events(
-    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID, *, after_seq: int = 0
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    *,
+    after_seq: int = 0,
+    limit: int | None = None,
 ) -> list[dict]:
+    """The batch's events after `after_seq` in order, up to `limit` of them if given."""
     rows = await pool.fetch(
         "SELECT seq, status, payload, created_at, delivered_at FROM batch_events"
-        " WHERE batch_id = $1 AND account_id = $2 AND seq > $3 ORDER BY seq",
+        " WHERE batch_id = $1 AND account_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
         batch_id,
         account_id,
         after_seq,
+        limit,
     )
     return [dict(r) for r in rows]
 
@@ -119,13 +126,16 @@ async def last_event_seq(pool: asyncpg.Pool, batch_id: uuid.UUID) -> int:
 
 
 async def list_deliveries(
-    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID
+    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID, *, limit: int, after_id: int
 ) -> list[dict]:
+    """Up to `limit` of the batch's delivery attempts, oldest first, after the one `after_id`."""
     rows = await pool.fetch(
-        "SELECT event_seq, attempt, url, attempted_at, status_code, error, duration_ms,"
-        " next_retry_at"
-        " FROM webhook_deliveries WHERE batch_id = $1 AND account_id = $2 ORDER BY id",
+        "SELECT id, event_seq, attempt, url, attempted_at, status_code, error, duration_ms,"
+        " next_retry_at FROM webhook_deliveries"
+        " WHERE batch_id = $1 AND account_id = $2 AND id > $3 ORDER BY id LIMIT $4",
         batch_id,
         account_id,
+        after_id,
+        limit,
     )
     return [dict(r) for r in rows]

@@ -3,9 +3,12 @@
 import json
 import uuid
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import asyncpg
+
+from store.db import after_key
 
 _COLUMNS = (
     "l.id, l.name, l.created_at,"
@@ -36,11 +39,22 @@ async def get_list(pool: asyncpg.Pool, account_id: uuid.UUID, list_id: uuid.UUID
     return dict(row) if row else None
 
 
-async def list_lists(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[dict]:
+async def list_lists(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    *,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> list[dict]:
+    """Up to `limit` of the account's lists, oldest first by (created_at, id), after the key
+    `after`."""
+    keyset = after_key("l.created_at, l.id", after, 3, descending=False)
     rows = await pool.fetch(
-        f"SELECT {_COLUMNS} FROM mailing_lists AS l WHERE l.account_id = $1"
-        " ORDER BY l.created_at, l.id",
+        f"SELECT {_COLUMNS} FROM mailing_lists AS l WHERE l.account_id = $1{keyset}"
+        " ORDER BY l.created_at, l.id LIMIT $2",
         account_id,
+        limit,
+        *(after or ()),
     )
     return [dict(r) for r in rows]
 

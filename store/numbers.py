@@ -3,8 +3,11 @@ pacing."""
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
+
+from store.db import after_key
 
 _COLUMNS = "number, kind, channel, mps, webhook, opening_message, created_at"
 
@@ -54,10 +57,22 @@ async def add_number(
     return dict(row) if row else None
 
 
-async def list_numbers(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[dict]:
+async def list_numbers(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    *,
+    limit: int,
+    after: tuple[datetime, str] | None,
+) -> list[dict]:
+    """Up to `limit` of the account's senders, oldest first by (created_at, number), after the
+    key `after`."""
+    keyset = after_key("created_at, number", after, 3, descending=False)
     rows = await pool.fetch(
-        f"SELECT {_COLUMNS} FROM sender_numbers WHERE account_id = $1 ORDER BY created_at, number",
+        f"SELECT {_COLUMNS} FROM sender_numbers WHERE account_id = $1{keyset}"
+        " ORDER BY created_at, number LIMIT $2",
         account_id,
+        limit,
+        *(after or ()),
     )
     return [dict(r) for r in rows]
 

@@ -41,7 +41,10 @@ def first_receipts(sids: str) -> str:
     )
 
 
-async def queue_receipts(pool: asyncpg.Pool, receipts: list[Receipt]) -> None:
+async def queue_receipts(
+    pool: asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    receipts: list[Receipt],
+) -> None:
     """Append the final ones of `receipts` to the queue, in order, in one statement."""
     final = [r for r in receipts if r.status in FINAL_RECEIPTS]
     if not final:

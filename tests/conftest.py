@@ -3,7 +3,6 @@ emulator (all real processes) and an in-process worker. Tests isolate themselves
 ids and phone numbers, never by restarting anything."""
 
 import json
-import secrets
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,10 +22,7 @@ from deploy.local.processes import ManagedProcess, free_port, http_ok
 from deploy.local.temporal import temporal_process, temporal_ready
 from deploy.search_attributes import add_request
 from settings import Settings
-from store import numbers
-from store.accounts import create_account, create_api_key
 from store.db import create_pool, migrate
-from tests.support.builders import unique_numbers
 from tests.support.stack import (
     AUTH_TOKEN,
     Account,
@@ -34,6 +30,7 @@ from tests.support.stack import (
     WebhookPost,
     WebhookReceiver,
     api_client,
+    new_account,
 )
 from tests.support.workflows import TEST_SERVER_BIN
 from worker import herald_worker
@@ -169,25 +166,15 @@ async def api(settings: Settings, worker: None) -> AsyncIterator[httpx.AsyncClie
         yield client
 
 
-async def _new_account(pool: asyncpg.Pool) -> Account:
-    """A fresh account with one key and a sender number of its own: a number belongs to one
-    account, and the emulator accepts any sender but its few magic ones."""
-    account_id = await create_account(pool, f"test-{secrets.token_hex(4)}")
-    key = await create_api_key(pool, account_id)
-    sender = unique_numbers(1)[0]
-    await numbers.add_number(pool, account_id, sender, "sms", None)
-    return Account(account_id=account_id, key=key.key, agent_number=sender)
-
-
 @pytest.fixture
 async def account(pool: asyncpg.Pool, worker: None) -> Account:
-    return await _new_account(pool)
+    return await new_account(pool)
 
 
 @pytest.fixture
 async def other_account(pool: asyncpg.Pool, worker: None) -> Account:
     """A second tenant, for what one account must not see of another's."""
-    return await _new_account(pool)
+    return await new_account(pool)
 
 
 @pytest.fixture

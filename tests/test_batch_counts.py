@@ -100,6 +100,28 @@ def _relations(plan: dict[str, Any]) -> list[str]:
     return found
 
 
+async def _new_batch(conn: asyncpg.Connection, account: Account) -> uuid.UUID:
+    """A batch of the account with an empty file, recorded only (no workflow)."""
+    batch_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO files (id, account_id, filename, content_type, size_bytes,"
+        " content) VALUES ($1, $2, 'counts.csv', 'text/csv', 0, '')",
+        batch_id,
+        account.account_id,
+    )
+    await create_batch(
+        conn,  # type: ignore[arg-type]
+        batch_id=batch_id,
+        account_id=account.account_id,
+        workflow_id=f"counts-{batch_id}",
+        name=None,
+        agent_number=account.agent_number,
+        request={},
+        request_hash="",
+    )
+    return batch_id
+
+
 async def test_reading_a_batch_costs_the_same_at_a_million_rows_as_at_a_hundred(
     pool: asyncpg.Pool, settings: Settings, account: Account
 ) -> None:
@@ -109,23 +131,7 @@ async def test_reading_a_batch_costs_the_same_at_a_million_rows_as_at_a_hundred(
         try:
             costs = []
             for rows in (100, 1_000_000):
-                batch_id = uuid.uuid4()
-                await conn.execute(
-                    "INSERT INTO files (id, account_id, filename, content_type, size_bytes,"
-                    " content) VALUES ($1, $2, 'counts.csv', 'text/csv', 0, '')",
-                    batch_id,
-                    account.account_id,
-                )
-                await create_batch(
-                    conn,  # type: ignore[arg-type]
-                    batch_id=batch_id,
-                    account_id=account.account_id,
-                    workflow_id=f"counts-{batch_id}",
-                    name=None,
-                    agent_number=account.agent_number,
-                    request={},
-                    request_hash="",
-                )
+                batch_id = await _new_batch(conn, account)
                 await conn.execute(
                     "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number,"
                     " body, status) SELECT $1, i, $2, i, '+1555' || i, 'x',"
@@ -144,3 +150,46 @@ async def test_reading_a_batch_costs_the_same_at_a_million_rows_as_at_a_hundred(
     assert large == {"sent": 900_000, "failed": 100_000, "rejected": 0}
     assert "messages" not in small_tables | large_tables
     assert large_buffers <= small_buffers + 5
+
+
+async def test_a_ledger_row_of_no_batch_is_refused_and_a_batch_with_rows_stays(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    """The ledger's batch is checked through the counts' foreign key (migration 230), by a
+    COPY as by an INSERT."""
+    missing = uuid.uuid4()
+    row = (missing, 0, account.account_id, 1, "+15550000000", "x", "pending")
+    columns = ("batch_id", "seq", "account_id", "row_number", "to_number", "body", "status")
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            refused = []
+            for write in (
+                conn.copy_records_to_table("messages", records=[row], columns=columns),
+                conn.execute(
+                    f"INSERT INTO messages ({', '.join(columns)}) VALUES ($1, $2, $3, $4, $5,"
+                    " $6, $7)",
+                    *row,
+                ),
+            ):
+                try:
+                    async with conn.transaction():
+                        await write
+                except asyncpg.ForeignKeyViolationError as error:
+                    refused.append(error.constraint_name)
+            batch_id = await _new_batch(conn, account)
+            await conn.copy_records_to_table(
+                "messages", records=[(batch_id, *row[1:])], columns=columns
+            )
+            try:
+                async with conn.transaction():
+                    await conn.execute("DELETE FROM batches WHERE id = $1", batch_id)
+                deleted = True
+            except asyncpg.ForeignKeyViolationError:
+                deleted = False
+        finally:
+            await transaction.rollback()
+
+    assert refused == ["batch_status_counts_batch_id_fkey"] * 2
+    assert not deleted

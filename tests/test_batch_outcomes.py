@@ -9,6 +9,7 @@ import httpx
 
 from tests.support.batches import FINAL, phases, run_batch, start, wait_for_status
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
+from tests.support.pages import every_page
 from tests.support.stack import Account, WebhookReceiver
 
 
@@ -145,31 +146,12 @@ async def test_ledger_pages_and_batch_list(
         api, account, webhooks, csv_bytes(["phone_number"], [[numbers[0]]]), "second"
     )
 
-    seen: list[str] = []
-    after = -1
-    while True:
-        page = (
-            await api.get(
-                f"/v1/sms/batch/{first}/messages",
-                headers=account.headers,
-                params={"limit": 10, "after": after},
-            )
-        ).json()["data"]
-        seen += [m["to_number"] for m in page["messages"]]
-        if page["next_cursor"] is None:
-            break
-        after = page["next_cursor"]
-    listed = (
-        await api.get("/v1/sms/batches", headers=account.headers, params={"limit": 1})
-    ).json()["data"]
-    rest = (await api.get("/v1/sms/batches", headers=account.headers, params={"offset": 1})).json()[
-        "data"
-    ]
+    pages = await every_page(api, account, f"/v1/sms/batch/{first}/messages", "messages", limit=10)
+    listed = await every_page(api, account, "/v1/sms/batches", "batches", limit=1)
 
-    assert seen == numbers
-    assert [b["batch_id"] for b in listed["batches"]] == [second]
-    assert listed["pagination"] == {"limit": 1, "offset": 0, "total": 2}
-    assert [b["batch_id"] for b in rest["batches"]] == [first]
+    assert [len(page) for page in pages] == [10, 10, 5]
+    assert [m["to_number"] for page in pages for m in page] == numbers
+    assert [[b["batch_id"] for b in page] for page in listed] == [[second], [first]]
     bad = await api.get(
         f"/v1/sms/batch/{first}/messages", headers=account.headers, params={"status": "nope"}
     )
@@ -184,10 +166,10 @@ async def test_sender_numbers_are_added_listed_and_removed(
         "/v1/sms/numbers", headers=account.headers, json={"number": "12015550199"}
     )
     invalid = await api.post("/v1/sms/numbers", headers=account.headers, json={"number": "abc!"})
-    listed = (await api.get("/v1/sms/numbers", headers=account.headers)).json()["data"]
+    listed = (await api.get("/v1/sms/numbers", headers=account.headers)).json()["data"]["numbers"]
     removed = await api.delete("/v1/sms/numbers/+12015550199", headers=account.headers)
     again = await api.delete("/v1/sms/numbers/+12015550199", headers=account.headers)
-    after = (await api.get("/v1/sms/numbers", headers=account.headers)).json()["data"]
+    after = (await api.get("/v1/sms/numbers", headers=account.headers)).json()["data"]["numbers"]
 
     assert added.status_code == 201
     assert added.json()["data"]["number"] == "+12015550199"

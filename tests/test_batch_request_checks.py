@@ -50,7 +50,7 @@ async def test_the_senders_opening_message_is_sent_when_the_request_has_none(
     )
     assert patched.status_code == 200, patched.text
     assert patched.json()["data"]["opening_message"] == f"Hi {{{{name}}}}, {marker}"
-    listed = (await api.get("/v1/sms/numbers", headers=account.headers)).json()["data"]
+    listed = (await api.get("/v1/sms/numbers", headers=account.headers)).json()["data"]["numbers"]
     assert [n["opening_message"] for n in listed] == [f"Hi {{{{name}}}}, {marker}"]
     to = unique_numbers(1)[0]
 

@@ -39,6 +39,9 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
     with_receipts = result["herald_receipts"]
     assert (with_receipts["status"], with_receipts["sent"]) == ("completed", 2000)
     assert with_receipts["counts"]["delivered"] == with_receipts["receipts_applied"] == 2000
+    # `sent`, then `delivered`, for each message: every callback answered 204.
+    assert with_receipts["callbacks"] == {"204": 4000}
+    assert with_receipts["cpu_ms_per_1000_callbacks"]["api"] > 0
     assert result["naive"]["sent"] == 80
     assert result["ceiling"]["sent"] == 4000
     assert result["lean_ceiling"]["sent"] == 4000

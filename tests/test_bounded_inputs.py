@@ -139,13 +139,13 @@ async def test_integers_beyond_what_postgresql_holds_are_refused_in_queries_and_
     batch = started.json()["data"]["batch_id"]
     big = str(2**63)
     queries = [
-        f"/v1/sms/batches?offset={big}",
-        f"/v1/sms/conversations?offset={big}",
-        "/v1/sms/conversations?offset=92689098387741114368",  # found by schemathesis
-        f"/v1/sms/batch/{batch}/messages?after={big}",
-        f"/v1/sms/batch/{batch}/messages?after=1e20",
-        f"/v1/sms/batch/{batch}/messages?after={10**20}",
-        f"/v1/sms/batch/{batch}/errors?after={big}",
+        f"/v1/sms/batches?limit={big}",
+        f"/v1/sms/conversations?limit={big}",
+        "/v1/sms/conversations?limit=92689098387741114368",  # found by schemathesis
+        f"/v1/sms/batch/{batch}/messages?limit={big}",
+        f"/v1/sms/batch/{batch}/messages?limit=1e20",
+        f"/v1/sms/batch/{batch}/messages?limit={10**20}",
+        f"/v1/sms/batch/{batch}/errors?limit={big}",
     ]
 
     replies = [await api.get(path, headers=account.headers) for path in queries]

@@ -40,7 +40,7 @@ async def test_a_campaign_is_created_read_changed_and_deleted(
     deleted = await api.delete(path, headers=account.headers)
     gone = await api.get(path, headers=account.headers)
 
-    assert [c["id"] for c in listed.json()["data"]] == [campaign["id"]]
+    assert [c["id"] for c in listed.json()["data"]["campaigns"]] == [campaign["id"]]
     assert read.json()["data"] == campaign
     assert changed.status_code == 200, changed.text
     assert changed.json()["data"]["name"] == "Renewals"
@@ -136,7 +136,7 @@ async def test_another_accounts_campaign_is_not_found(
     listed = await api.get("/v1/campaigns", headers={"authorization": other.key})
 
     assert read.status_code == deleted.status_code == 404
-    assert listed.json()["data"] == []
+    assert listed.json()["data"] == {"campaigns": [], "next_cursor": None}
     assert (await api.get(path, headers=account.headers)).status_code == 200
 
 

@@ -16,6 +16,7 @@ from settings import Settings
 from tests.support.batches import FINAL, run_batch, start_marked_batch
 from tests.support.builders import csv_bytes, emulator_messages, unique_numbers
 from tests.support.delivery import assert_each_row_once, ledger_rows, own_worker
+from tests.support.sending import conversation, eventually, send_ok
 from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
 from workflows.contracts import ReconcileResult, batch_workflow_id
 
@@ -84,6 +85,22 @@ async def test_refusals_at_a_set_rate_end_with_every_row_sent_once(
     retried = [r for r in rows if r["attempts"] > 1]
     assert len(retried) >= 5  # 15 expected at this rate
     assert refused >= len(retried)
+
+
+async def settled_messages(
+    api: httpx.AsyncClient, account: Account, conversation_id: str
+) -> list[dict]:
+    """The conversation's messages, once none is `queued`, `sending` or `uncertain`."""
+    detail = await eventually(
+        lambda: conversation(api, account, conversation_id),
+        lambda found: (
+            bool(found["messages"])
+            and all(
+                m["status"] not in ("queued", "sending", "uncertain") for m in found["messages"]
+            )
+        ),
+    )
+    return detail["messages"]
 
 
 async def reconciled(temporal: Client, file_id: str) -> ReconcileResult:
@@ -258,3 +275,34 @@ async def test_a_malformed_accepting_answer_is_that_rows_outcome_only(
         40,
         0,
     )
+
+
+async def test_an_uncertain_single_send_is_reconciled_with_the_carrier(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    """A single send whose request got no answer: the carrier's list says whether it has the
+    message (then it is `sent`, with its sid) or not (then it is sent again), never twice."""
+    lost, slow = unique_numbers(2)
+    # The first request to `lost` gets no answer, and the carrier keeps nothing of it.
+    await carrier(scripted={lost: [NO_ANSWER]})
+    async with (
+        own_worker(temporal, settings, carrier_timeout_seconds=0.5) as own,
+        api_client(own) as api,
+    ):
+        resent = await send_ok(api, account, lost, agent_message="hello")
+        [resent_row] = await settled_messages(api, account, resent["conversation_id"])
+        # Every answer now comes after the worker has given up on it; the carrier keeps it.
+        await carrier(latency_ms=1000)
+        found = await send_ok(api, account, slow, agent_message="hello")
+        [found_row] = await settled_messages(api, account, found["conversation_id"])
+
+    [to_lost] = await emulator_messages(emulator_url, to=lost)
+    [to_slow] = await emulator_messages(emulator_url, to=slow)
+    # `sent`, or already `delivered` by the carrier's receipt.
+    assert {resent_row["status"], found_row["status"]} <= {"sent", "delivered"}
+    assert (resent_row["carrier_sid"], found_row["carrier_sid"]) == (to_lost["sid"], to_slow["sid"])
+    assert (resent_row["attempts"], found_row["attempts"]) == (2, 1)

@@ -110,20 +110,23 @@ def test_stalls_come_from_the_last_attempts_heartbeat() -> None:
     assert SliceHeartbeat.from_details([]).stalls == 0
     assert SliceHeartbeat.from_details([3]).stalls == 3
     assert SliceHeartbeat.from_details(["something else"]).stalls == 0
+    # An older worker's heartbeat has no time: the retry window starts at the next attempt.
+    assert SliceHeartbeat.from_details([3]).deferred_since == 0.0
+    assert SliceHeartbeat.from_details([3, 1700000000.5]).deferred_since == 1700000000.5
 
 
 async def test_a_slice_heartbeat_reads_back_through_the_wire() -> None:
     """As the worker hands a failed attempt's last heartbeat to the next one: through the
-    data converter, as the bare count that older workers send and read."""
+    data converter, the bare count that older workers send and read first, then the time."""
     env = ActivityEnvironment()
     beats: list[tuple[Any, ...]] = []
     env.on_heartbeat = lambda *details: beats.append(details)
-    env.run(SliceHeartbeat(stalls=2).send)
+    env.run(SliceHeartbeat(stalls=2, deferred_since=1700000000.5).send)
     payloads = await DataConverter.default.encode(list(beats[-1]))
-    assert [payload.data for payload in payloads] == [b"2"]
+    assert [payload.data for payload in payloads] == [b"2", b"1700000000.5"]
     details = await DataConverter.default.decode(payloads)
     env.info = dataclasses.replace(env.info, heartbeat_details=details)
-    assert env.run(SliceHeartbeat.last) == SliceHeartbeat(stalls=2)
+    assert env.run(SliceHeartbeat.last) == SliceHeartbeat(stalls=2, deferred_since=1700000000.5)
 
 
 def test_the_delivery_docs_list_every_outcome_with_its_verdict() -> None:

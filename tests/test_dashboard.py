@@ -151,4 +151,4 @@ async def test_the_dashboard_previews_a_file_without_sending(
     assert [m.split(" ")[:2] for m in messages] == [["1", numbers[0]], ["3", numbers[1]]]
     assert "Hi Ada" in messages[0]
     assert len(rejected) == 1 and rejected[0].startswith("2 12 ")
-    assert after["pagination"]["total"] == before["pagination"]["total"]
+    assert after["batches"] == before["batches"]

@@ -18,6 +18,7 @@ from twilio.request_validator import RequestValidator
 from deploy.local.emulator import KNOWN_PARAMETERS, MESSAGES_PATH, Carrier, Faults, running
 from deploy.local.processes import free_port
 from settings import Settings
+from tests.support.sending import eventually
 from tests.support.stack import AUTH_TOKEN
 
 # The CreateMessage part of Twilio's OpenAPI document; source and licence in data/README.md.
@@ -203,6 +204,11 @@ async def callback_receiver() -> AsyncIterator[tuple[str, asyncio.Queue]]:
     await runner.cleanup()
 
 
+async def stats_of(emulator: str) -> dict[str, Any]:
+    async with httpx.AsyncClient() as http:
+        return (await http.get(f"{emulator}/_emulator/stats")).json()
+
+
 @pytest.fixture
 async def calling_emulator() -> AsyncIterator[str]:
     """An emulator of its own, posting status callbacks (the session's posts none)."""
@@ -233,3 +239,8 @@ async def test_status_callbacks_are_signed_and_arrive_in_order(
     assert not RequestValidator("another-token").validate(*callbacks[0])
     assert quiet.status_code == 201
     assert received.empty()
+    # Each callback counted by the answer it got (here the receiver's 204s).
+    stats = await eventually(
+        lambda: stats_of(calling_emulator), lambda s: sum(s["callbacks"].values()) == 2
+    )
+    assert stats["callbacks"] == {"204": 2}

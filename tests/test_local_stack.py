@@ -125,7 +125,7 @@ def test_launcher_is_ready_then_leaves_no_process_behind(stack_env: dict[str, st
     assert ui.status_code == 200
     assert docs.status_code == 200
     assert dashboard.status_code == 200 and "<title>Herald dashboard</title>" in dashboard.text
-    assert [n["number"] for n in numbers.json()["data"]] == [dev["agent_number"]]
+    assert [n["number"] for n in numbers.json()["data"]["numbers"]] == [dev["agent_number"]]
     assert set(dev) >= {"api_key", "agent_number", "api_url", "temporal_ui_url", "emulator_url"}
     # The API, and each worker twice: Herald's series and the Temporal SDK's.
     assert len(scrapes) == 1 + 2 * 2
@@ -170,7 +170,7 @@ def test_restart_keeps_data_and_workflow_history(stack_env: dict[str, str]) -> N
         )
 
     assert again["api_key"] == dev["api_key"]
-    assert "+15005550010" in [n["number"] for n in numbers["data"]]
+    assert "+15005550010" in [n["number"] for n in numbers["data"]["numbers"]]
     assert batch["data"]["workflow_id"] == f"sms-batch-{file_id}"
     assert described.returncode == 0, described.stderr
     assert f"sms-batch-{file_id}" in described.stdout

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from api import pagination
 from store import batches, files
 from tests.support.batches import FINAL, wait_for_status
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
@@ -251,7 +252,7 @@ async def test_a_list_of_a_hundred_thousand_contacts_expands_in_validation(
         await api.get(
             f"/v1/sms/batch/{batch_id}/messages",
             headers=account.headers,
-            params={"after": 99_998},
+            params={"cursor": pagination.encode((99_998,))},
         )
     ).json()["data"]["messages"]
     assert [(m["to_number"], m["body"]) for m in last] == [(numbers[-1], "n 99999")]

@@ -14,6 +14,7 @@ from tests.support.delivery import (
     ledger_rows,
     wait_until_received,
 )
+from tests.support.pages import every_page
 from tests.support.stack import Account, Configure, WebhookReceiver, error_code
 
 
@@ -27,18 +28,10 @@ async def test_opt_outs_are_added_listed_by_page_and_removed(
     ]
     again = await api.post("/v1/opt-outs", headers=account.headers, json={"number": listed[0]})
     invalid = await api.post("/v1/opt-outs", headers=account.headers, json={"number": "abc"})
-    pages: list[list[str]] = []
-    after = ""
-    while True:
-        page = (
-            await api.get(
-                "/v1/opt-outs", headers=account.headers, params={"limit": 2, "after": after}
-            )
-        ).json()["data"]
-        pages.append([o["number"] for o in page["opt_outs"]])
-        if page["next_cursor"] is None:
-            break
-        after = page["next_cursor"]
+    pages = [
+        [o["number"] for o in page]
+        for page in await every_page(api, account, "/v1/opt-outs", "opt_outs", limit=2)
+    ]
     removed = await api.delete(f"/v1/opt-outs/{listed[0]}", headers=account.headers)
     removed_again = await api.delete(f"/v1/opt-outs/{listed[0]}", headers=account.headers)
     left = (await api.get("/v1/opt-outs", headers=account.headers)).json()["data"]

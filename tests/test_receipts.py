@@ -16,10 +16,19 @@ from store.db import create_pool
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows, receipts_applied
-from tests.support.sending import conversation, conversation_when, received_by, send
-from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
+from tests.support.sending import conversation, conversation_when, eventually, received_by, send
+from tests.support.stack import (
+    AUTH_TOKEN,
+    Account,
+    Configure,
+    WebhookReceiver,
+    api_client,
+    error_code,
+)
 
 STATUS_PATH = "/v1/webhooks/twilio/status"
+# How many receipts were ever appended to the queue (its identity's last value).
+QUEUED_SO_FAR = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM receipt_queue_id_seq"
 
 
 def receipt(sid: str, status: str, error_code: str | None = None) -> dict[str, str]:
@@ -142,9 +151,16 @@ async def test_a_receipt_without_a_good_signature_is_refused_and_changes_nothing
         await post_receipt(api, settings, form, token="another-token"),
         await post_receipt(api, settings, form, url=f"http://herald.test{STATUS_PATH}"),
         await api.post(STATUS_PATH, data=form, headers={"X-Twilio-Signature": signed_for_sent}),
+        # Not the carrier's encoding: past the receipt lane, the route checks it the same.
+        await api.post(
+            STATUS_PATH,
+            data=form,
+            files={"f": ("f.txt", b"x")},
+            headers={"X-Twilio-Signature": signed_for_sent},
+        ),
     ]
 
-    assert [r.status_code for r in replies] == [403] * 4
+    assert [r.status_code for r in replies] == [403] * 5
     assert not await pool.fetchval(
         "SELECT count(*) FROM receipt_queue WHERE carrier_sid = $1", rows[0]["carrier_sid"]
     )
@@ -306,7 +322,12 @@ async def test_a_burst_of_receipts_through_two_api_processes_is_applied_whole(
         # As the carrier sends them: `sent`, then the final one, twice over for some.
         burst = [receipt(sid, s) for sid in sids for s in ("sent", "delivered")]
         burst += [receipt(sid, "delivered") for sid in sids[::3]]
+        queued_before = await pool.fetchval(QUEUED_SO_FAR)
         burst_replies = await post_all([api, second], burst)
+        # Each answer came once its receipt's INSERT (shared by concurrent callbacks) had
+        # committed: the queue's ids moved by exactly one per final receipt (a `sent` is not
+        # queued: it moves nothing).
+        queued = await pool.fetchval(QUEUED_SO_FAR) - queued_before
         await receipts_applied(pool, sids)
         applied = await ledger_rows(api, account, file_id)
         late = [receipt(sid, "undelivered", "30003") for sid in sids[::2]]
@@ -315,6 +336,7 @@ async def test_a_burst_of_receipts_through_two_api_processes_is_applied_whole(
         await receipts_applied(pool, sids)
 
     assert len(burst) + len(late) > 3000
+    assert queued == 1000 + len(sids[::3])
     assert burst_replies == late_replies == {204}
     assert [(r["status"], r["error_code"]) for r in applied] == [("delivered", None)] * 1000
     after = await ledger_rows(api, account, file_id)
@@ -355,3 +377,39 @@ async def test_two_appliers_on_one_queue_take_each_receipt_once(
     await receipts_applied(pool, sids)
     after = await ledger_rows(api, account, file_id)
     assert [(r["status"], r["error_code"]) for r in after] == [("failed", "30008")] * 300
+
+
+async def test_a_receipt_whose_insert_fails_is_answered_503_and_taken_when_posted_again(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, rows = await sent_batch(api, account, webhooks, 1)
+    form = receipt(rows[0]["carrier_sid"], "delivered")
+    async with pool.acquire() as blocker:
+        transaction = blocker.transaction()
+        await transaction.start()
+        # The receipt's INSERT waits behind this lock; then its backend is killed mid-INSERT.
+        await blocker.execute("LOCK TABLE receipt_queue IN ACCESS EXCLUSIVE MODE")
+        posting = asyncio.create_task(post_receipt(api, settings, form))
+        inserting = await eventually(
+            lambda: pool.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE 'INSERT INTO receipt_queue%'"
+            ),
+            lambda pid: pid is not None,
+        )
+        await pool.execute("SELECT pg_terminate_backend($1)", inserting)
+        failed = await posting
+        await transaction.rollback()
+    again = await post_receipt(api, settings, form)
+    await receipts_applied(pool, [rows[0]["carrier_sid"]])
+
+    # Never a 2xx for a receipt that was not stored: the carrier posts it again.
+    assert failed.status_code == 503
+    assert error_code(failed) == "RECEIPT_NOT_QUEUED"
+    assert again.status_code == 204
+    after = await ledger_rows(api, account, file_id)
+    assert [r["status"] for r in after] == ["delivered"]

@@ -14,6 +14,7 @@ from settings import Settings
 from store.opt_outs import add_opt_out
 from tests.support.batches import phases, run_batch
 from tests.support.builders import csv_bytes, emulator_messages, unique_numbers
+from tests.support.pages import every_item
 from tests.support.stack import Account, WebhookReceiver, api_client
 
 
@@ -26,22 +27,10 @@ async def get_batch(api: httpx.AsyncClient, account: Account, batch_id: str) -> 
 async def all_rejected_rows(
     api: httpx.AsyncClient, account: Account, batch_id: str, limit: int
 ) -> list[dict]:
-    """Every rejected row, page by page through the `after` cursor."""
-    rows: list[dict] = []
-    after = -1
-    while True:
-        response = await api.get(
-            f"/v1/sms/batch/{batch_id}/errors",
-            headers=account.headers,
-            params={"limit": limit, "after": after},
-        )
-        assert response.status_code == 200, response.text
-        page = response.json()["data"]
-        assert len(page["rejected_rows"]) <= limit
-        rows += page["rejected_rows"]
-        if page["next_cursor"] is None:
-            return rows
-        after = page["next_cursor"]
+    """Every rejected row, page by page through the cursor."""
+    return await every_item(
+        api, account, f"/v1/sms/batch/{batch_id}/errors", "rejected_rows", limit=limit
+    )
 
 
 async def test_strict_mode_fails_the_whole_batch_and_sends_nothing(

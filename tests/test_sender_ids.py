@@ -52,7 +52,7 @@ async def test_a_sender_id_has_one_owner(
         assert (taken.status_code, error_code(taken)) == (409, "SENDER_TAKEN"), variant
 
     listed = await api.get("/v1/sms/numbers", headers=id_account.headers)
-    kinds = {n["number"]: n["kind"] for n in listed.json()["data"]}
+    kinds = {n["number"]: n["kind"] for n in listed.json()["data"]["numbers"]}
     assert kinds[id_account.agent_number] == "sender_id"
     assert sorted(kinds.values()) == ["number", "sender_id"]
     deleted = await api.delete(

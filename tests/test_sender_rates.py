@@ -50,7 +50,7 @@ async def test_a_non_finite_json_rate_is_refused(
 
     assert response.status_code == 400, response.text
     listed = await api.get("/v1/sms/numbers", headers=account.headers)
-    assert [n["mps"] for n in listed.json()["data"]] == [None]
+    assert [n["mps"] for n in listed.json()["data"]["numbers"]] == [None]
 
 
 @pytest.mark.parametrize("mps", [0.01, 10_000])

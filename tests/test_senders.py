@@ -45,7 +45,7 @@ async def register(
 
 async def listed(api: httpx.AsyncClient, account: Account) -> list[str]:
     response = await api.get("/v1/sms/numbers", headers=account.headers)
-    return [n["number"] for n in response.json()["data"]]
+    return [n["number"] for n in response.json()["data"]["numbers"]]
 
 
 async def conversations_with(api: httpx.AsyncClient, account: Account, user: str) -> list[dict]:

@@ -9,11 +9,20 @@ from datetime import datetime
 import httpx
 import pytest
 from standardwebhooks import Webhook
+from temporalio.client import Client
 
+from settings import Settings
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import unique_numbers
-from tests.support.sending import eventually, send_ok
-from tests.support.stack import Account, WebhookReceiver, rotate
+from tests.support.delivery import own_worker
+from tests.support.sending import (
+    conversation,
+    eventually,
+    next_conversation_while_refused,
+    received_by,
+    send_ok,
+)
+from tests.support.stack import Account, WebhookPost, WebhookReceiver, api_client, rotate
 
 
 def event_seq(webhook_id: str) -> int:
@@ -177,3 +186,59 @@ async def test_conversation_events_are_signed_and_retried_like_batch_events(
         ("message", "sent"),
     ]
     assert {e["conversation_id"] for e in verified} == {sent["conversation_id"]}
+
+
+def delivered_ids(posts: list[WebhookPost]) -> list[str]:
+    """The `webhook-id`s the receiver took (2xx), each once, in the order it first took them."""
+    ids: list[str] = []
+    for post in posts:
+        webhook_id = post.headers["webhook-id"]
+        if post.answered < 300 and webhook_id not in ids:
+            ids.append(webhook_id)
+    return ids
+
+
+async def test_a_failing_conversation_webhook_holds_back_neither_the_next_conversation_nor_order(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+) -> None:
+    run = secrets.token_hex(6)
+    user = unique_numbers(1)[0]
+    # The webhook refuses every post until the test lets it answer; the worker's retry
+    # schedule (100 retries a second apart) outlasts the test meanwhile.
+    webhooks.answers[run] = [500] * 10_000
+    async with (
+        own_worker(
+            temporal,
+            settings,
+            webhook_retry_schedule_seconds=[1.0] * 100,
+            webhook_retry_jitter=0.0,
+        ) as own,
+        api_client(own) as api,
+    ):
+        # The first conversation's first event is refused, and retried meanwhile.
+        first, second = await next_conversation_while_refused(api, account, webhooks, run, user)
+        # The pair's next conversation goes on at once: its message is sent, and the first
+        # conversation is closed, while every post to the webhook is still refused.
+        assert [m["body"] for m in await received_by(emulator_url, user, 2)] == ["one", "two"]
+        closed = await conversation(api, account, first["conversation_id"])
+        assert closed["state"] == "closed"
+        assert {p.answered for p in webhooks.posts[run]} == {500}
+
+        webhooks.answers[run].clear()
+        ids = await eventually(
+            lambda: asyncio.sleep(0, delivered_ids(webhooks.posts[run])),
+            lambda found: len(found) >= 5,
+        )
+
+    one, two = first["conversation_id"], second["conversation_id"]
+    assert ids == [
+        f"conv_{one}_active",
+        f"conv_{one}_{first['message_id']}",
+        f"conv_{one}_closed",
+        f"conv_{two}_active",
+        f"conv_{two}_{second['message_id']}",
+    ]

@@ -69,6 +69,8 @@ VALIDATED_PATCH = "batch-validated-at-upload"
 CANCEL_VALIDATION_PATCH = "batch-cancel-validation"
 # A batch pauses itself when a chunk asks (too many carrier errors, or an account-wide one).
 AUTO_PAUSE_PATCH = "batch-auto-pause"
+# A batch paused for a carrier throttling resumes by itself after the pause's back-off.
+THROTTLE_RESUME_PATCH = "batch-throttle-resume"
 # The `dispatching` and `in_progress` events are recorded while the first chunks start, not
 # before: two activities fewer between the POST and the first message.
 REPORT_WHILE_STARTING_PATCH = "batch-report-while-starting"
@@ -87,6 +89,9 @@ class BatchWorkflow:
         self._status = BatchStatus.QUEUED
         self._state: DispatchState | None = None
         self._paused = False
+        # Counts pauses, operators' pauses of a paused batch and resumes: a back-off that
+        # would resume the batch (THROTTLE_RESUME_PATCH) does so only if none came meanwhile.
+        self._pause_turn = 0
         # The phase a resume returns to; phases reached while paused are kept for then.
         self._resume_status = BatchStatus.QUEUED
         self._cancel_reason: str | None = None
@@ -120,6 +125,8 @@ class BatchWorkflow:
 
     @workflow.signal
     async def pause(self) -> None:
+        # A paused batch stays paused now until an operator resumes it, whatever paused it.
+        self._pause_turn += 1
         await self._pause()
 
     @workflow.signal(name=AUTO_PAUSE_SIGNAL)
@@ -131,14 +138,29 @@ class BatchWorkflow:
             return  # a signal an older release ignored, replayed
         if not await self._pause(paused):
             return
+        turn = self._pause_turn
         if paused.account_wide:
             await self._pause_account(dataclasses.replace(paused, account_wide=False))
+        if paused.resume_after_seconds > 0 and workflow.patched(THROTTLE_RESUME_PATCH):
+            await self._resume_after(turn, paused.resume_after_seconds)
+
+    async def _resume_after(self, turn: int, seconds: float) -> None:
+        """Resume after `seconds` (one durable timer), unless the batch was resumed, paused
+        again by an operator or cancelled meanwhile."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await workflow.wait_condition(
+                lambda: self._pause_turn != turn or self._cancel_reason is not None,
+                timeout=timedelta(seconds=seconds),
+            )
+        if self._pause_turn == turn and self._cancel_reason is None:
+            await self.resume()
 
     async def _pause(self, why: AutoPaused | None = None) -> bool:
         """Pause, with the event; False when already paused or being cancelled."""
         if self._paused or self._cancel_reason is not None:
             return False
         self._paused = True
+        self._pause_turn += 1
         self._resume_status = self._status
         await self._signal_chunks(ChunkWorkflow.pause)
         if why is None:
@@ -169,6 +191,7 @@ class BatchWorkflow:
         if not self._paused:
             return
         self._paused = False
+        self._pause_turn += 1
         await self._signal_chunks(ChunkWorkflow.resume)
         await self._report(self._resume_status)
 
@@ -540,6 +563,7 @@ class BatchWorkflow:
                 send_heartbeat_timeout_seconds=dispatch.send_heartbeat_timeout_seconds,
                 hand_back_waiting=hand_back,
                 auto_pause=self._input.auto_pause,
+                send_task_queue=dispatch.send_task_queue,
             ),
             id=f"{workflow.info().workflow_id}/{name}",
         )

@@ -15,7 +15,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.sending import SendingActivities
+    from activities.sending import ACCOUNT_FAILURES, SendingActivities
     from workflows.contracts import (
         CHUNK_WORKFLOW,
         AutoPause,
@@ -35,10 +35,15 @@ HAND_BACK_PATCH = "chunk-window-hand-back"
 # A chunk whose slices meet too many carrier errors (or an account-wide one) pauses itself and
 # asks its batch to pause.
 AUTO_PAUSE_PATCH = "chunk-auto-pause"
+# Patch id: a chunk given a send task queue (`send_task_queue`) schedules its send activities
+# there, on workers apart from the batch steps (docs/WORKFLOWS.md, Fairness between batches).
+SEND_QUEUE_PATCH = "chunk-send-task-queue"
 # The batch's signal for it (BatchWorkflow.auto_pause).
 AUTO_PAUSE_SIGNAL = "auto_pause"
 TOP_ERROR_CODES = 3
 AUTHENTICATION_FAILED = "carrier_authentication_failed"
+THROTTLED = "carrier_throttled"
+UNREACHABLE = "carrier_unreachable"
 ERROR_RATE = "carrier_error_rate"
 
 
@@ -113,6 +118,7 @@ class ChunkWorkflow:
         self._interrupted: set[asyncio.Task[SendCounts]] = set()
         self._counts = SendCounts()
         self._errors = ErrorWindow(AutoPause().window)  # the input's, once the run starts
+        self._send_queue: str | None = None
 
     @workflow.signal
     def pause(self) -> None:
@@ -132,6 +138,12 @@ class ChunkWorkflow:
 
     @workflow.run
     async def run(self, input: ChunkInput) -> SendCounts:
+        # None: this worker's own queue, as every chunk recorded before the patch used.
+        self._send_queue = (
+            input.send_task_queue
+            if input.send_task_queue is not None and workflow.patched(SEND_QUEUE_PATCH)
+            else None
+        )
         if input.auto_pause is not None:
             self._errors = ErrorWindow(input.auto_pause.window)
         slices = []
@@ -173,6 +185,7 @@ class ChunkWorkflow:
                             end=end,
                             pace=input.pace,
                         ),
+                        task_queue=self._send_queue,
                         start_to_close_timeout=timedelta(minutes=10),
                         heartbeat_timeout=timedelta(seconds=input.send_heartbeat_timeout_seconds),
                         retry_policy=SLICE_RETRY,
@@ -194,7 +207,9 @@ class ChunkWorkflow:
                 self._counts.failed += counts.failed
                 if counts.account_failure is not None and workflow.patched(AUTO_PAUSE_PATCH):
                     # The slice stopped at the failure: it runs again on resume.
-                    await self._pause_batch(_account_failure(counts.account_failure))
+                    await self._pause_batch(
+                        _account_failure(counts.account_failure, counts.resume_after)
+                    )
                     continue
                 auto_pause = input.auto_pause
                 if auto_pause is not None and not self._paused:
@@ -264,12 +279,37 @@ class ChunkWorkflow:
             send.cancel()
 
 
-def _account_failure(code: str) -> AutoPaused:
+def _account_failure(code: str, resume_after: float = 0.0) -> AutoPaused:
+    """Why every running batch of the account pauses: wrong credentials (20003), a throttling
+    (resume_after > 0: the batches resume by themselves) or a carrier out of reach that
+    outlasted the retry window."""
+    if code in ACCOUNT_FAILURES:
+        return AutoPaused(
+            code=AUTHENTICATION_FAILED,
+            reason=(
+                f"the carrier refused the account's credentials ({code}): every batch of the"
+                " account is paused; fix the carrier account, then resume them"
+            ),
+            error_codes={code: 1},
+            account_wide=True,
+        )
+    if resume_after > 0:
+        return AutoPaused(
+            code=THROTTLED,
+            reason=(
+                f"the carrier throttled every request of the account ({code}) for longer than"
+                " the retry window: every batch of the account is paused, and resumes by"
+                f" itself in {resume_after:g} s"
+            ),
+            error_codes={code: 1},
+            account_wide=True,
+            resume_after_seconds=resume_after,
+        )
     return AutoPaused(
-        code=AUTHENTICATION_FAILED,
+        code=UNREACHABLE,
         reason=(
-            f"the carrier refused the account's credentials ({code}): every batch of the"
-            " account is paused; fix the carrier account, then resume them"
+            f"the carrier could not be reached ({code}) for longer than the retry window:"
+            " every batch of the account is paused; resume them once the carrier is back"
         ),
         error_codes={code: 1},
         account_wide=True,

@@ -56,6 +56,9 @@ class DispatchSettings:
     chunks_per_run: int = 200
     # A send activity silent this long is presumed dead, and its slice retried elsewhere.
     send_heartbeat_timeout_seconds: float = 30.0
+    # The task queue of the send activities; None: the workflow's own (batches started before
+    # it, and the fast tests' workers).
+    send_task_queue: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -166,14 +169,17 @@ class AutoPause:
 @dataclass(kw_only=True)
 class AutoPaused:
     """Why a batch paused itself, for its `paused` event: a stable `code`
-    (`carrier_error_rate`, `carrier_authentication_failed`), the reason in words, the
-    carrier's commonest error codes with their counts. `account_wide`: the batch that met
-    the failure pauses the account's other running batches too."""
+    (`carrier_error_rate`, `carrier_authentication_failed`, `carrier_throttled`,
+    `carrier_unreachable`), the reason in words, the carrier's commonest error codes with
+    their counts. `account_wide`: the batch that met the failure pauses the account's other
+    running batches too. `resume_after_seconds`: the batch resumes by itself that long after
+    the pause (0: it waits for an operator)."""
 
     code: str
     reason: str
     error_codes: dict[str, int] = field(default_factory=dict)
     account_wide: bool = False
+    resume_after_seconds: float = 0.0
 
 
 @dataclass(kw_only=True)
@@ -189,8 +195,9 @@ class BatchInput:
     # Events already recorded for this batch by earlier runs: a retry numbers on from there.
     first_event_seq: int = 0
     timing: Timing = field(default_factory=Timing)
-    # The file's validation, done by the API as it took the file (a Postman upload): its
-    # ledger is written, and the batch starts from it without validating again.
+    # The file's validation, done by the API as it took the file (Postman uploads of runs
+    # started before the upload left the ledger to the workflow): its ledger is written, and
+    # the batch starts from it without validating again. No run is started with it now.
     validated: "ValidationResult | None" = None
     # None: the batch never pauses itself on carrier errors (runs started before it too).
     auto_pause: AutoPause | None = None
@@ -297,6 +304,8 @@ class ChunkInput:
     # passes over them again) rather than waited for in the chunk.
     hand_back_waiting: bool = False
     auto_pause: AutoPause | None = None
+    # Where its send activities go (DispatchSettings.send_task_queue); None: the chunk's own.
+    send_task_queue: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -321,9 +330,14 @@ class SendCounts:
     next_window: float = 0.0
     # The failed rows by carrier error code.
     errors: dict[str, int] = field(default_factory=dict)
-    # A carrier error that refuses every message of the account (20003: its credentials),
-    # met by this slice: the slice stopped there, its unsent rows back to `pending`.
+    # A carrier error that refuses every message of the account (20003: its credentials), or
+    # a throttling (20429) or outage (`connect`, 5xx) that deferred every request of the slice
+    # for longer than the retry window, met by this slice: the slice stopped there, its unsent
+    # rows back to `pending`.
     account_failure: str | None = None
+    # For a throttling: seconds the account's batches stay paused before they resume by
+    # themselves (0: until an operator resumes them).
+    resume_after: float = 0.0
 
 
 @dataclass(kw_only=True)
@@ -428,6 +442,8 @@ class ConversationInput:
     pending: list[ConversationSignal] = field(default_factory=list)
     # None: the conversation starts with this run.
     state: ConversationState | None = None
+    # Webhook events the previous run of the pair had not delivered, in order: posted first.
+    events: list["ConversationEvent"] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)

@@ -29,6 +29,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows.statuses import ConversationStatus
 
 AGENT = "AGENT"
+# Patch id (docs/WORKFLOWS.md): a run that continues as new (the pair's next conversation, or a
+# long history) hands its undelivered events to the next run instead of waiting for the
+# webhook's retries, and an ended run handles new signals while its last events are retried.
+EVENTS_CARRIED_PATCH = "conversation-events-carried-over"
 
 
 @workflow.defn(name=CONVERSATION_WORKFLOW)
@@ -38,6 +42,11 @@ class ConversationWorkflow:
         self._events: list[ConversationEvent] = []
         self._state = ConversationState()
         self._end_state: ConversationStatus | None = None
+        # The post of the first event while it runs; the pump stops (leaving the events) once
+        # `_carrying` is set (EVENTS_CARRIED_PATCH).
+        self._posting: workflow.ActivityHandle[None] | None = None
+        self._carrying = False
+        self._pump_stopped = False
 
     @workflow.signal
     def message(self, signal: ConversationSignal) -> None:
@@ -48,6 +57,8 @@ class ConversationWorkflow:
         self._input = input
         # Messages handed over by the previous run came before any signalled to this one.
         self._queue[:0] = input.pending
+        # Events the previous run had not delivered yet come before this run's own.
+        self._events[:0] = input.events
         # Left running when the run ends: every run waits for its events to be posted first.
         self._pump = asyncio.create_task(self._deliver_events())
         if input.state is not None:
@@ -80,8 +91,17 @@ class ConversationWorkflow:
                 await self._handle(current[0])
                 continue
             if self._end_state is not None or workflow.info().is_continue_as_new_suggested():
-                # Signals may arrive while the last events are posted: they are handled first.
-                await workflow.wait_condition(lambda: not self._events)
+                carried: list[ConversationEvent] = []
+                if not workflow.patched(EVENTS_CARRIED_PATCH):
+                    # Signals may arrive while the last events are posted: handled after them.
+                    await workflow.wait_condition(lambda: not self._events)
+                elif self._end_state is not None:
+                    # The ended run stays only to post its last events; a signal meanwhile
+                    # (the pair's next conversation) is handled at once, and the run that
+                    # continues takes the events still undelivered along.
+                    await workflow.wait_condition(lambda: not self._events or bool(self._queue))
+                else:
+                    carried = await self._carry_events()
                 if self._queue:
                     continue
                 if self._end_state is not None:
@@ -96,6 +116,7 @@ class ConversationWorkflow:
                         agent_number=self._input.agent_number,
                         user_number=self._input.user_number,
                         state=self._state,
+                        events=carried,
                     )
                 )
             await self._wait_for_silence()
@@ -195,7 +216,11 @@ class ConversationWorkflow:
         """Close this conversation and continue as new as the next one of the pair."""
         if self._end_state is None:
             await self._end(ConversationStatus.CLOSED)
-        await workflow.wait_condition(lambda: not self._events)
+        carried: list[ConversationEvent] = []
+        if workflow.patched(EVENTS_CARRIED_PATCH):
+            carried = await self._carry_events()
+        else:
+            await workflow.wait_condition(lambda: not self._events)
         following = min(self._queue, key=lambda s: s.conversation_seq)
         workflow.continue_as_new(
             ConversationInput(
@@ -205,23 +230,43 @@ class ConversationWorkflow:
                 agent_number=self._input.agent_number,
                 user_number=self._input.user_number,
                 pending=list(self._queue),
+                events=carried,
             )
         )
 
     def _notify(self, event: ConversationEvent) -> None:
         self._events.append(event)
 
+    async def _carry_events(self) -> list[ConversationEvent]:
+        """Stop the pump, cancelling the post in flight (its event is posted again by the next
+        run, with the same `webhook-id`); the events not delivered, in order."""
+        self._carrying = True
+        if self._posting is not None:
+            self._posting.cancel()
+        await workflow.wait_condition(lambda: self._pump_stopped)
+        return list(self._events)
+
     async def _deliver_events(self) -> None:
         """Post events to the webhook in order, without holding the conversation back."""
-        while True:
-            await workflow.wait_condition(lambda: bool(self._events))
-            try:
-                await workflow.execute_activity_method(
+        try:
+            while True:
+                await workflow.wait_condition(lambda: bool(self._events) or self._carrying)
+                if self._carrying:
+                    return
+                self._posting = workflow.start_activity_method(
                     ConversationActivities.post_conversation_event,
                     self._events[0],
                     start_to_close_timeout=timedelta(minutes=1),
                     retry_policy=EVENT_RETRY,
                 )
-            except ActivityError as error:
-                workflow.logger.warning("event not posted: %s", error.cause)
-            self._events.pop(0)
+                try:
+                    await self._posting
+                except (ActivityError, asyncio.CancelledError) as error:
+                    if self._carrying:
+                        return
+                    workflow.logger.warning("event not posted: %s", error)
+                finally:
+                    self._posting = None
+                self._events.pop(0)
+        finally:
+            self._pump_stopped = True

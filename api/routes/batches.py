@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from api.deps import AppSettings, BatchesRead, BatchesWrite, Pool, Temporal
-from api.input_checks import INT32_MAX, INT64_MAX
+from api.input_checks import INT32_MAX
 from api.models import (
     BatchControl,
     BatchDetail,
@@ -18,11 +18,11 @@ from api.models import (
     CancelRequest,
     Envelope,
     MessageList,
-    Page,
     RejectedRowList,
     RetryRequest,
     WebhookDeliveries,
 )
+from api.pagination import Cursor, Limit
 from api.services import batch_events, batch_exports
 from api.services import batches as service
 from workflows.statuses import LedgerStatus
@@ -49,12 +49,11 @@ async def create_batch(
 async def list_batches(
     account_id: BatchesRead,
     pool: Pool,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> dict:
-    rows, total = await service.list_batches(pool, account_id, limit=limit, offset=offset)
-    page = Page(limit=limit, offset=offset, total=total)
-    return {"data": BatchList(batches=rows, pagination=page)}
+    """The account's batches, newest first (see Pagination)."""
+    return {"data": await service.list_batches(pool, account_id, limit=limit, cursor=cursor)}
 
 
 @router.get("/v1/sms/batch/{batch_id}", response_model=Envelope[BatchDetail])
@@ -79,12 +78,10 @@ async def list_messages(
         Query(alias="format", description="`csv` for every row as CSV (as `Accept: text/csv`)."),
     ] = None,
     accept: Annotated[str | None, Header()] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[
-        int, Query(ge=-1, le=INT64_MAX, description="Cursor: the last `seq` seen.")
-    ] = -1,
+    cursor: Cursor = None,
+    limit: Limit = 100,
 ) -> dict | StreamingResponse:
-    """The batch's ledger, a page at a time in `seq` order.
+    """The batch's ledger, a page at a time in `seq` order (see Pagination).
 
     As CSV (`?format=csv` or `Accept: text/csv`) every row (of `status`, if given) comes at
     once, streamed, with cells a spreadsheet would run as formulas prefixed by `'`.
@@ -98,21 +95,41 @@ async def list_messages(
             headers={"content-disposition": f'attachment; filename="{batch}-messages.csv"'},
         )
     page = await service.list_messages(
-        pool, account_id, batch_id, status=status, limit=limit, after=after
+        pool, account_id, batch_id, status=status, limit=limit, cursor=cursor
     )
     return {"data": page}
 
 
 @router.get("/v1/sms/batch/{batch_id}/logs", response_model=Envelope[BatchLogs])
-async def batch_logs(account_id: BatchesRead, pool: Pool, batch_id: str) -> dict:
-    """The lifecycle events, in order, exactly as posted to the status webhook."""
-    return {"data": await service.list_events(pool, account_id, batch_id)}
+async def batch_logs(
+    account_id: BatchesRead,
+    pool: Pool,
+    batch_id: str,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> dict:
+    """The lifecycle events, in order, exactly as posted to the status webhook (see
+    Pagination)."""
+    return {
+        "data": await service.list_events(pool, account_id, batch_id, limit=limit, cursor=cursor)
+    }
 
 
 @router.get("/v1/sms/batch/{batch_id}/deliveries", response_model=Envelope[WebhookDeliveries])
-async def webhook_deliveries(account_id: BatchesRead, pool: Pool, batch_id: str) -> dict:
-    """Every attempt to post this batch's events to its status webhook, oldest first."""
-    return {"data": await service.list_deliveries(pool, account_id, batch_id)}
+async def webhook_deliveries(
+    account_id: BatchesRead,
+    pool: Pool,
+    batch_id: str,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> dict:
+    """Every attempt to post this batch's events to its status webhook, oldest first (see
+    Pagination)."""
+    return {
+        "data": await service.list_deliveries(
+            pool, account_id, batch_id, limit=limit, cursor=cursor
+        )
+    }
 
 
 @router.post("/v1/sms/batch/{batch_id}/cancel", response_model=Envelope[BatchControl])
@@ -198,12 +215,11 @@ async def rejected_rows(
         Query(alias="format", description="`csv` for every row as CSV (as `Accept: text/csv`)."),
     ] = None,
     accept: Annotated[str | None, Header()] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[
-        int, Query(ge=-1, le=INT64_MAX, description="Cursor: the last `row_number` seen.")
-    ] = -1,
+    cursor: Cursor = None,
+    limit: Limit = 100,
 ) -> dict | StreamingResponse:
-    """The rows validation refused, in file order; row 0 reports the header itself.
+    """The rows validation refused, in file order (see Pagination); row 0 reports the header
+    itself.
 
     As CSV (`?format=csv` or `Accept: text/csv`) every row comes at once, with cells that a
     spreadsheet would run as formulas prefixed by `'`.
@@ -215,5 +231,5 @@ async def rejected_rows(
             media_type="text/csv; charset=utf-8",
             headers={"content-disposition": f'attachment; filename="{batch}-errors.csv"'},
         )
-    page = await service.rejected_rows_page(pool, account_id, batch, limit=limit, after=after)
+    page = await service.rejected_rows_page(pool, account_id, batch, limit=limit, cursor=cursor)
     return {"data": page}

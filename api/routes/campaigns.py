@@ -2,9 +2,10 @@
 
 from fastapi import APIRouter
 
-from api.campaign_models import Campaign, CampaignRequest, CampaignUpdate
+from api.campaign_models import Campaign, CampaignList, CampaignRequest, CampaignUpdate
 from api.deps import CampaignsRead, CampaignsWrite, Pool
 from api.models import Envelope
+from api.pagination import Cursor, Limit
 from api.services import campaigns as service
 
 router = APIRouter(tags=["campaigns"])
@@ -20,9 +21,13 @@ async def create_campaign(account_id: CampaignsWrite, pool: Pool, body: Campaign
     return {"data": _reply(await service.create_campaign(pool, account_id, body))}
 
 
-@router.get("/v1/campaigns", response_model=Envelope[list[Campaign]])
-async def list_campaigns(account_id: CampaignsRead, pool: Pool) -> dict:
-    return {"data": [_reply(c) for c in await service.list_campaigns(pool, account_id)]}
+@router.get("/v1/campaigns", response_model=Envelope[CampaignList])
+async def list_campaigns(
+    account_id: CampaignsRead, pool: Pool, cursor: Cursor = None, limit: Limit = 100
+) -> dict:
+    """The account's campaigns, oldest first (see Pagination)."""
+    rows, next_cursor = await service.list_campaigns(pool, account_id, limit=limit, cursor=cursor)
+    return {"data": CampaignList(campaigns=[_reply(c) for c in rows], next_cursor=next_cursor)}
 
 
 @router.get("/v1/campaigns/{campaign_id}", response_model=Envelope[Campaign])

@@ -7,8 +7,8 @@ from fastapi import APIRouter, Query, Response
 from api.carrier_signature import SignedForm
 from api.conversation_models import ConversationDetail, ConversationList
 from api.deps import AppSettings, ConversationsRead, Pool, Temporal
-from api.input_checks import INT64_MAX
-from api.models import Envelope, Page
+from api.models import Envelope
+from api.pagination import Cursor, Limit
 from api.services import conversations as service
 from api.services import inbound
 from workflows.statuses import ConversationStatus
@@ -27,21 +27,20 @@ async def list_conversations(
     state: Annotated[
         str | None, Query(description=f"One of {', '.join(ConversationStatus)}")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> dict:
-    """The account's conversations, newest first."""
-    rows, total = await service.list_conversations(
+    """The account's conversations, newest first (see Pagination)."""
+    page = await service.list_conversations(
         pool,
         account_id,
         agent_number=agent_number,
         user_number=user_number,
         state=state,
         limit=limit,
-        offset=offset,
+        cursor=cursor,
     )
-    page = Page(limit=limit, offset=offset, total=total)
-    return {"data": ConversationList(conversations=rows, pagination=page)}
+    return {"data": page}
 
 
 @router.get("/v1/sms/conversations/{conversation_id}", response_model=Envelope[ConversationDetail])

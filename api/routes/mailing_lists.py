@@ -2,9 +2,8 @@
 
 import functools
 import json
-from typing import Annotated
 
-from fastapi import APIRouter, Query, UploadFile
+from fastapi import APIRouter, UploadFile
 
 from api.deps import AppSettings, ListsRead, ListsWrite, Pool
 from api.input_checks import require_storable
@@ -18,6 +17,7 @@ from api.models import (
     MailingList,
     MailingLists,
 )
+from api.pagination import Cursor, Limit
 from api.routes.files import EmptyFile, FileTooLarge, MissingFile
 from api.services import mailing_lists as service
 from settings import Settings
@@ -32,9 +32,12 @@ async def create_list(account_id: ListsWrite, pool: Pool, body: ListRequest) -> 
 
 
 @router.get("/v1/lists", response_model=Envelope[MailingLists])
-async def list_lists(account_id: ListsRead, pool: Pool) -> dict:
-    """The account's mailing lists, oldest first, with their numbers of contacts."""
-    return {"data": await service.list_lists(pool, account_id)}
+async def list_lists(
+    account_id: ListsRead, pool: Pool, cursor: Cursor = None, limit: Limit = 100
+) -> dict:
+    """The account's mailing lists, oldest first, with their numbers of contacts (see
+    Pagination)."""
+    return {"data": await service.list_lists(pool, account_id, limit=limit, cursor=cursor)}
 
 
 @router.get("/v1/lists/{list_id}", response_model=Envelope[MailingList])
@@ -54,12 +57,12 @@ async def list_contacts(
     account_id: ListsRead,
     pool: Pool,
     list_id: str,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[str, Query(description="Cursor: the last `phone_number` seen.")] = "",
+    cursor: Cursor = None,
+    limit: Limit = 100,
 ) -> dict:
-    """The list's contacts in number order, a page at a time."""
+    """The list's contacts in number order, a page at a time (see Pagination)."""
     return {
-        "data": await service.list_contacts(pool, account_id, list_id, limit=limit, after=after)
+        "data": await service.list_contacts(pool, account_id, list_id, limit=limit, cursor=cursor)
     }
 
 

@@ -3,7 +3,15 @@
 from fastapi import APIRouter
 
 from api.deps import AppSettings, NumbersRead, NumbersWrite, Pool
-from api.models import Envelope, ErrorEnvelope, NumberRequest, NumberUpdate, SenderNumber
+from api.models import (
+    Envelope,
+    ErrorEnvelope,
+    NumberRequest,
+    NumberUpdate,
+    SenderNumber,
+    SenderNumberList,
+)
+from api.pagination import Cursor, Limit
 from api.services import numbers as service
 
 router = APIRouter(tags=["numbers"])
@@ -31,9 +39,12 @@ async def update_number(
     return {"data": await service.update_number(pool, settings, account_id, number, body)}
 
 
-@router.get("/v1/sms/numbers", response_model=Envelope[list[SenderNumber]])
-async def list_numbers(account_id: NumbersRead, pool: Pool) -> dict:
-    return {"data": await service.list_numbers(pool, account_id)}
+@router.get("/v1/sms/numbers", response_model=Envelope[SenderNumberList])
+async def list_numbers(
+    account_id: NumbersRead, pool: Pool, cursor: Cursor = None, limit: Limit = 100
+) -> dict:
+    """The account's senders, oldest first (see Pagination)."""
+    return {"data": await service.list_numbers(pool, account_id, limit=limit, cursor=cursor)}
 
 
 @router.delete("/v1/sms/numbers/{number}", response_model=Envelope[dict[str, str]])

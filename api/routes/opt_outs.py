@@ -1,11 +1,10 @@
 """The account's opt-out list: numbers no batch sends to."""
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from api.deps import OptOutsRead, OptOutsWrite, Pool
 from api.models import Envelope, OptOut, OptOutList, OptOutRequest
+from api.pagination import Cursor, Limit
 from api.services import opt_outs as service
 
 router = APIRouter(tags=["opt-outs"])
@@ -15,11 +14,11 @@ router = APIRouter(tags=["opt-outs"])
 async def list_opt_outs(
     account_id: OptOutsRead,
     pool: Pool,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[str, Query(description="Cursor: the last `number` seen.")] = "",
+    cursor: Cursor = None,
+    limit: Limit = 100,
 ) -> dict:
-    """The account's opted-out numbers in number order, a page at a time."""
-    return {"data": await service.list_opt_outs(pool, account_id, limit=limit, after=after)}
+    """The account's opted-out numbers in number order, a page at a time (see Pagination)."""
+    return {"data": await service.list_opt_outs(pool, account_id, limit=limit, cursor=cursor)}
 
 
 @router.post("/v1/opt-outs", status_code=201, response_model=Envelope[OptOut])

@@ -6,7 +6,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,12 +23,14 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.recipients.phones import is_sender_id, to_sender
 from activities.recipients.rows import RecipientRules
+from api import pagination
 from api.errors import HeraldError, InvalidRequest
 from api.models import (
     BatchAction,
     BatchControl,
     BatchDetail,
     BatchDryRun,
+    BatchList,
     BatchLogs,
     BatchRequest,
     BatchStarted,
@@ -60,7 +62,6 @@ from workflows.contracts import (
     Timing,
     ValidationLimits,
     ValidationOptions,
-    ValidationResult,
     batch_workflow_id,
 )
 from workflows.statuses import FINAL_BATCH_STATUSES, BatchStatus, LedgerStatus
@@ -147,6 +148,7 @@ def dispatch_settings(settings: Settings) -> DispatchSettings:
         slices_in_flight=settings.slices_in_flight,
         chunks_per_run=settings.chunks_per_run,
         send_heartbeat_timeout_seconds=settings.send_heartbeat_timeout_seconds,
+        send_task_queue=settings.send_task_queue,
     )
 
 
@@ -167,7 +169,6 @@ async def start_batch(
     *,
     senders: Mapping[int, str] | None = None,
     campaign_id: uuid.UUID | None = None,
-    validate: Callable[[dict[str, Any]], Awaitable[ValidationResult | None]] | None = None,
 ) -> BatchStarted:
     """Record the batch (of `campaign_id`, if a campaign's) and start its workflow; the same
     request again is the same batch.
@@ -176,8 +177,7 @@ async def start_batch(
     of an attached file in every way (and each such request is a new batch); so is a batch
     of mailing lists alone, with an empty file. `senders` gives rows their own sender (row
     number -> sender, each one the account's); `campaign_id` makes it that campaign's
-    (a Postman upload's). `validate`, given the new batch's row, validates its file into
-    its ledger now, or returns None to leave that to the workflow, as for any batch."""
+    (a Postman upload's)."""
     checked = await _checked_request(pool, settings, account_id, body)
     file_id = checked.file_id
     agent_number = checked.agent_number
@@ -216,7 +216,6 @@ async def start_batch(
         await batches.set_unstarted(
             pool, file_id, unstarted=False, code=TemporalUnavailable.code, reason=None
         )
-    validated = await validate(batch) if validate is not None and created else None
     try:
         await _start_workflow(
             temporal,
@@ -229,7 +228,6 @@ async def start_batch(
                 dispatch=dispatch_settings(settings),
                 limits=validation_limits(settings),
                 timing=_timing(request),
-                validated=validated,
                 auto_pause=_auto_pause(request),
             ),
             WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -660,24 +658,37 @@ async def require_batch(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str
 
 
 async def list_batches(
-    pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, offset: int
-) -> tuple[list[BatchSummary], int]:
-    rows, total = await batches.list_batches(pool, account_id, limit=limit, offset=offset)
-    return [BatchSummary(**_summary(r)) for r in rows], total
+    pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, cursor: str | None
+) -> BatchList:
+    """A page of the account's batches, newest first."""
+    after = pagination.decode(cursor, (datetime, uuid.UUID))
+    rows = await batches.list_batches(pool, account_id, limit=limit + 1, after=after)
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["created_at"], r["id"]))
+    return BatchList(batches=[BatchSummary(**_summary(r)) for r in kept], next_cursor=next_cursor)
 
 
 async def rejected_rows_page(
-    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID, *, limit: int, after: int
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    *,
+    limit: int,
+    cursor: str | None,
 ) -> RejectedRowList:
-    rows = await messages.list_rejected(pool, account_id, batch_id, limit=limit, after_row=after)
+    """A page of the rows validation refused, in file order."""
+    after = pagination.decode(cursor, (int,))
+    rows = await messages.list_rejected(
+        pool, account_id, batch_id, limit=limit + 1, after_row=after[0] if after else -1
+    )
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["row_number"],))
     return RejectedRowList(
         rejected_rows=[
             RejectedRow(
                 row_number=r["row_number"], value=r["value"], code=r["code"], message=r["reason"]
             )
-            for r in rows
+            for r in kept
         ],
-        next_cursor=rows[-1]["row_number"] if len(rows) == limit else None,
+        next_cursor=next_cursor,
     )
 
 
@@ -688,16 +699,22 @@ async def list_messages(
     *,
     status: str | None,
     limit: int,
-    after: int,
+    cursor: str | None,
 ) -> MessageList:
-    """A page of the batch's ledger, in `seq` order, after the cursor `after`."""
+    """A page of the batch's ledger, in `seq` order."""
     require_ledger_status(status)
+    after = pagination.decode(cursor, (int,))
     batch = await require_batch(pool, account_id, batch_id)
     rows = await messages.list_messages(
-        pool, account_id, batch, status=status, limit=limit, after_seq=after
+        pool,
+        account_id,
+        batch,
+        status=status,
+        limit=limit + 1,
+        after_seq=after[0] if after else -1,
     )
-    next_cursor = rows[-1]["seq"] if len(rows) == limit else None
-    return MessageList(messages=rows, next_cursor=next_cursor)
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["seq"],))
+    return MessageList(messages=kept, next_cursor=next_cursor)
 
 
 def require_ledger_status(status: str | None) -> None:
@@ -706,13 +723,27 @@ def require_ledger_status(status: str | None) -> None:
         raise InvalidRequest(f"status must be one of {', '.join(LedgerStatus)}")
 
 
-async def list_events(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str) -> BatchLogs:
+async def list_events(
+    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str, *, limit: int, cursor: str | None
+) -> BatchLogs:
+    """A page of the batch's lifecycle events, in order."""
+    after = pagination.decode(cursor, (int,))
     batch = await require_batch(pool, account_id, batch_id)
-    return BatchLogs(events=await events.list_events(pool, account_id, batch))
+    rows = await events.list_events(
+        pool, account_id, batch, after_seq=after[0] if after else 0, limit=limit + 1
+    )
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["seq"],))
+    return BatchLogs(events=kept, next_cursor=next_cursor)
 
 
 async def list_deliveries(
-    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str
+    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str, *, limit: int, cursor: str | None
 ) -> WebhookDeliveries:
+    """A page of the attempts to post the batch's events, oldest first."""
+    after = pagination.decode(cursor, (int,))
     batch = await require_batch(pool, account_id, batch_id)
-    return WebhookDeliveries(deliveries=await events.list_deliveries(pool, account_id, batch))
+    rows = await events.list_deliveries(
+        pool, account_id, batch, limit=limit + 1, after_id=after[0] if after else 0
+    )
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["id"],))
+    return WebhookDeliveries(deliveries=kept, next_cursor=next_cursor)

@@ -2,11 +2,13 @@
 
 import re
 import uuid
+from datetime import datetime
 
 import asyncpg
 
 from activities.recipients.phones import to_e164
 from activities.recipients.rows import template_parts
+from api import pagination
 from api.campaign_models import CampaignRequest, CampaignUpdate, Language
 from api.errors import HeraldError
 from api.services.batches import (
@@ -88,8 +90,13 @@ async def get_campaign(pool: asyncpg.Pool, account_id: uuid.UUID, campaign_id: s
     return await campaign_or_404(pool, account_id, campaign_id)
 
 
-async def list_campaigns(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[dict]:
-    return await campaigns.list_campaigns(pool, account_id)
+async def list_campaigns(
+    pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, cursor: str | None
+) -> tuple[list[dict], str | None]:
+    """A page of the account's campaigns, oldest first, and the next page's cursor."""
+    after = pagination.decode(cursor, (datetime, uuid.UUID))
+    rows = await campaigns.list_campaigns(pool, account_id, limit=limit + 1, after=after)
+    return pagination.page(rows, limit, lambda r: (r["created_at"], r["id"]))
 
 
 async def update_campaign(

@@ -2,6 +2,7 @@
 
 import json
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -10,9 +11,11 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
 
 from activities.recipients.phones import to_e164
+from api import pagination
 from api.conversation_models import (
     STORED_FIELDS,
     ConversationDetail,
+    ConversationList,
     ConversationMessage,
     ConversationSummary,
 )
@@ -121,22 +124,27 @@ async def list_conversations(
     user_number: str | None,
     state: str | None,
     limit: int,
-    offset: int,
-) -> tuple[list[ConversationSummary], int]:
+    cursor: str | None,
+) -> ConversationList:
     """A page of the account's conversations, newest first; the numbers may be given in any
     form `to_e164` reads."""
     if state is not None and state not in tuple(ConversationStatus):
         raise InvalidRequest(f"state must be one of {', '.join(ConversationStatus)}")
-    rows, total = await conversations.list_conversations(
+    after = pagination.decode(cursor, (datetime, uuid.UUID))
+    rows = await conversations.list_conversations(
         pool,
         account_id,
         agent_number=agent_number and (to_e164(agent_number, require_valid=False) or agent_number),
         user_number=user_number and (to_e164(user_number, require_valid=False) or user_number),
         state=state,
-        limit=limit,
-        offset=offset,
+        limit=limit + 1,
+        after=after,
     )
-    return [ConversationSummary(**_summary(r)) for r in rows], total
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["created_at"], r["id"]))
+    return ConversationList(
+        conversations=[ConversationSummary(**_summary(r)) for r in kept],
+        next_cursor=next_cursor,
+    )
 
 
 async def get_conversation(

@@ -3,12 +3,14 @@
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 
 import asyncpg
 
 from activities.recipients.contacts import Contacts, read_contacts
 from activities.recipients.phones import to_e164
 from activities.recipients.rejections import SourceInvalid
+from api import pagination
 from api.errors import HeraldError
 from api.models import (
     ContactList,
@@ -56,8 +58,14 @@ async def create_list(
     return _reply(created)
 
 
-async def list_lists(pool: asyncpg.Pool, account_id: uuid.UUID) -> MailingLists:
-    return MailingLists(lists=[_reply(r) for r in await mailing_lists.list_lists(pool, account_id)])
+async def list_lists(
+    pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, cursor: str | None
+) -> MailingLists:
+    """A page of the account's lists, oldest first."""
+    after = pagination.decode(cursor, (datetime, uuid.UUID))
+    rows = await mailing_lists.list_lists(pool, account_id, limit=limit + 1, after=after)
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["created_at"], r["id"]))
+    return MailingLists(lists=[_reply(r) for r in kept], next_cursor=next_cursor)
 
 
 async def get_list(pool: asyncpg.Pool, account_id: uuid.UUID, list_id: str) -> MailingList:
@@ -145,14 +153,16 @@ async def remove_contacts_in_file(
 
 
 async def list_contacts(
-    pool: asyncpg.Pool, account_id: uuid.UUID, list_id: str, *, limit: int, after: str
+    pool: asyncpg.Pool, account_id: uuid.UUID, list_id: str, *, limit: int, cursor: str | None
 ) -> ContactList:
+    """A page of the list's contacts, in number order."""
+    after = pagination.decode(cursor, (str,))
     found = await get_list(pool, account_id, list_id)
     rows = await mailing_lists.list_contacts(
-        pool, account_id, uuid.UUID(found.id), limit=limit, after=after
+        pool, account_id, uuid.UUID(found.id), limit=limit + 1, after=after[0] if after else ""
     )
-    next_cursor = rows[-1]["phone_number"] if len(rows) == limit else None
-    return ContactList(contacts=rows, next_cursor=next_cursor)
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["phone_number"],))
+    return ContactList(contacts=kept, next_cursor=next_cursor)
 
 
 async def _read(content: bytes) -> Contacts:

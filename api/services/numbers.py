@@ -1,12 +1,14 @@
 """The account's sender numbers."""
 
 import uuid
+from datetime import datetime
 
 import asyncpg
 
 from activities.recipients.phones import is_sender_id, to_sender
+from api import pagination
 from api.errors import HeraldError
-from api.models import NumberRequest, NumberUpdate
+from api.models import NumberRequest, NumberUpdate, SenderNumberList
 from api.services.sender_ownership import require_carrier_owns
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
@@ -91,8 +93,14 @@ async def update_number(
     return row
 
 
-async def list_numbers(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[dict]:
-    return await numbers.list_numbers(pool, account_id)
+async def list_numbers(
+    pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, cursor: str | None
+) -> SenderNumberList:
+    """A page of the account's senders, oldest first."""
+    after = pagination.decode(cursor, (datetime, str))
+    rows = await numbers.list_numbers(pool, account_id, limit=limit + 1, after=after)
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["created_at"], r["number"]))
+    return SenderNumberList(numbers=kept, next_cursor=next_cursor)
 
 
 async def delete_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> str:

@@ -5,6 +5,7 @@ import uuid
 import asyncpg
 
 from activities.recipients.phones import to_e164
+from api import pagination
 from api.errors import HeraldError
 from api.models import OptOutList
 from api.services.numbers import InvalidPhoneNumber
@@ -17,11 +18,15 @@ class OptOutNotFound(HeraldError):
 
 
 async def list_opt_outs(
-    pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, after: str
+    pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, cursor: str | None
 ) -> OptOutList:
-    rows = await opt_outs.list_opt_outs(pool, account_id, limit=limit, after=after)
-    next_cursor = rows[-1]["number"] if len(rows) == limit else None
-    return OptOutList(opt_outs=rows, next_cursor=next_cursor)
+    """A page of the account's opted-out numbers, in number order."""
+    after = pagination.decode(cursor, (str,))
+    rows = await opt_outs.list_opt_outs(
+        pool, account_id, limit=limit + 1, after=after[0] if after else ""
+    )
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["number"],))
+    return OptOutList(opt_outs=kept, next_cursor=next_cursor)
 
 
 async def add_opt_out(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> dict:

@@ -20,7 +20,7 @@ const state = {
   ledger: new Map(), // batch_id -> the same from its ledger counts (the batch shown)
   streams: new Map(), // batch_id -> AbortController of its open event stream
   selected: null,
-  errorsAfter: -1,
+  errorsCursor: null,
   listTimer: null,
   detailTimer: null,
   detailLoadedAt: 0,
@@ -264,7 +264,7 @@ function onBatchEvent(batchId, event, data) {
 
 function select(batchId) {
   state.selected = batchId;
-  state.errorsAfter = -1;
+  state.errorsCursor = null;
   $("error-rows").replaceChildren();
   $("detail").hidden = false;
   for (const row of $("batch-rows").children) {
@@ -335,13 +335,14 @@ function errorRow(body, rejected) {
 
 async function loadErrors() {
   const batchId = state.selected;
-  const query = `limit=${PAGE}&after=${state.errorsAfter}`;
+  const cursor = state.errorsCursor === null ? "" : `&cursor=${encodeURIComponent(state.errorsCursor)}`;
+  const query = `limit=${PAGE}${cursor}`;
   const page = await api(`/v1/sms/batch/${encodeURIComponent(batchId)}/errors?${query}`);
   if (batchId !== state.selected) return;
   for (const rejected of page.rejected_rows) errorRow($("error-rows"), rejected);
   $("no-errors").hidden = $("error-rows").children.length > 0;
   $("more-errors").hidden = page.next_cursor === null;
-  if (page.next_cursor !== null) state.errorsAfter = page.next_cursor;
+  if (page.next_cursor !== null) state.errorsCursor = page.next_cursor;
 }
 
 async function control(action) {
@@ -427,7 +428,7 @@ function showDryRun(preview) {
 
 async function loadSenders() {
   try {
-    const numbers = await api("/v1/sms/numbers");
+    const { numbers } = await api("/v1/sms/numbers?limit=1000");
     const list = $("senders");
     list.replaceChildren();
     for (const sender of numbers) {

@@ -128,12 +128,18 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
     dev = asyncio.run(ensure_dev_account(database_url, known))
     metrics_urls: dict[str, str] = {}
     workers: list[tuple[ManagedProcess, str]] = []
-    for index in range(settings.worker_processes):
-        name = f"worker-{index}"
+    # Workers serving both task queues; or send workers and one control worker apart
+    # (`control_worker`; docs/WORKFLOWS.md, Fairness between batches).
+    roles = {f"worker-{index}": "all" for index in range(settings.worker_processes)}
+    if settings.control_worker:
+        roles = {**dict.fromkeys(roles, "send"), "worker-control": "control"}
+    for name, role in roles.items():
+        index = name.removeprefix("worker-")
         # Each worker its own ports, free now: the URLs are in dev.json.
         herald_port, sdk_port = free_port(), free_port()
         worker_env = {
             **env,
+            "HERALD_WORKER_ROLE": role,
             "HERALD_WORKER_METRICS_PORT": str(herald_port),
             "HERALD_TEMPORAL_METRICS_PORT": str(sdk_port),
         }
@@ -157,6 +163,14 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
             settings.api_host,
             "--port",
             str(settings.api_port),
+            # The C parser and loop (uvicorn's defaults when installed, named so that a
+            # missing one fails the start), and no access line per request: the carrier
+            # posts two or three receipts per message sent.
+            "--http",
+            "httptools",
+            "--loop",
+            "uvloop",
+            "--no-access-log",
         ],
         logs / "api.log",
         env,

@@ -29,6 +29,7 @@ from tests.support.delivery import own_worker
 from tests.support.sending import (
     conversation_when,
     inbound_form,
+    next_conversation_while_refused,
     post_inbound,
     received_by,
     send_ok,
@@ -126,6 +127,16 @@ async def test_plain(
     file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(20))
     assert (await finished(webhooks, marker))["status"] == "completed"
     await save_batch(temporal, file_id, "plain", chunks={0: "plain"})
+
+
+async def test_send_queue(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    """As `plain`, from a release whose batches name the send queue: its chunk records the
+    `chunk-send-task-queue` marker and schedules its sends there."""
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(20))
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(temporal, file_id, "send_queue", chunks={0: "send_queue"})
 
 
 async def test_reported_while_starting(
@@ -432,6 +443,36 @@ async def test_account_paused(
     await save_batch(temporal, waiting_file, "paused_by_account")
 
 
+async def test_throttled(
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    worker: None,
+    carrier: Configure,
+) -> None:
+    """The carrier throttles (429, 20429) every request of the batch for longer than the retry
+    window: the batch pauses with `carrier_throttled`, pauses the account's other running batch
+    (waiting for its schedule), and both resume by themselves after the back-off."""
+    numbers = unique_numbers(5)
+    await carrier(scripted={number: [429, 429] for number in numbers})
+    changes = {**SMALL, "carrier_outage_seconds": 1.0, "carrier_throttle_pause_seconds": 3.0}
+    async with own_worker(temporal, settings, **changes) as own, api_client(own) as api:
+        later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        waiting_file, waiting = await start_marked_batch(
+            api, account, webhooks, unique_numbers(3), schedule_at=later
+        )
+        await webhooks.wait_for(waiting, "waiting_for_scheduled_messages")
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        assert (await finished(webhooks, marker))["status"] == "completed"
+        await webhooks.wait_for(waiting, "waiting_for_scheduled_messages", times=2)
+        await control(api, account, waiting_file, "cancel")
+        assert (await finished(webhooks, waiting))["status"] == "cancelled"
+        # Saved while the own worker runs: a run closes once that worker has posted its events.
+        await save_batch(temporal, file_id, "throttled", chunks={0: "throttled"})
+        await save_batch(temporal, waiting_file, "paused_by_throttling")
+
+
 async def test_webhook_retried(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
 ) -> None:
@@ -490,6 +531,31 @@ async def test_conversation_reply_then_timeout(
     assert (await post_inbound(api, settings, form)).status_code == 200
     await conversation_when(api, account, data["conversation_id"], timed_out)
     await save_conversation(temporal, account, user, "reply_then_timeout")
+
+
+async def test_conversation_events_carried_over(
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    worker: None,
+) -> None:
+    """The webhook refuses the first conversation's events while the pair's next conversation
+    starts: the first run cancels the post in flight and continues as new at once (marker
+    `conversation-events-carried-over`), handing its events over; the next run posts them
+    first, then its own, and times out."""
+    run = secrets.token_hex(6)
+    user = unique_numbers(1)[0]
+    webhooks.answers[run] = [500] * 3
+    schedule = {"webhook_retry_schedule_seconds": [1.0] * 10, "webhook_retry_jitter": 0.0}
+    async with own_worker(temporal, settings, **schedule) as own, api_client(own) as api:
+        first, _ = await next_conversation_while_refused(
+            api, account, webhooks, run, user, **TIMERS
+        )
+        await webhooks.wait_for(run, "timeout")
+        runs = await run_chain(temporal, first["workflow_id"])
+    for number, history in enumerate(runs, start=1):
+        save(history, "conversation", f"events_carried_over.run{number}")
 
 
 async def save_conversation(temporal: Client, account: Account, user: str, name: str) -> None:

@@ -15,6 +15,7 @@ from temporalio.client import Client
 
 from settings import Settings
 from tests.support.builders import emulator_messages
+from tests.support.pages import every_item
 from tests.support.stack import Account
 from worker import herald_worker
 
@@ -48,19 +49,7 @@ async def receipts_applied(pool: asyncpg.Pool, sids: list[str]) -> None:
 
 async def ledger_rows(api: httpx.AsyncClient, account: Account, file_id: str) -> list[dict]:
     """Every ledger row of a batch, through the paged messages endpoint."""
-    rows: list[dict] = []
-    after = -1
-    while True:
-        response = await api.get(
-            f"/v1/sms/batch/{file_id}/messages",
-            headers=account.headers,
-            params={"limit": 1000, "after": after},
-        )
-        page = response.json()["data"]
-        rows += page["messages"]
-        if page["next_cursor"] is None:
-            return rows
-        after = page["next_cursor"]
+    return await every_item(api, account, f"/v1/sms/batch/{file_id}/messages", "messages")
 
 
 def assert_each_row_once(rows: list[dict], received: list[dict[str, Any]], total: int) -> Counter:

@@ -14,7 +14,7 @@ from api.app import create_app
 from deploy.local.processes import free_port
 from settings import Settings
 from tests.support.builders import emulator_messages
-from tests.support.stack import Account
+from tests.support.stack import Account, WebhookReceiver
 
 INBOUND_PATH = "/v1/webhooks/twilio/inbound"
 WAIT_SECONDS = 30
@@ -130,3 +130,28 @@ async def send_ok(
     response = await send(api, account, user_number, **body)
     assert response.status_code == 200, response.text
     return response.json()["data"]
+
+
+async def next_conversation_while_refused(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    run: str,
+    user_number: str,
+    **second: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A send (webhook `run`) that opens a conversation, and once the webhook has been posted
+    its first event (refused, if the test makes it), a send that opens the pair's next
+    conversation with `second` options; both replies' `data`."""
+    first = await send_ok(api, account, user_number, agent_message="one", webhook=webhooks.url(run))
+    await webhooks.wait_for(run, "active")
+    following = await send_ok(
+        api,
+        account,
+        user_number,
+        agent_message="two",
+        webhook=webhooks.url(run),
+        new_conversation=True,
+        **second,
+    )
+    return first, following

@@ -1,6 +1,7 @@
 """The session stack as tests see it: an account, the webhook receiver, the in-process API."""
 
 import asyncio
+import secrets
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -8,12 +9,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import httpx
 from fastapi.routing import APIRoute
 from starlette.routing import Mount, Route
 
 from api.app import create_app
 from settings import Settings
+from store import numbers
+from store.accounts import create_account, create_api_key
+from tests.support.builders import unique_numbers
 from tracing import Tracing
 
 AUTH_TOKEN = "dev-auth-token"
@@ -79,6 +84,16 @@ class Account:
     @property
     def headers(self) -> dict[str, str]:
         return {"authorization": self.key}
+
+
+async def new_account(pool: asyncpg.Pool) -> Account:
+    """A fresh account with one key and a sender number of its own: a number belongs to one
+    account, and the emulator accepts any sender but its few magic ones."""
+    account_id = await create_account(pool, f"test-{secrets.token_hex(4)}")
+    key = await create_api_key(pool, account_id)
+    sender = unique_numbers(1)[0]
+    await numbers.add_number(pool, account_id, sender, "sms", None)
+    return Account(account_id=account_id, key=key.key, agent_number=sender)
 
 
 Configure = Callable[..., Awaitable[None]]

@@ -1,0 +1,154 @@
+"""Account-wide carrier deferrals on the real stack: the carrier throttling every request of an
+account (20429), or out of reach, for longer than the retry window pauses every running batch
+of that account once, with one event, instead of retrying (or failing) row by row; batches of
+another account send on."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from temporalio.client import Client
+
+from deploy.local.emulator import Carrier, Faults, running
+from deploy.local.processes import free_port
+from settings import Settings
+from tests.support.batches import FINAL, phases, run_batch, start_marked_batch
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.delivery import ledger_rows, own_worker
+from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
+
+# The retry window of the tests' own worker, and a throttled account's pause.
+OUTAGE_SECONDS = 1.0
+THROTTLE_PAUSE_SECONDS = 5.0
+
+
+@asynccontextmanager
+async def short_window(
+    temporal: Client, settings: Settings, **changes: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An API whose batches run on a worker of their own, with the tests' short retry window
+    and `changes` to its settings."""
+    async with (
+        own_worker(temporal, settings, carrier_outage_seconds=OUTAGE_SECONDS, **changes) as own,
+        api_client(own) as api,
+    ):
+        yield api
+
+
+async def paused_once(webhooks: WebhookReceiver, marker: str, code: str) -> dict:
+    """The batch's `paused` event, once it has come."""
+    events = await webhooks.wait_for(marker, "paused")
+    [paused] = [e for e in events if e["status"] == "paused"]
+    assert paused["code"] == code, paused
+    return paused
+
+
+async def scheduled_batch(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> tuple[str, str]:
+    """A batch of the account that is running, waiting for its schedule an hour away."""
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(3), schedule_at=later
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    return file_id, marker
+
+
+async def test_account_throttling_pauses_every_running_batch_of_the_account_once_then_resumes(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    other_account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    numbers = unique_numbers(5)
+    # The carrier throttles the batch's first two requests to each number (429, code 20429).
+    await carrier(scripted={number: [429, 429] for number in numbers})
+    async with short_window(
+        temporal, settings, carrier_throttle_pause_seconds=THROTTLE_PAUSE_SECONDS
+    ) as api:
+        waiting_file, waiting = await scheduled_batch(api, account, webhooks)
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        other_file, other_events = await run_batch(api, other_account, webhooks, unique_numbers(5))
+
+        paused = await paused_once(webhooks, marker, "carrier_throttled")
+        # Throttled, not failed: the rows wait, `pending`, for the pause to end.
+        assert {r["status"] for r in await ledger_rows(api, account, file_id)} == {"pending"}
+        assert paused["error_codes"] == {"20429": 1}
+        assert f"resumes by itself in {THROTTLE_PAUSE_SECONDS:g} s" in paused["reason"]
+        assert (await paused_once(webhooks, waiting, "carrier_throttled"))["reason"] == (
+            paused["reason"]
+        )
+
+        # No operator: the batches resume by themselves after the back-off.
+        events = await webhooks.wait_for(marker, *FINAL)
+        await webhooks.wait_for(waiting, "waiting_for_scheduled_messages", times=2)
+        rows = await ledger_rows(api, account, file_id)
+        cancel = await api.post(f"/v1/sms/batch/{waiting_file}/cancel", headers=account.headers)
+        assert cancel.status_code == 200, cancel.text
+        waiting_events = await webhooks.wait_for(waiting, *FINAL)
+        other_rows = await ledger_rows(api, other_account, other_file)
+
+    assert events[-1]["status"] == "completed"
+    assert sum(e["status"] == "paused" for e in events) == 1
+    assert sum(e["status"] == "paused" for e in waiting_events) == 1
+    # Two throttled attempts within the retry window, then one that sent each row once.
+    assert {(r["status"], r["attempts"]) for r in rows} == {("sent", 3)}
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    assert sorted(m["to"] for m in received) == sorted(numbers)
+    # The other account's batch, on the same worker, never paused.
+    assert other_events[-1]["status"] == "completed"
+    assert "paused" not in phases(other_events)
+    assert {r["status"] for r in other_rows} == {"sent"}
+
+
+async def test_an_unreachable_carrier_pauses_every_running_batch_of_the_account_once(
+    temporal: Client,
+    settings: Settings,
+    api: httpx.AsyncClient,
+    account: Account,
+    other_account: Account,
+    webhooks: WebhookReceiver,
+) -> None:
+    port = free_port()
+    emulator = Carrier(auth_token=AUTH_TOKEN, faults=Faults())
+    numbers = unique_numbers(5)
+    # The account's batches go through a worker whose carrier refuses connections (nothing
+    # listens on its port) until the emulator starts there.
+    async with short_window(
+        temporal, settings, twilio_api_url=f"http://127.0.0.1:{port}"
+    ) as own_api:
+        waiting_file, waiting = await scheduled_batch(own_api, account, webhooks)
+        file_id, marker = await start_marked_batch(own_api, account, webhooks, numbers)
+        other_file, other_events = await run_batch(api, other_account, webhooks, unique_numbers(5))
+
+        paused = await paused_once(webhooks, marker, "carrier_unreachable")
+        assert paused["error_codes"] == {"connect": 1}
+        assert "resume them once the carrier is back" in paused["reason"]
+        await paused_once(webhooks, waiting, "carrier_unreachable")
+        # Nothing failed one by one: the rows wait, `pending`.
+        assert {r["status"] for r in await ledger_rows(own_api, account, file_id)} == {"pending"}
+        assert not emulator.received
+
+        async with running(emulator, "127.0.0.1", port):
+            resumed = await own_api.post(f"/v1/sms/batch/{file_id}/resume", headers=account.headers)
+            assert resumed.status_code == 200, resumed.text
+            events = await webhooks.wait_for(marker, *FINAL)
+            rows = await ledger_rows(own_api, account, file_id)
+        cancel = await own_api.post(f"/v1/sms/batch/{waiting_file}/cancel", headers=account.headers)
+        assert cancel.status_code == 200, cancel.text
+        waiting_events = await webhooks.wait_for(waiting, *FINAL)
+
+    assert events[-1]["status"] == "completed"
+    assert sum(e["status"] == "paused" for e in events) == 1
+    assert sum(e["status"] == "paused" for e in waiting_events) == 1
+    assert {r["status"] for r in rows} == {"sent"}
+    assert sorted(m.to for m in emulator.received) == sorted(numbers)
+    assert other_events[-1]["status"] == "completed"
+    assert "paused" not in phases(other_events)
+    assert {r["status"] for r in await ledger_rows(api, other_account, other_file)} == {"sent"}

@@ -1,0 +1,89 @@
+"""Fairness between batches (docs/WORKFLOWS.md, Fairness between batches): every batch's
+carrier requests go to the send queue, served by workers apart from the batches' own steps
+(validation, events, chunk scheduling, the end), so sends backed up, however many, hold back
+no other batch's steps; and a batch small beside the ledger does not re-sample its
+statistics, which cost a small batch about a second of its validation while a large one
+sent."""
+
+import asyncpg
+import httpx
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+
+from settings import Settings
+from store import messages
+from tests.support.batches import run_batch, start_marked_batch
+from tests.support.builders import unique_numbers
+from tests.support.delivery import own_worker
+from tests.support.stack import Account, WebhookReceiver, api_client
+from worker import herald_worker
+from workflows.contracts import batch_workflow_id
+
+
+async def send_queues(temporal: Client, file_id: str) -> set[str]:
+    """The task queues the batch's first chunk scheduled its send activities on."""
+    history = await temporal.get_workflow_handle(
+        f"{batch_workflow_id(file_id)}/chunk-0"
+    ).fetch_history()
+    return {
+        e.activity_task_scheduled_event_attributes.task_queue.name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    }
+
+
+async def test_sends_backed_up_hold_back_no_other_batchs_steps(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    other_account: Account,
+    webhooks: WebhookReceiver,
+) -> None:
+    async with own_worker(temporal, settings, worker_role="control") as own:
+        async with api_client(own) as api:
+            # No worker serves the send queue yet: A's sends wait there, all of them.
+            first, first_marker = await start_marked_batch(
+                api, account, webhooks, unique_numbers(6)
+            )
+            await webhooks.wait_for(first_marker, "in_progress")
+            second, second_marker = await start_marked_batch(
+                api, other_account, webhooks, unique_numbers(6)
+            )
+            # B validates, dispatches and schedules its sends meanwhile, on the control worker.
+            await webhooks.wait_for(second_marker, "in_progress")
+            waiting = await api.get(f"/v1/sms/batch/{first}", headers=account.headers)
+            assert waiting.json()["data"]["counts"].get("sent", 0) == 0
+            senders = own.model_copy(update={"worker_role": "send"})
+            async with herald_worker(temporal, senders) as sending, sending:
+                first_events = await webhooks.wait_for(first_marker, "completed")
+                second_events = await webhooks.wait_for(second_marker, "completed")
+
+    assert first_events[-1]["messages_successful"] == 6
+    assert second_events[-1]["messages_successful"] == 6
+    assert await send_queues(temporal, first) == {own.send_task_queue}
+    assert await send_queues(temporal, second) == {own.send_task_queue}
+
+
+async def manual_analyses(pool: asyncpg.Pool) -> int:
+    count = await pool.fetchval(
+        "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'messages'"
+    )
+    return int(count)
+
+
+async def test_a_batch_small_beside_the_ledger_leaves_its_statistics_be(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, account: Account, webhooks: WebhookReceiver
+) -> None:
+    await run_batch(api, account, webhooks, unique_numbers(20))
+    await pool.execute("ANALYZE messages")
+    counted = await pool.fetchval("SELECT reltuples FROM pg_class WHERE relname = 'messages'")
+    before = await manual_analyses(pool)
+
+    await messages.refresh_statistics(pool, added=int(counted * messages.STATISTICS_SHARE) - 1)
+    after_small = await manual_analyses(pool)
+    await messages.refresh_statistics(pool, added=int(counted))
+    after_large = await manual_analyses(pool)
+
+    assert counted >= 20
+    assert after_small == before
+    assert after_large == before + 1
