@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-tools lint lock bench bench-rates bench-validation bench-uploads bench-outcomes bench-postman bench-ledger-copy bench-fairness clean
+.PHONY: run test test-fast test-tools lint lock bench bench-sweep bench-rates bench-validation bench-uploads bench-outcomes bench-postman bench-ledger-copy bench-fairness clean
 
 # The tested set: every version pinned by requirements.lock; `local` is the local stack.
 $(STAMP): pyproject.toml requirements.lock
@@ -47,6 +47,12 @@ test-fast: $(STAMP)
 N ?= 100000
 bench: $(STAMP)
 	$(BIN)/python -m bench --n $(N) --receipts
+
+# Herald at each batch size of SIZES (and N, so `N=1000000` adds that size) against one naive
+# run and the lean ceiling; results in bench/results/sweep-*.json.
+SIZES ?= 1000,10000,20000,100000
+bench-sweep: $(STAMP)
+	$(BIN)/python -m bench --sweep $(SIZES),$(N)
 
 bench-rates: $(STAMP)
 	$(BIN)/python -m bench.rates

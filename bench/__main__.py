@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import psutil
 from aiohttp import web
@@ -59,6 +60,21 @@ CEILING_MAX = 50_000
 # How long after the final event the receipts run waits for its last receipts, at least.
 RECEIPTS_PATIENCE = 300.0
 BODY = "Herald bench {{first_name}}"
+# The sweep's lean ceiling, before and after its sizes: enough for a steady rate (or the
+# largest size, if smaller).
+SWEEP_CEILING_N = 20_000
+# PostgreSQL's statements kept per size of a sweep, and the characters of each kept.
+SWEEP_STATEMENTS = 8
+STATEMENT_TEXT = 300
+REPORTED_SETTINGS = (
+    "chunk_size",
+    "slice_size",
+    "chunk_window",
+    "slices_in_flight",
+    "send_concurrency",
+    "max_concurrent_activities",
+    "worker_processes",
+)
 
 
 def recipient_numbers(count: int) -> Iterator[str]:
@@ -146,6 +162,7 @@ async def run_herald(
         sampling = asyncio.create_task(sampler.run(http))
         cpu_before = cpu_seconds(stack)
         started = time.perf_counter()
+        posted_at = time.time()
         response = await http.post(
             "/v1/sms/batch",
             headers=headers,
@@ -166,7 +183,9 @@ async def run_herald(
                 break
         sampling.cancel()
         cpu_after = cpu_seconds(stack)
+        stats = (await http.get(f"{info['emulator_url']}/_emulator/stats")).json()
     await runner.cleanup()
+    first = stats.get("first_received_at")
     elapsed = arrived - started
     sent = event.get("messages_successful", 0)
     return {
@@ -176,6 +195,8 @@ async def run_herald(
         "sent": sent,
         "seconds": elapsed,
         "messages_per_second": sent / elapsed,
+        # From the POST to the carrier's first request (the emulator's clock is this one's).
+        "first_message_seconds": None if first is None else first - posted_at,
         "send_phase_seconds": arrived - (sending_started or started),
         "send_phase_messages_per_second": sent / (arrived - (sending_started or started)),
         "peak_rss_mb": sampler.peak_rss_mb,
@@ -336,15 +357,20 @@ async def history_and_storage(settings: Settings, batch_id: str) -> dict[str, An
     }
 
 
+def watched_processes(processes: list[ManagedProcess]) -> dict[str, psutil.Process]:
+    """The workers and the API, whose RSS the runs sample."""
+    return {
+        p.name: psutil.Process(p.pid) for p in processes if p.name.startswith(("worker", "api"))
+    }
+
+
 async def measure(
     args: argparse.Namespace,
     settings: Settings,
     info: dict[str, str],
     processes: list[ManagedProcess],
 ) -> dict[str, Any]:
-    watched = {
-        p.name: psutil.Process(p.pid) for p in processes if p.name.startswith(("worker", "api"))
-    }
+    watched = watched_processes(processes)
     # The baselines run before and after Herald and are averaged: this machine's speed
     # drifts over a run, and a ratio should not depend on which came first.
     ceiling_n = min(args.n, CEILING_MAX)
@@ -376,18 +402,7 @@ async def measure(
     return {
         "date": datetime.now(UTC).isoformat(),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "settings": {
-            k: getattr(settings, k)
-            for k in (
-                "chunk_size",
-                "slice_size",
-                "chunk_window",
-                "slices_in_flight",
-                "send_concurrency",
-                "max_concurrent_activities",
-                "worker_processes",
-            )
-        },
+        "settings": {k: getattr(settings, k) for k in REPORTED_SETTINGS},
         "herald": herald,
         "herald_receipts": receipts,
         "naive": naive,
@@ -414,6 +429,134 @@ async def measure(
             ),
         },
     }
+
+
+async def statement_stats(pool: asyncpg.Pool, top: int) -> list[dict[str, Any]]:
+    """PostgreSQL's `top` statements by total execution time since the last reset
+    (pg_stat_statements; the local stack preloads it), the triggers' own included."""
+    rows = await pool.fetch(
+        "SELECT query, calls, total_exec_time, rows, shared_blks_hit + shared_blks_read AS blocks,"
+        " total_plan_time, plans, toplevel FROM pg_stat_statements"
+        " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " ORDER BY total_exec_time DESC LIMIT $1",
+        top,
+    )
+    return [
+        {
+            "query": " ".join(r["query"].split())[:STATEMENT_TEXT],
+            "calls": r["calls"],
+            "total_ms": r["total_exec_time"],
+            "mean_ms": r["total_exec_time"] / max(r["calls"], 1),
+            "rows": r["rows"],
+            "blocks_per_call": r["blocks"] / max(r["calls"], 1),
+            "toplevel": r["toplevel"],
+        }
+        for r in rows
+    ]
+
+
+async def measure_sweep(
+    args: argparse.Namespace,
+    settings: Settings,
+    info: dict[str, str],
+    processes: list[ManagedProcess],
+) -> dict[str, Any]:
+    """Herald at each size in `args.sweep`, smallest first, on one stack; the naive baseline
+    once (at `args.naive_n`), the lean ceiling before the first size and after each: a size's
+    ratio is to the mean of the two runs on either side of it, as this machine's speed drifts
+    over a sweep."""
+    watched = watched_processes(processes)
+    pool = await create_pool(settings.dsn, min_size=1, max_size=1)
+    try:
+        await pool.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        naive = await run_naive(args.naive_n, settings, info, "sweep")
+        ceiling_n = min(SWEEP_CEILING_N, max(args.sweep))
+        lean_runs = [await run_ceiling(ceiling_n, settings, info, lean=True)]
+        sizes = []
+        for n in args.sweep:
+            await pool.execute("SELECT pg_stat_statements_reset()")
+            herald = await run_herald(n, settings, info, watched, processes)
+            herald.pop("samples")
+            herald["top_statements"] = await statement_stats(pool, SWEEP_STATEMENTS)
+            lean_runs.append(await run_ceiling(ceiling_n, settings, info, lean=True))
+            beside = averaged(lean_runs[-2:])
+            herald["lean_ceiling_messages_per_second"] = beside["messages_per_second"]
+            herald["over_lean_ceiling"] = (
+                herald["messages_per_second"] / beside["messages_per_second"]
+            )
+            herald["over_naive"] = herald["messages_per_second"] / naive["messages_per_second"]
+            sizes.append(herald)
+    finally:
+        await pool.close()
+    return {
+        "date": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "load_average": os.getloadavg(),
+        "settings": {k: getattr(settings, k) for k in REPORTED_SETTINGS},
+        "naive": naive,
+        "lean_ceiling": averaged(lean_runs),
+        "sizes": sizes,
+    }
+
+
+def sweep_report(result: dict[str, Any]) -> str:
+    lean, naive = result["lean_ceiling"], result["naive"]
+    parts = sorted({part for size in result["sizes"] for part in size["cpu_ms_per_1000"]})
+    header = [
+        "size",
+        "msg/s",
+        "lean beside",
+        "x lean",
+        "x naive",
+        "first msg s",
+        *(f"{p} cpu" for p in parts),
+    ]
+    lines = [header]
+    for size in result["sizes"]:
+        first = size["first_message_seconds"]
+        lines.append(
+            [
+                f"{size['recipients']:,}",
+                f"{size['messages_per_second']:,.0f}",
+                f"{size['lean_ceiling_messages_per_second']:,.0f}",
+                f"{size['over_lean_ceiling']:.2f}",
+                f"{size['over_naive']:.1f}",
+                "-" if first is None else f"{first:.2f}",
+                *(f"{size['cpu_ms_per_1000'].get(p, 0.0) / 1000:.3f}" for p in parts),
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    table = "\n".join(
+        "  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines
+    )
+    return (
+        f"{table}\n\nCPU in seconds per 1,000 messages; x lean: to the mean of the lean ceiling"
+        f" runs before and after the size (all: {spread(lean)} msg/s);"
+        f" naive {naive['messages_per_second']:,.0f} msg/s ({naive['sent']:,} sent);"
+        f" load average {' '.join(f'{x:.2f}' for x in result['load_average'])}"
+    )
+
+
+def sweep_chart(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    sizes = result["sizes"]
+    labels = [f"{s['recipients']:,}" for s in sizes]
+    figure, axis = pyplot.subplots(figsize=(9, 4))
+    axis.bar(labels, [s["messages_per_second"] for s in sizes], label="Herald")
+    lean = [s["lean_ceiling_messages_per_second"] for s in sizes]
+    axis.plot(labels, lean, "o-.", color="black", label="lean ceiling beside")
+    axis.plot(labels, [0.45 * rate for rate in lean], "o--", color="grey", label="0.45x of it")
+    axis.axhline(result["naive"]["messages_per_second"], linestyle=":", label="naive")
+    axis.set_xlabel("recipients in the batch")
+    axis.set_ylabel("messages/s, POST to final event")
+    axis.set_title("Herald by batch size")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
 
 
 def chart(result: dict[str, Any], path: Path) -> None:
@@ -550,6 +693,11 @@ def validation_in_own_process(rows: int) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
+def sizes_list(text: str) -> list[int]:
+    """`1000,10000,1000` -> [1000, 10000]: distinct, smallest first."""
+    return sorted({int(size) for size in text.split(",") if size.strip()})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Herald's benchmark")
     parser.add_argument("--n", type=int, default=100_000, help="recipients in Herald's batch")
@@ -561,13 +709,27 @@ def main() -> int:
         action="store_true",
         help="run Herald's batch again with the emulator's status callbacks on, and compare",
     )
+    parser.add_argument(
+        "--sweep",
+        type=sizes_list,
+        help="comma-separated batch sizes: Herald at each (msg/s, CPU per part, time to first"
+        " message, PostgreSQL's top statements) against one naive run and the lean ceiling",
+    )
     args = parser.parse_args()
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.sweep:
+        with bench_stack() as (settings, info, processes):
+            result = asyncio.run(measure_sweep(args, settings, info, processes))
+        path = args.out / f"sweep-{stamp}"
+        path.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        sweep_chart(result, path.with_suffix(".png"))
+        sys.stdout.write(sweep_report(result) + f"\n\nWritten: {path}.json and .png\n")
+        return 0
     with bench_stack() as (settings, info, processes):
         result = asyncio.run(measure(args, settings, info, processes))
     result["validation"] = validation_in_own_process(args.validation_rows)
     result["ratios"]["validation_over_csv_reading"] = result["validation"]["ratio"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
     (args.out / f"{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
     chart(result, args.out / f"{stamp}.png")
     sys.stdout.write(report(result) + f"\n\nWritten: {args.out / stamp}.json and .png\n")

@@ -7,26 +7,28 @@ import sys
 from pathlib import Path
 
 
-def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--n",
-            "2000",
-            "--naive-n",
-            "40",
-            "--out",
-            str(tmp_path),
-            "--validation-rows",
-            "20000",
-            "--receipts",
-        ],
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m bench` with `args`, on a stack of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
+    )
+
+
+def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -> None:
+    run = bench(
+        "--n",
+        "2000",
+        "--naive-n",
+        "40",
+        "--out",
+        str(tmp_path),
+        "--validation-rows",
+        "20000",
+        "--receipts",
     )
 
     assert run.returncode == 0, run.stdout + run.stderr
@@ -58,3 +60,31 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
     assert "Herald, receipts on" in run.stdout
     assert "Validation / reading" in run.stdout
     assert "CSV export API RSS" in run.stdout
+
+
+def test_the_sweep_measures_every_size_against_one_naive_run_and_the_lean_ceiling(
+    tmp_path: Path,
+) -> None:
+    run = bench("--sweep", "1000,300,1000", "--naive-n", "20", "--out", str(tmp_path))
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    [results] = tmp_path.glob("sweep-*.json")
+    result = json.loads(results.read_text())
+    assert [size["recipients"] for size in result["sizes"]] == [300, 1000]
+    assert result["naive"]["sent"] == 20
+    # Before the first size and after each.
+    assert (result["lean_ceiling"]["sent"], len(result["lean_ceiling"]["runs"])) == (3000, 3)
+    for size in result["sizes"]:
+        assert (size["status"], size["sent"]) == ("completed", size["recipients"])
+        assert size["lean_ceiling_messages_per_second"] > 0
+        assert size["over_lean_ceiling"] > 0 and size["over_naive"] > 0
+        assert 0 < size["first_message_seconds"] < size["seconds"]
+        assert set(size["cpu_ms_per_1000"]) == {"api", "worker", "postgres", "temporal", "emulator"}
+        # The clock ticks of /proc: a part idle for a small batch may show none.
+        assert all(cpu >= 0 for cpu in size["cpu_ms_per_1000"].values())
+        assert size["cpu_ms_per_1000"]["worker"] > 0
+        ledger = [s for s in size["top_statements"] if "messages" in s["query"]]
+        assert ledger and all(s["calls"] > 0 for s in ledger)
+    assert len(result["load_average"]) == 3
+    assert results.with_suffix(".png").stat().st_size > 0
+    assert "first msg s" in run.stdout

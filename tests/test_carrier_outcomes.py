@@ -6,15 +6,25 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from temporalio.converter import DataConverter
 from temporalio.testing import ActivityEnvironment
 from twilio.base.exceptions import TwilioRestException
 
 from activities.backoff import MAX_WINDOW_SECONDS, retry_delay
 from activities.heartbeats import SliceHeartbeat
-from activities.providers.twilio import OUTCOMES, Verdict, classify, retry_after_seconds
+from activities.providers.twilio import (
+    OUTCOMES,
+    Verdict,
+    accepted_sid,
+    classify,
+    form_body,
+    retry_after_seconds,
+)
 from deploy.local.emulator import HTTP_ERROR_CODES, MAGIC_FROM, MAGIC_TO
 
 
@@ -126,3 +136,20 @@ def test_the_delivery_docs_list_every_outcome_with_its_verdict() -> None:
 
     assert dict(documented) == {key: o.verdict.value for key, o in OUTCOMES.items()}
     assert len(documented) == len(OUTCOMES)
+
+
+@given(st.dictionaries(st.text(min_size=1), st.text()))
+def test_a_message_form_is_encoded_as_urlencode_encodes_it(form: dict[str, str]) -> None:
+    assert form_body(form) == urlencode(form, doseq=True)
+
+
+def test_a_form_with_a_list_is_encoded_as_urlencode_encodes_it() -> None:
+    form = {"To": "+1 212 555 0100", "MediaUrl": ["https://a.example/1?x=y", "é"]}
+
+    assert form_body(form) == urlencode(form, doseq=True)
+
+
+def test_only_an_answer_object_gives_a_sid() -> None:
+    assert accepted_sid({"sid": "SM" + "a" * 32}) == "SM" + "a" * 32
+    unreadable: list[object] = [[], "SM", None, {"status": "queued"}]
+    assert [accepted_sid(answer) for answer in unreadable] == [None] * 4

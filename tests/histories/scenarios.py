@@ -139,6 +139,16 @@ async def test_send_queue(
     await save_batch(temporal, file_id, "send_queue", chunks={0: "send_queue"})
 
 
+async def test_reported_while_starting(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    # As `plain`, on the `batch-report-while-starting` patch: the `dispatching` and
+    # `in_progress` reports run while the chunk starts.
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(20))
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(temporal, file_id, "reported_while_starting")
+
+
 async def test_continue_as_new(
     settings: Settings,
     account: Account,
