@@ -16,7 +16,7 @@ from tests.support.batches import start_marked_batch
 from tests.support.builders import unique_numbers
 from tests.support.stack import Account, WebhookReceiver
 
-ROWS = 2000
+ROWS = 20_000
 SLICE = 100
 
 
