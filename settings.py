@@ -150,7 +150,17 @@ class Settings(BaseSettings):
         1600, description="Characters a rendered message may have (message_too_long)."
     )
     chunk_size: int = Field(5000, description="Recipients per ChunkWorkflow.")
-    slice_size: int = Field(500, description="Recipients per send activity.")
+    slice_size: int = Field(
+        1000,
+        description="Recipients per send activity, at most: a batch from a rate-limited sender"
+        " gets slices of `slice_seconds` of its sending.",
+    )
+    slice_seconds: float = Field(
+        50.0,
+        gt=0,
+        description="How long one send activity of a rate-limited sender lasts at most, so"
+        " that a stopping worker finishes its slice within its shutdown grace.",
+    )
     chunk_window: int = Field(4, description="ChunkWorkflows running at once per batch.")
     slices_in_flight: int = Field(2, description="Send activities running at once per chunk.")
     send_concurrency: int = Field(96, description="Carrier requests in flight per send activity.")

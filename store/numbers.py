@@ -86,6 +86,18 @@ async def get_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> 
     return dict(row) if row else None
 
 
+async def slowest_rate(
+    pool: asyncpg.Pool, account_id: uuid.UUID, numbers: list[str]
+) -> float | None:
+    """The lowest rate limit (messages a second) among the account's `numbers`; None when
+    none of them has one."""
+    return await pool.fetchval(
+        "SELECT min(mps) FROM sender_numbers WHERE account_id = $1 AND number = ANY($2)",
+        account_id,
+        numbers,
+    )
+
+
 async def has_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> bool:
     return bool(
         await pool.fetchval(

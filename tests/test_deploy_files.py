@@ -263,8 +263,8 @@ def test_a_stopping_worker_outlasts_its_send_slice_and_the_carrier_timeout() -> 
     defaults = Settings()
     grace = float(env["HERALD_WORKER_SHUTDOWN_GRACE_SECONDS"])
 
-    # A slice of `slice_size` messages at the default sender rate must fit in the grace.
-    assert grace >= defaults.slice_size / (defaults.default_sender_mps or 1)
+    # A rate-limited sender's slice lasts at most `slice_seconds`: it must fit in the grace.
+    assert grace >= defaults.slice_seconds
     assert pod["terminationGracePeriodSeconds"] > grace + defaults.carrier_timeout_seconds
     assert container["livenessProbe"]["exec"]["command"] == ["python", "-m", "deploy.healthcheck"]
     assert env["HERALD_HEALTH_FILE"].startswith("/tmp/")

@@ -2,18 +2,25 @@
 database, and pacing costs the same memory whatever the rate."""
 
 import asyncio
+import json
 import tracemalloc
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from temporalio.client import Client
 
 import activities.pacing
 from activities.pacing import SenderPacer
+from settings import Settings
 from store import numbers
-from tests.support.stack import Account, error_code
+from tests.support.batches import start_marked_batch
+from tests.support.builders import unique_numbers
+from tests.support.stack import Account, WebhookReceiver, error_code
+from workflows.contracts import batch_workflow_id
 
 OUT_OF_RANGE: list[Any] = [1e10, 2e10, 1e308, 1e-300, 0.001, 0, -1, 10_000.5, "Infinity", "NaN"]
 # JSON's non-finite literals, which Python's json module reads as floats.
@@ -143,3 +150,29 @@ async def test_the_pacer_holds_no_send_time_per_slot(
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert turns == [True, True, True]
     assert grown < 4096, f"the pacer grew by {grown} bytes for one reservation"
+
+
+@pytest.mark.parametrize(("mps", "slice_size"), [(None, 250), (2.0, 100), (0.01, 1)])
+async def test_a_rate_limited_senders_batch_gets_slices_of_slice_seconds_of_its_rate(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+    temporal: Client,
+    settings: Settings,
+    mps: float | None,
+    slice_size: int,
+) -> None:
+    """This session's settings: slices of 250 and 50 s of a limited sender's rate."""
+    await numbers.update_number(pool, account.account_id, account.agent_number, {"mps": mps})
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    file_id, _ = await start_marked_batch(
+        api, account, webhooks, unique_numbers(3), schedule_at=later
+    )
+    history = await temporal.get_workflow_handle(batch_workflow_id(file_id)).fetch_history()
+    await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
+
+    started = history.events[0].workflow_execution_started_event_attributes
+    [payload] = started.input.payloads
+    assert (settings.slice_size, settings.slice_seconds) == (250, 50.0)
+    assert json.loads(payload.data)["dispatch"]["slice_size"] == slice_size

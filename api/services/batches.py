@@ -140,10 +140,16 @@ def _request_hash(request: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
-def dispatch_settings(settings: Settings) -> DispatchSettings:
+def dispatch_settings(settings: Settings, sender_mps: float | None) -> DispatchSettings:
+    """`sender_mps`, the slowest rate among the batch's senders, shortens its slices to
+    `slice_seconds` of sending; a batch from unlimited senders gets the largest, which costs
+    Temporal least per message."""
+    slice_size = settings.slice_size
+    if sender_mps is not None:
+        slice_size = max(1, min(slice_size, int(sender_mps * settings.slice_seconds)))
     return DispatchSettings(
         chunk_size=settings.chunk_size,
-        slice_size=settings.slice_size,
+        slice_size=slice_size,
         chunk_window=settings.chunk_window,
         slices_in_flight=settings.slices_in_flight,
         chunks_per_run=settings.chunks_per_run,
@@ -225,7 +231,12 @@ async def start_batch(
                 batch_id=str(file_id),
                 account_id=str(account_id),
                 agent_number=agent_number,
-                dispatch=dispatch_settings(settings),
+                dispatch=dispatch_settings(
+                    settings,
+                    await numbers.slowest_rate(
+                        pool, account_id, [n for n in (agent_number, *row_senders.values()) if n]
+                    ),
+                ),
                 limits=validation_limits(settings),
                 timing=_timing(request),
                 auto_pause=_auto_pause(request),
@@ -594,7 +605,18 @@ async def retry_batch(
         batch_id=str(batch["id"]),
         account_id=str(account_id),
         agent_number=batch["agent_number"],
-        dispatch=dispatch_settings(settings),
+        dispatch=dispatch_settings(
+            settings,
+            await numbers.slowest_rate(
+                pool,
+                account_id,
+                [
+                    n
+                    for n in (batch["agent_number"], *batch["request"].get("senders", {}).values())
+                    if n
+                ],
+            ),
+        ),
         timing=timing,
         auto_pause=_auto_pause(batch["request"]),
         retry_statuses=[LedgerStatus(status) for status in statuses],
