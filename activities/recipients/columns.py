@@ -377,15 +377,13 @@ def _read_block(text: bytes, header: list[str], first_row: int, lines: int) -> p
     if frame.is_empty():
         return frame.with_row_index(_ROW, offset=first_row)
     # The csv module ends a line at a lone CR (polars keeps it in the cell), and refuses
-    # a cell over its limit.
-    longest, lone_cr = frame.select(
-        pl.max_horizontal(pl.all().str.len_bytes().max()),
-        # (Counting costs less than a literal `contains` in polars.)
-        pl.sum_horizontal(pl.all().str.count_matches("\r", literal=True).sum()).alias("cr"),
-    ).row(0)
+    # a cell over its limit. A CR not before a LF is looked for in the bytes (two `count`s
+    # cost a fraction of a pass over the cells); a quoted block's CRs were checked by
+    # `_records`: any left are in quoted cells.
+    lone_cr = not quoted and text.count(b"\r") != text.count(b"\r\n")
     limit = csv.field_size_limit()
-    # (A quoted block's CRs were checked by `_records`: any left are in quoted cells.)
-    if (lone_cr and not quoted) or (
+    longest = frame.select(pl.max_horizontal(pl.all().str.len_bytes().max())).item()
+    if lone_cr or (
         longest > limit and max(frame.select(pl.all().str.len_chars().max()).row(0)) > limit
     ):
         raise NotPlain("a lone CR, or a cell over the csv module's limit")
