@@ -71,6 +71,10 @@ CANCEL_VALIDATION_PATCH = "batch-cancel-validation"
 AUTO_PAUSE_PATCH = "batch-auto-pause"
 # A batch paused for a carrier throttling resumes by itself after the pause's back-off.
 THROTTLE_RESUME_PATCH = "batch-throttle-resume"
+# The batch's short database steps (its status events, the check for uncertain rows, the
+# ledger's close) run as local activities, in the workflow task that asks for them, and
+# reconciliation runs only when a row is `uncertain` (docs/WORKFLOWS.md, Fairness).
+LOCAL_STEPS_PATCH = "batch-local-db-steps"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -581,18 +585,29 @@ class BatchWorkflow:
             await self._signal_chunks(ChunkWorkflow.stop)
 
     async def _finish(self) -> BatchResult:
-        if workflow.patched(RECONCILE_PATCH):
+        if workflow.patched(RECONCILE_PATCH) and (
+            not workflow.patched(LOCAL_STEPS_PATCH) or await self._has_uncertain()
+        ):
             await self._reconcile()
         cancelled = self._cancel_reason is not None
         pending_as = (
             LedgerStatus.CANCELLED if cancelled else LedgerStatus.EXPIRED if self._expired else None
         )
-        counts = await workflow.execute_activity_method(
-            LedgerActivities.finish_ledger,
-            FinishInput(batch_id=self._input.batch_id, close_pending_as=pending_as),
-            start_to_close_timeout=timedelta(minutes=2),
-            retry_policy=DB_RETRY,
-        )
+        finish = FinishInput(batch_id=self._input.batch_id, close_pending_as=pending_as)
+        if workflow.patched(LOCAL_STEPS_PATCH):
+            counts = await workflow.execute_local_activity_method(
+                LedgerActivities.finish_ledger,
+                finish,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=DB_RETRY,
+            )
+        else:
+            counts = await workflow.execute_activity_method(
+                LedgerActivities.finish_ledger,
+                finish,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=DB_RETRY,
+            )
         if cancelled:
             return await self._report_final(
                 BatchStatus.CANCELLED, counts, code="cancelled", reason=self._cancel_reason
@@ -612,16 +627,28 @@ class BatchWorkflow:
         status = BatchStatus.COMPLETED_PARTIAL if partial else BatchStatus.COMPLETED
         return await self._report_final(status, counts)
 
+    async def _has_uncertain(self) -> bool:
+        """Whether reconciliation has rows to settle (a local activity)."""
+        return await workflow.execute_local_activity_method(
+            ReconciliationActivities.has_uncertain,
+            self._reconcile_input(),
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=DB_RETRY,
+        )
+
+    def _reconcile_input(self) -> ReconcileInput:
+        return ReconcileInput(
+            batch_id=self._input.batch_id,
+            account_id=self._input.account_id,
+            agent_number=self._input.agent_number,
+        )
+
     async def _reconcile(self) -> None:
         """Settle `uncertain` rows with the carrier; send those it never got, unless the batch
         was stopped (then they end as its other unsent rows do)."""
         settled = await workflow.execute_activity_method(
             ReconciliationActivities.reconcile_uncertain,
-            ReconcileInput(
-                batch_id=self._input.batch_id,
-                account_id=self._input.account_id,
-                agent_number=self._input.agent_number,
-            ),
+            self._reconcile_input(),
             start_to_close_timeout=timedelta(minutes=30),
             heartbeat_timeout=timedelta(minutes=1),
             retry_policy=DB_RETRY,
@@ -666,22 +693,33 @@ class BatchWorkflow:
             if status != self._status:
                 self._status = status
                 workflow.upsert_search_attributes([BATCH_STATUS.value_set(status)])
-            await workflow.execute_activity_method(
-                StatusEventActivities.record_status,
-                StatusUpdate(
-                    batch_id=self._input.batch_id,
-                    workflow_id=workflow.info().workflow_id,
-                    event_seq=seq,
-                    status=status,
-                    message=message,
-                    code=code,
-                    reason=reason,
-                    counts=counts,
-                    error_codes=error_codes,
-                ),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=DB_RETRY,
+            update = StatusUpdate(
+                batch_id=self._input.batch_id,
+                workflow_id=workflow.info().workflow_id,
+                event_seq=seq,
+                status=status,
+                message=message,
+                code=code,
+                reason=reason,
+                counts=counts,
+                error_codes=error_codes,
             )
+            if workflow.patched(LOCAL_STEPS_PATCH):
+                # Idempotent (the event's seq is its key): a retry after a lost workflow
+                # task records it once.
+                await workflow.execute_local_activity_method(
+                    StatusEventActivities.record_status,
+                    update,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=DB_RETRY,
+                )
+            else:
+                await workflow.execute_activity_method(
+                    StatusEventActivities.record_status,
+                    update,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=DB_RETRY,
+                )
             self._events_recorded = seq
 
     async def _deliver_events(self) -> None:
