@@ -307,7 +307,11 @@ async def test_search_attributes_find_the_finished_batch(
     assert attributes | {"BuildIds": None} == {
         "BuildIds": None,  # the server's own
         # The server's too: the patches the run took (docs/WORKFLOWS.md).
-        "TemporalChangeVersion": ["batch-cancel-validation", "batch-reconcile-uncertain"],
+        "TemporalChangeVersion": [
+            "batch-cancel-validation",
+            "batch-local-db-steps",
+            "batch-reconcile-uncertain",
+        ],
         "BatchStatus": "completed",
         "BatchId": file_id,
         "AccountId": str(account.account_id),
