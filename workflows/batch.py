@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import (
@@ -20,6 +21,7 @@ from temporalio.exceptions import (
     ChildWorkflowError,
     FailureError,
 )
+from temporalio.types import MethodAsyncSingleParam
 
 with workflow.unsafe.imports_passed_through():
     from activities.ledger import LedgerActivities
@@ -58,6 +60,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.retries import DB_RETRY, VALIDATE_RETRY
     from workflows.statuses import BatchStatus, LedgerStatus
 
+P = TypeVar("P")
+R = TypeVar("R")
 PROGRESS_EVERY = timedelta(seconds=1)
 # Patch ids (docs/WORKFLOWS.md): runs recorded before them replay without the step.
 RECONCILE_PATCH = "batch-reconcile-uncertain"
@@ -594,20 +598,7 @@ class BatchWorkflow:
             LedgerStatus.CANCELLED if cancelled else LedgerStatus.EXPIRED if self._expired else None
         )
         finish = FinishInput(batch_id=self._input.batch_id, close_pending_as=pending_as)
-        if workflow.patched(LOCAL_STEPS_PATCH):
-            counts = await workflow.execute_local_activity_method(
-                LedgerActivities.finish_ledger,
-                finish,
-                start_to_close_timeout=timedelta(minutes=2),
-                retry_policy=DB_RETRY,
-            )
-        else:
-            counts = await workflow.execute_activity_method(
-                LedgerActivities.finish_ledger,
-                finish,
-                start_to_close_timeout=timedelta(minutes=2),
-                retry_policy=DB_RETRY,
-            )
+        counts = await self._db_step(LedgerActivities.finish_ledger, finish, timedelta(minutes=2))
         if cancelled:
             return await self._report_final(
                 BatchStatus.CANCELLED, counts, code="cancelled", reason=self._cancel_reason
@@ -626,6 +617,22 @@ class BatchWorkflow:
         )
         status = BatchStatus.COMPLETED_PARTIAL if partial else BatchStatus.COMPLETED
         return await self._report_final(status, counts)
+
+    async def _db_step(
+        self,
+        step: MethodAsyncSingleParam[Any, P, R],
+        arg: P,
+        start_to_close: timedelta,
+    ) -> R:
+        """A short database step: a local activity, in this workflow task, with
+        LOCAL_STEPS_PATCH; an activity on the task queue in runs recorded before it."""
+        if workflow.patched(LOCAL_STEPS_PATCH):
+            return await workflow.execute_local_activity_method(
+                step, arg, start_to_close_timeout=start_to_close, retry_policy=DB_RETRY
+            )
+        return await workflow.execute_activity_method(
+            step, arg, start_to_close_timeout=start_to_close, retry_policy=DB_RETRY
+        )
 
     async def _has_uncertain(self) -> bool:
         """Whether reconciliation has rows to settle (a local activity)."""
@@ -704,22 +711,9 @@ class BatchWorkflow:
                 counts=counts,
                 error_codes=error_codes,
             )
-            if workflow.patched(LOCAL_STEPS_PATCH):
-                # Idempotent (the event's seq is its key): a retry after a lost workflow
-                # task records it once.
-                await workflow.execute_local_activity_method(
-                    StatusEventActivities.record_status,
-                    update,
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=DB_RETRY,
-                )
-            else:
-                await workflow.execute_activity_method(
-                    StatusEventActivities.record_status,
-                    update,
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=DB_RETRY,
-                )
+            # Idempotent (the event's seq is its key): a local activity run again after a
+            # lost workflow task records it once.
+            await self._db_step(StatusEventActivities.record_status, update, timedelta(seconds=30))
             self._events_recorded = seq
 
     async def _deliver_events(self) -> None:
