@@ -98,9 +98,15 @@ class ReconciliationActivities(WorkerResources):
             end_seq=max(unsent, default=-1) + 1,
         )
 
+    @activity.defn
+    async def has_uncertain(self, input: ReconcileInput) -> bool:
+        """Whether the batch has rows to reconcile: a short read, which the batch runs as a
+        local activity so that a batch without any skips `reconcile_uncertain`."""
+        return await messages.has_uncertain(self._pool, uuid.UUID(input.batch_id))
+
     def registered(self) -> list[Any]:
         """The bound activity methods, for the worker to register."""
-        return [self.reconcile_uncertain]
+        return [self.reconcile_uncertain, self.has_uncertain]
 
 
 async def carrier_list(

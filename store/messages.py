@@ -303,6 +303,15 @@ async def uncertain_rows(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[Uncert
     return [UncertainRow(**r) for r in rows]
 
 
+async def has_uncertain(pool: asyncpg.Pool, batch_id: uuid.UUID) -> bool:
+    """Whether any row of the batch is `uncertain` (reconciliation has work)."""
+    found: bool = await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE batch_id = $1 AND status = 'uncertain')",
+        batch_id,
+    )
+    return found
+
+
 async def sids_in_ledger(pool: asyncpg.Pool, sids: list[str]) -> set[str]:
     """Which of `sids` some message row already holds, in any batch."""
     rows = await pool.fetch(

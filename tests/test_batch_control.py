@@ -309,6 +309,7 @@ async def test_search_attributes_find_the_finished_batch(
         # The server's too: the patches the run took (docs/WORKFLOWS.md).
         "TemporalChangeVersion": [
             "batch-cancel-validation",
+            "batch-local-db-steps",
             "batch-reconcile-uncertain",
             "batch-report-while-starting",
         ],

@@ -3,7 +3,10 @@ carrier requests go to the send queue, served by workers apart from the batches'
 (validation, events, chunk scheduling, the end), so sends backed up, however many, hold back
 no other batch's steps; and a batch small beside the ledger does not re-sample its
 statistics, which cost a small batch about a second of its validation while a large one
-sent."""
+sent; and a batch's short database steps (its events, the ledger's close) run as local
+activities, inside its own workflow tasks, so a small batch takes fewer steps to its end."""
+
+import json
 
 import asyncpg
 import httpx
@@ -12,8 +15,8 @@ from temporalio.client import Client
 
 from settings import Settings
 from store import messages
-from tests.support.batches import run_batch, start_marked_batch
-from tests.support.builders import unique_numbers
+from tests.support.batches import FINAL, phases, run_batch, start_marked_batch
+from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import own_worker
 from tests.support.stack import Account, WebhookReceiver, api_client
 from worker import herald_worker
@@ -87,3 +90,46 @@ async def test_a_batch_small_beside_the_ledger_leaves_its_statistics_be(
     assert counted >= 20
     assert after_small == before
     assert after_large == before + 1
+
+
+async def activity_steps(temporal: Client, file_id: str) -> tuple[list[str], list[str]]:
+    """The batch workflow's activities by type, in order: those scheduled on a task queue,
+    and those it ran as local activities (recorded as markers)."""
+    history = await temporal.get_workflow_handle(batch_workflow_id(file_id)).fetch_history()
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    local = [
+        json.loads(e.marker_recorded_event_attributes.details["data"].payloads[0].data)[
+            "activity_type"
+        ]
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+    ]
+    return scheduled, local
+
+
+async def test_a_small_batch_runs_its_database_steps_within_its_workflow_tasks(
+    api: httpx.AsyncClient,
+    temporal: Client,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+) -> None:
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(100))
+    events = await webhooks.wait_for(marker, *FINAL)
+
+    assert phases(events) == ["validating", "dispatching", "in_progress", "completed"]
+    assert [e["status"] for e in events].count("completed") == 1
+    assert events[-1]["messages_successful"] == 100
+    assert len(await emulator_messages(emulator_url, body_contains=marker)) == 100
+    scheduled, local = await activity_steps(temporal, file_id)
+    # Only validation and the webhook posts wait in a task queue; no reconciliation, since
+    # no row is uncertain.
+    assert set(scheduled) == {"validate_recipients", "deliver_status_events"}
+    assert local[-2:] == ["finish_ledger", "record_status"]
+    assert local[:-2].count("record_status") == len(events) - 1
+    assert "has_uncertain" in local

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import (
@@ -20,6 +21,7 @@ from temporalio.exceptions import (
     ChildWorkflowError,
     FailureError,
 )
+from temporalio.types import MethodAsyncSingleParam
 
 with workflow.unsafe.imports_passed_through():
     from activities.ledger import LedgerActivities
@@ -58,6 +60,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.retries import DB_RETRY, VALIDATE_RETRY
     from workflows.statuses import BatchStatus, LedgerStatus
 
+P = TypeVar("P")
+R = TypeVar("R")
 PROGRESS_EVERY = timedelta(seconds=1)
 # Patch ids (docs/WORKFLOWS.md): runs recorded before them replay without the step.
 RECONCILE_PATCH = "batch-reconcile-uncertain"
@@ -74,6 +78,10 @@ THROTTLE_RESUME_PATCH = "batch-throttle-resume"
 # The `dispatching` and `in_progress` events are recorded while the first chunks start, not
 # before: two activities fewer between the POST and the first message.
 REPORT_WHILE_STARTING_PATCH = "batch-report-while-starting"
+# The batch's short database steps (its status events, the check for uncertain rows, the
+# ledger's close) run as local activities, in the workflow task that asks for them, and
+# reconciliation runs only when a row is `uncertain` (docs/WORKFLOWS.md, Fairness).
+LOCAL_STEPS_PATCH = "batch-local-db-steps"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -616,18 +624,16 @@ class BatchWorkflow:
         if self._opening_reports is not None:
             # `dispatching` and `in_progress` before the final event, however fast the chunks.
             await self._opening_reports
-        if workflow.patched(RECONCILE_PATCH):
+        if workflow.patched(RECONCILE_PATCH) and (
+            not workflow.patched(LOCAL_STEPS_PATCH) or await self._has_uncertain()
+        ):
             await self._reconcile()
         cancelled = self._cancel_reason is not None
         pending_as = (
             LedgerStatus.CANCELLED if cancelled else LedgerStatus.EXPIRED if self._expired else None
         )
-        counts = await workflow.execute_activity_method(
-            LedgerActivities.finish_ledger,
-            FinishInput(batch_id=self._input.batch_id, close_pending_as=pending_as),
-            start_to_close_timeout=timedelta(minutes=2),
-            retry_policy=DB_RETRY,
-        )
+        finish = FinishInput(batch_id=self._input.batch_id, close_pending_as=pending_as)
+        counts = await self._db_step(LedgerActivities.finish_ledger, finish, timedelta(minutes=2))
         if cancelled:
             return await self._report_final(
                 BatchStatus.CANCELLED, counts, code="cancelled", reason=self._cancel_reason
@@ -647,16 +653,44 @@ class BatchWorkflow:
         status = BatchStatus.COMPLETED_PARTIAL if partial else BatchStatus.COMPLETED
         return await self._report_final(status, counts)
 
+    async def _db_step(
+        self,
+        step: MethodAsyncSingleParam[Any, P, R],
+        arg: P,
+        start_to_close: timedelta,
+    ) -> R:
+        """A short database step: a local activity, in this workflow task, with
+        LOCAL_STEPS_PATCH; an activity on the task queue in runs recorded before it."""
+        if workflow.patched(LOCAL_STEPS_PATCH):
+            return await workflow.execute_local_activity_method(
+                step, arg, start_to_close_timeout=start_to_close, retry_policy=DB_RETRY
+            )
+        return await workflow.execute_activity_method(
+            step, arg, start_to_close_timeout=start_to_close, retry_policy=DB_RETRY
+        )
+
+    async def _has_uncertain(self) -> bool:
+        """Whether reconciliation has rows to settle (a local activity)."""
+        return await workflow.execute_local_activity_method(
+            ReconciliationActivities.has_uncertain,
+            self._reconcile_input(),
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=DB_RETRY,
+        )
+
+    def _reconcile_input(self) -> ReconcileInput:
+        return ReconcileInput(
+            batch_id=self._input.batch_id,
+            account_id=self._input.account_id,
+            agent_number=self._input.agent_number,
+        )
+
     async def _reconcile(self) -> None:
         """Settle `uncertain` rows with the carrier; send those it never got, unless the batch
         was stopped (then they end as its other unsent rows do)."""
         settled = await workflow.execute_activity_method(
             ReconciliationActivities.reconcile_uncertain,
-            ReconcileInput(
-                batch_id=self._input.batch_id,
-                account_id=self._input.account_id,
-                agent_number=self._input.agent_number,
-            ),
+            self._reconcile_input(),
             start_to_close_timeout=timedelta(minutes=30),
             heartbeat_timeout=timedelta(minutes=1),
             retry_policy=DB_RETRY,
@@ -701,22 +735,20 @@ class BatchWorkflow:
             if status != self._status:
                 self._status = status
                 workflow.upsert_search_attributes([BATCH_STATUS.value_set(status)])
-            await workflow.execute_activity_method(
-                StatusEventActivities.record_status,
-                StatusUpdate(
-                    batch_id=self._input.batch_id,
-                    workflow_id=workflow.info().workflow_id,
-                    event_seq=seq,
-                    status=status,
-                    message=message,
-                    code=code,
-                    reason=reason,
-                    counts=counts,
-                    error_codes=error_codes,
-                ),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=DB_RETRY,
+            update = StatusUpdate(
+                batch_id=self._input.batch_id,
+                workflow_id=workflow.info().workflow_id,
+                event_seq=seq,
+                status=status,
+                message=message,
+                code=code,
+                reason=reason,
+                counts=counts,
+                error_codes=error_codes,
             )
+            # Idempotent (the event's seq is its key): a local activity run again after a
+            # lost workflow task records it once.
+            await self._db_step(StatusEventActivities.record_status, update, timedelta(seconds=30))
             self._events_recorded = seq
 
     async def _deliver_events(self) -> None:

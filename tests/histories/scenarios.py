@@ -129,6 +129,16 @@ async def test_plain(
     await save_batch(temporal, file_id, "plain", chunks={0: "plain"})
 
 
+async def test_local_db_steps(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    """As `plain`, from the release whose batches run their database steps as local
+    activities (patch `batch-local-db-steps`): no `reconcile_uncertain`, no row uncertain."""
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(20))
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(temporal, file_id, "local_db_steps")
+
+
 async def test_send_queue(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
 ) -> None:
@@ -341,7 +351,8 @@ async def test_reconciled(
     ):
         file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
         assert (await finished(webhooks, marker))["status"] == "completed"
-    await save_batch(temporal, file_id, "reconciled")
+    # `batch/reconciled.json` is the same scenario recorded before `batch-local-db-steps`.
+    await save_batch(temporal, file_id, "reconciled_local_db_steps")
     [chunk] = await run_chain(temporal, f"{batch_workflow_id(file_id)}/reconciled")
     save(chunk, "chunk", "reconciled")
 

@@ -190,6 +190,11 @@ class StubActivities:
             end_seq=max(reopened, default=-1) + 1,
         )
 
+    @activity.defn(name=ReconciliationActivities.has_uncertain.__name__)
+    async def has_uncertain(self, input: ReconcileInput) -> bool:
+        await self._record(input)
+        return bool(self.never_received)
+
     @activity.defn(name=LedgerActivities.reopen_rows.__name__)
     async def reopen_rows(self, input: ReopenInput) -> ReopenResult:
         await self._record(input)
@@ -228,6 +233,7 @@ class StubActivities:
             self.deliver_status_events,
             self.finish_ledger,
             self.reconcile_uncertain,
+            self.has_uncertain,
             self.reopen_rows,
             self.running_batches,
             self.send_conversation_message,
