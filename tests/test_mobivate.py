@@ -18,6 +18,7 @@ from tests.support.batches import FINAL, wait_for_status
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import rate
 from tests.support.mobivate_example import AUTHENTICATION_ERROR, EXAMPLE_REQUEST, EXAMPLE_SUCCESS
+from tests.support.pages import every_item
 from tests.support.stack import Account, api_client
 
 
@@ -507,14 +508,8 @@ async def test_ten_thousand_recipients_in_a_two_megabyte_body_are_each_sent_once
     assert sorted(m["to"] for m in received) == numbers
     names = {number: f"Name{index}" for index, number in enumerate(numbers)}
     assert all(m["body"] == f"Hi {names[m['to']]} [{run}]" for m in received)
-    page = (
-        await api.get(
-            f"/v1/sms/batch/{batch_id}/messages",
-            headers=account.headers,
-            params={"after": 9_989},
-        )
-    ).json()["data"]["messages"]
-    assert [m["reference"] for m in page] == [f"ref-{index}" for index in range(9_990, 10_000)]
+    rows = await every_item(api, account, f"/v1/sms/batch/{batch_id}/messages", "messages")
+    assert [m["reference"] for m in rows] == [f"ref-{index}" for index in range(10_000)]
 
 
 async def test_a_recipient_that_is_not_a_number_is_reported_on_its_own(
