@@ -158,6 +158,17 @@ def dispatch_settings(settings: Settings, sender_mps: float | None) -> DispatchS
     )
 
 
+async def _slowest_rate(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    agent_number: str | None,
+    row_senders: Mapping[str, str],
+) -> float | None:
+    """The slowest rate limit among a batch's sender and its rows' own senders."""
+    senders = [n for n in (agent_number, *row_senders.values()) if n]
+    return await numbers.slowest_rate(pool, account_id, senders)
+
+
 def validation_limits(settings: Settings) -> ValidationLimits:
     """The limits travel in the workflow input: a batch is validated under the limits in
     force when the API accepted it, whatever settings the worker that runs it has."""
@@ -233,9 +244,7 @@ async def start_batch(
                 agent_number=agent_number,
                 dispatch=dispatch_settings(
                     settings,
-                    await numbers.slowest_rate(
-                        pool, account_id, [n for n in (agent_number, *row_senders.values()) if n]
-                    ),
+                    await _slowest_rate(pool, account_id, agent_number, row_senders),
                 ),
                 limits=validation_limits(settings),
                 timing=_timing(request),
@@ -607,14 +616,8 @@ async def retry_batch(
         agent_number=batch["agent_number"],
         dispatch=dispatch_settings(
             settings,
-            await numbers.slowest_rate(
-                pool,
-                account_id,
-                [
-                    n
-                    for n in (batch["agent_number"], *batch["request"].get("senders", {}).values())
-                    if n
-                ],
+            await _slowest_rate(
+                pool, account_id, batch["agent_number"], batch["request"].get("senders", {})
             ),
         ),
         timing=timing,
