@@ -1,7 +1,6 @@
 """Time: a batch scheduled for later waits on a durable timer, a spread batch paces its
 sends over the window, and rows not sent by `expire_at` end `expired`."""
 
-import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,11 +58,13 @@ async def test_spread_hours_paces_the_sends_over_the_window(
 
     assert events[-1]["status"] == "completed"
     times = received_times(await emulator_messages(emulator_url, body_contains=marker))
-    gaps = [b - a for a, b in itertools.pairwise(times)]
     interval = window / 9
     assert len(times) == 9
     assert times[-1] - times[0] >= 8 * interval * 0.9
-    assert min(gaps) >= interval * 0.5  # paced, not a burst
+    # Paced, not a burst: no message goes before its turn. (A gap between two messages may
+    # be short on a loaded machine, when one went late and the next on time.)
+    for index, moment in enumerate(times):
+        assert moment - times[0] >= (index - 1) * interval * 0.9, (index, times)
 
 
 async def test_rows_not_sent_by_expire_at_end_expired(
