@@ -18,6 +18,7 @@ from tests.support.builders import csv_bytes, emulator_messages, unique_numbers
 from tests.support.delivery import assert_each_row_once, ledger_rows, own_worker
 from tests.support.sending import conversation, eventually, send_ok
 from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
+from tests.support.workers import CARRIER_TIMEOUT_SECONDS
 from workflows.contracts import ReconcileResult, batch_workflow_id
 
 OPTED_OUT_AT_CARRIER = "+15005550004"  # Twilio's magic number for error 21610
@@ -242,7 +243,7 @@ async def test_a_carrier_opt_out_fails_the_message_and_later_batches_skip_the_nu
 
 async def test_a_malformed_accepting_answer_is_that_rows_outcome_only(
     temporal: Client,
-    api: httpx.AsyncClient,
+    settings: Settings,
     account: Account,
     webhooks: WebhookReceiver,
     emulator_url: str,
@@ -254,11 +255,16 @@ async def test_a_malformed_accepting_answer_is_that_rows_outcome_only(
     spoiled = dict(zip(numbers[::10], MALFORMED, strict=True))
     await carrier(malformed={refused: [NUL_REFUSAL]} | {n: [kind] for n, kind in spoiled.items()})
 
-    file_id, marker = await start_marked_batch(api, account, webhooks, [refused, *numbers])
-    final = (await webhooks.wait_for(marker, *FINAL))[-1]
+    # Reconciliation waits out the carrier timeout: a short one, not the default 30 s.
+    async with (
+        own_worker(temporal, settings, carrier_timeout_seconds=CARRIER_TIMEOUT_SECONDS) as own,
+        api_client(own) as api,
+    ):
+        file_id, marker = await start_marked_batch(api, account, webhooks, [refused, *numbers])
+        final = (await webhooks.wait_for(marker, *FINAL))[-1]
+        rows = await ledger_rows(api, account, file_id)
 
     received = await emulator_messages(emulator_url, body_contains=marker)
-    rows = await ledger_rows(api, account, file_id)
     by_number = {r["to_number"]: r for r in rows}
     assert by_number.pop(refused)["status"] == "failed"
     # The four unreadable answers made only their own rows `uncertain` (the other 36 were
