@@ -12,6 +12,8 @@ import httpx
 import pytest
 from temporalio.client import Client
 
+from activities.recipients.phones import POSSIBLE
+from activities.recipients.rows import RecipientRules
 from api.services import postman as service
 from settings import Settings
 from tests.support.batches import FINAL, phases, start, wait_for_status
@@ -446,6 +448,7 @@ async def test_the_campaigns_rate_is_shared_by_its_endpoints(
 
 
 PARAMETERS = ["recipient_name", "topic"]
+RULES = RecipientRules(max_rows=1000, max_message_chars=1600, number_check=POSSIBLE)
 PLAIN = [
     EXAMPLE_CSV,
     EXAMPLE_CSV.rstrip("\n"),
@@ -476,19 +479,19 @@ IN_ERROR = [
 
 
 def herald_file(content: str, monkeypatch: pytest.MonkeyPatch, only: str | None) -> Any:
-    """The converted file's message and rows, or the problems, by `convert` as it is or by
-    `only` one of its paths, "rows" or "columns"."""
+    """The batch message and the ledger rows written, or the problems, by `convert` as it is
+    or by `only` one of its paths, "rows" or "columns"."""
     with monkeypatch.context() as patch:
         if only == "rows":
             patch.setattr(service, "_convert_columns", _not_plain)
         elif only == "columns":
             patch.setattr(service, "_convert", _no_row_path)
         try:
-            converted = service.convert(io.BytesIO(content.encode()), TEMPLATES, PARAMETERS, 1000)
+            converted = service.convert(io.BytesIO(content.encode()), TEMPLATES, PARAMETERS, RULES)
         except service.InvalidRows as error:
             return error.problems()
     with converted.content:
-        return converted.message, list(csv.reader(converted.content))
+        return converted.message, list(csv.reader(io.StringIO(converted.content.read().decode())))
 
 
 def _not_plain(*_: object) -> str:
@@ -581,16 +584,21 @@ async def outcomes(
     )
 
 
-async def test_the_batch_is_validated_once_by_the_engine_as_any_batch(
+async def test_the_upload_is_validated_once_and_the_batch_loads_its_rows(
     api: httpx.AsyncClient, account: Account, temporal: Client
 ) -> None:
     campaign_id = await new_campaign(api, account)
-    a, b, c, d = (n.removeprefix("+") for n in unique_numbers(4))
-    # A repeated number (skipped), a message too long (rejected), one of several segments.
-    content = (
-        "recipient,language,recipient_name,topic\n"
-        f"{a},english,Ann,passport\n{b},chinese,Bob,visa\n{a},english,Ann,again\n"
-        f"{c},chinese,{'长' * 80},visa\n{d},english,{'x' * 2000},visa\n"
+    a, b, c = (n.removeprefix("+") for n in unique_numbers(3))
+    long = "长" * 80
+    # A repeated number (skipped, as the engine skips it), a message of several segments.
+    rows = [
+        (a, "english", "Ann", "passport"),
+        (b, "chinese", "Bob", "visa"),
+        (a, "english", "Ann", "again"),
+        (c, "chinese", long, "visa"),
+    ]
+    content = "recipient,language,recipient_name,topic\n" + "".join(
+        ",".join(row) + "\n" for row in rows
     )
 
     response = await upload(api, campaign_id, content, bearer(account))
@@ -598,23 +606,54 @@ async def test_the_batch_is_validated_once_by_the_engine_as_any_batch(
     assert response.status_code == 201, response.text
     batch_id = response.json()["batchId"]
     uploaded = await outcomes(api, account, temporal, batch_id)
-    # The answer waited for the whole-file check only: the engine's one pass is the workflow's.
-    assert (await activities_run(temporal, batch_id)).count("validate_recipients") == 1
-    # The same file of Herald's, validated by the workflow as any batch's: the same outcomes.
-    converted = service.convert(io.BytesIO(content.encode()), TEMPLATES, PARAMETERS, 1000)
-    with converted.content:
-        file_id = await attach(api, account.headers, converted.content.buffer.read())
+    # The engine ran once, at the upload: the workflow loads its rows, validating nothing.
+    run = await activities_run(temporal, batch_id)
+    assert "validate_recipients" not in run
+    assert run.count("load_recipients") == 1
+    # The same rows in a file of Herald's, validated by the workflow as any batch's: the
+    # same ledger, counts, events and search attribute.
+    herald = (
+        "phone_number,agent_message,request_data.recipient_name,request_data.topic\n"
+        + "".join(
+            f"+{number},{'' if language == 'english' else TEMPLATES[language]},{name},{topic}\n"
+            for number, language, name, topic in rows
+        )
+    )
+    file_id = await attach(api, account.headers, herald.encode())
     started = await start(
         api,
         account,
         file_id,
         name="Passports",
         number_check="possible",
-        **{"global": {"agent_number": account.agent_number, "agent_message": converted.message}},
+        **{"global": {"agent_number": account.agent_number, "agent_message": TEMPLATES["english"]}},
     )
     assert started.status_code == 200, started.text
     assert uploaded == await outcomes(api, account, temporal, file_id)
     assert "validate_recipients" in await activities_run(temporal, file_id)
-    summary, rows, rejected, *_ = uploaded
-    assert (summary["recipients"], summary["rejected"], len(rejected)) == (4, 1, 1)
-    assert [row["status"] for row in rows].count("skipped") == 1
+    summary, ledger, rejected, *_ = uploaded
+    assert (summary["recipients"], summary["rejected"], len(rejected)) == (4, 0, 0)
+    assert [row["status"] for row in ledger].count("skipped") == 1
+    assert ledger[3]["segments"] == 2
+
+
+async def test_a_row_the_engine_would_reject_refuses_the_whole_file(
+    api: httpx.AsyncClient, account: Account, settings: Settings
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    a, b = (n.removeprefix("+") for n in unique_numbers(2))
+    too_long = "x" * settings.max_message_chars
+    content = (
+        "recipient,language,recipient_name,topic\n"
+        f"{a},english,Ann,passport\n{b},english,{too_long},visa\n"
+    )
+    before = await batch_count(api, account)
+
+    response = await upload(api, campaign_id, content, bearer(account))
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "parameter_invalid"
+    assert [(d["row"], d["column"]) for d in error["details"]] == [(2, None)]
+    assert "characters" in error["details"][0]["message"]
+    assert await batch_count(api, account) == before

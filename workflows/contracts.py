@@ -199,6 +199,9 @@ class BatchInput:
     # started before the upload left the ledger to the workflow): its ledger is written, and
     # the batch starts from it without validating again. No run is started with it now.
     validated: "ValidationResult | None" = None
+    # The file is the ledger's rows, validated by the API as it took the upload (a Postman
+    # upload, since LOAD_VALIDATED_PATCH): the batch loads them and validates nothing.
+    load_validated: bool = False
     # None: the batch never pauses itself on carrier errors (runs started before it too).
     auto_pause: AutoPause | None = None
 

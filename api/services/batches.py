@@ -186,9 +186,11 @@ async def start_batch(
     *,
     senders: Mapping[int, str] | None = None,
     campaign_id: uuid.UUID | None = None,
+    load_validated: bool = False,
 ) -> BatchStarted:
     """Record the batch (of `campaign_id`, if a campaign's) and start its workflow; the same
-    request again is the same batch.
+    request again is the same batch. With `load_validated`, the file is ledger rows the
+    caller validated (`columns.write_ledger`): the workflow loads them, validating nothing.
 
     Inline `recipients` are stored as a JSON file first, so from there on the batch is one
     of an attached file in every way (and each such request is a new batch); so is a batch
@@ -249,6 +251,7 @@ async def start_batch(
                 limits=validation_limits(settings),
                 timing=_timing(request),
                 auto_pause=_auto_pause(request),
+                load_validated=load_validated,
             ),
             WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
