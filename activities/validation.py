@@ -159,13 +159,16 @@ class ValidationActivities(WorkerResources):
             batch = await batches.batch_for_workflow(self._pool, batch_id)
             account_id = batch["account_id"]
             _, content = await files.file_content(self._pool, account_id, batch_id)
-            block, tally = await asyncio.to_thread(loaded_ledger, content)
-            del content
-            parts = block.ledger_csv(batch_id, account_id)
+            blocks = loaded_ledger(content)
+            tally = Tally()
             async with self._pool.acquire() as conn, conn.transaction():
                 await messages.clear_validation(conn, batch_id)
-                while (part := await asyncio.to_thread(next, parts, None)) is not None:
-                    await messages.copy_recipients_csv(conn, part)
+                while (loaded := await asyncio.to_thread(next, blocks, None)) is not None:
+                    block, counts = loaded
+                    tally.add(counts)
+                    parts = await asyncio.to_thread(list, block.ledger_csv(batch_id, account_id))
+                    for part in parts:
+                        await messages.copy_recipients_csv(conn, part)
                     ValidationHeartbeat(rows=tally.rows).send()
                 await batches.set_validation_counts(conn, batch_id, **tally.batch_counts())
             await messages.refresh_statistics(self._pool, tally.recipients)

@@ -17,6 +17,7 @@ from activities.recipients.phones import POSSIBLE
 from activities.recipients.rows import RecipientRules, Tally
 from api.services import postman
 from api.services.batches import TooManyRecipients
+from tests.support.postman_example import stored_rows
 
 TEMPLATES = {"english": "Dear {{name}}, {{topic}}", "chinese": "{{name}} {{topic}}"}
 PARAMETERS = ["name", "topic"]
@@ -68,7 +69,7 @@ def broken(content: bytes, how: str, at: int) -> bytes:
 
 
 def outcome(content: bytes, path: str) -> Any:
-    """What a path makes of the file: the ledger rows it wrote and its batch message, or the
+    """What a path makes of the file: the ledger rows it stored and its batch message, or the
     error it raised with what it says. `row` is the row path alone; `convert` tries the
     column path first."""
     try:
@@ -86,7 +87,11 @@ def outcome(content: bytes, path: str) -> Any:
         return ("InvalidRows", error.message, error.rows)
     except (postman.HeaderMismatch, postman.NotText, TooManyRecipients) as error:
         return (type(error).__name__, error.message)
-    return ("ok", list(csv.reader(io.StringIO(written.decode(), newline=""))), message)
+    return (
+        "ok",
+        stored_rows(written),
+        message,
+    )
 
 
 def main_rules(content: bytes) -> RecipientRules:

@@ -59,6 +59,8 @@ LISTED_ROWS = 100
 READ_BLOCK = 1024 * 1024
 # Rows whose numbers are checked in one pass.
 CHECK_ROWS = 10_000
+# A stored file of ledger rows (`columns.write_ledger`).
+LEDGER_FILE_TYPE = "application/vnd.apache.arrow.stream"
 # The dialect's words for a header that does not match the campaign.
 HEADER_MISMATCH = "Validation failed (expected type is object)"
 
@@ -236,12 +238,10 @@ def _ledger(
 
     carried = (LANGUAGE, *header[2:])
     problems: list[RowProblem] = []
-    written = False
     for block in frame_blocks(reads, header, rules, tally, carried):
         problems += (RowProblem(row.row_number, None, row.reason) for row in block.rejected)
         if not problems:
-            write_ledger(block, out, header=not written)
-            written = True
+            write_ledger(block, out)
     return problems
 
 
@@ -667,8 +667,8 @@ async def send_batch(
         stored = await files.insert_file(
             pool,
             account_id,
-            filename=f"campaign-{campaign['id']}.csv",
-            content_type="text/csv",
+            filename=f"campaign-{campaign['id']}.ledger",
+            content_type=LEDGER_FILE_TYPE,
             size_bytes=converted.size,
             content=_blocks(converted.content),
         )
