@@ -168,7 +168,7 @@ class ValidationActivities(WorkerResources):
                     tally.add(counts)
                     parts = await asyncio.to_thread(list, block.ledger_csv(batch_id, account_id))
                     for part in parts:
-                        await messages.copy_recipients_csv(conn, part)
+                        await messages.copy_recipients_csv(conn, part, block.copy_columns)
                     ValidationHeartbeat(rows=tally.rows).send()
                 await batches.set_validation_counts(conn, batch_id, **tally.batch_counts())
             await messages.refresh_statistics(self._pool, tally.recipients)

@@ -344,6 +344,33 @@ async def test_the_batchs_messages_come_a_page_at_a_time_with_their_latest_statu
     assert [m["recipient"] for m in found.json()["data"]] == [numbers[1].removeprefix("+")]
 
 
+async def test_each_message_keeps_its_rows_values_and_language(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    numbers = unique_numbers(2)
+    content = example_with(numbers).replace("Emily Yeo", '"Yeo, ""Emily"""')
+
+    response = await upload(api, campaign_id, content, bearer(account))
+    assert response.status_code == 201, response.text
+    batch_id = response.json()["batchId"]
+    await wait_for_status(api, account, batch_id, *FINAL)
+    messages = (await batch_messages(api, account, campaign_id, batch_id)).json()["data"]
+
+    assert [(m["recipient"], m["language"], m["values"]) for m in messages] == [
+        (
+            numbers[0].removeprefix("+"),
+            "english",
+            {"recipient_name": 'Yeo, "Emily"', "topic": "passport application #12345F"},
+        ),
+        (
+            numbers[1].removeprefix("+"),
+            "chinese",
+            {"recipient_name": "James Tan", "topic": "passport application #67890A"},
+        ),
+    ]
+
+
 async def test_retry_sends_the_failed_messages_again_in_the_same_batch(
     api: httpx.AsyncClient, account: Account, emulator_url: str, carrier: Configure
 ) -> None:

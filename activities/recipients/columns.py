@@ -33,6 +33,7 @@ from activities.recipients.rows import (
     JSON_START,
     MESSAGE_COLUMN,
     PHONE_COLUMN,
+    REQUEST_DATA_PREFIX,
     STRICT_EXAMPLES,
     Recipient,
     RecipientRules,
@@ -54,7 +55,7 @@ from activities.recipients.segments import (
     UCS2_PART,
     UCS2_SINGLE,
 )
-from store.messages import RECIPIENT_COLUMNS, REJECTED_COLUMNS
+from store.messages import LOADED_COLUMNS, RECIPIENT_COLUMNS, REJECTED_COLUMNS
 
 LEDGER_COLUMNS = (
     "seq",
@@ -67,6 +68,8 @@ LEDGER_COLUMNS = (
     "segments",
 )
 _BOM = b"\xef\xbb\xbf"
+# A row's language, carried beside its ledger row (a Postman upload's).
+LANGUAGE_COLUMN = "language"
 # The file's row numbers, under a name no column of a file without NUL bytes can have.
 _ROW = "\x00row_number"
 # Bytes of the file validated at a time, so memory stays flat whatever the file's size, and
@@ -96,10 +99,29 @@ class Block:
     ledger: pl.DataFrame
     rejected: list[Rejected]
 
+    @property
+    def copy_columns(self) -> tuple[str, ...]:
+        """The ledger's columns `ledger_csv` gives: with a `language` carried (a Postman
+        upload's), the row's language and its `request_data.<name>` values as JSON too."""
+        return LOADED_COLUMNS if LANGUAGE_COLUMN in self.ledger.columns else RECIPIENT_COLUMNS
+
     def ledger_csv(self, batch_id: uuid.UUID, account_id: uuid.UUID) -> Iterator[bytes]:
-        """The ledger as CSV for `copy_recipients_csv`, `COPY_ROWS` rows at a time (a few
-        MB each). Strings are quoted, so an empty one stays apart from NULL (an unquoted
-        empty field)."""
+        """The ledger as CSV for `copy_recipients_csv` (`copy_columns`), `COPY_ROWS` rows at
+        a time (a few MB each). Strings are quoted, so an empty one stays apart from NULL
+        (an unquoted empty field)."""
+        carried: list[pl.Expr] = []
+        if self.copy_columns == LOADED_COLUMNS:
+            values = [name for name in self.ledger.columns if name.startswith(REQUEST_DATA_PREFIX)]
+            carried = [
+                pl.col(LANGUAGE_COLUMN),
+                pl.struct(
+                    pl.col(name).alias(name.removeprefix(REQUEST_DATA_PREFIX)) for name in values
+                )
+                .struct.json_encode()
+                .alias("request_data")
+                if values
+                else pl.lit("{}").alias("request_data"),
+            ]
         for start in range(0, self.ledger.height, COPY_ROWS):
             table = self.ledger.slice(start, COPY_ROWS).select(
                 pl.lit(str(batch_id)).alias("batch_id"),
@@ -112,8 +134,9 @@ class Block:
                 pl.col("skip_code").alias("error_code"),
                 "encoding",
                 "segments",
+                *carried,
             )
-            assert tuple(table.columns) == RECIPIENT_COLUMNS
+            assert tuple(table.columns) == self.copy_columns
             out = io.BytesIO()
             table.write_csv(out, include_header=False, quote_style="non_numeric")
             yield out.getvalue()

@@ -234,9 +234,9 @@ def _ledger(
 ) -> list[RowProblem]:
     """The engine's validation of Herald's rows of each read, its ledger written to `out`
     while no row is rejected; the rejected rows as problems."""
-    from activities.recipients.columns import frame_blocks, write_ledger
+    from activities.recipients.columns import LANGUAGE_COLUMN, frame_blocks, write_ledger
 
-    carried = (LANGUAGE, *header[2:])
+    carried = (LANGUAGE_COLUMN, *header[2:])
     problems: list[RowProblem] = []
     for block in frame_blocks(reads, header, rules, tally, carried):
         problems += (RowProblem(row.row_number, None, row.reason) for row in block.rejected)
@@ -605,6 +605,8 @@ def _message(row: dict, campaign: dict, batch: dict) -> PostmanMessage:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         recipient=row["to_number"].removeprefix("+"),
+        values=row["request_data"],
+        language=row["language"],
         full_message=row["body"],
         latest_status=LATEST_STATUS[row["status"]],
         campaign_id=str(campaign["id"]),
