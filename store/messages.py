@@ -369,22 +369,40 @@ async def close_ledger(
             )
 
 
-async def reopen(pool: asyncpg.Pool, batch_id: uuid.UUID, statuses: list[LedgerStatus]) -> int:
-    """Put rows in `statuses` back to `pending` for another attempt; how many were."""
+async def reopen(
+    pool: asyncpg.Pool,
+    batch_id: uuid.UUID,
+    statuses: list[LedgerStatus],
+    *,
+    attempts_below: int | None = None,
+) -> int:
+    """Put rows in `statuses` back to `pending` for another attempt, those sent fewer than
+    `attempts_below` times if given; how many were."""
     result = await pool.execute(
         "UPDATE messages SET status = 'pending', window_opens_at = NULL, updated_at = now()"
-        " WHERE batch_id = $1 AND status = ANY($2::text[])",
+        " WHERE batch_id = $1 AND status = ANY($2::text[])"
+        " AND ($3::int IS NULL OR attempts < $3)",
         batch_id,
         statuses,
+        attempts_below,
     )
     return int(result.split()[-1])
 
 
-async def count_in_statuses(pool: asyncpg.Pool, batch_id: uuid.UUID, statuses: list[str]) -> int:
+async def count_in_statuses(
+    pool: asyncpg.Pool,
+    batch_id: uuid.UUID,
+    statuses: list[str],
+    *,
+    attempts_below: int | None = None,
+) -> int:
+    """Rows in `statuses`, of those sent fewer than `attempts_below` times if given."""
     return await pool.fetchval(
-        "SELECT count(*) FROM messages WHERE batch_id = $1 AND status = ANY($2::text[])",
+        "SELECT count(*) FROM messages WHERE batch_id = $1 AND status = ANY($2::text[])"
+        " AND ($3::int IS NULL OR attempts < $3)",
         batch_id,
         statuses,
+        attempts_below,
     )
 
 

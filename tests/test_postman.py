@@ -6,6 +6,7 @@ import io
 import secrets
 import uuid
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import pytest
@@ -399,6 +400,29 @@ async def test_retry_sends_the_failed_messages_again_in_the_same_batch(
     assert [len(await emulator_messages(emulator_url, to=n)) for n in numbers] == [1, 1, 1]
     assert again.status_code == 400, again.text
     assert again.json() == {"error": NO_FAILED_MESSAGES | {"heraldCode": "NO_FAILED_MESSAGES"}}
+
+
+async def test_a_message_is_retried_at_most_three_times(
+    api: httpx.AsyncClient, account: Account, carrier: Configure
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    numbers = unique_numbers(2)
+    # The first number is refused at its first send and at each of the three retries.
+    await carrier(scripted={numbers[0]: [400] * 4})
+    batch_id = await sent_batch(api, account, campaign_id, numbers)
+    retry = f"/campaigns/{campaign_id}/batch/{batch_id}/retry"
+
+    retried = []
+    for _ in range(3):
+        retried.append((await api.post(retry, headers=bearer(account))).status_code)
+        await wait_for_status(api, account, batch_id, *FINAL)
+    fourth = await api.post(retry, headers=bearer(account))
+    rows = await ledger_rows(api, account, batch_id)
+
+    assert retried == [201, 201, 201]
+    assert fourth.status_code == 400, fourth.text
+    assert fourth.json() == {"error": NO_FAILED_MESSAGES | {"heraldCode": "NO_FAILED_MESSAGES"}}
+    assert [(row["status"], row["attempts"]) for row in rows] == [("failed", 4), (ANY, 1)]
 
 
 async def test_a_batch_not_of_the_campaign_is_not_found_and_not_retryable(

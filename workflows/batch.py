@@ -387,7 +387,11 @@ class BatchWorkflow:
         statuses = self._input.retry_statuses or []
         reopened = await workflow.execute_activity_method(
             LedgerActivities.reopen_rows,
-            ReopenInput(batch_id=self._input.batch_id, statuses=statuses),
+            ReopenInput(
+                batch_id=self._input.batch_id,
+                statuses=statuses,
+                attempts_below=self._input.retry_attempts_below,
+            ),
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=DB_RETRY,
         )

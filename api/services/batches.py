@@ -589,14 +589,20 @@ async def retry_batch(
     account_id: uuid.UUID,
     batch_id: str,
     statuses: list[str],
+    *,
+    attempts_below: int | None = None,
 ) -> BatchControl:
-    """Send a finished batch's rows in `statuses` again, as a new run of its workflow."""
+    """Send a finished batch's rows in `statuses` again, as a new run of its workflow; with
+    `attempts_below`, only those sent fewer times than that (the ledger's `attempts`)."""
     batch = await batch_or_404(pool, account_id, batch_id)
     if batch["status"] not in FINAL_BATCH_STATUSES:
         raise BatchNotFinished(f"batch {batch_id} is still {batch['status']}")
-    rows = await messages.count_in_statuses(pool, batch["id"], statuses)
+    rows = await messages.count_in_statuses(
+        pool, batch["id"], statuses, attempts_below=attempts_below
+    )
     if rows == 0:
-        raise NothingToRetry(f"batch {batch_id} has no rows in {', '.join(statuses)}")
+        limit = "" if attempts_below is None else f" sent fewer than {attempts_below} times"
+        raise NothingToRetry(f"batch {batch_id} has no rows in {', '.join(statuses)}{limit}")
     # The final event is recorded just before the workflow closes: let it close.
     handle = temporal.get_workflow_handle(batch["workflow_id"])
     try:
@@ -626,6 +632,7 @@ async def retry_batch(
         timing=timing,
         auto_pause=_auto_pause(batch["request"]),
         retry_statuses=[LedgerStatus(status) for status in statuses],
+        retry_attempts_below=attempts_below,
         first_event_seq=await events.last_event_seq(pool, batch["id"]),
     )
     try:

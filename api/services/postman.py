@@ -82,6 +82,9 @@ LATEST_STATUS: dict[str, LatestStatus] = {
 # The rows the dialect's retry sends again: those the carrier refused or that errored. Rows
 # skipped (duplicates, opted out), cancelled or expired stay as they are.
 RETRIED_STATUSES = [LedgerStatus.FAILED.value]
+# Postman's limit: a message is retried at most this many times (then it has been sent once
+# more than that, by the ledger's `attempts`).
+RETRIES_PER_MESSAGE = 3
 
 
 class IpNotAllowed(HeraldError):
@@ -625,11 +628,20 @@ async def retry_batch(
     campaign: dict,
     batch_id: str,
 ) -> None:
-    """Send the finished batch's failed rows again, as Herald's retry does; the dialect's
-    errors for a batch that is missing or still running, and for one with no failed rows."""
+    """Send the finished batch's failed rows again, as Herald's retry does, those retried
+    fewer than `RETRIES_PER_MESSAGE` times; the dialect's errors for a batch that is missing
+    or still running, and for one with no failed row left to retry."""
     try:
         await _campaign_batch(pool, account_id, campaign, batch_id)
-        await batches.retry_batch(pool, temporal, settings, account_id, batch_id, RETRIED_STATUSES)
+        await batches.retry_batch(
+            pool,
+            temporal,
+            settings,
+            account_id,
+            batch_id,
+            RETRIED_STATUSES,
+            attempts_below=1 + RETRIES_PER_MESSAGE,
+        )
     except (batches.BatchNotFound, batches.BatchNotFinished) as error:
         raise BatchNotRetryable(error.message) from error
     except batches.NothingToRetry as error:
