@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from activities.recipients.phones import POSSIBLE
-from activities.recipients.rows import RecipientRules, Tally
+from activities.recipients.rows import RecipientRules
 from api.services import postman
 from api.services.batches import TooManyRecipients
 from tests.support.postman_example import stored_rows
@@ -76,7 +76,7 @@ def outcome(content: bytes, path: str) -> Any:
         if path == "row":
             out = io.BytesIO()
             rules = main_rules(content)
-            postman._convert(io.BytesIO(content), out, TEMPLATES, PARAMETERS, rules, Tally())
+            postman._convert(io.BytesIO(content), postman._Pass(TEMPLATES, PARAMETERS, rules, out))
             written, message = out.getvalue(), rules.agent_message
         else:
             converted = postman.convert(io.BytesIO(content), TEMPLATES, PARAMETERS, RULES)
@@ -102,11 +102,9 @@ def main_rules(content: bytes) -> RecipientRules:
 
 def columns_take(content: bytes) -> bool:
     """Whether the column path settles the file itself (no fallback to the row path)."""
-    out = io.BytesIO()
+    run = postman._Pass(TEMPLATES, PARAMETERS, main_rules(content), io.BytesIO())
     try:
-        postman._convert_columns(
-            io.BytesIO(content), out, TEMPLATES, PARAMETERS, main_rules(content), Tally()
-        )
+        postman._convert_columns(io.BytesIO(content), run)
     except postman._NotPlain:
         return False
     except (postman.HeaderMismatch, TooManyRecipients):

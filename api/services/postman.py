@@ -182,22 +182,35 @@ def convert(
     rules = dataclasses.replace(rules, agent_message=templates[_main_language(upload, templates)])
     out = cast(BinaryIO, tempfile.TemporaryFile())
     try:
-        tally = Tally()
+        run = _Pass(templates, parameters, rules, out)
         try:
-            _convert_columns(upload, out, templates, parameters, rules, tally)
+            _convert_columns(upload, run)
         except _NotPlain:
             upload.seek(0)
             out.seek(0)
             out.truncate()
-            tally = Tally()
-            _convert(upload, out, templates, parameters, rules, tally)
+            run = _Pass(templates, parameters, rules, out)
+            _convert(upload, run)
     except BaseException:
         out.close()
         raise
     out.flush()
     size = out.tell()
     out.seek(0)
-    return Converted(content=out, size=size, message=rules.agent_message or "", tally=tally)
+    return Converted(content=out, size=size, message=rules.agent_message or "", tally=run.tally)
+
+
+@dataclass
+class _Pass:
+    """A pass of `convert` over the file, by either path: the campaign's templates and
+    parameters, the batch's rules (its message set), the file the ledger's rows go to, and
+    the rows' counts so far."""
+
+    templates: dict[str, str]
+    parameters: list[str]
+    rules: RecipientRules
+    out: IO[bytes]
+    tally: Tally = field(default_factory=Tally)
 
 
 def _main_language(upload: BinaryIO, templates: dict[str, str]) -> str:
@@ -230,11 +243,7 @@ def _engine_header(parameters: list[str]) -> list[str]:
 
 
 def _ledger(
-    reads: Iterator[Callable[[], "pl.DataFrame"]],
-    header: list[str],
-    rules: RecipientRules,
-    tally: Tally,
-    out: IO[bytes],
+    reads: Iterator[Callable[[], "pl.DataFrame"]], header: list[str], run: _Pass
 ) -> list[RowProblem]:
     """The engine's validation of Herald's rows of each read, its ledger written to `out`
     while no row is rejected; the rejected rows as problems."""
@@ -242,21 +251,14 @@ def _ledger(
 
     carried = (LANGUAGE_COLUMN, *header[2:])
     problems: list[RowProblem] = []
-    for block in frame_blocks(reads, header, rules, tally, carried):
+    for block in frame_blocks(reads, header, run.rules, run.tally, carried):
         problems += (RowProblem(row.row_number, None, row.reason) for row in block.rejected)
         if not problems:
-            write_ledger(block, out)
+            write_ledger(block, run.out)
     return problems
 
 
-def _convert_columns(
-    upload: BinaryIO,
-    out: IO[bytes],
-    templates: dict[str, str],
-    parameters: list[str],
-    rules: RecipientRules,
-    tally: Tally,
-) -> None:
+def _convert_columns(upload: BinaryIO, run: _Pass) -> None:
     """`_convert` by columns for a file in which every row is right and whose quoting
     `records_alike` takes; _NotPlain as soon as that is not so."""
     data = upload.read(PLAIN_BLOCK_BYTES).removeprefix(_BOM)
@@ -266,11 +268,12 @@ def _convert_columns(
     if end < 0 or not names or records_alike(names) != 1:
         raise _NotPlain
     try:
-        header = _checked_header(next(csv.reader([names.decode()])), parameters)
+        header = _checked_header(next(csv.reader([names.decode()])), run.parameters)
     except UnicodeDecodeError as error:
         raise _NotPlain from error
     engine = _engine_header(header[2:])
-    own = _own_messages(templates, rules)
+    own = _own_messages(run.templates, run.rules)
+    max_rows = run.rules.max_rows
 
     def reads(rest: bytes) -> Iterator[Callable[[], "pl.DataFrame"]]:
         first_row = 1
@@ -290,8 +293,8 @@ def _convert_columns(
                 records = records_alike(block)
                 if records is None:
                     raise _NotPlain
-                if first_row - 1 + records > rules.max_rows:
-                    raise _too_many(rules.max_rows)
+                if first_row - 1 + records > max_rows:
+                    raise _too_many(max_rows)
                 yield functools.partial(
                     _plain_block, header_line, block, records, header, own, first_row
                 )
@@ -301,7 +304,7 @@ def _convert_columns(
                     raise _NotPlain
                 return
 
-    if _ledger(reads(data[end + 1 :]), engine, rules, tally, out):
+    if _ledger(reads(data[end + 1 :]), engine, run):
         raise _NotPlain
 
 
@@ -368,23 +371,15 @@ def _herald_rows(
     return numbered(herald, rows)
 
 
-def _convert(
-    upload: BinaryIO,
-    out: IO[bytes],
-    templates: dict[str, str],
-    parameters: list[str],
-    rules: RecipientRules,
-    tally: Tally,
-) -> None:
+def _convert(upload: BinaryIO, run: _Pass) -> None:
     text = io.TextIOWrapper(upload, encoding="utf-8-sig", newline="")
     try:
         reader = csv.reader(text)
         header = next(reader, None)
-        header = _checked_header(header, parameters)
-        check = _Check(header, _own_messages(templates, rules))
-        engine_problems = _ledger(
-            check.reads(reader, rules.max_rows), _engine_header(header[2:]), rules, tally, out
-        )
+        header = _checked_header(header, run.parameters)
+        check = _Check(header, _own_messages(run.templates, run.rules))
+        reads = check.reads(reader, run.rules.max_rows)
+        engine_problems = _ledger(reads, _engine_header(header[2:]), run)
     except (UnicodeDecodeError, csv.Error) as error:
         raise NotText(f"the file is not CSV text in UTF-8 ({error})") from error
     finally:
