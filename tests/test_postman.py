@@ -31,6 +31,7 @@ from tests.support.postman_example import (
     TOO_MANY_REQUESTS,
     stored_rows,
 )
+from tests.support.sending import inbound_form, post_inbound
 from tests.support.stack import Account, Configure, api_client
 from workflows.contracts import RECIPIENT_COUNT, batch_workflow_id
 
@@ -370,6 +371,25 @@ async def test_each_message_keeps_its_rows_values_and_language(
             {"recipient_name": "James Tan", "topic": "passport application #67890A"},
         ),
     ]
+
+
+async def test_a_reply_opens_a_conversation_with_its_rows_values(
+    api: httpx.AsyncClient, account: Account, settings: Settings
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    number = unique_numbers(1)[0]
+    batch_id = await sent_batch(api, account, campaign_id, [number])
+
+    form = inbound_form(settings, to=account.agent_number, from_=number, body="Thanks")
+    assert (await post_inbound(api, settings, form)).status_code == 200
+    listed = await api.get(
+        "/v1/sms/conversations", headers=account.headers, params={"user_number": number}
+    )
+
+    [conversation] = listed.json()["data"]["conversations"]
+    assert conversation["batch_id"] == batch_id
+    # The stored file is the ledger's rows, not a CSV: the values come from the ledger.
+    assert conversation["request_data"] == {"recipient_name": "Row 0", "topic": "topic 0"}
 
 
 async def test_retry_sends_the_failed_messages_again_in_the_same_batch(
