@@ -710,6 +710,24 @@ async def test_the_upload_is_validated_once_and_the_batch_loads_its_rows(
     assert ledger[3]["segments"] == 2
 
 
+async def test_an_opted_out_number_is_a_skipped_message_not_an_error(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    numbers = unique_numbers(2)
+    opted = await api.post("/v1/opt-outs", headers=account.headers, json={"number": numbers[1]})
+    assert opted.status_code == 201, opted.text
+
+    batch_id = await sent_batch(api, account, campaign_id, numbers)
+    rows = await ledger_rows(api, account, batch_id)
+
+    assert [(row["status"], row["error_code"]) for row in rows] == [
+        (ANY, None),
+        ("skipped", "opted_out"),
+    ]
+    assert await emulator_messages(emulator_url, to=numbers[1]) == []
+
+
 async def test_a_row_the_engine_would_reject_refuses_the_whole_file(
     api: httpx.AsyncClient, account: Account, settings: Settings
 ) -> None:
