@@ -42,7 +42,9 @@ class LedgerActivities(WorkerResources):
     @activity.defn
     async def reopen_rows(self, input: ReopenInput) -> ReopenResult:
         batch_id = uuid.UUID(input.batch_id)
-        reopened = await messages.reopen(self._pool, batch_id, input.statuses)
+        reopened = await messages.reopen(
+            self._pool, batch_id, input.statuses, attempts_below=input.attempts_below
+        )
         batch = await batches.batch_for_workflow(self._pool, batch_id)
         return ReopenResult(
             reopened=reopened,

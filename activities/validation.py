@@ -17,6 +17,7 @@ from activities.recipients.columns import (
     NotPlain,
     PlainCsv,
     ledger_copies,
+    loaded_ledger,
     plain_csv,
     rejected_record,
 )
@@ -147,6 +148,40 @@ class ValidationActivities(WorkerResources):
             reason=failure,
         )
 
+    @activity.defn
+    async def load_recipients(self, input: ValidateInput) -> ValidationResult:
+        """Load a file of ledger rows that the API validated by the engine's rules as it took
+        it (a Postman upload, `columns.write_ledger`) into the ledger, as they are: no rule
+        is applied again. One transaction, as `validate_recipients`."""
+        beating = asyncio.create_task(heartbeat_until_cancelled())
+        try:
+            batch_id = uuid.UUID(input.batch_id)
+            batch = await batches.batch_for_workflow(self._pool, batch_id)
+            account_id = batch["account_id"]
+            _, content = await files.file_content(self._pool, account_id, batch_id)
+            blocks = loaded_ledger(content)
+            tally = Tally()
+            async with self._pool.acquire() as conn, conn.transaction():
+                await messages.clear_validation(conn, batch_id)
+                while (loaded := await asyncio.to_thread(next, blocks, None)) is not None:
+                    block, counts = loaded
+                    tally.add(counts)
+                    parts = await asyncio.to_thread(list, block.ledger_csv(batch_id, account_id))
+                    for part in parts:
+                        await messages.copy_recipients_csv(conn, part, block.copy_columns)
+                    ValidationHeartbeat(rows=tally.rows).send()
+                await batches.set_validation_counts(conn, batch_id, **tally.batch_counts())
+            await messages.refresh_statistics(self._pool, tally.recipients)
+        finally:
+            beating.cancel()
+        log.info("ledger loaded", batch_id=input.batch_id, recipients=tally.recipients)
+        return ValidationResult(
+            rows_total=tally.rows,
+            recipients=tally.recipients,
+            rejected=tally.rejected,
+            skipped=tally.skipped,
+        )
+
     async def _list_sources(
         self, account_id: uuid.UUID, named: list[dict[str, Any]]
     ) -> list[ListSource]:
@@ -228,7 +263,7 @@ class ValidationActivities(WorkerResources):
 
     def registered(self) -> list[Any]:
         """The bound activity methods, for the worker to register."""
-        return [self.validate_recipients]
+        return [self.validate_recipients, self.load_recipients]
 
 
 async def _copy_blocks(

@@ -62,15 +62,19 @@ LatestStatus = Literal["enqueued", "sending", "sent", "success", "failure"]
 
 
 class PostmanMessage(PostmanModel):
-    """A ledger row as Postman's message object. Herald keeps the rendered message, not the
-    row's parameters: `values` and `language` are null."""
+    """A ledger row as Postman's message object: `values` and `language` are the row's
+    parameters and language as uploaded (null for a batch made with Herald's own API)."""
 
     id: str = Field(description="`{batchId}:{seq}`, the ledger row's key.")
     created_at: datetime
     updated_at: datetime
     recipient: str = Field(description="Digits with the country code, without `+`.")
-    values: dict[str, str] | None = None
-    language: str | None = None
+    values: dict[str, str] | None = Field(
+        default=None, description="The row's template parameters, as uploaded."
+    )
+    language: str | None = Field(
+        default=None, description="The language whose template the row was sent in."
+    )
     full_message: str = Field(description="The message as sent: the template rendered.")
     latest_status: LatestStatus
     campaign_id: str

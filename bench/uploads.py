@@ -16,8 +16,8 @@ row: 1,000,000 rows is 41 MB, within the dialect's 40 MiB) to
 `POST /campaigns/{id}/batch/messages`, timing the request from its first byte to its answer,
 with the API's peak RSS and CPU time over it, beside the targets (5 s, 300 MB); results in
 bench/results/postman-<date>.json. No Temporal server runs: the answer is the 503 of a batch
-checked, stored and recorded whose workflow could not start, which is all the work the upload
-does before its 201 (the ledger is the workflow's, as for any batch).
+validated, stored and recorded whose workflow could not start, which is all the work the
+upload does before its 201 (loading its rows into the ledger is the workflow's).
 """
 
 import argparse

@@ -26,6 +26,8 @@ RECIPIENT_COLUMNS = (
 )
 # The row engine's COPY also gives a row's own sender (the column engine's CSV has none).
 LEDGER_COLUMNS = (*RECIPIENT_COLUMNS, "from_number")
+# A Postman upload's rows also keep their language and their template's values.
+LOADED_COLUMNS = (*RECIPIENT_COLUMNS, "language", "request_data")
 REJECTED_COLUMNS = ("batch_id", "row_number", "account_id", "code", "reason", "value")
 
 
@@ -80,12 +82,12 @@ async def copy_recipients(conn: asyncpg.Connection, records: Iterable[tuple]) ->
     await conn.copy_records_to_table("messages", records=records, columns=LEDGER_COLUMNS)
 
 
-async def copy_recipients_csv(conn: asyncpg.Connection, data: bytes) -> None:
-    """COPY ledger rows given as CSV, `RECIPIENT_COLUMNS` in order (an unquoted empty
-    field is NULL)."""
-    await conn.copy_to_table(
-        "messages", source=io.BytesIO(data), columns=RECIPIENT_COLUMNS, format="csv"
-    )
+async def copy_recipients_csv(
+    conn: asyncpg.Connection, data: bytes, columns: tuple[str, ...] = RECIPIENT_COLUMNS
+) -> None:
+    """COPY ledger rows given as CSV, `columns` in order (`RECIPIENT_COLUMNS`, or
+    `LOADED_COLUMNS`; an unquoted empty field is NULL)."""
+    await conn.copy_to_table("messages", source=io.BytesIO(data), columns=columns, format="csv")
 
 
 async def copy_outcomes(
@@ -136,9 +138,11 @@ async def last_sent_to(
     user_number: str,
 ) -> dict | None:
     """The account's last batch message from `agent_number` the carrier accepted for
-    `user_number`: its batch, row, send time and the batch's stored request."""
+    `user_number`: its batch, row, send time, its own `request_data` (a Postman upload's row
+    keeps its values; NULL otherwise) and the batch's stored request."""
     row = await conn.fetchrow(
-        "SELECT m.batch_id, m.row_number, m.sent_at, b.request FROM messages AS m"
+        "SELECT m.batch_id, m.row_number, m.sent_at, m.request_data, b.request"
+        " FROM messages AS m"
         " JOIN batches AS b ON b.id = m.batch_id"
         " WHERE m.to_number = $3 AND m.carrier_sid IS NOT NULL AND m.account_id = $1"
         " AND b.agent_number = $2 ORDER BY m.sent_at DESC NULLS LAST LIMIT 1",
@@ -365,22 +369,40 @@ async def close_ledger(
             )
 
 
-async def reopen(pool: asyncpg.Pool, batch_id: uuid.UUID, statuses: list[LedgerStatus]) -> int:
-    """Put rows in `statuses` back to `pending` for another attempt; how many were."""
+async def reopen(
+    pool: asyncpg.Pool,
+    batch_id: uuid.UUID,
+    statuses: list[LedgerStatus],
+    *,
+    attempts_below: int | None = None,
+) -> int:
+    """Put rows in `statuses` back to `pending` for another attempt, those sent fewer than
+    `attempts_below` times if given; how many were."""
     result = await pool.execute(
         "UPDATE messages SET status = 'pending', window_opens_at = NULL, updated_at = now()"
-        " WHERE batch_id = $1 AND status = ANY($2::text[])",
+        " WHERE batch_id = $1 AND status = ANY($2::text[])"
+        " AND ($3::int IS NULL OR attempts < $3)",
         batch_id,
         statuses,
+        attempts_below,
     )
     return int(result.split()[-1])
 
 
-async def count_in_statuses(pool: asyncpg.Pool, batch_id: uuid.UUID, statuses: list[str]) -> int:
+async def count_in_statuses(
+    pool: asyncpg.Pool,
+    batch_id: uuid.UUID,
+    statuses: list[str],
+    *,
+    attempts_below: int | None = None,
+) -> int:
+    """Rows in `statuses`, of those sent fewer than `attempts_below` times if given."""
     return await pool.fetchval(
-        "SELECT count(*) FROM messages WHERE batch_id = $1 AND status = ANY($2::text[])",
+        "SELECT count(*) FROM messages WHERE batch_id = $1 AND status = ANY($2::text[])"
+        " AND ($3::int IS NULL OR attempts < $3)",
         batch_id,
         statuses,
+        attempts_below,
     )
 
 
@@ -424,7 +446,8 @@ async def list_messages(
     rows = await pool.fetch(
         "SELECT m.seq, m.row_number, m.to_number, m.body, m.encoding, m.segments, m.status,"
         " m.carrier_sid, m.error_code, m.error_message, m.attempts, m.created_at, m.sent_at,"
-        " m.updated_at, m.from_number, r.reference, coalesce(c.clicks, 0) AS clicks,"
+        " m.updated_at, m.from_number, m.language, m.request_data, r.reference,"
+        " coalesce(c.clicks, 0) AS clicks,"
         " c.first_clicked_at FROM messages m"
         " LEFT JOIN message_references r"
         " ON r.batch_id = m.batch_id AND r.row_number = m.row_number"

@@ -2,16 +2,18 @@
 documented CSV sent in each row's language, the whole file refused for any row in error, and
 each documented error in the dialect's envelope."""
 
-import csv
 import io
 import secrets
 import uuid
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import pytest
 from temporalio.client import Client
 
+from activities.recipients.phones import POSSIBLE
+from activities.recipients.rows import RecipientRules
 from api.services import postman as service
 from settings import Settings
 from tests.support.batches import FINAL, phases, start, wait_for_status
@@ -27,7 +29,9 @@ from tests.support.postman_example import (
     NO_FAILED_MESSAGES,
     TEMPLATES,
     TOO_MANY_REQUESTS,
+    stored_rows,
 )
+from tests.support.sending import inbound_form, post_inbound
 from tests.support.stack import Account, Configure, api_client
 from workflows.contracts import RECIPIENT_COUNT, batch_workflow_id
 
@@ -342,6 +346,52 @@ async def test_the_batchs_messages_come_a_page_at_a_time_with_their_latest_statu
     assert [m["recipient"] for m in found.json()["data"]] == [numbers[1].removeprefix("+")]
 
 
+async def test_each_message_keeps_its_rows_values_and_language(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    numbers = unique_numbers(2)
+    content = example_with(numbers).replace("Emily Yeo", '"Yeo, ""Emily"""')
+
+    response = await upload(api, campaign_id, content, bearer(account))
+    assert response.status_code == 201, response.text
+    batch_id = response.json()["batchId"]
+    await wait_for_status(api, account, batch_id, *FINAL)
+    messages = (await batch_messages(api, account, campaign_id, batch_id)).json()["data"]
+
+    assert [(m["recipient"], m["language"], m["values"]) for m in messages] == [
+        (
+            numbers[0].removeprefix("+"),
+            "english",
+            {"recipient_name": 'Yeo, "Emily"', "topic": "passport application #12345F"},
+        ),
+        (
+            numbers[1].removeprefix("+"),
+            "chinese",
+            {"recipient_name": "James Tan", "topic": "passport application #67890A"},
+        ),
+    ]
+
+
+async def test_a_reply_opens_a_conversation_with_its_rows_values(
+    api: httpx.AsyncClient, account: Account, settings: Settings
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    number = unique_numbers(1)[0]
+    batch_id = await sent_batch(api, account, campaign_id, [number])
+
+    form = inbound_form(settings, to=account.agent_number, from_=number, body="Thanks")
+    assert (await post_inbound(api, settings, form)).status_code == 200
+    listed = await api.get(
+        "/v1/sms/conversations", headers=account.headers, params={"user_number": number}
+    )
+
+    [conversation] = listed.json()["data"]["conversations"]
+    assert conversation["batch_id"] == batch_id
+    # The stored file is the ledger's rows, not a CSV: the values come from the ledger.
+    assert conversation["request_data"] == {"recipient_name": "Row 0", "topic": "topic 0"}
+
+
 async def test_retry_sends_the_failed_messages_again_in_the_same_batch(
     api: httpx.AsyncClient, account: Account, emulator_url: str, carrier: Configure
 ) -> None:
@@ -370,6 +420,29 @@ async def test_retry_sends_the_failed_messages_again_in_the_same_batch(
     assert [len(await emulator_messages(emulator_url, to=n)) for n in numbers] == [1, 1, 1]
     assert again.status_code == 400, again.text
     assert again.json() == {"error": NO_FAILED_MESSAGES | {"heraldCode": "NO_FAILED_MESSAGES"}}
+
+
+async def test_a_message_is_retried_at_most_three_times(
+    api: httpx.AsyncClient, account: Account, carrier: Configure
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    numbers = unique_numbers(2)
+    # The first number is refused at its first send and at each of the three retries.
+    await carrier(scripted={numbers[0]: [400] * 4})
+    batch_id = await sent_batch(api, account, campaign_id, numbers)
+    retry = f"/campaigns/{campaign_id}/batch/{batch_id}/retry"
+
+    retried = []
+    for _ in range(3):
+        retried.append((await api.post(retry, headers=bearer(account))).status_code)
+        await wait_for_status(api, account, batch_id, *FINAL)
+    fourth = await api.post(retry, headers=bearer(account))
+    rows = await ledger_rows(api, account, batch_id)
+
+    assert retried == [201, 201, 201]
+    assert fourth.status_code == 400, fourth.text
+    assert fourth.json() == {"error": NO_FAILED_MESSAGES | {"heraldCode": "NO_FAILED_MESSAGES"}}
+    assert [(row["status"], row["attempts"]) for row in rows] == [("failed", 4), (ANY, 1)]
 
 
 async def test_a_batch_not_of_the_campaign_is_not_found_and_not_retryable(
@@ -446,6 +519,7 @@ async def test_the_campaigns_rate_is_shared_by_its_endpoints(
 
 
 PARAMETERS = ["recipient_name", "topic"]
+RULES = RecipientRules(max_rows=1000, max_message_chars=1600, number_check=POSSIBLE)
 PLAIN = [
     EXAMPLE_CSV,
     EXAMPLE_CSV.rstrip("\n"),
@@ -476,19 +550,20 @@ IN_ERROR = [
 
 
 def herald_file(content: str, monkeypatch: pytest.MonkeyPatch, only: str | None) -> Any:
-    """The converted file's message and rows, or the problems, by `convert` as it is or by
-    `only` one of its paths, "rows" or "columns"."""
+    """The batch message and the ledger rows written, or the problems, by `convert` as it is
+    or by `only` one of its paths, "rows" or "columns"."""
     with monkeypatch.context() as patch:
         if only == "rows":
             patch.setattr(service, "_convert_columns", _not_plain)
         elif only == "columns":
             patch.setattr(service, "_convert", _no_row_path)
         try:
-            converted = service.convert(io.BytesIO(content.encode()), TEMPLATES, PARAMETERS, 1000)
+            converted = service.convert(io.BytesIO(content.encode()), TEMPLATES, PARAMETERS, RULES)
         except service.InvalidRows as error:
             return error.problems()
     with converted.content:
-        return converted.message, list(csv.reader(converted.content))
+        stored = converted.content.read()
+    return converted.message, stored_rows(stored)
 
 
 def _not_plain(*_: object) -> str:
@@ -510,7 +585,8 @@ def test_a_plain_file_is_converted_by_columns_as_the_row_path_converts_it(
     by_rows = herald_file(content, monkeypatch, "rows")
 
     assert by_columns == by_rows
-    assert len(by_rows[1]) == content.count("\n") + (not content.endswith("\n"))
+    # A ledger row for each line but the header.
+    assert len(by_rows[1]) == content.count("\n") + (not content.endswith("\n")) - 1
 
 
 @pytest.mark.parametrize("content", NOT_PLAIN + IN_ERROR)
@@ -581,16 +657,21 @@ async def outcomes(
     )
 
 
-async def test_the_batch_is_validated_once_by_the_engine_as_any_batch(
+async def test_the_upload_is_validated_once_and_the_batch_loads_its_rows(
     api: httpx.AsyncClient, account: Account, temporal: Client
 ) -> None:
     campaign_id = await new_campaign(api, account)
-    a, b, c, d = (n.removeprefix("+") for n in unique_numbers(4))
-    # A repeated number (skipped), a message too long (rejected), one of several segments.
-    content = (
-        "recipient,language,recipient_name,topic\n"
-        f"{a},english,Ann,passport\n{b},chinese,Bob,visa\n{a},english,Ann,again\n"
-        f"{c},chinese,{'长' * 80},visa\n{d},english,{'x' * 2000},visa\n"
+    a, b, c = (n.removeprefix("+") for n in unique_numbers(3))
+    long = "长" * 80
+    # A repeated number (skipped, as the engine skips it), a message of several segments.
+    rows = [
+        (a, "english", "Ann", "passport"),
+        (b, "chinese", "Bob", "visa"),
+        (a, "english", "Ann", "again"),
+        (c, "chinese", long, "visa"),
+    ]
+    content = "recipient,language,recipient_name,topic\n" + "".join(
+        ",".join(row) + "\n" for row in rows
     )
 
     response = await upload(api, campaign_id, content, bearer(account))
@@ -598,23 +679,72 @@ async def test_the_batch_is_validated_once_by_the_engine_as_any_batch(
     assert response.status_code == 201, response.text
     batch_id = response.json()["batchId"]
     uploaded = await outcomes(api, account, temporal, batch_id)
-    # The answer waited for the whole-file check only: the engine's one pass is the workflow's.
-    assert (await activities_run(temporal, batch_id)).count("validate_recipients") == 1
-    # The same file of Herald's, validated by the workflow as any batch's: the same outcomes.
-    converted = service.convert(io.BytesIO(content.encode()), TEMPLATES, PARAMETERS, 1000)
-    with converted.content:
-        file_id = await attach(api, account.headers, converted.content.buffer.read())
+    # The engine ran once, at the upload: the workflow loads its rows, validating nothing.
+    run = await activities_run(temporal, batch_id)
+    assert "validate_recipients" not in run
+    assert run.count("load_recipients") == 1
+    # The same rows in a file of Herald's, validated by the workflow as any batch's: the
+    # same ledger, counts, events and search attribute.
+    herald = (
+        "phone_number,agent_message,request_data.recipient_name,request_data.topic\n"
+        + "".join(
+            f"+{number},{'' if language == 'english' else TEMPLATES[language]},{name},{topic}\n"
+            for number, language, name, topic in rows
+        )
+    )
+    file_id = await attach(api, account.headers, herald.encode())
     started = await start(
         api,
         account,
         file_id,
         name="Passports",
         number_check="possible",
-        **{"global": {"agent_number": account.agent_number, "agent_message": converted.message}},
+        **{"global": {"agent_number": account.agent_number, "agent_message": TEMPLATES["english"]}},
     )
     assert started.status_code == 200, started.text
     assert uploaded == await outcomes(api, account, temporal, file_id)
     assert "validate_recipients" in await activities_run(temporal, file_id)
-    summary, rows, rejected, *_ = uploaded
-    assert (summary["recipients"], summary["rejected"], len(rejected)) == (4, 1, 1)
-    assert [row["status"] for row in rows].count("skipped") == 1
+    summary, ledger, rejected, *_ = uploaded
+    assert (summary["recipients"], summary["rejected"], len(rejected)) == (4, 0, 0)
+    assert [row["status"] for row in ledger].count("skipped") == 1
+    assert ledger[3]["segments"] == 2
+
+
+async def test_an_opted_out_number_is_a_skipped_message_not_an_error(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    numbers = unique_numbers(2)
+    opted = await api.post("/v1/opt-outs", headers=account.headers, json={"number": numbers[1]})
+    assert opted.status_code == 201, opted.text
+
+    batch_id = await sent_batch(api, account, campaign_id, numbers)
+    rows = await ledger_rows(api, account, batch_id)
+
+    assert [(row["status"], row["error_code"]) for row in rows] == [
+        (ANY, None),
+        ("skipped", "opted_out"),
+    ]
+    assert await emulator_messages(emulator_url, to=numbers[1]) == []
+
+
+async def test_a_row_the_engine_would_reject_refuses_the_whole_file(
+    api: httpx.AsyncClient, account: Account, settings: Settings
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    a, b = (n.removeprefix("+") for n in unique_numbers(2))
+    too_long = "x" * settings.max_message_chars
+    content = (
+        "recipient,language,recipient_name,topic\n"
+        f"{a},english,Ann,passport\n{b},english,{too_long},visa\n"
+    )
+    before = await batch_count(api, account)
+
+    response = await upload(api, campaign_id, content, bearer(account))
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "parameter_invalid"
+    assert [(d["row"], d["column"]) for d in error["details"]] == [(2, None)]
+    assert "characters" in error["details"][0]["message"]
+    assert await batch_count(api, account) == before

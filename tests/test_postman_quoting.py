@@ -5,6 +5,7 @@ generated well-formed (Excel's minimal quoting, every cell quoted, LF or CRLF) a
 broken (a stray quote, a lost quote, a lone CR, an empty line)."""
 
 import csv
+import dataclasses
 import io
 from collections.abc import Sequence
 from typing import Any
@@ -12,13 +13,17 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from activities.recipients.phones import POSSIBLE
+from activities.recipients.rows import RecipientRules
 from api.services import postman
 from api.services.batches import TooManyRecipients
+from tests.support.postman_example import stored_rows
 
 TEMPLATES = {"english": "Dear {{name}}, {{topic}}", "chinese": "{{name}} {{topic}}"}
 PARAMETERS = ["name", "topic"]
 HEADER = ["recipient", "language", *PARAMETERS]
 MAX_ROWS = 50
+RULES = RecipientRules(max_rows=MAX_ROWS, max_message_chars=1600, number_check=POSSIBLE)
 # Possible Singapore mobile numbers, and cells that are not numbers.
 RECIPIENTS = st.sampled_from(["6591234567", "6598765432", "6581112222"]) | st.sampled_from(
     ["", "12", "+6591234567", "65 9123 4567", "6591234567x"]
@@ -64,31 +69,42 @@ def broken(content: bytes, how: str, at: int) -> bytes:
 
 
 def outcome(content: bytes, path: str) -> Any:
-    """What a path makes of the file: the records of Herald's file it wrote and its batch
-    message, or the error it raised with what it says. `row` is the row path alone;
-    `convert` tries the column path first."""
+    """What a path makes of the file: the ledger rows it stored and its batch message, or the
+    error it raised with what it says. `row` is the row path alone; `convert` tries the
+    column path first."""
     try:
         if path == "row":
-            out = io.StringIO(newline="")
-            message = postman._convert(io.BytesIO(content), out, TEMPLATES, PARAMETERS, MAX_ROWS)
-            written = out.getvalue()
+            out = io.BytesIO()
+            rules = main_rules(content)
+            postman._convert(io.BytesIO(content), postman._Pass(TEMPLATES, PARAMETERS, rules, out))
+            written, message = out.getvalue(), rules.agent_message
         else:
-            converted = postman.convert(io.BytesIO(content), TEMPLATES, PARAMETERS, MAX_ROWS)
+            converted = postman.convert(io.BytesIO(content), TEMPLATES, PARAMETERS, RULES)
             with converted.content:
-                written = converted.content.buffer.read().decode()
+                written = converted.content.read()
             message = converted.message
     except postman.InvalidRows as error:
         return ("InvalidRows", error.message, error.rows)
     except (postman.HeaderMismatch, postman.NotText, TooManyRecipients) as error:
         return (type(error).__name__, error.message)
-    return ("ok", list(csv.reader(io.StringIO(written, newline=""))), message)
+    return (
+        "ok",
+        stored_rows(written),
+        message,
+    )
+
+
+def main_rules(content: bytes) -> RecipientRules:
+    """The rules `convert` gives its paths: the first row's language's message."""
+    main = postman._main_language(io.BytesIO(content), TEMPLATES)
+    return dataclasses.replace(RULES, agent_message=TEMPLATES[main])
 
 
 def columns_take(content: bytes) -> bool:
     """Whether the column path settles the file itself (no fallback to the row path)."""
-    out = io.StringIO(newline="")
+    run = postman._Pass(TEMPLATES, PARAMETERS, main_rules(content), io.BytesIO())
     try:
-        postman._convert_columns(io.BytesIO(content), out, TEMPLATES, PARAMETERS, MAX_ROWS)
+        postman._convert_columns(io.BytesIO(content), run)
     except postman._NotPlain:
         return False
     except (postman.HeaderMismatch, TooManyRecipients):

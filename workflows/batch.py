@@ -9,7 +9,7 @@ Operators steer it with the `cancel`, `pause` and `resume` signals (from the API
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -69,6 +69,9 @@ RECONCILE_PATCH = "batch-reconcile-uncertain"
 # them again when their window opens, so that they hold back no other row.
 WINDOW_PASSES_PATCH = "batch-send-window-passes"
 VALIDATED_PATCH = "batch-validated-at-upload"
+# A Postman upload's file is ledger rows the API validated: the batch loads them
+# (`load_recipients`) instead of validating its file.
+LOAD_VALIDATED_PATCH = "batch-load-validated-rows"
 # A cancel during validation cancels the validate activity rather than waiting for its end.
 CANCEL_VALIDATION_PATCH = "batch-cancel-validation"
 # A batch pauses itself when a chunk asks (too many carrier errors, or an account-wide one).
@@ -290,19 +293,15 @@ class BatchWorkflow:
             validation = validated
         else:
             try:
-                if workflow.patched(CANCEL_VALIDATION_PATCH):
+                if self._input.load_validated and workflow.patched(LOAD_VALIDATED_PATCH):
+                    validation = await self._build_ledger(ValidationActivities.load_recipients)
+                elif workflow.patched(CANCEL_VALIDATION_PATCH):
                     found = await self._cancellable_validation()
                     if found is None:
                         return await self._finish()
                     validation = found
                 else:
-                    validation = await workflow.execute_activity_method(
-                        ValidationActivities.validate_recipients,
-                        ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
-                        start_to_close_timeout=timedelta(minutes=30),
-                        heartbeat_timeout=timedelta(minutes=1),
-                        retry_policy=VALIDATE_RETRY,
-                    )
+                    validation = await self._build_ledger(ValidationActivities.validate_recipients)
             except ActivityError as error:
                 # Out of retries: the batch still ends, with a final event, rather than hanging.
                 reason = f"the file could not be validated: {error.cause or error}"
@@ -324,6 +323,20 @@ class BatchWorkflow:
             validation.rows_total,
             validation.recipients,
             f"Requested: {validation.rows_total}. Validated: {sendable}.",
+        )
+
+    async def _build_ledger(
+        self,
+        activity: Callable[[ValidationActivities, ValidateInput], Awaitable[ValidationResult]],
+    ) -> ValidationResult:
+        """The activity that builds the batch's ledger from its file: `validate_recipients`,
+        or `load_recipients` for rows validated as they were uploaded."""
+        return await workflow.execute_activity_method(
+            activity,
+            ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
+            start_to_close_timeout=timedelta(minutes=30),
+            heartbeat_timeout=timedelta(minutes=1),
+            retry_policy=VALIDATE_RETRY,
         )
 
     async def _cancellable_validation(self) -> ValidationResult | None:
@@ -374,7 +387,11 @@ class BatchWorkflow:
         statuses = self._input.retry_statuses or []
         reopened = await workflow.execute_activity_method(
             LedgerActivities.reopen_rows,
-            ReopenInput(batch_id=self._input.batch_id, statuses=statuses),
+            ReopenInput(
+                batch_id=self._input.batch_id,
+                statuses=statuses,
+                attempts_below=self._input.retry_attempts_below,
+            ),
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=DB_RETRY,
         )

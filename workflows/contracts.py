@@ -192,6 +192,8 @@ class BatchInput:
     limits: ValidationLimits = field(default_factory=ValidationLimits)
     # A retry run of a finished batch: these ledger statuses are sent again, no validation.
     retry_statuses: list[LedgerStatus] | None = None
+    # A retry run: only rows sent fewer times than this (a Postman retry's limit); None: any.
+    retry_attempts_below: int | None = None
     # Events already recorded for this batch by earlier runs: a retry numbers on from there.
     first_event_seq: int = 0
     timing: Timing = field(default_factory=Timing)
@@ -199,6 +201,9 @@ class BatchInput:
     # started before the upload left the ledger to the workflow): its ledger is written, and
     # the batch starts from it without validating again. No run is started with it now.
     validated: "ValidationResult | None" = None
+    # The file is the ledger's rows, validated by the API as it took the upload (a Postman
+    # upload, since LOAD_VALIDATED_PATCH): the batch loads them and validates nothing.
+    load_validated: bool = False
     # None: the batch never pauses itself on carrier errors (runs started before it too).
     auto_pause: AutoPause | None = None
 
@@ -370,6 +375,8 @@ class ReconcileResult:
 class ReopenInput:
     batch_id: str
     statuses: list[LedgerStatus]
+    # Only rows sent fewer times than this (the ledger's `attempts`); None: any.
+    attempts_below: int | None = None
 
 
 @dataclass(kw_only=True)

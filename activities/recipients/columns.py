@@ -14,13 +14,14 @@ import asyncio
 import csv
 import functools
 import io
+import struct
 import sys
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from activities.recipients import rejections
 from activities.recipients.frames import pl
@@ -32,6 +33,7 @@ from activities.recipients.rows import (
     JSON_START,
     MESSAGE_COLUMN,
     PHONE_COLUMN,
+    REQUEST_DATA_PREFIX,
     STRICT_EXAMPLES,
     Recipient,
     RecipientRules,
@@ -53,7 +55,7 @@ from activities.recipients.segments import (
     UCS2_PART,
     UCS2_SINGLE,
 )
-from store.messages import RECIPIENT_COLUMNS, REJECTED_COLUMNS
+from store.messages import LOADED_COLUMNS, RECIPIENT_COLUMNS, REJECTED_COLUMNS
 
 LEDGER_COLUMNS = (
     "seq",
@@ -66,6 +68,8 @@ LEDGER_COLUMNS = (
     "segments",
 )
 _BOM = b"\xef\xbb\xbf"
+# A row's language, carried beside its ledger row (a Postman upload's).
+LANGUAGE_COLUMN = "language"
 # The file's row numbers, under a name no column of a file without NUL bytes can have.
 _ROW = "\x00row_number"
 # Bytes of the file validated at a time, so memory stays flat whatever the file's size, and
@@ -95,10 +99,29 @@ class Block:
     ledger: pl.DataFrame
     rejected: list[Rejected]
 
+    @property
+    def copy_columns(self) -> tuple[str, ...]:
+        """The ledger's columns `ledger_csv` gives: with a `language` carried (a Postman
+        upload's), the row's language and its `request_data.<name>` values as JSON too."""
+        return LOADED_COLUMNS if LANGUAGE_COLUMN in self.ledger.columns else RECIPIENT_COLUMNS
+
     def ledger_csv(self, batch_id: uuid.UUID, account_id: uuid.UUID) -> Iterator[bytes]:
-        """The ledger as CSV for `copy_recipients_csv`, `COPY_ROWS` rows at a time (a few
-        MB each). Strings are quoted, so an empty one stays apart from NULL (an unquoted
-        empty field)."""
+        """The ledger as CSV for `copy_recipients_csv` (`copy_columns`), `COPY_ROWS` rows at
+        a time (a few MB each). Strings are quoted, so an empty one stays apart from NULL
+        (an unquoted empty field)."""
+        carried: list[pl.Expr] = []
+        if self.copy_columns == LOADED_COLUMNS:
+            values = [name for name in self.ledger.columns if name.startswith(REQUEST_DATA_PREFIX)]
+            carried = [
+                pl.col(LANGUAGE_COLUMN),
+                pl.struct(
+                    pl.col(name).alias(name.removeprefix(REQUEST_DATA_PREFIX)) for name in values
+                )
+                .struct.json_encode()
+                .alias("request_data")
+                if values
+                else pl.lit("{}").alias("request_data"),
+            ]
         for start in range(0, self.ledger.height, COPY_ROWS):
             table = self.ledger.slice(start, COPY_ROWS).select(
                 pl.lit(str(batch_id)).alias("batch_id"),
@@ -111,8 +134,9 @@ class Block:
                 pl.col("skip_code").alias("error_code"),
                 "encoding",
                 "segments",
+                *carried,
             )
-            assert tuple(table.columns) == RECIPIENT_COLUMNS
+            assert tuple(table.columns) == self.copy_columns
             out = io.BytesIO()
             table.write_csv(out, include_header=False, quote_style="non_numeric")
             yield out.getvalue()
@@ -130,55 +154,112 @@ class PlainCsv:
     tally: Tally = field(default_factory=Tally)
 
     def blocks(self, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
-        """Each block's outcomes, in file order. Raises SourceInvalid (too many rows) and
-        NotPlain. `IN_FLIGHT` blocks are validated at once, each in a thread (polars lets
-        go of the GIL), since one block's passes are too short to keep the cores busy;
-        only the skip codes, which depend on the blocks before, are given in order."""
-        sources = variable_sources(self.header, self.rules.column_mapping)
-        defaults = request_defaults(self.rules)
-        # The numbers of the Recipients of each block given, as integers (8 bytes each).
-        seen: list[pl.Series] = []
+        """Each block's outcomes, in file order (`frame_blocks`). Raises SourceInvalid (too
+        many rows) and NotPlain."""
         header_line, line_blocks = (
             _memory_lines(self.content, block_bytes)
             if isinstance(self.content, bytes)
             else _file_lines(self.content, block_bytes)
         )
 
-        def validate(
-            first_row: int, data: memoryview | bytes, count: int, earlier: list[pl.Series]
-        ) -> _Validated:
-            text = b"".join((header_line, data))
-            frame = _read_block(text, self.header, first_row, count)
-            frame = _without_blank_rows(frame, self.header)
-            block = _validate(frame, self.header, self.rules, sources, defaults)
-            keys = block.ledger["to_number"].str.slice(1).cast(pl.Int64)
-            return _Validated(frame.height, block, keys, _repeated(keys, earlier), len(earlier))
+        def read(first_row: int, data: memoryview | bytes, count: int) -> pl.DataFrame:
+            return _read_block(b"".join((header_line, data)), self.header, first_row, count)
 
-        with ThreadPoolExecutor(max_workers=IN_FLIGHT) as executor:
-            pending: deque[Future[_Validated]] = deque()
-            upcoming: Iterator[tuple[int, memoryview | bytes, int]] | None = line_blocks
-            while pending or upcoming is not None:
-                while upcoming is not None and len(pending) < IN_FLIGHT:
-                    lines = next(upcoming, None)
-                    if lines is None:
-                        upcoming = None
-                    else:
-                        # Checked against the blocks given so far; those still pending
-                        # before it are checked when this block's turn comes.
-                        pending.append(executor.submit(validate, *lines, list(seen)))
-                if not pending:
-                    break
-                done = pending.popleft().result()
-                if self.tally.rows + done.rows > self.rules.max_rows:
-                    raise too_many_rows(self.rules.max_rows)
-                repeated = done.repeated
-                for keys in seen[done.known :]:
-                    repeated = repeated | _found(done.keys, keys)
-                seen.append(done.keys)
-                ledger = _with_skips(done.block.ledger, self.rules, repeated, self.tally.recipients)
-                block = Block(ledger, done.block.rejected)
-                self.tally.add(_tally(done.rows, ledger, block.rejected))
-                yield block
+        reads = (functools.partial(read, *lines) for lines in line_blocks)
+        yield from frame_blocks(reads, self.header, self.rules, self.tally)
+
+
+def frame_blocks(
+    reads: Iterator[Callable[[], pl.DataFrame]],
+    header: list[str],
+    rules: RecipientRules,
+    tally: Tally,
+    carried: Sequence[str] = (),
+) -> Iterator[Block]:
+    """The outcomes of blocks of rows, in order: each `read` gives a block's cells (strings,
+    "" where empty) under `header`'s names, numbered by `numbered`; `tally` counts the blocks
+    given. Columns of `carried` (in the frames, not in `header`) are kept beside each
+    ledger row. Raises SourceInvalid (too many rows), and what a `read` raises. `IN_FLIGHT`
+    blocks are read and validated at once, each in a thread (polars lets go of the GIL),
+    since one block's passes are too short to keep the cores busy; only the skip codes,
+    which depend on the blocks before, are given in order."""
+    sources = variable_sources(header, rules.column_mapping)
+    defaults = request_defaults(rules)
+    # The numbers of the Recipients of each block given, as integers (8 bytes each).
+    seen: list[pl.Series] = []
+
+    def validate(read: Callable[[], pl.DataFrame], earlier: list[pl.Series]) -> _Validated:
+        frame = _without_blank_rows(read(), header)
+        block = _validate(frame, header, rules, sources, defaults)
+        if carried:
+            kept = frame.select(pl.col(_ROW).alias("row_number"), *carried)
+            block = Block(
+                block.ledger.join(kept, on="row_number", how="left", maintain_order="left"),
+                block.rejected,
+            )
+        keys = block.ledger["to_number"].str.slice(1).cast(pl.Int64)
+        return _Validated(frame.height, block, keys, _repeated(keys, earlier), len(earlier))
+
+    with ThreadPoolExecutor(max_workers=IN_FLIGHT) as executor:
+        pending: deque[Future[_Validated]] = deque()
+        upcoming: Iterator[Callable[[], pl.DataFrame]] | None = reads
+        while pending or upcoming is not None:
+            while upcoming is not None and len(pending) < IN_FLIGHT:
+                read = next(upcoming, None)
+                if read is None:
+                    upcoming = None
+                else:
+                    # Checked against the blocks given so far; those still pending before
+                    # it are checked when this block's turn comes.
+                    pending.append(executor.submit(validate, read, list(seen)))
+            if not pending:
+                break
+            done = pending.popleft().result()
+            if tally.rows + done.rows > rules.max_rows:
+                raise too_many_rows(rules.max_rows)
+            repeated = done.repeated
+            for keys in seen[done.known :]:
+                repeated = repeated | _found(done.keys, keys)
+            seen.append(done.keys)
+            ledger = _with_skips(done.block.ledger, rules, repeated, tally.recipients, carried)
+            block = Block(ledger, done.block.rejected)
+            tally.add(_tally(done.rows, ledger, block.rejected))
+            yield block
+
+
+def numbered(frame: pl.DataFrame, rows: int | Sequence[int]) -> pl.DataFrame:
+    """A block's rows numbered, as `frame_blocks` takes them (the file's first row after
+    its header is 1): from `rows` on, or each its own of `rows`."""
+    if isinstance(rows, int):
+        return frame.with_row_index(_ROW, offset=rows)
+    return frame.with_columns(pl.Series(_ROW, rows, dtype=pl.UInt32))
+
+
+# A stored ledger file (`write_ledger`): blocks, each its length then an Arrow IPC stream.
+_BLOCK_LENGTH = struct.Struct("<Q")
+
+
+def write_ledger(block: Block, out: IO[bytes]) -> None:
+    """Add a block's ledger rows (with their carried columns) to a file of them, for
+    `loaded_ledger` to read back as they are: an Arrow IPC stream compressed by zstd, a
+    tenth of their CSV's bytes, which is what storing the file costs (tens of ms a MB)."""
+    data = io.BytesIO()
+    block.ledger.write_ipc_stream(data, compression="zstd")
+    out.write(_BLOCK_LENGTH.pack(data.tell()))
+    out.write(data.getbuffer())
+
+
+def loaded_ledger(content: bytes) -> Iterator[tuple[Block, Tally]]:
+    """The blocks of ledger rows `write_ledger` wrote, as they were (no rule applied again:
+    they were validated as they were written), each with its counts."""
+    view = memoryview(content)
+    at = 0
+    while at < len(view):
+        (length,) = _BLOCK_LENGTH.unpack_from(view, at)
+        at += _BLOCK_LENGTH.size
+        ledger = pl.read_ipc_stream(view[at : at + length].tobytes())
+        at += length
+        yield Block(ledger, []), _tally(ledger.height, ledger, [])
 
 
 @dataclass(frozen=True)
@@ -375,7 +456,7 @@ def _read_block(text: bytes, header: list[str], first_row: int, lines: int) -> p
         raise NotPlain(f"{frame.height} rows of {frame.width} cells for {lines} lines")
     frame = frame.rename(dict(zip(frame.columns, header, strict=True))).fill_null("")
     if frame.is_empty():
-        return frame.with_row_index(_ROW, offset=first_row)
+        return numbered(frame, first_row)
     # The csv module ends a line at a lone CR (polars keeps it in the cell), and refuses
     # a cell over its limit. A CR not before a LF is looked for in the bytes (two `count`s
     # cost a fraction of a pass over the cells); a quoted block's CRs were checked by
@@ -387,7 +468,7 @@ def _read_block(text: bytes, header: list[str], first_row: int, lines: int) -> p
         longest > limit and max(frame.select(pl.all().str.len_chars().max()).row(0)) > limit
     ):
         raise NotPlain("a lone CR, or a cell over the csv module's limit")
-    return frame.with_row_index(_ROW, offset=first_row)
+    return numbered(frame, first_row)
 
 
 def _validate(
@@ -597,7 +678,11 @@ def _settle_rows(
 
 
 def _with_skips(
-    table: pl.DataFrame, rules: RecipientRules, repeated: pl.Series, first_seq: int
+    table: pl.DataFrame,
+    rules: RecipientRules,
+    repeated: pl.Series,
+    first_seq: int,
+    carried: Sequence[str] = (),
 ) -> pl.DataFrame:
     """Skip codes as `_mark_skipped` gives them (a repeated number wins over opted out),
     and the rows' places in the send order."""
@@ -618,7 +703,7 @@ def _with_skips(
             .alias("status"),
             skip_code.alias("skip_code"),
         )
-        .select(LEDGER_COLUMNS)
+        .select(*LEDGER_COLUMNS, *carried)
     )
 
 

@@ -186,9 +186,11 @@ async def start_batch(
     *,
     senders: Mapping[int, str] | None = None,
     campaign_id: uuid.UUID | None = None,
+    load_validated: bool = False,
 ) -> BatchStarted:
     """Record the batch (of `campaign_id`, if a campaign's) and start its workflow; the same
-    request again is the same batch.
+    request again is the same batch. With `load_validated`, the file is ledger rows the
+    caller validated (`columns.write_ledger`): the workflow loads them, validating nothing.
 
     Inline `recipients` are stored as a JSON file first, so from there on the batch is one
     of an attached file in every way (and each such request is a new batch); so is a batch
@@ -249,6 +251,7 @@ async def start_batch(
                 limits=validation_limits(settings),
                 timing=_timing(request),
                 auto_pause=_auto_pause(request),
+                load_validated=load_validated,
             ),
             WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
@@ -586,14 +589,20 @@ async def retry_batch(
     account_id: uuid.UUID,
     batch_id: str,
     statuses: list[str],
+    *,
+    attempts_below: int | None = None,
 ) -> BatchControl:
-    """Send a finished batch's rows in `statuses` again, as a new run of its workflow."""
+    """Send a finished batch's rows in `statuses` again, as a new run of its workflow; with
+    `attempts_below`, only those sent fewer times than that (the ledger's `attempts`)."""
     batch = await batch_or_404(pool, account_id, batch_id)
     if batch["status"] not in FINAL_BATCH_STATUSES:
         raise BatchNotFinished(f"batch {batch_id} is still {batch['status']}")
-    rows = await messages.count_in_statuses(pool, batch["id"], statuses)
+    rows = await messages.count_in_statuses(
+        pool, batch["id"], statuses, attempts_below=attempts_below
+    )
     if rows == 0:
-        raise NothingToRetry(f"batch {batch_id} has no rows in {', '.join(statuses)}")
+        limit = "" if attempts_below is None else f" sent fewer than {attempts_below} times"
+        raise NothingToRetry(f"batch {batch_id} has no rows in {', '.join(statuses)}{limit}")
     # The final event is recorded just before the workflow closes: let it close.
     handle = temporal.get_workflow_handle(batch["workflow_id"])
     try:
@@ -623,6 +632,7 @@ async def retry_batch(
         timing=timing,
         auto_pause=_auto_pause(batch["request"]),
         retry_statuses=[LedgerStatus(status) for status in statuses],
+        retry_attempts_below=attempts_below,
         first_event_seq=await events.last_event_seq(pool, batch["id"]),
     )
     try:

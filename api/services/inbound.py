@@ -114,7 +114,8 @@ async def _reply_fields(
     """What a reply sets on its conversation: its channel and, when it answers a batch
     message the conversation does not carry yet, that batch's fields (`metadata`, Bland's
     stored fields) and `request_data` (the batch's defaults, under the recipient's row's
-    own). The row is read from the batch's file once per conversation and batch."""
+    own: the ledger row's own `request_data`, else read from the batch's file once per
+    conversation and batch)."""
     fields = conversations.ConversationFields(channel=channel)
     origin = await messages.last_sent_to(pool, account_id, agent_number, user_number)
     if origin is None:
@@ -127,7 +128,8 @@ async def _reply_fields(
         return fields  # it carries the batch already, or began after the batch's message
     request: dict[str, Any] = origin["request"]
     settings_global: dict[str, Any] = request.get("global") or {}
-    row_data = await _row_request_data(
+    # A Postman upload's row keeps its values in the ledger (its stored file is no CSV).
+    row_data = origin["request_data"] or await _row_request_data(
         pool,
         account_id,
         origin["batch_id"],

@@ -367,11 +367,11 @@ async def test_failed_validation(
     await save_batch(temporal, file_id, "failed_validation")
 
 
-async def test_validated_at_upload(
-    api: httpx.AsyncClient, account: Account, temporal: Client
-) -> None:
-    """A Postman upload, validated by the API: the batch starts from its ledger (the
-    `batch-validated-at-upload` marker, no `validate_recipients`)."""
+async def test_loaded_at_upload(api: httpx.AsyncClient, account: Account, temporal: Client) -> None:
+    """A Postman upload, validated by the API as it took the file: the batch loads its
+    ledger rows (the `batch-load-validated-rows` marker, `load_recipients`, no
+    `validate_recipients`). (`batch/validated_at_upload.json`, of the earlier
+    `batch-validated-at-upload` path, has no scenario: no run takes that path now.)"""
     templates = {"english": "Dear {{name}}, it is ready."}
     campaign = await api.post(
         "/v1/campaigns",
@@ -389,7 +389,7 @@ async def test_validated_at_upload(
     )
     assert response.status_code == 201, response.text
     file_id = response.json()["batchId"]
-    await save_batch(temporal, file_id, "validated_at_upload")
+    await save_batch(temporal, file_id, "loaded_at_upload")
 
 
 async def test_cancelled_during_validation(

@@ -8,6 +8,8 @@ codes and messages), from the Postman v2 guide's API reference
 (postman-v2.guides.gov.sg/technical-users-api/api-reference/post-retry-batch-send).
 """
 
+from activities.recipients.columns import loaded_ledger
+
 EXAMPLE_CSV = (
     "recipient,language,recipient_name,topic\n"
     "6599999999,english,Emily Yeo,passport application #12345F\n"
@@ -43,3 +45,8 @@ TEMPLATES = {
     "english": "Dear {{recipient_name}}, your {{topic}} is ready.",
     "chinese": "{{recipient_name}} 您的{{topic}}已准备好。",
 }
+
+
+# Not Postman's: the ledger rows of a file of Herald's that an upload stored (`convert`).
+def stored_rows(content: bytes) -> list[tuple[object, ...]]:
+    return [row for block, _ in loaded_ledger(content) for row in block.ledger.rows()]
