@@ -15,7 +15,7 @@ from store import conversation_messages, conversations, receipts
 from store.db import create_pool
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
-from tests.support.delivery import ledger_rows, receipts_applied
+from tests.support.delivery import ledger_rows, receipt, receipts_applied, sent_batch
 from tests.support.sending import conversation, conversation_when, eventually, received_by, send
 from tests.support.stack import (
     AUTH_TOKEN,
@@ -31,21 +31,6 @@ STATUS_PATH = "/v1/webhooks/twilio/status"
 QUEUED_SO_FAR = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM receipt_queue_id_seq"
 
 
-def receipt(sid: str, status: str, error_code: str | None = None) -> dict[str, str]:
-    """The form of a Twilio status callback."""
-    form = {
-        "AccountSid": "AC" + "0" * 32,
-        "ApiVersion": "2010-04-01",
-        "MessageSid": sid,
-        "MessageStatus": status,
-        "SmsSid": sid,
-        "SmsStatus": status,
-    }
-    if error_code:
-        form["ErrorCode"] = error_code
-    return form
-
-
 async def post_receipt(
     api: httpx.AsyncClient,
     settings: Settings,
@@ -57,17 +42,6 @@ async def post_receipt(
     """Post `form` signed as Twilio signs it: over Herald's public URL of the endpoint."""
     signature = RequestValidator(token).compute_signature(url or settings.status_callback_url, form)
     return await api.post(STATUS_PATH, data=form, headers={"X-Twilio-Signature": signature})
-
-
-async def sent_batch(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, count: int
-) -> tuple[str, list[dict]]:
-    """A finished batch of `count` sent messages, and its ledger rows in seq order."""
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(count))
-    await webhooks.wait_for(marker, *FINAL)
-    rows = await ledger_rows(api, account, file_id)
-    assert {r["status"] for r in rows} == {"sent"}
-    return file_id, rows
 
 
 async def test_every_message_asks_the_carrier_for_receipts_at_the_public_url(
