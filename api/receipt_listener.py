@@ -24,10 +24,17 @@ from typing import Any, cast
 
 import asyncpg
 import httptools
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from api.carrier_signature import URLENCODED, signed_with, urlencoded_params, verified
-from api.errors import HeraldError, InvalidRequest, error_reply, herald_error_response
+from api.errors import (
+    HeraldError,
+    InvalidRequest,
+    error_reply,
+    herald_error_response,
+    http_error_response,
+)
 from api.input_checks import require_storable_fields
 from api.limits import PayloadTooLarge
 from api.services import receipts as service
@@ -40,16 +47,6 @@ NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
 NO_CONTENT_CLOSE = b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
 # Answers one connection may owe at once (pipelined requests): it is not read beyond them.
 MAX_OWED = 64
-
-
-class NotFound(HeraldError):
-    status_code = 404
-    code = "NOT_FOUND"
-
-
-class MethodNotAllowed(HeraldError):
-    status_code = 405
-    code = "METHOD_NOT_ALLOWED"
 
 
 @dataclass(slots=True)
@@ -115,11 +112,13 @@ class ReceiptListener:
     ) -> None:
         """Fill in `owed` for a request: its reply now, or the future it waits for."""
         path, _, query = target.partition(b"?")
+        if path != PATH or method != b"POST":
+            # As the API answers an unknown path or method, in its envelope.
+            status, detail = (404, "Not Found") if path != PATH else (405, "Method Not Allowed")
+            refusal = http_error_response(STATUS_CALLBACK_PATH, HTTPException(status, detail))
+            owed.status, owed.reply = status, encoded(refusal, owed.keep_alive)
+            return
         try:
-            if path != PATH:
-                raise NotFound(f"Not found; this port serves POST {STATUS_CALLBACK_PATH} only")
-            if method != b"POST":
-                raise MethodNotAllowed("Method Not Allowed")
             if body is None:
                 raise PayloadTooLarge(f"bodies are limited to {self.max_body} bytes")
             if content_type is None or not content_type.startswith(URLENCODED.encode()):

@@ -13,8 +13,13 @@ from twilio.request_validator import RequestValidator
 
 from deploy.local.processes import free_port
 from settings import Settings
-from tests.support.delivery import ledger_rows, receipt, receipts_applied, sent_batch
-from tests.support.sending import eventually
+from tests.support.delivery import (
+    answer_when_its_insert_fails,
+    ledger_rows,
+    receipt,
+    receipts_applied,
+    sent_batch,
+)
 from tests.support.stack import AUTH_TOKEN, Account, WebhookReceiver, api_client, error_code
 
 STATUS_PATH = "/v1/webhooks/twilio/status"
@@ -179,24 +184,10 @@ async def test_a_receipt_whose_insert_fails_is_answered_503_by_the_listener_and_
 ) -> None:
     file_id, rows = await sent_batch(api, account, webhooks, 1)
     form = receipt(rows[0]["carrier_sid"], "delivered")
-    async with listener_client(listener) as client, pool.acquire() as blocker:
-        transaction = blocker.transaction()
-        await transaction.start()
-        # The receipt's INSERT waits behind this lock; then its backend is killed mid-INSERT.
-        await blocker.execute("LOCK TABLE receipt_queue IN ACCESS EXCLUSIVE MODE")
-        posting = asyncio.create_task(
-            client.post(STATUS_PATH, data=form, headers=signed(listener, form))
+    async with listener_client(listener) as client:
+        failed = await answer_when_its_insert_fails(
+            pool, lambda: client.post(STATUS_PATH, data=form, headers=signed(listener, form))
         )
-        inserting = await eventually(
-            lambda: pool.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE 'INSERT INTO receipt_queue%'"
-            ),
-            lambda pid: pid is not None,
-        )
-        await pool.execute("SELECT pg_terminate_backend($1)", inserting)
-        failed = await posting
-        await transaction.rollback()
         again = await client.post(STATUS_PATH, data=form, headers=signed(listener, form))
     await receipts_applied(pool, [rows[0]["carrier_sid"]])
 

@@ -15,8 +15,14 @@ from store import conversation_messages, conversations, receipts
 from store.db import create_pool
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
-from tests.support.delivery import ledger_rows, receipt, receipts_applied, sent_batch
-from tests.support.sending import conversation, conversation_when, eventually, received_by, send
+from tests.support.delivery import (
+    answer_when_its_insert_fails,
+    ledger_rows,
+    receipt,
+    receipts_applied,
+    sent_batch,
+)
+from tests.support.sending import conversation, conversation_when, received_by, send
 from tests.support.stack import (
     AUTH_TOKEN,
     Account,
@@ -362,22 +368,7 @@ async def test_a_receipt_whose_insert_fails_is_answered_503_and_taken_when_poste
 ) -> None:
     file_id, rows = await sent_batch(api, account, webhooks, 1)
     form = receipt(rows[0]["carrier_sid"], "delivered")
-    async with pool.acquire() as blocker:
-        transaction = blocker.transaction()
-        await transaction.start()
-        # The receipt's INSERT waits behind this lock; then its backend is killed mid-INSERT.
-        await blocker.execute("LOCK TABLE receipt_queue IN ACCESS EXCLUSIVE MODE")
-        posting = asyncio.create_task(post_receipt(api, settings, form))
-        inserting = await eventually(
-            lambda: pool.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE 'INSERT INTO receipt_queue%'"
-            ),
-            lambda pid: pid is not None,
-        )
-        await pool.execute("SELECT pg_terminate_backend($1)", inserting)
-        failed = await posting
-        await transaction.rollback()
+    failed = await answer_when_its_insert_fails(pool, lambda: post_receipt(api, settings, form))
     again = await post_receipt(api, settings, form)
     await receipts_applied(pool, [rows[0]["carrier_sid"]])
 

@@ -4,7 +4,7 @@ emulator received, and workers of their own for tests that change carrier settin
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -17,6 +17,7 @@ from settings import Settings
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.pages import every_item
+from tests.support.sending import eventually
 from tests.support.stack import Account, WebhookReceiver
 from worker import herald_worker
 
@@ -111,3 +112,26 @@ async def sent_batch(
     rows = await ledger_rows(api, account, file_id)
     assert {r["status"] for r in rows} == {"sent"}
     return file_id, rows
+
+
+async def answer_when_its_insert_fails(
+    pool: asyncpg.Pool, post: Callable[[], Coroutine[Any, Any, httpx.Response]]
+) -> httpx.Response:
+    """The answer to `post` (of one final receipt) when the receipt's INSERT fails: it waits
+    behind a lock on the queue, then its backend is killed mid-INSERT."""
+    async with pool.acquire() as blocker:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("LOCK TABLE receipt_queue IN ACCESS EXCLUSIVE MODE")
+        posting = asyncio.create_task(post())
+        inserting = await eventually(
+            lambda: pool.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE 'INSERT INTO receipt_queue%'"
+            ),
+            lambda pid: pid is not None,
+        )
+        await pool.execute("SELECT pg_terminate_backend($1)", inserting)
+        failed = await posting
+        await transaction.rollback()
+    return failed
