@@ -5,13 +5,14 @@ reached by the emulator; tests/test_local_stack.py sees the emulator's own)."""
 
 import asyncio
 import secrets
+import uuid
 
 import asyncpg
 import httpx
 from twilio.request_validator import RequestValidator
 
 from settings import Settings
-from store import conversation_messages, conversations, receipts
+from store import conversation_messages, conversations, messages, receipts
 from store.db import create_pool
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
@@ -22,7 +23,13 @@ from tests.support.delivery import (
     receipts_applied,
     sent_batch,
 )
-from tests.support.sending import conversation, conversation_when, received_by, send
+from tests.support.sending import (
+    conversation,
+    conversation_when,
+    eventually,
+    received_by,
+    send,
+)
 from tests.support.stack import (
     AUTH_TOKEN,
     Account,
@@ -378,3 +385,44 @@ async def test_a_receipt_whose_insert_fails_is_answered_503_and_taken_when_poste
     assert again.status_code == 204
     after = await ledger_rows(api, account, file_id)
     assert [r["status"] for r in after] == ["delivered"]
+
+
+async def test_a_kept_receipts_apply_that_deadlocks_with_another_transaction_runs_again(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, rows = await sent_batch(api, account, webhooks, 1)
+    sid = rows[0]["carrier_sid"]
+    # The receipt came before the send was recorded: kept, waiting for its row.
+    await pool.execute(
+        "INSERT INTO carrier_receipts (carrier_sid, status, error_code)"
+        " VALUES ($1, 'failed', '30008')",
+        sid,
+    )
+    async with pool.acquire() as other:
+        transaction = other.transaction()
+        await transaction.start()
+        # This transaction's own deadlock check comes after the apply's: the apply is the one
+        # PostgreSQL ends, as it may end the applier's or the worker's statement at full rate.
+        await other.execute("SET LOCAL deadlock_timeout = '10s'")
+        await other.execute("UPDATE messages SET updated_at = now() WHERE carrier_sid = $1", sid)
+        applying = asyncio.create_task(
+            messages.apply_kept_receipts(pool, uuid.UUID(file_id), [sid])
+        )
+        await eventually(
+            lambda: pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE 'UPDATE messages AS m SET status = r.status%'"
+            ),
+            lambda waiting: waiting == 1,
+        )
+        # The apply waits for this transaction's row; this one now waits for the apply's
+        # lock on the queue: a deadlock.
+        await other.execute("LOCK TABLE receipt_queue IN ACCESS EXCLUSIVE MODE")
+        await transaction.commit()
+    await applying
+
+    after = await ledger_rows(api, account, file_id)
+    assert [(r["status"], r["error_code"]) for r in after] == [("failed", "30008")]
