@@ -119,6 +119,18 @@ class Settings(BaseSettings):
         description="Herald's public base URL, for carrier StatusCallback URLs and short links"
         " (`/s/<code>`).",
     )
+    receipts_port: int | None = Field(
+        None,
+        description="Port of the receipts listener each API process serves beside the API: the"
+        " carrier's status callbacks alone, on a lean HTTP/1.1 server, at a third of their cost"
+        " through the API's port. Unset: the StatusCallback URL is the API's own.",
+    )
+    receipts_public_url: str | None = Field(
+        None,
+        description="The base URL at which the carrier reaches the receipts listener (through"
+        " a proxy, as PUBLIC_URL is the API's); the StatusCallback URL is it plus"
+        " /v1/webhooks/twilio/status. Unset: http://API_HOST:RECEIPTS_PORT.",
+    )
 
     max_upload_bytes: int = 40 * 1024 * 1024
     max_body_bytes: int = Field(
@@ -288,6 +300,11 @@ class Settings(BaseSettings):
                 "PUBLIC_URL: unset, the carrier could not post delivery receipts and short links"
                 " would lead nowhere"
             )
+        if self.receipts_port is not None and self.receipts_public_url is None:
+            problems.append(
+                "RECEIPTS_PUBLIC_URL: unset with RECEIPTS_PORT, the carrier would be given"
+                " this host's own address for its delivery receipts"
+            )
         if self.database_url is None:
             problems.append("DATABASE_URL: unset, no embedded PostgreSQL runs in production")
         if self.temporal_address is None:
@@ -339,8 +356,15 @@ class Settings(BaseSettings):
         return self.public_url or f"http://{self.api_host}:{self.api_port}"
 
     @property
+    def receipts_url(self) -> str:
+        """Where the carrier posts delivery receipts: the receipts listener if there is one."""
+        if self.receipts_port is None:
+            return self.api_url
+        return self.receipts_public_url or f"http://{self.api_host}:{self.receipts_port}"
+
+    @property
     def status_callback_url(self) -> str:
-        return self.api_url.rstrip("/") + STATUS_CALLBACK_PATH
+        return self.receipts_url.rstrip("/") + STATUS_CALLBACK_PATH
 
     @property
     def send_task_queue(self) -> str:

@@ -15,6 +15,7 @@ from api.input_checks import InputChecks
 from api.limits import BodySizeLimit
 from api.models import ErrorEnvelope, StatusEvent
 from api.receipt_lane import ReceiptLane
+from api.receipt_listener import ReceiptListener
 from api.request_context import RequestContext
 from api.request_metrics import RequestMetrics
 from api.routes import (
@@ -129,9 +130,18 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         applier = asyncio.create_task(
             apply_receipts(app.state.pool, app.state.receipt_intake.arrived)
         )
+        listener = ReceiptListener(
+            settings=settings,
+            pool=app.state.pool,
+            intake=app.state.receipt_intake,
+            metrics=app.state.metrics,
+        )
+        if settings.receipts_port is not None:
+            await listener.start(settings.api_host, settings.receipts_port)
         try:
             yield
         finally:
+            await listener.close()
             applier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await applier

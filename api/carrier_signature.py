@@ -57,7 +57,12 @@ def urlencoded_params(body: bytes) -> dict[str, str]:
 
 
 def _unquoted(text: str) -> str:
-    return unquote_plus(text) if "%" in text or "+" in text else text
+    if "%" not in text and "+" not in text:
+        return text
+    # A phone number's `+` (%2B) is the only escape in most of the carrier's values.
+    if "+" not in text and text.count("%") == text.count("%2B"):
+        return text.replace("%2B", "+")
+    return unquote_plus(text)
 
 
 def signed_with(token: str, url: str, params: dict[str, str], signature: str) -> bool:

@@ -215,12 +215,16 @@ async def run_with_receipts(
     info: dict[str, str],
     processes: dict[str, psutil.Process],
     stack: list[ManagedProcess],
+    *,
+    pipelined: bool = True,
 ) -> dict[str, Any]:
     """Herald's run again, with the emulator posting every message's status callbacks
-    (`sent`, then `delivered`) to the API; done when every receipt is applied."""
+    (`sent`, then `delivered`) to the API's receipts listener; done when every receipt is
+    applied. Unless `pipelined`, each callback goes alone on its connection, as Twilio's do."""
     config = f"{info['emulator_url']}/_emulator/config"
     async with httpx.AsyncClient(timeout=60) as http:
-        (await http.post(config, json={"status_callbacks": True})).raise_for_status()
+        wanted = {"status_callbacks": True, "callback_pipelining": pipelined}
+        (await http.post(config, json=wanted)).raise_for_status()
         try:
             herald = await run_herald(n, settings, info, processes, stack)
             ended = time.perf_counter()
@@ -241,6 +245,7 @@ async def run_with_receipts(
             await http.post(config, json={"status_callbacks": False})
     return {
         **herald,
+        "callback_pipelining": pipelined,
         "counts": counts,
         # Status callbacks the emulator posted, by the API's answer ("no answer": none came).
         "callbacks": stats["callbacks"],
@@ -381,7 +386,9 @@ async def measure(
     # Before the receipts run adds its batch's rows to the ledger.
     footprint = await history_and_storage(settings, herald["batch_id"])
     receipts = (
-        await run_with_receipts(args.n, settings, info, watched, processes)
+        await run_with_receipts(
+            args.n, settings, info, watched, processes, pipelined=not args.callbacks_one_by_one
+        )
         if args.receipts
         else None
     )
@@ -647,7 +654,8 @@ def receipts_report(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [
         ("Herald, receipts on", f"{on['messages_per_second']:,.0f} msg/s",
          f"{on['sent']:,} sent in {on['seconds']:.1f}s ({on['status']});"
-         f" {ratios['receipts_on_over_off']:.2f}x of receipts off, target >= 0.7x"),
+         f" {ratios['receipts_on_over_off']:.2f}x of receipts off, target >= 0.7x; callbacks"
+         f" {'pipelined' if on.get('callback_pipelining', True) else 'one by one'}"),
         ("  every receipt applied", f"{on['applied_messages_per_second']:,.0f} msg/s",
          f"{on['receipts_applied']:,} final receipts applied {on['applied_seconds']:.1f}s"
          f" after the POST; {ratios['receipts_applied_over_off']:.2f}x of receipts off"),
@@ -708,6 +716,12 @@ def main() -> int:
         "--receipts",
         action="store_true",
         help="run Herald's batch again with the emulator's status callbacks on, and compare",
+    )
+    parser.add_argument(
+        "--callbacks-one-by-one",
+        action="store_true",
+        help="with --receipts: the emulator posts each status callback alone on its connection,"
+        " as Twilio does (by default the callbacks due at once are pipelined)",
     )
     parser.add_argument(
         "--sweep",

@@ -11,7 +11,14 @@ from deploy.local.processes import ManagedProcess, free_port
 from deploy.local.stack import launch, running, stop_on_signals
 from settings import Settings
 
-PORTS = ("API_PORT", "POSTGRES_PORT", "TEMPORAL_PORT", "TEMPORAL_UI_PORT", "EMULATOR_PORT")
+PORTS = (
+    "API_PORT",
+    "POSTGRES_PORT",
+    "TEMPORAL_PORT",
+    "TEMPORAL_UI_PORT",
+    "EMULATOR_PORT",
+    "RECEIPTS_PORT",
+)
 
 
 @contextmanager

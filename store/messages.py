@@ -12,6 +12,9 @@ import asyncpg
 from store import receipts
 from workflows.statuses import LedgerStatus
 
+# Times apply_kept_receipts runs its statement when PostgreSQL ends it with a deadlock.
+DEADLOCK_ATTEMPTS = 5
+
 RECIPIENT_COLUMNS = (
     "batch_id",
     "seq",
@@ -275,16 +278,29 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
 
 
 async def apply_kept_receipts(pool: asyncpg.Pool, batch_id: uuid.UUID, sids: list[str]) -> None:
-    """Apply the receipts that came for `sids` before the sids were written to their rows."""
-    if sids:
-        await pool.execute(
-            "UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
-            f" updated_at = now() FROM {receipts.first_receipts('$2::text[]')} AS r"
-            " WHERE m.carrier_sid = r.carrier_sid"
-            " AND m.batch_id = $1 AND receipt_rank(m.status) < receipt_rank(r.status)",
-            batch_id,
-            sids,
-        )
+    """Apply the receipts that came for `sids` before the sids were written to their rows.
+
+    The receipts applier (receipts.apply_queued) may move the same rows at the same moment,
+    in another order: PostgreSQL then ends one of the two statements with a deadlock. Lost
+    here, the receipts would never be applied (the rows are written, nothing records them
+    again), so the statement runs again: applying a receipt twice changes nothing.
+    """
+    if not sids:
+        return
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        try:
+            await pool.execute(
+                "UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
+                f" updated_at = now() FROM {receipts.first_receipts('$2::text[]')} AS r"
+                " WHERE m.carrier_sid = r.carrier_sid"
+                " AND m.batch_id = $1 AND receipt_rank(m.status) < receipt_rank(r.status)",
+                batch_id,
+                sids,
+            )
+            return
+        except asyncpg.DeadlockDetectedError:
+            if attempt == DEADLOCK_ATTEMPTS:
+                raise
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,8 @@ SECRET_EXAMPLE = KUBERNETES / "secret.example.yaml"
 # The oldest Kubernetes release the manifests must suit, and the newest the package knows.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 SETTINGS = set(Settings.model_fields)
+# The StatusCallback URL the example configurations give the carrier: the receipts listeners'.
+RECEIPTS_CALLBACK = "https://receipts.sms.example.com/v1/webhooks/twilio/status"
 
 
 def compose_schema() -> dict[str, Any]:
@@ -173,6 +175,10 @@ def test_compose_configures_a_production_start(monkeypatch: pytest.MonkeyPatch) 
 
         assert settings.env == "production"
         assert settings.temporal_target == "temporal:7233"
+        # The carrier's receipts go to the listeners' load balancer, on the API's port 8010.
+        assert settings.status_callback_url == RECEIPTS_CALLBACK
+        assert settings.receipts_port == 8010
+        assert "8010-8011:8010" in compose()["services"]["api"]["ports"]
 
 
 # The Kubernetes manifests.
@@ -226,6 +232,11 @@ def test_each_overlay_configures_a_production_start(
 
     assert settings.env == "production"
     assert settings.temporal_address is not None
+    assert settings.status_callback_url == RECEIPTS_CALLBACK
+    [api] = containers(named(rendered(overlay), "Deployment", "herald-api"))
+    service = named(rendered(overlay), "Service", "herald-api")
+    assert {"name": "receipts", "containerPort": settings.receipts_port} in api["ports"]
+    assert {"name": "receipts", "port": 8010, "targetPort": "receipts"} in service["spec"]["ports"]
     # The example Secret suits both overlays: no API key, which would turn TLS on.
     assert settings.temporal_api_key is None
 

@@ -244,3 +244,36 @@ async def test_status_callbacks_are_signed_and_arrive_in_order(
         lambda: stats_of(calling_emulator), lambda s: sum(s["callbacks"].values()) == 2
     )
     assert stats["callbacks"] == {"204": 2}
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_many_messages_callbacks_each_arrive_once_signed_sent_first(
+    calling_emulator: str,
+    settings: Settings,
+    callback_receiver: tuple[str, asyncio.Queue],
+    pipelining: bool,
+) -> None:
+    url, received = callback_receiver
+    async with httpx.AsyncClient() as http:
+        config = f"{calling_emulator}/_emulator/config"
+        configured = await http.post(config, json={"callback_pipelining": pipelining})
+    forms = [
+        {"To": f"+1201555{i:04d}", "From": "+15005550006", "Body": "cb", "StatusCallback": url}
+        for i in range(60)
+    ]
+    # Sent together: their callbacks come due together (pipelined on a connection, or not).
+    sids = [
+        r.json()["sid"] for r in await asyncio.gather(*(create(calling_emulator, f) for f in forms))
+    ]
+    callbacks = [await asyncio.wait_for(received.get(), 10) for _ in range(120)]
+    stats = await eventually(
+        lambda: stats_of(calling_emulator), lambda s: sum(s["callbacks"].values()) == 120
+    )
+
+    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
+    assert configured.json()["callback_pipelining"] is pipelining
+    statuses = [(params["MessageSid"], params["MessageStatus"]) for _, params, _ in callbacks]
+    assert sorted(statuses) == sorted((sid, s) for sid in sids for s in ("sent", "delivered"))
+    assert all(statuses.index((sid, "sent")) < statuses.index((sid, "delivered")) for sid in sids)
+    assert all(validator.validate(u, params, signature) for u, params, signature in callbacks)
+    assert stats["callbacks"] == {"204": 120}

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -25,7 +26,14 @@ from tests.support.builders import csv_bytes, unique_numbers
 READY_SECONDS = 90
 
 
-PORTS = ("API_PORT", "POSTGRES_PORT", "TEMPORAL_PORT", "TEMPORAL_UI_PORT", "EMULATOR_PORT")
+PORTS = (
+    "API_PORT",
+    "POSTGRES_PORT",
+    "TEMPORAL_PORT",
+    "TEMPORAL_UI_PORT",
+    "EMULATOR_PORT",
+    "RECEIPTS_PORT",
+)
 
 
 @pytest.fixture(scope="module")
@@ -253,9 +261,9 @@ def test_the_emulators_receipts_reach_the_api_and_mark_messages_delivered(
     assert counts["delivered"] > 0 and counts["undelivered"] > 0
     assert {r["error_code"] for r in rows if r["status"] == "undelivered"} == {"30003"}
     assert sorted(m["to"] for m in received) == numbers
-    assert {m["status_callback"] for m in received} == {
-        f"{dev['api_url']}/v1/webhooks/twilio/status"
-    }
+    # The StatusCallback URL is the receipts listener's, on its own port.
+    assert {m["status_callback"] for m in received} == {dev["receipts_url"]}
+    assert urlsplit(dev["receipts_url"]).port != urlsplit(dev["api_url"]).port
 
 
 def on_the_way(counts: dict[str, int]) -> int:

@@ -127,3 +127,23 @@ def test_mutual_tls_reads_the_ca_certificate_and_key_files(tmp_path: Path) -> No
         client_private_key=b"key pem",
         domain="temporal.internal",
     )
+
+
+def test_a_receipts_port_without_its_public_url_is_refused_in_production(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in PRODUCTION.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HERALD_RECEIPTS_PORT", "8010")
+
+    with pytest.raises(ValidationError, match="HERALD_RECEIPTS_PUBLIC_URL: unset with"):
+        Settings()
+    monkeypatch.setenv("HERALD_RECEIPTS_PUBLIC_URL", "https://receipts.example.org")
+    # The carrier is given the listener's URL; without a receipts port, the API's.
+    assert Settings().status_callback_url == (
+        "https://receipts.example.org/v1/webhooks/twilio/status"
+    )
+    monkeypatch.delenv("HERALD_RECEIPTS_PORT")
+    assert Settings().status_callback_url == (
+        PRODUCTION["HERALD_PUBLIC_URL"] + "/v1/webhooks/twilio/status"
+    )

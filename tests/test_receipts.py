@@ -5,18 +5,31 @@ reached by the emulator; tests/test_local_stack.py sees the emulator's own)."""
 
 import asyncio
 import secrets
+import uuid
 
 import asyncpg
 import httpx
 from twilio.request_validator import RequestValidator
 
 from settings import Settings
-from store import conversation_messages, conversations, receipts
+from store import conversation_messages, conversations, messages, receipts
 from store.db import create_pool
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
-from tests.support.delivery import ledger_rows, receipts_applied
-from tests.support.sending import conversation, conversation_when, eventually, received_by, send
+from tests.support.delivery import (
+    answer_when_its_insert_fails,
+    ledger_rows,
+    receipt,
+    receipts_applied,
+    sent_batch,
+)
+from tests.support.sending import (
+    conversation,
+    conversation_when,
+    eventually,
+    received_by,
+    send,
+)
 from tests.support.stack import (
     AUTH_TOKEN,
     Account,
@@ -31,21 +44,6 @@ STATUS_PATH = "/v1/webhooks/twilio/status"
 QUEUED_SO_FAR = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM receipt_queue_id_seq"
 
 
-def receipt(sid: str, status: str, error_code: str | None = None) -> dict[str, str]:
-    """The form of a Twilio status callback."""
-    form = {
-        "AccountSid": "AC" + "0" * 32,
-        "ApiVersion": "2010-04-01",
-        "MessageSid": sid,
-        "MessageStatus": status,
-        "SmsSid": sid,
-        "SmsStatus": status,
-    }
-    if error_code:
-        form["ErrorCode"] = error_code
-    return form
-
-
 async def post_receipt(
     api: httpx.AsyncClient,
     settings: Settings,
@@ -57,17 +55,6 @@ async def post_receipt(
     """Post `form` signed as Twilio signs it: over Herald's public URL of the endpoint."""
     signature = RequestValidator(token).compute_signature(url or settings.status_callback_url, form)
     return await api.post(STATUS_PATH, data=form, headers={"X-Twilio-Signature": signature})
-
-
-async def sent_batch(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, count: int
-) -> tuple[str, list[dict]]:
-    """A finished batch of `count` sent messages, and its ledger rows in seq order."""
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(count))
-    await webhooks.wait_for(marker, *FINAL)
-    rows = await ledger_rows(api, account, file_id)
-    assert {r["status"] for r in rows} == {"sent"}
-    return file_id, rows
 
 
 async def test_every_message_asks_the_carrier_for_receipts_at_the_public_url(
@@ -388,22 +375,7 @@ async def test_a_receipt_whose_insert_fails_is_answered_503_and_taken_when_poste
 ) -> None:
     file_id, rows = await sent_batch(api, account, webhooks, 1)
     form = receipt(rows[0]["carrier_sid"], "delivered")
-    async with pool.acquire() as blocker:
-        transaction = blocker.transaction()
-        await transaction.start()
-        # The receipt's INSERT waits behind this lock; then its backend is killed mid-INSERT.
-        await blocker.execute("LOCK TABLE receipt_queue IN ACCESS EXCLUSIVE MODE")
-        posting = asyncio.create_task(post_receipt(api, settings, form))
-        inserting = await eventually(
-            lambda: pool.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE 'INSERT INTO receipt_queue%'"
-            ),
-            lambda pid: pid is not None,
-        )
-        await pool.execute("SELECT pg_terminate_backend($1)", inserting)
-        failed = await posting
-        await transaction.rollback()
+    failed = await answer_when_its_insert_fails(pool, lambda: post_receipt(api, settings, form))
     again = await post_receipt(api, settings, form)
     await receipts_applied(pool, [rows[0]["carrier_sid"]])
 
@@ -413,3 +385,44 @@ async def test_a_receipt_whose_insert_fails_is_answered_503_and_taken_when_poste
     assert again.status_code == 204
     after = await ledger_rows(api, account, file_id)
     assert [r["status"] for r in after] == ["delivered"]
+
+
+async def test_a_kept_receipts_apply_that_deadlocks_with_another_transaction_runs_again(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, rows = await sent_batch(api, account, webhooks, 1)
+    sid = rows[0]["carrier_sid"]
+    # The receipt came before the send was recorded: kept, waiting for its row.
+    await pool.execute(
+        "INSERT INTO carrier_receipts (carrier_sid, status, error_code)"
+        " VALUES ($1, 'failed', '30008')",
+        sid,
+    )
+    async with pool.acquire() as other:
+        transaction = other.transaction()
+        await transaction.start()
+        # This transaction's own deadlock check comes after the apply's: the apply is the one
+        # PostgreSQL ends, as it may end the applier's or the worker's statement at full rate.
+        await other.execute("SET LOCAL deadlock_timeout = '10s'")
+        await other.execute("UPDATE messages SET updated_at = now() WHERE carrier_sid = $1", sid)
+        applying = asyncio.create_task(
+            messages.apply_kept_receipts(pool, uuid.UUID(file_id), [sid])
+        )
+        await eventually(
+            lambda: pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE 'UPDATE messages AS m SET status = r.status%'"
+            ),
+            lambda waiting: waiting == 1,
+        )
+        # The apply waits for this transaction's row; this one now waits for the apply's
+        # lock on the queue: a deadlock.
+        await other.execute("LOCK TABLE receipt_queue IN ACCESS EXCLUSIVE MODE")
+        await transaction.commit()
+    await applying
+
+    after = await ledger_rows(api, account, file_id)
+    assert [(r["status"], r["error_code"]) for r in after] == [("failed", "30008")]

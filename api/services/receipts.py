@@ -51,13 +51,17 @@ class ReceiptIntake:
 
     async def put(self, receipt: Receipt) -> None:
         """Return once `receipt` is queued (at once for a non-final one: it moves nothing)."""
-        if receipt.status not in FINAL_RECEIPTS:
-            return
-        done = asyncio.get_running_loop().create_future()
+        if receipt.status in FINAL_RECEIPTS:
+            await self.submit(receipt)
+
+    def submit(self, receipt: Receipt) -> asyncio.Future[None]:
+        """A future done once the final `receipt` is queued (its exception if it could not
+        be): for callers that answer from a callback rather than a task of their own."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((receipt, done))
         if self._writing is None:
             self._writing = asyncio.create_task(self._write())
-        await done
+        return done
 
     async def _write(self) -> None:
         # While one INSERT is under way the next requests gather for the following one.
@@ -117,14 +121,29 @@ async def apply_receipts(pool: asyncpg.Pool, arrived: asyncio.Event) -> None:
 async def take_receipt(intake: ReceiptIntake, form: dict[str, str]) -> None:
     """Queue the receipt of a status callback's (signed) `form`; it is applied to its
     message, now or when its send is recorded. Return only once it is queued."""
+    receipt = receipt_of(form)
+    try:
+        await intake.put(receipt)
+    except DATABASE_ERRORS as error:
+        raise not_queued(error) from error
+
+
+def receipt_of(form: dict[str, str]) -> Receipt:
+    """The receipt a status callback's (signed) `form` carries."""
     sid = form.get("MessageSid") or form.get("SmsSid")
     status = form.get("MessageStatus") or form.get("SmsStatus")
     if not sid or not status:
         raise InvalidRequest("MessageSid and MessageStatus are required")
-    try:
-        await intake.put(Receipt(sid, status, form.get("ErrorCode") or None))
-    except DATABASE_ERRORS as error:
-        log.warning("receipt not queued", error=repr(error))
-        raise ReceiptNotQueued(
-            "The receipt could not be stored; post it again (the carrier retries)"
-        ) from error
+    return Receipt(sid, status, form.get("ErrorCode") or None)
+
+
+def is_final(receipt: Receipt) -> bool:
+    """Whether `receipt` is queued: a non-final one moves nothing and is answered at once."""
+    return receipt.status in FINAL_RECEIPTS
+
+
+def not_queued(error: BaseException) -> ReceiptNotQueued:
+    """The answer to a callback whose receipt's INSERT failed with `error`: 503, never a 2xx,
+    so the carrier posts it again."""
+    log.warning("receipt not queued", error=repr(error))
+    return ReceiptNotQueued("The receipt could not be stored; post it again (the carrier retries)")

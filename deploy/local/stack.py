@@ -22,6 +22,9 @@ from deploy.local.temporal import temporal_process, temporal_ready
 from settings import Settings
 
 READY_TIMEOUT = 60.0
+# The receipts listener's port when HERALD_RECEIPTS_PORT is unset: the local stack always
+# serves the carrier's status callbacks there (Settings.receipts_port).
+LOCAL_RECEIPTS_PORT = 8010
 
 
 class Stop(Exception):
@@ -37,6 +40,10 @@ def check_ports(settings: Settings) -> None:
     """Raise PortsTaken, naming each taken port and the setting that moves it, before
     anything starts."""
     wanted = [("API", "HERALD_API_PORT", settings.api_host, settings.api_port)]
+    if settings.receipts_port is not None:
+        wanted.append(
+            ("receipts", "HERALD_RECEIPTS_PORT", settings.api_host, settings.receipts_port)
+        )
     if settings.database_url is None:
         wanted.append(("PostgreSQL", "HERALD_POSTGRES_PORT", "127.0.0.1", settings.postgres_port))
     if settings.temporal_address is None:
@@ -79,10 +86,14 @@ def running(processes: list[ManagedProcess]) -> Iterator[list[ManagedProcess]]:
 
 def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str]:
     """Start everything, appending each child to `processes` as soon as it exists."""
+    if settings.receipts_port is None:
+        settings = settings.model_copy(update={"receipts_port": LOCAL_RECEIPTS_PORT})
     check_ports(settings)
     home = settings.home.resolve()
     logs = home / "logs"
     env = dict(os.environ)
+    # The API serves the receipts listener; the workers give its URL to the carrier.
+    env["HERALD_RECEIPTS_PORT"] = str(settings.receipts_port)
     # Everything of the local stack, webhook receivers included, is on this machine; a
     # production environment refuses this (see settings.Settings).
     if settings.env == "development":
@@ -182,6 +193,7 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
     info = {
         **dev,
         "api_url": settings.api_url,
+        "receipts_url": settings.status_callback_url,
         "docs_url": f"{settings.api_url}/docs",
         "dashboard_url": f"{settings.api_url}/ui",
         "temporal_ui_url": settings.temporal_ui_base,

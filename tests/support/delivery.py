@@ -4,7 +4,7 @@ emulator received, and workers of their own for tests that change carrier settin
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -14,9 +14,11 @@ import httpx
 from temporalio.client import Client
 
 from settings import Settings
-from tests.support.builders import emulator_messages
+from tests.support.batches import FINAL, start_marked_batch
+from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.pages import every_item
-from tests.support.stack import Account
+from tests.support.sending import eventually
+from tests.support.stack import Account, WebhookReceiver
 from worker import herald_worker
 
 TERMINAL = {"sent", "delivered", "undelivered", "failed", "skipped", "cancelled", "uncertain"}
@@ -84,3 +86,52 @@ async def own_worker(
     own = settings.model_copy(update={"task_queue": f"herald-{uuid.uuid4().hex[:8]}", **changes})
     async with herald_worker(temporal, own) as worker, worker:
         yield own
+
+
+def receipt(sid: str, status: str, error_code: str | None = None) -> dict[str, str]:
+    """The form of a Twilio status callback."""
+    form = {
+        "AccountSid": "AC" + "0" * 32,
+        "ApiVersion": "2010-04-01",
+        "MessageSid": sid,
+        "MessageStatus": status,
+        "SmsSid": sid,
+        "SmsStatus": status,
+    }
+    if error_code:
+        form["ErrorCode"] = error_code
+    return form
+
+
+async def sent_batch(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, count: int
+) -> tuple[str, list[dict]]:
+    """A finished batch of `count` sent messages, and its ledger rows in seq order."""
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(count))
+    await webhooks.wait_for(marker, *FINAL)
+    rows = await ledger_rows(api, account, file_id)
+    assert {r["status"] for r in rows} == {"sent"}
+    return file_id, rows
+
+
+async def answer_when_its_insert_fails(
+    pool: asyncpg.Pool, post: Callable[[], Coroutine[Any, Any, httpx.Response]]
+) -> httpx.Response:
+    """The answer to `post` (of one final receipt) when the receipt's INSERT fails: it waits
+    behind a lock on the queue, then its backend is killed mid-INSERT."""
+    async with pool.acquire() as blocker:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("LOCK TABLE receipt_queue IN ACCESS EXCLUSIVE MODE")
+        posting = asyncio.create_task(post())
+        inserting = await eventually(
+            lambda: pool.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE 'INSERT INTO receipt_queue%'"
+            ),
+            lambda pid: pid is not None,
+        )
+        await pool.execute("SELECT pg_terminate_backend($1)", inserting)
+        failed = await posting
+        await transaction.rollback()
+    return failed
