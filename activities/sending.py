@@ -322,6 +322,8 @@ class _Waves:
         self._marked = [False] * rows
         self._recorded = [False] * rows
         self._lock = asyncio.Lock()
+        # The write of the outcomes the last wave took, once started.
+        self._recording: asyncio.Future[None] | None = None
 
     async def on_the_wire(
         self,
@@ -332,16 +334,22 @@ class _Waves:
         """Whether row `index` is this attempt's to send, running `wave` first if its wave is
         not marked yet (one wave at a time), then `record` on the rows whose outcomes `wave`
         took: outside the lock, so that the other lanes send the new wave meanwhile rather
-        than wait for the outcomes to be written."""
+        than wait for the outcomes to be written. A wave is marked only once the outcomes
+        taken by the one before are written, so no more rows are `sending` at a time than
+        when they were written first."""
         if self._tried[index]:
             # Its wave is marked (and `_marked` final): no lock to take, as most rows find.
             return self._marked[index]
-        done: list[int] = []
+        recording: asyncio.Future[None] | None = None
         async with self._lock:
             if not self._tried[index]:
+                if self._recording is not None:
+                    await self._recording
                 done = await wave(index)
-        if done:
-            await record(done)
+                if done:
+                    recording = self._recording = asyncio.ensure_future(record(done))
+        if recording is not None:
+            await recording
         return self._marked[index]
 
     def next_wave(self, index: int) -> list[int]:
