@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client import Histogram
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -122,20 +123,22 @@ class SendingActivities(WorkerResources):
                 [waiting.get(i) for i in rows],
             )
 
-        async def wave(index: int) -> None:
-            # Record what came back since the last wave, then mark the next one `sending`:
-            # a worker killed now leaves the rows on the wire `uncertain`, not the slice.
+        async def wave(index: int) -> list[int]:
+            # Mark the next wave `sending` (a worker killed now leaves the rows on the wire
+            # `uncertain`, not the slice), and take what came back since the last wave, for
+            # the lane to record once the other lanes may go on (_Waves.on_the_wire).
             done = waves.unrecorded(results)
-            if done:
-                await record(done)
             rows = waves.next_wave(index)
             seqs = [claimed[i].seq for i in rows]
             marked = await through_outages(
                 lambda: messages.mark_sending(self._pool, batch_id, seqs)
             )
             waves.marked(rows, {i for i in rows if claimed[i].seq in marked})
+            return done
 
         account_failures: list[str] = []
+        # carrier_latency's series by verdict, looked up once a slice rather than per message.
+        latencies: dict[Verdict, Histogram] = {}
 
         async def send(index: int, message: messages.ClaimedMessage) -> SendResult | None:
             if input.pace.interval and not await _until(
@@ -146,7 +149,7 @@ class SendingActivities(WorkerResources):
                 if input.pace.expire_at and time.time() >= input.pace.expire_at:
                     # Expired, not waiting: marked `sending` first, as every row given an
                     # outcome is (only a `sending` row takes one).
-                    return EXPIRED if await waves.on_the_wire(index, wave) else None
+                    return EXPIRED if await waves.on_the_wire(index, wave, record) else None
                 # Checked before the row is marked `sending`: a wait for the window is no
                 # attempt (a row its wave marked already has it taken back, record_outcomes).
                 opens = window.opens_at(message.to_number, time.time())
@@ -161,7 +164,7 @@ class SendingActivities(WorkerResources):
             if not await pacer.turn(stopping):
                 return None
             self._metrics.pacing_delay.observe(time.monotonic() - waited)
-            if not await waves.on_the_wire(index, wave):
+            if not await waves.on_the_wire(index, wave, record):
                 return None
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
@@ -176,9 +179,12 @@ class SendingActivities(WorkerResources):
                 content_variables=(own and own.content_variables) or way.content_variables,
                 credentials=credentials,
             )
-            self._metrics.carrier_latency.labels(result.verdict.value).observe(
-                time.monotonic() - started
-            )
+            latency = latencies.get(result.verdict)
+            if latency is None:
+                latency = latencies[result.verdict] = self._metrics.carrier_latency.labels(
+                    result.verdict.value
+                )
+            latency.observe(time.monotonic() - started)
             if result.error_code in ACCOUNT_FAILURES:
                 account_failures.append(result.error_code)
                 stopping.set()
@@ -288,11 +294,13 @@ class SendingActivities(WorkerResources):
     def _count(self, senders: list[str], results: list[SendResult | None]) -> None:
         """Count the slice's messages, each by its sender, once recorded; one deferred (retry)
         counts on each attempt, one not sent (stopped) not at all."""
-        for sender, result in zip(senders, results, strict=True):
-            if result is not None:
-                self._metrics.messages.labels(
-                    result.verdict.value, result.error_code or "", sender
-                ).inc()
+        counts = Counter(
+            (result.verdict.value, result.error_code or "", sender)
+            for sender, result in zip(senders, results, strict=True)
+            if result is not None
+        )
+        for labels, count in counts.items():
+            self._metrics.messages.labels(*labels).inc(count)
 
     async def _record_opt_outs(self, account_id: uuid.UUID, numbers: list[str]) -> None:
         for number in numbers:
@@ -314,14 +322,35 @@ class _Waves:
         self._marked = [False] * rows
         self._recorded = [False] * rows
         self._lock = asyncio.Lock()
+        # The write of the outcomes the last wave took, once started.
+        self._recording: asyncio.Future[None] | None = None
 
-    async def on_the_wire(self, index: int, wave: Callable[[int], Awaitable[None]]) -> bool:
+    async def on_the_wire(
+        self,
+        index: int,
+        wave: Callable[[int], Awaitable[list[int]]],
+        record: Callable[[list[int]], Awaitable[None]],
+    ) -> bool:
         """Whether row `index` is this attempt's to send, running `wave` first if its wave is
-        not marked yet. One wave at a time."""
+        not marked yet (one wave at a time), then `record` on the rows whose outcomes `wave`
+        took: outside the lock, so that the other lanes send the new wave meanwhile rather
+        than wait for the outcomes to be written. A wave is marked only once the outcomes
+        taken by the one before are written, so no more rows are `sending` at a time than
+        when they were written first."""
+        if self._tried[index]:
+            # Its wave is marked (and `_marked` final): no lock to take, as most rows find.
+            return self._marked[index]
+        recording: asyncio.Future[None] | None = None
         async with self._lock:
             if not self._tried[index]:
-                await wave(index)
-            return self._marked[index]
+                if self._recording is not None:
+                    await self._recording
+                done = await wave(index)
+                if done:
+                    recording = self._recording = asyncio.ensure_future(record(done))
+        if recording is not None:
+            await recording
+        return self._marked[index]
 
     def next_wave(self, index: int) -> list[int]:
         return [

@@ -64,6 +64,11 @@ def split_url(url: str) -> tuple[Origin, str]:
     return Origin(parts.scheme, parts.hostname, port), target
 
 
+def _too_late(waiter: "asyncio.Future[Answer]") -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; it carries one request at a time."""
 
@@ -159,15 +164,22 @@ class Http1Pool:
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         async with self._slots:
             connection = await self._connection(origin, limit)
+            timer: asyncio.TimerHandle | None = None
             try:
-                async with asyncio.timeout(limit):
-                    answer = await connection.send(request)
+                waiter = connection.send(request)
+                # A timer on the answer's future itself: lighter than `asyncio.timeout`, which
+                # schedules the same timer but also tracks and cancels the calling task.
+                timer = asyncio.get_running_loop().call_later(limit, _too_late, waiter)
+                answer = await waiter
             except TimeoutError as error:
                 connection.close()
                 raise NoAnswer(f"no answer within {limit} s") from error
             except BaseException:
                 connection.close()
                 raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
             if connection.keep_alive and connection.usable:
                 connection.idle_since = asyncio.get_running_loop().time()
                 self._idle.setdefault(origin, deque()).append(connection)
