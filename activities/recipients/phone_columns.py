@@ -47,9 +47,10 @@ def valid_e164_column(raws: pl.Series) -> pl.Series:
     bare = frame.filter(valid & ~_RAW.str.starts_with("+")).select("at", ("+" + _RAW).alias("e164"))
     if len(bare):
         result.scatter(bare["at"], bare["e164"])
-    walk = frame.filter((pl.col("verdict") == prefix_table.UNDECIDED).fill_null(value=True)).select(
-        "at", "raw"
-    )
+    # An empty cell is not valid.
+    walk = frame.filter(
+        (pl.col("verdict") == prefix_table.UNDECIDED).fill_null(value=True) & (_RAW != "")
+    ).select("at", "raw")
     if len(walk):
         result.scatter(walk["at"], _walked(walk["raw"]))
     return result
