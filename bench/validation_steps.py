@@ -60,17 +60,10 @@ def step_seconds(rows: int, seed: int) -> tuple[dict[str, float], float]:
         spent[step] += time.process_time() - started
         return value
 
-    def repeated(ledger: pl.DataFrame) -> pl.Series:
-        keys = columns._keys(ledger)
-        within, ordered = columns._repeated(keys)
-        found = within | seen.found(keys)
-        seen.add(keys, ordered)
-        return found
-
     cut = "cut into blocks"
     tail = "skip codes, send order, tally"
     header_line, blocks = timed(cut, columns._memory_lines, content, columns.BLOCK_BYTES)
-    seen = columns._Seen()
+    earlier: list[pl.Series] = []
     first_seq = 0
     while lines := timed(cut, next, blocks, None):
         first_row, data, count = lines
@@ -102,14 +95,11 @@ def step_seconds(rows: int, seed: int) -> tuple[dict[str, float], float]:
             sources,
             defaults,
         )
-        ledger = timed(
-            tail,
-            columns._with_skips,
-            ledger,
-            rules,
-            timed("duplicates", repeated, ledger),
-            first_seq,
+        repeated = timed(
+            "duplicates", lambda ledger: columns._repeated(columns._keys(ledger), earlier), ledger
         )
+        earlier.append(columns._keys(ledger))
+        ledger = timed(tail, columns._with_skips, ledger, rules, repeated, first_seq)
         timed(tail, columns._tally, frame.height, ledger, rejected)
         first_seq += ledger.height
         block = columns.Block(ledger, rejected)

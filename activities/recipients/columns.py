@@ -137,21 +137,23 @@ class PlainCsv:
         only the skip codes, which depend on the blocks before, are given in order."""
         sources = variable_sources(self.header, self.rules.column_mapping)
         defaults = request_defaults(self.rules)
-        seen = _Seen()
+        # The numbers of the Recipients of each block given, as integers (8 bytes each).
+        seen: list[pl.Series] = []
         header_line, line_blocks = (
             _memory_lines(self.content, block_bytes)
             if isinstance(self.content, bytes)
             else _file_lines(self.content, block_bytes)
         )
 
-        def validate(first_row: int, data: memoryview | bytes, count: int) -> _Validated:
+        def validate(
+            first_row: int, data: memoryview | bytes, count: int, earlier: list[pl.Series]
+        ) -> _Validated:
             text = b"".join((header_line, data))
             frame = _read_block(text, self.header, first_row, count)
             frame = _without_blank_rows(frame, self.header)
             block = _validate(frame, self.header, self.rules, sources, defaults)
             keys = _keys(block.ledger)
-            repeated, ordered = _repeated(keys)
-            return _Validated(frame.height, block, keys, ordered, repeated)
+            return _Validated(frame.height, block, keys, _repeated(keys, earlier), len(earlier))
 
         with ThreadPoolExecutor(max_workers=IN_FLIGHT) as executor:
             pending: deque[Future[_Validated]] = deque()
@@ -162,14 +164,18 @@ class PlainCsv:
                     if lines is None:
                         upcoming = None
                     else:
-                        pending.append(executor.submit(validate, *lines))
+                        # Checked against the blocks given so far; those still pending
+                        # before it are checked when this block's turn comes.
+                        pending.append(executor.submit(validate, *lines, list(seen)))
                 if not pending:
                     break
                 done = pending.popleft().result()
                 if self.tally.rows + done.rows > self.rules.max_rows:
                     raise too_many_rows(self.rules.max_rows)
-                repeated = done.repeated | seen.found(done.keys)
-                seen.add(done.keys, done.ordered)
+                repeated = done.repeated
+                for keys in seen[done.known :]:
+                    repeated = repeated | _found(done.keys, keys)
+                seen.append(done.keys)
                 ledger = _with_skips(done.block.ledger, self.rules, repeated, self.tally.recipients)
                 block = Block(ledger, done.block.rejected)
                 self.tally.add(_tally(done.rows, ledger, block.rejected))
@@ -178,15 +184,15 @@ class PlainCsv:
 
 @dataclass(frozen=True)
 class _Validated:
-    """A block validated but for the numbers of the blocks before it: its rows (blank ones
-    aside), outcomes, numbers as integers, in order and sorted, and which of them came
-    before in it."""
+    """A block validated but for the numbers of the blocks given after it was started: its
+    rows (blank ones aside), outcomes, numbers as integers, which of them came before in
+    it or in the `known` blocks before."""
 
     rows: int
     block: Block
     keys: pl.Series
-    ordered: pl.Series
     repeated: pl.Series
+    known: int
 
 
 def plain_csv(content: bytes, rules: RecipientRules) -> PlainCsv | None:
@@ -658,54 +664,29 @@ def _with_skips(
 
 
 def _keys(ledger: pl.DataFrame) -> pl.Series:
-    """The ledger's numbers as integers (E.164: a `+` and at most 15 digits)."""
+    """The ledger's numbers as integers (E.164: a `+` and at most 15 digits; the cast
+    takes the `+`, where cutting it off first would copy every number)."""
     return ledger["to_number"].cast(pl.Int64)
 
 
-def _repeated(keys: pl.Series) -> tuple[pl.Series, pl.Series]:
-    """Whether each number (`_keys`) came before in its block, and the numbers sorted. A
-    stable sort and each compared with the one before it: several times faster than
-    hashing."""
+def _repeated(keys: pl.Series, earlier: list[pl.Series]) -> pl.Series:
+    """Whether each number (an E.164 number as an integer, at most 15 digits) came before
+    in its block or in `earlier` blocks. Within the block, a stable sort and each compared
+    with the one before it: several times faster than hashing."""
     ordered = pl.DataFrame({"key": keys}).with_row_index("at").sort("key", maintain_order=True)
     again = ordered.filter(pl.col("key") == pl.col("key").shift(1))["at"]
     repeated = pl.repeat(False, len(keys), dtype=pl.Boolean, eager=True)
-    return (repeated.scatter(again, True) if len(again) else repeated), ordered["key"]
+    if earlier:
+        repeated = _found(keys, pl.concat(earlier, rechunk=False))
+    return repeated.scatter(again, True) if len(again) else repeated
 
 
-# Slots of `_Seen`: a number's is its remainder by this prime below 2**25 (4 MiB of bits). At
-# 1,000,000 numbers about 3% of the numbers of a block share a slot with an earlier number.
-_SEEN_SLOTS = 33_554_393
-
-
-class _Seen:
-    """The numbers of the blocks given so far: a bit for each slot any of them has, and each
-    block's numbers sorted. A number whose slot is set (few) is looked for in those by
-    binary search, so a block costs about the same whatever the blocks before it."""
-
-    def __init__(self) -> None:
-        self.slots = pl.repeat(False, _SEEN_SLOTS, dtype=pl.Boolean, eager=True)
-        self.blocks: list[pl.Series] = []
-
-    def found(self, keys: pl.Series) -> pl.Series:
-        """Whether each number (`_keys`) is one of those added."""
-        maybe = self.slots.gather(keys % _SEEN_SLOTS)
-        at = maybe.arg_true()
-        if at.is_empty():
-            return maybe
-        wanted = keys.gather(at)
-        hit = pl.repeat(False, len(wanted), dtype=pl.Boolean, eager=True)
-        for ordered in self.blocks:
-            if len(ordered):
-                near = ordered.gather(
-                    ordered.search_sorted(wanted).clip(upper_bound=len(ordered) - 1)
-                )
-                hit = hit | (near == wanted)
-        return pl.repeat(False, len(keys), dtype=pl.Boolean, eager=True).scatter(at, hit)
-
-    def add(self, keys: pl.Series, ordered: pl.Series) -> None:
-        """A block's numbers (`_keys`), and the same sorted."""
-        self.slots = self.slots.scatter(keys % _SEEN_SLOTS, True)
-        self.blocks.append(ordered)
+def _found(keys: pl.Series, earlier: pl.Series) -> pl.Series:
+    """Whether each key is in `earlier`, by looking each of `earlier` (many) up in the
+    keys (fewer), then the keys in the few found: probing a hash table costs a fraction
+    of building one."""
+    found = earlier.filter(earlier.is_in(keys.implode()))
+    return keys.is_in(found.implode())
 
 
 def _tally(rows: int, table: pl.DataFrame, rejected: list[Rejected]) -> Tally:
