@@ -52,7 +52,6 @@ from activities.recipients.segments import (
     UCS2,
     UCS2_PART,
     UCS2_SINGLE,
-    characters,
 )
 from store.messages import RECIPIENT_COLUMNS, REJECTED_COLUMNS
 
@@ -491,14 +490,37 @@ def _rendered(
         pl.lit(part) if index % 2 == 0 else cells[index // 2] for index, part in enumerate(parts)
     ]
     text = "".join(parts[0::2])
+    # A body of GSM-7 basic characters only is told from its length; the others (usually
+    # few) are searched for extension characters and characters beyond the BMP.
+    basic = f"^{_class(GSM7_BASIC)}*$"
     table = values.select(
         _ROW,  # the height, when every piece is literal text
         pl.concat_str(pieces).fill_null("").alias("body"),
         pl.sum_horizontal(pl.lit(len(text)), *(cell.str.len_chars() for cell in cells)).alias(
             "length"
         ),
+        pl.all_horizontal(
+            pl.lit(set(text) <= set(GSM7_BASIC)), *(cell.str.contains(basic) for cell in cells)
+        )
+        .fill_null(value=False)
+        .alias("basic"),
     )
-    table = table.hstack(_encodings(values, names, text))
+    table = table.with_columns(
+        pl.col("basic").alias("gsm7"),
+        pl.lit(0).alias("extensions"),
+        pl.lit(value=False).alias("astral"),
+    )
+    others = table.with_row_index("at").filter(~pl.col("basic"))
+    if not others.is_empty():
+        body = pl.col("body")
+        kinds = others.select(
+            body.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$").alias("gsm7"),
+            body.str.count_matches(_class(GSM7_EXTENSION)).cast(pl.Int32).alias("extensions"),
+            body.str.contains(r"[\x{10000}-\x{10FFFF}]").alias("astral"),
+        )
+        table = table.with_columns(
+            table[name].scatter(others["at"], kinds[name]) for name in kinds.columns
+        )
     length, gsm7, extensions = pl.col("length"), pl.col("gsm7"), pl.col("extensions")
     gsm7_units = length + extensions
     packed = (gsm7 & (extensions > 0) & (gsm7_units > GSM7_SINGLE)) | (~gsm7 & pl.col("astral"))
@@ -511,69 +533,6 @@ def _rendered(
         ((length > rules.max_message_chars) | packed).alias("settle"),
     )
     return table.select("body", "encoding", "segments", "settle")
-
-
-def _encodings(values: pl.DataFrame, names: list[str], text: str) -> pl.DataFrame:
-    """What the bodies of a template's text and each row's values (columns `names`) are
-    made of (`segments.characters`), told from those parts, not the bodies: a body of GSM-7
-    basic characters only has no extension character and none beyond the BMP. Values with
-    other characters (usually few, and of few distinct ones) are looked at one distinct
-    value at a time. A row without a value is settled one by one: what it gets here does
-    not count."""
-    gsm7, extensions, astral = characters(text)
-    basic = f"^{_class(GSM7_BASIC)}*$"
-    at = pl.int_range(pl.len(), dtype=pl.UInt32).alias("at")
-    odd = pl.concat(
-        [
-            values.select(at, pl.col(name).alias("value")).filter(
-                ~pl.col("value").str.contains(basic).fill_null(value=True)
-            )
-            for name in names
-        ]
-        or [pl.DataFrame(schema={"at": pl.UInt32, "value": pl.String})]
-    )
-    table = pl.DataFrame(
-        {
-            "gsm7": pl.repeat(gsm7, values.height, dtype=pl.Boolean, eager=True),
-            "extensions": pl.repeat(extensions, values.height, dtype=pl.Int32, eager=True),
-            "astral": pl.repeat(astral, values.height, dtype=pl.Boolean, eager=True),
-        }
-    )
-    if odd.is_empty():
-        return table
-    rows = (
-        odd.join(_value_characters(odd["value"].unique()), on="value", how="left")
-        .group_by("at")
-        .agg(pl.col("gsm7").all(), pl.col("extensions").sum(), pl.col("astral").any())
-    )
-    return table.with_columns(
-        table["gsm7"].scatter(rows["at"], rows["gsm7"] & gsm7),
-        table["extensions"].scatter(rows["at"], (rows["extensions"] + extensions).cast(pl.Int32)),
-        table["astral"].scatter(rows["at"], rows["astral"] | astral),
-    )
-
-
-# Distinct values told apart one by one (`segments.characters`) at most; more are told by
-# polars' patterns, whose compiling costs more than a few hundred values.
-_VALUES_ONE_BY_ONE = 1000
-
-
-def _value_characters(distinct: pl.Series) -> pl.DataFrame:
-    """`segments.characters` of each distinct value: `value`, `gsm7`, `extensions`, `astral`."""
-    schema = {"value": pl.String, "gsm7": pl.Boolean, "extensions": pl.Int32, "astral": pl.Boolean}
-    if len(distinct) <= _VALUES_ONE_BY_ONE:
-        return pl.DataFrame(
-            [(value, *characters(value)) for value in distinct.to_list()],
-            schema=schema,
-            orient="row",
-        )
-    value = pl.col("value")
-    return pl.DataFrame({"value": distinct}).select(
-        value,
-        value.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$").alias("gsm7"),
-        value.str.count_matches(_class(GSM7_EXTENSION)).cast(pl.Int32).alias("extensions"),
-        value.str.contains(r"[\x{10000}-\x{10FFFF}]").alias("astral"),
-    )
 
 
 def _value(name: str, sources: dict[str, tuple[str, ...]], defaults: dict[str, str]) -> pl.Expr:

@@ -43,17 +43,6 @@ def classify(body: str) -> tuple[str, int]:
     return UCS2, _packed(widths, UCS2_SINGLE, UCS2_PART)
 
 
-def characters(text: str) -> tuple[bool, int, bool]:
-    """What a text brings to a message it is part of: whether all its characters are GSM-7
-    (the default alphabet or the extension table), how many are of the extension table,
-    whether one is beyond the BMP (two UTF-16 units)."""
-    return (
-        _NOT_GSM7.search(text) is None,
-        len(_EXTENSION.findall(text)),
-        any(ord(char) > 0xFFFF for char in text),
-    )
-
-
 def classify_all(bodies: Sequence[str]) -> list[tuple[str, int]]:
     """`classify` of each body: single segments, of the GSM-7 default alphabet or of UCS-2
     without surrogate pairs, told by C-level passes, the rest one by one."""
