@@ -5,14 +5,14 @@ rewriting answers for every number of a set, never for some."""
 import random
 import re
 
-import phonenumbers
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneNumberType
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 from activities.recipients import phone_columns, prefix_table
 from activities.recipients.frames import pl
 from activities.recipients.phones import code_plans, valid_e164s
+from tests.support.builders import example_numbers
 
 CODES = sorted(str(code) for code in COUNTRY_CODE_TO_REGION_CODE)
 # The codes most files hold, and codes sharing themselves among regions with leading digits.
@@ -32,23 +32,6 @@ def assert_agree(raws: list[str]) -> None:
         elif verdict == prefix_table.INVALID:
             assert number is None, raw
     assert phone_columns.valid_e164_column(pl.Series(raws, dtype=pl.String)).to_list() == walked
-
-
-def example_numbers() -> list[str]:
-    found = set()
-    for code, regions in COUNTRY_CODE_TO_REGION_CODE.items():
-        for region in regions:
-            for kind in vars(PhoneNumberType).values():
-                if not isinstance(kind, int):
-                    continue
-                if region == "001":
-                    number = phonenumbers.example_number_for_non_geo_entity(code)
-                else:
-                    number = phonenumbers.example_number_for_type(region, kind)
-                if number is not None:
-                    national = phonenumbers.national_significant_number(number)
-                    found.add(f"+{number.country_code}{national}")
-    return sorted(found)
 
 
 def test_the_tables_decide_most_example_numbers_as_the_walk_does() -> None:
