@@ -510,16 +510,35 @@ def _rendered(
         pl.lit(0).alias("extensions"),
         pl.lit(value=False).alias("astral"),
     )
-    others = table.with_row_index("at").filter(~pl.col("basic"))
+    others = values.with_row_index("at").filter(~table["basic"])
     if not others.is_empty():
-        body = pl.col("body")
+        # A body's characters are its text's and its values': each value (short) is
+        # searched rather than the body (the text's characters over again on every row).
+        extension = _class(GSM7_EXTENSION)
         kinds = others.select(
-            body.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$").alias("gsm7"),
-            body.str.count_matches(_class(GSM7_EXTENSION)).cast(pl.Int32).alias("extensions"),
-            body.str.contains(r"[\x{10000}-\x{10FFFF}]").alias("astral"),
+            "at",
+            pl.all_horizontal(
+                pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION)),
+                *(cell.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$") for cell in cells),
+            )
+            .fill_null(value=False)
+            .alias("gsm7"),
+            pl.sum_horizontal(
+                pl.lit(sum(char in GSM7_EXTENSION for char in text)),
+                *(cell.str.count_matches(extension) for cell in cells),
+            )
+            .cast(pl.Int32)
+            .alias("extensions"),
+            pl.any_horizontal(
+                pl.lit(any(ord(char) > 0xFFFF for char in text)),
+                *(cell.str.contains(r"[\x{10000}-\x{10FFFF}]") for cell in cells),
+            )
+            .fill_null(value=False)
+            .alias("astral"),
         )
         table = table.with_columns(
-            table[name].scatter(others["at"], kinds[name]) for name in kinds.columns
+            table[name].scatter(kinds["at"], kinds[name])
+            for name in ("gsm7", "extensions", "astral")
         )
     length, gsm7, extensions = pl.col("length"), pl.col("gsm7"), pl.col("extensions")
     gsm7_units = length + extensions
