@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 
 from activities.recipients import columns
 from activities.recipients.frames import pl
-from activities.recipients.rows import RecipientRules, request_defaults, variable_sources
+from activities.recipients.rows import (
+    Recipient,
+    RecipientRules,
+    request_defaults,
+    row_outcome,
+    variable_sources,
+)
 from activities.recipients.segments import GSM7, GSM7_EXTENSION, UCS2, classify
 
 HEADER = ["phone_number", "first_name", "code"]
@@ -82,3 +88,46 @@ def test_encodings_are_classify_s_of_the_body(
 def test_a_value_s_characters_decide_the_encoding(name: str, encoding: str) -> None:
     [(body, found, segments, settle)] = outcomes("Hi {{first_name}} {{code}}", [(name, "1")], 1600)
     assert (body, found, segments, settle) == (f"Hi {name} 1", encoding, 1, False)
+
+
+SOURCED_HEADER = ["phone_number", "request_data.name", "name", "code"]
+SOURCED_TEMPLATE = st.sampled_from(
+    [
+        "Hi {{name}}, your code is {{code}}; {{sign}}",
+        "{{name}}{{sign}}{{code}}",
+        "Привет {{name}} {{sign}}",
+        "{{sign}} € {{name}}",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    template=SOURCED_TEMPLATE,
+    cells=st.lists(st.tuples(VALUE, VALUE, VALUE), min_size=1, max_size=25),
+    defaults=st.fixed_dictionaries({}, optional={"name": VALUE, "code": VALUE, "sign": VALUE}),
+)
+def test_values_from_several_sources_and_defaults_render_as_row_outcome(
+    template: str, cells: list[tuple[str, str, str]], defaults: dict[str, str]
+) -> None:
+    """A variable's value from its first non-blank source column, else its default (`sign`
+    has no column): each row's body, encoding and segments are `row_outcome`'s, and a row
+    with a value missing has no body, to be settled one by one."""
+    rules = RecipientRules(
+        max_rows=1000, max_message_chars=1600, agent_message=template, request_data=defaults
+    )
+    rows = [("+14155552671", *row) for row in cells]
+    frame = pl.DataFrame(
+        rows, schema=dict.fromkeys(SOURCED_HEADER, pl.String), orient="row"
+    ).with_row_index(columns._ROW, offset=1)
+    sources = variable_sources(SOURCED_HEADER, rules.column_mapping)
+    table = columns._rendered(frame, template, rules, sources, request_defaults(rules))
+    for row, (body, encoding, segments, settle) in zip(rows, table.iter_rows(), strict=True):
+        values = dict(zip(SOURCED_HEADER, row, strict=True))
+        outcome = row_outcome(1, values, "+14155552671", rules, sources, request_defaults(rules))
+        if not isinstance(outcome, Recipient):
+            assert body == "", outcome
+            continue
+        assert body == outcome.body
+        if not settle:
+            assert (encoding, segments) == (outcome.encoding, outcome.segments), body
