@@ -60,9 +60,6 @@ def step_seconds(rows: int, seed: int) -> tuple[dict[str, float], float]:
         spent[step] += time.process_time() - started
         return value
 
-    def keys(ledger: pl.DataFrame) -> pl.Series:
-        return ledger["to_number"].str.slice(1).cast(pl.Int64)
-
     cut = "cut into blocks"
     tail = "skip codes, send order, tally"
     header_line, blocks = timed(cut, columns._memory_lines, content, columns.BLOCK_BYTES)
@@ -99,9 +96,9 @@ def step_seconds(rows: int, seed: int) -> tuple[dict[str, float], float]:
             defaults,
         )
         repeated = timed(
-            "duplicates", lambda ledger: columns._repeated(keys(ledger), earlier), ledger
+            "duplicates", lambda ledger: columns._repeated(columns._keys(ledger), earlier), ledger
         )
-        earlier.append(keys(ledger))
+        earlier.append(columns._keys(ledger))
         ledger = timed(tail, columns._with_skips, ledger, rules, repeated, first_seq)
         timed(tail, columns._tally, frame.height, ledger, rejected)
         first_seq += ledger.height

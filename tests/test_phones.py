@@ -7,12 +7,13 @@ import phonenumbers
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneNumberType
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 from activities.recipients import phone_columns
 from activities.recipients.frames import pl
 from activities.recipients.phone_columns import possible_e164_column, valid_e164_column
 from activities.recipients.phones import possible_e164s, to_e164, valid_e164s
+from tests.support.builders import example_numbers
 
 CODES = sorted(str(code) for code in COUNTRY_CODE_TO_REGION_CODE)
 
@@ -31,25 +32,7 @@ def reference(raw: str) -> str | None:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
-def examples() -> list[str]:
-    """phonenumbers' example number of every type in every region, E.164 and national."""
-    found = []
-    for code, regions in COUNTRY_CODE_TO_REGION_CODE.items():
-        for region in regions:
-            for kind in vars(PhoneNumberType).values():
-                if not isinstance(kind, int):
-                    continue
-                if region == "001":
-                    number = phonenumbers.example_number_for_non_geo_entity(code)
-                else:
-                    number = phonenumbers.example_number_for_type(region, kind)
-                if number is not None:
-                    national = phonenumbers.national_significant_number(number)
-                    found.append(f"+{number.country_code}{national}")
-    return sorted(set(found))
-
-
-EXAMPLES = examples()
+EXAMPLES = example_numbers()
 
 
 def mutations(number: str) -> list[str]:

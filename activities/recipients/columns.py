@@ -197,7 +197,7 @@ def frame_blocks(
                 block.ledger.join(kept, on="row_number", how="left", maintain_order="left"),
                 block.rejected,
             )
-        keys = block.ledger["to_number"].str.slice(1).cast(pl.Int64)
+        keys = _keys(block.ledger)
         return _Validated(frame.height, block, keys, _repeated(keys, earlier), len(earlier))
 
     with ThreadPoolExecutor(max_workers=IN_FLIGHT) as executor:
@@ -558,54 +558,35 @@ def _rendered(
             }
         )
     parts = template_parts(template)
-    names = [str(index) for index in range(len(parts) // 2)]
-    values = frame.select(
-        _ROW,
-        *(
-            _value(name, sources, defaults).alias(column)
-            for name, column in zip(parts[1::2], names, strict=True)
-        ),
-    )
-    cells = [pl.col(column) for column in names]
-    pieces = [
-        pl.lit(part) if index % 2 == 0 else cells[index // 2] for index, part in enumerate(parts)
-    ]
     text = "".join(parts[0::2])
-    # A body of GSM-7 basic characters only is told from its length; the others (usually
-    # few) are searched for extension characters and characters beyond the BMP.
-    basic = f"^{_class(GSM7_BASIC)}*$"
-    table = values.select(
+    # Most rows take each variable's value from its first source, a cell of GSM-7's default
+    # alphabet that is not blank: one pattern tells both, and such a row's body is told
+    # from its length and its text's characters. The other rows (usually few) get
+    # `render`'s lookup and each value searched.
+    firsts = [_first_value(name, sources, defaults) for name in parts[1::2]]
+    table = frame.select(
         _ROW,  # the height, when every piece is literal text
-        pl.concat_str(pieces).fill_null("").alias("body"),
-        pl.sum_horizontal(pl.lit(len(text)), *(cell.str.len_chars() for cell in cells)).alias(
+        pl.concat_str(_pieces(parts, firsts)).fill_null("").alias("body"),
+        pl.sum_horizontal(pl.lit(len(text)), *(cell.str.len_chars() for cell in firsts)).alias(
             "length"
         ),
         pl.all_horizontal(
-            pl.lit(set(text) <= set(GSM7_BASIC)), *(cell.str.contains(basic) for cell in cells)
+            pl.lit(value=True), *(cell.str.contains(_basic_value()) for cell in firsts)
         )
         .fill_null(value=False)
-        .alias("basic"),
+        .alias("fast"),
+    ).with_columns(
+        pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION)).alias("gsm7"),
+        pl.lit(sum(char in GSM7_EXTENSION for char in text), pl.Int32).alias("extensions"),
+        pl.lit(any(ord(char) > 0xFFFF for char in text)).alias("astral"),
     )
-    table = table.with_columns(
-        pl.col("basic").alias("gsm7"),
-        pl.lit(0).alias("extensions"),
-        pl.lit(value=False).alias("astral"),
-    )
-    others = table.with_row_index("at").filter(~pl.col("basic"))
-    if not others.is_empty():
-        body = pl.col("body")
-        kinds = others.select(
-            body.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$").alias("gsm7"),
-            body.str.count_matches(_class(GSM7_EXTENSION)).cast(pl.Int32).alias("extensions"),
-            body.str.contains(r"[\x{10000}-\x{10FFFF}]").alias("astral"),
-        )
-        table = table.with_columns(
-            table[name].scatter(others["at"], kinds[name]) for name in kinds.columns
-        )
+    if not table["fast"].all():
+        table = _slow_rows(frame, table, parts, sources, defaults)
     length, gsm7, extensions = pl.col("length"), pl.col("gsm7"), pl.col("extensions")
     gsm7_units = length + extensions
     packed = (gsm7 & (extensions > 0) & (gsm7_units > GSM7_SINGLE)) | (~gsm7 & pl.col("astral"))
-    table = table.with_columns(
+    return table.select(
+        "body",
         pl.when(gsm7).then(pl.lit(GSM7)).otherwise(pl.lit(UCS2)).alias("encoding"),
         pl.when(gsm7)
         .then(_segments(gsm7_units, GSM7_SINGLE, GSM7_PART))
@@ -613,7 +594,82 @@ def _rendered(
         .alias("segments"),
         ((length > rules.max_message_chars) | packed).alias("settle"),
     )
-    return table.select("body", "encoding", "segments", "settle")
+
+
+def _slow_rows(
+    frame: pl.DataFrame,
+    table: pl.DataFrame,
+    parts: tuple[str, ...],
+    sources: dict[str, tuple[str, ...]],
+    defaults: dict[str, str],
+) -> pl.DataFrame:
+    """`table` with the rows not `fast` rendered by `render`'s lookup, and their encodings
+    told by searching their values (short), the text's characters counted once."""
+    text = "".join(parts[0::2])
+    names = [str(index) for index in range(len(parts) // 2)]
+    needed = {column for name in parts[1::2] for column in sources.get(name, ())}
+    values = (
+        frame.select(_ROW, *needed)
+        .with_row_index("at")
+        .filter(~table["fast"])
+        .select(
+            "at",
+            *(
+                _value(name, sources, defaults).alias(column)
+                for name, column in zip(parts[1::2], names, strict=True)
+            ),
+        )
+    )
+    cells = [pl.col(column) for column in names]
+    slow = values.select(
+        "at",
+        pl.concat_str(_pieces(parts, cells)).fill_null("").alias("body"),
+        pl.sum_horizontal(pl.lit(len(text)), *(cell.str.len_chars() for cell in cells)).alias(
+            "length"
+        ),
+        pl.all_horizontal(
+            pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION)),
+            *(cell.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$") for cell in cells),
+        )
+        .fill_null(value=False)
+        .alias("gsm7"),
+    )
+    # Extension characters count only in a GSM-7 body, characters beyond the BMP only in
+    # a UCS-2 one (GSM-7 has none): each is searched for only when some body needs it.
+    extensions = pl.lit(sum(char in GSM7_EXTENSION for char in text), pl.Int32)
+    if slow["gsm7"].any():
+        extensions = pl.sum_horizontal(
+            extensions, *(cell.str.count_matches(_class(GSM7_EXTENSION)) for cell in cells)
+        ).cast(pl.Int32)
+    astral = pl.lit(any(ord(char) > 0xFFFF for char in text))
+    if not slow["gsm7"].all():
+        astral = pl.any_horizontal(
+            astral, *(cell.str.contains(r"[\x{10000}-\x{10FFFF}]") for cell in cells)
+        ).fill_null(value=False)
+    kinds = values.with_columns(extensions.alias("extensions"), astral.alias("astral"))
+    slow = slow.with_columns(kinds["extensions"], kinds["astral"])
+    return table.with_columns(
+        table[name].scatter(slow["at"], slow[name])
+        for name in ("body", "length", "gsm7", "extensions", "astral")
+    )
+
+
+def _pieces(parts: tuple[str, ...], cells: list[pl.Expr]) -> list[pl.Expr]:
+    """A template's text (even parts) and its variables' values, in order."""
+    return [
+        pl.lit(part) if index % 2 == 0 else cells[index // 2] for index, part in enumerate(parts)
+    ]
+
+
+def _first_value(
+    name: str, sources: dict[str, tuple[str, ...]], defaults: dict[str, str]
+) -> pl.Expr:
+    """The value `_value` gives wherever the cell of its first source is not blank: that
+    cell; the default when there is no source column."""
+    if sources.get(name):
+        return pl.col(sources[name][0])
+    default = defaults.get(name)
+    return pl.lit(default if default and not default.isspace() else None, pl.String)
 
 
 def _value(name: str, sources: dict[str, tuple[str, ...]], defaults: dict[str, str]) -> pl.Expr:
@@ -707,6 +763,12 @@ def _with_skips(
     )
 
 
+def _keys(ledger: pl.DataFrame) -> pl.Series:
+    """The ledger's numbers as integers (E.164: a `+` and at most 15 digits; the cast
+    takes the `+`, where cutting it off first would copy every number)."""
+    return ledger["to_number"].cast(pl.Int64)
+
+
 def _repeated(keys: pl.Series, earlier: list[pl.Series]) -> pl.Series:
     """Whether each number (an E.164 number as an integer, at most 15 digits) came before
     in its block or in `earlier` blocks. Within the block, a stable sort and each compared
@@ -761,3 +823,13 @@ def _python_spaces() -> str:
 def _class(chars: str) -> str:
     """A regex character class (polars' syntax) of exactly these characters."""
     return "[" + "".join(f"\\x{{{ord(char):X}}}" for char in sorted(set(chars))) + "]"
+
+
+@functools.cache
+def _basic_value() -> str:
+    """A value of GSM-7's default alphabet that is not blank: of its characters, only the
+    space, CR and LF are whitespace to Python's `str.isspace`."""
+    spaces = " \n\r"
+    assert {char for char in GSM7_BASIC if char.isspace()} == set(spaces)
+    solid = "".join(set(GSM7_BASIC) - set(spaces))
+    return f"^{_class(spaces)}*{_class(solid)}{_class(GSM7_BASIC)}*$"

@@ -8,10 +8,18 @@ each (a region without leading digits takes the rows valid for it, one with lead
 digits the rows they match, valid or not) when enough rows are left. Polars' regexes have
 no lookarounds, which is why the plan is walked rather than matched as one pattern. Every
 other cell, and a number a national prefix might be stripped from, goes to
-`valid_e164s`, so the answer is the same."""
+`valid_e164s`, so the answer is the same.
+
+Before any pass, a cell of plain digits is looked up, by arithmetic on it as an integer, in
+its calling code's `prefix_table` (built when a process first meets the code): the plan's
+answer for every number of its national length and first digits. Only the cells the table
+leaves undecided are walked."""
 
 import functools
+import threading
+from dataclasses import dataclass
 
+from activities.recipients import prefix_table
 from activities.recipients.frames import pl
 from activities.recipients.phones import (
     CodePlan,
@@ -30,6 +38,26 @@ _WALK_MIN = 5000
 
 def valid_e164_column(raws: pl.Series) -> pl.Series:
     """`valid_e164s(raws)` as a String column: E.164, or null where not a valid number."""
+    raws = raws.fill_null("")
+    verdicts = _table_verdicts(raws)
+    frame = pl.DataFrame({"raw": raws, "verdict": verdicts}).with_row_index("at")
+    valid = (pl.col("verdict") == prefix_table.VALID).fill_null(value=False)
+    # A valid cell is its E.164 form, with a `+` added to the few without one.
+    result = frame.select(pl.when(valid).then(_RAW).alias("e164")).to_series()
+    bare = frame.filter(valid & ~_RAW.str.starts_with("+")).select("at", ("+" + _RAW).alias("e164"))
+    if len(bare):
+        result.scatter(bare["at"], bare["e164"])
+    # An empty cell is not valid.
+    walk = frame.filter(
+        (pl.col("verdict") == prefix_table.UNDECIDED).fill_null(value=True) & (_RAW != "")
+    ).select("at", "raw")
+    if len(walk):
+        result.scatter(walk["at"], _walked(walk["raw"]))
+    return result
+
+
+def _walked(raws: pl.Series) -> pl.Series:
+    """`valid_e164_column` by the calling codes' plans alone."""
     heads, codes = _code_heads()
     frame = pl.DataFrame({"raw": raws.fill_null("")}).with_row_index("at")
     head = frame.select(_RAW.str.slice(0, 4).cast(heads, strict=False)).to_series()
@@ -64,6 +92,120 @@ def possible_e164_column(raws: pl.Series, valid: pl.Series) -> pl.Series:
         return valid
     found = possible_e164s(left["raw"].to_list(), left["e164"].to_list())
     return valid.clone().scatter(left["at"], pl.Series(found, dtype=pl.String))
+
+
+# Digits of a number the table reaches at most: an integer of 19 digits fits in 64 bits.
+_MOST_DIGITS = 19
+# A table's place by the first three digits of a number and its count of digits.
+_PLACES = 1000 * (_MOST_DIGITS + 1)
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """The tables of the calling codes met so far, one after the other in `verdicts`; by
+    `head * (_MOST_DIGITS + 1) + digits` (`head`: the first three digits of a number of
+    `digits` digits), where its table starts (null: none), and what to divide the number by,
+    then take the remainder of, for its place in it."""
+
+    codes: frozenset[str]
+    start: pl.Series
+    divisor: pl.Series
+    modulus: pl.Series
+    verdicts: pl.Series
+
+
+_tables_lock = threading.Lock()
+_tables = _Tables(
+    frozenset(),
+    pl.Series([None] * _PLACES, dtype=pl.UInt64),
+    pl.Series([1] * _PLACES, dtype=pl.UInt64),
+    pl.Series([1] * _PLACES, dtype=pl.UInt64),
+    pl.Series([], dtype=pl.UInt8),
+)
+
+
+def _table_verdicts(raws: pl.Series) -> pl.Series:
+    """Each cell's `prefix_table` verdict; null where a cell is not plain digits (perhaps
+    after a `+`) of a calling code, or is too short or too long for the tables."""
+    frame = pl.DataFrame({"raw": raws}).select(
+        _RAW.cast(pl.UInt64, strict=False).alias("number"),
+        (_RAW.str.len_bytes() - _RAW.str.starts_with("+").cast(pl.UInt32)).alias("digits"),
+    )
+    powers = pl.Series([10**size for size in range(_MOST_DIGITS + 1)], dtype=pl.UInt64)
+    fits = pl.col("number").is_not_null() & pl.col("digits").is_between(4, _MOST_DIGITS)
+    frame = frame.select(
+        "number",
+        pl.when(fits)
+        .then(
+            pl.col("number")
+            // pl.lit(powers).gather(pl.col("digits").clip(4, _MOST_DIGITS) - 3)
+            * (_MOST_DIGITS + 1)
+            + pl.col("digits")
+        )
+        .alias("place"),
+    )
+    places = frame["place"]
+    tables = _tables
+    heads = _head_codes()
+    met = pl.Series([code in tables.codes for code in heads], dtype=pl.Boolean)
+    if not met.gather(places // (_MOST_DIGITS + 1)).fill_null(value=True).all():
+        found = (places // (_MOST_DIGITS + 1)).drop_nulls().unique().to_list()
+        tables = _with_codes({heads[head] for head in found} - {""})
+    start = tables.start.gather(places)
+    divisor = tables.divisor.gather(places)
+    modulus = tables.modulus.gather(places)
+    return tables.verdicts.gather(start + frame["number"] // divisor % modulus)
+
+
+@functools.cache
+def _head_codes() -> list[str]:
+    """The calling code each three digits start with ("" for none)."""
+    codes = code_plans()
+    return [
+        next((digits[:n] for n in (1, 2, 3) if digits[:n] in codes), "")
+        for digits in (f"{head:03d}" for head in range(1000))
+    ]
+
+
+def _with_codes(codes: set[str]) -> _Tables:
+    """The tables, those of `codes` built in if not yet."""
+    # One set of tables a process, replaced whole (readers keep the one they took).
+    global _tables
+    with _tables_lock:
+        tables = _tables
+        if codes <= tables.codes:
+            return tables
+        known = tables.codes | codes
+        start: list[int | None] = [None] * _PLACES
+        divisor, modulus = [1] * _PLACES, [1] * _PLACES
+        parts: list[bytes] = []
+        offsets: dict[tuple[str, int], int] = {}
+        size = 0
+        for code in sorted(known):
+            for length, table in enumerate(prefix_table.code_tables(code)):
+                offsets[code, length] = size
+                parts.append(table.verdicts)
+                size += len(table.verdicts)
+        for head, code in enumerate(_head_codes()):
+            if code not in known:
+                continue
+            for digits in range(4, _MOST_DIGITS + 1):
+                length = digits - len(code)
+                if length > prefix_table.LONGEST:
+                    continue
+                table = prefix_table.code_tables(code)[length]
+                place = head * (_MOST_DIGITS + 1) + digits
+                start[place] = offsets[code, length]
+                divisor[place] = 10 ** (length - table.depth)
+                modulus[place] = 10**table.depth
+        _tables = _Tables(
+            frozenset(known),
+            pl.Series(start, dtype=pl.UInt64),
+            pl.Series(divisor, dtype=pl.UInt64),
+            pl.Series(modulus, dtype=pl.UInt64),
+            pl.Series(b"".join(parts), dtype=pl.UInt8),
+        )
+        return _tables
 
 
 def prepare() -> None:

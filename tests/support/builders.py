@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import httpx
+import phonenumbers
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneNumberType
 
 from activities.recipients.phones import to_e164
 
@@ -85,3 +87,21 @@ async def emulator_messages(emulator_url: str, **filters: str) -> list[dict[str,
         response = await client.get(f"{emulator_url}/_emulator/messages", params=filters)
         response.raise_for_status()
         return response.json()
+
+
+def example_numbers() -> list[str]:
+    """phonenumbers' example number of every type in every region, E.164 and national."""
+    found = []
+    for code, regions in COUNTRY_CODE_TO_REGION_CODE.items():
+        for region in regions:
+            for kind in vars(PhoneNumberType).values():
+                if not isinstance(kind, int):
+                    continue
+                if region == "001":
+                    number = phonenumbers.example_number_for_non_geo_entity(code)
+                else:
+                    number = phonenumbers.example_number_for_type(region, kind)
+                if number is not None:
+                    national = phonenumbers.national_significant_number(number)
+                    found.append(f"+{number.country_code}{national}")
+    return sorted(set(found))
