@@ -8,24 +8,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from deploy.local.processes import ManagedProcess, free_port
-from deploy.local.stack import launch, running, stop_on_signals
+from deploy.local.stack import PORT_SETTINGS, launch, running, stop_on_signals
 from settings import Settings
-
-PORTS = (
-    "API_PORT",
-    "POSTGRES_PORT",
-    "TEMPORAL_PORT",
-    "TEMPORAL_UI_PORT",
-    "EMULATOR_PORT",
-    "RECEIPTS_PORT",
-)
 
 
 @contextmanager
 def bench_stack() -> Iterator[tuple[Settings, dict[str, str], list[ManagedProcess]]]:
     """The whole local stack, as `make run` starts it, on ports nothing else uses."""
     home = Path(tempfile.mkdtemp(prefix="herald-bench-"))
-    for name in PORTS:
+    for name in PORT_SETTINGS:
         os.environ[f"HERALD_{name}"] = str(free_port())
     for name in ("DATABASE_URL", "TEMPORAL_ADDRESS", "TWILIO_API_URL"):
         os.environ.pop(f"HERALD_{name}", None)

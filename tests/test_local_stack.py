@@ -19,21 +19,12 @@ import psutil
 import pytest
 
 from deploy.local.processes import ephemeral_ports, free_port
+from deploy.local.stack import PORT_SETTINGS
 from deploy.local.temporal import TEMPORAL_BIN
 from tests.support.batches import FINAL
 from tests.support.builders import csv_bytes, unique_numbers
 
 READY_SECONDS = 90
-
-
-PORTS = (
-    "API_PORT",
-    "POSTGRES_PORT",
-    "TEMPORAL_PORT",
-    "TEMPORAL_UI_PORT",
-    "EMULATOR_PORT",
-    "RECEIPTS_PORT",
-)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +41,7 @@ def launched(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], dict]
 
     Each launch takes fresh ports, outside the ephemeral range (`free_port`), so that
     neither another stack nor an outgoing connection holds one when a server restarts on it."""
-    ports = {f"HERALD_{name}": str(free_port()) for name in PORTS}
+    ports = {f"HERALD_{name}": str(free_port()) for name in PORT_SETTINGS}
     launcher = subprocess.Popen(
         [sys.executable, "-m", "deploy.local"],
         env={**env, **ports},
@@ -86,12 +77,12 @@ def test_ports_picked_for_servers_are_never_an_outgoing_connections() -> None:
     assert len(set(picked)) > 100
 
 
-@pytest.mark.parametrize("name", PORTS)
+@pytest.mark.parametrize("name", PORT_SETTINGS)
 def test_a_taken_port_stops_the_launcher_before_it_starts_anything(
     name: str, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
-    ports = {f"HERALD_{port}": str(free_port()) for port in PORTS}
+    ports = {f"HERALD_{port}": str(free_port()) for port in PORT_SETTINGS}
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()

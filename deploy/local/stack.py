@@ -25,6 +25,15 @@ READY_TIMEOUT = 60.0
 # The receipts listener's port when HERALD_RECEIPTS_PORT is unset: the local stack always
 # serves the carrier's status callbacks there (Settings.receipts_port).
 LOCAL_RECEIPTS_PORT = 8010
+# The settings (less their HERALD_ prefix) of the ports the local stack listens on.
+PORT_SETTINGS = (
+    "API_PORT",
+    "RECEIPTS_PORT",
+    "POSTGRES_PORT",
+    "TEMPORAL_PORT",
+    "TEMPORAL_UI_PORT",
+    "EMULATOR_PORT",
+)
 
 
 class Stop(Exception):
