@@ -4,7 +4,9 @@ carrier requests go to the send queue, served by workers apart from the batches'
 no other batch's steps; and a batch small beside the ledger does not re-sample its
 statistics, which cost a small batch about a second of its validation while a large one
 sent; and a batch's short database steps (its events, the ledger's close) run as local
-activities, inside its own workflow tasks, so a small batch takes fewer steps to its end."""
+activities, inside its own workflow tasks, so a small batch takes fewer steps to its end; and
+a batch whose rows fit one send slice sends them from its own workflow, without a chunk
+workflow, to the same end as a chunked batch."""
 
 import json
 
@@ -17,21 +19,21 @@ from settings import Settings
 from store import messages
 from tests.support.batches import FINAL, phases, run_batch, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
-from tests.support.delivery import own_worker
+from tests.support.delivery import ledger_rows, own_worker
 from tests.support.stack import Account, WebhookReceiver, api_client
 from worker import herald_worker
 from workflows.contracts import batch_workflow_id
 
 
 async def send_queues(temporal: Client, file_id: str) -> set[str]:
-    """The task queues the batch's first chunk scheduled its send activities on."""
-    history = await temporal.get_workflow_handle(
-        f"{batch_workflow_id(file_id)}/chunk-0"
-    ).fetch_history()
+    """The task queues a batch that fits one slice scheduled its send activities on (from
+    its own workflow: it has no chunk workflow)."""
+    history = await temporal.get_workflow_handle(batch_workflow_id(file_id)).fetch_history()
     return {
         e.activity_task_scheduled_event_attributes.task_queue.name
         for e in history.events
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "send_slice"
     }
 
 
@@ -127,9 +129,62 @@ async def test_a_small_batch_runs_its_database_steps_within_its_workflow_tasks(
     assert events[-1]["messages_successful"] == 100
     assert len(await emulator_messages(emulator_url, body_contains=marker)) == 100
     scheduled, local = await activity_steps(temporal, file_id)
-    # Only validation and the webhook posts wait in a task queue; no reconciliation, since
-    # no row is uncertain.
-    assert set(scheduled) == {"validate_recipients", "deliver_status_events"}
+    # Only validation, the one slice (on the send queue, from the batch itself) and the
+    # webhook posts wait in a task queue; no reconciliation, since no row is uncertain.
+    assert set(scheduled) == {"validate_recipients", "send_slice", "deliver_status_events"}
+    assert scheduled.count("send_slice") == 1
     assert local[-2:] == ["finish_ledger", "record_status"]
     assert local[:-2].count("record_status") == len(events) - 1
     assert "has_uncertain" in local
+
+
+async def chunk_workflows(temporal: Client, file_id: str) -> list[str]:
+    """The child workflows the batch started, by id."""
+    history = await temporal.get_workflow_handle(batch_workflow_id(file_id)).fetch_history()
+    return [
+        e.start_child_workflow_execution_initiated_event_attributes.workflow_id
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED
+    ]
+
+
+async def test_a_batch_that_fits_one_slice_sends_without_a_chunk_to_the_chunked_end(
+    settings: Settings,
+    temporal: Client,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+) -> None:
+    # Two the carrier refuses (21211, 21614), so that the ends have failures to compare.
+    numbers = [*unique_numbers(7), "+15005550001", "+15005550009"]
+    ends = []
+    # The same rows as one slice, then as slices of 2 in a chunk workflow.
+    for slice_size in (len(numbers), 2):
+        async with api_client(settings.model_copy(update={"slice_size": slice_size})) as api:
+            file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+            events = await webhooks.wait_for(marker, *FINAL)
+            rows = await ledger_rows(api, account, file_id)
+        final = events[-1]
+        ends.append(
+            {
+                "phases": phases(events),
+                "final": {k: v for k, v in final.items() if k.startswith("messages_")},
+                "rows": sorted((r["to_number"], r["status"], r["error_code"]) for r in rows),
+                "carrier": sorted(
+                    m["to"] for m in await emulator_messages(emulator_url, body_contains=marker)
+                ),
+                "chunks": [c.rsplit("/", 1)[1] for c in await chunk_workflows(temporal, file_id)],
+            }
+        )
+    one_slice, chunked = ends
+
+    assert one_slice["chunks"] == []
+    assert chunked["chunks"] == ["chunk-0"]
+    assert {k: v for k, v in one_slice.items() if k != "chunks"} == {
+        k: v for k, v in chunked.items() if k != "chunks"
+    }
+    assert one_slice["phases"] == ["validating", "dispatching", "in_progress", "completed_partial"]
+    assert [r[1] for r in one_slice["rows"]].count("failed") == 2
+    sent = [r[0] for r in one_slice["rows"] if r[1] == "sent"]
+    assert sorted(sent) == sorted(numbers[:7])
+    assert set(sent) <= set(one_slice["carrier"])
