@@ -159,6 +159,57 @@ async def test_reported_while_starting(
     await save_batch(temporal, file_id, "reported_while_starting")
 
 
+async def test_one_slice(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    """A batch whose rows fit one slice, from the release that sends them from the batch's
+    own workflow (patch `batch-one-slice-inline`): no chunk workflow."""
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(4))
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(temporal, file_id, "one_slice")
+
+
+async def steer_one_slice(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, action: str
+) -> tuple[str, str]:
+    """A slow batch that fits one slice (sent from the batch's own workflow), `action` sent
+    while its slice is on the wire; (file_id, marker)."""
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(5))
+    await webhooks.wait_for(marker, "in_progress")
+    await asyncio.sleep(SLOW_CARRIER_MS / 1000 / 2)
+    await control(api, account, file_id, action)
+    return file_id, marker
+
+
+async def test_one_slice_paused_and_resumed(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    await carrier(latency_ms=SLOW_CARRIER_MS)
+    file_id, marker = await steer_one_slice(api, account, webhooks, "pause")
+    await webhooks.wait_for(marker, "paused")
+    await asyncio.sleep(SLOW_CARRIER_MS / 1000 + 1)
+    await control(api, account, file_id, "resume")
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(temporal, file_id, "one_slice_paused_and_resumed")
+
+
+async def test_one_slice_cancelled(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    await carrier(latency_ms=SLOW_CARRIER_MS)
+    file_id, marker = await steer_one_slice(api, account, webhooks, "cancel")
+    assert (await finished(webhooks, marker))["status"] == "cancelled"
+    await save_batch(temporal, file_id, "one_slice_cancelled")
+
+
 async def test_continue_as_new(
     settings: Settings,
     account: Account,
