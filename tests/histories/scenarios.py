@@ -100,12 +100,18 @@ async def save_batch(
 
 
 async def steer_mid_batch(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, action: str
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    action: str,
+    *,
+    rows: int = 40,
+    sending: str = "in_progress_chunked",
 ) -> tuple[str, str]:
-    """A slow batch of two chunks, `action` sent while its first slices are on the wire;
-    (file_id, marker)."""
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(40))
-    await webhooks.wait_for(marker, "in_progress_chunked")
+    """A slow batch (of two chunks by default), `action` sent while its first slices are on
+    the wire once it reports `sending`; (file_id, marker)."""
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(rows))
+    await webhooks.wait_for(marker, sending)
     await asyncio.sleep(SLOW_CARRIER_MS / 1000 / 2)
     await control(api, account, file_id, action)
     return file_id, marker
@@ -114,6 +120,28 @@ async def steer_mid_batch(
 async def control(api: httpx.AsyncClient, account: Account, file_id: str, action: str) -> None:
     response = await api.post(f"/v1/sms/batch/{file_id}/{action}", headers=account.headers)
     assert response.status_code == 200, response.text
+
+
+async def paused_then_resumed(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, **steer: Any
+) -> str:
+    """A slow batch paused mid-way, resumed once its interrupted sends have ended (on resume
+    their slices are scheduled again), run to `completed`; its file_id."""
+    file_id, marker = await steer_mid_batch(api, account, webhooks, "pause", **steer)
+    await webhooks.wait_for(marker, "paused")
+    await asyncio.sleep(SLOW_CARRIER_MS / 1000 + 1)
+    await control(api, account, file_id, "resume")
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    return file_id
+
+
+async def cancelled_mid_batch(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, **steer: Any
+) -> str:
+    """A slow batch cancelled through the API mid-way, run to `cancelled`; its file_id."""
+    file_id, marker = await steer_mid_batch(api, account, webhooks, "cancel", **steer)
+    assert (await finished(webhooks, marker))["status"] == "cancelled"
+    return file_id
 
 
 async def finished(webhooks: WebhookReceiver, marker: str, *, times: int = 1) -> dict[str, Any]:
@@ -169,18 +197,6 @@ async def test_one_slice(
     await save_batch(temporal, file_id, "one_slice")
 
 
-async def steer_one_slice(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, action: str
-) -> tuple[str, str]:
-    """A slow batch that fits one slice (sent from the batch's own workflow), `action` sent
-    while its slice is on the wire; (file_id, marker)."""
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(5))
-    await webhooks.wait_for(marker, "in_progress")
-    await asyncio.sleep(SLOW_CARRIER_MS / 1000 / 2)
-    await control(api, account, file_id, action)
-    return file_id, marker
-
-
 async def test_one_slice_paused_and_resumed(
     api: httpx.AsyncClient,
     account: Account,
@@ -188,12 +204,9 @@ async def test_one_slice_paused_and_resumed(
     temporal: Client,
     carrier: Configure,
 ) -> None:
+    """5 rows, which fit one slice (sent from the batch's own workflow), paused mid-slice."""
     await carrier(latency_ms=SLOW_CARRIER_MS)
-    file_id, marker = await steer_one_slice(api, account, webhooks, "pause")
-    await webhooks.wait_for(marker, "paused")
-    await asyncio.sleep(SLOW_CARRIER_MS / 1000 + 1)
-    await control(api, account, file_id, "resume")
-    assert (await finished(webhooks, marker))["status"] == "completed"
+    file_id = await paused_then_resumed(api, account, webhooks, rows=5, sending="in_progress")
     await save_batch(temporal, file_id, "one_slice_paused_and_resumed")
 
 
@@ -205,8 +218,7 @@ async def test_one_slice_cancelled(
     carrier: Configure,
 ) -> None:
     await carrier(latency_ms=SLOW_CARRIER_MS)
-    file_id, marker = await steer_one_slice(api, account, webhooks, "cancel")
-    assert (await finished(webhooks, marker))["status"] == "cancelled"
+    file_id = await cancelled_mid_batch(api, account, webhooks, rows=5, sending="in_progress")
     await save_batch(temporal, file_id, "one_slice_cancelled")
 
 
@@ -232,12 +244,7 @@ async def test_paused_and_resumed(
     carrier: Configure,
 ) -> None:
     await carrier(latency_ms=SLOW_CARRIER_MS)
-    file_id, marker = await steer_mid_batch(api, account, webhooks, "pause")
-    await webhooks.wait_for(marker, "paused")
-    # The interrupted sends end first; on resume their slices are scheduled again.
-    await asyncio.sleep(SLOW_CARRIER_MS / 1000 + 1)
-    await control(api, account, file_id, "resume")
-    assert (await finished(webhooks, marker))["status"] == "completed"
+    file_id = await paused_then_resumed(api, account, webhooks)
     await save_batch(temporal, file_id, "paused_and_resumed", chunks={0: "paused_and_resumed"})
 
 
@@ -249,8 +256,7 @@ async def test_cancelled(
     carrier: Configure,
 ) -> None:
     await carrier(latency_ms=SLOW_CARRIER_MS)
-    file_id, marker = await steer_mid_batch(api, account, webhooks, "cancel")
-    assert (await finished(webhooks, marker))["status"] == "cancelled"
+    file_id = await cancelled_mid_batch(api, account, webhooks)
     await save_batch(temporal, file_id, "cancelled", chunks={0: "stopped"})
 
 
