@@ -9,6 +9,7 @@ a batch whose rows fit one send slice sends them from its own workflow, without 
 workflow, to the same end as a chunked batch."""
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -20,7 +21,7 @@ from store import messages
 from tests.support.batches import FINAL, phases, run_batch, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows, own_worker
-from tests.support.stack import Account, WebhookReceiver, api_client
+from tests.support.stack import Account, Configure, WebhookReceiver, api_client
 from worker import herald_worker
 from workflows.contracts import batch_workflow_id
 
@@ -188,3 +189,115 @@ async def test_a_batch_that_fits_one_slice_sends_without_a_chunk_to_the_chunked_
     sent = [r[0] for r in one_slice["rows"] if r[1] == "sent"]
     assert sorted(sent) == sorted(numbers[:7])
     assert set(sent) <= set(one_slice["carrier"])
+
+
+async def test_a_one_slice_batch_pauses_itself_on_its_carrier_error_rate(
+    settings: Settings,
+    temporal: Client,
+    account: Account,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+) -> None:
+    # 600 rows in one slice of 1,000, 400 of them refused (21612): over the batch's default
+    # error rate. The rate is checked as a slice ends, so the one slice has sent every row
+    # by then: the batch pauses, with the event, and ends with nothing left to resume.
+    numbers = unique_numbers(600)
+    await carrier(scripted={number: [400] for number in numbers[:400]})
+    async with api_client(settings.model_copy(update={"slice_size": 1000})) as api:
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        events = await webhooks.wait_for(marker, *FINAL)
+        rows = await ledger_rows(api, account, file_id)
+
+    assert await chunk_workflows(temporal, file_id) == []
+    assert phases(events) == [
+        "validating",
+        "dispatching",
+        "in_progress",
+        "paused",
+        "completed_partial",
+    ]
+    paused = events[-2]
+    assert (paused["code"], set(paused["error_codes"])) == ("carrier_error_rate", {"21612"})
+    final = events[-1]
+    assert (final["messages_failed"], final["messages_successful"]) == (400, 200)
+    assert sorted(r["status"] for r in rows).count("failed") == 400
+
+
+async def test_a_one_slice_batch_paused_by_the_carrier_resumes_or_cancels(
+    settings: Settings,
+    temporal: Client,
+    account: Account,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+) -> None:
+    # The carrier throttles every request (20429) past the worker's retry window: the one
+    # slice stops with its rows `pending`, and both batches of the account pause, with a
+    # back-off far longer than the test, so that only an operator resumes or cancels them.
+    resumed_numbers, cancelled_numbers = unique_numbers(5), unique_numbers(5)
+    await carrier(
+        scripted={number: [429, 429] for number in [*resumed_numbers, *cancelled_numbers]}
+    )
+    async with (
+        own_worker(
+            temporal,
+            settings,
+            carrier_outage_seconds=1.0,
+            carrier_throttle_pause_seconds=3600.0,
+        ) as own,
+        api_client(own) as api,
+    ):
+        resumed, resumed_marker = await start_marked_batch(api, account, webhooks, resumed_numbers)
+        cancelled, cancelled_marker = await start_marked_batch(
+            api, account, webhooks, cancelled_numbers
+        )
+        for marker in (resumed_marker, cancelled_marker):
+            events = await webhooks.wait_for(marker, "paused")
+            assert events[-1]["code"] == "carrier_throttled", events[-1]
+        for file_id in (resumed, cancelled):
+            assert {r["status"] for r in await ledger_rows(api, account, file_id)} == {"pending"}
+
+        resume = await api.post(f"/v1/sms/batch/{resumed}/resume", headers=account.headers)
+        cancel = await api.post(f"/v1/sms/batch/{cancelled}/cancel", headers=account.headers)
+        assert (resume.status_code, cancel.status_code) == (200, 200), (resume.text, cancel.text)
+        resumed_events = await webhooks.wait_for(resumed_marker, *FINAL)
+        cancelled_events = await webhooks.wait_for(cancelled_marker, *FINAL)
+        resumed_rows = await ledger_rows(api, account, resumed)
+        cancelled_rows = await ledger_rows(api, account, cancelled)
+
+    assert await chunk_workflows(temporal, resumed) == []
+    assert await chunk_workflows(temporal, cancelled) == []
+    assert resumed_events[-1]["status"] == "completed"
+    assert phases(resumed_events).count("paused") == 1
+    assert {r["status"] for r in resumed_rows} == {"sent"}
+    assert cancelled_events[-1]["status"] == "cancelled"
+    assert {r["status"] for r in cancelled_rows} == {"cancelled"}
+
+
+async def test_a_one_slice_batch_not_spread_expires_what_it_has_not_sent_by_expire_at(
+    api: httpx.AsyncClient,
+    temporal: Client,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    # 200 rows in one slice of 250, sent at once (not spread), 96 requests in flight: with
+    # the carrier taking 2 s a request, the last rows are still to send at `expire_at`.
+    await carrier(latency_ms=2000)
+    expire_at = datetime.now(UTC) + timedelta(seconds=3)
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(200), expire_at=expire_at.isoformat()
+    )
+    events = await webhooks.wait_for(marker, *FINAL)
+    rows = await ledger_rows(api, account, file_id)
+    sent = await emulator_messages(emulator_url, body_contains=marker)
+
+    assert await chunk_workflows(temporal, file_id) == []
+    final = events[-1]
+    assert final["status"] == "completed_partial"
+    assert final["messages_expired"] >= 1
+    assert final["messages_successful"] == len(sent)
+    assert final["messages_successful"] + final["messages_expired"] == 200
+    statuses = [r["status"] for r in rows]
+    assert statuses.count("expired") == final["messages_expired"]
+    assert set(statuses) <= {"sent", "expired"}
