@@ -312,6 +312,7 @@ async def test_search_attributes_find_the_finished_batch(
             "batch-cancel-validation",
             "batch-local-db-steps",
             "batch-one-slice-inline",
+            "batch-opening-reports-queued",
             "batch-reconcile-uncertain",
             "batch-report-while-starting",
             "chunk-send-task-queue",

@@ -130,12 +130,23 @@ async def test_a_small_batch_runs_its_database_steps_within_its_workflow_tasks(
     assert events[-1]["messages_successful"] == 100
     assert len(await emulator_messages(emulator_url, body_contains=marker)) == 100
     scheduled, local = await activity_steps(temporal, file_id)
-    # Only validation, the one slice (on the send queue, from the batch itself) and the
-    # webhook posts wait in a task queue; no reconciliation, since no row is uncertain.
-    assert set(scheduled) == {"validate_recipients", "send_slice", "deliver_status_events"}
+    # Only validation, the one slice (on the send queue, from the batch itself), the webhook
+    # posts and the two opening reports wait in a task queue; no reconciliation, since no
+    # row is uncertain.
+    assert set(scheduled) == {
+        "validate_recipients",
+        "send_slice",
+        "deliver_status_events",
+        "record_status",
+    }
     assert scheduled.count("send_slice") == 1
+    # `dispatching` then `in_progress`, queued so as not to hold the send's start back: the
+    # slice is scheduled with the first, before the second.
+    opening = [i for i, step in enumerate(scheduled) if step == "record_status"]
+    assert len(opening) == 2
+    assert opening[0] < scheduled.index("send_slice") < opening[1]
     assert local[-2:] == ["finish_ledger", "record_status"]
-    assert local[:-2].count("record_status") == len(events) - 1
+    assert local[:-2].count("record_status") == len(events) - 3
     assert "has_uncertain" in local
 
 

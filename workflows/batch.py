@@ -85,6 +85,11 @@ LOCAL_STEPS_PATCH = "batch-local-db-steps"
 # A batch whose rows fit one send slice sends them from its own workflow, without a child
 # ChunkWorkflow (docs/WORKFLOWS.md, Fairness between batches).
 ONE_SLICE_PATCH = "batch-one-slice-inline"
+# The `dispatching` and `in_progress` reports of a batch that is not spread run as activities
+# on the task queue, not local ones: a workflow task is completed only once its local
+# activities are done, so as local ones they held back the first sends' (or chunks') start,
+# scheduled in the same task (docs/WORKFLOWS.md, Fairness between batches).
+OPENING_QUEUED_PATCH = "batch-opening-reports-queued"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -426,8 +431,12 @@ class BatchWorkflow:
         )
 
     async def _report_opening(self, dispatching: str, status: BatchStatus) -> None:
-        await self._report(BatchStatus.DISPATCHING, message=dispatching)
-        await self._report(status)
+        # Queued, the reports let this workflow task complete with the first sends' commands
+        # and run beside them. Their order is kept: `_report_lock` gives them their seqs one
+        # after the other, and the final event awaits them.
+        queued = workflow.patched(OPENING_QUEUED_PATCH)
+        await self._report(BatchStatus.DISPATCHING, message=dispatching, queued=queued)
+        await self._report(status, queued=queued)
 
     async def _dispatch(self, state: DispatchState) -> BatchResult | None:
         """Run the remaining chunks; None when this run should continue as new first."""
@@ -697,10 +706,13 @@ class BatchWorkflow:
         step: MethodAsyncSingleParam[Any, P, R],
         arg: P,
         start_to_close: timedelta,
+        *,
+        queued: bool = False,
     ) -> R:
         """A short database step: a local activity, in this workflow task, with
-        LOCAL_STEPS_PATCH; an activity on the task queue in runs recorded before it."""
-        if workflow.patched(LOCAL_STEPS_PATCH):
+        LOCAL_STEPS_PATCH; an activity on the task queue in runs recorded before it, or
+        when `queued`."""
+        if not queued and workflow.patched(LOCAL_STEPS_PATCH):
             return await workflow.execute_local_activity_method(
                 step, arg, start_to_close_timeout=start_to_close, retry_policy=DB_RETRY
             )
@@ -764,8 +776,10 @@ class BatchWorkflow:
         reason: str | None = None,
         counts: BatchCounts | None = None,
         error_codes: dict[str, int] | None = None,
+        queued: bool = False,
     ) -> None:
-        """Record a lifecycle event (batch row, search attribute, log) and queue its webhook."""
+        """Record a lifecycle event (batch row, search attribute, log) and queue its webhook;
+        `queued`: by an activity on the task queue, even with LOCAL_STEPS_PATCH."""
         if self._paused and counts is None and status != BatchStatus.PAUSED:
             self._resume_status = status
             return
@@ -787,7 +801,9 @@ class BatchWorkflow:
             )
             # Idempotent (the event's seq is its key): a local activity run again after a
             # lost workflow task records it once.
-            await self._db_step(StatusEventActivities.record_status, update, timedelta(seconds=30))
+            await self._db_step(
+                StatusEventActivities.record_status, update, timedelta(seconds=30), queued=queued
+            )
             self._events_recorded = seq
 
     async def _deliver_events(self) -> None:

@@ -197,6 +197,17 @@ async def test_one_slice(
     await save_batch(temporal, file_id, "one_slice")
 
 
+async def test_opening_reports_queued(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    """As `one_slice`, from the release whose `dispatching` and `in_progress` reports are
+    activities on the task queue, scheduled beside the send (patch
+    `batch-opening-reports-queued`), not local activities that hold its start back."""
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(4))
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(temporal, file_id, "opening_reports_queued")
+
+
 async def test_one_slice_paused_and_resumed(
     api: httpx.AsyncClient,
     account: Account,
