@@ -149,11 +149,19 @@ async def finished(webhooks: WebhookReceiver, marker: str, *, times: int = 1) ->
     return (await webhooks.wait_for(marker, *FINAL, times=times))[-1]
 
 
+async def completed_batch(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, rows: int
+) -> str:
+    """A batch of `rows` run to `completed`; its file_id."""
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(rows))
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    return file_id
+
+
 async def test_plain(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
 ) -> None:
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(20))
-    assert (await finished(webhooks, marker))["status"] == "completed"
+    file_id = await completed_batch(api, account, webhooks, 20)
     await save_batch(temporal, file_id, "plain", chunks={0: "plain"})
 
 
@@ -162,8 +170,7 @@ async def test_local_db_steps(
 ) -> None:
     """As `plain`, from the release whose batches run their database steps as local
     activities (patch `batch-local-db-steps`): no `reconcile_uncertain`, no row uncertain."""
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(20))
-    assert (await finished(webhooks, marker))["status"] == "completed"
+    file_id = await completed_batch(api, account, webhooks, 20)
     await save_batch(temporal, file_id, "local_db_steps")
 
 
@@ -172,8 +179,7 @@ async def test_send_queue(
 ) -> None:
     """As `plain`, from a release whose batches name the send queue: its chunk records the
     `chunk-send-task-queue` marker and schedules its sends there."""
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(20))
-    assert (await finished(webhooks, marker))["status"] == "completed"
+    file_id = await completed_batch(api, account, webhooks, 20)
     await save_batch(temporal, file_id, "send_queue", chunks={0: "send_queue"})
 
 
@@ -182,8 +188,7 @@ async def test_reported_while_starting(
 ) -> None:
     # As `plain`, on the `batch-report-while-starting` patch: the `dispatching` and
     # `in_progress` reports run while the chunk starts.
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(20))
-    assert (await finished(webhooks, marker))["status"] == "completed"
+    file_id = await completed_batch(api, account, webhooks, 20)
     await save_batch(temporal, file_id, "reported_while_starting")
 
 
@@ -192,8 +197,7 @@ async def test_one_slice(
 ) -> None:
     """A batch whose rows fit one slice, from the release that sends them from the batch's
     own workflow (patch `batch-one-slice-inline`): no chunk workflow."""
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(4))
-    assert (await finished(webhooks, marker))["status"] == "completed"
+    file_id = await completed_batch(api, account, webhooks, 4)
     await save_batch(temporal, file_id, "one_slice")
 
 
@@ -203,8 +207,7 @@ async def test_opening_reports_queued(
     """As `one_slice`, from the release whose `dispatching` and `in_progress` reports are
     activities on the task queue, scheduled beside the send (patch
     `batch-opening-reports-queued`), not local activities that hold its start back."""
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(4))
-    assert (await finished(webhooks, marker))["status"] == "completed"
+    file_id = await completed_batch(api, account, webhooks, 4)
     await save_batch(temporal, file_id, "opening_reports_queued")
 
 
@@ -213,8 +216,7 @@ async def test_no_last_progress(
 ) -> None:
     """As `opening_reports_queued`, from the release that makes no progress report after a
     batch's last chunk (patch `batch-no-last-progress`): the final event follows its end."""
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(4))
-    assert (await finished(webhooks, marker))["status"] == "completed"
+    file_id = await completed_batch(api, account, webhooks, 4)
     await save_batch(temporal, file_id, "no_last_progress")
 
 
