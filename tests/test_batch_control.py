@@ -311,7 +311,6 @@ async def test_search_attributes_find_the_finished_batch(
         "TemporalChangeVersion": [
             "batch-cancel-validation",
             "batch-local-db-steps",
-            "batch-no-last-progress",
             "batch-one-slice-inline",
             "batch-opening-reports-queued",
             "batch-reconcile-uncertain",

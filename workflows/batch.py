@@ -90,9 +90,6 @@ ONE_SLICE_PATCH = "batch-one-slice-inline"
 # activities are done, so as local ones they held back the first sends' (or chunks') start,
 # scheduled in the same task (docs/WORKFLOWS.md, Fairness between batches).
 OPENING_QUEUED_PATCH = "batch-opening-reports-queued"
-# No progress report after the last chunk: the final event, which follows at once, carries
-# the counts (one local activity fewer between a small batch's send and its final event).
-NO_LAST_PROGRESS_PATCH = "batch-no-last-progress"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -545,12 +542,6 @@ class BatchWorkflow:
             state, start, end, f"chunk-{index}", index, hand_back=self._window_passes
         )
         state.dispatched += end - start
-        if (
-            state.dispatched >= state.recipients
-            and not state.waiting
-            and workflow.patched(NO_LAST_PROGRESS_PATCH)
-        ):
-            return  # every chunk has ended: the final event comes next, with the counts
         now = workflow.now().timestamp()
         opened = self._opening_reports is None or self._opening_reports.done()
         if (

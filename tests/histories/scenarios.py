@@ -211,15 +211,6 @@ async def test_opening_reports_queued(
     await save_batch(temporal, file_id, "opening_reports_queued")
 
 
-async def test_no_last_progress(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
-) -> None:
-    """As `opening_reports_queued`, from the release that makes no progress report after a
-    batch's last chunk (patch `batch-no-last-progress`): the final event follows its end."""
-    file_id = await completed_batch(api, account, webhooks, 4)
-    await save_batch(temporal, file_id, "no_last_progress")
-
-
 async def test_one_slice_paused_and_resumed(
     api: httpx.AsyncClient,
     account: Account,
