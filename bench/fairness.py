@@ -1,8 +1,9 @@
 """`make bench-fairness`: is Herald fair between batches of different accounts?
 
-1. Small under large: account A's batch of N rows sends; meanwhile account B runs ten 100-row
-   batches one after another. Each one's time from `POST /v1/sms/batch` to its final event,
-   their p95, and where the time went, from the batch's Temporal histories: how long its
+1. Small under large: account B runs ten 100-row batches one after another alone (the
+   baseline), then account A's batch of N rows sends and meanwhile B runs ten more. Each
+   one's time from `POST /v1/sms/batch` to its final event, their p95 (and its ratio to the
+   p95 alone), and where the time went, from the batch's Temporal histories: how long its
    activities and workflow tasks waited in the task queue before a worker took them
    (`queue_wait`), and how long its activities ran.
 2. Two large: A and B each start a batch of PAIR_N rows at once; each one's rate (messages
@@ -108,10 +109,12 @@ async def event_times(
     ]
 
 
-async def waits(client: Client, batch_id: str) -> dict[str, float]:
+async def waits(client: Client, batch_id: str, posted: float) -> dict[str, float]:
     """From the batch's histories (its own runs and its chunks'): seconds its activity and
-    workflow tasks waited between scheduled and started, and how long they ran; and each
-    activity type's running time (`run_<type>`)."""
+    workflow tasks waited between scheduled and started, and how long they ran; each
+    activity type's running time (`run_<type>`), and when (seconds after `posted`) its
+    first one started (`<type>_started`) and its last one ended (`<type>_done`)."""
+    marks: dict[str, float] = {}
     totals = {
         "activity_queue_wait": 0.0,
         "workflow_task_queue_wait": 0.0,
@@ -140,11 +143,15 @@ async def waits(client: Client, batch_id: str) -> dict[str, float]:
                 attrs = event.activity_task_started_event_attributes
                 started[attrs.scheduled_event_id] = at
                 totals["activity_queue_wait"] += at - scheduled[attrs.scheduled_event_id]
+                first = f"{types[attrs.scheduled_event_id]}_started"
+                marks[first] = min(marks.get(first, at), at)
             elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
                 done = event.activity_task_completed_event_attributes.scheduled_event_id
                 totals["activity_run"] += at - started[done]
                 name = f"run_{types[done]}"
                 totals[name] = totals.get(name, 0.0) + at - started[done]
+                last = f"{types[done]}_done"
+                marks[last] = max(marks.get(last, at), at)
             elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
                 attrs_wt = event.workflow_task_started_event_attributes
                 totals["workflow_task_queue_wait"] += at - scheduled[attrs_wt.scheduled_event_id]
@@ -152,7 +159,7 @@ async def waits(client: Client, batch_id: str) -> dict[str, float]:
             elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
                 attrs_wc = event.workflow_task_completed_event_attributes
                 totals["workflow_task_run"] += at - started[attrs_wc.started_event_id]
-    return totals
+    return totals | {name: at - posted for name, at in marks.items()}
 
 
 def p95(values: list[float]) -> float:
@@ -170,6 +177,16 @@ async def small_under_large(
 ) -> dict[str, Any]:
     client = await connect_temporal(settings)
     async with httpx.AsyncClient(base_url=a["api_url"], timeout=120) as http:
+        # The baseline: the same small batches with nothing else sending, on the same stack,
+        # after one that warms it up (not counted).
+        alone = []
+        for i in range(SMALL_BATCHES, 2 * SMALL_BATCHES + 1):
+            file_id = await attach(http, {"authorization": b["api_key"]}, small_file(i))
+            posted = time.time()
+            await start(http, b, file_id)
+            await wait_for(http, b, file_id, FINAL)
+            alone.append((await event_times(http, b, file_id))[-1][1] - posted)
+        alone = alone[1:]
         large = await attach(http, {"authorization": a["api_key"]}, recipient_file(n))
         smalls = [
             await attach(http, {"authorization": b["api_key"]}, small_file(i))
@@ -192,7 +209,7 @@ async def small_under_large(
                     "phases": phases,
                     "large_still_sending": large_now["status"] not in FINAL,
                     "large_sent_by_then": large_now["counts"].get("sent", 0),
-                    **{k: round(v, 3) for k, v in (await waits(client, file_id)).items()},
+                    **{k: round(v, 3) for k, v in (await waits(client, file_id, posted)).items()},
                 }
             )
         cpu_after, cpu_to = cpu_seconds(processes, each=True), time.time()
@@ -207,6 +224,10 @@ async def small_under_large(
         "small_seconds": [round(s, 3) for s in seconds],
         "small_p95_seconds": p95(seconds),
         "small_max_seconds": max(seconds),
+        "alone_seconds": [round(s, 3) for s in alone],
+        "alone_p95_seconds": p95(alone),
+        # How much slower the small batches are beside the large one than alone.
+        "p95_ratio_to_alone": round(p95(seconds) / p95(alone), 2),
         "all_under_large": all(r["large_still_sending"] for r in runs),
         # Each process's share of a core meanwhile (PostgreSQL with its backends).
         "cpu_cores": {
@@ -301,7 +322,8 @@ def main() -> int:
         sys.stdout.write(
             f"{layout}: {SMALL_BATCHES} {SMALL_ROWS}-row batches under a"
             f" {small['large_rows']}-row batch: {small['small_seconds']} s,"
-            f" p95 {small['small_p95_seconds']:.2f} s (all while it sent:"
+            f" p95 {small['small_p95_seconds']:.2f} s (alone {small['alone_p95_seconds']:.2f} s,"
+            f" ratio {small['p95_ratio_to_alone']}; all while it sent:"
             f" {small['all_under_large']}); two {pair['rows_each']}-row batches:"
             f" {pair.get('messages_per_second')} msg/s, ratio {pair.get('ratio')};"
             f" load {result['load_before']} -> {result['load_after']}\n"

@@ -306,12 +306,16 @@ async def test_search_attributes_find_the_finished_batch(
     }
     assert attributes | {"BuildIds": None} == {
         "BuildIds": None,  # the server's own
-        # The server's too: the patches the run took (docs/WORKFLOWS.md).
+        # The server's too: the patches the run took (docs/WORKFLOWS.md); five rows fit one
+        # slice, so the chunk's own patch is the batch's too.
         "TemporalChangeVersion": [
             "batch-cancel-validation",
             "batch-local-db-steps",
+            "batch-one-slice-inline",
+            "batch-opening-reports-queued",
             "batch-reconcile-uncertain",
             "batch-report-while-starting",
+            "chunk-send-task-queue",
         ],
         "BatchStatus": "completed",
         "BatchId": file_id,

@@ -4,9 +4,12 @@ carrier requests go to the send queue, served by workers apart from the batches'
 no other batch's steps; and a batch small beside the ledger does not re-sample its
 statistics, which cost a small batch about a second of its validation while a large one
 sent; and a batch's short database steps (its events, the ledger's close) run as local
-activities, inside its own workflow tasks, so a small batch takes fewer steps to its end."""
+activities, inside its own workflow tasks, so a small batch takes fewer steps to its end; and
+a batch whose rows fit one send slice sends them from its own workflow, without a chunk
+workflow, to the same end as a chunked batch."""
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -17,21 +20,21 @@ from settings import Settings
 from store import messages
 from tests.support.batches import FINAL, phases, run_batch, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
-from tests.support.delivery import own_worker
-from tests.support.stack import Account, WebhookReceiver, api_client
+from tests.support.delivery import ledger_rows, own_worker
+from tests.support.stack import Account, Configure, WebhookReceiver, api_client
 from worker import herald_worker
 from workflows.contracts import batch_workflow_id
 
 
 async def send_queues(temporal: Client, file_id: str) -> set[str]:
-    """The task queues the batch's first chunk scheduled its send activities on."""
-    history = await temporal.get_workflow_handle(
-        f"{batch_workflow_id(file_id)}/chunk-0"
-    ).fetch_history()
+    """The task queues a batch that fits one slice scheduled its send activities on (from
+    its own workflow: it has no chunk workflow)."""
+    history = await temporal.get_workflow_handle(batch_workflow_id(file_id)).fetch_history()
     return {
         e.activity_task_scheduled_event_attributes.task_queue.name
         for e in history.events
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "send_slice"
     }
 
 
@@ -127,9 +130,185 @@ async def test_a_small_batch_runs_its_database_steps_within_its_workflow_tasks(
     assert events[-1]["messages_successful"] == 100
     assert len(await emulator_messages(emulator_url, body_contains=marker)) == 100
     scheduled, local = await activity_steps(temporal, file_id)
-    # Only validation and the webhook posts wait in a task queue; no reconciliation, since
-    # no row is uncertain.
-    assert set(scheduled) == {"validate_recipients", "deliver_status_events"}
+    # Only validation, the one slice (on the send queue, from the batch itself), the webhook
+    # posts and the two opening reports wait in a task queue; no reconciliation, since no
+    # row is uncertain.
+    assert set(scheduled) == {
+        "validate_recipients",
+        "send_slice",
+        "deliver_status_events",
+        "record_status",
+    }
+    assert scheduled.count("send_slice") == 1
+    # `dispatching` then `in_progress`, queued so as not to hold the send's start back: the
+    # slice is scheduled with the first, before the second.
+    opening = [i for i, step in enumerate(scheduled) if step == "record_status"]
+    assert len(opening) == 2
+    assert opening[0] < scheduled.index("send_slice") < opening[1]
     assert local[-2:] == ["finish_ledger", "record_status"]
-    assert local[:-2].count("record_status") == len(events) - 1
+    assert local[:-2].count("record_status") == len(events) - 3
     assert "has_uncertain" in local
+
+
+async def chunk_workflows(temporal: Client, file_id: str) -> list[str]:
+    """The child workflows the batch started, by id."""
+    history = await temporal.get_workflow_handle(batch_workflow_id(file_id)).fetch_history()
+    return [
+        e.start_child_workflow_execution_initiated_event_attributes.workflow_id
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED
+    ]
+
+
+async def test_a_batch_that_fits_one_slice_sends_without_a_chunk_to_the_chunked_end(
+    settings: Settings,
+    temporal: Client,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+) -> None:
+    # Two the carrier refuses (21211, 21614), so that the ends have failures to compare.
+    numbers = [*unique_numbers(7), "+15005550001", "+15005550009"]
+    ends = []
+    # The same rows as one slice, then as slices of 2 in a chunk workflow.
+    for slice_size in (len(numbers), 2):
+        async with api_client(settings.model_copy(update={"slice_size": slice_size})) as api:
+            file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+            events = await webhooks.wait_for(marker, *FINAL)
+            rows = await ledger_rows(api, account, file_id)
+        final = events[-1]
+        ends.append(
+            {
+                "phases": phases(events),
+                "final": {k: v for k, v in final.items() if k.startswith("messages_")},
+                "rows": sorted((r["to_number"], r["status"], r["error_code"]) for r in rows),
+                "carrier": sorted(
+                    m["to"] for m in await emulator_messages(emulator_url, body_contains=marker)
+                ),
+                "chunks": [c.rsplit("/", 1)[1] for c in await chunk_workflows(temporal, file_id)],
+            }
+        )
+    one_slice, chunked = ends
+
+    assert one_slice["chunks"] == []
+    assert chunked["chunks"] == ["chunk-0"]
+    assert {k: v for k, v in one_slice.items() if k != "chunks"} == {
+        k: v for k, v in chunked.items() if k != "chunks"
+    }
+    assert one_slice["phases"] == ["validating", "dispatching", "in_progress", "completed_partial"]
+    assert [r[1] for r in one_slice["rows"]].count("failed") == 2
+    sent = [r[0] for r in one_slice["rows"] if r[1] == "sent"]
+    assert sorted(sent) == sorted(numbers[:7])
+    assert set(sent) <= set(one_slice["carrier"])
+
+
+async def test_a_one_slice_batch_pauses_itself_on_its_carrier_error_rate(
+    settings: Settings,
+    temporal: Client,
+    account: Account,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+) -> None:
+    # 600 rows in one slice of 1,000, 400 of them refused (21612): over the batch's default
+    # error rate. The rate is checked as a slice ends, so the one slice has sent every row
+    # by then: the batch pauses, with the event, and ends with nothing left to resume.
+    numbers = unique_numbers(600)
+    await carrier(scripted={number: [400] for number in numbers[:400]})
+    async with api_client(settings.model_copy(update={"slice_size": 1000})) as api:
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        events = await webhooks.wait_for(marker, *FINAL)
+        rows = await ledger_rows(api, account, file_id)
+
+    assert await chunk_workflows(temporal, file_id) == []
+    assert phases(events) == [
+        "validating",
+        "dispatching",
+        "in_progress",
+        "paused",
+        "completed_partial",
+    ]
+    paused = events[-2]
+    assert (paused["code"], set(paused["error_codes"])) == ("carrier_error_rate", {"21612"})
+    final = events[-1]
+    assert (final["messages_failed"], final["messages_successful"]) == (400, 200)
+    assert sorted(r["status"] for r in rows).count("failed") == 400
+
+
+async def test_a_one_slice_batch_paused_by_the_carrier_resumes_or_cancels(
+    settings: Settings,
+    temporal: Client,
+    account: Account,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+) -> None:
+    # The carrier throttles every request (20429) past the worker's retry window: the one
+    # slice stops with its rows `pending`, and both batches of the account pause, with a
+    # back-off far longer than the test, so that only an operator resumes or cancels them.
+    resumed_numbers, cancelled_numbers = unique_numbers(5), unique_numbers(5)
+    await carrier(
+        scripted={number: [429, 429] for number in [*resumed_numbers, *cancelled_numbers]}
+    )
+    async with (
+        own_worker(
+            temporal,
+            settings,
+            carrier_outage_seconds=1.0,
+            carrier_throttle_pause_seconds=3600.0,
+        ) as own,
+        api_client(own) as api,
+    ):
+        resumed, resumed_marker = await start_marked_batch(api, account, webhooks, resumed_numbers)
+        cancelled, cancelled_marker = await start_marked_batch(
+            api, account, webhooks, cancelled_numbers
+        )
+        for marker in (resumed_marker, cancelled_marker):
+            events = await webhooks.wait_for(marker, "paused")
+            assert events[-1]["code"] == "carrier_throttled", events[-1]
+        for file_id in (resumed, cancelled):
+            assert {r["status"] for r in await ledger_rows(api, account, file_id)} == {"pending"}
+
+        resume = await api.post(f"/v1/sms/batch/{resumed}/resume", headers=account.headers)
+        cancel = await api.post(f"/v1/sms/batch/{cancelled}/cancel", headers=account.headers)
+        assert (resume.status_code, cancel.status_code) == (200, 200), (resume.text, cancel.text)
+        resumed_events = await webhooks.wait_for(resumed_marker, *FINAL)
+        cancelled_events = await webhooks.wait_for(cancelled_marker, *FINAL)
+        resumed_rows = await ledger_rows(api, account, resumed)
+        cancelled_rows = await ledger_rows(api, account, cancelled)
+
+    assert await chunk_workflows(temporal, resumed) == []
+    assert await chunk_workflows(temporal, cancelled) == []
+    assert resumed_events[-1]["status"] == "completed"
+    assert phases(resumed_events).count("paused") == 1
+    assert {r["status"] for r in resumed_rows} == {"sent"}
+    assert cancelled_events[-1]["status"] == "cancelled"
+    assert {r["status"] for r in cancelled_rows} == {"cancelled"}
+
+
+async def test_a_one_slice_batch_not_spread_expires_what_it_has_not_sent_by_expire_at(
+    api: httpx.AsyncClient,
+    temporal: Client,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    # 200 rows in one slice of 250, sent at once (not spread), 96 requests in flight: with
+    # the carrier taking 2 s a request, the last rows are still to send at `expire_at`.
+    await carrier(latency_ms=2000)
+    expire_at = datetime.now(UTC) + timedelta(seconds=3)
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(200), expire_at=expire_at.isoformat()
+    )
+    events = await webhooks.wait_for(marker, *FINAL)
+    rows = await ledger_rows(api, account, file_id)
+    sent = await emulator_messages(emulator_url, body_contains=marker)
+
+    assert await chunk_workflows(temporal, file_id) == []
+    final = events[-1]
+    assert final["status"] == "completed_partial"
+    assert final["messages_expired"] >= 1
+    assert final["messages_successful"] == len(sent)
+    assert final["messages_successful"] + final["messages_expired"] == 200
+    statuses = [r["status"] for r in rows]
+    assert statuses.count("expired") == final["messages_expired"]
+    assert set(statuses) <= {"sent", "expired"}

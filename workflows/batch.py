@@ -85,6 +85,14 @@ REPORT_WHILE_STARTING_PATCH = "batch-report-while-starting"
 # ledger's close) run as local activities, in the workflow task that asks for them, and
 # reconciliation runs only when a row is `uncertain` (docs/WORKFLOWS.md, Fairness).
 LOCAL_STEPS_PATCH = "batch-local-db-steps"
+# A batch whose rows fit one send slice sends them from its own workflow, without a child
+# ChunkWorkflow (docs/WORKFLOWS.md, Fairness between batches).
+ONE_SLICE_PATCH = "batch-one-slice-inline"
+# The `dispatching` and `in_progress` reports of a batch that is not spread run as activities
+# on the task queue, not local ones: a workflow task is completed only once its local
+# activities are done, so as local ones they held back the first sends' (or chunks') start,
+# scheduled in the same task (docs/WORKFLOWS.md, Fairness between batches).
+OPENING_QUEUED_PATCH = "batch-opening-reports-queued"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -111,6 +119,10 @@ class BatchWorkflow:
         self._expired = False
         # By child workflow name.
         self._chunks: dict[str, workflow.ChildWorkflowHandle[ChunkWorkflow, SendCounts]] = {}
+        # Chunks run inside this workflow (ONE_SLICE_PATCH), by name, and the auto-pauses
+        # they asked for while those run.
+        self._chunks_in_batch: dict[str, ChunkWorkflow] = {}
+        self._asked_pauses: dict[asyncio.Task[None], None] = {}
         # Whether chunks hand back rows waiting for their send window (WINDOW_PASSES_PATCH).
         self._window_passes = False
         # Insertion-ordered, like everything a workflow iterates: a set's order follows
@@ -436,8 +448,12 @@ class BatchWorkflow:
         )
 
     async def _report_opening(self, dispatching: str, status: BatchStatus) -> None:
-        await self._report(BatchStatus.DISPATCHING, message=dispatching)
-        await self._report(status)
+        # Queued, the reports let this workflow task complete with the first sends' commands
+        # and run beside them. Their order is kept: `_report_lock` gives them their seqs one
+        # after the other, and the final event awaits them.
+        queued = workflow.patched(OPENING_QUEUED_PATCH)
+        await self._report(BatchStatus.DISPATCHING, message=dispatching, queued=queued)
+        await self._report(status, queued=queued)
 
     async def _dispatch(self, state: DispatchState) -> BatchResult | None:
         """Run the remaining chunks; None when this run should continue as new first."""
@@ -574,39 +590,69 @@ class BatchWorkflow:
         by this batch's signals like every chunk. With `hand_back`, rows waiting for their
         send window are left to `_pass_waiting`."""
         dispatch = self._input.dispatch
-        handle = await workflow.start_child_workflow(
-            ChunkWorkflow.run,
-            ChunkInput(
-                batch_id=self._input.batch_id,
-                account_id=self._input.account_id,
-                agent_number=self._input.agent_number,
-                start=start,
-                end=end,
-                slice_size=dispatch.slice_size,
-                slices_in_flight=dispatch.slices_in_flight,
-                pace=state.pace,
-                send_heartbeat_timeout_seconds=dispatch.send_heartbeat_timeout_seconds,
-                hand_back_waiting=hand_back,
-                auto_pause=self._input.auto_pause,
-                send_task_queue=dispatch.send_task_queue,
-            ),
-            id=f"{workflow.info().workflow_id}/{name}",
+        chunk_input = ChunkInput(
+            batch_id=self._input.batch_id,
+            account_id=self._input.account_id,
+            agent_number=self._input.agent_number,
+            start=start,
+            end=end,
+            slice_size=dispatch.slice_size,
+            slices_in_flight=dispatch.slices_in_flight,
+            pace=state.pace,
+            send_heartbeat_timeout_seconds=dispatch.send_heartbeat_timeout_seconds,
+            hand_back_waiting=hand_back,
+            auto_pause=self._input.auto_pause,
+            send_task_queue=dispatch.send_task_queue,
         )
-        self._chunks[name] = handle
-        try:
-            if self._stopped:
-                await handle.signal(ChunkWorkflow.stop)
-            elif self._paused:
-                await handle.signal(ChunkWorkflow.pause)
-            counts = await handle
-        finally:
-            del self._chunks[name]
+        if (
+            index >= 0
+            and state.recipients <= dispatch.slice_size
+            and not state.pace.interval
+            and workflow.patched(ONE_SLICE_PATCH)
+        ):
+            counts = await self._send_in_batch(chunk_input, name)
+        else:
+            handle = await workflow.start_child_workflow(
+                ChunkWorkflow.run, chunk_input, id=f"{workflow.info().workflow_id}/{name}"
+            )
+            self._chunks[name] = handle
+            try:
+                if self._stopped:
+                    await handle.signal(ChunkWorkflow.stop)
+                elif self._paused:
+                    await handle.signal(ChunkWorkflow.pause)
+                counts = await handle
+            finally:
+                del self._chunks[name]
         if index >= 0:
             self._chunks_done += 1
         self._totals.sent += counts.sent
         self._totals.failed += counts.failed
         if counts.waiting:
             state.waiting.append(WaitingRange(start=start, end=end, opens=counts.next_window))
+
+    async def _send_in_batch(self, chunk_input: ChunkInput, name: str) -> SendCounts:
+        """A chunk run as a part of this workflow (ONE_SLICE_PATCH): a batch whose rows fit
+        one slice spares the child workflow's start, its own workflow tasks and the task
+        that takes its end, which stand between a small batch's POST and its final event.
+        The sends, their pause, resume and stop, and the auto-pause are the chunk's own code."""
+        chunk = ChunkWorkflow()
+        self._chunks_in_batch[name] = chunk
+        try:
+            if self._stopped:
+                chunk.stop()
+            elif self._paused:
+                chunk.pause()
+            return await chunk.run_in_batch(chunk_input, self._ask_to_pause)
+        finally:
+            del self._chunks_in_batch[name]
+
+    def _ask_to_pause(self, paused: AutoPaused) -> None:
+        """What the `auto_pause` signal of a child chunk does, for a chunk run in this
+        workflow: the handler runs beside the sends, as a signal's would."""
+        task = asyncio.create_task(self.auto_pause(paused))
+        self._asked_pauses[task] = None
+        task.add_done_callback(lambda done: self._asked_pauses.pop(done, None))
 
     def _forget_chunk_task(self, task: asyncio.Task[None]) -> None:
         self._chunk_tasks.pop(task, None)
@@ -618,6 +664,8 @@ class BatchWorkflow:
             await workflow.wait(list(self._chunk_tasks))
 
     async def _signal_chunks(self, signal: Callable[[ChunkWorkflow], None]) -> None:
+        for chunk in list(self._chunks_in_batch.values()):
+            signal(chunk)
         for handle in list(self._chunks.values()):
             try:
                 await handle.signal(signal)
@@ -675,10 +723,13 @@ class BatchWorkflow:
         step: MethodAsyncSingleParam[Any, P, R],
         arg: P,
         start_to_close: timedelta,
+        *,
+        queued: bool = False,
     ) -> R:
         """A short database step: a local activity, in this workflow task, with
-        LOCAL_STEPS_PATCH; an activity on the task queue in runs recorded before it."""
-        if workflow.patched(LOCAL_STEPS_PATCH):
+        LOCAL_STEPS_PATCH; an activity on the task queue in runs recorded before it, or
+        when `queued`."""
+        if not queued and workflow.patched(LOCAL_STEPS_PATCH):
             return await workflow.execute_local_activity_method(
                 step, arg, start_to_close_timeout=start_to_close, retry_policy=DB_RETRY
             )
@@ -742,8 +793,10 @@ class BatchWorkflow:
         reason: str | None = None,
         counts: BatchCounts | None = None,
         error_codes: dict[str, int] | None = None,
+        queued: bool = False,
     ) -> None:
-        """Record a lifecycle event (batch row, search attribute, log) and queue its webhook."""
+        """Record a lifecycle event (batch row, search attribute, log) and queue its webhook;
+        `queued`: by an activity on the task queue, even with LOCAL_STEPS_PATCH."""
         if self._paused and counts is None and status != BatchStatus.PAUSED:
             self._resume_status = status
             return
@@ -765,7 +818,9 @@ class BatchWorkflow:
             )
             # Idempotent (the event's seq is its key): a local activity run again after a
             # lost workflow task records it once.
-            await self._db_step(StatusEventActivities.record_status, update, timedelta(seconds=30))
+            await self._db_step(
+                StatusEventActivities.record_status, update, timedelta(seconds=30), queued=queued
+            )
             self._events_recorded = seq
 
     async def _deliver_events(self) -> None:

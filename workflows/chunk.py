@@ -9,6 +9,7 @@ chunk, leaving what was not sent `pending` for the batch to close.
 import asyncio
 import contextlib
 from collections import Counter, deque
+from collections.abc import Callable
 from datetime import timedelta
 
 from temporalio import workflow
@@ -119,6 +120,9 @@ class ChunkWorkflow:
         self._counts = SendCounts()
         self._errors = ErrorWindow(AutoPause().window)  # the input's, once the run starts
         self._send_queue: str | None = None
+        # Set when the chunk runs inside its batch's own workflow (`run_in_batch`): how it
+        # asks the batch to pause, in place of a signal to its parent.
+        self._ask_batch_to_pause: Callable[[AutoPaused], None] | None = None
 
     @workflow.signal
     def pause(self) -> None:
@@ -167,6 +171,16 @@ class ChunkWorkflow:
             slices.append(asyncio.create_task(self._send_slice(input, start, end)))
         await asyncio.gather(*slices)
         return self._counts
+
+    async def run_in_batch(
+        self, input: ChunkInput, ask_batch_to_pause: Callable[[AutoPaused], None]
+    ) -> SendCounts:
+        """The same sends as `run`, as a part of the batch's own workflow rather than a child
+        workflow of it (BatchWorkflow, patch `batch-one-slice-inline`): the batch steers it by
+        calling `pause`, `resume` and `stop` itself, and it asks for an auto-pause by calling
+        `ask_batch_to_pause`."""
+        self._ask_batch_to_pause = ask_batch_to_pause
+        return await self.run(input)
 
     async def _send_slice(self, input: ChunkInput, start: int, end: int) -> None:
         try:
@@ -267,6 +281,9 @@ class ChunkWorkflow:
             return
         self.pause()
         self._errors.clear()
+        if self._ask_batch_to_pause is not None:
+            self._ask_batch_to_pause(paused)
+            return
         parent = workflow.info().parent
         if parent is not None:
             await workflow.get_external_workflow_handle(parent.workflow_id).signal(

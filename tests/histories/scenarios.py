@@ -100,12 +100,18 @@ async def save_batch(
 
 
 async def steer_mid_batch(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, action: str
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    action: str,
+    *,
+    rows: int = 40,
+    sending: str = "in_progress_chunked",
 ) -> tuple[str, str]:
-    """A slow batch of two chunks, `action` sent while its first slices are on the wire;
-    (file_id, marker)."""
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(40))
-    await webhooks.wait_for(marker, "in_progress_chunked")
+    """A slow batch (of two chunks by default), `action` sent while its first slices are on
+    the wire once it reports `sending`; (file_id, marker)."""
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(rows))
+    await webhooks.wait_for(marker, sending)
     await asyncio.sleep(SLOW_CARRIER_MS / 1000 / 2)
     await control(api, account, file_id, action)
     return file_id, marker
@@ -116,16 +122,46 @@ async def control(api: httpx.AsyncClient, account: Account, file_id: str, action
     assert response.status_code == 200, response.text
 
 
+async def paused_then_resumed(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, **steer: Any
+) -> str:
+    """A slow batch paused mid-way, resumed once its interrupted sends have ended (on resume
+    their slices are scheduled again), run to `completed`; its file_id."""
+    file_id, marker = await steer_mid_batch(api, account, webhooks, "pause", **steer)
+    await webhooks.wait_for(marker, "paused")
+    await asyncio.sleep(SLOW_CARRIER_MS / 1000 + 1)
+    await control(api, account, file_id, "resume")
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    return file_id
+
+
+async def cancelled_mid_batch(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, **steer: Any
+) -> str:
+    """A slow batch cancelled through the API mid-way, run to `cancelled`; its file_id."""
+    file_id, marker = await steer_mid_batch(api, account, webhooks, "cancel", **steer)
+    assert (await finished(webhooks, marker))["status"] == "cancelled"
+    return file_id
+
+
 async def finished(webhooks: WebhookReceiver, marker: str, *, times: int = 1) -> dict[str, Any]:
     """The batch's final event."""
     return (await webhooks.wait_for(marker, *FINAL, times=times))[-1]
 
 
+async def completed_batch(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, rows: int
+) -> str:
+    """A batch of `rows` run to `completed`; its file_id."""
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(rows))
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    return file_id
+
+
 async def test_plain(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
 ) -> None:
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(20))
-    assert (await finished(webhooks, marker))["status"] == "completed"
+    file_id = await completed_batch(api, account, webhooks, 20)
     await save_batch(temporal, file_id, "plain", chunks={0: "plain"})
 
 
@@ -134,8 +170,7 @@ async def test_local_db_steps(
 ) -> None:
     """As `plain`, from the release whose batches run their database steps as local
     activities (patch `batch-local-db-steps`): no `reconcile_uncertain`, no row uncertain."""
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(20))
-    assert (await finished(webhooks, marker))["status"] == "completed"
+    file_id = await completed_batch(api, account, webhooks, 20)
     await save_batch(temporal, file_id, "local_db_steps")
 
 
@@ -144,8 +179,7 @@ async def test_send_queue(
 ) -> None:
     """As `plain`, from a release whose batches name the send queue: its chunk records the
     `chunk-send-task-queue` marker and schedules its sends there."""
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(20))
-    assert (await finished(webhooks, marker))["status"] == "completed"
+    file_id = await completed_batch(api, account, webhooks, 20)
     await save_batch(temporal, file_id, "send_queue", chunks={0: "send_queue"})
 
 
@@ -154,9 +188,52 @@ async def test_reported_while_starting(
 ) -> None:
     # As `plain`, on the `batch-report-while-starting` patch: the `dispatching` and
     # `in_progress` reports run while the chunk starts.
-    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(20))
-    assert (await finished(webhooks, marker))["status"] == "completed"
+    file_id = await completed_batch(api, account, webhooks, 20)
     await save_batch(temporal, file_id, "reported_while_starting")
+
+
+async def test_one_slice(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    """A batch whose rows fit one slice, from the release that sends them from the batch's
+    own workflow (patch `batch-one-slice-inline`): no chunk workflow."""
+    file_id = await completed_batch(api, account, webhooks, 4)
+    await save_batch(temporal, file_id, "one_slice")
+
+
+async def test_opening_reports_queued(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    """As `one_slice`, from the release whose `dispatching` and `in_progress` reports are
+    activities on the task queue, scheduled beside the send (patch
+    `batch-opening-reports-queued`), not local activities that hold its start back."""
+    file_id = await completed_batch(api, account, webhooks, 4)
+    await save_batch(temporal, file_id, "opening_reports_queued")
+
+
+async def test_one_slice_paused_and_resumed(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    """5 rows, which fit one slice (sent from the batch's own workflow), paused mid-slice."""
+    await carrier(latency_ms=SLOW_CARRIER_MS)
+    file_id = await paused_then_resumed(api, account, webhooks, rows=5, sending="in_progress")
+    await save_batch(temporal, file_id, "one_slice_paused_and_resumed")
+
+
+async def test_one_slice_cancelled(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    await carrier(latency_ms=SLOW_CARRIER_MS)
+    file_id = await cancelled_mid_batch(api, account, webhooks, rows=5, sending="in_progress")
+    await save_batch(temporal, file_id, "one_slice_cancelled")
 
 
 async def test_continue_as_new(
@@ -181,12 +258,7 @@ async def test_paused_and_resumed(
     carrier: Configure,
 ) -> None:
     await carrier(latency_ms=SLOW_CARRIER_MS)
-    file_id, marker = await steer_mid_batch(api, account, webhooks, "pause")
-    await webhooks.wait_for(marker, "paused")
-    # The interrupted sends end first; on resume their slices are scheduled again.
-    await asyncio.sleep(SLOW_CARRIER_MS / 1000 + 1)
-    await control(api, account, file_id, "resume")
-    assert (await finished(webhooks, marker))["status"] == "completed"
+    file_id = await paused_then_resumed(api, account, webhooks)
     await save_batch(temporal, file_id, "paused_and_resumed", chunks={0: "paused_and_resumed"})
 
 
@@ -198,8 +270,7 @@ async def test_cancelled(
     carrier: Configure,
 ) -> None:
     await carrier(latency_ms=SLOW_CARRIER_MS)
-    file_id, marker = await steer_mid_batch(api, account, webhooks, "cancel")
-    assert (await finished(webhooks, marker))["status"] == "cancelled"
+    file_id = await cancelled_mid_batch(api, account, webhooks)
     await save_batch(temporal, file_id, "cancelled", chunks={0: "stopped"})
 
 
