@@ -1,6 +1,8 @@
 """The carrier outcome table, Retry-After and the backoff of deferred slices (no stack)."""
 
+import asyncio
 import dataclasses
+import logging
 import random
 import re
 from datetime import UTC, datetime
@@ -9,20 +11,27 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from temporalio.converter import DataConverter
 from temporalio.testing import ActivityEnvironment
+from twilio.base import values
 from twilio.base.exceptions import TwilioRestException
+from twilio.http import AsyncHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
 
 from activities.backoff import MAX_WINDOW_SECONDS, retry_delay
 from activities.heartbeats import SliceHeartbeat
 from activities.providers.twilio import (
     OUTCOMES,
+    CarrierClient,
     Verdict,
     accepted_sid,
     classify,
+    create_message,
     form_body,
+    message_form,
     retry_after_seconds,
 )
 from deploy.local.emulator import HTTP_ERROR_CODES, MAGIC_FROM, MAGIC_TO
@@ -153,3 +162,66 @@ def test_only_an_answer_object_gives_a_sid() -> None:
     assert accepted_sid({"sid": "SM" + "a" * 32}) == "SM" + "a" * 32
     unreadable: list[object] = [[], "SM", None, {"status": "queued"}]
     assert [accepted_sid(answer) for answer in unreadable] == [None] * 4
+
+
+class RecordingHttp(AsyncHttpClient):
+    """twilio's HTTP seam, keeping each request it is handed and accepting it."""
+
+    def __init__(self) -> None:
+        super().__init__(logger=logging.getLogger(__name__), is_async=True)
+        self.seen: list[tuple[Any, ...]] = []
+
+    async def request(self, *args: Any, **kwargs: Any) -> Response:
+        self.seen.append((args, sorted(kwargs.items(), key=str)))
+        return Response(201, '{"sid": "SM' + "a" * 32 + '"}')
+
+
+ACCOUNT = ("AC" + "1" * 32, "token")
+maybe = st.one_of(st.just(""), st.text(max_size=20))
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.text(max_size=20), st.text(max_size=20), maybe, maybe, maybe, maybe)
+def test_a_message_goes_out_as_twilios_own_create_sends_it(
+    to: str, from_: str, body: str, callback: str, content_sid: str, variables: str
+) -> None:
+    """Herald's lighter create hands twilio's HTTP seam the very request (method, URL, form,
+    headers, auth) that twilio's `messages.create_async` does."""
+
+    async def both() -> tuple[list[Any], list[Any]]:
+        theirs, ours = RecordingHttp(), RecordingHttp()
+        await Client(*ACCOUNT, http_client=theirs).messages._create_async(
+            to=to,
+            from_=from_,
+            body=body or values.unset,
+            status_callback=callback or values.unset,
+            content_sid=content_sid or values.unset,
+            content_variables=variables or values.unset,
+        )
+        form = message_form(
+            to=to,
+            from_=from_,
+            body=body,
+            status_callback=callback,
+            content_sid=content_sid,
+            content_variables=variables,
+        )
+        await create_message(CarrierClient(*ACCOUNT, ours), form)
+        return theirs.seen, ours.seen
+
+    theirs, ours = asyncio.run(both())
+    assert ours == theirs
+    assert len(ours) == 1
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE"])
+@pytest.mark.parametrize("given_headers", [None, {}, {"Content-Type": "text/plain", "X-A": "b"}])
+def test_the_client_sets_twilios_own_headers(
+    method: str, given_headers: dict[str, str] | None
+) -> None:
+    ours = CarrierClient(*ACCOUNT, RecordingHttp())
+    theirs = Client(*ACCOUNT, http_client=RecordingHttp())
+
+    assert ours.get_headers(method, dict(given_headers or {})) == theirs.get_headers(
+        method, dict(given_headers or {})
+    )
