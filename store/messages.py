@@ -292,10 +292,7 @@ async def apply_kept_receipts(pool: asyncpg.Pool, batch_id: uuid.UUID, sids: lis
             await pool.execute(
                 "UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
                 f" updated_at = now() FROM {receipts.first_receipts('$2::text[]')} AS r"
-                # The join implies `= ANY($2)`; said outright, it gives the planner the sids'
-                # own estimate, so that it reads them by index rather than the whole batch
-                # once the session's ledger holds many batches.
-                " WHERE m.carrier_sid = r.carrier_sid AND m.carrier_sid = ANY($2::text[])"
+                " WHERE m.carrier_sid = r.carrier_sid"
                 " AND m.batch_id = $1 AND receipt_rank(m.status) < receipt_rank(r.status)",
                 batch_id,
                 sids,
