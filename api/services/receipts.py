@@ -72,7 +72,7 @@ class ReceiptIntake:
                     if self._connection is None or self._connection.is_closed():
                         await self._release()
                         self._connection = await self._pool.acquire()
-                    await receipts.queue_receipts(self._connection, [r for r, _ in batch])
+                    await receipts.take_receipts(self._connection, [r for r, _ in batch])
                 except Exception as error:  # each waiting request answers it
                     await self._release()
                     for _, done in batch:
