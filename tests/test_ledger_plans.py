@@ -32,6 +32,9 @@ class _Statement:
 
 def _ledger_indexes(plan: dict[str, Any]) -> list[str | None]:
     """The index each node of `plan` that reads the ledger goes by (None: no index)."""
+    if plan.get("Relation Name") == "messages" and plan["Node Type"] == "Bitmap Heap Scan":
+        # Read by the index (or indexes) its bitmap is built from.
+        return [child.get("Index Name") for child in plan["Plans"]]
     found = (
         [plan.get("Index Name")]
         if plan.get("Relation Name") == "messages" and plan["Node Type"] != "ModifyTable"
