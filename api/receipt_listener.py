@@ -7,12 +7,13 @@ and ASGI machinery around the receipt lane (api/receipt_lane.py). This server do
 callback's own work and nothing else: httptools parses the request; the body is read as the
 route reads it; `X-Twilio-Signature` is checked against the URL the carrier called (the
 StatusCallback URL Herald gives it, `Settings.status_callback_url`); a non-final status is
-answered 204 at once (it moves nothing); a final one is answered 204 only once its row is
-committed to `receipt_queue`, in one INSERT with those of the other callbacks of the moment
-(api/services/receipts.py ReceiptIntake), and 503 `RECEIPT_NOT_QUEUED` when it could not be
-stored. Connections are kept alive, and pipelined requests are answered in order. Only
-`POST` to the status path is served; every refusal is in Herald's envelope, with the code the
-API's route gives it. Answers are counted in `/metrics` under the route's template.
+answered 204 at once (it moves nothing); a final one is answered 204 only once it is
+committed (applied to its message, or in `receipt_queue`), in one statement with those of the
+other callbacks of the moment (api/services/receipts.py ReceiptIntake), and 503
+`RECEIPT_NOT_QUEUED` when it could not be stored. Connections are kept alive, and pipelined
+requests are answered in order. Only `POST` to the status path is served; every refusal is in
+Herald's envelope, with the code the API's route gives it. Answers are counted in `/metrics`
+under the route's template.
 """
 
 import asyncio
@@ -57,7 +58,7 @@ class _Owed:
     keep_alive: bool
     status: int = 204
     reply: bytes | None = None
-    # Until it is done: the receipt's INSERT (None when queued), or the slower check's task.
+    # Until it is done: the receipt's statement (None when taken), or the slower check's task.
     pending: asyncio.Future[Any] | None = None
 
 
@@ -93,7 +94,7 @@ class ReceiptListener:
 
     async def close(self) -> None:
         """Stop listening, then close each connection once it owes no answer (an answer owed
-        is a receipt whose INSERT is under way: it finishes first)."""
+        is a receipt whose statement is under way: it finishes first)."""
         if self._server is None:
             return
         self._server.close()
@@ -236,7 +237,7 @@ class _Connection(asyncio.Protocol):
         self._listener.open.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        # Receipts whose INSERT is under way are still queued; their answers go nowhere.
+        # Receipts whose statement is under way are still taken; their answers go nowhere.
         self._transport = None
         self._listener.open.discard(self)
 

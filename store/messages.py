@@ -280,20 +280,21 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
 async def apply_kept_receipts(pool: asyncpg.Pool, batch_id: uuid.UUID, sids: list[str]) -> None:
     """Apply the receipts that came for `sids` before the sids were written to their rows.
 
-    The receipts applier (receipts.apply_queued) may move the same rows at the same moment,
-    in another order: PostgreSQL then ends one of the two statements with a deadlock. Lost
-    here, the receipts would never be applied (the rows are written, nothing records them
-    again), so the statement runs again: applying a receipt twice changes nothing.
+    The receipts applier (receipts.apply_queued) and the intake may move the same rows at
+    the same moment; all lock them in one order (receipts.move_ledger), so they only wait
+    in turn. Should PostgreSQL still end the statement with a deadlock (against any other
+    transaction), the receipts would be lost here (the rows are written, nothing records
+    them again), so the statement runs again: applying a receipt twice changes nothing.
     """
     if not sids:
         return
     for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
         try:
             await pool.execute(
-                "UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
-                f" updated_at = now() FROM {receipts.first_receipts('$2::text[]')} AS r"
-                " WHERE m.carrier_sid = r.carrier_sid"
-                " AND m.batch_id = $1 AND receipt_rank(m.status) < receipt_rank(r.status)",
+                receipts.move_ledger(
+                    receipts.first_receipts("$2::text[]"),
+                    "l.carrier_sid = ANY($2::text[]) AND l.batch_id = $1",
+                ),
                 batch_id,
                 sids,
             )

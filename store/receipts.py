@@ -1,9 +1,17 @@
 """Delivery receipts from the carrier: they move a message forward by rank, never back.
 
-A final receipt is first appended to `receipt_queue` (one INSERT for many receipts), then
-applied in batches by `apply_queued`, which any number of API processes run at once. The
-first final receipt of a message is the one kept (`carrier_receipts`) and the only one ever
-applied: a repeated, replayed or later receipt of the same message changes nothing.
+A final receipt whose message already holds its carrier sid is applied where it is taken
+(`take_receipts`): one row write, committed before the carrier is answered. The others (a
+receipt that comes before its send's sid is written, a conversation message's) are appended
+to `receipt_queue` in the same statement, then applied in batches by `apply_queued`, which
+any number of API processes run at once, or by the worker as it writes the sids
+(messages.apply_kept_receipts). The first final receipt of a message is the only one ever
+applied: a repeated, replayed or later receipt of the same message changes nothing. One
+waiting in the queue or kept in `carrier_receipts` is that first one.
+
+Every statement that moves ledger rows by receipt locks them first in the ledger's key order
+(`batch_id, seq`): the intake, the appliers and the worker never wait on each other in a
+cycle, so PostgreSQL never has to end one of them after its deadlock_timeout.
 """
 
 from dataclasses import dataclass
@@ -41,11 +49,71 @@ def first_receipts(sids: str) -> str:
     )
 
 
+def move_ledger(receipts_sql: str, rows: str) -> str:
+    """SQL: move the ledger rows chosen by the condition `rows` (on `l`, a messages row) to
+    the receipts of `receipts_sql` (rows of carrier_sid, status, error_code), by rank.
+
+    The rows are locked first, in the ledger's key order, and then moved: statements that
+    move the same rows at the same moment (the intake, the appliers, the worker's
+    messages.apply_kept_receipts) wait for each other in turn and never deadlock.
+    """
+    return (
+        "UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
+        " updated_at = now() FROM (SELECT l.batch_id, l.seq, f.status, f.error_code"
+        f" FROM messages AS l JOIN {receipts_sql} AS f ON f.carrier_sid = l.carrier_sid"
+        f" WHERE {rows} AND receipt_rank(l.status) < receipt_rank(f.status)"
+        " ORDER BY l.batch_id, l.seq FOR NO KEY UPDATE OF l) AS r"
+        " WHERE m.batch_id = r.batch_id AND m.seq = r.seq"
+        " AND receipt_rank(m.status) < receipt_rank(r.status)"
+    )
+
+
+async def take_receipts(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, receipts: list[Receipt]
+) -> None:
+    """Take the final ones of `receipts` in one statement: those whose message already
+    holds its sid are applied to it; the others are appended to the queue, in order.
+
+    A message whose sid is known and ranked (`sent` or final) is moved to the first of its
+    receipts here, unless an earlier receipt of it waits in the queue or is kept (then that
+    one is its first: this one is queued behind it); a message already final takes none.
+    A message whose sid is not written yet, or held by no ledger row (a conversation's),
+    gets its receipts through the queue: the worker applies them when it writes the sid, or
+    the applier does, whichever comes second (see messages.record_outcomes).
+    """
+    final = [r for r in receipts if r.status in FINAL_RECEIPTS]
+    if not final:
+        return
+    await conn.execute(
+        "WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY"
+        " AS r(carrier_sid, status, error_code, n)),"
+        " known AS MATERIALIZED (SELECT l.batch_id, l.seq, l.carrier_sid FROM messages AS l"
+        " WHERE l.carrier_sid = ANY($1::text[]) AND receipt_rank(l.status) IS NOT NULL"
+        " AND NOT EXISTS (SELECT FROM receipt_queue AS q WHERE q.carrier_sid = l.carrier_sid)"
+        " AND NOT EXISTS (SELECT FROM carrier_receipts AS k"
+        " WHERE k.carrier_sid = l.carrier_sid)"
+        " ORDER BY l.batch_id, l.seq FOR NO KEY UPDATE OF l),"
+        " moved AS (UPDATE messages AS m SET status = f.status, error_code = f.error_code,"
+        " updated_at = now() FROM known AS k, (SELECT DISTINCT ON (carrier_sid) carrier_sid,"
+        " status, error_code FROM r ORDER BY carrier_sid, n) AS f"
+        " WHERE m.batch_id = k.batch_id AND m.seq = k.seq AND f.carrier_sid = k.carrier_sid"
+        " AND receipt_rank(m.status) < receipt_rank(f.status))"
+        " INSERT INTO receipt_queue (carrier_sid, status, error_code)"
+        " SELECT r.carrier_sid, r.status, r.error_code FROM r"
+        " WHERE NOT EXISTS (SELECT FROM known AS k WHERE k.carrier_sid = r.carrier_sid)"
+        " ORDER BY r.n",
+        [r.carrier_sid for r in final],
+        [r.status for r in final],
+        [r.error_code for r in final],
+    )
+
+
 async def queue_receipts(
     pool: asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
     receipts: list[Receipt],
 ) -> None:
-    """Append the final ones of `receipts` to the queue, in order, in one statement."""
+    """Append the final ones of `receipts` to the queue, in order, in one statement, whether
+    or not their messages hold their sids yet (the intake applies those: `take_receipts`)."""
     final = [r for r in receipts if r.status in FINAL_RECEIPTS]
     if not final:
         return
@@ -77,6 +145,9 @@ async def apply_queued(pool: asyncpg.Pool, limit: int) -> list[int]:
         first: dict[str, asyncpg.Record] = {}
         for row in sorted(claimed, key=lambda r: r["id"]):
             first.setdefault(row["carrier_sid"], row)
+        # In key order: two appliers that claimed receipts of the same sid wait on each
+        # other's kept row in turn, never in a cycle.
+        first = dict(sorted(first.items()))
         sids = list(first)
         await conn.execute(
             "INSERT INTO carrier_receipts (carrier_sid, status, error_code, received_at)"
@@ -88,10 +159,10 @@ async def apply_queued(pool: asyncpg.Pool, limit: int) -> list[int]:
             [r["received_at"] for r in first.values()],
         )
         await conn.execute(
-            "UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
-            " updated_at = now() FROM carrier_receipts AS r"
-            " WHERE r.carrier_sid = ANY($1::text[]) AND m.carrier_sid = r.carrier_sid"
-            " AND receipt_rank(m.status) < receipt_rank(r.status)",
+            move_ledger(
+                "(SELECT * FROM carrier_receipts WHERE carrier_sid = ANY($1::text[]))",
+                "l.carrier_sid = ANY($1::text[])",
+            ),
             sids,
         )
         await _apply_to_conversations(conn, sids)

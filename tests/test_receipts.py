@@ -311,19 +311,19 @@ async def test_a_burst_of_receipts_through_two_api_processes_is_applied_whole(
         burst += [receipt(sid, "delivered") for sid in sids[::3]]
         queued_before = await pool.fetchval(QUEUED_SO_FAR)
         burst_replies = await post_all([api, second], burst)
-        # Each answer came once its receipt's INSERT (shared by concurrent callbacks) had
-        # committed: the queue's ids moved by exactly one per final receipt (a `sent` is not
-        # queued: it moves nothing).
-        queued = await pool.fetchval(QUEUED_SO_FAR) - queued_before
-        await receipts_applied(pool, sids)
+        # Each answer came once the statement taking its receipt (shared by concurrent
+        # callbacks) had committed; every message held its sid, so that statement applied
+        # it: the ledger shows it with no wait for an applier.
         applied = await ledger_rows(api, account, file_id)
         late = [receipt(sid, "undelivered", "30003") for sid in sids[::2]]
         late += [receipt(sid, "sent") for sid in sids[1::2]]
         late_replies = await post_all([second, api], late)
-        await receipts_applied(pool, sids)
+        # Nothing went through the queue: a repeated or later receipt of a final message
+        # changes nothing, and is not kept either.
+        queued = await pool.fetchval(QUEUED_SO_FAR) - queued_before
 
     assert len(burst) + len(late) > 3000
-    assert queued == 1000 + len(sids[::3])
+    assert queued == 0
     assert burst_replies == late_replies == {204}
     assert [(r["status"], r["error_code"]) for r in applied] == [("delivered", None)] * 1000
     after = await ledger_rows(api, account, file_id)
@@ -426,3 +426,109 @@ async def test_a_kept_receipts_apply_that_deadlocks_with_another_transaction_run
 
     after = await ledger_rows(api, account, file_id)
     assert [(r["status"], r["error_code"]) for r in after] == [("failed", "30008")]
+
+
+async def test_a_receipt_for_a_recorded_send_is_applied_before_its_answer_and_never_queued(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, rows = await sent_batch(api, account, webhooks, 3)
+    queued_before = await pool.fetchval(QUEUED_SO_FAR)
+
+    replies = [
+        await post_receipt(api, settings, receipt(rows[0]["carrier_sid"], "delivered")),
+        await post_receipt(api, settings, receipt(rows[1]["carrier_sid"], "failed", "30008")),
+    ]
+    # Read at once: no applier ran in between that the test waits for.
+    after = await ledger_rows(api, account, file_id)
+
+    assert [r.status_code for r in replies] == [204, 204]
+    assert [(r["status"], r["error_code"]) for r in after] == [
+        ("delivered", None),
+        ("failed", "30008"),
+        ("sent", None),
+    ]
+    assert await pool.fetchval(QUEUED_SO_FAR) == queued_before
+
+
+async def test_a_receipt_waiting_in_the_queue_stays_the_first_when_another_is_applied(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, rows = await sent_batch(api, account, webhooks, 1)
+    sid = rows[0]["carrier_sid"]
+    async with pool.acquire() as holder:
+        transaction = holder.transaction()
+        await transaction.start()
+        # The first receipt came before the sid was written, and no applier has taken it
+        # yet (its row is held: they skip it).
+        await holder.execute(
+            "INSERT INTO receipt_queue (carrier_sid, status, error_code)"
+            " VALUES ($1, 'undelivered', '30003')",
+            sid,
+        )
+        await transaction.commit()
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("SELECT FROM receipt_queue WHERE carrier_sid = $1 FOR UPDATE", sid)
+        second = await post_receipt(api, settings, receipt(sid, "delivered"))
+        then = await ledger_rows(api, account, file_id)
+        waiting = await pool.fetchval(
+            "SELECT count(*) FROM receipt_queue WHERE carrier_sid = $1", sid
+        )
+        await transaction.commit()
+    await receipts_applied(pool, [sid])
+
+    assert second.status_code == 204
+    assert (then[0]["status"], waiting) == ("sent", 2)
+    [row] = await ledger_rows(api, account, file_id)
+    assert (row["status"], row["error_code"]) == ("undelivered", "30003")
+
+
+async def test_a_kept_receipts_apply_locks_its_rows_in_key_order(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, rows = await sent_batch(api, account, webhooks, 20)
+    sids = [r["carrier_sid"] for r in rows]
+    # Kept the other way round from the rows' keys: read in the order they were kept, the
+    # last row would be locked first.
+    await pool.execute(
+        "INSERT INTO carrier_receipts (carrier_sid, status) SELECT unnest($1::text[]), 'delivered'",
+        sids[::-1],
+    )
+    async with pool.acquire() as holder:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("SELECT FROM messages WHERE carrier_sid = $1 FOR UPDATE", sids[1])
+        applying = asyncio.create_task(
+            messages.apply_kept_receipts(pool, uuid.UUID(file_id), sids[::-1])
+        )
+        await eventually(
+            lambda: pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE 'UPDATE messages AS m SET status = r.status%'"
+            ),
+            lambda waiting: waiting == 1,
+        )
+        # Waiting for the second row by key, the apply holds the first and none after it:
+        # whoever holds a row and wants one before it waits for no one in a cycle.
+        free = await pool.fetch(
+            "SELECT carrier_sid FROM messages WHERE carrier_sid = ANY($1::text[])"
+            " FOR UPDATE SKIP LOCKED",
+            [sids[0], *sids[2:]],
+        )
+        await transaction.commit()
+    await applying
+
+    assert {r["carrier_sid"] for r in free} == set(sids[2:])
+    after = await ledger_rows(api, account, file_id)
+    assert [r["status"] for r in after] == ["delivered"] * 20

@@ -1,9 +1,10 @@
 """Delivery receipts: the carrier's status callbacks, queued at once and applied in batches.
 
 At full send rate the carrier posts two or three callbacks per message. A callback is
-answered as soon as its receipt is in `receipt_queue`: the receipts of concurrent callbacks
-go there in one INSERT (`ReceiptIntake`). `apply_receipts` moves them to the ledger in
-batches, in every API process (the processes share the queue).
+answered as soon as its receipt is taken: the receipts of concurrent callbacks are taken in
+one statement (`ReceiptIntake`, store.receipts.take_receipts), which applies those whose
+message holds its sid and appends the others to `receipt_queue`. `apply_receipts` moves the
+queued ones to the ledger in batches, in every API process (the processes share the queue).
 """
 
 import asyncio
@@ -28,7 +29,7 @@ RETRY_SECONDS = 1.0
 # After a batch that emptied the queue, the applier lets this long pass before the next one:
 # at full rate receipts then go to the ledger a few hundred per transaction, not a handful.
 APPLY_PAUSE_SECONDS = 0.2
-# What a failed INSERT raises. The carrier is answered 503, never 2xx, so it posts again.
+# What a failed intake statement raises. The carrier is answered 503, never 2xx, so it posts again.
 DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
@@ -38,24 +39,24 @@ class ReceiptNotQueued(HeraldError):
 
 
 class ReceiptIntake:
-    """Queues receipts, those of concurrent requests in one statement, and wakes the applier."""
+    """Takes receipts, those of concurrent requests in one statement, and wakes the applier."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        # Held between INSERTs: a connection released to the pool is reset with a statement
-        # of its own, which cost the API as much as the INSERT at full rate.
+        # Held between statements: a connection released to the pool is reset with a
+        # statement of its own, which cost the API as much as the intake's at full rate.
         self._connection: asyncpg.pool.PoolConnectionProxy | None = None
         self._waiting: list[tuple[Receipt, asyncio.Future[None]]] = []
         self._writing: asyncio.Task[None] | None = None
         self.arrived = asyncio.Event()
 
     async def put(self, receipt: Receipt) -> None:
-        """Return once `receipt` is queued (at once for a non-final one: it moves nothing)."""
+        """Return once `receipt` is taken (at once for a non-final one: it moves nothing)."""
         if receipt.status in FINAL_RECEIPTS:
             await self.submit(receipt)
 
     def submit(self, receipt: Receipt) -> asyncio.Future[None]:
-        """A future done once the final `receipt` is queued (its exception if it could not
+        """A future done once the final `receipt` is taken (its exception if it could not
         be): for callers that answer from a callback rather than a task of their own."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((receipt, done))
@@ -64,7 +65,7 @@ class ReceiptIntake:
         return done
 
     async def _write(self) -> None:
-        # While one INSERT is under way the next requests gather for the following one.
+        # While one statement is under way the next requests gather for the following one.
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
@@ -72,7 +73,7 @@ class ReceiptIntake:
                     if self._connection is None or self._connection.is_closed():
                         await self._release()
                         self._connection = await self._pool.acquire()
-                    await receipts.queue_receipts(self._connection, [r for r, _ in batch])
+                    await receipts.take_receipts(self._connection, [r for r, _ in batch])
                 except Exception as error:  # each waiting request answers it
                     await self._release()
                     for _, done in batch:
@@ -92,7 +93,7 @@ class ReceiptIntake:
             await self._pool.release(connection)
 
     async def close(self) -> None:
-        """Finish the INSERT under way and give the connection back (before the pool closes)."""
+        """Finish the statement under way and give the connection back (before the pool closes)."""
         if self._writing is not None:
             await asyncio.wait([self._writing])
         await self._release()
@@ -143,7 +144,7 @@ def is_final(receipt: Receipt) -> bool:
 
 
 def not_queued(error: BaseException) -> ReceiptNotQueued:
-    """The answer to a callback whose receipt's INSERT failed with `error`: 503, never a 2xx,
+    """The answer to a callback whose receipt's statement failed with `error`: 503, never a 2xx,
     so the carrier posts it again."""
     log.warning("receipt not queued", error=repr(error))
     return ReceiptNotQueued("The receipt could not be stored; post it again (the carrier retries)")

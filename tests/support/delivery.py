@@ -117,8 +117,9 @@ async def sent_batch(
 async def answer_when_its_insert_fails(
     pool: asyncpg.Pool, post: Callable[[], Coroutine[Any, Any, httpx.Response]]
 ) -> httpx.Response:
-    """The answer to `post` (of one final receipt) when the receipt's INSERT fails: it waits
-    behind a lock on the queue, then its backend is killed mid-INSERT."""
+    """The answer to `post` (of one final receipt) when the statement taking it fails
+    (receipts.take_receipts): it waits behind a lock on the queue, then its backend is killed
+    mid-statement."""
     async with pool.acquire() as blocker:
         transaction = blocker.transaction()
         await transaction.start()
@@ -127,7 +128,7 @@ async def answer_when_its_insert_fails(
         inserting = await eventually(
             lambda: pool.fetchval(
                 "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE 'INSERT INTO receipt_queue%'"
+                " AND query LIKE 'WITH r AS (%INSERT INTO receipt_queue%'"
             ),
             lambda pid: pid is not None,
         )
