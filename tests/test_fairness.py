@@ -244,9 +244,10 @@ async def test_a_one_slice_batch_paused_by_the_carrier_resumes_or_cancels(
     # The carrier throttles every request (20429) past the worker's retry window: the one
     # slice stops with its rows `pending`, and both batches of the account pause, with a
     # back-off far longer than the test, so that only an operator resumes or cancels them.
+    # It throttles until it is told to stop, however many tries the slice makes by then.
     resumed_numbers, cancelled_numbers = unique_numbers(5), unique_numbers(5)
     await carrier(
-        scripted={number: [429, 429] for number in [*resumed_numbers, *cancelled_numbers]}
+        scripted={number: [429] * 100 for number in [*resumed_numbers, *cancelled_numbers]}
     )
     async with (
         own_worker(
@@ -267,6 +268,7 @@ async def test_a_one_slice_batch_paused_by_the_carrier_resumes_or_cancels(
         for file_id in (resumed, cancelled):
             assert {r["status"] for r in await ledger_rows(api, account, file_id)} == {"pending"}
 
+        await carrier(scripted={})
         resume = await api.post(f"/v1/sms/batch/{resumed}/resume", headers=account.headers)
         cancel = await api.post(f"/v1/sms/batch/{cancelled}/cancel", headers=account.headers)
         assert (resume.status_code, cancel.status_code) == (200, 200), (resume.text, cancel.text)
