@@ -481,10 +481,7 @@ class Carrier:
         }
         if status == "undelivered":
             params["ErrorCode"] = "30003"
-        # Twilio signs with the token of the (sub)account the message belongs to.
-        token = self.faults.accounts.get(account_sid, self.auth_token)
-        signature = twilio_signature(token, url, params)
-        headers = f"Content-Type: {FORM}\r\nX-Twilio-Signature: {signature}\r\n"
+        headers = f"Content-Type: {FORM}\r\nX-Twilio-Signature: {self._signed(url, params)}\r\n"
 
         def answered(answer: int | None) -> None:
             self.callbacks["no answer" if answer is None else str(answer)] += 1
@@ -493,13 +490,16 @@ class Carrier:
 
         self._poster.post(url, headers, form_body(params), answered)
 
+    def _signed(self, url: str, params: dict[str, str]) -> str:
+        """The X-Twilio-Signature of a POST of `params` to `url`: Twilio signs with the token
+        of the (sub)account the message belongs to."""
+        token = self.faults.accounts.get(params.get("AccountSid", ""), self.auth_token)
+        return twilio_signature(token, url, params)
+
     async def post_signed(self, url: str, params: dict[str, str]) -> int | None:
         """A form POST signed as Twilio signs its webhooks; the status, or None on failure."""
         assert self._http is not None
-        # Twilio signs with the token of the (sub)account the message belongs to.
-        token = self.faults.accounts.get(params.get("AccountSid", ""), self.auth_token)
-        signature = twilio_signature(token, url, params)
-        headers = {"Content-Type": FORM, "X-Twilio-Signature": signature}
+        headers = {"Content-Type": FORM, "X-Twilio-Signature": self._signed(url, params)}
         try:
             answer = await self._http.request(
                 "POST", url, headers=headers, body=urlencode(params).encode()
