@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from temporalio.client import Client
 
 from deploy.local.temporal import TEMPORAL_BIN
@@ -26,6 +27,9 @@ from workflows.contracts import batch_workflow_id
 # RECIPIENTS runs long enough to be steered in the middle.
 SLOW_CARRIER_MS = 1000
 RECIPIENTS = 4000
+# Its 16 slices (of 250) in four chunk workflows, or run in the batch's own workflow
+# (patch `batch-slices-inline`): steered the same either way.
+CHUNK_PATHS = pytest.mark.parametrize("inline_slices", [1, 16], ids=["chunks", "inline"])
 
 
 async def ledger_counts(api: httpx.AsyncClient, account: Account, file_id: str) -> dict[str, int]:
@@ -80,14 +84,24 @@ async def assert_cancelled_cleanly(
     return final
 
 
+@CHUNK_PATHS
 async def test_cancel_through_the_api_stops_sends_and_accounts_for_every_row(
-    api: httpx.AsyncClient,
+    settings: Settings,
+    worker: None,
     account: Account,
     webhooks: WebhookReceiver,
     emulator_url: str,
     carrier: Configure,
+    inline_slices: int,
 ) -> None:
     await carrier(latency_ms=SLOW_CARRIER_MS)
+    async with api_client(settings.model_copy(update={"inline_slices": inline_slices})) as api:
+        await cancel_through_the_api(api, account, webhooks, emulator_url)
+
+
+async def cancel_through_the_api(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
+) -> None:
     file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(RECIPIENTS))
     await wait_until_received(emulator_url, marker, 200)
 
@@ -203,14 +217,28 @@ async def test_a_cancel_during_validation_stops_the_validation(
     assert sum(counts.values()) < rows
 
 
+@CHUNK_PATHS
 async def test_pause_holds_every_send_until_resume(
+    settings: Settings,
+    worker: None,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+    inline_slices: int,
+) -> None:
+    await carrier(latency_ms=SLOW_CARRIER_MS)
+    async with api_client(settings.model_copy(update={"inline_slices": inline_slices})) as api:
+        await pause_until_resume(api, account, webhooks, emulator_url, carrier)
+
+
+async def pause_until_resume(
     api: httpx.AsyncClient,
     account: Account,
     webhooks: WebhookReceiver,
     emulator_url: str,
     carrier: Configure,
 ) -> None:
-    await carrier(latency_ms=SLOW_CARRIER_MS)
     numbers = unique_numbers(RECIPIENTS)
     file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
     await wait_until_received(emulator_url, marker, 200)
