@@ -8,6 +8,7 @@ import secrets
 import subprocess
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,9 +28,17 @@ from workflows.contracts import batch_workflow_id
 # RECIPIENTS runs long enough to be steered in the middle.
 SLOW_CARRIER_MS = 1000
 RECIPIENTS = 4000
-# Its 16 slices (of 250) in four chunk workflows, or run in the batch's own workflow
-# (patch `batch-slices-inline`): steered the same either way.
-CHUNK_PATHS = pytest.mark.parametrize("inline_slices", [1, 16], ids=["chunks", "inline"])
+
+
+@pytest.fixture(params=[1, 16], ids=["chunks", "inline"])
+async def steered_api(
+    request: pytest.FixtureRequest, settings: Settings, worker: None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API, its batch of RECIPIENTS sent in four chunk workflows of four slices (of 250),
+    or its 16 slices run in the batch's own workflow (patch `batch-slices-inline`): both are
+    steered the same way."""
+    async with api_client(settings.model_copy(update={"inline_slices": request.param})) as api:
+        yield api
 
 
 async def ledger_counts(api: httpx.AsyncClient, account: Account, file_id: str) -> dict[str, int]:
@@ -84,24 +93,15 @@ async def assert_cancelled_cleanly(
     return final
 
 
-@CHUNK_PATHS
 async def test_cancel_through_the_api_stops_sends_and_accounts_for_every_row(
-    settings: Settings,
-    worker: None,
+    steered_api: httpx.AsyncClient,
     account: Account,
     webhooks: WebhookReceiver,
     emulator_url: str,
     carrier: Configure,
-    inline_slices: int,
 ) -> None:
+    api = steered_api
     await carrier(latency_ms=SLOW_CARRIER_MS)
-    async with api_client(settings.model_copy(update={"inline_slices": inline_slices})) as api:
-        await cancel_through_the_api(api, account, webhooks, emulator_url)
-
-
-async def cancel_through_the_api(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
-) -> None:
     file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(RECIPIENTS))
     await wait_until_received(emulator_url, marker, 200)
 
@@ -217,28 +217,15 @@ async def test_a_cancel_during_validation_stops_the_validation(
     assert sum(counts.values()) < rows
 
 
-@CHUNK_PATHS
 async def test_pause_holds_every_send_until_resume(
-    settings: Settings,
-    worker: None,
+    steered_api: httpx.AsyncClient,
     account: Account,
     webhooks: WebhookReceiver,
     emulator_url: str,
     carrier: Configure,
-    inline_slices: int,
 ) -> None:
+    api = steered_api
     await carrier(latency_ms=SLOW_CARRIER_MS)
-    async with api_client(settings.model_copy(update={"inline_slices": inline_slices})) as api:
-        await pause_until_resume(api, account, webhooks, emulator_url, carrier)
-
-
-async def pause_until_resume(
-    api: httpx.AsyncClient,
-    account: Account,
-    webhooks: WebhookReceiver,
-    emulator_url: str,
-    carrier: Configure,
-) -> None:
     numbers = unique_numbers(RECIPIENTS)
     file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
     await wait_until_received(emulator_url, marker, 200)

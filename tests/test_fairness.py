@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
@@ -161,6 +162,25 @@ async def chunk_workflows(temporal: Client, file_id: str) -> list[str]:
     ]
 
 
+# The same rows run in the batch's own workflow, then as chunk workflows: as one slice
+# (`batch-one-slice-inline`), then as slices of 2 in a chunk; in seven slices of 2 in four
+# chunks of 4, three at once (`batch-slices-inline`), then with `inline_slices` one short.
+SIDE_BY_SIDE = pytest.mark.parametrize(
+    ("rows", "inline", "chunked", "chunks", "sending"),
+    [
+        (9, {"slice_size": 9}, {"slice_size": 2}, 1, "in_progress"),
+        (
+            13,
+            {"chunk_size": 4, "slice_size": 2, "chunk_window": 3, "inline_slices": 7},
+            {"chunk_size": 4, "slice_size": 2, "chunk_window": 3, "inline_slices": 6},
+            4,
+            "in_progress_chunked",
+        ),
+    ],
+    ids=["one-slice", "few-slices"],
+)
+
+
 async def batch_end(
     settings: Settings,
     temporal: Client,
@@ -170,7 +190,7 @@ async def batch_end(
     numbers: list[str],
 ) -> dict[str, Any]:
     """A batch of `numbers` on `settings`, run to its end: its phases, final counts, ledger,
-    the carrier's requests and its chunk workflows, for side-by-side comparisons."""
+    the carrier's requests and its chunk workflows."""
     async with api_client(settings) as api:
         file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
         events = await webhooks.wait_for(marker, *FINAL)
@@ -187,79 +207,37 @@ async def batch_end(
     }
 
 
-def without_chunks(end: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in end.items() if k != "chunks"}
-
-
-async def test_a_batch_that_fits_one_slice_sends_without_a_chunk_to_the_chunked_end(
+@SIDE_BY_SIDE
+async def test_a_batch_of_a_few_slices_sends_without_chunks_to_the_chunked_end(
     settings: Settings,
     temporal: Client,
     account: Account,
     webhooks: WebhookReceiver,
     emulator_url: str,
+    rows: int,
+    inline: dict[str, int],
+    chunked: dict[str, int],
+    chunks: int,
+    sending: str,
 ) -> None:
     # Two the carrier refuses (21211, 21614), so that the ends have failures to compare.
-    numbers = [*unique_numbers(7), "+15005550001", "+15005550009"]
-    # The same rows as one slice, then as slices of 2 in a chunk workflow.
-    one_slice, chunked = [
+    numbers = [*unique_numbers(rows - 2), "+15005550001", "+15005550009"]
+    ends = [
         await batch_end(
-            settings.model_copy(update={"slice_size": slice_size}),
-            temporal,
-            account,
-            webhooks,
-            emulator_url,
-            numbers,
+            settings.model_copy(update=dispatch), temporal, account, webhooks, emulator_url, numbers
         )
-        for slice_size in (len(numbers), 2)
+        for dispatch in (inline, chunked)
     ]
+    in_batch, as_chunks = [{k: v for k, v in end.items() if k != "chunks"} for end in ends]
 
-    assert one_slice["chunks"] == []
-    assert chunked["chunks"] == ["chunk-0"]
-    assert without_chunks(one_slice) == without_chunks(chunked)
-    assert one_slice["phases"] == ["validating", "dispatching", "in_progress", "completed_partial"]
-    assert [r[1] for r in one_slice["rows"]].count("failed") == 2
-    sent = [r[0] for r in one_slice["rows"] if r[1] == "sent"]
-    assert sorted(sent) == sorted(numbers[:7])
-    assert set(sent) <= set(one_slice["carrier"])
-
-
-async def test_a_batch_of_a_few_slices_sends_them_without_chunks_to_the_chunked_end(
-    settings: Settings,
-    temporal: Client,
-    account: Account,
-    webhooks: WebhookReceiver,
-    emulator_url: str,
-) -> None:
-    # 13 rows, two the carrier refuses (21211, 21614), in four chunks of 4 (slices of 2,
-    # seven in all), three chunks at once: sent from the batch's own workflow (patch
-    # `batch-slices-inline`), then the same as chunk workflows (as before it).
-    numbers = [*unique_numbers(11), "+15005550001", "+15005550009"]
-    dispatch = {"chunk_size": 4, "slice_size": 2, "chunk_window": 3}
-    inline, chunked = [
-        await batch_end(
-            settings.model_copy(update={**dispatch, "inline_slices": inline_slices}),
-            temporal,
-            account,
-            webhooks,
-            emulator_url,
-            numbers,
-        )
-        for inline_slices in (7, 6)
-    ]
-
-    assert inline["chunks"] == []
-    assert chunked["chunks"] == ["chunk-0", "chunk-1", "chunk-2", "chunk-3"]
-    assert without_chunks(inline) == without_chunks(chunked)
-    assert inline["phases"] == [
-        "validating",
-        "dispatching",
-        "in_progress_chunked",
-        "completed_partial",
-    ]
-    assert [r[1] for r in inline["rows"]].count("failed") == 2
-    sent = [r[0] for r in inline["rows"] if r[1] == "sent"]
-    assert sorted(sent) == sorted(numbers[:11])
-    assert set(sent) <= set(inline["carrier"])
+    assert ends[0]["chunks"] == []
+    assert ends[1]["chunks"] == [f"chunk-{index}" for index in range(chunks)]
+    assert in_batch == as_chunks
+    assert in_batch["phases"] == ["validating", "dispatching", sending, "completed_partial"]
+    assert [r[1] for r in in_batch["rows"]].count("failed") == 2
+    sent = [r[0] for r in in_batch["rows"] if r[1] == "sent"]
+    assert sorted(sent) == sorted(numbers[:-2])
+    assert set(sent) <= set(in_batch["carrier"])
 
 
 async def test_a_one_slice_batch_pauses_itself_on_its_carrier_error_rate(

@@ -236,23 +236,24 @@ async def test_one_slice_cancelled(
     await save_batch(temporal, file_id, "one_slice_cancelled")
 
 
-# Two chunks of four slices each, run in the batch's own workflow (`batch-slices-inline`).
-SLICES_INLINE = {**SMALL, "inline_slices": 8}
+@pytest.fixture
+async def inline_api(settings: Settings, worker: None) -> AsyncIterator[httpx.AsyncClient]:
+    """As `api`, its batches of up to eight slices run in their own workflow (patch
+    `batch-slices-inline`): 40 rows are two chunks of four slices, and no chunk workflow."""
+    async with api_client(settings.model_copy(update={**SMALL, "inline_slices": 8})) as client:
+        yield client
 
 
 async def test_slices_inline(
-    settings: Settings, worker: None, account: Account, webhooks: WebhookReceiver, temporal: Client
+    inline_api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
 ) -> None:
-    """40 rows in two chunks of 20 (slices of 5), from the release that runs a batch of up to
-    `inline_slices` slices in its own workflow (patch `batch-slices-inline`): no child."""
-    async with api_client(settings.model_copy(update=SLICES_INLINE)) as api:
-        file_id = await completed_batch(api, account, webhooks, 40)
+    """40 rows in two chunks of 20 (slices of 5), run in the batch's own workflow."""
+    file_id = await completed_batch(inline_api, account, webhooks, 40)
     await save_batch(temporal, file_id, "slices_inline")
 
 
 async def test_slices_inline_paused_and_resumed(
-    settings: Settings,
-    worker: None,
+    inline_api: httpx.AsyncClient,
     account: Account,
     webhooks: WebhookReceiver,
     temporal: Client,
@@ -261,22 +262,19 @@ async def test_slices_inline_paused_and_resumed(
     """As `slices_inline` on a slow carrier: paused while its first slices are on the wire
     (the batch cancels its own sends of both chunks), resumed, `completed`."""
     await carrier(latency_ms=SLOW_CARRIER_MS)
-    async with api_client(settings.model_copy(update=SLICES_INLINE)) as api:
-        file_id = await paused_then_resumed(api, account, webhooks)
+    file_id = await paused_then_resumed(inline_api, account, webhooks)
     await save_batch(temporal, file_id, "slices_inline_paused_and_resumed")
 
 
 async def test_slices_inline_cancelled(
-    settings: Settings,
-    worker: None,
+    inline_api: httpx.AsyncClient,
     account: Account,
     webhooks: WebhookReceiver,
     temporal: Client,
     carrier: Configure,
 ) -> None:
     await carrier(latency_ms=SLOW_CARRIER_MS)
-    async with api_client(settings.model_copy(update=SLICES_INLINE)) as api:
-        file_id = await cancelled_mid_batch(api, account, webhooks)
+    file_id = await cancelled_mid_batch(inline_api, account, webhooks)
     await save_batch(temporal, file_id, "slices_inline_cancelled")
 
 
