@@ -175,6 +175,13 @@ class Settings(BaseSettings):
     )
     chunk_window: int = Field(4, description="ChunkWorkflows running at once per batch.")
     slices_in_flight: int = Field(2, description="Send activities running at once per chunk.")
+    inline_slices: int = Field(
+        20,
+        ge=1,
+        description="A batch not spread whose recipients fit this many send slices sends them"
+        " from its own workflow, without ChunkWorkflows: no child's start and end on its path"
+        " to the first message and to its final event.",
+    )
     send_concurrency: int = Field(96, description="Carrier requests in flight per send activity.")
     chunks_per_run: int = Field(
         200, description="Chunks a BatchWorkflow run starts before it continues as new."

@@ -8,10 +8,12 @@ import secrets
 import subprocess
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from temporalio.client import Client
 
 from deploy.local.temporal import TEMPORAL_BIN
@@ -26,6 +28,17 @@ from workflows.contracts import batch_workflow_id
 # RECIPIENTS runs long enough to be steered in the middle.
 SLOW_CARRIER_MS = 1000
 RECIPIENTS = 4000
+
+
+@pytest.fixture(params=[1, 16], ids=["chunks", "inline"])
+async def steered_api(
+    request: pytest.FixtureRequest, settings: Settings, worker: None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API, its batch of RECIPIENTS sent in four chunk workflows of four slices (of 250),
+    or its 16 slices run in the batch's own workflow (patch `batch-slices-inline`): both are
+    steered the same way."""
+    async with api_client(settings.model_copy(update={"inline_slices": request.param})) as api:
+        yield api
 
 
 async def ledger_counts(api: httpx.AsyncClient, account: Account, file_id: str) -> dict[str, int]:
@@ -81,12 +94,13 @@ async def assert_cancelled_cleanly(
 
 
 async def test_cancel_through_the_api_stops_sends_and_accounts_for_every_row(
-    api: httpx.AsyncClient,
+    steered_api: httpx.AsyncClient,
     account: Account,
     webhooks: WebhookReceiver,
     emulator_url: str,
     carrier: Configure,
 ) -> None:
+    api = steered_api
     await carrier(latency_ms=SLOW_CARRIER_MS)
     file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(RECIPIENTS))
     await wait_until_received(emulator_url, marker, 200)
@@ -204,12 +218,13 @@ async def test_a_cancel_during_validation_stops_the_validation(
 
 
 async def test_pause_holds_every_send_until_resume(
-    api: httpx.AsyncClient,
+    steered_api: httpx.AsyncClient,
     account: Account,
     webhooks: WebhookReceiver,
     emulator_url: str,
     carrier: Configure,
 ) -> None:
+    api = steered_api
     await carrier(latency_ms=SLOW_CARRIER_MS)
     numbers = unique_numbers(RECIPIENTS)
     file_id, marker = await start_marked_batch(api, account, webhooks, numbers)

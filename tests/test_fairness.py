@@ -5,14 +5,16 @@ no other batch's steps; and a batch small beside the ledger does not re-sample i
 statistics, which cost a small batch about a second of its validation while a large one
 sent; and a batch's short database steps (its events, the ledger's close) run as local
 activities, inside its own workflow tasks, so a small batch takes fewer steps to its end; and
-a batch whose rows fit one send slice sends them from its own workflow, without a chunk
-workflow, to the same end as a chunked batch."""
+a batch whose rows fit one send slice, or a few, sends them from its own workflow, without
+chunk workflows, to the same end as a chunked batch."""
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
@@ -160,46 +162,82 @@ async def chunk_workflows(temporal: Client, file_id: str) -> list[str]:
     ]
 
 
-async def test_a_batch_that_fits_one_slice_sends_without_a_chunk_to_the_chunked_end(
+# The same rows run in the batch's own workflow, then as chunk workflows: as one slice
+# (`batch-one-slice-inline`), then as slices of 2 in a chunk; in seven slices of 2 in four
+# chunks of 4, three at once (`batch-slices-inline`), then with `inline_slices` one short.
+SIDE_BY_SIDE = pytest.mark.parametrize(
+    ("rows", "inline", "chunked", "chunks", "sending"),
+    [
+        (9, {"slice_size": 9}, {"slice_size": 2}, 1, "in_progress"),
+        (
+            13,
+            {"chunk_size": 4, "slice_size": 2, "chunk_window": 3, "inline_slices": 7},
+            {"chunk_size": 4, "slice_size": 2, "chunk_window": 3, "inline_slices": 6},
+            4,
+            "in_progress_chunked",
+        ),
+    ],
+    ids=["one-slice", "few-slices"],
+)
+
+
+async def batch_end(
     settings: Settings,
     temporal: Client,
     account: Account,
     webhooks: WebhookReceiver,
     emulator_url: str,
+    numbers: list[str],
+) -> dict[str, Any]:
+    """A batch of `numbers` on `settings`, run to its end: its phases, final counts, ledger,
+    the carrier's requests and its chunk workflows."""
+    async with api_client(settings) as api:
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        events = await webhooks.wait_for(marker, *FINAL)
+        rows = await ledger_rows(api, account, file_id)
+    final = events[-1]
+    return {
+        "phases": phases(events),
+        "final": {k: v for k, v in final.items() if k.startswith("messages_")},
+        "rows": sorted((r["to_number"], r["status"], r["error_code"]) for r in rows),
+        "carrier": sorted(
+            m["to"] for m in await emulator_messages(emulator_url, body_contains=marker)
+        ),
+        "chunks": [c.rsplit("/", 1)[1] for c in await chunk_workflows(temporal, file_id)],
+    }
+
+
+@SIDE_BY_SIDE
+async def test_a_batch_of_a_few_slices_sends_without_chunks_to_the_chunked_end(
+    settings: Settings,
+    temporal: Client,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    rows: int,
+    inline: dict[str, int],
+    chunked: dict[str, int],
+    chunks: int,
+    sending: str,
 ) -> None:
     # Two the carrier refuses (21211, 21614), so that the ends have failures to compare.
-    numbers = [*unique_numbers(7), "+15005550001", "+15005550009"]
-    ends = []
-    # The same rows as one slice, then as slices of 2 in a chunk workflow.
-    for slice_size in (len(numbers), 2):
-        async with api_client(settings.model_copy(update={"slice_size": slice_size})) as api:
-            file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
-            events = await webhooks.wait_for(marker, *FINAL)
-            rows = await ledger_rows(api, account, file_id)
-        final = events[-1]
-        ends.append(
-            {
-                "phases": phases(events),
-                "final": {k: v for k, v in final.items() if k.startswith("messages_")},
-                "rows": sorted((r["to_number"], r["status"], r["error_code"]) for r in rows),
-                "carrier": sorted(
-                    m["to"] for m in await emulator_messages(emulator_url, body_contains=marker)
-                ),
-                "chunks": [c.rsplit("/", 1)[1] for c in await chunk_workflows(temporal, file_id)],
-            }
+    numbers = [*unique_numbers(rows - 2), "+15005550001", "+15005550009"]
+    ends = [
+        await batch_end(
+            settings.model_copy(update=dispatch), temporal, account, webhooks, emulator_url, numbers
         )
-    one_slice, chunked = ends
+        for dispatch in (inline, chunked)
+    ]
+    in_batch, as_chunks = [{k: v for k, v in end.items() if k != "chunks"} for end in ends]
 
-    assert one_slice["chunks"] == []
-    assert chunked["chunks"] == ["chunk-0"]
-    assert {k: v for k, v in one_slice.items() if k != "chunks"} == {
-        k: v for k, v in chunked.items() if k != "chunks"
-    }
-    assert one_slice["phases"] == ["validating", "dispatching", "in_progress", "completed_partial"]
-    assert [r[1] for r in one_slice["rows"]].count("failed") == 2
-    sent = [r[0] for r in one_slice["rows"] if r[1] == "sent"]
-    assert sorted(sent) == sorted(numbers[:7])
-    assert set(sent) <= set(one_slice["carrier"])
+    assert ends[0]["chunks"] == []
+    assert ends[1]["chunks"] == [f"chunk-{index}" for index in range(chunks)]
+    assert in_batch == as_chunks
+    assert in_batch["phases"] == ["validating", "dispatching", sending, "completed_partial"]
+    assert [r[1] for r in in_batch["rows"]].count("failed") == 2
+    sent = [r[0] for r in in_batch["rows"] if r[1] == "sent"]
+    assert sorted(sent) == sorted(numbers[:-2])
+    assert set(sent) <= set(in_batch["carrier"])
 
 
 async def test_a_one_slice_batch_pauses_itself_on_its_carrier_error_rate(

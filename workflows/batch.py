@@ -93,6 +93,10 @@ ONE_SLICE_PATCH = "batch-one-slice-inline"
 # activities are done, so as local ones they held back the first sends' (or chunks') start,
 # scheduled in the same task (docs/WORKFLOWS.md, Fairness between batches).
 OPENING_QUEUED_PATCH = "batch-opening-reports-queued"
+# A batch whose rows fit `inline_slices` send slices (20 by default: 20,000 rows) runs its
+# chunks' code in its own workflow too: no child's start on the path to the first message,
+# no child's end on the path to the final event (docs/WORKFLOWS.md, Fairness between batches).
+SLICES_INLINE_PATCH = "batch-slices-inline"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -119,8 +123,8 @@ class BatchWorkflow:
         self._expired = False
         # By child workflow name.
         self._chunks: dict[str, workflow.ChildWorkflowHandle[ChunkWorkflow, SendCounts]] = {}
-        # Chunks run inside this workflow (ONE_SLICE_PATCH), by name, and the auto-pauses
-        # they asked for while those run.
+        # Chunks run inside this workflow (ONE_SLICE_PATCH, SLICES_INLINE_PATCH), by name,
+        # and the auto-pauses they asked for while those run.
         self._chunks_in_batch: dict[str, ChunkWorkflow] = {}
         self._asked_pauses: dict[asyncio.Task[None], None] = {}
         # Whether chunks hand back rows waiting for their send window (WINDOW_PASSES_PATCH).
@@ -604,12 +608,7 @@ class BatchWorkflow:
             auto_pause=self._input.auto_pause,
             send_task_queue=dispatch.send_task_queue,
         )
-        if (
-            index >= 0
-            and state.recipients <= dispatch.slice_size
-            and not state.pace.interval
-            and workflow.patched(ONE_SLICE_PATCH)
-        ):
+        if index >= 0 and self._sends_in_batch(state):
             counts = await self._send_in_batch(chunk_input, name)
         else:
             handle = await workflow.start_child_workflow(
@@ -631,10 +630,22 @@ class BatchWorkflow:
         if counts.waiting:
             state.waiting.append(WaitingRange(start=start, end=end, opens=counts.next_window))
 
+    def _sends_in_batch(self, state: DispatchState) -> bool:
+        """Whether the batch's chunks run in its own workflow: a batch not spread that fits
+        one slice (ONE_SLICE_PATCH), or `inline_slices` of them (SLICES_INLINE_PATCH)."""
+        dispatch = self._input.dispatch
+        if state.pace.interval:
+            return False
+        if state.recipients <= dispatch.slice_size:
+            return workflow.patched(ONE_SLICE_PATCH)
+        slices = -(-state.recipients // dispatch.slice_size)
+        return slices <= dispatch.inline_slices and workflow.patched(SLICES_INLINE_PATCH)
+
     async def _send_in_batch(self, chunk_input: ChunkInput, name: str) -> SendCounts:
-        """A chunk run as a part of this workflow (ONE_SLICE_PATCH): a batch whose rows fit
-        one slice spares the child workflow's start, its own workflow tasks and the task
-        that takes its end, which stand between a small batch's POST and its final event.
+        """A chunk run as a part of this workflow (ONE_SLICE_PATCH, SLICES_INLINE_PATCH): a
+        batch whose rows fit a few slices spares the child workflow's start, its own workflow
+        tasks and the task that takes its end, which stand between its POST and its first
+        message, and between its last send and its final event.
         The sends, their pause, resume and stop, and the auto-pause are the chunk's own code."""
         chunk = ChunkWorkflow()
         self._chunks_in_batch[name] = chunk

@@ -59,6 +59,10 @@ class DispatchSettings:
     # The task queue of the send activities; None: the workflow's own (batches started before
     # it, and the fast tests' workers).
     send_task_queue: str | None = None
+    # A batch not spread whose rows fit this many send slices runs its chunks' code in its
+    # own workflow, without ChunkWorkflows (patch `batch-slices-inline`); 1, as in runs
+    # started before it: only a batch that fits one slice (`batch-one-slice-inline`).
+    inline_slices: int = 1
 
 
 @dataclass(kw_only=True)

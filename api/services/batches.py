@@ -155,6 +155,7 @@ def dispatch_settings(settings: Settings, sender_mps: float | None) -> DispatchS
         chunks_per_run=settings.chunks_per_run,
         send_heartbeat_timeout_seconds=settings.send_heartbeat_timeout_seconds,
         send_task_queue=settings.send_task_queue,
+        inline_slices=settings.inline_slices,
     )
 
 

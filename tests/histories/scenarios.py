@@ -236,6 +236,48 @@ async def test_one_slice_cancelled(
     await save_batch(temporal, file_id, "one_slice_cancelled")
 
 
+@pytest.fixture
+async def inline_api(settings: Settings, worker: None) -> AsyncIterator[httpx.AsyncClient]:
+    """As `api`, its batches of up to eight slices run in their own workflow (patch
+    `batch-slices-inline`): 40 rows are two chunks of four slices, and no chunk workflow."""
+    async with api_client(settings.model_copy(update={**SMALL, "inline_slices": 8})) as client:
+        yield client
+
+
+async def test_slices_inline(
+    inline_api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    """40 rows in two chunks of 20 (slices of 5), run in the batch's own workflow."""
+    file_id = await completed_batch(inline_api, account, webhooks, 40)
+    await save_batch(temporal, file_id, "slices_inline")
+
+
+async def test_slices_inline_paused_and_resumed(
+    inline_api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    """As `slices_inline` on a slow carrier: paused while its first slices are on the wire
+    (the batch cancels its own sends of both chunks), resumed, `completed`."""
+    await carrier(latency_ms=SLOW_CARRIER_MS)
+    file_id = await paused_then_resumed(inline_api, account, webhooks)
+    await save_batch(temporal, file_id, "slices_inline_paused_and_resumed")
+
+
+async def test_slices_inline_cancelled(
+    inline_api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    await carrier(latency_ms=SLOW_CARRIER_MS)
+    file_id = await cancelled_mid_batch(inline_api, account, webhooks)
+    await save_batch(temporal, file_id, "slices_inline_cancelled")
+
+
 async def test_continue_as_new(
     settings: Settings,
     account: Account,
