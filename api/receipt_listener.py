@@ -28,7 +28,7 @@ import httptools
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from api.carrier_signature import URLENCODED, signed_with, urlencoded_params, verified
+from api.carrier_signature import URLENCODED, UrlSignatures, urlencoded_params, verified
 from api.errors import (
     HeraldError,
     InvalidRequest,
@@ -44,6 +44,7 @@ from metrics import ApiMetrics
 from settings import STATUS_CALLBACK_PATH, Settings
 
 PATH = STATUS_CALLBACK_PATH.encode()
+FORM = URLENCODED.encode()
 NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
 NO_CONTENT_CLOSE = b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
 # Answers one connection may owe at once (pipelined requests): it is not read beyond them.
@@ -77,7 +78,8 @@ class ReceiptListener:
         self._pool = pool
         self._intake = intake
         self._url = settings.status_callback_url
-        self._token = settings.twilio_auth_token.get_secret_value()
+        # The signatures of callbacks to the StatusCallback URL Herald gives the carrier.
+        self._signatures = UrlSignatures(settings.twilio_auth_token.get_secret_value(), self._url)
         self.max_body = settings.max_body_bytes
         self._requests = metrics.requests
         self._latency = metrics.latency.labels("POST", STATUS_CALLBACK_PATH)
@@ -122,17 +124,17 @@ class ReceiptListener:
         try:
             if body is None:
                 raise PayloadTooLarge(f"bodies are limited to {self.max_body} bytes")
-            if content_type is None or not content_type.startswith(URLENCODED.encode()):
+            if content_type is None or not content_type.startswith(FORM):
                 raise InvalidRequest(f"A status callback's body is {URLENCODED}")
             params = urlencoded_params(body)
             require_storable_fields(params.items())
-            url = self._url + "?" + query.decode("latin-1") if query else self._url
             text = signature.decode("latin-1") if signature is not None else None
-            if text and text.isascii() and signed_with(self._token, url, params, text):
+            if not query and text and text.isascii() and self._signatures.signed(params, text):
                 self._take(params, owed)
             else:
-                # Twilio's other signings (the URL with or without its port) and an account's
-                # own subaccount token: rare, and they may ask the database.
+                # A query string, Twilio's other signings (the URL with or without its port)
+                # and an account's own subaccount token: rare, and they may ask the database.
+                url = self._url + "?" + query.decode("latin-1") if query else self._url
                 owed.pending = asyncio.ensure_future(self._verify_and_take(url, params, text))
         except HeraldError as error:
             self._refuse(error, owed)
@@ -174,12 +176,18 @@ class ReceiptListener:
         else:
             owed.reply = NO_CONTENT if owed.keep_alive else NO_CONTENT_CLOSE
 
-    def answered(self, owed: _Owed) -> None:
-        self._latency.observe(time.monotonic() - owed.started)
-        if owed.status == 204:
-            self._taken.inc()
-        else:
-            self._requests.labels("POST", STATUS_CALLBACK_PATH, str(owed.status)).inc()
+    def answered(self, answers: list[_Owed]) -> None:
+        """Count `answers`, written at once (one increment for their 204s)."""
+        now = time.monotonic()
+        taken = 0
+        for owed in answers:
+            self._latency.observe(now - owed.started)
+            if owed.status == 204:
+                taken += 1
+            else:
+                self._requests.labels("POST", STATUS_CALLBACK_PATH, str(owed.status)).inc()
+        if taken:
+            self._taken.inc(taken)
 
     def _refuse(self, error: HeraldError, owed: _Owed) -> None:
         owed.status = error.status_code
@@ -296,7 +304,7 @@ class _Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         """Write the answers now due, in order; close after the last one if asked."""
-        out: list[bytes] = []
+        answers: list[_Owed] = []
         while self._owed:
             owed = self._owed[0]
             if owed.pending is not None:
@@ -304,15 +312,15 @@ class _Connection(asyncio.Protocol):
                     break
                 self._listener.settle(owed)
             self._owed.popleft()
-            assert owed.reply is not None
-            out.append(owed.reply)
-            self._listener.answered(owed)
+            answers.append(owed)
             if not owed.keep_alive:
                 self._owed.clear()
+        if answers:
+            self._listener.answered(answers)
         if self._transport is None:
             return
-        if out:
-            self._transport.write(b"".join(out))
+        if answers:
+            self._transport.write(b"".join(cast(bytes, owed.reply) for owed in answers))
         if self._closing and not self._owed:
             self._transport.close()
         elif self._paused and len(self._owed) < MAX_OWED // 2:

@@ -222,10 +222,13 @@ async def run_with_receipts(
     (`sent`, then `delivered`) to the API's receipts listener; done when every receipt is
     applied. Unless `pipelined`, each callback goes alone on its connection, as Twilio's do."""
     config = f"{info['emulator_url']}/_emulator/config"
+    pool = await create_pool(settings.dsn, min_size=1, max_size=1)
     async with httpx.AsyncClient(timeout=60) as http:
         wanted = {"status_callbacks": True, "callback_pipelining": pipelined}
         (await http.post(config, json=wanted)).raise_for_status()
         try:
+            await pool.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await pool.execute("SELECT pg_stat_statements_reset()")
             herald = await run_herald(n, settings, info, processes, stack)
             ended = time.perf_counter()
             headers = {"authorization": info["api_key"]}
@@ -241,8 +244,10 @@ async def run_with_receipts(
             applied_seconds = herald["seconds"] + time.perf_counter() - ended
             cpu_after = cpu_seconds(stack)
             stats = await callbacks_answered(http, info["emulator_url"], 2 * herald["sent"])
+            statements = await statement_stats(pool, SWEEP_STATEMENTS)
         finally:
             await http.post(config, json={"status_callbacks": False})
+            await pool.close()
     return {
         **herald,
         "callback_pipelining": pipelined,
@@ -253,6 +258,8 @@ async def run_with_receipts(
             part: cpu_after[part] - herald["cpu_at_post"].get(part, 0.0) for part in cpu_after
         },
         "receipts_applied": final,
+        # PostgreSQL's top statements over the run (sends and receipts).
+        "top_statements": statements,
         "applied_seconds": applied_seconds,
         "applied_messages_per_second": final / applied_seconds,
     }
@@ -443,7 +450,8 @@ async def statement_stats(pool: asyncpg.Pool, top: int) -> list[dict[str, Any]]:
     (pg_stat_statements; the local stack preloads it), the triggers' own included."""
     rows = await pool.fetch(
         "SELECT query, calls, total_exec_time, rows, shared_blks_hit + shared_blks_read AS blocks,"
-        " total_plan_time, plans, toplevel FROM pg_stat_statements"
+        " total_plan_time, plans, toplevel, jit_generation_time + jit_inlining_time"
+        " + jit_optimization_time + jit_emission_time AS jit_time FROM pg_stat_statements"
         " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
         " ORDER BY total_exec_time DESC LIMIT $1",
         top,
@@ -457,6 +465,8 @@ async def statement_stats(pool: asyncpg.Pool, top: int) -> list[dict[str, Any]]:
             "rows": r["rows"],
             "blocks_per_call": r["blocks"] / max(r["calls"], 1),
             "toplevel": r["toplevel"],
+            # Compiling the statement's plan (PostgreSQL's JIT), in total_ms.
+            "jit_ms": r["jit_time"],
         }
         for r in rows
     ]
@@ -661,6 +671,12 @@ def receipts_report(result: dict[str, Any]) -> list[tuple[str, str, str]]:
          f" after the POST; {ratios['receipts_applied_over_off']:.2f}x of receipts off"),
         ("  status callbacks", f"{sum(on['callbacks'].values()):,}",
          "answered " + ", ".join(f"{k}: {v:,}" for k, v in sorted(on["callbacks"].items()))),
+        *(
+            ("  receipts' statement", f"{s['calls']:,} calls",
+             f"{s['rows'] / max(s['calls'], 1):,.1f} rows and {s['mean_ms']:.2f} ms each: "
+             + s["query"][:60])
+            for s in on.get("top_statements", []) if "receipt" in s["query"]
+        ),
         ("  CPU per 1,000 callbacks",
          f"{sum(on['cpu_ms_per_1000_callbacks'].values()) / 1000:.2f} s",
          "over receipts off: " + ", ".join(

@@ -21,7 +21,7 @@ from typing import cast
 
 import httptools
 
-from activities.providers.http1 import Origin, split_url
+from activities.providers.http1 import Origin
 
 # What a request's answer is given to: its status, or None if none came (no connection,
 # closed before the answer, or overdue).
@@ -102,16 +102,14 @@ class CallbackPoster:
     def _depth(self) -> int:
         return PIPELINE_DEPTH if self.pipeline else 1
 
-    def post(self, url: str, headers: str, body: bytes, answered: Answered) -> None:
-        """POST `body` to `url` with `headers` (each line ending in CRLF); `answered` is
-        called with the answer's status, or None. Written at the end of this turn of the
-        event loop, with the other requests due in it."""
-        origin, target = split_url(url)
-        request = (
-            f"POST {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n{headers}"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode("latin-1") + body
-        self._waiting.setdefault(origin, deque()).append((request, answered))
+    def post(self, origin: Origin, request: bytes, answered: Answered) -> None:
+        """Write `request` (an HTTP/1.1 request whole, for `origin`); `answered` is called
+        with the answer's status, or None. Written at the end of this turn of the event loop,
+        with the other requests due in it."""
+        waiting = self._waiting.get(origin)
+        if waiting is None:
+            waiting = self._waiting[origin] = deque()
+        waiting.append((request, answered))
         if origin not in self._flushing:
             self._flushing.add(origin)
             self.loop.call_soon(self._flush, origin)

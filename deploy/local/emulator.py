@@ -30,7 +30,7 @@ from urllib.parse import quote_plus, urlencode
 import uvloop
 from aiohttp import BasicAuth
 
-from activities.providers.http1 import ConnectFailed, Http1Pool, NoAnswer
+from activities.providers.http1 import ConnectFailed, Http1Pool, NoAnswer, split_url
 from deploy.local.callback_poster import CallbackPoster
 from deploy.local.http_server import Reply, Request, Router, serving
 
@@ -214,10 +214,59 @@ def twilio_signature(token: str, url: str, params: dict[str, str]) -> str:
 def form_body(params: dict[str, str]) -> bytes:
     """`params` urlencoded as `urlencode` encodes them, quoting only the values that need it
     (numbers' `+`): in a third of its time."""
-    return "&".join(
-        f"{name}={value if value.isalnum() else quote_plus(value)}"
-        for name, value in params.items()
-    ).encode()
+    return "&".join(f"{name}={form_value(value)}" for name, value in params.items()).encode()
+
+
+def form_value(value: str) -> str:
+    """`value` as `urlencode` writes it: as it is when it needs no quoting, a phone number's
+    `+` as `%2B` without `quote_plus`'s cost."""
+    if value.isascii():
+        if value.isalnum():
+            return value
+        if value[:1] == "+" and value[1:].isalnum():
+            return "%2B" + value[1:]
+    return quote_plus(value)
+
+
+class StatusCallbacks:
+    """The status callbacks of one (sub)account's messages to one URL, as the HTTP/1.1
+    requests the poster writes: what all of them share (the request line and headers, the
+    form's first fields, the signature's HMAC over the URL and those fields, seeded once and
+    copied) is worked out once, and each callback adds only its own fields. The emulator posts
+    two per message on the cores Herald runs on: built from their params (twilio_signature,
+    form_body), each cost several times as much. The same bytes, signed the same way."""
+
+    def __init__(self, token: str, url: str, account_sid: str) -> None:
+        self.origin, target = split_url(url)
+        # The fields every callback has, which sort before those of its own (ErrorCode, From...).
+        shared = {"AccountSid": account_sid, "ApiVersion": API_VERSION}
+        signed = url + "".join(name + value for name, value in shared.items())
+        self._mac = hmac.new(token.encode(), signed.encode(), "sha1")
+        self._head = (
+            f"POST {target} HTTP/1.1\r\nHost: {self.origin.host_header}\r\n"
+            f"Content-Type: {FORM}\r\nX-Twilio-Signature: "
+        )
+        self._form = form_body(shared).decode()
+
+    def request(self, sid: str, status: str, to: str, from_: str, error_code: str | None) -> bytes:
+        """The callback of message `sid` (to `to`, from `from_`) reaching `status`."""
+        mac = self._mac.copy()
+        # Its own fields in name order (ErrorCode, From, MessageSid, ..., To), as signed.
+        error = f"ErrorCode{error_code}" if error_code is not None else ""
+        mac.update(
+            f"{error}From{from_}MessageSid{sid}MessageStatus{status}SmsSid{sid}"
+            f"SmsStatus{status}To{to}".encode()
+        )
+        sid, status = form_value(sid), form_value(status)
+        # In the order Twilio's fields come (form_body of _post_status's params, as before).
+        body = (
+            f"{self._form}&From={form_value(from_)}&MessageSid={sid}&MessageStatus={status}"
+            f"&SmsSid={sid}&SmsStatus={status}&To={form_value(to)}"
+        )
+        if error_code is not None:
+            body += f"&ErrorCode={form_value(error_code)}"
+        signature = base64.b64encode(mac.digest()).decode()
+        return f"{self._head}{signature}\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
 
 
 @functools.lru_cache(maxsize=4)
@@ -266,6 +315,8 @@ class Carrier:
         self.callback_pipelining = True
         self._http: Http1Pool | None = None
         self._poster: CallbackPoster | None = None
+        # By (URL, account sid, token): few, however many messages.
+        self._status_callbacks: dict[tuple[str, str, str], StatusCallbacks] = {}
 
     async def start(self) -> None:
         # Keep-alive connections on Herald's own lean client: at full send rate the emulator
@@ -469,32 +520,28 @@ class Carrier:
         if self._poster is None:
             return
         account_sid, sid, to, from_ = message
-        params = {
-            "AccountSid": account_sid,
-            "ApiVersion": API_VERSION,
-            "From": from_,
-            "MessageSid": sid,
-            "MessageStatus": status,
-            "SmsSid": sid,
-            "SmsStatus": status,
-            "To": to,
-        }
-        if status == "undelivered":
-            params["ErrorCode"] = "30003"
-        headers = f"Content-Type: {FORM}\r\nX-Twilio-Signature: {self._signed(url, params)}\r\n"
+        token = self._token(account_sid)
+        key = (url, account_sid, token)
+        callbacks = self._status_callbacks.get(key)
+        if callbacks is None:
+            callbacks = self._status_callbacks[key] = StatusCallbacks(token, url, account_sid)
+        error_code = "30003" if status == "undelivered" else None
 
         def answered(answer: int | None) -> None:
             self.callbacks["no answer" if answer is None else str(answer)] += 1
             if then is not None:
                 self._post_status(url, message, then, None)
 
-        self._poster.post(url, headers, form_body(params), answered)
+        request = callbacks.request(sid, status, to, from_, error_code)
+        self._poster.post(callbacks.origin, request, answered)
 
     def _signed(self, url: str, params: dict[str, str]) -> str:
-        """The X-Twilio-Signature of a POST of `params` to `url`: Twilio signs with the token
-        of the (sub)account the message belongs to."""
-        token = self.faults.accounts.get(params.get("AccountSid", ""), self.auth_token)
-        return twilio_signature(token, url, params)
+        """The X-Twilio-Signature of a POST of `params` to `url`."""
+        return twilio_signature(self._token(params.get("AccountSid", "")), url, params)
+
+    def _token(self, account_sid: str) -> str:
+        """What Twilio signs a webhook with: the token of the (sub)account it concerns."""
+        return self.faults.accounts.get(account_sid, self.auth_token)
 
     async def post_signed(self, url: str, params: dict[str, str]) -> int | None:
         """A form POST signed as Twilio signs its webhooks; the status, or None on failure."""
