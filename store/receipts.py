@@ -139,13 +139,18 @@ async def apply_queued(pool: asyncpg.Pool, limit: int) -> list[int]:
     """Apply at most `limit` queued receipts, the oldest first; return the queue ids taken.
 
     Rows another process has claimed are skipped, so processes share the queue and apply
-    each receipt once. The claim, the keeping and the moves commit together: a failure puts
-    the receipts back in the queue, and applying them again changes nothing twice.
+    each receipt once; a receipt behind an earlier one of its sid that another process holds
+    is left for a later call (taken now, it would be kept as the sid's first). The claim, the
+    keeping and the moves commit together: a failure puts the receipts back in the queue,
+    and applying them again changes nothing twice.
     """
     async with pool.acquire() as conn, conn.transaction():
         claimed = await conn.fetch(
-            "DELETE FROM receipt_queue WHERE id IN (SELECT id FROM receipt_queue"
+            "WITH c AS (SELECT id, carrier_sid FROM receipt_queue"
             " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
+            " DELETE FROM receipt_queue WHERE id IN (SELECT c.id FROM c WHERE NOT EXISTS"
+            " (SELECT FROM receipt_queue AS e WHERE e.carrier_sid = c.carrier_sid"
+            " AND e.id < c.id AND e.id NOT IN (SELECT id FROM c)))"
             " RETURNING id, carrier_sid, status, error_code, received_at",
             limit,
         )

@@ -478,15 +478,21 @@ async def test_a_receipt_waiting_in_the_queue_stays_the_first_when_another_is_ap
         await transaction.start()
         await holder.execute("SELECT FROM receipt_queue WHERE carrier_sid = $1 FOR UPDATE", sid)
         second = await post_receipt(api, settings, receipt(sid, "delivered"))
+        # An applier may claim the second receipt (the first is held), not apply it: kept,
+        # it would be the message's first.
+        await receipts.apply_queued(pool, 100)
         then = await ledger_rows(api, account, file_id)
         waiting = await pool.fetchval(
             "SELECT count(*) FROM receipt_queue WHERE carrier_sid = $1", sid
+        )
+        kept = await pool.fetchval(
+            "SELECT count(*) FROM carrier_receipts WHERE carrier_sid = $1", sid
         )
         await transaction.commit()
     await receipts_applied(pool, [sid])
 
     assert second.status_code == 204
-    assert (then[0]["status"], waiting) == ("sent", 2)
+    assert (then[0]["status"], waiting, kept) == ("sent", 2, 0)
     [row] = await ledger_rows(api, account, file_id)
     assert (row["status"], row["error_code"]) == ("undelivered", "30003")
 
