@@ -609,54 +609,70 @@ def _slow_rows(
     defaults: dict[str, str],
 ) -> pl.DataFrame:
     """`table` with the rows not `fast` rendered by `render`'s lookup, and their encodings
-    told by searching their values (short), the text's characters counted once."""
+    told by searching their values (short), the text's characters counted once. Where each
+    of those rows' values is its first source's cell, not blank (most often: a value
+    outside GSM-7's default alphabet, a name in another script), their bodies and lengths
+    are already right, and only their encodings are told."""
     text = "".join(parts[0::2])
-    names = [str(index) for index in range(len(parts) // 2)]
-    needed = {column for name in parts[1::2] for column in sources.get(name, ())}
-    values = (
-        frame.select(_ROW, *needed)
-        .with_row_index("at")
-        .filter(~table["fast"])
-        .select(
+    variables = parts[1::2]
+    names = [str(index) for index in range(len(variables))]
+    cells = [pl.col(column) for column in names]
+    rows = frame.with_row_index("at").filter(~table["fast"])
+    firsts = rows.select(
+        "at",
+        *(
+            _first_value(name, sources, defaults).alias(column)
+            for name, column in zip(variables, names, strict=True)
+        ),
+    )
+    solid = firsts.select(
+        pl.all_horizontal(
+            pl.lit(value=True), *((~_is_blank(cell)).fill_null(value=False) for cell in cells)
+        )
+    ).to_series()
+    if solid.all():
+        values = firsts
+        slow = firsts.select("at")
+        changed: tuple[str, ...] = ("gsm7", "extensions", "astral")
+    else:
+        values = rows.select(
             "at",
             *(
                 _value(name, sources, defaults).alias(column)
-                for name, column in zip(parts[1::2], names, strict=True)
+                for name, column in zip(variables, names, strict=True)
             ),
         )
-    )
-    cells = [pl.col(column) for column in names]
-    slow = values.select(
-        "at",
-        pl.concat_str(_pieces(parts, cells)).fill_null("").alias("body"),
-        pl.sum_horizontal(pl.lit(len(text)), *(cell.str.len_chars() for cell in cells)).alias(
-            "length"
-        ),
+        slow = values.select(
+            "at",
+            pl.concat_str(_pieces(parts, cells)).fill_null("").alias("body"),
+            pl.sum_horizontal(pl.lit(len(text)), *(cell.str.len_chars() for cell in cells)).alias(
+                "length"
+            ),
+        )
+        changed = ("body", "length", "gsm7", "extensions", "astral")
+    gsm7 = values.select(
         pl.all_horizontal(
             pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION)),
             *(cell.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$") for cell in cells),
         )
         .fill_null(value=False)
-        .alias("gsm7"),
-    )
+        .alias("gsm7")
+    ).to_series()
     # Extension characters count only in a GSM-7 body, characters beyond the BMP only in
     # a UCS-2 one (GSM-7 has none): each is searched for only when some body needs it.
     extensions = pl.lit(sum(char in GSM7_EXTENSION for char in text), pl.Int32)
-    if slow["gsm7"].any():
+    if gsm7.any():
         extensions = pl.sum_horizontal(
             extensions, *(cell.str.count_matches(_class(GSM7_EXTENSION)) for cell in cells)
         ).cast(pl.Int32)
     astral = pl.lit(any(ord(char) > 0xFFFF for char in text))
-    if not slow["gsm7"].all():
+    if not gsm7.all():
         astral = pl.any_horizontal(
             astral, *(cell.str.contains(r"[\x{10000}-\x{10FFFF}]") for cell in cells)
         ).fill_null(value=False)
     kinds = values.with_columns(extensions.alias("extensions"), astral.alias("astral"))
-    slow = slow.with_columns(kinds["extensions"], kinds["astral"])
-    return table.with_columns(
-        table[name].scatter(slow["at"], slow[name])
-        for name in ("body", "length", "gsm7", "extensions", "astral")
-    )
+    slow = slow.with_columns(gsm7, kinds["extensions"], kinds["astral"])
+    return table.with_columns(table[name].scatter(slow["at"], slow[name]) for name in changed)
 
 
 def _pieces(parts: tuple[str, ...], cells: list[pl.Expr]) -> list[pl.Expr]:
