@@ -566,8 +566,9 @@ def _rendered(
     text = "".join(parts[0::2])
     # Most rows take each variable's value from its first source, a cell of GSM-7's default
     # alphabet that is not blank: one pattern tells both, and such a row's body is told
-    # from its length and its text's characters. The other rows (usually few) get
-    # `render`'s lookup and each value searched.
+    # from its length and its text's characters. The other rows (usually few) have each
+    # value searched, and `render`'s lookup when one has a blank first source cell
+    # (`_slow_rows`).
     firsts = [_first_value(name, sources, defaults) for name in parts[1::2]]
     table = frame.select(
         _ROW,  # the height, when every piece is literal text
