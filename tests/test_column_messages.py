@@ -3,7 +3,7 @@ values, are `classify`'s of the rendered body; a row `classify` would have to pa
 settled one by one instead."""
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from activities.recipients import columns
@@ -113,6 +113,35 @@ def test_values_from_several_sources_and_defaults_render_as_row_outcome(
     """A variable's value from its first non-blank source column, else its default (`sign`
     has no column): each row's body, encoding and segments are `row_outcome`'s, and a row
     with a value missing has no body, to be settled one by one."""
+    assert_renders_as_row_outcome(template, cells, defaults)
+
+
+# Values that are never blank, many outside GSM-7's default alphabet: the rows not rendered
+# at once are then each their first sources' cells (`_slow_rows` only tells encodings).
+SOLID = st.text(
+    alphabet=st.sampled_from("aZ09 @£€[]^{}~|\\\f\nЖéç😀\u00a0ÇΔ"), min_size=1, max_size=90
+).filter(lambda value: not value.isspace()) | st.sampled_from(["François", "Жанна", "€", "😀"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    template=SOURCED_TEMPLATE,
+    cells=st.lists(st.tuples(SOLID, VALUE, SOLID), min_size=1, max_size=25),
+    sign=SOLID,
+)
+# Extension characters in a value: over one segment, a GSM-7 body `classify` must pack.
+@example(
+    template="{{name}}{{sign}}{{code}}", cells=[("Ann", "", "1"), ("€" * 90, "", "a")], sign="x"
+)
+def test_rows_of_non_blank_first_values_render_as_row_outcome(
+    template: str, cells: list[tuple[str, str, str]], sign: str
+) -> None:
+    assert_renders_as_row_outcome(template, cells, {"sign": sign})
+
+
+def assert_renders_as_row_outcome(
+    template: str, cells: list[tuple[str, str, str]], defaults: dict[str, str]
+) -> None:
     rules = RecipientRules(
         max_rows=1000, max_message_chars=1600, agent_message=template, request_data=defaults
     )

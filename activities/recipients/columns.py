@@ -449,19 +449,24 @@ def _read_block(text: bytes, header: list[str], first_row: int, lines: int) -> p
             infer_schema=False,
             quote_char='"' if quoted else None,
             encoding="utf8",
+            # "" where empty; null only where a row has fewer cells than the header.
+            empty_string_is_null=False,
         )
     except pl.exceptions.PolarsError as error:
         raise NotPlain(str(error)) from error
     if frame.width != len(header) or frame.height != lines:
         raise NotPlain(f"{frame.height} rows of {frame.width} cells for {lines} lines")
-    frame = frame.rename(dict(zip(frame.columns, header, strict=True))).fill_null("")
+    frame = frame.rename(dict(zip(frame.columns, header, strict=True)))
+    if any(column.has_nulls() for column in frame.get_columns()):
+        frame = frame.fill_null("")
     if frame.is_empty():
         return numbered(frame, first_row)
     # The csv module ends a line at a lone CR (polars keeps it in the cell), and refuses
     # a cell over its limit. A CR not before a LF is looked for in the bytes (two `count`s
-    # cost a fraction of a pass over the cells); a quoted block's CRs were checked by
+    # cost a fraction of a pass over the cells, and only a block with a CR needs them: a
+    # search for one costs a tenth of a count); a quoted block's CRs were checked by
     # `_records`: any left are in quoted cells.
-    lone_cr = not quoted and text.count(b"\r") != text.count(b"\r\n")
+    lone_cr = not quoted and b"\r" in text and text.count(b"\r") != text.count(b"\r\n")
     limit = csv.field_size_limit()
     longest = frame.select(pl.max_horizontal(pl.all().str.len_bytes().max())).item()
     if lone_cr or (
@@ -561,8 +566,9 @@ def _rendered(
     text = "".join(parts[0::2])
     # Most rows take each variable's value from its first source, a cell of GSM-7's default
     # alphabet that is not blank: one pattern tells both, and such a row's body is told
-    # from its length and its text's characters. The other rows (usually few) get
-    # `render`'s lookup and each value searched.
+    # from its length and its text's characters. The other rows (usually few) have each
+    # value searched, and `render`'s lookup when one has a blank first source cell
+    # (`_slow_rows`).
     firsts = [_first_value(name, sources, defaults) for name in parts[1::2]]
     table = frame.select(
         _ROW,  # the height, when every piece is literal text
@@ -604,54 +610,70 @@ def _slow_rows(
     defaults: dict[str, str],
 ) -> pl.DataFrame:
     """`table` with the rows not `fast` rendered by `render`'s lookup, and their encodings
-    told by searching their values (short), the text's characters counted once."""
+    told by searching their values (short), the text's characters counted once. Where each
+    of those rows' values is its first source's cell, not blank (most often: a value
+    outside GSM-7's default alphabet, a name in another script), their bodies and lengths
+    are already right, and only their encodings are told."""
     text = "".join(parts[0::2])
-    names = [str(index) for index in range(len(parts) // 2)]
-    needed = {column for name in parts[1::2] for column in sources.get(name, ())}
-    values = (
-        frame.select(_ROW, *needed)
-        .with_row_index("at")
-        .filter(~table["fast"])
-        .select(
+    variables = parts[1::2]
+    names = [str(index) for index in range(len(variables))]
+    cells = [pl.col(column) for column in names]
+    rows = frame.with_row_index("at").filter(~table["fast"])
+    firsts = rows.select(
+        "at",
+        *(
+            _first_value(name, sources, defaults).alias(column)
+            for name, column in zip(variables, names, strict=True)
+        ),
+    )
+    solid = firsts.select(
+        pl.all_horizontal(
+            pl.lit(value=True), *((~_is_blank(cell)).fill_null(value=False) for cell in cells)
+        )
+    ).to_series()
+    if solid.all():
+        values = firsts
+        slow = firsts.select("at")
+        changed: tuple[str, ...] = ("gsm7", "extensions", "astral")
+    else:
+        values = rows.select(
             "at",
             *(
                 _value(name, sources, defaults).alias(column)
-                for name, column in zip(parts[1::2], names, strict=True)
+                for name, column in zip(variables, names, strict=True)
             ),
         )
-    )
-    cells = [pl.col(column) for column in names]
-    slow = values.select(
-        "at",
-        pl.concat_str(_pieces(parts, cells)).fill_null("").alias("body"),
-        pl.sum_horizontal(pl.lit(len(text)), *(cell.str.len_chars() for cell in cells)).alias(
-            "length"
-        ),
+        slow = values.select(
+            "at",
+            pl.concat_str(_pieces(parts, cells)).fill_null("").alias("body"),
+            pl.sum_horizontal(pl.lit(len(text)), *(cell.str.len_chars() for cell in cells)).alias(
+                "length"
+            ),
+        )
+        changed = ("body", "length", "gsm7", "extensions", "astral")
+    gsm7 = values.select(
         pl.all_horizontal(
             pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION)),
             *(cell.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$") for cell in cells),
         )
         .fill_null(value=False)
-        .alias("gsm7"),
-    )
+        .alias("gsm7")
+    ).to_series()
     # Extension characters count only in a GSM-7 body, characters beyond the BMP only in
     # a UCS-2 one (GSM-7 has none): each is searched for only when some body needs it.
     extensions = pl.lit(sum(char in GSM7_EXTENSION for char in text), pl.Int32)
-    if slow["gsm7"].any():
+    if gsm7.any():
         extensions = pl.sum_horizontal(
             extensions, *(cell.str.count_matches(_class(GSM7_EXTENSION)) for cell in cells)
         ).cast(pl.Int32)
     astral = pl.lit(any(ord(char) > 0xFFFF for char in text))
-    if not slow["gsm7"].all():
+    if not gsm7.all():
         astral = pl.any_horizontal(
             astral, *(cell.str.contains(r"[\x{10000}-\x{10FFFF}]") for cell in cells)
         ).fill_null(value=False)
     kinds = values.with_columns(extensions.alias("extensions"), astral.alias("astral"))
-    slow = slow.with_columns(kinds["extensions"], kinds["astral"])
-    return table.with_columns(
-        table[name].scatter(slow["at"], slow[name])
-        for name in ("body", "length", "gsm7", "extensions", "astral")
-    )
+    slow = slow.with_columns(gsm7, kinds["extensions"], kinds["astral"])
+    return table.with_columns(table[name].scatter(slow["at"], slow[name]) for name in changed)
 
 
 def _pieces(parts: tuple[str, ...], cells: list[pl.Expr]) -> list[pl.Expr]:
@@ -771,14 +793,13 @@ def _keys(ledger: pl.DataFrame) -> pl.Series:
 
 def _repeated(keys: pl.Series, earlier: list[pl.Series]) -> pl.Series:
     """Whether each number (an E.164 number as an integer, at most 15 digits) came before
-    in its block or in `earlier` blocks. Within the block, a stable sort and each compared
-    with the one before it: several times faster than hashing."""
-    ordered = pl.DataFrame({"key": keys}).with_row_index("at").sort("key", maintain_order=True)
-    again = ordered.filter(pl.col("key") == pl.col("key").shift(1))["at"]
-    repeated = pl.repeat(False, len(keys), dtype=pl.Boolean, eager=True)
+    in its block or in `earlier` blocks. Within the block, every key but the first of its
+    value (a hash pass, half the cost of a stable sort and a comparison with the key
+    before)."""
+    repeated = ~keys.is_first_distinct()
     if earlier:
-        repeated = _found(keys, pl.concat(earlier, rechunk=False))
-    return repeated.scatter(again, True) if len(again) else repeated
+        repeated = repeated | _found(keys, pl.concat(earlier, rechunk=False))
+    return repeated
 
 
 def _found(keys: pl.Series, earlier: pl.Series) -> pl.Series:
