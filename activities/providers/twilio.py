@@ -182,13 +182,31 @@ class CarrierClient(Client):
 
 # Each ASCII character as `quote_plus` writes it, where that is not the character itself.
 _FORM_ASCII = {
-    code: quote_plus(chr(code)) for code in range(128) if quote_plus(chr(code)) != chr(code)
+    chr(code): quote_plus(chr(code)) for code in range(128) if quote_plus(chr(code)) != chr(code)
 }
+_FORM_SAFE = frozenset(chr(code) for code in range(128)) - _FORM_ASCII.keys()
 
 
 def form_field(text: str) -> str:
-    """`text` as `quote_plus` writes it: ASCII text by one table lookup per character."""
-    return text.translate(_FORM_ASCII) if text.isascii() else quote_plus(text)
+    """`text` as `quote_plus` writes it. ASCII text by one `str.replace` for each character
+    it has that is written otherwise: `%` first and the space (to `+`) after `+`, so that no
+    character written is written again; an E.164 number by its `+` alone."""
+    if not text.isascii():
+        return quote_plus(text)
+    if text[:1] == "+" and text[1:].isdigit():
+        return "%2B" + text[1:]
+    written = set(text).difference(_FORM_SAFE)
+    if not written:
+        return text
+    for first in ("%", "+"):
+        if first in written:
+            written.discard(first)
+            text = text.replace(first, _FORM_ASCII[first])
+    space = " " in written
+    written.discard(" ")
+    for character in written:
+        text = text.replace(character, _FORM_ASCII[character])
+    return text.replace(" ", "+") if space else text
 
 
 # The encoded form of field names, and of the values of fields that repeat from one message
