@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prometheus_client import Histogram
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -24,6 +23,7 @@ from activities.providers.twilio import SendResult, Verdict
 from activities.recipients.rows import content_placeholder
 from activities.resources import WorkerResources
 from activities.windows import WindowClock
+from metrics import HistogramSeries
 from store import batches, carrier_accounts, messages, opt_outs
 from workflows.contracts import SendCounts, SendSliceInput
 from workflows.statuses import LedgerStatus
@@ -138,7 +138,7 @@ class SendingActivities(WorkerResources):
 
         account_failures: list[str] = []
         # carrier_latency's series by verdict, looked up once a slice rather than per message.
-        latencies: dict[Verdict, Histogram] = {}
+        latencies: dict[Verdict, HistogramSeries] = {}
         # A property of the settings that builds its string: built once a slice.
         status_callback = self._settings.status_callback_url
 
@@ -202,7 +202,9 @@ class SendingActivities(WorkerResources):
                 if stopping.is_set():
                     return
                 try:
-                    results[index] = await send(index, message)
+                    result = results[index] = await send(index, message)
+                    if result is not None:
+                        waves.answered(index)
                 except Exception as error:
                     # Failed before its request left (the carrier's answers, even unreadable
                     # ones, are outcomes): every lane stops, and what went out is recorded
@@ -323,6 +325,9 @@ class _Waves:
         self._tried = [False] * rows
         self._marked = [False] * rows
         self._recorded = [False] * rows
+        # Rows given an outcome since the last wave took them: a wave takes these rather
+        # than look through the whole slice.
+        self._answered: list[int] = []
         self._lock = asyncio.Lock()
         # The write of the outcomes the last wave took, once started.
         self._recording: asyncio.Future[None] | None = None
@@ -364,21 +369,29 @@ class _Waves:
             self._tried[i] = True
             self._marked[i] = i in moved
 
+    def answered(self, index: int) -> None:
+        """Row `index` has its outcome in the slice's results."""
+        self._answered.append(index)
+
     def unrecorded(
         self,
         results: list[SendResult | None],
         unsent: bool = False,
         waiting: Container[int] = (),
     ) -> list[int]:
-        """Rows with an outcome not yet written, and taken as written from now on; with
-        `unsent`, the marked rows that never went out as well (to go back to `pending`) and
-        the rows `waiting` for their send window (to take the time it opens)."""
-        rows = [
-            i
-            for i, result in enumerate(results)
-            if not self._recorded[i]
-            and (result is not None or (unsent and (self._marked[i] or i in waiting)))
-        ]
+        """Rows with an outcome not yet written (in slice order), and taken as written from
+        now on; with `unsent`, the marked rows that never went out as well (to go back to
+        `pending`) and the rows `waiting` for their send window (to take the time it opens)."""
+        if unsent:
+            rows = [
+                i
+                for i, result in enumerate(results)
+                if not self._recorded[i] and (result is not None or self._marked[i] or i in waiting)
+            ]
+        else:
+            # The rows `answered` since the last wave: none of them is written yet.
+            rows = sorted(self._answered)
+        self._answered = []
         for i in rows:
             self._recorded[i] = True
         return rows

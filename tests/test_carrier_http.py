@@ -257,3 +257,47 @@ async def test_https_verifies_the_server_certificate(certificate: tuple[Path, Pa
             )
     finally:
         await runner.cleanup()
+
+
+async def test_each_request_goes_out_byte_for_byte_as_written_whole() -> None:
+    # The head is made once per method, URL, query and headers (http1.request_head): every
+    # request, the first and those after it, must still be the one its parts make.
+    seen: list[bytes] = []
+
+    async def recording(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            length = next(
+                (
+                    int(line[15:])
+                    for line in head.split(b"\r\n")
+                    if line.startswith(b"Content-Length")
+                ),
+                0,
+            )
+            seen.append(head + await reader.readexactly(length))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    server, url = await raw_server(recording)
+    pool = Http1Pool(connections=1, timeout=5)
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+    try:
+        for body in (b"To=%2B1555&Body=hi", b"To=%2B1666&Body=hello+there", b""):
+            await pool.request("POST", f"{url}/2010/Messages.json", headers=headers, body=body)
+        await pool.request("GET", f"{url}/list?a=1", headers={"X": "y"}, params={"To": "+1 2"})
+        await pool.request("GET", f"{url}/list", headers={})
+    finally:
+        await pool.close()
+        server.close()
+    host = url.removeprefix("http://")
+    post = (
+        f"POST /2010/Messages.json HTTP/1.1\r\nHost: {host}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\n"
+    ).encode()
+    assert seen == [
+        post + b"Content-Length: 18\r\n\r\nTo=%2B1555&Body=hi",
+        post + b"Content-Length: 27\r\n\r\nTo=%2B1666&Body=hello+there",
+        post + b"Content-Length: 0\r\n\r\n",
+        f"GET /list?a=1&To=%2B1+2 HTTP/1.1\r\nHost: {host}\r\nX: y\r\n\r\n".encode(),
+        f"GET /list HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(),
+    ]

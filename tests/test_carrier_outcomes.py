@@ -8,10 +8,10 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from temporalio.converter import DataConverter
 from temporalio.testing import ActivityEnvironment
@@ -31,6 +31,7 @@ from activities.providers.twilio import (
     classify,
     create_message,
     form_body,
+    form_field,
     message_form,
     retry_after_seconds,
 )
@@ -150,6 +151,14 @@ def test_the_delivery_docs_list_every_outcome_with_its_verdict() -> None:
 @given(st.dictionaries(st.text(min_size=1), st.text()))
 def test_a_message_form_is_encoded_as_urlencode_encodes_it(form: dict[str, str]) -> None:
     assert form_body(form) == urlencode(form, doseq=True)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127)) | st.from_regex(r"\+[0-9]*"))
+@example("+15550001111")
+@example("%+ %2B+ +")
+@example("Hello, Bob! 100% off: https://a.example/?x=1&y=2")
+def test_ascii_text_and_numbers_are_encoded_as_quote_plus_encodes_them(text: str) -> None:
+    assert form_field(text) == quote_plus(text)
 
 
 def test_a_form_with_a_list_is_encoded_as_urlencode_encodes_it() -> None:

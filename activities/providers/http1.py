@@ -64,6 +64,18 @@ def split_url(url: str) -> tuple[Origin, str]:
     return Origin(parts.scheme, parts.hostname, port), target
 
 
+@lru_cache(maxsize=256)
+def request_head(method: str, url: str, query: str, headers: tuple[tuple[str, str], ...]) -> bytes:
+    """A request's head up to its `Content-Length`: made once for each method, URL, query
+    and headers (a carrier's requests differ only by their bodies)."""
+    origin, target = split_url(url)
+    if query:
+        target += ("&" if "?" in target else "?") + query
+    head = [f"{method} {target} HTTP/1.1", f"Host: {origin.host_header}"]
+    head += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(head) + "\r\n").encode("latin-1")
+
+
 def _too_late(waiter: "asyncio.Future[Answer]") -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
@@ -154,14 +166,14 @@ class Http1Pool:
         """Send one request and read its whole answer; connecting and answering each get
         `time_limit` seconds (the pool's timeout when None)."""
         limit = time_limit or self._timeout
-        origin, target = split_url(url)
-        if params:
-            target += ("&" if "?" in target else "?") + urlencode(params, doseq=True)
-        head = [f"{method} {target} HTTP/1.1", f"Host: {origin.host_header}"]
-        head += [f"{name}: {value}" for name, value in headers.items()]
-        if body or method in ("POST", "PUT", "PATCH"):
-            head.append(f"Content-Length: {len(body)}")
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        origin, _ = split_url(url)
+        query = urlencode(params, doseq=True) if params else ""
+        end = (
+            b"Content-Length: %d\r\n\r\n" % len(body)
+            if body or method in ("POST", "PUT", "PATCH")
+            else b"\r\n"
+        )
+        request = b"".join((request_head(method, url, query, tuple(headers.items())), end, body))
         async with self._slots:
             connection = await self._connection(origin, limit)
             timer: asyncio.TimerHandle | None = None
@@ -182,7 +194,10 @@ class Http1Pool:
                     timer.cancel()
             if connection.keep_alive and connection.usable:
                 connection.idle_since = asyncio.get_running_loop().time()
-                self._idle.setdefault(origin, deque()).append(connection)
+                idle = self._idle.get(origin)
+                if idle is None:
+                    idle = self._idle[origin] = deque()
+                idle.append(connection)
             else:
                 connection.close()
             return answer
