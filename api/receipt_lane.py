@@ -13,9 +13,8 @@ import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.carrier_signature import URLENCODED, public_url, urlencoded_params, verified
+from api.carrier_signature import URLENCODED, public_url, storable_params, verified
 from api.errors import HeraldError, herald_error_response
-from api.input_checks import require_storable_fields
 from api.limits import PayloadTooLarge
 from api.services import receipts as service
 from metrics import ApiMetrics
@@ -84,8 +83,7 @@ class ReceiptLane:
                 raise PayloadTooLarge(f"bodies are limited to {self._max_body} bytes")
             if not message.get("more_body", False):
                 break
-        params = urlencoded_params(body)
-        require_storable_fields(params.items())
+        params = storable_params(body)
         state = scope["app"].state
         url = public_url(state.settings, STATUS_CALLBACK_PATH, "")
         form = await verified(

@@ -28,7 +28,7 @@ import httptools
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from api.carrier_signature import URLENCODED, UrlSignatures, urlencoded_params, verified
+from api.carrier_signature import URLENCODED, UrlSignatures, storable_params, verified
 from api.errors import (
     HeraldError,
     InvalidRequest,
@@ -36,7 +36,6 @@ from api.errors import (
     herald_error_response,
     http_error_response,
 )
-from api.input_checks import require_storable_fields
 from api.limits import PayloadTooLarge
 from api.services import receipts as service
 from api.services.receipts import ReceiptIntake
@@ -126,8 +125,7 @@ class ReceiptListener:
                 raise PayloadTooLarge(f"bodies are limited to {self.max_body} bytes")
             if content_type is None or not content_type.startswith(FORM):
                 raise InvalidRequest(f"A status callback's body is {URLENCODED}")
-            params = urlencoded_params(body)
-            require_storable_fields(params.items())
+            params = storable_params(body)
             text = signature.decode("latin-1") if signature is not None else None
             if not query and text and text.isascii() and self._signatures.signed(params, text):
                 self._take(params, owed)
@@ -154,7 +152,8 @@ class ReceiptListener:
             await verified(self._settings, self._pool, url, params, signature)
             self._take(params, owed)
             if owed.pending is not None:
-                await owed.pending
+                # Shared with the other receipts of its statement: never cancelled from here.
+                await asyncio.shield(owed.pending)
         except HeraldError as error:
             self._refuse(error, owed)
         except service.DATABASE_ERRORS as error:
@@ -229,6 +228,8 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._closing = False
         self._reading = False
+        # The future the connection last asked to be woken by.
+        self._awaited: asyncio.Future[Any] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -292,8 +293,10 @@ class _Connection(asyncio.Protocol):
         )
         self._reset()
         self._owed.append(owed)
-        if owed.pending is not None:
-            owed.pending.add_done_callback(lambda _: self._flush())
+        if owed.pending is not None and owed.pending is not self._awaited:
+            # The receipts of one statement share its future: one wake-up per connection.
+            self._awaited = owed.pending
+            owed.pending.add_done_callback(self._wake)
         if not owed.keep_alive:
             self._closing = True
         if not self._reading:
@@ -301,6 +304,9 @@ class _Connection(asyncio.Protocol):
         if len(self._owed) >= MAX_OWED and not self._paused and self._transport is not None:
             self._paused = True
             self._transport.pause_reading()
+
+    def _wake(self, _: asyncio.Future[Any]) -> None:
+        self._flush()
 
     def _flush(self) -> None:
         """Write the answers now due, in order; close after the last one if asked."""

@@ -46,43 +46,48 @@ class ReceiptIntake:
         # Held between statements: a connection released to the pool is reset with a
         # statement of its own, which cost the API as much as the intake's at full rate.
         self._connection: asyncpg.pool.PoolConnectionProxy | None = None
-        self._waiting: list[tuple[Receipt, asyncio.Future[None]]] = []
+        # The receipts for the next statement, and the future they share (done when it is).
+        self._waiting: list[Receipt] = []
+        self._done: asyncio.Future[None] | None = None
         self._writing: asyncio.Task[None] | None = None
         self.arrived = asyncio.Event()
 
     async def put(self, receipt: Receipt) -> None:
         """Return once `receipt` is taken (at once for a non-final one: it moves nothing)."""
         if receipt.status in FINAL_RECEIPTS:
-            await self.submit(receipt)
+            # Shielded: a cancelled request must not cancel the others' shared future.
+            await asyncio.shield(self.submit(receipt))
 
     def submit(self, receipt: Receipt) -> asyncio.Future[None]:
         """A future done once the final `receipt` is taken (its exception if it could not
-        be): for callers that answer from a callback rather than a task of their own."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((receipt, done))
+        be): for callers that answer from a callback rather than a task of their own. The
+        receipts taken in one statement share it: do not cancel it."""
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+        self._waiting.append(receipt)
         if self._writing is None:
             self._writing = asyncio.create_task(self._write())
-        return done
+        return self._done
 
     async def _write(self) -> None:
         # While one statement is under way the next requests gather for the following one.
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
+                done, self._done = self._done, None
+                assert done is not None
                 try:
                     if self._connection is None or self._connection.is_closed():
                         await self._release()
                         self._connection = await self._pool.acquire()
-                    await receipts.take_receipts(self._connection, [r for r, _ in batch])
+                    await receipts.take_receipts(self._connection, batch)
                 except Exception as error:  # each waiting request answers it
                     await self._release()
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_exception(error)
-                    continue
-                for _, done in batch:
                     if not done.done():
-                        done.set_result(None)
+                        done.set_exception(error)
+                    continue
+                if not done.done():
+                    done.set_result(None)
                 self.arrived.set()
         finally:
             self._writing = None

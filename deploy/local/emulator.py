@@ -317,6 +317,9 @@ class Carrier:
         self._poster: CallbackPoster | None = None
         # By (URL, account sid, token): few, however many messages.
         self._status_callbacks: dict[tuple[str, str, str], StatusCallbacks] = {}
+        # The messages whose `sent` callbacks are due at once, and when they were scheduled.
+        self._due_key: tuple[float, float] | None = None
+        self._due: list[tuple[str, tuple[str, str, str, str], str]] = []
 
     async def start(self) -> None:
         # Keep-alive connections on Herald's own lean client: at full send rate the emulator
@@ -502,17 +505,22 @@ class Carrier:
         self, url: str, account_sid: str, sid: str, to: str, from_: str
     ) -> None:
         """Post `sent`, then `delivered` or `undelivered` once `sent` is answered, as
-        Twilio's status callbacks do: timers and callbacks, no task per message."""
+        Twilio's status callbacks do: timers and callbacks, no task per message. The messages
+        scheduled at the same loop time (uvloop's, to the millisecond: those its timers would
+        fire together) share one timer."""
         undelivered = self._random.random() < self.faults.undelivered_rate
         final = "undelivered" if undelivered else "delivered"
-        asyncio.get_running_loop().call_later(
-            self.faults.delivery_delay_ms / 1000,
-            self._post_status,
-            url,
-            (account_sid, sid, to, from_),
-            "sent",
-            final,
-        )
+        loop = asyncio.get_running_loop()
+        delay = self.faults.delivery_delay_ms / 1000
+        key = (loop.time(), delay)
+        if key != self._due_key:
+            self._due_key, self._due = key, []
+            loop.call_later(delay, self._post_sent, self._due)
+        self._due.append((url, (account_sid, sid, to, from_), final))
+
+    def _post_sent(self, due: list[tuple[str, tuple[str, str, str, str], str]]) -> None:
+        for url, message, final in due:
+            self._post_status(url, message, "sent", final)
 
     def _post_status(
         self, url: str, message: tuple[str, str, str, str], status: str, then: str | None
