@@ -224,8 +224,7 @@ async def row_contents(
 async def mark_sending(pool: asyncpg.Pool, batch_id: uuid.UUID, seqs: list[int]) -> set[int]:
     """Move these rows from `pending` to `sending`, counting an attempt; the seqs moved. A row
     no longer `pending` (another attempt's, or settled) is not moved, so it is sent by no one
-    else. It sets no indexed column, and the ledger's pages keep room for it (migration 250):
-    a HOT update, each row's new version on its own page and no new key entry."""
+    else."""
     rows = await pool.fetch(
         "UPDATE messages SET status = 'sending', attempts = attempts + 1, updated_at = now()"
         " WHERE batch_id = $1 AND seq = ANY($2::bigint[]) AND status = 'pending' RETURNING seq",

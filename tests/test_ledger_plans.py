@@ -54,22 +54,14 @@ def _bitmap_index(plan: dict[str, Any]) -> str | None:
     return names.pop() if len(names) == 1 else None
 
 
-async def _scheduled_batch(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, rows: int
-) -> str:
-    """A validated batch of `rows` recipients, waiting an hour to send; its file id."""
-    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    file_id, marker = await start_marked_batch(
-        api, account, webhooks, unique_numbers(rows), schedule_at=later
-    )
-    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
-    return file_id
-
-
 async def test_a_fresh_batchs_kept_receipts_are_looked_up_by_sid_not_by_reading_the_batch(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, pool: asyncpg.Pool
 ) -> None:
-    file_id = await _scheduled_batch(api, account, webhooks, ROWS)
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(ROWS), schedule_at=later
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
     # What validation runs for a batch large beside the ledger (this one may not be, in a
     # long session; a skipped refresh is test_fairness's).
     await messages.refresh_statistics(pool, added=2**40)
@@ -106,7 +98,11 @@ async def _pages(pool: asyncpg.Pool, batch_id: uuid.UUID) -> dict[int, int]:
 async def test_a_row_marked_sending_stays_on_its_page(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, pool: asyncpg.Pool
 ) -> None:
-    file_id = await _scheduled_batch(api, account, webhooks, MARKED_ROWS)
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(MARKED_ROWS), schedule_at=later
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
     batch_id = uuid.UUID(file_id)
     before = await _pages(pool, batch_id)
     marked = await messages.mark_sending(pool, batch_id, sorted(before))
