@@ -1,8 +1,7 @@
 """A freshly validated batch's ledger has its statistics before its first slice: validation
 samples the columns the send path selects rows by once its bulk COPY is in
 (messages.refresh_statistics, for a batch large beside the ledger), so that no plan takes the
-new rows for absent and reads the whole batch for a slice. And its pages have room for the
-rows' marks (migration 250): a row marked `sending` stays on its page."""
+new rows for absent and reads the whole batch for a slice."""
 
 import json
 import uuid
@@ -19,8 +18,6 @@ from tests.support.stack import Account, WebhookReceiver
 
 ROWS = 20_000
 SLICE = 100
-# Several of the ledger's pages.
-MARKED_ROWS = 300
 
 
 class _Statement:
@@ -84,34 +81,3 @@ async def test_a_fresh_batchs_kept_receipts_are_looked_up_by_sid_not_by_reading_
     found, *moved = _ledger_indexes(json.loads(plan)[0]["Plan"])
     assert found in ("messages_carrier_sid", "messages_sent_to"), plan
     assert moved == ["messages_pkey"], plan
-
-
-async def _pages(pool: asyncpg.Pool, batch_id: uuid.UUID) -> dict[int, int]:
-    """The page of the ledger each row of the batch is on, by seq."""
-    rows = await pool.fetch(
-        "SELECT seq, (ctid::text::point)[0]::bigint AS page FROM messages WHERE batch_id = $1",
-        batch_id,
-    )
-    return {r["seq"]: r["page"] for r in rows}
-
-
-async def test_a_row_marked_sending_stays_on_its_page(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, pool: asyncpg.Pool
-) -> None:
-    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    file_id, marker = await start_marked_batch(
-        api, account, webhooks, unique_numbers(MARKED_ROWS), schedule_at=later
-    )
-    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
-    batch_id = uuid.UUID(file_id)
-    before = await _pages(pool, batch_id)
-    marked = await messages.mark_sending(pool, batch_id, sorted(before))
-    after = await _pages(pool, batch_id)
-    await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
-
-    assert len(before) == MARKED_ROWS
-    assert marked == set(before)
-    # A HOT update: the mark changes no indexed column and the COPY left room on the page
-    # (on full pages every row moved to another, with a new entry in the primary key).
-    assert after == before
-    assert len(set(before.values())) > 1
