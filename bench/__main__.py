@@ -227,8 +227,7 @@ async def run_with_receipts(
         wanted = {"status_callbacks": True, "callback_pipelining": pipelined}
         (await http.post(config, json=wanted)).raise_for_status()
         try:
-            await pool.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            await pool.execute("SELECT pg_stat_statements_reset()")
+            await reset_statement_stats(pool)
             herald = await run_herald(n, settings, info, processes, stack)
             ended = time.perf_counter()
             headers = {"authorization": info["api_key"]}
@@ -445,6 +444,12 @@ async def measure(
     }
 
 
+async def reset_statement_stats(pool: asyncpg.Pool) -> None:
+    """Start pg_stat_statements' counts over (`statement_stats` reads them)."""
+    await pool.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    await pool.execute("SELECT pg_stat_statements_reset()")
+
+
 async def statement_stats(pool: asyncpg.Pool, top: int) -> list[dict[str, Any]]:
     """PostgreSQL's `top` statements by total execution time since the last reset
     (pg_stat_statements; the local stack preloads it), the triggers' own included."""
@@ -485,13 +490,12 @@ async def measure_sweep(
     watched = watched_processes(processes)
     pool = await create_pool(settings.dsn, min_size=1, max_size=1)
     try:
-        await pool.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         naive = await run_naive(args.naive_n, settings, info, "sweep")
         ceiling_n = min(SWEEP_CEILING_N, max(args.sweep))
         lean_runs = [await run_ceiling(ceiling_n, settings, info, lean=True)]
         sizes = []
         for n in args.sweep:
-            await pool.execute("SELECT pg_stat_statements_reset()")
+            await reset_statement_stats(pool)
             herald = await run_herald(n, settings, info, watched, processes)
             herald.pop("samples")
             herald["top_statements"] = await statement_stats(pool, SWEEP_STATEMENTS)
