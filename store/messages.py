@@ -296,10 +296,11 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
 async def apply_kept_receipts(pool: asyncpg.Pool, batch_id: uuid.UUID, sids: list[str]) -> None:
     """Apply the receipts that came for `sids` before the sids were written to their rows.
 
-    The receipts are looked up first, by sid in the queue and the kept ones (two small
-    tables): the ledger is read only for the sids that have one, so a wave whose receipts
-    have not come yet, the common case, costs a probe of each table per sid. A receipt that
-    commits after that look finds the sid written: the intake or the applier moves the row.
+    The receipts are looked up first, in the queue and the kept ones by the sids' index
+    (receipts.WITH_RECEIPTS): the ledger is read only for the sids that have one, so a wave
+    whose receipts have not come yet, the common case, costs one index scan of each receipt
+    table. A receipt that commits after that look finds the sid written: the intake or the
+    applier moves the row.
 
     The receipts applier (receipts.apply_queued) and the intake may move the same rows at
     the same moment; all lock them in one order (receipts.move_ledger), so they only wait
