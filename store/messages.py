@@ -240,22 +240,31 @@ def storable(text: str | None) -> str | None:
     return text.replace("\x00", "\ufffd") if text else text
 
 
+# The first final receipt of an outcome `o` sent (only `sent` ranks below a final receipt: no
+# other outcome looks one up).
+SENT_ROW_RECEIPT = receipts.first_receipt_of("o.sid", "o.status = 'sent'")
+
+
 async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome]) -> None:
     """Write every outcome of a slice in one statement; only rows still `sending` move, a
     `pending` one outside its send window (never marked `sending`) takes the time it opens,
     and `uncertain` ones move to a definite answer: an attempt presumed dead (its rows made
-    `uncertain` by the next) that lived on and heard the carrier's answer settles them. Then
-    apply the receipts that came before their sids were written.
+    `uncertain` by the next) that lived on and heard the carrier's answer settles them.
 
-    The two statements commit one after the other, and a receipt is queued before it is
-    applied, in a statement of its own (receipts.queue_receipts): whichever side writes
-    second sees the first, queued or kept, so no receipt is lost to the race between them.
+    A row sent whose first final receipt came before its sid (kept, or still queued) takes
+    that receipt in the same write (receipts.first_receipt_of). A receipt that commits while
+    the statement runs is not seen by it: the receipts of the other sids are applied after
+    it (apply_kept_receipts). The two statements commit one after the other, and a receipt
+    that finds no row with its sid is queued (receipts.take_receipts) before anything applies
+    it: whichever side writes second sees the first, queued or kept, so no receipt is lost
+    to the race between them.
     """
     if not outcomes:
         return
-    await pool.execute(
-        "UPDATE messages AS m SET status = o.status, carrier_sid = o.sid,"
-        " error_code = o.code, error_message = o.msg, updated_at = now(),"
+    took = await pool.fetchval(
+        "WITH moved AS (UPDATE messages AS m SET status = coalesce(f.status, o.status),"
+        " carrier_sid = o.sid, error_code = CASE WHEN f.status IS NULL THEN o.code"
+        " ELSE f.error_code END, error_message = o.msg, updated_at = now(),"
         " sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE m.sent_at END,"
         " window_opens_at = o.opens,"
         # A wait for the window is no attempt: a row marked `sending` (mark_sending) before
@@ -263,9 +272,13 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
         " attempts = m.attempts - (o.opens IS NOT NULL AND m.status = 'sending')::int"
         " FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"
         " $7::timestamptz[]) AS o(seq, status, sid, code, msg, opens)"
+        f" LEFT JOIN LATERAL {SENT_ROW_RECEIPT}"
+        " AS f ON true"
         " WHERE m.batch_id = $1 AND m.seq = o.seq AND (m.status = 'sending'"
         " OR (m.status = 'pending' AND o.opens IS NOT NULL)"
-        " OR (m.status = 'uncertain' AND o.status IN ('sent', 'failed')))",
+        " OR (m.status = 'uncertain' AND o.status IN ('sent', 'failed')))"
+        " RETURNING m.carrier_sid, f.status IS NOT NULL AS took)"
+        " SELECT coalesce(array_agg(carrier_sid), '{}') FROM moved WHERE took",
         batch_id,
         [o.seq for o in outcomes],
         [o.status for o in outcomes],
@@ -274,11 +287,20 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
         [storable(o.error_message) for o in outcomes],
         [o.window_opens_at for o in outcomes],
     )
-    await apply_kept_receipts(pool, batch_id, [o.carrier_sid for o in outcomes if o.carrier_sid])
+    # A row that took its first receipt is final: no later receipt moves it.
+    final = set(took)
+    sids = [o.carrier_sid for o in outcomes if o.carrier_sid and o.carrier_sid not in final]
+    await apply_kept_receipts(pool, batch_id, sids)
 
 
 async def apply_kept_receipts(pool: asyncpg.Pool, batch_id: uuid.UUID, sids: list[str]) -> None:
     """Apply the receipts that came for `sids` before the sids were written to their rows.
+
+    The receipts are looked up first, in the queue and the kept ones by the sids' index
+    (receipts.WITH_RECEIPTS): the ledger is read only for the sids that have one, so a wave
+    whose receipts have not come yet, the common case, costs one index scan of each receipt
+    table. A receipt that commits after that look finds the sid written: the intake or the
+    applier moves the row.
 
     The receipts applier (receipts.apply_queued) and the intake may move the same rows at
     the same moment; all lock them in one order (receipts.move_ledger), so they only wait
@@ -288,6 +310,9 @@ async def apply_kept_receipts(pool: asyncpg.Pool, batch_id: uuid.UUID, sids: lis
     """
     if not sids:
         return
+    waiting = await pool.fetchval(receipts.WITH_RECEIPTS, sids)
+    if not waiting:
+        return
     for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
         try:
             await pool.execute(
@@ -296,7 +321,7 @@ async def apply_kept_receipts(pool: asyncpg.Pool, batch_id: uuid.UUID, sids: lis
                     "l.carrier_sid = ANY($2::text[]) AND l.batch_id = $1",
                 ),
                 batch_id,
-                sids,
+                waiting,
             )
             return
         except asyncpg.DeadlockDetectedError:

@@ -5,9 +5,10 @@ A final receipt whose message already holds its carrier sid is applied where it 
 receipt that comes before its send's sid is written, a conversation message's) are appended
 to `receipt_queue` in the same statement, then applied in batches by `apply_queued`, which
 any number of API processes run at once, or by the worker as it writes the sids
-(messages.apply_kept_receipts). The first final receipt of a message is the only one ever
-applied: a repeated, replayed or later receipt of the same message changes nothing. One
-waiting in the queue or kept in `carrier_receipts` is that first one.
+(messages.record_outcomes: a row takes its first receipt in the write of its outcome). The
+first final receipt of a message is the only one ever applied: a repeated, replayed or
+later receipt of the same message changes nothing. One waiting in the queue or kept in
+`carrier_receipts` is that first one.
 
 Every statement that moves ledger rows by receipt locks them first in the ledger's key order
 (`batch_id, seq`): the intake, the appliers and the worker never wait on each other in a
@@ -55,6 +56,27 @@ def first_receipts(sids: str) -> str:
         " (SELECT FROM carrier_receipts AS k WHERE k.carrier_sid = q.carrier_sid)"
         " ORDER BY q.carrier_sid, q.id))"
     )
+
+
+def first_receipt_of(sid: str, when: str) -> str:
+    """SQL: the first final receipt (status, error_code) of the one carrier sid `sid`, an
+    expression of an outer row, looked up only where the condition `when` holds: the kept
+    one, else the first still queued (as `first_receipts`, by the sid index of each table)."""
+    return (
+        "(SELECT r.status, r.error_code FROM"
+        " (SELECT k.status, k.error_code, 0::bigint AS id FROM carrier_receipts AS k"
+        f" WHERE k.carrier_sid = {sid} AND {when}"
+        " UNION ALL SELECT q.status, q.error_code, q.id FROM receipt_queue AS q"
+        f" WHERE q.carrier_sid = {sid} AND {when}) AS r ORDER BY r.id LIMIT 1)"
+    )
+
+
+# SQL: which of the carrier sids $1 (text[]) have a final receipt kept or queued, as a text[]:
+# all of them looked up at once in the sid index of each table, never a read of the ledger.
+WITH_RECEIPTS = (
+    "SELECT array(SELECT carrier_sid FROM receipt_queue WHERE carrier_sid = ANY($1::text[])"
+    " UNION SELECT carrier_sid FROM carrier_receipts WHERE carrier_sid = ANY($1::text[]))"
+)
 
 
 def move_ledger(receipts_sql: str, rows: str) -> str:

@@ -21,13 +21,33 @@ SLICE = 100
 
 
 class _Statement:
-    """Stands for the pool: keeps the statement it is given instead of running it."""
+    """Stands for the pool: keeps the statement it is given instead of running it; every sid
+    it is asked about has a receipt waiting."""
 
     sql = ""
     args: tuple[Any, ...] = ()
 
+    async def fetchval(self, sql: str, sids: list[str]) -> list[str]:
+        return sids
+
     async def execute(self, sql: str, *args: Any) -> None:
         self.sql, self.args = sql, args
+
+
+class _Recording:
+    """Stands for the pool: runs each statement on it, and keeps it."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.statements: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        self.statements.append((sql, args))
+        return await self.pool.fetchval(sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        self.statements.append((sql, args))
+        return await self.pool.execute(sql, *args)
 
 
 def _ledger_indexes(plan: dict[str, Any]) -> list[str | None]:
@@ -81,3 +101,16 @@ async def test_a_fresh_batchs_kept_receipts_are_looked_up_by_sid_not_by_reading_
     found, *moved = _ledger_indexes(json.loads(plan)[0]["Plan"])
     assert found in ("messages_carrier_sid", "messages_sent_to"), plan
     assert moved == ["messages_pkey"], plan
+
+
+async def test_a_wave_whose_receipts_have_not_come_reads_no_ledger_row(pool: asyncpg.Pool) -> None:
+    recording = _Recording(pool)
+    sids = [f"SM{uuid.uuid4().hex}" for _ in range(SLICE)]
+
+    await messages.apply_kept_receipts(cast(asyncpg.Pool, recording), uuid.uuid4(), sids)
+
+    assert recording.statements
+    for sql, args in recording.statements:
+        plan = await pool.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
+        # The receipts are looked up by sid; without one, the ledger is not read.
+        assert _ledger_indexes(json.loads(plan)[0]["Plan"]) == [], plan

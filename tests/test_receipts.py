@@ -6,6 +6,7 @@ reached by the emulator; tests/test_local_stack.py sees the emulator's own)."""
 import asyncio
 import secrets
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -38,6 +39,7 @@ from tests.support.stack import (
     api_client,
     error_code,
 )
+from workflows.statuses import LedgerStatus
 
 STATUS_PATH = "/v1/webhooks/twilio/status"
 # How many receipts were ever appended to the queue (its identity's last value).
@@ -538,3 +540,133 @@ async def test_a_kept_receipts_apply_locks_its_rows_in_key_order(
     assert {r["carrier_sid"] for r in free} == set(sids[2:])
     after = await ledger_rows(api, account, file_id)
     assert [r["status"] for r in after] == ["delivered"] * 20
+
+
+async def rows_on_the_wire(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+    count: int,
+) -> tuple[str, list[int]]:
+    """A batch scheduled for later, its `count` rows marked `sending` as a slice's wave marks
+    them before they go on the wire; its file id and the rows' seqs."""
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(count), schedule_at=later
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    seqs = [
+        r["seq"]
+        for r in await pool.fetch(
+            "SELECT seq FROM messages WHERE batch_id = $1 ORDER BY seq", uuid.UUID(file_id)
+        )
+    ]
+    assert await messages.mark_sending(pool, uuid.UUID(file_id), seqs) == set(seqs)
+    return file_id, seqs
+
+
+async def ledger_writes(pool: asyncpg.Pool, file_id: str) -> list[tuple]:
+    """Each row's sid, status and error code, and whether its last write was the one of its
+    outcome (the time it was sent is the time it was last moved; None: it was not sent)."""
+    rows = await pool.fetch(
+        "SELECT carrier_sid, status, error_code, sent_at = updated_at AS one_write"
+        " FROM messages WHERE batch_id = $1 ORDER BY seq",
+        uuid.UUID(file_id),
+    )
+    return [tuple(r) for r in rows]
+
+
+async def test_a_receipt_that_came_before_its_sid_is_taken_in_the_write_of_the_outcome(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, seqs = await rows_on_the_wire(api, account, webhooks, pool, 4)
+    sids = ["SM" + secrets.token_hex(16) for _ in seqs]
+    # The first message's receipts wait in the queue: the first of them counts. The second's
+    # first one is kept (an applier took it before the sid was written), a later one waits
+    # behind it. The fourth message's send failed: a receipt ranks no higher.
+    await pool.execute(
+        "INSERT INTO carrier_receipts (carrier_sid, status, error_code)"
+        " VALUES ($1, 'failed', '30008')",
+        sids[1],
+    )
+    await receipts.queue_receipts(
+        pool,
+        [
+            receipts.Receipt(sids[0], "undelivered", "30003"),
+            receipts.Receipt(sids[0], "delivered", None),
+            receipts.Receipt(sids[1], "delivered", None),
+            receipts.Receipt(sids[3], "delivered", None),
+        ],
+    )
+
+    await messages.record_outcomes(
+        pool,
+        uuid.UUID(file_id),
+        [
+            messages.Outcome(seqs[0], LedgerStatus.SENT, sids[0]),
+            messages.Outcome(seqs[1], LedgerStatus.SENT, sids[1]),
+            messages.Outcome(seqs[2], LedgerStatus.SENT, sids[2]),
+            messages.Outcome(seqs[3], LedgerStatus.FAILED, sids[3], "30007", "filtered"),
+        ],
+    )
+    after = await ledger_writes(pool, file_id)
+    counts = await messages.count_by_status(pool, uuid.UUID(file_id))
+    await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
+
+    # Each row moved once: a receipt already there is taken in the write of the outcome.
+    assert after == [
+        (sids[0], "undelivered", "30003", True),
+        (sids[1], "failed", "30008", True),
+        (sids[2], "sent", None, True),
+        # Refused by the carrier: never sent, no receipt taken.
+        (sids[3], "failed", "30007", None),
+    ]
+    assert counts == {"undelivered": 1, "failed": 2, "sent": 1}
+
+
+async def test_a_receipt_kept_while_the_outcome_is_written_is_applied_after_it(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, [seq] = await rows_on_the_wire(api, account, webhooks, pool, 1)
+    sid = "SM" + secrets.token_hex(16)
+    async with pool.acquire() as holder:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute(
+            "SELECT FROM messages WHERE batch_id = $1 AND seq = $2 FOR UPDATE",
+            uuid.UUID(file_id),
+            seq,
+        )
+        recording = asyncio.create_task(
+            messages.record_outcomes(
+                pool, uuid.UUID(file_id), [messages.Outcome(seq, LedgerStatus.SENT, sid)]
+            )
+        )
+        await eventually(
+            lambda: pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%UPDATE messages AS m SET status = %o.status%'"
+            ),
+            lambda waiting: waiting == 1,
+        )
+        # The outcome's statement has begun: it does not see the receipt an applier keeps
+        # now (which saw no row with the sid to move, as none had it yet).
+        await pool.execute(
+            "INSERT INTO carrier_receipts (carrier_sid, status, error_code)"
+            " VALUES ($1, 'undelivered', '30003')",
+            sid,
+        )
+        await transaction.commit()
+    await recording
+    after = await ledger_writes(pool, file_id)
+    await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
+
+    # Written `sent` first, then moved by the statement after it.
+    assert after == [(sid, "undelivered", "30003", False)]
