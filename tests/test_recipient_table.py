@@ -259,6 +259,8 @@ def test_a_second_phone_number_column_fails_the_file(content: bytes) -> None:
     "row",
     [
         b"+12015550123,A\rB",  # a lone CR ends a line for csv
+        b"+12015550123,A\r\r",  # a CR before a CRLF
+        b"\r+12015550123,A\r",  # a lone CR starting a CRLF line
         b"+12015550123,\xff",  # not UTF-8
         b"+12015550123,Ann,extra",  # more cells than columns
         b"+12015550123," + b"x" * (csv.field_size_limit() + 1),  # over csv's cell limit
