@@ -655,10 +655,17 @@ def _slow_rows(
             ),
         )
         changed = ("body", "length", "gsm7", "extensions", "astral")
+    # Each search over the row's values joined (a search's fixed cost, compiling its
+    # pattern, is most of it on these few rows): its characters are theirs. A missing
+    # value (null) makes the row one to settle one by one, as its body is null: joined
+    # with it, the row is not GSM-7; without it, its extensions and characters beyond the
+    # BMP are those of the others, as the sums over each value would be.
+    every = pl.concat_str(cells) if cells else pl.lit("")
+    present = pl.concat_str(cells, ignore_nulls=True) if cells else pl.lit("")
     gsm7 = values.select(
-        pl.all_horizontal(
-            pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION)),
-            *(cell.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$") for cell in cells),
+        (
+            pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION))
+            & every.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$")
         )
         .fill_null(value=False)
         .alias("gsm7")
@@ -667,14 +674,12 @@ def _slow_rows(
     # a UCS-2 one (GSM-7 has none): each is searched for only when some body needs it.
     extensions = pl.lit(sum(char in GSM7_EXTENSION for char in text), pl.Int32)
     if gsm7.any():
-        extensions = pl.sum_horizontal(
-            extensions, *(cell.str.count_matches(_class(GSM7_EXTENSION)) for cell in cells)
+        extensions = (
+            extensions + present.str.count_matches(_class(GSM7_EXTENSION)).fill_null(0)
         ).cast(pl.Int32)
     astral = pl.lit(any(ord(char) > 0xFFFF for char in text))
     if not gsm7.all():
-        astral = pl.any_horizontal(
-            astral, *(cell.str.contains(r"[\x{10000}-\x{10FFFF}]") for cell in cells)
-        ).fill_null(value=False)
+        astral = (astral | present.str.contains(r"[\x{10000}-\x{10FFFF}]")).fill_null(value=False)
     kinds = values.with_columns(extensions.alias("extensions"), astral.alias("astral"))
     slow = slow.with_columns(gsm7, kinds["extensions"], kinds["astral"])
     return table.with_columns(table[name].scatter(slow["at"], slow[name]) for name in changed)
@@ -847,6 +852,7 @@ def _python_spaces() -> str:
     return "".join(chr(point) for point in range(sys.maxunicode + 1) if chr(point).isspace())
 
 
+@functools.cache
 def _class(chars: str) -> str:
     """A regex character class (polars' syntax) of exactly these characters."""
     return "[" + "".join(f"\\x{{{ord(char):X}}}" for char in sorted(set(chars))) + "]"
