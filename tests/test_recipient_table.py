@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from activities.recipients import columns as recipient_table
 from activities.recipients.columns import BLOCK_BYTES, NotPlain, plain_csv, plain_csv_file
 from activities.recipients.frames import pl
+from activities.recipients.quoting import next_record_end
 from activities.recipients.rows import (
     Recipient,
     RecipientRules,
@@ -259,6 +260,8 @@ def test_a_second_phone_number_column_fails_the_file(content: bytes) -> None:
     "row",
     [
         b"+12015550123,A\rB",  # a lone CR ends a line for csv
+        b"+12015550123,A\r\r",  # a CR before a CRLF
+        b"\r+12015550123,A\r",  # a lone CR starting a CRLF line
         b"+12015550123,\xff",  # not UTF-8
         b"+12015550123,Ann,extra",  # more cells than columns
         b"+12015550123," + b"x" * (csv.field_size_limit() + 1),  # over csv's cell limit
@@ -354,3 +357,35 @@ def test_a_number_repeated_blocks_apart_is_a_duplicate(in_flight: int) -> None:
     assert result == by_rows(content, rules)
     assert not isinstance(result, str)
     assert [row[6] for row in result[0]] == [None, None, "duplicate", None] + ["duplicate"] * 8
+
+
+# Bytes that make records: line breaks of both kinds, quotes, commas, text.
+RECORD_BYTES = st.binary(max_size=60).map(lambda data: bytes(b'\r\n",a'[byte % 5] for byte in data))
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=RECORD_BYTES)
+@example(data=b"a\r\r\n")
+@example(data=b"a\r")
+def test_a_lone_cr_is_found_as_counting_crs_and_crlfs_finds_it(data: bytes) -> None:
+    assert (recipient_table._LONE_CR.search(data) is not None) == (
+        data.count(b"\r") != data.count(b"\r\n")
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=RECORD_BYTES, start=st.integers(0, 60), at=st.integers(0, 60))
+@example(data=b'a\n"\nb"\nc\n', start=0, at=0)
+def test_a_record_ends_at_a_line_break_after_an_even_count_of_quotes(
+    data: bytes, start: int, at: int
+) -> None:
+    """`next_record_end`, which counts quotes only when it finds one, against counting them
+    at every line break."""
+    start = min(start, len(data))
+    at = min(max(at, start), len(data))
+    expected = len(data)
+    for cut in range(at, len(data)):
+        if data[cut : cut + 1] == b"\n" and data.count(b'"', start, cut + 1) % 2 == 0:
+            expected = cut + 1
+            break
+    assert next_record_end(data, start, at) == expected

@@ -14,6 +14,7 @@ import asyncio
 import csv
 import functools
 import io
+import re
 import struct
 import sys
 import uuid
@@ -35,7 +36,6 @@ from activities.recipients.rows import (
     PHONE_COLUMN,
     REQUEST_DATA_PREFIX,
     STRICT_EXAMPLES,
-    Recipient,
     RecipientRules,
     Tally,
     phone_column_issue,
@@ -68,6 +68,8 @@ LEDGER_COLUMNS = (
     "segments",
 )
 _BOM = b"\xef\xbb\xbf"
+# A CR not before a LF: a line end to the csv module, not to polars.
+_LONE_CR = re.compile(rb"\r(?!\n)")
 # A row's language, carried beside its ledger row (a Postman upload's).
 LANGUAGE_COLUMN = "language"
 # The file's row numbers, under a name no column of a file without NUL bytes can have.
@@ -229,7 +231,8 @@ def frame_blocks(
 
 def numbered(frame: pl.DataFrame, rows: int | Sequence[int]) -> pl.DataFrame:
     """A block's rows numbered, as `frame_blocks` takes them (the file's first row after
-    its header is 1): from `rows` on, or each its own of `rows`."""
+    its header is 1): from `rows` on, or each its own of `rows` (increasing: the rows in
+    file order)."""
     if isinstance(rows, int):
         return frame.with_row_index(_ROW, offset=rows)
     return frame.with_columns(pl.Series(_ROW, rows, dtype=pl.UInt32))
@@ -461,12 +464,13 @@ def _read_block(text: bytes, header: list[str], first_row: int, lines: int) -> p
         frame = frame.fill_null("")
     if frame.is_empty():
         return numbered(frame, first_row)
-    # The csv module ends a line at a lone CR (polars keeps it in the cell), and refuses
-    # a cell over its limit. A CR not before a LF is looked for in the bytes (two `count`s
-    # cost a fraction of a pass over the cells, and only a block with a CR needs them: a
-    # search for one costs a tenth of a count); a quoted block's CRs were checked by
-    # `_records`: any left are in quoted cells.
-    lone_cr = not quoted and b"\r" in text and text.count(b"\r") != text.count(b"\r\n")
+    # The csv module ends a line at a lone CR (polars keeps it in the cell, or drops it),
+    # and refuses a cell over its limit. A CR not before a LF is looked for in the bytes
+    # (a search costs a fraction of a pass over the cells, and only a block with a CR
+    # needs it: a search for a CR costs a tenth of it; `_LONE_CR`'s search half of
+    # counting CRs and CRLFs); a quoted block's CRs were checked by `_records`: any left
+    # are in quoted cells.
+    lone_cr = not quoted and b"\r" in text and _LONE_CR.search(text) is not None
     limit = csv.field_size_limit()
     longest = frame.select(pl.max_horizontal(pl.all().str.len_bytes().max())).item()
     if lone_cr or (
@@ -651,10 +655,17 @@ def _slow_rows(
             ),
         )
         changed = ("body", "length", "gsm7", "extensions", "astral")
+    # Each search over the row's values joined (a search's fixed cost, compiling its
+    # pattern, is most of it on these few rows): its characters are theirs. A missing
+    # value (null) makes the row one to settle one by one, as its body is null: joined
+    # with it, the row is not GSM-7; without it, its extensions and characters beyond the
+    # BMP are those of the others, as the sums over each value would be.
+    every = pl.concat_str(cells) if cells else pl.lit("")
+    present = pl.concat_str(cells, ignore_nulls=True) if cells else pl.lit("")
     gsm7 = values.select(
-        pl.all_horizontal(
-            pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION)),
-            *(cell.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$") for cell in cells),
+        (
+            pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION))
+            & every.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$")
         )
         .fill_null(value=False)
         .alias("gsm7")
@@ -663,14 +674,12 @@ def _slow_rows(
     # a UCS-2 one (GSM-7 has none): each is searched for only when some body needs it.
     extensions = pl.lit(sum(char in GSM7_EXTENSION for char in text), pl.Int32)
     if gsm7.any():
-        extensions = pl.sum_horizontal(
-            extensions, *(cell.str.count_matches(_class(GSM7_EXTENSION)) for cell in cells)
+        extensions = (
+            extensions + present.str.count_matches(_class(GSM7_EXTENSION)).fill_null(0)
         ).cast(pl.Int32)
     astral = pl.lit(any(ord(char) > 0xFFFF for char in text))
     if not gsm7.all():
-        astral = pl.any_horizontal(
-            astral, *(cell.str.contains(r"[\x{10000}-\x{10FFFF}]") for cell in cells)
-        ).fill_null(value=False)
+        astral = (astral | present.str.contains(r"[\x{10000}-\x{10FFFF}]")).fill_null(value=False)
     kinds = values.with_columns(extensions.alias("extensions"), astral.alias("astral"))
     slow = slow.with_columns(gsm7, kinds["extensions"], kinds["astral"])
     return table.with_columns(table[name].scatter(slow["at"], slow[name]) for name in changed)
@@ -717,41 +726,43 @@ def _settle_rows(
     defaults: dict[str, str],
 ) -> tuple[pl.DataFrame, list[Rejected]]:
     """Rows with a valid number but no body get `row_outcome`, one by one; rows without a
-    valid number are rejected as blank or not valid, as `row_outcome` would."""
+    valid number are rejected as blank or not valid, as `row_outcome` would (their reasons
+    have no fields: each is formatted once, not once a row)."""
     invalid = table["to_number"].is_null()
     open_ = ~invalid & (table["body"] == "")
-    kinds = {True: rejections.BLANK_NUMBER, False: rejections.INVALID_NUMBER}
     numbers = frame.filter(invalid).select(
-        _ROW, PHONE_COLUMN, _is_blank(pl.col(PHONE_COLUMN)).alias("blank")
+        _is_blank(pl.col(PHONE_COLUMN)).cast(pl.UInt8).alias("blank"), _ROW, PHONE_COLUMN
     )
-    outcomes: list[Recipient | Rejected] = [
-        kinds[blank].at(row_number, raw) for row_number, raw, blank in numbers.iter_rows()
-    ]
-    outcomes += [
-        row_outcome(
-            row_number, dict(zip(header, cells, strict=True)), number, rules, sources, defaults
-        )
-        for (row_number, *cells), number in zip(
-            frame.filter(open_).select(_ROW, *header).iter_rows(),
-            table.filter(open_)["to_number"],
-            strict=True,
-        )
-    ]
-    settled = pl.DataFrame(
-        [
-            (o.row_number, o.to_number, o.body, o.encoding, o.segments)
-            for o in outcomes
-            if isinstance(o, Recipient)
-        ],
-        schema=table.schema,
-        orient="row",
-    )
-    rejected = sorted(
-        (o for o in outcomes if isinstance(o, Rejected)), key=lambda outcome: outcome.row_number
+    # In file order, as the frame's rows are.
+    rejected = rejections.at_rows(
+        (rejections.INVALID_NUMBER, rejections.BLANK_NUMBER),
+        zip(*(column.to_list() for column in numbers.get_columns()), strict=True),
     )
     kept = table.filter(~invalid & ~open_)
-    if not settled.is_empty():
-        kept = pl.concat([kept, settled]).sort("row_number")
+    if not open_.any():
+        return kept, rejected
+    settled: list[tuple[int, str, str, str, int]] = []
+    late: list[Rejected] = []
+    for (row_number, *cells), number in zip(
+        frame.filter(open_).select(_ROW, *header).iter_rows(),
+        table.filter(open_)["to_number"],
+        strict=True,
+    ):
+        outcome = row_outcome(
+            row_number, dict(zip(header, cells, strict=True)), number, rules, sources, defaults
+        )
+        if isinstance(outcome, Rejected):
+            late.append(outcome)
+        else:
+            settled.append(
+                (row_number, outcome.to_number, outcome.body, outcome.encoding, outcome.segments)
+            )
+    if late:
+        rejected = sorted([*rejected, *late], key=lambda outcome: outcome.row_number)
+    if settled:
+        kept = pl.concat([kept, pl.DataFrame(settled, schema=table.schema, orient="row")]).sort(
+            "row_number"
+        )
     return kept, rejected
 
 
@@ -841,6 +852,7 @@ def _python_spaces() -> str:
     return "".join(chr(point) for point in range(sys.maxunicode + 1) if chr(point).isspace())
 
 
+@functools.cache
 def _class(chars: str) -> str:
     """A regex character class (polars' syntax) of exactly these characters."""
     return "[" + "".join(f"\\x{{{ord(char):X}}}" for char in sorted(set(chars))) + "]"

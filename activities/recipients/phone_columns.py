@@ -146,12 +146,16 @@ def _table_verdicts(raws: pl.Series) -> pl.Series:
     )
     places = frame["place"]
     tables = _tables
-    heads = _head_codes()
-    met = pl.Series([code in tables.codes for code in heads], dtype=pl.Boolean)
-    if not met.gather(places // (_MOST_DIGITS + 1)).fill_null(value=True).all():
-        found = (places // (_MOST_DIGITS + 1)).drop_nulls().unique().to_list()
-        tables = _with_codes({heads[head] for head in found} - {""})
     start = tables.start.gather(places)
+    # A place without a table (few: numbers not valid, mostly) may be of a calling code
+    # not met yet: its tables are built, then looked up again.
+    left = places.filter(start.is_null())
+    if left.len() > left.null_count():
+        heads = _head_codes()
+        found = (left // (_MOST_DIGITS + 1)).drop_nulls().unique().to_list()
+        if new := {heads[head] for head in found} - {""} - tables.codes:
+            tables = _with_codes(new)
+            start = tables.start.gather(places)
     divisor = tables.divisor.gather(places)
     modulus = tables.modulus.gather(places)
     return tables.verdicts.gather(start + frame["number"] // divisor % modulus)

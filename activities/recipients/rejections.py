@@ -2,6 +2,7 @@
 the row engine (`rows`) and the column engine (`columns`) both read, and docs/API.md lists.
 """
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -63,6 +64,14 @@ class Text:
 
     def error(self, **fields: object) -> SourceInvalid:
         return SourceInvalid(self.code, self.template.format(**fields))
+
+
+def at_rows(texts: Sequence[Text], rows: Iterable[tuple[int, int, str | None]]) -> list[Rejected]:
+    """`texts[kind].at(row_number, value)` for each `(kind, row_number, value)`, of texts
+    whose reasons have no fields: each is formatted once, not once a row (a file may
+    reject many)."""
+    made = [(text.code, text.template.format()) for text in texts]
+    return [Rejected(row_number, *made[kind], value) for kind, row_number, value in rows]
 
 
 _SAVE_AS_UTF8 = 'save it as UTF-8 (e.g. "CSV UTF-8")'
