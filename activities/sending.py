@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 from temporalio import activity
@@ -40,6 +41,9 @@ ACCOUNT_FAILURES = frozenset({"20003"})
 # slice then stops retrying and the account's batches pause, rather than retry on their own.
 THROTTLING = frozenset({"20429", "429"})
 UNREACHABLE = frozenset({"connect", "500", "502", "503", "504", "20500", "20503"})
+# The ledger status of each verdict that settles a row (a deferral puts it back `pending`):
+# looked up rather than made from the verdict's value for every row recorded.
+SETTLED = MappingProxyType({v: LedgerStatus(v.value) for v in Verdict if v is not Verdict.RETRY})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -299,12 +303,12 @@ class SendingActivities(WorkerResources):
         """Count the slice's messages, each by its sender, once recorded; one deferred (retry)
         counts on each attempt, one not sent (stopped) not at all."""
         counts = Counter(
-            (result.verdict.value, result.error_code or "", sender)
+            (result.verdict, result.error_code or "", sender)
             for sender, result in zip(senders, results, strict=True)
             if result is not None
         )
-        for labels, count in counts.items():
-            self._metrics.messages.labels(*labels).inc(count)
+        for (verdict, code, sender), count in counts.items():
+            self._metrics.messages.labels(verdict.value, code, sender).inc(count)
 
     async def _record_opt_outs(self, account_id: uuid.UUID, numbers: list[str]) -> None:
         for number in numbers:
@@ -449,7 +453,7 @@ def _outcomes(
         if r is None or r.verdict is Verdict.RETRY
         else messages.Outcome(
             seq=m.seq,
-            status=LedgerStatus(r.verdict.value),
+            status=SETTLED[r.verdict],
             carrier_sid=r.sid,
             error_code=r.error_code,
             error_message=r.error_message,

@@ -27,6 +27,7 @@ from activities.heartbeats import SliceHeartbeat
 from activities.providers.twilio import (
     OUTCOMES,
     CarrierClient,
+    SendResult,
     Verdict,
     accepted_sid,
     classify,
@@ -36,7 +37,10 @@ from activities.providers.twilio import (
     message_form,
     retry_after_seconds,
 )
+from activities.sending import _outcomes
 from deploy.local.emulator import HTTP_ERROR_CODES, MAGIC_FROM, MAGIC_TO
+from store.messages import ClaimedMessage
+from workflows.statuses import LedgerStatus
 
 
 def refusal(status: int, code: int | None, message: str = "carrier says no") -> TwilioRestException:
@@ -336,3 +340,23 @@ def test_an_answer_gives_the_sid_twilios_own_reading_gives(text: str, status: in
         return accepted_sid(messages._version._parse_create("POST", messages._uri, response))
 
     assert read_as(lambda: ours.created_sid(response)) == read_as(twilios)
+
+
+def test_each_verdict_is_recorded_as_the_ledger_status_of_its_value() -> None:
+    """A settled row's ledger status is the one named by its verdict's value; a deferred or
+    unsent row goes back to `pending`, one outside its window with the time it opens."""
+    verdicts = list(Verdict)
+    claimed = [ClaimedMessage(seq, f"+1555000{seq:04d}", "hi") for seq in range(len(verdicts) + 1)]
+    results: list[SendResult | None] = [
+        SendResult(verdict=v, sid=f"SM{seq}", error_code=f"c{seq}", error_message=f"m{seq}")
+        for seq, v in enumerate(verdicts)
+    ]
+    outcomes = _outcomes(claimed, [*results, None], [None] * len(verdicts) + [0.0])
+
+    assert [(o.status, o.carrier_sid, o.error_code, o.error_message) for o in outcomes] == [
+        (LedgerStatus.PENDING, None, None, None)
+        if v is Verdict.RETRY
+        else (LedgerStatus(v.value), f"SM{seq}", f"c{seq}", f"m{seq}")
+        for seq, v in enumerate(verdicts)
+    ] + [(LedgerStatus.PENDING, None, None, None)]
+    assert [o.window_opens_at for o in outcomes][-1] == datetime.fromtimestamp(0, UTC)
