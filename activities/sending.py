@@ -332,7 +332,14 @@ class _Waves:
         # Rows given an outcome since the last wave took them: a wave takes these rather
         # than look through the whole slice.
         self._answered: list[int] = []
-        self._lock = asyncio.Lock()
+        # A lane marks a wave (and waits for the write before it) at a time; the lanes that
+        # come meanwhile wait for it to end, each on a future of its own made on this loop:
+        # all woken at once when it ends, where an asyncio.Lock would wake them one by one
+        # (one turn of the loop each), and ask for the running loop (a `getpid` system call)
+        # for each of them.
+        self._loop = asyncio.get_running_loop()
+        self._marking = False
+        self._waiters: list[asyncio.Future[None]] = []
         # The write of the outcomes the last wave took, once started.
         self._recording: asyncio.Future[None] | None = None
 
@@ -344,21 +351,33 @@ class _Waves:
     ) -> bool:
         """Whether row `index` is this attempt's to send, running `wave` first if its wave is
         not marked yet (one wave at a time), then `record` on the rows whose outcomes `wave`
-        took: outside the lock, so that the other lanes send the new wave meanwhile rather
-        than wait for the outcomes to be written. A wave is marked only once the outcomes
+        took: once the wave is marked, so that the other lanes send the new wave meanwhile
+        rather than wait for the outcomes to be written. A wave is marked only once the outcomes
         taken by the one before are written, so no more rows are `sending` at a time than
         when they were written first."""
         if self._tried[index]:
-            # Its wave is marked (and `_marked` final): no lock to take, as most rows find.
+            # Its wave is marked (and `_marked` final): nothing to wait for, as most rows find.
             return self._marked[index]
+        while self._marking:
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            await waiter
+            if self._tried[index]:
+                return self._marked[index]
         recording: asyncio.Future[None] | None = None
-        async with self._lock:
-            if not self._tried[index]:
-                if self._recording is not None:
-                    await self._recording
-                done = await wave(index)
-                if done:
-                    recording = self._recording = asyncio.ensure_future(record(done))
+        self._marking = True
+        try:
+            if self._recording is not None:
+                await self._recording
+            done = await wave(index)
+            if done:
+                recording = self._recording = asyncio.ensure_future(record(done))
+        finally:
+            self._marking = False
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         if recording is not None:
             await recording
         return self._marked[index]
