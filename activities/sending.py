@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 from temporalio import activity
@@ -40,6 +41,9 @@ ACCOUNT_FAILURES = frozenset({"20003"})
 # slice then stops retrying and the account's batches pause, rather than retry on their own.
 THROTTLING = frozenset({"20429", "429"})
 UNREACHABLE = frozenset({"connect", "500", "502", "503", "504", "20500", "20503"})
+# The ledger status of each verdict that settles a row (a deferral puts it back `pending`):
+# looked up rather than made from the verdict's value for every row recorded.
+SETTLED = MappingProxyType({v: LedgerStatus(v.value) for v in Verdict if v is not Verdict.RETRY})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -299,12 +303,12 @@ class SendingActivities(WorkerResources):
         """Count the slice's messages, each by its sender, once recorded; one deferred (retry)
         counts on each attempt, one not sent (stopped) not at all."""
         counts = Counter(
-            (result.verdict.value, result.error_code or "", sender)
+            (result.verdict, result.error_code or "", sender)
             for sender, result in zip(senders, results, strict=True)
             if result is not None
         )
-        for labels, count in counts.items():
-            self._metrics.messages.labels(*labels).inc(count)
+        for (verdict, code, sender), count in counts.items():
+            self._metrics.messages.labels(verdict.value, code, sender).inc(count)
 
     async def _record_opt_outs(self, account_id: uuid.UUID, numbers: list[str]) -> None:
         for number in numbers:
@@ -328,7 +332,14 @@ class _Waves:
         # Rows given an outcome since the last wave took them: a wave takes these rather
         # than look through the whole slice.
         self._answered: list[int] = []
-        self._lock = asyncio.Lock()
+        # A lane marks a wave (and waits for the write before it) at a time; the lanes that
+        # come meanwhile wait for it to end, each on a future of its own made on this loop:
+        # all woken at once when it ends, where an asyncio.Lock would wake them one by one
+        # (one turn of the loop each), and ask for the running loop (a `getpid` system call)
+        # for each of them.
+        self._loop = asyncio.get_running_loop()
+        self._marking = False
+        self._waiters: list[asyncio.Future[None]] = []
         # The write of the outcomes the last wave took, once started.
         self._recording: asyncio.Future[None] | None = None
 
@@ -340,21 +351,33 @@ class _Waves:
     ) -> bool:
         """Whether row `index` is this attempt's to send, running `wave` first if its wave is
         not marked yet (one wave at a time), then `record` on the rows whose outcomes `wave`
-        took: outside the lock, so that the other lanes send the new wave meanwhile rather
-        than wait for the outcomes to be written. A wave is marked only once the outcomes
+        took: once the wave is marked, so that the other lanes send the new wave meanwhile
+        rather than wait for the outcomes to be written. A wave is marked only once the outcomes
         taken by the one before are written, so no more rows are `sending` at a time than
         when they were written first."""
         if self._tried[index]:
-            # Its wave is marked (and `_marked` final): no lock to take, as most rows find.
+            # Its wave is marked (and `_marked` final): nothing to wait for, as most rows find.
             return self._marked[index]
+        while self._marking:
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            await waiter
+            if self._tried[index]:
+                return self._marked[index]
         recording: asyncio.Future[None] | None = None
-        async with self._lock:
-            if not self._tried[index]:
-                if self._recording is not None:
-                    await self._recording
-                done = await wave(index)
-                if done:
-                    recording = self._recording = asyncio.ensure_future(record(done))
+        self._marking = True
+        try:
+            if self._recording is not None:
+                await self._recording
+            done = await wave(index)
+            if done:
+                recording = self._recording = asyncio.ensure_future(record(done))
+        finally:
+            self._marking = False
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         if recording is not None:
             await recording
         return self._marked[index]
@@ -449,7 +472,7 @@ def _outcomes(
         if r is None or r.verdict is Verdict.RETRY
         else messages.Outcome(
             seq=m.seq,
-            status=LedgerStatus(r.verdict.value),
+            status=SETTLED[r.verdict],
             carrier_sid=r.sid,
             error_code=r.error_code,
             error_message=r.error_message,

@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import json
 import logging
 import random
 import re
@@ -26,6 +27,7 @@ from activities.heartbeats import SliceHeartbeat
 from activities.providers.twilio import (
     OUTCOMES,
     CarrierClient,
+    SendResult,
     Verdict,
     accepted_sid,
     classify,
@@ -35,7 +37,10 @@ from activities.providers.twilio import (
     message_form,
     retry_after_seconds,
 )
+from activities.sending import _outcomes
 from deploy.local.emulator import HTTP_ERROR_CODES, MAGIC_FROM, MAGIC_TO
+from store.messages import ClaimedMessage
+from workflows.statuses import LedgerStatus
 
 
 def refusal(status: int, code: int | None, message: str = "carrier says no") -> TwilioRestException:
@@ -234,3 +239,124 @@ def test_the_client_sets_twilios_own_headers(
     assert ours.get_headers(method, dict(given_headers or {})) == theirs.get_headers(
         method, dict(given_headers or {})
     )
+
+
+def test_a_message_goes_where_twilio_sends_it_after_the_base_url_changes() -> None:
+    """The Messages URL is made once for each base URL: a client pointed elsewhere (the
+    emulator's, then Twilio's) posts where twilio's own would."""
+    form = message_form(
+        to="+15550001111",
+        from_="+15550002222",
+        body="hi",
+        status_callback=None,
+        content_sid=None,
+        content_variables=None,
+    )
+
+    async def both() -> tuple[list[Any], list[Any]]:
+        theirs, ours = RecordingHttp(), RecordingHttp()
+        their_client, our_client = (
+            Client(*ACCOUNT, http_client=theirs),
+            CarrierClient(*ACCOUNT, ours),
+        )
+        for base_url in ("http://127.0.0.1:9", "http://127.0.0.1:9", "https://api.twilio.com"):
+            their_client.api.base_url = our_client.api.base_url = base_url
+            await their_client.messages._create_async(to=form["To"], from_=form["From"], body="hi")
+            await create_message(our_client, form)
+        return theirs.seen, ours.seen
+
+    theirs, ours = asyncio.run(both())
+    assert ours == theirs
+    assert [str(call[0][1]).split("/2010")[0] for call in ours] == [
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9",
+        "https://api.twilio.com",
+    ]
+
+
+def read_as(read: Any) -> tuple[str, object]:
+    """What reading an answer gives: the value (with its type), or the exception's type and
+    words."""
+    try:
+        value = read()
+    except Exception as error:
+        return "raised", (type(error).__name__, str(error))
+    return "read", (type(value).__name__, repr(value))
+
+
+SID = "SM" + "0123456789abcdef" * 2
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats()
+    | st.text(st.characters(exclude_categories=())),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["sid", "status", "x"]) | st.text(max_size=3), inner)
+    ),
+    max_leaves=8,
+)
+
+
+@st.composite
+def answers(draw: st.DrawFn) -> str:
+    """Answer bodies: JSON with and without a sid (NaN, infinities, lone surrogates and huge
+    integers among them), objects with a key twice, and texts cut or with a character put in."""
+    value = draw(json_values)
+    text = json.dumps(value, ensure_ascii=draw(st.booleans()))
+    if draw(st.booleans()):
+        sid = draw(st.just(SID) | json_values)
+        pairs = [f'"sid": {json.dumps(sid)}', f'"sid": "{SID}"', '"status": "queued"']
+        text = "{" + ", ".join(draw(st.permutations(pairs))[: draw(st.integers(1, 3))]) + "}"
+    edit = draw(st.sampled_from(["none", "cut", "insert"]))
+    at = draw(st.integers(0, len(text)))
+    if edit == "cut":
+        text = text[:at]
+    elif edit == "insert":
+        text = text[:at] + draw(st.characters(exclude_categories=())) + text[at:]
+    return text
+
+
+@settings(max_examples=400)
+@given(answers(), st.sampled_from([200, 201, 202, 400, 429, 500]))
+@example('{"sid": "' + SID + '", "sid": "SMnot"}', 201)
+@example('{"sid": "' + SID + '", "price": NaN}', 201)
+@example('{"sid": "' + SID + '", "n": 123456789012345678901234567890}', 201)
+@example('{"sid": "\\ud800' + SID + '"}', 201)
+@example('{"sid": 123456789012345678901234567890}', 201)
+@example('[{"sid": "' + SID + '"}]', 201)
+@example('{"sid": "' + SID + '"} x', 201)
+@example("", 201)
+@example('{"code": 21211, "message": "bad To", "sid": "' + SID + '"}', 400)
+def test_an_answer_gives_the_sid_twilios_own_reading_gives(text: str, status: int) -> None:
+    """The sid read by orjson is the one twilio's `_parse_create` (the json module) reads,
+    and whatever orjson cannot read as twilio does goes to twilio."""
+    response = Response(status, text)
+    ours = CarrierClient(*ACCOUNT, RecordingHttp())
+    messages = Client(*ACCOUNT, http_client=RecordingHttp()).messages
+
+    def twilios() -> object:
+        return accepted_sid(messages._version._parse_create("POST", messages._uri, response))
+
+    assert read_as(lambda: ours.created_sid(response)) == read_as(twilios)
+
+
+def test_each_verdict_is_recorded_as_the_ledger_status_of_its_value() -> None:
+    """A settled row's ledger status is the one named by its verdict's value; a deferred or
+    unsent row goes back to `pending`, one outside its window with the time it opens."""
+    verdicts = list(Verdict)
+    claimed = [ClaimedMessage(seq, f"+1555000{seq:04d}", "hi") for seq in range(len(verdicts) + 1)]
+    results: list[SendResult | None] = [
+        SendResult(verdict=v, sid=f"SM{seq}", error_code=f"c{seq}", error_message=f"m{seq}")
+        for seq, v in enumerate(verdicts)
+    ]
+    outcomes = _outcomes(claimed, [*results, None], [None] * len(verdicts) + [0.0])
+
+    assert [(o.status, o.carrier_sid, o.error_code, o.error_message) for o in outcomes] == [
+        (LedgerStatus.PENDING, None, None, None)
+        if v is Verdict.RETRY
+        else (LedgerStatus(v.value), f"SM{seq}", f"c{seq}", f"m{seq}")
+        for seq, v in enumerate(verdicts)
+    ] + [(LedgerStatus.PENDING, None, None, None)]
+    assert [o.window_opens_at for o in outcomes][-1] == datetime.fromtimestamp(0, UTC)

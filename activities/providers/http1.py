@@ -82,9 +82,12 @@ def _too_late(waiter: "asyncio.Future[Answer]") -> None:
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; it carries one request at a time."""
+    """One keep-alive connection; it carries one request at a time. Made in its event loop,
+    which it keeps: `asyncio.get_running_loop` is a `getpid` system call each time (it checks
+    for a fork), three a request when the pool asked it."""
 
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.headers: dict[str, str] = {}
@@ -133,7 +136,7 @@ class _Connection(asyncio.Protocol):
     def send(self, request: bytes) -> asyncio.Future[Answer]:
         assert self.transport is not None
         self.headers, self.body, self.keep_alive = {}, [], False
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = self.loop.create_future()
         self.transport.write(request)
         return self.waiter
 
@@ -181,7 +184,7 @@ class Http1Pool:
                 waiter = connection.send(request)
                 # A timer on the answer's future itself: lighter than `asyncio.timeout`, which
                 # schedules the same timer but also tracks and cancels the calling task.
-                timer = asyncio.get_running_loop().call_later(limit, _too_late, waiter)
+                timer = connection.loop.call_later(limit, _too_late, waiter)
                 answer = await waiter
             except TimeoutError as error:
                 connection.close()
@@ -193,7 +196,7 @@ class Http1Pool:
                 if timer is not None:
                     timer.cancel()
             if connection.keep_alive and connection.usable:
-                connection.idle_since = asyncio.get_running_loop().time()
+                connection.idle_since = connection.loop.time()
                 idle = self._idle.get(origin)
                 if idle is None:
                     idle = self._idle[origin] = deque()
@@ -204,12 +207,12 @@ class Http1Pool:
 
     async def _connection(self, origin: Origin, limit: float) -> _Connection:
         idle = self._idle.get(origin)
-        loop = asyncio.get_running_loop()
         while idle:
             connection = idle.pop()
-            if connection.usable and loop.time() - connection.idle_since < IDLE_SECONDS:
+            if connection.usable and connection.loop.time() - connection.idle_since < IDLE_SECONDS:
                 return connection
             connection.close()
+        loop = asyncio.get_running_loop()
         context = None
         if origin.scheme == "https":
             # Made once: loading the system's CA certificates takes milliseconds.
