@@ -515,9 +515,10 @@ async def test_loaded_at_upload(api: httpx.AsyncClient, account: Account, tempor
     await save_batch(temporal, file_id, "loaded_at_upload")
 
 
-async def test_cancelled_during_validation(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
-) -> None:
+async def cancelled_while_validating(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> str:
+    """A 200,000-row file's batch cancelled through the API while `validating`; its file_id."""
     file_id = await attach(api, account.headers, slow_to_validate(200_000))
     marker = secrets.token_hex(6)
     response = await start(api, account, file_id, status_webhook=webhooks.url(marker))
@@ -525,6 +526,13 @@ async def test_cancelled_during_validation(
     await webhooks.wait_for(marker, "validating")
     await control(api, account, file_id, "cancel")
     assert (await finished(webhooks, marker))["status"] == "cancelled"
+    return file_id
+
+
+async def test_cancelled_during_validation(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    file_id = await cancelled_while_validating(api, account, webhooks)
     await save_batch(temporal, file_id, "cancelled_during_validation")
 
 
@@ -533,13 +541,7 @@ async def test_cancelled_during_queued_validating_report(
 ) -> None:
     """As `cancelled_during_validation`, on the `batch-validating-report-queued` patch: the
     `validating` event's activity beside the validation, the final event after it."""
-    file_id = await attach(api, account.headers, slow_to_validate(200_000))
-    marker = secrets.token_hex(6)
-    response = await start(api, account, file_id, status_webhook=webhooks.url(marker))
-    assert response.status_code == 200, response.text
-    await webhooks.wait_for(marker, "validating")
-    await control(api, account, file_id, "cancel")
-    assert (await finished(webhooks, marker))["status"] == "cancelled"
+    file_id = await cancelled_while_validating(api, account, webhooks)
     await save_batch(temporal, file_id, "cancelled_during_validation_report_queued")
 
 
