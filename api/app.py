@@ -131,6 +131,19 @@ async def _connect_early(temporal: Client) -> None:
         await asyncio.sleep(1)
 
 
+def _build_routes(app: FastAPI) -> None:
+    """Build every included router's routes now. FastAPI (0.165) builds them, with their
+    dependencies and body and response models, on the first request that reaches their
+    router: 0.07 s on an idle machine, 0.13-0.22 s under load, of the first
+    `POST /v1/sms/batch` after a start. `effective_route_contexts` is FastAPI's own, not
+    public: without it, they are built on first use, as before."""
+    for route in app.routes:
+        build = getattr(route, "effective_route_contexts", None)
+        if callable(build):
+            for _ in build():
+                pass
+
+
 def create_app(settings: Settings | None = None, tracing: Tracing | None = None) -> FastAPI:
     """The app; with `tracing`, its requests and the workflows they start are traced."""
     settings = settings or get_settings()
@@ -145,6 +158,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             settings, lazy=True, interceptors=client_interceptors(tracing)
         )
         connecting = asyncio.create_task(_connect_early(app.state.temporal))
+        _build_routes(app)
         app.state.receipt_intake = ReceiptIntake(app.state.pool)
         applier = asyncio.create_task(
             apply_receipts(app.state.pool, app.state.receipt_intake.arrived)
