@@ -4,11 +4,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
+from temporalio.client import Client
 
 from api.errors import install_error_handlers
 from api.input_checks import InputChecks
@@ -113,6 +115,35 @@ def _without_validation_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+# How long the API keeps trying to open its Temporal connection early, a try a second.
+EARLY_CONNECT_SECONDS = 60
+
+
+async def _connect_early(temporal: Client) -> None:
+    """Open the lazy client's connection now, beside the API's start, so that the first
+    `POST /v1/sms/batch` does not wait for it (about 0.15 s, a quarter of a 10,000-row
+    batch's way to its first message); while Temporal is not up, the first call opens it,
+    as before."""
+    for _ in range(EARLY_CONNECT_SECONDS):
+        with contextlib.suppress(Exception):
+            if await temporal.service_client.check_health(timeout=timedelta(seconds=1)):
+                return
+        await asyncio.sleep(1)
+
+
+def _build_routes(app: FastAPI) -> None:
+    """Build every included router's routes now. FastAPI (0.165) builds them, with their
+    dependencies and body and response models, on the first request that reaches their
+    router: 0.07 s on an idle machine, 0.13-0.22 s under load, of the first
+    `POST /v1/sms/batch` after a start. `effective_route_contexts` is FastAPI's own, not
+    public: without it, they are built on first use, as before."""
+    for route in app.routes:
+        build = getattr(route, "effective_route_contexts", None)
+        if callable(build):
+            for _ in build():
+                pass
+
+
 def create_app(settings: Settings | None = None, tracing: Tracing | None = None) -> FastAPI:
     """The app; with `tracing`, its requests and the workflows they start are traced."""
     settings = settings or get_settings()
@@ -126,6 +157,8 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         app.state.temporal = await connect_temporal(
             settings, lazy=True, interceptors=client_interceptors(tracing)
         )
+        connecting = asyncio.create_task(_connect_early(app.state.temporal))
+        _build_routes(app)
         app.state.receipt_intake = ReceiptIntake(app.state.pool)
         applier = asyncio.create_task(
             apply_receipts(app.state.pool, app.state.receipt_intake.arrived)
@@ -142,6 +175,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             yield
         finally:
             await listener.close()
+            connecting.cancel()
             applier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await applier

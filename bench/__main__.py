@@ -46,6 +46,7 @@ from bench.outcomes import attach
 from bench.outcomes import measure as measure_outcomes
 from bench.outcomes import report_rows as outcomes_report
 from bench.stack import bench_stack
+from bench.timeline import batch_steps, opening_and_tail, timeline_report, validation_steps
 from deploy.local.processes import ManagedProcess, free_port
 from settings import Settings
 from store.db import create_pool
@@ -174,6 +175,7 @@ async def run_herald(
             },
         )
         response.raise_for_status()
+        answered_at = time.time()
         sending_started = None
         while True:
             arrived, event = await events.get()
@@ -186,6 +188,8 @@ async def run_herald(
         stats = (await http.get(f"{info['emulator_url']}/_emulator/stats")).json()
     await runner.cleanup()
     first = stats.get("first_received_at")
+    client = await connect_temporal(settings)
+    steps = await batch_steps(client, file_id, posted_at)
     elapsed = arrived - started
     sent = event.get("messages_successful", 0)
     return {
@@ -197,6 +201,23 @@ async def run_herald(
         "messages_per_second": sent / elapsed,
         # From the POST to the carrier's first request (the emulator's clock is this one's).
         "first_message_seconds": None if first is None else first - posted_at,
+        # The opening's and the tail's steps, at seconds after the POST (bench/timeline.py).
+        "timeline": opening_and_tail(
+            steps,
+            answered_at - posted_at,
+            None if first is None else first - posted_at,
+            None
+            if stats.get("last_received_at") is None
+            else stats["last_received_at"] - posted_at,
+        ),
+        "validation_steps_ms": validation_steps(
+            [p.log_path for p in stack if p.name.startswith("worker")], file_id
+        ),
+        "tail_seconds": (
+            None
+            if stats.get("last_received_at") is None
+            else elapsed - (stats["last_received_at"] - posted_at)
+        ),
         "send_phase_seconds": arrived - (sending_started or started),
         "send_phase_messages_per_second": sent / (arrived - (sending_started or started)),
         "peak_rss_mb": sampler.peak_rss_mb,
@@ -494,7 +515,7 @@ async def measure_sweep(
         ceiling_n = min(SWEEP_CEILING_N, max(args.sweep))
         lean_runs = [await run_ceiling(ceiling_n, settings, info, lean=True)]
         sizes = []
-        for n in args.sweep:
+        for n in [size for size in args.sweep for _ in range(args.repeat)]:
             await reset_statement_stats(pool)
             herald = await run_herald(n, settings, info, watched, processes)
             herald.pop("samples")
@@ -530,6 +551,7 @@ def sweep_report(result: dict[str, Any]) -> str:
         "x lean",
         "x naive",
         "first msg s",
+        "tail s",
         *(f"{p} cpu" for p in parts),
     ]
     lines = [header]
@@ -543,6 +565,7 @@ def sweep_report(result: dict[str, Any]) -> str:
                 f"{size['over_lean_ceiling']:.2f}",
                 f"{size['over_naive']:.1f}",
                 "-" if first is None else f"{first:.2f}",
+                "-" if size.get("tail_seconds") is None else f"{size['tail_seconds']:.2f}",
                 *(f"{size['cpu_ms_per_1000'].get(p, 0.0) / 1000:.3f}" for p in parts),
             ]
         )
@@ -550,9 +573,13 @@ def sweep_report(result: dict[str, Any]) -> str:
     table = "\n".join(
         "  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines
     )
+    timelines = "\n".join(
+        f"{size['recipients']:,} rows, seconds after the POST:\n{timeline_report(size)}"
+        for size in result["sizes"]
+    )
     return (
-        f"{table}\n\nCPU in seconds per 1,000 messages; x lean: to the mean of the lean ceiling"
-        f" runs before and after the size (all: {spread(lean)} msg/s);"
+        f"{table}\n\n{timelines}\n\nCPU in seconds per 1,000 messages; x lean: to the mean of"
+        f" the lean ceiling runs before and after the size (all: {spread(lean)} msg/s);"
         f" naive {naive['messages_per_second']:,.0f} msg/s ({naive['sent']:,} sent);"
         f" load average {' '.join(f'{x:.2f}' for x in result['load_average'])}"
     )
@@ -748,6 +775,12 @@ def main() -> int:
         type=sizes_list,
         help="comma-separated batch sizes: Herald at each (msg/s, CPU per part, time to first"
         " message, PostgreSQL's top statements) against one naive run and the lean ceiling",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="with --sweep: run each size this many times in a row (each run its own row)",
     )
     args = parser.parse_args()
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")

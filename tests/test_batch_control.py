@@ -330,6 +330,7 @@ async def test_search_attributes_find_the_finished_batch(
             "batch-opening-reports-queued",
             "batch-reconcile-uncertain",
             "batch-report-while-starting",
+            "batch-validating-report-queued",
             "chunk-send-task-queue",
         ],
         "BatchStatus": "completed",

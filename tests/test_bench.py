@@ -65,20 +65,30 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
 def test_the_sweep_measures_every_size_against_one_naive_run_and_the_lean_ceiling(
     tmp_path: Path,
 ) -> None:
-    run = bench("--sweep", "1000,300,1000", "--naive-n", "20", "--out", str(tmp_path))
+    run = bench(
+        "--sweep", "1000,300,1000", "--repeat", "2", "--naive-n", "20", "--out", str(tmp_path)
+    )
 
     assert run.returncode == 0, run.stdout + run.stderr
     [results] = tmp_path.glob("sweep-*.json")
     result = json.loads(results.read_text())
-    assert [size["recipients"] for size in result["sizes"]] == [300, 1000]
+    assert [size["recipients"] for size in result["sizes"]] == [300, 300, 1000, 1000]
     assert result["naive"]["sent"] == 20
     # Before the first size and after each.
-    assert (result["lean_ceiling"]["sent"], len(result["lean_ceiling"]["runs"])) == (3000, 3)
+    assert (result["lean_ceiling"]["sent"], len(result["lean_ceiling"]["runs"])) == (5000, 5)
     for size in result["sizes"]:
         assert (size["status"], size["sent"]) == ("completed", size["recipients"])
         assert size["lean_ceiling_messages_per_second"] > 0
         assert size["over_lean_ceiling"] > 0 and size["over_naive"] > 0
         assert 0 < size["first_message_seconds"] < size["seconds"]
+        # The opening, step by step up to the carrier's first request; the tail from its last.
+        opening = dict((what, at) for at, what in size["timeline"]["opening"])
+        assert 0 < opening["workflow started"] < opening["validate_recipients started"]
+        assert opening["validate_recipients completed"] < opening["send_slice started"]
+        assert opening["first carrier request"] == size["first_message_seconds"]
+        [(_, last), *tail] = size["timeline"]["tail"]
+        assert last == "last carrier request" and tail[-1][1] == "workflow completed"
+        assert 0 < size["tail_seconds"] < size["seconds"]
         assert set(size["cpu_ms_per_1000"]) == {"api", "worker", "postgres", "temporal", "emulator"}
         # The clock ticks of /proc: a part idle for a small batch may show none.
         assert all(cpu >= 0 for cpu in size["cpu_ms_per_1000"].values())
@@ -88,3 +98,4 @@ def test_the_sweep_measures_every_size_against_one_naive_run_and_the_lean_ceilin
     assert len(result["load_average"]) == 3
     assert results.with_suffix(".png").stat().st_size > 0
     assert "first msg s" in run.stdout
+    assert "first carrier request" in run.stdout

@@ -142,13 +142,15 @@ async def test_a_small_batch_runs_its_database_steps_within_its_workflow_tasks(
         "record_status",
     }
     assert scheduled.count("send_slice") == 1
-    # `dispatching` then `in_progress`, queued so as not to hold the send's start back: the
+    # `validating`, queued beside the validation so as not to hold its start back; then
+    # `dispatching` and `in_progress`, queued so as not to hold the send's start back: the
     # slice is scheduled with the first, before the second.
-    opening = [i for i, step in enumerate(scheduled) if step == "record_status"]
-    assert len(opening) == 2
-    assert opening[0] < scheduled.index("send_slice") < opening[1]
+    reports = [i for i, step in enumerate(scheduled) if step == "record_status"]
+    assert len(reports) == 3
+    assert reports[0] < scheduled.index("validate_recipients")
+    assert reports[1] < scheduled.index("send_slice") < reports[2]
     assert local[-2:] == ["finish_ledger", "record_status"]
-    assert local[:-2].count("record_status") == len(events) - 3
+    assert local[:-2].count("record_status") == len(events) - 4
     assert "has_uncertain" in local
 
 

@@ -97,6 +97,10 @@ OPENING_QUEUED_PATCH = "batch-opening-reports-queued"
 # chunks' code in its own workflow too: no child's start on the path to the first message,
 # no child's end on the path to the final event (docs/WORKFLOWS.md, Fairness between batches).
 SLICES_INLINE_PATCH = "batch-slices-inline"
+# The `validating` event is recorded by an activity on the task queue, beside the file's
+# validation, not by a local activity before it: a workflow task completes only once its local
+# activities are done, so the validation's start waited for the event's (docs/WORKFLOWS.md).
+VALIDATING_QUEUED_PATCH = "batch-validating-report-queued"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -303,7 +307,20 @@ class BatchWorkflow:
         return await self._dispatch(state)
 
     async def _validate(self) -> DispatchState | BatchResult:
-        await self._report(BatchStatus.VALIDATING)
+        if not workflow.patched(VALIDATING_QUEUED_PATCH):
+            await self._report(BatchStatus.VALIDATING)
+            return await self._validated()
+        validating = asyncio.create_task(self._report(BatchStatus.VALIDATING, queued=True))
+        # One turn of the loop (no command): the report takes `_report_lock` and its seq
+        # before any other report can, so every later event still comes after it.
+        await asyncio.sleep(0)
+        prepared = await self._validated()
+        await validating
+        return prepared
+
+    async def _validated(self) -> DispatchState | BatchResult:
+        """The file validated into the ledger (or loaded), and the state to send from; the
+        batch's result when it ends here."""
         validated = self._input.validated
         if validated is not None and workflow.patched(VALIDATED_PATCH):
             validation = validated

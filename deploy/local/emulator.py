@@ -565,12 +565,15 @@ class Carrier:
 
     async def stats(self, _: Request) -> Reply:
         first = self.received[0].received_at if self.received else None
+        last = self.received[-1].received_at if self.received else None
         return Reply(
             {
                 "received": len(self.received),
                 # Unix time of the first message received since the last reset (the
                 # bench's time to first message), None before one.
                 "first_received_at": first,
+                # And of the last: a batch's tail runs from it to the final event.
+                "last_received_at": last,
                 "refused": {str(code): n for code, n in self.refused.items()},
                 "callbacks": dict(self.callbacks),
             }

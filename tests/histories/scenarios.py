@@ -211,6 +211,16 @@ async def test_opening_reports_queued(
     await save_batch(temporal, file_id, "opening_reports_queued")
 
 
+async def test_validating_report_queued(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    """As `opening_reports_queued`, on the `batch-validating-report-queued` patch: the marker,
+    then the `validating` report's `record_status` activity and `validate_recipients`
+    scheduled in the first workflow task (no local activity before the validation)."""
+    file_id = await completed_batch(api, account, webhooks, 4)
+    await save_batch(temporal, file_id, "validating_report_queued")
+
+
 async def test_one_slice_paused_and_resumed(
     api: httpx.AsyncClient,
     account: Account,
@@ -505,9 +515,10 @@ async def test_loaded_at_upload(api: httpx.AsyncClient, account: Account, tempor
     await save_batch(temporal, file_id, "loaded_at_upload")
 
 
-async def test_cancelled_during_validation(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
-) -> None:
+async def cancelled_while_validating(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> str:
+    """A 200,000-row file's batch cancelled through the API while `validating`; its file_id."""
     file_id = await attach(api, account.headers, slow_to_validate(200_000))
     marker = secrets.token_hex(6)
     response = await start(api, account, file_id, status_webhook=webhooks.url(marker))
@@ -515,7 +526,23 @@ async def test_cancelled_during_validation(
     await webhooks.wait_for(marker, "validating")
     await control(api, account, file_id, "cancel")
     assert (await finished(webhooks, marker))["status"] == "cancelled"
+    return file_id
+
+
+async def test_cancelled_during_validation(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    file_id = await cancelled_while_validating(api, account, webhooks)
     await save_batch(temporal, file_id, "cancelled_during_validation")
+
+
+async def test_cancelled_during_queued_validating_report(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    """As `cancelled_during_validation`, on the `batch-validating-report-queued` patch: the
+    `validating` event's activity beside the validation, the final event after it."""
+    file_id = await cancelled_while_validating(api, account, webhooks)
+    await save_batch(temporal, file_id, "cancelled_during_validation_report_queued")
 
 
 async def test_auto_paused(
