@@ -13,7 +13,6 @@ import httpx
 import uvloop
 from temporalio.client import Client
 from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.conversations import ConversationActivities
 from activities.ledger import LedgerActivities
@@ -118,18 +117,6 @@ async def herald_worker(
         await pool.close()
 
 
-# The sandbox imports a workflow's module afresh for each workflow run, unless passed through:
-# Herald's `workflows` package (constants and classes at module level, no state) is, as
-# `workflows.contracts` and the activities were already, which spares every batch and chunk
-# run about 30 ms of CPU (a replay of `batch/validating_report_queued.json`: 78 -> 49 ms).
-# The sandbox's checks of what workflow code calls apply to the modules it imports afresh, so
-# `tests/test_replay.py` replays every recorded history under the default sandbox, which
-# still checks them.
-WORKFLOW_RUNNER = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows")
-)
-
-
 def _worker(
     client: Client,
     settings: Settings,
@@ -148,7 +135,6 @@ def _worker(
         # Cancellations reach an activity in a heartbeat's reply: let them through at once.
         max_heartbeat_throttle_interval=timedelta(seconds=1),
         interceptors=[LogContext()],
-        workflow_runner=WORKFLOW_RUNNER,
     )
 
 
