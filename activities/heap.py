@@ -1,13 +1,13 @@
-"""glibc's heap given back to the system after a validation's large frees: `trim`.
+"""glibc's heap given back to the system after a large free: `trim`.
 
 glibc's malloc keeps freed memory in its heaps for the process to reuse, and gives back only
 the top of a heap. Once a large block has been freed it also raises its mmap threshold to
-that block's size, so later blocks of that size come from the heaps too. A validation frees
-tens of MB at a time (asyncpg's buffers once the file's bytes are made, each block's ledger
-CSV once it is COPYed), which stayed in the worker under the blocks still in flight and
-raised its peak. `malloc_trim` gives the free pages of every heap back, in a few ms; after
-those frees its cost does not show in a validation's time, where a fixed mmap threshold
-(`mallopt`), which would also keep the heaps small, made validation slower
+that block's size, so later blocks of that size come from the heaps too. Reading a batch's
+file frees asyncpg's buffers, about the file's size, once its bytes are made: kept, they
+stayed in the worker under the blocks validated next and raised its peak by as much.
+`malloc_trim` gives the free pages of every heap back, in a few ms. Only after that read:
+after every block's COPY it saved a little more but cost CPU (the pages it gives back are
+faulted in again by the next block), as a fixed mmap threshold (`mallopt`) would
 (docs/RECIPIENTS.md, "Speed and memory").
 
 Where the C library has no `malloc_trim` (musl, macOS), `trim` does nothing.

@@ -304,9 +304,9 @@ async def _copy_blocks(
     row is rejected."""
     async for block in ledger_copies(plain, batch_id, account_id, with_ledger=with_ledger):
         await messages.copy_outcomes(conn, block.ledger, block.rejected)
-        # Its CSV parts, a few MB each, are done with: freed, and their pages given back.
+        # Its CSV parts, a few MB each, are done with: freed now, for the next block's to
+        # reuse, rather than when the next block is made.
         block.ledger.clear()
-        heap.trim()
         ValidationHeartbeat(rows=plain.tally.rows).send()
     return plain.tally
 
