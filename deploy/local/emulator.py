@@ -10,6 +10,7 @@ injects latency, 429s and 5xx on request, posts delivery callbacks signed with
 import argparse
 import asyncio
 import base64
+import binascii
 import functools
 import gc
 import hmac
@@ -218,6 +219,10 @@ def form_body(params: dict[str, str]) -> bytes:
     return "&".join(f"{name}={form_field(value)}" for name, value in params.items()).encode()
 
 
+# The texts a StatusCallbacks remembers written (statuses, senders, error codes) at most.
+MAX_WRITTEN_FIELDS = 1024
+
+
 class StatusCallbacks:
     """The status callbacks of one (sub)account's messages to one URL, as the HTTP/1.1
     requests the poster writes: what all of them share (the request line and headers, the
@@ -237,6 +242,16 @@ class StatusCallbacks:
             f"Content-Type: {FORM}\r\nX-Twilio-Signature: "
         )
         self._form = form_body(shared).decode()
+        # `form_field` of the texts every callback repeats: its statuses and senders.
+        self._written: dict[str, str] = {}
+
+    def _written_field(self, text: str) -> str:
+        written = self._written.get(text)
+        if written is None:
+            if len(self._written) >= MAX_WRITTEN_FIELDS:
+                self._written.clear()
+            written = self._written[text] = form_field(text)
+        return written
 
     def request(self, sid: str, status: str, to: str, from_: str, error_code: str | None) -> bytes:
         """The callback of message `sid` (to `to`, from `from_`) reaching `status`."""
@@ -247,15 +262,17 @@ class StatusCallbacks:
             f"{error}From{from_}MessageSid{sid}MessageStatus{status}SmsSid{sid}"
             f"SmsStatus{status}To{to}".encode()
         )
-        sid, status = form_field(sid), form_field(status)
+        # A Twilio sid (letters and digits) is written as it is.
+        sid = sid if sid.isalnum() and sid.isascii() else form_field(sid)
+        status = self._written_field(status)
         # In the order Twilio's fields come (form_body of _post_status's params, as before).
         body = (
-            f"{self._form}&From={form_field(from_)}&MessageSid={sid}&MessageStatus={status}"
-            f"&SmsSid={sid}&SmsStatus={status}&To={form_field(to)}"
+            f"{self._form}&From={self._written_field(from_)}&MessageSid={sid}"
+            f"&MessageStatus={status}&SmsSid={sid}&SmsStatus={status}&To={form_field(to)}"
         )
         if error_code is not None:
-            body += f"&ErrorCode={form_field(error_code)}"
-        signature = base64.b64encode(mac.digest()).decode()
+            body += f"&ErrorCode={self._written_field(error_code)}"
+        signature = binascii.b2a_base64(mac.digest(), newline=False).decode()
         return f"{self._head}{signature}\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
 
 
