@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 
 from workflows.contracts import batch_workflow_id
 
@@ -48,6 +48,10 @@ async def batch_steps(client: Client, batch_id: str, posted: float) -> list[Step
     """The first run of the batch's workflow, event by event, at seconds after `posted`;
     activities named by type, markers by their name (a local activity's by its type)."""
     handle = client.get_workflow_handle(batch_workflow_id(batch_id))
+    # The final webhook event comes before the workflow's own end: wait for it, or the tail
+    # may lack its last steps.
+    with contextlib.suppress(WorkflowFailureError):
+        await handle.result()
     history = await handle.fetch_history()
     types: dict[int, str] = {}
     steps = []
