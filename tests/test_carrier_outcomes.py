@@ -31,7 +31,6 @@ from activities.providers.twilio import (
     Verdict,
     accepted_sid,
     classify,
-    create_message,
     form_body,
     form_field,
     message_form,
@@ -220,7 +219,8 @@ def test_a_message_goes_out_as_twilios_own_create_sends_it(
             content_sid=content_sid,
             content_variables=variables,
         )
-        await create_message(CarrierClient(*ACCOUNT, ours), form)
+        client = CarrierClient(*ACCOUNT, ours)
+        client.created_sid(await client.create_message_request(form))
         return theirs.seen, ours.seen
 
     theirs, ours = asyncio.run(both())
@@ -262,7 +262,7 @@ def test_a_message_goes_where_twilio_sends_it_after_the_base_url_changes() -> No
         for base_url in ("http://127.0.0.1:9", "http://127.0.0.1:9", "https://api.twilio.com"):
             their_client.api.base_url = our_client.api.base_url = base_url
             await their_client.messages._create_async(to=form["To"], from_=form["From"], body="hi")
-            await create_message(our_client, form)
+            our_client.created_sid(await our_client.create_message_request(form))
         return theirs.seen, ours.seen
 
     theirs, ours = asyncio.run(both())

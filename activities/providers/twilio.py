@@ -187,8 +187,12 @@ class CarrierClient(Client):
 
     def create_message_request(self, form: "MessageForm") -> Coroutine[Any, Any, Response]:
         """twilio's request of `messages.create_async` for `form`, through the same Version
-        and its `request_async` (see `create_message`); not awaited here, so that the caller
-        awaits twilio's own coroutine, one layer fewer on every step of the send."""
+        and its `request_async` (its URL made as its Domain makes it); not awaited here, so
+        that the caller awaits twilio's own coroutine, one layer fewer on every step of the
+        send. With `created` or `created_sid` on its answer, this is `create_async` without
+        its MessageInstance: the answer's thirty-odd fields, three of them dates, are not
+        parsed into an object of which only the sid is read, and the form is the message's
+        few fields (`message_form`), not twilio's twenty-six filtered on every call."""
         return self.request_async(
             "POST", self._messages_url(), data=form, headers=dict(_CREATE_HEADERS)
         )
@@ -370,17 +374,6 @@ _CREATE_HEADERS = MappingProxyType(
 )
 
 
-async def create_message(client: "CarrierClient", form: MessageForm) -> Any:
-    """twilio's `messages.create_async` without its MessageInstance, through the same Version
-    (its URL, made as its `request_async` and its Domain's make it, without their two awaits;
-    its `_parse_create`): twilio builds the request, sends it and checks the answer (a
-    refusal raised), but the answer's thirty-odd fields, three of them dates, are not parsed
-    into an object of which only the sid is read, and the form is the message's few fields
-    (`message_form`), not twilio's twenty-six filtered on every call. The answer's JSON.
-    (`TwilioCarrier.send` makes the same two calls without this coroutine of its own.)"""
-    return client.created(await client.create_message_request(form))
-
-
 MAX_SUBACCOUNT_CLIENTS = 1000
 # A Message resource's sid, as Twilio's OpenAPI description gives its pattern.
 MESSAGE_SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
@@ -444,7 +437,6 @@ class TwilioCarrier:
             content_variables=content_variables,
         )
         try:
-            # create_message, without its coroutine; only the sid read.
             sid = client.created_sid(await client.create_message_request(form))
         except TwilioRestException as error:
             return classify(error)
