@@ -285,6 +285,46 @@ async def run_with_receipts(
     }
 
 
+async def compared_with_receipts(
+    n: int,
+    settings: Settings,
+    info: dict[str, str],
+    processes: dict[str, psutil.Process],
+    stack: list[ManagedProcess],
+    off: dict[str, Any],
+    *,
+    pipelined: bool,
+) -> dict[str, Any]:
+    """Herald with receipts on against off, in the order off (`off`, the run just made),
+    on, on, off: rates of one batch size on this machine drift and swing by a third from run
+    to run, and a drift over the four runs cancels in the means the ratio is taken of."""
+    on_runs = [
+        await run_with_receipts(n, settings, info, processes, stack, pipelined=pipelined)
+        for _ in range(2)
+    ]
+    off_runs = [off, await run_herald(n, settings, info, processes, stack)]
+    off_cpu = {
+        part: sum(r["cpu_ms_per_1000"].get(part, 0.0) for r in off_runs) / len(off_runs)
+        for part in off["cpu_ms_per_1000"]
+    }
+    each_cpu = [receipts_cpu(off_cpu, on) for on in on_runs]
+    return {
+        "runs": on_runs,
+        "callback_pipelining": pipelined,
+        "messages_per_second": mean_of(on_runs, "messages_per_second"),
+        "applied_messages_per_second": mean_of(on_runs, "applied_messages_per_second"),
+        "off_runs": [r["messages_per_second"] for r in off_runs],
+        "off_messages_per_second": mean_of(off_runs, "messages_per_second"),
+        "cpu_ms_per_1000_callbacks": {
+            part: sum(cpu[part] for cpu in each_cpu) / len(each_cpu) for part in each_cpu[0]
+        },
+    }
+
+
+def mean_of(runs: list[dict[str, Any]], key: str) -> float:
+    return sum(r[key] for r in runs) / len(runs)
+
+
 async def callbacks_answered(
     http: httpx.AsyncClient, emulator_url: str, expected: int
 ) -> dict[str, Any]:
@@ -413,8 +453,14 @@ async def measure(
     # Before the receipts run adds its batch's rows to the ledger.
     footprint = await history_and_storage(settings, herald["batch_id"])
     receipts = (
-        await run_with_receipts(
-            args.n, settings, info, watched, processes, pipelined=not args.callbacks_one_by_one
+        await compared_with_receipts(
+            args.n,
+            settings,
+            info,
+            watched,
+            processes,
+            herald,
+            pipelined=not args.callbacks_one_by_one,
         )
         if args.receipts
         else None
@@ -430,8 +476,6 @@ async def measure(
     ceiling_runs.append(await run_ceiling(ceiling_n, settings, info, lean=False))
     naive_runs.append(await run_naive(args.naive_n, settings, info, "after"))
     naive, ceiling = averaged(naive_runs), averaged(ceiling_runs)
-    if receipts:
-        receipts["cpu_ms_per_1000_callbacks"] = receipts_cpu(herald, receipts)
     lean_ceiling = averaged(lean_runs)
     return {
         "date": datetime.now(UTC).isoformat(),
@@ -454,9 +498,9 @@ async def measure(
             **(
                 {
                     "receipts_on_over_off": receipts["messages_per_second"]
-                    / herald["messages_per_second"],
+                    / receipts["off_messages_per_second"],
                     "receipts_applied_over_off": receipts["applied_messages_per_second"]
-                    / herald["messages_per_second"],
+                    / receipts["off_messages_per_second"],
                 }
                 if receipts
                 else {}
@@ -579,7 +623,7 @@ def sweep_report(result: dict[str, Any]) -> str:
     )
     return (
         f"{table}\n\n{timelines}\n\nCPU in seconds per 1,000 messages; x lean: to the mean of"
-        f" the lean ceiling runs before and after the size (all: {spread(lean)} msg/s);"
+        f" the lean ceiling runs before and after the size (all: {spread(lean['runs'])} msg/s);"
         f" naive {naive['messages_per_second']:,.0f} msg/s ({naive['sent']:,} sent);"
         f" load average {' '.join(f'{x:.2f}' for x in result['load_average'])}"
     )
@@ -633,8 +677,8 @@ def chart(result: dict[str, Any], path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
-def spread(baseline: dict[str, Any]) -> str:
-    return " and ".join(f"{rate:,.0f}" for rate in baseline["runs"])
+def spread(rates: list[float]) -> str:
+    return " and ".join(f"{rate:,.0f}" for rate in rates)
 
 
 def report(result: dict[str, Any]) -> str:
@@ -652,11 +696,11 @@ def report(result: dict[str, Any]) -> str:
          f"from the first in_progress event, {herald['send_phase_seconds']:.1f}s"),
         *receipts_report(result),
         ("Naive (1 activity/msg)", f"{naive['messages_per_second']:,.0f} msg/s",
-         f"mean of {spread(naive)}, {naive['sent']:,} sent"),
+         f"mean of {spread(naive['runs'])}, {naive['sent']:,} sent"),
         ("Ceiling (asyncio loop)", f"{ceiling['messages_per_second']:,.0f} msg/s",
-         f"aiohttp; mean of {spread(ceiling)}, {ceiling['concurrency']} in flight"),
+         f"aiohttp; mean of {spread(ceiling['runs'])}, {ceiling['concurrency']} in flight"),
         ("Lean ceiling", f"{lean['messages_per_second']:,.0f} msg/s",
-         f"Herald's HTTP client alone; mean of {spread(lean)}"),
+         f"Herald's HTTP client alone; mean of {spread(lean['runs'])}"),
         ("Herald / naive", f"{ratios['herald_over_naive']:.1f}x", "target >= 20x"),
         ("Herald / ceiling", f"{ratios['herald_over_ceiling']:.2f}x", "target >= 0.5x"),
         ("Send phase / ceiling", f"{ratios['send_phase_over_ceiling']:.2f}x", ""),
@@ -689,50 +733,57 @@ def report(result: dict[str, Any]) -> str:
 
 
 def receipts_report(result: dict[str, Any]) -> list[tuple[str, str, str]]:
-    on, ratios = result.get("herald_receipts"), result["ratios"]
-    if not on:
+    receipts, ratios = result.get("herald_receipts"), result["ratios"]
+    if not receipts:
         return []
+    runs = receipts["runs"]
+    callbacks: Counter[str] = Counter()
+    for run in runs:
+        callbacks.update(run["callbacks"])
+    last = runs[-1]
     return [
-        ("Herald, receipts on", f"{on['messages_per_second']:,.0f} msg/s",
-         f"{on['sent']:,} sent in {on['seconds']:.1f}s ({on['status']});"
-         f" {ratios['receipts_on_over_off']:.2f}x of receipts off, target >= 0.7x; callbacks"
-         f" {'pipelined' if on.get('callback_pipelining', True) else 'one by one'}"),
-        ("  every receipt applied", f"{on['applied_messages_per_second']:,.0f} msg/s",
-         f"{on['receipts_applied']:,} final receipts applied {on['applied_seconds']:.1f}s"
-         f" after the POST; {ratios['receipts_applied_over_off']:.2f}x of receipts off"),
-        ("  status callbacks", f"{sum(on['callbacks'].values()):,}",
-         "answered " + ", ".join(f"{k}: {v:,}" for k, v in sorted(on["callbacks"].items()))),
+        ("Herald, receipts on", f"{receipts['messages_per_second']:,.0f} msg/s",
+         f"mean of {spread([r['messages_per_second'] for r in runs])}"
+         f" ({', '.join(r['status'] for r in runs)}); {ratios['receipts_on_over_off']:.2f}x"
+         f" of receipts off (mean of {spread(receipts['off_runs'])},"
+         " run before and after), target >= 0.7x; callbacks"
+         f" {'pipelined' if receipts['callback_pipelining'] else 'one by one'}"),
+        ("  every receipt applied", f"{receipts['applied_messages_per_second']:,.0f} msg/s",
+         " and ".join(f"{r['receipts_applied']:,} of {r['sent']:,}" for r in runs)
+         + f" final receipts applied; {ratios['receipts_applied_over_off']:.2f}x of receipts off"),
+        ("  status callbacks", f"{callbacks.total():,}",
+         "answered " + ", ".join(f"{k}: {v:,}" for k, v in sorted(callbacks.items()))),
         *(
             ("  receipts' statement", f"{s['calls']:,} calls",
              f"{s['rows'] / max(s['calls'], 1):,.1f} rows and {s['mean_ms']:.2f} ms each: "
              + s["query"][:60])
-            for s in on.get("top_statements", []) if "receipt" in s["query"]
+            for s in last.get("top_statements", []) if "receipt" in s["query"]
         ),
         ("  CPU per 1,000 callbacks",
-         f"{sum(on['cpu_ms_per_1000_callbacks'].values()) / 1000:.2f} s",
+         f"{sum(receipts['cpu_ms_per_1000_callbacks'].values()) / 1000:.2f} s",
          "over receipts off: " + ", ".join(
-             f"{k} {v / 1000:.3f}" for k, v in on["cpu_ms_per_1000_callbacks"].items())),
+             f"{k} {v / 1000:.3f}" for k, v in receipts["cpu_ms_per_1000_callbacks"].items())),
     ]  # fmt: skip
 
 
-def receipts_cpu(off: dict[str, Any], on: dict[str, Any]) -> dict[str, float]:
-    """What the receipts cost each part: its CPU in the receipts run, until every receipt
-    was applied, less its CPU in the run without them (same batch), per 1,000 callbacks."""
+def receipts_cpu(off_ms_per_1000: dict[str, float], on: dict[str, Any]) -> dict[str, float]:
+    """What the receipts cost each part: its CPU in the receipts run `on`, until every
+    receipt was applied, less its CPU per message without them (`off_ms_per_1000`, ms per
+    1,000 messages of the same batch), per 1,000 callbacks."""
     callbacks = max(sum(on["callbacks"].values()), 1)
     return {
-        part: (used - off["cpu_ms_per_1000"].get(part, 0.0) * off["sent"] / 1e6) / callbacks * 1e6
+        part: (used - off_ms_per_1000.get(part, 0.0) * on["sent"] / 1e6) / callbacks * 1e6
         for part, used in on["cpu_seconds_to_applied"].items()
     }
 
 
 def averaged(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    rates = [r["messages_per_second"] for r in runs]
     return {
         **runs[0],
         "sent": sum(r["sent"] for r in runs),
         "seconds": sum(r["seconds"] for r in runs),
-        "messages_per_second": sum(rates) / len(rates),
-        "runs": rates,
+        "messages_per_second": mean_of(runs, "messages_per_second"),
+        "runs": [r["messages_per_second"] for r in runs],
     }
 
 

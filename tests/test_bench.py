@@ -37,10 +37,14 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
     assert result["herald"]["status"] == "completed"
     assert result["herald"]["sent"] == 2000
     with_receipts = result["herald_receipts"]
-    assert (with_receipts["status"], with_receipts["sent"]) == ("completed", 2000)
-    assert with_receipts["counts"]["delivered"] == with_receipts["receipts_applied"] == 2000
-    # `sent`, then `delivered`, for each message: every callback answered 204.
-    assert with_receipts["callbacks"] == {"204": 4000}
+    # Off, on, on, off: two runs each way.
+    assert len(with_receipts["runs"]) == len(with_receipts["off_runs"]) == 2
+    for receipts_run in with_receipts["runs"]:
+        assert (receipts_run["status"], receipts_run["sent"]) == ("completed", 2000)
+        assert receipts_run["counts"]["delivered"] == receipts_run["receipts_applied"] == 2000
+        # `sent`, then `delivered`, for each message: every callback answered 204.
+        assert receipts_run["callbacks"] == {"204": 4000}
+    assert with_receipts["off_runs"][0] == result["herald"]["messages_per_second"]
     assert with_receipts["cpu_ms_per_1000_callbacks"]["api"] > 0
     assert result["naive"]["sent"] == 80
     assert result["ceiling"]["sent"] == 4000
