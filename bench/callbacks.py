@@ -14,7 +14,7 @@ psutil) of each process over the run is reported per 1,000 callbacks.
 
 With `--against REF`, both processes of every other run use the code of git commit REF (an
 archive of it in a temporary directory), alternated with this tree's, and each side's
-median is compared. Results in bench/results/callbacks-<date>.json.
+median is compared. Results in bench/results/callbacks-<date>.json (or `--out`).
 
 Only the standard library and psutil are imported here at first: a process of `--against`'s
 code imports Herald's modules from that code's directory.
@@ -231,6 +231,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=4000.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--against", help="git commit whose code to alternate with this tree's")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the results file goes")
     listener = sub.add_parser("listener")
     listener.add_argument("--database-url", required=True)
     carrier = sub.add_parser("carrier")
@@ -250,10 +251,10 @@ def main() -> int:
         else:
             uvloop.run(post_callbacks(args.port, args.messages, args.rate))
         return 0
-    return measure(args.messages, args.rate, args.rounds, args.against)
+    return measure(args.messages, args.rate, args.rounds, args.against, args.out)
 
 
-def measure(messages: int, rate: float, rounds: int, against: str | None) -> int:
+def measure(messages: int, rate: float, rounds: int, against: str | None, out: Path) -> int:
     from bench.uploads import scratch_postgres
 
     runs: list[Run] = []
@@ -282,9 +283,9 @@ def measure(messages: int, rate: float, rounds: int, against: str | None) -> int
         "runs": [asdict(r) for r in runs],
     }
     print(json.dumps(result["medians"], indent=2))
-    RESULTS.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
-    (RESULTS / f"callbacks-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"callbacks-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
