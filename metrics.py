@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -174,7 +174,9 @@ class ApiMetrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
-        self.latency = Histogram(
+        # Lean: observed for each of the carrier's status callbacks, two or three a message
+        # (api/receipt_listener.py), from the event loop's thread, as every API request is.
+        self.latency = LeanHistogram(
             "herald_api_request_seconds",
             "Time to the start of the reply, by method and route.",
             ["method", "route"],

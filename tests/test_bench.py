@@ -103,3 +103,23 @@ def test_the_sweep_measures_every_size_against_one_naive_run_and_the_lean_ceilin
     assert results.with_suffix(".png").stat().st_size > 0
     assert "first msg s" in run.stdout
     assert "first carrier request" in run.stdout
+
+
+def test_the_callbacks_bench_measures_both_processes_over_every_callback(tmp_path: Path) -> None:
+    options = ["--messages", "1000", "--rate", "2000", "--rounds", "2", "--out", str(tmp_path)]
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.callbacks", *options],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    [results] = tmp_path.glob("callbacks-*.json")
+    result = json.loads(results.read_text())
+    # `sent`, then `delivered`, for each message: every callback verified and answered 204.
+    assert [r["answers"] for r in result["runs"]] == [{"204": 2000}] * 2
+    assert all(r["listener_cpu_seconds"] > 0 for r in result["runs"])
+    assert all(r["carrier_cpu_seconds"] > 0 for r in result["runs"])
+    assert set(result["medians"]) == {"this tree"}

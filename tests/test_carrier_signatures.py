@@ -2,11 +2,14 @@
 seeded with the token and the URL once and copied for each callback) agrees with twilio's own
 RequestValidator, and with `signed_with`, for any form."""
 
+import hmac
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
 from api.carrier_signature import UrlSignatures, signed_with
+from api.seeded_hmac import SeededHmac
 
 TOKEN = "12345678901234567890123456789012"
 URL = "https://herald.example:8443/v1/webhooks/twilio/status"
@@ -42,3 +45,17 @@ def test_a_signature_of_another_form_url_or_token_is_refused(
     # The seeded HMAC is copied, never updated: a check leaves the next one as it was.
     good = RequestValidator(TOKEN).compute_signature(URL, params)
     assert signatures.signed(params, good)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=130), st.binary(max_size=100), st.lists(st.binary(max_size=100)))
+def test_a_seeded_hmac_is_the_hmac_of_its_prefix_and_each_message(
+    key: bytes, prefix: bytes, messages: list[bytes]
+) -> None:
+    # Keys shorter than SHA-1's block, of it, and longer (hashed first); the seeded states are
+    # copied, never changed, by each message.
+    for key_of_size in (key, key[:64].ljust(64, b"k"), key.ljust(65, b"k")):
+        seeded = SeededHmac(key_of_size, prefix)
+        for message in [*messages, b""]:
+            expected = hmac.new(key_of_size, prefix + message, "sha1").digest()
+            assert seeded.digest(message) == expected

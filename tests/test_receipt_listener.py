@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from twilio.request_validator import RequestValidator
 
 from deploy.local.processes import free_port
@@ -196,3 +197,31 @@ async def test_a_receipt_whose_insert_fails_is_answered_503_by_the_listener_and_
     assert again.status_code == 204
     after = await ledger_rows(api, account, file_id)
     assert [r["status"] for r in after] == ["delivered"]
+
+
+async def test_the_listeners_answers_are_counted_and_timed_in_metrics_under_the_route(
+    settings: Settings, worker: None
+) -> None:
+    own = settings.model_copy(update={"receipts_port": free_port()})
+    forms = [receipt(f"SM{n:032x}", "sent") for n in range(3)]
+    async with api_client(own) as api, listener_client(own) as client:
+        answers = [
+            await client.post(STATUS_PATH, data=form, headers=signed(own, form)) for form in forms
+        ]
+        answers += [await client.post(STATUS_PATH, data=form) for form in forms[:2]]
+        scraped = (await api.get("/metrics")).text
+
+    route = {"method": "POST", "route": STATUS_PATH}
+    seen = {
+        (sample.name, sample.labels.get("status") or sample.labels.get("le")): sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if route.items() <= sample.labels.items()
+    }
+    assert [a.status_code for a in answers] == [204, 204, 204, 403, 403]
+    assert seen[("herald_api_requests_total", "204")] == 3
+    assert seen[("herald_api_requests_total", "403")] == 2
+    # Each answer timed once, well within the last bucket.
+    assert seen[("herald_api_request_seconds_count", None)] == 5
+    assert seen[("herald_api_request_seconds_bucket", "30.0")] == 5
+    assert 0 < seen[("herald_api_request_seconds_sum", None)] < 5 * 30

@@ -31,10 +31,28 @@ SWEEP_SECONDS = 1.0
 PIPELINE_DEPTH = 16
 
 
+class Route:
+    """The requests to one origin and the connections that carry them. A poster's caller
+    keeps the route it posts to (`CallbackPoster.route`): no per-request lookup of the
+    origin (a dataclass, hashed in Python) in the poster's tables."""
+
+    __slots__ = ("connecting", "flushing", "free", "open", "origin", "waiting")
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
+        self.waiting: deque[tuple[bytes, Answered]] = deque()
+        # Connections with room for more requests (none in flight, without `pipeline`).
+        self.free: set[_Connection] = set()
+        self.open: set[_Connection] = set()
+        self.connecting = 0
+        # Whether a flush of `waiting` is due at the end of this turn of the event loop.
+        self.flushing = False
+
+
 class _Connection(asyncio.Protocol):
-    def __init__(self, poster: "CallbackPoster", origin: Origin) -> None:
+    def __init__(self, poster: "CallbackPoster", route: Route) -> None:
         self._poster = poster
-        self._origin = origin
+        self._route = route
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         # The requests written and not yet answered: when each was written, and its callback.
@@ -58,7 +76,7 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         if self._reusable and self.transport is not None and not self.transport.is_closing():
-            self._poster.ready(self._origin, self)
+            self._poster.ready(self._route, self)
 
     def on_message_complete(self) -> None:
         if not self.in_flight:
@@ -71,7 +89,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self._poster.lost(self._origin, self)
+        self._poster.lost(self._route, self)
         in_flight, self.in_flight = self.in_flight, deque()
         for _, answered in in_flight:
             answered(None)
@@ -89,12 +107,7 @@ class CallbackPoster:
         self.pipeline = pipeline
         self._limit = connections
         self._timeout = timeout
-        # Connections with room for more requests (none in flight, without `pipeline`).
-        self._free: dict[Origin, set[_Connection]] = {}
-        self._open: dict[Origin, set[_Connection]] = {}
-        self._connecting: dict[Origin, int] = {}
-        self._waiting: dict[Origin, deque[tuple[bytes, Answered]]] = {}
-        self._flushing: set[Origin] = set()
+        self._routes: dict[Origin, Route] = {}
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -102,24 +115,27 @@ class CallbackPoster:
     def _depth(self) -> int:
         return PIPELINE_DEPTH if self.pipeline else 1
 
-    def post(self, origin: Origin, request: bytes, answered: Answered) -> None:
-        """Write `request` (an HTTP/1.1 request whole, for `origin`); `answered` is called
-        with the answer's status, or None. Written at the end of this turn of the event loop,
-        with the other requests due in it."""
-        waiting = self._waiting.get(origin)
-        if waiting is None:
-            waiting = self._waiting[origin] = deque()
-        waiting.append((request, answered))
-        if origin not in self._flushing:
-            self._flushing.add(origin)
-            self.loop.call_soon(self._flush, origin)
+    def route(self, origin: Origin) -> Route:
+        """The route to post requests for `origin` to (one per origin)."""
+        route = self._routes.get(origin)
+        if route is None:
+            route = self._routes[origin] = Route(origin)
+        return route
 
-    def _flush(self, origin: Origin) -> None:
+    def post(self, route: Route, request: bytes, answered: Answered) -> None:
+        """Write `request` (an HTTP/1.1 request whole, for the route's origin); `answered` is
+        called with the answer's status, or None. Written at the end of this turn of the
+        event loop, with the other requests due in it."""
+        route.waiting.append((request, answered))
+        if not route.flushing:
+            route.flushing = True
+            self.loop.call_soon(self._flush, route)
+
+    def _flush(self, route: Route) -> None:
         """Write the requests waiting on the connections with room; open more for those
         left, up to the limit."""
-        self._flushing.discard(origin)
-        waiting = self._waiting.get(origin)
-        free = self._free.get(origin)
+        route.flushing = False
+        waiting, free = route.waiting, route.free
         while waiting and free:
             connection = free.pop()
             room = self._depth - len(connection.in_flight)
@@ -127,51 +143,52 @@ class CallbackPoster:
             if len(connection.in_flight) < self._depth:
                 free.add(connection)
         if waiting:
-            self._grow(origin, len(waiting))
+            self._grow(route)
 
-    def _grow(self, origin: Origin, waiting: int) -> None:
-        connecting = self._connecting.get(origin, 0)
-        wanted = -(-waiting // self._depth) - connecting
-        room = self._limit - len(self._open.get(origin, ())) - connecting
+    def _grow(self, route: Route) -> None:
+        wanted = -(-len(route.waiting) // self._depth) - route.connecting
+        room = self._limit - len(route.open) - route.connecting
         for _ in range(max(0, min(wanted, room))):
-            self._connecting[origin] = self._connecting.get(origin, 0) + 1
-            task = self.loop.create_task(self._connect(origin))
+            route.connecting += 1
+            task = self.loop.create_task(self._connect(route))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _connect(self, origin: Origin) -> None:
+    async def _connect(self, route: Route) -> None:
+        origin = route.origin
         try:
             async with asyncio.timeout(self._timeout):
                 _, connection = await self.loop.create_connection(
-                    lambda: _Connection(self, origin), origin.host, origin.port
+                    lambda: _Connection(self, route), origin.host, origin.port
                 )
         except (OSError, TimeoutError):
-            self._connecting[origin] -= 1
+            route.connecting -= 1
             # Nothing listens: the requests waiting now get no answer (none was sent).
-            for _, answered in self._waiting.pop(origin, deque()):
+            waiting, route.waiting = route.waiting, deque()
+            for _, answered in waiting:
                 answered(None)
             return
-        self._connecting[origin] -= 1
-        self._open.setdefault(origin, set()).add(connection)
-        self.ready(origin, connection)
+        route.connecting -= 1
+        route.open.add(connection)
+        self.ready(route, connection)
 
-    def ready(self, origin: Origin, connection: _Connection) -> None:
+    def ready(self, route: Route, connection: _Connection) -> None:
         """`connection` has room again: it takes requests waiting."""
         if len(connection.in_flight) < self._depth:
-            self._free.setdefault(origin, set()).add(connection)
-        if self._waiting.get(origin) and origin not in self._flushing:
-            self._flush(origin)
+            route.free.add(connection)
+        if route.waiting and not route.flushing:
+            self._flush(route)
 
-    def lost(self, origin: Origin, connection: _Connection) -> None:
-        self._open.get(origin, set()).discard(connection)
-        self._free.get(origin, set()).discard(connection)
-        if self._waiting.get(origin):
-            self._grow(origin, len(self._waiting[origin]))
+    def lost(self, route: Route, connection: _Connection) -> None:
+        route.open.discard(connection)
+        route.free.discard(connection)
+        if route.waiting:
+            self._grow(route)
 
     def _sweep(self) -> None:
         now = self.loop.time()
-        for connections in self._open.values():
-            for connection in list(connections):
+        for route in self._routes.values():
+            for connection in list(route.open):
                 if connection.in_flight and now - connection.in_flight[0][0] > self._timeout:
                     connection.close()
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
@@ -180,10 +197,10 @@ class CallbackPoster:
         self._sweeper.cancel()
         for task in self._tasks:
             task.cancel()
-        for connections in self._open.values():
-            for connection in list(connections):
+        for route in self._routes.values():
+            for connection in list(route.open):
                 connection.close()
-        for waiting in self._waiting.values():
+        for route in self._routes.values():
+            waiting, route.waiting = route.waiting, deque()
             for _, answered in waiting:
                 answered(None)
-        self._waiting.clear()
