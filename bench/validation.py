@@ -1,6 +1,7 @@
 """Measures recipient-file validation: rows/s against plain CSV reading, and peak memory.
 
     make bench-validation   (or: .venv/bin/python -m bench.validation [--rows 1000000])
+    (--block-bytes N: the column path's blocks of about N bytes instead of `BLOCK_BYTES`)
     (`make bench` runs it too, after the stack's measures.)
 
 Writes a CSV like a real list (some duplicates, invalid and blank numbers, numbers without a
@@ -35,7 +36,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from activities.recipients.columns import Block, plain_csv
+from activities.recipients.columns import BLOCK_BYTES, Block, plain_csv
 from activities.recipients.rows import RecipientRules, Tally, build_recipients, read_rows
 from activities.validation import COPY_BATCH
 from worker import prepare_process
@@ -113,19 +114,26 @@ def timed(function: Callable[[], T]) -> tuple[float, T]:
     return time.perf_counter() - started, value
 
 
-def by_columns(content: bytes, rules: RecipientRules) -> tuple[Tally, list[Block]]:
+def by_columns(
+    content: bytes, rules: RecipientRules, block_bytes: int = BLOCK_BYTES
+) -> tuple[Tally, list[Block]]:
     """The column path, as the activity takes it; keeps the first block, for the COPY's
     CSV, but no more (memory stays flat)."""
     plain = plain_csv(content, rules)
     assert plain is not None, "the benchmark's file must take the column path"
     first: list[Block] = []
-    for block in plain.blocks():
+    for block in plain.blocks(block_bytes):
         first = first or [block]
     return plain.tally, first
 
 
 def measure_validation(
-    rows: int, *, seed: int = 4, repeats: int = REPEATS, keep_duplicates: bool = False
+    rows: int,
+    *,
+    seed: int = 4,
+    repeats: int = REPEATS,
+    keep_duplicates: bool = False,
+    block_bytes: int = BLOCK_BYTES,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "recipients.csv"
@@ -139,12 +147,12 @@ def measure_validation(
         exclude_duplicates=not keep_duplicates,
     )
     prepare_process()
-    first_seconds, _ = timed(lambda: by_columns(content, rules))
+    first_seconds, _ = timed(lambda: by_columns(content, rules, block_bytes))
     csv_runs, column_runs = [], []
     for _ in range(repeats):
         seconds, read = timed(lambda: csv_reading(content))
         csv_runs.append(seconds)
-        seconds, (column_tally, blocks) = timed(lambda: by_columns(content, rules))
+        seconds, (column_tally, blocks) = timed(lambda: by_columns(content, rules, block_bytes))
         column_runs.append(seconds)
     block_rows = blocks[0].ledger.height
     copy_seconds, _ = timed(lambda: list(blocks[0].ledger_csv(uuid.uuid4(), uuid.uuid4())))
@@ -155,6 +163,7 @@ def measure_validation(
     csv_rate, column_rate = rows / min(csv_runs), rows / min(column_runs)
     return {
         "rows": rows,
+        "block_bytes": block_bytes,
         "file_mib": len(content) / 2**20,
         "outcomes": {
             "to_send": tally.recipients - tally.skipped,
@@ -181,7 +190,8 @@ def measure_validation(
 def describe(result: dict[str, Any]) -> list[str]:
     outcomes = result["outcomes"]
     return [
-        f"file: {result['rows']:,} rows, {result['file_mib']:.1f} MiB",
+        f"file: {result['rows']:,} rows, {result['file_mib']:.1f} MiB"
+        f" (validated {result['block_bytes']:,} bytes at a time)",
         f"outcomes: {outcomes['to_send']:,} to send, {outcomes['skipped']:,} skipped,"
         f" {outcomes['rejected']:,} rejected; {outcomes['segments']:,} segments"
         f" ({outcomes['gsm7']:,} GSM-7, {outcomes['ucs2']:,} UCS-2)",
@@ -214,10 +224,20 @@ def main() -> None:
         action="store_true",
         help="exclude_duplicates=false: no duplicate marking",
     )
+    parser.add_argument(
+        "--block-bytes",
+        type=int,
+        default=BLOCK_BYTES,
+        help="bytes of the file validated at a time (the column path's blocks)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     result = measure_validation(
-        args.rows, seed=args.seed, repeats=args.repeats, keep_duplicates=args.keep_duplicates
+        args.rows,
+        seed=args.seed,
+        repeats=args.repeats,
+        keep_duplicates=args.keep_duplicates,
+        block_bytes=args.block_bytes,
     )
     for line in [json.dumps(result)] if args.json else describe(result):
         report(line)

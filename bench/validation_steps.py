@@ -1,6 +1,6 @@
 """What each step of the column path costs: CPU seconds per million rows, block by block.
 
-    .venv/bin/python -m bench.validation_steps [--rows 1000000]
+    .venv/bin/python -m bench.validation_steps [--rows 1000000] [--block-bytes 1048576]
 
 The file of `bench.validation` (same rows, same seed) is cut into the engine's blocks and
 each block goes through the steps of `PlainCsv.blocks` one after the other, in this one
@@ -36,8 +36,11 @@ from worker import prepare_process
 T = TypeVar("T")
 
 
-def step_seconds(rows: int, seed: int) -> tuple[dict[str, float], float]:
-    """CPU seconds of each step over the whole file, and of the csv module reading it."""
+def step_seconds(
+    rows: int, seed: int, block_bytes: int = columns.BLOCK_BYTES
+) -> tuple[dict[str, float], float]:
+    """CPU seconds of each step over the whole file cut into blocks of about `block_bytes`,
+    and of the csv module reading it."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "recipients.csv"
         write_file(path, rows, random.Random(seed))
@@ -48,7 +51,7 @@ def step_seconds(rows: int, seed: int) -> tuple[dict[str, float], float]:
     prepare_process()
     plain = columns.plain_csv(content, rules)
     assert plain is not None, "the benchmark's file must take the column path"
-    list(plain.blocks())  # once, so that polars' patterns are compiled
+    list(plain.blocks(block_bytes))  # once, so that polars' patterns are compiled
     header = plain.header
     sources = variable_sources(header, rules.column_mapping)
     defaults = request_defaults(rules)
@@ -62,7 +65,7 @@ def step_seconds(rows: int, seed: int) -> tuple[dict[str, float], float]:
 
     cut = "cut into blocks"
     tail = "skip codes, send order, tally"
-    header_line, blocks = timed(cut, columns._memory_lines, content, columns.BLOCK_BYTES)
+    header_line, blocks = timed(cut, columns._memory_lines, content, block_bytes)
     earlier: list[pl.Series] = []
     first_seq = 0
     while lines := timed(cut, next, blocks, None):
@@ -117,8 +120,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--block-bytes", type=int, default=columns.BLOCK_BYTES)
     args = parser.parse_args()
-    spent, reading = step_seconds(args.rows, args.seed)
+    spent, reading = step_seconds(args.rows, args.seed, args.block_bytes)
     per_million = 1e6 / args.rows
     total = sum(spent.values())
     by_cost = sorted(spent.items(), key=lambda item: -item[1])

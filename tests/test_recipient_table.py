@@ -359,6 +359,25 @@ def test_a_number_repeated_blocks_apart_is_a_duplicate(in_flight: int) -> None:
     assert [row[6] for row in result[0]] == [None, None, "duplicate", None] + ["duplicate"] * 8
 
 
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_numbers_are_not_compared_where_repeated_ones_are_sent(in_flight: int) -> None:
+    """With `exclude_duplicates` false no number is looked for among the others (the work
+    and the numbers kept for it grow with the file), and a repeated number is sent."""
+    numbers = ["+12015550123", "+12015550124", "+12015550123", "+12015550125"] * 3
+    content = "\n".join(["phone_number", *numbers]).encode() + b"\n"
+    rules = RecipientRules(
+        max_rows=99, max_message_chars=1600, agent_message="Hi", exclude_duplicates=False
+    )
+    with (
+        mock.patch.object(recipient_table, "IN_FLIGHT", in_flight),
+        mock.patch.object(recipient_table, "_keys", side_effect=AssertionError("compared")),
+    ):
+        result = by_columns(content, rules, block_bytes=1)
+    assert result == by_rows(content, rules)
+    assert not isinstance(result, str)
+    assert [row[6] for row in result[0]] == [None] * 12
+
+
 # Bytes that make records: line breaks of both kinds, quotes, commas, text.
 RECORD_BYTES = st.binary(max_size=60).map(lambda data: bytes(b'\r\n",a'[byte % 5] for byte in data))
 

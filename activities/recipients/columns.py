@@ -199,6 +199,9 @@ def frame_blocks(
                 block.ledger.join(kept, on="row_number", how="left", maintain_order="left"),
                 block.rejected,
             )
+        if not rules.exclude_duplicates:
+            # A repeated number is sent again: none is looked for.
+            return _Validated(frame.height, block, _NO_KEYS, _NOT_REPEATED, 0)
         keys = _keys(block.ledger)
         return _Validated(frame.height, block, keys, _repeated(keys, earlier), len(earlier))
 
@@ -220,9 +223,10 @@ def frame_blocks(
             if tally.rows + done.rows > rules.max_rows:
                 raise too_many_rows(rules.max_rows)
             repeated = done.repeated
-            for keys in seen[done.known :]:
-                repeated = repeated | _found(done.keys, keys)
-            seen.append(done.keys)
+            if rules.exclude_duplicates:
+                for keys in seen[done.known :]:
+                    repeated = repeated | _found(done.keys, keys)
+                seen.append(done.keys)
             ledger = _with_skips(done.block.ledger, rules, repeated, tally.recipients, carried)
             block = Block(ledger, done.block.rejected)
             tally.add(_tally(done.rows, ledger, block.rejected))
@@ -237,6 +241,10 @@ def numbered(frame: pl.DataFrame, rows: int | Sequence[int]) -> pl.DataFrame:
         return frame.with_row_index(_ROW, offset=rows)
     return frame.with_columns(pl.Series(_ROW, rows, dtype=pl.UInt32))
 
+
+# `_Validated`'s numbers where repeated numbers are sent (`exclude_duplicates` false).
+_NO_KEYS = pl.Series(dtype=pl.Int64)
+_NOT_REPEATED = pl.Series(dtype=pl.Boolean)
 
 # A stored ledger file (`write_ledger`): blocks, each its length then an Arrow IPC stream.
 _BLOCK_LENGTH = struct.Struct("<Q")
@@ -269,7 +277,7 @@ def loaded_ledger(content: bytes) -> Iterator[tuple[Block, Tally]]:
 class _Validated:
     """A block validated but for the numbers of the blocks given after it was started: its
     rows (blank ones aside), outcomes, numbers as integers, which of them came before in
-    it or in the `known` blocks before."""
+    it or in the `known` blocks before (none of either where repeated numbers are sent)."""
 
     rows: int
     block: Block
