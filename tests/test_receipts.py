@@ -722,3 +722,39 @@ async def test_a_queued_receipt_of_a_message_already_final_is_dropped_not_kept(
         (sids[0], "undelivered", "30003", True),
         (sids[1], "delivered", None, True),
     ]
+
+
+async def test_a_queued_receipt_that_moves_its_message_is_not_kept(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, rows = await sent_batch(api, account, webhooks, 2)
+    sids = [r["carrier_sid"] for r in rows]
+    # Queued while the sids were being written (the intake found no row with them); the
+    # messages are `sent` when an applier takes them: it moves them.
+    await receipts.queue_receipts(
+        pool,
+        [
+            receipts.Receipt(sids[0], "undelivered", "30003"),
+            receipts.Receipt(sids[0], "delivered", None),
+            receipts.Receipt(sids[1], "failed", "30008"),
+        ],
+    )
+    await receipts_applied(pool, sids)
+    kept = await pool.fetchval(
+        "SELECT count(*) FROM carrier_receipts WHERE carrier_sid = ANY($1::text[])", sids
+    )
+    queued_before = await pool.fetchval(QUEUED_SO_FAR)
+    later = await post_receipt(api, settings, receipt(sids[1], "delivered"))
+    queued = await pool.fetchval(QUEUED_SO_FAR) - queued_before
+    after = await ledger_rows(api, account, file_id)
+
+    assert kept == 0
+    assert (later.status_code, queued) == (204, 0)
+    assert [(r["status"], r["error_code"]) for r in after] == [
+        ("undelivered", "30003"),
+        ("failed", "30008"),
+    ]
