@@ -672,6 +672,19 @@ async def test_a_receipt_kept_while_the_outcome_is_written_is_applied_after_it(
     assert after == [(sid, "undelivered", "30003", False)]
 
 
+async def kept_then_later(
+    api: httpx.AsyncClient, settings: Settings, pool: asyncpg.Pool, sids: list[str], later: str
+) -> tuple[int, httpx.Response, int]:
+    """How many receipts of `sids` are kept; then the answer to a `delivered` receipt of the
+    sid `later`, and how many receipts it queued."""
+    kept = await pool.fetchval(
+        "SELECT count(*) FROM carrier_receipts WHERE carrier_sid = ANY($1::text[])", sids
+    )
+    queued_before = await pool.fetchval(QUEUED_SO_FAR)
+    answer = await post_receipt(api, settings, receipt(later, "delivered"))
+    return kept, answer, await pool.fetchval(QUEUED_SO_FAR) - queued_before
+
+
 async def test_a_queued_receipt_of_a_message_already_final_is_dropped_not_kept(
     api: httpx.AsyncClient,
     account: Account,
@@ -706,12 +719,7 @@ async def test_a_queued_receipt_of_a_message_already_final_is_dropped_not_kept(
         await transaction.commit()
     # The API's applier takes them off the queue; their messages took them already.
     await receipts_applied(pool, sids)
-    kept = await pool.fetchval(
-        "SELECT count(*) FROM carrier_receipts WHERE carrier_sid = ANY($1::text[])", sids
-    )
-    queued_before = await pool.fetchval(QUEUED_SO_FAR)
-    later = await post_receipt(api, settings, receipt(sids[0], "delivered"))
-    queued = await pool.fetchval(QUEUED_SO_FAR) - queued_before
+    kept, later, queued = await kept_then_later(api, settings, pool, sids, sids[0])
     after = await ledger_writes(pool, file_id)
     await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
 
@@ -744,12 +752,7 @@ async def test_a_queued_receipt_that_moves_its_message_is_not_kept(
         ],
     )
     await receipts_applied(pool, sids)
-    kept = await pool.fetchval(
-        "SELECT count(*) FROM carrier_receipts WHERE carrier_sid = ANY($1::text[])", sids
-    )
-    queued_before = await pool.fetchval(QUEUED_SO_FAR)
-    later = await post_receipt(api, settings, receipt(sids[1], "delivered"))
-    queued = await pool.fetchval(QUEUED_SO_FAR) - queued_before
+    kept, later, queued = await kept_then_later(api, settings, pool, sids, sids[1])
     after = await ledger_rows(api, account, file_id)
 
     assert kept == 0
