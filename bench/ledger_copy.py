@@ -72,7 +72,7 @@ def ledger_csv(batch_id: uuid.UUID, account_id: uuid.UUID, rows: int) -> bytes:
     return out.getvalue().encode()
 
 
-async def _new_batch(conn: asyncpg.Connection, account_id: uuid.UUID) -> uuid.UUID:
+async def new_batch(conn: asyncpg.Connection, account_id: uuid.UUID) -> uuid.UUID:
     batch_id = uuid.uuid4()
     await conn.execute(
         "INSERT INTO files (id, account_id, filename, content_type, size_bytes, content)"
@@ -93,7 +93,7 @@ async def _new_batch(conn: asyncpg.Connection, account_id: uuid.UUID) -> uuid.UU
 async def copy_cost(
     conn: asyncpg.Connection, account_id: uuid.UUID, variant: str, rows: int
 ) -> tuple[float, float, int]:
-    batch_id = await _new_batch(conn, account_id)
+    batch_id = await new_batch(conn, account_id)
     data = ledger_csv(batch_id, account_id, rows)
     backend = psutil.Process(await conn.fetchval("SELECT pg_backend_pid()"))
     transaction = conn.transaction()

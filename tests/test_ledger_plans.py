@@ -11,7 +11,7 @@ from typing import Any, cast
 import asyncpg
 import httpx
 
-from store import messages
+from store import messages, receipts
 from tests.support.batches import start_marked_batch
 from tests.support.builders import unique_numbers
 from tests.support.stack import Account, WebhookReceiver
@@ -114,3 +114,24 @@ async def test_a_wave_whose_receipts_have_not_come_reads_no_ledger_row(pool: asy
         plan = await pool.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
         # The receipts are looked up by sid; without one, the ledger is not read.
         assert _ledger_indexes(json.loads(plan)[0]["Plan"]) == [], plan
+
+
+async def test_the_receipt_applier_reads_the_ledger_only_by_sid(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        # Statistics of a queue full of receipts (the generic plan's, as at full rate).
+        await conn.execute(
+            "INSERT INTO receipt_queue (carrier_sid, status)"
+            " SELECT 'SM' || md5(g::text), 'delivered' FROM generate_series(1, 5000) AS g"
+        )
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {receipts.CLAIM}", 1000)
+        # Not committed: the API's appliers never see these receipts.
+        await conn.execute("ROLLBACK AND CHAIN")
+
+    # Whether the claimed receipts' messages are final: one read of the ledger, by all their
+    # sids at once (or, where few rows of the ledger have one, all of those), never a read
+    # for each receipt (by its own sid, d.carrier_sid).
+    [found] = _ledger_indexes(json.loads(plan)[0]["Plan"])
+    assert found in ("messages_carrier_sid", "messages_sent_to"), plan
+    assert "carrier_sid = ANY ((InitPlan" in plan, plan
+    assert "d.carrier_sid" not in plan, plan

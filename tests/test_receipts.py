@@ -670,3 +670,94 @@ async def test_a_receipt_kept_while_the_outcome_is_written_is_applied_after_it(
 
     # Written `sent` first, then moved by the statement after it.
     assert after == [(sid, "undelivered", "30003", False)]
+
+
+async def kept_then_later(
+    api: httpx.AsyncClient, settings: Settings, pool: asyncpg.Pool, sids: list[str], later: str
+) -> tuple[int, httpx.Response, int]:
+    """How many receipts of `sids` are kept; then the answer to a `delivered` receipt of the
+    sid `later`, and how many receipts it queued."""
+    kept = await pool.fetchval(
+        "SELECT count(*) FROM carrier_receipts WHERE carrier_sid = ANY($1::text[])", sids
+    )
+    queued_before = await pool.fetchval(QUEUED_SO_FAR)
+    answer = await post_receipt(api, settings, receipt(later, "delivered"))
+    return kept, answer, await pool.fetchval(QUEUED_SO_FAR) - queued_before
+
+
+async def test_a_queued_receipt_of_a_message_already_final_is_dropped_not_kept(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, seqs = await rows_on_the_wire(api, account, webhooks, pool, 2)
+    sids = ["SM" + secrets.token_hex(16) for _ in seqs]
+    await receipts.queue_receipts(
+        pool,
+        [
+            receipts.Receipt(sids[0], "undelivered", "30003"),
+            receipts.Receipt(sids[1], "delivered", None),
+        ],
+    )
+    async with pool.acquire() as holder:
+        transaction = holder.transaction()
+        await transaction.start()
+        # No applier takes the receipts before the sids are written: the appliers skip them.
+        await holder.execute(
+            "SELECT FROM receipt_queue WHERE carrier_sid = ANY($1::text[]) FOR UPDATE", sids
+        )
+        await messages.record_outcomes(
+            pool,
+            uuid.UUID(file_id),
+            [
+                messages.Outcome(seq, LedgerStatus.SENT, sid)
+                for seq, sid in zip(seqs, sids, strict=True)
+            ],
+        )
+        await transaction.commit()
+    # The API's applier takes them off the queue; their messages took them already.
+    await receipts_applied(pool, sids)
+    kept, later, queued = await kept_then_later(api, settings, pool, sids, sids[0])
+    after = await ledger_writes(pool, file_id)
+    await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
+
+    assert kept == 0
+    # The later receipt finds its message final and no receipt kept: nothing to queue.
+    assert (later.status_code, queued) == (204, 0)
+    assert after == [
+        (sids[0], "undelivered", "30003", True),
+        (sids[1], "delivered", None, True),
+    ]
+
+
+async def test_a_queued_receipt_that_moves_its_message_is_not_kept(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, rows = await sent_batch(api, account, webhooks, 2)
+    sids = [r["carrier_sid"] for r in rows]
+    # Queued while the sids were being written (the intake found no row with them); the
+    # messages are `sent` when an applier takes them: it moves them.
+    await receipts.queue_receipts(
+        pool,
+        [
+            receipts.Receipt(sids[0], "undelivered", "30003"),
+            receipts.Receipt(sids[0], "delivered", None),
+            receipts.Receipt(sids[1], "failed", "30008"),
+        ],
+    )
+    await receipts_applied(pool, sids)
+    kept, later, queued = await kept_then_later(api, settings, pool, sids, sids[1])
+    after = await ledger_rows(api, account, file_id)
+
+    assert kept == 0
+    assert (later.status_code, queued) == (204, 0)
+    assert [(r["status"], r["error_code"]) for r in after] == [
+        ("undelivered", "30003"),
+        ("failed", "30008"),
+    ]
