@@ -242,9 +242,14 @@ def storable(text: str | None) -> str | None:
     return text.replace("\x00", "\ufffd") if text else text
 
 
-# The first final receipt of an outcome `o` sent (only `sent` ranks below a final receipt: no
-# other outcome looks one up).
-SENT_ROW_RECEIPT = receipts.first_receipt_of("o.sid", "o.status = 'sent'")
+# The first final receipt of each sid of the outcomes ($4), joined to an outcome sent (only
+# `sent` ranks below a final receipt: no other outcome takes one). Looked up for all the sids
+# at once, one scan of each receipt table's sid index, not two probes per outcome: those were
+# a fifth of the statement's blocks (384 of 2,038 for 96 rows with no receipt).
+SENT_ROW_RECEIPT = (
+    f" LEFT JOIN {receipts.first_receipts('$4::text[]')} AS f"
+    " ON f.carrier_sid = o.sid AND o.status = 'sent'"
+)
 
 
 async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome]) -> None:
@@ -254,7 +259,7 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
     `uncertain` by the next) that lived on and heard the carrier's answer settles them.
 
     A row sent whose first final receipt came before its sid (kept, or still queued) takes
-    that receipt in the same write (receipts.first_receipt_of). A receipt that commits while
+    that receipt in the same write (receipts.first_receipts). A receipt that commits while
     the statement runs is not seen by it: the receipts of the other sids are applied after
     it (apply_kept_receipts). The two statements commit one after the other, and a receipt
     that finds no row with its sid is queued (receipts.take_receipts) before anything applies
@@ -274,8 +279,7 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
         " attempts = m.attempts - (o.opens IS NOT NULL AND m.status = 'sending')::int"
         " FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"
         " $7::timestamptz[]) AS o(seq, status, sid, code, msg, opens)"
-        f" LEFT JOIN LATERAL {SENT_ROW_RECEIPT}"
-        " AS f ON true"
+        f"{SENT_ROW_RECEIPT}"
         " WHERE m.batch_id = $1 AND m.seq = o.seq AND (m.status = 'sending'"
         " OR (m.status = 'pending' AND o.opens IS NOT NULL)"
         " OR (m.status = 'uncertain' AND o.status IN ('sent', 'failed')))"
