@@ -143,7 +143,7 @@ async def test_a_waves_outcomes_look_their_receipts_up_once_not_row_by_row(
         for seq in range(SLICE)
     ]
 
-    await messages.record_outcomes(cast(asyncpg.Pool, recording), uuid.uuid4(), outcomes)
+    await messages.write_outcomes(cast(asyncpg.Pool, recording), uuid.uuid4(), outcomes)
 
     sql, args = recording.statements[0]
     plan = await pool.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)

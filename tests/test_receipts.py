@@ -562,8 +562,18 @@ async def rows_on_the_wire(
             "SELECT seq FROM messages WHERE batch_id = $1 ORDER BY seq", uuid.UUID(file_id)
         )
     ]
-    assert await messages.mark_sending(pool, uuid.UUID(file_id), seqs) == set(seqs)
+    marked = await messages.write_outcomes(pool, uuid.UUID(file_id), [], mark=seqs)
+    assert marked.marked == set(seqs)
     return file_id, seqs
+
+
+async def record_outcomes(
+    pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[messages.Outcome]
+) -> None:
+    """Outcomes written as a slice's sender writes them: the write, then the receipts of the
+    sids that took none in it."""
+    written = await messages.write_outcomes(pool, batch_id, outcomes)
+    await messages.apply_kept_receipts(pool, batch_id, written.unsettled)
 
 
 async def ledger_writes(pool: asyncpg.Pool, file_id: str) -> list[tuple]:
@@ -603,7 +613,7 @@ async def test_a_receipt_that_came_before_its_sid_is_taken_in_the_write_of_the_o
         ],
     )
 
-    await messages.record_outcomes(
+    await record_outcomes(
         pool,
         uuid.UUID(file_id),
         [
@@ -645,7 +655,7 @@ async def test_a_receipt_kept_while_the_outcome_is_written_is_applied_after_it(
             seq,
         )
         recording = asyncio.create_task(
-            messages.record_outcomes(
+            record_outcomes(
                 pool, uuid.UUID(file_id), [messages.Outcome(seq, LedgerStatus.SENT, sid)]
             )
         )
@@ -670,3 +680,54 @@ async def test_a_receipt_kept_while_the_outcome_is_written_is_applied_after_it(
 
     # Written `sent` first, then moved by the statement after it.
     assert after == [(sid, "undelivered", "30003", False)]
+
+
+async def test_a_wave_is_marked_in_the_statement_that_writes_the_outcomes_of_the_last(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(6), schedule_at=later
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    batch_id = uuid.UUID(file_id)
+    seqs = [
+        r["seq"]
+        for r in await pool.fetch(
+            "SELECT seq FROM messages WHERE batch_id = $1 ORDER BY seq", batch_id
+        )
+    ]
+    last, the_next = seqs[:3], seqs[3:]
+    assert (await messages.write_outcomes(pool, batch_id, [], mark=last)).marked == set(last)
+    sids = ["SM" + secrets.token_hex(16) for _ in last]
+    await receipts.queue_receipts(pool, [receipts.Receipt(sids[0], "delivered", None)])
+
+    written = await messages.write_outcomes(
+        pool,
+        batch_id,
+        [
+            messages.Outcome(seq=seq, status=LedgerStatus.SENT, carrier_sid=sid)
+            for seq, sid in zip(last, sids, strict=True)
+        ],
+        # A row of the last wave is `sending`, not `pending`: it is not marked again.
+        mark=[*the_next, last[1]],
+    )
+
+    assert written.marked == set(the_next)
+    # The first row took its queued receipt in the write; the others' are still to be looked up.
+    assert written.unsettled == sids[1:]
+    rows = await pool.fetch(
+        "SELECT status, attempts FROM messages WHERE batch_id = $1 ORDER BY seq", batch_id
+    )
+    assert [tuple(r) for r in rows] == [
+        ("delivered", 1),
+        ("sent", 1),
+        ("sent", 1),
+        ("sending", 1),
+        ("sending", 1),
+        ("sending", 1),
+    ]
+    await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
