@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -46,6 +46,8 @@ UNREACHABLE = frozenset({"connect", "500", "502", "503", "504", "20500", "20503"
 SETTLED = MappingProxyType({v: LedgerStatus(v.value) for v in Verdict if v is not Verdict.RETRY})
 # What a wave leaves for its lane to write once the next wave goes out (_Waves.on_the_wire).
 T = TypeVar("T")
+# What a slice's write of its outcomes returns (SendingActivities._record).
+W = TypeVar("W")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,24 +121,19 @@ class SendingActivities(WorkerResources):
         queue = iter(enumerate(claimed))
         waves = _Waves(len(claimed), self._settings.send_concurrency)
 
-        async def write(rows: list[int], mark: Sequence[int] = ()) -> messages.Written:
-            # These rows' outcomes (None: back to `pending`), and the rows of seqs `mark`
-            # marked `sending`, in one statement.
-            return await self._write(
-                batch_id,
+        async def record(rows: list[int]) -> None:
+            # These rows' outcomes (None: back to `pending`), in one statement, then the
+            # receipts that came for their sids meanwhile.
+            await self._record(
                 account_id,
                 [claimed[i] for i in rows],
                 [results[i] for i in rows],
                 [waiting.get(i) for i in rows],
-                mark,
+                lambda outcomes: messages.record_outcomes(self._pool, batch_id, outcomes),
             )
 
         async def apply_receipts(sids: list[str]) -> None:
             await through_outages(lambda: messages.apply_kept_receipts(self._pool, batch_id, sids))
-
-        async def record(rows: list[int]) -> None:
-            if rows:
-                await apply_receipts((await write(rows)).unsettled)
 
         async def wave(index: int) -> list[str]:
             # Mark the next wave `sending` (a worker killed now leaves the rows on the wire
@@ -145,7 +142,14 @@ class SendingActivities(WorkerResources):
             # applied, for the lane to do once the other lanes may go on (_Waves.on_the_wire).
             done = waves.unrecorded(results)
             rows = waves.next_wave(index)
-            written = await write(done, mark=[claimed[i].seq for i in rows])
+            seqs = [claimed[i].seq for i in rows]
+            written = await self._record(
+                account_id,
+                [claimed[i] for i in done],
+                [results[i] for i in done],
+                [waiting.get(i) for i in done],
+                lambda outcomes: messages.write_outcomes(self._pool, batch_id, outcomes, mark=seqs),
+            )
             waves.marked(rows, {i for i in rows if claimed[i].seq in written.marked})
             return written.unsettled
 
@@ -285,18 +289,17 @@ class SendingActivities(WorkerResources):
             account_failure=account_failures[0] if account_failures else None,
         )
 
-    async def _write(
+    async def _record(
         self,
-        batch_id: uuid.UUID,
         account_id: uuid.UUID,
         claimed: list[messages.ClaimedMessage],
         results: list[SendResult | None],
         opens: list[float | None],
-        mark: Sequence[int],
-    ) -> messages.Written:
+        write: Callable[[list[messages.Outcome]], Awaitable[W]],
+    ) -> W:
         """Record outcomes of a slice: first the opt-outs the carrier reported (idempotent, so
-        a crash before the outcomes loses none), then every outcome, with the rows of seqs
-        `mark` marked `sending`, in one statement (messages.write_outcomes)."""
+        a crash before the outcomes loses none), then every outcome in one statement, by
+        `write` (messages.record_outcomes, or write_outcomes marking the next wave)."""
         opted_out = [
             m.to_number
             for m, r in zip(claimed, results, strict=True)
@@ -304,11 +307,7 @@ class SendingActivities(WorkerResources):
         ]
         if opted_out:
             await through_outages(lambda: self._record_opt_outs(account_id, opted_out))
-        return await through_outages(
-            lambda: messages.write_outcomes(
-                self._pool, batch_id, _outcomes(claimed, results, opens), mark=mark
-            )
-        )
+        return await through_outages(lambda: write(_outcomes(claimed, results, opens)))
 
     def _count(self, senders: list[str], results: list[SendResult | None]) -> None:
         """Count the slice's messages, each by its sender, once recorded; one deferred (retry)

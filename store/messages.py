@@ -248,6 +248,14 @@ class Written:
     unsettled: list[str]
 
 
+async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome]) -> None:
+    """Write outcomes (write_outcomes), then apply the receipts that came for their sids
+    meanwhile (apply_kept_receipts): a slice's last write."""
+    if outcomes:
+        written = await write_outcomes(pool, batch_id, outcomes)
+        await apply_kept_receipts(pool, batch_id, written.unsettled)
+
+
 async def write_outcomes(
     pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome], *, mark: Sequence[int] = ()
 ) -> Written:

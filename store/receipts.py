@@ -5,7 +5,7 @@ A final receipt whose message already holds its carrier sid is applied where it 
 receipt that comes before its send's sid is written, a conversation message's) are appended
 to `receipt_queue` in the same statement, then applied in batches by `apply_queued`, which
 any number of API processes run at once, or by the worker as it writes the sids
-(messages.write_outcomes: a row takes its first receipt in the write of its outcome). The
+(messages.record_outcomes: a row takes its first receipt in the write of its outcome). The
 first final receipt of a message is the only one ever applied: a repeated, replayed or
 later receipt of the same message changes nothing. One waiting in the queue or kept in
 `carrier_receipts` is that first one.
@@ -45,7 +45,7 @@ def first_receipts(sids: str) -> str:
 
     A batch of the queue is moved to `carrier_receipts` in one transaction, so any statement
     sees each receipt in exactly one of the two tables: a send's outcome written while its
-    receipt waits in the queue is moved by it all the same (see messages.write_outcomes).
+    receipt waits in the queue is moved by it all the same (see messages.record_outcomes).
     """
     return (
         "(SELECT carrier_sid, status, error_code FROM carrier_receipts"
@@ -96,7 +96,7 @@ async def take_receipts(
     one is its first: this one is queued behind it); a message already final takes none.
     A message whose sid is not written yet, or held by no ledger row (a conversation's),
     gets its receipts through the queue: the worker applies them when it writes the sid, or
-    the applier does, whichever comes second (see messages.write_outcomes).
+    the applier does, whichever comes second (see messages.record_outcomes).
     """
     final = [r for r in receipts if r.status in FINAL_RECEIPTS]
     if not final:

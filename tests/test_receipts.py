@@ -567,15 +567,6 @@ async def rows_on_the_wire(
     return file_id, seqs
 
 
-async def record_outcomes(
-    pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[messages.Outcome]
-) -> None:
-    """Outcomes written as a slice's sender writes them: the write, then the receipts of the
-    sids that took none in it."""
-    written = await messages.write_outcomes(pool, batch_id, outcomes)
-    await messages.apply_kept_receipts(pool, batch_id, written.unsettled)
-
-
 async def ledger_writes(pool: asyncpg.Pool, file_id: str) -> list[tuple]:
     """Each row's sid, status and error code, and whether its last write was the one of its
     outcome (the time it was sent is the time it was last moved; None: it was not sent)."""
@@ -613,7 +604,7 @@ async def test_a_receipt_that_came_before_its_sid_is_taken_in_the_write_of_the_o
         ],
     )
 
-    await record_outcomes(
+    await messages.record_outcomes(
         pool,
         uuid.UUID(file_id),
         [
@@ -655,7 +646,7 @@ async def test_a_receipt_kept_while_the_outcome_is_written_is_applied_after_it(
             seq,
         )
         recording = asyncio.create_task(
-            record_outcomes(
+            messages.record_outcomes(
                 pool, uuid.UUID(file_id), [messages.Outcome(seq, LedgerStatus.SENT, sid)]
             )
         )
