@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -44,6 +44,10 @@ UNREACHABLE = frozenset({"connect", "500", "502", "503", "504", "20500", "20503"
 # The ledger status of each verdict that settles a row (a deferral puts it back `pending`):
 # looked up rather than made from the verdict's value for every row recorded.
 SETTLED = MappingProxyType({v: LedgerStatus(v.value) for v in Verdict if v is not Verdict.RETRY})
+# What a wave leaves for its lane to write once the next wave goes out (_Waves.on_the_wire).
+T = TypeVar("T")
+# What a slice's write of its outcomes returns (SendingActivities._record).
+W = TypeVar("W")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,27 +122,36 @@ class SendingActivities(WorkerResources):
         waves = _Waves(len(claimed), self._settings.send_concurrency)
 
         async def record(rows: list[int]) -> None:
-            # These rows' outcomes (None: back to `pending`), in one statement.
+            # These rows' outcomes (None: back to `pending`), in one statement, then the
+            # receipts that came for their sids meanwhile.
             await self._record(
-                batch_id,
                 account_id,
                 [claimed[i] for i in rows],
                 [results[i] for i in rows],
                 [waiting.get(i) for i in rows],
+                lambda outcomes: messages.record_outcomes(self._pool, batch_id, outcomes),
             )
 
-        async def wave(index: int) -> list[int]:
+        async def apply_receipts(sids: list[str]) -> None:
+            await through_outages(lambda: messages.apply_kept_receipts(self._pool, batch_id, sids))
+
+        async def wave(index: int) -> list[str]:
             # Mark the next wave `sending` (a worker killed now leaves the rows on the wire
-            # `uncertain`, not the slice), and take what came back since the last wave, for
-            # the lane to record once the other lanes may go on (_Waves.on_the_wire).
+            # `uncertain`, not the slice) in the statement that writes the outcomes that came
+            # back since the last wave; the sids of those whose receipts are still to be
+            # applied, for the lane to do once the other lanes may go on (_Waves.on_the_wire).
             done = waves.unrecorded(results)
             rows = waves.next_wave(index)
             seqs = [claimed[i].seq for i in rows]
-            marked = await through_outages(
-                lambda: messages.mark_sending(self._pool, batch_id, seqs)
+            written = await self._record(
+                account_id,
+                [claimed[i] for i in done],
+                [results[i] for i in done],
+                [waiting.get(i) for i in done],
+                lambda outcomes: messages.write_outcomes(self._pool, batch_id, outcomes, mark=seqs),
             )
-            waves.marked(rows, {i for i in rows if claimed[i].seq in marked})
-            return done
+            waves.marked(rows, {i for i in rows if claimed[i].seq in written.marked})
+            return written.unsettled
 
         account_failures: list[str] = []
         # carrier_latency's series by verdict, looked up once a slice rather than per message.
@@ -155,9 +168,9 @@ class SendingActivities(WorkerResources):
                 if input.pace.expire_at and time.time() >= input.pace.expire_at:
                     # Expired, not waiting: marked `sending` first, as every row given an
                     # outcome is (only a `sending` row takes one).
-                    return EXPIRED if await waves.on_the_wire(index, wave, record) else None
+                    return EXPIRED if await waves.on_the_wire(index, wave, apply_receipts) else None
                 # Checked before the row is marked `sending`: a wait for the window is no
-                # attempt (a row its wave marked already has it taken back, record_outcomes).
+                # attempt (a row its wave marked already has it taken back, write_outcomes).
                 opens = window.opens_at(message.to_number, time.time())
                 if opens is not None:
                     waiting[index] = opens
@@ -170,7 +183,7 @@ class SendingActivities(WorkerResources):
             if not await pacer.turn(stopping):
                 return None
             self._metrics.pacing_delay.observe(time.monotonic() - waited)
-            if not await waves.on_the_wire(index, wave, record):
+            if not await waves.on_the_wire(index, wave, apply_receipts):
                 return None
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
@@ -278,14 +291,15 @@ class SendingActivities(WorkerResources):
 
     async def _record(
         self,
-        batch_id: uuid.UUID,
         account_id: uuid.UUID,
         claimed: list[messages.ClaimedMessage],
         results: list[SendResult | None],
         opens: list[float | None],
-    ) -> None:
-        """Record a slice: first the opt-outs the carrier reported (idempotent, so a crash
-        before the outcomes loses none), then every outcome in one statement."""
+        write: Callable[[list[messages.Outcome]], Awaitable[W]],
+    ) -> W:
+        """Record outcomes of a slice: first the opt-outs the carrier reported (idempotent, so
+        a crash before the outcomes loses none), then every outcome in one statement, by
+        `write` (messages.record_outcomes, or write_outcomes marking the next wave)."""
         opted_out = [
             m.to_number
             for m, r in zip(claimed, results, strict=True)
@@ -293,11 +307,7 @@ class SendingActivities(WorkerResources):
         ]
         if opted_out:
             await through_outages(lambda: self._record_opt_outs(account_id, opted_out))
-        await through_outages(
-            lambda: messages.record_outcomes(
-                self._pool, batch_id, _outcomes(claimed, results, opens)
-            )
-        )
+        return await through_outages(lambda: write(_outcomes(claimed, results, opens)))
 
     def _count(self, senders: list[str], results: list[SendResult | None]) -> None:
         """Count the slice's messages, each by its sender, once recorded; one deferred (retry)
@@ -322,7 +332,8 @@ class SendingActivities(WorkerResources):
 class _Waves:
     """Which rows of a slice are marked `sending`, and which outcomes are written. Rows are
     marked in waves of at most `size` (the lanes), as the first row of a wave is about to go
-    on the wire; the rest of it is right behind, each lane holding one row."""
+    on the wire, in the statement that writes the outcomes that came back since the wave
+    before; the rest of it is right behind, each lane holding one row."""
 
     def __init__(self, rows: int, size: int) -> None:
         self._size = max(size, 1)
@@ -340,21 +351,20 @@ class _Waves:
         self._loop = asyncio.get_running_loop()
         self._marking = False
         self._waiters: list[asyncio.Future[None]] = []
-        # The write of the outcomes the last wave took, once started.
+        # The `record` of what the last wave left, once started.
         self._recording: asyncio.Future[None] | None = None
 
     async def on_the_wire(
         self,
         index: int,
-        wave: Callable[[int], Awaitable[list[int]]],
-        record: Callable[[list[int]], Awaitable[None]],
+        wave: Callable[[int], Awaitable[list[T]]],
+        record: Callable[[list[T]], Awaitable[None]],
     ) -> bool:
         """Whether row `index` is this attempt's to send, running `wave` first if its wave is
-        not marked yet (one wave at a time), then `record` on the rows whose outcomes `wave`
-        took: once the wave is marked, so that the other lanes send the new wave meanwhile
-        rather than wait for the outcomes to be written. A wave is marked only once the outcomes
-        taken by the one before are written, so no more rows are `sending` at a time than
-        when they were written first."""
+        not marked yet (one wave at a time), then `record` on what `wave` left to write (the
+        sids of the outcomes it wrote, whose receipts are still to be applied): once the wave
+        is marked, so that the other lanes send the new wave meanwhile rather than wait for
+        it. A wave is marked only once `record` of the one before is done."""
         if self._tried[index]:
             # Its wave is marked (and `_marked` final): nothing to wait for, as most rows find.
             return self._marked[index]

@@ -60,19 +60,6 @@ def first_receipts(sids: str) -> str:
     )
 
 
-def first_receipt_of(sid: str, when: str) -> str:
-    """SQL: the first final receipt (status, error_code) of the one carrier sid `sid`, an
-    expression of an outer row, looked up only where the condition `when` holds: the kept
-    one, else the first still queued (as `first_receipts`, by the sid index of each table)."""
-    return (
-        "(SELECT r.status, r.error_code FROM"
-        " (SELECT k.status, k.error_code, 0::bigint AS id FROM carrier_receipts AS k"
-        f" WHERE k.carrier_sid = {sid} AND {when}"
-        " UNION ALL SELECT q.status, q.error_code, q.id FROM receipt_queue AS q"
-        f" WHERE q.carrier_sid = {sid} AND {when}) AS r ORDER BY r.id LIMIT 1)"
-    )
-
-
 # SQL: which of the carrier sids $1 (text[]) have a final receipt kept or queued, as a text[]:
 # all of them looked up at once in the sid index of each table, never a read of the ledger.
 WITH_RECEIPTS = (

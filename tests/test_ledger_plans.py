@@ -15,6 +15,7 @@ from store import messages, receipts
 from tests.support.batches import start_marked_batch
 from tests.support.builders import unique_numbers
 from tests.support.stack import Account, WebhookReceiver
+from workflows.statuses import LedgerStatus
 
 ROWS = 20_000
 SLICE = 100
@@ -45,6 +46,10 @@ class _Recording:
         self.statements.append((sql, args))
         return await self.pool.fetchval(sql, *args)
 
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        self.statements.append((sql, args))
+        return await self.pool.fetchrow(sql, *args)
+
     async def execute(self, sql: str, *args: Any) -> str:
         self.statements.append((sql, args))
         return await self.pool.execute(sql, *args)
@@ -62,6 +67,19 @@ def _ledger_indexes(plan: dict[str, Any]) -> list[str | None]:
     )
     for child in plan.get("Plans", []):
         found += _ledger_indexes(child)
+    return found
+
+
+def _receipt_lookups(plan: dict[str, Any]) -> list[str]:
+    """The conditions of each node of `plan` that reads a receipt table or its sid index."""
+    found = []
+    if plan.get("Relation Name") in ("carrier_receipts", "receipt_queue") or plan.get(
+        "Index Name"
+    ) in ("carrier_receipts_pkey", "receipt_queue_sid"):
+        conditions = ("Index Cond", "Recheck Cond", "Filter")
+        found.append(" ".join(plan.get(name, "") for name in conditions))
+    for child in plan.get("Plans", []):
+        found += _receipt_lookups(child)
     return found
 
 
@@ -135,3 +153,23 @@ async def test_the_receipt_applier_reads_the_ledger_only_by_sid(pool: asyncpg.Po
     assert found in ("messages_carrier_sid", "messages_sent_to"), plan
     assert "carrier_sid = ANY ((InitPlan" in plan, plan
     assert "d.carrier_sid" not in plan, plan
+
+
+async def test_a_waves_outcomes_look_their_receipts_up_once_not_row_by_row(
+    pool: asyncpg.Pool,
+) -> None:
+    recording = _Recording(pool)
+    outcomes = [
+        messages.Outcome(seq=seq, status=LedgerStatus.SENT, carrier_sid=f"SM{uuid.uuid4().hex}")
+        for seq in range(SLICE)
+    ]
+
+    await messages.write_outcomes(cast(asyncpg.Pool, recording), uuid.uuid4(), outcomes)
+
+    sql, args = recording.statements[0]
+    plan = await pool.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
+    lookups = _receipt_lookups(json.loads(plan)[0]["Plan"])
+    # Each receipt table is searched for all the wave's sids at once (by its sid index, or,
+    # while it is small, read whole), never once for each outcome's sid (`o.sid`).
+    assert lookups, plan
+    assert not [cond for cond in lookups if "o.sid" in cond], lookups

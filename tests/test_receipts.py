@@ -562,7 +562,8 @@ async def rows_on_the_wire(
             "SELECT seq FROM messages WHERE batch_id = $1 ORDER BY seq", uuid.UUID(file_id)
         )
     ]
-    assert await messages.mark_sending(pool, uuid.UUID(file_id), seqs) == set(seqs)
+    marked = await messages.write_outcomes(pool, uuid.UUID(file_id), [], mark=seqs)
+    assert marked.marked == set(seqs)
     return file_id, seqs
 
 
@@ -761,3 +762,54 @@ async def test_a_queued_receipt_that_moves_its_message_is_not_kept(
         ("undelivered", "30003"),
         ("failed", "30008"),
     ]
+
+
+async def test_a_wave_is_marked_in_the_statement_that_writes_the_outcomes_of_the_last(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(6), schedule_at=later
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    batch_id = uuid.UUID(file_id)
+    seqs = [
+        r["seq"]
+        for r in await pool.fetch(
+            "SELECT seq FROM messages WHERE batch_id = $1 ORDER BY seq", batch_id
+        )
+    ]
+    last, the_next = seqs[:3], seqs[3:]
+    assert (await messages.write_outcomes(pool, batch_id, [], mark=last)).marked == set(last)
+    sids = ["SM" + secrets.token_hex(16) for _ in last]
+    await receipts.queue_receipts(pool, [receipts.Receipt(sids[0], "delivered", None)])
+
+    written = await messages.write_outcomes(
+        pool,
+        batch_id,
+        [
+            messages.Outcome(seq=seq, status=LedgerStatus.SENT, carrier_sid=sid)
+            for seq, sid in zip(last, sids, strict=True)
+        ],
+        # A row of the last wave is `sending`, not `pending`: it is not marked again.
+        mark=[*the_next, last[1]],
+    )
+
+    assert written.marked == set(the_next)
+    # The first row took its queued receipt in the write; the others' are still to be looked up.
+    assert written.unsettled == sids[1:]
+    rows = await pool.fetch(
+        "SELECT status, attempts FROM messages WHERE batch_id = $1 ORDER BY seq", batch_id
+    )
+    assert [tuple(r) for r in rows] == [
+        ("delivered", 1),
+        ("sent", 1),
+        ("sent", 1),
+        ("sending", 1),
+        ("sending", 1),
+        ("sending", 1),
+    ]
+    await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)

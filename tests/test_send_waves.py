@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from activities.providers.twilio import SendResult, Verdict
-from activities.sending import _Waves
+from activities.sending import T, _Waves
 
 ROWS = 61
 LANES = 8
@@ -25,8 +25,8 @@ class LockedWaves(_Waves):
     async def on_the_wire(
         self,
         index: int,
-        wave: Callable[[int], Awaitable[list[int]]],
-        record: Callable[[list[int]], Awaitable[None]],
+        wave: Callable[[int], Awaitable[list[T]]],
+        record: Callable[[list[T]], Awaitable[None]],
     ) -> bool:
         if self._tried[index]:
             return self._marked[index]
