@@ -212,7 +212,7 @@ async def one_round(
 
         for number, start in enumerate(range(0, rows, SLICE)):
             seqs = list(range(start, min(start + SLICE, rows)))
-            await messages.mark_sending(admin, batch_id, seqs)
+            await messages.write_outcomes(admin, batch_id, [], mark=seqs)
             early = {seq for seq in seqs if rng.random() < EARLY_SHARE}
             missed = {seq for seq in early if rng.random() < MISSED_SHARE}
             waiting += [
