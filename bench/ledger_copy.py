@@ -61,12 +61,19 @@ class CopyCost:
     counted: int
 
 
-def ledger_csv(batch_id: uuid.UUID, account_id: uuid.UUID, rows: int) -> bytes:
-    """Rows as the column engine writes them: a rendered one-segment message each."""
+# The sender of `new_batch`'s batches.
+AGENT_NUMBER = "+12015550100"
+
+
+def ledger_csv(
+    batch_id: uuid.UUID, account_id: uuid.UUID, rows: int, *, prefix: str = "+659"
+) -> bytes:
+    """Rows as the column engine writes them: a rendered one-segment message each, to
+    numbers of `prefix` and seven digits."""
     out = io.StringIO()
     for i in range(rows):
         out.write(
-            f"{batch_id},{i},{account_id},{i + 1},+659{i % 10**7:07d},"
+            f"{batch_id},{i},{account_id},{i + 1},{prefix}{i % 10**7:07d},"
             f"Dear Emily {i:06d}; your app {i % 10**4:04d} is ready.,pending,,gsm7,1\n"
         )
     return out.getvalue().encode()
@@ -82,10 +89,11 @@ async def new_batch(conn: asyncpg.Connection, account_id: uuid.UUID) -> uuid.UUI
     )
     await conn.execute(
         "INSERT INTO batches (id, account_id, workflow_id, agent_number, request, request_hash)"
-        " VALUES ($1, $2, $3, '+12015550100', '{}', '')",
+        " VALUES ($1, $2, $3, $4, '{}', '')",
         batch_id,
         account_id,
         f"bench-{batch_id}",
+        AGENT_NUMBER,
     )
     return batch_id
 

@@ -15,7 +15,6 @@ disturbs it far less. To compare two checkouts, run it in each in turn, several 
 import argparse
 import asyncio
 import gc
-import io
 import json
 import sys
 import time
@@ -32,6 +31,8 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.providers.twilio import TwilioCarrier
 from activities.sending import SendingActivities
+from bench import ledger_copy
+from bench.ledger_copy import AGENT_NUMBER
 from bench.uploads import READY_SECONDS, scratch_postgres
 from deploy.local.processes import ManagedProcess, free_port, http_ok
 from metrics import WorkerMetrics
@@ -43,7 +44,6 @@ from worker import GC_YOUNG_THRESHOLD
 from workflows.contracts import SendSliceInput
 
 AUTH_TOKEN = "bench-send-path"
-AGENT_NUMBER = "+12015550100"
 
 
 @contextmanager
@@ -73,36 +73,13 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def ledger_csv(batch_id: uuid.UUID, account_id: uuid.UUID, rows: int) -> bytes:
-    out = io.StringIO()
-    for i in range(rows):
-        out.write(
-            f"{batch_id},{i},{account_id},{i + 1},+1201{i % 10**7:07d},"
-            f"Dear Emily {i:06d}; your app {i % 10**4:04d} is ready.,pending,,gsm7,1\n"
-        )
-    return out.getvalue().encode()
-
-
 async def new_batch(pool: asyncpg.Pool, account_id: uuid.UUID, rows: int) -> uuid.UUID:
-    batch_id = uuid.uuid4()
+    """A batch of `rows` pending ledger rows to US numbers, and the ledger's statistics."""
     async with pool.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO files (id, account_id, filename, content_type, size_bytes, content)"
-            " VALUES ($1, $2, 'bench.csv', 'text/csv', 0, '')",
-            batch_id,
-            account_id,
-        )
-        await conn.execute(
-            "INSERT INTO batches (id, account_id, workflow_id, agent_number, request,"
-            " request_hash) VALUES ($1, $2, $3, $4, '{}', '')",
-            batch_id,
-            account_id,
-            f"bench-{batch_id}",
-            AGENT_NUMBER,
-        )
+        batch_id = await ledger_copy.new_batch(conn, account_id)
         await conn.copy_to_table(
             "messages",
-            source=memoryview(ledger_csv(batch_id, account_id, rows)),
+            source=memoryview(ledger_copy.ledger_csv(batch_id, account_id, rows, prefix="+1201")),
             columns=RECIPIENT_COLUMNS,
             format="csv",
         )
