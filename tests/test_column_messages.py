@@ -30,7 +30,19 @@ TEMPLATE = st.sampled_from(
         "😀 {{first_name}}",
         "No variables at all",
         "{{first_name}} " + "x" * 150,
+        "€{{first_name}}{{code}}",
+        "Zoë 😀{{code}}",
     ]
+)
+# Values of GSM-7's default alphabet, not blank, their lengths spread over the limits of
+# one and of several segments: when every row has such values, all are rendered at once
+# and the template's text alone decides their encoding and the characters to count.
+BASIC = st.builds(
+    lambda spaces, solid, rest, length: spaces + solid + rest + "a" * length,
+    st.text(alphabet=st.sampled_from(" \n\r"), max_size=2),
+    st.sampled_from("aZ09@£$Ç_Δ!?ñ"),
+    st.text(alphabet=st.sampled_from("aZ09 @£$Ç_Δ!?ñ\n"), max_size=10),
+    st.integers(min_value=0, max_value=170),
 )
 
 
@@ -66,7 +78,8 @@ def expected(body: str, max_chars: int) -> tuple[str, int, bool]:
 @settings(max_examples=300, deadline=None)
 @given(
     template=TEMPLATE,
-    cells=st.lists(st.tuples(VALUE, VALUE), min_size=1, max_size=25),
+    cells=st.lists(st.tuples(VALUE, VALUE), min_size=1, max_size=25)
+    | st.lists(st.tuples(BASIC, BASIC), min_size=1, max_size=25),
     max_chars=st.sampled_from([1600, 100]),
 )
 def test_encodings_are_classify_s_of_the_body(
