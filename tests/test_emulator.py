@@ -19,6 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
+from activities.providers.http1 import Origin
+from api.receipt_listener import NO_CONTENT, NO_CONTENT_CLOSE
+from deploy.local.callback_poster import CallbackPoster
 from deploy.local.emulator import (
     KNOWN_PARAMETERS,
     MESSAGES_PATH,
@@ -289,6 +292,73 @@ async def test_many_messages_callbacks_each_arrive_once_signed_sent_first(
     assert all(statuses.index((sid, "sent")) < statuses.index((sid, "delivered")) for sid in sids)
     assert all(validator.validate(u, params, signature) for u, params, signature in callbacks)
     assert stats["callbacks"] == {"204": 120}
+
+
+UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("reads", "statuses"),
+    [
+        # Whole 204s, read together and apart.
+        ([NO_CONTENT * 3], [204, 204, 204]),
+        ([NO_CONTENT, NO_CONTENT * 2], [204, 204, 204]),
+        # A 204 split over reads, then whole ones behind it.
+        ([NO_CONTENT + NO_CONTENT[:9], NO_CONTENT[9:] + NO_CONTENT], [204, 204, 204]),
+        # A 503 whose body, read on its own, is a 204's bytes: it is the 503's body.
+        ([UNAVAILABLE % len(NO_CONTENT), NO_CONTENT, NO_CONTENT * 2], [503, 204, 204]),
+        ([NO_CONTENT + UNAVAILABLE % 0, NO_CONTENT], [204, 503, 204]),
+        # More 204s than requests written: only those owed are answers.
+        ([NO_CONTENT * 5], [204, 204, 204]),
+        # A 204 that closes the connection: the requests after it get no answer.
+        ([NO_CONTENT_CLOSE], [204, None, None]),
+    ],
+)
+async def test_the_poster_gives_each_request_the_status_of_its_answer_however_it_is_read(
+    reads: list[bytes], statuses: list[int | None]
+) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received = b""
+        while received.count(b"POST ") < len(statuses):
+            received += await reader.read(65536)
+        for data in reads:
+            writer.write(data)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # each its own read on the poster's side
+        if b"close" in b"".join(reads):
+            writer.close()
+        else:
+            await reader.read()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # What the loop is told of errors in the poster's protocol (each told when raised).
+    errors: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    poster = CallbackPoster(connections=1, timeout=10, pipeline=True)
+    route = poster.route(Origin("http", "127.0.0.1", port))
+    answers: list[int | None] = []
+    done = asyncio.Event()
+
+    def answered(status: int | None) -> None:
+        answers.append(status)
+        if len(answers) == len(statuses):
+            done.set()
+
+    request = b"POST /status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+    for _ in statuses:
+        poster.post(route, request, answered)
+    try:
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        loop.set_exception_handler(handler)
+        await poster.close()
+        server.close()
+
+    assert answers == statuses
+    assert errors == []
 
 
 # Field values as Twilio's may come: anything but lone surrogates (no UTF-8 for them).
