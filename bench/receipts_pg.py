@@ -324,6 +324,7 @@ def main() -> None:
     parser.add_argument("--against", default="main", help="the revision compared with")
     parser.add_argument("--rows", type=int, default=5000, help="rows (final receipts) a round")
     parser.add_argument("--rounds", type=int, default=4, help="counted rounds of each code")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the results file goes")
     args = parser.parse_args()
     with scratch_postgres("herald-receipts-pg-") as (database_url, _):
         found = asyncio.run(measure(database_url, args.against, args.rows, args.rounds))
@@ -333,9 +334,9 @@ def main() -> None:
         **summary(found),
         "rounds": [asdict(r) for r in found],
     }
-    RESULTS.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
-    (RESULTS / f"receipts-pg-{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"receipts-pg-{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
     sys.stdout.write(json.dumps({k: v for k, v in report.items() if k != "rounds"}, indent=2))
     sys.stdout.write("\n")
 

@@ -123,3 +123,43 @@ def test_the_callbacks_bench_measures_both_processes_over_every_callback(tmp_pat
     assert all(r["listener_cpu_seconds"] > 0 for r in result["runs"])
     assert all(r["carrier_cpu_seconds"] > 0 for r in result["runs"])
     assert set(result["medians"]) == {"this tree"}
+
+
+def test_the_receipts_database_bench_applies_every_receipt_with_either_code(
+    tmp_path: Path,
+) -> None:
+    options = ["--against", "HEAD", "--rows", "600", "--rounds", "1", "--out", str(tmp_path)]
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.receipts_pg", *options],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    # Each round fails unless every row of its batch ends `delivered`.
+    assert run.returncode == 0, run.stdout + run.stderr
+    [results] = tmp_path.glob("receipts-pg-*.json")
+    result = json.loads(results.read_text())
+    assert len(result["rounds"]) == 2
+    assert all(r["receipts"] == 600 for r in result["rounds"])
+    medians = result["per_1000_final_receipts_median"]
+    assert len(medians) == 2
+    assert all(m["intake_blocks"] > 0 and m["applier_blocks"] > 0 for m in medians.values())
+
+
+def test_the_send_path_bench_sends_every_row_and_reads_each_parts_cpu() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.send_path", "--rows", "600", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    # The result is the JSON document after the log lines (migrations applied).
+    [measured] = json.loads(run.stdout[run.stdout.index("\n{") :])["runs"]
+    assert (measured["rows"], measured["sent"]) == (600, 600)
+    assert measured["cpu_s_per_1000"]["worker"] > 0
+    assert any("messages" in s["query"] for s in measured["statements"])
