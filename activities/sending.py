@@ -121,15 +121,16 @@ class SendingActivities(WorkerResources):
         queue = iter(enumerate(claimed))
         waves = _Waves(len(claimed), self._settings.send_concurrency)
 
-        async def record(rows: list[int]) -> None:
-            # These rows' outcomes (None: back to `pending`), in one statement, then the
-            # receipts that came for their sids meanwhile.
-            await self._record(
+        async def record(
+            rows: list[int], write: Callable[[list[messages.Outcome]], Awaitable[W]]
+        ) -> W:
+            # These rows' outcomes (None: back to `pending`), in one statement by `write`.
+            return await self._record(
                 account_id,
                 [claimed[i] for i in rows],
                 [results[i] for i in rows],
                 [waiting.get(i) for i in rows],
-                lambda outcomes: messages.record_outcomes(self._pool, batch_id, outcomes),
+                write,
             )
 
         async def apply_receipts(sids: list[str]) -> None:
@@ -143,11 +144,8 @@ class SendingActivities(WorkerResources):
             done = waves.unrecorded(results)
             rows = waves.next_wave(index)
             seqs = [claimed[i].seq for i in rows]
-            written = await self._record(
-                account_id,
-                [claimed[i] for i in done],
-                [results[i] for i in done],
-                [waiting.get(i) for i in done],
+            written = await record(
+                done,
                 lambda outcomes: messages.write_outcomes(self._pool, batch_id, outcomes, mark=seqs),
             )
             waves.marked(rows, {i for i in rows if claimed[i].seq in written.marked})
@@ -239,8 +237,12 @@ class SendingActivities(WorkerResources):
             heartbeats.cancel()
         # What went out is recorded even when the cancellation comes while it is written:
         # a record cut short would leave the rows `sending`, to end `uncertain`.
+        # The slice's last write, then the receipts that came for its sids meanwhile.
         rest = asyncio.ensure_future(
-            record(waves.unrecorded(results, unsent=True, waiting=waiting))
+            record(
+                waves.unrecorded(results, unsent=True, waiting=waiting),
+                lambda outcomes: messages.record_outcomes(self._pool, batch_id, outcomes),
+            )
         )
         cancelled = await _to_the_end(rest) or cancelled
         self._count([m.from_number or input.agent_number for m in claimed], results)

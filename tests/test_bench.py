@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 
-def bench(*args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m bench` with `args`, on a stack of its own."""
+def bench(*args: str, module: str = "bench") -> subprocess.CompletedProcess[str]:
+    """`python -m bench` (or one of its harnesses, `module`) with `args`, on a stack of its own."""
     return subprocess.run(
-        [sys.executable, "-m", "bench", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -107,13 +107,7 @@ def test_the_sweep_measures_every_size_against_one_naive_run_and_the_lean_ceilin
 
 def test_the_callbacks_bench_measures_both_processes_over_every_callback(tmp_path: Path) -> None:
     options = ["--messages", "1000", "--rate", "2000", "--rounds", "2", "--out", str(tmp_path)]
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.callbacks", *options],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    run = bench(*options, module="bench.callbacks")
 
     assert run.returncode == 0, run.stdout + run.stderr
     [results] = tmp_path.glob("callbacks-*.json")
@@ -129,13 +123,7 @@ def test_the_receipts_database_bench_applies_every_receipt_with_either_code(
     tmp_path: Path,
 ) -> None:
     options = ["--against", "HEAD", "--rows", "600", "--rounds", "1", "--out", str(tmp_path)]
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.receipts_pg", *options],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    run = bench(*options, module="bench.receipts_pg")
 
     # Each round fails unless every row of its batch ends `delivered`.
     assert run.returncode == 0, run.stdout + run.stderr
@@ -149,13 +137,7 @@ def test_the_receipts_database_bench_applies_every_receipt_with_either_code(
 
 
 def test_the_send_path_bench_sends_every_row_and_reads_each_parts_cpu() -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.send_path", "--rows", "600", "--rounds", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    run = bench("--rows", "600", "--rounds", "1", module="bench.send_path")
 
     assert run.returncode == 0, run.stdout + run.stderr
     # The result is the JSON document after the log lines (migrations applied).

@@ -248,15 +248,7 @@ class StatusCallbacks:
         )
         self._form = form_body(shared).decode()
         # `form_field` of the texts every callback repeats: its statuses and senders.
-        self._written: dict[str, str] = {}
-
-    def _written_field(self, text: str) -> str:
-        written = self._written.get(text)
-        if written is None:
-            if len(self._written) >= MAX_WRITTEN_FIELDS:
-                self._written.clear()
-            written = self._written[text] = form_field(text)
-        return written
+        self._written_field = functools.lru_cache(maxsize=MAX_WRITTEN_FIELDS)(form_field)
 
     def request(self, sid: str, status: str, to: str, from_: str, error_code: str | None) -> bytes:
         """The callback of message `sid` (to `to`, from `from_`) reaching `status`."""
