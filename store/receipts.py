@@ -149,8 +149,7 @@ async def queue_receipts(
 # SQL: take at most $1 receipts off the queue, the oldest first, but those another process
 # holds and those behind an earlier one of their sid that it holds; each with whether its
 # message is already final (`settled`). The ledger is read once for all of them, by their
-# sids: a probe for each receipt may be planned as a read of every row with a sid (by the
-# other index of those rows, messages_sent_to) where the statistics say few have one.
+# sids' index, never probed once for each receipt.
 CLAIM = (
     "WITH c AS (SELECT id, carrier_sid FROM receipt_queue"
     " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),"

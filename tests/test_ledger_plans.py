@@ -3,15 +3,22 @@ samples the columns the send path selects rows by once its bulk COPY is in
 (messages.refresh_statistics, for a batch large beside the ledger), so that no plan takes the
 new rows for absent and reads the whole batch for a slice."""
 
+import io
 import json
+import secrets
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import asyncpg
 import httpx
+import pytest
 
+from bench.ledger_copy import ledger_csv, new_batch
 from store import messages, receipts
+from store.accounts import create_account
+from store.db import create_pool, migrate
 from tests.support.batches import start_marked_batch
 from tests.support.builders import unique_numbers
 from tests.support.stack import Account, WebhookReceiver
@@ -53,6 +60,21 @@ class _Recording:
     async def execute(self, sql: str, *args: Any) -> str:
         self.statements.append((sql, args))
         return await self.pool.execute(sql, *args)
+
+
+@pytest.fixture
+async def own_database(pool: asyncpg.Pool, postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A migrated database of the test's own: its ledger's statistics are the test's alone,
+    not those of the session's long-lived ledger."""
+    database = f"plans_{secrets.token_hex(4)}"
+    await pool.execute(f"CREATE DATABASE {database}")
+    own = await create_pool(postgres_dsn.rsplit("/", 1)[0] + f"/{database}", min_size=1)
+    try:
+        await migrate(own)
+        yield own
+    finally:
+        await own.close()
+        await pool.execute(f"DROP DATABASE {database}")
 
 
 def _ledger_indexes(plan: dict[str, Any]) -> list[str | None]:
@@ -112,12 +134,11 @@ async def test_a_fresh_batchs_kept_receipts_are_looked_up_by_sid_not_by_reading_
     await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
 
     assert {r["attname"] for r in sampled} == set(messages.SEND_PATH_COLUMNS)
-    # The rows are found by an index of the rows that have a sid, which holds none of the new
-    # batch's (by the sid, or, where few rows of the ledger have one, all of those: a long test
-    # session's), then locked in key order and moved by their key (receipts.move_ledger);
-    # never a read of the whole batch.
+    # The rows are found by the index of their sids, which holds none of the new batch's, then
+    # locked in key order and moved by their key (receipts.move_ledger); never a read of the
+    # whole batch.
     found, *moved = _ledger_indexes(json.loads(plan)[0]["Plan"])
-    assert found in ("messages_carrier_sid", "messages_sent_to"), plan
+    assert found == "messages_carrier_sid", plan
     assert moved == ["messages_pkey"], plan
 
 
@@ -147,10 +168,9 @@ async def test_the_receipt_applier_reads_the_ledger_only_by_sid(pool: asyncpg.Po
         await conn.execute("ROLLBACK AND CHAIN")
 
     # Whether the claimed receipts' messages are final: one read of the ledger, by all their
-    # sids at once (or, where few rows of the ledger have one, all of those), never a read
-    # for each receipt (by its own sid, d.carrier_sid).
+    # sids at once, never a read for each receipt (by its own sid, d.carrier_sid).
     [found] = _ledger_indexes(json.loads(plan)[0]["Plan"])
-    assert found in ("messages_carrier_sid", "messages_sent_to"), plan
+    assert found == "messages_carrier_sid", plan
     assert "carrier_sid = ANY ((InitPlan" in plan, plan
     assert "d.carrier_sid" not in plan, plan
 
@@ -173,3 +193,60 @@ async def test_a_waves_outcomes_look_their_receipts_up_once_not_row_by_row(
     # while it is small, read whole), never once for each outcome's sid (`o.sid`).
     assert lookups, plan
     assert not [cond for cond in lookups if "o.sid" in cond], lookups
+
+
+async def test_statistics_older_than_the_sends_never_make_a_sid_lookup_read_every_sent_row(
+    own_database: asyncpg.Pool,
+) -> None:
+    """Validation samples a batch's ledger columns before any row has a sid; until autovacuum
+    samples them again, the planner thinks no row has one. The index of sent rows by number
+    (messages_sent_to) then looked free for every lookup by sid, whose condition implied its
+    predicate, and each such lookup read every sent row of the ledger instead."""
+    pool = own_database
+    account_id = await create_account(pool, "plans")
+    async with pool.acquire() as conn:
+        batch_id = await new_batch(conn, account_id)
+        await conn.copy_to_table(
+            "messages",
+            source=io.BytesIO(ledger_csv(batch_id, account_id, ROWS)),
+            columns=messages.RECIPIENT_COLUMNS,
+            format="csv",
+        )
+    await messages.refresh_statistics(pool, added=ROWS)
+    # Every row sent, the statistics left as validation took them.
+    await pool.execute(
+        "UPDATE messages SET status = 'sent', carrier_sid = 'SM' || md5(seq::text)"
+        " WHERE batch_id = $1",
+        batch_id,
+    )
+    sids = await pool.fetchval(
+        "SELECT array_agg(carrier_sid) FROM messages WHERE batch_id = $1 AND seq < $2",
+        batch_id,
+        SLICE,
+    )
+    await pool.execute(
+        "INSERT INTO receipt_queue (carrier_sid, status) SELECT unnest($1::text[]), 'delivered'",
+        sids,
+    )
+    intake, worker = _Statement(), _Statement()
+    await receipts.take_receipts(
+        cast(asyncpg.Connection, intake), [receipts.Receipt(s, "delivered", None) for s in sids]
+    )
+    await messages.apply_kept_receipts(cast(asyncpg.Pool, worker), batch_id, sids)
+    applier_move = receipts.move_ledger(receipts.CLAIMED_FIRST, "l.carrier_sid = ANY($1::text[])")
+    statements = [
+        (receipts.CLAIM, (1000,)),
+        (intake.sql, intake.args),
+        (worker.sql, worker.args),
+        (applier_move, (sids, ["delivered"] * SLICE, [None] * SLICE)),
+    ]
+
+    for sql, args in statements:
+        for mode in ("force_custom_plan", "force_generic_plan"):
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+                plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
+            found = [
+                i for i in _ledger_indexes(json.loads(plan)[0]["Plan"]) if i != "messages_pkey"
+            ]
+            assert found == ["messages_carrier_sid"], (mode, plan)
