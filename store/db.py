@@ -37,7 +37,8 @@ def after_key(columns: str, after: tuple[Any, ...] | None, first: int, *, descen
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """What the pool does to a connection given back, after asyncpg has ended any open
-    transaction: nothing. Herald leaves no session state behind (no session `SET`, `LISTEN`,
+    transaction: nothing. Herald leaves no session state behind (no session `SET` but while
+    the receipts intake holds a connection, which it resets before giving it back; no `LISTEN`,
     session advisory lock or cursor outside a transaction), so asyncpg's default reset
     (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) would only cost a round
     trip to PostgreSQL after every pool statement: two of the send path's per wave."""

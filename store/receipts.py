@@ -26,6 +26,19 @@ FINAL_RECEIPTS = ("delivered", "undelivered", "failed")
 FINAL_RANK = 2
 
 
+# For a connection that takes or applies receipts: plan each statement for its call. The
+# queue swings from empty to tens of thousands of rows, most of them dead, within seconds.
+# A plan PostgreSQL keeps for a connection's statement (after its fifth call) may come from
+# a moment the queue was nearly empty and scan it whole for every receipt: in `make bench` at
+# 100,000 rows such kept plans took the intake 190 ms a call and the claim 1.6 s, until
+# PostgreSQL planned again after an autovacuum. Planning each call costs far less.
+# A connection the intake holds sets it for as long as it holds it (api/services/receipts.py);
+# the applier, for its transaction.
+PLAN_EACH_CALL = "SET plan_cache_mode = force_custom_plan"
+PLAN_AS_THE_POOL_DOES = "RESET plan_cache_mode"
+PLAN_EACH_CALL_IN_TRANSACTION = "SET LOCAL plan_cache_mode = force_custom_plan"
+
+
 # A NOT EXISTS subquery's `OFFSET 0`: PostgreSQL keeps it a probe of the outer row's sid
 # (by the sid index) instead of turning it into an anti join, which it may answer by reading
 # the whole of `carrier_receipts` or `receipt_queue` for each statement: it does for a table
@@ -192,6 +205,7 @@ async def apply_queued(pool: asyncpg.Pool, limit: int) -> list[int]:
     and moving most of them again was most of the applier's statements.
     """
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(PLAN_EACH_CALL_IN_TRANSACTION)
         claimed = await conn.fetch(CLAIM, limit)
         first: dict[str, asyncpg.Record] = {}
         for row in sorted(claimed, key=lambda r: r["id"]):
@@ -199,10 +213,10 @@ async def apply_queued(pool: asyncpg.Pool, limit: int) -> list[int]:
                 first.setdefault(row["carrier_sid"], row)
         if not first:
             return [r["id"] for r in claimed]
-        # Plans made for each call's sids: a generic plan of `carrier_sid = ANY($1)` read the
-        # whole ledger, testing each row against the array element by element (2,200 blocks
-        # and 110-140 ms of CPU a call for a few hundred receipts in the bench's runs).
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        # Planned for each call's sids (PLAN_EACH_CALL): a kept generic plan of
+        # `carrier_sid = ANY($1)` read the whole ledger, testing each row against the array
+        # element by element (2,200 blocks and 110-140 ms of CPU a call for a few hundred
+        # receipts in the bench's runs).
         first = dict(sorted(first.items()))
         sids = list(first)
         # The ledger rows first, each to its sid's kept receipt, else to the one claimed now.

@@ -3,6 +3,8 @@ samples the columns the send path selects rows by once its bulk COPY is in
 (messages.refresh_statistics, for a batch large beside the ledger), so that no plan takes the
 new rows for absent and reads the whole batch for a slice."""
 
+import asyncio
+import hashlib
 import io
 import json
 import secrets
@@ -15,6 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
+from api.services.receipts import ReceiptIntake
 from bench.ledger_copy import ledger_csv, new_batch
 from store import messages, receipts
 from store.accounts import create_account
@@ -63,18 +66,57 @@ class _Recording:
 
 
 @pytest.fixture
-async def own_database(pool: asyncpg.Pool, postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    """A migrated database of the test's own: its ledger's statistics are the test's alone,
-    not those of the session's long-lived ledger."""
+async def own_database(pool: asyncpg.Pool, postgres_dsn: str) -> AsyncIterator[str]:
+    """A migrated database of the test's own (its URL): its ledger's statistics and its
+    tables' counts of reads are the test's alone, not those of the session's long-lived
+    ledger."""
     database = f"plans_{secrets.token_hex(4)}"
     await pool.execute(f"CREATE DATABASE {database}")
-    own = await create_pool(postgres_dsn.rsplit("/", 1)[0] + f"/{database}", min_size=1)
+    url = postgres_dsn.rsplit("/", 1)[0] + f"/{database}"
     try:
-        await migrate(own)
-        yield own
+        own = await create_pool(url, min_size=1)
+        try:
+            await migrate(own)
+        finally:
+            await own.close()
+        yield url
     finally:
-        await own.close()
         await pool.execute(f"DROP DATABASE {database}")
+
+
+async def _sent_batch(pool: asyncpg.Pool, rows: int) -> uuid.UUID:
+    """A batch of `rows` ledger rows as validation leaves them (statistics sampled before any
+    row has a sid: messages.refresh_statistics), then every row sent, sid `SM` + md5(seq)."""
+    account_id = await create_account(pool, "plans")
+    async with pool.acquire() as conn:
+        batch_id = await new_batch(conn, account_id)
+        await conn.copy_to_table(
+            "messages",
+            source=io.BytesIO(ledger_csv(batch_id, account_id, rows)),
+            columns=messages.RECIPIENT_COLUMNS,
+            format="csv",
+        )
+    await messages.refresh_statistics(pool, added=rows)
+    await pool.execute(
+        "UPDATE messages SET status = 'sent', carrier_sid = 'SM' || md5(seq::text)"
+        " WHERE batch_id = $1",
+        batch_id,
+    )
+    return batch_id
+
+
+def _sid(seq: int) -> str:
+    return "SM" + hashlib.md5(str(seq).encode()).hexdigest()
+
+
+async def _queue_rows_scanned(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> int:
+    """Rows of receipt_queue read by sequential scans so far, in this database, with this
+    connection's own counts flushed first."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    return await conn.fetchval(
+        "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'receipt_queue'"
+    )
 
 
 def _ledger_indexes(plan: dict[str, Any]) -> list[str | None]:
@@ -196,34 +238,19 @@ async def test_a_waves_outcomes_look_their_receipts_up_once_not_row_by_row(
 
 
 async def test_statistics_older_than_the_sends_never_make_a_sid_lookup_read_every_sent_row(
-    own_database: asyncpg.Pool,
+    own_database: str,
 ) -> None:
     """Validation samples a batch's ledger columns before any row has a sid; until autovacuum
     samples them again, the planner thinks no row has one. The index of sent rows by number
     (messages_sent_to) then looked free for every lookup by sid, whose condition implied its
     predicate, and each such lookup read every sent row of the ledger instead."""
-    pool = own_database
-    account_id = await create_account(pool, "plans")
-    async with pool.acquire() as conn:
-        batch_id = await new_batch(conn, account_id)
-        await conn.copy_to_table(
-            "messages",
-            source=io.BytesIO(ledger_csv(batch_id, account_id, ROWS)),
-            columns=messages.RECIPIENT_COLUMNS,
-            format="csv",
-        )
-    await messages.refresh_statistics(pool, added=ROWS)
-    # Every row sent, the statistics left as validation took them.
-    await pool.execute(
-        "UPDATE messages SET status = 'sent', carrier_sid = 'SM' || md5(seq::text)"
-        " WHERE batch_id = $1",
-        batch_id,
-    )
-    sids = await pool.fetchval(
-        "SELECT array_agg(carrier_sid) FROM messages WHERE batch_id = $1 AND seq < $2",
-        batch_id,
-        SLICE,
-    )
+    async with await create_pool(own_database, min_size=1) as pool:
+        await _statistics_older_than_the_sends(pool)
+
+
+async def _statistics_older_than_the_sends(pool: asyncpg.Pool) -> None:
+    batch_id = await _sent_batch(pool, ROWS)
+    sids = [_sid(seq) for seq in range(SLICE)]
     await pool.execute(
         "INSERT INTO receipt_queue (carrier_sid, status) SELECT unnest($1::text[]), 'delivered'",
         sids,
@@ -250,3 +277,46 @@ async def test_statistics_older_than_the_sends_never_make_a_sid_lookup_read_ever
                 i for i in _ledger_indexes(json.loads(plan)[0]["Plan"]) if i != "messages_pkey"
             ]
             assert found == ["messages_carrier_sid"], (mode, plan)
+
+
+async def test_the_intake_probes_the_queue_by_sid_whatever_plan_it_made_while_it_was_empty(
+    own_database: str,
+) -> None:
+    """The intake's statement probes the queue for each receipt whose message holds its sid.
+    PostgreSQL keeps a connection's plan of a statement from its fifth call on; made while
+    the queue was empty, that plan read the whole queue for each probe once it had filled."""
+    async with (
+        await create_pool(own_database, min_size=1, max_size=1) as pool,
+        await create_pool(own_database, min_size=1, max_size=1) as other,
+    ):
+        await _sent_batch(pool, 2_000)
+        await pool.execute("VACUUM ANALYZE receipt_queue")
+        intake = ReceiptIntake(pool)
+        # One statement each while the queue is empty: every message holds its sid.
+        for seq in range(10):
+            await intake.put(receipts.Receipt(_sid(seq), "delivered", None))
+        # Then the queue fills, most of its rows taken off already (dead until a vacuum).
+        await other.execute(
+            "INSERT INTO receipt_queue (carrier_sid, status)"
+            " SELECT 'SX' || g, 'delivered' FROM generate_series(1, 30000) AS g"
+        )
+        await other.execute("DELETE FROM receipt_queue WHERE carrier_sid < 'SX3'")
+        before = await _queue_rows_scanned(other)
+
+        await asyncio.gather(
+            *(intake.put(receipts.Receipt(_sid(seq), "delivered", None)) for seq in range(10, 40))
+        )
+        await intake.close()
+
+        async with pool.acquire() as conn:
+            scanned = await _queue_rows_scanned(conn) - before
+            delivered = await conn.fetchval(
+                "SELECT count(*) FROM messages WHERE status = 'delivered'"
+            )
+            given_back = await conn.fetchval("SHOW plan_cache_mode")
+    assert delivered == 40
+    # The pool keeps sessions as they are: the intake resets what it set.
+    assert given_back == "auto"
+    # By the sid index: no row of the queue read by a scan of it (the kept plan read its
+    # live rows once for each of the 30 receipts).
+    assert scanned == 0, scanned

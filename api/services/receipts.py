@@ -15,6 +15,7 @@ import structlog
 
 from api.errors import HeraldError, InvalidRequest
 from store import receipts
+from store.db import UNAVAILABLE
 from store.receipts import FINAL_RECEIPTS, Receipt
 
 log = structlog.get_logger(__name__)
@@ -80,6 +81,7 @@ class ReceiptIntake:
                     if self._connection is None or self._connection.is_closed():
                         await self._release()
                         self._connection = await self._pool.acquire()
+                        await self._connection.execute(receipts.PLAN_EACH_CALL)
                     await receipts.take_receipts(self._connection, batch)
                 except Exception as error:  # each waiting request answers it
                     await self._release()
@@ -94,8 +96,13 @@ class ReceiptIntake:
 
     async def _release(self) -> None:
         connection, self._connection = self._connection, None
-        if connection is not None:
-            await self._pool.release(connection)
+        if connection is None:
+            return
+        # The pool keeps sessions as they are (store.db): give none back planning each call.
+        # A connection that is lost or closed goes back as it is: the pool replaces it.
+        with contextlib.suppress(*UNAVAILABLE, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await connection.execute(receipts.PLAN_AS_THE_POOL_DOES)
+        await self._pool.release(connection)
 
     async def close(self) -> None:
         """Finish the statement under way and give the connection back (before the pool closes)."""
