@@ -162,13 +162,19 @@ async def queue_receipts(
 # SQL: take at most $1 receipts off the queue, the oldest first, but those another process
 # holds and those behind an earlier one of their sid that it holds; each with whether its
 # message is already final (`settled`). The ledger is read once for all of them, by their
-# sids' index, never probed once for each receipt.
+# sids' index, never probed once for each receipt. The queue's other receipts of the claimed
+# sids (`o`, most often none) are found once, by the sid index, and the claimed rows deleted
+# by their ids: the statistics often count a queue of thousands of rows as one (sampled when
+# it was empty), and a plan that trusted them joined the claimed rows to the queue row by
+# row, 1.3 million blocks and 27 s for 694 receipts in `make bench` at 100,000 rows.
 CLAIM = (
     "WITH c AS (SELECT id, carrier_sid FROM receipt_queue"
     " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),"
-    " d AS (DELETE FROM receipt_queue WHERE id IN (SELECT c.id FROM c WHERE NOT EXISTS"
-    " (SELECT FROM receipt_queue AS e WHERE e.carrier_sid = c.carrier_sid"
-    " AND e.id < c.id AND e.id NOT IN (SELECT id FROM c)))"
+    " o AS MATERIALIZED (SELECT e.id, e.carrier_sid FROM receipt_queue AS e"
+    " WHERE e.carrier_sid = ANY(array(SELECT carrier_sid FROM c))"
+    " AND e.id NOT IN (SELECT id FROM c)),"
+    " d AS (DELETE FROM receipt_queue WHERE id = ANY(array(SELECT c.id FROM c"
+    " WHERE NOT EXISTS (SELECT FROM o WHERE o.carrier_sid = c.carrier_sid AND o.id < c.id)))"
     " RETURNING id, carrier_sid, status, error_code, received_at)"
     " SELECT d.*, d.carrier_sid IN (SELECT l.carrier_sid FROM messages AS l"
     " WHERE l.carrier_sid = ANY(array(SELECT carrier_sid FROM d))"

@@ -320,3 +320,43 @@ async def test_the_intake_probes_the_queue_by_sid_whatever_plan_it_made_while_it
     # By the sid index: no row of the queue read by a scan of it (the kept plan read its
     # live rows once for each of the 30 receipts).
     assert scanned == 0, scanned
+
+
+async def test_the_claim_reads_a_few_blocks_a_receipt_while_statistics_count_the_queue_as_one(
+    own_database: str,
+) -> None:
+    """Autovacuum samples the queue when it is all but empty, then thousands of receipts
+    come: the planner counts them as one row. A claim planned on that count joined its rows
+    to the queue row by row (a minute for 1,000 receipts here)."""
+    async with await create_pool(own_database, min_size=1, max_size=1) as pool:
+        # Statistics of 250 pages holding one row; then 2,000 receipts, for 1,900 sids.
+        await pool.execute(
+            "INSERT INTO receipt_queue (carrier_sid, status)"
+            " SELECT 'SX' || g, 'delivered' FROM generate_series(1, 30000) AS g"
+        )
+        await pool.execute(
+            "DELETE FROM receipt_queue WHERE id < (SELECT max(id) FROM receipt_queue)"
+        )
+        await pool.execute("VACUUM ANALYZE receipt_queue")
+        await pool.execute(
+            "INSERT INTO receipt_queue (carrier_sid, status)"
+            " SELECT 'SY' || g % 1900, 'delivered' FROM generate_series(1, 2000) AS g"
+        )
+        counted = await pool.fetchval(
+            "SELECT reltuples FROM pg_class WHERE oid = 'receipt_queue'::regclass"
+        )
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(receipts.PLAN_EACH_CALL_IN_TRANSACTION)
+            # A guard only: the old claim ran for over a minute.
+            await conn.execute("SET LOCAL statement_timeout = '30s'")
+            plan = await conn.fetchval(
+                f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {receipts.CLAIM}", 1000
+            )
+            await conn.execute("ROLLBACK AND CHAIN")
+
+    top = json.loads(plan)[0]["Plan"]
+    assert counted <= 1
+    # The oldest 1,000, none behind an earlier receipt of its sid (100 of their sids have a
+    # later one), are all taken, at a few blocks each.
+    assert top["Actual Rows"] == 1000, plan
+    assert top["Shared Hit Blocks"] + top.get("Shared Read Blocks", 0) < 20 * 1000, plan
