@@ -79,9 +79,11 @@ _ROW = "\x00row_number"
 # rows drops by about 70 MiB, under 300 MB, at no cost in speed that the shared machine
 # shows (docs/RECIPIENTS.md).
 BLOCK_BYTES = 1 << 20
-# Blocks validated at once, each in its own thread: on two cores, three keep both busier
-# than two while one waits for the GIL.
-IN_FLIGHT = 3
+# Blocks validated at once, each in its own thread. Two, not three: each block's passes
+# already run on polars' own threads, and a third block adds switching, not work done; at
+# 1,000,000 rows (two cores) two take about 8% less CPU, as long or less, at the same
+# peak memory (bench.validation_against, bench.validation).
+IN_FLIGHT = 2
 # Ledger rows per COPY: a few MB of CSV.
 COPY_ROWS = 25_000
 # Distinct own messages (`agent_message` cells) of a block rendered by columns, each over
