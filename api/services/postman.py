@@ -232,7 +232,7 @@ class _NotPlain(Exception):
 
 
 # Bytes read for a block of records, so memory stays flat whatever the file's size: 1 MiB,
-# as the engine's own blocks (`columns.BLOCK_BYTES`), since it validates three at once.
+# as the engine's own blocks (`columns.BLOCK_BYTES`), since it validates two at once.
 PLAIN_BLOCK_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 
