@@ -29,6 +29,8 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
         "--validation-rows",
         "20000",
         "--receipts",
+        "--delivery-delay-ms",
+        "200",
     )
 
     assert run.returncode == 0, run.stdout + run.stderr
@@ -39,6 +41,8 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
     with_receipts = result["herald_receipts"]
     # Off, on, on, off: two runs each way.
     assert len(with_receipts["runs"]) == len(with_receipts["off_runs"]) == 2
+    # The emulator took the carrier's delay asked for.
+    assert with_receipts["delivery_delay_ms"] == 200
     for receipts_run in with_receipts["runs"]:
         assert (receipts_run["status"], receipts_run["sent"]) == ("completed", 2000)
         assert receipts_run["counts"]["delivered"] == receipts_run["receipts_applied"] == 2000
@@ -62,6 +66,7 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
     assert results.with_suffix(".png").stat().st_size > 0
     assert "Herald / naive" in run.stdout
     assert "Herald, receipts on" in run.stdout
+    assert "delivered 200 ms after the send" in run.stdout
     assert "Validation / reading" in run.stdout
     assert "CSV export API RSS" in run.stdout
 
