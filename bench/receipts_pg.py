@@ -42,7 +42,7 @@ import asyncpg
 import psutil
 
 import store
-from bench.ledger_copy import ledger_csv, new_batch
+from bench.ledger_copy import backend_cpu, ledger_csv, new_batch
 from bench.uploads import scratch_postgres
 from store import messages, receipts
 from store.accounts import create_account
@@ -118,12 +118,6 @@ def _receipts_as(module: types.ModuleType) -> Iterator[None]:
         yield
     finally:
         sys.modules["store.receipts"] = store.receipts = saved
-
-
-def backend_cpu(pid: int) -> float:
-    """The CPU seconds process `pid` has run, to the nanosecond (psutil's times count 10 ms
-    ticks: a part's few hundred ms a round would be read to within a few per cent)."""
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
 
 
 def _as_role(database_url: str, role: str) -> str:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.ledger_copy import VARIANTS
+
 
 def bench(*args: str, module: str = "bench") -> subprocess.CompletedProcess[str]:
     """`python -m bench` (or one of its harnesses, `module`) with `args`, on a stack of its own."""
@@ -122,6 +124,24 @@ def test_the_callbacks_bench_measures_both_processes_over_every_callback(tmp_pat
     assert all(r["listener_cpu_seconds"] > 0 for r in result["runs"])
     assert all(r["carrier_cpu_seconds"] > 0 for r in result["runs"])
     assert set(result["medians"]) == {"this tree"}
+
+
+def test_the_ledger_copy_bench_measures_every_variant_of_a_small_copy(tmp_path: Path) -> None:
+    run = bench(
+        "--rows", "2000", "--rounds", "1", "--out", str(tmp_path), module="bench.ledger_copy"
+    )
+
+    # psutil's CPU times count 10 ms ticks, which a COPY of 2,000 rows may take none of: the
+    # ratio to the table as migrated divided by zero.
+    assert run.returncode == 0, run.stdout + run.stderr
+    [results] = tmp_path.glob("ledger-copy-*.json")
+    copies = {c["variant"]: c for c in json.loads(results.read_text())["copies"]}
+    assert set(copies) == set(VARIANTS)
+    assert all(c["backend_cpu_seconds"] > 0 for c in copies.values())
+    assert copies["as_migrated"]["ratio_to_as_migrated"] == 1.0
+    # The ledger's counts take the rows unless the variant turns their trigger off.
+    assert copies["as_migrated"]["counted"] == 2000
+    assert copies["bare"]["counted"] == 0
 
 
 def test_the_receipts_database_bench_applies_every_receipt_with_either_code(
