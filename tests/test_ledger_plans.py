@@ -81,7 +81,7 @@ async def own_database(pool: asyncpg.Pool, postgres_dsn: str) -> AsyncIterator[s
             await own.close()
         yield url
     finally:
-        await pool.execute(f"DROP DATABASE {database}")
+        await pool.execute(f"DROP DATABASE {database} WITH (FORCE)")
 
 
 @pytest.fixture
@@ -297,21 +297,26 @@ async def test_the_intake_probes_the_queue_by_sid_whatever_plan_it_made_while_it
         await _sent_batch(pool, 2_000)
         await pool.execute("VACUUM ANALYZE receipt_queue")
         intake = ReceiptIntake(pool)
-        # One statement each while the queue is empty: every message holds its sid.
-        for seq in range(10):
-            await intake.put(receipts.Receipt(_sid(seq), "delivered", None))
-        # Then the queue fills, most of its rows taken off already (dead until a vacuum).
-        await other.execute(
-            "INSERT INTO receipt_queue (carrier_sid, status)"
-            " SELECT 'SX' || g, 'delivered' FROM generate_series(1, 30000) AS g"
-        )
-        await other.execute("DELETE FROM receipt_queue WHERE carrier_sid < 'SX3'")
-        before = await _queue_rows_scanned(other)
+        try:
+            # One statement each while the queue is empty: every message holds its sid.
+            for seq in range(10):
+                await intake.put(receipts.Receipt(_sid(seq), "delivered", None))
+            # Then the queue fills, most of its rows taken off already (dead until a vacuum).
+            await other.execute(
+                "INSERT INTO receipt_queue (carrier_sid, status)"
+                " SELECT 'SX' || g, 'delivered' FROM generate_series(1, 30000) AS g"
+            )
+            await other.execute("DELETE FROM receipt_queue WHERE carrier_sid < 'SX3'")
+            before = await _queue_rows_scanned(other)
 
-        await asyncio.gather(
-            *(intake.put(receipts.Receipt(_sid(seq), "delivered", None)) for seq in range(10, 40))
-        )
-        await intake.close()
+            await asyncio.gather(
+                *(
+                    intake.put(receipts.Receipt(_sid(seq), "delivered", None))
+                    for seq in range(10, 40)
+                )
+            )
+        finally:
+            await intake.close()
 
         async with pool.acquire() as conn:
             scanned = await _queue_rows_scanned(conn) - before

@@ -15,7 +15,6 @@ import structlog
 
 from api.errors import HeraldError, InvalidRequest
 from store import receipts
-from store.db import UNAVAILABLE
 from store.receipts import FINAL_RECEIPTS, Receipt
 
 log = structlog.get_logger(__name__)
@@ -30,6 +29,8 @@ RETRY_SECONDS = 1.0
 # After a batch that emptied the queue, the applier lets this long pass before the next one:
 # at full rate receipts then go to the ledger a few hundred per transaction, not a handful.
 APPLY_PAUSE_SECONDS = 0.2
+# How long resetting the intake's connection may take before it is ended instead.
+RESET_SECONDS = 5.0
 # What a failed intake statement raises. The carrier is answered 503, never 2xx, so it posts again.
 DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
@@ -84,9 +85,9 @@ class ReceiptIntake:
                         await self._connection.execute(receipts.PLAN_EACH_CALL)
                     await receipts.take_receipts(self._connection, batch)
                 except Exception as error:  # each waiting request answers it
-                    await self._release()
                     if not done.done():
                         done.set_exception(error)
+                    await self._release()
                     continue
                 if not done.done():
                     done.set_result(None)
@@ -99,10 +100,14 @@ class ReceiptIntake:
         if connection is None:
             return
         # The pool keeps sessions as they are (store.db): give none back planning each call.
-        # A connection that is lost or closed goes back as it is: the pool replaces it.
-        with contextlib.suppress(*UNAVAILABLE, asyncpg.PostgresError, asyncpg.InterfaceError):
-            await connection.execute(receipts.PLAN_AS_THE_POOL_DOES)
-        await self._pool.release(connection)
+        # One that cannot be reset (lost, closed, busy or stuck) is ended: the pool replaces it.
+        try:
+            await connection.execute(receipts.PLAN_AS_THE_POOL_DOES, timeout=RESET_SECONDS)
+        except Exception:
+            with contextlib.suppress(asyncpg.InterfaceError):
+                connection.terminate()
+        finally:
+            await self._pool.release(connection)
 
     async def close(self) -> None:
         """Finish the statement under way and give the connection back (before the pool closes)."""

@@ -6,6 +6,9 @@
 -- `make bench` at 100,000 rows, 270,000 blocks each. `to_number IS NOT NULL` holds for every
 -- row; a lookup by number implies it, a lookup by sid does not, so only the sid's own index
 -- can serve the latter.
-DROP INDEX messages_sent_to;
-CREATE INDEX messages_sent_to ON messages (to_number)
+-- Built beside the old index, which is dropped only then: the build lets the ledger be read
+-- (a DROP first would hold every reader of `messages` until the migration commits).
+CREATE INDEX messages_sent_to_by_number ON messages (to_number)
     WHERE carrier_sid IS NOT NULL AND to_number IS NOT NULL;
+DROP INDEX messages_sent_to;
+ALTER INDEX messages_sent_to_by_number RENAME TO messages_sent_to;
