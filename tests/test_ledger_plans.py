@@ -91,9 +91,9 @@ async def own_pool(own_database: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
 
 
-async def _sent_batch(pool: asyncpg.Pool, rows: int) -> uuid.UUID:
+async def _validated_batch(pool: asyncpg.Pool, rows: int) -> uuid.UUID:
     """A batch of `rows` ledger rows as validation leaves them (statistics sampled before any
-    row has a sid: messages.refresh_statistics), then every row sent, sid `SM` + md5(seq)."""
+    row has a sid: messages.refresh_statistics)."""
     account_id = await create_account(pool, "plans")
     async with pool.acquire() as conn:
         batch_id = await new_batch(conn, account_id)
@@ -104,6 +104,13 @@ async def _sent_batch(pool: asyncpg.Pool, rows: int) -> uuid.UUID:
             format="csv",
         )
     await messages.refresh_statistics(pool, added=rows)
+    return batch_id
+
+
+async def _sent_batch(pool: asyncpg.Pool, rows: int) -> uuid.UUID:
+    """A validated batch of `rows` rows (_validated_batch), then every row sent, sid `SM` +
+    md5(seq)."""
+    batch_id = await _validated_batch(pool, rows)
     await pool.execute(
         "UPDATE messages SET status = 'sent', carrier_sid = 'SM' || md5(seq::text)"
         " WHERE batch_id = $1",
@@ -116,14 +123,21 @@ def _sid(seq: int) -> str:
     return "SM" + hashlib.md5(str(seq).encode()).hexdigest()
 
 
-async def _queue_rows_scanned(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> int:
-    """Rows of receipt_queue read by sequential scans so far, in this database, with this
-    connection's own counts flushed first."""
+# What receipt_queue's sequential scans read, and how many searches the receipt tables' sid
+# indexes had, so far in this database (a connection's counts: _counted).
+QUEUE_ROWS_SCANNED = "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'receipt_queue'"
+RECEIPT_SEARCHES = (
+    "SELECT sum(idx_scan)::int FROM pg_stat_user_indexes"
+    " WHERE indexrelname IN ('carrier_receipts_pkey', 'receipt_queue_sid')"
+)
+
+
+async def _counted(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, sql: str) -> int:
+    """A count of the statistics views (`sql`), with this connection's own counts flushed
+    first."""
     await conn.execute("SELECT pg_stat_force_next_flush()")
     await conn.execute("SELECT pg_stat_clear_snapshot()")
-    return await conn.fetchval(
-        "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'receipt_queue'"
-    )
+    return await conn.fetchval(sql)
 
 
 def _ledger_indexes(plan: dict[str, Any]) -> list[str | None]:
@@ -307,7 +321,7 @@ async def test_the_intake_probes_the_queue_by_sid_whatever_plan_it_made_while_it
                 " SELECT 'SX' || g, 'delivered' FROM generate_series(1, 30000) AS g"
             )
             await other.execute("DELETE FROM receipt_queue WHERE carrier_sid < 'SX3'")
-            before = await _queue_rows_scanned(other)
+            before = await _counted(other, QUEUE_ROWS_SCANNED)
 
             await asyncio.gather(
                 *(
@@ -319,7 +333,7 @@ async def test_the_intake_probes_the_queue_by_sid_whatever_plan_it_made_while_it
             await intake.close()
 
         async with pool.acquire() as conn:
-            scanned = await _queue_rows_scanned(conn) - before
+            scanned = await _counted(conn, QUEUE_ROWS_SCANNED) - before
             delivered = await conn.fetchval(
                 "SELECT count(*) FROM messages WHERE status = 'delivered'"
             )
@@ -368,3 +382,52 @@ async def test_the_claim_reads_a_few_blocks_a_receipt_while_statistics_count_the
     # later one), are all taken, at a few blocks each.
     assert top["Actual Rows"] == 1000, plan
     assert top["Shared Hit Blocks"] + top.get("Shared Read Blocks", 0) < 20 * 1000, plan
+
+
+async def test_a_waves_outcomes_search_the_receipt_indexes_for_the_wave_not_for_each_outcome(
+    own_pool: asyncpg.Pool,
+) -> None:
+    """The worker's connection keeps a generic plan of the outcomes' statement (forced here).
+    Counting ten outcomes and one ledger row of them, such a plan joined the outcomes to the
+    receipt lookup by a nested loop that ran it again for each outcome, each time searching
+    the sid indexes for all the wave's sids."""
+    pool = own_pool
+    batch_id = await _validated_batch(pool, ROWS)
+    # The ledger's other rows sent and final, receipts of sids no row holds kept and waiting
+    # in the queue, as in a long run; sampled.
+    await pool.execute(
+        "UPDATE messages SET status = 'delivered', carrier_sid = 'SD' || seq"
+        " WHERE batch_id = $1 AND seq >= $2",
+        batch_id,
+        SLICE,
+    )
+    await pool.execute(
+        "INSERT INTO receipt_queue (carrier_sid, status)"
+        " SELECT 'SX' || g, 'delivered' FROM generate_series(1, 3000) AS g"
+    )
+    await pool.execute(
+        "INSERT INTO carrier_receipts (carrier_sid, status)"
+        " SELECT 'SK' || g, 'delivered' FROM generate_series(1, 3000) AS g"
+    )
+    await pool.execute("ANALYZE")
+    seqs = list(range(SLICE))
+    async with pool.acquire() as conn:
+        await messages.write_outcomes(cast(asyncpg.Pool, conn), batch_id, [], mark=seqs)
+        # A fifth of the wave's receipts came before their sids: they wait in the queue.
+        await receipts.queue_receipts(
+            conn, [receipts.Receipt(_sid(seq), "delivered", None) for seq in seqs[::5]]
+        )
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        before = await _counted(conn, RECEIPT_SEARCHES)
+        written = await messages.write_outcomes(
+            cast(asyncpg.Pool, conn),
+            batch_id,
+            [messages.Outcome(seq, LedgerStatus.SENT, _sid(seq)) for seq in seqs],
+        )
+        searches = await _counted(conn, RECEIPT_SEARCHES) - before
+        await conn.execute("RESET plan_cache_mode")
+
+    assert len(written.unsettled) == SLICE - SLICE // 5
+    # A few searches for the whole wave, whatever its plan (PostgreSQL counts one for each
+    # stretch of an index a search of many sids reads): the nested loop made 105 here.
+    assert searches < SLICE // 10, searches
