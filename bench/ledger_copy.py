@@ -30,7 +30,7 @@ import psutil
 from bench.uploads import scratch_postgres
 from store.accounts import create_account
 from store.db import create_pool, migrate
-from store.messages import RECIPIENT_COLUMNS
+from store.messages import RECIPIENT_COLUMNS, refresh_statistics
 
 RESULTS = Path(__file__).parent / "results"
 BATCH_FK = "messages_batch_id_fkey"
@@ -95,6 +95,23 @@ async def new_batch(conn: asyncpg.Connection, account_id: uuid.UUID) -> uuid.UUI
         f"bench-{batch_id}",
         AGENT_NUMBER,
     )
+    return batch_id
+
+
+async def validated_batch(
+    pool: asyncpg.Pool, account_id: uuid.UUID, rows: int, *, prefix: str = "+659"
+) -> uuid.UUID:
+    """A batch of `rows` pending ledger rows (`ledger_csv`) COPYed in, the ledger's statistics
+    then sampled as validation leaves them (messages.refresh_statistics)."""
+    async with pool.acquire() as conn:
+        batch_id = await new_batch(conn, account_id)
+        await conn.copy_to_table(
+            "messages",
+            source=io.BytesIO(ledger_csv(batch_id, account_id, rows, prefix=prefix)),
+            columns=RECIPIENT_COLUMNS,
+            format="csv",
+        )
+    await refresh_statistics(pool, rows)
     return batch_id
 
 

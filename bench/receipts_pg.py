@@ -22,7 +22,6 @@ receipt. Results in bench/results/receipts-pg-<date>.json.
 
 import argparse
 import asyncio
-import io
 import json
 import random
 import secrets
@@ -42,7 +41,7 @@ import asyncpg
 import psutil
 
 import store
-from bench.ledger_copy import backend_cpu, ledger_csv, new_batch
+from bench.ledger_copy import backend_cpu, validated_batch
 from bench.uploads import scratch_postgres
 from store import messages, receipts
 from store.accounts import create_account
@@ -183,15 +182,7 @@ async def one_round(
     rng: random.Random,
 ) -> Round:
     rcpt, msgs = modules
-    async with admin.acquire() as conn:
-        batch_id = await new_batch(conn, account_id)
-        await conn.copy_to_table(
-            "messages",
-            source=io.BytesIO(ledger_csv(batch_id, account_id, rows)),
-            columns=messages.RECIPIENT_COLUMNS,
-            format="csv",
-        )
-    await messages.refresh_statistics(admin, rows)
+    batch_id = await validated_batch(admin, account_id, rows)
     await admin.execute("SELECT pg_stat_statements_reset()")
     queued_before = await admin.fetchval(QUEUED_SO_FAR)
     postmaster = parts.backends["intake"].parent()

@@ -39,7 +39,6 @@ from metrics import WorkerMetrics
 from settings import Settings
 from store.accounts import create_account
 from store.db import create_pool, migrate
-from store.messages import RECIPIENT_COLUMNS, refresh_statistics
 from worker import GC_YOUNG_THRESHOLD
 from workflows.contracts import SendSliceInput
 
@@ -75,16 +74,7 @@ def tree_cpu(pid: int) -> float:
 
 async def new_batch(pool: asyncpg.Pool, account_id: uuid.UUID, rows: int) -> uuid.UUID:
     """A batch of `rows` pending ledger rows to US numbers, and the ledger's statistics."""
-    async with pool.acquire() as conn:
-        batch_id = await ledger_copy.new_batch(conn, account_id)
-        await conn.copy_to_table(
-            "messages",
-            source=memoryview(ledger_copy.ledger_csv(batch_id, account_id, rows, prefix="+1201")),
-            columns=RECIPIENT_COLUMNS,
-            format="csv",
-        )
-    await refresh_statistics(pool, rows)
-    return batch_id
+    return await ledger_copy.validated_batch(pool, account_id, rows, prefix="+1201")
 
 
 async def send_batch(

@@ -5,7 +5,6 @@ new rows for absent and reads the whole batch for a slice."""
 
 import asyncio
 import hashlib
-import io
 import json
 import secrets
 import uuid
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from api.services.receipts import ReceiptIntake
-from bench.ledger_copy import ledger_csv, new_batch
+from bench.ledger_copy import validated_batch
 from store import messages, receipts
 from store.accounts import create_account
 from store.db import create_pool, migrate
@@ -95,16 +94,7 @@ async def _validated_batch(pool: asyncpg.Pool, rows: int) -> uuid.UUID:
     """A batch of `rows` ledger rows as validation leaves them (statistics sampled before any
     row has a sid: messages.refresh_statistics)."""
     account_id = await create_account(pool, "plans")
-    async with pool.acquire() as conn:
-        batch_id = await new_batch(conn, account_id)
-        await conn.copy_to_table(
-            "messages",
-            source=io.BytesIO(ledger_csv(batch_id, account_id, rows)),
-            columns=messages.RECIPIENT_COLUMNS,
-            format="csv",
-        )
-    await messages.refresh_statistics(pool, added=rows)
-    return batch_id
+    return await validated_batch(pool, account_id, rows)
 
 
 async def _sent_batch(pool: asyncpg.Pool, rows: int) -> uuid.UUID:
