@@ -77,6 +77,10 @@ class PartCost:
     blocks: float
     dirtied: float
     wal_records: float
+    # Writes of the WAL the part's backend made itself: a commit that waits for its WAL to
+    # be flushed writes it (unless another's flush covered it); one that does not wait leaves
+    # it to the WAL writer.
+    wal_writes: float
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,19 @@ class Parts:
     def cpu(self) -> dict[str, float]:
         return {part: backend_cpu(p.pid) for part, p in self.backends.items()}
 
+    async def wal_writes(self, admin: asyncpg.Pool) -> dict[str, float]:
+        """Each part's backend's writes of the WAL so far (pg_stat_get_backend_io), its
+        statistics flushed first: a backend reports them at most once a second."""
+        found = {}
+        for part, backend in self.backends.items():
+            await self.pools[part].execute("SELECT pg_stat_force_next_flush()")
+            found[part] = await admin.fetchval(
+                "SELECT coalesce(sum(writes), 0)::float8 FROM pg_stat_get_backend_io($1)"
+                " WHERE object = 'wal'",
+                backend.pid,
+            )
+        return found
+
     async def close(self) -> None:
         for pool in self.pools.values():
             await pool.close()
@@ -187,6 +204,7 @@ async def one_round(
     queued_before = await admin.fetchval(QUEUED_SO_FAR)
     postmaster = parts.backends["intake"].parent()
     assert postmaster is not None
+    writes_before = await parts.wal_writes(admin)
     cpu_before, all_before = parts.cpu(), _postgres_cpu(postmaster)
     sids = {seq: "SM" + secrets.token_hex(16) for seq in range(rows)}
     waiting: list[Any] = []
@@ -230,6 +248,7 @@ async def one_round(
     while await rcpt.apply_queued(parts.pools["applier"], 1000):
         pass
     cpu_after, all_after = parts.cpu(), _postgres_cpu(postmaster)
+    writes_after = await parts.wal_writes(admin)
     blocks = await _statement_blocks(admin)
     queued = await admin.fetchval(QUEUED_SO_FAR) - queued_before
     wrong = await admin.fetchval(
@@ -247,6 +266,7 @@ async def one_round(
                 blocks=round(blocks.get(part, (0, 0, 0))[0] * per),
                 dirtied=round(blocks.get(part, (0, 0, 0))[1] * per),
                 wal_records=round(blocks.get(part, (0, 0, 0))[2] * per),
+                wal_writes=round((writes_after[part] - writes_before[part]) * per, 1),
             )
             for part in PARTS
         },
@@ -261,6 +281,9 @@ async def measure(database_url: str, against: str, rows: int, rounds: int) -> li
         await admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         for part in PARTS:
             await admin.execute(f"CREATE ROLE bench_{part} LOGIN SUPERUSER")
+            # Committing as the local stack's cluster does (this throwaway one does not wait
+            # for its WAL at commit): a commit that waits is counted (`wal_writes`).
+            await admin.execute(f"ALTER ROLE bench_{part} SET synchronous_commit = on")
         account_id = await create_account(admin, "bench-receipts-pg")
         codes = {against: revision_modules(against), "this tree": (receipts, messages)}
         parts = await Parts.open(database_url)
@@ -296,10 +319,16 @@ def summary(found: list[Round]) -> dict[str, Any]:
             "wal_records": statistics.median(
                 sum(p.wal_records for p in r.parts.values()) for r in mine
             ),
+            "wal_writes": statistics.median(
+                sum(p.wal_writes for p in r.parts.values()) for r in mine
+            ),
         }
         for part in PARTS:
             medians[code][f"{part}_cpu_ms"] = statistics.median(r.parts[part].cpu_ms for r in mine)
             medians[code][f"{part}_blocks"] = statistics.median(r.parts[part].blocks for r in mine)
+            medians[code][f"{part}_wal_writes"] = statistics.median(
+                r.parts[part].wal_writes for r in mine
+            )
     old, new = medians.values()
     return {
         "per_1000_final_receipts_median": medians,

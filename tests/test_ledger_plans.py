@@ -421,3 +421,43 @@ async def test_a_waves_outcomes_search_the_receipt_indexes_for_the_wave_not_for_
     # A few searches for the whole wave, whatever its plan (PostgreSQL counts one for each
     # stretch of an index a search of many sids reads): the nested loop made 105 here.
     assert searches < SLICE // 10, searches
+
+
+async def _wal_writes(backend: asyncpg.Pool, reader: asyncpg.Pool) -> float:
+    """The WAL writes the one backend of `backend` made itself so far (flushed first: a
+    backend reports its statistics at most once a second)."""
+    await backend.execute("SELECT pg_stat_force_next_flush()")
+    writes: float = await reader.fetchval(
+        "SELECT coalesce(sum(writes), 0)::float8 FROM pg_stat_get_backend_io($1)"
+        " WHERE object = 'wal'",
+        await backend.fetchval("SELECT pg_backend_pid()"),
+    )
+    return writes
+
+
+async def test_the_applier_commits_without_waiting_for_its_wal_to_be_flushed(
+    own_database: str, own_pool: asyncpg.Pool
+) -> None:
+    """A commit that waits for its WAL writes (and flushes) it itself; the applier's leaves it
+    to the WAL writer: what it commits is redone from the queue if a crash loses it. Here as
+    the local stack's cluster commits (this one does not wait by default)."""
+    async with await create_pool(own_database, min_size=1, max_size=1) as applier:
+        # The pool keeps a session's settings (store.db._keep_session).
+        await applier.execute("SET synchronous_commit = on")
+        start = await _wal_writes(applier, own_pool)
+        # Receipts of sids no ledger row holds (their sends' outcomes not written yet): kept.
+        sids = [f"SW{n}" for n in range(50)]
+        await receipts.queue_receipts(
+            applier, [receipts.Receipt(sid, "delivered", None) for sid in sids]
+        )
+        queued = await _wal_writes(applier, own_pool)
+        taken = await receipts.apply_queued(applier, 1000)
+        applied = await _wal_writes(applier, own_pool)
+    kept = await own_pool.fetchval(
+        "SELECT count(*) FROM carrier_receipts WHERE carrier_sid = ANY($1::text[])", sids
+    )
+
+    assert (len(taken), kept) == (50, 50)
+    # The queueing's commit waited and wrote its WAL; the applier's did not.
+    assert queued > start
+    assert applied == queued
