@@ -10,8 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
+import pytest
 from twilio.request_validator import RequestValidator
 
+from api.services.receipts import ReceiptIntake
 from settings import Settings
 from store import conversation_messages, conversations, messages, receipts
 from store.db import create_pool
@@ -387,6 +389,42 @@ async def test_a_receipt_whose_insert_fails_is_answered_503_and_taken_when_poste
     assert again.status_code == 204
     after = await ledger_rows(api, account, file_id)
     assert [r["status"] for r in after] == ["delivered"]
+
+
+@pytest.mark.parametrize("noticed", [True, False], ids=["noticed", "not-yet-noticed"])
+async def test_receipts_after_postgresql_ended_the_intakes_idle_connection_are_taken(
+    noticed: bool,
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    """The intake holds one connection between statements. When PostgreSQL ends it while it
+    is idle (a restart, an idle timeout), the next receipts are taken on a new connection,
+    not answered 503, whether asyncpg has noticed the loss before the statement (`noticed`:
+    the next receipt comes once the backend is gone) or may not have (it comes at once)."""
+    file_id, rows = await sent_batch(api, account, webhooks, 2)
+    first, second = (r["carrier_sid"] for r in rows)
+    async with await create_pool(settings.dsn, min_size=1, max_size=1) as own:
+        held = await own.fetchval("SELECT pg_backend_pid()")
+        intake = ReceiptIntake(own)
+        try:
+            await intake.put(receipts.Receipt(first, "delivered", None))
+            assert await pool.fetchval("SELECT pg_terminate_backend($1)", held)
+            if noticed:
+                await eventually(
+                    lambda: pool.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", held
+                    ),
+                    lambda alive: alive == 0,
+                )
+            await intake.put(receipts.Receipt(second, "undelivered", "30003"))
+        finally:
+            await intake.close()
+
+    after = await ledger_rows(api, account, file_id)
+    assert [r["status"] for r in after] == ["delivered", "undelivered"]
 
 
 async def test_a_kept_receipts_apply_that_deadlocks_with_another_transaction_runs_again(

@@ -15,6 +15,7 @@ import structlog
 
 from api.errors import HeraldError, InvalidRequest
 from store import receipts
+from store.db import UNAVAILABLE
 from store.receipts import FINAL_RECEIPTS, Receipt
 
 log = structlog.get_logger(__name__)
@@ -79,11 +80,7 @@ class ReceiptIntake:
                 done, self._done = self._done, None
                 assert done is not None
                 try:
-                    if self._connection is None or self._connection.is_closed():
-                        await self._release()
-                        self._connection = await self._pool.acquire()
-                        await self._connection.execute(receipts.PLAN_EACH_CALL)
-                    await receipts.take_receipts(self._connection, batch)
+                    await self._take(batch)
                 except Exception as error:  # each waiting request answers it
                     if not done.done():
                         done.set_exception(error)
@@ -94,6 +91,31 @@ class ReceiptIntake:
                 self.arrived.set()
         finally:
             self._writing = None
+
+    async def _take(self, batch: list[Receipt]) -> None:
+        """Take `batch` on the held connection. One PostgreSQL ended while it was held (a
+        restart, an idle timeout, `pg_terminate_backend`) shows before the statement or in
+        it, as asyncpg happens to learn of it: the batch is then taken once more on a new
+        connection, not answered 503. Whether or not the lost statement committed, taking
+        the batch again is safe: a receipt taken twice changes nothing."""
+        for last in (False, True):
+            connection = await self._held()
+            try:
+                await receipts.take_receipts(connection, batch)
+                return
+            except Exception as error:
+                if last or not (isinstance(error, UNAVAILABLE) or _lost(connection)):
+                    raise
+                await self._release()
+
+    async def _held(self) -> asyncpg.pool.PoolConnectionProxy:
+        """The connection the intake holds, a new one from the pool if it holds none that
+        is open, set to plan each call."""
+        if self._connection is None or _lost(self._connection):
+            await self._release()
+            self._connection = await self._pool.acquire()
+            await self._connection.execute(receipts.PLAN_EACH_CALL)
+        return self._connection
 
     async def _release(self) -> None:
         connection, self._connection = self._connection, None
@@ -114,6 +136,15 @@ class ReceiptIntake:
         if self._writing is not None:
             await asyncio.wait([self._writing])
         await self._release()
+
+
+def _lost(connection: asyncpg.pool.PoolConnectionProxy) -> bool:
+    """Whether `connection` takes no more statements. Once asyncpg has seen a connection
+    lost, it detaches it from the pool's proxy, whose `is_closed()` then raises."""
+    try:
+        return connection.is_closed()
+    except asyncpg.InterfaceError:
+        return True
 
 
 async def apply_receipts(pool: asyncpg.Pool, arrived: asyncio.Event) -> None:
