@@ -376,9 +376,12 @@ async def uncertain_rows(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[Uncert
 
 
 async def has_uncertain(pool: asyncpg.Pool, batch_id: uuid.UUID) -> bool:
-    """Whether any row of the batch is `uncertain` (reconciliation has work)."""
+    """Whether any row of the batch is `uncertain` (reconciliation has work), from the kept
+    counts: every batch asks as it ends, and asked of the ledger PostgreSQL read it whole
+    (in `make bench`'s sweep 36,000 blocks and 81 ms at 600,000 rows)."""
     found: bool = await pool.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM messages WHERE batch_id = $1 AND status = 'uncertain')",
+        "SELECT coalesce(sum(n), 0) > 0 FROM batch_status_counts"
+        " WHERE batch_id = $1 AND status = 'uncertain'",
         batch_id,
     )
     return found
