@@ -424,14 +424,17 @@ async def close_ledger(
 ) -> None:
     """Give every row a terminal state as the batch ends: a row still `sending` belongs to no
     live attempt (`uncertain`); `pending` rows of a cancelled or expired batch become
-    `pending_as`."""
+    `pending_as`. Only statuses the kept counts hold are looked for: most batches end with
+    none, and each look reads the batch's rows (or the whole ledger, by a sequential scan)."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "UPDATE messages SET status = 'uncertain', updated_at = now()"
-            " WHERE batch_id = $1 AND status = 'sending'",
-            batch_id,
-        )
-        if pending_as is not None:
+        left = await count_by_status(conn, batch_id)
+        if left.get(LedgerStatus.SENDING):
+            await conn.execute(
+                "UPDATE messages SET status = 'uncertain', updated_at = now()"
+                " WHERE batch_id = $1 AND status = 'sending'",
+                batch_id,
+            )
+        if pending_as is not None and left.get(LedgerStatus.PENDING):
             await conn.execute(
                 "UPDATE messages SET status = $2, updated_at = now()"
                 " WHERE batch_id = $1 AND status = 'pending'",
@@ -494,7 +497,9 @@ COUNT_BY_STATUS = (
 )
 
 
-async def count_by_status(pool: asyncpg.Pool, batch_id: uuid.UUID) -> dict[str, int]:
+async def count_by_status(
+    pool: asyncpg.Pool | asyncpg.pool.PoolConnectionProxy, batch_id: uuid.UUID
+) -> dict[str, int]:
     """The batch's ledger rows by status (statuses with none left out)."""
     rows = await pool.fetch(COUNT_BY_STATUS, batch_id)
     return {r["status"]: r["n"] for r in rows}

@@ -490,3 +490,35 @@ async def test_whether_a_batch_has_uncertain_rows_is_answered_without_reading_th
     assert found == [False] * 8 + [True]
     # The UPDATE's own read, by key: one row. No other read of the ledger.
     assert await _counted(pool, LEDGER_READS) - before == 1
+
+
+@pytest.mark.parametrize("pending_as", [None, LedgerStatus.CANCELLED])
+async def test_closing_a_ledger_with_no_row_left_to_close_reads_none_of_it(
+    own_pool: asyncpg.Pool, pending_as: LedgerStatus | None
+) -> None:
+    """Every batch closes its ledger as it ends: rows still `sending` become `uncertain`,
+    and a cancelled batch's `pending` rows its final status. Most batches end with none of
+    either, and the kept counts say so: its ledger, a whole batch's rows (or more, by a
+    sequential scan), is then not read. A batch with such rows has them closed."""
+    pool = own_pool
+    await _sent_batch(pool, ROWS)
+    done, left = await _sent_batch(pool, 10), await _sent_batch(pool, 10)
+    await pool.execute(
+        "UPDATE messages SET status = CASE WHEN seq = 1 THEN 'sending' ELSE 'pending' END"
+        " WHERE batch_id = $1 AND seq IN (1, 2)",
+        left,
+    )
+    before = await _counted(pool, LEDGER_READS)
+
+    for _ in range(8):
+        await messages.close_ledger(pool, done, pending_as=pending_as)
+    read = await _counted(pool, LEDGER_READS) - before
+    await messages.close_ledger(pool, left, pending_as=pending_as)
+
+    assert read == 0
+    assert await messages.count_by_status(pool, done) == {"sent": 10}
+    assert await messages.count_by_status(pool, left) == {
+        "sent": 8,
+        "uncertain": 1,
+        pending_as or "pending": 1,
+    }
