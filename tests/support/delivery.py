@@ -17,7 +17,7 @@ from settings import Settings
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.pages import every_item
-from tests.support.sending import eventually
+from tests.support.sending import WAIT_SECONDS
 from tests.support.stack import Account, WebhookReceiver
 from worker import herald_worker
 
@@ -119,20 +119,21 @@ async def answer_when_its_insert_fails(
 ) -> httpx.Response:
     """The answer to `post` (of one final receipt) when the statement taking it fails
     (receipts.take_receipts): it waits behind a lock on the queue, then its backend is killed
-    mid-statement."""
+    mid-statement, and so is the intake's one new attempt on another connection (one lost
+    connection it rides out: api/services/receipts.py), until `post` is answered."""
     async with pool.acquire() as blocker:
         transaction = blocker.transaction()
         await transaction.start()
         await blocker.execute("LOCK TABLE receipt_queue IN ACCESS EXCLUSIVE MODE")
         posting = asyncio.create_task(post())
-        inserting = await eventually(
-            lambda: pool.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE 'WITH r AS (%INSERT INTO receipt_queue%'"
-            ),
-            lambda pid: pid is not None,
-        )
-        await pool.execute("SELECT pg_terminate_backend($1)", inserting)
+        async with asyncio.timeout(WAIT_SECONDS):
+            while not posting.done():
+                await pool.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE 'WITH r AS (%INSERT INTO receipt_queue%'"
+                )
+                await asyncio.wait([posting], timeout=0.1)
         failed = await posting
         await transaction.rollback()
     return failed
