@@ -122,6 +122,20 @@ def backend_cpu(pid: int) -> float:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
 
 
+async def backend_wal_writes(backend: asyncpg.Pool, reader: asyncpg.Pool) -> float:
+    """The WAL writes the one backend of `backend` made itself so far (pg_stat_get_backend_io),
+    read through `reader` once `backend` has flushed its statistics (a backend reports them at
+    most once a second). A commit that waits for its WAL writes it itself, unless another's
+    flush covered it; one that does not wait leaves it to the WAL writer."""
+    await backend.execute("SELECT pg_stat_force_next_flush()")
+    writes: float = await reader.fetchval(
+        "SELECT coalesce(sum(writes), 0)::float8 FROM pg_stat_get_backend_io($1)"
+        " WHERE object = 'wal'",
+        await backend.fetchval("SELECT pg_backend_pid()"),
+    )
+    return writes
+
+
 async def copy_cost(
     conn: asyncpg.Connection, account_id: uuid.UUID, variant: str, rows: int
 ) -> tuple[float, float, int]:

@@ -41,7 +41,7 @@ import asyncpg
 import psutil
 
 import store
-from bench.ledger_copy import backend_cpu, validated_batch
+from bench.ledger_copy import backend_cpu, backend_wal_writes, validated_batch
 from bench.uploads import scratch_postgres
 from store import messages, receipts
 from store.accounts import create_account
@@ -150,17 +150,8 @@ class Parts:
         return {part: backend_cpu(p.pid) for part, p in self.backends.items()}
 
     async def wal_writes(self, admin: asyncpg.Pool) -> dict[str, float]:
-        """Each part's backend's writes of the WAL so far (pg_stat_get_backend_io), its
-        statistics flushed first: a backend reports them at most once a second."""
-        found = {}
-        for part, backend in self.backends.items():
-            await self.pools[part].execute("SELECT pg_stat_force_next_flush()")
-            found[part] = await admin.fetchval(
-                "SELECT coalesce(sum(writes), 0)::float8 FROM pg_stat_get_backend_io($1)"
-                " WHERE object = 'wal'",
-                backend.pid,
-            )
-        return found
+        """Each part's backend's writes of the WAL so far."""
+        return {part: await backend_wal_writes(pool, admin) for part, pool in self.pools.items()}
 
     async def close(self) -> None:
         for pool in self.pools.values():

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from api.services.receipts import ReceiptIntake
-from bench.ledger_copy import validated_batch
+from bench.ledger_copy import backend_wal_writes, validated_batch
 from store import messages, receipts
 from store.accounts import create_account
 from store.db import create_pool, migrate
@@ -428,18 +428,6 @@ async def test_a_waves_outcomes_search_the_receipt_indexes_for_the_wave_not_for_
     assert searches < SLICE // 10, searches
 
 
-async def _wal_writes(backend: asyncpg.Pool, reader: asyncpg.Pool) -> float:
-    """The WAL writes the one backend of `backend` made itself so far (flushed first: a
-    backend reports its statistics at most once a second)."""
-    await backend.execute("SELECT pg_stat_force_next_flush()")
-    writes: float = await reader.fetchval(
-        "SELECT coalesce(sum(writes), 0)::float8 FROM pg_stat_get_backend_io($1)"
-        " WHERE object = 'wal'",
-        await backend.fetchval("SELECT pg_backend_pid()"),
-    )
-    return writes
-
-
 async def test_the_applier_commits_without_waiting_for_its_wal_to_be_flushed(
     own_database: str, own_pool: asyncpg.Pool
 ) -> None:
@@ -449,15 +437,15 @@ async def test_the_applier_commits_without_waiting_for_its_wal_to_be_flushed(
     async with await create_pool(own_database, min_size=1, max_size=1) as applier:
         # The pool keeps a session's settings (store.db._keep_session).
         await applier.execute("SET synchronous_commit = on")
-        start = await _wal_writes(applier, own_pool)
+        start = await backend_wal_writes(applier, own_pool)
         # Receipts of sids no ledger row holds (their sends' outcomes not written yet): kept.
         sids = [f"SW{n}" for n in range(50)]
         await receipts.queue_receipts(
             applier, [receipts.Receipt(sid, "delivered", None) for sid in sids]
         )
-        queued = await _wal_writes(applier, own_pool)
+        queued = await backend_wal_writes(applier, own_pool)
         taken = await receipts.apply_queued(applier, 1000)
-        applied = await _wal_writes(applier, own_pool)
+        applied = await backend_wal_writes(applier, own_pool)
     kept = await own_pool.fetchval(
         "SELECT count(*) FROM carrier_receipts WHERE carrier_sid = ANY($1::text[])", sids
     )
