@@ -2,11 +2,11 @@
 that sender, so the limit holds across every worker and batch at once."""
 
 import asyncio
-import contextlib
 
 import asyncpg
 
 from activities.outages import through_outages
+from activities.waiting import set_within
 from store import numbers
 
 # Each reservation takes this much of the sender's timeline: small enough that concurrent
@@ -51,8 +51,4 @@ class SenderPacer:
                 self._taken += 1
             else:
                 at = loop.time()
-        delay = at - loop.time()
-        if delay > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), delay)
-        return not stopping.is_set()
+        return not await set_within(stopping, at - loop.time())

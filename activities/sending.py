@@ -1,7 +1,6 @@
 """Sending a batch: one activity sends a slice of the ledger under the sender's pacing."""
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
@@ -23,6 +22,7 @@ from activities.pacing import SenderPacer
 from activities.providers.twilio import SendResult, Verdict
 from activities.recipients.rows import content_placeholder
 from activities.resources import WorkerResources
+from activities.waiting import set_within
 from activities.windows import WindowClock
 from metrics import HistogramSeries
 from store import batches, carrier_accounts, messages, opt_outs
@@ -443,11 +443,7 @@ def account_deferral(retry: list[SendResult]) -> str | None:
 
 async def _until(moment: float, stopping: asyncio.Event) -> bool:
     """Wait until the Unix time `moment`; False when `stopping` is set first."""
-    delay = moment - time.time()
-    if delay > 0:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), delay)
-    return not stopping.is_set()
+    return not await set_within(stopping, moment - time.time())
 
 
 async def _to_the_end(

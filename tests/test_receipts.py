@@ -13,7 +13,7 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
-from api.services.receipts import ReceiptIntake
+from api.services.receipts import ReceiptIntake, apply_receipts
 from settings import Settings
 from store import conversation_messages, conversations, messages, receipts
 from store.db import create_pool
@@ -368,6 +368,22 @@ async def test_two_appliers_on_one_queue_take_each_receipt_once(
     await receipts_applied(pool, sids)
     after = await ledger_rows(api, account, file_id)
     assert [(r["status"], r["error_code"]) for r in after] == [("failed", "30008")] * 300
+
+
+async def test_an_applier_cancelled_as_a_receipt_arrives_stops(pool: asyncpg.Pool) -> None:
+    """The API's shutdown cancels its applier; a cancel in the same moment as the arrival of a
+    receipt was lost on Python 3.11 (asyncio.wait_for), and the shutdown waited for ever."""
+    arrived = asyncio.Event()
+    applier = asyncio.create_task(apply_receipts(pool, arrived))
+
+    async def idle() -> bool:  # it waits for the next receipt
+        return bool(arrived._waiters)
+
+    await eventually(idle, bool)
+    arrived.set()
+    applier.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(applier, 5)
 
 
 async def test_a_receipt_whose_insert_fails_is_answered_503_and_taken_when_posted_again(

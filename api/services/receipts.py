@@ -13,6 +13,7 @@ import contextlib
 import asyncpg
 import structlog
 
+from activities.waiting import set_within
 from api.errors import HeraldError, InvalidRequest
 from store import receipts
 from store.db import UNAVAILABLE
@@ -163,8 +164,7 @@ async def apply_receipts(pool: asyncpg.Pool, arrived: asyncio.Event) -> None:
             continue
         if taken < APPLY_BATCH:
             await asyncio.sleep(APPLY_PAUSE_SECONDS)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrived.wait(), IDLE_SECONDS)
+            await set_within(arrived, IDLE_SECONDS)
 
 
 async def take_receipt(intake: ReceiptIntake, form: dict[str, str]) -> None:
