@@ -169,6 +169,24 @@ def _bitmap_index(plan: dict[str, Any]) -> str | None:
     return names.pop() if len(names) == 1 else None
 
 
+async def test_the_send_paths_statistics_are_sampled_from_a_few_thousand_rows(
+    own_pool: asyncpg.Pool,
+) -> None:
+    """The refresh is on the way to a batch's first message: a sample of 3,000 rows (ten
+    buckets of `seq`, ten values at most of the others), not the default's 30,000."""
+    await _validated_batch(own_pool, ROWS)
+    sampled = await own_pool.fetch(
+        "SELECT attname, cardinality(histogram_bounds::text::text[]) AS bounds,"
+        " cardinality(most_common_vals::text::text[]) AS common"
+        " FROM pg_stats WHERE tablename = 'messages' AND attname = ANY($1)",
+        list(messages.SEND_PATH_COLUMNS),
+    )
+    assert {r["attname"] for r in sampled} == set(messages.SEND_PATH_COLUMNS)
+    bounds = {r["attname"]: r["bounds"] for r in sampled}
+    assert bounds["seq"] == 11, sampled
+    assert all((r["common"] or 0) <= 10 for r in sampled), sampled
+
+
 async def test_a_fresh_batchs_kept_receipts_are_looked_up_by_sid_not_by_reading_the_batch(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, pool: asyncpg.Pool
 ) -> None:
