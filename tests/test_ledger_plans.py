@@ -187,6 +187,51 @@ async def test_the_send_paths_statistics_are_sampled_from_a_few_thousand_rows(
     assert all((r["common"] or 0) <= 10 for r in sampled), sampled
 
 
+async def test_a_rows_mark_and_its_receipt_add_no_index_entry(own_pool: asyncpg.Pool) -> None:
+    """A row's mark (`sending`) and its final receipt change no indexed column: with room
+    left on each page (migration 270) PostgreSQL writes them as HOT updates, beside the old
+    version and with no new entry in the ledger's indexes. Its outcome (the sid, indexed)
+    is not one. Rows are sent as a slice sends them: each wave marked in the statement that
+    writes the last one's outcomes; receipts taken by the intake, 50 a statement."""
+    rows, wave = 2_000, 100
+    batch_id = await _validated_batch(own_pool, rows)
+    updated, hot = await _updates(own_pool)
+    done: list[messages.Outcome] = []
+    for start in range(0, rows + wave, wave):
+        mark = list(range(start, min(start + wave, rows)))
+        await messages.write_outcomes(own_pool, batch_id, done, mark=mark)
+        done = [messages.Outcome(seq, LedgerStatus.SENT, _sid(seq)) for seq in mark]
+    sent_updated, sent_hot = await _updates(own_pool)
+    async with own_pool.acquire() as intake:
+        for start in range(0, rows, 50):
+            taken = [
+                receipts.Receipt(_sid(seq), "delivered", None) for seq in range(start, start + 50)
+            ]
+            await receipts.take_receipts(intake, taken)
+    received_updated, received_hot = await _updates(own_pool)
+    delivered = await own_pool.fetchval(
+        "SELECT count(*) FROM messages WHERE batch_id = $1 AND status = 'delivered'", batch_id
+    )
+
+    assert delivered == rows
+    assert sent_updated - updated == 2 * rows  # each row marked, then given its outcome
+    assert sent_hot - hot >= 0.9 * rows, (sent_hot - hot, rows)  # the marks
+    assert received_updated - sent_updated == rows
+    assert received_hot - sent_hot >= 0.9 * rows, (received_hot - sent_hot, rows)
+
+
+async def _updates(pool: asyncpg.Pool) -> tuple[int, int]:
+    """The ledger's updates so far in this database, and how many of them were HOT (the
+    pool's one connection's counts flushed first)."""
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = await conn.fetchrow(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'messages'"
+        )
+    return row["n_tup_upd"], row["n_tup_hot_upd"]
+
+
 async def test_a_fresh_batchs_kept_receipts_are_looked_up_by_sid_not_by_reading_the_batch(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, pool: asyncpg.Pool
 ) -> None:

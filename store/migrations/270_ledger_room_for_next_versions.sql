@@ -1,0 +1,20 @@
+-- The ledger's pages are filled to half, so that each row's next version fits beside it.
+-- A row is written four times: COPYed `pending`, marked `sending` just before its request,
+-- given its outcome (`sent` and its sid), then its final receipt (`delivered`, ...). The mark
+-- and the receipt change no indexed column, so PostgreSQL writes them as HOT updates (no new
+-- entry in the primary key or in the sid and number indexes, the old version pruned from the
+-- page) wherever the new version fits on the row's own page. At the default fillfactor (100)
+-- the COPY and every version an update moves fill their pages, so few fitted: of a 2,000-row
+-- batch's marks 224 were HOT (tests/test_ledger_plans.py), and each receipt added three
+-- index entries.
+--
+-- Measured on the local stack, alternated with the default (docs/PERFORMANCE.md,
+-- 2026-12-04, midday): PostgreSQL's CPU per 1,000 status callbacks 10.5-14.0 ms -> 6.3-7.0
+-- and per 1,000 messages sent 25.4-27.2 -> 20.9-23.8 (`python -m bench --n 100000
+-- --receipts`, three runs each); the outcome writes' blocks per statement 2,190-2,270 ->
+-- 1,640-1,710 (`python -m bench.send_path`). The COPY's CPU per row is unchanged
+-- (`make bench-ledger-copy`: 1.86-1.93 us -> 1.74-1.86); it writes twice the pages, which a
+-- 1,000,000-row batch's validation showed as 2.2 s -> 2.4-2.8 s.
+--
+-- Existing pages keep their fill; new ones (every new batch's) take this one.
+ALTER TABLE messages SET (fillfactor = 50);
