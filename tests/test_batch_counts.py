@@ -100,7 +100,9 @@ def _relations(plan: dict[str, Any]) -> list[str]:
     return found
 
 
-async def _new_batch(conn: asyncpg.Connection, account: Account) -> uuid.UUID:
+async def _new_batch(
+    conn: asyncpg.Connection, account: Account, request: dict[str, Any] | None = None
+) -> uuid.UUID:
     """A batch of the account with an empty file, recorded only (no workflow)."""
     batch_id = uuid.uuid4()
     await conn.execute(
@@ -116,7 +118,7 @@ async def _new_batch(conn: asyncpg.Connection, account: Account) -> uuid.UUID:
         workflow_id=f"counts-{batch_id}",
         name=None,
         agent_number=account.agent_number,
-        request={},
+        request=request or {},
         request_hash="",
     )
     return batch_id
@@ -150,6 +152,66 @@ async def test_reading_a_batch_costs_the_same_at_a_million_rows_as_at_a_hundred(
     assert large == {"sent": 900_000, "failed": 100_000, "rejected": 0}
     assert "messages" not in small_tables | large_tables
     assert large_buffers <= small_buffers + 5
+
+
+async def test_a_windowed_batchs_rows_waiting_are_counted_without_reading_the_ledger(
+    pool: asyncpg.Pool, settings: Settings, account: Account
+) -> None:
+    """A batch with a `send_window` also shows its rows waiting for it (migration 280): kept
+    as the ledger changes, into the wait and out of it, like the counts by status."""
+    windowed = {"send_window": {"start": "09:00", "end": "17:00"}}
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            costs = []
+            for rows in (100, 1_000_000):
+                batch_id = await _new_batch(conn, account, windowed)
+                await conn.execute(
+                    "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number,"
+                    " body, status, window_opens_at) SELECT $1, i, $2, i, '+1555' || i, 'x',"
+                    " CASE WHEN i % 10 < 2 THEN 'pending' ELSE 'sent' END,"
+                    " CASE WHEN i % 10 = 0 THEN now() END"
+                    " FROM generate_series(0, $3 - 1) AS i",
+                    batch_id,
+                    account.account_id,
+                    rows,
+                )
+                costs.append(await _read_cost(conn, settings, account, batch_id))
+            # Into the wait without a change of status (a slice finds the window shut), and
+            # out of it by the mark of the rows that waited.
+            await conn.execute(
+                "UPDATE messages SET window_opens_at = now()"
+                " WHERE batch_id = $1 AND status = 'pending' AND window_opens_at IS NULL",
+                batch_id,
+            )
+            all_waiting, _, _ = await _read_cost(conn, settings, account, batch_id)
+            await conn.execute(
+                "UPDATE messages SET status = 'sending' WHERE batch_id = $1 AND seq % 10 = 0",
+                batch_id,
+            )
+            half_marked, _, _ = await _read_cost(conn, settings, account, batch_id)
+        finally:
+            await transaction.rollback()
+
+    (small, small_tables, small_buffers), (large, large_tables, large_buffers) = costs
+    assert small == {"sent": 80, "pending": 20, "rejected": 0, "waiting_for_window": 10}
+    assert large == {
+        "sent": 800_000,
+        "pending": 200_000,
+        "rejected": 0,
+        "waiting_for_window": 100_000,
+    }
+    assert "messages" not in small_tables | large_tables
+    assert large_buffers <= small_buffers + 5
+    assert all_waiting["waiting_for_window"] == 200_000
+    assert half_marked == {
+        "sent": 800_000,
+        "pending": 100_000,
+        "sending": 100_000,
+        "rejected": 0,
+        "waiting_for_window": 100_000,
+    }
 
 
 async def test_a_ledger_row_of_no_batch_is_refused_and_a_batch_with_rows_stays(
