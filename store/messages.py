@@ -407,7 +407,7 @@ async def settle_uncertain(
             list(found.values()),
         )
         await conn.execute(
-            "UPDATE messages SET status = 'pending', updated_at = now()"
+            "UPDATE messages SET status = 'pending', window_opens_at = NULL, updated_at = now()"
             " WHERE batch_id = $1 AND seq = ANY($2::bigint[]) AND status = 'uncertain'",
             batch_id,
             unsent,

@@ -12,7 +12,7 @@ import httpx
 
 from api.services.batches import get_batch
 from settings import Settings
-from store import receipts
+from store import messages, receipts
 from store.batches import create_batch
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import unique_numbers
@@ -212,6 +212,28 @@ async def test_a_windowed_batchs_rows_waiting_are_counted_without_reading_the_le
         "rejected": 0,
         "waiting_for_window": 100_000,
     }
+
+
+async def test_a_row_reconciliation_finds_unsent_goes_back_to_pending_not_to_its_wait(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    """A row that waited for its window, was marked and left `uncertain`, then found unsent
+    by reconciliation, is `pending` again as a fresh row is: not counted as waiting."""
+    async with pool.acquire() as conn:
+        batch_id = await _new_batch(
+            conn, account, {"send_window": {"start": "09:00", "end": "17:00"}}
+        )
+        await conn.execute(
+            "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body,"
+            " status, window_opens_at) SELECT $1, i, $2, i, '+1555' || i, 'x', 'uncertain',"
+            " now() FROM generate_series(0, 2) AS i",
+            batch_id,
+            account.account_id,
+        )
+    await messages.settle_uncertain(pool, batch_id, {}, [0, 1, 2])
+
+    assert await messages.count_by_status(pool, batch_id) == {"pending": 3}
+    assert await messages.count_waiting_for_window(pool, batch_id) == 0
 
 
 async def test_a_ledger_row_of_no_batch_is_refused_and_a_batch_with_rows_stays(

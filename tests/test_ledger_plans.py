@@ -20,7 +20,7 @@ from api.services.receipts import ReceiptIntake
 from bench.ledger_copy import backend_wal_writes, validated_batch
 from store import messages, receipts
 from store.accounts import create_account
-from store.db import create_pool, migrate
+from store.db import _migration_files, create_pool, migrate
 from tests.support.batches import start_marked_batch
 from tests.support.builders import unique_numbers
 from tests.support.stack import Account, WebhookReceiver
@@ -172,8 +172,9 @@ def _bitmap_index(plan: dict[str, Any]) -> str | None:
 async def test_the_send_paths_statistics_are_sampled_from_a_few_thousand_rows(
     own_pool: asyncpg.Pool,
 ) -> None:
-    """The refresh is on the way to a batch's first message: a sample of 3,000 rows (ten
-    buckets of `seq`, ten values at most of the others), not the default's 30,000."""
+    """The refresh is on the way to a batch's first message: the send path's columns are
+    sampled at statistics target 10 (ten buckets of `seq`, ten values at most of the others),
+    so that an ANALYZE of them alone takes 3,000 rows, not the default's 30,000."""
     await _validated_batch(own_pool, ROWS)
     sampled = await own_pool.fetch(
         "SELECT attname, cardinality(histogram_bounds::text::text[]) AS bounds,"
@@ -230,6 +231,44 @@ async def _updates(pool: asyncpg.Pool) -> tuple[int, int]:
             "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'messages'"
         )
     return row["n_tup_upd"], row["n_tup_hot_upd"]
+
+
+async def test_the_windowed_count_migration_waits_for_a_ledger_write_and_does_not_deadlock(
+    own_database: str,
+) -> None:
+    """Migration 280 runs while the previous version still sends (docs/DEPLOY.md). A ledger
+    write locks `messages`, then its trigger writes `batch_status_counts`: the migration takes
+    the same order, so it waits for the write instead of deadlocking with it."""
+    sql = dict(_migration_files())
+    before = sql["211_batch_status_counts.sql"]
+    count_function = before[before.index("CREATE FUNCTION") : before.index("END $$;") + 7]
+    async with await create_pool(own_database, min_size=1, max_size=1) as own:
+        batch_id = await _validated_batch(own, 2_000)
+        # The schema as it was before the migration.
+        await own.execute(count_function.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"))
+        await own.execute("ALTER TABLE batch_status_counts DROP COLUMN windowed")
+    writer = await asyncpg.connect(own_database)
+    migrator = await asyncpg.connect(own_database)
+    try:
+        # Holds the ledger from its start; writes the counts only at its end, a second on.
+        write = asyncio.create_task(
+            writer.execute(
+                "UPDATE messages SET updated_at = now() FROM (SELECT pg_sleep(1)) AS slow"
+                " WHERE batch_id = $1",
+                batch_id,
+            )
+        )
+        await asyncio.sleep(0.3)
+        async with migrator.transaction():
+            await migrator.execute(sql["280_waiting_for_window_counted.sql"])
+        assert await write == "UPDATE 2000"
+        counted = await migrator.fetchval(
+            "SELECT sum(n) FROM batch_status_counts WHERE batch_id = $1", batch_id
+        )
+    finally:
+        await writer.close()
+        await migrator.close()
+    assert counted == 2_000
 
 
 async def test_a_fresh_batchs_kept_receipts_are_looked_up_by_sid_not_by_reading_the_batch(

@@ -5,11 +5,14 @@
 -- 100). `windowed` is the share of a (batch, stripe, status) row's `n` that waits; only
 -- `pending` rows do. A statement that moves a row into or out of the wait without changing
 -- its status (`pending` -> `pending` with its window's opening) moves `windowed` alone.
-ALTER TABLE batch_status_counts ADD COLUMN windowed bigint NOT NULL DEFAULT 0;
 
 -- No ledger writes between the count below and the new function taking over at commit: the
--- count reads the whole ledger once, and the ledger's writers wait for it; readers do not.
+-- count reads the whole ledger once, and the ledger's writers wait for it, as do the readers
+-- of the counts (the new column's lock). The ledger is locked first, as its writers lock it
+-- before their trigger writes the counts: the other order deadlocks with a writer.
 LOCK TABLE messages IN SHARE MODE;
+
+ALTER TABLE batch_status_counts ADD COLUMN windowed bigint NOT NULL DEFAULT 0;
 
 CREATE OR REPLACE FUNCTION count_ledger_changes() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
