@@ -5,6 +5,8 @@ failures, receipts and a retry, and read without touching the ledger, so that `G
 import json
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -75,6 +77,19 @@ class _Recording:
         return await self.conn.fetchval(sql, *args)
 
 
+@asynccontextmanager
+async def _rolled_back(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection in a transaction rolled back at the end: the tests' million-row ledgers
+    are never written for good."""
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            yield conn
+        finally:
+            await transaction.rollback()
+
+
 async def _read_cost(
     conn: asyncpg.Connection, settings: Settings, account: Account, batch_id: uuid.UUID
 ) -> tuple[dict[str, int], set[str], int]:
@@ -127,25 +142,20 @@ async def _new_batch(
 async def test_reading_a_batch_costs_the_same_at_a_million_rows_as_at_a_hundred(
     pool: asyncpg.Pool, settings: Settings, account: Account
 ) -> None:
-    async with pool.acquire() as conn:
-        transaction = conn.transaction()
-        await transaction.start()
-        try:
-            costs = []
-            for rows in (100, 1_000_000):
-                batch_id = await _new_batch(conn, account)
-                await conn.execute(
-                    "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number,"
-                    " body, status) SELECT $1, i, $2, i, '+1555' || i, 'x',"
-                    " CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'sent' END"
-                    " FROM generate_series(0, $3 - 1) AS i",
-                    batch_id,
-                    account.account_id,
-                    rows,
-                )
-                costs.append(await _read_cost(conn, settings, account, batch_id))
-        finally:
-            await transaction.rollback()
+    async with _rolled_back(pool) as conn:
+        costs = []
+        for rows in (100, 1_000_000):
+            batch_id = await _new_batch(conn, account)
+            await conn.execute(
+                "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number,"
+                " body, status) SELECT $1, i, $2, i, '+1555' || i, 'x',"
+                " CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'sent' END"
+                " FROM generate_series(0, $3 - 1) AS i",
+                batch_id,
+                account.account_id,
+                rows,
+            )
+            costs.append(await _read_cost(conn, settings, account, batch_id))
 
     (small, small_tables, small_buffers), (large, large_tables, large_buffers) = costs
     assert small == {"sent": 90, "failed": 10, "rejected": 0}
@@ -160,39 +170,34 @@ async def test_a_windowed_batchs_rows_waiting_are_counted_without_reading_the_le
     """A batch with a `send_window` also shows its rows waiting for it (migration 280): kept
     as the ledger changes, into the wait and out of it, like the counts by status."""
     windowed = {"send_window": {"start": "09:00", "end": "17:00"}}
-    async with pool.acquire() as conn:
-        transaction = conn.transaction()
-        await transaction.start()
-        try:
-            costs = []
-            for rows in (100, 1_000_000):
-                batch_id = await _new_batch(conn, account, windowed)
-                await conn.execute(
-                    "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number,"
-                    " body, status, window_opens_at) SELECT $1, i, $2, i, '+1555' || i, 'x',"
-                    " CASE WHEN i % 10 < 2 THEN 'pending' ELSE 'sent' END,"
-                    " CASE WHEN i % 10 = 0 THEN now() END"
-                    " FROM generate_series(0, $3 - 1) AS i",
-                    batch_id,
-                    account.account_id,
-                    rows,
-                )
-                costs.append(await _read_cost(conn, settings, account, batch_id))
-            # Into the wait without a change of status (a slice finds the window shut), and
-            # out of it by the mark of the rows that waited.
+    async with _rolled_back(pool) as conn:
+        costs = []
+        for rows in (100, 1_000_000):
+            batch_id = await _new_batch(conn, account, windowed)
             await conn.execute(
-                "UPDATE messages SET window_opens_at = now()"
-                " WHERE batch_id = $1 AND status = 'pending' AND window_opens_at IS NULL",
+                "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number,"
+                " body, status, window_opens_at) SELECT $1, i, $2, i, '+1555' || i, 'x',"
+                " CASE WHEN i % 10 < 2 THEN 'pending' ELSE 'sent' END,"
+                " CASE WHEN i % 10 = 0 THEN now() END"
+                " FROM generate_series(0, $3 - 1) AS i",
                 batch_id,
+                account.account_id,
+                rows,
             )
-            all_waiting, _, _ = await _read_cost(conn, settings, account, batch_id)
-            await conn.execute(
-                "UPDATE messages SET status = 'sending' WHERE batch_id = $1 AND seq % 10 = 0",
-                batch_id,
-            )
-            half_marked, _, _ = await _read_cost(conn, settings, account, batch_id)
-        finally:
-            await transaction.rollback()
+            costs.append(await _read_cost(conn, settings, account, batch_id))
+        # Into the wait without a change of status (a slice finds the window shut), and out
+        # of it by the mark of the rows that waited.
+        await conn.execute(
+            "UPDATE messages SET window_opens_at = now()"
+            " WHERE batch_id = $1 AND status = 'pending' AND window_opens_at IS NULL",
+            batch_id,
+        )
+        all_waiting, _, _ = await _read_cost(conn, settings, account, batch_id)
+        await conn.execute(
+            "UPDATE messages SET status = 'sending' WHERE batch_id = $1 AND seq % 10 = 0",
+            batch_id,
+        )
+        half_marked, _, _ = await _read_cost(conn, settings, account, batch_id)
 
     (small, small_tables, small_buffers), (large, large_tables, large_buffers) = costs
     assert small == {"sent": 80, "pending": 20, "rejected": 0, "waiting_for_window": 10}
