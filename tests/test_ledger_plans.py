@@ -121,6 +121,9 @@ LEDGER_READS = (
     "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables"
     " WHERE relname = 'messages'"
 )
+# The ledger's row updates so far, and those of them PostgreSQL wrote as HOT updates.
+LEDGER_UPDATES = "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'messages'"
+LEDGER_HOT_UPDATES = "SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'messages'"
 RECEIPT_SEARCHES = (
     "SELECT sum(idx_scan)::int FROM pg_stat_user_indexes"
     " WHERE indexrelname IN ('carrier_receipts_pkey', 'receipt_queue_sid')"
@@ -222,19 +225,13 @@ async def test_a_rows_mark_and_its_receipt_add_no_index_entry(own_pool: asyncpg.
 
 
 async def _updates(pool: asyncpg.Pool) -> tuple[int, int]:
-    """The ledger's updates so far in this database, and how many of them were HOT (the
-    pool's one connection's counts flushed first)."""
+    """The ledger's updates so far in this database, and how many of them were HOT."""
     async with pool.acquire() as conn:
-        await conn.execute("SELECT pg_stat_force_next_flush()")
-        await conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = await conn.fetchrow(
-            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'messages'"
-        )
-    return row["n_tup_upd"], row["n_tup_hot_upd"]
+        return await _counted(conn, LEDGER_UPDATES), await _counted(conn, LEDGER_HOT_UPDATES)
 
 
 async def test_the_windowed_count_migration_waits_for_a_ledger_write_and_does_not_deadlock(
-    own_database: str,
+    own_database: str, own_pool: asyncpg.Pool
 ) -> None:
     """Migration 280 runs while the previous version still sends (docs/DEPLOY.md). A ledger
     write locks `messages`, then its trigger writes `batch_status_counts`: the migration takes
@@ -242,11 +239,10 @@ async def test_the_windowed_count_migration_waits_for_a_ledger_write_and_does_no
     sql = dict(_migration_files())
     before = sql["211_batch_status_counts.sql"]
     count_function = before[before.index("CREATE FUNCTION") : before.index("END $$;") + 7]
-    async with await create_pool(own_database, min_size=1, max_size=1) as own:
-        batch_id = await _validated_batch(own, 2_000)
-        # The schema as it was before the migration.
-        await own.execute(count_function.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"))
-        await own.execute("ALTER TABLE batch_status_counts DROP COLUMN windowed")
+    batch_id = await _validated_batch(own_pool, 2_000)
+    # The schema as it was before the migration.
+    await own_pool.execute(count_function.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"))
+    await own_pool.execute("ALTER TABLE batch_status_counts DROP COLUMN windowed")
     writer = await asyncpg.connect(own_database)
     migrator = await asyncpg.connect(own_database)
     try:
