@@ -43,14 +43,16 @@ def valid_e164_column(raws: pl.Series) -> pl.Series:
     frame = pl.DataFrame({"raw": raws, "verdict": verdicts}).with_row_index("at")
     valid = (pl.col("verdict") == prefix_table.VALID).fill_null(value=False)
     # A valid cell is its E.164 form, with a `+` added to the few without one.
-    result = frame.select(pl.when(valid).then(_RAW).alias("e164")).to_series()
-    bare = frame.filter(valid & ~_RAW.str.starts_with("+")).select("at", ("+" + _RAW).alias("e164"))
+    result = frame.select_seq(pl.when(valid).then(_RAW).alias("e164")).to_series()
+    bare = frame.filter(valid & ~_RAW.str.starts_with("+")).select_seq(
+        "at", ("+" + _RAW).alias("e164")
+    )
     if len(bare):
         result.scatter(bare["at"], bare["e164"])
     # An empty cell is not valid.
     walk = frame.filter(
         (pl.col("verdict") == prefix_table.UNDECIDED).fill_null(value=True) & (_RAW != "")
-    ).select("at", "raw")
+    ).select_seq("at", "raw")
     if len(walk):
         result.scatter(walk["at"], _walked(walk["raw"]))
     return result
@@ -60,21 +62,23 @@ def _walked(raws: pl.Series) -> pl.Series:
     """`valid_e164_column` by the calling codes' plans alone."""
     heads, codes = _code_heads()
     frame = pl.DataFrame({"raw": raws.fill_null("")}).with_row_index("at")
-    head = frame.select(_RAW.str.slice(0, 4).cast(heads, strict=False)).to_series()
-    frame = frame.with_columns(codes.gather(head.to_physical()).alias("code"))
+    head = frame.select_seq(_RAW.str.slice(0, 4).cast(heads, strict=False)).to_series()
+    frame = frame.with_columns_seq(codes.gather(head.to_physical()).alias("code"))
     valid = pl.repeat(False, len(raws), dtype=pl.Boolean, eager=True)
     # What no plan decides goes to phonenumbers: no calling code, not plain digits (the
     # plans' patterns match ASCII digits only), a national prefix that might be stripped.
     # An empty cell is not valid.
-    settle = [frame.filter(pl.col("code").is_null() & (_RAW != "")).select("at", "raw")]
+    settle = [frame.filter(pl.col("code").is_null() & (_RAW != "")).select_seq("at", "raw")]
     for code in frame["code"].drop_nulls().unique():
         found, rejected, undecided = _decide(str(code), frame.filter(pl.col("code") == code))
         if len(found):
             valid.scatter(found, True)
         settle += [undecided, rejected.filter(~_RAW.str.contains(r"^\+?[0-9]+$"))]
     # A valid cell is its E.164 form, with a `+` added to the few without one.
-    result = frame.select(pl.when(valid).then(_RAW).alias("e164")).to_series()
-    bare = frame.filter(valid & ~_RAW.str.starts_with("+")).select("at", ("+" + _RAW).alias("e164"))
+    result = frame.select_seq(pl.when(valid).then(_RAW).alias("e164")).to_series()
+    bare = frame.filter(valid & ~_RAW.str.starts_with("+")).select_seq(
+        "at", ("+" + _RAW).alias("e164")
+    )
     if len(bare):
         result.scatter(bare["at"], bare["e164"])
     unsettled = pl.concat(settle)
@@ -127,13 +131,13 @@ _tables = _Tables(
 def _table_verdicts(raws: pl.Series) -> pl.Series:
     """Each cell's `prefix_table` verdict; null where a cell is not plain digits (perhaps
     after a `+`) of a calling code, or is too short or too long for the tables."""
-    frame = pl.DataFrame({"raw": raws}).select(
+    frame = pl.DataFrame({"raw": raws}).select_seq(
         _RAW.cast(pl.UInt64, strict=False).alias("number"),
         (_RAW.str.len_bytes() - _RAW.str.starts_with("+").cast(pl.UInt32)).alias("digits"),
     )
     powers = pl.Series([10**size for size in range(_MOST_DIGITS + 1)], dtype=pl.UInt64)
     fits = pl.col("number").is_not_null() & pl.col("digits").is_between(4, _MOST_DIGITS)
-    frame = frame.select(
+    frame = frame.select_seq(
         "number",
         pl.when(fits)
         .then(
@@ -249,7 +253,7 @@ def _decide(code: str, rows: pl.DataFrame) -> tuple[pl.Series, pl.DataFrame, pl.
         plan = CodePlan(plan.national_prefix, (RegionPlan(None, None, ()),), None, plan.shortest)
     first, *others = plan.regions
     prefixed = national.starts_with(plan.national_prefix) if plan.national_prefix else None
-    rows = rows.select(
+    rows = rows.select_seq(
         "at",
         "raw",
         pl.lit(False).alias("stripped") if prefixed is None else prefixed.alias("stripped"),
@@ -263,10 +267,10 @@ def _decide(code: str, rows: pl.DataFrame) -> tuple[pl.Series, pl.DataFrame, pl.
     # A region with leading digits takes the rows they match; one without, the valid rows.
     taken = pl.col("taken") if first.leading else pl.col("valid")
     valid = [rows.filter(taken & pl.col("valid"))["at"]]
-    rejected = [rows.filter(taken & ~pl.col("valid")).select("at", "raw")]
-    rows = rows.filter(~taken).select("at", "raw")
+    rejected = [rows.filter(taken & ~pl.col("valid")).select_seq("at", "raw")]
+    rows = rows.filter(~taken).select_seq("at", "raw")
     if plan.lengths is not None:
-        possible = rows.select(national.length().is_in(list(plan.lengths))).to_series()
+        possible = rows.select_seq(national.length().is_in(list(plan.lengths))).to_series()
         rejected.append(rows.filter(~possible))
         rows = rows.filter(possible)
     if rows.height < _WALK_MIN:
@@ -274,14 +278,14 @@ def _decide(code: str, rows: pl.DataFrame) -> tuple[pl.Series, pl.DataFrame, pl.
         return (
             pl.concat(valid),
             pl.concat(rejected),
-            pl.concat([undecided.select("at", "raw"), rows]),
+            pl.concat([undecided.select_seq("at", "raw"), rows]),
         )
     for region in others:
         if rows.is_empty():
             break
-        ok = rows.select(national.valid(region)).to_series()
+        ok = rows.select_seq(national.valid(region)).to_series()
         if region.leading is not None:
-            chosen = rows.select(national.starts_with(region.leading)).to_series()
+            chosen = rows.select_seq(national.starts_with(region.leading)).to_series()
             valid.append(rows.filter(chosen & ok)["at"])
             rejected.append(rows.filter(chosen & ~ok))
             rows = rows.filter(~chosen)
@@ -289,7 +293,7 @@ def _decide(code: str, rows: pl.DataFrame) -> tuple[pl.Series, pl.DataFrame, pl.
             valid.append(rows.filter(ok)["at"])
             rows = rows.filter(~ok)
     rejected.append(rows)
-    return pl.concat(valid), pl.concat(rejected), undecided.select("at", "raw")
+    return pl.concat(valid), pl.concat(rejected), undecided.select_seq("at", "raw")
 
 
 class _National:
