@@ -26,16 +26,20 @@ FINAL_RECEIPTS = ("delivered", "undelivered", "failed")
 FINAL_RANK = 2
 
 
-# For a connection that takes or applies receipts: plan each statement for its call. The
-# queue swings from empty to tens of thousands of rows, most of them dead, within seconds.
+# The queue swings from empty to tens of thousands of rows, most of them dead, within seconds.
 # A plan PostgreSQL keeps for a connection's statement (after its fifth call) may come from
 # a moment the queue was nearly empty and scan it whole for every receipt: in `make bench` at
 # 100,000 rows such kept plans took the intake 190 ms a call and the claim 1.6 s, until
-# PostgreSQL planned again after an autovacuum. Planning each call costs far less.
-# A connection the intake holds sets it for as long as it holds it (api/services/receipts.py);
-# the applier, for its transaction.
-PLAN_EACH_CALL = "SET plan_cache_mode = force_custom_plan"
-PLAN_AS_THE_POOL_DOES = "RESET plan_cache_mode"
+# PostgreSQL planned again after an autovacuum.
+# The applier plans each of its statements for its call (for its transaction), a few dozen
+# calls a batch. The intake, which runs one statement per group of callbacks, thousands a
+# batch, keeps one plan of it for as long as it holds its connection, a plan that reads no
+# table whole (sequential scans off: each table it reads is searched by an index), so it is
+# never the one above; planning it for each call was 40% of the intake's CPU
+# (`bench.receipts_pg`, 54 receipts a statement: 23-28 ms per 1,000 receipts against 13-17).
+# Both settings are the held connection's alone: the intake resets them before giving it back.
+INTAKE_PLANS = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off"
+INTAKE_PLANS_RESET = "RESET plan_cache_mode; RESET enable_seqscan"
 PLAN_EACH_CALL_IN_TRANSACTION = "SET LOCAL plan_cache_mode = force_custom_plan"
 # For the applier's transaction: commit without waiting for its WAL to reach the disk. All it
 # does is redone from what stays durable: a commit a crash of PostgreSQL loses takes the whole
@@ -230,7 +234,7 @@ async def apply_queued(pool: asyncpg.Pool, limit: int) -> list[int]:
                 first.setdefault(row["carrier_sid"], row)
         if not first:
             return [r["id"] for r in claimed]
-        # Planned for each call's sids (PLAN_EACH_CALL): a kept generic plan of
+        # Planned for each call's sids (PLAN_EACH_CALL_IN_TRANSACTION): a kept generic plan of
         # `carrier_sid = ANY($1)` read the whole ledger, testing each row against the array
         # element by element (2,200 blocks and 110-140 ms of CPU a call for a few hundred
         # receipts in the bench's runs).

@@ -111,21 +111,21 @@ class ReceiptIntake:
 
     async def _held(self) -> asyncpg.pool.PoolConnectionProxy:
         """The connection the intake holds, a new one from the pool if it holds none that
-        is open, set to plan each call."""
+        is open, set to keep one plan of its statement (receipts.INTAKE_PLANS)."""
         if self._connection is None or _lost(self._connection):
             await self._release()
             self._connection = await self._pool.acquire()
-            await self._connection.execute(receipts.PLAN_EACH_CALL)
+            await self._connection.execute(receipts.INTAKE_PLANS)
         return self._connection
 
     async def _release(self) -> None:
         connection, self._connection = self._connection, None
         if connection is None:
             return
-        # The pool keeps sessions as they are (store.db): give none back planning each call.
+        # The pool keeps sessions as they are (store.db): give none back with the intake's plans.
         # One that cannot be reset (lost, closed, busy or stuck) is ended: the pool replaces it.
         try:
-            await connection.execute(receipts.PLAN_AS_THE_POOL_DOES, timeout=RESET_SECONDS)
+            await connection.execute(receipts.INTAKE_PLANS_RESET, timeout=RESET_SECONDS)
         except Exception:
             with contextlib.suppress(asyncpg.InterfaceError):
                 connection.terminate()
