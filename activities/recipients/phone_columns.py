@@ -38,24 +38,22 @@ _WALK_MIN = 5000
 
 def valid_e164_column(raws: pl.Series) -> pl.Series:
     """`valid_e164s(raws)` as a String column: E.164, or null where not a valid number."""
-    raws = raws.fill_null("")
-    verdicts = _table_verdicts(raws)
-    frame = pl.DataFrame({"raw": raws, "verdict": verdicts}).with_row_index("at")
-    valid = (pl.col("verdict") == prefix_table.VALID).fill_null(value=False)
-    # A valid cell is its E.164 form, with a `+` added to the few without one.
-    result = frame.select_seq(pl.when(valid).then(_RAW).alias("e164")).to_series()
-    bare = frame.filter(valid & ~_RAW.str.starts_with("+")).select_seq(
-        "at", ("+" + _RAW).alias("e164")
+    frame = pl.DataFrame({"raw": raws.fill_null("")})
+    frame = frame.with_columns_seq(_verdicts(frame).alias("verdict"))
+    verdict = pl.col("verdict")
+    # A valid cell is its E.164 form, with a `+` added to the few without one. An empty cell
+    # is not valid; the others the tables leave undecided are walked.
+    result = frame.select_seq(
+        pl.when(verdict == prefix_table.VALID)
+        .then(pl.when(_RAW.str.starts_with("+")).then(_RAW).otherwise("+" + _RAW))
+        .alias("e164"),
+        ((verdict == prefix_table.UNDECIDED).fill_null(value=True) & (_RAW != "")).alias("walk"),
     )
-    if len(bare):
-        result.scatter(bare["at"], bare["e164"])
-    # An empty cell is not valid.
-    walk = frame.filter(
-        (pl.col("verdict") == prefix_table.UNDECIDED).fill_null(value=True) & (_RAW != "")
-    ).select_seq("at", "raw")
-    if len(walk):
-        result.scatter(walk["at"], _walked(walk["raw"]))
-    return result
+    e164 = result["e164"]
+    if result["walk"].any():
+        walk = frame.with_row_index("at").filter(result["walk"])
+        e164 = e164.scatter(walk["at"], _walked(walk["raw"]))
+    return e164
 
 
 def _walked(raws: pl.Series) -> pl.Series:
@@ -117,6 +115,15 @@ class _Tables:
     modulus: pl.Series
     verdicts: pl.Series
 
+    @functools.cached_property
+    def verdict(self) -> pl.Expr:
+        """A number's verdict by these tables, from its `number` and `place`: built once for
+        each set of tables."""
+        place, number = pl.col("place"), pl.col("number")
+        divisor, modulus = pl.lit(self.divisor).gather(place), pl.lit(self.modulus).gather(place)
+        at = pl.lit(self.start).gather(place) + number // divisor % modulus
+        return pl.lit(self.verdicts).gather(at).alias("verdict")
+
 
 _tables_lock = threading.Lock()
 _tables = _Tables(
@@ -128,41 +135,46 @@ _tables = _Tables(
 )
 
 
+# A cell as an integer (null unless plain digits, perhaps after a `+`) and its place in the
+# tables (null where too short or too long for them): built once, not for each block.
+_NUMBER = _RAW.cast(pl.UInt64, strict=False)
+_DIGITS = _RAW.str.len_bytes() - _RAW.str.starts_with("+").cast(pl.UInt32)
+_POWERS = pl.Series([10**size for size in range(_MOST_DIGITS + 1)], dtype=pl.UInt64)
+_PLACE = (
+    pl.when(pl.col("number").is_not_null() & pl.col("digits").is_between(4, _MOST_DIGITS))
+    .then(
+        pl.col("number")
+        // pl.lit(_POWERS).gather(pl.col("digits").clip(4, _MOST_DIGITS) - 3)
+        * (_MOST_DIGITS + 1)
+        + pl.col("digits")
+    )
+    .alias("place")
+)
+
+
 def _table_verdicts(raws: pl.Series) -> pl.Series:
     """Each cell's `prefix_table` verdict; null where a cell is not plain digits (perhaps
     after a `+`) of a calling code, or is too short or too long for the tables."""
-    frame = pl.DataFrame({"raw": raws}).select_seq(
-        _RAW.cast(pl.UInt64, strict=False).alias("number"),
-        (_RAW.str.len_bytes() - _RAW.str.starts_with("+").cast(pl.UInt32)).alias("digits"),
+    return _verdicts(pl.DataFrame({"raw": raws}))
+
+
+def _verdicts(frame: pl.DataFrame) -> pl.Series:
+    """`_table_verdicts` of the frame's cells (`raw`), and a second look when it meets a
+    calling code whose tables are not built yet."""
+    places = frame.select_seq(_NUMBER.alias("number"), _DIGITS.alias("digits")).select_seq(
+        "number", _PLACE
     )
-    powers = pl.Series([10**size for size in range(_MOST_DIGITS + 1)], dtype=pl.UInt64)
-    fits = pl.col("number").is_not_null() & pl.col("digits").is_between(4, _MOST_DIGITS)
-    frame = frame.select_seq(
-        "number",
-        pl.when(fits)
-        .then(
-            pl.col("number")
-            // pl.lit(powers).gather(pl.col("digits").clip(4, _MOST_DIGITS) - 3)
-            * (_MOST_DIGITS + 1)
-            + pl.col("digits")
-        )
-        .alias("place"),
-    )
-    places = frame["place"]
     tables = _tables
-    start = tables.start.gather(places)
+    verdicts = places.select_seq(tables.verdict).to_series()
     # A place without a table (few: numbers not valid, mostly) may be of a calling code
     # not met yet: its tables are built, then looked up again.
-    left = places.filter(start.is_null())
-    if left.len() > left.null_count():
+    if verdicts.null_count() > places["place"].null_count():
         heads = _head_codes()
-        found = (left // (_MOST_DIGITS + 1)).drop_nulls().unique().to_list()
-        if new := {heads[head] for head in found} - {""} - tables.codes:
-            tables = _with_codes(new)
-            start = tables.start.gather(places)
-    divisor = tables.divisor.gather(places)
-    modulus = tables.modulus.gather(places)
-    return tables.verdicts.gather(start + frame["number"] // divisor % modulus)
+        left = places["place"].filter(verdicts.is_null())
+        codes = (left // (_MOST_DIGITS + 1)).drop_nulls().unique().to_list()
+        if new := {heads[head] for head in codes} - {""} - tables.codes:
+            verdicts = places.select_seq(_with_codes(new).verdict).to_series()
+    return verdicts
 
 
 @functools.cache
