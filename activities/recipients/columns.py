@@ -581,121 +581,161 @@ def _rendered(
                 "settle": pl.repeat(True, frame.height, dtype=pl.Boolean, eager=True),
             }
         )
-    parts = template_parts(template)
-    text = "".join(parts[0::2])
-    # Most rows take each variable's value from its first source, a cell of GSM-7's default
-    # alphabet that is not blank: one pattern tells both, and such a row's body is told
-    # from its length and its text's characters. The other rows (usually few) have each
-    # value searched, and `render`'s lookup when one has a blank first source cell
-    # (`_slow_rows`).
-    firsts = [_first_value(name, sources, defaults) for name in parts[1::2]]
-    table = frame.select_seq(
-        _ROW,  # the height, when every piece is literal text
-        pl.concat_str(_pieces(parts, firsts)).fill_null("").alias("body"),
-        pl.sum_horizontal(pl.lit(len(text)), *(cell.str.len_chars() for cell in firsts)).alias(
-            "length"
-        ),
-        pl.all_horizontal(
-            pl.lit(value=True), *(cell.str.contains(_basic_value()) for cell in firsts)
-        )
-        .fill_null(value=False)
-        .alias("fast"),
-    ).with_columns_seq(
-        pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION)).alias("gsm7"),
-        pl.lit(sum(char in GSM7_EXTENSION for char in text), pl.Int32).alias("extensions"),
-        pl.lit(any(ord(char) > 0xFFFF for char in text)).alias("astral"),
+    rendering = _rendering(
+        template,
+        tuple(sorted(sources.items())),
+        tuple(sorted(defaults.items())),
+        rules.max_message_chars,
+    )
+    table = frame.select_seq(_ROW, *rendering.fast_columns).with_columns_seq(
+        *rendering.text_columns
     )
     if not table["fast"].all():
-        table = _slow_rows(frame, table, parts, sources, defaults)
+        table = _slow_rows(frame, table, rendering)
+    return table.select_seq(*rendering.outcome)
+
+
+@dataclass(frozen=True)
+class _Rendering:
+    """A template's expressions, built once for each template and file's columns rather than
+    for each block. Most rows take each variable's value from its first source, a cell of
+    GSM-7's default alphabet that is not blank: one pattern tells both, and such a row's body
+    is told from its length and its text's characters (`fast_columns`: body, length, fast).
+    The other rows (usually few) have each value searched, and `render`'s lookup when one has
+    a blank first source cell (`_slow_rows`)."""
+
+    # The template's text (its even parts) and its variables' values (`firsts`: the first
+    # sources' cells, `lookups`: `render`'s), named by their variable's index.
+    text: str
+    firsts: tuple[pl.Expr, ...]
+    lookups: tuple[pl.Expr, ...]
+    fast_columns: tuple[pl.Expr, ...]
+    # The text's own characters: GSM-7 or not, extension characters, beyond the BMP.
+    text_columns: tuple[pl.Expr, ...]
+    # From a table of "0", "1", ... (the values): whether each is a cell not blank; the
+    # body and length; GSM-7 or not, and, counted in the values, its extension characters
+    # and whether one is beyond the BMP (the text's own added).
+    solid: pl.Expr
+    body_and_length: tuple[pl.Expr, ...]
+    gsm7: pl.Expr
+    extensions: pl.Expr
+    values_extensions: pl.Expr
+    astral: pl.Expr
+    values_astral: pl.Expr
+    # body, encoding, segments, settle, from a table of body, length, gsm7, extensions, astral.
+    outcome: tuple[pl.Expr, ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _rendering(
+    template: str,
+    sources: tuple[tuple[str, tuple[str, ...]], ...],
+    defaults: tuple[tuple[str, str], ...],
+    max_message_chars: int,
+) -> _Rendering:
+    parts = template_parts(template)
+    text = "".join(parts[0::2])
+    variables = parts[1::2]
+    by_name, default_of = dict(sources), dict(defaults)
+    firsts = [_first_value(name, by_name, default_of) for name in variables]
+    names = [str(index) for index in range(len(variables))]
+    cells = [pl.col(column) for column in names]
     length, gsm7, extensions = pl.col("length"), pl.col("gsm7"), pl.col("extensions")
     gsm7_units = length + extensions
     packed = (gsm7 & (extensions > 0) & (gsm7_units > GSM7_SINGLE)) | (~gsm7 & pl.col("astral"))
-    return table.select_seq(
-        "body",
-        pl.when(gsm7).then(pl.lit(GSM7)).otherwise(pl.lit(UCS2)).alias("encoding"),
-        pl.when(gsm7)
-        .then(_segments(gsm7_units, GSM7_SINGLE, GSM7_PART))
-        .otherwise(_segments(length, UCS2_SINGLE, UCS2_PART))
-        .alias("segments"),
-        ((length > rules.max_message_chars) | packed).alias("settle"),
+    # A missing value (null) makes the row one to settle one by one, as its body is null:
+    # joined with it (`every`), the row is not GSM-7; without it (`present`), its extension
+    # characters and characters beyond the BMP are those of the others, as the sums over each
+    # value would be.
+    every = pl.concat_str(cells) if cells else pl.lit("")
+    present = pl.concat_str(cells, ignore_nulls=True) if cells else pl.lit("")
+    text_extensions = pl.lit(sum(char in GSM7_EXTENSION for char in text), pl.Int32)
+    text_astral = pl.lit(any(ord(char) > 0xFFFF for char in text))
+    return _Rendering(
+        text=text,
+        firsts=tuple(first.alias(column) for first, column in zip(firsts, names, strict=True)),
+        lookups=tuple(
+            _value(name, by_name, default_of).alias(column)
+            for name, column in zip(variables, names, strict=True)
+        ),
+        fast_columns=(
+            pl.concat_str(_pieces(parts, firsts)).fill_null("").alias("body"),
+            pl.sum_horizontal(pl.lit(len(text)), *(cell.str.len_chars() for cell in firsts)).alias(
+                "length"
+            ),
+            pl.all_horizontal(
+                pl.lit(value=True), *(cell.str.contains(_basic_value()) for cell in firsts)
+            )
+            .fill_null(value=False)
+            .alias("fast"),
+        ),
+        text_columns=(
+            pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION)).alias("gsm7"),
+            text_extensions.alias("extensions"),
+            text_astral.alias("astral"),
+        ),
+        body_and_length=(
+            pl.concat_str(_pieces(parts, cells)).fill_null("").alias("body"),
+            pl.sum_horizontal(pl.lit(len(text)), *(cell.str.len_chars() for cell in cells)).alias(
+                "length"
+            ),
+        ),
+        solid=pl.all_horizontal(
+            pl.lit(value=True), *((~_is_blank(cell)).fill_null(value=False) for cell in cells)
+        ),
+        gsm7=(
+            pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION))
+            & every.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$")
+        )
+        .fill_null(value=False)
+        .alias("gsm7"),
+        extensions=text_extensions.alias("extensions"),
+        values_extensions=(
+            text_extensions + present.str.count_matches(_class(GSM7_EXTENSION)).fill_null(0)
+        )
+        .cast(pl.Int32)
+        .alias("extensions"),
+        astral=text_astral.alias("astral"),
+        values_astral=(text_astral | present.str.contains(r"[\x{10000}-\x{10FFFF}]"))
+        .fill_null(value=False)
+        .alias("astral"),
+        outcome=(
+            pl.col("body"),
+            pl.when(gsm7).then(pl.lit(GSM7)).otherwise(pl.lit(UCS2)).alias("encoding"),
+            pl.when(gsm7)
+            .then(_segments(gsm7_units, GSM7_SINGLE, GSM7_PART))
+            .otherwise(_segments(length, UCS2_SINGLE, UCS2_PART))
+            .alias("segments"),
+            ((length > max_message_chars) | packed).alias("settle"),
+        ),
     )
 
 
-def _slow_rows(
-    frame: pl.DataFrame,
-    table: pl.DataFrame,
-    parts: tuple[str, ...],
-    sources: dict[str, tuple[str, ...]],
-    defaults: dict[str, str],
-) -> pl.DataFrame:
+def _slow_rows(frame: pl.DataFrame, table: pl.DataFrame, rendering: _Rendering) -> pl.DataFrame:
     """`table` with the rows not `fast` rendered by `render`'s lookup, and their encodings
     told by searching their values (short), the text's characters counted once. Where each
     of those rows' values is its first source's cell, not blank (most often: a value
     outside GSM-7's default alphabet, a name in another script), their bodies and lengths
     are already right, and only their encodings are told."""
-    text = "".join(parts[0::2])
-    variables = parts[1::2]
-    names = [str(index) for index in range(len(variables))]
-    cells = [pl.col(column) for column in names]
     rows = frame.with_row_index("at").filter(~table["fast"])
-    firsts = rows.select_seq(
-        "at",
-        *(
-            _first_value(name, sources, defaults).alias(column)
-            for name, column in zip(variables, names, strict=True)
-        ),
-    )
-    solid = firsts.select_seq(
-        pl.all_horizontal(
-            pl.lit(value=True), *((~_is_blank(cell)).fill_null(value=False) for cell in cells)
-        )
-    ).to_series()
-    if solid.all():
+    firsts = rows.select_seq("at", *rendering.firsts)
+    if firsts.select_seq(rendering.solid).to_series().all():
         values = firsts
         slow = firsts.select_seq("at")
         changed: tuple[str, ...] = ("gsm7", "extensions", "astral")
     else:
-        values = rows.select_seq(
-            "at",
-            *(
-                _value(name, sources, defaults).alias(column)
-                for name, column in zip(variables, names, strict=True)
-            ),
-        )
-        slow = values.select_seq(
-            "at",
-            pl.concat_str(_pieces(parts, cells)).fill_null("").alias("body"),
-            pl.sum_horizontal(pl.lit(len(text)), *(cell.str.len_chars() for cell in cells)).alias(
-                "length"
-            ),
-        )
+        values = rows.select_seq("at", *rendering.lookups)
+        slow = values.select_seq("at", *rendering.body_and_length)
         changed = ("body", "length", "gsm7", "extensions", "astral")
     # Each search over the row's values joined (a search's fixed cost, compiling its
-    # pattern, is most of it on these few rows): its characters are theirs. A missing
-    # value (null) makes the row one to settle one by one, as its body is null: joined
-    # with it, the row is not GSM-7; without it, its extensions and characters beyond the
-    # BMP are those of the others, as the sums over each value would be.
-    every = pl.concat_str(cells) if cells else pl.lit("")
-    present = pl.concat_str(cells, ignore_nulls=True) if cells else pl.lit("")
-    gsm7 = values.select_seq(
-        (
-            pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION))
-            & every.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$")
-        )
-        .fill_null(value=False)
-        .alias("gsm7")
-    ).to_series()
-    # Extension characters count only in a GSM-7 body, characters beyond the BMP only in
-    # a UCS-2 one (GSM-7 has none): each is searched for only when some body needs it.
-    extensions = pl.lit(sum(char in GSM7_EXTENSION for char in text), pl.Int32)
-    if gsm7.any():
-        extensions = (
-            extensions + present.str.count_matches(_class(GSM7_EXTENSION)).fill_null(0)
-        ).cast(pl.Int32)
-    astral = pl.lit(any(ord(char) > 0xFFFF for char in text))
-    if not gsm7.all():
-        astral = (astral | present.str.contains(r"[\x{10000}-\x{10FFFF}]")).fill_null(value=False)
-    kinds = values.with_columns_seq(extensions.alias("extensions"), astral.alias("astral"))
+    # pattern, is most of it on these few rows): its characters are theirs. Extension
+    # characters count only in a GSM-7 body, characters beyond the BMP only in a UCS-2 one
+    # (GSM-7 has none): each is searched for only when some body needs it.
+    gsm7 = values.select_seq(rendering.gsm7).to_series()
+    kinds = values.with_columns_seq(
+        rendering.values_extensions if gsm7.any() else rendering.extensions,
+        rendering.astral if gsm7.all() else rendering.values_astral,
+    )
     slow = slow.with_columns_seq(gsm7, kinds["extensions"], kinds["astral"])
     return table.with_columns_seq(table[name].scatter(slow["at"], slow[name]) for name in changed)
 
