@@ -9,7 +9,8 @@ COPYs a batch of `--rows` ledger rows (bench.ledger_copy.ledger_csv) and sends i
 as the worker does (messages.mark_sending, then messages.record_outcomes), while each row's
 final receipt comes as in `python -m bench --receipts`: EARLY_SHARE of them before their
 slice's outcomes are written (MISSED_SHARE of these while the write runs), the others after,
-taken INTAKE_BATCH at a time (receipts.take_receipts), the applier (receipts.apply_queued)
+taken INTAKE_BATCH at a time (receipts.take_receipts, on a connection set as the API's intake
+sets the one it holds), the applier (receipts.apply_queued)
 draining the queue every APPLY_EVERY slices. Each part runs on a connection of its own, as a
 database role of its own: its backend's CPU (/proc/PID/schedstat, Linux's count in ns) and
 its top-level statements' shared blocks (hit, read and dirtied; pg_stat_statements by role)
@@ -180,6 +181,15 @@ def _postgres_cpu(postmaster: psutil.Process) -> float:
     return total
 
 
+def _intake_session(rcpt: types.ModuleType) -> tuple[str, str]:
+    """What the API's intake sets on the connection it holds (api/services/receipts.py), and
+    what resets it, as a code defines them: one plan kept (`INTAKE_PLANS`), or, before it,
+    each call planned (`PLAN_EACH_CALL`)."""
+    if hasattr(rcpt, "INTAKE_PLANS"):
+        return rcpt.INTAKE_PLANS, rcpt.INTAKE_PLANS_RESET
+    return rcpt.PLAN_EACH_CALL, rcpt.PLAN_AS_THE_POOL_DOES
+
+
 async def one_round(
     code: str,
     modules: tuple[types.ModuleType, types.ModuleType],
@@ -200,6 +210,8 @@ async def one_round(
     sids = {seq: "SM" + secrets.token_hex(16) for seq in range(rows)}
     waiting: list[Any] = []
     async with parts.pools["intake"].acquire() as intake:
+        session, reset = _intake_session(rcpt)
+        await intake.execute(session)
 
         async def take(everything: bool) -> None:
             while len(waiting) >= INTAKE_BATCH or (everything and waiting):
@@ -236,6 +248,7 @@ async def one_round(
                 while len(await rcpt.apply_queued(parts.pools["applier"], 1000)) == 1000:
                     pass
         await take(everything=True)
+        await intake.execute(reset)
     while await rcpt.apply_queued(parts.pools["applier"], 1000):
         pass
     cpu_after, all_after = parts.cpu(), _postgres_cpu(postmaster)
