@@ -215,18 +215,24 @@ def frame_blocks(
     with ThreadPoolExecutor(max_workers=IN_FLIGHT) as executor:
         pending: deque[Future[_Validated]] = deque()
         upcoming: Iterator[Callable[[], pl.DataFrame]] | None = reads
-        while pending or upcoming is not None:
+
+        def fill() -> None:
+            nonlocal upcoming
             while upcoming is not None and len(pending) < IN_FLIGHT:
                 read = next(upcoming, None)
                 if read is None:
                     upcoming = None
                 else:
-                    # Checked against the blocks given so far; those still pending before
-                    # it are checked when this block's turn comes.
+                    # Checked against the blocks given so far; those given after it was
+                    # started are checked when its turn comes.
                     pending.append(executor.submit(validate, read, list(seen)))
-            if not pending:
-                break
+
+        fill()
+        while pending:
             done = pending.popleft().result()
+            # The next block starts now, not once this one is finished off and given: the
+            # cores stay busy meanwhile.
+            fill()
             if tally.rows + done.rows > rules.max_rows:
                 raise too_many_rows(rules.max_rows)
             repeated = done.repeated
