@@ -84,10 +84,10 @@ _ROW = "\x00row_number"
 # rows drops by about 70 MiB, under 300 MB, at no cost in speed that the shared machine
 # shows (docs/RECIPIENTS.md).
 BLOCK_BYTES = 1 << 20
-# Blocks validated at once, each in its own thread. Two, not three: each block's passes
-# already run on polars' own threads, and a third block adds switching, not work done; at
-# 1,000,000 rows (two cores) two take about 8% less CPU, as long or less, at the same
-# peak memory (bench.validation_against, bench.validation).
+# Blocks validated at once, each in its own thread. Two, not three: on two cores a third
+# block adds switching more than work done; at 1,000,000 rows three were 3-8% faster alone
+# (bench.validation) but no sooner to the first message in the stack, at 7 MiB more
+# (docs/PERFORMANCE.md, 2026-12-04 afternoon).
 IN_FLIGHT = 2
 # Ledger rows per COPY: a few MB of CSV.
 COPY_ROWS = 25_000
