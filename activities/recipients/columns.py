@@ -594,7 +594,7 @@ def _rendered(
         rules.max_message_chars,
     )
     table = frame.select_seq(_ROW, *rendering.fast_columns).with_columns_seq(
-        *rendering.text_columns
+        rendering.text_gsm7, rendering.extensions, rendering.astral
     )
     if not table["fast"].all():
         table = _slow_rows(frame, table, rendering)
@@ -610,23 +610,22 @@ class _Rendering:
     The other rows (usually few) have each value searched, and `render`'s lookup when one has
     a blank first source cell (`_slow_rows`)."""
 
-    # The template's text (its even parts) and its variables' values (`firsts`: the first
-    # sources' cells, `lookups`: `render`'s), named by their variable's index.
-    text: str
+    # The template's variables' values (`firsts`: the first sources' cells, `lookups`:
+    # `render`'s), named by their variable's index.
     firsts: tuple[pl.Expr, ...]
     lookups: tuple[pl.Expr, ...]
     fast_columns: tuple[pl.Expr, ...]
-    # The text's own characters: GSM-7 or not, extension characters, beyond the BMP.
-    text_columns: tuple[pl.Expr, ...]
+    # The template's text's own characters: GSM-7 or not, extension characters, beyond the BMP.
+    text_gsm7: pl.Expr
+    extensions: pl.Expr
+    astral: pl.Expr
     # From a table of "0", "1", ... (the values): whether each is a cell not blank; the
     # body and length; GSM-7 or not, and, counted in the values, its extension characters
     # and whether one is beyond the BMP (the text's own added).
     solid: pl.Expr
     body_and_length: tuple[pl.Expr, ...]
     gsm7: pl.Expr
-    extensions: pl.Expr
     values_extensions: pl.Expr
-    astral: pl.Expr
     values_astral: pl.Expr
     # body, encoding, segments, settle, from a table of body, length, gsm7, extensions, astral.
     outcome: tuple[pl.Expr, ...]
@@ -655,53 +654,47 @@ def _rendering(
     # value would be.
     every = pl.concat_str(cells) if cells else pl.lit("")
     present = pl.concat_str(cells, ignore_nulls=True) if cells else pl.lit("")
+    text_gsm7 = pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION))
     text_extensions = pl.lit(sum(char in GSM7_EXTENSION for char in text), pl.Int32)
     text_astral = pl.lit(any(ord(char) > 0xFFFF for char in text))
+
+    def body_and_length(values: list[pl.Expr]) -> tuple[pl.Expr, ...]:
+        return (
+            pl.concat_str(_pieces(parts, values)).fill_null("").alias("body"),
+            pl.sum_horizontal(pl.lit(len(text)), *(v.str.len_chars() for v in values)).alias(
+                "length"
+            ),
+        )
+
     return _Rendering(
-        text=text,
         firsts=tuple(first.alias(column) for first, column in zip(firsts, names, strict=True)),
         lookups=tuple(
             _value(name, by_name, default_of).alias(column)
             for name, column in zip(variables, names, strict=True)
         ),
         fast_columns=(
-            pl.concat_str(_pieces(parts, firsts)).fill_null("").alias("body"),
-            pl.sum_horizontal(pl.lit(len(text)), *(cell.str.len_chars() for cell in firsts)).alias(
-                "length"
-            ),
+            *body_and_length(firsts),
             pl.all_horizontal(
                 pl.lit(value=True), *(cell.str.contains(_basic_value()) for cell in firsts)
             )
             .fill_null(value=False)
             .alias("fast"),
         ),
-        text_columns=(
-            pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION)).alias("gsm7"),
-            text_extensions.alias("extensions"),
-            text_astral.alias("astral"),
-        ),
-        body_and_length=(
-            pl.concat_str(_pieces(parts, cells)).fill_null("").alias("body"),
-            pl.sum_horizontal(pl.lit(len(text)), *(cell.str.len_chars() for cell in cells)).alias(
-                "length"
-            ),
-        ),
+        text_gsm7=text_gsm7.alias("gsm7"),
+        extensions=text_extensions.alias("extensions"),
+        astral=text_astral.alias("astral"),
+        body_and_length=body_and_length(cells),
         solid=pl.all_horizontal(
             pl.lit(value=True), *((~_is_blank(cell)).fill_null(value=False) for cell in cells)
         ),
-        gsm7=(
-            pl.lit(set(text) <= set(GSM7_BASIC + GSM7_EXTENSION))
-            & every.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$")
-        )
+        gsm7=(text_gsm7 & every.str.contains(f"^{_class(GSM7_BASIC + GSM7_EXTENSION)}*$"))
         .fill_null(value=False)
         .alias("gsm7"),
-        extensions=text_extensions.alias("extensions"),
         values_extensions=(
             text_extensions + present.str.count_matches(_class(GSM7_EXTENSION)).fill_null(0)
         )
         .cast(pl.Int32)
         .alias("extensions"),
-        astral=text_astral.alias("astral"),
         values_astral=(text_astral | present.str.contains(r"[\x{10000}-\x{10FFFF}]"))
         .fill_null(value=False)
         .alias("astral"),

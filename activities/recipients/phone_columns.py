@@ -39,7 +39,7 @@ _WALK_MIN = 5000
 def valid_e164_column(raws: pl.Series) -> pl.Series:
     """`valid_e164s(raws)` as a String column: E.164, or null where not a valid number."""
     frame = pl.DataFrame({"raw": raws.fill_null("")})
-    frame = frame.with_columns_seq(_verdicts(frame).alias("verdict"))
+    frame = frame.with_columns_seq(_table_verdicts(frame["raw"]).alias("verdict"))
     verdict = pl.col("verdict")
     # A valid cell is its E.164 form, with a `+` added to the few without one. An empty cell
     # is not valid; the others the tables leave undecided are walked.
@@ -154,13 +154,9 @@ _PLACE = (
 
 def _table_verdicts(raws: pl.Series) -> pl.Series:
     """Each cell's `prefix_table` verdict; null where a cell is not plain digits (perhaps
-    after a `+`) of a calling code, or is too short or too long for the tables."""
-    return _verdicts(pl.DataFrame({"raw": raws}))
-
-
-def _verdicts(frame: pl.DataFrame) -> pl.Series:
-    """`_table_verdicts` of the frame's cells (`raw`), and a second look when it meets a
-    calling code whose tables are not built yet."""
+    after a `+`) of a calling code, or is too short or too long for the tables. Looked up
+    again when a cell is of a calling code whose tables are not built yet."""
+    frame = pl.DataFrame({"raw": raws})
     places = frame.select_seq(_NUMBER.alias("number"), _DIGITS.alias("digits")).select_seq(
         "number", _PLACE
     )
