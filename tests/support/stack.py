@@ -91,9 +91,12 @@ async def new_account(pool: asyncpg.Pool) -> Account:
     account, and the emulator accepts any sender but its few magic ones."""
     account_id = await create_account(pool, f"test-{secrets.token_hex(4)}")
     key = await create_api_key(pool, account_id)
-    sender = unique_numbers(1)[0]
-    await numbers.add_number(pool, account_id, sender, "sms", None)
-    return Account(account_id=account_id, key=key.key, agent_number=sender)
+    # A random number may be another account's already (add_number then gives None): the
+    # session registers thousands, so one in tens of runs met one. Draw again.
+    while True:
+        sender = unique_numbers(1)[0]
+        if await numbers.add_number(pool, account_id, sender, "sms", None) is not None:
+            return Account(account_id=account_id, key=key.key, agent_number=sender)
 
 
 Configure = Callable[..., Awaitable[None]]
