@@ -25,7 +25,7 @@ from activities.resources import WorkerResources
 from activities.waiting import set_within
 from activities.windows import WindowClock
 from metrics import HistogramSeries
-from store import batches, carrier_accounts, messages, opt_outs
+from store import batches, carrier_accounts, messages, opt_outs, receipts
 from workflows.contracts import SendCounts, SendSliceInput
 from workflows.statuses import LedgerStatus
 
@@ -154,8 +154,12 @@ class SendingActivities(WorkerResources):
         account_failures: list[str] = []
         # carrier_latency's series by verdict, looked up once a slice rather than per message.
         latencies: dict[Verdict, HistogramSeries] = {}
-        # A property of the settings that builds its string: built once a slice.
+        # A property of the settings that builds its string: built once a slice. Sent with the
+        # service's credentials, each message's carries its ledger key (receipts.keyed_url):
+        # its receipts are applied by it, whether or not its sid is written yet. Callbacks
+        # signed with an account's own token are trusted with no key (services.receipts).
         status_callback = self._settings.status_callback_url
+        keyed = credentials is None
 
         async def send(index: int, message: messages.ClaimedMessage) -> SendResult | None:
             if input.pace.interval and not await _until(
@@ -191,7 +195,11 @@ class SendingActivities(WorkerResources):
                 to=carrier_address(message.to_number, way.channel),
                 from_=carrier_address(sender, way.channel),
                 body=way.body(message.body),
-                status_callback=status_callback,
+                status_callback=(
+                    receipts.keyed_url(status_callback, batch_id, message.seq)
+                    if keyed
+                    else status_callback
+                ),
                 content_sid=(own and own.content_sid) or way.content_sid,
                 content_variables=(own and own.content_variables) or way.content_variables,
                 credentials=credentials,

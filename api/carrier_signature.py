@@ -116,9 +116,11 @@ class UrlSignatures:
     def __init__(self, token: str, url: str) -> None:
         self._hmac = SeededHmac(token.encode(), url.encode())
 
-    def signed(self, params: dict[str, str], signature: str) -> bool:
-        """Whether `signature` is Twilio's for a request of `params` to the URL."""
-        digest = self._hmac.digest(_signed_params(params))
+    def signed(self, params: dict[str, str], signature: str, query: bytes = b"") -> bool:
+        """Whether `signature` is Twilio's for a request of `params` to the URL, with `query`
+        if given."""
+        signed = _signed_params(params)
+        digest = self._hmac.digest(b"?" + query + signed if query else signed)
         expected = binascii.b2a_base64(digest, newline=False)
         return hmac.compare_digest(expected, signature.encode())
 

@@ -4,7 +4,8 @@ At full send rate the carrier posts two or three callbacks per message sent. Thr
 whole app, the middleware (request ids, metrics, size limit, input checks), the router and
 FastAPI's request handling cost a callback more CPU than its own work: read the form, check
 the signature, queue the receipt. This outermost ASGI layer does only that own work for
-`POST` to the status path with an urlencoded body and no query (what the carrier sends),
+`POST` to the status path with an urlencoded body and no query but a message's ledger key
+(what the carrier sends: store/receipts.py keyed_url),
 with the same checks and replies as the route (api/routes/receipts.py), which still answers
 anything else sent there. The request is counted in `/metrics` under the route's template.
 """
@@ -19,6 +20,7 @@ from api.limits import PayloadTooLarge
 from api.services import receipts as service
 from metrics import ApiMetrics
 from settings import STATUS_CALLBACK_PATH
+from store import receipts
 
 NO_CONTENT = {"type": "http.response.start", "status": 204, "headers": []}
 EMPTY_BODY = {"type": "http.response.body", "body": b""}
@@ -37,7 +39,10 @@ class ReceiptLane:
             scope["type"] != "http"
             or scope["path"] != STATUS_CALLBACK_PATH
             or scope["method"] != "POST"
-            or scope["query_string"]
+            or (
+                scope["query_string"]
+                and receipts.message_key(scope["query_string"].decode("latin-1")) is None
+            )
         ):
             await self._app(scope, receive, send)
             return
@@ -85,7 +90,8 @@ class ReceiptLane:
                 break
         params = storable_params(body)
         state = scope["app"].state
-        url = public_url(state.settings, STATUS_CALLBACK_PATH, "")
+        query = scope["query_string"].decode("latin-1")
+        url = public_url(state.settings, STATUS_CALLBACK_PATH, query)
         form = await verified(
             state.settings,
             state.pool,
@@ -93,5 +99,5 @@ class ReceiptLane:
             params,
             signature.decode("latin-1") if signature is not None else None,
         )
-        await service.take_receipt(state.receipt_intake, form.params)
+        await service.take_receipt(state.receipt_intake, form, query)
         return True

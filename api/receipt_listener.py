@@ -6,10 +6,11 @@ even with its C parser and no access log, half of a callback's CPU in the API we
 and ASGI machinery around the receipt lane (api/receipt_lane.py). This server does a
 callback's own work and nothing else: httptools parses the request; the body is read as the
 route reads it; `X-Twilio-Signature` is checked against the URL the carrier called (the
-StatusCallback URL Herald gives it, `Settings.status_callback_url`); a non-final status is
-answered 204 at once (it moves nothing); a final one is answered 204 only once it is
-committed (applied to its message, or in `receipt_queue`), in one statement with those of the
-other callbacks of the moment (api/services/receipts.py ReceiptIntake), and 503
+StatusCallback URL Herald gives it, `Settings.status_callback_url`, with a batch message's
+ledger key in its query: store/receipts.py keyed_url); a non-final status is answered 204 at
+once (it moves nothing); a final one is answered 204 only once it is committed (applied to
+its message, or in `receipt_queue`), in one statement with those of the other callbacks of
+the moment (api/services/receipts.py ReceiptIntake), and 503
 `RECEIPT_NOT_QUEUED` when it could not be stored. Connections are kept alive, and pipelined
 requests are answered in order. Only `POST` to the status path is served; every refusal is in
 Herald's envelope, with the code the API's route gives it. Answers are counted in `/metrics`
@@ -18,6 +19,7 @@ under the route's template.
 
 import asyncio
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -41,6 +43,7 @@ from api.services import receipts as service
 from api.services.receipts import ReceiptIntake
 from metrics import ApiMetrics
 from settings import STATUS_CALLBACK_PATH, Settings
+from store import receipts
 
 PATH = STATUS_CALLBACK_PATH.encode()
 FORM = URLENCODED.encode()
@@ -127,30 +130,40 @@ class ReceiptListener:
                 raise InvalidRequest(f"A status callback's body is {URLENCODED}")
             params = storable_params(body)
             text = signature.decode("latin-1") if signature is not None else None
-            if not query and text and text.isascii() and self._signatures.signed(params, text):
-                self._take(params, owed)
+            # A batch message's callback carries its ledger key in the query (keyed_url).
+            key = receipts.message_key(query.decode("latin-1")) if query else None
+            if (
+                (key is not None or not query)
+                and text
+                and text.isascii()
+                and self._signatures.signed(params, text, query)
+            ):
+                self._take(params, owed, key)
             else:
-                # A query string, Twilio's other signings (the URL with or without its port)
-                # and an account's own subaccount token: rare, and they may ask the database.
+                # Another query string, Twilio's other signings (the URL with or without its
+                # port) and an account's own subaccount token: rare, and they may ask the
+                # database.
                 url = self._url + "?" + query.decode("latin-1") if query else self._url
-                owed.pending = asyncio.ensure_future(self._verify_and_take(url, params, text))
+                owed.pending = asyncio.ensure_future(
+                    self._verify_and_take(url, query.decode("latin-1"), params, text)
+                )
         except HeraldError as error:
             self._refuse(error, owed)
 
-    def _take(self, params: dict[str, str], owed: _Owed) -> None:
-        receipt = service.receipt_of(params)
+    def _take(self, params: dict[str, str], owed: _Owed, key: tuple[uuid.UUID, int] | None) -> None:
+        receipt = service.receipt_of(params, key)
         if service.is_final(receipt):
             owed.pending = self._intake.submit(receipt)
         else:
             owed.reply = NO_CONTENT if owed.keep_alive else NO_CONTENT_CLOSE
 
     async def _verify_and_take(
-        self, url: str, params: dict[str, str], signature: str | None
+        self, url: str, query: str, params: dict[str, str], signature: str | None
     ) -> tuple[int, bytes]:
         owed = _Owed(started=0.0, keep_alive=True)
         try:
-            await verified(self._settings, self._pool, url, params, signature)
-            self._take(params, owed)
+            form = await verified(self._settings, self._pool, url, params, signature)
+            self._take(params, owed, service.trusted_key(form, query))
             if owed.pending is not None:
                 # Shared with the other receipts of its statement: never cancelled from here.
                 await asyncio.shield(owed.pending)

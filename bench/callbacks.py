@@ -30,6 +30,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
@@ -42,6 +43,7 @@ import psutil
 REPOSITORY = Path(__file__).resolve().parent.parent
 RESULTS = REPOSITORY / "bench" / "results"
 ACCOUNT_SID = "AC" + "b" * 32
+BATCH = uuid.UUID(int=1)
 # The carrier's messages are handed on each tick, as many as have come due at `--rate`.
 TICK_SECONDS = 0.001
 # What starts a line a child process says to this one.
@@ -177,6 +179,7 @@ async def post_callbacks(port: int, messages: int, rate: float) -> None:
     go; prints its callbacks' answers, by status, once every one is answered."""
     from deploy.local.emulator import Carrier, Faults
     from settings import DEV_AUTH_TOKEN, STATUS_CALLBACK_PATH
+    from store import receipts
 
     loop = asyncio.get_running_loop()
     carrier = Carrier(auth_token=DEV_AUTH_TOKEN, faults=Faults(), seed=1)
@@ -193,7 +196,9 @@ async def post_callbacks(port: int, messages: int, rate: float) -> None:
         due = min(messages, int((loop.time() - started) * rate) + 1)
         for n in range(handed, due):
             to = f"+4477009{n % 100000:05d}"
-            carrier._schedule_callbacks(url, ACCOUNT_SID, f"SM{n:032x}", to, "Herald")
+            # Each message's own URL, as a batch's (keyed by a batch no ledger row is of).
+            keyed = receipts.keyed_url(url, BATCH, n)
+            carrier._schedule_callbacks(keyed, ACCOUNT_SID, f"SM{n:032x}", to, "Herald")
         handed = due
         if handed < messages:
             loop.call_later(TICK_SECONDS, tick)

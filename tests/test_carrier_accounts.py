@@ -3,6 +3,7 @@ go through its own subaccount, another's keep the service's, and wrong own crede
 only that account's sends: its running batches pause (`carrier_authentication_failed`)."""
 
 import secrets
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -10,11 +11,11 @@ import httpx
 from twilio.request_validator import RequestValidator
 
 from settings import Settings
-from store import numbers
+from store import numbers, receipts
 from store.accounts import create_account, create_api_key
 from tests.support.batches import FINAL, run_batch, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
-from tests.support.delivery import ledger_rows
+from tests.support.delivery import ledger_rows, rows_on_the_wire
 from tests.support.sending import INBOUND_PATH, eventually, inbound_form, post_inbound
 from tests.support.stack import (
     SUBACCOUNT_SID,
@@ -78,9 +79,15 @@ async def test_an_accounts_sends_go_through_its_subaccount_and_others_keep_the_d
     _, other_events = await run_batch(api, other, webhooks, other_numbers)
 
     assert own_events[-1]["status"] == other_events[-1]["status"] == "completed"
-    received = {m["to"]: m["account_sid"] for m in await emulator_messages(emulator_url)}
-    assert {received[n] for n in own_numbers} == {SUBACCOUNT_SID}
-    assert {received[n] for n in other_numbers} == {settings.twilio_account_sid}
+    carried = {m["to"]: m for m in await emulator_messages(emulator_url)}
+    assert {carried[n]["account_sid"] for n in own_numbers} == {SUBACCOUNT_SID}
+    assert {carried[n]["account_sid"] for n in other_numbers} == {settings.twilio_account_sid}
+    # Callbacks signed with the subaccount's token carry no ledger key (receipts.keyed_url).
+    assert {carried[n]["status_callback"] for n in own_numbers} == {settings.status_callback_url}
+    assert all(
+        carried[n]["status_callback"].startswith(f"{settings.status_callback_url}?m=")
+        for n in other_numbers
+    )
     # A receipt Twilio signs with the subaccount's token is accepted.
     row = (await ledger_rows(api, account, own_file))[0]
     form = {
@@ -186,3 +193,40 @@ async def test_senders_are_checked_against_the_accounts_own_subaccount(
     assert error_code(await register("+15005550001")) == "SENDER_NOT_OWNED"
     assert (await set_own(api, account, "a-wrong-token")).status_code == 200
     assert error_code(await register(unique_numbers(1)[0])) == "CARRIER_UNAVAILABLE"
+
+
+async def test_a_key_signed_with_an_accounts_own_token_moves_no_row_by_it(
+    api: httpx.AsyncClient,
+    account: Account,
+    pool: asyncpg.Pool,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+    settings: Settings,
+) -> None:
+    await carrier(accounts={SUBACCOUNT_SID: SUBACCOUNT_TOKEN})
+    assert (await set_own(api, account, SUBACCOUNT_TOKEN)).status_code == 200
+    other = await other_account(pool)
+    file_id, [seq] = await rows_on_the_wire(api, other, webhooks, pool, 1)
+    # A callback the subaccount signs, keyed with another account's row on the wire.
+    sid = "SM" + secrets.token_hex(16)
+    form = {"AccountSid": SUBACCOUNT_SID, "MessageSid": sid, "MessageStatus": "delivered"}
+    query = receipts.keyed_url("", uuid.UUID(file_id), seq).removeprefix("?")
+    url = f"{settings.status_callback_url}?{query}"
+    signature = RequestValidator(SUBACCOUNT_TOKEN).compute_signature(url, form)
+    path = f"{httpx.URL(url).path}?{query}"
+
+    posted = await api.post(path, data=form, headers={"X-Twilio-Signature": signature})
+    row = await pool.fetchrow(
+        "SELECT status, carrier_sid FROM messages WHERE batch_id = $1", uuid.UUID(file_id)
+    )
+    waiting = await pool.fetchval(
+        "SELECT (SELECT count(*) FROM receipt_queue WHERE carrier_sid = $1)"
+        " + (SELECT count(*) FROM carrier_receipts WHERE carrier_sid = $1)",
+        sid,
+    )
+    await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=other.headers)
+
+    # Taken by its sid, as a receipt of the subaccount's own messages is: it waits for it.
+    assert posted.status_code == 204, posted.text
+    assert tuple(row) == ("sending", None)
+    assert waiting == 1

@@ -29,6 +29,19 @@ def test_a_signature_twilio_computes_is_accepted(params: dict[str, str], url: st
 
 
 @settings(max_examples=300, deadline=None)
+@given(forms, st.from_regex(r"m=[0-9a-f-]{36}\.[0-9]{1,18}", fullmatch=True))
+def test_a_signature_over_the_url_with_a_query_is_checked_with_it(
+    params: dict[str, str], query: str
+) -> None:
+    # A batch message's callback: its URL's query holds the message's key (receipts.keyed_url).
+    signature = RequestValidator(TOKEN).compute_signature(f"{URL}?{query}", params)
+    signatures = UrlSignatures(TOKEN, URL)
+    assert signatures.signed(params, signature, query.encode())
+    assert not signatures.signed(params, signature)
+    assert not signatures.signed(params, signature, query.encode() + b"0")
+
+
+@settings(max_examples=300, deadline=None)
 @given(forms, forms)
 def test_a_signature_of_another_form_url_or_token_is_refused(
     params: dict[str, str], other: dict[str, str]

@@ -368,6 +368,8 @@ callback_urls = st.sampled_from(
     [
         "http://127.0.0.1:8123/v1/webhooks/twilio/status",
         "https://herald.example/v1/webhooks/twilio/status?source=sms",
+        # A batch message's own (store/receipts.py keyed_url).
+        "http://127.0.0.1:8123/v1/webhooks/twilio/status?m=0b5e8c1e-6f0e-4c36-9d1a-2f4b7a1c9e3d.17",
     ]
 )
 
@@ -406,11 +408,13 @@ def test_a_status_callbacks_request_is_the_form_twilio_posts_signed_as_twilio_si
     }
     if error_code is not None:
         params["ErrorCode"] = error_code
-    callbacks = StatusCallbacks(AUTH_TOKEN, url, account_sid)
+    # One instance for the URL without its query: each message's callbacks add their own.
+    base, _, query = url.partition("?")
+    callbacks = StatusCallbacks(AUTH_TOKEN, base, account_sid)
     # A callback of another message first: what the instance remembers writing of it (the
     # statuses and senders it repeats) leaves the next one as if it were the first.
-    callbacks.request(sid + "0", status, from_, to, error_code)
-    request = callbacks.request(sid, status, to, from_, error_code)
+    callbacks.request(query + "0", sid + "0", status, from_, to, error_code)
+    request = callbacks.request(query, sid, status, to, from_, error_code)
 
     head, _, body = request.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")

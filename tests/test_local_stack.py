@@ -252,8 +252,12 @@ def test_the_emulators_receipts_reach_the_api_and_mark_messages_delivered(
     assert counts["delivered"] > 0 and counts["undelivered"] > 0
     assert {r["error_code"] for r in rows if r["status"] == "undelivered"} == {"30003"}
     assert sorted(m["to"] for m in received) == numbers
-    # The StatusCallback URL is the receipts listener's, on its own port.
-    assert {m["status_callback"] for m in received} == {dev["receipts_url"]}
+    # The StatusCallback URL is the receipts listener's, on its own port, each message's
+    # with its own row's key.
+    seqs = {r["to_number"]: r["seq"] for r in rows}
+    assert sorted(m["status_callback"] for m in received) == sorted(
+        f"{dev['receipts_url']}?m={file_id}.{seqs[m['to']]}" for m in received
+    )
     assert urlsplit(dev["receipts_url"]).port != urlsplit(dev["api_url"]).port
 
 

@@ -4,6 +4,7 @@ socket and is posted to over TCP, as the carrier posts: keep-alive, and pipeline
 answered in order; a receipt is answered 204 only once it is queued."""
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -14,6 +15,7 @@ from twilio.request_validator import RequestValidator
 
 from deploy.local.processes import free_port
 from settings import Settings
+from store import receipts
 from tests.support.delivery import (
     answer_when_its_insert_fails,
     ledger_rows,
@@ -136,6 +138,45 @@ async def test_pipelined_callbacks_are_answered_in_order_each_final_one_once_que
         ("delivered", None),
         ("delivered", None),
         ("undelivered", "30003"),
+    ]
+
+
+async def test_keyed_callbacks_are_checked_over_their_own_url_and_applied_by_their_key(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    listener: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, rows = await sent_batch(api, account, webhooks, 3)
+    sids = [r["carrier_sid"] for r in rows]
+
+    def url(seq: int) -> str:
+        return receipts.keyed_url(listener.status_callback_url, uuid.UUID(file_id), seq)
+
+    async def post(form: dict[str, str], called: str, signed_over: str) -> httpx.Response:
+        target = httpx.URL(called)
+        path = f"{target.path}?{target.query.decode()}" if target.query else target.path
+        return await client.post(path, data=form, headers=signed(listener, form, signed_over))
+
+    async with listener_client(listener) as client:
+        keyed = await post(receipt(sids[0], "delivered"), url(rows[0]["seq"]), url(rows[0]["seq"]))
+        # A key changed after it was signed: refused, as a changed body is.
+        moved = await post(
+            receipt(sids[1], "undelivered", "30003"), url(rows[2]["seq"]), url(rows[1]["seq"])
+        )
+        # Any other query is checked over the URL with it, and the receipt found by its sid.
+        other = f"{listener.status_callback_url}?source=sms"
+        unkeyed = await post(receipt(sids[1], "undelivered", "30003"), other, other)
+    await receipts_applied(pool, sids)
+
+    assert [r.status_code for r in (keyed, unkeyed)] == [204, 204]
+    assert (moved.status_code, error_code(moved)) == (403, "INVALID_SIGNATURE")
+    after = await ledger_rows(api, account, file_id)
+    assert [(r["status"], r["error_code"]) for r in after] == [
+        ("delivered", None),
+        ("undelivered", "30003"),
+        ("sent", None),
     ]
 
 

@@ -24,6 +24,7 @@ from tests.support.delivery import (
     ledger_rows,
     receipt,
     receipts_applied,
+    rows_on_the_wire,
     sent_batch,
 )
 from tests.support.sending import (
@@ -55,28 +56,46 @@ async def post_receipt(
     *,
     token: str = AUTH_TOKEN,
     url: str | None = None,
+    query: str = "",
 ) -> httpx.Response:
-    """Post `form` signed as Twilio signs it: over Herald's public URL of the endpoint."""
-    signature = RequestValidator(token).compute_signature(url or settings.status_callback_url, form)
-    return await api.post(STATUS_PATH, data=form, headers={"X-Twilio-Signature": signature})
+    """Post `form` signed as Twilio signs it: over Herald's public URL of the endpoint (with
+    `query`, if given)."""
+    called = settings.status_callback_url + (f"?{query}" if query else "")
+    signature = RequestValidator(token).compute_signature(url or called, form)
+    path = STATUS_PATH + (f"?{query}" if query else "")
+    return await api.post(path, data=form, headers={"X-Twilio-Signature": signature})
 
 
-async def test_every_message_asks_the_carrier_for_receipts_at_the_public_url(
+def key_of(file_id: str, seq: int) -> str:
+    """The query of the StatusCallback URL of a batch's row (receipts.keyed_url)."""
+    return receipts.keyed_url("", uuid.UUID(file_id), seq).removeprefix("?")
+
+
+async def test_every_message_asks_the_carrier_for_receipts_at_the_public_url_with_its_key(
     api: httpx.AsyncClient,
     account: Account,
     webhooks: WebhookReceiver,
     emulator_url: str,
     settings: Settings,
+    pool: asyncpg.Pool,
 ) -> None:
-    _, marker = await start_marked_batch(api, account, webhooks, unique_numbers(5))
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(5))
     await webhooks.wait_for(marker, *FINAL)
 
     received = await emulator_messages(emulator_url, body_contains=marker)
+    seqs = dict(
+        await pool.fetch(
+            "SELECT to_number, seq FROM messages WHERE batch_id = $1", uuid.UUID(file_id)
+        )
+    )
 
     assert len(received) == 5
+    # Each message's own row: the ledger key of the number it went to.
     assert {m["status_callback"] for m in received} == {
-        f"http://127.0.0.1:{settings.api_port}{STATUS_PATH}"
+        f"http://127.0.0.1:{settings.api_port}{STATUS_PATH}?m={file_id}.{seqs[m['to']]}"
+        for m in received
     }
+    assert sorted(seqs.values()) == list(range(5))
 
 
 async def test_receipts_move_messages_forward_and_never_back(
@@ -596,31 +615,6 @@ async def test_a_kept_receipts_apply_locks_its_rows_in_key_order(
     assert [r["status"] for r in after] == ["delivered"] * 20
 
 
-async def rows_on_the_wire(
-    api: httpx.AsyncClient,
-    account: Account,
-    webhooks: WebhookReceiver,
-    pool: asyncpg.Pool,
-    count: int,
-) -> tuple[str, list[int]]:
-    """A batch scheduled for later, its `count` rows marked `sending` as a slice's wave marks
-    them before they go on the wire; its file id and the rows' seqs."""
-    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    file_id, marker = await start_marked_batch(
-        api, account, webhooks, unique_numbers(count), schedule_at=later
-    )
-    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
-    seqs = [
-        r["seq"]
-        for r in await pool.fetch(
-            "SELECT seq FROM messages WHERE batch_id = $1 ORDER BY seq", uuid.UUID(file_id)
-        )
-    ]
-    marked = await messages.write_outcomes(pool, uuid.UUID(file_id), [], mark=seqs)
-    assert marked.marked == set(seqs)
-    return file_id, seqs
-
-
 async def ledger_writes(pool: asyncpg.Pool, file_id: str) -> list[tuple]:
     """Each row's sid, status and error code, and whether its last write was the one of its
     outcome (the time it was sent is the time it was last moved; None: it was not sent)."""
@@ -867,3 +861,140 @@ async def test_a_wave_is_marked_in_the_statement_that_writes_the_outcomes_of_the
         ("sending", 1),
     ]
     await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
+
+
+async def ledger_sent(pool: asyncpg.Pool, file_id: str) -> list[tuple]:
+    """Each row's sid, status and error code, and whether it has a time it was sent."""
+    rows = await pool.fetch(
+        "SELECT carrier_sid, status, error_code, sent_at IS NOT NULL AS sent"
+        " FROM messages WHERE batch_id = $1 ORDER BY seq",
+        uuid.UUID(file_id),
+    )
+    return [tuple(r) for r in rows]
+
+
+async def test_a_keyed_receipt_is_applied_by_its_key_before_the_sid_and_the_outcome_keeps_it(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, seqs = await rows_on_the_wire(api, account, webhooks, pool, 4)
+    sids = ["SM" + secrets.token_hex(16) for _ in seqs]
+    queued_before = await pool.fetchval(QUEUED_SO_FAR)
+
+    # On the wire, no sid written yet: the first final receipt of each row counts.
+    replies = [
+        await post_receipt(api, settings, receipt(sids[0], "delivered"), query=key_of(file_id, 0)),
+        await post_receipt(
+            api, settings, receipt(sids[1], "undelivered", "30003"), query=key_of(file_id, 1)
+        ),
+        await post_receipt(api, settings, receipt(sids[1], "delivered"), query=key_of(file_id, 1)),
+        await post_receipt(api, settings, receipt(sids[2], "sent"), query=key_of(file_id, 2)),
+        await post_receipt(api, settings, receipt(sids[3], "delivered"), query=key_of(file_id, 3)),
+    ]
+    before_outcomes = await ledger_sent(pool, file_id)
+    queued = await pool.fetchval(QUEUED_SO_FAR) - queued_before
+    # The worker then writes the outcomes: the fourth's answer was lost (a timeout).
+    await messages.record_outcomes(
+        pool,
+        uuid.UUID(file_id),
+        [
+            messages.Outcome(seqs[0], LedgerStatus.SENT, sids[0]),
+            messages.Outcome(seqs[1], LedgerStatus.SENT, sids[1]),
+            messages.Outcome(seqs[2], LedgerStatus.SENT, sids[2]),
+            messages.Outcome(seqs[3], LedgerStatus.UNCERTAIN, None, "timeout", "no answer"),
+        ],
+    )
+    after = await ledger_sent(pool, file_id)
+    counts = await messages.count_by_status(pool, uuid.UUID(file_id))
+    await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
+
+    assert [r.status_code for r in replies] == [204] * 5
+    assert queued == 0
+    assert before_outcomes == [
+        (sids[0], "delivered", None, True),
+        (sids[1], "undelivered", "30003", True),
+        (None, "sending", None, False),
+        (sids[3], "delivered", None, True),
+    ]
+    # The outcome's write moves only rows still on the wire: a receipt's row keeps it, and
+    # the row whose answer was lost is settled by its receipt, not left `uncertain`.
+    assert after == [
+        (sids[0], "delivered", None, True),
+        (sids[1], "undelivered", "30003", True),
+        (sids[2], "sent", None, True),
+        (sids[3], "delivered", None, True),
+    ]
+    assert counts == {"delivered": 2, "undelivered": 1, "sent": 1}
+
+
+async def test_a_keyed_receipt_moves_only_the_row_and_the_send_it_belongs_to(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, rows = await sent_batch(api, account, webhooks, 3)
+    batch_id = uuid.UUID(file_id)
+    sids = [r["carrier_sid"] for r in rows]
+    seqs = [r["seq"] for r in rows]
+    # The third row's first send failed: a retry sends it again, under a new sid.
+    failed = await post_receipt(
+        api, settings, receipt(sids[2], "failed", "30008"), query=key_of(file_id, seqs[2])
+    )
+    assert await messages.reopen(pool, batch_id, [LedgerStatus.FAILED]) == 1
+    resent = await messages.write_outcomes(pool, batch_id, [], mark=[seqs[2]])
+    assert resent.marked == {seqs[2]}
+    new_sid = "SM" + secrets.token_hex(16)
+    queued_before = await pool.fetchval(QUEUED_SO_FAR)
+
+    replies = [
+        # Another message's sid under the first row's key.
+        await post_receipt(
+            api, settings, receipt(sids[1], "delivered"), query=key_of(file_id, seqs[0])
+        ),
+        # The second row's first final receipt, then a later one.
+        await post_receipt(
+            api, settings, receipt(sids[1], "delivered"), query=key_of(file_id, seqs[1])
+        ),
+        await post_receipt(
+            api, settings, receipt(sids[1], "undelivered", "30003"), query=key_of(file_id, seqs[1])
+        ),
+        # A late repeat of the first send's receipt while the row is resent, then the resend's.
+        await post_receipt(
+            api, settings, receipt(sids[2], "delivered"), query=key_of(file_id, seqs[2])
+        ),
+    ]
+    while_resent = (await ledger_sent(pool, file_id))[2]
+    replies.append(
+        await post_receipt(
+            api, settings, receipt(new_sid, "delivered"), query=key_of(file_id, seqs[2])
+        )
+    )
+    # A key of no row.
+    replies.append(
+        await post_receipt(api, settings, receipt(new_sid, "delivered"), query=key_of(file_id, 99))
+    )
+    # A key changed after it was signed.
+    forged = await post_receipt(
+        api,
+        settings,
+        receipt(sids[0], "undelivered", "30003"),
+        url=f"{settings.status_callback_url}?{key_of(file_id, seqs[1])}",
+        query=key_of(file_id, seqs[0]),
+    )
+    after = await ledger_sent(pool, file_id)
+
+    assert failed.status_code == 204
+    assert [r.status_code for r in replies] == [204] * 6
+    assert error_code(forged) == "INVALID_SIGNATURE"
+    assert await pool.fetchval(QUEUED_SO_FAR) == queued_before
+    assert while_resent == (sids[2], "sending", "30008", True)
+    assert after == [
+        (sids[0], "sent", None, True),
+        (sids[1], "delivered", None, True),
+        (new_sid, "delivered", None, True),
+    ]

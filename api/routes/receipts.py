@@ -21,8 +21,10 @@ router = APIRouter(tags=["carrier webhooks"])
     },
 )
 async def message_status(request: Request) -> Response:
-    """Twilio's StatusCallback, signed with the auth token: moves the message (found by
-    `MessageSid`) to `delivered`, `undelivered` or `failed` with the carrier's `ErrorCode`.
+    """Twilio's StatusCallback, signed with the auth token: moves the message (found by the
+    ledger key of the URL's query, `?m=<batch id>.<seq>`, which Herald gives each batch
+    message it sends with its own credentials, else by `MessageSid`) to `delivered`,
+    `undelivered` or `failed` with the carrier's `ErrorCode`.
 
     Idempotent, and a receipt never moves a message back: a `sent` after `delivered`, or a
     second final status, changes nothing. Answered once the receipt is queued; it is applied
@@ -35,5 +37,5 @@ async def message_status(request: Request) -> Response:
     # do not even come here: api/receipt_lane.py answers them before the app's middleware.
     state = request.app.state
     form = await signed_form(request, state.settings, state.pool)
-    await service.take_receipt(state.receipt_intake, form.params)
+    await service.take_receipt(state.receipt_intake, form, request.url.query)
     return Response(status_code=204)

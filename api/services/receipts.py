@@ -9,11 +9,13 @@ queued ones to the ledger in batches, in every API process (the processes share 
 
 import asyncio
 import contextlib
+import uuid
 
 import asyncpg
 import structlog
 
 from activities.waiting import set_within
+from api.carrier_signature import CarrierForm
 from api.errors import HeraldError, InvalidRequest
 from store import receipts
 from store.db import UNAVAILABLE
@@ -167,23 +169,32 @@ async def apply_receipts(pool: asyncpg.Pool, arrived: asyncio.Event) -> None:
             await set_within(arrived, IDLE_SECONDS)
 
 
-async def take_receipt(intake: ReceiptIntake, form: dict[str, str]) -> None:
-    """Queue the receipt of a status callback's (signed) `form`; it is applied to its
-    message, now or when its send is recorded. Return only once it is queued."""
-    receipt = receipt_of(form)
+async def take_receipt(intake: ReceiptIntake, form: CarrierForm, query: str) -> None:
+    """Take the receipt of a status callback's signed `form`, posted with `query`: it is
+    applied to its message, now or when its send is recorded. Return only once it is taken."""
+    receipt = receipt_of(form.params, trusted_key(form, query))
     try:
         await intake.put(receipt)
     except DATABASE_ERRORS as error:
         raise not_queued(error) from error
 
 
-def receipt_of(form: dict[str, str]) -> Receipt:
-    """The receipt a status callback's (signed) `form` carries."""
+def trusted_key(form: CarrierForm, query: str) -> tuple[uuid.UUID, int] | None:
+    """The ledger key in the query of a callback's URL (receipts.keyed_url), if it was signed
+    with the service's token: Herald puts keys only in the URLs of what it sends with its
+    own credentials, and one signed with an account's own token must not reach another's rows."""
+    return receipts.message_key(query) if query and form.signers is None else None
+
+
+def receipt_of(form: dict[str, str], key: tuple[uuid.UUID, int] | None = None) -> Receipt:
+    """The receipt a status callback's (signed) `form` carries, of the ledger row `key`."""
     sid = form.get("MessageSid") or form.get("SmsSid")
     status = form.get("MessageStatus") or form.get("SmsStatus")
     if not sid or not status:
         raise InvalidRequest("MessageSid and MessageStatus are required")
-    return Receipt(sid, status, form.get("ErrorCode") or None)
+    if key is None:
+        return Receipt(sid, status, form.get("ErrorCode") or None)
+    return Receipt(sid, status, form.get("ErrorCode") or None, *key)
 
 
 def is_final(receipt: Receipt) -> bool:

@@ -236,27 +236,33 @@ class StatusCallbacks:
     form_body), each cost several times as much. The same bytes, signed the same way."""
 
     def __init__(self, token: str, url: str, account_sid: str) -> None:
-        self.origin, target = split_url(url)
+        """The callbacks to `url` (with no query: each callback has its message's own)."""
+        self.origin, self._target = split_url(url)
         # The fields every callback has, which sort before those of its own (ErrorCode, From...).
         shared = {"AccountSid": account_sid, "ApiVersion": API_VERSION}
-        signed = url + "".join(name + value for name, value in shared.items())
+        self._shared = "".join(name + value for name, value in shared.items())
         # The HMAC seeded with what every callback signs first, for the rest of each.
-        self._hmac = SeededHmac(token.encode(), signed.encode())
-        self._head = (
-            f"POST {target} HTTP/1.1\r\nHost: {self.origin.host_header}\r\n"
+        self._hmac = SeededHmac(token.encode(), url.encode())
+        self._headers = (
+            f" HTTP/1.1\r\nHost: {self.origin.host_header}\r\n"
             f"Content-Type: {FORM}\r\nX-Twilio-Signature: "
         )
         self._form = form_body(shared).decode()
         # `form_field` of the texts every callback repeats: its statuses and senders.
         self._written_field = functools.lru_cache(maxsize=MAX_WRITTEN_FIELDS)(form_field)
 
-    def request(self, sid: str, status: str, to: str, from_: str, error_code: str | None) -> bytes:
-        """The callback of message `sid` (to `to`, from `from_`) reaching `status`."""
-        # Its own fields in name order (ErrorCode, From, MessageSid, ..., To), as signed.
+    def request(
+        self, query: str, sid: str, status: str, to: str, from_: str, error_code: str | None
+    ) -> bytes:
+        """The callback of message `sid` (to `to`, from `from_`) reaching `status`, to the
+        URL with `query` (the one its StatusCallback had; none if empty)."""
+        # The query, the shared fields, then its own fields in name order (ErrorCode, From,
+        # MessageSid, ..., To), as signed.
         error = f"ErrorCode{error_code}" if error_code is not None else ""
+        query = "?" + query if query else ""
         digest = self._hmac.digest(
-            f"{error}From{from_}MessageSid{sid}MessageStatus{status}SmsSid{sid}"
-            f"SmsStatus{status}To{to}".encode()
+            f"{query}{self._shared}{error}From{from_}MessageSid{sid}MessageStatus{status}"
+            f"SmsSid{sid}SmsStatus{status}To{to}".encode()
         )
         # A Twilio sid (letters and digits) is written as it is.
         sid = sid if sid.isalnum() and sid.isascii() else form_field(sid)
@@ -269,7 +275,10 @@ class StatusCallbacks:
         if error_code is not None:
             body += f"&ErrorCode={self._written_field(error_code)}"
         signature = binascii.b2a_base64(digest, newline=False).decode()
-        return f"{self._head}{signature}\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        return (
+            f"POST {self._target}{query}{self._headers}{signature}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n{body}"
+        ).encode()
 
 
 @functools.lru_cache(maxsize=4)
@@ -539,10 +548,11 @@ class Carrier:
             return
         account_sid, sid, to, from_ = message
         token = self._token(account_sid)
-        key = (url, account_sid, token)
+        base, _, query = url.partition("?")
+        key = (base, account_sid, token)
         known = self._status_callbacks.get(key)
         if known is None:
-            callbacks = StatusCallbacks(token, url, account_sid)
+            callbacks = StatusCallbacks(token, base, account_sid)
             known = self._status_callbacks[key] = (callbacks, self._poster.route(callbacks.origin))
         callbacks, route = known
         error_code = "30003" if status == "undelivered" else None
@@ -552,7 +562,7 @@ class Carrier:
             if then is not None:
                 self._post_status(url, message, then, None)
 
-        request = callbacks.request(sid, status, to, from_, error_code)
+        request = callbacks.request(query, sid, status, to, from_, error_code)
         self._poster.post(route, request, answered)
 
     def _signed(self, url: str, params: dict[str, str]) -> str:

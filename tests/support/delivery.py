@@ -6,7 +6,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -14,6 +14,7 @@ import httpx
 from temporalio.client import Client
 
 from settings import Settings
+from store import messages
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.pages import every_item
@@ -137,3 +138,28 @@ async def answer_when_its_insert_fails(
         failed = await posting
         await transaction.rollback()
     return failed
+
+
+async def rows_on_the_wire(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+    count: int,
+) -> tuple[str, list[int]]:
+    """A batch scheduled for later, its `count` rows marked `sending` as a slice's wave marks
+    them before they go on the wire; its file id and the rows' seqs."""
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(count), schedule_at=later
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    seqs = [
+        r["seq"]
+        for r in await pool.fetch(
+            "SELECT seq FROM messages WHERE batch_id = $1 ORDER BY seq", uuid.UUID(file_id)
+        )
+    ]
+    marked = await messages.write_outcomes(pool, uuid.UUID(file_id), [], mark=seqs)
+    assert marked.marked == set(seqs)
+    return file_id, seqs
