@@ -863,16 +863,6 @@ async def test_a_wave_is_marked_in_the_statement_that_writes_the_outcomes_of_the
     await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
 
 
-async def ledger_sent(pool: asyncpg.Pool, file_id: str) -> list[tuple]:
-    """Each row's sid, status and error code, and whether it has a time it was sent."""
-    rows = await pool.fetch(
-        "SELECT carrier_sid, status, error_code, sent_at IS NOT NULL AS sent"
-        " FROM messages WHERE batch_id = $1 ORDER BY seq",
-        uuid.UUID(file_id),
-    )
-    return [tuple(r) for r in rows]
-
-
 async def test_a_keyed_receipt_is_applied_by_its_key_before_the_sid_and_the_outcome_keeps_it(
     api: httpx.AsyncClient,
     account: Account,
@@ -894,7 +884,7 @@ async def test_a_keyed_receipt_is_applied_by_its_key_before_the_sid_and_the_outc
         await post_receipt(api, settings, receipt(sids[2], "sent"), query=key_of(file_id, 2)),
         await post_receipt(api, settings, receipt(sids[3], "delivered"), query=key_of(file_id, 3)),
     ]
-    before_outcomes = await ledger_sent(pool, file_id)
+    before_outcomes = await ledger_writes(pool, file_id)
     queued = await pool.fetchval(QUEUED_SO_FAR) - queued_before
     # The worker then writes the outcomes: the fourth's answer was lost (a timeout).
     await messages.record_outcomes(
@@ -907,16 +897,17 @@ async def test_a_keyed_receipt_is_applied_by_its_key_before_the_sid_and_the_outc
             messages.Outcome(seqs[3], LedgerStatus.UNCERTAIN, None, "timeout", "no answer"),
         ],
     )
-    after = await ledger_sent(pool, file_id)
+    after = await ledger_writes(pool, file_id)
     counts = await messages.count_by_status(pool, uuid.UUID(file_id))
     await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
 
     assert [r.status_code for r in replies] == [204] * 5
     assert queued == 0
+    # Each taken by the row's one write (a sent time for the row), before its sid was written.
     assert before_outcomes == [
         (sids[0], "delivered", None, True),
         (sids[1], "undelivered", "30003", True),
-        (None, "sending", None, False),
+        (None, "sending", None, None),
         (sids[3], "delivered", None, True),
     ]
     # The outcome's write moves only rows still on the wire: a receipt's row keeps it, and
@@ -968,7 +959,7 @@ async def test_a_keyed_receipt_moves_only_the_row_and_the_send_it_belongs_to(
             api, settings, receipt(sids[2], "delivered"), query=key_of(file_id, seqs[2])
         ),
     ]
-    while_resent = (await ledger_sent(pool, file_id))[2]
+    while_resent = (await ledger_writes(pool, file_id))[2]
     replies.append(
         await post_receipt(
             api, settings, receipt(new_sid, "delivered"), query=key_of(file_id, seqs[2])
@@ -986,15 +977,16 @@ async def test_a_keyed_receipt_moves_only_the_row_and_the_send_it_belongs_to(
         url=f"{settings.status_callback_url}?{key_of(file_id, seqs[1])}",
         query=key_of(file_id, seqs[0]),
     )
-    after = await ledger_sent(pool, file_id)
+    after = await ledger_writes(pool, file_id)
 
     assert failed.status_code == 204
     assert [r.status_code for r in replies] == [204] * 6
     assert error_code(forged) == "INVALID_SIGNATURE"
     assert await pool.fetchval(QUEUED_SO_FAR) == queued_before
-    assert while_resent == (sids[2], "sending", "30008", True)
+    assert while_resent == (sids[2], "sending", "30008", False)
     assert after == [
         (sids[0], "sent", None, True),
-        (sids[1], "delivered", None, True),
+        (sids[1], "delivered", None, False),
+        # The resend's receipt writes its sid and the time it was sent.
         (new_sid, "delivered", None, True),
     ]
