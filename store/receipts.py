@@ -103,23 +103,37 @@ def message_key(query: str) -> tuple[uuid.UUID, int] | None:
 # it), or `sent` with the receipt's sid. A row `sending` or `uncertain` that holds the
 # receipt's sid holds it from an earlier attempt (a retry resends a row that took a failed
 # receipt): that receipt is a late repeat of the earlier one and moves nothing, nor does one
-# for a row already final. Rows are locked in the ledger's key order (as by move_ledger).
+# for a row already final.
+#
+# The statement never waits for a row: the worker writes a wave's outcomes, and claims a
+# slice, in an order of its own, and a receipt that waited for one of those rows while holding
+# another deadlocked with it (a few hundred receipts answered 503, and a slice's attempt
+# failed, in `make bench` at 100,000 rows). A receipt whose row is locked (SKIP LOCKED) is
+# appended to the queue instead, as one that finds no row to move (a late repeat, a key of no
+# row): it is then applied by its sid as any unkeyed receipt is, when the worker has written it
+# (messages.record_outcomes) or by the applier, which drops one whose message is final. (So a
+# keyed receipt put off by a lock can be overtaken by a later final one of the same message,
+# a carrier's second final status, which Twilio does not send; a repeat of it changes
+# nothing either way.)
 OPEN_FOR_KEYED = (
     "((m.status = 'sent' AND m.carrier_sid = r.carrier_sid)"
     " OR (m.status IN ('sending', 'uncertain') AND m.carrier_sid IS DISTINCT FROM r.carrier_sid))"
 )
 KEYED = (
     "WITH r AS (SELECT DISTINCT ON (batch_id, seq) batch_id, seq, carrier_sid, status,"
-    " error_code FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[])"
+    " error_code, n FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[])"
     " WITH ORDINALITY AS r(batch_id, seq, carrier_sid, status, error_code, n)"
     " ORDER BY batch_id, seq, n),"
     " l AS MATERIALIZED (SELECT r.* FROM messages AS m JOIN r"
     f" ON m.batch_id = r.batch_id AND m.seq = r.seq WHERE {OPEN_FOR_KEYED}"
-    " ORDER BY m.batch_id, m.seq FOR NO KEY UPDATE OF m)"
-    " UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
+    " ORDER BY m.batch_id, m.seq FOR NO KEY UPDATE OF m SKIP LOCKED),"
+    " moved AS (UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
     " carrier_sid = r.carrier_sid, updated_at = now(),"
     " sent_at = CASE WHEN m.status = 'sent' THEN m.sent_at ELSE now() END"
-    f" FROM l AS r WHERE m.batch_id = r.batch_id AND m.seq = r.seq AND {OPEN_FOR_KEYED}"
+    f" FROM l AS r WHERE m.batch_id = r.batch_id AND m.seq = r.seq AND {OPEN_FOR_KEYED})"
+    " INSERT INTO receipt_queue (carrier_sid, status, error_code)"
+    " SELECT r.carrier_sid, r.status, r.error_code FROM r WHERE NOT EXISTS"
+    " (SELECT FROM l WHERE l.batch_id = r.batch_id AND l.seq = r.seq) ORDER BY r.n"
 )
 
 
@@ -172,9 +186,10 @@ def move_ledger(receipts_sql: str, rows: str) -> str:
 async def take_receipts(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, receipts: list[Receipt]
 ) -> None:
-    """Take the final ones of `receipts`: those with a ledger key are applied by it (`KEYED`),
-    in one statement; of the others, in one statement, those whose message already holds its
-    sid are applied to it, and the rest are appended to the queue, in order.
+    """Take the final ones of `receipts`: those with a ledger key are applied by it, or
+    queued when they cannot be (`KEYED`), in one statement; of the others, in one statement,
+    those whose message already holds its sid are applied to it, and the rest are appended
+    to the queue, in order.
 
     A message whose sid is known and ranked (`sent` or final) is moved to the first of its
     receipts here, unless an earlier receipt of it waits in the queue or is kept (then that

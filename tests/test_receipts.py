@@ -902,7 +902,8 @@ async def test_a_keyed_receipt_is_applied_by_its_key_before_the_sid_and_the_outc
     await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
 
     assert [r.status_code for r in replies] == [204] * 5
-    assert queued == 0
+    # Only the second row's later receipt, which its row did not take: the applier drops it.
+    assert queued == 1
     # Each taken by the row's one write (a sent time for the row), before its sid was written.
     assert before_outcomes == [
         (sids[0], "delivered", None, True),
@@ -943,9 +944,9 @@ async def test_a_keyed_receipt_moves_only_the_row_and_the_send_it_belongs_to(
     queued_before = await pool.fetchval(QUEUED_SO_FAR)
 
     replies = [
-        # Another message's sid under the first row's key.
+        # Another sid under the first row's key.
         await post_receipt(
-            api, settings, receipt(sids[1], "delivered"), query=key_of(file_id, seqs[0])
+            api, settings, receipt(new_sid + "0", "delivered"), query=key_of(file_id, seqs[0])
         ),
         # The second row's first final receipt, then a later one.
         await post_receipt(
@@ -982,7 +983,8 @@ async def test_a_keyed_receipt_moves_only_the_row_and_the_send_it_belongs_to(
     assert failed.status_code == 204
     assert [r.status_code for r in replies] == [204] * 6
     assert error_code(forged) == "INVALID_SIGNATURE"
-    assert await pool.fetchval(QUEUED_SO_FAR) == queued_before
+    # The four that moved no row are handed to the queue (where they move none either).
+    assert await pool.fetchval(QUEUED_SO_FAR) - queued_before == 4
     assert while_resent == (sids[2], "sending", "30008", False)
     assert after == [
         (sids[0], "sent", None, True),
@@ -990,3 +992,43 @@ async def test_a_keyed_receipt_moves_only_the_row_and_the_send_it_belongs_to(
         # The resend's receipt writes its sid and the time it was sent.
         (new_sid, "delivered", None, True),
     ]
+
+
+async def test_a_keyed_receipt_never_waits_for_a_row_the_worker_holds(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    file_id, [seq] = await rows_on_the_wire(api, account, webhooks, pool, 1)
+    sid = "SM" + secrets.token_hex(16)
+    queued_before = await pool.fetchval(QUEUED_SO_FAR)
+    async with pool.acquire() as holder:
+        # The row locked, as the worker's write of its outcome locks it (in an order of its
+        # own: a receipt that waited for it while holding another row deadlocked with it).
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute(
+            "SELECT FROM messages WHERE batch_id = $1 AND seq = $2 FOR UPDATE",
+            uuid.UUID(file_id),
+            seq,
+        )
+        reply = await asyncio.wait_for(
+            post_receipt(
+                api, settings, receipt(sid, "undelivered", "30003"), query=key_of(file_id, seq)
+            ),
+            timeout=10,
+        )
+        queued = await pool.fetchval(QUEUED_SO_FAR) - queued_before
+        await transaction.commit()
+    # Put off to the queue: the write of the outcome takes it, by its sid.
+    await messages.record_outcomes(
+        pool, uuid.UUID(file_id), [messages.Outcome(seq, LedgerStatus.SENT, sid)]
+    )
+    after = await ledger_writes(pool, file_id)
+    await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
+
+    assert reply.status_code == 204
+    assert queued == 1
+    assert after == [(sid, "undelivered", "30003", True)]
