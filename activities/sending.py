@@ -148,18 +148,24 @@ class SendingActivities(WorkerResources):
                 done,
                 lambda outcomes: messages.write_outcomes(self._pool, batch_id, outcomes, mark=seqs),
             )
-            waves.marked(rows, {i for i in rows if claimed[i].seq in written.marked})
+            moved = {i for i in rows if claimed[i].seq in written.marked}
+            for i in moved:
+                attempts[i] = written.marked[claimed[i].seq]
+            waves.marked(rows, moved)
             return written.unsettled
 
         account_failures: list[str] = []
         # carrier_latency's series by verdict, looked up once a slice rather than per message.
         latencies: dict[Verdict, HistogramSeries] = {}
         # A property of the settings that builds its string: built once a slice. Sent with the
-        # service's credentials, each message's carries its ledger key (receipts.keyed_url):
-        # its receipts are applied by it, whether or not its sid is written yet. Callbacks
-        # signed with an account's own token are trusted with no key (services.receipts).
+        # service's credentials, each message's names its send (receipts.keyed_url: its row
+        # and attempt): its receipts are applied by it, whether or not its sid is written yet.
+        # Callbacks signed with an account's own token are trusted with no key
+        # (services.receipts).
         status_callback = self._settings.status_callback_url
         keyed = credentials is None
+        # The attempt at each row its wave marked, by index in the slice.
+        attempts: dict[int, int] = {}
 
         async def send(index: int, message: messages.ClaimedMessage) -> SendResult | None:
             if input.pace.interval and not await _until(
@@ -196,7 +202,10 @@ class SendingActivities(WorkerResources):
                 from_=carrier_address(sender, way.channel),
                 body=way.body(message.body),
                 status_callback=(
-                    receipts.keyed_url(status_callback, batch_id, message.seq)
+                    receipts.keyed_url(
+                        status_callback,
+                        receipts.MessageKey(batch_id, message.seq, attempts[index]),
+                    )
                     if keyed
                     else status_callback
                 ),

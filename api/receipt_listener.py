@@ -19,7 +19,6 @@ under the route's template.
 
 import asyncio
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -44,6 +43,7 @@ from api.services.receipts import ReceiptIntake
 from metrics import ApiMetrics
 from settings import STATUS_CALLBACK_PATH, Settings
 from store import receipts
+from store.receipts import MessageKey
 
 PATH = STATUS_CALLBACK_PATH.encode()
 FORM = URLENCODED.encode()
@@ -150,7 +150,7 @@ class ReceiptListener:
         except HeraldError as error:
             self._refuse(error, owed)
 
-    def _take(self, params: dict[str, str], owed: _Owed, key: tuple[uuid.UUID, int] | None) -> None:
+    def _take(self, params: dict[str, str], owed: _Owed, key: MessageKey | None) -> None:
         receipt = service.receipt_of(params, key)
         if service.is_final(receipt):
             owed.pending = self._intake.submit(receipt)

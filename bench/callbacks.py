@@ -197,7 +197,7 @@ async def post_callbacks(port: int, messages: int, rate: float) -> None:
         for n in range(handed, due):
             to = f"+4477009{n % 100000:05d}"
             # Each message's own URL, as a batch's (keyed by a batch no ledger row is of).
-            keyed = receipts.keyed_url(url, BATCH, n)
+            keyed = receipts.keyed_url(url, receipts.MessageKey(BATCH, n, 1))
             carrier._schedule_callbacks(keyed, ACCOUNT_SID, f"SM{n:032x}", to, "Herald")
         handed = due
         if handed < messages:

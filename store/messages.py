@@ -243,10 +243,11 @@ SENT_ROW_RECEIPTS = f"f AS MATERIALIZED ({receipts.first_receipts('$4::text[]')}
 
 @dataclass(frozen=True, slots=True)
 class Written:
-    """What `write_outcomes` did: the seqs it marked `sending`, and the sids whose receipts
-    are still to be applied (apply_kept_receipts), once it has committed."""
+    """What `write_outcomes` did: the seqs it marked `sending`, each with its attempt (the
+    row's `attempts` now), and the sids whose receipts are still to be applied
+    (apply_kept_receipts), once it has committed."""
 
-    marked: set[int]
+    marked: dict[int, int]
     unsettled: list[str]
 
 
@@ -300,9 +301,10 @@ async def write_outcomes(
         " RETURNING m.carrier_sid, f.status IS NOT NULL AS took),"
         " marked AS (UPDATE messages SET status = 'sending', attempts = attempts + 1,"
         " updated_at = now() WHERE batch_id = $1 AND seq = ANY($8::bigint[])"
-        " AND status = 'pending' RETURNING seq)"
+        " AND status = 'pending' RETURNING seq, attempts)"
         " SELECT (SELECT coalesce(array_agg(carrier_sid), '{}') FROM moved WHERE took) AS took,"
-        " (SELECT coalesce(array_agg(seq), '{}') FROM marked) AS marked",
+        " (SELECT coalesce(array_agg(seq ORDER BY seq), '{}') FROM marked) AS marked,"
+        " (SELECT coalesce(array_agg(attempts ORDER BY seq), '{}') FROM marked) AS attempts",
         batch_id,
         [o.seq for o in outcomes],
         [o.status for o in outcomes],
@@ -315,7 +317,7 @@ async def write_outcomes(
     # A row that took its first receipt is final: no later receipt moves it.
     final = set(row["took"])
     return Written(
-        marked=set(row["marked"]),
+        marked=dict(zip(row["marked"], row["attempts"], strict=True)),
         unsettled=[o.carrier_sid for o in outcomes if o.carrier_sid and o.carrier_sid not in final],
     )
 

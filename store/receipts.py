@@ -71,69 +71,80 @@ BY_INDEX = " OFFSET 0"
 
 
 @dataclass(frozen=True, slots=True)
+class MessageKey:
+    """A ledger row, and which attempt at sending it (the row's `attempts` as the send went
+    out): a keyed StatusCallback URL names the send it is for (`keyed_url`)."""
+
+    batch_id: uuid.UUID
+    seq: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class Receipt:
     carrier_sid: str
     status: str
     error_code: str | None
-    # The ledger key its callback's URL carried (`keyed_url`), when trusted; else None.
-    batch_id: uuid.UUID | None = None
-    seq: int | None = None
+    # The send its callback's URL named (`keyed_url`), when trusted; else None.
+    key: MessageKey | None = None
 
 
-# The query of a keyed StatusCallback URL: `m=<batch id>.<seq>`.
-MESSAGE_KEY = re.compile(r"m=([0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})\.([0-9]{1,18})")
+# The query of a keyed StatusCallback URL: `m=<batch id>.<seq>.<attempt>`.
+MESSAGE_KEY = re.compile(
+    r"m=([0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})\.([0-9]{1,18})\.([0-9]{1,9})"
+)
 
 
-def keyed_url(status_callback_url: str, batch_id: uuid.UUID, seq: int) -> str:
-    """The StatusCallback URL of the ledger row (`batch_id`, `seq`): the carrier calls it
-    with the message's callbacks, and signs it whole (Twilio signs the URL with its query)."""
-    return f"{status_callback_url}?m={batch_id}.{seq}"
+def keyed_url(status_callback_url: str, key: MessageKey) -> str:
+    """The StatusCallback URL of the send `key`: the carrier calls it with the message's
+    callbacks, and signs it whole (Twilio signs the URL with its query)."""
+    return f"{status_callback_url}?m={key.batch_id}.{key.seq}.{key.attempt}"
 
 
-def message_key(query: str) -> tuple[uuid.UUID, int] | None:
-    """The ledger key in a status callback's query (`keyed_url`), or None if it holds none."""
+def message_key(query: str) -> MessageKey | None:
+    """The send named in a status callback's query (`keyed_url`), or None if it names none."""
     found = MESSAGE_KEY.fullmatch(query)
-    return (uuid.UUID(found[1]), int(found[2])) if found else None
+    return MessageKey(uuid.UUID(found[1]), int(found[2]), int(found[3])) if found else None
 
 
-# SQL: apply the final receipts $1..$5 (batch id, seq, sid, status, error code; the first of
-# each key counts) to their ledger rows by key. A row takes one while it is on the wire or
-# `uncertain` (the worker has not written its outcome; the receipt writes the sid and the
-# time it was sent, and the outcome's write, which moves only rows still `sending`, leaves
-# it), or `sent` with the receipt's sid. A row `sending` or `uncertain` that holds the
-# receipt's sid holds it from an earlier attempt (a retry resends a row that took a failed
-# receipt): that receipt is a late repeat of the earlier one and moves nothing, nor does one
-# for a row already final.
+# SQL: apply the final receipts $1..$6 (batch id, seq, attempt, sid, status, error code) to
+# their ledger rows by key. A row takes the first of its send's receipts (its `attempts` is
+# the key's attempt: a receipt of an earlier send of a row sent again, which may hold no sid
+# or another, moves nothing) while it is on the wire or `uncertain` (the worker has not
+# written its outcome: the receipt writes the sid and the time it was sent, and the outcome's
+# write, which moves only rows still `sending`, or `uncertain` to an answer, leaves a final
+# row), or once it is `sent` with the receipt's sid; none once it is final.
 #
 # The statement never waits for a row: the worker writes a wave's outcomes, and claims a
 # slice, in an order of its own, and a receipt that waited for one of those rows while holding
 # another deadlocked with it (a few hundred receipts answered 503, and a slice's attempt
 # failed, in `make bench` at 100,000 rows). A receipt whose row is locked (SKIP LOCKED) is
-# appended to the queue instead, as one that finds no row to move (a late repeat, a key of no
-# row): it is then applied by its sid as any unkeyed receipt is, when the worker has written it
-# (messages.record_outcomes) or by the applier, which drops one whose message is final. (So a
-# keyed receipt put off by a lock can be overtaken by a later final one of the same message,
-# a carrier's second final status, which Twilio does not send; a repeat of it changes
-# nothing either way.)
+# appended to the queue instead, as is every other receipt the statement does not apply (a
+# late repeat, another send's, a key of no row): each is then taken by its sid as an unkeyed
+# receipt is, when the worker has written it (messages.record_outcomes) or by the applier,
+# which drops one whose message is final. (So a keyed receipt put off by a lock can be
+# overtaken by a later final one of the same send, a carrier's second final status, which
+# Twilio does not send; a repeat of it changes nothing either way.)
 OPEN_FOR_KEYED = (
-    "((m.status = 'sent' AND m.carrier_sid = r.carrier_sid)"
-    " OR (m.status IN ('sending', 'uncertain') AND m.carrier_sid IS DISTINCT FROM r.carrier_sid))"
+    "(m.attempts = r.attempt AND (m.status IN ('sending', 'uncertain')"
+    " OR (m.status = 'sent' AND m.carrier_sid = r.carrier_sid)))"
 )
 KEYED = (
-    "WITH r AS (SELECT DISTINCT ON (batch_id, seq) batch_id, seq, carrier_sid, status,"
-    " error_code, n FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[])"
-    " WITH ORDINALITY AS r(batch_id, seq, carrier_sid, status, error_code, n)"
-    " ORDER BY batch_id, seq, n),"
+    "WITH a AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::text[],"
+    " $5::text[], $6::text[]) WITH ORDINALITY"
+    " AS a(batch_id, seq, attempt, carrier_sid, status, error_code, n)),"
+    " r AS (SELECT DISTINCT ON (batch_id, seq, attempt) * FROM a"
+    " ORDER BY batch_id, seq, attempt, n),"
     " l AS MATERIALIZED (SELECT r.* FROM messages AS m JOIN r"
     f" ON m.batch_id = r.batch_id AND m.seq = r.seq WHERE {OPEN_FOR_KEYED}"
     " ORDER BY m.batch_id, m.seq FOR NO KEY UPDATE OF m SKIP LOCKED),"
     " moved AS (UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
-    " carrier_sid = r.carrier_sid, updated_at = now(),"
+    " error_message = NULL, carrier_sid = r.carrier_sid, updated_at = now(),"
     " sent_at = CASE WHEN m.status = 'sent' THEN m.sent_at ELSE now() END"
     f" FROM l AS r WHERE m.batch_id = r.batch_id AND m.seq = r.seq AND {OPEN_FOR_KEYED})"
     " INSERT INTO receipt_queue (carrier_sid, status, error_code)"
-    " SELECT r.carrier_sid, r.status, r.error_code FROM r WHERE NOT EXISTS"
-    " (SELECT FROM l WHERE l.batch_id = r.batch_id AND l.seq = r.seq) ORDER BY r.n"
+    " SELECT a.carrier_sid, a.status, a.error_code FROM a"
+    " WHERE a.n NOT IN (SELECT n FROM l) ORDER BY a.n"
 )
 
 
@@ -198,17 +209,18 @@ async def take_receipts(
     gets its receipts through the queue: the worker applies them when it writes the sid, or
     the applier does, whichever comes second (see messages.record_outcomes).
     """
-    keyed = [r for r in receipts if r.status in FINAL_RECEIPTS and r.batch_id is not None]
-    if keyed:
+    keys = [(r, r.key) for r in receipts if r.status in FINAL_RECEIPTS and r.key is not None]
+    if keys:
         await conn.execute(
             KEYED,
-            [r.batch_id for r in keyed],
-            [r.seq for r in keyed],
-            [r.carrier_sid for r in keyed],
-            [r.status for r in keyed],
-            [r.error_code for r in keyed],
+            [key.batch_id for _, key in keys],
+            [key.seq for _, key in keys],
+            [key.attempt for _, key in keys],
+            [r.carrier_sid for r, _ in keys],
+            [r.status for r, _ in keys],
+            [r.error_code for r, _ in keys],
         )
-    final = [r for r in receipts if r.status in FINAL_RECEIPTS and r.batch_id is None]
+    final = [r for r in receipts if r.status in FINAL_RECEIPTS and r.key is None]
     if not final:
         return
     await conn.execute(

@@ -210,7 +210,8 @@ async def test_a_key_signed_with_an_accounts_own_token_moves_no_row_by_it(
     # A callback the subaccount signs, keyed with another account's row on the wire.
     sid = "SM" + secrets.token_hex(16)
     form = {"AccountSid": SUBACCOUNT_SID, "MessageSid": sid, "MessageStatus": "delivered"}
-    query = receipts.keyed_url("", uuid.UUID(file_id), seq).removeprefix("?")
+    key = receipts.MessageKey(uuid.UUID(file_id), seq, 1)
+    query = receipts.keyed_url("", key).removeprefix("?")
     url = f"{settings.status_callback_url}?{query}"
     signature = RequestValidator(SUBACCOUNT_TOKEN).compute_signature(url, form)
     path = f"{httpx.URL(url).path}?{query}"

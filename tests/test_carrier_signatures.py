@@ -29,7 +29,7 @@ def test_a_signature_twilio_computes_is_accepted(params: dict[str, str], url: st
 
 
 @settings(max_examples=300, deadline=None)
-@given(forms, st.from_regex(r"m=[0-9a-f-]{36}\.[0-9]{1,18}", fullmatch=True))
+@given(forms, st.from_regex(r"m=[0-9a-f-]{36}\.[0-9]{1,18}\.[0-9]{1,9}", fullmatch=True))
 def test_a_signature_over_the_url_with_a_query_is_checked_with_it(
     params: dict[str, str], query: str
 ) -> None:

@@ -369,7 +369,7 @@ callback_urls = st.sampled_from(
         "http://127.0.0.1:8123/v1/webhooks/twilio/status",
         "https://herald.example/v1/webhooks/twilio/status?source=sms",
         # A batch message's own (store/receipts.py keyed_url).
-        "http://127.0.0.1:8123/v1/webhooks/twilio/status?m=0b5e8c1e-6f0e-4c36-9d1a-2f4b7a1c9e3d.17",
+        "http://127.0.0.1:8123/v1/webhooks/twilio/status?m=0b5e8c1e-6f0e-4c36-9d1a-2f4b7a1c9e3d.17.1",
     ]
 )
 

@@ -256,7 +256,7 @@ def test_the_emulators_receipts_reach_the_api_and_mark_messages_delivered(
     # with its own row's key.
     seqs = {r["to_number"]: r["seq"] for r in rows}
     assert sorted(m["status_callback"] for m in received) == sorted(
-        f"{dev['receipts_url']}?m={file_id}.{seqs[m['to']]}" for m in received
+        f"{dev['receipts_url']}?m={file_id}.{seqs[m['to']]}.1" for m in received
     )
     assert urlsplit(dev["receipts_url"]).port != urlsplit(dev["api_url"]).port
 

@@ -152,7 +152,8 @@ async def test_keyed_callbacks_are_checked_over_their_own_url_and_applied_by_the
     sids = [r["carrier_sid"] for r in rows]
 
     def url(seq: int) -> str:
-        return receipts.keyed_url(listener.status_callback_url, uuid.UUID(file_id), seq)
+        key = receipts.MessageKey(uuid.UUID(file_id), seq, 1)
+        return receipts.keyed_url(listener.status_callback_url, key)
 
     async def post(form: dict[str, str], called: str, signed_over: str) -> httpx.Response:
         target = httpx.URL(called)

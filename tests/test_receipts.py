@@ -66,9 +66,10 @@ async def post_receipt(
     return await api.post(path, data=form, headers={"X-Twilio-Signature": signature})
 
 
-def key_of(file_id: str, seq: int) -> str:
-    """The query of the StatusCallback URL of a batch's row (receipts.keyed_url)."""
-    return receipts.keyed_url("", uuid.UUID(file_id), seq).removeprefix("?")
+def key_of(file_id: str, seq: int, attempt: int = 1) -> str:
+    """The query of the StatusCallback URL of a batch row's send (receipts.keyed_url)."""
+    key = receipts.MessageKey(uuid.UUID(file_id), seq, attempt)
+    return receipts.keyed_url("", key).removeprefix("?")
 
 
 async def test_every_message_asks_the_carrier_for_receipts_at_the_public_url_with_its_key(
@@ -92,7 +93,7 @@ async def test_every_message_asks_the_carrier_for_receipts_at_the_public_url_wit
     assert len(received) == 5
     # Each message's own row: the ledger key of the number it went to.
     assert {m["status_callback"] for m in received} == {
-        f"http://127.0.0.1:{settings.api_port}{STATUS_PATH}?m={file_id}.{seqs[m['to']]}"
+        f"http://127.0.0.1:{settings.api_port}{STATUS_PATH}?m={file_id}.{seqs[m['to']]}.1"
         for m in received
     }
     assert sorted(seqs.values()) == list(range(5))
@@ -831,7 +832,7 @@ async def test_a_wave_is_marked_in_the_statement_that_writes_the_outcomes_of_the
         )
     ]
     last, the_next = seqs[:3], seqs[3:]
-    assert (await messages.write_outcomes(pool, batch_id, [], mark=last)).marked == set(last)
+    assert set((await messages.write_outcomes(pool, batch_id, [], mark=last)).marked) == set(last)
     sids = ["SM" + secrets.token_hex(16) for _ in last]
     await receipts.queue_receipts(pool, [receipts.Receipt(sids[0], "delivered", None)])
 
@@ -846,7 +847,7 @@ async def test_a_wave_is_marked_in_the_statement_that_writes_the_outcomes_of_the
         mark=[*the_next, last[1]],
     )
 
-    assert written.marked == set(the_next)
+    assert set(written.marked) == set(the_next)
     # The first row took its queued receipt in the write; the others' are still to be looked up.
     assert written.unsettled == sids[1:]
     rows = await pool.fetch(
@@ -939,8 +940,8 @@ async def test_a_keyed_receipt_moves_only_the_row_and_the_send_it_belongs_to(
     )
     assert await messages.reopen(pool, batch_id, [LedgerStatus.FAILED]) == 1
     resent = await messages.write_outcomes(pool, batch_id, [], mark=[seqs[2]])
-    assert resent.marked == {seqs[2]}
-    new_sid = "SM" + secrets.token_hex(16)
+    assert resent.marked == {seqs[2]: 2}
+    new_sid, lost_sid = ("SM" + secrets.token_hex(16) for _ in range(2))
     queued_before = await pool.fetchval(QUEUED_SO_FAR)
 
     replies = [
@@ -955,21 +956,25 @@ async def test_a_keyed_receipt_moves_only_the_row_and_the_send_it_belongs_to(
         await post_receipt(
             api, settings, receipt(sids[1], "undelivered", "30003"), query=key_of(file_id, seqs[1])
         ),
-        # A late repeat of the first send's receipt while the row is resent, then the resend's.
+        # While the third row is sent again: a late repeat of its first send's receipt.
         await post_receipt(
             api, settings, receipt(sids[2], "delivered"), query=key_of(file_id, seqs[2])
         ),
+        # A key of no row.
+        await post_receipt(api, settings, receipt(new_sid, "delivered"), query=key_of(file_id, 99)),
     ]
     while_resent = (await ledger_writes(pool, file_id))[2]
-    replies.append(
-        await post_receipt(
-            api, settings, receipt(new_sid, "delivered"), query=key_of(file_id, seqs[2])
+    # In one statement: a receipt of an earlier send whose sid never reached the row (its
+    # answer was lost), the resend's, and a later one of the resend.
+    async with pool.acquire() as conn:
+        await receipts.take_receipts(
+            conn,
+            [
+                receipts.Receipt(lost_sid, "undelivered", "30003", resend_key(file_id, seqs[2], 1)),
+                receipts.Receipt(new_sid, "delivered", None, resend_key(file_id, seqs[2], 2)),
+                receipts.Receipt(new_sid, "failed", "30008", resend_key(file_id, seqs[2], 2)),
+            ],
         )
-    )
-    # A key of no row.
-    replies.append(
-        await post_receipt(api, settings, receipt(new_sid, "delivered"), query=key_of(file_id, 99))
-    )
     # A key changed after it was signed.
     forged = await post_receipt(
         api,
@@ -981,17 +986,21 @@ async def test_a_keyed_receipt_moves_only_the_row_and_the_send_it_belongs_to(
     after = await ledger_writes(pool, file_id)
 
     assert failed.status_code == 204
-    assert [r.status_code for r in replies] == [204] * 6
+    assert [r.status_code for r in replies] == [204] * 5
     assert error_code(forged) == "INVALID_SIGNATURE"
-    # The four that moved no row are handed to the queue (where they move none either).
-    assert await pool.fetchval(QUEUED_SO_FAR) - queued_before == 4
+    # The six that moved no row are handed to the queue (where they move none either).
+    assert await pool.fetchval(QUEUED_SO_FAR) - queued_before == 6
     assert while_resent == (sids[2], "sending", "30008", False)
     assert after == [
         (sids[0], "sent", None, True),
         (sids[1], "delivered", None, False),
-        # The resend's receipt writes its sid and the time it was sent.
+        # The resend's first receipt writes its sid and the time it was sent.
         (new_sid, "delivered", None, True),
     ]
+
+
+def resend_key(file_id: str, seq: int, attempt: int) -> receipts.MessageKey:
+    return receipts.MessageKey(uuid.UUID(file_id), seq, attempt)
 
 
 async def test_a_keyed_receipt_never_waits_for_a_row_the_worker_holds(

@@ -22,7 +22,7 @@ router = APIRouter(tags=["carrier webhooks"])
 )
 async def message_status(request: Request) -> Response:
     """Twilio's StatusCallback, signed with the auth token: moves the message (found by the
-    ledger key of the URL's query, `?m=<batch id>.<seq>`, which Herald gives each batch
+    send's key in the URL's query, `?m=<batch id>.<seq>.<attempt>`, which Herald gives each batch
     message it sends with its own credentials, else by `MessageSid`) to `delivered`,
     `undelivered` or `failed` with the carrier's `ErrorCode`.
 

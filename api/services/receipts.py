@@ -9,7 +9,6 @@ queued ones to the ledger in batches, in every API process (the processes share 
 
 import asyncio
 import contextlib
-import uuid
 
 import asyncpg
 import structlog
@@ -19,7 +18,7 @@ from api.carrier_signature import CarrierForm
 from api.errors import HeraldError, InvalidRequest
 from store import receipts
 from store.db import UNAVAILABLE
-from store.receipts import FINAL_RECEIPTS, Receipt
+from store.receipts import FINAL_RECEIPTS, MessageKey, Receipt
 
 log = structlog.get_logger(__name__)
 
@@ -179,22 +178,20 @@ async def take_receipt(intake: ReceiptIntake, form: CarrierForm, query: str) -> 
         raise not_queued(error) from error
 
 
-def trusted_key(form: CarrierForm, query: str) -> tuple[uuid.UUID, int] | None:
+def trusted_key(form: CarrierForm, query: str) -> MessageKey | None:
     """The ledger key in the query of a callback's URL (receipts.keyed_url), if it was signed
     with the service's token: Herald puts keys only in the URLs of what it sends with its
     own credentials, and one signed with an account's own token must not reach another's rows."""
     return receipts.message_key(query) if query and form.signers is None else None
 
 
-def receipt_of(form: dict[str, str], key: tuple[uuid.UUID, int] | None = None) -> Receipt:
-    """The receipt a status callback's (signed) `form` carries, of the ledger row `key`."""
+def receipt_of(form: dict[str, str], key: MessageKey | None = None) -> Receipt:
+    """The receipt a status callback's (signed) `form` carries, of the send `key`."""
     sid = form.get("MessageSid") or form.get("SmsSid")
     status = form.get("MessageStatus") or form.get("SmsStatus")
     if not sid or not status:
         raise InvalidRequest("MessageSid and MessageStatus are required")
-    if key is None:
-        return Receipt(sid, status, form.get("ErrorCode") or None)
-    return Receipt(sid, status, form.get("ErrorCode") or None, *key)
+    return Receipt(sid, status, form.get("ErrorCode") or None, key)
 
 
 def is_final(receipt: Receipt) -> bool:
