@@ -148,10 +148,8 @@ class SendingActivities(WorkerResources):
                 done,
                 lambda outcomes: messages.write_outcomes(self._pool, batch_id, outcomes, mark=seqs),
             )
-            moved = {i for i in rows if claimed[i].seq in written.marked}
-            for i in moved:
-                attempts[i] = written.marked[claimed[i].seq]
-            waves.marked(rows, moved)
+            attempts.update(written.marked)
+            waves.marked(rows, {i for i in rows if claimed[i].seq in written.marked})
             return written.unsettled
 
         account_failures: list[str] = []
@@ -164,7 +162,7 @@ class SendingActivities(WorkerResources):
         # (services.receipts).
         status_callback = self._settings.status_callback_url
         keyed = credentials is None
-        # The attempt at each row its wave marked, by index in the slice.
+        # The attempt at each row its wave marked, by seq.
         attempts: dict[int, int] = {}
 
         async def send(index: int, message: messages.ClaimedMessage) -> SendResult | None:
@@ -204,7 +202,7 @@ class SendingActivities(WorkerResources):
                 status_callback=(
                     receipts.keyed_url(
                         status_callback,
-                        receipts.MessageKey(batch_id, message.seq, attempts[index]),
+                        receipts.MessageKey(batch_id, message.seq, attempts[message.seq]),
                     )
                     if keyed
                     else status_callback

@@ -131,7 +131,8 @@ class ReceiptListener:
             params = storable_params(body)
             text = signature.decode("latin-1") if signature is not None else None
             # A batch message's callback carries its ledger key in the query (keyed_url).
-            key = receipts.message_key(query.decode("latin-1")) if query else None
+            query_text = query.decode("latin-1")
+            key = receipts.message_key(query_text) if query else None
             if (
                 (key is not None or not query)
                 and text
@@ -143,9 +144,9 @@ class ReceiptListener:
                 # Another query string, Twilio's other signings (the URL with or without its
                 # port) and an account's own subaccount token: rare, and they may ask the
                 # database.
-                url = self._url + "?" + query.decode("latin-1") if query else self._url
+                url = self._url + "?" + query_text if query else self._url
                 owed.pending = asyncio.ensure_future(
-                    self._verify_and_take(url, query.decode("latin-1"), params, text)
+                    self._verify_and_take(url, query_text, params, text)
                 )
         except HeraldError as error:
             self._refuse(error, owed)

@@ -125,10 +125,6 @@ def message_key(query: str) -> MessageKey | None:
 # which drops one whose message is final. (So a keyed receipt put off by a lock can be
 # overtaken by a later final one of the same send, a carrier's second final status, which
 # Twilio does not send; a repeat of it changes nothing either way.)
-OPEN_FOR_KEYED = (
-    "(m.attempts = r.attempt AND (m.status IN ('sending', 'uncertain')"
-    " OR (m.status = 'sent' AND m.carrier_sid = r.carrier_sid)))"
-)
 KEYED = (
     "WITH a AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::text[],"
     " $5::text[], $6::text[]) WITH ORDINALITY"
@@ -136,12 +132,15 @@ KEYED = (
     " r AS (SELECT DISTINCT ON (batch_id, seq, attempt) * FROM a"
     " ORDER BY batch_id, seq, attempt, n),"
     " l AS MATERIALIZED (SELECT r.* FROM messages AS m JOIN r"
-    f" ON m.batch_id = r.batch_id AND m.seq = r.seq WHERE {OPEN_FOR_KEYED}"
+    " ON m.batch_id = r.batch_id AND m.seq = r.seq WHERE m.attempts = r.attempt"
+    " AND (m.status IN ('sending', 'uncertain')"
+    " OR (m.status = 'sent' AND m.carrier_sid = r.carrier_sid))"
     " ORDER BY m.batch_id, m.seq FOR NO KEY UPDATE OF m SKIP LOCKED),"
     " moved AS (UPDATE messages AS m SET status = r.status, error_code = r.error_code,"
     " error_message = NULL, carrier_sid = r.carrier_sid, updated_at = now(),"
     " sent_at = CASE WHEN m.status = 'sent' THEN m.sent_at ELSE now() END"
-    f" FROM l AS r WHERE m.batch_id = r.batch_id AND m.seq = r.seq AND {OPEN_FOR_KEYED})"
+    # The rows of `l` are locked by this statement: nothing moves them after its check.
+    " FROM l AS r WHERE m.batch_id = r.batch_id AND m.seq = r.seq)"
     " INSERT INTO receipt_queue (carrier_sid, status, error_code)"
     " SELECT a.carrier_sid, a.status, a.error_code FROM a"
     " WHERE a.n NOT IN (SELECT n FROM l) ORDER BY a.n"

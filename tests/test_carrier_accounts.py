@@ -36,6 +36,16 @@ async def other_account(pool: asyncpg.Pool) -> Account:
     return Account(account_id=account_id, key=key.key, agent_number=sender)
 
 
+async def own_subaccount_and_another(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, carrier: Configure
+) -> Account:
+    """`account` sending through its own subaccount (which the emulator knows); and another
+    account, on the service's credentials."""
+    await carrier(accounts={SUBACCOUNT_SID: SUBACCOUNT_TOKEN})
+    assert (await set_own(api, account, SUBACCOUNT_TOKEN)).status_code == 200
+    return await other_account(pool)
+
+
 async def test_the_token_is_never_returned_only_masked(
     api: httpx.AsyncClient, account: Account
 ) -> None:
@@ -70,9 +80,7 @@ async def test_an_accounts_sends_go_through_its_subaccount_and_others_keep_the_d
     carrier: Configure,
     settings: Settings,
 ) -> None:
-    await carrier(accounts={SUBACCOUNT_SID: SUBACCOUNT_TOKEN})
-    assert (await set_own(api, account, SUBACCOUNT_TOKEN)).status_code == 200
-    other = await other_account(pool)
+    other = await own_subaccount_and_another(api, account, pool, carrier)
 
     own_numbers, other_numbers = unique_numbers(5), unique_numbers(5)
     own_file, own_events = await run_batch(api, account, webhooks, own_numbers)
@@ -203,9 +211,7 @@ async def test_a_key_signed_with_an_accounts_own_token_moves_no_row_by_it(
     carrier: Configure,
     settings: Settings,
 ) -> None:
-    await carrier(accounts={SUBACCOUNT_SID: SUBACCOUNT_TOKEN})
-    assert (await set_own(api, account, SUBACCOUNT_TOKEN)).status_code == 200
-    other = await other_account(pool)
+    other = await own_subaccount_and_another(api, account, pool, carrier)
     file_id, [seq] = await rows_on_the_wire(api, other, webhooks, pool, 1)
     # A callback the subaccount signs, keyed with another account's row on the wire.
     sid = "SM" + secrets.token_hex(16)

@@ -6,6 +6,8 @@ reached by the emulator; tests/test_local_stack.py sees the emulator's own)."""
 import asyncio
 import secrets
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -616,6 +618,19 @@ async def test_a_kept_receipts_apply_locks_its_rows_in_key_order(
     assert [r["status"] for r in after] == ["delivered"] * 20
 
 
+@asynccontextmanager
+async def row_held(pool: asyncpg.Pool, file_id: str, seq: int) -> AsyncIterator[None]:
+    """The batch's row `seq` locked by a transaction of another connection until the block
+    ends, as a statement of the worker holds it while it runs; committed then."""
+    async with pool.acquire() as holder, holder.transaction():
+        await holder.execute(
+            "SELECT FROM messages WHERE batch_id = $1 AND seq = $2 FOR UPDATE",
+            uuid.UUID(file_id),
+            seq,
+        )
+        yield
+
+
 async def ledger_writes(pool: asyncpg.Pool, file_id: str) -> list[tuple]:
     """Each row's sid, status and error code, and whether its last write was the one of its
     outcome (the time it was sent is the time it was last moved; None: it was not sent)."""
@@ -686,14 +701,7 @@ async def test_a_receipt_kept_while_the_outcome_is_written_is_applied_after_it(
 ) -> None:
     file_id, [seq] = await rows_on_the_wire(api, account, webhooks, pool, 1)
     sid = "SM" + secrets.token_hex(16)
-    async with pool.acquire() as holder:
-        transaction = holder.transaction()
-        await transaction.start()
-        await holder.execute(
-            "SELECT FROM messages WHERE batch_id = $1 AND seq = $2 FOR UPDATE",
-            uuid.UUID(file_id),
-            seq,
-        )
+    async with row_held(pool, file_id, seq):
         recording = asyncio.create_task(
             messages.record_outcomes(
                 pool, uuid.UUID(file_id), [messages.Outcome(seq, LedgerStatus.SENT, sid)]
@@ -713,7 +721,6 @@ async def test_a_receipt_kept_while_the_outcome_is_written_is_applied_after_it(
             " VALUES ($1, 'undelivered', '30003')",
             sid,
         )
-        await transaction.commit()
     await recording
     after = await ledger_writes(pool, file_id)
     await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
@@ -1013,16 +1020,9 @@ async def test_a_keyed_receipt_never_waits_for_a_row_the_worker_holds(
     file_id, [seq] = await rows_on_the_wire(api, account, webhooks, pool, 1)
     sid = "SM" + secrets.token_hex(16)
     queued_before = await pool.fetchval(QUEUED_SO_FAR)
-    async with pool.acquire() as holder:
-        # The row locked, as the worker's write of its outcome locks it (in an order of its
-        # own: a receipt that waited for it while holding another row deadlocked with it).
-        transaction = holder.transaction()
-        await transaction.start()
-        await holder.execute(
-            "SELECT FROM messages WHERE batch_id = $1 AND seq = $2 FOR UPDATE",
-            uuid.UUID(file_id),
-            seq,
-        )
+    # The row locked, as the worker's write of its outcome locks it (in an order of its own:
+    # a receipt that waited for it while holding another row deadlocked with it).
+    async with row_held(pool, file_id, seq):
         reply = await asyncio.wait_for(
             post_receipt(
                 api, settings, receipt(sid, "undelivered", "30003"), query=key_of(file_id, seq)
@@ -1030,7 +1030,6 @@ async def test_a_keyed_receipt_never_waits_for_a_row_the_worker_holds(
             timeout=10,
         )
         queued = await pool.fetchval(QUEUED_SO_FAR) - queued_before
-        await transaction.commit()
     # Put off to the queue: the write of the outcome takes it, by its sid.
     await messages.record_outcomes(
         pool, uuid.UUID(file_id), [messages.Outcome(seq, LedgerStatus.SENT, sid)]
