@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import secrets
 import time
 import uuid
 from collections import Counter
@@ -120,6 +121,9 @@ class SendingActivities(WorkerResources):
         window = WindowClock(input.pace.send_window) if input.pace.send_window else None
         queue = iter(enumerate(claimed))
         waves = _Waves(len(claimed), self._settings.send_concurrency)
+        # This attempt's token on the rows it marks: a wave's write run again after an outage
+        # (through_outages) knows its own marks from another attempt's (write_outcomes).
+        marker = secrets.randbits(63)
 
         async def record(
             rows: list[int], write: Callable[[list[messages.Outcome]], Awaitable[W]]
@@ -146,7 +150,9 @@ class SendingActivities(WorkerResources):
             seqs = [claimed[i].seq for i in rows]
             written = await record(
                 done,
-                lambda outcomes: messages.write_outcomes(self._pool, batch_id, outcomes, mark=seqs),
+                lambda outcomes: messages.write_outcomes(
+                    self._pool, batch_id, outcomes, mark=seqs, by=marker
+                ),
             )
             attempts.update(written.marked)
             waves.marked(rows, {i for i in rows if claimed[i].seq in written.marked})

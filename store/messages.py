@@ -260,7 +260,12 @@ async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: lis
 
 
 async def write_outcomes(
-    pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome], *, mark: Sequence[int] = ()
+    pool: asyncpg.Pool,
+    batch_id: uuid.UUID,
+    outcomes: list[Outcome],
+    *,
+    mark: Sequence[int] = (),
+    by: int | None = None,
 ) -> Written:
     """Write outcomes of a slice, and mark the rows of seqs `mark` `sending`, in one statement.
 
@@ -269,8 +274,11 @@ async def write_outcomes(
     answer: an attempt presumed dead (its rows made `uncertain` by the next) that lived on and
     heard the carrier's answer settles them.
 
-    A row of `mark` moves from `pending` to `sending`, counting an attempt; one no longer
-    `pending` (another attempt's, or settled) does not, so it is sent by no one else. The
+    A row of `mark` moves from `pending` to `sending`, counting an attempt, and records `by`
+    (the marking attempt's token); one no longer `pending` (another attempt's, or settled)
+    does not, so it is sent by no one else. A row already `sending` by `by` is this
+    attempt's too: the same write run again after its connection closed mid-statement
+    (activities/outages.py) finds the marks its first run committed, and returns them. The
     slice's sender marks its next wave in the statement that writes the outcomes of the last
     (one round trip a wave fewer); the rows of the two never overlap.
 
@@ -299,9 +307,11 @@ async def write_outcomes(
         " OR (m.status = 'pending' AND o.opens IS NOT NULL)"
         " OR (m.status = 'uncertain' AND o.status IN ('sent', 'failed')))"
         " RETURNING m.carrier_sid, f.status IS NOT NULL AS took),"
-        " marked AS (UPDATE messages SET status = 'sending', attempts = attempts + 1,"
-        " updated_at = now() WHERE batch_id = $1 AND seq = ANY($8::bigint[])"
-        " AND status = 'pending' RETURNING seq, attempts)"
+        " marked AS (UPDATE messages SET status = 'sending',"
+        " attempts = attempts + (status = 'pending')::int, marked_by = $9, updated_at = now()"
+        " WHERE batch_id = $1 AND seq = ANY($8::bigint[])"
+        " AND (status = 'pending' OR (status = 'sending' AND marked_by = $9))"
+        " RETURNING seq, attempts)"
         " SELECT (SELECT coalesce(array_agg(carrier_sid), '{}') FROM moved WHERE took) AS took,"
         " (SELECT coalesce(array_agg(seq ORDER BY seq), '{}') FROM marked) AS marked,"
         " (SELECT coalesce(array_agg(attempts ORDER BY seq), '{}') FROM marked) AS attempts",
@@ -313,6 +323,7 @@ async def write_outcomes(
         [storable(o.error_message) for o in outcomes],
         [o.window_opens_at for o in outcomes],
         list(mark),
+        by,
     )
     # A row that took its first receipt is final: no later receipt moves it.
     final = set(row["took"])
@@ -379,10 +390,29 @@ async def uncertain_rows(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[Uncert
 
 
 async def has_uncertain(pool: asyncpg.Pool, batch_id: uuid.UUID) -> bool:
-    """Whether any row of the batch is `uncertain` (reconciliation has work), from the kept
-    counts: every batch asks as it ends, and asked of the ledger PostgreSQL read it whole
-    (in `make bench`'s sweep 36,000 blocks and 81 ms at 600,000 rows)."""
-    return bool((await count_by_status(pool, batch_id)).get(LedgerStatus.UNCERTAIN))
+    """Whether any row of the batch is `uncertain` (reconciliation has work), once its chunks
+    are done: rows still `sending` then are made `uncertain` first (_abandon_sending), so that
+    reconciliation settles them too rather than the batch's close leaving them unsettled.
+    From the kept counts: every batch asks as it ends, and asked of the ledger PostgreSQL
+    read it whole (in `make bench`'s sweep 36,000 blocks and 81 ms at 600,000 rows)."""
+    async with pool.acquire() as conn, conn.transaction():
+        left = await count_by_status(conn, batch_id)
+        await _abandon_sending(conn, batch_id, left)
+    return bool(left.get(LedgerStatus.UNCERTAIN) or left.get(LedgerStatus.SENDING))
+
+
+async def _abandon_sending(
+    conn: asyncpg.pool.PoolConnectionProxy, batch_id: uuid.UUID, left: dict[str, int]
+) -> None:
+    """Make the batch's rows still `sending` `uncertain`: once its chunks are done they belong
+    to no live attempt, and may have reached the carrier. Looked for only when the kept
+    counts `left` hold some: most batches have none, and the look reads the batch's rows."""
+    if left.get(LedgerStatus.SENDING):
+        await conn.execute(
+            "UPDATE messages SET status = 'uncertain', updated_at = now()"
+            " WHERE batch_id = $1 AND status = 'sending'",
+            batch_id,
+        )
 
 
 async def sids_in_ledger(pool: asyncpg.Pool, sids: list[str]) -> set[str]:
@@ -426,12 +456,7 @@ async def close_ledger(
     none, and each look reads the batch's rows (or the whole ledger, by a sequential scan)."""
     async with pool.acquire() as conn, conn.transaction():
         left = await count_by_status(conn, batch_id)
-        if left.get(LedgerStatus.SENDING):
-            await conn.execute(
-                "UPDATE messages SET status = 'uncertain', updated_at = now()"
-                " WHERE batch_id = $1 AND status = 'sending'",
-                batch_id,
-            )
+        await _abandon_sending(conn, batch_id, left)
         if pending_as is not None and left.get(LedgerStatus.PENDING):
             await conn.execute(
                 "UPDATE messages SET status = $2, updated_at = now()"

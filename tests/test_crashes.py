@@ -11,6 +11,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr
@@ -23,6 +24,7 @@ from settings import Settings
 from store import numbers
 from store.accounts import create_account, create_api_key
 from store.db import create_pool
+from tests.support.answer_lost import answer_lost
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import unique_numbers
 from tests.support.delivery import (
@@ -322,4 +324,40 @@ async def test_postgres_restarted_under_a_paced_slice_leaves_no_row_uncertain(
     assert statuses == {"sent": rows_total}
     assert final["status"] == "completed"
     # The slice rode the outage out: no row was claimed by a second attempt.
+    assert all(r["attempts"] == 1 for r in rows)
+
+
+async def test_a_waves_write_whose_answer_is_lost_still_sends_its_rows_once(
+    temporal: Client, settings: Settings, webhooks: WebhookReceiver, emulator_url: str
+) -> None:
+    """PostgreSQL commits a wave's write (the last wave's outcomes, and the next wave marked
+    `sending`), then the connection closes before its answer comes back, as a restart can
+    close it. The sender runs the write again (through_outages). That second run must know
+    the marks its first run made as its own: before, it took the rows for another attempt's
+    and never sent them, and they ended `uncertain`."""
+    rows_total = 40
+    address = urlsplit(settings.dsn)
+    assert address.hostname is not None and address.port is not None
+    async with answer_lost((address.hostname, address.port), b"marked AS (UPDATE") as proxy:
+        userinfo, _, _ = address.netloc.rpartition("@")
+        proxied = address._replace(netloc=f"{userinfo}@127.0.0.1:{proxy.port}").geturl()
+        async with (
+            own_worker(
+                temporal, settings, database_url=SecretStr(proxied), send_concurrency=4
+            ) as own,
+            api_client(own) as api,
+        ):
+            account = await new_account(own)
+            file_id, marker = await start_marked_batch(
+                api, account, webhooks, unique_numbers(rows_total)
+            )
+            final = (await webhooks.wait_for(marker, *FINAL))[-1]
+            rows = await ledger_rows(api, account, file_id)
+
+    assert proxy.lost.is_set()
+    statuses = assert_each_row_once(rows, await received(emulator_url, marker), rows_total)
+    assert statuses == {"sent": rows_total}
+    assert final["status"] == "completed"
+    # Each row was sent by the attempt that marked it, the first: none went through
+    # reconciliation to be sent again.
     assert all(r["attempts"] == 1 for r in rows)

@@ -820,6 +820,44 @@ async def test_a_queued_receipt_that_moves_its_message_is_not_kept(
     ]
 
 
+async def test_a_waves_write_run_again_finds_its_own_marks_and_not_another_attempts(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+) -> None:
+    """The same write run again, as after a connection closed once it had committed
+    (activities/outages.py), returns the marks its first run made, their attempt counted
+    once; another attempt's write (another token) marks none of them, so that no row is sent
+    by two attempts."""
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(4), schedule_at=later
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    batch_id = uuid.UUID(file_id)
+    seqs = [
+        r["seq"]
+        for r in await pool.fetch(
+            "SELECT seq FROM messages WHERE batch_id = $1 ORDER BY seq", batch_id
+        )
+    ]
+
+    first = await messages.write_outcomes(pool, batch_id, [], mark=seqs[:3], by=7)
+    again = await messages.write_outcomes(pool, batch_id, [], mark=seqs[:3], by=7)
+    other = await messages.write_outcomes(pool, batch_id, [], mark=seqs, by=8)
+    unknown = await messages.write_outcomes(pool, batch_id, [], mark=seqs)
+
+    assert first.marked == again.marked == dict.fromkeys(seqs[:3], 1)
+    assert other.marked == {seqs[3]: 1}
+    assert unknown.marked == {}
+    rows = await pool.fetch(
+        "SELECT status, attempts, marked_by FROM messages WHERE batch_id = $1 ORDER BY seq",
+        batch_id,
+    )
+    assert [tuple(r) for r in rows] == [("sending", 1, 7)] * 3 + [("sending", 1, 8)]
+
+
 async def test_a_wave_is_marked_in_the_statement_that_writes_the_outcomes_of_the_last(
     api: httpx.AsyncClient,
     account: Account,
