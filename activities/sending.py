@@ -262,7 +262,9 @@ class SendingActivities(WorkerResources):
         rest = asyncio.ensure_future(
             record(
                 waves.unrecorded(results, unsent=True, waiting=waiting),
-                lambda outcomes: messages.record_outcomes(self._pool, batch_id, outcomes),
+                lambda outcomes: messages.record_outcomes(
+                    self._pool, batch_id, outcomes, by=marker
+                ),
             )
         )
         cancelled = await _to_the_end(rest) or cancelled

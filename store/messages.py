@@ -251,11 +251,13 @@ class Written:
     unsettled: list[str]
 
 
-async def record_outcomes(pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome]) -> None:
-    """Write outcomes (write_outcomes), then apply the receipts that came for their sids
-    meanwhile (apply_kept_receipts): a slice's last write."""
+async def record_outcomes(
+    pool: asyncpg.Pool, batch_id: uuid.UUID, outcomes: list[Outcome], *, by: int | None = None
+) -> None:
+    """Write outcomes (write_outcomes, of the rows `by` marked), then apply the receipts that
+    came for their sids meanwhile (apply_kept_receipts): a slice's last write."""
     if outcomes:
-        written = await write_outcomes(pool, batch_id, outcomes)
+        written = await write_outcomes(pool, batch_id, outcomes, by=by)
         await apply_kept_receipts(pool, batch_id, written.unsettled)
 
 
@@ -269,10 +271,10 @@ async def write_outcomes(
 ) -> Written:
     """Write outcomes of a slice, and mark the rows of seqs `mark` `sending`, in one statement.
 
-    Of the outcomes, only rows still `sending` move, a `pending` one outside its send window
-    (never marked `sending`) takes the time it opens, and `uncertain` ones move to a definite
-    answer: an attempt presumed dead (its rows made `uncertain` by the next) that lived on and
-    heard the carrier's answer settles them.
+    Of the outcomes, only rows still `sending` by `by` (this attempt's marks) move, a
+    `pending` one outside its send window (never marked `sending`) takes the time it opens,
+    and `uncertain` ones move to a definite answer: an attempt presumed dead (its rows made
+    `uncertain` by the next) that lived on and heard the carrier's answer settles them.
 
     A row of `mark` moves from `pending` to `sending`, counting an attempt, and records `by`
     (the marking attempt's token); one no longer `pending` (another attempt's, or settled)
@@ -303,7 +305,10 @@ async def write_outcomes(
         " FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"
         " $7::timestamptz[]) AS o(seq, status, sid, code, msg, opens)"
         " LEFT JOIN f ON f.carrier_sid = o.sid AND o.status = 'sent'"
-        " WHERE m.batch_id = $1 AND m.seq = o.seq AND (m.status = 'sending'"
+        " WHERE m.batch_id = $1 AND m.seq = o.seq"
+        # Only this attempt's marks: a statement of an attempt presumed dead, run again after
+        # its answer was lost, must not undo the next attempt's marks of the same rows.
+        " AND ((m.status = 'sending' AND m.marked_by IS NOT DISTINCT FROM $9)"
         " OR (m.status = 'pending' AND o.opens IS NOT NULL)"
         " OR (m.status = 'uncertain' AND o.status IN ('sent', 'failed')))"
         " RETURNING m.carrier_sid, f.status IS NOT NULL AS took),"
@@ -390,29 +395,10 @@ async def uncertain_rows(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[Uncert
 
 
 async def has_uncertain(pool: asyncpg.Pool, batch_id: uuid.UUID) -> bool:
-    """Whether any row of the batch is `uncertain` (reconciliation has work), once its chunks
-    are done: rows still `sending` then are made `uncertain` first (_abandon_sending), so that
-    reconciliation settles them too rather than the batch's close leaving them unsettled.
-    From the kept counts: every batch asks as it ends, and asked of the ledger PostgreSQL
-    read it whole (in `make bench`'s sweep 36,000 blocks and 81 ms at 600,000 rows)."""
-    async with pool.acquire() as conn, conn.transaction():
-        left = await count_by_status(conn, batch_id)
-        await _abandon_sending(conn, batch_id, left)
-    return bool(left.get(LedgerStatus.UNCERTAIN) or left.get(LedgerStatus.SENDING))
-
-
-async def _abandon_sending(
-    conn: asyncpg.pool.PoolConnectionProxy, batch_id: uuid.UUID, left: dict[str, int]
-) -> None:
-    """Make the batch's rows still `sending` `uncertain`: once its chunks are done they belong
-    to no live attempt, and may have reached the carrier. Looked for only when the kept
-    counts `left` hold some: most batches have none, and the look reads the batch's rows."""
-    if left.get(LedgerStatus.SENDING):
-        await conn.execute(
-            "UPDATE messages SET status = 'uncertain', updated_at = now()"
-            " WHERE batch_id = $1 AND status = 'sending'",
-            batch_id,
-        )
+    """Whether any row of the batch is `uncertain` (reconciliation has work), from the kept
+    counts: every batch asks as it ends, and asked of the ledger PostgreSQL read it whole
+    (in `make bench`'s sweep 36,000 blocks and 81 ms at 600,000 rows)."""
+    return bool((await count_by_status(pool, batch_id)).get(LedgerStatus.UNCERTAIN))
 
 
 async def sids_in_ledger(pool: asyncpg.Pool, sids: list[str]) -> set[str]:
@@ -456,7 +442,12 @@ async def close_ledger(
     none, and each look reads the batch's rows (or the whole ledger, by a sequential scan)."""
     async with pool.acquire() as conn, conn.transaction():
         left = await count_by_status(conn, batch_id)
-        await _abandon_sending(conn, batch_id, left)
+        if left.get(LedgerStatus.SENDING):
+            await conn.execute(
+                "UPDATE messages SET status = 'uncertain', updated_at = now()"
+                " WHERE batch_id = $1 AND status = 'sending'",
+                batch_id,
+            )
         if pending_as is not None and left.get(LedgerStatus.PENDING):
             await conn.execute(
                 "UPDATE messages SET status = $2, updated_at = now()"

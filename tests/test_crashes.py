@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from pydantic import SecretStr
 from temporalio.client import Client
 
@@ -327,20 +328,25 @@ async def test_postgres_restarted_under_a_paced_slice_leaves_no_row_uncertain(
     assert all(r["attempts"] == 1 for r in rows)
 
 
+@pytest.mark.parametrize("nth", [1, 2])
 async def test_a_waves_write_whose_answer_is_lost_still_sends_its_rows_once(
-    temporal: Client, settings: Settings, webhooks: WebhookReceiver, emulator_url: str
+    temporal: Client, settings: Settings, webhooks: WebhookReceiver, emulator_url: str, nth: int
 ) -> None:
-    """PostgreSQL commits a wave's write (the last wave's outcomes, and the next wave marked
-    `sending`), then the connection closes before its answer comes back, as a restart can
-    close it. The sender runs the write again (through_outages). That second run must know
-    the marks its first run made as its own: before, it took the rows for another attempt's
-    and never sent them, and they ended `uncertain`."""
+    """PostgreSQL commits a wave's write (the first, which marks a wave `sending`; the
+    second, which also writes the outcomes of the first), then the connection closes before
+    its answer comes back, as a restart can close it. The sender runs the write again
+    (through_outages). That second run must know the marks its first run made as its own:
+    before, it took the rows for another attempt's and never sent them, and they ended
+    `uncertain`, or were sent again after reconciliation."""
     rows_total = 40
     address = urlsplit(settings.dsn)
     assert address.hostname is not None and address.port is not None
-    async with answer_lost((address.hostname, address.port), b"marked AS (UPDATE") as proxy:
+    async with answer_lost((address.hostname, address.port), b"marked AS (UPDATE", nth) as proxy:
         userinfo, _, _ = address.netloc.rpartition("@")
-        proxied = address._replace(netloc=f"{userinfo}@127.0.0.1:{proxy.port}").geturl()
+        query = "&".join(q for q in (address.query, "sslmode=disable") if q)
+        proxied = address._replace(
+            netloc=f"{userinfo}@127.0.0.1:{proxy.port}", query=query
+        ).geturl()
         async with (
             own_worker(
                 temporal, settings, database_url=SecretStr(proxied), send_concurrency=4

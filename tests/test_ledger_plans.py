@@ -611,18 +611,3 @@ async def test_closing_a_ledger_with_no_row_left_to_close_reads_none_of_it(
         "uncertain": 1,
         pending_as or "pending": 1,
     }
-
-
-async def test_a_row_left_sending_when_its_batch_ends_is_reconciled(own_pool: asyncpg.Pool) -> None:
-    """A row still `sending` once a batch's chunks are done belongs to no live attempt and may
-    have reached the carrier. Asking whether the batch has rows to reconcile makes it
-    `uncertain` first, so that reconciliation settles it: the ledger's close made it
-    `uncertain` only after that question, and it ended so, the carrier never asked."""
-    pool = own_pool
-    batch_id = await _sent_batch(pool, 10)
-    await pool.execute(
-        "UPDATE messages SET status = 'sending' WHERE batch_id = $1 AND seq = 4", batch_id
-    )
-
-    assert await messages.has_uncertain(pool, batch_id)
-    assert await messages.count_by_status(pool, batch_id) == {"sent": 9, "uncertain": 1}

@@ -828,8 +828,9 @@ async def test_a_waves_write_run_again_finds_its_own_marks_and_not_another_attem
 ) -> None:
     """The same write run again, as after a connection closed once it had committed
     (activities/outages.py), returns the marks its first run made, their attempt counted
-    once; another attempt's write (another token) marks none of them, so that no row is sent
-    by two attempts."""
+    once; another attempt's write (another token) marks none of them, nor moves them with
+    its outcomes, so that no row is sent by two attempts nor loses the answer of the one
+    that sent it."""
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     file_id, marker = await start_marked_batch(
         api, account, webhooks, unique_numbers(4), schedule_at=later
@@ -847,6 +848,16 @@ async def test_a_waves_write_run_again_finds_its_own_marks_and_not_another_attem
     again = await messages.write_outcomes(pool, batch_id, [], mark=seqs[:3], by=7)
     other = await messages.write_outcomes(pool, batch_id, [], mark=seqs, by=8)
     unknown = await messages.write_outcomes(pool, batch_id, [], mark=seqs)
+    # The first attempt's answers: its own row moves, the other attempt's does not.
+    await messages.write_outcomes(
+        pool,
+        batch_id,
+        [
+            messages.Outcome(seq=seqs[0], status=LedgerStatus.FAILED, error_code="21211"),
+            messages.Outcome(seq=seqs[3], status=LedgerStatus.PENDING),
+        ],
+        by=7,
+    )
 
     assert first.marked == again.marked == dict.fromkeys(seqs[:3], 1)
     assert other.marked == {seqs[3]: 1}
@@ -855,7 +866,12 @@ async def test_a_waves_write_run_again_finds_its_own_marks_and_not_another_attem
         "SELECT status, attempts, marked_by FROM messages WHERE batch_id = $1 ORDER BY seq",
         batch_id,
     )
-    assert [tuple(r) for r in rows] == [("sending", 1, 7)] * 3 + [("sending", 1, 8)]
+    assert [tuple(r) for r in rows] == [
+        ("failed", 1, 7),
+        ("sending", 1, 7),
+        ("sending", 1, 7),
+        ("sending", 1, 8),
+    ]
 
 
 async def test_a_wave_is_marked_in_the_statement_that_writes_the_outcomes_of_the_last(

@@ -1,7 +1,8 @@
 """A TCP proxy in front of PostgreSQL that loses the answer to one statement after it has
 committed, as a connection closed by a restart or a network fault between the commit and its
 answer would: the client sees "connection was closed in the middle of operation" and cannot
-tell whether its statement ran."""
+tell whether its statement ran. Its clients connect without TLS (`sslmode=disable`), so that
+the proxy reads the protocol's messages."""
 
 import asyncio
 import struct
@@ -15,18 +16,26 @@ _BEFORE_STARTUP = {80877103, 80877104}
 
 @dataclass
 class AnswerLost:
-    """Loses the answer to the first execution of a statement whose text holds `statement`:
-    the server runs it and says it is ready for the next (its implicit transaction committed),
-    and then both sides of the connection are closed, the answer never forwarded."""
+    """Loses the answer to the `nth` execution of a statement whose text holds `statement`:
+    the server runs it and says it is ready for the next (its implicit transaction ended),
+    then both sides of the connection are closed, the answer never forwarded. `lost` is set
+    once an answer with no error was lost (the statement committed), `failed` if the lost
+    answer held an error."""
 
     upstream: tuple[str, int]
     statement: bytes
+    nth: int = 1
     port: int = 0
     lost: asyncio.Event = field(default_factory=asyncio.Event)
-    _armed: bool = False
+    failed: bool = False
+    _executions: int = 0
 
     async def _serve(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
-        server, to_server = await asyncio.open_connection(*self.upstream)
+        try:
+            server, to_server = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            to_client.transport.abort()
+            return
         losing = asyncio.Event()
         pumps = [
             asyncio.create_task(self._from_client(client, to_server, losing)),
@@ -43,34 +52,37 @@ class AnswerLost:
     ) -> None:
         targets: set[bytes] = set()
         started = False
-        buffer = b""
+        buffer = bytearray()
         while data := await reader.read(65536):
             buffer += data
+            at = 0
             while True:
                 if not started:
-                    if len(buffer) < 8:
+                    if len(buffer) - at < 8:
                         break
-                    (length,) = struct.unpack("!i", buffer[:4])
-                    (code,) = struct.unpack("!i", buffer[4:8])
+                    length, code = struct.unpack_from("!ii", buffer, at)
                     started = code not in _BEFORE_STARTUP
-                    kind, body_start = b"", 4
+                    kind, body = b"", at + 4
                 else:
-                    if len(buffer) < 5:
+                    if len(buffer) - at < 5:
                         break
-                    kind = buffer[:1]
-                    (length,) = struct.unpack("!i", buffer[1:5])
+                    kind = bytes(buffer[at : at + 1])
+                    (length,) = struct.unpack_from("!i", buffer, at + 1)
                     length += 1
-                    body_start = 5
-                if len(buffer) < length:
+                    body = at + 5
+                if length < 4:
+                    raise ValueError("not PostgreSQL's protocol (TLS?)")
+                if len(buffer) - at < length:
                     break
-                body, buffer = buffer[body_start:length], buffer[length:]
-                if kind == b"P":
-                    name, query = body.split(b"\0")[:2]
-                    if self.statement in query:
-                        targets.add(name)
-                elif kind == b"B" and body.split(b"\0")[1] in targets and not self._armed:
-                    self._armed = True
-                    losing.set()
+                fields = bytes(buffer[body : at + length]).split(b"\0")
+                at += length
+                if kind == b"P" and self.statement in fields[1]:
+                    targets.add(fields[0])
+                elif kind == b"B" and fields[1] in targets:
+                    self._executions += 1
+                    if self._executions == self.nth:
+                        losing.set()
+            del buffer[:at]
             writer.write(data)
             await writer.drain()
 
@@ -79,7 +91,7 @@ class AnswerLost:
     ) -> None:
         # The client waits for the answer to its last statement before it sends the next, so
         # what the server sends once the statement is armed is its answer, from its first byte.
-        buffer = b""
+        buffer = bytearray()
         while data := await reader.read(65536):
             if not losing.is_set():
                 writer.write(data)
@@ -87,19 +99,27 @@ class AnswerLost:
                 continue
             buffer += data
             while len(buffer) >= 5:
-                (length,) = struct.unpack("!i", buffer[1:5])
+                (length,) = struct.unpack_from("!i", buffer, 1)
+                if length < 4:
+                    raise ValueError("not PostgreSQL's protocol (TLS?)")
                 if len(buffer) < length + 1:
                     break
-                kind, buffer = buffer[:1], buffer[length + 1 :]
-                if kind == b"Z":
-                    self.lost.set()
+                kind = bytes(buffer[:1])
+                del buffer[: length + 1]
+                if kind == b"E":
+                    self.failed = True
+                elif kind == b"Z":
+                    if not self.failed:
+                        self.lost.set()
                     return
 
 
 @asynccontextmanager
-async def answer_lost(upstream: tuple[str, int], statement: bytes) -> AsyncIterator[AnswerLost]:
+async def answer_lost(
+    upstream: tuple[str, int], statement: bytes, nth: int = 1
+) -> AsyncIterator[AnswerLost]:
     """An AnswerLost proxy listening on a free local port."""
-    proxy = AnswerLost(upstream, statement)
+    proxy = AnswerLost(upstream, statement, nth)
     listener = await asyncio.start_server(proxy._serve, "127.0.0.1", 0)
     proxy.port = listener.sockets[0].getsockname()[1]
     try:
