@@ -611,3 +611,40 @@ async def test_closing_a_ledger_with_no_row_left_to_close_reads_none_of_it(
         "uncertain": 1,
         pending_as or "pending": 1,
     }
+
+
+async def test_a_slices_claim_reads_its_own_rows_and_their_contents_by_key(
+    own_pool: asyncpg.Pool,
+) -> None:
+    """A slice's claim (its rows, and their own content templates, in one statement) reads
+    the slice's rows of the ledger and looks their contents up by key: not the batch's rows,
+    nor the whole table of other batches' contents, however many those are."""
+    pool = own_pool
+    batch_id = await _validated_batch(pool, ROWS)
+    other = await _validated_batch(pool, ROWS)
+    await pool.execute(
+        "INSERT INTO message_contents (batch_id, row_number, content_sid)"
+        " SELECT $1, g, 'HX' || g FROM generate_series(1, $2) AS g",
+        other,
+        ROWS,
+    )
+    await pool.execute(
+        "INSERT INTO message_contents (batch_id, row_number, content_sid) VALUES ($1, 3, 'HXown')",
+        batch_id,
+    )
+    await pool.execute("ANALYZE message_contents")
+    contents_reads = (
+        "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables"
+        " WHERE relname = 'message_contents'"
+    )
+    before = (await _counted(pool, LEDGER_READS), await _counted(pool, contents_reads))
+
+    claimed = await messages.claim_slice(pool, batch_id, 0, SLICE)
+
+    ledger = await _counted(pool, LEDGER_READS) - before[0]
+    contents = await _counted(pool, contents_reads) - before[1]
+    assert [m.seq for m in claimed] == list(range(SLICE))
+    assert [m.content for m in claimed if m.content] == [messages.RowContent("HXown", None)]
+    # Its updates and its read each go over the slice's range (20,000 rows in the batch).
+    assert ledger <= 3 * SLICE, ledger
+    assert contents <= SLICE, contents
