@@ -94,31 +94,19 @@ class SendingActivities(WorkerResources):
         attempt_started = time.time()
         # Every statement rides out a PostgreSQL outage (through_outages), the pacers' too:
         # an attempt that failed once it has marked rows `sending` would leave them to its
-        # retry as `uncertain`, sent or not. The batch, its account's credentials and the
-        # slice's rows are read at once: each round trip before the first request delays it.
-        batch_read = asyncio.ensure_future(
-            through_outages(lambda: batches.batch_for_workflow(self._pool, batch_id))
-        )
-
-        async def account() -> tuple[uuid.UUID, carrier_accounts.CarrierCredentials | None]:
-            account_id = (
-                uuid.UUID(input.account_id)
-                if input.account_id
-                else (await batch_read)["account_id"]
-            )
-            return account_id, await through_outages(
-                lambda: carrier_accounts.carrier_account(self._pool, account_id)
-            )
-
-        batch, (account_id, own), claimed = await asyncio.gather(
-            batch_read,
-            account(),
-            through_outages(
-                lambda: messages.claim_slice(self._pool, batch_id, input.start, input.end)
-            ),
-        )
+        # retry as `uncertain`, sent or not. One read at a time: read at once, they opened
+        # three times the pool's connections and brought no first request sooner
+        # (docs/PERFORMANCE.md, 2026-12-04 afternoon).
+        batch = await through_outages(lambda: batches.batch_for_workflow(self._pool, batch_id))
+        account_id = uuid.UUID(input.account_id) if input.account_id else batch["account_id"]
         way = Channel.of(batch["request"])
+        own = await through_outages(
+            lambda: carrier_accounts.carrier_account(self._pool, account_id)
+        )
         credentials = (own.account_sid, own.auth_token) if own else None
+        claimed = await through_outages(
+            lambda: messages.claim_slice(self._pool, batch_id, input.start, input.end)
+        )
         # One pacer per sender: a row with its own sender goes at that sender's rate.
         pacers: dict[str, SenderPacer] = {}
         stopping = asyncio.Event()
