@@ -94,9 +94,7 @@ class SendingActivities(WorkerResources):
         attempt_started = time.time()
         # Every statement rides out a PostgreSQL outage (through_outages), the pacers' too:
         # an attempt that failed once it has marked rows `sending` would leave them to its
-        # retry as `uncertain`, sent or not. One read at a time: read at once, they opened
-        # three times the pool's connections and brought no first request sooner
-        # (docs/PERFORMANCE.md, 2026-12-04 afternoon).
+        # retry as `uncertain`, sent or not.
         batch = await through_outages(lambda: batches.batch_for_workflow(self._pool, batch_id))
         account_id = uuid.UUID(input.account_id) if input.account_id else batch["account_id"]
         way = Channel.of(batch["request"])
@@ -106,6 +104,13 @@ class SendingActivities(WorkerResources):
         credentials = (own.account_sid, own.auth_token) if own else None
         claimed = await through_outages(
             lambda: messages.claim_slice(self._pool, batch_id, input.start, input.end)
+        )
+        own_contents = (
+            await through_outages(
+                lambda: messages.row_contents(self._pool, batch_id, [m.row_number for m in claimed])
+            )
+            if claimed
+            else {}
         )
         # One pacer per sender: a row with its own sender goes at that sender's rate.
         pacers: dict[str, SenderPacer] = {}
@@ -195,7 +200,7 @@ class SendingActivities(WorkerResources):
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
             started = time.monotonic()
-            own = message.content
+            own = own_contents.get(message.row_number)
             result = await self._carrier.send(
                 to=carrier_address(message.to_number, way.channel),
                 from_=carrier_address(sender, way.channel),

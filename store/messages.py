@@ -37,14 +37,6 @@ CONTENT_COLUMNS = ("batch_id", "row_number", "content_sid", "content_variables")
 
 
 @dataclass(frozen=True, slots=True)
-class RowContent:
-    """A row's own content template, either part None where the batch's applies."""
-
-    content_sid: str | None
-    content_variables: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class ClaimedMessage:
     seq: int
     to_number: str
@@ -52,8 +44,14 @@ class ClaimedMessage:
     # The row's own sender; None: the batch's.
     from_number: str | None = None
     row_number: int = 0
-    # The row's own content template (message_contents); None: the batch's.
-    content: RowContent | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RowContent:
+    """A row's own content template, either part None where the batch's applies."""
+
+    content_sid: str | None
+    content_variables: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +162,8 @@ async def last_sent_to(
 async def claim_slice(
     pool: asyncpg.Pool, batch_id: uuid.UUID, start: int, end: int
 ) -> list[ClaimedMessage]:
-    """The slice's pending rows, with their own content templates, for its sender to move to
-    `sending` (write_outcomes) in waves just before they go on the wire.
+    """The slice's pending rows, for its sender to move to `sending` (write_outcomes) in waves
+    just before they go on the wire.
 
     A slice is sent by one activity at a time, so a row already `sending` here was marked by
     an attempt that died: the carrier may have accepted it, and Twilio takes no idempotency
@@ -173,41 +171,37 @@ async def claim_slice(
 
     A number that opted out since the batch was validated is skipped (`opted_out`), unless
     the batch was started with `exclude_opt_outs: false`.
-
-    One statement, one round trip before a slice's first request (it was five, and the
-    contents a sixth): its SELECT reads the rows as they were before its updates, so the rows
-    it skips are left out by their seqs, and those it makes `uncertain` were not `pending`.
     """
-    rows = await pool.fetch(
-        "WITH abandoned AS (UPDATE messages SET status = 'uncertain', updated_at = now()"
-        " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'sending'),"
-        " skipped AS (UPDATE messages AS m SET status = 'skipped', error_code = 'opted_out',"
-        " updated_at = now() FROM batches AS b"
-        " WHERE m.batch_id = $1 AND m.seq >= $2 AND m.seq < $3 AND m.status = 'pending'"
-        " AND b.id = m.batch_id"
-        " AND coalesce((b.request ->> 'exclude_opt_outs')::boolean, true)"
-        " AND EXISTS (SELECT 1 FROM opt_outs AS o"
-        " WHERE o.account_id = m.account_id AND o.number = m.to_number) RETURNING m.seq)"
-        " SELECT m.seq, m.to_number, m.body, m.from_number, m.row_number,"
-        " c.row_number IS NOT NULL AS own, c.content_sid, c.content_variables"
-        " FROM messages AS m LEFT JOIN message_contents AS c"
-        " ON c.batch_id = m.batch_id AND c.row_number = m.row_number"
-        " WHERE m.batch_id = $1 AND m.seq >= $2 AND m.seq < $3 AND m.status = 'pending'"
-        " AND NOT EXISTS (SELECT FROM skipped AS s WHERE s.seq = m.seq)"
-        " ORDER BY m.seq",
-        batch_id,
-        start,
-        end,
-    )
-    return [
-        ClaimedMessage(
-            r["seq"],
-            r["to_number"],
-            r["body"],
-            r["from_number"],
-            r["row_number"],
-            RowContent(r["content_sid"], r["content_variables"]) if r["own"] else None,
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE messages SET status = 'uncertain', updated_at = now()"
+            " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'sending'",
+            batch_id,
+            start,
+            end,
         )
+        await conn.execute(
+            "UPDATE messages AS m SET status = 'skipped', error_code = 'opted_out',"
+            " updated_at = now() FROM batches AS b"
+            " WHERE m.batch_id = $1 AND m.seq >= $2 AND m.seq < $3 AND m.status = 'pending'"
+            " AND b.id = m.batch_id"
+            " AND coalesce((b.request ->> 'exclude_opt_outs')::boolean, true)"
+            " AND EXISTS (SELECT 1 FROM opt_outs AS o"
+            " WHERE o.account_id = m.account_id AND o.number = m.to_number)",
+            batch_id,
+            start,
+            end,
+        )
+        rows = await conn.fetch(
+            "SELECT seq, to_number, body, from_number, row_number FROM messages"
+            " WHERE batch_id = $1 AND seq >= $2 AND seq < $3 AND status = 'pending'"
+            " ORDER BY seq",
+            batch_id,
+            start,
+            end,
+        )
+    return [
+        ClaimedMessage(r["seq"], r["to_number"], r["body"], r["from_number"], r["row_number"])
         for r in rows
     ]
 
@@ -215,6 +209,19 @@ async def claim_slice(
 async def copy_contents(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
     """Rows' own content templates, `CONTENT_COLUMNS` in order."""
     await conn.copy_records_to_table("message_contents", records=records, columns=CONTENT_COLUMNS)
+
+
+async def row_contents(
+    pool: asyncpg.Pool, batch_id: uuid.UUID, row_numbers: list[int]
+) -> dict[int, RowContent]:
+    """The own content templates of these rows of the batch's file, by row number."""
+    rows = await pool.fetch(
+        "SELECT row_number, content_sid, content_variables FROM message_contents"
+        " WHERE batch_id = $1 AND row_number = ANY($2::bigint[])",
+        batch_id,
+        row_numbers,
+    )
+    return {r["row_number"]: RowContent(r["content_sid"], r["content_variables"]) for r in rows}
 
 
 def storable(text: str | None) -> str | None:
