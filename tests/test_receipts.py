@@ -8,7 +8,6 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -27,6 +26,7 @@ from tests.support.delivery import (
     receipt,
     receipts_applied,
     rows_on_the_wire,
+    scheduled_rows,
     sent_batch,
 )
 from tests.support.sending import (
@@ -831,18 +831,8 @@ async def test_a_waves_write_run_again_finds_its_own_marks_and_not_another_attem
     once; another attempt's write (another token) marks none of them, nor moves them with
     its outcomes, so that no row is sent by two attempts nor loses the answer of the one
     that sent it."""
-    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    file_id, marker = await start_marked_batch(
-        api, account, webhooks, unique_numbers(4), schedule_at=later
-    )
-    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    file_id, seqs = await scheduled_rows(api, account, webhooks, pool, 4)
     batch_id = uuid.UUID(file_id)
-    seqs = [
-        r["seq"]
-        for r in await pool.fetch(
-            "SELECT seq FROM messages WHERE batch_id = $1 ORDER BY seq", batch_id
-        )
-    ]
 
     first = await messages.write_outcomes(pool, batch_id, [], mark=seqs[:3], by=7)
     again = await messages.write_outcomes(pool, batch_id, [], mark=seqs[:3], by=7)
@@ -880,18 +870,8 @@ async def test_a_wave_is_marked_in_the_statement_that_writes_the_outcomes_of_the
     webhooks: WebhookReceiver,
     pool: asyncpg.Pool,
 ) -> None:
-    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    file_id, marker = await start_marked_batch(
-        api, account, webhooks, unique_numbers(6), schedule_at=later
-    )
-    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    file_id, seqs = await scheduled_rows(api, account, webhooks, pool, 6)
     batch_id = uuid.UUID(file_id)
-    seqs = [
-        r["seq"]
-        for r in await pool.fetch(
-            "SELECT seq FROM messages WHERE batch_id = $1 ORDER BY seq", batch_id
-        )
-    ]
     last, the_next = seqs[:3], seqs[3:]
     assert set((await messages.write_outcomes(pool, batch_id, [], mark=last)).marked) == set(last)
     sids = ["SM" + secrets.token_hex(16) for _ in last]

@@ -140,15 +140,15 @@ async def answer_when_its_insert_fails(
     return failed
 
 
-async def rows_on_the_wire(
+async def scheduled_rows(
     api: httpx.AsyncClient,
     account: Account,
     webhooks: WebhookReceiver,
     pool: asyncpg.Pool,
     count: int,
 ) -> tuple[str, list[int]]:
-    """A batch scheduled for later, its `count` rows marked `sending` as a slice's wave marks
-    them before they go on the wire; its file id and the rows' seqs."""
+    """A batch scheduled for later, its `count` rows `pending` in its ledger; its file id and
+    the rows' seqs."""
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     file_id, marker = await start_marked_batch(
         api, account, webhooks, unique_numbers(count), schedule_at=later
@@ -160,6 +160,19 @@ async def rows_on_the_wire(
             "SELECT seq FROM messages WHERE batch_id = $1 ORDER BY seq", uuid.UUID(file_id)
         )
     ]
+    return file_id, seqs
+
+
+async def rows_on_the_wire(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+    count: int,
+) -> tuple[str, list[int]]:
+    """A batch scheduled for later (scheduled_rows), its `count` rows marked `sending` as a
+    slice's wave marks them before they go on the wire; its file id and the rows' seqs."""
+    file_id, seqs = await scheduled_rows(api, account, webhooks, pool, count)
     marked = await messages.write_outcomes(pool, uuid.UUID(file_id), [], mark=seqs)
     assert marked.marked == dict.fromkeys(seqs, 1)
     return file_id, seqs
