@@ -312,6 +312,9 @@ async def write_outcomes(
         " OR (m.status = 'pending' AND o.opens IS NOT NULL)"
         " OR (m.status = 'uncertain' AND o.status IN ('sent', 'failed')))"
         " RETURNING m.carrier_sid, f.status IS NOT NULL AS took),"
+        # Marks are taken back only by the token that made them (`=`: a write with no token
+        # adopts none); outcomes move rows of no token too (IS NOT DISTINCT FROM above), as a
+        # write without one marked them.
         " marked AS (UPDATE messages SET status = 'sending',"
         " attempts = attempts + (status = 'pending')::int, marked_by = $9, updated_at = now()"
         " WHERE batch_id = $1 AND seq = ANY($8::bigint[])"
