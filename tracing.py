@@ -11,10 +11,11 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
 from temporalio.client import Interceptor
 
 if TYPE_CHECKING:
+    # Types only: the worker imports this module, and FastAPI costs a process 12 MB.
+    from fastapi import FastAPI
     from opentelemetry.sdk.trace import TracerProvider
 
 ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -48,7 +49,7 @@ class Tracing:
 
         return [TracingInterceptor(self.provider.get_tracer("herald"))]
 
-    def instrument(self, app: FastAPI) -> None:
+    def instrument(self, app: "FastAPI") -> None:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
         FastAPIInstrumentor.instrument_app(app, tracer_provider=self.provider)
