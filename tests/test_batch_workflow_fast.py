@@ -300,22 +300,31 @@ async def test_expiry_stops_sending_and_closes_what_was_left_expired(
     assert (result.counts.successful, result.counts.expired) == (6, 3)
 
 
+@pytest.mark.parametrize("inline_slices", [1, 7], ids=["chunk-workflows", "in-the-batch"])
 async def test_continue_as_new_hands_over_and_sends_every_row_once(
-    time_skipping: WorkflowEnvironment,
+    time_skipping: WorkflowEnvironment, inline_slices: int
 ) -> None:
-    # 7 rows in chunks of 2 is 4 chunks; 2 chunks a run is 2 runs.
+    # 7 rows in chunks of 2 is 4 chunks; 2 chunks a run is 2 runs. With `inline_slices` 7
+    # the 7 slices are the batch's own, in both runs (`batch-slices-inline`).
     stubs = StubActivities(recipients=7)
     async with stub_worker(time_skipping, stubs) as queue:
         handle = await start_batch(
             time_skipping,
             queue,
-            dispatch=DispatchSettings(chunk_size=2, slice_size=1, chunks_per_run=2),
+            dispatch=DispatchSettings(
+                chunk_size=2, slice_size=1, chunks_per_run=2, inline_slices=inline_slices
+            ),
         )
         result = await result_of(handle)
     sends = sorted(slices(stubs))
     assert sends == [(seq, seq + 1) for seq in range(7)]
     status_runs = {call.run_id for call in stubs.calls["record_status"]}
     assert len(status_runs) == 2
+    send_runs = {call.run_id for call in stubs.calls["send_slice"]}
+    if inline_slices > 1:
+        assert send_runs == status_runs
+    else:
+        assert send_runs.isdisjoint(status_runs) and len(send_runs) == 4
     assert stubs.calls["validate_recipients"][0].run_id == handle.result_run_id
     assert stubs.calls["finish_ledger"][0].run_id != handle.result_run_id
     # Event numbers carry on across runs: consecutive, none twice.

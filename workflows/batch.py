@@ -93,7 +93,7 @@ ONE_SLICE_PATCH = "batch-one-slice-inline"
 # activities are done, so as local ones they held back the first sends' (or chunks') start,
 # scheduled in the same task (docs/WORKFLOWS.md, Fairness between batches).
 OPENING_QUEUED_PATCH = "batch-opening-reports-queued"
-# A batch whose rows fit `inline_slices` send slices (20 by default: 20,000 rows) runs its
+# A batch whose rows fit `inline_slices` send slices (100 by default: 100,000 rows) runs its
 # chunks' code in its own workflow too: no child's start on the path to the first message,
 # no child's end on the path to the final event (docs/WORKFLOWS.md, Fairness between batches).
 SLICES_INLINE_PATCH = "batch-slices-inline"
