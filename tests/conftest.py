@@ -131,7 +131,7 @@ def settings(
         chunk_size=1000,
         slice_size=250,
         # Batches of several slices run child ChunkWorkflows, the path the tests were written
-        # for; those of `batch-slices-inline` (up to 20 slices by default) raise it themselves.
+        # for; those of `batch-slices-inline` (up to 100 slices by default) raise it themselves.
         inline_slices=1,
         # Hours of retries in production; a couple of seconds here.
         webhook_retry_schedule_seconds=[0.2, 0.5, 1.0],
