@@ -3,7 +3,7 @@
 import csv
 import io
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import httpx
@@ -13,6 +13,8 @@ from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneNumberType
 from activities.recipients.phones import to_e164
 
 AREA_CODES = (201, 212, 213, 305, 312, 404, 415, 503, 617, 702, 718, 917)
+# `slow_to_validate`'s numbers run in sequence, so they live outside AREA_CODES.
+SLOW_AREA = 646
 # Phone cells of each kind a recipient file holds: E.164, national, formatted, foreign, too
 # short, words, blank.
 PHONE_CELLS = [
@@ -31,35 +33,42 @@ PHONE_CELLS = [
 ]
 
 
-def unique_numbers(count: int, rng: random.Random | None = None) -> list[str]:
-    """`count` distinct valid US numbers; random enough not to meet another test's."""
-    rng = rng or random.Random()
-    found: set[str] = set()
-    while len(found) < count:
-        raw = f"+1{rng.choice(AREA_CODES)}{rng.randint(200, 999)}{rng.randint(0, 9999):04d}"
-        if to_e164(raw) == raw:
-            found.add(raw)
-    return sorted(found)
+# Every number `unique_numbers` and `unique_numbers_in` handed out in this process: tests
+# share one carrier emulator and assert on what it received for a number, so no two tests
+# may ever draw the same one (random draws alone met once in a CI run).
+_DRAWN: set[str] = set()
 
 
-def unique_numbers_in(prefix: str, digits: int, count: int) -> list[str]:
-    """`count` distinct valid numbers of `prefix` (E.164, with its `+`) and `digits` more
-    random digits."""
+def _draw(count: int, make: Callable[[random.Random], str]) -> list[str]:
     rng = random.Random()
     found: set[str] = set()
     while len(found) < count:
-        raw = prefix + "".join(rng.choice("0123456789") for _ in range(digits))
-        if to_e164(raw) == raw:
+        raw = make(rng)
+        if raw not in _DRAWN and to_e164(raw) == raw:
             found.add(raw)
+            _DRAWN.add(raw)
     return sorted(found)
+
+
+def unique_numbers(count: int) -> list[str]:
+    """`count` valid US numbers that no other call in this test process returned."""
+    return _draw(
+        count,
+        lambda rng: f"+1{rng.choice(AREA_CODES)}{rng.randint(200, 999)}{rng.randint(0, 9999):04d}",
+    )
+
+
+def unique_numbers_in(prefix: str, digits: int, count: int) -> list[str]:
+    """`count` valid numbers of `prefix` (E.164, with its `+`) and `digits` more random
+    digits that no other call in this test process returned."""
+    return _draw(count, lambda rng: prefix + "".join(rng.choices("0123456789", k=digits)))
 
 
 def slow_to_validate(rows: int) -> bytes:
     """A file of `rows` distinct numbers, each with a message of its own holding a quote
     inside an unquoted cell (Excel's quoting is read by columns, this is not: validated row
     by row), which takes a few seconds to validate at 200,000 rows."""
-    area = random.choice(AREA_CODES)
-    lines = (f'+1{area}{200 + n // 10000}{n % 10000:04d},say "hi"\n' for n in range(rows))
+    lines = (f'+1{SLOW_AREA}{200 + n // 10000}{n % 10000:04d},say "hi"\n' for n in range(rows))
     return ("phone_number,agent_message\n" + "".join(lines)).encode()
 
 
