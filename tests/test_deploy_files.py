@@ -139,6 +139,16 @@ def test_compose_runs_the_stack_the_issue_names() -> None:
         }
 
 
+def test_compose_keeps_temporary_files_on_disk_beside_a_read_only_root() -> None:
+    """Spooled uploads and the file a worker validates go to /tmp: a volume, not a tmpfs,
+    which would count them against the container's memory."""
+    services = compose()["services"]
+    for role in ("api", "worker"):
+        assert services[role]["read_only"] is True
+        assert "tmpfs" not in services[role]
+        assert {"type": "volume", "target": "/tmp"} in services[role]["volumes"]
+
+
 def test_compose_scrapes_every_metrics_port_and_provisions_the_dashboard() -> None:
     services = compose()["services"]
     image = DockerfileParser(path=str(DEPLOY / "Dockerfile")).envs
@@ -280,6 +290,8 @@ def test_a_stopping_worker_outlasts_its_send_slice_and_the_carrier_timeout() -> 
     assert container["livenessProbe"]["exec"]["command"] == ["python", "-m", "deploy.healthcheck"]
     assert env["HERALD_HEALTH_FILE"].startswith("/tmp/")
     assert {"mountPath": "/tmp", "name": "tmp"} in container["volumeMounts"]
+    # On the node's disk (`medium: Memory` would count the files against the pod's memory).
+    assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
 
 
 # Every HERALD_* variable the deployment files set is a setting.

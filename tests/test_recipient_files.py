@@ -4,11 +4,13 @@ import csv
 import io
 import json
 import secrets
+import uuid
 
 import asyncpg
 import httpx
 import pytest
 
+from activities.recipients.columns import BLOCK_BYTES
 from api.services.batch_exports import spreadsheet_safe
 from settings import Settings
 from store.opt_outs import add_opt_out
@@ -361,3 +363,40 @@ async def test_a_plain_file_and_a_quoted_one_give_the_same_ledger(
         (1, numbers[0], f'Hi "Zoë", a,b\\N\n{marker} 😀', False, None),
         (4, numbers[0], f'Hi "again", a,b\\N\n{marker} 😀', True, "duplicate"),
     ]
+
+
+async def test_a_file_not_plain_after_its_first_blocks_is_validated_whole_row_by_row(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    pool: asyncpg.Pool,
+) -> None:
+    """A plain header, blocks of rows the column path validates (read from the file's copy
+    on disk) and COPYs, then a row it cannot take (a quote inside an unquoted cell): the
+    copied blocks are undone, the row path reads the file back and validates it whole, and
+    the ledger holds each row once. One number throughout, so one message is sent."""
+    number = unique_numbers(1)[0]
+    filler = "x" * 100
+    # More than two of the column path's blocks.
+    rows = 3 * BLOCK_BYTES // len(f"{number},Ann,{filler}\n")
+    content = "phone_number,name,note\n" + f"{number},Ann,{filler}\n" * rows
+    content += f'{number},say "hi",{filler}\n'
+
+    batch_id, events = await run_batch(api, account, webhooks, content.encode(), "Hi {{name}}")
+
+    # Partial: the repeated rows were skipped.
+    assert events[-1]["status"] == "completed_partial"
+    batch = await get_batch(api, account, batch_id)
+    assert (batch["rows_total"], batch["recipients"], batch["rejected"]) == (rows + 1, rows + 1, 0)
+    ledger = await pool.fetch(
+        "SELECT seq, row_number, body, status, error_code FROM messages WHERE batch_id = $1"
+        " AND row_number IN (1, $2) ORDER BY row_number",
+        uuid.UUID(batch_id),
+        rows + 1,
+    )
+    assert [tuple(row) for row in ledger] == [
+        (0, 1, "Hi Ann", "sent", None),
+        (rows, rows + 1, 'Hi say "hi"', "skipped", "duplicate"),
+    ]
+    assert [m["body"] for m in await emulator_messages(emulator_url, to=number)] == ["Hi Ann"]
