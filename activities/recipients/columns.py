@@ -80,10 +80,10 @@ LANGUAGE_COLUMN = "language"
 # The file's row numbers, under a name no column of a file without NUL bytes can have.
 _ROW = "\x00row_number"
 # Bytes of the file validated at a time, so memory stays flat whatever the file's size, and
-# each block is COPYed while the next is made. 1 MiB rather than 4: the peak at 1,000,000
-# rows drops by about 70 MiB, under 300 MB, at no cost in speed that the shared machine
-# shows (docs/RECIPIENTS.md).
-BLOCK_BYTES = 1 << 20
+# each block is COPYed while the next is made. Each MiB more of a block costs about 25 MiB
+# more at the peak and saves a block's fixed cost (polars' calls): 2 MiB, with the file's
+# bytes on disk, keeps a 1,000,000-row validation under 300 MB (docs/RECIPIENTS.md).
+BLOCK_BYTES = 2 << 20
 # Blocks validated at once, each in its own thread. Two, not three: on two cores a third
 # block adds switching more than work done; at 1,000,000 rows three were 3-8% faster alone
 # (bench.validation) but no sooner to the first message in the stack, at 7 MiB more
