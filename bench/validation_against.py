@@ -61,20 +61,25 @@ def package_at(ref: str, folder: Path) -> ModuleType:
     return importlib.import_module(f"{OTHER}.columns")
 
 
-def outcomes(module: ModuleType, content: bytes, rows: int) -> tuple[list[Any], str]:
+def outcomes(module: ModuleType, path: Path, rows: int) -> tuple[list[Any], str]:
     """Each block's ledger and rejected rows (as tuples), and the counts, of the file by
-    `module`'s column path under its own rules. (The two trees may cut the file into
-    blocks otherwise: the ledgers and rejected rows are compared whole.)"""
+    `module`'s column path under its own rules, read from disk as the activity reads it.
+    (The two trees may cut the file into blocks otherwise: the ledgers and rejected rows
+    are compared whole.)"""
     rules_type = importlib.import_module(module.__name__.replace("columns", "rows")).RecipientRules
     rules = rules_type(
         max_rows=rows, max_message_chars=1600, agent_message=TEMPLATE, exclude_duplicates=True
     )
-    plain = module.plain_csv(content, rules)
-    assert plain is not None, "the benchmark's file must take the column path"
-    blocks = [
-        (block.ledger, [(r.row_number, str(r.code), r.reason, r.value) for r in block.rejected])
-        for block in plain.blocks()
-    ]
+    with path.open("rb") as file:
+        plain = module.plain_csv_file(file, rules)
+        assert plain is not None, "the benchmark's file must take the column path"
+        blocks = [
+            (
+                block.ledger,
+                [(r.row_number, str(r.code), r.reason, r.value) for r in block.rejected],
+            )
+            for block in plain.blocks()
+        ]
     return blocks, repr(plain.tally).split("(", 1)[1]
 
 
@@ -82,10 +87,13 @@ def measure(ref: str, rows: int, seed: int, repeats: int) -> list[str]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "recipients.csv"
         write_file(path, rows, random.Random(seed))
-        content = path.read_bytes()
         other = package_at(ref, Path(folder))
+        return _measured(ref, other, path, rows, repeats)
+
+
+def _measured(ref: str, other: ModuleType, path: Path, rows: int, repeats: int) -> list[str]:
     prepare_process()
-    theirs, ours = outcomes(other, content, rows), outcomes(columns, content, rows)
+    theirs, ours = outcomes(other, path, rows), outcomes(columns, path, rows)
     assert theirs[1] == ours[1], "the counts differ"
     their_ledgers, their_rejected = zip(*theirs[0], strict=True)
     our_ledgers, our_rejected = zip(*ours[0], strict=True)
@@ -96,9 +104,9 @@ def measure(ref: str, rows: int, seed: int, repeats: int) -> list[str]:
     del theirs, ours, their_ledgers, our_ledgers
     runs: dict[str, list[tuple[float, float]]] = {"csv module": [], ref: [], "this tree": []}
     sides: list[tuple[str, Callable[[], object]]] = [
-        ("csv module", lambda: csv_reading(content)),
-        (ref, lambda: outcomes(other, content, rows)),
-        ("this tree", lambda: outcomes(columns, content, rows)),
+        ("csv module", lambda: csv_reading(path)),
+        (ref, lambda: outcomes(other, path, rows)),
+        ("this tree", lambda: outcomes(columns, path, rows)),
     ]
     for _ in range(repeats):
         for name, function in sides:
