@@ -69,8 +69,8 @@ def step_seconds(
     earlier: list[pl.Series] = []
     first_seq = 0
     while lines := timed(cut, next, blocks, None):
-        first_row, data, count = lines
-        text = b"".join((header_line, data))
+        first_row, pieces, count = lines
+        text = b"".join((header_line, *pieces))
         frame = timed(
             "parse (read_csv, checks)", columns._read_block, text, header, first_row, count
         )

@@ -75,6 +75,8 @@ LEDGER_COLUMNS = (
 _BOM = b"\xef\xbb\xbf"
 # A CR not before a LF: a line end to the csv module, not to polars.
 _LONE_CR = re.compile(rb"\r(?!\n)")
+# Lines of a file, whole: a block is given as pieces of them, joined when it is read.
+Lines = bytes | memoryview
 # A row's language, carried beside its ledger row (a Postman upload's).
 LANGUAGE_COLUMN = "language"
 # The file's row numbers, under a name no column of a file without NUL bytes can have.
@@ -171,8 +173,8 @@ class PlainCsv:
             else _file_lines(self.content, block_bytes)
         )
 
-        def read(first_row: int, data: memoryview | bytes, count: int) -> pl.DataFrame:
-            return _read_block(b"".join((header_line, data)), self.header, first_row, count)
+        def read(first_row: int, pieces: Sequence[Lines], count: int) -> pl.DataFrame:
+            return _read_block(b"".join((header_line, *pieces)), self.header, first_row, count)
 
         reads = (functools.partial(read, *lines) for lines in line_blocks)
         yield from frame_blocks(reads, self.header, self.rules, self.tally)
@@ -394,19 +396,20 @@ def _even_size(size: int, block_bytes: int) -> int:
 
 def _memory_lines(
     content: bytes, block_bytes: int
-) -> tuple[bytes, Iterator[tuple[int, memoryview | bytes, int]]]:
-    """The header line (with `\\n`, without BOM or CR) and the blocks of lines after it."""
+) -> tuple[bytes, Iterator[tuple[int, Sequence[Lines], int]]]:
+    """The header line (with `\\n`, without BOM or CR) and the blocks of lines after it,
+    each in pieces to join, with its first row's number and its count of records."""
     start = len(_BOM) if content.startswith(_BOM) else 0
     end = content.find(b"\n", start)
     header_line = content[start:end].removesuffix(b"\r") + b"\n"
     view = memoryview(content)
     blocks = _line_blocks(content, end + 1, _even_size(len(content) - end - 1, block_bytes))
-    return header_line, ((row, view[lines], count) for row, lines, count in blocks)
+    return header_line, ((row, (view[lines],), count) for row, lines, count in blocks)
 
 
 def _file_lines(
     file: BinaryIO, block_bytes: int
-) -> tuple[bytes, Iterator[tuple[int, memoryview | bytes, int]]]:
+) -> tuple[bytes, Iterator[tuple[int, Sequence[Lines], int]]]:
     """`_memory_lines` of a file, read from its start a block at a time."""
     file.seek(0, io.SEEK_END)
     size = file.tell()
@@ -415,24 +418,35 @@ def _file_lines(
     header_line = first.removeprefix(_BOM).removesuffix(b"\n").removesuffix(b"\r") + b"\n"
     block_size = _even_size(size - len(first), block_bytes)
 
-    def blocks() -> Iterator[tuple[int, memoryview | bytes, int]]:
+    def blocks() -> Iterator[tuple[int, Sequence[Lines], int]]:
         first_row = 1
-        while data := file.read(block_size):
-            line = file.readline()
-            data += line
-            if b"\x00" in data:
+        while chunk := file.read(block_size):
+            # To the end of its line, and with quotes to the end of a record (a quoted cell
+            # may hold line breaks). Kept in pieces, which the block's read joins once with
+            # the header line: joined here too, the block would be copied once more, holding
+            # the GIL the blocks' threads need (as counting does: a search for a quote costs
+            # a fiftieth of counting them).
+            pieces = [chunk, file.readline()]
+            if any(b'"' in piece for piece in pieces):
+                quotes = sum(piece.count(b'"') for piece in pieces)
+                while quotes % 2 and (line := file.readline()):
+                    pieces.append(line)
+                    quotes += line.count(b'"')
+            if any(b"\x00" in piece for piece in pieces):
                 raise NotPlain("a NUL byte")
-            # To the end of a record: a quoted cell may hold line breaks. (Counting holds the
-            # GIL, which the blocks' threads need: a search for a quote costs a fiftieth.)
-            quotes = data.count(b'"') if b'"' in data else 0
-            while quotes % 2 and (line := file.readline()):
-                data += line
-                quotes += line.count(b'"')
-            count = _records(data)
-            yield first_row, data, count
+            count = _piece_records(pieces)
+            yield first_row, pieces, count
             first_row += count
 
     return header_line, blocks()
+
+
+def _piece_records(pieces: list[bytes]) -> int:
+    """`_records` of the pieces joined: joined only when they hold a quote."""
+    if any(b'"' in piece for piece in pieces):
+        return _records(b"".join(pieces))
+    last = next(piece for piece in reversed(pieces) if piece)
+    return sum(piece.count(b"\n") for piece in pieces) + (not last.endswith(b"\n"))
 
 
 def _line_blocks(content: bytes, start: int, size: int) -> Iterator[tuple[int, slice, int]]:
