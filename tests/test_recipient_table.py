@@ -408,3 +408,16 @@ def test_a_record_ends_at_a_line_break_after_an_even_count_of_quotes(
             expected = cut + 1
             break
     assert next_record_end(data, start, at) == expected
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    data=RECORD_BYTES,
+    size=st.sampled_from([0, 1, 65535, 65536, 65537, 1 << 20]),
+    byte=st.sampled_from(b"\na\r"),
+)
+def test_newlines_are_counted_as_bytes_count_counts_them(data: bytes, size: int, byte: int) -> None:
+    """`_newlines`, which counts large pieces by polars, against `bytes.count`, on either
+    side of the size where it changes over."""
+    piece = (data * (size // max(len(data), 1) + 1))[:size] or bytes([byte]) * size
+    assert recipient_table._newlines(piece) == piece.count(b"\n")

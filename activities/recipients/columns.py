@@ -75,6 +75,8 @@ LEDGER_COLUMNS = (
 _BOM = b"\xef\xbb\xbf"
 # A CR not before a LF: a line end to the csv module, not to polars.
 _LONE_CR = re.compile(rb"\r(?!\n)")
+# Bytes from which `_newlines` counts by polars: below, `bytes.count` is as quick.
+_NEWLINES_BY_POLARS = 64 * 1024
 # Lines of a file, whole: a block is given as pieces of them, joined when it is read.
 Lines = bytes | memoryview
 # A row's language, carried beside its ledger row (a Postman upload's).
@@ -446,7 +448,19 @@ def _piece_records(pieces: list[bytes]) -> int:
     if any(b'"' in piece for piece in pieces):
         return _records(b"".join(pieces))
     last = next(piece for piece in reversed(pieces) if piece)
-    return sum(piece.count(b"\n") for piece in pieces) + (not last.endswith(b"\n"))
+    return sum(_newlines(piece) for piece in pieces) + (not last.endswith(b"\n"))
+
+
+def _newlines(data: bytes) -> int:
+    """`data.count(b"\\n")`, by polars over the bytes seen as integers: `bytes.count` holds
+    the GIL about a millisecond a MiB, which the blocks' threads wait for between their
+    polars calls; this lets go of it and takes a quarter of the time."""
+    if len(data) < _NEWLINES_BY_POLARS:
+        return data.count(b"\n")
+    as_bytes = pl.lit(pl.Series([data], dtype=pl.Binary)).bin.reinterpret(
+        dtype=pl.Array(pl.UInt8, len(data))
+    )
+    return pl.select((as_bytes.arr.explode() == ord("\n")).sum()).item()
 
 
 def _line_blocks(content: bytes, start: int, size: int) -> Iterator[tuple[int, slice, int]]:
