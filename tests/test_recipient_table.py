@@ -416,8 +416,12 @@ def test_a_record_ends_at_a_line_break_after_an_even_count_of_quotes(
     size=st.sampled_from([0, 1, 65535, 65536, 65537, 1 << 20]),
     byte=st.sampled_from(b"\na\r"),
 )
-def test_newlines_are_counted_as_bytes_count_counts_them(data: bytes, size: int, byte: int) -> None:
-    """`_newlines`, which counts large pieces by polars, against `bytes.count`, on either
-    side of the size where it changes over."""
+def test_line_breaks_and_lone_crs_are_found_by_polars_as_by_python(
+    data: bytes, size: int, byte: int
+) -> None:
+    """`_newlines` and `_lone_cr`, which read large blocks by polars, against `bytes.count`
+    and `_LONE_CR`, on either side of the size where they change over."""
     piece = (data * (size // max(len(data), 1) + 1))[:size] or bytes([byte]) * size
     assert recipient_table._newlines(piece) == piece.count(b"\n")
+    assert recipient_table._lone_cr(piece) == (recipient_table._LONE_CR.search(piece) is not None)
+    assert recipient_table._lone_cr(piece + b"\r") is True

@@ -75,8 +75,8 @@ LEDGER_COLUMNS = (
 _BOM = b"\xef\xbb\xbf"
 # A CR not before a LF: a line end to the csv module, not to polars.
 _LONE_CR = re.compile(rb"\r(?!\n)")
-# Bytes from which `_newlines` counts by polars: below, `bytes.count` is as quick.
-_NEWLINES_BY_POLARS = 64 * 1024
+# Bytes from which `_newlines` and `_lone_cr` read by polars: below, Python is as quick.
+_BYTES_BY_POLARS = 64 * 1024
 # Lines of a file, whole: a block is given as pieces of them, joined when it is read.
 Lines = bytes | memoryview
 # A row's language, carried beside its ledger row (a Postman upload's).
@@ -452,15 +452,29 @@ def _piece_records(pieces: list[bytes]) -> int:
 
 
 def _newlines(data: bytes) -> int:
-    """`data.count(b"\\n")`, by polars over the bytes seen as integers: `bytes.count` holds
-    the GIL about a millisecond a MiB, which the blocks' threads wait for between their
-    polars calls; this lets go of it and takes a quarter of the time."""
-    if len(data) < _NEWLINES_BY_POLARS:
+    """`data.count(b"\\n")`; by polars when large (`_bytes_column`)."""
+    if len(data) < _BYTES_BY_POLARS:
         return data.count(b"\n")
-    as_bytes = pl.lit(pl.Series([data], dtype=pl.Binary)).bin.reinterpret(
-        dtype=pl.Array(pl.UInt8, len(data))
-    )
-    return pl.select((as_bytes.arr.explode() == ord("\n")).sum()).item()
+    return pl.select((_bytes_column(data) == ord("\n")).sum()).item()
+
+
+def _lone_cr(data: bytes) -> bool:
+    """Whether `data` holds a CR not before a LF; by polars when large (`_bytes_column`)."""
+    if len(data) < _BYTES_BY_POLARS:
+        return _LONE_CR.search(data) is not None
+    octets = _bytes_column(data)
+    return pl.select(
+        ((octets == ord("\r")) & (octets.shift(-1).fill_null(0) != ord("\n"))).any()
+    ).item()
+
+
+def _bytes_column(data: bytes) -> pl.Expr:
+    """`data` as a column of its bytes (UInt8), for passes over a block's bytes: the
+    `bytes` methods and `re` hold the GIL, which the blocks' threads need between their
+    polars calls, about a millisecond a MiB (a count of line breaks; the search for a lone
+    CR in a CRLF file, 1.5 ms); polars lets go of it and takes a third of the time."""
+    column = pl.lit(pl.Series([data], dtype=pl.Binary))
+    return column.bin.reinterpret(dtype=pl.Array(pl.UInt8, len(data))).arr.explode()
 
 
 def _line_blocks(content: bytes, start: int, size: int) -> Iterator[tuple[int, slice, int]]:
@@ -516,11 +530,10 @@ def _read_block(text: bytes, header: list[str], first_row: int, lines: int) -> p
         return numbered(frame, first_row)
     # The csv module ends a line at a lone CR (polars keeps it in the cell, or drops it),
     # and refuses a cell over its limit. A CR not before a LF is looked for in the bytes
-    # (a search costs a fraction of a pass over the cells, and only a block with a CR
-    # needs it: a search for a CR costs a tenth of it; `_LONE_CR`'s search half of
-    # counting CRs and CRLFs); a quoted block's CRs were checked by `_records`: any left
-    # are in quoted cells.
-    lone_cr = not quoted and b"\r" in text and _LONE_CR.search(text) is not None
+    # (a pass over them costs a fraction of one over the cells, and only a block with a CR
+    # needs it: a search for a CR costs a tenth of it); a quoted block's CRs were checked
+    # by `_records`: any left are in quoted cells.
+    lone_cr = not quoted and b"\r" in text and _lone_cr(text)
     limit = csv.field_size_limit()
     longest = frame.select_seq(pl.max_horizontal(pl.all().str.len_bytes().max())).item()
     if lone_cr or (
