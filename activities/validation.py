@@ -3,11 +3,11 @@
 import asyncio
 import contextlib
 import itertools
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from tempfile import TemporaryFile
 from typing import Any, BinaryIO, TypeVar, cast
 
 import asyncpg
@@ -102,13 +102,17 @@ class ValidationActivities(WorkerResources):
             # shortened on the row path, where each message is at hand with its seq.
             by_rows = bool(sources) or options.shorten_urls
             plain = None if by_rows else plain_csv(source, rules)
-            held = contextlib.AsyncExitStack()
-            if plain is not None and not any(name in plain.header for name in CONTENT_COLUMNS):
-                source = held.enter_context(await asyncio.to_thread(_on_disk, source))
-                plain = plain_csv_file(source, rules)
-                heap.trim()
             steps.mark("prepare")
-            async with held, self._pool.acquire() as conn, conn.transaction():
+            async with (
+                contextlib.AsyncExitStack() as held,
+                self._pool.acquire() as conn,
+                conn.transaction(),
+            ):
+                if plain is not None and not any(name in plain.header for name in CONTENT_COLUMNS):
+                    spool = await _on_disk(held, source)
+                    if spool is not None:
+                        source, plain = spool, plain_csv_file(spool, rules)
+                        heap.trim()
                 await messages.clear_validation(conn, batch_id)
                 steps.mark("clear")
                 tally = None
@@ -379,17 +383,24 @@ def _shorten_block(
     ]
 
 
-def _on_disk(content: bytes) -> BinaryIO:
-    """The file's bytes in a temporary file (on disk: `TMPDIR`, else `/tmp`), for the column
-    path to read a block at a time: at 1,000,000 rows its 26 MiB are not held in memory
-    while the blocks are validated and COPYed (docs/RECIPIENTS.md)."""
-    spool = cast(BinaryIO, tempfile.TemporaryFile())
+async def _on_disk(held: contextlib.AsyncExitStack, content: bytes) -> BinaryIO | None:
+    """The file's bytes in a temporary file (on disk: `TMPDIR`, else `/tmp`), closed with
+    `held`, for the column path to read a block at a time: at 1,000,000 rows its 26 MiB are
+    not held in memory while the blocks are validated and COPYed (docs/RECIPIENTS.md).
+    None when they cannot be written (a full or read-only disk): the file is then
+    validated from memory, as before."""
     try:
-        spool.write(content)
-    except BaseException:
-        spool.close()
-        raise
+        spool = held.enter_context(cast(BinaryIO, TemporaryFile()))
+        await asyncio.to_thread(_write, spool, content)
+    except OSError as error:
+        log.warning("recipient file validated from memory", why=str(error))
+        return None
     return spool
+
+
+def _write(file: BinaryIO, content: bytes) -> None:
+    file.write(content)
+    file.flush()
 
 
 async def _whole(source: bytes | BinaryIO) -> bytes:

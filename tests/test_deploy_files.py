@@ -140,13 +140,17 @@ def test_compose_runs_the_stack_the_issue_names() -> None:
 
 
 def test_compose_keeps_temporary_files_on_disk_beside_a_read_only_root() -> None:
-    """Spooled uploads and the file a worker validates go to /tmp: a volume, not a tmpfs,
-    which would count them against the container's memory."""
+    """Spooled uploads and the file a worker validates go to TMPDIR: a volume, not a tmpfs,
+    which would count them against the container's memory; /tmp, with the worker's health
+    file, stays a tmpfs, emptied at each start (a stale file would pass for a live one)."""
     services = compose()["services"]
     for role in ("api", "worker"):
-        assert services[role]["read_only"] is True
-        assert "tmpfs" not in services[role]
-        assert {"type": "volume", "target": "/tmp"} in services[role]["volumes"]
+        service = services[role]
+        assert service["read_only"] is True
+        assert service["tmpfs"] == ["/tmp"]
+        folder = service["environment"]["TMPDIR"]
+        assert {"type": "volume", "target": folder} in service["volumes"]
+        assert not folder.startswith("/tmp")
 
 
 def test_compose_scrapes_every_metrics_port_and_provisions_the_dashboard() -> None:

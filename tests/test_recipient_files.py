@@ -4,12 +4,16 @@ import csv
 import io
 import json
 import secrets
+import tempfile
 import uuid
+from typing import BinaryIO, cast
+from unittest import mock
 
 import asyncpg
 import httpx
 import pytest
 
+from activities import validation
 from activities.recipients.columns import BLOCK_BYTES
 from api.services.batch_exports import spreadsheet_safe
 from settings import Settings
@@ -365,17 +369,36 @@ async def test_a_plain_file_and_a_quoted_one_give_the_same_ledger(
     ]
 
 
+def spooled_files(monkeypatch: pytest.MonkeyPatch) -> list[BinaryIO]:
+    """The temporary files the (in-process) worker's validation makes from now on."""
+    made: list[BinaryIO] = []
+
+    def temporary_file() -> BinaryIO:
+        made.append(cast(BinaryIO, tempfile.TemporaryFile()))
+        return made[-1]
+
+    monkeypatch.setattr(validation, "TemporaryFile", temporary_file)
+    return made
+
+
+@pytest.mark.parametrize("disk", ["writable", "full"])
 async def test_a_file_not_plain_after_its_first_blocks_is_validated_whole_row_by_row(
     api: httpx.AsyncClient,
     account: Account,
     webhooks: WebhookReceiver,
     emulator_url: str,
     pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+    disk: str,
 ) -> None:
     """A plain header, blocks of rows the column path validates (read from the file's copy
     on disk) and COPYs, then a row it cannot take (a quote inside an unquoted cell): the
     copied blocks are undone, the row path reads the file back and validates it whole, and
-    the ledger holds each row once. One number throughout, so one message is sent."""
+    the ledger holds each row once. One number throughout, so one message is sent. When
+    the disk cannot take the copy, the file is validated from memory, to the same ledger."""
+    spooled = spooled_files(monkeypatch)
+    if disk == "full":
+        monkeypatch.setattr(validation, "_write", mock.Mock(side_effect=OSError(28, "full")))
     number = unique_numbers(1)[0]
     filler = "x" * 100
     # More than two of the column path's blocks.
@@ -400,3 +423,6 @@ async def test_a_file_not_plain_after_its_first_blocks_is_validated_whole_row_by
         (rows, rows + 1, 'Hi say "hi"', "skipped", "duplicate"),
     ]
     assert [m["body"] for m in await emulator_messages(emulator_url, to=number)] == ["Hi Ann"]
+    # The copy on disk was made (and, the disk full, given up), and closed after.
+    assert len(spooled) == 1
+    assert spooled[0].closed
