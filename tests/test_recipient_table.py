@@ -413,14 +413,14 @@ def test_a_record_ends_at_a_line_break_after_an_even_count_of_quotes(
 @settings(max_examples=50, deadline=None)
 @given(
     data=RECORD_BYTES,
-    size=st.sampled_from([0, 1, 65535, 65536, 65537, 1 << 20]),
+    size=st.sampled_from([0, 1, 65535, 65536, 65537, 1 << 20, 8 << 20]),
     byte=st.sampled_from(b"\na\r"),
 )
 def test_line_breaks_and_lone_crs_are_found_by_polars_as_by_python(
     data: bytes, size: int, byte: int
 ) -> None:
     """`_newlines` and `_lone_cr`, which read large blocks by polars, against `bytes.count`
-    and `_LONE_CR`, on either side of the size where they change over."""
+    and `_LONE_CR`, on either side of the sizes where they change over."""
     piece = (data * (size // max(len(data), 1) + 1))[:size] or bytes([byte]) * size
     assert recipient_table._newlines(piece) == piece.count(b"\n")
     assert recipient_table._lone_cr(piece) == (recipient_table._LONE_CR.search(piece) is not None)

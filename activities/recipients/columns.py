@@ -75,8 +75,9 @@ LEDGER_COLUMNS = (
 _BOM = b"\xef\xbb\xbf"
 # A CR not before a LF: a line end to the csv module, not to polars.
 _LONE_CR = re.compile(rb"\r(?!\n)")
-# Bytes from which `_newlines` and `_lone_cr` read by polars: below, Python is as quick.
-_BYTES_BY_POLARS = 64 * 1024
+# Sizes of data `_newlines` and `_lone_cr` read by polars: below, Python is as quick; above
+# (a block's one long line), polars' pass would take several times the data's size.
+_BYTES_BY_POLARS = range(64 << 10, 8 << 20)
 # Lines of a file, whole: a block is given as pieces of them, joined when it is read.
 Lines = bytes | memoryview
 # A row's language, carried beside its ledger row (a Postman upload's).
@@ -453,14 +454,14 @@ def _piece_records(pieces: list[bytes]) -> int:
 
 def _newlines(data: bytes) -> int:
     """`data.count(b"\\n")`; by polars when large (`_bytes_column`)."""
-    if len(data) < _BYTES_BY_POLARS:
+    if len(data) not in _BYTES_BY_POLARS:
         return data.count(b"\n")
     return pl.select((_bytes_column(data) == ord("\n")).sum()).item()
 
 
 def _lone_cr(data: bytes) -> bool:
     """Whether `data` holds a CR not before a LF; by polars when large (`_bytes_column`)."""
-    if len(data) < _BYTES_BY_POLARS:
+    if len(data) not in _BYTES_BY_POLARS:
         return _LONE_CR.search(data) is not None
     octets = _bytes_column(data)
     return pl.select(
