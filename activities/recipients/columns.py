@@ -430,26 +430,24 @@ def _file_lines(
             # the GIL the blocks' threads need (as counting does: a search for a quote costs
             # a fiftieth of counting them).
             pieces = [chunk, file.readline()]
-            if any(b'"' in piece for piece in pieces):
+            quoted = any(b'"' in piece for piece in pieces)
+            if quoted:
                 quotes = sum(piece.count(b'"') for piece in pieces)
                 while quotes % 2 and (line := file.readline()):
                     pieces.append(line)
                     quotes += line.count(b'"')
             if any(b"\x00" in piece for piece in pieces):
                 raise NotPlain("a NUL byte")
-            count = _piece_records(pieces)
+            if quoted:
+                count = _records(b"".join(pieces))
+            else:
+                # A line a record; the last piece is empty at the file's end.
+                ends = (pieces[-1] or chunk).endswith(b"\n")
+                count = sum(_newlines(piece) for piece in pieces) + (not ends)
             yield first_row, pieces, count
             first_row += count
 
     return header_line, blocks()
-
-
-def _piece_records(pieces: list[bytes]) -> int:
-    """`_records` of the pieces joined: joined only when they hold a quote."""
-    if any(b'"' in piece for piece in pieces):
-        return _records(b"".join(pieces))
-    last = next(piece for piece in reversed(pieces) if piece)
-    return sum(_newlines(piece) for piece in pieces) + (not last.endswith(b"\n"))
 
 
 def _newlines(data: bytes) -> int:
@@ -495,10 +493,9 @@ def _line_blocks(content: bytes, start: int, size: int) -> Iterator[tuple[int, s
 
 
 def _records(data: bytes) -> int:
-    """The records of a block of lines holding a quote (one a line without); NotPlain when
-    polars may not read them as the csv module does (`quoting.records_alike`)."""
-    if b'"' not in data:
-        return data.count(b"\n") + (not data.endswith(b"\n"))
+    """The records of a block of lines holding a quote (without, a line is a record);
+    NotPlain when polars may not read them as the csv module does
+    (`quoting.records_alike`)."""
     count = records_alike(data)
     if count is None:
         raise NotPlain("quoting the csv module may read otherwise")
