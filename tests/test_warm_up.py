@@ -5,15 +5,27 @@ The validating worker's warm-up (`activities.validation.warm_up`, run by
 rows, or the first batch still pays what the engine's first pass sets up. The API builds its
 routers' routes as it starts (`api.app._build_routes`), which FastAPI builds on first use."""
 
-from activities.validation import warm_up
+from activities.recipients.rejections import Code
+from activities.recipients.rows import RecipientRules, Tally, build_recipients, read_rows
+from activities.validation import WARM_UP_FILE, WARM_UP_REQUEST, warm_up
 from api.app import _build_routes, create_app
+from workflows.contracts import ValidationLimits
 
 
-def test_the_warm_up_validates_every_row_of_its_file_into_the_ledger() -> None:
+def test_the_warm_up_takes_the_column_path_through_a_row_of_each_kind() -> None:
     tally = warm_up()
 
-    assert (tally.rows, tally.recipients, tally.rejected, tally.skipped) == (8, 8, 0, 0)
-    assert tally.segments == 8
+    # The outcomes the row path gives the same file: the column path took it whole.
+    rules = RecipientRules.from_request(WARM_UP_REQUEST, ValidationLimits(), set())
+    by_rows = Tally()
+    for outcome in build_recipients(*read_rows(WARM_UP_FILE), rules):
+        by_rows.count(outcome)
+    assert tally == by_rows
+    # A row of each kind: sent in GSM-7 and in UCS-2, a repeat skipped, a number not valid
+    # and a blank one rejected, a blank row dropped.
+    assert (tally.rows, tally.recipients, tally.skipped) == (10, 8, 1)
+    assert tally.gsm7 > 0 and tally.ucs2 > 0
+    assert [row.code for row in tally.first_rejected] == [Code.INVALID_NUMBER, Code.BLANK_NUMBER]
 
 
 def test_the_api_builds_every_routers_routes_before_the_first_request() -> None:
