@@ -1,6 +1,7 @@
 """The column path's duplicates: a number is marked when it came before, in its block or in
-any block before, whether a block was checked against the blocks before it at once or partly
-when its turn came (`columns.PlainCsv.blocks`, blocks validated in threads)."""
+any block before (`columns._repeated`: a block's thread checks it against the blocks given
+and those still being validated, `columns.frame_blocks`). The column path against the row
+path, block sizes and threads included, is in tests/test_recipient_table.py."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,9 +13,8 @@ from activities.recipients.frames import pl
 NUMBER = st.integers(1, 40).map(lambda n: n * 1_000_003 + 7) | st.integers(1, 10**15 - 1)
 
 
-def marked(blocks: list[list[int]], lag: int) -> list[list[bool]]:
-    """Each block checked against the blocks given `lag` blocks before it was started, then
-    against the others when its turn comes."""
+def marked(blocks: list[list[int]]) -> list[list[bool]]:
+    """Each block checked against the blocks before it."""
     before: list[pl.Series] = []
     found = []
     for numbers in blocks:
@@ -23,11 +23,7 @@ def marked(blocks: list[list[int]], lag: int) -> list[list[bool]]:
         )
         keys = columns._keys(ledger)
         assert keys.to_list() == numbers
-        known = max(len(before) - lag, 0)
-        repeated = columns._repeated(keys, before[:known])
-        for earlier in before[known:]:
-            repeated = repeated | columns._found(keys, earlier)
-        found.append(repeated.to_list())
+        found.append(columns._repeated(keys, before).to_list())
         before.append(keys)
     return found
 
@@ -45,12 +41,12 @@ def reference(blocks: list[list[int]]) -> list[list[bool]]:
 
 
 @settings(max_examples=400, deadline=None)
-@given(blocks=st.lists(st.lists(NUMBER, max_size=30), max_size=6), lag=st.integers(0, 3))
-def test_a_number_is_marked_when_it_came_before(blocks: list[list[int]], lag: int) -> None:
-    assert marked(blocks, lag) == reference(blocks)
+@given(blocks=st.lists(st.lists(NUMBER, max_size=30), max_size=6))
+def test_a_number_is_marked_when_it_came_before(blocks: list[list[int]]) -> None:
+    assert marked(blocks) == reference(blocks)
 
 
 def test_a_repeat_far_below_and_above_every_earlier_number() -> None:
     blocks = [[5, 10**15 - 1], [10**15 - 1, 4, 5, 6], [], [1, 4, 10**15 - 2]]
     want = [[False, False], [True, False, True, False], [], [False, True, False]]
-    assert marked(blocks, 0) == marked(blocks, 2) == want
+    assert marked(blocks) == want

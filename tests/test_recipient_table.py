@@ -267,9 +267,15 @@ def test_a_second_phone_number_column_fails_the_file(content: bytes) -> None:
         b"+12015550123," + b"x" * (csv.field_size_limit() + 1),  # over csv's cell limit
     ],
 )
-def test_a_block_that_is_not_plain_after_all_stops_the_column_path(row: bytes) -> None:
-    content = b"phone_number,name\n" + b"+12015550124,Bob\n" * 3 + row + b"\n"
-    plain = plain_csv(content, RecipientRules(max_rows=10, max_message_chars=1600))
+@pytest.mark.parametrize("first", [False, True], ids=["last", "first"])
+def test_a_block_that_is_not_plain_after_all_stops_the_column_path(row: bytes, first: bool) -> None:
+    """Last, or first: the blocks validated beside it, which wait for its numbers to look for
+    theirs (repeats are skipped), are given what it raised."""
+    rows = [b"+12015550124,Bob\n"] * 3
+    rows.insert(0 if first else 3, row + b"\n")
+    content = b"phone_number,name\n" + b"".join(rows)
+    rules = RecipientRules(max_rows=10, max_message_chars=1600, exclude_duplicates=True)
+    plain = plain_csv(content, rules)
     assert plain is not None
     with pytest.raises(NotPlain):
         list(plain.blocks(block_bytes=20))

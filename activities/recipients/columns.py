@@ -195,30 +195,48 @@ def frame_blocks(
     given. Columns of `carried` (in the frames, not in `header`) are kept beside each
     ledger row. Raises SourceInvalid (too many rows), and what a `read` raises. `IN_FLIGHT`
     blocks are read and validated at once, each in a thread (polars lets go of the GIL),
-    since one block's passes are too short to keep the cores busy; only the skip codes,
-    which depend on the blocks before, are given in order."""
+    since one block's passes are too short to keep the cores busy. A block's thread also
+    looks for its numbers in the blocks before it, waiting for those still being validated
+    to find theirs (they never wait for a later one); only the skip codes, which depend on
+    the counts of the blocks before, are given here, in order."""
     sources = variable_sources(header, rules.column_mapping)
     defaults = request_defaults(rules)
     # The numbers of the Recipients of each block given, as integers (8 bytes each).
     seen: list[pl.Series] = []
 
-    def validate(read: Callable[[], pl.DataFrame], earlier: list[pl.Series]) -> _Validated:
-        frame = _without_blank_rows(read(), header)
-        block = _validate(frame, header, rules, sources, defaults)
-        if carried:
-            kept = frame.select_seq(pl.col(_ROW).alias("row_number"), *carried)
-            block = Block(
-                block.ledger.join(kept, on="row_number", how="left", maintain_order="left"),
-                block.rejected,
-            )
+    def validate(
+        read: Callable[[], pl.DataFrame],
+        given: list[pl.Series],
+        started: list[Future[pl.Series]],
+        found: Future[pl.Series],
+    ) -> _Validated:
+        """A block validated, its numbers set in `found` as soon as they are known (or what
+        was raised before): the blocks after it wait for them. `given`: the numbers of the
+        blocks given when it was started; `started`: of those started before it, not given."""
+        try:
+            frame = _without_blank_rows(read(), header)
+            block = _validate(frame, header, rules, sources, defaults)
+            if carried:
+                kept = frame.select_seq(pl.col(_ROW).alias("row_number"), *carried)
+                block = Block(
+                    block.ledger.join(kept, on="row_number", how="left", maintain_order="left"),
+                    block.rejected,
+                )
+            # Where repeated numbers are sent, none is looked for.
+            keys = _keys(block.ledger) if rules.exclude_duplicates else _NO_KEYS
+        except BaseException as error:
+            found.set_exception(error)
+            raise
+        found.set_result(keys)
         if not rules.exclude_duplicates:
-            # A repeated number is sent again: none is looked for.
-            return _Validated(frame.height, block, _NO_KEYS, _NOT_REPEATED, 0)
-        keys = _keys(block.ledger)
-        return _Validated(frame.height, block, keys, _repeated(keys, earlier), len(earlier))
+            return _Validated(frame.height, block, keys, _NOT_REPEATED)
+        earlier = [*given, *(numbers.result() for numbers in started)]
+        return _Validated(frame.height, block, keys, _repeated(keys, earlier))
 
     with ThreadPoolExecutor(max_workers=IN_FLIGHT) as executor:
         pending: deque[Future[_Validated]] = deque()
+        # The numbers of the blocks started and not given yet, as their threads find them.
+        numbers: deque[Future[pl.Series]] = deque()
         upcoming: Iterator[Callable[[], pl.DataFrame]] | None = reads
 
         def fill() -> None:
@@ -228,24 +246,21 @@ def frame_blocks(
                 if read is None:
                     upcoming = None
                 else:
-                    # Checked against the blocks given so far; those given after it was
-                    # started are checked when its turn comes.
-                    pending.append(executor.submit(validate, read, list(seen)))
+                    found: Future[pl.Series] = Future()
+                    pending.append(executor.submit(validate, read, list(seen), [*numbers], found))
+                    numbers.append(found)
 
         fill()
         while pending:
             done = pending.popleft().result()
+            numbers.popleft()
+            seen.append(done.keys)
             # The next block starts now, not once this one is finished off and given: the
             # cores stay busy meanwhile.
             fill()
             if tally.rows + done.rows > rules.max_rows:
                 raise too_many_rows(rules.max_rows)
-            repeated = done.repeated
-            if rules.exclude_duplicates:
-                for keys in seen[done.known :]:
-                    repeated = repeated | _found(done.keys, keys)
-                seen.append(done.keys)
-            ledger = _with_skips(done.block.ledger, rules, repeated, tally.recipients, carried)
+            ledger = _with_skips(done.block.ledger, rules, done.repeated, tally.recipients, carried)
             block = Block(ledger, done.block.rejected)
             tally.add(_tally(done.rows, ledger, block.rejected))
             yield block
@@ -293,15 +308,14 @@ def loaded_ledger(content: bytes) -> Iterator[tuple[Block, Tally]]:
 
 @dataclass(frozen=True)
 class _Validated:
-    """A block validated but for the numbers of the blocks given after it was started: its
-    rows (blank ones aside), outcomes, numbers as integers, which of them came before in
-    it or in the `known` blocks before (none of either where repeated numbers are sent)."""
+    """A validated block: its rows (blank ones aside), outcomes, numbers as integers, and
+    which of them came before, in it or in the blocks before (none of either where repeated
+    numbers are sent)."""
 
     rows: int
     block: Block
     keys: pl.Series
     repeated: pl.Series
-    known: int
 
 
 def plain_csv(content: bytes, rules: RecipientRules) -> PlainCsv | None:
