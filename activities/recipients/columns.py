@@ -241,7 +241,10 @@ def frame_blocks(
 
         def fill() -> None:
             nonlocal upcoming
-            while upcoming is not None and len(pending) < IN_FLIGHT:
+            # One block more than threads, read and waiting: a thread done with its block
+            # before the one before it is given takes it at once (a validated block waiting
+            # to be given holds its ledger, a few MB; one being validated, several times it).
+            while upcoming is not None and len(pending) < IN_FLIGHT + 1:
                 read = next(upcoming, None)
                 if read is None:
                     upcoming = None
@@ -255,8 +258,7 @@ def frame_blocks(
             done = pending.popleft().result()
             numbers.popleft()
             seen.append(done.keys)
-            # The next block starts now, not once this one is finished off and given: the
-            # cores stay busy meanwhile.
+            # The next block is read and queued now, not once this one is given.
             fill()
             if tally.rows + done.rows > rules.max_rows:
                 raise too_many_rows(rules.max_rows)
