@@ -25,7 +25,7 @@ import sys
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
@@ -239,12 +239,9 @@ def frame_blocks(
         numbers: deque[Future[pl.Series]] = deque()
         upcoming: Iterator[Callable[[], pl.DataFrame]] | None = reads
 
-        def fill() -> None:
+        def fill(blocks: int = IN_FLIGHT) -> None:
             nonlocal upcoming
-            # One block more than threads, read and waiting: a thread done with its block
-            # before the one before it is given takes it at once (a validated block waiting
-            # to be given holds its ledger, a few MB; one being validated, several times it).
-            while upcoming is not None and len(pending) < IN_FLIGHT + 1:
+            while upcoming is not None and len(pending) < blocks:
                 read = next(upcoming, None)
                 if read is None:
                     upcoming = None
@@ -255,10 +252,18 @@ def frame_blocks(
 
         fill()
         while pending:
+            if not pending[0].done():
+                wait(pending, return_when=FIRST_COMPLETED)
+                if not pending[0].done():
+                    # A block done before the one before it: its thread takes another at
+                    # once rather than wait with it. Only while this loop waits for a
+                    # block to give (validation is the slower part): while the caller is
+                    # busy with blocks given (PostgreSQL's COPY), no more pile up.
+                    fill(IN_FLIGHT + 1)
             done = pending.popleft().result()
             numbers.popleft()
             seen.append(done.keys)
-            # The next block is read and queued now, not once this one is given.
+            # The next block is read and started now, not once this one is given.
             fill()
             if tally.rows + done.rows > rules.max_rows:
                 raise too_many_rows(rules.max_rows)
