@@ -66,10 +66,16 @@ class Outcome:
 
 
 async def clear_validation(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
-    """Drop what an interrupted validation attempt wrote, so a retry starts clean."""
-    await clear_ledger(conn, batch_id)
-    await conn.execute("DELETE FROM rejected_rows WHERE batch_id = $1", batch_id)
-    await conn.execute("DELETE FROM message_contents WHERE batch_id = $1", batch_id)
+    """Drop what an interrupted validation attempt wrote, so a retry starts clean: what
+    `clear_ledger` drops, the rejected rows and the rows' own contents, in one statement
+    (one round trip, not four, on every batch's way to its first message)."""
+    await conn.execute(
+        "WITH links AS (DELETE FROM short_links WHERE batch_id = $1),"
+        " ledger AS (DELETE FROM messages WHERE batch_id = $1),"
+        " rejected AS (DELETE FROM rejected_rows WHERE batch_id = $1)"
+        " DELETE FROM message_contents WHERE batch_id = $1",
+        batch_id,
+    )
 
 
 async def clear_ledger(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:

@@ -282,3 +282,71 @@ async def test_a_ledger_row_of_no_batch_is_refused_and_a_batch_with_rows_stays(
 
     assert refused == ["batch_status_counts_batch_id_fkey"] * 2
     assert not deleted
+
+
+async def test_a_validation_starting_again_clears_what_its_batch_had_written_only(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    """`clear_validation` (one statement) drops the batch's ledger rows, short links,
+    rejected rows and rows' own contents, and takes its ledger rows off its counts; another
+    batch's stay."""
+    tables = ("messages", "short_links", "rejected_rows", "message_contents")
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            batches = [await _new_batch(conn, account) for _ in range(2)]
+            for batch_id in batches:
+                await conn.copy_records_to_table(
+                    "messages",
+                    records=[(batch_id, 0, account.account_id, 1, "+15550000000", "x", "pending")],
+                    columns=(
+                        "batch_id",
+                        "seq",
+                        "account_id",
+                        "row_number",
+                        "to_number",
+                        "body",
+                        "status",
+                    ),
+                )
+                await conn.execute(
+                    "INSERT INTO short_links (code, batch_id, seq, account_id, url)"
+                    " VALUES ($1, $2, 0, $3, 'https://example.com')",
+                    uuid.uuid4().hex,
+                    batch_id,
+                    account.account_id,
+                )
+                await messages.copy_rejected(
+                    conn, [(batch_id, 2, account.account_id, "invalid_number", "no", "+1")]
+                )
+                await conn.execute(
+                    "INSERT INTO message_contents (batch_id, row_number, content_sid)"
+                    " VALUES ($1, 1, 'HX1')",
+                    batch_id,
+                )
+
+            await messages.clear_validation(conn, batches[0])
+
+            left = {
+                table: [
+                    await conn.fetchval(
+                        f"SELECT count(*) FROM {table} WHERE batch_id = $1",
+                        batch_id,
+                    )
+                    for batch_id in batches
+                ]
+                for table in tables
+            }
+            counted = [
+                await conn.fetchval(
+                    "SELECT coalesce(sum(n), 0) FROM batch_status_counts WHERE batch_id = $1",
+                    batch_id,
+                )
+                for batch_id in batches
+            ]
+        finally:
+            await transaction.rollback()
+
+    assert left == {table: [0, 1] for table in tables}
+    assert counted == [0, 1]
