@@ -51,11 +51,11 @@ from workflows.contracts import (
 log = structlog.get_logger(__name__)
 
 COPY_BATCH = 10_000
-# The file `warm_up` validates: a plain CSV with a row of each kind a real list has, so that
-# each step of the column path (numbers without `+` or of another country, numbers not
-# valid or blank, a repeat, names outside GSM-7's default alphabet or with its extension
-# characters, a blank row) has run once before the first batch: about 35 ms of a
-# 10,000-row batch's first validation otherwise (tests/test_warm_up.py).
+# The file `warm_up` validates: a plain CSV with a row of each kind a real list has (numbers
+# without `+` or of another country, numbers not valid or blank, a repeat, names outside
+# GSM-7's default alphabet or with its extension characters, a blank row), so that the column
+# path's passes for each have run once before the first batch. A process's first 10,000-row
+# validation took about 45 ms after the warm-up's earlier 8 plain rows, 13 ms after this.
 WARM_UP_FILE = (
     "phone_number,first_name,request_data.code\n"
     "+12015550100,Ann,100001\n"

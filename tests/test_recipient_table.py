@@ -2,8 +2,11 @@
 outcomes exactly, and leaves every other file to it."""
 
 import csv
+import gc
 import io
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from unittest import mock
 
 import pytest
@@ -11,7 +14,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from activities.recipients import columns as recipient_table
-from activities.recipients.columns import BLOCK_BYTES, NotPlain, plain_csv, plain_csv_file
+from activities.recipients.columns import (
+    BLOCK_BYTES,
+    Block,
+    NotPlain,
+    plain_csv,
+    plain_csv_file,
+)
 from activities.recipients.frames import pl
 from activities.recipients.quoting import next_record_end
 from activities.recipients.rows import (
@@ -382,6 +391,113 @@ def test_numbers_are_not_compared_where_repeated_ones_are_sent(in_flight: int) -
     assert result == by_rows(content, rules)
     assert not isinstance(result, str)
     assert [row[6] for row in result[0]] == [None] * 12
+
+
+def numbers_read(first_row: int, *numbers: str, pause: float = 0.0) -> Callable[[], pl.DataFrame]:
+    """A block's read: its numbers, from row `first_row`, after `pause` seconds."""
+
+    def read() -> pl.DataFrame:
+        time.sleep(pause)
+        return recipient_table.numbered(pl.DataFrame({"phone_number": list(numbers)}), first_row)
+
+    return read
+
+
+@pytest.mark.parametrize("exclude_duplicates", [False, True])
+def test_a_thread_done_before_the_block_before_it_takes_the_next(
+    exclude_duplicates: bool,
+) -> None:
+    """The first block is slow to read: the second block's thread, done before it, takes
+    the third at once (the third is taken before the first is read), and the outcomes are
+    as if the blocks had come one by one."""
+    events: list[str] = []
+    slow = numbers_read(1, "+12015550123", pause=0.5)
+
+    def first() -> pl.DataFrame:
+        frame = slow()
+        events.append("first read")
+        return frame
+
+    def reads() -> Iterator[Callable[[], pl.DataFrame]]:
+        yield first
+        yield numbers_read(2, "+12015550124", "+12015550123")
+        events.append("third taken")
+        yield numbers_read(4, "+12015550124")
+
+    rules = RecipientRules(
+        max_rows=9,
+        max_message_chars=1600,
+        agent_message="Hi",
+        exclude_duplicates=exclude_duplicates,
+    )
+    blocks = recipient_table.frame_blocks(reads(), ["phone_number"], rules, Tally())
+    skips = [code for block in blocks for code in block.ledger["skip_code"].to_list()]
+
+    repeated = "duplicate" if exclude_duplicates else None
+    assert skips == [None, None, repeated, repeated]
+    if not exclude_duplicates:
+        # (With duplicates excluded the second block waits for the first's numbers, so it
+        # is done first only by a hair, if at all.)
+        assert events == ["third taken", "first read"]
+
+
+@pytest.mark.parametrize("exclude_duplicates", [False, True])
+def test_a_failed_block_is_raised_before_what_the_reads_raise_after_it(
+    exclude_duplicates: bool,
+) -> None:
+    """Errors come in file order, whichever thread is done first."""
+
+    def not_plain() -> pl.DataFrame:
+        time.sleep(0.3)
+        raise NotPlain("the first block")
+
+    def reads() -> Iterator[Callable[[], pl.DataFrame]]:
+        yield not_plain
+        yield numbers_read(2, "+12015550124")
+        raise SourceInvalid("too_many_rows", "after the second block")
+
+    rules = RecipientRules(
+        max_rows=9,
+        max_message_chars=1600,
+        agent_message="Hi",
+        exclude_duplicates=exclude_duplicates,
+    )
+    with pytest.raises(NotPlain, match="the first block"):
+        list(recipient_table.frame_blocks(reads(), ["phone_number"], rules, Tally()))
+
+
+@pytest.mark.parametrize("exclude_duplicates", [False, True])
+def test_a_file_not_plain_after_all_leaves_no_blocks_to_the_garbage_collector(
+    exclude_duplicates: bool,
+) -> None:
+    """What the blocks after a failed one hold is freed when the caller is done with the
+    error (reference counting), not kept in reference cycles until the collector runs: the
+    row path then takes the whole file, with all the memory it needs."""
+    rows = [f"+1201555{i % 10_000:04d},Bob\n".encode() for i in range(60_000)]
+    rows.insert(45_000, b"+12015550123,\xff\n")
+    content = b"phone_number,name\n" + b"".join(rows)
+    rules = RecipientRules(
+        max_rows=10**6,
+        max_message_chars=1600,
+        agent_message="Hi {{name}}",
+        exclude_duplicates=exclude_duplicates,
+    )
+    plain = plain_csv(content, rules)
+    assert plain is not None
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.raises(NotPlain):
+            for _ in plain.blocks(block_bytes=200_000):
+                pass
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, pl.DataFrame | pl.Series | Block)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
 
 
 # Bytes that make records: line breaks of both kinds, quotes, commas, text.

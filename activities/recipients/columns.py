@@ -193,12 +193,12 @@ def frame_blocks(
     """The outcomes of blocks of rows, in order: each `read` gives a block's cells (strings,
     "" where empty) under `header`'s names, numbered by `numbered`; `tally` counts the blocks
     given. Columns of `carried` (in the frames, not in `header`) are kept beside each
-    ledger row. Raises SourceInvalid (too many rows), and what a `read` raises. `IN_FLIGHT`
-    blocks are read and validated at once, each in a thread (polars lets go of the GIL),
-    since one block's passes are too short to keep the cores busy. A block's thread also
-    looks for its numbers in the blocks before it, waiting for those still being validated
-    to find theirs (they never wait for a later one); only the skip codes, which depend on
-    the counts of the blocks before, are given here, in order."""
+    ledger row. Raises SourceInvalid (too many rows), and what a `read` raises, in file
+    order. `IN_FLIGHT` blocks are validated at once, each in a thread (polars lets go of the
+    GIL), since one block's passes are too short to keep the cores busy. A block's thread
+    also looks for its numbers in the blocks before it, waiting for those still being
+    validated to find theirs (a block never waits for a later one); only the skip codes,
+    which depend on the counts of the blocks before, are given here, in order."""
     sources = variable_sources(header, rules.column_mapping)
     defaults = request_defaults(rules)
     # The numbers of the Recipients of each block given, as integers (8 bytes each).
@@ -207,12 +207,14 @@ def frame_blocks(
     def validate(
         read: Callable[[], pl.DataFrame],
         given: list[pl.Series],
-        started: list[Future[pl.Series]],
-        found: Future[pl.Series],
+        earlier: list[Future[pl.Series | None]],
+        found: Future[pl.Series | None],
     ) -> _Validated:
-        """A block validated, its numbers set in `found` as soon as they are known (or what
-        was raised before): the blocks after it wait for them. `given`: the numbers of the
-        blocks given when it was started; `started`: of those started before it, not given."""
+        """A block validated, its numbers set in `found` as soon as they are known (None if
+        it failed: what it raised is given in its turn, and is not passed on, which would
+        keep the blocks after it, their frames in its traceback, alive until the garbage
+        collector runs). `given`: the numbers of the blocks given when it was submitted;
+        `earlier`: of those submitted before it, not given then."""
         try:
             frame = _without_blank_rows(read(), header)
             block = _validate(frame, header, rules, sources, defaults)
@@ -224,20 +226,27 @@ def frame_blocks(
                 )
             # Where repeated numbers are sent, none is looked for.
             keys = _keys(block.ledger) if rules.exclude_duplicates else _NO_KEYS
-        except BaseException as error:
-            found.set_exception(error)
+        except BaseException:
+            found.set_result(None)
             raise
         found.set_result(keys)
         if not rules.exclude_duplicates:
             return _Validated(frame.height, block, keys, _NOT_REPEATED)
-        earlier = [*given, *(numbers.result() for numbers in started)]
-        return _Validated(frame.height, block, keys, _repeated(keys, earlier))
+        before = list(given)
+        for numbers in earlier:
+            if (theirs := numbers.result()) is None:
+                raise _AfterFailed
+            before.append(theirs)
+        return _Validated(frame.height, block, keys, _repeated(keys, before))
 
     with ThreadPoolExecutor(max_workers=IN_FLIGHT) as executor:
         pending: deque[Future[_Validated]] = deque()
-        # The numbers of the blocks started and not given yet, as their threads find them.
-        numbers: deque[Future[pl.Series]] = deque()
+        # The numbers of the blocks submitted and not given yet, as their threads find them.
+        numbers: deque[Future[pl.Series | None]] = deque()
         upcoming: Iterator[Callable[[], pl.DataFrame]] | None = reads
+        # What the reads raised while an extra block was taken: raised in its turn, once the
+        # blocks before it are given.
+        unread: Exception | None = None
 
         def fill(blocks: int = IN_FLIGHT) -> None:
             nonlocal upcoming
@@ -246,31 +255,54 @@ def frame_blocks(
                 if read is None:
                     upcoming = None
                 else:
-                    found: Future[pl.Series] = Future()
+                    found: Future[pl.Series | None] = Future()
                     pending.append(executor.submit(validate, read, list(seen), [*numbers], found))
                     numbers.append(found)
 
-        fill()
-        while pending:
-            if not pending[0].done():
-                wait(pending, return_when=FIRST_COMPLETED)
-                if not pending[0].done():
-                    # A block done before the one before it: its thread takes another at
-                    # once rather than wait with it. Only while this loop waits for a
-                    # block to give (validation is the slower part): while the caller is
-                    # busy with blocks given (PostgreSQL's COPY), no more pile up.
-                    fill(IN_FLIGHT + 1)
-            done = pending.popleft().result()
-            numbers.popleft()
-            seen.append(done.keys)
-            # The next block is read and started now, not once this one is given.
+        def take_extra() -> None:
+            """A block done before the one before it: its thread takes another at once,
+            rather than wait with it. Only while this loop waits for the block it gives
+            next: while a block given waits for the caller (the COPY of the one before), at
+            most `IN_FLIGHT` are submitted, and done blocks do not pile up in memory."""
+            nonlocal unread, upcoming
+            try:
+                fill(IN_FLIGHT + 1)
+            except Exception as error:
+                unread, upcoming = error, None
+
+        try:
             fill()
-            if tally.rows + done.rows > rules.max_rows:
-                raise too_many_rows(rules.max_rows)
-            ledger = _with_skips(done.block.ledger, rules, done.repeated, tally.recipients, carried)
-            block = Block(ledger, done.block.rejected)
-            tally.add(_tally(done.rows, ledger, block.rejected))
-            yield block
+            while pending:
+                if not pending[0].done():
+                    wait(pending, return_when=FIRST_COMPLETED)
+                    if not pending[0].done() and any(
+                        block.done() and block.exception() is None for block in pending
+                    ):
+                        take_extra()
+                done = pending.popleft().result()
+                numbers.popleft()
+                seen.append(done.keys)
+                if unread is not None:
+                    error, unread = unread, None
+                    raise error
+                # The next block is read and started now, not once this one is given.
+                fill()
+                if tally.rows + done.rows > rules.max_rows:
+                    raise too_many_rows(rules.max_rows)
+                ledger = _with_skips(
+                    done.block.ledger, rules, done.repeated, tally.recipients, carried
+                )
+                block = Block(ledger, done.block.rejected)
+                tally.add(_tally(done.rows, ledger, block.rejected))
+                yield block
+        finally:
+            # What the blocks not given hold, freed now rather than with what was raised.
+            pending.clear()
+            numbers.clear()
+
+
+class _AfterFailed(Exception):
+    """A block's thread gave up: a block before it failed, and is raised in its turn."""
 
 
 def numbered(frame: pl.DataFrame, rows: int | Sequence[int]) -> pl.DataFrame:
