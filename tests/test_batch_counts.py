@@ -297,19 +297,9 @@ async def test_a_validation_starting_again_clears_what_its_batch_had_written_onl
         try:
             batches = [await _new_batch(conn, account) for _ in range(2)]
             for batch_id in batches:
-                await conn.copy_records_to_table(
-                    "messages",
-                    records=[(batch_id, 0, account.account_id, 1, "+15550000000", "x", "pending")],
-                    columns=(
-                        "batch_id",
-                        "seq",
-                        "account_id",
-                        "row_number",
-                        "to_number",
-                        "body",
-                        "status",
-                    ),
-                )
+                # A ledger row as the row engine COPYs it (messages.LEDGER_COLUMNS).
+                row = (batch_id, 0, account.account_id, 1, "+15550000000", "x", "pending")
+                await messages.copy_recipients(conn, [(*row, None, "gsm7", 1, None)])
                 await conn.execute(
                     "INSERT INTO short_links (code, batch_id, seq, account_id, url)"
                     " VALUES ($1, $2, 0, $3, 'https://example.com')",
