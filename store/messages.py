@@ -65,24 +65,33 @@ class Outcome:
     window_opens_at: datetime | None = None
 
 
+def _delete_batch_rows(tables: tuple[str, ...]) -> str:
+    """One statement deleting a batch's rows (`$1`) from each of `tables`: the first ones as
+    data-modifying CTEs, so that it is one round trip however many tables."""
+    *first, last = tables
+    ctes = ", ".join(
+        f"gone_{table} AS (DELETE FROM {table} WHERE batch_id = $1)" for table in first
+    )
+    return (f"WITH {ctes} " if ctes else "") + f"DELETE FROM {last} WHERE batch_id = $1"
+
+
+# A batch's ledger, with its short links; and what a validation attempt writes besides.
+_LEDGER_TABLES = ("short_links", "messages")
+_CLEAR_LEDGER = _delete_batch_rows(_LEDGER_TABLES)
+_CLEAR_VALIDATION = _delete_batch_rows((*_LEDGER_TABLES, "rejected_rows", "message_contents"))
+
+
 async def clear_validation(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
     """Drop what an interrupted validation attempt wrote, so a retry starts clean: what
     `clear_ledger` drops, the rejected rows and the rows' own contents, in one statement
     (one round trip, not four, on every batch's way to its first message)."""
-    await conn.execute(
-        "WITH links AS (DELETE FROM short_links WHERE batch_id = $1),"
-        " ledger AS (DELETE FROM messages WHERE batch_id = $1),"
-        " rejected AS (DELETE FROM rejected_rows WHERE batch_id = $1)"
-        " DELETE FROM message_contents WHERE batch_id = $1",
-        batch_id,
-    )
+    await conn.execute(_CLEAR_VALIDATION, batch_id)
 
 
 async def clear_ledger(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
     """Drop the ledger of a batch that will send nothing, with its short links; its rejected
     rows stay."""
-    await conn.execute("DELETE FROM short_links WHERE batch_id = $1", batch_id)
-    await conn.execute("DELETE FROM messages WHERE batch_id = $1", batch_id)
+    await conn.execute(_CLEAR_LEDGER, batch_id)
 
 
 async def copy_recipients(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
