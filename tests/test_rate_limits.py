@@ -34,10 +34,11 @@ async def test_a_batch_never_sends_faster_than_its_sender_allows(
         assert len(received) == count
         measured[mps] = rate(received)
 
-    # Never faster than the limit (5% for clock granularity); the lower bound is loose
-    # because this machine is shared: the accuracy figures come from the bench.
+    # Never faster than the limit (5% for clock granularity). The lower bounds only catch a
+    # pacer that sends far too slowly: a shared machine under load loses time between
+    # reservations (CI measured 144/s at 200), and `make bench-rates` measures accuracy.
     assert 8 <= measured[10] <= 10.5
-    assert 150 <= measured[200] <= 210
+    assert 100 <= measured[200] <= 210
 
 
 async def test_the_limit_holds_across_concurrent_batches_and_workers(
