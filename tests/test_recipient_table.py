@@ -4,6 +4,7 @@ outcomes exactly, and leaves every other file to it."""
 import csv
 import gc
 import io
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -408,21 +409,25 @@ def test_a_thread_done_before_the_block_before_it_takes_the_next(
     exclude_duplicates: bool,
 ) -> None:
     """The first block is slow to read: the second block's thread, done before it, takes
-    the third at once (the third is taken before the first is read), and the outcomes are
-    as if the blocks had come one by one."""
+    the third at once (the third is read before the first), and the outcomes are as if the
+    blocks had come one by one."""
     events: list[str] = []
     slow = numbers_read(1, "+12015550123", pause=0.5)
+    third_numbers = numbers_read(4, "+12015550124")
 
     def first() -> pl.DataFrame:
         frame = slow()
         events.append("first read")
         return frame
 
+    def third() -> pl.DataFrame:
+        events.append("third read")
+        return third_numbers()
+
     def reads() -> Iterator[Callable[[], pl.DataFrame]]:
         yield first
         yield numbers_read(2, "+12015550124", "+12015550123")
-        events.append("third taken")
-        yield numbers_read(4, "+12015550124")
+        yield third
 
     rules = RecipientRules(
         max_rows=9,
@@ -438,7 +443,33 @@ def test_a_thread_done_before_the_block_before_it_takes_the_next(
     if not exclude_duplicates:
         # (With duplicates excluded the second block waits for the first's numbers, so it
         # is done first only by a hair, if at all.)
-        assert events == ["third taken", "first read"]
+        assert events == ["third read", "first read"]
+
+
+def test_the_next_block_is_read_while_the_blocks_before_it_are_validated() -> None:
+    """The block after those in flight is taken from the file while they are validated, so
+    that a thread done with its block does not wait for it to be read: here the first
+    block's read waits for the third to be taken (or 10 s)."""
+    third_taken = threading.Event()
+    waited: list[bool] = []
+    first_numbers = numbers_read(1, "+12015550123")
+
+    def first() -> pl.DataFrame:
+        waited.append(third_taken.wait(10))
+        return first_numbers()
+
+    def reads() -> Iterator[Callable[[], pl.DataFrame]]:
+        yield first
+        yield numbers_read(2, "+12015550124", "+12015550123")
+        third_taken.set()
+        yield numbers_read(4, "+12015550124")
+
+    rules = RecipientRules(max_rows=9, max_message_chars=1600, agent_message="Hi")
+    blocks = recipient_table.frame_blocks(reads(), ["phone_number"], rules, Tally())
+    skips = [code for block in blocks for code in block.ledger["skip_code"].to_list()]
+
+    assert waited == [True]
+    assert skips == [None, None, "duplicate", "duplicate"]
 
 
 @pytest.mark.parametrize("exclude_duplicates", [False, True])

@@ -243,7 +243,7 @@ def frame_blocks(
         pending: deque[Future[_Validated]] = deque()
         # The numbers of the blocks submitted and not given yet, as their threads find them.
         numbers: deque[Future[pl.Series | None]] = deque()
-        upcoming: Iterator[Callable[[], pl.DataFrame]] | None = reads
+        upcoming: _ReadAhead | None = _ReadAhead(reads)
         # What the reads raised while an extra block was taken: raised in its turn, once the
         # blocks before it are given.
         unread: Exception | None = None
@@ -251,7 +251,7 @@ def frame_blocks(
         def fill(blocks: int = IN_FLIGHT) -> None:
             nonlocal upcoming
             while upcoming is not None and len(pending) < blocks:
-                read = next(upcoming, None)
+                read = upcoming.take()
                 if read is None:
                     upcoming = None
                 else:
@@ -274,6 +274,10 @@ def frame_blocks(
             fill()
             while pending:
                 if not pending[0].done():
+                    # Rather than wait idle; not as a block is submitted: its thread would
+                    # wait for the GIL this holds.
+                    if upcoming is not None:
+                        upcoming.prepare()
                     wait(pending, return_when=FIRST_COMPLETED)
                     if not pending[0].done() and any(
                         block.done() and block.exception() is None for block in pending
@@ -299,10 +303,44 @@ def frame_blocks(
             # What the blocks not given hold, freed now rather than with what was raised.
             pending.clear()
             numbers.clear()
+            upcoming = None
 
 
 class _AfterFailed(Exception):
     """A block's thread gave up: a block before it failed, and is raised in its turn."""
+
+
+class _ReadAhead:
+    """The reads of `frame_blocks`, one read ahead: the next block's bytes are read from the
+    file and its lines counted (`_file_lines`, 2-3 ms a block, mostly waiting for the GIL)
+    while the blocks submitted are validated, not once a thread is done and waits for its
+    next block. What reading it raised is raised when it is taken, where it would have been
+    raised without reading ahead."""
+
+    def __init__(self, reads: Iterator[Callable[[], pl.DataFrame]]) -> None:
+        self._reads: Iterator[Callable[[], pl.DataFrame]] | None = reads
+        self._next: Callable[[], pl.DataFrame] | None = None
+        self._error: Exception | None = None
+
+    def prepare(self) -> None:
+        """Read the next block now, if not yet."""
+        if self._next is not None or self._error is not None or self._reads is None:
+            return
+        try:
+            self._next = next(self._reads, None)
+        except Exception as error:
+            self._error = error
+        if self._next is None:
+            self._reads = None
+
+    def take(self) -> Callable[[], pl.DataFrame] | None:
+        """The next block's read, None after the last."""
+        self.prepare()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        read, self._next = self._next, None
+        return read
 
 
 def numbered(frame: pl.DataFrame, rows: int | Sequence[int]) -> pl.DataFrame:
