@@ -498,14 +498,25 @@ def test_a_failed_block_is_raised_before_what_the_reads_raise_after_it(
 
 
 @pytest.mark.parametrize("exclude_duplicates", [False, True])
+@pytest.mark.parametrize(
+    ("bad_row", "at"),
+    [
+        # Not UTF-8: the block's read fails, in its thread.
+        (b"+12015550123,\xff\n", 45_000),
+        # A NUL byte: reading the file fails, in the main loop (the block read ahead).
+        (b"+12015550123,\x00\n", 5_000),
+        (b"+12015550123,\x00\n", 45_000),
+        (b"+12015550123,\x00\n", 59_000),
+    ],
+)
 def test_a_file_not_plain_after_all_leaves_no_blocks_to_the_garbage_collector(
-    exclude_duplicates: bool,
+    exclude_duplicates: bool, bad_row: bytes, at: int
 ) -> None:
     """What the blocks after a failed one hold is freed when the caller is done with the
     error (reference counting), not kept in reference cycles until the collector runs: the
     row path then takes the whole file, with all the memory it needs."""
     rows = [f"+1201555{i % 10_000:04d},Bob\n".encode() for i in range(60_000)]
-    rows.insert(45_000, b"+12015550123,\xff\n")
+    rows.insert(at, bad_row)
     content = b"phone_number,name\n" + b"".join(rows)
     rules = RecipientRules(
         max_rows=10**6,
@@ -513,7 +524,8 @@ def test_a_file_not_plain_after_all_leaves_no_blocks_to_the_garbage_collector(
         agent_message="Hi {{name}}",
         exclude_duplicates=exclude_duplicates,
     )
-    plain = plain_csv(content, rules)
+    # From the file, a block at a time, as the activity reads it.
+    plain = plain_csv_file(io.BytesIO(content), rules)
     assert plain is not None
     gc.collect()
     gc.disable()
@@ -523,7 +535,66 @@ def test_a_file_not_plain_after_all_leaves_no_blocks_to_the_garbage_collector(
                 pass
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
-        left = [o for o in gc.garbage if isinstance(o, pl.DataFrame | pl.Series | Block)]
+        left = [
+            type(o).__name__
+            for o in gc.garbage
+            if isinstance(o, pl.DataFrame | pl.Series | Block | BaseException)
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
+
+
+class _Unread(Exception):
+    """What reading the file raised for a block (as `_file_lines`' NotPlain)."""
+
+
+def _failing_read(pause: float) -> Callable[[], pl.DataFrame]:
+    def read() -> pl.DataFrame:
+        time.sleep(pause)
+        raise NotPlain("the first block")
+
+    return read
+
+
+@pytest.mark.parametrize(
+    ("first", "raised"),
+    [
+        # Reading the third block raises while the first two are validated (read ahead).
+        (numbers_read(1, "+12015550123", pause=0.3), _Unread),
+        # The first block fails first: the third's error, read ahead, is never raised.
+        (_failing_read(0.3), NotPlain),
+    ],
+)
+def test_what_reading_ahead_raised_leaves_nothing_to_the_garbage_collector(
+    first: Callable[[], pl.DataFrame], raised: type[Exception]
+) -> None:
+    """Whether it is raised in its turn (taken by `fill`, or by a thread done early as an
+    extra block) or never (a block before it failed), what reading a block raised is freed
+    with the error the caller gets, not kept in a reference cycle with the frames its
+    traceback holds."""
+
+    def reads() -> Iterator[Callable[[], pl.DataFrame]]:
+        yield first
+        yield numbers_read(2, "+12015550124")
+        raise _Unread
+
+    rules = RecipientRules(max_rows=9, max_message_chars=1600, agent_message="Hi")
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.raises(raised):
+            list(recipient_table.frame_blocks(reads(), ["phone_number"], rules, Tally()))
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [
+            type(o).__name__
+            for o in gc.garbage
+            if isinstance(o, pl.DataFrame | pl.Series | Block | BaseException)
+            or type(o).__name__ in ("_ReadAhead", "frame", "traceback")
+        ]
     finally:
         gc.set_debug(0)
         gc.garbage.clear()

@@ -194,8 +194,10 @@ def frame_blocks(
     "" where empty) under `header`'s names, numbered by `numbered`; `tally` counts the blocks
     given. Columns of `carried` (in the frames, not in `header`) are kept beside each
     ledger row. Raises SourceInvalid (too many rows), and what a `read` raises, in file
-    order. `IN_FLIGHT` blocks are validated at once, each in a thread (polars lets go of the
-    GIL), since one block's passes are too short to keep the cores busy. A block's thread
+    order (what `reads` itself raises, reading the file, may come before the failure of a
+    block submitted before it). `IN_FLIGHT` blocks are validated at once, each in a thread
+    (polars lets go of the GIL), since one block's passes are too short to keep the cores
+    busy. A block's thread
     also looks for its numbers in the blocks before it, waiting for those still being
     validated to find theirs (a block never waits for a later one); only the skip codes,
     which depend on the counts of the blocks before, are given here, in order."""
@@ -288,7 +290,11 @@ def frame_blocks(
                 seen.append(done.keys)
                 if unread is not None:
                     error, unread = unread, None
-                    raise error
+                    try:
+                        raise error
+                    finally:
+                        # Its traceback holds this frame: kept in it, a reference cycle.
+                        del error
                 # The next block is read and started now, not once this one is given.
                 fill()
                 if tally.rows + done.rows > rules.max_rows:
@@ -303,7 +309,9 @@ def frame_blocks(
             # What the blocks not given hold, freed now rather than with what was raised.
             pending.clear()
             numbers.clear()
-            upcoming = None
+            if upcoming is not None:
+                upcoming.close()
+            upcoming = unread = None
 
 
 class _AfterFailed(Exception):
@@ -338,9 +346,18 @@ class _ReadAhead:
         self.prepare()
         if self._error is not None:
             error, self._error = self._error, None
-            raise error
+            try:
+                raise error
+            finally:
+                # Its traceback holds this frame: kept in it, a reference cycle.
+                del error
         read, self._next = self._next, None
         return read
+
+    def close(self) -> None:
+        """Drop what was read ahead: a stored error's traceback holds the frames that hold
+        this (a reference cycle, freed only by the garbage collector otherwise)."""
+        self._reads = self._next = self._error = None
 
 
 def numbered(frame: pl.DataFrame, rows: int | Sequence[int]) -> pl.DataFrame:
