@@ -1,7 +1,7 @@
 """Short links of batch messages and their clicks (table `short_links`)."""
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -21,9 +21,10 @@ class Click:
     account_id: uuid.UUID
 
 
-async def copy_links(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
-    """Links as (code, batch_id, seq, account_id, url), in one COPY."""
-    await conn.copy_records_to_table("short_links", records=records, columns=LINK_COLUMNS)
+async def copy_links(conn: asyncpg.Connection, records: Sequence[tuple]) -> None:
+    """Links as (code, batch_id, seq, account_id, url), in one COPY (none: no statement)."""
+    if records:
+        await conn.copy_records_to_table("short_links", records=records, columns=LINK_COLUMNS)
 
 
 async def record_click(pool: asyncpg.Pool, code: str, user_agent: str | None) -> Click | None:

@@ -94,9 +94,10 @@ async def clear_ledger(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
     await conn.execute(_CLEAR_LEDGER, batch_id)
 
 
-async def copy_recipients(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
-    """COPY ledger rows given as tuples, `LEDGER_COLUMNS` in order."""
-    await conn.copy_records_to_table("messages", records=records, columns=LEDGER_COLUMNS)
+async def copy_recipients(conn: asyncpg.Connection, records: Sequence[tuple]) -> None:
+    """COPY ledger rows given as tuples, `LEDGER_COLUMNS` in order (none: no statement)."""
+    if records:
+        await conn.copy_records_to_table("messages", records=records, columns=LEDGER_COLUMNS)
 
 
 async def copy_recipients_csv(
@@ -111,7 +112,7 @@ async def copy_recipients_csv(
 
 
 async def copy_outcomes(
-    conn: asyncpg.Connection, ledger: Iterable[bytes], rejected: Iterable[tuple]
+    conn: asyncpg.Connection, ledger: Iterable[bytes], rejected: Sequence[tuple]
 ) -> None:
     """A block of a validated file: its ledger rows as CSV parts (`copy_recipients_csv`),
     then its rejected rows."""
@@ -148,8 +149,11 @@ async def refresh_statistics(pool: asyncpg.Pool, added: int) -> None:
     await pool.execute(f"ANALYZE messages ({', '.join(SEND_PATH_COLUMNS)})")
 
 
-async def copy_rejected(conn: asyncpg.Connection, records: Iterable[tuple]) -> None:
-    await conn.copy_records_to_table("rejected_rows", records=records, columns=REJECTED_COLUMNS)
+async def copy_rejected(conn: asyncpg.Connection, records: Sequence[tuple]) -> None:
+    """COPY rejected rows, `REJECTED_COLUMNS` in order. None, no statement: a COPY costs two
+    round trips even empty, and most blocks of most files reject no row."""
+    if records:
+        await conn.copy_records_to_table("rejected_rows", records=records, columns=REJECTED_COLUMNS)
 
 
 async def last_sent_to(

@@ -7,14 +7,14 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
 
 from api.services.batches import get_batch
 from settings import Settings
-from store import messages, receipts
+from store import links, messages, receipts
 from store.batches import create_batch
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import unique_numbers
@@ -340,3 +340,42 @@ async def test_a_validation_starting_again_clears_what_its_batch_had_written_onl
 
     assert left == {table: [0, 1] for table in tables}
     assert counted == [0, 1]
+
+
+class _CopyCounter:
+    """A connection that counts its COPYs by table, and hands them on."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+        self.copies: list[str] = []
+
+    async def copy_records_to_table(self, table: str, **options: Any) -> str:
+        self.copies.append(table)
+        return await self._conn.copy_records_to_table(table, **options)
+
+
+async def test_rows_none_of_a_kind_cost_no_copy(pool: asyncpg.Pool, account: Account) -> None:
+    """Most blocks reject no row and shorten no link: those COPYs (two round trips each,
+    even empty) are not made; a row of a kind is COPYed."""
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            batch_id = await _new_batch(conn, account)
+            counter = _CopyCounter(conn)
+            copying = cast(asyncpg.Connection, counter)
+            await messages.copy_outcomes(copying, [], [])
+            await messages.copy_recipients(copying, [])
+            await links.copy_links(copying, [])
+            none = list(counter.copies)
+            rejected = (batch_id, 2, account.account_id, "invalid_number", "no", "+1")
+            await messages.copy_outcomes(copying, [], [rejected])
+            stored = await conn.fetchval(
+                "SELECT count(*) FROM rejected_rows WHERE batch_id = $1", batch_id
+            )
+        finally:
+            await transaction.rollback()
+
+    assert none == []
+    assert counter.copies == ["rejected_rows"]
+    assert stored == 1
