@@ -527,24 +527,34 @@ def test_a_file_not_plain_after_all_leaves_no_blocks_to_the_garbage_collector(
     # From the file, a block at a time, as the activity reads it.
     plain = plain_csv_file(io.BytesIO(content), rules)
     assert plain is not None
+
+    def validate() -> None:
+        for _ in plain.blocks(block_bytes=200_000):
+            pass
+
+    assert left_to_the_collector(validate, NotPlain) == []
+
+
+def left_to_the_collector(run: Callable[[], object], raised: type[Exception]) -> list[str]:
+    """What `run`, which raises `raised`, leaves in reference cycles (frames, tracebacks,
+    errors, blocks and their frames), freed only when the garbage collector runs."""
     gc.collect()
     gc.disable()
     try:
-        with pytest.raises(NotPlain):
-            for _ in plain.blocks(block_bytes=200_000):
-                pass
+        with pytest.raises(raised):
+            run()
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
-        left = [
+        return [
             type(o).__name__
             for o in gc.garbage
             if isinstance(o, pl.DataFrame | pl.Series | Block | BaseException)
+            or type(o).__name__ in ("_ReadAhead", "frame", "traceback")
         ]
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
-    assert left == []
 
 
 class _Unread(Exception):
@@ -582,24 +592,11 @@ def test_what_reading_ahead_raised_leaves_nothing_to_the_garbage_collector(
         raise _Unread
 
     rules = RecipientRules(max_rows=9, max_message_chars=1600, agent_message="Hi")
-    gc.collect()
-    gc.disable()
-    try:
-        with pytest.raises(raised):
-            list(recipient_table.frame_blocks(reads(), ["phone_number"], rules, Tally()))
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        left = [
-            type(o).__name__
-            for o in gc.garbage
-            if isinstance(o, pl.DataFrame | pl.Series | Block | BaseException)
-            or type(o).__name__ in ("_ReadAhead", "frame", "traceback")
-        ]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    assert left == []
+
+    def validate() -> None:
+        list(recipient_table.frame_blocks(reads(), ["phone_number"], rules, Tally()))
+
+    assert left_to_the_collector(validate, raised) == []
 
 
 # Bytes that make records: line breaks of both kinds, quotes, commas, text.
