@@ -197,10 +197,10 @@ def frame_blocks(
     order (what `reads` itself raises, reading the file, may come before the failure of a
     block submitted before it). `IN_FLIGHT` blocks are validated at once, each in a thread
     (polars lets go of the GIL), since one block's passes are too short to keep the cores
-    busy. A block's thread
-    also looks for its numbers in the blocks before it, waiting for those still being
-    validated to find theirs (a block never waits for a later one); only the skip codes,
-    which depend on the counts of the blocks before, are given here, in order."""
+    busy, and the next is read from the file meanwhile (`_ReadAhead`). A block's thread also
+    looks for its numbers in the blocks before it, waiting for those still being validated
+    to find theirs (a block never waits for a later one); only the skip codes, which depend
+    on the counts of the blocks before, are given here, in order."""
     sources = variable_sources(header, rules.column_mapping)
     defaults = request_defaults(rules)
     # The numbers of the Recipients of each block given, as integers (8 bytes each).
