@@ -246,9 +246,6 @@ def frame_blocks(
         # The numbers of the blocks submitted and not given yet, as their threads find them.
         numbers: deque[Future[pl.Series | None]] = deque()
         upcoming: _ReadAhead | None = _ReadAhead(reads)
-        # What the reads raised while an extra block was taken: raised in its turn, once the
-        # blocks before it are given.
-        unread: Exception | None = None
 
         def fill(blocks: int = IN_FLIGHT) -> None:
             nonlocal upcoming
@@ -261,17 +258,6 @@ def frame_blocks(
                     pending.append(executor.submit(validate, read, list(seen), [*numbers], found))
                     numbers.append(found)
 
-        def take_extra() -> None:
-            """A block done before the one before it: its thread takes another at once,
-            rather than wait with it. Only while this loop waits for the block it gives
-            next: while a block given waits for the caller (the COPY of the one before), at
-            most `IN_FLIGHT` are submitted, and done blocks do not pile up in memory."""
-            nonlocal unread, upcoming
-            try:
-                fill(IN_FLIGHT + 1)
-            except Exception as error:
-                unread, upcoming = error, None
-
         try:
             fill()
             while pending:
@@ -281,20 +267,22 @@ def frame_blocks(
                     if upcoming is not None:
                         upcoming.prepare()
                     wait(pending, return_when=FIRST_COMPLETED)
-                    if not pending[0].done() and any(
-                        block.done() and block.exception() is None for block in pending
+                    # A block done before the one before it: its thread takes another at
+                    # once, rather than wait with it. Only while this loop waits for the
+                    # block it gives next: while a block given waits for the caller (the
+                    # COPY of the one before), at most `IN_FLIGHT` are submitted, and done
+                    # blocks do not pile up in memory. Not when reading the next block
+                    # failed: that is raised in its turn, by `fill` once this one is given.
+                    if (
+                        not pending[0].done()
+                        and any(block.done() and block.exception() is None for block in pending)
+                        and upcoming is not None
+                        and upcoming.has_read()
                     ):
-                        take_extra()
+                        fill(IN_FLIGHT + 1)
                 done = pending.popleft().result()
                 numbers.popleft()
                 seen.append(done.keys)
-                if unread is not None:
-                    error, unread = unread, None
-                    try:
-                        raise error
-                    finally:
-                        # Its traceback holds this frame: kept in it, a reference cycle.
-                        del error
                 # The next block is read and started now, not once this one is given.
                 fill()
                 if tally.rows + done.rows > rules.max_rows:
@@ -311,7 +299,6 @@ def frame_blocks(
             numbers.clear()
             if upcoming is not None:
                 upcoming.close()
-            upcoming = unread = None
 
 
 class _AfterFailed(Exception):
@@ -340,6 +327,11 @@ class _ReadAhead:
             self._error = error
         if self._next is None:
             self._reads = None
+
+    def has_read(self) -> bool:
+        """Whether the next block is there to take (not the end, nor what reading it raised)."""
+        self.prepare()
+        return self._next is not None
 
     def take(self) -> Callable[[], pl.DataFrame] | None:
         """The next block's read, None after the last."""
