@@ -74,7 +74,6 @@ def step_seconds(
         frame = timed(
             "parse (read_csv, checks)", columns._read_block, text, header, first_row, count
         )
-        frame = timed("blank rows", columns._without_blank_rows, frame, header)
         numbers = timed("numbers", columns._numbers, frame[PHONE_COLUMN], rules)
         message = timed(
             "message (render, encoding, segments)",
@@ -88,8 +87,8 @@ def step_seconds(
         table = frame.select(
             pl.col(columns._ROW).alias("row_number"), numbers.alias("to_number"), *message
         )
-        ledger, rejected = timed(
-            "rows settled one by one, rejected rows",
+        ledger, rejected, blank = timed(
+            "rows settled one by one, blank and rejected rows",
             columns._settle_rows,
             frame,
             table,
@@ -103,7 +102,7 @@ def step_seconds(
         )
         earlier.append(columns._keys(ledger))
         ledger = timed(tail, columns._with_skips, ledger, rules, repeated, first_seq)
-        timed(tail, columns._tally, frame.height, ledger, rejected)
+        timed(tail, columns._tally, frame.height - blank, ledger, rejected)
         first_seq += ledger.height
         block = columns.Block(ledger, rejected)
         timed(

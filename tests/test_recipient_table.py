@@ -472,6 +472,35 @@ def test_the_next_block_is_read_while_the_blocks_before_it_are_validated() -> No
     assert skips == [None, None, "duplicate", "duplicate"]
 
 
+def test_the_two_blocks_after_those_in_flight_are_read_while_they_are_validated() -> None:
+    """Two threads often end their blocks together: both next blocks are read ahead, so
+    that neither waits for its read. Here the first two blocks' reads wait for the fourth
+    to be taken (or 10 s)."""
+    fourth_taken = threading.Event()
+    waited: list[bool] = []
+
+    def waiting(read: Callable[[], pl.DataFrame]) -> Callable[[], pl.DataFrame]:
+        def wait_then_read() -> pl.DataFrame:
+            waited.append(fourth_taken.wait(10))
+            return read()
+
+        return wait_then_read
+
+    def reads() -> Iterator[Callable[[], pl.DataFrame]]:
+        yield waiting(numbers_read(1, "+12015550123"))
+        yield waiting(numbers_read(2, "+12015550124"))
+        yield numbers_read(3, "+12015550123")
+        fourth_taken.set()
+        yield numbers_read(4, "+12015550125")
+
+    rules = RecipientRules(max_rows=9, max_message_chars=1600, agent_message="Hi")
+    blocks = recipient_table.frame_blocks(reads(), ["phone_number"], rules, Tally())
+    skips = [code for block in blocks for code in block.ledger["skip_code"].to_list()]
+
+    assert waited == [True, True]
+    assert skips == [None, None, "duplicate", None]
+
+
 @pytest.mark.parametrize("exclude_duplicates", [False, True])
 def test_a_failed_block_is_raised_before_what_the_reads_raise_after_it(
     exclude_duplicates: bool,

@@ -94,6 +94,8 @@ BLOCK_BYTES = 2 << 20
 # (bench.validation) but no sooner to the first message in the stack, at 7 MiB more
 # (docs/PERFORMANCE.md, 2026-12-04 afternoon).
 IN_FLIGHT = 2
+# Blocks read from the file ahead of the threads (`_ReadAhead`).
+READ_AHEAD = 2
 # Ledger rows per COPY: a few MB of CSV.
 COPY_ROWS = 25_000
 # Distinct own messages (`agent_message` cells) of a block rendered by columns, each over
@@ -218,8 +220,8 @@ def frame_blocks(
         collector runs). `given`: the numbers of the blocks given when it was submitted;
         `earlier`: of those submitted before it, not given then."""
         try:
-            frame = _without_blank_rows(read(), header)
-            block = _validate(frame, header, rules, sources, defaults)
+            frame = read()
+            rows, block = _validate(frame, header, rules, sources, defaults)
             if carried:
                 kept = frame.select_seq(pl.col(_ROW).alias("row_number"), *carried)
                 block = Block(
@@ -233,13 +235,13 @@ def frame_blocks(
             raise
         found.set_result(keys)
         if not rules.exclude_duplicates:
-            return _Validated(frame.height, block, keys, _NOT_REPEATED)
+            return _Validated(rows, block, keys, _NOT_REPEATED)
         before = list(given)
         for numbers in earlier:
             if (theirs := numbers.result()) is None:
                 raise _AfterFailed
             before.append(theirs)
-        return _Validated(frame.height, block, keys, _repeated(keys, before))
+        return _Validated(rows, block, keys, _repeated(keys, before))
 
     with ThreadPoolExecutor(max_workers=IN_FLIGHT) as executor:
         pending: deque[Future[_Validated]] = deque()
@@ -264,8 +266,12 @@ def frame_blocks(
                 if not pending[0].done():
                     # Rather than wait idle; not as a block is submitted: its thread would
                     # wait for the GIL this holds.
-                    if upcoming is not None:
-                        upcoming.prepare()
+                    while (
+                        upcoming is not None
+                        and not any(block.done() for block in pending)
+                        and upcoming.prepare()
+                    ):
+                        pass
                     wait(pending, return_when=FIRST_COMPLETED)
                     # A block done before the one before it: its thread takes another at
                     # once, rather than wait with it. Only while this loop waits for the
@@ -306,36 +312,44 @@ class _AfterFailed(Exception):
 
 
 class _ReadAhead:
-    """The reads of `frame_blocks`, one read ahead: the next block's bytes are read from the
-    file and its lines counted (`_file_lines`, 2-3 ms a block, mostly waiting for the GIL)
-    while the blocks submitted are validated, not once a thread is done and waits for its
-    next block. What reading it raised is raised when it is taken, where it would have been
+    """The reads of `frame_blocks`, up to `READ_AHEAD` ahead: the next blocks' bytes are read
+    from the file and their lines counted (`_file_lines`, 2-3 ms a block, mostly waiting for
+    the GIL) while the blocks submitted are validated, not once a thread is done and waits
+    for its next block. Two, as two threads often end their blocks within a few ms of each
+    other: with one read ahead the second waited for its block's read. What reading raised
+    is raised when it is taken, after the blocks read before it, where it would have been
     raised without reading ahead."""
 
     def __init__(self, reads: Iterator[Callable[[], pl.DataFrame]]) -> None:
         self._reads: Iterator[Callable[[], pl.DataFrame]] | None = reads
-        self._next: Callable[[], pl.DataFrame] | None = None
+        self._held: deque[Callable[[], pl.DataFrame]] = deque()
         self._error: Exception | None = None
 
-    def prepare(self) -> None:
-        """Read the next block now, if not yet."""
-        if self._next is not None or self._error is not None or self._reads is None:
-            return
+    def prepare(self) -> bool:
+        """Read one more block now, if fewer than `READ_AHEAD` are held; whether one was."""
+        if len(self._held) >= READ_AHEAD or self._error is not None or self._reads is None:
+            return False
         try:
-            self._next = next(self._reads, None)
+            read = next(self._reads, None)
         except Exception as error:
             self._error = error
-        if self._next is None:
+            return False
+        if read is None:
             self._reads = None
+            return False
+        self._held.append(read)
+        return True
 
     def has_read(self) -> bool:
-        """Whether the next block is there to take (not the end, nor what reading it raised)."""
-        self.prepare()
-        return self._next is not None
+        """Whether a block is there to take (not the end, nor what reading it raised)."""
+        if not self._held:
+            self.prepare()
+        return bool(self._held)
 
     def take(self) -> Callable[[], pl.DataFrame] | None:
         """The next block's read, None after the last."""
-        self.prepare()
+        if self.has_read():
+            return self._held.popleft()
         if self._error is not None:
             error, self._error = self._error, None
             try:
@@ -343,13 +357,13 @@ class _ReadAhead:
             finally:
                 # Its traceback holds this frame: kept in it, a reference cycle.
                 del error
-        read, self._next = self._next, None
-        return read
+        return None
 
     def close(self) -> None:
         """Drop what was read ahead: a stored error's traceback holds the frames that hold
         this (a reference cycle, freed only by the garbage collector otherwise)."""
-        self._reads = self._next = self._error = None
+        self._reads = self._error = None
+        self._held.clear()
 
 
 def numbered(frame: pl.DataFrame, rows: int | Sequence[int]) -> pl.DataFrame:
@@ -647,31 +661,22 @@ def _validate(
     rules: RecipientRules,
     sources: dict[str, tuple[str, ...]],
     defaults: dict[str, str],
-) -> Block:
-    """A block's outcomes but their skip codes: its ledger lacks `seq`, `status` and
-    `skip_code`."""
+) -> tuple[int, Block]:
+    """A block's rows (blank ones aside: `_settle_rows`) and outcomes but their skip codes:
+    its ledger lacks `seq`, `status` and `skip_code`."""
     table = frame.select_seq(
         pl.col(_ROW).alias("row_number"),
         _numbers(frame[PHONE_COLUMN], rules).alias("to_number"),
         *_message(frame, header, rules, sources, defaults),
     )
-    return Block(*_settle_rows(frame, table, header, rules, sources, defaults))
+    ledger, rejected, blank = _settle_rows(frame, table, header, rules, sources, defaults)
+    return frame.height - blank, Block(ledger, rejected)
 
 
 def _numbers(raws: pl.Series, rules: RecipientRules) -> pl.Series:
     """The E.164 form of each cell that passes the batch's number check; null elsewhere."""
     valid = valid_e164_column(raws)
     return possible_e164_column(raws, valid) if rules.number_check == POSSIBLE else valid
-
-
-def _without_blank_rows(frame: pl.DataFrame, header: list[str]) -> pl.DataFrame:
-    """Drop the rows whose every cell is blank (they keep their numbers): only a row with
-    a blank number can be one, and a number starting with `+` (most) is not blank."""
-    maybe = frame.filter(~pl.col(PHONE_COLUMN).str.starts_with("+"))
-    blank = maybe.filter(pl.all_horizontal(_is_blank(pl.col(name)) for name in header))
-    if blank.is_empty():
-        return frame
-    return frame.filter(~pl.col(_ROW).is_in(blank[_ROW].implode()))
 
 
 def _message(
@@ -918,13 +923,22 @@ def _settle_rows(
     rules: RecipientRules,
     sources: dict[str, tuple[str, ...]],
     defaults: dict[str, str],
-) -> tuple[pl.DataFrame, list[Rejected]]:
+) -> tuple[pl.DataFrame, list[Rejected], int]:
     """Rows with a valid number but no body get `row_outcome`, one by one; rows without a
     valid number are rejected as blank or not valid, as `row_outcome` would (their reasons
-    have no fields: each is formatted once, not once a row)."""
+    have no fields: each is formatted once, not once a row), but for the rows whose every
+    cell is blank, which are no rows (they keep their numbers): their count is last. Only
+    a row without a valid number can be blank, so only those (few) are looked at."""
     invalid = table["to_number"].is_null()
     open_ = ~invalid & (table["body"] == "")
-    numbers = frame.filter(invalid).select_seq(
+    numbers = frame.filter(invalid)
+    blank = numbers.select_seq(
+        pl.all_horizontal(_is_blank(pl.col(name)) for name in header)
+    ).to_series()
+    blank_rows = int(blank.sum())
+    if blank_rows:
+        numbers = numbers.filter(~blank)
+    numbers = numbers.select_seq(
         _is_blank(pl.col(PHONE_COLUMN)).cast(pl.UInt8).alias("blank"), _ROW, PHONE_COLUMN
     )
     # In file order, as the frame's rows are.
@@ -934,7 +948,7 @@ def _settle_rows(
     )
     kept = table.filter(~invalid & ~open_)
     if not open_.any():
-        return kept, rejected
+        return kept, rejected, blank_rows
     settled: list[tuple[int, str, str, str, int]] = []
     late: list[Rejected] = []
     for (row_number, *cells), number in zip(
@@ -957,7 +971,7 @@ def _settle_rows(
         kept = pl.concat([kept, pl.DataFrame(settled, schema=table.schema, orient="row")]).sort(
             "row_number"
         )
-    return kept, rejected
+    return kept, rejected, blank_rows
 
 
 def _with_skips(
