@@ -394,6 +394,14 @@ def test_numbers_are_not_compared_where_repeated_ones_are_sent(in_flight: int) -
     assert [row[6] for row in result[0]] == [None] * 12
 
 
+@pytest.fixture
+def two_in_flight() -> Iterator[None]:
+    """Two blocks validated at once, as the tests of how blocks are read and taken are
+    written for (with more, a block they wait for would be taken at the start)."""
+    with mock.patch.object(recipient_table, "IN_FLIGHT", 2):
+        yield
+
+
 def numbers_read(first_row: int, *numbers: str, pause: float = 0.0) -> Callable[[], pl.DataFrame]:
     """A block's read: its numbers, from row `first_row`, after `pause` seconds."""
 
@@ -404,6 +412,7 @@ def numbers_read(first_row: int, *numbers: str, pause: float = 0.0) -> Callable[
     return read
 
 
+@pytest.mark.usefixtures("two_in_flight")
 @pytest.mark.parametrize("exclude_duplicates", [False, True])
 def test_a_thread_done_before_the_block_before_it_takes_the_next(
     exclude_duplicates: bool,
@@ -446,6 +455,7 @@ def test_a_thread_done_before_the_block_before_it_takes_the_next(
         assert events == ["third read", "first read"]
 
 
+@pytest.mark.usefixtures("two_in_flight")
 def test_the_next_block_is_read_while_the_blocks_before_it_are_validated() -> None:
     """The block after those in flight is taken from the file while they are validated, so
     that a thread done with its block does not wait for it to be read: here the first
@@ -472,6 +482,7 @@ def test_the_next_block_is_read_while_the_blocks_before_it_are_validated() -> No
     assert skips == [None, None, "duplicate", "duplicate"]
 
 
+@pytest.mark.usefixtures("two_in_flight")
 def test_the_two_blocks_after_those_in_flight_are_read_while_they_are_validated() -> None:
     """Two threads often end their blocks together: both next blocks are read ahead, so
     that neither waits for its read. Here the first two blocks' reads wait for the fourth
@@ -501,19 +512,22 @@ def test_the_two_blocks_after_those_in_flight_are_read_while_they_are_validated(
     assert skips == [None, None, "duplicate", None]
 
 
+@pytest.mark.parametrize("in_flight", [2, 3])
+@pytest.mark.parametrize("failing", [1, 2])
 @pytest.mark.parametrize("exclude_duplicates", [False, True])
 def test_a_failed_block_is_raised_before_what_the_reads_raise_after_it(
-    exclude_duplicates: bool,
+    exclude_duplicates: bool, failing: int, in_flight: int
 ) -> None:
-    """Errors come in file order, whichever thread is done first."""
+    """Errors come in file order, whichever thread is done first, and however many blocks
+    are in flight: reading the file past a block that fails later raises nothing first."""
 
     def not_plain() -> pl.DataFrame:
         time.sleep(0.3)
-        raise NotPlain("the first block")
+        raise NotPlain("the failing block")
 
     def reads() -> Iterator[Callable[[], pl.DataFrame]]:
-        yield not_plain
-        yield numbers_read(2, "+12015550124")
+        yield not_plain if failing == 1 else numbers_read(1, "+12015550123")
+        yield not_plain if failing == 2 else numbers_read(2, "+12015550124")
         raise SourceInvalid("too_many_rows", "after the second block")
 
     rules = RecipientRules(
@@ -522,7 +536,10 @@ def test_a_failed_block_is_raised_before_what_the_reads_raise_after_it(
         agent_message="Hi",
         exclude_duplicates=exclude_duplicates,
     )
-    with pytest.raises(NotPlain, match="the first block"):
+    with (
+        mock.patch.object(recipient_table, "IN_FLIGHT", in_flight),
+        pytest.raises(NotPlain, match="the failing block"),
+    ):
         list(recipient_table.frame_blocks(reads(), ["phone_number"], rules, Tally()))
 
 
@@ -607,8 +624,9 @@ def _failing_read(pause: float) -> Callable[[], pl.DataFrame]:
         (_failing_read(0.3), NotPlain),
     ],
 )
+@pytest.mark.parametrize("in_flight", [2, 3])
 def test_what_reading_ahead_raised_leaves_nothing_to_the_garbage_collector(
-    first: Callable[[], pl.DataFrame], raised: type[Exception]
+    first: Callable[[], pl.DataFrame], raised: type[Exception], in_flight: int
 ) -> None:
     """Whether it is raised in its turn (taken by `fill`, or by a thread done early as an
     extra block) or never (a block before it failed), what reading a block raised is freed
@@ -625,7 +643,8 @@ def test_what_reading_ahead_raised_leaves_nothing_to_the_garbage_collector(
     def validate() -> None:
         list(recipient_table.frame_blocks(reads(), ["phone_number"], rules, Tally()))
 
-    assert left_to_the_collector(validate, raised) == []
+    with mock.patch.object(recipient_table, "IN_FLIGHT", in_flight):
+        assert left_to_the_collector(validate, raised) == []
 
 
 # Bytes that make records: line breaks of both kinds, quotes, commas, text.

@@ -89,11 +89,13 @@ _ROW = "\x00row_number"
 # more at the peak and saves a block's fixed cost (polars' calls): 2 MiB, with the file's
 # bytes on disk, keeps a 1,000,000-row validation under 300 MB (docs/RECIPIENTS.md).
 BLOCK_BYTES = 2 << 20
-# Blocks validated at once, each in its own thread. Two, not three: on two cores a third
-# block adds switching more than work done; at 1,000,000 rows three were 3-8% faster alone
-# (bench.validation) but no sooner to the first message in the stack, at 7 MiB more
-# (docs/PERFORMANCE.md, 2026-12-04 afternoon).
-IN_FLIGHT = 2
+# Blocks validated at once, each in its own thread. Three on two cores: with two, a fifth
+# of the cores' time was idle (each thread waits for the GIL and for polars' pool between
+# its calls, and the other thread cannot always fill the gap); a third block fills more of
+# it. At 1,000,000 rows, alternated: 0.96x the csv module against 0.89x in the median,
+# with the process's peak 13 MiB higher and the stack's validating worker's within its
+# noise (docs/PERFORMANCE.md, 2026-12-05, midday).
+IN_FLIGHT = 3
 # Blocks read from the file ahead of the threads (`_ReadAhead`).
 READ_AHEAD = 2
 # Ledger rows per COPY: a few MB of CSV.
@@ -195,11 +197,11 @@ def frame_blocks(
     """The outcomes of blocks of rows, in order: each `read` gives a block's cells (strings,
     "" where empty) under `header`'s names, numbered by `numbered`; `tally` counts the blocks
     given. Columns of `carried` (in the frames, not in `header`) are kept beside each
-    ledger row. Raises SourceInvalid (too many rows), and what a `read` raises, in file
-    order (what `reads` itself raises, reading the file, may come before the failure of a
-    block submitted before it). `IN_FLIGHT` blocks are validated at once, each in a thread
-    (polars lets go of the GIL), since one block's passes are too short to keep the cores
-    busy, and the next is read from the file meanwhile (`_ReadAhead`). A block's thread also
+    ledger row. Raises SourceInvalid (too many rows), what a `read` raises and what `reads`
+    itself raises (reading the file), in file order. `IN_FLIGHT` blocks are validated at
+    once, each in a thread (polars lets go of the GIL), since one block's passes are too
+    short to keep the cores busy, and the next are read from the file meanwhile
+    (`_ReadAhead`). A block's thread also
     looks for its numbers in the blocks before it, waiting for those still being validated
     to find theirs (a block never waits for a later one); only the skip codes, which depend
     on the counts of the blocks before, are given here, in order."""
@@ -252,6 +254,10 @@ def frame_blocks(
         def fill(blocks: int = IN_FLIGHT) -> None:
             nonlocal upcoming
             while upcoming is not None and len(pending) < blocks:
+                if pending and not upcoming.has_read():
+                    # The end, or what reading the file raised: raised in its turn, once
+                    # the blocks before it are given (one of them may fail first).
+                    return
                 read = upcoming.take()
                 if read is None:
                     upcoming = None
@@ -289,10 +295,10 @@ def frame_blocks(
                 done = pending.popleft().result()
                 numbers.popleft()
                 seen.append(done.keys)
-                # The next block is read and started now, not once this one is given.
-                fill()
                 if tally.rows + done.rows > rules.max_rows:
                     raise too_many_rows(rules.max_rows)
+                # The next block is read and started now, not once this one is given.
+                fill()
                 ledger = _with_skips(
                     done.block.ledger, rules, done.repeated, tally.recipients, carried
                 )
