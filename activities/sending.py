@@ -95,23 +95,31 @@ class SendingActivities(WorkerResources):
         # Every statement rides out a PostgreSQL outage (through_outages), the pacers' too:
         # an attempt that failed once it has marked rows `sending` would leave them to its
         # retry as `uncertain`, sent or not.
-        batch = await through_outages(lambda: batches.batch_for_workflow(self._pool, batch_id))
+        # The batch, the carrier account and the slice's rows at once, each on a connection
+        # of its own: they are on the way from the slice's start to its first request.
+        batch_row = asyncio.ensure_future(
+            through_outages(lambda: batches.batch_for_workflow(self._pool, batch_id))
+        )
+
+        async def own_account() -> carrier_accounts.CarrierCredentials | None:
+            # Sends scheduled before the account was passed down read it from the batch row.
+            account = (
+                uuid.UUID(input.account_id) if input.account_id else (await batch_row)["account_id"]
+            )
+            return await through_outages(
+                lambda: carrier_accounts.carrier_account(self._pool, account)
+            )
+
+        batch, own, claimed = await asyncio.gather(
+            batch_row,
+            own_account(),
+            through_outages(
+                lambda: messages.claim_slice(self._pool, batch_id, input.start, input.end)
+            ),
+        )
         account_id = uuid.UUID(input.account_id) if input.account_id else batch["account_id"]
         way = Channel.of(batch["request"])
-        own = await through_outages(
-            lambda: carrier_accounts.carrier_account(self._pool, account_id)
-        )
         credentials = (own.account_sid, own.auth_token) if own else None
-        claimed = await through_outages(
-            lambda: messages.claim_slice(self._pool, batch_id, input.start, input.end)
-        )
-        own_contents = (
-            await through_outages(
-                lambda: messages.row_contents(self._pool, batch_id, [m.row_number for m in claimed])
-            )
-            if claimed
-            else {}
-        )
         # One pacer per sender: a row with its own sender goes at that sender's rate.
         pacers: dict[str, SenderPacer] = {}
         stopping = asyncio.Event()
@@ -200,7 +208,7 @@ class SendingActivities(WorkerResources):
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
             started = time.monotonic()
-            own = own_contents.get(message.row_number)
+            own = message.content
             result = await self._carrier.send(
                 to=carrier_address(message.to_number, way.channel),
                 from_=carrier_address(sender, way.channel),
