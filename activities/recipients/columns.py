@@ -938,9 +938,11 @@ def _settle_rows(
     invalid = table["to_number"].is_null()
     open_ = ~invalid & (table["body"] == "")
     numbers = frame.filter(invalid)
-    blank = numbers.select_seq(
-        pl.all_horizontal(_is_blank(pl.col(name)) for name in header)
-    ).to_series()
+    blank = (
+        numbers.select_seq(pl.all_horizontal(_is_blank(pl.col(name)) for name in header))
+        .to_series()
+        .fill_null(value=False)
+    )
     blank_rows = int(blank.sum())
     if blank_rows:
         numbers = numbers.filter(~blank)
