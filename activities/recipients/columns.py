@@ -180,10 +180,17 @@ class PlainCsv:
             else _file_lines(self.content, block_bytes)
         )
 
-        def read(first_row: int, pieces: Sequence[Lines], count: int) -> pl.DataFrame:
-            return _read_block(b"".join((header_line, *pieces)), self.header, first_row, count)
+        def read(first_row: int, pieces: list[Lines], count: int) -> pl.DataFrame:
+            text = b"".join((header_line, *pieces))
+            # The pieces, freed now rather than with the block's thread's work (which holds
+            # this read until the block is validated).
+            pieces.clear()
+            return _read_block(text, self.header, first_row, count)
 
-        reads = (functools.partial(read, *lines) for lines in line_blocks)
+        reads = (
+            functools.partial(read, first_row, [*pieces], count)
+            for first_row, pieces, count in line_blocks
+        )
         yield from frame_blocks(reads, self.header, self.rules, self.tally)
 
 
@@ -230,6 +237,8 @@ def frame_blocks(
                     block.ledger.join(kept, on="row_number", how="left", maintain_order="left"),
                     block.rejected,
                 )
+            # The cells, freed while the block waits for the numbers of those before it.
+            del frame
             # Where repeated numbers are sent, none is looked for.
             keys = _keys(block.ledger) if rules.exclude_duplicates else _NO_KEYS
         except BaseException:
