@@ -41,15 +41,19 @@ def valid_e164_column(raws: pl.Series) -> pl.Series:
     frame = pl.DataFrame({"raw": raws.fill_null("")})
     frame = frame.with_columns_seq(_table_verdicts(frame["raw"]).alias("verdict"))
     verdict = pl.col("verdict")
-    # A valid cell is its E.164 form, with a `+` added to the few without one. An empty cell
-    # is not valid; the others the tables leave undecided are walked.
+    # A valid cell is its E.164 form, with a `+` added to the few without one (those alone:
+    # `"+" + cell` over every row made a new string for each). An empty cell is not valid;
+    # the others the tables leave undecided are walked.
+    valid = verdict == prefix_table.VALID
     result = frame.select_seq(
-        pl.when(verdict == prefix_table.VALID)
-        .then(pl.when(_RAW.str.starts_with("+")).then(_RAW).otherwise("+" + _RAW))
-        .alias("e164"),
+        pl.when(valid).then(_RAW).alias("e164"),
         ((verdict == prefix_table.UNDECIDED).fill_null(value=True) & (_RAW != "")).alias("walk"),
+        (valid & ~_RAW.str.starts_with("+")).alias("bare"),
     )
     e164 = result["e164"]
+    if result["bare"].any():
+        bare = frame.with_row_index("at").filter(result["bare"])
+        e164 = e164.scatter(bare["at"], bare.select_seq("+" + _RAW).to_series())
     if result["walk"].any():
         walk = frame.with_row_index("at").filter(result["walk"])
         e164 = e164.scatter(walk["at"], _walked(walk["raw"]))
