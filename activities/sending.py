@@ -101,23 +101,23 @@ class SendingActivities(WorkerResources):
             through_outages(lambda: batches.batch_for_workflow(self._pool, batch_id))
         )
 
-        async def own_account() -> carrier_accounts.CarrierCredentials | None:
+        async def account() -> tuple[uuid.UUID, carrier_accounts.CarrierCredentials | None]:
             # Sends scheduled before the account was passed down read it from the batch row.
-            account = (
+            account_id = (
                 uuid.UUID(input.account_id) if input.account_id else (await batch_row)["account_id"]
             )
-            return await through_outages(
-                lambda: carrier_accounts.carrier_account(self._pool, account)
+            own = await through_outages(
+                lambda: carrier_accounts.carrier_account(self._pool, account_id)
             )
+            return account_id, own
 
-        batch, own, claimed = await asyncio.gather(
+        batch, (account_id, own), claimed = await asyncio.gather(
             batch_row,
-            own_account(),
+            account(),
             through_outages(
                 lambda: messages.claim_slice(self._pool, batch_id, input.start, input.end)
             ),
         )
-        account_id = uuid.UUID(input.account_id) if input.account_id else batch["account_id"]
         way = Channel.of(batch["request"])
         credentials = (own.account_sid, own.auth_token) if own else None
         # One pacer per sender: a row with its own sender goes at that sender's rate.

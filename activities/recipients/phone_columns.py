@@ -38,7 +38,7 @@ _WALK_MIN = 5000
 
 def valid_e164_column(raws: pl.Series) -> pl.Series:
     """`valid_e164s(raws)` as a String column: E.164, or null where not a valid number."""
-    frame = pl.DataFrame({"raw": raws.fill_null("")})
+    frame = pl.DataFrame({"raw": raws.fill_null("")}).with_row_index("at")
     frame = frame.with_columns_seq(_table_verdicts(frame["raw"]).alias("verdict"))
     verdict = pl.col("verdict")
     # A valid cell is its E.164 form, with a `+` added to the few without one (those alone:
@@ -50,14 +50,20 @@ def valid_e164_column(raws: pl.Series) -> pl.Series:
         ((verdict == prefix_table.UNDECIDED).fill_null(value=True) & (_RAW != "")).alias("walk"),
         (valid & ~_RAW.str.starts_with("+")).alias("bare"),
     )
-    e164 = result["e164"]
-    if result["bare"].any():
-        bare = frame.with_row_index("at").filter(result["bare"])
-        e164 = e164.scatter(bare["at"], bare.select_seq("+" + _RAW).to_series())
+    e164 = _with_plus(result["e164"], frame, result["bare"])
     if result["walk"].any():
-        walk = frame.with_row_index("at").filter(result["walk"])
+        walk = frame.filter(result["walk"])
         e164 = e164.scatter(walk["at"], _walked(walk["raw"]))
     return e164
+
+
+def _with_plus(e164: pl.Series, frame: pl.DataFrame, bare: pl.Series | pl.Expr) -> pl.Series:
+    """`e164` with the E.164 form of the valid cells of `frame` (its "at" and "raw") that
+    lack their `+` (`bare`): the cell with one added. Only those few get a new string."""
+    rows = frame.filter(bare)
+    if rows.is_empty():
+        return e164
+    return e164.scatter(rows["at"], rows.select_seq("+" + _RAW).to_series())
 
 
 def _walked(raws: pl.Series) -> pl.Series:
@@ -77,12 +83,11 @@ def _walked(raws: pl.Series) -> pl.Series:
             valid.scatter(found, True)
         settle += [undecided, rejected.filter(~_RAW.str.contains(r"^\+?[0-9]+$"))]
     # A valid cell is its E.164 form, with a `+` added to the few without one.
-    result = frame.select_seq(pl.when(valid).then(_RAW).alias("e164")).to_series()
-    bare = frame.filter(valid & ~_RAW.str.starts_with("+")).select_seq(
-        "at", ("+" + _RAW).alias("e164")
+    result = _with_plus(
+        frame.select_seq(pl.when(valid).then(_RAW).alias("e164")).to_series(),
+        frame,
+        valid & ~_RAW.str.starts_with("+"),
     )
-    if len(bare):
-        result.scatter(bare["at"], bare["e164"])
     unsettled = pl.concat(settle)
     if len(unsettled):
         result.scatter(unsettled["at"], pl.Series(valid_e164s(unsettled["raw"].to_list())))
