@@ -174,7 +174,12 @@ class Settings(BaseSettings):
         " that a stopping worker finishes its slice within its shutdown grace.",
     )
     chunk_window: int = Field(4, description="ChunkWorkflows running at once per batch.")
-    slices_in_flight: int = Field(2, description="Send activities running at once per chunk.")
+    slices_in_flight: int = Field(
+        2,
+        description="Send activities running at once per chunk; a batch of fewer chunks than"
+        " `chunk_window`, sent from its own workflow, shares the window's"
+        " `chunk_window` x this among them.",
+    )
     inline_slices: int = Field(
         100,
         ge=1,

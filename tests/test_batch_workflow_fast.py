@@ -1,6 +1,7 @@
 """The fast tier for BatchWorkflow: its decisions (which slices go when, which statuses in
 which order, the result) on the time-skipping test server, with stub activities."""
 
+import asyncio
 import uuid
 
 import pytest
@@ -300,6 +301,40 @@ async def test_expiry_stops_sending_and_closes_what_was_left_expired(
     assert [f.close_pending_as for f in finish] == [LedgerStatus.EXPIRED]
     assert result.status == S.COMPLETED_PARTIAL
     assert (result.counts.successful, result.counts.expired) == (6, 3)
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "inline_slices", "in_flight"),
+    [(8, 8, 4), (4, 8, 4), (3, 8, 4), (2, 8, 4), (4, 1, 2)],
+    ids=["one-chunk", "two-chunks", "three-chunks", "four-chunks", "chunk-workflows"],
+)
+async def test_a_batch_of_few_chunks_shares_the_window_among_them(
+    time_skipping: WorkflowEnvironment, chunk_size: int, inline_slices: int, in_flight: int
+) -> None:
+    # 8 rows, slices of 1, a window of 4 chunks of 1 slice in flight each: a batch run in its
+    # own workflow has 4 slices in flight however many chunks it has (three chunks: 2, 1, 1;
+    # `batch-inline-chunks-share-window`); with chunk workflows, one a chunk.
+    stubs = StubActivities(recipients=8, held=set(range(8)))
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(
+                chunk_size=chunk_size,
+                slice_size=1,
+                chunk_window=4,
+                slices_in_flight=1,
+                inline_slices=inline_slices,
+            ),
+        )
+        await stubs.wait_for(lambda: len(slices(stubs)) >= in_flight)
+        # Every slice holds its place until released: no other starts meanwhile.
+        await asyncio.sleep(0.5)
+        assert len(slices(stubs)) == in_flight
+        stubs.release.set()
+        result = await result_of(handle)
+    assert sorted(slices(stubs)) == [(seq, seq + 1) for seq in range(8)]
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 8)
 
 
 @pytest.mark.parametrize("inline_slices", [1, 7], ids=["chunk-workflows", "in-the-batch"])

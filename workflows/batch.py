@@ -101,6 +101,11 @@ SLICES_INLINE_PATCH = "batch-slices-inline"
 # validation, not by a local activity before it: a workflow task completes only once its local
 # activities are done, so the validation's start waited for the event's (docs/WORKFLOWS.md).
 VALIDATING_QUEUED_PATCH = "batch-validating-report-queued"
+# A batch of fewer chunks than `chunk_window`, run in its own workflow, shares the window's
+# slices in flight (`chunk_window` x `slices_in_flight`) among its chunks: a 10,000-row batch
+# (two chunks of 5,000) sent with four slices' requests in flight, half a larger batch's
+# (docs/WORKFLOWS.md, Fairness between batches).
+SHARED_WINDOW_PATCH = "batch-inline-chunks-share-window"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -626,7 +631,10 @@ class BatchWorkflow:
             send_task_queue=dispatch.send_task_queue,
         )
         if index >= 0 and self._sends_in_batch(state):
-            counts = await self._send_in_batch(chunk_input, name)
+            shared = self._slices_in_flight(state, chunk_input, index)
+            counts = await self._send_in_batch(
+                dataclasses.replace(chunk_input, slices_in_flight=shared), name
+            )
         else:
             handle = await workflow.start_child_workflow(
                 ChunkWorkflow.run, chunk_input, id=f"{workflow.info().workflow_id}/{name}"
@@ -657,6 +665,23 @@ class BatchWorkflow:
             return workflow.patched(ONE_SLICE_PATCH)
         slices = -(-state.recipients // dispatch.slice_size)
         return slices <= dispatch.inline_slices and workflow.patched(SLICES_INLINE_PATCH)
+
+    def _slices_in_flight(self, state: DispatchState, chunk: ChunkInput, index: int) -> int:
+        """The slices in flight of chunk `index`, run in this workflow: with fewer chunks
+        than `chunk_window`, the window's `chunk_window` x `slices_in_flight` shared among
+        them (SHARED_WINDOW_PATCH), the first chunks taking one more where they do not
+        divide evenly; else, or for a chunk of no more slices than that, `slices_in_flight`."""
+        dispatch = self._input.dispatch
+        chunks = -(-state.recipients // dispatch.chunk_size)
+        slices = -(-(chunk.end - chunk.start) // dispatch.slice_size)
+        if (
+            chunks >= dispatch.chunk_window
+            or slices <= dispatch.slices_in_flight
+            or not workflow.patched(SHARED_WINDOW_PATCH)
+        ):
+            return dispatch.slices_in_flight
+        window = dispatch.chunk_window * dispatch.slices_in_flight
+        return window // chunks + int(index < window % chunks)
 
     async def _send_in_batch(self, chunk_input: ChunkInput, name: str) -> SendCounts:
         """A chunk run as a part of this workflow (ONE_SLICE_PATCH, SLICES_INLINE_PATCH): a

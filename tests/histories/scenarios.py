@@ -262,6 +262,15 @@ async def test_slices_inline(
     await save_batch(temporal, file_id, "slices_inline")
 
 
+async def test_slices_inline_window_shared(
+    inline_api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    """20 rows, one chunk of four slices of 5, run in the batch's own workflow: the chunk
+    window's four slices in flight (two chunks of two) all the chunk's."""
+    file_id = await completed_batch(inline_api, account, webhooks, 20)
+    await save_batch(temporal, file_id, "slices_inline_window_shared")
+
+
 async def test_slices_inline_paused_and_resumed(
     inline_api: httpx.AsyncClient,
     account: Account,
