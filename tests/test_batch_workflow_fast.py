@@ -304,17 +304,29 @@ async def test_expiry_stops_sending_and_closes_what_was_left_expired(
 
 
 @pytest.mark.parametrize(
-    ("chunk_size", "inline_slices", "in_flight"),
-    [(8, 8, 4), (4, 8, 4), (3, 8, 4), (2, 8, 4), (4, 1, 2)],
-    ids=["one-chunk", "two-chunks", "three-chunks", "four-chunks", "chunk-workflows"],
+    ("recipients", "chunk_size", "inline_slices", "first_slices"),
+    [
+        (8, 8, 8, [0, 1, 2, 3]),
+        (8, 4, 8, [0, 1, 4, 5]),
+        (8, 3, 8, [0, 1, 3, 6]),
+        (6, 5, 8, [0, 1, 2, 5]),
+        (8, 2, 8, [0, 2, 4, 6]),
+        (8, 4, 1, [0, 4]),
+    ],
+    ids=["one-chunk", "two-chunks", "three-chunks", "a-short-chunk", "four-chunks", "workflows"],
 )
 async def test_a_batch_of_few_chunks_shares_the_window_among_them(
-    time_skipping: WorkflowEnvironment, chunk_size: int, inline_slices: int, in_flight: int
+    time_skipping: WorkflowEnvironment,
+    recipients: int,
+    chunk_size: int,
+    inline_slices: int,
+    first_slices: list[int],
 ) -> None:
-    # 8 rows, slices of 1, a window of 4 chunks of 1 slice in flight each: a batch run in its
-    # own workflow has 4 slices in flight however many chunks it has (three chunks: 2, 1, 1;
-    # `batch-inline-chunks-share-window`); with chunk workflows, one a chunk.
-    stubs = StubActivities(recipients=8, held=set(range(8)))
+    # Slices of 1 row, a window of 4 chunks of 1 slice in flight each: a batch run in its own
+    # workflow has 4 slices in flight however many chunks it has, dealt to its chunks one at
+    # a time, none more than it has (`batch-inline-chunks-share-window`): three chunks 2, 1,
+    # 1; chunks of 5 and 1 slices 3 and 1. With chunk workflows, one a chunk.
+    stubs = StubActivities(recipients=recipients, held=set(range(recipients)))
     async with stub_worker(time_skipping, stubs) as queue:
         handle = await start_batch(
             time_skipping,
@@ -327,14 +339,14 @@ async def test_a_batch_of_few_chunks_shares_the_window_among_them(
                 inline_slices=inline_slices,
             ),
         )
-        await stubs.wait_for(lambda: len(slices(stubs)) >= in_flight)
+        await stubs.wait_for(lambda: len(slices(stubs)) >= len(first_slices))
         # Every slice holds its place until released: no other starts meanwhile.
         await asyncio.sleep(0.5)
-        assert len(slices(stubs)) == in_flight
+        assert sorted(start for start, _ in slices(stubs)) == first_slices
         stubs.release.set()
         result = await result_of(handle)
-    assert sorted(slices(stubs)) == [(seq, seq + 1) for seq in range(8)]
-    assert (result.status, result.counts.successful) == (S.COMPLETED, 8)
+    assert sorted(slices(stubs)) == [(seq, seq + 1) for seq in range(recipients)]
+    assert (result.status, result.counts.successful) == (S.COMPLETED, recipients)
 
 
 @pytest.mark.parametrize("inline_slices", [1, 7], ids=["chunk-workflows", "in-the-batch"])

@@ -668,9 +668,9 @@ class BatchWorkflow:
 
     def _slices_in_flight(self, state: DispatchState, chunk: ChunkInput, index: int) -> int:
         """The slices in flight of chunk `index`, run in this workflow: with fewer chunks
-        than `chunk_window`, the window's `chunk_window` x `slices_in_flight` shared among
-        them (SHARED_WINDOW_PATCH), the first chunks taking one more where they do not
-        divide evenly; else, or for a chunk of no more slices than that, `slices_in_flight`."""
+        than `chunk_window`, its share of the window's `chunk_window` x `slices_in_flight`
+        (SHARED_WINDOW_PATCH), dealt to the chunks one slice at a time in order, none more
+        than it has; else, or for a chunk of no more slices than `slices_in_flight`, that."""
         dispatch = self._input.dispatch
         chunks = -(-state.recipients // dispatch.chunk_size)
         slices = -(-(chunk.end - chunk.start) // dispatch.slice_size)
@@ -680,8 +680,18 @@ class BatchWorkflow:
             or not workflow.patched(SHARED_WINDOW_PATCH)
         ):
             return dispatch.slices_in_flight
-        window = dispatch.chunk_window * dispatch.slices_in_flight
-        return window // chunks + int(index < window % chunks)
+        sizes = [
+            -(-(min(start + dispatch.chunk_size, state.recipients) - start) // dispatch.slice_size)
+            for start in range(0, state.recipients, dispatch.chunk_size)
+        ]
+        shares = [0] * chunks
+        left = dispatch.chunk_window * dispatch.slices_in_flight
+        while left and any(share < size for share, size in zip(shares, sizes, strict=True)):
+            for at, size in enumerate(sizes):
+                if left and shares[at] < size:
+                    shares[at] += 1
+                    left -= 1
+        return shares[index]
 
     async def _send_in_batch(self, chunk_input: ChunkInput, name: str) -> SendCounts:
         """A chunk run as a part of this workflow (ONE_SLICE_PATCH, SLICES_INLINE_PATCH): a
