@@ -631,7 +631,7 @@ class BatchWorkflow:
             send_task_queue=dispatch.send_task_queue,
         )
         if index >= 0 and self._sends_in_batch(state):
-            shared = self._slices_in_flight(state, chunk_input, index)
+            shared = self._slices_in_flight(state, index)
             counts = await self._send_in_batch(
                 dataclasses.replace(chunk_input, slices_in_flight=shared), name
             )
@@ -666,25 +666,23 @@ class BatchWorkflow:
         slices = -(-state.recipients // dispatch.slice_size)
         return slices <= dispatch.inline_slices and workflow.patched(SLICES_INLINE_PATCH)
 
-    def _slices_in_flight(self, state: DispatchState, chunk: ChunkInput, index: int) -> int:
+    def _slices_in_flight(self, state: DispatchState, index: int) -> int:
         """The slices in flight of chunk `index`, run in this workflow: with fewer chunks
         than `chunk_window`, its share of the window's `chunk_window` x `slices_in_flight`
         (SHARED_WINDOW_PATCH), dealt to the chunks one slice at a time in order, none more
         than it has; else, or for a chunk of no more slices than `slices_in_flight`, that."""
         dispatch = self._input.dispatch
-        chunks = -(-state.recipients // dispatch.chunk_size)
-        slices = -(-(chunk.end - chunk.start) // dispatch.slice_size)
-        if (
-            chunks >= dispatch.chunk_window
-            or slices <= dispatch.slices_in_flight
-            or not workflow.patched(SHARED_WINDOW_PATCH)
-        ):
-            return dispatch.slices_in_flight
         sizes = [
             -(-(min(start + dispatch.chunk_size, state.recipients) - start) // dispatch.slice_size)
             for start in range(0, state.recipients, dispatch.chunk_size)
         ]
-        shares = [0] * chunks
+        if (
+            len(sizes) >= dispatch.chunk_window
+            or sizes[index] <= dispatch.slices_in_flight
+            or not workflow.patched(SHARED_WINDOW_PATCH)
+        ):
+            return dispatch.slices_in_flight
+        shares = [0] * len(sizes)
         left = dispatch.chunk_window * dispatch.slices_in_flight
         while left and any(share < size for share, size in zip(shares, sizes, strict=True)):
             for at, size in enumerate(sizes):
