@@ -391,8 +391,11 @@ async def run_naive(n: int, settings: Settings, info: dict[str, str], label: str
 
 
 async def run_ceiling(
-    n: int, settings: Settings, info: dict[str, str], *, lean: bool
+    n: int, settings: Settings, info: dict[str, str], *, lean: bool, herald_form: bool = False
 ) -> dict[str, Any]:
+    """A ceiling run of `n` messages. Its form is To, From and Body; with `herald_form`, also
+    the StatusCallback URL of each message, as Herald's worker sends it (the form Herald
+    posts, which costs the carrier more to read)."""
     concurrency = settings.chunk_window * settings.slices_in_flight * settings.send_concurrency
     async with httpx.AsyncClient() as http:
         await http.delete(f"{info['emulator_url']}/_emulator/messages")
@@ -403,6 +406,8 @@ async def run_ceiling(
         agent_number=info["agent_number"],
         messages=((to, f"Herald bench R{i}") for i, to in enumerate(recipient_numbers(n))),
         concurrency=concurrency,
+        # The URL the workers give the carrier (their settings are the stack's).
+        status_callback=settings.status_callback_url if herald_form else None,
         lean=lean,
     )
     return {
@@ -467,6 +472,7 @@ async def measure(
     naive_runs = [await run_naive(args.naive_n, settings, info, "before")]
     ceiling_runs = [await run_ceiling(ceiling_n, settings, info, lean=False)]
     lean_runs = [await run_ceiling(ceiling_n, settings, info, lean=True)]
+    lean_form_runs = [await run_ceiling(ceiling_n, settings, info, lean=True, herald_form=True)]
     herald = await run_herald(args.n, settings, info, watched, processes)
     # Before the receipts run adds its batch's rows to the ledger.
     footprint = await history_and_storage(settings, herald["batch_id"])
@@ -491,11 +497,13 @@ async def measure(
         dry_run_file=recipient_file(args.n),
         export_batch=herald["batch_id"],
     )
+    lean_form_runs.append(await run_ceiling(ceiling_n, settings, info, lean=True, herald_form=True))
     lean_runs.append(await run_ceiling(ceiling_n, settings, info, lean=True))
     ceiling_runs.append(await run_ceiling(ceiling_n, settings, info, lean=False))
     naive_runs.append(await run_naive(args.naive_n, settings, info, "after"))
     naive, ceiling = averaged(naive_runs), averaged(ceiling_runs)
     lean_ceiling = averaged(lean_runs)
+    lean_ceiling_herald_form = averaged(lean_form_runs)
     return {
         "date": datetime.now(UTC).isoformat(),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -505,6 +513,7 @@ async def measure(
         "naive": naive,
         "ceiling": ceiling,
         "lean_ceiling": lean_ceiling,
+        "lean_ceiling_herald_form": lean_ceiling_herald_form,
         "footprint": footprint,
         **outcomes,
         "ratios": {
@@ -514,6 +523,8 @@ async def measure(
             / ceiling["messages_per_second"],
             "herald_over_lean_ceiling": herald["messages_per_second"]
             / lean_ceiling["messages_per_second"],
+            "herald_over_lean_ceiling_herald_form": herald["messages_per_second"]
+            / lean_ceiling_herald_form["messages_per_second"],
             **(
                 {
                     "receipts_on_over_off": receipts["messages_per_second"]
@@ -702,7 +713,7 @@ def spread(rates: list[float]) -> str:
 
 def report(result: dict[str, Any]) -> str:
     herald, naive, ceiling = result["herald"], result["naive"], result["ceiling"]
-    lean = result["lean_ceiling"]
+    lean, lean_form = result["lean_ceiling"], result["lean_ceiling_herald_form"]
     ratios, footprint = result["ratios"], result["footprint"]
     per_million = 1e6 / footprint["ledger_rows"]
     by_type = {k: v * per_million for k, v in footprint["history_events_by_type"].items()}
@@ -720,10 +731,14 @@ def report(result: dict[str, Any]) -> str:
          f"aiohttp; mean of {spread(ceiling['runs'])}, {ceiling['concurrency']} in flight"),
         ("Lean ceiling", f"{lean['messages_per_second']:,.0f} msg/s",
          f"Herald's HTTP client alone; mean of {spread(lean['runs'])}"),
+        ("  posting Herald's form", f"{lean_form['messages_per_second']:,.0f} msg/s",
+         f"each message with its StatusCallback URL; mean of {spread(lean_form['runs'])}"),
         ("Herald / naive", f"{ratios['herald_over_naive']:.1f}x", "target >= 20x"),
         ("Herald / ceiling", f"{ratios['herald_over_ceiling']:.2f}x", "target >= 0.5x"),
         ("Send phase / ceiling", f"{ratios['send_phase_over_ceiling']:.2f}x", ""),
         ("Herald / lean ceiling", f"{ratios['herald_over_lean_ceiling']:.2f}x", ""),
+        ("  posting Herald's form", f"{ratios['herald_over_lean_ceiling_herald_form']:.2f}x",
+         "the ceiling's messages as Herald sends them"),
         ("Peak RSS worker / API",
          f"{max(v for k, v in rss.items() if k.startswith('worker')):.0f} MB"
          f" / {rss['api']:.0f} MB",

@@ -3,17 +3,24 @@
 Two clients, because the answer depends on it: aiohttp, the usual asyncio HTTP client (the
 ceiling the targets are set against), and Herald's own lean HTTP/1.1 client alone, without
 twilio's request building, Temporal or PostgreSQL: what this machine can do at most.
+
+Each form is made as the worker makes it (`message_form`) and the lean client encodes it as
+Herald's seam does (`form_body`). Without a `status_callback` it is To, From and Body alone,
+the ceiling the targets are set against; with one, each message names its send in it as a
+batch's messages do: the form Herald posts, which costs the carrier more to read (the
+emulator 7-9 us a message: docs/PERFORMANCE.md, 2026-12-05, evening).
 """
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from urllib.parse import urlencode
 
 from aiohttp import ClientSession, TCPConnector
 
 from activities.providers.http1 import Http1Pool
-from activities.providers.twilio import basic_auth
+from activities.providers.twilio import basic_auth, form_body, message_form
+from store.receipts import MessageKey, keyed_url
 
 # Posts one form and says whether the carrier accepted it.
 Post = Callable[[dict[str, str]], Awaitable[bool]]
@@ -27,23 +34,39 @@ async def post_all(
     agent_number: str,
     messages: Iterable[tuple[str, str]],
     concurrency: int,
+    status_callback: str | None,
     lean: bool = False,
 ) -> tuple[int, float]:
     """POST every (to, body) with `concurrency` requests in flight; (accepted, seconds).
-    `lean` posts with Herald's HTTP/1.1 client instead of aiohttp."""
+    Each message names its send in `status_callback` as a batch's do (the emulator posts no
+    callback when the stack's are off). `lean` posts with Herald's HTTP/1.1 client instead
+    of aiohttp."""
     endpoint = f"{url}/2010-04-01/Accounts/{account_sid}/Messages.json"
     headers = {
         "Authorization": basic_auth(account_sid, auth_token),
         "Content-Type": "application/x-www-form-urlencoded",
     }
-    pending = iter(messages)
+    pending = iter(enumerate(messages))
+    batch_id = uuid.uuid4()
     accepted = 0
 
     async def lane(post: Post) -> None:
         nonlocal accepted
-        for to, body in pending:
+        for seq, (to, body) in pending:
+            form = message_form(
+                to=to,
+                from_=agent_number,
+                body=body,
+                status_callback=(
+                    keyed_url(status_callback, MessageKey(batch_id, seq, 1))
+                    if status_callback
+                    else None
+                ),
+                content_sid=None,
+                content_variables=None,
+            )
             # Awaited first: `accepted += await ...` would read `accepted` before the wait.
-            ok = await post({"To": to, "From": agent_number, "Body": body})
+            ok = await post(form)
             accepted += ok
 
     started = time.perf_counter()
@@ -51,7 +74,7 @@ async def post_all(
         pool = Http1Pool(connections=concurrency, timeout=60)
 
         async def post_lean(form: dict[str, str]) -> bool:
-            body = urlencode(form).encode()
+            body = form_body(form).encode()
             answer = await pool.request("POST", endpoint, headers=headers, body=body)
             return answer.status == 201
 

@@ -55,6 +55,7 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
     assert result["naive"]["sent"] == 80
     assert result["ceiling"]["sent"] == 4000
     assert result["lean_ceiling"]["sent"] == 4000
+    assert result["lean_ceiling_herald_form"]["sent"] == 4000
     assert result["footprint"]["ledger_rows"] == 2000
     assert result["footprint"]["largest_history_events"] > 0
     assert (result["dry_run"]["rows"], result["dry_run"]["to_send"]) == (2000, 2000)
@@ -67,6 +68,7 @@ def test_bench_harness_runs_every_stage_and_writes_its_results(tmp_path: Path) -
     assert "validation_over_csv_reading" in result["ratios"]
     assert results.with_suffix(".png").stat().st_size > 0
     assert "Herald / naive" in run.stdout
+    assert "posting Herald's form" in run.stdout
     assert "Herald, receipts on" in run.stdout
     assert "delivered 200 ms after the send" in run.stdout
     assert "Validation / reading" in run.stdout
