@@ -8,7 +8,7 @@ Each form is made as the worker makes it (`message_form`) and the lean client en
 Herald's seam does (`form_body`). Without a `status_callback` it is To, From and Body alone,
 the ceiling the targets are set against; with one, each message names its send in it as a
 batch's messages do: the form Herald posts, which costs the carrier more to read (the
-emulator 7-9 us a message: docs/PERFORMANCE.md, 2026-12-05, evening).
+emulator about 5 us a message: docs/PERFORMANCE.md, 2026-12-05, evening).
 """
 
 import asyncio
