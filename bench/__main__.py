@@ -579,15 +579,16 @@ async def measure_sweep(
     processes: list[ManagedProcess],
 ) -> dict[str, Any]:
     """Herald at each size in `args.sweep`, smallest first, on one stack; the naive baseline
-    once (at `args.naive_n`), the lean ceiling before the first size and after each: a size's
-    ratio is to the mean of the two runs on either side of it, as this machine's speed drifts
-    over a sweep."""
+    once (at `args.naive_n`), the lean ceiling (bare, and posting Herald's form) before the
+    first size and after each: a size's ratio is to the mean of the two runs on either side
+    of it, as this machine's speed drifts over a sweep."""
     watched = watched_processes(processes)
     pool = await create_pool(settings.dsn, min_size=1, max_size=1)
     try:
         naive = await run_naive(args.naive_n, settings, info, "sweep")
         ceiling_n = min(SWEEP_CEILING_N, max(args.sweep))
         lean_runs = [await run_ceiling(ceiling_n, settings, info, lean=True)]
+        lean_form_runs = [await run_ceiling(ceiling_n, settings, info, lean=True, herald_form=True)]
         sizes = []
         for n in [size for size in args.sweep for _ in range(args.repeat)]:
             await reset_statement_stats(pool)
@@ -595,10 +596,16 @@ async def measure_sweep(
             herald.pop("samples")
             herald["top_statements"] = await statement_stats(pool, SWEEP_STATEMENTS)
             lean_runs.append(await run_ceiling(ceiling_n, settings, info, lean=True))
+            lean_form_runs.append(
+                await run_ceiling(ceiling_n, settings, info, lean=True, herald_form=True)
+            )
             beside = averaged(lean_runs[-2:])
             herald["lean_ceiling_messages_per_second"] = beside["messages_per_second"]
             herald["over_lean_ceiling"] = (
                 herald["messages_per_second"] / beside["messages_per_second"]
+            )
+            herald["over_lean_ceiling_herald_form"] = (
+                herald["messages_per_second"] / averaged(lean_form_runs[-2:])["messages_per_second"]
             )
             herald["over_naive"] = herald["messages_per_second"] / naive["messages_per_second"]
             sizes.append(herald)
@@ -611,6 +618,7 @@ async def measure_sweep(
         "settings": {k: getattr(settings, k) for k in REPORTED_SETTINGS},
         "naive": naive,
         "lean_ceiling": averaged(lean_runs),
+        "lean_ceiling_herald_form": averaged(lean_form_runs),
         "sizes": sizes,
     }
 
@@ -623,6 +631,7 @@ def sweep_report(result: dict[str, Any]) -> str:
         "msg/s",
         "lean beside",
         "x lean",
+        "x lean form",
         "x naive",
         "first msg s",
         "tail s",
@@ -637,6 +646,7 @@ def sweep_report(result: dict[str, Any]) -> str:
                 f"{size['messages_per_second']:,.0f}",
                 f"{size['lean_ceiling_messages_per_second']:,.0f}",
                 f"{size['over_lean_ceiling']:.2f}",
+                f"{size['over_lean_ceiling_herald_form']:.2f}",
                 f"{size['over_naive']:.1f}",
                 "-" if first is None else f"{first:.2f}",
                 "-" if size.get("tail_seconds") is None else f"{size['tail_seconds']:.2f}",
@@ -654,6 +664,8 @@ def sweep_report(result: dict[str, Any]) -> str:
     return (
         f"{table}\n\n{timelines}\n\nCPU in seconds per 1,000 messages; x lean: to the mean of"
         f" the lean ceiling runs before and after the size (all: {spread(lean['runs'])} msg/s);"
+        f" x lean form: the same, the ceiling posting Herald's form"
+        f" (all: {spread(result['lean_ceiling_herald_form']['runs'])} msg/s);"
         f" naive {naive['messages_per_second']:,.0f} msg/s ({naive['sent']:,} sent);"
         f" load average {' '.join(f'{x:.2f}' for x in result['load_average'])}"
     )

@@ -88,11 +88,13 @@ def test_the_sweep_measures_every_size_against_one_naive_run_and_the_lean_ceilin
     assert [size["recipients"] for size in result["sizes"]] == [300, 300, 1000, 1000]
     assert result["naive"]["sent"] == 20
     # Before the first size and after each.
-    assert (result["lean_ceiling"]["sent"], len(result["lean_ceiling"]["runs"])) == (5000, 5)
+    for lean in ("lean_ceiling", "lean_ceiling_herald_form"):
+        assert (result[lean]["sent"], len(result[lean]["runs"])) == (5000, 5)
     for size in result["sizes"]:
         assert (size["status"], size["sent"]) == ("completed", size["recipients"])
         assert size["lean_ceiling_messages_per_second"] > 0
         assert size["over_lean_ceiling"] > 0 and size["over_naive"] > 0
+        assert size["over_lean_ceiling_herald_form"] > 0
         assert 0 < size["first_message_seconds"] < size["seconds"]
         # The opening, step by step up to the carrier's first request; the tail from its last.
         opening = dict((what, at) for at, what in size["timeline"]["opening"])
