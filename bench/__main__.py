@@ -64,6 +64,10 @@ BODY = "Herald bench {{first_name}}"
 # The sweep's lean ceiling, before and after its sizes: enough for a steady rate (or the
 # largest size, if smaller).
 SWEEP_CEILING_N = 20_000
+# The sweep's first batch, in no row: enough slices to fill the send window (chunk_window x
+# slices_in_flight of 1,000 rows), so that every size after it finds the window's carrier
+# connections open.
+FIRST_BATCH_ROWS = 10_000
 # PostgreSQL's statements kept per size of a sweep, and the characters of each kept.
 SWEEP_STATEMENTS = 8
 STATEMENT_TEXT = 300
@@ -583,16 +587,17 @@ async def measure_sweep(
     first size and after each: a size's ratio is to the mean of the two runs on either side
     of it, as this machine's speed drifts over a sweep.
 
-    First, a batch of the first size that is in no row: the stack's first, whose slices open
-    every connection to the carrier and prepare their statements on new pool connections
-    (at 10,000 rows its first message came after 0.28-0.36 s against 0.15-0.18 s later on).
-    It is reported apart (`first_batch`), so that each size's rows are of a running stack's
-    batches, as a user's are."""
+    First, a batch that is in no row (FIRST_BATCH_ROWS, or the largest size if smaller): the
+    stack's first, whose slices open their connections to the carrier and prepare their
+    statements on new pool connections (at 10,000 rows its first message came after
+    0.28-0.36 s against 0.15-0.18 s later on). It is reported apart (`first_batch`), so that
+    each size's rows are of a running stack's batches, as a user's are."""
     watched = watched_processes(processes)
     pool = await create_pool(settings.dsn, min_size=1, max_size=1)
     try:
         naive = await run_naive(args.naive_n, settings, info, "sweep")
-        first_batch = await run_herald(args.sweep[0], settings, info, watched, processes)
+        first_n = min(FIRST_BATCH_ROWS, max(args.sweep))
+        first_batch = await run_herald(first_n, settings, info, watched, processes)
         first_batch.pop("samples")
         ceiling_n = min(SWEEP_CEILING_N, max(args.sweep))
         lean_runs = [await run_ceiling(ceiling_n, settings, info, lean=True)]

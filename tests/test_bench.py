@@ -86,10 +86,10 @@ def test_the_sweep_measures_every_size_against_one_naive_run_and_the_lean_ceilin
     [results] = tmp_path.glob("sweep-*.json")
     result = json.loads(results.read_text())
     assert [size["recipients"] for size in result["sizes"]] == [300, 300, 1000, 1000]
-    # The stack's first batch, of the first size, in no row.
+    # The stack's first batch, in no row: of the largest size here (under FIRST_BATCH_ROWS).
     first = result["first_batch"]
-    assert (first["recipients"], first["status"], first["sent"]) == (300, "completed", 300)
-    assert "The stack's first batch, in no row: 300 rows" in run.stdout
+    assert (first["recipients"], first["status"], first["sent"]) == (1000, "completed", 1000)
+    assert "The stack's first batch, in no row: 1,000 rows" in run.stdout
     assert result["naive"]["sent"] == 20
     # Before the first size and after each.
     for lean in ("lean_ceiling", "lean_ceiling_herald_form"):
