@@ -577,10 +577,13 @@ class BatchWorkflow:
                     lambda: self._stopped, timeout=timedelta(seconds=delay)
                 )
 
+    def _chunk_rows(self, state: DispatchState, index: int) -> tuple[int, int]:
+        """Chunk `index`'s rows: seqs from the first up to the second."""
+        start = index * self._input.dispatch.chunk_size
+        return start, min(start + self._input.dispatch.chunk_size, state.recipients)
+
     async def _run_chunk(self, state: DispatchState, index: int) -> None:
-        dispatch = self._input.dispatch
-        start = index * dispatch.chunk_size
-        end = min(start + dispatch.chunk_size, state.recipients)
+        start, end = self._chunk_rows(state, index)
         await self._send_range(
             state, start, end, f"chunk-{index}", index, hand_back=self._window_passes
         )
@@ -672,9 +675,10 @@ class BatchWorkflow:
         (SHARED_WINDOW_PATCH), dealt to the chunks one slice at a time in order, none more
         than it has; else, or for a chunk of no more slices than `slices_in_flight`, that."""
         dispatch = self._input.dispatch
+        chunks = -(-state.recipients // dispatch.chunk_size)
         sizes = [
-            -(-(min(start + dispatch.chunk_size, state.recipients) - start) // dispatch.slice_size)
-            for start in range(0, state.recipients, dispatch.chunk_size)
+            -(-(end - start) // dispatch.slice_size)
+            for start, end in (self._chunk_rows(state, at) for at in range(chunks))
         ]
         if (
             len(sizes) >= dispatch.chunk_window
