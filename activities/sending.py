@@ -20,7 +20,7 @@ from activities.conversations import carrier_address
 from activities.heartbeats import SliceHeartbeat, heartbeat_until_cancelled
 from activities.outages import through_outages
 from activities.pacing import SenderPacer
-from activities.providers.twilio import SendResult, Verdict
+from activities.providers.twilio import THROTTLES, SendResult, Verdict
 from activities.recipients.rows import content_placeholder
 from activities.resources import WorkerResources
 from activities.waiting import set_within
@@ -38,9 +38,8 @@ EXPIRED = SendResult(verdict=Verdict.EXPIRED)
 ACCOUNT_FAILURES = frozenset({"20003"})
 # Deferrals that, when they defer every request of a slice for longer than the retry window
 # (`carrier_outage_seconds`), are the account's, not the slice's: the carrier throttling the
-# account (Twilio 20429, or a bare 429), or the carrier out of reach (no connection, 5xx). The
+# account (THROTTLES), or the carrier out of reach (no connection, 5xx, UNREACHABLE). The
 # slice then stops retrying and the account's batches pause, rather than retry on their own.
-THROTTLING = frozenset({"20429", "429"})
 UNREACHABLE = frozenset({"connect", "500", "502", "503", "504", "20500", "20503"})
 # The ledger status of each verdict that settles a row (a deferral puts it back `pending`):
 # looked up rather than made from the verdict's value for every row recorded.
@@ -302,7 +301,7 @@ class SendingActivities(WorkerResources):
                             min(retry_after, MAX_RETRY_AFTER_SECONDS),
                             self._settings.carrier_throttle_pause_seconds,
                         )
-                        if outage in THROTTLING
+                        if outage in THROTTLES
                         else 0.0
                     ),
                 )
@@ -464,10 +463,10 @@ class _Waves:
 
 
 def account_deferral(retry: list[SendResult]) -> str | None:
-    """The code of a whole slice's deferrals when it is the account's (THROTTLING, UNREACHABLE:
+    """The code of a whole slice's deferrals when it is the account's (THROTTLES, UNREACHABLE:
     the commonest of them), else None (a sender's full queue, a mix)."""
     codes = Counter(r.error_code or "" for r in retry)
-    if set(codes) <= THROTTLING or set(codes) <= UNREACHABLE:
+    if set(codes) <= THROTTLES or set(codes) <= UNREACHABLE:
         return codes.most_common(1)[0][0]
     return None
 

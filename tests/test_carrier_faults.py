@@ -88,6 +88,34 @@ async def test_refusals_at_a_set_rate_end_with_every_row_sent_once(
     assert refused >= len(retried)
 
 
+async def test_an_account_limited_in_requests_in_flight_is_sent_to_within_its_limit(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    # Twilio refuses an account's requests beyond its limit in flight (20429). A worker of its
+    # own, whose lanes could keep 192 in flight, learns the limit of 20 (InFlightLimit)
+    # instead of being refused about as often as it is answered.
+    rows_count = 1500
+    before = (await refused_by_code(emulator_url)).get("20429", 0)
+    await carrier(latency_ms=50, max_in_flight=20)
+    async with own_worker(temporal, settings) as own, api_client(own) as api:
+        file_id, marker = await start_marked_batch(
+            api, account, webhooks, unique_numbers(rows_count)
+        )
+        final = (await webhooks.wait_for(marker, *FINAL))[-1]
+        rows = await ledger_rows(api, account, file_id)
+
+    refused = (await refused_by_code(emulator_url)).get("20429", 0) - before
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    assert assert_each_row_once(rows, received, rows_count) == {"sent": rows_count}
+    assert (final["status"], final["messages_successful"]) == ("completed", rows_count)
+    assert 0 < refused < rows_count * 0.1
+
+
 async def settled_messages(
     api: httpx.AsyncClient, account: Account, conversation_id: str
 ) -> list[dict]:

@@ -24,6 +24,7 @@ from twilio.http.response import Response
 from twilio.rest import Client
 
 from activities.providers.http1 import ConnectFailed, Http1Pool, NoAnswer
+from activities.providers.in_flight import InFlightLimit
 
 
 class Verdict(StrEnum):
@@ -81,6 +82,9 @@ OUTCOMES: Mapping[str, CarrierOutcome] = MappingProxyType(
         ),
     }
 )
+# The carrier throttling the account: too many of its requests at once (Twilio 20429), or a
+# bare 429. Never processed, so safe to send again; each lowers the account's InFlightLimit.
+THROTTLES = frozenset({"20429", "429"})
 # Refusals listed neither by code nor by status: a server error may pass, anything else will not.
 UNLISTED_SERVER_ERROR = CarrierOutcome(Verdict.RETRY, "carrier server error")
 UNLISTED_REFUSAL = CarrierOutcome(Verdict.FAILED, "refused by the carrier")
@@ -379,6 +383,14 @@ MAX_SUBACCOUNT_CLIENTS = 1000
 MESSAGE_SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
 
 
+@dataclass(frozen=True, slots=True)
+class _Account:
+    """A carrier account's client, and the limit of its requests in flight."""
+
+    client: CarrierClient
+    in_flight: InFlightLimit
+
+
 class TwilioCarrier:
     def __init__(
         self,
@@ -390,27 +402,33 @@ class TwilioCarrier:
         connections: int = 100,
     ) -> None:
         self._http = CarrierHttpClient(timeout=timeout, connections=connections)
+        self._connections = connections
         self._api_url = api_url.rstrip("/")
-        self._client = self._new_client(account_sid, auth_token)
+        self._service = self._new_account(account_sid, auth_token)
         # Accounts with their own credentials (Twilio subaccounts): one client each, all on
-        # the same connection pool, so a subaccount costs no connections of its own.
-        self._subaccounts: dict[tuple[str, str], CarrierClient] = {}
+        # the same connection pool, so a subaccount costs no connections of its own; and
+        # each its own limit of requests in flight, as Twilio limits each account's.
+        self._subaccounts: dict[tuple[str, str], _Account] = {}
 
-    def _new_client(self, account_sid: str, auth_token: str) -> CarrierClient:
+    def _new_account(self, account_sid: str, auth_token: str) -> "_Account":
         client = CarrierClient(account_sid, auth_token, self._http)
         client.api.base_url = self._api_url
-        return client
+        return _Account(client, InFlightLimit(ceiling=self._connections))
 
-    def _client_for(self, credentials: tuple[str, str] | None) -> CarrierClient:
+    def _account(self, credentials: tuple[str, str] | None) -> "_Account":
         if credentials is None:
-            return self._client
-        client = self._subaccounts.get(credentials)
-        if client is None:
+            return self._service
+        account = self._subaccounts.get(credentials)
+        if account is None:
             if len(self._subaccounts) >= MAX_SUBACCOUNT_CLIENTS:
                 # A changed token leaves its old client behind: start over rather than grow.
                 self._subaccounts.clear()
-            client = self._subaccounts[credentials] = self._new_client(*credentials)
-        return client
+            account = self._subaccounts[credentials] = self._new_account(*credentials)
+        return account
+
+    def in_flight_limit(self, credentials: tuple[str, str] | None = None) -> InFlightLimit:
+        """The limit of the account's requests in flight from this worker."""
+        return self._account(credentials).in_flight
 
     async def send(
         self,
@@ -427,7 +445,7 @@ class TwilioCarrier:
         JSON object as a string. An empty `body` is left out, as a template needs none.
         `credentials`, an (account SID, auth token) pair, send it through that account
         instead of the service's."""
-        client = self._client_for(credentials)
+        account = self._account(credentials)
         form = message_form(
             to=to,
             from_=from_,
@@ -436,10 +454,19 @@ class TwilioCarrier:
             content_sid=content_sid,
             content_variables=content_variables,
         )
+        limit = account.in_flight
+        epoch = limit.take()
+        if epoch is None:
+            epoch = await limit.wait()
+        throttled: bool | None = None
         try:
+            client = account.client
             sid = client.created_sid(await client.create_message_request(form))
+            throttled = False
         except TwilioRestException as error:
-            return classify(error)
+            result = classify(error)
+            throttled = result.error_code in THROTTLES
+            return result
         except ConnectFailed as error:
             return transport_result("connect", error)
         except NoAnswer as error:
@@ -448,6 +475,8 @@ class TwilioCarrier:
             # A 2xx whose body twilio cannot parse (truncated JSON, HTML, a list...): the
             # request went out and may have been accepted. This message's outcome only.
             return transport_result("unreadable_answer", error)
+        finally:
+            limit.give_back(epoch, throttled=throttled)
         if not isinstance(sid, str) or not MESSAGE_SID.fullmatch(sid):
             return SendResult(
                 verdict=Verdict.UNCERTAIN,
@@ -462,7 +491,7 @@ class TwilioCarrier:
         """The newest messages the account sent from `from_` to `to` (Twilio's Messages list,
         filtered by both), at most `limit`. Not filtered by DateSent: a message still in the
         carrier's queue has none yet, and must be found all the same."""
-        found = await self._client_for(credentials).messages.list_async(
+        found = await self._account(credentials).client.messages.list_async(
             to=to, from_=from_, limit=limit, page_size=limit
         )
         return [

@@ -133,6 +133,10 @@ class Faults:
     rate_429: float = 0.0
     rate_5xx: float = 0.0
     retry_after_seconds: int | None = None
+    # Requests of one account worked on at once, beyond which the next is refused at once
+    # with 429 and code 20429, as Twilio limits an account's concurrent API requests. Only
+    # a request that waits (latency) stays in flight; None: no limit.
+    max_in_flight: int | None = None
     delivery_delay_ms: float = 50.0
     undelivered_rate: float = 0.0
     # "To" number → HTTP statuses to answer, in order, before that number is accepted;
@@ -317,6 +321,8 @@ class Carrier:
         # `received` by "To", built on the first Messages list (few runs ever ask), then kept.
         self._by_to: dict[str, list[Received]] | None = None
         self.refused: Counter[int] = Counter()
+        # Messages requests being worked on, by account SID (Faults.max_in_flight).
+        self._in_flight: Counter[str] = Counter()
         # Status callbacks posted, by the status they were answered with ("no answer": none).
         self.callbacks: Counter[str] = Counter()
         self._random = random.Random(seed)
@@ -382,6 +388,19 @@ class Carrier:
         return None
 
     async def create_message(self, request: Request) -> Reply:
+        limit = self.faults.max_in_flight
+        if limit is None:
+            return await self._create_message(request)
+        account_sid = request.params["account_sid"]
+        if self._in_flight[account_sid] >= limit:
+            return self._refuse(429, 20429, "Too Many Requests")
+        self._in_flight[account_sid] += 1
+        try:
+            return await self._create_message(request)
+        finally:
+            self._in_flight[account_sid] -= 1
+
+    async def _create_message(self, request: Request) -> Reply:
         if not self._authorised(request):
             return self._refuse(401, 20003, "Authenticate")
         form = request.form()
