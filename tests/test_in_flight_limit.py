@@ -1,6 +1,7 @@
 """The limit of a carrier account's requests in flight (activities/providers/in_flight.py):
 slow start, one decrease per round of throttles, growth only while the limit holds requests
-back, places handed over in order and never lost to a cancellation."""
+back, places handed over in order and never lost to a cancellation; and the carrier client's
+requests (sends, lists) taking their places, against the session's emulator."""
 
 import asyncio
 from collections import deque
@@ -14,6 +15,8 @@ from activities.providers.in_flight import (
     RECOVERY_SECONDS,
     InFlightLimit,
 )
+from activities.providers.twilio import TwilioCarrier
+from settings import Settings
 
 
 class Clock:
@@ -163,3 +166,41 @@ async def test_a_cancelled_waiter_loses_no_place() -> None:
         await third
     limit.give_back(0, throttled=None)
     assert limit.take() is not None
+
+
+async def test_a_place_is_given_at_once_when_free_and_in_turn_when_not() -> None:
+    limit = InFlightLimit(ceiling=1000)
+    taken = [await limit.place() for _ in range(INITIAL)]
+    later = asyncio.create_task(limit.place())
+    await asyncio.sleep(0)
+    assert not later.done()
+    limit.give_back(taken.pop(), throttled=None)
+    assert await later == 0
+    assert limit.in_flight == INITIAL
+
+
+async def test_the_carriers_list_requests_count_against_the_accounts_limit(
+    settings: Settings,
+) -> None:
+    # Reconciliation's lists are the account's requests too: with every place taken, one
+    # waits, and goes once a send gives its place back.
+    carrier = TwilioCarrier(
+        account_sid=settings.twilio_account_sid,
+        auth_token=settings.twilio_auth_token.get_secret_value(),
+        api_url=settings.carrier_url,
+        timeout=settings.carrier_timeout_seconds,
+        connections=64,
+    )
+    try:
+        limit = carrier.in_flight_limit()
+        taken = fill(limit)
+        listing = asyncio.create_task(
+            carrier.sent_messages(to="+15550000001", from_="+15550000002")
+        )
+        await asyncio.sleep(0.2)
+        assert not listing.done()
+        limit.give_back(taken.pop(), throttled=None)
+        assert await asyncio.wait_for(listing, 10) == []
+        assert limit.in_flight == len(taken)
+    finally:
+        await carrier.close()

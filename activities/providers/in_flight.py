@@ -31,7 +31,7 @@ RECOVERY_SECONDS = 30.0
 class InFlightLimit:
     """The requests of one carrier account in flight from this worker, and their limit.
 
-    A request takes a place (`take`, else `wait`) and gives it back with what its answer
+    A request takes a place (`place`) and gives it back with what its answer
     said (`give_back`). Only a throttle of a request sent since the last decrease lowers the
     limit: the requests in flight when the carrier first refused one are refused together,
     and count as one signal, as the losses of one TCP window do.
@@ -57,9 +57,15 @@ class InFlightLimit:
     def in_flight(self) -> int:
         return self._in_flight
 
+    async def place(self) -> int:
+        """A place for a request, as the epoch to give back with it (`give_back`): at once
+        when one is free and nobody waits, else once one is (`wait`)."""
+        epoch = self.take()
+        return await self.wait() if epoch is None else epoch
+
     def take(self) -> int | None:
         """A place for a request, as the epoch to give back with it; None when there is none
-        free (or others wait first): `wait` for one."""
+        free (or others wait first)."""
         if self._waiters or self._in_flight >= self._limit:
             return None
         self._in_flight += 1

@@ -455,9 +455,7 @@ class TwilioCarrier:
             content_variables=content_variables,
         )
         limit = account.in_flight
-        epoch = limit.take()
-        if epoch is None:
-            epoch = await limit.wait()
+        epoch = await limit.place()
         throttled: bool | None = None
         try:
             client = account.client
@@ -491,9 +489,20 @@ class TwilioCarrier:
         """The newest messages the account sent from `from_` to `to` (Twilio's Messages list,
         filtered by both), at most `limit`. Not filtered by DateSent: a message still in the
         carrier's queue has none yet, and must be found all the same."""
-        found = await self._account(credentials).client.messages.list_async(
-            to=to, from_=from_, limit=limit, page_size=limit
-        )
+        account = self._account(credentials)
+        # One request of the account's, counted against its limit in flight as a send is.
+        epoch = await account.in_flight.place()
+        throttled: bool | None = None
+        try:
+            found = await account.client.messages.list_async(
+                to=to, from_=from_, limit=limit, page_size=limit
+            )
+            throttled = False
+        except TwilioRestException as error:
+            throttled = error.status == 429
+            raise
+        finally:
+            account.in_flight.give_back(epoch, throttled=throttled)
         return [
             CarrierMessage(sid=m.sid, body=m.body or "", created=m.date_created)
             for m in found
