@@ -9,7 +9,7 @@ import asyncio
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +17,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import INF, floatToGoString
 
@@ -113,6 +113,45 @@ class LeanHistogram(Collector):
             metric.add_sample(f"{self._name}_sum", labels, total)
             metric.add_sample(f"{self._name}_created", labels, series.created)
         yield metric
+
+
+class InFlightGauges(Collector):
+    """Each carrier account's requests in flight from this worker, and the limit it has
+    learned for them (activities/providers/in_flight.py), read when scraped: nothing is
+    added to the send path. `in_flight` gives (limit, in flight) by account SID."""
+
+    LIMIT = "herald_carrier_in_flight_limit"
+    IN_FLIGHT = "herald_carrier_in_flight"
+
+    def __init__(
+        self, in_flight: Callable[[], Mapping[str, tuple[int, int]]], registry: CollectorRegistry
+    ) -> None:
+        self._in_flight = in_flight
+        registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        return list(self._families({}))
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families(self._in_flight()))
+
+    def _families(self, accounts: Mapping[str, tuple[int, int]]) -> tuple[Metric, Metric]:
+        limit = GaugeMetricFamily(
+            self.LIMIT,
+            "Requests of a carrier account the worker lets be in flight at once: all its"
+            " lanes until the carrier throttles the account (Twilio 20429), then what it"
+            " learns from the throttles.",
+            labels=["account"],
+        )
+        in_flight = GaugeMetricFamily(
+            self.IN_FLIGHT,
+            "Requests of a carrier account in flight from the worker.",
+            labels=["account"],
+        )
+        for account, (allowed, used) in accounts.items():
+            limit.add_metric([account], allowed)
+            in_flight.add_metric([account], used)
+        return limit, in_flight
 
 
 @dataclass

@@ -28,7 +28,7 @@ from activities.validation import warm_up as warm_up_validation
 from deploy.healthcheck import touch_while_running
 from egress import PinnedTransport
 from logs import configure_logging
-from metrics import MetricsServer, WorkerMetrics
+from metrics import InFlightGauges, MetricsServer, WorkerMetrics
 from settings import Settings, get_settings
 from store.db import create_pool, migrate
 from temporal_client import connect_temporal, temporal_runtime
@@ -84,6 +84,7 @@ async def herald_worker(
         timeout=settings.carrier_timeout_seconds,
         connections=settings.send_concurrency * settings.max_concurrent_activities,
     )
+    InFlightGauges(carrier.in_flight_by_account, metrics.registry)
     # Webhook URLs come from callers: every connection goes to an address checked just before.
     http = httpx.AsyncClient(
         timeout=settings.webhook_timeout_seconds,

@@ -16,9 +16,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from activities.providers.in_flight import INITIAL
 from deploy.local.processes import ManagedProcess, free_port, http_ok
 from metrics import STALL_SECONDS, MetricsServer, WorkerMetrics
-from settings import Settings
+from settings import DEV_ACCOUNT_SID, Settings
 from tests.support.batches import run_batch
 from tests.support.builders import unique_numbers
 from tests.support.stack import AUTH_TOKEN, Account, WebhookReceiver
@@ -124,6 +125,10 @@ async def test_a_batch_shows_in_both_processes_metrics_and_json_logs(
     assert value(worker, "herald_validation_rows_total", result="accepted") == ROWS
     assert value(worker, "herald_batches_total", status="completed") == 1
     assert value(worker, "herald_webhook_deliveries_total", result="delivered") >= 2
+    # The service's carrier account: a few requests at once, under the limit it starts with.
+    service = frozenset({("account", DEV_ACCOUNT_SID)})
+    assert worker[("herald_carrier_in_flight_limit", service)] == INITIAL
+    assert worker[("herald_carrier_in_flight", service)] == 0
 
     api_series = await scrape(f"{processes.api_url}/metrics")
     batch_posts = value(

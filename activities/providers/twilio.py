@@ -430,6 +430,14 @@ class TwilioCarrier:
         """The limit of the account's requests in flight from this worker."""
         return self._account(credentials).in_flight
 
+    def in_flight_by_account(self) -> dict[str, tuple[int, int]]:
+        """Each account's (limit, requests in flight), by account SID; for the metrics
+        server's thread, so the subaccounts are copied before they are read."""
+        return {
+            account.client.account_sid: (account.in_flight.limit, account.in_flight.in_flight)
+            for account in [self._service, *list(self._subaccounts.values())]
+        }
+
     async def send(
         self,
         *,
