@@ -20,6 +20,7 @@ from activities.conversations import carrier_address
 from activities.heartbeats import SliceHeartbeat, heartbeat_until_cancelled
 from activities.outages import through_outages
 from activities.pacing import SenderPacer
+from activities.providers.in_flight import StoppedWaiting
 from activities.providers.twilio import THROTTLES, SendResult, Verdict
 from activities.recipients.rows import content_placeholder
 from activities.resources import WorkerResources
@@ -208,22 +209,28 @@ class SendingActivities(WorkerResources):
                 return EXPIRED
             started = time.monotonic()
             own = message.content
-            result = await self._carrier.send(
-                to=carrier_address(message.to_number, way.channel),
-                from_=carrier_address(sender, way.channel),
-                body=way.body(message.body),
-                status_callback=(
-                    receipts.keyed_url(
-                        status_callback,
-                        receipts.MessageKey(batch_id, message.seq, attempts[message.seq]),
-                    )
-                    if keyed
-                    else status_callback
-                ),
-                content_sid=(own and own.content_sid) or way.content_sid,
-                content_variables=(own and own.content_variables) or way.content_variables,
-                credentials=credentials,
-            )
+            try:
+                result = await self._carrier.send(
+                    to=carrier_address(message.to_number, way.channel),
+                    from_=carrier_address(sender, way.channel),
+                    body=way.body(message.body),
+                    status_callback=(
+                        receipts.keyed_url(
+                            status_callback,
+                            receipts.MessageKey(batch_id, message.seq, attempts[message.seq]),
+                        )
+                        if keyed
+                        else status_callback
+                    ),
+                    content_sid=(own and own.content_sid) or way.content_sid,
+                    content_variables=(own and own.content_variables) or way.content_variables,
+                    credentials=credentials,
+                    stopping=stopping,
+                )
+            except StoppedWaiting:
+                # Paused or cancelled while it waited for a place in the account's limit of
+                # requests in flight: never sent, so back to `pending` with the rest.
+                return None
             latency = latencies.get(result.verdict)
             if latency is None:
                 latency = latencies[result.verdict] = self._metrics.carrier_latency.labels(

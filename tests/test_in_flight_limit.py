@@ -14,6 +14,7 @@ from activities.providers.in_flight import (
     INITIAL,
     RECOVERY_SECONDS,
     InFlightLimit,
+    StoppedWaiting,
 )
 from activities.providers.twilio import TwilioCarrier
 from settings import Settings
@@ -177,6 +178,31 @@ async def test_a_place_is_given_at_once_when_free_and_in_turn_when_not() -> None
     limit.give_back(taken.pop(), throttled=None)
     assert await later == 0
     assert limit.in_flight == INITIAL
+
+
+async def test_a_waiter_told_to_stop_gets_no_place_and_loses_none() -> None:
+    limit = InFlightLimit(ceiling=1000)
+    taken = fill(limit)
+    stopping = asyncio.Event()
+    stopped = asyncio.create_task(limit.place(stopping))
+    behind = asyncio.create_task(limit.place())
+    await asyncio.sleep(0)
+    stopping.set()
+    with pytest.raises(StoppedWaiting):
+        await stopped
+    # The place freed next goes to the one behind it.
+    limit.give_back(taken.pop(), throttled=None)
+    assert await behind == 0
+    assert limit.in_flight == INITIAL
+    # Given a place and told to stop at once: it stops, and the place goes on.
+    granted = asyncio.create_task(limit.place(stopping := asyncio.Event()))
+    await asyncio.sleep(0)
+    limit.give_back(taken.pop(), throttled=None)
+    stopping.set()
+    with pytest.raises(StoppedWaiting):
+        await granted
+    assert limit.in_flight == INITIAL - 1
+    assert limit.take() is not None
 
 
 async def test_the_carriers_list_requests_count_against_the_accounts_limit(

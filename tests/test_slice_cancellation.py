@@ -1,6 +1,8 @@
 """A send activity cancelled while it records its slice still records it: the rows the carrier
 accepted end `sent`, not `sending` (and later `uncertain`). And an attempt presumed dead that
-lives on records what the carrier answered it, over the `uncertain` its successor left."""
+lives on records what the carrier answered it, over the `uncertain` its successor left. One
+cancelled while its lanes wait for places in the account's limit of requests in flight sends
+none of those rows."""
 
 import asyncio
 import uuid
@@ -28,7 +30,7 @@ ROWS = 6
 
 
 @pytest.fixture
-async def sending(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[SendingActivities]:
+async def carrier_client(settings: Settings) -> AsyncIterator[TwilioCarrier]:
     carrier = TwilioCarrier(
         account_sid=settings.twilio_account_sid,
         auth_token=settings.twilio_auth_token.get_secret_value(),
@@ -36,11 +38,18 @@ async def sending(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Sendi
         timeout=settings.carrier_timeout_seconds,
         connections=settings.send_concurrency,
     )
+    yield carrier
+    await carrier.close()
+
+
+@pytest.fixture
+async def sending(
+    settings: Settings, pool: asyncpg.Pool, carrier_client: TwilioCarrier
+) -> AsyncIterator[SendingActivities]:
     async with httpx.AsyncClient() as http:
         yield SendingActivities(
-            pool=pool, carrier=carrier, http=http, settings=settings, metrics=WorkerMetrics()
+            pool=pool, carrier=carrier_client, http=http, settings=settings, metrics=WorkerMetrics()
         )
-    await carrier.close()
 
 
 async def scheduled_slice(
@@ -136,3 +145,40 @@ async def test_a_late_attempt_settles_the_rows_its_successor_made_uncertain(
     assert made_uncertain == ["uncertain"] * ROWS
     assert [r["status"] for r in rows] == ["sent"] * ROWS
     assert {r["to_number"]: r["carrier_sid"] for r in rows} == {m["to"]: m["sid"] for m in received}
+
+
+async def test_a_cancelled_slice_sends_none_of_the_rows_waiting_for_a_place(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    sending: SendingActivities,
+    carrier_client: TwilioCarrier,
+) -> None:
+    # The account's limit of requests in flight is all taken (by other slices, as when the
+    # carrier throttles it): the slice's lanes mark their wave and wait for places.
+    limit = carrier_client.in_flight_limit()
+    taken = []
+    while (epoch := limit.take()) is not None:
+        taken.append(epoch)
+    file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
+    env = ActivityEnvironment()
+    activity = asyncio.ensure_future(env.run(sending.send_slice, slice_input))
+    await eventually(
+        lambda: ledger_rows(api, account, file_id), lambda rows: rows[0]["status"] == "sending"
+    )
+    env.cancel()
+    ended, _ = await asyncio.wait({activity}, timeout=10)
+    # Places come free after the cancellation: nothing of the slice goes out with them.
+    for epoch in taken:
+        limit.give_back(epoch, throttled=None)
+    assert ended, "the cancelled slice waited for places in the limit"
+    with pytest.raises(asyncio.CancelledError):
+        await activity
+    await asyncio.sleep(0.5)
+
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    statuses = [row["status"] for row in await ledger_rows(api, account, file_id)]
+    assert received == []
+    assert statuses == ["pending"] * ROWS
+    assert limit.in_flight == 0

@@ -28,6 +28,10 @@ DECREASE = 0.7
 RECOVERY_SECONDS = 30.0
 
 
+class StoppedWaiting(Exception):
+    """The request's sender stopped while it waited for a place: it was never sent."""
+
+
 class InFlightLimit:
     """The requests of one carrier account in flight from this worker, and their limit.
 
@@ -57,11 +61,11 @@ class InFlightLimit:
     def in_flight(self) -> int:
         return self._in_flight
 
-    async def place(self) -> int:
+    async def place(self, stopping: asyncio.Event | None = None) -> int:
         """A place for a request, as the epoch to give back with it (`give_back`): at once
         when one is free and nobody waits, else once one is (`wait`)."""
         epoch = self.take()
-        return await self.wait() if epoch is None else epoch
+        return await self.wait(stopping) if epoch is None else epoch
 
     def take(self) -> int | None:
         """A place for a request, as the epoch to give back with it; None when there is none
@@ -71,20 +75,31 @@ class InFlightLimit:
         self._in_flight += 1
         return self._epoch
 
-    async def wait(self) -> int:
-        """A place for a request once one is free, in the order they were asked for."""
-        granted = asyncio.get_running_loop().create_future()
+    async def wait(self, stopping: asyncio.Event | None = None) -> int:
+        """A place for a request once one is free, in the order they were asked for; raises
+        StoppedWaiting if `stopping` is set first (a slice paused or cancelled starts no
+        request, however long it waited)."""
+        granted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiters.append(granted)
         try:
+            if stopping is not None:
+                stopped = asyncio.ensure_future(stopping.wait())
+                try:
+                    await asyncio.wait((granted, stopped), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopped.cancel()
+                if stopping.is_set():
+                    raise StoppedWaiting
             return await granted
-        except asyncio.CancelledError:
-            if granted.cancelled():
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(granted)
-            else:
-                # Given a place the moment it was cancelled: the next waiter has it instead.
+        except (asyncio.CancelledError, StoppedWaiting):
+            if granted.done() and not granted.cancelled():
+                # Given a place as it stopped waiting: the next waiter has it instead.
                 self._in_flight -= 1
                 self._wake()
+            else:
+                granted.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(granted)
             raise
 
     def give_back(self, epoch: int, *, throttled: bool | None) -> None:

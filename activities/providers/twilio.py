@@ -3,6 +3,7 @@
 The API base URL is a setting, so the same code talks to Twilio or to the local emulator.
 """
 
+import asyncio
 import base64
 import logging
 import re
@@ -448,11 +449,13 @@ class TwilioCarrier:
         content_sid: str | None = None,
         content_variables: str | None = None,
         credentials: tuple[str, str] | None = None,
+        stopping: asyncio.Event | None = None,
     ) -> SendResult:
         """Send one message; `content_sid` names a content template, whose variables are a
         JSON object as a string. An empty `body` is left out, as a template needs none.
         `credentials`, an (account SID, auth token) pair, send it through that account
-        instead of the service's."""
+        instead of the service's. Raises StoppedWaiting, the message unsent, when
+        `stopping` is set while it waits for a place in the account's limit."""
         account = self._account(credentials)
         form = message_form(
             to=to,
@@ -463,7 +466,7 @@ class TwilioCarrier:
             content_variables=content_variables,
         )
         limit = account.in_flight
-        epoch = await limit.place()
+        epoch = await limit.place(stopping)
         throttled: bool | None = None
         try:
             client = account.client
