@@ -411,12 +411,12 @@ class TwilioCarrier:
         # each its own limit of requests in flight, as Twilio limits each account's.
         self._subaccounts: dict[tuple[str, str], _Account] = {}
 
-    def _new_account(self, account_sid: str, auth_token: str) -> "_Account":
+    def _new_account(self, account_sid: str, auth_token: str) -> _Account:
         client = CarrierClient(account_sid, auth_token, self._http)
         client.api.base_url = self._api_url
         return _Account(client, InFlightLimit(ceiling=self._connections))
 
-    def _account(self, credentials: tuple[str, str] | None) -> "_Account":
+    def _account(self, credentials: tuple[str, str] | None) -> _Account:
         if credentials is None:
             return self._service
         account = self._subaccounts.get(credentials)
