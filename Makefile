@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-tools lint lock bench bench-sweep bench-rates bench-validation bench-uploads bench-outcomes bench-postman bench-ledger-copy bench-fairness clean
+.PHONY: run test test-fast test-tools lint lock bench bench-sweep bench-rates bench-validation bench-uploads bench-outcomes bench-postman bench-ledger-copy bench-fairness bench-throttled clean
 
 # The tested set: every version pinned by requirements.lock; `local` is the local stack.
 $(STAMP): pyproject.toml requirements.lock
@@ -75,6 +75,12 @@ bench-fairness: $(STAMP)
 ROWS ?= 100000
 bench-postman: $(STAMP)
 	$(BIN)/python -m bench.uploads --postman --rows $(ROWS)
+
+# Herald against an account the emulator limits to LIMIT requests in flight, LATENCY_MS each.
+LIMIT ?= 100
+LATENCY_MS ?= 200
+bench-throttled: $(STAMP)
+	$(BIN)/python -m bench.throttled --limit $(LIMIT) --latency-ms $(LATENCY_MS)
 
 bench-ledger-copy: $(STAMP)
 	$(BIN)/python -m bench.ledger_copy

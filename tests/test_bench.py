@@ -180,3 +180,23 @@ def test_the_send_path_bench_sends_every_row_and_reads_each_parts_cpu() -> None:
     assert (measured["rows"], measured["sent"]) == (600, 600)
     assert measured["cpu_s_per_1000"]["worker"] > 0
     assert any("messages" in s["query"] for s in measured["statements"])
+
+
+def test_the_throttled_bench_sends_every_batch_within_the_accounts_limit(tmp_path: Path) -> None:
+    options = ["--n", "300", "--limit", "10", "--latency-ms", "20", "--repeat", "1"]
+    run = bench(*options, "--out", str(tmp_path), module="bench.throttled")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    [results] = tmp_path.glob("throttled-*.json")
+    result = json.loads(results.read_text())
+    assert result["capacity_messages_per_second"] == 500
+    runs = result["runs"]
+    assert [(r["first"], r["status"], r["sent"]) for r in runs] == [
+        (True, "completed", 300),
+        (False, "completed", 300),
+    ]
+    # The emulator's limit was met (its refusals counted), and the rate set against it.
+    assert sum(r["refused"] for r in runs) > 0
+    assert all(r["refused"] >= 0 for r in runs)
+    assert all(0 < r["over_capacity"] <= 1.05 for r in runs)
+    assert "x capacity" in run.stdout
