@@ -2,7 +2,7 @@
 
 Twilio limits the REST requests an account has in flight at once (its error 20429, HTTP 429:
 "too many concurrent requests"; such a request is never processed). A worker's lanes could
-keep 1,536 requests in flight; against a 100-request limit most would be refused, each
+keep 1,536 requests in flight by default; against a 100-request limit most would be refused, each
 refused row deferred to its slice's next attempt. So a worker learns each account's limit as
 TCP learns a path's window: it starts from a few requests in flight and doubles them with
 every round of accepted answers (slow start) up to all its lanes; once the carrier throttles
@@ -35,10 +35,10 @@ class StoppedWaiting(Exception):
 class InFlightLimit:
     """The requests of one carrier account in flight from this worker, and their limit.
 
-    A request takes a place (`place`) and gives it back with what its answer
-    said (`give_back`). Only a throttle of a request sent since the last decrease lowers the
-    limit: the requests in flight when the carrier first refused one are refused together,
-    and count as one signal, as the losses of one TCP window do.
+    A request takes a place (`place`) and gives it back with what its answer said
+    (`give_back`). Only a throttle of a request sent since the last decrease lowers the limit:
+    the requests in flight when the carrier first refused one are refused together, and count
+    as one signal, as the losses of one TCP window do.
     """
 
     def __init__(self, ceiling: int, clock: Callable[[], float] = time.monotonic) -> None:
