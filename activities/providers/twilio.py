@@ -7,7 +7,7 @@ import asyncio
 import base64
 import logging
 import re
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,7 +15,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote_plus, urlencode
 
 import orjson
@@ -25,7 +25,7 @@ from twilio.http.response import Response
 from twilio.rest import Client
 
 from activities.providers.http1 import ConnectFailed, Http1Pool, NoAnswer
-from activities.providers.in_flight import InFlightLimit
+from activities.providers.in_flight import InFlightLimit, StoppedWaiting
 
 
 class Verdict(StrEnum):
@@ -86,6 +86,8 @@ OUTCOMES: Mapping[str, CarrierOutcome] = MappingProxyType(
 # The carrier throttling the account: too many of its requests at once (Twilio 20429), or a
 # bare 429. Never processed, so safe to send again; each lowers the account's InFlightLimit.
 THROTTLES = frozenset({"20429", "429"})
+# What a request to the carrier answers (TwilioCarrier._placed).
+T = TypeVar("T")
 # Refusals listed neither by code nor by status: a server error may pass, anything else will not.
 UNLISTED_SERVER_ERROR = CarrierOutcome(Verdict.RETRY, "carrier server error")
 UNLISTED_REFUSAL = CarrierOutcome(Verdict.FAILED, "refused by the carrier")
@@ -465,17 +467,17 @@ class TwilioCarrier:
             content_sid=content_sid,
             content_variables=content_variables,
         )
-        limit = account.in_flight
-        epoch = await limit.place(stopping)
-        throttled: bool | None = None
+        client = account.client
+
+        async def created() -> object:
+            return client.created_sid(await client.create_message_request(form))
+
         try:
-            client = account.client
-            sid = client.created_sid(await client.create_message_request(form))
-            throttled = False
+            sid = await self._placed(account, created, stopping)
+        except StoppedWaiting:
+            raise
         except TwilioRestException as error:
-            result = classify(error)
-            throttled = result.error_code in THROTTLES
-            return result
+            return classify(error)
         except ConnectFailed as error:
             return transport_result("connect", error)
         except NoAnswer as error:
@@ -484,8 +486,6 @@ class TwilioCarrier:
             # A 2xx whose body twilio cannot parse (truncated JSON, HTML, a list...): the
             # request went out and may have been accepted. This message's outcome only.
             return transport_result("unreadable_answer", error)
-        finally:
-            limit.give_back(epoch, throttled=throttled)
         if not isinstance(sid, str) or not MESSAGE_SID.fullmatch(sid):
             return SendResult(
                 verdict=Verdict.UNCERTAIN,
@@ -501,24 +501,39 @@ class TwilioCarrier:
         filtered by both), at most `limit`. Not filtered by DateSent: a message still in the
         carrier's queue has none yet, and must be found all the same."""
         account = self._account(credentials)
-        # One request of the account's, counted against its limit in flight as a send is.
-        epoch = await account.in_flight.place()
-        throttled: bool | None = None
-        try:
-            found = await account.client.messages.list_async(
+        found = await self._placed(
+            account,
+            lambda: account.client.messages.list_async(
                 to=to, from_=from_, limit=limit, page_size=limit
-            )
-            throttled = False
-        except TwilioRestException as error:
-            throttled = error.status == 429
-            raise
-        finally:
-            account.in_flight.give_back(epoch, throttled=throttled)
+            ),
+        )
         return [
             CarrierMessage(sid=m.sid, body=m.body or "", created=m.date_created)
             for m in found
             if m.sid and m.date_created
         ]
+
+    async def _placed(
+        self,
+        account: _Account,
+        request: Callable[[], Awaitable[T]],
+        stopping: asyncio.Event | None = None,
+    ) -> T:
+        """`request()`, one request of the account's, holding a place in its limit of
+        requests in flight until answered; the place is given back with what the answer
+        says of the account's load (a refusal in THROTTLES lowers the limit)."""
+        limit = account.in_flight
+        epoch = await limit.place(stopping)
+        throttled: bool | None = None
+        try:
+            answer = await request()
+            throttled = False
+            return answer
+        except TwilioRestException as error:
+            throttled = classify(error).error_code in THROTTLES
+            raise
+        finally:
+            limit.give_back(epoch, throttled=throttled)
 
     async def close(self) -> None:
         await self._http.close()
