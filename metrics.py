@@ -120,9 +120,6 @@ class InFlightGauges(Collector):
     learned for them (activities/providers/in_flight.py), read when scraped: nothing is
     added to the send path. `in_flight` gives (limit, in flight) by account SID."""
 
-    LIMIT = "herald_carrier_in_flight_limit"
-    IN_FLIGHT = "herald_carrier_in_flight"
-
     def __init__(
         self, in_flight: Callable[[], Mapping[str, tuple[int, int]]], registry: CollectorRegistry
     ) -> None:
@@ -137,14 +134,14 @@ class InFlightGauges(Collector):
 
     def _families(self, accounts: Mapping[str, tuple[int, int]]) -> tuple[Metric, Metric]:
         limit = GaugeMetricFamily(
-            self.LIMIT,
+            "herald_carrier_in_flight_limit",
             "Requests of a carrier account the worker lets be in flight at once: all its"
             " lanes until the carrier throttles the account (Twilio 20429), then what it"
             " learns from the throttles.",
             labels=["account"],
         )
         in_flight = GaugeMetricFamily(
-            self.IN_FLIGHT,
+            "herald_carrier_in_flight",
             "Requests of a carrier account in flight from the worker.",
             labels=["account"],
         )
