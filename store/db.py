@@ -21,8 +21,27 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
+# jsonb's binary form: a version byte, then the JSON's text.
+_JSONB_VERSION = b"\x01"
+
+
+def _jsonb_encode(value: Any) -> bytes:
+    return _JSONB_VERSION + json.dumps(value).encode()
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    return json.loads(data[1:])
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # In binary, so that a binary COPY (copy_records_to_table) takes jsonb values too.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=_jsonb_encode,
+        decoder=_jsonb_decode,
+        schema="pg_catalog",
+        format="binary",
+    )
 
 
 def after_key(columns: str, after: tuple[Any, ...] | None, first: int, *, descending: bool) -> str:
