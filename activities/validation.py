@@ -309,6 +309,7 @@ class ValidationActivities(WorkerResources):
                         item.encoding,
                         item.segments,
                         senders.get(item.row_number),
+                        item.request_data,
                     )
                 )
             if not (stop_ledger_at_rejection and tally.rejected):
@@ -334,7 +335,7 @@ async def _copy_blocks(
     """COPY a plain file's outcomes block by block; a strict batch writes no ledger once a
     row is rejected."""
     async for block in ledger_copies(plain, batch_id, account_id, with_ledger=with_ledger):
-        await messages.copy_outcomes(conn, block.ledger, block.rejected)
+        await messages.copy_outcomes(conn, block.ledger, block.rejected, block.columns)
         # Its CSV parts, a few MB each, are done with: freed now, for the next block's to
         # reuse, rather than when the next block is made.
         block.ledger.clear()

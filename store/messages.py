@@ -26,8 +26,12 @@ RECIPIENT_COLUMNS = (
     "encoding",
     "segments",
 )
+# A row's own request data (its file's `request_data.<field>` columns and the columns its
+# batch's `column_mapping` maps), kept for a reply's conversation; NULL when the file has
+# no such column (and for rows validated before rows kept it: the reply reads the file).
+RECIPIENT_DATA_COLUMNS = (*RECIPIENT_COLUMNS, "request_data")
 # The row engine's COPY also gives a row's own sender (the column engine's CSV has none).
-LEDGER_COLUMNS = (*RECIPIENT_COLUMNS, "from_number")
+LEDGER_COLUMNS = (*RECIPIENT_COLUMNS, "from_number", "request_data")
 # A Postman upload's rows also keep their language and their template's values.
 LOADED_COLUMNS = (*RECIPIENT_COLUMNS, "language", "request_data")
 REJECTED_COLUMNS = ("batch_id", "row_number", "account_id", "code", "reason", "value")
@@ -103,23 +107,27 @@ async def copy_recipients(conn: asyncpg.Connection, records: Sequence[tuple]) ->
 
 
 async def copy_recipients_csv(
-    conn: asyncpg.Connection, data: bytes, columns: tuple[str, ...] = RECIPIENT_COLUMNS
+    conn: asyncpg.Connection, data: bytes, columns: tuple[str, ...]
 ) -> None:
-    """COPY ledger rows given as CSV, `columns` in order (`RECIPIENT_COLUMNS`, or
-    `LOADED_COLUMNS`; an unquoted empty field is NULL). Given as a buffer (a memoryview:
-    asyncpg takes bytes for a path), sent as it is: a file-like source would be read in an
-    executor through a class asyncpg makes per call, a reference cycle that kept each part's
-    bytes until the garbage collector ran, tens of MB over a large file's COPY."""
+    """COPY ledger rows given as CSV, `columns` in order (`RECIPIENT_COLUMNS`,
+    `RECIPIENT_DATA_COLUMNS` or `LOADED_COLUMNS`; an unquoted empty field is NULL). Given
+    as a buffer (a memoryview: asyncpg takes bytes for a path), sent as it is: a file-like
+    source would be read in an executor through a class asyncpg makes per call, a reference
+    cycle that kept each part's bytes until the garbage collector ran, tens of MB over a
+    large file's COPY."""
     await conn.copy_to_table("messages", source=memoryview(data), columns=columns, format="csv")
 
 
 async def copy_outcomes(
-    conn: asyncpg.Connection, ledger: Iterable[bytes], rejected: Sequence[tuple]
+    conn: asyncpg.Connection,
+    ledger: Iterable[bytes],
+    rejected: Sequence[tuple],
+    columns: tuple[str, ...],
 ) -> None:
-    """A block of a validated file: its ledger rows as CSV parts (`copy_recipients_csv`),
-    then its rejected rows."""
+    """A block of a validated file: its ledger rows as CSV parts of `columns`
+    (`copy_recipients_csv`), then its rejected rows."""
     for part in ledger:
-        await copy_recipients_csv(conn, part)
+        await copy_recipients_csv(conn, part, columns)
     await copy_rejected(conn, rejected)
 
 
@@ -165,8 +173,8 @@ async def last_sent_to(
     user_number: str,
 ) -> dict | None:
     """The account's last batch message from `agent_number` the carrier accepted for
-    `user_number`: its batch, row, send time, its own `request_data` (a Postman upload's row
-    keeps its values; NULL otherwise) and the batch's stored request."""
+    `user_number`: its batch, row, send time, its own `request_data` (RECIPIENT_DATA_COLUMNS;
+    a Postman upload's row keeps its values) and the batch's stored request."""
     row = await conn.fetchrow(
         "SELECT m.batch_id, m.row_number, m.sent_at, m.request_data, b.request"
         " FROM messages AS m"

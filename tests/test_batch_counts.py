@@ -299,7 +299,7 @@ async def test_a_validation_starting_again_clears_what_its_batch_had_written_onl
             for batch_id in batches:
                 # A ledger row as the row engine COPYs it (messages.LEDGER_COLUMNS).
                 row = (batch_id, 0, account.account_id, 1, "+15550000000", "x", "pending")
-                await messages.copy_recipients(conn, [(*row, None, "gsm7", 1, None)])
+                await messages.copy_recipients(conn, [(*row, None, "gsm7", 1, None, None)])
                 await conn.execute(
                     "INSERT INTO short_links (code, batch_id, seq, account_id, url)"
                     " VALUES ($1, $2, 0, $3, 'https://example.com')",
@@ -364,12 +364,12 @@ async def test_rows_none_of_a_kind_cost_no_copy(pool: asyncpg.Pool, account: Acc
             batch_id = await _new_batch(conn, account)
             counter = _CopyCounter(conn)
             copying = cast(asyncpg.Connection, counter)
-            await messages.copy_outcomes(copying, [], [])
+            await messages.copy_outcomes(copying, [], [], messages.RECIPIENT_COLUMNS)
             await messages.copy_recipients(copying, [])
             await links.copy_links(copying, [])
             none = list(counter.copies)
             rejected = (batch_id, 2, account.account_id, "invalid_number", "no", "+1")
-            await messages.copy_outcomes(copying, [], [rejected])
+            await messages.copy_outcomes(copying, [], [rejected], messages.RECIPIENT_COLUMNS)
             stored = await conn.fetchval(
                 "SELECT count(*) FROM rejected_rows WHERE batch_id = $1", batch_id
             )

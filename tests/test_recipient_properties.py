@@ -228,6 +228,12 @@ def row_by_row(header: list[str], rows: list[list[str]], rules: RecipientRules) 
     defaults = {name: str(value) for name, value in rules.request_data.items()}
     seen: set[str] = set()
     count = 0
+    # A row's own request data, kept when the header has a request-data column.
+    data_fields = {
+        column: column.removeprefix("request_data.")
+        for column in header
+        if column.startswith("request_data.") and column != "request_data."
+    }
     for row_number, row in enumerate(rows, start=1):
         if not "".join(row).strip():
             continue
@@ -263,5 +269,14 @@ def row_by_row(header: list[str], rows: list[list[str]], rules: RecipientRules) 
             seen.add(number)
             if skip is None and number in rules.opted_out:
                 skip = "opted_out"
-            found.append(Recipient(row_number, number, body, *classify(body), skip))
+            own = {
+                data_fields[column]: value
+                for column, value in values.items()
+                if column in data_fields and value.strip()
+            }
+            found.append(
+                Recipient(
+                    row_number, number, body, *classify(body), skip, own if data_fields else None
+                )
+            )
     return found

@@ -4,6 +4,7 @@ outcomes exactly, and leaves every other file to it."""
 import csv
 import gc
 import io
+import json
 import threading
 import time
 import uuid
@@ -33,6 +34,7 @@ from activities.recipients.rows import (
     build_recipients,
     read_rows,
 )
+from store.messages import RECIPIENT_DATA_COLUMNS
 from tests.support.builders import PHONE_CELLS
 
 # The shared phone cells (none holds a comma or a quote), and cells the column path
@@ -130,8 +132,9 @@ def by_rows(content: bytes, rules: RecipientRules) -> tuple[list, list[Rejected]
         tally.count(outcome)
     recipients = [o for o in outcomes if isinstance(o, Recipient)]
     ledger = [
-        (seq, o.row_number, o.to_number, o.body, o.encoding, o.segments, o.skip_code)
+        (seq, o.row_number, o.to_number, o.body, o.encoding, o.segments, o.skip_code, data)
         for seq, o in enumerate(recipients)
+        for data in [o.request_data]
     ]
     return ledger, [o for o in outcomes if isinstance(o, Rejected)], tally
 
@@ -149,10 +152,11 @@ def by_columns(
     if plain is None:
         assert b"\n" not in content, "a plain file was left to the row path"
         return by_rows(content, rules)  # a header alone: no rows
-    ledgers, rejected = [], []
+    blocks: list[Block] = []
+    rejected = []
     try:
         for block in plain.blocks(block_bytes):
-            ledgers.append(block.ledger)
+            blocks.append(block)
             rejected += block.rejected
     except SourceInvalid as error:
         return error.code
@@ -161,13 +165,35 @@ def by_columns(
         # otherwise).
         assert b'"' in content, "a file without quotes turned out not plain"
         return by_rows(content, rules)
-    ledger = pl.concat([plain_ledger(), *ledgers])
+    ledger = pl.concat([plain_ledger(), *(block.ledger for block in blocks)], how="diagonal")
     statuses = ledger.select((pl.col("status") == "skipped") == pl.col("skip_code").is_not_null())
     assert statuses.to_series().all()
     rows = ledger.select(
         "seq", "row_number", "to_number", "body", "encoding", "segments", "skip_code"
     )
-    return list(rows.iter_rows()), rejected, plain.tally
+    return (
+        [
+            (*row, request_data)
+            for row, request_data in zip(rows.iter_rows(), kept_request_data(blocks), strict=True)
+        ],
+        rejected,
+        plain.tally,
+    )
+
+
+def kept_request_data(blocks: list[Block]) -> list[dict[str, str] | None]:
+    """Each ledger row's request data as the ledger keeps it (the JSON of the blocks'
+    `ledger_csv`, nulls left out as its reader leaves them), None where it keeps none."""
+    kept: list[dict[str, str] | None] = []
+    for block in blocks:
+        data = b"".join(block.ledger_csv(uuid.uuid4(), uuid.uuid4())).decode()
+        for record in csv.reader(io.StringIO(data, newline="")):
+            if block.copy_columns != RECIPIENT_DATA_COLUMNS:
+                kept.append(None)
+                continue
+            values = json.loads(record[RECIPIENT_DATA_COLUMNS.index("request_data")])
+            kept.append({name: value for name, value in values.items() if value is not None})
+    return kept
 
 
 def plain_ledger() -> pl.DataFrame:

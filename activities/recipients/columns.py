@@ -45,6 +45,7 @@ from activities.recipients.rows import (
     Tally,
     phone_column_issue,
     request_defaults,
+    request_field,
     row_outcome,
     template_parts,
     too_many_rows,
@@ -60,7 +61,12 @@ from activities.recipients.segments import (
     UCS2_PART,
     UCS2_SINGLE,
 )
-from store.messages import LOADED_COLUMNS, RECIPIENT_COLUMNS, REJECTED_COLUMNS
+from store.messages import (
+    LOADED_COLUMNS,
+    RECIPIENT_COLUMNS,
+    RECIPIENT_DATA_COLUMNS,
+    REJECTED_COLUMNS,
+)
 
 LEDGER_COLUMNS = (
     "seq",
@@ -120,26 +126,34 @@ class Block:
     @property
     def copy_columns(self) -> tuple[str, ...]:
         """The ledger's columns `ledger_csv` gives: with a `language` carried (a Postman
-        upload's), the row's language and its `request_data.<name>` values as JSON too."""
-        return LOADED_COLUMNS if LANGUAGE_COLUMN in self.ledger.columns else RECIPIENT_COLUMNS
+        upload's), the row's language and its `request_data.<name>` values as JSON too; with
+        `request_data.<name>` values alone (a file's request-data columns), those."""
+        if LANGUAGE_COLUMN in self.ledger.columns:
+            return LOADED_COLUMNS
+        if any(name.startswith(REQUEST_DATA_PREFIX) for name in self.ledger.columns):
+            return RECIPIENT_DATA_COLUMNS
+        return RECIPIENT_COLUMNS
 
     def ledger_csv(self, batch_id: uuid.UUID, account_id: uuid.UUID) -> Iterator[bytes]:
         """The ledger as CSV for `copy_recipients_csv` (`copy_columns`), `COPY_ROWS` rows at
         a time (a few MB each). Strings are quoted, so an empty one stays apart from NULL
-        (an unquoted empty field)."""
+        (an unquoted empty field). A null value is left out of its row's JSON by the reader
+        of the ledger (a blank cell of a file's request-data column)."""
+        columns = self.copy_columns
         carried: list[pl.Expr] = []
-        if self.copy_columns == LOADED_COLUMNS:
+        if columns == LOADED_COLUMNS:
+            carried.append(pl.col(LANGUAGE_COLUMN))
+        if columns != RECIPIENT_COLUMNS:
             values = [name for name in self.ledger.columns if name.startswith(REQUEST_DATA_PREFIX)]
-            carried = [
-                pl.col(LANGUAGE_COLUMN),
+            carried.append(
                 pl.struct(
                     pl.col(name).alias(name.removeprefix(REQUEST_DATA_PREFIX)) for name in values
                 )
                 .struct.json_encode()
                 .alias("request_data")
                 if values
-                else pl.lit("{}").alias("request_data"),
-            ]
+                else pl.lit("{}").alias("request_data")
+            )
         for start in range(0, self.ledger.height, COPY_ROWS):
             table = self.ledger.slice(start, COPY_ROWS).select_seq(
                 pl.lit(str(batch_id)).alias("batch_id"),
@@ -154,7 +168,7 @@ class Block:
                 "segments",
                 *carried,
             )
-            assert tuple(table.columns) == self.copy_columns
+            assert tuple(table.columns) == columns
             out = io.BytesIO()
             table.write_csv(out, include_header=False, quote_style="non_numeric")
             yield out.getvalue()
@@ -191,7 +205,8 @@ class PlainCsv:
             functools.partial(read, first_row, [*pieces], count)
             for first_row, pieces, count in line_blocks
         )
-        yield from frame_blocks(reads, self.header, self.rules, self.tally)
+        carried = _request_data(self.header, self.rules)
+        yield from frame_blocks(reads, self.header, self.rules, self.tally, carried)
 
 
 def frame_blocks(
@@ -199,12 +214,12 @@ def frame_blocks(
     header: list[str],
     rules: RecipientRules,
     tally: Tally,
-    carried: Sequence[str] = (),
+    carried: Sequence[pl.Expr] = (),
 ) -> Iterator[Block]:
     """The outcomes of blocks of rows, in order: each `read` gives a block's cells (strings,
     "" where empty) under `header`'s names, numbered by `numbered`; `tally` counts the blocks
-    given. Columns of `carried` (in the frames, not in `header`) are kept beside each
-    ledger row. Raises SourceInvalid (too many rows), what a `read` raises and what `reads`
+    given. The columns `carried` makes of each block's frame are kept beside each ledger
+    row. Raises SourceInvalid (too many rows), what a `read` raises and what `reads`
     itself raises (reading the file), in file order. `IN_FLIGHT` blocks are validated at
     once, each in a thread (polars lets go of the GIL), since one block's passes are too
     short to keep the cores busy, and the next are read from the file meanwhile
@@ -214,6 +229,7 @@ def frame_blocks(
     on the counts of the blocks before, are given here, in order."""
     sources = variable_sources(header, rules.column_mapping)
     defaults = request_defaults(rules)
+    carried_names = [column.meta.output_name() for column in carried]
     # The numbers of the Recipients of each block given, as integers (8 bytes each).
     seen: list[pl.Series] = []
 
@@ -309,7 +325,7 @@ def frame_blocks(
                 # The next block is read and started now, not once this one is given.
                 fill()
                 ledger = _with_skips(
-                    done.block.ledger, rules, done.repeated, tally.recipients, carried
+                    done.block.ledger, rules, done.repeated, tally.recipients, carried_names
                 )
                 block = Block(ledger, done.block.rejected)
                 tally.add(_tally(done.rows, ledger, block.rejected))
@@ -456,11 +472,12 @@ def plain_csv_file(file: BinaryIO, rules: RecipientRules) -> PlainCsv | None:
 
 @dataclass(frozen=True)
 class LedgerCopy:
-    """A block's ledger rows as CSV for `copy_recipients_csv`, a part at a time, and its
-    rejected rows as `copy_rejected` records."""
+    """A block's ledger rows as CSV of `columns` for `copy_recipients_csv`, a part at a time,
+    and its rejected rows as `copy_rejected` records."""
 
     ledger: list[bytes]
     rejected: list[tuple]
+    columns: tuple[str, ...]
 
 
 async def ledger_copies(
@@ -483,7 +500,9 @@ async def ledger_copies(
             if with_ledger or not plain.tally.rejected:
                 parts = await asyncio.to_thread(list, block.ledger_csv(batch_id, account_id))
             yield LedgerCopy(
-                parts, [rejected_record(batch_id, account_id, row) for row in block.rejected]
+                parts,
+                [rejected_record(batch_id, account_id, row) for row in block.rejected],
+                block.copy_columns,
             )
     finally:
         upcoming.cancel()
@@ -1019,6 +1038,24 @@ def _with_skips(
         )
         .select_seq(*LEDGER_COLUMNS, *carried)
     )
+
+
+def _request_data(header: list[str], rules: RecipientRules) -> list[pl.Expr]:
+    """A `request_data.<field>` column for each field the file's request-data columns give
+    (rows.request_field), as `request_data_of` reads a row: a blank cell is null, and of two
+    columns giving one field, the later one's value unless blank."""
+    fields: dict[str, list[str]] = {}
+    for column in header:
+        name = request_field(column, rules.column_mapping)
+        if name:
+            fields.setdefault(name, []).append(column)
+    return [
+        pl.coalesce(
+            pl.when(_is_blank(pl.col(column))).then(None).otherwise(pl.col(column))
+            for column in reversed(columns)
+        ).alias(REQUEST_DATA_PREFIX + name)
+        for name, columns in fields.items()
+    ]
 
 
 def _keys(ledger: pl.DataFrame) -> pl.Series:

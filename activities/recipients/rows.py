@@ -55,6 +55,9 @@ class Recipient:
     encoding: str
     segments: int
     skip_code: str | None = None
+    # Its own request data (`request_data_of`), when its file has request-data columns: the
+    # ledger keeps it for a reply's conversation (messages.request_data).
+    request_data: dict[str, str] | None = None
 
 
 @dataclass(kw_only=True)
@@ -275,22 +278,33 @@ def row_request_data(
     content: bytes, row_number: int, column_mapping: Mapping[str, str]
 ) -> dict[str, str]:
     """The `request_data` a file's row gives (row 1 is the first after the header, as
-    validation numbers them): its `request_data.<field>` columns and the columns mapped to
-    a field, blank cells left out; {} for a row the file does not have."""
+    validation numbers them; `request_data_of`); {} for a row the file does not have. For a
+    ledger row validated before rows kept theirs (messages.request_data)."""
     header, rows = read_rows(content)
     row = next(itertools.islice(rows, row_number - 1, None), None)
-    if row is None:
-        return {}
+    return {} if row is None else request_data_of(_values(header, row), column_mapping)
+
+
+def request_field(column: str, column_mapping: Mapping[str, str]) -> str | None:
+    """The `request_data` field a column gives: a `request_data.<field>` column's, or the
+    one `column_mapping` maps it to; None for any other column."""
+    if column.startswith(REQUEST_DATA_PREFIX):
+        name = column.removeprefix(REQUEST_DATA_PREFIX)
+    elif column in column_mapping:
+        name = column_mapping[column].removeprefix(REQUEST_DATA_PREFIX)
+    else:
+        return None
+    return name or None
+
+
+def request_data_of(values: Mapping[str, str], column_mapping: Mapping[str, str]) -> dict[str, str]:
+    """A row's own `request_data` (`values` by column): the field each `request_field`
+    column gives, blank cells left out, a later column's value over an earlier one's."""
     found: dict[str, str] = {}
-    for column, value in _values(header, row).items():
-        if column.startswith(REQUEST_DATA_PREFIX):
-            field_name = column.removeprefix(REQUEST_DATA_PREFIX)
-        elif column in column_mapping:
-            field_name = column_mapping[column].removeprefix(REQUEST_DATA_PREFIX)
-        else:
-            continue
-        if field_name and value and not value.isspace():
-            found[field_name] = value
+    for column, value in values.items():
+        name = request_field(column, column_mapping)
+        if name and value and not value.isspace():
+            found[name] = value
     return found
 
 
@@ -363,14 +377,10 @@ def variable_sources(
     for column in header:
         if not column or has_space(column):
             continue
-        if column.startswith(REQUEST_DATA_PREFIX):
-            name = column.removeprefix(REQUEST_DATA_PREFIX)
-            if name:
-                explicit.setdefault(name, []).append(column)
-        elif column in column_mapping:
-            name = column_mapping[column].removeprefix(REQUEST_DATA_PREFIX)
+        name = request_field(column, column_mapping)
+        if name:
             explicit.setdefault(name, []).append(column)
-        else:
+        elif not column.startswith(REQUEST_DATA_PREFIX) and column not in column_mapping:
             plain.setdefault(column, []).append(column)
     return {name: (*explicit.get(name, ()), *plain.get(name, ())) for name in (*explicit, *plain)}
 
@@ -494,6 +504,11 @@ def _block_outcomes(
         outcomes[index] = outcome
         phones[index] = outcome.to_number if isinstance(outcome, Recipient) else None
     _mark_skipped(outcomes, phones, rules, seen)
+    if any(request_field(column, rules.column_mapping) for column in columns.header):
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, Recipient):
+                row = _values(columns.header, columns.rows[index])
+                outcome.request_data = request_data_of(row, rules.column_mapping)
     return outcomes
 
 

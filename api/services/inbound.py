@@ -10,7 +10,7 @@ from temporalio.client import Client
 
 from activities.recipients.phones import to_e164
 from activities.recipients.rejections import SourceInvalid
-from activities.recipients.rows import REQUEST_DATA_PREFIX, row_request_data
+from activities.recipients.rows import request_field, row_request_data
 from api.conversation_models import STORED_FIELDS
 from api.errors import InvalidRequest
 from api.services import batch_checks
@@ -114,8 +114,8 @@ async def _reply_fields(
     """What a reply sets on its conversation: its channel and, when it answers a batch
     message the conversation does not carry yet, that batch's fields (`metadata`, Bland's
     stored fields) and `request_data` (the batch's defaults, under the recipient's row's
-    own: the ledger row's own `request_data`, else read from the batch's file once per
-    conversation and batch)."""
+    own, which its ledger row keeps; a row validated before rows kept theirs has it read
+    from the batch's file)."""
     fields = conversations.ConversationFields(channel=channel)
     origin = await messages.last_sent_to(pool, account_id, agent_number, user_number)
     if origin is None:
@@ -128,13 +128,18 @@ async def _reply_fields(
         return fields  # it carries the batch already, or began after the batch's message
     request: dict[str, Any] = origin["request"]
     settings_global: dict[str, Any] = request.get("global") or {}
-    # A Postman upload's row keeps its values in the ledger (its stored file is no CSV).
-    row_data = origin["request_data"] or await _row_request_data(
-        pool,
-        account_id,
-        origin["batch_id"],
-        origin["row_number"],
-        request.get("column_mapping") or {},
+    kept: dict[str, Any] | None = origin["request_data"]
+    row_data = (
+        # A blank cell is kept as null (columns.Block.ledger_csv): it leaves the default.
+        {name: value for name, value in kept.items() if value is not None}
+        if kept is not None
+        else await _row_request_data(
+            pool,
+            account_id,
+            origin["batch_id"],
+            origin["row_number"],
+            request.get("column_mapping") or {},
+        )
     )
     request_data = {**(settings_global.get("request_data") or {}), **row_data}
     return conversations.ConversationFields(
@@ -157,13 +162,12 @@ async def _row_request_data(
     row_number: int,
     column_mapping: dict[str, str],
 ) -> dict[str, str]:
-    """A batch row's own request data. A file whose header shows no request-data column
-    (and a batch without `column_mapping`) has none, and is not read past its header; else
-    the file is read up to the row, off the event loop."""
-    if not column_mapping:
-        header = (await batch_checks.shape_of_file(pool, account_id, batch_id)).header
-        if header is not None and not any(c.startswith(REQUEST_DATA_PREFIX) for c in header):
-            return {}
+    """The request data of a batch row its ledger does not keep: validated before rows kept
+    theirs, or from a file with no request-data column. A file whose header shows none is
+    not read past its header; else the file is read up to the row, off the event loop."""
+    header = (await batch_checks.shape_of_file(pool, account_id, batch_id)).header
+    if header is not None and not any(request_field(c, column_mapping) for c in header):
+        return {}
     _, content = await files.file_content(pool, account_id, batch_id)
     try:
         return await asyncio.to_thread(row_request_data, content, row_number, column_mapping)

@@ -248,8 +248,9 @@ def _ledger(
     """The engine's validation of Herald's rows of each read, its ledger written to `out`
     while no row is rejected; the rejected rows as problems."""
     from activities.recipients.columns import LANGUAGE_COLUMN, frame_blocks, write_ledger
+    from activities.recipients.frames import pl
 
-    carried = (LANGUAGE_COLUMN, *header[2:])
+    carried = [pl.col(name) for name in (LANGUAGE_COLUMN, *header[2:])]
     problems: list[RowProblem] = []
     for block in frame_blocks(reads, header, run.rules, run.tally, carried):
         problems += (RowProblem(row.row_number, None, row.reason) for row in block.rejected)
@@ -604,7 +605,9 @@ def _message(row: dict, campaign: dict, batch: dict) -> PostmanMessage:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         recipient=row["to_number"].removeprefix("+"),
-        values=row["request_data"],
+        # A Postman upload's rows (they have a language); a batch made with Herald's own API
+        # keeps its rows' request data there too, which are no template's parameters.
+        values=row["request_data"] if row["language"] is not None else None,
         language=row["language"],
         full_message=row["body"],
         latest_status=LATEST_STATUS[row["status"]],

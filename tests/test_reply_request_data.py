@@ -1,0 +1,180 @@
+"""A reply's conversation takes its recipient's request data from the row's ledger row, kept
+at validation by either engine: the batch's file is not read again (it was read up to the row
+for every conversation, 0.4 s and the whole file in memory for the last row of 1,000,000),
+and a mailing list's contact gets its own fields, not those of the file's row of its number."""
+
+import json
+import secrets
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+
+from settings import Settings
+from tests.support.batches import FINAL, start, wait_for_status
+from tests.support.builders import attach, csv_bytes, unique_numbers
+from tests.support.sending import inbound_form, post_inbound
+from tests.support.stack import Account, WebhookReceiver
+
+DEFAULTS = {"plan": "gold", "region": "us"}
+
+
+def plain_file(first: str, second: str) -> bytes:
+    """A plain CSV: the column engine's."""
+    return csv_bytes(
+        ["phone_number", "request_data.account_id", "customer_name", "request_data.plan"],
+        [[first, "acc_001", "Alice", " "], [second, "acc_002", "Bob", "silver"]],
+    )
+
+
+def json_file(first: str, second: str) -> bytes:
+    """A JSON array: the row engine's."""
+    rows = [
+        {
+            "phone_number": first,
+            "customer_name": "Alice",
+            "request_data": {"account_id": "acc_001"},
+        },
+        {
+            "phone_number": second,
+            "customer_name": "Bob",
+            "request_data": {"account_id": "acc_002", "plan": "silver"},
+        },
+    ]
+    return json.dumps(rows).encode()
+
+
+async def _conversation_data(api: httpx.AsyncClient, account: Account, user: str) -> object:
+    response = await api.get(
+        "/v1/sms/conversations", headers=account.headers, params={"user_number": user}
+    )
+    [conversation] = response.json()["data"]["conversations"]
+    return conversation["request_data"]
+
+
+@pytest.mark.parametrize("make_file", [plain_file, json_file])
+async def test_a_reply_takes_its_rows_request_data_from_the_ledger(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    make_file: object,
+) -> None:
+    assert callable(make_file)
+    first, second = unique_numbers(2)
+    marker = secrets.token_hex(6)
+    file_id = await attach(api, account.headers, make_file(first, second))
+    response = await start(
+        api,
+        account,
+        file_id,
+        status_webhook=webhooks.url(marker),
+        column_mapping={"customer_name": "request_data"},
+        **{
+            "global": {
+                "agent_number": account.agent_number,
+                "agent_message": "Hi {{customer_name}}",
+                "request_data": DEFAULTS,
+            }
+        },
+    )
+    assert response.status_code == 200, response.text
+    events = await webhooks.wait_for(marker, *FINAL)
+    assert events[-1]["status"] == "completed", events[-1]
+    # The file as stored now has no rows: a reply that read it would find none of theirs.
+    await pool.execute(
+        "UPDATE files SET content = $2 WHERE account_id = $1",
+        account.account_id,
+        b"phone_number,request_data.account_id,customer_name\n",
+    )
+
+    for user in (first, second):
+        form = inbound_form(settings, to=account.agent_number, from_=user, body="Yes")
+        assert (await post_inbound(api, settings, form)).status_code == 200
+
+    # A blank cell leaves the default; the row's values win over the batch's.
+    assert await _conversation_data(api, account, first) == {
+        **DEFAULTS,
+        "account_id": "acc_001",
+        "customer_name": "Alice",
+    }
+    assert await _conversation_data(api, account, second) == {
+        "plan": "silver",
+        "region": "us",
+        "account_id": "acc_002",
+        "customer_name": "Bob",
+    }
+
+
+async def test_a_reply_from_a_lists_contact_takes_the_contacts_fields(
+    api: httpx.AsyncClient, account: Account, settings: Settings
+) -> None:
+    inline, listed = unique_numbers(2)
+    created = await api.post("/v1/lists", headers=account.headers, json={"name": "customers"})
+    list_id = created.json()["data"]["id"]
+    added = await api.post(
+        f"/v1/lists/{list_id}/contacts",
+        headers=account.headers,
+        json={"contacts": [{"phone_number": listed, "NAME": "Lou"}]},
+    )
+    assert added.status_code in (200, 201), added.text
+    response = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "recipients": [{"phone_number": inline, "NAME": "Ina"}],
+            "lists": [{"id": list_id}],
+            "global": {
+                "agent_number": account.agent_number,
+                "agent_message": "Hi {{NAME}}",
+                "request_data": {"NAME": "friend"},
+            },
+        },
+    )
+    assert response.status_code == 200, response.text
+    batch = await wait_for_status(api, account, response.json()["data"]["batch_id"], *FINAL)
+    assert batch["status"] == "completed", batch
+
+    for user in (inline, listed):
+        form = inbound_form(settings, to=account.agent_number, from_=user, body="Yes")
+        assert (await post_inbound(api, settings, form)).status_code == 200
+
+    # The inline row's `NAME` is a template variable, not request data; the contact's fields
+    # are its request data (activities/recipients/contacts.py).
+    assert await _conversation_data(api, account, inline) == {"NAME": "friend"}
+    assert await _conversation_data(api, account, listed) == {"NAME": "Lou"}
+
+
+async def test_a_row_validated_before_rows_kept_their_request_data_has_it_read_from_the_file(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    first, second = unique_numbers(2)
+    marker = secrets.token_hex(6)
+    file_id = await attach(api, account.headers, plain_file(first, second))
+    response = await start(
+        api,
+        account,
+        file_id,
+        status_webhook=webhooks.url(marker),
+        **{"global": {"agent_number": account.agent_number, "agent_message": "Hi"}},
+    )
+    assert response.status_code == 200, response.text
+    assert (await webhooks.wait_for(marker, *FINAL))[-1]["status"] == "completed"
+    # As a ledger written before the rows kept their request data has them.
+    await pool.execute(
+        "UPDATE messages SET request_data = NULL WHERE batch_id = $1", uuid.UUID(file_id)
+    )
+
+    form = inbound_form(settings, to=account.agent_number, from_=second, body="Yes")
+    assert (await post_inbound(api, settings, form)).status_code == 200
+
+    assert await _conversation_data(api, account, second) == {
+        "account_id": "acc_002",
+        "plan": "silver",
+    }
