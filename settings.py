@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Where the carrier posts delivery receipts, under Herald's public URL.
 STATUS_CALLBACK_PATH = "/v1/webhooks/twilio/status"
+# Where the carrier posts the messages users send to the account's numbers.
+INBOUND_PATH = "/v1/webhooks/twilio/inbound"
 # The rate limits a sender may have, in messages per second; migration 050 keeps the stored
 # ones in this range too, so the pacing arithmetic in PostgreSQL cannot overflow.
 SENDER_MPS_MIN = 0.01

@@ -11,6 +11,7 @@ import pytest
 
 from api.app import create_app
 from api.input_checks import INT64_MAX
+from settings import INBOUND_PATH
 from tests.support.batches import start
 from tests.support.builders import attach, csv_bytes, unique_numbers
 from tests.support.stack import Account, app_routes, error_code
@@ -69,7 +70,7 @@ async def test_a_nul_in_a_query_form_or_file_name_is_refused(
 ) -> None:
     query = await api.get("/v1/sms/conversations?user_number=%00", headers=account.headers)
     form = await api.post(
-        "/v1/webhooks/twilio/inbound",
+        INBOUND_PATH,
         headers={"content-type": "application/x-www-form-urlencoded"},
         content=b"From=%2B12125550123&To=%2B15005550006&Body=a%00b&MessageSid=SM1",
     )

@@ -10,13 +10,13 @@ import asyncpg
 import httpx
 from twilio.request_validator import RequestValidator
 
-from settings import Settings
+from settings import INBOUND_PATH, Settings
 from store import numbers, receipts
 from store.accounts import create_account, create_api_key
 from tests.support.batches import FINAL, run_batch, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows, rows_on_the_wire
-from tests.support.sending import INBOUND_PATH, eventually, inbound_form, post_inbound
+from tests.support.sending import eventually, inbound_form, post_inbound
 from tests.support.stack import (
     SUBACCOUNT_SID,
     SUBACCOUNT_TOKEN,

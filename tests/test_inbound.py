@@ -8,11 +8,10 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
-from settings import Settings
+from settings import INBOUND_PATH, Settings
 from store import opt_outs
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.sending import (
-    INBOUND_PATH,
     conversation,
     conversation_when,
     eventually,

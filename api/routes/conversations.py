@@ -11,6 +11,7 @@ from api.models import Envelope
 from api.pagination import Cursor, Limit
 from api.services import conversations as service
 from api.services import inbound
+from settings import INBOUND_PATH
 from workflows.statuses import ConversationStatus
 
 router = APIRouter(tags=["conversations"])
@@ -52,7 +53,7 @@ async def get_conversation(
 
 
 @router.post(
-    "/v1/webhooks/twilio/inbound",
+    INBOUND_PATH,
     response_class=Response,
     responses={200: {"content": {"text/xml": {}}, "description": "Empty TwiML"}},
 )

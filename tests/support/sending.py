@@ -12,11 +12,10 @@ from twilio.request_validator import RequestValidator
 
 from api.app import create_app
 from deploy.local.processes import free_port
-from settings import Settings
+from settings import INBOUND_PATH, Settings
 from tests.support.builders import emulator_messages
 from tests.support.stack import Account, WebhookReceiver
 
-INBOUND_PATH = "/v1/webhooks/twilio/inbound"
 WAIT_SECONDS = 30
 
 T = TypeVar("T")
