@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-tools lint lock bench bench-sweep bench-rates bench-validation bench-uploads bench-outcomes bench-postman bench-ledger-copy bench-fairness bench-throttled clean
+.PHONY: run test test-fast test-tools lint lock bench bench-sweep bench-rates bench-validation bench-uploads bench-outcomes bench-postman bench-ledger-copy bench-fairness bench-throttled bench-replies clean
 
 # The tested set: every version pinned by requirements.lock; `local` is the local stack.
 $(STAMP): pyproject.toml requirements.lock
@@ -84,6 +84,12 @@ bench-throttled: $(STAMP)
 
 bench-ledger-copy: $(STAMP)
 	$(BIN)/python -m bench.ledger_copy
+
+# A reply's cost to the API from the last, middle and first rows of a batch of REPLY_ROWS
+# rows with request-data columns.
+REPLY_ROWS ?= 200000
+bench-replies: $(STAMP)
+	$(BIN)/python -m bench.replies --n $(REPLY_ROWS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

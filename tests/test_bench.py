@@ -200,3 +200,20 @@ def test_the_throttled_bench_sends_every_batch_within_the_accounts_limit(tmp_pat
     assert all(r["refused"] >= 0 for r in runs)
     assert all(0 < r["over_capacity"] <= 1.05 for r in runs)
     assert "x capacity" in run.stdout
+
+
+def test_the_replies_bench_answers_each_reply_with_its_rows_request_data(tmp_path: Path) -> None:
+    run = bench("--n", "300", "--out", str(tmp_path), module="bench.replies")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    [results] = tmp_path.glob("replies-*.json")
+    result = json.loads(results.read_text())
+    assert (result["rows"], result["status"]) == (300, "completed")
+    assert 0 < result["sending_after_seconds"] <= result["batch_seconds"]
+    replies = result["replies"]
+    assert [r["row"] for r in replies] == [300, 151, 1]
+    assert all(r["status_code"] == 200 for r in replies)
+    assert all(r["request_data"] == r["expected"] for r in replies)
+    # Odd rows give both fields, even rows a blank plan (the first row is row 0's).
+    assert replies[0]["expected"] == {"account_id": "acc_299", "plan": "gold"}
+    assert replies[2]["expected"] == {"account_id": "acc_0"}
