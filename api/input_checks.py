@@ -7,7 +7,6 @@ limits below."""
 import itertools
 import json
 import math
-import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
@@ -16,14 +15,12 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import HeraldError, herald_error_response, http_error_response
+from store.messages import UNSTORABLE
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 # Columns of type `int` (a batch's event `seq`) hold less than a query's bigint.
 INT32_MAX = 2**31 - 1
-
-# PostgreSQL's text cannot hold NUL; UTF-8 cannot encode a lone surrogate.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class InvalidText(HeraldError):
@@ -36,7 +33,7 @@ class InvalidNumber(HeraldError):
 
 def require_storable(text: str, where: str) -> None:
     """400 `INVALID_TEXT` if `text` holds a NUL character or a lone surrogate."""
-    if _UNSTORABLE.search(text):
+    if UNSTORABLE.search(text):
         raise InvalidText(f"{where} holds a NUL character or a lone surrogate")
 
 
@@ -84,7 +81,7 @@ def check_form(body: bytes) -> None:
 def require_storable_fields(fields: Iterable[tuple[str, str]]) -> None:
     """`require_storable` for each form field's name and value: one search when all are."""
     fields = list(fields)
-    if not _UNSTORABLE.search("".join(itertools.chain.from_iterable(fields))):
+    if not UNSTORABLE.search("".join(itertools.chain.from_iterable(fields))):
         return
     for name, value in fields:
         require_storable(name, "a form field's name")

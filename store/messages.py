@@ -1,10 +1,12 @@
 """The message ledger: one row per recipient; statuses only move forward, but for an
 `uncertain` row that the carrier shows it never got (`settle_uncertain`)."""
 
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import overload
 
 import asyncpg
 
@@ -35,6 +37,8 @@ LEDGER_COLUMNS = (*RECIPIENT_COLUMNS, "from_number", "request_data")
 # A Postman upload's rows also keep their language and their template's values.
 LOADED_COLUMNS = (*RECIPIENT_COLUMNS, "language", "request_data")
 REJECTED_COLUMNS = ("batch_id", "row_number", "account_id", "code", "reason", "value")
+# What PostgreSQL's text and jsonb cannot hold: NUL, and a lone surrogate (no UTF-8).
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 CONTENT_COLUMNS = ("batch_id", "row_number", "content_sid", "content_variables")
@@ -257,10 +261,19 @@ async def copy_contents(conn: asyncpg.Connection, records: Iterable[tuple]) -> N
     await conn.copy_records_to_table("message_contents", records=records, columns=CONTENT_COLUMNS)
 
 
+@overload
+def storable(text: str) -> str: ...
+
+
+@overload
+def storable(text: None) -> None: ...
+
+
 def storable(text: str | None) -> str | None:
-    """`text` as PostgreSQL can store it: a carrier's words may hold NUL, which no text
-    column takes, and one such message must not fail the statement of its whole slice."""
-    return text.replace("\x00", "\ufffd") if text else text
+    """`text` as PostgreSQL can store it, each UNSTORABLE character as U+FFFD: a carrier's
+    words may hold NUL, a JSON file's request data a `\\u0000` or a lone `\\ud800`, and one
+    such value must not fail the statement of a whole slice, or a whole validation."""
+    return UNSTORABLE.sub("\ufffd", text) if text else text
 
 
 # The first final receipt of each sid of the outcomes ($4), to join to an outcome sent (only

@@ -268,6 +268,8 @@ def test_a_million_row_file_in_the_benchmarks_shape() -> None:
         b'[{"phone_number": "+12015550123"}]',  # JSON
         b"\xff\xfephone_number\n",  # UTF-16
         b"phone_number\n+1\x00\n",  # binary
+        b"phone_number,^code$\n+12015550123,x\n",  # a name polars reads as a pattern
+        b"phone_number,*\n+12015550123,x\n",
     ],
 )
 def test_other_files_are_left_to_the_row_path(content: bytes) -> None:

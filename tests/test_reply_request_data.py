@@ -178,3 +178,31 @@ async def test_a_row_validated_before_rows_kept_their_request_data_has_it_read_f
         "account_id": "acc_002",
         "plan": "silver",
     }
+
+
+async def test_request_data_postgresql_cannot_store_is_kept_replaced(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, settings: Settings
+) -> None:
+    """A JSON file's `\\u0000` and lone surrogates, which no jsonb holds, in request data its
+    message does not use: the batch is sent, and the reply gets them as U+FFFD."""
+    [to] = unique_numbers(1)
+    content = (
+        b'[{"phone_number": "%s", "request_data": {"note": "a\\u0000b", "s": "\\ud800"}}]'
+        % to.encode()
+    )
+    marker = secrets.token_hex(6)
+    file_id = await attach(api, account.headers, content)
+    response = await start(
+        api,
+        account,
+        file_id,
+        status_webhook=webhooks.url(marker),
+        **{"global": {"agent_number": account.agent_number, "agent_message": "Hi"}},
+    )
+    assert response.status_code == 200, response.text
+    assert (await webhooks.wait_for(marker, *FINAL))[-1]["status"] == "completed"
+
+    form = inbound_form(settings, to=account.agent_number, from_=to, body="Yes")
+    assert (await post_inbound(api, settings, form)).status_code == 200
+
+    assert await _conversation_data(api, account, to) == {"note": "a\ufffdb", "s": "\ufffd"}

@@ -518,7 +518,8 @@ def rejected_record(batch_id: uuid.UUID, account_id: uuid.UUID, row: Rejected) -
 def _plain_header(content: bytes) -> list[str] | None:
     """The stripped column names, when polars reads the file as the csv module would: no
     quoting in the header (its cells may be quoted, `quoting.records_alike`), no NUL, not
-    JSON, column names unique once stripped."""
+    JSON, column names unique once stripped, none that `pl.col` reads as a pattern (`*`,
+    `^...$`) rather than a name."""
     if JSON_START.match(content) or b"\x00" in content:
         return None
     start = len(_BOM) if content.startswith(_BOM) else 0
@@ -531,6 +532,8 @@ def _plain_header(content: bytes) -> list[str] | None:
     except UnicodeDecodeError:
         return None
     if b"\r" in first or not all(names) or len(set(names)) != len(names):
+        return None
+    if any(name == "*" or (name.startswith("^") and name.endswith("$")) for name in names):
         return None
     return names
 

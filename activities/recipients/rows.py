@@ -23,6 +23,7 @@ from activities.recipients import rejections
 from activities.recipients.phones import POSSIBLE, VALID, NumberCheck, possible_e164s, valid_e164s
 from activities.recipients.rejections import Code, Rejected, SourceInvalid
 from activities.recipients.segments import GSM7, classify, classify_all
+from store.messages import storable
 from workflows.contracts import DEFAULT_VALIDATION, ValidationLimits, ValidationOptions
 
 PHONE_COLUMN = "phone_number"
@@ -304,7 +305,8 @@ def request_data_of(values: Mapping[str, str], column_mapping: Mapping[str, str]
     for column, value in values.items():
         name = request_field(column, column_mapping)
         if name and value and not value.isspace():
-            found[name] = value
+            # A JSON file's `\u0000` or lone surrogate would fail the whole ledger's COPY.
+            found[storable(name)] = storable(value)
     return found
 
 
