@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from settings import Settings
-from tests.support.batches import FINAL, start, wait_for_status
+from tests.support.batches import FINAL, start, start_marked_batch, wait_for_status
 from tests.support.builders import attach, csv_bytes, unique_numbers
 from tests.support.sending import inbound_form, post_inbound
 from tests.support.stack import Account, WebhookReceiver
@@ -155,16 +155,8 @@ async def test_a_row_validated_before_rows_kept_their_request_data_has_it_read_f
     pool: asyncpg.Pool,
 ) -> None:
     first, second = unique_numbers(2)
-    marker = secrets.token_hex(6)
-    file_id = await attach(api, account.headers, plain_file(first, second))
-    response = await start(
-        api,
-        account,
-        file_id,
-        status_webhook=webhooks.url(marker),
-        **{"global": {"agent_number": account.agent_number, "agent_message": "Hi"}},
-    )
-    assert response.status_code == 200, response.text
+    content = plain_file(first, second)
+    file_id, marker = await start_marked_batch(api, account, webhooks, content, message="Hi")
     assert (await webhooks.wait_for(marker, *FINAL))[-1]["status"] == "completed"
     # As a ledger written before the rows kept their request data has them.
     await pool.execute(
@@ -190,16 +182,7 @@ async def test_request_data_postgresql_cannot_store_is_kept_replaced(
         b'[{"phone_number": "%s", "request_data": {"note": "a\\u0000b", "s": "\\ud800"}}]'
         % to.encode()
     )
-    marker = secrets.token_hex(6)
-    file_id = await attach(api, account.headers, content)
-    response = await start(
-        api,
-        account,
-        file_id,
-        status_webhook=webhooks.url(marker),
-        **{"global": {"agent_number": account.agent_number, "agent_message": "Hi"}},
-    )
-    assert response.status_code == 200, response.text
+    _, marker = await start_marked_batch(api, account, webhooks, content, message="Hi")
     assert (await webhooks.wait_for(marker, *FINAL))[-1]["status"] == "completed"
 
     form = inbound_form(settings, to=account.agent_number, from_=to, body="Yes")
