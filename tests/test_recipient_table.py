@@ -32,6 +32,7 @@ from activities.recipients.rows import (
     SourceInvalid,
     Tally,
     build_recipients,
+    kept_request_data,
     read_rows,
 )
 from store.messages import RECIPIENT_DATA_COLUMNS
@@ -112,7 +113,10 @@ def files(draw: st.DrawFn) -> tuple[bytes, RecipientRules]:
         max_message_chars=draw(st.sampled_from([1600, 30])),
         agent_message=draw(st.sampled_from(TEMPLATES)),
         request_data=draw(st.sampled_from([{}, {"name": "friend"}, {"code": " "}])),
-        column_mapping=draw(st.sampled_from([{}, {"nm": "request_data.name"}])),
+        column_mapping=draw(
+            # Two columns for one field (`code`), or one each.
+            st.sampled_from([{}, {"nm": "request_data.name"}, {"nm": "request_data.code"}])
+        ),
         exclude_duplicates=draw(st.booleans()),
         opted_out=draw(st.sampled_from([frozenset(), frozenset({"+12015550123"})])),
         number_check=draw(st.sampled_from(["valid", "possible"])),
@@ -174,16 +178,16 @@ def by_columns(
     return (
         [
             (*row, request_data)
-            for row, request_data in zip(rows.iter_rows(), kept_request_data(blocks), strict=True)
+            for row, request_data in zip(rows.iter_rows(), request_data_read(blocks), strict=True)
         ],
         rejected,
         plain.tally,
     )
 
 
-def kept_request_data(blocks: list[Block]) -> list[dict[str, str] | None]:
-    """Each ledger row's request data as the ledger keeps it (the JSON of the blocks'
-    `ledger_csv`, nulls left out as its reader leaves them), None where it keeps none."""
+def request_data_read(blocks: list[Block]) -> list[dict[str, str] | None]:
+    """Each ledger row's request data as the ledger's reader takes it (the JSON of the
+    blocks' `ledger_csv`, by `kept_request_data`), None where it keeps none."""
     kept: list[dict[str, str] | None] = []
     for block in blocks:
         data = b"".join(block.ledger_csv(uuid.uuid4(), uuid.uuid4())).decode()
@@ -192,7 +196,7 @@ def kept_request_data(blocks: list[Block]) -> list[dict[str, str] | None]:
                 kept.append(None)
                 continue
             values = json.loads(record[RECIPIENT_DATA_COLUMNS.index("request_data")])
-            kept.append({name: value for name, value in values.items() if value is not None})
+            kept.append(kept_request_data(values))
     return kept
 
 

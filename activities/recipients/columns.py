@@ -137,8 +137,8 @@ class Block:
     def ledger_csv(self, batch_id: uuid.UUID, account_id: uuid.UUID) -> Iterator[bytes]:
         """The ledger as CSV for `copy_recipients_csv` (`copy_columns`), `COPY_ROWS` rows at
         a time (a few MB each). Strings are quoted, so an empty one stays apart from NULL
-        (an unquoted empty field). A null value is left out of its row's JSON by the reader
-        of the ledger (a blank cell of a file's request-data column)."""
+        (an unquoted empty field). The request data's JSON keeps a blank cell's field, null
+        or blank: the ledger's reader leaves it out (rows.kept_request_data)."""
         columns = self.copy_columns
         carried: list[pl.Expr] = []
         if columns == LOADED_COLUMNS:
@@ -246,13 +246,7 @@ def frame_blocks(
         `earlier`: of those submitted before it, not given then."""
         try:
             frame = read()
-            rows, block = _validate(frame, header, rules, sources, defaults)
-            if carried:
-                kept = frame.select_seq(pl.col(_ROW).alias("row_number"), *carried)
-                block = Block(
-                    block.ledger.join(kept, on="row_number", how="left", maintain_order="left"),
-                    block.rejected,
-                )
+            rows, block = _validate(frame, header, rules, sources, defaults, carried)
             # The cells, freed while the block waits for the numbers of those before it.
             del frame
             # Where repeated numbers are sent, none is looked for.
@@ -698,13 +692,16 @@ def _validate(
     rules: RecipientRules,
     sources: dict[str, tuple[str, ...]],
     defaults: dict[str, str],
+    carried: Sequence[pl.Expr] = (),
 ) -> tuple[int, Block]:
     """A block's rows (blank ones aside: `_settle_rows`) and outcomes but their skip codes:
-    its ledger lacks `seq`, `status` and `skip_code`."""
+    its ledger lacks `seq`, `status` and `skip_code`; the `carried` columns follow the
+    outcomes."""
     table = frame.select_seq(
         pl.col(_ROW).alias("row_number"),
         _numbers(frame[PHONE_COLUMN], rules).alias("to_number"),
         *_message(frame, header, rules, sources, defaults),
+        *carried,
     )
     ledger, rejected, blank = _settle_rows(frame, table, header, rules, sources, defaults)
     return frame.height - blank, Block(ledger, rejected)
@@ -988,11 +985,13 @@ def _settle_rows(
     kept = table.filter(~invalid & ~open_)
     if not open_.any():
         return kept, rejected, blank_rows
-    settled: list[tuple[int, str, str, str, int]] = []
+    settled: list[tuple[object, ...]] = []
     late: list[Rejected] = []
-    for (row_number, *cells), number in zip(
+    # The columns carried beside the outcomes (`_validate`), after these five.
+    opened = table.filter(open_)
+    for (row_number, *cells), (number, *carried) in zip(
         frame.filter(open_).select_seq(_ROW, *header).iter_rows(),
-        table.filter(open_)["to_number"],
+        opened.select_seq("to_number", *opened.columns[5:]).iter_rows(),
         strict=True,
     ):
         outcome = row_outcome(
@@ -1002,7 +1001,14 @@ def _settle_rows(
             late.append(outcome)
         else:
             settled.append(
-                (row_number, outcome.to_number, outcome.body, outcome.encoding, outcome.segments)
+                (
+                    row_number,
+                    outcome.to_number,
+                    outcome.body,
+                    outcome.encoding,
+                    outcome.segments,
+                    *carried,
+                )
             )
     if late:
         rejected = sorted([*rejected, *late], key=lambda outcome: outcome.row_number)
@@ -1045,17 +1051,22 @@ def _with_skips(
 
 def _request_data(header: list[str], rules: RecipientRules) -> list[pl.Expr]:
     """A `request_data.<field>` column for each field the file's request-data columns give
-    (rows.request_field), as `request_data_of` reads a row: a blank cell is null, and of two
-    columns giving one field, the later one's value unless blank."""
+    (rows.request_field): its column's cells as they are (a blank one is left out by the
+    ledger's reader, rows.kept_request_data); of two columns giving one field, the later
+    one's value unless blank (null if both are), as `request_data_of` reads a row."""
     fields: dict[str, list[str]] = {}
     for column in header:
         name = request_field(column, rules.column_mapping)
         if name:
             fields.setdefault(name, []).append(column)
     return [
-        pl.coalesce(
-            pl.when(_is_blank(pl.col(column))).then(None).otherwise(pl.col(column))
-            for column in reversed(columns)
+        (
+            pl.col(columns[0])
+            if len(columns) == 1
+            else pl.coalesce(
+                pl.when(_is_blank(pl.col(column))).then(None).otherwise(pl.col(column))
+                for column in reversed(columns)
+            )
         ).alias(REQUEST_DATA_PREFIX + name)
         for name, columns in fields.items()
     ]

@@ -310,6 +310,16 @@ def request_data_of(values: Mapping[str, str], column_mapping: Mapping[str, str]
     return found
 
 
+def kept_request_data(kept: Mapping[str, Any]) -> dict[str, Any]:
+    """A ledger row's request data as its reader takes it: without the fields of blank cells,
+    which the column engine keeps (null, or blank text: columns._request_data)."""
+    return {
+        name: value
+        for name, value in kept.items()
+        if value is not None and not (isinstance(value, str) and not value.strip())
+    }
+
+
 def row_contents(content: bytes) -> Iterator[tuple[int, str | None, str | None]]:
     """(row number, content_sid, content_variables) of each row of the file that has either
     cell non-blank, numbered as validation numbers rows; nothing for a file without those

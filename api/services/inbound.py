@@ -10,7 +10,7 @@ from temporalio.client import Client
 
 from activities.recipients.phones import to_e164
 from activities.recipients.rejections import SourceInvalid
-from activities.recipients.rows import request_field, row_request_data
+from activities.recipients.rows import kept_request_data, request_field, row_request_data
 from api.conversation_models import STORED_FIELDS
 from api.errors import InvalidRequest
 from api.services import batch_checks
@@ -130,8 +130,7 @@ async def _reply_fields(
     settings_global: dict[str, Any] = request.get("global") or {}
     kept: dict[str, Any] | None = origin["request_data"]
     row_data = (
-        # A blank cell is kept as null (columns.Block.ledger_csv): it leaves the default.
-        {name: value for name, value in kept.items() if value is not None}
+        kept_request_data(kept)
         if kept is not None
         else await _row_request_data(
             pool,
