@@ -13,7 +13,7 @@ Writes bench/results/replies-<date>.json.
 
 import argparse
 import asyncio
-import json
+import functools
 import os
 import secrets
 import sys
@@ -27,7 +27,7 @@ import psutil
 from twilio.request_validator import RequestValidator
 
 from bench.__main__ import recipient_numbers
-from bench.stack import bench_stack
+from bench.stack import measure_on_stack
 from deploy.local.processes import ManagedProcess
 from settings import INBOUND_PATH, Settings
 from workflows.statuses import FINAL_BATCH_STATUSES, BatchStatus
@@ -146,14 +146,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=200_000, help="rows of the batch")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
-    args.out.mkdir(parents=True, exist_ok=True)
-    with bench_stack() as (settings, info, processes):
-        result = asyncio.run(measure(args.n, settings, info, processes))
-    path = args.out / f"replies-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    sys.stdout.write(report(result) + f"\n\nWritten: {path}\n")
-    return 0
+    return measure_on_stack("replies", args.out, functools.partial(measure, args.n), report)
 
 
 if __name__ == "__main__":

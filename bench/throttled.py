@@ -11,8 +11,7 @@ Writes bench/results/throttled-<date>.json.
 """
 
 import argparse
-import asyncio
-import json
+import functools
 import os
 import sys
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from typing import Any
 import httpx
 
 from bench.__main__ import run_herald, watched_processes
-from bench.stack import bench_stack
+from bench.stack import measure_on_stack
 from deploy.local.processes import ManagedProcess
 from settings import Settings
 
@@ -97,14 +96,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2, help="batches after the first")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
-    args.out.mkdir(parents=True, exist_ok=True)
-    with bench_stack() as (settings, info, processes):
-        result = asyncio.run(measure(args, settings, info, processes))
-    path = args.out / f"throttled-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    sys.stdout.write(report(result) + f"\n\nWritten: {path}\n")
-    return 0
+    return measure_on_stack("throttled", args.out, functools.partial(measure, args), report)
 
 
 if __name__ == "__main__":

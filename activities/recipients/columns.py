@@ -692,7 +692,7 @@ def _validate(
     rules: RecipientRules,
     sources: dict[str, tuple[str, ...]],
     defaults: dict[str, str],
-    carried: Sequence[pl.Expr] = (),
+    carried: Sequence[pl.Expr],
 ) -> tuple[int, Block]:
     """A block's rows (blank ones aside: `_settle_rows`) and outcomes but their skip codes:
     its ledger lacks `seq`, `status` and `skip_code`; the `carried` columns follow the
