@@ -20,6 +20,9 @@ from api.services.batches import (
 from store import campaigns, numbers
 
 PARAMETER_NAME = re.compile(r"[a-z0-9_]+")
+# The first two columns of a campaign's file (the Postman dialect's), before its parameters.
+RECIPIENT = "recipient"
+LANGUAGE = "language"
 # A template that takes its whole text from the file uses this one parameter alone.
 BODY_PARAMETER = "body"
 

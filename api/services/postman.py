@@ -45,14 +45,12 @@ from api.postman_models import (
 )
 from api.services import batches
 from api.services.batches import TooManyRecipients, start_batch, validation_limits
-from api.services.campaigns import get_campaign
+from api.services.campaigns import LANGUAGE, RECIPIENT, get_campaign
 from settings import Settings
 from store import buckets, files, messages, opt_outs
 from workflows.contracts import ValidationOptions
 from workflows.statuses import LedgerStatus
 
-RECIPIENT = "recipient"
-LANGUAGE = "language"
 DIGITS = re.compile(r"[0-9]+")
 # Rows a refused file's reply names; the message counts them all.
 LISTED_ROWS = 100
