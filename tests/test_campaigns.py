@@ -62,6 +62,8 @@ async def test_a_campaign_is_created_read_changed_and_deleted(
             "the tamil template's parameters ['name', 'topic'] are not the english",
         ),
         ({"english": "  "}, "the english template is empty"),
+        ({"english": "Hi {{recipient}}"}, "parameter {{recipient}} is named as the file's"),
+        ({"english": "In {{language}}"}, "parameter {{language}} is named as the file's"),
     ],
 )
 async def test_a_template_is_checked_when_saved(

@@ -33,8 +33,9 @@ class InvalidTemplate(HeraldError):
 
 def template_parameters(templates: dict[Language, str]) -> list[str]:
     """The parameters the templates use, in order of first use; InvalidTemplate unless each
-    is a valid name, `body` is alone, and every template uses the same ones (one file, whose
-    columns are the parameters, holds the rows of every language)."""
+    is a valid name other than the file's first columns', `body` is alone, and every template
+    uses the same ones (one file, whose columns are the parameters, holds the rows of every
+    language)."""
     found: dict[Language, list[str]] = {}
     for language in Language:
         if language not in templates:
@@ -48,6 +49,12 @@ def template_parameters(templates: dict[Language, str]) -> list[str]:
                 raise InvalidTemplate(
                     f"the {language} template's parameter {{{{{name}}}}} is not lowercase"
                     " letters, digits and _"
+                )
+            if name in (RECIPIENT, LANGUAGE):
+                raise InvalidTemplate(
+                    f"the {language} template's parameter {{{{{name}}}}} is named as the file's"
+                    f" {name!r} column; a parameter is a column of its own after {RECIPIENT!r}"
+                    f" and {LANGUAGE!r}"
                 )
         if BODY_PARAMETER in names and len(names) > 1:
             raise InvalidTemplate(

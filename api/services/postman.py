@@ -465,7 +465,7 @@ def _checked_header(header: list[str] | None, parameters: list[str]) -> list[str
     if not header or header[:2] != [RECIPIENT, LANGUAGE]:
         raise HeaderMismatch(f"the first columns must be {RECIPIENT!r} and {LANGUAGE!r}")
     given = header[2:]
-    if len(set(given)) != len(given):
+    if len(set(header)) != len(header):
         raise HeaderMismatch("a column is named twice")
     if set(given) != set(parameters):
         missing = sorted(set(parameters) - set(given))
