@@ -344,3 +344,36 @@ async def test_a_file_batch_takes_lists_too_each_from_its_own_sender(
         [(in_file, account.agent_number, f"Lima {run}"), (listed, sender, f"Oslo {run}")]
     )
     assert unowned.status_code == 404 and error_code(unowned) == "AGENT_NUMBER_NOT_FOUND"
+
+
+async def test_a_variable_only_a_lists_contacts_give_is_no_reason_to_refuse_the_request(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    # The inline number has no NAME, the list's contact has: the request is taken, the list's
+    # contact gets its text and the inline row alone is rejected, as the dialect documents.
+    run = secrets.token_hex(6)
+    inline, listed = unique_numbers(2)
+    list_id = await new_list(api, account)
+    await add(api, account, list_id, [{"phone_number": listed, "NAME": "Ada"}])
+
+    response = await api.post(
+        "/send/batch",
+        headers={"Authorization": f"Bearer {account.key}"},
+        json={
+            "recipients": [
+                {"recipient": inline.removeprefix("+")},
+                {"recipient": list_id, "meta": {"type": "mailinglist"}},
+            ],
+            "text": "Hi {{NAME}} " + run,
+            "originator": account.agent_number,
+        },
+    )
+
+    assert response.status_code == 200, response.text
+    batch_id = response.json()["record"]["id"]
+    batch = await wait_for_status(api, account, batch_id, *FINAL)
+    assert (batch["rows_total"], batch["recipients"], batch["rejected"]) == (2, 1, 1)
+    received = await emulator_messages(emulator_url, body_contains=run)
+    assert [(m["to"], m["body"]) for m in received] == [(listed, f"Hi Ada {run}")]
+    errors = await api.get(f"/v1/sms/batch/{batch_id}/errors", headers=account.headers)
+    assert [e["code"] for e in errors.json()["data"]["rejected_rows"]] == ["missing_variable"]

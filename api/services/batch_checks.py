@@ -132,13 +132,15 @@ def require_phone_column(header: Sequence[str] | None) -> None:
 
 
 def require_usable_header(
-    header: Sequence[str] | None, rules: RecipientRules, strict: bool
+    header: Sequence[str] | None, rules: RecipientRules, strict: bool, with_lists: bool
 ) -> None:
     """Refuse a template variable that no column and no default gives (unless rows carry
-    their own message), and with `strict` any header problem."""
+    their own message, or mailing lists come with the rows: their contacts' fields are known
+    at validation, which then rejects each row without a value), and with `strict` any header
+    problem."""
     if header is None:
         return
-    unknown = list(_unknown_variables(header, rules))
+    unknown = [] if with_lists else list(_unknown_variables(header, rules))
     if unknown:
         names = ", ".join("{{" + name + "}}" for name in unknown)
         refused = rejections.UNKNOWN_VARIABLE.error(variables=names)

@@ -367,7 +367,9 @@ async def _checked_request(
     batch_checks.require_phone_column(shape.header)
     batch_checks.require_message(request, shape.header)
     rules = RecipientRules.from_request(request, validation_limits(settings), frozenset())
-    batch_checks.require_usable_header(shape.header, rules, body.strict)
+    batch_checks.require_usable_header(
+        shape.header, rules, body.strict, with_lists=bool(request.get("lists"))
+    )
     return CheckedRequest(
         file_id=file_id,
         agent_number=agent_number,
