@@ -73,6 +73,8 @@ FIELD_ERROR_CODES: Sequence[tuple[tuple[str, ...], str | None, str]] = (
     (("body", "schedule_at"), None, "INVALID_SCHEDULE"),
     (("body", "spread_hours"), None, "INVALID_SCHEDULE"),
     (("body", "expire_at"), None, "INVALID_SCHEDULE"),
+    (("body", "scheduleDateTime"), None, "INVALID_SCHEDULE"),
+    (("body", "spreadHours"), None, "INVALID_SCHEDULE"),
     (("body", "send_window"), None, "INVALID_SEND_WINDOW"),
     (("body", "user_number"), None, "INVALID_USER_NUMBER"),
     (("body", "agent_number"), "missing", "MISSING_AGENT_NUMBER"),

@@ -346,6 +346,29 @@ async def test_a_bad_body_gets_a_400_listing_what_is_wrong(
     assert any(line.startswith(detail) for line in reply["error"]["details"]), reply
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"scheduleDateTime": "2020-01-01T00:00:00Z"},
+        {"scheduleDateTime": "2030-01-01T00:00:00"},
+        {"spreadHours": 200},
+    ],
+)
+async def test_a_bad_schedule_has_the_schedules_code_as_on_heralds_own_route(
+    api: httpx.AsyncClient, account: Account, change: dict[str, Any]
+) -> None:
+    body = {"recipients": [{"recipient": "15005550006"}], "text": "hi"}
+
+    response = await api.post(
+        "/send/batch",
+        headers=bearer(account),
+        json=body | {"originator": account.agent_number, **change},
+    )
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "INVALID_SCHEDULE"
+
+
 @pytest.mark.parametrize("content", [b"[1, 2]", b"not json", b""])
 async def test_a_body_that_is_not_an_object_gets_a_400_in_the_dialects_envelope(
     api: httpx.AsyncClient, account: Account, content: bytes
