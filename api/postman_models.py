@@ -24,7 +24,11 @@ class PostmanBatchAccepted(PostmanModel):
 
 class PostmanErrorDetail(PostmanModel):
     message: str
-    row: int | None = Field(None, description="The file's row, 1 for the first after the header.")
+    row: int | None = Field(
+        None,
+        description="The file's row, 1 for the first after the header; 0 for the file as a"
+        " whole (a file of no rows).",
+    )
     column: str | None = Field(None, description="The column the problem is in, if one.")
 
 
@@ -45,7 +49,8 @@ class PostmanError(PostmanModel):
         {
             "error": {
                 "code": "parameter_invalid",
-                "message": "1 row is in error",
+                "message": "1 row(s) in error; nothing was sent. Fix them all and upload the"
+                " file again",
                 "heraldCode": "INVALID_ROWS",
                 "details": [
                     {"message": "not a valid phone number", "row": 2, "column": "recipient"}

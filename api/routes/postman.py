@@ -31,7 +31,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
             "`invalid_api_key_provided`: missing or unknown API key;"
             " `invalid_ip_address_error`: an address not on the campaign's `allowed_ips`",
         ),
-        (404, "No such campaign (or batch of it) in this account"),
+        (
+            404,
+            "`campaign_not_found`: no such campaign in this account; for the messages,"
+            " `batch_not_found`: no such batch of the campaign (a retry's is"
+            " `batch_not_found_or_is_not_retryable`, 400)",
+        ),
         (429, "`too_many_requests`; see `Retry-After`"),
         (503, "Temporal is unavailable; send the same request again"),
     )
