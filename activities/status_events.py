@@ -72,6 +72,7 @@ class StatusEventActivities(WorkerResources):
             seq=update.event_seq,
             status=update.status,
             payload=payload,
+            posted=not update.progress or bool(batch["request"].get("status_webhook_progress")),
         )
         self._metrics.batches.labels(update.status).inc()
         log.info("batch status", batch_id=update.batch_id, status=update.status)

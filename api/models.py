@@ -290,7 +290,15 @@ class BatchRequest(CampaignMessage):
         description="Replace each http(s) URL of every message with a short link,"
         " `HERALD_PUBLIC_URL/s/<code>`, whose clicks are counted on the message.",
     )
-    status_webhook: AnyHttpUrl | None = Field(None, description="Receives each lifecycle event.")
+    status_webhook: AnyHttpUrl | None = Field(
+        None, description="Receives each lifecycle event: one POST per phase."
+    )
+    status_webhook_progress: bool = Field(
+        False,
+        description="Also POST the progress events (the phase repeated with its counts in"
+        " `message`, at most once a second) to `status_webhook`; they are in `/logs` and"
+        " `/events` either way.",
+    )
     name: str | None = Field(None, max_length=200)
     schedule_at: AwareDatetime | None = Field(
         None,

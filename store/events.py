@@ -15,16 +15,20 @@ async def append_event(
     seq: int,
     status: str,
     payload: dict[str, Any],
+    posted: bool,
 ) -> None:
-    """Insert event `seq`; a retried activity inserting the same seq again is a no-op."""
+    """Insert event `seq`; a retried activity inserting the same seq again is a no-op. An
+    event not `posted` is settled at once, as one with no webhook to go to."""
     await pool.execute(
-        "INSERT INTO batch_events (batch_id, seq, account_id, status, payload)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (batch_id, seq) DO NOTHING",
+        "INSERT INTO batch_events (batch_id, seq, account_id, status, payload, settled_at)"
+        " VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN NULL ELSE now() END)"
+        " ON CONFLICT (batch_id, seq) DO NOTHING",
         batch_id,
         seq,
         account_id,
         status,
         payload,
+        posted,
     )
 
 

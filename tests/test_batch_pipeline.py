@@ -45,7 +45,13 @@ async def test_ten_thousand_personalised_rows_are_each_sent_once(
         "workflow_id": f"sms-batch-{file_id}",
     }
     events = await webhooks.wait_for(run, *FINAL)
-    assert phases(events) == ["validating", "dispatching", "in_progress_chunked", "completed"]
+    # One POST per phase, as Bland's contract posts them: no progress event among them.
+    assert [e["status"] for e in events] == [
+        "validating",
+        "dispatching",
+        "in_progress_chunked",
+        "completed",
+    ]
     final = events[-1]
     assert final["messages_total"] == 10_000
     assert final["messages_successful"] == 10_000
@@ -65,6 +71,27 @@ async def test_ten_thousand_personalised_rows_are_each_sent_once(
     assert batch["rows_total"] == 10_000
     assert batch["temporal_ui_url"].endswith(f"/workflows/sms-batch-{file_id}")
 
+    logs = (await api.get(f"/v1/sms/batch/{file_id}/logs", headers=account.headers)).json()
+    recorded = [e["payload"] for e in logs["data"]["events"]]
+    # The progress events (ten chunks of the test stack's 1,000 rows) are recorded all the same.
+    progress = [p for p in recorded if p not in events]
+    assert [p for p in recorded if p in events] == events
+    assert progress
+    assert all(p["status"] == "in_progress_chunked" for p in progress)
+    assert all(p["message"].startswith("Requested: 10000. Validated: 10000.") for p in progress)
+
+
+async def test_progress_events_are_posted_too_when_the_request_asks(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> None:
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(5_000), status_webhook_progress=True
+    )
+
+    events = await webhooks.wait_for(marker, *FINAL)
+
+    assert phases(events) == ["validating", "dispatching", "in_progress_chunked", "completed"]
+    assert len(events) > len(phases(events))
     logs = (await api.get(f"/v1/sms/batch/{file_id}/logs", headers=account.headers)).json()
     assert [e["payload"] for e in logs["data"]["events"]] == events
 

@@ -603,6 +603,7 @@ class BatchWorkflow:
                     f"Requested: {state.rows_total}. Validated: {state.recipients}. "
                     f"Dispatched: {state.dispatched}. MPS: {state.dispatched / elapsed:.1f}."
                 ),
+                progress=True,
             )
 
     async def _send_range(
@@ -859,9 +860,11 @@ class BatchWorkflow:
         counts: BatchCounts | None = None,
         error_codes: dict[str, int] | None = None,
         queued: bool = False,
+        progress: bool = False,
     ) -> None:
         """Record a lifecycle event (batch row, search attribute, log) and queue its webhook;
-        `queued`: by an activity on the task queue, even with LOCAL_STEPS_PATCH."""
+        `queued`: by an activity on the task queue, even with LOCAL_STEPS_PATCH; `progress`:
+        a repeat of the phase with its progress (StatusUpdate.progress)."""
         if self._paused and counts is None and status != BatchStatus.PAUSED:
             self._resume_status = status
             return
@@ -880,6 +883,7 @@ class BatchWorkflow:
                 reason=reason,
                 counts=counts,
                 error_codes=error_codes,
+                progress=progress,
             )
             # Idempotent (the event's seq is its key): a local activity run again after a
             # lost workflow task records it once.

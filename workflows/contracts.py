@@ -275,6 +275,10 @@ class StatusUpdate:
     counts: BatchCounts | None = None
     # A `paused` event of a batch that paused itself: the carrier's commonest error codes.
     error_codes: dict[str, int] | None = None
+    # A repeat of the batch's phase with its progress in `message`: posted to the status
+    # webhook only when the request asks (`status_webhook_progress`), as Bland's contract
+    # posts once per phase.
+    progress: bool = False
 
 
 @dataclass(kw_only=True)
