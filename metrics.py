@@ -135,9 +135,9 @@ class InFlightGauges(Collector):
     def _families(self, accounts: Mapping[str, tuple[int, int]]) -> tuple[Metric, Metric]:
         limit = GaugeMetricFamily(
             "herald_carrier_in_flight_limit",
-            "Requests of a carrier account the worker lets be in flight at once: all its"
-            " lanes until the carrier throttles the account (Twilio 20429), then what it"
-            " learns from the throttles.",
+            "Requests of a carrier account the worker lets be in flight at once: from 48,"
+            " doubled each round while at least half is in use, up to all its lanes; lowered"
+            " when the carrier throttles the account (Twilio 20429).",
             labels=["account"],
         )
         in_flight = GaugeMetricFamily(

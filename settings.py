@@ -4,7 +4,7 @@ import ipaddress
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -36,6 +36,16 @@ DEFAULT_PRICES = {
     "ES": 0.0884,
     "AU": 0.0515,
 }
+
+
+# Names reserved for examples and tests (RFC 2606, RFC 6761): a URL on one is a manifest's
+# placeholder left as it was, never where a carrier reaches a deployment.
+PLACEHOLDER_DOMAINS = ("example.com", "example.net", "example.org", "example", "test", "invalid")
+
+
+def _is_placeholder(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    return any(host == domain or host.endswith("." + domain) for domain in PLACEHOLDER_DOMAINS)
 
 
 def _is_loopback(url: str) -> bool:
@@ -321,6 +331,15 @@ class Settings(BaseSettings):
                 "RECEIPTS_PUBLIC_URL: unset with RECEIPTS_PORT, the carrier would be given"
                 " this host's own address for its delivery receipts"
             )
+        for name, url in (
+            ("PUBLIC_URL", self.public_url),
+            ("RECEIPTS_PUBLIC_URL", self.receipts_public_url),
+        ):
+            if url is not None and _is_placeholder(url):
+                problems.append(
+                    f"{name}: {url} is on a domain reserved for examples, the example"
+                    " configuration's placeholder: set the address the carrier reaches"
+                )
         if self.database_url is None:
             problems.append("DATABASE_URL: unset, no embedded PostgreSQL runs in production")
         if self.temporal_address is None:
@@ -408,10 +427,15 @@ def refusal(error: ValidationError) -> str:
 
 @lru_cache
 def get_settings() -> Settings:
-    """The process's settings; an invalid environment stops it with a line per problem
-    (exit status 2), rather than a traceback."""
+    """The process's settings (load_settings)."""
+    return load_settings()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and `overrides`; an invalid environment stops the process
+    with a line per problem (exit status 2), rather than a traceback."""
     try:
-        return Settings()
+        return Settings(**overrides)
     except ValidationError as error:
         sys.stderr.write(f"Herald refuses to start:\n{refusal(error)}\n")
         raise SystemExit(2) from None

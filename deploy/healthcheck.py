@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from settings import Settings
+from settings import Settings, load_settings
 
 TOUCH_EVERY_SECONDS = 5.0
 
@@ -44,8 +44,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--stale-after", type=float, default=6 * TOUCH_EVERY_SECONDS)
     args = parser.parse_args()
-    # Plain Settings(): a probe checks liveness, not the production configuration.
-    found = problem(Settings(), args.stale_after)
+    # A probe checks liveness: the production check is for the process it probes.
+    found = problem(load_settings(env="development"), args.stale_after)
     if found is not None:
         sys.stderr.write(f"unhealthy: {found}\n")
         return 1

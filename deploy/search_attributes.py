@@ -17,7 +17,7 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.client import Client
 
-from settings import get_settings
+from settings import load_settings
 from temporal_client import connect_temporal, exit_skipping_teardown
 from workflows.contracts import SEARCH_ATTRIBUTES
 
@@ -51,7 +51,9 @@ async def run(address: str | None, namespace: str | None) -> list[str]:
         for key, value in (("temporal_address", address), ("temporal_namespace", namespace))
         if value is not None
     }
-    settings = get_settings().model_copy(update=overrides)
+    # Only the connection's settings matter here: the production check (a database, the
+    # carrier's credentials, public URLs) is for the API and the workers.
+    settings = load_settings(env="development", **overrides)
     client = await connect_temporal(settings)
     return await register(client, settings.temporal_namespace)
 

@@ -34,8 +34,11 @@ def bare_temporal(tmp_path: Path) -> Iterator[str]:
 
 
 def register(address: str) -> subprocess.CompletedProcess[str]:
+    # As README runs it from the image (HERALD_ENV=production), with no other setting.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
     return subprocess.run(
         [sys.executable, "-m", "deploy.search_attributes", "--address", address],
+        env=env | {"HERALD_ENV": "production"},
         capture_output=True,
         text=True,
         timeout=60,

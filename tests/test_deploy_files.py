@@ -17,8 +17,9 @@ import kubernetes_validate
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
+from pydantic import ValidationError
 
-from settings import ENV_PREFIX, Settings
+from settings import ENV_PREFIX, Settings, refusal
 from tests.kustomize import Resource, containers, render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,11 +28,18 @@ COMPOSE = DEPLOY / "compose" / "compose.yaml"
 KUBERNETES = DEPLOY / "kubernetes"
 OVERLAYS = sorted(p.name for p in (KUBERNETES / "overlays").iterdir() if p.is_dir())
 SECRET_EXAMPLE = KUBERNETES / "secret.example.yaml"
+ENTRYPOINT = DEPLOY / "entrypoint.sh"
 # The oldest Kubernetes release the manifests must suit, and the newest the package knows.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 SETTINGS = set(Settings.model_fields)
-# The StatusCallback URL the example configurations give the carrier: the receipts listeners'.
-RECEIPTS_CALLBACK = "https://receipts.sms.example.com/v1/webhooks/twilio/status"
+# The example configurations' placeholders (on example.com, which a production start refuses),
+# as an operator fills them in.
+FILLED_URLS = {
+    "HERALD_PUBLIC_URL": "https://sms.herald-ops.net",
+    "HERALD_RECEIPTS_PUBLIC_URL": "https://receipts.sms.herald-ops.net",
+}
+# The StatusCallback URL the filled configurations give the carrier: the receipts listeners'.
+RECEIPTS_CALLBACK = "https://receipts.sms.herald-ops.net/v1/webhooks/twilio/status"
 
 
 def compose_schema() -> dict[str, Any]:
@@ -74,6 +82,15 @@ def interpolate(value: str, variables: dict[str, str]) -> str:
         return rest
 
     return re.sub(r"\$\{(\w+)(?:(:[-?])([^}]*))?\}", replace, value)
+
+
+def placeholders(error: ValidationError) -> set[str]:
+    """The settings a production start refused as left at an example's placeholder."""
+    return {
+        line.split(":")[0]
+        for line in refusal(error).splitlines()
+        if "reserved for examples" in line
+    }
 
 
 def rendered(overlay: str) -> list[Resource]:
@@ -139,6 +156,14 @@ def test_compose_runs_the_stack_the_issue_names() -> None:
         }
 
 
+def test_a_stopping_api_has_its_graceful_shutdown_before_it_is_killed() -> None:
+    [graceful] = re.findall(r"--timeout-graceful-shutdown (\d+)", ENTRYPOINT.read_text())
+    api = named(rendered("helm-temporal"), "Deployment", "herald-api")
+
+    assert int(compose()["services"]["api"]["stop_grace_period"].removesuffix("s")) > int(graceful)
+    assert api["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > int(graceful)
+
+
 def test_compose_keeps_temporary_files_on_disk_beside_a_read_only_root() -> None:
     """Spooled uploads and the file a worker validates go to TMPDIR: a volume, not a tmpfs,
     which would count them against the container's memory; /tmp, with the worker's health
@@ -184,9 +209,14 @@ def test_compose_configures_a_production_start(monkeypatch: pytest.MonkeyPatch) 
         environment = compose()["services"][role]["environment"]
         for name, value in environment.items():
             monkeypatch.setenv(name, interpolate(str(value), variables))
+        with pytest.raises(ValidationError) as unfilled:
+            Settings()
+        for name, value in FILLED_URLS.items():
+            monkeypatch.setenv(name, value)
 
         settings = Settings()
 
+        assert placeholders(unfilled.value) == set(FILLED_URLS)
         assert settings.env == "production"
         assert settings.temporal_target == "temporal:7233"
         # The carrier's receipts go to the listeners' load balancer, on the API's port 8010.
@@ -241,9 +271,14 @@ def test_each_overlay_configures_a_production_start(
 ) -> None:
     for name, value in pod_environment(overlay).items():
         monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as unfilled:
+        Settings()
+    for name, value in FILLED_URLS.items():
+        monkeypatch.setenv(name, value)
 
     settings = Settings()
 
+    assert placeholders(unfilled.value) == set(FILLED_URLS)
     assert settings.env == "production"
     assert settings.temporal_address is not None
     assert settings.status_callback_url == RECEIPTS_CALLBACK
@@ -278,6 +313,25 @@ def test_the_api_is_probed_autoscaled_and_kept_available() -> None:
     )
     pdb = named(resources, "PodDisruptionBudget", "herald-api")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # Its replicas are the autoscaler's: an apply of the manifests leaves them as they are.
+    assert "replicas" not in api["spec"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_upgrades_first_apply_selects_the_configuration_and_the_prepare_job(
+    overlay: str,
+) -> None:
+    """docs/DEPLOY.md's `kubectl apply -k OVERLAY -l 'app.kubernetes.io/name in (...)'`."""
+    comment = (KUBERNETES / "base" / "prepare-job.yaml").read_text()
+    [names] = re.findall(r"-l 'app\.kubernetes\.io/name in \(([^)]*)\)'", comment)
+    selected = [
+        (r["kind"], r["metadata"]["name"])
+        for r in rendered(overlay)
+        if r["metadata"].get("labels", {}).get("app.kubernetes.io/name") in names.split(",")
+    ]
+
+    assert sorted(selected) == [("ConfigMap", "herald-config"), ("Job", "herald-prepare")]
+    assert names in (ROOT / "docs" / "DEPLOY.md").read_text()
 
 
 def test_a_stopping_worker_outlasts_its_send_slice_and_the_carrier_timeout() -> None:
@@ -299,6 +353,13 @@ def test_a_stopping_worker_outlasts_its_send_slice_and_the_carrier_timeout() -> 
 
 
 # Every HERALD_* variable the deployment files set is a setting.
+
+
+def test_every_setting_has_its_row_in_the_readmes_settings_table() -> None:
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("|")]
+    documented = {name for line in rows for name in re.findall(r"`(HERALD_\w+)`", line)}
+
+    assert {ENV_PREFIX + name.upper() for name in SETTINGS} - documented == set()
 
 
 def test_every_herald_variable_set_for_deployment_is_a_setting() -> None:

@@ -68,6 +68,32 @@ def test_development_defaults_are_each_refused_in_production() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("HERALD_PUBLIC_URL", "https://sms.example.com"),
+        ("HERALD_PUBLIC_URL", "https://herald.test/"),
+        ("HERALD_RECEIPTS_PUBLIC_URL", "https://receipts.sms.example.org"),
+    ],
+)
+def test_a_url_on_a_domain_reserved_for_examples_is_a_placeholder_and_refused(
+    name: str, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in PRODUCTION.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HERALD_RECEIPTS_PORT", "8010")
+    monkeypatch.setenv("HERALD_RECEIPTS_PUBLIC_URL", "https://receipts.herald-ops.net")
+    monkeypatch.setenv(name, url)
+
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+
+    assert refusal(refused.value).splitlines() == [
+        f"{name}: {url} is on a domain reserved for examples, the example configuration's"
+        " placeholder: set the address the carrier reaches"
+    ]
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8099", "http://localhost:8099", "http://[::1]"])
 def test_a_carrier_on_loopback_is_the_emulator_and_refused(
     url: str, monkeypatch: pytest.MonkeyPatch
@@ -138,10 +164,10 @@ def test_a_receipts_port_without_its_public_url_is_refused_in_production(
 
     with pytest.raises(ValidationError, match="HERALD_RECEIPTS_PUBLIC_URL: unset with"):
         Settings()
-    monkeypatch.setenv("HERALD_RECEIPTS_PUBLIC_URL", "https://receipts.example.org")
+    monkeypatch.setenv("HERALD_RECEIPTS_PUBLIC_URL", "https://receipts.herald-ops.net")
     # The carrier is given the listener's URL; without a receipts port, the API's.
     assert Settings().status_callback_url == (
-        "https://receipts.example.org/v1/webhooks/twilio/status"
+        "https://receipts.herald-ops.net/v1/webhooks/twilio/status"
     )
     monkeypatch.delenv("HERALD_RECEIPTS_PORT")
     assert Settings().status_callback_url == (
