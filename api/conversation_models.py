@@ -5,7 +5,12 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, Field
 
-from api.models import CampaignMessage, ContentTemplate, RequestBody, example
+from api.models import (
+    CampaignMessage,
+    ContentTemplate,
+    StoredFields,
+    example,
+)
 from api.pagination import CursorPage
 from workflows.contracts import SilenceTimers
 from workflows.statuses import ConversationStatus
@@ -16,32 +21,9 @@ CONVERSATION_WORKFLOW_ID = (
     "sms-conversation-1f2e3d4c-0000-4c47-9a51-2f1c8e7d9b10-15005550006-12015550123"
 )
 
-# Bland fields Herald accepts and keeps on the conversation, and does not act on.
-STORED_FIELDS = (
-    "persona_id",
-    "persona_version",
-    "persona_settings",
-    "pathway_id",
-    "pathway_version",
-    "start_node_id",
-    "disposition_ids",
-    "citation_schema_ids",
-)
-
 
 # A silence timer longer than a year is a mistake; and Temporal's timers cannot hold 1e300 s.
 MAX_SILENCE_SECONDS = 365 * 24 * 3600
-
-
-class StoredFields(RequestBody):
-    persona_id: str | None = None
-    persona_version: int | str | None = None
-    persona_settings: dict[str, Any] | None = None
-    pathway_id: str | None = None
-    pathway_version: int | str | None = None
-    start_node_id: str | None = None
-    disposition_ids: list[str] | None = None
-    citation_schema_ids: list[str] | None = None
 
 
 class SilenceTimerFields(BaseModel):

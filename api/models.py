@@ -132,6 +132,30 @@ class ErrorEnvelope(BaseModel):
     errors: list[ErrorItem]
 
 
+# Bland fields Herald accepts and keeps on the conversation, and does not act on.
+STORED_FIELDS = (
+    "persona_id",
+    "persona_version",
+    "persona_settings",
+    "pathway_id",
+    "pathway_version",
+    "start_node_id",
+    "disposition_ids",
+    "citation_schema_ids",
+)
+
+
+class StoredFields(RequestBody):
+    persona_id: str | None = None
+    persona_version: int | str | None = None
+    persona_settings: dict[str, Any] | None = None
+    pathway_id: str | None = None
+    pathway_version: int | str | None = None
+    start_node_id: str | None = None
+    disposition_ids: list[str] | None = None
+    citation_schema_ids: list[str] | None = None
+
+
 class BatchGlobal(ContentTemplate, RequestBody):
     model_config = ConfigDict(extra="allow")
 

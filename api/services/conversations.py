@@ -13,13 +13,13 @@ from temporalio.service import RPCError
 from activities.recipients.phones import to_e164
 from api import pagination
 from api.conversation_models import (
-    STORED_FIELDS,
     ConversationDetail,
     ConversationList,
     ConversationMessage,
     ConversationSummary,
 )
 from api.errors import HeraldError, InvalidRequest
+from api.models import STORED_FIELDS
 from api.services.batches import TemporalUnavailable
 from settings import Settings
 from store import conversation_messages, conversations

@@ -11,8 +11,8 @@ from temporalio.client import Client
 from activities.recipients.phones import to_e164
 from activities.recipients.rejections import SourceInvalid
 from activities.recipients.rows import kept_request_data, request_field, row_request_data
-from api.conversation_models import STORED_FIELDS
 from api.errors import InvalidRequest
+from api.models import STORED_FIELDS
 from api.services import batch_checks
 from api.services.batches import AgentNumberNotFound, TemporalUnavailable
 from api.services.conversations import signal_conversation

@@ -13,8 +13,9 @@ from temporalio.client import Client
 
 from activities.recipients.phones import is_sender_id, to_e164
 from activities.recipients.rows import render
-from api.conversation_models import STORED_FIELDS, SendReply, SendRequest
+from api.conversation_models import SendReply, SendRequest
 from api.errors import HeraldError
+from api.models import STORED_FIELDS
 from api.services.batch_checks import MissingAgentMessage
 from api.services.batches import AgentNumberNotFound, campaign_template
 from api.services.conversations import signal_conversation
