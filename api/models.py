@@ -2,6 +2,7 @@
 
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Generic, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -13,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -146,6 +148,9 @@ STORED_FIELDS = (
 
 
 class StoredFields(RequestBody):
+    """The Bland fields kept on a conversation (STORED_FIELDS), from a send, or from the batch
+    whose message a reply answers."""
+
     persona_id: str | None = None
     persona_version: int | str | None = None
     persona_settings: dict[str, Any] | None = None
@@ -156,7 +161,22 @@ class StoredFields(RequestBody):
     citation_schema_ids: list[str] | None = None
 
 
-class BatchGlobal(ContentTemplate, RequestBody):
+def kept_stored_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The STORED_FIELDS of `values` that StoredFields takes, each checked on its own: one
+    that does not fit (a batch's, stored before `global` checked them) is left out rather
+    than make every reading of the conversation fail."""
+    kept = {}
+    for name in STORED_FIELDS:
+        if values.get(name) is None:
+            continue
+        try:
+            kept[name] = getattr(StoredFields.model_validate({name: values[name]}), name)
+        except ValidationError:
+            continue
+    return kept
+
+
+class BatchGlobal(ContentTemplate, StoredFields):
     model_config = ConfigDict(extra="allow")
 
     agent_number: str = Field(min_length=1, description="A registered SMS sender of the account.")

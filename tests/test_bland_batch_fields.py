@@ -4,7 +4,9 @@ batch's fields and the recipient's merged request data."""
 
 import json
 import secrets
+import uuid
 
+import asyncpg
 import httpx
 
 from settings import Settings
@@ -205,6 +207,10 @@ async def test_batch_fields_are_checked_for_type(api: httpx.AsyncClient, account
         {"disposition_ids": "d1"},
         {"citation_schema_ids": [1, {}]},
         {"content_variables": "[1]"},
+        {"pathway_version": 1.5},
+        {"persona_settings": "fast"},
+        {"start_node_id": 7},
+        {"persona_version": [1]},
     ]
     for fields in wrong:
         settings_global = {"agent_number": account.agent_number, "agent_message": "x", **fields}
@@ -279,6 +285,72 @@ async def test_a_reply_to_a_batch_opens_a_conversation_with_the_batch_fields(
         assert read["disposition_ids"] == ["d1"]
         assert read["citation_schema_ids"] == ["c1", "c2"]
         assert read["batch_id"] is not None
+
+
+async def test_a_batch_field_stored_before_it_was_checked_is_left_off_its_replies(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    user = unique_numbers(1)[0]
+    events = await _run(
+        api,
+        account,
+        webhooks,
+        csv_bytes(["phone_number"], [[user]]),
+        **{"global": {"agent_number": account.agent_number, "agent_message": "Hi"}},
+    )
+    assert events[-1]["status"] == "completed", events[-1]
+    # As a batch accepted before `global` checked these fields kept them.
+    await pool.execute(
+        "UPDATE batches SET request = jsonb_set(request, '{global}', request->'global' || $2)"
+        " WHERE id = $1",
+        uuid.UUID(events[-1]["batch_id"]),
+        {"pathway_version": 1.5, "persona_settings": "fast", "start_node_id": "node_1"},
+    )
+
+    form = inbound_form(settings, to=account.agent_number, from_=user, body="Yes")
+    assert (await post_inbound(api, settings, form)).status_code == 200
+    listed = await api.get(
+        "/v1/sms/conversations", headers=account.headers, params={"user_number": user}
+    )
+
+    assert listed.status_code == 200, listed.text
+    [read] = listed.json()["data"]["conversations"]
+    assert (read["start_node_id"], read["pathway_version"], read["persona_settings"]) == (
+        "node_1",
+        None,
+        None,
+    )
+
+
+async def test_a_conversation_whose_stored_field_does_not_fit_still_reads(
+    api: httpx.AsyncClient, account: Account, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    user = unique_numbers(1)[0]
+    form = inbound_form(settings, to=account.agent_number, from_=user, body="Hello")
+    assert (await post_inbound(api, settings, form)).status_code == 200
+    # As a reply to such a batch stored its fields before they were checked.
+    await pool.execute(
+        "UPDATE conversations SET stored_fields = $3 WHERE account_id = $1 AND user_number = $2",
+        account.account_id,
+        user,
+        {"persona_settings": "fast", "persona_id": "persona_1"},
+    )
+
+    listed = await api.get(
+        "/v1/sms/conversations", headers=account.headers, params={"user_number": user}
+    )
+
+    assert listed.status_code == 200, listed.text
+    [read] = listed.json()["data"]["conversations"]
+    assert (read["persona_id"], read["persona_settings"]) == ("persona_1", None)
+    detail = await api.get(
+        f"/v1/sms/conversations/{read['conversation_id']}", headers=account.headers
+    )
+    assert detail.status_code == 200, detail.text
 
 
 async def _conversations(api: httpx.AsyncClient, account: Account, user: str) -> list[dict]:

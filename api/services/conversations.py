@@ -19,7 +19,7 @@ from api.conversation_models import (
     ConversationSummary,
 )
 from api.errors import HeraldError, InvalidRequest
-from api.models import STORED_FIELDS
+from api.models import STORED_FIELDS, kept_stored_fields
 from api.services.batches import TemporalUnavailable
 from settings import Settings
 from store import conversation_messages, conversations
@@ -99,7 +99,8 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
     stored = row["stored_fields"] or {}
     return {
         **row,
-        **{name: stored.get(name) for name in STORED_FIELDS},
+        **dict.fromkeys(STORED_FIELDS),
+        **kept_stored_fields(stored),
         "conversation_id": str(row["id"]),
         "batch_id": str(row["batch_id"]) if row["batch_id"] else None,
     }

@@ -12,7 +12,7 @@ from activities.recipients.phones import to_e164
 from activities.recipients.rejections import SourceInvalid
 from activities.recipients.rows import kept_request_data, request_field, row_request_data
 from api.errors import InvalidRequest
-from api.models import STORED_FIELDS
+from api.models import kept_stored_fields
 from api.services import batch_checks
 from api.services.batches import AgentNumberNotFound, TemporalUnavailable
 from api.services.conversations import signal_conversation
@@ -145,11 +145,7 @@ async def _reply_fields(
         channel=channel,
         metadata=settings_global.get("metadata"),
         request_data=request_data or None,
-        stored_fields={
-            name: settings_global[name]
-            for name in STORED_FIELDS
-            if settings_global.get(name) is not None
-        },
+        stored_fields=kept_stored_fields(settings_global),
         batch_id=origin["batch_id"],
     )
 
