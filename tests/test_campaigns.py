@@ -242,6 +242,38 @@ async def test_a_single_send_naming_a_campaign_sends_its_template_filled_from_pa
     assert received[0]["body"] == "Dear Emily Yeo, your passport {{x}} is ready."
 
 
+async def test_a_repeated_campaign_send_gets_its_first_reply_after_the_campaign_changed(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    number = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+    body: dict[str, Any] = {
+        "campaign_id": campaign_id,
+        "params": {"recipient_name": "Emily", "topic": "visa"},
+    }
+    path = f"/v1/campaigns/{campaign_id}"
+
+    first = await send(api, account, number, key=key, **body)
+    changed = await api.patch(
+        path,
+        headers=account.headers,
+        json={"templates": {"english": "Hi {{recipient_name}} {{topic}}"}},
+    )
+    after_change = await send(api, account, number, key=key, **body)
+    deleted = await api.delete(path, headers=account.headers)
+    after_delete = await send(api, account, number, key=key, **body)
+
+    assert first.status_code == 200, first.text
+    assert changed.status_code == deleted.status_code == 200
+    assert after_change.status_code == after_delete.status_code == 200, after_change.text
+    assert after_change.json() == after_delete.json() == first.json()
+    received = await eventually(
+        lambda: emulator_messages(emulator_url, to=number), lambda found: len(found) == 1
+    )
+    assert len(received) == 1
+
+
 @pytest.mark.parametrize(
     ("change", "status", "code"),
     [

@@ -13,7 +13,7 @@ import pytest
 from temporalio.client import Client
 
 from api.conversation_models import SendRequest
-from api.services.send import prepare
+from api.services.send import request_hash
 from settings import Settings
 from store import idempotency, numbers, opt_outs
 from store.accounts import create_account, create_api_key
@@ -145,10 +145,9 @@ async def test_a_repeated_request_waits_for_the_first_ones_reply(
     user = unique_numbers(1)[0]
     key = secrets.token_hex(8)
     body = {"user_number": user, "agent_number": account.agent_number, "agent_message": "wait"}
-    prepared = prepare(account.account_id, SendRequest(**body))
     # Another request holds the key, and is still sending.
     assert await idempotency.claim(
-        pool, account.account_id, key, prepared.request_hash(), ttl=timedelta(hours=1)
+        pool, account.account_id, key, request_hash(SendRequest(**body)), ttl=timedelta(hours=1)
     )
     first_reply = {
         "message": SENT,
@@ -176,9 +175,8 @@ async def test_a_key_whose_first_request_never_finishes_is_in_progress(
     user = unique_numbers(1)[0]
     key = secrets.token_hex(8)
     body = {"user_number": user, "agent_number": account.agent_number, "agent_message": "stuck"}
-    prepared = prepare(account.account_id, SendRequest(**body))
     assert await idempotency.claim(
-        pool, account.account_id, key, prepared.request_hash(), ttl=timedelta(hours=1)
+        pool, account.account_id, key, request_hash(SendRequest(**body)), ttl=timedelta(hours=1)
     )
 
     async with api_client(settings.model_copy(update={"idempotency_wait_seconds": 0.5})) as api:

@@ -61,7 +61,7 @@ class RecipientOptedOut(HeraldError):
 
 @dataclass(frozen=True, kw_only=True)
 class PreparedSend:
-    """A checked request, numbers in E.164, in the form its idempotency hash is taken of."""
+    """A checked request, numbers in E.164, a campaign's template filled in."""
 
     account_id: uuid.UUID
     user_number: str
@@ -74,10 +74,17 @@ class PreparedSend:
         variables = self.body.content_variables
         return json.dumps(variables) if variables is not None else None
 
-    def request_hash(self) -> str:
-        request = self.body.model_dump(mode="json", exclude_none=True)
-        request.update(user_number=self.user_number, agent_number=self.agent_number)
-        return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+def request_hash(body: SendRequest) -> str:
+    """What an idempotency key is held for: the request as given, its numbers in E.164 (a
+    campaign's template not filled in, so that a repeat finds its first reply however the
+    campaign changed since, or if it was deleted)."""
+    request = body.model_dump(mode="json", exclude_none=True)
+    request.update(
+        user_number=to_e164(body.user_number) or body.user_number,
+        agent_number=to_e164(body.agent_number, require_valid=False) or body.agent_number,
+    )
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
 def silence_timers(body: SendRequest) -> SilenceTimers | None:
@@ -135,15 +142,16 @@ async def send_message(
     body: SendRequest,
     idempotency_key: str | None,
 ) -> SendReply:
-    prepared = prepare(account_id, await _campaign_message(pool, account_id, body))
     if idempotency_key is None:
-        return await _send(pool, temporal, settings, prepared)
-    request_hash = prepared.request_hash()
+        return await _send(pool, temporal, settings, await _prepared(pool, account_id, body))
+    held_for = request_hash(body)
     ttl = timedelta(hours=settings.idempotency_ttl_hours)
     while True:
-        if await idempotency.claim(pool, account_id, idempotency_key, request_hash, ttl=ttl):
+        if await idempotency.claim(pool, account_id, idempotency_key, held_for, ttl=ttl):
             try:
-                reply = await _send(pool, temporal, settings, prepared)
+                reply = await _send(
+                    pool, temporal, settings, await _prepared(pool, account_id, body)
+                )
             except Exception:
                 # Nothing reached the conversation (refused or not signalled): free the key.
                 await idempotency.release(pool, account_id, idempotency_key)
@@ -151,10 +159,14 @@ async def send_message(
             await idempotency.complete(pool, account_id, idempotency_key, reply.model_dump())
             return reply
         first = await _first_reply(
-            pool, account_id, idempotency_key, request_hash, settings.idempotency_wait_seconds
+            pool, account_id, idempotency_key, held_for, settings.idempotency_wait_seconds
         )
         if first is not None:
             return first
+
+
+async def _prepared(pool: asyncpg.Pool, account_id: uuid.UUID, body: SendRequest) -> PreparedSend:
+    return prepare(account_id, await _campaign_message(pool, account_id, body))
 
 
 async def _campaign_message(
