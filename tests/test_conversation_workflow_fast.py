@@ -32,14 +32,14 @@ TIMERS = SilenceTimers(
 
 
 async def start_conversation(
-    env: WorkflowEnvironment, task_queue: str, conversation_id: str
+    env: WorkflowEnvironment, task_queue: str, conversation_id: str, first_message_id: str = ""
 ) -> WorkflowHandle[ConversationWorkflow, ConversationResult]:
     """A conversation whose first message is the agent's, setting TIMERS."""
     account_id = str(uuid.uuid4())
     first = ConversationSignal(
         conversation_id=conversation_id,
         conversation_seq=1,
-        message_id=str(uuid.uuid4()),
+        message_id=first_message_id or str(uuid.uuid4()),
         sender=AGENT,
         timers=TIMERS,
     )
@@ -108,4 +108,34 @@ async def test_a_user_reply_starts_the_silence_over(time_skipping: WorkflowEnvir
     # Both timers count from the reply, not from the agent's message.
     assert replied + 60 <= calls[1].at < replied + 62
     assert replied + 300 <= calls[2].at < replied + 302
+    assert result.state == ConversationStatus.TIMEOUT
+
+
+async def test_an_agent_message_the_carrier_refused_starts_no_silence(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    refused = str(uuid.uuid4())
+    stubs = StubActivities(refused_messages={refused})
+    conversation_id = str(uuid.uuid4())
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_conversation(time_skipping, queue, conversation_id, refused)
+        await stubs.wait_for(lambda: len(stubs.inputs("send_conversation_message")) == 1)
+        # Ten times the timeout: no warning, no timeout, as the user was never written to.
+        await time_skipping.sleep(3000)
+        quiet = [call.input.kind for call in stubs.calls["send_conversation_message"]]
+        replied = (await time_skipping.get_current_time()).timestamp()
+        await handle.signal(
+            ConversationWorkflow.message,
+            ConversationSignal(
+                conversation_id=conversation_id,
+                conversation_seq=1,
+                message_id=str(uuid.uuid4()),
+                sender=USER_NUMBER,
+            ),
+        )
+        result = await result_of(handle)
+    assert quiet == ["message"]
+    calls = stubs.calls["send_conversation_message"]
+    assert [call.input.kind for call in calls] == ["message", "warning", "timeout"]
+    assert replied + 60 <= calls[1].at < replied + 62
     assert result.state == ConversationStatus.TIMEOUT

@@ -33,6 +33,11 @@ AGENT = "AGENT"
 # long history) hands its undelivered events to the next run instead of waiting for the
 # webhook's retries, and an ended run handles new signals while its last events are retried.
 EVENTS_CARRIED_PATCH = "conversation-events-carried-over"
+# An agent message the carrier never got (refused, deferred past its attempts, the user opted
+# out) starts no silence clock: the user was not written to.
+CLOCK_ON_HANDED_OVER_PATCH = "conversation-clock-on-handed-over"
+# The outcomes of an agent message that never reached the carrier (`conversation_messages`).
+NEVER_SENT = frozenset({"queued", "failed", "skipped"})
 
 
 @workflow.defn(name=CONVERSATION_WORKFLOW)
@@ -126,11 +131,15 @@ class ConversationWorkflow:
         if signal.sender == AGENT:
             if live and signal.timers is not None:
                 self._state.timers = signal.timers
-            await self._send(
+            handed_over = await self._send(
                 signal.conversation_id,
                 SendMessageInput(message_id=signal.message_id, attempts=MESSAGE_ATTEMPTS),
             )
-            if live and signal.kind == "message":
+            if (
+                live
+                and signal.kind == "message"
+                and (handed_over or not workflow.patched(CLOCK_ON_HANDED_OVER_PATCH))
+            ):
                 self._restart_clock()
             return
         if live:
@@ -187,20 +196,24 @@ class ConversationWorkflow:
             ),
         )
 
-    async def _send(self, conversation_id: str, message: SendMessageInput) -> None:
+    async def _send(self, conversation_id: str, message: SendMessageInput) -> bool:
+        """Send the message; whether the carrier may have it (its outcome not NEVER_SENT)."""
+        handed_over = False
         try:
-            await workflow.execute_activity_method(
+            result = await workflow.execute_activity_method(
                 ConversationActivities.send_conversation_message,
                 message,
                 start_to_close_timeout=timedelta(minutes=2),
                 retry_policy=MESSAGE_RETRY,
             )
+            handed_over = result.status not in NEVER_SENT
         except ActivityError as error:
             # The conversation goes on; the message keeps the state its last attempt left.
             workflow.logger.warning("message %s not sent: %s", message.message_id, error.cause)
         self._notify(
             ConversationEvent(conversation_id=conversation_id, message_id=message.message_id)
         )
+        return handed_over
 
     async def _end(self, state: ConversationStatus) -> None:
         await workflow.execute_activity_method(

@@ -93,6 +93,8 @@ class StubActivities:
     window_opens: float = 0.0
     # Rows the carrier refuses (error 21612); done, like sent ones, but counted failed.
     refused: set[int] = field(default_factory=set)
+    # Conversation messages the carrier refuses, by message id.
+    refused_messages: set[str] = field(default_factory=set)
 
     async def _record(self, input: Any) -> None:
         info = activity.info()
@@ -210,6 +212,8 @@ class StubActivities:
     @activity.defn(name=ConversationActivities.send_conversation_message.__name__)
     async def send_conversation_message(self, input: SendMessageInput) -> SendMessageResult:
         await self._record(input)
+        if input.message_id in self.refused_messages:
+            return SendMessageResult(status=LedgerStatus.FAILED, error_code="21612")
         return SendMessageResult(status=LedgerStatus.SENT)
 
     @activity.defn(name=ConversationActivities.conversation_state.__name__)
