@@ -6,6 +6,7 @@ import secrets
 import asyncpg
 import httpx
 import pytest
+from temporalio.client import Client
 from twilio.request_validator import RequestValidator
 
 from settings import INBOUND_PATH, Settings
@@ -184,7 +185,12 @@ async def test_an_unsigned_or_wrongly_signed_post_is_refused(
 
 
 async def test_a_post_that_cannot_reach_its_conversation_can_be_retried(
-    api: httpx.AsyncClient, account: Account, settings: Settings, sender: str, emulator_url: str
+    api: httpx.AsyncClient,
+    account: Account,
+    settings: Settings,
+    sender: str,
+    emulator_url: str,
+    temporal: Client,
 ) -> None:
     user = unique_numbers(1)[0]
     form = inbound_form(settings, to=sender, from_=user, body="HELP")
@@ -207,6 +213,13 @@ async def test_a_post_that_cannot_reach_its_conversation_can_be_retried(
         ("USER", "HELP"),
         ("AGENT", settings.help_reply),
     ]
+    # The message and its answer reach the workflow in one signal: no post can hand over the
+    # one without the other.
+    history = await temporal.get_workflow_handle(opened["workflow_id"]).fetch_history()
+    signals = [
+        e for e in history.events if e.HasField("workflow_execution_signaled_event_attributes")
+    ]
+    assert len(signals) == 1
 
 
 async def test_inbound_to_an_unregistered_number_is_not_found(

@@ -436,6 +436,10 @@ class ConversationSignal:
     kind: str = "message"
     # A send that sets timers replaces the conversation's; None keeps them.
     timers: SilenceTimers | None = None
+    # A user's message that asks for an answer (HELP): the agent message that answers it,
+    # recorded with it and sent once it is handled. One signal for both, so that the answer
+    # reaches the workflow whenever the message does.
+    answer_id: str | None = None
 
 
 @dataclass(kw_only=True)

@@ -147,6 +147,11 @@ class ConversationWorkflow:
         self._notify(
             ConversationEvent(conversation_id=signal.conversation_id, message_id=signal.message_id)
         )
+        if signal.answer_id is not None:
+            await self._send(
+                signal.conversation_id,
+                SendMessageInput(message_id=signal.answer_id, attempts=MESSAGE_ATTEMPTS),
+            )
 
     def _restart_clock(self) -> None:
         self._state.silent_since = workflow.now().timestamp()

@@ -48,8 +48,10 @@ async def signal_conversation(
     sender: str,
     kind: str = "message",
     timers: SilenceTimers | None = None,
+    answer_id: uuid.UUID | None = None,
 ) -> None:
-    """Hand a recorded message to the pair's workflow, starting a run if none is open."""
+    """Hand a recorded message (and the answer it asks for, ConversationSignal.answer_id) to
+    the pair's workflow, starting a run if none is open."""
     conversation_id = str(conversation["id"])
     try:
         await temporal.start_workflow(
@@ -72,6 +74,7 @@ async def signal_conversation(
                     sender=sender,
                     kind=kind,
                     timers=timers,
+                    answer_id=None if answer_id is None else str(answer_id),
                 )
             ],
             search_attributes=TypedSearchAttributes(

@@ -97,15 +97,16 @@ async def receive(
         return
     try:
         await signal_conversation(
-            temporal, settings, conversation, message_id=message_id, sender="USER"
+            temporal,
+            settings,
+            conversation,
+            message_id=message_id,
+            sender="USER",
+            answer_id=help_id,
         )
     except TemporalUnavailable:
         await conversation_messages.forget_messages(pool, [m for m in (message_id, help_id) if m])
         raise
-    if help_id is not None:
-        await signal_conversation(
-            temporal, settings, conversation, message_id=help_id, sender="AGENT", kind="help"
-        )
 
 
 async def _reply_fields(
