@@ -167,14 +167,17 @@ async def requeue_message(
 
 async def fail_queued_message(
     pool: asyncpg.Pool, message_id: uuid.UUID, *, error_code: str, error_message: str
-) -> None:
-    await pool.execute(
+) -> bool:
+    """Mark the message `failed` while no send has claimed it; whether it was still queued."""
+    failed = await pool.fetchval(
         "UPDATE conversation_messages SET status = 'failed', error_code = $2,"
-        " error_message = $3, updated_at = now() WHERE id = $1 AND status = 'queued'",
+        " error_message = $3, updated_at = now() WHERE id = $1 AND status = 'queued'"
+        " RETURNING true",
         message_id,
         error_code,
         error_message,
     )
+    return bool(failed)
 
 
 async def message_status(pool: asyncpg.Pool, message_id: uuid.UUID) -> tuple[str, str | None]:

@@ -6,12 +6,15 @@ import json
 import secrets
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
+from api.app import create_app
 from api.conversation_models import SendRequest
 from api.services.send import request_hash
 from settings import Settings
@@ -22,6 +25,7 @@ from tests.support.pages import every_page
 from tests.support.sending import (
     conversation,
     conversation_when,
+    eventually,
     received_by,
     send,
     send_ok,
@@ -255,6 +259,57 @@ async def test_without_temporal_the_send_fails_and_its_key_is_free_again(
         ("failed", "TEMPORAL_UNAVAILABLE"),
         ("sent", None),
     ]
+    assert len(await emulator_messages(emulator_url, to=user)) == 1
+
+
+class _AnswerLost:
+    """The real Temporal client, whose start of a conversation reaches the server and then
+    fails as a connection cut before the answer would: once the workflow has claimed the
+    message (so that the failure comes after the send began)."""
+
+    def __init__(self, client: Client, pool: asyncpg.Pool) -> None:
+        self._client = client
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def start_workflow(self, *args: Any, **kwargs: Any) -> Any:
+        await self._client.start_workflow(*args, **kwargs)
+        [signal] = kwargs["start_signal_args"]
+        await eventually(
+            lambda: self._pool.fetchval(
+                "SELECT status FROM conversation_messages WHERE id = $1",
+                uuid.UUID(signal.message_id),
+            ),
+            lambda status: status != "queued",
+        )
+        raise RPCError(
+            "connection reset after the request was sent", RPCStatusCode.UNAVAILABLE, b""
+        )
+
+
+async def test_a_send_whose_signal_arrived_but_whose_answer_was_lost_is_the_send(
+    settings: Settings, account: Account, pool: asyncpg.Pool, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        app.state.temporal = _AnswerLost(app.state.temporal, pool)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as api:
+            first = await send(api, account, user, key=key, agent_message="once")
+    # Not a 503 asking for the request again: the message is on its way.
+    assert first.status_code == 200, first.text
+    async with api_client(settings) as api:
+        repeated = await send(api, account, user, key=key, agent_message="once")
+        detail = await conversation_when(
+            api, account, first.json()["data"]["conversation_id"], all_sent
+        )
+
+    assert repeated.json() == first.json()
+    assert [m["status"] for m in detail["messages"]] == ["sent"]
     assert len(await emulator_messages(emulator_url, to=user)) == 1
 
 

@@ -270,10 +270,12 @@ async def _send(
             timers=prepared.timers,
         )
     except HeraldError as error:
-        await conversation_messages.fail_queued_message(
+        # A signal can reach the workflow and still fail here (the answer lost on the way):
+        # a message its workflow has claimed is being sent, and this request is its send.
+        if await conversation_messages.fail_queued_message(
             pool, message_id, error_code=error.code, error_message=error.message
-        )
-        raise
+        ):
+            raise
     return SendReply(
         conversation_id=str(conversation["id"]),
         message_id=str(message_id),
