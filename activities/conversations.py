@@ -51,6 +51,10 @@ def carrier_address(number: str, channel: str) -> str:
     return f"whatsapp:{number}" if channel == "whatsapp" else number
 
 
+# A conversation message's error code when its sender is no longer the account's.
+SENDER_NOT_HELD = "sender_not_held"
+
+
 class ConversationActivities(WorkerResources):
     @activity.defn
     async def send_conversation_message(self, input: SendMessageInput) -> SendMessageResult:
@@ -78,6 +82,17 @@ class ConversationActivities(WorkerResources):
                 self._pool, message_id, status="skipped", error_code="opted_out"
             )
             return SendMessageResult(status="skipped", error_code="opted_out")
+        if await numbers.owner_of_number(self._pool, message.agent_number) != message.account_id:
+            # Given up since the conversation began (a timer's message, hours later), perhaps
+            # registered by another account now: never sent from again.
+            await conversation_messages.record_outcome(
+                self._pool,
+                message_id,
+                status="failed",
+                error_code=SENDER_NOT_HELD,
+                error_message="the sender is no longer a registered sender of this account",
+            )
+            return SendMessageResult(status="failed", error_code=SENDER_NOT_HELD)
         own = await carrier_accounts.carrier_account(self._pool, message.account_id)
         credentials = (own.account_sid, own.auth_token) if own else None
         to = carrier_address(message.user_number, message.channel)

@@ -16,6 +16,7 @@ from store.db import _migration_files, create_pool, migrate
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.sending import (
+    conversation_when,
     inbound_form,
     post_inbound,
     received_by,
@@ -23,6 +24,9 @@ from tests.support.sending import (
     send_ok,
 )
 from tests.support.stack import Account, WebhookReceiver, api_client, error_code
+
+# A conversation message's statuses before its outcome.
+SENDING = ("queued", "sending")
 
 
 @pytest.fixture
@@ -146,7 +150,7 @@ async def test_a_freed_sender_routes_replies_to_its_new_owner(
 
 
 async def test_a_sender_is_not_deleted_while_a_batch_sends_from_it(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+    api: httpx.AsyncClient, account: Account, other: Account, webhooks: WebhookReceiver
 ) -> None:
     at = datetime.now(UTC) + timedelta(hours=1)
     file_id, marker = await start_marked_batch(
@@ -163,6 +167,49 @@ async def test_a_sender_is_not_deleted_while_a_batch_sends_from_it(
     assert cancelled.status_code == 200
     assert deleted.status_code == 200, deleted.text
     assert deleted.json()["data"]["deleted"] == account.agent_number
+    # Given up, and another account's now: the batch is not sent from it again.
+    assert (await register(api, other, account.agent_number)).status_code == 201
+    retried = await api.post(
+        f"/v1/sms/batch/{file_id}/retry",
+        headers=account.headers,
+        json={"statuses": ["cancelled"]},
+    )
+    assert (retried.status_code, error_code(retried)) == (404, "AGENT_NUMBER_NOT_FOUND")
+
+
+async def test_a_conversations_timer_does_not_send_from_a_sender_given_up_since(
+    api: httpx.AsyncClient, account: Account, other: Account, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+    number = account.agent_number
+    await send_ok(
+        api,
+        account,
+        user,
+        agent_message="from A",
+        warning_time=2,
+        warning_message="still there?",
+        time_out=30,
+    )
+    await received_by(emulator_url, user, 1)
+    await api.delete(f"/v1/sms/numbers/{number}", headers=account.headers)
+    assert (await register(api, other, number)).status_code == 201
+
+    [mine] = await conversations_with(api, account, user)
+    detail = await conversation_when(
+        api,
+        account,
+        mine["conversation_id"],
+        lambda c: len(c["messages"]) == 2 and c["messages"][1]["status"] not in SENDING,
+    )
+
+    warning = detail["messages"][1]
+    assert (warning["kind"], warning["status"], warning["error_code"]) == (
+        "warning",
+        "failed",
+        "sender_not_held",
+    )
+    assert [m["body"] for m in await emulator_messages(emulator_url, to=user)] == ["from A"]
 
 
 async def test_the_migration_keeps_the_earliest_of_several_registrations(

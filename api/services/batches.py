@@ -415,6 +415,30 @@ async def _own_senders(
     return {row: checked[raw] for row, raw in given.items()}
 
 
+async def _require_senders_held(
+    pool: asyncpg.Pool, account_id: uuid.UUID, batch: Mapping[str, Any]
+) -> None:
+    """AgentNumberNotFound unless the account still holds every sender of the batch (its own,
+    its rows', its lists'): one given up since, perhaps registered by another account now, is
+    not sent from again."""
+    request = batch["request"]
+    senders = {
+        batch["agent_number"],
+        *(request.get("senders") or {}).values(),
+        *(
+            source["agent_number"]
+            for source in request.get("lists") or []
+            if "agent_number" in source
+        ),
+    }
+    for sender in sorted(senders):
+        if not await numbers.has_number(pool, account_id, sender):
+            raise AgentNumberNotFound(
+                f"{sender}, a sender of this batch, is no longer a registered sender of this"
+                " account"
+            )
+
+
 async def _check_lists(pool: asyncpg.Pool, account_id: uuid.UUID, request: dict[str, Any]) -> None:
     """The request's mailing lists are the account's, and their senders too (kept as stored)."""
     named: list[dict[str, Any]] = request.get("lists") or []
@@ -613,6 +637,7 @@ async def retry_batch(
             await handle.result()
     except (TimeoutError, WorkflowFailureError, RPCError, RuntimeError):
         pass
+    await _require_senders_held(pool, account_id, batch)
     # A retry run keeps the batch's spread, expiry and send window; it starts now, not at
     # `schedule_at`.
     timing = dataclasses.replace(_timing(batch["request"]), schedule_at=0.0)
