@@ -6,7 +6,6 @@ The API base URL is a setting, so the same code talks to Twilio or to the local 
 import asyncio
 import base64
 import logging
-import re
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from twilio.rest import Client
 
 from activities.providers.http1 import ConnectFailed, Http1Pool, NoAnswer
 from activities.providers.in_flight import InFlightLimit, StoppedWaiting
+from activities.providers.sids import MESSAGE_SID
 
 
 class Verdict(StrEnum):
@@ -382,8 +382,6 @@ _CREATE_HEADERS = MappingProxyType(
 
 
 MAX_SUBACCOUNT_CLIENTS = 1000
-# A Message resource's sid, as Twilio's OpenAPI description gives its pattern.
-MESSAGE_SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
 
 
 @dataclass(frozen=True, slots=True)
