@@ -139,6 +139,28 @@ async def test_a_message_the_carrier_posts_twice_is_recorded_once(
     assert [m["body"] for m in detail["messages"]] == ["once"]
 
 
+async def test_a_captured_post_made_into_another_sid_under_its_signature_is_refused(
+    api: httpx.AsyncClient, account: Account, settings: Settings, pool: asyncpg.Pool, sender: str
+) -> None:
+    """Twilio signs names and values joined: `MessageSid=SM..` and `NumMedia=0` sign as
+    `MessageSid=SM..NumMedia0` alone, a new sid for a replay that would apply STOP again."""
+    user = unique_numbers(1)[0]
+    captured = inbound_form(settings, to=sender, from_=user, body="STOP")
+    validator = RequestValidator(settings.twilio_auth_token.get_secret_value())
+    signature = validator.compute_signature(settings.api_url + INBOUND_PATH, captured)
+    assert (await post_inbound(api, settings, captured, signature=signature)).status_code == 200
+    await opt_outs.remove_opt_out(pool, account.account_id, user)
+    tampered = {k: v for k, v in captured.items() if k != "NumMedia"}
+    tampered["MessageSid"] += "NumMedia0"
+
+    replayed = await post_inbound(api, settings, tampered, signature=signature)
+
+    assert validator.validate(settings.api_url + INBOUND_PATH, tampered, signature)
+    assert not await opt_outs.is_opted_out(pool, account.account_id, user)
+    assert replayed.status_code == 400
+    assert error_code(replayed) == "INVALID_REQUEST"
+
+
 async def test_a_whatsapp_reply_is_recorded_on_the_whatsapp_channel(
     api: httpx.AsyncClient, account: Account, settings: Settings, sender: str
 ) -> None:

@@ -8,6 +8,7 @@ import asyncpg
 import structlog
 from temporalio.client import Client
 
+from activities.providers.sids import MESSAGE_SID
 from activities.recipients.phones import to_e164
 from activities.recipients.rejections import SourceInvalid
 from activities.recipients.rows import kept_request_data, request_field, row_request_data
@@ -56,6 +57,11 @@ async def receive(
     carrier_sid = params.get("MessageSid")
     if not carrier_sid or not params.get("From") or not params.get("To"):
         raise InvalidRequest("MessageSid, From and To are required")
+    # Twilio's signature does not tell `MessageSid=SM..` + `NumMedia=0` from
+    # `MessageSid=SM..NumMedia0` (names and values joined): a sid of any other form would make
+    # a captured post a new message, applied again.
+    if not MESSAGE_SID.fullmatch(carrier_sid):
+        raise InvalidRequest(f"MessageSid {carrier_sid[:40]!r} is not a message SID")
     channel, agent_number = address(params["To"])
     _, user_number = address(params["From"])
     body = params.get("Body", "")
