@@ -164,6 +164,14 @@ def test_a_stopping_api_has_its_graceful_shutdown_before_it_is_killed() -> None:
     assert api["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > int(graceful)
 
 
+def test_compose_publishes_the_consoles_without_a_login_on_the_hosts_loopback_only() -> None:
+    services = compose()["services"]
+
+    assert services["temporal-ui"]["ports"] == ["127.0.0.1:8080:8080"]
+    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert compose_errors(compose()) == []
+
+
 def test_compose_keeps_temporary_files_on_disk_beside_a_read_only_root() -> None:
     """Spooled uploads and the file a worker validates go to TMPDIR: a volume, not a tmpfs,
     which would count them against the container's memory; /tmp, with the worker's health
