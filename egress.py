@@ -23,6 +23,15 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
 METADATA = ipaddress.ip_address("169.254.169.254")
+# Ranges Python 3.11's tables count as global that later registries do not: the IETF protocol
+# assignments (192.0.0.0/24: NAT64 and TURN anycast, ...), 6to4 relay anycast, IPv6's
+# deprecated site-local and its documentation prefix of RFC 9637.
+NOT_GLOBAL = (
+    ipaddress.ip_network("192.0.0.0/24"),
+    ipaddress.ip_network("192.88.99.0/24"),
+    ipaddress.ip_network("fec0::/10"),
+    ipaddress.ip_network("3fff::/20"),
+)
 
 
 class UnsafeURL(ValueError):
@@ -49,7 +58,11 @@ def refusal(address: IPAddress, *, allow_loopback: bool) -> str | None:
         (address.version == 4 and address in CGNAT, "a carrier-grade NAT address"),
         (address.is_private, "a private address"),
         (address.is_reserved, "a reserved address"),
-        (not address.is_global, "not a globally routable address"),
+        (
+            not address.is_global
+            or any(address.version == net.version and address in net for net in NOT_GLOBAL),
+            "not a globally routable address",
+        ),
     )
     return next((why for refused, why in checks if refused), None)
 
@@ -91,7 +104,10 @@ async def checked_addresses(
     for address in found:
         why = refusal(address, allow_loopback=allow_loopback)
         if why is not None:
-            raise UnsafeURL(f"{parts.hostname} resolves to {address}: {why}")
+            # A name's address is not told: the caller would map Herald's own network.
+            raise UnsafeURL(
+                f"{parts.hostname} is {why}" if literal else f"{parts.hostname} resolves to {why}"
+            )
     return found
 
 

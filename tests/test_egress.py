@@ -39,6 +39,11 @@ REFUSED = [
     "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
     "64:ff9b::808:808",  # NAT64, even of a public address
     "2002:a00:1::1",  # 6to4 of 10.0.0.1
+    "192.0.0.8",  # IETF protocol assignments, which Python 3.11 counts as global
+    "192.0.0.10",
+    "192.88.99.1",  # 6to4 relay anycast
+    "fec0::1",  # site-local
+    "3fff::1",  # documentation (RFC 9637)
 ]
 ALLOWED = ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "2a00:1450::1"]
 
@@ -92,6 +97,17 @@ async def test_every_resolved_address_is_checked(url: str, records: list[str], o
     else:
         with pytest.raises(UnsafeURL):
             await check
+
+
+async def test_a_refusal_does_not_tell_what_a_name_resolves_to() -> None:
+    resolver = resolving({"herald-postgres.internal": ["10.96.0.12"]})
+
+    with pytest.raises(UnsafeURL) as refused:
+        await checked_addresses(
+            "https://herald-postgres.internal/x", allow_loopback=False, resolver=resolver
+        )
+
+    assert str(refused.value) == "herald-postgres.internal resolves to a private address"
 
 
 async def test_delivery_connects_to_the_checked_address_with_the_original_host(
