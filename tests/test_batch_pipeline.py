@@ -1,14 +1,19 @@
 """The batch pipeline end to end on the real stack: file in, every message out once."""
 
+import asyncio
 import secrets
 from typing import Any
 
 import httpx
-from temporalio.client import Client
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 
 from settings import Settings
 from tests.support.batches import FINAL, phases, start, start_marked_batch
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
+from tests.support.sending import eventually
 from tests.support.stack import Account, WebhookReceiver, api_client
 
 
@@ -94,6 +99,51 @@ async def test_progress_events_are_posted_too_when_the_request_asks(
     assert len(events) > len(phases(events))
     logs = (await api.get(f"/v1/sms/batch/{file_id}/logs", headers=account.headers)).json()
     assert [e["payload"] for e in logs["data"]["events"]] == events
+
+
+async def test_the_request_repeated_once_temporal_forgot_its_run_starts_nothing(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    temporal: Client,
+) -> None:
+    marker = secrets.token_hex(6)
+    numbers = unique_numbers(3)
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
+    )
+    body: dict[str, Any] = {
+        "status_webhook": webhooks.url(marker),
+        "global": {"agent_number": account.agent_number, "agent_message": f"Herald {marker}"},
+    }
+    assert (await start(api, account, file_id, **body)).status_code == 200
+    await webhooks.wait_for(marker, *FINAL)
+    handle = temporal.get_workflow_handle(f"sms-batch-{file_id}")
+    # As the namespace's retention ends a closed run's history.
+    await temporal.workflow_service.delete_workflow_execution(
+        DeleteWorkflowExecutionRequest(
+            namespace=temporal.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=handle.id),
+        )
+    )
+    await eventually(lambda: _forgotten(handle), bool)
+
+    repeated = await start(api, account, file_id, **body)
+    await asyncio.sleep(1)
+
+    assert repeated.status_code == 200, repeated.text
+    assert repeated.json()["data"]["batch_id"] == file_id
+    assert await _forgotten(handle)
+    assert len(await emulator_messages(emulator_url, body_contains=marker)) == len(numbers)
+
+
+async def _forgotten(handle: WorkflowHandle[Any, Any]) -> bool:
+    try:
+        await handle.describe()
+    except RPCError as error:
+        return error.status == RPCStatusCode.NOT_FOUND
+    return False
 
 
 async def test_repeating_the_request_returns_the_same_batch_and_sends_once(

@@ -236,6 +236,10 @@ async def start_batch(
         await batches.set_unstarted(
             pool, file_id, unstarted=False, code=TemporalUnavailable.code, reason=None
         )
+    elif not created and batch["status"] != BatchStatus.QUEUED:
+        # Started before: nothing to start, even once Temporal has forgotten that run (past
+        # its namespace's retention), when a start would validate and send the file again.
+        return BatchStarted(batch_id=str(file_id), workflow_id=workflow_id)
     try:
         await _start_workflow(
             temporal,
