@@ -1,6 +1,7 @@
 """Batches: one per uploaded file, with the request that started it and its phase."""
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -112,6 +113,20 @@ async def list_batches(
         *(after or ()),
     )
     return [dict(r) for r in rows]
+
+
+async def restore_status(pool: asyncpg.Pool, batch: Mapping[str, Any]) -> None:
+    """Put a batch that a retry set `queued` back as `batch` was (status, code, reason, end),
+    when that retry's run did not start; unless a run has moved it on meanwhile."""
+    await pool.execute(
+        "UPDATE batches SET status = $2, code = $3, reason = $4, finished_at = $5,"
+        " updated_at = now() WHERE id = $1 AND status = 'queued'",
+        batch["id"],
+        batch["status"],
+        batch["code"],
+        batch["reason"],
+        batch["finished_at"],
+    )
 
 
 async def set_status(

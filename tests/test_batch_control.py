@@ -7,15 +7,18 @@ import json
 import secrets
 import subprocess
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from temporalio.client import Client
 
+from api.services import batches as batch_service
 from deploy.local.temporal import TEMPORAL_BIN
 from settings import Settings
 from tests.support.batches import FINAL, phases, start, start_marked_batch
@@ -290,6 +293,43 @@ async def test_retry_sends_the_failed_rows_again_and_nothing_else(
     logs = (await api.get(f"/v1/sms/batch/{file_id}/logs", headers=account.headers)).json()
     seqs = [e["seq"] for e in logs["data"]["events"]]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def test_a_retry_that_finds_a_run_still_open_leaves_the_batch_as_it_was(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+    temporal: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batch_service, "FINAL_CLOSE_SECONDS", 0.2)
+    at = datetime.now(UTC) + timedelta(hours=1)
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(2), schedule_at=at.isoformat()
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    # As a batch whose final event is recorded while its run is still open (posting it).
+    finished = datetime.now(UTC) - timedelta(minutes=5)
+    await pool.execute(
+        "UPDATE batches SET status = 'completed_partial', code = 'x', finished_at = $2"
+        " WHERE id = $1",
+        uuid.UUID(file_id),
+        finished,
+    )
+    await pool.execute(
+        "UPDATE messages SET status = 'failed' WHERE batch_id = $1", uuid.UUID(file_id)
+    )
+
+    retried = await api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers)
+    row = await pool.fetchrow(
+        "SELECT status, code, finished_at FROM batches WHERE id = $1", uuid.UUID(file_id)
+    )
+    await temporal.get_workflow_handle(batch_workflow_id(file_id)).terminate()
+
+    assert (retried.status_code, error_code(retried)) == (409, "BATCH_NOT_FINISHED")
+    # Not `queued`, which nothing would have moved on from: retried again once the run ends.
+    assert dict(row) == {"status": "completed_partial", "code": "x", "finished_at": finished}
 
 
 async def test_search_attributes_find_the_finished_batch(

@@ -671,17 +671,14 @@ async def retry_batch(
         await _start_workflow(
             temporal, settings, batch, input, WorkflowIDReusePolicy.ALLOW_DUPLICATE
         )
-    except WorkflowAlreadyStartedError as error:
-        raise BatchNotFinished(f"batch {batch_id} is running again already") from error
-    except TemporalUnavailable:
-        # Nothing started: the batch is as it was, and the retry can be asked again.
-        await batches.set_status(
-            pool,
-            batch["id"],
-            status=BatchStatus(batch["status"]),
-            code=batch["code"],
-            reason=batch["reason"],
-        )
+    except (WorkflowAlreadyStartedError, TemporalUnavailable) as error:
+        # Nothing started: the batch is as it was (not `queued`, which nothing would move on
+        # from), and the retry can be asked again.
+        await batches.restore_status(pool, batch)
+        if isinstance(error, WorkflowAlreadyStartedError):
+            raise BatchNotFinished(
+                f"batch {batch_id} has a run of its workflow open still; retry once it ends"
+            ) from error
         raise
     return BatchControl(
         batch_id=str(batch["id"]), workflow_id=batch["workflow_id"], action="retry", rows=rows
