@@ -9,7 +9,7 @@ from datetime import datetime
 import httpx
 import pytest
 from standardwebhooks import Webhook
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 
 from settings import Settings
 from tests.support.batches import FINAL, start_marked_batch
@@ -23,6 +23,7 @@ from tests.support.sending import (
     send_ok,
 )
 from tests.support.stack import Account, WebhookPost, WebhookReceiver, api_client, rotate
+from workflows.contracts import batch_workflow_id
 
 
 def event_seq(webhook_id: str) -> int:
@@ -134,6 +135,30 @@ async def test_a_failing_receiver_never_holds_the_batch_back(
     assert not any(e["status"] in FINAL for e in webhooks.received[run])
     await webhooks.wait_for(run, *FINAL, times=4)  # the final event, given up after 4 tries
     assert {d["attempt"] for d in await deliveries(api, account, batch_id)} == {1, 2, 3, 4}
+
+
+async def test_a_pause_that_comes_after_the_final_event_changes_nothing(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    run = secrets.token_hex(6)
+    webhooks.answers[run] = [500] * 100
+    batch_id, _ = await start_marked_batch(api, account, webhooks, unique_numbers(2), marker=run)
+    await eventually(
+        lambda: api.get(f"/v1/sms/batch/{batch_id}", headers=account.headers),
+        lambda r: r.json()["data"]["status"] in FINAL,
+    )
+    handle = temporal.get_workflow_handle(batch_workflow_id(batch_id))
+    # Still open, posting its events: as the `temporal` CLI would, past the API's check.
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+
+    await handle.signal("pause")
+    await asyncio.sleep(1)  # a paused event is recorded within milliseconds
+
+    logs = (await api.get(f"/v1/sms/batch/{batch_id}/logs", headers=account.headers)).json()
+    await handle.terminate()
+    assert [e["status"] for e in logs["data"]["events"]][-1] == "completed"
+    detail = (await api.get(f"/v1/sms/batch/{batch_id}", headers=account.headers)).json()
+    assert detail["data"]["status"] == "completed"
 
 
 async def test_410_gone_turns_the_batchs_webhook_off(

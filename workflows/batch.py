@@ -58,7 +58,7 @@ with workflow.unsafe.imports_passed_through():
         batch_workflow_id,
     )
     from workflows.retries import DB_RETRY, VALIDATE_RETRY
-    from workflows.statuses import BatchStatus, LedgerStatus
+    from workflows.statuses import FINAL_BATCH_STATUSES, BatchStatus, LedgerStatus
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -106,6 +106,10 @@ VALIDATING_QUEUED_PATCH = "batch-validating-report-queued"
 # (two chunks of 5,000) sent with four slices' requests in flight, half a larger batch's
 # (docs/WORKFLOWS.md, Fairness between batches).
 SHARED_WINDOW_PATCH = "batch-inline-chunks-share-window"
+# A pause (an operator's through the `temporal` CLI, or one racing the API's check) that comes
+# once the batch's final event is recorded, while its run still posts it, is ignored: it
+# recorded a `paused` event after the final one, and left the batch `paused` for good.
+NO_PAUSE_AFTER_END_PATCH = "batch-no-pause-after-end"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -192,7 +196,9 @@ class BatchWorkflow:
             await self.resume()
 
     async def _pause(self, why: AutoPaused | None = None) -> bool:
-        """Pause, with the event; False when already paused or being cancelled."""
+        """Pause, with the event; False when already paused, being cancelled or ended."""
+        if self._status in FINAL_BATCH_STATUSES and workflow.patched(NO_PAUSE_AFTER_END_PATCH):
+            return False
         if self._paused or self._cancel_reason is not None:
             return False
         self._paused = True
