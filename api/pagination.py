@@ -10,7 +10,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Query
@@ -75,6 +75,8 @@ def _value(kind: KeyKind, value: Any) -> Any:
         moment = datetime.fromisoformat(value)
         if moment.tzinfo is None:
             raise ValueError("a time without its offset")
+        # As PostgreSQL is given it, in UTC: 0001-01-01T00:00+14:00 is before year 1 there.
+        moment.astimezone(UTC)
         return moment
     if kind is uuid.UUID:
         return uuid.UUID(value)
@@ -94,7 +96,14 @@ def decode(cursor: str | None, kinds: Sequence[KeyKind]) -> Key | None:
         if not isinstance(values, list) or len(values) != len(kinds):
             raise ValueError("not a key of this list")
         return tuple(_value(kind, value) for kind, value in zip(kinds, values, strict=True))
-    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError, InvalidText):
+    except (
+        ValueError,
+        OverflowError,
+        binascii.Error,
+        UnicodeDecodeError,
+        RecursionError,
+        InvalidText,
+    ):
         raise InvalidCursor(
             "cursor is not a `next_cursor` this endpoint gave; leave it out for the first page"
         ) from None

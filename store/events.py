@@ -103,9 +103,10 @@ async def list_events(
     limit: int | None = None,
 ) -> list[dict]:
     """The batch's events after `after_seq` in order, up to `limit` of them if given."""
+    # `$3::bigint`: a cursor may hold any 64-bit integer, past the range of `seq` (int).
     rows = await pool.fetch(
         "SELECT seq, status, payload, created_at, delivered_at FROM batch_events"
-        " WHERE batch_id = $1 AND account_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+        " WHERE batch_id = $1 AND account_id = $2 AND seq > $3::bigint ORDER BY seq LIMIT $4",
         batch_id,
         account_id,
         after_seq,

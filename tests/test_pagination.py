@@ -205,6 +205,8 @@ async def test_a_cursor_the_endpoint_did_not_give_is_400_invalid_cursor(
         _b64("[1e400, null]"),
         _b64("[" * 150 + "]" * 150),
         _b64(f"[{2**70}, {2**70}]"),
+        # Before year 1 in UTC, as PostgreSQL is given it.
+        _b64('["0001-01-01T00:00:00+14:00", "6c429a7d-9f75-4dd2-91c9-c63022f7859c"]'),
         "A" * (pagination.MAX_CURSOR_CHARS + 1),
     ]
 
@@ -217,6 +219,12 @@ async def test_a_cursor_the_endpoint_did_not_give_is_400_invalid_cursor(
     assert set(refused.values()) == {(400, "INVALID_CURSOR")}, {
         where: reply for where, reply in refused.items() if reply != (400, "INVALID_CURSOR")
     }
+    # A key past every item, within 64 bits, is the page after the last: empty, not an error.
+    past = _b64(f"[{2**31}]")
+    for path in lists[-4:]:
+        response = await api.get(path, headers=account.headers, params={"cursor": past})
+        assert response.status_code == 200, (path, response.text)
+        assert response.json()["data"]["next_cursor"] is None
     # A cursor of one list is not one of a list ordered by another key.
     walked = await api.get(
         f"/v1/sms/batch/{batch}/messages", headers=account.headers, params={"limit": 1}
