@@ -435,6 +435,8 @@ async def test_a_batch_temporal_could_not_start_ends_failed_and_the_same_request
     async with api_client(down) as unreachable:
         refused = await start(unreachable, account, file_id, **request)
     stranded = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()
+    async with asyncio.timeout(10):
+        stream = await api.get(f"/v1/sms/batch/{file_id}/events", headers=account.headers)
     cancel = await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
     again = await start(api, account, file_id, **request)
     final = (await webhooks.wait_for(marker, *FINAL))[-1]
@@ -446,6 +448,8 @@ async def test_a_batch_temporal_could_not_start_ends_failed_and_the_same_request
         "failed",
         "TEMPORAL_UNAVAILABLE",
     )
+    # Its event stream ends at once: no event will ever come.
+    assert (stream.status_code, stream.text) == (200, "")
     assert error_code(cancel) == "BATCH_ALREADY_FINISHED"
     assert again.status_code == 200, again.text
     assert final["status"] == "completed"

@@ -41,6 +41,8 @@ async def stream_events(
             newest = await events.last_event(pool, batch["id"])
             if newest is not None and newest[1] in FINAL_BATCH_STATUSES and last >= newest[0]:
                 return
+            if newest is None and batch["status"] in FINAL_BATCH_STATUSES:
+                return  # ended with no event: its workflow never started
             try:
                 progress = await handle.query("progress", result_type=BatchProgress)
             except (RPCError, WorkflowQueryFailedError, RuntimeError):
