@@ -96,6 +96,32 @@ async def test_a_strict_dry_run_says_the_batch_would_fail(
     assert "row 2 invalid_number" in found["reason"]
 
 
+@pytest.mark.parametrize("rows", [[["nope"], ["12"]], [[None], [None]]])
+async def test_a_file_with_no_row_to_send_dry_runs_as_the_batch_fails(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, rows: list[list[object]]
+) -> None:
+    number = unique_numbers(1)[0]
+    # Both rows rejected; or one number twice, the second a duplicate, the first opted out.
+    if rows[0][0] is None:
+        rows = [[number], [number]]
+        added = await api.post("/v1/opt-outs", headers=account.headers, json={"number": number})
+        assert added.status_code in (200, 201), added.text
+    file_id = await attach(api, account.headers, csv_bytes(["phone_number"], rows))
+    message = {"agent_number": account.agent_number, "agent_message": "hello"}
+    marker = secrets.token_hex(6)
+
+    found = await dry_run(api, account, file_id=file_id, **{"global": message})
+    started = await start(
+        api, account, file_id, status_webhook=webhooks.url(marker), **{"global": message}
+    )
+    final = (await webhooks.wait_for(marker, *FINAL))[-1]
+
+    assert started.status_code == 200, started.text
+    assert (found["to_send"], found["code"]) == (0, "no_valid_recipients")
+    assert (final["status"], final["code"]) == ("failed", found["code"])
+    assert final["reason"] == found["reason"]
+
+
 async def test_a_file_without_numbers_is_refused_as_the_batch_is(
     api: httpx.AsyncClient, account: Account
 ) -> None:

@@ -25,6 +25,7 @@ from temporalio.types import MethodAsyncSingleParam
 
 with workflow.unsafe.imports_passed_through():
     from activities.ledger import LedgerActivities
+    from activities.recipients.rejections import NO_VALID_RECIPIENTS, NOTHING_TO_SEND
     from activities.reconciliation import ReconciliationActivities
     from activities.status_events import StatusEventActivities
     from activities.validation import ValidationActivities
@@ -358,9 +359,7 @@ class BatchWorkflow:
         sendable = validation.recipients - validation.skipped
         if sendable == 0:
             return await self._finish_failed(
-                "no_valid_recipients",
-                "no row of the file can be sent",
-                rows_total=validation.rows_total,
+                NO_VALID_RECIPIENTS, NOTHING_TO_SEND, rows_total=validation.rows_total
             )
         await self._wait_for_schedule()
         return await self._start_sending(

@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 from activities.recipients.columns import NotPlain, plain_csv
 from activities.recipients.links import Codes, shorten_recipients
 from activities.recipients.prices import Groups
-from activities.recipients.rejections import Code, Rejected, SourceInvalid
+from activities.recipients.rejections import (
+    NO_VALID_RECIPIENTS,
+    NOTHING_TO_SEND,
+    Code,
+    Rejected,
+    SourceInvalid,
+)
 from activities.recipients.rows import (
     Recipient,
     RecipientRules,
@@ -57,6 +63,8 @@ def preview(
     failure = strict_failure(issue, result.tally) if strict else None
     if failure is not None:
         result.code, result.reason = Code.VALIDATION_FAILED.value, failure
+    elif result.tally.recipients == result.tally.skipped:
+        result.code, result.reason = NO_VALID_RECIPIENTS, NOTHING_TO_SEND
     return result
 
 

@@ -27,6 +27,12 @@ class Code(StrEnum):
     OPTED_OUT = "opted_out"
 
 
+# The batch's failure when validation leaves no row to send (every one rejected or skipped),
+# and its reason: the batch's own code, not one of the table of its rows' and file's.
+NO_VALID_RECIPIENTS = "no_valid_recipients"
+NOTHING_TO_SEND = "no row of the file can be sent"
+
+
 # Codes of ledger rows that are kept but not sent; they carry no text.
 SKIP_CODES = (Code.DUPLICATE, Code.OPTED_OUT)
 
