@@ -2,6 +2,8 @@
 error of the per-key request rate (a token bucket on the key's row, `store/buckets.py`, spent
 in `api/deps.py`)."""
 
+import re
+
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,12 +25,17 @@ class RateLimited(HeraldError):
 
 # Requests whose JSON body may hold a batch's recipients inline: uploads in all but form.
 BATCH_PATHS = frozenset({"/v1/sms/batch", "/send/batch"})
+# The routes that take a file (multipart): only their bodies may be as large as an upload,
+# since every body is read (and a form parsed) before the key or signature is checked.
+UPLOAD_PATHS = re.compile(
+    r"/v1/files/attach|/v1/lists/[^/]+/contacts/(upload|remove)|/campaigns/[^/]+/batch/messages"
+)
 
 
 class BodySizeLimit:
     """413 `PAYLOAD_TOO_LARGE` for a body over `max_body` bytes (`max_batch_body` for a batch
-    request, `max_upload` plus framing for multipart uploads): at once from Content-Length,
-    or as soon as a chunked body passes it."""
+    request, `max_upload` plus framing for a multipart upload to a route that takes a file):
+    at once from Content-Length, or as soon as a chunked body passes it."""
 
     def __init__(
         self, app: ASGIApp, *, max_body: int, max_batch_body: int, max_upload: int
@@ -44,7 +51,7 @@ class BodySizeLimit:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         multipart = headers.get("content-type", "").startswith("multipart/form-data")
-        if multipart:
+        if multipart and UPLOAD_PATHS.fullmatch(scope["path"]):
             limit = self._max_upload
         elif scope["path"] in BATCH_PATHS:
             limit = self._max_batch_body

@@ -33,6 +33,26 @@ async def test_a_json_body_over_the_limit_is_refused_before_it_is_read(
     assert small.status_code == 400  # under the limit: refused for what it says, not its size
 
 
+async def test_only_a_route_that_takes_a_file_takes_a_body_of_an_uploads_size(
+    settings: Settings, account: Account
+) -> None:
+    # Bodies are read (and forms parsed) before the key or the carrier's signature is checked:
+    # elsewhere a multipart body has the limit of any body.
+    body = {"file": ("f.csv", b"phone_number\n" + b"1" * 20_000, "text/csv")}
+    limits = {"max_body_bytes": 4096, "max_upload_bytes": 1_000_000}
+    async with api_client(settings.model_copy(update=limits)) as api:
+        elsewhere = [
+            await api.post(path, files=body)
+            for path in ("/v1/webhooks/twilio/inbound", "/v1/sms/numbers", "/v1/lists")
+        ]
+        upload = await api.post(
+            "/v1/files/attach", headers=account.headers, files=body, data={"file_type": "batches"}
+        )
+
+    assert [(r.status_code, error_code(r)) for r in elsewhere] == [(413, "PAYLOAD_TOO_LARGE")] * 3
+    assert upload.status_code == 200, upload.text
+
+
 async def test_each_key_has_its_own_request_rate(
     settings: Settings, pool: asyncpg.Pool, account: Account
 ) -> None:
