@@ -53,6 +53,8 @@ def carrier_address(number: str, channel: str) -> str:
 
 # A conversation message's error code when its sender is no longer the account's.
 SENDER_NOT_HELD = "sender_not_held"
+# The kinds of message Herald sends on its own, when a silence timer fires.
+TIMER_KINDS = frozenset({"warning", "timeout"})
 
 
 class ConversationActivities(WorkerResources):
@@ -82,9 +84,14 @@ class ConversationActivities(WorkerResources):
                 self._pool, message_id, status="skipped", error_code="opted_out"
             )
             return SendMessageResult(status="skipped", error_code="opted_out")
-        if await numbers.owner_of_number(self._pool, message.agent_number) != message.account_id:
-            # Given up since the conversation began (a timer's message, hours later), perhaps
-            # registered by another account now: never sent from again.
+        if (
+            message.kind in TIMER_KINDS
+            and await numbers.owner_of_number(self._pool, message.agent_number)
+            != message.account_id
+        ):
+            # A silence timer's message, hours after the send that set it: the sender given up
+            # meanwhile (another account's, perhaps, by now) is not sent from. A send's own
+            # message was checked when the API took it.
             await conversation_messages.record_outcome(
                 self._pool,
                 message_id,

@@ -101,6 +101,22 @@ async def test_progress_events_are_posted_too_when_the_request_asks(
     assert [e["payload"] for e in logs["data"]["events"]] == events
 
 
+async def marked_request(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, numbers: list[str]
+) -> tuple[str, str, dict[str, Any]]:
+    """A file of `numbers` attached, a fresh marker, and a batch request for the file whose
+    webhook path and message name the marker."""
+    marker = secrets.token_hex(6)
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
+    )
+    body = {
+        "status_webhook": webhooks.url(marker),
+        "global": {"agent_number": account.agent_number, "agent_message": f"once {marker}"},
+    }
+    return file_id, marker, body
+
+
 async def test_the_request_repeated_once_temporal_forgot_its_run_starts_nothing(
     api: httpx.AsyncClient,
     account: Account,
@@ -108,15 +124,8 @@ async def test_the_request_repeated_once_temporal_forgot_its_run_starts_nothing(
     emulator_url: str,
     temporal: Client,
 ) -> None:
-    marker = secrets.token_hex(6)
     numbers = unique_numbers(3)
-    file_id = await attach(
-        api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
-    )
-    body: dict[str, Any] = {
-        "status_webhook": webhooks.url(marker),
-        "global": {"agent_number": account.agent_number, "agent_message": f"Herald {marker}"},
-    }
+    file_id, marker, body = await marked_request(api, account, webhooks, numbers)
     assert (await start(api, account, file_id, **body)).status_code == 200
     await webhooks.wait_for(marker, *FINAL)
     handle = temporal.get_workflow_handle(f"sms-batch-{file_id}")
@@ -149,15 +158,8 @@ async def _forgotten(handle: WorkflowHandle[Any, Any]) -> bool:
 async def test_repeating_the_request_returns_the_same_batch_and_sends_once(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
 ) -> None:
-    run = secrets.token_hex(6)
     numbers = unique_numbers(5)
-    file_id = await attach(
-        api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
-    )
-    body: dict[str, Any] = {
-        "status_webhook": webhooks.url(run),
-        "global": {"agent_number": account.agent_number, "agent_message": f"once {run}"},
-    }
+    file_id, run, body = await marked_request(api, account, webhooks, numbers)
 
     first = await start(api, account, file_id, **body)
     second = await start(api, account, file_id, **body)

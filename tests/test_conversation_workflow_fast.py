@@ -59,6 +59,20 @@ async def start_conversation(
     )
 
 
+async def user_replies(
+    handle: WorkflowHandle[ConversationWorkflow, ConversationResult], conversation_id: str
+) -> None:
+    await handle.signal(
+        ConversationWorkflow.message,
+        ConversationSignal(
+            conversation_id=conversation_id,
+            conversation_seq=1,
+            message_id=str(uuid.uuid4()),
+            sender=USER_NUMBER,
+        ),
+    )
+
+
 async def test_silence_brings_the_warning_then_the_timeout(
     time_skipping: WorkflowEnvironment,
 ) -> None:
@@ -93,15 +107,7 @@ async def test_a_user_reply_starts_the_silence_over(time_skipping: WorkflowEnvir
         await stubs.wait_for(lambda: len(stubs.inputs("send_conversation_message")) == 1)
         await time_skipping.sleep(40)
         replied = (await time_skipping.get_current_time()).timestamp()
-        await handle.signal(
-            ConversationWorkflow.message,
-            ConversationSignal(
-                conversation_id=conversation_id,
-                conversation_seq=1,
-                message_id=str(uuid.uuid4()),
-                sender=USER_NUMBER,
-            ),
-        )
+        await user_replies(handle, conversation_id)
         result = await result_of(handle)
     calls = stubs.calls["send_conversation_message"]
     assert [call.input.kind for call in calls] == ["message", "warning", "timeout"]
@@ -124,15 +130,7 @@ async def test_an_agent_message_the_carrier_refused_starts_no_silence(
         await time_skipping.sleep(3000)
         quiet = [call.input.kind for call in stubs.calls["send_conversation_message"]]
         replied = (await time_skipping.get_current_time()).timestamp()
-        await handle.signal(
-            ConversationWorkflow.message,
-            ConversationSignal(
-                conversation_id=conversation_id,
-                conversation_seq=1,
-                message_id=str(uuid.uuid4()),
-                sender=USER_NUMBER,
-            ),
-        )
+        await user_replies(handle, conversation_id)
         result = await result_of(handle)
     assert quiet == ["message"]
     calls = stubs.calls["send_conversation_message"]
