@@ -237,6 +237,24 @@ async def test_a_scheduled_batch_waits_for_its_time_before_the_first_send(
     assert result.status == S.COMPLETED
 
 
+async def test_a_batch_cancelled_while_it_waits_for_its_time_ends_there(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=3)
+    schedule_at = (await time_skipping.get_current_time()).timestamp() + 6 * 3600
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(time_skipping, queue, timing=Timing(schedule_at=schedule_at))
+        await stubs.wait_for(lambda: S.WAITING_FOR_SCHEDULED_MESSAGES in stubs.phases())
+        await handle.signal(BatchWorkflow.cancel, "not this week")
+        result = await result_of(handle)
+    # No send phase for a batch that sent nothing.
+    assert stubs.phases() == [S.VALIDATING, S.WAITING_FOR_SCHEDULED_MESSAGES, S.CANCELLED]
+    assert "send_slice" not in stubs.calls
+    finish = stubs.inputs("finish_ledger")
+    assert [f.close_pending_as for f in finish] == [LedgerStatus.CANCELLED]
+    assert (result.status, result.reason) == (S.CANCELLED, "not this week")
+
+
 async def test_a_spread_batch_sends_each_slice_at_its_place_on_the_timeline(
     time_skipping: WorkflowEnvironment,
 ) -> None:

@@ -111,6 +111,9 @@ SHARED_WINDOW_PATCH = "batch-inline-chunks-share-window"
 # once the batch's final event is recorded, while its run still posts it, is ignored: it
 # recorded a `paused` event after the final one, and left the batch `paused` for good.
 NO_PAUSE_AFTER_END_PATCH = "batch-no-pause-after-end"
+# A batch cancelled while it waits for `schedule_at` ends there: it recorded `dispatching` and
+# `in_progress` first, a send phase for a batch that sent nothing.
+CANCELLED_WAIT_ENDS_PATCH = "batch-cancelled-wait-ends"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -362,6 +365,8 @@ class BatchWorkflow:
                 NO_VALID_RECIPIENTS, NOTHING_TO_SEND, rows_total=validation.rows_total
             )
         await self._wait_for_schedule()
+        if self._cancel_reason is not None and workflow.patched(CANCELLED_WAIT_ENDS_PATCH):
+            return await self._finish()
         return await self._start_sending(
             validation.rows_total,
             validation.recipients,
