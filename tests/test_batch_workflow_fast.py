@@ -321,6 +321,31 @@ async def test_expiry_stops_sending_and_closes_what_was_left_expired(
     assert (result.counts.successful, result.counts.expired) == (6, 3)
 
 
+async def test_a_batch_paused_past_its_expiry_ends_with_what_was_left_expired(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=8, held={0})
+    now = (await time_skipping.get_current_time()).timestamp()
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=2, slice_size=2, chunk_window=1),
+            timing=Timing(expire_at=now + 600),
+        )
+        await stubs.wait_for(
+            lambda: len(slices(stubs)) == 1 and S.IN_PROGRESS_CHUNKED in stubs.statuses()
+        )
+        await handle.signal(BatchWorkflow.pause)
+        await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
+        # No resume: the expiry ends the batch, as it does one that is sending.
+        result = await result_of(handle)
+    finish = stubs.inputs("finish_ledger")
+    assert [f.close_pending_as for f in finish] == [LedgerStatus.EXPIRED]
+    assert stubs.phases()[-2:] == [S.PAUSED, S.FAILED]
+    assert result.counts.expired == 8
+
+
 @pytest.mark.parametrize(
     ("recipients", "chunk_size", "inline_slices", "first_slices"),
     [

@@ -114,6 +114,9 @@ NO_PAUSE_AFTER_END_PATCH = "batch-no-pause-after-end"
 # A batch cancelled while it waits for `schedule_at` ends there: it recorded `dispatching` and
 # `in_progress` first, a send phase for a batch that sent nothing.
 CANCELLED_WAIT_ENDS_PATCH = "batch-cancelled-wait-ends"
+# A batch paused when its `expire_at` passes ends then, what was left `expired`, as a sending
+# one does; it stayed paused, with no final event, until an operator acted.
+EXPIRY_ENDS_PAUSE_PATCH = "batch-expiry-ends-pause"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -138,6 +141,9 @@ class BatchWorkflow:
         # The validate activity while it runs (runs with CANCEL_VALIDATION_PATCH only).
         self._validation: asyncio.Task[ValidationResult] | None = None
         self._expired = False
+        # Whether the expiry ends a wait for a place among the chunks, paused (it did not
+        # before EXPIRY_ENDS_PAUSE_PATCH).
+        self._expiry_ends_wait = False
         # By child workflow name.
         self._chunks: dict[str, workflow.ChildWorkflowHandle[ChunkWorkflow, SendCounts]] = {}
         # Chunks run inside this workflow (ONE_SLICE_PATCH, SLICES_INLINE_PATCH), by name,
@@ -534,15 +540,17 @@ class BatchWorkflow:
         return await self._finish()
 
     async def _chunk_place(self) -> bool:
-        """Wait for a place among the chunks in flight; False when the batch is cancelled."""
+        """Wait for a place among the chunks in flight; False when the batch is cancelled (or
+        expired, EXPIRY_ENDS_PAUSE_PATCH)."""
         window = self._input.dispatch.chunk_window
         await workflow.wait_condition(
             lambda: (
                 (len(self._chunk_tasks) < window and not self._paused)
                 or self._cancel_reason is not None
+                or self._expiry_ends_wait
             )
         )
-        return self._cancel_reason is None
+        return self._cancel_reason is None and not self._expiry_ends_wait
 
     async def _pass_waiting(self, state: DispatchState, started_here: int) -> bool:
         """Send the rows that waited for their send window: sleep until the first of them
@@ -759,6 +767,7 @@ class BatchWorkflow:
         await workflow.sleep(max(0.0, moment - workflow.now().timestamp()))
         if not self._stopped:
             self._expired = True
+            self._expiry_ends_wait = workflow.patched(EXPIRY_ENDS_PAUSE_PATCH)
             await self._signal_chunks(ChunkWorkflow.stop)
 
     async def _finish(self) -> BatchResult:
