@@ -97,22 +97,33 @@ async def _grant_of(request: Request, pool: asyncpg.Pool, key: str) -> KeyGrant:
     return grant
 
 
-def _requires(
-    permission: str, authenticate: Callable[..., Awaitable[KeyGrant]] = current_key
-) -> Any:
-    """The caller's account id, once its key is known and holds `permission`."""
+def _grants(permission: str, authenticate: Callable[..., Awaitable[KeyGrant]] = current_key) -> Any:
+    """The caller's key, once it is known and holds `permission`."""
     assert permission in PERMISSIONS, permission
 
-    async def permitted(grant: Annotated[KeyGrant, Depends(authenticate)]) -> uuid.UUID:
+    async def permitted(grant: Annotated[KeyGrant, Depends(authenticate)]) -> KeyGrant:
         if not grant.allows(permission):
             raise Forbidden(f"this API key does not have the `{permission}` permission")
-        return grant.account_id
+        return grant
 
     return Depends(permitted)
 
 
+def _requires(
+    permission: str, authenticate: Callable[..., Awaitable[KeyGrant]] = current_key
+) -> Any:
+    """The caller's account id, once its key is known and holds `permission`."""
+
+    async def account(grant: Annotated[KeyGrant, _grants(permission, authenticate)]) -> uuid.UUID:
+        return grant.account_id
+
+    return Depends(account)
+
+
 FilesWrite = Annotated[uuid.UUID, _requires("files:write")]
 BatchesRead = Annotated[uuid.UUID, _requires("batches:read")]
+# The key itself, for a request that outlasts its first check (an event stream).
+BatchesReadKey = Annotated[KeyGrant, _grants("batches:read")]
 BatchesWrite = Annotated[uuid.UUID, _requires("batches:write")]
 SendWrite = Annotated[uuid.UUID, _requires("send:write")]
 NumbersRead = Annotated[uuid.UUID, _requires("numbers:read")]

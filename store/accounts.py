@@ -114,6 +114,13 @@ async def grant_for_key(pool: asyncpg.Pool, key: str) -> KeyGrant | None:
     return None
 
 
+async def key_is_active(pool: asyncpg.Pool, key_id: uuid.UUID) -> bool:
+    """Whether the key is still unrevoked (a long request's check, after its first)."""
+    return await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = $1 AND revoked_at IS NULL)", key_id
+    )
+
+
 async def account_exists(pool: asyncpg.Pool, account_id: uuid.UUID) -> bool:
     return await pool.fetchval("SELECT EXISTS (SELECT 1 FROM accounts WHERE id = $1)", account_id)
 

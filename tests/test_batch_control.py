@@ -21,9 +21,11 @@ from temporalio.client import Client
 from api.services import batches as batch_service
 from deploy.local.temporal import TEMPORAL_BIN
 from settings import Settings
+from store.accounts import create_api_key, revoke_api_key
 from tests.support.batches import FINAL, phases, start, start_marked_batch
 from tests.support.builders import attach, csv_bytes, slow_to_validate, unique_numbers
 from tests.support.delivery import received, wait_until_received
+from tests.support.sending import served_api
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client, error_code
 from workflows.contracts import batch_workflow_id
 
@@ -412,6 +414,41 @@ async def test_event_stream_carries_progress_and_ends_with_the_final_event(
         headers={**account.headers, "last-event-id": str(len(statuses) - 1)},
     )
     assert resumed.text.count("event: status") == 1
+
+
+async def test_an_event_stream_ends_once_the_key_that_opened_it_is_revoked(
+    settings: Settings,
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+) -> None:
+    at = datetime.now(UTC) + timedelta(hours=1)
+    # Waiting an hour for its time: its stream would not end by itself meanwhile.
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(2), schedule_at=at.isoformat()
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    key = await create_api_key(pool, account.account_id)
+
+    # Over a real port: the in-process transport reads a response whole before it returns.
+    async with (
+        served_api(settings) as served,
+        httpx.AsyncClient(base_url=served.api_url) as http,
+        asyncio.timeout(10),
+        http.stream(
+            "GET", f"/v1/sms/batch/{file_id}/events", headers={"authorization": key.key}
+        ) as stream,
+    ):
+        chunks = stream.aiter_text()
+        first = await anext(chunks)
+        await revoke_api_key(pool, key.key_id)
+        rest = [chunk async for chunk in chunks]
+    cancelled = await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
+
+    assert stream.status_code == 200
+    assert "waiting_for_scheduled_messages" in first + "".join(rest)
+    assert cancelled.status_code == 200
 
 
 async def test_a_batch_temporal_could_not_start_ends_failed_and_the_same_request_starts_it(

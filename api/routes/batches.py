@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import AppSettings, BatchesRead, BatchesWrite, Pool, Temporal
+from api.deps import AppSettings, BatchesRead, BatchesReadKey, BatchesWrite, Pool, Temporal
 from api.input_checks import INT32_MAX
 from api.models import (
     BatchControl,
@@ -187,7 +187,7 @@ async def retry_batch(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def batch_event_stream(
-    account_id: BatchesRead,
+    key: BatchesReadKey,
     pool: Pool,
     temporal: Temporal,
     batch_id: str,
@@ -197,7 +197,7 @@ async def batch_event_stream(
 ) -> StreamingResponse:
     """Server-sent events: `status` (each lifecycle event, as posted to the webhook) and
     `progress` (about once a second while it runs); the stream ends after the final event."""
-    stream = await batch_events.stream_events(pool, temporal, account_id, batch_id, last_event_id)
+    stream = await batch_events.stream_events(pool, temporal, key, batch_id, last_event_id)
     return StreamingResponse(stream, media_type="text/event-stream")
 
 

@@ -3,7 +3,6 @@
 import asyncio
 import dataclasses
 import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +11,8 @@ from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from api.services.batches import batch_or_404
-from store import events
+from store import accounts, events
+from store.accounts import KeyGrant
 from workflows.contracts import BatchProgress
 from workflows.statuses import FINAL_BATCH_STATUSES
 
@@ -22,12 +22,14 @@ SSE_POLL_SECONDS = 1.0
 async def stream_events(
     pool: asyncpg.Pool,
     temporal: Client,
-    account_id: uuid.UUID,
+    key: KeyGrant,
     batch_id: str,
     after_seq: int,
 ) -> AsyncIterator[str]:
     """Server-sent events: each lifecycle event as it is recorded, `progress` about once a
-    second while the batch runs, and the end of the stream after its final event."""
+    second while the batch runs, and the end of the stream after its final event, or once
+    the key that opened it is revoked."""
+    account_id = key.account_id
     batch = await batch_or_404(pool, account_id, batch_id)
     handle = temporal.get_workflow_handle(batch["workflow_id"])
 
@@ -43,6 +45,8 @@ async def stream_events(
                 return
             if newest is None and batch["status"] in FINAL_BATCH_STATUSES:
                 return  # ended with no event: its workflow never started
+            if not await accounts.key_is_active(pool, key.key_id):
+                return
             try:
                 progress = await handle.query("progress", result_type=BatchProgress)
             except (RPCError, WorkflowQueryFailedError, RuntimeError):
