@@ -105,10 +105,19 @@ def test_a_taken_port_stops_the_launcher_before_it_starts_anything(
     assert list((tmp_path / "home").iterdir()) == []
 
 
+def command_line(process: psutil.Process) -> str:
+    """The process's command line; empty once it has ended (a short-lived helper, listed a
+    moment before)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.NoSuchProcess:
+        return ""
+
+
 def test_launcher_is_ready_then_leaves_no_process_behind(stack_env: dict[str, str]) -> None:
     with launched(stack_env) as (launcher, dev):
         children = psutil.Process(launcher.pid).children(recursive=True)
-        command_lines = " ".join(" ".join(c.cmdline()) for c in children)
+        command_lines = " ".join(command_line(c) for c in children)
         ready = httpx.get(f"{dev['api_url']}/readyz", timeout=5)
         ui = httpx.get(dev["temporal_ui_url"], timeout=5)
         docs = httpx.get(dev["docs_url"], timeout=5)
