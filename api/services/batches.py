@@ -436,11 +436,7 @@ async def _require_senders_held(
         ),
     }
     for sender in sorted(senders):
-        if not await numbers.has_number(pool, account_id, sender):
-            raise AgentNumberNotFound(
-                f"{sender}, a sender of this batch, is no longer a registered sender of this"
-                " account"
-            )
+        await _own_sender(pool, account_id, sender)
 
 
 async def _check_lists(pool: asyncpg.Pool, account_id: uuid.UUID, request: dict[str, Any]) -> None:
