@@ -12,17 +12,19 @@ from store.db import after_key
 
 _COLUMNS = (
     "l.id, l.name, l.created_at,"
-    " (SELECT count(*) FROM mailing_list_contacts AS c WHERE c.list_id = l.id) AS contacts"
+    " (SELECT count(*) FROM mailing_list_contacts AS c"
+    " WHERE c.account_id = l.account_id AND c.list_id = l.id) AS contacts"
 )
 
 
 async def create_list(
     pool: asyncpg.Pool, account_id: uuid.UUID, name: str, list_id: uuid.UUID
 ) -> dict | None:
-    """The new list; None when the id is taken (by any account)."""
+    """The new list; None when the account has a list of that id (another account's is no
+    conflict: ids are unique within an account)."""
     created = await pool.fetchval(
         "INSERT INTO mailing_lists (id, account_id, name) VALUES ($1, $2, $3)"
-        " ON CONFLICT (id) DO NOTHING RETURNING id",
+        " ON CONFLICT (account_id, id) DO NOTHING RETURNING id",
         list_id,
         account_id,
         name,
@@ -73,7 +75,7 @@ async def count_contacts(
     not the account's is missing from the answer."""
     rows = await pool.fetch(
         "SELECT l.id, count(c.phone_number) AS contacts FROM mailing_lists AS l"
-        " LEFT JOIN mailing_list_contacts AS c ON c.list_id = l.id"
+        " LEFT JOIN mailing_list_contacts AS c ON c.account_id = l.account_id AND c.list_id = l.id"
         " WHERE l.account_id = $1 AND l.id = ANY($2::uuid[]) GROUP BY l.id",
         account_id,
         list(list_ids),
@@ -100,7 +102,8 @@ async def add_contacts(
         await conn.execute(
             "INSERT INTO mailing_list_contacts (list_id, phone_number, account_id, fields)"
             " SELECT $1, phone_number, $2, fields::jsonb FROM new_contacts"
-            " ON CONFLICT (list_id, phone_number) DO UPDATE SET fields = EXCLUDED.fields",
+            " ON CONFLICT (account_id, list_id, phone_number)"
+            " DO UPDATE SET fields = EXCLUDED.fields",
             list_id,
             account_id,
         )
