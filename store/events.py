@@ -115,13 +115,18 @@ async def list_events(
     return [dict(r) for r in rows]
 
 
-async def last_event(pool: asyncpg.Pool, batch_id: uuid.UUID) -> tuple[int, str] | None:
-    """The newest event's seq and status."""
+async def stream_position(
+    pool: asyncpg.Pool, batch_id: uuid.UUID
+) -> tuple[str, tuple[int, str] | None]:
+    """The batch's status now, and its newest event's seq and status (None: no event yet)."""
     row = await pool.fetchrow(
-        "SELECT seq, status FROM batch_events WHERE batch_id = $1 ORDER BY seq DESC LIMIT 1",
+        "SELECT b.status, e.seq, e.status AS event_status FROM batches AS b"
+        " LEFT JOIN LATERAL (SELECT seq, status FROM batch_events WHERE batch_id = b.id"
+        " ORDER BY seq DESC LIMIT 1) AS e ON true WHERE b.id = $1",
         batch_id,
     )
-    return (row["seq"], row["status"]) if row else None
+    newest = None if row["seq"] is None else (row["seq"], row["event_status"])
+    return row["status"], newest
 
 
 async def last_event_seq(pool: asyncpg.Pool, batch_id: uuid.UUID) -> int:

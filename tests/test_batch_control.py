@@ -416,6 +416,33 @@ async def test_event_stream_carries_progress_and_ends_with_the_final_event(
     assert resumed.text.count("event: status") == 1
 
 
+async def test_the_event_stream_of_a_batch_retried_runs_on_to_the_retrys_final_event(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+) -> None:
+    numbers = unique_numbers(6)
+    await carrier(scripted={numbers[0]: [400]})
+    file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+    await webhooks.wait_for(marker, *FINAL)
+    retried = await api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers)
+
+    # Opened at once: the retry's run has recorded no event yet, the newest is the first
+    # run's final one.
+    async with asyncio.timeout(60):
+        stream = await api.get(f"/v1/sms/batch/{file_id}/events", headers=account.headers)
+
+    assert retried.status_code == 200, retried.text
+    statuses = [
+        json.loads(block.split("data: ", 1)[1])["status"]
+        for block in stream.text.split("\n\n")
+        if block.startswith("event: status")
+    ]
+    assert [s for s in statuses if s in FINAL] == ["completed_partial", "completed"]
+    assert statuses[-1] == "completed"
+
+
 async def test_an_event_stream_ends_once_the_key_that_opened_it_is_revoked(
     settings: Settings,
     api: httpx.AsyncClient,

@@ -27,8 +27,8 @@ async def stream_events(
     after_seq: int,
 ) -> AsyncIterator[str]:
     """Server-sent events: each lifecycle event as it is recorded, `progress` about once a
-    second while the batch runs, and the end of the stream after its final event, or once
-    the key that opened it is revoked."""
+    second while the batch runs, and the end of the stream after its final event (the newest
+    run's, for a batch retried), or once the key that opened it is revoked."""
     account_id = key.account_id
     batch = await batch_or_404(pool, account_id, batch_id)
     handle = temporal.get_workflow_handle(batch["workflow_id"])
@@ -40,11 +40,14 @@ async def stream_events(
             for event in recorded:
                 last = event["seq"]
                 yield _sse("status", event["payload"], event_id=last)
-            newest = await events.last_event(pool, batch["id"])
-            if newest is not None and newest[1] in FINAL_BATCH_STATUSES and last >= newest[0]:
+            # The batch's row is read too: a retry makes a finished batch run again, and until
+            # its new run records an event the newest one is still the last run's final one.
+            status, newest = await events.stream_position(pool, batch["id"])
+            if status in FINAL_BATCH_STATUSES and (
+                newest is None  # ended with no event: its workflow never started
+                or (newest[1] in FINAL_BATCH_STATUSES and last >= newest[0])
+            ):
                 return
-            if newest is None and batch["status"] in FINAL_BATCH_STATUSES:
-                return  # ended with no event: its workflow never started
             if not await accounts.key_is_active(pool, key.key_id):
                 return
             try:
