@@ -39,6 +39,7 @@ async def start_batch(
     retry_statuses: list[LedgerStatus] | None = None,
     first_event_seq: int = 0,
     auto_pause: AutoPause | None = None,
+    start_signal: str | None = None,
 ) -> WorkflowHandle[BatchWorkflow, BatchResult]:
     batch_id = str(uuid.uuid4())
     return await env.client.start_workflow(
@@ -56,6 +57,7 @@ async def start_batch(
         id=batch_workflow_id(batch_id),
         task_queue=task_queue,
         result_type=BatchResult,
+        start_signal=start_signal,
     )
 
 
@@ -192,6 +194,34 @@ async def test_pause_holds_sends_until_resume_and_sends_the_interrupted_slice_ag
     assert (updates[paused + 1].status, updates[paused + 1].message) == (S.IN_PROGRESS, None)
     assert result.status == S.COMPLETED
     assert result.counts.successful == 4
+
+
+async def test_a_pause_that_comes_before_the_run_starts_holds_the_batch_until_resume(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # Signal-with-start: the signal is in the workflow's first task, so its handler runs
+    # before `run` (as a pause sent at once after the POST, or an account-wide auto-pause,
+    # can). It ended every task of the batch with an error, for good.
+    stubs = StubActivities(recipients=4)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=10, slice_size=2),
+            start_signal=BatchWorkflow.pause.__name__,
+        )
+        await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
+        await time_skipping.sleep(3600)
+        assert slices(stubs) == []
+        assert (await handle.query(BatchWorkflow.progress)).paused
+        await handle.signal(BatchWorkflow.resume)
+        result = await result_of(handle)
+    assert sorted(slices(stubs)) == [(0, 2), (2, 4)]
+    assert stubs.phases()[0] == S.PAUSED
+    assert stubs.phases()[-1] == S.COMPLETED
+    seqs = [u.event_seq for u in stubs.inputs("record_status")]
+    assert sorted(seqs) == list(range(1, len(seqs) + 1))
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 4)
 
 
 async def test_cancel_interrupts_the_send_and_closes_the_rest_cancelled(

@@ -122,9 +122,12 @@ NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 @workflow.defn(name=BATCH_WORKFLOW)
 class BatchWorkflow:
-    def __init__(self) -> None:
-        self._events_recorded = 0
-        self._events_delivered = 0
+    # `workflow.init`: the input is in hand before any signal handler runs. A signal can come
+    # in the run's first task (a pause sent just after the POST, an account-wide auto-pause,
+    # one sent while the run continued as new), and its handler runs before `run`.
+    @workflow.init
+    def __init__(self, input: BatchInput) -> None:
+        self._input = input
         self._closing = False
         # Set when this run continues as new: its pump leaves waiting retries to the next run.
         self._handing_over = False
@@ -162,6 +165,16 @@ class BatchWorkflow:
         # The `dispatching` and `in_progress` reports while the first chunks start
         # (REPORT_WHILE_STARTING_PATCH); awaited before the run ends or continues as new.
         self._opening_reports: asyncio.Task[None] | None = None
+        state = input.state
+        if state is None:
+            self._events_recorded = self._events_delivered = input.first_event_seq
+        else:
+            self._events_recorded = self._events_delivered = state.event_seq
+            self._resume_status = state.status
+            self._paused = state.paused
+            self._status = BatchStatus.PAUSED if state.paused else state.status
+            self._chunks_done = state.chunks_done
+            self._totals = SendCounts(sent=state.sent, failed=state.failed)
 
     @workflow.signal
     async def cancel(self, reason: str | None = None) -> None:
@@ -266,10 +279,8 @@ class BatchWorkflow:
 
     @workflow.run
     async def run(self, input: BatchInput) -> BatchResult:
-        self._input = input
         state = input.state
         if state is None:
-            self._events_recorded = self._events_delivered = input.first_event_seq
             workflow.upsert_search_attributes(
                 [
                     BATCH_ID.value_set(input.batch_id),
@@ -277,13 +288,6 @@ class BatchWorkflow:
                     AGENT_NUMBER.value_set(input.agent_number),
                 ]
             )
-        else:
-            self._events_recorded = self._events_delivered = state.event_seq
-            self._resume_status = state.status
-            self._paused = state.paused
-            self._status = BatchStatus.PAUSED if state.paused else state.status
-            self._chunks_done = state.chunks_done
-            self._totals = SendCounts(sent=state.sent, failed=state.failed)
         pump = asyncio.create_task(self._deliver_events())
         try:
             result = await self._run(state)
