@@ -376,6 +376,35 @@ async def test_a_batch_paused_past_its_expiry_ends_with_what_was_left_expired(
     assert result.counts.expired == 8
 
 
+async def test_a_resume_that_comes_after_the_final_event_changes_nothing(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # Paused, then ended by its expiry; its run stays open while the status webhook's post
+    # waits for its retry, and a resume comes meanwhile (an operator's racing the API's
+    # check, or an auto-pause's timer). It recorded the phase paused after the final event,
+    # and left the batch sending for good.
+    stubs = StubActivities(recipients=8, held={0}, undelivered=1)
+    now = (await time_skipping.get_current_time()).timestamp()
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=2, slice_size=2, chunk_window=1),
+            timing=Timing(expire_at=now + 600),
+        )
+        await stubs.wait_for(
+            lambda: len(slices(stubs)) == 1 and S.IN_PROGRESS_CHUNKED in stubs.statuses()
+        )
+        await handle.signal(BatchWorkflow.pause)
+        await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
+        await time_skipping.sleep(700)
+        await stubs.wait_for(lambda: S.FAILED in stubs.statuses())
+        await handle.signal(BatchWorkflow.resume)
+        result = await result_of(handle)
+    assert stubs.statuses()[-2:] == [S.PAUSED, S.FAILED]
+    assert (result.status, result.counts.expired) == (S.FAILED, 8)
+
+
 @pytest.mark.parametrize(
     ("recipients", "chunk_size", "inline_slices", "first_slices"),
     [

@@ -117,6 +117,11 @@ CANCELLED_WAIT_ENDS_PATCH = "batch-cancelled-wait-ends"
 # A batch paused when its `expire_at` passes ends then, what was left `expired`, as a sending
 # one does; it stayed paused, with no final event, until an operator acted.
 EXPIRY_ENDS_PAUSE_PATCH = "batch-expiry-ends-pause"
+# A resume that comes once the batch's final event is recorded (a batch that ended paused, by
+# its expiry or its validation, while its run still posts events: an operator's resume racing
+# the API's check, an auto-pause's timer) is ignored: it recorded the phase it paused in after
+# the final event, and left the batch looking as if it sent, for good.
+NO_RESUME_AFTER_END_PATCH = "batch-no-resume-after-end"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -254,6 +259,8 @@ class BatchWorkflow:
     @workflow.signal
     async def resume(self) -> None:
         if not self._paused:
+            return
+        if self._status in FINAL_BATCH_STATUSES and workflow.patched(NO_RESUME_AFTER_END_PATCH):
             return
         self._paused = False
         self._pause_turn += 1
