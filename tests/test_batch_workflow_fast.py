@@ -491,6 +491,30 @@ async def test_continue_as_new_hands_over_and_sends_every_row_once(
     assert result.counts.successful == 7
 
 
+async def test_a_cancel_that_comes_while_a_run_hands_over_ends_the_batch(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # 8 rows in chunks of 2, 2 chunks a run. The first run's chunks are done and it waits
+    # for a webhook post in flight before it continues as new; a cancel then was answered
+    # 200, but the next run sent every remaining chunk.
+    stubs = StubActivities(recipients=8, deliveries_held=True)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=2, slice_size=2, chunks_per_run=2),
+        )
+        await stubs.wait_for(lambda: len(stubs.sent) == 4)
+        # The run's chunks end, then it waits for the post before it continues as new.
+        await asyncio.sleep(1)
+        await handle.signal(BatchWorkflow.cancel, "stop")
+        stubs.deliveries_released.set()
+        result = await result_of(handle)
+    assert sorted(slices(stubs)) == [(0, 2), (2, 4)]
+    assert [f.close_pending_as for f in stubs.inputs("finish_ledger")] == [LedgerStatus.CANCELLED]
+    assert (result.status, result.counts.cancelled) == (S.CANCELLED, 4)
+
+
 async def run_waiting_batch(
     env: WorkflowEnvironment, stubs: StubActivities, dispatch: DispatchSettings
 ) -> BatchResult:

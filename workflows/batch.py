@@ -180,6 +180,7 @@ class BatchWorkflow:
             self._status = BatchStatus.PAUSED if state.paused else state.status
             self._chunks_done = state.chunks_done
             self._totals = SendCounts(sent=state.sent, failed=state.failed)
+            self._cancel_reason = state.cancel_reason
 
     @workflow.signal
     async def cancel(self, reason: str | None = None) -> None:
@@ -314,6 +315,7 @@ class BatchWorkflow:
             continuing.paused = self._paused
             continuing.chunks_done = self._chunks_done
             continuing.sent, continuing.failed = self._totals.sent, self._totals.failed
+            continuing.cancel_reason = self._cancel_reason
         workflow.continue_as_new(
             BatchInput(
                 batch_id=input.batch_id,

@@ -159,6 +159,9 @@ class DispatchState:
     waiting: list[WaitingRange] = field(default_factory=list)
     # Passes over waiting rows so far: they name their chunks.
     window_passes: int = 0
+    # A cancel that came while the run handed over (its chunks done, a webhook post in
+    # flight): the next run ends the batch at once.
+    cancel_reason: str | None = None
 
 
 @dataclass(kw_only=True)

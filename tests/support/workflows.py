@@ -98,6 +98,9 @@ class StubActivities:
     # How many calls of `deliver_status_events` answer that a post must wait an hour for its
     # retry (the status webhook down): the batch's run stays open meanwhile.
     undelivered: int = 0
+    # While set, `deliver_status_events` waits (heartbeating) for `deliveries_released`.
+    deliveries_held: bool = False
+    deliveries_released: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def _record(self, input: Any) -> None:
         info = activity.info()
@@ -170,6 +173,9 @@ class StubActivities:
     @activity.defn(name=StatusEventActivities.deliver_status_events.__name__)
     async def deliver_status_events(self, input: DeliverEventsInput) -> DeliverEventsResult:
         await self._record(input)
+        while self.deliveries_held and not self.deliveries_released.is_set():
+            activity.heartbeat()
+            await asyncio.sleep(0.01)
         if self.undelivered:
             self.undelivered -= 1
             return DeliverEventsResult(retry_in=3600.0)
