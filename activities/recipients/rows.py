@@ -32,7 +32,10 @@ MESSAGE_COLUMN = "agent_message"
 CONTENT_COLUMNS = ("content_sid", "content_variables")
 REQUEST_DATA = "request_data"
 REQUEST_DATA_PREFIX = f"{REQUEST_DATA}."
-TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
+# `{{`, what lies between, `}}`: the name is that text stripped (`_variable_name`). Blanks
+# around the name are not in the pattern: `\{\{\s*([^{}]+?)\s*\}\}` took cubic time on a
+# `{{` followed by many blanks and no `}}`.
+TEMPLATE_VARIABLE = re.compile(r"\{\{([^{}]+)\}\}")
 # A file whose first character, after a BOM and whitespace, opens a JSON value is JSON.
 JSON_START = re.compile(rb"(?:\xef\xbb\xbf)?\s*[\[{]")
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
@@ -355,7 +358,16 @@ def header_issue(header: Sequence[str]) -> Rejected | None:
 @functools.lru_cache(maxsize=1024)
 def template_parts(template: str) -> tuple[str, ...]:
     """Literal text and variable names, alternating (`re.split` with one group)."""
-    return tuple(TEMPLATE_VARIABLE.split(template))
+    parts = TEMPLATE_VARIABLE.split(template)
+    return tuple(
+        part if index % 2 == 0 else _variable_name(part) for index, part in enumerate(parts)
+    )
+
+
+def _variable_name(between: str) -> str:
+    """The text between `{{` and `}}` without its outer blanks; of blanks only, the last one
+    (a name no column gives: such a template fails as missing that variable)."""
+    return between.strip() or between[-1]
 
 
 def render(template: str, lookup: Lookup) -> tuple[str, str | None]:
