@@ -6,7 +6,6 @@ from typing import Any, Literal, Self
 from pydantic import (
     AliasChoices,
     AnyHttpUrl,
-    AwareDatetime,
     ConfigDict,
     Field,
     field_validator,
@@ -16,7 +15,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from activities.recipients.phones import POSSIBLE, NumberCheck
-from api.models import RequestBody, example
+from api.models import Moment, RequestBody, example
 
 MAILING_LIST = "mailinglist"
 
@@ -92,7 +91,7 @@ class MobivateBatchRequest(MobivateModel):
     spread_hours: float = Field(
         0, ge=0, le=168, description="Spread the sends over this many hours; 0: no spread."
     )
-    schedule_date_time: AwareDatetime | None = Field(
+    schedule_date_time: Moment | None = Field(
         None, description="Send at this future time (ISO 8601 with `Z` or an offset)."
     )
     route_id: str | int | None = Field(None, description="Accepted and stored; not used.")

@@ -3,11 +3,12 @@
 import json
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
-from typing import Any, Generic, Literal, Self, TypeVar
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     AwareDatetime,
     BaseModel,
@@ -29,6 +30,19 @@ from workflows.contracts import DEFAULT_VALIDATION, AutoPause
 from workflows.statuses import BatchStatus, LedgerStatus
 
 T = TypeVar("T")
+
+
+def _in_utc_years(moment: datetime) -> datetime:
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must fall in the years 1 to 9999 once in UTC") from None
+    return moment
+
+
+# A time with its zone, which is a date in UTC too: "9999-12-31T23:59:59-14:00" is year 10000
+# in UTC, which neither Python's dates nor PostgreSQL's timestamps hold.
+Moment = Annotated[AwareDatetime, AfterValidator(_in_utc_years)]
 
 # The one batch the schema's examples show.
 BATCH_ID = "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10"
@@ -344,7 +358,7 @@ class BatchRequest(CampaignMessage):
         " `/events` either way.",
     )
     name: str | None = Field(None, max_length=200)
-    schedule_at: AwareDatetime | None = Field(
+    schedule_at: Moment | None = Field(
         None,
         description="Send from this time (ISO 8601 with a zone); the batch waits in"
         " `waiting_for_scheduled_messages`. A past time means now.",
@@ -352,9 +366,7 @@ class BatchRequest(CampaignMessage):
     spread_hours: float | None = Field(
         None, gt=0, le=168, description="Spread the sends evenly over this many hours."
     )
-    expire_at: AwareDatetime | None = Field(
-        None, description="Rows not sent by this time end `expired`."
-    )
+    expire_at: Moment | None = Field(None, description="Rows not sent by this time end `expired`.")
     send_window: SendWindowRequest | None = Field(
         None,
         description="Send each recipient only inside this window of their local day (their"

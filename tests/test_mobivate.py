@@ -351,6 +351,8 @@ async def test_a_bad_body_gets_a_400_listing_what_is_wrong(
     [
         {"scheduleDateTime": "2020-01-01T00:00:00Z"},
         {"scheduleDateTime": "2030-01-01T00:00:00"},
+        # Year 10000 in UTC: no date of Python's, nor of PostgreSQL's timestamps.
+        {"scheduleDateTime": "9999-12-31T23:59:59-14:00"},
         {"spreadHours": 200},
     ],
 )

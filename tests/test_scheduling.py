@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.support.batches import FINAL, phases, start, start_marked_batch
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
@@ -119,3 +120,24 @@ async def test_an_expiry_before_the_schedule_is_refused(
     assert response.json()["errors"][0]["error"] == "INVALID_SCHEDULE"
     assert naive.status_code == 400
     assert naive.json()["errors"][0]["error"] == "INVALID_SCHEDULE"
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        {"schedule_at": "9999-12-31T23:59:59-14:00"},
+        {"expire_at": "9999-12-31T23:00:00-01:00"},
+        {"schedule_at": "0001-01-01T00:00:00+14:00"},
+    ],
+)
+async def test_a_time_beyond_the_years_1_to_9999_in_utc_is_refused(
+    api: httpx.AsyncClient, account: Account, moment: dict[str, str]
+) -> None:
+    # Valid as written, out of range once in UTC: the batch was accepted, then its workflow
+    # failed each task on the date, for good, and its reads answered 500.
+    file_id = await attach(api, account.headers, csv_bytes(["phone_number"], [unique_numbers(1)]))
+
+    response = await start(api, account, file_id, **moment)
+
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"][0]["error"] == "INVALID_SCHEDULE"
