@@ -9,6 +9,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.channels import carrier_address
 from activities.providers.twilio import SendResult, Verdict
 from activities.reconciliation import QUIET_MARGIN_SECONDS, carrier_list
 from activities.resources import WorkerResources
@@ -44,11 +45,6 @@ MESSAGE_EVENT_FIELDS = (
     "error_code",
     "error_message",
 )
-
-
-def carrier_address(number: str, channel: str) -> str:
-    """Twilio addresses WhatsApp users and senders as `whatsapp:+E164`."""
-    return f"whatsapp:{number}" if channel == "whatsapp" else number
 
 
 # A conversation message's error code when its sender is no longer the account's.

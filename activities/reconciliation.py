@@ -4,7 +4,9 @@ A row is `uncertain` when its request may have reached the carrier but its answe
 recorded (the worker died, the answer was unreadable). Twilio takes no idempotency key, so
 such a row is never sent again blindly; instead, as the batch ends, its sender's messages to
 that number are listed (Twilio's Messages list, filtered by `To` and by `From`: the row's
-own sender, or the batch's). A message created since the row was, with the row's text, whose
+own sender, or the batch's, both addressed on the batch's channel as the send addressed them,
+`whatsapp:+E164` on WhatsApp). A message created since the row was, with the text the row's
+send had (any text, for a row sent as a content template: the carrier renders it), whose
 sid no ledger row holds yet, is the row's: it becomes `sent` with that sid. A row the
 carrier shows nothing for never reached it: it goes back to `pending`, and the batch sends
 it.
@@ -20,10 +22,11 @@ import structlog
 from temporalio import activity
 from twilio.base.exceptions import TwilioRestException
 
+from activities.channels import Channel, carrier_address
 from activities.providers.http1 import ConnectFailed, NoAnswer
 from activities.providers.twilio import CarrierMessage, TwilioCarrier
 from activities.resources import WorkerResources
-from store import carrier_accounts, messages
+from store import batches, carrier_accounts, messages
 from workflows.contracts import ReconcileInput, ReconcileResult
 
 log = structlog.get_logger(__name__)
@@ -51,21 +54,22 @@ class ReconciliationActivities(WorkerResources):
         await _sleep_heartbeating(max(r.updated_at.timestamp() for r in rows) + quiet)
         own = await carrier_accounts.carrier_account(self._pool, uuid.UUID(input.account_id))
         credentials = (own.account_sid, own.auth_token) if own else None
+        way = Channel.of((await batches.batch_for_workflow(self._pool, batch_id))["request"])
         lanes = asyncio.Semaphore(self._settings.send_concurrency)
 
-        async def listed(to: str, from_: str) -> list[CarrierMessage] | None:
+        async def listed(r: messages.UncertainRow) -> list[CarrierMessage] | None:
+            # Addressed as the send addressed it (a WhatsApp batch's `whatsapp:+E164`).
+            to = carrier_address(r.to_number, way.channel)
+            from_ = carrier_address(r.from_number or input.agent_number, way.channel)
             async with lanes:
                 return await carrier_list(self._carrier, to, from_, credentials)
 
-        lists = await asyncio.gather(
-            *(listed(r.to_number, r.from_number or input.agent_number) for r in rows)
-        )
+        lists = await asyncio.gather(*(listed(r) for r in rows))
         candidates = {
             r.seq: [
                 m
                 for m in reversed(found)  # oldest first
-                if m.created >= r.created_at - timedelta(seconds=1)
-                and (not r.body or m.body == r.body)
+                if m.created >= r.created_at - timedelta(seconds=1) and _same_text(m, r, way)
             ]
             for r, found in zip(rows, lists, strict=True)
             if found is not None
@@ -124,6 +128,16 @@ async def carrier_list(
             activity.heartbeat()
             await asyncio.sleep(0.2 * 2**attempt)
     return None
+
+
+def _same_text(found: CarrierMessage, row: messages.UncertainRow, way: Channel) -> bool:
+    """Whether the carrier's message has the text the row's send had. A content template's
+    text is the carrier's to render (the ledger keeps a placeholder, and no Body is sent),
+    so a row sent as one matches by its numbers and time alone, as one sent with no text."""
+    if row.content_sid or way.content_sid:
+        return True
+    sent = way.body(row.body)
+    return not sent or found.body == sent
 
 
 async def _sleep_heartbeating(until: float) -> None:

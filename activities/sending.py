@@ -1,13 +1,11 @@
 """Sending a batch: one activity sends a slice of the ledger under the sender's pacing."""
 
 import asyncio
-import json
 import secrets
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Container, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Container
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -16,13 +14,12 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.backoff import MAX_RETRY_AFTER_SECONDS, retry_delay
-from activities.conversations import carrier_address
+from activities.channels import Channel, carrier_address
 from activities.heartbeats import SliceHeartbeat, heartbeat_until_cancelled
 from activities.outages import through_outages
 from activities.pacing import SenderPacer
 from activities.providers.in_flight import StoppedWaiting
 from activities.providers.twilio import THROTTLES, SendResult, Verdict
-from activities.recipients.rows import content_placeholder
 from activities.resources import WorkerResources
 from activities.waiting import set_within
 from activities.windows import WindowClock
@@ -49,33 +46,6 @@ SETTLED = MappingProxyType({v: LedgerStatus(v.value) for v in Verdict if v is no
 T = TypeVar("T")
 # What a slice's write of its outcomes returns (SendingActivities._record).
 W = TypeVar("W")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Channel:
-    """How a batch's messages go: by SMS or WhatsApp, as text or as a content template."""
-
-    channel: str = "sms"
-    content_sid: str | None = None
-    # A JSON object as a string, as Twilio takes it.
-    content_variables: str | None = None
-
-    @classmethod
-    def of(cls, request: Mapping[str, Any]) -> "Channel":
-        """The channel of a stored batch request."""
-        settings_global: Mapping[str, Any] = request.get("global") or {}
-        variables = settings_global.get("content_variables")
-        return cls(
-            channel=settings_global.get("channel") or "sms",
-            content_sid=settings_global.get("content_sid"),
-            content_variables=None if variables is None else json.dumps(variables),
-        )
-
-    def body(self, ledger_body: str) -> str:
-        """The text sent with a ledger row: none when the template is the whole message."""
-        if self.content_sid and ledger_body == content_placeholder(self.content_sid):
-            return ""
-        return ledger_body
 
 
 class SendingActivities(WorkerResources):

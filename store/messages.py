@@ -432,12 +432,19 @@ class UncertainRow:
     updated_at: datetime
     # The row's own sender, if it is not the batch's.
     from_number: str | None
+    # The row's own content template, if it has one (else the batch's, if any, was sent).
+    content_sid: str | None
 
 
 async def uncertain_rows(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[UncertainRow]:
+    """The batch's `uncertain` rows, each with its own content template (looked up by its
+    key, as claim_slice does)."""
     rows = await pool.fetch(
-        "SELECT seq, to_number, body, created_at, updated_at, from_number FROM messages"
-        " WHERE batch_id = $1 AND status = 'uncertain' ORDER BY seq",
+        "SELECT m.seq, m.to_number, m.body, m.created_at, m.updated_at, m.from_number,"
+        " c.content_sid FROM messages AS m LEFT JOIN LATERAL (SELECT content_sid"
+        " FROM message_contents AS c WHERE c.batch_id = m.batch_id"
+        " AND c.row_number = m.row_number LIMIT 1) AS c ON true"
+        " WHERE m.batch_id = $1 AND m.status = 'uncertain' ORDER BY m.seq",
         batch_id,
     )
     return [UncertainRow(**r) for r in rows]

@@ -1,0 +1,62 @@
+"""Reconciliation of `uncertain` rows against the real carrier emulator: it finds the very
+message the row's send made, however the send addressed and worded it, and no other."""
+
+import secrets
+
+import pytest
+from temporalio.client import Client
+
+from settings import Settings
+from tests.support.batches import FINAL, start
+from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
+from tests.support.delivery import ledger_rows, own_worker
+from tests.support.stack import Account, Configure, WebhookReceiver, api_client
+from tests.support.workers import CARRIER_TIMEOUT_SECONDS
+
+CONTENT_SID = "HX" + "5e" * 16
+
+
+@pytest.mark.parametrize(
+    ("fields", "address"),
+    [
+        pytest.param({"channel": "whatsapp", "agent_message": "hi"}, "whatsapp:", id="whatsapp"),
+        pytest.param({"content_sid": CONTENT_SID}, "", id="content-template"),
+    ],
+)
+async def test_an_uncertain_row_the_carrier_took_is_found_as_its_send_made_it(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+    fields: dict[str, str],
+    address: str,
+) -> None:
+    """The carrier takes the message but its answer is unreadable: the row is `uncertain`
+    until reconciliation finds the message, on the batch's channel and with the text the send
+    had (none compared for a content template, whose text the carrier renders)."""
+    to = unique_numbers(1)[0]
+    await carrier(malformed={to: ["truncated"]})
+    marker = secrets.token_hex(6)
+    # Reconciliation waits out the carrier timeout: a short one, not the default 30 s.
+    async with (
+        own_worker(temporal, settings, carrier_timeout_seconds=CARRIER_TIMEOUT_SECONDS) as own,
+        api_client(own) as api,
+    ):
+        file_id = await attach(api, account.headers, csv_bytes(["phone_number"], [[to]]))
+        response = await start(
+            api,
+            account,
+            file_id,
+            status_webhook=webhooks.url(marker),
+            **{"global": {"agent_number": account.agent_number, **fields}},
+        )
+        assert response.status_code == 200, response.text
+        final = (await webhooks.wait_for(marker, *FINAL))[-1]
+        [row] = await ledger_rows(api, account, file_id)
+
+    received = await emulator_messages(emulator_url, to=address + to)
+    assert len(received) == 1, received
+    assert (row["status"], row["carrier_sid"], row["attempts"]) == ("sent", received[0]["sid"], 1)
+    assert final["status"] == "completed"
