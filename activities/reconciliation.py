@@ -5,9 +5,11 @@ recorded (the worker died, the answer was unreadable). Twilio takes no idempoten
 such a row is never sent again blindly; instead, as the batch ends, its sender's messages to
 that number are listed (Twilio's Messages list, filtered by `To` and by `From`: the row's
 own sender, or the batch's, both addressed on the batch's channel as the send addressed them,
-`whatsapp:+E164` on WhatsApp). A message created since the row was, with the text the row's
-send had (any text, for a row sent as a content template: the carrier renders it), whose
-sid no ledger row holds yet, is the row's: it becomes `sent` with that sid. A row the
+`whatsapp:+E164` on WhatsApp). A message created since the row's last attempt marked it
+`sending` (an earlier send of the row, failed by its receipt and retried, is not this one),
+with the text the row's send had (any text, for a row sent as a content template: the
+carrier renders it), whose sid no ledger row and no conversation message holds, is the
+row's (the newest such one): it becomes `sent` with that sid. A row the
 carrier shows nothing for never reached it: it goes back to `pending`, and the batch sends
 it.
 """
@@ -26,7 +28,7 @@ from activities.channels import Channel, carrier_address
 from activities.providers.http1 import ConnectFailed, NoAnswer
 from activities.providers.twilio import CarrierMessage, TwilioCarrier
 from activities.resources import WorkerResources
-from store import batches, carrier_accounts, messages
+from store import batches, carrier_accounts, conversation_messages, messages
 from workflows.contracts import ReconcileInput, ReconcileResult
 
 log = structlog.get_logger(__name__)
@@ -41,6 +43,10 @@ HEARTBEAT_SECONDS = 1.0
 LIST_ATTEMPTS = 5
 # A row's text is matched among this many of the newest messages between the two numbers.
 NEWEST_MESSAGES = 50
+# A message is the row's only if the carrier created it once the row's last attempt had
+# marked it `sending`, but for this much: the carrier gives whole seconds (Twilio's
+# date_created), by its own clock.
+CLOCK_SLACK = timedelta(seconds=2)
 
 
 class ReconciliationActivities(WorkerResources):
@@ -68,15 +74,18 @@ class ReconciliationActivities(WorkerResources):
         candidates = {
             r.seq: [
                 m
-                for m in reversed(found)  # oldest first
-                if m.created >= r.created_at - timedelta(seconds=1) and _same_text(m, r, way)
+                for m in found  # newest first
+                if m.created >= (r.marked_at or r.created_at) - CLOCK_SLACK
+                and _same_text(m, r, way)
             ]
             for r, found in zip(rows, lists, strict=True)
             if found is not None
         }
-        taken = await messages.sids_in_ledger(
-            self._pool, [m.sid for ms in candidates.values() for m in ms]
-        )
+        listed_sids = [m.sid for ms in candidates.values() for m in ms]
+        # Held by a row, or by a conversation's message (a single send's, a reply's) from the
+        # same sender with the same text: some other send's.
+        taken = await messages.sids_in_ledger(self._pool, listed_sids)
+        taken |= await conversation_messages.sids_taken(self._pool, listed_sids)
         found_sids: dict[int, str] = {}
         unsent: list[int] = []
         for seq, matches in candidates.items():

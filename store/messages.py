@@ -323,7 +323,8 @@ async def write_outcomes(
     `uncertain` by the next) that lived on and heard the carrier's answer settles them.
 
     A row of `mark` moves from `pending` to `sending`, counting an attempt, and records `by`
-    (the marking attempt's token); one no longer `pending` (another attempt's, or settled)
+    (the marking attempt's token) and when (`marked_at`: reconciliation looks for its message
+    only among those created since); one no longer `pending` (another attempt's, or settled)
     does not, so it is sent by no one else. A row already `sending` by `by` is this
     attempt's too: the same write run again after its connection closed mid-statement
     (activities/outages.py) finds the marks its first run committed, and returns them. The
@@ -362,7 +363,8 @@ async def write_outcomes(
         # adopts none); outcomes move rows of no token too (IS NOT DISTINCT FROM above), as a
         # write without one marked them.
         " marked AS (UPDATE messages SET status = 'sending',"
-        " attempts = attempts + (status = 'pending')::int, marked_by = $9, updated_at = now()"
+        " attempts = attempts + (status = 'pending')::int, marked_by = $9, marked_at = now(),"
+        " updated_at = now()"
         " WHERE batch_id = $1 AND seq = ANY($8::bigint[])"
         " AND (status = 'pending' OR (status = 'sending' AND marked_by = $9))"
         " RETURNING seq, attempts)"
@@ -434,6 +436,8 @@ class UncertainRow:
     from_number: str | None
     # The row's own content template, if it has one (else the batch's, if any, was sent).
     content_sid: str | None
+    # When the row's last attempt marked it `sending` (None: marked before migration 310).
+    marked_at: datetime | None
 
 
 async def uncertain_rows(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[UncertainRow]:
@@ -441,7 +445,7 @@ async def uncertain_rows(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[Uncert
     key, as claim_slice does)."""
     rows = await pool.fetch(
         "SELECT m.seq, m.to_number, m.body, m.created_at, m.updated_at, m.from_number,"
-        " c.content_sid FROM messages AS m LEFT JOIN LATERAL (SELECT content_sid"
+        " c.content_sid, m.marked_at FROM messages AS m LEFT JOIN LATERAL (SELECT content_sid"
         " FROM message_contents AS c WHERE c.batch_id = m.batch_id"
         " AND c.row_number = m.row_number LIMIT 1) AS c ON true"
         " WHERE m.batch_id = $1 AND m.status = 'uncertain' ORDER BY m.seq",

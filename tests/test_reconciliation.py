@@ -1,15 +1,21 @@
 """Reconciliation of `uncertain` rows against the real carrier emulator: it finds the very
 message the row's send made, however the send addressed and worded it, and no other."""
 
+import asyncio
 import secrets
+import time
+from datetime import datetime
 
+import asyncpg
 import pytest
 from temporalio.client import Client
 
+from activities.reconciliation import CLOCK_SLACK
 from settings import Settings
-from tests.support.batches import FINAL, start
+from store import receipts
+from tests.support.batches import FINAL, start, start_marked_batch
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
-from tests.support.delivery import ledger_rows, own_worker
+from tests.support.delivery import ledger_rows, own_worker, receipts_applied
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client
 from tests.support.workers import CARRIER_TIMEOUT_SECONDS
 
@@ -59,4 +65,43 @@ async def test_an_uncertain_row_the_carrier_took_is_found_as_its_send_made_it(
     received = await emulator_messages(emulator_url, to=address + to)
     assert len(received) == 1, received
     assert (row["status"], row["carrier_sid"], row["attempts"]) == ("sent", received[0]["sid"], 1)
+    assert final["status"] == "completed"
+
+
+async def test_a_retried_row_whose_answer_is_lost_is_not_given_its_earlier_failed_sid(
+    temporal: Client,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    """A row sent, failed by its receipt, then retried: the retry's answer is unreadable, so
+    the row is `uncertain`. The carrier holds both messages, with the same text, from the same
+    sender; the retry's is the row's, not the earlier one, which no row holds any more."""
+    to = unique_numbers(1)[0]
+    async with (
+        own_worker(temporal, settings, carrier_timeout_seconds=CARRIER_TIMEOUT_SECONDS) as own,
+        api_client(own) as api,
+    ):
+        file_id, marker = await start_marked_batch(api, account, webhooks, [to])
+        await webhooks.wait_for(marker, *FINAL)
+        [first] = await emulator_messages(emulator_url, to=to)
+        await receipts.queue_receipts(pool, [receipts.Receipt(first["sid"], "failed", "30008")])
+        await receipts_applied(pool, [first["sid"]])
+        [failed] = await ledger_rows(api, account, file_id)
+        await carrier(malformed={to: ["truncated"]})
+        # The retry's send comes well past the carrier's clock's slack after the first.
+        sent_at = datetime.fromisoformat(first["received_at"]).timestamp()
+        await asyncio.sleep(max(0.0, sent_at + CLOCK_SLACK.total_seconds() + 1 - time.time()))
+        retry = await api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers)
+        assert retry.status_code == 200, retry.text
+        final = (await webhooks.wait_for(marker, *FINAL, times=2))[-1]
+        [row] = await ledger_rows(api, account, file_id)
+
+    received = await emulator_messages(emulator_url, to=to)
+    assert (failed["status"], failed["carrier_sid"]) == ("failed", first["sid"])
+    assert [m["sid"] for m in received][:1] == [first["sid"]] and len(received) == 2
+    assert (row["status"], row["carrier_sid"], row["attempts"]) == ("sent", received[1]["sid"], 2)
     assert final["status"] == "completed"
