@@ -54,8 +54,32 @@ class ReconciliationActivities(WorkerResources):
     async def reconcile_uncertain(self, input: ReconcileInput) -> ReconcileResult:
         batch_id = uuid.UUID(input.batch_id)
         rows = await messages.uncertain_rows(self._pool, batch_id)
-        if not rows:
-            return ReconcileResult()
+        sent, unresolved = await self._settle(input, rows) if rows else (0, 0)
+        # Read from the ledger, not kept from the settling: an attempt that failed (or whose
+        # result was lost) after it had reopened rows left them `pending`, not `uncertain`,
+        # and its retry must still have the batch send them.
+        unsent = await messages.reopened_by_reconciliation(self._pool, batch_id)
+        log.info(
+            "uncertain rows reconciled",
+            batch_id=input.batch_id,
+            sent=sent,
+            reopened=len(unsent),
+            unresolved=unresolved,
+        )
+        return ReconcileResult(
+            sent=sent,
+            reopened=len(unsent),
+            unresolved=unresolved,
+            first_seq=min(unsent, default=0),
+            end_seq=max(unsent, default=-1) + 1,
+        )
+
+    async def _settle(
+        self, input: ReconcileInput, rows: list[messages.UncertainRow]
+    ) -> tuple[int, int]:
+        """Settle `rows` with what the carrier has; how many became `sent`, and how many stay
+        `uncertain` (their lists never came)."""
+        batch_id = uuid.UUID(input.batch_id)
         quiet = self._settings.carrier_timeout_seconds + QUIET_MARGIN_SECONDS
         await _sleep_heartbeating(max(r.updated_at.timestamp() for r in rows) + quiet)
         own = await carrier_accounts.carrier_account(self._pool, uuid.UUID(input.account_id))
@@ -96,20 +120,7 @@ class ReconciliationActivities(WorkerResources):
             else:
                 unsent.append(seq)
         await messages.settle_uncertain(self._pool, batch_id, found_sids, unsent)
-        log.info(
-            "uncertain rows reconciled",
-            batch_id=input.batch_id,
-            sent=len(found_sids),
-            reopened=len(unsent),
-            unresolved=len(rows) - len(candidates),
-        )
-        return ReconcileResult(
-            sent=len(found_sids),
-            reopened=len(unsent),
-            unresolved=len(rows) - len(candidates),
-            first_seq=min(unsent, default=0),
-            end_seq=max(unsent, default=-1) + 1,
-        )
+        return len(found_sids), len(rows) - len(candidates)
 
     @activity.defn
     async def has_uncertain(self, input: ReconcileInput) -> bool:

@@ -473,7 +473,8 @@ async def settle_uncertain(
     pool: asyncpg.Pool, batch_id: uuid.UUID, found: dict[int, str], unsent: list[int]
 ) -> None:
     """Rows the carrier has become `sent` with its sid; rows it never got go back to
-    `pending`. Only rows still `uncertain` move."""
+    `pending`, marked `reconciled_unsent` (reopened_by_reconciliation). Only rows still
+    `uncertain` move."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "UPDATE messages AS m SET status = 'sent', carrier_sid = f.sid, sent_at = now(),"
@@ -485,12 +486,25 @@ async def settle_uncertain(
             list(found.values()),
         )
         await conn.execute(
-            "UPDATE messages SET status = 'pending', window_opens_at = NULL, updated_at = now()"
+            "UPDATE messages SET status = 'pending', window_opens_at = NULL,"
+            " reconciled_unsent = true, updated_at = now()"
             " WHERE batch_id = $1 AND seq = ANY($2::bigint[]) AND status = 'uncertain'",
             batch_id,
             unsent,
         )
     await apply_kept_receipts(pool, batch_id, list(found.values()))
+
+
+async def reopened_by_reconciliation(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[int]:
+    """The seqs of the rows reconciliation put back to `pending` (settle_uncertain) that are
+    still `pending`: what the batch is to send, whichever attempt of reconciliation reopened
+    them. A read of the batch's rows, as uncertain_rows is, only when a batch has some."""
+    rows = await pool.fetch(
+        "SELECT seq FROM messages WHERE batch_id = $1 AND status = 'pending'"
+        " AND reconciled_unsent ORDER BY seq",
+        batch_id,
+    )
+    return [r["seq"] for r in rows]
 
 
 async def close_ledger(

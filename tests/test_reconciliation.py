@@ -4,20 +4,28 @@ message the row's send made, however the send addressed and worded it, and no ot
 import asyncio
 import secrets
 import time
+import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 import asyncpg
+import httpx
 import pytest
 from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 
-from activities.reconciliation import CLOCK_SLACK
+from activities.providers.twilio import TwilioCarrier
+from activities.reconciliation import CLOCK_SLACK, ReconciliationActivities
+from metrics import WorkerMetrics
 from settings import Settings
-from store import receipts
+from store import messages, receipts
+from store.batches import create_batch
 from tests.support.batches import FINAL, start, start_marked_batch
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows, own_worker, receipts_applied
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client
 from tests.support.workers import CARRIER_TIMEOUT_SECONDS
+from workflows.contracts import ReconcileInput, ReconcileResult
 
 CONTENT_SID = "HX" + "5e" * 16
 
@@ -105,3 +113,67 @@ async def test_a_retried_row_whose_answer_is_lost_is_not_given_its_earlier_faile
     assert [m["sid"] for m in received][:1] == [first["sid"]] and len(received) == 2
     assert (row["status"], row["carrier_sid"], row["attempts"]) == ("sent", received[1]["sid"], 2)
     assert final["status"] == "completed"
+
+
+@pytest.fixture
+async def reconciliation(
+    settings: Settings, pool: asyncpg.Pool
+) -> AsyncIterator[ReconciliationActivities]:
+    carrier = TwilioCarrier(
+        account_sid=settings.twilio_account_sid,
+        auth_token=settings.twilio_auth_token.get_secret_value(),
+        api_url=settings.carrier_url,
+        timeout=settings.carrier_timeout_seconds,
+    )
+    async with httpx.AsyncClient() as http:
+        yield ReconciliationActivities(
+            pool=pool, carrier=carrier, http=http, settings=settings, metrics=WorkerMetrics()
+        )
+    await carrier.close()
+
+
+async def test_a_retried_reconciliation_still_has_the_batch_send_the_rows_it_reopened(
+    pool: asyncpg.Pool, account: Account, reconciliation: ReconciliationActivities
+) -> None:
+    """Reconciliation reopens the rows the carrier never got; an attempt of it run again
+    (Temporal retries one that failed, or whose result was lost, after it had reopened them)
+    finds them `pending`, not `uncertain`, and must still tell the batch to send them."""
+    batch_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO files (id, account_id, filename, content_type, size_bytes, content)"
+        " VALUES ($1, $2, 'lost.csv', 'text/csv', 0, '')",
+        batch_id,
+        account.account_id,
+    )
+    await create_batch(
+        pool,
+        batch_id=batch_id,
+        account_id=account.account_id,
+        workflow_id=f"lost-{batch_id}",
+        name=None,
+        agent_number=account.agent_number,
+        request={},
+        request_hash="",
+    )
+    # Three rows the carrier never got, the middle one settled; changed long enough ago
+    # that reconciliation waits for no request still on the wire.
+    numbers = unique_numbers(3)
+    await pool.execute(
+        "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body, status,"
+        " attempts, updated_at) SELECT $1, i - 1, $2, i, n, 'x',"
+        " CASE WHEN i = 2 THEN 'sent' ELSE 'uncertain' END, 1, now() - interval '1 hour'"
+        " FROM unnest($3::text[]) WITH ORDINALITY AS r(n, i)",
+        batch_id,
+        account.account_id,
+        numbers,
+    )
+    input = ReconcileInput(
+        batch_id=str(batch_id), account_id=str(account.account_id), agent_number="+15550009999"
+    )
+
+    first = await ActivityEnvironment().run(reconciliation.reconcile_uncertain, input)
+    again = await ActivityEnvironment().run(reconciliation.reconcile_uncertain, input)
+
+    reopened = ReconcileResult(reopened=2, first_seq=0, end_seq=3)
+    assert (first, again) == (reopened, reopened)
+    assert await messages.count_by_status(pool, batch_id) == {"pending": 2, "sent": 1}
