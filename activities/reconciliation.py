@@ -57,8 +57,9 @@ class ReconciliationActivities(WorkerResources):
         sent, unresolved = await self._settle(input, rows) if rows else (0, 0)
         # Read from the ledger, not kept from the settling: an attempt that failed (or whose
         # result was lost) after it had reopened rows left them `pending`, not `uncertain`,
-        # and its retry must still have the batch send them.
-        unsent = await messages.reopened_by_reconciliation(self._pool, batch_id)
+        # and its retry must still have the batch send them; so must rows a failed chunk
+        # left. A stopped batch sends none: it closes them `cancelled` or `expired`.
+        unsent = [] if input.stopped else await messages.unsent_rows(self._pool, batch_id)
         log.info(
             "uncertain rows reconciled",
             batch_id=input.batch_id,
@@ -124,9 +125,12 @@ class ReconciliationActivities(WorkerResources):
 
     @activity.defn
     async def has_uncertain(self, input: ReconcileInput) -> bool:
-        """Whether the batch has rows to reconcile: a short read, which the batch runs as a
-        local activity so that a batch without any skips `reconcile_uncertain`."""
-        return await messages.has_uncertain(self._pool, uuid.UUID(input.batch_id))
+        """Whether the batch has rows to reconcile or still to send as it ends
+        (`messages.rows_to_settle`): a short step, which the batch runs as a local activity
+        so that a batch without any skips `reconcile_uncertain`."""
+        return await messages.rows_to_settle(
+            self._pool, uuid.UUID(input.batch_id), stopped=input.stopped
+        )
 
     def registered(self) -> list[Any]:
         """The bound activity methods, for the worker to register."""

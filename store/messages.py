@@ -454,11 +454,33 @@ async def uncertain_rows(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[Uncert
     return [UncertainRow(**r) for r in rows]
 
 
-async def has_uncertain(pool: asyncpg.Pool, batch_id: uuid.UUID) -> bool:
-    """Whether any row of the batch is `uncertain` (reconciliation has work), from the kept
-    counts: every batch asks as it ends, and asked of the ledger PostgreSQL read it whole
-    (in `make bench`'s sweep 36,000 blocks and 81 ms at 600,000 rows)."""
-    return bool((await count_by_status(pool, batch_id)).get(LedgerStatus.UNCERTAIN))
+async def rows_to_settle(pool: asyncpg.Pool, batch_id: uuid.UUID, *, stopped: bool) -> bool:
+    """Whether reconciliation has work as the batch ends, from the kept counts (every batch
+    asks, and asked of the ledger PostgreSQL read it whole: in `make bench`'s sweep 36,000
+    blocks and 81 ms at 600,000 rows): a row `uncertain`, or one still `sending`, which no
+    live attempt holds now (a worker died under a stopped batch; a chunk was terminated) and
+    which becomes `uncertain` here; or, unless the batch was stopped, a row still `pending`,
+    which nothing sent (its chunk failed or was terminated through Temporal)."""
+    async with pool.acquire() as conn:
+        left = await count_by_status(conn, batch_id)
+        if left.get(LedgerStatus.SENDING):
+            await _abandon_sending(conn, batch_id)
+    return bool(
+        left.get(LedgerStatus.UNCERTAIN)
+        or left.get(LedgerStatus.SENDING)
+        or (left.get(LedgerStatus.PENDING) and not stopped)
+    )
+
+
+async def _abandon_sending(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, batch_id: uuid.UUID
+) -> None:
+    """Rows still `sending` as the batch ends belong to no live attempt: `uncertain`."""
+    await conn.execute(
+        "UPDATE messages SET status = 'uncertain', updated_at = now()"
+        " WHERE batch_id = $1 AND status = 'sending'",
+        batch_id,
+    )
 
 
 async def sids_in_ledger(pool: asyncpg.Pool, sids: list[str]) -> set[str]:
@@ -473,8 +495,7 @@ async def settle_uncertain(
     pool: asyncpg.Pool, batch_id: uuid.UUID, found: dict[int, str], unsent: list[int]
 ) -> None:
     """Rows the carrier has become `sent` with its sid; rows it never got go back to
-    `pending`, marked `reconciled_unsent` (reopened_by_reconciliation). Only rows still
-    `uncertain` move."""
+    `pending`. Only rows still `uncertain` move."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "UPDATE messages AS m SET status = 'sent', carrier_sid = f.sid, sent_at = now(),"
@@ -486,8 +507,7 @@ async def settle_uncertain(
             list(found.values()),
         )
         await conn.execute(
-            "UPDATE messages SET status = 'pending', window_opens_at = NULL,"
-            " reconciled_unsent = true, updated_at = now()"
+            "UPDATE messages SET status = 'pending', window_opens_at = NULL, updated_at = now()"
             " WHERE batch_id = $1 AND seq = ANY($2::bigint[]) AND status = 'uncertain'",
             batch_id,
             unsent,
@@ -495,13 +515,12 @@ async def settle_uncertain(
     await apply_kept_receipts(pool, batch_id, list(found.values()))
 
 
-async def reopened_by_reconciliation(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[int]:
-    """The seqs of the rows reconciliation put back to `pending` (settle_uncertain) that are
-    still `pending`: what the batch is to send, whichever attempt of reconciliation reopened
-    them. A read of the batch's rows, as uncertain_rows is, only when a batch has some."""
+async def unsent_rows(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[int]:
+    """The seqs of the batch's rows still `pending`: as it ends, what it is still to send
+    (reopened by reconciliation, whichever attempt of it did; or left by a chunk that
+    failed). Asked only when `rows_to_settle` found some."""
     rows = await pool.fetch(
-        "SELECT seq FROM messages WHERE batch_id = $1 AND status = 'pending'"
-        " AND reconciled_unsent ORDER BY seq",
+        "SELECT seq FROM messages WHERE batch_id = $1 AND status = 'pending' ORDER BY seq",
         batch_id,
     )
     return [r["seq"] for r in rows]
@@ -517,11 +536,7 @@ async def close_ledger(
     async with pool.acquire() as conn, conn.transaction():
         left = await count_by_status(conn, batch_id)
         if left.get(LedgerStatus.SENDING):
-            await conn.execute(
-                "UPDATE messages SET status = 'uncertain', updated_at = now()"
-                " WHERE batch_id = $1 AND status = 'sending'",
-                batch_id,
-            )
+            await _abandon_sending(conn, batch_id)
         if pending_as is not None and left.get(LedgerStatus.PENDING):
             await conn.execute(
                 "UPDATE messages SET status = $2, updated_at = now()"

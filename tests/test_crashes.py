@@ -37,6 +37,7 @@ from tests.support.delivery import (
 )
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client
 from tests.support.workers import crash_settings, worker_process
+from workflows.contracts import batch_workflow_id
 
 
 @asynccontextmanager
@@ -367,3 +368,39 @@ async def test_a_waves_write_whose_answer_is_lost_still_sends_its_rows_once(
     # Each row was sent by the attempt that marked it, the first: none went through
     # reconciliation to be sent again.
     assert all(r["attempts"] == 1 for r in rows)
+
+
+async def test_a_chunk_terminated_through_temporal_leaves_no_row_behind(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    # Chunk workflows of 10 rows, one at a time, a slice of 5 at a time; the second is
+    # terminated (the web UI's Terminate) while it sends its first slice. The rows of its
+    # second stayed `pending` for good, and the batch ended `completed` all the same.
+    await carrier(latency_ms=200)
+    numbers = unique_numbers(30)
+    async with (
+        own_worker(
+            temporal,
+            settings,
+            inline_slices=1,
+            chunk_size=10,
+            slice_size=5,
+            chunk_window=1,
+            slices_in_flight=1,
+        ) as own,
+        api_client(own) as api,
+    ):
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        await wait_until_received(emulator_url, marker, 12)
+        await temporal.get_workflow_handle(f"{batch_workflow_id(file_id)}/chunk-1").terminate()
+        events = await webhooks.wait_for(marker, *FINAL)
+        rows = await ledger_rows(api, account, file_id)
+    statuses = assert_each_row_once(rows, await received(emulator_url, marker), len(numbers))
+
+    assert statuses == {"sent": len(numbers)}
+    assert events[-1]["status"] == "completed"

@@ -570,11 +570,11 @@ async def test_whether_a_batch_has_uncertain_rows_is_answered_without_reading_th
     before = await _counted(pool, LEDGER_READS)
 
     # From the sixth call on, a pool's connection may run a generic plan of it.
-    found = [await messages.has_uncertain(pool, small) for _ in range(8)]
+    found = [await messages.rows_to_settle(pool, small, stopped=False) for _ in range(8)]
     await pool.execute(
         "UPDATE messages SET status = 'uncertain' WHERE batch_id = $1 AND seq = 3", small
     )
-    found.append(await messages.has_uncertain(pool, small))
+    found.append(await messages.rows_to_settle(pool, small, stopped=False))
 
     assert found == [False] * 8 + [True]
     # The UPDATE's own read, by key: one row. No other read of the ledger.

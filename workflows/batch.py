@@ -849,11 +849,13 @@ class BatchWorkflow:
             batch_id=self._input.batch_id,
             account_id=self._input.account_id,
             agent_number=self._input.agent_number,
+            stopped=self._stopped,
         )
 
     async def _reconcile(self) -> None:
-        """Settle `uncertain` rows with the carrier; send those it never got, unless the batch
-        was stopped (then they end as its other unsent rows do)."""
+        """Settle `uncertain` rows with the carrier; send those it never got, and rows still
+        `pending` (a chunk that failed left them), unless the batch was stopped (then they end
+        as its other unsent rows do)."""
         settled = await workflow.execute_activity_method(
             ReconciliationActivities.reconcile_uncertain,
             self._reconcile_input(),

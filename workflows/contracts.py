@@ -368,6 +368,8 @@ class ReconcileInput:
     batch_id: str
     account_id: str
     agent_number: str
+    # Cancelled or expired: rows still `pending` are closed, not sent.
+    stopped: bool = False
 
 
 @dataclass(kw_only=True)
