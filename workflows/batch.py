@@ -753,6 +753,10 @@ class BatchWorkflow:
 
     def _forget_chunk_task(self, task: asyncio.Task[None]) -> None:
         self._chunk_tasks.pop(task, None)
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            # Its rows still `pending` are sent as the batch ends (`_reconcile`).
+            workflow.logger.warning("chunk failed: %r", failure)
 
     async def _chunks_finished(self) -> None:
         """Wait for the running chunks; unlike gather, a cancellation of this workflow does
