@@ -38,6 +38,7 @@ from api.routes import (
     ui,
     webhooks,
 )
+from api.services.housekeeping import keep_house
 from api.services.receipts import ReceiptIntake, apply_receipts
 from logs import configure_logging
 from metrics import ApiMetrics
@@ -163,6 +164,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         applier = asyncio.create_task(
             apply_receipts(app.state.pool, app.state.receipt_intake.arrived)
         )
+        pruner = asyncio.create_task(keep_house(app.state.pool))
         listener = ReceiptListener(
             settings=settings,
             pool=app.state.pool,
@@ -176,9 +178,10 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         finally:
             await listener.close()
             connecting.cancel()
-            applier.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await applier
+            for task in (applier, pruner):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await app.state.receipt_intake.close()
             await app.state.pool.close()
             if tracing is not None:

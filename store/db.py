@@ -63,6 +63,11 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     trip to PostgreSQL after every pool statement: two of the send path's per wave."""
 
 
+def rows_affected(status: str) -> int:
+    """The row count of a command's status (`DELETE 3`, `UPDATE 0`, `INSERT 0 1`)."""
+    return int(status.split()[-1])
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from store.db import after_key
+from store.db import after_key, rows_affected
 
 _COLUMNS = (
     "l.id, l.name, l.created_at,"
@@ -120,7 +120,7 @@ async def remove_contacts(
         account_id,
         numbers,
     )
-    return int(status.split()[-1])
+    return rows_affected(status)
 
 
 async def list_contacts(

@@ -11,6 +11,7 @@ from typing import overload
 import asyncpg
 
 from store import receipts
+from store.db import rows_affected
 from workflows.statuses import LedgerStatus
 
 # Times apply_kept_receipts runs its statement when PostgreSQL ends it with a deadlock.
@@ -563,7 +564,7 @@ async def reopen(
         statuses,
         attempts_below,
     )
-    return int(result.split()[-1])
+    return rows_affected(result)
 
 
 async def count_in_statuses(

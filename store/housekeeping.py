@@ -1,0 +1,31 @@
+"""Rows Herald needs only for a while, deleted once they are done with (`prune`)."""
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import asyncpg
+
+from store.db import rows_affected
+
+# A final receipt kept for a message whose sid was not written yet (or a conversation's):
+# its sid is written within minutes (the send's outcome), or as its batch ends
+# (reconciliation, up to `spread_hours`' 7 days after the send). Well past that, nothing
+# can take it.
+KEPT_RECEIPTS = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    receipts: int
+    idempotency_keys: int
+
+
+async def prune(pool: asyncpg.Pool) -> Pruned:
+    """Delete the kept receipts older than KEPT_RECEIPTS, and the idempotency keys past
+    their expiry (a request with an expired key claims it anew: the row only waits to be
+    overwritten). Each a read of its table, which holds no ledger rows: about once an hour."""
+    receipts = await pool.execute(
+        "DELETE FROM carrier_receipts WHERE received_at < now() - $1::interval", KEPT_RECEIPTS
+    )
+    keys = await pool.execute("DELETE FROM idempotency_keys WHERE expires_at < now()")
+    return Pruned(receipts=rows_affected(receipts), idempotency_keys=rows_affected(keys))
