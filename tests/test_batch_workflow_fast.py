@@ -351,23 +351,32 @@ async def test_expiry_stops_sending_and_closes_what_was_left_expired(
     assert (result.counts.successful, result.counts.expired) == (6, 3)
 
 
+async def paused_before_its_expiry(
+    env: WorkflowEnvironment, task_queue: str, stubs: StubActivities
+) -> WorkflowHandle[BatchWorkflow, BatchResult]:
+    """A batch of chunks of 2 rows, one at a time, paused as its first slice is held; it
+    expires 600 s after its start."""
+    now = (await env.get_current_time()).timestamp()
+    handle = await start_batch(
+        env,
+        task_queue,
+        dispatch=DispatchSettings(chunk_size=2, slice_size=2, chunk_window=1),
+        timing=Timing(expire_at=now + 600),
+    )
+    await stubs.wait_for(
+        lambda: len(slices(stubs)) == 1 and S.IN_PROGRESS_CHUNKED in stubs.statuses()
+    )
+    await handle.signal(BatchWorkflow.pause)
+    await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
+    return handle
+
+
 async def test_a_batch_paused_past_its_expiry_ends_with_what_was_left_expired(
     time_skipping: WorkflowEnvironment,
 ) -> None:
     stubs = StubActivities(recipients=8, held={0})
-    now = (await time_skipping.get_current_time()).timestamp()
     async with stub_worker(time_skipping, stubs) as queue:
-        handle = await start_batch(
-            time_skipping,
-            queue,
-            dispatch=DispatchSettings(chunk_size=2, slice_size=2, chunk_window=1),
-            timing=Timing(expire_at=now + 600),
-        )
-        await stubs.wait_for(
-            lambda: len(slices(stubs)) == 1 and S.IN_PROGRESS_CHUNKED in stubs.statuses()
-        )
-        await handle.signal(BatchWorkflow.pause)
-        await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
+        handle = await paused_before_its_expiry(time_skipping, queue, stubs)
         # No resume: the expiry ends the batch, as it does one that is sending.
         result = await result_of(handle)
     finish = stubs.inputs("finish_ledger")
@@ -384,19 +393,8 @@ async def test_a_resume_that_comes_after_the_final_event_changes_nothing(
     # check, or an auto-pause's timer). It recorded the phase paused after the final event,
     # and left the batch sending for good.
     stubs = StubActivities(recipients=8, held={0}, undelivered=1)
-    now = (await time_skipping.get_current_time()).timestamp()
     async with stub_worker(time_skipping, stubs) as queue:
-        handle = await start_batch(
-            time_skipping,
-            queue,
-            dispatch=DispatchSettings(chunk_size=2, slice_size=2, chunk_window=1),
-            timing=Timing(expire_at=now + 600),
-        )
-        await stubs.wait_for(
-            lambda: len(slices(stubs)) == 1 and S.IN_PROGRESS_CHUNKED in stubs.statuses()
-        )
-        await handle.signal(BatchWorkflow.pause)
-        await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
+        handle = await paused_before_its_expiry(time_skipping, queue, stubs)
         await time_skipping.sleep(700)
         await stubs.wait_for(lambda: S.FAILED in stubs.statuses())
         await handle.signal(BatchWorkflow.resume)
