@@ -513,6 +513,33 @@ async def test_a_cancel_that_comes_while_a_run_hands_over_ends_the_batch(
     assert (result.status, result.counts.cancelled) == (S.CANCELLED, 4)
 
 
+async def test_a_webhook_retry_waiting_at_a_hand_over_is_made_by_the_next_run(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # The first run's chunks are done; its pause comes while the run waits for a webhook
+    # post, which then fails and must wait for its retry. The next run starts paused and
+    # records no event: its pump waited for one, and the retry with it, until the resume.
+    stubs = StubActivities(recipients=4, deliveries_held=True, undelivered=1)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=2, slice_size=2, chunks_per_run=1),
+        )
+        first_run = handle.result_run_id
+        await stubs.wait_for(lambda: len(stubs.sent) == 2)
+        await asyncio.sleep(1)
+        await handle.signal(BatchWorkflow.pause)
+        stubs.deliveries_released.set()
+        await stubs.wait_for(
+            lambda: any(c.run_id != first_run for c in stubs.calls["deliver_status_events"])
+        )
+        assert (await handle.query(BatchWorkflow.progress)).paused
+        await handle.signal(BatchWorkflow.resume)
+        result = await result_of(handle)
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 4)
+
+
 async def run_waiting_batch(
     env: WorkflowEnvironment, stubs: StubActivities, dispatch: DispatchSettings
 ) -> BatchResult:

@@ -174,7 +174,8 @@ class BatchWorkflow:
         if state is None:
             self._events_recorded = self._events_delivered = input.first_event_seq
         else:
-            self._events_recorded = self._events_delivered = state.event_seq
+            self._events_recorded = state.event_seq
+            self._events_delivered = state.event_seq - int(state.events_unsettled)
             self._resume_status = state.status
             self._paused = state.paused
             self._status = BatchStatus.PAUSED if state.paused else state.status
@@ -316,6 +317,7 @@ class BatchWorkflow:
             continuing.chunks_done = self._chunks_done
             continuing.sent, continuing.failed = self._totals.sent, self._totals.failed
             continuing.cancel_reason = self._cancel_reason
+            continuing.events_unsettled = self._events_delivered < self._events_recorded
         workflow.continue_as_new(
             BatchInput(
                 batch_id=input.batch_id,

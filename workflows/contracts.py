@@ -162,6 +162,9 @@ class DispatchState:
     # A cancel that came while the run handed over (its chunks done, a webhook post in
     # flight): the next run ends the batch at once.
     cancel_reason: str | None = None
+    # Events not yet delivered when the run handed over (a post waiting for its retry): the
+    # next run's pump calls the activity at once rather than at its first new event.
+    events_unsettled: bool = False
 
 
 @dataclass(kw_only=True)
