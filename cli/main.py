@@ -81,7 +81,7 @@ def _run(command: Any) -> None:
     try:
         code = command()
     except CliError as error:
-        errors.print(f"herald: {error}", markup=False, highlight=False)
+        errors.print(f"herald: {error}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_ERROR) from error
     raise typer.Exit(code or EXIT_OK)
 

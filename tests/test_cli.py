@@ -190,7 +190,10 @@ async def test_the_key_and_address_come_from_dev_json_and_failures_exit_3(
     assert from_dev.code == 0, from_dev.stderr
     assert [n["number"] for n in from_dev.json_lines()[0]] == [account.agent_number]
     assert no_key.code == 3
-    assert "no API key: set HERALD_API_KEY" in no_key.stderr
+    assert no_key.stderr == (
+        "herald: no API key: set HERALD_API_KEY, or start the local stack (`make run`) which"
+        f" writes one to {tmp_path / 'empty' / 'dev.json'}\n"
+    )
     assert unknown.code == 3
     assert "NOT_FOUND (404)" in unknown.stderr
 
