@@ -120,10 +120,11 @@ class Herald:
         except httpx.HTTPError as error:
             raise CliError(f"the download stopped: {error}") from error
 
-    def events(self, batch_id: str) -> Iterator[Event]:
-        """The batch's event stream until it ends after the final event; a dropped connection
-        is opened again after the last event seen (`Last-Event-ID`)."""
-        last = 0
+    def events(self, batch_id: str, after: int = 0) -> Iterator[Event]:
+        """The batch's event stream, from the event after `after`, until it ends after the
+        final event; a dropped connection is opened again after the last event seen
+        (`Last-Event-ID`)."""
+        last = after
         while True:
             headers = {"last-event-id": str(last)}
             path = f"/v1/sms/batch/{batch_id}/events"

@@ -2,8 +2,10 @@
 
 Exit codes: 0 success; for commands that wait for a batch's end (`send --follow`, `follow`)
 1 when it ended `completed_partial` and 2 when it `failed` or was `cancelled`; 3 when a request
-failed (the API's error code is printed)."""
+failed (the API's error code is printed), or the batch's event stream kept ending before the
+batch did (it is opened again, after a retry, until the new run's events come)."""
 
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +24,9 @@ EXIT_CODES = {
     BatchStatus.FAILED: EXIT_FAILED,
     BatchStatus.CANCELLED: EXIT_FAILED,
 }
+# A stream that ends before the batch does is opened again this many times, this far apart.
+REOPENS = 10
+REOPEN_SECONDS = 1.0
 BATCH_COLUMNS = ("batch_id", "name", "status", "agent_number", "recipients", "created_at")
 BATCHES_PANEL = "Batches"
 OPERATOR_PANEL = "Operators (PostgreSQL directly, no API)"
@@ -61,19 +66,41 @@ def _follow(api: Herald, batch_id: str, as_json: bool) -> int:
     batch = api.call("GET", f"/v1/sms/batch/{batch_id}")
     if batch["status"] not in FINAL_BATCH_STATUSES:
         with BatchProgress(batch_id, quiet=as_json) as progress:
-            for event in api.events(batch_id):
-                if as_json:
-                    show_json({"event": event.name, "data": event.data})
-                # The ledger's counts move with each message, the progress event's only as
-                # chunks end: each event (about one a second) is the time to read them.
-                progress.show(api.call("GET", f"/v1/sms/batch/{batch_id}"), event.data["status"])
-            batch = api.call("GET", f"/v1/sms/batch/{batch_id}")
-            progress.show(batch, batch["status"])
+            batch = _watch(api, batch_id, as_json, progress)
     if as_json:
         show_json({"event": "summary", "data": batch})
     else:
         _summary(batch)
     return EXIT_CODES[BatchStatus(batch["status"])]
+
+
+def _watch(api: Herald, batch_id: str, as_json: bool, progress: BatchProgress) -> dict[str, Any]:
+    """Show the batch's events until it is in a final status; that state of it.
+
+    A retried batch is `queued` while its stream still ends at the final event of its run
+    before, until the new run records its first event: a stream that ends while the batch is
+    not final is opened again after the last event seen, up to `REOPENS` times in a row."""
+    last, reopens = 0, 0
+    while True:
+        for event in api.events(batch_id, after=last):
+            reopens = 0
+            last = last if event.id is None else event.id
+            if as_json:
+                show_json({"event": event.name, "data": event.data})
+            # The ledger's counts move with each message, the progress event's only as
+            # chunks end: each event (about one a second) is the time to read them.
+            progress.show(api.call("GET", f"/v1/sms/batch/{batch_id}"), event.data["status"])
+        batch: dict[str, Any] = api.call("GET", f"/v1/sms/batch/{batch_id}")
+        progress.show(batch, batch["status"])
+        if batch["status"] in FINAL_BATCH_STATUSES:
+            return batch
+        if reopens == REOPENS:
+            raise CliError(
+                f"the event stream of batch {batch_id} ended while it is still"
+                f" {batch['status']}: `herald follow {batch_id}` follows it again"
+            )
+        reopens += 1
+        time.sleep(REOPEN_SECONDS)
 
 
 def _run(command: Any) -> None:
