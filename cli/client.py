@@ -6,6 +6,7 @@ else `dev.json`, else the local default."""
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,10 @@ TIMEOUT = httpx.Timeout(30.0)
 PAGE = 1000
 # The event stream sends something about once a second while the batch runs.
 STREAM_TIMEOUT = httpx.Timeout(30.0, read=120.0)
+# An event stream that drops, or cannot be opened, is tried again this many times in a row,
+# this far apart, before the command fails.
+RECONNECTS = 5
+RECONNECT_SECONDS = 1.0
 
 
 class CliError(Exception):
@@ -123,8 +128,9 @@ class Herald:
     def events(self, batch_id: str, after: int = 0) -> Iterator[Event]:
         """The batch's event stream, from the event after `after`, until it ends after the
         final event; a dropped connection is opened again after the last event seen
-        (`Last-Event-ID`)."""
-        last = after
+        (`Last-Event-ID`), one that cannot be made (the API restarting) is tried again up to
+        `RECONNECTS` times in a row."""
+        last, failures = after, 0
         while True:
             headers = {"last-event-id": str(last)}
             path = f"/v1/sms/batch/{batch_id}/events"
@@ -136,12 +142,21 @@ class Herald:
                         response.read()
                         _raise_for_error(response)
                     for event in parse_events(response.iter_lines()):
+                        failures = 0
                         if event.id is not None:
                             last = event.id
                         yield event
                     return
-            except (httpx.RemoteProtocolError, httpx.ReadTimeout, httpx.ReadError):
-                continue
+            except (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError) as error:
+                failures += 1
+                if failures > RECONNECTS:
+                    raise CliError(
+                        f"cannot reach the API at {self._http.base_url} for the event stream:"
+                        f" {error}"
+                    ) from error
+                time.sleep(RECONNECT_SECONDS)
+            except httpx.HTTPError as error:
+                raise CliError(f"the event stream failed: {error}") from error
 
 
 def parse_events(lines: Iterator[str]) -> Iterator[Event]:
