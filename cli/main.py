@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from cli import keys
 from cli.client import CliError, Config, Herald
@@ -166,7 +167,7 @@ def send(
             if as_json and not follow:
                 show_json(started)
             elif not as_json:
-                say(f"batch [bold]{started['batch_id']}[/] started")
+                say(f"batch [bold]{escape(started['batch_id'])}[/] started")
             return _follow(api, started["batch_id"], as_json) if follow else EXIT_OK
 
     _run(command)
@@ -243,7 +244,7 @@ def _control(batch_id: str, action: str, as_json: bool, body: Any = None) -> Non
             show_json(done)
         else:
             rows = f" ({done['rows']} rows)" if done.get("rows") is not None else ""
-            say(f"{action}: sent to batch [bold]{batch_id}[/]{rows}")
+            say(f"{action}: sent to batch [bold]{escape(batch_id)}[/]{rows}")
         return EXIT_OK
 
     _run(command)
@@ -303,7 +304,7 @@ def export(
         params = {"format": "csv", **({"status": only} if only else {})}
         with _herald() as api, out.open("wb") as file:
             api.download(f"/v1/sms/batch/{batch_id}/messages", file, **params)
-        say(f"wrote {out}")
+        say(f"wrote {escape(str(out))}")
         return EXIT_OK
 
     _run(command)

@@ -18,6 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 # Ledger statuses of messages the carrier took.
 SENT_STATUSES = ("sent", "delivered", "undelivered")
@@ -27,6 +28,11 @@ errors = Console(stderr=True)
 
 def cell(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def _text(value: Any) -> Text:
+    """A value from the API as written: never read as rich's markup (`[bold]`, `[/]`)."""
+    return Text(cell(value))
 
 
 def show_json(data: Any) -> None:
@@ -39,11 +45,11 @@ def show_table(columns: Sequence[str], rows: Iterable[Mapping[str, Any]], title:
         for row in rows:
             sys.stdout.write("\t".join(cell(row.get(column)) for column in columns) + "\n")
         return
-    table = Table(title=title or None)
+    table = Table(title=_text(title) if title else None)
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(cell(row.get(column)) for column in columns))
+        table.add_row(*(_text(row.get(column)) for column in columns))
     console.print(table)
 
 
@@ -53,16 +59,17 @@ def show_fields(fields: Mapping[str, Any], title: str = "") -> None:
         for name, value in fields.items():
             sys.stdout.write(f"{name}: {cell(value)}\n")
         return
-    table = Table(title=title or None, show_header=False)
+    table = Table(title=_text(title) if title else None, show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     for name, value in fields.items():
-        table.add_row(name, cell(value))
+        table.add_row(_text(name), _text(value))
     console.print(table)
 
 
 def say(line: str) -> None:
-    """A line for people: in a terminal with rich's markup, elsewhere as plain text."""
+    """A line for people: in a terminal with rich's markup, elsewhere as plain text; a value
+    from the API or the user in it goes through `escape`, not to be read as markup."""
     if console.is_terminal:
         console.print(line)
     else:

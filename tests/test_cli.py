@@ -226,19 +226,10 @@ async def test_the_key_and_address_come_from_dev_json_and_failures_exit_3(
     assert "NOT_FOUND (404)" in unknown.stderr
 
 
-@pytest.mark.skipif(
-    shutil.which("tmux") is None,
-    reason="tmux is not installed: `make test` installs it with apt-get when run as root",
-)
-async def test_send_follow_in_a_terminal_shows_a_progress_bar_and_a_summary(
-    cli: Cli, account: Account, tmp_path: Path
-) -> None:
-    file = recipients(tmp_path, unique_numbers(40))
+async def in_terminal(cli: Cli, command: str) -> str:
+    """The screen of a real terminal (tmux, 160 by 50) where bash ran `command`, once it ended
+    (its exit code is shown as `exit=N`)."""
     socket = f"herald-test-{secrets.token_hex(4)}"
-    command = (
-        f"{HERALD} send {file} --from '{account.agent_number}' --message Hi --follow;"
-        " echo exit=$?; sleep 600"
-    )
     variables = [f"{name}={cli.env[name]}" for name in ("HERALD_API_URL", "HERALD_API_KEY")]
 
     async def tmux(*args: str) -> str:
@@ -258,14 +249,26 @@ async def test_send_follow_in_a_terminal_shows_a_progress_bar_and_a_summary(
         *[part for variable in variables for part in ("-e", variable)],
         "bash",
         "-c",
-        command,
+        f"{command}; echo exit=$?; sleep 600",
     )
     try:
-        screen = await eventually(
-            lambda: tmux("capture-pane", "-p"), lambda shown: "exit=" in shown
-        )
+        return await eventually(lambda: tmux("capture-pane", "-p"), lambda shown: "exit=" in shown)
     finally:
         await tmux("kill-server")
+
+
+@pytest.mark.skipif(
+    shutil.which("tmux") is None,
+    reason="tmux is not installed: `make test` installs it with apt-get when run as root",
+)
+async def test_send_follow_in_a_terminal_shows_a_progress_bar_and_a_summary(
+    cli: Cli, account: Account, tmp_path: Path
+) -> None:
+    file = recipients(tmp_path, unique_numbers(40))
+
+    screen = await in_terminal(
+        cli, f"{HERALD} send {file} --from '{account.agent_number}' --message Hi --follow"
+    )
 
     assert "exit=0" in screen, screen
     bar = next(line for line in screen.splitlines() if "40/40" in line)
@@ -275,3 +278,27 @@ async def test_send_follow_in_a_terminal_shows_a_progress_bar_and_a_summary(
     assert "│ status" in screen and "completed" in screen
     assert "│ messages sent" in screen
     assert "batch " in screen and " started" in screen
+
+
+@pytest.mark.skipif(
+    shutil.which("tmux") is None,
+    reason="tmux is not installed: `make test` installs it with apt-get when run as root",
+)
+async def test_a_name_or_a_path_is_shown_as_written_never_read_as_markup(
+    cli: Cli, account: Account, tmp_path: Path
+) -> None:
+    name = "[/] [sale] [link=https://example.com]x"
+    file = recipients(tmp_path, unique_numbers(1))
+    sent = await cli.send(file, account.agent_number, "--name", name, "--follow", "--json")
+    batch_id = sent.json_lines()[-1]["data"]["batch_id"]
+    # A folder `[` and in it a file `] [sale].csv`: the path reads `.../[/] [sale].csv`.
+    (tmp_path / "[").mkdir()
+    ledger = tmp_path / "[" / "] [sale].csv"
+
+    exported = await cli("export", batch_id, "-o", str(ledger))
+    screen = await in_terminal(cli, f"{HERALD} batches && {HERALD} status {batch_id}")
+
+    assert exported.code == 0, exported.stderr
+    assert exported.stdout == f"wrote {ledger}\n"
+    assert "exit=0" in screen, screen
+    assert screen.count(f" {name} ") == 2, screen
