@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from cli import keys
 from cli.client import CliError, Config, Herald
+from cli.files import replaced_on_success
 from cli.output import BatchProgress, errors, say, show_fields, show_json, show_table
 from workflows.statuses import FINAL_BATCH_STATUSES, BatchStatus
 
@@ -298,11 +299,11 @@ def export(
         str | None, typer.Option("--status", help="Only rows with this ledger status.")
     ] = None,
 ) -> None:
-    """Write the batch's ledger, every row, to a CSV file."""
+    """Write the batch's ledger, every row, to a CSV file (replaced only once it is whole)."""
 
     def command() -> int:
         params = {"format": "csv", **({"status": only} if only else {})}
-        with _herald() as api, out.open("wb") as file:
+        with _herald() as api, replaced_on_success(out) as file:
             api.download(f"/v1/sms/batch/{batch_id}/messages", file, **params)
         say(f"wrote {escape(str(out))}")
         return EXIT_OK

@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from deploy.local.processes import free_port
 from settings import Settings
 from store import batches
 from tests.support.builders import csv_bytes, unique_numbers
@@ -180,6 +181,31 @@ async def test_reads_list_status_errors_export_and_numbers(
     assert sorted(row["phone_number"] for row in rows) == sorted(good)
     assert numbers.stdout.splitlines()[0] == "number\tkind\tchannel\tmps\twebhook"
     assert numbers.stdout.splitlines()[1].startswith(f"{account.agent_number}\tnumber\tsms\t")
+
+
+async def test_an_export_that_fails_leaves_the_file_there_as_it_was_and_exits_3(
+    cli: Cli, account: Account, tmp_path: Path
+) -> None:
+    sent = await cli.send(recipients(tmp_path, unique_numbers(1)), account.agent_number, "--json")
+    batch_id = sent.json_lines()[0]["batch_id"]
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text("the export before\n")
+    down = {**cli.env, "HERALD_API_URL": f"http://127.0.0.1:{free_port()}"}
+
+    unknown = await cli("export", "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10", "-o", str(ledger))
+    bad_status = await cli("export", batch_id, "--status", "lost", "-o", str(ledger))
+    unreachable = await cli("export", batch_id, "-o", str(ledger), env=down)
+    no_folder = await cli("export", batch_id, "-o", str(tmp_path / "missing" / "ledger.csv"))
+
+    assert ledger.read_text() == "the export before\n"
+    assert [run.code for run in (unknown, bad_status, unreachable, no_folder)] == [3, 3, 3, 3]
+    assert "NOT_FOUND (404)" in unknown.stderr
+    assert bad_status.stderr.startswith("herald: INVALID_REQUEST (400)"), bad_status.stderr
+    assert "Connection refused" in unreachable.stderr
+    assert no_folder.stderr == (
+        f"herald: cannot write {tmp_path / 'missing' / 'ledger.csv'}: No such file or directory\n"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["ledger.csv", "recipients.csv"]
 
 
 async def test_pause_resume_and_cancel_steer_a_batch_and_follow_exits_2(
