@@ -8,10 +8,8 @@ import json
 import os
 import secrets
 import shutil
-import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -21,49 +19,10 @@ from deploy.local.processes import free_port
 from settings import Settings
 from store import batches
 from tests.support.builders import csv_bytes, unique_numbers
+from tests.support.cli import HERALD, Cli, clean_env
 from tests.support.sending import eventually, served_api
-from tests.support.stack import WAIT_SECONDS, Account
+from tests.support.stack import Account
 from workflows.statuses import BatchStatus
-
-HERALD = Path(sys.executable).parent / "herald"
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json_lines(self) -> list[dict]:
-        return [json.loads(line) for line in self.stdout.splitlines()]
-
-
-@dataclass(frozen=True)
-class Cli:
-    env: dict[str, str]
-    cwd: Path
-
-    async def __call__(self, *args: str, env: dict[str, str] | None = None) -> Run:
-        process = await asyncio.create_subprocess_exec(
-            str(HERALD),
-            *args,
-            cwd=self.cwd,
-            env=env if env is not None else self.env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        async with asyncio.timeout(WAIT_SECONDS):
-            stdout, stderr = await process.communicate()
-        assert process.returncode is not None
-        return Run(process.returncode, stdout.decode(), stderr.decode())
-
-    async def send(self, file: Path, sender: str, *options: str, message: str = "Hi") -> Run:
-        return await self("send", str(file), "--from", sender, "--message", message, *options)
-
-
-def clean_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
-    return {**env, "HERALD_HOME": str(home)}
 
 
 @pytest.fixture
