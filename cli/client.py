@@ -60,7 +60,7 @@ class Config:
     def load(cls) -> "Config":
         settings = get_settings()
         dev_file = settings.home / "dev.json"
-        dev: dict[str, Any] = json.loads(dev_file.read_text()) if dev_file.exists() else {}
+        dev = _read_dev(dev_file)
         key = os.environ.get(KEY_VARIABLE) or dev.get("api_key")
         if not key:
             raise CliError(
@@ -68,7 +68,26 @@ class Config:
                 f" writes one to {dev_file}"
             )
         url = os.environ.get(URL_VARIABLE) or dev.get("api_url") or settings.api_url
+        try:
+            scheme = httpx.URL(url).scheme
+        except httpx.InvalidURL as error:
+            raise CliError(f"the API's address {url!r} is not a URL: {error}") from error
+        if scheme not in ("http", "https"):
+            raise CliError(f"the API's address {url!r} is not an http:// or https:// URL")
         return cls(api_url=url.rstrip("/"), key=key)
+
+
+def _read_dev(dev_file: Path) -> dict[str, Any]:
+    """The local stack's `dev.json`; empty when there is none."""
+    if not dev_file.exists():
+        return {}
+    try:
+        dev = json.loads(dev_file.read_text())
+    except (OSError, ValueError) as error:
+        raise CliError(f"cannot read {dev_file}: {error}") from error
+    if not isinstance(dev, dict):
+        raise CliError(f"cannot read {dev_file}: not a JSON object")
+    return dev
 
 
 class Herald:
@@ -91,7 +110,13 @@ class Herald:
         except httpx.HTTPError as error:
             raise CliError(f"cannot reach the API at {self._http.base_url}: {error}") from error
         _raise_for_error(response)
-        return response.json()["data"]
+        try:
+            return response.json()["data"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise CliError(
+                f"{response.request.url} answered {response.status_code} with no JSON `data`:"
+                f" is it Herald's API? (its address is {URL_VARIABLE}, else dev.json's)"
+            ) from error
 
     def every(self, path: str, items: str, **params: Any) -> list[dict[str, Any]]:
         """Every item of a list endpoint, page after page by its `next_cursor`."""

@@ -1,13 +1,47 @@
-"""The `herald` command's client (cli/client.py) against addresses where no API answers as
-Herald's: each failure is a `CliError`, the one line the command prints, never a traceback."""
+"""The `herald` command against addresses where no API answers as Herald's, and with a local
+configuration it cannot use: each failure is one line on stderr and exit code 3, never a
+traceback. No stack: nothing here reaches Herald."""
 
+import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from cli import client
 from cli.client import CliError, Config, Herald
 from deploy.local.processes import free_port
+from tests.support.cli import Cli, Run, clean_env
+
+
+@asynccontextmanager
+async def another_web_server() -> AsyncIterator[str]:
+    """A web server that is not Herald's: an HTML page at every path but `/v1/sms/batches`,
+    where it answers JSON without `data`; its address."""
+
+    async def page(request: web.Request) -> web.Response:
+        if request.path == "/v1/sms/batches":
+            return web.json_response({"items": []})
+        return web.Response(text="<html><body>It works!</body></html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def assert_refused(run: Run, message: str) -> None:
+    """The run failed as a request does: exit 3 and `message` alone on stderr."""
+    assert (run.code, run.stdout, run.stderr) == (3, "", f"herald: {message}\n")
 
 
 def test_an_event_stream_that_cannot_connect_is_tried_again_then_is_a_cli_error() -> None:
@@ -20,3 +54,44 @@ def test_an_event_stream_that_cannot_connect_is_tried_again_then_is_a_cli_error(
 
     assert str(raised.value).startswith(f"cannot reach the API at {url} for the event stream:")
     assert time.monotonic() - started >= client.RECONNECTS * client.RECONNECT_SECONDS
+
+
+async def test_an_address_where_another_web_server_answers_is_one_line_and_exit_3(
+    tmp_path: Path,
+) -> None:
+    async with another_web_server() as url:
+        cli = Cli({**clean_env(tmp_path), "HERALD_API_URL": url, "HERALD_API_KEY": "k"}, tmp_path)
+        html = await cli("numbers")
+        without_data = await cli("batches")
+
+    hint = "answered 200 with no JSON `data`: is it Herald's API? (its address is HERALD_API_URL,"
+    assert_refused(html, f"{url}/v1/sms/numbers?limit=1000 {hint} else dev.json's)")
+    assert_refused(without_data, f"{url}/v1/sms/batches?limit=50 {hint} else dev.json's)")
+
+
+async def test_a_dev_json_or_an_api_address_it_cannot_use_is_one_line_and_exit_3(
+    tmp_path: Path,
+) -> None:
+    cli = Cli({**clean_env(tmp_path), "HERALD_API_KEY": "k"}, tmp_path)
+    dev = tmp_path / "dev.json"
+
+    dev.write_text('{"api_key": "k", ')
+    truncated = await cli("numbers")
+    dev.write_text(json.dumps(["k"]))
+    a_list = await cli("numbers")
+    dev.unlink()
+    bad_port = await cli("numbers", env={**cli.env, "HERALD_API_URL": "http://localhost:80a"})
+    no_scheme = await cli("numbers", env={**cli.env, "HERALD_API_URL": "localhost:8000"})
+
+    assert_refused(
+        truncated,
+        f"cannot read {dev}: Expecting property name enclosed in double quotes:"
+        " line 1 column 18 (char 17)",
+    )
+    assert_refused(a_list, f"cannot read {dev}: not a JSON object")
+    assert_refused(
+        bad_port, "the API's address 'http://localhost:80a' is not a URL: Invalid port: '80a'"
+    )
+    assert_refused(
+        no_scheme, "the API's address 'localhost:8000' is not an http:// or https:// URL"
+    )
