@@ -6,6 +6,7 @@ Each test saves a screenshot; with `HERALD_SCREENSHOTS=docs` they replace the RE
 
 import os
 import re
+import secrets
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 
 from settings import Settings
-from tests.support.batches import start_marked_batch, wait_for_status
+from tests.support.batches import FINAL, start_marked_batch, wait_for_status
 from tests.support.browser import chromium, run, until
 from tests.support.builders import csv_bytes, unique_numbers
 from tests.support.delivery import wait_until_received
@@ -44,6 +45,12 @@ def sign_in(driver: WebDriver, url: str, key: str) -> None:
     assert driver.title == "Herald dashboard"
     assert driver.find_element(By.ID, "login").is_displayed()
     assert not driver.find_element(By.ID, "app").is_displayed()
+    driver.find_element(By.ID, "key").send_keys(key)
+    driver.find_element(By.CSS_SELECTOR, "#key-form button").click()
+
+
+def enter_key(driver: WebDriver, key: str) -> None:
+    """Sign in on the page as it is, not loaded again: as after "Forget key"."""
     driver.find_element(By.ID, "key").send_keys(key)
     driver.find_element(By.CSS_SELECTOR, "#key-form button").click()
 
@@ -152,3 +159,54 @@ async def test_the_dashboard_previews_a_file_without_sending(
     assert "Hi Ada" in messages[0]
     assert len(rejected) == 1 and rejected[0].startswith("2 12 ")
     assert after["batches"] == before["batches"]
+
+
+async def test_forgetting_the_key_leaves_nothing_of_its_account_for_the_next_key(
+    api: httpx.AsyncClient,
+    account: Account,
+    other_account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    sent, previewed = unique_numbers(2)
+    refused = f"not-a-number-{secrets.token_hex(3)}"
+    name = f"Sale of account A {secrets.token_hex(3)}"
+    batch_id, _ = await start_marked_batch(
+        api, account, webhooks, csv_bytes(["phone_number"], [[sent], [refused]]), name=name
+    )
+    await wait_for_status(api, account, batch_id, *FINAL)
+    preview = tmp_path / "preview.csv"
+    preview.write_bytes(csv_bytes(["phone_number"], [[previewed]]))
+    body = f"Hi from account A {secrets.token_hex(3)}"
+
+    async with served_api(settings) as served, chromium() as driver:
+        await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
+        row = f'tr[data-batch-id="{batch_id}"]'
+        await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
+        await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
+        await until(driver, lambda d: refused in d.find_element(By.ID, "error-rows").text)
+        await until(driver, lambda d: d.find_element(By.ID, "dry-sender").get_attribute("value"))
+        await run(lambda: driver.find_element(By.ID, "dry-file").send_keys(str(preview)))
+        await run(lambda: driver.find_element(By.ID, "dry-message").send_keys(body))
+        await run(lambda: driver.find_element(By.CSS_SELECTOR, "#dry-run-form button").click())
+        await until(driver, lambda d: body in d.find_element(By.ID, "dry-messages").text)
+
+        await run(lambda: driver.find_element(By.ID, "forget").click())
+        await until(driver, lambda d: d.find_element(By.ID, "login").is_displayed())
+        await run(enter_key, driver, other_account.key)
+        await until(driver, lambda d: d.find_element(By.ID, "no-batches").is_displayed())
+        sender = await until(
+            driver, lambda d: d.find_element(By.ID, "dry-sender").get_attribute("value")
+        )
+        page = await run(lambda: driver.page_source)
+        known = await run(
+            lambda: driver.execute_script(
+                "return [state.selected, state.batches.size, state.streams.size]"
+            )
+        )
+
+    leaked = [s for s in (batch_id, name, refused, sent, previewed, body) if s in page]
+    assert leaked == []
+    assert known == [None, 0, 0]
+    assert sender == other_account.agent_number

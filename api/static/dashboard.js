@@ -14,17 +14,22 @@ const PAGE = 50;
 
 const $ = (id) => document.getElementById(id);
 
-const state = {
-  batches: new Map(), // batch_id -> summary from the list
-  progress: new Map(), // batch_id -> {sent, failed, done, total} from its event stream
-  ledger: new Map(), // batch_id -> the same from its ledger counts (the batch shown)
-  streams: new Map(), // batch_id -> AbortController of its open event stream
-  selected: null,
-  errorsCursor: null,
-  listTimer: null,
-  detailTimer: null,
-  detailLoadedAt: 0,
-};
+// What the page knows of the signed-in key's account; a new one at each sign-out.
+function newState() {
+  return {
+    batches: new Map(), // batch_id -> summary from the list
+    progress: new Map(), // batch_id -> {sent, failed, done, total} from its event stream
+    ledger: new Map(), // batch_id -> the same from its ledger counts (the batch shown)
+    streams: new Map(), // batch_id -> AbortController of its open event stream
+    selected: null,
+    errorsCursor: null,
+    listTimer: null,
+    detailTimer: null,
+    detailLoadedAt: 0,
+  };
+}
+
+let state = newState();
 
 class ApiError extends Error {
   constructor(status, code, message) {
@@ -33,6 +38,10 @@ class ApiError extends Error {
     this.code = code;
   }
 }
+
+// The answer to a request made with a key no longer signed in (forgotten, or another key
+// signed in since): dropped, for it is another account's.
+class StaleAnswer extends Error {}
 
 function apiKey() {
   return sessionStorage.getItem(KEY_ITEM);
@@ -43,6 +52,7 @@ function authHeaders() {
 }
 
 async function api(path, { method = "GET", json, form } = {}) {
+  const key = apiKey();
   const headers = authHeaders();
   let body;
   if (json !== undefined) {
@@ -58,9 +68,13 @@ async function api(path, { method = "GET", json, form } = {}) {
   } catch {
     payload = null;
   }
+  if (apiKey() !== key) throw new StaleAnswer(path);
   if (!response.ok) {
     const error = payload && payload.errors && payload.errors[0];
-    if (response.status === 401) signOut("The API key was refused: enter it again.");
+    if (response.status === 401) {
+      signOut("The API key was refused: enter it again.");
+      throw new StaleAnswer(path);
+    }
     throw new ApiError(
       response.status,
       error ? error.error : `HTTP_${response.status}`,
@@ -77,6 +91,7 @@ function notify(text, isError = false) {
 }
 
 function failed(error) {
+  if (error instanceof StaleAnswer) return;
   notify(error instanceof ApiError ? error.message : String(error), true);
 }
 
@@ -449,12 +464,40 @@ function signIn(key) {
   start();
 }
 
+// Every table, panel and field that showed the account's data; emptied at sign-out, so that
+// the next key's account sees none of it.
+const ACCOUNT_TABLES = [
+  "batch-rows",
+  "detail-counts",
+  "error-rows",
+  "dry-counts",
+  "dry-messages",
+  "dry-errors",
+  "senders",
+];
+const ACCOUNT_TEXTS = [
+  "notice",
+  "detail-id",
+  "detail-reason",
+  "detail-progress-text",
+  "dry-summary",
+];
+const ACCOUNT_PANELS = ["no-batches", "detail", "no-errors", "more-errors", "dry-result"];
+const ACCOUNT_FIELDS = ["dry-file", "dry-sender", "dry-message"];
+
 function signOut(message = "") {
   sessionStorage.removeItem(KEY_ITEM);
   for (const controller of state.streams.values()) controller.abort();
-  state.streams.clear();
   clearInterval(state.listTimer);
   clearInterval(state.detailTimer);
+  state = newState();
+  for (const id of ACCOUNT_TABLES) $(id).replaceChildren();
+  for (const id of ACCOUNT_TEXTS) $(id).textContent = "";
+  for (const id of ACCOUNT_PANELS) $(id).hidden = true;
+  for (const id of ACCOUNT_FIELDS) $(id).value = "";
+  statusBadge($("detail-status"), "");
+  setProgress($("detail-progress"), null);
+  $("temporal-link").removeAttribute("href");
   $("app").hidden = true;
   $("forget").hidden = true;
   $("login").hidden = false;
