@@ -179,7 +179,22 @@ def _dry_run(result: dict[str, Any], as_json: bool) -> None:
         show_json(result)
         return
     counts = ("rows_total", "to_send", "skipped", "rejected", "segments_total")
-    show_fields({"code": result["code"], **{k: result[k] for k in counts}}, title="dry run")
+    cost = result["estimated_cost"]
+    show_fields(
+        {
+            "code": result["code"],
+            **({"reason": result["reason"]} if result["reason"] else {}),
+            **{k: result[k] for k in counts},
+            "estimated_cost": f"{cost['total']} {cost['currency']}",
+            "unknown_messages": cost["unknown_messages"],
+        },
+        title="dry run",
+    )
+    show_table(
+        ("country", "messages", "segments", "price_per_segment", "cost"),
+        cost["by_country"],
+        title=f"estimated cost ({cost['currency']}), by country",
+    )
     show_table(("row_number", "to_number", "body", "skip_code"), result["messages"])
     if result["rejected_rows"]:
         show_table(("row_number", "value", "code", "message"), result["rejected_rows"])

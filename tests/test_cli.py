@@ -113,6 +113,29 @@ async def test_a_failed_batch_exits_2(cli: Cli, account: Account, tmp_path: Path
     assert "status: failed\n" in sent.stdout
 
 
+async def test_a_dry_run_shows_its_reason_and_its_estimated_cost_by_country(
+    cli: Cli, account: Account, tmp_path: Path
+) -> None:
+    priced = recipients(tmp_path, unique_numbers(2))
+    unsendable = recipients(tmp_path, ["not a number"], name="unsendable.csv")
+
+    sendable = await cli.send(priced, account.agent_number, "--dry-run")
+    refused = await cli.send(unsendable, account.agent_number, "--dry-run")
+    refused_json = await cli.send(unsendable, account.agent_number, "--dry-run", "--json")
+
+    assert sendable.code == 0, sendable.stderr
+    assert "code: -\nrows_total: 2\n" in sendable.stdout
+    assert "estimated_cost: 0.0166 USD\nunknown_messages: 0\n" in sendable.stdout
+    assert (
+        "country\tmessages\tsegments\tprice_per_segment\tcost\nUS\t2\t2\t0.0083\t0.0166\n"
+        in sendable.stdout
+    )
+    assert refused.code == 2, refused.stderr
+    reason = refused_json.json_lines()[0]["reason"]
+    assert reason
+    assert f"code: no_valid_recipients\nreason: {reason}\nrows_total: 1\n" in refused.stdout
+
+
 async def test_reads_list_status_errors_export_and_numbers(
     cli: Cli, account: Account, tmp_path: Path
 ) -> None:
