@@ -2,7 +2,11 @@
 keys (`create --permission ...` limits what a key may do).
 
 It talks to PostgreSQL directly (`HERALD_DATABASE_URL`), so it works without the API running
-and needs the database credentials, which is what makes it an operator tool.
+and needs the database credentials, which is what makes it an operator tool. Each command
+first applies the migrations not yet applied, as the API does at start.
+
+Exit codes: 0 done; 1 no such account (`create --account`) or no unrevoked key (`revoke`);
+3 the database cannot be reached or refused (one line on stderr); 2 a usage error.
 """
 
 import argparse
@@ -16,6 +20,9 @@ import asyncpg
 from settings import get_settings
 from store import accounts
 from store.db import create_pool, migrate
+
+# As `herald`'s other commands exit when a request fails.
+EXIT_DATABASE = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,7 +96,14 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return asyncio.run(_run(_parser().parse_args(argv)))
+    args = _parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        # The DSN is left out: it may hold the password.
+        reason = " ".join(str(error).split()) or type(error).__name__
+        sys.stderr.write(f"herald: cannot use the database at HERALD_DATABASE_URL: {reason}\n")
+        return EXIT_DATABASE
 
 
 if __name__ == "__main__":

@@ -9,14 +9,17 @@ from pathlib import Path
 
 import httpx
 
+from deploy.local.processes import free_port
 from settings import Settings
 
 HERALD = Path(sys.executable).parent / "herald"
 
 
-def herald(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """The installed `herald` console script, against the session's PostgreSQL."""
-    env = {**os.environ, "HERALD_DATABASE_URL": settings.dsn}
+def herald(
+    settings: Settings, *args: str, dsn: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed `herald` console script, against the session's PostgreSQL (or `dsn`)."""
+    env = {**os.environ, "HERALD_DATABASE_URL": dsn or settings.dsn}
     return subprocess.run(
         [str(HERALD), *args], capture_output=True, text=True, timeout=60, env=env, check=False
     )
@@ -72,6 +75,21 @@ async def test_a_second_key_for_an_account_is_independent(
 def test_unknown_account_and_key_are_refused(settings: Settings) -> None:
     assert herald(settings, "keys", "create", "--account", str(uuid.uuid4())).returncode == 1
     assert herald(settings, "keys", "revoke", str(uuid.uuid4())).returncode == 1
+
+
+def test_a_database_that_refuses_or_is_not_there_is_one_line_and_exit_3(
+    settings: Settings,
+) -> None:
+    missing = herald(settings, "keys", "list", dsn=settings.dsn.rsplit("/", 1)[0] + "/nowhere")
+    closed = f"postgresql://postgres:secret@127.0.0.1:{free_port()}/postgres"
+    unreachable = herald(settings, "keys", "list", dsn=closed)
+
+    head = "herald: cannot use the database at HERALD_DATABASE_URL:"
+    assert (missing.returncode, missing.stdout) == (3, "")
+    assert missing.stderr == f'{head} database "nowhere" does not exist\n'
+    assert (unreachable.returncode, unreachable.stdout) == (3, "")
+    assert unreachable.stderr.startswith(f"{head} ")
+    assert unreachable.stderr.count("\n") == 1 and "secret" not in unreachable.stderr
 
 
 async def test_missing_malformed_or_guessed_keys_get_401(api: httpx.AsyncClient) -> None:
