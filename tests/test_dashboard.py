@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import httpx
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
@@ -210,3 +211,40 @@ async def test_forgetting_the_key_leaves_nothing_of_its_account_for_the_next_key
     assert leaked == []
     assert known == [None, 0, 0]
     assert sender == other_account.agent_number
+
+
+async def test_more_adds_each_page_of_rejected_rows_once_however_often_it_is_clicked(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    # 120 rejected rows: three pages of the dashboard's 50.
+    rows = [[unique_numbers(1)[0]], *([f"not-a-number-{n}"] for n in range(120))]
+    batch_id, _ = await start_marked_batch(
+        api, account, webhooks, csv_bytes(["phone_number"], rows)
+    )
+    await wait_for_status(api, account, batch_id, *FINAL)
+
+    async with served_api(settings) as served, chromium() as driver:
+        await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
+        row = f'tr[data-batch-id="{batch_id}"]'
+        await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
+        await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
+        button = (By.ID, "more-errors")
+        await until(driver, expected_conditions.element_to_be_clickable(button))
+        more = await run(driver.find_element, *button)
+        # Both clicks land before the page they ask for comes back.
+        await run(lambda: ActionChains(driver).double_click(more).perform())
+        await until(driver, expected_conditions.element_to_be_clickable(button))
+        await run(more.click)
+        await until(driver, expected_conditions.invisibility_of_element_located(button))
+        values = await run(
+            lambda: [
+                r.find_elements(By.TAG_NAME, "td")[1].text
+                for r in driver.find_elements(By.CSS_SELECTOR, "#error-rows tr")
+            ]
+        )
+
+    assert values == [f"not-a-number-{n}" for n in range(120)]

@@ -30,6 +30,8 @@ function newState() {
 }
 
 let state = newState();
+// The number of the newest request of rejected rows, across sign-ins: older answers drop.
+let errorsRequest = 0;
 
 class ApiError extends Error {
   constructor(status, code, message) {
@@ -348,16 +350,26 @@ function errorRow(body, rejected) {
   body.appendChild(row);
 }
 
+// The next page of the batch shown's rejected rows. "More" is disabled while a page loads,
+// and a page asked for before another (a batch selected since) is dropped: each is appended
+// once, to its own batch's rows.
 async function loadErrors() {
   const batchId = state.selected;
-  const cursor = state.errorsCursor === null ? "" : `&cursor=${encodeURIComponent(state.errorsCursor)}`;
-  const query = `limit=${PAGE}${cursor}`;
-  const page = await api(`/v1/sms/batch/${encodeURIComponent(batchId)}/errors?${query}`);
-  if (batchId !== state.selected) return;
-  for (const rejected of page.rejected_rows) errorRow($("error-rows"), rejected);
-  $("no-errors").hidden = $("error-rows").children.length > 0;
-  $("more-errors").hidden = page.next_cursor === null;
-  if (page.next_cursor !== null) state.errorsCursor = page.next_cursor;
+  const request = ++errorsRequest;
+  const cursor = state.errorsCursor;
+  const after = cursor === null ? "" : `&cursor=${encodeURIComponent(cursor)}`;
+  $("more-errors").disabled = true;
+  try {
+    const path = `/v1/sms/batch/${encodeURIComponent(batchId)}/errors?limit=${PAGE}${after}`;
+    const page = await api(path);
+    if (request !== errorsRequest) return;
+    for (const rejected of page.rejected_rows) errorRow($("error-rows"), rejected);
+    $("no-errors").hidden = $("error-rows").children.length > 0;
+    $("more-errors").hidden = page.next_cursor === null;
+    if (page.next_cursor !== null) state.errorsCursor = page.next_cursor;
+  } finally {
+    if (request === errorsRequest) $("more-errors").disabled = false;
+  }
 }
 
 async function control(action) {
