@@ -1,9 +1,12 @@
 """`herald`: send and follow batches through the API, and (operators) manage API keys.
 
 Exit codes: 0 success; for commands that wait for a batch's end (`send --follow`, `follow`)
-1 when it ended `completed_partial` and 2 when it `failed` or was `cancelled`; 3 when a request
-failed (the API's error code is printed), or the batch's event stream kept ending before the
-batch did (it is opened again, after a retry, until the new run's events come)."""
+1 when it ended `completed_partial` and 2 when it `failed` or was `cancelled`; 2 too for
+`send --dry-run` when the batch would fail; 3 when a request failed (the API's error code is
+printed), the answer was not Herald's, the file could not be written, or the batch's event
+stream kept ending before the batch did (it is opened again, after a retry, until the new
+run's events come). A usage error (an unknown command or option, a missing argument) exits 2
+as well, before anything is sent, its message on stderr."""
 
 import time
 from datetime import datetime
@@ -243,7 +246,8 @@ def status(batch_id: BatchId, as_json: Json = False) -> None:
 
 @app.command(rich_help_panel=BATCHES_PANEL)
 def follow(batch_id: BatchId, as_json: Json = False) -> None:
-    """Show a batch's progress until it ends (exit code: 0 completed, 1 partial, 2 failed)."""
+    """Show a batch's progress until it ends (exit code: 0 completed, 1 partial, 2 failed or
+    cancelled)."""
 
     def command() -> int:
         with _herald() as api:

@@ -95,3 +95,18 @@ async def test_a_dev_json_or_an_api_address_it_cannot_use_is_one_line_and_exit_3
     assert_refused(
         no_scheme, "the API's address 'localhost:8000' is not an http:// or https:// URL"
     )
+
+
+async def test_a_usage_error_exits_2_before_anything_is_sent(tmp_path: Path) -> None:
+    # As README and `herald --help` say: 2, a failed batch's code too. Nothing listens at
+    # the address: a command that reached for it would exit 3.
+    down = f"http://127.0.0.1:{free_port()}"
+    cli = Cli({**clean_env(tmp_path), "HERALD_API_URL": down, "HERALD_API_KEY": "k"}, tmp_path)
+
+    missing = await cli("status")
+    unknown = await cli("export", "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10", "--json")
+
+    assert (missing.code, missing.stdout) == (2, "")
+    assert "Missing argument" in missing.stderr
+    assert (unknown.code, unknown.stdout) == (2, "")
+    assert "No such option" in unknown.stderr
