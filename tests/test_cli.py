@@ -8,21 +8,17 @@ import json
 import os
 import secrets
 import shutil
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from deploy.local.processes import free_port
 from settings import Settings
-from store import batches
 from tests.support.builders import csv_bytes, unique_numbers
 from tests.support.cli import HERALD, Cli, clean_env
 from tests.support.sending import eventually, served_api
 from tests.support.stack import Account
-from workflows.statuses import BatchStatus
 
 
 @pytest.fixture
@@ -82,25 +78,6 @@ async def test_a_partial_batch_exits_1_and_json_gives_each_event_then_the_summar
     followed = await cli("follow", lines[-1]["data"]["batch_id"])
     assert followed.code == 1, followed.stderr
     assert "status: completed_partial\n" in followed.stdout
-
-
-async def test_follow_gives_up_with_exit_3_on_a_batch_whose_stream_keeps_ending_early(
-    cli: Cli, account: Account, pool: asyncpg.Pool, tmp_path: Path
-) -> None:
-    file = recipients(tmp_path, unique_numbers(2))
-    sent = await cli.send(file, account.agent_number, "--follow", "--json")
-    batch_id = sent.json_lines()[-1]["data"]["batch_id"]
-    # As a retry leaves it until its run records a first event: `queued`, and its final
-    # event the newest, after which its stream ends.
-    await batches.set_status(pool, uuid.UUID(batch_id), status=BatchStatus.QUEUED)
-
-    followed = await cli("follow", batch_id)
-
-    assert followed.code == 3
-    assert followed.stderr == (
-        f"herald: the event stream of batch {batch_id} ended while it is still queued:"
-        f" `herald follow {batch_id}` follows it again\n"
-    )
 
 
 async def test_a_failed_batch_exits_2(cli: Cli, account: Account, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 configuration it cannot use: each failure is one line on stderr and exit code 3, never a
 traceback. No stack: nothing here reaches Herald."""
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from cli import client
+from cli import client, main
 from cli.client import CliError, Config, Herald
 from deploy.local.processes import free_port
 from tests.support.cli import Cli, Run, clean_env
@@ -110,3 +111,43 @@ async def test_a_usage_error_exits_2_before_anything_is_sent(tmp_path: Path) -> 
     assert "Missing argument" in missing.stderr
     assert (unknown.code, unknown.stdout) == (2, "")
     assert "No such option" in unknown.stderr
+
+
+@asynccontextmanager
+async def a_stream_that_ends_early(batch_id: str) -> AsyncIterator[str]:
+    """An API whose batch `batch_id` is `queued` and whose event stream of it ends at once,
+    as a stream ends early (its key revoked, say); its address."""
+
+    async def batch(request: web.Request) -> web.Response:
+        queued = {"batch_id": batch_id, "status": "queued", "recipients": 2, "counts": {}}
+        return web.json_response({"data": queued})
+
+    async def events(request: web.Request) -> web.Response:
+        return web.Response(text="", content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_get(f"/v1/sms/batch/{batch_id}", batch)
+    app.router.add_get(f"/v1/sms/batch/{batch_id}/events", events)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_follow_gives_up_on_a_stream_that_keeps_ending_before_the_batch_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batch_id = "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10"
+    monkeypatch.setattr(main, "REOPEN_SECONDS", 0.01)
+    async with a_stream_that_ends_early(batch_id) as url:
+        with Herald(Config(api_url=url, key="key")) as api, pytest.raises(CliError) as raised:
+            await asyncio.to_thread(main._follow, api, batch_id, True)
+
+    assert str(raised.value) == (
+        f"the event stream of batch {batch_id} ended while it is still queued:"
+        f" `herald follow {batch_id}` follows it again"
+    )
