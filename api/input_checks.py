@@ -1,8 +1,8 @@
 """The checks every request passes before any route sees it, so that no route can hand
 PostgreSQL a value it refuses: text without NUL characters or lone surrogates (in the path,
 the query, the headers, a JSON or form body), and in a JSON body numbers that are finite and
-fit in 64 bits. Integers in queries and headers are bounded where each is declared, with the
-limits below."""
+fit in 64 bits, and arrays and objects nested no deeper than `MAX_JSON_DEPTH`. Integers in
+queries and headers are bounded where each is declared, with the limits below."""
 
 import itertools
 import json
@@ -14,13 +14,16 @@ from urllib.parse import parse_qsl
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import HeraldError, herald_error_response, http_error_response
+from api.errors import HeraldError, InvalidRequest, herald_error_response, http_error_response
 from store.messages import UNSTORABLE
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 # Columns of type `int` (a batch's event `seq`) hold less than a query's bigint.
 INT32_MAX = 2**31 - 1
+# Levels of arrays and objects a JSON body may nest (the body itself is the first): far more
+# than any request needs, far fewer than pydantic serializes (a request's hash, its jsonb).
+MAX_JSON_DEPTH = 64
 
 
 class InvalidText(HeraldError):
@@ -47,22 +50,31 @@ def _is_json(content_type: str | None) -> bool:
     )
 
 
+def too_deep(where: str) -> InvalidRequest:
+    return InvalidRequest(f"{where} nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
+
+
 def _json_values(document: Any) -> Iterator[tuple[str, Any]]:
-    """Every key and value of a JSON document with where it is, without recursion."""
-    pending: list[tuple[str, Any]] = [("body", document)]
+    """Every key and value of a JSON document with where it is, without recursion; 400
+    `INVALID_REQUEST` for arrays and objects nested deeper than `MAX_JSON_DEPTH`."""
+    pending: list[tuple[str, Any, int]] = [("body", document, 1)]
     while pending:
-        where, value = pending.pop()
+        where, value, depth = pending.pop()
+        if isinstance(value, dict | list) and depth > MAX_JSON_DEPTH:
+            raise too_deep(where)
         if isinstance(value, dict):
             for key, item in value.items():
                 yield f"a key in {where}", key
-                pending.append((f"{where}.{key}", item))
+                pending.append((f"{where}.{key}", item, depth + 1))
         elif isinstance(value, list):
-            pending.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+            pending.extend((f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value))
         else:
             yield where, value
 
 
 def check_json(document: Any) -> None:
+    """400 for what no route could store or serialize: `INVALID_TEXT`, `INVALID_NUMBER`,
+    or `INVALID_REQUEST` for nesting deeper than `MAX_JSON_DEPTH`."""
     for where, value in _json_values(document):
         # `where` names the keys on the way, which are checked before their values.
         if isinstance(value, str):
@@ -89,9 +101,10 @@ def require_storable_fields(fields: Iterable[tuple[str, str]]) -> None:
 
 
 class InputChecks:
-    """An ASGI middleware: 400 `INVALID_TEXT` or `INVALID_NUMBER` for what no route could
-    store. A JSON or form body is read whole to be checked (the body size limit, outside this
-    middleware, bounds it) and handed on as it came; any other body streams through."""
+    """An ASGI middleware: 400 `INVALID_TEXT`, `INVALID_NUMBER` or `INVALID_REQUEST` (nesting)
+    for what no route could store. A JSON or form body is read whole to be checked (the body
+    size limit, outside this middleware, bounds it) and handed on as it came; any other body
+    streams through."""
 
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
@@ -123,8 +136,10 @@ class InputChecks:
             elif body:
                 try:
                     document = json.loads(body)
-                except (ValueError, RecursionError):
+                except ValueError:
                     document = None  # Not JSON: FastAPI's own parsing says why.
+                except RecursionError:
+                    raise too_deep("body") from None
                 check_json(document)
         except HeraldError as error:
             await herald_error_response(scope["path"], error)(scope, receive, send)

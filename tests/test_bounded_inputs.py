@@ -34,13 +34,19 @@ UNSTORABLE_NUMBERS = [
     '{"persona_version": 9223372036854775808}',
     '{"metadata": [-9223372036854775809]}',
 ]
+# Nested deeper than MAX_JSON_DEPTH: pydantic cannot serialize 300 levels, nor json read 10**5.
+DEEP_JSON = [
+    '{"global": {"metadata": ' + "[" * 300 + "]" * 300 + "}}",
+    '{"request_data": ' + '{"a": ' * 100 + "1" + "}" * 101,
+    "[" * 100_000 + "]" * 100_000,
+]
 
 
 def with_ids(path: str, value: str) -> str:
     return re.sub(r"\{[^}]+\}", value, path)
 
 
-@pytest.mark.parametrize("body", UNSTORABLE_TEXT + UNSTORABLE_NUMBERS)
+@pytest.mark.parametrize("body", UNSTORABLE_TEXT + UNSTORABLE_NUMBERS + DEEP_JSON)
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 async def test_every_route_refuses_a_json_body_postgresql_cannot_store(
     api: httpx.AsyncClient, account: Account, method: str, path: str, body: str
@@ -52,7 +58,13 @@ async def test_every_route_refuses_a_json_body_postgresql_cannot_store(
         content=body,
     )
 
-    expected = "INVALID_TEXT" if body in UNSTORABLE_TEXT else "INVALID_NUMBER"
+    expected = (
+        "INVALID_TEXT"
+        if body in UNSTORABLE_TEXT
+        else "INVALID_NUMBER"
+        if body in UNSTORABLE_NUMBERS
+        else "INVALID_REQUEST"
+    )
     assert (response.status_code, error_code(response)) == (400, expected), response.text
 
 
@@ -163,6 +175,52 @@ async def test_integers_beyond_what_postgresql_holds_are_refused_in_queries_and_
             response.request.url,
             response.text,
         )
+
+
+def nested(levels: int) -> dict[str, Any]:
+    """An object `levels` deep: {"a": {"a": ... {}}}."""
+    value: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+async def test_a_body_nested_deeper_than_the_limit_is_refused_and_nothing_is_kept(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number"], [[n] for n in unique_numbers(1)])
+    )
+    message = {"agent_number": account.agent_number, "agent_message": "hi"}
+    send = {"user_number": unique_numbers(1)[0], **message}
+    # The body is the first level, metadata the third: 64 levels in all pass.
+    deepest = await start(api, account, file_id, **{"global": message | {"metadata": nested(62)}})
+    assert deepest.status_code == 200, deepest.text
+    deep = nested(300)
+
+    replies = [
+        await start(api, account, file_id, **{"global": message | {"metadata": deep}}),
+        await start(api, account, file_id, **{"global": message}, request_data=deep),
+        await api.post(
+            "/v1/sms/send",
+            headers=account.headers | {"idempotency-key": "deep"},
+            json=send | {"metadata": deep},
+        ),
+        await api.post("/v1/sms/send", headers=account.headers, json=send | {"metadata": deep}),
+        await api.post(
+            "/send/batch",
+            headers=account.headers,
+            json={"originator": account.agent_number, "recipients": [deep]},
+        ),
+    ]
+
+    for response in replies:
+        assert (response.status_code, error_code(response)) == (400, "INVALID_REQUEST"), (
+            response.text
+        )
+    conversations = await api.get("/v1/sms/conversations", headers=account.headers)
+    assert conversations.status_code == 200, conversations.text
+    assert conversations.json()["data"]["conversations"] == []
 
 
 def test_every_integer_in_a_query_or_header_has_an_upper_bound() -> None:
