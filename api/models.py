@@ -264,7 +264,8 @@ class SendWindowRequest(RequestBody):
     def _known_zone(cls, name: str) -> str:
         try:
             ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
+        # OSError: a name of a directory of zones ("America"), or too long for a file name.
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise ValueError(f"{name!r} is not a known time zone") from None
         return name
 
