@@ -54,10 +54,11 @@ def too_deep(where: str) -> InvalidRequest:
     return InvalidRequest(f"{where} nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
 
 
-def _json_values(document: Any) -> Iterator[tuple[str, Any]]:
-    """Every key and value of a JSON document with where it is, without recursion; 400
-    `INVALID_REQUEST` for arrays and objects nested deeper than `MAX_JSON_DEPTH`."""
-    pending: list[tuple[str, Any, int]] = [("body", document, 1)]
+def _json_values(document: Any, root: str) -> Iterator[tuple[str, Any]]:
+    """Every key and value of a JSON document with where it is (`root` itself, a key in it),
+    without recursion; 400 `INVALID_REQUEST` for arrays and objects nested deeper than
+    `MAX_JSON_DEPTH`."""
+    pending: list[tuple[str, Any, int]] = [(root, document, 1)]
     while pending:
         where, value, depth = pending.pop()
         if isinstance(value, dict | list) and depth > MAX_JSON_DEPTH:
@@ -72,10 +73,11 @@ def _json_values(document: Any) -> Iterator[tuple[str, Any]]:
             yield where, value
 
 
-def check_json(document: Any) -> None:
-    """400 for what no route could store or serialize: `INVALID_TEXT`, `INVALID_NUMBER`,
-    or `INVALID_REQUEST` for nesting deeper than `MAX_JSON_DEPTH`."""
-    for where, value in _json_values(document):
+def check_json(document: Any, root: str = "body") -> None:
+    """400 for what no route could store or serialize in `document` (a JSON body, or a JSON
+    value a body gives as a string, `root` naming it): `INVALID_TEXT`, `INVALID_NUMBER`, or
+    `INVALID_REQUEST` for nesting deeper than `MAX_JSON_DEPTH`."""
+    for where, value in _json_values(document, root):
         # `where` names the keys on the way, which are checked before their values.
         if isinstance(value, str):
             require_storable(value, where)

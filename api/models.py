@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from activities.recipients.phones import VALID, NumberCheck
 from activities.recipients.rows import PHONE_COLUMN
+from api.input_checks import check_json, too_deep
 from api.pagination import CursorPage
 from settings import SENDER_MPS_MAX, SENDER_MPS_MIN
 from workflows.contracts import DEFAULT_VALIDATION, AutoPause
@@ -107,15 +108,19 @@ class ContentTemplate(BaseModel):
     @field_validator("content_variables", mode="before")
     @classmethod
     def _json_object(cls, value: Any) -> Any:
-        """Twilio takes the variables as a JSON string: accept that form too."""
+        """Twilio takes the variables as a JSON string: accept that form too, checked as a
+        JSON body is (`check_json`: its 400 in place of the field's code)."""
         if not isinstance(value, str):
             return value
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError as error:
             raise ValueError(f"not JSON: {error.msg}") from error
+        except RecursionError:
+            raise too_deep("content_variables") from None
         if not isinstance(parsed, dict):
             raise ValueError("must be a JSON object")
+        check_json(parsed, "content_variables")
         return parsed
 
 

@@ -223,6 +223,42 @@ async def test_a_body_nested_deeper_than_the_limit_is_refused_and_nothing_is_kep
     assert conversations.json()["data"]["conversations"] == []
 
 
+# A content template's variables as a JSON string, Twilio's form: parsed, then checked as a
+# JSON body is.
+VARIABLES_STRINGS = [
+    ('{"1": "a\\u0000b"}', "INVALID_TEXT"),
+    ('{"1": ["\\ud800"]}', "INVALID_TEXT"),
+    ('{"a\\u0000": "key"}', "INVALID_TEXT"),
+    ('{"1": 1e400}', "INVALID_NUMBER"),
+    ('{"1": ' + "[" * 300 + "]" * 300 + "}", "INVALID_REQUEST"),
+    ('{"1": ' + "[" * 100_000 + "]" * 100_000 + "}", "INVALID_REQUEST"),
+]
+
+
+@pytest.mark.parametrize(("variables", "code"), VARIABLES_STRINGS)
+async def test_content_variables_given_as_a_string_are_checked_as_a_body_is(
+    api: httpx.AsyncClient, account: Account, variables: str, code: str
+) -> None:
+    template = {"content_sid": "HX1", "content_variables": variables}
+    send = {"user_number": unique_numbers(1)[0], "agent_number": account.agent_number}
+    settings_global = {"agent_number": account.agent_number, "agent_message": "hi"}
+
+    replies = [
+        await api.post("/v1/sms/send", headers=account.headers, json=send | template),
+        await api.post(
+            "/v1/sms/batch",
+            headers=account.headers,
+            json={
+                "recipients": [{"phone_number": unique_numbers(1)[0]}],
+                "global": settings_global | template,
+            },
+        ),
+    ]
+
+    for response in replies:
+        assert (response.status_code, error_code(response)) == (400, code), response.text
+
+
 def test_every_integer_in_a_query_or_header_has_an_upper_bound() -> None:
     unbounded = [
         f"{method.upper()} {path} {param['name']}"
