@@ -19,9 +19,9 @@ from api.services.batch_exports import spreadsheet_safe
 from settings import Settings
 from store.opt_outs import add_opt_out
 from tests.support.batches import phases, run_batch
-from tests.support.builders import csv_bytes, emulator_messages, unique_numbers
+from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
 from tests.support.pages import every_item
-from tests.support.stack import Account, WebhookReceiver, api_client
+from tests.support.stack import Account, WebhookReceiver, api_client, error_code
 
 
 async def get_batch(api: httpx.AsyncClient, account: Account, batch_id: str) -> dict:
@@ -275,6 +275,11 @@ async def test_limits_of_the_api_that_accepted_the_batch_apply(
     assert [(r["row_number"], r["code"]) for r in rejected] == [(2, "message_too_long")]
 
 
+# JSON that the json module cannot read: nested past its stack, an integer past its digits.
+DEEP_JSON_FILE = b'[{"phone_number": "+12015550123", "a": ' + b"[" * 10**5 + b"]" * 10**5 + b"}]"
+LONG_INTEGER_FILE = b'[{"phone_number": "+12015550123", "a": ' + b"7" * 5_000 + b"}]"
+
+
 @pytest.mark.parametrize(
     ("content", "code"),
     [
@@ -286,8 +291,18 @@ async def test_limits_of_the_api_that_accepted_the_batch_apply(
             b'[{"phone_number": "+12015550123", "phone_number": "+12015550124"}]',
             "duplicate_phone_column",
         ),
+        (DEEP_JSON_FILE, "invalid_format"),
+        (LONG_INTEGER_FILE, "invalid_format"),
     ],
-    ids=["latin-1", "xlsx", "json-object", "open-quote", "two-phone-columns"],
+    ids=[
+        "latin-1",
+        "xlsx",
+        "json-object",
+        "open-quote",
+        "two-phone-columns",
+        "deep-json",
+        "long-integer",
+    ],
 )
 async def test_unreadable_files_fail_at_validating_with_a_clear_code(
     api: httpx.AsyncClient,
@@ -302,6 +317,38 @@ async def test_unreadable_files_fail_at_validating_with_a_clear_code(
     assert events[-1]["code"] == code
     assert events[-1]["reason"]
     assert (await get_batch(api, account, batch_id))["code"] == code
+
+
+@pytest.mark.parametrize("content", [DEEP_JSON_FILE, LONG_INTEGER_FILE], ids=["deep", "long"])
+async def test_unreadable_json_is_invalid_format_for_a_dry_run_and_a_list(
+    api: httpx.AsyncClient, account: Account, content: bytes
+) -> None:
+    file_id = await attach(api, account.headers, content)
+    dry_run = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "file_id": file_id,
+            "global": {"agent_number": account.agent_number, "agent_message": "hi"},
+            "dry_run": True,
+        },
+    )
+    created = await api.post("/v1/lists", headers=account.headers, json={"name": "l"})
+    contacts = f"/v1/lists/{created.json()['data']['id']}/contacts"
+    lists = [
+        await api.post(
+            f"{contacts}/{action}", headers=account.headers, files={"file": ("c.json", content)}
+        )
+        for action in ("upload", "remove")
+    ]
+
+    assert dry_run.status_code == 200, dry_run.text
+    assert dry_run.json()["data"]["code"] == "invalid_format"
+    for response in lists:
+        assert (response.status_code, error_code(response)) == (400, "INVALID_CONTACTS"), (
+            response.text
+        )
+        assert "invalid_format" in response.json()["errors"][0]["message"]
 
 
 async def test_a_json_array_of_objects_is_a_recipient_file(

@@ -16,6 +16,7 @@ from activities.recipients.rows import (
     SourceInvalid,
     Tally,
     build_recipients,
+    cell_text,
     header_issue,
     read_rows,
     strict_failure,
@@ -183,6 +184,16 @@ CASES = [
         b'{"phone_number": "+12015550123"}\n{"phone_number": "+12015550124"}\n',
         ("invalid_format", "not valid JSON"),
     ),
+    Case(
+        "JSON nested deeper than the parser goes",
+        b'[{"phone_number": "+12015550123", "a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}]",
+        ("invalid_format", "nests arrays and objects too deep"),
+    ),
+    Case(
+        "a JSON integer too long to read",
+        b'[{"phone_number": "+12015550123", "a": ' + b"7" * 5_000 + b"}]",
+        ("invalid_format", "an integer of more than 4300 digits"),
+    ),
     # Templates.
     Case(
         "spaces inside the braces",
@@ -347,6 +358,19 @@ def test_recipient_file_rule(case: Case) -> None:
         assert fragment in failure.value.reason
     else:
         assert validate(case.file, **case.rules) == case.expected
+
+
+def test_a_json_cell_too_deep_to_write_as_text_is_the_files_error() -> None:
+    # Deep enough that json.dumps runs out of stack, as a cell parsed near the limit can.
+    value: list[Any] = []
+    for _ in range(5_000):
+        value = [value]
+
+    with pytest.raises(SourceInvalid) as failure:
+        cell_text(value)
+
+    assert failure.value.code == "invalid_format"
+    assert "nests arrays and objects too deep" in failure.value.reason
 
 
 def test_rejected_rows_say_why() -> None:

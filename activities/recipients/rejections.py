@@ -107,6 +107,10 @@ BAD_CSV = Text(Code.INVALID_FORMAT, "the file is not valid CSV: {error} (line {l
 BAD_JSON = Text(
     Code.INVALID_FORMAT, "the file is not valid JSON: {error} at line {line} column {column}"
 )
+JSON_TOO_DEEP = Text(Code.INVALID_FORMAT, "the file's JSON nests arrays and objects too deep")
+JSON_LONG_INTEGER = Text(
+    Code.INVALID_FORMAT, "the file's JSON holds an integer of more than {digits} digits"
+)
 NOT_AN_ARRAY = Text(Code.INVALID_FORMAT, "a JSON file must be an array of objects")
 TOO_MANY_ROWS = Text(
     Code.TOO_MANY_ROWS,
@@ -148,6 +152,8 @@ TEXTS = (
     BINARY,
     BAD_CSV,
     BAD_JSON,
+    JSON_TOO_DEEP,
+    JSON_LONG_INTEGER,
     NOT_AN_ARRAY,
     TOO_MANY_ROWS,
     STRICT,

@@ -14,6 +14,7 @@ import itertools
 import json
 import operator
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -228,6 +229,10 @@ def _read_json(content: bytes) -> tuple[list[str], Iterator[Row]]:
         raise rejections.BAD_JSON.error(
             error=error.msg, line=error.lineno, column=error.colno
         ) from error
+    except RecursionError:
+        raise rejections.JSON_TOO_DEEP.error() from None
+    except ValueError as error:  # not JSONDecodeError: an integer of too many digits
+        raise rejections.JSON_LONG_INTEGER.error(digits=sys.get_int_max_str_digits()) from error
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise rejections.NOT_AN_ARRAY.error()
     items = [_flat_request_data(item) for item in items]
@@ -253,7 +258,11 @@ def cell_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, bool | dict | list):
-        return json.dumps(value, ensure_ascii=False)
+        try:
+            return json.dumps(value, ensure_ascii=False)
+        except RecursionError:
+            # Parsed, yet too deep to write back from deeper in the stack than it was read.
+            raise rejections.JSON_TOO_DEEP.error() from None
     return str(value)
 
 
