@@ -272,8 +272,9 @@ def storable(text: None) -> None: ...
 
 def storable(text: str | None) -> str | None:
     """`text` as PostgreSQL can store it, each UNSTORABLE character as U+FFFD: a carrier's
-    words may hold NUL, a JSON file's request data a `\\u0000` or a lone `\\ud800`, and one
-    such value must not fail the statement of a whole slice, or a whole validation."""
+    words may hold NUL, a JSON file's cells (`rows._read_json`) a `\\u0000` or a lone
+    `\\ud800`, and one such value must not fail the statement of a whole slice, or a whole
+    validation."""
     return UNSTORABLE.sub("\ufffd", text) if text else text
 
 

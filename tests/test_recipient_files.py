@@ -351,6 +351,49 @@ async def test_unreadable_json_is_invalid_format_for_a_dry_run_and_a_list(
         assert "invalid_format" in response.json()["errors"][0]["message"]
 
 
+async def test_a_json_files_escapes_postgresql_cannot_store_are_kept_as_u_fffd(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
+) -> None:
+    # A NUL or lone surrogate reaches a cell only by its escape: a CSV cannot hold either.
+    marker = secrets.token_hex(6)
+    number = unique_numbers(1)[0]
+    content = (
+        f'[{{"phone_number": "{number}", "name": "A\\u0000n\\ud800",'
+        ' "note\\u0000": "\\udfff", "request_data": {"k\\uDC00": "v\\u0000"}}]'
+    ).encode()
+    message = "Hi {{name}} " + marker
+    file_id = await attach(api, account.headers, content)
+    dry_run = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "file_id": file_id,
+            "global": {"agent_number": account.agent_number, "agent_message": message},
+            "dry_run": True,
+        },
+    )
+    created = await api.post("/v1/lists", headers=account.headers, json={"name": "l"})
+    contacts = f"/v1/lists/{created.json()['data']['id']}/contacts"
+    uploaded = await api.post(
+        f"{contacts}/upload", headers=account.headers, files={"file": ("c.json", content)}
+    )
+    listed = await api.get(contacts, headers=account.headers)
+
+    _, events = await run_batch(api, account, webhooks, content, message)
+
+    assert dry_run.status_code == 200, dry_run.text
+    assert (dry_run.json()["data"]["to_send"], dry_run.json()["data"]["code"]) == (1, None)
+    assert events[-1]["status"] == "completed", events[-1]
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    assert [m["body"] for m in received] == [f"Hi A\ufffdn\ufffd {marker}"]
+    assert uploaded.status_code == 200, uploaded.text
+    assert listed.json()["data"]["contacts"][0]["fields"] == {
+        "name": "A\ufffdn\ufffd",
+        "note\ufffd": "\ufffd",
+        "k\ufffd": "v\ufffd",
+    }
+
+
 async def test_a_json_array_of_objects_is_a_recipient_file(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
 ) -> None:

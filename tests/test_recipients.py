@@ -194,6 +194,12 @@ CASES = [
         b'[{"phone_number": "+12015550123", "a": ' + b"7" * 5_000 + b"}]",
         ("invalid_format", "an integer of more than 4300 digits"),
     ),
+    Case(
+        "JSON escapes PostgreSQL cannot store are U+FFFD, in keys and values",
+        b'[{"phone_number": "+12015550123", "na\\u0000me": "A\\u0000n\\ud800"}]',
+        [(1, "ok", A, "Hi A\ufffdn\ufffd")],
+        {"agent_message": "Hi {{na\ufffdme}}"},
+    ),
     # Templates.
     Case(
         "spaces inside the braces",

@@ -39,6 +39,10 @@ REQUEST_DATA_PREFIX = f"{REQUEST_DATA}."
 TEMPLATE_VARIABLE = re.compile(r"\{\{([^{}]+)\}\}")
 # A file whose first character, after a BOM and whitespace, opens a JSON value is JSON.
 JSON_START = re.compile(rb"(?:\xef\xbb\xbf)?\s*[\[{]")
+# How a JSON file's text can hold what PostgreSQL cannot store (store.messages.UNSTORABLE):
+# by an escape, `\u0000` or a surrogate's, as a NUL byte is BINARY and a surrogate's bytes
+# are not UTF-8. A CSV file's text cannot hold either.
+UNSTORABLE_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _DECODE_BLOCK = 1 << 20
 # Rows validated together: enough to spread each step's setup, few enough to stay in cache.
@@ -237,6 +241,13 @@ def _read_json(content: bytes) -> tuple[list[str], Iterator[Row]]:
         raise rejections.NOT_AN_ARRAY.error()
     items = [_flat_request_data(item) for item in items]
     header = list(dict.fromkeys(key for item in items for key in item))
+    if UNSTORABLE_ESCAPE.search(content):
+        # Each key and cell as PostgreSQL can store it, as a CSV file's always are.
+        header = list(dict.fromkeys(map(storable, header)))
+        return header, (
+            {storable(key): storable(cell_text(value)) for key, value in item.items()}
+            for item in items
+        )
     return header, ({key: cell_text(value) for key, value in item.items()} for item in items)
 
 
@@ -317,8 +328,7 @@ def request_data_of(values: Mapping[str, str], column_mapping: Mapping[str, str]
     for column, value in values.items():
         name = request_field(column, column_mapping)
         if name and value and not value.isspace():
-            # A JSON file's `\u0000` or lone surrogate would fail the whole ledger's COPY.
-            found[storable(name)] = storable(value)
+            found[name] = value
     return found
 
 
