@@ -176,6 +176,27 @@ async def test_every_row_in_error_is_named_with_its_reason(
     assert "4 row(s) in error" in response.json()["error"]["message"]
 
 
+async def test_a_cell_with_a_nul_byte_is_a_row_in_error(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    numbers = unique_numbers(2)
+    content = example_with(numbers).replace("James Tan", "James\x00Tan")
+    before = await batch_count(api, account)
+
+    response = await upload(api, campaign_id, content, bearer(account))
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["details"] == [
+        {
+            "message": "recipient_name holds a NUL character, which cannot be stored",
+            "row": 2,
+            "column": "recipient_name",
+        }
+    ]
+    assert await batch_count(api, account) == before
+
+
 @pytest.mark.parametrize(
     "header",
     [
@@ -573,6 +594,7 @@ IN_ERROR = [
     EXAMPLE_CSV + "6599999997,english,Ann\n",
     EXAMPLE_CSV + "6599999997,english,Ann,topic,extra\n",
     PLAIN[3].replace("6591000150,", "6591000150x,"),
+    EXAMPLE_CSV.replace("Emily Yeo", "Emily\x00Yeo"),
 ]
 
 

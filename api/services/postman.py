@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import io
 import ipaddress
+import itertools
 import math
 import re
 import tempfile
@@ -52,6 +53,9 @@ from workflows.contracts import ValidationOptions
 from workflows.statuses import LedgerStatus
 
 DIGITS = re.compile(r"[0-9]+")
+# What a cell cannot hold: PostgreSQL stores no NUL (a CSV decoded as UTF-8 holds no lone
+# surrogate), so such a cell is a row in error, not a batch whose load fails.
+NUL = "\x00"
 # Rows a refused file's reply names; the message counts them all.
 LISTED_ROWS = 100
 READ_BLOCK = 1024 * 1024
@@ -345,6 +349,7 @@ def _plain_block(
         pl.col(RECIPIENT).str.contains(r"^[0-9]+$").all(),
         pl.col(LANGUAGE).is_in(list(own)).all(),
         *((pl.col(name).str.strip_chars() != "").all() for name in header[2:]),
+        *(~pl.col(name).str.contains(NUL, literal=True).any() for name in header[2:]),
         pl.max_horizontal(pl.all().str.len_bytes().max()) <= csv.field_size_limit(),
     ]
     right = frame.select(check.alias(str(index)) for index, check in enumerate(checks)).row(0)
@@ -428,6 +433,8 @@ class _Check:
 
         possible = _possible_numbers([record[0] for record in records])
         cells = len(self.header)
+        # Most blocks hold no NUL: told so at once, not row by row.
+        nul = NUL in "".join(itertools.chain.from_iterable(records))
         good: list[list[str]] = []
         rows: list[int] = []
         for row, (record, number_ok) in enumerate(zip(records, possible, strict=True), first_row):
@@ -437,6 +444,7 @@ class _Check:
                 and len(record) == cells
                 and record[1] in self.own
                 and all(map(str.strip, record[2:]))
+                and not (nul and NUL in "".join(record))
             ):
                 good.append(record)
                 rows.append(row)
@@ -500,11 +508,13 @@ def _row_problems(
                 f"{language!r} is not a language of this campaign ({', '.join(templates)})",
             )
         )
-    problems.extend(
-        RowProblem(row, name, f"{name} is empty")
-        for name, value in zip(header[2:], record[2:], strict=True)
-        if not value.strip()
-    )
+    for name, value in zip(header[2:], record[2:], strict=True):
+        if not value.strip():
+            problems.append(RowProblem(row, name, f"{name} is empty"))
+        elif NUL in value:
+            problems.append(
+                RowProblem(row, name, f"{name} holds a NUL character, which cannot be stored")
+            )
     return problems
 
 
