@@ -77,7 +77,7 @@ async def test_every_route_refuses_a_nul_in_its_path(
     assert (response.status_code, error_code(response)) == (400, "INVALID_TEXT"), response.text
 
 
-async def test_a_nul_in_a_query_form_or_file_name_is_refused(
+async def test_a_nul_in_a_query_form_or_a_files_name_or_type_is_refused(
     api: httpx.AsyncClient, account: Account
 ) -> None:
     query = await api.get("/v1/sms/conversations?user_number=%00", headers=account.headers)
@@ -96,8 +96,17 @@ async def test_a_nul_in_a_query_form_or_file_name_is_refused(
             b"content-type: text/csv\r\n\r\nphone_number\n+12125550123\n\r\n--b--\r\n"
         ),
     )
+    typed = await api.post(
+        "/v1/files/attach",
+        headers=account.headers | {"content-type": "multipart/form-data; boundary=b"},
+        content=(
+            b'--b\r\ncontent-disposition: form-data; name="file_type"\r\n\r\nbatches\r\n'
+            b'--b\r\ncontent-disposition: form-data; name="file"; filename="a.csv"\r\n'
+            b"content-type: text/c\x00sv\r\n\r\nphone_number\n+12125550123\n\r\n--b--\r\n"
+        ),
+    )
 
-    for response in (query, form, upload):
+    for response in (query, form, upload, typed):
         assert (response.status_code, error_code(response)) == (400, "INVALID_TEXT"), response.text
 
 

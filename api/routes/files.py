@@ -64,6 +64,8 @@ async def attach_file(
         raise MultipleFiles(f"send one multipart field 'file' per request, not {parts}")
     filename = file.filename or "upload"
     require_storable(filename, "the file's name")
+    if file.content_type is not None:
+        require_storable(file.content_type, "the file's content type")
     # The form parser has spooled the part to a temporary file (on disk beyond 1 MB) and
     # counted its bytes; it is read from there a block at a time, as PostgreSQL takes it.
     size = file.size or 0
