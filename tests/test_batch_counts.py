@@ -15,8 +15,7 @@ import httpx
 from api.services.batches import get_batch
 from settings import Settings
 from store import links, messages, receipts
-from store.batches import create_batch
-from tests.support.batches import FINAL, start_marked_batch
+from tests.support.batches import FINAL, recorded_batch, start_marked_batch
 from tests.support.builders import unique_numbers
 from tests.support.delivery import ledger_rows, receipts_applied
 from tests.support.stack import Account, Configure, WebhookReceiver
@@ -115,37 +114,13 @@ def _relations(plan: dict[str, Any]) -> list[str]:
     return found
 
 
-async def _new_batch(
-    conn: asyncpg.Connection, account: Account, request: dict[str, Any] | None = None
-) -> uuid.UUID:
-    """A batch of the account with an empty file, recorded only (no workflow)."""
-    batch_id = uuid.uuid4()
-    await conn.execute(
-        "INSERT INTO files (id, account_id, filename, content_type, size_bytes,"
-        " content) VALUES ($1, $2, 'counts.csv', 'text/csv', 0, '')",
-        batch_id,
-        account.account_id,
-    )
-    await create_batch(
-        conn,  # type: ignore[arg-type]
-        batch_id=batch_id,
-        account_id=account.account_id,
-        workflow_id=f"counts-{batch_id}",
-        name=None,
-        agent_number=account.agent_number,
-        request=request or {},
-        request_hash="",
-    )
-    return batch_id
-
-
 async def test_reading_a_batch_costs_the_same_at_a_million_rows_as_at_a_hundred(
     pool: asyncpg.Pool, settings: Settings, account: Account
 ) -> None:
     async with _rolled_back(pool) as conn:
         costs = []
         for rows in (100, 1_000_000):
-            batch_id = await _new_batch(conn, account)
+            batch_id = await recorded_batch(conn, account)
             await conn.execute(
                 "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number,"
                 " body, status) SELECT $1, i, $2, i, '+1555' || i, 'x',"
@@ -173,7 +148,7 @@ async def test_a_windowed_batchs_rows_waiting_are_counted_without_reading_the_le
     async with _rolled_back(pool) as conn:
         costs = []
         for rows in (100, 1_000_000):
-            batch_id = await _new_batch(conn, account, windowed)
+            batch_id = await recorded_batch(conn, account, windowed)
             await conn.execute(
                 "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number,"
                 " body, status, window_opens_at) SELECT $1, i, $2, i, '+1555' || i, 'x',"
@@ -225,7 +200,7 @@ async def test_a_row_reconciliation_finds_unsent_goes_back_to_pending_not_to_its
     """A row that waited for its window, was marked and left `uncertain`, then found unsent
     by reconciliation, is `pending` again as a fresh row is: not counted as waiting."""
     async with pool.acquire() as conn:
-        batch_id = await _new_batch(
+        batch_id = await recorded_batch(
             conn, account, {"send_window": {"start": "09:00", "end": "17:00"}}
         )
         await conn.execute(
@@ -267,7 +242,7 @@ async def test_a_ledger_row_of_no_batch_is_refused_and_a_batch_with_rows_stays(
                         await write
                 except asyncpg.ForeignKeyViolationError as error:
                     refused.append(error.constraint_name)
-            batch_id = await _new_batch(conn, account)
+            batch_id = await recorded_batch(conn, account)
             await conn.copy_records_to_table(
                 "messages", records=[(batch_id, *row[1:])], columns=columns
             )
@@ -295,7 +270,7 @@ async def test_a_validation_starting_again_clears_what_its_batch_had_written_onl
         transaction = conn.transaction()
         await transaction.start()
         try:
-            batches = [await _new_batch(conn, account) for _ in range(2)]
+            batches = [await recorded_batch(conn, account) for _ in range(2)]
             for batch_id in batches:
                 # A ledger row as the row engine COPYs it (messages.LEDGER_COLUMNS).
                 row = (batch_id, 0, account.account_id, 1, "+15550000000", "x", "pending")
@@ -361,7 +336,7 @@ async def test_rows_none_of_a_kind_cost_no_copy(pool: asyncpg.Pool, account: Acc
         transaction = conn.transaction()
         await transaction.start()
         try:
-            batch_id = await _new_batch(conn, account)
+            batch_id = await recorded_batch(conn, account)
             counter = _CopyCounter(conn)
             copying = cast(asyncpg.Connection, counter)
             await messages.copy_outcomes(copying, [], [], messages.RECIPIENT_COLUMNS)

@@ -4,7 +4,6 @@ message the row's send made, however the send addressed and worded it, and no ot
 import asyncio
 import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -19,8 +18,7 @@ from activities.reconciliation import CLOCK_SLACK, ReconciliationActivities
 from metrics import WorkerMetrics
 from settings import Settings
 from store import messages, receipts
-from store.batches import create_batch
-from tests.support.batches import FINAL, start, start_marked_batch
+from tests.support.batches import FINAL, recorded_batch, start, start_marked_batch
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows, own_worker, receipts_applied
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client
@@ -138,23 +136,7 @@ async def test_a_retried_reconciliation_still_has_the_batch_send_the_rows_it_reo
     """Reconciliation reopens the rows the carrier never got; an attempt of it run again
     (Temporal retries one that failed, or whose result was lost, after it had reopened them)
     finds them `pending`, not `uncertain`, and must still tell the batch to send them."""
-    batch_id = uuid.uuid4()
-    await pool.execute(
-        "INSERT INTO files (id, account_id, filename, content_type, size_bytes, content)"
-        " VALUES ($1, $2, 'lost.csv', 'text/csv', 0, '')",
-        batch_id,
-        account.account_id,
-    )
-    await create_batch(
-        pool,
-        batch_id=batch_id,
-        account_id=account.account_id,
-        workflow_id=f"lost-{batch_id}",
-        name=None,
-        agent_number=account.agent_number,
-        request={},
-        request_hash="",
-    )
+    batch_id = await recorded_batch(pool, account)
     # Three rows the carrier never got, the middle one settled; changed long enough ago
     # that reconciliation waits for no request still on the wire.
     numbers = unique_numbers(3)

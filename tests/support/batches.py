@@ -2,10 +2,13 @@
 
 import asyncio
 import secrets
+import uuid
 from typing import Any
 
+import asyncpg
 import httpx
 
+from store.batches import create_batch
 from tests.support.builders import attach, csv_bytes
 from tests.support.stack import Account, WebhookReceiver
 
@@ -98,3 +101,29 @@ async def wait_for_status(
             if batch["data"]["status"] in statuses:
                 return batch["data"]
             await asyncio.sleep(0.2)
+
+
+async def recorded_batch(
+    conn: asyncpg.Pool | asyncpg.Connection,
+    account: Account,
+    request: dict[str, Any] | None = None,
+) -> uuid.UUID:
+    """A batch of the account with an empty file, recorded only (no workflow)."""
+    batch_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO files (id, account_id, filename, content_type, size_bytes,"
+        " content) VALUES ($1, $2, 'recorded.csv', 'text/csv', 0, '')",
+        batch_id,
+        account.account_id,
+    )
+    await create_batch(
+        conn,  # type: ignore[arg-type]
+        batch_id=batch_id,
+        account_id=account.account_id,
+        workflow_id=f"recorded-{batch_id}",
+        name=None,
+        agent_number=account.agent_number,
+        request=request or {},
+        request_hash="",
+    )
+    return batch_id
