@@ -65,7 +65,7 @@ class StatusEventActivities(WorkerResources):
             payload["messages_waiting_for_window"] = await messages.count_waiting_for_window(
                 self._pool, batch_id
             )
-        await events.append_event(
+        recorded = await events.append_event(
             self._pool,
             batch_id=batch_id,
             account_id=batch["account_id"],
@@ -74,7 +74,8 @@ class StatusEventActivities(WorkerResources):
             payload=payload,
             posted=not update.progress or bool(batch["request"].get("status_webhook_progress")),
         )
-        self._metrics.batches.labels(update.status).inc()
+        if recorded and not update.progress:
+            self._metrics.batches.labels(update.status).inc()
         log.info("batch status", batch_id=update.batch_id, status=update.status)
 
     @activity.defn

@@ -6,6 +6,8 @@ from typing import Any
 
 import asyncpg
 
+from store.db import rows_affected
+
 
 async def append_event(
     pool: asyncpg.Pool,
@@ -16,10 +18,10 @@ async def append_event(
     status: str,
     payload: dict[str, Any],
     posted: bool,
-) -> None:
-    """Insert event `seq`; a retried activity inserting the same seq again is a no-op. An
-    event not `posted` is settled at once, as one with no webhook to go to."""
-    await pool.execute(
+) -> bool:
+    """Insert event `seq`; a retried activity inserting the same seq again is a no-op (False).
+    An event not `posted` is settled at once, as one with no webhook to go to."""
+    status = await pool.execute(
         "INSERT INTO batch_events (batch_id, seq, account_id, status, payload, settled_at)"
         " VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN NULL ELSE now() END)"
         " ON CONFLICT (batch_id, seq) DO NOTHING",
@@ -30,6 +32,7 @@ async def append_event(
         payload,
         posted,
     )
+    return rows_affected(status) == 1
 
 
 async def pending_events(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[dict]:

@@ -11,18 +11,26 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
+import asyncpg
 import httpx
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from temporalio.testing import ActivityEnvironment
 
 from activities.providers.in_flight import INITIAL
+from activities.providers.twilio import TwilioCarrier
+from activities.status_events import StatusEventActivities
 from deploy.local.processes import ManagedProcess, free_port, http_ok
 from metrics import STALL_SECONDS, MetricsServer, WorkerMetrics
 from settings import DEV_ACCOUNT_SID, Settings
-from tests.support.batches import run_batch
+from tests.support.batches import recorded_batch, run_batch
 from tests.support.builders import unique_numbers
 from tests.support.stack import AUTH_TOKEN, Account, WebhookReceiver
+from workflows.contracts import StatusUpdate
+from workflows.statuses import BatchStatus
 
 ROWS = 7
 DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana" / "herald-dashboard.json"
@@ -200,3 +208,41 @@ def _get_blocking(url: str) -> httpx.Response:
     """Blocks the calling event loop on purpose: it plays the stuck worker's loop, which the
     metrics server, in its own thread, must answer for."""
     return httpx.get(url)
+
+
+async def test_batch_status_changes_count_each_phase_once(
+    settings: Settings, pool: asyncpg.Pool, account: Account
+) -> None:
+    # A progress report repeats its phase (about once a second while a batch sends), and a
+    # local activity run again after a lost workflow task records its event again: neither
+    # is a change of status.
+    batch_id = await recorded_batch(pool, account)
+    metrics = WorkerMetrics()
+    async with httpx.AsyncClient() as http:
+        # Recording an event reaches no carrier.
+        no_carrier = cast(TwilioCarrier, None)
+        recorder = StatusEventActivities(
+            pool=pool, carrier=no_carrier, http=http, settings=settings, metrics=metrics
+        )
+        for seq, status, progress in [
+            (1, BatchStatus.VALIDATING, False),
+            (2, BatchStatus.IN_PROGRESS, False),
+            (3, BatchStatus.IN_PROGRESS, True),
+            (3, BatchStatus.IN_PROGRESS, True),
+            (4, BatchStatus.COMPLETED, False),
+            (4, BatchStatus.COMPLETED, False),
+        ]:
+            update = StatusUpdate(
+                batch_id=str(batch_id),
+                workflow_id=f"recorded-{batch_id}",
+                event_seq=seq,
+                status=status,
+                progress=progress,
+            )
+            await ActivityEnvironment().run(recorder.record_status, update)
+
+    scraped = samples(generate_latest(metrics.registry).decode())
+    assert {
+        status: value(scraped, "herald_batches_total", status=status)
+        for status in ("validating", "in_progress", "completed")
+    } == {"validating": 1, "in_progress": 1, "completed": 1}
