@@ -206,6 +206,15 @@ def herald_error_response(path: str, error: HeraldError) -> JSONResponse:
     return error_reply(path, error.status_code, error.problems(), error.headers)
 
 
+def unexpected_error_response(path: str) -> JSONResponse:
+    """The 500 of an error no handler expected, logged with its traceback (called in the
+    `except` that caught it)."""
+    log.exception("unhandled error", path=path)
+    return error_reply(
+        path, 500, [{"error": "INTERNAL_ERROR", "message": "unexpected error; it was logged"}]
+    )
+
+
 def http_error_response(path: str, error: StarletteHTTPException) -> JSONResponse:
     code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(
         error.status_code, "HTTP_ERROR"
@@ -247,9 +256,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unhandled error", path=request.url.path)
-        return error_reply(
-            request.url.path,
-            500,
-            [{"error": "INTERNAL_ERROR", "message": "unexpected error; it was logged"}],
-        )
+        # Only what raises outside RequestContext (which answers the rest) comes here.
+        return unexpected_error_response(request.url.path)

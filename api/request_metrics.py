@@ -22,19 +22,28 @@ class RequestMetrics:
             return
         started = time.monotonic()
         status = 500
+        timed = False
+
+        def observe() -> None:
+            nonlocal timed
+            timed = True
+            self._metrics.latency.labels(scope["method"], _route(scope)).observe(
+                time.monotonic() - started
+            )
 
         async def send_counted(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                self._metrics.latency.labels(scope["method"], _route(scope)).observe(
-                    time.monotonic() - started
-                )
+                observe()
             await send(message)
 
         try:
             await self._app(scope, receive, send_counted)
         finally:
+            # An error that raised before any reply is answered 500 outside (RequestContext).
+            if not timed:
+                observe()
             self._metrics.requests.labels(scope["method"], _route(scope), str(status)).inc()
 
 

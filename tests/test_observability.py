@@ -16,19 +16,22 @@ from typing import cast
 import asyncpg
 import httpx
 import pytest
+import structlog
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 from temporalio.testing import ActivityEnvironment
 
 from activities.providers.in_flight import INITIAL
 from activities.providers.twilio import TwilioCarrier
 from activities.status_events import StatusEventActivities
+from api.app import create_app
 from deploy.local.processes import ManagedProcess, free_port, http_ok
 from metrics import STALL_SECONDS, MetricsServer, WorkerMetrics
 from settings import DEV_ACCOUNT_SID, Settings
 from tests.support.batches import recorded_batch, run_batch
 from tests.support.builders import unique_numbers
-from tests.support.stack import AUTH_TOKEN, Account, WebhookReceiver
+from tests.support.stack import AUTH_TOKEN, Account, WebhookReceiver, error_code
 from workflows.contracts import StatusUpdate
 from workflows.statuses import BatchStatus
 
@@ -246,3 +249,30 @@ async def test_batch_status_changes_count_each_phase_once(
         status: value(scraped, "herald_batches_total", status=status)
         for status in ("validating", "in_progress", "completed")
     } == {"validating": 1, "in_progress": 1, "completed": 1}
+
+
+async def test_an_unexpected_error_is_a_500_with_the_requests_id_in_its_reply_and_log(
+    settings: Settings,
+) -> None:
+    # An error no handler expects reached Starlette's outermost layer, past the one that
+    # binds and echoes the request's id: the reply had no `x-request-id`, the traceback's
+    # log line no `request_id`, and the request no latency sample.
+    app = create_app(settings)
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/v1/broken", broken)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as api:
+            with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+                response = await api.get("/v1/broken", headers={"x-request-id": "req-42"})
+            scraped = samples((await api.get("/metrics")).text)
+
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "req-42"
+    assert error_code(response) == "INTERNAL_ERROR"
+    logged = [line for line in logs if line["event"] == "unhandled error"]
+    assert [(line["request_id"], line["path"]) for line in logged] == [("req-42", "/v1/broken")]
+    assert value(scraped, "herald_api_request_seconds_count", route="/v1/broken") == 1
