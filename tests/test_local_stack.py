@@ -142,8 +142,103 @@ def test_launcher_is_ready_then_leaves_no_process_behind(stack_env: dict[str, st
         assert ("temporal_" if "temporal" in key else "herald_") in scrape.text, key
     for part in ("postgres", "temporal", "deploy.local.emulator", "worker", "uvicorn"):
         assert part in command_lines
-    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert still_running(children) == []
+
+
+def still_running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of `processes` not ended (a zombie, not yet reaped, has ended)."""
+    left = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                left.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return left
+
+
+@contextmanager
+def killed_after(processes: list[psutil.Process]) -> Iterator[None]:
+    """Kill whatever of `processes` is still running on the way out: a launcher that left
+    its children behind fails its test, and leaves nothing to the next."""
+    try:
+        yield
+    finally:
+        left = still_running(processes)
+        for process in left:
+            process.kill()
+        psutil.wait_procs(left, timeout=10)
+
+
+def the_api(launcher: subprocess.Popen[str]) -> psutil.Process:
+    return next(c for c in psutil.Process(launcher.pid).children() if "uvicorn" in command_line(c))
+
+
+def test_a_second_ctrl_c_while_the_stack_stops_still_stops_every_process(
+    stack_env: dict[str, str],
+) -> None:
+    with launched(stack_env) as (launcher, _):
+        children = psutil.Process(launcher.pid).children(recursive=True)
+        with killed_after(children):
+            api = the_api(launcher)
+            launcher.send_signal(signal.SIGINT)
+            # The API is stopped first: the launcher is now stopping the others.
+            api.wait(30)
+            launcher.send_signal(signal.SIGINT)
+            launcher.wait(60)
+            left = still_running(children)
+
     assert left == []
+    assert launcher.returncode == 0
+
+
+def test_a_closed_terminal_stops_every_process(stack_env: dict[str, str]) -> None:
+    with launched(stack_env) as (launcher, _):
+        children = psutil.Process(launcher.pid).children(recursive=True)
+        with killed_after(children):
+            launcher.send_signal(signal.SIGHUP)
+            launcher.wait(60)
+            left = still_running(children)
+    assert launcher.stdout is not None
+    said = launcher.stdout.read()
+
+    assert left == []
+    assert launcher.returncode == 0
+    assert "SIGHUP: stopped every process." in said
+
+
+def test_an_open_event_stream_holds_the_apis_stop_a_few_seconds_at_most(
+    stack_env: dict[str, str],
+) -> None:
+    """A dashboard following a batch keeps its event stream open: the API closes it after
+    its graceful-shutdown timeout, long before the launcher would kill it."""
+    with launched(stack_env) as (launcher, dev):
+        # Scheduled far ahead: the batch waits, and its stream stays open.
+        file_id, started = start_dev_batch(
+            dev, b"phone_number\n+12015550127\n", "later", schedule_at="2099-01-01T00:00:00Z"
+        )
+        assert started.status_code == 200, started.text
+        api = the_api(launcher)
+        children = psutil.Process(launcher.pid).children(recursive=True)
+        with (
+            killed_after(children),
+            httpx.stream(
+                "GET",
+                f"{dev['api_url']}/v1/sms/batch/{file_id}/events",
+                headers={"authorization": dev["api_key"]},
+            ) as stream,
+        ):
+            # A second progress event: the stream has been open a while, and waits for more.
+            progress = (line for line in stream.iter_lines() if line == "event: progress")
+            next(progress), next(progress)
+            signalled = time.monotonic()
+            launcher.send_signal(signal.SIGINT)
+            api.wait(30)
+            stopped_after = time.monotonic() - signalled
+
+    # Without a graceful-shutdown timeout the API waits for the stream until the launcher
+    # kills it, 15 s after its signal.
+    assert stopped_after < 10, stopped_after
 
 
 def test_restart_keeps_data_and_workflow_history(stack_env: dict[str, str]) -> None:
@@ -185,10 +280,10 @@ def test_restart_keeps_data_and_workflow_history(stack_env: dict[str, str]) -> N
 
 
 def start_dev_batch(
-    dev: dict[str, str], content: bytes, message: str
+    dev: dict[str, str], content: bytes, message: str, **options: str
 ) -> tuple[str, httpx.Response]:
-    """Attach `content` as the development account and start a batch of it with `message`:
-    (file_id, the start's response)."""
+    """Attach `content` as the development account and start a batch of it with `message`
+    and `options` (more fields of the request): (file_id, the start's response)."""
     headers = {"authorization": dev["api_key"]}
     attached = httpx.post(
         f"{dev['api_url']}/v1/files/attach",
@@ -203,6 +298,7 @@ def start_dev_batch(
         json={
             "file_id": file_id,
             "global": {"agent_number": dev["agent_number"], "agent_message": message},
+            **options,
         },
     )
     return file_id, started

@@ -1,7 +1,8 @@
 """`make run`: the whole local stack on one machine, started together, stopped together.
 
-A child that dies is started again (deploy/local/supervisor.py); Ctrl-C (or SIGTERM) stops
-every process it started, in reverse order.
+A child that dies is started again (deploy/local/supervisor.py); Ctrl-C (or SIGTERM, or
+SIGHUP from a closed terminal) stops every process it started, in reverse order, and further
+signals meanwhile are ignored.
 """
 
 import sys

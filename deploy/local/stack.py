@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from deploy.local.dev_account import ensure_dev_account
 from deploy.local.postgres import dsn, postgres_process, postgres_ready
@@ -37,7 +37,7 @@ PORT_SETTINGS = (
 
 
 class Stop(Exception):
-    """SIGINT or SIGTERM reached the process that owns the stack."""
+    """SIGINT, SIGTERM or SIGHUP reached the process that owns the stack."""
 
 
 class PortsTaken(Exception):
@@ -74,23 +74,42 @@ def check_ports(settings: Settings) -> None:
         )
 
 
+# Ctrl-C, a process manager's stop, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# The local API's graceful-shutdown timeout: an open event stream (a dashboard following a
+# batch) is closed after it, well before ManagedProcess.stop would kill the API.
+API_GRACEFUL_SHUTDOWN_SECONDS = 3
+
+
+def _ignore_stop_signals() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _raise_stop(signum: int, _frame: object) -> None:
+    # Pressed again, Ctrl-C would cut the stop of the children short: it is ignored from now.
+    _ignore_stop_signals()
     raise Stop(signal.Signals(signum).name)
 
 
 def stop_on_signals() -> None:
-    """Turn SIGINT and SIGTERM into `Stop`, so `running` stops every child on the way out."""
-    signal.signal(signal.SIGINT, _raise_stop)
-    signal.signal(signal.SIGTERM, _raise_stop)
+    """Turn the first of SIGINT, SIGTERM and SIGHUP into `Stop`, so `running` stops every
+    child on the way out; those after it are ignored."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _raise_stop)
 
 
 @contextmanager
 def running(processes: list[ManagedProcess]) -> Iterator[list[ManagedProcess]]:
+    """Stop every process of `processes` on the way out, in reverse order, each whatever
+    happens stopping the others; stop signals are ignored from then on."""
     try:
         yield processes
     finally:
-        for process in reversed(processes):
-            process.stop()
+        _ignore_stop_signals()
+        with ExitStack() as stops:
+            for process in processes:
+                stops.callback(process.stop)
 
 
 def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str]:
@@ -191,6 +210,8 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
             "--loop",
             "uvloop",
             "--no-access-log",
+            "--timeout-graceful-shutdown",
+            str(API_GRACEFUL_SHUTDOWN_SECONDS),
         ],
         logs / "api.log",
         env,
