@@ -57,3 +57,27 @@ async def test_a_removed_homes_cluster_is_gone_after_the_next_start(tmp_path: Pa
     await start_and_query(second / "postgres", second / "postgres.log")
 
     assert not cluster.exists()
+
+
+def ids_of(status: str) -> list[str]:
+    """The group ids of a /proc/<pid>/status: real, effective, saved, filesystem, and the
+    supplementary groups."""
+    fields = dict(line.split(":", 1) for line in status.splitlines())
+    return fields["Gid"].split() + fields["Groups"].split()
+
+
+def test_postgres_and_its_files_are_in_no_group_of_roots(tmp_path: Path) -> None:
+    """Run by root, PostgreSQL runs as its own user in that user's group alone: root's group
+    and supplementary groups are not passed on to it, nor to initdb."""
+    port = free_port()
+    pg = postgres_process(tmp_path / "postgres", port, tmp_path / "postgres.log").start()
+    try:
+        pg.wait_until(lambda: postgres_ready(port), 60)
+        status = Path(f"/proc/{pg.pid}/status").read_text()
+    finally:
+        pg.stop()
+    cluster = (tmp_path / "postgres").resolve()
+    groups = {path.stat().st_gid for path in [cluster, *cluster.rglob("*")]}
+
+    assert "0" not in ids_of(status), status
+    assert 0 not in groups

@@ -56,11 +56,13 @@ class PostgresSetupError(RuntimeError):
 
 @dataclass(frozen=True)
 class Layout:
-    """Where PostgreSQL's programs and cluster are, and the uid it runs as (None: ours)."""
+    """Where PostgreSQL's programs and cluster are, and the uid and gid it runs as (None:
+    ours)."""
 
     bin: Path
     cluster: Path
     uid: int | None
+    gid: int | None
 
 
 def _system_user() -> int:
@@ -127,7 +129,7 @@ def _remove_orphans(clusters: Path) -> None:
             origin.unlink(missing_ok=True)
 
 
-def _root_cluster(data_dir: Path, uid: int) -> Path:
+def _root_cluster(data_dir: Path, uid: int, gid: int) -> Path:
     """The cluster for `data_dir` under RUNTIME, with `data_dir` a link to it."""
     clusters = _own_folder(_own_folder(RUNTIME) / "clusters")
     _remove_orphans(clusters)
@@ -138,7 +140,7 @@ def _root_cluster(data_dir: Path, uid: int) -> Path:
         shutil.rmtree(cluster, ignore_errors=True)
         shutil.move(link, cluster)
     cluster.mkdir(mode=0o700, exist_ok=True)
-    os.chown(cluster, uid, pwd.getpwuid(uid).pw_gid)
+    os.chown(cluster, uid, gid)
     if not link.is_symlink():
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(cluster, target_is_directory=True)
@@ -151,10 +153,10 @@ def _layout(data_dir: Path) -> Layout:
     """Ours when we are not root: the wheel's programs, the cluster in `data_dir`."""
     if os.geteuid() != 0:
         data_dir.mkdir(parents=True, exist_ok=True)
-        return Layout(POSTGRES_BIN_PATH, data_dir, None)
+        return Layout(POSTGRES_BIN_PATH, data_dir, None, None)
     uid = _system_user()
-    cluster = _root_cluster(data_dir, uid)
-    return Layout(_install_copy() / "bin", cluster, uid)
+    gid = pwd.getpwuid(uid).pw_gid
+    return Layout(_install_copy() / "bin", _root_cluster(data_dir, uid, gid), uid, gid)
 
 
 def _init_cluster(where: Layout) -> None:
@@ -173,7 +175,10 @@ def _init_cluster(where: Layout) -> None:
         ],
         check=True,
         capture_output=True,
+        # Root's group and supplementary groups are not passed on.
         user=where.uid,
+        group=where.gid,
+        extra_groups=None if where.uid is None else [],
     )
 
 
@@ -203,7 +208,14 @@ def postgres_process(
     for setting in settings:
         argv += ["-c", setting]
     # SIGINT is PostgreSQL's "fast" shutdown: abort transactions, checkpoint, exit.
-    return ManagedProcess("postgres", argv, log_path, user=where.uid, stop_signal=signal.SIGINT)
+    return ManagedProcess(
+        "postgres",
+        argv,
+        log_path,
+        user=where.uid,
+        group=where.gid,
+        stop_signal=signal.SIGINT,
+    )
 
 
 def postgres_ready(port: int) -> bool:

@@ -80,7 +80,9 @@ class ManagedProcess:
     argv: list[str]
     log_path: Path
     env: dict[str, str] | None = None
+    # The uid and gid it runs as (None: ours); switched to, it keeps no supplementary group.
     user: int | None = None
+    group: int | None = None
     stop_signal: int = signal.SIGTERM
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
@@ -94,6 +96,8 @@ class ManagedProcess:
             stdin=subprocess.DEVNULL,
             env=self.env,
             user=self.user,
+            group=self.group,
+            extra_groups=None if self.user is None else [],
             start_new_session=True,
         )
         log.close()
