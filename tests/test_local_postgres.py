@@ -18,14 +18,15 @@ def modes(path: Path, top: Path) -> dict[Path, int]:
     return {folder: folder.stat().st_mode for folder in folders}
 
 
-async def start_and_query(data_dir: Path, log_path: Path) -> int:
+async def start_and_query(data_dir: Path, log_path: Path, query: str = "SELECT 1") -> object:
+    """Start PostgreSQL on `data_dir`, run `query`, stop it: the query's first value."""
     port = free_port()
     pg = postgres_process(data_dir, port, log_path, ephemeral=True).start()
     try:
         await asyncio.to_thread(pg.wait_until, lambda: postgres_ready(port), 60)
         connection = await asyncpg.connect(dsn(port))
         try:
-            return await connection.fetchval("SELECT 1")
+            return await connection.fetchval(query)
         finally:
             await connection.close()
     finally:
@@ -57,6 +58,21 @@ async def test_a_removed_homes_cluster_is_gone_after_the_next_start(tmp_path: Pa
     await start_and_query(second / "postgres", second / "postgres.log")
 
     assert not cluster.exists()
+
+
+async def test_a_moved_projects_data_is_kept(tmp_path: Path) -> None:
+    """A clone moved or renamed: its `.herald/postgres` still leads to its data."""
+    clone, moved = tmp_path / "clone", tmp_path / "moved"
+    await start_and_query(
+        clone / ".herald" / "postgres", clone / "postgres.log", "CREATE TABLE kept AS SELECT 42"
+    )
+    clone.rename(moved)
+
+    answer = await start_and_query(
+        moved / ".herald" / "postgres", moved / "postgres.log", "SELECT * FROM kept"
+    )
+
+    assert answer == 42
 
 
 def ids_of(status: str) -> list[str]:

@@ -7,7 +7,8 @@ outside its own. So, run by root, the wheel's install is copied and each cluster
 under RUNTIME, a folder of root's in /var/tmp (kept across reboots, unlike /tmp) that
 others may enter but not list; the data directory the caller names becomes a symbolic link
 to its cluster.
-A cluster whose link is gone (a removed bench or test home) is removed at the next start.
+A cluster whose link is gone (a removed bench or test home) is removed at the next start;
+a project moved or renamed keeps its cluster, which its link still leads to.
 """
 
 import hashlib
@@ -129,12 +130,37 @@ def _remove_orphans(clusters: Path) -> None:
             origin.unlink(missing_ok=True)
 
 
+def _adopt_moved(link: Path, clusters: Path) -> Path | None:
+    """The cluster `link` already leads to, its origin now `link`: the project was moved or
+    renamed (its origin names a path gone), or was not (its origin names `link`). None when
+    `link` leads to no cluster, or to another project's that still links to it (a copy's
+    original)."""
+    if not link.is_symlink():
+        return None
+    cluster = Path(os.readlink(link))
+    if cluster.parent != clusters or not cluster.is_dir():
+        return None
+    origin = cluster.with_suffix(".origin")
+    try:
+        recorded = origin.read_text()
+    except FileNotFoundError:
+        recorded = str(link)
+    still_linked = os.path.islink(recorded) and os.readlink(recorded) == str(cluster)
+    if recorded != str(link) and still_linked:
+        return None
+    origin.write_text(str(link))
+    return cluster
+
+
 def _root_cluster(data_dir: Path, uid: int, gid: int) -> Path:
     """The cluster for `data_dir` under RUNTIME, with `data_dir` a link to it."""
     clusters = _own_folder(_own_folder(RUNTIME) / "clusters")
-    _remove_orphans(clusters)
     link = data_dir.parent.resolve() / data_dir.name
-    cluster = clusters / hashlib.sha256(str(link).encode()).hexdigest()[:16]
+    # Adopted before orphans go: a moved project's cluster names its old path.
+    cluster = _adopt_moved(link, clusters) or (
+        clusters / hashlib.sha256(str(link).encode()).hexdigest()[:16]
+    )
+    _remove_orphans(clusters)
     if link.is_dir() and not link.is_symlink():
         # A cluster of the earlier layout, inside the project: moved, data kept.
         shutil.rmtree(cluster, ignore_errors=True)
