@@ -105,6 +105,37 @@ def test_a_taken_port_stops_the_launcher_before_it_starts_anything(
     assert list((tmp_path / "home").iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("stray_file", "said"),
+    [
+        # initdb refuses a data directory that holds anything but a cluster: its own words.
+        ("postgres/stray.txt", "exists but is not empty"),
+        # Temporal cannot open a folder as its SQLite file: its log's last lines.
+        ("temporal.sqlite/stray.txt", "temporal exited; see "),
+    ],
+)
+def test_a_failed_start_says_why_without_a_traceback(
+    stray_file: str, said: str, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    (home / stray_file).parent.mkdir(parents=True)
+    (home / stray_file).write_text("in the way\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    ports = {f"HERALD_{port}": str(free_port()) for port in PORT_SETTINGS}
+    launcher = subprocess.run(
+        [sys.executable, "-m", "deploy.local"],
+        env={**env, **ports, "HERALD_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+    assert launcher.returncode == 1, launcher.stdout + launcher.stderr
+    assert said in launcher.stderr
+    assert "Traceback" not in launcher.stderr, launcher.stderr
+
+
 def command_line(process: psutil.Process) -> str:
     """The process's command line; empty once it has ended (a short-lived helper, listed a
     moment before)."""

@@ -5,10 +5,12 @@ SIGHUP from a closed terminal) stops every process it started, in reverse order,
 signals meanwhile are ignored.
 """
 
+import subprocess
 import sys
 import time
 
-from deploy.local.processes import ManagedProcess
+from deploy.local.postgres import PostgresSetupError
+from deploy.local.processes import ManagedProcess, NotReady
 from deploy.local.stack import PortsTaken, Stop, launch, running, stop_on_signals
 from deploy.local.supervisor import GaveUp, Supervisor
 from settings import Settings
@@ -40,14 +42,20 @@ def main() -> int:
             while True:
                 supervisor.tick()
                 time.sleep(0.5)
-    except GaveUp as gave_up:
-        sys.stderr.write(f"{gave_up}\n")
-        return 1
     except Stop as stop:
         sys.stdout.write(f"{stop}: stopped every process.\n")
         return 0
-    except PortsTaken as taken:
-        sys.stderr.write(f"{taken}\n")
+    except (GaveUp, PortsTaken) as failed:
+        sys.stderr.write(f"{failed}\n")
+        return 1
+    except (NotReady, PostgresSetupError) as failed:
+        sys.stderr.write(f"Not started: {failed}\n")
+        return 1
+    except subprocess.CalledProcessError as failed:
+        # initdb's words are captured; another command's (useradd) went to the terminal.
+        said = failed.stderr.decode(errors="replace") if failed.stderr else ""
+        command = " ".join(failed.cmd)
+        sys.stderr.write(f"Not started: {command} exited with status {failed.returncode}\n{said}")
         return 1
 
 
