@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -270,6 +271,23 @@ def test_an_open_event_stream_holds_the_apis_stop_a_few_seconds_at_most(
     # Without a graceful-shutdown timeout the API waits for the stream until the launcher
     # kills it, 15 s after its signal.
     assert stopped_after < 10, stopped_after
+
+
+def test_a_broken_dev_json_is_replaced_by_one_only_its_owner_may_read(tmp_path: Path) -> None:
+    """As a launcher killed while writing it would have left it (before it wrote a temporary
+    file and renamed it): the next start makes a new key, and the file holding it is 0600."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dev.json").write_text('{\n  "api_key": "hk_')
+    with launched({**env, "HERALD_HOME": str(home)}) as (_, dev):
+        numbers = httpx.get(
+            f"{dev['api_url']}/v1/sms/numbers", headers={"authorization": dev["api_key"]}
+        )
+
+    assert numbers.status_code == 200
+    assert stat.S_IMODE((home / "dev.json").stat().st_mode) == 0o600
+    assert sorted(p.name for p in home.iterdir() if p.name.startswith(("dev", "."))) == ["dev.json"]
 
 
 def test_restart_keeps_data_and_workflow_history(stack_env: dict[str, str]) -> None:

@@ -12,8 +12,11 @@ import json
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
 
 from deploy.local.dev_account import ensure_dev_account
 from deploy.local.postgres import dsn, postgres_process, postgres_ready
@@ -163,7 +166,7 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
         )
         env["HERALD_TWILIO_API_URL"] = settings.carrier_url
     dev_file = home / "dev.json"
-    known = json.loads(dev_file.read_text()) if dev_file.exists() else {}
+    known = read_dev_file(dev_file)
     dev = asyncio.run(ensure_dev_account(database_url, known))
     metrics_urls: dict[str, str] = {}
     workers: list[tuple[ManagedProcess, str]] = []
@@ -232,5 +235,34 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
         **metrics_urls,
         "logs": str(logs),
     }
-    dev_file.write_text(json.dumps(info, indent=2) + "\n")
+    write_dev_file(dev_file, info)
     return info
+
+
+def read_dev_file(dev_file: Path) -> dict[str, Any]:
+    """The last start's `dev.json`; empty when missing or unreadable, saying so."""
+    if not dev_file.exists():
+        return {}
+    try:
+        known = json.loads(dev_file.read_text())
+    except (OSError, ValueError) as error:
+        problem = str(error)
+    else:
+        if isinstance(known, dict):
+            return known
+        problem = "not a JSON object"
+    sys.stderr.write(f"{dev_file} is unreadable ({problem}); a new development key is made.\n")
+    return {}
+
+
+def write_dev_file(dev_file: Path, info: dict[str, str]) -> None:
+    """Written whole or not at all (a temporary file renamed over it), readable by its owner
+    alone: it holds an API key of every permission."""
+    descriptor, temporary = tempfile.mkstemp(prefix=".dev-", suffix=".json", dir=dev_file.parent)
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(json.dumps(info, indent=2) + "\n")
+        os.replace(temporary, dev_file)
+    except BaseException:
+        os.unlink(temporary)
+        raise
