@@ -78,6 +78,14 @@ def test_ports_picked_for_servers_are_never_an_outgoing_connections() -> None:
     assert len(set(picked)) > 100
 
 
+def test_a_port_is_handed_out_once_per_process() -> None:
+    """Free now is not enough: the two metrics ports of each worker, say, are only listened
+    on once the workers start, so a port picked twice before would collide."""
+    picked = [free_port() for _ in range(1000)]
+
+    assert len(set(picked)) == len(picked)
+
+
 @pytest.mark.parametrize("name", PORT_SETTINGS)
 def test_a_taken_port_stops_the_launcher_before_it_starts_anything(
     name: str, tmp_path: Path

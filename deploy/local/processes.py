@@ -5,6 +5,7 @@ import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,17 +33,27 @@ def ephemeral_ports() -> range:
     return range(low, high + 1)
 
 
+# The ports free_port has handed out in this process: none is handed out twice.
+_handed_out: set[int] = set()
+_handing_out = threading.Lock()
+
+
 def free_port() -> int:
     """A port free now, outside the kernel's ephemeral range: no outgoing connection is ever
     given it, so a server stopped and started again on it (a restart on the same port) finds
-    it still free. Random, so that stacks started side by side rarely pick the same one."""
+    it still free. Random, so that stacks started side by side rarely pick the same one; never
+    one handed out before in this process, which may not be listened on yet (a worker's
+    metrics ports, picked together before the workers start)."""
     ephemeral = ephemeral_ports()
     candidates = [p for p in range(LOWEST_PICKED_PORT, 65536) if p not in ephemeral] or list(
         range(1024, ephemeral.start)
     )
-    for port in random.sample(candidates, min(len(candidates), 200)):
-        if port_free(port):
-            return port
+    with _handing_out:
+        unused = [port for port in candidates if port not in _handed_out]
+        for port in random.sample(unused, min(len(unused), 200)):
+            if port_free(port):
+                _handed_out.add(port)
+                return port
     raise RuntimeError("no free port outside the ephemeral range")
 
 
