@@ -256,6 +256,14 @@ class Settings(BaseSettings):
         24.0, description="How long the previous webhook secret still signs after a rotation."
     )
     carrier_timeout_seconds: float = 30.0
+    reconcile_margin_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="Reconciliation waits the carrier timeout and then this long after an"
+        " `uncertain` row last changed before it asks the carrier: no request of an attempt"
+        " presumed dead can land after that.",
+    )
     carrier_outage_seconds: float = Field(
         120.0,
         gt=0,

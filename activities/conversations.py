@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.channels import carrier_address
 from activities.providers.twilio import SendResult, Verdict
-from activities.reconciliation import QUIET_MARGIN_SECONDS, carrier_list
+from activities.reconciliation import carrier_list
 from activities.resources import WorkerResources
 from activities.webhooks import post_event, retry_delay
 from store import (
@@ -149,11 +149,11 @@ class ConversationActivities(WorkerResources):
         credentials: tuple[str, str] | None,
     ) -> SendResult:
         """An `uncertain` send settled as a batch's rows are (activities/reconciliation.py):
-        after a quiet margin, the carrier's messages from the sender to the number; one created
+        after the reconciliation margin, the carrier's messages from the sender to the number; one created
         since the request, with its text, that no message holds yet, is this one (`sent`); none
         means the carrier never got it (deferred: sent again). Without a list it stays
         `uncertain`."""
-        await asyncio.sleep(QUIET_MARGIN_SECONDS)
+        await asyncio.sleep(self._settings.reconcile_margin_seconds)
         found = await carrier_list(self._carrier, to, from_, credentials)
         if found is None:
             return result

@@ -33,10 +33,6 @@ from workflows.contracts import ReconcileInput, ReconcileResult
 
 log = structlog.get_logger(__name__)
 
-# A row's request could still be on the wire this long after the row last changed (an
-# attempt presumed dead that is in fact alive finishes its requests within the carrier
-# timeout); reconciliation waits that long, plus this margin, before it concludes anything.
-QUIET_MARGIN_SECONDS = 5.0
 HEARTBEAT_SECONDS = 1.0
 # A list the carrier did not answer is asked again this many times in all (a busy carrier, a
 # short carrier timeout); a row whose list never comes stays `uncertain`.
@@ -81,7 +77,10 @@ class ReconciliationActivities(WorkerResources):
         """Settle `rows` with what the carrier has; how many became `sent`, and how many stay
         `uncertain` (their lists never came)."""
         batch_id = uuid.UUID(input.batch_id)
-        quiet = self._settings.carrier_timeout_seconds + QUIET_MARGIN_SECONDS
+        # A row's request could still be on the wire this long after the row last changed
+        # (an attempt presumed dead that is in fact alive finishes its requests within the
+        # carrier timeout): reconciliation waits that long, and a margin, before it concludes.
+        quiet = self._settings.carrier_timeout_seconds + self._settings.reconcile_margin_seconds
         await _sleep_heartbeating(max(r.updated_at.timestamp() for r in rows) + quiet)
         own = await carrier_accounts.carrier_account(self._pool, uuid.UUID(input.account_id))
         credentials = (own.account_sid, own.auth_token) if own else None

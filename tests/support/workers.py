@@ -42,6 +42,7 @@ def worker_process(settings: Settings, log_path: Path) -> ManagedProcess:
             "HERALD_SEND_CONCURRENCY": str(settings.send_concurrency),
             "HERALD_STICKY_TIMEOUT_SECONDS": str(STICKY_TIMEOUT_SECONDS),
             "HERALD_CARRIER_TIMEOUT_SECONDS": str(settings.carrier_timeout_seconds),
+            "HERALD_RECONCILE_MARGIN_SECONDS": str(settings.reconcile_margin_seconds),
             "HERALD_API_PORT": str(settings.api_port),
             "HERALD_LOG_LEVEL": "WARNING",
             "HERALD_ALLOW_LOOPBACK_WEBHOOKS": "true",
