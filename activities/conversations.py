@@ -149,10 +149,10 @@ class ConversationActivities(WorkerResources):
         credentials: tuple[str, str] | None,
     ) -> SendResult:
         """An `uncertain` send settled as a batch's rows are (activities/reconciliation.py):
-        after the reconciliation margin, the carrier's messages from the sender to the number; one created
-        since the request, with its text, that no message holds yet, is this one (`sent`); none
-        means the carrier never got it (deferred: sent again). Without a list it stays
-        `uncertain`."""
+        after the reconciliation margin, the carrier's messages from the sender to the
+        number; one created since the request, with its text, that no message holds yet, is
+        this one (`sent`); none means the carrier never got it (deferred: sent again).
+        Without a list it stays `uncertain`."""
         await asyncio.sleep(self._settings.reconcile_margin_seconds)
         found = await carrier_list(self._carrier, to, from_, credentials)
         if found is None:
