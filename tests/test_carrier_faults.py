@@ -83,8 +83,11 @@ async def test_refusals_at_a_set_rate_end_with_every_row_sent_once(
     rows = await ledger_rows(api, account, file_id)
     assert assert_each_row_once(rows, received, 60) == {"sent": 60}
     assert (final["status"], final["messages_successful"]) == ("completed", 60)
+    # About 15 refusals at this rate. A refused row is sent again by its slice's attempt
+    # when the carrier takes it within the attempt, else by the next attempt (then its
+    # `attempts` counts two): how many go each way depends on timing.
     retried = [r for r in rows if r["attempts"] > 1]
-    assert len(retried) >= 5  # 15 expected at this rate
+    assert refused >= 5
     assert refused >= len(retried)
 
 
