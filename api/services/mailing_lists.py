@@ -54,7 +54,7 @@ async def create_list(
 ) -> MailingList:
     created = await mailing_lists.create_list(pool, account_id, name, list_id or uuid.uuid4())
     if created is None:
-        raise ListAlreadyExists(f"this account has a list of id {list_id} already")
+        raise ListAlreadyExists(f"the id {list_id} is taken")
     return _reply(created)
 
 
