@@ -1,6 +1,7 @@
 """Herald's one settings object, read from `HERALD_*` environment variables."""
 
 import ipaddress
+import json
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -447,3 +448,14 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as error:
         sys.stderr.write(f"Herald refuses to start:\n{refusal(error)}\n")
         raise SystemExit(2) from None
+
+
+def read_dev_file(path: Path) -> dict[str, Any]:
+    """The local stack's `dev.json` (its API, key and sender, written by `make run`); empty
+    when there is none. OSError or ValueError when it cannot be read as a JSON object."""
+    if not path.exists():
+        return {}
+    found = json.loads(path.read_text())
+    if not isinstance(found, dict):
+        raise ValueError("not a JSON object")
+    return found

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from settings import get_settings
+from settings import get_settings, read_dev_file
 
 KEY_VARIABLE = "HERALD_API_KEY"
 URL_VARIABLE = "HERALD_API_URL"
@@ -60,7 +60,10 @@ class Config:
     def load(cls) -> "Config":
         settings = get_settings()
         dev_file = settings.home / "dev.json"
-        dev = _read_dev(dev_file)
+        try:
+            dev = read_dev_file(dev_file)
+        except (OSError, ValueError) as error:
+            raise CliError(f"cannot read {dev_file}: {error}") from error
         key = os.environ.get(KEY_VARIABLE) or dev.get("api_key")
         if not key:
             raise CliError(
@@ -75,19 +78,6 @@ class Config:
         if scheme not in ("http", "https"):
             raise CliError(f"the API's address {url!r} is not an http:// or https:// URL")
         return cls(api_url=url.rstrip("/"), key=key)
-
-
-def _read_dev(dev_file: Path) -> dict[str, Any]:
-    """The local stack's `dev.json`; empty when there is none."""
-    if not dev_file.exists():
-        return {}
-    try:
-        dev = json.loads(dev_file.read_text())
-    except (OSError, ValueError) as error:
-        raise CliError(f"cannot read {dev_file}: {error}") from error
-    if not isinstance(dev, dict):
-        raise CliError(f"cannot read {dev_file}: not a JSON object")
-    return dev
 
 
 class Herald:

@@ -32,6 +32,7 @@ from tests.support.stack import (
     api_client,
     new_account,
 )
+from tests.support.web import served
 from tests.support.workflows import TEST_SERVER_BIN
 from worker import herald_worker
 from workflows.contracts import SEARCH_ATTRIBUTES
@@ -214,10 +215,6 @@ async def webhooks() -> AsyncIterator[WebhookReceiver]:
 
     app = web.Application()
     app.router.add_post("/{name}", collect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    receiver.base_url = f"http://127.0.0.1:{port}"
-    yield receiver
-    await runner.cleanup()
+    async with served(app) as url:
+        receiver.base_url = url
+        yield receiver

@@ -14,6 +14,7 @@ from aiohttp import web
 from activities.providers import http1
 from activities.providers.http1 import ConnectFailed, Http1Pool, NoAnswer, split_url
 from deploy.local.processes import free_port
+from tests.support.web import served
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -52,12 +53,8 @@ async def server_url() -> AsyncIterator[str]:
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/chunked", chunked)
     app.router.add_get("/closing", closing)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with served(app) as url:
+        yield url
 
 
 async def raw_server(handler: Handler) -> tuple[asyncio.Server, str]:

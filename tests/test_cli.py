@@ -20,6 +20,12 @@ from tests.support.cli import HERALD, Cli, clean_env
 from tests.support.sending import eventually, served_api
 from tests.support.stack import Account
 
+# The tests that read the command's screen in a real terminal.
+IN_TERMINAL = pytest.mark.skipif(
+    shutil.which("tmux") is None,
+    reason="tmux is not installed: `make test` installs it with apt-get when run as root",
+)
+
 
 @pytest.fixture
 async def cli(settings: Settings, account: Account, tmp_path: Path) -> AsyncIterator[Cli]:
@@ -242,10 +248,7 @@ async def in_terminal(cli: Cli, command: str) -> str:
         await tmux("kill-server")
 
 
-@pytest.mark.skipif(
-    shutil.which("tmux") is None,
-    reason="tmux is not installed: `make test` installs it with apt-get when run as root",
-)
+@IN_TERMINAL
 async def test_send_follow_in_a_terminal_shows_a_progress_bar_and_a_summary(
     cli: Cli, account: Account, tmp_path: Path
 ) -> None:
@@ -265,10 +268,7 @@ async def test_send_follow_in_a_terminal_shows_a_progress_bar_and_a_summary(
     assert "batch " in screen and " started" in screen
 
 
-@pytest.mark.skipif(
-    shutil.which("tmux") is None,
-    reason="tmux is not installed: `make test` installs it with apt-get when run as root",
-)
+@IN_TERMINAL
 async def test_a_name_or_a_path_is_shown_as_written_never_read_as_markup(
     cli: Cli, account: Account, tmp_path: Path
 ) -> None:

@@ -16,6 +16,7 @@ from cli import client, main
 from cli.client import CliError, Config, Herald
 from deploy.local.processes import free_port
 from tests.support.cli import Cli, Run, clean_env
+from tests.support.web import served
 
 
 @asynccontextmanager
@@ -30,14 +31,8 @@ async def another_web_server() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with served(app) as url:
+        yield url
 
 
 def assert_refused(run: Run, message: str) -> None:
@@ -128,14 +123,8 @@ async def a_stream_that_ends_early(batch_id: str) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get(f"/v1/sms/batch/{batch_id}", batch)
     app.router.add_get(f"/v1/sms/batch/{batch_id}/events", events)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with served(app) as url:
+        yield url
 
 
 async def test_follow_gives_up_on_a_stream_that_keeps_ending_before_the_batch_does(

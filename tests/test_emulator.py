@@ -35,6 +35,7 @@ from deploy.local.processes import free_port
 from settings import Settings
 from tests.support.sending import eventually
 from tests.support.stack import AUTH_TOKEN
+from tests.support.web import served
 
 # The CreateMessage part of Twilio's OpenAPI document; source and licence in data/README.md.
 SPEC_PATH = Path(__file__).parent / "data" / "twilio_api_v2010_messages.json"
@@ -211,12 +212,8 @@ async def callback_receiver() -> AsyncIterator[tuple[str, asyncio.Queue]]:
 
     app = web.Application()
     app.router.add_post("/status", collect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}/status", received
-    await runner.cleanup()
+    async with served(app) as url:
+        yield f"{url}/status", received
 
 
 async def stats_of(emulator: str) -> dict[str, Any]:

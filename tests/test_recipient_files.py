@@ -18,7 +18,7 @@ from activities.recipients.columns import BLOCK_BYTES
 from api.services.batch_exports import spreadsheet_safe
 from settings import Settings
 from store.opt_outs import add_opt_out
-from tests.support.batches import phases, run_batch
+from tests.support.batches import phases, run_batch, start
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
 from tests.support.pages import every_item
 from tests.support.stack import Account, WebhookReceiver, api_client, error_code
@@ -324,14 +324,12 @@ async def test_unreadable_json_is_invalid_format_for_a_dry_run_and_a_list(
     api: httpx.AsyncClient, account: Account, content: bytes
 ) -> None:
     file_id = await attach(api, account.headers, content)
-    dry_run = await api.post(
-        "/v1/sms/batch",
-        headers=account.headers,
-        json={
-            "file_id": file_id,
-            "global": {"agent_number": account.agent_number, "agent_message": "hi"},
-            "dry_run": True,
-        },
+    dry_run = await start(
+        api,
+        account,
+        file_id,
+        dry_run=True,
+        **{"global": {"agent_number": account.agent_number, "agent_message": "hi"}},
     )
     created = await api.post("/v1/lists", headers=account.headers, json={"name": "l"})
     contacts = f"/v1/lists/{created.json()['data']['id']}/contacts"
@@ -363,14 +361,12 @@ async def test_a_json_files_escapes_postgresql_cannot_store_are_kept_as_u_fffd(
     ).encode()
     message = "Hi {{name}} " + marker
     file_id = await attach(api, account.headers, content)
-    dry_run = await api.post(
-        "/v1/sms/batch",
-        headers=account.headers,
-        json={
-            "file_id": file_id,
-            "global": {"agent_number": account.agent_number, "agent_message": message},
-            "dry_run": True,
-        },
+    dry_run = await start(
+        api,
+        account,
+        file_id,
+        dry_run=True,
+        **{"global": {"agent_number": account.agent_number, "agent_message": message}},
     )
     created = await api.post("/v1/lists", headers=account.headers, json={"name": "l"})
     contacts = f"/v1/lists/{created.json()['data']['id']}/contacts"

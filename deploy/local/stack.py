@@ -22,7 +22,7 @@ from deploy.local.dev_account import ensure_dev_account
 from deploy.local.postgres import dsn, postgres_process, postgres_ready
 from deploy.local.processes import ManagedProcess, free_port, http_ok, port_free
 from deploy.local.temporal import temporal_process, temporal_ready
-from settings import Settings
+from settings import Settings, read_dev_file
 
 READY_TIMEOUT = 60.0
 # The receipts listener's port when HERALD_RECEIPTS_PORT is unset: the local stack always
@@ -166,7 +166,7 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
         )
         env["HERALD_TWILIO_API_URL"] = settings.carrier_url
     dev_file = home / "dev.json"
-    known = read_dev_file(dev_file)
+    known = known_dev_file(dev_file)
     dev = asyncio.run(ensure_dev_account(database_url, known))
     metrics_urls: dict[str, str] = {}
     workers: list[tuple[ManagedProcess, str]] = []
@@ -239,20 +239,13 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
     return info
 
 
-def read_dev_file(dev_file: Path) -> dict[str, Any]:
+def known_dev_file(dev_file: Path) -> dict[str, Any]:
     """The last start's `dev.json`; empty when missing or unreadable, saying so."""
-    if not dev_file.exists():
-        return {}
     try:
-        known = json.loads(dev_file.read_text())
+        return read_dev_file(dev_file)
     except (OSError, ValueError) as error:
-        problem = str(error)
-    else:
-        if isinstance(known, dict):
-            return known
-        problem = "not a JSON object"
-    sys.stderr.write(f"{dev_file} is unreadable ({problem}); a new development key is made.\n")
-    return {}
+        sys.stderr.write(f"{dev_file} is unreadable ({error}); a new development key is made.\n")
+        return {}
 
 
 def write_dev_file(dev_file: Path, info: dict[str, str]) -> None:
