@@ -224,6 +224,40 @@ async def test_a_pause_that_comes_before_the_run_starts_holds_the_batch_until_re
     assert (result.status, result.counts.successful) == (S.COMPLETED, 4)
 
 
+async def test_pauses_and_resumes_while_the_pause_is_recorded_take_turns(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # Pause, resume, pause, resume, the first `paused` still being recorded. Each ran beside
+    # the others: the second pause took `paused` (the status of the first, not yet resumed
+    # in the record) as the phase to resume to, and the last resume recorded `paused` while
+    # the batch sent on.
+    stubs = StubActivities(recipients=6, held={0, 2, 4}, statuses_held={S.PAUSED})
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=2, slice_size=2, chunk_window=3),
+        )
+        await stubs.wait_for(
+            lambda: len(slices(stubs)) == 3 and S.IN_PROGRESS_CHUNKED in stubs.statuses()
+        )
+        recorded = len(stubs.statuses())
+        await handle.signal(BatchWorkflow.pause)
+        await stubs.wait_for(
+            lambda: len(stubs.cancelled_sends) == 3 and S.PAUSED in stubs.statuses()
+        )
+        stubs.held |= {0, 2, 4}  # the chunks stay open until the end of the test
+        for signal in (BatchWorkflow.resume, BatchWorkflow.pause, BatchWorkflow.resume):
+            await handle.signal(signal)
+        stubs.statuses_released.set()
+        await stubs.wait_for(lambda: len(stubs.statuses()) == recorded + 4)
+        assert stubs.statuses()[recorded:] == [S.PAUSED, S.IN_PROGRESS_CHUNKED] * 2
+        stubs.release.set()
+        result = await result_of(handle)
+    assert stubs.statuses()[-1] == S.COMPLETED
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
+
+
 async def test_cancel_interrupts_the_send_and_closes_the_rest_cancelled(
     time_skipping: WorkflowEnvironment,
 ) -> None:

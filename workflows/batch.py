@@ -122,6 +122,16 @@ EXPIRY_ENDS_PAUSE_PATCH = "batch-expiry-ends-pause"
 # the API's check, an auto-pause's timer) is ignored: it recorded the phase it paused in after
 # the final event, and left the batch looking as if it sent, for good.
 NO_RESUME_AFTER_END_PATCH = "batch-no-resume-after-end"
+# Pause, resume and an auto-pause's pause run one at a time (`_in_turn`). Each signals the
+# chunks, one command after another, then records its event; one that came meanwhile ran
+# between them: a resume could record its phase before `paused`, and a pause that came while
+# the previous `paused` was being recorded took `paused` for the phase to resume to, so the
+# next resume recorded `paused` while the batch sent on.
+CONTROL_IN_TURN_PATCH = "batch-control-in-turn"
+# No event is recorded after the final one: a pause or a resume whose handler was under way
+# (signalling the chunks) when the last chunk ended recorded `paused`, then its phase, after
+# `completed`, and left the batch showing a phase it had ended.
+NO_EVENT_AFTER_FINAL_PATCH = "batch-no-event-after-final"
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -170,6 +180,10 @@ class BatchWorkflow:
         # The `dispatching` and `in_progress` reports while the first chunks start
         # (REPORT_WHILE_STARTING_PATCH); awaited before the run ends or continues as new.
         self._opening_reports: asyncio.Task[None] | None = None
+        # Held by each control handler while it steers the chunks (CONTROL_IN_TURN_PATCH).
+        self._control = asyncio.Lock()
+        # Once the final event is recorded (NO_EVENT_AFTER_FINAL_PATCH).
+        self._ended = False
         state = input.state
         if state is None:
             self._events_recorded = self._events_delivered = input.first_event_seq
@@ -195,9 +209,10 @@ class BatchWorkflow:
 
     @workflow.signal
     async def pause(self) -> None:
-        # A paused batch stays paused now until an operator resumes it, whatever paused it.
-        self._pause_turn += 1
-        await self._pause()
+        async with self._in_turn():
+            # A paused batch stays paused now until an operator resumes it, whatever paused it.
+            self._pause_turn += 1
+            await self._pause()
 
     @workflow.signal(name=AUTO_PAUSE_SIGNAL)
     async def auto_pause(self, paused: AutoPaused) -> None:
@@ -206,8 +221,9 @@ class BatchWorkflow:
         An account-wide failure pauses the account's other running batches too."""
         if not workflow.patched(AUTO_PAUSE_PATCH):
             return  # a signal an older release ignored, replayed
-        if not await self._pause(paused):
-            return
+        async with self._in_turn():
+            if not await self._pause(paused):
+                return
         turn = self._pause_turn
         if paused.account_wide:
             await self._pause_account(dataclasses.replace(paused, account_wide=False))
@@ -260,14 +276,24 @@ class BatchWorkflow:
 
     @workflow.signal
     async def resume(self) -> None:
-        if not self._paused:
-            return
-        if self._status in FINAL_BATCH_STATUSES and workflow.patched(NO_RESUME_AFTER_END_PATCH):
-            return
-        self._paused = False
-        self._pause_turn += 1
-        await self._signal_chunks(ChunkWorkflow.resume)
-        await self._report(self._resume_status)
+        async with self._in_turn():
+            if not self._paused:
+                return
+            ended = self._status in FINAL_BATCH_STATUSES
+            if ended and workflow.patched(NO_RESUME_AFTER_END_PATCH):
+                return
+            self._paused = False
+            self._pause_turn += 1
+            await self._signal_chunks(ChunkWorkflow.resume)
+            await self._report(self._resume_status)
+
+    def _in_turn(self) -> asyncio.Lock | contextlib.nullcontext[None]:
+        """What a control handler holds while it steers the chunks: the lock, so that pause,
+        resume and auto-pause run one at a time (CONTROL_IN_TURN_PATCH); nothing in runs
+        recorded before it."""
+        if workflow.patched(CONTROL_IN_TURN_PATCH):
+            return self._control
+        return contextlib.nullcontext()
 
     @workflow.query
     def progress(self) -> BatchProgress:
@@ -909,6 +935,8 @@ class BatchWorkflow:
             self._resume_status = status
             return
         async with self._report_lock:
+            if self._ended and workflow.patched(NO_EVENT_AFTER_FINAL_PATCH):
+                return
             seq = self._events_recorded + 1
             if status != self._status:
                 self._status = status
@@ -931,6 +959,7 @@ class BatchWorkflow:
                 StatusEventActivities.record_status, update, timedelta(seconds=30), queued=queued
             )
             self._events_recorded = seq
+            self._ended = counts is not None
 
     async def _deliver_events(self) -> None:
         """Post recorded events to the status webhook in order, without holding sends back.

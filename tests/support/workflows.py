@@ -101,6 +101,9 @@ class StubActivities:
     # While set, `deliver_status_events` waits (heartbeating) for `deliveries_released`.
     deliveries_held: bool = False
     deliveries_released: asyncio.Event = field(default_factory=asyncio.Event)
+    # The first record of each of these statuses waits for `statuses_released`.
+    statuses_held: set[BatchStatus] = field(default_factory=set)
+    statuses_released: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def _record(self, input: Any) -> None:
         info = activity.info()
@@ -169,6 +172,9 @@ class StubActivities:
     @activity.defn(name=StatusEventActivities.record_status.__name__)
     async def record_status(self, update: StatusUpdate) -> None:
         await self._record(update)
+        if update.status in self.statuses_held:
+            self.statuses_held.discard(update.status)
+            await self.statuses_released.wait()
 
     @activity.defn(name=StatusEventActivities.deliver_status_events.__name__)
     async def deliver_status_events(self, input: DeliverEventsInput) -> DeliverEventsResult:
