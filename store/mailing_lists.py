@@ -20,18 +20,15 @@ _COLUMNS = (
 async def create_list(
     pool: asyncpg.Pool, account_id: uuid.UUID, name: str, list_id: uuid.UUID
 ) -> dict | None:
-    """The new list; None when the id is taken: by a list of the account, or (until the keys
-    by id go, migration 300's step 2) of another account."""
-    try:
-        created = await pool.fetchval(
-            "INSERT INTO mailing_lists (id, account_id, name) VALUES ($1, $2, $3)"
-            " ON CONFLICT (account_id, id) DO NOTHING RETURNING id",
-            list_id,
-            account_id,
-            name,
-        )
-    except asyncpg.UniqueViolationError:
-        return None
+    """The new list; None when the account has a list of that id (another account's list of
+    the same id is no obstacle)."""
+    created = await pool.fetchval(
+        "INSERT INTO mailing_lists (id, account_id, name) VALUES ($1, $2, $3)"
+        " ON CONFLICT (account_id, id) DO NOTHING RETURNING id",
+        list_id,
+        account_id,
+        name,
+    )
     return None if created is None else await get_list(pool, account_id, list_id)
 
 

@@ -80,18 +80,24 @@ async def test_a_list_may_keep_the_id_it_has_elsewhere_once(
     assert taken.status_code == 409 and error_code(taken) == "LIST_ALREADY_EXISTS"
 
 
-async def test_an_id_another_account_has_is_taken_until_ids_are_per_account(
+async def test_two_accounts_may_each_have_a_list_of_the_same_id(
     api: httpx.AsyncClient, account: Account, other_account: Account
 ) -> None:
-    # Migration 300's step 1: the lists' keys by account beside those by id, which still
-    # refuse an id another account has (step 2, a release later, drops them).
     wanted = str(uuid.uuid4())
     await new_list(api, other_account, id=wanted)
+    a, b = unique_numbers(2)
+    await add(api, other_account, wanted, [{"phone_number": a}])
 
-    taken = await api.post("/v1/lists", headers=account.headers, json={"name": "x", "id": wanted})
+    mine = await api.post("/v1/lists", headers=account.headers, json={"name": "x", "id": wanted})
+    await add(api, account, wanted, [{"phone_number": b}])
 
-    assert taken.status_code == 409 and error_code(taken) == "LIST_ALREADY_EXISTS"
-    assert (await api.get(f"/v1/lists/{wanted}", headers=account.headers)).status_code == 404
+    assert mine.status_code == 201 and mine.json()["data"]["id"] == wanted
+    assert list(await contacts_of(api, account, wanted)) == [b]
+    assert list(await contacts_of(api, other_account, wanted)) == [a]
+    deleted = await api.delete(f"/v1/lists/{wanted}", headers=account.headers)
+    assert deleted.status_code == 200
+    kept = await api.get(f"/v1/lists/{wanted}", headers=other_account.headers)
+    assert kept.json()["data"]["contacts"] == 1
 
 
 async def test_contacts_come_by_body_csv_or_json_and_go_singly_or_by_file(
