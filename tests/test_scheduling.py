@@ -6,10 +6,13 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.client import Client
 
 from tests.support.batches import FINAL, phases, start, start_marked_batch
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
 from tests.support.stack import Account, WebhookReceiver
+from workflows.batch import BatchWorkflow
+from workflows.contracts import SPREAD_CHUNK_ROWS, batch_workflow_id
 
 
 def received_times(received: list[dict[str, Any]]) -> list[float]:
@@ -66,6 +69,26 @@ async def test_spread_hours_paces_the_sends_over_the_window(
     # be short on a loaded machine, when one went late and the next on time.)
     for index, moment in enumerate(times):
         assert moment - times[0] >= (index - 1) * interval * 0.9, (index, times)
+
+
+async def test_a_slow_spread_sends_in_chunks_small_enough_for_their_histories(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    # 1,000 rows over a week: a row every 605 s, each in a slice of its own (11 history
+    # events); one chunk of the stack's 1,000 rows would near 11,000 events.
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(1000), spread_hours=168
+    )
+    await webhooks.wait_for(marker, "in_progress_chunked")
+    progress = await temporal.get_workflow_handle(batch_workflow_id(file_id)).query(
+        BatchWorkflow.progress
+    )
+    cancelled = await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
+    events = await webhooks.wait_for(marker, *FINAL)
+
+    assert (progress.recipients, progress.chunks_total) == (1000, 1000 // SPREAD_CHUNK_ROWS)
+    assert cancelled.status_code == 200, cancelled.text
+    assert events[-1]["status"] == "cancelled"
 
 
 async def test_rows_not_sent_by_expire_at_end_expired(

@@ -47,6 +47,13 @@ class BatchNotFound(ApplicationError):
         super().__init__(f"batch {batch_id} not found", type="BatchNotFound", non_retryable=True)
 
 
+# A spread batch's chunk holds at most this many rows. A slow spread (a row every 150 s or
+# more) sends its rows in slices of one, each a timer and an activity (11 history events):
+# 5,000 rows to a chunk reached 44,000 events, near Temporal's limit of 51,200; 500 keep a
+# chunk's history under 5,600, below the 10,240 at which Temporal starts warning.
+SPREAD_CHUNK_ROWS = 500
+
+
 @dataclass(kw_only=True)
 class DispatchSettings:
     chunk_size: int = 5000

@@ -55,6 +55,7 @@ from workflows.contracts import (
     BATCH_ID,
     BATCH_STATUS,
     BATCH_WORKFLOW,
+    SPREAD_CHUNK_ROWS,
     AutoPause,
     BatchInput,
     DispatchSettings,
@@ -140,15 +141,20 @@ def _request_hash(request: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
-def dispatch_settings(settings: Settings, sender_mps: float | None) -> DispatchSettings:
+def dispatch_settings(
+    settings: Settings, sender_mps: float | None, timing: Timing
+) -> DispatchSettings:
     """`sender_mps`, the slowest rate among the batch's senders, shortens its slices to
     `slice_seconds` of sending; a batch from unlimited senders gets the largest, which costs
-    Temporal least per message."""
+    Temporal least per message. A spread batch's chunks are smaller (SPREAD_CHUNK_ROWS)."""
     slice_size = settings.slice_size
     if sender_mps is not None:
         slice_size = max(1, min(slice_size, int(sender_mps * settings.slice_seconds)))
+    chunk_size = settings.chunk_size
+    if timing.spread_seconds:
+        chunk_size = min(chunk_size, SPREAD_CHUNK_ROWS)
     return DispatchSettings(
-        chunk_size=settings.chunk_size,
+        chunk_size=chunk_size,
         slice_size=slice_size,
         chunk_window=settings.chunk_window,
         slices_in_flight=settings.slices_in_flight,
@@ -240,6 +246,7 @@ async def start_batch(
         # Started before: nothing to start, even once Temporal has forgotten that run (past
         # its namespace's retention), when a start would validate and send the file again.
         return BatchStarted(batch_id=str(file_id), workflow_id=workflow_id)
+    timing = _timing(request)
     try:
         await _start_workflow(
             temporal,
@@ -252,9 +259,10 @@ async def start_batch(
                 dispatch=dispatch_settings(
                     settings,
                     await _slowest_rate(pool, account_id, agent_number, row_senders),
+                    timing,
                 ),
                 limits=validation_limits(settings),
-                timing=_timing(request),
+                timing=timing,
                 auto_pause=_auto_pause(request),
                 load_validated=load_validated,
             ),
@@ -656,6 +664,7 @@ async def retry_batch(
             await _slowest_rate(
                 pool, account_id, batch["agent_number"], batch["request"].get("senders", {})
             ),
+            timing,
         ),
         timing=timing,
         auto_pause=_auto_pause(batch["request"]),
