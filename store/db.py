@@ -57,8 +57,9 @@ def after_key(columns: str, after: tuple[Any, ...] | None, first: int, *, descen
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """What the pool does to a connection given back, after asyncpg has ended any open
     transaction: nothing. Herald leaves no session state behind (no session `SET` but while
-    the receipts intake holds a connection, which it resets before giving it back; no `LISTEN`,
-    session advisory lock or cursor outside a transaction), so asyncpg's default reset
+    the receipts intake holds a connection, which it resets before giving it back; no `LISTEN`
+    or cursor outside a transaction; the migrations' session advisory lock is given back
+    before their connection is), so asyncpg's default reset
     (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) would only cost a round
     trip to PostgreSQL after every pool statement: two of the send path's per wave."""
 
@@ -80,22 +81,33 @@ def _migration_files() -> list[tuple[str, str]]:
     return [(f.name, f.read_text(encoding="utf-8")) for f in files]
 
 
-async def migrate(pool: asyncpg.Pool) -> list[str]:
-    """Apply, in name order, each migration not yet recorded; return the names applied."""
+async def migrate(pool: asyncpg.Pool, *, before: str | None = None) -> list[str]:
+    """Apply, in name order, each migration not yet recorded (only those named before
+    `before`, when given: a schema as an older release left it); return the names applied.
+
+    Each migration commits on its own, with its record: the locks one takes (an index built
+    on the ledger holds its writes) end with it, not with the last migration of the upgrade,
+    while the release still running writes on. The session's advisory lock serialises
+    concurrent migrators (API and workers start together)."""
     applied: list[str] = []
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
-        for name, sql in _migration_files():
-            if name in done:
-                continue
-            await conn.execute(sql)
-            await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
-            applied.append(name)
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+            for name, sql in _migration_files():
+                if name in done or (before is not None and name >= before):
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+                applied.append(name)
+        finally:
+            if not conn.is_closed():
+                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     if applied:
         log.info("migrations applied", migrations=applied)
     return applied

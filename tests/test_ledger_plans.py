@@ -6,7 +6,6 @@ new rows for absent and reads the whole batch for a slice."""
 import asyncio
 import hashlib
 import json
-import secrets
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from bench.ledger_copy import backend_wal_writes, validated_batch
 from store import messages, receipts
 from store.accounts import create_account
 from store.db import _migration_files, create_pool, migrate
+from tests.support import databases
 from tests.support.batches import start_marked_batch
 from tests.support.builders import unique_numbers
 from tests.support.stack import Account, WebhookReceiver
@@ -69,18 +69,10 @@ async def own_database(pool: asyncpg.Pool, postgres_dsn: str) -> AsyncIterator[s
     """A migrated database of the test's own (its URL): its ledger's statistics and its
     tables' counts of reads are the test's alone, not those of the session's long-lived
     ledger."""
-    database = f"plans_{secrets.token_hex(4)}"
-    await pool.execute(f"CREATE DATABASE {database}")
-    url = postgres_dsn.rsplit("/", 1)[0] + f"/{database}"
-    try:
-        own = await create_pool(url, min_size=1)
-        try:
+    async with databases.own_database(pool, postgres_dsn, "plans") as url:
+        async with await create_pool(url, min_size=1) as own:
             await migrate(own)
-        finally:
-            await own.close()
         yield url
-    finally:
-        await pool.execute(f"DROP DATABASE {database} WITH (FORCE)")
 
 
 @pytest.fixture

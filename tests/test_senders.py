@@ -12,9 +12,10 @@ from pydantic import SecretStr
 from settings import Settings
 from store import numbers, opt_outs
 from store.accounts import create_account, create_api_key
-from store.db import _migration_files, create_pool, migrate
+from store.db import create_pool, migrate
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.databases import own_database
 from tests.support.sending import (
     conversation_when,
     inbound_form,
@@ -218,18 +219,11 @@ async def test_the_migration_keeps_the_earliest_of_several_registrations(
     """A database from before one-owner senders, where three accounts registered one number:
     the first keeps it, the others' registrations move to sender_numbers_displaced. The
     database is one of its own, migrated up to 040 and given the rows 040 must settle."""
-    database = f"migration_{secrets.token_hex(4)}"
-    await pool.execute(f"CREATE DATABASE {database}")
-    old = await create_pool(postgres_dsn.rsplit("/", 1)[0] + f"/{database}", min_size=1)
-    try:
-        await old.execute(
-            "CREATE TABLE schema_migrations ("
-            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for name, sql in _migration_files():
-            if name < "040":
-                await old.execute(sql)
-                await old.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+    async with (
+        own_database(pool, postgres_dsn, "migration") as url,
+        await create_pool(url, min_size=1) as old,
+    ):
+        await migrate(old, before="040")
         shared, own = unique_numbers(2)
         accounts = [await create_account(old, f"before-{i}") for i in range(3)]
         # The schema before 040 took these; today's store refuses them, so SQL builds them.
@@ -250,9 +244,6 @@ async def test_the_migration_keeps_the_earliest_of_several_registrations(
             (account_id, shared, 5.0) for account_id in accounts[1:]
         )
         assert await numbers.add_number(old, accounts[2], shared, "sms", None) is None
-    finally:
-        await old.close()
-        await pool.execute(f"DROP DATABASE {database}")
 
 
 async def test_with_carrier_checks_only_a_number_the_carrier_account_owns_is_registered(

@@ -1,0 +1,71 @@
+"""The migration runner and the migrations that change keys under a running release: each
+checked on a database of the test's own, from the schema an older release left."""
+
+import uuid
+
+import asyncpg
+import pytest
+
+from store import db, mailing_lists
+from store.accounts import create_account
+from store.db import create_pool, migrate
+from tests.support.databases import own_database
+
+
+async def test_each_migration_commits_on_its_own(
+    pool: asyncpg.Pool, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A migration that fails leaves those before it applied and recorded: their locks ended
+    # with them, and the next start goes on from the one that failed.
+    files = [
+        ("001_first.sql", "CREATE TABLE first (id int)"),
+        ("002_broken.sql", "CREATE TABLE broken (id no_such_type)"),
+    ]
+    monkeypatch.setattr(db, "_migration_files", lambda: files)
+    async with (
+        own_database(pool, postgres_dsn, "runner") as url,
+        await create_pool(url, min_size=1) as own,
+    ):
+        with pytest.raises(asyncpg.UndefinedObjectError):
+            await migrate(own)
+        recorded = await own.fetch("SELECT name FROM schema_migrations")
+        tables = await own.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        # The runner's lock is free again: a second runner gets as far as the broken one.
+        with pytest.raises(asyncpg.UndefinedObjectError):
+            await migrate(own)
+
+    assert [r["name"] for r in recorded] == ["001_first.sql"]
+    assert {r["tablename"] for r in tables} == {"schema_migrations", "first"}
+
+
+async def test_lists_keyed_by_account_keep_every_list_and_contact(
+    pool: asyncpg.Pool, postgres_dsn: str
+) -> None:
+    # Migration 320 on a database with the lists and contacts of the release before it: all
+    # kept, deletion still takes a list's contacts, and another account may take a list's id.
+    async with (
+        own_database(pool, postgres_dsn, "lists") as url,
+        await create_pool(url, min_size=1) as own,
+    ):
+        await migrate(own, before="320")
+        first, other = await create_account(own, "first"), await create_account(own, "other")
+        kept, dropped = uuid.uuid4(), uuid.uuid4()
+        for list_id in (kept, dropped):
+            await mailing_lists.create_list(own, first, "customers", list_id)
+            await mailing_lists.add_contacts(own, first, list_id, {"+15005550001": {"N": "a"}})
+
+        applied = await migrate(own)
+        await mailing_lists.delete_list(own, first, dropped)
+        taken = await mailing_lists.create_list(own, other, "theirs", kept)
+        await mailing_lists.add_contacts(own, other, kept, {"+15005550002": {}})
+        contacts = await own.fetch(
+            "SELECT account_id, list_id, phone_number FROM mailing_list_contacts"
+            " ORDER BY phone_number"
+        )
+
+    assert applied[0].startswith("320")
+    assert taken is not None and taken["id"] == kept
+    assert [tuple(r.values()) for r in contacts] == [
+        (first, kept, "+15005550001"),
+        (other, kept, "+15005550002"),
+    ]
