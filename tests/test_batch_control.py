@@ -334,6 +334,30 @@ async def test_a_retry_that_finds_a_run_still_open_leaves_the_batch_as_it_was(
     assert dict(row) == {"status": "completed_partial", "code": "x", "finished_at": finished}
 
 
+async def test_a_batch_left_queued_by_a_retry_that_never_started_may_be_retried(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+    pool: asyncpg.Pool,
+    temporal: Client,
+) -> None:
+    numbers = unique_numbers(3)
+    await carrier(scripted={numbers[0]: [400]})
+    file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+    await webhooks.wait_for(marker, *FINAL)
+    await temporal.get_workflow_handle(batch_workflow_id(file_id)).result()
+    # As a retry leaves it when its API process stops between marking the batch `queued`
+    # and starting the new run: nothing else would move it on.
+    await pool.execute("UPDATE batches SET status = 'queued' WHERE id = $1", uuid.UUID(file_id))
+
+    retried = await api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers)
+    events = await webhooks.wait_for(marker, *FINAL, times=2)
+
+    assert retried.status_code == 200, retried.text
+    assert (events[-1]["status"], events[-1]["messages_successful"]) == ("completed", 3)
+
+
 async def test_search_attributes_find_the_finished_batch(
     api: httpx.AsyncClient,
     account: Account,

@@ -12,7 +12,12 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -630,7 +635,8 @@ async def retry_batch(
     """Send a finished batch's rows in `statuses` again, as a new run of its workflow; with
     `attempts_below`, only those sent fewer times than that (the ledger's `attempts`)."""
     batch = await batch_or_404(pool, account_id, batch_id)
-    if batch["status"] not in FINAL_BATCH_STATUSES:
+    handle = temporal.get_workflow_handle(batch["workflow_id"])
+    if batch["status"] not in FINAL_BATCH_STATUSES and not await _left_queued(batch, handle):
         raise BatchNotFinished(f"batch {batch_id} is still {batch['status']}")
     rows = await messages.count_in_statuses(
         pool, batch["id"], statuses, attempts_below=attempts_below
@@ -639,7 +645,6 @@ async def retry_batch(
         limit = "" if attempts_below is None else f" sent fewer than {attempts_below} times"
         raise NothingToRetry(f"batch {batch_id} has no rows in {', '.join(statuses)}{limit}")
     # The final event is recorded just before the workflow closes: let it close.
-    handle = temporal.get_workflow_handle(batch["workflow_id"])
     try:
         async with asyncio.timeout(FINAL_CLOSE_SECONDS):
             await handle.result()
@@ -654,7 +659,6 @@ async def retry_batch(
             f"batch {batch_id} expired at {batch['request']['expire_at']}: a retry would send"
             " nothing"
         )
-    await batches.set_status(pool, batch["id"], status=BatchStatus.QUEUED)
     input = BatchInput(
         batch_id=str(batch["id"]),
         account_id=str(account_id),
@@ -672,11 +676,12 @@ async def retry_batch(
         retry_attempts_below=attempts_below,
         first_event_seq=await events.last_event_seq(pool, batch["id"]),
     )
+    await batches.set_status(pool, batch["id"], status=BatchStatus.QUEUED)
     try:
         await _start_workflow(
             temporal, settings, batch, input, WorkflowIDReusePolicy.ALLOW_DUPLICATE
         )
-    except (WorkflowAlreadyStartedError, TemporalUnavailable) as error:
+    except BaseException as error:
         # Nothing started: the batch is as it was (not `queued`, which nothing would move on
         # from), and the retry can be asked again.
         await batches.restore_status(pool, batch)
@@ -688,6 +693,21 @@ async def retry_batch(
     return BatchControl(
         batch_id=str(batch["id"]), workflow_id=batch["workflow_id"], action="retry", rows=rows
     )
+
+
+async def _left_queued(batch: Mapping[str, Any], handle: WorkflowHandle[Any, Any]) -> bool:
+    """Whether the batch is `queued` with no run of its workflow open: a retry set it so,
+    then its run never started (the API stopped between the two). Such a batch may be
+    retried again; nothing else would move it on."""
+    if batch["status"] != BatchStatus.QUEUED:
+        return False
+    try:
+        described = await handle.describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return True
+        raise TemporalUnavailable(f"the batch's workflow could not be read ({error})") from error
+    return described.status != WorkflowExecutionStatus.RUNNING
 
 
 def send_window(request: dict[str, Any]) -> SendWindow | None:
