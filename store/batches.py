@@ -16,6 +16,9 @@ _BATCH_COLUMNS = (
     " rows_total, recipients, rejected, segments_total, messages_gsm7, messages_ucs2,"
     " created_at, updated_at, finished_at, webhook_disabled_at, campaign_id"
 )
+# The foreign key of `batches.campaign_id` (migration 130): a campaign deleted before its
+# batch was recorded.
+CAMPAIGN_KEY = "batches_campaign_id_fkey"
 
 
 async def create_batch(

@@ -9,6 +9,8 @@ import asyncpg
 import httpx
 import pytest
 
+from api.services import batches as batch_service
+from store import campaigns
 from store.accounts import create_account, create_api_key
 from tests.support.batches import FINAL, wait_for_status
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
@@ -185,6 +187,38 @@ async def test_a_batch_naming_a_campaign_sends_its_template_filled_per_row(
     assert read.status_code == 200, read.text
     # The rows keep their request data (for replies), which are no Postman parameters.
     assert [m["values"] for m in read.json()["data"]] == [None, None]
+
+
+async def test_a_campaign_deleted_as_its_batch_starts_is_not_found(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    rows = [[unique_numbers(1)[0], "Emily Yeo", "passport"]]
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number", "recipient_name", "topic"], rows)
+    )
+    read = batch_service.campaign_template
+
+    async def read_then_delete(*args: Any) -> tuple[dict, str]:
+        found, template = await read(*args)
+        await campaigns.delete_campaign(pool, account.account_id, found["id"])
+        return found, template
+
+    monkeypatch.setattr(batch_service, "campaign_template", read_then_delete)
+    response = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "file_id": file_id,
+            "global": {"agent_number": account.agent_number},
+            "campaign_id": campaign_id,
+        },
+    )
+    batch = await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)
+
+    assert response.status_code == 404, response.text
+    assert error_code(response) == "CAMPAIGN_NOT_FOUND"
+    assert batch.status_code == 404
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from activities.recipients.phones import POSSIBLE
 from activities.recipients.rows import RecipientRules
 from api.services import postman as service
 from settings import Settings
-from store import campaigns
+from store import campaigns, files
 from tests.support.batches import FINAL, phases, start, wait_for_status
 from tests.support.builders import attach, emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows
@@ -330,6 +330,25 @@ async def test_an_unknown_campaign_is_not_found(api: httpx.AsyncClient, account:
         assert response.status_code == 404
         replies.append(response.json()["error"])
     assert [r["code"] for r in replies] == ["campaign_not_found"] * 2
+
+
+async def test_a_campaign_deleted_during_an_upload_is_not_found(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    insert_file = files.insert_file
+
+    async def insert_then_delete(*args: Any, **kwargs: Any) -> dict:
+        stored = await insert_file(*args, **kwargs)
+        await campaigns.delete_campaign(pool, account.account_id, uuid.UUID(campaign_id))
+        return stored
+
+    monkeypatch.setattr(files, "insert_file", insert_then_delete)
+    response = await upload(api, campaign_id, example_with(unique_numbers(2)), bearer(account))
+
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["code"] == "campaign_not_found"
+    assert await batch_count(api, account) == 0
 
 
 def english_rows(numbers: list[str]) -> str:

@@ -227,17 +227,23 @@ async def start_batch(
         if row_senders:
             kept["senders"] = row_senders
     workflow_id = batch_workflow_id(str(file_id))
-    batch, created = await batches.create_batch(
-        pool,
-        batch_id=file_id,
-        account_id=account_id,
-        workflow_id=workflow_id,
-        name=body.name,
-        agent_number=agent_number,
-        request=request,
-        request_hash=_request_hash(checked.given),
-        campaign_id=campaign_id,
-    )
+    try:
+        batch, created = await batches.create_batch(
+            pool,
+            batch_id=file_id,
+            account_id=account_id,
+            workflow_id=workflow_id,
+            name=body.name,
+            agent_number=agent_number,
+            request=request,
+            request_hash=_request_hash(checked.given),
+            campaign_id=campaign_id,
+        )
+    except asyncpg.ForeignKeyViolationError as error:
+        if error.constraint_name != batches.CAMPAIGN_KEY:
+            raise
+        # Read earlier (a Postman upload's, before its whole file was checked), deleted since.
+        raise CampaignNotFound(f"campaign {campaign_id} was deleted") from error
     if not created and batch["request_hash"] != _request_hash(checked.given):
         raise BatchAlreadyExists(
             f"file {file_id} already started batch {workflow_id} with a different request"
