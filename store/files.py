@@ -102,6 +102,16 @@ async def _copy_row(
     yield _COPY_TRAILER
 
 
+async def delete_unused_file(pool: asyncpg.Pool, account_id: uuid.UUID, file_id: uuid.UUID) -> None:
+    """Delete the file unless a batch was recorded from it (which keeps it for good)."""
+    await pool.execute(
+        "DELETE FROM files WHERE id = $1 AND account_id = $2"
+        " AND NOT EXISTS (SELECT 1 FROM batches WHERE batches.id = files.id)",
+        file_id,
+        account_id,
+    )
+
+
 async def file_exists(pool: asyncpg.Pool, account_id: uuid.UUID, file_id: uuid.UUID) -> bool:
     return bool(
         await pool.fetchval(

@@ -332,7 +332,14 @@ async def test_an_unknown_campaign_is_not_found(api: httpx.AsyncClient, account:
     assert [r["code"] for r in replies] == ["campaign_not_found"] * 2
 
 
-async def test_a_campaign_deleted_during_an_upload_is_not_found(
+async def stored_files(pool: asyncpg.Pool, account: Account) -> int:
+    count: int = await pool.fetchval(
+        "SELECT count(*) FROM files WHERE account_id = $1", account.account_id
+    )
+    return count
+
+
+async def test_a_campaign_deleted_during_an_upload_is_not_found_and_keeps_no_file(
     api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     campaign_id = await new_campaign(api, account)
@@ -349,6 +356,47 @@ async def test_a_campaign_deleted_during_an_upload_is_not_found(
     assert response.status_code == 404, response.text
     assert response.json()["error"]["code"] == "campaign_not_found"
     assert await batch_count(api, account) == 0
+    assert await stored_files(pool, account) == 0
+
+
+async def test_an_upload_whose_workflow_could_not_start_keeps_its_batch_and_file(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    down = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
+
+    async with api_client(down) as unreachable:
+        response = await upload(
+            unreachable, campaign_id, example_with(unique_numbers(2)), bearer(account)
+        )
+
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "temporal_unavailable"
+    assert await batch_count(api, account) == 1
+    assert await stored_files(pool, account) == 1
+
+
+async def test_a_campaign_whose_sender_was_removed_refuses_the_file_unread(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    removed = await api.delete(f"/v1/sms/numbers/{account.agent_number}", headers=account.headers)
+    convert = service.convert
+    converted: list[object] = []
+
+    def counted(*args: Any) -> Any:
+        converted.append(args)
+        return convert(*args)
+
+    monkeypatch.setattr(service, "convert", counted)
+    response = await upload(api, campaign_id, example_with(unique_numbers(2)), bearer(account))
+
+    assert removed.status_code == 200, removed.text
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["code"] == "agent_number_not_found"
+    assert account.agent_number in response.json()["error"]["message"]
+    assert converted == []
+    assert await stored_files(pool, account) == 0
 
 
 def english_rows(numbers: list[str]) -> str:

@@ -33,7 +33,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         ),
         (
             404,
-            "`campaign_not_found`: no such campaign in this account; for the messages,"
+            "`campaign_not_found`: no such campaign in this account;"
+            " `agent_number_not_found`: the campaign's sender is no longer the account's;"
+            " for the messages,"
             " `batch_not_found`: no such batch of the campaign (a retry's is"
             " `batch_not_found_or_is_not_retryable`, 400)",
         ),

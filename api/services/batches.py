@@ -422,7 +422,7 @@ async def _file_shape(
     return shape
 
 
-async def _own_sender(pool: asyncpg.Pool, account_id: uuid.UUID, given: str) -> str:
+async def own_sender(pool: asyncpg.Pool, account_id: uuid.UUID, given: str) -> str:
     """`given` as Herald stores a sender (E.164, or a sender ID), when it is the account's."""
     sender = to_sender(given)
     if sender is None or not await numbers.has_number(pool, account_id, sender):
@@ -433,8 +433,8 @@ async def _own_sender(pool: asyncpg.Pool, account_id: uuid.UUID, given: str) -> 
 async def _own_senders(
     pool: asyncpg.Pool, account_id: uuid.UUID, given: Mapping[int, str]
 ) -> dict[int, str]:
-    """Rows' own senders, each checked once and stored as `_own_sender` gives it."""
-    checked = {raw: await _own_sender(pool, account_id, raw) for raw in set(given.values())}
+    """Rows' own senders, each checked once and stored as `own_sender` gives it."""
+    checked = {raw: await own_sender(pool, account_id, raw) for raw in set(given.values())}
     return {row: checked[raw] for row, raw in given.items()}
 
 
@@ -455,7 +455,7 @@ async def _require_senders_held(
         ),
     }
     for sender in sorted(senders):
-        await _own_sender(pool, account_id, sender)
+        await own_sender(pool, account_id, sender)
 
 
 async def _check_lists(pool: asyncpg.Pool, account_id: uuid.UUID, request: dict[str, Any]) -> None:
@@ -464,7 +464,7 @@ async def _check_lists(pool: asyncpg.Pool, account_id: uuid.UUID, request: dict[
     await list_sizes(pool, account_id, [source["id"] for source in named])
     for source in named:
         if "agent_number" in source:
-            source["agent_number"] = await _own_sender(pool, account_id, source["agent_number"])
+            source["agent_number"] = await own_sender(pool, account_id, source["agent_number"])
 
 
 def _timing(request: dict[str, Any]) -> Timing:

@@ -677,6 +677,9 @@ async def send_batch(
         # decides the rest (Postman's documented numbers are in unassigned ranges).
         "number_check": POSSIBLE,
     }
+    # Before the file is checked (seconds for a big one): a sender the account gave up since
+    # the campaign was saved refuses the upload however right its rows are.
+    await batches.own_sender(pool, account_id, campaign["sender"])
     opted_out: set[str] = set()
     if ValidationOptions.from_request(request).exclude_opt_outs:
         opted_out = await opt_outs.opted_out_numbers(pool, account_id)
@@ -695,13 +698,19 @@ async def send_batch(
         )
     request["file_id"] = str(stored["id"])
     request["global"]["agent_message"] = converted.message
-    started = await start_batch(
-        pool,
-        temporal,
-        settings,
-        account_id,
-        BatchRequest.model_validate(request),
-        campaign_id=campaign["id"],
-        load_validated=True,
-    )
+    try:
+        started = await start_batch(
+            pool,
+            temporal,
+            settings,
+            account_id,
+            BatchRequest.model_validate(request),
+            campaign_id=campaign["id"],
+            load_validated=True,
+        )
+    except Exception:
+        # Refused before its batch was recorded (one that was keeps its file for a retry):
+        # no one can name this file again, so nothing else would ever delete it.
+        await files.delete_unused_file(pool, account_id, stored["id"])
+        raise
     return PostmanBatchAccepted(batch_id=started.batch_id)
