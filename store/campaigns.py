@@ -73,17 +73,20 @@ async def update_campaign(
     account_id: uuid.UUID,
     campaign_id: uuid.UUID,
     *,
-    name: str,
-    sender: str,
-    templates: dict[str, str],
-    parameters: list[str],
+    name: str | None,
+    sender: str | None,
+    templates: dict[str, str] | None,
+    parameters: list[str] | None,
     allowed_ips: list[Network] | None,
+    clear_allowed_ips: bool,
 ) -> dict | None:
-    """Replace the campaign's fields; None if the account has no such campaign."""
+    """Change the fields given (None keeps one), in one statement: two changes at once of
+    different fields both stay. None if the account has no such campaign."""
     row = await pool.fetchrow(
-        "UPDATE campaigns SET name = $3, sender = $4, templates = $5, parameters = $6,"
-        " allowed_ips = $7, updated_at = now() WHERE id = $1 AND account_id = $2"
-        f" RETURNING {_COLUMNS}",
+        "UPDATE campaigns SET name = coalesce($3, name), sender = coalesce($4, sender),"
+        " templates = coalesce($5, templates), parameters = coalesce($6, parameters),"
+        " allowed_ips = CASE WHEN $8 THEN NULL ELSE coalesce($7, allowed_ips) END,"
+        f" updated_at = now() WHERE id = $1 AND account_id = $2 RETURNING {_COLUMNS}",
         campaign_id,
         account_id,
         name,
@@ -91,6 +94,7 @@ async def update_campaign(
         templates,
         parameters,
         allowed_ips,
+        clear_allowed_ips,
     )
     return dict(row) if row else None
 

@@ -2,6 +2,7 @@
 templates checked when saved; named by Herald's own batches and single sends instead of a
 message."""
 
+import asyncio
 import secrets
 from typing import Any
 
@@ -115,6 +116,28 @@ async def test_an_update_is_checked_as_the_whole_campaign(
 
     assert response.status_code == 400
     assert unchanged.json()["data"] == created.json()["data"]
+
+
+async def test_concurrent_changes_of_different_fields_are_all_kept(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    created = await api.post("/v1/campaigns", headers=account.headers, json=campaign_body(account))
+    path = f"/v1/campaigns/{created.json()['data']['id']}"
+
+    for round_number in range(10):
+        template = f"Round {round_number}: {{{{body}}}}"
+        renamed, changed = await asyncio.gather(
+            api.patch(path, headers=account.headers, json={"name": f"round {round_number}"}),
+            api.patch(path, headers=account.headers, json={"templates": {"english": template}}),
+        )
+        campaign = (await api.get(path, headers=account.headers)).json()["data"]
+
+        assert renamed.status_code == changed.status_code == 200, (renamed.text, changed.text)
+        assert (campaign["name"], campaign["templates"], campaign["parameters"]) == (
+            f"round {round_number}",
+            {"english": template},
+            ["body"],
+        ), f"round {round_number}"
 
 
 async def test_the_sender_must_be_a_registered_number_of_the_account(

@@ -79,6 +79,10 @@ async def _sender(pool: asyncpg.Pool, account_id: uuid.UUID, sender: str) -> str
     return number
 
 
+def _stored_templates(templates: dict[Language, str]) -> dict[str, str]:
+    return {str(language): text for language, text in templates.items()}
+
+
 def _campaign_id(campaign_id: str) -> uuid.UUID:
     return parse_batch_id(campaign_id, CampaignNotFound)
 
@@ -90,7 +94,7 @@ async def create_campaign(pool: asyncpg.Pool, account_id: uuid.UUID, body: Campa
         account_id,
         name=body.name,
         sender=await _sender(pool, account_id, body.sender),
-        templates={str(language): text for language, text in body.templates.items()},
+        templates=_stored_templates(body.templates),
         parameters=parameters,
         allowed_ips=body.allowed_ips,
     )
@@ -112,20 +116,19 @@ async def list_campaigns(
 async def update_campaign(
     pool: asyncpg.Pool, account_id: uuid.UUID, campaign_id: str, body: CampaignUpdate
 ) -> dict:
-    """Change the given fields; the templates are checked again as a whole."""
-    current = await get_campaign(pool, account_id, campaign_id)
-    templates = dict(body.templates) if body.templates is not None else current["templates"]
-    sender = current["sender"] if body.sender is None else body.sender
-    allowed_ips = current["allowed_ips"] if body.allowed_ips is None else body.allowed_ips
+    """Change the given fields, each checked; new templates are checked as a whole. Fields
+    left out are not written, so a change made meanwhile to one of them stays."""
+    templates = body.templates
     updated = await campaigns.update_campaign(
         pool,
         account_id,
-        current["id"],
-        name=body.name or current["name"],
-        sender=await _sender(pool, account_id, sender),
-        templates=templates,
-        parameters=template_parameters(templates),
-        allowed_ips=None if body.clear_allowed_ips else allowed_ips,
+        _campaign_id(campaign_id),
+        name=body.name,
+        sender=None if body.sender is None else await _sender(pool, account_id, body.sender),
+        templates=None if templates is None else _stored_templates(templates),
+        parameters=None if templates is None else template_parameters(templates),
+        allowed_ips=body.allowed_ips,
+        clear_allowed_ips=body.clear_allowed_ips,
     )
     if updated is None:
         raise CampaignNotFound(f"no campaign {campaign_id!r} in this account")
