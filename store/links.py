@@ -52,6 +52,12 @@ async def record_click(pool: asyncpg.Pool, code: str, user_agent: str | None) ->
     )
 
 
+async def link_url(pool: asyncpg.Pool, code: str) -> str | None:
+    """Where `code` leads, nothing counted; None for an unknown code."""
+    url: str | None = await pool.fetchval("SELECT url FROM short_links WHERE code = $1", code)
+    return url
+
+
 async def click_for_event(pool: asyncpg.Pool, code: str) -> dict | None:
     """A clicked link with its message and batch, for its `click` event."""
     row = await pool.fetchrow(

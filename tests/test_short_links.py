@@ -80,10 +80,18 @@ async def test_a_mobivate_batch_sends_short_links_whose_clicks_are_counted_and_p
     # The batch's own events are all delivered; the first click event posted is refused once.
     await webhooks.wait_for(run, *FINAL)
     webhooks.answers[run] = [500]
+    peeked = [await api.head(f"/s/{code}", headers={"user-agent": "preview"}) for code in codes]
     first = await api.get(f"/s/{codes[0]}", headers={"user-agent": USER_AGENT})
     again = await api.get(f"/s/{codes[0]}", headers={"user-agent": "another"})
     other = await api.get(f"/s/{codes[1]}", headers={"user-agent": "another"})
 
+    # A link preview's HEAD is answered as a GET, and counts no click.
+    assert [(p.status_code, p.headers["location"]) for p in peeked] == [
+        (302, "https://example.com/offer?id=7"),
+        (302, "http://example.org/x"),
+        (302, "https://example.com/offer?id=8"),
+        (302, "http://example.org/x"),
+    ]
     assert first.status_code == again.status_code == other.status_code == 302
     assert first.headers["location"] == again.headers["location"]
     assert first.headers["location"] == "https://example.com/offer?id=7"
@@ -167,9 +175,11 @@ async def test_a_mailing_lists_contacts_get_short_links_of_their_own_urls(
 async def test_an_unknown_code_is_a_plain_404_page(api: httpx.AsyncClient) -> None:
     for code in ("A" * CODE_CHARS, "short", "not a code at all"):
         response = await api.get(f"/s/{code}")
+        head = await api.head(f"/s/{code}")
 
-        assert response.status_code == 404
+        assert response.status_code == head.status_code == 404
         assert response.headers["content-type"].startswith("text/html")
+        assert head.headers["content-type"] == response.headers["content-type"]
         assert "Link not found" in response.text
 
 

@@ -1,4 +1,4 @@
-"""Short links, `GET /s/{code}`: public, answered to a browser."""
+"""Short links, `GET /s/{code}` (and `HEAD`): public, answered to a browser."""
 
 from fastapi import APIRouter, Header
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -35,7 +35,16 @@ async def follow_link(
     user_agent: str | None = Header(None),
 ) -> Response:
     """Redirect to the short link's URL, counting the click; no key."""
-    url = await service.follow(pool, temporal, settings, code, user_agent)
+    return _answer(await service.follow(pool, temporal, settings, code, user_agent))
+
+
+@router.head("/s/{code}", include_in_schema=False)
+async def peek_link(code: str, pool: Pool) -> Response:
+    """As `GET`, but no click is counted: link previews ask with `HEAD` before a `GET`."""
+    return _answer(await service.destination(pool, code))
+
+
+def _answer(url: str | None) -> Response:
     if url is None:
         return HTMLResponse(NOT_FOUND_PAGE, status_code=404, headers=NO_STORE)
     return RedirectResponse(url, status_code=302, headers=NO_STORE)

@@ -1,5 +1,5 @@
 """Short links: following one (`GET /s/{code}`) counts the click and, on the first, has its
-`click` event posted to the batch's status webhook by the worker."""
+`click` event posted to the batch's status webhook by the worker; a `HEAD` counts nothing."""
 
 import asyncpg
 import structlog
@@ -39,6 +39,12 @@ async def follow(
     if click.first and click.has_webhook:
         await _start_click_event(temporal, settings, code, click)
     return click.url
+
+
+async def destination(pool: asyncpg.Pool, code: str) -> str | None:
+    """Where `code` leads, no click counted (a `HEAD`, as link previews send before a `GET`);
+    None for a code that is no link."""
+    return await links.link_url(pool, code) if is_code(code) else None
 
 
 async def _start_click_event(
