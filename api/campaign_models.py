@@ -43,9 +43,9 @@ class CampaignRequest(RequestBody):
     sender: str = Field(min_length=1, description="A sender number registered by this account.")
     templates: dict[Language, str] = Field(
         min_length=1,
-        description="The message per language. `{{name}}` parameters: lowercase letters,"
-        " digits and `_`; or the single parameter `{{body}}`. Every template uses the same"
-        " parameters.",
+        description="The message per language, each at most `HERALD_MAX_MESSAGE_CHARS`"
+        " characters. `{{name}}` parameters: lowercase letters, digits and `_`; or the single"
+        " parameter `{{body}}`. Every template uses the same parameters.",
     )
     allowed_ips: list[Network] | None = Field(
         None,

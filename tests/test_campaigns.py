@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from api.services import batches as batch_service
+from settings import Settings
 from store import campaigns
 from store.accounts import create_account, create_api_key
 from tests.support.batches import FINAL, wait_for_status
@@ -79,6 +80,35 @@ async def test_a_template_is_checked_when_saved(
     assert response.status_code == 400, response.text
     assert error_code(response) == "INVALID_TEMPLATE"
     assert reason in response.json()["errors"][0]["message"]
+
+
+async def test_a_template_longer_than_a_message_is_refused_when_saved(
+    api: httpx.AsyncClient, account: Account, settings: Settings
+) -> None:
+    limit = settings.max_message_chars
+    longest = {"english": "x" * (limit - len("{{body}}")) + "{{body}}"}
+    too_long = {"english": "{{body}}" + "x" * (limit - len("{{body}}") + 1)}
+
+    created = await api.post(
+        "/v1/campaigns", headers=account.headers, json=campaign_body(account, templates=longest)
+    )
+    refused = await api.post(
+        "/v1/campaigns", headers=account.headers, json=campaign_body(account, templates=too_long)
+    )
+    changed = await api.patch(
+        f"/v1/campaigns/{created.json()['data']['id']}",
+        headers=account.headers,
+        json={"templates": too_long},
+    )
+
+    assert created.status_code == 201, created.text
+    for response in (refused, changed):
+        assert response.status_code == 400, response.text
+        assert error_code(response) == "INVALID_TEMPLATE"
+        assert (
+            f"the english template has {limit + 1} characters; a message has at most"
+            in (response.json()["errors"][0]["message"])
+        )
 
 
 async def test_an_allow_list_holds_addresses_and_networks_written_as_text(

@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 
 from api.campaign_models import Campaign, CampaignList, CampaignRequest, CampaignUpdate
-from api.deps import CampaignsRead, CampaignsWrite, Pool
+from api.deps import AppSettings, CampaignsRead, CampaignsWrite, Pool
 from api.models import Envelope
 from api.pagination import Cursor, Limit
 from api.services import campaigns as service
@@ -16,9 +16,11 @@ def _reply(campaign: dict) -> Campaign:
 
 
 @router.post("/v1/campaigns", status_code=201, response_model=Envelope[Campaign])
-async def create_campaign(account_id: CampaignsWrite, pool: Pool, body: CampaignRequest) -> dict:
+async def create_campaign(
+    account_id: CampaignsWrite, pool: Pool, settings: AppSettings, body: CampaignRequest
+) -> dict:
     """Create a campaign; its templates are checked and its parameters derived from them."""
-    return {"data": _reply(await service.create_campaign(pool, account_id, body))}
+    return {"data": _reply(await service.create_campaign(pool, settings, account_id, body))}
 
 
 @router.get("/v1/campaigns", response_model=Envelope[CampaignList])
@@ -37,10 +39,15 @@ async def get_campaign(account_id: CampaignsRead, pool: Pool, campaign_id: str) 
 
 @router.patch("/v1/campaigns/{campaign_id}", response_model=Envelope[Campaign])
 async def update_campaign(
-    account_id: CampaignsWrite, pool: Pool, campaign_id: str, body: CampaignUpdate
+    account_id: CampaignsWrite,
+    pool: Pool,
+    settings: AppSettings,
+    campaign_id: str,
+    body: CampaignUpdate,
 ) -> dict:
     """Change the given fields; new templates replace all the old ones."""
-    return {"data": _reply(await service.update_campaign(pool, account_id, campaign_id, body))}
+    updated = await service.update_campaign(pool, settings, account_id, campaign_id, body)
+    return {"data": _reply(updated)}
 
 
 @router.delete("/v1/campaigns/{campaign_id}", response_model=Envelope[dict[str, str]])

@@ -17,6 +17,7 @@ from api.services.batches import (
     campaign_or_404,
     parse_batch_id,
 )
+from settings import Settings
 from store import campaigns, numbers
 
 PARAMETER_NAME = re.compile(r"[a-z0-9_]+")
@@ -31,9 +32,10 @@ class InvalidTemplate(HeraldError):
     code = "INVALID_TEMPLATE"
 
 
-def template_parameters(templates: dict[Language, str]) -> list[str]:
+def template_parameters(templates: dict[Language, str], max_chars: int) -> list[str]:
     """The parameters the templates use, in order of first use; InvalidTemplate unless each
-    is a valid name other than the file's first columns', `body` is alone, and every template
+    template has at most `max_chars` characters (a message's most), each parameter is a
+    valid name other than the file's first columns', `body` is alone, and every template
     uses the same ones (one file, whose columns are the parameters, holds the rows of every
     language)."""
     found: dict[Language, list[str]] = {}
@@ -43,6 +45,11 @@ def template_parameters(templates: dict[Language, str]) -> list[str]:
         template = templates[language]
         if not template.strip():
             raise InvalidTemplate(f"the {language} template is empty")
+        if len(template) > max_chars:
+            raise InvalidTemplate(
+                f"the {language} template has {len(template)} characters; a message has at"
+                f" most {max_chars} (HERALD_MAX_MESSAGE_CHARS)"
+            )
         names = list(dict.fromkeys(template_parts(template)[1::2]))
         for name in names:
             if not PARAMETER_NAME.fullmatch(name):
@@ -87,8 +94,10 @@ def _campaign_id(campaign_id: str) -> uuid.UUID:
     return parse_batch_id(campaign_id, CampaignNotFound)
 
 
-async def create_campaign(pool: asyncpg.Pool, account_id: uuid.UUID, body: CampaignRequest) -> dict:
-    parameters = template_parameters(body.templates)
+async def create_campaign(
+    pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, body: CampaignRequest
+) -> dict:
+    parameters = template_parameters(body.templates, settings.max_message_chars)
     return await campaigns.create_campaign(
         pool,
         account_id,
@@ -114,11 +123,17 @@ async def list_campaigns(
 
 
 async def update_campaign(
-    pool: asyncpg.Pool, account_id: uuid.UUID, campaign_id: str, body: CampaignUpdate
+    pool: asyncpg.Pool,
+    settings: Settings,
+    account_id: uuid.UUID,
+    campaign_id: str,
+    body: CampaignUpdate,
 ) -> dict:
     """Change the given fields, each checked; new templates are checked as a whole. Fields
     left out are not written, so a change made meanwhile to one of them stays."""
-    templates = body.templates
+    templates, parameters = body.templates, None
+    if templates is not None:
+        parameters = template_parameters(templates, settings.max_message_chars)
     updated = await campaigns.update_campaign(
         pool,
         account_id,
@@ -126,7 +141,7 @@ async def update_campaign(
         name=body.name,
         sender=None if body.sender is None else await _sender(pool, account_id, body.sender),
         templates=None if templates is None else _stored_templates(templates),
-        parameters=None if templates is None else template_parameters(templates),
+        parameters=parameters,
         allowed_ips=body.allowed_ips,
         clear_allowed_ips=body.clear_allowed_ips,
     )
