@@ -2,9 +2,10 @@
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, BeforeValidator, Field, IPvAnyNetwork
+from pydantic import BaseModel, BeforeValidator, Field, IPvAnyNetwork, model_validator
+from pydantic_core import PydanticCustomError
 
 from api.models import RequestBody, example
 from api.pagination import CursorPage
@@ -70,7 +71,18 @@ class CampaignUpdate(RequestBody):
         description="Replaces the allow-list; `[]` refuses every address. Send `null` (or"
         " leave it out) to keep it; clear it with `clear_allowed_ips`.",
     )
-    clear_allowed_ips: bool = Field(False, description="Let any address through again.")
+    clear_allowed_ips: bool = Field(
+        False, description="Let any address through again; not with `allowed_ips`."
+    )
+
+    @model_validator(mode="after")
+    def _one_allow_list_change(self) -> Self:
+        if self.allowed_ips is not None and self.clear_allowed_ips:
+            raise PydanticCustomError(
+                "allowed_ips_and_clear",
+                "give allowed_ips or clear_allowed_ips, not both",
+            )
+        return self
 
 
 class Campaign(BaseModel):

@@ -170,6 +170,26 @@ async def test_concurrent_changes_of_different_fields_are_all_kept(
         ), f"round {round_number}"
 
 
+async def test_an_allow_list_and_its_clearing_together_are_refused(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    body = campaign_body(account, allowed_ips=["203.0.113.7"])
+    created = await api.post("/v1/campaigns", headers=account.headers, json=body)
+    path = f"/v1/campaigns/{created.json()['data']['id']}"
+
+    response = await api.patch(
+        path,
+        headers=account.headers,
+        json={"allowed_ips": ["198.51.100.0/24"], "clear_allowed_ips": True},
+    )
+    unchanged = await api.get(path, headers=account.headers)
+
+    assert response.status_code == 400, response.text
+    assert error_code(response) == "INVALID_REQUEST"
+    assert "not both" in response.json()["errors"][0]["message"]
+    assert unchanged.json()["data"]["allowed_ips"] == ["203.0.113.7/32"]
+
+
 async def test_the_sender_must_be_a_registered_number_of_the_account(
     api: httpx.AsyncClient, account: Account
 ) -> None:
