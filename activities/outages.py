@@ -1,4 +1,5 @@
-"""Riding out a PostgreSQL outage (a restart, a failover) inside a send activity."""
+"""Riding out a PostgreSQL outage (a restart, a failover) inside an activity, or across its
+attempts."""
 
 import asyncio
 import time
@@ -7,6 +8,7 @@ from typing import TypeVar
 
 import structlog
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from store.db import UNAVAILABLE
 
@@ -36,3 +38,20 @@ async def through_outages(call: Callable[[], Awaitable[T]]) -> T:
         activity.heartbeat()
         await asyncio.sleep(pause)
         pause = min(pause * 2, 2.0)
+
+
+async def outages_uncounted(call: Callable[[], Awaitable[T]], *, attempts: int) -> T:
+    """Run `call`, the body of an activity whose retry policy has no attempt cap; what it
+    returns. While PostgreSQL is unreachable the attempt fails as it is, to be retried until
+    the database is back however long that takes; any other error is final (not retryable)
+    from attempt `attempts` on. A policy's `maximum_attempts` cannot tell the two apart: a
+    restart of a few seconds used up its attempts and ended the work for good."""
+    try:
+        return await call()
+    except UNAVAILABLE:
+        raise
+    except Exception as error:
+        if activity.info().attempt < attempts:
+            raise
+        # The type and message the SDK would give the error, so the workflow sees the same.
+        raise ApplicationError(str(error), type=type(error).__name__, non_retryable=True) from error

@@ -16,6 +16,7 @@ from temporalio import activity
 
 from activities import heap
 from activities.heartbeats import ValidationHeartbeat, heartbeat_until_cancelled
+from activities.outages import outages_uncounted
 from activities.recipients.columns import (
     NotPlain,
     PlainCsv,
@@ -47,6 +48,7 @@ from workflows.contracts import (
     ValidationOptions,
     ValidationResult,
 )
+from workflows.retries import VALIDATE_ATTEMPTS
 
 log = structlog.get_logger(__name__)
 
@@ -87,10 +89,14 @@ class ValidationActivities(WorkerResources):
     async def validate_recipients(self, input: ValidateInput) -> ValidationResult:
         """Validate the file into the ledger in one transaction. A cancellation (the batch
         cancelled meanwhile) reaches it within a second or so, whatever the work in hand,
-        and rolls the transaction back: the ledger is left empty."""
+        and rolls the transaction back: the ledger is left empty. While PostgreSQL is
+        unreachable the batch waits for it, attempt after attempt; another error ends the
+        batch from attempt VALIDATE_ATTEMPTS on (outages_uncounted)."""
         beating = asyncio.create_task(heartbeat_until_cancelled())
         try:
-            return await self._validate(input)
+            return await outages_uncounted(
+                lambda: self._validate(input), attempts=VALIDATE_ATTEMPTS
+            )
         finally:
             beating.cancel()
 
@@ -212,23 +218,7 @@ class ValidationActivities(WorkerResources):
         is applied again. One transaction, as `validate_recipients`."""
         beating = asyncio.create_task(heartbeat_until_cancelled())
         try:
-            batch_id = uuid.UUID(input.batch_id)
-            batch = await batches.batch_for_workflow(self._pool, batch_id)
-            account_id = batch["account_id"]
-            _, content = await files.file_content(self._pool, account_id, batch_id)
-            blocks = loaded_ledger(content)
-            tally = Tally()
-            async with self._pool.acquire() as conn, conn.transaction():
-                await messages.clear_validation(conn, batch_id)
-                while (loaded := await asyncio.to_thread(next, blocks, None)) is not None:
-                    block, counts = loaded
-                    tally.add(counts)
-                    parts = await asyncio.to_thread(list, block.ledger_csv(batch_id, account_id))
-                    for part in parts:
-                        await messages.copy_recipients_csv(conn, part, block.copy_columns)
-                    ValidationHeartbeat(rows=tally.rows).send()
-                await batches.set_validation_counts(conn, batch_id, **tally.batch_counts())
-            await messages.refresh_statistics(self._pool, tally.recipients)
+            tally = await outages_uncounted(lambda: self._load(input), attempts=VALIDATE_ATTEMPTS)
         finally:
             beating.cancel()
         log.info("ledger loaded", batch_id=input.batch_id, recipients=tally.recipients)
@@ -238,6 +228,26 @@ class ValidationActivities(WorkerResources):
             rejected=tally.rejected,
             skipped=tally.skipped,
         )
+
+    async def _load(self, input: ValidateInput) -> Tally:
+        batch_id = uuid.UUID(input.batch_id)
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        account_id = batch["account_id"]
+        _, content = await files.file_content(self._pool, account_id, batch_id)
+        blocks = loaded_ledger(content)
+        tally = Tally()
+        async with self._pool.acquire() as conn, conn.transaction():
+            await messages.clear_validation(conn, batch_id)
+            while (loaded := await asyncio.to_thread(next, blocks, None)) is not None:
+                block, counts = loaded
+                tally.add(counts)
+                parts = await asyncio.to_thread(list, block.ledger_csv(batch_id, account_id))
+                for part in parts:
+                    await messages.copy_recipients_csv(conn, part, block.copy_columns)
+                ValidationHeartbeat(rows=tally.rows).send()
+            await batches.set_validation_counts(conn, batch_id, **tally.batch_counts())
+        await messages.refresh_statistics(self._pool, tally.recipients)
+        return tally
 
     async def _list_sources(
         self, account_id: uuid.UUID, named: list[dict[str, Any]]

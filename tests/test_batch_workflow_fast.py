@@ -23,6 +23,7 @@ from workflows.contracts import (
     Timing,
     batch_workflow_id,
 )
+from workflows.retries import VALIDATE_ATTEMPTS
 from workflows.statuses import BatchStatus, LedgerStatus
 
 pytestmark = pytest.mark.fast
@@ -133,6 +134,36 @@ async def test_a_file_with_no_sendable_row_fails_without_sending(
     assert stubs.phases() == [S.VALIDATING, S.FAILED]
     assert (result.status, result.code) == (S.FAILED, "no_valid_recipients")
     assert (result.counts.total, result.counts.skipped) == (3, 3)
+
+
+async def test_a_database_outage_during_validation_uses_up_no_attempt(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # PostgreSQL refuses connections for more attempts than a real error is given.
+    outage: list[Exception] = [ConnectionRefusedError(111, "Connect call failed")] * (
+        VALIDATE_ATTEMPTS + 2
+    )
+    stubs = StubActivities(recipients=3, validation_errors=outage)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(time_skipping, queue)
+        result = await result_of(handle)
+    assert len(stubs.inputs("validate_recipients")) == VALIDATE_ATTEMPTS + 3
+    assert sorted(slices(stubs)) == [(0, 3)]
+    assert result.status == S.COMPLETED
+
+
+async def test_a_validation_that_keeps_failing_ends_the_batch_failed_after_its_attempts(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=3, validation_errors=[ValueError("no such column")] * 20)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(time_skipping, queue)
+        result = await result_of(handle)
+    assert len(stubs.inputs("validate_recipients")) == VALIDATE_ATTEMPTS
+    assert slices(stubs) == []
+    assert stubs.phases() == [S.VALIDATING, S.FAILED]
+    assert (result.status, result.code) == (S.FAILED, "validation_error")
+    assert result.reason == "the file could not be validated: ValueError: no such column"
 
 
 async def test_a_retry_run_reopens_rows_without_validating_and_numbers_events_on(

@@ -14,12 +14,13 @@ from workflows.contracts import BatchNotFound
 DB_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
 )
-# Validating a file: out of attempts, the batch ends `failed` with a final event.
-VALIDATE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=5,
-)
+# Validating a file: an error other than PostgreSQL being unreachable is final from attempt
+# VALIDATE_ATTEMPTS on (outages_uncounted, activities/outages.py), and the batch ends `failed`
+# with a final event. The policy itself has no cap: one would count an outage's failed
+# attempts too (a restart of 15 s ended a batch the API had accepted, with nothing sent), and
+# riding the outage out inside an attempt (through_outages) only lasts OUTAGE_WAIT_SECONDS.
+VALIDATE_ATTEMPTS = 5
+VALIDATE_RETRY = DB_RETRY
 # A slice of a batch; a deferring carrier sets its own, jittered, delays.
 SLICE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),

