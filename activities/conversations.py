@@ -10,6 +10,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.channels import carrier_address
+from activities.outages import through_outages
 from activities.providers.twilio import SendResult, Verdict
 from activities.reconciliation import carrier_list
 from activities.resources import WorkerResources
@@ -56,47 +57,72 @@ TIMER_KINDS = frozenset({"warning", "timeout"})
 class ConversationActivities(WorkerResources):
     @activity.defn
     async def send_conversation_message(self, input: SendMessageInput) -> SendMessageResult:
+        """Send the message once, or defer it to the next attempt (the carrier's deferrals
+        have MESSAGE_RETRY's attempts). Every statement rides out a PostgreSQL outage
+        (through_outages): a failed attempt would spend one of those attempts, and the
+        workflow gives up after the last, the message left `queued`; once the carrier has
+        it, the attempt's retry would find it `sending` and make it `uncertain`, its sid lost.
+        """
+        pool = self._pool
         message_id = uuid.UUID(input.message_id)
         if input.body is not None and input.conversation_id is not None:
-            await conversation_messages.add_agent_message(
-                self._pool,
-                message_id=message_id,
-                conversation_id=uuid.UUID(input.conversation_id),
-                kind=input.kind,
-                body=input.body,
+            conversation_id, kind, body = uuid.UUID(input.conversation_id), input.kind, input.body
+            await through_outages(
+                lambda: conversation_messages.add_agent_message(
+                    pool,
+                    message_id=message_id,
+                    conversation_id=conversation_id,
+                    kind=kind,
+                    body=body,
+                )
             )
         attempt = activity.info().attempt
-        message = await conversation_messages.claim_message(
-            self._pool, message_id, first_attempt=attempt == 1
-        )
+        if attempt > 1:
+            await through_outages(lambda: conversation_messages.settle_lost_claim(pool, message_id))
+        claims = 0
+
+        async def claim() -> conversation_messages.ClaimedConversationMessage | None:
+            nonlocal claims
+            claims += 1
+            return await conversation_messages.claim_message(pool, message_id, again=claims > 1)
+
+        message = await through_outages(claim)
         if message is None:
-            status, code = await conversation_messages.message_status(self._pool, message_id)
+            status, code = await through_outages(
+                lambda: conversation_messages.message_status(pool, message_id)
+            )
             return SendMessageResult(status=status, error_code=code)
         # HELP is answered even after STOP: carriers require it.
-        if message.kind != "help" and await opt_outs.is_opted_out(
-            self._pool, message.account_id, message.user_number
+        if message.kind != "help" and await through_outages(
+            lambda: opt_outs.is_opted_out(pool, message.account_id, message.user_number)
         ):
-            await conversation_messages.record_outcome(
-                self._pool, message_id, status="skipped", error_code="opted_out"
+            await through_outages(
+                lambda: conversation_messages.record_outcome(
+                    pool, message_id, status="skipped", error_code="opted_out"
+                )
             )
             return SendMessageResult(status="skipped", error_code="opted_out")
         if (
             message.kind in TIMER_KINDS
-            and await numbers.owner_of_number(self._pool, message.agent_number)
+            and await through_outages(lambda: numbers.owner_of_number(pool, message.agent_number))
             != message.account_id
         ):
             # A silence timer's message, hours after the send that set it: the sender given up
             # meanwhile (another account's, perhaps, by now) is not sent from. A send's own
             # message was checked when the API took it.
-            await conversation_messages.record_outcome(
-                self._pool,
-                message_id,
-                status="failed",
-                error_code=SENDER_NOT_HELD,
-                error_message="the sender is no longer a registered sender of this account",
+            await through_outages(
+                lambda: conversation_messages.record_outcome(
+                    pool,
+                    message_id,
+                    status="failed",
+                    error_code=SENDER_NOT_HELD,
+                    error_message="the sender is no longer a registered sender of this account",
+                )
             )
             return SendMessageResult(status="failed", error_code=SENDER_NOT_HELD)
-        own = await carrier_accounts.carrier_account(self._pool, message.account_id)
+        own = await through_outages(
+            lambda: carrier_accounts.carrier_account(pool, message.account_id)
+        )
         credentials = (own.account_sid, own.auth_token) if own else None
         to = carrier_address(message.user_number, message.channel)
         from_ = carrier_address(message.agent_number, message.channel)
@@ -113,11 +139,13 @@ class ConversationActivities(WorkerResources):
         if result.verdict is Verdict.UNCERTAIN:
             result = await self._reconcile(result, to, from_, message, asked, credentials)
         if result.verdict is Verdict.RETRY and attempt < input.attempts:
-            await conversation_messages.requeue_message(
-                self._pool,
-                message_id,
-                error_code=result.error_code,
-                error_message=result.error_message,
+            await through_outages(
+                lambda: conversation_messages.requeue_message(
+                    pool,
+                    message_id,
+                    error_code=result.error_code,
+                    error_message=result.error_message,
+                )
             )
             raise ApplicationError(
                 f"carrier deferred the message ({result.error_code})",
@@ -128,13 +156,15 @@ class ConversationActivities(WorkerResources):
             )
         # Out of attempts, a deferred message fails: a reply minutes late is worse than none.
         status = Verdict.FAILED.value if result.verdict is Verdict.RETRY else result.verdict.value
-        await conversation_messages.record_outcome(
-            self._pool,
-            message_id,
-            status=status,
-            carrier_sid=result.sid,
-            error_code=result.error_code,
-            error_message=result.error_message,
+        await through_outages(
+            lambda: conversation_messages.record_outcome(
+                pool,
+                message_id,
+                status=status,
+                carrier_sid=result.sid,
+                error_code=result.error_code,
+                error_message=result.error_message,
+            )
         )
         log.info("conversation message", message_id=input.message_id, status=status)
         return SendMessageResult(status=status, error_code=result.error_code)
@@ -163,8 +193,8 @@ class ConversationActivities(WorkerResources):
             if m.created >= asked - timedelta(seconds=1)
             and (not message.body or m.body == message.body)
         ]
-        taken = await conversation_messages.sids_taken(self._pool, matches)
-        taken |= await messages.sids_in_ledger(self._pool, matches)
+        taken = await through_outages(lambda: conversation_messages.sids_taken(self._pool, matches))
+        taken |= await through_outages(lambda: messages.sids_in_ledger(self._pool, matches))
         free = [sid for sid in matches if sid not in taken]
         log.info("uncertain message reconciled", found=bool(free))
         if free:

@@ -92,29 +92,38 @@ async def record_user_message(
     )
 
 
+async def settle_lost_claim(pool: asyncpg.Pool, message_id: uuid.UUID) -> None:
+    """Before a retry claims the message: one still `sending` was claimed by an attempt that
+    never recorded its end (crashed, timed out). The carrier may have accepted it, so it
+    becomes `uncertain` rather than being sent twice."""
+    await pool.execute(
+        "UPDATE conversation_messages SET status = 'uncertain', updated_at = now()"
+        " WHERE id = $1 AND status = 'sending'",
+        message_id,
+    )
+
+
 async def claim_message(
-    pool: asyncpg.Pool, message_id: uuid.UUID, *, first_attempt: bool
+    pool: asyncpg.Pool, message_id: uuid.UUID, *, again: bool = False
 ) -> ClaimedConversationMessage | None:
     """Move a queued agent message to `sending` and return it; None if it is not queued.
 
-    A message still `sending` when a retry arrives was claimed by a crashed attempt: the
-    carrier may have accepted it, so it becomes `uncertain` rather than being sent twice.
+    `again`: this claim runs a second time, its connection lost before the answer came (a
+    PostgreSQL restart), so the first may have committed; a message found `sending` is then
+    its own (an earlier attempt's was settled first, settle_lost_claim), its attempt counted
+    once.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        if not first_attempt:
-            await conn.execute(
-                "UPDATE conversation_messages SET status = 'uncertain', updated_at = now()"
-                " WHERE id = $1 AND status = 'sending'",
-                message_id,
-            )
-        row = await conn.fetchrow(
-            "UPDATE conversation_messages AS m SET status = 'sending', attempts = attempts + 1,"
-            " updated_at = now() FROM conversations AS c"
-            " WHERE m.id = $1 AND m.status = 'queued' AND c.id = m.conversation_id"
-            " RETURNING m.account_id, m.kind, m.channel, c.agent_number, c.user_number, m.body,"
-            " m.content_sid, m.content_variables",
-            message_id,
-        )
+    row = await pool.fetchrow(
+        "UPDATE conversation_messages AS m SET status = 'sending',"
+        " attempts = m.attempts + (m.status = 'queued')::int, updated_at = now()"
+        " FROM conversations AS c"
+        " WHERE m.id = $1 AND (m.status = 'queued' OR (m.status = 'sending' AND $2))"
+        " AND c.id = m.conversation_id"
+        " RETURNING m.account_id, m.kind, m.channel, c.agent_number, c.user_number, m.body,"
+        " m.content_sid, m.content_variables",
+        message_id,
+        again,
+    )
     return ClaimedConversationMessage(**dict(row)) if row else None
 
 

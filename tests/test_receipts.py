@@ -299,7 +299,7 @@ async def test_a_conversation_receipt_before_its_send_is_recorded_is_applied_the
         message_id = await conversation_messages.queue_agent_message(
             conn, conversation=opened, kind="message", body="early receipt"
         )
-    assert await conversation_messages.claim_message(pool, message_id, first_attempt=True)
+    assert await conversation_messages.claim_message(pool, message_id)
 
     await receipts.queue_receipts(pool, [receipts.Receipt(sid, "delivered", None)])
     then = await conversation_messages.message_status(pool, message_id)

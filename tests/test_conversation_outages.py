@@ -1,0 +1,149 @@
+"""A conversation message rides out a PostgreSQL outage (a restart refusing connections for a
+while) inside its send activity: the message is sent once and its outcome, sid included, is
+recorded, whether the outage comes before the send or just after the carrier accepted it.
+Before, the activity failed on the first refused statement: each outage spent one of the
+attempts meant for the carrier's deferrals, and the message was left `queued` or `sending`."""
+
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import asyncpg
+import httpx
+import pytest
+from temporalio.testing import ActivityEnvironment
+
+from activities.conversations import ConversationActivities
+from activities.providers.twilio import SendResult, TwilioCarrier
+from metrics import WorkerMetrics
+from settings import Settings
+from store import conversation_messages, conversations
+from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.stack import Account
+from workflows.contracts import SendMessageInput
+from workflows.retries import MESSAGE_ATTEMPTS
+
+# Statements refused in a row: the outage.
+REFUSED = 3
+
+
+class DownPool:
+    """The worker's pool, as a PostgreSQL that is restarting: while `refusals` lasts, each
+    statement (or connection taken) is refused, as asyncpg refuses it when nothing listens."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.refusals = 0
+
+    def _refuse(self) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise ConnectionRefusedError(111, "Connect call failed")
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("execute", "fetch", "fetchrow", "fetchval", "acquire"):
+            self._refuse()
+        return getattr(self._pool, name)
+
+
+class DownAfterSend:
+    """The carrier, after whose answer PostgreSQL goes down."""
+
+    def __init__(self, carrier: TwilioCarrier, pool: DownPool) -> None:
+        self._carrier = carrier
+        self._pool = pool
+
+    async def send(self, **request: Any) -> SendResult:
+        result = await self._carrier.send(**request)
+        self._pool.refusals = REFUSED
+        return result
+
+
+@pytest.fixture
+async def carrier(settings: Settings) -> AsyncIterator[TwilioCarrier]:
+    carrier = TwilioCarrier(
+        account_sid=settings.twilio_account_sid,
+        auth_token=settings.twilio_auth_token.get_secret_value(),
+        api_url=settings.carrier_url,
+        timeout=settings.carrier_timeout_seconds,
+    )
+    yield carrier
+    await carrier.close()
+
+
+async def queued_message(pool: asyncpg.Pool, account: Account, user: str, body: str) -> uuid.UUID:
+    async with pool.acquire() as conn:
+        opened = await conversations.open_conversation(
+            conn,
+            account_id=account.account_id,
+            agent_number=account.agent_number,
+            user_number=user,
+            workflow_id=f"outage-{secrets.token_hex(4)}",
+            fields=conversations.ConversationFields(),
+        )
+        return await conversation_messages.queue_agent_message(
+            conn, conversation=opened, kind="message", body=body
+        )
+
+
+@pytest.mark.parametrize("when", ["before the send", "after the carrier accepted"])
+async def test_a_message_rides_out_an_outage_and_keeps_its_outcome(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    account: Account,
+    carrier: TwilioCarrier,
+    emulator_url: str,
+    when: str,
+) -> None:
+    user = unique_numbers(1)[0]
+    body = f"outage {secrets.token_hex(6)}"
+    message_id = await queued_message(pool, account, user, body)
+    down = DownPool(pool)
+    if when == "before the send":
+        down.refusals = REFUSED
+        used: Any = carrier
+    else:
+        used = DownAfterSend(carrier, down)
+    async with httpx.AsyncClient() as http:
+        sender = ConversationActivities(
+            pool=cast(asyncpg.Pool, down),
+            carrier=cast(TwilioCarrier, used),
+            http=http,
+            settings=settings,
+            metrics=WorkerMetrics(),
+        )
+        result = await ActivityEnvironment().run(
+            sender.send_conversation_message,
+            SendMessageInput(message_id=str(message_id), attempts=MESSAGE_ATTEMPTS),
+        )
+
+    assert down.refusals == 0
+    [received] = await emulator_messages(emulator_url, body_contains=body)
+    assert result.status == "sent"
+    message = await conversation_messages.message_for_workflow(pool, message_id)
+    assert (message["status"], message["attempts"]) in {("sent", 1), ("delivered", 1)}
+    assert message["carrier_sid"] == received["sid"]
+
+
+async def test_a_claim_run_again_after_its_answer_was_lost_takes_its_own_message(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    """The claim committed, then its connection closed before the answer came: run again, it
+    takes the message it left `sending`, its attempt counted once. A retry's claim does not
+    take one an earlier attempt left `sending`: that is settled `uncertain` first."""
+    user = unique_numbers(1)[0]
+    message_id = await queued_message(pool, account, user, "claimed twice")
+
+    first = await conversation_messages.claim_message(pool, message_id)
+    plain = await conversation_messages.claim_message(pool, message_id)
+    again = await conversation_messages.claim_message(pool, message_id, again=True)
+    taken = await conversation_messages.message_for_workflow(pool, message_id)
+    await conversation_messages.settle_lost_claim(pool, message_id)
+    retried = await conversation_messages.claim_message(pool, message_id, again=True)
+
+    assert first is not None and again == first
+    assert plain is None
+    assert (taken["status"], taken["attempts"]) == ("sending", 1)
+    assert retried is None
+    assert await conversation_messages.message_status(pool, message_id) == ("uncertain", None)
