@@ -16,11 +16,17 @@ DB_RETRY = RetryPolicy(
 )
 # Validating a file: an error other than PostgreSQL being unreachable is final from attempt
 # VALIDATE_ATTEMPTS on (outages_uncounted, activities/outages.py), and the batch ends `failed`
-# with a final event. The policy itself has no cap: one would count an outage's failed
-# attempts too (a restart of 15 s ended a batch the API had accepted, with nothing sent), and
-# riding the outage out inside an attempt (through_outages) only lasts OUTAGE_WAIT_SECONDS.
+# with a final event. The policy's own cap is far above it: a cap of 5 counted an outage's
+# failed attempts too (a restart of 15 s ended a batch the API had accepted, with nothing
+# sent), and riding the outage out inside an attempt (through_outages) only lasts
+# OUTAGE_WAIT_SECONDS. The cap still ends attempts that end by timeout, which raise nothing
+# (a file whose validation kills its worker every time), after about an hour of retries.
 VALIDATE_ATTEMPTS = 5
-VALIDATE_RETRY = DB_RETRY
+VALIDATE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=120,
+)
 # A slice of a batch; a deferring carrier sets its own, jittered, delays.
 SLICE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
