@@ -693,6 +693,25 @@ async def test_conversation_reply_then_timeout(
     await save_conversation(temporal, account, user, "reply_then_timeout")
 
 
+async def test_conversation_help_answered(
+    api: httpx.AsyncClient,
+    account: Account,
+    settings: Settings,
+    temporal: Client,
+    emulator_url: str,
+) -> None:
+    """A user's HELP in a conversation with timers: one signal carries the message and its
+    answer (`ConversationSignal.answer_id`), the answer sent, then the timers run out."""
+    user = unique_numbers(1)[0]
+    data = await send_ok(api, account, user, agent_message="Shall I book it?", **TIMERS)
+    await received_by(emulator_url, user, 1)
+    form = inbound_form(settings, to=account.agent_number, from_=user, body="HELP")
+    assert (await post_inbound(api, settings, form)).status_code == 200
+    await received_by(emulator_url, user, 2)
+    await conversation_when(api, account, data["conversation_id"], timed_out)
+    await save_conversation(temporal, account, user, "help_answered")
+
+
 async def test_conversation_events_carried_over(
     settings: Settings,
     account: Account,
