@@ -92,7 +92,10 @@ class ReconciliationActivities(WorkerResources):
             to = carrier_address(r.to_number, way.channel)
             from_ = carrier_address(r.from_number or input.agent_number, way.channel)
             async with lanes:
-                return await carrier_list(self._carrier, to, from_, credentials)
+                found = await carrier_list(self._carrier, to, from_, credentials)
+            # Each list a sign of life: thousands of them outlast the heartbeat timeout.
+            activity.heartbeat()
+            return found
 
         lists = await asyncio.gather(*(listed(r) for r in rows))
         candidates = {

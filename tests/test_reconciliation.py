@@ -159,3 +159,32 @@ async def test_a_retried_reconciliation_still_has_the_batch_send_the_rows_it_reo
     reopened = ReconcileResult(reopened=2, first_seq=0, end_seq=3)
     assert (first, again) == (reopened, reopened)
     assert await messages.count_by_status(pool, batch_id) == {"pending": 2, "sent": 1}
+
+
+async def test_every_carrier_list_is_a_heartbeat(
+    pool: asyncpg.Pool, account: Account, reconciliation: ReconciliationActivities
+) -> None:
+    """A batch with thousands of uncertain rows lists them for longer than the activity's
+    heartbeat timeout (a minute): each list answered tells Temporal the attempt lives on, or
+    it was timed out and a second attempt listed them all again beside it."""
+    batch_id = await recorded_batch(pool, account)
+    numbers = unique_numbers(20)
+    await pool.execute(
+        "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body, status,"
+        " attempts, updated_at) SELECT $1, i - 1, $2, i, n, 'x', 'uncertain', 1,"
+        " now() - interval '1 hour' FROM unnest($3::text[]) WITH ORDINALITY AS r(n, i)",
+        batch_id,
+        account.account_id,
+        numbers,
+    )
+    input = ReconcileInput(
+        batch_id=str(batch_id), account_id=str(account.account_id), agent_number="+15550009999"
+    )
+    beats: list[tuple[object, ...]] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(details)
+
+    result = await env.run(reconciliation.reconcile_uncertain, input)
+
+    assert result.reopened == 20
+    assert len(beats) >= 20
