@@ -178,7 +178,8 @@ class Settings(BaseSettings):
     slice_size: int = Field(
         1000,
         description="Recipients per send activity, at most: a batch from a rate-limited sender"
-        " gets slices of `slice_seconds` of its sending.",
+        " gets slices of `slice_seconds` of its sending, the rate shared by its slices in"
+        " flight.",
     )
     slice_seconds: float = Field(
         50.0,

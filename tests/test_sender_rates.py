@@ -152,7 +152,7 @@ async def test_the_pacer_holds_no_send_time_per_slot(
     assert grown < 4096, f"the pacer grew by {grown} bytes for one reservation"
 
 
-@pytest.mark.parametrize(("mps", "slice_size"), [(None, 250), (2.0, 100), (0.01, 1)])
+@pytest.mark.parametrize(("mps", "slice_size"), [(None, 250), (2.0, 12), (0.01, 1)])
 async def test_a_rate_limited_senders_batch_gets_slices_of_slice_seconds_of_its_rate(
     api: httpx.AsyncClient,
     account: Account,
@@ -163,7 +163,9 @@ async def test_a_rate_limited_senders_batch_gets_slices_of_slice_seconds_of_its_
     mps: float | None,
     slice_size: int,
 ) -> None:
-    """This session's settings: slices of 250 and 50 s of a limited sender's rate."""
+    """This session's settings: slices of 250 and 50 s of a limited sender's rate, shared by
+    the batch's 8 slices in flight (4 chunks of 2): 2 msg/s, 12.5 rows to a slice. Each slice
+    of 100 rows (50 s of the whole rate) took 400 s, past the worker's shutdown grace."""
     await numbers.update_number(pool, account.account_id, account.agent_number, {"mps": mps})
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     file_id, _ = await start_marked_batch(
@@ -175,4 +177,5 @@ async def test_a_rate_limited_senders_batch_gets_slices_of_slice_seconds_of_its_
     started = history.events[0].workflow_execution_started_event_attributes
     [payload] = started.input.payloads
     assert (settings.slice_size, settings.slice_seconds) == (250, 50.0)
+    assert (settings.chunk_window, settings.slices_in_flight) == (4, 2)
     assert json.loads(payload.data)["dispatch"]["slice_size"] == slice_size

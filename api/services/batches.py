@@ -150,11 +150,14 @@ def dispatch_settings(
     settings: Settings, sender_mps: float | None, timing: Timing
 ) -> DispatchSettings:
     """`sender_mps`, the slowest rate among the batch's senders, shortens its slices to
-    `slice_seconds` of sending; a batch from unlimited senders gets the largest, which costs
-    Temporal least per message. A spread batch's chunks are smaller (SPREAD_CHUNK_ROWS)."""
+    `slice_seconds` of sending: the batch's slices in flight at once (`chunk_window` x
+    `slices_in_flight`) share the sender's rate, each a part of it. A batch from unlimited
+    senders gets the largest, which costs Temporal least per message. A spread batch's chunks
+    are smaller (SPREAD_CHUNK_ROWS)."""
     slice_size = settings.slice_size
     if sender_mps is not None:
-        slice_size = max(1, min(slice_size, int(sender_mps * settings.slice_seconds)))
+        in_flight = settings.chunk_window * settings.slices_in_flight
+        slice_size = max(1, min(slice_size, int(sender_mps * settings.slice_seconds / in_flight)))
     chunk_size = settings.chunk_size
     if timing.spread_seconds:
         chunk_size = min(chunk_size, SPREAD_CHUNK_ROWS)
