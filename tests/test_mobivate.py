@@ -11,15 +11,18 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from temporalio.client import Client
+from temporalio.service import RPCError
 
 from settings import Settings
-from store import batches
+from store import batches, messages
 from tests.support.batches import FINAL, wait_for_status
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import rate
 from tests.support.mobivate_example import AUTHENTICATION_ERROR, EXAMPLE_REQUEST, EXAMPLE_SUCCESS
 from tests.support.pages import every_item
 from tests.support.stack import Account, api_client
+from workflows.contracts import batch_workflow_id
 
 
 def bearer(account: Account) -> dict[str, str]:
@@ -258,6 +261,36 @@ async def test_a_batch_is_read_back_in_the_dialect(
     assert abs(scheduled - accepted) < timedelta(minutes=1)
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "BATCH_NOT_FOUND"
+
+
+async def test_references_are_stored_before_the_batch_starts_sending(
+    api: httpx.AsyncClient,
+    account: Account,
+    temporal: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Stored once the workflow had started, a failure to store them answered an error for a
+    # batch already sending, and the client's repeat (a new batch) sent everyone again.
+    started_when_stored: list[bool] = []
+    store_references = messages.add_references
+
+    async def add_references(
+        pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID, references: Any
+    ) -> None:
+        try:
+            await temporal.get_workflow_handle(batch_workflow_id(str(batch_id))).describe()
+            started_when_stored.append(True)
+        except RPCError:
+            started_when_stored.append(False)
+        await store_references(pool, account_id, batch_id, references)
+
+    monkeypatch.setattr(messages, "add_references", add_references)
+    body = example_for(account, unique_numbers(2))
+
+    started = await api.post("/send/batch", headers=bearer(account), json=body)
+
+    assert started.status_code == 200, started.text
+    assert started_when_stored == [False]
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -200,6 +200,7 @@ async def start_batch(
     body: BatchRequest,
     *,
     senders: Mapping[int, str] | None = None,
+    references: Sequence[tuple[int, str]] = (),
     campaign_id: uuid.UUID | None = None,
     load_validated: bool = False,
 ) -> BatchStarted:
@@ -210,8 +211,10 @@ async def start_batch(
     Inline `recipients` are stored as a JSON file first, so from there on the batch is one
     of an attached file in every way (and each such request is a new batch); so is a batch
     of mailing lists alone, with an empty file. `senders` gives rows their own sender (row
-    number -> sender, each one the account's); `campaign_id` makes it that campaign's
-    (a Postman upload's)."""
+    number -> sender, each one the account's); `references`, the caller's reference of rows
+    (row number, reference), are stored before the workflow starts, so that no failure to
+    store them answers an error for a batch already sending; `campaign_id` makes it that
+    campaign's (a Postman upload's)."""
     checked = await _checked_request(pool, settings, account_id, body)
     file_id = checked.file_id
     agent_number = checked.agent_number
@@ -260,6 +263,8 @@ async def start_batch(
         # Started before: nothing to start, even once Temporal has forgotten that run (past
         # its namespace's retention), when a start would validate and send the file again.
         return BatchStarted(batch_id=str(file_id), workflow_id=workflow_id)
+    if created and references:
+        await messages.add_references(pool, account_id, file_id, references)
     timing = _timing(request)
     try:
         await _start_workflow(

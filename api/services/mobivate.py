@@ -18,7 +18,6 @@ from api.models import BatchRequest
 from api.services.batches import batch_or_404, get_batch, start_batch
 from api.services.mailing_lists import list_sizes
 from settings import Settings
-from store import messages
 
 
 async def send_batch(
@@ -39,17 +38,20 @@ async def send_batch(
         for row_number, recipient in enumerate(numbers, start=1)
         if recipient.originator is not None
     }
-    started = await start_batch(
-        pool, temporal, settings, account_id, batch_request(body), senders=senders
-    )
-    batch_id = uuid.UUID(started.batch_id)
     references = [
         (row_number, recipient.reference)
         for row_number, recipient in enumerate(numbers, start=1)
         if recipient.reference is not None
     ]
-    if references:
-        await messages.add_references(pool, account_id, batch_id, references)
+    started = await start_batch(
+        pool,
+        temporal,
+        settings,
+        account_id,
+        batch_request(body),
+        senders=senders,
+        references=references,
+    )
     scheduled = body.schedule_date_time or datetime.now(UTC)
     return MobivateBatchAccepted.model_validate(
         {
