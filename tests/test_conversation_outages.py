@@ -5,7 +5,6 @@ Before, the activity failed on the first refused statement: each outage spent on
 attempts meant for the carrier's deferrals, and the message was left `queued` or `sending`."""
 
 import secrets
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -18,8 +17,9 @@ from activities.conversations import ConversationActivities
 from activities.providers.twilio import SendResult, TwilioCarrier
 from metrics import WorkerMetrics
 from settings import Settings
-from store import conversation_messages, conversations
+from store import conversation_messages
 from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.sending import queued_agent_message, twilio_carrier
 from tests.support.stack import Account
 from workflows.contracts import SendMessageInput
 from workflows.retries import MESSAGE_ATTEMPTS
@@ -62,29 +62,9 @@ class DownAfterSend:
 
 @pytest.fixture
 async def carrier(settings: Settings) -> AsyncIterator[TwilioCarrier]:
-    carrier = TwilioCarrier(
-        account_sid=settings.twilio_account_sid,
-        auth_token=settings.twilio_auth_token.get_secret_value(),
-        api_url=settings.carrier_url,
-        timeout=settings.carrier_timeout_seconds,
-    )
+    carrier = twilio_carrier(settings)
     yield carrier
     await carrier.close()
-
-
-async def queued_message(pool: asyncpg.Pool, account: Account, user: str, body: str) -> uuid.UUID:
-    async with pool.acquire() as conn:
-        opened = await conversations.open_conversation(
-            conn,
-            account_id=account.account_id,
-            agent_number=account.agent_number,
-            user_number=user,
-            workflow_id=f"outage-{secrets.token_hex(4)}",
-            fields=conversations.ConversationFields(),
-        )
-        return await conversation_messages.queue_agent_message(
-            conn, conversation=opened, kind="message", body=body
-        )
 
 
 @pytest.mark.parametrize("when", ["before the send", "after the carrier accepted"])
@@ -98,7 +78,7 @@ async def test_a_message_rides_out_an_outage_and_keeps_its_outcome(
 ) -> None:
     user = unique_numbers(1)[0]
     body = f"outage {secrets.token_hex(6)}"
-    message_id = await queued_message(pool, account, user, body)
+    message_id = await queued_agent_message(pool, account, user, body)
     down = DownPool(pool)
     if when == "before the send":
         down.refusals = REFUSED
@@ -133,7 +113,7 @@ async def test_a_claim_run_again_after_its_answer_was_lost_takes_its_own_message
     takes the message it left `sending`, its attempt counted once. A retry's claim does not
     take one an earlier attempt left `sending`: that is settled `uncertain` first."""
     user = unique_numbers(1)[0]
-    message_id = await queued_message(pool, account, user, "claimed twice")
+    message_id = await queued_agent_message(pool, account, user, "claimed twice")
 
     first = await conversation_messages.claim_message(pool, message_id)
     plain = await conversation_messages.claim_message(pool, message_id)

@@ -16,8 +16,8 @@ from activities.providers.in_flight import (
     InFlightLimit,
     StoppedWaiting,
 )
-from activities.providers.twilio import TwilioCarrier
 from settings import Settings
+from tests.support.sending import twilio_carrier
 
 
 class Clock:
@@ -210,13 +210,7 @@ async def test_the_carriers_list_requests_count_against_the_accounts_limit(
 ) -> None:
     # Reconciliation's lists are the account's requests too: with every place taken, one
     # waits, and goes once a send gives its place back.
-    carrier = TwilioCarrier(
-        account_sid=settings.twilio_account_sid,
-        auth_token=settings.twilio_auth_token.get_secret_value(),
-        api_url=settings.carrier_url,
-        timeout=settings.carrier_timeout_seconds,
-        connections=64,
-    )
+    carrier = twilio_carrier(settings, connections=64)
     try:
         limit = carrier.in_flight_limit()
         taken = fill(limit)

@@ -16,7 +16,7 @@ from twilio.request_validator import RequestValidator
 
 from api.services.receipts import ReceiptIntake, apply_receipts
 from settings import Settings
-from store import conversation_messages, conversations, messages, receipts
+from store import conversation_messages, messages, receipts
 from store.db import create_pool
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
@@ -33,6 +33,7 @@ from tests.support.sending import (
     conversation,
     conversation_when,
     eventually,
+    queued_agent_message,
     received_by,
     send,
 )
@@ -287,18 +288,7 @@ async def test_a_conversation_receipt_before_its_send_is_recorded_is_applied_the
     # set up here in the store, in the order it would happen.
     user = unique_numbers(1)[0]
     sid = "SM" + secrets.token_hex(16)
-    async with pool.acquire() as conn:
-        opened = await conversations.open_conversation(
-            conn,
-            account_id=account.account_id,
-            agent_number=account.agent_number,
-            user_number=user,
-            workflow_id=f"receipt-race-{secrets.token_hex(4)}",
-            fields=conversations.ConversationFields(),
-        )
-        message_id = await conversation_messages.queue_agent_message(
-            conn, conversation=opened, kind="message", body="early receipt"
-        )
+    message_id = await queued_agent_message(pool, account, user, "early receipt")
     assert await conversation_messages.claim_message(pool, message_id)
 
     await receipts.queue_receipts(pool, [receipts.Receipt(sid, "delivered", None)])

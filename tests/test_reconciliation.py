@@ -13,7 +13,6 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
-from activities.providers.twilio import TwilioCarrier
 from activities.reconciliation import CLOCK_SLACK, ReconciliationActivities
 from metrics import WorkerMetrics
 from settings import Settings
@@ -21,6 +20,7 @@ from store import messages, receipts
 from tests.support.batches import FINAL, recorded_batch, start, start_marked_batch
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows, own_worker, receipts_applied
+from tests.support.sending import twilio_carrier
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client
 from tests.support.workers import CARRIER_TIMEOUT_SECONDS
 from workflows.contracts import ReconcileInput, ReconcileResult
@@ -117,12 +117,7 @@ async def test_a_retried_row_whose_answer_is_lost_is_not_given_its_earlier_faile
 async def reconciliation(
     settings: Settings, pool: asyncpg.Pool
 ) -> AsyncIterator[ReconciliationActivities]:
-    carrier = TwilioCarrier(
-        account_sid=settings.twilio_account_sid,
-        auth_token=settings.twilio_auth_token.get_secret_value(),
-        api_url=settings.carrier_url,
-        timeout=settings.carrier_timeout_seconds,
-    )
+    carrier = twilio_carrier(settings)
     async with httpx.AsyncClient() as http:
         yield ReconciliationActivities(
             pool=pool, carrier=carrier, http=http, settings=settings, metrics=WorkerMetrics()

@@ -22,7 +22,7 @@ from store import messages
 from tests.support.batches import start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows
-from tests.support.sending import eventually
+from tests.support.sending import eventually, twilio_carrier
 from tests.support.stack import Account, Configure, WebhookReceiver
 from workflows.contracts import SendSliceInput
 
@@ -31,13 +31,7 @@ ROWS = 6
 
 @pytest.fixture
 async def carrier_client(settings: Settings) -> AsyncIterator[TwilioCarrier]:
-    carrier = TwilioCarrier(
-        account_sid=settings.twilio_account_sid,
-        auth_token=settings.twilio_auth_token.get_secret_value(),
-        api_url=settings.carrier_url,
-        timeout=settings.carrier_timeout_seconds,
-        connections=settings.send_concurrency,
-    )
+    carrier = twilio_carrier(settings, connections=settings.send_concurrency)
     yield carrier
     await carrier.close()
 

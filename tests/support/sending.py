@@ -2,17 +2,21 @@
 
 import asyncio
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import asyncpg
 import httpx
 import uvicorn
 from twilio.request_validator import RequestValidator
 
+from activities.providers.twilio import TwilioCarrier
 from api.app import create_app
 from deploy.local.processes import free_port
 from settings import INBOUND_PATH, Settings
+from store import conversation_messages, conversations
 from tests.support.builders import emulator_messages
 from tests.support.stack import Account, WebhookReceiver
 
@@ -154,3 +158,33 @@ async def next_conversation_while_refused(
         **second,
     )
     return first, following
+
+
+def twilio_carrier(settings: Settings, **options: Any) -> TwilioCarrier:
+    """The worker's carrier client, on the emulator of the test session (close it after)."""
+    return TwilioCarrier(
+        account_sid=settings.twilio_account_sid,
+        auth_token=settings.twilio_auth_token.get_secret_value(),
+        api_url=settings.carrier_url,
+        timeout=settings.carrier_timeout_seconds,
+        **options,
+    )
+
+
+async def queued_agent_message(
+    pool: asyncpg.Pool, account: Account, user: str, body: str
+) -> uuid.UUID:
+    """An agent message of a new conversation with `user`, queued as a single send queues
+    it, with no workflow behind it: for a test to drive its send itself."""
+    async with pool.acquire() as conn:
+        opened = await conversations.open_conversation(
+            conn,
+            account_id=account.account_id,
+            agent_number=account.agent_number,
+            user_number=user,
+            workflow_id=f"no-workflow-{secrets.token_hex(4)}",
+            fields=conversations.ConversationFields(),
+        )
+        return await conversation_messages.queue_agent_message(
+            conn, conversation=opened, kind="message", body=body
+        )
