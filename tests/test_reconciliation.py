@@ -4,6 +4,7 @@ message the row's send made, however the send addressed and worded it, and no ot
 import asyncio
 import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -125,6 +126,25 @@ async def reconciliation(
     await carrier.close()
 
 
+async def uncertain_rows(
+    pool: asyncpg.Pool, account: Account, batch_id: uuid.UUID, statuses: list[str]
+) -> ReconcileInput:
+    """Ledger rows of the carrier's unknown numbers, in these statuses, changed long enough
+    ago that reconciliation waits for no request still on the wire; its input for them."""
+    await pool.execute(
+        "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body, status,"
+        " attempts, updated_at) SELECT $1, i - 1, $2, i, n, 'x', s, 1, now() - interval '1 hour'"
+        " FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS r(n, s, i)",
+        batch_id,
+        account.account_id,
+        unique_numbers(len(statuses)),
+        statuses,
+    )
+    return ReconcileInput(
+        batch_id=str(batch_id), account_id=str(account.account_id), agent_number="+15550009999"
+    )
+
+
 async def test_a_retried_reconciliation_still_has_the_batch_send_the_rows_it_reopened(
     pool: asyncpg.Pool, account: Account, reconciliation: ReconciliationActivities
 ) -> None:
@@ -132,21 +152,8 @@ async def test_a_retried_reconciliation_still_has_the_batch_send_the_rows_it_reo
     (Temporal retries one that failed, or whose result was lost, after it had reopened them)
     finds them `pending`, not `uncertain`, and must still tell the batch to send them."""
     batch_id = await recorded_batch(pool, account)
-    # Three rows the carrier never got, the middle one settled; changed long enough ago
-    # that reconciliation waits for no request still on the wire.
-    numbers = unique_numbers(3)
-    await pool.execute(
-        "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body, status,"
-        " attempts, updated_at) SELECT $1, i - 1, $2, i, n, 'x',"
-        " CASE WHEN i = 2 THEN 'sent' ELSE 'uncertain' END, 1, now() - interval '1 hour'"
-        " FROM unnest($3::text[]) WITH ORDINALITY AS r(n, i)",
-        batch_id,
-        account.account_id,
-        numbers,
-    )
-    input = ReconcileInput(
-        batch_id=str(batch_id), account_id=str(account.account_id), agent_number="+15550009999"
-    )
+    # Three rows the carrier never got, the middle one settled.
+    input = await uncertain_rows(pool, account, batch_id, ["uncertain", "sent", "uncertain"])
 
     first = await ActivityEnvironment().run(reconciliation.reconcile_uncertain, input)
     again = await ActivityEnvironment().run(reconciliation.reconcile_uncertain, input)
@@ -163,18 +170,7 @@ async def test_every_carrier_list_is_a_heartbeat(
     heartbeat timeout (a minute): each list answered tells Temporal the attempt lives on, or
     it was timed out and a second attempt listed them all again beside it."""
     batch_id = await recorded_batch(pool, account)
-    numbers = unique_numbers(20)
-    await pool.execute(
-        "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body, status,"
-        " attempts, updated_at) SELECT $1, i - 1, $2, i, n, 'x', 'uncertain', 1,"
-        " now() - interval '1 hour' FROM unnest($3::text[]) WITH ORDINALITY AS r(n, i)",
-        batch_id,
-        account.account_id,
-        numbers,
-    )
-    input = ReconcileInput(
-        batch_id=str(batch_id), account_id=str(account.account_id), agent_number="+15550009999"
-    )
+    input = await uncertain_rows(pool, account, batch_id, ["uncertain"] * 20)
     beats: list[tuple[object, ...]] = []
     env = ActivityEnvironment()
     env.on_heartbeat = lambda *details: beats.append(details)
