@@ -35,8 +35,9 @@ async def queue_agent_message(
     body: str | None,
     content_sid: str | None = None,
     content_variables: str | None = None,
+    message_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    message_id = uuid.uuid4()
+    message_id = message_id or uuid.uuid4()
     await conn.execute(
         "INSERT INTO conversation_messages (id, conversation_id, account_id, sender, kind,"
         " channel, body, content_sid, content_variables, status)"
@@ -76,12 +77,14 @@ async def record_user_message(
     channel: str,
     body: str,
     carrier_sid: str,
+    answer_id: uuid.UUID | None = None,
 ) -> uuid.UUID | None:
-    """Record an inbound message; None when its carrier sid was recorded before."""
+    """Record an inbound message (and the id of the agent message that answers it, queued in
+    the same transaction); None when its carrier sid was recorded before."""
     return await conn.fetchval(
         "INSERT INTO conversation_messages (id, conversation_id, account_id, sender, kind,"
-        " channel, body, status, carrier_sid)"
-        " VALUES ($1, $2, $3, 'USER', 'message', $4, $5, 'received', $6)"
+        " channel, body, status, carrier_sid, answer_id)"
+        " VALUES ($1, $2, $3, 'USER', 'message', $4, $5, 'received', $6, $7)"
         " ON CONFLICT (carrier_sid) WHERE sender = 'USER' DO NOTHING RETURNING id",
         uuid.uuid4(),
         conversation["id"],
@@ -89,6 +92,39 @@ async def record_user_message(
         channel,
         body,
         carrier_sid,
+        answer_id,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnsignalledInbound:
+    """A user's message recorded but never handed to its workflow, with its answer if any."""
+
+    message_id: uuid.UUID
+    conversation_id: uuid.UUID
+    answer_id: uuid.UUID | None
+
+
+async def unsignalled_inbound(
+    pool: asyncpg.Pool, account_id: uuid.UUID, carrier_sid: str
+) -> UnsignalledInbound | None:
+    """The account's user message of this carrier sid, if its signal was never sent."""
+    row = await pool.fetchrow(
+        "SELECT id AS message_id, conversation_id, answer_id FROM conversation_messages"
+        " WHERE carrier_sid = $1 AND sender = 'USER' AND account_id = $2"
+        " AND signalled_at IS NULL",
+        carrier_sid,
+        account_id,
+    )
+    return UnsignalledInbound(**dict(row)) if row else None
+
+
+async def mark_signalled(pool: asyncpg.Pool, message_ids: list[uuid.UUID]) -> None:
+    """The messages reached their workflow: a repeat of their request signals them no more."""
+    await pool.execute(
+        "UPDATE conversation_messages SET signalled_at = now()"
+        " WHERE id = ANY($1::uuid[]) AND signalled_at IS NULL",
+        message_ids,
     )
 
 

@@ -244,6 +244,55 @@ async def test_a_post_that_cannot_reach_its_conversation_can_be_retried(
     assert len(signals) == 1
 
 
+class _Killed(Exception):
+    """The API process dying between the commit of an inbound message and its signal."""
+
+
+async def test_a_post_whose_process_died_before_the_signal_is_signalled_on_the_retry(
+    api: httpx.AsyncClient,
+    account: Account,
+    settings: Settings,
+    sender: str,
+    emulator_url: str,
+    temporal: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The message and its HELP answer were committed, the signal never sent (no 2xx, so the
+    carrier posts again): the retry hands them to the conversation, and a later repeat does
+    not hand them over again."""
+    user = unique_numbers(1)[0]
+    form = inbound_form(settings, to=sender, from_=user, body="HELP")
+
+    async def dies(*args: object, **kwargs: object) -> None:
+        raise _Killed
+
+    with monkeypatch.context() as patched:
+        patched.setattr("api.services.inbound.signal_conversation", dies)
+        died = await post_inbound(api, settings, form)
+    retried = await post_inbound(api, settings, form)
+
+    assert died.status_code == 500
+    assert retried.status_code == 200
+    [answer] = await received_by(emulator_url, user, 1)
+    assert answer["body"] == settings.help_reply
+    [opened] = await conversations_with(api, account, user)
+    detail = await conversation_when(
+        api, account, opened["conversation_id"], lambda c: c["messages"][-1]["status"] == "sent"
+    )
+    assert [(m["sender"], m["kind"]) for m in detail["messages"]] == [
+        ("USER", "message"),
+        ("AGENT", "help"),
+    ]
+    repeated = await post_inbound(api, settings, form)
+    assert repeated.status_code == 200
+    history = await temporal.get_workflow_handle(opened["workflow_id"]).fetch_history()
+    signals = [
+        e for e in history.events if e.HasField("workflow_execution_signaled_event_attributes")
+    ]
+    assert len(signals) == 1
+    assert len(await emulator_messages(emulator_url, to=user)) == 1
+
+
 async def test_inbound_to_an_unregistered_number_is_not_found(
     api: httpx.AsyncClient, settings: Settings
 ) -> None:

@@ -30,7 +30,7 @@ WHATSAPP_PREFIX = "whatsapp:"
 
 
 class AlreadyRecorded(Exception):
-    """The carrier posted this message before: nothing is recorded or signalled again."""
+    """The carrier posted this message before: nothing is recorded again."""
 
 
 def address(value: str) -> tuple[str, str]:
@@ -51,9 +51,13 @@ async def receive(
     """Record a user's message in the pair's active conversation (opening one if none is)
     and signal it; STOP and START change the opt-out of the account that holds the sender.
 
-    Each MessageSid changes an opt-out at most once, ever, and is signalled at most once: a
-    post whose signal fails forgets its message (not its opt-out change), so the carrier's
-    retry is signalled then."""
+    Each MessageSid changes an opt-out at most once, ever, and is signalled once: a post whose
+    signal fails forgets its message (not its opt-out change), so the carrier's retry is
+    recorded and signalled then; a post that stopped between its commit and its signal (its
+    process died) left its message unsignalled (`signalled_at`), and the retry signals it.
+    A post that died after its signal and before `signalled_at` was written has its message
+    signalled again by the retry: its workflow then posts the message's event again (the same
+    `webhook-id`) and sends nothing twice (claim_message)."""
     carrier_sid = params.get("MessageSid")
     if not carrier_sid or not params.get("From") or not params.get("To"):
         raise InvalidRequest("MessageSid, From and To are required")
@@ -72,7 +76,7 @@ async def receive(
         raise AgentNumberNotFound(f"{agent_number} is not a registered sender")
     keyword = body.strip().upper()
     fields = await _reply_fields(pool, account_id, agent_number, user_number, channel)
-    help_id: uuid.UUID | None = None
+    help_id = uuid.uuid4() if keyword == HELP_KEYWORD else None
     try:
         # One transaction: a repeat changes nothing, whatever it finds changed since.
         async with pool.acquire() as conn, conn.transaction():
@@ -89,18 +93,38 @@ async def receive(
                 workflow_id=conversation_workflow_id(str(account_id), agent_number, user_number),
                 fields=fields,
             )
-            message_id = await conversation_messages.record_user_message(
-                conn, conversation=conversation, channel=channel, body=body, carrier_sid=carrier_sid
+            recorded = await conversation_messages.record_user_message(
+                conn,
+                conversation=conversation,
+                channel=channel,
+                body=body,
+                carrier_sid=carrier_sid,
+                answer_id=help_id,
             )
-            if message_id is None:
+            if recorded is None:
                 raise AlreadyRecorded(carrier_sid)
-            if keyword == HELP_KEYWORD:
-                help_id = await conversation_messages.queue_agent_message(
-                    conn, conversation=conversation, kind="help", body=settings.help_reply
+            if help_id is not None:
+                await conversation_messages.queue_agent_message(
+                    conn,
+                    conversation=conversation,
+                    kind="help",
+                    body=settings.help_reply,
+                    message_id=help_id,
                 )
+            message_id = recorded
     except AlreadyRecorded:
-        log.info("inbound message repeated by the carrier", carrier_sid=carrier_sid)
-        return
+        unsignalled = await conversation_messages.unsignalled_inbound(pool, account_id, carrier_sid)
+        if unsignalled is None:
+            log.info("inbound message repeated by the carrier", carrier_sid=carrier_sid)
+            return
+        # Its first post was recorded and never signalled (its process died in between, so the
+        # carrier had no 2xx and posts again): this repeat hands it over, answer included.
+        log.warning("inbound message repeated before it was signalled", carrier_sid=carrier_sid)
+        conversation = await conversations.conversation_for_workflow(
+            pool, unsignalled.conversation_id
+        )
+        message_id, help_id = unsignalled.message_id, unsignalled.answer_id
+    handed = [m for m in (message_id, help_id) if m is not None]
     try:
         await signal_conversation(
             temporal,
@@ -111,8 +135,9 @@ async def receive(
             answer_id=help_id,
         )
     except TemporalUnavailable:
-        await conversation_messages.forget_messages(pool, [m for m in (message_id, help_id) if m])
+        await conversation_messages.forget_messages(pool, handed)
         raise
+    await conversation_messages.mark_signalled(pool, handed)
 
 
 async def _reply_fields(
