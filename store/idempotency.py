@@ -9,10 +9,21 @@ import asyncpg
 
 
 @dataclass(frozen=True, kw_only=True)
+class HeldMessage:
+    """The message the request holding a key recorded (`hold_message`)."""
+
+    message_id: uuid.UUID
+    conversation_id: uuid.UUID
+    # Still queued and never signalled (`signalled_at`).
+    unsignalled: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class StoredKey:
     request_hash: str
     reply: dict[str, Any] | None
     claimed_seconds_ago: float
+    message: HeldMessage | None = None
 
 
 async def claim(
@@ -26,7 +37,7 @@ async def claim(
         "INSERT INTO idempotency_keys (account_id, key, request_hash, expires_at)"
         " VALUES ($1, $2, $3, now() + $4::interval)"
         " ON CONFLICT (account_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,"
-        " reply = NULL, claimed_at = now(), expires_at = EXCLUDED.expires_at"
+        " reply = NULL, claimed_at = now(), expires_at = EXCLUDED.expires_at, message_id = NULL"
         " WHERE idempotency_keys.expires_at <= now()"
         " RETURNING true",
         account_id,
@@ -38,18 +49,45 @@ async def claim(
 
 
 async def get(pool: asyncpg.Pool, account_id: uuid.UUID, key: str) -> StoredKey | None:
-    """The key while it has not expired; None when free."""
+    """The key while it has not expired, with the message its request recorded; None when free.
+
+    A message created before the key's claim is not this claim's: the release before this
+    one re-claims an expired key without clearing `message_id`."""
     row = await pool.fetchrow(
-        "SELECT request_hash, reply, extract(epoch FROM now() - claimed_at)::float8 AS age"
-        " FROM idempotency_keys"
-        " WHERE account_id = $1 AND key = $2 AND expires_at > now()",
+        "SELECT k.request_hash, k.reply, extract(epoch FROM now() - k.claimed_at)::float8 AS age,"
+        " m.id AS message_id, m.conversation_id,"
+        " coalesce(m.status = 'queued' AND m.signalled_at IS NULL, false) AS unsignalled"
+        " FROM idempotency_keys AS k LEFT JOIN conversation_messages AS m"
+        " ON m.id = k.message_id AND m.created_at >= k.claimed_at"
+        " WHERE k.account_id = $1 AND k.key = $2 AND k.expires_at > now()",
         account_id,
         key,
     )
     if row is None:
         return None
     return StoredKey(
-        request_hash=row["request_hash"], reply=row["reply"], claimed_seconds_ago=row["age"]
+        request_hash=row["request_hash"],
+        reply=row["reply"],
+        claimed_seconds_ago=row["age"],
+        message=HeldMessage(
+            message_id=row["message_id"],
+            conversation_id=row["conversation_id"],
+            unsignalled=row["unsignalled"],
+        )
+        if row["message_id"] is not None
+        else None,
+    )
+
+
+async def hold_message(
+    conn: asyncpg.Connection, account_id: uuid.UUID, key: str, message_id: uuid.UUID
+) -> None:
+    """Note the message the key's request queued, in the transaction that queues it."""
+    await conn.execute(
+        "UPDATE idempotency_keys SET message_id = $3 WHERE account_id = $1 AND key = $2",
+        account_id,
+        key,
+        message_id,
     )
 
 
@@ -65,9 +103,18 @@ async def complete(
 
 
 async def release(pool: asyncpg.Pool, account_id: uuid.UUID, key: str) -> None:
-    """Free a claim whose request sent nothing, so the caller may try again with the key."""
+    """Free a claim whose request handed nothing over (refused before its message was
+    recorded, or its message failed unsignalled: TEMPORAL_UNAVAILABLE), so the caller may try
+    again with the key.
+
+    A claim whose message is queued or was signalled is kept: its request failed after the
+    commit, and a repeat signals the message if it never was and answers with its reply (a
+    new message would leave the first queued for good, or send twice)."""
     await pool.execute(
-        "DELETE FROM idempotency_keys WHERE account_id = $1 AND key = $2 AND reply IS NULL",
+        "DELETE FROM idempotency_keys AS k WHERE account_id = $1 AND key = $2 AND reply IS NULL"
+        " AND NOT EXISTS (SELECT FROM conversation_messages AS m"
+        " WHERE m.id = k.message_id AND m.created_at >= k.claimed_at"
+        " AND (m.status <> 'failed' OR m.signalled_at IS NOT NULL))",
         account_id,
         key,
     )

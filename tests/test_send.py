@@ -313,6 +313,59 @@ async def test_a_send_whose_signal_arrived_but_whose_answer_was_lost_is_the_send
     assert len(await emulator_messages(emulator_url, to=user)) == 1
 
 
+class _ProcessKilled(BaseException):
+    """The API process dying: nothing of the request runs after it (no handler catches it)."""
+
+
+async def _stops_after_the_commit(
+    api: httpx.AsyncClient, account: Account, user: str, key: str, stop: type[BaseException]
+) -> None:
+    """A send whose signal is not sent: its message committed, then `stop` raised."""
+
+    async def stops(*args: object, **kwargs: object) -> None:
+        raise stop("after the commit, before the signal")
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr("api.services.send.signal_conversation", stops)
+        try:
+            response = await send(api, account, user, key=key, agent_message="once")
+        except _ProcessKilled:
+            return
+    assert response.status_code == 500, response.text
+
+
+@pytest.mark.parametrize("stop", [_ProcessKilled, RuntimeError])
+async def test_a_send_stopped_before_its_signal_is_signalled_by_its_repeat(
+    settings: Settings,
+    account: Account,
+    pool: asyncpg.Pool,
+    emulator_url: str,
+    stop: type[BaseException],
+) -> None:
+    """Its message committed and never signalled (the process died, or an unexpected error),
+    the key held without a reply: a repeat past the wait signals that message and answers as
+    the first would have; later repeats get that reply, and the message is sent once."""
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+    impatient = settings.model_copy(update={"idempotency_wait_seconds": 0.5})
+
+    async with api_client(impatient) as api:
+        await _stops_after_the_commit(api, account, user, key, stop)
+        repeated = await send(api, account, user, key=key, agent_message="once")
+        assert repeated.status_code == 200, repeated.text
+        data = repeated.json()["data"]
+        detail = await conversation_when(api, account, data["conversation_id"], all_sent)
+        again = await send(api, account, user, key=key, agent_message="once")
+
+    assert data["message"] == SENT
+    assert [(m["message_id"], m["status"]) for m in detail["messages"]] == [
+        (data["message_id"], "sent")
+    ]
+    assert data["workflow_id"] == detail["workflow_id"]
+    assert again.json() == repeated.json()
+    assert len(await emulator_messages(emulator_url, to=user)) == 1
+
+
 async def test_whatsapp_goes_to_the_carrier_with_whatsapp_addresses(
     api: httpx.AsyncClient, account: Account, emulator_url: str
 ) -> None:

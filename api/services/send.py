@@ -150,10 +150,15 @@ async def send_message(
         if await idempotency.claim(pool, account_id, idempotency_key, held_for, ttl=ttl):
             try:
                 reply = await _send(
-                    pool, temporal, settings, await _prepared(pool, account_id, body)
+                    pool,
+                    temporal,
+                    settings,
+                    await _prepared(pool, account_id, body),
+                    idempotency_key=idempotency_key,
                 )
             except Exception:
-                # Nothing reached the conversation (refused or not signalled): free the key.
+                # Nothing reached the conversation (refused or not signalled): free the key. A
+                # key whose message is queued or signalled is kept (idempotency.release).
                 await idempotency.release(pool, account_id, idempotency_key)
                 raise
             await idempotency.complete(pool, account_id, idempotency_key, reply.model_dump())
@@ -161,8 +166,12 @@ async def send_message(
         first = await _first_reply(
             pool, account_id, idempotency_key, held_for, settings.idempotency_wait_seconds
         )
-        if first is not None:
+        if isinstance(first, SendReply):
             return first
+        if first is not None:
+            return await _finish_first(
+                pool, temporal, settings, account_id, idempotency_key, body, first
+            )
 
 
 async def _prepared(pool: asyncpg.Pool, account_id: uuid.UUID, body: SendRequest) -> PreparedSend:
@@ -196,8 +205,9 @@ async def _campaign_message(
 
 async def _first_reply(
     pool: asyncpg.Pool, account_id: uuid.UUID, key: str, request_hash: str, wait_seconds: float
-) -> SendReply | None:
-    """The reply of the request that holds the key, once it has one; None if the key is free."""
+) -> SendReply | idempotency.HeldMessage | None:
+    """The reply of the request that holds the key, once it has one, or the message it
+    recorded if it holds the key `wait_seconds` without a reply; None if the key is free."""
     while True:
         stored = await idempotency.get(pool, account_id, key)
         if stored is None:
@@ -209,14 +219,84 @@ async def _first_reply(
         if stored.reply is not None:
             return SendReply(**stored.reply)
         if stored.claimed_seconds_ago >= wait_seconds:
+            if stored.message is not None:
+                return stored.message
             raise IdempotencyKeyInProgress(
                 f"the first request with idempotency key {key!r} has not finished; retry later"
             )
         await asyncio.sleep(POLL_SECONDS)
 
 
+async def _finish_first(
+    pool: asyncpg.Pool,
+    temporal: Client,
+    settings: Settings,
+    account_id: uuid.UUID,
+    key: str,
+    body: SendRequest,
+    held: idempotency.HeldMessage,
+) -> SendReply:
+    """The first request with the key recorded its message and stopped before its reply (its
+    process died, or an unexpected error): the message, if it was never signalled, is
+    signalled now, and the first request's reply is stored and given.
+
+    A message signalled twice (the first request still running past the wait, two repeats at
+    once, or one that died after its signal but before noting it) is sent once
+    (claim_message); its conversation posts its event again, with the same `webhook-id`."""
+    conversation = await conversations.conversation_for_workflow(pool, held.conversation_id)
+    if held.unsignalled:
+        # The key holds the same request: its timers are the first request's.
+        timers = silence_timers(body)
+        try:
+            await _hand_over(pool, temporal, settings, conversation, held.message_id, timers)
+        except HeraldError:
+            await idempotency.release(pool, account_id, key)
+            raise
+    reply = SendReply(
+        conversation_id=str(conversation["id"]),
+        message_id=str(held.message_id),
+        workflow_id=conversation["workflow_id"],
+    )
+    await idempotency.complete(pool, account_id, key, reply.model_dump())
+    return reply
+
+
+async def _hand_over(
+    pool: asyncpg.Pool,
+    temporal: Client,
+    settings: Settings,
+    conversation: dict[str, Any],
+    message_id: uuid.UUID,
+    timers: SilenceTimers | None,
+) -> None:
+    """Signal the queued message to its conversation and note it signalled; a failed signal
+    fails the message and is raised, unless the workflow has claimed the message."""
+    try:
+        await signal_conversation(
+            temporal,
+            settings,
+            conversation,
+            message_id=message_id,
+            sender="AGENT",
+            timers=timers,
+        )
+    except HeraldError as error:
+        # A signal can reach the workflow and still fail here (the answer lost on the way):
+        # a message its workflow has claimed is being sent, and this request is its send.
+        if await conversation_messages.fail_queued_message(
+            pool, message_id, error_code=error.code, error_message=error.message
+        ):
+            raise
+    await conversation_messages.mark_signalled(pool, [message_id])
+
+
 async def _send(
-    pool: asyncpg.Pool, temporal: Client, settings: Settings, prepared: PreparedSend
+    pool: asyncpg.Pool,
+    temporal: Client,
+    settings: Settings,
+    prepared: PreparedSend,
+    *,
+    idempotency_key: str | None = None,
 ) -> SendReply:
     body = prepared.body
     if not await numbers.has_number(pool, prepared.account_id, prepared.agent_number):
@@ -260,22 +340,9 @@ async def _send(
             content_sid=body.content_sid,
             content_variables=prepared.content_variables,
         )
-    try:
-        await signal_conversation(
-            temporal,
-            settings,
-            conversation,
-            message_id=message_id,
-            sender="AGENT",
-            timers=prepared.timers,
-        )
-    except HeraldError as error:
-        # A signal can reach the workflow and still fail here (the answer lost on the way):
-        # a message its workflow has claimed is being sent, and this request is its send.
-        if await conversation_messages.fail_queued_message(
-            pool, message_id, error_code=error.code, error_message=error.message
-        ):
-            raise
+        if idempotency_key is not None:
+            await idempotency.hold_message(conn, prepared.account_id, idempotency_key, message_id)
+    await _hand_over(pool, temporal, settings, conversation, message_id, prepared.timers)
     return SendReply(
         conversation_id=str(conversation["id"]),
         message_id=str(message_id),
