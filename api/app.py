@@ -164,7 +164,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         applier = asyncio.create_task(
             apply_receipts(app.state.pool, app.state.receipt_intake.arrived)
         )
-        pruner = asyncio.create_task(keep_house(app.state.pool))
+        pruner = asyncio.create_task(keep_house(app.state.pool, app.state.temporal))
         listener = ReceiptListener(
             settings=settings,
             pool=app.state.pool,

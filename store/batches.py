@@ -2,12 +2,12 @@
 
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from store.db import after_key
+from store.db import after_key, rows_affected
 from workflows.contracts import BatchNotFound
 from workflows.statuses import FINAL_BATCH_STATUSES, BatchStatus
 
@@ -19,6 +19,13 @@ _BATCH_COLUMNS = (
 # The foreign key of `batches.campaign_id` (migration 130): a campaign deleted before its
 # batch was recorded.
 CAMPAIGN_KEY = "batches_campaign_id_fkey"
+# The code of a batch `end_unstarted` ended: its workflow never started.
+NOT_STARTED = "not_started"
+# A batch with no event but those of its ends as unstarted: no workflow of it ever ran.
+_NO_EVENT_BUT_UNSTARTED = (
+    "NOT EXISTS (SELECT 1 FROM batch_events AS e WHERE e.batch_id = b.id"
+    f" AND e.payload->>'code' IS DISTINCT FROM '{NOT_STARTED}')"
+)
 
 
 async def create_batch(
@@ -175,6 +182,51 @@ async def set_unstarted(
             batch_id,
             code,
         )
+
+
+async def unstarted_batches(pool: asyncpg.Pool, older_than: timedelta) -> list[dict]:
+    """Batches `queued` for longer than `older_than` whose workflow never recorded an event:
+    left so by an API process that stopped between recording the batch and starting its
+    workflow, if Temporal has no such workflow (for the caller to ask). A batch that has
+    run, and a retry left `queued` alike, has its runs' events (`/retry` starts it again).
+    One read of `batches`, by its housekeeping: about once an hour."""
+    rows = await pool.fetch(
+        "SELECT id, account_id, workflow_id, request FROM batches AS b"
+        " WHERE status = 'queued' AND updated_at < now() - $1::interval"
+        f" AND {_NO_EVENT_BUT_UNSTARTED} ORDER BY created_at",
+        older_than,
+    )
+    return [dict(r) for r in rows]
+
+
+async def end_unstarted(
+    pool: asyncpg.Pool,
+    batch_id: uuid.UUID,
+    *,
+    older_than: timedelta,
+    code: str,
+    reason: str,
+    event: dict[str, Any],
+) -> bool:
+    """Mark an unstarted batch (`unstarted_batches`) `failed` with `code`, and record its
+    final `event` in its log, settled (no workflow posts it); False, nothing changed, if it
+    is no longer such a batch (another API process ended it, or a start moved it on).
+    One statement: both or neither."""
+    status = await pool.execute(
+        "WITH ended AS (UPDATE batches AS b SET status = 'failed', code = $2, reason = $3,"
+        " updated_at = now(), finished_at = now()"
+        " WHERE id = $1 AND status = 'queued' AND updated_at < now() - $4::interval"
+        f" AND {_NO_EVENT_BUT_UNSTARTED} RETURNING id, account_id)"
+        " INSERT INTO batch_events (batch_id, seq, account_id, status, payload, settled_at)"
+        " SELECT id, (SELECT coalesce(max(seq), 0) + 1 FROM batch_events WHERE batch_id = $1),"
+        " account_id, 'failed', $5, now() FROM ended",
+        batch_id,
+        code,
+        reason,
+        older_than,
+        event,
+    )
+    return rows_affected(status) == 1
 
 
 async def set_validation_counts(

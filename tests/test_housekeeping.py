@@ -1,16 +1,32 @@
 """What Herald keeps only for a while is pruned by every API process as it starts (then
-hourly): receipts kept past KEPT_RECEIPTS and expired idempotency keys; nothing younger."""
+hourly): receipts kept past KEPT_RECEIPTS and expired idempotency keys; nothing younger. And
+the batches left `queued` with no workflow are ended as never started."""
 
+import asyncio
 import secrets
+import uuid
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
+import httpx
+import pytest
+from temporalio.client import Client
 
+from activities.status_events import FINAL_EVENT_FIELDS
+from api.models import BatchRequest
+from api.services import batches as batch_service
+from api.services.housekeeping import UNSTARTED_AFTER, end_unstarted_batches
 from settings import Settings
 from store import idempotency
 from store.housekeeping import KEPT_RECEIPTS
+from temporal_client import connect_temporal
+from tests.support.batches import FINAL, start
+from tests.support.builders import attach, csv_bytes, unique_numbers
+from tests.support.delivery import received
 from tests.support.sending import eventually
-from tests.support.stack import Account, api_client
+from tests.support.stack import Account, WebhookReceiver, api_client, error_code
+from workflows.contracts import batch_workflow_id
 
 
 async def test_an_api_process_prunes_old_kept_receipts_and_expired_keys_as_it_starts(
@@ -45,3 +61,119 @@ async def test_an_api_process_prunes_old_kept_receipts_and_expired_keys_as_it_st
         remaining = await eventually(left, lambda found: old not in found[0])
 
     assert remaining == ({fresh}, {live})
+
+
+class ApiStopped(Exception):
+    """The API process stopping between recording a batch and starting its workflow."""
+
+
+async def test_a_batch_its_api_stopped_before_starting_ends_not_started_and_its_request_starts_it(
+    settings: Settings,
+    api: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    temporal: Client,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = secrets.token_hex(6)
+    numbers = unique_numbers(2)
+    file_id = await attach(
+        api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers])
+    )
+    request = {
+        "global": {"agent_number": account.agent_number, "agent_message": f"batch {marker}"},
+        "status_webhook": webhooks.url(marker),
+    }
+    inline = {
+        "recipients": [{"phone_number": n} for n in unique_numbers(2)],
+        "global": {
+            "agent_number": account.agent_number,
+            "agent_message": "Hello",
+            "metadata": {"order": "7"},
+        },
+    }
+
+    async def stop(*args: Any) -> None:
+        raise ApiStopped
+
+    # Two batches recorded, their workflows never started: one of a file, one inline, each
+    # left so past UNSTARTED_AFTER; and an inline one left so just now.
+    with monkeypatch.context() as patched:
+        patched.setattr(batch_service, "_start_workflow", stop)
+        for body in ({"file_id": file_id, **request}, inline, inline):
+            with pytest.raises(ApiStopped):
+                await batch_service.start_batch(
+                    pool, temporal, settings, account.account_id, BatchRequest.model_validate(body)
+                )
+    stranded = await pool.fetch(
+        "SELECT id, status FROM batches WHERE account_id = $1 ORDER BY created_at",
+        account.account_id,
+    )
+    file_batch, inline_batch, recent = (row["id"] for row in stranded)
+    # Two `queued` batches whose workflows exist, left as long: one running (on a task queue
+    # no worker polls, so it stays `queued`), one closed.
+    idle = settings.model_copy(update={"task_queue": f"no-worker-{secrets.token_hex(4)}"})
+    async with api_client(idle) as unworked:
+        started = [
+            await start(
+                unworked,
+                account,
+                await attach(api, account.headers, one),
+                **{"global": inline["global"]},
+            )
+            for one in (csv_bytes(["phone_number"], [[n]]) for n in unique_numbers(2))
+        ]
+    running, closed = (uuid.UUID(r.json()["data"]["batch_id"]) for r in started)
+    await temporal.get_workflow_handle(batch_workflow_id(str(closed))).terminate("test")
+    await pool.execute(
+        "UPDATE batches SET created_at = created_at - $2::interval,"
+        " updated_at = updated_at - $2::interval WHERE id = ANY($1::uuid[])",
+        [file_batch, inline_batch, running, closed],
+        UNSTARTED_AFTER + timedelta(minutes=1),
+    )
+
+    # While Temporal cannot be asked, nothing is ended.
+    down = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
+    assert await end_unstarted_batches(pool, await connect_temporal(down, lazy=True)) == []
+    # Two API processes at it at once end each batch once.
+    ended = await asyncio.gather(*(end_unstarted_batches(pool, temporal) for _ in range(2)))
+    after = {
+        row["id"]: (row["status"], row["code"], row["reason"])
+        for row in await pool.fetch(
+            "SELECT id, status, code, reason FROM batches WHERE account_id = $1",
+            account.account_id,
+        )
+    }
+    logs = (await api.get(f"/v1/sms/batch/{inline_batch}/logs", headers=account.headers)).json()
+    cancel = await api.post(f"/v1/sms/batch/{inline_batch}/cancel", headers=account.headers)
+    again = await start(api, account, file_id, **request)
+    final = (await webhooks.wait_for(marker, *FINAL))[-1]
+    file_logs = (await api.get(f"/v1/sms/batch/{file_id}/logs", headers=account.headers)).json()
+    await temporal.get_workflow_handle(batch_workflow_id(str(running))).terminate("test")
+
+    assert sorted(b for found in ended for b in found if b in after) == sorted(
+        [file_batch, inline_batch]
+    )
+    not_started = ("failed", "not_started", "the API stopped before starting it; nothing was sent")
+    assert after[inline_batch] == not_started
+    assert after[recent] == after[running] == after[closed] == ("queued", None, None)
+    [event] = logs["data"]["events"]
+    assert event["seq"] == 1
+    assert {k: v for k, v in event["payload"].items() if k != "timestamp"} == {
+        "batch_id": str(inline_batch),
+        "workflow_id": batch_workflow_id(str(inline_batch)),
+        "status": "failed",
+        "code": "not_started",
+        "reason": not_started[2],
+        "metadata": {"order": "7"},
+        **{f"messages_{name}": 0 for name in FINAL_EVENT_FIELDS},
+    }
+    assert error_code(cancel) == "BATCH_ALREADY_FINISHED"
+    # The file's request again starts its batch, its events numbered after the end's.
+    assert again.status_code == 200, again.text
+    assert final["status"] == "completed"
+    assert sorted(m["to"] for m in await received(emulator_url, marker)) == sorted(numbers)
+    statuses = [(e["seq"], e["status"]) for e in file_logs["data"]["events"]]
+    assert statuses[:2] == [(1, "failed"), (2, "validating")]

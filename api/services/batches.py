@@ -134,6 +134,12 @@ class TemporalUnavailable(HeraldError):
     code = "TEMPORAL_UNAVAILABLE"
 
 
+# The codes of a batch whose workflow never started, ended so rather than left `queued`: the
+# same request again starts it (TEMPORAL_UNAVAILABLE at its start; `not_started`, ended by
+# housekeeping after its API process stopped before the start).
+UNSTARTED_CODES = (TemporalUnavailable.code, batches.NOT_STARTED)
+
+
 def parse_batch_id(value: str, error: type[HeraldError] = BatchNotFound) -> uuid.UUID:
     """A malformed id cannot name anything of the caller's: the same 404 as a missing one."""
     try:
@@ -254,11 +260,9 @@ async def start_batch(
         raise BatchAlreadyExists(
             f"file {file_id} already started batch {workflow_id} with a different request"
         )
-    if not created and batch["code"] == TemporalUnavailable.code:
+    if not created and batch["code"] in UNSTARTED_CODES:
         # Its workflow never started: this request is the new attempt.
-        await batches.set_unstarted(
-            pool, file_id, unstarted=False, code=TemporalUnavailable.code, reason=None
-        )
+        await batches.set_unstarted(pool, file_id, unstarted=False, code=batch["code"], reason=None)
     elif not created and batch["status"] != BatchStatus.QUEUED:
         # Started before: nothing to start, even once Temporal has forgotten that run (past
         # its namespace's retention), when a start would validate and send the file again.
@@ -284,6 +288,8 @@ async def start_batch(
                 timing=timing,
                 auto_pause=_auto_pause(request),
                 load_validated=load_validated,
+                # After the final event of its end as unstarted, if housekeeping ended it.
+                first_event_seq=0 if created else await events.last_event_seq(pool, file_id),
             ),
             WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
