@@ -11,12 +11,11 @@ LINK_COLUMNS = ("code", "batch_id", "seq", "account_id", "url")
 
 @dataclass(frozen=True, slots=True)
 class Click:
-    """A link just followed: where it goes, whether this was its first click, and whether
-    its batch has a status webhook."""
+    """A link just followed: where it goes, and whether its first click's event is still to
+    be started (its batch has a status webhook, and no start of the event succeeded yet)."""
 
     url: str
-    first: bool
-    has_webhook: bool
+    event_due: bool
     batch_id: uuid.UUID
     account_id: uuid.UUID
 
@@ -36,8 +35,8 @@ async def record_click(pool: asyncpg.Pool, code: str, user_agent: str | None) ->
         " first_user_agent = CASE WHEN l.first_clicked_at IS NULL THEN $2"
         " ELSE l.first_user_agent END"
         " FROM batches AS b WHERE l.code = $1 AND b.id = l.batch_id"
-        " RETURNING l.url, l.clicks, b.request ? 'status_webhook' AS has_webhook, l.batch_id,"
-        " l.account_id",
+        " RETURNING l.url, b.request ? 'status_webhook' AND l.click_event_started_at IS NULL"
+        " AND l.webhook_attempts = 0 AS event_due, l.batch_id, l.account_id",
         code,
         user_agent,
     )
@@ -45,10 +44,18 @@ async def record_click(pool: asyncpg.Pool, code: str, user_agent: str | None) ->
         return None
     return Click(
         url=row["url"],
-        first=row["clicks"] == 1,
-        has_webhook=row["has_webhook"],
+        event_due=row["event_due"],
         batch_id=row["batch_id"],
         account_id=row["account_id"],
+    )
+
+
+async def set_event_started(pool: asyncpg.Pool, code: str) -> None:
+    """The `click` event of the link was started: later clicks start nothing."""
+    await pool.execute(
+        "UPDATE short_links SET click_event_started_at = now()"
+        " WHERE code = $1 AND click_event_started_at IS NULL",
+        code,
     )
 
 

@@ -2,6 +2,7 @@
 in place of each URL, one per message and URL; following it redirects and counts the click,
 which shows on the message, in the CSV export and as a signed `click` event."""
 
+import asyncio
 import csv
 import io
 import re
@@ -20,9 +21,9 @@ from activities.recipients.links import (
     shorten,
 )
 from settings import Settings
-from tests.support.batches import FINAL, run_batch, wait_for_status
+from tests.support.batches import FINAL, run_batch, start_marked_batch, wait_for_status
 from tests.support.builders import emulator_messages, unique_numbers
-from tests.support.stack import Account, WebhookReceiver, rotate
+from tests.support.stack import Account, WebhookReceiver, api_client, rotate
 
 USER_AGENT = "Mozilla/5.0 (Linux; Android 14) TestPhone/1.0"
 
@@ -170,6 +171,38 @@ async def test_a_mailing_lists_contacts_get_short_links_of_their_own_urls(
         assert found is not None, sent["body"]
         followed = await api.get(f"/s/{found[1]}")
         assert followed.headers["location"] == f"https://example.com/p/{index}"
+
+
+async def test_a_first_click_while_temporal_is_down_is_posted_on_a_later_click(
+    api: httpx.AsyncClient,
+    account: Account,
+    settings: Settings,
+    emulator_url: str,
+    webhooks: WebhookReceiver,
+) -> None:
+    [number] = unique_numbers(1)
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, [number], message="Read https://example.com/a", shorten_urls=True
+    )
+    await webhooks.wait_for(marker, *FINAL)
+    [sent] = await emulator_messages(emulator_url, to=number)
+    found = short_link(settings).fullmatch(sent["body"].removeprefix("Read "))
+    assert found is not None, sent["body"]
+    down = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
+
+    async with api_client(down) as unreachable:
+        first = await unreachable.get(f"/s/{found[1]}", headers={"user-agent": USER_AGENT})
+    second = await api.get(f"/s/{found[1]}", headers={"user-agent": "later"})
+    [event] = [e for e in await webhooks.wait_for(marker, "click") if e["status"] == "click"]
+    third = await api.get(f"/s/{found[1]}")
+    await asyncio.sleep(1)
+
+    assert first.status_code == second.status_code == third.status_code == 302
+    # The first click's event, once: a click after it started the event starts nothing.
+    assert [e for e in webhooks.received[marker] if e["status"] == "click"] == [event]
+    assert (event["batch_id"], event["url"]) == (file_id, "https://example.com/a")
+    assert event["user_agent"] == USER_AGENT
+    assert [r["clicks"] for r in await ledger(api, account, file_id)] == [3]
 
 
 async def test_an_unknown_code_is_a_plain_404_page(api: httpx.AsyncClient) -> None:

@@ -1,5 +1,6 @@
-"""Short links: following one (`GET /s/{code}`) counts the click and, on the first, has its
-`click` event posted to the batch's status webhook by the worker; a `HEAD` counts nothing."""
+"""Short links: following one (`GET /s/{code}`) counts the click and has the first click's
+`click` event posted to the batch's status webhook by the worker, started by the first click
+or, if that start failed, by a later one; a `HEAD` counts nothing."""
 
 import asyncpg
 import structlog
@@ -36,8 +37,8 @@ async def follow(
     )
     if click is None:
         return None
-    if click.first and click.has_webhook:
-        await _start_click_event(temporal, settings, code, click)
+    if click.event_due:
+        await _start_click_event(pool, temporal, settings, code, click)
     return click.url
 
 
@@ -48,11 +49,12 @@ async def destination(pool: asyncpg.Pool, code: str) -> str | None:
 
 
 async def _start_click_event(
-    temporal: Client, settings: Settings, code: str, click: links.Click
+    pool: asyncpg.Pool, temporal: Client, settings: Settings, code: str, click: links.Click
 ) -> None:
-    """Start the workflow that posts the click, findable by its batch and account in
-    Temporal; the visitor is redirected whatever happens here, so a failure to start it is
-    logged, not raised."""
+    """Start the workflow that posts the first click, findable by its batch and account in
+    Temporal, and record that it started. The visitor is redirected whatever happens here,
+    so a failure to start it is logged, not raised: the link's next click starts it (one
+    workflow per link, whichever click starts it, and the event is the first click's)."""
     try:
         await temporal.start_workflow(
             CLICK_EVENT_WORKFLOW,
@@ -71,3 +73,5 @@ async def _start_click_event(
         pass
     except (RuntimeError, RPCError) as error:
         log.warning("click event not started", batch_id=str(click.batch_id), error=str(error))
+        return
+    await links.set_event_started(pool, code)
