@@ -20,16 +20,6 @@ from workflows.contracts import (
 
 log = structlog.get_logger(__name__)
 
-FINAL_EVENT_FIELDS = (
-    "total",
-    "successful",
-    "failed",
-    "skipped",
-    "cancelled",
-    "uncertain",
-    "expired",
-)
-
 
 class StatusEventActivities(WorkerResources):
     """Records a batch's events and posts them, in order."""
@@ -41,30 +31,12 @@ class StatusEventActivities(WorkerResources):
         await batches.set_status(
             self._pool, batch_id, status=update.status, code=update.code, reason=update.reason
         )
-        payload: dict[str, Any] = {
-            "batch_id": update.batch_id,
-            "workflow_id": update.workflow_id,
-            "status": update.status,
-            "timestamp": datetime.now(UTC).isoformat(),
-        }
-        if update.message:
-            payload["message"] = update.message
-        metadata = (batch["request"].get("global") or {}).get("metadata")
-        if metadata:
-            payload["metadata"] = metadata
-        if update.code:
-            payload["code"] = update.code
-            payload["reason"] = update.reason
-        if update.error_codes is not None:
-            payload["error_codes"] = update.error_codes
-        if update.counts is not None:
-            payload.update(
-                {f"messages_{name}": getattr(update.counts, name) for name in FINAL_EVENT_FIELDS}
-            )
-        if batch["request"].get("send_window"):
-            payload["messages_waiting_for_window"] = await messages.count_waiting_for_window(
-                self._pool, batch_id
-            )
+        waiting = (
+            await messages.count_waiting_for_window(self._pool, batch_id)
+            if batch["request"].get("send_window")
+            else None
+        )
+        payload = events.event_payload(batch, update, waiting_for_window=waiting)
         recorded = await events.append_event(
             self._pool,
             batch_id=batch_id,

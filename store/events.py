@@ -1,12 +1,55 @@
 """Batch lifecycle events (the `/logs` of a batch) and their webhook delivery attempts."""
 
 import uuid
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from store.db import rows_affected
+from workflows.contracts import StatusUpdate
+
+# A final event's counts, as `messages_<name>`.
+FINAL_EVENT_FIELDS = (
+    "total",
+    "successful",
+    "failed",
+    "skipped",
+    "cancelled",
+    "uncertain",
+    "expired",
+)
+
+
+def event_payload(
+    batch: Mapping[str, Any], update: StatusUpdate, *, waiting_for_window: int | None
+) -> dict[str, Any]:
+    """What event `update` of `batch` (its row) says, to the log and the status webhook;
+    `waiting_for_window`, the rows waiting for their send window, for a batch with one."""
+    payload: dict[str, Any] = {
+        "batch_id": update.batch_id,
+        "workflow_id": update.workflow_id,
+        "status": update.status,
+        "timestamp": datetime.now(UTC).isoformat(),
+    }
+    if update.message:
+        payload["message"] = update.message
+    metadata = (batch["request"].get("global") or {}).get("metadata")
+    if metadata:
+        payload["metadata"] = metadata
+    if update.code:
+        payload["code"] = update.code
+        payload["reason"] = update.reason
+    if update.error_codes is not None:
+        payload["error_codes"] = update.error_codes
+    if update.counts is not None:
+        payload.update(
+            {f"messages_{name}": getattr(update.counts, name) for name in FINAL_EVENT_FIELDS}
+        )
+    if waiting_for_window is not None:
+        payload["messages_waiting_for_window"] = waiting_for_window
+    return payload
 
 
 async def append_event(

@@ -13,12 +13,12 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from activities.status_events import FINAL_EVENT_FIELDS
 from api.models import BatchRequest
 from api.services import batches as batch_service
 from api.services.housekeeping import UNSTARTED_AFTER, end_unstarted_batches
 from settings import Settings
 from store import idempotency
+from store.events import FINAL_EVENT_FIELDS
 from store.housekeeping import KEPT_RECEIPTS
 from temporal_client import connect_temporal
 from tests.support.batches import FINAL, start

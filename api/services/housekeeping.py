@@ -3,9 +3,8 @@ the batches no workflow will ever move on (`end_unstarted_batches`): at its star
 once an hour. Several processes doing so at once delete each row, and end each batch, once."""
 
 import asyncio
-import dataclasses
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -13,9 +12,9 @@ import structlog
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from store import batches, housekeeping
+from store import batches, events, housekeeping
 from store.db import UNAVAILABLE
-from workflows.contracts import BatchCounts
+from workflows.contracts import BatchCounts, StatusUpdate
 from workflows.statuses import BatchStatus
 
 log = structlog.get_logger(__name__)
@@ -90,19 +89,14 @@ async def end_unstarted_batches(pool: asyncpg.Pool, temporal: Client) -> list[uu
 def _final_event(batch: dict[str, Any]) -> dict[str, Any]:
     """The payload of the final event, as the workflow's own (`record_status`), counting no
     message: none was sent."""
-    request = batch["request"]
-    event: dict[str, Any] = {
-        "batch_id": str(batch["id"]),
-        "workflow_id": batch["workflow_id"],
-        "status": BatchStatus.FAILED,
-        "timestamp": datetime.now(UTC).isoformat(),
-    }
-    metadata = (request.get("global") or {}).get("metadata")
-    if metadata:
-        event["metadata"] = metadata
-    event["code"] = batches.NOT_STARTED
-    event["reason"] = UNSTARTED_REASON
-    event.update({f"messages_{field.name}": 0 for field in dataclasses.fields(BatchCounts)})
-    if request.get("send_window"):
-        event["messages_waiting_for_window"] = 0
-    return event
+    update = StatusUpdate(
+        batch_id=str(batch["id"]),
+        workflow_id=batch["workflow_id"],
+        event_seq=1,
+        status=BatchStatus.FAILED,
+        code=batches.NOT_STARTED,
+        reason=UNSTARTED_REASON,
+        counts=BatchCounts(),
+    )
+    waiting = 0 if batch["request"].get("send_window") else None
+    return events.event_payload(batch, update, waiting_for_window=waiting)
