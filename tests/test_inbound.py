@@ -2,6 +2,7 @@
 STOP/START change opt-outs, HELP is answered, anything unsigned is refused."""
 
 import secrets
+from typing import Any
 
 import asyncpg
 import httpx
@@ -225,23 +226,34 @@ async def test_a_post_that_cannot_reach_its_conversation_can_be_retried(
     assert failed.status_code == 503
     assert error_code(failed) == "TEMPORAL_UNAVAILABLE"
     assert retried.status_code == 200
-    [answer] = await received_by(emulator_url, user, 1)
-    assert answer["body"] == settings.help_reply
-    [opened] = await conversations_with(api, account, user)
-    detail = await conversation_when(
-        api, account, opened["conversation_id"], lambda c: c["messages"][-1]["status"] == "sent"
-    )
+    opened, detail = await help_answered(api, account, settings, emulator_url, user)
     assert [(m["sender"], m["body"]) for m in detail["messages"]] == [
         ("USER", "HELP"),
         ("AGENT", settings.help_reply),
     ]
     # The message and its answer reach the workflow in one signal: no post can hand over the
     # one without the other.
-    history = await temporal.get_workflow_handle(opened["workflow_id"]).fetch_history()
-    signals = [
-        e for e in history.events if e.HasField("workflow_execution_signaled_event_attributes")
-    ]
-    assert len(signals) == 1
+    assert await signals_to(temporal, opened["workflow_id"]) == 1
+
+
+async def help_answered(
+    api: httpx.AsyncClient, account: Account, settings: Settings, emulator_url: str, user: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The user's conversation, and its detail once its last message is sent: the HELP
+    answer, which the user received, once."""
+    [answer] = await received_by(emulator_url, user, 1)
+    assert answer["body"] == settings.help_reply
+    [opened] = await conversations_with(api, account, user)
+    detail = await conversation_when(
+        api, account, opened["conversation_id"], lambda c: c["messages"][-1]["status"] == "sent"
+    )
+    return opened, detail
+
+
+async def signals_to(temporal: Client, workflow_id: str) -> int:
+    """How many signals the workflow's history holds."""
+    history = await temporal.get_workflow_handle(workflow_id).fetch_history()
+    return sum(e.HasField("workflow_execution_signaled_event_attributes") for e in history.events)
 
 
 class _Killed(Exception):
@@ -273,23 +285,14 @@ async def test_a_post_whose_process_died_before_the_signal_is_signalled_on_the_r
 
     assert died.status_code == 500
     assert retried.status_code == 200
-    [answer] = await received_by(emulator_url, user, 1)
-    assert answer["body"] == settings.help_reply
-    [opened] = await conversations_with(api, account, user)
-    detail = await conversation_when(
-        api, account, opened["conversation_id"], lambda c: c["messages"][-1]["status"] == "sent"
-    )
+    opened, detail = await help_answered(api, account, settings, emulator_url, user)
     assert [(m["sender"], m["kind"]) for m in detail["messages"]] == [
         ("USER", "message"),
         ("AGENT", "help"),
     ]
     repeated = await post_inbound(api, settings, form)
     assert repeated.status_code == 200
-    history = await temporal.get_workflow_handle(opened["workflow_id"]).fetch_history()
-    signals = [
-        e for e in history.events if e.HasField("workflow_execution_signaled_event_attributes")
-    ]
-    assert len(signals) == 1
+    assert await signals_to(temporal, opened["workflow_id"]) == 1
     assert len(await emulator_messages(emulator_url, to=user)) == 1
 
 

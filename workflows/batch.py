@@ -182,8 +182,6 @@ class BatchWorkflow:
         self._opening_reports: asyncio.Task[None] | None = None
         # Held by each control handler while it steers the chunks (CONTROL_IN_TURN_PATCH).
         self._control = asyncio.Lock()
-        # Once the final event is recorded (NO_EVENT_AFTER_FINAL_PATCH).
-        self._ended = False
         state = input.state
         if state is None:
             self._events_recorded = self._events_delivered = input.first_event_seq
@@ -935,7 +933,9 @@ class BatchWorkflow:
             self._resume_status = status
             return
         async with self._report_lock:
-            if self._ended and workflow.patched(NO_EVENT_AFTER_FINAL_PATCH):
+            # Under the lock, a final status is one whose event is recorded.
+            ended = self._status in FINAL_BATCH_STATUSES
+            if ended and workflow.patched(NO_EVENT_AFTER_FINAL_PATCH):
                 return
             seq = self._events_recorded + 1
             if status != self._status:
@@ -959,7 +959,6 @@ class BatchWorkflow:
                 StatusEventActivities.record_status, update, timedelta(seconds=30), queued=queued
             )
             self._events_recorded = seq
-            self._ended = counts is not None
 
     async def _deliver_events(self) -> None:
         """Post recorded events to the status webhook in order, without holding sends back.
