@@ -86,6 +86,37 @@ def test_a_port_is_handed_out_once_per_process() -> None:
     assert len(set(picked)) == len(picked)
 
 
+def test_a_port_held_by_another_process_is_not_handed_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tests pick a stack's ports and its launcher, another process, picks its workers':
+    a port one picked and does not listen on yet (the API starts last) is not the other's."""
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from deploy.local.processes import free_port\n"
+            "print(*(free_port() for _ in range(20)), flush=True)\n"
+            "input()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout is not None
+        held = [int(port) for port in other.stdout.readline().split()]
+        monkeypatch.setattr(
+            "deploy.local.processes.random.sample",
+            lambda candidates, k: held + [p for p in candidates if p not in held][:k],
+        )
+
+        assert len(held) == 20
+        assert free_port() not in held
+    finally:
+        other.communicate("\n", timeout=30)
+
+
 @pytest.mark.parametrize("name", PORT_SETTINGS)
 def test_a_taken_port_stops_the_launcher_before_it_starts_anything(
     name: str, tmp_path: Path

@@ -1,15 +1,18 @@
 """Child processes of the local stack: start in their own group, wait until ready, stop."""
 
+import fcntl
 import os
 import random
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -33,26 +36,52 @@ def ephemeral_ports() -> range:
     return range(low, high + 1)
 
 
-# The ports free_port has handed out in this process: none is handed out twice.
-_handed_out: set[int] = set()
+# Every port free_port hands out is held, until this process ends, as a one-byte lock at its
+# offset in this file: a POSIX record lock, released by the kernel when its holder exits. So a
+# port picked by one process and not listened on yet (a worker's metrics port, an API started
+# last) is not handed out by another: the tests pick a stack's ports, and its launcher, another
+# process, picks its workers' ports.
+PICKED_PORTS_FILE = Path(tempfile.gettempdir()) / f"herald-picked-ports-{os.getuid()}.lock"
 _handing_out = threading.Lock()
+_picked_ports: BinaryIO | None = None
+_held: set[int] = set()
+
+
+def _picked_ports_file() -> BinaryIO:
+    """This process's one handle on the file: closing any handle on it would drop every lock
+    this process holds, so it is opened once and kept open."""
+    global _picked_ports
+    if _picked_ports is None:
+        descriptor = os.open(PICKED_PORTS_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        _picked_ports = os.fdopen(descriptor, "r+b")
+    return _picked_ports
+
+
+def _hold(port: int) -> bool:
+    """Whether this process now holds port, no process (itself included) having held it.
+    A process's own locks never conflict with each other, hence the set beside them."""
+    if port in _held:
+        return False
+    try:
+        fcntl.lockf(_picked_ports_file(), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+    except OSError:
+        return False
+    _held.add(port)
+    return True
 
 
 def free_port() -> int:
     """A port free now, outside the kernel's ephemeral range: no outgoing connection is ever
     given it, so a server stopped and started again on it (a restart on the same port) finds
     it still free. Random, so that stacks started side by side rarely pick the same one; never
-    one handed out before in this process, which may not be listened on yet (a worker's
-    metrics ports, picked together before the workers start)."""
+    one handed out before by a process still running (it may not be listened on yet)."""
     ephemeral = ephemeral_ports()
     candidates = [p for p in range(LOWEST_PICKED_PORT, 65536) if p not in ephemeral] or list(
         range(1024, ephemeral.start)
     )
     with _handing_out:
-        unused = [port for port in candidates if port not in _handed_out]
-        for port in random.sample(unused, min(len(unused), 200)):
-            if port_free(port):
-                _handed_out.add(port)
+        for port in random.sample(candidates, min(len(candidates), 400)):
+            if port_free(port) and _hold(port):
                 return port
     raise RuntimeError("no free port outside the ephemeral range")
 
