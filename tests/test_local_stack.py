@@ -464,13 +464,14 @@ def test_workers_killed_mid_batch_are_started_again_and_the_batch_finishes(
 ) -> None:
     numbers = unique_numbers(2_000)
     # A dead worker's slice and workflows are taken over after the heartbeat and sticky
-    # timeouts, and reconciliation waits out the carrier timeout (30, 10 and 30 s by
-    # default): the supervision is under test here, not how long those waits are.
+    # timeouts, and reconciliation waits out the carrier timeout and a margin (30, 10, 30
+    # and 5 s by default): the supervision is under test here, not how long those waits are.
     quick = {
         **stack_env,
         "HERALD_SEND_HEARTBEAT_TIMEOUT_SECONDS": "3",
         "HERALD_STICKY_TIMEOUT_SECONDS": "2",
-        "HERALD_CARRIER_TIMEOUT_SECONDS": "5",
+        "HERALD_CARRIER_TIMEOUT_SECONDS": "3",
+        "HERALD_RECONCILE_MARGIN_SECONDS": "0.5",
     }
     with launched(quick) as (launcher, dev):
         # Slow answers, so the batch is still sending when its workers die.

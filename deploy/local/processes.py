@@ -1,6 +1,7 @@
 """Child processes of the local stack: start in their own group, wait until ready, stop."""
 
 import fcntl
+import functools
 import os
 import random
 import signal
@@ -75,15 +76,20 @@ def free_port() -> int:
     given it, so a server stopped and started again on it (a restart on the same port) finds
     it still free. Random, so that stacks started side by side rarely pick the same one; never
     one handed out before by a process still running (it may not be listened on yet)."""
-    ephemeral = ephemeral_ports()
-    candidates = [p for p in range(LOWEST_PICKED_PORT, 65536) if p not in ephemeral] or list(
-        range(1024, ephemeral.start)
-    )
+    candidates = _candidate_ports()
     with _handing_out:
         for port in random.sample(candidates, min(len(candidates), 400)):
             if port_free(port) and _hold(port):
                 return port
     raise RuntimeError("no free port outside the ephemeral range")
+
+
+@functools.cache
+def _candidate_ports() -> list[int]:
+    ephemeral = ephemeral_ports()
+    return [p for p in range(LOWEST_PICKED_PORT, 65536) if p not in ephemeral] or list(
+        range(1024, ephemeral.start)
+    )
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:

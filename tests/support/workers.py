@@ -10,11 +10,11 @@ from settings import Settings
 
 # A dead worker's slices are retried after this, and its workflows taken over after that,
 # rather than after the defaults' 30 s and 10 s.
-HEARTBEAT_TIMEOUT_SECONDS = 5.0
+HEARTBEAT_TIMEOUT_SECONDS = 3.0
 STICKY_TIMEOUT_SECONDS = 1.0
 # Reconciliation waits this (plus a margin) after a row last changed before it asks the
 # carrier: shorter than the default 30 s, and still above the tests' slowest answers.
-CARRIER_TIMEOUT_SECONDS = 5.0
+CARRIER_TIMEOUT_SECONDS = 3.0
 
 
 def crash_settings(settings: Settings, **changes: object) -> Settings:
