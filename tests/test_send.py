@@ -16,6 +16,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.app import create_app
 from api.conversation_models import SendRequest
+from api.services import send as send_service
 from api.services.send import request_hash
 from settings import Settings
 from store import idempotency, numbers, opt_outs
@@ -173,9 +174,12 @@ async def test_a_repeated_request_waits_for_the_first_ones_reply(
     assert await emulator_messages(emulator_url, to=user) == []
 
 
-async def test_a_key_whose_first_request_never_finishes_is_in_progress(
-    settings: Settings, account: Account, pool: asyncpg.Pool
+async def test_a_key_whose_first_request_recorded_nothing_is_taken_over_by_a_repeat(
+    settings: Settings, account: Account, pool: asyncpg.Pool, emulator_url: str
 ) -> None:
+    """The first request claimed the key and stopped before its message was recorded (its
+    process died): a repeat past the wait sends the message, and later repeats get its reply.
+    Before, every repeat was refused until the key expired, with nothing sent."""
     user = unique_numbers(1)[0]
     key = secrets.token_hex(8)
     body = {"user_number": user, "agent_number": account.agent_number, "agent_message": "stuck"}
@@ -184,10 +188,73 @@ async def test_a_key_whose_first_request_never_finishes_is_in_progress(
     )
 
     async with api_client(settings.model_copy(update={"idempotency_wait_seconds": 0.5})) as api:
-        response = await send(api, account, user, key=key, agent_message="stuck")
+        repeated = await send(api, account, user, key=key, agent_message="stuck")
+        again = await send(api, account, user, key=key, agent_message="stuck")
 
-    assert response.status_code == 409
-    assert error_code(response) == "IDEMPOTENCY_KEY_IN_PROGRESS"
+    assert repeated.status_code == 200, repeated.text
+    assert again.json() == repeated.json()
+    assert len(await received_by(emulator_url, user, 1)) == 1
+
+
+async def test_a_first_request_stuck_past_the_wait_answers_with_the_repeats_reply(
+    settings: Settings, account: Account, emulator_url: str
+) -> None:
+    """The first request stalls after claiming its key, past the wait: a repeat takes the key
+    over and sends; the first, going on, records nothing and answers with the repeat's reply.
+    One message is sent."""
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+    first_claimed, repeat_sent = asyncio.Event(), asyncio.Event()
+    real_prepared = send_service._prepared
+    calls = 0
+
+    async def stalls_first(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            first_claimed.set()  # its key's claim committed
+            await repeat_sent.wait()
+        return await real_prepared(*args)
+
+    impatient = settings.model_copy(update={"idempotency_wait_seconds": 0.5})
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(send_service, "_prepared", stalls_first)
+        async with api_client(impatient) as api:
+            first = asyncio.ensure_future(send(api, account, user, key=key, agent_message="one"))
+            async with asyncio.timeout(10):
+                await first_claimed.wait()
+            repeated = await send(api, account, user, key=key, agent_message="one")
+            repeat_sent.set()
+            answered = await first
+
+    assert repeated.status_code == answered.status_code == 200, (repeated.text, answered.text)
+    assert answered.json() == repeated.json()
+    assert calls == 2
+    assert len(await received_by(emulator_url, user, 1)) == 1
+
+
+async def test_a_request_whose_key_was_taken_over_records_nothing_under_it(
+    account: Account, pool: asyncpg.Pool
+) -> None:
+    """A first request stuck past the wait, then going on, after a repeat took its key over:
+    it can neither record its message under the key nor free the repeat's claim."""
+    key = secrets.token_hex(8)
+    first = await idempotency.claim(pool, account.account_id, key, "hash", ttl=timedelta(hours=1))
+    assert first is not None
+
+    repeat = await idempotency.take_over(pool, account.account_id, first)
+    assert repeat is not None and repeat.claimed_at > first.claimed_at
+    # Only one repeat gets it.
+    assert await idempotency.take_over(pool, account.account_id, first) is None
+    async with pool.acquire() as conn:
+        recorded = await idempotency.hold_message(conn, account.account_id, first, uuid.uuid4())
+    await idempotency.release(pool, account.account_id, first)
+
+    assert not recorded
+    stored = await idempotency.get(pool, account.account_id, key)
+    assert stored is not None and (stored.claimed_at, stored.message) == (repeat.claimed_at, None)
+    async with pool.acquire() as conn:
+        assert await idempotency.hold_message(conn, account.account_id, repeat, uuid.uuid4())
 
 
 async def test_an_expired_key_is_claimed_again(

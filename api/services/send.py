@@ -45,11 +45,6 @@ class IdempotencyKeyReused(HeraldError):
     code = "IDEMPOTENCY_KEY_REUSED"
 
 
-class IdempotencyKeyInProgress(HeraldError):
-    status_code = 409
-    code = "IDEMPOTENCY_KEY_IN_PROGRESS"
-
-
 class InvalidParams(HeraldError):
     code = "INVALID_PARAMS"
 
@@ -147,31 +142,59 @@ async def send_message(
     held_for = request_hash(body)
     ttl = timedelta(hours=settings.idempotency_ttl_hours)
     while True:
-        if await idempotency.claim(pool, account_id, idempotency_key, held_for, ttl=ttl):
-            try:
-                reply = await _send(
-                    pool,
-                    temporal,
-                    settings,
-                    await _prepared(pool, account_id, body),
-                    idempotency_key=idempotency_key,
-                )
-            except Exception:
-                # Nothing reached the conversation (refused or not signalled): free the key. A
-                # key whose message is queued or signalled is kept (idempotency.release).
-                await idempotency.release(pool, account_id, idempotency_key)
-                raise
-            await idempotency.complete(pool, account_id, idempotency_key, reply.model_dump())
-            return reply
-        first = await _first_reply(
-            pool, account_id, idempotency_key, held_for, settings.idempotency_wait_seconds
-        )
-        if isinstance(first, SendReply):
-            return first
-        if first is not None:
-            return await _finish_first(
-                pool, temporal, settings, account_id, idempotency_key, body, first
+        claim = await idempotency.claim(pool, account_id, idempotency_key, held_for, ttl=ttl)
+        if claim is None:
+            first = await _first_reply(
+                pool, account_id, idempotency_key, held_for, settings.idempotency_wait_seconds
             )
+            if first is None:
+                continue  # the key is free again: claim it
+            if isinstance(first, SendReply):
+                return first
+            held = idempotency.Claim(idempotency_key, first.claimed_at)
+            if first.message is not None:
+                return await _finish_first(
+                    pool, temporal, settings, account_id, body, held, first.message
+                )
+            # The first request recorded no message within the wait: it died before, or is
+            # stuck. The repeat takes its place, and it can record none any more.
+            claim = await idempotency.take_over(pool, account_id, held)
+            if claim is None:
+                continue  # another repeat took it over, or the message came: wait again
+        reply = await _send_holding(pool, temporal, settings, account_id, body, claim)
+        if reply is not None:
+            return reply
+
+
+async def _send_holding(
+    pool: asyncpg.Pool,
+    temporal: Client,
+    settings: Settings,
+    account_id: uuid.UUID,
+    body: SendRequest,
+    claim: idempotency.Claim,
+) -> SendReply | None:
+    """The send of the request holding `claim`, its reply stored with the key; None when a
+    repeat took the key over before its message was recorded (nothing recorded: the
+    repeat's reply is this request's too)."""
+    try:
+        reply = await _send(
+            pool, temporal, settings, await _prepared(pool, account_id, body), claim=claim
+        )
+    except _ClaimTakenOver:
+        return None
+    except Exception:
+        # Nothing reached the conversation (refused or not signalled): free the key. A key
+        # whose message is queued or signalled is kept (idempotency.release).
+        await idempotency.release(pool, account_id, claim)
+        raise
+    await idempotency.complete(pool, account_id, claim.key, reply.model_dump())
+    return reply
+
+
+class _ClaimTakenOver(Exception):
+    """A repeat took the request's idempotency key over before its message was recorded:
+    its transaction is rolled back."""
 
 
 async def _prepared(pool: asyncpg.Pool, account_id: uuid.UUID, body: SendRequest) -> PreparedSend:
@@ -205,9 +228,9 @@ async def _campaign_message(
 
 async def _first_reply(
     pool: asyncpg.Pool, account_id: uuid.UUID, key: str, request_hash: str, wait_seconds: float
-) -> SendReply | idempotency.HeldMessage | None:
-    """The reply of the request that holds the key, once it has one, or the message it
-    recorded if it holds the key `wait_seconds` without a reply; None if the key is free."""
+) -> SendReply | idempotency.StoredKey | None:
+    """The reply of the request that holds the key, once it has one, or the key as it is if
+    that request holds it `wait_seconds` without a reply; None if the key is free."""
     while True:
         stored = await idempotency.get(pool, account_id, key)
         if stored is None:
@@ -219,11 +242,7 @@ async def _first_reply(
         if stored.reply is not None:
             return SendReply(**stored.reply)
         if stored.claimed_seconds_ago >= wait_seconds:
-            if stored.message is not None:
-                return stored.message
-            raise IdempotencyKeyInProgress(
-                f"the first request with idempotency key {key!r} has not finished; retry later"
-            )
+            return stored
         await asyncio.sleep(POLL_SECONDS)
 
 
@@ -232,8 +251,8 @@ async def _finish_first(
     temporal: Client,
     settings: Settings,
     account_id: uuid.UUID,
-    key: str,
     body: SendRequest,
+    claimed: idempotency.Claim,
     held: idempotency.HeldMessage,
 ) -> SendReply:
     """The first request with the key recorded its message and stopped before its reply (its
@@ -250,14 +269,14 @@ async def _finish_first(
         try:
             await _hand_over(pool, temporal, settings, conversation, held.message_id, timers)
         except HeraldError:
-            await idempotency.release(pool, account_id, key)
+            await idempotency.release(pool, account_id, claimed)
             raise
     reply = SendReply(
         conversation_id=str(conversation["id"]),
         message_id=str(held.message_id),
         workflow_id=conversation["workflow_id"],
     )
-    await idempotency.complete(pool, account_id, key, reply.model_dump())
+    await idempotency.complete(pool, account_id, claimed.key, reply.model_dump())
     return reply
 
 
@@ -296,7 +315,7 @@ async def _send(
     settings: Settings,
     prepared: PreparedSend,
     *,
-    idempotency_key: str | None = None,
+    claim: idempotency.Claim | None = None,
 ) -> SendReply:
     body = prepared.body
     if not await numbers.has_number(pool, prepared.account_id, prepared.agent_number):
@@ -340,8 +359,10 @@ async def _send(
             content_sid=body.content_sid,
             content_variables=prepared.content_variables,
         )
-        if idempotency_key is not None:
-            await idempotency.hold_message(conn, prepared.account_id, idempotency_key, message_id)
+        if claim is not None and not await idempotency.hold_message(
+            conn, prepared.account_id, claim, message_id
+        ):
+            raise _ClaimTakenOver
     await _hand_over(pool, temporal, settings, conversation, message_id, prepared.timers)
     return SendReply(
         conversation_id=str(conversation["id"]),
