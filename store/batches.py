@@ -184,6 +184,20 @@ async def set_unstarted(
         )
 
 
+async def keep_queued(pool: asyncpg.Pool, batch_id: uuid.UUID) -> bool:
+    """Note that a request is about to start a batch `queued` with no code (a repeat of the
+    request whose API process stopped before the start), so that housekeeping, which may have
+    found no workflow for it a moment ago, no longer ends it (`end_unstarted` wants it
+    untouched for a while); False when it is no longer such a batch (housekeeping ended it,
+    or a workflow moved it on)."""
+    status = await pool.execute(
+        "UPDATE batches SET updated_at = now()"
+        " WHERE id = $1 AND status = 'queued' AND code IS NULL",
+        batch_id,
+    )
+    return rows_affected(status) == 1
+
+
 async def unstarted_batches(pool: asyncpg.Pool, older_than: timedelta) -> list[dict]:
     """Batches `queued` for longer than `older_than` whose workflow never recorded an event:
     left so by an API process that stopped between recording the batch and starting its

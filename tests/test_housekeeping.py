@@ -17,7 +17,7 @@ from api.models import BatchRequest
 from api.services import batches as batch_service
 from api.services.housekeeping import UNSTARTED_AFTER, end_unstarted_batches
 from settings import Settings
-from store import idempotency
+from store import batches, idempotency
 from store.events import FINAL_EVENT_FIELDS
 from store.housekeeping import KEPT_RECEIPTS
 from temporal_client import connect_temporal
@@ -177,3 +177,116 @@ async def test_a_batch_its_api_stopped_before_starting_ends_not_started_and_its_
     assert sorted(m["to"] for m in await received(emulator_url, marker)) == sorted(numbers)
     statuses = [(e["seq"], e["status"]) for e in file_logs["data"]["events"]]
     assert statuses[:2] == [(1, "failed"), (2, "validating")]
+
+
+async def _stranded_file_batch(
+    api: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+) -> tuple[uuid.UUID, dict[str, Any]]:
+    """A file's batch recorded and left `queued` past UNSTARTED_AFTER, its workflow never
+    started (its API process stopped first); and its request."""
+    file_id = await attach(api, account.headers, csv_bytes(["phone_number"], [unique_numbers(1)]))
+    request = {"global": {"agent_number": account.agent_number, "agent_message": "again"}}
+
+    async def stop(*args: Any) -> None:
+        raise ApiStopped
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(batch_service, "_start_workflow", stop)
+        with pytest.raises(ApiStopped):
+            await batch_service.start_batch(
+                pool,
+                temporal,
+                settings,
+                account.account_id,
+                BatchRequest.model_validate({"file_id": file_id, **request}),
+            )
+    await pool.execute(
+        "UPDATE batches SET created_at = created_at - $2::interval,"
+        " updated_at = updated_at - $2::interval WHERE id = $1",
+        uuid.UUID(file_id),
+        UNSTARTED_AFTER + timedelta(minutes=1),
+    )
+    return uuid.UUID(file_id), request
+
+
+async def _ends_unstarted(pool: asyncpg.Pool, batch_id: uuid.UUID) -> bool:
+    """Housekeeping's end of the batch, its Temporal having said no workflow a moment ago."""
+    return await batches.end_unstarted(
+        pool,
+        batch_id,
+        older_than=UNSTARTED_AFTER,
+        code=batches.NOT_STARTED,
+        reason="the API stopped before starting it",
+        event={"status": "failed"},
+    )
+
+
+async def _start_idle(
+    pool: asyncpg.Pool,
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    batch_id: uuid.UUID,
+    request: dict[str, Any],
+) -> None:
+    """The batch's request again, as its route runs it, the workflow on a task queue no
+    worker polls (it records no event); not through an API app, whose own housekeeping
+    would end the batch as it starts."""
+    idle = settings.model_copy(update={"task_queue": f"no-worker-{secrets.token_hex(4)}"})
+    await batch_service.start_batch(
+        pool,
+        temporal,
+        idle,
+        account.account_id,
+        BatchRequest.model_validate({"file_id": str(batch_id), **request}),
+    )
+
+
+async def test_a_batch_its_request_starts_as_housekeeping_looks_is_not_ended(
+    settings: Settings,
+    api: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    temporal: Client,
+    account: Account,
+) -> None:
+    """Housekeeping found no workflow for the batch; the request again starts it before
+    housekeeping ends it: the batch is not ended, as its workflow runs."""
+    batch_id, request = await _stranded_file_batch(api, pool, temporal, settings, account)
+    await _start_idle(pool, temporal, settings, account, batch_id, request)
+    ended = await _ends_unstarted(pool, batch_id)
+    row = await pool.fetchrow("SELECT status, code FROM batches WHERE id = $1", batch_id)
+    await temporal.get_workflow_handle(batch_workflow_id(str(batch_id))).terminate("test")
+
+    assert not ended
+    assert (row["status"], row["code"]) == ("queued", None)
+
+
+async def test_a_batch_housekeeping_ends_as_its_request_starts_it_is_started_after_the_end(
+    settings: Settings,
+    api: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    temporal: Client,
+    account: Account,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Housekeeping ends the batch just after the request again read it `queued`: the
+    request starts it as the new attempt at an ended one, not a workflow under a batch
+    `failed`."""
+    batch_id, request = await _stranded_file_batch(api, pool, temporal, settings, account)
+    recorded = batches.create_batch
+
+    async def read_then_ended(*args: Any, **kwargs: Any) -> Any:
+        found = await recorded(*args, **kwargs)
+        assert await _ends_unstarted(pool, batch_id)
+        return found
+
+    monkeypatch.setattr(batch_service.batches, "create_batch", read_then_ended)
+    await _start_idle(pool, temporal, settings, account, batch_id, request)
+    row = await pool.fetchrow("SELECT status, code FROM batches WHERE id = $1", batch_id)
+    await temporal.get_workflow_handle(batch_workflow_id(str(batch_id))).terminate("test")
+
+    assert (row["status"], row["code"]) == ("queued", None)

@@ -267,6 +267,12 @@ async def start_batch(
         # Started before: nothing to start, even once Temporal has forgotten that run (past
         # its namespace's retention), when a start would validate and send the file again.
         return BatchStarted(batch_id=str(file_id), workflow_id=workflow_id)
+    elif not created and not await batches.keep_queued(pool, file_id):
+        # Housekeeping ended it as never started since it was read: this request is the new
+        # attempt. (Or a workflow moved it on: then the start below finds it started.)
+        await batches.set_unstarted(
+            pool, file_id, unstarted=False, code=batches.NOT_STARTED, reason=None
+        )
     if created and references:
         await messages.add_references(pool, account_id, file_id, references)
     timing = _timing(request)
