@@ -213,11 +213,16 @@ async def requeue_message(
 async def fail_queued_message(
     pool: asyncpg.Pool, message_id: uuid.UUID, *, error_code: str, error_message: str
 ) -> bool:
-    """Mark the message `failed` while no send has claimed it; whether it was still queued."""
+    """After a failed signal: mark the message `failed` with `error_code` while it is queued
+    and no signal of it reached its workflow (`signalled_at`); whether it is not being sent,
+    failed so now or by another request whose signal failed the same way (two repeats of
+    one send at once). False when a send has claimed it or a signal of it went through."""
     failed = await pool.fetchval(
-        "UPDATE conversation_messages SET status = 'failed', error_code = $2,"
-        " error_message = $3, updated_at = now() WHERE id = $1 AND status = 'queued'"
-        " RETURNING true",
+        "WITH failed AS (UPDATE conversation_messages SET status = 'failed', error_code = $2,"
+        " error_message = $3, updated_at = now()"
+        " WHERE id = $1 AND status = 'queued' AND signalled_at IS NULL RETURNING true)"
+        " SELECT EXISTS (SELECT FROM failed) OR EXISTS (SELECT FROM conversation_messages"
+        " WHERE id = $1 AND status = 'failed' AND error_code = $2 AND signalled_at IS NULL)",
         message_id,
         error_code,
         error_message,
@@ -249,9 +254,3 @@ async def list_messages(
         account_id,
     )
     return [dict(r) for r in rows]
-
-
-async def forget_messages(pool: asyncpg.Pool, message_ids: list[uuid.UUID]) -> None:
-    """Drop messages of an inbound post its conversation never heard of, so the carrier's
-    retry of the webhook is taken as new rather than as a repeat."""
-    await pool.execute("DELETE FROM conversation_messages WHERE id = ANY($1::uuid[])", message_ids)

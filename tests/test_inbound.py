@@ -10,10 +10,12 @@ import pytest
 from temporalio.client import Client
 from twilio.request_validator import RequestValidator
 
+from api.app import create_app
 from settings import INBOUND_PATH, Settings
 from store import opt_outs
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.sending import (
+    SignalAnswerLost,
     conversation,
     conversation_when,
     eventually,
@@ -293,6 +295,41 @@ async def test_a_post_whose_process_died_before_the_signal_is_signalled_on_the_r
     repeated = await post_inbound(api, settings, form)
     assert repeated.status_code == 200
     assert await signals_to(temporal, opened["workflow_id"]) == 1
+    assert len(await emulator_messages(emulator_url, to=user)) == 1
+
+
+async def test_a_post_whose_signal_arrived_but_whose_answer_was_lost_is_answered_once(
+    account: Account,
+    settings: Settings,
+    sender: str,
+    pool: asyncpg.Pool,
+    emulator_url: str,
+    temporal: Client,
+) -> None:
+    """The signal of a HELP reached the workflow, which began sending the answer, but its
+    answer was lost (503): the carrier's repeat hands the same two messages over, so the user
+    gets one answer and the conversation holds the message once."""
+    user = unique_numbers(1)[0]
+    form = inbound_form(settings, to=sender, from_=user, body="HELP")
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        app.state.temporal = SignalAnswerLost(
+            app.state.temporal, pool, lambda signal: signal.answer_id
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as lost:
+            failed = await post_inbound(lost, settings, form)
+    async with api_client(settings) as api:
+        retried = await post_inbound(api, settings, form)
+        opened, detail = await help_answered(api, account, settings, emulator_url, user)
+
+    assert failed.status_code == 503
+    assert retried.status_code == 200
+    assert [(m["sender"], m["kind"]) for m in detail["messages"]] == [
+        ("USER", "message"),
+        ("AGENT", "help"),
+    ]
+    assert await signals_to(temporal, opened["workflow_id"]) == 2
     assert len(await emulator_messages(emulator_url, to=user)) == 1
 
 

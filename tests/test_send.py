@@ -12,7 +12,6 @@ import asyncpg
 import httpx
 import pytest
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 
 from api.app import create_app
 from api.conversation_models import SendRequest
@@ -24,9 +23,9 @@ from store.accounts import create_account, create_api_key
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.pages import every_page
 from tests.support.sending import (
+    SignalAnswerLost,
     conversation,
     conversation_when,
-    eventually,
     received_by,
     send,
     send_ok,
@@ -329,33 +328,6 @@ async def test_without_temporal_the_send_fails_and_its_key_is_free_again(
     assert len(await emulator_messages(emulator_url, to=user)) == 1
 
 
-class _AnswerLost:
-    """The real Temporal client, whose start of a conversation reaches the server and then
-    fails as a connection cut before the answer would: once the workflow has claimed the
-    message (so that the failure comes after the send began)."""
-
-    def __init__(self, client: Client, pool: asyncpg.Pool) -> None:
-        self._client = client
-        self._pool = pool
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    async def start_workflow(self, *args: Any, **kwargs: Any) -> Any:
-        await self._client.start_workflow(*args, **kwargs)
-        [signal] = kwargs["start_signal_args"]
-        await eventually(
-            lambda: self._pool.fetchval(
-                "SELECT status FROM conversation_messages WHERE id = $1",
-                uuid.UUID(signal.message_id),
-            ),
-            lambda status: status != "queued",
-        )
-        raise RPCError(
-            "connection reset after the request was sent", RPCStatusCode.UNAVAILABLE, b""
-        )
-
-
 async def test_a_send_whose_signal_arrived_but_whose_answer_was_lost_is_the_send(
     settings: Settings, account: Account, pool: asyncpg.Pool, emulator_url: str
 ) -> None:
@@ -363,7 +335,9 @@ async def test_a_send_whose_signal_arrived_but_whose_answer_was_lost_is_the_send
     key = secrets.token_hex(8)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        app.state.temporal = _AnswerLost(app.state.temporal, pool)
+        app.state.temporal = SignalAnswerLost(
+            app.state.temporal, pool, lambda signal: signal.message_id
+        )
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as api:
             first = await send(api, account, user, key=key, agent_message="once")
@@ -430,6 +404,40 @@ async def test_a_send_stopped_before_its_signal_is_signalled_by_its_repeat(
     ]
     assert data["workflow_id"] == detail["workflow_id"]
     assert again.json() == repeated.json()
+    assert len(await emulator_messages(emulator_url, to=user)) == 1
+
+
+async def test_two_repeats_whose_signals_both_fail_answer_503_and_a_later_one_sends(
+    settings: Settings, account: Account, emulator_url: str
+) -> None:
+    """The first request committed its message and died before its signal; two repeats at
+    once, Temporal down: neither answers 200 for the message one of them failed, and the next
+    repeat, Temporal back, sends it once."""
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+    impatient = settings.model_copy(update={"idempotency_wait_seconds": 0.5})
+    down = impatient.model_copy(update={"temporal_address": "127.0.0.1:1"})
+
+    async with api_client(impatient) as api:
+        await _stops_after_the_commit(api, account, user, key, _ProcessKilled)
+    async with api_client(down) as unreachable:
+        repeats = await asyncio.gather(
+            *(send(unreachable, account, user, key=key, agent_message="once") for _ in range(2))
+        )
+    async with api_client(impatient) as api:
+        later = await send(api, account, user, key=key, agent_message="once")
+        opened = later.json()["data"]["conversation_id"]
+        detail = await conversation_when(
+            api, account, opened, lambda c: c["messages"][-1]["status"] == "sent"
+        )
+
+    assert [r.status_code for r in repeats] == [503, 503], [r.text for r in repeats]
+    assert later.status_code == 200, later.text
+    # The first request's message failed unsent; the later repeat's is the one sent.
+    assert [(m["status"], m["error_code"]) for m in detail["messages"]] == [
+        ("failed", "TEMPORAL_UNAVAILABLE"),
+        ("sent", None),
+    ]
     assert len(await emulator_messages(emulator_url, to=user)) == 1
 
 

@@ -15,7 +15,7 @@ from activities.recipients.rows import kept_request_data, request_field, row_req
 from api.errors import InvalidRequest
 from api.models import kept_stored_fields
 from api.services import batch_checks
-from api.services.batches import AgentNumberNotFound, TemporalUnavailable
+from api.services.batches import AgentNumberNotFound
 from api.services.conversations import signal_conversation
 from settings import Settings
 from store import conversation_messages, conversations, files, inbound, messages, numbers, opt_outs
@@ -52,9 +52,8 @@ async def receive(
     and signal it; STOP and START change the opt-out of the account that holds the sender.
 
     Each MessageSid changes an opt-out at most once, ever, and is signalled once: a post whose
-    signal fails forgets its message (not its opt-out change), so the carrier's retry is
-    recorded and signalled then; a post that stopped between its commit and its signal (its
-    process died) left its message unsignalled (`signalled_at`), and the retry signals it.
+    signal failed (503), or that stopped between its commit and its signal (its process
+    died), left its message unsignalled (`signalled_at`), and the carrier's retry signals it.
     A post that died after its signal and before `signalled_at` was written has its message
     signalled again by the retry: its workflow then posts the message's event again (the same
     `webhook-id`) and sends nothing twice (claim_message)."""
@@ -124,20 +123,21 @@ async def receive(
             pool, unsignalled.conversation_id
         )
         message_id, help_id = unsignalled.message_id, unsignalled.answer_id
-    handed = [m for m in (message_id, help_id) if m is not None]
-    try:
-        await signal_conversation(
-            temporal,
-            settings,
-            conversation,
-            message_id=message_id,
-            sender="USER",
-            answer_id=help_id,
-        )
-    except TemporalUnavailable:
-        await conversation_messages.forget_messages(pool, handed)
-        raise
-    await conversation_messages.mark_signalled(pool, handed)
+    # A failed signal (TemporalUnavailable, 503) leaves both recorded and unsignalled, as a
+    # process that died here would: the carrier's repeat hands them over. Never forgotten: a
+    # signal can reach the workflow and still fail here (its answer lost), and the workflow
+    # may be sending the HELP answer already.
+    await signal_conversation(
+        temporal,
+        settings,
+        conversation,
+        message_id=message_id,
+        sender="USER",
+        answer_id=help_id,
+    )
+    await conversation_messages.mark_signalled(
+        pool, [m for m in (message_id, help_id) if m is not None]
+    )
 
 
 async def _reply_fields(

@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 import uvicorn
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 from twilio.request_validator import RequestValidator
 
 from activities.providers.twilio import TwilioCarrier
@@ -187,4 +189,36 @@ async def queued_agent_message(
         )
         return await conversation_messages.queue_agent_message(
             conn, conversation=opened, kind="message", body=body
+        )
+
+
+class SignalAnswerLost:
+    """The real Temporal client, whose start of a conversation (signal-with-start) reaches the
+    server and then fails as a connection cut before the answer would: once the workflow has
+    claimed the message `claimed` names in the signal (so that the failure comes after its
+    send began)."""
+
+    def __init__(
+        self, client: Client, pool: asyncpg.Pool, claimed: Callable[[Any], str | None]
+    ) -> None:
+        self._client = client
+        self._pool = pool
+        self._claimed = claimed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def start_workflow(self, *args: Any, **kwargs: Any) -> Any:
+        await self._client.start_workflow(*args, **kwargs)
+        [signal] = kwargs["start_signal_args"]
+        message_id = self._claimed(signal)
+        assert message_id is not None
+        await eventually(
+            lambda: self._pool.fetchval(
+                "SELECT status FROM conversation_messages WHERE id = $1", uuid.UUID(message_id)
+            ),
+            lambda status: status != "queued",
+        )
+        raise RPCError(
+            "connection reset after the request was sent", RPCStatusCode.UNAVAILABLE, b""
         )
