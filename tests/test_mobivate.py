@@ -12,8 +12,9 @@ import asyncpg
 import httpx
 import pytest
 from temporalio.client import Client
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
+from api.app import create_app
 from settings import Settings
 from store import batches, messages
 from tests.support.batches import FINAL, wait_for_status
@@ -291,6 +292,42 @@ async def test_references_are_stored_before_the_batch_starts_sending(
 
     assert started.status_code == 200, started.text
     assert started_when_stored == [False]
+
+
+class _StartAnswerLost:
+    """The real Temporal client, whose start of a workflow reaches the server and then fails
+    as a deadline passed before its answer came."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def start_workflow(self, *args: Any, **kwargs: Any) -> Any:
+        await self._client.start_workflow(*args, **kwargs)
+        raise RPCError("deadline exceeded", RPCStatusCode.DEADLINE_EXCEEDED, b"")
+
+
+async def test_a_start_whose_answer_was_lost_is_accepted_not_refused_for_a_repeat(
+    settings: Settings, account: Account, emulator_url: str
+) -> None:
+    """The workflow started but its start's answer was lost: a 503 would have the client
+    send the request again, a new batch, and everyone twice. The batch is accepted."""
+    numbers = unique_numbers(3)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        app.state.temporal = _StartAnswerLost(app.state.temporal)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as api:
+            response = await api.post(
+                "/send/batch", headers=bearer(account), json=example_for(account, numbers)
+            )
+            assert response.status_code == 200, response.text
+            batch = await wait_for_status(api, account, response.json()["record"]["id"], *FINAL)
+
+    assert batch["status"] == "completed"
+    assert [len(await emulator_messages(emulator_url, to=n)) for n in numbers] == [1, 1, 1]
 
 
 @pytest.mark.parametrize(

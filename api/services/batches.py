@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -138,6 +138,10 @@ class TemporalUnavailable(HeraldError):
 # same request again starts it (TEMPORAL_UNAVAILABLE at its start; `not_started`, ended by
 # housekeeping after its API process stopped before the start).
 UNSTARTED_CODES = (TemporalUnavailable.code, batches.NOT_STARTED)
+
+
+# How long a start that failed waits to learn whether its run is there (_started_anyway).
+STARTED_CHECK_TIMEOUT = timedelta(seconds=5)
 
 
 def parse_batch_id(value: str, error: type[HeraldError] = BatchNotFound) -> uuid.UUID:
@@ -619,10 +623,30 @@ async def _start_workflow(
             memo={"name": batch["name"] or ""},
         )
     except (RuntimeError, RPCError) as error:
+        if await _started_anyway(temporal, batch["workflow_id"], reuse):
+            return
         raise TemporalUnavailable(
             f"the batch is recorded but its workflow could not start ({error}); "
             "send the same request again"
         ) from error
+
+
+async def _started_anyway(temporal: Client, workflow_id: str, reuse: WorkflowIDReusePolicy) -> bool:
+    """Whether a start that failed reached Temporal after all (a deadline that passed, or a
+    connection cut, after the server took it): its run is there, sending, and a 503 would
+    have the client send again (a dialect's repeat is a new batch: everyone twice). A first
+    start (REJECT_DUPLICATE) made the run if any has its id, a retry's if one is running (the
+    run before it had ended). Unknown (Temporal unreachable) is no."""
+    try:
+        described = await temporal.get_workflow_handle(workflow_id).describe(
+            rpc_timeout=STARTED_CHECK_TIMEOUT
+        )
+    except (RuntimeError, RPCError):
+        return False
+    return (
+        reuse is WorkflowIDReusePolicy.REJECT_DUPLICATE
+        or described.status == WorkflowExecutionStatus.RUNNING
+    )
 
 
 async def signal_batch(
