@@ -892,7 +892,12 @@ class BatchControl(BaseModel):
     batch_id: str
     workflow_id: str
     action: BatchAction = Field(description="As requested.")
-    rows: int | None = Field(None, description="For `retry`: the rows that will be sent again.")
+    rows: int | None = Field(
+        None,
+        description="For `retry`: the rows that will be sent again; of a batch whose run"
+        " ended before it did, also the rows that run left unsent or on the wire (some of the"
+        " latter found sent by reconciliation), or none while its file is validated again.",
+    )
 
 
 class CarrierAccountRequest(RequestBody):

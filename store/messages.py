@@ -571,7 +571,7 @@ async def reopen(
 async def count_in_statuses(
     pool: asyncpg.Pool,
     batch_id: uuid.UUID,
-    statuses: list[str],
+    statuses: Sequence[str],
     *,
     attempts_below: int | None = None,
 ) -> int:

@@ -24,9 +24,16 @@ from settings import Settings
 from store.accounts import create_api_key, revoke_api_key
 from tests.support.batches import FINAL, phases, start, start_marked_batch
 from tests.support.builders import attach, csv_bytes, slow_to_validate, unique_numbers
-from tests.support.delivery import received, wait_until_received
+from tests.support.delivery import (
+    assert_each_row_once,
+    ledger_rows,
+    own_worker,
+    received,
+    wait_until_received,
+)
 from tests.support.sending import served_api
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client, error_code
+from tests.support.workers import CARRIER_TIMEOUT_SECONDS
 from workflows.contracts import batch_workflow_id
 
 # With this latency the session's worker sends a few hundred messages a second: a batch of
@@ -595,3 +602,73 @@ async def test_a_batch_past_its_expiry_is_not_retried(
     retry = await api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers)
 
     assert (retry.status_code, error_code(retry)) == (409, "BATCH_EXPIRED")
+
+
+async def test_a_batch_whose_run_was_terminated_while_sending_is_retried_to_its_end(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    """Terminated through Temporal (its web UI, the `temporal` CLI), a run records no final
+    event: the batch stays `in_progress` with rows unsent and on the wire. A retry is its way
+    on: the new run sends what was left, reconciles what was on the wire, and ends it. Every
+    number gets its message once."""
+    numbers = unique_numbers(300)
+    await carrier(latency_ms=300)
+    # Reconciliation waits out the carrier timeout: a short one, not the default 30 s.
+    async with (
+        own_worker(temporal, settings, carrier_timeout_seconds=CARRIER_TIMEOUT_SECONDS) as own,
+        api_client(own) as api,
+    ):
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        await wait_until_received(emulator_url, marker, 50)
+        await temporal.get_workflow_handle(batch_workflow_id(file_id)).terminate("by hand")
+        await carrier(latency_ms=0)
+        stuck = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()
+        cancel = await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
+        retried = await api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers)
+        final = (await webhooks.wait_for(marker, *FINAL))[-1]
+        rows = await ledger_rows(api, account, file_id)
+
+    assert stuck["data"]["status"] == "in_progress"
+    # No run to signal: the answer points to the retry.
+    assert (cancel.status_code, error_code(cancel)) == (409, "BATCH_ALREADY_FINISHED")
+    assert "/retry" in cancel.json()["errors"][0]["message"]
+    assert retried.status_code == 200, retried.text
+    # Those left unsent or on the wire: some of the latter reconciliation finds sent.
+    assert 0 < retried.json()["data"]["rows"] < len(numbers)
+    assert final["status"] == "completed"
+    statuses = assert_each_row_once(rows, await received(emulator_url, marker), len(numbers))
+    assert statuses == {"sent": len(numbers)}
+
+
+async def test_a_batch_whose_run_was_terminated_while_validating_is_validated_by_its_retry(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    """Terminated before its ledger was recorded (validation commits it whole): the retry
+    validates the file again, then sends it."""
+    # Slow to validate (row by row, a quote in a cell) and quick to send: all but ten rejected.
+    numbers = unique_numbers(10)
+    content = (
+        slow_to_validate(100_000).replace(b"+1", b"+0")
+        + "".join(f'{n},say "hi"\n' for n in numbers).encode()
+    )
+    file_id = await attach(api, account.headers, content)
+    marker = f"validation-{file_id}"
+    response = await start(api, account, file_id, status_webhook=webhooks.url(marker))
+    assert response.status_code == 200, response.text
+    await webhooks.wait_for(marker, "validating")
+    await temporal.get_workflow_handle(batch_workflow_id(file_id)).terminate("by hand")
+
+    retried = await api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers)
+    events = await webhooks.wait_for(marker, *FINAL)
+
+    assert retried.status_code == 200, retried.text
+    # Validated by each run, the second one to its end.
+    assert [e["status"] for e in events].count("validating") == 2
+    assert "dispatching" in phases(events)
+    assert events[-1]["status"] == "completed_partial"  # the rejected rows
+    assert (await ledger_counts(api, account, file_id)) == {"sent": 10, "rejected": 100_000}

@@ -140,6 +140,9 @@ class TemporalUnavailable(HeraldError):
 UNSTARTED_CODES = (TemporalUnavailable.code, batches.NOT_STARTED)
 
 
+# The rows a run of a batch's workflow leaves when it ends before the batch does (terminated
+# through Temporal): the batch's next run sends them (`sending` ones reconciled first).
+LEFT_BY_A_RUN = [LedgerStatus.PENDING, LedgerStatus.SENDING, LedgerStatus.UNCERTAIN]
 # How long a start that failed waits to learn whether its run is there (_started_anyway).
 STARTED_CHECK_TIMEOUT = timedelta(seconds=5)
 
@@ -665,7 +668,10 @@ async def signal_batch(
         await temporal.get_workflow_handle(batch["workflow_id"]).signal(signal, args=args)
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
-            raise BatchAlreadyFinished(f"batch {batch_id} has already ended") from error
+            raise BatchAlreadyFinished(
+                f"batch {batch_id} has no run of its workflow open: it has ended, or its run"
+                " was terminated through Temporal (then /retry sends what it left)"
+            ) from error
         raise TemporalUnavailable(f"the signal could not be sent ({error})") from error
     except RuntimeError as error:
         raise TemporalUnavailable(f"the signal could not be sent ({error})") from error
@@ -683,15 +689,25 @@ async def retry_batch(
     attempts_below: int | None = None,
 ) -> BatchControl:
     """Send a finished batch's rows in `statuses` again, as a new run of its workflow; with
-    `attempts_below`, only those sent fewer times than that (the ledger's `attempts`)."""
+    `attempts_below`, only those sent fewer times than that (the ledger's `attempts`).
+
+    A batch not finished whose workflow has no run open (its run was terminated through
+    Temporal, or a retry set it `queued` and its run never started) is retried too: nothing
+    else would move it on. The new run also sends what the last one left (its rows
+    `pending`; those `sending` become `uncertain` and are reconciled), or validates the file
+    again if that run never recorded its ledger."""
     batch = await batch_or_404(pool, account_id, batch_id)
     handle = temporal.get_workflow_handle(batch["workflow_id"])
-    if batch["status"] not in FINAL_BATCH_STATUSES and not await _left_queued(batch, handle):
+    left = batch["status"] not in FINAL_BATCH_STATUSES
+    if left and not await _no_run_open(handle):
         raise BatchNotFinished(f"batch {batch_id} is still {batch['status']}")
+    validated = batch["rows_total"] is not None
     rows = await messages.count_in_statuses(
         pool, batch["id"], statuses, attempts_below=attempts_below
     )
-    if rows == 0:
+    if left and validated:
+        rows += await messages.count_in_statuses(pool, batch["id"], LEFT_BY_A_RUN)
+    if rows == 0 and not left:
         limit = "" if attempts_below is None else f" sent fewer than {attempts_below} times"
         raise NothingToRetry(f"batch {batch_id} has no rows in {', '.join(statuses)}{limit}")
     # The final event is recorded just before the workflow closes: let it close.
@@ -722,9 +738,11 @@ async def retry_batch(
         ),
         timing=timing,
         auto_pause=_auto_pause(batch["request"]),
-        retry_statuses=[LedgerStatus(status) for status in statuses],
+        # A run that never recorded the ledger: this one validates the file again.
+        retry_statuses=[LedgerStatus(status) for status in statuses] if validated else None,
         retry_attempts_below=attempts_below,
         first_event_seq=await events.last_event_seq(pool, batch["id"]),
+        limits=validation_limits(settings),
     )
     await batches.set_status(pool, batch["id"], status=BatchStatus.QUEUED)
     try:
@@ -745,17 +763,15 @@ async def retry_batch(
     )
 
 
-async def _left_queued(batch: Mapping[str, Any], handle: WorkflowHandle[Any, Any]) -> bool:
-    """Whether the batch is `queued` with no run of its workflow open: a retry set it so,
-    then its run never started (the API stopped between the two). Such a batch may be
-    retried again; nothing else would move it on."""
-    if batch["status"] != BatchStatus.QUEUED:
-        return False
+async def _no_run_open(handle: WorkflowHandle[Any, Any]) -> bool:
+    """Whether the batch's workflow has no run open (none at all, or its last one closed)."""
     try:
         described = await handle.describe()
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
             return True
+        raise TemporalUnavailable(f"the batch's workflow could not be read ({error})") from error
+    except RuntimeError as error:
         raise TemporalUnavailable(f"the batch's workflow could not be read ({error})") from error
     return described.status != WorkflowExecutionStatus.RUNNING
 
