@@ -125,18 +125,36 @@ async def list_batches(
     return [dict(r) for r in rows]
 
 
-async def restore_status(pool: asyncpg.Pool, batch: Mapping[str, Any]) -> None:
-    """Put a batch that a retry set `queued` back as `batch` was (status, code, reason, end),
-    when that retry's run did not start; unless a run has moved it on meanwhile."""
+async def restore_status(pool: asyncpg.Pool, batch: Mapping[str, Any], queued_at: datetime) -> None:
+    """Put a batch that a retry set `queued` (at `queued_at`, `queue_for_retry`) back as
+    `batch` was (status, code, reason, end), when that retry's run did not start; unless
+    anything moved it on meanwhile (a run, or another retry that queued it again)."""
     await pool.execute(
         "UPDATE batches SET status = $2, code = $3, reason = $4, finished_at = $5,"
-        " updated_at = now() WHERE id = $1 AND status = 'queued'",
+        " updated_at = now() WHERE id = $1 AND status = 'queued' AND updated_at = $6",
         batch["id"],
         batch["status"],
         batch["code"],
         batch["reason"],
         batch["finished_at"],
+        queued_at,
     )
+
+
+async def queue_for_retry(pool: asyncpg.Pool, batch: Mapping[str, Any]) -> datetime | None:
+    """Set a batch `queued` for its retry's run, if it is still as `batch` read it (status
+    and last change); when (for `restore_status`), or None when another request changed it
+    meanwhile (a retry at the same time: one of them queues it, the other would put back
+    the status it read, final, under the first one's run)."""
+    queued_at: datetime | None = await pool.fetchval(
+        "UPDATE batches SET status = 'queued', code = NULL, reason = NULL, finished_at = NULL,"
+        " updated_at = clock_timestamp() WHERE id = $1 AND status = $2 AND updated_at = $3"
+        " RETURNING updated_at",
+        batch["id"],
+        batch["status"],
+        batch["updated_at"],
+    )
+    return queued_at
 
 
 async def set_status(

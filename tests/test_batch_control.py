@@ -672,3 +672,32 @@ async def test_a_batch_whose_run_was_terminated_while_validating_is_validated_by
     assert "dispatching" in phases(events)
     assert events[-1]["status"] == "completed_partial"  # the rejected rows
     assert (await ledger_counts(api, account, file_id)) == {"sent": 10, "rejected": 100_000}
+
+
+async def test_two_retries_at_once_start_one_run_and_leave_the_batch_to_it(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+    pool: asyncpg.Pool,
+    temporal: Client,
+) -> None:
+    """A retry asked twice at once (a double click): one starts the run, the other answers
+    409 and leaves the batch alone, not put back to the final status it read under the
+    run that is sending."""
+    numbers = unique_numbers(3)
+    await carrier(scripted={numbers[0]: [400]})
+    file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+    await webhooks.wait_for(marker, *FINAL)
+    await temporal.get_workflow_handle(batch_workflow_id(file_id)).result()
+
+    retries = await asyncio.gather(
+        *(api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers) for _ in range(2))
+    )
+    status = await pool.fetchval("SELECT status FROM batches WHERE id = $1", uuid.UUID(file_id))
+    events = await webhooks.wait_for(marker, *FINAL, times=2)
+
+    assert sorted(r.status_code for r in retries) == [200, 409], [r.text for r in retries]
+    assert [error_code(r) for r in retries if r.status_code == 409] == ["BATCH_NOT_FINISHED"]
+    assert status not in FINAL
+    assert (events[-1]["status"], events[-1]["messages_successful"]) == ("completed", 3)

@@ -744,7 +744,9 @@ async def retry_batch(
         first_event_seq=await events.last_event_seq(pool, batch["id"]),
         limits=validation_limits(settings),
     )
-    await batches.set_status(pool, batch["id"], status=BatchStatus.QUEUED)
+    queued_at = await batches.queue_for_retry(pool, batch)
+    if queued_at is None:
+        raise BatchNotFinished(f"batch {batch_id} is being retried already")
     try:
         await _start_workflow(
             temporal, settings, batch, input, WorkflowIDReusePolicy.ALLOW_DUPLICATE
@@ -752,7 +754,7 @@ async def retry_batch(
     except BaseException as error:
         # Nothing started: the batch is as it was (not `queued`, which nothing would move on
         # from), and the retry can be asked again.
-        await batches.restore_status(pool, batch)
+        await batches.restore_status(pool, batch, queued_at)
         if isinstance(error, WorkflowAlreadyStartedError):
             raise BatchNotFinished(
                 f"batch {batch_id} has a run of its workflow open still; retry once it ends"
