@@ -63,6 +63,8 @@ FIELD_ERROR_CODES: Sequence[tuple[tuple[str, ...], str | None, str]] = (
     (("body",), "missing_file_id", "MISSING_FILE_ID"),
     (("body",), "file_id_and_recipients", "FILE_ID_AND_RECIPIENTS"),
     (("body", "recipients"), None, "INVALID_RECIPIENTS"),
+    # Mobivate's other name for `recipients`.
+    (("body", "messages"), None, "INVALID_RECIPIENTS"),
     (("body", "file_id"), "string_too_short", "MISSING_FILE_ID"),
     (("body", "global", "agent_number"), "missing", "MISSING_AGENT_NUMBER"),
     (("body", "global", "agent_number"), "string_too_short", "MISSING_AGENT_NUMBER"),
@@ -70,6 +72,7 @@ FIELD_ERROR_CODES: Sequence[tuple[tuple[str, ...], str | None, str]] = (
     (("body", "global"), None, "INVALID_GLOBAL_FORMAT"),
     (("body", "column_mapping"), None, "INVALID_COLUMN_MAPPING_FORMAT"),
     (("body", "status_webhook"), None, "INVALID_WEBHOOK_URL"),
+    (("body", "statusWebhook"), None, "INVALID_WEBHOOK_URL"),
     (("body", "schedule_at"), None, "INVALID_SCHEDULE"),
     (("body", "spread_hours"), None, "INVALID_SCHEDULE"),
     (("body", "expire_at"), None, "INVALID_SCHEDULE"),

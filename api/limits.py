@@ -50,7 +50,8 @@ class BodySizeLimit:
             await self._app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        multipart = headers.get("content-type", "").startswith("multipart/form-data")
+        # Media types are case-insensitive (RFC 9110), as Starlette reads them.
+        multipart = headers.get("content-type", "").lower().startswith("multipart/form-data")
         if multipart and UPLOAD_PATHS.fullmatch(scope["path"]):
             limit = self._max_upload
         elif scope["path"] in BATCH_PATHS:

@@ -74,10 +74,10 @@ class MobivateBatchRequest(MobivateModel):
         min_length=1, description="A sender number registered with `/v1/sms/numbers`."
     )
     name: str | None = Field(None, max_length=200, description="The batch's name.")
-    shorten_urls: bool = Field(
-        False,
+    shorten_urls: bool | None = Field(
+        None,
         description="Replace each http(s) URL of every message with a short link whose clicks"
-        " are counted.",
+        " are counted (default `false`).",
     )
     exclude_duplicates: bool | None = Field(
         None, description="Skip a number given earlier in the batch (default `true`)."
@@ -88,8 +88,8 @@ class MobivateBatchRequest(MobivateModel):
         description="Skip numbers opted out for this account (default `true`); also"
         " spelled `excludeOptouts`.",
     )
-    spread_hours: float = Field(
-        0, ge=0, le=168, description="Spread the sends over this many hours; 0: no spread."
+    spread_hours: float | None = Field(
+        None, ge=0, le=168, description="Spread the sends over this many hours; 0: no spread."
     )
     schedule_date_time: Moment | None = Field(
         None, description="Send at this future time (ISO 8601 with `Z` or an offset)."

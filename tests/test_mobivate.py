@@ -441,6 +441,67 @@ async def test_a_bad_schedule_has_the_schedules_code_as_on_heralds_own_route(
     assert response.json()["error"]["code"] == "INVALID_SCHEDULE"
 
 
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"statusWebhook": "not a url"}, "INVALID_WEBHOOK_URL"),
+        ({"recipients": None, "messages": [{"reference": "x"}]}, "INVALID_RECIPIENTS"),
+        ({"recipients": [{"recipient": 15005550006}]}, "INVALID_RECIPIENTS"),
+    ],
+)
+async def test_a_bad_field_has_its_code_as_on_heralds_own_route(
+    api: httpx.AsyncClient, account: Account, change: dict[str, Any], code: str
+) -> None:
+    body = {"recipients": [{"recipient": "15005550006"}], "text": "hi"}
+    body |= {"originator": account.agent_number, **change}
+
+    response = await api.post(
+        "/send/batch",
+        headers=bearer(account),
+        json={key: value for key, value in body.items() if value is not None},
+    )
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == code
+
+
+async def test_null_options_are_left_out(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    number = unique_numbers(1)[0]
+    body = {"recipients": [{"recipient": number}], "text": "nulls", "spreadHours": None}
+    body |= {"originator": account.agent_number, "shortenUrls": None}
+
+    response = await api.post("/send/batch", headers=bearer(account), json=body)
+
+    assert response.status_code == 200, response.text
+    batch = await wait_for_status(api, account, response.json()["record"]["id"], *FINAL)
+    assert batch["status"] == "completed"
+    assert [m["body"] for m in await emulator_messages(emulator_url, to=number)] == ["nulls"]
+
+
+async def test_numbers_and_lists_over_the_row_limit_are_refused_before_anything_starts(
+    settings: Settings, account: Account, pool: asyncpg.Pool
+) -> None:
+    small = settings.model_copy(update={"max_rows_per_batch": 3})
+    async with api_client(small) as api:
+        list_id = await example_list(api, account, unique_numbers(2))
+        numbers: list[dict[str, Any]] = [{"recipient": n} for n in unique_numbers(2)]
+        recipients = [*numbers, {"recipient": list_id, "meta": {"type": "mailinglist"}}]
+        body = {"text": "hi", "originator": account.agent_number, "recipients": recipients}
+
+        response = await api.post("/send/batch", headers=bearer(account), json=body)
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "TOO_MANY_RECIPIENTS"
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM batches WHERE account_id = $1", account.account_id
+        )
+        == 0
+    )
+
+
 @pytest.mark.parametrize("content", [b"[1, 2]", b"not json", b""])
 async def test_a_body_that_is_not_an_object_gets_a_400_in_the_dialects_envelope(
     api: httpx.AsyncClient, account: Account, content: bytes

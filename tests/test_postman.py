@@ -33,7 +33,7 @@ from tests.support.postman_example import (
     TOO_MANY_REQUESTS,
     stored_rows,
 )
-from tests.support.sending import inbound_form, post_inbound
+from tests.support.sending import inbound_form, post_inbound, received_by
 from tests.support.stack import Account, Configure, api_client
 from workflows.contracts import RECIPIENT_COUNT, batch_workflow_id
 
@@ -286,6 +286,34 @@ async def test_a_file_over_the_limit_gets_the_documented_400(
 
     assert response.status_code == 400, response.text
     assert response.json() == {"error": FILE_TOO_LARGE | {"heraldCode": "FILE_TOO_LARGE"}}
+
+
+async def test_an_upload_whose_media_type_is_not_in_lower_case_has_the_uploads_limit(
+    api: httpx.AsyncClient, settings: Settings, account: Account, emulator_url: str
+) -> None:
+    """`Multipart/Form-Data` is multipart/form-data (media types are case-insensitive): its
+    file may be as large as an upload, not held to the limit of other bodies."""
+    numbers = unique_numbers(2)
+    content = example_with(numbers).encode()
+    boundary = secrets.token_hex(8)
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file";'
+            f' filename="recipients.csv"\r\nContent-Type: text/csv\r\n\r\n'
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = bearer(account) | {"Content-Type": f"Multipart/Form-Data; boundary={boundary}"}
+    campaign_id = await new_campaign(api, account)
+    async with api_client(settings.model_copy(update={"max_body_bytes": 100})) as small:
+        response = await small.post(
+            f"/campaigns/{campaign_id}/batch/messages", headers=headers, content=body
+        )
+
+    assert len(body) > 100
+    assert response.status_code == 201, response.text
+    assert [len(await received_by(emulator_url, n, 1)) for n in numbers] == [1, 1]
 
 
 async def test_too_many_requests_gets_the_documented_429(

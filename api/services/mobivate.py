@@ -15,6 +15,7 @@ from api.mobivate_models import (
     MobivateRecipient,
 )
 from api.models import BatchRequest
+from api.services.batch_checks import TooManyRecipients
 from api.services.batches import batch_or_404, get_batch, start_batch
 from api.services.mailing_lists import list_sizes
 from settings import Settings
@@ -32,6 +33,13 @@ async def send_batch(
     numbers = [r for r in body.to_send() if not r.is_mailing_list()]
     lists = [r for r in body.to_send() if r.is_mailing_list()]
     sizes = await list_sizes(pool, account_id, [r.recipient for r in lists])
+    recipient_count = len(numbers) + sum(sizes[r.recipient] for r in lists)
+    if recipient_count > settings.max_rows_per_batch:
+        # Known now: refused here rather than accepted, then failed by its validation.
+        raise TooManyRecipients(
+            f"{recipient_count} recipients with the lists' contacts; a batch holds at most"
+            f" {settings.max_rows_per_batch}"
+        )
     # JSON rows count from 1, in the order given.
     senders = {
         row_number: recipient.originator
@@ -58,7 +66,7 @@ async def send_batch(
             "record": {
                 "id": started.batch_id,
                 "scheduled": _utc(scheduled),
-                "recipient_count": len(numbers) + sum(sizes[r.recipient] for r in lists),
+                "recipient_count": recipient_count,
             }
         }
     )
