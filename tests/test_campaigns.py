@@ -262,6 +262,49 @@ async def test_a_batch_naming_a_campaign_sends_its_template_filled_per_row(
     assert [m["values"] for m in read.json()["data"]] == [None, None]
 
 
+async def test_a_repeated_campaign_batch_gets_its_first_reply_after_the_campaign_changed(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    """The same request for the same file is the same batch, whatever the campaign holds
+    since (the batch keeps the text it started with), or if the campaign is gone."""
+    campaign_id = await new_campaign(api, account)
+    number = unique_numbers(1)[0]
+    header = ["phone_number", "recipient_name", "topic"]
+    file_id = await attach(api, account.headers, csv_bytes(header, [[number, "Emily", "visa"]]))
+    body = {
+        "file_id": file_id,
+        "global": {"agent_number": account.agent_number},
+        "campaign_id": campaign_id,
+    }
+    path = f"/v1/campaigns/{campaign_id}"
+
+    first = await api.post("/v1/sms/batch", headers=account.headers, json=body)
+    changed = await api.patch(
+        path,
+        headers=account.headers,
+        json={"templates": {"english": "Hi {{recipient_name}} {{topic}}"}},
+    )
+    after_change = await api.post("/v1/sms/batch", headers=account.headers, json=body)
+    deleted = await api.delete(path, headers=account.headers)
+    after_delete = await api.post("/v1/sms/batch", headers=account.headers, json=body)
+    other_text = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json=body | {"global": {"agent_number": account.agent_number, "agent_message": "x"}},
+    )
+    batch = await wait_for_status(api, account, file_id, *FINAL)
+
+    assert first.status_code == 200, first.text
+    assert changed.status_code == deleted.status_code == 200
+    assert after_change.status_code == after_delete.status_code == 200, after_change.text
+    assert after_change.json() == after_delete.json() == first.json()
+    # A request with a text of its own is still refused: it is no repeat.
+    assert (other_text.status_code, error_code(other_text)) == (400, "CAMPAIGN_AND_MESSAGE")
+    assert batch["status"] == "completed"
+    [received] = await emulator_messages(emulator_url, to=number)
+    assert received["body"] == "Dear Emily, your visa is ready."  # the text it started with
+
+
 async def test_a_campaign_deleted_as_its_batch_starts_is_not_found(
     api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -409,7 +409,7 @@ async def _checked_request(
     if body.global_.channel == "whatsapp" and is_sender_id(agent_number):
         raise InvalidSenderId(f"sender ID {agent_number!r} can only send SMS, not whatsapp")
     given = _stored_request(body, agent_number)
-    campaign_id = await _campaign_message(pool, account_id, body, given)
+    campaign_id = await _campaign_message(pool, account_id, body, given, file_id)
     request = dict(given)
     if sender["opening_message"] and not body.global_.agent_message:
         request["opening_message"] = sender["opening_message"]
@@ -549,12 +549,25 @@ async def campaign_template(
 
 
 async def _campaign_message(
-    pool: asyncpg.Pool, account_id: uuid.UUID, body: BatchRequest, request: dict[str, Any]
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    body: BatchRequest,
+    request: dict[str, Any],
+    file_id: uuid.UUID | None,
 ) -> uuid.UUID | None:
     """With `campaign_id`, its template becomes the stored request's message (so the batch
-    keeps the text it was started with); the campaign's id, or None."""
+    keeps the text it was started with); the campaign's id, or None. For a file whose batch
+    that campaign started, the text that batch was started with: the same request again is
+    that batch, however the campaign changed since, or if it was deleted."""
     if body.campaign_id is None:
         return None
+    if file_id is not None and not body.global_.agent_message:
+        started = await batches.get_batch(pool, account_id, file_id)
+        if started is not None and started["request"].get("campaign_id") == request.get(
+            "campaign_id"
+        ):
+            request["global"]["agent_message"] = started["request"]["global"]["agent_message"]
+            return started["campaign_id"]
     found, template = await campaign_template(
         pool, account_id, body.campaign_id, body.language, body.global_.agent_message
     )
