@@ -8,8 +8,11 @@ import os
 import re
 import secrets
 import shutil
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import httpx
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -112,6 +115,9 @@ async def test_the_dashboard_shows_a_batch_progressing_and_pauses_it(
         paused = await wait_for_status(api, account, batch_id, "paused")
         await until(driver, lambda d: shown_status(d) == "paused")
         assert paused["status"] == "paused"
+        # Paused by the operator: no second pause, only resume or cancel.
+        assert await run(lambda: driver.find_element(By.ID, "pause").get_attribute("disabled"))
+        assert not await run(lambda: driver.find_element(By.ID, "resume").get_attribute("disabled"))
 
         await run(lambda: driver.find_element(By.ID, "cancel").click())
         await until(driver, expected_conditions.alert_is_present())
@@ -248,3 +254,40 @@ async def test_more_adds_each_page_of_rejected_rows_once_however_often_it_is_cli
         )
 
     assert values == [f"not-a-number-{n}" for n in range(120)]
+
+
+async def test_a_batch_paused_by_the_carriers_throttling_can_be_paused_for_good(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    """A batch the carrier's throttling paused resumes by itself (docs/API.md, Auto-pause):
+    the dashboard still offers the pause that holds it for good, and the resume."""
+    at = datetime.now(UTC) + timedelta(hours=1)
+    batch_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(2), schedule_at=at.isoformat()
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    # As the account-wide throttling leaves it (test_account_outages.py makes it happen).
+    await pool.execute(
+        "UPDATE batches SET status = 'paused', code = 'carrier_throttled' WHERE id = $1",
+        uuid.UUID(batch_id),
+    )
+
+    async with served_api(settings) as served, chromium() as driver:
+        await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
+        row = f'tr[data-batch-id="{batch_id}"]'
+        await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
+        await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
+        await until(driver, lambda d: shown_status(d) == "paused")
+        pause, resume = await run(
+            lambda: [
+                driver.find_element(By.ID, name).get_attribute("disabled")
+                for name in ("pause", "resume")
+            ]
+        )
+    await api.post(f"/v1/sms/batch/{batch_id}/cancel", headers=account.headers)
+
+    assert (pause, resume) == (None, None)

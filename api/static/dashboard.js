@@ -258,6 +258,7 @@ function onBatchEvent(batchId, event, data) {
     batch.status = data.paused ? "paused" : data.status;
   } else if (event === "status" && data.status !== "click") {
     batch.status = data.status;
+    batch.code = data.code ?? null;
     if (FINAL.has(data.status) && data.messages_total !== undefined) {
       const waiting = data.messages_waiting_for_window ?? 0;
       state.progress.set(batchId, {
@@ -305,7 +306,9 @@ function renderLive(batch) {
   setProgress($("detail-progress"), progress.value);
   $("detail-progress-text").textContent = progress.text;
   const final = FINAL.has(batch.status);
-  $("pause").disabled = final || batch.status === "paused";
+  // Paused by the carrier's throttling, it resumes by itself: a pause then holds it for good.
+  $("pause").disabled =
+    final || (batch.status === "paused" && batch.code !== "carrier_throttled");
   $("resume").disabled = batch.status !== "paused";
   $("cancel").disabled = final;
   $("retry").disabled = !final;
