@@ -10,7 +10,6 @@ import pytest
 from temporalio.client import Client
 from twilio.request_validator import RequestValidator
 
-from api.app import create_app
 from settings import INBOUND_PATH, Settings
 from store import opt_outs
 from tests.support.builders import emulator_messages, unique_numbers
@@ -311,14 +310,12 @@ async def test_a_post_whose_signal_arrived_but_whose_answer_was_lost_is_answered
     gets one answer and the conversation holds the message once."""
     user = unique_numbers(1)[0]
     form = inbound_form(settings, to=sender, from_=user, body="HELP")
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        app.state.temporal = SignalAnswerLost(
-            app.state.temporal, pool, lambda signal: signal.answer_id
-        )
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as lost:
-            failed = await post_inbound(lost, settings, form)
+    answer_lost = api_client(
+        settings,
+        temporal_as=lambda client: SignalAnswerLost(client, pool, lambda s: s.answer_id),
+    )
+    async with answer_lost as lost:
+        failed = await post_inbound(lost, settings, form)
     async with api_client(settings) as api:
         retried = await post_inbound(api, settings, form)
         opened, detail = await help_answered(api, account, settings, emulator_url, user)

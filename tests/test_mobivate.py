@@ -14,7 +14,6 @@ import pytest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.app import create_app
 from settings import Settings
 from store import batches, messages
 from tests.support.batches import FINAL, wait_for_status
@@ -315,16 +314,12 @@ async def test_a_start_whose_answer_was_lost_is_accepted_not_refused_for_a_repea
     """The workflow started but its start's answer was lost: a 503 would have the client
     send the request again, a new batch, and everyone twice. The batch is accepted."""
     numbers = unique_numbers(3)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        app.state.temporal = _StartAnswerLost(app.state.temporal)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as api:
-            response = await api.post(
-                "/send/batch", headers=bearer(account), json=example_for(account, numbers)
-            )
-            assert response.status_code == 200, response.text
-            batch = await wait_for_status(api, account, response.json()["record"]["id"], *FINAL)
+    async with api_client(settings, temporal_as=_StartAnswerLost) as api:
+        response = await api.post(
+            "/send/batch", headers=bearer(account), json=example_for(account, numbers)
+        )
+        assert response.status_code == 200, response.text
+        batch = await wait_for_status(api, account, response.json()["record"]["id"], *FINAL)
 
     assert batch["status"] == "completed"
     assert [len(await emulator_messages(emulator_url, to=n)) for n in numbers] == [1, 1, 1]

@@ -13,7 +13,6 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from api.app import create_app
 from api.conversation_models import SendRequest
 from api.services import send as send_service
 from api.services.send import request_hash
@@ -333,14 +332,12 @@ async def test_a_send_whose_signal_arrived_but_whose_answer_was_lost_is_the_send
 ) -> None:
     user = unique_numbers(1)[0]
     key = secrets.token_hex(8)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        app.state.temporal = SignalAnswerLost(
-            app.state.temporal, pool, lambda signal: signal.message_id
-        )
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as api:
-            first = await send(api, account, user, key=key, agent_message="once")
+    lost = api_client(
+        settings,
+        temporal_as=lambda client: SignalAnswerLost(client, pool, lambda s: s.message_id),
+    )
+    async with lost as api:
+        first = await send(api, account, user, key=key, agent_message="once")
     # Not a 503 asking for the request again: the message is on its way.
     assert first.status_code == 200, first.text
     async with api_client(settings) as api:

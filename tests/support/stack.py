@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 from fastapi.routing import APIRoute
 from starlette.routing import Mount, Route
+from temporalio.client import Client
 
 from api.app import create_app
 from settings import Settings
@@ -52,11 +53,17 @@ PUBLIC_ROUTES: dict[tuple[str, str], str] = {
 
 @asynccontextmanager
 async def api_client(
-    settings: Settings, tracing: Tracing | None = None
+    settings: Settings,
+    tracing: Tracing | None = None,
+    *,
+    temporal_as: Callable[[Client], Any] | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The real FastAPI app, lifespan included, over an in-process transport."""
+    """The real FastAPI app, lifespan included, over an in-process transport; with
+    `temporal_as`, its Temporal client is what that makes of the real one (a fault)."""
     app = create_app(settings, tracing)
     async with app.router.lifespan_context(app):
+        if temporal_as is not None:
+            app.state.temporal = temporal_as(app.state.temporal)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:
             yield client
