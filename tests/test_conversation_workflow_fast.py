@@ -137,3 +137,57 @@ async def test_an_agent_message_the_carrier_refused_starts_no_silence(
     assert [call.input.kind for call in calls] == ["message", "warning", "timeout"]
     assert replied + 60 <= calls[1].at < replied + 62
     assert result.state == ConversationStatus.TIMEOUT
+
+
+async def test_a_backlog_that_never_empties_continues_as_new_with_it(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    """Twelve messages queued at once, five a run: each run continues as new with the rest
+    still queued (its history bounded), and every message is sent once, in order."""
+    stubs = StubActivities()
+    conversation_id = str(uuid.uuid4())
+    account_id = str(uuid.uuid4())
+    queued = [
+        ConversationSignal(
+            conversation_id=conversation_id,
+            conversation_seq=1,
+            message_id=str(uuid.uuid4()),
+            sender=AGENT,
+            timers=TIMERS,
+        )
+        for _ in range(12)
+    ]
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await time_skipping.client.start_workflow(
+            CONVERSATION_WORKFLOW,
+            ConversationInput(
+                conversation_id=conversation_id,
+                conversation_seq=1,
+                account_id=account_id,
+                agent_number=AGENT_NUMBER,
+                user_number=USER_NUMBER,
+                pending=queued,
+                messages_per_run=5,
+            ),
+            id=conversation_workflow_id(account_id, AGENT_NUMBER, USER_NUMBER),
+            task_queue=queue,
+            result_type=ConversationResult,
+        )
+        result = await result_of(handle)
+        first_run = await time_skipping.client.get_workflow_handle(
+            handle.id, run_id=handle.first_execution_run_id
+        ).fetch_history()
+
+    sends: list[SendMessageInput] = stubs.inputs("send_conversation_message")
+    assert [s.message_id for s in sends if s.kind == "message"] == [q.message_id for q in queued]
+    assert [s.kind for s in sends][-2:] == ["warning", "timeout"]
+    sent_by_first = [
+        e
+        for e in first_run.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name
+        == "send_conversation_message"
+    ]
+    assert len(sent_by_first) == 5
+    assert first_run.events[-1].HasField("workflow_execution_continued_as_new_event_attributes")
+    assert result.state == ConversationStatus.TIMEOUT

@@ -478,6 +478,9 @@ class ConversationInput:
     state: ConversationState | None = None
     # Webhook events the previous run of the pair had not delivered, in order: posted first.
     events: list["ConversationEvent"] = field(default_factory=list)
+    # Messages a run handles before it continues as new with the rest still queued (about 15
+    # history events each: 500 keep a run under Temporal's 10,240-event warning).
+    messages_per_run: int = 500
 
 
 @dataclass(kw_only=True)

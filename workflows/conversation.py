@@ -36,6 +36,10 @@ EVENTS_CARRIED_PATCH = "conversation-events-carried-over"
 # An agent message the carrier never got (refused, deferred past its attempts, the user opted
 # out) starts no silence clock: the user was not written to.
 CLOCK_ON_HANDED_OVER_PATCH = "conversation-clock-on-handed-over"
+# A run whose queue never empties (a busy pair, a carrier deferring each message) continues as
+# new with its queue once it has handled `messages_per_run` messages or Temporal suggests it,
+# rather than only once the queue is empty: its history would grow past Temporal's limit.
+CONTINUE_WITH_BACKLOG_PATCH = "conversation-continue-with-backlog"
 # The outcomes of an agent message that never reached the carrier (`conversation_messages`).
 NEVER_SENT = frozenset({"queued", "failed", "skipped"})
 
@@ -52,6 +56,8 @@ class ConversationWorkflow:
         self._posting: workflow.ActivityHandle[None] | None = None
         self._carrying = False
         self._pump_stopped = False
+        # Messages this run has handled (CONTINUE_WITH_BACKLOG_PATCH).
+        self._handled = 0
 
     @workflow.signal
     def message(self, signal: ConversationSignal) -> None:
@@ -89,10 +95,20 @@ class ConversationWorkflow:
         own = self._input.conversation_seq
         while True:
             if self._queue:
+                if (
+                    self._end_state is None
+                    and (
+                        self._handled >= self._input.messages_per_run
+                        or workflow.info().is_continue_as_new_suggested()
+                    )
+                    and workflow.patched(CONTINUE_WITH_BACKLOG_PATCH)
+                ):
+                    self._continue_as_new(await self._carry_events())
                 current = [s for s in self._queue if s.conversation_seq <= own]
                 if not current:
                     await self._hand_over()
                 self._queue.remove(current[0])
+                self._handled += 1
                 await self._handle(current[0])
                 continue
             if self._end_state is not None or workflow.info().is_continue_as_new_suggested():
@@ -113,18 +129,25 @@ class ConversationWorkflow:
                     return ConversationResult(
                         conversation_id=self._input.conversation_id, state=self._end_state
                     )
-                workflow.continue_as_new(
-                    ConversationInput(
-                        conversation_id=self._input.conversation_id,
-                        conversation_seq=self._input.conversation_seq,
-                        account_id=self._input.account_id,
-                        agent_number=self._input.agent_number,
-                        user_number=self._input.user_number,
-                        state=self._state,
-                        events=carried,
-                    )
-                )
+                self._continue_as_new(carried)
             await self._wait_for_silence()
+
+    def _continue_as_new(self, carried: list[ConversationEvent]) -> NoReturn:
+        """Go on with this conversation in a new run: its state, the events `carried` and
+        the messages still queued."""
+        workflow.continue_as_new(
+            ConversationInput(
+                conversation_id=self._input.conversation_id,
+                conversation_seq=self._input.conversation_seq,
+                account_id=self._input.account_id,
+                agent_number=self._input.agent_number,
+                user_number=self._input.user_number,
+                pending=list(self._queue),
+                state=self._state,
+                events=carried,
+                messages_per_run=self._input.messages_per_run,
+            )
+        )
 
     async def _handle(self, signal: ConversationSignal) -> None:
         live = signal.conversation_seq == self._input.conversation_seq and self._end_state is None
@@ -249,6 +272,7 @@ class ConversationWorkflow:
                 user_number=self._input.user_number,
                 pending=list(self._queue),
                 events=carried,
+                messages_per_run=self._input.messages_per_run,
             )
         )
 
