@@ -3,6 +3,7 @@ which order, the result) on the time-skipping test server, with stub activities.
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from temporalio.client import WorkflowHandle
@@ -20,6 +21,7 @@ from workflows.contracts import (
     SendCounts,
     SendSliceInput,
     SendWindow,
+    StatusUpdate,
     Timing,
     batch_workflow_id,
 )
@@ -329,6 +331,28 @@ async def test_a_scheduled_batch_waits_for_its_time_before_the_first_send(
     validated_at = stubs.calls["validate_recipients"][0].at
     assert validated_at < schedule_at
     assert min(call.at for call in stubs.calls["send_slice"]) >= schedule_at
+    assert result.status == S.COMPLETED
+
+
+async def test_a_scheduled_batch_paused_and_resumed_says_again_when_it_sends(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=3)
+    schedule_at = (await time_skipping.get_current_time()).timestamp() + 6 * 3600
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(time_skipping, queue, timing=Timing(schedule_at=schedule_at))
+        await stubs.wait_for(lambda: S.WAITING_FOR_SCHEDULED_MESSAGES in stubs.phases())
+        await handle.signal(BatchWorkflow.pause)
+        await stubs.wait_for(lambda: S.PAUSED in stubs.phases())
+        await handle.signal(BatchWorkflow.resume)
+        result = await result_of(handle)
+    updates: list[StatusUpdate] = sorted(
+        stubs.inputs("record_status"), key=lambda update: update.event_seq
+    )
+    waiting = [u.message for u in updates if u.status == S.WAITING_FOR_SCHEDULED_MESSAGES]
+    when = datetime.fromtimestamp(schedule_at, UTC).isoformat()
+    # The resumed phase's event says when, as its first did (docs/API.md, its `message`).
+    assert waiting == [f"Scheduled for {when}."] * 2
     assert result.status == S.COMPLETED
 
 

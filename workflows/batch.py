@@ -283,7 +283,11 @@ class BatchWorkflow:
             self._paused = False
             self._pause_turn += 1
             await self._signal_chunks(ChunkWorkflow.resume)
-            await self._report(self._resume_status)
+            # Its event as the phase's first had it: a batch waiting for `schedule_at` says when.
+            scheduled = self._resume_status == BatchStatus.WAITING_FOR_SCHEDULED_MESSAGES
+            await self._report(
+                self._resume_status, message=self._scheduled_for() if scheduled else None
+            )
 
     def _in_turn(self) -> asyncio.Lock | contextlib.nullcontext[None]:
         """What a control handler holds while it steers the chunks: the lock, so that pause,
@@ -461,14 +465,18 @@ class BatchWorkflow:
         finally:
             self._validation = None
 
+    def _scheduled_for(self) -> str:
+        """The message of the `waiting_for_scheduled_messages` event."""
+        when = datetime.fromtimestamp(self._input.timing.schedule_at, UTC).isoformat()
+        return f"Scheduled for {when}."
+
     async def _wait_for_schedule(self) -> None:
         """A durable timer until `schedule_at`; a cancel ends the wait (and the batch)."""
         delay = self._input.timing.schedule_at - workflow.now().timestamp()
         if delay <= 0:
             return
-        when = datetime.fromtimestamp(self._input.timing.schedule_at, UTC).isoformat()
         await self._report(
-            BatchStatus.WAITING_FOR_SCHEDULED_MESSAGES, message=f"Scheduled for {when}."
+            BatchStatus.WAITING_FOR_SCHEDULED_MESSAGES, message=self._scheduled_for()
         )
         with contextlib.suppress(asyncio.TimeoutError):
             await workflow.wait_condition(
