@@ -191,3 +191,25 @@ async def test_a_backlog_that_never_empties_continues_as_new_with_it(
     assert len(sent_by_first) == 5
     assert first_run.events[-1].HasField("workflow_execution_continued_as_new_event_attributes")
     assert result.state == ConversationStatus.TIMEOUT
+
+
+async def test_a_conversation_closed_without_the_run_hearing_of_it_gets_no_warning(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    """A send opened the pair's next conversation (closing this one in the database) but its
+    signal never came (503): the silence clock of the closed one sends nothing, and its end
+    is told as closed, not as a timeout."""
+    stubs = StubActivities()
+    conversation_id = str(uuid.uuid4())
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_conversation(time_skipping, queue, conversation_id)
+        await stubs.wait_for(lambda: len(stubs.inputs("send_conversation_message")) == 1)
+        stubs.closed_conversations.add(conversation_id)
+        result = await result_of(handle)
+
+    assert [s.kind for s in stubs.inputs("send_conversation_message")] == ["message"]
+    events: list[ConversationEvent] = stubs.inputs("post_conversation_event")
+    assert events[-1].state == ConversationStatus.CLOSED
+    assert result == ConversationResult(
+        conversation_id=conversation_id, state=ConversationStatus.CLOSED
+    )

@@ -40,6 +40,10 @@ CLOCK_ON_HANDED_OVER_PATCH = "conversation-clock-on-handed-over"
 # new with its queue once it has handled `messages_per_run` messages or Temporal suggests it,
 # rather than only once the queue is empty: its history would grow past Temporal's limit.
 CONTINUE_WITH_BACKLOG_PATCH = "conversation-continue-with-backlog"
+# The silence clock's warning and timeout go out only while the conversation is still active
+# in the database: a send that opened the pair's next conversation (closing this one) but
+# whose signal never came (503) leaves this run unaware that its conversation was closed.
+SILENCE_CHECKS_STATE_PATCH = "conversation-silence-checks-state"
 # The outcomes of an agent message that never reached the carrier (`conversation_messages`).
 NEVER_SENT = frozenset({"queued", "failed", "skipped"})
 
@@ -80,16 +84,20 @@ class ConversationWorkflow:
 
     async def _begin(self) -> None:
         """A run started by a late signal for a conversation that already ended only sends it."""
-        state = await workflow.execute_activity_method(
+        state = await self._conversation_state()
+        if state != ConversationStatus.ACTIVE:
+            self._end_state = state
+            return
+        self._notify(ConversationEvent(conversation_id=self._input.conversation_id, state=state))
+
+    async def _conversation_state(self) -> ConversationStatus:
+        """The conversation's state in the database."""
+        return await workflow.execute_activity_method(
             ConversationActivities.conversation_state,
             ConversationRef(conversation_id=self._input.conversation_id),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
         )
-        if state != ConversationStatus.ACTIVE:
-            self._end_state = state
-            return
-        self._notify(ConversationEvent(conversation_id=self._input.conversation_id, state=state))
 
     async def _converse(self) -> ConversationResult:
         own = self._input.conversation_seq
@@ -205,6 +213,16 @@ class ConversationWorkflow:
                 return
             except TimeoutError:
                 pass
+        if workflow.patched(SILENCE_CHECKS_STATE_PATCH):
+            state = await self._conversation_state()
+            if state != ConversationStatus.ACTIVE:
+                # Closed without this run hearing of it: no warning or timeout to a user whose
+                # conversation is over; its end is told as it is.
+                self._end_state = state
+                self._notify(
+                    ConversationEvent(conversation_id=self._input.conversation_id, state=state)
+                )
+                return
         if kind == "warning":
             self._state.warned = True
         if text:

@@ -97,6 +97,8 @@ class StubActivities:
     refused: set[int] = field(default_factory=set)
     # Conversation messages the carrier refuses, by message id.
     refused_messages: set[str] = field(default_factory=set)
+    # Conversations the database has closed (the API opening the pair's next one).
+    closed_conversations: set[str] = field(default_factory=set)
     # How many calls of `deliver_status_events` answer that a post must wait an hour for its
     # retry (the status webhook down): the batch's run stays open meanwhile.
     undelivered: int = 0
@@ -247,6 +249,8 @@ class StubActivities:
     @activity.defn(name=ConversationActivities.conversation_state.__name__)
     async def conversation_state(self, input: ConversationRef) -> ConversationStatus:
         await self._record(input)
+        if input.conversation_id in self.closed_conversations:
+            return ConversationStatus.CLOSED
         return ConversationStatus.ACTIVE
 
     @activity.defn(name=ConversationActivities.end_conversation.__name__)
