@@ -31,18 +31,29 @@ TIMERS = SilenceTimers(
 )
 
 
-async def start_conversation(
-    env: WorkflowEnvironment, task_queue: str, conversation_id: str, first_message_id: str = ""
-) -> WorkflowHandle[ConversationWorkflow, ConversationResult]:
-    """A conversation whose first message is the agent's, setting TIMERS."""
-    account_id = str(uuid.uuid4())
-    first = ConversationSignal(
+def agent_message(conversation_id: str, message_id: str = "") -> ConversationSignal:
+    """An agent's message of the conversation, setting TIMERS."""
+    return ConversationSignal(
         conversation_id=conversation_id,
         conversation_seq=1,
-        message_id=first_message_id or str(uuid.uuid4()),
+        message_id=message_id or str(uuid.uuid4()),
         sender=AGENT,
         timers=TIMERS,
     )
+
+
+async def start_conversation(
+    env: WorkflowEnvironment,
+    task_queue: str,
+    conversation_id: str,
+    first_message_id: str = "",
+    *,
+    queued: list[ConversationSignal] | None = None,
+    messages_per_run: int = ConversationInput.messages_per_run,
+) -> WorkflowHandle[ConversationWorkflow, ConversationResult]:
+    """A conversation whose first message is the agent's, setting TIMERS (or whose messages
+    are `queued` at its start)."""
+    account_id = str(uuid.uuid4())
     return await env.client.start_workflow(
         CONVERSATION_WORKFLOW,
         ConversationInput(
@@ -51,7 +62,8 @@ async def start_conversation(
             account_id=account_id,
             agent_number=AGENT_NUMBER,
             user_number=USER_NUMBER,
-            pending=[first],
+            pending=queued or [agent_message(conversation_id, first_message_id)],
+            messages_per_run=messages_per_run,
         ),
         id=conversation_workflow_id(account_id, AGENT_NUMBER, USER_NUMBER),
         task_queue=task_queue,
@@ -146,32 +158,10 @@ async def test_a_backlog_that_never_empties_continues_as_new_with_it(
     still queued (its history bounded), and every message is sent once, in order."""
     stubs = StubActivities()
     conversation_id = str(uuid.uuid4())
-    account_id = str(uuid.uuid4())
-    queued = [
-        ConversationSignal(
-            conversation_id=conversation_id,
-            conversation_seq=1,
-            message_id=str(uuid.uuid4()),
-            sender=AGENT,
-            timers=TIMERS,
-        )
-        for _ in range(12)
-    ]
+    queued = [agent_message(conversation_id) for _ in range(12)]
     async with stub_worker(time_skipping, stubs) as queue:
-        handle = await time_skipping.client.start_workflow(
-            CONVERSATION_WORKFLOW,
-            ConversationInput(
-                conversation_id=conversation_id,
-                conversation_seq=1,
-                account_id=account_id,
-                agent_number=AGENT_NUMBER,
-                user_number=USER_NUMBER,
-                pending=queued,
-                messages_per_run=5,
-            ),
-            id=conversation_workflow_id(account_id, AGENT_NUMBER, USER_NUMBER),
-            task_queue=queue,
-            result_type=ConversationResult,
+        handle = await start_conversation(
+            time_skipping, queue, conversation_id, queued=queued, messages_per_run=5
         )
         result = await result_of(handle)
         first_run = await time_skipping.client.get_workflow_handle(
