@@ -218,10 +218,7 @@ class ConversationWorkflow:
             if state != ConversationStatus.ACTIVE:
                 # Closed without this run hearing of it: no warning or timeout to a user whose
                 # conversation is over; its end is told as it is.
-                self._end_state = state
-                self._notify(
-                    ConversationEvent(conversation_id=self._input.conversation_id, state=state)
-                )
+                self._ended(state)
                 return
         if kind == "warning":
             self._state.warned = True
@@ -268,6 +265,10 @@ class ConversationWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
         )
+        self._ended(state)
+
+    def _ended(self, state: ConversationStatus) -> None:
+        """The conversation is over, in `state`: its event is posted."""
         self._end_state = state
         self._notify(ConversationEvent(conversation_id=self._input.conversation_id, state=state))
 

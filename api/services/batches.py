@@ -782,11 +782,9 @@ async def _no_run_open(handle: WorkflowHandle[Any, Any]) -> bool:
     """Whether the batch's workflow has no run open (none at all, or its last one closed)."""
     try:
         described = await handle.describe()
-    except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:
+    except (RPCError, RuntimeError) as error:
+        if isinstance(error, RPCError) and error.status == RPCStatusCode.NOT_FOUND:
             return True
-        raise TemporalUnavailable(f"the batch's workflow could not be read ({error})") from error
-    except RuntimeError as error:
         raise TemporalUnavailable(f"the batch's workflow could not be read ({error})") from error
     return described.status != WorkflowExecutionStatus.RUNNING
 
