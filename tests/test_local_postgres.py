@@ -3,9 +3,12 @@
 
 import asyncio
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from deploy.local.postgres import dsn, postgres_process, postgres_ready
 from deploy.local.processes import free_port
@@ -73,6 +76,29 @@ async def test_a_moved_projects_data_is_kept(tmp_path: Path) -> None:
     )
 
     assert answer == 42
+
+
+@pytest.fixture
+def fresh_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty place for PostgreSQL's runtime folder, as on a machine that never ran it: in
+    a folder the PostgreSQL user may enter (pytest's own folders are root's alone)."""
+    parent = Path(tempfile.mkdtemp(prefix="herald-runtime-", dir="/var/tmp"))
+    parent.chmod(0o711)
+    runtime = parent / "herald-postgres"
+    monkeypatch.setattr("deploy.local.postgres.RUNTIME", runtime)
+    try:
+        yield runtime
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+async def test_postgres_starts_on_a_machine_without_its_runtime_folder(
+    tmp_path: Path, fresh_runtime: Path
+) -> None:
+    answer = await start_and_query(tmp_path / "postgres", tmp_path / "postgres.log")
+
+    assert answer == 1
+    assert (tmp_path / "postgres").resolve().is_relative_to(fresh_runtime)
 
 
 def ids_of(status: str) -> list[str]:

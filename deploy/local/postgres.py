@@ -96,7 +96,7 @@ def _install_copy() -> Path:
     programs = target / WHEEL_INSTALL.parent.name / WHEEL_INSTALL.name
     if target.exists():
         return programs
-    staging = Path(tempfile.mkdtemp(prefix=".install-", dir=RUNTIME))
+    staging = Path(tempfile.mkdtemp(prefix=".install-", dir=_own_folder(RUNTIME)))
     try:
         copy = staging / "install"
         shutil.copytree(WHEEL_INSTALL, copy / WHEEL_INSTALL.parent.name / WHEEL_INSTALL.name)
