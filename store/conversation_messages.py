@@ -217,17 +217,26 @@ async def fail_queued_message(
     and no signal of it reached its workflow (`signalled_at`); whether it is not being sent,
     failed so now or by another request whose signal failed the same way (two repeats of
     one send at once). False when a send has claimed it or a signal of it went through."""
-    failed = await pool.fetchval(
-        "WITH failed AS (UPDATE conversation_messages SET status = 'failed', error_code = $2,"
+    # Two statements: the check runs after the update, on a snapshot that sees the other
+    # request's failure once the update has waited for it (one statement's snapshot, taken
+    # before that wait, would still see the message queued).
+    if await pool.fetchval(
+        "UPDATE conversation_messages SET status = 'failed', error_code = $2,"
         " error_message = $3, updated_at = now()"
-        " WHERE id = $1 AND status = 'queued' AND signalled_at IS NULL RETURNING true)"
-        " SELECT EXISTS (SELECT FROM failed) OR EXISTS (SELECT FROM conversation_messages"
-        " WHERE id = $1 AND status = 'failed' AND error_code = $2 AND signalled_at IS NULL)",
+        " WHERE id = $1 AND status = 'queued' AND signalled_at IS NULL RETURNING true",
         message_id,
         error_code,
         error_message,
+    ):
+        return True
+    return bool(
+        await pool.fetchval(
+            "SELECT EXISTS (SELECT FROM conversation_messages"
+            " WHERE id = $1 AND status = 'failed' AND error_code = $2 AND signalled_at IS NULL)",
+            message_id,
+            error_code,
+        )
     )
-    return bool(failed)
 
 
 async def message_status(pool: asyncpg.Pool, message_id: uuid.UUID) -> tuple[str, str | None]:

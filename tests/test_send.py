@@ -17,7 +17,7 @@ from api.conversation_models import SendRequest
 from api.services import send as send_service
 from api.services.send import request_hash
 from settings import Settings
-from store import idempotency, numbers, opt_outs
+from store import conversation_messages, idempotency, numbers, opt_outs
 from store.accounts import create_account, create_api_key
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.pages import every_page
@@ -25,6 +25,7 @@ from tests.support.sending import (
     SignalAnswerLost,
     conversation,
     conversation_when,
+    eventually,
     received_by,
     send,
     send_ok,
@@ -436,6 +437,41 @@ async def test_two_repeats_whose_signals_both_fail_answer_503_and_a_later_one_se
         ("sent", None),
     ]
     assert len(await emulator_messages(emulator_url, to=user)) == 1
+
+
+async def test_a_signal_failing_while_another_fails_the_message_is_a_failure_too(
+    settings: Settings, account: Account, pool: asyncpg.Pool
+) -> None:
+    """Two repeats' signals fail at once: the second's `fail_queued_message` waits on the
+    first's update of the row and, once that commits, answers that the message is not being
+    sent (its request answers 503), never that a send claimed it (a 200 for a failed message)."""
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+    async with api_client(settings) as api:
+        await _stops_after_the_commit(api, account, user, key, _ProcessKilled)
+    stored = await idempotency.get(pool, account.account_id, key)
+    assert stored is not None and stored.message is not None and stored.message.unsignalled
+    message_id = stored.message.message_id
+
+    async with pool.acquire() as first, first.transaction():
+        await first.execute(
+            "UPDATE conversation_messages SET status = 'failed',"
+            " error_code = 'TEMPORAL_UNAVAILABLE' WHERE id = $1",
+            message_id,
+        )
+        second = asyncio.create_task(
+            conversation_messages.fail_queued_message(
+                pool, message_id, error_code="TEMPORAL_UNAVAILABLE", error_message="down"
+            )
+        )
+        await eventually(
+            lambda: pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                first.get_server_pid(),
+            ),
+            bool,
+        )
+    assert await second is True
 
 
 async def test_whatsapp_goes_to_the_carrier_with_whatsapp_addresses(
