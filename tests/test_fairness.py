@@ -8,6 +8,7 @@ activities, inside its own workflow tasks, so a small batch takes fewer steps to
 a batch whose rows fit one send slice, or a few, sends them from its own workflow, without
 chunk workflows, to the same end as a chunked batch."""
 
+import functools
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from store import messages
 from tests.support.batches import FINAL, phases, run_batch, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows, own_worker
+from tests.support.sending import eventually
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client
 from worker import herald_worker
 from workflows.contracts import batch_workflow_id
@@ -308,7 +310,12 @@ async def test_a_one_slice_batch_paused_by_the_carrier_resumes_or_cancels(
             events = await webhooks.wait_for(marker, "paused")
             assert events[-1]["code"] == "carrier_throttled", events[-1]
         for file_id in (resumed, cancelled):
-            assert {r["status"] for r in await ledger_rows(api, account, file_id)} == {"pending"}
+            # A batch paused by the other's signal records `paused` while its slice, cancelled,
+            # still records its rows: they are back `pending` once it has.
+            await eventually(
+                functools.partial(ledger_rows, api, account, file_id),
+                lambda rows: {r["status"] for r in rows} == {"pending"},
+            )
 
         await carrier(scripted={})
         resume = await api.post(f"/v1/sms/batch/{resumed}/resume", headers=account.headers)
