@@ -7,6 +7,10 @@ import asyncpg
 
 from store import receipts
 
+# The code of an agent message failed unsent because no signal of it reached its workflow
+# (the API's TEMPORAL_UNAVAILABLE); its workflow skips it if a signal of it comes later.
+SIGNAL_FAILED = "TEMPORAL_UNAVAILABLE"
+
 _MESSAGE_COLUMNS = (
     "id, conversation_id, sender, kind, channel, body, content_sid, content_variables, status,"
     " carrier_sid, error_code, error_message, attempts, created_at, sent_at, updated_at"
@@ -128,6 +132,21 @@ async def mark_signalled(pool: asyncpg.Pool, message_ids: list[uuid.UUID]) -> No
     )
 
 
+async def mark_agent_message_signalled(pool: asyncpg.Pool, message_id: uuid.UUID) -> bool:
+    """`mark_signalled` for one agent message whose signal went through; False, unmarked, when
+    another request's signal of it failed meanwhile and failed it unsent (`fail_queued_message`):
+    its workflow skips it, so this request has not sent it either."""
+    return bool(
+        await pool.fetchval(
+            "UPDATE conversation_messages SET signalled_at = coalesce(signalled_at, now())"
+            " WHERE id = $1 AND NOT (status = 'failed' AND error_code = $2"
+            " AND signalled_at IS NULL) RETURNING true",
+            message_id,
+            SIGNAL_FAILED,
+        )
+    )
+
+
 async def settle_lost_claim(pool: asyncpg.Pool, message_id: uuid.UUID) -> None:
     """Before a retry claims the message: one still `sending` was claimed by an attempt that
     never recorded its end (crashed, timed out). The carrier may have accepted it, so it
@@ -211,12 +230,12 @@ async def requeue_message(
 
 
 async def fail_queued_message(
-    pool: asyncpg.Pool, message_id: uuid.UUID, *, error_code: str, error_message: str
+    pool: asyncpg.Pool, message_id: uuid.UUID, *, error_message: str
 ) -> bool:
-    """After a failed signal: mark the message `failed` with `error_code` while it is queued
+    """After a failed signal: mark the message `failed` (SIGNAL_FAILED) while it is queued
     and no signal of it reached its workflow (`signalled_at`); whether it is not being sent,
-    failed so now or by another request whose signal failed the same way (two repeats of
-    one send at once). False when a send has claimed it or a signal of it went through."""
+    failed so now or by another request whose signal failed too (two repeats of one send at
+    once). False when a send has claimed it or a signal of it went through."""
     # Two statements: the check runs after the update, on a snapshot that sees the other
     # request's failure once the update has waited for it (one statement's snapshot, taken
     # before that wait, would still see the message queued).
@@ -225,7 +244,7 @@ async def fail_queued_message(
         " error_message = $3, updated_at = now()"
         " WHERE id = $1 AND status = 'queued' AND signalled_at IS NULL RETURNING true",
         message_id,
-        error_code,
+        SIGNAL_FAILED,
         error_message,
     ):
         return True
@@ -234,7 +253,7 @@ async def fail_queued_message(
             "SELECT EXISTS (SELECT FROM conversation_messages"
             " WHERE id = $1 AND status = 'failed' AND error_code = $2 AND signalled_at IS NULL)",
             message_id,
-            error_code,
+            SIGNAL_FAILED,
         )
     )
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import asyncpg
 
+from store.conversation_messages import SIGNAL_FAILED
+
 
 @dataclass(frozen=True, kw_only=True)
 class HeldMessage:
@@ -16,6 +18,9 @@ class HeldMessage:
     conversation_id: uuid.UUID
     # Still queued and never signalled (`signalled_at`).
     unsignalled: bool
+    # Failed because its request's signal failed (conversation_messages.SIGNAL_FAILED): that
+    # request releases the key (`release`), unless it died first.
+    failed_unsent: bool
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,12 +93,15 @@ async def get(pool: asyncpg.Pool, account_id: uuid.UUID, key: str) -> StoredKey 
         "SELECT k.request_hash, k.reply, k.claimed_at,"
         " extract(epoch FROM now() - k.claimed_at)::float8 AS age,"
         " m.id AS message_id, m.conversation_id,"
-        " coalesce(m.status = 'queued' AND m.signalled_at IS NULL, false) AS unsignalled"
+        " coalesce(m.status = 'queued' AND m.signalled_at IS NULL, false) AS unsignalled,"
+        " coalesce(m.status = 'failed' AND m.signalled_at IS NULL AND m.error_code = $3, false)"
+        " AS failed_unsent"
         " FROM idempotency_keys AS k LEFT JOIN conversation_messages AS m"
         " ON m.id = k.message_id AND m.created_at >= k.claimed_at"
         " WHERE k.account_id = $1 AND k.key = $2 AND k.expires_at > now()",
         account_id,
         key,
+        SIGNAL_FAILED,
     )
     if row is None:
         return None
@@ -106,6 +114,7 @@ async def get(pool: asyncpg.Pool, account_id: uuid.UUID, key: str) -> StoredKey 
             message_id=row["message_id"],
             conversation_id=row["conversation_id"],
             unsignalled=row["unsignalled"],
+            failed_unsent=row["failed_unsent"],
         )
         if row["message_id"] is not None
         else None,

@@ -460,9 +460,7 @@ async def test_a_signal_failing_while_another_fails_the_message_is_a_failure_too
             message_id,
         )
         second = asyncio.create_task(
-            conversation_messages.fail_queued_message(
-                pool, message_id, error_code="TEMPORAL_UNAVAILABLE", error_message="down"
-            )
+            conversation_messages.fail_queued_message(pool, message_id, error_message="down")
         )
         await eventually(
             lambda: pool.fetchval(
@@ -472,6 +470,88 @@ async def test_a_signal_failing_while_another_fails_the_message_is_a_failure_too
             bool,
         )
     assert await second is True
+
+
+class _FailedByARepeat:
+    """The real Temporal client, whose signal of a message goes through after another
+    request's signal of the same message failed and failed it (a repeat of the same send,
+    with Temporal flapping)."""
+
+    def __init__(self, client: Client, pool: asyncpg.Pool) -> None:
+        self._client = client
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def start_workflow(self, *args: Any, **kwargs: Any) -> Any:
+        [signal] = kwargs["start_signal_args"]
+        assert await conversation_messages.fail_queued_message(
+            self._pool, uuid.UUID(signal.message_id), error_message="the repeat's signal failed"
+        )
+        return await self._client.start_workflow(*args, **kwargs)
+
+
+async def test_a_send_whose_message_a_repeat_failed_before_its_signal_answers_503(
+    settings: Settings, account: Account, pool: asyncpg.Pool, emulator_url: str
+) -> None:
+    """Its signal goes through, but the workflow skips the message another request failed:
+    a 503 (never a 200 for a message not sent), and the next repeat sends it once."""
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+    failing = api_client(settings, temporal_as=lambda client: _FailedByARepeat(client, pool))
+    async with failing as api:
+        first = await send(api, account, user, key=key, agent_message="once")
+    async with api_client(settings) as api:
+        later = await send(api, account, user, key=key, agent_message="once")
+        detail = await conversation_when(
+            api,
+            account,
+            later.json()["data"]["conversation_id"],
+            lambda c: c["messages"][-1]["status"] == "sent",
+        )
+
+    assert first.status_code == 503, first.text
+    assert error_code(first) == "TEMPORAL_UNAVAILABLE"
+    assert later.status_code == 200, later.text
+    assert [(m["status"], m["error_code"]) for m in detail["messages"]] == [
+        ("failed", "TEMPORAL_UNAVAILABLE"),
+        ("sent", None),
+    ]
+    assert len(await emulator_messages(emulator_url, to=user)) == 1
+
+
+async def test_a_repeat_finding_the_message_failed_by_a_request_that_died_sends_anew(
+    settings: Settings, account: Account, pool: asyncpg.Pool, emulator_url: str
+) -> None:
+    """The first request died after its commit; a repeat's signal failed, failed the message,
+    and that repeat died before releasing the key: the next repeat sends a new message (not
+    the failed one's 200 reply, for a message never sent)."""
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+    impatient = settings.model_copy(update={"idempotency_wait_seconds": 0.5})
+    async with api_client(impatient) as api:
+        await _stops_after_the_commit(api, account, user, key, _ProcessKilled)
+        stored = await idempotency.get(pool, account.account_id, key)
+        assert stored is not None and stored.message is not None
+        assert await conversation_messages.fail_queued_message(
+            pool, stored.message.message_id, error_message="the repeat's signal failed"
+        )
+        later = await send(api, account, user, key=key, agent_message="once")
+        detail = await conversation_when(
+            api,
+            account,
+            later.json()["data"]["conversation_id"],
+            lambda c: c["messages"][-1]["status"] == "sent",
+        )
+
+    assert later.status_code == 200, later.text
+    assert later.json()["data"]["message_id"] != str(stored.message.message_id)
+    assert [(m["status"], m["error_code"]) for m in detail["messages"]] == [
+        ("failed", "TEMPORAL_UNAVAILABLE"),
+        ("sent", None),
+    ]
+    assert len(await emulator_messages(emulator_url, to=user)) == 1
 
 
 async def test_whatsapp_goes_to_the_carrier_with_whatsapp_addresses(

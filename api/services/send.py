@@ -17,7 +17,7 @@ from api.conversation_models import SendReply, SendRequest
 from api.errors import HeraldError
 from api.models import STORED_FIELDS
 from api.services.batch_checks import MissingAgentMessage
-from api.services.batches import AgentNumberNotFound, campaign_template
+from api.services.batches import AgentNumberNotFound, TemporalUnavailable, campaign_template
 from api.services.conversations import signal_conversation
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
@@ -152,6 +152,12 @@ async def send_message(
             if isinstance(first, SendReply):
                 return first
             held = idempotency.Claim(idempotency_key, first.claimed_at)
+            if first.message is not None and first.message.failed_unsent:
+                # Its request's signal failed: the key is free once that request releases
+                # it, which it may have died before doing. Released here too (fenced by the
+                # claim's time, so only that claim), then claimed anew.
+                await idempotency.release(pool, account_id, held)
+                continue
             if first.message is not None:
                 return await _finish_first(
                     pool, temporal, settings, account_id, body, held, first.message
@@ -303,10 +309,15 @@ async def _hand_over(
         # A signal can reach the workflow and still fail here (the answer lost on the way):
         # a message its workflow has claimed is being sent, and this request is its send.
         if await conversation_messages.fail_queued_message(
-            pool, message_id, error_code=error.code, error_message=error.message
+            pool, message_id, error_message=error.message
         ):
             raise
-    await conversation_messages.mark_signalled(pool, [message_id])
+    if not await conversation_messages.mark_agent_message_signalled(pool, message_id):
+        # A repeat's signal failed first and failed the message; the workflow skips it.
+        raise TemporalUnavailable(
+            "the message failed unsent: another request with its idempotency key could not"
+            " signal its conversation; send it again"
+        )
 
 
 async def _send(
