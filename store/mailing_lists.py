@@ -10,6 +10,10 @@ import asyncpg
 
 from store.db import after_key, rows_affected
 
+# The contacts' reference to their list (migration 320): a list deleted while contacts are
+# added to it.
+CONTACTS_LIST_KEY = "mailing_list_contacts_list_fkey"
+
 _COLUMNS = (
     "l.id, l.name, l.created_at,"
     " (SELECT count(*) FROM mailing_list_contacts AS c"
@@ -88,25 +92,31 @@ async def add_contacts(
     account_id: uuid.UUID,
     list_id: uuid.UUID,
     contacts: Mapping[str, Mapping[str, str]],
-) -> None:
+) -> bool:
     """Add contacts (E.164 number -> fields) by COPY; a number already listed takes the new
-    fields."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "CREATE TEMP TABLE new_contacts (phone_number text, fields text) ON COMMIT DROP"
-        )
-        await conn.copy_records_to_table(
-            "new_contacts",
-            records=((number, json.dumps(fields)) for number, fields in contacts.items()),
-        )
-        await conn.execute(
-            "INSERT INTO mailing_list_contacts (list_id, phone_number, account_id, fields)"
-            " SELECT $1, phone_number, $2, fields::jsonb FROM new_contacts"
-            " ON CONFLICT (account_id, list_id, phone_number)"
-            " DO UPDATE SET fields = EXCLUDED.fields",
-            list_id,
-            account_id,
-        )
+    fields. False, nothing added, when the list is gone (deleted since it was found)."""
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "CREATE TEMP TABLE new_contacts (phone_number text, fields text) ON COMMIT DROP"
+            )
+            await conn.copy_records_to_table(
+                "new_contacts",
+                records=((number, json.dumps(fields)) for number, fields in contacts.items()),
+            )
+            await conn.execute(
+                "INSERT INTO mailing_list_contacts (list_id, phone_number, account_id, fields)"
+                " SELECT $1, phone_number, $2, fields::jsonb FROM new_contacts"
+                " ON CONFLICT (account_id, list_id, phone_number)"
+                " DO UPDATE SET fields = EXCLUDED.fields",
+                list_id,
+                account_id,
+            )
+    except asyncpg.ForeignKeyViolationError as error:
+        if error.constraint_name != CONTACTS_LIST_KEY:
+            raise
+        return False
+    return True
 
 
 async def remove_contacts(

@@ -9,8 +9,10 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from api import pagination
+from api.services.mailing_lists import ListNotFound, add_contacts
 from store import batches, files
 from tests.support.batches import FINAL, wait_for_status
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
@@ -155,6 +157,22 @@ async def test_contacts_come_by_body_csv_or_json_and_go_singly_or_by_file(
     assert by_file.status_code == 200, by_file.text
     assert by_file.json()["data"] == {"removed": 2, "contacts": 2}
     assert set(await contacts_of(api, account, list_id)) == {d, e}
+
+
+async def test_contacts_for_a_list_deleted_while_their_file_is_read_are_list_not_found(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool
+) -> None:
+    """The list found, then deleted by another request while the upload is read: 404
+    LIST_NOT_FOUND (the contacts' insert meets the list's key), never a 500."""
+    list_id = await new_list(api, account)
+
+    async def read_while_deleted() -> bytes:
+        deleted = await api.delete(f"/v1/lists/{list_id}", headers=account.headers)
+        assert deleted.status_code == 200, deleted.text
+        return csv_bytes(["phone_number"], [[unique_numbers(1)[0]]])
+
+    with pytest.raises(ListNotFound):
+        await add_contacts(pool, account.account_id, list_id, read_while_deleted)
 
 
 async def test_a_file_without_a_number_column_is_refused(

@@ -115,8 +115,10 @@ async def add_contacts(
     list is found; a number already in the list takes the new fields."""
     found = await get_list(pool, account_id, list_id)
     contacts = await _read(await content())
-    if contacts.contacts:
-        await mailing_lists.add_contacts(pool, account_id, uuid.UUID(found.id), contacts.contacts)
+    if contacts.contacts and not await mailing_lists.add_contacts(
+        pool, account_id, uuid.UUID(found.id), contacts.contacts
+    ):
+        raise ListNotFound(f"mailing list {list_id!r} was deleted while its file was read")
     return ContactsAdded(
         added=len(contacts.contacts),
         contacts=(await get_list(pool, account_id, list_id)).contacts,
