@@ -17,7 +17,7 @@ from api.conversation_models import SendRequest
 from api.services import send as send_service
 from api.services.send import request_hash
 from settings import Settings
-from store import conversation_messages, idempotency, numbers, opt_outs
+from store import conversation_messages, conversations, idempotency, numbers, opt_outs
 from store.accounts import create_account, create_api_key
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.pages import every_page
@@ -552,6 +552,48 @@ async def test_a_repeat_finding_the_message_failed_by_a_request_that_died_sends_
         ("sent", None),
     ]
     assert len(await emulator_messages(emulator_url, to=user)) == 1
+
+
+async def test_two_new_conversations_of_a_pair_at_once_are_two(
+    account: Account, pool: asyncpg.Pool
+) -> None:
+    """Two sends with `new_conversation` for one pair at once: the second waits for the
+    first, closes the conversation it opened and opens its own (not the first's, its webhook
+    and fields overwritten)."""
+    user = unique_numbers(1)[0]
+
+    async def open_new(conn: asyncpg.Connection, webhook: str) -> dict:
+        return await conversations.open_conversation(
+            conn,
+            account_id=account.account_id,
+            agent_number=account.agent_number,
+            user_number=user,
+            workflow_id="sms-conversation-test",
+            fields=conversations.ConversationFields(channel="sms", webhook=webhook),
+            close_current=True,
+        )
+
+    async with pool.acquire() as first_conn, pool.acquire() as second_conn:
+        opening = first_conn.transaction()
+        await opening.start()
+        first = await open_new(first_conn, "https://first.example/hook")
+        async with second_conn.transaction():
+            second_open = asyncio.create_task(open_new(second_conn, "https://second.example/hook"))
+            await eventually(
+                lambda: pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    first_conn.get_server_pid(),
+                ),
+                bool,
+            )
+            await opening.commit()
+            second = await second_open
+    ended = await conversations.get_conversation(pool, account.account_id, first["id"])
+
+    assert second["id"] != first["id"]
+    assert second["webhook"] == "https://second.example/hook"
+    assert ended is not None and ended["state"] == "closed"
+    assert ended["webhook"] == "https://first.example/hook"
 
 
 async def test_whatsapp_goes_to_the_carrier_with_whatsapp_addresses(
