@@ -28,6 +28,19 @@ _NO_EVENT_BUT_UNSTARTED = (
 )
 
 
+def batch_senders(agent_number: str, request: Mapping[str, Any]) -> set[str]:
+    """Every sender a batch sends from: its own, its rows' (`senders`), its lists'."""
+    return {
+        agent_number,
+        *(request.get("senders") or {}).values(),
+        *(
+            source["agent_number"]
+            for source in request.get("lists") or []
+            if "agent_number" in source
+        ),
+    }
+
+
 async def create_batch(
     pool: asyncpg.Pool,
     *,
@@ -39,11 +52,18 @@ async def create_batch(
     request: dict[str, Any],
     request_hash: str,
     campaign_id: uuid.UUID | None = None,
-) -> tuple[dict, bool]:
-    """Insert the batch row; if the file already has one, return it and False."""
+) -> tuple[dict, bool] | None:
+    """Insert the batch row; if the file already has one, return it and False. None, nothing
+    inserted, when the account no longer holds one of the batch's senders (`batch_senders`):
+    the statement holds them (FOR SHARE) while it inserts, so a sender's removal
+    (`numbers.delete_number`) either comes first or finds the batch."""
+    senders = sorted(batch_senders(agent_number, request))
     row = await pool.fetchrow(
-        "INSERT INTO batches (id, account_id, workflow_id, name, agent_number, request,"
-        " request_hash, campaign_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        "WITH held AS (SELECT number FROM sender_numbers"
+        " WHERE account_id = $2 AND number = ANY($9::text[]) FOR SHARE)"
+        " INSERT INTO batches (id, account_id, workflow_id, name, agent_number, request,"
+        " request_hash, campaign_id) SELECT $1, $2, $3, $4, $5, $6, $7, $8"
+        " WHERE (SELECT count(*) FROM held) = cardinality($9::text[])"
         f" ON CONFLICT (id) DO NOTHING RETURNING {_BATCH_COLUMNS}, request_hash",
         batch_id,
         account_id,
@@ -53,6 +73,7 @@ async def create_batch(
         request,
         request_hash,
         campaign_id,
+        senders,
     )
     if row is not None:
         return dict(row), True
@@ -61,7 +82,7 @@ async def create_batch(
         batch_id,
         account_id,
     )
-    return dict(existing), False
+    return (dict(existing), False) if existing is not None else None
 
 
 async def get_batch(pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID) -> dict | None:

@@ -164,28 +164,49 @@ async def reserve_slots(pool: asyncpg.Pool, number: str, *, seconds: float) -> S
     )
 
 
-async def batches_sending_from(
-    pool: asyncpg.Pool, account_id: uuid.UUID, number: str, final: list[str]
-) -> list[uuid.UUID]:
-    """The account's batches not in a `final` status that send from `number`, as their
-    sender or as a recipient's own; at most five."""
-    rows = await pool.fetch(
-        "SELECT b.id FROM batches AS b WHERE b.account_id = $1 AND b.status <> ALL($3::text[])"
-        " AND (b.agent_number = $2 OR EXISTS (SELECT 1 FROM messages AS m"
-        " WHERE m.batch_id = b.id AND m.from_number = $2))"
-        " ORDER BY b.created_at LIMIT 5",
-        account_id,
-        number,
-        final,
-    )
-    return [r["id"] for r in rows]
+@dataclass(frozen=True)
+class Removal:
+    """What `delete_number` did: `found`, the account held the number; `busy`, the batches
+    (at most five) that send from it, in which case it is kept."""
+
+    found: bool
+    busy: list[uuid.UUID]
 
 
-async def delete_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> bool:
-    status = await pool.execute(
-        "DELETE FROM sender_numbers WHERE account_id = $1 AND number = $2", account_id, number
-    )
-    return status != "DELETE 0"
+async def delete_number(
+    pool: asyncpg.Pool, account_id: uuid.UUID, number: str, *, final: list[str]
+) -> Removal:
+    """Remove the account's sender unless a batch not in a `final` status sends from it, as
+    its sender, a row's own (`senders`) or a list's: read from the batch's request, so that
+    a batch still writing its rows (validation) counts too.
+
+    The number is locked first, then the batches read: a batch being created holds its
+    senders (`batches.create_batch`), so it is either found here or finds the number gone."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval(
+            "SELECT true FROM sender_numbers WHERE account_id = $1 AND number = $2 FOR UPDATE",
+            account_id,
+            number,
+        ):
+            return Removal(found=False, busy=[])
+        busy = await conn.fetch(
+            "SELECT b.id FROM batches AS b WHERE b.account_id = $1"
+            " AND b.status <> ALL($3::text[]) AND (b.agent_number = $2"
+            " OR EXISTS (SELECT FROM jsonb_each_text(coalesce(b.request->'senders', '{}'))"
+            " AS s WHERE s.value = $2)"
+            " OR EXISTS (SELECT FROM jsonb_array_elements(coalesce(b.request->'lists', '[]'))"
+            " AS l WHERE l->>'agent_number' = $2))"
+            " ORDER BY b.created_at LIMIT 5",
+            account_id,
+            number,
+            final,
+        )
+        if busy:
+            return Removal(found=True, busy=[r["id"] for r in busy])
+        await conn.execute(
+            "DELETE FROM sender_numbers WHERE account_id = $1 AND number = $2", account_id, number
+        )
+    return Removal(found=True, busy=[])
 
 
 async def owner_of_number(pool: asyncpg.Pool, number: str) -> uuid.UUID | None:

@@ -1,6 +1,7 @@
 """A sender belongs to one account at a time: another account cannot register, send from or
 hear replies to it, and it is not given up while a batch of its account sends from it."""
 
+import asyncio
 import secrets
 from datetime import UTC, datetime, timedelta
 
@@ -10,14 +11,15 @@ import pytest
 from pydantic import SecretStr
 
 from settings import Settings
-from store import numbers, opt_outs
+from store import batches, numbers, opt_outs
 from store.accounts import create_account, create_api_key
 from store.db import create_pool, migrate
-from tests.support.batches import FINAL, start_marked_batch
+from tests.support.batches import FINAL, recorded_batch, recorded_file, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.databases import own_database
 from tests.support.sending import (
     conversation_when,
+    eventually,
     inbound_form,
     post_inbound,
     received_by,
@@ -25,6 +27,7 @@ from tests.support.sending import (
     send_ok,
 )
 from tests.support.stack import Account, WebhookReceiver, api_client, error_code
+from workflows.statuses import FINAL_BATCH_STATUSES
 
 # A conversation message's statuses before its outcome.
 SENDING = ("queued", "sending")
@@ -176,6 +179,82 @@ async def test_a_sender_is_not_deleted_while_a_batch_sends_from_it(
         json={"statuses": ["cancelled"]},
     )
     assert (retried.status_code, error_code(retried)) == (404, "AGENT_NUMBER_NOT_FOUND")
+
+
+@pytest.mark.parametrize("named", ["row", "list"])
+async def test_a_sender_of_a_batchs_rows_is_not_deleted_before_its_rows_are_written(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, named: str
+) -> None:
+    """A sender the batch's request gives its rows (a Mobivate originator) or a list's
+    contacts: in use from the start, not once validation has written rows that name it."""
+    sender = unique_numbers(1)[0]
+    await numbers.add_number(pool, account.account_id, sender, "sms", None)
+    request = (
+        {"senders": {"2": sender}}
+        if named == "row"
+        else {"lists": [{"id": "customers", "agent_number": sender}]}
+    )
+    batch_id = await recorded_batch(pool, account, request)
+
+    refused = await api.delete(f"/v1/sms/numbers/{sender}", headers=account.headers)
+
+    assert (refused.status_code, error_code(refused)) == (409, "SENDER_IN_USE")
+    assert str(batch_id) in refused.json()["errors"][0]["message"]
+    assert sender in await listed(api, account)
+
+
+async def blocked_behind(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    """Once another session waits on a lock `conn` holds."""
+    await eventually(
+        lambda: pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            conn.get_server_pid(),
+        ),
+        bool,
+    )
+
+
+async def test_a_sender_removed_while_a_batch_is_recorded_is_in_use_or_gone_for_it(
+    account: Account, pool: asyncpg.Pool
+) -> None:
+    """The batch's insert and the sender's removal at once: whichever commits first, the
+    other sees it (a batch sending from a number the account no longer holds is neither)."""
+    recorded_first, removed_first = unique_numbers(2)
+    for sender in (recorded_first, removed_first):
+        await numbers.add_number(pool, account.account_id, sender, "sms", None)
+
+    async with pool.acquire() as conn:
+        recording = conn.transaction()
+        await recording.start()
+        batch_id = await recorded_batch(conn, account, {"senders": {"2": recorded_first}})
+        removal = asyncio.create_task(
+            numbers.delete_number(
+                pool, account.account_id, recorded_first, final=list(FINAL_BATCH_STATUSES)
+            )
+        )
+        await blocked_behind(pool, conn)
+        await recording.commit()
+        assert (await removal).busy == [batch_id]
+
+        removing = conn.transaction()
+        await removing.start()
+        await conn.execute("DELETE FROM sender_numbers WHERE number = $1", removed_first)
+        file_id = await recorded_file(pool, account)
+        recorded = asyncio.create_task(
+            batches.create_batch(
+                pool,
+                batch_id=file_id,
+                account_id=account.account_id,
+                workflow_id=f"recorded-{file_id}",
+                name=None,
+                agent_number=account.agent_number,
+                request={"senders": {"2": removed_first}},
+                request_hash="",
+            )
+        )
+        await blocked_behind(pool, conn)
+        await removing.commit()
+        assert await recorded is None
 
 
 async def test_a_conversations_timer_does_not_send_from_a_sender_given_up_since(

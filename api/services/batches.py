@@ -247,7 +247,7 @@ async def start_batch(
             kept["senders"] = row_senders
     workflow_id = batch_workflow_id(str(file_id))
     try:
-        batch, created = await batches.create_batch(
+        recorded = await batches.create_batch(
             pool,
             batch_id=file_id,
             account_id=account_id,
@@ -263,6 +263,10 @@ async def start_batch(
             raise
         # Read earlier (a Postman upload's, before its whole file was checked), deleted since.
         raise CampaignNotFound(f"campaign {campaign_id} was deleted") from error
+    if recorded is None:
+        # Checked above, removed since (`numbers.delete_number`).
+        raise AgentNumberNotFound("a sender of the batch was removed from the account meanwhile")
+    batch, created = recorded
     if not created and batch["request_hash"] != _request_hash(checked.given):
         raise BatchAlreadyExists(
             f"file {file_id} already started batch {workflow_id} with a different request"
@@ -471,17 +475,7 @@ async def _require_senders_held(
     """AgentNumberNotFound unless the account still holds every sender of the batch (its own,
     its rows', its lists'): one given up since, perhaps registered by another account now, is
     not sent from again."""
-    request = batch["request"]
-    senders = {
-        batch["agent_number"],
-        *(request.get("senders") or {}).values(),
-        *(
-            source["agent_number"]
-            for source in request.get("lists") or []
-            if "agent_number" in source
-        ),
-    }
-    for sender in sorted(senders):
+    for sender in sorted(batches.batch_senders(batch["agent_number"], batch["request"])):
         await own_sender(pool, account_id, sender)
 
 

@@ -106,14 +106,14 @@ async def list_numbers(
 async def delete_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> str:
     """The number removed, normalised as the account's senders hold it."""
     normalised = to_sender(number) or number
-    busy = await numbers.batches_sending_from(
-        pool, account_id, normalised, list(FINAL_BATCH_STATUSES)
+    removal = await numbers.delete_number(
+        pool, account_id, normalised, final=list(FINAL_BATCH_STATUSES)
     )
-    if busy:
+    if removal.busy:
         raise SenderInUse(
             f"{normalised} sends for batches that have not ended: "
-            f"{', '.join(str(b) for b in busy)}; cancel them or wait for them to end"
+            f"{', '.join(str(b) for b in removal.busy)}; cancel them or wait for them to end"
         )
-    if not await numbers.delete_number(pool, account_id, normalised):
+    if not removal.found:
         raise NumberNotFound(f"{number} is not a sender of this account")
     return normalised

@@ -103,20 +103,26 @@ async def wait_for_status(
             await asyncio.sleep(0.2)
 
 
+async def recorded_file(conn: asyncpg.Pool | asyncpg.Connection, account: Account) -> uuid.UUID:
+    """An empty file of the account, for a batch."""
+    file_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO files (id, account_id, filename, content_type, size_bytes,"
+        " content) VALUES ($1, $2, 'recorded.csv', 'text/csv', 0, '')",
+        file_id,
+        account.account_id,
+    )
+    return file_id
+
+
 async def recorded_batch(
     conn: asyncpg.Pool | asyncpg.Connection,
     account: Account,
     request: dict[str, Any] | None = None,
 ) -> uuid.UUID:
     """A batch of the account with an empty file, recorded only (no workflow)."""
-    batch_id = uuid.uuid4()
-    await conn.execute(
-        "INSERT INTO files (id, account_id, filename, content_type, size_bytes,"
-        " content) VALUES ($1, $2, 'recorded.csv', 'text/csv', 0, '')",
-        batch_id,
-        account.account_id,
-    )
-    await create_batch(
+    batch_id = await recorded_file(conn, account)
+    assert await create_batch(
         conn,  # type: ignore[arg-type]
         batch_id=batch_id,
         account_id=account.account_id,
