@@ -31,7 +31,7 @@ from tests.support.delivery import (
     received,
     wait_until_received,
 )
-from tests.support.sending import served_api
+from tests.support.sending import eventually, served_api
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client, error_code
 from tests.support.workers import CARRIER_TIMEOUT_SECONDS
 from workflows.contracts import batch_workflow_id
@@ -244,9 +244,13 @@ async def test_pause_holds_every_send_until_resume(
 
     paused = await api.post(f"/v1/sms/batch/{file_id}/pause", headers=account.headers)
     await webhooks.wait_for(marker, "paused")
-    await asyncio.sleep(SLOW_CARRIER_MS / 1000 + 1)  # requests on the wire land
+    # `paused` is recorded once the slices are asked to stop: their requests on the wire land,
+    # then each slice records them (no row `sending`), and no more leave.
+    await eventually(
+        lambda: ledger_counts(api, account, file_id), lambda counts: not counts.get("sending")
+    )
     held = len(await received(emulator_url, marker))
-    await asyncio.sleep(3)
+    await asyncio.sleep(2)
     still_held = len(await received(emulator_url, marker))
     status = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()
     await carrier(latency_ms=0)
@@ -374,14 +378,18 @@ async def test_search_attributes_find_the_finished_batch(
     file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(5))
     await webhooks.wait_for(marker, *FINAL)
 
-    cli = await temporal_cli(
-        temporal_address,
-        "workflow",
-        "list",
-        "--query",
-        f'BatchStatus="completed" AND AccountId="{account.account_id}"',
-        "--output",
-        "json",
+    # Temporal's visibility store takes the search attributes a moment after the workflow.
+    cli = await eventually(
+        lambda: temporal_cli(
+            temporal_address,
+            "workflow",
+            "list",
+            "--query",
+            f'BatchStatus="completed" AND AccountId="{account.account_id}"',
+            "--output",
+            "json",
+        ),
+        lambda done: done.returncode != 0 or bool(json.loads(done.stdout or "[]")),
     )
 
     assert cli.returncode == 0, cli.stderr

@@ -5,6 +5,7 @@ import secrets
 from typing import Any
 
 import httpx
+from temporalio import client
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowHandle
@@ -193,14 +194,21 @@ async def test_continue_as_new_keeps_every_run_history_bounded(
     assert events[-1]["status"] == "completed"
     assert len(await emulator_messages(emulator_url, body_contains=marker)) == 400
     workflow_id = f"sms-batch-{file_id}"
-    runs = [r async for r in temporal.list_workflows(f'WorkflowId = "{workflow_id}"')]
-    assert len(runs) >= 4  # 10 chunks, 3 per run
+
+    async def listed(query: str) -> list[client.WorkflowExecution]:
+        return [r async for r in temporal.list_workflows(query)]
+
+    # Temporal's visibility store lists a run a moment after it starts or closes.
+    runs = await eventually(
+        lambda: listed(f'WorkflowId = "{workflow_id}"'),
+        lambda listing: len(listing) >= 4,  # 10 chunks, 3 per run
+    )
     for execution in runs:
         handle = temporal.get_workflow_handle(workflow_id, run_id=execution.run_id)
         history = await handle.fetch_history()
         assert len(history.events) < 250
-    chunk_ids = {
-        r.id
-        async for r in temporal.list_workflows(f'WorkflowId STARTS_WITH "{workflow_id}/chunk-"')
-    }
-    assert len(chunk_ids) == 10
+    chunks = await eventually(
+        lambda: listed(f'WorkflowId STARTS_WITH "{workflow_id}/chunk-"'),
+        lambda listing: len({r.id for r in listing}) >= 10,
+    )
+    assert len({r.id for r in chunks}) == 10

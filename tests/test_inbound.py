@@ -352,8 +352,12 @@ async def test_stop_opts_out_and_start_opts_back_in(
 
     await post_inbound(api, settings, inbound_form(settings, to=sender, from_=user, body=" Stop "))
     after_stop = await send(api, account, user, agent_number=sender, agent_message="ignored")
+    # The carrier has the first message before the worker has its answer: `sent` comes after.
     stopped = await conversation_when(
-        api, account, first["conversation_id"], lambda c: len(c["messages"]) == 2
+        api,
+        account,
+        first["conversation_id"],
+        lambda c: len(c["messages"]) == 2 and c["messages"][0]["status"] != "sending",
     )
     await post_inbound(api, settings, inbound_form(settings, to=sender, from_=user, body="start"))
     await send_ok(api, account, user, agent_number=sender, agent_message="Welcome back")

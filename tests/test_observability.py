@@ -31,6 +31,7 @@ from metrics import STALL_SECONDS, MetricsServer, WorkerMetrics
 from settings import DEV_ACCOUNT_SID, Settings
 from tests.support.batches import recorded_batch, run_batch
 from tests.support.builders import unique_numbers
+from tests.support.sending import eventually
 from tests.support.stack import AUTH_TOKEN, Account, WebhookReceiver, error_code
 from workflows.contracts import StatusUpdate
 from workflows.statuses import BatchStatus
@@ -147,7 +148,14 @@ async def test_a_batch_shows_in_both_processes_metrics_and_json_logs(
     )
     assert batch_posts == 1
 
-    sdk = await scrape(processes.temporal_metrics_url)
+    # The run completes once its webhook pump has recorded the final event's delivery: a
+    # workflow task after the post the test waited for.
+    sdk = await eventually(
+        lambda: scrape(processes.temporal_metrics_url),
+        lambda scraped: (
+            value(scraped, "temporal_workflow_completed_total", workflow_type="BatchWorkflow") >= 1
+        ),
+    )
     assert value(sdk, "temporal_activity_execution_latency_count", activity_type="send_slice") >= 1
     assert value(sdk, "temporal_workflow_completed_total", workflow_type="BatchWorkflow") == 1
 

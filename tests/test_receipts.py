@@ -22,6 +22,7 @@ from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import (
     answer_when_its_insert_fails,
+    appliers_idle,
     ledger_rows,
     receipt,
     receipts_applied,
@@ -532,19 +533,17 @@ async def test_a_receipt_waiting_in_the_queue_stays_the_first_when_another_is_ap
     file_id, rows = await sent_batch(api, account, webhooks, 1)
     sid = rows[0]["carrier_sid"]
     async with pool.acquire() as holder:
-        transaction = holder.transaction()
-        await transaction.start()
         # The first receipt came before the sid was written, and no applier has taken it
         # yet (its row is held: they skip it).
-        await holder.execute(
-            "INSERT INTO receipt_queue (carrier_sid, status, error_code)"
-            " VALUES ($1, 'undelivered', '30003')",
-            sid,
-        )
-        await transaction.commit()
-        transaction = holder.transaction()
-        await transaction.start()
-        await holder.execute("SELECT FROM receipt_queue WHERE carrier_sid = $1 FOR UPDATE", sid)
+        async with appliers_idle():
+            await holder.execute(
+                "INSERT INTO receipt_queue (carrier_sid, status, error_code)"
+                " VALUES ($1, 'undelivered', '30003')",
+                sid,
+            )
+            transaction = holder.transaction()
+            await transaction.start()
+            await holder.execute("SELECT FROM receipt_queue WHERE carrier_sid = $1 FOR UPDATE", sid)
         second = await post_receipt(api, settings, receipt(sid, "delivered"))
         # An applier may claim the second receipt (the first is held), not apply it: kept,
         # it would be the message's first.
@@ -741,20 +740,21 @@ async def test_a_queued_receipt_of_a_message_already_final_is_dropped_not_kept(
 ) -> None:
     file_id, seqs = await rows_on_the_wire(api, account, webhooks, pool, 2)
     sids = ["SM" + secrets.token_hex(16) for _ in seqs]
-    await receipts.queue_receipts(
-        pool,
-        [
-            receipts.Receipt(sids[0], "undelivered", "30003"),
-            receipts.Receipt(sids[1], "delivered", None),
-        ],
-    )
     async with pool.acquire() as holder:
-        transaction = holder.transaction()
-        await transaction.start()
         # No applier takes the receipts before the sids are written: the appliers skip them.
-        await holder.execute(
-            "SELECT FROM receipt_queue WHERE carrier_sid = ANY($1::text[]) FOR UPDATE", sids
-        )
+        async with appliers_idle():
+            await receipts.queue_receipts(
+                pool,
+                [
+                    receipts.Receipt(sids[0], "undelivered", "30003"),
+                    receipts.Receipt(sids[1], "delivered", None),
+                ],
+            )
+            transaction = holder.transaction()
+            await transaction.start()
+            await holder.execute(
+                "SELECT FROM receipt_queue WHERE carrier_sid = ANY($1::text[]) FOR UPDATE", sids
+            )
         await messages.record_outcomes(
             pool,
             uuid.UUID(file_id),

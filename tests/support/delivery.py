@@ -11,10 +11,11 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from temporalio.client import Client
 
 from settings import Settings
-from store import messages
+from store import messages, receipts
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.pages import every_item
@@ -48,6 +49,24 @@ async def receipts_applied(pool: asyncpg.Pool, sids: list[str]) -> None:
             "SELECT count(*) FROM receipt_queue WHERE carrier_sid = ANY($1::text[])", sids
         ):
             await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def appliers_idle() -> AsyncIterator[None]:
+    """The API's receipt appliers apply nothing until the block ends: `store.receipts.
+    apply_queued` answers none, and the block begins once an applier has met that (so no
+    call of the real one is under way). For a test that queues a receipt, then locks it."""
+    met = asyncio.Event()
+
+    async def nothing(pool: asyncpg.Pool, limit: int) -> list[Any]:
+        met.set()
+        return []
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(receipts, "apply_queued", nothing)
+        async with asyncio.timeout(WAIT_SECONDS):
+            await met.wait()
+        yield
 
 
 async def ledger_rows(api: httpx.AsyncClient, account: Account, file_id: str) -> list[dict]:
