@@ -35,6 +35,20 @@ from tests.support.stack import Account, WebhookReceiver, api_client, error_code
 SENT = "SMS sent successfully"
 
 
+# A message failed unsent (its signal failed), then its repeat's, sent.
+FAILED_THEN_SENT = [("failed", "TEMPORAL_UNAVAILABLE"), ("sent", None)]
+
+
+async def outcomes_once_sent(
+    api: httpx.AsyncClient, account: Account, conversation_id: str
+) -> list[tuple[str, str | None]]:
+    """The conversation's messages' statuses and error codes, once its last is sent."""
+    detail = await conversation_when(
+        api, account, conversation_id, lambda c: c["messages"][-1]["status"] == "sent"
+    )
+    return [(m["status"], m["error_code"]) for m in detail["messages"]]
+
+
 def all_sent(detail: dict) -> bool:
     return all(m["status"] == "sent" for m in detail["messages"])
 
@@ -315,16 +329,8 @@ async def test_without_temporal_the_send_fails_and_its_key_is_free_again(
     assert failed.status_code == 503
     assert error_code(failed) == "TEMPORAL_UNAVAILABLE"
     assert retried.status_code == 200
-    detail = await conversation_when(
-        api,
-        account,
-        retried.json()["data"]["conversation_id"],
-        lambda c: c["messages"][-1]["status"] == "sent",
-    )
-    assert [(m["status"], m["error_code"]) for m in detail["messages"]] == [
-        ("failed", "TEMPORAL_UNAVAILABLE"),
-        ("sent", None),
-    ]
+    outcomes = await outcomes_once_sent(api, account, retried.json()["data"]["conversation_id"])
+    assert outcomes == FAILED_THEN_SENT
     assert len(await emulator_messages(emulator_url, to=user)) == 1
 
 
@@ -425,17 +431,12 @@ async def test_two_repeats_whose_signals_both_fail_answer_503_and_a_later_one_se
     async with api_client(impatient) as api:
         later = await send(api, account, user, key=key, agent_message="once")
         opened = later.json()["data"]["conversation_id"]
-        detail = await conversation_when(
-            api, account, opened, lambda c: c["messages"][-1]["status"] == "sent"
-        )
+        outcomes = await outcomes_once_sent(api, account, opened)
 
     assert [r.status_code for r in repeats] == [503, 503], [r.text for r in repeats]
     assert later.status_code == 200, later.text
     # The first request's message failed unsent; the later repeat's is the one sent.
-    assert [(m["status"], m["error_code"]) for m in detail["messages"]] == [
-        ("failed", "TEMPORAL_UNAVAILABLE"),
-        ("sent", None),
-    ]
+    assert outcomes == FAILED_THEN_SENT
     assert len(await emulator_messages(emulator_url, to=user)) == 1
 
 
@@ -504,20 +505,12 @@ async def test_a_send_whose_message_a_repeat_failed_before_its_signal_answers_50
         first = await send(api, account, user, key=key, agent_message="once")
     async with api_client(settings) as api:
         later = await send(api, account, user, key=key, agent_message="once")
-        detail = await conversation_when(
-            api,
-            account,
-            later.json()["data"]["conversation_id"],
-            lambda c: c["messages"][-1]["status"] == "sent",
-        )
+        outcomes = await outcomes_once_sent(api, account, later.json()["data"]["conversation_id"])
 
     assert first.status_code == 503, first.text
     assert error_code(first) == "TEMPORAL_UNAVAILABLE"
     assert later.status_code == 200, later.text
-    assert [(m["status"], m["error_code"]) for m in detail["messages"]] == [
-        ("failed", "TEMPORAL_UNAVAILABLE"),
-        ("sent", None),
-    ]
+    assert outcomes == FAILED_THEN_SENT
     assert len(await emulator_messages(emulator_url, to=user)) == 1
 
 
@@ -538,19 +531,11 @@ async def test_a_repeat_finding_the_message_failed_by_a_request_that_died_sends_
             pool, stored.message.message_id, error_message="the repeat's signal failed"
         )
         later = await send(api, account, user, key=key, agent_message="once")
-        detail = await conversation_when(
-            api,
-            account,
-            later.json()["data"]["conversation_id"],
-            lambda c: c["messages"][-1]["status"] == "sent",
-        )
+        outcomes = await outcomes_once_sent(api, account, later.json()["data"]["conversation_id"])
 
     assert later.status_code == 200, later.text
     assert later.json()["data"]["message_id"] != str(stored.message.message_id)
-    assert [(m["status"], m["error_code"]) for m in detail["messages"]] == [
-        ("failed", "TEMPORAL_UNAVAILABLE"),
-        ("sent", None),
-    ]
+    assert outcomes == FAILED_THEN_SENT
     assert len(await emulator_messages(emulator_url, to=user)) == 1
 
 
