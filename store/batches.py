@@ -55,12 +55,12 @@ async def create_batch(
 ) -> tuple[dict, bool] | None:
     """Insert the batch row; if the file already has one, return it and False. None, nothing
     inserted, when the account no longer holds one of the batch's senders (`batch_senders`):
-    the statement holds them (FOR SHARE) while it inserts, so a sender's removal
+    the statement holds them (FOR KEY SHARE) while it inserts, so a sender's removal
     (`numbers.delete_number`) either comes first or finds the batch."""
     senders = sorted(batch_senders(agent_number, request))
     row = await pool.fetchrow(
         "WITH held AS (SELECT number FROM sender_numbers"
-        " WHERE account_id = $2 AND number = ANY($9::text[]) FOR SHARE)"
+        " WHERE account_id = $2 AND number = ANY($9::text[]) FOR KEY SHARE)"
         " INSERT INTO batches (id, account_id, workflow_id, name, agent_number, request,"
         " request_hash, campaign_id) SELECT $1, $2, $3, $4, $5, $6, $7, $8"
         " WHERE (SELECT count(*) FROM held) = cardinality($9::text[])"

@@ -143,12 +143,13 @@ async def reserve_slots(pool: asyncpg.Pool, number: str, *, seconds: float) -> S
     """Take the next `seconds` of the sender's timeline (at least one slot); None when the
     sender has no limit. The timeline is the number's, not the sending account's: a batch
     that outlives its account's registration is paced by whoever holds the number now. The
-    row lock orders concurrent reservations from every worker, and an idle sender's timeline
-    restarts at now, so no burst builds up while it rests."""
+    row lock orders concurrent reservations from every worker (not batches being recorded,
+    which only keep the row from going: `batches.create_batch`), and an idle sender's
+    timeline restarts at now, so no burst builds up while it rests."""
     row = await pool.fetchrow(
         "WITH granted AS ("
         "  SELECT mps, greatest(ceil(mps * $2)::int, 1) AS n FROM sender_numbers"
-        "  WHERE number = $1 AND mps IS NOT NULL FOR UPDATE)"
+        "  WHERE number = $1 AND mps IS NOT NULL FOR NO KEY UPDATE)"
         " UPDATE sender_numbers AS s"
         " SET paced_until = greatest(s.paced_until, now()) + make_interval(secs => g.n / g.mps)"
         " FROM granted AS g WHERE s.number = $1"
