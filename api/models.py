@@ -1,6 +1,7 @@
 """Request bodies and reply shapes at the API's edge."""
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from pydantic import (
     AnyHttpUrl,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -41,9 +43,23 @@ def _in_utc_years(moment: datetime) -> datetime:
     return moment
 
 
+def _written_as_date_time(value: object) -> object:
+    """A time comes as ISO 8601 text: pydantic would also read a number, or a string of
+    digits, as Unix seconds (or milliseconds, past a size), which no document promises."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or _NUMBER.fullmatch(value.strip()):
+        raise ValueError("must be an ISO 8601 date-time with a zone, as 2026-01-01T09:00:00Z")
+    return value
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
 # A time with its zone, which is a date in UTC too: "9999-12-31T23:59:59-14:00" is year 10000
 # in UTC, which neither Python's dates nor PostgreSQL's timestamps hold.
-Moment = Annotated[AwareDatetime, AfterValidator(_in_utc_years)]
+Moment = Annotated[
+    AwareDatetime, BeforeValidator(_written_as_date_time), AfterValidator(_in_utc_years)
+]
 
 # The one batch the schema's examples show.
 BATCH_ID = "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10"
@@ -411,6 +427,9 @@ class BatchRequest(CampaignMessage):
         schedule_at = info.data.get("schedule_at")
         if expire_at is not None and schedule_at is not None and expire_at <= schedule_at:
             raise ValueError("expire_at must be after schedule_at")
+        if expire_at is not None and expire_at <= datetime.now(UTC):
+            # Every row would end `expired` and nothing be sent.
+            raise ValueError("expire_at is in the past")
         return expire_at
 
     @field_validator("column_mapping")

@@ -148,6 +148,29 @@ async def test_an_expiry_before_the_schedule_is_refused(
 @pytest.mark.parametrize(
     "moment",
     [
+        {"expire_at": "2020-01-01T00:00:00Z"},
+        {"expire_at": "1970-01-01T00:00:00Z"},
+        {"schedule_at": 1767225600},
+        {"schedule_at": "1767225600"},
+        {"expire_at": 99999999999},
+    ],
+)
+async def test_a_past_expiry_or_a_unix_time_is_refused(
+    api: httpx.AsyncClient, account: Account, moment: dict[str, object]
+) -> None:
+    """A batch that could send nothing (every row would end `expired`; the epoch read as no
+    expiry at all), or a number pydantic would take for Unix seconds or milliseconds."""
+    file_id = await attach(api, account.headers, csv_bytes(["phone_number"], [unique_numbers(1)]))
+
+    response = await start(api, account, file_id, **moment)
+
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"][0]["error"] == "INVALID_SCHEDULE"
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
         {"schedule_at": "9999-12-31T23:59:59-14:00"},
         {"expire_at": "9999-12-31T23:00:00-01:00"},
         {"schedule_at": "0001-01-01T00:00:00+14:00"},
@@ -164,3 +187,18 @@ async def test_a_time_beyond_the_years_1_to_9999_in_utc_is_refused(
 
     assert response.status_code == 400, response.text
     assert response.json()["errors"][0]["error"] == "INVALID_SCHEDULE"
+
+
+async def test_a_spread_too_short_to_pace_sends_at_once(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
+) -> None:
+    # Its interval between rows was so small that the slices' size overflowed: the chunk's
+    # workflow task failed, again and again, and the batch never ended.
+    numbers = unique_numbers(3)
+    _, marker = await start_marked_batch(api, account, webhooks, numbers, spread_hours=1e-320)
+
+    events = await webhooks.wait_for(marker, *FINAL)
+
+    assert events[-1]["status"] == "completed"
+    sent = await emulator_messages(emulator_url, body_contains=marker)
+    assert sorted(m["to"] for m in sent) == numbers

@@ -154,7 +154,8 @@ class ChunkWorkflow:
         size = input.slice_size
         if input.pace.interval:
             # A spread batch's slice spans at most a few minutes of its timeline.
-            size = max(1, min(size, int(SPREAD_SLICE_SECONDS / input.pace.interval)))
+            # (A tiny interval makes the quotient inf, which no int holds.)
+            size = max(1, int(min(size, SPREAD_SLICE_SECONDS / input.pace.interval)))
         for start in range(input.start, input.end, size):
             await workflow.wait_condition(
                 lambda: (
