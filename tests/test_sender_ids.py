@@ -107,6 +107,39 @@ async def test_a_batch_from_a_sender_id_sends_it_as_from_and_skips_opt_outs(
     assert listed.json()["data"]["conversations"] == []
 
 
+async def test_a_whatsapp_batch_refuses_a_sender_id_for_its_lists_too(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    """A list's own sender is checked as the batch's is: from a sender ID, every WhatsApp
+    message of the list would fail at the carrier."""
+    sender = new_sender_id()
+    assert (await register(api, account, sender)).status_code == 201
+    created = await api.post("/v1/lists", headers=account.headers, json={"name": "customers"})
+    assert created.status_code == 201, created.text
+    contacts = await api.post(
+        f"/v1/lists/{created.json()['data']['id']}/contacts",
+        headers=account.headers,
+        json={"contacts": [{"phone_number": unique_numbers(1)[0]}]},
+    )
+    assert contacts.status_code == 200, contacts.text
+
+    response = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "global": {
+                "agent_number": account.agent_number,
+                "agent_message": "hola",
+                "channel": "whatsapp",
+            },
+            "lists": [{"id": created.json()["data"]["id"], "agent_number": sender}],
+        },
+    )
+
+    assert (response.status_code, error_code(response)) == (400, "INVALID_SENDER_ID")
+    assert sender in response.json()["errors"][0]["message"]
+
+
 async def test_a_sender_id_takes_no_webhook_later_either(
     api: httpx.AsyncClient, id_account: Account
 ) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -245,6 +245,9 @@ async def start_batch(
         kept.setdefault("file_id", str(file_id))
         if row_senders:
             kept["senders"] = row_senders
+    if body.global_.channel == "whatsapp":
+        # The lists' and rows' own senders too: a sender ID's messages would all fail.
+        _require_whatsapp_senders(batches.batch_senders(agent_number, request))
     workflow_id = batch_workflow_id(str(file_id))
     try:
         recorded = await batches.create_batch(
@@ -410,8 +413,8 @@ async def _checked_request(
         raise AgentNumberNotFound(
             f"{body.global_.agent_number} is not a registered sender of this account"
         )
-    if body.global_.channel == "whatsapp" and is_sender_id(agent_number):
-        raise InvalidSenderId(f"sender ID {agent_number!r} can only send SMS, not whatsapp")
+    if body.global_.channel == "whatsapp":
+        _require_whatsapp_senders([agent_number])
     given = _stored_request(body, agent_number)
     campaign_id = await _campaign_message(pool, account_id, body, given, file_id)
     request = dict(given)
@@ -477,6 +480,13 @@ async def _require_senders_held(
     not sent from again."""
     for sender in sorted(batches.batch_senders(batch["agent_number"], batch["request"])):
         await own_sender(pool, account_id, sender)
+
+
+def _require_whatsapp_senders(senders: Iterable[str]) -> None:
+    """InvalidSenderId for a sender ID among a WhatsApp batch's senders."""
+    for sender in sorted(senders):
+        if is_sender_id(sender):
+            raise InvalidSenderId(f"sender ID {sender!r} can only send SMS, not whatsapp")
 
 
 async def _check_lists(pool: asyncpg.Pool, account_id: uuid.UUID, request: dict[str, Any]) -> None:
