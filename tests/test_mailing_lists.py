@@ -192,6 +192,35 @@ async def test_a_file_without_a_number_column_is_refused(
     assert error_code(response) == "INVALID_CONTACTS"
 
 
+async def test_a_batch_of_lists_alone_needs_a_message_for_each_list(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    """No global message and a list without its own: refused at once (it was accepted, then
+    every contact of that list was rejected `missing_message` and the batch failed)."""
+    with_message, without = await new_list(api, account), await new_list(api, account)
+    for list_id in (with_message, without):
+        await add(api, account, list_id, [{"phone_number": unique_numbers(1)[0]}])
+
+    async def batch(*lists: dict[str, str]) -> httpx.Response:
+        return await api.post(
+            "/v1/sms/batch",
+            headers=account.headers,
+            json={
+                "global": {"agent_number": account.agent_number},
+                "lists": list(lists),
+            },
+        )
+
+    refused = await batch({"id": with_message, "agent_message": "hi"}, {"id": without})
+    accepted = await batch({"id": with_message, "agent_message": "hi"})
+
+    assert refused.status_code == 400, refused.text
+    assert error_code(refused) == "MISSING_AGENT_MESSAGE"
+    assert accepted.status_code == 200, accepted.text
+    final = await wait_for_status(api, account, accepted.json()["data"]["batch_id"], *FINAL)
+    assert final["status"] == "completed", final
+
+
 async def test_a_batch_sends_to_its_lists_contacts_with_their_fields_as_tags(
     api: httpx.AsyncClient, account: Account, emulator_url: str
 ) -> None:

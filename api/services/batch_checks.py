@@ -113,15 +113,26 @@ def count_rows(content: bytes, at_most: int) -> int:
 
 def require_message(request: Mapping[str, Any], header: Sequence[str] | None) -> None:
     """A batch needs a message for its rows: its own, its sender's opening message, a
-    WhatsApp content template, or a message column in the file."""
+    WhatsApp content template, or a message column in the file; a batch of mailing lists
+    alone (`header` None), a message of each list's own."""
     message = batch_message(request)
-    if (message and message.strip()) or header is None or MESSAGE_COLUMN in header:
+    if message and message.strip():
         return
-    raise MissingAgentMessage(
-        "global.agent_message is required: the sender has no opening message configured"
-        " (PATCH /v1/sms/numbers/{number} with opening_message) and the file has no"
-        " agent_message column"
-    )
+    if header is None:
+        lists = request.get("lists") or []
+        if all((source.get("agent_message") or "").strip() for source in lists):
+            return
+        raise MissingAgentMessage(
+            "global.agent_message is required: the sender has no opening message configured"
+            " (PATCH /v1/sms/numbers/{number} with opening_message) and not every list has"
+            " an agent_message of its own"
+        )
+    if MESSAGE_COLUMN not in header:
+        raise MissingAgentMessage(
+            "global.agent_message is required: the sender has no opening message configured"
+            " (PATCH /v1/sms/numbers/{number} with opening_message) and the file has no"
+            " agent_message column"
+        )
 
 
 def require_phone_column(header: Sequence[str] | None) -> None:
