@@ -173,6 +173,13 @@ class SendingActivities(WorkerResources):
             if not await pacer.turn(stopping):
                 return None
             self._metrics.pacing_delay.observe(time.monotonic() - waited)
+            if window is not None:
+                # Again after the sender's pace, which may have waited past the window's end
+                # (a slice spans tens of seconds of a slow sender's timeline).
+                opens = window.opens_at(message.to_number, time.time())
+                if opens is not None:
+                    waiting[index] = opens
+                    return None
             if not await waves.on_the_wire(index, wave, apply_receipts):
                 return None
             if input.pace.expire_at and time.time() >= input.pace.expire_at:

@@ -1,12 +1,14 @@
 """`send_window`: each recipient is sent only inside the window in their local time (their
 zone from the number); the rows outside it wait, counted, and a retry keeps the window."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 
+from activities.pacing import SenderPacer
 from activities.windows import WindowClock, zones_of
 from tests.support.batches import start_marked_batch, wait_for_status
 from tests.support.builders import unique_numbers_in
@@ -83,6 +85,42 @@ async def test_recipients_outside_their_local_window_wait_the_others_send(
     assert len(await received(emulator_url, marker)) == 3
     assert (await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)).is_success
     await webhooks.wait_for(marker, "cancelled", times=2)
+
+
+async def test_a_row_whose_window_closes_while_it_waits_for_its_sender_waits(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The window is checked again after the sender's pace, just before the request: a slow
+    sender's slice spans tens of seconds, past the window's end for its last rows. Here the
+    window closes (for this test's numbers) as each row's turn comes."""
+    tokyo = unique_numbers_in("+813", 8, 3)
+    turned: set[str] = set()
+    real_turn, real_opens_at = SenderPacer.turn, WindowClock.opens_at
+
+    async def turn_then_close(self: SenderPacer, stopping: asyncio.Event) -> bool:
+        taken = await real_turn(self, stopping)
+        turned.add(self._number)
+        return taken
+
+    def opens_at(self: WindowClock, number: str, now: float) -> float | None:
+        if number in tokyo and account.agent_number in turned:
+            return now + 3600
+        return real_opens_at(self, number, now)
+
+    monkeypatch.setattr(SenderPacer, "turn", turn_then_close)
+    monkeypatch.setattr(WindowClock, "opens_at", opens_at)
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, tokyo, send_window=window_around_tokyo_now()
+    )
+
+    assert await eventually(lambda: waiting_for_window(api, account, file_id), lambda n: n == 3)
+    assert await received(emulator_url, marker) == []
+    assert (await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)).is_success
+    await webhooks.wait_for(marker, "cancelled")
 
 
 @pytest.mark.parametrize(
