@@ -73,31 +73,56 @@ class WindowClock:
                 return False
         return True
 
-    def _edges(self, zones: list[ZoneInfo], now: float, minute: int) -> list[float]:
-        """The instants after `now`, in order, at which some zone's clock reads `minute`."""
-        at = time(minute // 60, minute % 60)
-        edges = set()
+    def _changes(self, zones: list[ZoneInfo], now: float) -> list[float]:
+        """The instants after `now`, in order, at which the window may open or close in one
+        of the zones: its clock reads the window's start or end (either reading of an hour
+        that repeats; a time the clock skips reads as if it had not) or jumps (its offset
+        changes). Between two of them, whether a number is inside does not change."""
+        minutes = [time(minute // 60, minute % 60) for minute in (self._start, self._end)]
+        moments = set()
         for zone in zones:
             today = datetime.fromtimestamp(now, zone).date()
             for day in DAYS:
-                moment = _local(today + timedelta(days=day), at, zone)
-                if moment > now:
-                    edges.add(moment)
-        return sorted(edges)
+                local_day = today + timedelta(days=day)
+                for at in minutes:
+                    for fold in (0, 1):
+                        moments.add(_local(local_day, at.replace(fold=fold), zone))
+                moments.update(_offset_changes(local_day, zone))
+        return sorted(moment for moment in moments if moment > now)
 
     def _span(self, names: tuple[str, ...], now: float) -> tuple[float, bool]:
+        """Whether the zones are all inside the window at `now`, and until when."""
         zones = [ZoneInfo(name) for name in names]
-        if self._inside_all(zones, now):
-            # Inside every zone's window until the first of them closes.
-            return self._edges(zones, now, self._end)[0], True
-        # An intersection of windows opens when one of them does.
-        for moment in self._edges(zones, now, self._start):
-            if self._inside_all(zones, moment):
-                return moment, False
-        if names == self._fallback:
-            return self._edges(zones, now, self._start)[0], False
-        # The zones' windows never overlap: the batch's zone decides.
-        return self._span(self._fallback, now)
+        inside = self._inside_all(zones, now)
+        change = next(
+            (m for m in self._changes(zones, now) if self._inside_all(zones, m) != inside), None
+        )
+        if change is None and names != self._fallback:
+            # The zones' windows never overlap: the batch's zone decides.
+            return self._span(self._fallback, now)
+        assert change is not None, "one zone's window opens and closes every day"
+        return change, inside
+
+
+def _offset_changes(day: date, zone: ZoneInfo) -> list[float]:
+    """The instant in `day`'s 24 hours from its local midnight at which the zone's offset
+    changes, if it does (a daylight saving time transition): to the second."""
+    low = _local(day, time(0), zone)
+    high = low + 86400
+    if _offset(low, zone) == _offset(high, zone):
+        return []
+    before = _offset(low, zone)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _offset(middle, zone) == before:
+            low = middle
+        else:
+            high = middle
+    return [high]
+
+
+def _offset(moment: float, zone: ZoneInfo) -> timedelta | None:
+    return datetime.fromtimestamp(moment, zone).utcoffset()
 
 
 def _local(day: date, at: time, zone: ZoneInfo) -> float:

@@ -2,6 +2,7 @@
 zone from the number); the rows outside it wait, counted, and a retry keeps the window."""
 
 import asyncio
+import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -9,7 +10,7 @@ import httpx
 import pytest
 
 from activities.pacing import SenderPacer
-from activities.windows import WindowClock, zones_of
+from activities.windows import WindowClock, minutes_of, zones_of
 from tests.support.batches import start_marked_batch, wait_for_status
 from tests.support.builders import unique_numbers_in
 from tests.support.delivery import received, wait_until_received
@@ -191,3 +192,39 @@ def test_an_unknown_zone_or_windows_that_never_meet_take_the_batchs_zone() -> No
     for number in ("+447700900123", "+18005550123"):
         assert clock.opens_at(number, NOON_UTC) == utc("2026-01-16T00:00:00"), number
         assert clock.opens_at(number, utc("2026-01-16T00:30:00")) is None, number
+
+
+# Around New York's two transitions of 2026: 02:00 EST jumps to 03:00 EDT on March 8, and
+# 01:00-02:00 is lived twice on November 1 (EDT, then EST).
+TRANSITIONS = [utc("2026-03-08T07:00:00"), utc("2026-11-01T06:00:00")]
+EDGES = ["00:30", "01:00", "01:30", "02:00", "02:30", "03:00", "22:00"]
+
+
+def inside_by_the_clock(start: str, end: str, moment: float) -> bool:
+    """Whether New York's wall clock at `moment` reads a minute inside the window."""
+    local = datetime.fromtimestamp(moment, ZoneInfo("America/New_York"))
+    minute, first, last = local.hour * 60 + local.minute, minutes_of(start), minutes_of(end)
+    return first <= minute < last if first < last else minute >= first or minute < last
+
+
+@pytest.mark.parametrize("transition", TRANSITIONS)
+def test_a_window_follows_the_wall_clock_across_daylight_saving_changes(
+    transition: float,
+) -> None:
+    """Every ten minutes from three hours before a transition to nine after, for windows
+    with an edge in the skipped or the repeated hour: the clock (one clock asked in turn, as
+    a slice asks it, and a fresh one) answers what the wall clock says.
+    It opened 30 minutes late at a start the clock skipped, sent on past an end it skipped,
+    and took a day for a start in the repeated hour."""
+    number = "+12125550123"
+    for start, end in itertools.permutations(EDGES, 2):
+        clock = WindowClock(SendWindow(start=start, end=end))
+        for moment in range(int(transition) - 3 * 3600, int(transition) + 9 * 3600, 600):
+            opens = None
+            if not inside_by_the_clock(start, end, moment):
+                # Every edge and transition here falls on a ten-minute mark.
+                opens = moment + 600
+                while not inside_by_the_clock(start, end, opens):
+                    opens += 600
+            fresh = WindowClock(SendWindow(start=start, end=end)).opens_at(number, moment)
+            assert (clock.opens_at(number, moment), fresh) == (opens, opens), (start, end, moment)
