@@ -98,6 +98,16 @@ async def slowest_rate(
     )
 
 
+async def sender_id_holder(pool: asyncpg.Pool, sender_id: str) -> tuple[uuid.UUID, str] | None:
+    """The account holding the sender ID in any case, and the ID as it registered it."""
+    row = await pool.fetchrow(
+        "SELECT account_id, number FROM sender_numbers"
+        " WHERE kind = 'sender_id' AND lower(number) = lower($1)",
+        sender_id,
+    )
+    return (row["account_id"], row["number"]) if row else None
+
+
 async def has_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> bool:
     return bool(
         await pool.fetchval(

@@ -50,6 +50,12 @@ async def test_a_sender_id_has_one_owner(
     for variant in (id_account.agent_number, id_account.agent_number.upper()):
         taken = await register(api, other, variant)
         assert (taken.status_code, error_code(taken)) == (409, "SENDER_TAKEN"), variant
+        assert "another account" in taken.json()["errors"][0]["message"]
+    # The holder itself, in another case: told it holds the ID already, as it wrote it.
+    again = await register(api, id_account, id_account.agent_number.upper())
+    assert (again.status_code, error_code(again)) == (409, "SENDER_TAKEN")
+    assert "another account" not in again.json()["errors"][0]["message"]
+    assert repr(id_account.agent_number) in again.json()["errors"][0]["message"]
 
     listed = await api.get("/v1/sms/numbers", headers=id_account.headers)
     kinds = {n["number"]: n["kind"] for n in listed.json()["data"]["numbers"]}

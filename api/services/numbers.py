@@ -63,6 +63,12 @@ async def add_number(
         pool, account_id, number, body.channel, mps, webhook, kind, body.opening_message
     )
     if row is None:
+        holder = await numbers.sender_id_holder(pool, number) if kind == "sender_id" else None
+        if holder is not None and holder[0] == account_id:
+            raise SenderTaken(
+                f"this account holds {number!r} as {holder[1]!r}: sender IDs are one sender"
+                " whatever their case (PATCH or DELETE it as registered)"
+            )
         raise SenderTaken(
             f"{number} is registered by another account"
             + (" (sender IDs are one sender whatever their case)" if kind == "sender_id" else "")
