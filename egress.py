@@ -70,7 +70,8 @@ def refusal(address: IPAddress, *, allow_loopback: bool) -> str | None:
 async def system_resolver(host: str, port: int) -> list[str]:
     """Every A and AAAA record of `host`."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return sorted({str(info[4][0]) for info in infos})
+    # In the system's order of preference (RFC 6724), each once.
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 async def checked_addresses(
@@ -112,9 +113,14 @@ async def checked_addresses(
 
 
 class PinnedTransport(httpx.AsyncBaseTransport):
-    """Resolves and checks each request's host, then connects to the checked address itself,
-    keeping the original Host header and TLS server name: a DNS answer that changes between
-    the check and the connection (rebinding) cannot redirect the request."""
+    """Resolves and checks each request's host, then connects to a checked address itself
+    (each in turn, until one connects), keeping the original Host header and TLS server name:
+    a DNS answer that changes between the check and the connection (rebinding) cannot
+    redirect the request.
+
+    No connection is kept for another request: the pool knows a connection by its address,
+    not its host name, so another host at the same address (another account's receiver)
+    would get it, with TLS checked for the first host's name."""
 
     def __init__(
         self,
@@ -125,7 +131,9 @@ class PinnedTransport(httpx.AsyncBaseTransport):
     ) -> None:
         self._allow_loopback = allow_loopback
         self._resolver = resolver
-        self._inner = inner or httpx.AsyncHTTPTransport()
+        self._inner = inner or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_keepalive_connections=0)
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -134,10 +142,16 @@ class PinnedTransport(httpx.AsyncBaseTransport):
             )
         except UnsafeURL as error:
             raise httpx.ConnectError(f"refused: {error}", request=request) from None
-        host = request.url.host
-        request.url = request.url.copy_with(host=str(addresses[0]))
+        url = request.url
         # httpx set the Host header from the original URL already; TLS must name it too.
-        request.extensions = {**request.extensions, "sni_hostname": host}
+        request.extensions = {**request.extensions, "sni_hostname": url.host}
+        for address in addresses[:-1]:
+            request.url = url.copy_with(host=str(address))
+            try:
+                return await self._inner.handle_async_request(request)
+            except httpx.ConnectError:
+                continue  # nothing was sent: the next address
+        request.url = url.copy_with(host=str(addresses[-1]))
         return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:

@@ -237,7 +237,12 @@ class ConversationActivities(WorkerResources):
         payload = await self._payload(conversation, event)
         secrets = await accounts.webhook_signing_secrets(self._pool, conversation["account_id"])
         attempt = await post_event(
-            self._http, url, payload, webhook_id=_webhook_id(event), secrets=secrets
+            self._http,
+            url,
+            payload,
+            webhook_id=_webhook_id(event),
+            secrets=secrets,
+            within_seconds=self._settings.webhook_timeout_seconds,
         )
         number = activity.info().attempt
         delay = retry_delay(

@@ -78,6 +78,7 @@ class StatusEventActivities(WorkerResources):
                 event["payload"],
                 webhook_id=f"evt_{batch_id}_{event['seq']}",
                 secrets=secrets,
+                within_seconds=self._settings.webhook_timeout_seconds,
             )
             number = event["attempts"] + 1
             delay = self._retry_delay(attempt, number)
@@ -120,6 +121,7 @@ class StatusEventActivities(WorkerResources):
             _click_payload(click),
             webhook_id=f"click_{input.code}",
             secrets=secrets,
+            within_seconds=self._settings.webhook_timeout_seconds,
         )
         number = await links.record_event_attempt(
             self._pool, input.code, delivered=attempt.error is None

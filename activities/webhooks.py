@@ -1,5 +1,6 @@
 """Posting events to callers' webhooks, signed as Standard Webhooks specifies."""
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -46,11 +47,15 @@ async def post_event(
     *,
     webhook_id: str | None = None,
     secrets: Sequence[str] = (),
+    within_seconds: float,
 ) -> DeliveryAttempt:
     """One POST, signed when given an id and secrets; any answer or failure is returned,
-    never raised, so a bad receiver cannot fail the batch."""
+    never raised, so a bad receiver cannot fail the batch. Done with once its status line is
+    read, or after `within_seconds` in all (the client's timeouts are per step: a receiver
+    dribbling its answer would hold the post, and a large or compressed answer, read whole,
+    the worker's memory)."""
     body = json.dumps(payload, separators=(",", ":")).encode()
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", "accept-encoding": "identity"}
     if webhook_id is not None and secrets:
         # The attempt's time, not the event's: receivers reject stale timestamps (replays).
         timestamp = int(time.time())
@@ -61,13 +66,21 @@ async def post_event(
         }
     started = time.monotonic()
     try:
-        response = await http.post(url, content=body, headers=headers)
+        async with (
+            asyncio.timeout(within_seconds),
+            http.stream("POST", url, content=body, headers=headers) as response,
+        ):
+            status = response.status_code
+    except TimeoutError:
+        elapsed = int((time.monotonic() - started) * 1000)
+        late = f"TimeoutError: no answer within {within_seconds:g} s"
+        return DeliveryAttempt(None, late, elapsed)
     except httpx.HTTPError as error:
         elapsed = int((time.monotonic() - started) * 1000)
         return DeliveryAttempt(None, f"{type(error).__name__}: {error}"[:500], elapsed)
     elapsed = int((time.monotonic() - started) * 1000)
-    failure = None if response.is_success else f"HTTP {response.status_code}"
-    return DeliveryAttempt(response.status_code, failure, elapsed)
+    failure = None if 200 <= status < 300 else f"HTTP {status}"
+    return DeliveryAttempt(status, failure, elapsed)
 
 
 def retry_delay(

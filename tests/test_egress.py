@@ -1,12 +1,17 @@
 """SSRF: which addresses a webhook may reach, at request time and at delivery time."""
 
+import asyncio
 import ipaddress
+import re
 import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import httpx
 import pydantic
 import pytest
 
+from activities.webhooks import DeliveryAttempt, post_event
 from egress import PinnedTransport, UnsafeURL, checked_addresses, refusal
 from settings import Settings
 from tests.support.builders import attach, csv_bytes, unique_numbers
@@ -204,3 +209,96 @@ def test_production_refuses_loopback_webhooks(
     else:
         with pytest.raises(pydantic.ValidationError, match="HERALD_ALLOW_LOOPBACK_WEBHOOKS=true"):
             Settings()
+
+
+@asynccontextmanager
+async def raw_receiver(
+    answer: Callable[[asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[tuple[int, list[int]]]:
+    """A receiver on 127.0.0.1 that reads each request's head and answers with `answer`, its
+    connections kept open; yields its port and a list that counts its connections."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                await answer(writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], connections
+    finally:
+        server.close()
+
+
+async def answer_204(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    await writer.drain()
+
+
+async def post_to(port: int, records: dict[str, list[str]], *hosts: str) -> list[DeliveryAttempt]:
+    """A post to each of `hosts` (names `records` resolves), through one client."""
+    transport = PinnedTransport(allow_loopback=True, resolver=resolving(records))
+    async with httpx.AsyncClient(timeout=30, transport=transport) as http:
+        return [
+            await post_event(http, f"http://{host}:{port}/hook", {"a": 1}, within_seconds=1)
+            for host in hosts
+        ]
+
+
+HOOKS = {"hooks.example": ["127.0.0.1"]}
+
+
+async def test_a_post_is_done_with_at_its_status_line_however_long_the_answer() -> None:
+    async def endless(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n")
+        while True:
+            writer.write(b"x" * 65536)
+            await writer.drain()
+
+    async with raw_receiver(endless) as (port, _), asyncio.timeout(10):
+        [attempt] = await post_to(port, HOOKS, "hooks.example")
+
+    assert (attempt.status_code, attempt.error) == (200, None)
+
+
+async def test_a_receiver_dribbling_its_answer_fails_the_post_in_its_time() -> None:
+    async def dribble(writer: asyncio.StreamWriter) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\n\r\n":
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.3)
+
+    async with raw_receiver(dribble) as (port, _), asyncio.timeout(5):
+        [attempt] = await post_to(port, HOOKS, "hooks.example")
+
+    assert (attempt.status_code, attempt.error) == (None, "TimeoutError: no answer within 1 s")
+
+
+async def test_a_connection_is_never_reused_for_another_host_at_the_same_address() -> None:
+    """Two accounts' receivers behind one address: each post connects anew, so TLS would
+    be checked for each one's own name."""
+    records = {"a.example": ["127.0.0.1"], "b.example": ["127.0.0.1"]}
+    async with raw_receiver(answer_204) as (port, connections):
+        attempts = await post_to(port, records, "a.example", "b.example")
+
+    assert [a.status_code for a in attempts] == [204, 204], attempts
+    assert len(connections) == 2
+
+
+async def test_the_next_checked_address_is_tried_when_one_does_not_connect() -> None:
+    """127.0.0.2 has no receiver on the port; 127.0.0.1 has."""
+    records = {"hooks.example": ["127.0.0.2", "127.0.0.1"]}
+    async with raw_receiver(answer_204) as (port, connections):
+        [attempt] = await post_to(port, records, "hooks.example")
+
+    assert attempt.status_code == 204, attempt
+    assert len(connections) == 1
