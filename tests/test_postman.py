@@ -588,6 +588,30 @@ async def test_a_message_is_retried_at_most_three_times(
     assert [(row["status"], row["attempts"]) for row in rows] == [("failed", 4), (ANY, 1)]
 
 
+async def test_a_retry_of_a_batch_past_its_expiry_is_not_retryable(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, carrier: Configure
+) -> None:
+    """The dialect's 400, not Herald's 409 BATCH_EXPIRED in lower case, which its document
+    does not have."""
+    campaign_id = await new_campaign(api, account)
+    numbers = unique_numbers(2)
+    await carrier(scripted={numbers[0]: [400]})
+    batch_id = await sent_batch(api, account, campaign_id, numbers)
+    # As a batch of the campaign started by `POST /v1/sms/batch` with an `expire_at`, past now.
+    await pool.execute(
+        "UPDATE batches SET request = request || $2::jsonb WHERE id = $1",
+        uuid.UUID(batch_id),
+        {"expire_at": "2020-01-01T00:00:00+00:00"},
+    )
+
+    retried = await api.post(
+        f"/campaigns/{campaign_id}/batch/{batch_id}/retry", headers=bearer(account)
+    )
+
+    assert retried.status_code == 400, retried.text
+    assert retried.json() == {"error": BATCH_NOT_RETRYABLE | {"heraldCode": "BATCH_NOT_RETRYABLE"}}
+
+
 async def test_a_batch_not_of_the_campaign_is_not_found_and_not_retryable(
     api: httpx.AsyncClient, account: Account
 ) -> None:

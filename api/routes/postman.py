@@ -32,6 +32,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
             " `invalid_ip_address_error`: an address not on the campaign's `allowed_ips`",
         ),
         (
+            403,
+            "`forbidden`: the key lacks the permission the route needs (`batches:write` to"
+            " send or retry, `batches:read` to list messages)",
+        ),
+        (
             404,
             "`campaign_not_found`: no such campaign in this account;"
             " `agent_number_not_found`: the campaign's sender is no longer the account's;"

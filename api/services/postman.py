@@ -649,7 +649,7 @@ async def retry_batch(
             RETRIED_STATUSES,
             attempts_below=1 + RETRIES_PER_MESSAGE,
         )
-    except (batches.BatchNotFound, batches.BatchNotFinished) as error:
+    except (batches.BatchNotFound, batches.BatchNotFinished, batches.BatchExpired) as error:
         raise BatchNotRetryable(error.message) from error
     except batches.NothingToRetry as error:
         raise NoFailedMessages(error.message) from error
