@@ -114,10 +114,10 @@ async def test_a_batch_from_a_sender_id_sends_it_as_from_and_skips_opt_outs(
 
 
 async def test_a_whatsapp_batch_refuses_a_sender_id_for_its_lists_too(
-    api: httpx.AsyncClient, account: Account
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool
 ) -> None:
     """A list's own sender is checked as the batch's is: from a sender ID, every WhatsApp
-    message of the list would fail at the carrier."""
+    message of the list would fail at the carrier. Refused before anything is stored."""
     sender = new_sender_id()
     assert (await register(api, account, sender)).status_code == 201
     created = await api.post("/v1/lists", headers=account.headers, json={"name": "customers"})
@@ -129,6 +129,8 @@ async def test_a_whatsapp_batch_refuses_a_sender_id_for_its_lists_too(
     )
     assert contacts.status_code == 200, contacts.text
 
+    files = "SELECT count(*) FROM files WHERE account_id = $1"
+    files_before = await pool.fetchval(files, account.account_id)
     response = await api.post(
         "/v1/sms/batch",
         headers=account.headers,
@@ -144,6 +146,7 @@ async def test_a_whatsapp_batch_refuses_a_sender_id_for_its_lists_too(
 
     assert (response.status_code, error_code(response)) == (400, "INVALID_SENDER_ID")
     assert sender in response.json()["errors"][0]["message"]
+    assert await pool.fetchval(files, account.account_id) == files_before
 
 
 async def test_a_sender_id_takes_no_webhook_later_either(

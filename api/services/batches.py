@@ -239,15 +239,17 @@ async def start_batch(
         for row, sender in (await _own_senders(pool, account_id, senders or {})).items()
         if sender != agent_number
     }
+    if body.global_.channel == "whatsapp":
+        # The lists' and rows' own senders too: a sender ID's messages would all fail.
+        _require_whatsapp_senders(
+            batches.batch_senders(agent_number, {**request, "senders": row_senders})
+        )
     if file_id is None:
         file_id = await _inline_file(pool, settings, account_id, body.recipients or [])
     for kept in (request, checked.given):
         kept.setdefault("file_id", str(file_id))
         if row_senders:
             kept["senders"] = row_senders
-    if body.global_.channel == "whatsapp":
-        # The lists' and rows' own senders too: a sender ID's messages would all fail.
-        _require_whatsapp_senders(batches.batch_senders(agent_number, request))
     workflow_id = batch_workflow_id(str(file_id))
     try:
         recorded = await batches.create_batch(
