@@ -10,6 +10,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.channels import carrier_address
+from activities.heartbeats import EventPostHeartbeat
 from activities.outages import through_outages
 from activities.providers.twilio import SendResult, Verdict
 from activities.reconciliation import carrier_list
@@ -244,7 +245,7 @@ class ConversationActivities(WorkerResources):
             secrets=secrets,
             within_seconds=self._settings.webhook_timeout_seconds,
         )
-        number = activity.info().attempt
+        number = EventPostHeartbeat.last().posts + 1
         delay = retry_delay(
             attempt,
             number,
@@ -261,6 +262,7 @@ class ConversationActivities(WorkerResources):
             retry_in=delay,
         )
         if delay is not None:
+            EventPostHeartbeat(posts=number).send()
             raise ApplicationError(
                 f"webhook post failed: {attempt.error}", next_retry_delay=timedelta(seconds=delay)
             )

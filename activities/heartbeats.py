@@ -1,8 +1,9 @@
 """What long activities heartbeat, typed: one small dataclass per activity.
 
 On the wire each is the bare number the activity has always sent, so an attempt reads the
-details an attempt on an older worker left, and an older worker reads these. Only a slice's
-heartbeat is read back (by its next attempt); the others show progress in the UI.
+details an attempt on an older worker left, and an older worker reads these. A slice's and a
+conversation event's heartbeats are read back (by their next attempt); the others show
+progress in the UI.
 """
 
 import asyncio
@@ -74,3 +75,19 @@ class DeliveryHeartbeat:
 
     def send(self) -> None:
         activity.heartbeat(self.event_seq)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventPostHeartbeat:
+    """post_conversation_event: the posts made so far, which place the next one on the webhook
+    retry schedule (an attempt that failed before posting, on the database, is none)."""
+
+    posts: int
+
+    def send(self) -> None:
+        activity.heartbeat(self.posts)
+
+    @classmethod
+    def last(cls) -> Self:
+        details = activity.info().heartbeat_details
+        return cls(posts=details[0] if details and isinstance(details[0], int) else 0)

@@ -17,9 +17,10 @@ from api.conversation_models import SendRequest
 from api.services import send as send_service
 from api.services.send import request_hash
 from settings import Settings
-from store import conversation_messages, conversations, idempotency, numbers, opt_outs
+from store import accounts, conversation_messages, conversations, idempotency, numbers, opt_outs
 from store.accounts import create_account, create_api_key
 from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.delivery import own_worker
 from tests.support.pages import every_page
 from tests.support.sending import (
     SignalAnswerLost,
@@ -664,6 +665,42 @@ async def test_sends_share_a_conversation_until_a_new_one_is_asked_for(
     assert {e["conversation_id"] for e in events} == {first["conversation_id"]}
     description = await temporal.get_workflow_handle(third["workflow_id"]).describe()
     assert description.status is not None and description.status.name == "RUNNING"
+
+
+async def test_an_event_attempt_that_failed_before_posting_is_no_post_of_its_schedule(
+    temporal: Client, settings: Settings, account: Account, webhooks: WebhookReceiver
+) -> None:
+    """The event's first attempt fails on the database, before it posts: the receiver still
+    gets every post of the retry schedule (here a post and one retry), not one fewer."""
+    user = unique_numbers(1)[0]
+    run = secrets.token_hex(6)
+    webhooks.answers[run] = [500] * 10
+    real = accounts.webhook_signing_secrets
+    failed: list[uuid.UUID] = []
+
+    async def fails_once(pool: asyncpg.Pool, account_id: uuid.UUID) -> list[str]:
+        if account_id == account.account_id and not failed:
+            failed.append(account_id)
+            raise asyncpg.PostgresConnectionError("the database went away")
+        return await real(pool, account_id)
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(accounts, "webhook_signing_secrets", fails_once)
+        async with (
+            own_worker(temporal, settings, webhook_retry_schedule_seconds=[0.1]) as own,
+            api_client(own) as api,
+        ):
+            await send_ok(api, account, user, agent_message="hi", webhook=webhooks.url(run))
+
+            async def received() -> list[dict[str, Any]]:
+                return webhooks.received[run]
+
+            posts = await eventually(
+                received, lambda events: [e["status"] for e in events].count("active") >= 2
+            )
+
+    assert failed == [account.account_id]
+    assert [e["status"] for e in posts].count("active") == 2
 
 
 async def test_conversations_are_listed_by_number_and_state(
