@@ -122,17 +122,15 @@ def require_message(request: Mapping[str, Any], header: Sequence[str] | None) ->
         lists = request.get("lists") or []
         if all((source.get("agent_message") or "").strip() for source in lists):
             return
-        raise MissingAgentMessage(
-            "global.agent_message is required: the sender has no opening message configured"
-            " (PATCH /v1/sms/numbers/{number} with opening_message) and not every list has"
-            " an agent_message of its own"
-        )
-    if MESSAGE_COLUMN not in header:
-        raise MissingAgentMessage(
-            "global.agent_message is required: the sender has no opening message configured"
-            " (PATCH /v1/sms/numbers/{number} with opening_message) and the file has no"
-            " agent_message column"
-        )
+        missing = "not every list has an agent_message of its own"
+    elif MESSAGE_COLUMN in header:
+        return
+    else:
+        missing = "the file has no agent_message column"
+    raise MissingAgentMessage(
+        "global.agent_message is required: the sender has no opening message configured"
+        f" (PATCH /v1/sms/numbers/{{number}} with opening_message) and {missing}"
+    )
 
 
 def require_phone_column(header: Sequence[str] | None) -> None:
