@@ -144,12 +144,19 @@ class PinnedTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(f"refused: {error}", request=request) from None
         url = request.url
         # httpx set the Host header from the original URL already; TLS must name it too.
-        request.extensions = {**request.extensions, "sni_hostname": url.host}
+        extensions = {**request.extensions, "sni_hostname": url.host}
+        timeouts = extensions.get("timeout")
+        if isinstance(timeouts, dict) and timeouts.get("connect") and len(addresses) > 1:
+            # Each address its share of the time to connect, so that one whose packets are
+            # dropped leaves the others theirs.
+            share = timeouts["connect"] / len(addresses)
+            extensions["timeout"] = {**timeouts, "connect": share}
+        request.extensions = extensions
         for address in addresses[:-1]:
             request.url = url.copy_with(host=str(address))
             try:
                 return await self._inner.handle_async_request(request)
-            except httpx.ConnectError:
+            except (httpx.ConnectError, httpx.ConnectTimeout):
                 continue  # nothing was sent: the next address
         request.url = url.copy_with(host=str(addresses[-1]))
         return await self._inner.handle_async_request(request)

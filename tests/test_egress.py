@@ -302,3 +302,36 @@ async def test_the_next_checked_address_is_tried_when_one_does_not_connect() -> 
 
     assert attempt.status_code == 204, attempt
     assert len(connections) == 1
+
+
+class DroppedAt(httpx.AsyncBaseTransport):
+    """A network whose packets to `address` are dropped: connecting there times out (after
+    the time the request gives it to connect, which it records); elsewhere, the real one."""
+
+    def __init__(self, address: str) -> None:
+        self._address = address
+        self._real = httpx.AsyncHTTPTransport()
+        self.connect_timeouts: list[float] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == self._address:
+            self.connect_timeouts.append(request.extensions["timeout"]["connect"])
+            raise httpx.ConnectTimeout("timed out", request=request)
+        return await self._real.handle_async_request(request)
+
+
+async def test_an_address_that_drops_the_connection_leaves_the_next_its_share() -> None:
+    dropped = DroppedAt("127.0.0.2")
+    transport = PinnedTransport(
+        allow_loopback=True,
+        resolver=resolving({"hooks.example": ["127.0.0.2", "127.0.0.1"]}),
+        inner=dropped,
+    )
+    async with raw_receiver(answer_204) as (port, _):
+        async with httpx.AsyncClient(timeout=6, transport=transport) as http:
+            attempt = await post_event(
+                http, f"http://hooks.example:{port}/hook", {"a": 1}, within_seconds=6
+            )
+
+    assert attempt.status_code == 204, attempt
+    assert dropped.connect_timeouts == [3.0]
