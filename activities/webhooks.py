@@ -65,6 +65,7 @@ async def post_event(
             "webhook-signature": signature(secrets, webhook_id, timestamp, body),
         }
     started = time.monotonic()
+    status: int | None = None
     try:
         async with (
             asyncio.timeout(within_seconds),
@@ -72,9 +73,11 @@ async def post_event(
         ):
             status = response.status_code
     except TimeoutError:
-        elapsed = int((time.monotonic() - started) * 1000)
-        late = f"TimeoutError: no answer within {within_seconds:g} s"
-        return DeliveryAttempt(None, late, elapsed)
+        # Late while the answer, read, was being closed: answered all the same.
+        if status is None:
+            elapsed = int((time.monotonic() - started) * 1000)
+            late = f"TimeoutError: no answer within {within_seconds:g} s"
+            return DeliveryAttempt(None, late, elapsed)
     except httpx.HTTPError as error:
         elapsed = int((time.monotonic() - started) * 1000)
         return DeliveryAttempt(None, f"{type(error).__name__}: {error}"[:500], elapsed)
