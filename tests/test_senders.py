@@ -3,13 +3,16 @@ hear replies to it, and it is not given up while a batch of its account sends fr
 
 import asyncio
 import secrets
+import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from api.services import batches as batches_service
 from settings import Settings
 from store import batches, numbers, opt_outs
 from store.accounts import create_account, create_api_key
@@ -201,6 +204,37 @@ async def test_a_sender_of_a_batchs_rows_is_not_deleted_before_its_rows_are_writ
     assert (refused.status_code, error_code(refused)) == (409, "SENDER_IN_USE")
     assert str(batch_id) in refused.json()["errors"][0]["message"]
     assert sender in await listed(api, account)
+
+
+async def test_a_sender_removed_while_an_inline_batch_is_recorded_leaves_no_file(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removed by another request after the checks, before the batch's insert: 404, and the
+    inline rows stored for it are gone too."""
+    sender = unique_numbers(1)[0]
+    await numbers.add_number(pool, account.account_id, sender, "sms", None)
+    real = batches_service._inline_file
+
+    async def stored_then_removed(*args: Any, **kwargs: Any) -> uuid.UUID:
+        stored = await real(*args, **kwargs)
+        await pool.execute("DELETE FROM sender_numbers WHERE number = $1", sender)
+        return stored
+
+    monkeypatch.setattr(batches_service, "_inline_file", stored_then_removed)
+    files = "SELECT count(*) FROM files WHERE account_id = $1"
+    files_before = await pool.fetchval(files, account.account_id)
+
+    response = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "recipients": [{"phone_number": unique_numbers(1)[0]}],
+            "global": {"agent_number": sender, "agent_message": "hi"},
+        },
+    )
+
+    assert (response.status_code, error_code(response)) == (404, "AGENT_NUMBER_NOT_FOUND")
+    assert await pool.fetchval(files, account.account_id) == files_before
 
 
 async def blocked_behind(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:

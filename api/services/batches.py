@@ -244,6 +244,7 @@ async def start_batch(
         _require_whatsapp_senders(
             batches.batch_senders(agent_number, {**request, "senders": row_senders})
         )
+    inline = file_id is None
     if file_id is None:
         file_id = await _inline_file(pool, settings, account_id, body.recipients or [])
     for kept in (request, checked.given):
@@ -267,9 +268,13 @@ async def start_batch(
         if error.constraint_name != batches.CAMPAIGN_KEY:
             raise
         # Read earlier (a Postman upload's, before its whole file was checked), deleted since.
+        if inline:
+            await files.delete_unused_file(pool, account_id, file_id)
         raise CampaignNotFound(f"campaign {campaign_id} was deleted") from error
     if recorded is None:
         # Checked above, removed since (`numbers.delete_number`).
+        if inline:
+            await files.delete_unused_file(pool, account_id, file_id)
         raise AgentNumberNotFound("a sender of the batch was removed from the account meanwhile")
     batch, created = recorded
     if not created and batch["request_hash"] != _request_hash(checked.given):
