@@ -2,6 +2,7 @@
 `mktemp -d` folder or in /root), run as root or not, and changes no folder's permissions."""
 
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -92,6 +93,9 @@ def fresh_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         shutil.rmtree(parent, ignore_errors=True)
 
 
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="only a run as root places PostgreSQL under the runtime folder"
+)
 async def test_postgres_starts_on_a_machine_without_its_runtime_folder(
     tmp_path: Path, fresh_runtime: Path
 ) -> None:

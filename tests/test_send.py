@@ -436,8 +436,13 @@ async def test_two_repeats_whose_signals_both_fail_answer_503_and_a_later_one_se
 
     assert [r.status_code for r in repeats] == [503, 503], [r.text for r in repeats]
     assert later.status_code == 200, later.text
-    # The first request's message failed unsent; the later repeat's is the one sent.
-    assert outcomes == FAILED_THEN_SENT
+    # The first request's message failed unsent; so may a message of the second repeat, if
+    # it came once the first had failed that one (it freed the key, then failed its own);
+    # the later repeat's is the one sent.
+    failed, sent = outcomes[:-1], outcomes[-1]
+    assert sent == ("sent", None), outcomes
+    assert 1 <= len(failed) <= 2, outcomes
+    assert set(failed) == {("failed", "TEMPORAL_UNAVAILABLE")}, outcomes
     assert len(await emulator_messages(emulator_url, to=user)) == 1
 
 
@@ -695,9 +700,13 @@ async def test_an_event_attempt_that_failed_before_posting_is_no_post_of_its_sch
             async def received() -> list[dict[str, Any]]:
                 return webhooks.received[run]
 
-            posts = await eventually(
+            await eventually(
                 received, lambda events: [e["status"] for e in events].count("active") >= 2
             )
+            # Past the schedule's end, no more: a retry would come 0.1 s after the last post
+            # (a durable timer of about a second on the dev server).
+            await asyncio.sleep(2.5)
+            posts = await received()
 
     assert failed == [account.account_id]
     assert [e["status"] for e in posts].count("active") == 2
