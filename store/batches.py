@@ -166,14 +166,22 @@ async def queue_for_retry(pool: asyncpg.Pool, batch: Mapping[str, Any]) -> datet
     """Set a batch `queued` for its retry's run, if it is still as `batch` read it (status
     and last change); when (for `restore_status`), or None when another request changed it
     meanwhile (a retry at the same time: one of them queues it, the other would put back
-    the status it read, final, under the first one's run)."""
+    the status it read, final, under the first one's run), or when the account no longer
+    holds one of its senders: they are held as `create_batch` holds a new batch's, so a
+    sender's removal either comes first or finds the batch queued."""
+    senders = sorted(batch_senders(batch["agent_number"], batch["request"]))
     queued_at: datetime | None = await pool.fetchval(
-        "UPDATE batches SET status = 'queued', code = NULL, reason = NULL, finished_at = NULL,"
+        "WITH held AS (SELECT number FROM sender_numbers"
+        " WHERE account_id = $4 AND number = ANY($5::text[]) FOR KEY SHARE)"
+        " UPDATE batches SET status = 'queued', code = NULL, reason = NULL, finished_at = NULL,"
         " updated_at = clock_timestamp() WHERE id = $1 AND status = $2 AND updated_at = $3"
+        " AND (SELECT count(*) FROM held) = cardinality($5::text[])"
         " RETURNING updated_at",
         batch["id"],
         batch["status"],
         batch["updated_at"],
+        batch["account_id"],
+        senders,
     )
     return queued_at
 

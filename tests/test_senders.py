@@ -206,6 +206,32 @@ async def test_a_sender_of_a_batchs_rows_is_not_deleted_before_its_rows_are_writ
     assert sender in await listed(api, account)
 
 
+async def test_a_sender_removed_while_a_retry_queues_its_batch_is_gone_for_it(
+    account: Account, pool: asyncpg.Pool
+) -> None:
+    """A retry checks the batch's senders, then queues it: a removal in between either comes
+    first (the retry does not queue the batch) or finds it queued (not final: in use)."""
+    sender = unique_numbers(1)[0]
+    await numbers.add_number(pool, account.account_id, sender, "sms", None)
+    batch_id = await recorded_batch(pool, account, {"senders": {"2": sender}})
+    await pool.execute("UPDATE batches SET status = 'completed_partial' WHERE id = $1", batch_id)
+    batch = await batches.get_batch(pool, account.account_id, batch_id)
+    assert batch is not None
+
+    async with pool.acquire() as conn:
+        removing = conn.transaction()
+        await removing.start()
+        await conn.execute("DELETE FROM sender_numbers WHERE number = $1", sender)
+        queued = asyncio.create_task(batches.queue_for_retry(pool, batch))
+        await blocked_behind(pool, conn)
+        await removing.commit()
+        assert await queued is None
+
+    assert (await batches.get_batch(pool, account.account_id, batch_id) or {})["status"] == (
+        "completed_partial"
+    )
+
+
 async def test_a_sender_removed_while_an_inline_batch_is_recorded_leaves_no_file(
     api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -770,6 +770,8 @@ async def retry_batch(
     )
     queued_at = await batches.queue_for_retry(pool, batch)
     if queued_at is None:
+        # A sender removed since it was checked, or another retry.
+        await _require_senders_held(pool, account_id, batch)
         raise BatchNotFinished(f"batch {batch_id} is being retried already")
     try:
         await _start_workflow(
