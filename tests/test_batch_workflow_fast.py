@@ -313,11 +313,25 @@ async def test_cancel_interrupts_the_send_and_closes_the_rest_cancelled(
     assert result.counts.cancelled == 6
 
 
+async def six_hours_ahead(env: WorkflowEnvironment) -> float:
+    """A batch's `schedule_at`, six hours after the test server's time."""
+    return (await env.get_current_time()).timestamp() + 6 * 3600
+
+
+async def start_waiting(
+    env: WorkflowEnvironment, task_queue: str, stubs: StubActivities, schedule_at: float
+) -> WorkflowHandle[BatchWorkflow, BatchResult]:
+    """A batch scheduled at `schedule_at`, once it waits for that time."""
+    handle = await start_batch(env, task_queue, timing=Timing(schedule_at=schedule_at))
+    await stubs.wait_for(lambda: S.WAITING_FOR_SCHEDULED_MESSAGES in stubs.phases())
+    return handle
+
+
 async def test_a_scheduled_batch_waits_for_its_time_before_the_first_send(
     time_skipping: WorkflowEnvironment,
 ) -> None:
     stubs = StubActivities(recipients=3)
-    schedule_at = (await time_skipping.get_current_time()).timestamp() + 6 * 3600
+    schedule_at = await six_hours_ahead(time_skipping)
     async with stub_worker(time_skipping, stubs) as queue:
         handle = await start_batch(time_skipping, queue, timing=Timing(schedule_at=schedule_at))
         result = await result_of(handle)
@@ -338,10 +352,9 @@ async def test_a_scheduled_batch_paused_and_resumed_says_again_when_it_sends(
     time_skipping: WorkflowEnvironment,
 ) -> None:
     stubs = StubActivities(recipients=3)
-    schedule_at = (await time_skipping.get_current_time()).timestamp() + 6 * 3600
+    schedule_at = await six_hours_ahead(time_skipping)
     async with stub_worker(time_skipping, stubs) as queue:
-        handle = await start_batch(time_skipping, queue, timing=Timing(schedule_at=schedule_at))
-        await stubs.wait_for(lambda: S.WAITING_FOR_SCHEDULED_MESSAGES in stubs.phases())
+        handle = await start_waiting(time_skipping, queue, stubs, schedule_at)
         await handle.signal(BatchWorkflow.pause)
         await stubs.wait_for(lambda: S.PAUSED in stubs.phases())
         await handle.signal(BatchWorkflow.resume)
@@ -360,10 +373,9 @@ async def test_a_batch_cancelled_while_it_waits_for_its_time_ends_there(
     time_skipping: WorkflowEnvironment,
 ) -> None:
     stubs = StubActivities(recipients=3)
-    schedule_at = (await time_skipping.get_current_time()).timestamp() + 6 * 3600
+    schedule_at = await six_hours_ahead(time_skipping)
     async with stub_worker(time_skipping, stubs) as queue:
-        handle = await start_batch(time_skipping, queue, timing=Timing(schedule_at=schedule_at))
-        await stubs.wait_for(lambda: S.WAITING_FOR_SCHEDULED_MESSAGES in stubs.phases())
+        handle = await start_waiting(time_skipping, queue, stubs, schedule_at)
         await handle.signal(BatchWorkflow.cancel, "not this week")
         result = await result_of(handle)
     # No send phase for a batch that sent nothing.

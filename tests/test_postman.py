@@ -18,7 +18,7 @@ from activities.recipients.rows import RecipientRules
 from api.services import postman as service
 from settings import Settings
 from store import campaigns, files
-from tests.support.batches import FINAL, phases, start, wait_for_status
+from tests.support.batches import FINAL, phases, start, stored_files, wait_for_status
 from tests.support.builders import attach, emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows
 from tests.support.postman_example import (
@@ -358,13 +358,6 @@ async def test_an_unknown_campaign_is_not_found(api: httpx.AsyncClient, account:
         assert response.status_code == 404
         replies.append(response.json()["error"])
     assert [r["code"] for r in replies] == ["campaign_not_found"] * 2
-
-
-async def stored_files(pool: asyncpg.Pool, account: Account) -> int:
-    count: int = await pool.fetchval(
-        "SELECT count(*) FROM files WHERE account_id = $1", account.account_id
-    )
-    return count
 
 
 async def test_a_campaign_deleted_during_an_upload_is_not_found_and_keeps_no_file(

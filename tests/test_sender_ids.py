@@ -10,7 +10,7 @@ import pytest
 
 from settings import Settings
 from store.accounts import create_account, create_api_key
-from tests.support.batches import run_batch
+from tests.support.batches import run_batch, stored_files
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows, rate, received
 from tests.support.sending import eventually, inbound_form, post_inbound, send
@@ -129,8 +129,7 @@ async def test_a_whatsapp_batch_refuses_a_sender_id_for_its_lists_too(
     )
     assert contacts.status_code == 200, contacts.text
 
-    files = "SELECT count(*) FROM files WHERE account_id = $1"
-    files_before = await pool.fetchval(files, account.account_id)
+    files_before = await stored_files(pool, account)
     response = await api.post(
         "/v1/sms/batch",
         headers=account.headers,
@@ -146,7 +145,7 @@ async def test_a_whatsapp_batch_refuses_a_sender_id_for_its_lists_too(
 
     assert (response.status_code, error_code(response)) == (400, "INVALID_SENDER_ID")
     assert sender in response.json()["errors"][0]["message"]
-    assert await pool.fetchval(files, account.account_id) == files_before
+    assert await stored_files(pool, account) == files_before
 
 
 async def test_a_sender_id_takes_no_webhook_later_either(

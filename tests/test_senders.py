@@ -17,7 +17,13 @@ from settings import Settings
 from store import batches, numbers, opt_outs
 from store.accounts import create_account, create_api_key
 from store.db import create_pool, migrate
-from tests.support.batches import FINAL, recorded_batch, recorded_file, start_marked_batch
+from tests.support.batches import (
+    FINAL,
+    recorded_batch,
+    recorded_file,
+    start_marked_batch,
+    stored_files,
+)
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.databases import own_database
 from tests.support.sending import (
@@ -247,8 +253,7 @@ async def test_a_sender_removed_while_an_inline_batch_is_recorded_leaves_no_file
         return stored
 
     monkeypatch.setattr(batches_service, "_inline_file", stored_then_removed)
-    files = "SELECT count(*) FROM files WHERE account_id = $1"
-    files_before = await pool.fetchval(files, account.account_id)
+    files_before = await stored_files(pool, account)
 
     response = await api.post(
         "/v1/sms/batch",
@@ -260,7 +265,7 @@ async def test_a_sender_removed_while_an_inline_batch_is_recorded_leaves_no_file
     )
 
     assert (response.status_code, error_code(response)) == (404, "AGENT_NUMBER_NOT_FOUND")
-    assert await pool.fetchval(files, account.account_id) == files_before
+    assert await stored_files(pool, account) == files_before
 
 
 async def blocked_behind(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:

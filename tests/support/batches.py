@@ -103,6 +103,14 @@ async def wait_for_status(
             await asyncio.sleep(0.2)
 
 
+async def stored_files(pool: asyncpg.Pool, account: Account) -> int:
+    """How many files the account has stored."""
+    count: int = await pool.fetchval(
+        "SELECT count(*) FROM files WHERE account_id = $1", account.account_id
+    )
+    return count
+
+
 async def recorded_file(conn: asyncpg.Pool | asyncpg.Connection, account: Account) -> uuid.UUID:
     """An empty file of the account, for a batch."""
     file_id = uuid.uuid4()
