@@ -41,6 +41,18 @@ def batch_senders(agent_number: str, request: Mapping[str, Any]) -> set[str]:
     }
 
 
+def _holding_senders(account: str, senders: str) -> tuple[str, str]:
+    """A statement's WITH clause that holds the account's rows of `senders` (FOR KEY SHARE:
+    a sender's removal, `numbers.delete_number`, waits for the statement's transaction), and
+    its condition that every one of them is still there. `account` and `senders` are the
+    statement's parameters ($n)."""
+    return (
+        "WITH held AS (SELECT number FROM sender_numbers"
+        f" WHERE account_id = {account} AND number = ANY({senders}::text[]) FOR KEY SHARE) ",
+        f"(SELECT count(*) FROM held) = cardinality({senders}::text[])",
+    )
+
+
 async def create_batch(
     pool: asyncpg.Pool,
     *,
@@ -58,12 +70,11 @@ async def create_batch(
     the statement holds them (FOR KEY SHARE) while it inserts, so a sender's removal
     (`numbers.delete_number`) either comes first or finds the batch."""
     senders = sorted(batch_senders(agent_number, request))
+    holding, all_held = _holding_senders("$2", "$9")
     row = await pool.fetchrow(
-        "WITH held AS (SELECT number FROM sender_numbers"
-        " WHERE account_id = $2 AND number = ANY($9::text[]) FOR KEY SHARE)"
-        " INSERT INTO batches (id, account_id, workflow_id, name, agent_number, request,"
-        " request_hash, campaign_id) SELECT $1, $2, $3, $4, $5, $6, $7, $8"
-        " WHERE (SELECT count(*) FROM held) = cardinality($9::text[])"
+        f"{holding} INSERT INTO batches (id, account_id, workflow_id, name, agent_number,"
+        " request, request_hash, campaign_id) SELECT $1, $2, $3, $4, $5, $6, $7, $8"
+        f" WHERE {all_held}"
         f" ON CONFLICT (id) DO NOTHING RETURNING {_BATCH_COLUMNS}, request_hash",
         batch_id,
         account_id,
@@ -170,12 +181,11 @@ async def queue_for_retry(pool: asyncpg.Pool, batch: Mapping[str, Any]) -> datet
     holds one of its senders: they are held as `create_batch` holds a new batch's, so a
     sender's removal either comes first or finds the batch queued."""
     senders = sorted(batch_senders(batch["agent_number"], batch["request"]))
+    holding, all_held = _holding_senders("$4", "$5")
     queued_at: datetime | None = await pool.fetchval(
-        "WITH held AS (SELECT number FROM sender_numbers"
-        " WHERE account_id = $4 AND number = ANY($5::text[]) FOR KEY SHARE)"
-        " UPDATE batches SET status = 'queued', code = NULL, reason = NULL, finished_at = NULL,"
-        " updated_at = clock_timestamp() WHERE id = $1 AND status = $2 AND updated_at = $3"
-        " AND (SELECT count(*) FROM held) = cardinality($5::text[])"
+        f"{holding} UPDATE batches SET status = 'queued', code = NULL, reason = NULL,"
+        " finished_at = NULL, updated_at = clock_timestamp()"
+        f" WHERE id = $1 AND status = $2 AND updated_at = $3 AND {all_held}"
         " RETURNING updated_at",
         batch["id"],
         batch["status"],
@@ -208,27 +218,36 @@ async def set_status(
 
 
 async def set_unstarted(
-    pool: asyncpg.Pool, batch_id: uuid.UUID, *, unstarted: bool, code: str, reason: str | None
+    pool: asyncpg.Pool, batch_id: uuid.UUID, *, code: str, reason: str | None
 ) -> None:
-    """Mark a batch whose workflow could not start `failed` with `code` (`unstarted`), only
-    while it is still `queued`: a workflow that did start after all has moved it on. Or put
-    such a batch back to `queued` (not `unstarted`), for a new attempt to start it."""
-    if unstarted:
-        await pool.execute(
-            "UPDATE batches SET status = 'failed', code = $2, reason = $3, updated_at = now(),"
-            " finished_at = now() WHERE id = $1 AND status = 'queued'",
-            batch_id,
-            code,
-            reason,
-        )
-    else:
-        await pool.execute(
-            "UPDATE batches SET status = 'queued', code = NULL, reason = NULL,"
-            " updated_at = now(), finished_at = NULL"
-            " WHERE id = $1 AND status = 'failed' AND code = $2",
-            batch_id,
-            code,
-        )
+    """Mark a batch whose workflow could not start `failed` with `code`, only while it is
+    still `queued`: a workflow that did start after all has moved it on."""
+    await pool.execute(
+        "UPDATE batches SET status = 'failed', code = $2, reason = $3, updated_at = now(),"
+        " finished_at = now() WHERE id = $1 AND status = 'queued'",
+        batch_id,
+        code,
+        reason,
+    )
+
+
+async def requeue_unstarted(pool: asyncpg.Pool, batch: Mapping[str, Any], *, code: str) -> bool:
+    """Put a batch that `set_unstarted` (or housekeeping) ended with `code` back to `queued`,
+    for a new attempt to start it; False when it is no longer so (another attempt requeued it)
+    or the account no longer holds one of its senders. They are held as `create_batch` holds
+    a new batch's: a sender's removal either comes first or finds the batch queued."""
+    senders = sorted(batch_senders(batch["agent_number"], batch["request"]))
+    holding, all_held = _holding_senders("$3", "$4")
+    status = await pool.execute(
+        f"{holding} UPDATE batches SET status = 'queued', code = NULL, reason = NULL,"
+        " updated_at = now(), finished_at = NULL"
+        f" WHERE id = $1 AND status = 'failed' AND code = $2 AND {all_held}",
+        batch["id"],
+        code,
+        batch["account_id"],
+        senders,
+    )
+    return rows_affected(status) == 1
 
 
 async def keep_queued(pool: asyncpg.Pool, batch_id: uuid.UUID) -> bool:

@@ -238,6 +238,35 @@ async def test_a_sender_removed_while_a_retry_queues_its_batch_is_gone_for_it(
     )
 
 
+async def test_a_sender_removed_while_an_unstarted_batch_is_requeued_is_gone_for_it(
+    account: Account, pool: asyncpg.Pool
+) -> None:
+    """A batch whose workflow never started is put back to `queued` by its request's repeat,
+    after the batch's insert found its senders: a removal in between either comes first (the
+    batch stays failed) or finds it queued (in use)."""
+    sender = unique_numbers(1)[0]
+    await numbers.add_number(pool, account.account_id, sender, "sms", None)
+    batch_id = await recorded_batch(pool, account, {"senders": {"2": sender}})
+    await batches.set_unstarted(pool, batch_id, code=batches.NOT_STARTED, reason="stopped")
+    batch = await batches.get_batch(pool, account.account_id, batch_id)
+    assert batch is not None
+
+    async with pool.acquire() as conn:
+        removing = conn.transaction()
+        await removing.start()
+        await conn.execute("DELETE FROM sender_numbers WHERE number = $1", sender)
+        requeued = asyncio.create_task(
+            batches.requeue_unstarted(pool, batch, code=batches.NOT_STARTED)
+        )
+        await blocked_behind(pool, conn)
+        await removing.commit()
+        assert await requeued is False
+
+    assert (await batches.get_batch(pool, account.account_id, batch_id) or {})["status"] == (
+        "failed"
+    )
+
+
 async def test_a_sender_removed_while_an_inline_batch_is_recorded_leaves_no_file(
     api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -283,7 +283,7 @@ async def start_batch(
         )
     if not created and batch["code"] in UNSTARTED_CODES:
         # Its workflow never started: this request is the new attempt.
-        await batches.set_unstarted(pool, file_id, unstarted=False, code=batch["code"], reason=None)
+        await _requeue_unstarted(pool, account_id, batch, batch["code"])
     elif not created and batch["status"] != BatchStatus.QUEUED:
         # Started before: nothing to start, even once Temporal has forgotten that run (past
         # its namespace's retention), when a start would validate and send the file again.
@@ -291,9 +291,7 @@ async def start_batch(
     elif not created and not await batches.keep_queued(pool, file_id):
         # Housekeeping ended it as never started since it was read: this request is the new
         # attempt. (Or a workflow moved it on: then the start below finds it started.)
-        await batches.set_unstarted(
-            pool, file_id, unstarted=False, code=batches.NOT_STARTED, reason=None
-        )
+        await _requeue_unstarted(pool, account_id, batch, batches.NOT_STARTED)
     if created and references:
         await messages.add_references(pool, account_id, file_id, references)
     timing = _timing(request)
@@ -325,9 +323,7 @@ async def start_batch(
     except TemporalUnavailable as error:
         # Final rather than `queued` forever: the batch says it never started, and the
         # same request again starts it.
-        await batches.set_unstarted(
-            pool, file_id, unstarted=True, code=error.code, reason=error.message
-        )
+        await batches.set_unstarted(pool, file_id, code=error.code, reason=error.message)
         raise
     return BatchStarted(batch_id=str(file_id), workflow_id=workflow_id)
 
@@ -487,6 +483,16 @@ async def _require_senders_held(
     not sent from again."""
     for sender in sorted(batches.batch_senders(batch["agent_number"], batch["request"])):
         await own_sender(pool, account_id, sender)
+
+
+async def _requeue_unstarted(
+    pool: asyncpg.Pool, account_id: uuid.UUID, batch: Mapping[str, Any], code: str
+) -> None:
+    """Put a batch that never started back to `queued` for this request's start
+    (`batches.requeue_unstarted`); AgentNumberNotFound when a sender of it was removed since
+    `create_batch` held them. Requeued by another attempt meanwhile, it is left to the start."""
+    if not await batches.requeue_unstarted(pool, batch, code=code):
+        await _require_senders_held(pool, account_id, batch)
 
 
 def _require_whatsapp_senders(senders: Iterable[str]) -> None:
