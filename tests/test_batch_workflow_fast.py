@@ -690,6 +690,75 @@ async def test_ranges_waiting_for_their_window_are_carried_over_a_continue_as_ne
     assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
 
 
+async def send_times(stubs: StubActivities) -> dict[int, list[float]]:
+    """When each slice was sent, by its first row."""
+    times: dict[int, list[float]] = {}
+    for call in stubs.calls["send_slice"]:
+        times.setdefault(call.input.start, []).append(call.at)
+    return times
+
+
+@pytest.mark.parametrize("chunk_window", [8, 1])
+async def test_a_spread_batchs_rows_waiting_for_their_window_go_as_it_opens_not_after_the_spread(
+    time_skipping: WorkflowEnvironment, chunk_window: int
+) -> None:
+    # 6 rows over 30 hours: a row every 5 hours, each its own chunk (a spread batch with a
+    # send window runs chunks of at most an hour of its pace). Row 0's window opens at 3 h.
+    stubs = StubActivities(recipients=6, outside_window={0})
+    now = (await time_skipping.get_current_time()).timestamp()
+    stubs.window_opens = now + 3 * 3600
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_window=chunk_window),
+            timing=Timing(
+                spread_seconds=30 * 3600, send_window=SendWindow(start="09:00", end="17:00")
+            ),
+        )
+        result = await result_of(handle)
+    times = await send_times(stubs)
+    [first, again] = times[0]
+    assert first < stubs.window_opens <= again
+    if chunk_window > len(times):
+        # At its opening, beside the chunks that wait for their rows' times.
+        assert again < stubs.window_opens + 60
+    else:
+        # At the first place after it: the running chunk's (row 1, at 5 h) as it ends,
+        # before the next chunk's row (at 10 h).
+        assert times[1][0] <= again < times[2][0]
+    # Not after the last row (25 h), as when the rows that waited were passed over only once
+    # every chunk had ended.
+    assert again < times[5][0]
+    assert stubs.sent == set(range(6))
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
+
+
+async def test_a_spread_batchs_waiting_rows_are_carried_over_a_continue_as_new_and_sent_first(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # Two chunks a run, a row every 5 hours, row 0's window opening at 3 h: the first run
+    # ends as chunk 1 ends (5 h) with row 0's range waiting; the next sends it at once.
+    stubs = StubActivities(recipients=6, outside_window={0})
+    stubs.window_opens = (await time_skipping.get_current_time()).timestamp() + 3 * 3600
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_window=8, chunks_per_run=2),
+            timing=Timing(
+                spread_seconds=30 * 3600, send_window=SendWindow(start="09:00", end="17:00")
+            ),
+        )
+        result = await result_of(handle)
+    times = await send_times(stubs)
+    [_, again] = times[0]
+    assert times[1][0] <= again < times[2][0]
+    assert len({call.run_id for call in stubs.calls["record_status"]}) >= 2
+    assert stubs.sent == set(range(6))
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
+
+
 def test_the_error_window_keeps_about_its_size_of_the_newest_slices() -> None:
     window = ErrorWindow(200)
     window.add(SendCounts(sent=100, failed=0))

@@ -9,7 +9,8 @@ Operators steer it with the `cancel`, `pause` and `resume` signals (from the API
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -132,6 +133,14 @@ CONTROL_IN_TURN_PATCH = "batch-control-in-turn"
 # (signalling the chunks) when the last chunk ended recorded `paused`, then its phase, after
 # `completed`, and left the batch showing a phase it had ended.
 NO_EVENT_AFTER_FINAL_PATCH = "batch-no-event-after-final"
+# A batch with a send window passes over its waiting rows beside its chunks, as each range's
+# window opens, not only once every chunk has ended; and a spread one's chunks span at most
+# SPREAD_CHUNK_SECONDS of its pace. A spread batch's chunks (or a slow sender's) run for hours
+# or days: its rows that waited for their window went out in one burst after the last chunk.
+WINDOW_BESIDE_PATCH = "batch-send-window-passes-beside"
+# How long a chunk of a spread batch with a send window runs at most (WINDOW_BESIDE_PATCH):
+# the rows it hands back wait no longer than that past their window's opening.
+SPREAD_CHUNK_SECONDS = 3600.0
 NATIVE_CANCEL_REASON = "cancelled through Temporal"
 
 
@@ -168,8 +177,18 @@ class BatchWorkflow:
         # and the auto-pauses they asked for while those run.
         self._chunks_in_batch: dict[str, ChunkWorkflow] = {}
         self._asked_pauses: dict[asyncio.Task[None], None] = {}
-        # Whether chunks hand back rows waiting for their send window (WINDOW_PASSES_PATCH).
+        # Whether chunks hand back rows waiting for their send window (WINDOW_PASSES_PATCH),
+        # and whether the batch passes over them beside its chunks (WINDOW_BESIDE_PATCH),
+        # until `_beside_ends`.
         self._window_passes = False
+        self._window_beside = False
+        self._beside_ends = False
+        # While the pass beside waits for a place, the next chunk waits behind it: its rows
+        # are older.
+        self._beside_waits = False
+        # Chunks (and passes over waiting rows) this run started: a run starts at most
+        # `chunks_per_run`.
+        self._started_here = 0
         # Insertion-ordered, like everything a workflow iterates: a set's order follows
         # memory addresses, which differ on replay.
         self._chunk_tasks: dict[asyncio.Task[None], None] = {}
@@ -300,7 +319,6 @@ class BatchWorkflow:
     @workflow.query
     def progress(self) -> BatchProgress:
         state = self._state
-        chunk_size = self._input.dispatch.chunk_size
         return BatchProgress(
             status=self._status,
             paused=self._paused,
@@ -308,7 +326,7 @@ class BatchWorkflow:
             rows_total=state.rows_total if state else 0,
             recipients=state.recipients if state else 0,
             dispatched=state.dispatched if state else 0,
-            chunks_total=-(-state.recipients // chunk_size) if state else 0,
+            chunks_total=-(-state.recipients // self._chunk_size(state)) if state else 0,
             chunks_done=self._chunks_done,
             sent=self._totals.sent,
             failed=self._totals.failed,
@@ -508,7 +526,8 @@ class BatchWorkflow:
         """Report `dispatching` (with its message) and `in_progress`, and the state to
         dispatch from. With REPORT_WHILE_STARTING_PATCH the reports of a batch that is not
         spread run while the first chunks start; before it, both were recorded first."""
-        chunks = -(-recipients // self._input.dispatch.chunk_size)
+        chunk_rows = self._window_chunk_rows(recipients)
+        chunks = -(-recipients // (chunk_rows or self._input.dispatch.chunk_size))
         status = BatchStatus.IN_PROGRESS_CHUNKED if chunks > 1 else BatchStatus.IN_PROGRESS
         # A spread batch keeps the reports first: its pace starts now, and the first chunk
         # would start behind the reports' activities and send its first rows late.
@@ -534,7 +553,28 @@ class BatchWorkflow:
                 expire_at=timing.expire_at,
                 send_window=timing.send_window,
             ),
+            chunk_rows=chunk_rows,
         )
+
+    def _window_chunk_rows(self, recipients: int) -> int:
+        """The rows of each chunk of a spread batch with a send window (WINDOW_BESIDE_PATCH):
+        SPREAD_CHUNK_SECONDS of its pace at most, so that the rows a chunk hands back wait
+        no longer than that past their window's opening. 0 for any other batch: its chunks
+        are `chunk_size` rows."""
+        timing = self._input.timing
+        if not (
+            timing.spread_seconds and timing.send_window and recipients
+        ) or not workflow.patched(WINDOW_BESIDE_PATCH):
+            return 0
+        # As a float first: a tiny spread makes the quotient inf, which no int holds.
+        rows = min(
+            float(self._input.dispatch.chunk_size),
+            SPREAD_CHUNK_SECONDS * recipients / timing.spread_seconds,
+        )
+        return max(1, int(rows))
+
+    def _chunk_size(self, state: DispatchState) -> int:
+        return state.chunk_rows or self._input.dispatch.chunk_size
 
     async def _report_opening(self, dispatching: str, status: BatchStatus) -> None:
         # Queued, the reports let this workflow task complete with the first sends' commands
@@ -558,79 +598,142 @@ class BatchWorkflow:
         return result
 
     async def _run_chunks(self, state: DispatchState) -> BatchResult | None:
-        dispatch = self._input.dispatch
-        chunks = -(-state.recipients // dispatch.chunk_size)
-        started_here = 0
+        chunks = -(-state.recipients // self._chunk_size(state))
         self._window_passes = state.pace.send_window is not None and workflow.patched(
             WINDOW_PASSES_PATCH
         )
+        self._window_beside = self._window_passes and workflow.patched(WINDOW_BESIDE_PATCH)
+        beside = (
+            asyncio.create_task(self._pass_waiting_beside(state)) if self._window_beside else None
+        )
         while state.next_chunk < chunks and not self._stopped:
-            if (
-                started_here >= dispatch.chunks_per_run
-                or workflow.info().is_continue_as_new_suggested()
-            ):
+            if self._run_full():
+                await self._end_beside(beside)
                 await self._chunks_finished()
                 if self._cancel_reason is None:
                     return None
                 break
-            if not await self._chunk_place():
+            if not await self._chunk_place(behind_beside=True):
                 break
+            if self._window_beside and self._run_full():
+                continue  # the pass beside took the run's last place
             index = state.next_chunk
             state.next_chunk += 1
-            started_here += 1
-            task = asyncio.create_task(self._run_chunk(state, index))
-            self._chunk_tasks[task] = None
-            task.add_done_callback(self._forget_chunk_task)
+            self._started_here += 1
+            self._start_chunk_task(self._run_chunk(state, index))
+        if beside is not None:
+            # The pass beside serves the ranges the last chunks hand back while they run.
+            await workflow.wait_condition(lambda: not self._chunk_tasks)
+        await self._end_beside(beside)
         await self._chunks_finished()
-        if self._window_passes and not await self._pass_waiting(state, started_here):
+        if self._window_passes and not await self._pass_waiting(state):
             return None
         return await self._finish()
 
-    async def _chunk_place(self) -> bool:
-        """Wait for a place among the chunks in flight; False when the batch is cancelled (or
-        expired, EXPIRY_ENDS_PAUSE_PATCH)."""
-        window = self._input.dispatch.chunk_window
-        await workflow.wait_condition(
-            lambda: (
-                (len(self._chunk_tasks) < window and not self._paused)
-                or self._cancel_reason is not None
-                or self._expiry_ends_wait
-            )
+    def _run_full(self) -> bool:
+        """Whether this run has started its share of chunks: it continues as new."""
+        return (
+            self._started_here >= self._input.dispatch.chunks_per_run
+            or workflow.info().is_continue_as_new_suggested()
         )
-        return self._cancel_reason is None and not self._expiry_ends_wait
 
-    async def _pass_waiting(self, state: DispatchState, started_here: int) -> bool:
+    def _start_chunk_task(self, chunk: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(chunk)
+        self._chunk_tasks[task] = None
+        task.add_done_callback(self._forget_chunk_task)
+
+    async def _chunk_place(self, *, behind_beside: bool = False) -> bool:
+        """Wait for a place among the chunks in flight (`behind_beside`: after the pass
+        beside the chunks, if it waits for one); False when the batch is cancelled (or
+        expired, EXPIRY_ENDS_PAUSE_PATCH). With the pass beside, two waiters can be let
+        through by one change: the second waits again."""
+        window = self._input.dispatch.chunk_window
+
+        def free() -> bool:
+            return (
+                len(self._chunk_tasks) < window
+                and not self._paused
+                and not (behind_beside and self._beside_waits)
+            )
+
+        while True:
+            await workflow.wait_condition(
+                lambda: free() or self._cancel_reason is not None or self._expiry_ends_wait
+            )
+            if self._cancel_reason is not None or self._expiry_ends_wait:
+                return False
+            if not self._window_beside or free():
+                return True
+
+    async def _pass_waiting(self, state: DispatchState) -> bool:
         """Send the rows that waited for their send window: sleep until the first of them
         opens (one durable timer a pass), then run a chunk over each range whose window has
         opened, and again while rows wait. False when this run should continue as new first
         (the ranges left are in `state`)."""
-        dispatch = self._input.dispatch
         while state.waiting and not self._stopped:
             await self._sleep_while_sending(min(r.opens for r in state.waiting))
             if self._stopped:
                 break
-            now = workflow.now().timestamp()
-            due = [r for r in state.waiting if r.opens <= now]
-            state.waiting = [r for r in state.waiting if r.opens > now]
-            state.window_passes += 1
-            for number, waiting in enumerate(due):
-                if (
-                    started_here >= dispatch.chunks_per_run
-                    or workflow.info().is_continue_as_new_suggested()
-                ):
-                    await self._chunks_finished()
-                    state.waiting.extend(due[number:])
-                    return self._cancel_reason is not None
-                if not await self._chunk_place():
-                    break
-                started_here += 1
-                name = f"waiting-{state.window_passes}-{waiting.start}"
-                task = asyncio.create_task(
-                    self._send_range(state, waiting.start, waiting.end, name, hand_back=True)
-                )
-                self._chunk_tasks[task] = None
-                task.add_done_callback(self._forget_chunk_task)
+            if not await self._start_due(state, beside=False):
+                return self._cancel_reason is not None
             await self._chunks_finished()
+        return True
+
+    async def _pass_waiting_beside(self, state: DispatchState) -> None:
+        """While the chunks run (WINDOW_BESIDE_PATCH): each time a waiting range's window
+        opens, run a chunk over it, as `_pass_waiting` does after them; until the batch stops,
+        this run is full, or `_end_beside`. A timer to the first opening, cut short when a
+        chunk hands back another range."""
+        while not self._stopped and not self._beside_ends:
+            known = len(state.waiting)
+            opens = min((r.opens for r in state.waiting), default=None)
+            delay = None if opens is None else opens - workflow.now().timestamp()
+            if delay is not None and delay <= 0:
+                if not await self._start_due(state, beside=True):
+                    return
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await workflow.wait_condition(
+                    functools.partial(self._beside_wakes, state, known),
+                    timeout=None if delay is None else timedelta(seconds=delay),
+                )
+
+    def _beside_wakes(self, state: DispatchState, known: int) -> bool:
+        """Whether the pass beside the chunks should look again before its timer: the batch
+        stopped, the pass ends, or a chunk handed back a range (of `known` before)."""
+        return self._stopped or self._beside_ends or len(state.waiting) != known
+
+    async def _end_beside(self, beside: asyncio.Task[None] | None) -> None:
+        """Stop the pass beside the chunks, once it has started what it was starting."""
+        if beside is not None:
+            self._beside_ends = True
+            await beside
+
+    async def _start_due(self, state: DispatchState, *, beside: bool) -> bool:
+        """Run a chunk (`<batch>/waiting-<pass>-<start>`) over each waiting range whose
+        window has opened; False when this run is full first: the ranges not started are
+        left waiting, after those the running chunks hand back (after the chunks, once they
+        have ended; beside them, the run's end waits for them)."""
+        now = workflow.now().timestamp()
+        due = [r for r in state.waiting if r.opens <= now]
+        state.waiting = [r for r in state.waiting if r.opens > now]
+        state.window_passes += 1
+        for number, waiting in enumerate(due):
+            if self._run_full():
+                if not beside:
+                    await self._chunks_finished()
+                state.waiting.extend(due[number:])
+                return False
+            self._beside_waits = beside
+            placed = await self._chunk_place()
+            self._beside_waits = False
+            if not placed:
+                break
+            self._started_here += 1
+            name = f"waiting-{state.window_passes}-{waiting.start}"
+            self._start_chunk_task(
+                self._send_range(state, waiting.start, waiting.end, name, hand_back=True)
+            )
         return True
 
     async def _sleep_while_sending(self, moment: float) -> None:
@@ -644,8 +747,8 @@ class BatchWorkflow:
 
     def _chunk_rows(self, state: DispatchState, index: int) -> tuple[int, int]:
         """Chunk `index`'s rows: seqs from the first up to the second."""
-        start = index * self._input.dispatch.chunk_size
-        return start, min(start + self._input.dispatch.chunk_size, state.recipients)
+        start = index * self._chunk_size(state)
+        return start, min(start + self._chunk_size(state), state.recipients)
 
     async def _run_chunk(self, state: DispatchState, index: int) -> None:
         start, end = self._chunk_rows(state, index)
@@ -741,7 +844,7 @@ class BatchWorkflow:
         (SHARED_WINDOW_PATCH), dealt to the chunks one slice at a time in order, none more
         than it has; else, or for a chunk of no more slices than `slices_in_flight`, that."""
         dispatch = self._input.dispatch
-        chunks = -(-state.recipients // dispatch.chunk_size)
+        chunks = -(-state.recipients // self._chunk_size(state))
         sizes = [
             -(-(end - start) // dispatch.slice_size)
             for start, end in (self._chunk_rows(state, at) for at in range(chunks))

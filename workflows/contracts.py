@@ -172,6 +172,9 @@ class DispatchState:
     # Events not yet delivered when the run handed over (a post waiting for its retry): the
     # next run's pump calls the activity at once rather than at its first new event.
     events_unsettled: bool = False
+    # Rows a chunk, when not `DispatchSettings.chunk_size` (0): a spread batch with a send
+    # window's (BatchWorkflow._window_chunk_rows), decided as its sending starts.
+    chunk_rows: int = 0
 
 
 @dataclass(kw_only=True)
