@@ -144,9 +144,11 @@ async def cancelled_mid_batch(
     return file_id
 
 
-async def finished(webhooks: WebhookReceiver, marker: str, *, times: int = 1) -> dict[str, Any]:
+async def finished(
+    webhooks: WebhookReceiver, marker: str, *, times: int = 1, seconds: float = 60
+) -> dict[str, Any]:
     """The batch's final event."""
-    return (await webhooks.wait_for(marker, *FINAL, times=times))[-1]
+    return (await webhooks.wait_for(marker, *FINAL, times=times, seconds=seconds))[-1]
 
 
 async def completed_batch(
@@ -428,6 +430,30 @@ async def test_send_window_passes(
     tokyo = await received_at(emulator_url, marker, numbers[: SMALL["chunk_size"]])
     assert min(tokyo) >= opened
     await save_batch(temporal, file_id, "send_window_passes", chunks={0: "send_window_hand_back"})
+
+
+async def test_send_window_beside(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    temporal: Client,
+) -> None:
+    # Spread over 120 s: 20 Tokyo rows (the first chunk, its first rows before the window
+    # opens at Tokyo's next minute) and 3 Sydney rows (the second chunk, at 104-115 s). The
+    # first chunk ends at about 100 s and hands its waiting rows back; the pass beside the
+    # chunks sends them while the second chunk still runs.
+    opened, window = await window_at_tokyos_next_minute()
+    numbers = unique_numbers_in("+813", 8, SMALL["chunk_size"]) + unique_numbers_in("+612", 8, 3)
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, numbers, send_window=window, spread_hours=120 / 3600
+    )
+    final = await finished(webhooks, marker, seconds=180)
+    assert (final["status"], final["messages_successful"]) == ("completed", len(numbers))
+    tokyo = await received_at(emulator_url, marker, numbers[: SMALL["chunk_size"]])
+    sydney = await received_at(emulator_url, marker, numbers[SMALL["chunk_size"] :])
+    assert opened <= min(tokyo) and max(tokyo) < max(sydney)
+    await save_batch(temporal, file_id, "send_window_beside")
 
 
 async def test_expired(

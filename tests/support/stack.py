@@ -130,9 +130,12 @@ class WebhookReceiver:
     def url(self, name: str) -> str:
         return f"{self.base_url}/{name}"
 
-    async def wait_for(self, name: str, *statuses: str, times: int = 1) -> list[dict[str, Any]]:
-        """The events at `name` once `times` of them have one of `statuses` (a minute at most)."""
-        async with asyncio.timeout(WAIT_SECONDS), self.changed:
+    async def wait_for(
+        self, name: str, *statuses: str, times: int = 1, seconds: float = WAIT_SECONDS
+    ) -> list[dict[str, Any]]:
+        """The events at `name` once `times` of them have one of `statuses` (a minute at most,
+        unless `seconds` says)."""
+        async with asyncio.timeout(seconds), self.changed:
             await self.changed.wait_for(
                 lambda: sum(e["status"] in statuses for e in self.received[name]) >= times
             )
