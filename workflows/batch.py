@@ -729,6 +729,10 @@ class BatchWorkflow:
             self._beside_waits = False
             if not placed:
                 break
+            if beside and self._run_full():
+                # Full while it waited: the run's end carries the ranges over.
+                state.waiting.extend(due[number:])
+                return False
             self._started_here += 1
             name = f"waiting-{state.window_passes}-{waiting.start}"
             self._start_chunk_task(
