@@ -28,24 +28,27 @@ class StatusEventActivities(WorkerResources):
     async def record_status(self, update: StatusUpdate) -> None:
         batch_id = uuid.UUID(update.batch_id)
         batch = await batches.batch_for_workflow(self._pool, batch_id)
-        await batches.set_status(
-            self._pool, batch_id, status=update.status, code=update.code, reason=update.reason
-        )
-        waiting = (
-            await messages.count_waiting_for_window(self._pool, batch_id)
-            if batch["request"].get("send_window")
-            else None
-        )
-        payload = events.event_payload(batch, update, waiting_for_window=waiting)
-        recorded = await events.append_event(
-            self._pool,
-            batch_id=batch_id,
-            account_id=batch["account_id"],
-            seq=update.event_seq,
-            status=update.status,
-            payload=payload,
-            posted=not update.progress or bool(batch["request"].get("status_webhook_progress")),
-        )
+        # The status and its event in one transaction: a client that sees the batch final
+        # finds its final event in the batch's log.
+        async with self._pool.acquire() as conn, conn.transaction():
+            await batches.set_status(
+                conn, batch_id, status=update.status, code=update.code, reason=update.reason
+            )
+            waiting = (
+                await messages.count_waiting_for_window(conn, batch_id)
+                if batch["request"].get("send_window")
+                else None
+            )
+            payload = events.event_payload(batch, update, waiting_for_window=waiting)
+            recorded = await events.append_event(
+                conn,
+                batch_id=batch_id,
+                account_id=batch["account_id"],
+                seq=update.event_seq,
+                status=update.status,
+                payload=payload,
+                posted=not update.progress or bool(batch["request"].get("status_webhook_progress")),
+            )
         if recorded and not update.progress:
             self._metrics.batches.labels(update.status).inc()
         log.info("batch status", batch_id=update.batch_id, status=update.status)

@@ -197,7 +197,7 @@ async def queue_for_retry(pool: asyncpg.Pool, batch: Mapping[str, Any]) -> datet
 
 
 async def set_status(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool | asyncpg.Connection,
     batch_id: uuid.UUID,
     *,
     status: BatchStatus,

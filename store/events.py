@@ -53,7 +53,7 @@ def event_payload(
 
 
 async def append_event(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool | asyncpg.Connection,
     *,
     batch_id: uuid.UUID,
     account_id: uuid.UUID,

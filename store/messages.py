@@ -585,7 +585,9 @@ async def count_in_statuses(
     )
 
 
-async def count_waiting_for_window(pool: asyncpg.Pool, batch_id: uuid.UUID) -> int:
+async def count_waiting_for_window(
+    pool: asyncpg.Pool | asyncpg.Connection, batch_id: uuid.UUID
+) -> int:
     """Rows left `pending` until their send window opens, as the ledger's triggers count
     them (migration 280): a few rows per batch, however large its ledger."""
     return await pool.fetchval(

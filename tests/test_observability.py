@@ -31,6 +31,7 @@ from metrics import STALL_SECONDS, MetricsServer, WorkerMetrics
 from settings import DEV_ACCOUNT_SID, Settings
 from tests.support.batches import recorded_batch, run_batch
 from tests.support.builders import unique_numbers
+from tests.support.databases import blocked_behind
 from tests.support.sending import eventually
 from tests.support.stack import AUTH_TOKEN, Account, WebhookReceiver, error_code
 from workflows.contracts import StatusUpdate
@@ -221,6 +222,16 @@ def _get_blocking(url: str) -> httpx.Response:
     return httpx.get(url)
 
 
+def status_recorder(
+    settings: Settings, pool: asyncpg.Pool, http: httpx.AsyncClient, metrics: WorkerMetrics
+) -> StatusEventActivities:
+    # Recording an event reaches no carrier.
+    no_carrier = cast(TwilioCarrier, None)
+    return StatusEventActivities(
+        pool=pool, carrier=no_carrier, http=http, settings=settings, metrics=metrics
+    )
+
+
 async def test_batch_status_changes_count_each_phase_once(
     settings: Settings, pool: asyncpg.Pool, account: Account
 ) -> None:
@@ -230,11 +241,7 @@ async def test_batch_status_changes_count_each_phase_once(
     batch_id = await recorded_batch(pool, account)
     metrics = WorkerMetrics()
     async with httpx.AsyncClient() as http:
-        # Recording an event reaches no carrier.
-        no_carrier = cast(TwilioCarrier, None)
-        recorder = StatusEventActivities(
-            pool=pool, carrier=no_carrier, http=http, settings=settings, metrics=metrics
-        )
+        recorder = status_recorder(settings, pool, http, metrics)
         for seq, status, progress in [
             (1, BatchStatus.VALIDATING, False),
             (2, BatchStatus.IN_PROGRESS, False),
@@ -257,6 +264,44 @@ async def test_batch_status_changes_count_each_phase_once(
         status: value(scraped, "herald_batches_total", status=status)
         for status in ("validating", "in_progress", "completed")
     } == {"validating": 1, "in_progress": 1, "completed": 1}
+
+
+async def test_a_batchs_status_is_seen_with_its_event_never_before_it(
+    settings: Settings, pool: asyncpg.Pool, account: Account
+) -> None:
+    # A client that polls the batch until it is final, then reads its log, finds the final
+    # event there: the status and its event are one transaction. The event's insert is held
+    # here (an uncommitted row of its key) while the status is read.
+    batch_id = await recorded_batch(pool, account)
+    update = StatusUpdate(
+        batch_id=str(batch_id),
+        workflow_id=f"recorded-{batch_id}",
+        event_seq=1,
+        status=BatchStatus.COMPLETED,
+    )
+    async with httpx.AsyncClient() as http, pool.acquire() as holder:
+        recorder = status_recorder(settings, pool, http, WorkerMetrics())
+        holding = holder.transaction()
+        await holding.start()
+        await holder.execute(
+            "INSERT INTO batch_events (batch_id, seq, account_id, status, payload)"
+            " VALUES ($1, 1, $2, 'validating', '{}')",
+            batch_id,
+            account.account_id,
+        )
+        recording = asyncio.create_task(ActivityEnvironment().run(recorder.record_status, update))
+        await blocked_behind(pool, holder)
+        seen = await pool.fetchval("SELECT status FROM batches WHERE id = $1", batch_id)
+        await holding.rollback()
+        await recording
+
+    assert seen == "queued"
+    assert await pool.fetchval("SELECT status FROM batches WHERE id = $1", batch_id) == (
+        "completed"
+    )
+    assert await pool.fetchval(
+        "SELECT status FROM batch_events WHERE batch_id = $1 AND seq = 1", batch_id
+    ) == ("completed")
 
 
 async def test_an_unexpected_error_is_a_500_with_the_requests_id_in_its_reply_and_log(

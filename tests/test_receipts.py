@@ -20,6 +20,7 @@ from store import conversation_messages, messages, receipts
 from store.db import create_pool
 from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.databases import blocked_behind
 from tests.support.delivery import (
     answer_when_its_insert_fails,
     appliers_idle,
@@ -480,13 +481,7 @@ async def test_a_kept_receipts_apply_that_deadlocks_with_another_transaction_run
         applying = asyncio.create_task(
             messages.apply_kept_receipts(pool, uuid.UUID(file_id), [sid])
         )
-        await eventually(
-            lambda: pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE 'UPDATE messages AS m SET status = r.status%'"
-            ),
-            lambda waiting: waiting == 1,
-        )
+        await blocked_behind(pool, other)
         # The apply waits for this transaction's row; this one now waits for the apply's
         # lock on the queue: a deadlock.
         await other.execute("LOCK TABLE receipt_queue IN ACCESS EXCLUSIVE MODE")
@@ -585,13 +580,7 @@ async def test_a_kept_receipts_apply_locks_its_rows_in_key_order(
         applying = asyncio.create_task(
             messages.apply_kept_receipts(pool, uuid.UUID(file_id), sids[::-1])
         )
-        await eventually(
-            lambda: pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE 'UPDATE messages AS m SET status = r.status%'"
-            ),
-            lambda waiting: waiting == 1,
-        )
+        await blocked_behind(pool, holder)
         # Waiting for the second row by key, the apply holds the first and none after it:
         # whoever holds a row and wants one before it waits for no one in a cycle.
         free = await pool.fetch(
@@ -608,16 +597,16 @@ async def test_a_kept_receipts_apply_locks_its_rows_in_key_order(
 
 
 @asynccontextmanager
-async def row_held(pool: asyncpg.Pool, file_id: str, seq: int) -> AsyncIterator[None]:
-    """The batch's row `seq` locked by a transaction of another connection until the block
-    ends, as a statement of the worker holds it while it runs; committed then."""
+async def row_held(pool: asyncpg.Pool, file_id: str, seq: int) -> AsyncIterator[asyncpg.Connection]:
+    """The batch's row `seq` locked by a transaction of another connection (yielded) until
+    the block ends, as a statement of the worker holds it while it runs; committed then."""
     async with pool.acquire() as holder, holder.transaction():
         await holder.execute(
             "SELECT FROM messages WHERE batch_id = $1 AND seq = $2 FOR UPDATE",
             uuid.UUID(file_id),
             seq,
         )
-        yield
+        yield holder
 
 
 async def ledger_writes(pool: asyncpg.Pool, file_id: str) -> list[tuple]:
@@ -690,19 +679,13 @@ async def test_a_receipt_kept_while_the_outcome_is_written_is_applied_after_it(
 ) -> None:
     file_id, [seq] = await rows_on_the_wire(api, account, webhooks, pool, 1)
     sid = "SM" + secrets.token_hex(16)
-    async with row_held(pool, file_id, seq):
+    async with row_held(pool, file_id, seq) as holder:
         recording = asyncio.create_task(
             messages.record_outcomes(
                 pool, uuid.UUID(file_id), [messages.Outcome(seq, LedgerStatus.SENT, sid)]
             )
         )
-        await eventually(
-            lambda: pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE '%UPDATE messages AS m SET status = %o.status%'"
-            ),
-            lambda waiting: waiting == 1,
-        )
+        await blocked_behind(pool, holder)
         # The outcome's statement has begun: it does not see the receipt an applier keeps
         # now (which saw no row with the sid to move, as none had it yet).
         await pool.execute(

@@ -20,6 +20,7 @@ from settings import Settings
 from store import accounts, conversation_messages, conversations, idempotency, numbers, opt_outs
 from store.accounts import create_account, create_api_key
 from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.databases import blocked_behind
 from tests.support.delivery import own_worker
 from tests.support.pages import every_page
 from tests.support.sending import (
@@ -469,13 +470,7 @@ async def test_a_signal_failing_while_another_fails_the_message_is_a_failure_too
         second = asyncio.create_task(
             conversation_messages.fail_queued_message(pool, message_id, error_message="down")
         )
-        await eventually(
-            lambda: pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                first.get_server_pid(),
-            ),
-            bool,
-        )
+        await blocked_behind(pool, first)
     assert await second is True
 
 
@@ -570,13 +565,7 @@ async def test_two_new_conversations_of_a_pair_at_once_are_two(
         first = await open_new(first_conn, "https://first.example/hook")
         async with second_conn.transaction():
             second_open = asyncio.create_task(open_new(second_conn, "https://second.example/hook"))
-            await eventually(
-                lambda: pool.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                    first_conn.get_server_pid(),
-                ),
-                bool,
-            )
+            await blocked_behind(pool, first_conn)
             await opening.commit()
             second = await second_open
     ended = await conversations.get_conversation(pool, account.account_id, first["id"])

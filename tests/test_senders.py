@@ -25,10 +25,9 @@ from tests.support.batches import (
     stored_files,
 )
 from tests.support.builders import emulator_messages, unique_numbers
-from tests.support.databases import own_database
+from tests.support.databases import blocked_behind, own_database
 from tests.support.sending import (
     conversation_when,
-    eventually,
     inbound_form,
     post_inbound,
     received_by,
@@ -295,17 +294,6 @@ async def test_a_sender_removed_while_an_inline_batch_is_recorded_leaves_no_file
 
     assert (response.status_code, error_code(response)) == (404, "AGENT_NUMBER_NOT_FOUND")
     assert await stored_files(pool, account) == files_before
-
-
-async def blocked_behind(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
-    """Once another session waits on a lock `conn` holds."""
-    await eventually(
-        lambda: pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-            conn.get_server_pid(),
-        ),
-        bool,
-    )
 
 
 async def test_a_sender_removed_while_a_batch_is_recorded_is_in_use_or_gone_for_it(

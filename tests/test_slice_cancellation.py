@@ -21,6 +21,7 @@ from settings import Settings
 from store import messages
 from tests.support.batches import start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.databases import blocked_behind
 from tests.support.delivery import ledger_rows
 from tests.support.sending import eventually, twilio_carrier
 from tests.support.stack import Account, Configure, WebhookReceiver
@@ -66,16 +67,6 @@ async def scheduled_slice(
     return file_id, marker, slice_input
 
 
-async def waiting_on_a_lock(pool: asyncpg.Pool) -> bool:
-    """Whether a statement of another connection waits for a row lock on the ledger."""
-    return bool(
-        await pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND query LIKE '%UPDATE messages%'"
-        )
-    )
-
-
 async def test_a_cancellation_during_the_record_still_records_the_slice(
     api: httpx.AsyncClient,
     account: Account,
@@ -101,7 +92,7 @@ async def test_a_cancellation_during_the_record_still_records_the_slice(
         await holder.execute(
             "SELECT 1 FROM messages WHERE batch_id = $1 FOR UPDATE", uuid.UUID(file_id)
         )
-        await eventually(lambda: waiting_on_a_lock(pool), bool)
+        await blocked_behind(pool, holder)
         env.cancel()
         await asyncio.sleep(0.5)
         await locked.rollback()
