@@ -13,15 +13,13 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from settings import Settings
-from store import messages
-from tests.support.batches import FINAL, phases, run_batch, start_marked_batch
+from tests.support.batches import FINAL, phases, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows, own_worker
 from tests.support.sending import eventually
@@ -72,31 +70,6 @@ async def test_sends_backed_up_hold_back_no_other_batchs_steps(
     assert second_events[-1]["messages_successful"] == 6
     assert await send_queues(temporal, first) == {own.send_task_queue}
     assert await send_queues(temporal, second) == {own.send_task_queue}
-
-
-async def manual_analyses(pool: asyncpg.Pool) -> int:
-    count = await pool.fetchval(
-        "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'messages'"
-    )
-    return int(count)
-
-
-async def test_a_batch_small_beside_the_ledger_leaves_its_statistics_be(
-    api: httpx.AsyncClient, pool: asyncpg.Pool, account: Account, webhooks: WebhookReceiver
-) -> None:
-    await run_batch(api, account, webhooks, unique_numbers(20))
-    await pool.execute("ANALYZE messages")
-    counted = await pool.fetchval("SELECT reltuples FROM pg_class WHERE relname = 'messages'")
-    before = await manual_analyses(pool)
-
-    await messages.refresh_statistics(pool, added=int(counted * messages.STATISTICS_SHARE) - 1)
-    after_small = await manual_analyses(pool)
-    await messages.refresh_statistics(pool, added=int(counted))
-    after_large = await manual_analyses(pool)
-
-    assert counted >= 20
-    assert after_small == before
-    assert after_large == before + 1
 
 
 async def activity_steps(temporal: Client, file_id: str) -> tuple[list[str], list[str]]:

@@ -222,6 +222,33 @@ async def _updates(pool: asyncpg.Pool) -> tuple[int, int]:
         return await _counted(conn, LEDGER_UPDATES), await _counted(conn, LEDGER_HOT_UPDATES)
 
 
+async def manual_analyses(pool: asyncpg.Pool) -> int:
+    count = await pool.fetchval(
+        "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'messages'"
+    )
+    return int(count)
+
+
+async def test_a_batch_small_beside_the_ledger_leaves_its_statistics_be(
+    own_pool: asyncpg.Pool,
+) -> None:
+    # The test's own ledger: no other test's batch, nor autovacuum on the session's large
+    # one, analyses it meanwhile.
+    await _validated_batch(own_pool, 20)
+    await own_pool.execute("ANALYZE messages")
+    counted = await own_pool.fetchval("SELECT reltuples FROM pg_class WHERE relname = 'messages'")
+    before = await manual_analyses(own_pool)
+
+    await messages.refresh_statistics(own_pool, added=int(counted * messages.STATISTICS_SHARE) - 1)
+    after_small = await manual_analyses(own_pool)
+    await messages.refresh_statistics(own_pool, added=int(counted))
+    after_large = await manual_analyses(own_pool)
+
+    assert counted >= 20
+    assert after_small == before
+    assert after_large == before + 1
+
+
 async def test_the_windowed_count_migration_waits_for_a_ledger_write_and_does_not_deadlock(
     own_database: str, own_pool: asyncpg.Pool
 ) -> None:

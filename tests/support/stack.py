@@ -141,6 +141,15 @@ class WebhookReceiver:
             )
         return self.received[name]
 
+    def delivered(self, name: str) -> list[WebhookPost]:
+        """The posts at `name` the receiver took (2xx), each `webhook-id` once, in the order
+        it first took them: an event may come again (at least once), with the same id."""
+        taken: dict[str, WebhookPost] = {}
+        for post in self.posts[name]:
+            if post.answered < 300:
+                taken.setdefault(post.headers["webhook-id"], post)
+        return list(taken.values())
+
 
 async def rotate(api: httpx.AsyncClient, account: Account) -> str:
     """A new status-webhook signing secret for the account; the secret."""
