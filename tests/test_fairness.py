@@ -1,10 +1,10 @@
 """Fairness between batches (docs/WORKFLOWS.md, Fairness between batches): every batch's
 carrier requests go to the send queue, served by workers apart from the batches' own steps
 (validation, events, chunk scheduling, the end), so sends backed up, however many, hold back
-no other batch's steps; and a batch's short database steps (its events, the ledger's close) run as local
-activities, inside its own workflow tasks, so a small batch takes fewer steps to its end; and
-a batch whose rows fit one send slice, or a few, sends them from its own workflow, without
-chunk workflows, to the same end as a chunked batch."""
+no other batch's steps; and a batch's short database steps (its events, the ledger's close)
+run as local activities, inside its own workflow tasks, so a small batch takes fewer steps to
+its end; and a batch whose rows fit one send slice, or a few, sends them from its own
+workflow, without chunk workflows, to the same end as a chunked batch."""
 
 import functools
 import json

@@ -4,8 +4,9 @@ hear replies to it, and it is not given up while a batch of its account sends fr
 import asyncio
 import secrets
 import uuid
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -36,6 +37,8 @@ from tests.support.sending import (
 )
 from tests.support.stack import Account, WebhookReceiver, api_client, error_code
 from workflows.statuses import FINAL_BATCH_STATUSES
+
+T = TypeVar("T")
 
 # A conversation message's statuses before its outcome.
 SENDING = ("queued", "sending")
@@ -211,6 +214,21 @@ async def test_a_sender_of_a_batchs_rows_is_not_deleted_before_its_rows_are_writ
     assert sender in await listed(api, account)
 
 
+async def removed_meanwhile(
+    pool: asyncpg.Pool, sender: str, put_back: Callable[[], Coroutine[Any, Any, T]]
+) -> T:
+    """What `put_back` returns when it runs while another transaction removes `sender`, and
+    that transaction commits once `put_back` waits for it."""
+    async with pool.acquire() as conn:
+        removing = conn.transaction()
+        await removing.start()
+        await conn.execute("DELETE FROM sender_numbers WHERE number = $1", sender)
+        putting_back = asyncio.create_task(put_back())
+        await blocked_behind(pool, conn)
+        await removing.commit()
+        return await putting_back
+
+
 async def test_a_sender_removed_while_a_retry_queues_its_batch_is_gone_for_it(
     account: Account, pool: asyncpg.Pool
 ) -> None:
@@ -223,14 +241,9 @@ async def test_a_sender_removed_while_a_retry_queues_its_batch_is_gone_for_it(
     batch = await batches.get_batch(pool, account.account_id, batch_id)
     assert batch is not None
 
-    async with pool.acquire() as conn:
-        removing = conn.transaction()
-        await removing.start()
-        await conn.execute("DELETE FROM sender_numbers WHERE number = $1", sender)
-        queued = asyncio.create_task(batches.queue_for_retry(pool, batch))
-        await blocked_behind(pool, conn)
-        await removing.commit()
-        assert await queued is None
+    assert (
+        await removed_meanwhile(pool, sender, lambda: batches.queue_for_retry(pool, batch)) is None
+    )
 
     assert (await batches.get_batch(pool, account.account_id, batch_id) or {})["status"] == (
         "completed_partial"
@@ -250,16 +263,10 @@ async def test_a_sender_removed_while_an_unstarted_batch_is_requeued_is_gone_for
     batch = await batches.get_batch(pool, account.account_id, batch_id)
     assert batch is not None
 
-    async with pool.acquire() as conn:
-        removing = conn.transaction()
-        await removing.start()
-        await conn.execute("DELETE FROM sender_numbers WHERE number = $1", sender)
-        requeued = asyncio.create_task(
-            batches.requeue_unstarted(pool, batch, code=batches.NOT_STARTED)
-        )
-        await blocked_behind(pool, conn)
-        await removing.commit()
-        assert await requeued is False
+    requeued = await removed_meanwhile(
+        pool, sender, lambda: batches.requeue_unstarted(pool, batch, code=batches.NOT_STARTED)
+    )
+    assert requeued is False
 
     assert (await batches.get_batch(pool, account.account_id, batch_id) or {})["status"] == (
         "failed"
