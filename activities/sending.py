@@ -98,7 +98,7 @@ class SendingActivities(WorkerResources):
         waiting: dict[int, float] = {}
         window = WindowClock(input.pace.send_window) if input.pace.send_window else None
         queue = iter(enumerate(claimed))
-        waves = _Waves(len(claimed), self._settings.send_concurrency)
+        waves = _Waves(len(claimed), self._settings.send_concurrency, stopping)
         # This attempt's token on the rows it marks: a wave's write run again after an outage
         # (through_outages) knows its own marks from another attempt's (write_outcomes).
         marker = secrets.randbits(63)
@@ -126,12 +126,18 @@ class SendingActivities(WorkerResources):
             done = waves.unrecorded(results)
             rows = waves.next_wave(index)
             seqs = [claimed[i].seq for i in rows]
-            written = await record(
-                done,
-                lambda outcomes: messages.write_outcomes(
-                    self._pool, batch_id, outcomes, mark=seqs, by=marker
-                ),
-            )
+            try:
+                written = await record(
+                    done,
+                    lambda outcomes: messages.write_outcomes(
+                        self._pool, batch_id, outcomes, mark=seqs, by=marker
+                    ),
+                )
+            except BaseException:
+                # Not written (the database down past through_outages): the slice's last
+                # write takes them, or the next attempt finds them `sending`.
+                waves.unrecord(done)
+                raise
             attempts.update(written.marked)
             waves.marked(rows, {i for i in rows if claimed[i].seq in written.marked})
             return written.unsettled
@@ -181,6 +187,9 @@ class SendingActivities(WorkerResources):
                     waiting[index] = opens
                     return None
             if not await waves.on_the_wire(index, wave, apply_receipts):
+                return None
+            if stopping.is_set():
+                # Paused or cancelled while its wave was marked: back to `pending`.
                 return None
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
@@ -242,23 +251,25 @@ class SendingActivities(WorkerResources):
 
         lanes = min(self._settings.send_concurrency, len(claimed))
         sends = asyncio.gather(*(lane() for _ in range(lanes)))
+        # Until the slice's last write is done too: a slow one (a lock waited for) must not
+        # pass for a dead attempt, whose successor would take its rows for lost.
         heartbeats = asyncio.create_task(heartbeat_until_cancelled())
         try:
             cancelled = await _to_the_end(sends, on_cancel=stopping.set)
+            # What went out is recorded even when the cancellation comes while it is
+            # written: a record cut short would leave the rows `sending`, to end `uncertain`.
+            # The slice's last write, then the receipts that came for its sids meanwhile.
+            rest = asyncio.ensure_future(
+                record(
+                    waves.unrecorded(results, unsent=True, waiting=waiting),
+                    lambda outcomes: messages.record_outcomes(
+                        self._pool, batch_id, outcomes, by=marker
+                    ),
+                )
+            )
+            cancelled = await _to_the_end(rest) or cancelled
         finally:
             heartbeats.cancel()
-        # What went out is recorded even when the cancellation comes while it is written:
-        # a record cut short would leave the rows `sending`, to end `uncertain`.
-        # The slice's last write, then the receipts that came for its sids meanwhile.
-        rest = asyncio.ensure_future(
-            record(
-                waves.unrecorded(results, unsent=True, waiting=waiting),
-                lambda outcomes: messages.record_outcomes(
-                    self._pool, batch_id, outcomes, by=marker
-                ),
-            )
-        )
-        cancelled = await _to_the_end(rest) or cancelled
         self._count([m.from_number or input.agent_number for m in claimed], results)
         if cancelled:
             raise asyncio.CancelledError
@@ -351,8 +362,10 @@ class _Waves:
     on the wire, in the statement that writes the outcomes that came back since the wave
     before; the rest of it is right behind, each lane holding one row."""
 
-    def __init__(self, rows: int, size: int) -> None:
+    def __init__(self, rows: int, size: int, stopping: asyncio.Event) -> None:
         self._size = max(size, 1)
+        # Once set, no lane marks a wave: the slice is paused, cancelled or failing.
+        self._stopping = stopping
         self._tried = [False] * rows
         self._marked = [False] * rows
         self._recorded = [False] * rows
@@ -390,6 +403,9 @@ class _Waves:
             await waiter
             if self._tried[index]:
                 return self._marked[index]
+        if self._stopping.is_set():
+            # The wave before failed to be written, or the slice stops: mark no more.
+            return False
         recording: asyncio.Future[None] | None = None
         self._marking = True
         try:
@@ -417,6 +433,11 @@ class _Waves:
         for i in rows:
             self._tried[i] = True
             self._marked[i] = i in moved
+
+    def unrecord(self, rows: list[int]) -> None:
+        """`unrecorded` took these rows, whose write then failed: not written after all."""
+        for i in rows:
+            self._recorded[i] = False
 
     def answered(self, index: int) -> None:
         """Row `index` has its outcome in the slice's results."""

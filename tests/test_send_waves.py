@@ -18,8 +18,8 @@ LANES = 8
 class LockedWaves(_Waves):
     """The waves as they were, the lanes waiting on an asyncio.Lock: the reference."""
 
-    def __init__(self, rows: int, size: int) -> None:
-        super().__init__(rows, size)
+    def __init__(self, rows: int, size: int, stopping: asyncio.Event) -> None:
+        super().__init__(rows, size, stopping)
         self._lock = asyncio.Lock()
 
     async def on_the_wire(
@@ -47,7 +47,7 @@ async def send_slice(waves_class: type[_Waves], seed: int) -> tuple[list[list[in
     """A slice sent by LANES lanes, each request and statement taking a few random turns of
     the loop; the rows of each wave, and whether each row was this attempt's to send."""
     turns = random.Random(seed)
-    waves = waves_class(ROWS, LANES)
+    waves = waves_class(ROWS, LANES, asyncio.Event())
     results: list[SendResult | None] = [None] * ROWS
     queue = iter(range(ROWS))
     marked: list[list[int]] = []
@@ -108,7 +108,7 @@ def test_waves_are_marked_as_when_the_lanes_waited_on_a_lock(seed: int) -> None:
 
 def test_a_lane_cancelled_while_it_waits_leaves_the_others_their_wave() -> None:
     async def scenario() -> list[bool]:
-        waves = _Waves(4, 4)
+        waves = _Waves(4, 4, asyncio.Event())
         release = asyncio.Event()
 
         async def wave(index: int) -> list[int]:
@@ -131,3 +131,37 @@ def test_a_lane_cancelled_while_it_waits_leaves_the_others_their_wave() -> None:
         return answers
 
     assert asyncio.run(scenario()) == [True, True, True]
+
+
+def test_lanes_waiting_for_a_wave_whose_write_failed_mark_no_other() -> None:
+    # The write before the wave failed for good, and the slice stops: the lanes that waited
+    # for that wave neither mark it again, one after another, nor send.
+    async def scenario() -> tuple[list[bool], int]:
+        stopping = asyncio.Event()
+        waves = _Waves(4, 4, stopping)
+        release = asyncio.Event()
+        calls = 0
+
+        async def wave(index: int) -> list[int]:
+            nonlocal calls
+            calls += 1
+            await release.wait()
+            stopping.set()
+            raise ConnectionRefusedError("PostgreSQL away")
+
+        async def record(rows: list[int]) -> None:
+            raise AssertionError("nothing to record")
+
+        first = asyncio.create_task(waves.on_the_wire(0, wave, record))
+        await asyncio.sleep(0)
+        waiting = [asyncio.create_task(waves.on_the_wire(i, wave, record)) for i in (1, 2, 3)]
+        await asyncio.sleep(0)
+        release.set()
+        with pytest.raises(ConnectionRefusedError):
+            await first
+        return list(await asyncio.gather(*waiting)), calls
+
+    sendable, calls = asyncio.run(scenario())
+
+    assert sendable == [False] * 3
+    assert calls == 1

@@ -2,18 +2,21 @@
 accepted end `sent`, not `sending` (and later `uncertain`). And an attempt presumed dead that
 lives on records what the carrier answered it, over the `uncertain` its successor left. One
 cancelled while its lanes wait for places in the account's limit of requests in flight sends
-none of those rows."""
+none of those rows; nor one cancelled while the statement that marks its rows `sending` waits.
+"""
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from temporalio.testing import ActivityEnvironment
 
+from activities import outages
 from activities.providers.twilio import TwilioCarrier
 from activities.sending import SendingActivities
 from metrics import WorkerMetrics
@@ -103,6 +106,114 @@ async def test_a_cancellation_during_the_record_still_records_the_slice(
     statuses = [row["status"] for row in await ledger_rows(api, account, file_id)]
     assert len(received) == ROWS
     assert statuses == ["sent"] * ROWS
+
+
+async def test_a_slice_cancelled_while_its_wave_is_marked_sends_none_of_it(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    pool: asyncpg.Pool,
+    sending: SendingActivities,
+) -> None:
+    # The rows locked before the slice starts: its claim (which locks none of them) goes
+    # through, and the statement that marks its first wave `sending` waits for this test.
+    # Cancelled meanwhile, the lanes find their rows marked once the lock goes, and send
+    # none: they go back to `pending`.
+    file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
+    env = ActivityEnvironment()
+    async with pool.acquire() as holder:
+        locked = holder.transaction()
+        await locked.start()
+        await holder.execute(
+            "SELECT 1 FROM messages WHERE batch_id = $1 FOR UPDATE", uuid.UUID(file_id)
+        )
+        activity = asyncio.ensure_future(env.run(sending.send_slice, slice_input))
+        await blocked_behind(pool, holder)
+        env.cancel()
+        await locked.rollback()
+
+    with pytest.raises(asyncio.CancelledError):
+        await activity
+    statuses = [row["status"] for row in await ledger_rows(api, account, file_id)]
+    assert await emulator_messages(emulator_url, body_contains=marker) == []
+    assert statuses == ["pending"] * ROWS
+
+
+async def test_outcomes_whose_wave_write_failed_are_written_by_the_slices_last_write(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Waves of two rows. The statement that writes the first wave's outcomes and marks the
+    # second fails for good (PostgreSQL away past the outage wait); the slice's last write,
+    # once it is back, still writes those two `sent`, and nothing more is marked or sent.
+    file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
+    real = messages.write_outcomes
+    calls = 0
+
+    async def second_fails(*args: Any, **kwargs: Any) -> messages.Written:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ConnectionRefusedError("PostgreSQL away")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(messages, "write_outcomes", second_fails)
+    monkeypatch.setattr(outages, "OUTAGE_WAIT_SECONDS", 0.0)
+    two_lanes = settings.model_copy(update={"send_concurrency": 2})
+    carrier = twilio_carrier(two_lanes, connections=2)
+    try:
+        async with httpx.AsyncClient() as http:
+            sending = SendingActivities(
+                pool=pool, carrier=carrier, http=http, settings=two_lanes, metrics=WorkerMetrics()
+            )
+            with pytest.raises(ConnectionRefusedError):
+                await ActivityEnvironment().run(sending.send_slice, slice_input)
+    finally:
+        await carrier.close()
+
+    statuses = [row["status"] for row in await ledger_rows(api, account, file_id)]
+    assert len(await emulator_messages(emulator_url, body_contains=marker)) == 2
+    assert statuses == ["sent"] * 2 + ["pending"] * (ROWS - 2)
+
+
+async def test_a_slice_heartbeats_while_its_last_write_waits(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+    sending: SendingActivities,
+    carrier: Configure,
+) -> None:
+    # A last write that waits (here for this test's lock on the rows) is no dead attempt:
+    # Temporal would start the slice again, and the new attempt would take the rows for lost.
+    await carrier(latency_ms=1500)
+    file_id, _, slice_input = await scheduled_slice(api, account, webhooks)
+    env = ActivityEnvironment()
+    heartbeats: list[object] = []
+    env.on_heartbeat = lambda *details: heartbeats.append(details)
+    async with pool.acquire() as holder:
+        locked = holder.transaction()
+        await locked.start()
+        activity = asyncio.ensure_future(env.run(sending.send_slice, slice_input))
+        await eventually(
+            lambda: ledger_rows(api, account, file_id), lambda rows: rows[0]["status"] == "sending"
+        )
+        await holder.execute(
+            "SELECT 1 FROM messages WHERE batch_id = $1 FOR UPDATE", uuid.UUID(file_id)
+        )
+        await blocked_behind(pool, holder)
+        before = len(heartbeats)
+        await eventually(lambda: asyncio.sleep(0, len(heartbeats)), lambda n: n >= before + 2)
+        await locked.rollback()
+    await activity
+
+    assert [row["status"] for row in await ledger_rows(api, account, file_id)] == ["sent"] * ROWS
 
 
 async def test_a_late_attempt_settles_the_rows_its_successor_made_uncertain(
