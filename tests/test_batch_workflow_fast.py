@@ -759,6 +759,57 @@ async def test_a_spread_batchs_waiting_rows_are_carried_over_a_continue_as_new_a
     assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
 
 
+async def start_waiting_for_a_place(
+    env: WorkflowEnvironment, stubs: StubActivities, queue: str
+) -> WorkflowHandle[BatchWorkflow, BatchResult]:
+    """Six rows over 30 hours, one chunk at a time; row 0 waits for its window, open at
+    3 h. At 4 h its range waits for the one place among the chunks, which row 1's chunk
+    holds while it waits for its row's time (5 h)."""
+    stubs.window_opens = (await env.get_current_time()).timestamp() + 3 * 3600
+    handle = await start_batch(
+        env,
+        queue,
+        dispatch=DispatchSettings(chunk_window=1),
+        timing=Timing(spread_seconds=30 * 3600, send_window=SendWindow(start="09:00", end="17:00")),
+    )
+    # The test server skips time by itself only while a result is awaited.
+    await env.sleep(4 * 3600)
+    assert slices(stubs) == [(0, 1)]
+    return handle
+
+
+async def test_a_waiting_range_behind_a_paused_batchs_chunk_goes_after_the_resume_first(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=6, outside_window={0})
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_waiting_for_a_place(time_skipping, stubs, queue)
+        await handle.signal(BatchWorkflow.pause)
+        await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
+        # A day paused: neither the range nor a chunk starts, whatever timers fire.
+        await time_skipping.sleep(24 * 3600)
+        assert slices(stubs) == [(0, 1)]
+        await handle.signal(BatchWorkflow.resume)
+        result = await result_of(handle)
+    # Row 1's chunk, then the range (before the next chunk), then the rest.
+    assert slices(stubs)[1:4] == [(1, 2), (0, 1), (2, 3)]
+    assert stubs.sent == set(range(6))
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
+
+
+async def test_a_batch_cancelled_while_a_waiting_range_waits_for_a_place_sends_it_not(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=6, outside_window={0})
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_waiting_for_a_place(time_skipping, stubs, queue)
+        await handle.signal(BatchWorkflow.cancel, "not today")
+        result = await result_of(handle)
+    assert slices(stubs) == [(0, 1)]
+    assert stubs.sent == set()
+    assert (result.status, result.reason) == (S.CANCELLED, "not today")
+
+
 def test_the_error_window_keeps_about_its_size_of_the_newest_slices() -> None:
     window = ErrorWindow(200)
     window.add(SendCounts(sent=100, failed=0))

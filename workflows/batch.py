@@ -685,8 +685,7 @@ class BatchWorkflow:
         this run is full, or `_end_beside`. A timer to the first opening, cut short when a
         chunk hands back another range."""
         while not self._stopped and not self._beside_ends:
-            known = len(state.waiting)
-            opens = min((r.opens for r in state.waiting), default=None)
+            opens = _first_opening(state)
             delay = None if opens is None else opens - workflow.now().timestamp()
             if delay is not None and delay <= 0:
                 if not await self._start_due(state, beside=True):
@@ -694,14 +693,20 @@ class BatchWorkflow:
                 continue
             with contextlib.suppress(asyncio.TimeoutError):
                 await workflow.wait_condition(
-                    functools.partial(self._beside_wakes, state, known),
+                    functools.partial(self._beside_wakes, state, opens),
                     timeout=None if delay is None else timedelta(seconds=delay),
                 )
 
-    def _beside_wakes(self, state: DispatchState, known: int) -> bool:
-        """Whether the pass beside the chunks should look again before its timer: the batch
-        stopped, the pass ends, or a chunk handed back a range (of `known` before)."""
-        return self._stopped or self._beside_ends or len(state.waiting) != known
+    def _beside_wakes(self, state: DispatchState, opens: float | None) -> bool:
+        """Whether the pass beside the chunks should look again before its timer (to the
+        first opening, `opens`): the batch stopped, the pass ends, or a chunk handed back a
+        range that opens sooner."""
+        first = _first_opening(state)
+        return (
+            self._stopped
+            or self._beside_ends
+            or (first is not None and (opens is None or first < opens))
+        )
 
     async def _end_beside(self, beside: asyncio.Task[None] | None) -> None:
         """Stop the pass beside the chunks, once it has started what it was starting."""
@@ -725,8 +730,10 @@ class BatchWorkflow:
                 state.waiting.extend(due[number:])
                 return False
             self._beside_waits = beside
-            placed = await self._chunk_place()
-            self._beside_waits = False
+            try:
+                placed = await self._chunk_place()
+            finally:
+                self._beside_waits = False
             if not placed:
                 break
             if beside and self._run_full():
@@ -1111,3 +1118,8 @@ class BatchWorkflow:
         self._closing = True
         self._handing_over = handing_over
         await pump
+
+
+def _first_opening(state: DispatchState) -> float | None:
+    """When the first waiting range's window opens; None when no range waits."""
+    return min((r.opens for r in state.waiting), default=None)

@@ -490,8 +490,12 @@ async def _requeue_unstarted(
 ) -> None:
     """Put a batch that never started back to `queued` for this request's start
     (`batches.requeue_unstarted`); AgentNumberNotFound when a sender of it was removed since
-    `create_batch` held them. Requeued by another attempt meanwhile, it is left to the start."""
-    if not await batches.requeue_unstarted(pool, batch, code=code):
+    `create_batch` held them. Requeued by another attempt meanwhile (or started and ended
+    since), it is left to the start, which finds it started."""
+    if await batches.requeue_unstarted(pool, batch, code=code):
+        return
+    now = await batches.get_batch(pool, account_id, batch["id"])
+    if now is not None and now["status"] == BatchStatus.FAILED and now["code"] == code:
         await _require_senders_held(pool, account_id, batch)
 
 
