@@ -79,7 +79,11 @@ class ConversationActivities(WorkerResources):
             )
         attempt = activity.info().attempt
         if attempt > 1:
-            await through_outages(lambda: conversation_messages.settle_lost_claim(pool, message_id))
+            lost_at = await through_outages(
+                lambda: conversation_messages.settle_lost_claim(pool, message_id)
+            )
+            if lost_at is not None:
+                return await self._settle_lost(message_id, lost_at)
         claims = 0
 
         async def claim() -> conversation_messages.ClaimedConversationMessage | None:
@@ -169,6 +173,39 @@ class ConversationActivities(WorkerResources):
         )
         log.info("conversation message", message_id=input.message_id, status=status)
         return SendMessageResult(status=status, error_code=result.error_code)
+
+    async def _settle_lost(self, message_id: uuid.UUID, claimed_at: datetime) -> SendMessageResult:
+        """A message an earlier attempt claimed, then never recorded (its worker died, or it
+        ran past its time), now `uncertain`: `sent` if the carrier's list has it since that
+        claim (`_reconcile`), with its sid, for its receipts. Otherwise it stays `uncertain`:
+        that attempt may still be sending it, so it is not sent again."""
+        pool = self._pool
+        message = await through_outages(
+            lambda: conversation_messages.lost_message(pool, message_id)
+        )
+        own = await through_outages(
+            lambda: carrier_accounts.carrier_account(pool, message.account_id)
+        )
+        credentials = (own.account_sid, own.auth_token) if own else None
+        found = await self._reconcile(
+            SendResult(verdict=Verdict.UNCERTAIN, error_message="its attempt was lost"),
+            carrier_address(message.user_number, message.channel),
+            carrier_address(message.agent_number, message.channel),
+            message,
+            claimed_at,
+            credentials,
+        )
+        if found.verdict is Verdict.SENT:
+            await through_outages(
+                lambda: conversation_messages.record_outcome(
+                    pool, message_id, status=Verdict.SENT.value, carrier_sid=found.sid
+                )
+            )
+        status, code = await through_outages(
+            lambda: conversation_messages.message_status(pool, message_id)
+        )
+        log.info("lost claim settled", message_id=str(message_id), status=status)
+        return SendMessageResult(status=status, error_code=code)
 
     async def _reconcile(
         self,

@@ -2,6 +2,7 @@
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -147,15 +148,37 @@ async def mark_agent_message_signalled(pool: asyncpg.Pool, message_id: uuid.UUID
     )
 
 
-async def settle_lost_claim(pool: asyncpg.Pool, message_id: uuid.UUID) -> None:
+async def settle_lost_claim(pool: asyncpg.Pool, message_id: uuid.UUID) -> datetime | None:
     """Before a retry claims the message: one still `sending` was claimed by an attempt that
     never recorded its end (crashed, timed out). The carrier may have accepted it, so it
-    becomes `uncertain` rather than being sent twice."""
-    await pool.execute(
-        "UPDATE conversation_messages SET status = 'uncertain', updated_at = now()"
-        " WHERE id = $1 AND status = 'sending'",
+    becomes `uncertain` rather than being sent twice; when that attempt claimed it (for the
+    carrier's list to be read from then), or None when no claim was lost."""
+    claimed_at: datetime | None = await pool.fetchval(
+        "WITH lost AS (SELECT id, updated_at FROM conversation_messages"
+        " WHERE id = $1 AND status = 'sending' FOR UPDATE)"
+        " UPDATE conversation_messages AS m SET status = 'uncertain', updated_at = now()"
+        " FROM lost WHERE m.id = lost.id RETURNING lost.updated_at",
         message_id,
     )
+    return claimed_at
+
+
+async def lost_message(pool: asyncpg.Pool, message_id: uuid.UUID) -> ClaimedConversationMessage:
+    """What the carrier was asked for a message whose claim was lost (`settle_lost_claim`),
+    for its list to be read for it."""
+    row = await pool.fetchrow(
+        f"SELECT {_CLAIMED_COLUMNS} FROM conversation_messages AS m"
+        " JOIN conversations AS c ON c.id = m.conversation_id WHERE m.id = $1",
+        message_id,
+    )
+    return ClaimedConversationMessage(**dict(row))
+
+
+# ClaimedConversationMessage's fields, of a message `m` and its conversation `c`.
+_CLAIMED_COLUMNS = (
+    "m.account_id, m.kind, m.channel, c.agent_number, c.user_number, m.body, m.content_sid,"
+    " m.content_variables"
+)
 
 
 async def claim_message(
@@ -173,9 +196,7 @@ async def claim_message(
         " attempts = m.attempts + (m.status = 'queued')::int, updated_at = now()"
         " FROM conversations AS c"
         " WHERE m.id = $1 AND (m.status = 'queued' OR (m.status = 'sending' AND $2))"
-        " AND c.id = m.conversation_id"
-        " RETURNING m.account_id, m.kind, m.channel, c.agent_number, c.user_number, m.body,"
-        " m.content_sid, m.content_variables",
+        f" AND c.id = m.conversation_id RETURNING {_CLAIMED_COLUMNS}",
         message_id,
         again,
     )
@@ -191,13 +212,15 @@ async def record_outcome(
     error_code: str | None = None,
     error_message: str | None = None,
 ) -> None:
-    """The end of a send; only a message still `sending` moves. A receipt that came before
-    it was recorded is applied now (see receipts.first_receipts)."""
+    """The end of a send; only a message still `sending` moves, or one `uncertain`: an
+    attempt presumed lost (settle_lost_claim) that lives on records the carrier's answer, and
+    the carrier's list can settle one. A receipt that came before it was recorded is applied
+    now (see receipts.first_receipts)."""
     await pool.execute(
         "UPDATE conversation_messages SET status = $2, carrier_sid = $3, error_code = $4,"
         " error_message = $5, updated_at = now(),"
         " sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END"
-        " WHERE id = $1 AND status = 'sending'",
+        " WHERE id = $1 AND status IN ('sending', 'uncertain')",
         message_id,
         status,
         carrier_sid,

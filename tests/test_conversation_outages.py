@@ -2,8 +2,11 @@
 while) inside its send activity: the message is sent once and its outcome, sid included, is
 recorded, whether the outage comes before the send or just after the carrier accepted it.
 Before, the activity failed on the first refused statement: each outage spent one of the
-attempts meant for the carrier's deferrals, and the message was left `queued` or `sending`."""
+attempts meant for the carrier's deferrals, and the message was left `queued` or `sending`.
+And a message whose attempt was lost (its worker died after claiming it) is settled from the
+carrier's list by the next attempt, or by the lost attempt's own answer if it lives on."""
 
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -127,3 +130,59 @@ async def test_a_claim_run_again_after_its_answer_was_lost_takes_its_own_message
     assert (taken["status"], taken["attempts"]) == ("sending", 1)
     assert retried is None
     assert await conversation_messages.message_status(pool, message_id) == ("uncertain", None)
+
+
+@pytest.mark.parametrize("carrier_got_it", [True, False])
+async def test_a_retry_after_a_lost_claim_finds_the_message_in_the_carriers_list(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    account: Account,
+    carrier: TwilioCarrier,
+    emulator_url: str,
+    carrier_got_it: bool,
+) -> None:
+    """The first attempt claimed the message, then its worker died, after the carrier took
+    it or before: the next attempt records it `sent` with the carrier's sid (its receipts
+    can then find it), or leaves it `uncertain` (that attempt may live on), sending nothing."""
+    user = unique_numbers(1)[0]
+    body = f"lost claim {secrets.token_hex(6)}"
+    message_id = await queued_agent_message(pool, account, user, body)
+    assert await conversation_messages.claim_message(pool, message_id) is not None
+    if carrier_got_it:
+        await carrier.send(to=user, from_=account.agent_number, body=body, status_callback=None)
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=2)
+    async with httpx.AsyncClient() as http:
+        sender = ConversationActivities(
+            pool=pool, carrier=carrier, http=http, settings=settings, metrics=WorkerMetrics()
+        )
+        result = await env.run(
+            sender.send_conversation_message,
+            SendMessageInput(message_id=str(message_id), attempts=MESSAGE_ATTEMPTS),
+        )
+
+    received = await emulator_messages(emulator_url, body_contains=body)
+    message = await conversation_messages.message_for_workflow(pool, message_id)
+    if carrier_got_it:
+        [taken] = received
+        assert (result.status, message["carrier_sid"]) == ("sent", taken["sid"])
+    else:
+        assert received == []
+        assert (result.status, message["carrier_sid"]) == ("uncertain", None)
+
+
+async def test_an_attempt_presumed_lost_that_lives_on_records_the_carriers_answer(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    """Its claim settled `uncertain` by the next attempt, the first attempt's answer comes:
+    the message takes it, sid and all, rather than stay `uncertain` with its receipts lost."""
+    user = unique_numbers(1)[0]
+    message_id = await queued_agent_message(pool, account, user, "lives on")
+    assert await conversation_messages.claim_message(pool, message_id) is not None
+    assert await conversation_messages.settle_lost_claim(pool, message_id) is not None
+    sid = f"SM{secrets.token_hex(16)}"
+
+    await conversation_messages.record_outcome(pool, message_id, status="sent", carrier_sid=sid)
+
+    message = await conversation_messages.message_for_workflow(pool, message_id)
+    assert (message["status"], message["carrier_sid"]) == ("sent", sid)
