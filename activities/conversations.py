@@ -51,8 +51,6 @@ MESSAGE_EVENT_FIELDS = (
 
 # A conversation message's error code when its sender is no longer the account's.
 SENDER_NOT_HELD = "sender_not_held"
-# The kinds of message Herald sends on its own, when a silence timer fires.
-TIMER_KINDS = frozenset({"warning", "timeout"})
 
 
 class ConversationActivities(WorkerResources):
@@ -108,13 +106,13 @@ class ConversationActivities(WorkerResources):
             )
             return SendMessageResult(status="skipped", error_code="opted_out")
         if (
-            message.kind in TIMER_KINDS
-            and await through_outages(lambda: numbers.owner_of_number(pool, message.agent_number))
+            await through_outages(lambda: numbers.owner_of_number(pool, message.agent_number))
             != message.account_id
         ):
-            # A silence timer's message, hours after the send that set it: the sender given up
-            # meanwhile (another account's, perhaps, by now) is not sent from. A send's own
-            # message was checked when the API took it.
+            # The sender given up since the message was queued (another account's, perhaps,
+            # by now) is not sent from: a silence timer's message, hours after the send that
+            # set it, and a send's own, queued behind others of its pair (a backlog of a
+            # conversation's messages goes out one at a time) or deferred by the carrier.
             await through_outages(
                 lambda: conversation_messages.record_outcome(
                     pool,

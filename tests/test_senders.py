@@ -12,8 +12,11 @@ import asyncpg
 import httpx
 import pytest
 from pydantic import SecretStr
+from temporalio.testing import ActivityEnvironment
 
+from activities.conversations import ConversationActivities
 from api.services import batches as batches_service
+from metrics import WorkerMetrics
 from settings import Settings
 from store import batches, numbers, opt_outs
 from store.accounts import create_account, create_api_key
@@ -31,11 +34,15 @@ from tests.support.sending import (
     conversation_when,
     inbound_form,
     post_inbound,
+    queued_agent_message,
     received_by,
     send,
     send_ok,
+    twilio_carrier,
 )
 from tests.support.stack import Account, WebhookReceiver, api_client, error_code
+from workflows.contracts import SendMessageInput
+from workflows.retries import MESSAGE_ATTEMPTS
 from workflows.statuses import FINAL_BATCH_STATUSES
 
 T = TypeVar("T")
@@ -344,6 +351,34 @@ async def test_a_sender_removed_while_a_batch_is_recorded_is_in_use_or_gone_for_
         await blocked_behind(pool, conn)
         await removing.commit()
         assert await recorded is None
+
+
+async def test_a_queued_message_is_not_sent_from_a_sender_given_up_and_taken_since(
+    settings: Settings, pool: asyncpg.Pool, account: Account, other: Account, emulator_url: str
+) -> None:
+    """A send's message queued behind others of its pair (a conversation sends one at a
+    time) when its account gives the sender up and another registers it: `failed`
+    `sender_not_held`, not sent from the number now the other account's."""
+    user = unique_numbers(1)[0]
+    body = f"queued {secrets.token_hex(6)}"
+    message_id = await queued_agent_message(pool, account, user, body)
+    await pool.execute("DELETE FROM sender_numbers WHERE number = $1", account.agent_number)
+    await numbers.add_number(pool, other.account_id, account.agent_number, "sms", None)
+    carrier = twilio_carrier(settings)
+    try:
+        async with httpx.AsyncClient() as http:
+            sender = ConversationActivities(
+                pool=pool, carrier=carrier, http=http, settings=settings, metrics=WorkerMetrics()
+            )
+            result = await ActivityEnvironment().run(
+                sender.send_conversation_message,
+                SendMessageInput(message_id=str(message_id), attempts=MESSAGE_ATTEMPTS),
+            )
+    finally:
+        await carrier.close()
+
+    assert (result.status, result.error_code) == ("failed", "sender_not_held")
+    assert await emulator_messages(emulator_url, body_contains=body) == []
 
 
 async def test_a_conversations_timer_does_not_send_from_a_sender_given_up_since(
