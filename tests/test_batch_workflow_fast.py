@@ -698,6 +698,20 @@ async def send_times(stubs: StubActivities) -> dict[int, list[float]]:
     return times
 
 
+async def start_spread_with_a_window(
+    env: WorkflowEnvironment, stubs: StubActivities, queue: str, dispatch: DispatchSettings
+) -> WorkflowHandle[BatchWorkflow, BatchResult]:
+    """`stubs.recipients` rows over 30 hours, with a send window; the window of the rows
+    `stubs.outside_window` opens at 3 h."""
+    stubs.window_opens = (await env.get_current_time()).timestamp() + 3 * 3600
+    return await start_batch(
+        env,
+        queue,
+        dispatch=dispatch,
+        timing=Timing(spread_seconds=30 * 3600, send_window=SendWindow(start="09:00", end="17:00")),
+    )
+
+
 @pytest.mark.parametrize("chunk_window", [8, 1])
 async def test_a_spread_batchs_rows_waiting_for_their_window_go_as_it_opens_not_after_the_spread(
     time_skipping: WorkflowEnvironment, chunk_window: int
@@ -705,16 +719,9 @@ async def test_a_spread_batchs_rows_waiting_for_their_window_go_as_it_opens_not_
     # 6 rows over 30 hours: a row every 5 hours, each its own chunk (a spread batch with a
     # send window runs chunks of at most an hour of its pace). Row 0's window opens at 3 h.
     stubs = StubActivities(recipients=6, outside_window={0})
-    now = (await time_skipping.get_current_time()).timestamp()
-    stubs.window_opens = now + 3 * 3600
     async with stub_worker(time_skipping, stubs) as queue:
-        handle = await start_batch(
-            time_skipping,
-            queue,
-            dispatch=DispatchSettings(chunk_window=chunk_window),
-            timing=Timing(
-                spread_seconds=30 * 3600, send_window=SendWindow(start="09:00", end="17:00")
-            ),
+        handle = await start_spread_with_a_window(
+            time_skipping, stubs, queue, DispatchSettings(chunk_window=chunk_window)
         )
         result = await result_of(handle)
     times = await send_times(stubs)
@@ -740,15 +747,9 @@ async def test_a_spread_batchs_waiting_rows_are_carried_over_a_continue_as_new_a
     # Two chunks a run, a row every 5 hours, row 0's window opening at 3 h: the first run
     # ends as chunk 1 ends (5 h) with row 0's range waiting; the next sends it at once.
     stubs = StubActivities(recipients=6, outside_window={0})
-    stubs.window_opens = (await time_skipping.get_current_time()).timestamp() + 3 * 3600
     async with stub_worker(time_skipping, stubs) as queue:
-        handle = await start_batch(
-            time_skipping,
-            queue,
-            dispatch=DispatchSettings(chunk_window=8, chunks_per_run=2),
-            timing=Timing(
-                spread_seconds=30 * 3600, send_window=SendWindow(start="09:00", end="17:00")
-            ),
+        handle = await start_spread_with_a_window(
+            time_skipping, stubs, queue, DispatchSettings(chunk_window=8, chunks_per_run=2)
         )
         result = await result_of(handle)
     times = await send_times(stubs)
@@ -765,13 +766,7 @@ async def start_waiting_for_a_place(
     """Six rows over 30 hours, one chunk at a time; row 0 waits for its window, open at
     3 h. At 4 h its range waits for the one place among the chunks, which row 1's chunk
     holds while it waits for its row's time (5 h)."""
-    stubs.window_opens = (await env.get_current_time()).timestamp() + 3 * 3600
-    handle = await start_batch(
-        env,
-        queue,
-        dispatch=DispatchSettings(chunk_window=1),
-        timing=Timing(spread_seconds=30 * 3600, send_window=SendWindow(start="09:00", end="17:00")),
-    )
+    handle = await start_spread_with_a_window(env, stubs, queue, DispatchSettings(chunk_window=1))
     # The test server skips time by itself only while a result is awaited.
     await env.sleep(4 * 3600)
     assert slices(stubs) == [(0, 1)]

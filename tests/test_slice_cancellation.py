@@ -8,6 +8,7 @@ none of those rows; nor one cancelled while the statement that marks its rows `s
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +29,7 @@ from tests.support.databases import blocked_behind
 from tests.support.delivery import ledger_rows
 from tests.support.sending import eventually, twilio_carrier
 from tests.support.stack import Account, Configure, WebhookReceiver
-from workflows.contracts import SendSliceInput
+from workflows.contracts import SendCounts, SendSliceInput
 
 ROWS = 6
 
@@ -70,6 +71,37 @@ async def scheduled_slice(
     return file_id, marker, slice_input
 
 
+@asynccontextmanager
+async def last_write_held(
+    api: httpx.AsyncClient,
+    account: Account,
+    pool: asyncpg.Pool,
+    env: ActivityEnvironment,
+    sending: SendingActivities,
+    slice_input: SendSliceInput,
+) -> AsyncIterator[asyncio.Future[SendCounts]]:
+    """The slice sent in `env` (yielded), its rows locked by this test once marked `sending`
+    (with slow answers, before they come): its last write waits for the lock until the block
+    ends."""
+    async with pool.acquire() as holder:
+        locked = holder.transaction()
+        await locked.start()
+        activity = asyncio.ensure_future(env.run(sending.send_slice, slice_input))
+        await eventually(
+            lambda: ledger_rows(api, account, slice_input.batch_id),
+            lambda rows: rows[0]["status"] == "sending",
+        )
+        await holder.execute(
+            "SELECT 1 FROM messages WHERE batch_id = $1 FOR UPDATE",
+            uuid.UUID(slice_input.batch_id),
+        )
+        await blocked_behind(pool, holder)
+        try:
+            yield activity
+        finally:
+            await locked.rollback()
+
+
 async def test_a_cancellation_during_the_record_still_records_the_slice(
     api: httpx.AsyncClient,
     account: Account,
@@ -84,21 +116,9 @@ async def test_a_cancellation_during_the_record_still_records_the_slice(
     file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
     env = ActivityEnvironment()
 
-    async with pool.acquire() as holder:
-        locked = holder.transaction()
-        await locked.start()
-        # Lock the rows once claimed, so that the activity's record waits for this test.
-        activity = asyncio.ensure_future(env.run(sending.send_slice, slice_input))
-        await eventually(
-            lambda: ledger_rows(api, account, file_id), lambda rows: rows[0]["status"] == "sending"
-        )
-        await holder.execute(
-            "SELECT 1 FROM messages WHERE batch_id = $1 FOR UPDATE", uuid.UUID(file_id)
-        )
-        await blocked_behind(pool, holder)
+    async with last_write_held(api, account, pool, env, sending, slice_input) as activity:
         env.cancel()
         await asyncio.sleep(0.5)
-        await locked.rollback()
 
     with pytest.raises(asyncio.CancelledError):
         await activity
@@ -197,20 +217,9 @@ async def test_a_slice_heartbeats_while_its_last_write_waits(
     env = ActivityEnvironment()
     heartbeats: list[object] = []
     env.on_heartbeat = lambda *details: heartbeats.append(details)
-    async with pool.acquire() as holder:
-        locked = holder.transaction()
-        await locked.start()
-        activity = asyncio.ensure_future(env.run(sending.send_slice, slice_input))
-        await eventually(
-            lambda: ledger_rows(api, account, file_id), lambda rows: rows[0]["status"] == "sending"
-        )
-        await holder.execute(
-            "SELECT 1 FROM messages WHERE batch_id = $1 FOR UPDATE", uuid.UUID(file_id)
-        )
-        await blocked_behind(pool, holder)
+    async with last_write_held(api, account, pool, env, sending, slice_input) as activity:
         before = len(heartbeats)
         await eventually(lambda: asyncio.sleep(0, len(heartbeats)), lambda n: n >= before + 2)
-        await locked.rollback()
     await activity
 
     assert [row["status"] for row in await ledger_rows(api, account, file_id)] == ["sent"] * ROWS
