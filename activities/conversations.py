@@ -91,10 +91,7 @@ class ConversationActivities(WorkerResources):
 
         message = await through_outages(claim)
         if message is None:
-            status, code = await through_outages(
-                lambda: conversation_messages.message_status(pool, message_id)
-            )
-            return SendMessageResult(status=status, error_code=code)
+            return await self._status_of(message_id)
         # HELP is answered even after STOP: carriers require it.
         if message.kind != "help" and await through_outages(
             lambda: opt_outs.is_opted_out(pool, message.account_id, message.user_number)
@@ -176,11 +173,19 @@ class ConversationActivities(WorkerResources):
         """A message an earlier attempt claimed, then never recorded (its worker died, or it
         ran past its time), now `uncertain`: `sent` if the carrier's list has it since that
         claim (`_reconcile`), with its sid, for its receipts. Otherwise it stays `uncertain`:
-        that attempt may still be sending it, so it is not sent again."""
+        that attempt may still be sending it, so it is not sent again. Only a message with its
+        own text is looked up (a template's text is the carrier's, and another message to the
+        user in those minutes would pass for it), and only while its account holds the
+        sender (another account's messages from it are in the same list)."""
         pool = self._pool
         message = await through_outages(
             lambda: conversation_messages.lost_message(pool, message_id)
         )
+        if not message.body or (
+            await through_outages(lambda: numbers.owner_of_number(pool, message.agent_number))
+            != message.account_id
+        ):
+            return await self._status_of(message_id)
         own = await through_outages(
             lambda: carrier_accounts.carrier_account(pool, message.account_id)
         )
@@ -199,10 +204,13 @@ class ConversationActivities(WorkerResources):
                     pool, message_id, status=Verdict.SENT.value, carrier_sid=found.sid
                 )
             )
+        log.info("lost claim looked up", message_id=str(message_id), found=found.sid is not None)
+        return await self._status_of(message_id)
+
+    async def _status_of(self, message_id: uuid.UUID) -> SendMessageResult:
         status, code = await through_outages(
-            lambda: conversation_messages.message_status(pool, message_id)
+            lambda: conversation_messages.message_status(self._pool, message_id)
         )
-        log.info("lost claim settled", message_id=str(message_id), status=status)
         return SendMessageResult(status=status, error_code=code)
 
     async def _reconcile(

@@ -411,6 +411,9 @@ class _Waves:
         try:
             if self._recording is not None:
                 await self._recording
+                if self._stopping.is_set():
+                    # Stopped while the wave before's receipts were applied.
+                    return False
             done = await wave(index)
             if done:
                 recording = self._recording = asyncio.ensure_future(record(done))

@@ -8,6 +8,9 @@ import asyncpg
 
 from store import receipts
 
+# The code of an agent message left `uncertain` because the attempt that claimed it was lost
+# (settle_lost_claim): each retry looks it up in the carrier's list until found.
+CLAIM_LOST = "claim_lost"
 # The code of an agent message failed unsent because no signal of it reached its workflow
 # (the API's TEMPORAL_UNAVAILABLE); its workflow skips it if a signal of it comes later.
 SIGNAL_FAILED = "TEMPORAL_UNAVAILABLE"
@@ -151,14 +154,21 @@ async def mark_agent_message_signalled(pool: asyncpg.Pool, message_id: uuid.UUID
 async def settle_lost_claim(pool: asyncpg.Pool, message_id: uuid.UUID) -> datetime | None:
     """Before a retry claims the message: one still `sending` was claimed by an attempt that
     never recorded its end (crashed, timed out). The carrier may have accepted it, so it
-    becomes `uncertain` rather than being sent twice; when that attempt claimed it (for the
-    carrier's list to be read from then), or None when no claim was lost."""
-    claimed_at: datetime | None = await pool.fetchval(
-        "WITH lost AS (SELECT id, updated_at FROM conversation_messages"
-        " WHERE id = $1 AND status = 'sending' FOR UPDATE)"
-        " UPDATE conversation_messages AS m SET status = 'uncertain', updated_at = now()"
-        " FROM lost WHERE m.id = lost.id RETURNING lost.updated_at",
+    becomes `uncertain` (CLAIM_LOST) rather than being sent twice, its time left the claim's.
+    When that claim was made, for the carrier's list to be read from then: of this lost
+    claim, or of one an earlier retry settled so and whose lookup found nothing yet (or never
+    ended); None when no claim was lost."""
+    await pool.execute(
+        "UPDATE conversation_messages SET status = 'uncertain', error_code = $2"
+        " WHERE id = $1 AND status = 'sending'",
         message_id,
+        CLAIM_LOST,
+    )
+    claimed_at: datetime | None = await pool.fetchval(
+        "SELECT updated_at FROM conversation_messages WHERE id = $1 AND status = 'uncertain'"
+        " AND error_code = $2 AND carrier_sid IS NULL",
+        message_id,
+        CLAIM_LOST,
     )
     return claimed_at
 

@@ -20,7 +20,7 @@ from activities.conversations import ConversationActivities
 from activities.providers.twilio import SendResult, TwilioCarrier
 from metrics import WorkerMetrics
 from settings import Settings
-from store import conversation_messages
+from store import conversation_messages, numbers
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.sending import queued_agent_message, twilio_carrier
 from tests.support.stack import Account
@@ -129,29 +129,51 @@ async def test_a_claim_run_again_after_its_answer_was_lost_takes_its_own_message
     assert plain is None
     assert (taken["status"], taken["attempts"]) == ("sending", 1)
     assert retried is None
-    assert await conversation_messages.message_status(pool, message_id) == ("uncertain", None)
+    assert await conversation_messages.message_status(pool, message_id) == (
+        "uncertain",
+        conversation_messages.CLAIM_LOST,
+    )
 
 
-@pytest.mark.parametrize("carrier_got_it", [True, False])
+@pytest.mark.parametrize(
+    ("carrier_got_it", "looked_up_before", "given_up"),
+    [
+        (True, False, False),
+        (False, False, False),
+        # The retry that settled it died before its lookup ended: the next one looks.
+        (True, True, False),
+        # The sender is another account's since: its messages are in the same list.
+        (True, False, True),
+    ],
+)
 async def test_a_retry_after_a_lost_claim_finds_the_message_in_the_carriers_list(
     settings: Settings,
     pool: asyncpg.Pool,
     account: Account,
+    other_account: Account,
     carrier: TwilioCarrier,
     emulator_url: str,
     carrier_got_it: bool,
+    looked_up_before: bool,
+    given_up: bool,
 ) -> None:
     """The first attempt claimed the message, then its worker died, after the carrier took
-    it or before: the next attempt records it `sent` with the carrier's sid (its receipts
-    can then find it), or leaves it `uncertain` (that attempt may live on), sending nothing."""
+    it or before: a later attempt records it `sent` with the carrier's sid (its receipts can
+    then find it), or leaves it `uncertain` (that attempt may live on), sending nothing; so
+    too when the account no longer holds the sender."""
     user = unique_numbers(1)[0]
     body = f"lost claim {secrets.token_hex(6)}"
     message_id = await queued_agent_message(pool, account, user, body)
     assert await conversation_messages.claim_message(pool, message_id) is not None
     if carrier_got_it:
         await carrier.send(to=user, from_=account.agent_number, body=body, status_callback=None)
+    if looked_up_before:
+        assert await conversation_messages.settle_lost_claim(pool, message_id) is not None
+    if given_up:
+        await pool.execute("DELETE FROM sender_numbers WHERE number = $1", account.agent_number)
+        await numbers.add_number(pool, other_account.account_id, account.agent_number, "sms", None)
     env = ActivityEnvironment()
-    env.info = dataclasses.replace(env.info, attempt=2)
+    env.info = dataclasses.replace(env.info, attempt=3 if looked_up_before else 2)
     async with httpx.AsyncClient() as http:
         sender = ConversationActivities(
             pool=pool, carrier=carrier, http=http, settings=settings, metrics=WorkerMetrics()
@@ -163,12 +185,12 @@ async def test_a_retry_after_a_lost_claim_finds_the_message_in_the_carriers_list
 
     received = await emulator_messages(emulator_url, body_contains=body)
     message = await conversation_messages.message_for_workflow(pool, message_id)
-    if carrier_got_it:
-        [taken] = received
-        assert (result.status, message["carrier_sid"]) == ("sent", taken["sid"])
+    assert len(received) == int(carrier_got_it)
+    if carrier_got_it and not given_up:
+        assert (result.status, message["carrier_sid"]) == ("sent", received[0]["sid"])
     else:
-        assert received == []
-        assert (result.status, message["carrier_sid"]) == ("uncertain", None)
+        assert (result.status, result.error_code) == ("uncertain", "claim_lost")
+        assert message["carrier_sid"] is None
 
 
 async def test_an_attempt_presumed_lost_that_lives_on_records_the_carriers_answer(
