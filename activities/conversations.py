@@ -169,6 +169,20 @@ class ConversationActivities(WorkerResources):
         log.info("conversation message", message_id=input.message_id, status=status)
         return SendMessageResult(status=status, error_code=result.error_code)
 
+    @activity.defn
+    async def settle_unsent_message(self, input: SendMessageInput) -> None:
+        """After the last attempt of a message's send failed (not with the carrier's answer:
+        its workers died, or PostgreSQL was away through every attempt), settle what it left:
+        a claim lost in that attempt is looked up in the carrier's list (`_settle_lost`), and a
+        message still `queued` is `failed` (SEND_FAILED). Else it would stay `sending` or
+        `queued` for good."""
+        message_id = uuid.UUID(input.message_id)
+        lost_at = await conversation_messages.settle_lost_claim(self._pool, message_id)
+        if lost_at is not None:
+            await self._settle_lost(message_id, lost_at)
+        else:
+            await conversation_messages.fail_unsent(self._pool, message_id)
+
     async def _settle_lost(self, message_id: uuid.UUID, claimed_at: datetime) -> SendMessageResult:
         """A message an earlier attempt claimed, then never recorded (its worker died, or it
         ran past its time), now `uncertain`: `sent` if the carrier's list has it since that
@@ -340,6 +354,7 @@ class ConversationActivities(WorkerResources):
         """The bound activity methods, for the worker to register."""
         return [
             self.send_conversation_message,
+            self.settle_unsent_message,
             self.conversation_state,
             self.end_conversation,
             self.post_conversation_event,

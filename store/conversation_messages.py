@@ -11,6 +11,9 @@ from store import receipts
 # The code of an agent message left `uncertain` because the attempt that claimed it was lost
 # (settle_lost_claim): each retry looks it up in the carrier's list until found.
 CLAIM_LOST = "claim_lost"
+# The code of an agent message failed never sent: every attempt of its send failed before the
+# carrier was asked (its workers died, or PostgreSQL was away throughout): fail_unsent.
+SEND_FAILED = "send_failed"
 # The code of an agent message failed unsent because no signal of it reached its workflow
 # (the API's TEMPORAL_UNAVAILABLE); its workflow skips it if a signal of it comes later.
 SIGNAL_FAILED = "TEMPORAL_UNAVAILABLE"
@@ -171,6 +174,19 @@ async def settle_lost_claim(pool: asyncpg.Pool, message_id: uuid.UUID) -> dateti
         CLAIM_LOST,
     )
     return claimed_at
+
+
+async def fail_unsent(pool: asyncpg.Pool, message_id: uuid.UUID) -> None:
+    """After its send's last attempt failed: a message still `queued` never reached the
+    carrier, and no attempt is left to send it, so it is `failed` (SEND_FAILED), not left
+    `queued` for good."""
+    await pool.execute(
+        "UPDATE conversation_messages SET status = 'failed', error_code = $2,"
+        " error_message = 'every attempt of its send failed before the carrier was asked',"
+        " updated_at = now() WHERE id = $1 AND status = 'queued'",
+        message_id,
+        SEND_FAILED,
+    )
 
 
 async def lost_message(pool: asyncpg.Pool, message_id: uuid.UUID) -> ClaimedConversationMessage:

@@ -20,6 +20,7 @@ from workflows.contracts import (
     conversation_workflow_id,
 )
 from workflows.conversation import AGENT, ConversationWorkflow
+from workflows.retries import MESSAGE_ATTEMPTS
 from workflows.statuses import ConversationStatus
 
 pytestmark = pytest.mark.fast
@@ -148,6 +149,28 @@ async def test_an_agent_message_the_carrier_refused_starts_no_silence(
     calls = stubs.calls["send_conversation_message"]
     assert [call.input.kind for call in calls] == ["message", "warning", "timeout"]
     assert replied + 60 <= calls[1].at < replied + 62
+    assert result.state == ConversationStatus.TIMEOUT
+
+
+async def test_a_message_whose_every_attempt_failed_is_settled_not_left_as_it_was(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # Every attempt of its send fails (not with the carrier's answer): what the last one left
+    # (a claim lost, or the message still queued) is settled once, after the last attempt.
+    failing = str(uuid.uuid4())
+    stubs = StubActivities(failing_messages={failing})
+    conversation_id = str(uuid.uuid4())
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_conversation(time_skipping, queue, conversation_id, failing)
+        # Handled once the message's send has ended; the silence timers then end the run.
+        await user_replies(handle, conversation_id)
+        result = await result_of(handle)
+    calls = stubs.calls["send_conversation_message"]
+    attempts = [call for call in calls if call.input.message_id == failing]
+    [settled] = stubs.calls["settle_unsent_message"]
+    assert len(attempts) == MESSAGE_ATTEMPTS
+    assert settled.input.message_id == failing
+    assert settled.at >= max(call.at for call in attempts)
     assert result.state == ConversationStatus.TIMEOUT
 
 

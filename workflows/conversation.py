@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import NoReturn
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from activities.conversations import ConversationActivities
@@ -44,6 +44,10 @@ CONTINUE_WITH_BACKLOG_PATCH = "conversation-continue-with-backlog"
 # in the database: a send that opened the pair's next conversation (closing this one) but
 # whose signal never came (503) leaves this run unaware that its conversation was closed.
 SILENCE_CHECKS_STATE_PATCH = "conversation-silence-checks-state"
+# A message whose send's last attempt failed (not with the carrier's answer) is settled: a claim
+# lost in it looked up at the carrier, a message still `queued` failed. It kept the state the
+# attempt left, `sending` or `queued`, for good.
+SETTLE_UNSENT_PATCH = "conversation-settle-unsent"
 # The outcomes of an agent message that never reached the carrier (`conversation_messages`).
 NEVER_SENT = frozenset({"queued", "failed", "skipped"})
 
@@ -251,8 +255,17 @@ class ConversationWorkflow:
             )
             handed_over = result.status not in NEVER_SENT
         except ActivityError as error:
-            # The conversation goes on; the message keeps the state its last attempt left.
+            # The conversation goes on; what the last attempt left is settled.
             workflow.logger.warning("message %s not sent: %s", message.message_id, error.cause)
+            if not isinstance(error.cause, CancelledError) and workflow.patched(
+                SETTLE_UNSENT_PATCH
+            ):
+                await workflow.execute_activity_method(
+                    ConversationActivities.settle_unsent_message,
+                    message,
+                    start_to_close_timeout=timedelta(minutes=2),
+                    retry_policy=DB_RETRY,
+                )
         self._notify(
             ConversationEvent(conversation_id=conversation_id, message_id=message.message_id)
         )

@@ -97,6 +97,8 @@ class StubActivities:
     refused: set[int] = field(default_factory=set)
     # Conversation messages the carrier refuses, by message id.
     refused_messages: set[str] = field(default_factory=set)
+    # Conversation messages every attempt of whose send fails (not with the carrier's answer).
+    failing_messages: set[str] = field(default_factory=set)
     # Conversations the database has closed (the API opening the pair's next one).
     closed_conversations: set[str] = field(default_factory=set)
     # How many calls of `deliver_status_events` answer that a post must wait an hour for its
@@ -244,7 +246,13 @@ class StubActivities:
         await self._record(input)
         if input.message_id in self.refused_messages:
             return SendMessageResult(status=LedgerStatus.FAILED, error_code="21612")
+        if input.message_id in self.failing_messages:
+            raise RuntimeError("the attempt's worker died")
         return SendMessageResult(status=LedgerStatus.SENT)
+
+    @activity.defn(name=ConversationActivities.settle_unsent_message.__name__)
+    async def settle_unsent_message(self, input: SendMessageInput) -> None:
+        await self._record(input)
 
     @activity.defn(name=ConversationActivities.conversation_state.__name__)
     async def conversation_state(self, input: ConversationRef) -> ConversationStatus:
@@ -273,6 +281,7 @@ class StubActivities:
             self.reopen_rows,
             self.running_batches,
             self.send_conversation_message,
+            self.settle_unsent_message,
             self.conversation_state,
             self.end_conversation,
             self.post_conversation_event,
