@@ -25,6 +25,7 @@ from store import (
     numbers,
     opt_outs,
 )
+from store.db import UNAVAILABLE
 from workflows.contracts import (
     ConversationEvent,
     ConversationRef,
@@ -58,9 +59,10 @@ class ConversationActivities(WorkerResources):
     async def send_conversation_message(self, input: SendMessageInput) -> SendMessageResult:
         """Send the message once, or defer it to the next attempt (the carrier's deferrals
         have MESSAGE_RETRY's attempts). Every statement rides out a PostgreSQL outage
-        (through_outages): a failed attempt would spend one of those attempts, and the
-        workflow gives up after the last, the message left `queued`; once the carrier has
-        it, the attempt's retry would find it `sending` and make it `uncertain`, its sid lost.
+        (through_outages): a failed attempt would spend one of those attempts, and after the
+        last the workflow settles the message (`settle_unsent_message`: `failed` unsent);
+        once the carrier has it, the attempt's retry would find it `sending` and make it
+        `uncertain`, to be looked up in the carrier's list (`_settle_lost`).
         """
         pool = self._pool
         message_id = uuid.UUID(input.message_id)
@@ -170,18 +172,33 @@ class ConversationActivities(WorkerResources):
         return SendMessageResult(status=status, error_code=result.error_code)
 
     @activity.defn
-    async def settle_unsent_message(self, input: SendMessageInput) -> None:
+    async def settle_unsent_message(self, input: SendMessageInput) -> SendMessageResult:
         """After the last attempt of a message's send failed (not with the carrier's answer:
-        its workers died, or PostgreSQL was away through every attempt), settle what it left:
-        a claim lost in that attempt is looked up in the carrier's list (`_settle_lost`), and a
-        message still `queued` is `failed` (SEND_FAILED). Else it would stay `sending` or
-        `queued` for good."""
+        its workers died, or PostgreSQL was away through every attempt), settle what it left,
+        else it stays `sending` or `queued` for good: a message still `queued` is `failed`
+        (SEND_FAILED), first, so that an attempt still running cannot claim it after; a claim
+        lost in that attempt is looked up in the carrier's list (`_settle_lost`), at most
+        once: a list that fails leaves it `uncertain`, and the conversation goes on. A
+        workflow's own message whose row was never written is written first, to be failed."""
+        pool = self._pool
         message_id = uuid.UUID(input.message_id)
-        lost_at = await conversation_messages.settle_lost_claim(self._pool, message_id)
+        if input.body is not None and input.conversation_id is not None:
+            conversation_id, kind, body = uuid.UUID(input.conversation_id), input.kind, input.body
+            await conversation_messages.add_agent_message(
+                pool, message_id=message_id, conversation_id=conversation_id, kind=kind, body=body
+            )
+        await conversation_messages.fail_unsent(pool, message_id)
+        lost_at = await conversation_messages.settle_lost_claim(pool, message_id)
         if lost_at is not None:
-            await self._settle_lost(message_id, lost_at)
-        else:
-            await conversation_messages.fail_unsent(self._pool, message_id)
+            try:
+                await self._settle_lost(message_id, lost_at)
+            except Exception as error:
+                if isinstance(error, UNAVAILABLE):
+                    raise
+                log.warning(
+                    "lost claim not looked up", message_id=input.message_id, error=repr(error)
+                )
+        return await self._status_of(message_id)
 
     async def _settle_lost(self, message_id: uuid.UUID, claimed_at: datetime) -> SendMessageResult:
         """A message an earlier attempt claimed, then never recorded (its worker died, or it

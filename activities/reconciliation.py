@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 from temporalio import activity
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException
 
 from activities.channels import Channel, carrier_address
 from activities.providers.http1 import ConnectFailed, NoAnswer
@@ -149,7 +149,9 @@ async def carrier_list(
             return await carrier.sent_messages(
                 to=to, from_=from_, credentials=credentials, limit=NEWEST_MESSAGES
             )
-        except (TwilioRestException, ConnectFailed, NoAnswer) as error:
+        # TwilioException: a list's page answered other than 200 (429, 5xx, a revoked
+        # subaccount's 401) raises the base class, not TwilioRestException.
+        except (TwilioException, ConnectFailed, NoAnswer) as error:
             log.warning("carrier list failed", to=to, error=repr(error))
             activity.heartbeat()
             await asyncio.sleep(0.2 * 2**attempt)

@@ -162,7 +162,8 @@ async def settle_lost_claim(pool: asyncpg.Pool, message_id: uuid.UUID) -> dateti
     claim, or of one an earlier retry settled so and whose lookup found nothing yet (or never
     ended); None when no claim was lost."""
     await pool.execute(
-        "UPDATE conversation_messages SET status = 'uncertain', error_code = $2"
+        "UPDATE conversation_messages SET status = 'uncertain', error_code = $2,"
+        " error_message = 'the attempt that claimed it was lost: the carrier may have it'"
         " WHERE id = $1 AND status = 'sending'",
         message_id,
         CLAIM_LOST,

@@ -8,6 +8,7 @@ carrier's list by the next attempt, or by the lost attempt's own answer if it li
 
 import dataclasses
 import secrets
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -210,7 +211,9 @@ async def test_an_attempt_presumed_lost_that_lives_on_records_the_carriers_answe
     assert (message["status"], message["carrier_sid"]) == ("sent", sid)
 
 
-@pytest.mark.parametrize("left", ["queued", "claimed, then sent", "claimed, never sent"])
+@pytest.mark.parametrize(
+    "left", ["queued", "claimed, then sent", "claimed, never sent", "a timer's, never written"]
+)
 async def test_what_a_messages_last_attempt_left_is_settled(
     settings: Settings,
     pool: asyncpg.Pool,
@@ -220,12 +223,24 @@ async def test_what_a_messages_last_attempt_left_is_settled(
     left: str,
 ) -> None:
     """Every attempt of a send failed (not with the carrier's answer): a message still
-    `queued` is `failed`, never sent; one its last attempt claimed is looked up at the
-    carrier (`sent` with its sid, or `uncertain`). Nothing is sent."""
+    `queued` is `failed`, never sent, as is a silence timer's whose row no attempt wrote;
+    one its last attempt claimed is looked up at the carrier (`sent` with its sid, or
+    `uncertain`). Nothing is sent."""
     user = unique_numbers(1)[0]
     body = f"last attempt {secrets.token_hex(6)}"
     message_id = await queued_agent_message(pool, account, user, body)
-    if left != "queued":
+    settling = SendMessageInput(message_id=str(message_id), attempts=MESSAGE_ATTEMPTS)
+    if left == "a timer's, never written":
+        written = await conversation_messages.message_for_workflow(pool, message_id)
+        message_id = uuid.uuid4()
+        settling = SendMessageInput(
+            message_id=str(message_id),
+            attempts=MESSAGE_ATTEMPTS,
+            conversation_id=str(written["conversation_id"]),
+            kind="warning",
+            body=body,
+        )
+    elif left != "queued":
         assert await conversation_messages.claim_message(pool, message_id) is not None
     if left == "claimed, then sent":
         await carrier.send(to=user, from_=account.agent_number, body=body, status_callback=None)
@@ -233,20 +248,17 @@ async def test_what_a_messages_last_attempt_left_is_settled(
         sender = ConversationActivities(
             pool=pool, carrier=carrier, http=http, settings=settings, metrics=WorkerMetrics()
         )
-        await ActivityEnvironment().run(
-            sender.settle_unsent_message,
-            SendMessageInput(message_id=str(message_id), attempts=MESSAGE_ATTEMPTS),
-        )
+        result = await ActivityEnvironment().run(sender.settle_unsent_message, settling)
 
     received = await emulator_messages(emulator_url, body_contains=body)
     message = await conversation_messages.message_for_workflow(pool, message_id)
     settled = (message["status"], message["error_code"], message["carrier_sid"])
+    expected = {
+        "queued": ("failed", conversation_messages.SEND_FAILED, None),
+        "claimed, then sent": ("sent", None, received[0]["sid"] if received else None),
+        "claimed, never sent": ("uncertain", conversation_messages.CLAIM_LOST, None),
+        "a timer's, never written": ("failed", conversation_messages.SEND_FAILED, None),
+    }[left]
     assert len(received) == int(left == "claimed, then sent")
-    assert (
-        settled
-        == {
-            "queued": ("failed", conversation_messages.SEND_FAILED, None),
-            "claimed, then sent": ("sent", None, received[0]["sid"] if received else None),
-            "claimed, never sent": ("uncertain", conversation_messages.CLAIM_LOST, None),
-        }[left]
-    )
+    assert settled == expected
+    assert (result.status, result.error_code) == expected[:2]

@@ -14,7 +14,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
-from activities.reconciliation import CLOCK_SLACK, ReconciliationActivities
+from activities.reconciliation import CLOCK_SLACK, ReconciliationActivities, carrier_list
 from metrics import WorkerMetrics
 from settings import Settings
 from store import messages, receipts
@@ -179,3 +179,22 @@ async def test_every_carrier_list_is_a_heartbeat(
 
     assert result.reopened == 20
     assert len(beats) >= 20
+
+
+async def test_a_carrier_list_refused_is_no_list_not_a_failure(settings: Settings) -> None:
+    """A list whose page the carrier refuses (here a 401: credentials revoked; a 429 or a 5xx
+    alike) raises twilio's base TwilioException, not TwilioRestException: it is no list
+    (the rows stay `uncertain`), not an error that fails the activity on every attempt."""
+    carrier = twilio_carrier(settings)
+    try:
+        found = await ActivityEnvironment().run(
+            carrier_list,
+            carrier,
+            unique_numbers(1)[0],
+            unique_numbers(1)[0],
+            (f"AC{secrets.token_hex(16)}", "revoked"),
+        )
+    finally:
+        await carrier.close()
+
+    assert found is None

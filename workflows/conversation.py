@@ -260,12 +260,13 @@ class ConversationWorkflow:
             if not isinstance(error.cause, CancelledError) and workflow.patched(
                 SETTLE_UNSENT_PATCH
             ):
-                await workflow.execute_activity_method(
+                settled = await workflow.execute_activity_method(
                     ConversationActivities.settle_unsent_message,
                     message,
                     start_to_close_timeout=timedelta(minutes=2),
                     retry_policy=DB_RETRY,
                 )
+                handed_over = settled.status not in NEVER_SENT
         self._notify(
             ConversationEvent(conversation_id=conversation_id, message_id=message.message_id)
         )

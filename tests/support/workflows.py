@@ -251,8 +251,9 @@ class StubActivities:
         return SendMessageResult(status=LedgerStatus.SENT)
 
     @activity.defn(name=ConversationActivities.settle_unsent_message.__name__)
-    async def settle_unsent_message(self, input: SendMessageInput) -> None:
+    async def settle_unsent_message(self, input: SendMessageInput) -> SendMessageResult:
         await self._record(input)
+        return SendMessageResult(status=LedgerStatus.FAILED, error_code="send_failed")
 
     @activity.defn(name=ConversationActivities.conversation_state.__name__)
     async def conversation_state(self, input: ConversationRef) -> ConversationStatus:
