@@ -3,7 +3,9 @@ API on the session's stack; each writes its histories there. Not part of `make t
 is not a test module's): `python -m tests.histories.record` runs it."""
 
 import asyncio
+import json
 import secrets
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +15,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 from temporalio.client import Client, WorkflowHistory
+from temporalio.testing import WorkflowEnvironment
 
 from deploy.local.emulator import NO_ANSWER
 from settings import Settings
@@ -43,6 +46,8 @@ from tests.support.stack import (
     api_client,
     set_own,
 )
+from tests.support.workflows import StubActivities, result_of, stub_worker
+from tests.test_conversation_workflow_fast import start_conversation, user_replies
 from workflows.contracts import (
     batch_workflow_id,
     click_event_workflow_id,
@@ -761,6 +766,28 @@ async def test_conversation_events_carried_over(
         runs = await run_chain(temporal, first["workflow_id"])
     for number, history in enumerate(runs, start=1):
         save(history, "conversation", f"events_carried_over.run{number}")
+
+
+async def test_conversation_settle_unsent(time_skipping: WorkflowEnvironment) -> None:
+    """Every attempt of the first message's send fails other than by the carrier's answer
+    (its workers die): the marker `conversation-settle-unsent` and `settle_unsent_message`
+    after the last attempt. Recorded on the time-skipping test server with stub activities:
+    the real stack cannot fail six attempts so without killing six workers."""
+    failing = str(uuid.uuid4())
+    stubs = StubActivities(failing_messages={failing})
+    conversation_id = str(uuid.uuid4())
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_conversation(time_skipping, queue, conversation_id, failing)
+        await user_replies(handle, conversation_id)
+        await result_of(handle)
+        history = await handle.fetch_history()
+    assert stubs.inputs("settle_unsent_message")
+    # The test server leaves the workflow's id out of its first event, which the dev server
+    # and a cluster put there (tests/test_replay.py reads it): put in as they would.
+    recorded = json.loads(history.to_json())
+    started = recorded["events"][0]["workflowExecutionStartedEventAttributes"]
+    started["workflowId"] = handle.id
+    save(WorkflowHistory.from_json(handle.id, recorded), "conversation", "settle_unsent")
 
 
 async def save_conversation(temporal: Client, account: Account, user: str, name: str) -> None:
