@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 from temporalio import activity
-from twilio.base.exceptions import TwilioException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 
 from activities.channels import Channel, carrier_address
 from activities.providers.http1 import ConnectFailed, NoAnswer
@@ -37,6 +37,8 @@ HEARTBEAT_SECONDS = 1.0
 # A list the carrier did not answer is asked again this many times in all (a busy carrier, a
 # short carrier timeout); a row whose list never comes stays `uncertain`.
 LIST_ATTEMPTS = 5
+# The statuses of a Messages list page refused for good: the account's credentials.
+REFUSED_FOR_GOOD = frozenset({401, 403})
 # A row's text is matched among this many of the newest messages between the two numbers.
 NEWEST_MESSAGES = 50
 # A message is the row's only if the carrier created it once the row's last attempt had
@@ -149,13 +151,27 @@ async def carrier_list(
             return await carrier.sent_messages(
                 to=to, from_=from_, credentials=credentials, limit=NEWEST_MESSAGES
             )
-        # TwilioException: a list's page answered other than 200 (429, 5xx, a revoked
-        # subaccount's 401) raises the base class, not TwilioRestException.
-        except (TwilioException, ConnectFailed, NoAnswer) as error:
+        except (TwilioRestException, ConnectFailed, NoAnswer) as error:
             log.warning("carrier list failed", to=to, error=repr(error))
             activity.heartbeat()
             await asyncio.sleep(0.2 * 2**attempt)
+        except TwilioException as error:
+            # A page the carrier answered other than 200 raises the base class. Refused for
+            # good (credentials revoked: 401, 403): no list, and the rows stay `uncertain`;
+            # retried, such an activity failed on every attempt, holding its batch or
+            # conversation. Else (429, 5xx) the activity fails and is tried again later.
+            if _page_status(error) in REFUSED_FOR_GOOD:
+                log.warning("carrier list refused", to=to, error=repr(error))
+                return None
+            raise
     return None
+
+
+def _page_status(error: TwilioException) -> int | None:
+    """The HTTP status of the answer twilio's `Page.process_response` refused."""
+    answer = error.args[1] if len(error.args) > 1 else None
+    status = getattr(answer, "status_code", None)
+    return status if isinstance(status, int) else None
 
 
 def _same_text(found: CarrierMessage, row: messages.UncertainRow, way: Channel) -> bool:

@@ -182,9 +182,9 @@ async def test_every_carrier_list_is_a_heartbeat(
 
 
 async def test_a_carrier_list_refused_is_no_list_not_a_failure(settings: Settings) -> None:
-    """A list whose page the carrier refuses (here a 401: credentials revoked; a 429 or a 5xx
-    alike) raises twilio's base TwilioException, not TwilioRestException: it is no list
-    (the rows stay `uncertain`), not an error that fails the activity on every attempt."""
+    """A list whose page the carrier refuses for good (a 401: credentials revoked) raises
+    twilio's base TwilioException, not TwilioRestException: it is no list (the rows stay
+    `uncertain`), not an error that fails the activity on every attempt."""
     carrier = twilio_carrier(settings)
     try:
         found = await ActivityEnvironment().run(
