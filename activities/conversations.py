@@ -66,17 +66,7 @@ class ConversationActivities(WorkerResources):
         """
         pool = self._pool
         message_id = uuid.UUID(input.message_id)
-        if input.body is not None and input.conversation_id is not None:
-            conversation_id, kind, body = uuid.UUID(input.conversation_id), input.kind, input.body
-            await through_outages(
-                lambda: conversation_messages.add_agent_message(
-                    pool,
-                    message_id=message_id,
-                    conversation_id=conversation_id,
-                    kind=kind,
-                    body=body,
-                )
-            )
+        await self._write_own_message(input)
         attempt = activity.info().attempt
         if attempt > 1:
             lost_at = await through_outages(
@@ -104,10 +94,7 @@ class ConversationActivities(WorkerResources):
                 )
             )
             return SendMessageResult(status="skipped", error_code="opted_out")
-        if (
-            await through_outages(lambda: numbers.owner_of_number(pool, message.agent_number))
-            != message.account_id
-        ):
+        if not await self._sender_held(message):
             # The sender given up since the message was queued (another account's, perhaps,
             # by now) is not sent from: a silence timer's message, hours after the send that
             # set it, and a send's own, queued behind others of its pair (a backlog of a
@@ -122,10 +109,9 @@ class ConversationActivities(WorkerResources):
                 )
             )
             return SendMessageResult(status="failed", error_code=SENDER_NOT_HELD)
-        own = await through_outages(
-            lambda: carrier_accounts.carrier_account(pool, message.account_id)
+        credentials = await through_outages(
+            lambda: carrier_accounts.carrier_credentials(pool, message.account_id)
         )
-        credentials = (own.account_sid, own.auth_token) if own else None
         to = carrier_address(message.user_number, message.channel)
         from_ = carrier_address(message.agent_number, message.channel)
         asked = datetime.now(UTC)
@@ -182,11 +168,7 @@ class ConversationActivities(WorkerResources):
         workflow's own message whose row was never written is written first, to be failed."""
         pool = self._pool
         message_id = uuid.UUID(input.message_id)
-        if input.body is not None and input.conversation_id is not None:
-            conversation_id, kind, body = uuid.UUID(input.conversation_id), input.kind, input.body
-            await conversation_messages.add_agent_message(
-                pool, message_id=message_id, conversation_id=conversation_id, kind=kind, body=body
-            )
+        await self._write_own_message(input)
         await conversation_messages.fail_unsent(pool, message_id)
         lost_at = await conversation_messages.settle_lost_claim(pool, message_id)
         if lost_at is not None:
@@ -212,15 +194,11 @@ class ConversationActivities(WorkerResources):
         message = await through_outages(
             lambda: conversation_messages.lost_message(pool, message_id)
         )
-        if not message.body or (
-            await through_outages(lambda: numbers.owner_of_number(pool, message.agent_number))
-            != message.account_id
-        ):
+        if not message.body or not await self._sender_held(message):
             return await self._status_of(message_id)
-        own = await through_outages(
-            lambda: carrier_accounts.carrier_account(pool, message.account_id)
+        credentials = await through_outages(
+            lambda: carrier_accounts.carrier_credentials(pool, message.account_id)
         )
-        credentials = (own.account_sid, own.auth_token) if own else None
         found = await self._reconcile(
             SendResult(verdict=Verdict.UNCERTAIN, error_message="its attempt was lost"),
             carrier_address(message.user_number, message.channel),
@@ -237,6 +215,29 @@ class ConversationActivities(WorkerResources):
             )
         log.info("lost claim looked up", message_id=str(message_id), found=found.sid is not None)
         return await self._status_of(message_id)
+
+    async def _write_own_message(self, input: SendMessageInput) -> None:
+        """The row of a message the workflow writes itself (a silence timer's), by its send's
+        first attempt; a repeat of the insert is a no-op. A send's message has its row already."""
+        if input.body is None or input.conversation_id is None:
+            return
+        conversation_id, kind, body = uuid.UUID(input.conversation_id), input.kind, input.body
+        await through_outages(
+            lambda: conversation_messages.add_agent_message(
+                self._pool,
+                message_id=uuid.UUID(input.message_id),
+                conversation_id=conversation_id,
+                kind=kind,
+                body=body,
+            )
+        )
+
+    async def _sender_held(self, message: conversation_messages.ClaimedConversationMessage) -> bool:
+        """Whether the message's account still holds its sender."""
+        holder = await through_outages(
+            lambda: numbers.owner_of_number(self._pool, message.agent_number)
+        )
+        return holder == message.account_id
 
     async def _status_of(self, message_id: uuid.UUID) -> SendMessageResult:
         status, code = await through_outages(

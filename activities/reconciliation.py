@@ -84,8 +84,9 @@ class ReconciliationActivities(WorkerResources):
         # carrier timeout): reconciliation waits that long, and a margin, before it concludes.
         quiet = self._settings.carrier_timeout_seconds + self._settings.reconcile_margin_seconds
         await _sleep_heartbeating(max(r.updated_at.timestamp() for r in rows) + quiet)
-        own = await carrier_accounts.carrier_account(self._pool, uuid.UUID(input.account_id))
-        credentials = (own.account_sid, own.auth_token) if own else None
+        credentials = await carrier_accounts.carrier_credentials(
+            self._pool, uuid.UUID(input.account_id)
+        )
         way = Channel.of((await batches.batch_for_workflow(self._pool, batch_id))["request"])
         lanes = asyncio.Semaphore(self._settings.send_concurrency)
 

@@ -71,17 +71,17 @@ class SendingActivities(WorkerResources):
             through_outages(lambda: batches.batch_for_workflow(self._pool, batch_id))
         )
 
-        async def account() -> tuple[uuid.UUID, carrier_accounts.CarrierCredentials | None]:
+        async def account() -> tuple[uuid.UUID, tuple[str, str] | None]:
             # Sends scheduled before the account was passed down read it from the batch row.
             account_id = (
                 uuid.UUID(input.account_id) if input.account_id else (await batch_row)["account_id"]
             )
-            own = await through_outages(
-                lambda: carrier_accounts.carrier_account(self._pool, account_id)
+            credentials = await through_outages(
+                lambda: carrier_accounts.carrier_credentials(self._pool, account_id)
             )
-            return account_id, own
+            return account_id, credentials
 
-        batch, (account_id, own), claimed = await asyncio.gather(
+        batch, (account_id, credentials), claimed = await asyncio.gather(
             batch_row,
             account(),
             through_outages(
@@ -89,7 +89,6 @@ class SendingActivities(WorkerResources):
             ),
         )
         way = Channel.of(batch["request"])
-        credentials = (own.account_sid, own.auth_token) if own else None
         # One pacer per sender: a row with its own sender goes at that sender's rate.
         pacers: dict[str, SenderPacer] = {}
         stopping = asyncio.Event()

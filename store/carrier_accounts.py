@@ -36,6 +36,13 @@ async def carrier_account(pool: asyncpg.Pool, account_id: uuid.UUID) -> CarrierC
     return CarrierCredentials(account_sid=row["account_sid"], auth_token=row["auth_token"])
 
 
+async def carrier_credentials(pool: asyncpg.Pool, account_id: uuid.UUID) -> tuple[str, str] | None:
+    """The account's own (account SID, auth token), as the carrier client takes them; None
+    when it sends with the service's."""
+    own = await carrier_account(pool, account_id)
+    return (own.account_sid, own.auth_token) if own else None
+
+
 async def delete_carrier_account(pool: asyncpg.Pool, account_id: uuid.UUID) -> bool:
     status = await pool.execute("DELETE FROM carrier_accounts WHERE account_id = $1", account_id)
     return bool(status != "DELETE 0")

@@ -152,19 +152,30 @@ async def test_an_agent_message_the_carrier_refused_starts_no_silence(
     assert result.state == ConversationStatus.TIMEOUT
 
 
+async def run_with_a_failing_first_message(
+    env: WorkflowEnvironment,
+) -> tuple[StubActivities, WorkflowHandle[ConversationWorkflow, ConversationResult]]:
+    """A conversation whose first message's send fails every attempt other than by the
+    carrier's answer (as when its workers die), then a user reply (handled once that send
+    has ended; the silence timers then end the run), run to its end."""
+    stubs = StubActivities(failing_messages={str(uuid.uuid4())})
+    conversation_id = str(uuid.uuid4())
+    [failing] = stubs.failing_messages
+    async with stub_worker(env, stubs) as queue:
+        handle = await start_conversation(env, queue, conversation_id, failing)
+        await user_replies(handle, conversation_id)
+        await result_of(handle)
+    return stubs, handle
+
+
 async def test_a_message_whose_every_attempt_failed_is_settled_not_left_as_it_was(
     time_skipping: WorkflowEnvironment,
 ) -> None:
-    # Every attempt of its send fails (not with the carrier's answer): what the last one left
-    # (a claim lost, or the message still queued) is settled once, after the last attempt.
-    failing = str(uuid.uuid4())
-    stubs = StubActivities(failing_messages={failing})
-    conversation_id = str(uuid.uuid4())
-    async with stub_worker(time_skipping, stubs) as queue:
-        handle = await start_conversation(time_skipping, queue, conversation_id, failing)
-        # Handled once the message's send has ended; the silence timers then end the run.
-        await user_replies(handle, conversation_id)
-        result = await result_of(handle)
+    # What the last attempt left (a claim lost, or the message still queued) is settled once,
+    # after the last attempt.
+    stubs, handle = await run_with_a_failing_first_message(time_skipping)
+    result = await result_of(handle)
+    [failing] = stubs.failing_messages
     calls = stubs.calls["send_conversation_message"]
     attempts = [call for call in calls if call.input.message_id == failing]
     [settled] = stubs.calls["settle_unsent_message"]

@@ -670,8 +670,8 @@ class BatchWorkflow:
         opens (one durable timer a pass), then run a chunk over each range whose window has
         opened, and again while rows wait. False when this run should continue as new first
         (the ranges left are in `state`)."""
-        while state.waiting and not self._stopped:
-            await self._sleep_while_sending(min(r.opens for r in state.waiting))
+        while (opens := _first_opening(state)) is not None and not self._stopped:
+            await self._sleep_while_sending(opens)
             if self._stopped:
                 break
             if not await self._start_due(state, beside=False):

@@ -56,8 +56,7 @@ async def add_number(
     else:
         await require_safe_webhook(webhook, settings)
         # The carrier lists the numbers it owns; a sender ID is the carrier account's setting.
-        own = await carrier_accounts.carrier_account(pool, account_id)
-        credentials = (own.account_sid, own.auth_token) if own else None
+        credentials = await carrier_accounts.carrier_credentials(pool, account_id)
         await require_carrier_owns(number, body.channel, settings, credentials)
     row = await numbers.add_number(
         pool, account_id, number, body.channel, mps, webhook, kind, body.opening_message

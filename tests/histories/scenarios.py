@@ -5,7 +5,6 @@ is not a test module's): `python -m tests.histories.record` runs it."""
 import asyncio
 import json
 import secrets
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,8 +45,7 @@ from tests.support.stack import (
     api_client,
     set_own,
 )
-from tests.support.workflows import StubActivities, result_of, stub_worker
-from tests.test_conversation_workflow_fast import start_conversation, user_replies
+from tests.test_conversation_workflow_fast import run_with_a_failing_first_message
 from workflows.contracts import (
     batch_workflow_id,
     click_event_workflow_id,
@@ -773,14 +771,8 @@ async def test_conversation_settle_unsent(time_skipping: WorkflowEnvironment) ->
     (its workers die): the marker `conversation-settle-unsent` and `settle_unsent_message`
     after the last attempt. Recorded on the time-skipping test server with stub activities:
     the real stack cannot fail six attempts so without killing six workers."""
-    failing = str(uuid.uuid4())
-    stubs = StubActivities(failing_messages={failing})
-    conversation_id = str(uuid.uuid4())
-    async with stub_worker(time_skipping, stubs) as queue:
-        handle = await start_conversation(time_skipping, queue, conversation_id, failing)
-        await user_replies(handle, conversation_id)
-        await result_of(handle)
-        history = await handle.fetch_history()
+    stubs, handle = await run_with_a_failing_first_message(time_skipping)
+    history = await handle.fetch_history()
     assert stubs.inputs("settle_unsent_message")
     # The test server leaves the workflow's id out of its first event, which the dev server
     # and a cluster put there (tests/test_replay.py reads it): put in as they would.
