@@ -99,5 +99,5 @@ class ReceiptLane:
             params,
             signature.decode("latin-1") if signature is not None else None,
         )
-        await service.take_receipt(state.receipt_intake, form, query)
+        await service.take_receipt(state.pool, state.receipt_intake, form, query)
         return True

@@ -43,7 +43,7 @@ from api.services.receipts import ReceiptIntake
 from metrics import ApiMetrics
 from settings import STATUS_CALLBACK_PATH, Settings
 from store import receipts
-from store.receipts import MessageKey
+from store.receipts import Receipt
 
 PATH = STATUS_CALLBACK_PATH.encode()
 FORM = URLENCODED.encode()
@@ -139,7 +139,7 @@ class ReceiptListener:
                 and text.isascii()
                 and self._signatures.signed(params, text, query)
             ):
-                self._take(params, owed, key)
+                self._take(service.receipt_of(params, key), owed)
             else:
                 # Another query string, Twilio's other signings (the URL with or without its
                 # port) and an account's own subaccount token: rare, and they may ask the
@@ -151,8 +151,7 @@ class ReceiptListener:
         except HeraldError as error:
             self._refuse(error, owed)
 
-    def _take(self, params: dict[str, str], owed: _Owed, key: MessageKey | None) -> None:
-        receipt = service.receipt_of(params, key)
+    def _take(self, receipt: Receipt, owed: _Owed) -> None:
         if service.is_final(receipt):
             owed.pending = self._intake.submit(receipt)
         else:
@@ -164,7 +163,7 @@ class ReceiptListener:
         owed = _Owed(started=0.0, keep_alive=True)
         try:
             form = await verified(self._settings, self._pool, url, params, signature)
-            self._take(params, owed, service.trusted_key(form, query))
+            self._take(await service.signed_receipt(self._pool, form, query), owed)
             if owed.pending is not None:
                 # Shared with the other receipts of its statement: never cancelled from here.
                 await asyncio.shield(owed.pending)

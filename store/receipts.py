@@ -247,6 +247,23 @@ async def take_receipts(
     )
 
 
+async def held_by_others(
+    pool: asyncpg.Pool, carrier_sid: str, accounts: frozenset[uuid.UUID]
+) -> bool:
+    """Whether a message of an account not among `accounts` holds `carrier_sid`: a batch's
+    (by its ledger row's batch) or a conversation's. One probe of each table's sid index."""
+    return bool(
+        await pool.fetchval(
+            "SELECT EXISTS (SELECT FROM messages AS l JOIN batches AS b ON b.id = l.batch_id"
+            " WHERE l.carrier_sid = $1 AND b.account_id <> ALL($2::uuid[]))"
+            " OR EXISTS (SELECT FROM conversation_messages WHERE carrier_sid = $1"
+            " AND sender = 'AGENT' AND account_id <> ALL($2::uuid[]))",
+            carrier_sid,
+            list(accounts),
+        )
+    )
+
+
 async def queue_receipts(
     pool: asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
     receipts: list[Receipt],

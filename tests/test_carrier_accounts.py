@@ -11,13 +11,14 @@ import httpx
 from twilio.request_validator import RequestValidator
 
 from settings import INBOUND_PATH, Settings
-from store import numbers, receipts
+from store import conversation_messages, numbers, receipts
 from store.accounts import create_account, create_api_key
 from tests.support.batches import FINAL, run_batch, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
-from tests.support.delivery import ledger_rows, rows_on_the_wire
-from tests.support.sending import eventually, inbound_form, post_inbound
+from tests.support.delivery import ledger_rows, receipt, rows_on_the_wire, sent_batch
+from tests.support.sending import eventually, inbound_form, post_inbound, queued_agent_message
 from tests.support.stack import (
+    AUTH_TOKEN,
     SUBACCOUNT_SID,
     SUBACCOUNT_TOKEN,
     Account,
@@ -237,3 +238,65 @@ async def test_a_key_signed_with_an_accounts_own_token_moves_no_row_by_it(
     assert posted.status_code == 204, posted.text
     assert tuple(row) == ("sending", None)
     assert waiting == 1
+
+
+async def test_a_receipt_an_account_signs_for_another_accounts_message_is_refused(
+    api: httpx.AsyncClient,
+    account: Account,
+    pool: asyncpg.Pool,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+    settings: Settings,
+) -> None:
+    other = await own_subaccount_and_another(api, account, pool, carrier)
+    # Another account's batch message, and its conversation message, each holding its sid.
+    file_id, [row] = await sent_batch(api, other, webhooks, 1)
+    message_id = await queued_agent_message(pool, other, unique_numbers(1)[0], "hello")
+    assert await conversation_messages.claim_message(pool, message_id)
+    conversation_sid = "SM" + secrets.token_hex(16)
+    await conversation_messages.record_outcome(
+        pool, message_id, status="sent", carrier_sid=conversation_sid
+    )
+    url = settings.status_callback_url
+    path = httpx.URL(url).path
+
+    async def post(form: dict[str, str], token: str, *, multipart: bool) -> httpx.Response:
+        headers = {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, form)}
+        if multipart:  # the API's route; an urlencoded one is api/receipt_lane.py's
+            return await api.post(
+                path, files={k: (None, v) for k, v in form.items()}, headers=headers
+            )
+        return await api.post(path, data=form, headers=headers)
+
+    forged = [
+        {**receipt(sid, "failed", "30003"), "AccountSid": SUBACCOUNT_SID}
+        for sid in (row["carrier_sid"], conversation_sid)
+    ]
+    answers = [
+        await post(form, SUBACCOUNT_TOKEN, multipart=multipart)
+        for form in forged
+        for multipart in (False, True)
+    ]
+    statuses = (
+        (await ledger_rows(api, other, file_id))[0]["status"],
+        (await conversation_messages.message_status(pool, message_id))[0],
+    )
+    queued = await pool.fetchval(
+        "SELECT count(*) FROM receipt_queue WHERE carrier_sid = ANY($1::text[])",
+        [row["carrier_sid"], conversation_sid],
+    )
+    # The carrier's own receipts, signed with the service's token, are still the first.
+    for sid in (row["carrier_sid"], conversation_sid):
+        assert (
+            await post(receipt(sid, "delivered"), AUTH_TOKEN, multipart=False)
+        ).status_code == 204
+
+    assert [(a.status_code, error_code(a)) for a in answers] == [(403, "SIGNER_NOT_OWNER")] * 4
+    assert statuses == ("sent", "sent") and queued == 0
+    await eventually(
+        lambda: ledger_rows(api, other, file_id), lambda rows: rows[0]["status"] == "delivered"
+    )
+    await eventually(
+        lambda: conversation_messages.message_status(pool, message_id),
+        lambda status: status == ("delivered", None),
+    )

@@ -23,7 +23,17 @@ from tests.support.delivery import (
     receipts_applied,
     sent_batch,
 )
-from tests.support.stack import AUTH_TOKEN, Account, WebhookReceiver, api_client, error_code
+from tests.support.stack import (
+    AUTH_TOKEN,
+    SUBACCOUNT_SID,
+    SUBACCOUNT_TOKEN,
+    Account,
+    Configure,
+    WebhookReceiver,
+    api_client,
+    error_code,
+    set_own,
+)
 
 STATUS_PATH = "/v1/webhooks/twilio/status"
 
@@ -179,6 +189,38 @@ async def test_keyed_callbacks_are_checked_over_their_own_url_and_applied_by_the
         ("undelivered", "30003"),
         ("sent", None),
     ]
+
+
+async def test_a_receipt_signed_with_an_accounts_own_token_moves_only_that_accounts_messages(
+    api: httpx.AsyncClient,
+    account: Account,
+    other_account: Account,
+    webhooks: WebhookReceiver,
+    listener: Settings,
+    carrier: Configure,
+    pool: asyncpg.Pool,
+) -> None:
+    # `other_account` sends through its own subaccount; `account` on the service's credentials.
+    await carrier(accounts={SUBACCOUNT_SID: SUBACCOUNT_TOKEN})
+    assert (await set_own(api, other_account, SUBACCOUNT_TOKEN)).status_code == 200
+    file_id, [row] = await sent_batch(api, account, webhooks, 1)
+    own_file, [own] = await sent_batch(api, other_account, webhooks, 1)
+    validator = RequestValidator(SUBACCOUNT_TOKEN)
+
+    async def post_as_subaccount(sid: str) -> httpx.Response:
+        form = {**receipt(sid, "failed", "30003"), "AccountSid": SUBACCOUNT_SID}
+        signature = validator.compute_signature(listener.status_callback_url, form)
+        return await client.post(STATUS_PATH, data=form, headers={"X-Twilio-Signature": signature})
+
+    async with listener_client(listener) as client:
+        forged = await post_as_subaccount(row["carrier_sid"])
+        owned = await post_as_subaccount(own["carrier_sid"])
+    await receipts_applied(pool, [own["carrier_sid"]])
+
+    assert (forged.status_code, error_code(forged)) == (403, "SIGNER_NOT_OWNER")
+    assert owned.status_code == 204
+    assert [r["status"] for r in await ledger_rows(api, account, file_id)] == ["sent"]
+    assert [r["status"] for r in await ledger_rows(api, other_account, own_file)] == ["failed"]
 
 
 async def test_what_is_not_a_signed_status_callback_is_refused_in_the_envelope(

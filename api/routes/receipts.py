@@ -37,5 +37,5 @@ async def message_status(request: Request) -> Response:
     # do not even come here: api/receipt_lane.py answers them before the app's middleware.
     state = request.app.state
     form = await signed_form(request, state.settings, state.pool)
-    await service.take_receipt(state.receipt_intake, form, request.url.query)
+    await service.take_receipt(state.pool, state.receipt_intake, form, request.url.query)
     return Response(status_code=204)

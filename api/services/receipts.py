@@ -43,6 +43,11 @@ class ReceiptNotQueued(HeraldError):
     code = "RECEIPT_NOT_QUEUED"
 
 
+class SignerNotOwner(HeraldError):
+    status_code = 403
+    code = "SIGNER_NOT_OWNER"
+
+
 class ReceiptIntake:
     """Takes receipts, those of concurrent requests in one statement, and wakes the applier."""
 
@@ -168,14 +173,34 @@ async def apply_receipts(pool: asyncpg.Pool, arrived: asyncio.Event) -> None:
             await set_within(arrived, IDLE_SECONDS)
 
 
-async def take_receipt(intake: ReceiptIntake, form: CarrierForm, query: str) -> None:
+async def take_receipt(
+    pool: asyncpg.Pool, intake: ReceiptIntake, form: CarrierForm, query: str
+) -> None:
     """Take the receipt of a status callback's signed `form`, posted with `query`: it is
     applied to its message, now or when its send is recorded. Return only once it is taken."""
-    receipt = receipt_of(form.params, trusted_key(form, query))
     try:
-        await intake.put(receipt)
+        await intake.put(await signed_receipt(pool, form, query))
     except DATABASE_ERRORS as error:
         raise not_queued(error) from error
+
+
+async def signed_receipt(pool: asyncpg.Pool, form: CarrierForm, query: str) -> Receipt:
+    """The receipt of a status callback's signed `form`, posted with `query`.
+
+    A final one signed with an account's own token is refused (403 `SIGNER_NOT_OWNER`) for
+    a message another account holds: an account sets its own AccountSid and token, so it can
+    sign a receipt for any sid, and a forged `failed` would hide another's delivery (and a
+    retry send it again). A sid no message holds yet is taken: until its send is written,
+    only the carrier (and whoever sent it) knows it.
+    """
+    receipt = receipt_of(form.params, trusted_key(form, query))
+    if (
+        form.signers is not None
+        and is_final(receipt)
+        and await receipts.held_by_others(pool, receipt.carrier_sid, form.signers)
+    ):
+        raise SignerNotOwner("The message of this MessageSid is not the signing account's")
+    return receipt
 
 
 def trusted_key(form: CarrierForm, query: str) -> MessageKey | None:
