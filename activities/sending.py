@@ -226,6 +226,11 @@ class SendingActivities(WorkerResources):
                 account_failures.append(result.error_code)
                 stopping.set()
                 return None
+            if result.server_error and result.verdict is Verdict.UNCERTAIN:
+                # A server error that may have created the message: its row is `uncertain`,
+                # and the slice stops, so that a carrier failing so leaves no more than the
+                # requests in flight uncertain. It is tried again as a deferred slice is.
+                stopping.set()
             return result
 
         failures: list[Exception] = []
@@ -274,7 +279,10 @@ class SendingActivities(WorkerResources):
             raise asyncio.CancelledError
         if failures:
             raise failures[0]
-        retry = [r for r in results if r is not None and r.verdict is Verdict.RETRY]
+        # The carrier's deferrals, and its server errors (the rows `uncertain`, above).
+        retry = [
+            r for r in results if r is not None and (r.verdict is Verdict.RETRY or r.server_error)
+        ]
         if retry:
             # An attempt that got anything through resets the backoff; the next attempt reads
             # this heartbeat to know how long the carrier has refused everything.

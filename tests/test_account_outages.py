@@ -18,6 +18,7 @@ from tests.support.batches import FINAL, phases, run_batch, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows, own_worker
 from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
+from tests.support.workers import CARRIER_TIMEOUT_SECONDS
 
 # The retry window of the tests' own worker, and a throttled account's pause.
 OUTAGE_SECONDS = 1.0
@@ -152,3 +153,40 @@ async def test_an_unreachable_carrier_pauses_every_running_batch_of_the_account_
     assert other_events[-1]["status"] == "completed"
     assert "paused" not in phases(other_events)
     assert {r["status"] for r in await ledger_rows(api, other_account, other_file)} == {"sent"}
+
+
+async def test_a_carrier_answering_server_errors_leaves_only_its_requests_in_flight_uncertain(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    numbers = unique_numbers(20)
+    # Each 500 may come after the carrier created the message: its row is `uncertain`, and
+    # the slice stops at once, so the batch pauses with the rest of its rows `pending`.
+    await carrier(scripted={number: [500] * 10 for number in numbers})
+    # Reconciliation waits out the carrier timeout: a short one, not the default 30 s.
+    async with short_window(
+        temporal, settings, send_concurrency=2, carrier_timeout_seconds=CARRIER_TIMEOUT_SECONDS
+    ) as api:
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        paused = await paused_once(webhooks, marker, "carrier_unreachable")
+        at_pause = [r["status"] for r in await ledger_rows(api, account, file_id)]
+
+        await carrier(scripted={})
+        resumed = await api.post(f"/v1/sms/batch/{file_id}/resume", headers=account.headers)
+        assert resumed.status_code == 200, resumed.text
+        events = await webhooks.wait_for(marker, *FINAL)
+        rows = await ledger_rows(api, account, file_id)
+
+    assert set(paused["error_codes"]) == {"20500"}
+    # Two requests in flight an attempt, a few attempts in the retry window.
+    assert 0 < at_pause.count("uncertain") <= 8
+    assert at_pause.count("pending") == 20 - at_pause.count("uncertain")
+    # The carrier kept none of them: each is sent once, after the resume.
+    assert events[-1]["status"] == "completed"
+    assert {r["status"] for r in rows} == {"sent"}
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    assert sorted(m["to"] for m in received) == sorted(numbers)

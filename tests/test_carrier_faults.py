@@ -10,7 +10,15 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from deploy.local.emulator import MALFORMED, NO_ANSWER, NUL_REFUSAL, Carrier, Faults, running
+from deploy.local.emulator import (
+    MALFORMED,
+    NO_ANSWER,
+    NUL_REFUSAL,
+    SERVER_ERROR_AFTER_ACCEPTING,
+    Carrier,
+    Faults,
+    running,
+)
 from deploy.local.processes import free_port
 from settings import Settings
 from tests.support.batches import FINAL, run_batch, start_marked_batch
@@ -217,6 +225,43 @@ async def test_a_request_the_carrier_never_got_is_found_missing_and_sent_again(
     assert (final["status"], final["messages_successful"]) == ("completed", 10)
 
 
+async def test_a_server_error_is_reconciled_with_the_carrier_never_sent_twice(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    """A 500 may come after the carrier created the message (Twilio's 20500): the row is
+    `uncertain`, found on the carrier if it has it, sent again only if it has not."""
+    numbers = unique_numbers(20)
+    kept, refused = numbers[:2], numbers[2:4]
+    await carrier(
+        malformed={number: [SERVER_ERROR_AFTER_ACCEPTING] for number in kept},
+        scripted={number: [500] for number in refused},
+    )
+    # Reconciliation waits out the carrier timeout: a short one, not the default 30 s.
+    async with (
+        own_worker(temporal, settings, carrier_timeout_seconds=CARRIER_TIMEOUT_SECONDS) as own,
+        api_client(own) as api,
+    ):
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        final = (await webhooks.wait_for(marker, *FINAL))[-1]
+        rows = await ledger_rows(api, account, file_id)
+
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    assert assert_each_row_once(rows, received, 20) == {"sent": 20}
+    assert {r["to_number"]: r["carrier_sid"] for r in rows} == {m["to"]: m["sid"] for m in received}
+    settled = await reconciled(temporal, file_id)
+    assert (settled.sent, settled.reopened) == (2, 2)
+    assert (final["status"], final["messages_successful"], final["messages_uncertain"]) == (
+        "completed",
+        20,
+        0,
+    )
+
+
 async def test_a_carrier_that_refuses_connections_is_retried_until_it_answers(
     temporal: Client, settings: Settings, account: Account, webhooks: WebhookReceiver
 ) -> None:
@@ -343,3 +388,24 @@ async def test_an_uncertain_single_send_is_reconciled_with_the_carrier(
     assert {resent_row["status"], found_row["status"]} <= {"sent", "delivered"}
     assert (resent_row["carrier_sid"], found_row["carrier_sid"]) == (to_lost["sid"], to_slow["sid"])
     assert (resent_row["attempts"], found_row["attempts"]) == (2, 1)
+
+
+async def test_a_single_send_answered_with_a_server_error_is_found_on_the_carrier(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    user = unique_numbers(1)[0]
+    await carrier(malformed={user: [SERVER_ERROR_AFTER_ACCEPTING]})
+    async with (
+        own_worker(temporal, settings, carrier_timeout_seconds=CARRIER_TIMEOUT_SECONDS) as own,
+        api_client(own) as api,
+    ):
+        sent = await send_ok(api, account, user, agent_message="hello")
+        [row] = await settled_messages(api, account, sent["conversation_id"])
+
+    [received] = await emulator_messages(emulator_url, to=user)
+    assert row["status"] in ("sent", "delivered")
+    assert (row["carrier_sid"], row["attempts"]) == (received["sid"], 1)

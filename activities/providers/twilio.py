@@ -32,7 +32,7 @@ class Verdict(StrEnum):
     SENT = "sent"
     RETRY = "retry"  # not accepted, safe to send again later
     FAILED = "failed"  # permanent for this message
-    UNCERTAIN = "uncertain"  # the request may have reached the carrier: never resent blindly
+    UNCERTAIN = "uncertain"  # the carrier may have created it: never resent blindly
     EXPIRED = "expired"  # never sent: the batch's `expire_at` passed first
 
 
@@ -48,12 +48,18 @@ class CarrierOutcome:
 
 # Every carrier answer Herald tells apart, keyed as the ledger's `error_code` records it: Twilio
 # error codes, then HTTP statuses (for an error body whose code is not listed), then failures
-# of the connection itself.
+# of the connection itself. A server error but 503's (unavailable: turned away before any
+# work) may come after the carrier created the message: Twilio says a POST that sends an SMS is
+# not idempotent, and one retried after a 500 can reach the user twice
+# (https://www.twilio.com/docs/api/errors/20500). Such a message is `uncertain`, as one with no
+# answer is: the carrier's list says whether it has it (activities/reconciliation.py).
 OUTCOMES: Mapping[str, CarrierOutcome] = MappingProxyType(
     {
         "20003": CarrierOutcome(Verdict.FAILED, "authentication failed: check SID and token"),
         "20429": CarrierOutcome(Verdict.RETRY, "too many requests: throttled by the carrier"),
-        "20500": CarrierOutcome(Verdict.RETRY, "carrier internal error"),
+        "20500": CarrierOutcome(
+            Verdict.UNCERTAIN, "carrier internal error: it may have been accepted"
+        ),
         "20503": CarrierOutcome(Verdict.RETRY, "carrier temporarily unavailable"),
         "21211": CarrierOutcome(Verdict.FAILED, "invalid 'To' number"),
         "21212": CarrierOutcome(Verdict.FAILED, "invalid 'From' number"),
@@ -68,10 +74,14 @@ OUTCOMES: Mapping[str, CarrierOutcome] = MappingProxyType(
         "21614": CarrierOutcome(Verdict.FAILED, "'To' number is not a mobile number"),
         "21617": CarrierOutcome(Verdict.FAILED, "message body exceeds 1600 characters"),
         "429": CarrierOutcome(Verdict.RETRY, "too many requests"),
-        "500": CarrierOutcome(Verdict.RETRY, "carrier server error"),
-        "502": CarrierOutcome(Verdict.RETRY, "bad gateway in front of the carrier"),
+        "500": CarrierOutcome(Verdict.UNCERTAIN, "carrier server error: it may have been accepted"),
+        "502": CarrierOutcome(
+            Verdict.UNCERTAIN, "bad gateway in front of the carrier: it may have been accepted"
+        ),
         "503": CarrierOutcome(Verdict.RETRY, "carrier unavailable"),
-        "504": CarrierOutcome(Verdict.RETRY, "gateway timeout in front of the carrier"),
+        "504": CarrierOutcome(
+            Verdict.UNCERTAIN, "gateway timeout in front of the carrier: it may have been accepted"
+        ),
         "connect": CarrierOutcome(
             Verdict.RETRY, "no connection to the carrier: the request was not sent"
         ),
@@ -88,8 +98,9 @@ OUTCOMES: Mapping[str, CarrierOutcome] = MappingProxyType(
 THROTTLES = frozenset({"20429", "429"})
 # What a request to the carrier answers (TwilioCarrier._placed).
 T = TypeVar("T")
-# Refusals listed neither by code nor by status: a server error may pass, anything else will not.
-UNLISTED_SERVER_ERROR = CarrierOutcome(Verdict.RETRY, "carrier server error")
+# Refusals listed neither by code nor by status: a server error may have created the message
+# (above); anything else will not pass.
+UNLISTED_SERVER_ERROR = CarrierOutcome(Verdict.UNCERTAIN, "carrier server error")
 UNLISTED_REFUSAL = CarrierOutcome(Verdict.FAILED, "refused by the carrier")
 
 
@@ -101,6 +112,8 @@ class SendResult:
     error_message: str | None = None
     retry_after: float | None = None
     opts_out: bool = False
+    # The carrier answered with a server error (5xx): it is in trouble, whatever the verdict.
+    server_error: bool = False
 
 
 def refusal_outcome(code: int | None, status: int) -> tuple[str, CarrierOutcome | None]:
@@ -329,6 +342,7 @@ def classify(error: TwilioRestException) -> SendResult:
         error_message=message,
         retry_after=_retry_after.get() if outcome.verdict is Verdict.RETRY else None,
         opts_out=outcome.opts_out,
+        server_error=error.status >= 500,
     )
 
 

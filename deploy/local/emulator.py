@@ -114,12 +114,16 @@ def malformed_reply(kind: str, reply: Reply) -> Reply:
     if kind == "nul_sid":
         sid = str(reply.payload["sid"])
         return Reply({**reply.payload, "sid": f"{sid[:2]}\u0000{sid[2:]}"}, status=201)
+    if kind == SERVER_ERROR_AFTER_ACCEPTING:
+        return twilio_error(500, 20500, "Internal Server Error")
     raise ValueError(f"unknown malformed answer {kind!r}")
 
 
 # The malformed answers the emulator can give to a message it accepted; and NUL_REFUSAL, a
 # refusal (unlisted code) whose message holds NUL.
 MALFORMED = ("truncated", "html", "empty_list", "nul_sid")
+# A server error answered for a message the emulator accepted (Twilio's 20500 can come so).
+SERVER_ERROR_AFTER_ACCEPTING = "server_error"
 NUL_REFUSAL = "nul_refusal"
 NUL_REFUSAL_CODE = 30999
 
@@ -143,7 +147,8 @@ class Faults:
     # NO_ANSWER instead holds the request past any client's patience and keeps nothing.
     scripted: dict[str, list[int]] = field(default_factory=dict)
     # "To" number → answers to give, in order, to its next sends, in ways a client may fail
-    # to read; see MALFORMED. All but a refusal accept the message (it counts as received).
+    # to read; see MALFORMED, and SERVER_ERROR_AFTER_ACCEPTING. All but NUL_REFUSAL accept
+    # the message (it counts as received).
     malformed: dict[str, list[str]] = field(default_factory=dict)
     # Subaccounts: account SID → its own auth token. An SID not listed authenticates with the
     # emulator's token.
@@ -151,7 +156,7 @@ class Faults:
 
     def __post_init__(self) -> None:
         kinds = {k for answers in self.malformed.values() for k in answers}
-        unknown = kinds - {*MALFORMED, NUL_REFUSAL}
+        unknown = kinds - {*MALFORMED, NUL_REFUSAL, SERVER_ERROR_AFTER_ACCEPTING}
         if unknown:
             raise ValueError(f"unknown malformed answers: {sorted(unknown)}")
 
