@@ -153,6 +153,7 @@ class SendingActivities(WorkerResources):
         keyed = credentials is None
         # The attempt at each row its wave marked, by seq.
         attempts: dict[int, int] = {}
+        renew_after = self._settings.carrier_timeout_seconds / 2
 
         async def send(index: int, message: messages.ClaimedMessage) -> SendResult | None:
             if input.pace.interval and not await _until(
@@ -189,6 +190,13 @@ class SendingActivities(WorkerResources):
                 return None
             if stopping.is_set():
                 # Paused or cancelled while its wave was marked: back to `pending`.
+                return None
+            if time.monotonic() - waves.marked_at(index) > renew_after and not (
+                await through_outages(
+                    lambda: messages.renew_mark(self._pool, batch_id, message.seq, marker)
+                )
+            ):
+                # No longer this attempt's: never sent by it (_Waves.marked_at).
                 return None
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
@@ -375,6 +383,7 @@ class _Waves:
         self._stopping = stopping
         self._tried = [False] * rows
         self._marked = [False] * rows
+        self._marked_at = [0.0] * rows
         self._recorded = [False] * rows
         # Rows given an outcome since the last wave took them: a wave takes these rather
         # than look through the whole slice.
@@ -440,9 +449,25 @@ class _Waves:
         ]
 
     def marked(self, rows: list[int], moved: set[int]) -> None:
+        now = time.monotonic()
         for i in rows:
             self._tried[i] = True
             self._marked[i] = i in moved
+            self._marked_at[i] = now
+
+    def marked_at(self, index: int) -> float:
+        """When row `index`'s wave was marked (monotonic).
+
+        A row goes on the wire after the sender's pace, its place among the account's
+        requests in flight and the lanes ahead of it: long after its wave was marked, on a
+        slow sender. Meanwhile this attempt may have been taken for dead (cut off from
+        Temporal, not from the carrier) and its row made `uncertain`; reconciliation, which
+        waits a carrier timeout after the row last changed for a live attempt's request to
+        show, may then have found nothing and reopened it to be sent again. So a row whose
+        wave was marked more than half a carrier timeout ago renews its mark first
+        (messages.renew_mark), and is not sent if it no longer holds it.
+        """
+        return self._marked_at[index]
 
     def unrecord(self, rows: list[int]) -> None:
         """`unrecorded` took these rows, whose write then failed: not written after all."""

@@ -391,6 +391,24 @@ async def write_outcomes(
     )
 
 
+async def renew_mark(pool: asyncpg.Pool, batch_id: uuid.UUID, seq: int, by: int) -> bool:
+    """Whether row `seq` is still `sending` by the attempt `by`, its mark then renewed (its
+    `marked_at` and `updated_at` now): for a row about to go on the wire long after its wave
+    marked it. One that is not was made `uncertain` meanwhile (by the slice's next attempt,
+    which took this one for dead, or as the batch ended), and maybe reconciled and reopened
+    since: this attempt must not send it."""
+    return bool(
+        await pool.fetchval(
+            "UPDATE messages SET marked_at = now(), updated_at = now()"
+            " WHERE batch_id = $1 AND seq = $2 AND status = 'sending' AND marked_by = $3"
+            " RETURNING true",
+            batch_id,
+            seq,
+            by,
+        )
+    )
+
+
 async def apply_kept_receipts(pool: asyncpg.Pool, batch_id: uuid.UUID, sids: list[str]) -> None:
     """Apply the receipts that came for `sids` before the sids were written to their rows.
 

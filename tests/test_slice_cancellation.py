@@ -2,7 +2,8 @@
 accepted end `sent`, not `sending` (and later `uncertain`). And an attempt presumed dead that
 lives on records what the carrier answered it, over the `uncertain` its successor left. One
 cancelled while its lanes wait for places in the account's limit of requests in flight sends
-none of those rows; nor one cancelled while the statement that marks its rows `sending` waits.
+none of those rows; nor one cancelled while the statement that marks its rows `sending` waits;
+nor does one send a row made another's while it waited for its sender's pace.
 """
 
 import asyncio
@@ -287,3 +288,46 @@ async def test_a_cancelled_slice_sends_none_of_the_rows_waiting_for_a_place(
     assert received == []
     assert statuses == ["pending"] * ROWS
     assert limit.in_flight == 0
+
+
+async def test_a_row_reopened_while_it_waited_for_its_senders_pace_is_not_sent_by_its_slice(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    carrier_client: TwilioCarrier,
+) -> None:
+    # A sender of 2 messages a second: the slice marks its one wave of ROWS at once, and its
+    # last row goes on the wire 2.5 s later, past half the carrier timeout (0.5 s here).
+    paced = await api.patch(
+        f"/v1/sms/numbers/{account.agent_number}", headers=account.headers, json={"mps": 2}
+    )
+    assert paced.status_code == 200, paced.text
+    file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
+    own = settings.model_copy(update={"carrier_timeout_seconds": 1.0})
+    async with httpx.AsyncClient() as http:
+        sending = SendingActivities(
+            pool=pool, carrier=carrier_client, http=http, settings=own, metrics=WorkerMetrics()
+        )
+        activity = asyncio.ensure_future(ActivityEnvironment().run(sending.send_slice, slice_input))
+        await eventually(
+            lambda: emulator_messages(emulator_url, body_contains=marker), lambda found: bool(found)
+        )
+        # Meanwhile the slice was taken for dead and its rows made `uncertain`; its last row,
+        # found on no carrier list, was reopened to be sent again (as reconciliation does).
+        last = await pool.fetchrow(
+            "UPDATE messages SET status = 'pending', marked_by = NULL, updated_at = now()"
+            " WHERE batch_id = $1 AND seq = (SELECT max(seq) FROM messages WHERE batch_id = $1)"
+            " RETURNING to_number, status",
+            uuid.UUID(file_id),
+        )
+        counts = await activity
+
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    rows = {r["to_number"]: r["status"] for r in await ledger_rows(api, account, file_id)}
+    # Left to the batch, which sends it once: never sent by the attempt that lost it.
+    assert last["to_number"] not in {m["to"] for m in received}
+    assert rows.pop(last["to_number"]) == "pending"
+    assert set(rows.values()) == {"sent"} and counts.sent == ROWS - 1
