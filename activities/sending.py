@@ -540,12 +540,14 @@ def _outcomes(
     opens: list[float | None],
 ) -> list[messages.Outcome]:
     """Ledger outcomes of a slice; a message not sent, or deferred by the carrier, goes back
-    to `pending`, one outside its send window with the time the window opens."""
+    to `pending`, one outside its send window with the time the window opens; one whose
+    request never left (back to `pending`, or `expired`) counts no attempt (`unsent`)."""
     return [
         messages.Outcome(
             seq=m.seq,
             status=LedgerStatus.PENDING,
             window_opens_at=None if o is None else _utc(o),
+            unsent=r is None,
         )
         if r is None or r.verdict is Verdict.RETRY
         else messages.Outcome(
@@ -554,6 +556,7 @@ def _outcomes(
             carrier_sid=r.sid,
             error_code=r.error_code,
             error_message=r.error_message,
+            unsent=r.verdict is Verdict.EXPIRED,
         )
         for m, r, o in zip(claimed, results, opens, strict=True)
     ]

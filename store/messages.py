@@ -74,6 +74,9 @@ class Outcome:
     error_message: str | None = None
     # A row left `pending` outside its send window: when the window opens.
     window_opens_at: datetime | None = None
+    # A row whose request never left (left `pending` as the slice stopped or for its window,
+    # or `expired`): its mark, if its wave made one, counts no attempt.
+    unsent: bool = False
 
 
 def _delete_batch_rows(tables: tuple[str, ...]) -> str:
@@ -348,11 +351,11 @@ async def write_outcomes(
         " ELSE f.error_code END, error_message = o.msg, updated_at = now(),"
         " sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE m.sent_at END,"
         " window_opens_at = o.opens,"
-        # A wait for the window is no attempt: a row marked `sending` before its window was
-        # found shut counted one; a row never marked counted none.
-        " attempts = m.attempts - (o.opens IS NOT NULL AND m.status = 'sending')::int"
+        # A request that never left is no attempt (a wait for the window, a slice stopped): a
+        # row its wave marked `sending` counted one; a row never marked counted none.
+        " attempts = m.attempts - (o.unsent AND m.status = 'sending')::int"
         " FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"
-        " $7::timestamptz[]) AS o(seq, status, sid, code, msg, opens)"
+        " $7::timestamptz[], $10::boolean[]) AS o(seq, status, sid, code, msg, opens, unsent)"
         " LEFT JOIN f ON f.carrier_sid = o.sid AND o.status = 'sent'"
         " WHERE m.batch_id = $1 AND m.seq = o.seq"
         # Only this attempt's marks: a statement of an attempt presumed dead, run again after
@@ -382,6 +385,7 @@ async def write_outcomes(
         [o.window_opens_at for o in outcomes],
         list(mark),
         by,
+        [o.unsent for o in outcomes],
     )
     # A row that took its first receipt is final: no later receipt moves it.
     final = set(row["took"])

@@ -121,6 +121,8 @@ async def test_rows_not_sent_by_expire_at_end_expired(
         )
     ).json()["data"]["messages"]
     assert len(expired) == 10 - len(sent)
+    # None of them went to the carrier: no attempt counted.
+    assert {m["attempts"] for m in expired} == {0}
 
 
 async def test_an_expiry_before_the_schedule_is_refused(
