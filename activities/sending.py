@@ -150,7 +150,7 @@ class SendingActivities(WorkerResources):
         # Callbacks signed with an account's own token are trusted with no key
         # (services.receipts).
         status_callback = self._settings.status_callback_url
-        keyed = credentials is None
+        keyed = receipts.KeyedUrls(status_callback, batch_id) if credentials is None else None
         # The attempt at each row its wave marked, by seq.
         attempts: dict[int, int] = {}
         renew_after = self._settings.carrier_timeout_seconds / 2
@@ -208,12 +208,7 @@ class SendingActivities(WorkerResources):
                     from_=carrier_address(sender, way.channel),
                     body=way.body(message.body),
                     status_callback=(
-                        receipts.keyed_url(
-                            status_callback,
-                            receipts.MessageKey(batch_id, message.seq, attempts[message.seq]),
-                        )
-                        if keyed
-                        else status_callback
+                        keyed.of(message.seq, attempts[message.seq]) if keyed else status_callback
                     ),
                     content_sid=(own and own.content_sid) or way.content_sid,
                     content_variables=(own and own.content_variables) or way.content_variables,

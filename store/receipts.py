@@ -98,7 +98,17 @@ MESSAGE_KEY = re.compile(
 def keyed_url(status_callback_url: str, key: MessageKey) -> str:
     """The StatusCallback URL of the send `key`: the carrier calls it with the message's
     callbacks, and signs it whole (Twilio signs the URL with its query)."""
-    return f"{status_callback_url}?m={key.batch_id}.{key.seq}.{key.attempt}"
+    return KeyedUrls(status_callback_url, key.batch_id).of(key.seq, key.attempt)
+
+
+class KeyedUrls:
+    """`keyed_url` of one batch's sends, for a slice's: the part they share made once."""
+
+    def __init__(self, status_callback_url: str, batch_id: uuid.UUID) -> None:
+        self._prefix = f"{status_callback_url}?m={batch_id}."
+
+    def of(self, seq: int, attempt: int) -> str:
+        return f"{self._prefix}{seq}.{attempt}"
 
 
 def message_key(query: str) -> MessageKey | None:

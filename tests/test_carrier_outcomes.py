@@ -161,6 +161,16 @@ def test_a_message_form_is_encoded_as_urlencode_encodes_it(form: dict[str, str])
     assert form_body(form) == urlencode(form, doseq=True)
 
 
+@given(st.lists(st.text(alphabet="?=&.%+ /:é" + "abc0123")), st.text())
+@example(["https://herald.test/v1/webhooks/twilio/status?m=9f0c.12.1"], "Hi")
+@example(["?", "??", "a?b?c", "", "https://x/?"], "")
+def test_status_callbacks_are_encoded_as_urlencode_encodes_them(urls: list[str], body: str) -> None:
+    # One after another, as a slice's messages are: the part before the query is kept.
+    for url in urls:
+        form = {"To": "+15550001111", "StatusCallback": url, "From": "+15550002222", "Body": body}
+        assert form_body(form) == urlencode(form, doseq=True)
+
+
 @given(st.text(alphabet=st.characters(max_codepoint=127)) | st.from_regex(r"\+[0-9]*"))
 @example("+15550001111")
 @example("%+ %2B+ +")

@@ -54,6 +54,18 @@ STATUS_PATH = "/v1/webhooks/twilio/status"
 QUEUED_SO_FAR = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM receipt_queue_id_seq"
 
 
+@pytest.mark.parametrize(("seq", "attempt"), [(0, 1), (7, 2), (10**17, 999_999_999)])
+def test_a_slices_keyed_urls_are_keyed_url_and_name_their_send(seq: int, attempt: int) -> None:
+    url = "https://herald.test/v1/webhooks/twilio/status"
+    key = receipts.MessageKey(uuid.uuid4(), seq, attempt)
+
+    keyed = receipts.KeyedUrls(url, key.batch_id).of(seq, attempt)
+
+    assert keyed == receipts.keyed_url(url, key)
+    base, _, query = keyed.partition("?")
+    assert (base, receipts.message_key(query)) == (url, key)
+
+
 async def post_receipt(
     api: httpx.AsyncClient,
     settings: Settings,

@@ -279,8 +279,9 @@ def form_field(text: str) -> str:
 
 
 # The encoded form of field names, and of the values of fields that repeat from one message
-# to the next (a slice sends from one number, with one callback URL): encoded once each.
-_REPEATING_FIELDS = frozenset({"From", "StatusCallback", "ContentSid"})
+# to the next (a slice sends from one number; its callback URL but for its query, which
+# `_encoded_url` writes apart): encoded once each.
+_REPEATING_FIELDS = frozenset({"From", "ContentSid"})
 _encoded: dict[str, str] = {}
 MAX_ENCODED = 4096
 
@@ -294,6 +295,15 @@ def _encoded_once(text: str) -> str:
     return encoded
 
 
+def _encoded_url(url: str) -> str:
+    """`form_field(url)`, its part before the query encoded once (`_encoded_once`): a batch
+    message's StatusCallback differs from the next one's by its query alone (its ledger key,
+    receipts.keyed_url), which is short. quote_plus writes each character on its own, so the
+    two parts are written as the whole is."""
+    base, mark, query = url.partition("?")
+    return _encoded_once(base) + "%3F" + form_field(query) if mark else _encoded_once(url)
+
+
 def form_body(data: Mapping[str, object]) -> str:
     """`urlencode(data, doseq=True)`, in a third of its time when every value is a string
     (a message's form always is); lists and other values go to urlencode."""
@@ -301,7 +311,12 @@ def form_body(data: Mapping[str, object]) -> str:
     for key, value in data.items():
         if not isinstance(value, str):
             return urlencode(data, doseq=True)
-        encoded = _encoded_once(value) if key in _REPEATING_FIELDS else form_field(value)
+        if key == "StatusCallback":
+            encoded = _encoded_url(value)
+        elif key in _REPEATING_FIELDS:
+            encoded = _encoded_once(value)
+        else:
+            encoded = form_field(value)
         fields.append(f"{_encoded_once(key)}={encoded}")
     return "&".join(fields)
 
