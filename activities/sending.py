@@ -125,6 +125,8 @@ class SendingActivities(WorkerResources):
             done = waves.unrecorded(results)
             rows = waves.next_wave(index)
             seqs = [claimed[i].seq for i in rows]
+            # Before the statement: PostgreSQL's `marked_at` is its start, however long it waits.
+            marking = time.monotonic()
             try:
                 written = await record(
                     done,
@@ -138,7 +140,7 @@ class SendingActivities(WorkerResources):
                 waves.unrecord(done)
                 raise
             attempts.update(written.marked)
-            waves.marked(rows, {i for i in rows if claimed[i].seq in written.marked})
+            waves.marked(rows, {i for i in rows if claimed[i].seq in written.marked}, marking)
             return written.unsettled
 
         account_failures: list[str] = []
@@ -153,7 +155,7 @@ class SendingActivities(WorkerResources):
         keyed = receipts.KeyedUrls(status_callback, batch_id) if credentials is None else None
         # The attempt at each row its wave marked, by seq.
         attempts: dict[int, int] = {}
-        renew_after = self._settings.carrier_timeout_seconds / 2
+        renew_after = self._settings.reconcile_margin_seconds
 
         async def send(index: int, message: messages.ClaimedMessage) -> SendResult | None:
             if input.pace.interval and not await _until(
@@ -191,13 +193,19 @@ class SendingActivities(WorkerResources):
             if stopping.is_set():
                 # Paused or cancelled while its wave was marked: back to `pending`.
                 return None
-            if time.monotonic() - waves.marked_at(index) > renew_after and not (
-                await through_outages(
-                    lambda: messages.renew_mark(self._pool, batch_id, message.seq, marker)
-                )
-            ):
-                # No longer this attempt's: never sent by it (_Waves.marked_at).
-                return None
+
+            async def ready() -> bool:
+                # Once it has its place among the account's requests in flight: a row marked
+                # long ago renews its mark, and goes only if it still holds it
+                # (_Waves.marked_at) and the slice has not stopped meanwhile.
+                if time.monotonic() - waves.marked_at(index) > renew_after and not (
+                    await through_outages(
+                        lambda: messages.renew_mark(self._pool, batch_id, message.seq, marker)
+                    )
+                ):
+                    return False
+                return not stopping.is_set()
+
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
             started = time.monotonic()
@@ -214,10 +222,12 @@ class SendingActivities(WorkerResources):
                     content_variables=(own and own.content_variables) or way.content_variables,
                     credentials=credentials,
                     stopping=stopping,
+                    ready=ready,
                 )
             except StoppedWaiting:
                 # Paused or cancelled while it waited for a place in the account's limit of
-                # requests in flight: never sent, so back to `pending` with the rest.
+                # requests in flight, or no longer this attempt's (`ready`): never sent, so
+                # back to `pending` with the rest.
                 return None
             latency = latencies.get(result.verdict)
             if latency is None:
@@ -283,9 +293,7 @@ class SendingActivities(WorkerResources):
         if failures:
             raise failures[0]
         # The carrier's deferrals, and its server errors (the rows `uncertain`, above).
-        retry = [
-            r for r in results if r is not None and (r.verdict is Verdict.RETRY or r.server_error)
-        ]
+        retry = [r for r in results if r is not None and _deferred(r)]
         if retry:
             # An attempt that got anything through resets the backoff; the next attempt reads
             # this heartbeat to know how long the carrier has refused everything.
@@ -443,24 +451,27 @@ class _Waves:
             i for i in range(index, min(index + self._size, len(self._tried))) if not self._tried[i]
         ]
 
-    def marked(self, rows: list[int], moved: set[int]) -> None:
-        now = time.monotonic()
+    def marked(self, rows: list[int], moved: set[int], at: float) -> None:
+        """The wave of `rows` is marked, `moved` of them by this attempt, by a statement
+        started `at` (monotonic)."""
         for i in rows:
             self._tried[i] = True
             self._marked[i] = i in moved
-            self._marked_at[i] = now
+            self._marked_at[i] = at
 
     def marked_at(self, index: int) -> float:
-        """When row `index`'s wave was marked (monotonic).
+        """When the statement that marked row `index`'s wave started (monotonic).
 
         A row goes on the wire after the sender's pace, its place among the account's
         requests in flight and the lanes ahead of it: long after its wave was marked, on a
         slow sender. Meanwhile this attempt may have been taken for dead (cut off from
         Temporal, not from the carrier) and its row made `uncertain`; reconciliation, which
-        waits a carrier timeout after the row last changed for a live attempt's request to
-        show, may then have found nothing and reopened it to be sent again. So a row whose
-        wave was marked more than half a carrier timeout ago renews its mark first
-        (messages.renew_mark), and is not sent if it no longer holds it.
+        waits a carrier timeout and its margin after the row last changed for a live
+        attempt's request to show, may then have found nothing and reopened it to be sent
+        again. So a row whose wave was marked more than the reconcile margin ago renews its
+        mark once it has its place in flight (messages.renew_mark), and is not sent if it no
+        longer holds it: every request leaves within the margin of its row's last change
+        that it saw, and is over within a carrier timeout after.
         """
         return self._marked_at[index]
 
@@ -497,11 +508,19 @@ class _Waves:
         return rows
 
 
+def _deferred(result: SendResult) -> bool:
+    """Whether the carrier put `result`'s message off: deferred it (back to `pending`), or
+    answered a server error that may have created it (`uncertain`, and its slice stopped)."""
+    return result.verdict is Verdict.RETRY or (
+        result.server_error and result.verdict is Verdict.UNCERTAIN
+    )
+
+
 def account_deferral(retry: list[SendResult]) -> str | None:
-    """The code of a whole slice's deferrals when it is the account's (THROTTLES, UNREACHABLE:
-    the commonest of them), else None (a sender's full queue, a mix)."""
+    """The code of a whole slice's deferrals when it is the account's (THROTTLES; UNREACHABLE
+    or any server error: the commonest of them), else None (a sender's full queue, a mix)."""
     codes = Counter(r.error_code or "" for r in retry)
-    if set(codes) <= THROTTLES or set(codes) <= UNREACHABLE:
+    if set(codes) <= THROTTLES or all(r.server_error or r.error_code in UNREACHABLE for r in retry):
         return codes.most_common(1)[0][0]
     return None
 

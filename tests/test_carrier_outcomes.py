@@ -36,7 +36,7 @@ from activities.providers.twilio import (
     message_form,
     retry_after_seconds,
 )
-from activities.sending import _outcomes
+from activities.sending import _deferred, _outcomes, account_deferral
 from deploy.local.emulator import HTTP_ERROR_CODES, MAGIC_FROM, MAGIC_TO
 from store.messages import ClaimedMessage
 from workflows.statuses import LedgerStatus
@@ -71,6 +71,32 @@ def test_a_refusal_is_classified_by_code_then_by_status(
 
     assert (result.verdict, result.error_code, result.opts_out) == (verdict, ledger_code, opts_out)
     assert result.sid is None
+
+
+@pytest.mark.parametrize(
+    ("answers", "deferral"),
+    [
+        ([(429, 20429), (429, None)], "20429"),
+        ([(503, 20503), (500, 20500), (500, 20500)], "20500"),
+        ([(507, None), (507, None)], "507"),  # unlisted server errors
+        ([(502, 99999)], "99999"),  # an unlisted code of a server error
+        ([(500, 20500), (400, 21611)], None),  # a sender's full queue among them
+        ([(429, 20429), (503, 20503)], None),
+    ],
+)
+def test_a_slice_deferred_whole_by_server_errors_or_throttles_is_the_accounts(
+    answers: list[tuple[int, int | None]], deferral: str | None
+) -> None:
+    results = [classify(refusal(status, code)) for status, code in answers]
+
+    assert all(_deferred(r) for r in results)
+    assert account_deferral(results) == deferral
+
+
+def test_a_server_errors_listed_failure_is_no_deferral() -> None:
+    failed = classify(refusal(500, 21211))
+
+    assert (failed.verdict, failed.server_error, _deferred(failed)) == (Verdict.FAILED, True, False)
 
 
 def test_a_listed_refusal_is_described_by_the_table_an_unlisted_one_by_the_carrier() -> None:

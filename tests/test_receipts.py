@@ -61,7 +61,7 @@ def test_a_slices_keyed_urls_are_keyed_url_and_name_their_send(seq: int, attempt
 
     keyed = receipts.KeyedUrls(url, key.batch_id).of(seq, attempt)
 
-    assert keyed == receipts.keyed_url(url, key)
+    assert keyed == receipts.keyed_url(url, key) == f"{url}?m={key.batch_id}.{seq}.{attempt}"
     base, _, query = keyed.partition("?")
     assert (base, receipts.message_key(query)) == (url, key)
 

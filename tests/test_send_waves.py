@@ -4,6 +4,7 @@ taken by the one before are written, as they were when the lanes waited on an as
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -67,7 +68,7 @@ async def send_slice(waves_class: type[_Waves], seed: int) -> tuple[list[list[in
         done = waves.unrecorded(results)
         rows = waves.next_wave(index)
         await some_turns()
-        waves.marked(rows, {i for i in rows if i % 7 != 3})
+        waves.marked(rows, {i for i in rows if i % 7 != 3}, time.monotonic())
         marked.append(rows)
         marking = False
         return done
@@ -113,7 +114,7 @@ def test_a_lane_cancelled_while_it_waits_leaves_the_others_their_wave() -> None:
 
         async def wave(index: int) -> list[int]:
             await release.wait()
-            waves.marked(waves.next_wave(index), {0, 1, 2, 3})
+            waves.marked(waves.next_wave(index), {0, 1, 2, 3}, time.monotonic())
             return []
 
         async def record(rows: list[int]) -> None:

@@ -291,44 +291,106 @@ async def test_a_cancelled_slice_sends_none_of_the_rows_waiting_for_a_place(
     assert limit.in_flight == 0
 
 
+@pytest.fixture
+async def margin_of_half_a_second(
+    settings: Settings, pool: asyncpg.Pool, carrier_client: TwilioCarrier
+) -> AsyncIterator[SendingActivities]:
+    """The send activities with a reconcile margin of 0.5 s: a row whose wave was marked
+    longer ago renews its mark before it goes (_Waves.marked_at)."""
+    own = settings.model_copy(update={"reconcile_margin_seconds": 0.5})
+    async with httpx.AsyncClient() as http:
+        yield SendingActivities(
+            pool=pool, carrier=carrier_client, http=http, settings=own, metrics=WorkerMetrics()
+        )
+
+
+async def reopen_last_row(pool: asyncpg.Pool, file_id: str) -> str:
+    """The batch's last row made `pending` again, as reconciliation reopens a row it found on
+    no carrier list (its slice's attempt taken for dead, its rows made `uncertain`); its
+    number."""
+    number: str = await pool.fetchval(
+        "UPDATE messages SET status = 'pending', marked_by = NULL, updated_at = now()"
+        " WHERE batch_id = $1 AND seq = (SELECT max(seq) FROM messages WHERE batch_id = $1)"
+        " RETURNING to_number",
+        uuid.UUID(file_id),
+    )
+    return number
+
+
+async def assert_sent_but(
+    api: httpx.AsyncClient,
+    account: Account,
+    emulator_url: str,
+    file_id: str,
+    marker: str,
+    left: str,
+) -> None:
+    """Every row of the batch sent by its slice but `left`, which is `pending`, never sent
+    by the attempt that lost it (the batch sends it, once)."""
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    rows = {r["to_number"]: r["status"] for r in await ledger_rows(api, account, file_id)}
+    assert left not in {m["to"] for m in received}
+    assert rows.pop(left) == "pending"
+    assert set(rows.values()) == {"sent"}
+
+
 async def test_a_row_reopened_while_it_waited_for_its_senders_pace_is_not_sent_by_its_slice(
     api: httpx.AsyncClient,
     account: Account,
     webhooks: WebhookReceiver,
     emulator_url: str,
     pool: asyncpg.Pool,
-    settings: Settings,
-    carrier_client: TwilioCarrier,
+    margin_of_half_a_second: SendingActivities,
 ) -> None:
     # A sender of 2 messages a second: the slice marks its one wave of ROWS at once, and its
-    # last row goes on the wire 2.5 s later, past half the carrier timeout (0.5 s here).
+    # last row goes on the wire 2.5 s later, past the reconcile margin.
     paced = await api.patch(
         f"/v1/sms/numbers/{account.agent_number}", headers=account.headers, json={"mps": 2}
     )
     assert paced.status_code == 200, paced.text
     file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
-    own = settings.model_copy(update={"carrier_timeout_seconds": 1.0})
-    async with httpx.AsyncClient() as http:
-        sending = SendingActivities(
-            pool=pool, carrier=carrier_client, http=http, settings=own, metrics=WorkerMetrics()
-        )
-        activity = asyncio.ensure_future(ActivityEnvironment().run(sending.send_slice, slice_input))
-        await eventually(
-            lambda: emulator_messages(emulator_url, body_contains=marker), lambda found: bool(found)
-        )
-        # Meanwhile the slice was taken for dead and its rows made `uncertain`; its last row,
-        # found on no carrier list, was reopened to be sent again (as reconciliation does).
-        last = await pool.fetchrow(
-            "UPDATE messages SET status = 'pending', marked_by = NULL, updated_at = now()"
-            " WHERE batch_id = $1 AND seq = (SELECT max(seq) FROM messages WHERE batch_id = $1)"
-            " RETURNING to_number, status",
-            uuid.UUID(file_id),
-        )
-        counts = await activity
+    activity = asyncio.ensure_future(
+        ActivityEnvironment().run(margin_of_half_a_second.send_slice, slice_input)
+    )
+    await eventually(
+        lambda: emulator_messages(emulator_url, body_contains=marker), lambda found: bool(found)
+    )
+    left = await reopen_last_row(pool, file_id)
+    counts = await activity
 
-    received = await emulator_messages(emulator_url, body_contains=marker)
-    rows = {r["to_number"]: r["status"] for r in await ledger_rows(api, account, file_id)}
-    # Left to the batch, which sends it once: never sent by the attempt that lost it.
-    assert last["to_number"] not in {m["to"] for m in received}
-    assert rows.pop(last["to_number"]) == "pending"
-    assert set(rows.values()) == {"sent"} and counts.sent == ROWS - 1
+    await assert_sent_but(api, account, emulator_url, file_id, marker, left)
+    assert counts.sent == ROWS - 1
+
+
+async def test_a_row_reopened_while_it_waited_for_a_place_in_flight_is_not_sent_by_its_slice(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    pool: asyncpg.Pool,
+    margin_of_half_a_second: SendingActivities,
+    carrier_client: TwilioCarrier,
+) -> None:
+    # Every place in the account's limit of requests in flight is taken: the slice marks its
+    # wave, and its lanes wait for places past the reconcile margin.
+    limit = carrier_client.in_flight_limit()
+    taken = []
+    while (epoch := limit.take()) is not None:
+        taken.append(epoch)
+    file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
+    activity = asyncio.ensure_future(
+        ActivityEnvironment().run(margin_of_half_a_second.send_slice, slice_input)
+    )
+    try:
+        await eventually(
+            lambda: ledger_rows(api, account, file_id), lambda rows: rows[0]["status"] == "sending"
+        )
+        await asyncio.sleep(1.0)
+        left = await reopen_last_row(pool, file_id)
+    finally:
+        for epoch in taken:
+            limit.give_back(epoch, throttled=None)
+    counts = await activity
+
+    await assert_sent_but(api, account, emulator_url, file_id, marker, left)
+    assert counts.sent == ROWS - 1

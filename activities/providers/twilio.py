@@ -479,12 +479,14 @@ class TwilioCarrier:
         content_variables: str | None = None,
         credentials: tuple[str, str] | None = None,
         stopping: asyncio.Event | None = None,
+        ready: Callable[[], Awaitable[bool]] | None = None,
     ) -> SendResult:
         """Send one message; `content_sid` names a content template, whose variables are a
         JSON object as a string. An empty `body` is left out, as a template needs none.
         `credentials`, an (account SID, auth token) pair, send it through that account
         instead of the service's. Raises StoppedWaiting, the message unsent, when
-        `stopping` is set while it waits for a place in the account's limit."""
+        `stopping` is set while it waits for a place in the account's limit, or when
+        `ready`, awaited once it has its place, just before the request leaves, is False."""
         account = self._account(credentials)
         form = message_form(
             to=to,
@@ -500,7 +502,7 @@ class TwilioCarrier:
             return client.created_sid(await client.create_message_request(form))
 
         try:
-            sid = await self._placed(account, created, stopping)
+            sid = await self._placed(account, created, stopping, ready)
         except StoppedWaiting:
             raise
         except TwilioRestException as error:
@@ -545,14 +547,18 @@ class TwilioCarrier:
         account: _Account,
         request: Callable[[], Awaitable[T]],
         stopping: asyncio.Event | None = None,
+        ready: Callable[[], Awaitable[bool]] | None = None,
     ) -> T:
         """`request()`, one request of the account's, holding a place in its limit of
-        requests in flight until answered; the place is given back with what the answer
-        says of the account's load (a refusal in THROTTLES lowers the limit)."""
+        requests in flight until answered (or until `ready`, if given, says it is not to
+        leave: StoppedWaiting); the place is given back with what the answer says of the
+        account's load (a refusal in THROTTLES lowers the limit)."""
         limit = account.in_flight
         epoch = await limit.place(stopping)
         throttled: bool | None = None
         try:
+            if ready is not None and not await ready():
+                raise StoppedWaiting
             answer = await request()
             throttled = False
             return answer
