@@ -270,7 +270,9 @@ class SendingActivities(WorkerResources):
         sends = asyncio.gather(*(lane() for _ in range(lanes)))
         # Until the slice's last write is done too: a slow one (a lock waited for) must not
         # pass for a dead attempt, whose successor would take its rows for lost.
-        heartbeats = asyncio.create_task(heartbeat_until_cancelled())
+        # With the details the attempt before left: an attempt that dies leaves them, not
+        # none, to the next (the stalls, and what the attempts the carrier deferred sent).
+        heartbeats = asyncio.create_task(heartbeat_until_cancelled(SliceHeartbeat.last().send))
         try:
             cancelled = await _to_the_end(sends, on_cancel=stopping.set)
             # What went out is recorded even when the cancellation comes while it is
@@ -292,13 +294,20 @@ class SendingActivities(WorkerResources):
             raise asyncio.CancelledError
         if failures:
             raise failures[0]
+        # What the slice sent and failed, with what the attempts before this one did.
+        last = SliceHeartbeat.last()
+        sent = last.sent + sum(r is not None and r.verdict is Verdict.SENT for r in results)
+        failed = [r for r in results if r is not None and r.verdict is Verdict.FAILED]
+        errors = Counter(last.errors)
+        errors.update(r.error_code or "" for r in failed)
+        failed_count = last.failed + len(failed)
         # The carrier's deferrals, and its server errors (the rows `uncertain`, above).
         retry = [r for r in results if r is not None and _deferred(r)]
         if retry:
             # An attempt that got anything through resets the backoff; the next attempt reads
-            # this heartbeat to know how long the carrier has refused everything.
+            # this heartbeat to know how long the carrier has refused everything, and what
+            # the slice has sent and failed so far.
             progressed = len(retry) < sum(r is not None for r in results)
-            last = SliceHeartbeat.last()
             stalls = 0 if progressed else last.stalls + 1
             since = last.deferred_since if last.stalls and last.deferred_since else attempt_started
             retry_after = max((r.retry_after or 0) for r in retry)
@@ -306,6 +315,9 @@ class SendingActivities(WorkerResources):
             if outage is not None and time.time() - since >= self._settings.carrier_outage_seconds:
                 # Deferred whole for the retry window: the account's batches pause instead.
                 return SendCounts(
+                    sent=sent,
+                    failed=failed_count,
+                    errors=dict(errors),
                     waiting=len(waiting),
                     next_window=min(waiting.values(), default=0.0),
                     account_failure=outage,
@@ -318,19 +330,24 @@ class SendingActivities(WorkerResources):
                         else 0.0
                     ),
                 )
-            SliceHeartbeat(stalls=stalls, deferred_since=0.0 if progressed else since).send()
+            SliceHeartbeat(
+                stalls=stalls,
+                deferred_since=0.0 if progressed else since,
+                sent=sent,
+                failed=failed_count,
+                errors=dict(errors),
+            ).send()
             raise ApplicationError(
                 f"carrier deferred {len(retry)} of {len(results)} messages ({retry[0].error_code})",
                 type="CarrierDeferred",
                 next_retry_delay=timedelta(seconds=retry_delay(stalls, retry_after)),
             )
-        failed = [r for r in results if r is not None and r.verdict is Verdict.FAILED]
         return SendCounts(
-            sent=sum(r is not None and r.verdict is Verdict.SENT for r in results),
-            failed=len(failed),
+            sent=sent,
+            failed=failed_count,
             waiting=len(waiting),
             next_window=min(waiting.values(), default=0.0),
-            errors=dict(Counter(r.error_code or "" for r in failed)),
+            errors=dict(errors),
             account_failure=account_failures[0] if account_failures else None,
         )
 

@@ -27,6 +27,7 @@ from tests.support.delivery import assert_each_row_once, ledger_rows, own_worker
 from tests.support.sending import conversation, eventually, send_ok
 from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
 from tests.support.workers import CARRIER_TIMEOUT_SECONDS
+from workflows.batch import BatchWorkflow
 from workflows.contracts import ReconcileResult, batch_workflow_id
 
 OPTED_OUT_AT_CARRIER = "+15005550004"  # Twilio's magic number for error 21610
@@ -43,6 +44,7 @@ async def test_a_throttled_message_waits_out_retry_after_and_is_sent_once(
     webhooks: WebhookReceiver,
     emulator_url: str,
     carrier: Configure,
+    temporal: Client,
 ) -> None:
     numbers = unique_numbers(10)
     throttled = numbers[0]
@@ -50,6 +52,9 @@ async def test_a_throttled_message_waits_out_retry_after_and_is_sent_once(
 
     file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
     final = (await webhooks.wait_for(marker, *FINAL))[-1]
+    handle = temporal.get_workflow_handle(batch_workflow_id(file_id))
+    await handle.result()
+    progress = await handle.query(BatchWorkflow.progress)
 
     received = await emulator_messages(emulator_url, body_contains=marker)
     rows = await ledger_rows(api, account, file_id)
@@ -61,6 +66,8 @@ async def test_a_throttled_message_waits_out_retry_after_and_is_sent_once(
     at = {m["to"]: datetime.fromisoformat(m["received_at"]) for m in received}
     waited = at[throttled] - max(t for n, t in at.items() if n != throttled)
     assert waited.total_seconds() >= 2
+    # The slice's deferred attempt sent nine, the next one: the batch counts all ten.
+    assert (progress.sent, progress.failed) == (10, 0)
 
 
 @pytest.mark.parametrize(

@@ -157,20 +157,28 @@ def test_stalls_come_from_the_last_attempts_heartbeat() -> None:
     # An older worker's heartbeat has no time: the retry window starts at the next attempt.
     assert SliceHeartbeat.from_details([3]).deferred_since == 0.0
     assert SliceHeartbeat.from_details([3, 1700000000.5]).deferred_since == 1700000000.5
+    # An older worker's heartbeat carries no counts: nothing sent before.
+    assert SliceHeartbeat.from_details([3, 1700000000.5]).sent == 0
+    assert SliceHeartbeat.from_details([0, 0.0, 7, 2, {"21211": 2}]).errors == {"21211": 2}
+    assert SliceHeartbeat.from_details([0, 0.0, "7", 2, []]) == SliceHeartbeat()
 
 
 async def test_a_slice_heartbeat_reads_back_through_the_wire() -> None:
     """As the worker hands a failed attempt's last heartbeat to the next one: through the
-    data converter, the bare count that older workers send and read first, then the time."""
+    data converter, the bare count that older workers send and read first, then the time,
+    then what the slice sent and failed so far."""
     env = ActivityEnvironment()
     beats: list[tuple[Any, ...]] = []
     env.on_heartbeat = lambda *details: beats.append(details)
-    env.run(SliceHeartbeat(stalls=2, deferred_since=1700000000.5).send)
+    sent = SliceHeartbeat(
+        stalls=2, deferred_since=1700000000.5, sent=90, failed=3, errors={"21211": 3}
+    )
+    env.run(sent.send)
     payloads = await DataConverter.default.encode(list(beats[-1]))
-    assert [payload.data for payload in payloads] == [b"2", b"1700000000.5"]
+    assert [payload.data for payload in payloads][:2] == [b"2", b"1700000000.5"]
     details = await DataConverter.default.decode(payloads)
     env.info = dataclasses.replace(env.info, heartbeat_details=details)
-    assert env.run(SliceHeartbeat.last) == SliceHeartbeat(stalls=2, deferred_since=1700000000.5)
+    assert env.run(SliceHeartbeat.last) == sent
 
 
 def test_the_delivery_docs_list_every_outcome_with_its_verdict() -> None:
