@@ -19,6 +19,7 @@ import pytest
 from temporalio.testing import ActivityEnvironment
 
 from activities import outages
+from activities.providers.in_flight import InFlightLimit
 from activities.providers.twilio import TwilioCarrier
 from activities.sending import SendingActivities
 from metrics import WorkerMetrics
@@ -70,6 +71,15 @@ async def scheduled_slice(
         end=ROWS,
     )
     return file_id, marker, slice_input
+
+
+def every_place(limit: InFlightLimit) -> list[int]:
+    """Every free place in `limit` taken, as other slices' requests would; their epochs, to
+    give them back."""
+    taken = []
+    while (epoch := limit.take()) is not None:
+        taken.append(epoch)
+    return taken
 
 
 @asynccontextmanager
@@ -265,9 +275,7 @@ async def test_a_cancelled_slice_sends_none_of_the_rows_waiting_for_a_place(
     # The account's limit of requests in flight is all taken (by other slices, as when the
     # carrier throttles it): the slice's lanes mark their wave and wait for places.
     limit = carrier_client.in_flight_limit()
-    taken = []
-    while (epoch := limit.take()) is not None:
-        taken.append(epoch)
+    taken = every_place(limit)
     file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
     env = ActivityEnvironment()
     activity = asyncio.ensure_future(env.run(sending.send_slice, slice_input))
@@ -374,9 +382,7 @@ async def test_a_row_reopened_while_it_waited_for_a_place_in_flight_is_not_sent_
     # Every place in the account's limit of requests in flight is taken: the slice marks its
     # wave, and its lanes wait for places past the reconcile margin.
     limit = carrier_client.in_flight_limit()
-    taken = []
-    while (epoch := limit.take()) is not None:
-        taken.append(epoch)
+    taken = every_place(limit)
     file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
     activity = asyncio.ensure_future(
         ActivityEnvironment().run(margin_of_half_a_second.send_slice, slice_input)
