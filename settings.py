@@ -264,7 +264,8 @@ class Settings(BaseSettings):
         le=300,
         description="Reconciliation waits the carrier timeout and then this long after an"
         " `uncertain` row last changed before it asks the carrier: no request of an attempt"
-        " presumed dead can land after that.",
+        " presumed dead can land after that, as a batch row written more than this after its"
+        " wave was marked renews its mark first (0: every row does).",
     )
     carrier_outage_seconds: float = Field(
         120.0,

@@ -195,16 +195,18 @@ class SendingActivities(WorkerResources):
                 return None
 
             async def ready() -> bool:
-                # Once it has its place among the account's requests in flight: a row marked
-                # long ago renews its mark, and goes only if it still holds it
-                # (_Waves.marked_at) and the slice has not stopped meanwhile.
+                # Once it has its place among the account's requests in flight and its
+                # connection, just before it is written: a row marked long ago renews its mark,
+                # and goes only if it still holds it (_Waves.marked_at), the slice has not
+                # stopped and the batch has not expired meanwhile (else back to `pending`).
                 if time.monotonic() - waves.marked_at(index) > renew_after and not (
                     await through_outages(
                         lambda: messages.renew_mark(self._pool, batch_id, message.seq, marker)
                     )
                 ):
                     return False
-                return not stopping.is_set()
+                expired = input.pace.expire_at and time.time() >= input.pace.expire_at
+                return not (stopping.is_set() or expired)
 
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED
@@ -226,8 +228,9 @@ class SendingActivities(WorkerResources):
                 )
             except StoppedWaiting:
                 # Paused or cancelled while it waited for a place in the account's limit of
-                # requests in flight, or no longer this attempt's (`ready`): never sent, so
-                # back to `pending` with the rest.
+                # requests in flight, or not to go (`ready`): never sent, so back to
+                # `pending` with the rest. (A `ready` that failed, its renewal's statement,
+                # fails the lane as any failure before a request leaves.)
                 return None
             latency = latencies.get(result.verdict)
             if latency is None:
@@ -480,15 +483,16 @@ class _Waves:
         """When the statement that marked row `index`'s wave started (monotonic).
 
         A row goes on the wire after the sender's pace, its place among the account's
-        requests in flight and the lanes ahead of it: long after its wave was marked, on a
-        slow sender. Meanwhile this attempt may have been taken for dead (cut off from
+        requests in flight, a connection and the lanes ahead of it: long after its wave was
+        marked, on a slow sender. Meanwhile this attempt may have been taken for dead (cut off from
         Temporal, not from the carrier) and its row made `uncertain`; reconciliation, which
         waits a carrier timeout and its margin after the row last changed for a live
         attempt's request to show, may then have found nothing and reopened it to be sent
         again. So a row whose wave was marked more than the reconcile margin ago renews its
-        mark once it has its place in flight (messages.renew_mark), and is not sent if it no
-        longer holds it: every request leaves within the margin of its row's last change
-        that it saw, and is over within a carrier timeout after.
+        mark once it has its place in flight and its connection, just before it is written
+        (messages.renew_mark), and is not sent if it no longer holds it: every request is
+        written within the margin of its row's last change that it saw, and is over within a
+        carrier timeout after. (A margin of 0 renews every row: a statement each.)
         """
         return self._marked_at[index]
 

@@ -8,7 +8,7 @@ nor does one send a row made another's while it waited for its sender's pace.
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,8 +19,9 @@ import pytest
 from temporalio.testing import ActivityEnvironment
 
 from activities import outages
-from activities.providers.in_flight import InFlightLimit
-from activities.providers.twilio import TwilioCarrier
+from activities.providers.http1 import NotSent
+from activities.providers.in_flight import InFlightLimit, StoppedWaiting
+from activities.providers.twilio import SendResult, TwilioCarrier, Verdict
 from activities.sending import SendingActivities
 from metrics import WorkerMetrics
 from settings import Settings
@@ -400,3 +401,38 @@ async def test_a_row_reopened_while_it_waited_for_a_place_in_flight_is_not_sent_
 
     await assert_sent_but(api, account, emulator_url, file_id, marker, left)
     assert counts.sent == ROWS - 1
+
+
+async def test_a_request_whose_ready_check_says_no_or_fails_is_never_written(
+    emulator_url: str, carrier_client: TwilioCarrier
+) -> None:
+    to, from_ = unique_numbers(2)
+    body = f"ready-{uuid.uuid4().hex}"
+
+    async def no() -> bool:
+        return False
+
+    async def broken() -> bool:
+        raise OSError("PostgreSQL went away")
+
+    async def yes() -> bool:
+        return True
+
+    async def send(ready: Callable[[], Awaitable[bool]]) -> SendResult:
+        return await carrier_client.send(
+            to=to, from_=from_, body=body, status_callback=None, ready=ready
+        )
+
+    with pytest.raises(StoppedWaiting):
+        await send(no)
+    # Not taken for the carrier's answer (an unreadable one would leave the row uncertain).
+    with pytest.raises(NotSent) as failed:
+        await send(broken)
+    sent = await send(yes)
+
+    assert isinstance(failed.value.__cause__, OSError)
+    assert sent.verdict is Verdict.SENT
+    assert [m["sid"] for m in await emulator_messages(emulator_url, body_contains=body)] == [
+        sent.sid
+    ]
+    assert carrier_client.in_flight_limit().in_flight == 0

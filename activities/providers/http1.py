@@ -11,7 +11,7 @@ sent again: `ConnectFailed` (nothing was sent) and `NoAnswer` (the request may h
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import cast
@@ -31,6 +31,11 @@ class ConnectFailed(Exception):
 
 class NoAnswer(Exception):
     """The request was written (or may have been) but no complete answer came back."""
+
+
+class NotSent(Exception):
+    """The caller's `ready` check, made once the request had its connection, said it is not
+    to go (or failed: then raised from its error). Nothing was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +170,11 @@ class Http1Pool:
         body: bytes = b"",
         params: Mapping[str, object] | None = None,
         time_limit: float | None = None,
+        ready: Callable[[], Awaitable[bool]] | None = None,
     ) -> Answer:
         """Send one request and read its whole answer; connecting and answering each get
-        `time_limit` seconds (the pool's timeout when None)."""
+        `time_limit` seconds (the pool's timeout when None). With `ready`, awaited once the
+        request has its connection, just before it is written: NotSent unless it is True."""
         limit = time_limit or self._timeout
         origin, _ = split_url(url)
         query = urlencode(params, doseq=True) if params else ""
@@ -179,6 +186,8 @@ class Http1Pool:
         request = b"".join((request_head(method, url, query, tuple(headers.items())), end, body))
         async with self._slots:
             connection = await self._connection(origin, limit)
+            if ready is not None:
+                await self._check(ready, connection, origin)
             timer: asyncio.TimerHandle | None = None
             try:
                 waiter = connection.send(request)
@@ -195,15 +204,31 @@ class Http1Pool:
             finally:
                 if timer is not None:
                     timer.cancel()
-            if connection.keep_alive and connection.usable:
-                connection.idle_since = connection.loop.time()
-                idle = self._idle.get(origin)
-                if idle is None:
-                    idle = self._idle[origin] = deque()
-                idle.append(connection)
-            else:
-                connection.close()
+            self._put_back(connection, origin)
             return answer
+
+    async def _check(
+        self, ready: Callable[[], Awaitable[bool]], connection: "_Connection", origin: Origin
+    ) -> None:
+        """NotSent unless `ready()`; the connection, unused, goes back to the idle ones."""
+        try:
+            go = await ready()
+        except Exception as error:
+            self._put_back(connection, origin)
+            raise NotSent("the request's ready check failed") from error
+        if not go:
+            self._put_back(connection, origin)
+            raise NotSent("the request is not to go")
+
+    def _put_back(self, connection: "_Connection", origin: Origin) -> None:
+        if connection.keep_alive and connection.usable:
+            connection.idle_since = connection.loop.time()
+            idle = self._idle.get(origin)
+            if idle is None:
+                idle = self._idle[origin] = deque()
+            idle.append(connection)
+        else:
+            connection.close()
 
     async def _connection(self, origin: Origin, limit: float) -> _Connection:
         idle = self._idle.get(origin)

@@ -23,7 +23,7 @@ from twilio.http import AsyncHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from activities.providers.http1 import ConnectFailed, Http1Pool, NoAnswer
+from activities.providers.http1 import ConnectFailed, Http1Pool, NoAnswer, NotSent
 from activities.providers.in_flight import InFlightLimit, StoppedWaiting
 from activities.providers.sids import MESSAGE_SID
 
@@ -129,6 +129,9 @@ def transport_result(key: str, error: BaseException) -> SendResult:
 
 
 _retry_after: ContextVar[float | None] = ContextVar("retry_after", default=None)
+# The `ready` check of the request the calling task is making (TwilioCarrier._placed): twilio's
+# client passes nothing of its own through to the seam.
+_ready: ContextVar[Callable[[], Awaitable[bool]] | None] = ContextVar("ready", default=None)
 _log = logging.getLogger(__name__)
 
 
@@ -165,7 +168,13 @@ class CarrierHttpClient(AsyncHttpClient):
         if auth is not None:
             headers["Authorization"] = basic_auth(*auth)
         answer = await self._pool.request(
-            method, url, headers=headers, body=body, params=params, time_limit=timeout
+            method,
+            url,
+            headers=headers,
+            body=body,
+            params=params,
+            time_limit=timeout,
+            ready=_ready.get(),
         )
         _retry_after.set(retry_after_seconds(answer.headers.get("retry-after")))
         return Response(answer.status, answer.body.decode(), answer.headers)
@@ -486,7 +495,8 @@ class TwilioCarrier:
         `credentials`, an (account SID, auth token) pair, send it through that account
         instead of the service's. Raises StoppedWaiting, the message unsent, when
         `stopping` is set while it waits for a place in the account's limit, or when
-        `ready`, awaited once it has its place, just before the request leaves, is False."""
+        `ready`, awaited once it has its place and its connection, just before it is
+        written, is False; NotSent when `ready` fails."""
         account = self._account(credentials)
         form = message_form(
             to=to,
@@ -505,6 +515,10 @@ class TwilioCarrier:
             sid = await self._placed(account, created, stopping, ready)
         except StoppedWaiting:
             raise
+        except NotSent as error:
+            if error.__cause__ is not None:
+                raise  # the check itself failed: the caller's failure, not the carrier's answer
+            raise StoppedWaiting from None
         except TwilioRestException as error:
             return classify(error)
         except ConnectFailed as error:
@@ -550,15 +564,14 @@ class TwilioCarrier:
         ready: Callable[[], Awaitable[bool]] | None = None,
     ) -> T:
         """`request()`, one request of the account's, holding a place in its limit of
-        requests in flight until answered (or until `ready`, if given, says it is not to
-        leave: StoppedWaiting); the place is given back with what the answer says of the
-        account's load (a refusal in THROTTLES lowers the limit)."""
+        requests in flight until answered (or until `ready`, checked once it has its
+        connection, says it is not to go: NotSent); the place is given back with what the
+        answer says of the account's load (a refusal in THROTTLES lowers the limit)."""
         limit = account.in_flight
         epoch = await limit.place(stopping)
         throttled: bool | None = None
+        checked = _ready.set(ready)
         try:
-            if ready is not None and not await ready():
-                raise StoppedWaiting
             answer = await request()
             throttled = False
             return answer
@@ -566,6 +579,7 @@ class TwilioCarrier:
             throttled = classify(error).error_code in THROTTLES
             raise
         finally:
+            _ready.reset(checked)
             limit.give_back(epoch, throttled=throttled)
 
     async def close(self) -> None:
