@@ -242,7 +242,7 @@ class SendingActivities(WorkerResources):
                 account_failures.append(result.error_code)
                 stopping.set()
                 return None
-            if result.server_error and result.verdict is Verdict.UNCERTAIN:
+            if _server_uncertain(result):
                 # A server error that may have created the message: its row is `uncertain`,
                 # and the slice stops, so that a carrier failing so leaves no more than the
                 # requests in flight uncertain. It is tried again as a deferred slice is.
@@ -275,7 +275,8 @@ class SendingActivities(WorkerResources):
         # pass for a dead attempt, whose successor would take its rows for lost.
         # With the details the attempt before left: an attempt that dies leaves them, not
         # none, to the next (the stalls, and what the attempts the carrier deferred sent).
-        heartbeats = asyncio.create_task(heartbeat_until_cancelled(SliceHeartbeat.last().send))
+        last = SliceHeartbeat.last()
+        heartbeats = asyncio.create_task(heartbeat_until_cancelled(last.send))
         try:
             cancelled = await _to_the_end(sends, on_cancel=stopping.set)
             # What went out is recorded even when the cancellation comes while it is
@@ -298,7 +299,6 @@ class SendingActivities(WorkerResources):
         if failures:
             raise failures[0]
         # What the slice sent and failed, with what the attempts before this one did.
-        last = SliceHeartbeat.last()
         sent = last.sent + sum(r is not None and r.verdict is Verdict.SENT for r in results)
         failed = [r for r in results if r is not None and r.verdict is Verdict.FAILED]
         errors = Counter(last.errors)
@@ -531,10 +531,14 @@ class _Waves:
 
 def _deferred(result: SendResult) -> bool:
     """Whether the carrier put `result`'s message off: deferred it (back to `pending`), or
-    answered a server error that may have created it (`uncertain`, and its slice stopped)."""
-    return result.verdict is Verdict.RETRY or (
-        result.server_error and result.verdict is Verdict.UNCERTAIN
-    )
+    answered a server error that may have created it (`_server_uncertain`)."""
+    return result.verdict is Verdict.RETRY or _server_uncertain(result)
+
+
+def _server_uncertain(result: SendResult) -> bool:
+    """Whether `result` is a server error that may have created its message: `uncertain`,
+    and its slice stops."""
+    return result.server_error and result.verdict is Verdict.UNCERTAIN
 
 
 def account_deferral(retry: list[SendResult]) -> str | None:

@@ -20,7 +20,7 @@ from aiohttp import ClientSession, TCPConnector
 
 from activities.providers.http1 import Http1Pool
 from activities.providers.twilio import basic_auth, form_body, message_form
-from store.receipts import MessageKey, keyed_url
+from store.receipts import KeyedUrls
 
 # Posts one form and says whether the carrier accepted it.
 Post = Callable[[dict[str, str]], Awaitable[bool]]
@@ -47,7 +47,7 @@ async def post_all(
         "Content-Type": "application/x-www-form-urlencoded",
     }
     pending = iter(enumerate(messages))
-    batch_id = uuid.uuid4()
+    keyed = KeyedUrls(status_callback, uuid.uuid4()) if status_callback else None
     accepted = 0
 
     async def lane(post: Post) -> None:
@@ -57,11 +57,7 @@ async def post_all(
                 to=to,
                 from_=agent_number,
                 body=body,
-                status_callback=(
-                    keyed_url(status_callback, MessageKey(batch_id, seq, 1))
-                    if status_callback
-                    else None
-                ),
+                status_callback=keyed.of(seq, 1) if keyed else None,
                 content_sid=None,
                 content_variables=None,
             )

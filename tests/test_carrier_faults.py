@@ -23,7 +23,12 @@ from deploy.local.processes import free_port
 from settings import Settings
 from tests.support.batches import FINAL, run_batch, start_marked_batch
 from tests.support.builders import csv_bytes, emulator_messages, unique_numbers
-from tests.support.delivery import assert_each_row_once, ledger_rows, own_worker
+from tests.support.delivery import (
+    assert_each_row_once,
+    ledger_rows,
+    own_worker,
+    run_on_own_worker,
+)
 from tests.support.sending import conversation, eventually, send_ok
 from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
 from tests.support.workers import CARRIER_TIMEOUT_SECONDS
@@ -120,12 +125,10 @@ async def test_an_account_limited_in_requests_in_flight_is_sent_to_within_its_li
     rows_count = 1500
     before = (await refused_by_code(emulator_url)).get("20429", 0)
     await carrier(latency_ms=50, max_in_flight=20)
-    async with own_worker(temporal, settings) as own, api_client(own) as api:
-        file_id, marker = await start_marked_batch(
-            api, account, webhooks, unique_numbers(rows_count)
-        )
-        final = (await webhooks.wait_for(marker, *FINAL))[-1]
-        rows = await ledger_rows(api, account, file_id)
+    _, marker, events, rows = await run_on_own_worker(
+        temporal, settings, account, webhooks, unique_numbers(rows_count)
+    )
+    final = events[-1]
 
     refused = (await refused_by_code(emulator_url)).get("20429", 0) - before
     received = await emulator_messages(emulator_url, body_contains=marker)
@@ -180,13 +183,9 @@ async def test_sends_that_time_out_are_reconciled_with_the_carrier_never_sent_ag
     # Answers take 0-1 s and the worker waits 0.5 s: about half the sends time out, and are
     # `uncertain` until reconciliation finds each on the carrier.
     await carrier(latency_jitter_ms=1000)
-    async with (
-        own_worker(temporal, settings, carrier_timeout_seconds=0.5) as own,
-        api_client(own) as api,
-    ):
-        file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(60))
-        events = await webhooks.wait_for(marker, *FINAL)
-        rows = await ledger_rows(api, account, file_id)
+    file_id, marker, events, rows = await run_on_own_worker(
+        temporal, settings, account, webhooks, unique_numbers(60), carrier_timeout_seconds=0.5
+    )
 
     received = await emulator_messages(emulator_url, body_contains=marker)
     assert assert_each_row_once(rows, received, 60) == {"sent": 60}
@@ -215,13 +214,10 @@ async def test_a_request_the_carrier_never_got_is_found_missing_and_sent_again(
     lost = numbers[:3]
     # The first request to each of these gets no answer, and the carrier keeps nothing of it.
     await carrier(scripted={number: [NO_ANSWER] for number in lost})
-    async with (
-        own_worker(temporal, settings, carrier_timeout_seconds=0.5) as own,
-        api_client(own) as api,
-    ):
-        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
-        final = (await webhooks.wait_for(marker, *FINAL))[-1]
-        rows = await ledger_rows(api, account, file_id)
+    file_id, marker, events, rows = await run_on_own_worker(
+        temporal, settings, account, webhooks, numbers, carrier_timeout_seconds=0.5
+    )
+    final = events[-1]
 
     received = await emulator_messages(emulator_url, body_contains=marker)
     assert assert_each_row_once(rows, received, 10) == {"sent": 10}
@@ -249,13 +245,15 @@ async def test_a_server_error_is_reconciled_with_the_carrier_never_sent_twice(
         scripted={number: [500] for number in refused},
     )
     # Reconciliation waits out the carrier timeout: a short one, not the default 30 s.
-    async with (
-        own_worker(temporal, settings, carrier_timeout_seconds=CARRIER_TIMEOUT_SECONDS) as own,
-        api_client(own) as api,
-    ):
-        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
-        final = (await webhooks.wait_for(marker, *FINAL))[-1]
-        rows = await ledger_rows(api, account, file_id)
+    file_id, marker, events, rows = await run_on_own_worker(
+        temporal,
+        settings,
+        account,
+        webhooks,
+        numbers,
+        carrier_timeout_seconds=CARRIER_TIMEOUT_SECONDS,
+    )
+    final = events[-1]
 
     received = await emulator_messages(emulator_url, body_contains=marker)
     assert assert_each_row_once(rows, received, 20) == {"sent": 20}
@@ -339,13 +337,15 @@ async def test_a_malformed_accepting_answer_is_that_rows_outcome_only(
     await carrier(malformed={refused: [NUL_REFUSAL]} | {n: [kind] for n, kind in spoiled.items()})
 
     # Reconciliation waits out the carrier timeout: a short one, not the default 30 s.
-    async with (
-        own_worker(temporal, settings, carrier_timeout_seconds=CARRIER_TIMEOUT_SECONDS) as own,
-        api_client(own) as api,
-    ):
-        file_id, marker = await start_marked_batch(api, account, webhooks, [refused, *numbers])
-        final = (await webhooks.wait_for(marker, *FINAL))[-1]
-        rows = await ledger_rows(api, account, file_id)
+    file_id, marker, events, rows = await run_on_own_worker(
+        temporal,
+        settings,
+        account,
+        webhooks,
+        [refused, *numbers],
+        carrier_timeout_seconds=CARRIER_TIMEOUT_SECONDS,
+    )
+    final = events[-1]
 
     received = await emulator_messages(emulator_url, body_contains=marker)
     by_number = {r["to_number"]: r for r in rows}

@@ -8,8 +8,8 @@ nor does one send a row made another's while it waited for its sender's pace.
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -74,13 +74,25 @@ async def scheduled_slice(
     return file_id, marker, slice_input
 
 
-def every_place(limit: InFlightLimit) -> list[int]:
-    """Every free place in `limit` taken, as other slices' requests would; their epochs, to
-    give them back."""
+async def first_wave_marked(api: httpx.AsyncClient, account: Account, file_id: str) -> None:
+    """Once the slice has marked its first wave `sending`."""
+    await eventually(
+        lambda: ledger_rows(api, account, file_id), lambda rows: rows[0]["status"] == "sending"
+    )
+
+
+@contextmanager
+def places_taken(limit: InFlightLimit) -> Iterator[None]:
+    """Every free place in `limit` taken, as other slices' requests would, until the block
+    ends."""
     taken = []
     while (epoch := limit.take()) is not None:
         taken.append(epoch)
-    return taken
+    try:
+        yield
+    finally:
+        for epoch in taken:
+            limit.give_back(epoch, throttled=None)
 
 
 @asynccontextmanager
@@ -99,10 +111,7 @@ async def last_write_held(
         locked = holder.transaction()
         await locked.start()
         activity = asyncio.ensure_future(env.run(sending.send_slice, slice_input))
-        await eventually(
-            lambda: ledger_rows(api, account, slice_input.batch_id),
-            lambda rows: rows[0]["status"] == "sending",
-        )
+        await first_wave_marked(api, account, slice_input.batch_id)
         await holder.execute(
             "SELECT 1 FROM messages WHERE batch_id = $1 FOR UPDATE",
             uuid.UUID(slice_input.batch_id),
@@ -250,9 +259,7 @@ async def test_a_late_attempt_settles_the_rows_its_successor_made_uncertain(
     await carrier(latency_ms=1500)
     file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
     first = asyncio.ensure_future(ActivityEnvironment().run(sending.send_slice, slice_input))
-    await eventually(
-        lambda: ledger_rows(api, account, file_id), lambda rows: rows[0]["status"] == "sending"
-    )
+    await first_wave_marked(api, account, file_id)
     # The next attempt of the slice, as after a heartbeat timeout: it finds the rows `sending`.
     assert await messages.claim_slice(pool, uuid.UUID(file_id), 0, ROWS) == []
     made_uncertain = [r["status"] for r in await ledger_rows(api, account, file_id)]
@@ -276,18 +283,14 @@ async def test_a_cancelled_slice_sends_none_of_the_rows_waiting_for_a_place(
     # The account's limit of requests in flight is all taken (by other slices, as when the
     # carrier throttles it): the slice's lanes mark their wave and wait for places.
     limit = carrier_client.in_flight_limit()
-    taken = every_place(limit)
-    file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
-    env = ActivityEnvironment()
-    activity = asyncio.ensure_future(env.run(sending.send_slice, slice_input))
-    await eventually(
-        lambda: ledger_rows(api, account, file_id), lambda rows: rows[0]["status"] == "sending"
-    )
-    env.cancel()
-    ended, _ = await asyncio.wait({activity}, timeout=10)
+    with places_taken(limit):
+        file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
+        env = ActivityEnvironment()
+        activity = asyncio.ensure_future(env.run(sending.send_slice, slice_input))
+        await first_wave_marked(api, account, file_id)
+        env.cancel()
+        ended, _ = await asyncio.wait({activity}, timeout=10)
     # Places come free after the cancellation: nothing of the slice goes out with them.
-    for epoch in taken:
-        limit.give_back(epoch, throttled=None)
     assert ended, "the cancelled slice waited for places in the limit"
     with pytest.raises(asyncio.CancelledError):
         await activity
@@ -382,21 +385,14 @@ async def test_a_row_reopened_while_it_waited_for_a_place_in_flight_is_not_sent_
 ) -> None:
     # Every place in the account's limit of requests in flight is taken: the slice marks its
     # wave, and its lanes wait for places past the reconcile margin.
-    limit = carrier_client.in_flight_limit()
-    taken = every_place(limit)
-    file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
-    activity = asyncio.ensure_future(
-        ActivityEnvironment().run(margin_of_half_a_second.send_slice, slice_input)
-    )
-    try:
-        await eventually(
-            lambda: ledger_rows(api, account, file_id), lambda rows: rows[0]["status"] == "sending"
+    with places_taken(carrier_client.in_flight_limit()):
+        file_id, marker, slice_input = await scheduled_slice(api, account, webhooks)
+        activity = asyncio.ensure_future(
+            ActivityEnvironment().run(margin_of_half_a_second.send_slice, slice_input)
         )
+        await first_wave_marked(api, account, file_id)
         await asyncio.sleep(1.0)
         left = await reopen_last_row(pool, file_id)
-    finally:
-        for epoch in taken:
-            limit.give_back(epoch, throttled=None)
     counts = await activity
 
     await assert_sent_but(api, account, emulator_url, file_id, marker, left)

@@ -20,7 +20,7 @@ from tests.support.batches import FINAL, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.pages import every_item
 from tests.support.sending import WAIT_SECONDS
-from tests.support.stack import Account, WebhookReceiver
+from tests.support.stack import Account, WebhookReceiver, api_client
 from worker import herald_worker
 
 TERMINAL = {"sent", "delivered", "undelivered", "failed", "skipped", "cancelled", "uncertain"}
@@ -106,6 +106,22 @@ async def own_worker(
     own = settings.model_copy(update={"task_queue": f"herald-{uuid.uuid4().hex[:8]}", **changes})
     async with herald_worker(temporal, own) as worker, worker:
         yield own
+
+
+async def run_on_own_worker(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    recipients: list[str],
+    **changes: Any,
+) -> tuple[str, str, list[dict], list[dict]]:
+    """A marked batch of `recipients` run to its final event by a worker of its own
+    (own_worker, with `changes` to its settings); its file id, marker, events and ledger rows."""
+    async with own_worker(temporal, settings, **changes) as own, api_client(own) as api:
+        file_id, marker = await start_marked_batch(api, account, webhooks, recipients)
+        events = await webhooks.wait_for(marker, *FINAL)
+        return file_id, marker, events, await ledger_rows(api, account, file_id)
 
 
 def receipt(sid: str, status: str, error_code: str | None = None) -> dict[str, str]:
