@@ -214,8 +214,10 @@ async def test_a_request_the_carrier_never_got_is_found_missing_and_sent_again(
     lost = numbers[:3]
     # The first request to each of these gets no answer, and the carrier keeps nothing of it.
     await carrier(scripted={number: [NO_ANSWER] for number in lost})
+    # A timeout well under the emulator's hold (NO_ANSWER_SECONDS), and long enough that no
+    # connection to it times out on a loaded machine (a `connect` deferral is an attempt too).
     file_id, marker, events, rows = await run_on_own_worker(
-        temporal, settings, account, webhooks, numbers, carrier_timeout_seconds=0.5
+        temporal, settings, account, webhooks, numbers, carrier_timeout_seconds=1.0
     )
     final = events[-1]
 
