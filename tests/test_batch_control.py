@@ -682,17 +682,19 @@ async def test_a_batch_whose_run_was_terminated_while_validating_is_validated_by
     assert (await ledger_counts(api, account, file_id)) == {"sent": 10, "rejected": 100_000}
 
 
-async def test_two_retries_at_once_start_one_run_and_leave_the_batch_to_it(
+async def test_a_retry_that_loses_to_another_answers_at_once_and_leaves_the_batch_to_it(
     api: httpx.AsyncClient,
     account: Account,
     webhooks: WebhookReceiver,
     carrier: Configure,
     pool: asyncpg.Pool,
     temporal: Client,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A retry asked twice at once (a double click): one starts the run, the other answers
-    409 and leaves the batch alone, not put back to the final status it read under the
-    run that is sending."""
+    """A retry asked twice at once (a double click), the second reading the batch just
+    before the first queues it: the first starts the run, the second answers 409 at once
+    (not once that run has ended) and leaves the batch alone, not put back to the final
+    status it read."""
     numbers = unique_numbers(3)
     await carrier(scripted={numbers[0]: [400]})
     file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
@@ -701,14 +703,27 @@ async def test_two_retries_at_once_start_one_run_and_leave_the_batch_to_it(
     # The retry's run then takes a second to send its row: a status read as the retries are
     # answered is that run's, not already its final one.
     await carrier(latency_ms=1000)
+    read, go_on = asyncio.Event(), asyncio.Event()
+    read_batch = batch_service.batch_or_404
 
-    retries = await asyncio.gather(
-        *(api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers) for _ in range(2))
-    )
+    async def read_then_wait(*args: Any) -> Any:
+        batch = await read_batch(*args)
+        if not read.is_set():
+            read.set()
+            await go_on.wait()
+        return batch
+
+    monkeypatch.setattr(batch_service, "batch_or_404", read_then_wait)
+    retry = f"/v1/sms/batch/{file_id}/retry"
+    second = asyncio.create_task(api.post(retry, headers=account.headers))
+    await read.wait()
+    first = await api.post(retry, headers=account.headers)
+    go_on.set()
+    lost = await second
     status = await pool.fetchval("SELECT status FROM batches WHERE id = $1", uuid.UUID(file_id))
     events = await webhooks.wait_for(marker, *FINAL, times=2)
 
-    assert sorted(r.status_code for r in retries) == [200, 409], [r.text for r in retries]
-    assert [error_code(r) for r in retries if r.status_code == 409] == ["BATCH_NOT_FINISHED"]
+    assert first.status_code == 200, first.text
+    assert (lost.status_code, error_code(lost)) == (409, "BATCH_NOT_FINISHED"), lost.text
     assert status not in FINAL
     assert (events[-1]["status"], events[-1]["messages_successful"]) == ("completed", 3)

@@ -1,6 +1,7 @@
 """Starting, steering and reading batches."""
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -744,12 +745,6 @@ async def retry_batch(
     if rows == 0 and not left:
         limit = "" if attempts_below is None else f" sent fewer than {attempts_below} times"
         raise NothingToRetry(f"batch {batch_id} has no rows in {', '.join(statuses)}{limit}")
-    # The final event is recorded just before the workflow closes: let it close.
-    try:
-        async with asyncio.timeout(FINAL_CLOSE_SECONDS):
-            await handle.result()
-    except (TimeoutError, WorkflowFailureError, RPCError, RuntimeError):
-        pass
     await _require_senders_held(pool, account_id, batch)
     # A retry run keeps the batch's spread, expiry and send window; it starts now, not at
     # `schedule_at`.
@@ -784,6 +779,12 @@ async def retry_batch(
         await _require_senders_held(pool, account_id, batch)
         raise BatchNotFinished(f"batch {batch_id} is being retried already")
     try:
+        # The final event is recorded just before the workflow closes: let it close. Only
+        # once the batch is queued: a retry at the same time has then lost already, and
+        # answers at once rather than wait here for the run this one starts.
+        with contextlib.suppress(TimeoutError, WorkflowFailureError, RPCError, RuntimeError):
+            async with asyncio.timeout(FINAL_CLOSE_SECONDS):
+                await handle.result()
         await _start_workflow(
             temporal, settings, batch, input, WorkflowIDReusePolicy.ALLOW_DUPLICATE
         )
