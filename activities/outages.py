@@ -25,7 +25,11 @@ async def through_outages(call: Callable[[], Awaitable[T]]) -> T:
     """Run `call`, and again while PostgreSQL is unreachable, heartbeating, for up to
     OUTAGE_WAIT_SECONDS; what it returns. Every statement of a send activity that has
     claimed its rows goes through here: an activity that failed would be retried, and its
-    retry would find the rows still `sending` and make them `uncertain`, sent or not."""
+    retry would find the rows still `sending` and make them `uncertain`, sent or not.
+
+    Its heartbeats carry the details the attempt before left (SliceHeartbeat): the server
+    keeps only the last heartbeat's, and one without them would leave an attempt that dies
+    in the outage nothing of what the attempts before it had carried."""
     deadline = time.monotonic() + OUTAGE_WAIT_SECONDS
     pause = 0.1
     while True:
@@ -35,7 +39,7 @@ async def through_outages(call: Callable[[], Awaitable[T]]) -> T:
             if time.monotonic() + pause > deadline:
                 raise
             log.warning("database unavailable; waiting until it is back", error=repr(error))
-        activity.heartbeat()
+        activity.heartbeat(*activity.info().heartbeat_details)
         await asyncio.sleep(pause)
         pause = min(pause * 2, 2.0)
 

@@ -24,6 +24,7 @@ from twilio.rest import Client
 
 from activities.backoff import MAX_WINDOW_SECONDS, retry_delay
 from activities.heartbeats import SliceHeartbeat
+from activities.outages import through_outages
 from activities.providers.twilio import (
     OUTCOMES,
     CarrierClient,
@@ -408,3 +409,30 @@ def test_each_verdict_is_recorded_as_the_ledger_status_of_its_value() -> None:
         for seq, v in enumerate(verdicts)
     ] + [(LedgerStatus.PENDING, None, None, None)]
     assert [o.window_opens_at for o in outcomes][-1] == datetime.fromtimestamp(0, UTC)
+
+
+async def test_a_database_outage_keeps_what_the_attempt_before_carried() -> None:
+    """A slice's heartbeats while it waits out a PostgreSQL outage still carry the details its
+    attempt before left: the server keeps only the last, and an attempt that died in the
+    outage would leave the next one no stalls, no retry window, nothing sent before."""
+    carried = SliceHeartbeat(stalls=2, deferred_since=1700000000.5, sent=90, failed=3)
+    env = ActivityEnvironment()
+    beats: list[tuple[Any, ...]] = []
+    env.on_heartbeat = lambda *details: beats.append(details)
+    details = await DataConverter.default.decode(
+        await DataConverter.default.encode([2, 1700000000.5, 90, 3, {}])
+    )
+    env.info = dataclasses.replace(env.info, heartbeat_details=details)
+    answers: list[BaseException | str] = [ConnectionRefusedError("restarting"), "written"]
+
+    async def write() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    assert await env.run(through_outages, write) == "written"
+    assert beats
+    for beat in beats:
+        env.info = dataclasses.replace(env.info, heartbeat_details=list(beat))
+        assert env.run(SliceHeartbeat.last) == carried
