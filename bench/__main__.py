@@ -297,37 +297,16 @@ async def run_with_receipts(
     }
 
 
-async def compared_with_receipts(
-    n: int,
-    settings: Settings,
-    info: dict[str, str],
-    processes: dict[str, psutil.Process],
-    stack: list[ManagedProcess],
-    off: dict[str, Any],
-    *,
-    pipelined: bool,
-    delivery_delay_ms: float | None,
-) -> dict[str, Any]:
-    """Herald with receipts on against off, in the order off (`off`, the run just made),
+def compared_with_receipts(
+    on_runs: list[dict[str, Any]], off_runs: list[dict[str, Any]], *, pipelined: bool
+) -> dict[str, Any] | None:
+    """Herald with receipts on (`on_runs`) against off (`off_runs`), run in the order off,
     on, on, off: rates of one batch size on this machine drift and swing by a third from run
-    to run, and a drift over the four runs cancels in the means the ratio is taken of."""
-    on_runs = [
-        await run_with_receipts(
-            n,
-            settings,
-            info,
-            processes,
-            stack,
-            pipelined=pipelined,
-            delivery_delay_ms=delivery_delay_ms,
-        )
-        for _ in range(2)
-    ]
-    off_runs = [off, await run_herald(n, settings, info, processes, stack)]
-    off_cpu = {
-        part: sum(r["cpu_ms_per_1000"].get(part, 0.0) for r in off_runs) / len(off_runs)
-        for part in off["cpu_ms_per_1000"]
-    }
+    to run, and a drift over the four runs cancels in the means the ratio is taken of. None
+    without receipts runs."""
+    if not on_runs:
+        return None
+    off_cpu = herald_means(off_runs)["cpu_ms_per_1000"]
     each_cpu = [receipts_cpu(off_cpu, on) for on in on_runs]
     return {
         "runs": on_runs,
@@ -339,6 +318,20 @@ async def compared_with_receipts(
         "off_messages_per_second": mean_of(off_runs, "messages_per_second"),
         "cpu_ms_per_1000_callbacks": {
             part: sum(cpu[part] for cpu in each_cpu) / len(each_cpu) for part in each_cpu[0]
+        },
+    }
+
+
+def herald_means(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Herald's runs of one batch size: each one's rate and status, and their means."""
+    return {
+        "runs": [r["messages_per_second"] for r in runs],
+        "statuses": [r["status"] for r in runs],
+        "messages_per_second": mean_of(runs, "messages_per_second"),
+        "send_phase_messages_per_second": mean_of(runs, "send_phase_messages_per_second"),
+        "cpu_ms_per_1000": {
+            part: sum(r["cpu_ms_per_1000"].get(part, 0.0) for r in runs) / len(runs)
+            for part in runs[0]["cpu_ms_per_1000"]
         },
     }
 
@@ -478,22 +471,30 @@ async def measure(
     lean_runs = [await run_ceiling(ceiling_n, settings, info, lean=True)]
     lean_form_runs = [await run_ceiling(ceiling_n, settings, info, lean=True, herald_form=True)]
     herald = await run_herald(args.n, settings, info, watched, processes)
-    # Before the receipts run adds its batch's rows to the ledger.
+    # Before the receipts runs add their batches' rows to the ledger.
     footprint = await history_and_storage(settings, herald["batch_id"])
-    receipts = (
-        await compared_with_receipts(
-            args.n,
-            settings,
-            info,
-            watched,
-            processes,
-            herald,
-            pipelined=not args.callbacks_one_by_one,
-            delivery_delay_ms=args.delivery_delay_ms,
-        )
+    on_runs = (
+        [
+            await run_with_receipts(
+                args.n,
+                settings,
+                info,
+                watched,
+                processes,
+                pipelined=not args.callbacks_one_by_one,
+                delivery_delay_ms=args.delivery_delay_ms,
+            )
+            for _ in range(2)
+        ]
         if args.receipts
-        else None
+        else []
     )
+    # Herald runs twice too, as the baselines do: its rate swings from run to run as theirs
+    # do, and a ratio of one run's would swing with it. With receipts, the runs go off, on,
+    # on, off (compared_with_receipts).
+    herald_runs = [herald, await run_herald(args.n, settings, info, watched, processes)]
+    receipts = compared_with_receipts(on_runs, herald_runs, pipelined=not args.callbacks_one_by_one)
+    both = herald_means(herald_runs)
     outcomes = await measure_outcomes(
         info,
         watched["api"].pid,
@@ -513,6 +514,7 @@ async def measure(
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "settings": {k: getattr(settings, k) for k in REPORTED_SETTINGS},
         "herald": herald,
+        "herald_runs": both,
         "herald_receipts": receipts,
         "naive": naive,
         "ceiling": ceiling,
@@ -521,13 +523,13 @@ async def measure(
         "footprint": footprint,
         **outcomes,
         "ratios": {
-            "herald_over_naive": herald["messages_per_second"] / naive["messages_per_second"],
-            "herald_over_ceiling": herald["messages_per_second"] / ceiling["messages_per_second"],
-            "send_phase_over_ceiling": herald["send_phase_messages_per_second"]
+            "herald_over_naive": both["messages_per_second"] / naive["messages_per_second"],
+            "herald_over_ceiling": both["messages_per_second"] / ceiling["messages_per_second"],
+            "send_phase_over_ceiling": both["send_phase_messages_per_second"]
             / ceiling["messages_per_second"],
-            "herald_over_lean_ceiling": herald["messages_per_second"]
+            "herald_over_lean_ceiling": both["messages_per_second"]
             / lean_ceiling["messages_per_second"],
-            "herald_over_lean_ceiling_herald_form": herald["messages_per_second"]
+            "herald_over_lean_ceiling_herald_form": both["messages_per_second"]
             / lean_ceiling_herald_form["messages_per_second"],
             **(
                 {
@@ -750,6 +752,7 @@ def spread(rates: list[float]) -> str:
 
 def report(result: dict[str, Any]) -> str:
     herald, naive, ceiling = result["herald"], result["naive"], result["ceiling"]
+    both = result["herald_runs"]
     lean, lean_form = result["lean_ceiling"], result["lean_ceiling_herald_form"]
     ratios, footprint = result["ratios"], result["footprint"]
     per_million = 1e6 / footprint["ledger_rows"]
@@ -757,10 +760,11 @@ def report(result: dict[str, Any]) -> str:
     rss, settings = herald["peak_rss_mb"], result["settings"]
     validation = result["validation"]
     rows = [
-        ("Herald end to end", f"{herald['messages_per_second']:,.0f} msg/s",
-         f"{herald['sent']:,} sent in {herald['seconds']:.1f}s ({herald['status']})"),
-        ("Herald send phase", f"{herald['send_phase_messages_per_second']:,.0f} msg/s",
-         f"from the first in_progress event, {herald['send_phase_seconds']:.1f}s"),
+        ("Herald end to end", f"{both['messages_per_second']:,.0f} msg/s",
+         f"mean of {spread(both['runs'])} ({', '.join(both['statuses'])}); the first:"
+         f" {herald['sent']:,} sent in {herald['seconds']:.1f}s"),
+        ("Herald send phase", f"{both['send_phase_messages_per_second']:,.0f} msg/s",
+         f"from the first in_progress event; the first run's {herald['send_phase_seconds']:.1f}s"),
         *receipts_report(result),
         ("Naive (1 activity/msg)", f"{naive['messages_per_second']:,.0f} msg/s",
          f"mean of {spread(naive['runs'])}, {naive['sent']:,} sent"),
@@ -783,8 +787,8 @@ def report(result: dict[str, Any]) -> str:
         ("Largest workflow history", f"{footprint['largest_history_events']:,} events",
          f"{footprint['workflow_runs']} runs; target < 10,000"),
         ("CPU per 1,000 msgs",
-         f"{sum(herald['cpu_ms_per_1000'].values()) / 1000:.2f} s",
-         ", ".join(f"{k} {v / 1000:.2f}" for k, v in herald["cpu_ms_per_1000"].items())),
+         f"{sum(both['cpu_ms_per_1000'].values()) / 1000:.2f} s",
+         ", ".join(f"{k} {v / 1000:.2f}" for k, v in both["cpu_ms_per_1000"].items())),
         ("Temporal per 1M msgs",
          f"{footprint['history_events'] * per_million:,.0f} events",
          f"activities {by_type.get('activity_task_scheduled', 0):,.0f},"
