@@ -34,7 +34,7 @@ from tests.support.delivery import (
 from tests.support.sending import eventually, served_api
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client, error_code
 from tests.support.workers import CARRIER_TIMEOUT_SECONDS
-from workflows.contracts import batch_workflow_id
+from workflows.contracts import BatchProgress, batch_workflow_id
 
 # With this latency the session's worker sends a few hundred messages a second: a batch of
 # RECIPIENTS runs long enough to be steered in the middle.
@@ -227,6 +227,41 @@ async def test_a_cancel_during_validation_stops_the_validation(
     assert any(e.HasField("activity_task_canceled_event_attributes") for e in history.events)
     counts = await ledger_counts(api, account, file_id)
     assert sum(counts.values()) < rows
+
+
+async def test_a_batch_paused_before_it_sends_records_each_phase_it_reached_on_resume(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    """Paused while it waits for `schedule_at`, a batch goes on to `dispatching` and
+    `in_progress` once it passes, its chunks paused: the resume records both, in order,
+    `dispatching` with its counts, not only the last phase reached."""
+    at = datetime.now(UTC) + timedelta(seconds=2)
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(3), schedule_at=at.isoformat()
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    paused = await api.post(f"/v1/sms/batch/{file_id}/pause", headers=account.headers)
+    await webhooks.wait_for(marker, "paused")
+    handle = temporal.get_workflow_handle(batch_workflow_id(file_id))
+    await eventually(
+        lambda: handle.query("progress", result_type=BatchProgress),
+        lambda progress: progress.chunks_total > 0,
+    )
+
+    resumed = await api.post(f"/v1/sms/batch/{file_id}/resume", headers=account.headers)
+    events = await webhooks.wait_for(marker, *FINAL)
+
+    assert paused.status_code == resumed.status_code == 200, (paused.text, resumed.text)
+    assert phases(events) == [
+        "validating",
+        "waiting_for_scheduled_messages",
+        "paused",
+        "dispatching",
+        "in_progress",
+        "completed",
+    ]
+    [dispatching] = [e for e in events if e["status"] == "dispatching"]
+    assert dispatching["message"].startswith("Requested: 3. Validated: 3."), dispatching
 
 
 async def test_pause_holds_every_send_until_resume(

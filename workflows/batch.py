@@ -138,6 +138,11 @@ NO_EVENT_AFTER_FINAL_PATCH = "batch-no-event-after-final"
 # SPREAD_CHUNK_SECONDS of its pace. A spread batch's chunks (or a slow sender's) run for hours
 # or days: its rows that waited for their window went out in one burst after the last chunk.
 WINDOW_BESIDE_PATCH = "batch-send-window-passes-beside"
+# A resume records every phase the batch reached while paused, in order, each with its message
+# (a batch paused while validating or waiting for `schedule_at` goes on to `dispatching` and
+# `in_progress`): it recorded only the last, so the `dispatching` event and its counts were
+# never posted.
+PHASES_HELD_PATCH = "batch-phases-held-while-paused"
 # How long a chunk of a spread batch with a send window runs at most (WINDOW_BESIDE_PATCH):
 # the rows it hands back wait no longer than that past their window's opening.
 SPREAD_CHUNK_SECONDS = 3600.0
@@ -162,8 +167,10 @@ class BatchWorkflow:
         # Counts pauses, operators' pauses of a paused batch and resumes: a back-off that
         # would resume the batch (THROTTLE_RESUME_PATCH) does so only if none came meanwhile.
         self._pause_turn = 0
-        # The phase a resume returns to; phases reached while paused are kept for then.
+        # The phase a resume returns to; phases reached while paused are kept for then, each
+        # with its message (PHASES_HELD_PATCH).
         self._resume_status = BatchStatus.QUEUED
+        self._held: list[tuple[BatchStatus, str | None]] = []
         self._cancel_reason: str | None = None
         # The validate activity while it runs (runs with CANCEL_VALIDATION_PATCH only).
         self._validation: asyncio.Task[ValidationResult] | None = None
@@ -302,6 +309,11 @@ class BatchWorkflow:
             self._paused = False
             self._pause_turn += 1
             await self._signal_chunks(ChunkWorkflow.resume)
+            held, self._held = self._held, []
+            if held:
+                for status, message in held:
+                    await self._report(status, message=message)
+                return
             # Its event as the phase's first had it: a batch waiting for `schedule_at` says when.
             scheduled = self._resume_status == BatchStatus.WAITING_FOR_SCHEDULED_MESSAGES
             await self._report(
@@ -1053,6 +1065,8 @@ class BatchWorkflow:
         a repeat of the phase with its progress (StatusUpdate.progress)."""
         if self._paused and counts is None and status != BatchStatus.PAUSED:
             self._resume_status = status
+            if not progress and workflow.patched(PHASES_HELD_PATCH):
+                self._held.append((status, message))
             return
         async with self._report_lock:
             # Under the lock, a final status is one whose event is recorded.
