@@ -558,6 +558,31 @@ async def test_retry_sends_the_failed_messages_again_in_the_same_batch(
     assert again.json() == {"error": NO_FAILED_MESSAGES | {"heraldCode": "NO_FAILED_MESSAGES"}}
 
 
+async def test_a_batch_the_carrier_mostly_refuses_ends_for_its_client_to_retry(
+    api: httpx.AsyncClient, account: Account, carrier: Configure
+) -> None:
+    """The dialect can neither resume nor cancel a batch: one whose numbers the carrier mostly
+    refuses does not pause itself (Herald's auto-pause) but ends, each refused message a
+    `failure` its client may retry."""
+    campaign_id = await new_campaign(api, account)
+    numbers = unique_numbers(600)
+    refused = numbers[:400]
+    await carrier(scripted={number: [400] for number in refused})
+    uploaded = await upload(api, campaign_id, english_rows(numbers), bearer(account))
+    assert uploaded.status_code == 201, uploaded.text
+    batch_id = uploaded.json()["batchId"]
+
+    ended = await wait_for_status(api, account, batch_id, "paused", *FINAL)
+    assert (ended["status"], ended["counts"].get("failed")) == ("completed_partial", 400)
+    retried = await api.post(
+        f"/campaigns/{campaign_id}/batch/{batch_id}/retry", headers=bearer(account)
+    )
+    again = await wait_for_status(api, account, batch_id, "completed")
+
+    assert retried.status_code == 201, retried.text
+    assert again["counts"].get("failed", 0) == 0
+
+
 async def test_a_message_is_retried_at_most_three_times(
     api: httpx.AsyncClient, account: Account, carrier: Configure
 ) -> None:

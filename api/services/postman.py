@@ -676,6 +676,9 @@ async def send_batch(
         # As the upload's own check: the right length for the country code; the carrier
         # decides the rest (Postman's documented numbers are in unassigned ranges).
         "number_check": POSSIBLE,
+        # No pause for the carrier's refusals: the dialect can neither resume nor cancel a
+        # batch, and its client retries the failed messages of one that ended.
+        "auto_pause_error_rate": None,
     }
     # Before the file is checked (seconds for a big one): a sender the account gave up since
     # the campaign was saved refuses the upload however right its rows are.
