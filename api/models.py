@@ -815,6 +815,16 @@ class StatusEvent(BaseModel):
     messages_cancelled: int | None = None
     messages_uncertain: int | None = None
     messages_expired: int | None = None
+    error_codes: dict[str, int] | None = Field(
+        None,
+        description="A `paused` event of a batch that paused itself: the commonest carrier"
+        " error codes behind it, with their counts.",
+    )
+    messages_waiting_for_window: int | None = Field(
+        None,
+        description="Every event of a batch with a `send_window`: its rows `pending` until"
+        " their window opens (0 in the final event).",
+    )
 
 
 class BatchLogs(CursorPage):

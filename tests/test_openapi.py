@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 
 from api.app import create_app
+from store.events import event_payload
 from tests.support.stack import PUBLIC_ROUTES
+from workflows.contracts import BatchCounts, StatusUpdate
+from workflows.statuses import BatchStatus
 
 SCHEMA = create_app().openapi()
 COMPONENTS: dict[str, Any] = SCHEMA["components"]["schemas"]
@@ -172,3 +175,27 @@ def test_the_status_webhook_is_in_the_webhooks_section() -> None:
     assert body["properties"]["status"] == {"$ref": "#/components/schemas/BatchStatus"}
     assert {"batch_id", "workflow_id", "status", "timestamp"} <= set(body["required"])
     assert body["examples"][0]["status"] == "completed_partial"
+
+
+def test_the_status_webhooks_schema_names_every_field_an_event_can_have() -> None:
+    """An event with every optional part (a message, metadata, a code, error codes, the final
+    counts, rows waiting for their window), as the worker records and posts it: each of its
+    fields is in the `batch-status` webhook's schema."""
+    update = StatusUpdate(
+        batch_id="b",
+        workflow_id="w",
+        event_seq=1,
+        status=BatchStatus.PAUSED,
+        message="Requested: 1. Validated: 1.",
+        code="carrier_error_rate",
+        reason="the carrier refused",
+        counts=BatchCounts(total=1, failed=1),
+        error_codes={"21612": 1},
+    )
+    batch = {"request": {"global": {"metadata": {"campaign": "spring"}}}}
+
+    payload = event_payload(batch, update, waiting_for_window=0)
+
+    [(_, _, operation)] = [w for w in WEBHOOKS if w[1] == "batch-status"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert set(payload) - set(resolve(schema)["properties"]) == set()
