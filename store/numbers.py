@@ -2,8 +2,10 @@
 pacing."""
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -108,14 +110,19 @@ async def sender_id_holder(pool: asyncpg.Pool, sender_id: str) -> tuple[uuid.UUI
     return (row["account_id"], row["number"]) if row else None
 
 
-async def has_number(pool: asyncpg.Pool, account_id: uuid.UUID, number: str) -> bool:
-    return bool(
-        await pool.fetchval(
-            "SELECT 1 FROM sender_numbers WHERE account_id = $1 AND number = $2",
-            account_id,
-            number,
-        )
-    )
+def sends_on(registered: Mapping[str, Any], channel: str) -> bool:
+    """Whether a sender registered as `registered` (its row) may send on `channel`: an SMS
+    only from a sender registered for SMS, whose registration the carrier's numbers check (a
+    WhatsApp sender's is not checked); a WhatsApp message from either."""
+    return channel != "sms" or registered["channel"] == "sms"
+
+
+async def has_number(
+    pool: asyncpg.Pool, account_id: uuid.UUID, number: str, *, channel: str
+) -> bool:
+    """Whether the account holds sender `number`, registered to send on `channel` (sends_on)."""
+    registered = await get_number(pool, account_id, number)
+    return registered is not None and sends_on(registered, channel)
 
 
 async def update_number(

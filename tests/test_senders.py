@@ -25,10 +25,11 @@ from tests.support.batches import (
     FINAL,
     recorded_batch,
     recorded_file,
+    start,
     start_marked_batch,
     stored_files,
 )
-from tests.support.builders import emulator_messages, unique_numbers
+from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
 from tests.support.databases import blocked_behind, own_database
 from tests.support.sending import (
     conversation_when,
@@ -473,6 +474,50 @@ async def test_with_carrier_checks_only_a_number_the_carrier_account_owns_is_reg
     assert error_code(unanswered) == "CARRIER_UNAVAILABLE"
     async with api_client(checking) as api:
         assert foreign not in await listed(api, account)
+
+
+async def test_a_sender_registered_for_whatsapp_sends_no_sms(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    """A WhatsApp sender's registration is not checked against the carrier's numbers: it sends
+    WhatsApp, but an SMS batch from it, a list's or a single send's, is refused up front
+    (404 `AGENT_NUMBER_NOT_FOUND`: "not configured for SMS"), not failed row by row."""
+    sender = unique_numbers(1)[0]
+    registered = await register(api, account, sender, channel="whatsapp")
+    recipients = unique_numbers(2)
+    file_id = await attach(api, account.headers, csv_bytes(["phone_number"], [[recipients[0]]]))
+    created = await api.post("/v1/lists", headers=account.headers, json={"name": "whatsapp"})
+    list_id = created.json()["data"]["id"]
+    added = await api.post(
+        f"/v1/lists/{list_id}/contacts",
+        headers=account.headers,
+        json={"contacts": [{"phone_number": recipients[1]}]},
+    )
+    message = {"agent_message": "Hi"}
+
+    sms = await start(api, account, file_id, **{"global": {"agent_number": sender, **message}})
+    from_list = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "lists": [{"id": list_id, "agent_number": sender}],
+            "global": {"agent_number": account.agent_number, **message},
+        },
+    )
+    single = await send(api, account, recipients[0], agent_number=sender, agent_message="Hi")
+    whatsapp = await start(
+        api,
+        account,
+        file_id,
+        **{"global": {"agent_number": sender, "channel": "whatsapp", **message}},
+    )
+
+    assert registered.status_code == 201, registered.text
+    assert added.status_code == 200, added.text
+    for refused in (sms, from_list, single):
+        assert (refused.status_code, error_code(refused)) == (404, "AGENT_NUMBER_NOT_FOUND")
+        assert "not configured for SMS" in refused.text, refused.text
+    assert whatsapp.status_code == 200, whatsapp.text
 
 
 def test_sender_checks_are_on_unless_the_carrier_credentials_are_the_emulators() -> None:

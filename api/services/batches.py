@@ -27,6 +27,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.channels import Channel
 from activities.recipients.phones import is_sender_id, to_sender
 from activities.recipients.rows import RecipientRules
 from api import pagination
@@ -237,7 +238,9 @@ async def start_batch(
     await _check_lists(pool, account_id, request)
     row_senders = {
         str(row): sender
-        for row, sender in (await _own_senders(pool, account_id, senders or {})).items()
+        for row, sender in (
+            await _own_senders(pool, account_id, senders or {}, channel=body.global_.channel)
+        ).items()
         if sender != agent_number
     }
     if body.global_.channel == "whatsapp":
@@ -417,6 +420,8 @@ async def _checked_request(
         raise AgentNumberNotFound(
             f"{body.global_.agent_number} is not a registered sender of this account"
         )
+    if not numbers.sends_on(sender, body.global_.channel):
+        raise AgentNumberNotFound(not_for_sms(body.global_.agent_number))
     if body.global_.channel == "whatsapp":
         _require_whatsapp_senders([agent_number])
     given = _stored_request(body, agent_number)
@@ -460,19 +465,33 @@ async def _file_shape(
     return shape
 
 
-async def own_sender(pool: asyncpg.Pool, account_id: uuid.UUID, given: str) -> str:
-    """`given` as Herald stores a sender (E.164, or a sender ID), when it is the account's."""
+async def own_sender(pool: asyncpg.Pool, account_id: uuid.UUID, given: str, *, channel: str) -> str:
+    """`given` as Herald stores a sender (E.164, or a sender ID), when it is the account's,
+    registered to send on `channel` (numbers.sends_on)."""
     sender = to_sender(given)
-    if sender is None or not await numbers.has_number(pool, account_id, sender):
+    registered = None if sender is None else await numbers.get_number(pool, account_id, sender)
+    if sender is None or registered is None:
         raise AgentNumberNotFound(f"{given} is not a registered sender of this account")
+    if not numbers.sends_on(registered, channel):
+        raise AgentNumberNotFound(not_for_sms(given))
     return sender
 
 
+def not_for_sms(sender: str) -> str:
+    """Why a WhatsApp sender cannot send an SMS (AgentNumberNotFound)."""
+    return (
+        f"{sender} is registered for whatsapp, not configured for SMS: register it with"
+        ' channel "sms" (the carrier account must own it) to send SMS from it'
+    )
+
+
 async def _own_senders(
-    pool: asyncpg.Pool, account_id: uuid.UUID, given: Mapping[int, str]
+    pool: asyncpg.Pool, account_id: uuid.UUID, given: Mapping[int, str], *, channel: str
 ) -> dict[int, str]:
     """Rows' own senders, each checked once and stored as `own_sender` gives it."""
-    checked = {raw: await own_sender(pool, account_id, raw) for raw in set(given.values())}
+    checked = {
+        raw: await own_sender(pool, account_id, raw, channel=channel) for raw in set(given.values())
+    }
     return {row: checked[raw] for row, raw in given.items()}
 
 
@@ -482,8 +501,9 @@ async def _require_senders_held(
     """AgentNumberNotFound unless the account still holds every sender of the batch (its own,
     its rows', its lists'): one given up since, perhaps registered by another account now, is
     not sent from again."""
+    channel = Channel.of(batch["request"]).channel
     for sender in sorted(batches.batch_senders(batch["agent_number"], batch["request"])):
-        await own_sender(pool, account_id, sender)
+        await own_sender(pool, account_id, sender, channel=channel)
 
 
 async def _requeue_unstarted(
@@ -511,9 +531,12 @@ async def _check_lists(pool: asyncpg.Pool, account_id: uuid.UUID, request: dict[
     """The request's mailing lists are the account's, and their senders too (kept as stored)."""
     named: list[dict[str, Any]] = request.get("lists") or []
     await list_sizes(pool, account_id, [source["id"] for source in named])
+    channel = Channel.of(request).channel
     for source in named:
         if "agent_number" in source:
-            source["agent_number"] = await own_sender(pool, account_id, source["agent_number"])
+            source["agent_number"] = await own_sender(
+                pool, account_id, source["agent_number"], channel=channel
+            )
 
 
 def _timing(request: dict[str, Any]) -> Timing:

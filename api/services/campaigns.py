@@ -81,8 +81,10 @@ def template_parameters(templates: dict[Language, str], max_chars: int) -> list[
 
 async def _sender(pool: asyncpg.Pool, account_id: uuid.UUID, sender: str) -> str:
     number = to_e164(sender, require_valid=False)
-    if number is None or not await numbers.has_number(pool, account_id, number):
-        raise AgentNumberNotFound(f"{sender} is not a registered sender of this account")
+    if number is None or not await numbers.has_number(pool, account_id, number, channel="sms"):
+        raise AgentNumberNotFound(
+            f"{sender} is not a sender of this account registered for SMS, as a campaign's is"
+        )
     return number
 
 

@@ -682,7 +682,7 @@ async def send_batch(
     }
     # Before the file is checked (seconds for a big one): a sender the account gave up since
     # the campaign was saved refuses the upload however right its rows are.
-    await batches.own_sender(pool, account_id, campaign["sender"])
+    await batches.own_sender(pool, account_id, campaign["sender"], channel="sms")
     opted_out: set[str] = set()
     if ValidationOptions.from_request(request).exclude_opt_outs:
         opted_out = await opt_outs.opted_out_numbers(pool, account_id)

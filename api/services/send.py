@@ -17,11 +17,16 @@ from api.conversation_models import SendReply, SendRequest
 from api.errors import HeraldError
 from api.models import STORED_FIELDS
 from api.services.batch_checks import MissingAgentMessage
-from api.services.batches import AgentNumberNotFound, TemporalUnavailable, campaign_template
+from api.services.batches import (
+    AgentNumberNotFound,
+    TemporalUnavailable,
+    campaign_template,
+    own_sender,
+)
 from api.services.conversations import signal_conversation
 from api.services.webhook_urls import require_safe_webhook
 from settings import Settings
-from store import conversation_messages, conversations, idempotency, numbers, opt_outs
+from store import conversation_messages, conversations, idempotency, opt_outs
 from workflows.contracts import SilenceTimers, conversation_workflow_id
 
 # How often a request waits on the first request with its idempotency key.
@@ -329,10 +334,7 @@ async def _send(
     claim: idempotency.Claim | None = None,
 ) -> SendReply:
     body = prepared.body
-    if not await numbers.has_number(pool, prepared.account_id, prepared.agent_number):
-        raise AgentNumberNotFound(
-            f"{prepared.agent_number} is not a registered sender of this account"
-        )
+    await own_sender(pool, prepared.account_id, prepared.agent_number, channel=body.channel)
     await require_safe_webhook(str(body.webhook) if body.webhook else None, settings)
     if await opt_outs.is_opted_out(pool, prepared.account_id, prepared.user_number):
         raise RecipientOptedOut(
