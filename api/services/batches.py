@@ -768,6 +768,7 @@ async def retry_batch(
     if rows == 0 and not left:
         limit = "" if attempts_below is None else f" sent fewer than {attempts_below} times"
         raise NothingToRetry(f"batch {batch_id} has no rows in {', '.join(statuses)}{limit}")
+    await _last_run_closed(pool, temporal, account_id, batch)
     await _require_senders_held(pool, account_id, batch)
     # A retry run keeps the batch's spread, expiry and send window; it starts now, not at
     # `schedule_at`.
@@ -802,12 +803,6 @@ async def retry_batch(
         await _require_senders_held(pool, account_id, batch)
         raise BatchNotFinished(f"batch {batch_id} is being retried already")
     try:
-        # The final event is recorded just before the workflow closes: let it close. Only
-        # once the batch is queued: a retry at the same time has then lost already, and
-        # answers at once rather than wait here for the run this one starts.
-        with contextlib.suppress(TimeoutError, WorkflowFailureError, RPCError, RuntimeError):
-            async with asyncio.timeout(FINAL_CLOSE_SECONDS):
-                await handle.result()
         await _start_workflow(
             temporal, settings, batch, input, WorkflowIDReusePolicy.ALLOW_DUPLICATE
         )
@@ -823,6 +818,27 @@ async def retry_batch(
     return BatchControl(
         batch_id=str(batch["id"]), workflow_id=batch["workflow_id"], action="retry", rows=rows
     )
+
+
+async def _last_run_closed(
+    pool: asyncpg.Pool, temporal: Client, account_id: uuid.UUID, batch: Mapping[str, Any]
+) -> None:
+    """Let the batch's last run close (up to FINAL_CLOSE_SECONDS): its final event is recorded
+    just before it closes, while it still posts the events. That run, not the newest: the run
+    described while the batch was still as read, BatchNotFinished if it changed meanwhile (a
+    retry at the same time, whose new run this one must not wait for)."""
+    handle = temporal.get_workflow_handle(batch["workflow_id"])
+    try:
+        run_id = (await handle.describe()).run_id
+    except (RPCError, RuntimeError):
+        return
+    now = await batches.get_batch(pool, account_id, batch["id"])
+    if now is None or now["updated_at"] != batch["updated_at"]:
+        raise BatchNotFinished(f"batch {batch['id']} is being retried already")
+    last = temporal.get_workflow_handle(batch["workflow_id"], run_id=run_id)
+    with contextlib.suppress(TimeoutError, WorkflowFailureError, RPCError, RuntimeError):
+        async with asyncio.timeout(FINAL_CLOSE_SECONDS):
+            await last.result(follow_runs=False)
 
 
 async def _no_run_open(handle: WorkflowHandle[Any, Any]) -> bool:
