@@ -105,7 +105,10 @@ class ConversationActivities(WorkerResources):
                     message_id,
                     status="failed",
                     error_code=SENDER_NOT_HELD,
-                    error_message="the sender is no longer a registered sender of this account",
+                    error_message=(
+                        "the sender is no longer a sender of this account registered for its"
+                        " channel"
+                    ),
                 )
             )
             return SendMessageResult(status="failed", error_code=SENDER_NOT_HELD)
@@ -233,9 +236,11 @@ class ConversationActivities(WorkerResources):
         )
 
     async def _sender_held(self, message: conversation_messages.ClaimedConversationMessage) -> bool:
-        """Whether the message's account still holds its sender."""
+        """Whether the message's account still holds its sender, registered for its channel."""
         holder = await through_outages(
-            lambda: numbers.owner_of_number(self._pool, message.agent_number)
+            lambda: numbers.owner_of_number(
+                self._pool, message.agent_number, channel=message.channel
+            )
         )
         return holder == message.account_id
 

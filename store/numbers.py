@@ -227,9 +227,12 @@ async def delete_number(
     return Removal(found=True, busy=[])
 
 
-async def owner_of_number(pool: asyncpg.Pool, number: str) -> uuid.UUID | None:
-    """The account that holds a sender number (inbound routing), if any does. Never a sender
-    ID's: nobody can reply to one, so a message "to" it is no one's."""
-    return await pool.fetchval(
-        "SELECT account_id FROM sender_numbers WHERE number = $1 AND kind = 'number'", number
+async def owner_of_number(pool: asyncpg.Pool, number: str, *, channel: str) -> uuid.UUID | None:
+    """The account that holds a sender number (inbound routing), if any does and its
+    registration takes `channel` (sends_on: an SMS only to or from a number registered for
+    SMS). Never a sender ID's: nobody can reply to one, so a message "to" it is no one's."""
+    row = await pool.fetchrow(
+        "SELECT account_id, channel FROM sender_numbers WHERE number = $1 AND kind = 'number'",
+        number,
     )
+    return row["account_id"] if row is not None and sends_on(row, channel) else None

@@ -441,8 +441,8 @@ async def test_the_migration_keeps_the_earliest_of_several_registrations(
         applied = await migrate(old)
 
         assert applied[0].startswith("040")
-        assert await numbers.owner_of_number(old, shared) == first
-        assert await numbers.owner_of_number(old, own) == accounts[1]
+        assert await numbers.owner_of_number(old, shared, channel="sms") == first
+        assert await numbers.owner_of_number(old, own, channel="sms") == accounts[1]
         displaced = await old.fetch("SELECT account_id, number, mps FROM sender_numbers_displaced")
         assert sorted((r["account_id"], r["number"], r["mps"]) for r in displaced) == sorted(
             (account_id, shared, 5.0) for account_id in accounts[1:]
@@ -518,6 +518,55 @@ async def test_a_sender_registered_for_whatsapp_sends_no_sms(
         assert (refused.status_code, error_code(refused)) == (404, "AGENT_NUMBER_NOT_FOUND")
         assert "not configured for SMS" in refused.text, refused.text
     assert whatsapp.status_code == 200, whatsapp.text
+
+
+async def test_a_sender_registered_for_whatsapp_hears_no_sms_and_answers_none(
+    api: httpx.AsyncClient, account: Account, settings: Settings, emulator_url: str
+) -> None:
+    """An SMS to a number registered for WhatsApp is no one's (404): its conversation could
+    only answer it by SMS (a timer's, HELP's message). WhatsApp to it is heard. A number
+    registered again for WhatsApp while an SMS conversation's timer runs sends that timer's
+    message no more."""
+    sender, user, talker = unique_numbers(3)
+    assert (await register(api, account, sender, channel="whatsapp")).status_code == 201
+    sms = await post_inbound(
+        api, settings, inbound_form(settings, to=sender, from_=user, body="HELP")
+    )
+    whatsapp = await post_inbound(
+        api,
+        settings,
+        inbound_form(settings, to=f"whatsapp:{sender}", from_=f"whatsapp:{user}", body="hi"),
+    )
+    await send_ok(
+        api,
+        account,
+        talker,
+        agent_message="from A",
+        warning_time=2,
+        warning_message="still there?",
+        time_out=30,
+    )
+    await received_by(emulator_url, talker, 1)
+    again = await register(api, account, account.agent_number, channel="whatsapp")
+    [conversation] = await conversations_with(api, account, talker)
+    detail = await conversation_when(
+        api,
+        account,
+        conversation["conversation_id"],
+        lambda c: len(c["messages"]) == 2 and c["messages"][1]["status"] not in SENDING,
+    )
+
+    assert sms.status_code == 404, sms.text
+    assert error_code(sms) == "AGENT_NUMBER_NOT_FOUND"
+    assert whatsapp.status_code == 200, whatsapp.text
+    assert again.status_code == 201, again.text
+    warning = detail["messages"][1]
+    assert (warning["kind"], warning["status"], warning["error_code"]) == (
+        "warning",
+        "failed",
+        "sender_not_held",
+    )
+    assert [m["body"] for m in await emulator_messages(emulator_url, to=talker)] == ["from A"]
 
 
 def test_sender_checks_are_on_unless_the_carrier_credentials_are_the_emulators() -> None:

@@ -68,11 +68,13 @@ async def receive(
     channel, agent_number = address(params["To"])
     _, user_number = address(params["From"])
     body = params.get("Body", "")
-    account_id = await numbers.owner_of_number(pool, agent_number)
+    # An SMS only to a number registered for SMS: one registered for WhatsApp sends none, so
+    # its conversation would have no way to answer (its timers' and HELP's messages).
+    account_id = await numbers.owner_of_number(pool, agent_number, channel=channel)
     # Signed with a subaccount's token: it speaks only for its own accounts' senders, or any
     # tenant could sign messages to another's numbers with a subaccount of its own.
     if account_id is None or (signers is not None and account_id not in signers):
-        raise AgentNumberNotFound(f"{agent_number} is not a registered sender")
+        raise AgentNumberNotFound(f"{agent_number} is not a registered sender for {channel}")
     keyword = body.strip().upper()
     fields = await _reply_fields(pool, account_id, agent_number, user_number, channel)
     help_id = uuid.uuid4() if keyword == HELP_KEYWORD else None

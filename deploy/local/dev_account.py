@@ -22,7 +22,7 @@ async def ensure_dev_account(dsn: str, known: dict[str, Any]) -> dict[str, Any]:
                 return {"api_key": known["api_key"], "agent_number": known["agent_number"]}
         # The sender belongs to one account: when a lost or revoked key's account still holds
         # it, that account gets a new key rather than a new account without a sender.
-        account_id = await numbers.owner_of_number(pool, DEV_SENDER)
+        account_id = await numbers.owner_of_number(pool, DEV_SENDER, channel="sms")
         if account_id is None:
             account_id = await create_account(pool, "development")
             await numbers.add_number(pool, account_id, DEV_SENDER, "sms", None)
