@@ -47,6 +47,12 @@ class Cli:
 
 
 def clean_env(home: Path) -> dict[str, str]:
-    """The test's environment without any `HERALD_` variable, `HERALD_HOME` set to `home`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    """The test's environment without any `HERALD_` variable, `HERALD_HOME` set to `home`;
+    nor `COLUMNS` and `LINES` (pytest-xdist's workers set them, 80 by 24), which would size
+    the CLI's tables whatever terminal it runs in."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("HERALD_") and k not in ("COLUMNS", "LINES")
+    }
     return {**env, "HERALD_HOME": str(home)}
