@@ -84,9 +84,16 @@ class Herald:
     """Herald's own API (`/v1/...`), answers unwrapped from the `{data, errors}` envelope."""
 
     def __init__(self, config: Config) -> None:
-        self._http = httpx.Client(
-            base_url=config.api_url, headers={"authorization": config.key}, timeout=TIMEOUT
-        )
+        try:
+            self._http = httpx.Client(
+                base_url=config.api_url, headers={"authorization": config.key}, timeout=TIMEOUT
+            )
+        except UnicodeEncodeError as error:
+            # A header is ASCII: a key pasted with a non-breaking space, say.
+            raise CliError(
+                f"the API key holds a character no key has ({error.object[error.start]!r}):"
+                f" check {KEY_VARIABLE}, else dev.json's"
+            ) from error
 
     def __enter__(self) -> "Herald":
         return self
@@ -103,10 +110,7 @@ class Herald:
         try:
             return response.json()["data"]
         except (ValueError, KeyError, TypeError) as error:
-            raise CliError(
-                f"{response.request.url} answered {response.status_code} with no JSON `data`:"
-                f" is it Herald's API? (its address is {URL_VARIABLE}, else dev.json's)"
-            ) from error
+            raise _not_herald(response, "no JSON `data`") from error
 
     def every(self, path: str, items: str, **params: Any) -> list[dict[str, Any]]:
         """Every item of a list endpoint, page after page by its `next_cursor`."""
@@ -129,12 +133,16 @@ class Herald:
                 files={"file": (file.name, content)},
             )
 
-    def download(self, path: str, out: BinaryIO, **params: str) -> None:
+    def download(self, path: str, out: BinaryIO, media_type: str, **params: str) -> None:
+        """The answer's body, written to `out`, when it is of `media_type`."""
         try:
             with self._http.stream("GET", path, params=params) as response:
                 if response.is_error:
                     response.read()
                     _raise_for_error(response)
+                given = response.headers.get("content-type", "")
+                if given.split(";")[0].strip().lower() != media_type:
+                    raise _not_herald(response, f"{given or 'no content type'}, not {media_type}")
                 for chunk in response.iter_bytes():
                     out.write(chunk)
         except httpx.HTTPError as error:
@@ -191,6 +199,14 @@ def parse_events(lines: Iterator[str]) -> Iterator[Event]:
             data += value
         elif field == "id":
             event_id = int(value)
+
+
+def _not_herald(response: httpx.Response, what: str) -> CliError:
+    """An answer that is not Herald's: the address is likely another web server's."""
+    return CliError(
+        f"{response.request.url} answered {response.status_code} with {what}:"
+        f" is it Herald's API? (its address is {URL_VARIABLE}, else dev.json's)"
+    )
 
 
 def _raise_for_error(response: httpx.Response) -> None:

@@ -222,7 +222,9 @@ def batches(
             return EXIT_OK
         show_table(BATCH_COLUMNS, listed["batches"], title="batches")
         if listed["next_cursor"] is not None:
-            typer.echo(f"more: herald batches --cursor {listed['next_cursor']}", err=True)
+            typer.echo(
+                f"more: herald batches --limit {limit} --cursor {listed['next_cursor']}", err=True
+            )
         return EXIT_OK
 
     _run(command)
@@ -323,7 +325,7 @@ def export(
     def command() -> int:
         params = {"format": "csv", **({"status": only} if only else {})}
         with _herald() as api, replaced_on_success(out) as file:
-            api.download(f"/v1/sms/batch/{batch_id}/messages", file, **params)
+            api.download(f"/v1/sms/batch/{batch_id}/messages", file, "text/csv", **params)
         say(f"wrote {escape(str(out))}")
         return EXIT_OK
 

@@ -20,8 +20,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-# Ledger statuses of messages the carrier took.
-SENT_STATUSES = ("sent", "delivered", "undelivered")
+# Ledger statuses counted as sent and as failed, as the batch's final event counts them
+# (activities/ledger.py): a message the carrier took and then could not deliver failed.
+SENT_STATUSES = ("sent", "delivered")
+FAILED_STATUSES = ("failed", "undelivered")
 console = Console()
 errors = Console(stderr=True)
 
@@ -132,7 +134,7 @@ class BatchProgress:
             status=status,
             total=batch["recipients"] or 0,
             sent=sum(counts.get(s, 0) for s in SENT_STATUSES),
-            failed=counts.get("failed", 0),
+            failed=sum(counts.get(s, 0) for s in FAILED_STATUSES),
             skipped=counts.get("skipped", 0),
         )
 

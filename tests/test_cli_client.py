@@ -14,6 +14,7 @@ from aiohttp import web
 
 from cli import client, main
 from cli.client import CliError, Config, Herald
+from cli.output import BatchProgress
 from deploy.local.processes import free_port
 from tests.support.cli import Cli, Run, clean_env
 from tests.support.web import served
@@ -33,6 +34,9 @@ async def another_web_server() -> AsyncIterator[str]:
     app.router.add_get("/{tail:.*}", page)
     async with served(app) as url:
         yield url
+
+
+BATCH_ID = "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10"
 
 
 def assert_refused(run: Run, message: str) -> None:
@@ -59,10 +63,38 @@ async def test_an_address_where_another_web_server_answers_is_one_line_and_exit_
         cli = Cli({**clean_env(tmp_path), "HERALD_API_URL": url, "HERALD_API_KEY": "k"}, tmp_path)
         html = await cli("numbers")
         without_data = await cli("batches")
+        ledger = tmp_path / "ledger.csv"
+        exported = await cli("export", BATCH_ID, "-o", str(ledger))
 
-    hint = "answered 200 with no JSON `data`: is it Herald's API? (its address is HERALD_API_URL,"
-    assert_refused(html, f"{url}/v1/sms/numbers?limit=1000 {hint} else dev.json's)")
-    assert_refused(without_data, f"{url}/v1/sms/batches?limit=50 {hint} else dev.json's)")
+    hint = "is it Herald's API? (its address is HERALD_API_URL, else dev.json's)"
+    data = "answered 200 with no JSON `data`:"
+    assert_refused(html, f"{url}/v1/sms/numbers?limit=1000 {data} {hint}")
+    assert_refused(without_data, f"{url}/v1/sms/batches?limit=50 {data} {hint}")
+    page = "answered 200 with text/html; charset=utf-8, not text/csv:"
+    assert_refused(exported, f"{url}/v1/sms/batch/{BATCH_ID}/messages?format=csv {page} {hint}")
+    assert not ledger.exists()
+
+
+async def test_a_key_with_a_character_no_key_has_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    """A key pasted with a non-breaking space: headers are ASCII, so no request is made."""
+    env = {**clean_env(tmp_path), "HERALD_API_URL": "http://127.0.0.1:1"}
+    cli = Cli({**env, "HERALD_API_KEY": "hk_abc\u00a0"}, tmp_path)
+
+    assert_refused(
+        await cli("numbers"),
+        "the API key holds a character no key has ('\\xa0'): check HERALD_API_KEY, else dev.json's",
+    )
+
+
+def test_a_message_the_carrier_could_not_deliver_counts_as_failed_as_in_the_final_event() -> None:
+    progress = BatchProgress(BATCH_ID, quiet=True)
+
+    progress.show(
+        {"recipients": 5, "counts": {"sent": 1, "delivered": 1, "undelivered": 2, "failed": 1}},
+        "failed",
+    )
+
+    assert (progress.sent, progress.failed) == (2, 3)
 
 
 async def test_a_dev_json_or_an_api_address_it_cannot_use_is_one_line_and_exit_3(
