@@ -55,6 +55,10 @@ class Workers:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> bool | None:
+        # Every worker stops polling at once, then each drains: one after the other, the
+        # control worker took new work (validations, webhooks, single sends) while the send
+        # worker drained, and its own grace came after, past the process's.
+        await asyncio.gather(*(worker.shutdown() for worker in self.workers))
         return await self._stack.__aexit__(kind, error, trace)
 
 

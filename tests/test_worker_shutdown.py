@@ -5,8 +5,10 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from typing import cast
 
 import asyncpg
+from temporalio.worker import Worker
 
 from settings import Settings
 from store import numbers
@@ -16,6 +18,7 @@ from tests.support.builders import unique_numbers
 from tests.support.delivery import received, wait_until_received
 from tests.support.stack import Account, WebhookReceiver, api_client
 from tests.support.workers import crash_settings, worker_process
+from worker import Workers
 
 ROWS = 40
 SENDER_MPS = 10.0
@@ -53,3 +56,41 @@ async def test_a_stopping_worker_finishes_its_send_slice_before_exiting(
 
     assert exit_code == 0, worker.log_tail()
     assert at_exit == ROWS
+
+
+class _Draining:
+    """As a Temporal worker's shutdown: it stops polling at once, then drains for a while."""
+
+    def __init__(self, name: str, seconds: float, log: list[str]) -> None:
+        self.name, self.seconds, self.log = name, seconds, log
+        self._done = asyncio.Event()
+        self._started = False
+
+    async def __aenter__(self) -> "_Draining":
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        if self._started:
+            await self._done.wait()
+            return
+        self._started = True
+        self.log.append(f"{self.name} stops polling")
+        await asyncio.sleep(self.seconds)
+        self.log.append(f"{self.name} drained")
+        self._done.set()
+
+
+async def test_a_process_of_both_roles_stops_polling_both_queues_at_once() -> None:
+    """Its control worker must not take new work (a validation, a single send) while its send
+    worker drains: both stop polling first, then both drain."""
+    log: list[str] = []
+    control, send = _Draining("control", 0.2, log), _Draining("send", 0.1, log)
+
+    async with Workers(cast(list[Worker], [control, send])):
+        pass
+
+    assert set(log[:2]) == {"control stops polling", "send stops polling"}, log
+    assert set(log[2:]) == {"control drained", "send drained"}, log
