@@ -160,8 +160,14 @@ def test_a_stopping_api_has_its_graceful_shutdown_before_it_is_killed() -> None:
     [graceful] = re.findall(r"--timeout-graceful-shutdown (\d+)", ENTRYPOINT.read_text())
     api = named(rendered("helm-temporal"), "Deployment", "herald-api")
 
+    pod = api["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    # Out of the endpoints before it stops accepting: the Service routes to it a while longer.
+    [sleep, seconds] = container["lifecycle"]["preStop"]["exec"]["command"]
+
     assert int(compose()["services"]["api"]["stop_grace_period"].removesuffix("s")) > int(graceful)
-    assert api["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > int(graceful)
+    assert sleep == "sleep" and int(seconds) >= 3
+    assert pod["terminationGracePeriodSeconds"] > int(seconds) + int(graceful)
 
 
 def test_compose_publishes_the_consoles_without_a_login_on_the_hosts_loopback_only() -> None:
