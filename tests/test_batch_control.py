@@ -11,16 +11,19 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
 import pytest
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
+from api.services import batch_events
 from api.services import batches as batch_service
 from deploy.local.temporal import TEMPORAL_BIN
 from settings import Settings
+from store import accounts
 from store.accounts import create_api_key, revoke_api_key
 from tests.support.batches import FINAL, phases, start, start_marked_batch
 from tests.support.builders import attach, csv_bytes, slow_to_validate, unique_numbers
@@ -550,6 +553,55 @@ async def test_an_event_stream_ends_once_the_key_that_opened_it_is_revoked(
     assert stream.status_code == 200
     assert "waiting_for_scheduled_messages" in first + "".join(rest)
     assert cancelled.status_code == 200
+
+
+class _QueriesUnanswered:
+    """The real Temporal client, but no workflow answers a query (no worker running)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def get_workflow_handle(self, *args: Any, **kwargs: Any) -> Any:
+        return _HandleUnqueried(self._client.get_workflow_handle(*args, **kwargs))
+
+
+class _HandleUnqueried:
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def query(self, *_: Any, **__: Any) -> Any:
+        raise RPCError("no worker answers the query", RPCStatusCode.UNAVAILABLE, b"")
+
+
+async def test_an_event_stream_with_nothing_to_say_keeps_its_connection_alive(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    pool: asyncpg.Pool,
+    temporal: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No new event, and no progress (no worker answers the query): a comment now and then,
+    so that a client's read timeout (the CLI's, a proxy's) does not take the stream for dead."""
+    monkeypatch.setattr(batch_events, "KEEP_ALIVE_SECONDS", 0.5)
+    at = datetime.now(UTC) + timedelta(hours=1)
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(1), schedule_at=at.isoformat()
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    grant = await accounts.grant_for_key(pool, account.key)
+    assert grant is not None
+    # After its events so far: only what the stream says while nothing happens.
+    stream = await batch_events.stream_events(
+        pool, cast(Client, _QueriesUnanswered(temporal)), grant, file_id, 100
+    )
+
+    async with asyncio.timeout(10):
+        said = await anext(stream)
+    cancelled = await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
+
+    assert said == ": keep-alive\n\n"
+    assert cancelled.status_code == 200, cancelled.text
 
 
 async def test_a_batch_temporal_could_not_start_ends_failed_and_the_same_request_starts_it(

@@ -3,6 +3,7 @@
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,10 @@ from workflows.contracts import BatchProgress
 from workflows.statuses import FINAL_BATCH_STATUSES
 
 SSE_POLL_SECONDS = 1.0
+# A stream with nothing to say (no new event, and no progress: its workflow not answering
+# queries, no worker running, or not started) sends a comment this often, so that a client's
+# read timeout does not take it for a dead connection.
+KEEP_ALIVE_SECONDS = 15.0
 
 
 async def stream_events(
@@ -35,10 +40,12 @@ async def stream_events(
 
     async def stream() -> AsyncIterator[str]:
         last = after_seq
+        said = time.monotonic()
         while True:
             recorded = await events.list_events(pool, account_id, batch["id"], after_seq=last)
             for event in recorded:
                 last = event["seq"]
+                said = time.monotonic()
                 yield _sse("status", event["payload"], event_id=last)
             # The batch's row is read too: a retry makes a finished batch run again, and until
             # its new run records an event the newest one is still the last run's final one.
@@ -55,7 +62,11 @@ async def stream_events(
             except (RPCError, WorkflowQueryFailedError, RuntimeError):
                 progress = None
             if progress is not None:
+                said = time.monotonic()
                 yield _sse("progress", dataclasses.asdict(progress))
+            elif time.monotonic() - said >= KEEP_ALIVE_SECONDS:
+                said = time.monotonic()
+                yield ": keep-alive\n\n"
             await asyncio.sleep(SSE_POLL_SECONDS)
 
     return stream()
