@@ -377,3 +377,7 @@ def keys_command(ctx: typer.Context) -> None:
 
 def main() -> None:
     app(prog_name="herald")
+
+
+if __name__ == "__main__":
+    main()

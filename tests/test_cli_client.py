@@ -4,6 +4,8 @@ traceback. No stack: nothing here reaches Herald."""
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -172,3 +174,17 @@ async def test_follow_gives_up_on_a_stream_that_keeps_ending_before_the_batch_do
         f"the event stream of batch {batch_id} ended while it is still queued:"
         f" `herald follow {batch_id}` follows it again"
     )
+
+
+def test_the_cli_runs_as_a_module_too() -> None:
+    """`python -m cli.main`, as the installed `herald` script runs it."""
+    run = subprocess.run(
+        [sys.executable, "-m", "cli.main", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stderr
+    assert "Usage: herald" in run.stdout
