@@ -298,24 +298,23 @@ async def run_with_receipts(
 
 
 def compared_with_receipts(
-    on_runs: list[dict[str, Any]], off_runs: list[dict[str, Any]], *, pipelined: bool
+    on_runs: list[dict[str, Any]], off: dict[str, Any], *, pipelined: bool
 ) -> dict[str, Any] | None:
-    """Herald with receipts on (`on_runs`) against off (`off_runs`), run in the order off,
-    on, on, off: rates of one batch size on this machine drift and swing by a third from run
-    to run, and a drift over the four runs cancels in the means the ratio is taken of. None
-    without receipts runs."""
+    """Herald with receipts on (`on_runs`) against off (`off`, herald_means of its runs), run
+    in the order off, on, on, off: rates of one batch size on this machine drift and swing by
+    a third from run to run, and a drift over the four runs cancels in the means the ratio is
+    taken of. None without receipts runs."""
     if not on_runs:
         return None
-    off_cpu = herald_means(off_runs)["cpu_ms_per_1000"]
-    each_cpu = [receipts_cpu(off_cpu, on) for on in on_runs]
+    each_cpu = [receipts_cpu(off["cpu_ms_per_1000"], on) for on in on_runs]
     return {
         "runs": on_runs,
         "callback_pipelining": pipelined,
         "delivery_delay_ms": on_runs[0]["delivery_delay_ms"],
         "messages_per_second": mean_of(on_runs, "messages_per_second"),
         "applied_messages_per_second": mean_of(on_runs, "applied_messages_per_second"),
-        "off_runs": [r["messages_per_second"] for r in off_runs],
-        "off_messages_per_second": mean_of(off_runs, "messages_per_second"),
+        "off_runs": off["runs"],
+        "off_messages_per_second": off["messages_per_second"],
         "cpu_ms_per_1000_callbacks": {
             part: sum(cpu[part] for cpu in each_cpu) / len(each_cpu) for part in each_cpu[0]
         },
@@ -492,9 +491,8 @@ async def measure(
     # Herald runs twice too, as the baselines do: its rate swings from run to run as theirs
     # do, and a ratio of one run's would swing with it. With receipts, the runs go off, on,
     # on, off (compared_with_receipts).
-    herald_runs = [herald, await run_herald(args.n, settings, info, watched, processes)]
-    receipts = compared_with_receipts(on_runs, herald_runs, pipelined=not args.callbacks_one_by_one)
-    both = herald_means(herald_runs)
+    both = herald_means([herald, await run_herald(args.n, settings, info, watched, processes)])
+    receipts = compared_with_receipts(on_runs, both, pipelined=not args.callbacks_one_by_one)
     outcomes = await measure_outcomes(
         info,
         watched["api"].pid,

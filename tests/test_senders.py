@@ -382,11 +382,11 @@ async def test_a_queued_message_is_not_sent_from_a_sender_given_up_and_taken_sin
     assert await emulator_messages(emulator_url, body_contains=body) == []
 
 
-async def test_a_conversations_timer_does_not_send_from_a_sender_given_up_since(
-    api: httpx.AsyncClient, account: Account, other: Account, emulator_url: str
+async def warned_soon(
+    api: httpx.AsyncClient, account: Account, user: str, emulator_url: str
 ) -> None:
-    user = unique_numbers(1)[0]
-    number = account.agent_number
+    """A conversation with `user` opened by a message from the account's sender, received,
+    whose silence timer sends a warning 2 s later."""
     await send_ok(
         api,
         account,
@@ -397,18 +397,31 @@ async def test_a_conversations_timer_does_not_send_from_a_sender_given_up_since(
         time_out=30,
     )
     await received_by(emulator_url, user, 1)
-    await api.delete(f"/v1/sms/numbers/{number}", headers=account.headers)
-    assert (await register(api, other, number)).status_code == 201
 
-    [mine] = await conversations_with(api, account, user)
+
+async def the_warning(api: httpx.AsyncClient, account: Account, user: str) -> dict[str, Any]:
+    """The warning of the conversation `warned_soon` opened, once it has its outcome."""
+    [conversation] = await conversations_with(api, account, user)
     detail = await conversation_when(
         api,
         account,
-        mine["conversation_id"],
+        conversation["conversation_id"],
         lambda c: len(c["messages"]) == 2 and c["messages"][1]["status"] not in SENDING,
     )
+    warning: dict[str, Any] = detail["messages"][1]
+    return warning
 
-    warning = detail["messages"][1]
+
+async def test_a_conversations_timer_does_not_send_from_a_sender_given_up_since(
+    api: httpx.AsyncClient, account: Account, other: Account, emulator_url: str
+) -> None:
+    user = unique_numbers(1)[0]
+    number = account.agent_number
+    await warned_soon(api, account, user, emulator_url)
+    await api.delete(f"/v1/sms/numbers/{number}", headers=account.headers)
+    assert (await register(api, other, number)).status_code == 201
+
+    warning = await the_warning(api, account, user)
     assert (warning["kind"], warning["status"], warning["error_code"]) == (
         "warning",
         "failed",
@@ -537,30 +550,14 @@ async def test_a_sender_registered_for_whatsapp_hears_no_sms_and_answers_none(
         settings,
         inbound_form(settings, to=f"whatsapp:{sender}", from_=f"whatsapp:{user}", body="hi"),
     )
-    await send_ok(
-        api,
-        account,
-        talker,
-        agent_message="from A",
-        warning_time=2,
-        warning_message="still there?",
-        time_out=30,
-    )
-    await received_by(emulator_url, talker, 1)
+    await warned_soon(api, account, talker, emulator_url)
     again = await register(api, account, account.agent_number, channel="whatsapp")
-    [conversation] = await conversations_with(api, account, talker)
-    detail = await conversation_when(
-        api,
-        account,
-        conversation["conversation_id"],
-        lambda c: len(c["messages"]) == 2 and c["messages"][1]["status"] not in SENDING,
-    )
+    warning = await the_warning(api, account, talker)
 
     assert sms.status_code == 404, sms.text
     assert error_code(sms) == "AGENT_NUMBER_NOT_FOUND"
     assert whatsapp.status_code == 200, whatsapp.text
     assert again.status_code == 201, again.text
-    warning = detail["messages"][1]
     assert (warning["kind"], warning["status"], warning["error_code"]) == (
         "warning",
         "failed",

@@ -412,16 +412,9 @@ async def _checked_request(
     await require_safe_webhook(
         None if body.status_webhook is None else str(body.status_webhook), settings
     )
-    agent_number = to_sender(body.global_.agent_number)
-    sender = (
-        None if agent_number is None else await numbers.get_number(pool, account_id, agent_number)
+    agent_number, sender = await _registered_sender(
+        pool, account_id, body.global_.agent_number, channel=body.global_.channel
     )
-    if agent_number is None or sender is None:
-        raise AgentNumberNotFound(
-            f"{body.global_.agent_number} is not a registered sender of this account"
-        )
-    if not numbers.sends_on(sender, body.global_.channel):
-        raise AgentNumberNotFound(not_for_sms(body.global_.agent_number))
     if body.global_.channel == "whatsapp":
         _require_whatsapp_senders([agent_number])
     given = _stored_request(body, agent_number)
@@ -468,21 +461,24 @@ async def _file_shape(
 async def own_sender(pool: asyncpg.Pool, account_id: uuid.UUID, given: str, *, channel: str) -> str:
     """`given` as Herald stores a sender (E.164, or a sender ID), when it is the account's,
     registered to send on `channel` (numbers.sends_on)."""
+    sender, _ = await _registered_sender(pool, account_id, given, channel=channel)
+    return sender
+
+
+async def _registered_sender(
+    pool: asyncpg.Pool, account_id: uuid.UUID, given: str, *, channel: str
+) -> tuple[str, dict]:
+    """`own_sender`, with its registration (its row)."""
     sender = to_sender(given)
     registered = None if sender is None else await numbers.get_number(pool, account_id, sender)
     if sender is None or registered is None:
         raise AgentNumberNotFound(f"{given} is not a registered sender of this account")
     if not numbers.sends_on(registered, channel):
-        raise AgentNumberNotFound(not_for_sms(given))
-    return sender
-
-
-def not_for_sms(sender: str) -> str:
-    """Why a WhatsApp sender cannot send an SMS (AgentNumberNotFound)."""
-    return (
-        f"{sender} is registered for whatsapp, not configured for SMS: register it with"
-        ' channel "sms" (the carrier account must own it) to send SMS from it'
-    )
+        raise AgentNumberNotFound(
+            f"{given} is registered for whatsapp, not configured for SMS: register it with"
+            ' channel "sms" (the carrier account must own it) to send SMS from it'
+        )
+    return sender, registered
 
 
 async def _own_senders(
