@@ -218,6 +218,14 @@ class Settings(BaseSettings):
         " before any worker takes it: after a worker crash, its workflows wait this long.",
     )
     max_concurrent_activities: int = 16
+    validations_at_once: int = Field(
+        2,
+        ge=1,
+        description="Recipient files one worker process validates at once; the others wait"
+        " for a turn (files of at most 1 MiB never wait). Each 1M-row validation takes about"
+        " 150 MB and both cores: more at once only shares them, and can overrun the memory"
+        " limit.",
+    )
     worker_shutdown_grace_seconds: float = Field(
         0.0,
         description="After SIGTERM, how long running activities may go on before they are"

@@ -131,6 +131,12 @@ async def file_content(
     return row["filename"], row["content"]
 
 
+async def size_of(pool: asyncpg.Pool, file_id: uuid.UUID) -> int:
+    """A file's size in bytes; 0 if there is no such file (what reads it next finds none)."""
+    size: int | None = await pool.fetchval("SELECT size_bytes FROM files WHERE id = $1", file_id)
+    return size or 0
+
+
 # How much of a file a batch request reads to know its header.
 HEAD_BYTES = 64 * 1024
 
