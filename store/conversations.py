@@ -1,5 +1,6 @@
 """Conversations of single sends and replies: one per pair of numbers at a time."""
 
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,7 @@ class ConversationFields:
     webhook: str | None = None
     metadata: dict[str, Any] | None = None
     request_data: dict[str, Any] | None = None
+    # Each timer field given replaces the conversation's; one left None keeps it.
     timers: SilenceTimers | None = None
     stored_fields: dict[str, Any] = field(default_factory=dict)
     # The batch whose message the conversation answers.
@@ -82,19 +84,16 @@ async def open_conversation(
         "INSERT INTO conversations (id, account_id, workflow_id, agent_number, user_number,"
         " channel, webhook, metadata, request_data, time_out, timeout_message, warning_time,"
         " warning_message, stored_fields, batch_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $16)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         " ON CONFLICT (account_id, agent_number, user_number) WHERE state = 'active'"
         " DO UPDATE SET channel = EXCLUDED.channel,"
         " webhook = COALESCE(EXCLUDED.webhook, conversations.webhook),"
         " metadata = COALESCE(EXCLUDED.metadata, conversations.metadata),"
         " request_data = COALESCE(EXCLUDED.request_data, conversations.request_data),"
-        " time_out = CASE WHEN $15 THEN EXCLUDED.time_out ELSE conversations.time_out END,"
-        " timeout_message = CASE WHEN $15 THEN EXCLUDED.timeout_message"
-        " ELSE conversations.timeout_message END,"
-        " warning_time = CASE WHEN $15 THEN EXCLUDED.warning_time"
-        " ELSE conversations.warning_time END,"
-        " warning_message = CASE WHEN $15 THEN EXCLUDED.warning_message"
-        " ELSE conversations.warning_message END,"
+        " time_out = COALESCE(EXCLUDED.time_out, conversations.time_out),"
+        " timeout_message = COALESCE(EXCLUDED.timeout_message, conversations.timeout_message),"
+        " warning_time = COALESCE(EXCLUDED.warning_time, conversations.warning_time),"
+        " warning_message = COALESCE(EXCLUDED.warning_message, conversations.warning_message),"
         " stored_fields = conversations.stored_fields || EXCLUDED.stored_fields,"
         " batch_id = COALESCE(EXCLUDED.batch_id, conversations.batch_id),"
         " updated_at = now()"
@@ -113,7 +112,6 @@ async def open_conversation(
         timers.warning_time,
         timers.warning_message,
         fields.stored_fields,
-        fields.timers is not None,
         fields.batch_id,
     )
     return dict(row)
@@ -129,6 +127,13 @@ async def end_conversation(
         " WHERE id = $1 AND state = 'active'",
         conversation_id,
         state,
+    )
+
+
+def conversation_timers(conversation: dict) -> SilenceTimers:
+    """A conversation row's silence timers."""
+    return SilenceTimers(
+        **{timer.name: conversation[timer.name] for timer in dataclasses.fields(SilenceTimers)}
     )
 
 

@@ -16,13 +16,15 @@ from settings import Settings
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.conversations import TIMERS, timed_out
 from tests.support.sending import (
+    conversation,
     conversation_when,
     inbound_form,
     post_inbound,
     received_by,
+    send,
     send_ok,
 )
-from tests.support.stack import Account, WebhookReceiver, api_client
+from tests.support.stack import Account, WebhookReceiver, api_client, error_code
 from worker import herald_worker
 from workflows.contracts import SilenceTimers
 
@@ -123,6 +125,50 @@ async def test_timers_persist_until_another_send_replaces_them(
     assert arrival(timeout) - arrival(second) >= 4
     detail = await conversation_when(api, account, data["conversation_id"], timed_out)
     assert (detail["warning_time"], detail["time_out"]) == (2, 4)
+
+
+async def test_a_send_that_sets_only_the_warning_keeps_the_conversations_timeout(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    # Bland's fields override one by one: `time_out` persists until a send replaces it.
+    user = unique_numbers(1)[0]
+    await send_ok(api, account, user, agent_message="first", **TIMERS)
+    data = await send_ok(
+        api, account, user, agent_message="second", warning_time=1, warning_message="Still here?"
+    )
+
+    _, second, warning, timeout = await received_by(emulator_url, user, 4)
+    assert [warning["body"], timeout["body"]] == ["Still here?", TIMERS["timeout_message"]]
+    assert 1 <= arrival(warning) - arrival(second) < 2
+    assert arrival(timeout) - arrival(second) >= 4
+    detail = await conversation_when(api, account, data["conversation_id"], timed_out)
+    assert {name: detail[name] for name in TIMERS} == {
+        **TIMERS,
+        "warning_time": 1,
+        "warning_message": "Still here?",
+    }
+
+
+async def test_timer_fields_are_checked_with_those_the_conversation_keeps(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    user = unique_numbers(1)[0]
+    timers = {"warning_time": 300, "warning_message": "w", "time_out": 600}
+    data = await send_ok(api, account, user, agent_message="first", **timers)
+
+    # Under the kept warning: refused, and the conversation is as it was.
+    shorter = await send(api, account, user, agent_message="second", time_out=200)
+    # Its time is the conversation's: taken.
+    await send_ok(api, account, user, agent_message="third", timeout_message="Bye")
+    # A warning time with no message, here or kept: refused.
+    fresh = unique_numbers(1)[0]
+    bare = await send(api, account, fresh, agent_message="first", warning_time=5)
+
+    assert (shorter.status_code, error_code(shorter)) == (400, "INVALID_TIMEOUT_CONFIG")
+    assert (bare.status_code, error_code(bare)) == (400, "INVALID_TIMEOUT_CONFIG")
+    detail = await conversation(api, account, data["conversation_id"])
+    assert {name: detail[name] for name in TIMERS} == {**timers, "timeout_message": "Bye"}
+    assert [m["body"] for m in detail["messages"]] == ["first", "third"]
 
 
 async def test_the_timers_fire_after_a_worker_restart(

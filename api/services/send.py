@@ -88,24 +88,37 @@ def request_hash(body: SendRequest) -> str:
 
 
 def silence_timers(body: SendRequest) -> SilenceTimers | None:
-    """The send's timers, None when it sets none (the conversation keeps its own)."""
-    if body.time_out is None and body.warning_time is None:
-        if body.timeout_message or body.warning_message:
-            raise InvalidTimeoutConfig("timeout_message and warning_message need their times")
+    """The send's timer fields, None when it sets none. Each one given replaces the
+    conversation's and the others persist, as Bland's do (`checked_timers` checks what
+    they make together)."""
+    timers = body.silence_timers()
+    if timers == SilenceTimers():
         return None
-    for name, value in (("time_out", body.time_out), ("warning_time", body.warning_time)):
+    for name, value in (("time_out", timers.time_out), ("warning_time", timers.warning_time)):
         if value is not None and value <= 0:
             raise InvalidTimeoutConfig(f"{name} must be more than 0 seconds")
-    if body.time_out is not None and body.warning_time is not None:
-        if body.warning_time >= body.time_out:
-            raise InvalidTimeoutConfig("warning_time must be less than time_out")
-    if body.warning_time is not None and not body.warning_message:
+    return timers
+
+
+def checked_timers(conversation: dict[str, Any]) -> SilenceTimers:
+    """The conversation's timers once a send's have replaced theirs: InvalidTimeoutConfig
+    unless the warning comes before the timeout, and each message has its time (Herald
+    writes no text of its own: a time without one, or a message without its time, could
+    never be sent)."""
+    timers = conversations.conversation_timers(conversation)
+    if timers.time_out is not None and timers.warning_time is not None:
+        if timers.warning_time >= timers.time_out:
+            raise InvalidTimeoutConfig(
+                f"warning_time ({timers.warning_time:g} s) must be less than time_out"
+                f" ({timers.time_out:g} s)"
+            )
+    if timers.warning_time is not None and not timers.warning_message:
         raise InvalidTimeoutConfig("warning_time needs a warning_message")
-    if body.warning_time is None and body.warning_message:
+    if timers.warning_time is None and timers.warning_message:
         raise InvalidTimeoutConfig("warning_message needs a warning_time")
-    if body.time_out is None and body.timeout_message:
+    if timers.time_out is None and timers.timeout_message:
         raise InvalidTimeoutConfig("timeout_message needs a time_out")
-    return body.silence_timers()
+    return timers
 
 
 def prepare(account_id: uuid.UUID, body: SendRequest) -> PreparedSend:
@@ -275,8 +288,13 @@ async def _finish_first(
     (claim_message); its conversation posts its event again, with the same `webhook-id`."""
     conversation = await conversations.conversation_for_workflow(pool, held.conversation_id)
     if held.unsignalled:
-        # The key holds the same request: its timers are the first request's.
-        timers = silence_timers(body)
+        # The key holds the same request: the conversation has its timers (and persisted
+        # ones it left alone) since the first request's transaction.
+        timers = (
+            None
+            if silence_timers(body) is None
+            else conversations.conversation_timers(conversation)
+        )
         try:
             await _hand_over(pool, temporal, settings, conversation, held.message_id, timers)
         except HeraldError:
@@ -364,6 +382,8 @@ async def _send(
             fields=fields,
             close_current=body.new_conversation,
         )
+        # Checked as the conversation holds them now: its timers and the send's, together.
+        timers = None if prepared.timers is None else checked_timers(conversation)
         message_id = await conversation_messages.queue_agent_message(
             conn,
             conversation=conversation,
@@ -376,7 +396,7 @@ async def _send(
             conn, prepared.account_id, claim, message_id
         ):
             raise _ClaimTakenOver
-    await _hand_over(pool, temporal, settings, conversation, message_id, prepared.timers)
+    await _hand_over(pool, temporal, settings, conversation, message_id, timers)
     return SendReply(
         conversation_id=str(conversation["id"]),
         message_id=str(message_id),
