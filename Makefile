@@ -27,17 +27,18 @@ test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q -n 2
 
 # The browser tests (/docs, the dashboard) drive Debian's chromium through chromium-driver,
-# and the CLI's screen test runs in tmux: installed when missing and this runs as root;
-# elsewhere those tests skip, saying why.
+# the CLI's screen test runs in tmux, and README's tour runs curl: installed when missing and
+# this runs as root; elsewhere the browser and screen tests skip, saying why, and the tour fails.
 test-tools:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
-		|| ! command -v tmux >/dev/null; then \
+		|| ! command -v tmux >/dev/null || ! command -v curl >/dev/null; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-				apt-get install -y -qq --no-install-recommends chromium chromium-driver tmux) \
-				|| echo "chromium or tmux could not be installed: their tests will skip"; \
+				apt-get install -y -qq --no-install-recommends chromium chromium-driver tmux \
+				curl) \
+				|| echo "chromium, tmux or curl could not be installed: their tests will skip"; \
 		else \
-			echo "chromium, chromedriver or tmux missing and not root: their tests will skip"; \
+			echo "chromium, chromedriver, tmux or curl missing and not root: their tests will skip"; \
 		fi; \
 	fi
 

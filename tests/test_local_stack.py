@@ -592,6 +592,9 @@ def test_readme_quick_tour_runs_as_written(stack_env: dict[str, str], tmp_path: 
     assert "completed\t3/3\tsent 3\tfailed 0\tskipped 0\n" in tour.stdout
     assert f"batch_id: {batch['batch_id']}\nname: tour\nstatus: completed\n" in tour.stdout
     assert (tmp_path / "ledger.csv").read_text(encoding="utf-8-sig").count("\n") == 4
+    # Step 6, with curl: the batch started, then read back by its id.
+    assert '"message":"SMS batch processing initiated via Temporal workflow"' in tour.stdout
+    assert '"name":"curl tour"' in tour.stdout
     assert batch["status"] == "completed"
     assert batch["counts"] == {"delivered": 3, "rejected": 0}
     assert {(m["to"], m["body"]) for m in received} >= {
