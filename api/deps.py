@@ -3,7 +3,6 @@
 A route gets the caller's account only through one of the permission dependencies at the end
 (one per group of routes), so no keyed route can skip the key's permission check."""
 
-import math
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -14,9 +13,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from temporalio.client import Client
 
 from api.errors import Forbidden, Unauthorized
-from api.limits import RateLimited
+from api.limits import spend_key_rate
 from settings import Settings
-from store import buckets
 from store.accounts import PERMISSIONS, KeyGrant, grant_for_key
 
 
@@ -69,31 +67,24 @@ async def bearer_grant(
     pool: Pool,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_key)],
 ) -> KeyGrant:
+    return await _grant_of(request, pool, _bearer(credentials))
+
+
+def _bearer(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None:
         raise Unauthorized("missing `Authorization: Bearer <key>` header")
-    return await _grant_of(request, pool, credentials.credentials.strip())
+    return credentials.credentials.strip()
 
 
-async def _grant_of(request: Request, pool: asyncpg.Pool, key: str) -> KeyGrant:
+async def _grant_of(
+    request: Request, pool: asyncpg.Pool, key: str, *, rated: bool = True
+) -> KeyGrant:
     grant = await grant_for_key(pool, key)
     if grant is None:
         raise Unauthorized("invalid API key")
-    # Counted per key only once it is known good, so bad keys spend no key's rate; on the
-    # key's row, so the limit holds across API processes.
-    settings: Settings = request.app.state.settings
-    wait = await buckets.take(
-        pool,
-        "api_keys",
-        grant.key_id,
-        per_second=settings.rate_limit_per_second,
-        burst=settings.rate_limit_burst,
-    )
-    if wait is not None:
-        raise RateLimited(
-            f"more than {settings.rate_limit_per_second:g} requests a second with this key;"
-            " retry later",
-            headers={"retry-after": str(math.ceil(wait))},
-        )
+    if rated:
+        # Counted per key only once it is known good, so bad keys spend no key's rate.
+        await spend_key_rate(pool, request.app.state.settings, grant.key_id)
     return grant
 
 
@@ -103,10 +94,36 @@ def _grants(permission: str, authenticate: Callable[..., Awaitable[KeyGrant]] = 
 
     async def permitted(grant: Annotated[KeyGrant, Depends(authenticate)]) -> KeyGrant:
         if not grant.allows(permission):
-            raise Forbidden(f"this API key does not have the `{permission}` permission")
+            raise _forbidden(permission)
         return grant
 
     return Depends(permitted)
+
+
+def _campaign_grants(permission: str) -> Any:
+    """The caller's Bearer key, once it is known and holds `permission`, its rate not spent
+    unless it does not: the Postman dialect's routes spend their campaign's (10 requests a
+    second, as Postman documents), or the key's when the request names no campaign of the
+    account (`postman.campaign`), so that a key driving several campaigns is not held under
+    their rates."""
+    assert permission in PERMISSIONS, permission
+
+    async def permitted(
+        request: Request,
+        pool: Pool,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_key)],
+    ) -> KeyGrant:
+        grant = await _grant_of(request, pool, _bearer(credentials), rated=False)
+        if not grant.allows(permission):
+            await spend_key_rate(pool, request.app.state.settings, grant.key_id)
+            raise _forbidden(permission)
+        return grant
+
+    return Depends(permitted)
+
+
+def _forbidden(permission: str) -> Forbidden:
+    return Forbidden(f"this API key does not have the `{permission}` permission")
 
 
 def _requires(
@@ -141,6 +158,7 @@ CarrierRead = Annotated[uuid.UUID, _requires("carrier:read")]
 CarrierWrite = Annotated[uuid.UUID, _requires("carrier:write")]
 CreateBatchSMS = Annotated[uuid.UUID, _requires("create:BatchSMS", bearer_grant)]
 ReadBatchSMS = Annotated[uuid.UUID, _requires("read:BatchSMS", bearer_grant)]
-# The Postman dialect: a Bearer key that may start (and retry) batches, or read them.
-BearerBatchesWrite = Annotated[uuid.UUID, _requires("batches:write", bearer_grant)]
-BearerBatchesRead = Annotated[uuid.UUID, _requires("batches:read", bearer_grant)]
+# The Postman dialect: a Bearer key that may start (and retry) batches, or read them; its
+# rate is spent by the route (`_campaign_grants`).
+CampaignBatchesWrite = Annotated[KeyGrant, _campaign_grants("batches:write")]
+CampaignBatchesRead = Annotated[KeyGrant, _campaign_grants("batches:read")]

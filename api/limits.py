@@ -1,13 +1,18 @@
 """Request limits: body size (an ASGI middleware, so nothing reads an oversized body) and the
-error of the per-key request rate (a token bucket on the key's row, `store/buckets.py`, spent
-in `api/deps.py`)."""
+per-key request rate (a token bucket on the key's row, `store/buckets.py`, spent as the key
+is checked in `api/deps.py`; the Postman dialect's routes spend their campaign's instead)."""
 
+import math
 import re
+import uuid
 
+import asyncpg
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import HeraldError, error_reply
+from settings import Settings
+from store import buckets
 
 # Multipart adds boundaries and headers around the file; the upload limit is on the file.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -21,6 +26,24 @@ class PayloadTooLarge(HeraldError):
 class RateLimited(HeraldError):
     status_code = 429
     code = "RATE_LIMITED"
+
+
+async def spend_key_rate(pool: asyncpg.Pool, settings: Settings, key_id: uuid.UUID) -> None:
+    """Spend one request of the key's rate, on its row, so that the limit holds across API
+    processes; RateLimited when it is used up."""
+    wait = await buckets.take(
+        pool,
+        "api_keys",
+        key_id,
+        per_second=settings.rate_limit_per_second,
+        burst=settings.rate_limit_burst,
+    )
+    if wait is not None:
+        raise RateLimited(
+            f"more than {settings.rate_limit_per_second:g} requests a second with this key;"
+            " retry later",
+            headers={"retry-after": str(math.ceil(wait))},
+        )
 
 
 # Requests whose JSON body may hold a batch's recipients inline: uploads in all but form.

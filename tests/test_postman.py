@@ -330,6 +330,28 @@ async def test_too_many_requests_gets_the_documented_429(
     assert second.headers["retry-after"]
 
 
+async def test_a_key_is_held_only_by_its_campaigns_rates(
+    api: httpx.AsyncClient, settings: Settings, account: Account
+) -> None:
+    # Postman's limit is 10 requests a second per campaign: a key driving three campaigns at
+    # that rate makes 30 a second, over Herald's per-key rate, which must not refuse them.
+    campaign_ids = [await new_campaign(api, account) for _ in range(3)]
+    limited = settings.model_copy(update={"rate_limit_per_second": 0.01, "rate_limit_burst": 1})
+    async with api_client(limited) as client:
+        reads = [
+            await batch_messages(client, account, campaign_id, str(uuid.uuid4()))
+            for campaign_id in campaign_ids
+            for _ in range(2)
+        ]
+        # A request that names no campaign of the account spends the key's rate.
+        unknown = [await batch_messages(client, account, str(uuid.uuid4()), "x") for _ in range(2)]
+
+    # The batch is not the campaign's: each read got as far as looking for it.
+    assert [r.status_code for r in reads] == [404] * 6, [r.text for r in reads]
+    assert all(r.json()["error"]["code"] == "batch_not_found" for r in reads)
+    assert [r.status_code for r in unknown] == [404, 429]
+
+
 async def test_the_campaigns_rate_is_shared_by_two_api_processes(
     api: httpx.AsyncClient, settings: Settings, account: Account
 ) -> None:

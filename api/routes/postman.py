@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, UploadFile
 
-from api.deps import AppSettings, BearerBatchesRead, BearerBatchesWrite, Pool, Temporal
+from api.deps import AppSettings, CampaignBatchesRead, CampaignBatchesWrite, Pool, Temporal
 from api.input_checks import INT64_MAX
 from api.postman_models import PostmanBatchAccepted, PostmanError, PostmanMessagePage
 from api.routes.files import EmptyFile, FileTooLarge, MissingFile, MultipleFiles
@@ -58,7 +58,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 async def send_batch(
     request: Request,
-    account_id: BearerBatchesWrite,
+    grant: CampaignBatchesWrite,
     pool: Pool,
     temporal: Temporal,
     settings: AppSettings,
@@ -68,7 +68,7 @@ async def send_batch(
     """Send the campaign's template to each row of the CSV in `file`, in the row's language.
     The whole file is checked first: any row in error refuses it, and nothing is sent."""
     # An unknown campaign is 404 whatever the body holds, as a resource of another account.
-    campaign = await service.campaign(pool, settings, account_id, campaign_id, _client_ip(request))
+    campaign = await service.campaign(pool, settings, grant, campaign_id, _client_ip(request))
     if file is None:
         raise MissingFile("multipart field 'file' is required")
     parts = len((await request.form()).getlist("file"))
@@ -79,7 +79,7 @@ async def send_batch(
         raise FileTooLarge(f"files are limited to {settings.max_upload_bytes} bytes")
     if size == 0:
         raise EmptyFile("the file is empty")
-    return await service.send_batch(pool, temporal, settings, account_id, campaign, file.file)
+    return await service.send_batch(pool, temporal, settings, grant.account_id, campaign, file.file)
 
 
 @router.get(
@@ -89,7 +89,7 @@ async def send_batch(
 )
 async def list_batch_messages(
     request: Request,
-    account_id: BearerBatchesRead,
+    grant: CampaignBatchesRead,
     pool: Pool,
     settings: AppSettings,
     campaign_id: str,
@@ -106,9 +106,16 @@ async def list_batch_messages(
     ] = None,
 ) -> PostmanMessagePage:
     """The batch's messages with their latest status, a page at a time in the file's order."""
-    campaign = await service.campaign(pool, settings, account_id, campaign_id, _client_ip(request))
+    campaign = await service.campaign(pool, settings, grant, campaign_id, _client_ip(request))
     return await service.list_batch_messages(
-        pool, account_id, campaign, batch_id, limit=limit, after=after, before=before, search=search
+        pool,
+        grant.account_id,
+        campaign,
+        batch_id,
+        limit=limit,
+        after=after,
+        before=before,
+        search=search,
     )
 
 
@@ -120,7 +127,7 @@ async def list_batch_messages(
 )
 async def retry_batch(
     request: Request,
-    account_id: BearerBatchesWrite,
+    grant: CampaignBatchesWrite,
     pool: Pool,
     temporal: Temporal,
     settings: AppSettings,
@@ -128,8 +135,8 @@ async def retry_batch(
     batch_id: str,
 ) -> Response:
     """Send the finished batch's failed messages again, in the same batch."""
-    campaign = await service.campaign(pool, settings, account_id, campaign_id, _client_ip(request))
-    await service.retry_batch(pool, temporal, settings, account_id, campaign, batch_id)
+    campaign = await service.campaign(pool, settings, grant, campaign_id, _client_ip(request))
+    await service.retry_batch(pool, temporal, settings, grant.account_id, campaign, batch_id)
     return Response(status_code=201)
 
 

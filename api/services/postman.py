@@ -35,7 +35,7 @@ from api.errors import HeraldError
 if TYPE_CHECKING:
     # polars is imported where an upload is converted, not with the API (its memory).
     from activities.recipients.frames import pl
-from api.limits import RateLimited
+from api.limits import RateLimited, spend_key_rate
 from api.models import BatchRequest
 from api.postman_models import (
     LatestStatus,
@@ -45,10 +45,16 @@ from api.postman_models import (
     PostmanPageData,
 )
 from api.services import batches
-from api.services.batches import TooManyRecipients, start_batch, validation_limits
+from api.services.batches import (
+    CampaignNotFound,
+    TooManyRecipients,
+    start_batch,
+    validation_limits,
+)
 from api.services.campaigns import LANGUAGE, RECIPIENT, get_campaign
 from settings import Settings
 from store import buckets, files, messages, opt_outs
+from store.accounts import KeyGrant
 from workflows.contracts import ValidationOptions
 from workflows.statuses import LedgerStatus
 
@@ -526,16 +532,21 @@ async def _blocks(content: IO[bytes]) -> AsyncIterator[bytes]:
 async def campaign(
     pool: asyncpg.Pool,
     settings: Settings,
-    account_id: uuid.UUID,
+    grant: KeyGrant,
     campaign_id: str,
     client_ip: str | None,
 ) -> dict:
-    """The account's campaign of this id, once the caller's address is one it allows and a
-    request of its rate is spent; CampaignNotFound if the account has none, IpNotAllowed if
-    the address is not on its allow-list, RateLimited if its rate is used up. A refused
-    address spends nothing: it cannot use up the rate of the campaign's own clients."""
-    found = await get_campaign(pool, account_id, campaign_id)
-    _require_allowed(found["allowed_ips"], client_ip)
+    """The key's account's campaign of this id, once the caller's address is one it allows
+    and a request of its rate is spent; CampaignNotFound if the account has none,
+    IpNotAllowed if the address is not on its allow-list, RateLimited if its rate is used
+    up. A request refused so spends the key's rate instead (as any other route's): it cannot
+    use up the rate of the campaign's own clients, nor go unlimited."""
+    try:
+        found = await get_campaign(pool, grant.account_id, campaign_id)
+        _require_allowed(found["allowed_ips"], client_ip)
+    except (CampaignNotFound, IpNotAllowed):
+        await spend_key_rate(pool, settings, grant.key_id)
+        raise
     rate = settings.campaign_rate_limit_per_second
     wait = await buckets.take(pool, "campaigns", found["id"], per_second=rate, burst=max(1.0, rate))
     if wait is not None:
