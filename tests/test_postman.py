@@ -2,6 +2,7 @@
 documented CSV sent in each row's language, the whole file refused for any row in error, and
 each documented error in the dialect's envelope."""
 
+import csv
 import io
 import secrets
 import uuid
@@ -147,6 +148,22 @@ async def test_one_empty_parameter_refuses_the_whole_file_and_sends_nothing(
     ]
     assert await batch_count(api, account) == before
     assert [await emulator_messages(emulator_url, to=n) for n in numbers] == [[], []]
+
+
+async def test_a_header_cell_over_the_csv_modules_limit_refuses_the_file(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    number = unique_numbers(1)[0].removeprefix("+")
+    name = "a" * (csv.field_size_limit() + 1)
+    content = f"recipient,language,{name}\n{number},english,x\n"
+    before = await batch_count(api, account)
+
+    response = await upload(api, campaign_id, content, bearer(account))
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "parameter_invalid"
+    assert await batch_count(api, account) == before
 
 
 async def test_every_row_in_error_is_named_with_its_reason(

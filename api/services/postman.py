@@ -278,7 +278,8 @@ def _convert_columns(upload: BinaryIO, run: _Pass) -> None:
         raise _NotPlain
     try:
         header = _checked_header(next(csv.reader([names.decode()])), run.parameters)
-    except UnicodeDecodeError as error:
+    except (UnicodeDecodeError, csv.Error) as error:
+        # Not UTF-8, or a name over the csv module's cell limit: the row path says which.
         raise _NotPlain from error
     engine = _engine_header(header[2:])
     own = _own_messages(run.templates, run.rules)
