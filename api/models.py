@@ -937,6 +937,15 @@ class CarrierAccountRequest(RequestBody):
     account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$", examples=["AC" + "0" * 32])
     auth_token: SecretStr = Field(min_length=1, max_length=200)
 
+    @field_validator("auth_token")
+    @classmethod
+    def _printable_ascii(cls, token: SecretStr) -> SecretStr:
+        """It goes in HTTP Basic auth, which takes no other text (Twilio's are 32 hex
+        digits): a token the carrier client could not send failed the first request."""
+        if not all("!" <= char <= "~" for char in token.get_secret_value()):
+            raise ValueError("auth_token must be printable ASCII, without spaces")
+        return token
+
 
 class CarrierAccount(BaseModel):
     model_config = example({"account_sid": "AC" + "0" * 32, "auth_token": "****oken"})

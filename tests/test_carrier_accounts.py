@@ -72,6 +72,19 @@ async def test_the_token_is_never_returned_only_masked(
     assert (await api.get("/v1/carrier-account", headers=account.headers)).status_code == 404
 
 
+async def test_a_token_basic_auth_cannot_carry_is_refused_and_never_echoed(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    # Stored, such a token failed the account's first sender registration with a 500.
+    tokens = ("t€st-token", "two words")
+    replies = [await set_own(api, account, token) for token in tokens]
+    got = await api.get("/v1/carrier-account", headers=account.headers)
+
+    assert [(r.status_code, error_code(r)) for r in replies] == [(400, "INVALID_REQUEST")] * 2
+    assert not any(token in r.text for r, token in zip(replies, tokens, strict=True))
+    assert got.status_code == 404
+
+
 async def test_an_accounts_sends_go_through_its_subaccount_and_others_keep_the_default(
     api: httpx.AsyncClient,
     account: Account,
