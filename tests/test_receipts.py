@@ -198,6 +198,20 @@ async def test_a_receipt_without_a_good_signature_is_refused_and_changes_nothing
     assert missing.status_code == 400
 
 
+async def test_a_signed_receipt_whose_sid_is_no_message_sid_is_refused(
+    api: httpx.AsyncClient, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    # A sid too long for the receipt queue's index failed the statement it shared with the
+    # receipts that came with it: each answered 503.
+    sids = ["SM" + secrets.token_hex(2000), "SM" + secrets.token_hex(15), "XX" + "0" * 32]
+    replies = [await post_receipt(api, settings, receipt(sid, "delivered")) for sid in sids]
+
+    assert [(r.status_code, error_code(r)) for r in replies] == [(400, "INVALID_REQUEST")] * 3
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM receipt_queue WHERE carrier_sid = ANY($1)", sids
+    )
+
+
 async def test_a_receipt_that_comes_before_its_send_is_recorded_is_applied_then(
     api: httpx.AsyncClient,
     account: Account,
@@ -967,13 +981,13 @@ async def test_a_keyed_receipt_moves_only_the_row_and_the_send_it_belongs_to(
     assert await messages.reopen(pool, batch_id, [LedgerStatus.FAILED]) == 1
     resent = await messages.write_outcomes(pool, batch_id, [], mark=[seqs[2]])
     assert resent.marked == {seqs[2]: 2}
-    new_sid, lost_sid = ("SM" + secrets.token_hex(16) for _ in range(2))
+    new_sid, lost_sid, other_sid = ("SM" + secrets.token_hex(16) for _ in range(3))
     queued_before = await pool.fetchval(QUEUED_SO_FAR)
 
     replies = [
         # Another sid under the first row's key.
         await post_receipt(
-            api, settings, receipt(new_sid + "0", "delivered"), query=key_of(file_id, seqs[0])
+            api, settings, receipt(other_sid, "delivered"), query=key_of(file_id, seqs[0])
         ),
         # The second row's first final receipt, then a later one.
         await post_receipt(

@@ -13,6 +13,7 @@ import contextlib
 import asyncpg
 import structlog
 
+from activities.providers.sids import MESSAGE_SID
 from activities.waiting import set_within
 from api.carrier_signature import CarrierForm
 from api.errors import HeraldError, InvalidRequest
@@ -216,6 +217,10 @@ def receipt_of(form: dict[str, str], key: MessageKey | None = None) -> Receipt:
     status = form.get("MessageStatus") or form.get("SmsStatus")
     if not sid or not status:
         raise InvalidRequest("MessageSid and MessageStatus are required")
+    # Of no other form is it a message's: and a receipt's statement is shared by the receipts
+    # that come with it, which a sid too long for the queue's index would fail as well.
+    if not MESSAGE_SID.fullmatch(sid):
+        raise InvalidRequest(f"MessageSid {sid[:40]!r} is not a message SID")
     return Receipt(sid, status, form.get("ErrorCode") or None, key)
 
 
