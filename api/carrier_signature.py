@@ -41,7 +41,11 @@ async def form_params(request: Request) -> dict[str, str]:
     if request.headers.get("content-type", "").startswith(URLENCODED):
         return urlencoded_params(await request.body())
     form = await request.form(max_fields=MAX_FIELDS)
-    return {key: value for key, value in form.items() if isinstance(value, str)}
+    params = {key: value for key, value in form.items() if isinstance(value, str)}
+    # Not the carrier's encoding, and not checked by `InputChecks`, which reads JSON and
+    # urlencoded bodies only: a NUL here would reach PostgreSQL.
+    require_storable_fields(params.items())
+    return params
 
 
 def urlencoded_params(body: bytes) -> dict[str, str]:

@@ -163,6 +163,31 @@ async def test_a_captured_post_made_into_another_sid_under_its_signature_is_refu
     assert error_code(replayed) == "INVALID_REQUEST"
 
 
+async def test_a_signed_post_no_column_can_store_is_refused(
+    api: httpx.AsyncClient, account: Account, settings: Settings, sender: str
+) -> None:
+    # Each was a 500: a `From` too long for the conversations' index, and a NUL in a
+    # multipart form, which the input checks (JSON and urlencoded bodies) never read.
+    user = unique_numbers(1)[0]
+    long_from = inbound_form(settings, to=sender, from_="x" * 4000, body="hi")
+    with_nul = inbound_form(settings, to=sender, from_=user, body="a\x00b")
+    signature = RequestValidator(settings.twilio_auth_token.get_secret_value()).compute_signature(
+        settings.api_url + INBOUND_PATH, with_nul
+    )
+
+    too_long = await post_inbound(api, settings, long_from)
+    multipart = await api.post(
+        INBOUND_PATH,
+        data=with_nul,
+        files={"f": ("f.txt", b"x")},
+        headers={"X-Twilio-Signature": signature},
+    )
+
+    assert (too_long.status_code, error_code(too_long)) == (400, "INVALID_REQUEST")
+    assert (multipart.status_code, error_code(multipart)) == (400, "INVALID_TEXT")
+    assert await conversations_with(api, account, user) == []
+
+
 async def test_a_whatsapp_reply_is_recorded_on_the_whatsapp_channel(
     api: httpx.AsyncClient, account: Account, settings: Settings, sender: str
 ) -> None:

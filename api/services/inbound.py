@@ -27,6 +27,8 @@ OPT_OUT_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END",
 OPT_IN_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
 HELP_KEYWORD = "HELP"
 WHATSAPP_PREFIX = "whatsapp:"
+# The longest `From` or `To` taken: `whatsapp:` and an E.164 number take 25.
+MAX_ADDRESS_CHARS = 64
 
 
 class AlreadyRecorded(Exception):
@@ -65,6 +67,11 @@ async def receive(
     # a captured post a new message, applied again.
     if not MESSAGE_SID.fullmatch(carrier_sid):
         raise InvalidRequest(f"MessageSid {carrier_sid[:40]!r} is not a message SID")
+    # An address the number can't be read from is kept as written (a short code, a sender
+    # ID), but none is this long: longer, it would not fit the conversations' index.
+    for name in ("From", "To"):
+        if len(params[name]) > MAX_ADDRESS_CHARS:
+            raise InvalidRequest(f"{name} is not a carrier address")
     channel, agent_number = address(params["To"])
     _, user_number = address(params["From"])
     body = params.get("Body", "")
