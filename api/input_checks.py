@@ -138,8 +138,13 @@ class InputChecks:
             elif body:
                 try:
                     document = json.loads(body)
-                except ValueError:
+                except json.JSONDecodeError:
                     document = None  # Not JSON: FastAPI's own parsing says why.
+                except UnicodeDecodeError:
+                    raise InvalidRequest("the body is not JSON in UTF-8") from None
+                except ValueError:
+                    # The json module's limit on an integer's digits (4,300): past 64 bits.
+                    raise InvalidNumber("the body holds an integer beyond 64 bits") from None
                 except RecursionError:
                     raise too_deep("body") from None
                 check_json(document)

@@ -68,6 +68,24 @@ async def test_every_route_refuses_a_json_body_postgresql_cannot_store(
     assert (response.status_code, error_code(response)) == (400, expected), response.text
 
 
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        # Past the json module's 4,300 digits (beyond 64 bits too).
+        (b'{"name": 1' + b"0" * 5000 + b"}", "INVALID_NUMBER"),
+        (b'{"name": "\xff"}', "INVALID_REQUEST"),
+    ],
+)
+async def test_a_body_the_json_module_cannot_read_past_its_syntax_gets_a_code_that_says_why(
+    api: httpx.AsyncClient, account: Account, body: bytes, code: str
+) -> None:
+    # Both were FastAPI's "There was an error parsing the body", code HTTP_ERROR.
+    headers = account.headers | {"content-type": "application/json"}
+    response = await api.post("/v1/sms/batch", headers=headers, content=body)
+
+    assert (response.status_code, error_code(response)) == (400, code), response.text
+
+
 @pytest.mark.parametrize(("method", "path"), ROUTES_WITH_IDS)
 async def test_every_route_refuses_a_nul_in_its_path(
     api: httpx.AsyncClient, account: Account, method: str, path: str
