@@ -366,9 +366,9 @@ class ConversationActivities(WorkerResources):
             payload["status"] = event.state
             if conversation["timed_out_at"] is not None:
                 payload["timed_out_at"] = conversation["timed_out_at"].isoformat()
+        # In every payload, as Bland's contract has `metadata` (null when none was given).
         for name in ("metadata", "request_data"):
-            if conversation[name]:
-                payload[name] = conversation[name]
+            payload[name] = conversation[name]
         if conversation["batch_id"] is not None:
             payload["batch_id"] = str(conversation["batch_id"])
         return payload

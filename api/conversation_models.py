@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, Field
+from pydantic import AnyHttpUrl, BaseModel, Field, ValidationInfo, field_validator
 
 from api.models import (
     CampaignMessage,
@@ -79,6 +79,13 @@ class SendRequest(StoredFields, SilenceTimerFields, ContentTemplate, CampaignMes
         description="With `campaign_id`: a value for each of the campaign's parameters, none"
         " blank, and no other.",
     )
+
+    @field_validator("channel", "new_conversation", mode="before")
+    @classmethod
+    def _null_is_the_default(cls, value: object, info: ValidationInfo) -> object:
+        """null where the contract gives a default ("sms", false), as clients that send
+        every optional field send an unset one."""
+        return cls.model_fields[str(info.field_name)].default if value is None else value
 
 
 class SendReply(BaseModel):

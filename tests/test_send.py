@@ -884,6 +884,33 @@ async def test_an_unknown_state_filter_is_refused(api: httpx.AsyncClient, accoun
     assert error_code(response) == "INVALID_REQUEST"
 
 
+async def test_nulls_for_defaults_are_the_defaults_and_events_carry_metadata_even_when_null(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> None:
+    # Clients that send every optional field send the unset ones as null; and Bland's
+    # `metadata` "is returned in all webhook payloads".
+    run = secrets.token_hex(6)
+    user = unique_numbers(1)[0]
+
+    sent = await send_ok(
+        api,
+        account,
+        user,
+        agent_message="hello",
+        webhook=webhooks.url(run),
+        channel=None,
+        new_conversation=None,
+    )
+    events = await webhooks.wait_for(run, "sent")
+
+    detail = await conversation(api, account, sent["conversation_id"])
+    assert detail["channel"] == "sms"
+    assert [(e["event"], e["metadata"], e["request_data"]) for e in events] == [
+        ("status", None, None),
+        ("message", None, None),
+    ]
+
+
 async def test_a_senders_own_webhook_gets_events_when_a_send_names_none(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
 ) -> None:
