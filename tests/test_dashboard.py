@@ -16,6 +16,7 @@ import asyncpg
 import httpx
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 
@@ -25,7 +26,7 @@ from tests.support.browser import chromium, run, until
 from tests.support.builders import csv_bytes, unique_numbers
 from tests.support.delivery import wait_until_received
 from tests.support.sending import served_api
-from tests.support.stack import Account, WebhookReceiver
+from tests.support.stack import Account, Configure, WebhookReceiver
 
 # The sender's pace keeps the batch sending (for a minute) while the browser watches it.
 SENDER_MPS = 50
@@ -291,3 +292,85 @@ async def test_a_batch_paused_by_the_carriers_throttling_can_be_paused_for_good(
     await api.post(f"/v1/sms/batch/{batch_id}/cancel", headers=account.headers)
 
     assert (pause, resume) == (None, None)
+
+
+def bar_value(driver: WebDriver, selector: str) -> str | None:
+    """A progress bar's value; None while it has none (shown at work, without an end)."""
+    value: str | None = driver.execute_script(
+        "const bar = document.querySelector(arguments[0]);"
+        " return bar.hasAttribute('value') ? String(bar.value) : null;",
+        selector,
+    )
+    return value
+
+
+def batch_row(batch_id: str) -> str:
+    return f'tr[data-batch-id="{batch_id}"]'
+
+
+def listed(driver: WebDriver) -> list[str | None]:
+    rows = driver.find_elements(By.CSS_SELECTOR, "#batch-rows tr")
+    return [r.get_attribute("data-batch-id") for r in rows]
+
+
+async def test_the_list_is_newest_first_and_a_finished_batch_offers_only_what_it_can_do(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    carrier: Configure,
+) -> None:
+    refused_number, sent_number = unique_numbers(2)
+    await carrier(scripted={refused_number: [400]})
+    with_failed, _ = await start_marked_batch(api, account, webhooks, [refused_number, sent_number])
+    nothing_failed, _ = await start_marked_batch(api, account, webhooks, unique_numbers(1))
+    # Every row refused at validation: it ends with nothing to send.
+    nothing_to_send, _ = await start_marked_batch(
+        api, account, webhooks, csv_bytes(["phone_number"], [["not-a-number"]])
+    )
+    for batch_id in (with_failed, nothing_failed, nothing_to_send):
+        await wait_for_status(api, account, batch_id, *FINAL)
+    # The sender list's first (oldest) is registered for WhatsApp: the preview's is the SMS one.
+    await api.delete(f"/v1/sms/numbers/{account.agent_number}", headers=account.headers)
+    whatsapp = unique_numbers(1)[0]
+    for number, channel in ((whatsapp, "whatsapp"), (account.agent_number, "sms")):
+        registered = await api.post(
+            "/v1/sms/numbers", headers=account.headers, json={"number": number, "channel": channel}
+        )
+        assert registered.status_code == 201, registered.text
+
+    async with served_api(settings) as served, chromium() as driver:
+        await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
+        await until(driver, lambda d: len(listed(d)) == 3)
+        sender = await until(
+            driver, lambda d: d.find_element(By.ID, "dry-sender").get_attribute("value")
+        )
+        # Opened from the keyboard.
+        row = batch_row(nothing_to_send)
+        await run(lambda: driver.find_element(By.CSS_SELECTOR, row).send_keys(Keys.ENTER))
+        await until(driver, lambda d: shown_status(d) == "failed")
+        bars = await run(
+            lambda: [bar_value(driver, s) for s in ("#detail-progress", f"{row} progress")]
+        )
+        retry_when_none_to_send = await run(
+            lambda: driver.find_element(By.ID, "retry").get_attribute("disabled")
+        )
+        await run(lambda: driver.find_element(By.CSS_SELECTOR, batch_row(nothing_failed)).click())
+        await until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-count="sent"]'))
+        retry_when_none_failed = await run(
+            lambda: driver.find_element(By.ID, "retry").get_attribute("disabled")
+        )
+        await run(lambda: driver.find_element(By.CSS_SELECTOR, batch_row(with_failed)).click())
+        await until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-count="failed"]'))
+        retry_when_failed = await until(
+            driver, lambda d: d.find_element(By.ID, "retry").get_attribute("disabled") is None
+        )
+        # A batch started while the page is open comes first, above the older ones.
+        newest, _ = await start_marked_batch(api, account, webhooks, unique_numbers(1))
+        order = await until(driver, lambda d: (ids := listed(d))[0] == newest and ids)
+
+    assert sender == account.agent_number
+    assert bars == ["1", "1"]
+    assert retry_when_none_to_send and retry_when_none_failed
+    assert retry_when_failed
+    assert order == [newest, nothing_to_send, nothing_failed, with_failed]

@@ -11,6 +11,7 @@ const MAX_STREAMS = 3;
 const LIST_REFRESH_MS = 5000;
 const DETAIL_REFRESH_MS = 2000;
 const PAGE = 50;
+const ACTIONS = ["pause", "resume", "cancel", "retry"];
 
 const $ = (id) => document.getElementById(id);
 
@@ -119,14 +120,17 @@ function progressOf(batch) {
   const live =
     (batch.batch_id === state.selected && state.ledger.get(batch.batch_id)) ||
     state.progress.get(batch.batch_id);
+  const final = FINAL.has(batch.status);
   if (live) {
     const total = live.total || batch.recipients || 0;
     return {
-      value: total ? live.done / total : null,
+      // A batch that ended with nothing to send (refused at validation, cancelled before)
+      // is done: a bar without a value would show it at work.
+      value: total ? live.done / total : final ? 1 : null,
       text: `${live.sent} sent, ${live.failed} failed of ${total}`,
     };
   }
-  if (FINAL.has(batch.status)) return { value: 1, text: `${batch.recipients ?? 0} recipients` };
+  if (final) return { value: 1, text: `${batch.recipients ?? 0} recipients` };
   return { value: null, text: batch.recipients === null ? "" : `${batch.recipients} recipients` };
 }
 
@@ -151,8 +155,11 @@ function setProgress(bar, fraction) {
 
 // --- the list --------------------------------------------------------------------------
 
-function renderRow(batch) {
+// The batch's row, updated; made only for the list (`create`), so that a batch the list no
+// longer shows does not come back at its end with an event of its stream.
+function renderRow(batch, create = false) {
   let row = document.querySelector(`tr[data-batch-id="${CSS.escape(batch.batch_id)}"]`);
+  if (!row && !create) return null;
   if (!row) {
     row = document.createElement("tr");
     row.dataset.batchId = batch.batch_id;
@@ -170,7 +177,14 @@ function renderRow(batch) {
     progressCell.append(bar, text);
     cell(row, "", "created");
     row.addEventListener("click", () => select(batch.batch_id));
-    $("batch-rows").appendChild(row);
+    // Reached and opened from the keyboard too.
+    row.tabIndex = 0;
+    row.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        select(batch.batch_id);
+      }
+    });
   }
   row.querySelector(".name strong").textContent = batch.name || batch.agent_number;
   row.querySelector(".name div").textContent = batch.batch_id;
@@ -180,18 +194,29 @@ function renderRow(batch) {
   row.querySelector(".progress-cell .progress-text").textContent = progress.text;
   row.querySelector(".created").textContent = new Date(batch.created_at).toLocaleString();
   row.classList.toggle("selected", batch.batch_id === state.selected);
+  return row;
 }
 
 async function loadBatches() {
   const data = await api(`/v1/sms/batches?limit=${PAGE}`);
   const seen = new Set();
+  const rows = $("batch-rows");
   for (const batch of data.batches) {
     seen.add(batch.batch_id);
-    state.batches.set(batch.batch_id, batch);
-    renderRow(batch);
+    state.batches.set(batch.batch_id, { ...(state.batches.get(batch.batch_id) || {}), ...batch });
+    // In the list's order, newest first: a row already shown moves to its place.
+    rows.appendChild(renderRow(state.batches.get(batch.batch_id), true));
   }
-  for (const row of [...$("batch-rows").children]) {
+  for (const row of [...rows.children]) {
     if (!seen.has(row.dataset.batchId)) row.remove();
+  }
+  // A batch no longer listed is no longer followed, but for the one shown.
+  for (const batchId of [...state.batches.keys()]) {
+    if (seen.has(batchId) || batchId === state.selected) continue;
+    state.batches.delete(batchId);
+    state.progress.delete(batchId);
+    state.ledger.delete(batchId);
+    state.streams.get(batchId)?.abort();
   }
   $("no-batches").hidden = data.batches.length > 0;
   followRunning();
@@ -284,6 +309,15 @@ function select(batchId) {
   state.selected = batchId;
   state.errorsCursor = null;
   $("error-rows").replaceChildren();
+  // Nothing of the batch shown before, and no action, until this one's detail comes.
+  $("detail-id").textContent = batchId;
+  $("detail-reason").textContent = "";
+  $("detail-progress-text").textContent = "";
+  $("detail-counts").replaceChildren();
+  statusBadge($("detail-status"), "");
+  setProgress($("detail-progress"), null);
+  $("temporal-link").removeAttribute("href");
+  for (const action of ACTIONS) $(action).disabled = true;
   $("detail").hidden = false;
   for (const row of $("batch-rows").children) {
     row.classList.toggle("selected", row.dataset.batchId === batchId);
@@ -311,7 +345,8 @@ function renderLive(batch) {
     final || (batch.status === "paused" && batch.code !== "carrier_throttled");
   $("resume").disabled = batch.status !== "paused";
   $("cancel").disabled = final;
-  $("retry").disabled = !final;
+  // Only rows `failed` are sent again: a batch without any has nothing to retry (409).
+  $("retry").disabled = !final || !(batch.counts?.failed > 0);
 }
 
 async function loadDetail() {
@@ -378,14 +413,17 @@ async function loadErrors() {
 async function control(action) {
   const batchId = state.selected;
   if (!batchId) return;
-  if (action === "cancel" && !window.confirm("Cancel this batch? Rows not sent end cancelled.")) {
+  const batch = state.batches.get(batchId);
+  const named = batch?.name ? `"${batch.name}"` : "this batch";
+  if (action === "cancel" && !window.confirm(`Cancel ${named}? Rows not sent end cancelled.`)) {
     return;
   }
   const options = { method: "POST" };
   if (action === "retry") options.json = { statuses: ["failed"] };
   try {
     const reply = await api(`/v1/sms/batch/${encodeURIComponent(batchId)}/${action}`, options);
-    notify(action === "retry" ? `Retry: ${reply.rows} rows again.` : `${action}: sent.`);
+    const rows = reply.rows === null ? "its rows, once its file is validated again," : `${reply.rows} rows`;
+    notify(action === "retry" ? `Retry: ${rows} again.` : `${action}: sent.`);
     await loadBatches();
     await loadDetail();
   } catch (error) {
@@ -399,6 +437,8 @@ async function dryRun(event) {
   event.preventDefault();
   const file = $("dry-file").files[0];
   if (!file) return;
+  const button = $("dry-run-form").querySelector("button");
+  button.disabled = true;
   const form = new FormData();
   form.append("file_type", "batches");
   form.append("file", file);
@@ -416,6 +456,8 @@ async function dryRun(event) {
     showDryRun(preview);
   } catch (error) {
     failed(error);
+  } finally {
+    button.disabled = false;
   }
 }
 
@@ -435,6 +477,8 @@ function showDryRun(preview) {
     ["segments", preview.segments_total],
     ["GSM-7 / UCS-2", `${preview.messages_gsm7} / ${preview.messages_ucs2}`],
     ["estimated cost", `${cost.total} ${cost.currency}`],
+    // Messages to countries without a price, not in the cost.
+    ["not priced", `${cost.unknown_messages} messages, ${cost.unknown_segments} segments`],
   ]) {
     const row = document.createElement("tr");
     cell(row, label);
@@ -466,7 +510,9 @@ async function loadSenders() {
       option.value = sender.number;
       list.appendChild(option);
     }
-    if (numbers.length && !$("dry-sender").value) $("dry-sender").value = numbers[0].number;
+    // The preview is of an SMS batch: a sender registered for WhatsApp only would be refused.
+    const sms = numbers.find((sender) => sender.channel === "sms");
+    if (sms && !$("dry-sender").value) $("dry-sender").value = sms.number;
   } catch {
     // A key without `numbers:read` types the sender by hand.
   }
@@ -542,7 +588,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("forget").addEventListener("click", () => signOut());
   $("refresh").addEventListener("click", () => loadBatches().catch(failed));
   $("more-errors").addEventListener("click", () => loadErrors().catch(failed));
-  for (const action of ["pause", "resume", "cancel", "retry"]) {
+  for (const action of ACTIONS) {
     $(action).addEventListener("click", () => control(action));
   }
   $("dry-run-form").addEventListener("submit", dryRun);
