@@ -17,7 +17,7 @@ it.
 import asyncio
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -28,7 +28,7 @@ from activities.channels import Channel, carrier_address
 from activities.providers.http1 import ConnectFailed, NoAnswer
 from activities.providers.twilio import CarrierMessage, TwilioCarrier
 from activities.resources import WorkerResources
-from store import batches, carrier_accounts, conversation_messages, messages
+from store import batches, carrier_accounts, messages
 from workflows.contracts import ReconcileInput, ReconcileResult
 
 log = structlog.get_logger(__name__)
@@ -45,6 +45,9 @@ NEWEST_MESSAGES = 50
 # marked it `sending`, but for this much: the carrier gives whole seconds (Twilio's
 # date_created), by its own clock.
 CLOCK_SLACK = timedelta(seconds=2)
+# Rounds of a reconciliation whose rows' numbers another send has on the wire: each waits for
+# it (the carrier timeout and the margin) before the last, which settles them whatever.
+IN_FLIGHT_ROUNDS = 10
 
 
 class ReconciliationActivities(WorkerResources):
@@ -78,15 +81,13 @@ class ReconciliationActivities(WorkerResources):
     ) -> tuple[int, int]:
         """Settle `rows` with what the carrier has; how many became `sent`, and how many stay
         `uncertain` (their lists never came)."""
-        batch_id = uuid.UUID(input.batch_id)
+        batch_id, account_id = uuid.UUID(input.batch_id), uuid.UUID(input.account_id)
         # A row's request could still be on the wire this long after the row last changed
         # (an attempt presumed dead that is in fact alive finishes its requests within the
         # carrier timeout): reconciliation waits that long, and a margin, before it concludes.
         quiet = self._settings.carrier_timeout_seconds + self._settings.reconcile_margin_seconds
         await _sleep_heartbeating(max(r.updated_at.timestamp() for r in rows) + quiet)
-        credentials = await carrier_accounts.carrier_credentials(
-            self._pool, uuid.UUID(input.account_id)
-        )
+        credentials = await carrier_accounts.carrier_credentials(self._pool, account_id)
         way = Channel.of((await batches.batch_for_workflow(self._pool, batch_id))["request"])
         lanes = asyncio.Semaphore(self._settings.send_concurrency)
 
@@ -100,33 +101,45 @@ class ReconciliationActivities(WorkerResources):
             activity.heartbeat()
             return found
 
-        lists = await asyncio.gather(*(listed(r) for r in rows))
-        candidates = {
-            r.seq: [
-                m
-                for m in found  # newest first
-                if m.created >= (r.marked_at or r.created_at) - CLOCK_SLACK
-                and _same_text(m, r, way)
-            ]
-            for r, found in zip(rows, lists, strict=True)
-            if found is not None
-        }
-        listed_sids = [m.sid for ms in candidates.values() for m in ms]
-        # Held by a row, or by a conversation's message (a single send's, a reply's) from the
-        # same sender with the same text: some other send's.
-        taken = await messages.sids_in_ledger(self._pool, listed_sids)
-        taken |= await conversation_messages.sids_taken(self._pool, listed_sids)
-        found_sids: dict[int, str] = {}
-        unsent: list[int] = []
-        for seq, matches in candidates.items():
-            free = [m.sid for m in matches if m.sid not in taken]
-            if free:
-                found_sids[seq] = free[0]
-                taken.add(free[0])
-            else:
-                unsent.append(seq)
-        await messages.settle_uncertain(self._pool, batch_id, found_sids, unsent)
-        return len(found_sids), len(rows) - len(candidates)
+        sent = unresolved = 0
+        for round_ in range(IN_FLIGHT_ROUNDS):
+            # Another send to a row's number still on the wire has its message at the carrier
+            # and no sid in the ledger yet: taken for the row's, it would be the row's and
+            # that send's both. Such rows wait for it (all but the last round).
+            since = datetime.fromtimestamp(time.time() - quiet, UTC)
+            busy = (
+                await messages.numbers_in_flight(
+                    self._pool, account_id, batch_id, [r.to_number for r in rows], since
+                )
+                if round_ < IN_FLIGHT_ROUNDS - 1
+                else set()
+            )
+            now = [r for r in rows if r.to_number not in busy]
+            lists = await asyncio.gather(*(listed(r) for r in now))
+            candidates = {
+                r.seq: (
+                    r.to_number,
+                    [
+                        m.sid
+                        # Oldest first: the row's own message came first after its mark;
+                        # later ones are other sends' (another batch's to the same number).
+                        for m in reversed(found)
+                        if m.created >= (r.marked_at or r.created_at) - CLOCK_SLACK
+                        and _same_text(m, r, way)
+                    ],
+                )
+                for r, found in zip(now, lists, strict=True)
+                if found is not None
+            }
+            settled = await messages.settle_uncertain(self._pool, account_id, batch_id, candidates)
+            sent += len(settled)
+            unresolved += len(now) - len(candidates)
+            rows = [r for r in rows if r.to_number in busy]
+            if not rows:
+                break
+            log.info("uncertain rows wait for sends on the wire", rows=len(rows))
+            await _sleep_heartbeating(time.time() + quiet)
+        return sent, unresolved
 
     @activity.defn
     async def has_uncertain(self, input: ReconcileInput) -> bool:

@@ -12,7 +12,7 @@ import asyncpg
 
 from store import receipts
 from store.db import rows_affected
-from workflows.statuses import LedgerStatus
+from workflows.statuses import FINAL_BATCH_STATUSES, LedgerStatus
 
 # Times apply_kept_receipts runs its statement when PostgreSQL ends it with a deadlock.
 DEADLOCK_ATTEMPTS = 5
@@ -516,11 +516,41 @@ async def sids_in_ledger(pool: asyncpg.Pool, sids: list[str]) -> set[str]:
 
 
 async def settle_uncertain(
-    pool: asyncpg.Pool, batch_id: uuid.UUID, found: dict[int, str], unsent: list[int]
-) -> None:
-    """Rows the carrier has become `sent` with its sid; rows it never got go back to
-    `pending`. Only rows still `uncertain` move."""
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    candidates: dict[int, tuple[str, list[str]]],
+) -> dict[int, str]:
+    """Settle each row of `candidates` (its number, and the sids of the carrier's messages
+    that may be its own, oldest first): `sent` with the oldest no message of any batch or
+    conversation holds; back to `pending` if none is left (the carrier never got it). Only
+    rows still `uncertain` move. The rows found, with their sids.
+
+    The sids held are read, and the rows written, in one transaction holding a lock per
+    number of the account: two reconciliations at once (two batches to one number) would
+    each read a message as free and both take it."""
+    found: dict[int, str] = {}
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(k, 0))"
+            " FROM (SELECT DISTINCT 'reconcile ' || $1 || ' ' || n AS k"
+            " FROM unnest($2::text[]) AS n ORDER BY k) AS keys",
+            str(account_id),
+            sorted({number for number, _ in candidates.values()}),
+        )
+        listed = sorted({sid for _, sids in candidates.values() for sid in sids})
+        held = await conn.fetch(
+            "SELECT carrier_sid FROM messages WHERE carrier_sid = ANY($1::text[])"
+            " UNION SELECT carrier_sid FROM conversation_messages"
+            " WHERE carrier_sid = ANY($1::text[])",
+            listed,
+        )
+        taken = {r["carrier_sid"] for r in held}
+        for seq, (_, sids) in candidates.items():
+            free = next((sid for sid in sids if sid not in taken), None)
+            if free is not None:
+                found[seq] = free
+                taken.add(free)
         await conn.execute(
             "UPDATE messages AS m SET status = 'sent', carrier_sid = f.sid, sent_at = now(),"
             " error_code = NULL, error_message = NULL, updated_at = now()"
@@ -534,9 +564,38 @@ async def settle_uncertain(
             "UPDATE messages SET status = 'pending', window_opens_at = NULL, updated_at = now()"
             " WHERE batch_id = $1 AND seq = ANY($2::bigint[]) AND status = 'uncertain'",
             batch_id,
-            unsent,
+            [seq for seq in candidates if seq not in found],
         )
     await apply_kept_receipts(pool, batch_id, list(found.values()))
+    return found
+
+
+async def numbers_in_flight(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    numbers: list[str],
+    since: datetime,
+) -> set[str]:
+    """Which of `numbers` a send of the account may have on the wire, its sid not yet
+    written: a row of another batch not yet ended, or a conversation message, `sending`
+    since `since` (a request of an attempt older than that has been answered or given up).
+    Another batch's rows are read through its key: no index finds unsent rows by number."""
+    rows = await pool.fetch(
+        "SELECT m.to_number FROM batches AS b JOIN messages AS m ON m.batch_id = b.id"
+        " WHERE b.account_id = $1 AND b.id <> $2 AND NOT (b.status = ANY($5::text[]))"
+        " AND m.status = 'sending' AND m.to_number = ANY($3::text[]) AND m.marked_at > $4"
+        " UNION SELECT c.user_number FROM conversations AS c"
+        " JOIN conversation_messages AS cm ON cm.conversation_id = c.id"
+        " WHERE c.account_id = $1 AND c.user_number = ANY($3::text[])"
+        " AND cm.status = 'sending' AND cm.updated_at > $4",
+        account_id,
+        batch_id,
+        numbers,
+        since,
+        list(FINAL_BATCH_STATUSES),
+    )
+    return {r["to_number"] for r in rows}
 
 
 async def unsent_rows(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[int]:

@@ -210,7 +210,9 @@ async def test_a_row_reconciliation_finds_unsent_goes_back_to_pending_not_to_its
             batch_id,
             account.account_id,
         )
-    await messages.settle_uncertain(pool, batch_id, {}, [0, 1, 2])
+    await messages.settle_uncertain(
+        pool, account.account_id, batch_id, {seq: (f"+1555{seq}", []) for seq in range(3)}
+    )
 
     assert await messages.count_by_status(pool, batch_id) == {"pending": 3}
     assert await messages.count_waiting_for_window(pool, batch_id) == 0

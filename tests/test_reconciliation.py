@@ -2,11 +2,14 @@
 message the row's send made, however the send addressed and worded it, and no other."""
 
 import asyncio
+import dataclasses
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import httpx
@@ -15,6 +18,7 @@ from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
 from activities.reconciliation import CLOCK_SLACK, ReconciliationActivities, carrier_list
+from deploy.local.emulator import MESSAGES_PATH
 from metrics import WorkerMetrics
 from settings import Settings
 from store import messages, receipts
@@ -22,7 +26,7 @@ from tests.support.batches import FINAL, recorded_batch, start, start_marked_bat
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows, own_worker, receipts_applied
 from tests.support.sending import twilio_carrier
-from tests.support.stack import Account, Configure, WebhookReceiver, api_client
+from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
 from tests.support.workers import CARRIER_TIMEOUT_SECONDS
 from workflows.contracts import ReconcileInput, ReconcileResult
 
@@ -114,8 +118,8 @@ async def test_a_retried_row_whose_answer_is_lost_is_not_given_its_earlier_faile
     assert final["status"] == "completed"
 
 
-@pytest.fixture
-async def reconciliation(
+@asynccontextmanager
+async def reconciliation_activities(
     settings: Settings, pool: asyncpg.Pool
 ) -> AsyncIterator[ReconciliationActivities]:
     carrier = twilio_carrier(settings)
@@ -124,6 +128,14 @@ async def reconciliation(
             pool=pool, carrier=carrier, http=http, settings=settings, metrics=WorkerMetrics()
         )
     await carrier.close()
+
+
+@pytest.fixture
+async def reconciliation(
+    settings: Settings, pool: asyncpg.Pool
+) -> AsyncIterator[ReconciliationActivities]:
+    async with reconciliation_activities(settings, pool) as activities:
+        yield activities
 
 
 async def uncertain_rows(
@@ -198,3 +210,192 @@ async def test_a_carrier_list_refused_is_no_list_not_a_failure(settings: Setting
         await carrier.close()
 
     assert found is None
+
+
+async def carrier_message(settings: Settings, to: str, from_: str, body: str) -> str:
+    """A message the carrier took from `from_` to `to`, as another send's; its sid."""
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            settings.carrier_url.rstrip("/")
+            + MESSAGES_PATH.format(account_sid=settings.twilio_account_sid),
+            data={"To": to, "From": from_, "Body": body},
+            auth=(settings.twilio_account_sid, AUTH_TOKEN),
+        )
+    assert response.status_code == 201, response.text
+    sid: str = response.json()["sid"]
+    return sid
+
+
+async def sending_row(pool: asyncpg.Pool, account: Account, to: str) -> uuid.UUID:
+    """A batch of the account (not ended) with one row to `to` on the wire: `sending`, marked
+    now, its sid not written yet."""
+    batch_id = await recorded_batch(pool, account)
+    await pool.execute(
+        "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body, status,"
+        " attempts, marked_at) VALUES ($1, 0, $2, 1, $3, 'x', 'sending', 1, now())",
+        batch_id,
+        account.account_id,
+        to,
+    )
+    return batch_id
+
+
+@pytest.fixture
+async def quick_reconciliation(
+    settings: Settings, pool: asyncpg.Pool
+) -> AsyncIterator[ReconciliationActivities]:
+    """As `reconciliation`, with a carrier timeout of 0.5 s: it waits 1 s for a send."""
+    quick = settings.model_copy(update={"carrier_timeout_seconds": 0.5})
+    async with reconciliation_activities(quick, pool) as activities:
+        yield activities
+
+
+async def test_a_message_of_a_send_still_on_the_wire_is_not_taken_for_an_uncertain_rows(
+    pool: asyncpg.Pool,
+    account: Account,
+    settings: Settings,
+    quick_reconciliation: ReconciliationActivities,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The carrier never got the row's request; another batch's send to the same number,
+    with the same text, is on the wire: its message is at the carrier, its sid not in the
+    ledger yet. Taken for the row's, the row was `sent` and never sent, and one message was
+    two rows'. Reconciliation waits for that send, then finds its message held."""
+    batch_id = await recorded_batch(pool, account)
+    input = await uncertain_rows(pool, account, batch_id, ["uncertain"])
+    [row] = await messages.uncertain_rows(pool, batch_id)
+    other_batch = await sending_row(pool, account, row.to_number)
+    theirs = await carrier_message(settings, row.to_number, input.agent_number, "x")
+    asked = asyncio.Event()
+    in_flight = getattr(messages, "numbers_in_flight", None)
+
+    async def asked_once(*args: Any) -> set[str]:
+        assert in_flight is not None
+        busy: set[str] = await in_flight(*args)
+        asked.set()
+        return busy
+
+    monkeypatch.setattr(messages, "numbers_in_flight", asked_once, raising=False)
+    reconciling = asyncio.create_task(
+        ActivityEnvironment().run(quick_reconciliation.reconcile_uncertain, input)
+    )
+    # Once it has seen the send on the wire (or, if it does not look, once it is done).
+    await asyncio.wait(
+        [asyncio.create_task(asked.wait()), reconciling],
+        timeout=30,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    # The other send's answer is written while the row waits.
+    await pool.execute(
+        "UPDATE messages SET status = 'sent', carrier_sid = $2 WHERE batch_id = $1",
+        other_batch,
+        theirs,
+    )
+    result = await asyncio.wait_for(reconciling, 60)
+
+    holders = await pool.fetch("SELECT batch_id FROM messages WHERE carrier_sid = $1", theirs)
+    assert [h["batch_id"] for h in holders] == [other_batch]
+    assert result == ReconcileResult(reopened=1, first_seq=0, end_seq=1)
+    assert await messages.count_by_status(pool, batch_id) == {"pending": 1}
+
+
+async def test_two_uncertain_rows_to_one_number_take_their_own_messages_oldest_first(
+    pool: asyncpg.Pool,
+    account: Account,
+    settings: Settings,
+    quick_reconciliation: ReconciliationActivities,
+) -> None:
+    """Two batches' rows to one number, with one text, each `uncertain`: each message was
+    made after its own row's mark, so the first row's is the oldest after its mark. Taking
+    the newest, the first row took the second's message, which left the second none: it was
+    sent again."""
+    first_batch, second_batch = (
+        await recorded_batch(pool, account),
+        await recorded_batch(pool, account),
+    )
+    first = await uncertain_rows(pool, account, first_batch, ["uncertain"])
+    [row] = await messages.uncertain_rows(pool, first_batch)
+    await pool.execute(
+        "UPDATE messages SET marked_at = now() - interval '10 seconds' WHERE batch_id = $1",
+        first_batch,
+    )
+    first_message = await carrier_message(settings, row.to_number, first.agent_number, "x")
+    await asyncio.sleep(CLOCK_SLACK.total_seconds() + 1.1)
+    await pool.execute(
+        "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body, status,"
+        " attempts, marked_at, updated_at) VALUES ($1, 0, $2, 1, $3, 'x', 'uncertain', 1,"
+        " now(), now() - interval '1 hour')",
+        second_batch,
+        account.account_id,
+        row.to_number,
+    )
+    second_message = await carrier_message(settings, row.to_number, first.agent_number, "x")
+    second = dataclasses.replace(first, batch_id=str(second_batch))
+
+    for input in (first, second):
+        await ActivityEnvironment().run(quick_reconciliation.reconcile_uncertain, input)
+
+    held = await pool.fetch(
+        "SELECT batch_id, status, carrier_sid FROM messages WHERE batch_id = ANY($1::uuid[])",
+        [first_batch, second_batch],
+    )
+    assert {(h["batch_id"], h["status"], h["carrier_sid"]) for h in held} == {
+        (first_batch, "sent", first_message),
+        (second_batch, "sent", second_message),
+    }
+
+
+async def test_two_reconciliations_at_once_never_give_one_message_to_two_rows(
+    pool: asyncpg.Pool,
+    account: Account,
+    settings: Settings,
+    quick_reconciliation: ReconciliationActivities,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two batches' uncertain rows to one number reconciled at once, one message at the
+    carrier: both read it as free before either wrote it, and both took it."""
+    batches = [await recorded_batch(pool, account) for _ in range(2)]
+    first = await uncertain_rows(pool, account, batches[0], ["uncertain"])
+    [row] = await messages.uncertain_rows(pool, batches[0])
+    await pool.execute(
+        "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body, status,"
+        " attempts, updated_at) VALUES ($1, 0, $2, 1, $3, 'x', 'uncertain', 1,"
+        " now() - interval '1 hour')",
+        batches[1],
+        account.account_id,
+        row.to_number,
+    )
+    only = await carrier_message(settings, row.to_number, first.agent_number, "x")
+    inputs = [dataclasses.replace(first, batch_id=str(b)) for b in batches]
+
+    # Each held before it settles its row until the other is there too: both have read what
+    # the carrier has, and what the ledger holds, before either writes.
+    arrived = 0
+    both = asyncio.Event()
+    settle = messages.settle_uncertain
+
+    async def together(*args: Any) -> Any:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 2:
+            both.set()
+        await asyncio.wait_for(both.wait(), 30)
+        return await settle(*args)
+
+    monkeypatch.setattr(messages, "settle_uncertain", together)
+    await asyncio.gather(
+        *(
+            ActivityEnvironment().run(quick_reconciliation.reconcile_uncertain, input)
+            for input in inputs
+        )
+    )
+
+    holders = await pool.fetch("SELECT batch_id FROM messages WHERE carrier_sid = $1", only)
+    assert len(holders) == 1
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM messages WHERE batch_id = ANY($1::uuid[]) AND status = 'pending'",
+            batches,
+        )
+        == 1
+    )
