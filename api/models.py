@@ -190,7 +190,7 @@ class StoredFields(RequestBody):
     persona_version: int | str | None = None
     persona_settings: dict[str, Any] | None = None
     pathway_id: str | None = None
-    pathway_version: int | float | str | None = None
+    pathway_version: int | str | None = None
     start_node_id: str | None = None
     disposition_ids: list[str] | None = None
     citation_schema_ids: list[str] | None = None
