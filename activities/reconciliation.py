@@ -17,7 +17,7 @@ it.
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -106,11 +106,9 @@ class ReconciliationActivities(WorkerResources):
             # Another send to a row's number still on the wire has its message at the carrier
             # and no sid in the ledger yet: taken for the row's, it would be the row's and
             # that send's both. Such rows wait for it (all but the last round).
-            since = datetime.fromtimestamp(time.time() - quiet, UTC)
+            pairs = [(r.from_number or input.agent_number, r.to_number) for r in rows]
             busy = (
-                await messages.numbers_in_flight(
-                    self._pool, account_id, batch_id, [r.to_number for r in rows], since
-                )
+                await messages.numbers_in_flight(self._pool, account_id, batch_id, pairs, quiet)
                 if round_ < IN_FLIGHT_ROUNDS - 1
                 else set()
             )

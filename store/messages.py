@@ -12,7 +12,15 @@ import asyncpg
 
 from store import receipts
 from store.db import rows_affected
-from workflows.statuses import FINAL_BATCH_STATUSES, LedgerStatus
+from workflows.statuses import BatchStatus, LedgerStatus
+
+# The statuses of a batch whose rows may be on the wire.
+SENDING_BATCH_STATUSES = (
+    BatchStatus.DISPATCHING,
+    BatchStatus.IN_PROGRESS,
+    BatchStatus.IN_PROGRESS_CHUNKED,
+    BatchStatus.PAUSED,
+)
 
 # Times apply_kept_receipts runs its statement when PostgreSQL ends it with a deadlock.
 DEADLOCK_ATTEMPTS = 5
@@ -542,7 +550,7 @@ async def settle_uncertain(
         held = await conn.fetch(
             "SELECT carrier_sid FROM messages WHERE carrier_sid = ANY($1::text[])"
             " UNION SELECT carrier_sid FROM conversation_messages"
-            " WHERE carrier_sid = ANY($1::text[])",
+            " WHERE sender = 'AGENT' AND carrier_sid = ANY($1::text[])",
             listed,
         )
         taken = {r["carrier_sid"] for r in held}
@@ -574,26 +582,30 @@ async def numbers_in_flight(
     pool: asyncpg.Pool,
     account_id: uuid.UUID,
     batch_id: uuid.UUID,
-    numbers: list[str],
-    since: datetime,
+    pairs: list[tuple[str, str]],
+    within_seconds: float,
 ) -> set[str]:
-    """Which of `numbers` a send of the account may have on the wire, its sid not yet
-    written: a row of another batch not yet ended, or a conversation message, `sending`
-    since `since` (a request of an attempt older than that has been answered or given up).
-    Another batch's rows are read through its key: no index finds unsent rows by number."""
+    """Which numbers of `pairs` (sender, number) a send of the account may have on the wire,
+    its sid not yet written: a row of another batch that is sending, or a conversation
+    message of the pair, `sending` for at most `within_seconds` by the database's clock (a
+    request of an attempt older than that has been answered or given up). Another batch's
+    rows are read through its key: no index finds unsent rows by number."""
     rows = await pool.fetch(
         "SELECT m.to_number FROM batches AS b JOIN messages AS m ON m.batch_id = b.id"
-        " WHERE b.account_id = $1 AND b.id <> $2 AND NOT (b.status = ANY($5::text[]))"
-        " AND m.status = 'sending' AND m.to_number = ANY($3::text[]) AND m.marked_at > $4"
-        " UNION SELECT c.user_number FROM conversations AS c"
+        " WHERE b.account_id = $1 AND b.id <> $2 AND b.status = ANY($6::text[])"
+        " AND m.status = 'sending' AND m.to_number = ANY($4::text[])"
+        " AND m.marked_at > now() - make_interval(secs => $5)"
+        " UNION SELECT c.user_number FROM unnest($3::text[], $4::text[]) AS p(sender, number)"
+        " JOIN conversations AS c ON c.agent_number = p.sender AND c.user_number = p.number"
         " JOIN conversation_messages AS cm ON cm.conversation_id = c.id"
-        " WHERE c.account_id = $1 AND c.user_number = ANY($3::text[])"
-        " AND cm.status = 'sending' AND cm.updated_at > $4",
+        " WHERE c.account_id = $1 AND cm.status = 'sending'"
+        " AND cm.updated_at > now() - make_interval(secs => $5)",
         account_id,
         batch_id,
-        numbers,
-        since,
-        list(FINAL_BATCH_STATUSES),
+        [sender for sender, _ in pairs],
+        [number for _, number in pairs],
+        within_seconds,
+        list(SENDING_BATCH_STATUSES),
     )
     return {r["to_number"] for r in rows}
 

@@ -171,28 +171,6 @@ async def test_timer_fields_are_checked_with_those_the_conversation_keeps(
     assert [m["body"] for m in detail["messages"]] == ["first", "third"]
 
 
-async def test_timers_set_by_a_send_whose_signal_failed_reach_the_next_send(
-    api: httpx.AsyncClient, account: Account, settings: Settings, emulator_url: str
-) -> None:
-    # The conversation keeps what a refused signal's send set (its transaction committed):
-    # each send hands the conversation's timers to its workflow, not only a send that sets some.
-    user = unique_numbers(1)[0]
-    down = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
-    async with api_client(down) as unreachable:
-        failed = await send(unreachable, account, user, agent_message="first", **TIMERS)
-
-    data = await send_ok(api, account, user, agent_message="second")
-
-    assert failed.status_code == 503, failed.text
-    second, warning, timeout = await received_by(emulator_url, user, 3)
-    assert [second["body"], warning["body"], timeout["body"]] == [
-        "second",
-        TIMERS["warning_message"],
-        TIMERS["timeout_message"],
-    ]
-    await conversation_when(api, account, data["conversation_id"], timed_out)
-
-
 async def test_the_timers_fire_after_a_worker_restart(
     settings: Settings, temporal: Client, account: Account, emulator_url: str
 ) -> None:

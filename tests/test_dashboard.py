@@ -4,6 +4,7 @@ buttons pause and cancel it; its dry-run form previews a file.
 
 Each test saves a screenshot; with `HERALD_SCREENSHOTS=docs` they replace the README's."""
 
+import asyncio
 import os
 import re
 import secrets
@@ -349,6 +350,11 @@ async def test_the_list_is_newest_first_and_a_finished_batch_offers_only_what_it
         row = batch_row(nothing_to_send)
         await run(lambda: driver.find_element(By.CSS_SELECTOR, row).send_keys(Keys.ENTER))
         await until(driver, lambda d: shown_status(d) == "failed")
+        # The list's refresh (every 5 s) leaves the focus where it is.
+        await asyncio.sleep(6)
+        focused = await run(
+            lambda: driver.execute_script("return document.activeElement.dataset.batchId")
+        )
         bars = await run(
             lambda: [bar_value(driver, s) for s in ("#detail-progress", f"{row} progress")]
         )
@@ -370,6 +376,7 @@ async def test_the_list_is_newest_first_and_a_finished_batch_offers_only_what_it
         order = await until(driver, lambda d: (ids := listed(d))[0] == newest and ids)
 
     assert sender == account.agent_number
+    assert focused == nothing_to_send
     assert bars == ["1", "1"]
     assert retry_when_none_to_send and retry_when_none_failed
     assert retry_when_failed

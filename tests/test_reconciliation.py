@@ -227,9 +227,10 @@ async def carrier_message(settings: Settings, to: str, from_: str, body: str) ->
 
 
 async def sending_row(pool: asyncpg.Pool, account: Account, to: str) -> uuid.UUID:
-    """A batch of the account (not ended) with one row to `to` on the wire: `sending`, marked
+    """A batch of the account, sending, with one row to `to` on the wire: `sending`, marked
     now, its sid not written yet."""
     batch_id = await recorded_batch(pool, account)
+    await pool.execute("UPDATE batches SET status = 'in_progress' WHERE id = $1", batch_id)
     await pool.execute(
         "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body, status,"
         " attempts, marked_at) VALUES ($1, 0, $2, 1, $3, 'x', 'sending', 1, now())",

@@ -142,8 +142,8 @@ async def test_the_pacer_holds_no_send_time_per_slot(
     turns = [await pacer.turn(stopping) for _ in range(3)]
 
     # What the pacer itself keeps (its pool and lock aside), containers walked. Measured so
-    # rather than with tracemalloc: stopping it while the session's worker threads allocate
-    # without the GIL crashed the test process (CPython 3.11, gh-128679).
+    # rather than with tracemalloc: stopping it while the session's worker threads ran
+    # crashed the test process (the xdist worker died with it).
     kept = {name: value for name, value in vars(pacer).items() if name not in ("_pool", "_lock")}
     assert turns == [True, True, True]
     assert deep_size(kept) < 4096, f"the pacer keeps {deep_size(kept)} bytes for one reservation"

@@ -178,7 +178,7 @@ async def send_message(
                 continue
             if first.message is not None:
                 return await _finish_first(
-                    pool, temporal, settings, account_id, held, first.message
+                    pool, temporal, settings, account_id, body, held, first.message
                 )
             # The first request recorded no message within the wait: it died before, or is
             # stuck. The repeat takes its place, and it can record none any more.
@@ -275,6 +275,7 @@ async def _finish_first(
     temporal: Client,
     settings: Settings,
     account_id: uuid.UUID,
+    body: SendRequest,
     claimed: idempotency.Claim,
     held: idempotency.HeldMessage,
 ) -> SendReply:
@@ -287,8 +288,13 @@ async def _finish_first(
     (claim_message); its conversation posts its event again, with the same `webhook-id`."""
     conversation = await conversations.conversation_for_workflow(pool, held.conversation_id)
     if held.unsignalled:
-        # The conversation has had the first request's timers since its transaction.
-        timers = conversations.conversation_timers(conversation)
+        # The key holds the same request: if it set timers, the conversation has had them
+        # (with those it kept) since the first request's transaction.
+        timers = (
+            None
+            if silence_timers(body) is None
+            else conversations.conversation_timers(conversation)
+        )
         try:
             await _hand_over(pool, temporal, settings, conversation, held.message_id, timers)
         except HeraldError:
@@ -376,13 +382,8 @@ async def _send(
             fields=fields,
             close_current=body.new_conversation,
         )
-        # Checked as the conversation holds them now, its timers and the send's together, and
-        # handed to its workflow with every send: one whose signal failed (503) still set them.
-        timers = (
-            conversations.conversation_timers(conversation)
-            if prepared.timers is None
-            else checked_timers(conversation)
-        )
+        # Checked as the conversation holds them now: its timers and the send's, together.
+        timers = None if prepared.timers is None else checked_timers(conversation)
         message_id = await conversation_messages.queue_agent_message(
             conn,
             conversation=conversation,

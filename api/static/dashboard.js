@@ -201,11 +201,13 @@ async function loadBatches() {
   const data = await api(`/v1/sms/batches?limit=${PAGE}`);
   const seen = new Set();
   const rows = $("batch-rows");
-  for (const batch of data.batches) {
+  for (const [at, batch] of data.batches.entries()) {
     seen.add(batch.batch_id);
     state.batches.set(batch.batch_id, { ...(state.batches.get(batch.batch_id) || {}), ...batch });
-    // In the list's order, newest first: a row already shown moves to its place.
-    rows.appendChild(renderRow(state.batches.get(batch.batch_id), true));
+    // In the list's order, newest first. A row moves only when it is out of its place: a
+    // row moved loses the keyboard's focus.
+    const row = renderRow(state.batches.get(batch.batch_id), true);
+    if (rows.children[at] !== row) rows.insertBefore(row, rows.children[at] ?? null);
   }
   for (const row of [...rows.children]) {
     if (!seen.has(row.dataset.batchId)) row.remove();
