@@ -369,6 +369,29 @@ async def test_a_key_is_held_only_by_its_campaigns_rates(
     assert [r.status_code for r in unknown] == [404, 429]
 
 
+async def test_a_request_refused_for_its_parameters_still_spends_a_rate(
+    api: httpx.AsyncClient, settings: Settings, account: Account
+) -> None:
+    # Its query checked before the campaign was looked up, such a request spent no rate at
+    # all: it could be sent in a loop, each a key lookup in PostgreSQL, never a 429.
+    campaign_id = await new_campaign(api, account)
+    limited = settings.model_copy(
+        update={
+            "campaign_rate_limit_per_second": 0.05,
+            "rate_limit_per_second": 0.01,
+            "rate_limit_burst": 1,
+        }
+    )
+    async with api_client(limited) as client:
+        replies = [
+            await batch_messages(client, account, campaign, str(uuid.uuid4()), limit=0)
+            for campaign in (campaign_id, campaign_id, str(uuid.uuid4()), str(uuid.uuid4()))
+        ]
+
+    # The campaign's rate, then (an unknown campaign) the key's: one request each.
+    assert [r.status_code for r in replies] == [400, 429, 404, 429], [r.text for r in replies]
+
+
 async def test_the_campaigns_rate_is_shared_by_two_api_processes(
     api: httpx.AsyncClient, settings: Settings, account: Account
 ) -> None:

@@ -1,15 +1,54 @@
 """The Postman dialect: batch send `POST /campaigns/{campaignId}/batch/messages`, the batch's
 messages `GET .../batch/{batchId}/messages` and its retry `POST .../batch/{batchId}/retry`."""
 
+import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, Query, Request, Response, UploadFile
 
 from api.deps import AppSettings, CampaignBatchesRead, CampaignBatchesWrite, Pool, Temporal
 from api.input_checks import INT64_MAX
 from api.postman_models import PostmanBatchAccepted, PostmanError, PostmanMessagePage
 from api.routes.files import EmptyFile, FileTooLarge, MissingFile, MultipleFiles
 from api.services import postman as service
+
+
+@dataclass(frozen=True)
+class Reached:
+    """The key's account and the campaign its request named."""
+
+    account_id: uuid.UUID
+    campaign: dict
+
+
+async def _write_campaign(
+    request: Request,
+    pool: Pool,
+    settings: AppSettings,
+    grant: CampaignBatchesWrite,
+    campaign_id: str,
+) -> Reached:
+    found = await service.campaign(pool, settings, grant, campaign_id, _client_ip(request))
+    return Reached(grant.account_id, found)
+
+
+async def _read_campaign(
+    request: Request,
+    pool: Pool,
+    settings: AppSettings,
+    grant: CampaignBatchesRead,
+    campaign_id: str,
+) -> Reached:
+    found = await service.campaign(pool, settings, grant, campaign_id, _client_ip(request))
+    return Reached(grant.account_id, found)
+
+
+# The campaign the request names, found (its rate, or the key's, spent: `service.campaign`)
+# as a dependency, before FastAPI checks the route's query and body: a request refused for
+# them spent no rate at all.
+WriteCampaign = Annotated[Reached, Depends(_write_campaign)]
+ReadCampaign = Annotated[Reached, Depends(_read_campaign)]
 
 # Named after the dialect: both dialects' handlers are `send_batch`.
 router = APIRouter(
@@ -58,17 +97,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 async def send_batch(
     request: Request,
-    grant: CampaignBatchesWrite,
+    reached: WriteCampaign,
     pool: Pool,
     temporal: Temporal,
     settings: AppSettings,
-    campaign_id: str,
     file: UploadFile | None = None,
 ) -> PostmanBatchAccepted:
     """Send the campaign's template to each row of the CSV in `file`, in the row's language.
-    The whole file is checked first: any row in error refuses it, and nothing is sent."""
-    # An unknown campaign is 404 whatever the body holds, as a resource of another account.
-    campaign = await service.campaign(pool, settings, grant, campaign_id, _client_ip(request))
+    The whole file is checked first: any row in error refuses it, and nothing is sent. An
+    unknown campaign is 404 whatever the body holds, as a resource of another account."""
     if file is None:
         raise MissingFile("multipart field 'file' is required")
     parts = len((await request.form()).getlist("file"))
@@ -79,7 +116,9 @@ async def send_batch(
         raise FileTooLarge(f"files are limited to {settings.max_upload_bytes} bytes")
     if size == 0:
         raise EmptyFile("the file is empty")
-    return await service.send_batch(pool, temporal, settings, grant.account_id, campaign, file.file)
+    return await service.send_batch(
+        pool, temporal, settings, reached.account_id, reached.campaign, file.file
+    )
 
 
 @router.get(
@@ -88,11 +127,8 @@ async def send_batch(
     responses=ERROR_RESPONSES,
 )
 async def list_batch_messages(
-    request: Request,
-    grant: CampaignBatchesRead,
+    reached: ReadCampaign,
     pool: Pool,
-    settings: AppSettings,
-    campaign_id: str,
     batch_id: str,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[
@@ -106,11 +142,10 @@ async def list_batch_messages(
     ] = None,
 ) -> PostmanMessagePage:
     """The batch's messages with their latest status, a page at a time in the file's order."""
-    campaign = await service.campaign(pool, settings, grant, campaign_id, _client_ip(request))
     return await service.list_batch_messages(
         pool,
-        grant.account_id,
-        campaign,
+        reached.account_id,
+        reached.campaign,
         batch_id,
         limit=limit,
         after=after,
@@ -126,17 +161,16 @@ async def list_batch_messages(
     responses={201: {"description": "The retry has started; no body."}, **ERROR_RESPONSES},
 )
 async def retry_batch(
-    request: Request,
-    grant: CampaignBatchesWrite,
+    reached: WriteCampaign,
     pool: Pool,
     temporal: Temporal,
     settings: AppSettings,
-    campaign_id: str,
     batch_id: str,
 ) -> Response:
     """Send the finished batch's failed messages again, in the same batch."""
-    campaign = await service.campaign(pool, settings, grant, campaign_id, _client_ip(request))
-    await service.retry_batch(pool, temporal, settings, grant.account_id, campaign, batch_id)
+    await service.retry_batch(
+        pool, temporal, settings, reached.account_id, reached.campaign, batch_id
+    )
     return Response(status_code=201)
 
 
