@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -195,13 +195,6 @@ class WorkerMetrics:
             " a duplicate) or rejected;"
             " rate() is the validation's rows per second.",
             ["result"],
-            registry=self.registry,
-        )
-        self.validations = Gauge(
-            "herald_validations",
-            "Recipient files this worker is validating, by state: running, or waiting for one"
-            " of HERALD_VALIDATIONS_AT_ONCE turns (a file of at most 1 MiB needs none).",
-            ["state"],
             registry=self.registry,
         )
 

@@ -221,8 +221,9 @@ class Settings(BaseSettings):
     validations_at_once: int = Field(
         2,
         ge=1,
-        description="Recipient files one worker process validates at once; the others wait"
-        " for a turn (files of at most 1 MiB never wait). Each 1M-row validation takes about"
+        description="Recipient files of over 1 MiB (or with mailing lists) one worker process"
+        " validates at once, from their own task queue: the others wait there, for this"
+        " worker or another, holding no worker's slot. Each 1M-row validation takes about"
         " 150 MB and both cores: more at once only shares them, and can overrun the memory"
         " limit.",
     )
@@ -424,6 +425,11 @@ class Settings(BaseSettings):
     def send_task_queue(self) -> str:
         """The task queue of the send activities (`worker_role`)."""
         return f"{self.task_queue}-send"
+
+    @property
+    def validation_task_queue(self) -> str:
+        """The task queue of the validation of large files (`validations_at_once`)."""
+        return f"{self.task_queue}-validation"
 
     @property
     def dsn(self) -> str:

@@ -77,8 +77,10 @@ async def herald_worker(
     metrics = metrics or WorkerMetrics()
     role = settings.worker_role
     queues = 2 if role == "all" else 1
+    validating = settings.validations_at_once if role != "send" else 0
     pool = await create_pool(
-        settings.dsn, max_size=max(10, queues * settings.max_concurrent_activities + 4)
+        settings.dsn,
+        max_size=max(10, queues * settings.max_concurrent_activities + validating + 4),
     )
     await migrate(pool)
     carrier = TwilioCarrier(
@@ -111,6 +113,19 @@ async def herald_worker(
     if role in ("all", "control"):
         every = [m for r in resources.values() for m in r.registered()]
         workers.append(_worker(client, settings, settings.task_queue, every, workflows))
+        # Large files' validations, a few at once per process: the others wait on the queue
+        # for this worker or another, holding no slot of either's.
+        validations = resources[ValidationActivities].registered()
+        workers.append(
+            _worker(
+                client,
+                settings,
+                settings.validation_task_queue,
+                validations,
+                (),
+                at_once=settings.validations_at_once,
+            )
+        )
     if role in ("all", "send"):
         sends = resources[SendingActivities].registered()
         workers.append(_worker(client, settings, settings.send_task_queue, sends, ()))
@@ -128,13 +143,15 @@ def _worker(
     task_queue: str,
     activities: Sequence[Callable[..., Any]],
     workflows: Sequence[type],
+    *,
+    at_once: int | None = None,
 ) -> Worker:
     return Worker(
         client,
         task_queue=task_queue,
         workflows=workflows,
         activities=activities,
-        max_concurrent_activities=settings.max_concurrent_activities,
+        max_concurrent_activities=at_once or settings.max_concurrent_activities,
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_timeout_seconds),
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
         # Cancellations reach an activity in a heartbeat's reply: let them through at once.

@@ -2,12 +2,11 @@
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from tempfile import TemporaryFile
 from typing import Any, BinaryIO, TypeVar, cast
 
@@ -42,7 +41,6 @@ from activities.recipients.rows import (
     strict_failure,
 )
 from activities.resources import WorkerResources
-from activities.validation_turns import ValidationTurns
 from store import batches, files, links, mailing_lists, messages, opt_outs
 from workflows.contracts import (
     ValidateInput,
@@ -97,23 +95,10 @@ class ValidationActivities(WorkerResources):
         beating = asyncio.create_task(heartbeat_until_cancelled())
         try:
             return await outages_uncounted(
-                lambda: self._in_turn(self._validate, input), attempts=VALIDATE_ATTEMPTS
+                lambda: self._validate(input), attempts=VALIDATE_ATTEMPTS
             )
         finally:
             beating.cancel()
-
-    @functools.cached_property
-    def _turns(self) -> ValidationTurns:
-        return ValidationTurns(self._settings.validations_at_once, self._metrics.validations)
-
-    async def _in_turn(
-        self, build: Callable[[ValidateInput], Awaitable[T]], input: ValidateInput
-    ) -> T:
-        """`build(input)` once the batch's file has its turn (`ValidationTurns`); waiting
-        for it, the activity heartbeats and a cancellation reaches it as at work."""
-        size = await files.size_of(self._pool, uuid.UUID(input.batch_id))
-        async with self._turns.turn(size):
-            return await build(input)
 
     async def _validate(self, input: ValidateInput) -> ValidationResult:
         steps = _Steps()
@@ -233,9 +218,7 @@ class ValidationActivities(WorkerResources):
         is applied again. One transaction, as `validate_recipients`."""
         beating = asyncio.create_task(heartbeat_until_cancelled())
         try:
-            tally = await outages_uncounted(
-                lambda: self._in_turn(self._load, input), attempts=VALIDATE_ATTEMPTS
-            )
+            tally = await outages_uncounted(lambda: self._load(input), attempts=VALIDATE_ATTEMPTS)
         finally:
             beating.cancel()
         log.info("ledger loaded", batch_id=input.batch_id, recipients=tally.recipients)

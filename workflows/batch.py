@@ -461,6 +461,7 @@ class BatchWorkflow:
         return await workflow.execute_activity_method(
             activity,
             ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
+            task_queue=self._input.validation_task_queue,
             start_to_close_timeout=timedelta(minutes=30),
             heartbeat_timeout=timedelta(minutes=1),
             retry_policy=VALIDATE_RETRY,
@@ -476,6 +477,7 @@ class BatchWorkflow:
             workflow.execute_activity_method(
                 ValidationActivities.validate_recipients,
                 ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
+                task_queue=self._input.validation_task_queue,
                 start_to_close_timeout=timedelta(minutes=30),
                 heartbeat_timeout=timedelta(minutes=1),
                 retry_policy=VALIDATE_RETRY,

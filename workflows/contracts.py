@@ -226,6 +226,10 @@ class BatchInput:
     load_validated: bool = False
     # None: the batch never pauses itself on carrier errors (runs started before it too).
     auto_pause: AutoPause | None = None
+    # The task queue that builds the ledger of a large file (`Settings.validation_task_queue`,
+    # where each worker validates few at once); None: the workflow's own (a small file, and
+    # runs started before it).
+    validation_task_queue: str | None = None
 
 
 @dataclass(kw_only=True)

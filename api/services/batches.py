@@ -147,6 +147,9 @@ UNSTARTED_CODES = (TemporalUnavailable.code, batches.NOT_STARTED)
 LEFT_BY_A_RUN = [LedgerStatus.PENDING, LedgerStatus.SENDING, LedgerStatus.UNCERTAIN]
 # How long a start that failed waits to learn whether its run is there (_started_anyway).
 STARTED_CHECK_TIMEOUT = timedelta(seconds=5)
+# A file larger (about 40,000 rows of a typical list) is validated on the validation task
+# queue (`_validation_queue`); a smaller one, in well under a second, on the workflow's own.
+LARGE_FILE_BYTES = 1 << 20
 
 
 def parse_batch_id(value: str, error: type[HeraldError] = BatchNotFound) -> uuid.UUID:
@@ -186,6 +189,18 @@ def dispatch_settings(
         send_task_queue=settings.send_task_queue,
         inline_slices=settings.inline_slices,
     )
+
+
+async def _validation_queue(
+    pool: asyncpg.Pool, settings: Settings, file_id: uuid.UUID, request: Mapping[str, Any]
+) -> str | None:
+    """Where the batch's ledger is built: a file of over `LARGE_FILE_BYTES`, or one with
+    mailing lists to add, on the validation task queue, where each worker validates at most
+    `HERALD_VALIDATIONS_AT_ONCE` at once and the others wait holding no worker's slot; a
+    smaller one on the workflow's own queue, at once, never behind a large one."""
+    if request.get("lists") or await files.size_of(pool, file_id) > LARGE_FILE_BYTES:
+        return settings.validation_task_queue
+    return None
 
 
 async def _slowest_rate(
@@ -319,6 +334,7 @@ async def start_batch(
                 load_validated=load_validated,
                 # After the final event of its end as unstarted, if housekeeping ended it.
                 first_event_seq=0 if created else await events.last_event_seq(pool, file_id),
+                validation_task_queue=await _validation_queue(pool, settings, file_id, request),
             ),
             WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
@@ -792,6 +808,9 @@ async def retry_batch(
         retry_attempts_below=attempts_below,
         first_event_seq=await events.last_event_seq(pool, batch["id"]),
         limits=validation_limits(settings),
+        validation_task_queue=None
+        if validated
+        else await _validation_queue(pool, settings, batch["id"], batch["request"]),
     )
     queued_at = await batches.queue_for_retry(pool, batch)
     if queued_at is None:
