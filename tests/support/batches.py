@@ -111,18 +111,14 @@ async def stored_files(pool: asyncpg.Pool, account: Account) -> int:
     return count
 
 
-async def recorded_file(
-    conn: asyncpg.Pool | asyncpg.Connection, account: Account, content: bytes = b""
-) -> uuid.UUID:
-    """A file of the account (empty unless `content`), for a batch."""
+async def recorded_file(conn: asyncpg.Pool | asyncpg.Connection, account: Account) -> uuid.UUID:
+    """An empty file of the account, for a batch."""
     file_id = uuid.uuid4()
     await conn.execute(
         "INSERT INTO files (id, account_id, filename, content_type, size_bytes,"
-        " content) VALUES ($1, $2, 'recorded.csv', 'text/csv', $3, $4)",
+        " content) VALUES ($1, $2, 'recorded.csv', 'text/csv', 0, '')",
         file_id,
         account.account_id,
-        len(content),
-        content,
     )
     return file_id
 
@@ -131,11 +127,9 @@ async def recorded_batch(
     conn: asyncpg.Pool | asyncpg.Connection,
     account: Account,
     request: dict[str, Any] | None = None,
-    content: bytes = b"",
 ) -> uuid.UUID:
-    """A batch of the account with a file (empty unless `content`), recorded only (no
-    workflow)."""
-    batch_id = await recorded_file(conn, account, content)
+    """A batch of the account with an empty file, recorded only (no workflow)."""
+    batch_id = await recorded_file(conn, account)
     assert await create_batch(
         conn,  # type: ignore[arg-type]
         batch_id=batch_id,
