@@ -101,11 +101,11 @@ def _grants(permission: str, authenticate: Callable[..., Awaitable[KeyGrant]] = 
 
 
 def _campaign_grants(permission: str) -> Any:
-    """The caller's Bearer key, once it is known and holds `permission`, its rate not spent
-    unless it does not: the Postman dialect's routes spend their campaign's (10 requests a
-    second, as Postman documents), or the key's when the request names no campaign of the
-    account (`postman.campaign`), so that a key driving several campaigns is not held under
-    their rates."""
+    """The caller's Bearer key, once it is known and holds `permission`, without spending
+    its rate (but when it lacks the permission): the Postman dialect's routes spend their
+    campaign's (10 requests a second, as Postman documents), or the key's when the request
+    names no campaign of the account (`postman.campaign`), so that a key driving several
+    campaigns is not held under their rates."""
     assert permission in PERMISSIONS, permission
 
     async def permitted(
