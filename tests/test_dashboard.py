@@ -381,3 +381,42 @@ async def test_the_list_is_newest_first_and_a_finished_batch_offers_only_what_it
     assert retry_when_none_to_send and retry_when_none_failed
     assert retry_when_failed
     assert order == [newest, nothing_to_send, nothing_failed, with_failed]
+
+
+async def test_a_retried_batchs_stream_goes_on_after_its_last_runs_events(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    carrier: Configure,
+) -> None:
+    # Read again from its first event, the stream showed the last run again (validating ...
+    # completed_partial) as the batch's state while the retry ran.
+    refused_number, sent_number = unique_numbers(2)
+    await carrier(scripted={refused_number: [400]})
+    batch_id, _ = await start_marked_batch(api, account, webhooks, [refused_number, sent_number])
+    await wait_for_status(api, account, batch_id, *FINAL)
+
+    async with served_api(settings) as served, chromium() as driver:
+        await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
+        row = batch_row(batch_id)
+        await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
+        await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
+        await until(
+            driver, lambda d: d.find_element(By.ID, "retry").get_attribute("disabled") is None
+        )
+        await run(
+            lambda: driver.execute_script(
+                # Each status shown, though several come in one task (a replay).
+                "window.shown = [];"
+                " new MutationObserver((records) => records.forEach((record) =>"
+                " record.addedNodes.forEach((node) => window.shown.push(node.textContent))))"
+                ".observe(document.getElementById('detail-status'), {childList: true});"
+            )
+        )
+        await run(lambda: driver.find_element(By.ID, "retry").click())
+        await wait_for_status(api, account, batch_id, "completed")
+        await until(driver, lambda d: shown_status(d) == "completed")
+        shown = await run(lambda: driver.execute_script("return window.shown"))
+
+    assert "validating" not in shown and "completed_partial" not in shown, shown

@@ -22,6 +22,7 @@ function newState() {
     progress: new Map(), // batch_id -> {sent, failed, done, total} from its event stream
     ledger: new Map(), // batch_id -> the same from its ledger counts (the batch shown)
     streams: new Map(), // batch_id -> AbortController of its open event stream
+    eventIds: new Map(), // batch_id -> where its next stream goes on from (`Last-Event-ID`)
     selected: null,
     errorsCursor: null,
     listTimer: null,
@@ -218,6 +219,7 @@ async function loadBatches() {
     state.batches.delete(batchId);
     state.progress.delete(batchId);
     state.ledger.delete(batchId);
+    state.eventIds.delete(batchId);
     state.streams.get(batchId)?.abort();
   }
   $("no-batches").hidden = data.batches.length > 0;
@@ -237,14 +239,21 @@ function followRunning() {
 async function follow(batchId) {
   const controller = new AbortController();
   state.streams.set(batchId, controller);
+  const headers = { ...authHeaders(), accept: "text/event-stream" };
+  // A retried batch's stream goes on after the last run's events (`retry`), which read
+  // again would show that run's end as the batch's state.
+  if (state.eventIds.has(batchId)) headers["last-event-id"] = state.eventIds.get(batchId);
   try {
     const response = await fetch(`/v1/sms/batch/${encodeURIComponent(batchId)}/events`, {
-      headers: { ...authHeaders(), accept: "text/event-stream" },
+      headers,
       cache: "no-store",
       signal: controller.signal,
     });
     if (!response.ok) return;
-    await readEvents(response.body, (event, data) => onBatchEvent(batchId, event, data));
+    await readEvents(response.body, (event, data, id) => {
+      if (id !== null) state.eventIds.set(batchId, id);
+      onBatchEvent(batchId, event, data);
+    });
   } catch (error) {
     if (error.name !== "AbortError") console.warn("event stream", batchId, error);
   } finally {
@@ -252,7 +261,7 @@ async function follow(batchId) {
   }
 }
 
-// Server-sent events from a fetch() body: blocks split by a blank line, `event:` and
+// Server-sent events from a fetch() body: blocks split by a blank line, `event:`, `id:` and
 // `data:` fields (data lines joined by newlines, as EventSource does).
 async function readEvents(body, onEvent) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
@@ -266,12 +275,14 @@ async function readEvents(body, onEvent) {
       const block = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
       let event = "message";
+      let id = null;
       const data = [];
       for (const line of block.split("\n")) {
         if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("id:")) id = line.slice(3).trim();
         else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
       }
-      if (data.length) onEvent(event, JSON.parse(data.join("\n")));
+      if (data.length) onEvent(event, JSON.parse(data.join("\n")), id);
     }
   }
 }
@@ -423,6 +434,7 @@ async function control(action) {
   const options = { method: "POST" };
   if (action === "retry") options.json = { statuses: ["failed"] };
   try {
+    if (action === "retry") await lastEventOf(batchId);
     const reply = await api(`/v1/sms/batch/${encodeURIComponent(batchId)}/${action}`, options);
     const rows = reply.rows === null ? "its rows, once its file is validated again," : `${reply.rows} rows`;
     notify(action === "retry" ? `Retry: ${rows} again.` : `${action}: sent.`);
@@ -431,6 +443,19 @@ async function control(action) {
   } catch (error) {
     failed(error);
   }
+}
+
+// Where a finished batch's events end, kept for the stream of its retry: a finished batch's
+// stream gives every event it has and ends.
+async function lastEventOf(batchId) {
+  const response = await fetch(`/v1/sms/batch/${encodeURIComponent(batchId)}/events`, {
+    headers: { ...authHeaders(), accept: "text/event-stream" },
+    cache: "no-store",
+  });
+  if (!response.ok) return;
+  await readEvents(response.body, (event, data, id) => {
+    if (id !== null) state.eventIds.set(batchId, id);
+  });
 }
 
 // --- dry run ---------------------------------------------------------------------------
