@@ -420,3 +420,39 @@ async def test_a_retried_batchs_stream_goes_on_after_its_last_runs_events(
         shown = await run(lambda: driver.execute_script("return window.shown"))
 
     assert "validating" not in shown and "completed_partial" not in shown, shown
+
+
+async def test_rejected_rows_written_after_the_batch_was_clicked_are_shown(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    # Validation writes every rejected row at its end: clicked while it ran, the batch showed
+    # "None." for good, beside a count of them that grew.
+    at = datetime.now(UTC) + timedelta(hours=1)
+    batch_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(1), schedule_at=at.isoformat()
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+
+    async with served_api(settings) as served, chromium() as driver:
+        await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
+        row = batch_row(batch_id)
+        await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
+        await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
+        await until(driver, lambda d: d.find_element(By.ID, "no-errors").is_displayed())
+        # As a validation's end writes them.
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO rejected_rows (batch_id, row_number, account_id, code, reason,"
+                " value) VALUES ($1, 7, $2, 'invalid_number', 'not a number', 'oops')",
+                uuid.UUID(batch_id),
+                account.account_id,
+            )
+            await conn.execute("UPDATE batches SET rejected = 1 WHERE id = $1", uuid.UUID(batch_id))
+        shown = await until(driver, lambda d: d.find_element(By.ID, "error-rows").text)
+    await api.post(f"/v1/sms/batch/{batch_id}/cancel", headers=account.headers)
+
+    assert shown.split()[:2] == ["7", "oops"]

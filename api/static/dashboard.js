@@ -25,6 +25,8 @@ function newState() {
     eventIds: new Map(), // batch_id -> where its next stream goes on from (`Last-Event-ID`)
     selected: null,
     errorsCursor: null,
+    // The rejected rows counted when the batch shown's were read: read again when it changes.
+    errorsRejected: null,
     listTimer: null,
     detailTimer: null,
     detailLoadedAt: 0,
@@ -320,8 +322,9 @@ function onBatchEvent(batchId, event, data) {
 
 function select(batchId) {
   state.selected = batchId;
-  state.errorsCursor = null;
+  state.errorsRejected = null;
   $("error-rows").replaceChildren();
+  $("no-errors").hidden = true;
   // Nothing of the batch shown before, and no action, until this one's detail comes.
   $("detail-id").textContent = batchId;
   $("detail-reason").textContent = "";
@@ -336,7 +339,6 @@ function select(batchId) {
     row.classList.toggle("selected", row.dataset.batchId === batchId);
   }
   loadDetail().catch(failed);
-  loadErrors().catch(failed);
   followRunning();
 }
 
@@ -371,6 +373,14 @@ async function loadDetail() {
   state.batches.set(batchId, batch);
   state.ledger.set(batchId, ledgerProgress(detail));
   renderRow(batch);
+  // Its rejected rows, from their first page, when their count is not the one read: a file
+  // validated since the batch was clicked writes them all at the end.
+  if (detail.counts.rejected !== state.errorsRejected) {
+    state.errorsRejected = detail.counts.rejected;
+    state.errorsCursor = null;
+    $("error-rows").replaceChildren();
+    loadErrors().catch(failed);
+  }
   $("detail-id").textContent = batch.name ? `${batch.name} (${batchId})` : batchId;
   $("detail-reason").textContent = batch.code ? `${batch.code}: ${batch.reason ?? ""}` : "";
   $("temporal-link").href = detail.temporal_ui_url;
