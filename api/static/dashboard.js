@@ -242,7 +242,7 @@ async function follow(batchId) {
   const controller = new AbortController();
   state.streams.set(batchId, controller);
   const headers = { ...authHeaders(), accept: "text/event-stream" };
-  // A retried batch's stream goes on after the last run's events (`retry`), which read
+  // A retried batch's stream goes on after the last run's events (`lastEventOf`), which read
   // again would show that run's end as the batch's state.
   if (state.eventIds.has(batchId)) headers["last-event-id"] = state.eventIds.get(batchId);
   try {
