@@ -258,10 +258,13 @@ async def record_outcome(
         await receipts.apply_conversation_receipt(pool, carrier_sid)
 
 
-async def sids_taken(pool: asyncpg.Pool, sids: list[str]) -> set[str]:
-    """Which of `sids` some conversation message already holds."""
-    rows = await pool.fetch(
-        "SELECT carrier_sid FROM conversation_messages WHERE carrier_sid = ANY($1::text[])", sids
+async def sids_taken(conn: asyncpg.Pool | asyncpg.Connection, sids: list[str]) -> set[str]:
+    """Which of `sids` some conversation message already holds (an agent's: the carrier's
+    sids of its sends, through their index)."""
+    rows = await conn.fetch(
+        "SELECT carrier_sid FROM conversation_messages"
+        " WHERE sender = 'AGENT' AND carrier_sid = ANY($1::text[])",
+        sids,
     )
     return {r["carrier_sid"] for r in rows}
 

@@ -10,7 +10,7 @@ from typing import overload
 
 import asyncpg
 
-from store import receipts
+from store import conversation_messages, receipts
 from store.db import rows_affected
 from workflows.statuses import BatchStatus, LedgerStatus
 
@@ -515,9 +515,9 @@ async def _abandon_sending(
     )
 
 
-async def sids_in_ledger(pool: asyncpg.Pool, sids: list[str]) -> set[str]:
+async def sids_in_ledger(conn: asyncpg.Pool | asyncpg.Connection, sids: list[str]) -> set[str]:
     """Which of `sids` some message row already holds, in any batch."""
-    rows = await pool.fetch(
+    rows = await conn.fetch(
         "SELECT carrier_sid FROM messages WHERE carrier_sid = ANY($1::text[])", sids
     )
     return {r["carrier_sid"] for r in rows}
@@ -547,13 +547,8 @@ async def settle_uncertain(
             sorted({number for number, _ in candidates.values()}),
         )
         listed = sorted({sid for _, sids in candidates.values() for sid in sids})
-        held = await conn.fetch(
-            "SELECT carrier_sid FROM messages WHERE carrier_sid = ANY($1::text[])"
-            " UNION SELECT carrier_sid FROM conversation_messages"
-            " WHERE sender = 'AGENT' AND carrier_sid = ANY($1::text[])",
-            listed,
-        )
-        taken = {r["carrier_sid"] for r in held}
+        taken = await sids_in_ledger(conn, listed)
+        taken |= await conversation_messages.sids_taken(conn, listed)
         for seq, (_, sids) in candidates.items():
             free = next((sid for sid in sids if sid not in taken), None)
             if free is not None:

@@ -25,7 +25,7 @@ from deploy.local.temporal import TEMPORAL_BIN
 from settings import Settings
 from store import accounts
 from store.accounts import create_api_key, revoke_api_key
-from tests.support.batches import FINAL, phases, start, start_marked_batch
+from tests.support.batches import FINAL, phases, start, start_marked_batch, waiting_batch
 from tests.support.builders import attach, csv_bytes, slow_to_validate, unique_numbers
 from tests.support.delivery import (
     assert_each_row_once,
@@ -59,19 +59,6 @@ async def steered_api(
 async def ledger_counts(api: httpx.AsyncClient, account: Account, file_id: str) -> dict[str, int]:
     batch = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()["data"]
     return batch["counts"]
-
-
-async def waiting_batch(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, rows: int
-) -> str:
-    """A batch of `rows` waiting an hour for its `schedule_at`: its run open, sending nothing,
-    once its `waiting_for_scheduled_messages` event is in. Its file id."""
-    at = datetime.now(UTC) + timedelta(hours=1)
-    file_id, marker = await start_marked_batch(
-        api, account, webhooks, unique_numbers(rows), schedule_at=at.isoformat()
-    )
-    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
-    return file_id
 
 
 async def temporal_cli(temporal_address: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -368,7 +355,7 @@ async def test_a_retry_that_finds_a_run_still_open_leaves_the_batch_as_it_was(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(batch_service, "FINAL_CLOSE_SECONDS", 0.2)
-    file_id = await waiting_batch(api, account, webhooks, 2)
+    file_id = await waiting_batch(api, account, webhooks, unique_numbers(2))
     # As a batch whose final event is recorded while its run is still open (posting it).
     finished = datetime.now(UTC) - timedelta(minutes=5)
     await pool.execute(
@@ -537,7 +524,7 @@ async def test_an_event_stream_ends_once_the_key_that_opened_it_is_revoked(
     pool: asyncpg.Pool,
 ) -> None:
     # Waiting an hour for its time: its stream would not end by itself meanwhile.
-    file_id = await waiting_batch(api, account, webhooks, 2)
+    file_id = await waiting_batch(api, account, webhooks, unique_numbers(2))
     key = await create_api_key(pool, account.account_id)
 
     # Over a real port: the in-process transport reads a response whole before it returns.
@@ -589,7 +576,7 @@ async def test_an_event_stream_with_nothing_to_say_keeps_its_connection_alive(
     """No new event, and no progress (no worker answers the query): a comment now and then,
     so that a client's read timeout (the CLI's, a proxy's) does not take the stream for dead."""
     monkeypatch.setattr(batch_events, "KEEP_ALIVE_SECONDS", 0.5)
-    file_id = await waiting_batch(api, account, webhooks, 1)
+    file_id = await waiting_batch(api, account, webhooks, unique_numbers(1))
     grant = await accounts.grant_for_key(pool, account.key)
     assert grant is not None
     # After its events so far: only what the stream says while nothing happens.

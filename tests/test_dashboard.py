@@ -10,7 +10,6 @@ import re
 import secrets
 import shutil
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -22,7 +21,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 
 from settings import Settings
-from tests.support.batches import FINAL, start_marked_batch, wait_for_status
+from tests.support.batches import FINAL, start_marked_batch, wait_for_status, waiting_batch
 from tests.support.browser import chromium, run, until
 from tests.support.builders import csv_bytes, unique_numbers
 from tests.support.delivery import wait_until_received
@@ -267,11 +266,7 @@ async def test_a_batch_paused_by_the_carriers_throttling_can_be_paused_for_good(
 ) -> None:
     """A batch the carrier's throttling paused resumes by itself (docs/API.md, Auto-pause):
     the dashboard still offers the pause that holds it for good, and the resume."""
-    at = datetime.now(UTC) + timedelta(hours=1)
-    batch_id, marker = await start_marked_batch(
-        api, account, webhooks, unique_numbers(2), schedule_at=at.isoformat()
-    )
-    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    batch_id = await waiting_batch(api, account, webhooks, unique_numbers(2))
     # As the account-wide throttling leaves it (test_account_outages.py makes it happen).
     await pool.execute(
         "UPDATE batches SET status = 'paused', code = 'carrier_throttled' WHERE id = $1",
@@ -305,6 +300,17 @@ def bar_value(driver: WebDriver, selector: str) -> str | None:
     return value
 
 
+async def batch_with_a_failed_row(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, carrier: Configure
+) -> str:
+    """A batch of two rows, one of which the carrier refuses (it ends `completed_partial`,
+    with a `failed` row to retry). Its id."""
+    refused, sent = unique_numbers(2)
+    await carrier(scripted={refused: [400]})
+    batch_id, _ = await start_marked_batch(api, account, webhooks, [refused, sent])
+    return batch_id
+
+
 def batch_row(batch_id: str) -> str:
     return f'tr[data-batch-id="{batch_id}"]'
 
@@ -321,9 +327,7 @@ async def test_the_list_is_newest_first_and_a_finished_batch_offers_only_what_it
     settings: Settings,
     carrier: Configure,
 ) -> None:
-    refused_number, sent_number = unique_numbers(2)
-    await carrier(scripted={refused_number: [400]})
-    with_failed, _ = await start_marked_batch(api, account, webhooks, [refused_number, sent_number])
+    with_failed = await batch_with_a_failed_row(api, account, webhooks, carrier)
     nothing_failed, _ = await start_marked_batch(api, account, webhooks, unique_numbers(1))
     # Every row refused at validation: it ends with nothing to send.
     nothing_to_send, _ = await start_marked_batch(
@@ -392,9 +396,7 @@ async def test_a_retried_batchs_stream_goes_on_after_its_last_runs_events(
 ) -> None:
     # Read again from its first event, the stream showed the last run again (validating ...
     # completed_partial) as the batch's state while the retry ran.
-    refused_number, sent_number = unique_numbers(2)
-    await carrier(scripted={refused_number: [400]})
-    batch_id, _ = await start_marked_batch(api, account, webhooks, [refused_number, sent_number])
+    batch_id = await batch_with_a_failed_row(api, account, webhooks, carrier)
     await wait_for_status(api, account, batch_id, *FINAL)
 
     async with served_api(settings) as served, chromium() as driver:
@@ -431,11 +433,7 @@ async def test_rejected_rows_written_after_the_batch_was_clicked_are_shown(
 ) -> None:
     # Validation writes every rejected row at its end: clicked while it ran, the batch showed
     # "None." for good, beside a count of them that grew.
-    at = datetime.now(UTC) + timedelta(hours=1)
-    batch_id, marker = await start_marked_batch(
-        api, account, webhooks, unique_numbers(1), schedule_at=at.isoformat()
-    )
-    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    batch_id = await waiting_batch(api, account, webhooks, unique_numbers(1))
 
     async with served_api(settings) as served, chromium() as driver:
         await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)

@@ -2,27 +2,20 @@
 `validations_at_once` at once and the others wait holding none of its slots; a small file is
 validated on the workflow's own task queue, never behind them."""
 
-from datetime import UTC, datetime, timedelta
-
 import httpx
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
 from api.services.batches import LARGE_FILE_BYTES
 from settings import Settings
-from tests.support.batches import start_marked_batch
-from tests.support.builders import csv_bytes, slow_to_validate, unique_numbers
+from tests.support.batches import in_an_hour, start_marked_batch, waiting_batch
+from tests.support.builders import slow_to_validate, unique_numbers
 from tests.support.delivery import own_worker
 from tests.support.stack import Account, WebhookReceiver, api_client
 from workflows.contracts import batch_workflow_id
 
 # Past LARGE_FILE_BYTES, and read row by row (a quote in an unquoted cell): about a second.
 LARGE = slow_to_validate(60_000)
-
-
-def later() -> str:
-    """A `schedule_at` an hour off: the batch validates its file, then waits, sending none."""
-    return (datetime.now(UTC) + timedelta(hours=1)).isoformat()
 
 
 async def validations(temporal: Client, batch_id: str) -> list[HistoryEvent]:
@@ -60,18 +53,8 @@ async def test_a_large_file_is_validated_on_the_validation_queue_and_a_small_one
     temporal: Client,
 ) -> None:
     assert len(LARGE) > LARGE_FILE_BYTES
-    large, large_marker = await start_marked_batch(
-        api, account, webhooks, LARGE, schedule_at=later()
-    )
-    small, small_marker = await start_marked_batch(
-        api,
-        account,
-        webhooks,
-        csv_bytes(["phone_number"], [[n] for n in unique_numbers(3)]),
-        schedule_at=later(),
-    )
-    for marker in (large_marker, small_marker):
-        await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    large = await waiting_batch(api, account, webhooks, LARGE)
+    small = await waiting_batch(api, account, webhooks, unique_numbers(3))
     queues = [
         (await validations(temporal, batch_id))[0].activity_task_scheduled_event_attributes
         for batch_id in (large, small)
@@ -93,7 +76,7 @@ async def test_a_worker_validates_no_more_large_files_at_once_than_its_turns(
         api_client(own) as api,
     ):
         started = [
-            await start_marked_batch(api, account, webhooks, LARGE, schedule_at=later())
+            await start_marked_batch(api, account, webhooks, LARGE, schedule_at=in_an_hour())
             for _ in range(2)
         ]
         for _, marker in started:

@@ -3,6 +3,7 @@
 import asyncio
 import secrets
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -75,6 +76,26 @@ def _global_fields(account: Account, marker: str, message: str | None) -> dict[s
     if message != "":
         fields["agent_message"] = f"batch {marker}" if message is None else message
     return fields
+
+
+def in_an_hour() -> str:
+    """A `schedule_at` an hour off: a batch validates its file, then waits, sending none."""
+    return (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+
+
+async def waiting_batch(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    recipients: list[str] | bytes,
+) -> str:
+    """A batch of `recipients` waiting an hour for its `schedule_at`: its run open, sending
+    nothing, once its `waiting_for_scheduled_messages` event is in. Its file id."""
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, recipients, schedule_at=in_an_hour()
+    )
+    await webhooks.wait_for(marker, "waiting_for_scheduled_messages")
+    return file_id
 
 
 async def run_batch(
