@@ -100,9 +100,8 @@ def _grants(permission: str, authenticate: Callable[..., Awaitable[KeyGrant]] = 
     return Depends(permitted)
 
 
-def campaign_grants(permission: str) -> Any:
-    """The Postman dialect's routes' key dependency (`api/routes/postman.py`): the caller's
-    Bearer key, once it is known and holds `permission`, without spending
+def _campaign_grants(permission: str) -> Any:
+    """The caller's Bearer key, once it is known and holds `permission`, without spending
     its rate (but when it lacks the permission): the Postman dialect's routes spend their
     campaign's (10 requests a second, as Postman documents), or the key's when the request
     names no campaign of the account (`postman.campaign`), so that a key driving several
@@ -159,3 +158,7 @@ CarrierRead = Annotated[uuid.UUID, _requires("carrier:read")]
 CarrierWrite = Annotated[uuid.UUID, _requires("carrier:write")]
 CreateBatchSMS = Annotated[uuid.UUID, _requires("create:BatchSMS", bearer_grant)]
 ReadBatchSMS = Annotated[uuid.UUID, _requires("read:BatchSMS", bearer_grant)]
+# The Postman dialect: a Bearer key that may start (and retry) batches, or read them; its
+# rate is spent by the route (`_campaign_grants`).
+CampaignBatchesWrite = Annotated[KeyGrant, _campaign_grants("batches:write")]
+CampaignBatchesRead = Annotated[KeyGrant, _campaign_grants("batches:read")]

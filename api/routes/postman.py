@@ -7,12 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, UploadFile
 
-from api.deps import AppSettings, Pool, Temporal, campaign_grants
+from api.deps import AppSettings, CampaignBatchesRead, CampaignBatchesWrite, Pool, Temporal
 from api.input_checks import INT64_MAX
 from api.postman_models import PostmanBatchAccepted, PostmanError, PostmanMessagePage
 from api.routes.files import EmptyFile, FileTooLarge, MissingFile, MultipleFiles
 from api.services import postman as service
-from store.accounts import KeyGrant
 
 
 @dataclass(frozen=True)
@@ -23,26 +22,33 @@ class Reached:
     campaign: dict
 
 
-def _campaign(permission: str) -> Any:
-    """The campaign the request names, found (its rate, or the key's, spent:
-    `service.campaign`) as a dependency, before FastAPI checks the route's query and body:
-    a request refused for them spent no rate at all."""
-
-    async def reached(
-        request: Request,
-        pool: Pool,
-        settings: AppSettings,
-        grant: Annotated[KeyGrant, campaign_grants(permission)],
-        campaign_id: str,
-    ) -> Reached:
-        found = await service.campaign(pool, settings, grant, campaign_id, _client_ip(request))
-        return Reached(grant.account_id, found)
-
-    return Depends(reached)
+async def _write_campaign(
+    request: Request,
+    pool: Pool,
+    settings: AppSettings,
+    grant: CampaignBatchesWrite,
+    campaign_id: str,
+) -> Reached:
+    found = await service.campaign(pool, settings, grant, campaign_id, _client_ip(request))
+    return Reached(grant.account_id, found)
 
 
-WriteCampaign = Annotated[Reached, _campaign("batches:write")]
-ReadCampaign = Annotated[Reached, _campaign("batches:read")]
+async def _read_campaign(
+    request: Request,
+    pool: Pool,
+    settings: AppSettings,
+    grant: CampaignBatchesRead,
+    campaign_id: str,
+) -> Reached:
+    found = await service.campaign(pool, settings, grant, campaign_id, _client_ip(request))
+    return Reached(grant.account_id, found)
+
+
+# The campaign the request names, found (its rate, or the key's, spent: `service.campaign`)
+# as a dependency, before FastAPI checks the route's query and body: a request refused for
+# them spent no rate at all.
+WriteCampaign = Annotated[Reached, Depends(_write_campaign)]
+ReadCampaign = Annotated[Reached, Depends(_read_campaign)]
 
 # Named after the dialect: both dialects' handlers are `send_batch`.
 router = APIRouter(
