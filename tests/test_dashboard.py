@@ -454,3 +454,50 @@ async def test_rejected_rows_written_after_the_batch_was_clicked_are_shown(
     await api.post(f"/v1/sms/batch/{batch_id}/cancel", headers=account.headers)
 
     assert shown.split()[:2] == ["7", "oops"]
+
+
+def open_streams(driver: WebDriver) -> int:
+    return int(driver.execute_script("return state.streams.size"))
+
+
+async def test_a_second_tab_works_while_the_first_follows_running_batches(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+) -> None:
+    # Chromium opens six connections per host for all its tabs: a tab following three batches
+    # held three, the second tab's three streams the rest, and its next request never left.
+    waiting = [await waiting_batch(api, account, webhooks, unique_numbers(1)) for _ in range(4)]
+
+    async with served_api(settings) as served, chromium() as driver:
+        url = f"http://127.0.0.1:{served.api_port}/ui"
+        await run(sign_in, driver, url, account.key)
+        first = await run(lambda: driver.current_window_handle)
+        assert await until(driver, open_streams) == 2
+        await run(
+            lambda: driver.execute_script(
+                # The streams it holds each time the tab goes out of sight and back.
+                "window.held = [];"
+                " document.addEventListener('visibilitychange', () => {"
+                " const seen = document.visibilityState;"
+                " setTimeout(() => window.held.push([seen, state.streams.size]), 300); });"
+            )
+        )
+
+        await run(driver.switch_to.new_window, "tab")
+        await run(sign_in, driver, url, account.key)
+        for batch_id in waiting:
+            row = batch_row(batch_id)
+            await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
+            await run(lambda row=row: driver.find_element(By.CSS_SELECTOR, row).click())
+            await until(driver, lambda d, b=batch_id: d.find_element(By.ID, "detail-id").text == b)
+            await until(driver, shown_status)
+        assert await until(driver, open_streams) == 2
+
+        await run(driver.switch_to.window, first)
+        await until(driver, lambda d: len(d.execute_script("return window.held")) == 2)
+        held = await run(lambda: driver.execute_script("return window.held"))
+        assert await until(driver, open_streams) == 2
+
+    assert held == [["hidden", 0], ["visible", 2]]

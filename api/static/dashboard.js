@@ -6,8 +6,10 @@
 
 const KEY_ITEM = "herald.apiKey";
 const FINAL = new Set(["completed", "completed_partial", "failed", "cancelled"]);
-// Browsers open about six connections per host; each stream holds one.
-const MAX_STREAMS = 3;
+// Browsers open about six connections per host, shared by every tab of the page; each
+// stream holds one. Two windows side by side then hold four, and leave two for requests;
+// a tab out of sight holds none (`onVisibility`).
+const MAX_STREAMS = 2;
 const LIST_REFRESH_MS = 5000;
 const DETAIL_REFRESH_MS = 2000;
 const PAGE = 50;
@@ -228,8 +230,10 @@ async function loadBatches() {
   followRunning();
 }
 
-// Live progress: one event stream per running batch shown (the selected one first).
+// Live progress: one event stream per running batch shown (the selected one first), while
+// the tab is in sight.
 function followRunning() {
+  if (document.visibilityState === "hidden") return;
   const running = [...state.batches.values()].filter((b) => !FINAL.has(b.status));
   running.sort((a, b) => (b.batch_id === state.selected) - (a.batch_id === state.selected));
   for (const batch of running) {
@@ -602,6 +606,17 @@ function signOut(message = "") {
   $("who").textContent = message;
 }
 
+// A tab out of sight gives its streams' connections back, so that a tab in sight has them;
+// each stream opens again, from its last event, when the tab is back in sight.
+function onVisibility() {
+  if (document.visibilityState === "hidden") {
+    for (const controller of state.streams.values()) controller.abort();
+    state.streams.clear();
+  } else if (apiKey()) {
+    followRunning();
+  }
+}
+
 function start() {
   $("login").hidden = true;
   $("app").hidden = false;
@@ -629,5 +644,6 @@ document.addEventListener("DOMContentLoaded", () => {
     $(action).addEventListener("click", () => control(action));
   }
   $("dry-run-form").addEventListener("submit", dryRun);
+  document.addEventListener("visibilitychange", onVisibility);
   if (apiKey()) start();
 });
