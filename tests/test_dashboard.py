@@ -5,6 +5,7 @@ buttons pause and cancel it; its dry-run form previews a file.
 Each test saves a screenshot; with `HERALD_SCREENSHOTS=docs` they replace the README's."""
 
 import asyncio
+import functools
 import os
 import re
 import secrets
@@ -456,6 +457,10 @@ async def test_rejected_rows_written_after_the_batch_was_clicked_are_shown(
     assert shown.split()[:2] == ["7", "oops"]
 
 
+def shows_batch(driver: WebDriver, batch_id: str) -> bool:
+    return bool(driver.find_element(By.ID, "detail-id").text == batch_id)
+
+
 def open_streams(driver: WebDriver) -> int:
     return int(driver.execute_script("return state.streams.size"))
 
@@ -491,7 +496,7 @@ async def test_a_second_tab_works_while_the_first_follows_running_batches(
             row = batch_row(batch_id)
             await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
             await run(lambda row=row: driver.find_element(By.CSS_SELECTOR, row).click())
-            await until(driver, lambda d, b=batch_id: d.find_element(By.ID, "detail-id").text == b)
+            await until(driver, functools.partial(shows_batch, batch_id=batch_id))
             await until(driver, shown_status)
         assert await until(driver, open_streams) == 2
 
