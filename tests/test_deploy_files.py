@@ -7,6 +7,7 @@ import copy
 import json
 import re
 import tomllib
+from collections import ChainMap
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -329,6 +330,73 @@ def test_the_api_is_probed_autoscaled_and_kept_available() -> None:
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     # Its replicas are the autoscaler's: an apply of the manifests leaves them as they are.
     assert "replicas" not in api["spec"]
+
+
+# A port's name as Kubernetes takes it (IANA_SVC_NAME): the schemas say only "string".
+PORT_NAME = re.compile(r"(?=.{1,15}$)(?=.*[a-z])[a-z0-9]+(-[a-z0-9]+)*")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_port_name_is_one_kubernetes_accepts(overlay: str) -> None:
+    resources = rendered(overlay)
+    names = [
+        port["name"]
+        for resource in resources
+        for container in containers(resource)
+        for port in container.get("ports", [])
+    ]
+    names += [
+        port["name"]
+        for resource in resources
+        if resource["kind"] == "Service"
+        for port in resource["spec"]["ports"]
+    ]
+
+    assert names
+    assert [name for name in names if not PORT_NAME.fullmatch(name)] == []
+
+
+def service_links(service: Resource) -> dict[str, str]:
+    """The variables Kubernetes sets in a pod for a Service of its namespace, unless the pod
+    says `enableServiceLinks: false`: `HERALD_API_PORT` among them, for `herald-api`."""
+    name = service["metadata"]["name"].upper().replace("-", "_")
+    ports = service["spec"]["ports"]
+    ip = "10.96.3.7"
+    links = {
+        f"{name}_SERVICE_HOST": ip,
+        f"{name}_SERVICE_PORT": str(ports[0]["port"]),
+        f"{name}_PORT": f"tcp://{ip}:{ports[0]['port']}",
+    }
+    for port in ports:
+        number, prefix = port["port"], f"{name}_PORT_{port['port']}_TCP"
+        links[f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(number)
+        links[prefix] = f"tcp://{ip}:{number}"
+        links |= {f"{prefix}_PROTO": "tcp", f"{prefix}_PORT": str(number), f"{prefix}_ADDR": ip}
+    return links
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_starts_with_what_kubernetes_adds_to_its_environment(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Service herald-api made Kubernetes set HERALD_API_PORT=tcp://...:80 in every pod of
+    # the namespace: the API, the workers and the prepare Job refused to start.
+    resources = rendered(overlay)
+    services = [r for r in resources if r["kind"] == "Service"]
+    pods = [r for r in resources if containers(r)]
+    environment = {**pod_environment(overlay), **FILLED_URLS}
+
+    assert services and pods
+    for pod in pods:
+        links = pod["spec"]["template"]["spec"].get("enableServiceLinks", True)
+        for container in containers(pod):
+            with monkeypatch.context() as patched:
+                added = [service_links(s) for s in services] if links else []
+                for name, value in ChainMap(*added, environment).items():
+                    patched.setenv(name, value)
+                for variable in container.get("env", []):
+                    patched.setenv(variable["name"], variable["value"])
+                assert Settings().env == "production", pod["metadata"]["name"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
