@@ -320,6 +320,8 @@ def test_the_api_is_probed_autoscaled_and_kept_available() -> None:
     labels = api["spec"]["template"]["metadata"]["labels"]
 
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Its checks take up to 3 s (Temporal's); a probe's default timeout is 1 s.
+    assert container["readinessProbe"]["timeoutSeconds"] > 3
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert named(resources, "Service", "herald-api")["spec"]["selector"].items() <= labels.items()
     assert (

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 from deploy.local.processes import ManagedProcess, free_port, http_ok
 from settings import Settings
 from tests.support.sending import eventually
+from tests.support.stack import api_client
 from tests.support.workers import worker_process
 
 
@@ -79,3 +82,24 @@ async def test_the_api_is_healthy_while_it_answers(settings: Settings, tmp_path:
 
     assert serving.returncode == 0, serving.stderr
     assert stopped.returncode == 1 and f"127.0.0.1:{port}/healthz" in stopped.stderr
+
+
+async def test_an_api_that_reaches_postgresql_but_not_temporal_stays_ready(
+    settings: Settings, api: httpx.AsyncClient
+) -> None:
+    # Out of its Service while Temporal was away, every API pod refused the carrier's status
+    # callbacks too, which need PostgreSQL alone and which a carrier does not post again.
+    down = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
+
+    async with api_client(down) as unreachable:
+        degraded = await unreachable.get("/readyz")
+    ready = await api.get("/readyz")
+
+    assert degraded.status_code == 200
+    assert degraded.json()["status"] == "degraded"
+    assert degraded.json()["checks"]["postgres"] == "ok"
+    assert degraded.json()["checks"]["temporal"].startswith("down: ")
+    assert (ready.status_code, ready.json()) == (
+        200,
+        {"status": "ready", "checks": {"postgres": "ok", "temporal": "ok"}},
+    )

@@ -16,15 +16,17 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "A dependency is down"}})
+@router.get("/readyz", responses={503: {"description": "PostgreSQL is down"}})
 async def readyz(pool: Pool, temporal: Temporal) -> JSONResponse:
-    """PostgreSQL and Temporal both answer; 503 naming the one that does not."""
+    """Ready while PostgreSQL answers; `degraded` while Temporal does not. A pod taken out of
+    its Service for Temporal would refuse what needs only PostgreSQL too: the carrier's
+    status callbacks, which it does not post again, and the reads of batches and their
+    ledgers. A request that needs Temporal answers TEMPORAL_UNAVAILABLE meanwhile."""
     checks = await readiness(pool, temporal)
-    ready = all(v == "ok" for v in checks.values())
-    return JSONResponse(
-        status_code=200 if ready else 503,
-        content={"status": "ready" if ready else "unavailable", "checks": checks},
-    )
+    if checks["postgres"] != "ok":
+        return JSONResponse(status_code=503, content={"status": "unavailable", "checks": checks})
+    status = "ready" if checks["temporal"] == "ok" else "degraded"
+    return JSONResponse(status_code=200, content={"status": status, "checks": checks})
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -9,16 +9,21 @@ from store.db import ping
 
 
 async def readiness(pool: asyncpg.Pool, temporal: Client) -> dict[str, str]:
-    """`ok`, or `down: <error type>`, for PostgreSQL and for Temporal."""
-    checks: dict[str, str] = {}
-    try:
-        await ping(pool)
-        checks["postgres"] = "ok"
-    except (OSError, TimeoutError, Exception) as error:
-        checks["postgres"] = f"down: {type(error).__name__}"
-    try:
-        await asyncio.wait_for(temporal.service_client.check_health(), timeout=3)
-        checks["temporal"] = "ok"
-    except Exception as error:
-        checks["temporal"] = f"down: {type(error).__name__}"
-    return checks
+    """`ok`, or `down: <error type>`, for PostgreSQL and for Temporal, checked side by side."""
+
+    async def postgres() -> str:
+        try:
+            await ping(pool)
+        except Exception as error:
+            return f"down: {type(error).__name__}"
+        return "ok"
+
+    async def temporal_health() -> str:
+        try:
+            await asyncio.wait_for(temporal.service_client.check_health(), timeout=3)
+        except Exception as error:
+            return f"down: {type(error).__name__}"
+        return "ok"
+
+    checks = await asyncio.gather(postgres(), temporal_health())
+    return dict(zip(("postgres", "temporal"), checks, strict=True))
