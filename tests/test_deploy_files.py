@@ -4,6 +4,7 @@ the compose specification's (vendored by check-jsonschema, Apache-2.0) and Kuber
 (kubernetes-validate)."""
 
 import copy
+import fnmatch
 import json
 import re
 import tomllib
@@ -514,3 +515,37 @@ def test_the_image_holds_every_module_the_package_declares() -> None:
     missing = [m for m in pyproject["py-modules"] if f"{m}.py" not in copied]
     missing += [p for p in packages if p not in copied]
     assert missing == []
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Whether a .dockerignore's patterns leave `path` (or a folder above it) out."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(
+        fnmatch.fnmatchcase(prefix, pattern.removeprefix("**/"))
+        or (
+            pattern.startswith("**/")
+            and fnmatch.fnmatchcase(prefix.rsplit("/", 1)[-1], pattern[3:])
+        )
+        for pattern in patterns
+        for prefix in prefixes
+    )
+
+
+def test_the_build_context_leaves_out_local_state_and_keeps_what_the_image_copies() -> None:
+    # Without one, `docker build .` sent the 1 GB virtualenv, the history and the local
+    # stack's key (.herald/dev.json) to the builder.
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line for line in lines if line and not line.startswith(("#", "!"))]
+    copied = [
+        source
+        for stage in stages()
+        for value in values(stage, "COPY")
+        if not value.startswith("--from=")
+        for source in value.split()[:-1]
+    ]
+
+    assert copied
+    assert [source for source in copied if ignored(source, patterns)] == []
+    for path in (".git", ".venv", ".herald/dev.json", "api/__pycache__/app.pyc", "bench/results"):
+        assert ignored(path, patterns), path
