@@ -5,10 +5,11 @@ Exit codes: 0 success; for commands that wait for a batch's end (`send --follow`
 `send --dry-run` when the batch would fail; 3 when a request failed (the API's error code is
 printed), the answer was not Herald's, the file could not be written, or the batch's event
 stream kept ending before the batch did (it is opened again, after a retry, until the new
-run's events come). A usage error (an unknown command or option, a missing argument) exits 2
-as well, before anything is sent, its message on stderr."""
+run's events come). A usage error (an unknown command or option, a missing argument, a batch
+id that is no UUID) exits 2 as well, before anything is sent, its message on stderr."""
 
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +33,8 @@ EXIT_CODES = {
 # A stream that ends before the batch does is opened again this many times, this far apart.
 REOPENS = 10
 REOPEN_SECONDS = 1.0
+# A followed batch's counts are read at most this often while its events come.
+COUNTS_EVERY_SECONDS = 1.0
 BATCH_COLUMNS = ("batch_id", "name", "status", "agent_number", "recipients", "created_at")
 BATCHES_PANEL = "Batches"
 OPERATOR_PANEL = "Operators (PostgreSQL directly, no API)"
@@ -41,7 +44,21 @@ app = typer.Typer(
 )
 
 Json = Annotated[bool, typer.Option("--json", help="JSON on stdout, for scripts.")]
-BatchId = Annotated[str, typer.Argument(help="The batch id (its file id).")]
+
+
+def _batch_id(value: str) -> str:
+    """A batch id as the API names batches: a UUID, the blanks around it dropped (an id read
+    from a file with Windows line ends keeps its CR). Anything else is a usage error: in the
+    request's path, `<id>/messages` asked another endpoint, and a CR made no URL at all."""
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a batch id (a UUID)") from None
+
+
+BatchId = Annotated[
+    str, typer.Argument(help="The batch id (its file id).", parser=_batch_id, metavar="BATCH_ID")
+]
 
 
 def _herald() -> Herald:
@@ -85,16 +102,23 @@ def _watch(api: Herald, batch_id: str, as_json: bool, progress: BatchProgress) -
     A retried batch is `queued` while its stream still ends at the final event of its run
     before, until the new run records its first event: a stream that ends while the batch is
     not final is opened again after the last event seen, up to `REOPENS` times in a row."""
-    last, reopens = 0, 0
+    last, reopens, read_at = 0, 0, -COUNTS_EVERY_SECONDS
     while True:
         for event in api.events(batch_id, after=last):
             reopens = 0
             last = last if event.id is None else event.id
             if as_json:
                 show_json({"event": event.name, "data": event.data})
+                continue
             # The ledger's counts move with each message, the progress event's only as
-            # chunks end: each event (about one a second) is the time to read them.
-            progress.show(api.call("GET", f"/v1/sms/batch/{batch_id}"), event.data["status"])
+            # chunks end: an event is the time to read them, at most once a second. A stream
+            # opened late gives every event so far at once: a read for each spent the key's
+            # rate (RATE_LIMITED after about a hundred).
+            if time.monotonic() - read_at >= COUNTS_EVERY_SECONDS:
+                read_at = time.monotonic()
+                progress.show(api.call("GET", f"/v1/sms/batch/{batch_id}"), event.data["status"])
+            else:
+                progress.update(status=event.data["status"])
         batch: dict[str, Any] = api.call("GET", f"/v1/sms/batch/{batch_id}")
         progress.show(batch, batch["status"])
         if batch["status"] in FINAL_BATCH_STATUSES:

@@ -176,6 +176,76 @@ async def test_follow_gives_up_on_a_stream_that_keeps_ending_before_the_batch_do
     )
 
 
+@asynccontextmanager
+async def a_batch_with_many_events(
+    batch_id: str, events: int, reads: list[str]
+) -> AsyncIterator[str]:
+    """An API whose batch `batch_id` is `in_progress` when first read and `completed` after,
+    and whose event stream gives `events` progress events at once, as to a stream opened
+    late; each read of the batch is added to `reads`. Its address."""
+    counts = {"sent": 2}
+    found: dict[str, object] = {
+        "batch_id": batch_id,
+        "name": None,
+        "code": None,
+        "reason": None,
+        "rows_total": 2,
+    }
+    found |= {"recipients": 2, "rejected": 0, "counts": counts, "temporal_ui_url": None}
+
+    async def batch(request: web.Request) -> web.Response:
+        reads.append(request.path)
+        status = "in_progress" if len(reads) == 1 else "completed"
+        return web.json_response({"data": {**found, "status": status}})
+
+    async def stream(request: web.Request) -> web.Response:
+        progress = json.dumps({"status": "in_progress", "sent": 1, "failed": 0})
+        body = "".join(f"event: progress\ndata: {progress}\n\n" for _ in range(events))
+        done = json.dumps({"status": "completed"})
+        body += f"id: 1\nevent: status\ndata: {done}\n\n"
+        return web.Response(text=body, content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_get(f"/v1/sms/batch/{batch_id}", batch)
+    app.router.add_get(f"/v1/sms/batch/{batch_id}/events", stream)
+    async with served(app) as url:
+        yield url
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+async def test_follow_reads_the_counts_at_most_once_a_second_however_many_events_come(
+    as_json: bool,
+) -> None:
+    # A read of the batch for each event: a stream opened on a long batch gave its hundreds
+    # of events at once, and the key's rate refused the hundred-and-first (RATE_LIMITED).
+    reads: list[str] = []
+    async with a_batch_with_many_events(BATCH_ID, 300, reads) as url:
+        with Herald(Config(api_url=url, key="key")) as api:
+            code = await asyncio.to_thread(main._follow, api, BATCH_ID, as_json)
+
+    assert code == main.EXIT_OK
+    # The first read, (in a terminal or in lines) one as the events come, the last.
+    assert 2 <= len(reads) <= 4
+
+
+async def test_a_batch_id_is_read_without_its_line_end_and_one_that_is_no_id_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    reads: list[str] = []
+    async with a_batch_with_many_events(BATCH_ID, 0, reads) as url:
+        cli = Cli({**clean_env(tmp_path), "HERALD_API_URL": url, "HERALD_API_KEY": "k"}, tmp_path)
+        pasted = await cli("status", f"{BATCH_ID}\r\n", "--json")
+        shown = list(reads)
+        other = await cli("status", f"{BATCH_ID}/messages")
+
+    assert pasted.code == 0, pasted.stderr
+    assert json.loads(pasted.stdout)["batch_id"] == BATCH_ID
+    assert shown == [f"/v1/sms/batch/{BATCH_ID}"]
+    assert (other.code, other.stdout) == (2, "")
+    assert "is not a batch id" in other.stderr
+    assert reads == shown
+
+
 def test_the_cli_runs_as_a_module_too() -> None:
     """`python -m cli.main`, as the installed `herald` script runs it."""
     run = subprocess.run(
