@@ -662,14 +662,17 @@ async def count_in_statuses(
     statuses: Sequence[str],
     *,
     attempts_below: int | None = None,
+    also: Sequence[str] = (),
 ) -> int:
-    """Rows in `statuses`, of those sent fewer than `attempts_below` times if given."""
+    """Rows in `statuses`, of those sent fewer than `attempts_below` times if given, and
+    every row in `also` (each row counted once)."""
     return await pool.fetchval(
-        "SELECT count(*) FROM messages WHERE batch_id = $1 AND status = ANY($2::text[])"
-        " AND ($3::int IS NULL OR attempts < $3)",
+        "SELECT count(*) FROM messages WHERE batch_id = $1 AND ((status = ANY($2::text[])"
+        " AND ($3::int IS NULL OR attempts < $3)) OR status = ANY($4::text[]))",
         batch_id,
         statuses,
         attempts_below,
+        list(also),
     )
 
 

@@ -25,7 +25,14 @@ from deploy.local.temporal import TEMPORAL_BIN
 from settings import Settings
 from store import accounts
 from store.accounts import create_api_key, revoke_api_key
-from tests.support.batches import FINAL, phases, start, start_marked_batch, waiting_batch
+from tests.support.batches import (
+    FINAL,
+    phases,
+    start,
+    start_marked_batch,
+    wait_for_status,
+    waiting_batch,
+)
 from tests.support.builders import attach, csv_bytes, slow_to_validate, unique_numbers
 from tests.support.delivery import (
     assert_each_row_once,
@@ -726,6 +733,33 @@ async def test_a_batch_whose_run_was_terminated_while_sending_is_retried_to_its_
     assert final["status"] == "completed"
     statuses = assert_each_row_once(rows, await received(emulator_url, marker), len(numbers))
     assert statuses == {"sent": len(numbers)}
+
+
+async def test_a_retry_of_a_terminated_run_counts_each_row_it_sends_once(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    pool: asyncpg.Pool,
+) -> None:
+    # A row both asked for (`uncertain`) and left by the run was counted twice in `rows`.
+    numbers = unique_numbers(12)
+    file_id = await waiting_batch(api, account, webhooks, numbers)
+    await temporal.get_workflow_handle(batch_workflow_id(file_id)).terminate("by hand")
+    # As a run terminated while it reconciled leaves them.
+    await pool.execute(
+        "UPDATE messages SET status = 'uncertain' WHERE batch_id = $1 AND seq <= 5",
+        uuid.UUID(file_id),
+    )
+
+    retried = await api.post(
+        f"/v1/sms/batch/{file_id}/retry", headers=account.headers, json={"statuses": ["uncertain"]}
+    )
+    await wait_for_status(api, account, file_id, *FINAL)
+
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["data"]["rows"] == len(numbers)
+    assert (await ledger_counts(api, account, file_id))["sent"] == len(numbers)
 
 
 async def test_a_batch_whose_run_was_terminated_while_validating_is_validated_by_its_retry(

@@ -773,10 +773,12 @@ async def retry_batch(
         raise BatchNotFinished(f"batch {batch_id} is still {batch['status']}")
     validated = batch["rows_total"] is not None
     rows = await messages.count_in_statuses(
-        pool, batch["id"], statuses, attempts_below=attempts_below
+        pool,
+        batch["id"],
+        statuses,
+        attempts_below=attempts_below,
+        also=LEFT_BY_A_RUN if left and validated else (),
     )
-    if left and validated:
-        rows += await messages.count_in_statuses(pool, batch["id"], LEFT_BY_A_RUN)
     if rows == 0 and not left:
         limit = "" if attempts_below is None else f" sent fewer than {attempts_below} times"
         raise NothingToRetry(f"batch {batch_id} has no rows in {', '.join(statuses)}{limit}")
