@@ -239,6 +239,27 @@ async def test_a_cancel_during_validation_stops_the_validation(
     assert sum(counts.values()) < rows
 
 
+async def test_a_resume_of_a_paused_batch_being_cancelled_is_ignored(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> None:
+    # The resume went through while the validation was being cut short: `validating` was
+    # recorded between `paused` and `cancelled`, and the batch showed it meanwhile.
+    file_id = await attach(api, account.headers, slow_to_validate(200_000))
+    marker = f"validation-{file_id}"
+    response = await start(api, account, file_id, status_webhook=webhooks.url(marker))
+    assert response.status_code == 200, response.text
+    await webhooks.wait_for(marker, "validating")
+    paused = await api.post(f"/v1/sms/batch/{file_id}/pause", headers=account.headers)
+    await webhooks.wait_for(marker, "paused")
+
+    cancelled = await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)
+    resumed = await api.post(f"/v1/sms/batch/{file_id}/resume", headers=account.headers)
+    events = await webhooks.wait_for(marker, *FINAL)
+
+    assert [r.status_code for r in (paused, cancelled, resumed)] == [200] * 3, resumed.text
+    assert phases(events) == ["validating", "paused", "cancelled"]
+
+
 async def test_a_batch_paused_before_it_sends_records_each_phase_it_reached_on_resume(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
 ) -> None:

@@ -143,6 +143,10 @@ WINDOW_BESIDE_PATCH = "batch-send-window-passes-beside"
 # `in_progress`): it recorded only the last, so the `dispatching` event and its counts were
 # never posted.
 PHASES_HELD_PATCH = "batch-phases-held-while-paused"
+# A resume of a paused batch that is being cancelled is ignored, as a pause is: it recorded
+# the phase paused in (`validating`, say) between `paused` and `cancelled`, while the
+# validation was being cut short or the rows on the wire reconciled.
+NO_RESUME_WHILE_CANCELLING_PATCH = "batch-no-resume-while-cancelling"
 # How long a chunk of a spread batch with a send window runs at most (WINDOW_BESIDE_PATCH):
 # the rows it hands back wait no longer than that past their window's opening.
 SPREAD_CHUNK_SECONDS = 3600.0
@@ -305,6 +309,9 @@ class BatchWorkflow:
                 return
             ended = self._status in FINAL_BATCH_STATUSES
             if ended and workflow.patched(NO_RESUME_AFTER_END_PATCH):
+                return
+            cancelling = self._cancel_reason is not None
+            if cancelling and workflow.patched(NO_RESUME_WHILE_CANCELLING_PATCH):
                 return
             self._paused = False
             self._pause_turn += 1
