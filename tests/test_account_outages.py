@@ -3,6 +3,7 @@ account (20429), or out of reach, for longer than the retry window pauses every 
 of that account once, with one event, instead of retrying (or failing) row by row; batches of
 another account send on."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -106,6 +107,40 @@ async def test_account_throttling_pauses_every_running_batch_of_the_account_once
     assert other_events[-1]["status"] == "completed"
     assert "paused" not in phases(other_events)
     assert {r["status"] for r in other_rows} == {"sent"}
+
+
+async def test_an_operators_pause_of_a_throttled_batch_holds_it_with_an_event_of_its_own(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+) -> None:
+    # Held for good, the batch recorded nothing: it kept the auto-pause's code and its
+    # reason, "resumes by itself in 5 s", which it never did.
+    numbers = unique_numbers(3)
+    await carrier(scripted={number: [429, 429] for number in numbers})
+    async with short_window(
+        temporal, settings, carrier_throttle_pause_seconds=THROTTLE_PAUSE_SECONDS
+    ) as api:
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        await paused_once(webhooks, marker, "carrier_throttled")
+        held = await api.post(f"/v1/sms/batch/{file_id}/pause", headers=account.headers)
+        await webhooks.wait_for(marker, "paused", times=2)
+        await asyncio.sleep(THROTTLE_PAUSE_SECONDS + 1)
+        batch = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()
+        resumed = await api.post(f"/v1/sms/batch/{file_id}/resume", headers=account.headers)
+        final = await webhooks.wait_for(marker, *FINAL)
+
+    assert held.status_code == resumed.status_code == 200
+    # Past the back-off, still paused, by the operator; then sent once resumed.
+    assert (batch["data"]["status"], batch["data"]["code"]) == ("paused", None)
+    assert [(e["status"], e.get("code")) for e in final][-4:] == [
+        ("paused", "carrier_throttled"),
+        ("paused", None),
+        ("in_progress", None),
+        ("completed", None),
+    ]
 
 
 async def test_an_unreachable_carrier_pauses_every_running_batch_of_the_account_once(

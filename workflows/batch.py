@@ -147,6 +147,10 @@ PHASES_HELD_PATCH = "batch-phases-held-while-paused"
 # the phase paused in (`validating`, say) between `paused` and `cancelled`, while the
 # validation was being cut short or the rows on the wire reconciled.
 NO_RESUME_WHILE_CANCELLING_PATCH = "batch-no-resume-while-cancelling"
+# An operator's pause of a batch paused by itself until a back-off ends (carrier_throttled)
+# holds it for good with a `paused` event of its own: nothing was recorded, and the batch
+# kept the auto-pause's code and its reason, "resumes by itself in 60 s", which it never did.
+PAUSE_FOR_GOOD_EVENT_PATCH = "batch-pause-for-good-event"
 # How long a chunk of a spread batch with a send window runs at most (WINDOW_BESIDE_PATCH):
 # the rows it hands back wait no longer than that past their window's opening.
 SPREAD_CHUNK_SECONDS = 3600.0
@@ -171,6 +175,8 @@ class BatchWorkflow:
         # Counts pauses, operators' pauses of a paused batch and resumes: a back-off that
         # would resume the batch (THROTTLE_RESUME_PATCH) does so only if none came meanwhile.
         self._pause_turn = 0
+        # The turn an auto-pause's back-off waits on to resume the batch, while it waits.
+        self._resume_by_itself_turn: int | None = None
         # The phase a resume returns to; phases reached while paused are kept for then, each
         # with its message (PHASES_HELD_PATCH).
         self._resume_status = BatchStatus.QUEUED
@@ -239,8 +245,12 @@ class BatchWorkflow:
     async def pause(self) -> None:
         async with self._in_turn():
             # A paused batch stays paused now until an operator resumes it, whatever paused it.
+            held_for_good = self._paused and self._resume_by_itself_turn == self._pause_turn
             self._pause_turn += 1
-            await self._pause()
+            if await self._pause() or not held_for_good:
+                return
+            if workflow.patched(PAUSE_FOR_GOOD_EVENT_PATCH):
+                await self._report(BatchStatus.PAUSED)
 
     @workflow.signal(name=AUTO_PAUSE_SIGNAL)
     async def auto_pause(self, paused: AutoPaused) -> None:
@@ -256,6 +266,7 @@ class BatchWorkflow:
         if paused.account_wide:
             await self._pause_account(dataclasses.replace(paused, account_wide=False))
         if paused.resume_after_seconds > 0 and workflow.patched(THROTTLE_RESUME_PATCH):
+            self._resume_by_itself_turn = turn
             await self._resume_after(turn, paused.resume_after_seconds)
 
     async def _resume_after(self, turn: int, seconds: float) -> None:
