@@ -40,6 +40,7 @@ from api.routes import (
 )
 from api.services.housekeeping import keep_house
 from api.services.receipts import ReceiptIntake, apply_receipts
+from api.services.stranded_messages import keep_handing_over
 from logs import configure_logging
 from metrics import ApiMetrics
 from settings import Settings, get_settings
@@ -165,6 +166,9 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             apply_receipts(app.state.pool, app.state.receipt_intake.arrived)
         )
         pruner = asyncio.create_task(keep_house(app.state.pool, app.state.temporal))
+        sweeper = asyncio.create_task(
+            keep_handing_over(app.state.pool, app.state.temporal, settings)
+        )
         listener = ReceiptListener(
             settings=settings,
             pool=app.state.pool,
@@ -178,7 +182,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         finally:
             await listener.close()
             connecting.cancel()
-            for task in (applier, pruner):
+            for task in (applier, pruner, sweeper):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -2,7 +2,7 @@
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -128,6 +128,45 @@ async def unsignalled_inbound(
         account_id,
     )
     return UnsignalledInbound(**dict(row)) if row else None
+
+
+async def stranded_inbound(
+    pool: asyncpg.Pool, *, older_than: timedelta, within: timedelta, limit: int
+) -> list[UnsignalledInbound]:
+    """Users' messages recorded between `within` and `older_than` ago and never signalled,
+    oldest first: their post's signal failed, or its process died before it."""
+    rows = await pool.fetch(
+        "SELECT id AS message_id, conversation_id, answer_id FROM conversation_messages"
+        " WHERE signalled_at IS NULL AND sender = 'USER'"
+        " AND created_at < now() - $1::interval AND created_at > now() - $2::interval"
+        " ORDER BY created_at LIMIT $3",
+        older_than,
+        within,
+        limit,
+    )
+    return [UnsignalledInbound(**dict(row)) for row in rows]
+
+
+async def fail_stranded_sends(
+    pool: asyncpg.Pool, *, older_than: timedelta, within: timedelta, error_message: str
+) -> list[uuid.UUID]:
+    """Fail (SIGNAL_FAILED) the sends' messages recorded between `within` and `older_than`
+    ago, still `queued` and never signalled: their request died between its commit and its
+    signal. As `fail_queued_message` fails one whose signal failed: a repeat with its key
+    sends it anew, and a signal of it that comes after all is skipped. The ids failed."""
+    rows = await pool.fetch(
+        "UPDATE conversation_messages SET status = 'failed', error_code = $3,"
+        " error_message = $4, updated_at = now()"
+        " WHERE signalled_at IS NULL AND sender = 'AGENT' AND kind = 'message'"
+        " AND status = 'queued'"
+        " AND created_at < now() - $1::interval AND created_at > now() - $2::interval"
+        " RETURNING id",
+        older_than,
+        within,
+        SIGNAL_FAILED,
+        error_message,
+    )
+    return [row["id"] for row in rows]
 
 
 async def mark_signalled(pool: asyncpg.Pool, message_ids: list[uuid.UUID]) -> None:

@@ -2,6 +2,7 @@
 STOP/START change opt-outs, HELP is answered, anything unsigned is refused."""
 
 import secrets
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -10,6 +11,7 @@ import pytest
 from temporalio.client import Client
 from twilio.request_validator import RequestValidator
 
+from api.services.stranded_messages import hand_over_stranded
 from settings import INBOUND_PATH, Settings
 from store import opt_outs
 from tests.support.builders import emulator_messages, unique_numbers
@@ -259,6 +261,40 @@ async def test_a_post_that_cannot_reach_its_conversation_can_be_retried(
     ]
     # The message and its answer reach the workflow in one signal: no post can hand over the
     # one without the other.
+    assert await signals_to(temporal, opened["workflow_id"]) == 1
+
+
+async def test_a_post_that_could_not_reach_its_conversation_is_handed_over_without_a_repeat(
+    api: httpx.AsyncClient,
+    account: Account,
+    settings: Settings,
+    sender: str,
+    emulator_url: str,
+    temporal: Client,
+    pool: asyncpg.Pool,
+) -> None:
+    # A carrier does not post again after a 5xx: the HELP asked for was never answered, and
+    # the user's message never reached its conversation.
+    user = unique_numbers(1)[0]
+    form = inbound_form(settings, to=sender, from_=user, body="HELP")
+    down = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
+    async with api_client(down) as unreachable:
+        failed = await post_inbound(unreachable, settings, form)
+    [stranded] = await conversations_with(api, account, user)
+
+    handed = await hand_over_stranded(pool, temporal, settings, inbound_after=timedelta(0))
+    opened, detail = await help_answered(api, account, settings, emulator_url, user)
+    again = await hand_over_stranded(pool, temporal, settings, inbound_after=timedelta(0))
+
+    assert failed.status_code == 503
+    assert handed >= 1
+    assert opened["conversation_id"] == stranded["conversation_id"]
+    assert [(m["sender"], m["body"]) for m in detail["messages"]] == [
+        ("USER", "HELP"),
+        ("AGENT", settings.help_reply),
+    ]
+    # Handed over once, the message and its answer in one signal.
+    assert again == 0
     assert await signals_to(temporal, opened["workflow_id"]) == 1
 
 

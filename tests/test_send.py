@@ -16,6 +16,7 @@ from temporalio.client import Client
 from api.conversation_models import SendRequest
 from api.services import send as send_service
 from api.services.send import request_hash
+from api.services.stranded_messages import hand_over_stranded
 from settings import Settings
 from store import accounts, conversation_messages, conversations, idempotency, numbers, opt_outs
 from store.accounts import create_account, create_api_key
@@ -413,6 +414,33 @@ async def test_a_send_stopped_before_its_signal_is_signalled_by_its_repeat(
     ]
     assert data["workflow_id"] == detail["workflow_id"]
     assert again.json() == repeated.json()
+    assert len(await emulator_messages(emulator_url, to=user)) == 1
+
+
+async def test_a_send_stopped_before_its_signal_is_failed_then_sent_anew_by_its_repeat(
+    settings: Settings,
+    account: Account,
+    pool: asyncpg.Pool,
+    temporal: Client,
+    emulator_url: str,
+) -> None:
+    # Its caller had no answer, and without a repeat the message stayed `queued` for good.
+    user = unique_numbers(1)[0]
+    key = secrets.token_hex(8)
+    impatient = settings.model_copy(update={"idempotency_wait_seconds": 0.5})
+    async with api_client(impatient) as api:
+        await _stops_after_the_commit(api, account, user, key, _ProcessKilled)
+        stored = await idempotency.get(pool, account.account_id, key)
+        assert stored is not None and stored.message is not None
+        await hand_over_stranded(pool, temporal, settings, send_after=timedelta(0))
+        failed = await conversation_messages.message_status(pool, stored.message.message_id)
+        later = await send(api, account, user, key=key, agent_message="once")
+        outcomes = await outcomes_once_sent(api, account, later.json()["data"]["conversation_id"])
+
+    assert failed == ("failed", "TEMPORAL_UNAVAILABLE")
+    assert later.status_code == 200, later.text
+    assert later.json()["data"]["message_id"] != str(stored.message.message_id)
+    assert outcomes == FAILED_THEN_SENT
     assert len(await emulator_messages(emulator_url, to=user)) == 1
 
 
