@@ -13,7 +13,7 @@ from activities.channels import carrier_address
 from activities.heartbeats import EventPostHeartbeat
 from activities.outages import through_outages
 from activities.providers.twilio import SendResult, Verdict
-from activities.reconciliation import carrier_list
+from activities.reconciliation import CLOCK_SLACK, carrier_list
 from activities.resources import WorkerResources
 from activities.webhooks import post_event, retry_delay
 from store import (
@@ -271,7 +271,7 @@ class ConversationActivities(WorkerResources):
         matches = [
             m.sid
             for m in reversed(found)  # oldest first
-            if m.created >= asked - timedelta(seconds=1)
+            if m.created >= asked - CLOCK_SLACK
             and (not message.body or m.body == message.body)
         ]
         taken = await through_outages(lambda: conversation_messages.sids_taken(self._pool, matches))
