@@ -271,8 +271,7 @@ class ConversationActivities(WorkerResources):
         matches = [
             m.sid
             for m in reversed(found)  # oldest first
-            if m.created >= asked - CLOCK_SLACK
-            and (not message.body or m.body == message.body)
+            if m.created >= asked - CLOCK_SLACK and (not message.body or m.body == message.body)
         ]
         taken = await through_outages(lambda: conversation_messages.sids_taken(self._pool, matches))
         taken |= await through_outages(lambda: messages.sids_in_ledger(self._pool, matches))
@@ -294,11 +293,15 @@ class ConversationActivities(WorkerResources):
         return ConversationStatus(conversation["state"])
 
     @activity.defn
-    async def end_conversation(self, input: EndConversationInput) -> None:
-        await conversations.end_conversation(
+    async def end_conversation(self, input: EndConversationInput) -> ConversationStatus | None:
+        """End the conversation in `input.state`; the state it ended in, which is another
+        when it had ended already (closed by a newer conversation of the pair while its
+        timeout was being sent). None is what runs before this returned a state recorded."""
+        ended = await conversations.end_conversation(
             self._pool, uuid.UUID(input.conversation_id), input.state
         )
-        log.info("conversation ended", conversation_id=input.conversation_id, state=input.state)
+        log.info("conversation ended", conversation_id=input.conversation_id, state=ended)
+        return ended
 
     @activity.defn
     async def post_conversation_event(self, event: ConversationEvent) -> None:

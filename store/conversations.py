@@ -119,15 +119,20 @@ async def open_conversation(
 
 async def end_conversation(
     pool: asyncpg.Pool, conversation_id: uuid.UUID, state: ConversationStatus
-) -> None:
-    """End an active conversation; one ended already (e.g. by a newer one) keeps its state."""
-    await pool.execute(
-        "UPDATE conversations SET state = $2, ended_at = now(), updated_at = now(),"
+) -> ConversationStatus:
+    """End an active conversation; one ended already (e.g. by a newer one) keeps its state.
+    The state it is in now."""
+    ended = await pool.fetchval(
+        "WITH ended AS (UPDATE conversations SET state = $2, ended_at = now(),"
+        " updated_at = now(),"
         " timed_out_at = CASE WHEN $2 = 'timeout' THEN now() ELSE timed_out_at END"
-        " WHERE id = $1 AND state = 'active'",
+        " WHERE id = $1 AND state = 'active' RETURNING state)"
+        " SELECT coalesce((SELECT state FROM ended),"
+        " (SELECT state FROM conversations WHERE id = $1))",
         conversation_id,
         state,
     )
+    return ConversationStatus(ended)
 
 
 def conversation_timers(conversation: dict) -> SilenceTimers:

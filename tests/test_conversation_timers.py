@@ -5,9 +5,11 @@ import asyncio
 import dataclasses
 import secrets
 import time
+import uuid
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import httpx
 from temporalio.client import Client
 
@@ -18,13 +20,14 @@ from tests.support.conversations import TIMERS, timed_out
 from tests.support.sending import (
     conversation,
     conversation_when,
+    eventually,
     inbound_form,
     post_inbound,
     received_by,
     send,
     send_ok,
 )
-from tests.support.stack import Account, WebhookReceiver, api_client, error_code
+from tests.support.stack import Account, Configure, WebhookReceiver, api_client, error_code
 from worker import herald_worker
 from workflows.contracts import SilenceTimers
 
@@ -75,6 +78,41 @@ async def test_silence_sends_the_warning_then_the_timeout_and_ends_the_conversat
     assert events[-1]["timed_out_at"] is not None
     assert all(e["metadata"] == {"run": run} for e in events)
     assert all(e["conversation_id"] == data["conversation_id"] for e in events)
+
+
+async def test_a_conversation_closed_while_its_timeout_is_sent_ends_closed_in_its_events_too(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+    pool: asyncpg.Pool,
+) -> None:
+    # Its `timeout` event was posted (with no timed_out_at) while the conversation stayed
+    # `closed`, and no `closed` event ever came.
+    user = unique_numbers(1)[0]
+    run = secrets.token_hex(6)
+    await carrier(latency_ms=1500)
+    data = await send_ok(
+        api, account, user, agent_message="Your order is ready", webhook=webhooks.url(run), **TIMERS
+    )
+    await eventually(
+        lambda: pool.fetchval(
+            "SELECT status FROM conversation_messages WHERE conversation_id = $1"
+            " AND kind = 'timeout'",
+            uuid.UUID(data["conversation_id"]),
+        ),
+        lambda status: status == "sending",
+    )
+
+    await send_ok(api, account, user, agent_message="A new matter", new_conversation=True)
+    events = await webhooks.wait_for(run, "closed", "timeout")
+    detail = await conversation(api, account, data["conversation_id"])
+
+    assert (detail["state"], detail["timed_out_at"]) == ("closed", None)
+    assert [(e["event"], e["status"]) for e in events][-2:] == [
+        ("message", "sent"),
+        ("status", "closed"),
+    ]
 
 
 async def test_a_reply_resets_the_silence_clock(

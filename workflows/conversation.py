@@ -273,13 +273,15 @@ class ConversationWorkflow:
         return handed_over
 
     async def _end(self, state: ConversationStatus) -> None:
-        await workflow.execute_activity_method(
+        """End the conversation in `state`, or tell the state it ended in meanwhile (a send
+        that opened the pair's next one closed it while its timeout was being sent)."""
+        ended = await workflow.execute_activity_method(
             ConversationActivities.end_conversation,
             EndConversationInput(conversation_id=self._input.conversation_id, state=state),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY,
         )
-        self._ended(state)
+        self._ended(ended or state)
 
     def _ended(self, state: ConversationStatus) -> None:
         """The conversation is over, in `state`: its event is posted."""
