@@ -1,6 +1,7 @@
 """The side effects a conversation asks for: send a message, end it, post its events."""
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +16,7 @@ from activities.outages import through_outages
 from activities.providers.twilio import SendResult, Verdict
 from activities.reconciliation import CLOCK_SLACK, carrier_list
 from activities.resources import WorkerResources
-from activities.webhooks import post_event, retry_delay
+from activities.webhooks import post_event, posts_by, retry_delay
 from store import (
     accounts,
     carrier_accounts,
@@ -328,12 +329,14 @@ class ConversationActivities(WorkerResources):
             secrets=secrets,
             within_seconds=self._settings.webhook_timeout_seconds,
         )
+        schedule = self._settings.webhook_retry_schedule_seconds
         number = EventPostHeartbeat.last().posts + 1
+        if event.first_posted_at is not None:
+            # Carried on by a run that ended with it undelivered: its schedule goes on.
+            since = time.time() - event.first_posted_at
+            number = max(number, posts_by(since, schedule) + 1)
         delay = retry_delay(
-            attempt,
-            number,
-            schedule=self._settings.webhook_retry_schedule_seconds,
-            jitter=self._settings.webhook_retry_jitter,
+            attempt, number, schedule=schedule, jitter=self._settings.webhook_retry_jitter
         )
         log.info(
             "conversation event posted",

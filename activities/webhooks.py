@@ -96,6 +96,18 @@ def retry_delay(
     return _jittered(schedule[number - 1], jitter)
 
 
+def posts_by(elapsed: float, schedule: Sequence[float]) -> int:
+    """How many posts the retry `schedule` (before jitter) makes of an event in the `elapsed`
+    seconds since its first: that one, and one as each delay passes."""
+    made, at = 1, 0.0
+    for delay in schedule:
+        at += delay
+        if at > elapsed:
+            break
+        made += 1
+    return made
+
+
 def _jittered(delay: float, jitter: float) -> float:
     """`delay` spread by up to `jitter` of itself either way, so that receivers coming back
     from an outage are not hit by every batch's retries at the same instant."""

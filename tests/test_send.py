@@ -695,6 +695,42 @@ async def test_sends_share_a_conversation_until_a_new_one_is_asked_for(
     assert description.status is not None and description.status.name == "RUNNING"
 
 
+async def test_a_failing_receivers_first_event_is_given_up_on_its_schedule_across_runs(
+    temporal: Client, settings: Settings, account: Account, webhooks: WebhookReceiver
+) -> None:
+    # Each run that carried the pair's undelivered events on started the first one's retry
+    # schedule over: a receiver that always fails, on a pair whose conversations follow each
+    # other faster than the schedule, held that event for good, and the rest piled up.
+    user = unique_numbers(1)[0]
+    run = secrets.token_hex(6)
+    webhooks.answers[run] = [500] * 1000
+    schedule = {"webhook_retry_schedule_seconds": [1.0, 1.0], "webhook_retry_jitter": 0.0}
+    async with own_worker(temporal, settings, **schedule) as own, api_client(own) as api:
+        first = await send_ok(api, account, user, agent_message="m0", webhook=webhooks.url(run))
+        for n in range(1, 6):
+            await asyncio.sleep(1.2)
+            await send_ok(
+                api,
+                account,
+                user,
+                agent_message=f"m{n}",
+                new_conversation=True,
+                webhook=webhooks.url(run),
+            )
+        await asyncio.sleep(2)
+    posted = [json.loads(post.body) for post in webhooks.posts[run]]
+
+    opening = [
+        e
+        for e in posted
+        if (e["event"], e["status"], e["conversation_id"])
+        == ("status", "active", first["conversation_id"])
+    ]
+    # Posted at 0 s and 1 s on its schedule, once more by the run that took it on at 1.2 s
+    # (past its schedule by then), then given up on.
+    assert 1 <= len(opening) <= 4, len(opening)
+
+
 async def test_an_event_attempt_that_failed_before_posting_is_no_post_of_its_schedule(
     temporal: Client, settings: Settings, account: Account, webhooks: WebhookReceiver
 ) -> None:

@@ -488,6 +488,10 @@ class ConversationInput:
     # Messages a run handles before it continues as new with the rest still queued (about 15
     # history events each: 500 keep a run under Temporal's 10,240-event warning).
     messages_per_run: int = 500
+    # Undelivered events a run carries on at most (a receiver failing for hours, its posts
+    # one at a time): the oldest beyond are dropped, so that the next run's input stays well
+    # under Temporal's payload limit however long a pair's receiver fails.
+    max_carried_events: int = 500
 
 
 @dataclass(kw_only=True)
@@ -526,6 +530,9 @@ class ConversationEvent:
     conversation_id: str
     message_id: str | None = None
     state: ConversationStatus | None = None
+    # When its first post started (seconds since the epoch), once a run has carried it on
+    # undelivered: the next run's posts go on with the retry schedule from there.
+    first_posted_at: float | None = None
 
 
 @dataclass(kw_only=True)

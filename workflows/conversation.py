@@ -62,6 +62,8 @@ class ConversationWorkflow:
         # The post of the first event while it runs; the pump stops (leaving the events) once
         # `_carrying` is set (EVENTS_CARRIED_PATCH).
         self._posting: workflow.ActivityHandle[None] | None = None
+        # When the first post of the event in flight started in this run.
+        self._posting_since = 0.0
         self._carrying = False
         self._pump_stopped = False
         # Messages this run has handled (CONTINUE_WITH_BACKLOG_PATCH).
@@ -158,6 +160,7 @@ class ConversationWorkflow:
                 state=self._state,
                 events=carried,
                 messages_per_run=self._input.messages_per_run,
+                max_carried_events=self._input.max_carried_events,
             )
         )
 
@@ -308,6 +311,7 @@ class ConversationWorkflow:
                 pending=list(self._queue),
                 events=carried,
                 messages_per_run=self._input.messages_per_run,
+                max_carried_events=self._input.max_carried_events,
             )
         )
 
@@ -316,12 +320,23 @@ class ConversationWorkflow:
 
     async def _carry_events(self) -> list[ConversationEvent]:
         """Stop the pump, cancelling the post in flight (its event is posted again by the next
-        run, with the same `webhook-id`); the events not delivered, in order."""
+        run, with the same `webhook-id`, its retry schedule going on from its first post);
+        the events not delivered, in order, the newest `max_carried_events` of them."""
         self._carrying = True
         if self._posting is not None:
             self._posting.cancel()
+            first = self._events[0]
+            if first.first_posted_at is None:
+                first.first_posted_at = self._posting_since
         await workflow.wait_condition(lambda: self._pump_stopped)
-        return list(self._events)
+        dropped = len(self._events) - self._input.max_carried_events
+        if dropped > 0:
+            workflow.logger.warning(
+                "%d undelivered events of conversation %s dropped: its webhook keeps failing",
+                dropped,
+                self._input.conversation_id,
+            )
+        return self._events[max(dropped, 0) :]
 
     async def _deliver_events(self) -> None:
         """Post events to the webhook in order, without holding the conversation back."""
@@ -330,6 +345,7 @@ class ConversationWorkflow:
                 await workflow.wait_condition(lambda: bool(self._events) or self._carrying)
                 if self._carrying:
                     return
+                self._posting_since = workflow.now().timestamp()
                 self._posting = workflow.start_activity_method(
                     ConversationActivities.post_conversation_event,
                     self._events[0],

@@ -7,6 +7,7 @@ plausible results, so a test asserts on the workflow's decisions alone.
 """
 
 import asyncio
+import contextlib
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -101,6 +102,10 @@ class StubActivities:
     failing_messages: set[str] = field(default_factory=set)
     # Conversations the database has closed (the API opening the pair's next one).
     closed_conversations: set[str] = field(default_factory=set)
+    # While set, each conversation event's post waits for `events_released` (the receiver
+    # not answering): the events stay undelivered.
+    events_held: bool = False
+    events_released: asyncio.Event = field(default_factory=asyncio.Event)
     # How many calls of `deliver_status_events` answer that a post must wait an hour for its
     # retry (the status webhook down): the batch's run stays open meanwhile.
     undelivered: int = 0
@@ -269,6 +274,11 @@ class StubActivities:
     @activity.defn(name=ConversationActivities.post_conversation_event.__name__)
     async def post_conversation_event(self, event: ConversationEvent) -> None:
         await self._record(event)
+        while self.events_held and not self.events_released.is_set():
+            # Heartbeating, so that a cancel of the post (its run carrying it on) reaches it.
+            activity.heartbeat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.events_released.wait(), 0.2)
 
     def registered(self) -> list[Any]:
         return [
