@@ -66,6 +66,10 @@ class StatusEventActivities(WorkerResources):
         batch = await batches.batch_for_workflow(self._pool, batch_id)
         url: str | None = batch["request"].get("status_webhook")
         disabled = batch["webhook_disabled_at"] is not None
+        # Once an event is given up on, each one after it gets one post until one is
+        # delivered: a receiver that failed a whole schedule is down, and a schedule for
+        # each event, one after another, kept the batch's run open for days.
+        failing = await events.receiver_failing(self._pool, batch_id)
         for event in await events.pending_events(self._pool, batch_id):
             DeliveryHeartbeat(event_seq=event["seq"]).send()
             if not url or disabled:
@@ -84,7 +88,8 @@ class StatusEventActivities(WorkerResources):
                 within_seconds=self._settings.webhook_timeout_seconds,
             )
             number = event["attempts"] + 1
-            delay = self._retry_delay(attempt, number)
+            delay = None if failing else self._retry_delay(attempt, number)
+            failing = attempt.error is not None and delay is None
             await events.record_delivery(
                 self._pool,
                 batch_id=batch_id,

@@ -88,6 +88,17 @@ async def pending_events(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[dict]:
     return [dict(r) for r in rows]
 
 
+async def receiver_failing(pool: asyncpg.Pool, batch_id: uuid.UUID) -> bool:
+    """Whether the batch's last settled event was given up on: posted, never delivered."""
+    return bool(
+        await pool.fetchval(
+            "SELECT delivered_at IS NULL AND attempts > 0 FROM batch_events"
+            " WHERE batch_id = $1 AND settled_at IS NOT NULL ORDER BY seq DESC LIMIT 1",
+            batch_id,
+        )
+    )
+
+
 async def record_delivery(
     pool: asyncpg.Pool,
     *,

@@ -5,6 +5,7 @@ import asyncio
 import itertools
 import json
 import secrets
+from collections import Counter
 from datetime import datetime
 
 import httpx
@@ -131,8 +132,8 @@ async def test_a_failing_receiver_never_holds_the_batch_back(
 ) -> None:
     run = secrets.token_hex(6)
     webhooks.answers[run] = [500] * 100
-    # One retry (each a durable timer, about a second on the dev server): each event takes
-    # its whole schedule before the next one goes.
+    # One retry (each a durable timer, about a second on the dev server): the first event
+    # takes its whole schedule before the next one goes (each of which then gets one post).
     async with (
         own_worker(temporal, settings, webhook_retry_schedule_seconds=[0.1]) as own,
         api_client(own) as api,
@@ -140,7 +141,7 @@ async def test_a_failing_receiver_never_holds_the_batch_back(
         batch_id, _ = await start_marked_batch(
             api, account, webhooks, unique_numbers(2), marker=run
         )
-        await webhooks.wait_for(run, *FINAL, times=2)  # the final event, given up after 2 tries
+        await webhooks.wait_for(run, *FINAL)
         detail = (await api.get(f"/v1/sms/batch/{batch_id}", headers=account.headers)).json()
         attempts = await deliveries(api, account, batch_id)
 
@@ -153,6 +154,30 @@ async def test_a_failing_receiver_never_holds_the_batch_back(
         seconds(d["attempted_at"]) for d in attempts if d["event_seq"] == before_final
     )
     assert seconds(detail["data"]["finished_at"]) < last_before
+
+
+async def test_after_an_event_is_given_up_on_each_next_one_gets_one_post_until_one_is_delivered(
+    temporal: Client, settings: Settings, account: Account, webhooks: WebhookReceiver
+) -> None:
+    # Each event had its whole schedule, one after another: with the default one (about 15 h)
+    # a receiver that was down kept the batch's run open some 15 h for each of its events.
+    run = secrets.token_hex(6)
+    # The first event fails its schedule (a post and two retries); the second fails its one
+    # post; the third is delivered; the fourth fails its schedule again.
+    webhooks.answers[run] = [500] * 4 + [204] + [500] * 3
+    schedule = {"webhook_retry_schedule_seconds": [0.1, 0.1], "webhook_retry_jitter": 0.0}
+    async with (
+        own_worker(temporal, settings, **schedule) as own,
+        api_client(own) as api,
+    ):
+        batch_id, _ = await start_marked_batch(
+            api, account, webhooks, unique_numbers(2), marker=run
+        )
+        await temporal.get_workflow_handle(batch_workflow_id(batch_id)).result()
+        attempts = await deliveries(api, account, batch_id)
+
+    by_event = Counter(d["event_seq"] for d in attempts)
+    assert [by_event[seq] for seq in sorted(by_event)] == [3, 1, 1, 3]
 
 
 async def test_a_pause_that_comes_after_the_final_event_changes_nothing(
