@@ -249,7 +249,14 @@ class Settings(BaseSettings):
         description="Whether the local stack runs its workers as `worker_processes` send workers"
         " and one control worker apart; false: `worker_processes` workers of role `all`.",
     )
-    webhook_timeout_seconds: float = 10.0
+    webhook_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=25,
+        description="Timeout of one webhook POST. At most 25 s: a batch's delivery call"
+        " heartbeats before each post and Temporal takes it for dead after 30 s without one,"
+        " so a longer wait on a receiver that never answers was retried for good, unrecorded.",
+    )
     allow_loopback_webhooks: bool = Field(
         False,
         description="Let webhooks go to 127.0.0.1/::1, any port: for the local stack and tests"

@@ -173,3 +173,17 @@ def test_a_receipts_port_without_its_public_url_is_refused_in_production(
     assert Settings().status_callback_url == (
         PRODUCTION["HERALD_PUBLIC_URL"] + "/v1/webhooks/twilio/status"
     )
+
+
+@pytest.mark.parametrize("seconds", ["0", "30"])
+def test_a_webhook_timeout_the_delivery_heartbeat_would_outlast_is_refused(
+    seconds: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At 30 s or more, a receiver that never answered outlasted the delivery call's heartbeat
+    # timeout: Temporal retried the call before it recorded the attempt, for good.
+    monkeypatch.setenv("HERALD_WEBHOOK_TIMEOUT_SECONDS", seconds)
+
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+
+    assert "HERALD_WEBHOOK_TIMEOUT_SECONDS" in refusal(refused.value)
