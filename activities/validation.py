@@ -172,7 +172,7 @@ class ValidationActivities(WorkerResources):
                     steps.mark("rows")
                 if any(name in header for name in CONTENT_COLUMNS):
                     await _copy_contents(conn, batch_id, await _whole(source))
-                issue = header_issue(header)
+                issue = header_issue(header, rules.column_mapping)
                 if issue is not None:
                     await messages.copy_rejected(
                         conn, [rejected_record(batch_id, account_id, issue)]

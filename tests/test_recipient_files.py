@@ -419,6 +419,29 @@ async def test_a_json_array_of_objects_is_a_recipient_file(
     ]
 
 
+async def test_a_column_named_with_spaces_gives_the_variable_it_is_mapped_to(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> None:
+    # A CRM export's "First Name", mapped to request_data.first_name: the batch was refused
+    # (MISSING_VARIABLE), or sent the default to everyone, on either engine.
+    numbers = unique_numbers(2)
+    rows = [["phone_number", "First Name"], [numbers[0], "Ann"], [numbers[1], "Bob"]]
+    plain = "".join(f"{n},{name}\n" for n, name in rows)
+    quoted = io.StringIO()
+    csv.writer(quoted, quoting=csv.QUOTE_ALL).writerows(rows)
+    mapping = {"First Name": "request_data.first_name"}
+    for content in (plain.encode(), quoted.getvalue().encode()):
+        batch_id, events = await run_batch(
+            api, account, webhooks, content, "Hi {{first_name}}", column_mapping=mapping
+        )
+        response = await api.get(f"/v1/sms/batch/{batch_id}/messages", headers=account.headers)
+        rejected = await api.get(f"/v1/sms/batch/{batch_id}/errors", headers=account.headers)
+
+        assert events[-1]["status"] == "completed", events[-1]
+        assert [m["body"] for m in response.json()["data"]["messages"]] == ["Hi Ann", "Hi Bob"]
+        assert rejected.json()["data"]["rejected_rows"] == []
+
+
 async def test_a_plain_file_and_a_quoted_one_give_the_same_ledger(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
 ) -> None:

@@ -53,7 +53,7 @@ def validate(content: bytes, **overrides: Any) -> list[Outcome]:
     )
     header, rows = read_rows(content)
     outcomes = list(build_recipients(header, rows, rules))
-    issue = header_issue(header)
+    issue = header_issue(header, rules.column_mapping)
     return [_summary(item) for item in ([issue] if issue else []) + outcomes]
 
 
@@ -143,6 +143,15 @@ CASES = [
             (1, "missing_variable", A[1:]),
         ],
         {"agent_message": "Hi {{first name}}"},
+    ),
+    Case(
+        "a column name with spaces that column_mapping maps gives its variable, unreported",
+        b"phone_number,First Name,Last Name\n12015550123,Ann,Lee\n",
+        [(0, "invalid_column_name", "Last Name"), (1, "ok", A, "Hi Ann")],
+        {
+            "agent_message": "Hi {{first_name}}",
+            "column_mapping": {"First Name": "request_data.first_name"},
+        },
     ),
     Case(
         "column names with spaces are harmless when no template needs them",
@@ -463,7 +472,7 @@ def test_a_strict_failure_names_the_first_rows_in_error() -> None:
     tally = Tally()
     for row in range(1, 9):
         tally.count(Rejected(row, "invalid_number", "not a valid phone number", f"bad{row}"))
-    issue = header_issue(["phone_number", "first name"])
+    issue = header_issue(["phone_number", "first name"], {})
 
     reason = strict_failure(issue, tally)
 

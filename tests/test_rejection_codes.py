@@ -110,6 +110,6 @@ def test_both_engines_give_only_codes_of_the_table() -> None:
         }
     )
     assert row_codes <= set(Code)
-    issue = header_issue(header)
+    issue = header_issue(header, {})
     assert issue is not None
     assert issue.code in set(Code)

@@ -57,7 +57,7 @@ def preview(
             result, header = _by_rows(content, rules, short_links_base)
     except SourceInvalid as error:
         return Preview(code=error.code, reason=error.reason)
-    issue = header_issue(header)
+    issue = header_issue(header, rules.column_mapping)
     if issue is not None:
         result.rejected = [issue, *result.rejected][:REJECTED_LISTED]
     failure = strict_failure(issue, result.tally) if strict else None

@@ -365,9 +365,10 @@ def has_space(name: str) -> bool:
     return any(char.isspace() for char in name)
 
 
-def header_issue(header: Sequence[str]) -> Rejected | None:
-    """Columns whose names hold whitespace, as one rejected entry at row 0 (not a row)."""
-    spaced = [name for name in header if has_space(name)]
+def header_issue(header: Sequence[str], column_mapping: Mapping[str, str]) -> Rejected | None:
+    """Columns whose names hold whitespace, as one rejected entry at row 0 (not a row); but
+    those `column_mapping` maps, whose values it names."""
+    spaced = [name for name in header if has_space(name) and name not in column_mapping]
     if not spaced:
         return None
     names = ", ".join(spaced)
@@ -413,12 +414,13 @@ def variable_sources(
     """For each template variable, the columns that may give it a value, strongest first.
 
     `request_data.<field>` columns and mapped columns name `request_data` fields explicitly,
-    so they win over a plain column of the same name. Names with spaces are no variables.
+    so they win over a plain column of the same name. Names with spaces are no variables,
+    unless `column_mapping` maps them to one (a "First Name" column of a CRM's export).
     """
     explicit: dict[str, list[str]] = {}
     plain: dict[str, list[str]] = {}
     for column in header:
-        if not column or has_space(column):
+        if not column or (has_space(column) and column not in column_mapping):
             continue
         name = request_field(column, column_mapping)
         if name:

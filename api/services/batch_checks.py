@@ -154,7 +154,7 @@ def require_usable_header(
         names = ", ".join("{{" + name + "}}" for name in unknown)
         refused = rejections.UNKNOWN_VARIABLE.error(variables=names)
         raise FileRefused(refused.code, refused.reason)
-    problem = header_issue(header)
+    problem = header_issue(header, rules.column_mapping)
     if strict and problem is not None:
         raise FileRefused(Code.VALIDATION_FAILED, strict_failure(problem, Tally()) or "")
 
