@@ -159,7 +159,7 @@ class ErrorEnvelope(BaseModel):
             "errors": [
                 {
                     "error": "MISSING_FILE_ID",
-                    "message": "file_id is required: body: give file_id or recipients",
+                    "message": "file_id is required: body: give file_id, recipients or lists",
                 }
             ],
         }

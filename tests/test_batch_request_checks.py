@@ -6,6 +6,7 @@ import uuid
 
 import asyncpg
 import httpx
+import pytest
 
 from settings import Settings
 from store import batches
@@ -38,8 +39,15 @@ async def test_a_batch_without_any_message_is_refused_at_request_time(
     assert "opening_message" in response.json()["errors"][0]["message"]
 
 
+# "  ": a blank message is none (it was taken for one, and the batch refused, saying the
+# sender had no opening message).
+@pytest.mark.parametrize("message", ["", "  \n"])
 async def test_the_senders_opening_message_is_sent_when_the_request_has_none(
-    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    message: str,
 ) -> None:
     marker = secrets.token_hex(6)
     number = account.agent_number
@@ -55,7 +63,7 @@ async def test_the_senders_opening_message_is_sent_when_the_request_has_none(
     to = unique_numbers(1)[0]
 
     _, events = await run_batch(
-        api, account, webhooks, csv_bytes(["phone_number", "name"], [[to, "Ann"]]), ""
+        api, account, webhooks, csv_bytes(["phone_number", "name"], [[to, "Ann"]]), message
     )
 
     assert events[-1]["status"] == "completed", events[-1]

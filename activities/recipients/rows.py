@@ -104,7 +104,9 @@ def batch_message(request: Mapping[str, Any]) -> str | None:
     message, else, for a content template, the text the ledger keeps for it (the carrier
     is sent the template, not this text)."""
     settings_global: Mapping[str, Any] = request.get("global") or {}
-    own = settings_global.get("agent_message") or request.get("opening_message")
+    given = settings_global.get("agent_message")
+    # A blank message is none: the sender's opening message, if any, is sent instead.
+    own = (given if given and str(given).strip() else None) or request.get("opening_message")
     if own:
         return str(own)
     content_sid = settings_global.get("content_sid")

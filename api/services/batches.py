@@ -436,7 +436,7 @@ async def _checked_request(
     given = _stored_request(body, agent_number)
     campaign_id = await _campaign_message(pool, account_id, body, given, file_id)
     request = dict(given)
-    if sender["opening_message"] and not body.global_.agent_message:
+    if sender["opening_message"] and not (body.global_.agent_message or "").strip():
         request["opening_message"] = sender["opening_message"]
     shape = await _file_shape(pool, settings, account_id, file_id, body)
     batch_checks.require_phone_column(shape.header)
