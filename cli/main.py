@@ -76,7 +76,12 @@ def _summary(batch: dict[str, Any]) -> None:
             "rows_total": batch["rows_total"],
             "recipients": batch["recipients"],
             "rejected": batch["rejected"],
-            **{f"messages {status}": n for status, n in sorted(batch["counts"].items())},
+            # Rejected rows are counted above, as rows: they are no messages.
+            **{
+                f"messages {status}": n
+                for status, n in sorted(batch["counts"].items())
+                if status != "rejected"
+            },
             "temporal_ui_url": batch["temporal_ui_url"],
         },
         title=f"batch {batch['batch_id']}",

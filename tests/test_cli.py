@@ -136,6 +136,8 @@ async def test_reads_list_status_errors_export_and_numbers(
     assert [b["batch_id"] for b in listed.json_lines()[0]["batches"]] == [batch_id]
     assert f"batch_id: {batch_id}\n" in status.stdout
     assert "status: completed_partial\n" in status.stdout
+    # The rejected row once, as a row (it was shown as "messages rejected" too).
+    assert "rejected: 1\n" in status.stdout and "messages rejected" not in status.stdout
     assert rejected.stdout.splitlines() == [
         "row_number\tvalue\tcode\tmessage",
         f"3\tnot a number\tinvalid_number\t{rejected.stdout.split(chr(9))[-1].strip()}",
