@@ -15,7 +15,7 @@ from temporalio.client import Client
 from api.errors import install_error_handlers
 from api.input_checks import InputChecks
 from api.limits import BodySizeLimit
-from api.models import ErrorEnvelope, StatusEvent
+from api.models import ClickEvent, ErrorEnvelope, StatusEvent
 from api.receipt_lane import ReceiptLane
 from api.receipt_listener import ReceiptListener
 from api.request_context import RequestContext
@@ -253,6 +253,17 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         """Each lifecycle event of a batch, posted to its `status_webhook` as JSON and signed
         per Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`). Answer
         any 2xx; other answers and timeouts are retried."""
+
+    @app.webhooks.post(
+        "batch-click",
+        operation_id="batch_click_event",
+        status_code=204,
+        responses={204: {"description": "Any 2xx: received"}},
+    )
+    def batch_click_event(body: ClickEvent) -> None:
+        """A short link's first click (`shorten_urls`), posted to its batch's
+        `status_webhook` beside the lifecycle events, whether or not the batch is still
+        running; signed and retried as they are."""
 
     if tracing is not None:
         tracing.instrument(app)

@@ -827,6 +827,40 @@ class StatusEvent(BaseModel):
     )
 
 
+class ClickEvent(BaseModel):
+    """A short link's first click, as posted to its batch's `status_webhook` (signed and
+    retried as the lifecycle events, `webhook-id` `click_<code>`), whenever it comes."""
+
+    model_config = example(
+        {
+            "batch_id": BATCH_ID,
+            "workflow_id": WORKFLOW_ID,
+            "status": "click",
+            "timestamp": "2026-03-02T11:02:41.118204+00:00",
+            "seq": 1,
+            "row_number": 1,
+            "to_number": "+14155552671",
+            "url": "https://example.com/spring-sale",
+            "clicked_at": "2026-03-02T11:02:40.907115+00:00",
+            "user_agent": "Mozilla/5.0",
+            "metadata": {"campaign": "spring"},
+        }
+    )
+
+    batch_id: str
+    workflow_id: str
+    status: Literal["click"]
+    timestamp: datetime = Field(description="When the event was posted, UTC.")
+    seq: int = Field(description="The message's ledger seq.")
+    row_number: int | None = Field(description="The message's row in the file.")
+    to_number: str
+    url: str = Field(description="The link's own URL, which the short link redirects to.")
+    clicked_at: datetime = Field(description="The first click, UTC.")
+    user_agent: str | None = Field(description="The first click's User-Agent.")
+    reference: str | None = Field(None, description="The message's reference, if it has one.")
+    metadata: dict[str, Any] | None = Field(None, description="`global.metadata`, as given.")
+
+
 class BatchLogs(CursorPage):
     model_config = example(
         {

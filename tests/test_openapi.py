@@ -2,13 +2,18 @@
 answers (never FastAPI's 422), readable operation ids, tags with descriptions, enums for
 statuses, examples, and the status webhook in `webhooks`."""
 
+import json
 import re
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from activities import status_events
 from api.app import create_app
+from api.models import ClickEvent
 from store.events import event_payload
 from tests.support.stack import PUBLIC_ROUTES
 from workflows.contracts import BatchCounts, StatusUpdate
@@ -199,3 +204,27 @@ def test_the_status_webhooks_schema_names_every_field_an_event_can_have() -> Non
     [(_, _, operation)] = [w for w in WEBHOOKS if w[1] == "batch-status"]
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
     assert set(payload) - set(resolve(schema)["properties"]) == set()
+
+
+def test_a_click_event_as_posted_follows_the_click_webhooks_schema() -> None:
+    # Only `batch-status` was declared, whose `status` enum has no `click`: a receiver built
+    # from the schema refused the click events of a batch with `shorten_urls`.
+    click = {
+        "batch_id": uuid.uuid4(),
+        "workflow_id": "sms-batch-x",
+        "seq": 3,
+        "row_number": 3,
+        "to_number": "+14155552671",
+        "url": "https://example.com/sale",
+        "first_clicked_at": datetime.now(UTC),
+        "first_user_agent": "Mozilla/5.0",
+        "reference": "order-1",
+        "request": {"global": {"metadata": {"campaign": "spring"}}},
+    }
+
+    payload = json.loads(json.dumps(status_events._click_payload(click)))
+
+    [(_, _, operation)] = [w for w in WEBHOOKS if w[1] == "batch-click"]
+    schema = resolve(operation["requestBody"]["content"]["application/json"]["schema"])
+    assert set(payload) <= set(schema["properties"])
+    assert ClickEvent.model_validate(payload).status == "click"
