@@ -305,12 +305,13 @@ class ConversationActivities(WorkerResources):
         return ended
 
     @activity.defn
-    async def post_conversation_event(self, event: ConversationEvent) -> None:
+    async def post_conversation_event(self, event: ConversationEvent) -> bool | None:
         """POST the event to the conversation's webhook (the send's own, else its sender's),
         signed as a batch's status events are, with an id that stays the same on every
         attempt. A failed post raises with the delay of the webhook retry schedule, so
         Temporal retries it then (no worker slot held meanwhile); delivered, gone (410) or
-        past the schedule's last retry, the event is settled."""
+        past the schedule's last retry (an event of `one_post`, its first), the event is
+        settled: whether it was delivered, None when there is no webhook to post to."""
         conversation = await conversations.conversation_for_workflow(
             self._pool, uuid.UUID(event.conversation_id)
         )
@@ -318,7 +319,7 @@ class ConversationActivities(WorkerResources):
             self._pool, conversation["account_id"], conversation["agent_number"]
         )
         if not url:
-            return
+            return None
         payload = await self._payload(conversation, event)
         secrets = await accounts.webhook_signing_secrets(self._pool, conversation["account_id"])
         attempt = await post_event(
@@ -335,9 +336,11 @@ class ConversationActivities(WorkerResources):
             # Carried on by a run that ended with it undelivered: its schedule goes on.
             since = time.time() - event.first_posted_at
             number = max(number, posts_by(since, schedule) + 1)
-        delay = retry_delay(
-            attempt, number, schedule=schedule, jitter=self._settings.webhook_retry_jitter
-        )
+        delay = None
+        if not event.one_post:
+            delay = retry_delay(
+                attempt, number, schedule=schedule, jitter=self._settings.webhook_retry_jitter
+            )
         log.info(
             "conversation event posted",
             conversation_id=event.conversation_id,
@@ -352,6 +355,7 @@ class ConversationActivities(WorkerResources):
             raise ApplicationError(
                 f"webhook post failed: {attempt.error}", next_retry_delay=timedelta(seconds=delay)
             )
+        return attempt.error is None
 
     async def _payload(self, conversation: dict, event: ConversationEvent) -> dict[str, Any]:
         payload: dict[str, Any] = {

@@ -256,6 +256,30 @@ async def test_conversation_events_are_signed_and_retried_like_batch_events(
     assert {e["conversation_id"] for e in verified} == {sent["conversation_id"]}
 
 
+async def test_after_a_conversation_event_is_given_up_on_each_next_one_gets_one_post(
+    temporal: Client, settings: Settings, account: Account, webhooks: WebhookReceiver
+) -> None:
+    # As a batch's (test_after_an_event_is_given_up_on_each_...): each event had its whole
+    # schedule in turn, about 15 h each by default, the pair's run kept open meanwhile.
+    run = secrets.token_hex(6)
+    user = unique_numbers(1)[0]
+    # `active` fails its schedule (a post and two retries), the first message's event its
+    # one post; the second's is delivered; the third's fails its schedule again.
+    webhooks.answers[run] = [500] * 4 + [204] + [500] * 3
+    schedule = {"webhook_retry_schedule_seconds": [0.1, 0.1], "webhook_retry_jitter": 0.0}
+    async with (
+        own_worker(temporal, settings, **schedule) as own,
+        api_client(own) as api,
+    ):
+        for n in range(3):
+            await send_ok(api, account, user, agent_message=f"m{n}", webhook=webhooks.url(run))
+        await eventually(lambda: asyncio.sleep(0, webhooks.posts[run]), lambda p: len(p) >= 8)
+        await asyncio.sleep(2)
+        ids = [post.headers["webhook-id"] for post in webhooks.posts[run]]
+
+    assert [ids.count(i) for i in dict.fromkeys(ids)] == [3, 1, 1, 3]
+
+
 async def test_a_failing_conversation_webhook_holds_back_neither_the_next_conversation_nor_order(
     temporal: Client,
     settings: Settings,

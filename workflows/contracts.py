@@ -533,6 +533,9 @@ class ConversationEvent:
     # When its first post started (seconds since the epoch), once a run has carried it on
     # undelivered: the next run's posts go on with the retry schedule from there.
     first_posted_at: float | None = None
+    # Posted once, with no retry: an event before it was given up on, and none delivered
+    # since (the receiver is down; a schedule for each event in turn would take days).
+    one_post: bool = False
 
 
 @dataclass(kw_only=True)

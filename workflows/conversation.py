@@ -61,7 +61,10 @@ class ConversationWorkflow:
         self._end_state: ConversationStatus | None = None
         # The post of the first event while it runs; the pump stops (leaving the events) once
         # `_carrying` is set (EVENTS_CARRIED_PATCH).
-        self._posting: workflow.ActivityHandle[None] | None = None
+        self._posting: workflow.ActivityHandle[bool | None] | None = None
+        # The last event settled was given up on (none delivered since): each next one gets
+        # one post (ConversationEvent.one_post). Runs that recorded no answer never set it.
+        self._receiver_down = False
         # When the first post of the event in flight started in this run.
         self._posting_since = 0.0
         self._carrying = False
@@ -329,6 +332,9 @@ class ConversationWorkflow:
             if first.first_posted_at is None:
                 first.first_posted_at = self._posting_since
         await workflow.wait_condition(lambda: self._pump_stopped)
+        if self._receiver_down:
+            for event in self._events:
+                event.one_post = True
         dropped = len(self._events) - self._input.max_carried_events
         if dropped > 0:
             workflow.logger.warning(
@@ -346,6 +352,8 @@ class ConversationWorkflow:
                 if self._carrying:
                     return
                 self._posting_since = workflow.now().timestamp()
+                if self._receiver_down:
+                    self._events[0].one_post = True
                 self._posting = workflow.start_activity_method(
                     ConversationActivities.post_conversation_event,
                     self._events[0],
@@ -353,7 +361,7 @@ class ConversationWorkflow:
                     retry_policy=EVENT_RETRY,
                 )
                 try:
-                    await self._posting
+                    self._receiver_down = await self._posting is False
                 except (ActivityError, asyncio.CancelledError) as error:
                     if self._carrying:
                         return
