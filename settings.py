@@ -249,6 +249,14 @@ class Settings(BaseSettings):
         description="Whether the local stack runs its workers as `worker_processes` send workers"
         " and one control worker apart; false: `worker_processes` workers of role `all`.",
     )
+    migrate_on_start: bool = Field(
+        True,
+        description="Whether the API and each worker apply the database's pending migrations"
+        " as they start (one at a time, under a lock). false: they only check that none is"
+        " pending, and refuse to start naming them, leaving migrations to `python -m"
+        " deploy.prepare` (the image's `prepare`): a long migration is then not cut short by a"
+        " pod's startup probe, nor raced by pods an autoscaler starts.",
+    )
     webhook_timeout_seconds: float = Field(
         10.0,
         gt=0,

@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
@@ -30,7 +31,7 @@ from egress import PinnedTransport
 from logs import configure_logging
 from metrics import InFlightGauges, MetricsServer, WorkerMetrics
 from settings import Settings, get_settings
-from store.db import create_pool, migrate
+from store.db import SchemaBehind, create_pool, ready_schema
 from temporal_client import connect_temporal, temporal_runtime
 from tracing import Tracing, client_interceptors
 from workflows import WORKFLOWS
@@ -82,7 +83,7 @@ async def herald_worker(
         settings.dsn,
         max_size=max(10, queues * settings.max_concurrent_activities + validating + 4),
     )
-    await migrate(pool)
+    await ready_schema(pool, migrate_now=settings.migrate_on_start)
     carrier = TwilioCarrier(
         account_sid=settings.twilio_account_sid,
         auth_token=settings.twilio_auth_token.get_secret_value(),
@@ -221,4 +222,8 @@ async def main() -> None:
 
 if __name__ == "__main__":
     # uvloop: the send path is event-loop bound; it moves a slice's HTTP round trips faster.
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    except SchemaBehind as behind:
+        sys.stderr.write(f"Herald refuses to start:\n{behind}\n")
+        raise SystemExit(2) from None

@@ -44,7 +44,7 @@ from api.services.stranded_messages import keep_handing_over
 from logs import configure_logging
 from metrics import ApiMetrics
 from settings import Settings, get_settings
-from store.db import create_pool, migrate
+from store.db import create_pool, ready_schema
 from temporal_client import connect_temporal
 from tracing import Tracing, client_interceptors
 
@@ -154,7 +154,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.pool = await create_pool(settings.dsn)
-        await migrate(app.state.pool)
+        await ready_schema(app.state.pool, migrate_now=settings.migrate_on_start)
         # Lazy: the API starts, and /readyz reports, while Temporal is still coming up.
         app.state.temporal = await connect_temporal(
             settings, lazy=True, interceptors=client_interceptors(tracing)

@@ -113,6 +113,37 @@ async def migrate(pool: asyncpg.Pool, *, before: str | None = None) -> list[str]
     return applied
 
 
+class SchemaBehind(RuntimeError):
+    """The database lacks migrations of this release, and this process is not to apply them."""
+
+
+async def pending_migrations(pool: asyncpg.Pool) -> list[str]:
+    """The migrations of this release not recorded as applied, in name order."""
+    async with pool.acquire() as conn:
+        known = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        done = (
+            {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+            if known
+            else set()
+        )
+    return [name for name, _ in _migration_files() if name not in done]
+
+
+async def ready_schema(pool: asyncpg.Pool, *, migrate_now: bool) -> None:
+    """Apply the pending migrations (`migrate`), or, without `migrate_now`, only check that
+    none is pending: SchemaBehind names them and the command that applies them."""
+    if migrate_now:
+        await migrate(pool)
+        return
+    pending = await pending_migrations(pool)
+    if pending:
+        raise SchemaBehind(
+            f"the database lacks {len(pending)} migration(s) of this release"
+            f" ({', '.join(pending)}): run `python -m deploy.prepare` (the image's `prepare`,"
+            " the herald-prepare Job) first, or set HERALD_MIGRATE_ON_START=true"
+        )
+
+
 async def ping(pool: asyncpg.Pool) -> None:
     async with pool.acquire(timeout=2) as conn:
         await conn.fetchval("SELECT 1", timeout=2)

@@ -417,6 +417,11 @@ def test_the_upgrades_first_apply_selects_the_configuration_and_the_prepare_job(
 
     assert sorted(selected) == [("ConfigMap", "herald-config"), ("Job", "herald-prepare")]
     assert names in (ROOT / "docs" / "DEPLOY.md").read_text()
+    # The Job migrates; the API and the workers, which the same ConfigMap configures, only
+    # check that it has.
+    config = named(rendered(overlay), "ConfigMap", "herald-config")["data"]
+    assert config["HERALD_MIGRATE_ON_START"] == "false"
+    assert compose()["services"]["api"]["environment"]["HERALD_MIGRATE_ON_START"] == "false"
 
 
 def test_a_stopping_worker_outlasts_its_send_slice_and_the_carrier_timeout() -> None:

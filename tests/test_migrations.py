@@ -38,6 +38,28 @@ async def test_each_migration_commits_on_its_own(
     assert {r["tablename"] for r in tables} == {"schema_migrations", "first"}
 
 
+async def test_a_process_that_does_not_migrate_refuses_a_schema_behind_it_naming_what_lacks(
+    pool: asyncpg.Pool, postgres_dsn: str
+) -> None:
+    # HERALD_MIGRATE_ON_START=false: the pods leave migrations to the prepare Job (a long one
+    # was cut short by a pod's startup probe), and refuse to run on a schema behind them.
+    async with (
+        own_database(pool, postgres_dsn, "behind") as url,
+        await create_pool(url, min_size=1) as own,
+    ):
+        await migrate(own, before="350")
+        with pytest.raises(db.SchemaBehind) as behind:
+            await db.ready_schema(own, migrate_now=False)
+        applied = await migrate(own)
+        await db.ready_schema(own, migrate_now=False)
+        pending = await db.pending_migrations(own)
+
+    assert applied and all(name >= "350" for name in applied)
+    assert ", ".join(applied) in str(behind.value)
+    assert "deploy.prepare" in str(behind.value)
+    assert pending == []
+
+
 async def test_lists_keyed_by_account_keep_every_list_and_contact(
     pool: asyncpg.Pool, postgres_dsn: str
 ) -> None:
