@@ -33,7 +33,7 @@ from tests.support.sending import (
     send,
     send_ok,
 )
-from tests.support.stack import Account, WebhookReceiver, api_client, error_code
+from tests.support.stack import Account, Configure, WebhookReceiver, api_client, error_code
 
 SENT = "SMS sent successfully"
 
@@ -729,6 +729,29 @@ async def test_a_failing_receivers_first_event_is_given_up_on_its_schedule_acros
     # Posted at 0 s and 1 s on its schedule, once more by the run that took it on at 1.2 s
     # (past its schedule by then), then given up on.
     assert 1 <= len(opening) <= 4, len(opening)
+
+
+async def test_a_conversation_closed_before_its_run_began_gets_its_active_and_closed_events(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, carrier: Configure
+) -> None:
+    # Two sends opening conversations while the pair's run was busy sending: the first one's
+    # conversation, closed by the second before its run began, got neither event.
+    user = unique_numbers(1)[0]
+    run = secrets.token_hex(6)
+    await carrier(latency_ms=1500)
+    await send_ok(api, account, user, agent_message="busy")
+    first = await send_ok(
+        api, account, user, agent_message="one", new_conversation=True, webhook=webhooks.url(run)
+    )
+    await send_ok(api, account, user, agent_message="two", new_conversation=True)
+    events = await webhooks.wait_for(run, "closed")
+
+    assert [(e["event"], e["status"]) for e in events] == [
+        ("status", "active"),
+        ("message", "sent"),
+        ("status", "closed"),
+    ]
+    assert {e["conversation_id"] for e in events} == {first["conversation_id"]}
 
 
 async def test_an_event_attempt_that_failed_before_posting_is_no_post_of_its_schedule(

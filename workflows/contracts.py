@@ -483,6 +483,9 @@ class ConversationInput:
     pending: list[ConversationSignal] = field(default_factory=list)
     # None: the conversation starts with this run.
     state: ConversationState | None = None
+    # Opened by a send the pair's previous run handed over (the send that opened it closed
+    # that run's): it was active then, whatever this run finds when it begins.
+    handed_over: bool = False
     # Webhook events the previous run of the pair had not delivered, in order: posted first.
     events: list["ConversationEvent"] = field(default_factory=list)
     # Messages a run handles before it continues as new with the rest still queued (about 15

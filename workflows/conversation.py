@@ -48,6 +48,11 @@ SILENCE_CHECKS_STATE_PATCH = "conversation-silence-checks-state"
 # lost in it looked up at the carrier, a message still `queued` failed. It kept the state the
 # attempt left, `sending` or `queued`, for good.
 SETTLE_UNSENT_PATCH = "conversation-settle-unsent"
+# A conversation handed over by the pair's previous run begins with its `active` event even
+# if a later send closed it before the run began (two sends opening conversations in quick
+# succession while that run was busy): it got neither `active` nor `closed` (its closing send
+# found it ended, as this run did).
+HANDED_OVER_BEGINS_PATCH = "conversation-handed-over-begins"
 # The outcomes of an agent message that never reached the carrier (`conversation_messages`).
 NEVER_SENT = frozenset({"queued", "failed", "skipped"})
 
@@ -92,12 +97,21 @@ class ConversationWorkflow:
         return await self._converse()
 
     async def _begin(self) -> None:
-        """A run started by a late signal for a conversation that already ended only sends it."""
+        """A run started by a late signal for a conversation that already ended only sends it.
+        One the previous run handed over was active when its send opened it: it begins, and
+        ends (with its event) when the send that closed it comes, or its silence clock finds
+        it closed."""
         state = await self._conversation_state()
-        if state != ConversationStatus.ACTIVE:
+        if state != ConversationStatus.ACTIVE and not (
+            self._input.handed_over and workflow.patched(HANDED_OVER_BEGINS_PATCH)
+        ):
             self._end_state = state
             return
-        self._notify(ConversationEvent(conversation_id=self._input.conversation_id, state=state))
+        self._notify(
+            ConversationEvent(
+                conversation_id=self._input.conversation_id, state=ConversationStatus.ACTIVE
+            )
+        )
 
     async def _conversation_state(self) -> ConversationStatus:
         """The conversation's state in the database."""
@@ -308,6 +322,7 @@ class ConversationWorkflow:
             ConversationInput(
                 conversation_id=following.conversation_id,
                 conversation_seq=following.conversation_seq,
+                handed_over=True,
                 account_id=self._input.account_id,
                 agent_number=self._input.agent_number,
                 user_number=self._input.user_number,
