@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from activities.providers.twilio import retry_after_seconds
 from store.accounts import WEBHOOK_SECRET_PREFIX
 
 
@@ -21,6 +22,14 @@ class DeliveryAttempt:
     status_code: int | None
     error: str | None
     duration_ms: int
+    # A 429's or 503's `Retry-After`, in seconds: the receiver's own word on when to come back.
+    retry_after: float | None = None
+
+
+# The answers whose `Retry-After` a retry waits for (RFC 9110: 503, and 429 of RFC 6585),
+# at most this long: a receiver cannot hold its events for days.
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+MAX_RETRY_AFTER_SECONDS = 3600.0
 
 
 def signature(secrets: Sequence[str], webhook_id: str, timestamp: int, body: bytes) -> str:
@@ -66,12 +75,15 @@ async def post_event(
         }
     started = time.monotonic()
     status: int | None = None
+    retry_after: float | None = None
     try:
         async with (
             asyncio.timeout(within_seconds),
             http.stream("POST", url, content=body, headers=headers) as response,
         ):
             status = response.status_code
+            if status in RETRY_AFTER_STATUSES:
+                retry_after = retry_after_seconds(response.headers.get("retry-after"))
     except TimeoutError:
         # Late while the answer, read, was being closed: answered all the same.
         if status is None:
@@ -83,17 +95,21 @@ async def post_event(
         return DeliveryAttempt(None, f"{type(error).__name__}: {error}"[:500], elapsed)
     elapsed = int((time.monotonic() - started) * 1000)
     failure = None if 200 <= status < 300 else f"HTTP {status}"
-    return DeliveryAttempt(status, failure, elapsed)
+    return DeliveryAttempt(status, failure, elapsed, retry_after)
 
 
 def retry_delay(
     attempt: DeliveryAttempt, number: int, *, schedule: Sequence[float], jitter: float
 ) -> float | None:
-    """Seconds until attempt `number + 1` of an event, on the webhook retry `schedule`; None
-    when it is settled: delivered, gone (410), or out of retries."""
+    """Seconds until attempt `number + 1` of an event, on the webhook retry `schedule`, or
+    later if the receiver's `Retry-After` says so (up to MAX_RETRY_AFTER_SECONDS); None when
+    it is settled: delivered, gone (410), or out of retries."""
     if attempt.error is None or attempt.status_code == 410 or number > len(schedule):
         return None
-    return _jittered(schedule[number - 1], jitter)
+    delay = _jittered(schedule[number - 1], jitter)
+    if attempt.retry_after is not None:
+        delay = max(delay, min(attempt.retry_after, MAX_RETRY_AFTER_SECONDS))
+    return delay
 
 
 def posts_by(elapsed: float, schedule: Sequence[float]) -> int:

@@ -210,7 +210,9 @@ async def webhooks() -> AsyncIterator[WebhookReceiver]:
             receiver.received[name].append(json.loads(body))
             receiver.posts[name].append(WebhookPost(dict(request.headers), body, status))
             receiver.changed.notify_all()
-        headers = {"location": receiver.url("redirected")} if 300 <= status < 400 else None
+        headers = {"location": receiver.url("redirected")} if 300 <= status < 400 else {}
+        if status in (429, 503) and name in receiver.retry_after:
+            headers["retry-after"] = receiver.retry_after[name]
         return web.Response(status=status, headers=headers)
 
     app = web.Application()

@@ -180,6 +180,28 @@ async def test_after_an_event_is_given_up_on_each_next_one_gets_one_post_until_o
     assert [by_event[seq] for seq in sorted(by_event)] == [3, 1, 1, 3]
 
 
+async def test_a_retry_waits_for_the_receivers_retry_after(
+    temporal: Client, settings: Settings, account: Account, webhooks: WebhookReceiver
+) -> None:
+    # A 503 (or 429) with `Retry-After: 3` was retried on the schedule alone, 0.1 s here.
+    run = secrets.token_hex(6)
+    webhooks.answers[run] = [503]
+    webhooks.retry_after[run] = "3"
+    async with (
+        own_worker(temporal, settings, webhook_retry_schedule_seconds=[0.1]) as own,
+        api_client(own) as api,
+    ):
+        batch_id, _ = await start_marked_batch(
+            api, account, webhooks, unique_numbers(1), marker=run
+        )
+        await webhooks.wait_for(run, *FINAL)
+        attempts = await deliveries(api, account, batch_id)
+
+    first, second = [d for d in attempts if d["event_seq"] == 1]
+    assert (first["status_code"], second["status_code"]) == (503, 204)
+    assert seconds(second["attempted_at"]) - seconds(first["attempted_at"]) >= 2.9
+
+
 async def test_a_pause_that_comes_after_the_final_event_changes_nothing(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
 ) -> None:

@@ -125,6 +125,8 @@ class WebhookReceiver:
     received: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     posts: dict[str, list[WebhookPost]] = field(default_factory=lambda: defaultdict(list))
     answers: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    # A `Retry-After` to give with each 429 and 503 answered at `name`.
+    retry_after: dict[str, str] = field(default_factory=dict)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def url(self, name: str) -> str:
