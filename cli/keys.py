@@ -19,7 +19,7 @@ import asyncpg
 
 from settings import get_settings
 from store import accounts
-from store.db import create_pool, migrate
+from store.db import SchemaBehind, create_pool, ready_schema
 
 # As `herald`'s other commands exit when a request fails.
 EXIT_DATABASE = 3
@@ -86,9 +86,10 @@ async def _revoke(pool: asyncpg.Pool, args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    pool = await create_pool(get_settings().dsn, min_size=1, max_size=2)
+    settings = get_settings()
+    pool = await create_pool(settings.dsn, min_size=1, max_size=2)
     try:
-        await migrate(pool)
+        await ready_schema(pool, migrate_now=settings.migrate_on_start)
         action = {"create": _create, "list": _list, "revoke": _revoke}[args.action]
         return await action(pool, args)
     finally:
@@ -99,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return asyncio.run(_run(args))
+    except SchemaBehind as behind:
+        sys.stderr.write(f"herald: {behind}\n")
+        return EXIT_DATABASE
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         # The DSN is left out: it may hold the password.
         reason = " ".join(str(error).split()) or type(error).__name__

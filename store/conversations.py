@@ -121,17 +121,20 @@ async def end_conversation(
     pool: asyncpg.Pool, conversation_id: uuid.UUID, state: ConversationStatus
 ) -> ConversationStatus:
     """End an active conversation; one ended already (e.g. by a newer one) keeps its state.
-    The state it is in now."""
+    The state it is in now: read by a statement of its own when the update found it ended,
+    for a subquery of the update's would read the snapshot taken before the update waited
+    for the transaction that ended it (and find it still active)."""
     ended = await pool.fetchval(
-        "WITH ended AS (UPDATE conversations SET state = $2, ended_at = now(),"
-        " updated_at = now(),"
+        "UPDATE conversations SET state = $2, ended_at = now(), updated_at = now(),"
         " timed_out_at = CASE WHEN $2 = 'timeout' THEN now() ELSE timed_out_at END"
-        " WHERE id = $1 AND state = 'active' RETURNING state)"
-        " SELECT coalesce((SELECT state FROM ended),"
-        " (SELECT state FROM conversations WHERE id = $1))",
+        " WHERE id = $1 AND state = 'active' RETURNING state",
         conversation_id,
         state,
     )
+    if ended is None:
+        ended = await pool.fetchval(
+            "SELECT state FROM conversations WHERE id = $1", conversation_id
+        )
     return ConversationStatus(ended)
 
 

@@ -91,7 +91,8 @@ async def test_a_conversation_closed_while_its_timeout_is_sent_ends_closed_in_it
     # `closed`, and no `closed` event ever came.
     user = unique_numbers(1)[0]
     run = secrets.token_hex(6)
-    await carrier(latency_ms=1500)
+    # Long enough that the steps below fit in one send, on a loaded machine too.
+    await carrier(latency_ms=3000)
     data = await send_ok(
         api, account, user, agent_message="Your order is ready", webhook=webhooks.url(run), **TIMERS
     )

@@ -552,5 +552,6 @@ def test_the_build_context_leaves_out_local_state_and_keeps_what_the_image_copie
 
     assert copied
     assert [source for source in copied if ignored(source, patterns)] == []
-    for path in (".git", ".venv", ".herald/dev.json", "api/__pycache__/app.pyc", "bench/results"):
+    left_out = (".git", ".venv", ".herald/dev.json", "api/__pycache__/app.pyc", "bench/results")
+    for path in (*left_out, "deploy/compose/.env"):
         assert ignored(path, patterns), path

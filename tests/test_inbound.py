@@ -282,19 +282,17 @@ async def test_a_post_that_could_not_reach_its_conversation_is_handed_over_witho
         failed = await post_inbound(unreachable, settings, form)
     [stranded] = await conversations_with(api, account, user)
 
-    handed = await hand_over_stranded(pool, temporal, settings, inbound_after=timedelta(0))
+    await hand_over_stranded(pool, temporal, settings, inbound_after=timedelta(0))
     opened, detail = await help_answered(api, account, settings, emulator_url, user)
-    again = await hand_over_stranded(pool, temporal, settings, inbound_after=timedelta(0))
+    await hand_over_stranded(pool, temporal, settings, inbound_after=timedelta(0))
 
     assert failed.status_code == 503
-    assert handed >= 1
     assert opened["conversation_id"] == stranded["conversation_id"]
     assert [(m["sender"], m["body"]) for m in detail["messages"]] == [
         ("USER", "HELP"),
         ("AGENT", settings.help_reply),
     ]
-    # Handed over once, the message and its answer in one signal.
-    assert again == 0
+    # Handed over once (the second sweep leaves it), the message and its answer in one signal.
     assert await signals_to(temporal, opened["workflow_id"]) == 1
 
 

@@ -1,5 +1,6 @@
 """API keys: the `herald keys` command line, shown-once keys, revocation, the 401s."""
 
+import asyncio
 import os
 import re
 import subprocess
@@ -7,19 +8,23 @@ import sys
 import uuid
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from deploy.local.processes import free_port
 from settings import Settings
+from store.db import create_pool
+from tests.support.databases import own_database
 
 HERALD = Path(sys.executable).parent / "herald"
 
 
 def herald(
-    settings: Settings, *args: str, dsn: str | None = None
+    settings: Settings, *args: str, dsn: str | None = None, **env_vars: str
 ) -> subprocess.CompletedProcess[str]:
-    """The installed `herald` console script, against the session's PostgreSQL (or `dsn`)."""
-    env = {**os.environ, "HERALD_DATABASE_URL": dsn or settings.dsn}
+    """The installed `herald` console script, against the session's PostgreSQL (or `dsn`),
+    with `env_vars` besides."""
+    env = {**os.environ, "HERALD_DATABASE_URL": dsn or settings.dsn, **env_vars}
     return subprocess.run(
         [str(HERALD), *args], capture_output=True, text=True, timeout=60, env=env, check=False
     )
@@ -90,6 +95,23 @@ def test_a_database_that_refuses_or_is_not_there_is_one_line_and_exit_3(
     assert (unreachable.returncode, unreachable.stdout) == (3, "")
     assert unreachable.stderr.startswith(f"{head} ")
     assert unreachable.stderr.count("\n") == 1 and "secret" not in unreachable.stderr
+
+
+async def test_without_migrating_on_start_a_database_behind_is_refused_untouched(
+    settings: Settings, pool: asyncpg.Pool, postgres_dsn: str
+) -> None:
+    # It migrated whatever HERALD_MIGRATE_ON_START said: outside the prepare Job.
+    async with own_database(pool, postgres_dsn, "keys") as url:
+        refused = await asyncio.to_thread(
+            herald, settings, "keys", "list", dsn=url, HERALD_MIGRATE_ON_START="false"
+        )
+        async with await create_pool(url, min_size=1) as own:
+            untouched = await own.fetchval("SELECT to_regclass('schema_migrations') IS NULL")
+
+    assert (refused.returncode, refused.stdout) == (3, "")
+    assert refused.stderr.startswith("herald: the database lacks ")
+    assert "deploy.prepare" in refused.stderr and refused.stderr.count("\n") == 1
+    assert untouched
 
 
 async def test_missing_malformed_or_guessed_keys_get_401(api: httpx.AsyncClient) -> None:

@@ -738,7 +738,8 @@ async def test_a_conversation_closed_before_its_run_began_gets_its_active_and_cl
     # conversation, closed by the second before its run began, got neither event.
     user = unique_numbers(1)[0]
     run = secrets.token_hex(6)
-    await carrier(latency_ms=1500)
+    # Long enough that the steps below fit in one send, on a loaded machine too.
+    await carrier(latency_ms=3000)
     await send_ok(api, account, user, agent_message="busy")
     first = await send_ok(
         api, account, user, agent_message="one", new_conversation=True, webhook=webhooks.url(run)

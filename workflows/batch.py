@@ -245,7 +245,12 @@ class BatchWorkflow:
     async def pause(self) -> None:
         async with self._in_turn():
             # A paused batch stays paused now until an operator resumes it, whatever paused it.
-            held_for_good = self._paused and self._resume_by_itself_turn == self._pause_turn
+            held_for_good = (
+                self._paused
+                and self._resume_by_itself_turn == self._pause_turn
+                and self._cancel_reason is None
+                and self._status not in FINAL_BATCH_STATUSES
+            )
             self._pause_turn += 1
             if await self._pause() or not held_for_good:
                 return
@@ -263,10 +268,14 @@ class BatchWorkflow:
             if not await self._pause(paused):
                 return
         turn = self._pause_turn
+        # Before the account's other batches are paused: an operator's pause meanwhile holds
+        # this one for good, with its event.
+        resumes = paused.resume_after_seconds > 0
+        if resumes:
+            self._resume_by_itself_turn = turn
         if paused.account_wide:
             await self._pause_account(dataclasses.replace(paused, account_wide=False))
-        if paused.resume_after_seconds > 0 and workflow.patched(THROTTLE_RESUME_PATCH):
-            self._resume_by_itself_turn = turn
+        if resumes and workflow.patched(THROTTLE_RESUME_PATCH):
             await self._resume_after(turn, paused.resume_after_seconds)
 
     async def _resume_after(self, turn: int, seconds: float) -> None:

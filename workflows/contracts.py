@@ -495,6 +495,8 @@ class ConversationInput:
     # one at a time): the oldest beyond are dropped, so that the next run's input stays well
     # under Temporal's payload limit however long a pair's receiver fails.
     max_carried_events: int = 500
+    # The previous run's last event settled was given up on (ConversationEvent.one_post).
+    receiver_down: bool = False
 
 
 @dataclass(kw_only=True)

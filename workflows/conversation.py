@@ -68,7 +68,8 @@ class ConversationWorkflow:
         # `_carrying` is set (EVENTS_CARRIED_PATCH).
         self._posting: workflow.ActivityHandle[bool | None] | None = None
         # The last event settled was given up on (none delivered since): each next one gets
-        # one post (ConversationEvent.one_post). Runs that recorded no answer never set it.
+        # one post (ConversationEvent.one_post), in the next runs too (`receiver_down`). Runs
+        # that recorded no answer never set it.
         self._receiver_down = False
         # When the first post of the event in flight started in this run.
         self._posting_since = 0.0
@@ -88,6 +89,7 @@ class ConversationWorkflow:
         self._queue[:0] = input.pending
         # Events the previous run had not delivered yet come before this run's own.
         self._events[:0] = input.events
+        self._receiver_down = input.receiver_down
         # Left running when the run ends: every run waits for its events to be posted first.
         self._pump = asyncio.create_task(self._deliver_events())
         if input.state is not None:
@@ -178,6 +180,7 @@ class ConversationWorkflow:
                 events=carried,
                 messages_per_run=self._input.messages_per_run,
                 max_carried_events=self._input.max_carried_events,
+                receiver_down=self._receiver_down,
             )
         )
 
@@ -330,6 +333,7 @@ class ConversationWorkflow:
                 events=carried,
                 messages_per_run=self._input.messages_per_run,
                 max_carried_events=self._input.max_carried_events,
+                receiver_down=self._receiver_down,
             )
         )
 
@@ -347,9 +351,6 @@ class ConversationWorkflow:
             if first.first_posted_at is None:
                 first.first_posted_at = self._posting_since
         await workflow.wait_condition(lambda: self._pump_stopped)
-        if self._receiver_down:
-            for event in self._events:
-                event.one_post = True
         dropped = len(self._events) - self._input.max_carried_events
         if dropped > 0:
             workflow.logger.warning(

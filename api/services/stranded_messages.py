@@ -7,8 +7,8 @@ unsignalled; a carrier does not post again after a 5xx, so it is signalled here,
 carrier's repeat would (`inbound.receive`). A send whose request died the same way leaves its
 message `queued`, its caller without an answer: it is failed, as a send whose signal failed
 is, so that the caller's repeat with its key sends it anew and nothing is sent behind the
-caller's back. Several processes doing so at once signal a message twice at worst, which its
-workflow sends once."""
+caller's back. One process sweeps at a time (SWEEP_LOCK); a message signalled twice all the
+same (a post's own signal racing the sweep) is sent once by its workflow."""
 
 import asyncio
 from datetime import timedelta
@@ -36,16 +36,30 @@ SEND_AFTER = timedelta(minutes=10)
 # release that did not set it, are unsignalled for good though they were signalled.
 WITHIN = timedelta(days=1)
 BATCH = 100
+# Held by the API process sweeping (a session advisory lock): the others skip that minute,
+# so that a message is signalled once, not once per process.
+SWEEP_LOCK = 0x48455241_4C440002
 SEND_FAILED_MESSAGE = "the API stopped before handing the message to its conversation"
 
 
 async def keep_handing_over(pool: asyncpg.Pool, temporal: Client, settings: Settings) -> None:
-    """`hand_over_stranded` each minute, until cancelled."""
+    """`hand_over_stranded` each minute, by one API process at a time, until cancelled; a
+    sweep that fails is logged and the next goes on."""
     while True:
         try:
-            await hand_over_stranded(pool, temporal, settings)
-        except (asyncpg.PostgresError, *UNAVAILABLE) as error:
-            log.warning("stranded messages not handed over; retrying", error=repr(error))
+            async with pool.acquire() as conn:
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", SWEEP_LOCK):
+                    try:
+                        await hand_over_stranded(pool, temporal, settings)
+                    finally:
+                        await conn.execute("SELECT pg_advisory_unlock($1)", SWEEP_LOCK)
+        except Exception as error:
+            level = (
+                log.warning
+                if isinstance(error, (asyncpg.PostgresError, *UNAVAILABLE))
+                else log.exception
+            )
+            level("stranded messages not handed over; retrying", error=repr(error))
         await asyncio.sleep(SWEEP_EVERY_SECONDS)
 
 
