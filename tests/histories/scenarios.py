@@ -583,6 +583,25 @@ async def test_cancelled_during_queued_validating_report(
     await save_batch(temporal, file_id, "cancelled_during_validation_report_queued")
 
 
+async def test_resumed_while_cancelling(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    """A 200,000-row file's batch paused while `validating`, then cancelled, then resumed while
+    the validation is being cut short: the marker `batch-no-resume-while-cancelling`, the
+    resume ignored, `cancelled` after `paused`."""
+    file_id = await attach(api, account.headers, slow_to_validate(200_000))
+    marker = secrets.token_hex(6)
+    response = await start(api, account, file_id, status_webhook=webhooks.url(marker))
+    assert response.status_code == 200, response.text
+    await webhooks.wait_for(marker, "validating")
+    await control(api, account, file_id, "pause")
+    await webhooks.wait_for(marker, "paused")
+    await control(api, account, file_id, "cancel")
+    await control(api, account, file_id, "resume")
+    assert (await finished(webhooks, marker))["status"] == "cancelled"
+    await save_batch(temporal, file_id, "resumed_while_cancelling")
+
+
 async def test_auto_paused(
     settings: Settings,
     account: Account,
@@ -660,6 +679,30 @@ async def test_throttled(
         # Saved while the own worker runs: a run closes once that worker has posted its events.
         await save_batch(temporal, file_id, "throttled", chunks={0: "throttled"})
         await save_batch(temporal, waiting_file, "paused_by_throttling")
+
+
+async def test_paused_for_good(
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    worker: None,
+    carrier: Configure,
+) -> None:
+    """As `throttled`, but an operator pauses the batch while it waits to resume by itself:
+    the marker `batch-pause-for-good-event` and a `paused` event of its own; resumed by the
+    operator, `completed`."""
+    numbers = unique_numbers(5)
+    await carrier(scripted={number: [429, 429] for number in numbers})
+    changes = {**SMALL, "carrier_outage_seconds": 1.0, "carrier_throttle_pause_seconds": 5.0}
+    async with own_worker(temporal, settings, **changes) as own, api_client(own) as api:
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        await webhooks.wait_for(marker, "paused")
+        await control(api, account, file_id, "pause")
+        await webhooks.wait_for(marker, "paused", times=2)
+        await control(api, account, file_id, "resume")
+        assert (await finished(webhooks, marker))["status"] == "completed"
+        await save_batch(temporal, file_id, "paused_for_good")
 
 
 async def test_webhook_retried(
@@ -764,6 +807,35 @@ async def test_conversation_events_carried_over(
         runs = await run_chain(temporal, first["workflow_id"])
     for number, history in enumerate(runs, start=1):
         save(history, "conversation", f"events_carried_over.run{number}")
+
+
+async def test_conversation_handed_over_closed(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    """Two sends opening conversations while the pair's run sends on a slow carrier: the
+    first one's conversation, closed by the second before its run began, begins all the same
+    (marker `conversation-handed-over-begins`) and ends `closed` when the second's message
+    comes. Three runs: the busy one, the handed-over one, the last."""
+    user = unique_numbers(1)[0]
+    run = secrets.token_hex(6)
+    await carrier(latency_ms=3000)
+    first = await send_ok(api, account, user, agent_message="busy")
+    await send_ok(
+        api, account, user, agent_message="one", new_conversation=True, webhook=webhooks.url(run)
+    )
+    await send_ok(api, account, user, agent_message="two", new_conversation=True, **TIMERS)
+    await webhooks.wait_for(run, "closed")
+    await conversation_when(
+        api, account, first["conversation_id"], lambda c: c["state"] == "closed"
+    )
+    workflow_id = conversation_workflow_id(str(account.account_id), account.agent_number, user)
+    runs = await run_chain(temporal, workflow_id)
+    for number, history in enumerate(runs, start=1):
+        save(history, "conversation", f"handed_over_closed.run{number}")
 
 
 async def test_conversation_settle_unsent(time_skipping: WorkflowEnvironment) -> None:
