@@ -66,5 +66,7 @@ def configure_logging(level: str = "INFO") -> None:
         # uvicorn sets its own levels: at WARNING, an access line per request is still made.
         logging.getLogger(name).setLevel(numeric)
     logging.captureWarnings(True)
-    # twilio logs every request and response at INFO: one line per message sent.
-    logging.getLogger("twilio").setLevel(max(logging.WARNING, numeric))
+    # twilio logs every request and response at INFO: one line per message sent; httpx (and
+    # httpcore) every request with its URL: a webhook's, credentials and query included.
+    for name in ("twilio", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, numeric))

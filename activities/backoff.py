@@ -1,6 +1,9 @@
 """When a slice the carrier deferred is tried again: Retry-After, backoff and jitter."""
 
 import random
+from datetime import timedelta
+
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 # The first backoff window; it doubles with each attempt in a row that the carrier deferred
 # whole, up to the maximum. An attempt that got anything through starts over from the first.
@@ -23,3 +26,16 @@ def retry_delay(stalls: int, retry_after: float | None, rng: random.Random = _rn
     window = min(MAX_WINDOW_SECONDS, FIRST_WINDOW_SECONDS * 2**stalls)
     floor = max(min(retry_after or 0.0, MAX_RETRY_AFTER_SECONDS), window / 2)
     return floor + rng.uniform(0, window / 2)
+
+
+def carrier_deferred(message: str, delay: float | None) -> ApplicationError:
+    """The failure that has Temporal try a deferred send again after `delay` seconds (its
+    own schedule when None): benign, for the carrier's throttling is expected, and Temporal
+    logs any other failed attempt as a warning with its traceback, one per slice in a
+    throttling storm."""
+    return ApplicationError(
+        message,
+        type="CarrierDeferred",
+        next_retry_delay=None if delay is None else timedelta(seconds=delay),
+        category=ApplicationErrorCategory.BENIGN,
+    )

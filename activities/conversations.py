@@ -10,6 +10,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.backoff import carrier_deferred
 from activities.channels import carrier_address
 from activities.heartbeats import EventPostHeartbeat
 from activities.outages import through_outages
@@ -139,12 +140,8 @@ class ConversationActivities(WorkerResources):
                     error_message=result.error_message,
                 )
             )
-            raise ApplicationError(
-                f"carrier deferred the message ({result.error_code})",
-                type="CarrierDeferred",
-                next_retry_delay=(
-                    timedelta(seconds=result.retry_after) if result.retry_after else None
-                ),
+            raise carrier_deferred(
+                f"carrier deferred the message ({result.error_code})", result.retry_after or None
             )
         # Out of attempts, a deferred message fails: a reply minutes late is worse than none.
         status = Verdict.FAILED.value if result.verdict is Verdict.RETRY else result.verdict.value

@@ -6,14 +6,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Container
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
-from activities.backoff import MAX_RETRY_AFTER_SECONDS, retry_delay
+from activities.backoff import MAX_RETRY_AFTER_SECONDS, carrier_deferred, retry_delay
 from activities.channels import Channel, carrier_address
 from activities.heartbeats import SliceHeartbeat, heartbeat_until_cancelled
 from activities.outages import through_outages
@@ -340,10 +339,9 @@ class SendingActivities(WorkerResources):
                 failed=failed_count,
                 errors=dict(errors),
             ).send()
-            raise ApplicationError(
+            raise carrier_deferred(
                 f"carrier deferred {len(retry)} of {len(results)} messages ({retry[0].error_code})",
-                type="CarrierDeferred",
-                next_retry_delay=timedelta(seconds=retry_delay(stalls, retry_after)),
+                retry_delay(stalls, retry_after),
             )
         return SendCounts(
             sent=sent,

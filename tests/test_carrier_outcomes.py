@@ -6,7 +6,7 @@ import json
 import logging
 import random
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus, urlencode
@@ -15,6 +15,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from temporalio.converter import DataConverter
+from temporalio.exceptions import ApplicationErrorCategory
 from temporalio.testing import ActivityEnvironment
 from twilio.base import values
 from twilio.base.exceptions import TwilioRestException
@@ -22,7 +23,7 @@ from twilio.http import AsyncHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from activities.backoff import MAX_WINDOW_SECONDS, retry_delay
+from activities.backoff import MAX_WINDOW_SECONDS, carrier_deferred, retry_delay
 from activities.heartbeats import SliceHeartbeat
 from activities.outages import through_outages
 from activities.providers.twilio import (
@@ -436,3 +437,14 @@ async def test_a_database_outage_keeps_what_the_attempt_before_carried() -> None
     for beat in beats:
         env.info = dataclasses.replace(env.info, heartbeat_details=list(beat))
         assert env.run(SliceHeartbeat.last) == carried
+
+
+def test_a_carrier_deferral_is_a_benign_failure_with_its_delay() -> None:
+    # Temporal logs any other failed attempt as a warning with its traceback: one per slice
+    # (or conversation message) in a throttling storm.
+    deferred = carrier_deferred("carrier deferred 3 of 3 messages (20429)", 2.5)
+    own_schedule = carrier_deferred("carrier deferred the message (20429)", None)
+
+    assert deferred.category == ApplicationErrorCategory.BENIGN
+    assert (deferred.type, deferred.next_retry_delay) == ("CarrierDeferred", timedelta(seconds=2.5))
+    assert own_schedule.next_retry_delay is None

@@ -158,6 +158,14 @@ def test_compose_runs_the_stack_the_issue_names() -> None:
         }
 
 
+def test_the_image_api_writes_no_access_line() -> None:
+    # Its path holds phone numbers (an opt-out's, a conversation filter's) and short-link
+    # codes, the only thing that guards a link; and it was a line per carrier callback.
+    [api] = re.findall(r"exec uvicorn[^\n]*(?:\n[^\n]*\\)*\n[^\n]*", ENTRYPOINT.read_text())
+
+    assert "--no-access-log" in api
+
+
 def test_a_stopping_api_has_its_graceful_shutdown_before_it_is_killed() -> None:
     [graceful] = re.findall(r"--timeout-graceful-shutdown (\d+)", ENTRYPOINT.read_text())
     api = named(rendered("helm-temporal"), "Deployment", "herald-api")
@@ -217,6 +225,22 @@ def test_compose_scrapes_every_metrics_port_and_provisions_the_dashboard() -> No
     }
     assert all(path.exists() for path in mounted), mounted
     assert (DEPLOY / "grafana").resolve() in mounted
+
+
+def test_the_dashboard_takes_any_prometheus_data_source() -> None:
+    # Every panel named compose's data source by its uid: imported into another Grafana (as
+    # DEPLOY.md says for Kubernetes), every panel was "datasource not found".
+    dashboard = json.loads((DEPLOY / "grafana" / "herald-dashboard.json").read_text())
+    [variable] = dashboard["templating"]["list"]
+    named_sources = [
+        source
+        for panel in dashboard["panels"]
+        for source in [panel["datasource"], *(t["datasource"] for t in panel["targets"])]
+    ]
+
+    assert (variable["type"], variable["query"]) == ("datasource", "prometheus")
+    assert named_sources
+    assert {source["uid"] for source in named_sources} == {"${" + variable["name"] + "}"}
 
 
 def test_compose_configures_a_production_start(monkeypatch: pytest.MonkeyPatch) -> None:

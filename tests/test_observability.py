@@ -174,6 +174,10 @@ async def test_a_batch_shows_in_both_processes_metrics_and_json_logs(
     ]
     assert status_lines, worker_lines
     assert all(line.get("workflow_id") for line in status_lines), status_lines
+    # No request line of the HTTP client: it wrote each webhook's URL, credentials and query
+    # included, at INFO.
+    client_lines = [line for line in worker_lines if line.get("logger") in ("httpx", "httpcore")]
+    assert client_lines == []
     assert any("request_id" in line for line in api_lines), api_lines
     # uvicorn's own lines, through the standard library.
     assert any(line.get("logger") == "uvicorn.access" for line in api_lines), api_lines
