@@ -3,6 +3,7 @@ database, and pacing costs the same memory whatever the rate."""
 
 import asyncio
 import json
+import secrets
 import sys
 from collections import deque
 from datetime import UTC, datetime, timedelta
@@ -188,3 +189,47 @@ async def test_a_rate_limited_senders_batch_gets_slices_of_slice_seconds_of_its_
     assert (settings.slice_size, settings.slice_seconds) == (250, 50.0)
     assert (settings.chunk_window, settings.slices_in_flight) == (4, 2)
     assert json.loads(payload.data)["dispatch"]["slice_size"] == slice_size
+
+
+async def test_a_lists_own_rate_limited_sender_sizes_the_batchs_slices(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+) -> None:
+    # Only the batch's sender and its rows' were counted: a list's slow sender got slices of
+    # the whole default size, each far past its worker's shutdown grace.
+    sender = f"Slow{secrets.token_hex(3)}"
+    registered = await api.post(
+        "/v1/sms/numbers", headers=account.headers, json={"number": sender, "mps": 2.0}
+    )
+    assert registered.status_code == 201, registered.text
+    created = await api.post("/v1/lists", headers=account.headers, json={"name": "slow"})
+    list_id = created.json()["data"]["id"]
+    [number] = unique_numbers(1)
+    added = await api.post(
+        f"/v1/lists/{list_id}/contacts",
+        headers=account.headers,
+        json={"contacts": [{"phone_number": number}]},
+    )
+    assert added.status_code == 200, added.text
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+
+    response = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "lists": [{"id": list_id, "agent_number": sender}],
+            "global": {"agent_number": account.agent_number, "agent_message": "hi"},
+            "schedule_at": later,
+            "status_webhook": webhooks.url(secrets.token_hex(6)),
+        },
+    )
+    assert response.status_code == 200, response.text
+    batch_id = response.json()["data"]["batch_id"]
+    history = await temporal.get_workflow_handle(batch_workflow_id(batch_id)).fetch_history()
+    await api.post(f"/v1/sms/batch/{batch_id}/cancel", headers=account.headers)
+
+    [payload] = history.events[0].workflow_execution_started_event_attributes.input.payloads
+    # As the batch's own sender at 2 msg/s (the test above): 12 rows to a slice.
+    assert json.loads(payload.data)["dispatch"]["slice_size"] == 12

@@ -207,10 +207,10 @@ async def _slowest_rate(
     pool: asyncpg.Pool,
     account_id: uuid.UUID,
     agent_number: str | None,
-    row_senders: Mapping[str, str],
+    request: Mapping[str, Any],
 ) -> float | None:
-    """The slowest rate limit among a batch's sender and its rows' own senders."""
-    senders = [n for n in (agent_number, *row_senders.values()) if n]
+    """The slowest rate limit among every sender of a batch: its own, its rows', its lists'."""
+    senders = [n for n in batches.batch_senders(agent_number or "", request) if n]
     return await numbers.slowest_rate(pool, account_id, senders)
 
 
@@ -325,7 +325,7 @@ async def start_batch(
                 agent_number=agent_number,
                 dispatch=dispatch_settings(
                     settings,
-                    await _slowest_rate(pool, account_id, agent_number, row_senders),
+                    await _slowest_rate(pool, account_id, agent_number, request),
                     timing,
                 ),
                 limits=validation_limits(settings),
@@ -798,9 +798,7 @@ async def retry_batch(
         agent_number=batch["agent_number"],
         dispatch=dispatch_settings(
             settings,
-            await _slowest_rate(
-                pool, account_id, batch["agent_number"], batch["request"].get("senders", {})
-            ),
+            await _slowest_rate(pool, account_id, batch["agent_number"], batch["request"]),
             timing,
         ),
         timing=timing,
