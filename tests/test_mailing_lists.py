@@ -413,6 +413,30 @@ async def test_a_file_batch_takes_lists_too_each_from_its_own_sender(
     assert unowned.status_code == 404 and error_code(unowned) == "AGENT_NUMBER_NOT_FOUND"
 
 
+async def test_a_list_sent_from_the_batchs_own_sender_has_rows_without_a_sender_of_their_own(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    # Its rows showed `from_number`, which API.md keeps for a sender other than the batch's.
+    list_id = await new_list(api, account)
+    await add(api, account, list_id, [{"phone_number": unique_numbers(1)[0]}])
+
+    response = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "lists": [{"id": list_id, "agent_number": account.agent_number}],
+            "global": {"agent_number": account.agent_number, "agent_message": "hi"},
+        },
+    )
+    assert response.status_code == 200, response.text
+    batch_id = response.json()["data"]["batch_id"]
+    await wait_for_status(api, account, batch_id, *FINAL)
+    listed = await api.get(f"/v1/sms/batch/{batch_id}/messages", headers=account.headers)
+
+    [message] = listed.json()["data"]["messages"]
+    assert message["from_number"] is None
+
+
 async def test_a_variable_only_a_lists_contacts_give_is_no_reason_to_refuse_the_request(
     api: httpx.AsyncClient, account: Account, emulator_url: str
 ) -> None:

@@ -250,7 +250,7 @@ async def start_batch(
     agent_number = checked.agent_number
     request = checked.request
     campaign_id = checked.campaign_id or campaign_id
-    await _check_lists(pool, account_id, request)
+    await _check_lists(pool, account_id, request, agent_number)
     row_senders = {
         str(row): sender
         for row, sender in (
@@ -539,16 +539,22 @@ def _require_whatsapp_senders(senders: Iterable[str]) -> None:
             raise InvalidSenderId(f"sender ID {sender!r} can only send SMS, not whatsapp")
 
 
-async def _check_lists(pool: asyncpg.Pool, account_id: uuid.UUID, request: dict[str, Any]) -> None:
-    """The request's mailing lists are the account's, and their senders too (kept as stored)."""
+async def _check_lists(
+    pool: asyncpg.Pool, account_id: uuid.UUID, request: dict[str, Any], agent_number: str
+) -> None:
+    """The request's mailing lists are the account's, and their senders too (kept as stored);
+    a list's sender that is the batch's own is no sender of its own (its rows, as a file's,
+    have no `from_number`)."""
     named: list[dict[str, Any]] = request.get("lists") or []
     await list_sizes(pool, account_id, [source["id"] for source in named])
     channel = Channel.of(request).channel
     for source in named:
         if "agent_number" in source:
-            source["agent_number"] = await own_sender(
-                pool, account_id, source["agent_number"], channel=channel
-            )
+            sender = await own_sender(pool, account_id, source["agent_number"], channel=channel)
+            if sender == agent_number:
+                del source["agent_number"]
+            else:
+                source["agent_number"] = sender
 
 
 def _timing(request: dict[str, Any]) -> Timing:
