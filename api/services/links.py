@@ -2,6 +2,8 @@
 `click` event posted to the batch's status webhook by the worker, started by the first click
 or, if that start failed, by a later one; a `HEAD` counts nothing."""
 
+from datetime import timedelta
+
 import asyncpg
 import structlog
 from temporalio.client import Client
@@ -12,6 +14,7 @@ from temporalio.service import RPCError
 from activities.recipients.links import is_code
 from settings import Settings
 from store import links
+from store.db import UNAVAILABLE
 from workflows.contracts import (
     ACCOUNT_ID,
     BATCH_ID,
@@ -24,6 +27,8 @@ log = structlog.get_logger(__name__)
 
 # A user agent is kept up to this many characters.
 USER_AGENT_CHARS = 512
+# How long a click waits for Temporal to start its event: the visitor's redirect waits too.
+CLICK_START_TIMEOUT = timedelta(seconds=2)
 
 
 async def follow(
@@ -62,6 +67,7 @@ async def _start_click_event(
             id=click_event_workflow_id(code),
             task_queue=settings.task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            rpc_timeout=CLICK_START_TIMEOUT,
             search_attributes=TypedSearchAttributes(
                 [
                     SearchAttributePair(BATCH_ID, str(click.batch_id)),
@@ -74,4 +80,8 @@ async def _start_click_event(
     except (RuntimeError, RPCError) as error:
         log.warning("click event not started", batch_id=str(click.batch_id), error=str(error))
         return
-    await links.set_event_started(pool, code)
+    try:
+        await links.set_event_started(pool, code)
+    except (asyncpg.PostgresError, *UNAVAILABLE) as error:
+        # Started all the same: the next click finds it started, and notes it then.
+        log.warning("click event start not noted", batch_id=str(click.batch_id), error=repr(error))
