@@ -848,6 +848,15 @@ async def test_a_retry_that_loses_to_another_answers_at_once_and_leaves_the_batc
     second = asyncio.create_task(api.post(retry, headers=account.headers))
     await read.wait()
     first = await api.post(retry, headers=account.headers)
+    # The second goes on once the first's run has put the failed row back to `pending`: it
+    # answered NOTHING_TO_RETRY then, the batch's rows being that run's.
+    await eventually(
+        lambda: pool.fetchval(
+            "SELECT count(*) FROM messages WHERE batch_id = $1 AND status = 'failed'",
+            uuid.UUID(file_id),
+        ),
+        lambda failed: failed == 0,
+    )
     go_on.set()
     lost = await second
     status = await pool.fetchval("SELECT status FROM batches WHERE id = $1", uuid.UUID(file_id))

@@ -786,6 +786,11 @@ async def retry_batch(
         also=LEFT_BY_A_RUN if left and validated else (),
     )
     if rows == 0 and not left:
+        now = (await batch_or_404(pool, account_id, batch_id))["status"]
+        if now not in FINAL_BATCH_STATUSES:
+            # Another retry started a run since the batch was read (a double click): its
+            # rows are that run's now.
+            raise BatchNotFinished(f"batch {batch_id} is {now}: another retry runs it")
         limit = "" if attempts_below is None else f" sent fewer than {attempts_below} times"
         raise NothingToRetry(f"batch {batch_id} has no rows in {', '.join(statuses)}{limit}")
     await _last_run_closed(pool, temporal, account_id, batch)
