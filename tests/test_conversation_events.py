@@ -9,23 +9,13 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.workflows import StubActivities, stub_worker
+from tests.test_conversation_workflow_fast import agent_message
 from workflows.contracts import (
     CONVERSATION_WORKFLOW,
     ConversationInput,
     ConversationResult,
-    ConversationSignal,
     conversation_workflow_id,
 )
-from workflows.conversation import AGENT
-
-
-def agent_message(conversation_id: str) -> ConversationSignal:
-    return ConversationSignal(
-        conversation_id=conversation_id,
-        conversation_seq=1,
-        message_id=str(uuid.uuid4()),
-        sender=AGENT,
-    )
 
 
 async def test_a_run_carries_on_the_newest_undelivered_events_up_to_its_limit(
