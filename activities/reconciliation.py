@@ -164,7 +164,8 @@ async def carrier_list(
                 to=to, from_=from_, credentials=credentials, limit=NEWEST_MESSAGES
             )
         except (TwilioRestException, ConnectFailed, NoAnswer) as error:
-            log.warning("carrier list failed", to=to, error=repr(error))
+            # The sender, not the recipient: a user's number is kept out of the logs.
+            log.warning("carrier list failed", sender=from_, error=repr(error))
             activity.heartbeat()
             await asyncio.sleep(0.2 * 2**attempt)
         except TwilioException as error:
@@ -173,7 +174,7 @@ async def carrier_list(
             # retried, such an activity failed on every attempt, holding its batch or
             # conversation. Else (429, 5xx) the activity fails and is tried again later.
             if _page_status(error) in REFUSED_FOR_GOOD:
-                log.warning("carrier list refused", to=to, error=repr(error))
+                log.warning("carrier list refused", sender=from_, error=repr(error))
                 return None
             raise
     return None

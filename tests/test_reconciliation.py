@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from structlog.testing import capture_logs
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
@@ -198,18 +199,20 @@ async def test_a_carrier_list_refused_is_no_list_not_a_failure(settings: Setting
     twilio's base TwilioException, not TwilioRestException: it is no list (the rows stay
     `uncertain`), not an error that fails the activity on every attempt."""
     carrier = twilio_carrier(settings)
+    user, sender = unique_numbers(2)
     try:
-        found = await ActivityEnvironment().run(
-            carrier_list,
-            carrier,
-            unique_numbers(1)[0],
-            unique_numbers(1)[0],
-            (f"AC{secrets.token_hex(16)}", "revoked"),
-        )
+        with capture_logs() as logged:
+            found = await ActivityEnvironment().run(
+                carrier_list, carrier, user, sender, (f"AC{secrets.token_hex(16)}", "revoked")
+            )
     finally:
         await carrier.close()
 
     assert found is None
+    # Logged with the sender, not the user's number.
+    [refused] = [line for line in logged if line["event"] == "carrier list refused"]
+    assert refused["sender"] == sender
+    assert user not in repr(logged)
 
 
 async def carrier_message(settings: Settings, to: str, from_: str, body: str) -> str:
