@@ -1,6 +1,8 @@
 """The asyncpg pool and the migration runner."""
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
@@ -11,6 +13,8 @@ log = structlog.get_logger(__name__)
 
 # Any fixed 64-bit number: serialises concurrent migrators (API and worker start together).
 MIGRATION_LOCK = 0x48455241_4C440001
+# Held by the API process sweeping stranded messages (api/services/stranded_messages.py).
+SWEEP_LOCK = 0x48455241_4C440002
 
 # What a statement raises while PostgreSQL is down, restarting or shutting down: worth trying
 # again once it is back, unlike an error in the statement itself.
@@ -142,6 +146,20 @@ async def ready_schema(pool: asyncpg.Pool, *, migrate_now: bool) -> None:
             f" ({', '.join(pending)}): run `python -m deploy.prepare` (the image's `prepare`,"
             " the herald-prepare Job) first, or set HERALD_MIGRATE_ON_START=true"
         )
+
+
+@asynccontextmanager
+async def session_lock(pool: asyncpg.Pool, key: int) -> AsyncIterator[bool]:
+    """Whether this process took the session advisory lock `key` (not waiting for it), held
+    on a connection of its own until the block ends."""
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", key)
 
 
 async def ping(pool: asyncpg.Pool) -> None:

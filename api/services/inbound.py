@@ -136,16 +136,29 @@ async def receive(
     # process that died here would: the carrier's repeat hands them over. Never forgotten: a
     # signal can reach the workflow and still fail here (its answer lost), and the workflow
     # may be sending the HELP answer already.
+    await hand_over(pool, temporal, settings, conversation, message_id, help_id)
+
+
+async def hand_over(
+    pool: asyncpg.Pool,
+    temporal: Client,
+    settings: Settings,
+    conversation: dict[str, Any],
+    message_id: uuid.UUID,
+    answer_id: uuid.UUID | None,
+) -> None:
+    """Signal a user's message (and its HELP answer, in the same signal) to its conversation,
+    then note both signalled; a failed signal (TemporalUnavailable) leaves them unsignalled."""
     await signal_conversation(
         temporal,
         settings,
         conversation,
         message_id=message_id,
         sender="USER",
-        answer_id=help_id,
+        answer_id=answer_id,
     )
     await conversation_messages.mark_signalled(
-        pool, [m for m in (message_id, help_id) if m is not None]
+        pool, [m for m in (message_id, answer_id) if m is not None]
     )
 
 

@@ -7,7 +7,8 @@ unsignalled; a carrier does not post again after a 5xx, so it is signalled here,
 carrier's repeat would (`inbound.receive`). A send whose request died the same way leaves its
 message `queued`, its caller without an answer: it is failed, as a send whose signal failed
 is, so that the caller's repeat with its key sends it anew and nothing is sent behind the
-caller's back. One process sweeps at a time (SWEEP_LOCK); a message signalled twice all the
+caller's back. One process sweeps at a time (store.db.SWEEP_LOCK: the others skip that
+minute); a message signalled twice all the
 same (a post's own signal racing the sweep) is sent once by its workflow."""
 
 import asyncio
@@ -18,10 +19,10 @@ import structlog
 from temporalio.client import Client
 
 from api.errors import HeraldError
-from api.services.conversations import signal_conversation
+from api.services.inbound import hand_over
 from settings import Settings
 from store import conversation_messages, conversations
-from store.db import UNAVAILABLE
+from store.db import SWEEP_LOCK, UNAVAILABLE, session_lock
 
 log = structlog.get_logger(__name__)
 
@@ -36,9 +37,6 @@ SEND_AFTER = timedelta(minutes=10)
 # release that did not set it, are unsignalled for good though they were signalled.
 WITHIN = timedelta(days=1)
 BATCH = 100
-# Held by the API process sweeping (a session advisory lock): the others skip that minute,
-# so that a message is signalled once, not once per process.
-SWEEP_LOCK = 0x48455241_4C440002
 SEND_FAILED_MESSAGE = "the API stopped before handing the message to its conversation"
 
 
@@ -47,12 +45,9 @@ async def keep_handing_over(pool: asyncpg.Pool, temporal: Client, settings: Sett
     sweep that fails is logged and the next goes on."""
     while True:
         try:
-            async with pool.acquire() as conn:
-                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", SWEEP_LOCK):
-                    try:
-                        await hand_over_stranded(pool, temporal, settings)
-                    finally:
-                        await conn.execute("SELECT pg_advisory_unlock($1)", SWEEP_LOCK)
+            async with session_lock(pool, SWEEP_LOCK) as sweeping:
+                if sweeping:
+                    await hand_over_stranded(pool, temporal, settings)
         except Exception as error:
             level = (
                 log.warning
@@ -82,21 +77,14 @@ async def hand_over_stranded(
     stranded = await conversation_messages.stranded_inbound(
         pool, older_than=inbound_after, within=WITHIN, limit=BATCH
     )
-    for message in stranded:
+    for handed, message in enumerate(stranded):
         conversation = await conversations.conversation_for_workflow(pool, message.conversation_id)
         try:
-            await signal_conversation(
-                temporal,
-                settings,
-                conversation,
-                message_id=message.message_id,
-                sender="USER",
-                answer_id=message.answer_id,
+            await hand_over(
+                pool, temporal, settings, conversation, message.message_id, message.answer_id
             )
         except HeraldError as error:
             log.warning("stranded messages not handed over", error=error.message)
-            return stranded.index(message)
-        handed = [m for m in (message.message_id, message.answer_id) if m is not None]
-        await conversation_messages.mark_signalled(pool, handed)
+            return handed
         log.info("stranded inbound message handed over", message_id=str(message.message_id))
     return len(stranded)
