@@ -48,6 +48,14 @@ class MobivateRecipient(MobivateModel):
         None, min_length=1, description="This recipient's own text (tags are filled in too)."
     )
 
+    @field_validator("recipient")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        """A blank recipient would be a blank row, which a batch skips: no message, no error."""
+        if not value.strip():
+            raise PydanticCustomError("blank_recipient", "recipient is blank")
+        return value
+
     def is_mailing_list(self) -> bool:
         """A mailing list's id in `recipient`, marked by `meta.type` `mailinglist`."""
         return (self.meta or {}).get("type") == MAILING_LIST

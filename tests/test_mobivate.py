@@ -375,6 +375,10 @@ def future(**delta: float) -> datetime:
         ({"recipients": []}, "recipients: List should have at least 1 item"),
         ({"messages": [{"recipient": "15005550006"}]}, "body: give the recipients in"),
         ({"recipients": [{"reference": "x"}]}, "recipients.0.recipient: Field required"),
+        (
+            {"recipients": [{"recipient": " \t", "reference": "x"}]},
+            "recipients.0.recipient: recipient is blank",
+        ),
         ({"recipients": ["15005550006"]}, "recipients.0: Input should be a valid dictionary"),
         ({"spreadHours": -1}, "spreadHours: Input should be greater than or equal to 0"),
         ({"scheduleDateTime": "2020-01-01T00:00:00Z"}, "scheduleDateTime: scheduleDateTime is in"),

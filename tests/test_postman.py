@@ -571,6 +571,23 @@ async def test_each_message_keeps_its_rows_values_and_language(
     ]
 
 
+async def test_two_rows_to_one_number_are_two_messages_each_with_its_values(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    number = unique_numbers(1)[0]
+
+    response = await upload(api, campaign_id, example_with([number, number]), bearer(account))
+    assert response.status_code == 201, response.text
+    await wait_for_status(api, account, response.json()["batchId"], *FINAL)
+    sent = await emulator_messages(emulator_url, to=number)
+
+    assert sorted(m["body"] for m in sent) == [
+        "Dear Emily Yeo, your passport application #12345F is ready.",
+        "James Tan 您的passport application #67890A已准备好。",
+    ]
+
+
 async def test_a_reply_opens_a_conversation_with_its_rows_values(
     api: httpx.AsyncClient, account: Account, settings: Settings
 ) -> None:
@@ -911,7 +928,7 @@ async def test_the_upload_is_validated_once_and_the_batch_loads_its_rows(
     campaign_id = await new_campaign(api, account)
     a, b, c = (n.removeprefix("+") for n in unique_numbers(3))
     long = "长" * 80
-    # A repeated number (skipped, as the engine skips it), a message of several segments.
+    # A repeated number (sent twice: every row is a message), a message of several segments.
     rows = [
         (a, "english", "Ann", "passport"),
         (b, "chinese", "Bob", "visa"),
@@ -947,6 +964,7 @@ async def test_the_upload_is_validated_once_and_the_batch_loads_its_rows(
         file_id,
         name="Passports",
         number_check="possible",
+        exclude_duplicates=False,
         **{"global": {"agent_number": account.agent_number, "agent_message": TEMPLATES["english"]}},
     )
     assert started.status_code == 200, started.text
@@ -954,7 +972,7 @@ async def test_the_upload_is_validated_once_and_the_batch_loads_its_rows(
     assert "validate_recipients" in await activities_run(temporal, file_id)
     summary, ledger, rejected, *_ = uploaded
     assert (summary["recipients"], summary["rejected"], len(rejected)) == (4, 0, 0)
-    assert [row["status"] for row in ledger].count("skipped") == 1
+    assert [row["status"] for row in ledger].count("skipped") == 0
     assert ledger[3]["segments"] == 2
 
 

@@ -88,7 +88,7 @@ LATEST_STATUS: dict[str, LatestStatus] = {
     LedgerStatus.EXPIRED: "failure",
 }
 # The rows the dialect's retry sends again: those the carrier refused or that errored. Rows
-# skipped (duplicates, opted out), cancelled or expired stay as they are.
+# skipped (opted out), cancelled or expired stay as they are.
 RETRIED_STATUSES = [LedgerStatus.FAILED.value]
 # Postman's limit: a message is retried at most this many times (then it has been sent once
 # more than that, by the ledger's `attempts`).
@@ -171,15 +171,15 @@ def convert(
 ) -> Converted:
     """Check every row of the dialect's CSV by the batch engine's rules and write the ledger's
     rows for it, one pass; on HeaderMismatch, InvalidRows, TooManyRecipients or NotText
-    nothing is kept. `rules` are the batch's (its number check, limits, duplicates and the
-    account's opt-outs); their message is set here, to the first row's language's.
+    nothing is kept. `rules` are the batch's (its number check, limits, duplicates kept and
+    the account's opt-outs); their message is set here, to the first row's language's.
 
     Each row becomes a row of Herald's columns (`phone_number` with `+`, its language's
     template as its `agent_message`, its parameters as `request_data.<name>`) and goes
     through the engine's column validation (`columns.frame_blocks`: the number check, the
-    template rendered, the message's length, encoding and segments, duplicates and opt-outs
-    skipped), which gives the ledger's rows; a row it would reject fails the file, as a row
-    of the dialect's own errors does (an empty parameter, a language the campaign has not).
+    template rendered, the message's length, encoding and segments, opt-outs skipped), which
+    gives the ledger's rows; a row it would reject fails the file, as a row of the dialect's
+    own errors does (an empty parameter, a language the campaign has not).
 
     A file with no row in error whose quoting the csv module and polars read alike
     (`records_alike`: quotes only around whole cells, Excel's cells with commas and line
@@ -691,6 +691,9 @@ async def send_batch(
         # No pause for the carrier's refusals: the dialect can neither resume nor cancel a
         # batch, and its client retries the failed messages of one that ended.
         "auto_pause_error_rate": None,
+        # Every row is a message ("if your CSV has 20 rows, one API call sends 20 messages"):
+        # two rows to one number are two notices, each with its own values.
+        "exclude_duplicates": False,
     }
     # Before the file is checked (seconds for a big one): a sender the account gave up since
     # the campaign was saved refuses the upload however right its rows are.
