@@ -51,6 +51,8 @@ NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
 NO_CONTENT_CLOSE = b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
 # Answers one connection may owe at once (pipelined requests): it is not read beyond them.
 MAX_OWED = 64
+# A request's target and headers together: a carrier's callback has a few hundred bytes.
+MAX_HEAD_BYTES = 16 * 1024
 
 
 @dataclass(slots=True)
@@ -243,6 +245,9 @@ class _Connection(asyncio.Protocol):
         self._reading = False
         # The future the connection last asked to be woken by.
         self._awaited: asyncio.Future[Any] | None = None
+        # Bytes read since a request began while its head (target, headers) is unfinished.
+        self._in_head = False
+        self._head_bytes = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -270,6 +275,11 @@ class _Connection(asyncio.Protocol):
         self._reading = True
         try:
             self._parser.feed_data(data)
+            if self._in_head:
+                # httptools keeps the target and each header whole until they end.
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    raise httptools.HttpParserError("the request's head is too large")
         except httptools.HttpParserError:
             owed = _Owed(started=time.monotonic(), keep_alive=False)
             self._listener.malformed(owed)
@@ -282,6 +292,11 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._started = time.monotonic()
+        self._in_head = True
+        self._head_bytes = 0
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
 
     def on_url(self, url: bytes) -> None:
         self._target += url

@@ -49,9 +49,9 @@ async def insert_file(
 
 
 class _LineCount:
-    """Lines of a file, counted as its blocks go by: its line breaks, and a last line that
-    has none. No file has more rows than lines (a quoted line break makes more lines than
-    rows, never fewer)."""
+    """Lines of a file, counted as its blocks go by: its line breaks (LF, CRLF, and the lone
+    CR of a Mac "CSV" as validation reads it), and a last line that has none. No file has
+    more rows than lines (a quoted line break makes more lines than rows, never fewer)."""
 
     def __init__(self) -> None:
         self.total = 0
@@ -60,10 +60,12 @@ class _LineCount:
         last = b"\n"
         async for block in content:
             if block:
-                self.total += block.count(b"\n")
+                self.total += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+                if last == b"\r" and block.startswith(b"\n"):
+                    self.total -= 1  # a CRLF split between two blocks
                 last = block[-1:]
             yield block
-        if last != b"\n":
+        if last not in (b"\n", b"\r"):
             self.total += 1
 
 

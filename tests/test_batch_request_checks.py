@@ -166,6 +166,18 @@ async def test_a_large_csv_is_judged_by_its_header_alone(
     assert error_code(response) == "SOURCE_INVALID"
 
 
+@pytest.mark.parametrize("line_end", [b"\r", b"\r\n"])
+async def test_a_large_csv_of_any_line_end_is_judged_by_its_header(
+    api: httpx.AsyncClient, account: Account, line_end: bytes
+) -> None:
+    """Excel's "CSV (Macintosh)" ends lines with a lone CR: its header is found all the same."""
+    content = line_end.join([b"phone_number"] + [f"+1201555{i:04d}".encode() for i in range(8000)])
+
+    response = await _refused(api, account, content + line_end, **_global(account))
+
+    assert error_code(response) == "MISSING_AGENT_MESSAGE"
+
+
 async def test_unknown_template_variables_are_refused(
     api: httpx.AsyncClient, account: Account
 ) -> None:
@@ -233,14 +245,17 @@ async def test_strict_with_a_header_problem_is_refused(
     assert "header invalid_column_name ('last name')" in response.json()["errors"][0]["message"]
 
 
+@pytest.mark.parametrize("line_end", [b"\n", b"\r", b"\r\n"])
 async def test_more_rows_than_the_limit_are_refused_with_nothing_recorded(
-    settings: Settings, account: Account, pool: asyncpg.Pool
+    settings: Settings, account: Account, pool: asyncpg.Pool, line_end: bytes
 ) -> None:
     small = settings.model_copy(update={"max_rows_per_batch": 3})
     numbers = unique_numbers(5)
     async with api_client(small) as api:
         over = await attach(
-            api, account.headers, csv_bytes(["phone_number"], [[n] for n in numbers[:4]])
+            api,
+            account.headers,
+            line_end.join([b"phone_number"] + [n.encode() for n in numbers[:4]]),
         )
         # Blank lines and a quoted line break are lines, not rows: 3 rows in 6 lines.
         content = (

@@ -175,6 +175,28 @@ async def test_contacts_for_a_list_deleted_while_their_file_is_read_are_list_not
         await add_contacts(pool, account.account_id, list_id, read_while_deleted)
 
 
+@pytest.mark.parametrize("action", ["upload", "remove"])
+async def test_two_file_parts_are_refused_not_one_of_them_dropped(
+    api: httpx.AsyncClient, account: Account, action: str
+) -> None:
+    list_id = await new_list(api, account)
+    a, b = unique_numbers(2)
+    await add(api, account, list_id, [{"phone_number": a}, {"phone_number": b}])
+
+    response = await api.post(
+        f"/v1/lists/{list_id}/contacts/{action}",
+        headers=account.headers,
+        files=[
+            ("file", ("a.csv", csv_bytes(["phone_number"], [[a]]), "text/csv")),
+            ("file", ("b.csv", csv_bytes(["phone_number"], [[b]]), "text/csv")),
+        ],
+    )
+
+    assert response.status_code == 400, response.text
+    assert error_code(response) == "MULTIPLE_FILES"
+    assert set(await contacts_of(api, account, list_id)) == {a, b}
+
+
 async def test_a_file_without_a_number_column_is_refused(
     api: httpx.AsyncClient, account: Account
 ) -> None:

@@ -263,6 +263,23 @@ async def test_what_is_not_a_signed_status_callback_is_refused_in_the_envelope(
     assert closed == b""
 
 
+async def test_a_request_whose_head_outgrows_the_limit_is_refused_not_held(
+    listener: Settings,
+) -> None:
+    """A target that never ends is not kept growing in the API's memory: 400, closed."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.receipts_port)
+    try:
+        writer.write(f"POST {STATUS_PATH}?".encode() + b"a" * (20 * 1024))
+        await writer.drain()
+        answers = await asyncio.wait_for(read_answers(reader, 1), timeout=10)
+        closed = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+
+    assert answers[0][0] == 400 and b"INVALID_REQUEST" in answers[0][1]
+    assert closed == b""
+
+
 async def test_a_receipt_whose_insert_fails_is_answered_503_by_the_listener_and_taken_again(
     api: httpx.AsyncClient,
     account: Account,

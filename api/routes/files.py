@@ -10,6 +10,7 @@ from api.errors import HeraldError
 from api.input_checks import require_storable
 from api.models import AttachedFile, Envelope
 from api.services.files import store_file
+from settings import Settings
 
 router = APIRouter(tags=["files"])
 
@@ -37,7 +38,27 @@ class FileTooLarge(HeraldError):
     code = "FILE_TOO_LARGE"
 
 
+async def one_file(request: Request, file: UploadFile | None, settings: Settings) -> UploadFile:
+    """The request's one file, multipart field `file`, of 1 byte up to the upload limit.
+
+    FastAPI hands the route the last of repeated parts; the form it parsed has them all: a
+    second part is refused, not dropped unread. The form parser has spooled the part to a
+    temporary file (on disk beyond 1 MB) and counted its bytes."""
+    if file is None:
+        raise MissingFile("multipart field 'file' is required")
+    parts = len((await request.form()).getlist("file"))
+    if parts > 1:
+        raise MultipleFiles(f"send one multipart field 'file' per request, not {parts}")
+    size = file.size or 0
+    if size > settings.max_upload_bytes:
+        raise FileTooLarge(f"files are limited to {settings.max_upload_bytes} bytes")
+    if size == 0:
+        raise EmptyFile("the file is empty")
+    return file
+
+
 async def _blocks(file: UploadFile) -> AsyncIterator[bytes]:
+    """The stored part a block at a time, as PostgreSQL takes it."""
     while block := await file.read(READ_BLOCK):
         yield block
 
@@ -56,29 +77,17 @@ async def attach_file(
     kind = file_type or usage
     if kind != "batches":
         raise InvalidFileType(f"file_type must be 'batches', got {kind!r}")
-    if file is None:
-        raise MissingFile("multipart field 'file' is required")
-    # FastAPI hands the route the last of repeated parts; the form it parsed has them all.
-    parts = len((await request.form()).getlist("file"))
-    if parts > 1:
-        raise MultipleFiles(f"send one multipart field 'file' per request, not {parts}")
+    file = await one_file(request, file, settings)
     filename = file.filename or "upload"
     require_storable(filename, "the file's name")
     if file.content_type is not None:
         require_storable(file.content_type, "the file's content type")
-    # The form parser has spooled the part to a temporary file (on disk beyond 1 MB) and
-    # counted its bytes; it is read from there a block at a time, as PostgreSQL takes it.
-    size = file.size or 0
-    if size > settings.max_upload_bytes:
-        raise FileTooLarge(f"files are limited to {settings.max_upload_bytes} bytes")
-    if size == 0:
-        raise EmptyFile("the file is empty")
     row = await store_file(
         pool,
         account_id,
         filename=filename,
         content_type=file.content_type,
-        size_bytes=size,
+        size_bytes=file.size or 0,
         content=_blocks(file),
     )
     file_id = str(row["id"])

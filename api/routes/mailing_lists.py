@@ -3,7 +3,7 @@
 import functools
 import json
 
-from fastapi import APIRouter, UploadFile
+from fastapi import APIRouter, Request, UploadFile
 
 from api.deps import AppSettings, ListsRead, ListsWrite, Pool
 from api.input_checks import require_storable
@@ -18,7 +18,7 @@ from api.models import (
     MailingLists,
 )
 from api.pagination import Cursor, Limit
-from api.routes.files import EmptyFile, FileTooLarge, MissingFile
+from api.routes.files import one_file
 from api.services import mailing_lists as service
 from settings import Settings
 
@@ -80,6 +80,7 @@ async def add_contacts(
 
 @router.post("/v1/lists/{list_id}/contacts/upload", response_model=Envelope[ContactsAdded])
 async def upload_contacts(
+    request: Request,
     account_id: ListsWrite,
     pool: Pool,
     settings: AppSettings,
@@ -90,13 +91,14 @@ async def upload_contacts(
     file is: a `phone_number` column, the other columns the contact's fields."""
     return {
         "data": await service.add_contacts(
-            pool, account_id, list_id, functools.partial(_upload, file, settings)
+            pool, account_id, list_id, functools.partial(_upload, request, file, settings)
         )
     }
 
 
 @router.post("/v1/lists/{list_id}/contacts/remove", response_model=Envelope[ContactsRemoved])
 async def remove_contacts_in_file(
+    request: Request,
     account_id: ListsWrite,
     pool: Pool,
     settings: AppSettings,
@@ -106,7 +108,7 @@ async def remove_contacts_in_file(
     """Remove the numbers in a file's `phone_number` column (multipart field `file`)."""
     return {
         "data": await service.remove_contacts_in_file(
-            pool, account_id, list_id, functools.partial(_upload, file, settings)
+            pool, account_id, list_id, functools.partial(_upload, request, file, settings)
         )
     }
 
@@ -121,13 +123,7 @@ async def remove_contact(
     return {"data": await service.remove_contacts(pool, account_id, list_id, [phone_number])}
 
 
-async def _upload(file: UploadFile | None, settings: Settings) -> bytes:
-    if file is None:
-        raise MissingFile("multipart field 'file' is required")
+async def _upload(request: Request, file: UploadFile | None, settings: Settings) -> bytes:
+    file = await one_file(request, file, settings)
     require_storable(file.filename or "upload", "the file's name")
-    size = file.size or 0
-    if size > settings.max_upload_bytes:
-        raise FileTooLarge(f"files are limited to {settings.max_upload_bytes} bytes")
-    if size == 0:
-        raise EmptyFile("the file is empty")
     return await file.read()

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response, UploadFile
 from api.deps import AppSettings, CampaignBatchesRead, CampaignBatchesWrite, Pool, Temporal
 from api.input_checks import INT64_MAX
 from api.postman_models import PostmanBatchAccepted, PostmanError, PostmanMessagePage
-from api.routes.files import EmptyFile, FileTooLarge, MissingFile, MultipleFiles
+from api.routes.files import one_file
 from api.services import postman as service
 
 
@@ -106,16 +106,7 @@ async def send_batch(
     """Send the campaign's template to each row of the CSV in `file`, in the row's language.
     The whole file is checked first: any row in error refuses it, and nothing is sent. An
     unknown campaign is 404 whatever the body holds, as a resource of another account."""
-    if file is None:
-        raise MissingFile("multipart field 'file' is required")
-    parts = len((await request.form()).getlist("file"))
-    if parts > 1:
-        raise MultipleFiles(f"send one multipart field 'file' per request, not {parts}")
-    size = file.size or 0
-    if size > settings.max_upload_bytes:
-        raise FileTooLarge(f"files are limited to {settings.max_upload_bytes} bytes")
-    if size == 0:
-        raise EmptyFile("the file is empty")
+    file = await one_file(request, file, settings)
     return await service.send_batch(
         pool, temporal, settings, reached.account_id, reached.campaign, file.file
     )

@@ -73,7 +73,7 @@ async def shape_of_file(pool: asyncpg.Pool, account_id: uuid.UUID, file_id: uuid
     if stored["size_bytes"] > len(head):
         # A CSV header ends at a line break within the first bytes; a JSON file's keys may
         # be anywhere in it.
-        cut = head.rfind(b"\n")
+        cut = max(head.rfind(b"\n"), head.rfind(b"\r"))
         head = b"" if is_json or cut < 0 else head[: cut + 1]
     header = _header(head) if head else None
     rows_at_most = None if is_json or lines is None else max(lines - 1, 0)
