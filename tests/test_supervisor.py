@@ -59,3 +59,39 @@ def test_a_child_that_keeps_failing_at_start_is_given_up_on(tmp_path: Path) -> N
     assert [line.split(" after ")[0] for line in said if "again in" in line] == [
         "child exited with code 3"
     ] * 2
+
+
+def gone(pid: int) -> bool:
+    """No such process, or one that has ended and waits for its new parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_a_child_ends_when_its_launcher_is_killed_outright(tmp_path: Path) -> None:
+    launcher = (
+        "import sys, time; from pathlib import Path;"
+        " from deploy.local.processes import ManagedProcess;"
+        " p = ManagedProcess('child', [sys.executable, '-c', 'import time; time.sleep(60)'],"
+        f" Path({str(tmp_path / 'child.log')!r})).start();"
+        " print(p.pid, flush=True); time.sleep(60)"
+    )
+    parent = ManagedProcess("launcher", [sys.executable, "-c", launcher], tmp_path / "l.log")
+    parent.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not parent.log_tail().strip() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid = int(parent.log_tail().strip())
+        assert not gone(pid)
+
+        os.kill(parent.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        assert gone(pid)
+    finally:
+        parent.stop()

@@ -4,9 +4,11 @@ import fcntl
 import functools
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -20,6 +22,12 @@ import httpx
 
 class NotReady(RuntimeError):
     pass
+
+
+# Linux's parent-death signal, set by util-linux's setpriv just before the child's program
+# runs: a launcher killed outright (SIGKILL, which no handler sees) takes its children with it,
+# where they went on holding the stack's ports and data directory. Elsewhere, none.
+SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
 
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -120,7 +128,7 @@ def http_ok(url: str) -> bool:
 @dataclass
 class ManagedProcess:
     """One child in its own session, so a terminal's Ctrl-C reaches only the launcher,
-    which then stops children in order."""
+    which then stops children in order; signalled too if the launcher dies (SETPRIV)."""
 
     name: str
     argv: list[str]
@@ -135,8 +143,11 @@ class ManagedProcess:
     def start(self) -> "ManagedProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
+        argv = self.argv
+        if SETPRIV is not None:
+            argv = [SETPRIV, "--pdeathsig", signal.Signals(self.stop_signal).name, "--", *argv]
         self.process = subprocess.Popen(
-            self.argv,
+            argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
