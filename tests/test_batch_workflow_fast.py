@@ -6,11 +6,11 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowHandle, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.workflows import StubActivities, result_of, stub_worker
-from workflows.batch import BatchWorkflow
+from workflows.batch import RECONCILE_ROUNDS, BatchWorkflow
 from workflows.chunk import SPREAD_LEAD_SECONDS, ErrorWindow
 from workflows.contracts import (
     BATCH_WORKFLOW,
@@ -105,6 +105,44 @@ async def test_rows_the_carrier_never_got_are_sent_again_before_the_batch_ends(
     ]
     assert [c.rsplit("/", 1)[1] for c in chunks] == ["chunk-0", "reconciled"]
     assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
+
+
+def child_names(history: WorkflowHistory) -> list[str]:
+    return [
+        e.start_child_workflow_execution_initiated_event_attributes.workflow_id.rsplit("/", 1)[1]
+        for e in history.events
+        if e.HasField("start_child_workflow_execution_initiated_event_attributes")
+    ]
+
+
+async def test_rows_whose_second_send_is_lost_too_are_reconciled_again(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=6, never_received={2, 4}, lost_again=[{4}])
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping, queue, dispatch=DispatchSettings(chunk_size=10, slice_size=2)
+        )
+        result = await result_of(handle)
+        history = await handle.fetch_history()
+    assert sorted(slices(stubs)[3:]) == [(2, 4), (4, 5), (4, 5)]
+    assert len(stubs.inputs("reconcile_uncertain")) == 2
+    assert child_names(history) == ["chunk-0", "reconciled", "reconciled-2"]
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 6)
+
+
+async def test_reconciliation_runs_at_most_three_times(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=6, never_received={4}, lost_again=[{4}] * 5)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping, queue, dispatch=DispatchSettings(chunk_size=10, slice_size=2)
+        )
+        await result_of(handle)
+        history = await handle.fetch_history()
+    assert len(stubs.inputs("reconcile_uncertain")) == RECONCILE_ROUNDS == 3
+    assert child_names(history) == ["chunk-0", "reconciled", "reconciled-2", "reconciled-3"]
 
 
 async def test_a_cancelled_batch_sends_nothing_again_after_reconciling(

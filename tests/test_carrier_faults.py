@@ -230,6 +230,32 @@ async def test_a_request_the_carrier_never_got_is_found_missing_and_sent_again(
     assert (final["status"], final["messages_successful"]) == ("completed", 10)
 
 
+async def test_a_row_whose_send_after_reconciliation_is_lost_too_is_reconciled_again(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    numbers = unique_numbers(4)
+    # The first two requests to it get no answer and the carrier keeps neither.
+    await carrier(scripted={numbers[0]: [NO_ANSWER, NO_ANSWER]})
+    _, marker, events, rows = await run_on_own_worker(
+        temporal, settings, account, webhooks, numbers, carrier_timeout_seconds=1.0
+    )
+    final = events[-1]
+
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    assert assert_each_row_once(rows, received, 4) == {"sent": 4}
+    assert sorted(r["attempts"] for r in rows) == [1, 1, 1, 3]
+    assert (final["status"], final["messages_successful"], final["messages_uncertain"]) == (
+        "completed",
+        4,
+        0,
+    )
+
+
 async def test_a_server_error_is_reconciled_with_the_carrier_never_sent_twice(
     temporal: Client,
     settings: Settings,

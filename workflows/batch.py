@@ -151,6 +151,11 @@ NO_RESUME_WHILE_CANCELLING_PATCH = "batch-no-resume-while-cancelling"
 # holds it for good with a `paused` event of its own: nothing was recorded, and the batch
 # kept the auto-pause's code and its reason, "resumes by itself in 60 s", which it never did.
 PAUSE_FOR_GOOD_EVENT_PATCH = "batch-pause-for-good-event"
+# Reconciliation runs again while the rows its `reconciled` chunk sent are left `uncertain`
+# (their requests timed out or a worker died), up to RECONCILE_ROUNDS in all: those rows
+# ended `uncertain`, never sent though the carrier had not got them.
+RECONCILE_AGAIN_PATCH = "batch-reconcile-again"
+RECONCILE_ROUNDS = 3
 # How long a chunk of a spread batch with a send window runs at most (WINDOW_BESIDE_PATCH):
 # the rows it hands back wait no longer than that past their window's opening.
 SPREAD_CHUNK_SECONDS = 3600.0
@@ -983,7 +988,12 @@ class BatchWorkflow:
         if workflow.patched(RECONCILE_PATCH) and (
             not workflow.patched(LOCAL_STEPS_PATCH) or await self._has_uncertain()
         ):
-            await self._reconcile()
+            await self._reconcile("reconciled")
+            if workflow.patched(RECONCILE_AGAIN_PATCH):
+                for turn in range(2, RECONCILE_ROUNDS + 1):
+                    if self._stopped or not await self._has_uncertain():
+                        break
+                    await self._reconcile(f"reconciled-{turn}")
         cancelled = self._cancel_reason is not None
         pending_as = (
             LedgerStatus.CANCELLED if cancelled else LedgerStatus.EXPIRED if self._expired else None
@@ -1045,10 +1055,10 @@ class BatchWorkflow:
             stopped=self._stopped,
         )
 
-    async def _reconcile(self) -> None:
+    async def _reconcile(self, name: str) -> None:
         """Settle `uncertain` rows with the carrier; send those it never got, and rows still
-        `pending` (a chunk that failed left them), unless the batch was stopped (then they end
-        as its other unsent rows do)."""
+        `pending` (a chunk that failed left them), in the chunk `name`, unless the batch was
+        stopped (then they end as its other unsent rows do)."""
         settled = await workflow.execute_activity_method(
             ReconciliationActivities.reconcile_uncertain,
             self._reconcile_input(),
@@ -1058,7 +1068,7 @@ class BatchWorkflow:
         )
         state = self._state
         if settled.reopened and state is not None and not self._stopped:
-            await self._send_range(state, settled.first_seq, settled.end_seq, "reconciled")
+            await self._send_range(state, settled.first_seq, settled.end_seq, name)
 
     async def _finish_failed(
         self, code: str, reason: str | None, *, rows_total: int

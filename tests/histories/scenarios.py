@@ -512,10 +512,31 @@ async def test_reconciled(
     ):
         file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
         assert (await finished(webhooks, marker))["status"] == "completed"
-    # `batch/reconciled.json` is the same scenario recorded before `batch-local-db-steps`.
-    await save_batch(temporal, file_id, "reconciled_local_db_steps")
-    [chunk] = await run_chain(temporal, f"{batch_workflow_id(file_id)}/reconciled")
+        # On the worker still: the run ends in a workflow task after the final event.
+        # `batch/reconciled.json` is the same scenario recorded before `batch-local-db-steps`.
+        await save_batch(temporal, file_id, "reconciled_local_db_steps")
+        [chunk] = await run_chain(temporal, f"{batch_workflow_id(file_id)}/reconciled")
     save(chunk, "chunk", "reconciled")
+
+
+async def test_reconciled_again(
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    numbers = unique_numbers(10)
+    # The `reconciled` chunk's request is lost too: reconciliation runs again (marker
+    # `batch-reconcile-again`) and the `reconciled-2` chunk sends it.
+    await carrier(scripted={numbers[0]: [NO_ANSWER, NO_ANSWER]})
+    async with (
+        own_worker(temporal, settings.model_copy(update=SMALL), carrier_timeout_seconds=0.5) as own,
+        api_client(own) as api,
+    ):
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        assert (await finished(webhooks, marker))["status"] == "completed"
+        await save_batch(temporal, file_id, "reconciled_again")
 
 
 async def test_failed_validation(

@@ -90,6 +90,9 @@ class StubActivities:
     cancelled_sends: list[SendSliceInput] = field(default_factory=list)
     # Seqs that reconciliation finds the carrier never got: sent again by the batch.
     never_received: set[int] = field(default_factory=set)
+    # The rows each next reconciliation finds the carrier never got (the sends of the last
+    # `reconciled` chunk lost too), one set a reconciliation.
+    lost_again: list[set[int]] = field(default_factory=list)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     # Rows whose send window opens at `window_opens` (server time): sent no earlier.
     outside_window: set[int] = field(default_factory=set)
@@ -221,7 +224,8 @@ class StubActivities:
     @activity.defn(name=ReconciliationActivities.reconcile_uncertain.__name__)
     async def reconcile_uncertain(self, input: ReconcileInput) -> ReconcileResult:
         await self._record(input)
-        reopened, self.never_received = self.never_received, set()
+        reopened = self.never_received
+        self.never_received = self.lost_again.pop(0) if self.lost_again else set()
         self.sent -= reopened
         return ReconcileResult(
             reopened=len(reopened),
