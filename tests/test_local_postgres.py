@@ -127,3 +127,15 @@ def test_postgres_and_its_files_are_in_no_group_of_roots(tmp_path: Path) -> None
 
     assert "0" not in ids_of(status), status
     assert 0 not in groups
+
+
+async def test_postgres_listens_on_tcp_alone_so_no_socket_path_limits_the_projects(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / ("deep-" * 20) / ".herald"
+
+    answer = await start_and_query(
+        home / "postgres", home / "postgres.log", "SHOW unix_socket_directories"
+    )
+
+    assert answer == ""

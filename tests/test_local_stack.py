@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from deploy.local.processes import ephemeral_ports, free_port
+from deploy.local.processes import ephemeral_ports, free_port, http_ok
 from deploy.local.stack import PORT_SETTINGS
 from deploy.local.temporal import TEMPORAL_BIN
 from tests.support.batches import FINAL
@@ -174,6 +174,32 @@ def test_a_failed_start_says_why_without_a_traceback(
     assert launcher.returncode == 1, launcher.stdout + launcher.stderr
     assert said in launcher.stderr
     assert "Traceback" not in launcher.stderr, launcher.stderr
+
+
+def test_a_setting_the_launcher_refuses_is_named_without_a_traceback(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    launcher = subprocess.run(
+        [sys.executable, "-m", "deploy.local"],
+        env={**env, "HERALD_HOME": str(tmp_path), "HERALD_API_PORT": "not a port"},
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+    assert launcher.returncode == 2, launcher.stdout + launcher.stderr
+    assert "HERALD_API_PORT" in launcher.stderr
+    assert "Traceback" not in launcher.stderr, launcher.stderr
+
+
+def test_the_stacks_readiness_is_asked_directly_whatever_proxy_the_environment_names(
+    emulator_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proxy nothing listens on: asked through it, the emulator would seem down.
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
+
+    assert http_ok(f"{emulator_url}/_emulator/health")
 
 
 def command_line(process: psutil.Process) -> str:

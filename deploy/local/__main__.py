@@ -13,7 +13,7 @@ from deploy.local.postgres import PostgresSetupError
 from deploy.local.processes import ManagedProcess, NotReady
 from deploy.local.stack import PortsTaken, Stop, launch, running, stop_on_signals
 from deploy.local.supervisor import GaveUp, Supervisor
-from settings import Settings
+from settings import load_settings
 
 
 def say(line: str) -> None:
@@ -22,7 +22,7 @@ def say(line: str) -> None:
 
 
 def main() -> int:
-    settings = Settings()
+    settings = load_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     stop_on_signals()
     started = time.monotonic()

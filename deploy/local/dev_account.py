@@ -18,7 +18,12 @@ async def ensure_dev_account(dsn: str, known: dict[str, Any]) -> dict[str, Any]:
         if known.get("api_key"):
             grant = await grant_for_key(pool, known["api_key"])
             if grant is not None:
-                await numbers.add_number(pool, grant.account_id, known["agent_number"], "sms", None)
+                # Registered again only if gone: its webhook, rate and opening message, as
+                # the developer set them, outlive a restart.
+                if await numbers.get_number(pool, grant.account_id, known["agent_number"]) is None:
+                    await numbers.add_number(
+                        pool, grant.account_id, known["agent_number"], "sms", None
+                    )
                 return {"api_key": known["api_key"], "agent_number": known["agent_number"]}
         # The sender belongs to one account: when a lost or revoked key's account still holds
         # it, that account gets a new key rather than a new account without a sender.

@@ -228,8 +228,10 @@ def postgres_process(
         str(where.cluster),
         "-p",
         str(port),
+        # No Unix socket: every client connects over TCP, and a socket's path (the cluster's,
+        # under the project) must fit in 107 bytes, which a deep clone's did not.
         "-k",
-        str(where.cluster),
+        "",
     ]
     for setting in settings:
         argv += ["-c", setting]

@@ -119,8 +119,11 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def http_ok(url: str) -> bool:
+    """Whether `url` (the stack's own, on this machine) answers 200; never through a proxy
+    the environment names (`HTTP_PROXY`, which `NO_PROXY=localhost` does not keep from
+    127.0.0.1)."""
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return httpx.get(url, timeout=2, trust_env=False).status_code == 200
     except httpx.HTTPError:
         return False
 
