@@ -713,7 +713,9 @@ def sweep_chart(result: dict[str, Any], path: Path) -> None:
     axis.set_xlabel("recipients in the batch")
     axis.set_ylabel("messages/s, POST to final event")
     axis.set_title("Herald by batch size")
-    axis.legend()
+    # Room above the lean ceiling for the legend.
+    axis.set_ylim(0, max(lean) * 1.4)
+    axis.legend(loc="upper left", ncols=4)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
