@@ -7,8 +7,13 @@ STAMP := $(VENV)/.installed
 .PHONY: run test test-fast test-tools lint lock bench bench-sweep bench-rates bench-validation bench-uploads bench-outcomes bench-postman bench-ledger-copy bench-fairness bench-throttled bench-replies clean
 
 # The tested set: every version pinned by requirements.lock; `local` is the local stack.
+# A .venv left half-made (venv without ensurepip, an interrupted first run) or made by an
+# older Python is made again.
+NEW_ENOUGH := -c 'import sys; sys.exit(sys.version_info < (3, 11))'
 $(STAMP): pyproject.toml requirements.lock
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) $(NEW_ENOUGH) || { echo "Herald needs Python 3.11 or newer; $(PYTHON) is" \
+		"$$($(PYTHON) -V 2>&1). Name one: make $(or $(MAKECMDGOALS),run) PYTHON=python3.11"; exit 1; }
+	test -x $(BIN)/pip && $(BIN)/python $(NEW_ENOUGH) || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,local]'
 	touch $(STAMP)
