@@ -2,9 +2,14 @@
 `mktemp -d` folder or in /root), run as root or not, and changes no folder's permissions."""
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,3 +144,44 @@ async def test_postgres_listens_on_tcp_alone_so_no_socket_path_limits_the_projec
     )
 
     assert answer == ""
+
+
+def cut_short_in_initdb(data_dir: Path) -> None:
+    """A first start on `data_dir` killed, with its initdb, once initdb has begun writing."""
+    starting = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path;"
+            " from deploy.local.postgres import postgres_process;"
+            " postgres_process(Path(sys.argv[1]), 5, Path(sys.argv[1] + '.log'))",
+            str(data_dir),
+        ],
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and starting.poll() is None:
+            # As root the cluster is elsewhere, `data_dir` a link to it.
+            cluster = data_dir.resolve()
+            beside = cluster.with_name(cluster.name + ".initdb")
+            if (cluster / "PG_VERSION").exists() or (beside / "PG_VERSION").exists():
+                break
+            time.sleep(0.01)
+        assert starting.poll() is None, "initdb ended before it could be cut short"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(starting.pid, signal.SIGKILL)
+        starting.wait()
+
+
+async def test_a_first_start_cut_short_in_initdb_leaves_no_half_made_cluster(
+    tmp_path: Path,
+) -> None:
+    """The next start makes the cluster anew, where it found initdb's first file and took the
+    rest for made."""
+    data_dir = tmp_path / "home" / "postgres"
+    cut_short_in_initdb(data_dir)
+
+    assert not (data_dir / "PG_VERSION").exists()
+    assert await start_and_query(data_dir, tmp_path / "postgres.log") == 1

@@ -186,13 +186,26 @@ def _layout(data_dir: Path) -> Layout:
 
 
 def _init_cluster(where: Layout) -> None:
+    """initdb into a folder beside the cluster's, moved into its place once initdb is done: a
+    first start cut short (Ctrl-C while initdb runs) leaves no half-made cluster, which the
+    next start took for a whole one (its PG_VERSION is initdb's first file) and could not
+    run. A folder holding anything but a cluster is refused, not replaced."""
     if (where.cluster / "PG_VERSION").exists():
         return
+    if any(where.cluster.iterdir()):
+        raise PostgresSetupError(
+            f"{where.cluster} exists but is not empty and holds no cluster: move it away"
+        )
+    staging = where.cluster.with_name(where.cluster.name + ".initdb")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(mode=0o700)
+    if where.uid is not None:
+        os.chown(staging, where.uid, where.gid if where.gid is not None else -1)
     subprocess.run(
         [
             str(where.bin / "initdb"),
             "-D",
-            str(where.cluster),
+            str(staging),
             "-U",
             "postgres",
             "--auth=trust",
@@ -206,6 +219,8 @@ def _init_cluster(where: Layout) -> None:
         group=where.gid,
         extra_groups=None if where.uid is None else [],
     )
+    # The cluster's folder is empty: the rename replaces it.
+    staging.rename(where.cluster)
 
 
 def postgres_process(
