@@ -8,6 +8,7 @@ import secrets
 import httpx
 import pytest
 
+from api.routes.batches import csv_asked
 from api.services import batch_exports
 from tests.support.batches import run_batch
 from tests.support.builders import csv_bytes, unique_numbers
@@ -77,3 +78,36 @@ async def test_a_csv_export_with_an_unknown_status_is_refused(
 
     assert response.status_code == 400
     assert error_code(response) == "INVALID_REQUEST"
+
+
+@pytest.mark.parametrize(
+    ("accept", "csv_given"),
+    [
+        ("text/csv", True),
+        ("text/csv, application/json", True),
+        ("application/json;q=0.5, text/csv", True),
+        ("application/json, text/csv;q=0", False),
+        ("application/json, text/csv;q=0.5", False),
+        ("text/csv;q=nonsense", False),
+        ("*/*", False),
+    ],
+)
+def test_csv_is_given_for_an_accept_header_that_prefers_it(accept: str, csv_given: bool) -> None:
+    assert csv_asked(None, accept) is csv_given
+    assert csv_asked("json", accept) is False
+    assert csv_asked("csv", accept) is True
+
+
+async def test_a_client_that_refuses_csv_gets_the_envelope(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver
+) -> None:
+    file_id, _ = await run_batch(api, account, webhooks, csv_bytes(["phone_number"], [["x"]]))
+    refusing = {**account.headers, "accept": "application/json, text/csv;q=0"}
+
+    messages = await api.get(f"/v1/sms/batch/{file_id}/messages", headers=refusing)
+    errors = await api.get(f"/v1/sms/batch/{file_id}/errors", headers=refusing)
+
+    assert messages.headers["content-type"] == "application/json"
+    assert messages.json()["data"]["messages"] == []
+    assert errors.headers["content-type"] == "application/json"
+    assert [r["code"] for r in errors.json()["data"]["rejected_rows"]] == ["invalid_number"]

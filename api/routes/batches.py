@@ -63,6 +63,27 @@ async def get_batch(
     return {"data": await service.get_batch(pool, settings, account_id, batch_id)}
 
 
+def csv_asked(export: str | None, accept: str | None) -> bool:
+    """`format=csv`; without `format`, an `Accept` header that takes `text/csv` (its q above
+    0) at least as gladly as `application/json`: `text/csv;q=0` refuses it."""
+    if export is not None:
+        return export == "csv"
+    weights: dict[str, float] = {}
+    for media_range in (accept or "").split(","):
+        kind, *params = (part.strip() for part in media_range.split(";"))
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        weights[kind.lower()] = weight
+    taken = weights.get("text/csv", 0.0)
+    return taken > 0 and taken >= weights.get("application/json", 0.0)
+
+
 @router.get(
     "/v1/sms/batch/{batch_id}/messages",
     response_model=Envelope[MessageList],
@@ -86,7 +107,7 @@ async def list_messages(
     As CSV (`?format=csv` or `Accept: text/csv`) every row (of `status`, if given) comes at
     once, streamed, with cells a spreadsheet would run as formulas prefixed by `'`.
     """
-    if export == "csv" or (export is None and "text/csv" in (accept or "")):
+    if csv_asked(export, accept):
         service.require_ledger_status(status)
         batch = await service.require_batch(pool, account_id, batch_id)
         return StreamingResponse(
@@ -225,7 +246,7 @@ async def rejected_rows(
     spreadsheet would run as formulas prefixed by `'`.
     """
     batch = await service.require_batch(pool, account_id, batch_id)
-    if export == "csv" or (export is None and "text/csv" in (accept or "")):
+    if csv_asked(export, accept):
         return StreamingResponse(
             batch_exports.rejected_rows_csv(pool, account_id, batch),
             media_type="text/csv; charset=utf-8",
