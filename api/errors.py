@@ -6,7 +6,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = structlog.get_logger(__name__)
@@ -99,6 +99,17 @@ def envelope_error(
 
 
 # Paths of the Mobivate dialect, which answers errors in its own envelope.
+# Short links are followed by people in browsers: a link that is not one is this page, for any
+# path under LINK_PATHS, never the JSON envelope.
+LINK_PATHS = ("/s/",)
+LINK_NOT_FOUND_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Link not found</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body><h1>Link not found</h1><p>This link does not exist. Check that it was copied
+whole.</p></body></html>
+"""
+# Every click must reach Herald to be counted, so no cache keeps a link's answer.
+NO_STORE = {"cache-control": "no-store", "referrer-policy": "no-referrer"}
 MOBIVATE_PATHS = ("/send/",)
 MOBIVATE_ERROR_NAMES = {
     400: "ValidationError",
@@ -254,8 +265,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_reply(request.url.path, 400, errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return http_error_response(request.url.path, error)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        path = request.url.path
+        if error.status_code == 404 and (path == "/s" or path.startswith(LINK_PATHS)):
+            return HTMLResponse(LINK_NOT_FOUND_PAGE, status_code=404, headers=NO_STORE)
+        return http_error_response(path, error)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -206,7 +206,8 @@ async def test_a_first_click_while_temporal_is_down_is_posted_on_a_later_click(
 
 
 async def test_an_unknown_code_is_a_plain_404_page(api: httpx.AsyncClient) -> None:
-    for code in ("A" * CODE_CHARS, "short", "not a code at all"):
+    # A code, or a path under /s/ that no route takes (no code, more than one segment).
+    for code in ("A" * CODE_CHARS, "short", "not a code at all", "", "abc/x"):
         response = await api.get(f"/s/{code}")
         head = await api.head(f"/s/{code}")
 

@@ -4,18 +4,10 @@ from fastapi import APIRouter, Header
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api.deps import AppSettings, Pool, Temporal
+from api.errors import LINK_NOT_FOUND_PAGE, NO_STORE
 from api.services import links as service
 
 router = APIRouter(tags=["links"])
-
-NOT_FOUND_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Link not found</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><h1>Link not found</h1><p>This link does not exist. Check that it was copied
-whole.</p></body></html>
-"""
-# Every click must reach Herald to be counted, so no cache keeps the redirect.
-NO_STORE = {"cache-control": "no-store", "referrer-policy": "no-referrer"}
 
 
 @router.get(
@@ -46,5 +38,5 @@ async def peek_link(code: str, pool: Pool) -> Response:
 
 def _answer(url: str | None) -> Response:
     if url is None:
-        return HTMLResponse(NOT_FOUND_PAGE, status_code=404, headers=NO_STORE)
+        return HTMLResponse(LINK_NOT_FOUND_PAGE, status_code=404, headers=NO_STORE)
     return RedirectResponse(url, status_code=302, headers=NO_STORE)
