@@ -6,6 +6,7 @@ reconciliation asks the carrier, and the row is `sent` with the carrier's sid, o
 batch if the carrier never got it."""
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +18,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from temporalio.client import Client
+from temporalio.service import RPCError
 
+from deploy.local.emulator import NO_ANSWER
 from deploy.local.postgres import dsn, postgres_process, postgres_ready
 from deploy.local.processes import ManagedProcess, free_port
 from deploy.local.temporal import temporal_process, temporal_ready
@@ -403,6 +406,40 @@ async def test_a_chunk_terminated_through_temporal_leaves_no_row_behind(
         file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
         await wait_until_received(emulator_url, marker, 12)
         await temporal.get_workflow_handle(f"{batch_workflow_id(file_id)}/chunk-1").terminate()
+        events = await webhooks.wait_for(marker, *FINAL)
+        rows = await ledger_rows(api, account, file_id)
+    statuses = assert_each_row_once(rows, await received(emulator_url, marker), len(numbers))
+
+    assert statuses == {"sent": len(numbers)}
+    assert events[-1]["status"] == "completed"
+
+
+async def test_a_reconciled_chunk_terminated_through_temporal_still_ends_the_batch(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    # One request is lost (no answer, nothing kept): reconciliation sends it again in the
+    # `reconciled` chunk, which is terminated while that send is on the wire (1.5 s). The
+    # batch failed with it, no final event, its ledger never closed.
+    numbers = unique_numbers(4)
+    await carrier(latency_ms=1500, scripted={numbers[0]: [NO_ANSWER]})
+    async with (
+        own_worker(temporal, settings, carrier_timeout_seconds=3.0) as own,
+        api_client(own) as api,
+    ):
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        reconciled = temporal.get_workflow_handle(f"{batch_workflow_id(file_id)}/reconciled")
+        async with asyncio.timeout(60):
+            while True:
+                with contextlib.suppress(RPCError):
+                    await reconciled.describe()
+                    break
+                await asyncio.sleep(0.05)
+        await reconciled.terminate()
         events = await webhooks.wait_for(marker, *FINAL)
         rows = await ledger_rows(api, account, file_id)
     statuses = assert_each_row_once(rows, await received(emulator_url, marker), len(numbers))

@@ -1068,7 +1068,12 @@ class BatchWorkflow:
         )
         state = self._state
         if settled.reopened and state is not None and not self._stopped:
-            await self._send_range(state, settled.first_seq, settled.end_seq, name)
+            try:
+                await self._send_range(state, settled.first_seq, settled.end_seq, name)
+            except ChildWorkflowError as failure:
+                # Terminated through Temporal, say: as any chunk's, its rows left `pending`
+                # or `sending` are the next round's (RECONCILE_AGAIN_PATCH), the batch ends.
+                workflow.logger.warning("chunk %s failed: %r", name, failure)
 
     async def _finish_failed(
         self, code: str, reason: str | None, *, rows_total: int
