@@ -6,6 +6,8 @@ Temporal frontend, a cloud metadata endpoint) and have Herald post to it (SSRF).
 """
 
 import asyncio
+import concurrent.futures
+import functools
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
@@ -17,6 +19,13 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 RESOLVE_SECONDS = 5.0
+# A caller names the host, and so may name one whose name server never answers: the system
+# resolver waits it out (about 10 s a lookup, past RESOLVE_SECONDS, which stops only the
+# waiting). Such lookups run on threads of their own, never the event loop's resolver threads
+# (uvloop's are libuv's four), which the carrier's connections and PostgreSQL's reconnections
+# need: stuck lookups hold up other webhooks at worst, never sending.
+LOOKUP_THREADS = 8
+_LOOKUPS = concurrent.futures.ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="egress-dns")
 # Ranges `is_global` lets through (as of Python 3.11) that still reach somewhere they should not.
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -68,8 +77,9 @@ def refusal(address: IPAddress, *, allow_loopback: bool) -> str | None:
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
-    """Every A and AAAA record of `host`."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    """Every A and AAAA record of `host`, looked up on a thread of `_LOOKUPS`."""
+    lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    infos = await asyncio.get_running_loop().run_in_executor(_LOOKUPS, lookup)
     # In the system's order of preference (RFC 6724), each once.
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
@@ -100,15 +110,17 @@ async def checked_addresses(
                 found = [ipaddress.ip_address(a) for a in await resolver(parts.hostname, port)]
         except (OSError, TimeoutError, ValueError):
             found = []
-        if not found:
-            raise UnsafeURL(f"{parts.hostname} does not resolve")
     for address in found:
         why = refusal(address, allow_loopback=allow_loopback)
+        if why is not None and literal is not None:
+            raise UnsafeURL(f"{parts.hostname} is {why}")
         if why is not None:
-            # A name's address is not told: the caller would map Herald's own network.
-            raise UnsafeURL(
-                f"{parts.hostname} is {why}" if literal else f"{parts.hostname} resolves to {why}"
-            )
+            found = []
+    if not found:
+        # One answer for a name that does not resolve and one that resolves to no public
+        # address: neither its address nor which of the two is told, or a caller could map
+        # Herald's own network by the names that exist in it.
+        raise UnsafeURL(f"{parts.hostname} does not resolve to a public address")
     return found
 
 

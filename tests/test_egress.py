@@ -4,13 +4,17 @@ import asyncio
 import ipaddress
 import re
 import secrets
+import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pydantic
 import pytest
 
+import egress
 from activities.webhooks import DeliveryAttempt, post_event
 from egress import PinnedTransport, UnsafeURL, checked_addresses, refusal
 from settings import Settings
@@ -104,15 +108,52 @@ async def test_every_resolved_address_is_checked(url: str, records: list[str], o
             await check
 
 
-async def test_a_refusal_does_not_tell_what_a_name_resolves_to() -> None:
+async def test_a_refusal_does_not_tell_what_a_name_resolves_to_or_whether_it_does() -> None:
     resolver = resolving({"herald-postgres.internal": ["10.96.0.12"]})
 
-    with pytest.raises(UnsafeURL) as refused:
+    with pytest.raises(UnsafeURL) as internal:
         await checked_addresses(
             "https://herald-postgres.internal/x", allow_loopback=False, resolver=resolver
         )
+    with pytest.raises(UnsafeURL) as unknown:
+        await checked_addresses(
+            "https://nothing.internal/x", allow_loopback=False, resolver=resolver
+        )
 
-    assert str(refused.value) == "herald-postgres.internal resolves to a private address"
+    assert str(internal.value) == "herald-postgres.internal does not resolve to a public address"
+    assert str(unknown.value) == "nothing.internal does not resolve to a public address"
+
+
+async def test_a_lookup_that_never_ends_holds_none_of_the_event_loops_resolver_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller's name server that never answers: its lookups time out and leave their
+    threads waiting, which must not be the ones the carrier's own lookups need."""
+    released = threading.Event()
+    lookup = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "stuck.example":
+            released.wait(30)
+            raise socket.gaierror("stuck")
+        return lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(egress, "RESOLVE_SECONDS", 0.2)
+    loop = asyncio.get_running_loop()
+    try:
+        stuck = [
+            checked_addresses("https://stuck.example/x", allow_loopback=False)
+            for _ in range(3 * egress.LOOKUP_THREADS)
+        ]
+        refused = await asyncio.gather(*stuck, return_exceptions=True)
+        async with asyncio.timeout(5):
+            carrier = await loop.getaddrinfo("localhost", 443, type=socket.SOCK_STREAM)
+    finally:
+        released.set()
+
+    assert all(isinstance(r, UnsafeURL) for r in refused)
+    assert carrier
 
 
 async def test_delivery_connects_to_the_checked_address_with_the_original_host(
