@@ -64,13 +64,17 @@ class Config:
             dev = read_dev_file(dev_file)
         except (OSError, ValueError) as error:
             raise CliError(f"cannot read {dev_file}: {error}") from error
-        key = os.environ.get(KEY_VARIABLE) or dev.get("api_key")
+        key = os.environ.get(KEY_VARIABLE)
+        # dev.json's address only with its own key: a key from the environment never goes to
+        # an address read from a file in whatever folder the command runs in.
+        local = {} if key else dev
+        key = key or local.get("api_key")
         if not key:
             raise CliError(
                 f"no API key: set {KEY_VARIABLE}, or start the local stack (`make run`) which"
                 f" writes one to {dev_file}"
             )
-        url = os.environ.get(URL_VARIABLE) or dev.get("api_url") or settings.api_url
+        url = os.environ.get(URL_VARIABLE) or local.get("api_url") or settings.api_url
         try:
             scheme = httpx.URL(url).scheme
         except httpx.InvalidURL as error:

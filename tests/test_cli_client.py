@@ -4,6 +4,7 @@ traceback. No stack: nothing here reaches Herald."""
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+import settings
 from cli import client, main
 from cli.client import CliError, Config, Herald
 from cli.output import BatchProgress
@@ -125,6 +127,31 @@ async def test_a_dev_json_or_an_api_address_it_cannot_use_is_one_line_and_exit_3
     assert_refused(
         no_scheme, "the API's address 'localhost:8000' is not an http:// or https:// URL"
     )
+
+
+def test_a_key_from_the_environment_never_goes_to_dev_jsons_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dev.json in the folder a command runs in (anyone's checkout) names its own API: an
+    operator's key, set in the environment, goes to the configured address, not there."""
+    (tmp_path / "dev.json").write_text(
+        json.dumps({"api_key": "local", "api_url": "https://elsewhere.example"})
+    )
+    for name in [name for name in os.environ if name.startswith("HERALD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HERALD_HOME", str(tmp_path))
+    monkeypatch.setenv("HERALD_API_KEY", "operator")
+    settings.get_settings.cache_clear()
+    try:
+        operator = Config.load()
+        monkeypatch.delenv("HERALD_API_KEY")
+        settings.get_settings.cache_clear()
+        local = Config.load()
+    finally:
+        settings.get_settings.cache_clear()
+
+    assert (operator.key, operator.api_url) == ("operator", settings.get_settings().api_url)
+    assert (local.key, local.api_url) == ("local", "https://elsewhere.example")
 
 
 async def test_a_usage_error_exits_2_before_anything_is_sent(tmp_path: Path) -> None:
