@@ -245,9 +245,11 @@ class _Connection(asyncio.Protocol):
         self._reading = False
         # The future the connection last asked to be woken by.
         self._awaited: asyncio.Future[Any] | None = None
-        # Bytes read since a request began while its head (target, headers) is unfinished.
+        # Bytes read since a request began while its head (target, headers) is unfinished;
+        # requests begun on the connection.
         self._in_head = False
         self._head_bytes = 0
+        self._begun = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -273,10 +275,13 @@ class _Connection(asyncio.Protocol):
             return
         # The answers due for pipelined requests read together are written together.
         self._reading = True
+        begun = self._begun
         try:
             self._parser.feed_data(data)
-            if self._in_head:
-                # httptools keeps the target and each header whole until they end.
+            if self._in_head and self._begun == begun:
+                # httptools keeps the target and each header whole until they end. Counted
+                # are reads wholly within one request's head: a read in which it began
+                # (after other requests, pipelined) adds nothing, one read's worth at most.
                 self._head_bytes += len(data)
                 if self._head_bytes > MAX_HEAD_BYTES:
                     raise httptools.HttpParserError("the request's head is too large")
@@ -294,6 +299,7 @@ class _Connection(asyncio.Protocol):
         self._started = time.monotonic()
         self._in_head = True
         self._head_bytes = 0
+        self._begun += 1
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -4,6 +4,7 @@ socket and is posted to over TCP, as the carrier posts: keep-alive, and pipeline
 answered in order; a receipt is answered 204 only once it is queued."""
 
 import asyncio
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twilio.request_validator import RequestValidator
 
+from api.receipt_listener import MAX_HEAD_BYTES
 from deploy.local.processes import free_port
 from settings import Settings
 from store import receipts
@@ -263,13 +265,41 @@ async def test_what_is_not_a_signed_status_callback_is_refused_in_the_envelope(
     assert closed == b""
 
 
+async def test_a_pipelined_burst_larger_than_the_head_limit_is_answered_whole(
+    listener: Settings,
+) -> None:
+    """Many requests read at once, the last one's head cut by the read: only that head counts
+    toward the limit, not the requests before it."""
+    requests = [
+        raw_request(listener, receipt("SM" + secrets.token_hex(16), "sent")) for _ in range(61)
+    ]
+    burst = b"".join(requests)
+    assert len(burst) > MAX_HEAD_BYTES
+    cut = len(burst) - len(requests[-1]) + 40
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.receipts_port)
+    try:
+        writer.write(burst[:cut])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(burst[cut:])
+        answers = await asyncio.wait_for(read_answers(reader, len(requests)), timeout=30)
+    finally:
+        writer.close()
+
+    assert [status for status, _ in answers] == [204] * len(requests)
+
+
 async def test_a_request_whose_head_outgrows_the_limit_is_refused_not_held(
     listener: Settings,
 ) -> None:
     """A target that never ends is not kept growing in the API's memory: 400, closed."""
     reader, writer = await asyncio.open_connection("127.0.0.1", listener.receipts_port)
     try:
-        writer.write(f"POST {STATUS_PATH}?".encode() + b"a" * (20 * 1024))
+        # Two reads: the one the request begins in, then one of its head alone.
+        writer.write(f"POST {STATUS_PATH}?".encode() + b"a" * 1024)
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(b"a" * (MAX_HEAD_BYTES + 1024))
         await writer.drain()
         answers = await asyncio.wait_for(read_answers(reader, 1), timeout=10)
         closed = await asyncio.wait_for(reader.read(), timeout=10)
