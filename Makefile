@@ -11,9 +11,12 @@ STAMP := $(VENV)/.installed
 # older Python is made again.
 NEW_ENOUGH := -c 'import sys; sys.exit(sys.version_info < (3, 11))'
 $(STAMP): pyproject.toml requirements.lock
-	@$(PYTHON) $(NEW_ENOUGH) || { echo "Herald needs Python 3.11 or newer; $(PYTHON) is" \
-		"$$($(PYTHON) -V 2>&1). Name one: make $(or $(MAKECMDGOALS),run) PYTHON=python3.11"; exit 1; }
-	test -x $(BIN)/pip && $(BIN)/python $(NEW_ENOUGH) || $(PYTHON) -m venv --clear $(VENV)
+	@if ! { test -x $(BIN)/pip && $(BIN)/python $(NEW_ENOUGH); }; then \
+		$(PYTHON) $(NEW_ENOUGH) || { echo "Herald needs Python 3.11 or newer; $(PYTHON) is" \
+			"$$($(PYTHON) -V 2>&1). Name one: make $(or $(MAKECMDGOALS),run) PYTHON=python3.11"; \
+			exit 1; }; \
+		echo "$(PYTHON) -m venv --clear $(VENV)"; $(PYTHON) -m venv --clear $(VENV); \
+	fi
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,local]'
 	touch $(STAMP)

@@ -23,7 +23,9 @@ RESOLVE_SECONDS = 5.0
 # resolver waits it out (about 10 s a lookup, past RESOLVE_SECONDS, which stops only the
 # waiting). Such lookups run on threads of their own, never the event loop's resolver threads
 # (uvloop's are libuv's four), which the carrier's connections and PostgreSQL's reconnections
-# need: stuck lookups hold up other webhooks at worst, never sending.
+# need: stuck lookups hold up other webhooks at worst, never sending. (A process stopping
+# waits for a lookup under way, as Python joins these threads at exit: the resolver's own
+# timeout, some 10-30 s; the API pods' grace is 30 s, the local stack's 15 s, then SIGKILL.)
 LOOKUP_THREADS = 8
 _LOOKUPS = concurrent.futures.ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="egress-dns")
 # Ranges `is_global` lets through (as of Python 3.11) that still reach somewhere they should not.

@@ -98,7 +98,6 @@ def envelope_error(
     )
 
 
-# Paths of the Mobivate dialect, which answers errors in its own envelope.
 # Short links are followed by people in browsers: a link that is not one is this page, for any
 # path under LINK_PATHS, never the JSON envelope.
 LINK_PATHS = ("/s/",)
@@ -110,6 +109,7 @@ whole.</p></body></html>
 """
 # Every click must reach Herald to be counted, so no cache keeps a link's answer.
 NO_STORE = {"cache-control": "no-store", "referrer-policy": "no-referrer"}
+# Paths of the Mobivate dialect, which answers errors in its own envelope.
 MOBIVATE_PATHS = ("/send/",)
 MOBIVATE_ERROR_NAMES = {
     400: "ValidationError",

@@ -131,9 +131,11 @@ async def test_a_lookup_that_never_ends_holds_none_of_the_event_loops_resolver_t
     threads waiting, which must not be the ones the carrier's own lookups need."""
     released = threading.Event()
     lookup = socket.getaddrinfo
+    stuck_on: set[str] = set()
 
     def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
         if host == "stuck.example":
+            stuck_on.add(threading.current_thread().name)
             released.wait(30)
             raise socket.gaierror("stuck")
         return lookup(host, *args, **kwargs)
@@ -154,6 +156,8 @@ async def test_a_lookup_that_never_ends_holds_none_of_the_event_loops_resolver_t
 
     assert all(isinstance(r, UnsafeURL) for r in refused)
     assert carrier
+    # However many threads the loop's own executor has (this machine's cores decide).
+    assert stuck_on and all(name.startswith("egress-dns") for name in stuck_on)
 
 
 async def test_delivery_connects_to_the_checked_address_with_the_original_host(

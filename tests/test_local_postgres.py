@@ -62,11 +62,15 @@ async def test_a_removed_homes_cluster_is_gone_after_the_next_start(tmp_path: Pa
     first, second = tmp_path / "first", tmp_path / "second"
     await start_and_query(first / "postgres", first / "postgres.log")
     cluster = (first / "postgres").resolve()
+    # What a later start's initdb, cut short, would have left beside it.
+    beside = cluster.with_name(cluster.name + ".initdb")
+    beside.mkdir()
     shutil.rmtree(first)
 
     await start_and_query(second / "postgres", second / "postgres.log")
 
     assert not cluster.exists()
+    assert not beside.exists()
 
 
 async def test_a_moved_projects_data_is_kept(tmp_path: Path) -> None:

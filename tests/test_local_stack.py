@@ -148,7 +148,7 @@ def test_a_taken_port_stops_the_launcher_before_it_starts_anything(
 @pytest.mark.parametrize(
     ("stray_file", "said"),
     [
-        # initdb refuses a data directory that holds anything but a cluster: its own words.
+        # A data directory that holds anything but a cluster is refused, named, not replaced.
         ("postgres/stray.txt", "exists but is not empty"),
         # Temporal cannot open a folder as its SQLite file: its log's last lines.
         ("temporal.sqlite/stray.txt", "temporal exited; see "),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local.processes import ManagedProcess
+from deploy.local.processes import SETPRIV, ManagedProcess
 from deploy.local.supervisor import GaveUp, RestartPolicy, Supervisor
 
 
@@ -69,7 +69,7 @@ def gone(pid: int) -> bool:
         return True
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+@pytest.mark.skipif(SETPRIV is None, reason="no setpriv that sets the parent-death signal")
 def test_a_child_ends_when_its_launcher_is_killed_outright(tmp_path: Path) -> None:
     launcher = (
         "import sys, time; from pathlib import Path;"

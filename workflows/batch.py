@@ -156,6 +156,10 @@ PAUSE_FOR_GOOD_EVENT_PATCH = "batch-pause-for-good-event"
 # ended `uncertain`, never sent though the carrier had not got them.
 RECONCILE_AGAIN_PATCH = "batch-reconcile-again"
 RECONCILE_ROUNDS = 3
+# A `reconciled` chunk that fails (terminated through Temporal) leaves its rows to the next
+# round, as any chunk leaves its rows to reconciliation: it failed the batch's run, which
+# never closed its ledger or posted a final event. The last round's failure still does.
+RECONCILED_FAILURE_PATCH = "batch-reconciled-chunk-failure-goes-on"
 # How long a chunk of a spread batch with a send window runs at most (WINDOW_BESIDE_PATCH):
 # the rows it hands back wait no longer than that past their window's opening.
 SPREAD_CHUNK_SECONDS = 3600.0
@@ -988,12 +992,12 @@ class BatchWorkflow:
         if workflow.patched(RECONCILE_PATCH) and (
             not workflow.patched(LOCAL_STEPS_PATCH) or await self._has_uncertain()
         ):
-            await self._reconcile("reconciled")
+            await self._reconcile("reconciled", last=False)
             if workflow.patched(RECONCILE_AGAIN_PATCH):
                 for turn in range(2, RECONCILE_ROUNDS + 1):
                     if self._stopped or not await self._has_uncertain():
                         break
-                    await self._reconcile(f"reconciled-{turn}")
+                    await self._reconcile(f"reconciled-{turn}", last=turn == RECONCILE_ROUNDS)
         cancelled = self._cancel_reason is not None
         pending_as = (
             LedgerStatus.CANCELLED if cancelled else LedgerStatus.EXPIRED if self._expired else None
@@ -1055,10 +1059,11 @@ class BatchWorkflow:
             stopped=self._stopped,
         )
 
-    async def _reconcile(self, name: str) -> None:
+    async def _reconcile(self, name: str, *, last: bool) -> None:
         """Settle `uncertain` rows with the carrier; send those it never got, and rows still
         `pending` (a chunk that failed left them), in the chunk `name`, unless the batch was
-        stopped (then they end as its other unsent rows do)."""
+        stopped (then they end as its other unsent rows do). The chunk's failure fails the
+        run in the `last` round, where no round is left to send its rows."""
         settled = await workflow.execute_activity_method(
             ReconciliationActivities.reconcile_uncertain,
             self._reconcile_input(),
@@ -1071,8 +1076,8 @@ class BatchWorkflow:
             try:
                 await self._send_range(state, settled.first_seq, settled.end_seq, name)
             except ChildWorkflowError as failure:
-                # Terminated through Temporal, say: as any chunk's, its rows left `pending`
-                # or `sending` are the next round's (RECONCILE_AGAIN_PATCH), the batch ends.
+                if last or not workflow.patched(RECONCILED_FAILURE_PATCH):
+                    raise
                 workflow.logger.warning("chunk %s failed: %r", name, failure)
 
     async def _finish_failed(

@@ -126,7 +126,10 @@ def _remove_orphans(clusters: Path) -> None:
         except FileNotFoundError:
             continue  # another start removed it meanwhile
         if not os.path.lexists(link):
-            shutil.rmtree(origin.with_suffix(""), ignore_errors=True)
+            cluster = origin.with_suffix("")
+            shutil.rmtree(cluster, ignore_errors=True)
+            # A first start's initdb cut short left this beside it (_init_cluster).
+            shutil.rmtree(cluster.with_name(cluster.name + ".initdb"), ignore_errors=True)
             origin.unlink(missing_ok=True)
 
 

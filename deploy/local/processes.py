@@ -24,10 +24,20 @@ class NotReady(RuntimeError):
     pass
 
 
-# Linux's parent-death signal, set by util-linux's setpriv just before the child's program
-# runs: a launcher killed outright (SIGKILL, which no handler sees) takes its children with it,
-# where they went on holding the stack's ports and data directory. Elsewhere, none.
-SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
+def _setpriv() -> str | None:
+    """util-linux's setpriv, if it sets the parent-death signal (2.33 and later)."""
+    found = shutil.which("setpriv") if sys.platform == "linux" else None
+    if found is None:
+        return None
+    probe = [found, "--pdeathsig", "TERM", "--", "true"]
+    ran = subprocess.run(probe, capture_output=True, check=False)
+    return found if ran.returncode == 0 else None
+
+
+# Linux's parent-death signal, set by setpriv just before the child's program runs: a launcher
+# killed outright (SIGKILL, which no handler sees) takes its children with it, where they went
+# on holding the stack's ports and data directory. Without such a setpriv, none.
+SETPRIV = _setpriv()
 
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")

@@ -3,6 +3,7 @@ API on the session's stack; each writes its histories there. Not part of `make t
 is not a test module's): `python -m tests.histories.record` runs it."""
 
 import asyncio
+import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 from temporalio.client import Client, WorkflowHistory
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from deploy.local.emulator import NO_ANSWER
@@ -537,6 +539,34 @@ async def test_reconciled_again(
         file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
         assert (await finished(webhooks, marker))["status"] == "completed"
         await save_batch(temporal, file_id, "reconciled_again")
+
+
+async def test_reconciled_chunk_terminated(
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    carrier: Configure,
+) -> None:
+    numbers = unique_numbers(4)
+    # The lost request's `reconciled` chunk is terminated while its send is on the wire (the
+    # marker `batch-reconciled-chunk-failure-goes-on`): the next round settles the row.
+    await carrier(latency_ms=1500, scripted={numbers[0]: [NO_ANSWER]})
+    async with (
+        own_worker(temporal, settings.model_copy(update=SMALL), carrier_timeout_seconds=3.0) as own,
+        api_client(own) as api,
+    ):
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        reconciled = temporal.get_workflow_handle(f"{batch_workflow_id(file_id)}/reconciled")
+        async with asyncio.timeout(60):
+            while True:
+                with contextlib.suppress(RPCError):
+                    await reconciled.describe()
+                    break
+                await asyncio.sleep(0.05)
+        await reconciled.terminate()
+        assert (await finished(webhooks, marker))["status"] == "completed"
+        await save_batch(temporal, file_id, "reconciled_chunk_terminated")
 
 
 async def test_failed_validation(
