@@ -6,7 +6,6 @@ reconciliation asks the carrier, and the row is `sent` with the carrier's sid, o
 batch if the carrier never got it."""
 
 import asyncio
-import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +17,6 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from temporalio.client import Client
-from temporalio.service import RPCError
 
 from deploy.local.emulator import NO_ANSWER
 from deploy.local.postgres import dsn, postgres_process, postgres_ready
@@ -36,6 +34,7 @@ from tests.support.delivery import (
     ledger_rows,
     own_worker,
     received,
+    terminate_once_started,
     wait_until_received,
 )
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client
@@ -432,14 +431,7 @@ async def test_a_reconciled_chunk_terminated_through_temporal_still_ends_the_bat
         api_client(own) as api,
     ):
         file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
-        reconciled = temporal.get_workflow_handle(f"{batch_workflow_id(file_id)}/reconciled")
-        async with asyncio.timeout(60):
-            while True:
-                with contextlib.suppress(RPCError):
-                    await reconciled.describe()
-                    break
-                await asyncio.sleep(0.05)
-        await reconciled.terminate()
+        await terminate_once_started(temporal, f"{batch_workflow_id(file_id)}/reconciled")
         events = await webhooks.wait_for(marker, *FINAL)
         rows = await ledger_rows(api, account, file_id)
     statuses = assert_each_row_once(rows, await received(emulator_url, marker), len(numbers))

@@ -3,7 +3,6 @@ API on the session's stack; each writes its histories there. Not part of `make t
 is not a test module's): `python -m tests.histories.record` runs it."""
 
 import asyncio
-import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -15,7 +14,6 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 from temporalio.client import Client, WorkflowHistory
-from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from deploy.local.emulator import NO_ANSWER
@@ -29,7 +27,7 @@ from tests.support.builders import (
     unique_numbers_in,
 )
 from tests.support.conversations import TIMERS, timed_out
-from tests.support.delivery import own_worker
+from tests.support.delivery import own_worker, terminate_once_started
 from tests.support.sending import (
     conversation_when,
     inbound_form,
@@ -557,14 +555,7 @@ async def test_reconciled_chunk_terminated(
         api_client(own) as api,
     ):
         file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
-        reconciled = temporal.get_workflow_handle(f"{batch_workflow_id(file_id)}/reconciled")
-        async with asyncio.timeout(60):
-            while True:
-                with contextlib.suppress(RPCError):
-                    await reconciled.describe()
-                    break
-                await asyncio.sleep(0.05)
-        await reconciled.terminate()
+        await terminate_once_started(temporal, f"{batch_workflow_id(file_id)}/reconciled")
         assert (await finished(webhooks, marker))["status"] == "completed"
         await save_batch(temporal, file_id, "reconciled_chunk_terminated")
 

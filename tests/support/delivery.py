@@ -2,6 +2,7 @@
 emulator received, and workers of their own for tests that change carrier settings."""
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -13,6 +14,7 @@ import asyncpg
 import httpx
 import pytest
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from settings import Settings
 from store import messages, receipts
@@ -106,6 +108,19 @@ async def own_worker(
     own = settings.model_copy(update={"task_queue": f"herald-{uuid.uuid4().hex[:8]}", **changes})
     async with herald_worker(temporal, own) as worker, worker:
         yield own
+
+
+async def terminate_once_started(temporal: Client, workflow_id: str) -> None:
+    """Terminate the workflow `workflow_id` (a batch's chunk, say) as soon as it has started,
+    as an operator's Terminate in the web UI does."""
+    handle = temporal.get_workflow_handle(workflow_id)
+    async with asyncio.timeout(60):
+        while True:
+            with contextlib.suppress(RPCError):
+                await handle.describe()
+                break
+            await asyncio.sleep(0.05)
+    await handle.terminate()
 
 
 async def run_on_own_worker(
