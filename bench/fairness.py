@@ -65,13 +65,15 @@ def small_file(index: int) -> bytes:
     return ("phone_number\n" + "\n".join(numbers_all) + "\n").encode()
 
 
-async def start(http: httpx.AsyncClient, account: dict[str, str], file_id: str) -> None:
+async def start(
+    http: httpx.AsyncClient, account: dict[str, str], file_id: str, message: str = "fairness"
+) -> None:
     answer = await http.post(
         "/v1/sms/batch",
         headers={"authorization": account["api_key"]},
         json={
             "file_id": file_id,
-            "global": {"agent_number": account["agent_number"], "agent_message": "fairness"},
+            "global": {"agent_number": account["agent_number"], "agent_message": message},
         },
     )
     answer.raise_for_status()
@@ -162,6 +164,19 @@ async def waits(client: Client, batch_id: str, posted: float) -> dict[str, float
     return totals | {name: at - posted for name, at in marks.items()}
 
 
+async def requests_received(emulator_url: str, body: str, posted: float) -> dict[str, float]:
+    """Seconds after `posted` the carrier received the first and the last message of `body`."""
+    async with httpx.AsyncClient(timeout=60) as emulator:
+        answer = await emulator.get(
+            f"{emulator_url}/_emulator/messages", params={"body_contains": body}
+        )
+    answer.raise_for_status()
+    times = sorted(datetime.fromisoformat(m["received_at"]).timestamp() for m in answer.json())
+    if not times:
+        return {}
+    return {"first_request": times[0] - posted, "last_request": times[-1] - posted}
+
+
 def p95(values: list[float]) -> float:
     """The nearest-rank 95th percentile."""
     ordered = sorted(values)
@@ -196,9 +211,11 @@ async def small_under_large(
         await wait_for(http, a, large, ("in_progress_chunked", "in_progress", *FINAL))
         cpu_before, cpu_from = cpu_seconds(processes, each=True), time.time()
         runs = []
+        posts = []
         for file_id in smalls:
             posted = time.time()
-            await start(http, b, file_id)
+            posts.append(posted)
+            await start(http, b, file_id, message=f"fairness {file_id}")
             await wait_for(http, b, file_id, FINAL)
             large_now = await batch(http, a, large)
             events = await event_times(http, b, file_id)
@@ -217,6 +234,10 @@ async def small_under_large(
             f"/v1/sms/batch/{large}/cancel", headers={"authorization": a["api_key"]}, json={}
         )
         await wait_for(http, a, large, FINAL)
+        # When the carrier got each small batch's first and last request (read once the large
+        # batch has stopped: the emulator scans every message it holds for each).
+        for run, file_id, posted in zip(runs, smalls, posts, strict=True):
+            run |= await requests_received(a["emulator_url"], f"fairness {file_id}", posted)
     seconds = [r["seconds"] for r in runs]
     return {
         "large_rows": n,
