@@ -141,14 +141,17 @@ async def size_of(pool: asyncpg.Pool, file_id: uuid.UUID) -> int:
 
 # How much of a file a batch request reads to know its header.
 HEAD_BYTES = 64 * 1024
+# The content type of a stored file of ledger rows (`columns.write_ledger`): a batch of it
+# loads them as they are, validating nothing (a Postman upload's).
+LEDGER_FILE_TYPE = "application/vnd.apache.arrow.stream"
 
 
 async def file_head(pool: asyncpg.Pool, account_id: uuid.UUID, file_id: uuid.UUID) -> dict:
-    """The first HEAD_BYTES of a file (`head`), its `size_bytes` and its `line_count`
-    (None for a file stored before lines were counted)."""
+    """The first HEAD_BYTES of a file (`head`), its `size_bytes`, `line_count` (None for a
+    file stored before lines were counted) and `content_type`."""
     row = await pool.fetchrow(
-        "SELECT substring(content FROM 1 FOR $3) AS head, size_bytes, line_count FROM files"
-        " WHERE id = $1 AND account_id = $2",
+        "SELECT substring(content FROM 1 FOR $3) AS head, size_bytes, line_count, content_type"
+        " FROM files WHERE id = $1 AND account_id = $2",
         file_id,
         account_id,
         HEAD_BYTES,

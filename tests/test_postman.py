@@ -685,6 +685,33 @@ async def test_a_message_is_retried_at_most_three_times(
     assert [(row["status"], row["attempts"]) for row in rows] == [("failed", 4), (ANY, 1)]
 
 
+async def test_a_batch_whose_run_ended_before_its_rows_loaded_loads_them_when_retried(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool
+) -> None:
+    """As a run terminated through Temporal while it loaded the upload's rows leaves the batch:
+    not final, no ledger. The retry's run validated the stored file again, as a CSV, which a
+    file of ledger rows is not: it failed, sending nothing."""
+    campaign_id = await new_campaign(api, account)
+    numbers = unique_numbers(2)
+    batch_id = await sent_batch(api, account, campaign_id, numbers)
+    await pool.execute("DELETE FROM messages WHERE batch_id = $1", uuid.UUID(batch_id))
+    await pool.execute(
+        "UPDATE batches SET status = 'validating', code = NULL, rows_total = NULL,"
+        " recipients = NULL, rejected = NULL, finished_at = NULL WHERE id = $1",
+        uuid.UUID(batch_id),
+    )
+
+    retried = await api.post(
+        f"/campaigns/{campaign_id}/batch/{batch_id}/retry", headers=bearer(account)
+    )
+    assert retried.status_code == 201, retried.text
+    again = await wait_for_status(api, account, batch_id, *FINAL)
+    rows = await ledger_rows(api, account, batch_id)
+
+    assert again["status"] == "completed"
+    assert sorted(row["to_number"] for row in rows) == sorted(numbers)
+
+
 async def test_a_retry_of_a_batch_past_its_expiry_is_not_retryable(
     api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, carrier: Configure
 ) -> None:

@@ -778,6 +778,12 @@ async def retry_batch(
     if left and not await _no_run_open(handle):
         raise BatchNotFinished(f"batch {batch_id} is still {batch['status']}")
     validated = batch["rows_total"] is not None
+    # A run that never recorded the ledger: the next loads the stored ledger rows of a file
+    # validated as it came (a Postman upload's), or validates the file again.
+    load_validated = not validated and (
+        (await files.file_head(pool, account_id, batch["id"]))["content_type"]
+        == files.LEDGER_FILE_TYPE
+    )
     rows = await messages.count_in_statuses(
         pool,
         batch["id"],
@@ -814,8 +820,8 @@ async def retry_batch(
         ),
         timing=timing,
         auto_pause=_auto_pause(batch["request"]),
-        # A run that never recorded the ledger: this one validates the file again.
         retry_statuses=[LedgerStatus(status) for status in statuses] if validated else None,
+        load_validated=load_validated,
         retry_attempts_below=attempts_below,
         first_event_seq=await events.last_event_seq(pool, batch["id"]),
         limits=validation_limits(settings),

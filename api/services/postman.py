@@ -67,8 +67,6 @@ LISTED_ROWS = 100
 READ_BLOCK = 1024 * 1024
 # Rows whose numbers are checked in one pass.
 CHECK_ROWS = 10_000
-# A stored file of ledger rows (`columns.write_ledger`).
-LEDGER_FILE_TYPE = "application/vnd.apache.arrow.stream"
 # The dialect's words for a header that does not match the campaign.
 HEADER_MISMATCH = "Validation failed (expected type is object)"
 
@@ -710,7 +708,7 @@ async def send_batch(
             pool,
             account_id,
             filename=f"campaign-{campaign['id']}.ledger",
-            content_type=LEDGER_FILE_TYPE,
+            content_type=files.LEDGER_FILE_TYPE,
             size_bytes=converted.size,
             content=_blocks(converted.content),
         )
