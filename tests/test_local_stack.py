@@ -24,6 +24,7 @@ from deploy.local.stack import PORT_SETTINGS
 from deploy.local.temporal import TEMPORAL_BIN
 from tests.support.batches import FINAL
 from tests.support.builders import csv_bytes, unique_numbers
+from tests.support.processes import still_running
 
 READY_SECONDS = 90
 
@@ -240,18 +241,6 @@ def test_launcher_is_ready_then_leaves_no_process_behind(stack_env: dict[str, st
     for part in ("postgres", "temporal", "deploy.local.emulator", "worker", "uvicorn"):
         assert part in command_lines
     assert still_running(children) == []
-
-
-def still_running(processes: list[psutil.Process]) -> list[psutil.Process]:
-    """Those of `processes` not ended (a zombie, not yet reaped, has ended)."""
-    left = []
-    for process in processes:
-        try:
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                left.append(process)
-        except psutil.NoSuchProcess:
-            pass
-    return left
 
 
 @contextmanager

@@ -6,10 +6,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from deploy.local.processes import SETPRIV, ManagedProcess
 from deploy.local.supervisor import GaveUp, RestartPolicy, Supervisor
+from tests.support.processes import still_running
 
 
 def child(tmp_path: Path, code: str) -> ManagedProcess:
@@ -61,14 +63,6 @@ def test_a_child_that_keeps_failing_at_start_is_given_up_on(tmp_path: Path) -> N
     ] * 2
 
 
-def gone(pid: int) -> bool:
-    """No such process, or one that has ended and waits for its new parent to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 @pytest.mark.skipif(SETPRIV is None, reason="no setpriv that sets the parent-death signal")
 def test_a_child_ends_when_its_launcher_is_killed_outright(tmp_path: Path) -> None:
     launcher = (
@@ -84,14 +78,14 @@ def test_a_child_ends_when_its_launcher_is_killed_outright(tmp_path: Path) -> No
         deadline = time.monotonic() + 20
         while not parent.log_tail().strip() and time.monotonic() < deadline:
             time.sleep(0.05)
-        pid = int(parent.log_tail().strip())
-        assert not gone(pid)
+        children = [psutil.Process(int(parent.log_tail().strip()))]
+        assert still_running(children) == children
 
         os.kill(parent.pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while not gone(pid) and time.monotonic() < deadline:
+        while still_running(children) and time.monotonic() < deadline:
             time.sleep(0.05)
 
-        assert gone(pid)
+        assert still_running(children) == []
     finally:
         parent.stop()

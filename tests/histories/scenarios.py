@@ -495,6 +495,31 @@ async def test_retried(
     await save_batch(temporal, file_id, "retried")
 
 
+async def reconciled_batch(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    numbers: list[str],
+    name: str,
+    *,
+    carrier_timeout_seconds: float,
+    terminate_reconciled: bool = False,
+) -> str:
+    """A batch of `numbers` on a worker of its own (SMALL, the carrier timeout given) run to
+    `completed`, saved as batch/<name>.json while that worker still runs (the run ends in a
+    workflow task after its final event); with `terminate_reconciled`, its `reconciled` chunk
+    is terminated once started. Its file_id."""
+    changes = {**SMALL, "carrier_timeout_seconds": carrier_timeout_seconds}
+    async with own_worker(temporal, settings, **changes) as own, api_client(own) as api:
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        if terminate_reconciled:
+            await terminate_once_started(temporal, f"{batch_workflow_id(file_id)}/reconciled")
+        assert (await finished(webhooks, marker))["status"] == "completed"
+        await save_batch(temporal, file_id, name)
+    return file_id
+
+
 async def test_reconciled(
     settings: Settings,
     account: Account,
@@ -506,16 +531,17 @@ async def test_reconciled(
     # One request gets no answer and the carrier never kept it: reconciliation finds it
     # missing and the `reconciled` chunk sends it again.
     await carrier(scripted={numbers[0]: [NO_ANSWER]})
-    async with (
-        own_worker(temporal, settings.model_copy(update=SMALL), carrier_timeout_seconds=0.5) as own,
-        api_client(own) as api,
-    ):
-        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
-        assert (await finished(webhooks, marker))["status"] == "completed"
-        # On the worker still: the run ends in a workflow task after the final event.
-        # `batch/reconciled.json` is the same scenario recorded before `batch-local-db-steps`.
-        await save_batch(temporal, file_id, "reconciled_local_db_steps")
-        [chunk] = await run_chain(temporal, f"{batch_workflow_id(file_id)}/reconciled")
+    # `batch/reconciled.json` is the same scenario recorded before `batch-local-db-steps`.
+    file_id = await reconciled_batch(
+        temporal,
+        settings,
+        account,
+        webhooks,
+        numbers,
+        "reconciled_local_db_steps",
+        carrier_timeout_seconds=0.5,
+    )
+    [chunk] = await run_chain(temporal, f"{batch_workflow_id(file_id)}/reconciled")
     save(chunk, "chunk", "reconciled")
 
 
@@ -530,13 +556,15 @@ async def test_reconciled_again(
     # The `reconciled` chunk's request is lost too: reconciliation runs again (marker
     # `batch-reconcile-again`) and the `reconciled-2` chunk sends it.
     await carrier(scripted={numbers[0]: [NO_ANSWER, NO_ANSWER]})
-    async with (
-        own_worker(temporal, settings.model_copy(update=SMALL), carrier_timeout_seconds=0.5) as own,
-        api_client(own) as api,
-    ):
-        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
-        assert (await finished(webhooks, marker))["status"] == "completed"
-        await save_batch(temporal, file_id, "reconciled_again")
+    await reconciled_batch(
+        temporal,
+        settings,
+        account,
+        webhooks,
+        numbers,
+        "reconciled_again",
+        carrier_timeout_seconds=0.5,
+    )
 
 
 async def test_reconciled_chunk_terminated(
@@ -550,14 +578,16 @@ async def test_reconciled_chunk_terminated(
     # The lost request's `reconciled` chunk is terminated while its send is on the wire (the
     # marker `batch-reconciled-chunk-failure-goes-on`): the next round settles the row.
     await carrier(latency_ms=1500, scripted={numbers[0]: [NO_ANSWER]})
-    async with (
-        own_worker(temporal, settings.model_copy(update=SMALL), carrier_timeout_seconds=3.0) as own,
-        api_client(own) as api,
-    ):
-        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
-        await terminate_once_started(temporal, f"{batch_workflow_id(file_id)}/reconciled")
-        assert (await finished(webhooks, marker))["status"] == "completed"
-        await save_batch(temporal, file_id, "reconciled_chunk_terminated")
+    await reconciled_batch(
+        temporal,
+        settings,
+        account,
+        webhooks,
+        numbers,
+        "reconciled_chunk_terminated",
+        carrier_timeout_seconds=3.0,
+        terminate_reconciled=True,
+    )
 
 
 async def test_failed_validation(
