@@ -686,7 +686,7 @@ async def test_a_message_is_retried_at_most_three_times(
 
 
 async def test_a_batch_whose_run_ended_before_its_rows_loaded_loads_them_when_retried(
-    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool, temporal: Client
 ) -> None:
     """As a run terminated through Temporal while it loaded the upload's rows leaves the batch:
     not final, no ledger. The retry's run validated the stored file again, as a CSV, which a
@@ -694,6 +694,8 @@ async def test_a_batch_whose_run_ended_before_its_rows_loaded_loads_them_when_re
     campaign_id = await new_campaign(api, account)
     numbers = unique_numbers(2)
     batch_id = await sent_batch(api, account, campaign_id, numbers)
+    # Its run closed, as a terminated one is (a final status comes before the run's end).
+    await temporal.get_workflow_handle(batch_workflow_id(batch_id)).result()
     await pool.execute("DELETE FROM messages WHERE batch_id = $1", uuid.UUID(batch_id))
     await pool.execute(
         "UPDATE batches SET status = 'validating', code = NULL, rows_total = NULL,"
