@@ -229,17 +229,21 @@ async def carrier_message(settings: Settings, to: str, from_: str, body: str) ->
     return sid
 
 
-async def sending_row(pool: asyncpg.Pool, account: Account, to: str) -> uuid.UUID:
-    """A batch of the account, sending, with one row to `to` on the wire: `sending`, marked
-    now, its sid not written yet."""
+async def sending_row(
+    pool: asyncpg.Pool, account: Account, to: str, marked_ago: float = 0.0
+) -> uuid.UUID:
+    """A batch of the account, sending, with one row to `to` on the wire or answered:
+    `sending`, marked `marked_ago` seconds ago, its sid not written yet."""
     batch_id = await recorded_batch(pool, account)
     await pool.execute("UPDATE batches SET status = 'in_progress' WHERE id = $1", batch_id)
     await pool.execute(
         "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body, status,"
-        " attempts, marked_at) VALUES ($1, 0, $2, 1, $3, 'x', 'sending', 1, now())",
+        " attempts, marked_at) VALUES ($1, 0, $2, 1, $3, 'x', 'sending', 1,"
+        " now() - make_interval(secs => $4))",
         batch_id,
         account.account_id,
         to,
+        marked_ago,
     )
     return batch_id
 
@@ -254,38 +258,48 @@ async def quick_reconciliation(
         yield activities
 
 
+@pytest.mark.parametrize("marked_ago", [0.0, 600.0], ids=["marked-now", "marked-long-ago"])
 async def test_a_message_of_a_send_still_on_the_wire_is_not_taken_for_an_uncertain_rows(
     pool: asyncpg.Pool,
     account: Account,
     settings: Settings,
     quick_reconciliation: ReconciliationActivities,
     monkeypatch: pytest.MonkeyPatch,
+    marked_ago: float,
 ) -> None:
     """The carrier never got the row's request; another batch's send to the same number,
-    with the same text, is on the wire: its message is at the carrier, its sid not in the
-    ledger yet. Taken for the row's, the row was `sent` and never sent, and one message was
-    two rows'. Reconciliation waits for that send, then finds its message held."""
+    with the same text, is on the wire or answered: its message is at the carrier, its sid
+    not in the ledger yet. Taken for the row's, the row was `sent` and never sent, and one
+    message was two rows'. Reconciliation waits for that send, then finds its message held.
+    Also when the send's wave was marked long ago: a slow sender's slice writes its answers
+    only as it marks its next wave, minutes later."""
     batch_id = await recorded_batch(pool, account)
     input = await uncertain_rows(pool, account, batch_id, ["uncertain"])
     [row] = await messages.uncertain_rows(pool, batch_id)
-    other_batch = await sending_row(pool, account, row.to_number)
+    other_batch = await sending_row(pool, account, row.to_number, marked_ago)
     theirs = await carrier_message(settings, row.to_number, input.agent_number, "x")
-    asked = asyncio.Event()
+    # How often it has asked which numbers have sends on the wire.
+    asks = 0
+    asked_again = asyncio.Event()
     in_flight = getattr(messages, "numbers_in_flight", None)
 
-    async def asked_once(*args: Any) -> set[str]:
+    async def counted(*args: Any) -> set[str]:
+        nonlocal asks
         assert in_flight is not None
         busy: set[str] = await in_flight(*args)
-        asked.set()
+        asks += 1
+        if asks == 2:
+            asked_again.set()
         return busy
 
-    monkeypatch.setattr(messages, "numbers_in_flight", asked_once, raising=False)
+    monkeypatch.setattr(messages, "numbers_in_flight", counted, raising=False)
     reconciling = asyncio.create_task(
         ActivityEnvironment().run(quick_reconciliation.reconcile_uncertain, input)
     )
-    # Once it has seen the send on the wire (or, if it does not look, once it is done).
+    # Once it has waited a round for the send on the wire and asks again (or, if it took
+    # the send's message for the row's, once it is done).
     await asyncio.wait(
-        [asyncio.create_task(asked.wait()), reconciling],
+        [asyncio.create_task(asked_again.wait()), reconciling],
         timeout=30,
         return_when=asyncio.FIRST_COMPLETED,
     )
