@@ -166,12 +166,16 @@ async def test_repeating_the_request_returns_the_same_batch_and_sends_once(
     second = await start(api, account, file_id, **body)
     await webhooks.wait_for(run, *FINAL)
     third = await start(api, account, file_id, **body)
+    # The same file's id in capitals: the same request.
+    spelled = await start(api, account, file_id.upper(), **body)
     changed = await start(
         api, account, file_id, **{**body, "global": {**body["global"], "agent_message": "x"}}
     )
 
     assert first.status_code == second.status_code == third.status_code == 200
     assert first.json() == second.json() == third.json()
+    assert spelled.status_code == 200, spelled.text
+    assert spelled.json() == first.json()
     assert changed.status_code == 409
     assert changed.json()["errors"][0]["error"] == "BATCH_ALREADY_EXISTS"
     assert len(await emulator_messages(emulator_url, body_contains=run)) == 5

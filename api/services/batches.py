@@ -433,7 +433,7 @@ async def _checked_request(
     )
     if body.global_.channel == "whatsapp":
         _require_whatsapp_senders([agent_number])
-    given = _stored_request(body, agent_number)
+    given = _stored_request(body, agent_number, file_id)
     campaign_id = await _campaign_message(pool, account_id, body, given, file_id)
     request = dict(given)
     if sender["opening_message"] and not (body.global_.agent_message or "").strip():
@@ -638,10 +638,13 @@ async def _campaign_message(
     return found["id"]
 
 
-def _stored_request(body: BatchRequest, agent_number: str) -> dict[str, Any]:
+def _stored_request(
+    body: BatchRequest, agent_number: str, file_id: uuid.UUID | None
+) -> dict[str, Any]:
     """The request as the batch keeps it. Options at their defaults are left out, so adding
     an option changes no earlier request's hash: the same request again still finds its
-    batch. Inline rows are in the file, as an attached file's are."""
+    batch; so is the sender as E.164 and the file's id in its one spelling (a client may
+    send it in capitals). Inline rows are in the file, as an attached file's are."""
     request = body.model_dump(
         mode="json",
         by_alias=True,
@@ -652,6 +655,8 @@ def _stored_request(body: BatchRequest, agent_number: str) -> dict[str, Any]:
     if body.auto_pause_error_rate is None:
         request["auto_pause_error_rate"] = None  # off: kept, unlike other nulls
     request["global"]["agent_number"] = agent_number
+    if file_id is not None:
+        request["file_id"] = str(file_id)
     return request
 
 
