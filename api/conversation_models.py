@@ -3,10 +3,11 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, Field, ValidationInfo, field_validator
+from pydantic import AnyHttpUrl, BaseModel, Field, field_validator
 
 from api.models import (
     CampaignMessage,
+    Channel,
     ContentTemplate,
     StoredFields,
     example,
@@ -73,19 +74,18 @@ class SendRequest(StoredFields, SilenceTimerFields, ContentTemplate, CampaignMes
     )
     metadata: dict[str, Any] | None = Field(None, description="Echoed in every webhook event.")
     webhook: AnyHttpUrl | None = Field(None, description="Receives message and status events.")
-    channel: Literal["sms", "whatsapp"] = "sms"
+    channel: Channel = "sms"
     params: dict[str, str] | None = Field(
         None,
         description="With `campaign_id`: a value for each of the campaign's parameters, none"
         " blank, and no other.",
     )
 
-    @field_validator("channel", "new_conversation", mode="before")
+    @field_validator("new_conversation", mode="before")
     @classmethod
-    def _null_is_the_default(cls, value: object, info: ValidationInfo) -> object:
-        """null where the contract gives a default ("sms", false), as clients that send
-        every optional field send an unset one."""
-        return cls.model_fields[str(info.field_name)].default if value is None else value
+    def _null_is_the_default(cls, value: object) -> object:
+        """null where the contract gives a default (false), as for `channel`."""
+        return False if value is None else value
 
 
 class SendReply(BaseModel):

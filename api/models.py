@@ -61,6 +61,12 @@ Moment = Annotated[
     AwareDatetime, BeforeValidator(_written_as_date_time), AfterValidator(_in_utc_years)
 ]
 
+# A message's channel: null as its default, "sms", as clients that send every optional
+# field send an unset one.
+Channel = Annotated[
+    Literal["sms", "whatsapp"], BeforeValidator(lambda value: "sms" if value is None else value)
+]
+
 # The one batch the schema's examples show.
 BATCH_ID = "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10"
 WORKFLOW_ID = f"sms-batch-{BATCH_ID}"
@@ -236,7 +242,7 @@ class BatchGlobal(ContentTemplate, StoredFields):
     persona_id: str | None = Field(
         None, description="Kept on each conversation the batch opens, and echoed."
     )
-    channel: Literal["sms", "whatsapp"] = Field(
+    channel: Channel = Field(
         "sms", description="`whatsapp`: every message goes as WhatsApp (`whatsapp:` addresses)."
     )
 

@@ -82,6 +82,19 @@ async def test_inline_rows_and_a_json_file_take_the_row_path(
     assert {r["code"] for r in found["rejected_rows"]} == {"invalid_number"}
 
 
+async def test_a_null_channel_is_the_default_as_on_a_single_send(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    """Clients that send every optional field send the unset ones as null."""
+    message = {"agent_number": account.agent_number, "agent_message": "Hi", "channel": None}
+
+    found = await dry_run(
+        api, account, recipients=[{"phone_number": unique_numbers(1)[0]}], **{"global": message}
+    )
+
+    assert found["to_send"] == 1
+
+
 async def test_a_strict_dry_run_says_the_batch_would_fail(
     api: httpx.AsyncClient, account: Account
 ) -> None:
