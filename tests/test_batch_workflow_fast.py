@@ -6,9 +6,10 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from temporalio.client import WorkflowHandle, WorkflowHistory
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
+from tests.support.sending import eventually
 from tests.support.workflows import StubActivities, result_of, stub_worker
 from workflows.batch import RECONCILE_ROUNDS, BatchWorkflow
 from workflows.chunk import SPREAD_LEAD_SECONDS, ErrorWindow
@@ -43,6 +44,7 @@ async def start_batch(
     first_event_seq: int = 0,
     auto_pause: AutoPause | None = None,
     start_signal: str | None = None,
+    load_validated: bool = False,
 ) -> WorkflowHandle[BatchWorkflow, BatchResult]:
     batch_id = str(uuid.uuid4())
     return await env.client.start_workflow(
@@ -56,11 +58,21 @@ async def start_batch(
             retry_statuses=retry_statuses,
             first_event_seq=first_event_seq,
             auto_pause=auto_pause,
+            load_validated=load_validated,
         ),
         id=batch_workflow_id(batch_id),
         task_queue=task_queue,
         result_type=BatchResult,
         start_signal=start_signal,
+    )
+
+
+async def cancel_through_temporal(handle: WorkflowHandle[BatchWorkflow, BatchResult]) -> None:
+    """Cancel the run as `temporal workflow cancel` and the web UI do, and wait until the
+    batch has taken it as its `cancel` signal."""
+    await handle.cancel()
+    await eventually(
+        lambda: handle.query(BatchWorkflow.progress), lambda p: p.cancel_reason is not None
     )
 
 
@@ -161,6 +173,85 @@ async def test_a_cancelled_batch_sends_nothing_again_after_reconciling(
     assert slices(stubs) == [(0, 2)]
     assert len(stubs.inputs("reconcile_uncertain")) == 1
     assert result.status == S.CANCELLED
+
+
+async def test_a_temporal_cancellation_while_reconciliation_runs_ends_the_batch_cancelled(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # The cancellation reached the reconciliation activity: the run ended Cancelled with no
+    # final event and its ledger never closed.
+    stubs = StubActivities(recipients=4, never_received={1}, reconciliations_held=True)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping, queue, dispatch=DispatchSettings(chunk_size=10, slice_size=2)
+        )
+        await stubs.wait_for(lambda: bool(stubs.inputs("reconcile_uncertain")))
+        await cancel_through_temporal(handle)
+        stubs.release.set()
+        result = await result_of(handle)
+    assert sorted(slices(stubs)) == [(0, 2), (2, 4)]
+    assert [f.close_pending_as for f in stubs.inputs("finish_ledger")] == [LedgerStatus.CANCELLED]
+    assert (result.status, result.reason, result.counts.cancelled) == (
+        S.CANCELLED,
+        "cancelled through Temporal",
+        1,
+    )
+    assert stubs.statuses()[-1] == S.CANCELLED
+
+
+async def test_a_temporal_cancellation_while_a_reconciled_chunk_sends_stops_it(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # The cancellation reached the `reconciled` chunk, taken for a chunk that failed: the
+    # batch sent its rows in the next round and ended `completed`.
+    stubs = StubActivities(recipients=4, never_received={1}, held={1})
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping, queue, dispatch=DispatchSettings(chunk_size=10, slice_size=2)
+        )
+        await stubs.wait_for(lambda: (1, 2) in slices(stubs))
+        await cancel_through_temporal(handle)
+        result = await result_of(handle)
+    assert [(s.start, s.end) for s in stubs.cancelled_sends] == [(1, 2)]
+    assert sorted(slices(stubs)) == [(0, 2), (1, 2), (2, 4)]
+    assert [f.close_pending_as for f in stubs.inputs("finish_ledger")] == [LedgerStatus.CANCELLED]
+    assert (result.status, result.counts.cancelled) == (S.CANCELLED, 1)
+
+
+async def test_a_temporal_cancellation_while_validated_rows_load_ends_the_batch_cancelled(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # A Postman upload's rows: the cancelled load was taken for a failed validation.
+    stubs = StubActivities(recipients=4, loads_held=True)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(time_skipping, queue, load_validated=True)
+        await stubs.wait_for(lambda: bool(stubs.calls.get("load_recipients")))
+        await cancel_through_temporal(handle)
+        stubs.release.set()
+        result = await result_of(handle)
+    assert slices(stubs) == []
+    assert (result.status, result.code, result.counts.cancelled) == (S.CANCELLED, "cancelled", 4)
+
+
+async def test_a_temporal_cancellation_after_the_final_event_lets_its_posts_go_on(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # The run stays open while its events' posts are retried; the cancellation reached the
+    # pump's post: the final event never reached the caller's webhook.
+    stubs = StubActivities(recipients=4, undelivered=1)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping, queue, dispatch=DispatchSettings(chunk_size=10, slice_size=2)
+        )
+        await stubs.wait_for(
+            lambda: S.COMPLETED in stubs.statuses() and bool(stubs.calls["deliver_status_events"])
+        )
+        delivered = len(stubs.calls["deliver_status_events"])
+        await cancel_through_temporal(handle)
+        result = await result_of(handle)
+    assert result.status == S.COMPLETED
+    assert len(stubs.calls["deliver_status_events"]) > delivered
+    assert stubs.statuses()[-1] == S.COMPLETED
 
 
 async def test_a_file_with_no_sendable_row_fails_without_sending(
@@ -645,6 +736,30 @@ async def test_a_cancel_that_comes_while_a_run_hands_over_ends_the_batch(
         # The run's chunks end, then it waits for the post before it continues as new.
         await asyncio.sleep(1)
         await handle.signal(BatchWorkflow.cancel, "stop")
+        stubs.deliveries_released.set()
+        result = await result_of(handle)
+    assert sorted(slices(stubs)) == [(0, 2), (2, 4)]
+    assert [f.close_pending_as for f in stubs.inputs("finish_ledger")] == [LedgerStatus.CANCELLED]
+    assert (result.status, result.counts.cancelled) == (S.CANCELLED, 4)
+
+
+async def test_a_temporal_cancellation_while_a_run_hands_over_ends_the_batch(
+    temporal: Client,
+) -> None:
+    # As the signal's test above: the cancellation reached the hand-over's wait for the post,
+    # and the run ended Cancelled, its ledger never closed, with no final event. On the dev
+    # server: the test server fails a continue-as-new once a cancellation was asked for.
+    stubs = StubActivities(recipients=8, deliveries_held=True)
+    env = WorkflowEnvironment.from_client(temporal)
+    async with stub_worker(env, stubs) as queue:
+        handle = await start_batch(
+            env,
+            queue,
+            dispatch=DispatchSettings(chunk_size=2, slice_size=2, chunks_per_run=2),
+        )
+        await stubs.wait_for(lambda: len(stubs.sent) == 4)
+        await asyncio.sleep(1)
+        await cancel_through_temporal(handle)
         stubs.deliveries_released.set()
         result = await result_of(handle)
     assert sorted(slices(stubs)) == [(0, 2), (2, 4)]

@@ -160,6 +160,13 @@ RECONCILE_ROUNDS = 3
 # round, as any chunk leaves its rows to reconciliation: it failed the batch's run, which
 # never closed its ledger or posted a final event. The last round's failure still does.
 RECONCILED_FAILURE_PATCH = "batch-reconciled-chunk-failure-goes-on"
+# A Temporal cancellation (`temporal workflow cancel`, the web UI's Cancel) is the `cancel`
+# signal, wherever the run is: it reached whatever the run awaited, and ended the run with no
+# final event when that was an activity or a child (reconciliation, a Postman upload's load,
+# an event's record) or the hand-over's drain; it failed the batch during a load, was taken for
+# a failed `reconciled` chunk (the batch went on sending), and cut the webhook posts after the
+# final event short.
+TEMPORAL_CANCEL_AS_SIGNAL_PATCH = "batch-temporal-cancel-as-signal"
 # How long a chunk of a spread batch with a send window runs at most (WINDOW_BESIDE_PATCH):
 # the rows it hands back wait no longer than that past their window's opening.
 SPREAD_CHUNK_SECONDS = 3600.0
@@ -391,11 +398,29 @@ class BatchWorkflow:
                     AGENT_NUMBER.value_set(input.agent_number),
                 ]
             )
+        # The run's work in a task of its own, which a Temporal cancellation does not reach: it
+        # reaches this one, which passes it on as the `cancel` signal, and the work goes on
+        # to the batch's end as a cancelled batch's (TEMPORAL_CANCEL_AS_SIGNAL_PATCH).
+        work = asyncio.create_task(self._run_to_end(input, state))
+        while True:
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                if work.done():
+                    raise  # the work itself was cancelled: the run is evicted from the cache
+                if not workflow.patched(TEMPORAL_CANCEL_AS_SIGNAL_PATCH):
+                    # Runs recorded before it: the cancellation reaches what the work awaits.
+                    work.cancel()
+                    return await work
+                await self.cancel(NATIVE_CANCEL_REASON)
+
+    async def _run_to_end(self, input: BatchInput, state: DispatchState | None) -> BatchResult:
         pump = asyncio.create_task(self._deliver_events())
         try:
             result = await self._run(state)
         except asyncio.CancelledError:
-            # `temporal workflow cancel` or the web UI: end as the `cancel` signal does.
+            # Runs recorded before TEMPORAL_CANCEL_AS_SIGNAL_PATCH: `temporal workflow cancel`
+            # or the web UI, where the run awaited a timer or a condition.
             await self.cancel(NATIVE_CANCEL_REASON)
             await self._chunks_finished()
             result = await self._finish()

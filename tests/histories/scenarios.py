@@ -352,7 +352,9 @@ async def test_cancelled_through_temporal(
     await webhooks.wait_for(marker, "in_progress_chunked")
     await temporal.get_workflow_handle(batch_workflow_id(file_id)).cancel()
     assert (await finished(webhooks, marker))["status"] == "cancelled"
-    await save_batch(temporal, file_id, "cancelled_through_temporal")
+    # `cancelled_through_temporal.json`, recorded before `batch-temporal-cancel-as-signal`,
+    # is kept: its cancellation reached what the run awaited.
+    await save_batch(temporal, file_id, "cancelled_through_temporal_as_signal")
 
 
 async def test_scheduled(

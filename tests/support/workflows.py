@@ -121,6 +121,10 @@ class StubActivities:
     # What validation raises, one an attempt, before it succeeds; through outages_uncounted,
     # as the real activity's errors go.
     validation_errors: list[Exception] = field(default_factory=list)
+    # While set, a load of validated rows (a Postman upload's) and each reconciliation wait
+    # (heartbeating) for `release`.
+    loads_held: bool = False
+    reconciliations_held: bool = False
 
     async def _record(self, input: Any) -> None:
         info = activity.info()
@@ -151,6 +155,19 @@ class StubActivities:
         await self._record(input)
         return await outages_uncounted(self._validated, attempts=VALIDATE_ATTEMPTS)
 
+    @activity.defn(name=ValidationActivities.load_recipients.__name__)
+    async def load_recipients(self, input: ValidateInput) -> ValidationResult:
+        await self._record(input)
+        if self.loads_held:
+            await self._released()
+        return await self._validated()
+
+    async def _released(self) -> None:
+        """Until `release`, heartbeating: a cancellation reaches the activity meanwhile."""
+        while not self.release.is_set():
+            activity.heartbeat()
+            await asyncio.sleep(0.01)
+
     async def _validated(self) -> ValidationResult:
         if self.validation_errors:
             raise self.validation_errors.pop(0)
@@ -167,10 +184,7 @@ class StubActivities:
         if input.start in self.held:
             self.held.discard(input.start)
             try:
-                # Cancellation reaches an activity in a heartbeat's reply.
-                while not self.release.is_set():
-                    activity.heartbeat()
-                    await asyncio.sleep(0.01)
+                await self._released()
             except asyncio.CancelledError:
                 async with self.changed:
                     self.cancelled_sends.append(input)
@@ -224,6 +238,8 @@ class StubActivities:
     @activity.defn(name=ReconciliationActivities.reconcile_uncertain.__name__)
     async def reconcile_uncertain(self, input: ReconcileInput) -> ReconcileResult:
         await self._record(input)
+        if self.reconciliations_held:
+            await self._released()
         reopened = self.never_received
         self.never_received = self.lost_again.pop(0) if self.lost_again else set()
         self.sent -= reopened
@@ -287,6 +303,7 @@ class StubActivities:
     def registered(self) -> list[Any]:
         return [
             self.validate_recipients,
+            self.load_recipients,
             self.send_slice,
             self.record_status,
             self.deliver_status_events,
