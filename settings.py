@@ -6,7 +6,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Self
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".herald"), description="Local state: PostgreSQL data, Temporal file.")
     database_url: SecretStr | None = Field(
         None, description="PostgreSQL DSN; unset means the local stack starts embedded PostgreSQL."
+    )
+    database_password: SecretStr | None = Field(
+        None,
+        description="The password of `database_url`'s user, as it is: Herald encodes it into"
+        " the URL, where a `/`, `#`, `@` or `%` of its own would break the URL. It replaces"
+        " any password the URL holds.",
     )
     temporal_address: str | None = Field(
         None, description="Temporal frontend host:port; unset means the local dev server."
@@ -450,7 +456,14 @@ class Settings(BaseSettings):
     def dsn(self) -> str:
         if self.database_url is None:
             return f"postgresql://postgres@127.0.0.1:{self.postgres_port}/postgres"
-        return self.database_url.get_secret_value()
+        url = self.database_url.get_secret_value()
+        if self.database_password is None:
+            return url
+        parts = urlsplit(url)
+        credentials, _, host = parts.netloc.rpartition("@")
+        user = credentials.partition(":")[0]
+        password = quote(self.database_password.get_secret_value(), safe="")
+        return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
 
 
 def refusal(error: ValidationError) -> str:

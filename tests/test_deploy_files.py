@@ -3,17 +3,21 @@
 the compose specification's (vendored by check-jsonschema, Apache-2.0) and Kubernetes'
 (kubernetes-validate)."""
 
+import asyncio
 import copy
 import fnmatch
 import json
 import re
+import struct
 import tomllib
 from collections import ChainMap
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -22,6 +26,7 @@ from dockerfile_parse import DockerfileParser
 from pydantic import ValidationError
 
 from settings import ENV_PREFIX, Settings, refusal
+from store.db import create_pool
 from tests.kustomize import Resource, containers, render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +47,11 @@ FILLED_URLS = {
 }
 # The StatusCallback URL the filled configurations give the carrier: the receipts listeners'.
 RECEIPTS_CALLBACK = "https://receipts.sms.herald-ops.net/v1/webhooks/twilio/status"
+# A database password as `openssl rand -base64` writes them, and the other characters a URL
+# reserves.
+DATABASE_PASSWORD = "k/9#Qz@Lw+%41="
+# The first message of a client that asks the server for TLS (PostgreSQL's SSLRequest).
+SSL_REQUEST = 80877103
 
 
 def compose_schema() -> dict[str, Any]:
@@ -263,6 +273,55 @@ def test_compose_configures_a_production_start(monkeypatch: pytest.MonkeyPatch) 
         assert settings.status_callback_url == RECEIPTS_CALLBACK
         assert settings.receipts_port == 8010
         assert "8010-8011:8010" in compose()["services"]["api"]["ports"]
+
+
+@asynccontextmanager
+async def password_taker() -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """A server speaking PostgreSQL's protocol up to the password, which it asks for in clear
+    text and refuses; yields its `host:port` and what clients sent it (the startup message's
+    parameters, `user` and `database` among them, and `password`)."""
+    sent: dict[str, str] = {}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        length, code = struct.unpack("!ii", await reader.readexactly(8))
+        if code == SSL_REQUEST:
+            writer.write(b"N")
+            length, code = struct.unpack("!ii", await reader.readexactly(8))
+        *pairs, _, _ = (await reader.readexactly(length - 8)).decode().split("\0")
+        sent.update(zip(pairs[::2], pairs[1::2], strict=True))
+        writer.write(b"R" + struct.pack("!ii", 8, 3))  # AuthenticationCleartextPassword
+        _, length = struct.unpack("!ci", await reader.readexactly(5))
+        sent["password"] = (await reader.readexactly(length - 4)).decode().removesuffix("\0")
+        refused = b"SFATAL\0C28P01\0Mpassword authentication failed\0\0"
+        writer.write(b"E" + struct.pack("!i", 4 + len(refused)) + refused)
+        await writer.drain()
+        writer.close()
+
+    async with await asyncio.start_server(serve, "127.0.0.1", 0) as server:
+        host, port = server.sockets[0].getsockname()
+        yield f"{host}:{port}", sent
+
+
+async def test_compose_gives_postgresql_any_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pasted into the database URL, the password's `/` ended the URL's host: asyncpg read a
+    port of the password's start, and `prepare`, the API and the workers never started."""
+    variables = example_env() | {"POSTGRES_PASSWORD": DATABASE_PASSWORD}
+    async with password_taker() as (address, sent):
+        for name, value in compose()["services"]["prepare"]["environment"].items():
+            # The compose file's database, moved to this test's server.
+            value = interpolate(str(value), variables).replace("@postgres:5432/", f"@{address}/")
+            monkeypatch.setenv(name, value)
+        for name, value in FILLED_URLS.items():
+            monkeypatch.setenv(name, value)
+
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await create_pool(Settings().dsn, min_size=1, max_size=1)
+
+    assert (sent["user"], sent["database"], sent["password"]) == (
+        "herald",
+        "herald",
+        DATABASE_PASSWORD,
+    )
 
 
 # The Kubernetes manifests.

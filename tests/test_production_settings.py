@@ -121,6 +121,15 @@ def test_a_complete_production_environment_starts_and_hides_its_secrets(
         assert secret not in shown
 
 
+def test_a_database_password_apart_is_encoded_into_the_url_in_place_of_its_own() -> None:
+    settings = Settings(
+        database_url="postgresql://herald:old@db.herald-ops.net:5432/herald",
+        database_password="k/9#Qz@L%",
+    )
+
+    assert settings.dsn == "postgresql://herald:k%2F9%23Qz%40L%25@db.herald-ops.net:5432/herald"
+
+
 def test_without_tls_settings_temporal_is_plaintext() -> None:
     options = connect_options(Settings(temporal_namespace="herald"))
 
