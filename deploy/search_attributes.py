@@ -8,30 +8,61 @@ the address and namespace. Temporal Cloud registers them in its UI or with `tcld
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Iterable
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
     ListSearchAttributesRequest,
+    ListSearchAttributesResponse,
 )
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from settings import load_settings
 from temporal_client import connect_temporal, exit_skipping_teardown
 from workflows.contracts import SEARCH_ATTRIBUTES
 
+# How long `register` waits for its namespace to exist: temporalio/auto-setup (compose's
+# Temporal) creates `default` only once its server is healthy, when `prepare` may start.
+NAMESPACE_WAIT_SECONDS = 60.0
 
-async def register(client: Client, namespace: str) -> list[str]:
-    """Add the attributes the namespace lacks; their names, in order. Running it again adds
-    nothing, so every deployment may run it."""
-    listed = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=namespace)
-    )
+
+class NamespaceMissing(RuntimeError):
+    """The namespace did not come to exist while `register` waited for it."""
+
+
+async def register(
+    client: Client, namespace: str, *, wait_seconds: float = NAMESPACE_WAIT_SECONDS
+) -> list[str]:
+    """Add the attributes the namespace lacks, once it exists (waiting up to `wait_seconds`);
+    their names, in order. Running it again adds nothing, so every deployment may run it."""
+    listed = await _listed(client, namespace, wait_seconds)
     missing = [name for name in SEARCH_ATTRIBUTES if name not in listed.custom_attributes]
     if missing:
         await client.operator_service.add_search_attributes(add_request(namespace, missing))
     return missing
+
+
+async def _listed(
+    client: Client, namespace: str, wait_seconds: float
+) -> ListSearchAttributesResponse:
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return await client.operator_service.list_search_attributes(
+                ListSearchAttributesRequest(namespace=namespace)
+            )
+        except RPCError as error:
+            if error.status != RPCStatusCode.NOT_FOUND:
+                raise
+            if time.monotonic() >= deadline:
+                raise NamespaceMissing(
+                    f"Temporal namespace {namespace!r} not found after {wait_seconds:.0f} s:"
+                    " create it (docs/DEPLOY.md), or set HERALD_TEMPORAL_NAMESPACE to Herald's"
+                ) from error
+        await asyncio.sleep(1)
 
 
 def add_request(namespace: str, names: Iterable[str]) -> AddSearchAttributesRequest:

@@ -1,14 +1,20 @@
 """`deploy/`: registering Herald's search attributes on a cluster that has none yet; the
 image's `prepare` role."""
 
+import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from google.protobuf.duration_pb2 import Duration
+from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
+from temporalio.client import Client
 
+from deploy import search_attributes
 from deploy.local.processes import ManagedProcess, free_port
 from deploy.local.temporal import TEMPORAL_BIN, temporal_ready
 from settings import Settings
@@ -61,6 +67,34 @@ def test_search_attributes_are_registered_on_a_fresh_cluster_once(bare_temporal:
     assert again.returncode == 0 and "none (all present)" in again.stdout, again.stderr
     for name, kind in SEARCH_ATTRIBUTES.items():
         assert any(name in line and kind in line for line in listed.stdout.splitlines()), name
+
+
+async def test_search_attributes_wait_for_a_namespace_created_after_the_server_is_up(
+    temporal: Client,
+) -> None:
+    """compose's Temporal (temporalio/auto-setup) creates its `default` namespace only once the
+    server is healthy, when `prepare` starts: it listed the attributes of no namespace, and
+    failed (Namespace default is not found)."""
+    namespace = f"herald-later-{uuid.uuid4().hex[:8]}"
+
+    async def create_later() -> None:
+        await asyncio.sleep(2)
+        await temporal.workflow_service.register_namespace(
+            RegisterNamespaceRequest(
+                namespace=namespace, workflow_execution_retention_period=Duration(seconds=86400)
+            )
+        )
+
+    added, _ = await asyncio.gather(search_attributes.register(temporal, namespace), create_later())
+
+    assert added == list(SEARCH_ATTRIBUTES)
+
+
+async def test_search_attributes_give_up_on_a_namespace_that_never_comes(temporal: Client) -> None:
+    with pytest.raises(
+        search_attributes.NamespaceMissing, match="'herald-never' not found after 2 s: create it"
+    ):
+        await search_attributes.register(temporal, "herald-never", wait_seconds=2)
 
 
 def test_the_image_entrypoint_prepares_a_release(settings: Settings, bare_temporal: str) -> None:
