@@ -372,14 +372,19 @@ class Settings(BaseSettings):
                 "RECEIPTS_PUBLIC_URL: unset with RECEIPTS_PORT, the carrier would be given"
                 " this host's own address for its delivery receipts"
             )
-        for name, url in (
-            ("PUBLIC_URL", self.public_url),
-            ("RECEIPTS_PUBLIC_URL", self.receipts_public_url),
+        for name, url, meant in (
+            ("PUBLIC_URL", self.public_url, "the address the carrier reaches"),
+            ("RECEIPTS_PUBLIC_URL", self.receipts_public_url, "the address the carrier reaches"),
+            (
+                "TEMPORAL_UI_URL",
+                self.temporal_ui_url,
+                "the Temporal UI's address, which replies link to",
+            ),
         ):
             if url is not None and _is_placeholder(url):
                 problems.append(
                     f"{name}: {url} is on a domain reserved for examples, the example"
-                    " configuration's placeholder: set the address the carrier reaches"
+                    f" configuration's placeholder: set {meant}"
                 )
         if self.database_url is None:
             problems.append("DATABASE_URL: unset, no embedded PostgreSQL runs in production")

@@ -45,6 +45,12 @@ FILLED_URLS = {
     "HERALD_PUBLIC_URL": "https://sms.herald-ops.net",
     "HERALD_RECEIPTS_PUBLIC_URL": "https://receipts.sms.herald-ops.net",
 }
+# Each overlay's placeholders, filled in: helm-temporal's Temporal UI too (Temporal Cloud's is
+# cloud.temporal.io, compose's on the host's loopback).
+OVERLAY_URLS = {
+    "helm-temporal": FILLED_URLS | {"HERALD_TEMPORAL_UI_URL": "https://temporal-ui.herald-ops.net"},
+    "temporal-cloud": FILLED_URLS,
+}
 # The StatusCallback URL the filled configurations give the carrier: the receipts listeners'.
 RECEIPTS_CALLBACK = "https://receipts.sms.herald-ops.net/v1/webhooks/twilio/status"
 # A database password as `openssl rand -base64` writes them, and the other characters a URL
@@ -372,12 +378,12 @@ def test_each_overlay_configures_a_production_start(
         monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError) as unfilled:
         Settings()
-    for name, value in FILLED_URLS.items():
+    for name, value in OVERLAY_URLS[overlay].items():
         monkeypatch.setenv(name, value)
 
     settings = Settings()
 
-    assert placeholders(unfilled.value) == set(FILLED_URLS)
+    assert placeholders(unfilled.value) == set(OVERLAY_URLS[overlay])
     assert settings.env == "production"
     assert settings.temporal_address is not None
     assert settings.status_callback_url == RECEIPTS_CALLBACK
@@ -470,7 +476,7 @@ def test_every_pod_starts_with_what_kubernetes_adds_to_its_environment(
     resources = rendered(overlay)
     services = [r for r in resources if r["kind"] == "Service"]
     pods = [r for r in resources if containers(r)]
-    environment = {**pod_environment(overlay), **FILLED_URLS}
+    environment = {**pod_environment(overlay), **OVERLAY_URLS[overlay]}
 
     assert services and pods
     for pod in pods:

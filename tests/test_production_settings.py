@@ -68,16 +68,24 @@ def test_development_defaults_are_each_refused_in_production() -> None:
     }
 
 
+CARRIER_REACHES = "the address the carrier reaches"
+
+
 @pytest.mark.parametrize(
-    ("name", "url"),
+    ("name", "url", "meant"),
     [
-        ("HERALD_PUBLIC_URL", "https://sms.example.com"),
-        ("HERALD_PUBLIC_URL", "https://herald.test/"),
-        ("HERALD_RECEIPTS_PUBLIC_URL", "https://receipts.sms.example.org"),
+        ("HERALD_PUBLIC_URL", "https://sms.example.com", CARRIER_REACHES),
+        ("HERALD_PUBLIC_URL", "https://herald.test/", CARRIER_REACHES),
+        ("HERALD_RECEIPTS_PUBLIC_URL", "https://receipts.sms.example.org", CARRIER_REACHES),
+        (
+            "HERALD_TEMPORAL_UI_URL",
+            "https://temporal-ui.example.com",
+            "the Temporal UI's address, which replies link to",
+        ),
     ],
 )
 def test_a_url_on_a_domain_reserved_for_examples_is_a_placeholder_and_refused(
-    name: str, url: str, monkeypatch: pytest.MonkeyPatch
+    name: str, url: str, meant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for key, value in PRODUCTION.items():
         monkeypatch.setenv(key, value)
@@ -90,7 +98,7 @@ def test_a_url_on_a_domain_reserved_for_examples_is_a_placeholder_and_refused(
 
     assert refusal(refused.value).splitlines() == [
         f"{name}: {url} is on a domain reserved for examples, the example configuration's"
-        " placeholder: set the address the carrier reaches"
+        f" placeholder: set {meant}"
     ]
 
 
