@@ -347,8 +347,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     health_file: Path | None = Field(
         None,
-        description="A worker touches this file every 5 s while it runs; the container probe"
-        " (`python -m deploy.healthcheck`) reads its age.",
+        description="A worker names itself in this file (pid, start time) and touches it every"
+        " 5 s while it runs; the container probe (`python -m deploy.healthcheck`) reads its age"
+        " and checks that its writer still runs.",
     )
 
     def production_problems(self) -> list[str]:

@@ -207,7 +207,7 @@ def test_compose_publishes_the_consoles_without_a_login_on_the_hosts_loopback_on
 def test_compose_keeps_temporary_files_on_disk_beside_a_read_only_root() -> None:
     """Spooled uploads and the file a worker validates go to TMPDIR: a volume, not a tmpfs,
     which would count them against the container's memory; /tmp, with the worker's health
-    file, stays a tmpfs, emptied at each start (a stale file would pass for a live one)."""
+    file, stays a tmpfs, emptied at each start."""
     services = compose()["services"]
     for role in ("api", "worker"):
         service = services[role]

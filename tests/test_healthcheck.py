@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -28,13 +29,19 @@ def probe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def touching_worker(settings: Settings, health: Path, log_path: Path) -> ManagedProcess:
+    """A worker process that touches `health`."""
+    worker = worker_process(settings, log_path)
+    assert worker.env is not None
+    worker.env["HERALD_HEALTH_FILE"] = str(health)
+    return worker
+
+
 async def test_a_worker_is_healthy_while_its_event_loop_runs(
     settings: Settings, tmp_path: Path
 ) -> None:
     health = tmp_path / "worker.alive"
-    worker = worker_process(settings, tmp_path / "worker.log")
-    assert worker.env is not None
-    worker.env["HERALD_HEALTH_FILE"] = str(health)
+    worker = touching_worker(settings, health, tmp_path / "worker.log")
     env = {"HERALD_HEALTH_FILE": str(health)}
     worker.start()
     try:
@@ -56,6 +63,35 @@ async def test_a_worker_is_healthy_while_its_event_loop_runs(
     assert running.returncode == 0, running.stderr
     assert frozen.returncode == 1 and "worker silent for" in frozen.stderr
     assert thawed.returncode == 0, thawed.stderr
+
+
+async def test_a_file_a_worker_left_passes_for_no_later_worker(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Kubernetes' emptyDir outlives a container: a restarted worker container passed its
+    startup probe on the file the one before had touched seconds earlier."""
+    health = tmp_path / "worker.alive"
+    env = {"HERALD_HEALTH_FILE": str(health)}
+    before = touching_worker(settings, health, tmp_path / "before.log").start()
+    try:
+        await asyncio.to_thread(before.wait_until, health.exists, 60)
+    finally:
+        before.stop()
+    left = probe(env)
+    age = time.time() - health.stat().st_mtime
+    after = touching_worker(settings, health, tmp_path / "after.log").start()
+    try:
+        started = await eventually(
+            lambda: asyncio.to_thread(probe, env),
+            lambda answer: answer.returncode == 0,
+            seconds=60,
+        )
+    finally:
+        after.stop()
+
+    assert age < 30
+    assert left.returncode == 1 and "written by a worker no longer running" in left.stderr
+    assert started.returncode == 0, started.stderr
 
 
 async def test_the_api_is_healthy_while_it_answers(settings: Settings, tmp_path: Path) -> None:
