@@ -60,7 +60,11 @@ async def send_batch(
         senders=senders,
         references=references,
     )
-    scheduled = body.schedule_date_time or datetime.now(UTC)
+    # The time it was accepted, as the batch keeps it: read back, the record says the same.
+    scheduled = (
+        body.schedule_date_time
+        or (await batch_or_404(pool, account_id, started.batch_id))["created_at"]
+    )
     return MobivateBatchAccepted.model_validate(
         {
             "record": {
