@@ -6,7 +6,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from tempfile import TemporaryFile
 from typing import Any, BinaryIO, TypeVar, cast
 
@@ -49,6 +49,7 @@ from workflows.contracts import (
     ValidationResult,
 )
 from workflows.retries import VALIDATE_ATTEMPTS
+from workflows.statuses import LedgerStatus
 
 log = structlog.get_logger(__name__)
 
@@ -95,10 +96,34 @@ class ValidationActivities(WorkerResources):
         beating = asyncio.create_task(heartbeat_until_cancelled())
         try:
             return await outages_uncounted(
-                lambda: self._validate(input), attempts=VALIDATE_ATTEMPTS
+                lambda: self._kept_or(self._validate, input), attempts=VALIDATE_ATTEMPTS
             )
         finally:
             beating.cancel()
+
+    async def _kept_or(
+        self,
+        build: Callable[[ValidateInput], Awaitable[ValidationResult]],
+        input: ValidateInput,
+    ) -> ValidationResult:
+        """The outcome of the validation (or load) that made the batch's ledger, when one
+        did; else `build` makes it. Made again, the ledger would hold every row `pending`
+        once more, sent or not, and the batch would send them all twice: a reset of its
+        workflow to before its validation (the web UI's Reset) runs this activity again, as
+        does a retry of it whose result was lost. The counts are those that validation kept
+        with the ledger."""
+        batch_id = uuid.UUID(input.batch_id)
+        if not await messages.has_ledger(self._pool, batch_id):
+            return await build(input)
+        batch = await batches.batch_for_workflow(self._pool, batch_id)
+        counts = await messages.count_by_status(self._pool, batch_id)
+        log.warning("ledger already made: kept", batch_id=input.batch_id)
+        return ValidationResult(
+            rows_total=batch["rows_total"],
+            recipients=batch["recipients"],
+            rejected=batch["rejected"],
+            skipped=counts.get(LedgerStatus.SKIPPED, 0),
+        )
 
     async def _validate(self, input: ValidateInput) -> ValidationResult:
         steps = _Steps()
@@ -218,18 +243,13 @@ class ValidationActivities(WorkerResources):
         is applied again. One transaction, as `validate_recipients`."""
         beating = asyncio.create_task(heartbeat_until_cancelled())
         try:
-            tally = await outages_uncounted(lambda: self._load(input), attempts=VALIDATE_ATTEMPTS)
+            return await outages_uncounted(
+                lambda: self._kept_or(self._load, input), attempts=VALIDATE_ATTEMPTS
+            )
         finally:
             beating.cancel()
-        log.info("ledger loaded", batch_id=input.batch_id, recipients=tally.recipients)
-        return ValidationResult(
-            rows_total=tally.rows,
-            recipients=tally.recipients,
-            rejected=tally.rejected,
-            skipped=tally.skipped,
-        )
 
-    async def _load(self, input: ValidateInput) -> Tally:
+    async def _load(self, input: ValidateInput) -> ValidationResult:
         batch_id = uuid.UUID(input.batch_id)
         batch = await batches.batch_for_workflow(self._pool, batch_id)
         account_id = batch["account_id"]
@@ -247,7 +267,13 @@ class ValidationActivities(WorkerResources):
                 ValidationHeartbeat(rows=tally.rows).send()
             await batches.set_validation_counts(conn, batch_id, **tally.batch_counts())
         await messages.refresh_statistics(self._pool, tally.recipients)
-        return tally
+        log.info("ledger loaded", batch_id=input.batch_id, recipients=tally.recipients)
+        return ValidationResult(
+            rows_total=tally.rows,
+            recipients=tally.recipients,
+            rejected=tally.rejected,
+            skipped=tally.skipped,
+        )
 
     async def _list_sources(
         self, account_id: uuid.UUID, named: list[dict[str, Any]]

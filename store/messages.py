@@ -110,6 +110,15 @@ async def clear_validation(conn: asyncpg.Connection, batch_id: uuid.UUID) -> Non
     await conn.execute(_CLEAR_VALIDATION, batch_id)
 
 
+async def has_ledger(pool: asyncpg.Pool, batch_id: uuid.UUID) -> bool:
+    """Whether the batch has ledger rows: a validation (or load) of it committed them, in one
+    transaction with its counts."""
+    found: bool = await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE batch_id = $1)", batch_id
+    )
+    return found
+
+
 async def clear_ledger(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
     """Drop the ledger of a batch that will send nothing, with its short links; its rejected
     rows stay."""

@@ -756,6 +756,47 @@ async def test_a_batch_whose_run_was_terminated_while_sending_is_retried_to_its_
     assert statuses == {"sent": len(numbers)}
 
 
+async def test_a_batch_reset_to_before_its_validation_sends_no_row_twice(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    temporal: Client,
+    temporal_address: str,
+) -> None:
+    """The web UI's Reset (here the CLI's) to the run's first workflow task runs validation
+    again: it made the ledger anew, every row `pending` once more, and the batch sent each
+    number a second time. The ledger it made is kept, and nothing is left to send."""
+    numbers = unique_numbers(5)
+    file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+    await webhooks.wait_for(marker, *FINAL)
+    handle = temporal.get_workflow_handle(batch_workflow_id(file_id))
+    first_run = (await handle.describe()).run_id
+
+    reset = await temporal_cli(
+        temporal_address,
+        "workflow",
+        "reset",
+        "--workflow-id",
+        batch_workflow_id(file_id),
+        "--type",
+        "FirstWorkflowTask",
+        "--reason",
+        "operator",
+        "--yes",
+    )
+    assert reset.returncode == 0, reset.stderr
+    latest = temporal.get_workflow_handle(batch_workflow_id(file_id))
+    async with asyncio.timeout(60):
+        await latest.result()
+    rows = await ledger_rows(api, account, file_id)
+
+    assert (await latest.describe()).run_id != first_run
+    statuses = assert_each_row_once(rows, await received(emulator_url, marker), len(numbers))
+    assert sum(statuses.values()) == len(numbers)
+    assert statuses.keys() <= {"sent", "delivered"}
+
+
 async def test_a_retry_of_a_terminated_run_counts_each_row_it_sends_once(
     api: httpx.AsyncClient,
     account: Account,
