@@ -45,6 +45,7 @@ class StatusEventActivities(WorkerResources):
                 batch_id=batch_id,
                 account_id=batch["account_id"],
                 seq=update.event_seq,
+                run_id=update.run_id,
                 status=update.status,
                 payload=payload,
                 posted=not update.progress or bool(batch["request"].get("status_webhook_progress")),

@@ -23,11 +23,12 @@ from api.services import batch_events
 from api.services import batches as batch_service
 from deploy.local.temporal import TEMPORAL_BIN
 from settings import Settings
-from store import accounts
+from store import accounts, events
 from store.accounts import create_api_key, revoke_api_key
 from tests.support.batches import (
     FINAL,
     phases,
+    recorded_batch,
     start,
     start_marked_batch,
     wait_for_status,
@@ -766,7 +767,9 @@ async def test_a_batch_reset_to_before_its_validation_sends_no_row_twice(
 ) -> None:
     """The web UI's Reset (here the CLI's) to the run's first workflow task runs validation
     again: it made the ledger anew, every row `pending` once more, and the batch sent each
-    number a second time. The ledger it made is kept, and nothing is left to send."""
+    number a second time. The ledger it made is kept, and nothing is left to send. The new
+    run numbers its events from the reset point, on seqs the old run's hold: its events go
+    after them (its final event was dropped, and the batch's log ended on a progress event)."""
     numbers = unique_numbers(5)
     file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
     await webhooks.wait_for(marker, *FINAL)
@@ -795,6 +798,51 @@ async def test_a_batch_reset_to_before_its_validation_sends_no_row_twice(
     statuses = assert_each_row_once(rows, await received(emulator_url, marker), len(numbers))
     assert sum(statuses.values()) == len(numbers)
     assert statuses.keys() <= {"sent", "delivered"}
+    # Each run's lifecycle in the log and at the webhook, the reset run's after the first's.
+    await webhooks.wait_for(marker, "completed", times=2)
+    logs = (await api.get(f"/v1/sms/batch/{file_id}/logs", headers=account.headers)).json()
+    phases = [e["status"] for e in logs["data"]["events"]]
+    assert phases.count("completed") == 2
+    assert phases[-1] == "completed"
+    assert phases.index("validating", 1) > phases.index("completed")
+
+
+async def test_an_event_is_recorded_once_per_run_and_seq_and_another_runs_goes_last(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    batch_id = await recorded_batch(pool, account)
+
+    async def append(seq: int, run_id: str, status: str) -> bool:
+        return await events.append_event(
+            pool,
+            batch_id=batch_id,
+            account_id=account.account_id,
+            seq=seq,
+            run_id=run_id,
+            status=status,
+            payload={"status": status},
+            posted=False,
+        )
+
+    recorded = [
+        await append(1, "run-a", "validating"),
+        await append(2, "run-a", "in_progress"),
+        # A retried record of the same run's event.
+        await append(2, "run-a", "in_progress"),
+        # A reset run numbering from its reset point again.
+        await append(2, "run-b", "completed"),
+        await append(2, "run-b", "completed"),
+    ]
+    stored = await pool.fetch(
+        "SELECT seq, status FROM batch_events WHERE batch_id = $1 ORDER BY seq", batch_id
+    )
+
+    assert recorded == [True, True, False, True, False]
+    assert [(r["seq"], r["status"]) for r in stored] == [
+        (1, "validating"),
+        (2, "in_progress"),
+        (3, "completed"),
+    ]
 
 
 async def test_a_retry_of_a_terminated_run_counts_each_row_it_sends_once(
