@@ -4,7 +4,10 @@ the time-skipping test server, with stub activities."""
 import uuid
 
 import pytest
-from temporalio.client import WorkflowHandle
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
+from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.workflows import StubActivities, result_of, stub_worker
@@ -237,3 +240,55 @@ async def test_a_conversation_closed_without_the_run_hearing_of_it_gets_no_warni
     assert result == ConversationResult(
         conversation_id=conversation_id, state=ConversationStatus.CLOSED
     )
+
+
+async def test_a_run_reset_to_before_its_warning_sends_it_under_the_same_id(
+    temporal: Client,
+) -> None:
+    """Reset (the web UI's Reset) to the workflow task that started the silence clock, the
+    run sends the warning again: under a new random id it was a second message, which the
+    user got; under the same one the send claims it once (a message not `queued` is not
+    sent again). On the dev server: the test server resets no workflow."""
+    stubs = StubActivities()
+    conversation_id = str(uuid.uuid4())
+    first = ConversationSignal(
+        conversation_id=conversation_id,
+        conversation_seq=1,
+        message_id=str(uuid.uuid4()),
+        sender=AGENT,
+        timers=SilenceTimers(warning_time=1, warning_message="Still there?", time_out=600),
+    )
+
+    def warnings() -> list[SendMessageInput]:
+        sent: list[SendMessageInput] = stubs.inputs("send_conversation_message")
+        return [m for m in sent if m.kind == "warning"]
+
+    env = WorkflowEnvironment.from_client(temporal)
+    async with stub_worker(env, stubs) as queue:
+        handle = await start_conversation(env, queue, conversation_id, queued=[first])
+        await stubs.wait_for(lambda: len(warnings()) == 1)
+        events = list((await handle.fetch_history()).events)
+        # The workflow task that took the first message's outcome and started the clock.
+        sent = next(
+            i
+            for i, e in enumerate(events)
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+        )
+        clock = next(
+            e for e in events[sent:] if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+        )
+        await temporal.workflow_service.reset_workflow_execution(
+            ResetWorkflowExecutionRequest(
+                namespace=temporal.namespace,
+                workflow_execution=WorkflowExecution(
+                    workflow_id=handle.id, run_id=handle.result_run_id or ""
+                ),
+                reason="operator",
+                workflow_task_finish_event_id=clock.event_id,
+                request_id=str(uuid.uuid4()),
+            )
+        )
+        await stubs.wait_for(lambda: len(warnings()) == 2)
+        await temporal.get_workflow_handle(handle.id).terminate("done")
+
+    assert len({m.message_id for m in warnings()}) == 1

@@ -472,6 +472,8 @@ class ConversationState:
 
     timers: SilenceTimers | None = None
     silent_since: float | None = None
+    # The message that started the silence: it names the silence's warning and timeout.
+    silent_after: str | None = None
     warned: bool = False
 
 

@@ -6,6 +6,7 @@ signal-with-start of a send always lands on the workflow id of its pair.
 """
 
 import asyncio
+import uuid
 from datetime import timedelta
 from typing import NoReturn
 
@@ -198,10 +199,10 @@ class ConversationWorkflow:
                 and signal.kind == "message"
                 and (handed_over or not workflow.patched(CLOCK_ON_HANDED_OVER_PATCH))
             ):
-                self._restart_clock()
+                self._restart_clock(signal.message_id)
             return
         if live:
-            self._restart_clock()
+            self._restart_clock(signal.message_id)
         self._notify(
             ConversationEvent(conversation_id=signal.conversation_id, message_id=signal.message_id)
         )
@@ -211,8 +212,10 @@ class ConversationWorkflow:
                 SendMessageInput(message_id=signal.answer_id, attempts=MESSAGE_ATTEMPTS),
             )
 
-    def _restart_clock(self) -> None:
+    def _restart_clock(self, after: str) -> None:
+        """The user's silence starts now, after message `after`."""
         self._state.silent_since = workflow.now().timestamp()
+        self._state.silent_after = after
         self._state.warned = False
 
     def _due(self) -> tuple[float, str, str | None] | None:
@@ -255,10 +258,18 @@ class ConversationWorkflow:
             await self._end(ConversationStatus.TIMEOUT)
 
     async def _send_own(self, kind: str, body: str) -> None:
+        # Its id names this silence's warning or timeout by the message the silence came
+        # after, as a run made again from this history names it too: a reset of the run (the
+        # web UI's Reset) sends it again under the same id, which the send claims once. A
+        # random id was new in the reset run (its randomness is its own), and the user got
+        # the warning twice. (A silence carried over from a run before `silent_after`: its
+        # start.)
+        silence = self._state.silent_after or str(self._state.silent_since)
+        own_id = uuid.uuid5(uuid.UUID(self._input.conversation_id), f"{kind} {silence}")
         await self._send(
             self._input.conversation_id,
             SendMessageInput(
-                message_id=str(workflow.uuid4()),
+                message_id=str(own_id),
                 attempts=MESSAGE_ATTEMPTS,
                 conversation_id=self._input.conversation_id,
                 kind=kind,
