@@ -292,3 +292,47 @@ async def test_a_run_reset_to_before_its_warning_sends_it_under_the_same_id(
         await temporal.get_workflow_handle(handle.id).terminate("done")
 
     assert len({m.message_id for m in warnings()}) == 1
+
+
+async def test_a_temporal_cancellation_closes_a_waiting_conversation(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    """The web UI's Cancel (`temporal workflow cancel`) of a conversation waiting for the
+    user's reply: the run ended Cancelled, the conversation left `active` for good, its
+    timers gone with the run. It is closed, with its event, and no warning goes."""
+    stubs = StubActivities()
+    conversation_id = str(uuid.uuid4())
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_conversation(time_skipping, queue, conversation_id)
+        await stubs.wait_for(lambda: bool(stubs.calls.get("post_conversation_event")))
+        await handle.cancel()
+        result = await result_of(handle)
+    ended: list[EndConversationInput] = stubs.inputs("end_conversation")
+    sent: list[SendMessageInput] = stubs.inputs("send_conversation_message")
+    events: list[ConversationEvent] = stubs.inputs("post_conversation_event")
+    assert result.state == ConversationStatus.CLOSED
+    assert [e.state for e in ended] == [ConversationStatus.CLOSED]
+    assert [m.kind for m in sent] == ["message"]
+    assert events[-1].state == ConversationStatus.CLOSED
+
+
+async def test_a_temporal_cancellation_during_a_send_lets_it_end_then_closes(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    """Cancelled while its first message's send is retried: the cancellation was taken for
+    the send's failure, the message was never settled (left `queued` or `sending` for good)
+    and the run went on with no silence clock. The send runs to its end, is settled, and the
+    conversation is closed."""
+    stubs = StubActivities(failing_messages={str(uuid.uuid4())})
+    [failing] = stubs.failing_messages
+    conversation_id = str(uuid.uuid4())
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_conversation(time_skipping, queue, conversation_id, failing)
+        await stubs.wait_for(lambda: bool(stubs.calls.get("send_conversation_message")))
+        await handle.cancel()
+        result = await result_of(handle)
+    attempts = stubs.inputs("send_conversation_message")
+    settled: list[SendMessageInput] = stubs.inputs("settle_unsent_message")
+    assert len(attempts) == MESSAGE_ATTEMPTS
+    assert [m.message_id for m in settled] == [failing]
+    assert result.state == ConversationStatus.CLOSED

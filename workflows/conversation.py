@@ -54,6 +54,12 @@ SETTLE_UNSENT_PATCH = "conversation-settle-unsent"
 # succession while that run was busy): it got neither `active` nor `closed` (its closing send
 # found it ended, as this run did).
 HANDED_OVER_BEGINS_PATCH = "conversation-handed-over-begins"
+# A Temporal cancellation (`temporal workflow cancel`, the web UI's Cancel) closes the
+# conversation, with its event, once the send in hand is done: it reached what the run
+# awaited, and either ended the run with the conversation left `active` for good (its timers
+# gone) or, in a send, was taken for the send's failure, the message left as it was and the
+# run going on with no silence clock.
+CANCEL_CLOSES_PATCH = "conversation-cancel-closes"
 # The outcomes of an agent message that never reached the carrier (`conversation_messages`).
 NEVER_SENT = frozenset({"queued", "failed", "skipped"})
 
@@ -78,6 +84,8 @@ class ConversationWorkflow:
         self._pump_stopped = False
         # Messages this run has handled (CONTINUE_WITH_BACKLOG_PATCH).
         self._handled = 0
+        # A Temporal cancellation came (CANCEL_CLOSES_PATCH): the conversation is closed.
+        self._cancelled = False
 
     @workflow.signal
     def message(self, signal: ConversationSignal) -> None:
@@ -85,6 +93,23 @@ class ConversationWorkflow:
 
     @workflow.run
     async def run(self, input: ConversationInput) -> ConversationResult:
+        # The run's work in a task of its own, which a Temporal cancellation does not reach:
+        # it reaches this one, and the work closes the conversation at its next turn
+        # (CANCEL_CLOSES_PATCH).
+        work = asyncio.create_task(self._run(input))
+        while True:
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                if work.done():
+                    raise  # the work itself was cancelled: the run is evicted from the cache
+                if not workflow.patched(CANCEL_CLOSES_PATCH):
+                    # Runs recorded before it: the cancellation reaches what the work awaits.
+                    work.cancel()
+                    return await work
+                self._cancelled = True
+
+    async def _run(self, input: ConversationInput) -> ConversationResult:
         self._input = input
         # Messages handed over by the previous run came before any signalled to this one.
         self._queue[:0] = input.pending
@@ -128,6 +153,9 @@ class ConversationWorkflow:
     async def _converse(self) -> ConversationResult:
         own = self._input.conversation_seq
         while True:
+            if self._cancelled and self._end_state is None:
+                # Its messages already queued are still sent, as an ended run's are.
+                await self._end(ConversationStatus.CLOSED)
             if self._queue:
                 if (
                     self._end_state is None
@@ -233,13 +261,15 @@ class ConversationWorkflow:
         """Wait for the next signal, or send the warning or the timeout when silence is due."""
         due = self._due()
         if due is None:
-            await workflow.wait_condition(lambda: bool(self._queue))
+            await workflow.wait_condition(lambda: bool(self._queue) or self._cancelled)
             return
         at, kind, text = due
         remaining = at - workflow.now().timestamp()
         if remaining > 0:
             try:
-                await workflow.wait_condition(lambda: bool(self._queue), timeout=remaining)
+                await workflow.wait_condition(
+                    lambda: bool(self._queue) or self._cancelled, timeout=remaining
+                )
                 return
             except TimeoutError:
                 pass

@@ -823,6 +823,22 @@ async def test_conversation_warning_and_timeout(
     await save_conversation(temporal, account, user, "warning_and_timeout")
 
 
+async def test_conversation_cancelled_through_temporal(
+    api: httpx.AsyncClient, account: Account, emulator_url: str, temporal: Client
+) -> None:
+    """A conversation with timers, its first message sent, cancelled through Temporal (the
+    web UI's Cancel) while it waits for the reply: the marker `conversation-cancel-closes`,
+    `end_conversation`, `closed`; no warning."""
+    user = unique_numbers(1)[0]
+    data = await send_ok(api, account, user, agent_message="Your order is ready", **TIMERS)
+    await received_by(emulator_url, user, 1)
+    workflow_id = conversation_workflow_id(str(account.account_id), account.agent_number, user)
+    await temporal.get_workflow_handle(workflow_id).cancel()
+    await conversation_when(api, account, data["conversation_id"], lambda c: c["state"] == "closed")
+    assert len(await emulator_messages(emulator_url, to=user)) == 1
+    await save_conversation(temporal, account, user, "cancelled_through_temporal")
+
+
 async def test_conversation_reply_then_timeout(
     api: httpx.AsyncClient,
     account: Account,
