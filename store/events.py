@@ -64,15 +64,16 @@ async def append_event(
     posted: bool,
 ) -> bool:
     """Insert event `seq` of workflow run `run_id`; the same run's seq again (a retried
-    activity) is a no-op (False). Where another run's event holds `seq` (a reset run, which
-    numbers its events from the reset point again), it goes after the batch's last event (an
-    event recorded before runs were kept, its run unknown, is taken for this run's). An event
-    not `posted` is settled at once, as one with no webhook to go to."""
+    activity) is a no-op (False). Where another event holds `seq` (another run's: a reset run
+    numbers its events from the reset point again; or one of this run's own that went last
+    so), it goes after the batch's last event (an event recorded before runs were kept, its
+    run unknown, is taken for this one). An event not `posted` is settled at once, as one with
+    no webhook to go to."""
     status = await pool.execute(
         "INSERT INTO batch_events"
         " (batch_id, seq, account_id, status, payload, settled_at, run_id, run_seq)"
         " SELECT $1, CASE WHEN EXISTS (SELECT 1 FROM batch_events WHERE batch_id = $1"
-        " AND seq = $2 AND run_id <> $7)"
+        " AND seq = $2 AND run_id IS NOT NULL AND (run_id <> $7 OR run_seq <> $2))"
         " THEN (SELECT max(seq) + 1 FROM batch_events WHERE batch_id = $1)"
         " ELSE $2 END, $3, $4, $5, CASE WHEN $6 THEN NULL ELSE now() END, $7, $2"
         " WHERE NOT EXISTS (SELECT 1 FROM batch_events WHERE batch_id = $1 AND run_id = $7"

@@ -16,7 +16,7 @@ from typing import Any, cast
 import asyncpg
 import httpx
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.services import batch_events
@@ -757,6 +757,30 @@ async def test_a_batch_whose_run_was_terminated_while_sending_is_retried_to_its_
     assert statuses == {"sent": len(numbers)}
 
 
+async def reset_to_its_first_task(
+    temporal: Client, temporal_address: str, file_id: str
+) -> WorkflowHandle[Any, Any]:
+    """Reset the batch's workflow to its first workflow task (`temporal workflow reset`, as
+    the web UI's Reset does); its latest run, once that has ended."""
+    reset = await temporal_cli(
+        temporal_address,
+        "workflow",
+        "reset",
+        "--workflow-id",
+        batch_workflow_id(file_id),
+        "--type",
+        "FirstWorkflowTask",
+        "--reason",
+        "operator",
+        "--yes",
+    )
+    assert reset.returncode == 0, reset.stderr
+    latest = temporal.get_workflow_handle(batch_workflow_id(file_id))
+    async with asyncio.timeout(60):
+        await latest.result()
+    return latest
+
+
 async def test_a_batch_reset_to_before_its_validation_sends_no_row_twice(
     api: httpx.AsyncClient,
     account: Account,
@@ -776,22 +800,7 @@ async def test_a_batch_reset_to_before_its_validation_sends_no_row_twice(
     handle = temporal.get_workflow_handle(batch_workflow_id(file_id))
     first_run = (await handle.describe()).run_id
 
-    reset = await temporal_cli(
-        temporal_address,
-        "workflow",
-        "reset",
-        "--workflow-id",
-        batch_workflow_id(file_id),
-        "--type",
-        "FirstWorkflowTask",
-        "--reason",
-        "operator",
-        "--yes",
-    )
-    assert reset.returncode == 0, reset.stderr
-    latest = temporal.get_workflow_handle(batch_workflow_id(file_id))
-    async with asyncio.timeout(60):
-        await latest.result()
+    latest = await reset_to_its_first_task(temporal, temporal_address, file_id)
     rows = await ledger_rows(api, account, file_id)
 
     assert (await latest.describe()).run_id != first_run
@@ -805,6 +814,35 @@ async def test_a_batch_reset_to_before_its_validation_sends_no_row_twice(
     assert phases.count("completed") == 2
     assert phases[-1] == "completed"
     assert phases.index("validating", 1) > phases.index("completed")
+
+
+async def test_a_batch_reset_to_before_its_validation_answers_its_validations_counts(
+    api: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    temporal_address: str,
+) -> None:
+    """The ledger kept, validation answers the counts its first run made: its skipped rows
+    (one duplicate here), not the ledger's `skipped` rows now, which also count a row a
+    slice's claim skipped (its number opted out after validation)."""
+    numbers = unique_numbers(4)
+    file_id, marker = await start_marked_batch(api, account, webhooks, [*numbers, numbers[0]])
+    await webhooks.wait_for(marker, *FINAL)
+    await pool.execute(
+        "UPDATE messages SET status = 'skipped', error_code = 'opted_out'"
+        " WHERE batch_id = $1 AND to_number = $2 AND status <> 'skipped'",
+        uuid.UUID(file_id),
+        numbers[1],
+    )
+
+    await reset_to_its_first_task(temporal, temporal_address, file_id)
+    await webhooks.wait_for(marker, *FINAL, times=2)
+    logs = (await api.get(f"/v1/sms/batch/{file_id}/logs", headers=account.headers)).json()
+    said = [e["payload"].get("message", "") for e in logs["data"]["events"]]
+
+    assert [m for m in said if "Validated" in m][-1].startswith("Requested: 5. Validated: 4.")
 
 
 async def test_an_event_is_recorded_once_per_run_and_seq_and_another_runs_goes_last(
@@ -829,19 +867,22 @@ async def test_an_event_is_recorded_once_per_run_and_seq_and_another_runs_goes_l
         await append(2, "run-a", "in_progress"),
         # A retried record of the same run's event.
         await append(2, "run-a", "in_progress"),
-        # A reset run numbering from its reset point again.
-        await append(2, "run-b", "completed"),
-        await append(2, "run-b", "completed"),
+        # A reset run numbering from its reset point again: its events go last, its own
+        # numbering then reaching seqs its events moved to hold.
+        await append(2, "run-b", "in_progress"),
+        await append(2, "run-b", "in_progress"),
+        await append(3, "run-b", "completed"),
     ]
     stored = await pool.fetch(
         "SELECT seq, status FROM batch_events WHERE batch_id = $1 ORDER BY seq", batch_id
     )
 
-    assert recorded == [True, True, False, True, False]
+    assert recorded == [True, True, False, True, False, True]
     assert [(r["seq"], r["status"]) for r in stored] == [
         (1, "validating"),
         (2, "in_progress"),
-        (3, "completed"),
+        (3, "in_progress"),
+        (4, "completed"),
     ]
 
 
