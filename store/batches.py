@@ -316,6 +316,7 @@ async def set_validation_counts(
     rows_total: int,
     recipients: int,
     rejected: int,
+    skipped: int,
     segments_total: int,
     messages_gsm7: int,
     messages_ucs2: int,
@@ -323,8 +324,8 @@ async def set_validation_counts(
     """`rejected` counts rows only; segments and encodings count the messages to be sent."""
     await conn.execute(
         "UPDATE batches SET rows_total = $2, recipients = $3, rejected = $4,"
-        " segments_total = $5, messages_gsm7 = $6, messages_ucs2 = $7, updated_at = now()"
-        " WHERE id = $1",
+        " segments_total = $5, messages_gsm7 = $6, messages_ucs2 = $7, validated_skipped = $8,"
+        " updated_at = now() WHERE id = $1",
         batch_id,
         rows_total,
         recipients,
@@ -332,4 +333,14 @@ async def set_validation_counts(
         segments_total,
         messages_gsm7,
         messages_ucs2,
+        skipped,
     )
+
+
+async def validated_skipped(pool: asyncpg.Pool, batch_id: uuid.UUID) -> int | None:
+    """The rows the batch's validation skipped; None if it was validated before they were
+    kept (migration 380)."""
+    skipped: int | None = await pool.fetchval(
+        "SELECT validated_skipped FROM batches WHERE id = $1", batch_id
+    )
+    return skipped

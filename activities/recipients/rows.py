@@ -167,6 +167,7 @@ class Tally:
             "rows_total": self.rows,
             "recipients": self.recipients,
             "rejected": self.rejected,
+            "skipped": self.skipped,
             "segments_total": self.segments,
             "messages_gsm7": self.gsm7,
             "messages_ucs2": self.ucs2,
