@@ -269,10 +269,18 @@ async def test_a_run_reset_to_before_its_warning_sends_it_under_the_same_id(
         await stubs.wait_for(lambda: len(warnings()) == 1)
         events = list((await handle.fetch_history()).events)
         # The workflow task that took the first message's outcome and started the clock.
+        send = next(
+            e.event_id
+            for e in events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            and e.activity_task_scheduled_event_attributes.activity_type.name
+            == "send_conversation_message"
+        )
         sent = next(
             i
             for i, e in enumerate(events)
             if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+            and e.activity_task_completed_event_attributes.scheduled_event_id == send
         )
         clock = next(
             e for e in events[sent:] if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import (
@@ -406,13 +406,17 @@ class BatchWorkflow:
             try:
                 return await asyncio.shield(work)
             except asyncio.CancelledError:
-                if work.done():
+                if work.cancelled():
                     raise  # the work itself was cancelled: the run is evicted from the cache
                 if not workflow.patched(TEMPORAL_CANCEL_AS_SIGNAL_PATCH):
                     # Runs recorded before it: the cancellation reaches what the work awaits.
                     work.cancel()
                     return await work
                 await self.cancel(NATIVE_CANCEL_REASON)
+                if work.done() and isinstance(work.exception(), workflow.ContinueAsNewError):
+                    # The work handed over as the cancellation came (one workflow task): the
+                    # next run takes it, as the work would have had it come a moment sooner.
+                    self._continue_as_new(input)
 
     async def _run_to_end(self, input: BatchInput, state: DispatchState | None) -> BatchResult:
         pump = asyncio.create_task(self._deliver_events())
@@ -429,6 +433,10 @@ class BatchWorkflow:
         if result is not None:
             return result
         await workflow.wait_condition(workflow.all_handlers_finished)
+        self._continue_as_new(input)
+
+    def _continue_as_new(self, input: BatchInput) -> NoReturn:
+        """Go on in a new run, from where this one is."""
         continuing = self._state
         if continuing is not None:
             continuing.event_seq = self._events_recorded

@@ -60,6 +60,8 @@ HANDED_OVER_BEGINS_PATCH = "conversation-handed-over-begins"
 # gone) or, in a send, was taken for the send's failure, the message left as it was and the
 # run going on with no silence clock.
 CANCEL_CLOSES_PATCH = "conversation-cancel-closes"
+# A warning's or timeout's message id names its silence (`_send_own`), not a random one.
+OWN_IDS_NAMED_PATCH = "conversation-own-message-ids-named"
 # The outcomes of an agent message that never reached the carrier (`conversation_messages`).
 NEVER_SENT = frozenset({"queued", "failed", "skipped"})
 
@@ -101,8 +103,11 @@ class ConversationWorkflow:
             try:
                 return await asyncio.shield(work)
             except asyncio.CancelledError:
-                if work.done():
+                if work.cancelled():
                     raise  # the work itself was cancelled: the run is evicted from the cache
+                # Work done as the cancellation came (one workflow task) stands: its end, or
+                # its hand-over to the pair's next conversation, which the cancellation does
+                # not close.
                 if not workflow.patched(CANCEL_CLOSES_PATCH):
                     # Runs recorded before it: the cancellation reaches what the work awaits.
                     work.cancel()
@@ -295,7 +300,11 @@ class ConversationWorkflow:
         # the warning twice. (A silence carried over from a run before `silent_after`: its
         # start.)
         silence = self._state.silent_after or str(self._state.silent_since)
-        own_id = uuid.uuid5(uuid.UUID(self._input.conversation_id), f"{kind} {silence}")
+        own_id = (
+            uuid.uuid5(uuid.UUID(self._input.conversation_id), f"{kind} {silence}")
+            if workflow.patched(OWN_IDS_NAMED_PATCH)
+            else workflow.uuid4()
+        )
         await self._send(
             self._input.conversation_id,
             SendMessageInput(
