@@ -595,12 +595,15 @@ async def numbers_in_flight(
     database's clock (a request older than that has been answered or given up, and a
     conversation's send writes its answer at once). A batch's row counts however long ago
     its wave was marked: a slice writes its answers only as it marks its next wave, which a
-    slow sender's pace puts minutes later. Another batch's rows are read through its key: no
-    index finds unsent rows by number."""
+    slow sender's pace puts minutes later; but a paused batch's only within `within_seconds`
+    (its slices stopped and wrote what they had: an older row is a dead attempt's, `sending`
+    until the batch resumes). Another batch's rows are read through its key: no index finds
+    unsent rows by number."""
     rows = await pool.fetch(
         "SELECT m.to_number FROM batches AS b JOIN messages AS m ON m.batch_id = b.id"
         " WHERE b.account_id = $1 AND b.id <> $2 AND b.status = ANY($6::text[])"
         " AND m.status = 'sending' AND m.to_number = ANY($4::text[])"
+        " AND (b.status <> 'paused' OR m.marked_at > now() - make_interval(secs => $5))"
         " UNION SELECT c.user_number FROM unnest($3::text[], $4::text[]) AS p(sender, number)"
         " JOIN conversations AS c ON c.agent_number = p.sender AND c.user_number = p.number"
         " JOIN conversation_messages AS cm ON cm.conversation_id = c.id"

@@ -248,6 +248,32 @@ async def sending_row(
     return batch_id
 
 
+@pytest.mark.parametrize(
+    ("status", "marked_ago", "busy"),
+    [("in_progress", 600.0, True), ("paused", 600.0, False), ("paused", 0.0, True)],
+)
+async def test_a_paused_batchs_row_left_sending_long_ago_is_no_send_on_the_wire(
+    pool: asyncpg.Pool, account: Account, status: str, marked_ago: float, busy: bool
+) -> None:
+    """A sending batch's row counts however long ago it was marked (its answer may wait for
+    its slice's next wave); a paused batch's slices have stopped and written what they had,
+    so its row marked long ago is a dead attempt's, which kept reconciliation of its number
+    waiting nine rounds."""
+    number = unique_numbers(1)[0]
+    other = await sending_row(pool, account, number, marked_ago)
+    await pool.execute("UPDATE batches SET status = $2 WHERE id = $1", other, status)
+
+    found = await messages.numbers_in_flight(
+        pool,
+        account.account_id,
+        await recorded_batch(pool, account),
+        [(account.agent_number, number)],
+        35.0,
+    )
+
+    assert found == ({number} if busy else set())
+
+
 @pytest.fixture
 async def quick_reconciliation(
     settings: Settings, pool: asyncpg.Pool
