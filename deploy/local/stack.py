@@ -144,7 +144,8 @@ def launch(settings: Settings, processes: list[ManagedProcess]) -> dict[str, str
         processes.append(temporal.start())
         temporal.wait_until(lambda: temporal_ready(settings.temporal_port), READY_TIMEOUT)
         env["HERALD_TEMPORAL_ADDRESS"] = settings.temporal_target
-    database_url = env.get("HERALD_DATABASE_URL") or settings.dsn
+    # The settings' DSN: the embedded server's, or the given URL with HERALD_DATABASE_PASSWORD.
+    database_url = settings.dsn
     if settings.twilio_api_url is None:
         emulator = ManagedProcess(
             "emulator",
