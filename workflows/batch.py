@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.reconciliation import ReconciliationActivities
     from activities.status_events import StatusEventActivities
     from activities.validation import ValidationActivities
+    from workflows.cancellation import shielded
     from workflows.chunk import AUTO_PAUSE_SIGNAL, ChunkWorkflow
     from workflows.contracts import (
         ACCOUNT_ID,
@@ -398,25 +399,17 @@ class BatchWorkflow:
                     AGENT_NUMBER.value_set(input.agent_number),
                 ]
             )
-        # The run's work in a task of its own, which a Temporal cancellation does not reach: it
-        # reaches this one, which passes it on as the `cancel` signal, and the work goes on
-        # to the batch's end as a cancelled batch's (TEMPORAL_CANCEL_AS_SIGNAL_PATCH).
         work = asyncio.create_task(self._run_to_end(input, state))
-        while True:
-            try:
-                return await asyncio.shield(work)
-            except asyncio.CancelledError:
-                if work.cancelled():
-                    raise  # the work itself was cancelled: the run is evicted from the cache
-                if not workflow.patched(TEMPORAL_CANCEL_AS_SIGNAL_PATCH):
-                    # Runs recorded before it: the cancellation reaches what the work awaits.
-                    work.cancel()
-                    return await work
-                await self.cancel(NATIVE_CANCEL_REASON)
-                if work.done() and isinstance(work.exception(), workflow.ContinueAsNewError):
-                    # The work handed over as the cancellation came (one workflow task): the
-                    # next run takes it, as the work would have had it come a moment sooner.
-                    self._continue_as_new(input)
+
+        async def cancelled_through_temporal() -> None:
+            # The `cancel` signal: the work goes on to the batch's end as a cancelled one.
+            await self.cancel(NATIVE_CANCEL_REASON)
+            if work.done() and isinstance(work.exception(), workflow.ContinueAsNewError):
+                # Handed over as the cancellation came: the next run takes the cancel, as
+                # this one's would have had it come a moment sooner.
+                self._continue_as_new(input)
+
+        return await shielded(work, TEMPORAL_CANCEL_AS_SIGNAL_PATCH, cancelled_through_temporal)
 
     async def _run_to_end(self, input: BatchInput, state: DispatchState | None) -> BatchResult:
         pump = asyncio.create_task(self._deliver_events())

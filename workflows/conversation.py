@@ -15,6 +15,7 @@ from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from activities.conversations import ConversationActivities
+    from workflows.cancellation import shielded
     from workflows.contracts import (
         CONVERSATION_WORKFLOW,
         ConversationEvent,
@@ -95,24 +96,14 @@ class ConversationWorkflow:
 
     @workflow.run
     async def run(self, input: ConversationInput) -> ConversationResult:
-        # The run's work in a task of its own, which a Temporal cancellation does not reach:
-        # it reaches this one, and the work closes the conversation at its next turn
-        # (CANCEL_CLOSES_PATCH).
         work = asyncio.create_task(self._run(input))
-        while True:
-            try:
-                return await asyncio.shield(work)
-            except asyncio.CancelledError:
-                if work.cancelled():
-                    raise  # the work itself was cancelled: the run is evicted from the cache
-                # Work done as the cancellation came (one workflow task) stands: its end, or
-                # its hand-over to the pair's next conversation, which the cancellation does
-                # not close.
-                if not workflow.patched(CANCEL_CLOSES_PATCH):
-                    # Runs recorded before it: the cancellation reaches what the work awaits.
-                    work.cancel()
-                    return await work
-                self._cancelled = True
+
+        async def close() -> None:
+            # At the work's next turn, once the send in hand is done. Its end, or its
+            # hand-over to the pair's next conversation, if done already, stands.
+            self._cancelled = True
+
+        return await shielded(work, CANCEL_CLOSES_PATCH, close)
 
     async def _run(self, input: ConversationInput) -> ConversationResult:
         self._input = input
