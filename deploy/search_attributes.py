@@ -27,6 +27,9 @@ from workflows.contracts import SEARCH_ATTRIBUTES
 # How long `register` waits for its namespace to exist: temporalio/auto-setup (compose's
 # Temporal) creates `default` only once its server is healthy, when `prepare` may start.
 NAMESPACE_WAIT_SECONDS = 60.0
+# What the list answers meanwhile: no such namespace yet, or (the dev server, a namespace
+# just registered) a call cancelled while its registry catches up.
+WAITED_FOR = frozenset({RPCStatusCode.NOT_FOUND, RPCStatusCode.CANCELLED})
 
 
 class NamespaceMissing(RuntimeError):
@@ -55,9 +58,11 @@ async def _listed(
                 ListSearchAttributesRequest(namespace=namespace)
             )
         except RPCError as error:
-            if error.status != RPCStatusCode.NOT_FOUND:
+            if error.status not in WAITED_FOR:
                 raise
             if time.monotonic() >= deadline:
+                if error.status != RPCStatusCode.NOT_FOUND:
+                    raise
                 raise NamespaceMissing(
                     f"Temporal namespace {namespace!r} not found after {wait_seconds:.0f} s:"
                     " create it (docs/DEPLOY.md), or set HERALD_TEMPORAL_NAMESPACE to Herald's"
