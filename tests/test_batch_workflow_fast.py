@@ -233,6 +233,21 @@ async def test_a_temporal_cancellation_while_validated_rows_load_ends_the_batch_
     assert (result.status, result.code, result.counts.cancelled) == (S.CANCELLED, "cancelled", 4)
 
 
+async def test_a_cancel_while_validated_rows_load_stops_the_load(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # A Postman upload's rows: the cancel waited for the whole load (it is never released
+    # here), then closed every loaded row `cancelled`.
+    stubs = StubActivities(recipients=4, loads_held=True)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(time_skipping, queue, load_validated=True)
+        await stubs.wait_for(lambda: bool(stubs.calls.get("load_recipients")))
+        await handle.signal(BatchWorkflow.cancel, "wrong list")
+        result = await result_of(handle)
+    assert slices(stubs) == []
+    assert (result.status, result.reason) == (S.CANCELLED, "wrong list")
+
+
 async def test_a_temporal_cancellation_after_the_final_event_lets_its_posts_go_on(
     time_skipping: WorkflowEnvironment,
 ) -> None:

@@ -77,6 +77,9 @@ VALIDATED_PATCH = "batch-validated-at-upload"
 LOAD_VALIDATED_PATCH = "batch-load-validated-rows"
 # A cancel during validation cancels the validate activity rather than waiting for its end.
 CANCEL_VALIDATION_PATCH = "batch-cancel-validation"
+# The same for the load of a Postman upload's validated rows (`load_recipients`): a cancel
+# waited for the whole load, then closed every loaded row `cancelled`.
+CANCEL_LOAD_PATCH = "batch-cancel-load"
 # A batch pauses itself when a chunk asks (too many carrier errors, or an account-wide one).
 AUTO_PAUSE_PATCH = "batch-auto-pause"
 # A batch paused for a carrier throttling resumes by itself after the pause's back-off.
@@ -482,10 +485,15 @@ class BatchWorkflow:
             validation = validated
         else:
             try:
-                if self._input.load_validated and workflow.patched(LOAD_VALIDATED_PATCH):
+                loads = self._input.load_validated and workflow.patched(LOAD_VALIDATED_PATCH)
+                if loads and not workflow.patched(CANCEL_LOAD_PATCH):
                     validation = await self._build_ledger(ValidationActivities.load_recipients)
-                elif workflow.patched(CANCEL_VALIDATION_PATCH):
-                    found = await self._cancellable_validation()
+                elif loads or workflow.patched(CANCEL_VALIDATION_PATCH):
+                    found = await self._cancellable_validation(
+                        ValidationActivities.load_recipients
+                        if loads
+                        else ValidationActivities.validate_recipients
+                    )
                     if found is None:
                         return await self._finish()
                     validation = found
@@ -529,15 +537,18 @@ class BatchWorkflow:
             retry_policy=VALIDATE_RETRY,
         )
 
-    async def _cancellable_validation(self) -> ValidationResult | None:
-        """The validate activity, which a `cancel` cancels (it sees that within a second or
-        so, in a heartbeat's reply, and rolls its ledger back); None when cancelled. A cancel
-        that came before it starts skips it."""
+    async def _cancellable_validation(
+        self,
+        activity: Callable[[ValidationActivities, ValidateInput], Awaitable[ValidationResult]],
+    ) -> ValidationResult | None:
+        """The activity that builds the ledger (`_build_ledger`), which a `cancel` cancels
+        (it sees that within a second or so, in a heartbeat's reply, and rolls its ledger
+        back); None when cancelled. A cancel that came before it starts skips it."""
         if self._cancel_reason is not None:
             return None
         self._validation = asyncio.create_task(
             workflow.execute_activity_method(
-                ValidationActivities.validate_recipients,
+                activity,
                 ValidateInput(batch_id=self._input.batch_id, limits=self._input.limits),
                 task_queue=self._input.validation_task_queue,
                 start_to_close_timeout=timedelta(minutes=30),

@@ -624,7 +624,9 @@ async def test_loaded_at_upload(api: httpx.AsyncClient, account: Account, tempor
     )
     assert response.status_code == 201, response.text
     file_id = response.json()["batchId"]
-    await save_batch(temporal, file_id, "loaded_at_upload")
+    # `loaded_at_upload.json`, recorded before `batch-cancel-load`, is kept: its load is no
+    # cancellable activity.
+    await save_batch(temporal, file_id, "loaded_at_upload_cancellable")
 
 
 async def cancelled_while_validating(
