@@ -45,7 +45,8 @@ class StatusEventActivities(WorkerResources):
                 batch_id=batch_id,
                 account_id=batch["account_id"],
                 seq=update.event_seq,
-                run_id=update.run_id,
+                # The run that records it: a reset run's events go after the old run's.
+                run_id=activity.info().workflow_run_id or "",
                 status=update.status,
                 payload=payload,
                 posted=not update.progress or bool(batch["request"].get("status_webhook_progress")),

@@ -1174,7 +1174,6 @@ class BatchWorkflow:
                 counts=counts,
                 error_codes=error_codes,
                 progress=progress,
-                run_id=workflow.info().run_id,
             )
             # Idempotent (the event's seq is its key): a local activity run again after a
             # lost workflow task records it once.

@@ -299,8 +299,6 @@ class StatusUpdate:
     # webhook only when the request asks (`status_webhook_progress`), as Bland's contract
     # posts once per phase.
     progress: bool = False
-    # The workflow run that records it: a reset run's events go after the old run's.
-    run_id: str = ""
 
 
 @dataclass(kw_only=True)
