@@ -180,7 +180,12 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(
         1600, description="Characters a rendered message may have (message_too_long)."
     )
-    chunk_size: int = Field(5000, description="Recipients per ChunkWorkflow.")
+    chunk_size: int = Field(
+        5000,
+        description="Recipients per ChunkWorkflow, at least: a batch sent in ChunkWorkflows"
+        " (more than `inline_slices` slices) is cut into 5 rounds of `chunk_window` chunks"
+        " when they are larger, each at most `inline_slices` slices.",
+    )
     slice_size: int = Field(
         1000,
         description="Recipients per send activity, at most: a batch from a rate-limited sender"

@@ -216,3 +216,35 @@ async def test_continue_as_new_keeps_every_run_history_bounded(
         lambda listing: len({r.id for r in listing}) >= 10,
     )
     assert len({r.id for r in chunks}) == 10
+
+
+async def test_a_large_batch_is_sent_in_five_rounds_of_the_windows_chunks(
+    settings: Settings,
+    temporal: Client,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+) -> None:
+    # 400 rows in slices of 20, over `inline_slices`: five rounds of a window of two chunks
+    # are 10 chunks of 40 rows, where `chunk_size` (20) made 20 chunks (`batch-balanced-chunks`).
+    large = settings.model_copy(
+        update={"chunk_size": 20, "slice_size": 20, "chunk_window": 2, "inline_slices": 2}
+    )
+    numbers = unique_numbers(400)
+    async with api_client(large) as api:
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        events = await webhooks.wait_for(marker, *FINAL)
+
+    assert events[-1]["status"] == "completed"
+    assert events[-1]["messages_successful"] == 400
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    assert sorted(m["to"] for m in received) == sorted(numbers)
+    workflow_id = f"sms-batch-{file_id}"
+    expected = sorted(f"{workflow_id}/chunk-{index}" for index in range(10))
+
+    async def chunks() -> list[str]:
+        query = f'WorkflowId STARTS_WITH "{workflow_id}/chunk-"'
+        return sorted([r.id async for r in temporal.list_workflows(query)])
+
+    # Temporal's visibility store lists a run a moment after it starts.
+    assert await eventually(chunks, lambda ids: len(ids) >= len(expected)) == expected

@@ -2,6 +2,7 @@
 which order, the result) on the time-skipping test server, with stub activities."""
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -11,7 +12,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.support.sending import eventually
 from tests.support.workflows import StubActivities, result_of, stub_worker
-from workflows.batch import RECONCILE_ROUNDS, BatchWorkflow
+from workflows.batch import BALANCED_CHUNKS_PATCH, RECONCILE_ROUNDS, BatchWorkflow
 from workflows.chunk import SPREAD_LEAD_SECONDS, ErrorWindow
 from workflows.contracts import (
     BATCH_WORKFLOW,
@@ -690,6 +691,48 @@ async def test_a_batch_of_few_chunks_shares_the_window_among_them(
         assert sorted(start for start, _ in slices(stubs)) == first_slices
         stubs.release.set()
         result = await result_of(handle)
+    assert sorted(slices(stubs)) == [(seq, seq + 1) for seq in range(recipients)]
+    assert (result.status, result.counts.successful) == (S.COMPLETED, recipients)
+
+
+def patches(history: WorkflowHistory) -> list[str]:
+    """The patches the history's run recorded, in order."""
+    return [
+        json.loads(e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data)["id"]
+        for e in history.events
+        if e.HasField("marker_recorded_event_attributes")
+        and e.marker_recorded_event_attributes.marker_name == "core_patch"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("recipients", "inline_slices", "chunks", "patched"),
+    [(40, 8, 10, True), (40, 3, 14, True), (12, 8, 6, False), (8, 8, 0, False)],
+    ids=["rounds-of-the-window", "at-most-inline-slices", "at-least-chunk-size", "in-the-batch"],
+)
+async def test_a_large_batch_runs_rounds_of_the_windows_chunks_not_one_of_chunk_size_each(
+    time_skipping: WorkflowEnvironment,
+    recipients: int,
+    inline_slices: int,
+    chunks: int,
+    patched: bool,
+) -> None:
+    # A window of 2 chunks, 5 rounds of it: 40 rows are 10 chunks of 4 (not 20 of
+    # `chunk_size` 2), or of 3 where 3 slices is what the batch's own workflow holds; 12
+    # rows would be chunks of 2 rows, `chunk_size` anyway. Within `inline_slices`, none.
+    stubs = StubActivities(recipients=recipients)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(
+                chunk_size=2, slice_size=1, chunk_window=2, inline_slices=inline_slices
+            ),
+        )
+        result = await result_of(handle)
+        history = await handle.fetch_history()
+    assert child_names(history) == [f"chunk-{index}" for index in range(chunks)]
+    assert (BALANCED_CHUNKS_PATCH in patches(history)) == patched
     assert sorted(slices(stubs)) == [(seq, seq + 1) for seq in range(recipients)]
     assert (result.status, result.counts.successful) == (S.COMPLETED, recipients)
 

@@ -171,6 +171,14 @@ RECONCILED_FAILURE_PATCH = "batch-reconciled-chunk-failure-goes-on"
 # a failed `reconciled` chunk (the batch went on sending), and cut the webhook posts after the
 # final event short.
 TEMPORAL_CANCEL_AS_SIGNAL_PATCH = "batch-temporal-cancel-as-signal"
+# A batch sent in ChunkWorkflows (more than `inline_slices` slices, not spread) is cut into
+# about CHUNK_ROUNDS rounds of the window's chunks, each of whole slices, at least
+# `chunk_size` rows and at most the `inline_slices` slices a batch's own workflow holds: it
+# was always cut into chunks of `chunk_size` rows, 200 child workflows for 1,000,000 rows,
+# each with its start, its end and its parent's workflow tasks on them, and a drain of the
+# window at each hand-over (docs/PERFORMANCE.md, 2026-12-07, midday).
+BALANCED_CHUNKS_PATCH = "batch-balanced-chunks"
+CHUNK_ROUNDS = 5
 # How long a chunk of a spread batch with a send window runs at most (WINDOW_BESIDE_PATCH):
 # the rows it hands back wait no longer than that past their window's opening.
 SPREAD_CHUNK_SECONDS = 3600.0
@@ -613,7 +621,7 @@ class BatchWorkflow:
         """Report `dispatching` (with its message) and `in_progress`, and the state to
         dispatch from. With REPORT_WHILE_STARTING_PATCH the reports of a batch that is not
         spread run while the first chunks start; before it, both were recorded first."""
-        chunk_rows = self._window_chunk_rows(recipients)
+        chunk_rows = self._window_chunk_rows(recipients) or self._large_chunk_rows(recipients)
         chunks = -(-recipients // (chunk_rows or self._input.dispatch.chunk_size))
         status = BatchStatus.IN_PROGRESS_CHUNKED if chunks > 1 else BatchStatus.IN_PROGRESS
         # A spread batch keeps the reports first: its pace starts now, and the first chunk
@@ -659,6 +667,25 @@ class BatchWorkflow:
             SPREAD_CHUNK_SECONDS * recipients / timing.spread_seconds,
         )
         return max(1, int(rows))
+
+    def _large_chunk_rows(self, recipients: int) -> int:
+        """The rows of each chunk of a batch sent in ChunkWorkflows (BALANCED_CHUNKS_PATCH):
+        CHUNK_ROUNDS rounds of `chunk_window` chunks, in whole slices, no fewer rows than
+        `chunk_size` and no more than `inline_slices` slices. 0 for a batch sent in its own
+        workflow, a spread one, or one whose rounds' chunks would be no larger than
+        `chunk_size`: the patch is asked only where it changes the chunks."""
+        dispatch = self._input.dispatch
+        slices = -(-recipients // dispatch.slice_size)
+        if self._input.timing.spread_seconds or slices <= dispatch.inline_slices:
+            return 0
+        even = -(-recipients // (dispatch.chunk_window * CHUNK_ROUNDS))
+        rows = min(
+            -(-even // dispatch.slice_size) * dispatch.slice_size,
+            max(dispatch.chunk_size, dispatch.inline_slices * dispatch.slice_size),
+        )
+        if rows <= dispatch.chunk_size or not workflow.patched(BALANCED_CHUNKS_PATCH):
+            return 0
+        return rows
 
     def _chunk_size(self, state: DispatchState) -> int:
         return state.chunk_rows or self._input.dispatch.chunk_size

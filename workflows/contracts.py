@@ -173,7 +173,8 @@ class DispatchState:
     # next run's pump calls the activity at once rather than at its first new event.
     events_unsettled: bool = False
     # Rows a chunk, when not `DispatchSettings.chunk_size` (0): a spread batch with a send
-    # window's (BatchWorkflow._window_chunk_rows), decided as its sending starts.
+    # window's (BatchWorkflow._window_chunk_rows) or a large batch's
+    # (BatchWorkflow._large_chunk_rows), decided as its sending starts.
     chunk_rows: int = 0
 
 

@@ -316,6 +316,23 @@ async def test_continue_as_new(
     await save_batch(temporal, file_id, "continue_as_new")
 
 
+async def test_balanced_chunks(
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    temporal: Client,
+    worker: None,
+) -> None:
+    """60 rows in slices of 5 with `inline_slices` 2 and a window of two chunks: five rounds
+    of the window are 10 chunks of 6 rows, in whole slices 6 chunks of 10, not 12 of
+    `chunk_size` 5 (patch `batch-balanced-chunks`)."""
+    balanced = settings.model_copy(update={**SMALL, "chunk_size": 5, "inline_slices": 2})
+    async with api_client(balanced) as api:
+        file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(60))
+        assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(temporal, file_id, "balanced_chunks")
+
+
 async def test_paused_and_resumed(
     api: httpx.AsyncClient,
     account: Account,
