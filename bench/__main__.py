@@ -120,6 +120,13 @@ class Sampler:
             await asyncio.sleep(SAMPLE_SECONDS)
 
 
+def peak_times(samples: list[dict[str, float]]) -> dict[str, float]:
+    """When each process's RSS peaked, in seconds after the batch's POST (by the sample):
+    the validating worker's peak during validation, or after it, while it sends."""
+    names = [key.removeprefix("rss_mb_") for key in samples[0] if key.startswith("rss_mb_")]
+    return {name: max(samples, key=lambda sample: sample[f"rss_mb_{name}"])["t"] for name in names}
+
+
 async def final_event_receiver() -> tuple[web.AppRunner, str, asyncio.Queue]:
     events: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
 
@@ -606,7 +613,7 @@ async def measure_sweep(
         for n in [size for size in args.sweep for _ in range(args.repeat)]:
             await reset_statement_stats(pool)
             herald = await run_herald(n, settings, info, watched, processes)
-            herald.pop("samples")
+            herald["peak_rss_seconds"] = peak_times(herald.pop("samples"))
             herald["top_statements"] = await statement_stats(pool, SWEEP_STATEMENTS)
             lean_runs.append(await run_ceiling(ceiling_n, settings, info, lean=True))
             lean_form_runs.append(

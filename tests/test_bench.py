@@ -119,6 +119,9 @@ def test_the_sweep_measures_every_size_against_one_naive_run_and_the_lean_ceilin
         # The clock ticks of /proc: a part idle for a small batch may show none.
         assert all(cpu >= 0 for cpu in size["cpu_ms_per_1000"].values())
         assert size["cpu_ms_per_1000"]["worker"] > 0
+        # When each process's RSS peaked, within the size's run.
+        assert set(size["peak_rss_seconds"]) == set(size["peak_rss_mb"])
+        assert all(0 <= at <= size["seconds"] + 1 for at in size["peak_rss_seconds"].values())
         ledger = [s for s in size["top_statements"] if "messages" in s["query"]]
         assert ledger and all(s["calls"] > 0 for s in ledger)
     assert len(result["load_average"]) == 3
