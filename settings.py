@@ -182,9 +182,9 @@ class Settings(BaseSettings):
     )
     chunk_size: int = Field(
         5000,
-        description="Recipients per ChunkWorkflow, at least: a batch sent in ChunkWorkflows"
-        " (more than `inline_slices` slices) is cut into 5 rounds of `chunk_window` chunks"
-        " when they are larger, each at most `inline_slices` slices.",
+        description="Recipients per ChunkWorkflow (a spread batch's at most 500). A batch not"
+        " spread of more than `inline_slices` slices has 5 rounds of `chunk_window` chunks"
+        " instead when those are larger, in whole slices, each at most `inline_slices` slices.",
     )
     slice_size: int = Field(
         1000,
@@ -198,7 +198,7 @@ class Settings(BaseSettings):
         description="How long one send activity of a rate-limited sender lasts at most, so"
         " that a stopping worker finishes its slice within its shutdown grace.",
     )
-    chunk_window: int = Field(4, description="ChunkWorkflows running at once per batch.")
+    chunk_window: int = Field(4, ge=1, description="ChunkWorkflows running at once per batch.")
     slices_in_flight: int = Field(
         2,
         description="Send activities running at once per chunk; a batch of fewer chunks than"

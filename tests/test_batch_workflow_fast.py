@@ -737,6 +737,33 @@ async def test_a_large_batch_runs_rounds_of_the_windows_chunks_not_one_of_chunk_
     assert (result.status, result.counts.successful) == (S.COMPLETED, recipients)
 
 
+async def test_a_large_batchs_chunk_rows_are_carried_over_a_continue_as_new(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # 40 rows in 10 chunks of 4 (five rounds of a window of 2), 3 chunks a run: 4 runs, each
+    # starting the next chunks of 4 rows from the state handed over, none of `chunk_size` 2.
+    stubs = StubActivities(recipients=40)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(
+                chunk_size=2, slice_size=1, chunk_window=2, inline_slices=8, chunks_per_run=3
+            ),
+        )
+        result = await result_of(handle)
+    assert sorted(slices(stubs)) == [(seq, seq + 1) for seq in range(40)]
+    assert len({call.run_id for call in stubs.calls["record_status"]}) == 4
+    # Each chunk workflow's run sent its 4 rows, from a multiple of 4.
+    by_chunk: dict[str | None, list[int]] = {}
+    for call in stubs.calls["send_slice"]:
+        by_chunk.setdefault(call.run_id, []).append(call.input.start)
+    assert sorted(sorted(starts) for starts in by_chunk.values()) == [
+        list(range(first, first + 4)) for first in range(0, 40, 4)
+    ]
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 40)
+
+
 @pytest.mark.parametrize("inline_slices", [1, 7], ids=["chunk-workflows", "in-the-batch"])
 async def test_continue_as_new_hands_over_and_sends_every_row_once(
     time_skipping: WorkflowEnvironment, inline_slices: int

@@ -204,3 +204,10 @@ def test_a_webhook_timeout_the_delivery_heartbeat_would_outlast_is_refused(
         Settings()
 
     assert "HERALD_WEBHOOK_TIMEOUT_SECONDS" in refusal(refused.value)
+
+
+@pytest.mark.parametrize("setting", ["chunk_window", "inline_slices"])
+def test_a_window_or_inline_limit_of_no_chunk_is_refused(setting: str) -> None:
+    # A window of no chunk sent nothing: a batch's run waited for a place forever.
+    with pytest.raises(ValidationError, match=setting):
+        Settings.model_validate({setting: 0})

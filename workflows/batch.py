@@ -672,8 +672,8 @@ class BatchWorkflow:
         """The rows of each chunk of a batch sent in ChunkWorkflows (BALANCED_CHUNKS_PATCH):
         CHUNK_ROUNDS rounds of `chunk_window` chunks, in whole slices, no fewer rows than
         `chunk_size` and no more than `inline_slices` slices. 0 for a batch sent in its own
-        workflow, a spread one, or one whose rounds' chunks would be no larger than
-        `chunk_size`: the patch is asked only where it changes the chunks."""
+        workflow, a spread one, or one whose rounds' chunks, in whole slices, would be no
+        larger than `chunk_size`: the patch is asked only then."""
         dispatch = self._input.dispatch
         slices = -(-recipients // dispatch.slice_size)
         if self._input.timing.spread_seconds or slices <= dispatch.inline_slices:
