@@ -127,6 +127,15 @@ def peak_times(samples: list[dict[str, float]]) -> dict[str, float]:
     return {name: max(samples, key=lambda sample: sample[f"rss_mb_{name}"])["t"] for name in names}
 
 
+def rss_at_post(samples: list[dict[str, float]]) -> dict[str, float]:
+    """Each process's RSS at the batch's POST (the first sample): what its peak grew from."""
+    return {
+        key.removeprefix("rss_mb_"): value
+        for key, value in samples[0].items()
+        if key.startswith("rss_mb_")
+    }
+
+
 async def final_event_receiver() -> tuple[web.AppRunner, str, asyncio.Queue]:
     events: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
 
@@ -613,7 +622,9 @@ async def measure_sweep(
         for n in [size for size in args.sweep for _ in range(args.repeat)]:
             await reset_statement_stats(pool)
             herald = await run_herald(n, settings, info, watched, processes)
-            herald["peak_rss_seconds"] = peak_times(herald.pop("samples"))
+            samples = herald.pop("samples")
+            herald["peak_rss_seconds"] = peak_times(samples)
+            herald["rss_at_post_mb"] = rss_at_post(samples)
             herald["top_statements"] = await statement_stats(pool, SWEEP_STATEMENTS)
             lean_runs.append(await run_ceiling(ceiling_n, settings, info, lean=True))
             lean_form_runs.append(

@@ -122,6 +122,10 @@ def test_the_sweep_measures_every_size_against_one_naive_run_and_the_lean_ceilin
         # When each process's RSS peaked, within the size's run.
         assert set(size["peak_rss_seconds"]) == set(size["peak_rss_mb"])
         assert all(0 <= at <= size["seconds"] + 1 for at in size["peak_rss_seconds"].values())
+        assert set(size["rss_at_post_mb"]) == set(size["peak_rss_mb"])
+        assert all(
+            0 < size["rss_at_post_mb"][p] <= size["peak_rss_mb"][p] for p in size["peak_rss_mb"]
+        )
         ledger = [s for s in size["top_statements"] if "messages" in s["query"]]
         assert ledger and all(s["calls"] > 0 for s in ledger)
     assert len(result["load_average"]) == 3
