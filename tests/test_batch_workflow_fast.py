@@ -706,27 +706,48 @@ def patches(history: WorkflowHistory) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("recipients", "inline_slices", "chunks", "patched"),
-    [(40, 8, 10, True), (40, 3, 14, True), (12, 8, 6, False), (8, 8, 0, False)],
-    ids=["rounds-of-the-window", "at-most-inline-slices", "at-least-chunk-size", "in-the-batch"],
+    ("recipients", "inline_slices", "sender_mps", "chunks", "patched"),
+    [
+        (40, 8, None, 10, True),
+        (40, 3, None, 14, True),
+        (40, 8, 0.1, 14, True),
+        (40, 8, 0.05, 20, False),
+        (12, 8, None, 6, False),
+        (8, 8, None, 0, False),
+    ],
+    ids=[
+        "rounds-of-the-window",
+        "at-most-inline-slices",
+        "at-most-a-minute-of-its-sender",
+        "a-slow-senders-chunk-size",
+        "at-least-chunk-size",
+        "in-the-batch",
+    ],
 )
 async def test_a_large_batch_runs_rounds_of_the_windows_chunks_not_one_of_chunk_size_each(
     time_skipping: WorkflowEnvironment,
     recipients: int,
     inline_slices: int,
+    sender_mps: float | None,
     chunks: int,
     patched: bool,
 ) -> None:
     # A window of 2 chunks, 5 rounds of it: 40 rows are 10 chunks of 4 (not 20 of
-    # `chunk_size` 2), or of 3 where 3 slices is what the batch's own workflow holds; 12
-    # rows would be chunks of 2 rows, `chunk_size` anyway. Within `inline_slices`, none.
+    # `chunk_size` 2), or of 3 where 3 slices is what the batch's own workflow holds, or
+    # where a minute of a 0.1 mps sender's sending, shared by the window's two chunks, is 3
+    # rows (at 0.05 mps, 1.5 rows: `chunk_size`); 12 rows would be chunks of 2 rows,
+    # `chunk_size` anyway. Within `inline_slices`, none.
     stubs = StubActivities(recipients=recipients)
     async with stub_worker(time_skipping, stubs) as queue:
         handle = await start_batch(
             time_skipping,
             queue,
             dispatch=DispatchSettings(
-                chunk_size=2, slice_size=1, chunk_window=2, inline_slices=inline_slices
+                chunk_size=2,
+                slice_size=1,
+                chunk_window=2,
+                inline_slices=inline_slices,
+                sender_mps=sender_mps,
             ),
         )
         result = await result_of(handle)

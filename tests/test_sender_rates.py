@@ -188,7 +188,10 @@ async def test_a_rate_limited_senders_batch_gets_slices_of_slice_seconds_of_its_
     [payload] = started.input.payloads
     assert (settings.slice_size, settings.slice_seconds) == (250, 50.0)
     assert (settings.chunk_window, settings.slices_in_flight) == (4, 2)
-    assert json.loads(payload.data)["dispatch"]["slice_size"] == slice_size
+    dispatch = json.loads(payload.data)["dispatch"]
+    assert dispatch["slice_size"] == slice_size
+    # The rate itself, by which a large batch's chunks hold at most a minute of sending.
+    assert dispatch["sender_mps"] == mps
 
 
 async def test_a_lists_own_rate_limited_sender_sizes_the_batchs_slices(

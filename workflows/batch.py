@@ -179,6 +179,10 @@ TEMPORAL_CANCEL_AS_SIGNAL_PATCH = "batch-temporal-cancel-as-signal"
 # window at each hand-over (docs/PERFORMANCE.md, 2026-12-07, midday).
 BALANCED_CHUNKS_PATCH = "batch-balanced-chunks"
 CHUNK_ROUNDS = 5
+# A rate-limited sender's batch sends no faster for larger chunks, and its progress (the
+# `progress` query, progress events) moves as chunks end: its chunks hold at most this long
+# of sending at its rate, shared by the window's chunks.
+RATE_CHUNK_SECONDS = 60.0
 # How long a chunk of a spread batch with a send window runs at most (WINDOW_BESIDE_PATCH):
 # the rows it hands back wait no longer than that past their window's opening.
 SPREAD_CHUNK_SECONDS = 3600.0
@@ -671,7 +675,8 @@ class BatchWorkflow:
     def _large_chunk_rows(self, recipients: int) -> int:
         """The rows of each chunk of a batch sent in ChunkWorkflows (BALANCED_CHUNKS_PATCH):
         CHUNK_ROUNDS rounds of `chunk_window` chunks, in whole slices, no fewer rows than
-        `chunk_size` and no more than `inline_slices` slices. 0 for a batch sent in its own
+        `chunk_size` and no more than `inline_slices` slices, nor than RATE_CHUNK_SECONDS of
+        a rate-limited sender's sending (`sender_mps`). 0 for a batch sent in its own
         workflow, a spread one, or one whose rounds' chunks, in whole slices, would be no
         larger than `chunk_size`: the patch is asked only then."""
         dispatch = self._input.dispatch
@@ -683,6 +688,9 @@ class BatchWorkflow:
             -(-even // dispatch.slice_size) * dispatch.slice_size,
             max(dispatch.chunk_size, dispatch.inline_slices * dispatch.slice_size),
         )
+        if dispatch.sender_mps is not None:
+            paced = dispatch.sender_mps * RATE_CHUNK_SECONDS / dispatch.chunk_window
+            rows = min(rows, int(paced) // dispatch.slice_size * dispatch.slice_size)
         if rows <= dispatch.chunk_size or not workflow.patched(BALANCED_CHUNKS_PATCH):
             return 0
         return rows

@@ -70,6 +70,10 @@ class DispatchSettings:
     # own workflow, without ChunkWorkflows (patch `batch-slices-inline`); 1, as in runs
     # started before it: only a batch that fits one slice (`batch-one-slice-inline`).
     inline_slices: int = 1
+    # The slowest rate among the batch's senders (messages a second); None: unlimited, or a
+    # run started before it. A large batch's chunks hold at most RATE_CHUNK_SECONDS of it
+    # (BatchWorkflow._large_chunk_rows).
+    sender_mps: float | None = None
 
 
 @dataclass(kw_only=True)

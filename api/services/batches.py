@@ -188,6 +188,7 @@ def dispatch_settings(
         send_heartbeat_timeout_seconds=settings.send_heartbeat_timeout_seconds,
         send_task_queue=settings.send_task_queue,
         inline_slices=settings.inline_slices,
+        sender_mps=sender_mps,
     )
 
 
