@@ -185,7 +185,7 @@ class Settings(BaseSettings):
         description="Recipients per ChunkWorkflow (a spread batch's at most 500). A batch not"
         " spread of more than `inline_slices` slices has 5 rounds of `chunk_window` chunks"
         " instead when those are larger, in whole slices, each at most `inline_slices` slices"
-        " and a minute of a rate-limited sender's sending.",
+        " and a minute of a rate-limited sender's sending (never under this).",
     )
     slice_size: int = Field(
         1000,
