@@ -233,14 +233,7 @@ class ValidationActivities(WorkerResources):
             "file validated", batch_id=input.batch_id, recipients=tally.recipients, failure=failure
         )
         log.debug("validation steps", batch_id=input.batch_id, ms=steps.ms)
-        return ValidationResult(
-            rows_total=tally.rows,
-            recipients=tally.recipients,
-            rejected=tally.rejected,
-            skipped=tally.skipped,
-            code=None if failure is None else Code.VALIDATION_FAILED.value,
-            reason=failure,
-        )
+        return _result(tally, failure)
 
     @activity.defn
     async def load_recipients(self, input: ValidateInput) -> ValidationResult:
@@ -274,12 +267,7 @@ class ValidationActivities(WorkerResources):
             await batches.set_validation_counts(conn, batch_id, **tally.batch_counts())
         await messages.refresh_statistics(self._pool, tally.recipients)
         log.info("ledger loaded", batch_id=input.batch_id, recipients=tally.recipients)
-        return ValidationResult(
-            rows_total=tally.rows,
-            recipients=tally.recipients,
-            rejected=tally.rejected,
-            skipped=tally.skipped,
-        )
+        return _result(tally)
 
     async def _list_sources(
         self, account_id: uuid.UUID, named: list[dict[str, Any]]
@@ -364,6 +352,19 @@ class ValidationActivities(WorkerResources):
     def registered(self) -> list[Any]:
         """The bound activity methods, for the worker to register."""
         return [self.validate_recipients, self.load_recipients]
+
+
+def _result(tally: Tally, failure: str | None = None) -> ValidationResult:
+    """What a validation (or load) that made the ledger answers: its counts, and its
+    `validation_failed` reason (strict mode) if any."""
+    return ValidationResult(
+        rows_total=tally.rows,
+        recipients=tally.recipients,
+        rejected=tally.rejected,
+        skipped=tally.skipped,
+        code=None if failure is None else Code.VALIDATION_FAILED.value,
+        reason=failure,
+    )
 
 
 async def _copy_blocks(

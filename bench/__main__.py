@@ -120,19 +120,16 @@ class Sampler:
             await asyncio.sleep(SAMPLE_SECONDS)
 
 
-def peak_times(samples: list[dict[str, float]]) -> dict[str, float]:
-    """When each process's RSS peaked, in seconds after the batch's POST (by the sample):
-    the validating worker's peak during validation, or after it, while it sends."""
+def rss_over_run(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each process's RSS at the batch's POST (the first sample), what its peak grew from,
+    and when it peaked, in seconds after the POST: the validating worker's peak during
+    validation, or after it, while it sends."""
     names = [key.removeprefix("rss_mb_") for key in samples[0] if key.startswith("rss_mb_")]
-    return {name: max(samples, key=lambda sample: sample[f"rss_mb_{name}"])["t"] for name in names}
-
-
-def rss_at_post(samples: list[dict[str, float]]) -> dict[str, float]:
-    """Each process's RSS at the batch's POST (the first sample): what its peak grew from."""
     return {
-        key.removeprefix("rss_mb_"): value
-        for key, value in samples[0].items()
-        if key.startswith("rss_mb_")
+        "rss_at_post_mb": {name: samples[0][f"rss_mb_{name}"] for name in names},
+        "peak_rss_seconds": {
+            name: max(samples, key=lambda sample: sample[f"rss_mb_{name}"])["t"] for name in names
+        },
     }
 
 
@@ -622,9 +619,7 @@ async def measure_sweep(
         for n in [size for size in args.sweep for _ in range(args.repeat)]:
             await reset_statement_stats(pool)
             herald = await run_herald(n, settings, info, watched, processes)
-            samples = herald.pop("samples")
-            herald["peak_rss_seconds"] = peak_times(samples)
-            herald["rss_at_post_mb"] = rss_at_post(samples)
+            herald.update(rss_over_run(herald.pop("samples")))
             herald["top_statements"] = await statement_stats(pool, SWEEP_STATEMENTS)
             lean_runs.append(await run_ceiling(ceiling_n, settings, info, lean=True))
             lean_form_runs.append(
