@@ -18,8 +18,10 @@ def test_trim_gives_freed_heap_pages_back_to_the_system() -> None:
     # The worker's image and the development machines use glibc: trimming must work there.
     assert heap.trimmable()
     # Blocks below glibc's mmap threshold come from the heap; every other one is freed, so
-    # the freed ones are in its middle, between kept ones, where free() leaves them be.
-    blocks = [bytes(100_000) for _ in range(400)]
+    # the freed ones are in its middle, between kept ones, where free() leaves them be. Not
+    # zeros: `bytes(n)` is calloc's, which leaves pages fresh from the system untouched (not
+    # resident), and whether they are fresh depends on what the process freed before.
+    blocks = [b"\x01" * 100_000 for _ in range(400)]
     heap.trim()
     del blocks[::2]
     freed = resident_bytes()
