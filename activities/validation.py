@@ -20,6 +20,7 @@ from activities.outages import outages_uncounted
 from activities.recipients.columns import (
     NotPlain,
     PlainCsv,
+    in_thread,
     ledger_copies,
     loaded_ledger,
     plain_csv,
@@ -260,8 +261,7 @@ class ValidationActivities(WorkerResources):
             while (loaded := await asyncio.to_thread(next, blocks, None)) is not None:
                 block, counts = loaded
                 tally.add(counts)
-                parts = await asyncio.to_thread(list, block.ledger_csv(batch_id, account_id))
-                for part in parts:
+                async for part in in_thread(block.ledger_csv(batch_id, account_id)):
                     await messages.copy_recipients_csv(conn, part, block.copy_columns)
                 ValidationHeartbeat(rows=tally.rows).send()
             await batches.set_validation_counts(conn, batch_id, **tally.batch_counts())
@@ -379,9 +379,6 @@ async def _copy_blocks(
     row is rejected."""
     async for block in ledger_copies(plain, batch_id, account_id, with_ledger=with_ledger):
         await messages.copy_outcomes(conn, block.ledger, block.rejected, block.columns)
-        # Its CSV parts, a few MB each, are done with: freed now, for the next block's to
-        # reuse, rather than when the next block is made.
-        block.ledger.clear()
         ValidationHeartbeat(rows=plain.tally.rows).send()
     return plain.tally
 

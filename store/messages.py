@@ -3,7 +3,7 @@
 
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import overload
@@ -145,13 +145,13 @@ async def copy_recipients_csv(
 
 async def copy_outcomes(
     conn: asyncpg.Connection,
-    ledger: Iterable[bytes],
+    ledger: AsyncIterable[bytes],
     rejected: Sequence[tuple],
     columns: tuple[str, ...],
 ) -> None:
     """A block of a validated file: its ledger rows as CSV parts of `columns`
     (`copy_recipients_csv`), then its rejected rows."""
-    for part in ledger:
+    async for part in ledger:
         await copy_recipients_csv(conn, part, columns)
     await copy_rejected(conn, rejected)
 

@@ -12,6 +12,7 @@ from typing import Any, cast
 import asyncpg
 import httpx
 
+from activities.recipients.columns import in_thread
 from api.services.batches import get_batch
 from settings import Settings
 from store import links, messages, receipts
@@ -341,12 +342,16 @@ async def test_rows_none_of_a_kind_cost_no_copy(pool: asyncpg.Pool, account: Acc
             batch_id = await recorded_batch(conn, account)
             counter = _CopyCounter(conn)
             copying = cast(asyncpg.Connection, counter)
-            await messages.copy_outcomes(copying, [], [], messages.RECIPIENT_COLUMNS)
+            await messages.copy_outcomes(
+                copying, in_thread(iter(())), [], messages.RECIPIENT_COLUMNS
+            )
             await messages.copy_recipients(copying, [])
             await links.copy_links(copying, [])
             none = list(counter.copies)
             rejected = (batch_id, 2, account.account_id, "invalid_number", "no", "+1")
-            await messages.copy_outcomes(copying, [], [rejected], messages.RECIPIENT_COLUMNS)
+            await messages.copy_outcomes(
+                copying, in_thread(iter(())), [rejected], messages.RECIPIENT_COLUMNS
+            )
             stored = await conn.fetchval(
                 "SELECT count(*) FROM rejected_rows WHERE batch_id = $1", batch_id
             )

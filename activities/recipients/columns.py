@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, TypeVar, cast
 
 from activities.recipients import rejections
 from activities.recipients.frames import pl
@@ -79,6 +79,9 @@ LEDGER_COLUMNS = (
     "segments",
 )
 _BOM = b"\xef\xbb\xbf"
+# What `in_thread`'s `next` gives after the last item.
+_END = object()
+T = TypeVar("T")
 # A CR not before a LF: a line end to the csv module, not to polars.
 _LONE_CR = re.compile(rb"\r(?!\n)")
 # Sizes of data `_newlines` and `_lone_cr` read by polars: below, Python is as quick; above
@@ -169,9 +172,24 @@ class Block:
                 *carried,
             )
             assert tuple(table.columns) == columns
-            out = io.BytesIO()
-            table.write_csv(out, include_header=False, quote_style="non_numeric")
-            yield out.getvalue()
+            out = _Written()
+            # polars calls only `write` (its stubs ask for a whole binary file).
+            table.write_csv(cast(IO[bytes], out), include_header=False, quote_style="non_numeric")
+            yield b"".join(out.chunks)
+
+
+class _Written:
+    """What polars writes, kept as the bytes it writes: a part's CSV comes in one or a few
+    writes of a few MB. A `BytesIO` grew by copying itself into larger buffers, and
+    `getvalue` copied it once more: glibc made those buffers from heaps it keeps (a thread's
+    own, once a large block has raised its mmap threshold), and they stayed in the worker."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, chunk: bytes) -> int:
+        self.chunks.append(chunk)
+        return len(chunk)
 
 
 @dataclass
@@ -467,11 +485,18 @@ def plain_csv_file(file: BinaryIO, rules: RecipientRules) -> PlainCsv | None:
 @dataclass(frozen=True)
 class LedgerCopy:
     """A block's ledger rows as CSV of `columns` for `copy_recipients_csv`, a part at a time,
-    and its rejected rows as `copy_rejected` records."""
+    each made (in a thread) once the one before is taken, and its rejected rows as
+    `copy_rejected` records."""
 
-    ledger: list[bytes]
+    ledger: AsyncIterator[bytes]
     rejected: list[tuple]
     columns: tuple[str, ...]
+
+
+async def in_thread(items: Iterator[T]) -> AsyncIterator[T]:
+    """`items`, each made in a thread when it is asked for, off the event loop."""
+    while (item := await asyncio.to_thread(next, items, _END)) is not _END:
+        yield cast(T, item)
 
 
 async def ledger_copies(
@@ -484,20 +509,27 @@ async def ledger_copies(
 ) -> AsyncIterator[LedgerCopy]:
     """The plain file's outcomes block by block, the next block validated (in threads) while
     the caller COPYs this one; with `with_ledger` False, no ledger once a row is rejected
-    (a strict batch's)."""
+    (a strict batch's). A block's CSV is made a part at a time as the caller COPYs it, and
+    its frame goes with its last part, rather than all its parts made at once and the frame
+    kept until the next block is given (with `_Written`, about 15 MiB of the validating
+    worker's peak at 1,000,000 rows: docs/PERFORMANCE.md, "2026-12-07, afternoon")."""
     blocks = plain.blocks(block_bytes)
     upcoming = asyncio.ensure_future(asyncio.to_thread(next, blocks, None))
     try:
         while (block := await upcoming) is not None:
             upcoming = asyncio.ensure_future(asyncio.to_thread(next, blocks, None))
-            parts: list[bytes] = []
-            if with_ledger or not plain.tally.rejected:
-                parts = await asyncio.to_thread(list, block.ledger_csv(batch_id, account_id))
-            yield LedgerCopy(
-                parts,
+            parts = (
+                block.ledger_csv(batch_id, account_id)
+                if with_ledger or not plain.tally.rejected
+                else iter(())
+            )
+            copy = LedgerCopy(
+                in_thread(parts),
                 [rejected_record(batch_id, account_id, row) for row in block.rejected],
                 block.copy_columns,
             )
+            del block, parts
+            yield copy
     finally:
         upcoming.cancel()
 
