@@ -377,9 +377,13 @@ async def _copy_blocks(
 ) -> Tally:
     """COPY a plain file's outcomes block by block; a strict batch writes no ledger once a
     row is rejected."""
-    async for block in ledger_copies(plain, batch_id, account_id, with_ledger=with_ledger):
-        await messages.copy_outcomes(conn, block.ledger, block.rejected, block.columns)
-        ValidationHeartbeat(rows=plain.tally.rows).send()
+    # Closed on the way out, whatever ends the loop: the block being validated is let go
+    # then, not when the generator is collected.
+    copies = ledger_copies(plain, batch_id, account_id, with_ledger=with_ledger)
+    async with contextlib.aclosing(copies):
+        async for block in copies:
+            await messages.copy_outcomes(conn, block.ledger, block.rejected, block.columns)
+            ValidationHeartbeat(rows=plain.tally.rows).send()
     return plain.tally
 
 

@@ -376,6 +376,61 @@ def test_the_ledger_csv_keeps_quotes_line_breaks_and_nulls_apart() -> None:
     assert b',"pending",,' in data  # NULL error_code: an unquoted empty field
 
 
+async def test_a_blocks_csv_is_made_a_part_at_a_time_as_the_copy_takes_it() -> None:
+    """`ledger_copies` makes a block's CSV part by part, each once the one before is taken
+    (rather than all at once: they were a block's share of the worker's peak), and the parts
+    are the block's `ledger_csv`."""
+    rules = RecipientRules(max_rows=99, max_message_chars=1600, agent_message="Hi {{name}}")
+    content = b"phone_number,name\n+12015550123,Ann\n+12015550124,Bob\n+12015550125,Cy\n"
+    batch_id, account_id = uuid.uuid4(), uuid.uuid4()
+    made = 0
+
+    class Counted(recipient_table._Written):
+        def __init__(self) -> None:
+            nonlocal made
+            made += 1
+            super().__init__()
+
+    plain, again = plain_csv(content, rules), plain_csv(content, rules)
+    assert plain is not None and again is not None
+    [block] = again.blocks()
+    with (
+        mock.patch.object(recipient_table, "COPY_ROWS", 1),
+        mock.patch.object(recipient_table, "_Written", Counted),
+    ):
+        expected = list(block.ledger_csv(batch_id, account_id))
+        made = 0
+        [copy] = [copy async for copy in recipient_table.ledger_copies(plain, batch_id, account_id)]
+        assert made == 0
+        first = await anext(copy.ledger)
+        assert made == 1
+        parts = [first, *[part async for part in copy.ledger]]
+    assert made == 3
+    assert parts == expected
+
+
+async def test_a_strict_batchs_blocks_from_a_rejected_row_on_have_no_csv() -> None:
+    """With `with_ledger` false (a strict batch, doomed by its first rejected row), the
+    blocks before the first rejected row have their CSV, the block of it and every block
+    after have none; each block's rejected rows are given all the same."""
+    numbers = ["+12015550123", "+12015550124", "not a number", "+12015550125", "+12015550126"]
+    content = "\n".join(["phone_number", *numbers]).encode() + b"\n"
+    rules = RecipientRules(max_rows=99, max_message_chars=1600, agent_message="Hi")
+    plain = plain_csv(content, rules)
+    assert plain is not None
+    copies = recipient_table.ledger_copies(
+        plain, uuid.uuid4(), uuid.uuid4(), with_ledger=False, block_bytes=1
+    )
+    given = [([part async for part in copy.ledger], copy.rejected) async for copy in copies]
+    assert [(len(parts), len(rejected)) for parts, rejected in given] == [
+        (1, 0),
+        (1, 0),
+        (0, 1),
+        (0, 0),
+        (0, 0),
+    ]
+
+
 @pytest.mark.parametrize(
     "template",
     [

@@ -24,7 +24,7 @@ import struct
 import sys
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO, TypeVar, cast
@@ -173,7 +173,8 @@ class Block:
             )
             assert tuple(table.columns) == columns
             out = _Written()
-            # polars calls only `write` (its stubs ask for a whole binary file).
+            # polars writes through `write` alone (`flush` and `tell` only where there are
+            # such methods); its stubs ask for a whole binary file.
             table.write_csv(cast(IO[bytes], out), include_header=False, quote_style="non_numeric")
             yield b"".join(out.chunks)
 
@@ -342,6 +343,9 @@ def frame_blocks(
                 block = Block(ledger, done.block.rejected)
                 tally.add(_tally(done.rows, ledger, block.rejected))
                 yield block
+                # Not held while the next block is awaited: its CSV, made as it is COPYed,
+                # holds what it needs, and lets it go with its last part (`ledger_copies`).
+                del done, ledger, block
         finally:
             # What the blocks not given hold, freed now rather than with what was raised.
             pending.clear()
@@ -506,7 +510,7 @@ async def ledger_copies(
     *,
     with_ledger: bool = True,
     block_bytes: int = BLOCK_BYTES,
-) -> AsyncIterator[LedgerCopy]:
+) -> AsyncGenerator[LedgerCopy, None]:
     """The plain file's outcomes block by block, the next block validated (in threads) while
     the caller COPYs this one; with `with_ledger` False, no ledger once a row is rejected
     (a strict batch's). A block's CSV is made a part at a time as the caller COPYs it, and
