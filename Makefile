@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-tools lint lock bench bench-sweep bench-rates bench-validation bench-uploads bench-outcomes bench-postman bench-ledger-copy bench-fairness bench-throttled bench-replies clean
+.PHONY: run test test-fast test-tools lint lock bench bench-sweep bench-rates bench-validation bench-validation-activity bench-uploads bench-outcomes bench-postman bench-ledger-copy bench-fairness bench-throttled bench-replies clean
 
 # The tested set: every version pinned by requirements.lock; `local` is the local stack.
 # A .venv left half-made (venv without ensurepip, an interrupted first run) or made by an
@@ -70,6 +70,10 @@ bench-rates: $(STAMP)
 
 bench-validation: $(STAMP)
 	$(BIN)/python -m bench.validation
+
+# The validation activity itself over a 1,000,000-row file, against PostgreSQL: peak RSS, CPU.
+bench-validation-activity: $(STAMP)
+	$(BIN)/python -m bench.validation_activity
 
 bench-uploads: $(STAMP)
 	$(BIN)/python -m bench.uploads

@@ -231,3 +231,22 @@ def test_the_replies_bench_answers_each_reply_with_its_rows_request_data(tmp_pat
     # Odd rows give both fields, even rows a blank plan (the first row is row 0's).
     assert replies[0]["expected"] == {"account_id": "acc_299", "plan": "gold"}
     assert replies[2]["expected"] == {"account_id": "acc_0"}
+
+
+def test_the_validation_activity_bench_validates_the_file_into_the_ledger_each_run(
+    tmp_path: Path,
+) -> None:
+    run = bench(
+        "--rows", "3000", "--runs", "2", "--out", str(tmp_path), module="bench.validation_activity"
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    [results] = tmp_path.glob("validation-activity-*.json")
+    runs = json.loads(results.read_text())["runs"]
+    assert len(runs) == 2
+    # The same file each run, every row a recipient or rejected (a blank or invalid number).
+    assert [r["recipients"] for r in runs] == [runs[0]["recipients"]] * 2
+    assert runs[0]["recipients"] + runs[0]["rejected"] == 3_000
+    assert runs[0]["rejected"] > 0
+    assert all(r["peak_mib"]["rss"] >= r["before_mib"]["rss"] > 0 for r in runs)
+    assert all(r["cpu_seconds"] > 0 for r in runs)
