@@ -515,7 +515,7 @@ async def ledger_copies(
     the caller COPYs this one; with `with_ledger` False, no ledger once a row is rejected
     (a strict batch's). A block's CSV is made a part at a time as the caller COPYs it, and
     its frame goes with its last part, rather than all its parts made at once and the frame
-    kept until the next block is given (with `_Written`, about 15 MiB of the validating
+    kept until the next block is given (with `_Written`, 15 to 20 MiB of the validating
     worker's peak at 1,000,000 rows: docs/PERFORMANCE.md, "2026-12-07, afternoon")."""
     blocks = plain.blocks(block_bytes)
     upcoming = asyncio.ensure_future(asyncio.to_thread(next, blocks, None))
