@@ -254,12 +254,10 @@ class ValidationActivities(WorkerResources):
         batch = await batches.batch_for_workflow(self._pool, batch_id)
         account_id = batch["account_id"]
         _, content = await files.file_content(self._pool, account_id, batch_id)
-        blocks = loaded_ledger(content)
         tally = Tally()
         async with self._pool.acquire() as conn, conn.transaction():
             await messages.clear_validation(conn, batch_id)
-            while (loaded := await asyncio.to_thread(next, blocks, None)) is not None:
-                block, counts = loaded
+            async for block, counts in in_thread(loaded_ledger(content)):
                 tally.add(counts)
                 async for part in in_thread(block.ledger_csv(batch_id, account_id)):
                     await messages.copy_recipients_csv(conn, part, block.copy_columns)

@@ -99,17 +99,21 @@ def api_process(database_url: str, log_dir: Path) -> Iterator[tuple[str, Managed
 
 
 class RssSampler:
-    """The highest RSS of a process, sampled on a thread of its own until stopped."""
+    """The highest RSS of a process, sampled on a thread of its own until stopped, and the
+    whole reading it was in (`at_peak`: its shared part too, memory mapped from files)."""
 
     def __init__(self, pid: int) -> None:
         self._process = psutil.Process(pid)
         self._stop = threading.Event()
-        self.peak = self._process.memory_info().rss
+        self.at_peak = self._process.memory_info()
+        self.peak = self.at_peak.rss
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):
-            self.peak = max(self.peak, self._process.memory_info().rss)
+            reading = self._process.memory_info()
+            if reading.rss > self.peak:
+                self.at_peak, self.peak = reading, reading.rss
 
     def __enter__(self) -> "RssSampler":
         self._thread.start()

@@ -10,19 +10,19 @@ the worker does. This runs `ValidationActivities.validate_recipients` as the wor
 embedded one, durability off), on `bench.validation`'s file of `--rows` rows stored as a
 batch's file, `--runs` times in one process prepared as the worker is
 (`worker.prepare_process`): the first run starts from a fresh process, the next from what
-the ones before left. Each run's RSS is sampled every 10 ms (anonymous and mapped from
-files apart: polars' and Temporal's libraries are about 55 MiB of the latter), with the
-process's CPU time (every thread's) and its time. Results in
+the ones before left. Each run's RSS is sampled every 20 ms (`bench.uploads.RssSampler`;
+anonymous and mapped from files apart: polars' and Temporal's libraries are about 55 MiB of
+the latter), with the process's CPU time (every thread's) and its time. Results in
 bench/results/validation-activity-<date>.json.
 """
 
 import argparse
 import asyncio
 import json
+import os
 import random
 import resource
 import sys
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -35,7 +35,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.providers.twilio import TwilioCarrier
 from activities.validation import ValidationActivities
-from bench.uploads import scratch_postgres
+from bench.uploads import RssSampler, scratch_postgres
 from bench.validation import TEMPLATE, write_file
 from logs import configure_logging
 from metrics import WorkerMetrics
@@ -48,43 +48,21 @@ from workflows.contracts import ValidateInput
 
 RESULTS = Path(__file__).parent / "results"
 SENDER = "+15005550006"
-SAMPLE_SECONDS = 0.01
 
 
-def resident_mib() -> dict[str, float]:
-    """This process's resident memory, whole and in its two kinds, in MiB."""
-    with open("/proc/self/status") as status:
-        fields = dict(line.split(":", 1) for line in status if line.startswith("Rss"))
-    kinds = {name: int(fields[name].split()[0]) / 1024 for name in ("RssAnon", "RssFile")}
-    return {"rss": sum(kinds.values()), "anon": kinds["RssAnon"], "file": kinds["RssFile"]}
+def resident_mib(reading: Any) -> dict[str, float]:
+    """A psutil memory reading in MiB: whole, shared (memory mapped from files, on Linux)
+    and the rest (anonymous: what the process allocated)."""
+    return {
+        "rss": reading.rss / 2**20,
+        "anon": (reading.rss - reading.shared) / 2**20,
+        "file": reading.shared / 2**20,
+    }
 
 
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-class PeakSampler:
-    """The highest `resident_mib` seen while it runs, sampled in a thread of its own."""
-
-    def __init__(self) -> None:
-        self.peak = resident_mib()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(SAMPLE_SECONDS):
-            now = resident_mib()
-            if now["rss"] > self.peak["rss"]:
-                self.peak = now
-
-    def __enter__(self) -> "PeakSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 async def stored_batch(pool: asyncpg.Pool, account_id: uuid.UUID, content: bytes) -> uuid.UUID:
@@ -136,8 +114,9 @@ async def measure(rows: int, runs: int, seed: int) -> dict[str, Any]:
             measured = []
             for _ in range(runs):
                 batch_id = await stored_batch(pool, account_id, content)
-                before, cpu, start = resident_mib(), cpu_seconds(), time.perf_counter()
-                with PeakSampler() as sampler:
+                cpu, start = cpu_seconds(), time.perf_counter()
+                with RssSampler(os.getpid()) as sampler:
+                    before = resident_mib(sampler.at_peak)
                     result = await ActivityEnvironment().run(
                         activities.validate_recipients, ValidateInput(batch_id=str(batch_id))
                     )
@@ -148,7 +127,7 @@ async def measure(rows: int, runs: int, seed: int) -> dict[str, Any]:
                         "recipients": result.recipients,
                         "rejected": result.rejected,
                         "before_mib": before,
-                        "peak_mib": sampler.peak,
+                        "peak_mib": resident_mib(sampler.at_peak),
                     }
                 )
                 # The next run's COPY into an empty ledger, as this one's was.
