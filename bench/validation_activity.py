@@ -40,7 +40,7 @@ from bench.validation import TEMPLATE, write_file
 from logs import configure_logging
 from metrics import WorkerMetrics
 from settings import Settings
-from store import batches, files, numbers
+from store import batches, files, messages, numbers
 from store.accounts import create_account
 from store.db import create_pool, migrate
 from worker import prepare_process
@@ -131,7 +131,8 @@ async def measure(rows: int, runs: int, seed: int) -> dict[str, Any]:
                     }
                 )
                 # The next run's COPY into an empty ledger, as this one's was.
-                await pool.execute("DELETE FROM messages WHERE batch_id = $1", batch_id)
+                async with pool.acquire() as conn:
+                    await messages.clear_ledger(conn, batch_id)
             await http.aclose()
             await carrier.close()
         finally:
