@@ -165,6 +165,7 @@ def send(
         datetime | None,
         typer.Option(
             help="Send from this time (ISO 8601, with a zone).",
+            metavar="<time>",
             formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M%z", "%Y-%m-%d %H:%M:%S%z"],
         ),
     ] = None,

@@ -13,7 +13,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import typer
 from aiohttp import web
+from typer.testing import CliRunner
 
 import settings
 from cli import client, main
@@ -285,3 +287,23 @@ def test_the_cli_runs_as_a_module_too() -> None:
 
     assert run.returncode == 0, run.stderr
     assert "Usage: herald" in run.stdout
+
+
+def test_the_help_shows_no_value_after_a_flag_and_a_readable_type_for_a_time() -> None:
+    """Each command's `--help`: a flag (`--follow`, `--json`, `--help`) takes no value, so its
+    row names no type, and `--schedule` reads `<time>`, not its strptime formats."""
+    command = typer.main.get_command(main.app)
+    assert isinstance(command, typer.core.TyperGroup)
+    names = [name for name in command.commands if name != "keys"]  # keys: argparse's help
+    runner = CliRunner()
+    helps = {
+        name: runner.invoke(main.app, [*name.split(), "--help"], env={"COLUMNS": "200"})
+        for name in ["", *names]
+    }
+
+    assert {name: run.exit_code for name, run in helps.items()} == dict.fromkeys(helps, 0)
+    shown = "".join(run.output for run in helps.values())
+    assert "--follow" in shown and "--json" in shown
+    assert "<bool>" not in shown
+    assert "--schedule        <time>" in helps["send"].output.replace("│", "")
+    assert "%Y" not in shown
