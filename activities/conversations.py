@@ -130,7 +130,13 @@ class ConversationActivities(WorkerResources):
             credentials=credentials,
         )
         if result.verdict is Verdict.UNCERTAIN:
-            result = await self._reconcile(result, to, from_, message, asked, credentials)
+            result = await self._reconcile(
+                result, message_id, to, from_, message, asked, credentials
+            )
+            if result.verdict is Verdict.SENT:
+                # Recorded `sent`, with its sid, as it was found.
+                log.info("conversation message", message_id=input.message_id, status="sent")
+                return SendMessageResult(status=Verdict.SENT.value)
         if result.verdict is Verdict.RETRY and attempt < input.attempts:
             await through_outages(
                 lambda: conversation_messages.requeue_message(
@@ -202,18 +208,13 @@ class ConversationActivities(WorkerResources):
         )
         found = await self._reconcile(
             SendResult(verdict=Verdict.UNCERTAIN, error_message="its attempt was lost"),
+            message_id,
             carrier_address(message.user_number, message.channel),
             carrier_address(message.agent_number, message.channel),
             message,
             claimed_at,
             credentials,
         )
-        if found.verdict is Verdict.SENT:
-            await through_outages(
-                lambda: conversation_messages.record_outcome(
-                    pool, message_id, status=Verdict.SENT.value, carrier_sid=found.sid
-                )
-            )
         log.info("lost claim looked up", message_id=str(message_id), found=found.sid is not None)
         return await self._status_of(message_id)
 
@@ -251,6 +252,7 @@ class ConversationActivities(WorkerResources):
     async def _reconcile(
         self,
         result: SendResult,
+        message_id: uuid.UUID,
         to: str,
         from_: str,
         message: conversation_messages.ClaimedConversationMessage,
@@ -260,8 +262,9 @@ class ConversationActivities(WorkerResources):
         """An `uncertain` send settled as a batch's rows are (activities/reconciliation.py):
         after the reconciliation margin, the carrier's messages from the sender to the
         number; one created since the request, with its text, that no message holds yet, is
-        this one (`sent`); none means the carrier never got it (deferred: sent again).
-        Without a list it stays `uncertain`."""
+        this one, recorded `sent` with its sid here, under the number's reconciliation lock
+        (messages.settle_conversation_message); none means the carrier never got it
+        (deferred: sent again). Without a list it stays `uncertain`."""
         await asyncio.sleep(self._settings.reconcile_margin_seconds)
         found = await carrier_list(self._carrier, to, from_, credentials)
         if found is None:
@@ -271,12 +274,14 @@ class ConversationActivities(WorkerResources):
             for m in reversed(found)  # oldest first
             if m.created >= asked - CLOCK_SLACK and (not message.body or m.body == message.body)
         ]
-        taken = await through_outages(lambda: conversation_messages.sids_taken(self._pool, matches))
-        taken |= await through_outages(lambda: messages.sids_in_ledger(self._pool, matches))
-        free = [sid for sid in matches if sid not in taken]
-        log.info("uncertain message reconciled", found=bool(free))
-        if free:
-            return SendResult(verdict=Verdict.SENT, sid=free[0])
+        sid = await through_outages(
+            lambda: messages.settle_conversation_message(
+                self._pool, message.account_id, message.user_number, message_id, matches
+            )
+        )
+        log.info("uncertain message reconciled", found=sid is not None)
+        if sid is not None:
+            return SendResult(verdict=Verdict.SENT, sid=sid)
         return SendResult(
             verdict=Verdict.RETRY,
             error_code=result.error_code,

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from store import receipts
+from store.db import rows_affected
 
 # The code of an agent message left `uncertain` because the attempt that claimed it was lost
 # (settle_lost_claim): each retry looks it up in the carrier's list until found.
@@ -282,7 +283,30 @@ async def record_outcome(
     attempt presumed lost (settle_lost_claim) that lives on records the carrier's answer, and
     the carrier's list can settle one. A receipt that came before it was recorded is applied
     now (see receipts.first_receipts)."""
-    await pool.execute(
+    await write_outcome(
+        pool,
+        message_id,
+        status=status,
+        carrier_sid=carrier_sid,
+        error_code=error_code,
+        error_message=error_message,
+    )
+    if carrier_sid is not None:
+        await receipts.apply_conversation_receipt(pool, carrier_sid)
+
+
+async def write_outcome(
+    conn: asyncpg.Pool | asyncpg.Connection,
+    message_id: uuid.UUID,
+    *,
+    status: str,
+    carrier_sid: str | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """`record_outcome`'s write alone, in the caller's transaction (whose receipts for the sid
+    are the caller's to apply once it commits); whether the message moved."""
+    moved = await conn.execute(
         "UPDATE conversation_messages SET status = $2, carrier_sid = $3, error_code = $4,"
         " error_message = $5, updated_at = now(),"
         " sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END"
@@ -293,8 +317,7 @@ async def record_outcome(
         error_code,
         error_message,
     )
-    if carrier_sid is not None:
-        await receipts.apply_conversation_receipt(pool, carrier_sid)
+    return rows_affected(moved) == 1
 
 
 async def sids_taken(conn: asyncpg.Pool | asyncpg.Connection, sids: list[str]) -> set[str]:

@@ -543,18 +543,11 @@ async def settle_uncertain(
     conversation holds; back to `pending` if none is left (the carrier never got it). Only
     rows still `uncertain` move. The rows found, with their sids.
 
-    The sids held are read, and the rows written, in one transaction holding a lock per
-    number of the account: two reconciliations at once (two batches to one number) would
-    each read a message as free and both take it."""
+    The sids held are read, and the rows written, in one transaction holding the numbers'
+    reconciliation locks (`_lock_for_reconciliation`)."""
     found: dict[int, str] = {}
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(k, 0))"
-            " FROM (SELECT DISTINCT 'reconcile ' || $1 || ' ' || n AS k"
-            " FROM unnest($2::text[]) AS n ORDER BY k) AS keys",
-            str(account_id),
-            sorted({number for number, _ in candidates.values()}),
-        )
+        await _lock_for_reconciliation(conn, account_id, [n for n, _ in candidates.values()])
         listed = sorted({sid for _, sids in candidates.values() for sid in sids})
         taken = await sids_in_ledger(conn, listed)
         taken |= await conversation_messages.sids_taken(conn, listed)
@@ -580,6 +573,43 @@ async def settle_uncertain(
         )
     await apply_kept_receipts(pool, batch_id, list(found.values()))
     return found
+
+
+async def settle_conversation_message(
+    pool: asyncpg.Pool, account_id: uuid.UUID, number: str, message_id: uuid.UUID, sids: list[str]
+) -> str | None:
+    """Settle conversation message `message_id` to `number` (`sending` or `uncertain`) as
+    `settle_uncertain` settles a batch's rows, under the same lock: `sent` with the oldest of
+    `sids` (the carrier's messages that may be its own, oldest first) that no message of any
+    batch or conversation holds. That sid, or None when none is left or the message was
+    settled meanwhile (it is left as it is)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await _lock_for_reconciliation(conn, account_id, [number])
+        taken = await sids_in_ledger(conn, sids)
+        taken |= await conversation_messages.sids_taken(conn, sids)
+        free = next((sid for sid in sids if sid not in taken), None)
+        if free is None or not await conversation_messages.write_outcome(
+            conn, message_id, status="sent", carrier_sid=free
+        ):
+            return None
+    await receipts.apply_conversation_receipt(pool, free)
+    return free
+
+
+async def _lock_for_reconciliation(
+    conn: asyncpg.Connection, account_id: uuid.UUID, numbers: list[str]
+) -> None:
+    """Hold, until the transaction ends, the reconciliation lock of each of the account's
+    `numbers` (taken in one order): the carrier's list of a number is read for every send to
+    it the same way, so two reconciliations at once (two batches' rows, a batch's and a
+    conversation's) would each read a message as free and both take it."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(k, 0))"
+        " FROM (SELECT DISTINCT 'reconcile ' || $1 || ' ' || n AS k"
+        " FROM unnest($2::text[]) AS n ORDER BY k) AS keys",
+        str(account_id),
+        sorted(set(numbers)),
+    )
 
 
 async def numbers_in_flight(

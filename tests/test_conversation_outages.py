@@ -6,6 +6,7 @@ attempts meant for the carrier's deferrals, and the message was left `queued` or
 And a message whose attempt was lost (its worker died after claiming it) is settled from the
 carrier's list by the next attempt, or by the lost attempt's own answer if it lives on."""
 
+import asyncio
 import dataclasses
 import secrets
 import uuid
@@ -21,9 +22,10 @@ from activities.conversations import ConversationActivities
 from activities.providers.twilio import SendResult, TwilioCarrier
 from metrics import WorkerMetrics
 from settings import Settings
-from store import conversation_messages, numbers
+from store import conversation_messages, messages, numbers
+from tests.support.batches import recorded_batch
 from tests.support.builders import emulator_messages, unique_numbers
-from tests.support.sending import queued_agent_message, twilio_carrier
+from tests.support.sending import eventually, queued_agent_message, twilio_carrier
 from tests.support.stack import Account
 from workflows.contracts import SendMessageInput
 from workflows.retries import MESSAGE_ATTEMPTS
@@ -262,3 +264,70 @@ async def test_what_a_messages_last_attempt_left_is_settled(
     assert len(received) == int(left == "claimed, then sent")
     assert settled == expected
     assert (result.status, result.error_code) == expected[:2]
+
+
+async def test_a_lost_claim_and_a_batchs_row_reconciled_at_once_never_take_one_message(
+    settings: Settings, pool: asyncpg.Pool, account: Account, carrier: TwilioCarrier
+) -> None:
+    """A conversation message whose claim was lost and a batch's uncertain row, to one user
+    with one text, looked up in the carrier's list at once, one message there: the batch's
+    reconciliation had written the sid and not yet committed when the conversation's read the
+    sids held, and both took it (a message never sent counted `sent`). The conversation's now
+    waits for the number's reconciliation lock, as a batch's does."""
+    user = unique_numbers(1)[0]
+    body = f"one of two {secrets.token_hex(6)}"
+    message_id = await queued_agent_message(pool, account, user, body)
+    assert await conversation_messages.claim_message(pool, message_id) is not None
+    only = await carrier.send(to=user, from_=account.agent_number, body=body, status_callback=None)
+    batch_id = await recorded_batch(pool, account)
+    # Two rows to the user: the first takes the message, the second (no message left) goes
+    # back to `pending`, a statement this test holds up with a lock on its row.
+    await pool.execute(
+        "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body, status,"
+        " attempts, updated_at) SELECT $1, i, $2, i + 1, $3, $4, 'uncertain', 1, now()"
+        " FROM generate_series(0, 1) AS i",
+        batch_id,
+        account.account_id,
+        user,
+        body,
+    )
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=2)
+    async with pool.acquire() as holder, holder.transaction(), httpx.AsyncClient() as http:
+        await holder.execute(
+            "SELECT 1 FROM messages WHERE batch_id = $1 AND seq = 1 FOR UPDATE", batch_id
+        )
+        candidates = {seq: (user, [only.sid or ""]) for seq in (0, 1)}
+        batch = asyncio.create_task(
+            messages.settle_uncertain(pool, account.account_id, batch_id, candidates)
+        )
+        # Until the batch's transaction waits for that row: its sid written, not committed.
+        await eventually(
+            lambda: pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                holder.get_server_pid(),
+            ),
+            lambda waiting: waiting == 1,
+        )
+        sender = ConversationActivities(
+            pool=pool, carrier=carrier, http=http, settings=settings, metrics=WorkerMetrics()
+        )
+        conversation = asyncio.create_task(
+            env.run(
+                sender.send_conversation_message,
+                SendMessageInput(message_id=str(message_id), attempts=MESSAGE_ATTEMPTS),
+            )
+        )
+        # Time for the conversation's lookup to end, were it not held up.
+        await asyncio.wait({conversation}, timeout=settings.reconcile_margin_seconds + 3)
+    found = await batch
+    result = await conversation
+
+    holders = await pool.fetchval(
+        "SELECT count(*) FROM messages WHERE carrier_sid = $1", only.sid
+    ) + await pool.fetchval(
+        "SELECT count(*) FROM conversation_messages WHERE carrier_sid = $1", only.sid
+    )
+    assert found == {0: only.sid}
+    assert holders == 1
+    assert (result.status, result.error_code) == ("uncertain", "claim_lost")
