@@ -258,6 +258,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        if isinstance(error.body, bytes):
+            # A JSON route's body, sent as another type (`curl -d` sends a form's): FastAPI
+            # kept it as bytes, and every field would be "missing".
+            sent_as = request.headers.get("content-type", "")
+            message = (
+                "body: not read as JSON: send it with `Content-Type: application/json`"
+                f" (it came as `{sent_as}`)"
+            )
+            code = InvalidRequest.code
+            return error_reply(
+                request.url.path, 400, [{"error": code, "message": documented(code, message)}]
+            )
         errors = []
         for item in error.errors():
             code = _code_for(item)

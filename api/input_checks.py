@@ -41,7 +41,8 @@ def require_storable(text: str, where: str) -> None:
 
 
 def _is_json(content_type: str | None) -> bool:
-    """Whether FastAPI reads a body of this content type as JSON (it does without one)."""
+    """Whether FastAPI reads a body of this content type as JSON (it does without one:
+    `strict_content_type` is off, api/app.py)."""
     if content_type is None:
         return True
     media = content_type.split(";", 1)[0].strip().lower()

@@ -298,3 +298,45 @@ def test_every_integer_in_a_query_or_header_has_an_upper_bound() -> None:
     ]
 
     assert unbounded == []
+
+
+async def test_a_json_body_without_a_content_type_is_read_as_json(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    """`Content-Type` left out (a client's own HTTP code often does): the body is read as
+    JSON, as the input checks read it. Before, FastAPI read it as bytes and the request was
+    refused as no object at all."""
+    number = unique_numbers(1)[0]
+    headers = {k: v for k, v in account.headers.items() if k.lower() != "content-type"}
+
+    response = await api.post(
+        "/v1/sms/numbers", headers=headers, content=json.dumps({"number": number}).encode()
+    )
+
+    assert "content-type" not in response.request.headers
+    assert response.status_code == 201, response.text
+    assert response.json()["data"]["number"] == number
+
+
+@pytest.mark.parametrize(
+    ("path", "sent_as"),
+    [
+        ("/v1/sms/numbers", "application/x-www-form-urlencoded"),
+        ("/v1/sms/numbers", "text/plain"),
+        ("/send/batch", "application/x-www-form-urlencoded"),
+    ],
+)
+async def test_a_json_body_sent_as_another_type_says_to_send_it_as_json(
+    api: httpx.AsyncClient, account: Account, path: str, sent_as: str
+) -> None:
+    """`curl -d` sends a form's type: the answer says what to send instead, in the envelope
+    of the API the request came by, rather than that the body is no object."""
+    response = await api.post(
+        path,
+        headers={"Authorization": f"Bearer {account.key}", "content-type": sent_as},
+        content=b'{"number": "+15005550006"}',
+    )
+
+    assert (response.status_code, error_code(response)) == (400, "INVALID_REQUEST")
+    assert "Content-Type: application/json" in response.text
+    assert sent_as in response.text
