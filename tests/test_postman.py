@@ -130,6 +130,25 @@ async def test_the_documented_example_is_sent_verbatim_to_its_own_numbers(
     assert sorted(m["to"] for m in received) == sorted(f"+{n}" for n in EXAMPLE_NUMBERS)
 
 
+async def test_rows_of_blank_cells_as_excel_exports_them_are_skipped_as_empty_lines(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    """A sheet whose last rows were cleared is saved with lines of commas alone (`,,,`):
+    skipped as an empty line is, not a row in error that refuses the file."""
+    campaign_id = await new_campaign(api, account)
+    numbers = unique_numbers(2)
+    lines = example_with(numbers).splitlines()
+    content = "\r\n".join([lines[0], lines[1], ",,,", lines[2], " , ,,", ",,,"]) + "\r\n"
+
+    response = await upload(api, campaign_id, content, bearer(account))
+
+    assert response.status_code == 201, response.text
+    batch = await wait_for_status(api, account, response.json()["batchId"], *FINAL)
+    assert (batch["status"], batch["recipients"]) == ("completed", 2)
+    received = [m for n in numbers for m in await emulator_messages(emulator_url, to=n)]
+    assert len(received) == 2
+
+
 async def test_one_empty_parameter_refuses_the_whole_file_and_sends_nothing(
     api: httpx.AsyncClient, account: Account, emulator_url: str
 ) -> None:

@@ -420,7 +420,9 @@ class _Check:
         """The rows that pass, `CHECK_ROWS` at a time, each block as Herald's rows."""
         block: list[list[str]] = []
         for record in reader:
-            if not record:
+            # An empty line, or a line of blank cells alone (Excel's `,,,` for cleared rows):
+            # no row, as the batch engine reads one.
+            if not "".join(record).strip():
                 continue
             self.rows += 1
             if self.rows > max_rows:
