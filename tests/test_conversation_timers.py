@@ -116,28 +116,37 @@ async def test_a_conversation_closed_while_its_timeout_is_sent_ends_closed_in_it
     ]
 
 
-async def test_a_reply_resets_the_silence_clock(
+async def test_a_reply_stops_the_silence_clock_until_the_agent_writes_again(
     api: httpx.AsyncClient, account: Account, settings: Settings, emulator_url: str
 ) -> None:
+    """The timers measure the user's silence after an agent message (Bland's `time_out`): a
+    user who answered gets no warning and no timeout while the agent has not written again;
+    the agent's next message starts the clock."""
     user = unique_numbers(1)[0]
     data = await send_ok(api, account, user, agent_message="Shall I book it?", **TIMERS)
-    [first] = await received_by(emulator_url, user, 1)
+    await received_by(emulator_url, user, 1)
     await asyncio.sleep(1.2)
 
     reply = await post_inbound(
-        api, settings, inbound_form(settings, to=account.agent_number, from_=user, body="Hmm")
+        api, settings, inbound_form(settings, to=account.agent_number, from_=user, body="Yes")
     )
-    replied_at = time.time()
+    # Past both timers, counted from the agent's message or from the reply.
+    await asyncio.sleep(TIMERS["time_out"] + 1.5)
+    quiet = await emulator_messages(emulator_url, to=user)
+    waiting = await conversation(api, account, data["conversation_id"])
+    await send_ok(api, account, user, agent_message="Booked.")
 
     assert reply.status_code == 200, reply.text
-    _, warning, timeout = await received_by(emulator_url, user, 3)
-    assert arrival(warning) - arrival(first) >= 3
-    assert arrival(warning) - replied_at >= 1.8
-    assert arrival(timeout) - replied_at >= 3.8
+    assert [m["body"] for m in quiet] == ["Shall I book it?"]
+    assert waiting["state"] == "active"
+    _, booked, warning, timeout = await received_by(emulator_url, user, 4)
+    assert arrival(warning) - arrival(booked) >= TIMERS["warning_time"]
+    assert arrival(timeout) - arrival(booked) >= TIMERS["time_out"]
     detail = await conversation_when(api, account, data["conversation_id"], timed_out)
     assert [(m["sender"], m["kind"]) for m in detail["messages"]] == [
         ("AGENT", "message"),
         ("USER", "message"),
+        ("AGENT", "message"),
         ("AGENT", "warning"),
         ("AGENT", "timeout"),
     ]

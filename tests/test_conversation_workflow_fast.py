@@ -115,21 +115,31 @@ async def test_silence_brings_the_warning_then_the_timeout(
     )
 
 
-async def test_a_user_reply_starts_the_silence_over(time_skipping: WorkflowEnvironment) -> None:
+async def test_a_user_reply_stops_the_silence_until_the_next_agent_message(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    """Bland's timers run when the user goes silent after an agent message: a user who has
+    answered gets no warning and no timeout, however long the agent takes; the agent's next
+    message starts the clock again."""
     stubs = StubActivities()
     conversation_id = str(uuid.uuid4())
     async with stub_worker(time_skipping, stubs) as queue:
         handle = await start_conversation(time_skipping, queue, conversation_id)
         await stubs.wait_for(lambda: len(stubs.inputs("send_conversation_message")) == 1)
         await time_skipping.sleep(40)
-        replied = (await time_skipping.get_current_time()).timestamp()
         await user_replies(handle, conversation_id)
+        # Ten times the timeout: no warning, no timeout, as the user spoke last.
+        await time_skipping.sleep(3000)
+        quiet = [call.input.kind for call in stubs.calls["send_conversation_message"]]
+        answered = (await time_skipping.get_current_time()).timestamp()
+        await handle.signal(ConversationWorkflow.message, agent_message(conversation_id))
         result = await result_of(handle)
+    assert quiet == ["message"]
     calls = stubs.calls["send_conversation_message"]
-    assert [call.input.kind for call in calls] == ["message", "warning", "timeout"]
-    # Both timers count from the reply, not from the agent's message.
-    assert replied + 60 <= calls[1].at < replied + 62
-    assert replied + 300 <= calls[2].at < replied + 302
+    assert [call.input.kind for call in calls] == ["message", "message", "warning", "timeout"]
+    # Both timers count from the agent's answer.
+    assert answered + 60 <= calls[2].at < answered + 62
+    assert answered + 300 <= calls[3].at < answered + 302
     assert result.state == ConversationStatus.TIMEOUT
 
 
@@ -145,13 +155,13 @@ async def test_an_agent_message_the_carrier_refused_starts_no_silence(
         # Ten times the timeout: no warning, no timeout, as the user was never written to.
         await time_skipping.sleep(3000)
         quiet = [call.input.kind for call in stubs.calls["send_conversation_message"]]
-        replied = (await time_skipping.get_current_time()).timestamp()
-        await user_replies(handle, conversation_id)
+        answered = (await time_skipping.get_current_time()).timestamp()
+        await handle.signal(ConversationWorkflow.message, agent_message(conversation_id))
         result = await result_of(handle)
     assert quiet == ["message"]
     calls = stubs.calls["send_conversation_message"]
-    assert [call.input.kind for call in calls] == ["message", "warning", "timeout"]
-    assert replied + 60 <= calls[1].at < replied + 62
+    assert [call.input.kind for call in calls] == ["message", "message", "warning", "timeout"]
+    assert answered + 60 <= calls[2].at < answered + 62
     assert result.state == ConversationStatus.TIMEOUT
 
 
@@ -159,14 +169,14 @@ async def run_with_a_failing_first_message(
     env: WorkflowEnvironment,
 ) -> tuple[StubActivities, WorkflowHandle[ConversationWorkflow, ConversationResult]]:
     """A conversation whose first message's send fails every attempt other than by the
-    carrier's answer (as when its workers die), then a user reply (handled once that send
-    has ended; the silence timers then end the run), run to its end."""
+    carrier's answer (as when its workers die), then the agent's next message (handled once
+    that send has ended; its silence timers then end the run), run to its end."""
     stubs = StubActivities(failing_messages={str(uuid.uuid4())})
     conversation_id = str(uuid.uuid4())
     [failing] = stubs.failing_messages
     async with stub_worker(env, stubs) as queue:
         handle = await start_conversation(env, queue, conversation_id, failing)
-        await user_replies(handle, conversation_id)
+        await handle.signal(ConversationWorkflow.message, agent_message(conversation_id))
         await result_of(handle)
     return stubs, handle
 

@@ -63,6 +63,10 @@ HANDED_OVER_BEGINS_PATCH = "conversation-handed-over-begins"
 CANCEL_CLOSES_PATCH = "conversation-cancel-closes"
 # A warning's or timeout's message id names its silence (`_send_own`), not a random one.
 OWN_IDS_NAMED_PATCH = "conversation-own-message-ids-named"
+# The silence clock runs only after an agent message, as Bland's `time_out` does ("when the
+# user goes silent for this long after an agent message"): a user's message stops it. It
+# started over, and the user who had answered got the warning and the timeout.
+SILENCE_AFTER_AGENT_PATCH = "conversation-silence-after-agent-only"
 # The outcomes of an agent message that never reached the carrier (`conversation_messages`).
 NEVER_SENT = frozenset({"queued", "failed", "skipped"})
 
@@ -226,7 +230,10 @@ class ConversationWorkflow:
                 self._restart_clock(signal.message_id)
             return
         if live:
-            self._restart_clock(signal.message_id)
+            if workflow.patched(SILENCE_AFTER_AGENT_PATCH):
+                self._stop_clock()
+            else:
+                self._restart_clock(signal.message_id)
         self._notify(
             ConversationEvent(conversation_id=signal.conversation_id, message_id=signal.message_id)
         )
@@ -240,6 +247,12 @@ class ConversationWorkflow:
         """The user's silence starts now, after message `after`."""
         self._state.silent_since = workflow.now().timestamp()
         self._state.silent_after = after
+        self._state.warned = False
+
+    def _stop_clock(self) -> None:
+        """The user has spoken: no silence of theirs until the next agent message."""
+        self._state.silent_since = None
+        self._state.silent_after = None
         self._state.warned = False
 
     def _due(self) -> tuple[float, str, str | None] | None:

@@ -876,6 +876,29 @@ async def test_conversation_reply_then_timeout(
     await save_conversation(temporal, account, user, "reply_then_timeout")
 
 
+async def test_conversation_reply_stops_the_clock(
+    api: httpx.AsyncClient,
+    account: Account,
+    settings: Settings,
+    temporal: Client,
+    emulator_url: str,
+) -> None:
+    """A send with timers, the user's reply (the marker `conversation-silence-after-agent-only`:
+    the clock stops), past the timeout nothing sent; the agent's next send starts the clock,
+    the warning and the timeout follow it."""
+    user = unique_numbers(1)[0]
+    data = await send_ok(api, account, user, agent_message="Shall I book it?", **TIMERS)
+    await received_by(emulator_url, user, 1)
+    form = inbound_form(settings, to=account.agent_number, from_=user, body="Yes")
+    assert (await post_inbound(api, settings, form)).status_code == 200
+    await asyncio.sleep(TIMERS["time_out"] + 1)
+    assert len(await emulator_messages(emulator_url, to=user)) == 1
+    await send_ok(api, account, user, agent_message="Booked.")
+    await conversation_when(api, account, data["conversation_id"], timed_out)
+    assert len(await emulator_messages(emulator_url, to=user)) == 4
+    await save_conversation(temporal, account, user, "reply_stops_the_clock")
+
+
 async def test_conversation_help_answered(
     api: httpx.AsyncClient,
     account: Account,
