@@ -41,9 +41,9 @@ def require_storable(text: str, where: str) -> None:
 
 
 def _is_json(content_type: str | None) -> bool:
-    """Whether FastAPI reads a body of this content type as JSON (it does without one:
-    `strict_content_type` is off, api/app.py)."""
-    if content_type is None:
+    """Whether FastAPI reads a body of this content type as JSON (it does without one, or with
+    an empty one: `strict_content_type` is off, api/app.py)."""
+    if not content_type:
         return True
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (

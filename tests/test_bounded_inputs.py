@@ -318,6 +318,20 @@ async def test_a_json_body_without_a_content_type_is_read_as_json(
     assert response.json()["data"]["number"] == number
 
 
+async def test_a_json_body_with_an_empty_content_type_is_checked_as_json(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    """An empty `Content-Type` is read as JSON, as none is: its body is checked as JSON's
+    is, not passed on unchecked for PostgreSQL to refuse."""
+    response = await api.post(
+        "/v1/sms/numbers",
+        headers=account.headers | {"content-type": ""},
+        content=b'{"number": "+15005550006", "webhook": "a\\u0000b"}',
+    )
+
+    assert (response.status_code, error_code(response)) == (400, "INVALID_TEXT"), response.text
+
+
 @pytest.mark.parametrize(
     ("path", "sent_as"),
     [
