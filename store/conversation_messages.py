@@ -170,6 +170,16 @@ async def fail_stranded_sends(
     return [row["id"] for row in rows]
 
 
+async def recorded_at(pool: asyncpg.Pool, message_id: uuid.UUID) -> float:
+    """When the message was recorded: Unix seconds, by the database's clock."""
+    return float(
+        await pool.fetchval(
+            "SELECT extract(epoch FROM created_at) FROM conversation_messages WHERE id = $1",
+            message_id,
+        )
+    )
+
+
 async def mark_signalled(pool: asyncpg.Pool, message_ids: list[uuid.UUID]) -> None:
     """The messages reached their workflow: a repeat of their request signals them no more."""
     await pool.execute(
@@ -380,7 +390,9 @@ async def message_status(pool: asyncpg.Pool, message_id: uuid.UUID) -> tuple[str
     return row["status"], row["error_code"]
 
 
-async def message_for_workflow(pool: asyncpg.Pool, message_id: uuid.UUID) -> dict:
+async def message_for_workflow(
+    pool: asyncpg.Pool | asyncpg.Connection, message_id: uuid.UUID
+) -> dict:
     row = await pool.fetchrow(
         f"SELECT {_MESSAGE_COLUMNS} FROM conversation_messages WHERE id = $1", message_id
     )

@@ -582,18 +582,21 @@ async def settle_conversation_message(
     `settle_uncertain` settles a batch's rows, under the same lock: `sent` with the oldest of
     `sids` (the carrier's messages that may be its own, oldest first) that no message of any
     batch or conversation holds. That sid, or None when none is left or the message was
-    settled meanwhile (it is left as it is)."""
+    settled meanwhile (it is left as it is). Run again after it committed (an outage cut it
+    short: through_outages), it finds the sid it wrote and gives it again."""
     async with pool.acquire() as conn, conn.transaction():
         await _lock_for_reconciliation(conn, account_id, [number])
-        taken = await sids_in_ledger(conn, sids)
-        taken |= await conversation_messages.sids_taken(conn, sids)
-        free = next((sid for sid in sids if sid not in taken), None)
-        if free is None or not await conversation_messages.write_outcome(
-            conn, message_id, status="sent", carrier_sid=free
-        ):
-            return None
-    await receipts.apply_conversation_receipt(pool, free)
-    return free
+        own = (await conversation_messages.message_for_workflow(conn, message_id))["carrier_sid"]
+        if own not in sids:
+            taken = await sids_in_ledger(conn, sids)
+            taken |= await conversation_messages.sids_taken(conn, sids)
+            own = next((sid for sid in sids if sid not in taken), None)
+            if own is None or not await conversation_messages.write_outcome(
+                conn, message_id, status="sent", carrier_sid=own
+            ):
+                return None
+    await receipts.apply_conversation_receipt(pool, own)
+    return own
 
 
 async def _lock_for_reconciliation(

@@ -318,8 +318,17 @@ async def test_a_lost_claim_and_a_batchs_row_reconciled_at_once_never_take_one_m
                 SendMessageInput(message_id=str(message_id), attempts=MESSAGE_ATTEMPTS),
             )
         )
-        # Time for the conversation's lookup to end, were it not held up.
-        await asyncio.wait({conversation}, timeout=settings.reconcile_margin_seconds + 3)
+        # Until the conversation's lookup has ended, or waits behind the batch's transaction
+        # (a backend blocked by the one this test blocks).
+        await eventually(
+            lambda: pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity AS a WHERE EXISTS (SELECT 1"
+                " FROM pg_stat_activity AS b WHERE $1 = ANY(pg_blocking_pids(b.pid))"
+                " AND b.pid = ANY(pg_blocking_pids(a.pid)))",
+                holder.get_server_pid(),
+            ),
+            lambda behind: conversation.done() or behind == 1,
+        )
     found = await batch
     result = await conversation
 
@@ -331,3 +340,27 @@ async def test_a_lost_claim_and_a_batchs_row_reconciled_at_once_never_take_one_m
     assert found == {0: only.sid}
     assert holders == 1
     assert (result.status, result.error_code) == ("uncertain", "claim_lost")
+
+
+async def test_a_settlement_run_again_after_it_committed_gives_the_sid_it_wrote(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    """`through_outages` runs the whole settlement again when an outage cuts it short after
+    its commit (applying the receipts, say): the second run finds the message holding the
+    sid, as it wrote it, not taken by another; before, it answered None (the carrier has no
+    such message) for a message recorded `sent`."""
+    user = unique_numbers(1)[0]
+    message_id = await queued_agent_message(pool, account, user, "settled twice")
+    assert await conversation_messages.claim_message(pool, message_id) is not None
+    sid = f"SM{secrets.token_hex(16)}"
+
+    first = await messages.settle_conversation_message(
+        pool, account.account_id, user, message_id, [sid]
+    )
+    again = await messages.settle_conversation_message(
+        pool, account.account_id, user, message_id, [sid]
+    )
+
+    assert first == again == sid
+    message = await conversation_messages.message_for_workflow(pool, message_id)
+    assert (message["status"], message["carrier_sid"]) == ("sent", sid)

@@ -76,7 +76,9 @@ async def start_conversation(
 
 
 async def user_replies(
-    handle: WorkflowHandle[ConversationWorkflow, ConversationResult], conversation_id: str
+    handle: WorkflowHandle[ConversationWorkflow, ConversationResult],
+    conversation_id: str,
+    received_at: float | None = None,
 ) -> None:
     await handle.signal(
         ConversationWorkflow.message,
@@ -85,6 +87,7 @@ async def user_replies(
             conversation_seq=1,
             message_id=str(uuid.uuid4()),
             sender=USER_NUMBER,
+            received_at=received_at,
         ),
     )
 
@@ -140,6 +143,31 @@ async def test_a_user_reply_stops_the_silence_until_the_next_agent_message(
     # Both timers count from the agent's answer.
     assert answered + 60 <= calls[2].at < answered + 62
     assert answered + 300 <= calls[3].at < answered + 302
+    assert result.state == ConversationStatus.TIMEOUT
+
+
+async def test_a_reply_recorded_before_the_agents_latest_message_does_not_stop_its_clock(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    """A reply to the agent's first message, handed over only after the agent's second was
+    sent (it came while that one was on its way, or its signal was late): the user has not
+    answered the second, whose warning and timeout still come."""
+    stubs = StubActivities()
+    conversation_id = str(uuid.uuid4())
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_conversation(time_skipping, queue, conversation_id)
+        await stubs.wait_for(lambda: len(stubs.inputs("send_conversation_message")) == 1)
+        await time_skipping.sleep(20)
+        replied = (await time_skipping.get_current_time()).timestamp()
+        await time_skipping.sleep(20)
+        await handle.signal(ConversationWorkflow.message, agent_message(conversation_id))
+        await stubs.wait_for(lambda: len(stubs.inputs("send_conversation_message")) == 2)
+        second = (await time_skipping.get_current_time()).timestamp()
+        await user_replies(handle, conversation_id, received_at=replied)
+        result = await result_of(handle)
+    calls = stubs.calls["send_conversation_message"]
+    assert [call.input.kind for call in calls] == ["message", "message", "warning", "timeout"]
+    assert second + 58 <= calls[2].at < second + 62
     assert result.state == ConversationStatus.TIMEOUT
 
 

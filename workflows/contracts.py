@@ -467,6 +467,10 @@ class ConversationSignal:
     # recorded with it and sent once it is handled. One signal for both, so that the answer
     # reaches the workflow whenever the message does.
     answer_id: str | None = None
+    # A user's message: when it was recorded (Unix seconds, the database's clock). One recorded
+    # before the silence clock started answered an earlier agent message (it came while the
+    # latest was being sent, or was handed over late): it does not stop the clock.
+    received_at: float | None = None
 
 
 @dataclass(kw_only=True)

@@ -231,7 +231,8 @@ class ConversationWorkflow:
             return
         if live:
             if workflow.patched(SILENCE_AFTER_AGENT_PATCH):
-                self._stop_clock()
+                if not self._answered_before_the_clock(signal):
+                    self._stop_clock()
             else:
                 self._restart_clock(signal.message_id)
         self._notify(
@@ -248,6 +249,12 @@ class ConversationWorkflow:
         self._state.silent_since = workflow.now().timestamp()
         self._state.silent_after = after
         self._state.warned = False
+
+    def _answered_before_the_clock(self, signal: ConversationSignal) -> bool:
+        """Whether the user's message was recorded before the silence clock started: it
+        answered an earlier agent message, and the silence after the latest goes on."""
+        since = self._state.silent_since
+        return since is not None and signal.received_at is not None and signal.received_at < since
 
     def _stop_clock(self) -> None:
         """The user has spoken: no silence of theirs until the next agent message."""

@@ -49,9 +49,10 @@ async def signal_conversation(
     kind: str = "message",
     timers: SilenceTimers | None = None,
     answer_id: uuid.UUID | None = None,
+    received_at: float | None = None,
 ) -> None:
     """Hand a recorded message (and the answer it asks for, ConversationSignal.answer_id) to
-    the pair's workflow, starting a run if none is open."""
+    the pair's workflow, starting a run if none is open; a user's with when it was recorded."""
     conversation_id = str(conversation["id"])
     try:
         await temporal.start_workflow(
@@ -75,6 +76,7 @@ async def signal_conversation(
                     kind=kind,
                     timers=timers,
                     answer_id=None if answer_id is None else str(answer_id),
+                    received_at=received_at,
                 )
             ],
             search_attributes=TypedSearchAttributes(

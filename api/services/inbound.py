@@ -156,6 +156,7 @@ async def hand_over(
         message_id=message_id,
         sender="USER",
         answer_id=answer_id,
+        received_at=await conversation_messages.recorded_at(pool, message_id),
     )
     await conversation_messages.mark_signalled(
         pool, [m for m in (message_id, answer_id) if m is not None]

@@ -421,7 +421,7 @@ class _Check:
         block: list[list[str]] = []
         for record in reader:
             # An empty line, or a line of blank cells alone (Excel's `,,,` for cleared rows):
-            # no row, as the batch engine reads one.
+            # no row, as Herald's own upload skips one.
             if not "".join(record).strip():
                 continue
             self.rows += 1
