@@ -189,6 +189,19 @@ async def test_unknown_batch_is_not_found(api: httpx.AsyncClient, account: Accou
             ],
             "MULTIPLE_FILES",
         ),
+        # Herald's own type for a file of validated ledger rows (a Postman upload's), which a
+        # retry of a batch whose run never recorded its ledger would load unvalidated.
+        (
+            {"file_type": "batches"},
+            {
+                "file": (
+                    "a.arrow",
+                    b"phone_number\n+12015550123\n",
+                    "application/vnd.apache.arrow.stream",
+                )
+            },
+            "INVALID_FILE_TYPE",
+        ),
     ],
 )
 async def test_attach_errors(
