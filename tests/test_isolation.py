@@ -310,3 +310,37 @@ async def test_the_postman_dialect_takes_another_accounts_campaign_for_an_unknow
         assert dialect_outcome(as_a) != dialect_outcome(unknown), (path, as_a.text)
         without_key = await api.request(method, path.format(**a.ids), json={})
         assert dialect_outcome(without_key) == (401, "invalid_api_key_provided")
+
+
+# Another account's campaign named in a body: its template must not be B's to send or read.
+CAMPAIGN_IN_BODY: dict[str, Call] = {
+    "/v1/sms/batch": Call(
+        json={
+            "recipients": [{"phone_number": "+12125550123"}],
+            "campaign_id": "{campaign_id}",
+            "global": {"agent_number": "{own_number}", "request_data": {"body": "hi"}},
+            "dry_run": True,
+        }
+    ),
+    "/v1/sms/send": Call(
+        json={
+            "user_number": "+12125550123",
+            "agent_number": "{own_number}",
+            "campaign_id": "{campaign_id}",
+            "params": {"body": "hi"},
+        }
+    ),
+}
+
+
+async def test_another_accounts_campaign_in_a_body_is_an_unknown_one(
+    api: httpx.AsyncClient, tenants: tuple[Tenant, Tenant]
+) -> None:
+    a, b = tenants
+    for path, spec in CAMPAIGN_IN_BODY.items():
+        as_b = await call(api, "POST", path, spec, b, a.ids)
+        unknown = await call(api, "POST", path, spec, b, unknown_ids())
+        assert outcome(unknown) == (404, ["CAMPAIGN_NOT_FOUND"]), (path, unknown.text)
+        assert outcome(as_b) == outcome(unknown), (path, as_b.text)
+        as_a = await call(api, "POST", path, spec, a, a.ids)
+        assert as_a.status_code == 200, (path, as_a.text)
