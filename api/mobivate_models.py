@@ -26,6 +26,13 @@ class MobivateModel(RequestBody):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
 
+def not_blank(recipient: str) -> str:
+    """A blank recipient would be a blank row, which a batch skips: no message, no error."""
+    if not recipient.strip():
+        raise PydanticCustomError("blank_recipient", "recipient is blank")
+    return recipient
+
+
 class MobivateRecipient(MobivateModel):
     recipient: str = Field(
         min_length=1,
@@ -51,10 +58,7 @@ class MobivateRecipient(MobivateModel):
     @field_validator("recipient")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        """A blank recipient would be a blank row, which a batch skips: no message, no error."""
-        if not value.strip():
-            raise PydanticCustomError("blank_recipient", "recipient is blank")
-        return value
+        return not_blank(value)
 
     def is_mailing_list(self) -> bool:
         """A mailing list's id in `recipient`, marked by `meta.type` `mailinglist`."""
@@ -76,6 +80,12 @@ class MobivateBatchRequest(MobivateModel):
     recipients: list[MobivateRecipient] | None = Field(None, min_length=1)
     messages: list[MobivateRecipient] | None = Field(
         None, min_length=1, description="The same as `recipients`; give one of the two."
+    )
+    recipient: str | None = Field(
+        None,
+        min_length=1,
+        description="One phone number, as the request table lists it: the same as `recipients`"
+        " of one recipient with that number; give it, `recipients` or `messages`.",
     )
     text: str = Field(min_length=1, description="The message; `{{KEY}}` tags from `meta`.")
     originator: str = Field(
@@ -114,6 +124,11 @@ class MobivateBatchRequest(MobivateModel):
         " numbering plan assigns.",
     )
 
+    @field_validator("recipient")
+    @classmethod
+    def _one_not_blank(cls, value: str | None) -> str | None:
+        return None if value is None else not_blank(value)
+
     @field_validator("schedule_date_time")
     @classmethod
     def _in_the_future(cls, value: datetime | None) -> datetime | None:
@@ -123,13 +138,18 @@ class MobivateBatchRequest(MobivateModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if (self.recipients is None) == (self.messages is None):
+        given = [self.recipients, self.messages, self.recipient]
+        if sum(value is not None for value in given) != 1:
             raise PydanticCustomError(
-                "recipients", "give the recipients in `recipients` or `messages` (one of them)"
+                "recipients",
+                "give the recipients in `recipients` or `messages`, or one number in"
+                " `recipient` (one of the three)",
             )
         return self
 
     def to_send(self) -> list[MobivateRecipient]:
+        if self.recipient is not None:
+            return [MobivateRecipient(recipient=self.recipient)]
         return self.recipients or self.messages or []
 
 

@@ -197,6 +197,36 @@ async def test_a_recipients_originator_sends_it_at_that_senders_own_pace(
     assert rate([m for m in received if m["from"] == custom]) <= 5 * 1.05
 
 
+async def test_one_number_in_recipient_as_the_request_table_lists_it_is_sent(
+    api: httpx.AsyncClient, account: Account, emulator_url: str
+) -> None:
+    """The contract's table lists a top-level `recipient` (its example gives `recipients`):
+    one message to that number. Before, it was ignored and the request refused for having
+    no recipients."""
+    number = unique_numbers(1)[0]
+    body = {"text": "Hello", "originator": account.agent_number}
+
+    one = await api.post(
+        "/send/batch", headers=bearer(account), json=body | {"recipient": number[1:]}
+    )
+    both = await api.post(
+        "/send/batch",
+        headers=bearer(account),
+        json=body | {"recipient": number[1:], "recipients": [{"recipient": number[1:]}]},
+    )
+    blank = await api.post("/send/batch", headers=bearer(account), json=body | {"recipient": " "})
+
+    assert one.status_code == 200, one.text
+    assert one.json()["record"]["recipientCount"] == 1
+    batch = await wait_for_status(api, account, one.json()["record"]["id"], *FINAL)
+    assert batch["status"] == "completed"
+    [received] = await emulator_messages(emulator_url, to=number)
+    assert (received["from"], received["body"]) == (account.agent_number, "Hello")
+    for refused in (both, blank):
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["name"] == "ValidationError"
+
+
 async def test_a_recipients_originator_must_be_the_accounts(
     api: httpx.AsyncClient, account: Account, other_account: Account
 ) -> None:
