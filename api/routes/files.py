@@ -9,17 +9,12 @@ from api.deps import AppSettings, FilesWrite, Pool
 from api.errors import HeraldError
 from api.input_checks import require_storable
 from api.models import AttachedFile, Envelope
-from api.services.files import store_file
+from api.services.files import InvalidFileType, store_file
 from settings import Settings
-from store.files import LEDGER_FILE_TYPE
 
 router = APIRouter(tags=["files"])
 
 READ_BLOCK = 1024 * 1024
-
-
-class InvalidFileType(HeraldError):
-    code = "INVALID_FILE_TYPE"
 
 
 class MissingFile(HeraldError):
@@ -83,10 +78,6 @@ async def attach_file(
     require_storable(filename, "the file's name")
     if file.content_type is not None:
         require_storable(file.content_type, "the file's content type")
-        # Herald's own, for a file of rows it validated (a Postman upload's): a retry loads
-        # such a file's rows as they are (`retry_batch`), so no upload may claim it.
-        if file.content_type.split(";", 1)[0].strip().lower() == LEDGER_FILE_TYPE:
-            raise InvalidFileType(f"{LEDGER_FILE_TYPE} is Herald's own: upload CSV or JSON")
     row = await store_file(
         pool,
         account_id,

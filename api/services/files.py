@@ -5,7 +5,12 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
+from api.errors import HeraldError
 from store import files
+
+
+class InvalidFileType(HeraldError):
+    code = "INVALID_FILE_TYPE"
 
 
 async def store_file(
@@ -17,6 +22,13 @@ async def store_file(
     size_bytes: int,
     content: AsyncIterator[bytes],
 ) -> dict:
+    """Store an uploaded file. Its type may not be Herald's own for a file of rows it
+    validated (a Postman upload's): a retry loads such a file's rows as they are
+    (`retry_batch`), so no upload may claim it."""
+    if content_type is not None and (
+        content_type.split(";", 1)[0].strip().lower() == files.LEDGER_FILE_TYPE
+    ):
+        raise InvalidFileType(f"{files.LEDGER_FILE_TYPE} is Herald's own: upload CSV or JSON")
     return await files.insert_file(
         pool,
         account_id,
