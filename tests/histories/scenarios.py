@@ -860,20 +860,9 @@ async def test_conversation_cancelled_through_temporal(
     await save_conversation(temporal, account, user, "cancelled_through_temporal")
 
 
-async def test_conversation_reply_then_timeout(
-    api: httpx.AsyncClient,
-    account: Account,
-    settings: Settings,
-    temporal: Client,
-    emulator_url: str,
-) -> None:
-    user = unique_numbers(1)[0]
-    data = await send_ok(api, account, user, agent_message="Shall I book it?", **TIMERS)
-    await received_by(emulator_url, user, 1)
-    form = inbound_form(settings, to=account.agent_number, from_=user, body="Hmm")
-    assert (await post_inbound(api, settings, form)).status_code == 200
-    await conversation_when(api, account, data["conversation_id"], timed_out)
-    await save_conversation(temporal, account, user, "reply_then_timeout")
+# `reply_then_timeout.json` (a user's reply restarting the clock) and `help_answered.json` are
+# kept from before `conversation-silence-after-agent-only`: the code since stops the clock at
+# a user's message, so their scenarios record the new shapes under new names.
 
 
 async def test_conversation_reply_stops_the_clock(
@@ -907,15 +896,18 @@ async def test_conversation_help_answered(
     emulator_url: str,
 ) -> None:
     """A user's HELP in a conversation with timers: one signal carries the message and its
-    answer (`ConversationSignal.answer_id`), the answer sent, then the timers run out."""
+    answer (`ConversationSignal.answer_id`), the answer sent; the user's message stops the
+    clock (the marker `conversation-silence-after-agent-only`), the agent's next send starts
+    it, then the timers run out."""
     user = unique_numbers(1)[0]
     data = await send_ok(api, account, user, agent_message="Shall I book it?", **TIMERS)
     await received_by(emulator_url, user, 1)
     form = inbound_form(settings, to=account.agent_number, from_=user, body="HELP")
     assert (await post_inbound(api, settings, form)).status_code == 200
     await received_by(emulator_url, user, 2)
+    await send_ok(api, account, user, agent_message="Anything else?")
     await conversation_when(api, account, data["conversation_id"], timed_out)
-    await save_conversation(temporal, account, user, "help_answered")
+    await save_conversation(temporal, account, user, "help_answered_clock_stopped")
 
 
 async def test_conversation_events_carried_over(
@@ -985,7 +977,9 @@ async def test_conversation_settle_unsent(time_skipping: WorkflowEnvironment) ->
     recorded = json.loads(history.to_json())
     started = recorded["events"][0]["workflowExecutionStartedEventAttributes"]
     started["workflowId"] = handle.id
-    save(WorkflowHistory.from_json(handle.id, recorded), "conversation", "settle_unsent")
+    # `settle_unsent.json` (a user's reply after, restarting the clock) is kept from before
+    # `conversation-silence-after-agent-only`; the agent's next message follows here.
+    save(WorkflowHistory.from_json(handle.id, recorded), "conversation", "settle_unsent_then_agent")
 
 
 async def save_conversation(temporal: Client, account: Account, user: str, name: str) -> None:
