@@ -40,12 +40,17 @@ def require_storable(text: str, where: str) -> None:
         raise InvalidText(f"{where} holds a NUL character or a lone surrogate")
 
 
+def media_type(content_type: str) -> str:
+    """A `Content-Type`'s media type, without its parameters, in lower case."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
 def _is_json(content_type: str | None) -> bool:
     """Whether FastAPI reads a body of this content type as JSON (it does without one, or with
     an empty one: `strict_content_type` is off, api/app.py)."""
     if not content_type:
         return True
-    media = content_type.split(";", 1)[0].strip().lower()
+    media = media_type(content_type)
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
     )

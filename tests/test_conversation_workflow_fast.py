@@ -75,6 +75,13 @@ async def start_conversation(
     )
 
 
+async def agent_writes(
+    handle: WorkflowHandle[ConversationWorkflow, ConversationResult], conversation_id: str
+) -> None:
+    """The agent's next message of the conversation, setting TIMERS."""
+    await handle.signal(ConversationWorkflow.message, agent_message(conversation_id))
+
+
 async def user_replies(
     handle: WorkflowHandle[ConversationWorkflow, ConversationResult],
     conversation_id: str,
@@ -135,7 +142,7 @@ async def test_a_user_reply_stops_the_silence_until_the_next_agent_message(
         await time_skipping.sleep(3000)
         quiet = [call.input.kind for call in stubs.calls["send_conversation_message"]]
         answered = (await time_skipping.get_current_time()).timestamp()
-        await handle.signal(ConversationWorkflow.message, agent_message(conversation_id))
+        await agent_writes(handle, conversation_id)
         result = await result_of(handle)
     assert quiet == ["message"]
     calls = stubs.calls["send_conversation_message"]
@@ -160,7 +167,7 @@ async def test_a_reply_recorded_before_the_agents_latest_message_does_not_stop_i
         await time_skipping.sleep(20)
         replied = (await time_skipping.get_current_time()).timestamp()
         await time_skipping.sleep(20)
-        await handle.signal(ConversationWorkflow.message, agent_message(conversation_id))
+        await agent_writes(handle, conversation_id)
         await stubs.wait_for(lambda: len(stubs.inputs("send_conversation_message")) == 2)
         second = (await time_skipping.get_current_time()).timestamp()
         await user_replies(handle, conversation_id, received_at=replied)
@@ -184,7 +191,7 @@ async def test_an_agent_message_the_carrier_refused_starts_no_silence(
         await time_skipping.sleep(3000)
         quiet = [call.input.kind for call in stubs.calls["send_conversation_message"]]
         answered = (await time_skipping.get_current_time()).timestamp()
-        await handle.signal(ConversationWorkflow.message, agent_message(conversation_id))
+        await agent_writes(handle, conversation_id)
         result = await result_of(handle)
     assert quiet == ["message"]
     calls = stubs.calls["send_conversation_message"]
@@ -204,7 +211,7 @@ async def run_with_a_failing_first_message(
     [failing] = stubs.failing_messages
     async with stub_worker(env, stubs) as queue:
         handle = await start_conversation(env, queue, conversation_id, failing)
-        await handle.signal(ConversationWorkflow.message, agent_message(conversation_id))
+        await agent_writes(handle, conversation_id)
         await result_of(handle)
     return stubs, handle
 

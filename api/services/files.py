@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 
 from api.errors import HeraldError
+from api.input_checks import media_type
 from store import files
 
 
@@ -25,9 +26,7 @@ async def store_file(
     """Store an uploaded file. Its type may not be Herald's own for a file of rows it
     validated (a Postman upload's): a retry loads such a file's rows as they are
     (`retry_batch`), so no upload may claim it."""
-    if content_type is not None and (
-        content_type.split(";", 1)[0].strip().lower() == files.LEDGER_FILE_TYPE
-    ):
+    if content_type is not None and media_type(content_type) == files.LEDGER_FILE_TYPE:
         raise InvalidFileType(f"{files.LEDGER_FILE_TYPE} is Herald's own: upload CSV or JSON")
     return await files.insert_file(
         pool,
