@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
+from pydantic import ValidationError
 
-from settings import get_settings, read_dev_file
+from settings import Settings, read_dev_file, refusal
 
 KEY_VARIABLE = "HERALD_API_KEY"
 URL_VARIABLE = "HERALD_API_URL"
@@ -58,23 +59,28 @@ class Config:
 
     @classmethod
     def load(cls) -> "Config":
-        settings = get_settings()
-        dev_file = settings.home / "dev.json"
-        try:
-            dev = read_dev_file(dev_file)
-        except (OSError, ValueError) as error:
-            raise CliError(f"cannot read {dev_file}: {error}") from error
-        key = os.environ.get(KEY_VARIABLE)
+        """The key and address from the environment; what it lacks from dev.json and Herald's
+        settings, which are read only then (an operator's client, given both, needs neither:
+        not a server's settings, nor a dev.json it may not read)."""
+        key = os.environ.get(KEY_VARIABLE, "").strip()
+        url = os.environ.get(URL_VARIABLE, "").strip()
+        dev: dict[str, Any] = {}
         # dev.json's address only with its own key: a key from the environment never goes to
         # an address read from a file in whatever folder the command runs in.
-        local = {} if key else dev
-        key = key or local.get("api_key")
         if not key:
-            raise CliError(
-                f"no API key: set {KEY_VARIABLE}, or start the local stack (`make run`) which"
-                f" writes one to {dev_file}"
-            )
-        url = os.environ.get(URL_VARIABLE) or local.get("api_url") or settings.api_url
+            dev_file = _settings().home / "dev.json"
+            try:
+                dev = read_dev_file(dev_file)
+            except (OSError, ValueError) as error:
+                raise CliError(f"cannot read {dev_file}: {error}") from error
+            key = str(dev.get("api_key") or "").strip()
+            if not key:
+                raise CliError(
+                    f"no API key: set {KEY_VARIABLE}, or start the local stack (`make run`)"
+                    f" which writes one to {dev_file}"
+                )
+        _check_key(key)
+        url = url or str(dev.get("api_url") or _settings().api_url)
         try:
             scheme = httpx.URL(url).scheme
         except httpx.InvalidURL as error:
@@ -84,20 +90,35 @@ class Config:
         return cls(api_url=url.rstrip("/"), key=key)
 
 
+def _settings() -> Settings:
+    """Herald's settings, for the local stack's home and address: an environment they refuse
+    is the command's error, its problems on one line (no server starts here)."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(refusal(error).splitlines())
+        raise CliError(f"the HERALD_ settings are not valid: {problems}") from error
+
+
+def _check_key(key: str) -> None:
+    """A key is printable ASCII (a header value): one pasted with a non-breaking space or a
+    carriage return (a file with Windows line ends) is refused here, naming the character
+    alone, never the key (an HTTP library's error quotes the whole header)."""
+    for character in key:
+        if not (character.isascii() and character.isprintable()):
+            raise CliError(
+                f"the API key holds a character no key has ({character!r}):"
+                f" check {KEY_VARIABLE}, else dev.json's"
+            )
+
+
 class Herald:
     """Herald's own API (`/v1/...`), answers unwrapped from the `{data, errors}` envelope."""
 
     def __init__(self, config: Config) -> None:
-        try:
-            self._http = httpx.Client(
-                base_url=config.api_url, headers={"authorization": config.key}, timeout=TIMEOUT
-            )
-        except UnicodeEncodeError as error:
-            # A header is ASCII: a key pasted with a non-breaking space, say.
-            raise CliError(
-                f"the API key holds a character no key has ({error.object[error.start]!r}):"
-                f" check {KEY_VARIABLE}, else dev.json's"
-            ) from error
+        self._http = httpx.Client(
+            base_url=config.api_url, headers={"authorization": config.key}, timeout=TIMEOUT
+        )
 
     def __enter__(self) -> "Herald":
         return self
@@ -220,5 +241,6 @@ def _raise_for_error(response: httpx.Response) -> None:
         errors = response.json()["errors"]
         code, message = errors[0]["error"], errors[0]["message"]
     except (ValueError, KeyError, IndexError, TypeError):
-        code, message = "HTTP_ERROR", response.text[:200]
+        # A proxy's error page, say: its first words, on the one line an error takes.
+        code, message = "HTTP_ERROR", " ".join(response.text[:200].split())
     raise ApiError(response.status_code, code, message)

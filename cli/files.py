@@ -13,6 +13,8 @@ from cli.client import CliError
 def replaced_on_success(path: Path) -> Iterator[BinaryIO]:
     """A new file next to `path`, renamed over it once the block ends without an error and
     removed otherwise: `path` holds the old content or the whole new one, never a part."""
+    if not path.name or path.is_dir():
+        raise CliError(f"cannot write {path}: it is a folder, not a file")
     part = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     try:
         with part.open("xb") as file:

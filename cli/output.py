@@ -32,6 +32,16 @@ def cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+# Off a terminal a row is one line of tab-separated values: a value's own tab, line end or
+# backslash is written as PostgreSQL's text format writes it, so that `cut` and `awk` read
+# each row whole (a batch named with a tab, a rejected row's quoted cell with a line end).
+_PLAIN = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def plain(value: Any) -> str:
+    return cell(value).translate(_PLAIN)
+
+
 def _text(value: Any) -> Text:
     """A value from the API as written: never read as rich's markup (`[bold]`, `[/]`)."""
     return Text(cell(value))
@@ -45,7 +55,7 @@ def show_table(columns: Sequence[str], rows: Iterable[Mapping[str, Any]], title:
     if not console.is_terminal:
         sys.stdout.write("\t".join(columns) + "\n")
         for row in rows:
-            sys.stdout.write("\t".join(cell(row.get(column)) for column in columns) + "\n")
+            sys.stdout.write("\t".join(plain(row.get(column)) for column in columns) + "\n")
         return
     table = Table(title=_text(title) if title else None)
     for column in columns:
@@ -59,7 +69,7 @@ def show_fields(fields: Mapping[str, Any], title: str = "") -> None:
     """One thing's fields: `name: value` lines, or a two-column table in a terminal."""
     if not console.is_terminal:
         for name, value in fields.items():
-            sys.stdout.write(f"{name}: {cell(value)}\n")
+            sys.stdout.write(f"{name}: {plain(value)}\n")
         return
     table = Table(title=_text(title) if title else None, show_header=False)
     table.add_column("field", style="bold")

@@ -82,9 +82,10 @@ async def test_an_address_where_another_web_server_answers_is_one_line_and_exit_
 
 
 async def test_a_key_with_a_character_no_key_has_is_one_line_and_exit_3(tmp_path: Path) -> None:
-    """A key pasted with a non-breaking space: headers are ASCII, so no request is made."""
+    """A key pasted with a non-breaking space in it: headers are ASCII, so no request is made
+    (one around it is stripped, as the API strips it)."""
     env = {**clean_env(tmp_path), "HERALD_API_URL": "http://127.0.0.1:1"}
-    cli = Cli({**env, "HERALD_API_KEY": "hk_abc\u00a0"}, tmp_path)
+    cli = Cli({**env, "HERALD_API_KEY": "hk_a\u00a0bc"}, tmp_path)
 
     assert_refused(
         await cli("numbers"),
@@ -106,7 +107,8 @@ def test_a_message_the_carrier_could_not_deliver_counts_as_failed_as_in_the_fina
 async def test_a_dev_json_or_an_api_address_it_cannot_use_is_one_line_and_exit_3(
     tmp_path: Path,
 ) -> None:
-    cli = Cli({**clean_env(tmp_path), "HERALD_API_KEY": "k"}, tmp_path)
+    """dev.json is read for a key the environment does not give."""
+    cli = Cli(clean_env(tmp_path), tmp_path)
     dev = tmp_path / "dev.json"
 
     dev.write_text('{"api_key": "k", ')
@@ -114,8 +116,9 @@ async def test_a_dev_json_or_an_api_address_it_cannot_use_is_one_line_and_exit_3
     dev.write_text(json.dumps(["k"]))
     a_list = await cli("numbers")
     dev.unlink()
-    bad_port = await cli("numbers", env={**cli.env, "HERALD_API_URL": "http://localhost:80a"})
-    no_scheme = await cli("numbers", env={**cli.env, "HERALD_API_URL": "localhost:8000"})
+    keyed = {**cli.env, "HERALD_API_KEY": "k"}
+    bad_port = await cli("numbers", env={**keyed, "HERALD_API_URL": "http://localhost:80a"})
+    no_scheme = await cli("numbers", env={**keyed, "HERALD_API_URL": "localhost:8000"})
 
     assert_refused(
         truncated,
@@ -307,3 +310,106 @@ def test_the_help_shows_no_value_after_a_flag_and_a_readable_type_for_a_time() -
     assert "<bool>" not in shown
     assert "--schedule        <time>" in helps["send"].output.replace("│", "")
     assert "%Y" not in shown
+
+
+@asynccontextmanager
+async def an_api_answering(keys: list[str]) -> AsyncIterator[str]:
+    """An API answering as Herald's does at `/v1/sms/numbers` and `/v1/sms/batches` (one
+    batch, its name holding a tab and a line end), each request's key appended to `keys`;
+    and as a proxy does at `/v1/sms/batch/{id}`: 502 with an HTML page of several lines."""
+
+    async def numbers(request: web.Request) -> web.Response:
+        keys.append(request.headers["authorization"])
+        return web.json_response({"data": {"numbers": [], "next_cursor": None}, "errors": []})
+
+    async def batches(request: web.Request) -> web.Response:
+        keys.append(request.headers["authorization"])
+        batch = {"batch_id": BATCH_ID, "name": "spring\tsale\nday 1\\2", "status": "completed"}
+        return web.json_response({"data": {"batches": [batch], "next_cursor": None}})
+
+    async def proxy_error(request: web.Request) -> web.Response:
+        page = "<html>\n<head><title>502 Bad Gateway</title></head>\n<body>\n</body>\n</html>\n"
+        return web.Response(status=502, text=page, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/v1/sms/numbers", numbers)
+    app.router.add_get("/v1/sms/batches", batches)
+    app.router.add_get("/v1/sms/batch/{batch_id}", proxy_error)
+    async with served(app) as url:
+        yield url
+
+
+async def test_a_key_is_sent_without_its_line_end_and_one_holding_a_control_is_never_shown(
+    tmp_path: Path,
+) -> None:
+    """`export HERALD_API_KEY="$(cat key.txt)"` keeps a Windows line end's `\\r`: the key is
+    sent without it (the API strips it too). A control character inside a key is refused by
+    naming it, never by an error quoting the header, which printed the whole key."""
+    keys: list[str] = []
+    async with an_api_answering(keys) as url:
+        env = {**clean_env(tmp_path), "HERALD_API_URL": url}
+        read_from_a_file = await Cli({**env, "HERALD_API_KEY": "hk_secret\r"}, tmp_path)("numbers")
+        with_a_space = await Cli({**env, "HERALD_API_KEY": " hk_secret "}, tmp_path)("numbers")
+        inner = await Cli({**env, "HERALD_API_KEY": "hk_sec\rret"}, tmp_path)("numbers")
+
+    assert (read_from_a_file.code, with_a_space.code) == (0, 0), read_from_a_file.stderr
+    assert keys == ["hk_secret", "hk_secret"]
+    assert_refused(
+        inner,
+        "the API key holds a character no key has ('\\r'): check HERALD_API_KEY, else dev.json's",
+    )
+    assert "hk_sec" not in inner.stderr
+
+
+async def test_a_client_given_its_key_and_address_reads_neither_the_servers_settings_nor_dev_json(
+    tmp_path: Path,
+) -> None:
+    """An operator's client on a machine where the server's settings are set for production
+    (and incomplete for a server), or where dev.json is not readable: with HERALD_API_KEY and
+    HERALD_API_URL it needs neither. Without the address, settings it cannot use are one line
+    and exit 3, not the server's refusal to start (exit 2, a failed batch's code)."""
+    (tmp_path / "dev.json").write_text('{"api_key": "k", ')
+    production = {**clean_env(tmp_path), "HERALD_ENV": "production", "HERALD_API_PORT": "x"}
+    keys: list[str] = []
+    async with an_api_answering(keys) as url:
+        given = {**production, "HERALD_API_URL": url, "HERALD_API_KEY": "k"}
+        listed = await Cli(given, tmp_path)("numbers")
+    no_address = await Cli({**production, "HERALD_API_KEY": "k"}, tmp_path)("numbers")
+
+    assert (listed.code, listed.stderr, keys) == (0, "", ["k"])
+    assert no_address.code == 3, no_address.stderr
+    assert no_address.stderr.startswith("herald: the HERALD_ settings are not valid: ")
+    assert "HERALD_API_PORT" in no_address.stderr and len(no_address.stderr.splitlines()) == 1
+
+
+async def test_plain_rows_keep_one_line_each_and_a_proxys_error_page_is_one_line(
+    tmp_path: Path,
+) -> None:
+    async with an_api_answering([]) as url:
+        cli = Cli({**clean_env(tmp_path), "HERALD_API_URL": url, "HERALD_API_KEY": "k"}, tmp_path)
+        listed = await cli("batches")
+        proxied = await cli("status", BATCH_ID)
+
+    assert listed.stdout.splitlines() == [
+        "batch_id\tname\tstatus\tagent_number\trecipients\tcreated_at",
+        f"{BATCH_ID}\tspring\\tsale\\nday 1\\\\2\tcompleted\t-\t-\t-",
+    ]
+    assert_refused(
+        proxied,
+        "HTTP_ERROR (502): <html> <head><title>502 Bad Gateway</title></head> <body> </body>"
+        " </html>",
+    )
+
+
+@pytest.mark.parametrize("out", [".", "", "folder"])
+async def test_an_export_to_a_folder_is_one_line_and_exit_3_before_any_request(
+    tmp_path: Path, out: str
+) -> None:
+    (tmp_path / "folder").mkdir()
+    down = f"http://127.0.0.1:{free_port()}"
+    cli = Cli({**clean_env(tmp_path), "HERALD_API_URL": down, "HERALD_API_KEY": "k"}, tmp_path)
+
+    exported = await cli("export", BATCH_ID, "-o", out)
+
+    assert_refused(exported, f"cannot write {Path(out)}: it is a folder, not a file")
+    assert sorted(os.listdir(tmp_path)) == ["folder"]
