@@ -233,6 +233,29 @@ async def test_a_cell_with_a_nul_byte_is_a_row_in_error(
     assert await batch_count(api, account) == before
 
 
+async def test_a_file_name_with_a_nul_character_is_refused_as_on_every_upload(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    campaign_id = await new_campaign(api, account)
+    content = example_with(unique_numbers(2)).encode()
+    before = await batch_count(api, account)
+
+    # Written by hand: httpx would percent-encode the NUL in the file name.
+    response = await api.post(
+        f"/campaigns/{campaign_id}/batch/messages",
+        headers=bearer(account) | {"content-type": "multipart/form-data; boundary=b"},
+        content=(
+            b'--b\r\ncontent-disposition: form-data; name="file"; filename="a\x00.csv"\r\n'
+            b"content-type: text/csv\r\n\r\n" + content + b"\r\n--b--\r\n"
+        ),
+    )
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["heraldCode"]) == ("parameter_invalid", "INVALID_TEXT")
+    assert await batch_count(api, account) == before
+
+
 @pytest.mark.parametrize(
     "header",
     [

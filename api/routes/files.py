@@ -35,7 +35,8 @@ class FileTooLarge(HeraldError):
 
 
 async def one_file(request: Request, file: UploadFile | None, settings: Settings) -> UploadFile:
-    """The request's one file, multipart field `file`, of 1 byte up to the upload limit.
+    """The request's one file, multipart field `file`, of 1 byte up to the upload limit, its
+    name storable (`INVALID_TEXT`, on every route that takes a file, as docs/API.md says).
 
     FastAPI hands the route the last of repeated parts; the form it parsed has them all: a
     second part is refused, not dropped unread. The form parser has spooled the part to a
@@ -50,6 +51,7 @@ async def one_file(request: Request, file: UploadFile | None, settings: Settings
         raise FileTooLarge(f"files are limited to {settings.max_upload_bytes} bytes")
     if size == 0:
         raise EmptyFile("the file is empty")
+    require_storable(file.filename or "upload", "the file's name")
     return file
 
 
@@ -75,7 +77,6 @@ async def attach_file(
         raise InvalidFileType(f"file_type must be 'batches', got {kind!r}")
     file = await one_file(request, file, settings)
     filename = file.filename or "upload"
-    require_storable(filename, "the file's name")
     if file.content_type is not None:
         require_storable(file.content_type, "the file's content type")
     row = await store_file(
