@@ -334,6 +334,72 @@ async def test_a_retry_run_reopens_rows_without_validating_and_numbers_events_on
     assert result.status == S.COMPLETED
 
 
+async def test_a_retry_run_cancelled_before_it_reopens_its_rows_leaves_them_as_they_were(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # A cancel sent at once after `/retry`: the rows were reopened, then closed `cancelled`,
+    # and a later retry of the `failed` rows found none.
+    stubs = StubActivities(recipients=4)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            retry_statuses=[LedgerStatus.FAILED],
+            first_event_seq=5,
+            start_signal=BatchWorkflow.cancel.__name__,
+        )
+        result = await result_of(handle)
+    assert "reopen_rows" not in stubs.calls
+    assert slices(stubs) == []
+    assert [f.close_pending_as for f in stubs.inputs("finish_ledger")] == [LedgerStatus.CANCELLED]
+    assert stubs.phases() == [S.CANCELLED]
+    assert result.status == S.CANCELLED
+
+
+async def test_a_retry_run_paused_and_resumed_before_it_dispatches_records_no_queued_event(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs = StubActivities(recipients=4, reopens_held=True)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping, queue, retry_statuses=[LedgerStatus.FAILED], first_event_seq=5
+        )
+        await stubs.wait_for(lambda: bool(stubs.inputs("reopen_rows")))
+        await handle.signal(BatchWorkflow.pause)
+        await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
+        await handle.signal(BatchWorkflow.resume)
+        await eventually(
+            lambda: handle.query(BatchWorkflow.progress), lambda progress: not progress.paused
+        )
+        stubs.release.set()
+        result = await result_of(handle)
+    assert stubs.phases() == [S.PAUSED, S.DISPATCHING, S.IN_PROGRESS, S.COMPLETED]
+    assert result.status == S.COMPLETED
+
+
+async def test_a_batch_paused_while_it_reconciles_sends_the_rows_the_carrier_never_got_after_resume(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # Its `reconciled` chunk started at once, and sent while the batch showed `paused`.
+    stubs = StubActivities(recipients=4, never_received={1}, reconciliations_held=True)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping, queue, dispatch=DispatchSettings(chunk_size=10, slice_size=2)
+        )
+        await stubs.wait_for(lambda: bool(stubs.inputs("reconcile_uncertain")))
+        await handle.signal(BatchWorkflow.pause)
+        await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
+        stubs.release.set()
+        await time_skipping.sleep(3600)
+        assert sorted(slices(stubs)) == [(0, 2), (2, 4)]
+        assert (await handle.query(BatchWorkflow.progress)).paused
+        await handle.signal(BatchWorkflow.resume)
+        result = await result_of(handle)
+    assert sorted(slices(stubs)) == [(0, 2), (1, 2), (2, 4)]
+    assert stubs.phases()[-3:] == [S.PAUSED, S.IN_PROGRESS, S.COMPLETED]
+    assert (result.status, result.counts.successful) == (S.COMPLETED, 4)
+
+
 async def test_pause_holds_sends_until_resume_and_sends_the_interrupted_slice_again(
     time_skipping: WorkflowEnvironment,
 ) -> None:
@@ -647,6 +713,25 @@ async def test_a_resume_that_comes_after_the_final_event_changes_nothing(
         result = await result_of(handle)
     assert stubs.statuses()[-2:] == [S.PAUSED, S.FAILED]
     assert (result.status, result.counts.expired) == (S.FAILED, 8)
+
+
+async def test_a_resume_that_comes_while_an_expired_batch_closes_changes_nothing(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # Paused, then past its expiry, its run reconciling a row on the wire before the final
+    # event: a resume (an operator's, the database status not final yet) recorded the phase
+    # paused in between `paused` and the final event.
+    stubs = StubActivities(recipients=8, held={0}, never_received={5}, reconciliations_held=True)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await paused_before_its_expiry(time_skipping, queue, stubs)
+        await time_skipping.sleep(601)
+        await stubs.wait_for(lambda: bool(stubs.inputs("reconcile_uncertain")))
+        await handle.signal(BatchWorkflow.resume)
+        await handle.query(BatchWorkflow.progress)
+        stubs.release.set()
+        result = await result_of(handle)
+    assert stubs.statuses()[-2:] == [S.PAUSED, S.FAILED]
+    assert result.status == S.FAILED
 
 
 @pytest.mark.parametrize(

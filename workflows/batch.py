@@ -178,6 +178,22 @@ TEMPORAL_CANCEL_AS_SIGNAL_PATCH = "batch-temporal-cancel-as-signal"
 # each with its start, its end and its parent's workflow tasks on them, and a drain of the
 # window at each hand-over (docs/PERFORMANCE.md, 2026-12-07, midday).
 BALANCED_CHUNKS_PATCH = "batch-balanced-chunks"
+# A batch paused while its run reconciled the rows on the wire holds the rows the carrier
+# never got until it is resumed (or stopped): their `reconciled` chunk started at once, and
+# its slices sent while the batch showed `paused`, until the pause signalled after its start
+# reached them.
+RECONCILED_WAITS_FOR_RESUME_PATCH = "batch-reconciled-waits-for-resume"
+# A resume of a paused batch whose `expire_at` has passed (its run closing what was left
+# `expired`) is ignored, as one of a batch being cancelled is: it recorded the phase paused in
+# between `paused` and the final event.
+NO_RESUME_AFTER_EXPIRY_PATCH = "batch-no-resume-after-expiry"
+# A retry run paused and resumed before it reports `dispatching` records no event on resume:
+# it recorded `queued` (its status before any phase), for which no event is ever sent.
+NO_QUEUED_ON_RESUME_PATCH = "batch-no-queued-on-resume"
+# A retry run cancelled before its rows are reopened ends there, its rows as they were: they
+# were reopened, then closed `cancelled`, so a `failed` row retried and cancelled at once was
+# no longer `failed`, and a later retry of the failed rows found none.
+CANCEL_BEFORE_REOPEN_PATCH = "batch-cancel-before-reopen"
 CHUNK_ROUNDS = 5
 # A rate-limited sender's batch sends no faster for larger chunks, and its progress (the
 # `progress` query, progress events) moves as chunks end: its chunks hold at most this long
@@ -365,6 +381,8 @@ class BatchWorkflow:
             cancelling = self._cancel_reason is not None
             if cancelling and workflow.patched(NO_RESUME_WHILE_CANCELLING_PATCH):
                 return
+            if self._expired and workflow.patched(NO_RESUME_AFTER_EXPIRY_PATCH):
+                return
             self._paused = False
             self._pause_turn += 1
             await self._signal_chunks(ChunkWorkflow.resume)
@@ -372,6 +390,9 @@ class BatchWorkflow:
             if held:
                 for status, message in held:
                     await self._report(status, message=message)
+                return
+            queued = self._resume_status == BatchStatus.QUEUED
+            if queued and workflow.patched(NO_QUEUED_ON_RESUME_PATCH):
                 return
             # Its event as the phase's first had it: a batch waiting for `schedule_at` says when.
             scheduled = self._resume_status == BatchStatus.WAITING_FOR_SCHEDULED_MESSAGES
@@ -602,6 +623,8 @@ class BatchWorkflow:
 
     async def _reopen(self) -> DispatchState | BatchResult:
         """A retry run: put the requested rows back to `pending`, then send as usual."""
+        if self._cancel_reason is not None and workflow.patched(CANCEL_BEFORE_REOPEN_PATCH):
+            return await self._finish()
         statuses = self._input.retry_statuses or []
         reopened = await workflow.execute_activity_method(
             LedgerActivities.reopen_rows,
@@ -1145,6 +1168,10 @@ class BatchWorkflow:
         )
         state = self._state
         if settled.reopened and state is not None and not self._stopped:
+            if self._paused and workflow.patched(RECONCILED_WAITS_FOR_RESUME_PATCH):
+                await workflow.wait_condition(lambda: not self._paused or self._stopped)
+                if self._stopped:
+                    return
             try:
                 await self._send_range(state, settled.first_seq, settled.end_seq, name)
             except ChildWorkflowError as failure:

@@ -125,6 +125,8 @@ class StubActivities:
     # (heartbeating) for `release`.
     loads_held: bool = False
     reconciliations_held: bool = False
+    # While set, a retry run's reopening of its rows waits (heartbeating) for `release`.
+    reopens_held: bool = False
 
     async def _record(self, input: Any) -> None:
         info = activity.info()
@@ -257,6 +259,8 @@ class StubActivities:
     @activity.defn(name=LedgerActivities.reopen_rows.__name__)
     async def reopen_rows(self, input: ReopenInput) -> ReopenResult:
         await self._record(input)
+        if self.reopens_held:
+            await self._released()
         return ReopenResult(
             reopened=self.recipients, rows_total=self.recipients, recipients=self.recipients
         )
