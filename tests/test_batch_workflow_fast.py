@@ -176,6 +176,17 @@ async def test_a_cancelled_batch_sends_nothing_again_after_reconciling(
     assert result.status == S.CANCELLED
 
 
+async def reconciling(
+    env: WorkflowEnvironment, task_queue: str, stubs: StubActivities
+) -> WorkflowHandle[BatchWorkflow, BatchResult]:
+    """A batch of slices of 2 rows, once its reconciliation (held by `stubs`) has started."""
+    handle = await start_batch(
+        env, task_queue, dispatch=DispatchSettings(chunk_size=10, slice_size=2)
+    )
+    await stubs.wait_for(lambda: bool(stubs.inputs("reconcile_uncertain")))
+    return handle
+
+
 async def test_a_temporal_cancellation_while_reconciliation_runs_ends_the_batch_cancelled(
     time_skipping: WorkflowEnvironment,
 ) -> None:
@@ -183,10 +194,7 @@ async def test_a_temporal_cancellation_while_reconciliation_runs_ends_the_batch_
     # final event and its ledger never closed.
     stubs = StubActivities(recipients=4, never_received={1}, reconciliations_held=True)
     async with stub_worker(time_skipping, stubs) as queue:
-        handle = await start_batch(
-            time_skipping, queue, dispatch=DispatchSettings(chunk_size=10, slice_size=2)
-        )
-        await stubs.wait_for(lambda: bool(stubs.inputs("reconcile_uncertain")))
+        handle = await reconciling(time_skipping, queue, stubs)
         await cancel_through_temporal(handle)
         stubs.release.set()
         result = await result_of(handle)
@@ -383,10 +391,7 @@ async def test_a_batch_paused_while_it_reconciles_sends_the_rows_the_carrier_nev
     # Its `reconciled` chunk started at once, and sent while the batch showed `paused`.
     stubs = StubActivities(recipients=4, never_received={1}, reconciliations_held=True)
     async with stub_worker(time_skipping, stubs) as queue:
-        handle = await start_batch(
-            time_skipping, queue, dispatch=DispatchSettings(chunk_size=10, slice_size=2)
-        )
-        await stubs.wait_for(lambda: bool(stubs.inputs("reconcile_uncertain")))
+        handle = await reconciling(time_skipping, queue, stubs)
         await handle.signal(BatchWorkflow.pause)
         await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
         stubs.release.set()
