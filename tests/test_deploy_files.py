@@ -413,6 +413,10 @@ def test_the_api_is_probed_autoscaled_and_kept_available() -> None:
     # Its checks take up to 3 s (Temporal's); a probe's default timeout is 1 s.
     assert container["readinessProbe"]["timeoutSeconds"] > 3
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # /healthz answers on the loop that serves every request: a loop slow under load for more
+    # than the default 1 s restarted a process that worked.
+    for probe in ("livenessProbe", "startupProbe"):
+        assert container[probe].get("timeoutSeconds", 1) >= 5, probe
     assert named(resources, "Service", "herald-api")["spec"]["selector"].items() <= labels.items()
     assert (
         named(resources, "HorizontalPodAutoscaler", "herald-api")["spec"]["scaleTargetRef"]["name"]
