@@ -623,6 +623,39 @@ async def test_a_spread_batch_sends_each_slice_at_its_place_on_the_timeline(
     assert result.status == S.COMPLETED
 
 
+async def test_a_spread_batch_resumed_after_a_pause_keeps_its_pace_from_where_it_stopped(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # 8 rows over 4 hours, a row every 1,800 s, in chunks of two rows one at a time, paused
+    # for 5,000 s after the first row: every row whose place had passed (row 1, and row 2,
+    # the first of the chunk started after the resume) went at once on resume.
+    stubs = StubActivities(recipients=8)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=2, chunk_window=1),
+            timing=Timing(spread_seconds=8 * 1800),
+        )
+        await stubs.wait_for(lambda: len(slices(stubs)) == 1)
+        await handle.signal(BatchWorkflow.pause)
+        await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
+        paused_at = (await time_skipping.get_current_time()).timestamp()
+        await time_skipping.sleep(5000)
+        resumed_at = (await time_skipping.get_current_time()).timestamp()
+        await handle.signal(BatchWorkflow.resume)
+        result = await result_of(handle)
+    sends: list[SendSliceInput] = stubs.inputs("send_slice")
+    assert [(s.start, s.end) for s in sends] == [(seq, seq + 1) for seq in range(8)]
+    first = sends[0].pace
+    times = [call.at for call in stubs.calls["send_slice"]]
+    paused_for = resumed_at - paused_at
+    for send, at in zip(sends[1:], times[1:], strict=True):
+        due = first.send_time(send.start) + paused_for - SPREAD_LEAD_SECONDS
+        assert due - 5 <= at < due + 5, (send.start, at - first.start)
+    assert result.status == S.COMPLETED
+
+
 async def test_rows_outside_their_send_window_are_sent_when_it_opens(
     time_skipping: WorkflowEnvironment,
 ) -> None:

@@ -194,6 +194,10 @@ NO_QUEUED_ON_RESUME_PATCH = "batch-no-queued-on-resume"
 # were reopened, then closed `cancelled`, so a `failed` row retried and cancelled at once was
 # no longer `failed`, and a later retry of the failed rows found none.
 CANCEL_BEFORE_REOPEN_PATCH = "batch-cancel-before-reopen"
+# A spread batch resumed after a pause sends the rows left at their places on its timeline
+# moved on by the time it was paused (its chunks' too: `chunk-pause-shifts-spread`): every row
+# whose place had passed went at once, at the sender's rate, however long the spread.
+PAUSE_SHIFTS_SPREAD_PATCH = "batch-pause-shifts-spread"
 CHUNK_ROUNDS = 5
 # A rate-limited sender's batch sends no faster for larger chunks, and its progress (the
 # `progress` query, progress events) moves as chunks end: its chunks hold at most this long
@@ -220,6 +224,8 @@ class BatchWorkflow:
         self._status = BatchStatus.QUEUED
         self._state: DispatchState | None = None
         self._paused = False
+        # When the pause the batch is in began (Unix time).
+        self._paused_since = 0.0
         # Counts pauses, operators' pauses of a paused batch and resumes: a back-off that
         # would resume the batch (THROTTLE_RESUME_PATCH) does so only if none came meanwhile.
         self._pause_turn = 0
@@ -274,6 +280,7 @@ class BatchWorkflow:
             self._events_delivered = state.event_seq - int(state.events_unsettled)
             self._resume_status = state.status
             self._paused = state.paused
+            self._paused_since = state.paused_since
             self._status = BatchStatus.PAUSED if state.paused else state.status
             self._chunks_done = state.chunks_done
             self._totals = SendCounts(sent=state.sent, failed=state.failed)
@@ -344,6 +351,7 @@ class BatchWorkflow:
         if self._paused or self._cancel_reason is not None:
             return False
         self._paused = True
+        self._paused_since = workflow.now().timestamp()
         self._pause_turn += 1
         self._resume_status = self._status
         await self._signal_chunks(ChunkWorkflow.pause)
@@ -385,6 +393,7 @@ class BatchWorkflow:
                 return
             self._paused = False
             self._pause_turn += 1
+            self._move_spread_on()
             await self._signal_chunks(ChunkWorkflow.resume)
             held, self._held = self._held, []
             if held:
@@ -399,6 +408,17 @@ class BatchWorkflow:
             await self._report(
                 self._resume_status, message=self._scheduled_for() if scheduled else None
             )
+
+    def _move_spread_on(self) -> None:
+        """On resume, a spread batch's timeline moves on by the time it was paused, for the
+        chunks that start from now on (the running ones move their own): since the pause
+        began, or since its sending started if that was later (validated while paused)."""
+        state = self._state
+        if state is None or not state.pace.interval:
+            return
+        paused_for = workflow.now().timestamp() - max(self._paused_since, state.pace.start)
+        if paused_for > 0 and workflow.patched(PAUSE_SHIFTS_SPREAD_PATCH):
+            state.pace = dataclasses.replace(state.pace, start=state.pace.start + paused_for)
 
     def _in_turn(self) -> asyncio.Lock | contextlib.nullcontext[None]:
         """What a control handler holds while it steers the chunks: the lock, so that pause,
@@ -470,6 +490,7 @@ class BatchWorkflow:
         if continuing is not None:
             continuing.event_seq = self._events_recorded
             continuing.paused = self._paused
+            continuing.paused_since = self._paused_since
             continuing.chunks_done = self._chunks_done
             continuing.sent, continuing.failed = self._totals.sent, self._totals.failed
             continuing.cancel_reason = self._cancel_reason

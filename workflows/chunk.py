@@ -8,6 +8,7 @@ chunk, leaving what was not sent `pending` for the batch to close.
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import Counter, deque
 from collections.abc import Callable
 from datetime import timedelta
@@ -22,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         AutoPause,
         AutoPaused,
         ChunkInput,
+        Pace,
         SendCounts,
         SendSliceInput,
     )
@@ -39,6 +41,9 @@ AUTO_PAUSE_PATCH = "chunk-auto-pause"
 # Patch id: a chunk given a send task queue (`send_task_queue`) schedules its send activities
 # there, on workers apart from the batch steps (docs/WORKFLOWS.md, Fairness between batches).
 SEND_QUEUE_PATCH = "chunk-send-task-queue"
+# Patch id: a spread batch's chunk, resumed, moves its timeline on by the time it was paused
+# (its batch does the same for the chunks it starts later: `batch-pause-shifts-spread`).
+PAUSE_SHIFTS_SPREAD_PATCH = "chunk-pause-shifts-spread"
 # The batch's signal for it (BatchWorkflow.auto_pause).
 AUTO_PAUSE_SIGNAL = "auto_pause"
 TOP_ERROR_CODES = 3
@@ -113,6 +118,9 @@ class ChunkWorkflow:
     def __init__(self) -> None:
         self._in_flight = 0
         self._paused = False
+        # When the pause began (Unix time), and how far pauses moved a spread timeline on.
+        self._paused_since = 0.0
+        self._paused_for = 0.0
         self._stopping = False
         # Insertion-ordered: cancelling them is a command each, in this order, on replay too.
         self._sends: dict[asyncio.Task[SendCounts], None] = {}
@@ -126,6 +134,8 @@ class ChunkWorkflow:
 
     @workflow.signal
     def pause(self) -> None:
+        if not self._paused:
+            self._paused_since = workflow.now().timestamp()
         self._paused = True
         self._interrupt_sends()
 
@@ -136,6 +146,8 @@ class ChunkWorkflow:
 
     @workflow.signal
     def resume(self) -> None:
+        if self._paused:
+            self._paused_for += workflow.now().timestamp() - self._paused_since
         self._paused = False
         # Only what is sent after the resume counts towards the next pause.
         self._errors.clear()
@@ -164,7 +176,8 @@ class ChunkWorkflow:
                 )
             )
             if input.pace.interval:
-                await self._sleep_until(input.pace.send_time(start) - SPREAD_LEAD_SECONDS)
+                pace = self._pace(input)
+                await self._sleep_until(pace.send_time(start) - SPREAD_LEAD_SECONDS)
             if self._stopping:
                 break
             end = min(start + size, input.end)
@@ -189,6 +202,8 @@ class ChunkWorkflow:
                 await workflow.wait_condition(lambda: not self._paused or self._stopping)
                 if self._stopping:
                     return
+                if await self._waited_for_moved_place(input, start):
+                    continue  # paused or stopped meanwhile, maybe
                 send = asyncio.create_task(
                     workflow.execute_activity_method(
                         SendingActivities.send_slice,
@@ -198,7 +213,7 @@ class ChunkWorkflow:
                             agent_number=input.agent_number,
                             start=start,
                             end=end,
-                            pace=input.pace,
+                            pace=self._pace(input),
                         ),
                         task_queue=self._send_queue,
                         start_to_close_timeout=timedelta(minutes=10),
@@ -247,6 +262,27 @@ class ChunkWorkflow:
                     self._in_flight += 1
         finally:
             self._in_flight -= 1
+
+    async def _waited_for_moved_place(self, input: ChunkInput, start: int) -> bool:
+        """Sleep until the slice's place on a spread timeline that a pause moved on (`_pace`),
+        if it is still to come; whether it slept (the slice was due before the pause)."""
+        if not input.pace.interval:
+            return False
+        moment = self._pace(input).send_time(start) - SPREAD_LEAD_SECONDS
+        if moment <= workflow.now().timestamp():
+            return False
+        await self._sleep_until(moment)
+        return True
+
+    def _pace(self, input: ChunkInput) -> Pace:
+        """The chunk's timeline, moved on by the time it was paused (a spread batch's)."""
+        if (
+            self._paused_for > 0
+            and input.pace.interval
+            and workflow.patched(PAUSE_SHIFTS_SPREAD_PATCH)
+        ):
+            return dataclasses.replace(input.pace, start=input.pace.start + self._paused_for)
+        return input.pace
 
     def _hand_back(self, counts: SendCounts) -> None:
         """Count a slice's waiting rows in the chunk's result, for the batch to send later."""

@@ -161,6 +161,9 @@ class DispatchState:
     dispatch_started: float
     status: BatchStatus
     paused: bool = False
+    # When the pause the batch is in began (Unix time): a resume moves a spread batch's
+    # timeline on by the time it was paused.
+    paused_since: float = 0.0
     pace: Pace = field(default_factory=Pace)
     # What the `progress` query has counted so far.
     chunks_done: int = 0
