@@ -90,7 +90,9 @@ async def post_event(
             elapsed = int((time.monotonic() - started) * 1000)
             late = f"TimeoutError: no answer within {within_seconds:g} s"
             return DeliveryAttempt(None, late, elapsed)
-    except httpx.HTTPError as error:
+    except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as error:
+        # UnicodeError: a host no request can be made to (an IDNA 2008 refusal, raised as the
+        # request is built), stored before the URL check refused such names.
         elapsed = int((time.monotonic() - started) * 1000)
         return DeliveryAttempt(None, f"{type(error).__name__}: {error}"[:500], elapsed)
     elapsed = int((time.monotonic() - started) * 1000)

@@ -108,6 +108,29 @@ async def test_every_resolved_address_is_checked(url: str, records: list[str], o
             await check
 
 
+async def test_a_name_no_request_can_be_made_to_is_refused_though_it_resolves() -> None:
+    """☃.com as a URL holds it (`xn--n3h.com`): it resolves, but IDNA 2008 refuses the
+    symbol, so every request to it failed as it was built, before any connection: its
+    events were retried, never posted, for good."""
+    resolver = resolving({"xn--n3h.com": ["93.184.216.34"]})
+
+    with pytest.raises(UnsafeURL) as refused:
+        await checked_addresses("https://xn--n3h.com/hook", allow_loopback=False, resolver=resolver)
+
+    assert str(refused.value).startswith(
+        "xn--n3h.com is not a host name a request can be made to: "
+    )
+
+
+async def test_a_post_to_a_name_no_request_can_be_made_to_is_a_failed_attempt() -> None:
+    """Such a URL stored before the check refused it: its post fails as a post does."""
+    async with httpx.AsyncClient() as http:
+        attempt = await post_event(http, "https://xn--n3h.com/hook", {}, within_seconds=5)
+
+    assert attempt.status_code is None
+    assert attempt.error is not None and attempt.error.startswith("InvalidCodepoint: ")
+
+
 async def test_a_refusal_does_not_tell_what_a_name_resolves_to_or_whether_it_does() -> None:
     resolver = resolving({"herald-postgres.internal": ["10.96.0.12"]})
 
@@ -208,6 +231,8 @@ async def test_the_api_refuses_internal_webhooks_with_400(
         ("/v1/sms/batch", batch | {"status_webhook": "http://10.1.2.3/hook"}),
         ("/v1/sms/batch", batch | {"status_webhook": "http://169.254.169.254/latest"}),
         ("/v1/sms/batch", batch | {"status_webhook": "ftp://example.com/hook"}),
+        # Held as `xn--n3h.com`, which no request can be made to.
+        ("/v1/sms/batch", batch | {"status_webhook": "https://\u2603.com/hook"}),
         ("/v1/sms/send", send | {"webhook": "http://[::ffff:10.0.0.1]/hook"}),
         ("/v1/sms/numbers", {"number": unique_numbers(1)[0], "webhook": "http://10.0.0.7/"}),
     ]
