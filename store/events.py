@@ -101,11 +101,14 @@ async def pending_events(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[dict]:
 
 
 async def receiver_failing(pool: asyncpg.Pool, batch_id: uuid.UUID) -> bool:
-    """Whether the batch's last settled event was given up on: posted, never delivered."""
+    """Whether the batch's last settled event that was posted was given up on (never
+    delivered). Events settled without a post (progress events, posted only when asked for;
+    those with no webhook to go to) tell nothing of the receiver."""
     return bool(
         await pool.fetchval(
-            "SELECT delivered_at IS NULL AND attempts > 0 FROM batch_events"
-            " WHERE batch_id = $1 AND settled_at IS NOT NULL ORDER BY seq DESC LIMIT 1",
+            "SELECT delivered_at IS NULL FROM batch_events"
+            " WHERE batch_id = $1 AND settled_at IS NOT NULL AND attempts > 0"
+            " ORDER BY seq DESC LIMIT 1",
             batch_id,
         )
     )

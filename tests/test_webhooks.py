@@ -8,13 +8,15 @@ import secrets
 from collections import Counter
 from datetime import datetime
 
+import asyncpg
 import httpx
 import pytest
 from standardwebhooks import Webhook
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from settings import Settings
-from tests.support.batches import FINAL, phases, start_marked_batch
+from store import events
+from tests.support.batches import FINAL, phases, recorded_batch, start_marked_batch
 from tests.support.builders import unique_numbers
 from tests.support.delivery import own_worker
 from tests.support.sending import (
@@ -178,6 +180,52 @@ async def test_after_an_event_is_given_up_on_each_next_one_gets_one_post_until_o
 
     by_event = Counter(d["event_seq"] for d in attempts)
     assert [by_event[seq] for seq in sorted(by_event)] == [3, 1, 1, 3]
+
+
+async def test_a_give_up_is_remembered_past_an_event_that_is_never_posted(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    # A progress event (posted only when asked for) recorded after an event was given up on
+    # is settled at once, unposted: it hid the give-up, and the next event had a whole
+    # schedule again, the batch's run held open some 15 h more for each.
+    batch_id = await recorded_batch(pool, account)
+
+    async def append(seq: int, status: str, *, posted: bool) -> None:
+        await events.append_event(
+            pool,
+            batch_id=batch_id,
+            account_id=account.account_id,
+            seq=seq,
+            run_id="run",
+            status=status,
+            payload={"status": status},
+            posted=posted,
+        )
+
+    async def attempt(seq: int, number: int, status_code: int) -> None:
+        await events.record_delivery(
+            pool,
+            batch_id=batch_id,
+            account_id=account.account_id,
+            event_seq=seq,
+            url="https://hooks.example/x",
+            attempt=number,
+            status_code=status_code,
+            error=None if status_code == 204 else f"HTTP {status_code}",
+            duration_ms=5,
+            next_retry_at=None,
+        )
+
+    await append(1, "in_progress", posted=True)
+    await attempt(1, 3, 500)
+    given_up = await events.receiver_failing(pool, batch_id)
+    await append(2, "in_progress", posted=False)
+    past_progress = await events.receiver_failing(pool, batch_id)
+    await append(3, "completed", posted=True)
+    await attempt(3, 1, 204)
+    delivered = await events.receiver_failing(pool, batch_id)
+
+    assert (given_up, past_progress, delivered) == (True, True, False)
 
 
 async def test_a_retry_waits_for_the_receivers_retry_after(
