@@ -2,8 +2,16 @@
 
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
+
+from store.db import rows_affected
+
+# How long a token the account replaced or removed still verifies the carrier's webhooks of
+# its subaccount: the messages its slices sent with it (a running slice keeps the
+# credentials it started with) get their receipts, which can come hours after the send.
+KEPT_RETIRED_TOKENS = timedelta(days=3)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -15,8 +23,14 @@ class CarrierCredentials:
 async def set_carrier_account(
     pool: asyncpg.Pool, account_id: uuid.UUID, credentials: CarrierCredentials
 ) -> None:
+    """Set the account's own credentials; those they replace are retired (KEPT_RETIRED_TOKENS)."""
     await pool.execute(
-        """INSERT INTO carrier_accounts (account_id, account_sid, auth_token)
+        """WITH replaced AS (
+               INSERT INTO retired_carrier_accounts (account_id, account_sid, auth_token)
+               SELECT account_id, account_sid, auth_token FROM carrier_accounts
+               WHERE account_id = $1 AND (account_sid, auth_token) <> ($2, $3)
+           )
+           INSERT INTO carrier_accounts (account_id, account_sid, auth_token)
            VALUES ($1, $2, $3)
            ON CONFLICT (account_id) DO UPDATE
            SET account_sid = EXCLUDED.account_sid, auth_token = EXCLUDED.auth_token,
@@ -44,13 +58,26 @@ async def carrier_credentials(pool: asyncpg.Pool, account_id: uuid.UUID) -> tupl
 
 
 async def delete_carrier_account(pool: asyncpg.Pool, account_id: uuid.UUID) -> bool:
-    status = await pool.execute("DELETE FROM carrier_accounts WHERE account_id = $1", account_id)
-    return bool(status != "DELETE 0")
+    """Remove the account's own credentials (retired: KEPT_RETIRED_TOKENS); whether it had
+    any."""
+    status = await pool.execute(
+        "WITH gone AS (DELETE FROM carrier_accounts WHERE account_id = $1"
+        " RETURNING account_id, account_sid, auth_token)"
+        " INSERT INTO retired_carrier_accounts (account_id, account_sid, auth_token)"
+        " SELECT * FROM gone",
+        account_id,
+    )
+    return rows_affected(status) > 0
 
 
 async def tokens_for_sid(pool: asyncpg.Pool, account_sid: str) -> list[tuple[uuid.UUID, str]]:
-    """(account, auth token) of every account that set this subaccount SID."""
+    """(account, auth token) of every account that set this subaccount SID, or replaced or
+    removed it within KEPT_RETIRED_TOKENS."""
     rows = await pool.fetch(
-        "SELECT account_id, auth_token FROM carrier_accounts WHERE account_sid = $1", account_sid
+        "SELECT account_id, auth_token FROM carrier_accounts WHERE account_sid = $1"
+        " UNION SELECT account_id, auth_token FROM retired_carrier_accounts"
+        " WHERE account_sid = $1 AND retired_at > now() - $2::interval",
+        account_sid,
+        KEPT_RETIRED_TOKENS,
     )
     return [(row["account_id"], row["auth_token"]) for row in rows]

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import asyncpg
 
+from store.carrier_accounts import KEPT_RETIRED_TOKENS
 from store.db import rows_affected
 
 # A final receipt kept for a message whose sid was not written yet (or a conversation's):
@@ -18,14 +19,24 @@ KEPT_RECEIPTS = timedelta(days=30)
 class Pruned:
     receipts: int
     idempotency_keys: int
+    retired_tokens: int
 
 
 async def prune(pool: asyncpg.Pool) -> Pruned:
-    """Delete the kept receipts older than KEPT_RECEIPTS, and the idempotency keys past
-    their expiry (a request with an expired key claims it anew: the row only waits to be
-    overwritten). Each a read of its table, which holds no ledger rows: about once an hour."""
+    """Delete the kept receipts older than KEPT_RECEIPTS, the carrier tokens retired longer
+    ago than KEPT_RETIRED_TOKENS, and the idempotency keys past their expiry (a request with
+    an expired key claims it anew: the row only waits to be overwritten). Each a read of its
+    table, which holds no ledger rows: about once an hour."""
     receipts = await pool.execute(
         "DELETE FROM carrier_receipts WHERE received_at < now() - $1::interval", KEPT_RECEIPTS
     )
     keys = await pool.execute("DELETE FROM idempotency_keys WHERE expires_at < now()")
-    return Pruned(receipts=rows_affected(receipts), idempotency_keys=rows_affected(keys))
+    retired = await pool.execute(
+        "DELETE FROM retired_carrier_accounts WHERE retired_at < now() - $1::interval",
+        KEPT_RETIRED_TOKENS,
+    )
+    return Pruned(
+        receipts=rows_affected(receipts),
+        idempotency_keys=rows_affected(keys),
+        retired_tokens=rows_affected(retired),
+    )

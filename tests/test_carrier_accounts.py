@@ -13,6 +13,7 @@ from twilio.request_validator import RequestValidator
 from settings import INBOUND_PATH, Settings
 from store import conversation_messages, numbers, receipts
 from store.accounts import create_account, create_api_key
+from store.carrier_accounts import KEPT_RETIRED_TOKENS
 from tests.support.batches import FINAL, run_batch, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows, receipt, rows_on_the_wire, sent_batch
@@ -312,4 +313,48 @@ async def test_a_receipt_an_account_signs_for_another_accounts_message_is_refuse
     await eventually(
         lambda: conversation_messages.message_status(pool, message_id),
         lambda status: status == ("delivered", None),
+    )
+
+
+async def test_receipts_signed_with_a_replaced_or_removed_token_are_taken_for_a_while(
+    api: httpx.AsyncClient,
+    account: Account,
+    pool: asyncpg.Pool,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+    settings: Settings,
+) -> None:
+    # Messages sent through the subaccount, then its token replaced, then the credentials
+    # removed: their receipts, which Twilio signs with the token they were sent with, were
+    # refused (403), and the rows stayed `sent` for good.
+    await own_subaccount_and_another(api, account, pool, carrier)
+    file_id, rows = await sent_batch(api, account, webhooks, 3)
+    url = settings.status_callback_url
+
+    async def post(sid: str, token: str) -> httpx.Response:
+        form = {**receipt(sid, "delivered"), "AccountSid": SUBACCOUNT_SID}
+        signature = RequestValidator(token).compute_signature(url, form)
+        return await api.post(
+            httpx.URL(url).path, data=form, headers={"X-Twilio-Signature": signature}
+        )
+
+    assert (await set_own(api, account, "replacing-token-" + "8" * 16)).status_code == 200
+    replaced = await post(rows[0]["carrier_sid"], SUBACCOUNT_TOKEN)
+    removed_answer = await api.delete("/v1/carrier-account", headers=account.headers)
+    removed = await post(rows[1]["carrier_sid"], "replacing-token-" + "8" * 16)
+    await pool.execute(
+        "UPDATE retired_carrier_accounts SET retired_at = now() - $2::interval"
+        " WHERE account_id = $1",
+        account.account_id,
+        KEPT_RETIRED_TOKENS + timedelta(minutes=1),
+    )
+    too_late = await post(rows[2]["carrier_sid"], SUBACCOUNT_TOKEN)
+
+    assert removed_answer.status_code == 204, removed_answer.text
+    assert (replaced.status_code, removed.status_code) == (204, 204), replaced.text
+    # INVALID_SIGNATURE; or SIGNER_NOT_OWNER where another test's account holds the subaccount.
+    assert too_late.status_code == 403, too_late.text
+    await eventually(
+        lambda: ledger_rows(api, account, file_id),
+        lambda found: [r["status"] for r in found] == ["delivered", "delivered", "sent"],
     )

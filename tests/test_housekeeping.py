@@ -1,6 +1,7 @@
 """What Herald keeps only for a while is pruned by every API process as it starts (then
-hourly): receipts kept past KEPT_RECEIPTS and expired idempotency keys; nothing younger. And
-the batches left `queued` with no workflow are ended as never started."""
+hourly): receipts kept past KEPT_RECEIPTS, expired idempotency keys and carrier tokens
+retired past KEPT_RETIRED_TOKENS; nothing younger. And the batches left `queued` with no
+workflow are ended as never started."""
 
 import asyncio
 import secrets
@@ -18,6 +19,7 @@ from api.services import batches as batch_service
 from api.services.housekeeping import UNSTARTED_AFTER, end_unstarted_batches
 from settings import Settings
 from store import batches, idempotency
+from store.carrier_accounts import KEPT_RETIRED_TOKENS
 from store.events import FINAL_EVENT_FIELDS
 from store.housekeeping import KEPT_RECEIPTS
 from temporal_client import connect_temporal
@@ -29,7 +31,7 @@ from tests.support.stack import Account, WebhookReceiver, api_client, error_code
 from workflows.contracts import batch_workflow_id
 
 
-async def test_an_api_process_prunes_old_kept_receipts_and_expired_keys_as_it_starts(
+async def test_an_api_process_prunes_old_receipts_expired_keys_and_retired_tokens_as_it_starts(
     settings: Settings, pool: asyncpg.Pool, account: Account
 ) -> None:
     old, fresh = (f"SM{secrets.token_hex(16)}" for _ in range(2))
@@ -43,6 +45,23 @@ async def test_an_api_process_prunes_old_kept_receipts_and_expired_keys_as_it_st
     expired, live = secrets.token_hex(8), secrets.token_hex(8)
     for key, ttl in ((expired, timedelta(seconds=-1)), (live, timedelta(hours=1))):
         assert await idempotency.claim(pool, account.account_id, key, "hash", ttl=ttl)
+
+    old_token, fresh_token = (f"token-{secrets.token_hex(8)}" for _ in range(2))
+    await pool.execute(
+        "INSERT INTO retired_carrier_accounts (account_id, account_sid, auth_token, retired_at)"
+        " VALUES ($1, 'AC1', $2, now() - $4::interval), ($1, 'AC1', $3, now())",
+        account.account_id,
+        old_token,
+        fresh_token,
+        KEPT_RETIRED_TOKENS + timedelta(hours=1),
+    )
+
+    async def tokens() -> set[str]:
+        rows = await pool.fetch(
+            "SELECT auth_token FROM retired_carrier_accounts WHERE account_id = $1",
+            account.account_id,
+        )
+        return {r["auth_token"] for r in rows}
 
     async def left() -> tuple[set[str], set[str]]:
         receipts = await pool.fetch(
@@ -63,7 +82,10 @@ async def test_an_api_process_prunes_old_kept_receipts_and_expired_keys_as_it_st
             left, lambda found: old not in found[0] and expired not in found[1]
         )
 
+        pruned_tokens = await eventually(tokens, lambda found: old_token not in found)
+
     assert remaining == ({fresh}, {live})
+    assert pruned_tokens == {fresh_token}
 
 
 class ApiStopped(Exception):

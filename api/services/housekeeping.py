@@ -42,11 +42,12 @@ async def keep_house(pool: asyncpg.Pool, temporal: Client) -> None:
             log.warning("housekeeping failed; retrying", error=repr(error))
             await asyncio.sleep(RETRY_SECONDS)
             continue
-        if pruned.receipts or pruned.idempotency_keys:
+        if pruned.receipts or pruned.idempotency_keys or pruned.retired_tokens:
             log.info(
                 "pruned",
                 receipts=pruned.receipts,
                 idempotency_keys=pruned.idempotency_keys,
+                retired_tokens=pruned.retired_tokens,
             )
         if ended:
             log.warning("unstarted batches ended", batch_ids=[str(b) for b in ended])
