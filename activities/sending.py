@@ -80,12 +80,23 @@ class SendingActivities(WorkerResources):
             )
             return account_id, credentials
 
-        batch, (account_id, credentials), claimed = await asyncio.gather(
+        async def settled_before() -> None:
+            # A retry: the attempt before may have died between writing a wave's sids and
+            # applying the receipts kept for them meanwhile.
+            if activity.info().attempt > 1:
+                await through_outages(
+                    lambda: messages.apply_slice_kept_receipts(
+                        self._pool, batch_id, input.start, input.end
+                    )
+                )
+
+        batch, (account_id, credentials), claimed, _ = await asyncio.gather(
             batch_row,
             account(),
             through_outages(
                 lambda: messages.claim_slice(self._pool, batch_id, input.start, input.end)
             ),
+            settled_before(),
         )
         way = Channel.of(batch["request"])
         # One pacer per sender: a row with its own sender goes at that sender's rate.

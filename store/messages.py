@@ -466,6 +466,22 @@ async def apply_kept_receipts(pool: asyncpg.Pool, batch_id: uuid.UUID, sids: lis
                 raise
 
 
+async def apply_slice_kept_receipts(
+    pool: asyncpg.Pool, batch_id: uuid.UUID, start: int, end: int
+) -> None:
+    """`apply_kept_receipts` for the `sent` rows of seqs [start, end): a slice's attempt that
+    follows one that died between writing its sids and applying the receipts kept for them
+    applies them (no later statement looks for them: they would stay kept, the rows `sent`)."""
+    rows = await pool.fetch(
+        "SELECT carrier_sid FROM messages WHERE batch_id = $1 AND seq >= $2 AND seq < $3"
+        " AND status = 'sent' AND carrier_sid IS NOT NULL",
+        batch_id,
+        start,
+        end,
+    )
+    await apply_kept_receipts(pool, batch_id, [row["carrier_sid"] for row in rows])
+
+
 @dataclass(frozen=True, slots=True)
 class UncertainRow:
     seq: int

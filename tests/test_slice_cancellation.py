@@ -7,6 +7,7 @@ nor does one send a row made another's while it waited for its sender's pace.
 """
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -432,3 +433,37 @@ async def test_a_request_whose_ready_check_says_no_or_fails_is_never_written(
         sent.sid
     ]
     assert carrier_client.in_flight_limit().in_flight == 0
+
+
+async def test_the_next_attempt_applies_receipts_kept_while_the_one_before_died(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    sending: SendingActivities,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An attempt whose worker died between writing its sids and applying the receipts kept
+    # for them meanwhile (they came before the sids were written): nothing applied them, and
+    # the rows stayed `sent`.
+    file_id, _, slice_input = await scheduled_slice(api, account, webhooks)
+
+    async def died(*args: Any) -> None:
+        raise RuntimeError("the worker died")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(messages, "apply_kept_receipts", died)
+        with pytest.raises(RuntimeError):
+            await ActivityEnvironment().run(sending.send_slice, slice_input)
+    sids = [row["carrier_sid"] for row in await ledger_rows(api, account, file_id)]
+    await pool.execute(
+        "INSERT INTO carrier_receipts (carrier_sid, status) SELECT unnest($1::text[]), 'delivered'",
+        sids,
+    )
+    retry = ActivityEnvironment()
+    retry.info = dataclasses.replace(retry.info, attempt=2)
+
+    await retry.run(sending.send_slice, slice_input)
+
+    statuses = [row["status"] for row in await ledger_rows(api, account, file_id)]
+    assert statuses == ["delivered"] * ROWS
