@@ -199,13 +199,16 @@ async def last_sent_to(
 ) -> dict | None:
     """The account's last batch message from `agent_number` the carrier accepted for
     `user_number`: its batch, row, send time, its own `request_data` (RECIPIENT_DATA_COLUMNS;
-    a Postman upload's row keeps its values) and the batch's stored request."""
+    a Postman upload's row keeps its values) and the batch's stored request. A row sent from
+    its own sender (a mailing list's, or its file's `agent_number` column) is that sender's,
+    not the batch's."""
     row = await conn.fetchrow(
         "SELECT m.batch_id, m.row_number, m.sent_at, m.request_data, b.request"
         " FROM messages AS m"
         " JOIN batches AS b ON b.id = m.batch_id"
         " WHERE m.to_number = $3 AND m.carrier_sid IS NOT NULL AND m.account_id = $1"
-        " AND b.agent_number = $2 ORDER BY m.sent_at DESC NULLS LAST LIMIT 1",
+        " AND coalesce(m.from_number, b.agent_number) = $2"
+        " ORDER BY m.sent_at DESC NULLS LAST LIMIT 1",
         account_id,
         agent_number,
         user_number,

@@ -440,6 +440,9 @@ async def test_stop_opts_out_and_start_opts_back_in(
         ("cancel", True),
         ("End", True),
         ("QUIT", True),
+        # Twilio's newer defaults: it blocked that one sender, the account's others sent on.
+        ("revoke", True),
+        ("OptOut", True),
         ("stop please", False),
         ("START", False),
         ("yes", False),
@@ -467,12 +470,18 @@ async def test_opt_out_keywords(
     assert await opt_outs.is_opted_out(pool, account.account_id, user) is opted_out
 
 
+@pytest.mark.parametrize("keyword", ["help", "Info"])
 async def test_help_is_answered_with_the_help_reply(
-    api: httpx.AsyncClient, account: Account, settings: Settings, sender: str, emulator_url: str
+    api: httpx.AsyncClient,
+    account: Account,
+    settings: Settings,
+    sender: str,
+    emulator_url: str,
+    keyword: str,
 ) -> None:
     user = unique_numbers(1)[0]
 
-    await post_inbound(api, settings, inbound_form(settings, to=sender, from_=user, body="help"))
+    await post_inbound(api, settings, inbound_form(settings, to=sender, from_=user, body=keyword))
 
     [answer] = await received_by(emulator_url, user, 1)
     assert (answer["from"], answer["body"]) == (sender, settings.help_reply)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from settings import Settings
+from store import numbers
 from tests.support.batches import FINAL, start, start_marked_batch, wait_for_status
 from tests.support.builders import attach, csv_bytes, unique_numbers
 from tests.support.sending import inbound_form, post_inbound
@@ -144,6 +145,40 @@ async def test_a_reply_from_a_lists_contact_takes_the_contacts_fields(
     # The inline row's `NAME` is a template variable, not request data; the contact's fields
     # are its request data (activities/recipients/contacts.py).
     assert await _conversation_data(api, account, inline) == {"NAME": "friend"}
+    assert await _conversation_data(api, account, listed) == {"NAME": "Lou"}
+
+
+async def test_a_reply_to_a_lists_own_sender_takes_its_contacts_fields(
+    api: httpx.AsyncClient, account: Account, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    # The list's contacts are sent from the list's sender, not the batch's: a reply to it
+    # was looked up by the batch's sender, and found no row (or an older batch's of it).
+    listed = unique_numbers(1)[0]
+    own_sender = unique_numbers(1)[0]
+    await numbers.add_number(pool, account.account_id, own_sender, "sms", None)
+    created = await api.post("/v1/lists", headers=account.headers, json={"name": "customers"})
+    list_id = created.json()["data"]["id"]
+    added = await api.post(
+        f"/v1/lists/{list_id}/contacts",
+        headers=account.headers,
+        json={"contacts": [{"phone_number": listed, "NAME": "Lou"}]},
+    )
+    assert added.status_code in (200, 201), added.text
+    response = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "lists": [{"id": list_id, "agent_number": own_sender}],
+            "global": {"agent_number": account.agent_number, "agent_message": "Hi {{NAME}}"},
+        },
+    )
+    assert response.status_code == 200, response.text
+    batch = await wait_for_status(api, account, response.json()["data"]["batch_id"], *FINAL)
+    assert batch["status"] == "completed", batch
+
+    form = inbound_form(settings, to=own_sender, from_=listed, body="Yes")
+    assert (await post_inbound(api, settings, form)).status_code == 200
+
     assert await _conversation_data(api, account, listed) == {"NAME": "Lou"}
 
 

@@ -23,9 +23,13 @@ from workflows.contracts import conversation_workflow_id
 
 log = structlog.get_logger(__name__)
 
-OPT_OUT_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+# Twilio's default opt-out, opt-in and help keywords (Advanced Opt-Out): Twilio blocks the
+# one sender a user sent one to; Herald applies it to the account's every sender.
+OPT_OUT_KEYWORDS = frozenset(
+    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
+)
 OPT_IN_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
-HELP_KEYWORD = "HELP"
+HELP_KEYWORDS = frozenset({"HELP", "INFO"})
 WHATSAPP_PREFIX = "whatsapp:"
 # The longest `From` or `To` taken: `whatsapp:` and an E.164 number take 25.
 MAX_ADDRESS_CHARS = 64
@@ -84,7 +88,7 @@ async def receive(
         raise AgentNumberNotFound(f"{agent_number} is not a registered sender for {channel}")
     keyword = body.strip().upper()
     fields = await _reply_fields(pool, account_id, agent_number, user_number, channel)
-    help_id = uuid.uuid4() if keyword == HELP_KEYWORD else None
+    help_id = uuid.uuid4() if keyword in HELP_KEYWORDS else None
     try:
         # One transaction: a repeat changes nothing, whatever it finds changed since.
         async with pool.acquire() as conn, conn.transaction():
