@@ -151,6 +151,14 @@ class ConversationActivities(WorkerResources):
             )
         # Out of attempts, a deferred message fails: a reply minutes late is worse than none.
         status = Verdict.FAILED.value if result.verdict is Verdict.RETRY else result.verdict.value
+        if result.opts_out:
+            # The user unsubscribed at the carrier (21610): as a batch's row does, for the
+            # account's every sender, before the outcome (a retry after it finds it again).
+            await through_outages(
+                lambda: opt_outs.add_opt_out(
+                    pool, message.account_id, message.user_number, source="carrier"
+                )
+            )
         await through_outages(
             lambda: conversation_messages.record_outcome(
                 pool,

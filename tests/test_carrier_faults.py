@@ -29,13 +29,11 @@ from tests.support.delivery import (
     own_worker,
     run_on_own_worker,
 )
-from tests.support.sending import conversation, eventually, send_ok
+from tests.support.sending import OPTED_OUT_AT_CARRIER, conversation, eventually, send_ok
 from tests.support.stack import AUTH_TOKEN, Account, Configure, WebhookReceiver, api_client
 from tests.support.workers import CARRIER_TIMEOUT_SECONDS
 from workflows.batch import BatchWorkflow
 from workflows.contracts import ReconcileResult, batch_workflow_id
-
-OPTED_OUT_AT_CARRIER = "+15005550004"  # Twilio's magic number for error 21610
 
 
 async def refused_by_code(emulator_url: str) -> dict[str, int]:

@@ -25,6 +25,7 @@ from tests.support.databases import blocked_behind
 from tests.support.delivery import own_worker
 from tests.support.pages import every_page
 from tests.support.sending import (
+    OPTED_OUT_AT_CARRIER,
     SignalAnswerLost,
     conversation,
     conversation_when,
@@ -870,6 +871,26 @@ async def test_a_carrier_refusal_is_kept_on_the_message(
         "failed",
         "21614",
     )
+
+
+async def test_a_carrier_opt_out_of_a_send_opts_the_number_out_for_the_account(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    # The carrier's 21610 (the user unsubscribed there) failed the message alone: the next
+    # send from any of the account's senders went to the carrier again, and batches too.
+    first = await send(api, account, OPTED_OUT_AT_CARRIER, agent_message="hello")
+    await conversation_when(
+        api,
+        account,
+        first.json()["data"]["conversation_id"],
+        lambda c: c["messages"][-1]["status"] == "failed",
+    )
+
+    again = await send(api, account, OPTED_OUT_AT_CARRIER, agent_message="hello again")
+
+    assert (again.status_code, error_code(again)) == (409, "RECIPIENT_OPTED_OUT"), again.text
+    listed = (await api.get("/v1/opt-outs", headers=account.headers)).json()["data"]["opt_outs"]
+    assert [(o["number"], o["source"]) for o in listed] == [(OPTED_OUT_AT_CARRIER, "carrier")]
 
 
 VALID = {"agent_message": "hi"}

@@ -24,7 +24,8 @@ async def list_opt_outs(
 @router.post("/v1/opt-outs", status_code=201, response_model=Envelope[OptOut])
 async def add_opt_out(account_id: OptOutsWrite, pool: Pool, body: OptOutRequest) -> dict:
     """Stop messaging a number: later batches skip it, and so do running batches for every
-    row not yet sent. Adding a number already listed keeps its first source and time."""
+    row not yet claimed by a slice (a running slice's rows still go: see DELIVERY.md, Running
+    batches). Adding a number already listed keeps its first source and time."""
     return {"data": await service.add_opt_out(pool, account_id, body.number)}
 
 

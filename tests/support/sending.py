@@ -23,6 +23,9 @@ from tests.support.builders import emulator_messages
 from tests.support.stack import Account, WebhookReceiver
 
 WAIT_SECONDS = 30
+# Twilio's magic number for error 21610 (the user unsubscribed at the carrier), as the
+# emulator answers it.
+OPTED_OUT_AT_CARRIER = "+15005550004"
 
 T = TypeVar("T")
 
