@@ -204,8 +204,13 @@ async def test_errors_are_paged_and_exported_as_csv_that_spreadsheets_cannot_run
         (" |calc", "' |calc"),
         ("\r\n", "'\r\n"),
         ("  ", "  "),
-        ("+1201555012", "'+1201555012"),  # too short: not a valid E.164 number
+        # E.164's shape, valid or only possible (a dialect's): a number, no formula.
+        ("+1201555012", "+1201555012"),
+        ("+6599999999", "+6599999999"),
         ("+12015550123", "+12015550123"),
+        ("+1234567890123456", "'+1234567890123456"),  # longer than any E.164 number
+        ("+1 201", "'+1 201"),
+        ("+1+1", "'+1+1"),
         ("Ann = Bob", "Ann = Bob"),
         ("", ""),
     ],

@@ -2,6 +2,7 @@
 
 import csv
 import io
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -9,7 +10,6 @@ from typing import Any
 
 import asyncpg
 
-from activities.recipients.phones import to_e164
 from store import messages
 from workflows.statuses import LedgerStatus
 
@@ -18,6 +18,7 @@ from workflows.statuses import LedgerStatus
 FORMULA_STARTS = ("=", "+", "-", "@", "|", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 # A cell that starts with one of these is quoted whatever follows (OWASP's list).
 CONTROL_STARTS = ("\t", "\r", "\n")
+E164_SHAPE = re.compile(r"\+[0-9]{1,15}")
 CSV_PAGE = 1000
 REJECTED_CSV_COLUMNS = ("row_number", "value", "code", "message")
 MESSAGE_CSV_COLUMNS = (
@@ -41,10 +42,12 @@ MESSAGE_CSV_COLUMNS = (
 
 
 def spreadsheet_safe(cell: str) -> str:
-    """`cell` with a leading `'` if a spreadsheet would read it as a formula; valid E.164
-    numbers start with `+` and stay as they are, since a number is no formula."""
+    """`cell` with a leading `'` if a spreadsheet would read it as a formula. A number in
+    E.164's shape (`+` and up to 15 digits) stays as it is, valid or only possible (the
+    Mobivate and Postman dialects send to possible numbers): `+` and digits are no formula,
+    and the `'` would be read as part of the number."""
     risky = cell.startswith(CONTROL_STARTS) or cell.lstrip().startswith(FORMULA_STARTS)
-    if risky and to_e164(cell) != cell:
+    if risky and not E164_SHAPE.fullmatch(cell):
         return "'" + cell
     return cell
 
