@@ -8,11 +8,14 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import NoReturn
 
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from deploy import search_attributes
 from deploy.local.processes import ManagedProcess, free_port
@@ -95,6 +98,21 @@ async def test_search_attributes_give_up_on_a_namespace_that_never_comes(tempora
         search_attributes.NamespaceMissing, match="'herald-never' not found after 2 s: create it"
     ):
         await search_attributes.register(temporal, "herald-never", wait_seconds=2)
+
+
+async def test_a_namespace_that_answers_cancelled_to_the_end_is_missing_too() -> None:
+    """A loaded dev server answered the list of a namespace that never came with CANCELLED,
+    as it answers one its registry has not caught up with: the wait ended in that raw
+    error (`operation was canceled`), not the one that says what to do."""
+
+    class Cancelling:
+        async def list_search_attributes(self, request: object) -> NoReturn:
+            raise RPCError("operation was canceled", RPCStatusCode.CANCELLED, b"")
+
+    client = SimpleNamespace(operator_service=Cancelling())
+
+    with pytest.raises(search_attributes.NamespaceMissing, match="'herald-never' not found"):
+        await search_attributes.register(client, "herald-never", wait_seconds=0)  # type: ignore[arg-type]
 
 
 def test_the_image_entrypoint_prepares_a_release(settings: Settings, bare_temporal: str) -> None:
