@@ -465,6 +465,85 @@ def open_streams(driver: WebDriver) -> int:
     return int(driver.execute_script("return state.streams.size"))
 
 
+async def sending_batches(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, count: int
+) -> list[str]:
+    """`count` batches of the account sending for a minute or more (its sender paced at
+    SENDER_MPS, shared by them), each once its `in_progress` event is in; their ids."""
+    paced = await api.patch(
+        f"/v1/sms/numbers/{account.agent_number}", headers=account.headers, json={"mps": SENDER_MPS}
+    )
+    assert paced.status_code == 200, paced.text
+    started = [
+        await start_marked_batch(api, account, webhooks, unique_numbers(RECIPIENTS))
+        for _ in range(count)
+    ]
+    for _, marker in started:
+        await webhooks.wait_for(marker, "in_progress")
+    return [batch_id for batch_id, _ in started]
+
+
+def streamed(driver: WebDriver) -> set[str]:
+    return set(driver.execute_script("return [...state.streams.keys()]"))
+
+
+async def test_only_sending_batches_hold_streams_and_the_batch_shown_takes_one(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+) -> None:
+    # Two batches waiting for their time (listed after the sending ones: newer) held both
+    # streams for good, their streams ending only at their final events: the batches sending,
+    # the one clicked too, showed no live progress.
+    sending = await sending_batches(api, account, webhooks, 3)
+    waiting = [await waiting_batch(api, account, webhooks, unique_numbers(1)) for _ in range(2)]
+
+    async with served_api(settings) as served, chromium() as driver:
+        await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
+        first = await until(driver, lambda d: len(found := streamed(d)) == 2 and found)
+        [left_out] = set(sending) - first
+        row = batch_row(left_out)
+        await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
+        await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
+        taken = await until(driver, lambda d: left_out in (found := streamed(d)) and found)
+        await until(driver, lambda d: not d.find_element(By.ID, "cancel").get_attribute("disabled"))
+        await run(lambda: driver.find_element(By.ID, "cancel").click())
+        await until(driver, expected_conditions.alert_is_present())
+        asked = await run(lambda: driver.switch_to.alert.text)
+        await run(lambda: driver.switch_to.alert.dismiss())
+
+    for batch_id in sending + waiting:
+        await api.post(f"/v1/sms/batch/{batch_id}/cancel", headers=account.headers)
+    assert first <= set(sending)
+    assert len(taken) == 2 and taken <= set(sending)
+    # An unnamed batch is named by its id: "this batch" named none.
+    assert asked == f"Cancel batch {left_out}? Rows not sent end cancelled."
+
+
+async def test_a_failed_refresh_is_said_until_a_refresh_succeeds(
+    api: httpx.AsyncClient, account: Account, settings: Settings
+) -> None:
+    # One failed refresh of the list (a 502, a dropped connection) stayed in red for the rest
+    # of the session, while the list below refreshed as before.
+    async with served_api(settings) as served, chromium() as driver:
+        await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
+        await until(driver, lambda d: d.find_element(By.ID, "app").is_displayed())
+        await run(
+            lambda: driver.execute_script(
+                "window.realFetch = window.fetch;"
+                " window.fetch = (url, options) => String(url).startsWith('/v1/sms/batches')"
+                " ? Promise.reject(new TypeError('Failed to fetch'))"
+                " : window.realFetch(url, options);"
+            )
+        )
+        said = await until(driver, lambda d: d.find_element(By.ID, "notice").text)
+        await run(lambda: driver.execute_script("window.fetch = window.realFetch;"))
+        await until(driver, lambda d: d.find_element(By.ID, "notice").text == "")
+
+    assert "Failed to fetch" in said
+
+
 async def test_a_second_tab_works_while_the_first_follows_running_batches(
     api: httpx.AsyncClient,
     account: Account,
@@ -473,7 +552,7 @@ async def test_a_second_tab_works_while_the_first_follows_running_batches(
 ) -> None:
     # Chromium opens six connections per host for all its tabs: a tab following three batches
     # held three, the second tab's three streams the rest, and its next request never left.
-    waiting = [await waiting_batch(api, account, webhooks, unique_numbers(1)) for _ in range(4)]
+    sending = await sending_batches(api, account, webhooks, 4)
 
     async with served_api(settings) as served, chromium() as driver:
         url = f"http://127.0.0.1:{served.api_port}/ui"
@@ -492,7 +571,7 @@ async def test_a_second_tab_works_while_the_first_follows_running_batches(
 
         await run(driver.switch_to.new_window, "tab")
         await run(sign_in, driver, url, account.key)
-        for batch_id in waiting:
+        for batch_id in sending:
             row = batch_row(batch_id)
             await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
             await run(lambda row=row: driver.find_element(By.CSS_SELECTOR, row).click())
@@ -505,4 +584,6 @@ async def test_a_second_tab_works_while_the_first_follows_running_batches(
         held = await run(lambda: driver.execute_script("return window.held"))
         assert await until(driver, open_streams) == 2
 
+    for batch_id in sending:
+        await api.post(f"/v1/sms/batch/{batch_id}/cancel", headers=account.headers)
     assert held == [["hidden", 0], ["visible", 2]]

@@ -17,12 +17,13 @@ from temporalio.client import Client
 
 import activities.pacing
 from activities.pacing import SenderPacer
+from api.services.batches import dispatch_settings
 from settings import Settings
 from store import numbers
 from tests.support.batches import start_marked_batch
 from tests.support.builders import unique_numbers
 from tests.support.stack import Account, WebhookReceiver, error_code
-from workflows.contracts import batch_workflow_id
+from workflows.contracts import Timing, batch_workflow_id
 
 OUT_OF_RANGE: list[Any] = [1e10, 2e10, 1e308, 1e-300, 0.001, 0, -1, 10_000.5, "Infinity", "NaN"]
 # JSON's non-finite literals, which Python's json module reads as floats.
@@ -160,6 +161,22 @@ def deep_size(value: object) -> int:
     if hasattr(value, "__dict__"):
         return size + deep_size(vars(value))
     return size
+
+
+@pytest.mark.parametrize("mps", [0.01, 0.05, 0.1, 0.16, 0.5, 1, 10, 100, 10_000])
+def test_a_senders_slices_in_flight_wait_no_longer_than_a_slice_or_one_rows_turn(
+    settings: Settings, mps: float
+) -> None:
+    # At 0.01 mps a batch ran 8 slices of one row at once, each booking its turn 100 s after
+    # the one before: the last waited 700 s, past its activity's 10 minutes, and each retry
+    # booked a turn further on, so the batch never ended.
+    dispatch = dispatch_settings(settings, mps, Timing())
+
+    in_flight = dispatch.chunk_window * dispatch.slices_in_flight
+    # The last row of the slices in flight goes this long after the first.
+    waited = in_flight * dispatch.slice_size / mps
+    assert waited <= max(settings.slice_seconds, 1 / mps) * 1.0001, (in_flight, dispatch)
+    assert in_flight >= 1 and dispatch.slice_size >= 1
 
 
 @pytest.mark.parametrize(("mps", "slice_size"), [(None, 250), (2.0, 12), (0.01, 1)])

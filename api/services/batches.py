@@ -173,17 +173,26 @@ def dispatch_settings(
     senders gets the largest, which costs Temporal least per message. A spread batch's chunks
     are smaller (SPREAD_CHUNK_ROWS)."""
     slice_size = settings.slice_size
+    chunk_window, slices_in_flight = settings.chunk_window, settings.slices_in_flight
     if sender_mps is not None:
-        in_flight = settings.chunk_window * settings.slices_in_flight
-        slice_size = max(1, min(slice_size, int(sender_mps * settings.slice_seconds / in_flight)))
+        in_flight = chunk_window * slices_in_flight
+        rows = sender_mps * settings.slice_seconds
+        if rows < in_flight:
+            # A sender slower than a row per slice in flight in `slice_seconds` (0.01 mps:
+            # one row in 100 s) gets fewer slices at once, one chunk's: each of 8 slices of
+            # one row booked its turn 100 s after the one before, the last past its
+            # activity's 10 minutes, whose retry booked another turn behind, for good.
+            chunk_window, slices_in_flight = 1, max(1, int(rows))
+            in_flight = slices_in_flight
+        slice_size = max(1, min(slice_size, int(rows / in_flight)))
     chunk_size = settings.chunk_size
     if timing.spread_seconds:
         chunk_size = min(chunk_size, SPREAD_CHUNK_ROWS)
     return DispatchSettings(
         chunk_size=chunk_size,
         slice_size=slice_size,
-        chunk_window=settings.chunk_window,
-        slices_in_flight=settings.slices_in_flight,
+        chunk_window=chunk_window,
+        slices_in_flight=slices_in_flight,
         chunks_per_run=settings.chunks_per_run,
         send_heartbeat_timeout_seconds=settings.send_heartbeat_timeout_seconds,
         send_task_queue=settings.send_task_queue,

@@ -6,6 +6,8 @@
 
 const KEY_ITEM = "herald.apiKey";
 const FINAL = new Set(["completed", "completed_partial", "failed", "cancelled"]);
+// The phases whose event stream has something to say (progress, the next phase).
+const SENDING = new Set(["validating", "dispatching", "in_progress", "in_progress_chunked"]);
 // Browsers open about six connections per host, shared by every tab of the page; each
 // stream holds one. Two windows side by side then hold four, and leave two for requests;
 // a tab out of sight holds none (`onVisibility`).
@@ -96,11 +98,25 @@ function notify(text, isError = false) {
   const notice = $("notice");
   notice.textContent = text;
   notice.classList.toggle("error", isError);
+  delete notice.dataset.refresh;
 }
 
 function failed(error) {
   if (error instanceof StaleAnswer) return;
   notify(error instanceof ApiError ? error.message : String(error), true);
+}
+
+// A failure of the list's periodic refresh: said until a refresh succeeds again (a 502 or a
+// dropped connection once stayed in red for the rest of the session), unlike what an
+// action said, which stays until the next action.
+function refreshFailed(error) {
+  failed(error);
+  if (!(error instanceof StaleAnswer)) $("notice").dataset.refresh = "";
+}
+
+async function refreshBatches() {
+  await loadBatches();
+  if ("refresh" in $("notice").dataset) notify("");
 }
 
 function cell(row, text, className) {
@@ -230,15 +246,29 @@ async function loadBatches() {
   followRunning();
 }
 
-// Live progress: one event stream per running batch shown (the selected one first), while
-// the tab is in sight.
+// Live progress: one event stream per sending batch shown (the selected one first: it takes
+// a slot from another), while the tab is in sight. A batch queued, waiting for its time or
+// paused says nothing until it sends again, and its stream ends only at its final event: it
+// held a slot for good, and the batch sending got none. The list's refresh sees it move on.
 function followRunning() {
   if (document.visibilityState === "hidden") return;
-  const running = [...state.batches.values()].filter((b) => !FINAL.has(b.status));
-  running.sort((a, b) => (b.batch_id === state.selected) - (a.batch_id === state.selected));
-  for (const batch of running) {
-    if (state.streams.size >= MAX_STREAMS) break;
-    if (!state.streams.has(batch.batch_id)) follow(batch.batch_id);
+  for (const [batchId, controller] of state.streams) {
+    if (!SENDING.has(state.batches.get(batchId)?.status)) {
+      state.streams.delete(batchId);
+      controller.abort();
+    }
+  }
+  const sending = [...state.batches.values()].filter((b) => SENDING.has(b.status));
+  sending.sort((a, b) => (b.batch_id === state.selected) - (a.batch_id === state.selected));
+  for (const batch of sending) {
+    if (state.streams.has(batch.batch_id)) continue;
+    if (state.streams.size >= MAX_STREAMS) {
+      const other = [...state.streams.keys()].find((id) => id !== state.selected);
+      if (batch.batch_id !== state.selected || other === undefined) break;
+      state.streams.get(other).abort();
+      state.streams.delete(other);
+    }
+    follow(batch.batch_id);
   }
 }
 
@@ -327,6 +357,10 @@ function onBatchEvent(batchId, event, data) {
 function select(batchId) {
   state.selected = batchId;
   state.errorsRejected = null;
+  // A page of rejected rows still coming for the batch shown before is dropped.
+  errorsRequest += 1;
+  state.errorsCursor = null;
+  $("more-errors").hidden = true;
   $("error-rows").replaceChildren();
   $("no-errors").hidden = true;
   // Nothing of the batch shown before, and no action, until this one's detail comes.
@@ -441,7 +475,7 @@ async function control(action) {
   const batchId = state.selected;
   if (!batchId) return;
   const batch = state.batches.get(batchId);
-  const named = batch?.name ? `"${batch.name}"` : "this batch";
+  const named = batch?.name ? `"${batch.name}" (${batchId})` : `batch ${batchId}`;
   if (action === "cancel" && !window.confirm(`Cancel ${named}? Rows not sent end cancelled.`)) {
     return;
   }
@@ -625,7 +659,7 @@ function start() {
   loadBatches().catch(failed);
   loadSenders();
   clearInterval(state.listTimer);
-  state.listTimer = setInterval(() => loadBatches().catch(failed), LIST_REFRESH_MS);
+  state.listTimer = setInterval(() => refreshBatches().catch(refreshFailed), LIST_REFRESH_MS);
   clearInterval(state.detailTimer);
   state.detailTimer = setInterval(refreshSelected, DETAIL_REFRESH_MS);
 }
