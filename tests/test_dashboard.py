@@ -469,7 +469,8 @@ async def sending_batches(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, count: int
 ) -> list[str]:
     """`count` batches of the account sending for a minute or more (its sender paced at
-    SENDER_MPS, shared by them), each once its `in_progress` event is in; their ids."""
+    SENDER_MPS, shared by them), each once its `in_progress` (or `in_progress_chunked`)
+    event is in; their ids."""
     paced = await api.patch(
         f"/v1/sms/numbers/{account.agent_number}", headers=account.headers, json={"mps": SENDER_MPS}
     )
@@ -479,12 +480,15 @@ async def sending_batches(
         for _ in range(count)
     ]
     for _, marker in started:
-        await webhooks.wait_for(marker, "in_progress")
+        await webhooks.wait_for(marker, "in_progress", "in_progress_chunked")
     return [batch_id for batch_id, _ in started]
 
 
-def streamed(driver: WebDriver) -> set[str]:
-    return set(driver.execute_script("return [...state.streams.keys()]"))
+def streams_when(driver: WebDriver, size: int, holding: str | None = None) -> set[str]:
+    """The batches the page follows once it follows `size` of them, `holding` among them;
+    none before."""
+    found = set(driver.execute_script("return [...state.streams.keys()]"))
+    return found if len(found) == size and (holding is None or holding in found) else set()
 
 
 async def test_only_sending_batches_hold_streams_and_the_batch_shown_takes_one(
@@ -501,12 +505,12 @@ async def test_only_sending_batches_hold_streams_and_the_batch_shown_takes_one(
 
     async with served_api(settings) as served, chromium() as driver:
         await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
-        first = await until(driver, lambda d: len(found := streamed(d)) == 2 and found)
+        first = await until(driver, functools.partial(streams_when, size=2))
         [left_out] = set(sending) - first
         row = batch_row(left_out)
         await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
         await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
-        taken = await until(driver, lambda d: left_out in (found := streamed(d)) and found)
+        taken = await until(driver, functools.partial(streams_when, size=2, holding=left_out))
         await until(driver, lambda d: not d.find_element(By.ID, "cancel").get_attribute("disabled"))
         await run(lambda: driver.find_element(By.ID, "cancel").click())
         await until(driver, expected_conditions.alert_is_present())

@@ -243,6 +243,12 @@ async function loadBatches() {
     state.streams.get(batchId)?.abort();
   }
   $("no-batches").hidden = data.batches.length > 0;
+  // The batch shown moved on with no stream to say so (it was paused, then cancelled): its
+  // detail is read again, as its stream's event would have had it.
+  const shown = state.batches.get(state.selected);
+  if (shown && seen.has(shown.batch_id) && $("detail-status").textContent !== shown.status) {
+    loadDetail().catch(failed);
+  }
   followRunning();
 }
 
