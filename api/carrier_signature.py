@@ -134,15 +134,18 @@ def _signed_params(params: dict[str, str]) -> bytes:
     return "".join(map("".join, sorted(params.items()))).encode()
 
 
-async def signed_form(request: Request, settings: AppSettings, pool: Pool) -> CarrierForm:
-    """The form of a carrier webhook whose `X-Twilio-Signature` checks out.
+async def signed_form(
+    request: Request, settings: AppSettings, pool: Pool, *, receipts: bool = False
+) -> CarrierForm:
+    """The form of a carrier webhook whose `X-Twilio-Signature` checks out (`verified`).
 
     Twilio signs the URL it called, which is Herald's public URL of the endpoint: behind a
     proxy that is not the URL this process sees, so it is rebuilt from settings.
     """
     params = await form_params(request)
     url = public_url(settings, request.url.path, request.url.query)
-    return await verified(settings, pool, url, params, request.headers.get("X-Twilio-Signature"))
+    signature = request.headers.get("X-Twilio-Signature")
+    return await verified(settings, pool, url, params, signature, receipts=receipts)
 
 
 def public_url(settings: AppSettings, path: str, query: str) -> str:
@@ -152,10 +155,19 @@ def public_url(settings: AppSettings, path: str, query: str) -> str:
 
 
 async def verified(
-    settings: AppSettings, pool: Pool, url: str, params: dict[str, str], signature: str | None
+    settings: AppSettings,
+    pool: Pool,
+    url: str,
+    params: dict[str, str],
+    signature: str | None,
+    *,
+    receipts: bool = False,
 ) -> CarrierForm:
     """`params` if `signature` is Twilio's for `url` and them: with the service's token, or
-    for a webhook of an account's own subaccount (its `AccountSid`), that subaccount's."""
+    for a webhook of an account's own subaccount (its `AccountSid`), that subaccount's; for a
+    delivery receipt (`receipts`), also a token the account replaced or removed lately, with
+    which the messages it sent were sent (carrier_accounts.KEPT_RETIRED_TOKENS). An inbound
+    message never: a token given up no longer speaks for the account's numbers."""
     # Twilio's signature is base64: anything else (compare_digest refuses non-ASCII) fails.
     if not signature or not signature.isascii():
         raise InvalidSignature("X-Twilio-Signature is missing or does not match this request")
@@ -167,7 +179,9 @@ async def verified(
     account_sid = params.get("AccountSid")
     signers = frozenset(
         account_id
-        for account_id, token in (await signing_tokens(pool, account_sid) if account_sid else [])
+        for account_id, token in (
+            await signing_tokens(pool, account_sid, retired=receipts) if account_sid else []
+        )
         if RequestValidator(token).validate(url, params, signature)
     )
     if not signers:

@@ -98,6 +98,7 @@ class ReceiptLane:
             url,
             params,
             signature.decode("latin-1") if signature is not None else None,
+            receipts=True,
         )
         await service.take_receipt(state.pool, state.receipt_intake, form, query)
         return True

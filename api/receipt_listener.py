@@ -164,7 +164,7 @@ class ReceiptListener:
     ) -> tuple[int, bytes]:
         owed = _Owed(started=0.0, keep_alive=True)
         try:
-            form = await verified(self._settings, self._pool, url, params, signature)
+            form = await verified(self._settings, self._pool, url, params, signature, receipts=True)
             self._take(await service.signed_receipt(self._pool, form, query), owed)
             if owed.pending is not None:
                 # Shared with the other receipts of its statement: never cancelled from here.

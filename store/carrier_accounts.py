@@ -70,14 +70,17 @@ async def delete_carrier_account(pool: asyncpg.Pool, account_id: uuid.UUID) -> b
     return rows_affected(status) > 0
 
 
-async def tokens_for_sid(pool: asyncpg.Pool, account_sid: str) -> list[tuple[uuid.UUID, str]]:
-    """(account, auth token) of every account that set this subaccount SID, or replaced or
-    removed it within KEPT_RETIRED_TOKENS."""
+async def tokens_for_sid(
+    pool: asyncpg.Pool, account_sid: str, *, retired: bool
+) -> list[tuple[uuid.UUID, str]]:
+    """(account, auth token) of every account that set this subaccount SID; with `retired`,
+    also of those that replaced or removed it within KEPT_RETIRED_TOKENS."""
     rows = await pool.fetch(
         "SELECT account_id, auth_token FROM carrier_accounts WHERE account_sid = $1"
         " UNION SELECT account_id, auth_token FROM retired_carrier_accounts"
-        " WHERE account_sid = $1 AND retired_at > now() - $2::interval",
+        " WHERE $3 AND account_sid = $1 AND retired_at > now() - $2::interval",
         account_sid,
         KEPT_RETIRED_TOKENS,
+        retired,
     )
     return [(row["account_id"], row["auth_token"]) for row in rows]

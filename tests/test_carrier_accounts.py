@@ -11,7 +11,7 @@ import httpx
 from twilio.request_validator import RequestValidator
 
 from settings import INBOUND_PATH, Settings
-from store import conversation_messages, numbers, receipts
+from store import conversation_messages, numbers, opt_outs, receipts
 from store.accounts import create_account, create_api_key
 from store.carrier_accounts import KEPT_RETIRED_TOKENS
 from tests.support.batches import FINAL, run_batch, start_marked_batch
@@ -342,6 +342,14 @@ async def test_receipts_signed_with_a_replaced_or_removed_token_are_taken_for_a_
     replaced = await post(rows[0]["carrier_sid"], SUBACCOUNT_TOKEN)
     removed_answer = await api.delete("/v1/carrier-account", headers=account.headers)
     removed = await post(rows[1]["carrier_sid"], "replacing-token-" + "8" * 16)
+    user = unique_numbers(1)[0]
+    inbound = inbound_form(settings, to=account.agent_number, from_=user, body="STOP")
+    inbound["AccountSid"] = SUBACCOUNT_SID
+    retired_signs = RequestValidator(SUBACCOUNT_TOKEN).compute_signature(
+        settings.api_url + INBOUND_PATH, inbound
+    )
+    # A token given up speaks for no inbound message: only its messages' receipts.
+    inbound_answer = await post_inbound(api, settings, inbound, signature=retired_signs)
     await pool.execute(
         "UPDATE retired_carrier_accounts SET retired_at = now() - $2::interval"
         " WHERE account_id = $1",
@@ -352,6 +360,9 @@ async def test_receipts_signed_with_a_replaced_or_removed_token_are_taken_for_a_
 
     assert removed_answer.status_code == 204, removed_answer.text
     assert (replaced.status_code, removed.status_code) == (204, 204), replaced.text
+    # 403; or 404 where another test's account holds the subaccount (it signs for its own).
+    assert inbound_answer.status_code in (403, 404), inbound_answer.text
+    assert not await opt_outs.is_opted_out(pool, account.account_id, user)
     # INVALID_SIGNATURE; or SIGNER_NOT_OWNER where another test's account holds the subaccount.
     assert too_late.status_code == 403, too_late.text
     await eventually(

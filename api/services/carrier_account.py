@@ -41,7 +41,9 @@ async def delete_carrier_account(pool: asyncpg.Pool, account_id: uuid.UUID) -> N
         raise CarrierAccountNotSet("the account sends with the service's carrier credentials")
 
 
-async def signing_tokens(pool: asyncpg.Pool, account_sid: str) -> list[tuple[uuid.UUID, str]]:
+async def signing_tokens(
+    pool: asyncpg.Pool, account_sid: str, *, retired: bool
+) -> list[tuple[uuid.UUID, str]]:
     """(account, auth token) pairs a carrier webhook naming this subaccount SID may be
-    signed with."""
-    return await carrier_accounts.tokens_for_sid(pool, account_sid)
+    signed with; with `retired`, those replaced or removed lately too."""
+    return await carrier_accounts.tokens_for_sid(pool, account_sid, retired=retired)
