@@ -97,6 +97,10 @@ async def checked_addresses(
     if not parts.hostname:
         raise UnsafeURL("the URL has no host")
     try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:
+        raise UnsafeURL(f"bad port: {error}") from None
+    try:
         # The name as a request's Host takes it: a punycode label IDNA 2008 refuses (an
         # emoji domain, say) resolves, but no request to it can be made.
         httpx.URL(url).host  # noqa: B018 - decoding the host is the check
@@ -104,10 +108,6 @@ async def checked_addresses(
         raise UnsafeURL(
             f"{parts.hostname} is not a host name a request can be made to: {error}"
         ) from None
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as error:
-        raise UnsafeURL(f"bad port: {error}") from None
     try:
         literal: IPAddress | None = ipaddress.ip_address(parts.hostname)
     except ValueError:

@@ -9,7 +9,7 @@ from typing import Any, Literal, Self
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 # Where the carrier posts delivery receipts, under Herald's public URL.
 STATUS_CALLBACK_PATH = "/v1/webhooks/twilio/status"
@@ -503,6 +503,10 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as error:
         sys.stderr.write(f"Herald refuses to start:\n{refusal(error)}\n")
+        raise SystemExit(2) from None
+    except SettingsError as error:
+        # A value that cannot be parsed at all (`HERALD_PRICES=x`), before any validation.
+        sys.stderr.write(f"Herald refuses to start:\n{error}\n")
         raise SystemExit(2) from None
 
 

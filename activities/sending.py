@@ -80,24 +80,22 @@ class SendingActivities(WorkerResources):
             )
             return account_id, credentials
 
-        async def settled_before() -> None:
-            # A retry: the attempt before may have died between writing a wave's sids and
-            # applying the receipts kept for them meanwhile.
-            if activity.info().attempt > 1:
-                await through_outages(
-                    lambda: messages.apply_slice_kept_receipts(
-                        self._pool, batch_id, input.start, input.end
-                    )
-                )
-
-        batch, (account_id, credentials), claimed, _ = await asyncio.gather(
+        batch, (account_id, credentials), claimed = await asyncio.gather(
             batch_row,
             account(),
             through_outages(
                 lambda: messages.claim_slice(self._pool, batch_id, input.start, input.end)
             ),
-            settled_before(),
         )
+        if activity.info().attempt > 1 or len(claimed) < input.end - input.start:
+            # The slice ran before (a retry, or a new activity after a pause): the attempt
+            # before may have died between writing a wave's sids and applying the receipts
+            # kept for them meanwhile. (A first run of all its rows skips the look.)
+            await through_outages(
+                lambda: messages.apply_slice_kept_receipts(
+                    self._pool, batch_id, input.start, input.end
+                )
+            )
         way = Channel.of(batch["request"])
         # One pacer per sender: a row with its own sender goes at that sender's rate.
         pacers: dict[str, SenderPacer] = {}

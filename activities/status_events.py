@@ -71,7 +71,7 @@ class StatusEventActivities(WorkerResources):
         # Once an event is given up on, each one after it gets one post until one is
         # delivered: a receiver that failed a whole schedule is down, and a schedule for
         # each event, one after another, kept the batch's run open for days.
-        failing = await events.receiver_failing(self._pool, batch_id)
+        failing = bool(url) and not disabled and await events.receiver_failing(self._pool, batch_id)
         for event in await events.pending_events(self._pool, batch_id):
             DeliveryHeartbeat(event_seq=event["seq"]).send()
             if not url or disabled:

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 
 import httpx
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from settings import Settings, read_dev_file, refusal
 
@@ -98,6 +99,10 @@ def _settings() -> Settings:
     except ValidationError as error:
         problems = "; ".join(refusal(error).splitlines())
         raise CliError(f"the HERALD_ settings are not valid: {problems}") from error
+    except SettingsError as error:
+        # A value pydantic-settings cannot parse at all (HERALD_PRICES=x, a list that is no
+        # JSON), before any validation.
+        raise CliError(f"the HERALD_ settings are not valid: {error}") from error
 
 
 def _check_key(key: str) -> None:

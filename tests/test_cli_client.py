@@ -377,9 +377,15 @@ async def test_a_client_given_its_key_and_address_reads_neither_the_servers_sett
     no_address = await Cli({**production, "HERALD_API_KEY": "k"}, tmp_path)("numbers")
 
     assert (listed.code, listed.stderr, keys) == (0, "", ["k"])
+    unparsed = await Cli({**clean_env(tmp_path), "HERALD_PRICES": "x"}, tmp_path)("numbers")
+
     assert no_address.code == 3, no_address.stderr
     assert no_address.stderr.startswith("herald: the HERALD_ settings are not valid: ")
     assert "HERALD_API_PORT" in no_address.stderr and len(no_address.stderr.splitlines()) == 1
+    # A value no JSON reads: pydantic-settings refuses it before validating (a traceback).
+    assert unparsed.code == 3, unparsed.stderr
+    assert unparsed.stderr.startswith("herald: the HERALD_ settings are not valid: ")
+    assert '"prices"' in unparsed.stderr and len(unparsed.stderr.splitlines()) == 1
 
 
 async def test_plain_rows_keep_one_line_each_and_a_proxys_error_page_is_one_line(

@@ -122,6 +122,13 @@ async def test_a_name_no_request_can_be_made_to_is_refused_though_it_resolves() 
     )
 
 
+async def test_a_bad_port_is_told_as_one() -> None:
+    with pytest.raises(UnsafeURL) as refused:
+        await checked_addresses("http://hooks.example:80a/x", allow_loopback=False)
+
+    assert str(refused.value).startswith("bad port: ")
+
+
 async def test_a_post_to_a_name_no_request_can_be_made_to_is_a_failed_attempt() -> None:
     """Such a URL stored before the check refused it: its post fails as a post does."""
     async with httpx.AsyncClient() as http:

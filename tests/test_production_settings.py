@@ -53,6 +53,17 @@ def test_a_production_start_without_a_setting_exits_naming_it(
     assert "Traceback" not in started.stderr
 
 
+@pytest.mark.parametrize("role", sorted(ENTRY_POINTS))
+def test_a_setting_that_cannot_be_parsed_at_all_exits_naming_it(role: str) -> None:
+    # pydantic-settings refuses a complex value that is no JSON before any validation: the
+    # process ended in its traceback.
+    started = start(ENTRY_POINTS[role], {**PRODUCTION, "HERALD_PRICES": "x"})
+
+    assert started.returncode == 2, started.stderr
+    assert "Herald refuses to start:" in started.stderr and '"prices"' in started.stderr
+    assert "Traceback" not in started.stderr
+
+
 def test_development_defaults_are_each_refused_in_production() -> None:
     with pytest.raises(ValidationError) as refused:
         Settings(env="production")

@@ -435,6 +435,7 @@ async def test_a_request_whose_ready_check_says_no_or_fails_is_never_written(
     assert carrier_client.in_flight_limit().in_flight == 0
 
 
+@pytest.mark.parametrize("attempt", [2, 1], ids=["a-retry", "a-new-activity-after-a-pause"])
 async def test_the_next_attempt_applies_receipts_kept_while_the_one_before_died(
     api: httpx.AsyncClient,
     account: Account,
@@ -442,6 +443,7 @@ async def test_the_next_attempt_applies_receipts_kept_while_the_one_before_died(
     sending: SendingActivities,
     pool: asyncpg.Pool,
     monkeypatch: pytest.MonkeyPatch,
+    attempt: int,
 ) -> None:
     # An attempt whose worker died between writing its sids and applying the receipts kept
     # for them meanwhile (they came before the sids were written): nothing applied them, and
@@ -461,7 +463,7 @@ async def test_the_next_attempt_applies_receipts_kept_while_the_one_before_died(
         sids,
     )
     retry = ActivityEnvironment()
-    retry.info = dataclasses.replace(retry.info, attempt=2)
+    retry.info = dataclasses.replace(retry.info, attempt=attempt)
 
     await retry.run(sending.send_slice, slice_input)
 

@@ -414,7 +414,10 @@ class BatchWorkflow:
         chunks that start from now on (the running ones move their own): since the pause
         began, or since its sending started if that was later (validated while paused)."""
         state = self._state
-        if state is None or not state.pace.interval:
+        # 0: paused in a run that kept no such time (before the release with the patch, then
+        # continued as new): how long is unknown, and all the time since sending began would
+        # push the rest of the timeline days on.
+        if state is None or not state.pace.interval or not self._paused_since:
             return
         paused_for = workflow.now().timestamp() - max(self._paused_since, state.pace.start)
         if paused_for > 0 and workflow.patched(PAUSE_SHIFTS_SPREAD_PATCH):
