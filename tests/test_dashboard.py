@@ -509,8 +509,24 @@ async def test_only_sending_batches_hold_streams_and_the_batch_shown_takes_one(
         [left_out] = set(sending) - first
         row = batch_row(left_out)
         await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
+        # Its detail answers 4 s late; its progress events, about once a second, enabled its
+        # actions before it was read.
+        await run(
+            lambda: driver.execute_script(
+                "window.realFetch = window.fetch;"
+                " window.fetch = (url, options) => String(url) === arguments[0]"
+                " ? new Promise((done) => setTimeout(done, 4000))"
+                "   .then(() => window.realFetch(url, options))"
+                " : window.realFetch(url, options);",
+                f"/v1/sms/batch/{left_out}",
+            )
+        )
         await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
         taken = await until(driver, functools.partial(streams_when, size=2, holding=left_out))
+        await asyncio.sleep(2.5)
+        before_read = await run(
+            lambda: driver.find_element(By.ID, "cancel").get_attribute("disabled")
+        )
         await until(driver, lambda d: not d.find_element(By.ID, "cancel").get_attribute("disabled"))
         await run(lambda: driver.find_element(By.ID, "cancel").click())
         await until(driver, expected_conditions.alert_is_present())
@@ -521,6 +537,7 @@ async def test_only_sending_batches_hold_streams_and_the_batch_shown_takes_one(
         await api.post(f"/v1/sms/batch/{batch_id}/cancel", headers=account.headers)
     assert first <= set(sending)
     assert len(taken) == 2 and taken <= set(sending)
+    assert before_read
     # An unnamed batch is named by its id: "this batch" named none.
     assert asked == f"Cancel batch {left_out}? Rows not sent end cancelled."
 

@@ -28,6 +28,10 @@ function newState() {
     streams: new Map(), // batch_id -> AbortController of its open event stream
     eventIds: new Map(), // batch_id -> where its next stream goes on from (`Last-Event-ID`)
     selected: null,
+    // The batch whose detail was read since it was clicked, and whether an action of it is
+    // under way: until the one and while the other, no action is offered.
+    detailOf: null,
+    acting: false,
     errorsCursor: null,
     // The rejected rows counted when the batch shown's were read: read again when it changes.
     errorsRejected: null,
@@ -362,6 +366,7 @@ function onBatchEvent(batchId, event, data) {
 
 function select(batchId) {
   state.selected = batchId;
+  state.detailOf = null;
   state.errorsRejected = null;
   // A page of rejected rows still coming for the batch shown before is dropped.
   errorsRequest += 1;
@@ -399,6 +404,11 @@ function renderLive(batch) {
   setProgress($("detail-progress"), progress.value);
   $("detail-progress-text").textContent = progress.text;
   const final = FINAL.has(batch.status);
+  if (state.detailOf !== batch.batch_id || state.acting) {
+    // Its progress events come before its detail is read (a second or so after the click).
+    for (const action of ACTIONS) $(action).disabled = true;
+    return;
+  }
   // Paused by the carrier's throttling, it resumes by itself: a pause then holds it for good.
   $("pause").disabled =
     final || (batch.status === "paused" && batch.code !== "carrier_throttled");
@@ -413,6 +423,7 @@ async function loadDetail() {
   state.detailLoadedAt = Date.now();
   const detail = await api(`/v1/sms/batch/${encodeURIComponent(batchId)}`);
   if (batchId !== state.selected) return;
+  state.detailOf = batchId;
   const batch = { ...(state.batches.get(batchId) || {}), ...detail };
   state.batches.set(batchId, batch);
   state.ledger.set(batchId, ledgerProgress(detail));
@@ -487,15 +498,24 @@ async function control(action) {
   }
   const options = { method: "POST" };
   if (action === "retry") options.json = { statuses: ["failed"] };
+  // One action at a time: a second click of Retry while the first was under way answered 409
+  // over the first's success.
+  state.acting = true;
+  for (const button of ACTIONS) $(button).disabled = true;
   try {
     if (action === "retry") await lastEventOf(batchId);
     const reply = await api(`/v1/sms/batch/${encodeURIComponent(batchId)}/${action}`, options);
     const rows = reply.rows === null ? "its rows, once its file is validated again," : `${reply.rows} rows`;
     notify(action === "retry" ? `Retry: ${rows} again.` : `${action}: sent.`);
     await loadBatches();
+    state.acting = false;
     await loadDetail();
   } catch (error) {
     failed(error);
+  } finally {
+    state.acting = false;
+    const shown = state.batches.get(state.selected);
+    if (shown) renderLive(shown);
   }
 }
 
