@@ -395,6 +395,26 @@ async def test_spread(
     await save_batch(temporal, file_id, "spread", chunks={0: "spread"})
 
 
+async def test_spread_paused_and_resumed(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, temporal: Client
+) -> None:
+    """A spread batch (6 rows over 6 s) paused as it sends, resumed 3 s later: the markers
+    `batch-pause-shifts-spread` (its timeline moved on for the chunks it starts later) and
+    `chunk-pause-shifts-spread` (its chunk's slice sleeping until its moved place)."""
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, unique_numbers(6), spread_hours=6 / 3600
+    )
+    await webhooks.wait_for(marker, "in_progress")
+    await control(api, account, file_id, "pause")
+    await webhooks.wait_for(marker, "paused")
+    await asyncio.sleep(3)
+    await control(api, account, file_id, "resume")
+    assert (await finished(webhooks, marker))["status"] == "completed"
+    await save_batch(
+        temporal, file_id, "spread_paused_and_resumed", chunks={0: "spread_paused_and_resumed"}
+    )
+
+
 async def window_at_tokyos_next_minute() -> tuple[float, dict[str, str]]:
     """A send window opening at Tokyo's next minute, for three hours (Sydney, one or two
     hours ahead of Tokyo, is inside it at once): when it opens (Unix time), and the window."""
