@@ -342,21 +342,30 @@ async def test_a_retry_run_reopens_rows_without_validating_and_numbers_events_on
     assert result.status == S.COMPLETED
 
 
-async def test_a_retry_run_cancelled_before_it_reopens_its_rows_leaves_them_as_they_were(
-    time_skipping: WorkflowEnvironment,
-) -> None:
-    # A cancel sent at once after `/retry`: the rows were reopened, then closed `cancelled`,
-    # and a later retry of the `failed` rows found none.
+Ran = tuple[StubActivities, WorkflowHandle[BatchWorkflow, BatchResult], BatchResult]
+
+
+async def retry_cancelled_before_reopening(env: WorkflowEnvironment) -> Ran:
+    """A retry run of 4 rows whose `cancel` comes with its start (signal-with-start)."""
     stubs = StubActivities(recipients=4)
-    async with stub_worker(time_skipping, stubs) as queue:
+    async with stub_worker(env, stubs) as queue:
         handle = await start_batch(
-            time_skipping,
+            env,
             queue,
             retry_statuses=[LedgerStatus.FAILED],
             first_event_seq=5,
             start_signal=BatchWorkflow.cancel.__name__,
         )
         result = await result_of(handle)
+    return stubs, handle, result
+
+
+async def test_a_retry_run_cancelled_before_it_reopens_its_rows_leaves_them_as_they_were(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # A cancel sent at once after `/retry`: the rows were reopened, then closed `cancelled`,
+    # and a later retry of the `failed` rows found none.
+    stubs, _, result = await retry_cancelled_before_reopening(time_skipping)
     assert "reopen_rows" not in stubs.calls
     assert slices(stubs) == []
     assert [f.close_pending_as for f in stubs.inputs("finish_ledger")] == [LedgerStatus.CANCELLED]
@@ -364,13 +373,12 @@ async def test_a_retry_run_cancelled_before_it_reopens_its_rows_leaves_them_as_t
     assert result.status == S.CANCELLED
 
 
-async def test_a_retry_run_paused_and_resumed_before_it_dispatches_records_no_queued_event(
-    time_skipping: WorkflowEnvironment,
-) -> None:
+async def retry_paused_and_resumed_while_reopening(env: WorkflowEnvironment) -> Ran:
+    """A retry run of 4 rows paused and resumed while it reopens its rows."""
     stubs = StubActivities(recipients=4, reopens_held=True)
-    async with stub_worker(time_skipping, stubs) as queue:
+    async with stub_worker(env, stubs) as queue:
         handle = await start_batch(
-            time_skipping, queue, retry_statuses=[LedgerStatus.FAILED], first_event_seq=5
+            env, queue, retry_statuses=[LedgerStatus.FAILED], first_event_seq=5
         )
         await stubs.wait_for(lambda: bool(stubs.inputs("reopen_rows")))
         await handle.signal(BatchWorkflow.pause)
@@ -381,25 +389,41 @@ async def test_a_retry_run_paused_and_resumed_before_it_dispatches_records_no_qu
         )
         stubs.release.set()
         result = await result_of(handle)
+    return stubs, handle, result
+
+
+async def test_a_retry_run_paused_and_resumed_before_it_dispatches_records_no_queued_event(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    stubs, _, result = await retry_paused_and_resumed_while_reopening(time_skipping)
     assert stubs.phases() == [S.PAUSED, S.DISPATCHING, S.IN_PROGRESS, S.COMPLETED]
     assert result.status == S.COMPLETED
+
+
+async def paused_while_reconciling(
+    env: WorkflowEnvironment,
+) -> tuple[*Ran, tuple[list[tuple[int, int]], bool]]:
+    """A batch of 4 rows paused while it reconciles row 1 (which the carrier never got),
+    resumed an hour later; also what it had sent, and whether it was paused, before."""
+    stubs = StubActivities(recipients=4, never_received={1}, reconciliations_held=True)
+    async with stub_worker(env, stubs) as queue:
+        handle = await reconciling(env, queue, stubs)
+        await handle.signal(BatchWorkflow.pause)
+        await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
+        stubs.release.set()
+        await env.sleep(3600)
+        before = (sorted(slices(stubs)), (await handle.query(BatchWorkflow.progress)).paused)
+        await handle.signal(BatchWorkflow.resume)
+        result = await result_of(handle)
+    return stubs, handle, result, before
 
 
 async def test_a_batch_paused_while_it_reconciles_sends_the_rows_the_carrier_never_got_after_resume(
     time_skipping: WorkflowEnvironment,
 ) -> None:
     # Its `reconciled` chunk started at once, and sent while the batch showed `paused`.
-    stubs = StubActivities(recipients=4, never_received={1}, reconciliations_held=True)
-    async with stub_worker(time_skipping, stubs) as queue:
-        handle = await reconciling(time_skipping, queue, stubs)
-        await handle.signal(BatchWorkflow.pause)
-        await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
-        stubs.release.set()
-        await time_skipping.sleep(3600)
-        assert sorted(slices(stubs)) == [(0, 2), (2, 4)]
-        assert (await handle.query(BatchWorkflow.progress)).paused
-        await handle.signal(BatchWorkflow.resume)
-        result = await result_of(handle)
+    stubs, _, result, before = await paused_while_reconciling(time_skipping)
+    assert before == ([(0, 2), (2, 4)], True)
     assert sorted(slices(stubs)) == [(0, 2), (1, 2), (2, 4)]
     assert stubs.phases()[-3:] == [S.PAUSED, S.IN_PROGRESS, S.COMPLETED]
     assert (result.status, result.counts.successful) == (S.COMPLETED, 4)
@@ -753,21 +777,28 @@ async def test_a_resume_that_comes_after_the_final_event_changes_nothing(
     assert (result.status, result.counts.expired) == (S.FAILED, 8)
 
 
+async def resumed_while_closing_expired(env: WorkflowEnvironment) -> Ran:
+    """A batch paused, then past its expiry, resumed while its run reconciles a row on the
+    wire before its final event."""
+    stubs = StubActivities(recipients=8, held={0}, never_received={5}, reconciliations_held=True)
+    async with stub_worker(env, stubs) as queue:
+        handle = await paused_before_its_expiry(env, queue, stubs)
+        await env.sleep(601)
+        await stubs.wait_for(lambda: bool(stubs.inputs("reconcile_uncertain")))
+        await handle.signal(BatchWorkflow.resume)
+        await handle.query(BatchWorkflow.progress)
+        stubs.release.set()
+        result = await result_of(handle)
+    return stubs, handle, result
+
+
 async def test_a_resume_that_comes_while_an_expired_batch_closes_changes_nothing(
     time_skipping: WorkflowEnvironment,
 ) -> None:
     # Paused, then past its expiry, its run reconciling a row on the wire before the final
     # event: a resume (an operator's, the database status not final yet) recorded the phase
     # paused in between `paused` and the final event.
-    stubs = StubActivities(recipients=8, held={0}, never_received={5}, reconciliations_held=True)
-    async with stub_worker(time_skipping, stubs) as queue:
-        handle = await paused_before_its_expiry(time_skipping, queue, stubs)
-        await time_skipping.sleep(601)
-        await stubs.wait_for(lambda: bool(stubs.inputs("reconcile_uncertain")))
-        await handle.signal(BatchWorkflow.resume)
-        await handle.query(BatchWorkflow.progress)
-        stubs.release.set()
-        result = await result_of(handle)
+    stubs, _, result = await resumed_while_closing_expired(time_skipping)
     assert stubs.statuses()[-2:] == [S.PAUSED, S.FAILED]
     assert result.status == S.FAILED
 

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
 from deploy.local.emulator import NO_ANSWER
@@ -44,6 +44,12 @@ from tests.support.stack import (
     WebhookReceiver,
     api_client,
     set_own,
+)
+from tests.test_batch_workflow_fast import (
+    paused_while_reconciling,
+    resumed_while_closing_expired,
+    retry_cancelled_before_reopening,
+    retry_paused_and_resumed_while_reopening,
 )
 from tests.test_conversation_workflow_fast import run_with_a_failing_first_message
 from workflows.contracts import (
@@ -990,16 +996,56 @@ async def test_conversation_settle_unsent(time_skipping: WorkflowEnvironment) ->
     after the last attempt. Recorded on the time-skipping test server with stub activities:
     the real stack cannot fail six attempts so without killing six workers."""
     stubs, handle = await run_with_a_failing_first_message(time_skipping)
-    history = await handle.fetch_history()
     assert stubs.inputs("settle_unsent_message")
-    # The test server leaves the workflow's id out of its first event, which the dev server
-    # and a cluster put there (tests/test_replay.py reads it): put in as they would.
-    recorded = json.loads(history.to_json())
-    started = recorded["events"][0]["workflowExecutionStartedEventAttributes"]
-    started["workflowId"] = handle.id
     # `settle_unsent.json` (a user's reply after, restarting the clock) is kept from before
     # `conversation-silence-after-agent-only`; the agent's next message follows here.
-    save(WorkflowHistory.from_json(handle.id, recorded), "conversation", "settle_unsent_then_agent")
+    await save_from_test_server(handle, "conversation", "settle_unsent_then_agent")
+
+
+async def save_from_test_server(handle: WorkflowHandle[Any, Any], kind: str, name: str) -> None:
+    """Save the history of a run on the time-skipping test server. The test server leaves
+    the workflow's id out of its first event, which the dev server and a cluster put there
+    (tests/test_replay.py reads it): put in as they would."""
+    recorded = json.loads((await handle.fetch_history()).to_json())
+    started = recorded["events"][0]["workflowExecutionStartedEventAttributes"]
+    started["workflowId"] = handle.id
+    save(WorkflowHistory.from_json(handle.id, recorded), kind, name)
+
+
+# Batch paths that need an activity held, or a signal at a moment the real stack cannot
+# choose, recorded on the time-skipping test server with the fast tier's stub activities.
+
+
+async def test_retry_cancelled_before_reopening(time_skipping: WorkflowEnvironment) -> None:
+    """The marker `batch-cancel-before-reopen`: a retry run cancelled with its start ends
+    there, its rows as they were."""
+    stubs, handle, result = await retry_cancelled_before_reopening(time_skipping)
+    assert "reopen_rows" not in stubs.calls and result.status == "cancelled"
+    await save_from_test_server(handle, "batch", "retry_cancelled_before_reopening")
+
+
+async def test_retry_paused_and_resumed_while_reopening(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    """The marker `batch-no-queued-on-resume`: no `queued` event on the resume."""
+    stubs, handle, _ = await retry_paused_and_resumed_while_reopening(time_skipping)
+    assert "queued" not in stubs.statuses()
+    await save_from_test_server(handle, "batch", "retry_paused_and_resumed_while_reopening")
+
+
+async def test_paused_while_reconciling(time_skipping: WorkflowEnvironment) -> None:
+    """The marker `batch-reconciled-waits-for-resume`: the `reconciled` chunk waits for the
+    resume."""
+    _, handle, _, before = await paused_while_reconciling(time_skipping)
+    assert before[1]
+    await save_from_test_server(handle, "batch", "paused_while_reconciling")
+
+
+async def test_resumed_while_closing_expired(time_skipping: WorkflowEnvironment) -> None:
+    """The marker `batch-no-resume-after-expiry`: the resume is ignored."""
+    stubs, handle, _ = await resumed_while_closing_expired(time_skipping)
+    assert stubs.statuses()[-2:] == ["paused", "failed"]
+    await save_from_test_server(handle, "batch", "resumed_while_closing_expired")
 
 
 async def save_conversation(temporal: Client, account: Account, user: str, name: str) -> None:
