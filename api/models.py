@@ -508,9 +508,9 @@ class NumberRequest(RequestBody):
         None,
         ge=SENDER_MPS_MIN,
         le=SENDER_MPS_MAX,
-        description="Messages per second this number may send, across all batches and"
-        " workers, from 0.01 to 10,000; left out: `HERALD_DEFAULT_SENDER_MPS`; null: no limit"
-        " of Herald's own.",
+        description="Messages per second this number's batches may send, across all of them"
+        " and every worker (single sends and replies are not paced), from 0.01 to 10,000;"
+        " left out: `HERALD_DEFAULT_SENDER_MPS`; null: no limit of Herald's own.",
     )
     webhook: AnyHttpUrl | None = Field(
         None, description="Conversation events of this number, when a send names no webhook."
