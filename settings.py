@@ -496,17 +496,28 @@ def get_settings() -> Settings:
     return load_settings()
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment and `overrides`; an invalid environment stops the process
-    with a line per problem (exit status 2), rather than a traceback."""
+class Refused(Exception):
+    """Settings the environment holds and Herald refuses: `str` is a line per problem."""
+
+
+def checked_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and `overrides`, or Refused."""
     try:
         return Settings(**overrides)
     except ValidationError as error:
-        sys.stderr.write(f"Herald refuses to start:\n{refusal(error)}\n")
-        raise SystemExit(2) from None
+        raise Refused(refusal(error)) from None
     except SettingsError as error:
         # A value that cannot be parsed at all (`HERALD_PRICES=x`), before any validation.
-        sys.stderr.write(f"Herald refuses to start:\n{error}\n")
+        raise Refused(str(error)) from None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """`checked_settings`; refused, they stop the process with a line per problem (exit
+    status 2), rather than a traceback."""
+    try:
+        return checked_settings(**overrides)
+    except Refused as refused:
+        sys.stderr.write(f"Herald refuses to start:\n{refused}\n")
         raise SystemExit(2) from None
 
 

@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
 
-from settings import Settings, read_dev_file, refusal
+from settings import Refused, Settings, checked_settings, read_dev_file
 
 KEY_VARIABLE = "HERALD_API_KEY"
 URL_VARIABLE = "HERALD_API_URL"
@@ -95,14 +93,10 @@ def _settings() -> Settings:
     """Herald's settings, for the local stack's home and address: an environment they refuse
     is the command's error, its problems on one line (no server starts here)."""
     try:
-        return Settings()
-    except ValidationError as error:
-        problems = "; ".join(refusal(error).splitlines())
-        raise CliError(f"the HERALD_ settings are not valid: {problems}") from error
-    except SettingsError as error:
-        # A value pydantic-settings cannot parse at all (HERALD_PRICES=x, a list that is no
-        # JSON), before any validation.
-        raise CliError(f"the HERALD_ settings are not valid: {error}") from error
+        return checked_settings()
+    except Refused as refused:
+        problems = "; ".join(str(refused).splitlines())
+        raise CliError(f"the HERALD_ settings are not valid: {problems}") from refused
 
 
 def _check_key(key: str) -> None:

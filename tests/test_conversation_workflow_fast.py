@@ -82,6 +82,21 @@ async def agent_writes(
     await handle.signal(ConversationWorkflow.message, agent_message(conversation_id))
 
 
+async def quiet_then_agent_writes(
+    env: WorkflowEnvironment,
+    stubs: StubActivities,
+    handle: WorkflowHandle[ConversationWorkflow, ConversationResult],
+    conversation_id: str,
+) -> tuple[list[str], float]:
+    """3,000 s (ten times TIMERS' timeout) with nothing more from the agent, then its next
+    message: the kinds of message sent meanwhile, and when the agent wrote."""
+    await env.sleep(3000)
+    quiet = [call.input.kind for call in stubs.calls["send_conversation_message"]]
+    answered = (await env.get_current_time()).timestamp()
+    await agent_writes(handle, conversation_id)
+    return quiet, answered
+
+
 async def user_replies(
     handle: WorkflowHandle[ConversationWorkflow, ConversationResult],
     conversation_id: str,
@@ -139,10 +154,9 @@ async def test_a_user_reply_stops_the_silence_until_the_next_agent_message(
         await time_skipping.sleep(40)
         await user_replies(handle, conversation_id)
         # Ten times the timeout: no warning, no timeout, as the user spoke last.
-        await time_skipping.sleep(3000)
-        quiet = [call.input.kind for call in stubs.calls["send_conversation_message"]]
-        answered = (await time_skipping.get_current_time()).timestamp()
-        await agent_writes(handle, conversation_id)
+        quiet, answered = await quiet_then_agent_writes(
+            time_skipping, stubs, handle, conversation_id
+        )
         result = await result_of(handle)
     assert quiet == ["message"]
     calls = stubs.calls["send_conversation_message"]
@@ -188,10 +202,9 @@ async def test_an_agent_message_the_carrier_refused_starts_no_silence(
         handle = await start_conversation(time_skipping, queue, conversation_id, refused)
         await stubs.wait_for(lambda: len(stubs.inputs("send_conversation_message")) == 1)
         # Ten times the timeout: no warning, no timeout, as the user was never written to.
-        await time_skipping.sleep(3000)
-        quiet = [call.input.kind for call in stubs.calls["send_conversation_message"]]
-        answered = (await time_skipping.get_current_time()).timestamp()
-        await agent_writes(handle, conversation_id)
+        quiet, answered = await quiet_then_agent_writes(
+            time_skipping, stubs, handle, conversation_id
+        )
         result = await result_of(handle)
     assert quiet == ["message"]
     calls = stubs.calls["send_conversation_message"]

@@ -109,18 +109,25 @@ async def test_a_reply_takes_its_rows_request_data_from_the_ledger(
     }
 
 
+async def list_of_lou(api: httpx.AsyncClient, account: Account, number: str) -> str:
+    """A mailing list of the account holding one contact, `number`, whose `NAME` is Lou; its
+    id."""
+    created = await api.post("/v1/lists", headers=account.headers, json={"name": "customers"})
+    list_id: str = created.json()["data"]["id"]
+    added = await api.post(
+        f"/v1/lists/{list_id}/contacts",
+        headers=account.headers,
+        json={"contacts": [{"phone_number": number, "NAME": "Lou"}]},
+    )
+    assert added.status_code in (200, 201), added.text
+    return list_id
+
+
 async def test_a_reply_from_a_lists_contact_takes_the_contacts_fields(
     api: httpx.AsyncClient, account: Account, settings: Settings
 ) -> None:
     inline, listed = unique_numbers(2)
-    created = await api.post("/v1/lists", headers=account.headers, json={"name": "customers"})
-    list_id = created.json()["data"]["id"]
-    added = await api.post(
-        f"/v1/lists/{list_id}/contacts",
-        headers=account.headers,
-        json={"contacts": [{"phone_number": listed, "NAME": "Lou"}]},
-    )
-    assert added.status_code in (200, 201), added.text
+    list_id = await list_of_lou(api, account, listed)
     response = await api.post(
         "/v1/sms/batch",
         headers=account.headers,
@@ -156,14 +163,7 @@ async def test_a_reply_to_a_lists_own_sender_takes_its_contacts_fields(
     listed = unique_numbers(1)[0]
     own_sender = unique_numbers(1)[0]
     await numbers.add_number(pool, account.account_id, own_sender, "sms", None)
-    created = await api.post("/v1/lists", headers=account.headers, json={"name": "customers"})
-    list_id = created.json()["data"]["id"]
-    added = await api.post(
-        f"/v1/lists/{list_id}/contacts",
-        headers=account.headers,
-        json={"contacts": [{"phone_number": listed, "NAME": "Lou"}]},
-    )
-    assert added.status_code in (200, 201), added.text
+    list_id = await list_of_lou(api, account, listed)
     response = await api.post(
         "/v1/sms/batch",
         headers=account.headers,

@@ -176,8 +176,7 @@ class ChunkWorkflow:
                 )
             )
             if input.pace.interval:
-                pace = self._pace(input)
-                await self._sleep_until(pace.send_time(start) - SPREAD_LEAD_SECONDS)
+                await self._sleep_until(self._due(input, start))
             if self._stopping:
                 break
             end = min(start + size, input.end)
@@ -268,11 +267,16 @@ class ChunkWorkflow:
         if it is still to come; whether it slept (the slice was due before the pause)."""
         if not input.pace.interval:
             return False
-        moment = self._pace(input).send_time(start) - SPREAD_LEAD_SECONDS
+        moment = self._due(input, start)
         if moment <= workflow.now().timestamp():
             return False
         await self._sleep_until(moment)
         return True
+
+    def _due(self, input: ChunkInput, start: int) -> float:
+        """When a spread batch's slice from `start` starts: a little before its first row's
+        place on the chunk's timeline (`_pace`)."""
+        return self._pace(input).send_time(start) - SPREAD_LEAD_SECONDS
 
     def _pace(self, input: ChunkInput) -> Pace:
         """The chunk's timeline, moved on by the time it was paused (a spread batch's)."""
