@@ -1,7 +1,9 @@
 """The one pagination style of Herald's own list endpoints (`/v1/...`): `limit` and an opaque
 `cursor` in the query, `next_cursor` in the answer (null on the last page). A cursor is the
-last item's sort key, as a JSON array in URL-safe base64; the store reads the page after it
-by that key (keyset pagination, no OFFSET). The dialects (Postman's `pageData`, Mobivate) keep
+name of its list and the last item's sort key, as a JSON array in URL-safe base64; the store
+reads the page after it by that key (keyset pagination, no OFFSET). The name (with the batch or
+mailing list the list is within) makes a cursor of one list no cursor of another whose key has
+the same shape. The dialects (Postman's `pageData`, Mobivate) keep
 their own documented styles."""
 
 import base64
@@ -56,8 +58,9 @@ class CursorPage(BaseModel):
     )
 
 
-def encode(key: Key) -> str:
-    values = [str(value) if isinstance(value, uuid.UUID) else value for value in key]
+def encode(key: Key, *, of: str) -> str:
+    """The cursor of the page after `key` in the list named `of`."""
+    values = [of] + [str(value) if isinstance(value, uuid.UUID) else value for value in key]
     values = [value.isoformat() if isinstance(value, datetime) else value for value in values]
     text = json.dumps(values, separators=(",", ":"), ensure_ascii=False)
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
@@ -83,9 +86,9 @@ def _value(kind: KeyKind, value: Any) -> Any:
     return value
 
 
-def decode(cursor: str | None, kinds: Sequence[KeyKind]) -> Key | None:
-    """The sort key a cursor holds (None: the first page); 400 `INVALID_CURSOR` for anything
-    that is not a cursor of this shape."""
+def decode(cursor: str | None, kinds: Sequence[KeyKind], *, of: str) -> Key | None:
+    """The sort key a cursor of the list named `of` holds (None: the first page); 400
+    `INVALID_CURSOR` for anything that is not a cursor of that list."""
     if cursor is None:
         return None
     try:
@@ -93,9 +96,9 @@ def decode(cursor: str | None, kinds: Sequence[KeyKind]) -> Key | None:
             raise ValueError("not unpadded URL-safe base64, or too long")
         raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
         values = json.loads(raw)
-        if not isinstance(values, list) or len(values) != len(kinds):
+        if not isinstance(values, list) or values[:1] != [of] or len(values) != len(kinds) + 1:
             raise ValueError("not a key of this list")
-        return tuple(_value(kind, value) for kind, value in zip(kinds, values, strict=True))
+        return tuple(_value(kind, value) for kind, value in zip(kinds, values[1:], strict=True))
     except (
         ValueError,
         OverflowError,
@@ -110,11 +113,11 @@ def decode(cursor: str | None, kinds: Sequence[KeyKind]) -> Key | None:
 
 
 def page(
-    rows: Sequence[Row], limit: int, key: Callable[[Row], Key]
+    rows: Sequence[Row], limit: int, key: Callable[[Row], Key], *, of: str
 ) -> tuple[list[Row], str | None]:
     """The page of `rows`, which the store read as up to `limit + 1` after the cursor, and
     the cursor of the next page: the key of its last item, if a further row came."""
     if len(rows) <= limit:
         return list(rows), None
     kept = list(rows[:limit])
-    return kept, encode(key(kept[-1]))
+    return kept, encode(key(kept[-1]), of=of)

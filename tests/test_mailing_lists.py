@@ -341,7 +341,7 @@ async def test_a_list_of_a_hundred_thousand_contacts_expands_in_validation(
         await api.get(
             f"/v1/sms/batch/{batch_id}/messages",
             headers=account.headers,
-            params={"cursor": pagination.encode((99_998,))},
+            params={"cursor": pagination.encode((99_998,), of=f"messages of {batch_id}")},
         )
     ).json()["data"]["messages"]
     assert [(m["to_number"], m["body"]) for m in last] == [(numbers[-1], "n 99999")]

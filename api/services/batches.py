@@ -939,9 +939,11 @@ async def list_batches(
     pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, cursor: str | None
 ) -> BatchList:
     """A page of the account's batches, newest first."""
-    after = pagination.decode(cursor, (datetime, uuid.UUID))
+    after = pagination.decode(cursor, (datetime, uuid.UUID), of="batches")
     rows = await batches.list_batches(pool, account_id, limit=limit + 1, after=after)
-    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["created_at"], r["id"]))
+    kept, next_cursor = pagination.page(
+        rows, limit, lambda r: (r["created_at"], r["id"]), of="batches"
+    )
     return BatchList(batches=[BatchSummary(**_summary(r)) for r in kept], next_cursor=next_cursor)
 
 
@@ -954,11 +956,12 @@ async def rejected_rows_page(
     cursor: str | None,
 ) -> RejectedRowList:
     """A page of the rows validation refused, in file order."""
-    after = pagination.decode(cursor, (int,))
+    of = f"errors of {batch_id}"
+    after = pagination.decode(cursor, (int,), of=of)
     rows = await messages.list_rejected(
         pool, account_id, batch_id, limit=limit + 1, after_row=after[0] if after else -1
     )
-    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["row_number"],))
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["row_number"],), of=of)
     return RejectedRowList(
         rejected_rows=[
             RejectedRow(
@@ -981,8 +984,9 @@ async def list_messages(
 ) -> MessageList:
     """A page of the batch's ledger, in `seq` order."""
     require_ledger_status(status)
-    after = pagination.decode(cursor, (int,))
     batch = await require_batch(pool, account_id, batch_id)
+    of = f"messages of {batch}"
+    after = pagination.decode(cursor, (int,), of=of)
     rows = await messages.list_messages(
         pool,
         account_id,
@@ -991,7 +995,7 @@ async def list_messages(
         limit=limit + 1,
         after_seq=after[0] if after else -1,
     )
-    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["seq"],))
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["seq"],), of=of)
     return MessageList(messages=kept, next_cursor=next_cursor)
 
 
@@ -1005,12 +1009,13 @@ async def list_events(
     pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str, *, limit: int, cursor: str | None
 ) -> BatchLogs:
     """A page of the batch's lifecycle events, in order."""
-    after = pagination.decode(cursor, (int,))
     batch = await require_batch(pool, account_id, batch_id)
+    of = f"logs of {batch}"
+    after = pagination.decode(cursor, (int,), of=of)
     rows = await events.list_events(
         pool, account_id, batch, after_seq=after[0] if after else 0, limit=limit + 1
     )
-    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["seq"],))
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["seq"],), of=of)
     return BatchLogs(events=kept, next_cursor=next_cursor)
 
 
@@ -1018,10 +1023,11 @@ async def list_deliveries(
     pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: str, *, limit: int, cursor: str | None
 ) -> WebhookDeliveries:
     """A page of the attempts to post the batch's events, oldest first."""
-    after = pagination.decode(cursor, (int,))
     batch = await require_batch(pool, account_id, batch_id)
+    of = f"deliveries of {batch}"
+    after = pagination.decode(cursor, (int,), of=of)
     rows = await events.list_deliveries(
         pool, account_id, batch, limit=limit + 1, after_id=after[0] if after else 0
     )
-    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["id"],))
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["id"],), of=of)
     return WebhookDeliveries(deliveries=kept, next_cursor=next_cursor)

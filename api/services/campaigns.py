@@ -119,9 +119,9 @@ async def list_campaigns(
     pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, cursor: str | None
 ) -> tuple[list[dict], str | None]:
     """A page of the account's campaigns, oldest first, and the next page's cursor."""
-    after = pagination.decode(cursor, (datetime, uuid.UUID))
+    after = pagination.decode(cursor, (datetime, uuid.UUID), of="campaigns")
     rows = await campaigns.list_campaigns(pool, account_id, limit=limit + 1, after=after)
-    return pagination.page(rows, limit, lambda r: (r["created_at"], r["id"]))
+    return pagination.page(rows, limit, lambda r: (r["created_at"], r["id"]), of="campaigns")
 
 
 async def update_campaign(

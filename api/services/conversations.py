@@ -136,7 +136,7 @@ async def list_conversations(
     form `to_e164` reads."""
     if state is not None and state not in tuple(ConversationStatus):
         raise InvalidRequest(f"state must be one of {', '.join(ConversationStatus)}")
-    after = pagination.decode(cursor, (datetime, uuid.UUID))
+    after = pagination.decode(cursor, (datetime, uuid.UUID), of="conversations")
     rows = await conversations.list_conversations(
         pool,
         account_id,
@@ -146,7 +146,9 @@ async def list_conversations(
         limit=limit + 1,
         after=after,
     )
-    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["created_at"], r["id"]))
+    kept, next_cursor = pagination.page(
+        rows, limit, lambda r: (r["created_at"], r["id"]), of="conversations"
+    )
     return ConversationList(
         conversations=[ConversationSummary(**_summary(r)) for r in kept],
         next_cursor=next_cursor,

@@ -62,9 +62,11 @@ async def list_lists(
     pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, cursor: str | None
 ) -> MailingLists:
     """A page of the account's lists, oldest first."""
-    after = pagination.decode(cursor, (datetime, uuid.UUID))
+    after = pagination.decode(cursor, (datetime, uuid.UUID), of="lists")
     rows = await mailing_lists.list_lists(pool, account_id, limit=limit + 1, after=after)
-    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["created_at"], r["id"]))
+    kept, next_cursor = pagination.page(
+        rows, limit, lambda r: (r["created_at"], r["id"]), of="lists"
+    )
     return MailingLists(lists=[_reply(r) for r in kept], next_cursor=next_cursor)
 
 
@@ -158,12 +160,13 @@ async def list_contacts(
     pool: asyncpg.Pool, account_id: uuid.UUID, list_id: str, *, limit: int, cursor: str | None
 ) -> ContactList:
     """A page of the list's contacts, in number order."""
-    after = pagination.decode(cursor, (str,))
     found = await get_list(pool, account_id, list_id)
+    of = f"contacts of {found.id}"
+    after = pagination.decode(cursor, (str,), of=of)
     rows = await mailing_lists.list_contacts(
         pool, account_id, uuid.UUID(found.id), limit=limit + 1, after=after[0] if after else ""
     )
-    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["phone_number"],))
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["phone_number"],), of=of)
     return ContactList(contacts=kept, next_cursor=next_cursor)
 
 

@@ -102,9 +102,11 @@ async def list_numbers(
     pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, cursor: str | None
 ) -> SenderNumberList:
     """A page of the account's senders, oldest first."""
-    after = pagination.decode(cursor, (datetime, str))
+    after = pagination.decode(cursor, (datetime, str), of="numbers")
     rows = await numbers.list_numbers(pool, account_id, limit=limit + 1, after=after)
-    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["created_at"], r["number"]))
+    kept, next_cursor = pagination.page(
+        rows, limit, lambda r: (r["created_at"], r["number"]), of="numbers"
+    )
     return SenderNumberList(numbers=kept, next_cursor=next_cursor)
 
 

@@ -21,11 +21,11 @@ async def list_opt_outs(
     pool: asyncpg.Pool, account_id: uuid.UUID, *, limit: int, cursor: str | None
 ) -> OptOutList:
     """A page of the account's opted-out numbers, in number order."""
-    after = pagination.decode(cursor, (str,))
+    after = pagination.decode(cursor, (str,), of="opt_outs")
     rows = await opt_outs.list_opt_outs(
         pool, account_id, limit=limit + 1, after=after[0] if after else ""
     )
-    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["number"],))
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["number"],), of="opt_outs")
     return OptOutList(opt_outs=kept, next_cursor=next_cursor)
 
 
