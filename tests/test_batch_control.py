@@ -716,6 +716,42 @@ async def test_a_batch_past_its_expiry_is_not_retried(
     assert (retry.status_code, error_code(retry)) == (409, "BATCH_EXPIRED")
 
 
+async def test_a_batch_terminated_then_past_its_expiry_is_ended_by_its_retry(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    temporal: Client,
+) -> None:
+    """A run terminated through Temporal leaves its batch `in_progress`, holding its sender
+    (`SENDER_IN_USE`), with no run for `/cancel`; once its `expire_at` has passed, `/retry`
+    ends it (it was refused `BATCH_EXPIRED`, which left the sender held for good): the new
+    run sends nothing more and closes what was left `expired`."""
+    numbers = unique_numbers(20)
+    expire_at = datetime.now(UTC) + timedelta(seconds=6)
+    # A row every 3 s: a few sent before the terminate, the rest left.
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, numbers, spread_hours=60 / 3600, expire_at=expire_at.isoformat()
+    )
+    await wait_until_received(emulator_url, marker, 1)
+    await temporal.get_workflow_handle(batch_workflow_id(file_id)).terminate("by hand")
+    number = f"/v1/sms/numbers/{account.agent_number}"
+    held = await api.delete(number, headers=account.headers)
+    await asyncio.sleep(max(0.0, expire_at.timestamp() - time.time()) + 0.1)
+    retried = await api.post(f"/v1/sms/batch/{file_id}/retry", headers=account.headers)
+    final = (await webhooks.wait_for(marker, *FINAL))[-1]
+    sent = len(await received(emulator_url, marker))
+    counts = {status: n for status, n in (await ledger_counts(api, account, file_id)).items() if n}
+    released = await api.delete(number, headers=account.headers)
+
+    assert (held.status_code, error_code(held)) == (409, "SENDER_IN_USE")
+    assert retried.status_code == 200, retried.text
+    assert 0 < sent < len(numbers)
+    assert counts == {"sent": sent, "expired": len(numbers) - sent}, counts
+    assert (final["messages_successful"], final["messages_expired"]) == (sent, len(numbers) - sent)
+    assert released.status_code == 200, released.text
+
+
 async def test_a_batch_whose_run_was_terminated_while_sending_is_retried_to_its_end(
     temporal: Client,
     settings: Settings,

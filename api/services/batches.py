@@ -819,7 +819,9 @@ async def retry_batch(
     # A retry run keeps the batch's spread, expiry and send window; it starts now, not at
     # `schedule_at`.
     timing = dataclasses.replace(_timing(batch["request"]), schedule_at=0.0)
-    if timing.expire_at and timing.expire_at <= time.time():
+    # A batch its ended run left is retried past its expiry too: the new run sends nothing and
+    # closes what was left `expired` (else it would hold its senders for good).
+    if timing.expire_at and timing.expire_at <= time.time() and not left:
         raise BatchExpired(
             f"batch {batch_id} expired at {batch['request']['expire_at']}: a retry would send"
             " nothing"
