@@ -61,10 +61,14 @@ def configure_logging(level: str = "INFO") -> None:
     root.handlers = [handler]
     root.setLevel(numeric)
     for name in UVICORN_LOGGERS:
-        logging.getLogger(name).handlers = []
-        logging.getLogger(name).propagate = True
+        logger = logging.getLogger(name)
+        # `--no-access-log` leaves the access logger with no handler and not propagating; sent
+        # to the root, it would have one, and uvicorn writes a line per request when it has.
+        off = name == "uvicorn.access" and not logger.handlers and not logger.propagate
+        logger.handlers = []
+        logger.propagate = not off
         # uvicorn sets its own levels: at WARNING, an access line per request is still made.
-        logging.getLogger(name).setLevel(numeric)
+        logger.setLevel(numeric)
     logging.captureWarnings(True)
     # twilio logs every request and response at INFO: one line per message sent; httpx (and
     # httpcore) every request with its URL: a webhook's, credentials and query included.
