@@ -199,11 +199,14 @@ async def last_sent_to(
 ) -> dict | None:
     """The account's last batch message from `agent_number` the carrier accepted for
     `user_number`: its batch, row, send time, its own `request_data` (RECIPIENT_DATA_COLUMNS;
-    a Postman upload's row keeps its values) and the batch's stored request. A row sent from
+    a Postman upload's row keeps its values), whether its batch's ledger keeps request data
+    (`keeps_request_data`: validated since migration 380, after 240 kept it, so a null one is
+    a file's with no request-data column) and the batch's stored request. A row sent from
     its own sender (a mailing list's, or its file's `agent_number` column) is that sender's,
     not the batch's."""
     row = await conn.fetchrow(
-        "SELECT m.batch_id, m.row_number, m.sent_at, m.request_data, b.request"
+        "SELECT m.batch_id, m.row_number, m.sent_at, m.request_data, b.request,"
+        " b.validated_skipped IS NOT NULL AS keeps_request_data"
         " FROM messages AS m"
         " JOIN batches AS b ON b.id = m.batch_id"
         " WHERE m.to_number = $3 AND m.carrier_sid IS NOT NULL AND m.account_id = $1"

@@ -193,9 +193,13 @@ async def test_a_row_validated_before_rows_kept_their_request_data_has_it_read_f
     content = plain_file(first, second)
     file_id, marker = await start_marked_batch(api, account, webhooks, content, message="Hi")
     assert (await webhooks.wait_for(marker, *FINAL))[-1]["status"] == "completed"
-    # As a ledger written before the rows kept their request data has them.
+    # As a ledger written before the rows kept their request data has them, and its batch,
+    # validated before it kept the rows validation skipped (migration 380).
     await pool.execute(
         "UPDATE messages SET request_data = NULL WHERE batch_id = $1", uuid.UUID(file_id)
+    )
+    await pool.execute(
+        "UPDATE batches SET validated_skipped = NULL WHERE id = $1", uuid.UUID(file_id)
     )
 
     form = inbound_form(settings, to=account.agent_number, from_=second, body="Yes")
@@ -205,6 +209,38 @@ async def test_a_row_validated_before_rows_kept_their_request_data_has_it_read_f
         "account_id": "acc_002",
         "plan": "silver",
     }
+
+
+async def test_a_reply_to_a_large_json_file_without_request_data_does_not_read_the_file(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    """A JSON file (inline recipients are stored as one) with no request-data field keeps none
+    in its ledger rows; its header is not in its first bytes once it is larger than they
+    are, and each first reply read and parsed the whole file (up to 40 MB) to find none."""
+    first, second = unique_numbers(2)
+    padding = "x" * (40 * 1024)
+    rows = [{"phone_number": n, "note": padding} for n in (first, second)]
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, json.dumps(rows).encode(), message="Hi"
+    )
+    assert (await webhooks.wait_for(marker, *FINAL))[-1]["status"] == "completed"
+    # The file as stored now gives the row request data: a reply that read it would take it.
+    rows[1]["request_data"] = {"account_id": "acc_002"}
+    await pool.execute(
+        "UPDATE files SET content = $2 WHERE account_id = $1 AND id = $3",
+        account.account_id,
+        json.dumps(rows).encode(),
+        uuid.UUID(file_id),
+    )
+
+    form = inbound_form(settings, to=account.agent_number, from_=second, body="Yes")
+    assert (await post_inbound(api, settings, form)).status_code == 200
+
+    assert await _conversation_data(api, account, second) is None
 
 
 async def test_request_data_postgresql_cannot_store_is_kept_replaced(

@@ -188,17 +188,18 @@ async def _reply_fields(
     request: dict[str, Any] = origin["request"]
     settings_global: dict[str, Any] = request.get("global") or {}
     kept: dict[str, Any] | None = origin["request_data"]
-    row_data = (
-        kept_request_data(kept)
-        if kept is not None
-        else await _row_request_data(
+    if kept is not None:
+        row_data = kept_request_data(kept)
+    elif origin["keeps_request_data"]:
+        row_data = {}  # its file has no request-data column
+    else:
+        row_data = await _row_request_data(
             pool,
             account_id,
             origin["batch_id"],
             origin["row_number"],
             request.get("column_mapping") or {},
         )
-    )
     request_data = {**(settings_global.get("request_data") or {}), **row_data}
     return conversations.ConversationFields(
         channel=channel,
@@ -216,9 +217,9 @@ async def _row_request_data(
     row_number: int,
     column_mapping: dict[str, str],
 ) -> dict[str, str]:
-    """The request data of a batch row its ledger does not keep: validated before rows kept
-    theirs, or from a file with no request-data column. A file whose header shows none is
-    not read past its header; else the file is read up to the row, off the event loop."""
+    """The request data of a batch row validated before rows kept theirs. A file whose
+    header shows no request-data column is not read past its header; else the file is read
+    up to the row, off the event loop."""
     header = (await batch_checks.shape_of_file(pool, account_id, batch_id)).header
     if header is not None and not any(request_field(c, column_mapping) for c in header):
         return {}
