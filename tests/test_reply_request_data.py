@@ -223,7 +223,7 @@ async def test_a_reply_to_a_large_json_file_without_request_data_does_not_read_t
     are, and each first reply read and parsed the whole file (up to 40 MB) to find none."""
     first, second = unique_numbers(2)
     padding = "x" * (40 * 1024)
-    rows = [{"phone_number": n, "note": padding} for n in (first, second)]
+    rows: list[dict[str, object]] = [{"phone_number": n, "note": padding} for n in (first, second)]
     file_id, marker = await start_marked_batch(
         api, account, webhooks, json.dumps(rows).encode(), message="Hi"
     )
