@@ -13,10 +13,11 @@ import pytest
 
 from api import pagination
 from api.services.mailing_lists import ListNotFound, add_contacts
+from settings import Settings
 from store import batches, files
 from tests.support.batches import FINAL, wait_for_status
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
-from tests.support.stack import Account, error_code
+from tests.support.stack import Account, api_client, error_code
 
 
 async def new_list(api: httpx.AsyncClient, account: Account, **body: Any) -> str:
@@ -241,6 +242,56 @@ async def test_a_batch_of_lists_alone_needs_a_message_for_each_list(
     assert accepted.status_code == 200, accepted.text
     final = await wait_for_status(api, account, accepted.json()["data"]["batch_id"], *FINAL)
     assert final["status"] == "completed", final
+
+
+async def test_a_batch_holds_its_rows_with_its_lists_contacts_within_the_limit(
+    settings: Settings, account: Account
+) -> None:
+    """The contacts of the lists a batch names count with its file's or inline rows against
+    `HERALD_MAX_ROWS_PER_BATCH`, a list named twice twice (each naming expands it): a request
+    naming one list 170,000 times was accepted, and its validation loaded the list as often
+    before it counted a row."""
+    small = settings.model_copy(update={"max_rows_per_batch": 3})
+    numbers = unique_numbers(4)
+    async with api_client(small) as api:
+        list_id = await new_list(api, account)
+        await add(api, account, list_id, [{"phone_number": n} for n in numbers[:2]])
+        two_rows = await attach(
+            api, account.headers, csv_bytes(["phone_number"], [[numbers[2]], [numbers[3]]])
+        )
+        one_row = await attach(api, account.headers, csv_bytes(["phone_number"], [[numbers[2]]]))
+
+        async def batch(**body: Any) -> httpx.Response:
+            return await api.post(
+                "/v1/sms/batch",
+                headers=account.headers,
+                json={
+                    "global": {"agent_number": account.agent_number, "agent_message": "hi"},
+                    **body,
+                },
+            )
+
+        answers = {
+            "list twice": await batch(lists=[{"id": list_id}, {"id": list_id}]),
+            "two inline": await batch(
+                recipients=[{"phone_number": n} for n in numbers[2:]], lists=[{"id": list_id}]
+            ),
+            "two in a file": await batch(file_id=two_rows, lists=[{"id": list_id}]),
+            "one in a file": await batch(file_id=one_row, lists=[{"id": list_id}]),
+        }
+
+    codes = {
+        name: (answer.status_code, error_code(answer) if answer.is_error else None)
+        for name, answer in answers.items()
+    }
+    assert codes == {
+        "list twice": (400, "TOO_MANY_RECIPIENTS"),
+        "two inline": (400, "TOO_MANY_RECIPIENTS"),
+        "two in a file": (400, "TOO_MANY_RECIPIENTS"),
+        "one in a file": (200, None),
+    }
+    assert "the 4 contacts of the lists named" in answers["list twice"].text
+    assert "2 recipients and the 2 contacts" in answers["two inline"].text
 
 
 async def test_a_batch_sends_to_its_lists_contacts_with_their_fields_as_tags(

@@ -89,15 +89,31 @@ def _header(content: bytes) -> list[str] | None:
 
 
 async def require_file_within_limit(
-    pool: asyncpg.Pool, account_id: uuid.UUID, file_id: uuid.UUID, shape: FileShape, max_rows: int
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    file_id: uuid.UUID,
+    shape: FileShape,
+    max_rows: int,
+    *,
+    lists_rows: int = 0,
 ) -> None:
-    """Refuse a file of more than `max_rows` rows. Its line count bounds its rows: only a
-    file with more lines than that is read, and its rows counted, to be sure."""
-    if shape.rows_at_most is None or shape.rows_at_most <= max_rows:
+    """Refuse a file of more than `max_rows` rows, less the `lists_rows` contacts of the
+    mailing lists the batch names. Its line count bounds its rows: only a file with more
+    lines than that is read, and its rows counted, to be sure."""
+    room = max_rows - lists_rows
+    if shape.rows_at_most is None or shape.rows_at_most <= room:
         return
     _, content = await files.file_content(pool, account_id, file_id)
-    if await asyncio.to_thread(count_rows, content, max_rows) > max_rows:
+    if await asyncio.to_thread(count_rows, content, room) > room:
+        if lists_rows:
+            raise too_many_with_lists(f"the file's more than {room} rows", lists_rows, max_rows)
         raise TooManyRecipients(rejections.TOO_MANY_ROWS.template.format(limit=max_rows))
+
+
+def too_many_with_lists(rows: str, lists_rows: int, max_rows: int) -> TooManyRecipients:
+    return TooManyRecipients(
+        f"{rows} and the {lists_rows} contacts of the lists named; a batch holds at most {max_rows}"
+    )
 
 
 def count_rows(content: bytes, at_most: int) -> int:

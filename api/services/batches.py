@@ -448,7 +448,8 @@ async def _checked_request(
     request = dict(given)
     if sender["opening_message"] and not (body.global_.agent_message or "").strip():
         request["opening_message"] = sender["opening_message"]
-    shape = await _file_shape(pool, settings, account_id, file_id, body)
+    lists_rows = await _lists_rows(pool, settings, account_id, request)
+    shape = await _file_shape(pool, settings, account_id, file_id, body, lists_rows)
     batch_checks.require_phone_column(shape.header)
     batch_checks.require_message(request, shape.header)
     rules = RecipientRules.from_request(request, validation_limits(settings), frozenset())
@@ -464,22 +465,45 @@ async def _checked_request(
     )
 
 
+async def _lists_rows(
+    pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, request: dict[str, Any]
+) -> int:
+    """The contacts of the mailing lists the request names (a list named twice, twice: each
+    naming expands it), within the batch's rows; LIST_NOT_FOUND for one not the account's."""
+    ids = [source["id"] for source in request.get("lists") or []]
+    sizes = await list_sizes(pool, account_id, ids)
+    total = sum(sizes[given] for given in ids)
+    if total > settings.max_rows_per_batch:
+        raise TooManyRecipients(
+            f"the {total} contacts of the lists named; a batch holds at most"
+            f" {settings.max_rows_per_batch}"
+        )
+    return total
+
+
 async def _file_shape(
     pool: asyncpg.Pool,
     settings: Settings,
     account_id: uuid.UUID,
     file_id: uuid.UUID | None,
     body: BatchRequest,
+    lists_rows: int,
 ) -> FileShape:
-    """The header of the request's file (or inline rows), once its size is within limits;
-    None for a batch of mailing lists alone (its contacts' fields are known at validation)."""
+    """The header of the request's file (or inline rows), once its size, with the
+    `lists_rows` contacts of its mailing lists, is within limits; None for a batch of
+    mailing lists alone (its contacts' fields are known at validation)."""
     if file_id is None and body.recipients is None:
         return FileShape(header=None)
     if file_id is None:
-        return batch_checks.shape_of_content(_inline_content(settings, body.recipients or []))
+        rows = body.recipients or []
+        if lists_rows and len(rows) + lists_rows > settings.max_rows_per_batch:
+            raise batch_checks.too_many_with_lists(
+                f"{len(rows)} recipients", lists_rows, settings.max_rows_per_batch
+            )
+        return batch_checks.shape_of_content(_inline_content(settings, rows))
     shape = await batch_checks.shape_of_file(pool, account_id, file_id)
     await batch_checks.require_file_within_limit(
-        pool, account_id, file_id, shape, settings.max_rows_per_batch
+        pool, account_id, file_id, shape, settings.max_rows_per_batch, lists_rows=lists_rows
     )
     return shape
 
@@ -552,11 +576,10 @@ def _require_whatsapp_senders(senders: Iterable[str]) -> None:
 async def _check_lists(
     pool: asyncpg.Pool, account_id: uuid.UUID, request: dict[str, Any], agent_number: str
 ) -> None:
-    """The request's mailing lists are the account's, and their senders too (kept as stored);
-    a list's sender that is the batch's own is no sender of its own (its rows, as a file's,
-    have no `from_number`)."""
+    """The request's mailing lists' senders are the account's (kept as stored; the lists
+    were found by `_lists_rows`); a list's sender that is the batch's own is no sender of its
+    own (its rows, as a file's, have no `from_number`)."""
     named: list[dict[str, Any]] = request.get("lists") or []
-    await list_sizes(pool, account_id, [source["id"] for source in named])
     channel = Channel.of(request).channel
     for source in named:
         if "agent_number" in source:
