@@ -1051,12 +1051,13 @@ class ContactsRequest(RequestBody):
 
 
 class ContactsAdded(BaseModel):
-    model_config = example({"added": 1, "contacts": 2, "rejected_rows": []})
+    model_config = example({"added": 1, "contacts": 2, "rejected": 0, "rejected_rows": []})
 
     added: int = Field(description="Contacts added or updated (a number listed once).")
     contacts: int = Field(description="Contacts in the list now.")
+    rejected: int = Field(description="Rows that are not contacts (blank or impossible number).")
     rejected_rows: list[RejectedRow] = Field(
-        description="Rows that are not contacts (blank or impossible number), by row number."
+        description="The first 1,000 rows that are not contacts, by row number."
     )
 
 

@@ -1,18 +1,14 @@
 """Mailing lists: an account's named lists of contacts (a number and its fields)."""
 
-import json
+import contextlib
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from store.db import after_key, rows_affected
-
-# The contacts' reference to their list (migration 320): a list deleted while contacts are
-# added to it.
-CONTACTS_LIST_KEY = "mailing_list_contacts_list_fkey"
 
 _COLUMNS = (
     "l.id, l.name, l.created_at,"
@@ -87,43 +83,51 @@ async def count_contacts(
     return {r["id"]: r["contacts"] for r in rows}
 
 
+@contextlib.asynccontextmanager
+async def held_list(
+    pool: asyncpg.Pool, account_id: uuid.UUID, list_id: uuid.UUID
+) -> AsyncIterator[asyncpg.Connection | None]:
+    """A transaction that holds the list (its row locked): writers of one list's contacts
+    take turns, so that two uploads, each locking its numbers' rows in its own order, do not
+    deadlock, and the list is not deleted meanwhile. None when the list is gone."""
+    async with pool.acquire() as conn, conn.transaction():
+        held = await conn.fetchval(
+            "SELECT true FROM mailing_lists WHERE id = $1 AND account_id = $2 FOR NO KEY UPDATE",
+            list_id,
+            account_id,
+        )
+        yield conn if held else None
+
+
 async def add_contacts(
-    pool: asyncpg.Pool,
+    conn: asyncpg.Connection,
     account_id: uuid.UUID,
     list_id: uuid.UUID,
     contacts: Mapping[str, Mapping[str, str]],
-) -> bool:
-    """Add contacts (E.164 number -> fields) by COPY; a number already listed takes the new
-    fields. False, nothing added, when the list is gone (deleted since it was found)."""
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "CREATE TEMP TABLE new_contacts (phone_number text, fields text) ON COMMIT DROP"
-            )
-            await conn.copy_records_to_table(
-                "new_contacts",
-                records=((number, json.dumps(fields)) for number, fields in contacts.items()),
-            )
-            await conn.execute(
-                "INSERT INTO mailing_list_contacts (list_id, phone_number, account_id, fields)"
-                " SELECT $1, phone_number, $2, fields::jsonb FROM new_contacts"
-                " ON CONFLICT (account_id, list_id, phone_number)"
-                " DO UPDATE SET fields = EXCLUDED.fields",
-                list_id,
-                account_id,
-            )
-    except asyncpg.ForeignKeyViolationError as error:
-        if error.constraint_name != CONTACTS_LIST_KEY:
-            raise
-        return False
-    return True
+) -> None:
+    """Add contacts (E.164 number -> fields) to a list `held_list` holds; a number already
+    listed takes the new fields."""
+    await conn.execute(
+        "INSERT INTO mailing_list_contacts (list_id, phone_number, account_id, fields)"
+        " SELECT $1, phone_number, $2, fields FROM unnest($3::text[], $4::jsonb[])"
+        " AS new (phone_number, fields)"
+        " ON CONFLICT (account_id, list_id, phone_number)"
+        " DO UPDATE SET fields = EXCLUDED.fields",
+        list_id,
+        account_id,
+        list(contacts),
+        list(contacts.values()),
+    )
 
 
 async def remove_contacts(
-    pool: asyncpg.Pool, account_id: uuid.UUID, list_id: uuid.UUID, numbers: list[str]
+    conn: asyncpg.Connection | asyncpg.Pool,
+    account_id: uuid.UUID,
+    list_id: uuid.UUID,
+    numbers: list[str],
 ) -> int:
     """Remove the numbers from the list; how many were listed."""
-    status = await pool.execute(
+    status = await conn.execute(
         "DELETE FROM mailing_list_contacts"
         " WHERE list_id = $1 AND account_id = $2 AND phone_number = ANY($3::text[])",
         list_id,

@@ -2,6 +2,7 @@
 Herald's API and as a Mobivate recipient) expanded when it is validated, and each account
 seeing and using only its own lists."""
 
+import asyncio
 import json
 import secrets
 import uuid
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from api import pagination
+from api.services import mailing_lists as mailing_lists_service
 from api.services.mailing_lists import ListNotFound, add_contacts
 from settings import Settings
 from store import batches, files
@@ -131,7 +133,7 @@ async def test_contacts_come_by_body_csv_or_json_and_go_singly_or_by_file(
     )
     await add(api, account, list_id, [{"phone_number": e}])
 
-    assert by_body == {"added": 1, "contacts": 1, "rejected_rows": []}
+    assert by_body == {"added": 1, "contacts": 1, "rejected": 0, "rejected_rows": []}
     assert by_csv.status_code == 200, by_csv.text
     assert by_csv.json()["data"]["added"] == 2
     assert by_csv.json()["data"]["contacts"] == 2
@@ -158,6 +160,68 @@ async def test_contacts_come_by_body_csv_or_json_and_go_singly_or_by_file(
     assert by_file.status_code == 200, by_file.text
     assert by_file.json()["data"] == {"removed": 2, "contacts": 2}
     assert set(await contacts_of(api, account, list_id)) == {d, e}
+
+
+async def test_an_upload_is_stored_block_by_block_all_or_nothing(
+    api: httpx.AsyncClient, account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload is read and stored a block of rows at a time, in one transaction (a file of
+    3 million rows, read whole, took gigabytes of the API's memory, and its reply listed
+    every row refused): a number in two blocks is one contact with the later fields, rows are
+    numbered through the file, a file whose later block cannot be read adds nothing, and the
+    reply shows the first of the refused rows with the count of all."""
+    monkeypatch.setattr(mailing_lists_service, "CONTACT_BLOCK_ROWS", 2)
+    monkeypatch.setattr(mailing_lists_service, "MAX_REJECTED_SHOWN", 2)
+    list_id = await new_list(api, account)
+    a, b, c = unique_numbers(3)
+    path = f"/v1/lists/{list_id}/contacts"
+    rows = [[a, "first"], ["x", ""], [b, ""], [a, "later"], ["y", ""], ["z", ""], [c, ""]]
+
+    added = await upload(
+        api, account, f"{path}/upload", csv_bytes(["phone_number", "NAME"], rows), "c.csv"
+    )
+    # Its third block ends in a quote never closed.
+    broken = await upload(
+        api,
+        account,
+        f"{path}/upload",
+        csv_bytes(["phone_number"], [[n] for n in unique_numbers(4)]) + b'"+1201',
+        "broken.csv",
+    )
+    removed = await upload(
+        api, account, f"{path}/remove", csv_bytes(["phone_number"], [[a], [b], [a]]), "r.csv"
+    )
+
+    assert added.status_code == 200, added.text
+    data = added.json()["data"]
+    assert (data["added"], data["contacts"], data["rejected"]) == (3, 3, 3)
+    assert [(r["row_number"], r["value"]) for r in data["rejected_rows"]] == [(2, "x"), (5, "y")]
+    assert (broken.status_code, error_code(broken)) == (400, "INVALID_CONTACTS")
+    assert removed.json()["data"] == {"removed": 2, "contacts": 1}
+    assert await contacts_of(api, account, list_id) == {c: {}}
+
+
+async def test_two_uploads_to_one_list_at_once_take_turns(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    """Each upload locked its numbers' rows in its own file's order: two at once with the
+    same numbers in opposite orders deadlocked, and PostgreSQL failed one (a 500)."""
+    list_id = await new_list(api, account)
+    numbers = unique_numbers(20_000)
+    path = f"/v1/lists/{list_id}/contacts/upload"
+    files = [
+        csv_bytes(["phone_number", "NAME"], [[n, name] for n in order])
+        for order, name in ((numbers, "up"), (numbers[::-1], "down"))
+    ]
+
+    answers = await asyncio.gather(
+        *(upload(api, account, path, content, "c.csv") for content in files * 2)
+    )
+
+    assert [answer.status_code for answer in answers] == [200] * 4, [a.text for a in answers]
+    assert (await api.get(f"/v1/lists/{list_id}", headers=account.headers)).json()["data"][
+        "contacts"
+    ] == len(numbers)
 
 
 async def test_contacts_for_a_list_deleted_while_their_file_is_read_are_list_not_found(

@@ -1,5 +1,6 @@
 """Mailing-list contacts: read from an upload, and expanded into a batch's rows. Pure."""
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,30 +18,43 @@ from activities.recipients.rows import (
     read_rows,
 )
 
+# Rows read, checked and stored at a time: an upload's memory is a block's, whatever the
+# file's size (3 million rows fit the upload limit; read whole, they took gigabytes).
+CONTACT_BLOCK_ROWS = 50_000
+
 
 @dataclass(kw_only=True)
 class Contacts:
-    """An upload's contacts, E.164 number -> fields (the last row of a number wins), and the
-    rows that are not contacts."""
+    """A block of an upload's contacts, E.164 number -> fields (the last row of a number
+    wins), and its rows that are not contacts."""
 
     contacts: dict[str, dict[str, str]] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
 
 
-def read_contacts(content: bytes) -> Contacts:
+def contact_blocks(content: bytes, block_rows: int = CONTACT_BLOCK_ROWS) -> Iterator[Contacts]:
     """The contacts of a CSV or JSON file (a `phone_number` column, the other columns its
-    fields); raises SourceInvalid as a batch's file would. Numbers need only a possible
-    length for their country, as a sender's do: the batch checks them when it sends."""
+    fields), `block_rows` rows at a time, numbered through the file; raises SourceInvalid as
+    a batch's file would (at the first block for its header, later for a CSV's quoting or
+    decoding). Numbers need only a possible length for their country, as a sender's do: the
+    batch checks them when it sends."""
     header, rows = read_rows(content)
     issue = phone_column_issue(header)
     if issue is not None:
         raise issue
+    first = 1
+    while block := list(itertools.islice(rows, block_rows)):
+        yield _block_contacts(header, block, first)
+        first += len(block)
+
+
+def _block_contacts(header: list[str], rows: list[Row], first: int) -> Contacts:
     found = Contacts()
     values = [r if isinstance(r, dict) else dict(zip(header, r, strict=False)) for r in rows]
     raws = [row.get(PHONE_COLUMN, "") for row in values]
     # A valid number is possible: the C-level check of valid ones first, phonenumbers after.
     numbers = possible_e164s(raws, valid_e164s(raws))
-    for row_number, (row, raw, number) in enumerate(zip(values, raws, numbers, strict=True), 1):
+    for row_number, (row, raw, number) in enumerate(zip(values, raws, numbers, strict=True), first):
         if not raw.strip():
             if "".join(row.values()).strip():
                 found.rejected.append(rejections.BLANK_NUMBER.at(row_number, raw))

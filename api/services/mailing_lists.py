@@ -2,12 +2,12 @@
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 
 import asyncpg
 
-from activities.recipients.contacts import Contacts, read_contacts
+from activities.recipients.contacts import CONTACT_BLOCK_ROWS, Contacts, contact_blocks
 from activities.recipients.phones import to_e164
 from activities.recipients.rejections import SourceInvalid
 from api import pagination
@@ -35,6 +35,10 @@ class ListAlreadyExists(HeraldError):
 
 class InvalidContacts(HeraldError):
     code = "INVALID_CONTACTS"
+
+
+# An upload's rows that are not contacts, shown in its reply; `rejected` counts them all.
+MAX_REJECTED_SHOWN = 1000
 
 
 def parse_list_id(value: str) -> uuid.UUID:
@@ -114,20 +118,32 @@ async def add_contacts(
     content: Callable[[], Awaitable[bytes]],
 ) -> ContactsAdded:
     """Add the contacts of a CSV or JSON file (or a JSON body's, as a file), read once the
-    list is found; a number already in the list takes the new fields."""
+    list is found, block by block in one transaction (all or none); a number already in the
+    list takes the new fields."""
     found = await get_list(pool, account_id, list_id)
-    contacts = await _read(await content())
-    if contacts.contacts and not await mailing_lists.add_contacts(
-        pool, account_id, uuid.UUID(found.id), contacts.contacts
-    ):
-        raise ListNotFound(f"mailing list {list_id!r} was deleted while its file was read")
+    blocks = contact_blocks(await content(), CONTACT_BLOCK_ROWS)
+    numbers: set[str] = set()
+    rejected: list[RejectedRow] = []
+    rejected_count = 0
+    async with mailing_lists.held_list(pool, account_id, uuid.UUID(found.id)) as conn:
+        if conn is None:
+            raise ListNotFound(f"mailing list {list_id!r} was deleted while its file was read")
+        while (block := await _next_block(blocks)) is not None:
+            if block.contacts:
+                await mailing_lists.add_contacts(
+                    conn, account_id, uuid.UUID(found.id), block.contacts
+                )
+            numbers.update(block.contacts)
+            rejected_count += len(block.rejected)
+            rejected += [
+                RejectedRow(row_number=r.row_number, value=r.value, code=r.code, message=r.reason)
+                for r in block.rejected[: MAX_REJECTED_SHOWN - len(rejected)]
+            ]
     return ContactsAdded(
-        added=len(contacts.contacts),
+        added=len(numbers),
         contacts=(await get_list(pool, account_id, list_id)).contacts,
-        rejected_rows=[
-            RejectedRow(row_number=r.row_number, value=r.value, code=r.code, message=r.reason)
-            for r in contacts.rejected
-        ],
+        rejected=rejected_count,
+        rejected_rows=rejected,
     )
 
 
@@ -150,10 +166,20 @@ async def remove_contacts_in_file(
     content: Callable[[], Awaitable[bytes]],
 ) -> ContactsRemoved:
     """Remove the numbers of a file's `phone_number` column from the list, read once the list
-    is found."""
-    await get_list(pool, account_id, list_id)
-    contacts = await _read(await content())
-    return await remove_contacts(pool, account_id, list_id, list(contacts.contacts))
+    is found, block by block in one transaction."""
+    found = await get_list(pool, account_id, list_id)
+    blocks = contact_blocks(await content(), CONTACT_BLOCK_ROWS)
+    removed = 0
+    async with mailing_lists.held_list(pool, account_id, uuid.UUID(found.id)) as conn:
+        if conn is None:
+            raise ListNotFound(f"mailing list {list_id!r} was deleted while its file was read")
+        while (block := await _next_block(blocks)) is not None:
+            removed += await mailing_lists.remove_contacts(
+                conn, account_id, uuid.UUID(found.id), list(block.contacts)
+            )
+    return ContactsRemoved(
+        removed=removed, contacts=(await get_list(pool, account_id, list_id)).contacts
+    )
 
 
 async def list_contacts(
@@ -170,8 +196,9 @@ async def list_contacts(
     return ContactList(contacts=kept, next_cursor=next_cursor)
 
 
-async def _read(content: bytes) -> Contacts:
+async def _next_block(blocks: Iterator[Contacts]) -> Contacts | None:
+    """The next block of an upload's contacts, read off the event loop; None after the last."""
     try:
-        return await asyncio.to_thread(read_contacts, content)
+        return await asyncio.to_thread(next, blocks, None)
     except SourceInvalid as error:
         raise InvalidContacts(f"{error.code}: {error.reason}") from error
