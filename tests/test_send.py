@@ -1047,3 +1047,62 @@ async def test_a_senders_own_webhook_gets_events_when_a_send_names_none(
     ]
     assert {e["conversation_id"] for e in events} == {sent["conversation_id"]}
     assert webhooks.received[f"{run}-old"] == []
+
+
+async def test_a_text_longer_than_a_message_may_be_is_refused_before_anything_is_recorded(
+    settings: Settings, account: Account, pool: asyncpg.Pool
+) -> None:
+    """`agent_message`, `warning_message` and `timeout_message` are held to
+    `HERALD_MAX_MESSAGE_CHARS`, as a batch's messages are: any length was accepted, and
+    rode in the conversation's signals and history (a few timers' texts of 700 KB passed
+    the 2 MB a continue-as-new may carry) before the carrier refused it."""
+    short = settings.model_copy(update={"max_message_chars": 5})
+    user = unique_numbers(1)[0]
+    timers: dict[str, Any] = {"warning_time": 60, "time_out": 120}
+    async with api_client(short) as api:
+        answers = {
+            "agent_message": await send(api, account, user, agent_message="123456"),
+            "warning_message": await send(
+                api,
+                account,
+                user,
+                agent_message="hi",
+                warning_message="123456",
+                timeout_message="bye",
+                **timers,
+            ),
+            "timeout_message": await send(
+                api,
+                account,
+                user,
+                agent_message="hi",
+                warning_message="hey",
+                timeout_message="123456",
+                **timers,
+            ),
+            "within": await send(
+                api,
+                account,
+                user,
+                agent_message="12345",
+                warning_message="12345",
+                timeout_message="12345",
+                **timers,
+            ),
+        }
+
+    codes = {
+        name: (answer.status_code, error_code(answer) if answer.is_error else None)
+        for name, answer in answers.items()
+    }
+    assert codes == {
+        "agent_message": (400, "MESSAGE_TOO_LONG"),
+        "warning_message": (400, "MESSAGE_TOO_LONG"),
+        "timeout_message": (400, "MESSAGE_TOO_LONG"),
+        "within": (200, None),
+    }
+    assert "warning_message has 6 characters" in answers["warning_message"].text
+    recorded = await pool.fetchval(
+        "SELECT count(*) FROM conversation_messages WHERE account_id = $1", account.account_id
+    )
+    assert recorded == 1

@@ -41,6 +41,10 @@ class InvalidUserNumber(HeraldError):
     code = "INVALID_USER_NUMBER"
 
 
+class MessageTooLong(HeraldError):
+    code = "MESSAGE_TOO_LONG"
+
+
 class SenderIdCannotConverse(HeraldError):
     code = "SENDER_ID_CANNOT_CONVERSE"
 
@@ -121,11 +125,21 @@ def checked_timers(conversation: dict[str, Any]) -> SilenceTimers:
     return timers
 
 
-def prepare(account_id: uuid.UUID, body: SendRequest) -> PreparedSend:
+def prepare(account_id: uuid.UUID, body: SendRequest, max_chars: int) -> PreparedSend:
     """The request checked and normalised; the sender is checked only when it is sent, so a
-    repeated request gets its first reply even if the sender was removed in between."""
+    repeated request gets its first reply even if the sender was removed in between. Each
+    text is at most `max_chars` characters, as a batch's messages are: a longer one the
+    carrier refuses, after it rode in the conversation's workflow history (and in each of
+    its signals, a timer's text)."""
     if not (body.agent_message and body.agent_message.strip()) and not body.content_sid:
         raise MissingAgentMessage("agent_message (or content_sid) is required: Herald writes none")
+    for name in ("agent_message", "warning_message", "timeout_message"):
+        text: str | None = getattr(body, name)
+        if text is not None and len(text) > max_chars:
+            raise MessageTooLong(
+                f"{name} has {len(text)} characters; a message has at most {max_chars}"
+                " (HERALD_MAX_MESSAGE_CHARS)"
+            )
     timers = silence_timers(body)
     user_number = to_e164(body.user_number)
     if user_number is None:
@@ -156,7 +170,9 @@ async def send_message(
     idempotency_key: str | None,
 ) -> SendReply:
     if idempotency_key is None:
-        return await _send(pool, temporal, settings, await _prepared(pool, account_id, body))
+        return await _send(
+            pool, temporal, settings, await _prepared(pool, settings, account_id, body)
+        )
     held_for = request_hash(body)
     ttl = timedelta(hours=settings.idempotency_ttl_hours)
     while True:
@@ -203,7 +219,7 @@ async def _send_holding(
     repeat's reply is this request's too)."""
     try:
         reply = await _send(
-            pool, temporal, settings, await _prepared(pool, account_id, body), claim=claim
+            pool, temporal, settings, await _prepared(pool, settings, account_id, body), claim=claim
         )
     except _ClaimTakenOver:
         return None
@@ -221,8 +237,12 @@ class _ClaimTakenOver(Exception):
     its transaction is rolled back."""
 
 
-async def _prepared(pool: asyncpg.Pool, account_id: uuid.UUID, body: SendRequest) -> PreparedSend:
-    return prepare(account_id, await _campaign_message(pool, account_id, body))
+async def _prepared(
+    pool: asyncpg.Pool, settings: Settings, account_id: uuid.UUID, body: SendRequest
+) -> PreparedSend:
+    return prepare(
+        account_id, await _campaign_message(pool, account_id, body), settings.max_message_chars
+    )
 
 
 async def _campaign_message(
