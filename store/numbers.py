@@ -227,12 +227,19 @@ async def delete_number(
     return Removal(found=True, busy=[])
 
 
-async def owner_of_number(pool: asyncpg.Pool, number: str, *, channel: str) -> uuid.UUID | None:
-    """The account that holds a sender number (inbound routing), if any does and its
-    registration takes `channel` (sends_on: an SMS only to or from a number registered for
-    SMS). Never a sender ID's: nobody can reply to one, so a message "to" it is no one's."""
+async def holder_of_number(pool: asyncpg.Pool, number: str) -> dict | None:
+    """The `account_id` and registered `channel` of a sender number, if an account holds it.
+    Never a sender ID's: nobody can reply to one, so a message "to" it is no one's."""
     row = await pool.fetchrow(
         "SELECT account_id, channel FROM sender_numbers WHERE number = $1 AND kind = 'number'",
         number,
     )
-    return row["account_id"] if row is not None and sends_on(row, channel) else None
+    return dict(row) if row is not None else None
+
+
+async def owner_of_number(pool: asyncpg.Pool, number: str, *, channel: str) -> uuid.UUID | None:
+    """The account that holds a sender number (inbound routing), if any does and its
+    registration takes `channel` (sends_on: an SMS only to or from a number registered for
+    SMS)."""
+    holder = await holder_of_number(pool, number)
+    return holder["account_id"] if holder is not None and sends_on(holder, channel) else None

@@ -566,6 +566,30 @@ async def test_a_sender_registered_for_whatsapp_hears_no_sms_and_answers_none(
     assert [m["body"] for m in await emulator_messages(emulator_url, to=talker)] == ["from A"]
 
 
+async def test_a_stop_by_sms_to_a_sender_registered_for_whatsapp_still_opts_the_user_out(
+    api: httpx.AsyncClient, account: Account, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """The SMS is still no one's (404), but its STOP is the user's word to the account that
+    holds the number, for every sender of it (it was dropped with the 404, and the account's
+    SMS senders went on messaging the user); a START by the same way opts back in."""
+    sender, user = unique_numbers(2)
+    assert (await register(api, account, sender, channel="whatsapp")).status_code == 201
+
+    async def sms(body: str) -> httpx.Response:
+        form = inbound_form(settings, to=sender, from_=user, body=body)
+        return await post_inbound(api, settings, form)
+
+    stop = await sms("stop")
+    out = await opt_outs.is_opted_out(pool, account.account_id, user)
+    start = await sms("START")
+    back = await opt_outs.is_opted_out(pool, account.account_id, user)
+
+    assert [(r.status_code, error_code(r)) for r in (stop, start)] == [
+        (404, "AGENT_NUMBER_NOT_FOUND")
+    ] * 2
+    assert (out, back) == (True, False)
+
+
 def test_sender_checks_are_on_unless_the_carrier_credentials_are_the_emulators() -> None:
     assert not Settings().checks_sender_ownership
     assert Settings(twilio_auth_token="a-real-token").checks_sender_ownership

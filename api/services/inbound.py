@@ -79,24 +79,27 @@ async def receive(
     channel, agent_number = address(params["To"])
     _, user_number = address(params["From"])
     body = params.get("Body", "")
-    # An SMS only to a number registered for SMS: one registered for WhatsApp sends none, so
-    # its conversation would have no way to answer (its timers' and HELP's messages).
-    account_id = await numbers.owner_of_number(pool, agent_number, channel=channel)
+    holder = await numbers.holder_of_number(pool, agent_number)
     # Signed with a subaccount's token: it speaks only for its own accounts' senders, or any
     # tenant could sign messages to another's numbers with a subaccount of its own.
-    if account_id is None or (signers is not None and account_id not in signers):
+    if holder is None or (signers is not None and holder["account_id"] not in signers):
         raise AgentNumberNotFound(f"{agent_number} is not a registered sender for {channel}")
+    account_id: uuid.UUID = holder["account_id"]
     keyword = body.strip().upper()
+    # An SMS only to a number registered for SMS: one registered for WhatsApp sends none, so
+    # its conversation would have no way to answer (its timers' and HELP's messages). Its
+    # STOP or START is the user's word to the account all the same, for its every sender.
+    if not numbers.sends_on(holder, channel):
+        if keyword in OPT_OUT_KEYWORDS | OPT_IN_KEYWORDS:
+            async with pool.acquire() as conn, conn.transaction():
+                await _apply_keyword(conn, carrier_sid, account_id, user_number, keyword)
+        raise AgentNumberNotFound(f"{agent_number} is not a registered sender for {channel}")
     fields = await _reply_fields(pool, account_id, agent_number, user_number, channel)
     help_id = uuid.uuid4() if keyword in HELP_KEYWORDS else None
     try:
         # One transaction: a repeat changes nothing, whatever it finds changed since.
         async with pool.acquire() as conn, conn.transaction():
-            if await inbound.claim_sid(conn, carrier_sid, account_id):
-                if keyword in OPT_OUT_KEYWORDS:
-                    await opt_outs.add_opt_out(conn, account_id, user_number, source="inbound")
-                elif keyword in OPT_IN_KEYWORDS:
-                    await opt_outs.remove_opt_out(conn, account_id, user_number)
+            await _apply_keyword(conn, carrier_sid, account_id, user_number, keyword)
             conversation = await conversations.open_conversation(
                 conn,
                 account_id=account_id,
@@ -141,6 +144,22 @@ async def receive(
     # signal can reach the workflow and still fail here (its answer lost), and the workflow
     # may be sending the HELP answer already.
     await hand_over(pool, temporal, settings, conversation, message_id, help_id)
+
+
+async def _apply_keyword(
+    conn: asyncpg.Connection,
+    carrier_sid: str,
+    account_id: uuid.UUID,
+    user_number: str,
+    keyword: str,
+) -> None:
+    """STOP opts the user out of the account's messages, START back in: once per MessageSid,
+    ever (a repeat, or a later START's replay, changes nothing)."""
+    if await inbound.claim_sid(conn, carrier_sid, account_id):
+        if keyword in OPT_OUT_KEYWORDS:
+            await opt_outs.add_opt_out(conn, account_id, user_number, source="inbound")
+        elif keyword in OPT_IN_KEYWORDS:
+            await opt_outs.remove_opt_out(conn, account_id, user_number)
 
 
 async def hand_over(
