@@ -571,6 +571,8 @@ async def test_the_batchs_messages_come_a_page_at_a_time_with_their_latest_statu
         before=second.json()["pageData"]["startCursor"],
     )
     found = await batch_messages(api, account, campaign_id, batch_id, search=numbers[1][-7:])
+    from_the_start = await batch_messages(api, account, campaign_id, batch_id, limit=2, after=-1)
+    before_the_first = await batch_messages(api, account, campaign_id, batch_id, before=0)
 
     assert first.status_code == 200, first.text
     messages = first.json()["data"] + second.json()["data"]
@@ -584,6 +586,16 @@ async def test_the_batchs_messages_come_a_page_at_a_time_with_their_latest_statu
     assert second.json()["pageData"]["hasPreviousPage"] is True
     assert back.json()["data"] == first.json()["data"]
     assert [m["recipient"] for m in found.json()["data"]] == [numbers[1].removeprefix("+")]
+    # Read from before the first row: the first page, none before it; back past the first
+    # row: an empty page, with no cursor and so no page after it to read.
+    assert from_the_start.json() == first.json()
+    assert before_the_first.json()["data"] == []
+    assert before_the_first.json()["pageData"] == {
+        "startCursor": None,
+        "endCursor": None,
+        "hasNextPage": False,
+        "hasPreviousPage": False,
+    }
 
 
 async def test_each_message_keeps_its_rows_values_and_language(

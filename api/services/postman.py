@@ -613,8 +613,10 @@ async def list_batch_messages(
         page_data=PostmanPageData(
             start_cursor=str(rows[0]["seq"]) if rows else None,
             end_cursor=str(rows[-1]["seq"]) if rows else None,
-            has_next_page=backwards or more,
-            has_previous_page=more if backwards else after is not None,
+            # A page read back to before the first row has no cursor to go on from.
+            has_next_page=bool(rows) if backwards else more,
+            # `after=-1` reads from the first row (seqs count from 0).
+            has_previous_page=more if backwards else after is not None and after >= 0,
         ),
     )
 
