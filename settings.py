@@ -317,6 +317,12 @@ class Settings(BaseSettings):
         description="How long batches paused for `carrier_throttled` stay paused before they"
         " resume by themselves (at least the carrier's Retry-After).",
     )
+    unused_file_days: int = Field(
+        30,
+        ge=1,
+        description="Days a file attached with `POST /v1/files/attach` is kept while no batch"
+        " names it; then housekeeping deletes it (a batch's file is kept with its batch).",
+    )
     idempotency_ttl_hours: int = Field(
         24, description="How long an `idempotency-key` of a single send keeps its first reply."
     )

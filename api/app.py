@@ -165,7 +165,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         applier = asyncio.create_task(
             apply_receipts(app.state.pool, app.state.receipt_intake.arrived)
         )
-        pruner = asyncio.create_task(keep_house(app.state.pool, app.state.temporal))
+        pruner = asyncio.create_task(keep_house(app.state.pool, app.state.temporal, settings))
         sweeper = asyncio.create_task(
             keep_handing_over(app.state.pool, app.state.temporal, settings)
         )

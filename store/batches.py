@@ -19,6 +19,8 @@ _BATCH_COLUMNS = (
 # The foreign key of `batches.campaign_id` (migration 130): a campaign deleted before its
 # batch was recorded.
 CAMPAIGN_KEY = "batches_campaign_id_fkey"
+# A batch's reference to its file: a file deleted (unused for too long) as its batch is made.
+FILE_KEY = "batches_id_fkey"
 # The code of a batch `end_unstarted` ended: its workflow never started.
 NOT_STARTED = "not_started"
 # A batch with no event but those of its ends as unstarted: no workflow of it ever ran.

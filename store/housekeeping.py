@@ -20,13 +20,16 @@ class Pruned:
     receipts: int
     idempotency_keys: int
     retired_tokens: int
+    unused_files: int
 
 
-async def prune(pool: asyncpg.Pool) -> Pruned:
+async def prune(pool: asyncpg.Pool, unused_files_after: timedelta) -> Pruned:
     """Delete the kept receipts older than KEPT_RECEIPTS, the carrier tokens retired longer
-    ago than KEPT_RETIRED_TOKENS, and the idempotency keys past their expiry (a request with
-    an expired key claims it anew: the row only waits to be overwritten). Each a read of its
-    table, which holds no ledger rows: about once an hour."""
+    ago than KEPT_RETIRED_TOKENS, the idempotency keys past their expiry (a request with
+    an expired key claims it anew: the row only waits to be overwritten), and the files
+    attached longer ago than `unused_files_after` that no batch was made from (each upload
+    was kept for good). Each a read of its table, which holds no ledger rows (a file's
+    content is stored apart from its row): about once an hour."""
     receipts = await pool.execute(
         "DELETE FROM carrier_receipts WHERE received_at < now() - $1::interval", KEPT_RECEIPTS
     )
@@ -35,8 +38,14 @@ async def prune(pool: asyncpg.Pool) -> Pruned:
         "DELETE FROM retired_carrier_accounts WHERE retired_at < now() - $1::interval",
         KEPT_RETIRED_TOKENS,
     )
+    files = await pool.execute(
+        "DELETE FROM files WHERE created_at < now() - $1::interval"
+        " AND NOT EXISTS (SELECT 1 FROM batches WHERE batches.id = files.id)",
+        unused_files_after,
+    )
     return Pruned(
         receipts=rows_affected(receipts),
         idempotency_keys=rows_affected(keys),
         retired_tokens=rows_affected(retired),
+        unused_files=rows_affected(files),
     )

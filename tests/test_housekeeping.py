@@ -1,6 +1,7 @@
 """What Herald keeps only for a while is pruned by every API process as it starts (then
-hourly): receipts kept past KEPT_RECEIPTS, expired idempotency keys and carrier tokens
-retired past KEPT_RETIRED_TOKENS; nothing younger. And the batches left `queued` with no
+hourly): receipts kept past KEPT_RECEIPTS, expired idempotency keys, carrier tokens
+retired past KEPT_RETIRED_TOKENS and files no batch was made from past
+HERALD_UNUSED_FILE_DAYS; nothing younger. And the batches left `queued` with no
 workflow are ended as never started."""
 
 import asyncio
@@ -23,7 +24,7 @@ from store.carrier_accounts import KEPT_RETIRED_TOKENS
 from store.events import FINAL_EVENT_FIELDS
 from store.housekeeping import KEPT_RECEIPTS
 from temporal_client import connect_temporal
-from tests.support.batches import FINAL, start
+from tests.support.batches import FINAL, recorded_batch, recorded_file, start
 from tests.support.builders import attach, csv_bytes, unique_numbers
 from tests.support.delivery import received
 from tests.support.sending import eventually
@@ -86,6 +87,64 @@ async def test_an_api_process_prunes_old_receipts_expired_keys_and_retired_token
 
     assert remaining == ({fresh}, {live})
     assert pruned_tokens == {fresh_token}
+
+
+async def test_an_api_process_deletes_the_files_no_batch_was_made_from_after_their_days(
+    settings: Settings, pool: asyncpg.Pool, account: Account
+) -> None:
+    """An attached file no batch names is deleted once `HERALD_UNUSED_FILE_DAYS` have passed
+    (every upload was kept for good, 40 MiB a request); a batch's file is kept with it, and
+    a younger one is kept. A batch asked of a deleted file is 404 FILE_NOT_FOUND."""
+    old_unused, fresh_unused = (
+        await recorded_file(pool, account),
+        await recorded_file(pool, account),
+    )
+    old_used = await recorded_batch(pool, account)
+    ids = [old_unused, fresh_unused, old_used]
+    await pool.execute(
+        "UPDATE files SET created_at = now() - $2::interval WHERE id = ANY($1::uuid[])",
+        [old_unused, old_used],
+        timedelta(days=settings.unused_file_days, hours=1),
+    )
+
+    async def kept() -> set[uuid.UUID]:
+        rows = await pool.fetch("SELECT id FROM files WHERE id = ANY($1::uuid[])", ids)
+        return {r["id"] for r in rows}
+
+    async with api_client(settings) as api:
+        left = await eventually(kept, lambda found: old_unused not in found)
+        refused = await start(
+            api,
+            account,
+            str(old_unused),
+            **{"global": {"agent_number": account.agent_number, "agent_message": "hi"}},
+        )
+
+    assert left == {fresh_unused, old_used}
+    assert (refused.status_code, error_code(refused)) == (404, "FILE_NOT_FOUND")
+
+
+async def test_a_file_deleted_while_its_batch_is_made_is_file_not_found(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the batch's request, then deleted by housekeeping before the batch was
+    recorded (the batch's reference to it): 404 FILE_NOT_FOUND, not a 500."""
+    file_id = await attach(api, account.headers, csv_bytes(["phone_number"], [unique_numbers(1)]))
+    checks = batch_service._check_lists
+
+    async def deleted_meanwhile(*args: Any) -> None:
+        await pool.execute("DELETE FROM files WHERE id = $1", uuid.UUID(file_id))
+        await checks(*args)
+
+    monkeypatch.setattr(batch_service, "_check_lists", deleted_meanwhile)
+    refused = await start(
+        api,
+        account,
+        file_id,
+        **{"global": {"agent_number": account.agent_number, "agent_message": "hi"}},
+    )
+
+    assert (refused.status_code, error_code(refused)) == (404, "FILE_NOT_FOUND")
 
 
 class ApiStopped(Exception):

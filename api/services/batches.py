@@ -294,6 +294,9 @@ async def start_batch(
             campaign_id=campaign_id,
         )
     except asyncpg.ForeignKeyViolationError as error:
+        if error.constraint_name == batches.FILE_KEY:
+            # Found above, deleted since: left unused past HERALD_UNUSED_FILE_DAYS.
+            raise FileNotFound(f"no file {body.file_id!r}") from error
         if error.constraint_name != batches.CAMPAIGN_KEY:
             raise
         # Read earlier (a Postman upload's, before its whole file was checked), deleted since.

@@ -3,6 +3,7 @@ the batches no workflow will ever move on (`end_unstarted_batches`): at its star
 once an hour. Several processes doing so at once delete each row, and end each batch, once."""
 
 import asyncio
+import dataclasses
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -12,6 +13,7 @@ import structlog
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from settings import Settings
 from store import batches, events, housekeeping
 from store.db import UNAVAILABLE
 from workflows.contracts import BatchCounts, StatusUpdate
@@ -32,23 +34,19 @@ UNSTARTED_REASON = "the API stopped before starting it; nothing was sent"
 DESCRIBE_TIMEOUT = timedelta(seconds=10)
 
 
-async def keep_house(pool: asyncpg.Pool, temporal: Client) -> None:
+async def keep_house(pool: asyncpg.Pool, temporal: Client, settings: Settings) -> None:
     """Prune, and end unstarted batches, until cancelled."""
+    unused_files_after = timedelta(days=settings.unused_file_days)
     while True:
         try:
-            pruned = await housekeeping.prune(pool)
+            pruned = await housekeeping.prune(pool, unused_files_after)
             ended = await end_unstarted_batches(pool, temporal)
         except (asyncpg.PostgresError, *UNAVAILABLE) as error:
             log.warning("housekeeping failed; retrying", error=repr(error))
             await asyncio.sleep(RETRY_SECONDS)
             continue
-        if pruned.receipts or pruned.idempotency_keys or pruned.retired_tokens:
-            log.info(
-                "pruned",
-                receipts=pruned.receipts,
-                idempotency_keys=pruned.idempotency_keys,
-                retired_tokens=pruned.retired_tokens,
-            )
+        if any(dataclasses.astuple(pruned)):
+            log.info("pruned", **dataclasses.asdict(pruned))
         if ended:
             log.warning("unstarted batches ended", batch_ids=[str(b) for b in ended])
         await asyncio.sleep(PRUNE_EVERY_SECONDS)
