@@ -4,6 +4,7 @@ readable ones on a terminal. Lines carry `request_id` (API), `batch_id`, `workfl
 `activity` (worker, activities/log_context.py) where known."""
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -11,6 +12,27 @@ import structlog
 
 # uvicorn sets up its own handlers before it loads the app; its lines are sent to the root.
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+# A conversation's workflow id ends with its user's number (conversation_workflow_id): a log
+# line keeps its last four digits only, as it keeps no user's number whole.
+_CONVERSATION_USER = re.compile(r"(sms-conversation-[0-9a-f-]{36}-[^-\s'\"]*-)(\d+)(\d{4})")
+
+
+def _masked(text: str) -> str:
+    """`text` with the user's number of each conversation workflow id in it masked."""
+    return _CONVERSATION_USER.sub(lambda m: m[1] + "*" * len(m[2]) + m[3], text)
+
+
+def _mask_user_numbers(
+    _logger: Any, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Every value of the line (its event text, `workflow_id`, a formatted exception) with
+    conversation workflow ids masked."""
+    for key, value in event.items():
+        if isinstance(value, str) and "sms-conversation-" in value:
+            event[key] = _masked(value)
+    return event
 
 
 def _temporal_fields(
@@ -41,7 +63,12 @@ def configure_logging(level: str = "INFO") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            _mask_user_numbers,
+            renderer,
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
@@ -53,6 +80,7 @@ def configure_logging(level: str = "INFO") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                _mask_user_numbers,
                 renderer,
             ],
         )

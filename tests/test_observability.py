@@ -32,7 +32,7 @@ from settings import DEV_ACCOUNT_SID, Settings
 from tests.support.batches import recorded_batch, run_batch
 from tests.support.builders import unique_numbers
 from tests.support.databases import blocked_behind
-from tests.support.sending import eventually
+from tests.support.sending import eventually, received_by, send_ok
 from tests.support.stack import AUTH_TOKEN, Account, WebhookReceiver, error_code
 from workflows.contracts import StatusUpdate
 from workflows.statuses import BatchStatus
@@ -335,3 +335,31 @@ async def test_an_unexpected_error_is_a_500_with_the_requests_id_in_its_reply_an
     logged = [line for line in logs if line["event"] == "unhandled error"]
     assert [(line["request_id"], line["path"]) for line in logged] == [("req-42", "/v1/broken")]
     assert value(scraped, "herald_api_request_seconds_count", route="/v1/broken") == 1
+
+
+async def test_a_conversations_log_lines_keep_only_the_last_digits_of_the_users_number(
+    processes: Processes, account: Account, emulator_url: str
+) -> None:
+    """A conversation's workflow id names the user's number, and every line of its
+    activities carries it (`workflow_id`), as temporalio's own lines do in their text: a
+    user's number is kept out of the logs (its last four digits stay, to tell users apart)."""
+    user = unique_numbers(1)[0]
+    async with httpx.AsyncClient(base_url=processes.api_url) as api:
+        await send_ok(api, account, user, agent_message="Your table is ready")
+    await received_by(emulator_url, user, 1)
+    digits = user.removeprefix("+")
+
+    async def conversation_lines() -> list[dict[str, object]]:
+        return [
+            line
+            for line in _json_lines(processes.worker.log_path)
+            if str(line.get("workflow_id", "")).endswith(digits[-4:])
+            and str(line["workflow_id"]).startswith("sms-conversation-")
+        ]
+
+    lines = await eventually(conversation_lines, bool)
+    logged = processes.worker.log_path.read_text() + processes.api.log_path.read_text()
+    assert digits not in logged
+    assert all(
+        str(line["workflow_id"]).endswith("*" * (len(digits) - 4) + digits[-4:]) for line in lines
+    ), lines
