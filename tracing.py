@@ -9,7 +9,7 @@ TracingInterceptor imports)."""
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from temporalio.client import Interceptor
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     # Types only: the worker imports this module, and FastAPI costs a process 12 MB.
     from fastapi import FastAPI
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Span
 
 ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
 
@@ -52,7 +53,31 @@ class Tracing:
     def instrument(self, app: "FastAPI") -> None:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        FastAPIInstrumentor.instrument_app(app, tracer_provider=self.provider)
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=self.provider, server_request_hook=_route_only
+        )
+
+
+# A request span's attributes that hold the path or the URL it was asked with, and its query.
+_PATH_ATTRIBUTES = ("http.target", "url.path", "http.url", "url.full")
+_QUERY_ATTRIBUTES = ("url.query",)
+
+
+def _route_only(span: "Span", _scope: dict[str, Any]) -> None:
+    """A request's span keeps its route's template (`http.route`) for the path and URL it was
+    asked with, and no query: a path holds phone numbers (an opt-out's, a list's contact's)
+    and short-link codes, a query a conversation filter's numbers, none of which leaves for
+    the collector (docs/SECURITY.md)."""
+    if not span.is_recording():
+        return
+    attributes = getattr(span, "attributes", None) or {}
+    route = str(attributes.get("http.route", ""))
+    for key in _PATH_ATTRIBUTES:
+        if key in attributes:
+            span.set_attribute(key, route)
+    for key in _QUERY_ATTRIBUTES:
+        if key in attributes:
+            span.set_attribute(key, "")
 
 
 def client_interceptors(tracing: "Tracing | None") -> list[Interceptor]:

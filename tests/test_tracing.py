@@ -45,3 +45,34 @@ async def test_a_batch_is_one_trace_from_its_request_to_its_sends(
 def _one(spans: list[ReadableSpan]) -> ReadableSpan:
     assert len(spans) == 1, [s.name for s in spans]
     return spans[0]
+
+
+async def test_a_request_span_holds_its_route_not_the_numbers_or_codes_it_was_asked_with(
+    settings: Settings, account: Account
+) -> None:
+    """A path holds phone numbers (an opt-out's) and short-link codes, a query a conversation
+    filter's number: a span kept them as asked (`http.target`, `http.url`), and they left
+    for the collector."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    number, code = unique_numbers(1)[0], "Zq7Xk2Pw9"
+    async with api_client(settings, Tracing(provider)) as api:
+        added = await api.post("/v1/opt-outs", headers=account.headers, json={"number": number})
+        removed = await api.delete(f"/v1/opt-outs/{number}", headers=account.headers)
+        found = await api.get(
+            "/v1/sms/conversations", headers=account.headers, params={"user_number": number}
+        )
+        clicked = await api.get(f"/s/{code}")
+    assert [r.status_code for r in (added, removed, found, clicked)] == [201, 200, 200, 404]
+
+    server = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    leaked = [
+        (s.name, key, value)
+        for s in server
+        for key, value in (s.attributes or {}).items()
+        if number.removeprefix("+") in str(value) or code in str(value)
+    ]
+    assert leaked == []
+    routes = {(s.attributes or {}).get("http.route") for s in server}
+    assert {"/v1/opt-outs/{number}", "/v1/sms/conversations", "/s/{code}"} <= routes, routes
