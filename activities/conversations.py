@@ -136,7 +136,7 @@ class ConversationActivities(WorkerResources):
             if result.verdict is Verdict.SENT:
                 # Recorded `sent`, with its sid, as it was found.
                 log.info("conversation message", message_id=input.message_id, status="sent")
-                return SendMessageResult(status=Verdict.SENT.value)
+                return await self._status_of(message_id)
         if result.verdict is Verdict.RETRY and attempt < input.attempts:
             await through_outages(
                 lambda: conversation_messages.requeue_message(
@@ -170,7 +170,9 @@ class ConversationActivities(WorkerResources):
             )
         )
         log.info("conversation message", message_id=input.message_id, status=status)
-        return SendMessageResult(status=status, error_code=result.error_code)
+        # With the time the carrier took it, on the database's clock, as a reply's is: the
+        # user's silence after it starts then.
+        return await self._status_of(message_id)
 
     @activity.defn
     async def settle_unsent_message(self, input: SendMessageInput) -> SendMessageResult:
@@ -252,10 +254,12 @@ class ConversationActivities(WorkerResources):
         return holder == message.account_id
 
     async def _status_of(self, message_id: uuid.UUID) -> SendMessageResult:
-        status, code = await through_outages(
+        status, code, sent_at = await through_outages(
             lambda: conversation_messages.message_status(self._pool, message_id)
         )
-        return SendMessageResult(status=status, error_code=code)
+        return SendMessageResult(
+            status=status, error_code=code, sent_at=None if sent_at is None else sent_at.timestamp()
+        )
 
     async def _reconcile(
         self,

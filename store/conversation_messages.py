@@ -383,11 +383,14 @@ async def fail_queued_message(
     )
 
 
-async def message_status(pool: asyncpg.Pool, message_id: uuid.UUID) -> tuple[str, str | None]:
+async def message_status(
+    pool: asyncpg.Pool, message_id: uuid.UUID
+) -> tuple[str, str | None, datetime | None]:
+    """The message's status, error code and when the carrier took it (`sent_at`)."""
     row = await pool.fetchrow(
-        "SELECT status, error_code FROM conversation_messages WHERE id = $1", message_id
+        "SELECT status, error_code, sent_at FROM conversation_messages WHERE id = $1", message_id
     )
-    return row["status"], row["error_code"]
+    return row["status"], row["error_code"], row["sent_at"]
 
 
 async def message_for_workflow(

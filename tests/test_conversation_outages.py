@@ -132,7 +132,7 @@ async def test_a_claim_run_again_after_its_answer_was_lost_takes_its_own_message
     assert plain is None
     assert (taken["status"], taken["attempts"]) == ("sending", 1)
     assert retried is None
-    assert await conversation_messages.message_status(pool, message_id) == (
+    assert (await conversation_messages.message_status(pool, message_id))[:2] == (
         "uncertain",
         conversation_messages.CLAIM_LOST,
     )

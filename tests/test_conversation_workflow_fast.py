@@ -1,6 +1,7 @@
 """The fast tier for ConversationWorkflow's silence timers: the warning and the timeout on
 the time-skipping test server, with stub activities."""
 
+import asyncio
 import uuid
 
 import pytest
@@ -189,6 +190,29 @@ async def test_a_reply_recorded_before_the_agents_latest_message_does_not_stop_i
     calls = stubs.calls["send_conversation_message"]
     assert [call.input.kind for call in calls] == ["message", "message", "warning", "timeout"]
     assert second + 58 <= calls[2].at < second + 62
+    assert result.state == ConversationStatus.TIMEOUT
+
+
+async def test_a_reply_that_came_after_the_carrier_took_the_message_stops_its_clock(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    """The carrier took the agent's message and the user answered before the run learned it
+    was sent (its send reconciled for seconds, or a worker was behind): the reply answers
+    that message, so no warning and no timeout. The clock started when the run learned it,
+    after the reply, which was taken for one to an earlier message."""
+    first = str(uuid.uuid4())
+    stubs = StubActivities(held_messages={first})
+    conversation_id = str(uuid.uuid4())
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_conversation(time_skipping, queue, conversation_id, first)
+        await stubs.wait_for(lambda: len(stubs.inputs("send_conversation_message")) == 1)
+        taken = stubs.calls["send_conversation_message"][0].at
+        await user_replies(handle, conversation_id, received_at=taken + 0.001)
+        await asyncio.sleep(0.2)  # the run learns of the send later than the reply came
+        stubs.release.set()
+        quiet, _ = await quiet_then_agent_writes(time_skipping, stubs, handle, conversation_id)
+        result = await result_of(handle)
+    assert quiet == ["message"]
     assert result.state == ConversationStatus.TIMEOUT
 
 

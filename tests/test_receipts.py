@@ -323,8 +323,11 @@ async def test_a_conversation_receipt_before_its_send_is_recorded_is_applied_the
     then = await conversation_messages.message_status(pool, message_id)
     await conversation_messages.record_outcome(pool, message_id, status="sent", carrier_sid=sid)
 
-    assert then == ("sending", None)
-    assert await conversation_messages.message_status(pool, message_id) == ("delivered", None)
+    assert then[:2] == ("sending", None)
+    assert (await conversation_messages.message_status(pool, message_id))[:2] == (
+        "delivered",
+        None,
+    )
 
 
 async def test_a_burst_of_receipts_through_two_api_processes_is_applied_whole(

@@ -534,6 +534,9 @@ class SendMessageInput:
 class SendMessageResult:
     status: str
     error_code: str | None = None
+    # When the carrier took the message (Unix seconds, the database's clock); None when it
+    # has not, and in results recorded before it was kept.
+    sent_at: float | None = None
 
 
 @dataclass(kw_only=True)

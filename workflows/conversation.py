@@ -67,6 +67,11 @@ OWN_IDS_NAMED_PATCH = "conversation-own-message-ids-named"
 # user goes silent for this long after an agent message"): a user's message stops it. It
 # started over, and the user who had answered got the warning and the timeout.
 SILENCE_AFTER_AGENT_PATCH = "conversation-silence-after-agent-only"
+# The silence clock starts when the carrier took the agent's message (`sent_at`, on the
+# database's clock, as a user's message's `received_at` is), not when this run learned it: a
+# reply that came in between (a send reconciled for seconds, a worker behind by minutes) was
+# taken for one to an earlier message, and the user who had answered got the warning.
+CLOCK_AT_SENT_PATCH = "conversation-clock-at-sent"
 # The outcomes of an agent message that never reached the carrier (`conversation_messages`).
 NEVER_SENT = frozenset({"queued", "failed", "skipped"})
 
@@ -218,7 +223,7 @@ class ConversationWorkflow:
         if signal.sender == AGENT:
             if live and signal.timers is not None:
                 self._state.timers = signal.timers
-            handed_over = await self._send(
+            handed_over, sent_at = await self._send(
                 signal.conversation_id,
                 SendMessageInput(message_id=signal.message_id, attempts=MESSAGE_ATTEMPTS),
             )
@@ -227,7 +232,8 @@ class ConversationWorkflow:
                 and signal.kind == "message"
                 and (handed_over or not workflow.patched(CLOCK_ON_HANDED_OVER_PATCH))
             ):
-                self._restart_clock(signal.message_id)
+                at = sent_at if sent_at and workflow.patched(CLOCK_AT_SENT_PATCH) else None
+                self._restart_clock(signal.message_id, at)
             return
         if live:
             if workflow.patched(SILENCE_AFTER_AGENT_PATCH):
@@ -244,9 +250,10 @@ class ConversationWorkflow:
                 SendMessageInput(message_id=signal.answer_id, attempts=MESSAGE_ATTEMPTS),
             )
 
-    def _restart_clock(self, after: str) -> None:
-        """The user's silence starts now, after message `after`."""
-        self._state.silent_since = workflow.now().timestamp()
+    def _restart_clock(self, after: str, at: float | None = None) -> None:
+        """The user's silence starts after message `after`: `at`, when the carrier took it,
+        or now."""
+        self._state.silent_since = at or workflow.now().timestamp()
         self._state.silent_after = after
         self._state.warned = False
 
@@ -327,9 +334,12 @@ class ConversationWorkflow:
             ),
         )
 
-    async def _send(self, conversation_id: str, message: SendMessageInput) -> bool:
-        """Send the message; whether the carrier may have it (its outcome not NEVER_SENT)."""
-        handed_over = False
+    async def _send(
+        self, conversation_id: str, message: SendMessageInput
+    ) -> tuple[bool, float | None]:
+        """Send the message; whether the carrier may have it (its outcome not NEVER_SENT),
+        and when it took it, if known."""
+        handed_over, sent_at = False, None
         try:
             result = await workflow.execute_activity_method(
                 ConversationActivities.send_conversation_message,
@@ -337,7 +347,7 @@ class ConversationWorkflow:
                 start_to_close_timeout=timedelta(minutes=2),
                 retry_policy=MESSAGE_RETRY,
             )
-            handed_over = result.status not in NEVER_SENT
+            handed_over, sent_at = result.status not in NEVER_SENT, result.sent_at
         except ActivityError as error:
             # The conversation goes on; what the last attempt left is settled.
             workflow.logger.warning("message %s not sent: %s", message.message_id, error.cause)
@@ -354,7 +364,7 @@ class ConversationWorkflow:
         self._notify(
             ConversationEvent(conversation_id=conversation_id, message_id=message.message_id)
         )
-        return handed_over
+        return handed_over, sent_at
 
     async def _end(self, state: ConversationStatus) -> None:
         """End the conversation in `state`, or tell the state it ended in meanwhile (a send

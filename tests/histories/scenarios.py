@@ -914,6 +914,29 @@ async def test_conversation_reply_stops_the_clock(
     await save_conversation(temporal, account, user, "reply_stops_the_clock")
 
 
+async def test_conversation_clock_at_sent(
+    api: httpx.AsyncClient,
+    account: Account,
+    settings: Settings,
+    temporal: Client,
+    emulator_url: str,
+) -> None:
+    """As `conversation_reply_stops_the_clock`, each agent message's clock started when the
+    carrier took it (the marker `conversation-clock-at-sent`, at each agent message sent):
+    the reply stops it, the agent's next send starts it, the warning and the timeout follow."""
+    user = unique_numbers(1)[0]
+    data = await send_ok(api, account, user, agent_message="Shall I book it?", **TIMERS)
+    await received_by(emulator_url, user, 1)
+    form = inbound_form(settings, to=account.agent_number, from_=user, body="Yes")
+    assert (await post_inbound(api, settings, form)).status_code == 200
+    await asyncio.sleep(TIMERS["time_out"] + 1)
+    assert len(await emulator_messages(emulator_url, to=user)) == 1
+    await send_ok(api, account, user, agent_message="Booked.")
+    await conversation_when(api, account, data["conversation_id"], timed_out)
+    assert len(await emulator_messages(emulator_url, to=user)) == 4
+    await save_conversation(temporal, account, user, "clock_at_sent")
+
+
 async def test_conversation_help_answered(
     api: httpx.AsyncClient,
     account: Account,

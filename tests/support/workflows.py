@@ -103,6 +103,8 @@ class StubActivities:
     refused_messages: set[str] = field(default_factory=set)
     # Conversation messages every attempt of whose send fails (not with the carrier's answer).
     failing_messages: set[str] = field(default_factory=set)
+    # Conversation messages the carrier takes at once, whose send answers only on `release`.
+    held_messages: set[str] = field(default_factory=set)
     # Conversations the database has closed (the API opening the pair's next one).
     closed_conversations: set[str] = field(default_factory=set)
     # While set, each conversation event's post waits for `events_released` (the receiver
@@ -277,7 +279,11 @@ class StubActivities:
             return SendMessageResult(status=LedgerStatus.FAILED, error_code="21612")
         if input.message_id in self.failing_messages:
             raise RuntimeError("the attempt's worker died")
-        return SendMessageResult(status=LedgerStatus.SENT)
+        # Taken as it was asked (server time, as a test's reply's `received_at`).
+        taken = activity.info().current_attempt_scheduled_time.timestamp()
+        if input.message_id in self.held_messages:
+            await self.release.wait()
+        return SendMessageResult(status=LedgerStatus.SENT, sent_at=taken)
 
     @activity.defn(name=ConversationActivities.settle_unsent_message.__name__)
     async def settle_unsent_message(self, input: SendMessageInput) -> SendMessageResult:
