@@ -92,13 +92,14 @@ class ReceiptLane:
         state = scope["app"].state
         query = scope["query_string"].decode("latin-1")
         url = public_url(state.settings, STATUS_CALLBACK_PATH, query)
-        form = await verified(
-            state.settings,
-            state.pool,
-            url,
-            params,
-            signature.decode("latin-1") if signature is not None else None,
-            receipts=True,
-        )
+        with service.stored_or_retried():
+            form = await verified(
+                state.settings,
+                state.pool,
+                url,
+                params,
+                signature.decode("latin-1") if signature is not None else None,
+                receipts=True,
+            )
         await service.take_receipt(state.pool, state.receipt_intake, form, query)
         return True

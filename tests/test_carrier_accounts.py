@@ -2,6 +2,7 @@
 go through its own subaccount, another's keep the service's, and wrong own credentials fail
 only that account's sends: its running batches pause (`carrier_authentication_failed`)."""
 
+import functools
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,13 @@ from store.accounts import create_account, create_api_key
 from store.carrier_accounts import KEPT_RETIRED_TOKENS
 from tests.support.batches import FINAL, run_batch, start_marked_batch
 from tests.support.builders import emulator_messages, unique_numbers
-from tests.support.delivery import ledger_rows, receipt, rows_on_the_wire, sent_batch
+from tests.support.delivery import (
+    answer_when_statement_fails,
+    ledger_rows,
+    receipt,
+    rows_on_the_wire,
+    sent_batch,
+)
 from tests.support.sending import eventually, inbound_form, post_inbound, queued_agent_message
 from tests.support.stack import (
     AUTH_TOKEN,
@@ -369,3 +376,42 @@ async def test_receipts_signed_with_a_replaced_or_removed_token_are_taken_for_a_
         lambda: ledger_rows(api, account, file_id),
         lambda found: [r["status"] for r in found] == ["delivered", "delivered", "sent"],
     )
+
+
+async def test_a_receipt_whose_subaccount_tokens_cannot_be_read_is_answered_503(
+    api: httpx.AsyncClient,
+    account: Account,
+    pool: asyncpg.Pool,
+    carrier: Configure,
+    settings: Settings,
+) -> None:
+    """Signed with a subaccount's token, a receipt's signature is checked against the tokens
+    the accounts stored: a database failure there escaped the receipt lane (a bare 500,
+    counted nowhere) and the route (500 `INTERNAL_ERROR`), where a receipt not stored is
+    503 `RECEIPT_NOT_QUEUED`, so that the carrier posts it again."""
+    await own_subaccount_and_another(api, account, pool, carrier)
+    url = settings.status_callback_url
+    form = {**receipt("SM" + secrets.token_hex(16), "delivered"), "AccountSid": SUBACCOUNT_SID}
+    headers = {
+        "X-Twilio-Signature": RequestValidator(SUBACCOUNT_TOKEN).compute_signature(url, form)
+    }
+
+    async def post(multipart: bool) -> httpx.Response:
+        path = httpx.URL(url).path
+        if multipart:  # the API's route; an urlencoded one is api/receipt_lane.py's
+            return await api.post(
+                path, files={k: (None, v) for k, v in form.items()}, headers=headers
+            )
+        return await api.post(path, data=form, headers=headers)
+
+    answers = [
+        await answer_when_statement_fails(
+            pool,
+            functools.partial(post, multipart),
+            table="carrier_accounts",
+            statement="SELECT account_id, auth_token FROM carrier_accounts%",
+        )
+        for multipart in (False, True)
+    ]
+
+    assert [(a.status_code, error_code(a)) for a in answers] == [(503, "RECEIPT_NOT_QUEUED")] * 2

@@ -36,6 +36,7 @@ async def message_status(request: Request) -> Response:
     # carrier posts two or three per message sent. The carrier's own (urlencoded) callbacks
     # do not even come here: api/receipt_lane.py answers them before the app's middleware.
     state = request.app.state
-    form = await signed_form(request, state.settings, state.pool, receipts=True)
+    with service.stored_or_retried():
+        form = await signed_form(request, state.settings, state.pool, receipts=True)
     await service.take_receipt(state.pool, state.receipt_intake, form, request.url.query)
     return Response(status_code=204)

@@ -9,6 +9,7 @@ queued ones to the ledger in batches, in every API process (the processes share 
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 import asyncpg
 import structlog
@@ -179,8 +180,17 @@ async def take_receipt(
 ) -> None:
     """Take the receipt of a status callback's signed `form`, posted with `query`: it is
     applied to its message, now or when its send is recorded. Return only once it is taken."""
-    try:
+    with stored_or_retried():
         await intake.put(await signed_receipt(pool, form, query))
+
+
+@contextlib.contextmanager
+def stored_or_retried() -> Iterator[None]:
+    """A callback's database failure (reading the signing tokens of a subaccount's signature,
+    storing its receipt) answered 503 RECEIPT_NOT_QUEUED, never a 2xx or a 500: the carrier
+    posts it again."""
+    try:
+        yield
     except DATABASE_ERRORS as error:
         raise not_queued(error) from error
 

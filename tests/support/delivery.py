@@ -169,20 +169,34 @@ async def answer_when_its_insert_fails(
     pool: asyncpg.Pool, post: Callable[[], Coroutine[Any, Any, httpx.Response]]
 ) -> httpx.Response:
     """The answer to `post` (of one final receipt) when the statement taking it fails
-    (receipts.take_receipts): it waits behind a lock on the queue, then its backend is killed
-    mid-statement, and so is the intake's one new attempt on another connection (one lost
-    connection it rides out: api/services/receipts.py), until `post` is answered."""
+    (receipts.take_receipts), and so does the intake's one new attempt on another connection
+    (one lost connection it rides out: api/services/receipts.py)."""
+    return await answer_when_statement_fails(
+        pool, post, table="receipt_queue", statement="WITH r AS (%INSERT INTO receipt_queue%"
+    )
+
+
+async def answer_when_statement_fails(
+    pool: asyncpg.Pool,
+    post: Callable[[], Coroutine[Any, Any, httpx.Response]],
+    *,
+    table: str,
+    statement: str,
+) -> httpx.Response:
+    """The answer to `post` when each of its statements like `statement` (a LIKE pattern)
+    fails: it waits behind a lock on `table`, then its backend is killed mid-statement, again
+    until `post` is answered."""
     async with pool.acquire() as blocker:
         transaction = blocker.transaction()
         await transaction.start()
-        await blocker.execute("LOCK TABLE receipt_queue IN ACCESS EXCLUSIVE MODE")
+        await blocker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
         posting = asyncio.create_task(post())
         async with asyncio.timeout(WAIT_SECONDS):
             while not posting.done():
                 await pool.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock'"
-                    " AND query LIKE 'WITH r AS (%INSERT INTO receipt_queue%'"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE $1",
+                    statement,
                 )
                 await asyncio.wait([posting], timeout=0.1)
         failed = await posting
