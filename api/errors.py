@@ -229,6 +229,29 @@ def unexpected_error_response(path: str) -> JSONResponse:
     )
 
 
+# How long a client waits before it sends again a request whose database went away under it.
+RETRY_AFTER_UNAVAILABLE_SECONDS = 5
+
+
+def unavailable_response(path: str, error: Exception) -> JSONResponse:
+    """The 503 of a request whose database went away under it (store.db.UNAVAILABLE: down,
+    restarting, its connection cut): a client may send it again in a few seconds (docs/API.md
+    says which requests are the same thing again). No traceback: nothing is wrong with the
+    code."""
+    log.warning("database unavailable", path=path, error=repr(error))
+    return error_reply(
+        path,
+        503,
+        [
+            {
+                "error": "DATABASE_UNAVAILABLE",
+                "message": "the database is unreachable; send the request again in a few seconds",
+            }
+        ],
+        {"retry-after": str(RETRY_AFTER_UNAVAILABLE_SECONDS)},
+    )
+
+
 def http_error_response(path: str, error: StarletteHTTPException) -> JSONResponse:
     code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(
         error.status_code, "HTTP_ERROR"

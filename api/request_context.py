@@ -1,6 +1,7 @@
 """A `request_id` on every log line a request causes: the caller's `x-request-id` when it is
 a plain token, else a fresh one; echoed in the reply's `x-request-id`. An error no handler
-expects is answered here (500 `INTERNAL_ERROR`), with the id."""
+expects is answered here (500 `INTERNAL_ERROR`; 503 `DATABASE_UNAVAILABLE` when the database
+went away under it), with the id."""
 
 import re
 import uuid
@@ -9,7 +10,8 @@ import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import unexpected_error_response
+from api.errors import unavailable_response, unexpected_error_response
+from store.db import UNAVAILABLE
 
 # A proxy's or client's id is kept only if it cannot forge log structure or flood a line.
 CALLER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -38,10 +40,14 @@ class RequestContext:
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 await self._app(scope, receive, send_with_id)
-            except Exception:
+            except Exception as error:
                 # Answered here, not by Starlette's outermost handler: inside, the reply
                 # carries the id, and the traceback's log line too.
                 if started:
                     raise
-                reply = unexpected_error_response(scope["path"])
+                reply = (
+                    unavailable_response(scope["path"], error)
+                    if isinstance(error, UNAVAILABLE)
+                    else unexpected_error_response(scope["path"])
+                )
                 await reply(scope, receive, send_with_id)

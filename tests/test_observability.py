@@ -3,6 +3,7 @@
 through them, then their metrics endpoints scraped and their output read."""
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from settings import DEV_ACCOUNT_SID, Settings
 from tests.support.batches import recorded_batch, run_batch
 from tests.support.builders import unique_numbers
 from tests.support.databases import blocked_behind
+from tests.support.delivery import answer_when_statement_fails
 from tests.support.sending import eventually, received_by, send_ok
 from tests.support.stack import AUTH_TOKEN, Account, WebhookReceiver, error_code
 from workflows.contracts import StatusUpdate
@@ -363,3 +365,28 @@ async def test_a_conversations_log_lines_keep_only_the_last_digits_of_the_users_
     assert all(
         str(line["workflow_id"]).endswith("*" * (len(digits) - 4) + digits[-4:]) for line in lines
     ), lines
+
+
+async def test_a_request_whose_database_goes_away_is_503_to_send_again(
+    api: httpx.AsyncClient, account: Account, pool: asyncpg.Pool
+) -> None:
+    """PostgreSQL cut the request's connection mid-statement (restarting, failing over): a
+    500 `INTERNAL_ERROR` with a traceback, as for a bug; it is a 503 the client can send
+    again, in the envelope of the API it came by."""
+    batch_id = await recorded_batch(pool, account)
+
+    async def read(path: str, headers: dict[str, str]) -> httpx.Response:
+        return await answer_when_statement_fails(
+            pool,
+            functools.partial(api.get, path, headers=headers),
+            table="batches",
+            statement="SELECT%FROM batches%",
+        )
+
+    herald = await read("/v1/sms/batches", account.headers)
+    mobivate = await read(f"/send/batch/{batch_id}", {"Authorization": f"Bearer {account.key}"})
+
+    assert (herald.status_code, error_code(herald)) == (503, "DATABASE_UNAVAILABLE")
+    assert herald.headers["retry-after"] == "5" and herald.headers["x-request-id"]
+    assert (mobivate.status_code, mobivate.json()["success"]) == (503, False)
+    assert error_code(mobivate) == "DATABASE_UNAVAILABLE"
