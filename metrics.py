@@ -158,14 +158,16 @@ class WorkerMetrics:
     def __post_init__(self) -> None:
         self.messages = Counter(
             "herald_messages",
-            "Messages a send activity finished with, by outcome (the ledger's verdict), the"
-            " carrier's error code (empty when none) and sender number.",
+            "Messages a send activity (a batch's slice, a single send or a conversation's"
+            " message) finished with, by outcome (the ledger's verdict), the carrier's error"
+            " code (empty when none) and sender number.",
             ["outcome", "error_code", "sender"],
             registry=self.registry,
         )
         self.carrier_latency = LeanHistogram(
             "herald_carrier_request_seconds",
-            "Duration of one carrier request (send a message), by outcome.",
+            "Duration of one carrier request (send a message, a batch's or a single send's),"
+            " by outcome.",
             ["outcome"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,

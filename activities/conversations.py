@@ -120,6 +120,7 @@ class ConversationActivities(WorkerResources):
         to = carrier_address(message.user_number, message.channel)
         from_ = carrier_address(message.agent_number, message.channel)
         asked = datetime.now(UTC)
+        started = time.monotonic()
         result = await self._carrier.send(
             to=to,
             from_=from_,
@@ -129,14 +130,22 @@ class ConversationActivities(WorkerResources):
             content_variables=message.content_variables,
             credentials=credentials,
         )
-        if result.verdict is Verdict.UNCERTAIN:
+        self._metrics.carrier_latency.labels(result.verdict.value).observe(
+            time.monotonic() - started
+        )
+        reconciled = result.verdict is Verdict.UNCERTAIN
+        if reconciled:
             result = await self._reconcile(
                 result, message_id, to, from_, message, asked, credentials
             )
-            if result.verdict is Verdict.SENT:
-                # Recorded `sent`, with its sid, as it was found.
-                log.info("conversation message", message_id=input.message_id, status="sent")
-                return await self._status_of(message_id)
+        # Counted as a batch's message is, on each attempt (a deferred one, as `retry`).
+        self._metrics.messages.labels(
+            result.verdict.value, result.error_code or "", message.agent_number
+        ).inc()
+        if reconciled and result.verdict is Verdict.SENT:
+            # Recorded `sent`, with its sid, as it was found.
+            log.info("conversation message", message_id=input.message_id, status="sent")
+            return await self._status_of(message_id)
         if result.verdict is Verdict.RETRY and attempt < input.attempts:
             await through_outages(
                 lambda: conversation_messages.requeue_message(

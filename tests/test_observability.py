@@ -339,16 +339,24 @@ async def test_an_unexpected_error_is_a_500_with_the_requests_id_in_its_reply_an
     assert value(scraped, "herald_api_request_seconds_count", route="/v1/broken") == 1
 
 
-async def test_a_conversations_log_lines_keep_only_the_last_digits_of_the_users_number(
+async def test_a_single_send_is_counted_and_its_log_lines_keep_only_the_users_last_digits(
     processes: Processes, account: Account, emulator_url: str
 ) -> None:
-    """A conversation's workflow id names the user's number, and every line of its
-    activities carries it (`workflow_id`), as temporalio's own lines do in their text: a
-    user's number is kept out of the logs (its last four digits stay, to tell users apart)."""
+    """A single send's message is counted in the message and carrier-request series, as a
+    batch's are (it was in neither). A conversation's workflow id names the user's number,
+    and every line of its activities carries it (`workflow_id`), as temporalio's own lines do
+    in their text: a user's number is kept out of the logs (its last four digits stay, to
+    tell users apart)."""
     user = unique_numbers(1)[0]
+    sender = account.agent_number
+    before = await scrape(processes.worker_metrics_url)
     async with httpx.AsyncClient(base_url=processes.api_url) as api:
         await send_ok(api, account, user, agent_message="Your table is ready")
     await received_by(emulator_url, user, 1)
+    after = await eventually(
+        lambda: scrape(processes.worker_metrics_url),
+        lambda scraped: value(scraped, "herald_messages_total", sender=sender) > 0,
+    )
     digits = user.removeprefix("+")
 
     async def conversation_lines() -> list[dict[str, object]]:
@@ -359,6 +367,12 @@ async def test_a_conversations_log_lines_keep_only_the_last_digits_of_the_users_
             and str(line["workflow_id"]).startswith("sms-conversation-")
         ]
 
+    assert value(after, "herald_messages_total", outcome="sent", sender=sender) == 1
+    requests = [
+        value(scraped, "herald_carrier_request_seconds_count", outcome="sent")
+        for scraped in (before, after)
+    ]
+    assert requests[1] - requests[0] == 1
     lines = await eventually(conversation_lines, bool)
     logged = processes.worker.log_path.read_text() + processes.api.log_path.read_text()
     assert digits not in logged
