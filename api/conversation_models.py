@@ -158,13 +158,26 @@ class ConversationDetail(ConversationSummary):
             "ended_at": None,
             "timed_out_at": None,
             "messages": [],
+            "messages_next_cursor": None,
             "temporal_ui_url": "http://127.0.0.1:8233/namespaces/default/workflows/"
             + CONVERSATION_WORKFLOW_ID,
         }
     )
 
-    messages: list[ConversationMessage] = Field(description="Oldest first.")
+    messages: list[ConversationMessage] = Field(
+        description="Oldest first: the first 1,000; the rest by `messages_next_cursor`."
+    )
+    messages_next_cursor: str | None = Field(
+        description="With more than 1,000 messages: pass as `cursor` to"
+        " `GET /v1/sms/conversations/{conversation_id}/messages` for the rest; else null."
+    )
     temporal_ui_url: str
+
+
+class ConversationMessages(CursorPage):
+    model_config = example({"messages": [], "next_cursor": None})
+
+    messages: list[ConversationMessage] = Field(description="Oldest first.")
 
 
 class ConversationList(CursorPage):

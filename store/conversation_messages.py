@@ -20,8 +20,8 @@ SEND_FAILED = "send_failed"
 SIGNAL_FAILED = "TEMPORAL_UNAVAILABLE"
 
 _MESSAGE_COLUMNS = (
-    "id, conversation_id, sender, kind, channel, body, content_sid, content_variables, status,"
-    " carrier_sid, error_code, error_message, attempts, created_at, sent_at, updated_at"
+    "id, conversation_id, seq, sender, kind, channel, body, content_sid, content_variables,"
+    " status, carrier_sid, error_code, error_message, attempts, created_at, sent_at, updated_at"
 )
 
 
@@ -403,12 +403,20 @@ async def message_for_workflow(
 
 
 async def list_messages(
-    pool: asyncpg.Pool, account_id: uuid.UUID, conversation_id: uuid.UUID
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    *,
+    limit: int,
+    after_seq: int = -1,
 ) -> list[dict]:
+    """Up to `limit` of the conversation's messages after `after_seq`, in `seq` order."""
     rows = await pool.fetch(
         f"SELECT {_MESSAGE_COLUMNS} FROM conversation_messages"
-        " WHERE conversation_id = $1 AND account_id = $2 ORDER BY seq",
+        " WHERE conversation_id = $1 AND account_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
         conversation_id,
         account_id,
+        after_seq,
+        limit,
     )
     return [dict(r) for r in rows]

@@ -10,9 +10,11 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import pytest
 
 from api import pagination
 from api.app import create_app
+from api.services import conversations as conversations_service
 from tests.support.batches import run_batch
 from tests.support.builders import csv_bytes, unique_numbers
 from tests.support.pages import every_item, every_page
@@ -81,6 +83,7 @@ def test_every_list_route_pages_by_cursor_and_none_takes_offset_or_after() -> No
         "/v1/sms/batch/{batch_id}/logs",
         "/v1/sms/batch/{batch_id}/deliveries",
         "/v1/sms/conversations",
+        "/v1/sms/conversations/{conversation_id}/messages",
         "/v1/opt-outs",
         "/v1/lists",
         "/v1/lists/{list_id}/contacts",
@@ -112,8 +115,10 @@ async def _fill(api: httpx.AsyncClient, account: Account, webhooks: WebhookRecei
     for number in unique_numbers(3):
         opted = await api.post("/v1/opt-outs", headers=headers, json={"number": number})
         assert opted.status_code == 201, opted.text
-    for user in unique_numbers(3):
+    users = unique_numbers(3)
+    for user in users:
         await send_ok(api, account, user, agent_message="hi")
+    talked = await send_ok(api, account, users[0], agent_message="again")
     rows = [[n] for n in unique_numbers(5)] + [["12"], ["34"], ["56"]]
     first, _ = await run_batch(api, account, webhooks, csv_bytes(["phone_number"], rows[:2]))
     batch, _ = await run_batch(api, account, webhooks, csv_bytes(["phone_number"], rows))
@@ -125,6 +130,7 @@ async def _fill(api: httpx.AsyncClient, account: Account, webhooks: WebhookRecei
         f"/v1/lists/{list_ids[0]}/contacts": "contacts",
         "/v1/opt-outs": "opt_outs",
         "/v1/sms/conversations": "conversations",
+        f"/v1/sms/conversations/{talked['conversation_id']}/messages": "messages",
         "/v1/sms/batches": "batches",
         f"/v1/sms/batch/{batch}/messages": "messages",
         f"/v1/sms/batch/{batch}/errors": "rejected_rows",
@@ -178,6 +184,9 @@ async def test_a_cursor_the_endpoint_did_not_give_is_400_invalid_cursor(
     )
     created = await api.post("/v1/lists", headers=account.headers, json={"name": "a"})
     list_id = created.json()["data"]["id"]
+    talked = (await send_ok(api, account, unique_numbers(1)[0], agent_message="hi"))[
+        "conversation_id"
+    ]
     # Each list and the name its cursors carry (a batch's and a mailing list's name their own).
     lists = {
         f"/v1/lists/{list_id}/contacts": f"contacts of {list_id}",
@@ -186,6 +195,7 @@ async def test_a_cursor_the_endpoint_did_not_give_is_400_invalid_cursor(
         "/v1/lists": "lists",
         "/v1/opt-outs": "opt_outs",
         "/v1/sms/conversations": "conversations",
+        f"/v1/sms/conversations/{talked}/messages": f"messages of conversation {talked}",
         "/v1/sms/batches": "batches",
         f"/v1/sms/batch/{batch}/messages": f"messages of {batch}",
         f"/v1/sms/batch/{batch}/errors": f"errors of {batch}",
@@ -275,3 +285,28 @@ async def test_a_cursor_of_one_list_is_refused_by_another_of_the_same_key(
         for source, others in given.items()
         for other in [source, *others]
     }
+
+
+async def test_a_conversations_read_shows_its_first_messages_and_a_cursor_to_the_rest(
+    api: httpx.AsyncClient, account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conversation has no end while the user keeps writing: its read returned every
+    message, without bound. It shows the first MESSAGES_SHOWN; its messages' own list has
+    the rest, from `messages_next_cursor`."""
+    monkeypatch.setattr(conversations_service, "MESSAGES_SHOWN", 2)
+    user = unique_numbers(1)[0]
+    texts = ["one", "two", "three"]
+    for text in texts:
+        sent = await send_ok(api, account, user, agent_message=text)
+    conversation = f"/v1/sms/conversations/{sent['conversation_id']}"
+
+    read = (await api.get(conversation, headers=account.headers)).json()["data"]
+    rest = await api.get(
+        f"{conversation}/messages",
+        headers=account.headers,
+        params={"cursor": read["messages_next_cursor"]},
+    )
+
+    assert [m["body"] for m in read["messages"]] == texts[:2]
+    assert [m["body"] for m in rest.json()["data"]["messages"]] == texts[2:]
+    assert rest.json()["data"]["next_cursor"] is None

@@ -32,6 +32,7 @@ NEEDS: dict[tuple[str, str], str] = {
     ("DELETE", "/v1/sms/numbers/{number}"): "numbers:write",
     ("GET", "/v1/sms/conversations"): "conversations:read",
     ("GET", "/v1/sms/conversations/{conversation_id}"): "conversations:read",
+    ("GET", "/v1/sms/conversations/{conversation_id}/messages"): "conversations:read",
     ("GET", "/v1/opt-outs"): "opt_outs:read",
     ("POST", "/v1/opt-outs"): "opt_outs:write",
     ("DELETE", "/v1/opt-outs/{number}"): "opt_outs:write",

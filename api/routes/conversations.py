@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from api.carrier_signature import SignedForm
-from api.conversation_models import ConversationDetail, ConversationList
+from api.conversation_models import ConversationDetail, ConversationList, ConversationMessages
 from api.deps import AppSettings, ConversationsRead, Pool, Temporal
 from api.models import Envelope
 from api.pagination import Cursor, Limit
@@ -48,8 +48,27 @@ async def list_conversations(
 async def get_conversation(
     account_id: ConversationsRead, pool: Pool, settings: AppSettings, conversation_id: str
 ) -> dict:
-    """One conversation with all its messages, both directions, oldest first."""
+    """One conversation with its messages, both directions, oldest first: the first 1,000,
+    and `messages_next_cursor` for the rest."""
     return {"data": await service.get_conversation(pool, settings, account_id, conversation_id)}
+
+
+@router.get(
+    "/v1/sms/conversations/{conversation_id}/messages",
+    response_model=Envelope[ConversationMessages],
+)
+async def list_conversation_messages(
+    account_id: ConversationsRead,
+    pool: Pool,
+    conversation_id: str,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> dict:
+    """The conversation's messages, both directions, oldest first (see Pagination)."""
+    page = await service.list_messages(
+        pool, account_id, conversation_id, limit=limit, cursor=cursor
+    )
+    return {"data": page}
 
 
 @router.post(

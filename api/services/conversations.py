@@ -16,6 +16,7 @@ from api.conversation_models import (
     ConversationDetail,
     ConversationList,
     ConversationMessage,
+    ConversationMessages,
     ConversationSummary,
 )
 from api.errors import HeraldError, InvalidRequest
@@ -92,6 +93,10 @@ async def signal_conversation(
         ) from error
 
 
+# The messages a conversation's read shows, oldest first; the rest by its messages' pages.
+MESSAGES_SHOWN = 1000
+
+
 def parse_conversation_id(value: str) -> uuid.UUID:
     """A malformed id cannot name anything of the caller's: the same 404 as a missing one."""
     try:
@@ -163,11 +168,48 @@ async def get_conversation(
     )
     if row is None:
         raise ConversationNotFound(f"no conversation {conversation_id!r}")
-    rows = await conversation_messages.list_messages(pool, account_id, row["id"])
+    messages = await _messages(pool, account_id, row["id"], limit=MESSAGES_SHOWN, cursor=None)
     ui = (
         f"{settings.temporal_ui_base}/namespaces/{settings.temporal_namespace}"
         f"/workflows/{row['workflow_id']}"
     )
     return ConversationDetail(
-        **_summary(row), messages=[_message(r) for r in rows], temporal_ui_url=ui
+        **_summary(row),
+        messages=messages.messages,
+        messages_next_cursor=messages.next_cursor,
+        temporal_ui_url=ui,
     )
+
+
+async def list_messages(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    conversation_id: str,
+    *,
+    limit: int,
+    cursor: str | None,
+) -> ConversationMessages:
+    """A page of the conversation's messages, both directions, oldest first."""
+    found = await conversations.get_conversation(
+        pool, account_id, parse_conversation_id(conversation_id)
+    )
+    if found is None:
+        raise ConversationNotFound(f"no conversation {conversation_id!r}")
+    return await _messages(pool, account_id, found["id"], limit=limit, cursor=cursor)
+
+
+async def _messages(
+    pool: asyncpg.Pool,
+    account_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    *,
+    limit: int,
+    cursor: str | None,
+) -> ConversationMessages:
+    of = f"messages of conversation {conversation_id}"
+    after = pagination.decode(cursor, (int,), of=of)
+    rows = await conversation_messages.list_messages(
+        pool, account_id, conversation_id, limit=limit + 1, after_seq=after[0] if after else -1
+    )
+    kept, next_cursor = pagination.page(rows, limit, lambda r: (r["seq"],), of=of)
+    return ConversationMessages(messages=[_message(r) for r in kept], next_cursor=next_cursor)
