@@ -8,7 +8,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import parse_qsl
 
 from starlette.exceptions import HTTPException
@@ -60,38 +60,64 @@ def too_deep(where: str) -> InvalidRequest:
     return InvalidRequest(f"{where} nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
 
 
-def _json_values(document: Any, root: str) -> Iterator[tuple[str, Any]]:
-    """Every key and value of a JSON document with where it is (`root` itself, a key in it),
-    without recursion; 400 `INVALID_REQUEST` for arrays and objects nested deeper than
-    `MAX_JSON_DEPTH`."""
-    pending: list[tuple[str, Any, int]] = [(root, document, 1)]
+# Where a value is in a JSON document: the place of what holds it and its own part (`.key`,
+# `[3]`), or the document's name. Its text is made only for an error: made for every value,
+# a long key's text was copied into each item under it (a 1 MB body took gigabytes).
+Place: TypeAlias = tuple["Place | None", str | int]
+# The characters of a key an error names: the caller's own text, echoed back.
+SHOWN_KEY_CHARS = 64
+
+
+def _where(place: Place) -> str:
+    parts: list[str] = []
+    node: Place | None = place
+    while node is not None:
+        node, part = node
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(part if node is None else f".{_shown(part)}")
+    return "".join(reversed(parts))
+
+
+def _shown(key: str) -> str:
+    return key if len(key) <= SHOWN_KEY_CHARS else key[:SHOWN_KEY_CHARS] + "..."
+
+
+def _json_values(document: Any, root: str) -> Iterator[tuple[Place, bool, Any]]:
+    """Every key and value of a JSON document with where it is (a key: in what holds it, the
+    flag set), without recursion; 400 `INVALID_REQUEST` for arrays and objects nested deeper
+    than `MAX_JSON_DEPTH`."""
+    pending: list[tuple[Place, Any, int]] = [((None, root), document, 1)]
     while pending:
-        where, value, depth = pending.pop()
+        place, value, depth = pending.pop()
         if isinstance(value, dict | list) and depth > MAX_JSON_DEPTH:
-            raise too_deep(where)
+            raise too_deep(_where(place))
         if isinstance(value, dict):
             for key, item in value.items():
-                yield f"a key in {where}", key
-                pending.append((f"{where}.{key}", item, depth + 1))
+                yield place, True, key
+                pending.append(((place, key), item, depth + 1))
         elif isinstance(value, list):
-            pending.extend((f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value))
+            pending.extend(((place, i), item, depth + 1) for i, item in enumerate(value))
         else:
-            yield where, value
+            yield place, False, value
 
 
 def check_json(document: Any, root: str = "body") -> None:
     """400 for what no route could store or serialize in `document` (a JSON body, or a JSON
     value a body gives as a string, `root` naming it): `INVALID_TEXT`, `INVALID_NUMBER`, or
     `INVALID_REQUEST` for nesting deeper than `MAX_JSON_DEPTH`."""
-    for where, value in _json_values(document, root):
-        # `where` names the keys on the way, which are checked before their values.
+    for place, is_key, value in _json_values(document, root):
+        # The keys on the way are checked before their values.
         if isinstance(value, str):
-            require_storable(value, where)
+            if UNSTORABLE.search(value):
+                where = _where(place)
+                require_storable(value, f"a key in {where}" if is_key else where)
         elif isinstance(value, float) and not math.isfinite(value):
-            raise InvalidNumber(f"{where} is not a finite number")
+            raise InvalidNumber(f"{_where(place)} is not a finite number")
         elif isinstance(value, int) and not isinstance(value, bool):
             if not INT64_MIN <= value <= INT64_MAX:
-                raise InvalidNumber(f"{where} is beyond a 64-bit integer")
+                raise InvalidNumber(f"{_where(place)} is beyond a 64-bit integer")
 
 
 def check_form(body: bytes) -> None:

@@ -4,13 +4,14 @@ and headers are 400 with a stable code, for every route, before any route runs."
 
 import json
 import re
+import tracemalloc
 from typing import Any
 
 import httpx
 import pytest
 
 from api.app import create_app
-from api.input_checks import INT64_MAX
+from api.input_checks import INT64_MAX, check_json
 from settings import INBOUND_PATH
 from tests.support.batches import start
 from tests.support.builders import attach, csv_bytes, unique_numbers
@@ -353,3 +354,37 @@ async def test_a_json_body_sent_as_another_type_says_to_send_it_as_json(
     assert (response.status_code, error_code(response)) == (400, "INVALID_REQUEST")
     assert "Content-Type: application/json" in response.text
     assert sent_as in response.text
+
+
+def test_a_long_key_over_many_items_costs_its_body_not_the_product() -> None:
+    """Where each value is was written out for every value as it was queued: a key's text
+    copied into each item under it, so a body of 1 MB (a 500,000-character key over 250,000
+    numbers), checked before any key or route, took gigabytes. Here 100 KB of key over
+    10,000 items took 1 GB."""
+    long_key = "k" * 100_000
+    document = {long_key: [0] * 10_000}
+    tracemalloc.start()
+    try:
+        check_json(document)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000, peak
+
+
+async def test_an_error_names_a_long_key_by_its_start() -> None:
+    """A key an error names is the caller's own text, echoed: its first 64 characters."""
+    body = json.dumps({"global": {"metadata": {"x" * 10_000: ["ok", "a\u0000b"]}}})
+    app = create_app()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://herald.test"
+    ) as api:
+        response = await api.post(
+            "/v1/sms/batch", content=body, headers={"content-type": "application/json"}
+        )
+
+    assert (response.status_code, error_code(response)) == (400, "INVALID_TEXT")
+    message = response.json()["errors"][0]["message"]
+    assert message == (
+        f"body.global.metadata.{'x' * 64}...[1] holds a NUL character or a lone surrogate"
+    )
