@@ -10,7 +10,7 @@ import asyncpg
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import HeraldError, error_reply
+from api.errors import HeraldError, InvalidRequest, error_reply
 from settings import Settings
 from store import buckets
 
@@ -71,6 +71,21 @@ class BodySizeLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
+            return
+        if sum(name == b"content-type" for name, _ in scope["headers"]) > 1:
+            # Each reader would take its own: this limit the last (an upload's 40 MiB), the
+            # body check and the route the first (JSON, read whole before any key).
+            refused = error_reply(
+                scope["path"],
+                400,
+                [
+                    {
+                        "error": InvalidRequest.code,
+                        "message": "a request has at most one Content-Type header",
+                    }
+                ],
+            )
+            await refused(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         # Media types are case-insensitive (RFC 9110), as Starlette reads them.

@@ -53,6 +53,28 @@ async def test_only_a_route_that_takes_a_file_takes_a_body_of_an_uploads_size(
     assert upload.status_code == 200, upload.text
 
 
+async def test_a_request_with_two_content_types_is_refused_before_its_body_is_read(
+    settings: Settings,
+) -> None:
+    """The size limit read the last Content-Type (an upload's, 40 MiB) and the body check the
+    first (JSON, read and parsed whole before any key): a 40 MiB JSON body passed both, and
+    was parsed for anyone."""
+    limits = {"max_body_bytes": 4096, "max_upload_bytes": 1_000_000}
+    body = b"[" + b"[]," * 10_000 + b"[]]"
+    async with api_client(settings.model_copy(update=limits)) as api:
+        refused = await api.post(
+            "/v1/files/attach",
+            content=body,
+            headers=[
+                ("content-type", "application/json"),
+                ("content-type", "multipart/form-data; boundary=x"),
+            ],
+        )
+
+    assert (refused.status_code, error_code(refused)) == (400, "INVALID_REQUEST")
+    assert "one Content-Type" in refused.text
+
+
 async def test_each_key_has_its_own_request_rate(
     settings: Settings, pool: asyncpg.Pool, account: Account
 ) -> None:
