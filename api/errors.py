@@ -202,13 +202,27 @@ def postman_error(
     return JSONResponse(status_code=status_code, content={"error": error}, headers=headers)
 
 
+# The longest message an error item carries: one that names the caller's own text (an id, a
+# key, a number, as it came, up to the body's megabytes) echoes no more of it than this.
+MAX_ERROR_MESSAGE_CHARS = 1000
+
+
+def _bounded(error: dict[str, Any]) -> dict[str, Any]:
+    message = error.get("message")
+    if isinstance(message, str) and len(message) > MAX_ERROR_MESSAGE_CHARS:
+        return {**error, "message": message[:MAX_ERROR_MESSAGE_CHARS] + "..."}
+    return error
+
+
 def error_reply(
     path: str,
     status_code: int,
     errors: list[dict[str, Any]],
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """An error for a request to `path`, in the envelope of the dialect it belongs to."""
+    """An error for a request to `path`, in the envelope of the dialect it belongs to, each
+    message at most MAX_ERROR_MESSAGE_CHARS."""
+    errors = [_bounded(error) for error in errors]
     if path.startswith(MOBIVATE_PATHS):
         return mobivate_error(status_code, errors, headers)
     if path.startswith(POSTMAN_PATHS):

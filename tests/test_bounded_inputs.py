@@ -388,3 +388,32 @@ async def test_an_error_names_a_long_key_by_its_start() -> None:
     assert message == (
         f"body.global.metadata.{'x' * 64}...[1] holds a NUL character or a lone surrogate"
     )
+
+
+async def test_an_error_echoes_no_more_than_a_thousand_characters_of_what_it_names(
+    api: httpx.AsyncClient, account: Account
+) -> None:
+    """A list id of 100,000 characters came back whole in LIST_NOT_FOUND's message (and
+    twice in Mobivate's envelope): an 8 MB body echoed 16 MB."""
+    long_id = "l" * 100_000
+    herald = await api.post(
+        "/v1/sms/batch",
+        headers=account.headers,
+        json={
+            "global": {"agent_number": account.agent_number, "agent_message": "hi"},
+            "lists": [{"id": long_id}],
+        },
+    )
+    mobivate = await api.post(
+        "/send/batch",
+        headers={"Authorization": f"Bearer {account.key}"},
+        json={
+            "originator": account.agent_number,
+            "text": "hi",
+            "recipients": [{"recipient": long_id, "meta": {"type": "mailinglist"}}],
+        },
+    )
+
+    assert (herald.status_code, error_code(herald)) == (404, "LIST_NOT_FOUND")
+    assert error_code(mobivate) == "LIST_NOT_FOUND", mobivate.text
+    assert len(herald.content) < 2_000 and len(mobivate.content) < 4_000
