@@ -35,9 +35,10 @@ EXPIRED = SendResult(verdict=Verdict.EXPIRED)
 ACCOUNT_FAILURES = frozenset({"20003"})
 # Deferrals that, when they defer every request of a slice for longer than the retry window
 # (`carrier_outage_seconds`), are the account's, not the slice's: the carrier throttling the
-# account (THROTTLES), or the carrier out of reach (no connection, 5xx, UNREACHABLE). The
-# slice then stops retrying and the account's batches pause, rather than retry on their own.
-UNREACHABLE = frozenset({"connect", "500", "502", "503", "504", "20500", "20503"})
+# account (THROTTLES), or the carrier out of reach (no connection, no answer, 5xx,
+# UNREACHABLE). The slice then stops retrying and the account's batches pause, rather than
+# retry on their own.
+UNREACHABLE = frozenset({"connect", "no_answer", "500", "502", "503", "504", "20500", "20503"})
 # The ledger status of each verdict that settles a row (a deferral puts it back `pending`):
 # looked up rather than made from the verdict's value for every row recorded.
 SETTLED = MappingProxyType({v: LedgerStatus(v.value) for v in Verdict if v is not Verdict.RETRY})
@@ -250,10 +251,11 @@ class SendingActivities(WorkerResources):
                 account_failures.append(result.error_code)
                 stopping.set()
                 return None
-            if _server_uncertain(result):
-                # A server error that may have created the message: its row is `uncertain`,
-                # and the slice stops, so that a carrier failing so leaves no more than the
-                # requests in flight uncertain. It is tried again as a deferred slice is.
+            if _carrier_failing(result):
+                # A server error, or no answer, that may have created the message: its row is
+                # `uncertain`, and the slice stops, so that a carrier failing so leaves no more
+                # than the requests in flight uncertain. It is tried again as a deferred slice
+                # is.
                 stopping.set()
             return result
 
@@ -538,19 +540,23 @@ class _Waves:
 
 def _deferred(result: SendResult) -> bool:
     """Whether the carrier put `result`'s message off: deferred it (back to `pending`), or
-    answered a server error that may have created it (`_server_uncertain`)."""
-    return result.verdict is Verdict.RETRY or _server_uncertain(result)
+    failed in a way that may have created it (`_carrier_failing`)."""
+    return result.verdict is Verdict.RETRY or _carrier_failing(result)
 
 
-def _server_uncertain(result: SendResult) -> bool:
-    """Whether `result` is a server error that may have created its message: `uncertain`,
-    and its slice stops."""
-    return result.server_error and result.verdict is Verdict.UNCERTAIN
+def _carrier_failing(result: SendResult) -> bool:
+    """Whether `result` is a server error, or no answer within the carrier timeout, that may
+    have created its message: `uncertain`, and its slice stops (a carrier holding every
+    request unanswered made every row of every slice wait it out, `uncertain`)."""
+    return result.verdict is Verdict.UNCERTAIN and (
+        result.server_error or result.error_code == "no_answer"
+    )
 
 
 def account_deferral(retry: list[SendResult]) -> str | None:
-    """The code of a whole slice's deferrals when it is the account's (THROTTLES; UNREACHABLE
-    or any server error: the commonest of them), else None (a sender's full queue, a mix)."""
+    """The code of a whole slice's deferrals when it is the account's (THROTTLES; UNREACHABLE,
+    no answer included, or any server error: the commonest of them), else None (a sender's
+    full queue, a mix)."""
     codes = Counter(r.error_code or "" for r in retry)
     if set(codes) <= THROTTLES or all(r.server_error or r.error_code in UNREACHABLE for r in retry):
         return codes.most_common(1)[0][0]

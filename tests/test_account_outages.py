@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from temporalio.client import Client
 
-from deploy.local.emulator import Carrier, Faults, running
+from deploy.local.emulator import NO_ANSWER, Carrier, Faults, running
 from deploy.local.processes import free_port
 from settings import Settings
 from tests.support.batches import FINAL, phases, run_batch, start_marked_batch
@@ -221,6 +221,43 @@ async def test_a_carrier_answering_server_errors_leaves_only_its_requests_in_fli
     assert 0 < at_pause.count("uncertain") <= 8
     assert at_pause.count("pending") == 20 - at_pause.count("uncertain")
     # The carrier kept none of them: each is sent once, after the resume.
+    assert events[-1]["status"] == "completed"
+    assert {r["status"] for r in rows} == {"sent"}
+    received = await emulator_messages(emulator_url, body_contains=marker)
+    assert sorted(m["to"] for m in received) == sorted(numbers)
+
+
+async def test_a_carrier_that_never_answers_leaves_only_its_requests_in_flight_uncertain(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    """A carrier that takes each request and never answers (its load balancer holding them):
+    each row waited out the carrier timeout and ended `uncertain`, every row of every slice,
+    and no batch paused; reconciliation then asked the carrier about each one. Such a row
+    stops its slice, as a server error's does: the batch pauses, the rest `pending`."""
+    numbers = unique_numbers(20)
+    await carrier(scripted={number: [NO_ANSWER] * 10 for number in numbers})
+    async with short_window(
+        temporal, settings, send_concurrency=2, carrier_timeout_seconds=1.0
+    ) as api:
+        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+        paused = await paused_once(webhooks, marker, "carrier_unreachable")
+        at_pause = [r["status"] for r in await ledger_rows(api, account, file_id)]
+
+        await carrier(scripted={})
+        resumed = await api.post(f"/v1/sms/batch/{file_id}/resume", headers=account.headers)
+        assert resumed.status_code == 200, resumed.text
+        events = await webhooks.wait_for(marker, *FINAL)
+        rows = await ledger_rows(api, account, file_id)
+
+    assert set(paused["error_codes"]) == {"no_answer"}
+    assert 0 < at_pause.count("uncertain") <= 8
+    assert at_pause.count("pending") == 20 - at_pause.count("uncertain")
+    # The carrier kept none of them: each is found missing or sent after the resume, once.
     assert events[-1]["status"] == "completed"
     assert {r["status"] for r in rows} == {"sent"}
     received = await emulator_messages(emulator_url, body_contains=marker)
