@@ -122,8 +122,19 @@ def _campaign_grants(permission: str) -> Any:
     return Depends(permitted)
 
 
-def _forbidden(permission: str) -> Forbidden:
-    return Forbidden(f"this API key does not have the `{permission}` permission")
+def _forbidden(permission: str, needed_by: str = "") -> Forbidden:
+    return Forbidden(f"this API key does not have the `{permission}` permission{needed_by}")
+
+
+def require_named(grant: KeyGrant, *, lists: bool = False, campaign: bool = False) -> None:
+    """403 unless the key may read what the request names: a batch naming mailing lists
+    reads their contacts into its ledger (its messages show them), and a campaign named
+    instead of a message shows its template, so a key that may write batches or send no
+    more reads lists or campaigns through them than through their own routes."""
+    if lists and not grant.allows("lists:read"):
+        raise _forbidden("lists:read", ", which naming mailing lists needs")
+    if campaign and not grant.allows("campaigns:read"):
+        raise _forbidden("campaigns:read", ", which naming a campaign needs")
 
 
 def _requires(
@@ -142,7 +153,9 @@ BatchesRead = Annotated[uuid.UUID, _requires("batches:read")]
 # The key itself, for a request that outlasts its first check (an event stream).
 BatchesReadKey = Annotated[KeyGrant, _grants("batches:read")]
 BatchesWrite = Annotated[uuid.UUID, _requires("batches:write")]
-SendWrite = Annotated[uuid.UUID, _requires("send:write")]
+# The key itself, for a request whose other permissions depend on what it names.
+BatchesWriteKey = Annotated[KeyGrant, _grants("batches:write")]
+SendWriteKey = Annotated[KeyGrant, _grants("send:write")]
 NumbersRead = Annotated[uuid.UUID, _requires("numbers:read")]
 NumbersWrite = Annotated[uuid.UUID, _requires("numbers:write")]
 ConversationsRead = Annotated[uuid.UUID, _requires("conversations:read")]

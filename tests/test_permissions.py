@@ -136,3 +136,37 @@ async def test_a_key_made_without_permissions_keeps_all(
 async def test_unknown_permissions_are_refused(pool: asyncpg.Pool, account_id: uuid.UUID) -> None:
     with pytest.raises(ValueError, match="batches:delete"):
         await create_api_key(pool, account_id, ["batches:read", "batches:delete"])
+
+
+async def test_a_batch_or_send_naming_lists_or_a_campaign_needs_the_permission_to_read_them(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, account_id: uuid.UUID
+) -> None:
+    """A batch naming a mailing list copies its contacts into a ledger the key may read, and
+    a campaign named instead of a message shows its template: a key with `batches:write`
+    (or `send:write`) alone read lists and campaigns it had no permission for."""
+    writes = ["batches:write", "send:write"]
+    writer = (await create_api_key(pool, account_id, writes)).key
+    reader = (await create_api_key(pool, account_id, [*writes, "lists:read", "campaigns:read"])).key
+    named: dict[str, tuple[str, dict[str, object]]] = {
+        "lists:read": ("/v1/sms/batch", {"lists": [{"id": str(uuid.uuid4())}]}),
+        "campaigns:read": (
+            "/v1/sms/batch",
+            {"campaign_id": str(uuid.uuid4()), "recipients": [{"phone_number": "+12015550123"}]},
+        ),
+        "campaigns:read by a send": (
+            "/v1/sms/send",
+            {
+                "user_number": "+12015550123",
+                "agent_number": "+15005550006",
+                "campaign_id": str(uuid.uuid4()),
+            },
+        ),
+    }
+    for needed, (path, fields) in named.items():
+        body = {"global": {"agent_number": "+15005550006"}, **fields}
+        refused = await api.post(path, headers={"authorization": f"Bearer {writer}"}, json=body)
+        allowed = await api.post(path, headers={"authorization": f"Bearer {reader}"}, json=body)
+
+        assert_forbidden(("POST", path), refused)
+        assert needed.split()[0] in refused.json()["errors"][0]["message"], refused.text
+        assert allowed.status_code not in (401, 403), (needed, allowed.text)

@@ -5,7 +5,16 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import AppSettings, BatchesRead, BatchesReadKey, BatchesWrite, Pool, Temporal
+from api.deps import (
+    AppSettings,
+    BatchesRead,
+    BatchesReadKey,
+    BatchesWrite,
+    BatchesWriteKey,
+    Pool,
+    Temporal,
+    require_named,
+)
 from api.input_checks import INT32_MAX
 from api.models import (
     BatchControl,
@@ -32,7 +41,7 @@ router = APIRouter(tags=["batches"])
 
 @router.post("/v1/sms/batch", response_model=Envelope[BatchStarted | BatchDryRun])
 async def create_batch(
-    account_id: BatchesWrite,
+    grant: BatchesWriteKey,
     pool: Pool,
     temporal: Temporal,
     settings: AppSettings,
@@ -40,6 +49,8 @@ async def create_batch(
 ) -> dict:
     """Start one BatchWorkflow for a file; answers at once with its `workflow_id`. With
     `dry_run`, validates the file now and answers with what the batch would send."""
+    require_named(grant, lists=bool(body.lists), campaign=body.campaign_id is not None)
+    account_id = grant.account_id
     if body.dry_run:
         return {"data": await service.dry_run_batch(pool, settings, account_id, body)}
     return {"data": await service.start_batch(pool, temporal, settings, account_id, body)}

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 
 from api.conversation_models import SendReply, SendRequest
-from api.deps import AppSettings, Pool, SendWrite, Temporal
+from api.deps import AppSettings, Pool, SendWriteKey, Temporal, require_named
 from api.models import Envelope
 from api.services import send as service
 
@@ -14,7 +14,7 @@ router = APIRouter(tags=["send"])
 
 @router.post("/v1/sms/send", response_model=Envelope[SendReply])
 async def send_sms(
-    account_id: SendWrite,
+    grant: SendWriteKey,
     pool: Pool,
     temporal: Temporal,
     settings: AppSettings,
@@ -29,5 +29,8 @@ async def send_sms(
     ] = None,
 ) -> dict:
     """Send one message; answers once it is recorded and handed to its conversation."""
-    reply = await service.send_message(pool, temporal, settings, account_id, body, idempotency_key)
+    require_named(grant, campaign=body.campaign_id is not None)
+    reply = await service.send_message(
+        pool, temporal, settings, grant.account_id, body, idempotency_key
+    )
     return {"data": reply}
