@@ -64,13 +64,14 @@ async def open_conversation(
 
     `close_current` first ends the active one as `closed`, so a new one opens.
     """
+    # One pair's openings in turn, each to its transaction's end: a new conversation's close
+    # would not see one another transaction is opening (a reply's, a send's, not committed
+    # yet), and its insert would then join that one, not close it.
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        f"conversation {account_id} {agent_number} {user_number}",
+    )
     if close_current:
-        # One pair's new conversations in turn: a second, waiting on the first's close, would
-        # otherwise find the first's new conversation active and join it, not close it.
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            f"conversation {account_id} {agent_number} {user_number}",
-        )
         await conn.execute(
             "UPDATE conversations SET state = 'closed', ended_at = now(), updated_at = now()"
             " WHERE account_id = $1 AND agent_number = $2 AND user_number = $3"

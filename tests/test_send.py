@@ -608,6 +608,43 @@ async def test_two_new_conversations_of_a_pair_at_once_are_two(
     assert ended["webhook"] == "https://first.example/hook"
 
 
+async def test_a_new_conversation_waits_for_one_a_reply_is_opening_and_closes_it(
+    account: Account, pool: asyncpg.Pool
+) -> None:
+    """A reply opens the pair's conversation (its transaction not committed yet) as a send
+    with `new_conversation` comes: the send's close found nothing to close, then its insert
+    met the reply's and joined it, the reply's batch fields kept, not a new conversation."""
+    user = unique_numbers(1)[0]
+
+    async def open_for(conn: asyncpg.Connection, webhook: str, *, new: bool) -> dict:
+        return await conversations.open_conversation(
+            conn,
+            account_id=account.account_id,
+            agent_number=account.agent_number,
+            user_number=user,
+            workflow_id="sms-conversation-test",
+            fields=conversations.ConversationFields(channel="sms", webhook=webhook),
+            close_current=new,
+        )
+
+    async with pool.acquire() as reply_conn, pool.acquire() as send_conn:
+        replying = reply_conn.transaction()
+        await replying.start()
+        reply = await open_for(reply_conn, "https://reply.example/hook", new=False)
+        async with send_conn.transaction():
+            sending = asyncio.create_task(
+                open_for(send_conn, "https://send.example/hook", new=True)
+            )
+            await blocked_behind(pool, reply_conn)
+            await replying.commit()
+            sent = await sending
+    replied = await conversations.get_conversation(pool, account.account_id, reply["id"])
+
+    assert sent["id"] != reply["id"]
+    assert sent["webhook"] == "https://send.example/hook"
+    assert replied is not None and replied["state"] == "closed"
+
+
 async def test_whatsapp_goes_to_the_carrier_with_whatsapp_addresses(
     api: httpx.AsyncClient, account: Account, emulator_url: str
 ) -> None:
