@@ -42,6 +42,7 @@ SCOPED: dict[tuple[str, str], Call] = {
     ("POST", "/v1/sms/batch/{batch_id}/resume"): Call(),
     ("POST", "/v1/sms/batch/{batch_id}/retry"): Call(json={"statuses": ["failed"]}),
     ("GET", "/v1/sms/conversations/{conversation_id}"): Call(),
+    ("GET", "/v1/sms/conversations/{conversation_id}/messages"): Call(),
     ("PATCH", "/v1/sms/numbers/{number}"): Call(json={"mps": 3}),
     ("DELETE", "/v1/sms/numbers/{number}"): Call(),
     ("DELETE", "/v1/opt-outs/{number}"): Call(),
