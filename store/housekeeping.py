@@ -15,6 +15,10 @@ from store.db import rows_affected
 KEPT_RECEIPTS = timedelta(days=30)
 
 
+# Unused files deleted by one statement: at most 40 MiB each.
+FILES_PER_DELETE = 10
+
+
 @dataclass(frozen=True)
 class Pruned:
     receipts: int
@@ -38,14 +42,29 @@ async def prune(pool: asyncpg.Pool, unused_files_after: timedelta) -> Pruned:
         "DELETE FROM retired_carrier_accounts WHERE retired_at < now() - $1::interval",
         KEPT_RETIRED_TOKENS,
     )
-    files = await pool.execute(
-        "DELETE FROM files WHERE created_at < now() - $1::interval"
-        " AND NOT EXISTS (SELECT 1 FROM batches WHERE batches.id = files.id)",
-        unused_files_after,
-    )
     return Pruned(
         receipts=rows_affected(receipts),
         idempotency_keys=rows_affected(keys),
         retired_tokens=rows_affected(retired),
-        unused_files=rows_affected(files),
+        unused_files=await _prune_unused_files(pool, unused_files_after),
     )
+
+
+async def _prune_unused_files(pool: asyncpg.Pool, older_than: timedelta) -> int:
+    """Delete the unused files, FILES_PER_DELETE at a time, each its own transaction: a
+    file's delete reads and logs its whole content (up to 40 MiB), so all of them in one
+    statement held their locks, and a replica's log, for as long as that took. A file
+    another process is deleting, or a batch is being made from, is skipped (SKIP LOCKED)."""
+    deleted = 0
+    while True:
+        status = await pool.execute(
+            "DELETE FROM files WHERE id IN (SELECT f.id FROM files AS f"
+            " WHERE f.created_at < now() - $1::interval"
+            " AND NOT EXISTS (SELECT 1 FROM batches WHERE batches.id = f.id)"
+            " LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            older_than,
+            FILES_PER_DELETE,
+        )
+        deleted += rows_affected(status)
+        if rows_affected(status) < FILES_PER_DELETE:
+            return deleted

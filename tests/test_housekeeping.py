@@ -22,7 +22,7 @@ from settings import Settings
 from store import batches, idempotency
 from store.carrier_accounts import KEPT_RETIRED_TOKENS
 from store.events import FINAL_EVENT_FIELDS
-from store.housekeeping import KEPT_RECEIPTS
+from store.housekeeping import FILES_PER_DELETE, KEPT_RECEIPTS
 from temporal_client import connect_temporal
 from tests.support.batches import FINAL, recorded_batch, recorded_file, start
 from tests.support.builders import attach, csv_bytes, unique_numbers
@@ -94,16 +94,15 @@ async def test_an_api_process_deletes_the_files_no_batch_was_made_from_after_the
 ) -> None:
     """An attached file no batch names is deleted once `HERALD_UNUSED_FILE_DAYS` have passed
     (every upload was kept for good, 40 MiB a request); a batch's file is kept with it, and
-    a younger one is kept. A batch asked of a deleted file is 404 FILE_NOT_FOUND."""
-    old_unused, fresh_unused = (
-        await recorded_file(pool, account),
-        await recorded_file(pool, account),
-    )
+    a younger one is kept; they go a few at a time (FILES_PER_DELETE, each up to 40 MiB). A
+    batch asked of a deleted file is 404 FILE_NOT_FOUND."""
+    old_unused = [await recorded_file(pool, account) for _ in range(2 * FILES_PER_DELETE + 1)]
+    fresh_unused = await recorded_file(pool, account)
     old_used = await recorded_batch(pool, account)
-    ids = [old_unused, fresh_unused, old_used]
+    ids = [*old_unused, fresh_unused, old_used]
     await pool.execute(
         "UPDATE files SET created_at = now() - $2::interval WHERE id = ANY($1::uuid[])",
-        [old_unused, old_used],
+        [*old_unused, old_used],
         timedelta(days=settings.unused_file_days, hours=1),
     )
 
@@ -112,11 +111,11 @@ async def test_an_api_process_deletes_the_files_no_batch_was_made_from_after_the
         return {r["id"] for r in rows}
 
     async with api_client(settings) as api:
-        left = await eventually(kept, lambda found: old_unused not in found)
+        left = await eventually(kept, lambda found: not found & set(old_unused))
         refused = await start(
             api,
             account,
-            str(old_unused),
+            str(old_unused[0]),
             **{"global": {"agent_number": account.agent_number, "agent_message": "hi"}},
         )
 
