@@ -41,6 +41,14 @@ async def get_list(pool: asyncpg.Pool, account_id: uuid.UUID, list_id: uuid.UUID
     return dict(row) if row else None
 
 
+async def list_exists(pool: asyncpg.Pool, account_id: uuid.UUID, list_id: uuid.UUID) -> bool:
+    return bool(
+        await pool.fetchval(
+            "SELECT true FROM mailing_lists WHERE id = $1 AND account_id = $2", list_id, account_id
+        )
+    )
+
+
 async def list_lists(
     pool: asyncpg.Pool,
     account_id: uuid.UUID,

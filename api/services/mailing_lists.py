@@ -74,6 +74,15 @@ async def list_lists(
     return MailingLists(lists=[_reply(r) for r in kept], next_cursor=next_cursor)
 
 
+async def list_key(pool: asyncpg.Pool, account_id: uuid.UUID, list_id: str) -> uuid.UUID:
+    """The id of the account's list `list_id`, ListNotFound if it has none; its contacts not
+    counted, as `get_list` counts them (a page of a list of a million counted it whole)."""
+    parsed = parse_list_id(list_id)
+    if not await mailing_lists.list_exists(pool, account_id, parsed):
+        raise ListNotFound(f"no mailing list {list_id!r}")
+    return parsed
+
+
 async def get_list(pool: asyncpg.Pool, account_id: uuid.UUID, list_id: str) -> MailingList:
     found = await mailing_lists.get_list(pool, account_id, parse_list_id(list_id))
     if found is None:
@@ -120,19 +129,17 @@ async def add_contacts(
     """Add the contacts of a CSV or JSON file (or a JSON body's, as a file), read once the
     list is found, block by block in one transaction (all or none); a number already in the
     list takes the new fields."""
-    found = await get_list(pool, account_id, list_id)
+    found = await list_key(pool, account_id, list_id)
     blocks = contact_blocks(await content(), CONTACT_BLOCK_ROWS)
     numbers: set[str] = set()
     rejected: list[RejectedRow] = []
     rejected_count = 0
-    async with mailing_lists.held_list(pool, account_id, uuid.UUID(found.id)) as conn:
+    async with mailing_lists.held_list(pool, account_id, found) as conn:
         if conn is None:
             raise ListNotFound(f"mailing list {list_id!r} was deleted while its file was read")
         while (block := await _next_block(blocks)) is not None:
             if block.contacts:
-                await mailing_lists.add_contacts(
-                    conn, account_id, uuid.UUID(found.id), block.contacts
-                )
+                await mailing_lists.add_contacts(conn, account_id, found, block.contacts)
             numbers.update(block.contacts)
             rejected_count += len(block.rejected)
             rejected += [
@@ -151,9 +158,9 @@ async def remove_contacts(
     pool: asyncpg.Pool, account_id: uuid.UUID, list_id: str, numbers: Sequence[str]
 ) -> ContactsRemoved:
     """Remove numbers (as given, or normalised to E.164) from the list."""
-    found = await get_list(pool, account_id, list_id)
+    found = await list_key(pool, account_id, list_id)
     normalised = [to_e164(number, require_valid=False) or number for number in numbers]
-    removed = await mailing_lists.remove_contacts(pool, account_id, uuid.UUID(found.id), normalised)
+    removed = await mailing_lists.remove_contacts(pool, account_id, found, normalised)
     return ContactsRemoved(
         removed=removed, contacts=(await get_list(pool, account_id, list_id)).contacts
     )
@@ -167,15 +174,15 @@ async def remove_contacts_in_file(
 ) -> ContactsRemoved:
     """Remove the numbers of a file's `phone_number` column from the list, read once the list
     is found, block by block in one transaction."""
-    found = await get_list(pool, account_id, list_id)
+    found = await list_key(pool, account_id, list_id)
     blocks = contact_blocks(await content(), CONTACT_BLOCK_ROWS)
     removed = 0
-    async with mailing_lists.held_list(pool, account_id, uuid.UUID(found.id)) as conn:
+    async with mailing_lists.held_list(pool, account_id, found) as conn:
         if conn is None:
             raise ListNotFound(f"mailing list {list_id!r} was deleted while its file was read")
         while (block := await _next_block(blocks)) is not None:
             removed += await mailing_lists.remove_contacts(
-                conn, account_id, uuid.UUID(found.id), list(block.contacts)
+                conn, account_id, found, list(block.contacts)
             )
     return ContactsRemoved(
         removed=removed, contacts=(await get_list(pool, account_id, list_id)).contacts
@@ -186,11 +193,11 @@ async def list_contacts(
     pool: asyncpg.Pool, account_id: uuid.UUID, list_id: str, *, limit: int, cursor: str | None
 ) -> ContactList:
     """A page of the list's contacts, in number order."""
-    found = await get_list(pool, account_id, list_id)
-    of = f"contacts of {found.id}"
+    found = await list_key(pool, account_id, list_id)
+    of = f"contacts of {found}"
     after = pagination.decode(cursor, (str,), of=of)
     rows = await mailing_lists.list_contacts(
-        pool, account_id, uuid.UUID(found.id), limit=limit + 1, after=after[0] if after else ""
+        pool, account_id, found, limit=limit + 1, after=after[0] if after else ""
     )
     kept, next_cursor = pagination.page(rows, limit, lambda r: (r["phone_number"],), of=of)
     return ContactList(contacts=kept, next_cursor=next_cursor)
