@@ -79,6 +79,16 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
     )
 
 
+# A migration's first line that runs it outside a transaction, a statement at a time.
+NO_TRANSACTION = "-- migration: no transaction"
+
+
+def _statements(sql: str) -> list[str]:
+    """A migration's statements: its lines but comments, split at each `;` that ends one."""
+    code = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return [statement.strip() for statement in code.split(";") if statement.strip()]
+
+
 def _migration_files() -> list[tuple[str, str]]:
     folder = resources.files("store") / "migrations"
     files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
@@ -91,8 +101,12 @@ async def migrate(pool: asyncpg.Pool, *, before: str | None = None) -> list[str]
 
     Each migration commits on its own, with its record: the locks one takes (an index built
     on the ledger holds its writes) end with it, not with the last migration of the upgrade,
-    while the release still running writes on. The session's advisory lock serialises
-    concurrent migrators (API and workers start together)."""
+    while the release still running writes on. One whose first line is NO_TRANSACTION runs
+    its statements one by one, outside any transaction (`CREATE INDEX CONCURRENTLY`, which
+    lets the ledger be written while its index is built), then records itself: its
+    statements must be safe to run again (`IF EXISTS`), as an interrupted one is. The
+    session's advisory lock serialises concurrent migrators (API and workers start
+    together)."""
     applied: list[str] = []
     async with pool.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
@@ -104,6 +118,12 @@ async def migrate(pool: asyncpg.Pool, *, before: str | None = None) -> list[str]
             done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
             for name, sql in _migration_files():
                 if name in done or (before is not None and name >= before):
+                    continue
+                if sql.startswith(NO_TRANSACTION):
+                    for statement in _statements(sql):
+                        await conn.execute(statement)
+                    await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+                    applied.append(name)
                     continue
                 async with conn.transaction():
                     await conn.execute(sql)

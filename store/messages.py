@@ -204,19 +204,21 @@ async def last_sent_to(
     a file's with no request-data column) and the batch's stored request. A row sent from
     its own sender (a mailing list's, or its file's `agent_number` column) is that sender's,
     not the batch's."""
-    row = await conn.fetchrow(
-        "SELECT m.batch_id, m.row_number, m.sent_at, m.request_data, b.request,"
-        " b.validated_skipped IS NOT NULL AS keeps_request_data"
-        " FROM messages AS m"
-        " JOIN batches AS b ON b.id = m.batch_id"
-        " WHERE m.to_number = $3 AND m.carrier_sid IS NOT NULL AND m.account_id = $1"
-        " AND coalesce(m.from_number, b.agent_number) = $2"
-        " ORDER BY m.sent_at DESC NULLS LAST LIMIT 1",
-        account_id,
-        agent_number,
-        user_number,
-    )
+    row = await conn.fetchrow(LAST_SENT_TO, account_id, agent_number, user_number)
     return dict(row) if row else None
+
+
+# By the index of sent rows by number, account and time (migration 410), newest first: the
+# read stops at the first row from the sender.
+LAST_SENT_TO = (
+    "SELECT m.batch_id, m.row_number, m.sent_at, m.request_data, b.request,"
+    " b.validated_skipped IS NOT NULL AS keeps_request_data"
+    " FROM messages AS m"
+    " JOIN batches AS b ON b.id = m.batch_id"
+    " WHERE m.to_number = $3 AND m.carrier_sid IS NOT NULL AND m.account_id = $1"
+    " AND coalesce(m.from_number, b.agent_number) = $2"
+    " ORDER BY m.sent_at DESC NULLS LAST LIMIT 1"
+)
 
 
 # A slice's claim, one statement: the rows a dead attempt left `sending` become

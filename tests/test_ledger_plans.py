@@ -632,3 +632,25 @@ async def test_closing_a_ledger_with_no_row_left_to_close_reads_none_of_it(
         "uncertain": 1,
         pending_as or "pending": 1,
     }
+
+
+async def test_a_replys_last_batch_message_is_read_by_number_and_account_newest_first(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    """Each inbound message looks up its user's last batch message from its sender: by the
+    index of sent rows by number alone, every sent row to the number, every account's, was
+    read and sorted. By number, account and time, newest first, no sort: the read stops at
+    the first row from the sender."""
+    async with pool.acquire() as conn, conn.transaction():
+        # As on a ledger of millions of rows, where reading it all is never the cheaper way.
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = await conn.fetchval(
+            f"EXPLAIN (FORMAT JSON) {messages.LAST_SENT_TO}",
+            account.account_id,
+            account.agent_number,
+            "+12015550123",
+        )
+
+    tree = json.loads(plan)[0]["Plan"]
+    assert _ledger_indexes(tree) == ["messages_sent_to_account"], plan
+    assert '"Sort"' not in plan, plan

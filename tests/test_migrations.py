@@ -38,6 +38,35 @@ async def test_each_migration_commits_on_its_own(
     assert {r["tablename"] for r in tables} == {"schema_migrations", "first"}
 
 
+async def test_a_migration_without_a_transaction_builds_an_index_concurrently_and_runs_again(
+    pool: asyncpg.Pool, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`CREATE INDEX CONCURRENTLY` cannot run in a transaction: a migration so marked runs a
+    statement at a time, the table written meanwhile. One stopped before its record (an index
+    left built, or invalid) runs again from its first statement."""
+    concurrently = (
+        f"{db.NO_TRANSACTION}\n-- builds the index\n"
+        "DROP INDEX CONCURRENTLY IF EXISTS t_n;\n"
+        "CREATE INDEX CONCURRENTLY t_n ON t (n);\n"
+    )
+    files = [("001_table.sql", "CREATE TABLE t (n int)"), ("002_index.sql", concurrently)]
+    monkeypatch.setattr(db, "_migration_files", lambda: files)
+    async with (
+        own_database(pool, postgres_dsn, "concurrently") as url,
+        await create_pool(url, min_size=1) as own,
+    ):
+        first = await migrate(own)
+        await own.execute("DELETE FROM schema_migrations WHERE name = '002_index.sql'")
+        again = await migrate(own)
+        valid = await own.fetchval(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 't_n'::regclass"
+        )
+
+    assert first == ["001_table.sql", "002_index.sql"]
+    assert again == ["002_index.sql"]
+    assert valid is True
+
+
 async def test_a_process_that_does_not_migrate_refuses_a_schema_behind_it_naming_what_lacks(
     pool: asyncpg.Pool, postgres_dsn: str
 ) -> None:
