@@ -1,5 +1,6 @@
 """The asyncpg pool and the migration runner."""
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -79,6 +80,8 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
     )
 
 
+# How often a migrator asks again for the lock another migrator holds.
+MIGRATION_LOCK_POLL_SECONDS = 0.2
 # A migration's first line that runs it outside a transaction, a statement at a time.
 NO_TRANSACTION = "-- migration: no transaction"
 
@@ -109,7 +112,12 @@ async def migrate(pool: asyncpg.Pool, *, before: str | None = None) -> list[str]
     together)."""
     applied: list[str] = []
     async with pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        # Asked again and again, not waited for in one statement: that statement's snapshot
+        # would hold up the other migrator's CONCURRENTLY build, which waits for every older
+        # snapshot, while this one waited for its lock (a deadlock PostgreSQL breaks by
+        # failing one of them).
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK):  # noqa: ASYNC110 - polling
+            await asyncio.sleep(MIGRATION_LOCK_POLL_SECONDS)
         try:
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
