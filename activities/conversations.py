@@ -145,7 +145,7 @@ class ConversationActivities(WorkerResources):
         if reconciled and result.verdict is Verdict.SENT:
             # Recorded `sent`, with its sid, as it was found.
             log.info("conversation message", message_id=input.message_id, status="sent")
-            return await self._status_of(message_id)
+            return await self._status_of(message_id, message.claimed_at)
         if result.verdict is Verdict.RETRY and attempt < input.attempts:
             await through_outages(
                 lambda: conversation_messages.requeue_message(
@@ -179,9 +179,9 @@ class ConversationActivities(WorkerResources):
             )
         )
         log.info("conversation message", message_id=input.message_id, status=status)
-        # With the time the carrier took it, on the database's clock, as a reply's is: the
-        # user's silence after it starts then.
-        return await self._status_of(message_id)
+        # With the time its request was made, on the database's clock, as a reply's is: the
+        # user's silence after it starts then, however long its answer or reconciliation took.
+        return await self._status_of(message_id, message.claimed_at)
 
     @activity.defn
     async def settle_unsent_message(self, input: SendMessageInput) -> SendMessageResult:
@@ -235,7 +235,7 @@ class ConversationActivities(WorkerResources):
             credentials,
         )
         log.info("lost claim looked up", message_id=str(message_id), found=found.sid is not None)
-        return await self._status_of(message_id)
+        return await self._status_of(message_id, claimed_at)
 
     async def _write_own_message(self, input: SendMessageInput) -> None:
         """The row of a message the workflow writes itself (a silence timer's), by its send's
@@ -262,12 +262,18 @@ class ConversationActivities(WorkerResources):
         )
         return holder == message.account_id
 
-    async def _status_of(self, message_id: uuid.UUID) -> SendMessageResult:
+    async def _status_of(
+        self, message_id: uuid.UUID, requested_at: datetime | None = None
+    ) -> SendMessageResult:
+        """The message's outcome, with when the request the carrier took was made: at
+        `requested_at` (its claim, on the database's clock), or when it was recorded `sent`
+        when that is not known (an earlier attempt's)."""
         status, code, sent_at = await through_outages(
             lambda: conversation_messages.message_status(self._pool, message_id)
         )
+        taken = (requested_at or sent_at) if sent_at is not None else None
         return SendMessageResult(
-            status=status, error_code=code, sent_at=None if sent_at is None else sent_at.timestamp()
+            status=status, error_code=code, sent_at=None if taken is None else taken.timestamp()
         )
 
     async def _reconcile(

@@ -37,6 +37,8 @@ class ClaimedConversationMessage:
     body: str | None
     content_sid: str | None
     content_variables: str | None
+    # When it was claimed, on the database's clock: its request goes to the carrier now.
+    claimed_at: datetime | None = None
 
 
 async def queue_agent_message(
@@ -273,7 +275,7 @@ async def claim_message(
         " attempts = m.attempts + (m.status = 'queued')::int, updated_at = now()"
         " FROM conversations AS c"
         " WHERE m.id = $1 AND (m.status = 'queued' OR (m.status = 'sending' AND $2))"
-        f" AND c.id = m.conversation_id RETURNING {_CLAIMED_COLUMNS}",
+        f" AND c.id = m.conversation_id RETURNING {_CLAIMED_COLUMNS}, now() AS claimed_at",
         message_id,
         again,
     )

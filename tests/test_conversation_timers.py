@@ -17,6 +17,7 @@ from api.conversation_models import SendRequest, SilenceTimerFields
 from settings import Settings
 from tests.support.builders import emulator_messages, unique_numbers
 from tests.support.conversations import TIMERS, timed_out
+from tests.support.delivery import own_worker
 from tests.support.sending import (
     conversation,
     conversation_when,
@@ -250,3 +251,51 @@ def test_the_api_carries_every_timer_setting_and_no_other() -> None:
     assert list(SilenceTimerFields.model_fields) == names
     body = SendRequest.model_validate({"user_number": "+1", "agent_number": "+2", **TIMERS})
     assert body.silence_timers() == SilenceTimers(**TIMERS)
+
+
+async def test_a_reply_while_its_agent_message_is_reconciled_stops_the_clock(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    emulator_url: str,
+    carrier: Configure,
+) -> None:
+    """The carrier took the agent's message but answered past the timeout: the send is
+    reconciled (a wait, then the carrier's list) before it is recorded `sent`. The user's
+    reply, which came meanwhile, answers that message: no warning, no timeout. The clock
+    started when the message was recorded, after the reply, which was taken for one to an
+    earlier message, and the user who had answered got both."""
+    user = unique_numbers(1)[0]
+    await carrier(latency_ms=1500)
+    async with (
+        own_worker(
+            temporal, settings, carrier_timeout_seconds=1.0, reconcile_margin_seconds=2.0
+        ) as own,
+        api_client(own) as api,
+    ):
+        data = await send_ok(api, account, user, agent_message="Shall I book it?", **TIMERS)
+        # The carrier has it (its answer lost); the send is still being reconciled.
+        await received_by(emulator_url, user, 1)
+        reply = await post_inbound(
+            api, own, inbound_form(own, to=account.agent_number, from_=user, body="Yes")
+        )
+        await carrier(latency_ms=0)
+        await conversation_when(
+            api,
+            account,
+            data["conversation_id"],
+            lambda c: [m["status"] for m in c["messages"]][:1] == ["sent"],
+        )
+        # Past both timers, counted from the agent's message or from its record.
+        await asyncio.sleep(TIMERS["time_out"] + 3)
+        detail = await conversation(api, account, data["conversation_id"])
+
+    assert reply.status_code == 200, reply.text
+    assert [m["body"] for m in await emulator_messages(emulator_url, to=user)] == [
+        "Shall I book it?"
+    ]
+    assert detail["state"] == "active"
+    assert [(m["sender"], m["kind"]) for m in detail["messages"]] == [
+        ("AGENT", "message"),
+        ("USER", "message"),
+    ]

@@ -534,8 +534,9 @@ class SendMessageInput:
 class SendMessageResult:
     status: str
     error_code: str | None = None
-    # When the carrier took the message (Unix seconds, the database's clock); None when it
-    # has not, and in results recorded before it was kept.
+    # When the request the carrier took was made (Unix seconds, the database's clock: its
+    # claim); None when the carrier has not taken it, and in results recorded before it was
+    # kept.
     sent_at: float | None = None
 
 

@@ -67,10 +67,11 @@ OWN_IDS_NAMED_PATCH = "conversation-own-message-ids-named"
 # user goes silent for this long after an agent message"): a user's message stops it. It
 # started over, and the user who had answered got the warning and the timeout.
 SILENCE_AFTER_AGENT_PATCH = "conversation-silence-after-agent-only"
-# The silence clock starts when the carrier took the agent's message (`sent_at`, on the
-# database's clock, as a user's message's `received_at` is), not when this run learned it: a
-# reply that came in between (a send reconciled for seconds, a worker behind by minutes) was
-# taken for one to an earlier message, and the user who had answered got the warning.
+# The silence clock starts when the request the carrier took was made (`sent_at`, its claim
+# on the database's clock, as a user's message's `received_at` is), not when this run learned
+# it: a reply that came in between (a send reconciled for seconds, a worker behind by
+# minutes) was taken for one to an earlier message, and the user who had answered got the
+# warning.
 CLOCK_AT_SENT_PATCH = "conversation-clock-at-sent"
 # The outcomes of an agent message that never reached the carrier (`conversation_messages`).
 NEVER_SENT = frozenset({"queued", "failed", "skipped"})
@@ -360,7 +361,7 @@ class ConversationWorkflow:
                     start_to_close_timeout=timedelta(minutes=2),
                     retry_policy=DB_RETRY,
                 )
-                handed_over = settled.status not in NEVER_SENT
+                handed_over, sent_at = settled.status not in NEVER_SENT, settled.sent_at
         self._notify(
             ConversationEvent(conversation_id=conversation_id, message_id=message.message_id)
         )
