@@ -20,7 +20,9 @@ DB_RETRY = RetryPolicy(
 # failed attempts too (a restart of 15 s ended a batch the API had accepted, with nothing
 # sent), and riding the outage out inside an attempt (through_outages) only lasts
 # OUTAGE_WAIT_SECONDS. The cap still ends attempts that end by timeout, which raise nothing
-# (a file whose validation kills its worker every time), after about an hour of retries.
+# (a file whose validation kills its worker every time), after 120 attempts: about three hours
+# when each ends at its heartbeat timeout (a minute, and the backoff's 30 s), longer when a hung
+# attempt heartbeats on to its 30 minutes.
 VALIDATE_ATTEMPTS = 5
 VALIDATE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
