@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from temporalio.client import Client
 
 from deploy.local.emulator import NO_ANSWER, Carrier, Faults, running
@@ -190,21 +191,35 @@ async def test_an_unreachable_carrier_pauses_every_running_batch_of_the_account_
     assert {r["status"] for r in await ledger_rows(api, other_account, other_file)} == {"sent"}
 
 
-async def test_a_carrier_answering_server_errors_leaves_only_its_requests_in_flight_uncertain(
+@pytest.mark.parametrize(
+    ("answer", "code", "carrier_timeout"),
+    [
+        # Each 500 may come after the carrier created the message.
+        pytest.param(500, "20500", CARRIER_TIMEOUT_SECONDS, id="server-error"),
+        # A carrier that takes each request and never answers (its load balancer holding
+        # them): each row waited out the carrier timeout, `uncertain`, every row of every
+        # slice, and no batch paused.
+        pytest.param(NO_ANSWER, "no_answer", 1.0, id="no-answer"),
+    ],
+)
+async def test_a_carrier_failing_every_request_leaves_only_its_requests_in_flight_uncertain(
     temporal: Client,
     settings: Settings,
     account: Account,
     webhooks: WebhookReceiver,
     emulator_url: str,
     carrier: Configure,
+    answer: int,
+    code: str,
+    carrier_timeout: float,
 ) -> None:
+    """Such a row is `uncertain`, and its slice stops at once, so the batch pauses with the
+    rest of its rows `pending`."""
     numbers = unique_numbers(20)
-    # Each 500 may come after the carrier created the message: its row is `uncertain`, and
-    # the slice stops at once, so the batch pauses with the rest of its rows `pending`.
-    await carrier(scripted={number: [500] * 10 for number in numbers})
+    await carrier(scripted={number: [answer] * 10 for number in numbers})
     # Reconciliation waits out the carrier timeout: a short one, not the default 30 s.
     async with short_window(
-        temporal, settings, send_concurrency=2, carrier_timeout_seconds=CARRIER_TIMEOUT_SECONDS
+        temporal, settings, send_concurrency=2, carrier_timeout_seconds=carrier_timeout
     ) as api:
         file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
         paused = await paused_once(webhooks, marker, "carrier_unreachable")
@@ -216,45 +231,8 @@ async def test_a_carrier_answering_server_errors_leaves_only_its_requests_in_fli
         events = await webhooks.wait_for(marker, *FINAL)
         rows = await ledger_rows(api, account, file_id)
 
-    assert set(paused["error_codes"]) == {"20500"}
+    assert set(paused["error_codes"]) == {code}
     # Two requests in flight an attempt, a few attempts in the retry window.
-    assert 0 < at_pause.count("uncertain") <= 8
-    assert at_pause.count("pending") == 20 - at_pause.count("uncertain")
-    # The carrier kept none of them: each is sent once, after the resume.
-    assert events[-1]["status"] == "completed"
-    assert {r["status"] for r in rows} == {"sent"}
-    received = await emulator_messages(emulator_url, body_contains=marker)
-    assert sorted(m["to"] for m in received) == sorted(numbers)
-
-
-async def test_a_carrier_that_never_answers_leaves_only_its_requests_in_flight_uncertain(
-    temporal: Client,
-    settings: Settings,
-    account: Account,
-    webhooks: WebhookReceiver,
-    emulator_url: str,
-    carrier: Configure,
-) -> None:
-    """A carrier that takes each request and never answers (its load balancer holding them):
-    each row waited out the carrier timeout and ended `uncertain`, every row of every slice,
-    and no batch paused; reconciliation then asked the carrier about each one. Such a row
-    stops its slice, as a server error's does: the batch pauses, the rest `pending`."""
-    numbers = unique_numbers(20)
-    await carrier(scripted={number: [NO_ANSWER] * 10 for number in numbers})
-    async with short_window(
-        temporal, settings, send_concurrency=2, carrier_timeout_seconds=1.0
-    ) as api:
-        file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
-        paused = await paused_once(webhooks, marker, "carrier_unreachable")
-        at_pause = [r["status"] for r in await ledger_rows(api, account, file_id)]
-
-        await carrier(scripted={})
-        resumed = await api.post(f"/v1/sms/batch/{file_id}/resume", headers=account.headers)
-        assert resumed.status_code == 200, resumed.text
-        events = await webhooks.wait_for(marker, *FINAL)
-        rows = await ledger_rows(api, account, file_id)
-
-    assert set(paused["error_codes"]) == {"no_answer"}
     assert 0 < at_pause.count("uncertain") <= 8
     assert at_pause.count("pending") == 20 - at_pause.count("uncertain")
     # The carrier kept none of them: each is found missing or sent after the resume, once.

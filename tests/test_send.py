@@ -572,6 +572,22 @@ async def test_a_repeat_finding_the_message_failed_by_a_request_that_died_sends_
     assert len(await emulator_messages(emulator_url, to=user)) == 1
 
 
+async def open_pair(
+    conn: asyncpg.Connection, account: Account, user: str, webhook: str, *, new: bool
+) -> dict:
+    """The pair's conversation as a send (`new`: with `new_conversation`) or a reply opens it,
+    in `conn`'s transaction."""
+    return await conversations.open_conversation(
+        conn,
+        account_id=account.account_id,
+        agent_number=account.agent_number,
+        user_number=user,
+        workflow_id="sms-conversation-test",
+        fields=conversations.ConversationFields(channel="sms", webhook=webhook),
+        close_current=new,
+    )
+
+
 async def test_two_new_conversations_of_a_pair_at_once_are_two(
     account: Account, pool: asyncpg.Pool
 ) -> None:
@@ -580,23 +596,14 @@ async def test_two_new_conversations_of_a_pair_at_once_are_two(
     and fields overwritten)."""
     user = unique_numbers(1)[0]
 
-    async def open_new(conn: asyncpg.Connection, webhook: str) -> dict:
-        return await conversations.open_conversation(
-            conn,
-            account_id=account.account_id,
-            agent_number=account.agent_number,
-            user_number=user,
-            workflow_id="sms-conversation-test",
-            fields=conversations.ConversationFields(channel="sms", webhook=webhook),
-            close_current=True,
-        )
-
     async with pool.acquire() as first_conn, pool.acquire() as second_conn:
         opening = first_conn.transaction()
         await opening.start()
-        first = await open_new(first_conn, "https://first.example/hook")
+        first = await open_pair(first_conn, account, user, "https://first.example/hook", new=True)
         async with second_conn.transaction():
-            second_open = asyncio.create_task(open_new(second_conn, "https://second.example/hook"))
+            second_open = asyncio.create_task(
+                open_pair(second_conn, account, user, "https://second.example/hook", new=True)
+            )
             await blocked_behind(pool, first_conn)
             await opening.commit()
             second = await second_open
@@ -616,24 +623,13 @@ async def test_a_new_conversation_waits_for_one_a_reply_is_opening_and_closes_it
     met the reply's and joined it, the reply's batch fields kept, not a new conversation."""
     user = unique_numbers(1)[0]
 
-    async def open_for(conn: asyncpg.Connection, webhook: str, *, new: bool) -> dict:
-        return await conversations.open_conversation(
-            conn,
-            account_id=account.account_id,
-            agent_number=account.agent_number,
-            user_number=user,
-            workflow_id="sms-conversation-test",
-            fields=conversations.ConversationFields(channel="sms", webhook=webhook),
-            close_current=new,
-        )
-
     async with pool.acquire() as reply_conn, pool.acquire() as send_conn:
         replying = reply_conn.transaction()
         await replying.start()
-        reply = await open_for(reply_conn, "https://reply.example/hook", new=False)
+        reply = await open_pair(reply_conn, account, user, "https://reply.example/hook", new=False)
         async with send_conn.transaction():
             sending = asyncio.create_task(
-                open_for(send_conn, "https://send.example/hook", new=True)
+                open_pair(send_conn, account, user, "https://send.example/hook", new=True)
             )
             await blocked_behind(pool, reply_conn)
             await replying.commit()

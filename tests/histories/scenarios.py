@@ -891,16 +891,17 @@ async def test_conversation_cancelled_through_temporal(
 # a user's message, so their scenarios record the new shapes under new names.
 
 
-async def test_conversation_reply_stops_the_clock(
+async def reply_then_the_agent_writes(
     api: httpx.AsyncClient,
     account: Account,
     settings: Settings,
     temporal: Client,
     emulator_url: str,
+    name: str,
 ) -> None:
-    """A send with timers, the user's reply (the marker `conversation-silence-after-agent-only`:
-    the clock stops), past the timeout nothing sent; the agent's next send starts the clock,
-    the warning and the timeout follow it."""
+    """A send with timers, the user's reply (the clock stops), past the timeout nothing sent;
+    the agent's next send starts the clock, the warning and the timeout follow. Saved as
+    `name`."""
     user = unique_numbers(1)[0]
     data = await send_ok(api, account, user, agent_message="Shall I book it?", **TIMERS)
     await received_by(emulator_url, user, 1)
@@ -911,7 +912,21 @@ async def test_conversation_reply_stops_the_clock(
     await send_ok(api, account, user, agent_message="Booked.")
     await conversation_when(api, account, data["conversation_id"], timed_out)
     assert len(await emulator_messages(emulator_url, to=user)) == 4
-    await save_conversation(temporal, account, user, "reply_stops_the_clock")
+    await save_conversation(temporal, account, user, name)
+
+
+async def test_conversation_reply_stops_the_clock(
+    api: httpx.AsyncClient,
+    account: Account,
+    settings: Settings,
+    temporal: Client,
+    emulator_url: str,
+) -> None:
+    """`reply_then_the_agent_writes`: the reply's marker `conversation-silence-after-agent-only`
+    (the clock stops)."""
+    await reply_then_the_agent_writes(
+        api, account, settings, temporal, emulator_url, "reply_stops_the_clock"
+    )
 
 
 async def test_conversation_clock_at_sent(
@@ -921,20 +936,11 @@ async def test_conversation_clock_at_sent(
     temporal: Client,
     emulator_url: str,
 ) -> None:
-    """As `conversation_reply_stops_the_clock`, each agent message's clock started when the
-    carrier took it (the marker `conversation-clock-at-sent`, at each agent message sent):
-    the reply stops it, the agent's next send starts it, the warning and the timeout follow."""
-    user = unique_numbers(1)[0]
-    data = await send_ok(api, account, user, agent_message="Shall I book it?", **TIMERS)
-    await received_by(emulator_url, user, 1)
-    form = inbound_form(settings, to=account.agent_number, from_=user, body="Yes")
-    assert (await post_inbound(api, settings, form)).status_code == 200
-    await asyncio.sleep(TIMERS["time_out"] + 1)
-    assert len(await emulator_messages(emulator_url, to=user)) == 1
-    await send_ok(api, account, user, agent_message="Booked.")
-    await conversation_when(api, account, data["conversation_id"], timed_out)
-    assert len(await emulator_messages(emulator_url, to=user)) == 4
-    await save_conversation(temporal, account, user, "clock_at_sent")
+    """`reply_then_the_agent_writes`, each agent message's clock started at its request's
+    claim (the marker `conversation-clock-at-sent`, at each agent message sent)."""
+    await reply_then_the_agent_writes(
+        api, account, settings, temporal, emulator_url, "clock_at_sent"
+    )
 
 
 async def test_conversation_help_answered(
