@@ -80,7 +80,7 @@ class ReconciliationActivities(WorkerResources):
         self, input: ReconcileInput, rows: list[messages.UncertainRow]
     ) -> tuple[int, int]:
         """Settle `rows` with what the carrier has; how many became `sent`, and how many stay
-        `uncertain` (their lists never came)."""
+        `uncertain` (their lists never came, or a template's pair is another batch's too)."""
         batch_id, account_id = uuid.UUID(input.batch_id), uuid.UUID(input.account_id)
         # A row's request could still be on the wire this long after the row last changed
         # (an attempt presumed dead that is in fact alive finishes its requests within the
@@ -102,6 +102,17 @@ class ReconciliationActivities(WorkerResources):
             return found
 
         sent = unresolved = 0
+        # A row sent with a content template takes any message of the pair (its text is the
+        # carrier's to render): another batch's `uncertain` row to the pair may own the one
+        # found (the user would get that template twice and this one never). It stays
+        # `uncertain`, neither taken for sent nor sent again.
+        templated = [r for r in rows if r.content_sid or way.content_sid]
+        if templated:
+            pairs = [(r.from_number or input.agent_number, r.to_number) for r in templated]
+            shared = await messages.uncertain_elsewhere(self._pool, account_id, batch_id, pairs)
+            left = {r.seq for r, pair in zip(templated, pairs, strict=True) if pair in shared}
+            unresolved += len(left)
+            rows = [r for r in rows if r.seq not in left]
         for round_ in range(IN_FLIGHT_ROUNDS):
             # Another send to a row's number still on the wire has its message at the carrier
             # and no sid in the ledger yet: taken for the row's, it would be the row's and

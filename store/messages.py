@@ -676,6 +676,25 @@ async def numbers_in_flight(
     return {r["to_number"] for r in rows}
 
 
+async def uncertain_elsewhere(
+    pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID, pairs: list[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Which of `pairs` (sender, number) another batch of the account that is sending holds an
+    `uncertain` row to: a message of its at the carrier has no sid in the ledger either.
+    Read through each batch's key, as numbers_in_flight reads."""
+    rows = await pool.fetch(
+        "SELECT DISTINCT coalesce(m.from_number, b.agent_number) AS sender, m.to_number"
+        " FROM batches AS b JOIN messages AS m ON m.batch_id = b.id"
+        " WHERE b.account_id = $1 AND b.id <> $2 AND b.status = ANY($4::text[])"
+        " AND m.status = 'uncertain' AND m.to_number = ANY($3::text[])",
+        account_id,
+        batch_id,
+        [number for _, number in pairs],
+        list(SENDING_BATCH_STATUSES),
+    )
+    return {(r["sender"], r["to_number"]) for r in rows} & set(pairs)
+
+
 async def unsent_rows(pool: asyncpg.Pool, batch_id: uuid.UUID) -> list[int]:
     """The seqs of the batch's rows still `pending`: as it ends, what it is still to send
     (reopened by reconciliation, whichever attempt of it did; or left by a chunk that

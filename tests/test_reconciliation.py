@@ -443,3 +443,42 @@ async def test_two_reconciliations_at_once_never_give_one_message_to_two_rows(
         )
         == 1
     )
+
+
+async def test_a_template_rows_message_another_batchs_uncertain_row_may_own_is_not_taken(
+    pool: asyncpg.Pool,
+    account: Account,
+    settings: Settings,
+    quick_reconciliation: ReconciliationActivities,
+) -> None:
+    """A row sent with a content template matches any message of its pair (the carrier
+    renders its text). Another batch's `uncertain` row to the pair, with its own text, may
+    own the message found: taken, that batch's reconciliation found none and sent its text
+    again (twice to the user), and the template was never sent. The row stays `uncertain`,
+    neither taken nor sent again; the other batch's row takes its message."""
+    batch_id = await recorded_batch(pool, account, {"global": {"content_sid": "HX" + "7a" * 16}})
+    input = await uncertain_rows(pool, account, batch_id, ["uncertain"])
+    [row] = await messages.uncertain_rows(pool, batch_id)
+    other_batch = await recorded_batch(pool, account)
+    await pool.execute("UPDATE batches SET status = 'in_progress' WHERE id = $1", other_batch)
+    await pool.execute(
+        "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, from_number,"
+        " body, status, attempts, updated_at) VALUES ($1, 0, $2, 1, $3, $4, 'their text',"
+        " 'uncertain', 1, now() - interval '1 hour')",
+        other_batch,
+        account.account_id,
+        row.to_number,
+        input.agent_number,
+    )
+    theirs = await carrier_message(settings, row.to_number, input.agent_number, "their text")
+
+    result = await ActivityEnvironment().run(quick_reconciliation.reconcile_uncertain, input)
+    await ActivityEnvironment().run(
+        quick_reconciliation.reconcile_uncertain,
+        dataclasses.replace(input, batch_id=str(other_batch)),
+    )
+
+    assert result == ReconcileResult(unresolved=1)
+    assert await messages.count_by_status(pool, batch_id) == {"uncertain": 1}
+    holders = await pool.fetch("SELECT batch_id FROM messages WHERE carrier_sid = $1", theirs)
+    assert [h["batch_id"] for h in holders] == [other_batch]
