@@ -296,10 +296,13 @@ class ConversationActivities(WorkerResources):
         found = await carrier_list(self._carrier, to, from_, credentials)
         if found is None:
             return result
+        # A content template's text is the carrier's to render: its message matches by the
+        # numbers and time alone, as a batch row's does (reconciliation._same_text).
+        any_text = not message.body or message.content_sid
         matches = [
             m.sid
             for m in reversed(found)  # oldest first
-            if m.created >= asked - CLOCK_SLACK and (not message.body or m.body == message.body)
+            if m.created >= asked - CLOCK_SLACK and (any_text or m.body == message.body)
         ]
         sid = await through_outages(
             lambda: messages.settle_conversation_message(

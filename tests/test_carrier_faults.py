@@ -427,20 +427,29 @@ async def test_an_uncertain_single_send_is_reconciled_with_the_carrier(
     assert (resent_row["attempts"], found_row["attempts"]) == (2, 1)
 
 
+@pytest.mark.parametrize(
+    "content",
+    [{}, {"content_sid": "HX" + "3c" * 16}],
+    ids=["text", "content-template"],
+)
 async def test_a_single_send_answered_with_a_server_error_is_found_on_the_carrier(
     temporal: Client,
     settings: Settings,
     account: Account,
     emulator_url: str,
     carrier: Configure,
+    content: dict[str, str],
 ) -> None:
+    """Found in the carrier's list, once. A content template's message is listed with the
+    template's text, not the Body sent with it: compared with that Body, it was never found,
+    and the send went again (the user got it twice)."""
     user = unique_numbers(1)[0]
     await carrier(malformed={user: [SERVER_ERROR_AFTER_ACCEPTING]})
     async with (
         own_worker(temporal, settings, carrier_timeout_seconds=CARRIER_TIMEOUT_SECONDS) as own,
         api_client(own) as api,
     ):
-        sent = await send_ok(api, account, user, agent_message="hello")
+        sent = await send_ok(api, account, user, agent_message="hello", **content)
         [row] = await settled_messages(api, account, sent["conversation_id"])
 
     [received] = await emulator_messages(emulator_url, to=user)

@@ -186,6 +186,14 @@ class Received:
             "content_variables": self.content_variables,
         }
 
+    @property
+    def rendered_body(self) -> str:
+        """The body Twilio shows: a content template's message has the template's text, which
+        the carrier renders (its sid and variables, here), whatever Body came with it."""
+        if self.content_sid is None:
+            return self.body
+        return f"[{self.content_sid}] {self.content_variables or ''}".rstrip()
+
     def as_twilio(self, messaging_service_sid: object = None) -> dict[str, Any]:
         """The message as Twilio's API shows it, when created and when listed."""
         account_sid = self.account_sid or ""
@@ -194,7 +202,7 @@ class Received:
         return {
             "account_sid": account_sid,
             "api_version": API_VERSION,
-            "body": self.body,
+            "body": self.rendered_body,
             "date_created": created,
             "date_sent": None,
             "date_updated": created,
