@@ -176,20 +176,25 @@ async def list_conversations(
     after: tuple[datetime, uuid.UUID] | None,
 ) -> list[dict]:
     """Up to `limit` of the account's conversations (of the sender, user and state given),
-    newest first by (created_at, id), after the key `after`."""
-    where = (
-        "account_id = $1 AND ($2::text IS NULL OR agent_number = $2)"
-        " AND ($3::text IS NULL OR user_number = $3) AND ($4::text IS NULL OR state = $4)"
-    )
-    where += after_key("created_at, id", after, 6, descending=True)
+    newest first by (created_at, id), after the key `after`. Only the filters given are in
+    the statement: `($3 IS NULL OR user_number = $3)` is no condition an index can serve once
+    the statement's plan is the generic one, and a user's conversations were found by reading
+    all of the account's (its user's by `conversations_account_user`, migration 420)."""
+    args: list[Any] = [account_id, limit]
+    where = "account_id = $1"
+    for column, value in (
+        ("user_number", user_number),
+        ("agent_number", agent_number),
+        ("state", state),
+    ):
+        if value is not None:
+            args.append(value)
+            where += f" AND {column} = ${len(args)}"
+    where += after_key("created_at, id", after, len(args) + 1, descending=True)
     rows = await pool.fetch(
         f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE {where}"
-        " ORDER BY created_at DESC, id DESC LIMIT $5",
-        account_id,
-        agent_number,
-        user_number,
-        state,
-        limit,
+        " ORDER BY created_at DESC, id DESC LIMIT $2",
+        *args,
         *(after or ()),
     )
     return [dict(r) for r in rows]

@@ -19,7 +19,7 @@ import pytest
 
 from api.services.receipts import ReceiptIntake
 from bench.ledger_copy import backend_wal_writes, validated_batch
-from store import messages, receipts
+from store import conversations, messages, receipts
 from store.accounts import create_account
 from store.db import _migration_files, create_pool, migrate
 from tests.support import databases
@@ -60,6 +60,10 @@ class _Recording:
     async def fetchrow(self, sql: str, *args: Any) -> Any:
         self.statements.append((sql, args))
         return await self.pool.fetchrow(sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> Any:
+        self.statements.append((sql, args))
+        return await self.pool.fetch(sql, *args)
 
     async def execute(self, sql: str, *args: Any) -> str:
         self.statements.append((sql, args))
@@ -653,4 +657,42 @@ async def test_a_replys_last_batch_message_is_read_by_number_and_account_newest_
 
     tree = json.loads(plan)[0]["Plan"]
     assert _ledger_indexes(tree) == ["messages_sent_to_account"], plan
+    assert '"Sort"' not in plan, plan
+
+
+async def test_a_users_conversations_are_read_by_their_own_index_newest_first(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    """`GET /v1/sms/conversations?user_number=`: its statement held every filter as
+    `($3 IS NULL OR user_number = $3)`, which the generic plan a pooled connection settles on
+    cannot serve by an index: all of the account's conversations were read until a page was
+    full. Only the filters given are in it, and the user's are read by their index, in order."""
+    recording = _Recording(pool)
+    await conversations.list_conversations(
+        cast(asyncpg.Pool, recording),
+        account.account_id,
+        agent_number=None,
+        user_number="+12015550123",
+        state=None,
+        limit=10,
+        after=None,
+    )
+    [(sql, args)] = recording.statements
+    async with pool.acquire() as conn, conn.transaction():
+        # The plan of the statement prepared, as a pooled connection runs it after five
+        # calls: generic, its parameters unknown (EXPLAIN of the statement with its values
+        # would plan it for them).
+        types = [t.name for t in (await conn.prepare(sql)).get_parameters()]
+        await conn.execute(f"PREPARE listed ({', '.join(types)}) AS {sql}")
+        try:
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            values = [
+                await conn.fetchval("SELECT quote_nullable($1::text)", str(arg)) for arg in args
+            ]
+            plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE listed({', '.join(values)})")
+        finally:
+            await conn.execute("DEALLOCATE listed")
+
+    assert '"Index Name": "conversations_account_user"' in plan, plan
     assert '"Sort"' not in plan, plan
