@@ -806,7 +806,9 @@ async def list_messages(
     search: str | None = None,
 ) -> list[dict]:
     """Up to `limit` rows in `seq` order: the first after `after_seq`, or, with `before_seq`,
-    the last before it; of `status` and with `search` in the number, if given."""
+    the last before it; of `status` and with `search` in the number, if given. A page read
+    backwards bounds `seq` by `before_seq` itself: `($6 IS NULL OR seq < $6)`, which a generic
+    plan cannot bound the index by, read it from the batch's last row down."""
     backwards = before_seq is not None
     rows = await pool.fetch(
         "SELECT m.seq, m.row_number, m.to_number, m.body, m.encoding, m.segments, m.status,"
@@ -821,8 +823,8 @@ async def list_messages(
         " AND l.seq = m.seq) c ON true"
         " WHERE m.batch_id = $1 AND m.account_id = $2 AND m.seq > $3"
         " AND ($4::text IS NULL OR m.status = $4)"
-        " AND ($6::bigint IS NULL OR m.seq < $6)"
-        " AND ($7::text IS NULL OR strpos(m.to_number, $7) > 0)"
+        + (" AND m.seq < $6" if backwards else " AND $6::bigint IS NULL")
+        + " AND ($7::text IS NULL OR strpos(m.to_number, $7) > 0)"
         f" ORDER BY m.seq {'DESC' if backwards else ''} LIMIT $5",
         batch_id,
         account_id,

@@ -678,21 +678,62 @@ async def test_a_users_conversations_are_read_by_their_own_index_newest_first(
         after=None,
     )
     [(sql, args)] = recording.statements
+    plan = await _generic_plan(pool, sql, args)
+
+    assert '"Index Name": "conversations_account_user"' in plan, plan
+    assert '"Sort"' not in plan, plan
+
+
+async def _generic_plan(pool: asyncpg.Pool, sql: str, args: tuple[Any, ...]) -> str:
+    """The plan of `sql` prepared, as a pooled connection runs it after five calls: generic,
+    its parameters unknown (EXPLAIN of the statement with its values bound plans it for them),
+    a read of the whole table the last resort."""
     async with pool.acquire() as conn, conn.transaction():
-        # The plan of the statement prepared, as a pooled connection runs it after five
-        # calls: generic, its parameters unknown (EXPLAIN of the statement with its values
-        # would plan it for them).
         types = [t.name for t in (await conn.prepare(sql)).get_parameters()]
-        await conn.execute(f"PREPARE listed ({', '.join(types)}) AS {sql}")
+        await conn.execute(f"PREPARE planned ({', '.join(types)}) AS {sql}")
         try:
             await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
             await conn.execute("SET LOCAL enable_seqscan = off")
             values = [
-                await conn.fetchval("SELECT quote_nullable($1::text)", str(arg)) for arg in args
+                await conn.fetchval(
+                    "SELECT quote_nullable($1::text)", None if arg is None else str(arg)
+                )
+                for arg in args
             ]
-            plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE listed({', '.join(values)})")
+            plan: str = await conn.fetchval(
+                f"EXPLAIN (FORMAT JSON) EXECUTE planned({', '.join(values)})"
+            )
         finally:
-            await conn.execute("DEALLOCATE listed")
+            await conn.execute("DEALLOCATE planned")
+    return plan
 
-    assert '"Index Name": "conversations_account_user"' in plan, plan
-    assert '"Sort"' not in plan, plan
+
+async def test_a_page_read_backwards_bounds_the_ledger_read_by_its_cursor(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    """A Postman page before a cursor (`before`): `($6 IS NULL OR seq < $6)` bounded no index
+    read in the generic plan, which read the batch's ledger down from its last row to the
+    cursor. The bound is the index's."""
+    recording = _Recording(pool)
+    await messages.list_messages(
+        cast(asyncpg.Pool, recording),
+        account.account_id,
+        uuid.uuid4(),
+        status=None,
+        limit=100,
+        after_seq=-1,
+        before_seq=500,
+    )
+    [(sql, args)] = recording.statements
+    plan = await _generic_plan(pool, sql, args)
+
+    [read] = [
+        node
+        for node in _nodes(json.loads(plan)[0]["Plan"])
+        if node.get("Relation Name") == "messages"
+    ]
+    assert "seq < " in read.get("Index Cond", ""), plan
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]
