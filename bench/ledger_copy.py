@@ -45,7 +45,7 @@ VARIANTS: dict[str, list[str]] = {
     "bare": [
         "ALTER TABLE messages DISABLE TRIGGER messages_counted_insert",
         "DROP INDEX messages_carrier_sid",
-        "DROP INDEX messages_sent_to",
+        "DROP INDEX messages_sent_to_account",
     ],
 }
 
