@@ -361,3 +361,32 @@ async def test_rows_none_of_a_kind_cost_no_copy(pool: asyncpg.Pool, account: Acc
     assert none == []
     assert counter.copies == ["rejected_rows"]
     assert stored == 1
+
+
+async def test_a_retry_counts_its_rows_from_the_kept_counts_not_the_ledger(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    """`POST /retry` counts the rows it would send again: a count over the batch's whole
+    ledger (a million rows a request). Without an attempts bound, the counts the triggers
+    keep say it; with one, the ledger still must."""
+    async with _rolled_back(pool) as conn:
+        batch_id = await recorded_batch(conn, account)
+        await conn.execute(
+            "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body,"
+            " status, attempts) SELECT $1, i, $2, i, '+1555' || i, 'x',"
+            " (ARRAY['failed', 'failed', 'uncertain', 'sent'])[i % 4 + 1], 1 + i % 2"
+            " FROM generate_series(0, 99) AS i",
+            batch_id,
+            account.account_id,
+        )
+        recording = _Recording(conn)
+        plain = await messages.count_in_statuses(
+            cast(asyncpg.Pool, recording), batch_id, ["failed"], also=["uncertain"]
+        )
+        kept_statements = list(recording.statements)
+        bounded = await messages.count_in_statuses(
+            cast(asyncpg.Pool, recording), batch_id, ["failed"], attempts_below=2
+        )
+
+    assert (plain, bounded) == (75, 25)
+    assert all("FROM messages" not in sql for sql, _ in kept_statements), kept_statements
