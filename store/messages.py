@@ -654,11 +654,12 @@ async def numbers_in_flight(
     its wave was marked: a slice writes its answers only as it marks its next wave, which a
     slow sender's pace puts minutes later; but a paused batch's only within `within_seconds`
     (its slices stopped and wrote what they had: an older row is a dead attempt's, `sending`
-    until the batch resumes). Another batch's rows are read through its key: no index finds
-    unsent rows by number."""
+    until the batch resumes). Another batch's rows are read through its key (no index finds
+    unsent rows by number), only if its kept counts say it has such rows (_holding)."""
     rows = await pool.fetch(
         "SELECT m.to_number FROM batches AS b JOIN messages AS m ON m.batch_id = b.id"
         " WHERE b.account_id = $1 AND b.id <> $2 AND b.status = ANY($6::text[])"
+        f" AND {_holding('sending')}"
         " AND m.status = 'sending' AND m.to_number = ANY($4::text[])"
         " AND (b.status <> 'paused' OR m.marked_at > now() - make_interval(secs => $5))"
         " UNION SELECT c.user_number FROM unnest($3::text[], $4::text[]) AS p(sender, number)"
@@ -676,6 +677,16 @@ async def numbers_in_flight(
     return {r["to_number"] for r in rows}
 
 
+def _holding(status: LedgerStatus | str) -> str:
+    """The condition that batch `b` has rows in `status`, by the counts its ledger's triggers
+    keep: a batch with none is not read (its ledger scanned by its key, a million rows, for
+    nothing)."""
+    return (
+        "(SELECT coalesce(sum(s.n), 0) FROM batch_status_counts AS s"
+        f" WHERE s.batch_id = b.id AND s.status = '{LedgerStatus(status)}') > 0"
+    )
+
+
 async def uncertain_elsewhere(
     pool: asyncpg.Pool, account_id: uuid.UUID, batch_id: uuid.UUID, pairs: list[tuple[str, str]]
 ) -> set[tuple[str, str]]:
@@ -686,6 +697,7 @@ async def uncertain_elsewhere(
         "SELECT DISTINCT coalesce(m.from_number, b.agent_number) AS sender, m.to_number"
         " FROM batches AS b JOIN messages AS m ON m.batch_id = b.id"
         " WHERE b.account_id = $1 AND b.id <> $2 AND b.status = ANY($4::text[])"
+        f" AND {_holding('uncertain')}"
         " AND m.status = 'uncertain' AND m.to_number = ANY($3::text[])",
         account_id,
         batch_id,

@@ -390,3 +390,46 @@ async def test_a_retry_counts_its_rows_from_the_kept_counts_not_the_ledger(
 
     assert (plain, bounded) == (75, 25)
     assert all("FROM messages" not in sql for sql, _ in kept_statements), kept_statements
+
+
+async def test_reconciliation_reads_no_ledger_of_a_batch_without_rows_on_the_wire(
+    pool: asyncpg.Pool, account: Account
+) -> None:
+    """Each round of reconciliation asks which numbers the account's other sending batches
+    have on the wire (`sending`) or `uncertain`: it read every such batch's whole ledger by
+    its key, a million rows each, whatever they held. The kept counts say which hold any."""
+    async with _rolled_back(pool) as conn:
+        quiet = await recorded_batch(conn, account)
+        await conn.execute("UPDATE batches SET status = 'in_progress' WHERE id = $1", quiet)
+        await conn.execute(
+            "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body,"
+            " status) SELECT $1, i, $2, i, '+1555' || i, 'x', 'sent'"
+            " FROM generate_series(0, 99999) AS i",
+            quiet,
+            account.account_id,
+        )
+        recording = _Recording(conn)
+        pairs = [(account.agent_number, "+15551")]
+        await messages.numbers_in_flight(
+            cast(asyncpg.Pool, recording), account.account_id, uuid.uuid4(), pairs, 30.0
+        )
+        await messages.uncertain_elsewhere(
+            cast(asyncpg.Pool, recording), account.account_id, uuid.uuid4(), pairs
+        )
+        read = []
+        for sql, args in recording.statements:
+            plan = json.loads(await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args))[
+                0
+            ]["Plan"]
+            read += [
+                node.get("Actual Loops", 0)
+                for node in _nodes(plan)
+                if node.get("Relation Name") == "messages"
+            ]
+
+    assert len(recording.statements) == 2
+    assert read and set(read) == {0}, read
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]
