@@ -18,6 +18,7 @@ from settings import Settings
 from store import links, messages, receipts
 from tests.support.batches import FINAL, recorded_batch, start_marked_batch
 from tests.support.builders import unique_numbers
+from tests.support.databases import plan_nodes
 from tests.support.delivery import ledger_rows, receipts_applied
 from tests.support.stack import Account, Configure, WebhookReceiver
 
@@ -423,13 +424,9 @@ async def test_reconciliation_reads_no_ledger_of_a_batch_without_rows_on_the_wir
             ]["Plan"]
             read += [
                 node.get("Actual Loops", 0)
-                for node in _nodes(plan)
+                for node in plan_nodes(plan)
                 if node.get("Relation Name") == "messages"
             ]
 
     assert len(recording.statements) == 2
     assert read and set(read) == {0}, read
-
-
-def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]

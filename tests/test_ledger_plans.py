@@ -729,11 +729,7 @@ async def test_a_page_read_backwards_bounds_the_ledger_read_by_its_cursor(
 
     [read] = [
         node
-        for node in _nodes(json.loads(plan)[0]["Plan"])
+        for node in databases.plan_nodes(json.loads(plan)[0]["Plan"])
         if node.get("Relation Name") == "messages"
     ]
     assert "seq < " in read.get("Index Cond", ""), plan
-
-
-def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]

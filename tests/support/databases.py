@@ -1,10 +1,11 @@
 """Databases of a test's own in the session's PostgreSQL: a schema as an older release left it,
 or statistics and read counts no other test's batches touch. And a wait for a statement to be
-blocked on a test's lock (`blocked_behind`)."""
+blocked on a test's lock (`blocked_behind`), and the nodes of a plan (`plan_nodes`)."""
 
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 
@@ -32,3 +33,8 @@ async def blocked_behind(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
         ),
         bool,
     )
+
+
+def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan, the root first."""
+    return [plan, *(node for child in plan.get("Plans", []) for node in plan_nodes(child))]
