@@ -82,6 +82,7 @@ class PostmanMessage(PostmanModel):
     )
     full_message: str = Field(description="The message as sent: the template rendered.")
     latest_status: LatestStatus
+    num_attempts: int = Field(description="How many times the message was sent to the carrier.")
     campaign_id: str
     batch_id: str
     herald_status: str = Field(description="The ledger row's own status, finer than Postman's.")

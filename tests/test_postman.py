@@ -686,6 +686,9 @@ async def test_retry_sends_the_failed_messages_again_in_the_same_batch(
     assert batch["status"] == "completed"
     assert [m["id"] for m in after] == [m["id"] for m in before]
     assert {m["latestStatus"] for m in after} <= {"sent", "success"}
+    # The refused request counted, and the retry's.
+    assert [m["numAttempts"] for m in before] == [1, 1, 1]
+    assert [m["numAttempts"] for m in after] == [2, 1, 1]
     assert [len(await emulator_messages(emulator_url, to=n)) for n in numbers] == [1, 1, 1]
     assert again.status_code == 400, again.text
     assert again.json() == {"error": NO_FAILED_MESSAGES | {"heraldCode": "NO_FAILED_MESSAGES"}}

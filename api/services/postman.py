@@ -633,6 +633,7 @@ def _message(row: dict, campaign: dict, batch: dict) -> PostmanMessage:
         language=row["language"],
         full_message=row["body"],
         latest_status=LATEST_STATUS[row["status"]],
+        num_attempts=row["attempts"],
         campaign_id=str(campaign["id"]),
         batch_id=str(batch["id"]),
         herald_status=row["status"],
