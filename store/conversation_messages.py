@@ -388,7 +388,7 @@ async def fail_queued_message(
 async def message_status(
     pool: asyncpg.Pool, message_id: uuid.UUID
 ) -> tuple[str, str | None, datetime | None]:
-    """The message's status, error code and when the carrier took it (`sent_at`)."""
+    """The message's status, error code and when it was recorded `sent` (`sent_at`)."""
     row = await pool.fetchrow(
         "SELECT status, error_code, sent_at FROM conversation_messages WHERE id = $1", message_id
     )

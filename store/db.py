@@ -3,7 +3,7 @@
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from importlib import resources
 from typing import Any
 
@@ -127,14 +127,10 @@ async def migrate(pool: asyncpg.Pool, *, before: str | None = None) -> list[str]
             for name, sql in _migration_files():
                 if name in done or (before is not None and name >= before):
                     continue
-                if sql.startswith(NO_TRANSACTION):
-                    for statement in _statements(sql):
+                alone = sql.startswith(NO_TRANSACTION)
+                async with nullcontext() if alone else conn.transaction():
+                    for statement in _statements(sql) if alone else [sql]:
                         await conn.execute(statement)
-                    await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
-                    applied.append(name)
-                    continue
-                async with conn.transaction():
-                    await conn.execute(sql)
                     await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
                 applied.append(name)
         finally:

@@ -57,7 +57,7 @@ async def _prune_unused_files(pool: asyncpg.Pool, older_than: timedelta) -> int:
     another process is deleting, or a batch is being made from, is skipped (SKIP LOCKED)."""
     deleted = 0
     while True:
-        status = await pool.execute(
+        done = await pool.execute(
             "DELETE FROM files WHERE id IN (SELECT f.id FROM files AS f"
             " WHERE f.created_at < now() - $1::interval"
             " AND NOT EXISTS (SELECT 1 FROM batches WHERE batches.id = f.id)"
@@ -65,6 +65,6 @@ async def _prune_unused_files(pool: asyncpg.Pool, older_than: timedelta) -> int:
             older_than,
             FILES_PER_DELETE,
         )
-        deleted += rows_affected(status)
-        if rows_affected(status) < FILES_PER_DELETE:
+        deleted += (now := rows_affected(done))
+        if now < FILES_PER_DELETE:
             return deleted

@@ -125,10 +125,7 @@ async def test_an_accounts_sends_go_through_its_subaccount_and_others_keep_the_d
         "MessageSid": row["carrier_sid"],
         "MessageStatus": "delivered",
     }
-    url = settings.status_callback_url
-    signature = RequestValidator(SUBACCOUNT_TOKEN).compute_signature(url, form)
-    path = httpx.URL(url).path
-    posted = await api.post(path, data=form, headers={"X-Twilio-Signature": signature})
+    posted = await signed_receipt(api, settings, form, SUBACCOUNT_TOKEN)
     assert posted.status_code == 204, posted.text
     rows = await eventually(
         lambda: ledger_rows(api, account, own_file),
@@ -225,6 +222,24 @@ async def test_senders_are_checked_against_the_accounts_own_subaccount(
     assert error_code(await register(unique_numbers(1)[0])) == "CARRIER_UNAVAILABLE"
 
 
+async def signed_receipt(
+    api: httpx.AsyncClient,
+    settings: Settings,
+    form: dict[str, str],
+    token: str,
+    *,
+    multipart: bool = False,
+) -> httpx.Response:
+    """A status callback of `form`, signed with `token`: urlencoded, as the carrier posts it
+    (api/receipt_lane.py answers it), or multipart (the API's route)."""
+    url = settings.status_callback_url
+    headers = {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, form)}
+    path = httpx.URL(url).path
+    if multipart:
+        return await api.post(path, files={k: (None, v) for k, v in form.items()}, headers=headers)
+    return await api.post(path, data=form, headers=headers)
+
+
 async def test_a_key_signed_with_an_accounts_own_token_moves_no_row_by_it(
     api: httpx.AsyncClient,
     account: Account,
@@ -278,16 +293,9 @@ async def test_a_receipt_an_account_signs_for_another_accounts_message_is_refuse
     await conversation_messages.record_outcome(
         pool, message_id, status="sent", carrier_sid=conversation_sid
     )
-    url = settings.status_callback_url
-    path = httpx.URL(url).path
 
     async def post(form: dict[str, str], token: str, *, multipart: bool) -> httpx.Response:
-        headers = {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, form)}
-        if multipart:  # the API's route; an urlencoded one is api/receipt_lane.py's
-            return await api.post(
-                path, files={k: (None, v) for k, v in form.items()}, headers=headers
-            )
-        return await api.post(path, data=form, headers=headers)
+        return await signed_receipt(api, settings, form, token, multipart=multipart)
 
     forged = [
         {**receipt(sid, "failed", "30003"), "AccountSid": SUBACCOUNT_SID}
@@ -336,14 +344,10 @@ async def test_receipts_signed_with_a_replaced_or_removed_token_are_taken_for_a_
     # refused (403), and the rows stayed `sent` for good.
     await own_subaccount_and_another(api, account, pool, carrier)
     file_id, rows = await sent_batch(api, account, webhooks, 3)
-    url = settings.status_callback_url
 
     async def post(sid: str, token: str) -> httpx.Response:
         form = {**receipt(sid, "delivered"), "AccountSid": SUBACCOUNT_SID}
-        signature = RequestValidator(token).compute_signature(url, form)
-        return await api.post(
-            httpx.URL(url).path, data=form, headers={"X-Twilio-Signature": signature}
-        )
+        return await signed_receipt(api, settings, form, token)
 
     assert (await set_own(api, account, "replacing-token-" + "8" * 16)).status_code == 200
     replaced = await post(rows[0]["carrier_sid"], SUBACCOUNT_TOKEN)
@@ -390,24 +394,13 @@ async def test_a_receipt_whose_subaccount_tokens_cannot_be_read_is_answered_503(
     counted nowhere) and the route (500 `INTERNAL_ERROR`), where a receipt not stored is
     503 `RECEIPT_NOT_QUEUED`, so that the carrier posts it again."""
     await own_subaccount_and_another(api, account, pool, carrier)
-    url = settings.status_callback_url
     form = {**receipt("SM" + secrets.token_hex(16), "delivered"), "AccountSid": SUBACCOUNT_SID}
-    headers = {
-        "X-Twilio-Signature": RequestValidator(SUBACCOUNT_TOKEN).compute_signature(url, form)
-    }
-
-    async def post(multipart: bool) -> httpx.Response:
-        path = httpx.URL(url).path
-        if multipart:  # the API's route; an urlencoded one is api/receipt_lane.py's
-            return await api.post(
-                path, files={k: (None, v) for k, v in form.items()}, headers=headers
-            )
-        return await api.post(path, data=form, headers=headers)
-
     answers = [
         await answer_when_statement_fails(
             pool,
-            functools.partial(post, multipart),
+            functools.partial(
+                signed_receipt, api, settings, form, SUBACCOUNT_TOKEN, multipart=multipart
+            ),
             table="carrier_accounts",
             statement="SELECT account_id, auth_token FROM carrier_accounts%",
         )

@@ -588,18 +588,19 @@ async def open_pair(
     )
 
 
-async def test_two_new_conversations_of_a_pair_at_once_are_two(
-    account: Account, pool: asyncpg.Pool
-) -> None:
-    """Two sends with `new_conversation` for one pair at once: the second waits for the
-    first, closes the conversation it opened and opens its own (not the first's, its webhook
-    and fields overwritten)."""
+async def opened_while_another_opens(
+    pool: asyncpg.Pool, account: Account, *, first_new: bool
+) -> tuple[dict, dict, dict | None]:
+    """A pair's conversation opened (`first_new`: by a send with `new_conversation`; else as
+    a reply opens it), its transaction not committed yet, as a `new_conversation` send
+    opens one: the first, the send's, and the first as it is once both committed."""
     user = unique_numbers(1)[0]
-
     async with pool.acquire() as first_conn, pool.acquire() as second_conn:
         opening = first_conn.transaction()
         await opening.start()
-        first = await open_pair(first_conn, account, user, "https://first.example/hook", new=True)
+        first = await open_pair(
+            first_conn, account, user, "https://first.example/hook", new=first_new
+        )
         async with second_conn.transaction():
             second_open = asyncio.create_task(
                 open_pair(second_conn, account, user, "https://second.example/hook", new=True)
@@ -608,6 +609,16 @@ async def test_two_new_conversations_of_a_pair_at_once_are_two(
             await opening.commit()
             second = await second_open
     ended = await conversations.get_conversation(pool, account.account_id, first["id"])
+    return first, second, ended
+
+
+async def test_two_new_conversations_of_a_pair_at_once_are_two(
+    account: Account, pool: asyncpg.Pool
+) -> None:
+    """Two sends with `new_conversation` for one pair at once: the second waits for the
+    first, closes the conversation it opened and opens its own (not the first's, its webhook
+    and fields overwritten)."""
+    first, second, ended = await opened_while_another_opens(pool, account, first_new=True)
 
     assert second["id"] != first["id"]
     assert second["webhook"] == "https://second.example/hook"
@@ -621,23 +632,10 @@ async def test_a_new_conversation_waits_for_one_a_reply_is_opening_and_closes_it
     """A reply opens the pair's conversation (its transaction not committed yet) as a send
     with `new_conversation` comes: the send's close found nothing to close, then its insert
     met the reply's and joined it, the reply's batch fields kept, not a new conversation."""
-    user = unique_numbers(1)[0]
-
-    async with pool.acquire() as reply_conn, pool.acquire() as send_conn:
-        replying = reply_conn.transaction()
-        await replying.start()
-        reply = await open_pair(reply_conn, account, user, "https://reply.example/hook", new=False)
-        async with send_conn.transaction():
-            sending = asyncio.create_task(
-                open_pair(send_conn, account, user, "https://send.example/hook", new=True)
-            )
-            await blocked_behind(pool, reply_conn)
-            await replying.commit()
-            sent = await sending
-    replied = await conversations.get_conversation(pool, account.account_id, reply["id"])
+    reply, sent, replied = await opened_while_another_opens(pool, account, first_new=False)
 
     assert sent["id"] != reply["id"]
-    assert sent["webhook"] == "https://send.example/hook"
+    assert sent["webhook"] == "https://second.example/hook"
     assert replied is not None and replied["state"] == "closed"
 
 
