@@ -101,9 +101,12 @@ def emulator_url(stack_dir: Path) -> Iterator[str]:
         emulator.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    """Temporal's time-skipping test server, for the fast tier: timers fire at once."""
+    """Temporal's time-skipping test server, for the fast tier: timers fire at once. One a
+    test (it starts in a tenth of a second): the server keeps time from skipping while an
+    activity its workflow has closed on is running, and for good once that activity ends
+    (its completion refused), so such a test would stop every later test's timers."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(TEST_SERVER_BIN)
     )

@@ -36,14 +36,16 @@ TIMERS = SilenceTimers(
 )
 
 
-def agent_message(conversation_id: str, message_id: str = "") -> ConversationSignal:
-    """An agent's message of the conversation, setting TIMERS."""
+def agent_message(
+    conversation_id: str, message_id: str = "", timers: SilenceTimers = TIMERS
+) -> ConversationSignal:
+    """An agent's message of the conversation, setting `timers`."""
     return ConversationSignal(
         conversation_id=conversation_id,
         conversation_seq=1,
         message_id=message_id or str(uuid.uuid4()),
         sender=AGENT,
-        timers=TIMERS,
+        timers=timers,
     )
 
 
@@ -270,20 +272,24 @@ async def test_a_message_whose_every_attempt_failed_is_settled_not_left_as_it_wa
     assert result.state == ConversationStatus.TIMEOUT
 
 
-async def test_a_backlog_that_never_empties_continues_as_new_with_it(
-    time_skipping: WorkflowEnvironment,
-) -> None:
+async def test_a_backlog_that_never_empties_continues_as_new_with_it(temporal: Client) -> None:
     """Twelve messages queued at once, five a run: each run continues as new with the rest
-    still queued (its history bounded), and every message is sent once, in order."""
+    still queued (its history bounded), and every message is sent once, in order. On the dev
+    server, with timers of seconds: a run continuing as new cancels the post of its event in
+    flight, and the test server keeps time from skipping for good once that post ends."""
     stubs = StubActivities()
     conversation_id = str(uuid.uuid4())
-    queued = [agent_message(conversation_id) for _ in range(12)]
-    async with stub_worker(time_skipping, stubs) as queue:
+    timers = SilenceTimers(
+        warning_time=1, warning_message="Still there?", time_out=2, timeout_message="Bye."
+    )
+    queued = [agent_message(conversation_id, timers=timers) for _ in range(12)]
+    env = WorkflowEnvironment.from_client(temporal)
+    async with stub_worker(env, stubs) as queue:
         handle = await start_conversation(
-            time_skipping, queue, conversation_id, queued=queued, messages_per_run=5
+            env, queue, conversation_id, queued=queued, messages_per_run=5
         )
         result = await result_of(handle)
-        first_run = await time_skipping.client.get_workflow_handle(
+        first_run = await temporal.get_workflow_handle(
             handle.id, run_id=handle.first_execution_run_id
         ).fetch_history()
 
