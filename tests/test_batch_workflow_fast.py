@@ -13,10 +13,11 @@ from temporalio.testing import WorkflowEnvironment
 from tests.support.sending import eventually
 from tests.support.workflows import StubActivities, result_of, stub_worker
 from workflows.batch import BALANCED_CHUNKS_PATCH, RECONCILE_ROUNDS, BatchWorkflow
-from workflows.chunk import SPREAD_LEAD_SECONDS, ErrorWindow
+from workflows.chunk import AUTO_PAUSE_SIGNAL, SPREAD_LEAD_SECONDS, ErrorWindow
 from workflows.contracts import (
     BATCH_WORKFLOW,
     AutoPause,
+    AutoPaused,
     BatchInput,
     BatchResult,
     DispatchSettings,
@@ -1257,4 +1258,56 @@ async def test_a_batch_pauses_itself_once_its_window_of_errors_passes_the_rate(
     assert slices(stubs) == [(0, 2), (2, 4), (4, 6), (6, 8)]
     [paused] = [u for u in stubs.inputs("record_status") if u.status == S.PAUSED]
     assert (paused.code, paused.error_codes) == ("carrier_error_rate", {"21612": 4})
+    assert result.status == S.COMPLETED
+
+
+def paused_by(stubs: StubActivities) -> list[StatusUpdate]:
+    """The batch's `paused` events."""
+    return [u for u in stubs.inputs("record_status") if u.status == S.PAUSED]
+
+
+async def auto_paused_before_and_after_a_resume(env: WorkflowEnvironment) -> Ran:
+    """A batch spread over ten minutes (its run waits between slices), paused and resumed by
+    an operator, then told to pause by a throttling met before the resume, then by one met
+    after it; resumed again."""
+    stubs = StubActivities(recipients=4)
+
+    def throttled(reason: str, seen_at: datetime) -> AutoPaused:
+        return AutoPaused(
+            code="carrier_throttled",
+            reason=reason,
+            resume_after_seconds=3600,
+            seen_at=seen_at.timestamp(),
+        )
+
+    async with stub_worker(env, stubs) as queue:
+        handle = await start_batch(
+            env,
+            queue,
+            dispatch=DispatchSettings(chunk_size=10, slice_size=2),
+            timing=Timing(spread_seconds=600),
+        )
+        await stubs.wait_for(lambda: bool(stubs.calls.get("send_slice")))
+        met = await env.get_current_time()
+        await env.sleep(1)
+        await handle.signal(BatchWorkflow.pause)
+        await handle.signal(BatchWorkflow.resume)
+        await eventually(lambda: handle.query(BatchWorkflow.progress), lambda p: not p.paused)
+        await handle.signal(AUTO_PAUSE_SIGNAL, throttled("before the resume", met))
+        now = await env.get_current_time()
+        await handle.signal(AUTO_PAUSE_SIGNAL, throttled("after the resume", now))
+        await stubs.wait_for(lambda: len(paused_by(stubs)) == 2)
+        await handle.signal(BatchWorkflow.resume)
+        result = await result_of(handle)
+    return stubs, handle, result
+
+
+async def test_an_auto_pause_met_before_the_last_resume_is_ignored(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    """Another batch of the account met a throttling and signalled this one to pause; an
+    operator resumed this one before the signal came: it goes on sending. A pause met after
+    the resume pauses it."""
+    stubs, _, result = await auto_paused_before_and_after_a_resume(time_skipping)
+    assert [u.reason for u in paused_by(stubs)] == [None, "after the resume"]
     assert result.status == S.COMPLETED

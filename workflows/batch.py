@@ -198,6 +198,10 @@ CANCEL_BEFORE_REOPEN_PATCH = "batch-cancel-before-reopen"
 # moved on by the time it was paused (its chunks' too: `chunk-pause-shifts-spread`): every row
 # whose place had passed went at once, at the sender's rate, however long the spread.
 PAUSE_SHIFTS_SPREAD_PATCH = "batch-pause-shifts-spread"
+# An auto-pause met before the batch's last resume is ignored: another batch's account-wide
+# pause (or a chunk's) signalled before an operator resumed the batch, and delivered after,
+# paused it again, for a throttling back-off of an hour, with nothing wrong since.
+STALE_AUTO_PAUSE_PATCH = "batch-stale-auto-pause-ignored"
 CHUNK_ROUNDS = 5
 # A rate-limited sender's batch sends no faster for larger chunks, and its progress (the
 # `progress` query, progress events) moves as chunks end: its chunks hold at most this long
@@ -224,8 +228,9 @@ class BatchWorkflow:
         self._status = BatchStatus.QUEUED
         self._state: DispatchState | None = None
         self._paused = False
-        # When the pause the batch is in began (Unix time).
+        # When the pause the batch is in began, and when it was last resumed (Unix time).
         self._paused_since = 0.0
+        self._resumed_at = 0.0
         # Counts pauses, operators' pauses of a paused batch and resumes: a back-off that
         # would resume the batch (THROTTLE_RESUME_PATCH) does so only if none came meanwhile.
         self._pause_turn = 0
@@ -281,6 +286,7 @@ class BatchWorkflow:
             self._resume_status = state.status
             self._paused = state.paused
             self._paused_since = state.paused_since
+            self._resumed_at = state.resumed_at
             self._status = BatchStatus.PAUSED if state.paused else state.status
             self._chunks_done = state.chunks_done
             self._totals = SendCounts(sent=state.sent, failed=state.failed)
@@ -319,6 +325,8 @@ class BatchWorkflow:
         An account-wide failure pauses the account's other running batches too."""
         if not workflow.patched(AUTO_PAUSE_PATCH):
             return  # a signal an older release ignored, replayed
+        if 0 < paused.seen_at < self._resumed_at and workflow.patched(STALE_AUTO_PAUSE_PATCH):
+            return
         async with self._in_turn():
             if not await self._pause(paused):
                 return
@@ -392,6 +400,7 @@ class BatchWorkflow:
             if self._expired and workflow.patched(NO_RESUME_AFTER_EXPIRY_PATCH):
                 return
             self._paused = False
+            self._resumed_at = workflow.now().timestamp()
             self._pause_turn += 1
             self._move_spread_on()
             await self._signal_chunks(ChunkWorkflow.resume)
@@ -494,6 +503,7 @@ class BatchWorkflow:
             continuing.event_seq = self._events_recorded
             continuing.paused = self._paused
             continuing.paused_since = self._paused_since
+            continuing.resumed_at = self._resumed_at
             continuing.chunks_done = self._chunks_done
             continuing.sent, continuing.failed = self._totals.sent, self._totals.failed
             continuing.cancel_reason = self._cancel_reason

@@ -322,6 +322,7 @@ class ChunkWorkflow:
             return
         self.pause()
         self._errors.clear()
+        paused = dataclasses.replace(paused, seen_at=workflow.now().timestamp())
         if self._ask_batch_to_pause is not None:
             self._ask_batch_to_pause(paused)
             return

@@ -164,6 +164,8 @@ class DispatchState:
     # When the pause the batch is in began (Unix time): a resume moves a spread batch's
     # timeline on by the time it was paused.
     paused_since: float = 0.0
+    # When the batch was last resumed (Unix time): an auto-pause met before it is stale.
+    resumed_at: float = 0.0
     pace: Pace = field(default_factory=Pace)
     # What the `progress` query has counted so far.
     chunks_done: int = 0
@@ -201,13 +203,16 @@ class AutoPaused:
     `carrier_unreachable`), the reason in words, the carrier's commonest error codes with
     their counts. `account_wide`: the batch that met the failure pauses the account's other
     running batches too. `resume_after_seconds`: the batch resumes by itself that long after
-    the pause (0: it waits for an operator)."""
+    the pause (0: it waits for an operator). `seen_at`: when the failure was met (workflow
+    time of the run that met it; 0 from an earlier release): a batch resumed since then
+    ignores it."""
 
     code: str
     reason: str
     error_codes: dict[str, int] = field(default_factory=dict)
     account_wide: bool = False
     resume_after_seconds: float = 0.0
+    seen_at: float = 0.0
 
 
 @dataclass(kw_only=True)

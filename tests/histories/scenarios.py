@@ -46,6 +46,8 @@ from tests.support.stack import (
     set_own,
 )
 from tests.test_batch_workflow_fast import (
+    auto_paused_before_and_after_a_resume,
+    paused_by,
     paused_while_reconciling,
     resumed_while_closing_expired,
     retry_cancelled_before_reopening,
@@ -1075,6 +1077,14 @@ async def test_resumed_while_closing_expired(time_skipping: WorkflowEnvironment)
     stubs, handle, _ = await resumed_while_closing_expired(time_skipping)
     assert stubs.statuses()[-2:] == ["paused", "failed"]
     await save_from_test_server(handle, "batch", "resumed_while_closing_expired")
+
+
+async def test_auto_paused_before_a_resume(time_skipping: WorkflowEnvironment) -> None:
+    """The marker `batch-stale-auto-pause-ignored`: the pause met before the resume is
+    ignored."""
+    stubs, handle, _ = await auto_paused_before_and_after_a_resume(time_skipping)
+    assert [u.reason for u in paused_by(stubs)] == [None, "after the resume"]
+    await save_from_test_server(handle, "batch", "auto_paused_before_a_resume")
 
 
 async def save_conversation(temporal: Client, account: Account, user: str, name: str) -> None:
