@@ -207,7 +207,8 @@ class SendingActivities(WorkerResources):
                 # Once it has its place among the account's requests in flight and its
                 # connection, just before it is written: a row marked long ago renews its mark,
                 # and goes only if it still holds it (_Waves.marked_at), the slice has not
-                # stopped and the batch has not expired meanwhile (else back to `pending`).
+                # stopped, the batch has not expired and the recipient's window has not closed
+                # meanwhile (else back to `pending`, or waiting for the window).
                 if time.monotonic() - waves.marked_at(index) > renew_after and not (
                     await through_outages(
                         lambda: messages.renew_mark(self._pool, batch_id, message.seq, marker)
@@ -215,7 +216,14 @@ class SendingActivities(WorkerResources):
                 ):
                     return False
                 expired = input.pace.expire_at and time.time() >= input.pace.expire_at
-                return not (stopping.is_set() or expired)
+                if stopping.is_set() or expired:
+                    return False
+                if window is not None:
+                    opens = window.opens_at(message.to_number, time.time())
+                    if opens is not None:
+                        waiting[index] = opens
+                        return False
+                return True
 
             if input.pace.expire_at and time.time() >= input.pace.expire_at:
                 return EXPIRED

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from activities.pacing import SenderPacer
+from activities.providers.in_flight import InFlightLimit
 from activities.windows import WindowClock, minutes_of, zones_of
 from tests.support.batches import start_marked_batch, wait_for_status
 from tests.support.builders import unique_numbers_in
@@ -113,6 +114,43 @@ async def test_a_row_whose_window_closes_while_it_waits_for_its_sender_waits(
         return real_opens_at(self, number, now)
 
     monkeypatch.setattr(SenderPacer, "turn", turn_then_close)
+    monkeypatch.setattr(WindowClock, "opens_at", opens_at)
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, tokyo, send_window=window_around_tokyo_now()
+    )
+
+    assert await eventually(lambda: waiting_for_window(api, account, file_id), lambda n: n == 3)
+    assert await received(emulator_url, marker) == []
+    assert (await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)).is_success
+    await webhooks.wait_for(marker, "cancelled")
+
+
+async def test_a_row_whose_window_closes_while_it_waits_for_its_request_waits(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The window is checked once more when the request has its place among the account's
+    requests in flight and its connection, just before it is written: those waits, behind
+    other batches of the account, can pass the window's end. Here the window closes (for
+    this test's numbers) once the slice's first request has its place."""
+    tokyo = unique_numbers_in("+813", 8, 3)
+    placed = asyncio.Event()
+    real_place, real_opens_at = InFlightLimit.place, WindowClock.opens_at
+
+    async def place_then_close(self: InFlightLimit, stopping: asyncio.Event | None = None) -> int:
+        taken = await real_place(self, stopping)
+        placed.set()
+        return taken
+
+    def opens_at(self: WindowClock, number: str, now: float) -> float | None:
+        if number in tokyo and placed.is_set():
+            return now + 3600
+        return real_opens_at(self, number, now)
+
+    monkeypatch.setattr(InFlightLimit, "place", place_then_close)
     monkeypatch.setattr(WindowClock, "opens_at", opens_at)
     file_id, marker = await start_marked_batch(
         api, account, webhooks, tokyo, send_window=window_around_tokyo_now()
