@@ -336,17 +336,19 @@ async def test_a_wave_whose_receipts_have_not_come_reads_no_ledger_row(pool: asy
         assert _ledger_indexes(json.loads(plan)[0]["Plan"]) == [], plan
 
 
-async def test_the_receipt_applier_reads_the_ledger_only_by_sid(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        # Statistics of a queue full of receipts (the generic plan's, as at full rate).
+async def test_the_receipt_applier_reads_the_ledger_only_by_sid(own_pool: asyncpg.Pool) -> None:
+    # On a ledger of the test's own, its statistics a sent batch's: the session's ledger, small
+    # or not, has whatever statistics its last ANALYZE left.
+    await _sent_batch(own_pool, 5000)
+    async with own_pool.acquire() as conn, conn.transaction():
+        # A queue full of receipts, as at full rate.
         await conn.execute(
             "INSERT INTO receipt_queue (carrier_sid, status)"
             " SELECT 'SM' || md5(g::text), 'delivered' FROM generate_series(1, 5000) AS g"
         )
-        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        # Planned as the applier plans it: for each call (apply_queued).
+        await conn.execute(receipts.PLAN_EACH_CALL_IN_TRANSACTION)
         plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {receipts.CLAIM}", 1000)
-        # Not committed: the API's appliers never see these receipts.
-        await conn.execute("ROLLBACK AND CHAIN")
 
     # Whether the claimed receipts' messages are final: one read of the ledger, by all their
     # sids at once, never a read for each receipt (by its own sid, d.carrier_sid).
