@@ -1261,6 +1261,16 @@ async def test_a_batch_pauses_itself_once_its_window_of_errors_passes_the_rate(
     assert result.status == S.COMPLETED
 
 
+def throttled(reason: str, seen_at: datetime) -> AutoPaused:
+    """An account-wide throttling's pause, met at `seen_at`, as another batch passes it on."""
+    return AutoPaused(
+        code="carrier_throttled",
+        reason=reason,
+        resume_after_seconds=3600,
+        seen_at=seen_at.timestamp(),
+    )
+
+
 def paused_by(stubs: StubActivities) -> list[StatusUpdate]:
     """The batch's `paused` events."""
     return [u for u in stubs.inputs("record_status") if u.status == S.PAUSED]
@@ -1271,15 +1281,6 @@ async def auto_paused_before_and_after_a_resume(env: WorkflowEnvironment) -> Ran
     an operator, then told to pause by a throttling met before the resume, then by one met
     after it; resumed again."""
     stubs = StubActivities(recipients=4)
-
-    def throttled(reason: str, seen_at: datetime) -> AutoPaused:
-        return AutoPaused(
-            code="carrier_throttled",
-            reason=reason,
-            resume_after_seconds=3600,
-            seen_at=seen_at.timestamp(),
-        )
-
     async with stub_worker(env, stubs) as queue:
         handle = await start_batch(
             env,
@@ -1310,4 +1311,29 @@ async def test_an_auto_pause_met_before_the_last_resume_is_ignored(
     the resume pauses it."""
     stubs, _, result = await auto_paused_before_and_after_a_resume(time_skipping)
     assert [u.reason for u in paused_by(stubs)] == [None, "after the resume"]
+    assert result.status == S.COMPLETED
+
+
+async def test_an_auto_pause_queued_behind_a_resume_is_taken_as_met_before_it(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    """An operator's pause, its resume and a pause met before them come at once: the pause
+    still signals its chunk as the other two come, and they wait their turn, the resume
+    first; the pause met before it is ignored once its turn comes."""
+    stubs = StubActivities(recipients=4)
+    async with stub_worker(time_skipping, stubs) as queue:
+        handle = await start_batch(
+            time_skipping,
+            queue,
+            dispatch=DispatchSettings(chunk_size=10, slice_size=2),
+            timing=Timing(spread_seconds=600),
+        )
+        await stubs.wait_for(lambda: bool(stubs.calls.get("send_slice")))
+        met = await time_skipping.get_current_time()
+        await time_skipping.sleep(1)
+        await handle.signal(BatchWorkflow.pause)
+        await handle.signal(BatchWorkflow.resume)
+        await handle.signal(AUTO_PAUSE_SIGNAL, throttled("before the resume", met))
+        result = await result_of(handle)
+    assert [u.reason for u in paused_by(stubs)] == [None]
     assert result.status == S.COMPLETED

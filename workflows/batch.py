@@ -325,9 +325,11 @@ class BatchWorkflow:
         An account-wide failure pauses the account's other running batches too."""
         if not workflow.patched(AUTO_PAUSE_PATCH):
             return  # a signal an older release ignored, replayed
-        if 0 < paused.seen_at < self._resumed_at and workflow.patched(STALE_AUTO_PAUSE_PATCH):
-            return
         async with self._in_turn():
+            # In turn: a resume queued behind another handler comes first, and is seen.
+            stale = 0 < paused.seen_at < self._resumed_at
+            if stale and workflow.patched(STALE_AUTO_PAUSE_PATCH):
+                return
             if not await self._pause(paused):
                 return
         turn = self._pause_turn
