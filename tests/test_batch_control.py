@@ -267,7 +267,9 @@ async def test_a_batch_paused_before_it_sends_records_each_phase_it_reached_on_r
     """Paused while it waits for `schedule_at`, a batch goes on to `dispatching` and
     `in_progress` once it passes, its chunks paused: the resume records both, in order,
     `dispatching` with its counts, not only the last phase reached."""
-    at = datetime.now(UTC) + timedelta(seconds=2)
+    # Far enough ahead that the upload, the validation and the pause come first, on a loaded
+    # machine too.
+    at = datetime.now(UTC) + timedelta(seconds=8)
     file_id, marker = await start_marked_batch(
         api, account, webhooks, unique_numbers(3), schedule_at=at.isoformat()
     )
@@ -1002,9 +1004,9 @@ async def test_a_retry_that_loses_to_another_answers_at_once_and_leaves_the_batc
     file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
     await webhooks.wait_for(marker, *FINAL)
     await temporal.get_workflow_handle(batch_workflow_id(file_id)).result()
-    # The retry's run then takes a second to send its row: a status read as the retries are
-    # answered is that run's, not already its final one.
-    await carrier(latency_ms=1000)
+    # The retry's run then takes five seconds to send its row: a status read as the retries
+    # are answered is that run's, not already its final one, on a loaded machine too.
+    await carrier(latency_ms=5000)
     read, go_on = asyncio.Event(), asyncio.Event()
     read_batch = batch_service.batch_or_404
 

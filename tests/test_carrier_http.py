@@ -103,10 +103,12 @@ async def test_requests_reuse_one_keep_alive_connection(server_url: str) -> None
 async def test_a_connection_idle_too_long_is_replaced(
     server_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http1, "IDLE_SECONDS", 0.2)
+    # A second of idleness allowed: the event loop this test shares with the session's worker
+    # can stall for tenths of a second on a loaded machine.
+    monkeypatch.setattr(http1, "IDLE_SECONDS", 1.0)
     pool = Http1Pool(connections=1, timeout=5)
     peers = []
-    for pause in (0, 0.05, 0.4):
+    for pause in (0, 0.05, 1.5):
         await asyncio.sleep(pause)
         answer = await pool.request("POST", f"{server_url}/echo", headers={}, body=b"x")
         peers.append(json.loads(answer.body)["peer"])

@@ -509,14 +509,15 @@ async def test_only_sending_batches_hold_streams_and_the_batch_shown_takes_one(
         [left_out] = set(sending) - first
         row = batch_row(left_out)
         await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
-        # Its detail answers 4 s late; its progress events, about once a second, enabled its
-        # actions before it was read.
+        # Its detail answers once the test has looked (releaseDetail); its progress events,
+        # about once a second, enabled its actions before it was read.
         await run(
             lambda: driver.execute_script(
                 "window.realFetch = window.fetch;"
+                " window.detailHeld = new Promise((release) => {"
+                "   window.releaseDetail = release; });"
                 " window.fetch = (url, options) => String(url) === arguments[0]"
-                " ? new Promise((done) => setTimeout(done, 4000))"
-                "   .then(() => window.realFetch(url, options))"
+                " ? window.detailHeld.then(() => window.realFetch(url, options))"
                 " : window.realFetch(url, options);",
                 f"/v1/sms/batch/{left_out}",
             )
@@ -527,6 +528,7 @@ async def test_only_sending_batches_hold_streams_and_the_batch_shown_takes_one(
         before_read = await run(
             lambda: driver.find_element(By.ID, "cancel").get_attribute("disabled")
         )
+        await run(lambda: driver.execute_script("window.releaseDetail()"))
         await until(driver, lambda d: not d.find_element(By.ID, "cancel").get_attribute("disabled"))
         await run(lambda: driver.find_element(By.ID, "cancel").click())
         await until(driver, expected_conditions.alert_is_present())

@@ -22,7 +22,8 @@ def received_times(received: list[dict[str, Any]]) -> list[float]:
 async def test_a_scheduled_batch_waits_then_sends(
     api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, emulator_url: str
 ) -> None:
-    at = datetime.now(UTC) + timedelta(seconds=3)
+    # Far enough ahead that the upload and the validation come first, on a loaded machine too.
+    at = datetime.now(UTC) + timedelta(seconds=8)
 
     _, marker = await start_marked_batch(
         api, account, webhooks, unique_numbers(5), schedule_at=at.isoformat()

@@ -12,7 +12,7 @@ from settings import Settings
 from store.accounts import create_account, create_api_key
 from tests.support.batches import run_batch, stored_files
 from tests.support.builders import emulator_messages, unique_numbers
-from tests.support.delivery import ledger_rows, rate, received
+from tests.support.delivery import ledger_rows, no_faster_than, received
 from tests.support.sending import eventually, inbound_form, post_inbound, send
 from tests.support.stack import Account, WebhookReceiver, error_code
 
@@ -178,7 +178,7 @@ async def test_a_sender_id_is_paced_by_its_own_limit(
     assert events[-1]["status"] == "completed", events
     got = await received(emulator_url, marker)
     assert len(got) == 9
-    assert rate(got) <= mps * 1.05
+    assert no_faster_than(got, mps)
 
 
 async def test_the_mobivate_originator_may_be_a_sender_id(

@@ -386,13 +386,14 @@ async def warned_soon(
     api: httpx.AsyncClient, account: Account, user: str, emulator_url: str
 ) -> None:
     """A conversation with `user` opened by a message from the account's sender, received,
-    whose silence timer sends a warning 2 s later."""
+    whose silence timer sends a warning 5 s later (the test's API calls come first, on a
+    loaded machine too)."""
     await send_ok(
         api,
         account,
         user,
         agent_message="from A",
-        warning_time=2,
+        warning_time=5,
         warning_message="still there?",
         time_out=30,
     )

@@ -134,10 +134,11 @@ async def test_a_failing_receiver_never_holds_the_batch_back(
 ) -> None:
     run = secrets.token_hex(6)
     webhooks.answers[run] = [500] * 100
-    # One retry (each a durable timer, about a second on the dev server): the first event
-    # takes its whole schedule before the next one goes (each of which then gets one post).
+    # One retry, 3 s on (a durable timer; the 2-row batch ends well before, on a loaded
+    # machine too): the first event takes its whole schedule before the next one goes (each
+    # of which then gets one post).
     async with (
-        own_worker(temporal, settings, webhook_retry_schedule_seconds=[0.1]) as own,
+        own_worker(temporal, settings, webhook_retry_schedule_seconds=[3.0]) as own,
         api_client(own) as api,
     ):
         batch_id, _ = await start_marked_batch(

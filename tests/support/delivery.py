@@ -44,6 +44,15 @@ def rate(received: list[dict[str, Any]]) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
+def no_faster_than(received: list[dict[str, Any]], mps: float) -> bool:
+    """Whether the carrier received these no faster than `mps`: the span from the first to
+    the last at least their count's at that rate, less 0.1 s for the time each request takes
+    to arrive after its turn (a few messages' span is tenths of a second: a ratio of rates
+    left a loaded machine tens of milliseconds)."""
+    times = sorted(datetime.fromisoformat(m["received_at"]).timestamp() for m in received)
+    return times[-1] - times[0] >= (len(times) - 1) / mps - 0.1
+
+
 async def receipts_applied(pool: asyncpg.Pool, sids: list[str]) -> None:
     """Wait until the API's appliers have taken every queued receipt of `sids`."""
     async with asyncio.timeout(60):
