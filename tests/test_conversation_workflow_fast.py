@@ -2,6 +2,7 @@
 the time-skipping test server, with stub activities."""
 
 import asyncio
+import dataclasses
 import uuid
 
 import pytest
@@ -432,3 +433,48 @@ async def test_a_temporal_cancellation_during_a_send_lets_it_end_then_closes(
     assert len(attempts) == MESSAGE_ATTEMPTS
     assert [m.message_id for m in settled] == [failing]
     assert result.state == ConversationStatus.CLOSED
+
+
+async def late_reply_while_handing_over(
+    env: WorkflowEnvironment,
+) -> tuple[StubActivities, WorkflowHandle[ConversationWorkflow, ConversationResult], str, str]:
+    """Conversation 1's agent message, then a send opening conversation 2; while the run
+    closes conversation 1 (its end held), the user's reply to it comes, its signal late.
+    Timers of seconds: on the dev server (a hand-over cancels its event post in flight)."""
+    stubs = StubActivities(ends_held=True)
+    closing, following = str(uuid.uuid4()), str(uuid.uuid4())
+    timers = SilenceTimers(
+        warning_time=1, warning_message="Still there?", time_out=2, timeout_message="Bye."
+    )
+    async with stub_worker(env, stubs) as queue:
+        handle = await start_conversation(
+            env, queue, closing, queued=[agent_message(closing, timers=timers)]
+        )
+        await stubs.wait_for(lambda: len(stubs.inputs("send_conversation_message")) == 1)
+        opening = dataclasses.replace(agent_message(following, timers=timers), conversation_seq=2)
+        await handle.signal(ConversationWorkflow.message, opening)
+        await stubs.wait_for(lambda: bool(stubs.inputs("end_conversation")))
+        stubs.closed_conversations.add(closing)
+        await user_replies(handle, closing)
+        stubs.ends_released.set()
+        await result_of(handle)
+    return stubs, handle, closing, following
+
+
+async def test_a_late_reply_to_the_closing_conversation_does_not_reopen_it(
+    temporal: Client,
+) -> None:
+    """The run goes on as conversation 2, and the reply is told as conversation 1's: that
+    conversation began and ended once."""
+    env = WorkflowEnvironment.from_client(temporal)
+    stubs, handle, closing, following = await late_reply_while_handing_over(env)
+    result = await handle.result()
+    events: list[ConversationEvent] = stubs.inputs("post_conversation_event")
+    states = [(e.conversation_id, e.state) for e in events if e.state is not None]
+    assert states[:2] == [
+        (closing, ConversationStatus.ACTIVE),
+        (closing, ConversationStatus.CLOSED),
+    ]
+    assert [c for c, _ in states[2:]] == [following, following]
+    assert sum(e.conversation_id == closing and e.message_id is not None for e in events) == 2
+    assert (result.conversation_id, result.state) == (following, ConversationStatus.TIMEOUT)

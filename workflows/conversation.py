@@ -73,6 +73,11 @@ SILENCE_AFTER_AGENT_PATCH = "conversation-silence-after-agent-only"
 # minutes) was taken for one to an earlier message, and the user who had answered got the
 # warning.
 CLOCK_AT_SENT_PATCH = "conversation-clock-at-sent"
+# A run handing over goes on as the pair's next conversation, the oldest of those newer than
+# its own: a message of its own (or an older) conversation that came while it closed (a user's
+# reply recorded before the next conversation opened, its signal late) was the oldest queued,
+# and the next run began that closed conversation again, with `active` and `closed` events.
+HAND_OVER_TO_NEWER_PATCH = "conversation-hand-over-to-newer"
 # The outcomes of an agent message that never reached the carrier (`conversation_messages`).
 NEVER_SENT = frozenset({"queued", "failed", "skipped"})
 
@@ -392,7 +397,11 @@ class ConversationWorkflow:
             carried = await self._carry_events()
         else:
             await workflow.wait_condition(lambda: not self._events)
+        own = self._input.conversation_seq
         following = min(self._queue, key=lambda s: s.conversation_seq)
+        if following.conversation_seq <= own and workflow.patched(HAND_OVER_TO_NEWER_PATCH):
+            newer = [s for s in self._queue if s.conversation_seq > own]
+            following = min(newer, key=lambda s: s.conversation_seq)
         workflow.continue_as_new(
             ConversationInput(
                 conversation_id=following.conversation_id,

@@ -53,7 +53,10 @@ from tests.test_batch_workflow_fast import (
     retry_cancelled_before_reopening,
     retry_paused_and_resumed_while_reopening,
 )
-from tests.test_conversation_workflow_fast import run_with_a_failing_first_message
+from tests.test_conversation_workflow_fast import (
+    late_reply_while_handing_over,
+    run_with_a_failing_first_message,
+)
 from workflows.contracts import (
     batch_workflow_id,
     click_event_workflow_id,
@@ -1031,6 +1034,18 @@ async def test_conversation_settle_unsent(time_skipping: WorkflowEnvironment) ->
     # `settle_unsent.json` (a user's reply after, restarting the clock) is kept from before
     # `conversation-silence-after-agent-only`; the agent's next message follows here.
     await save_from_test_server(handle, "conversation", "settle_unsent_then_agent")
+
+
+async def test_hand_over_to_newer(temporal: Client) -> None:
+    """The marker `conversation-hand-over-to-newer`: a reply to the closing conversation,
+    come while the run closed it, does not become the next. Its first run, the one that
+    hands over; on the dev server with stub activities."""
+    stubs, handle, closing, _ = await late_reply_while_handing_over(
+        WorkflowEnvironment.from_client(temporal)
+    )
+    assert stubs.inputs("end_conversation")[0].conversation_id == closing
+    first = temporal.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id)
+    save(await first.fetch_history(), "conversation", "hand_over_to_newer")
 
 
 async def save_from_test_server(handle: WorkflowHandle[Any, Any], kind: str, name: str) -> None:

@@ -107,6 +107,9 @@ class StubActivities:
     held_messages: set[str] = field(default_factory=set)
     # Conversations the database has closed (the API opening the pair's next one).
     closed_conversations: set[str] = field(default_factory=set)
+    # While set, each end of a conversation waits for `ends_released`.
+    ends_held: bool = False
+    ends_released: asyncio.Event = field(default_factory=asyncio.Event)
     # While set, each conversation event's post waits for `events_released` (the receiver
     # not answering): the events stay undelivered.
     events_held: bool = False
@@ -300,6 +303,8 @@ class StubActivities:
     @activity.defn(name=ConversationActivities.end_conversation.__name__)
     async def end_conversation(self, input: EndConversationInput) -> None:
         await self._record(input)
+        if self.ends_held:
+            await self.ends_released.wait()
 
     @activity.defn(name=ConversationActivities.post_conversation_event.__name__)
     async def post_conversation_event(self, event: ConversationEvent) -> None:
