@@ -9,9 +9,10 @@ import pytest
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
+from tests.support.sending import eventually
 from tests.support.workflows import StubActivities, result_of, stub_worker
 from workflows.contracts import (
     CONVERSATION_WORKFLOW,
@@ -478,3 +479,45 @@ async def test_a_late_reply_to_the_closing_conversation_does_not_reopen_it(
     assert [c for c, _ in states[2:]] == [following, following]
     assert sum(e.conversation_id == closing and e.message_id is not None for e in events) == 2
     assert (result.conversation_id, result.state) == (following, ConversationStatus.TIMEOUT)
+
+
+async def reply_signalled_after_its_due(
+    env: WorkflowEnvironment,
+) -> tuple[StubActivities, WorkflowHandle[ConversationWorkflow, ConversationResult]]:
+    """An agent message; its warning's timer fires, and while the run checks the state (held)
+    the user's reply, recorded a second before, is signalled; then a Temporal cancellation."""
+    stubs = StubActivities(state_checks_held={2})
+    conversation_id = str(uuid.uuid4())
+    async with stub_worker(env, stubs) as queue:
+        handle = await start_conversation(env, queue, conversation_id)
+        await stubs.wait_for(lambda: len(stubs.inputs("send_conversation_message")) == 1)
+        # Past the warning (60 s), not the timeout (300 s); held at the state check.
+        skipping = asyncio.create_task(env.sleep(120))
+        await stubs.wait_for(lambda: len(stubs.inputs("conversation_state")) == 2)
+        due = (await env.get_current_time()).timestamp()
+        await user_replies(handle, conversation_id, received_at=due - 1)
+        await eventually(handle.fetch_history, lambda history: signalled(history, "message"))
+        stubs.release.set()
+        await skipping
+        await handle.cancel()
+        await result_of(handle)
+    return stubs, handle
+
+
+async def test_a_reply_recorded_before_the_warning_was_due_stops_it_though_its_signal_is_late(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    """The warning's timer fired between the user's reply being recorded and its signal: the
+    signal came while the run checked the conversation's state. No warning goes."""
+    stubs, handle = await reply_signalled_after_its_due(time_skipping)
+    result = await handle.result()
+    sent: list[SendMessageInput] = stubs.inputs("send_conversation_message")
+    assert [m.kind for m in sent] == ["message"]
+    assert result.state == ConversationStatus.CLOSED
+
+
+def signalled(history: WorkflowHistory, name: str) -> bool:
+    """Whether the run has been sent a signal `name`."""
+    return any(
+        e.workflow_execution_signaled_event_attributes.signal_name == name for e in history.events
+    )

@@ -78,6 +78,10 @@ CLOCK_AT_SENT_PATCH = "conversation-clock-at-sent"
 # reply recorded before the next conversation opened, its signal late) was the oldest queued,
 # and the next run began that closed conversation again, with `active` and `closed` events.
 HAND_OVER_TO_NEWER_PATCH = "conversation-hand-over-to-newer"
+# A user's message recorded before the warning or timeout came due, whose signal came while the
+# run checked the conversation's state (the timer fired between its record and its signal),
+# stops the silence: the user who had answered in time got the warning, or the timeout.
+REPLY_BEFORE_DUE_PATCH = "conversation-reply-before-due"
 # The outcomes of an agent message that never reached the carrier (`conversation_messages`).
 NEVER_SENT = frozenset({"queued", "failed", "skipped"})
 
@@ -269,6 +273,18 @@ class ConversationWorkflow:
         since = self._state.silent_since
         return since is not None and signal.received_at is not None and signal.received_at < since
 
+    def _replied_before(self, due: float) -> bool:
+        """Whether a user's message of this conversation recorded before `due` (and since the
+        silence began) is queued."""
+        return any(
+            s.sender != AGENT
+            and s.conversation_seq == self._input.conversation_seq
+            and s.received_at is not None
+            and s.received_at < due
+            and not self._answered_before_the_clock(s)
+            for s in self._queue
+        )
+
     def _stop_clock(self) -> None:
         """The user has spoken: no silence of theirs until the next agent message."""
         self._state.silent_since = None
@@ -308,6 +324,8 @@ class ConversationWorkflow:
                 # Closed without this run hearing of it: no warning or timeout to a user whose
                 # conversation is over; its end is told as it is.
                 self._ended(state)
+                return
+            if self._replied_before(at) and workflow.patched(REPLY_BEFORE_DUE_PATCH):
                 return
         if kind == "warning":
             self._state.warned = True

@@ -55,6 +55,7 @@ from tests.test_batch_workflow_fast import (
 )
 from tests.test_conversation_workflow_fast import (
     late_reply_while_handing_over,
+    reply_signalled_after_its_due,
     run_with_a_failing_first_message,
 )
 from workflows.contracts import (
@@ -1046,6 +1047,13 @@ async def test_hand_over_to_newer(temporal: Client) -> None:
     assert stubs.inputs("end_conversation")[0].conversation_id == closing
     first = temporal.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id)
     save(await first.fetch_history(), "conversation", "hand_over_to_newer")
+
+
+async def test_reply_before_due(time_skipping: WorkflowEnvironment) -> None:
+    """The marker `conversation-reply-before-due`: no warning after the late reply."""
+    stubs, handle = await reply_signalled_after_its_due(time_skipping)
+    assert [m.kind for m in stubs.inputs("send_conversation_message")] == ["message"]
+    await save_from_test_server(handle, "conversation", "reply_before_due")
 
 
 async def save_from_test_server(handle: WorkflowHandle[Any, Any], kind: str, name: str) -> None:

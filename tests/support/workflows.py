@@ -107,6 +107,8 @@ class StubActivities:
     held_messages: set[str] = field(default_factory=set)
     # Conversations the database has closed (the API opening the pair's next one).
     closed_conversations: set[str] = field(default_factory=set)
+    # The calls of `conversation_state` (1 for the first) that wait for `release`.
+    state_checks_held: set[int] = field(default_factory=set)
     # While set, each end of a conversation waits for `ends_released`.
     ends_held: bool = False
     ends_released: asyncio.Event = field(default_factory=asyncio.Event)
@@ -296,6 +298,8 @@ class StubActivities:
     @activity.defn(name=ConversationActivities.conversation_state.__name__)
     async def conversation_state(self, input: ConversationRef) -> ConversationStatus:
         await self._record(input)
+        if len(self.calls["conversation_state"]) in self.state_checks_held:
+            await self.release.wait()
         if input.conversation_id in self.closed_conversations:
             return ConversationStatus.CLOSED
         return ConversationStatus.ACTIVE
