@@ -19,6 +19,7 @@ from workflows.contracts import (
     AutoPause,
     AutoPaused,
     BatchInput,
+    BatchProgress,
     BatchResult,
     DispatchSettings,
     SendCounts,
@@ -1336,4 +1337,45 @@ async def test_an_auto_pause_queued_behind_a_resume_is_taken_as_met_before_it(
         await handle.signal(AUTO_PAUSE_SIGNAL, throttled("before the resume", met))
         result = await result_of(handle)
     assert [u.reason for u in paused_by(stubs)] == [None]
+    assert result.status == S.COMPLETED
+
+
+CREDENTIALS_REFUSED = AutoPaused(
+    code="carrier_authentication_failed", reason="the carrier refused the credentials"
+)
+
+
+async def throttled_then_refused(env: WorkflowEnvironment) -> tuple[Ran, BatchProgress]:
+    """A batch spread over ten minutes paused by a throttling for an hour's back-off, then
+    told of wrong credentials (another batch met them); two hours on, resumed by an operator.
+    Its progress after the two hours, too."""
+    stubs = StubActivities(recipients=4)
+    async with stub_worker(env, stubs) as queue:
+        handle = await start_batch(
+            env,
+            queue,
+            dispatch=DispatchSettings(chunk_size=10, slice_size=2),
+            timing=Timing(spread_seconds=600),
+        )
+        await stubs.wait_for(lambda: bool(stubs.calls.get("send_slice")))
+        now = await env.get_current_time()
+        await handle.signal(AUTO_PAUSE_SIGNAL, throttled("throttled", now))
+        await stubs.wait_for(lambda: len(paused_by(stubs)) == 1)
+        await handle.signal(AUTO_PAUSE_SIGNAL, CREDENTIALS_REFUSED)
+        await stubs.wait_for(lambda: len(paused_by(stubs)) == 2)
+        await env.sleep(7200)
+        after_the_back_off = await handle.query(BatchWorkflow.progress)
+        await handle.signal(BatchWorkflow.resume)
+        result = await result_of(handle)
+    return (stubs, handle, result), after_the_back_off
+
+
+async def test_a_pause_that_waits_for_an_operator_holds_a_batch_backing_off_a_throttling(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    """The batch records the second pause and stays paused past the hour, until an operator
+    resumes it."""
+    (stubs, _, result), after_the_back_off = await throttled_then_refused(time_skipping)
+    assert [u.code for u in paused_by(stubs)] == ["carrier_throttled", CREDENTIALS_REFUSED.code]
+    assert after_the_back_off.paused
     assert result.status == S.COMPLETED

@@ -202,6 +202,11 @@ PAUSE_SHIFTS_SPREAD_PATCH = "batch-pause-shifts-spread"
 # pause (or a chunk's) signalled before an operator resumed the batch, and delivered after,
 # paused it again, for a throttling back-off of an hour, with nothing wrong since.
 STALE_AUTO_PAUSE_PATCH = "batch-stale-auto-pause-ignored"
+# An auto-pause that waits for an operator (wrong credentials, a carrier out of reach) coming to
+# a batch paused by a throttling until its back-off ends holds it for good, with its `paused`
+# event, and pauses the account's other batches if account-wide: it was dropped (the batch
+# already paused), and the back-off resumed the batch into an account that needed an operator.
+SERIOUS_OVER_BACK_OFF_PATCH = "batch-serious-pause-over-back-off"
 CHUNK_ROUNDS = 5
 # A rate-limited sender's batch sends no faster for larger chunks, and its progress (the
 # `progress` query, progress events) moves as chunks end: its chunks hold at most this long
@@ -306,12 +311,7 @@ class BatchWorkflow:
     async def pause(self) -> None:
         async with self._in_turn():
             # A paused batch stays paused now until an operator resumes it, whatever paused it.
-            held_for_good = (
-                self._paused
-                and self._resume_by_itself_turn == self._pause_turn
-                and self._cancel_reason is None
-                and self._status not in FINAL_BATCH_STATUSES
-            )
+            held_for_good = self._backing_off()
             self._pause_turn += 1
             if await self._pause() or not held_for_good:
                 return
@@ -331,7 +331,20 @@ class BatchWorkflow:
             if stale and workflow.patched(STALE_AUTO_PAUSE_PATCH):
                 return
             if not await self._pause(paused):
-                return
+                if not (
+                    self._backing_off()
+                    and not paused.resume_after_seconds
+                    and workflow.patched(SERIOUS_OVER_BACK_OFF_PATCH)
+                ):
+                    return
+                # Its back-off ends here (the turn moves on): an operator resumes it.
+                self._pause_turn += 1
+                await self._report(
+                    BatchStatus.PAUSED,
+                    code=paused.code,
+                    reason=paused.reason,
+                    error_codes=paused.error_codes,
+                )
         turn = self._pause_turn
         # Before the account's other batches are paused: an operator's pause meanwhile holds
         # this one for good, with its event.
@@ -342,6 +355,15 @@ class BatchWorkflow:
             await self._pause_account(dataclasses.replace(paused, account_wide=False))
         if resumes and workflow.patched(THROTTLE_RESUME_PATCH):
             await self._resume_after(turn, paused.resume_after_seconds)
+
+    def _backing_off(self) -> bool:
+        """Whether the batch is paused until an auto-pause's back-off ends (nothing since)."""
+        return (
+            self._paused
+            and self._resume_by_itself_turn == self._pause_turn
+            and self._cancel_reason is None
+            and self._status not in FINAL_BATCH_STATUSES
+        )
 
     async def _resume_after(self, turn: int, seconds: float) -> None:
         """Resume after `seconds` (one durable timer), unless the batch was resumed, paused

@@ -52,6 +52,7 @@ from tests.test_batch_workflow_fast import (
     resumed_while_closing_expired,
     retry_cancelled_before_reopening,
     retry_paused_and_resumed_while_reopening,
+    throttled_then_refused,
 )
 from tests.test_conversation_workflow_fast import (
     late_reply_while_handing_over,
@@ -1047,6 +1048,13 @@ async def test_hand_over_to_newer(temporal: Client) -> None:
     assert stubs.inputs("end_conversation")[0].conversation_id == closing
     first = temporal.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id)
     save(await first.fetch_history(), "conversation", "hand_over_to_newer")
+
+
+async def test_refused_while_backing_off(time_skipping: WorkflowEnvironment) -> None:
+    """The marker `batch-serious-pause-over-back-off`: held past the back-off."""
+    (_, handle, _), after_the_back_off = await throttled_then_refused(time_skipping)
+    assert after_the_back_off.paused
+    await save_from_test_server(handle, "batch", "refused_while_backing_off")
 
 
 async def test_reply_before_due(time_skipping: WorkflowEnvironment) -> None:
