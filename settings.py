@@ -315,7 +315,8 @@ class Settings(BaseSettings):
         60.0,
         gt=0,
         description="How long batches paused for `carrier_throttled` stay paused before they"
-        " resume by themselves (at least the carrier's Retry-After).",
+        " resume by themselves (at least the carrier's Retry-After); twice as long for each"
+        " back-off in a row the throttling outlasts, up to an hour.",
     )
     unused_file_days: int = Field(
         30,

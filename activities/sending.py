@@ -342,6 +342,7 @@ class SendingActivities(WorkerResources):
                     waiting=len(waiting),
                     next_window=min(waiting.values(), default=0.0),
                     account_failure=outage,
+                    deferred_since=since,
                     resume_after=(
                         max(
                             min(retry_after, MAX_RETRY_AFTER_SECONDS),

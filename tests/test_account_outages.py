@@ -240,3 +240,26 @@ async def test_a_carrier_failing_every_request_leaves_only_its_requests_in_fligh
     assert {r["status"] for r in rows} == {"sent"}
     received = await emulator_messages(emulator_url, body_contains=marker)
     assert sorted(m["to"] for m in received) == sorted(numbers)
+
+
+async def test_a_throttling_that_outlasts_its_back_off_gets_one_twice_as_long(
+    temporal: Client,
+    settings: Settings,
+    account: Account,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+) -> None:
+    """The batch paused for 2 s resumes into a carrier that still throttles every request:
+    its next pause is for 4 s (each back-off the throttling outlasts, twice the last, up to
+    an hour), and it sends once the throttling lifts."""
+    [number] = unique_numbers(1)
+    await carrier(scripted={number: [429] * 1000})
+    async with short_window(temporal, settings, carrier_throttle_pause_seconds=2.0) as api:
+        _, marker = await start_marked_batch(api, account, webhooks, [number])
+        events = await webhooks.wait_for(marker, "paused", times=2)
+        await carrier(scripted={})
+        final = await webhooks.wait_for(marker, *FINAL)
+
+    reasons = [e["reason"] for e in events if e["status"] == "paused"]
+    assert [r.rsplit(" in ", 1)[1] for r in reasons] == ["2 s", "4 s"], reasons
+    assert final[-1]["status"] == "completed"

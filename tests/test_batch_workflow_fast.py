@@ -13,7 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 from tests.support.sending import eventually
 from tests.support.workflows import StubActivities, result_of, stub_worker
 from workflows.batch import BALANCED_CHUNKS_PATCH, RECONCILE_ROUNDS, BatchWorkflow
-from workflows.chunk import AUTO_PAUSE_SIGNAL, SPREAD_LEAD_SECONDS, ErrorWindow
+from workflows.chunk import AUTO_PAUSE_SIGNAL, SPREAD_LEAD_SECONDS, ErrorWindow, throttled_reason
 from workflows.contracts import (
     BATCH_WORKFLOW,
     AutoPause,
@@ -1378,4 +1378,56 @@ async def test_a_pause_that_waits_for_an_operator_holds_a_batch_backing_off_a_th
     (stubs, _, result), after_the_back_off = await throttled_then_refused(time_skipping)
     assert [u.code for u in paused_by(stubs)] == ["carrier_throttled", CREDENTIALS_REFUSED.code]
     assert after_the_back_off.paused
+    assert result.status == S.COMPLETED
+
+
+async def throttled_twice(env: WorkflowEnvironment) -> tuple[Ran, BatchProgress]:
+    """A batch spread over ten minutes paused by a throttling (a minute's back-off), resumed by
+    it, then paused again by a throttling that deferred every request since that resume; its
+    progress 90 s into the second back-off too."""
+    stubs = StubActivities(recipients=4)
+
+    async def throttled_since(deferred_since: float) -> None:
+        now = (await env.get_current_time()).timestamp()
+        await handle.signal(
+            AUTO_PAUSE_SIGNAL,
+            AutoPaused(
+                code="carrier_throttled",
+                reason=throttled_reason("20429", 60),
+                error_codes={"20429": 1},
+                resume_after_seconds=60,
+                seen_at=now,
+                deferred_since=deferred_since,
+            ),
+        )
+
+    async with stub_worker(env, stubs) as queue:
+        handle = await start_batch(
+            env,
+            queue,
+            dispatch=DispatchSettings(chunk_size=10, slice_size=2),
+            timing=Timing(spread_seconds=600),
+        )
+        await stubs.wait_for(lambda: bool(stubs.calls.get("send_slice")))
+        await throttled_since((await env.get_current_time()).timestamp() - 120)
+        await stubs.wait_for(lambda: len(paused_by(stubs)) == 1)
+        await env.sleep(61)
+        await eventually(lambda: handle.query(BatchWorkflow.progress), lambda p: not p.paused)
+        await throttled_since((await env.get_current_time()).timestamp())
+        await stubs.wait_for(lambda: len(paused_by(stubs)) == 2)
+        await env.sleep(90)
+        during = await handle.query(BatchWorkflow.progress)
+        result = await result_of(handle)
+    return (stubs, handle, result), during
+
+
+async def test_a_throttling_that_never_lifted_doubles_the_next_back_off(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    (stubs, _, result), during = await throttled_twice(time_skipping)
+    assert [u.reason for u in paused_by(stubs)] == [
+        throttled_reason("20429", 60),
+        throttled_reason("20429", 120),
+    ]
+    assert during.paused
     assert result.status == S.COMPLETED

@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.status_events import StatusEventActivities
     from activities.validation import ValidationActivities
     from workflows.cancellation import shielded
-    from workflows.chunk import AUTO_PAUSE_SIGNAL, ChunkWorkflow
+    from workflows.chunk import AUTO_PAUSE_SIGNAL, THROTTLED, ChunkWorkflow, throttled_reason
     from workflows.contracts import (
         ACCOUNT_ID,
         AGENT_NUMBER,
@@ -207,6 +207,15 @@ STALE_AUTO_PAUSE_PATCH = "batch-stale-auto-pause-ignored"
 # event, and pauses the account's other batches if account-wide: it was dropped (the batch
 # already paused), and the back-off resumed the batch into an account that needed an operator.
 SERIOUS_OVER_BACK_OFF_PATCH = "batch-serious-pause-over-back-off"
+# A throttling that has deferred every request since its last back-off resumed the batch gets
+# a back-off twice as long (at most MAX_BACK_OFF_SECONDS): one that never lifted paused and
+# resumed the batch every few minutes, each time some fifty events of its history, until the
+# run passed Temporal's limit of events (a day and a half of it) and was ended.
+BACK_OFF_GROWS_PATCH = "batch-back-off-grows"
+MAX_BACK_OFF_SECONDS = 3600.0
+# How soon after a back-off resumed the batch its slices' requests are deferred again for the
+# throttling to count as not lifted (the resume reaching the chunks, their slices starting).
+NOT_LIFTED_WITHIN_SECONDS = 60.0
 CHUNK_ROUNDS = 5
 # A rate-limited sender's batch sends no faster for larger chunks, and its progress (the
 # `progress` query, progress events) moves as chunks end: its chunks hold at most this long
@@ -236,6 +245,10 @@ class BatchWorkflow:
         # When the pause the batch is in began, and when it was last resumed (Unix time).
         self._paused_since = 0.0
         self._resumed_at = 0.0
+        # When a throttling's back-off last resumed it, and how many back-offs in a row the
+        # throttling has outlasted since (BACK_OFF_GROWS_PATCH).
+        self._backed_off_at = 0.0
+        self._back_offs_outlasted = 0
         # Counts pauses, operators' pauses of a paused batch and resumes: a back-off that
         # would resume the batch (THROTTLE_RESUME_PATCH) does so only if none came meanwhile.
         self._pause_turn = 0
@@ -292,6 +305,8 @@ class BatchWorkflow:
             self._paused = state.paused
             self._paused_since = state.paused_since
             self._resumed_at = state.resumed_at
+            self._backed_off_at = state.backed_off_at
+            self._back_offs_outlasted = state.back_offs_outlasted
             self._status = BatchStatus.PAUSED if state.paused else state.status
             self._chunks_done = state.chunks_done
             self._totals = SendCounts(sent=state.sent, failed=state.failed)
@@ -325,11 +340,15 @@ class BatchWorkflow:
         An account-wide failure pauses the account's other running batches too."""
         if not workflow.patched(AUTO_PAUSE_PATCH):
             return  # a signal an older release ignored, replayed
+        # As met: the account's other batches each give it their own back-off.
+        met = paused
         async with self._in_turn():
             # In turn: a resume queued behind another handler comes first, and is seen.
             stale = 0 < paused.seen_at < self._resumed_at
             if stale and workflow.patched(STALE_AUTO_PAUSE_PATCH):
                 return
+            if paused.resume_after_seconds and not self._paused:
+                paused = self._back_off(paused)
             if not await self._pause(paused):
                 if not (
                     self._backing_off()
@@ -352,9 +371,28 @@ class BatchWorkflow:
         if resumes:
             self._resume_by_itself_turn = turn
         if paused.account_wide:
-            await self._pause_account(dataclasses.replace(paused, account_wide=False))
+            await self._pause_account(dataclasses.replace(met, account_wide=False))
         if resumes and workflow.patched(THROTTLE_RESUME_PATCH):
             await self._resume_after(turn, paused.resume_after_seconds)
+
+    def _back_off(self, paused: AutoPaused) -> AutoPaused:
+        """A throttling's pause with its back-off: twice the last one's (BACK_OFF_GROWS_PATCH)
+        when the carrier has deferred every request since that back-off resumed the batch."""
+        not_lifted = (
+            self._backed_off_at > 0
+            and 0 < paused.deferred_since <= self._backed_off_at + NOT_LIFTED_WITHIN_SECONDS
+        )
+        if not (not_lifted and workflow.patched(BACK_OFF_GROWS_PATCH)):
+            self._back_offs_outlasted = 0
+            return paused
+        self._back_offs_outlasted += 1
+        delay = min(
+            paused.resume_after_seconds * 2**self._back_offs_outlasted, MAX_BACK_OFF_SECONDS
+        )
+        code = next(iter(paused.error_codes), THROTTLED)
+        return dataclasses.replace(
+            paused, resume_after_seconds=delay, reason=throttled_reason(code, delay)
+        )
 
     def _backing_off(self) -> bool:
         """Whether the batch is paused until an auto-pause's back-off ends (nothing since)."""
@@ -374,6 +412,7 @@ class BatchWorkflow:
                 timeout=timedelta(seconds=seconds),
             )
         if self._pause_turn == turn and self._cancel_reason is None:
+            self._backed_off_at = workflow.now().timestamp()
             await self.resume()
 
     async def _pause(self, why: AutoPaused | None = None) -> bool:
@@ -528,6 +567,8 @@ class BatchWorkflow:
             continuing.paused = self._paused
             continuing.paused_since = self._paused_since
             continuing.resumed_at = self._resumed_at
+            continuing.backed_off_at = self._backed_off_at
+            continuing.back_offs_outlasted = self._back_offs_outlasted
             continuing.chunks_done = self._chunks_done
             continuing.sent, continuing.failed = self._totals.sent, self._totals.failed
             continuing.cancel_reason = self._cancel_reason

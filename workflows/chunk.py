@@ -237,7 +237,9 @@ class ChunkWorkflow:
                 if counts.account_failure is not None and workflow.patched(AUTO_PAUSE_PATCH):
                     # The slice stopped at the failure: it runs again on resume.
                     await self._pause_batch(
-                        _account_failure(counts.account_failure, counts.resume_after)
+                        _account_failure(
+                            counts.account_failure, counts.resume_after, counts.deferred_since
+                        )
                     )
                     continue
                 auto_pause = input.auto_pause
@@ -338,7 +340,18 @@ class ChunkWorkflow:
             send.cancel()
 
 
-def _account_failure(code: str, resume_after: float = 0.0) -> AutoPaused:
+def throttled_reason(code: str, resume_after: float) -> str:
+    """A throttling pause's reason, saying when the batches resume."""
+    return (
+        f"the carrier throttled every request of the account ({code}) for longer than"
+        " the retry window: every batch of the account is paused, and resumes by"
+        f" itself in {resume_after:g} s"
+    )
+
+
+def _account_failure(
+    code: str, resume_after: float = 0.0, deferred_since: float = 0.0
+) -> AutoPaused:
     """Why every running batch of the account pauses: wrong credentials (20003), a throttling
     (resume_after > 0: the batches resume by themselves) or a carrier out of reach that
     outlasted the retry window."""
@@ -355,14 +368,11 @@ def _account_failure(code: str, resume_after: float = 0.0) -> AutoPaused:
     if resume_after > 0:
         return AutoPaused(
             code=THROTTLED,
-            reason=(
-                f"the carrier throttled every request of the account ({code}) for longer than"
-                " the retry window: every batch of the account is paused, and resumes by"
-                f" itself in {resume_after:g} s"
-            ),
+            reason=throttled_reason(code, resume_after),
             error_codes={code: 1},
             account_wide=True,
             resume_after_seconds=resume_after,
+            deferred_since=deferred_since,
         )
     return AutoPaused(
         code=UNREACHABLE,

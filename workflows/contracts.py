@@ -166,6 +166,10 @@ class DispatchState:
     paused_since: float = 0.0
     # When the batch was last resumed (Unix time): an auto-pause met before it is stale.
     resumed_at: float = 0.0
+    # When a throttling's back-off last resumed it, and how many back-offs in a row the
+    # carrier's throttling has outlasted since (the next one is twice as long).
+    backed_off_at: float = 0.0
+    back_offs_outlasted: int = 0
     pace: Pace = field(default_factory=Pace)
     # What the `progress` query has counted so far.
     chunks_done: int = 0
@@ -205,7 +209,8 @@ class AutoPaused:
     running batches too. `resume_after_seconds`: the batch resumes by itself that long after
     the pause (0: it waits for an operator). `seen_at`: when the failure was met (workflow
     time of the run that met it; 0 from an earlier release): a batch resumed since then
-    ignores it."""
+    ignores it. `deferred_since`: for a throttling, since when every request of the slice was
+    deferred (0: not known)."""
 
     code: str
     reason: str
@@ -213,6 +218,7 @@ class AutoPaused:
     account_wide: bool = False
     resume_after_seconds: float = 0.0
     seen_at: float = 0.0
+    deferred_since: float = 0.0
 
 
 @dataclass(kw_only=True)
@@ -384,6 +390,9 @@ class SendCounts:
     # For a throttling: seconds the account's batches stay paused before they resume by
     # themselves (0: until an operator resumes them).
     resume_after: float = 0.0
+    # For a throttling or an outage: since when every request of the slice was deferred
+    # (Unix time).
+    deferred_since: float = 0.0
 
 
 @dataclass(kw_only=True)

@@ -53,6 +53,7 @@ from tests.test_batch_workflow_fast import (
     retry_cancelled_before_reopening,
     retry_paused_and_resumed_while_reopening,
     throttled_then_refused,
+    throttled_twice,
 )
 from tests.test_conversation_workflow_fast import (
     late_reply_while_handing_over,
@@ -1055,6 +1056,13 @@ async def test_refused_while_backing_off(time_skipping: WorkflowEnvironment) -> 
     (_, handle, _), after_the_back_off = await throttled_then_refused(time_skipping)
     assert after_the_back_off.paused
     await save_from_test_server(handle, "batch", "refused_while_backing_off")
+
+
+async def test_back_off_grows(time_skipping: WorkflowEnvironment) -> None:
+    """The marker `batch-back-off-grows`: the second back-off twice the first."""
+    (_, handle, _), during = await throttled_twice(time_skipping)
+    assert during.paused
+    await save_from_test_server(handle, "batch", "back_off_grows")
 
 
 async def test_reply_before_due(time_skipping: WorkflowEnvironment) -> None:
