@@ -3,6 +3,7 @@
 import base64
 import binascii
 import hmac
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Annotated
@@ -14,12 +15,14 @@ from twilio.request_validator import RequestValidator
 from api.deps import AppSettings, Pool
 from api.errors import HeraldError, InvalidRequest
 from api.input_checks import require_storable_fields
+from api.models import ACCOUNT_SID_PATTERN
 from api.seeded_hmac import SeededHmac
 from api.services.carrier_account import signing_tokens
 
 URLENCODED = "application/x-www-form-urlencoded"
 # Starlette's own limit for a form.
 MAX_FIELDS = 1000
+ACCOUNT_SID = re.compile(ACCOUNT_SID_PATTERN)
 
 
 class InvalidSignature(HeraldError):
@@ -176,7 +179,10 @@ async def verified(
         url, params, signature
     ):
         return CarrierForm(params=params)
+    # Only a SID's form is looked up: a flood of posts naming anything else reads no database.
     account_sid = params.get("AccountSid")
+    if account_sid is not None and not ACCOUNT_SID.match(account_sid):
+        account_sid = None
     signers = frozenset(
         account_id
         for account_id, token in (

@@ -69,6 +69,8 @@ Channel = Annotated[
 
 # The one batch the schema's examples show.
 BATCH_ID = "0b6f3c1e-5d0a-4c47-9a51-2f1c8e7d9b10"
+# A Twilio account's (or subaccount's) SID.
+ACCOUNT_SID_PATTERN = r"^AC[0-9a-fA-F]{32}$"
 WORKFLOW_ID = f"sms-batch-{BATCH_ID}"
 BATCH_SUMMARY: dict[str, Any] = {
     "batch_id": BATCH_ID,
@@ -974,7 +976,7 @@ class CarrierAccountRequest(RequestBody):
 
     model_config = example({"account_sid": "AC" + "0" * 32, "auth_token": "your-auth-token"})
 
-    account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$", examples=["AC" + "0" * 32])
+    account_sid: str = Field(pattern=ACCOUNT_SID_PATTERN, examples=["AC" + "0" * 32])
     auth_token: SecretStr = Field(min_length=1, max_length=200)
 
     @field_validator("auth_token")

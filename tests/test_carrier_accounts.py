@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
+import pytest
 from twilio.request_validator import RequestValidator
 
+from api import carrier_signature
 from settings import INBOUND_PATH, Settings
 from store import conversation_messages, numbers, opt_outs, receipts
 from store.accounts import create_account, create_api_key
@@ -408,3 +410,26 @@ async def test_a_receipt_whose_subaccount_tokens_cannot_be_read_is_answered_503(
     ]
 
     assert [(a.status_code, error_code(a)) for a in answers] == [(503, "RECEIPT_NOT_QUEUED")] * 2
+
+
+async def test_a_callback_naming_no_account_sid_form_reads_no_signing_tokens(
+    api: httpx.AsyncClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only an `AccountSid` of a SID's form (AC and 32 hex digits) has its subaccount's tokens
+    read: a flood of unsigned posts naming anything else reads no database."""
+    looked_up: list[str] = []
+    real = carrier_signature.signing_tokens
+
+    async def counted(pool: asyncpg.Pool, account_sid: str, **kwargs: bool) -> object:
+        looked_up.append(account_sid)
+        return await real(pool, account_sid, **kwargs)
+
+    monkeypatch.setattr(carrier_signature, "signing_tokens", counted)
+    answers = []
+    for account_sid in ("AC" + "x" * 32, "junk", "AC" + "5" * 31, "AC" + "0" * 32):
+        form = {"AccountSid": account_sid, "MessageSid": "SM" + "1" * 32, "MessageStatus": "sent"}
+        answers.append(await signed_receipt(api, settings, form, "not-the-token"))
+
+    assert [a.status_code for a in answers] == [403] * 4
+    assert {error_code(a) for a in answers} == {"INVALID_SIGNATURE"}
+    assert looked_up == ["AC" + "0" * 32]

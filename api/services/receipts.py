@@ -36,7 +36,8 @@ RETRY_SECONDS = 1.0
 APPLY_PAUSE_SECONDS = 0.2
 # How long resetting the intake's connection may take before it is ended instead.
 RESET_SECONDS = 5.0
-# What a failed intake statement raises. The carrier is answered 503, never 2xx, so it posts again.
+# What a failed intake statement raises. The carrier is answered 503, never 2xx: one that
+# retries a failed callback posts it again (docs/DELIVERY.md: Twilio documents no such retry).
 DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
@@ -187,8 +188,8 @@ async def take_receipt(
 @contextlib.contextmanager
 def stored_or_retried() -> Iterator[None]:
     """A callback's database failure (reading the signing tokens of a subaccount's signature,
-    storing its receipt) answered 503 RECEIPT_NOT_QUEUED, never a 2xx or a 500: the carrier
-    posts it again."""
+    storing its receipt) answered 503 RECEIPT_NOT_QUEUED, never a 2xx or a 500: nothing is
+    taken for a receipt that was not stored."""
     try:
         yield
     except DATABASE_ERRORS as error:
@@ -240,7 +241,7 @@ def is_final(receipt: Receipt) -> bool:
 
 
 def not_queued(error: BaseException) -> ReceiptNotQueued:
-    """The answer to a callback whose receipt's statement failed with `error`: 503, never a 2xx,
-    so the carrier posts it again."""
+    """The answer to a callback whose receipt's statement failed with `error`: 503, never a 2xx
+    (the receipt was not stored)."""
     log.warning("receipt not queued", error=repr(error))
     return ReceiptNotQueued("The receipt could not be stored; post it again (the carrier retries)")
