@@ -198,9 +198,12 @@ def send(
             if dry_run:
                 _dry_run(started, as_json)
                 return EXIT_OK if started["code"] is None else EXIT_FAILED
-            if as_json and not follow:
+            if as_json and follow:
+                # First, so that the batch's id is in hand if following it fails.
+                show_json({"event": "started", "data": started})
+            elif as_json:
                 show_json(started)
-            elif not as_json:
+            else:
                 say(f"batch [bold]{escape(started['batch_id'])}[/] started")
             return _follow(api, started["batch_id"], as_json) if follow else EXIT_OK
 

@@ -70,6 +70,9 @@ async def test_a_partial_batch_exits_1_and_json_gives_each_event_then_the_summar
 
     assert sent.code == 1, sent.stderr
     lines = sent.json_lines()
+    # The batch's id first, in hand should following it fail.
+    assert lines[0]["event"] == "started"
+    assert lines[0]["data"]["batch_id"] == lines[-1]["data"]["batch_id"]
     statuses = [line["data"]["status"] for line in lines if line["event"] == "status"]
     assert statuses[0] == "validating" and statuses[-1] == "completed_partial"
     assert lines[-1]["event"] == "summary"
