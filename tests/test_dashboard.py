@@ -610,3 +610,33 @@ async def test_a_second_tab_works_while_the_first_follows_running_batches(
     for batch_id in sending:
         await api.post(f"/v1/sms/batch/{batch_id}/cancel", headers=account.headers)
     assert held == [["hidden", 0], ["visible", 2]]
+
+
+async def test_a_batch_that_ended_with_no_stream_to_say_so_shows_no_progress_it_had_before(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, settings: Settings
+) -> None:
+    # Its stream closed mid-way (the tab out of sight), the batch ended: the list's refresh
+    # showed it `completed` at the progress of its last event seen, for as long as it was
+    # listed.
+    batch_id, _ = await start_marked_batch(api, account, webhooks, unique_numbers(4))
+    await wait_for_status(api, account, batch_id, *FINAL)
+    row = batch_row(batch_id)
+    async with served_api(settings) as served, chromium() as driver:
+        await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
+        await until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, row))
+        # The last event its stream gave before it closed: one of four sent.
+        await run(
+            lambda: driver.execute_script(
+                "onBatchEvent(arguments[0], 'progress', {status: 'in_progress', paused: false,"
+                " sent: 1, failed: 0, recipients: 4});",
+                batch_id,
+            )
+        )
+        mid_way = await run(lambda: driver.find_element(By.CSS_SELECTOR, row).text)
+        await run(lambda: driver.execute_script("return loadBatches()"))
+        refreshed = await run(lambda: driver.find_element(By.CSS_SELECTOR, row).text)
+        bar = await run(bar_value, driver, f"{row} progress")
+
+    assert "1 sent, 0 failed of 4" in mid_way
+    assert "completed" in refreshed and "1 sent" not in refreshed, refreshed
+    assert bar == "1"

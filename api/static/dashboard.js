@@ -229,6 +229,11 @@ async function loadBatches() {
   for (const [at, batch] of data.batches.entries()) {
     seen.add(batch.batch_id);
     state.batches.set(batch.batch_id, { ...(state.batches.get(batch.batch_id) || {}), ...batch });
+    // Ended with no stream to say so (the tab out of sight, its stream given to another): the
+    // progress its last event told is not where it ended.
+    if (FINAL.has(batch.status) && !state.progress.get(batch.batch_id)?.final) {
+      state.progress.delete(batch.batch_id);
+    }
     // In the list's order, newest first. A row moves only when it is out of its place: a
     // row moved loses the keyboard's focus.
     const row = renderRow(state.batches.get(batch.batch_id), true);
@@ -350,6 +355,7 @@ function onBatchEvent(batchId, event, data) {
         failed: data.messages_failed,
         done: data.messages_total - waiting,
         total: data.messages_total,
+        final: true,
       });
     }
   }
