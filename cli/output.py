@@ -98,7 +98,9 @@ class BatchProgress:
         self.status = "queued"
         self.total = 0
         self.sent = self.failed = self.skipped = 0
-        self._started = time.monotonic()
+        # When the batch's counts were first read, and its sent count then: a batch followed
+        # mid-way had sent before this command began, which is no part of its rate now.
+        self._first: tuple[float, int] | None = None
         self._last_line = ""
         self._bar: Progress | None = None
         self._task: TaskID | None = None
@@ -127,14 +129,20 @@ class BatchProgress:
         if self._bar is not None:
             self._bar.stop()
 
+    def rate(self) -> float:
+        """Messages sent a second since the batch's counts were first read."""
+        if self._first is None:
+            return 0.0
+        at, sent = self._first
+        return (self.sent - sent) / max(time.monotonic() - at, 1e-6)
+
     def _fields(self) -> dict[str, Any]:
-        elapsed = max(time.monotonic() - self._started, 1e-6)
         return {
             "status": self.status,
             "sent": self.sent,
             "failed": self.failed,
             "skipped": self.skipped,
-            "rate": f"{self.sent / elapsed:.1f}",
+            "rate": f"{self.rate():.1f}",
         }
 
     def show(self, batch: Mapping[str, Any], status: str) -> None:
@@ -160,6 +168,8 @@ class BatchProgress:
         self.status = status or self.status
         self.total = self.total if total is None else total
         self.sent = self.sent if sent is None else sent
+        if sent is not None and self._first is None:
+            self._first = (time.monotonic(), sent)
         self.failed = self.failed if failed is None else failed
         self.skipped = self.skipped if skipped is None else skipped
         done = self.sent + self.failed + self.skipped

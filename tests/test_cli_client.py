@@ -104,6 +104,20 @@ def test_a_message_the_carrier_could_not_deliver_counts_as_failed_as_in_the_fina
     assert (progress.sent, progress.failed) == (2, 3)
 
 
+def test_the_rate_counts_only_what_was_sent_since_the_batch_was_first_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch followed mid-way (`herald follow`, a retry) had sent 100,000 before: 500 more
+    in 10 s is 50 a second, not 10,050."""
+    clock = iter([1000.0, 1010.0])
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    progress = BatchProgress(BATCH_ID, quiet=True)
+    progress.update(status="in_progress", total=200_000, sent=100_000)
+    progress.update(sent=100_500)
+
+    assert progress.rate() == 50
+
+
 async def test_a_dev_json_or_an_api_address_it_cannot_use_is_one_line_and_exit_3(
     tmp_path: Path,
 ) -> None:
