@@ -27,6 +27,12 @@ STREAM_TIMEOUT = httpx.Timeout(30.0, read=120.0)
 # this far apart, before the command fails.
 RECONNECTS = 5
 RECONNECT_SECONDS = 1.0
+# What a proxy before the API answers while the API restarts: the stream is tried again.
+RESTARTING = frozenset({502, 503, 504})
+
+
+class _Restarting(Exception):
+    """The stream's request was answered as while the API restarts (RESTARTING)."""
 
 
 class CliError(Exception):
@@ -175,8 +181,9 @@ class Herald:
     def events(self, batch_id: str, after: int = 0) -> Iterator[Event]:
         """The batch's event stream, from the event after `after`, until it ends after the
         final event; a dropped connection is opened again after the last event seen
-        (`Last-Event-ID`), one that cannot be made (the API restarting) is tried again up to
-        `RECONNECTS` times in a row."""
+        (`Last-Event-ID`), one that cannot be made (the API restarting, or a proxy before it
+        answering 502, 503 or 504 meanwhile) is tried again up to `RECONNECTS` times in a
+        row."""
         last, failures = after, 0
         while True:
             headers = {"last-event-id": str(last)}
@@ -185,6 +192,8 @@ class Herald:
                 with self._http.stream(
                     "GET", path, headers=headers, timeout=STREAM_TIMEOUT
                 ) as response:
+                    if response.status_code in RESTARTING:
+                        raise _Restarting(f"the API answered {response.status_code}")
                     if response.is_error:
                         response.read()
                         _raise_for_error(response)
@@ -194,7 +203,12 @@ class Herald:
                             last = event.id
                         yield event
                     return
-            except (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError) as error:
+            except (
+                httpx.NetworkError,
+                httpx.TimeoutException,
+                httpx.RemoteProtocolError,
+                _Restarting,
+            ) as error:
                 failures += 1
                 if failures > RECONNECTS:
                     raise CliError(

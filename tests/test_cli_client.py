@@ -188,6 +188,30 @@ async def test_a_usage_error_exits_2_before_anything_is_sent(tmp_path: Path) -> 
     assert "No such option" in unknown.stderr
 
 
+async def test_an_event_stream_a_proxy_answers_503_for_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A proxy before the API answers 502, 503 or 504 while the API restarts: the stream is
+    opened again, as when its connection cannot be made."""
+    monkeypatch.setattr(client, "RECONNECT_SECONDS", 0.01)
+    answers = [502, 503, 504]
+
+    async def events(request: web.Request) -> web.Response:
+        if answers:
+            return web.Response(status=answers.pop(0), text="<html>Bad gateway</html>")
+        done = json.dumps({"status": "completed"})
+        body = f"id: 3\nevent: status\ndata: {done}\n\n"
+        return web.Response(text=body, content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_get(f"/v1/sms/batch/{BATCH_ID}/events", events)
+    async with served(app) as url:
+        with Herald(Config(api_url=url, key="key")) as api:
+            got = await asyncio.to_thread(lambda: list(api.events(BATCH_ID)))
+
+    assert [(e.name, e.data, e.id) for e in got] == [("status", {"status": "completed"}, 3)]
+
+
 @asynccontextmanager
 async def a_stream_that_ends_early(batch_id: str) -> AsyncIterator[str]:
     """An API whose batch `batch_id` is `queued` and whose event stream of it ends at once,
