@@ -640,3 +640,27 @@ async def test_a_batch_that_ended_with_no_stream_to_say_so_shows_no_progress_it_
     assert "1 sent, 0 failed of 4" in mid_way
     assert "completed" in refreshed and "1 sent" not in refreshed, refreshed
     assert bar == "1"
+
+
+async def test_where_a_batchs_events_end_is_read_for_a_few_seconds_at_most(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, settings: Settings
+) -> None:
+    # Read before a retry, for the stream of its new run: a batch retried meanwhile (from
+    # another tab) streams on, and the read held every action (Cancel too) until its run
+    # ended. Here a batch waiting for its time an hour away, whose stream stays open.
+    batch_id = await waiting_batch(api, account, webhooks, unique_numbers(1))
+    async with served_api(settings) as served, chromium() as driver:
+        await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
+        await until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, batch_row(batch_id)))
+        await run(driver.set_script_timeout, 20)
+        took = await run(
+            lambda: driver.execute_async_script(
+                "const done = arguments[arguments.length - 1]; const began = Date.now();"
+                " lastEventOf(arguments[0]).then(() => done(Date.now() - began),"
+                " (error) => done(String(error)));",
+                batch_id,
+            )
+        )
+    await api.post(f"/v1/sms/batch/{batch_id}/cancel", headers=account.headers)
+
+    assert isinstance(took, int) and 4000 <= took < 15000, took

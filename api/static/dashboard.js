@@ -14,6 +14,7 @@ const SENDING = new Set(["validating", "dispatching", "in_progress", "in_progres
 const MAX_STREAMS = 2;
 const LIST_REFRESH_MS = 5000;
 const DETAIL_REFRESH_MS = 2000;
+const LAST_EVENT_MS = 5000;
 const PAGE = 50;
 const ACTIONS = ["pause", "resume", "cancel", "retry"];
 
@@ -526,16 +527,26 @@ async function control(action) {
 }
 
 // Where a finished batch's events end, kept for the stream of its retry: a finished batch's
-// stream gives every event it has and ends.
+// stream gives every event it has and ends. One retried meanwhile (from another tab, the CLI)
+// streams on with its new run: read for at most LAST_EVENT_MS, the actions held meanwhile.
 async function lastEventOf(batchId) {
-  const response = await fetch(`/v1/sms/batch/${encodeURIComponent(batchId)}/events`, {
-    headers: { ...authHeaders(), accept: "text/event-stream" },
-    cache: "no-store",
-  });
-  if (!response.ok) return;
-  await readEvents(response.body, (event, data, id) => {
-    if (id !== null) state.eventIds.set(batchId, id);
-  });
+  const reading = new AbortController();
+  const timer = setTimeout(() => reading.abort(), LAST_EVENT_MS);
+  try {
+    const response = await fetch(`/v1/sms/batch/${encodeURIComponent(batchId)}/events`, {
+      headers: { ...authHeaders(), accept: "text/event-stream" },
+      cache: "no-store",
+      signal: reading.signal,
+    });
+    if (!response.ok) return;
+    await readEvents(response.body, (event, data, id) => {
+      if (id !== null) state.eventIds.set(batchId, id);
+    });
+  } catch (error) {
+    if (!reading.signal.aborted) throw error;
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 // --- dry run ---------------------------------------------------------------------------
