@@ -131,7 +131,8 @@ def _watch(api: Herald, batch_id: str, as_json: bool, progress: BatchProgress) -
         if reopens == REOPENS:
             raise CliError(
                 f"the event stream of batch {batch_id} ended while it is still"
-                f" {batch['status']}: `herald follow {batch_id}` follows it again"
+                f" {batch['status']}: `herald follow {batch_id}` follows it again (a run"
+                f" terminated through Temporal ends so: `herald retry {batch_id}` runs it again)"
             )
         reopens += 1
         time.sleep(REOPEN_SECONDS)

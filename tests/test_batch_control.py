@@ -1040,3 +1040,30 @@ async def test_a_retry_that_loses_to_another_answers_at_once_and_leaves_the_batc
     assert (lost.status_code, error_code(lost)) == (409, "BATCH_NOT_FINISHED"), lost.text
     assert status not in FINAL
     assert (events[-1]["status"], events[-1]["messages_successful"]) == ("completed", 3)
+
+
+async def test_the_event_stream_of_a_batch_whose_run_was_terminated_ends(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    carrier: Configure,
+    temporal: Client,
+) -> None:
+    """Terminated through Temporal, the run records no final event: the batch stays
+    `in_progress`. Its stream ends (a retry runs it again) rather than sending the closed
+    run's last progress each second for good, which kept `herald follow` and a dashboard's
+    stream open forever."""
+    await carrier(latency_ms=300)
+    file_id, marker = await start_marked_batch(api, account, webhooks, unique_numbers(300))
+    await wait_until_received(emulator_url, marker, 20)
+    await temporal.get_workflow_handle(batch_workflow_id(file_id)).terminate("by hand")
+    await carrier(latency_ms=0)
+
+    async with asyncio.timeout(30):
+        streamed = await api.get(f"/v1/sms/batch/{file_id}/events", headers=account.headers)
+    batch = (await api.get(f"/v1/sms/batch/{file_id}", headers=account.headers)).json()
+
+    assert streamed.status_code == 200
+    assert "event: status" in streamed.text
+    assert batch["data"]["status"] in ("in_progress", "in_progress_chunked")

@@ -242,7 +242,8 @@ async def test_follow_gives_up_on_a_stream_that_keeps_ending_before_the_batch_do
 
     assert str(raised.value) == (
         f"the event stream of batch {batch_id} ended while it is still queued:"
-        f" `herald follow {batch_id}` follows it again"
+        f" `herald follow {batch_id}` follows it again (a run terminated through Temporal"
+        f" ends so: `herald retry {batch_id}` runs it again)"
     )
 
 

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.client import Client, WorkflowQueryFailedError, WorkflowQueryRejectedError
+from temporalio.common import QueryRejectCondition
 from temporalio.service import RPCError
 
 from api.services.batches import batch_or_404
@@ -22,6 +23,10 @@ SSE_POLL_SECONDS = 1.0
 # queries, no worker running, or not started) sends a comment this often, so that a client's
 # read timeout does not take it for a dead connection.
 KEEP_ALIVE_SECONDS = 15.0
+# Polls in a row that find the batch's newest run closed while the batch has not ended before
+# its stream ends: two, a second apart, so that a retry's run about to start is not taken for
+# one that ended.
+CLOSED_POLLS = 2
 
 
 async def stream_events(
@@ -33,7 +38,8 @@ async def stream_events(
 ) -> AsyncIterator[str]:
     """Server-sent events: each lifecycle event as it is recorded, `progress` about once a
     second while the batch runs, and the end of the stream after its final event (the newest
-    run's, for a batch retried), or once the key that opened it is revoked."""
+    run's, for a batch retried), once the key that opened it is revoked, or once its run has
+    closed with no final event (terminated through Temporal: a retry runs it again)."""
     account_id = key.account_id
     batch = await batch_or_404(pool, account_id, batch_id)
     handle = temporal.get_workflow_handle(batch["workflow_id"])
@@ -41,6 +47,7 @@ async def stream_events(
     async def stream() -> AsyncIterator[str]:
         last = after_seq
         said = time.monotonic()
+        closed = 0
         while True:
             recorded = await events.list_events(pool, account_id, batch["id"], after_seq=last)
             for event in recorded:
@@ -58,7 +65,20 @@ async def stream_events(
             if not await accounts.key_is_active(pool, key.key_id):
                 return
             try:
-                progress = await handle.query("progress", result_type=BatchProgress)
+                # Not answered by a run that has closed: a terminated run's last state, asked
+                # again each second, was progress that never moved, for good.
+                progress = await handle.query(
+                    "progress",
+                    result_type=BatchProgress,
+                    reject_condition=QueryRejectCondition.NOT_OPEN,
+                )
+                closed = 0
+            except WorkflowQueryRejectedError:
+                # A run that ended recorded its final event first: the next poll sends it.
+                closed += 1
+                if closed >= CLOSED_POLLS:
+                    return
+                progress = None
             except (RPCError, WorkflowQueryFailedError, RuntimeError):
                 progress = None
             if progress is not None:
