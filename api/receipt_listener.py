@@ -53,6 +53,13 @@ NO_CONTENT_CLOSE = b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
 MAX_OWED = 64
 # A request's target and headers together: a carrier's callback has a few hundred bytes.
 MAX_HEAD_BYTES = 16 * 1024
+# A connection that owes no answer and has sent nothing for this long is closed (a kept-alive
+# carrier connection reconnects), and one whose request has not come whole this long after it
+# began (a client sending a byte now and then, holding a descriptor each): looked for every
+# SWEEP_SECONDS.
+IDLE_SECONDS = 60.0
+REQUEST_SECONDS = 30.0
+SWEEP_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -89,6 +96,7 @@ class ReceiptListener:
         self._latency = metrics.latency.labels("POST", STATUS_CALLBACK_PATH)
         self._taken = metrics.requests.labels("POST", STATUS_CALLBACK_PATH, "204")
         self._server: asyncio.Server | None = None
+        self._sweeping: asyncio.Task[None] | None = None
         self.open: set[_Connection] = set()
 
     async def start(self, host: str, port: int) -> None:
@@ -97,12 +105,24 @@ class ReceiptListener:
         self._server = await asyncio.get_running_loop().create_server(
             lambda: _Connection(self), host, port, backlog=2048, reuse_port=True
         )
+        self._sweeping = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Close the connections idle, or slow to send their request, past their time."""
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = time.monotonic()
+            for connection in list(self.open):
+                if connection.overstayed(now):
+                    connection.drop()
 
     async def close(self) -> None:
         """Stop listening, then close each connection once it owes no answer (an answer owed
         is a receipt whose statement is under way: it finishes first)."""
         if self._server is None:
             return
+        if self._sweeping is not None:
+            self._sweeping.cancel()
         self._server.close()
         for connection in list(self.open):
             connection.close_when_answered()
@@ -250,6 +270,7 @@ class _Connection(asyncio.Protocol):
         self._in_head = False
         self._head_bytes = 0
         self._begun = 0
+        self._last_read = time.monotonic()
         self._reset()
 
     def _reset(self) -> None:
@@ -273,6 +294,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        self._last_read = time.monotonic()
         # The answers due for pipelined requests read together are written together.
         self._reading = True
         begun = self._begun
@@ -370,3 +392,13 @@ class _Connection(asyncio.Protocol):
     def close_when_answered(self) -> None:
         self._closing = True
         self._flush()
+
+    def overstayed(self, now: float) -> bool:
+        """Idle past IDLE_SECONDS owing nothing, or in a request begun REQUEST_SECONDS ago."""
+        if self._started:
+            return now - self._started > REQUEST_SECONDS
+        return not self._owed and now - self._last_read > IDLE_SECONDS
+
+    def drop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()

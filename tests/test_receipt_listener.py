@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twilio.request_validator import RequestValidator
 
+from api import receipt_listener
 from api.receipt_listener import MAX_HEAD_BYTES
 from deploy.local.processes import free_port
 from settings import Settings
@@ -359,3 +360,24 @@ async def test_the_listeners_answers_are_counted_and_timed_in_metrics_under_the_
     assert seen[("herald_api_request_seconds_count", None)] == 5
     assert seen[("herald_api_request_seconds_bucket", "30.0")] == 5
     assert 0 < seen[("herald_api_request_seconds_sum", None)] < 5 * 30
+
+
+async def test_a_connection_idle_or_slow_to_send_its_request_is_closed(
+    settings: Settings, worker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each connection holds a descriptor of the API's process: one that sends nothing, or
+    its request a byte now and then, is closed once past its time (here half a second)."""
+    monkeypatch.setattr(receipt_listener, "IDLE_SECONDS", 0.5)
+    monkeypatch.setattr(receipt_listener, "REQUEST_SECONDS", 0.5)
+    monkeypatch.setattr(receipt_listener, "SWEEP_SECONDS", 0.1)
+    own = settings.model_copy(update={"receipts_port": free_port()})
+    async with api_client(own):
+        idle = await asyncio.open_connection("127.0.0.1", own.receipts_port)
+        slow = await asyncio.open_connection("127.0.0.1", own.receipts_port)
+        slow[1].write(f"POST {STATUS_PATH} HTTP/1.1\r\nHost: herald.test\r\n".encode())
+        async with asyncio.timeout(10):
+            ended = [await reader.read() for reader, _ in (idle, slow)]
+        for _, writer in (idle, slow):
+            writer.close()
+
+    assert ended == [b"", b""]
