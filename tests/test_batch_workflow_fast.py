@@ -1272,6 +1272,21 @@ def throttled(reason: str, seen_at: datetime) -> AutoPaused:
     )
 
 
+async def sending_spread(
+    env: WorkflowEnvironment, queue: str, stubs: StubActivities
+) -> WorkflowHandle[BatchWorkflow, BatchResult]:
+    """A batch of the stubs' rows spread over ten minutes (its run waits between slices of
+    two), once its first slice has gone."""
+    handle = await start_batch(
+        env,
+        queue,
+        dispatch=DispatchSettings(chunk_size=10, slice_size=2),
+        timing=Timing(spread_seconds=600),
+    )
+    await stubs.wait_for(lambda: bool(stubs.calls.get("send_slice")))
+    return handle
+
+
 def paused_by(stubs: StubActivities) -> list[StatusUpdate]:
     """The batch's `paused` events."""
     return [u for u in stubs.inputs("record_status") if u.status == S.PAUSED]
@@ -1283,13 +1298,7 @@ async def auto_paused_before_and_after_a_resume(env: WorkflowEnvironment) -> Ran
     after it; resumed again."""
     stubs = StubActivities(recipients=4)
     async with stub_worker(env, stubs) as queue:
-        handle = await start_batch(
-            env,
-            queue,
-            dispatch=DispatchSettings(chunk_size=10, slice_size=2),
-            timing=Timing(spread_seconds=600),
-        )
-        await stubs.wait_for(lambda: bool(stubs.calls.get("send_slice")))
+        handle = await sending_spread(env, queue, stubs)
         met = await env.get_current_time()
         await env.sleep(1)
         await handle.signal(BatchWorkflow.pause)
@@ -1323,13 +1332,7 @@ async def test_an_auto_pause_queued_behind_a_resume_is_taken_as_met_before_it(
     first; the pause met before it is ignored once its turn comes."""
     stubs = StubActivities(recipients=4)
     async with stub_worker(time_skipping, stubs) as queue:
-        handle = await start_batch(
-            time_skipping,
-            queue,
-            dispatch=DispatchSettings(chunk_size=10, slice_size=2),
-            timing=Timing(spread_seconds=600),
-        )
-        await stubs.wait_for(lambda: bool(stubs.calls.get("send_slice")))
+        handle = await sending_spread(time_skipping, queue, stubs)
         met = await time_skipping.get_current_time()
         await time_skipping.sleep(1)
         await handle.signal(BatchWorkflow.pause)
@@ -1351,13 +1354,7 @@ async def throttled_then_refused(env: WorkflowEnvironment) -> tuple[Ran, BatchPr
     Its progress after the two hours, too."""
     stubs = StubActivities(recipients=4)
     async with stub_worker(env, stubs) as queue:
-        handle = await start_batch(
-            env,
-            queue,
-            dispatch=DispatchSettings(chunk_size=10, slice_size=2),
-            timing=Timing(spread_seconds=600),
-        )
-        await stubs.wait_for(lambda: bool(stubs.calls.get("send_slice")))
+        handle = await sending_spread(env, queue, stubs)
         now = await env.get_current_time()
         await handle.signal(AUTO_PAUSE_SIGNAL, throttled("throttled", now))
         await stubs.wait_for(lambda: len(paused_by(stubs)) == 1)
@@ -1402,13 +1399,7 @@ async def throttled_twice(env: WorkflowEnvironment) -> tuple[Ran, BatchProgress]
         )
 
     async with stub_worker(env, stubs) as queue:
-        handle = await start_batch(
-            env,
-            queue,
-            dispatch=DispatchSettings(chunk_size=10, slice_size=2),
-            timing=Timing(spread_seconds=600),
-        )
-        await stubs.wait_for(lambda: bool(stubs.calls.get("send_slice")))
+        handle = await sending_spread(env, queue, stubs)
         await throttled_since((await env.get_current_time()).timestamp() - 120)
         await stubs.wait_for(lambda: len(paused_by(stubs)) == 1)
         await env.sleep(61)

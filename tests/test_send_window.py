@@ -89,6 +89,25 @@ async def test_recipients_outside_their_local_window_wait_the_others_send(
     await webhooks.wait_for(marker, "cancelled", times=2)
 
 
+async def all_wait_for_the_window(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    emulator_url: str,
+    numbers: list[str],
+) -> None:
+    """A batch to `numbers` inside their window as it starts, whose window the test closes
+    for them as it sends: every row waits for it, none is sent; then cancelled."""
+    file_id, marker = await start_marked_batch(
+        api, account, webhooks, numbers, send_window=window_around_tokyo_now()
+    )
+
+    assert await eventually(lambda: waiting_for_window(api, account, file_id), lambda n: n == 3)
+    assert await received(emulator_url, marker) == []
+    assert (await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)).is_success
+    await webhooks.wait_for(marker, "cancelled")
+
+
 async def test_a_row_whose_window_closes_while_it_waits_for_its_sender_waits(
     api: httpx.AsyncClient,
     account: Account,
@@ -115,14 +134,7 @@ async def test_a_row_whose_window_closes_while_it_waits_for_its_sender_waits(
 
     monkeypatch.setattr(SenderPacer, "turn", turn_then_close)
     monkeypatch.setattr(WindowClock, "opens_at", opens_at)
-    file_id, marker = await start_marked_batch(
-        api, account, webhooks, tokyo, send_window=window_around_tokyo_now()
-    )
-
-    assert await eventually(lambda: waiting_for_window(api, account, file_id), lambda n: n == 3)
-    assert await received(emulator_url, marker) == []
-    assert (await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)).is_success
-    await webhooks.wait_for(marker, "cancelled")
+    await all_wait_for_the_window(api, account, webhooks, emulator_url, tokyo)
 
 
 async def test_a_row_whose_window_closes_while_it_waits_for_its_request_waits(
@@ -152,14 +164,7 @@ async def test_a_row_whose_window_closes_while_it_waits_for_its_request_waits(
 
     monkeypatch.setattr(InFlightLimit, "place", place_then_close)
     monkeypatch.setattr(WindowClock, "opens_at", opens_at)
-    file_id, marker = await start_marked_batch(
-        api, account, webhooks, tokyo, send_window=window_around_tokyo_now()
-    )
-
-    assert await eventually(lambda: waiting_for_window(api, account, file_id), lambda n: n == 3)
-    assert await received(emulator_url, marker) == []
-    assert (await api.post(f"/v1/sms/batch/{file_id}/cancel", headers=account.headers)).is_success
-    await webhooks.wait_for(marker, "cancelled")
+    await all_wait_for_the_window(api, account, webhooks, emulator_url, tokyo)
 
 
 @pytest.mark.parametrize(
