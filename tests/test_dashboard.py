@@ -664,3 +664,39 @@ async def test_where_a_batchs_events_end_is_read_for_a_few_seconds_at_most(
     await api.post(f"/v1/sms/batch/{batch_id}/cancel", headers=account.headers)
 
     assert isinstance(took, int) and 4000 <= took < 15000, took
+
+
+async def test_an_action_done_whose_refresh_fails_is_said_done(
+    api: httpx.AsyncClient, account: Account, webhooks: WebhookReceiver, settings: Settings
+) -> None:
+    # The pause was sent, the list's refresh after it answered 502: the notice said only the
+    # failure, in red, inviting the operator to pause again.
+    batch_id = await waiting_batch(api, account, webhooks, unique_numbers(1))
+    row = batch_row(batch_id)
+    async with served_api(settings) as served, chromium() as driver:
+        await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
+        await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
+        await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
+        await until(
+            driver, lambda d: d.find_element(By.ID, "pause").get_attribute("disabled") is None
+        )
+        # The list's reads answer 502 from now on.
+        await run(
+            lambda: driver.execute_script(
+                "const realFetch = window.fetch;"
+                " window.fetch = (url, options) => String(url).startsWith('/v1/sms/batches')"
+                " ? Promise.resolve(new Response('<html>Bad gateway</html>', {status: 502}))"
+                " : realFetch(url, options);"
+            )
+        )
+        await run(lambda: driver.find_element(By.ID, "pause").click())
+        said = await until(driver, refreshed_notice)
+    await api.post(f"/v1/sms/batch/{batch_id}/cancel", headers=account.headers)
+
+    assert said.startswith("pause: sent. The page could not be refreshed:"), said
+
+
+def refreshed_notice(driver: WebDriver) -> str:
+    """The notice once it speaks of the page's refresh, else nothing."""
+    text: str = driver.find_element(By.ID, "notice").text
+    return text if "refreshed" in text else ""

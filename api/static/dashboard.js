@@ -106,9 +106,13 @@ function notify(text, isError = false) {
   delete notice.dataset.refresh;
 }
 
+function messageOf(error) {
+  return error instanceof ApiError ? error.message : String(error);
+}
+
 function failed(error) {
   if (error instanceof StaleAnswer) return;
-  notify(error instanceof ApiError ? error.message : String(error), true);
+  notify(messageOf(error), true);
 }
 
 // A failure of the list's periodic refresh: said until a refresh succeeds again (a 502 or a
@@ -509,16 +513,25 @@ async function control(action) {
   // over the first's success.
   state.acting = true;
   for (const button of ACTIONS) $(button).disabled = true;
+  let done = null;
   try {
     if (action === "retry") await lastEventOf(batchId);
     const reply = await api(`/v1/sms/batch/${encodeURIComponent(batchId)}/${action}`, options);
     const rows = reply.rows === null ? "its rows, once its file is validated again," : `${reply.rows} rows`;
-    notify(action === "retry" ? `Retry: ${rows} again.` : `${action}: sent.`);
+    done = action === "retry" ? `Retry: ${rows} again.` : `${action}: sent.`;
+    notify(done);
     await loadBatches();
     state.acting = false;
     await loadDetail();
   } catch (error) {
-    failed(error);
+    // The action done, the page's refresh failed: both said, so that it is not asked again.
+    if (done === null || error instanceof StaleAnswer) {
+      failed(error);
+    } else {
+      // Said until a refresh succeeds, as a failed periodic refresh is (refreshFailed).
+      notify(`${done} The page could not be refreshed: ${messageOf(error)}`, true);
+      $("notice").dataset.refresh = "";
+    }
   } finally {
     state.acting = false;
     const shown = state.batches.get(state.selected);
