@@ -61,6 +61,9 @@ BatchId = Annotated[
 ]
 
 
+COUNT_LABELS = {"waiting_for_window": "pending, of which waiting for window"}
+
+
 def _herald() -> Herald:
     return Herald(Config.load())
 
@@ -76,9 +79,10 @@ def _summary(batch: dict[str, Any]) -> None:
             "rows_total": batch["rows_total"],
             "recipients": batch["recipients"],
             "rejected": batch["rejected"],
-            # Rejected rows are counted above, as rows: they are no messages.
+            # Rejected rows are counted above, as rows: they are no messages. Those waiting for
+            # their window are some of the `pending` ones, not a status of their own.
             **{
-                f"messages {status}": n
+                f"messages {COUNT_LABELS.get(status, status)}": n
                 for status, n in sorted(batch["counts"].items())
                 if status != "rejected"
             },

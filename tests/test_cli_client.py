@@ -458,3 +458,28 @@ async def test_an_export_to_a_folder_is_one_line_and_exit_3_before_any_request(
 
     assert_refused(exported, f"cannot write {Path(out)}: it is a folder, not a file")
     assert sorted(os.listdir(tmp_path)) == ["folder"]
+
+
+def test_rows_waiting_for_their_window_are_shown_as_some_of_the_pending_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`waiting_for_window` counts `pending` rows (docs/API.md): listed as a status of its
+    own, the messages added up to more than the recipients."""
+    batch = {
+        "batch_id": BATCH_ID,
+        "name": None,
+        "status": "in_progress",
+        "code": None,
+        "reason": None,
+        "rows_total": 5,
+        "recipients": 5,
+        "rejected": 0,
+        "counts": {"sent": 3, "pending": 2, "waiting_for_window": 2, "rejected": 0},
+        "temporal_ui_url": None,
+    }
+
+    main._summary(batch)
+
+    shown = capsys.readouterr().out
+    assert "messages pending: 2\n" in shown
+    assert "messages pending, of which waiting for window: 2\n" in shown
