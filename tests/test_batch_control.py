@@ -23,7 +23,7 @@ from api.services import batch_events
 from api.services import batches as batch_service
 from deploy.local.temporal import TEMPORAL_BIN
 from settings import Settings
-from store import accounts, events
+from store import accounts, events, messages
 from store.accounts import create_api_key, revoke_api_key
 from tests.support.batches import (
     FINAL,
@@ -46,6 +46,7 @@ from tests.support.sending import eventually, served_api
 from tests.support.stack import Account, Configure, WebhookReceiver, api_client, error_code
 from tests.support.workers import CARRIER_TIMEOUT_SECONDS
 from workflows.contracts import BatchProgress, batch_workflow_id
+from workflows.statuses import LedgerStatus
 
 # With this latency the session's worker sends a few hundred messages a second: a batch of
 # RECIPIENTS runs long enough to be steered in the middle.
@@ -1067,3 +1068,31 @@ async def test_the_event_stream_of_a_batch_whose_run_was_terminated_ends(
     assert streamed.status_code == 200
     assert "event: status" in streamed.text
     assert batch["data"]["status"] in ("in_progress", "in_progress_chunked")
+
+
+async def test_rows_reopened_by_a_retry_cancelled_at_once_go_back_as_they_were(
+    api: httpx.AsyncClient,
+    account: Account,
+    webhooks: WebhookReceiver,
+    carrier: Configure,
+    pool: asyncpg.Pool,
+) -> None:
+    """What a retry run of the `failed` rows cancelled while it reopens them leaves (the
+    workflow's `batch-cancel-during-reopen`: the reopen, then the ledger closed with its
+    `pending` rows as `failed`): each such row `failed` again, its carrier's error kept, so
+    that a later retry finds it."""
+    numbers = unique_numbers(3)
+    await carrier(scripted={numbers[0]: [400]})
+    file_id, marker = await start_marked_batch(api, account, webhooks, numbers)
+    await webhooks.wait_for(marker, *FINAL)
+    before = {r["to_number"]: r for r in await ledger_rows(api, account, file_id)}
+    batch_id = uuid.UUID(file_id)
+
+    await messages.reopen(pool, batch_id, [LedgerStatus.FAILED])
+    await messages.close_ledger(pool, batch_id, pending_as=LedgerStatus.FAILED)
+    counts = await messages.count_by_status(pool, batch_id)
+    after = {r["to_number"]: r for r in await ledger_rows(api, account, file_id)}
+
+    assert {s: n for s, n in counts.items() if n} == {"sent": 2, "failed": 1}
+    assert after[numbers[0]]["status"] == "failed"
+    assert after[numbers[0]]["error_code"] == before[numbers[0]]["error_code"] is not None

@@ -375,6 +375,35 @@ async def test_a_retry_run_cancelled_before_it_reopens_its_rows_leaves_them_as_t
     assert result.status == S.CANCELLED
 
 
+async def retry_cancelled_while_reopening(env: WorkflowEnvironment) -> Ran:
+    """A retry run of 4 `failed` rows cancelled while it reopens them."""
+    stubs = StubActivities(recipients=4, reopens_held=True)
+    async with stub_worker(env, stubs) as queue:
+        handle = await start_batch(
+            env, queue, retry_statuses=[LedgerStatus.FAILED], first_event_seq=5
+        )
+        await stubs.wait_for(lambda: bool(stubs.inputs("reopen_rows")))
+        await handle.signal(BatchWorkflow.cancel)
+        await eventually(
+            lambda: handle.query(BatchWorkflow.progress), lambda p: p.cancel_reason is not None
+        )
+        stubs.release.set()
+        result = await result_of(handle)
+    return stubs, handle, result
+
+
+async def test_a_retry_run_cancelled_while_it_reopens_its_rows_puts_them_back(
+    time_skipping: WorkflowEnvironment,
+) -> None:
+    # Reopened, then closed `cancelled` with the batch (after `dispatching` and `in_progress`
+    # for a run that sent nothing): the `failed` rows were `failed` no more.
+    stubs, _, result = await retry_cancelled_while_reopening(time_skipping)
+    assert slices(stubs) == []
+    assert [f.close_pending_as for f in stubs.inputs("finish_ledger")] == [LedgerStatus.FAILED]
+    assert stubs.phases() == [S.CANCELLED]
+    assert result.status == S.CANCELLED
+
+
 async def retry_paused_and_resumed_while_reopening(env: WorkflowEnvironment) -> Ran:
     """A retry run of 4 rows paused and resumed while it reopens its rows."""
     stubs = StubActivities(recipients=4, reopens_held=True)

@@ -194,6 +194,12 @@ NO_QUEUED_ON_RESUME_PATCH = "batch-no-queued-on-resume"
 # were reopened, then closed `cancelled`, so a `failed` row retried and cancelled at once was
 # no longer `failed`, and a later retry of the failed rows found none.
 CANCEL_BEFORE_REOPEN_PATCH = "batch-cancel-before-reopen"
+# A retry run of one status cancelled while it reopened its rows puts them back in that status
+# and ends there, with no `dispatching` or `in_progress`: they were closed `cancelled`, so the
+# `failed` rows of a retry cancelled at once were `failed` no more, and a later retry of the
+# failed rows found none. (Of several statuses, which row was in which is not kept: those
+# still end `cancelled`.)
+CANCEL_DURING_REOPEN_PATCH = "batch-cancel-during-reopen"
 # A spread batch resumed after a pause sends the rows left at their places on its timeline
 # moved on by the time it was paused (its chunks' too: `chunk-pause-shifts-spread`): every row
 # whose place had passed went at once, at the sender's rate, however long the spread.
@@ -735,6 +741,16 @@ class BatchWorkflow:
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=DB_RETRY,
         )
+        cancelled = self._cancel_reason is not None and len(statuses) == 1
+        if cancelled and workflow.patched(CANCEL_DURING_REOPEN_PATCH):
+            # Its rows, all `pending` now (the batch had ended), back as they were.
+            finish = FinishInput(batch_id=self._input.batch_id, close_pending_as=statuses[0])
+            counts = await self._db_step(
+                LedgerActivities.finish_ledger, finish, timedelta(minutes=2)
+            )
+            return await self._report_final(
+                BatchStatus.CANCELLED, counts, code="cancelled", reason=self._cancel_reason
+            )
         return await self._start_sending(
             reopened.rows_total,
             reopened.recipients,

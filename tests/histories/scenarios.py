@@ -51,6 +51,7 @@ from tests.test_batch_workflow_fast import (
     paused_while_reconciling,
     resumed_while_closing_expired,
     retry_cancelled_before_reopening,
+    retry_cancelled_while_reopening,
     retry_paused_and_resumed_while_reopening,
     throttled_then_refused,
     throttled_twice,
@@ -1063,6 +1064,13 @@ async def test_back_off_grows(time_skipping: WorkflowEnvironment) -> None:
     (_, handle, _), during = await throttled_twice(time_skipping)
     assert during.paused
     await save_from_test_server(handle, "batch", "back_off_grows")
+
+
+async def test_retry_cancelled_while_reopening(time_skipping: WorkflowEnvironment) -> None:
+    """The marker `batch-cancel-during-reopen`: the rows back `failed`, `cancelled`."""
+    stubs, handle, _ = await retry_cancelled_while_reopening(time_skipping)
+    assert stubs.phases() == ["cancelled"]
+    await save_from_test_server(handle, "batch", "retry_cancelled_while_reopening")
 
 
 async def test_reply_before_due(time_skipping: WorkflowEnvironment) -> None:
