@@ -16,7 +16,7 @@ from activities.recipients.columns import in_thread
 from api.services.batches import get_batch
 from settings import Settings
 from store import links, messages, receipts
-from tests.support.batches import FINAL, recorded_batch, start_marked_batch
+from tests.support.batches import FINAL, recorded_batch, sending_batch, start_marked_batch
 from tests.support.builders import unique_numbers
 from tests.support.databases import plan_nodes
 from tests.support.delivery import ledger_rows, receipts_applied
@@ -400,8 +400,7 @@ async def test_reconciliation_reads_no_ledger_of_a_batch_without_rows_on_the_wir
     have on the wire (`sending`) or `uncertain`: it read every such batch's whole ledger by
     its key, a million rows each, whatever they held. The kept counts say which hold any."""
     async with _rolled_back(pool) as conn:
-        quiet = await recorded_batch(conn, account)
-        await conn.execute("UPDATE batches SET status = 'in_progress' WHERE id = $1", quiet)
+        quiet = await sending_batch(conn, account)
         await conn.execute(
             "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body,"
             " status) SELECT $1, i, $2, i, '+1555' || i, 'x', 'sent'"

@@ -375,14 +375,20 @@ async def test_a_retry_run_cancelled_before_it_reopens_its_rows_leaves_them_as_t
     assert result.status == S.CANCELLED
 
 
+async def reopening_retry(
+    env: WorkflowEnvironment, queue: str, stubs: StubActivities
+) -> WorkflowHandle[BatchWorkflow, BatchResult]:
+    """A retry run of the stubs' `failed` rows, once it is reopening them."""
+    handle = await start_batch(env, queue, retry_statuses=[LedgerStatus.FAILED], first_event_seq=5)
+    await stubs.wait_for(lambda: bool(stubs.inputs("reopen_rows")))
+    return handle
+
+
 async def retry_cancelled_while_reopening(env: WorkflowEnvironment) -> Ran:
     """A retry run of 4 `failed` rows cancelled while it reopens them."""
     stubs = StubActivities(recipients=4, reopens_held=True)
     async with stub_worker(env, stubs) as queue:
-        handle = await start_batch(
-            env, queue, retry_statuses=[LedgerStatus.FAILED], first_event_seq=5
-        )
-        await stubs.wait_for(lambda: bool(stubs.inputs("reopen_rows")))
+        handle = await reopening_retry(env, queue, stubs)
         await handle.signal(BatchWorkflow.cancel)
         await eventually(
             lambda: handle.query(BatchWorkflow.progress), lambda p: p.cancel_reason is not None
@@ -408,10 +414,7 @@ async def retry_paused_and_resumed_while_reopening(env: WorkflowEnvironment) -> 
     """A retry run of 4 rows paused and resumed while it reopens its rows."""
     stubs = StubActivities(recipients=4, reopens_held=True)
     async with stub_worker(env, stubs) as queue:
-        handle = await start_batch(
-            env, queue, retry_statuses=[LedgerStatus.FAILED], first_event_seq=5
-        )
-        await stubs.wait_for(lambda: bool(stubs.inputs("reopen_rows")))
+        handle = await reopening_retry(env, queue, stubs)
         await handle.signal(BatchWorkflow.pause)
         await stubs.wait_for(lambda: S.PAUSED in stubs.statuses())
         await handle.signal(BatchWorkflow.resume)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from selenium import webdriver
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -94,7 +95,7 @@ async def test_the_dashboard_shows_a_batch_progressing_and_pauses_it(
 
     async with served_api(settings) as served, chromium() as driver:
         await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
-        row = f'tr[data-batch-id="{batch_id}"]'
+        row = batch_row(batch_id)
         await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
         stored = await run(
             lambda: driver.execute_script(
@@ -191,9 +192,8 @@ async def test_forgetting_the_key_leaves_nothing_of_its_account_for_the_next_key
 
     async with served_api(settings) as served, chromium() as driver:
         await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
-        row = f'tr[data-batch-id="{batch_id}"]'
-        await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
-        await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
+        row = batch_row(batch_id)
+        await open_row(driver, row)
         await until(driver, lambda d: refused in d.find_element(By.ID, "error-rows").text)
         await until(driver, lambda d: d.find_element(By.ID, "dry-sender").get_attribute("value"))
         await run(lambda: driver.find_element(By.ID, "dry-file").send_keys(str(preview)))
@@ -237,9 +237,8 @@ async def test_more_adds_each_page_of_rejected_rows_once_however_often_it_is_cli
 
     async with served_api(settings) as served, chromium() as driver:
         await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
-        row = f'tr[data-batch-id="{batch_id}"]'
-        await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
-        await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
+        row = batch_row(batch_id)
+        await open_row(driver, row)
         button = (By.ID, "more-errors")
         await until(driver, expected_conditions.element_to_be_clickable(button))
         more = await run(driver.find_element, *button)
@@ -276,9 +275,8 @@ async def test_a_batch_paused_by_the_carriers_throttling_can_be_paused_for_good(
 
     async with served_api(settings) as served, chromium() as driver:
         await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
-        row = f'tr[data-batch-id="{batch_id}"]'
-        await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
-        await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
+        row = batch_row(batch_id)
+        await open_row(driver, row)
         await until(driver, lambda d: shown_status(d) == "paused")
         pause, resume = await run(
             lambda: [
@@ -289,6 +287,12 @@ async def test_a_batch_paused_by_the_carriers_throttling_can_be_paused_for_good(
     await api.post(f"/v1/sms/batch/{batch_id}/cancel", headers=account.headers)
 
     assert (pause, resume) == (None, None)
+
+
+async def open_row(driver: webdriver.Chrome, row: str) -> None:
+    """Click the batch's row (a selector) once it can be clicked: that batch is shown."""
+    await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
+    await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
 
 
 def bar_value(driver: WebDriver, selector: str) -> str | None:
@@ -403,8 +407,7 @@ async def test_a_retried_batchs_stream_goes_on_after_its_last_runs_events(
     async with served_api(settings) as served, chromium() as driver:
         await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
         row = batch_row(batch_id)
-        await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
-        await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
+        await open_row(driver, row)
         await until(
             driver, lambda d: d.find_element(By.ID, "retry").get_attribute("disabled") is None
         )
@@ -439,8 +442,7 @@ async def test_rejected_rows_written_after_the_batch_was_clicked_are_shown(
     async with served_api(settings) as served, chromium() as driver:
         await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
         row = batch_row(batch_id)
-        await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
-        await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
+        await open_row(driver, row)
         await until(driver, lambda d: d.find_element(By.ID, "no-errors").is_displayed())
         # As a validation's end writes them.
         async with pool.acquire() as conn, conn.transaction():
@@ -596,8 +598,7 @@ async def test_a_second_tab_works_while_the_first_follows_running_batches(
         await run(sign_in, driver, url, account.key)
         for batch_id in sending:
             row = batch_row(batch_id)
-            await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
-            await run(lambda row=row: driver.find_element(By.CSS_SELECTOR, row).click())
+            await open_row(driver, row)
             await until(driver, functools.partial(shows_batch, batch_id=batch_id))
             await until(driver, shown_status)
         assert await until(driver, open_streams) == 2
@@ -675,8 +676,7 @@ async def test_an_action_done_whose_refresh_fails_is_said_done(
     row = batch_row(batch_id)
     async with served_api(settings) as served, chromium() as driver:
         await run(sign_in, driver, f"http://127.0.0.1:{served.api_port}/ui", account.key)
-        await until(driver, expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, row)))
-        await run(lambda: driver.find_element(By.CSS_SELECTOR, row).click())
+        await open_row(driver, row)
         await until(
             driver, lambda d: d.find_element(By.ID, "pause").get_attribute("disabled") is None
         )

@@ -23,7 +23,13 @@ from deploy.local.emulator import MESSAGES_PATH
 from metrics import WorkerMetrics
 from settings import Settings
 from store import messages, receipts
-from tests.support.batches import FINAL, recorded_batch, start, start_marked_batch
+from tests.support.batches import (
+    FINAL,
+    recorded_batch,
+    sending_batch,
+    start,
+    start_marked_batch,
+)
 from tests.support.builders import attach, csv_bytes, emulator_messages, unique_numbers
 from tests.support.delivery import ledger_rows, own_worker, receipts_applied
 from tests.support.sending import twilio_carrier
@@ -234,8 +240,7 @@ async def sending_row(
 ) -> uuid.UUID:
     """A batch of the account, sending, with one row to `to` on the wire or answered:
     `sending`, marked `marked_ago` seconds ago, its sid not written yet."""
-    batch_id = await recorded_batch(pool, account)
-    await pool.execute("UPDATE batches SET status = 'in_progress' WHERE id = $1", batch_id)
+    batch_id = await sending_batch(pool, account)
     await pool.execute(
         "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, body, status,"
         " attempts, marked_at) VALUES ($1, 0, $2, 1, $3, 'x', 'sending', 1,"
@@ -459,8 +464,7 @@ async def test_a_template_rows_message_another_batchs_uncertain_row_may_own_is_n
     batch_id = await recorded_batch(pool, account, {"global": {"content_sid": "HX" + "7a" * 16}})
     input = await uncertain_rows(pool, account, batch_id, ["uncertain"])
     [row] = await messages.uncertain_rows(pool, batch_id)
-    other_batch = await recorded_batch(pool, account)
-    await pool.execute("UPDATE batches SET status = 'in_progress' WHERE id = $1", other_batch)
+    other_batch = await sending_batch(pool, account)
     await pool.execute(
         "INSERT INTO messages (batch_id, seq, account_id, row_number, to_number, from_number,"
         " body, status, attempts, updated_at) VALUES ($1, 0, $2, 1, $3, $4, 'their text',"

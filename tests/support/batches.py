@@ -162,3 +162,15 @@ async def recorded_batch(
         request_hash="",
     )
     return batch_id
+
+
+async def sending_batch(
+    conn: asyncpg.Pool | asyncpg.Connection,
+    account: Account,
+    request: dict[str, Any] | None = None,
+) -> uuid.UUID:
+    """A batch of the account recorded only (`recorded_batch`), shown `in_progress`: one of
+    its sending batches, as reconciliation and the send path look for them."""
+    batch_id = await recorded_batch(conn, account, request)
+    await conn.execute("UPDATE batches SET status = 'in_progress' WHERE id = $1", batch_id)
+    return batch_id
